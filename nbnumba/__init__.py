@@ -1,0 +1,40 @@
+"""nbnumba: a fast, faithful Python port of nanoBragg.
+
+    import nbnumba
+    res = nbnumba.simulate_argv(["-cell", "100", "100", "100", "90", "90", "90",
+                                 "-default_F", "100", "-N", "5", "-lambda", "6.2",
+                                 "-distance", "100", "-detpixels", "256"])
+    res.float_image      # float32 (slow, fast) photons/pixel
+"""
+from .config import Config
+from .errors import ConfigError, InputFileError, NBError, UsageError
+
+__version__ = "0.1.0"
+
+
+def parse_argv(argv):
+    """nanoBragg command-line flags -> Config (raises UsageError)."""
+    from .flags import parse_argv as _p
+    return _p(list(argv))
+
+
+def simulate(cfg, backend=None):
+    """Config -> Result (float image, statistics, derived images)."""
+    from .api import simulate as _s
+    return _s(cfg, backend=backend)
+
+
+def simulate_argv(argv, cwd=None, **overrides):
+    """Parse nanoBragg flags and simulate (relative paths resolve in cwd)."""
+    from .api import simulate_argv as _s
+    return _s(argv, cwd=cwd, **overrides)
+
+
+def write_outputs(result, cfg=None, quiet=False):
+    """Write the float/int/PGM/noise files like nanoBragg.c (atomically)."""
+    from .outputs import write_outputs as _w
+    return _w(result, cfg or result.model.cfg, quiet=quiet)
+
+
+__all__ = ["Config", "ConfigError", "InputFileError", "NBError", "UsageError",
+           "parse_argv", "simulate", "simulate_argv", "write_outputs", "__version__"]

@@ -1,0 +1,225 @@
+"""Python API: ``simulate(config) -> Result`` and the nanoBragg-style outputs.
+
+Data flow: flags -> Config -> Model (geometry, crystal, sources) -> kernel ->
+float image -> statistics, integer/noise/PGM images -> writers.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .config import Config
+from .kernels import cpu as K
+from .model import Model, build_model
+from . import rng as rngmod
+
+RTD = 180.0 * (1.0 / math.pi)
+
+
+@dataclass
+class Result:
+    """Outcome of one simulation.
+
+    float_image: float32 (spixels, fpixels), photons per pixel (floatimage.bin).
+    int_image: uint16, nanoBragg's scaled "noiseless" SMV image.
+    noise_image: uint16 Poisson image, or None with -nonoise.
+    pgm_image: uint8 preview, or None with -nopgm.
+    stats: max_I, max_I_x, max_I_y, mean, rms, rmsd, intfile_scale, pgm_scale,
+        photons, overloads, omega_sum (sr).
+    """
+    float_image: np.ndarray
+    model: Model
+    stats: Dict[str, float]
+    int_image: Optional[np.ndarray] = None
+    noise_image: Optional[np.ndarray] = None
+    pgm_image: Optional[np.ndarray] = None
+    trace_lines: List[str] = field(default_factory=list)
+    log: List[str] = field(default_factory=list)
+
+    @property
+    def shape(self):
+        return self.float_image.shape
+
+    # DLPack / torch interop: the float image is a plain numpy array (CPU) or a
+    # CuPy array (GPU); both speak DLPack, so torch can share the memory.
+    def __dlpack__(self, *args, **kwargs):
+        return self.float_image.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self.float_image.__dlpack_device__()
+
+    def to_torch(self):
+        """The float image as a torch tensor sharing this result's memory."""
+        import torch
+        return torch.from_dlpack(self.float_image)
+
+
+def _threads(cfg: Config):
+    import numba
+    if cfg.threads:
+        numba.set_num_threads(max(1, min(int(cfg.threads), numba.config.NUMBA_NUM_THREADS)))
+
+
+def render_float(model: Model, dtype=None, backend: str = "cpu"):
+    """Run the pixel kernel; returns (float32 image, per-pixel omega sums)."""
+    cfg = model.cfg
+    if dtype is None:
+        dtype = np.float32 if cfg.precision == "single" else np.float64
+    args = model.kernel_args(dtype)
+    S, F = model.shape
+    active = model.active
+    flat = np.flatnonzero(active.ravel())
+    first = int(flat[0]) if len(flat) else -1
+    out = np.zeros((S, F), dtype=np.float32)
+    omega = np.zeros((S, F), dtype=args[1].dtype)
+    oor = np.full((S, F), -1, dtype=np.int64)
+    ran = np.zeros((S, F), dtype=np.int64)
+    if backend == "cuda":
+        from .kernels import gpu
+        return gpu.render(model, dtype)
+    K.render(active, first if cfg.c_parity else -1, -1, -1, *args, out, omega, oor, ran)
+    if cfg.c_parity and len(flat):
+        _c_parity_fixups(model, args, active, flat, out, omega, oor, ran)
+    return out, omega
+
+
+def _c_parity_fixups(model, args, active, flat, out, omega, oor, ran):
+    """Emulate the order-dependent state of a single-threaded nanoBragg.c.
+
+    1. phi=0 carry-over: the pixel that first runs a phi loop uses the
+       unrotated cell; if the first active pixel skipped every source (-dmin),
+       the honour passes to the next pixel that ran one.
+    2. Interpolation latch: after the first out-of-range tricubic lookup
+       nanoBragg.c turns interpolation off for every later sub-path.
+    """
+    S, F = active.shape
+    ranflat = ran.ravel()
+    runs = flat[ranflat[flat] != 0]
+    first_true = int(runs[0]) if len(runs) else -1
+    if first_true != int(flat[0]):
+        # re-render: the wrong pixel got the first-execution cells
+        K.render(active, first_true, -1, -1, *args, out, omega, oor, ran)
+    model.first_exec_pixel = first_true
+    oorflat = oor.ravel()
+    bad = flat[oorflat[flat] >= 0]
+    if model.interpolate and len(bad):
+        p = int(bad[0])
+        model.latch = (p, int(oorflat[p]))
+        K.render(active, first_true, p, int(oorflat[p]), *args, out, omega, oor, ran)
+
+
+def compute_stats(model: Model, img: np.ndarray, omega: np.ndarray) -> Dict[str, float]:
+    """nanoBragg's summary statistics over the rendered pixels."""
+    det = model.det
+    act = model.active.astype(bool)
+    vals = img[act].astype(np.float64)
+    stats: Dict[str, float] = {}
+    max_I, mx, my = 0.0, 0.0, 0.0
+    if vals.size and vals.max() > 0.0:
+        flat = np.flatnonzero(act.ravel())
+        k = int(np.argmax(img.ravel()[flat]))
+        p = int(flat[k])
+        s, f = divmod(p, det.fpixels)
+        max_I = float(img.ravel()[p])
+        sub = det.pixel_size / model.oversample
+        os_ = model.oversample
+        # C reports the position of the pixel's last sub-pixel
+        mx = sub * (f * os_ + os_ - 1) + sub / 2.0
+        my = sub * (s * os_ + os_ - 1) + sub / 2.0
+    n = vals.size
+    total = float(vals.sum())
+    sumsq = float((vals * vals).sum())
+    avg = total / (n if n > 0 else 1)
+    rms = math.sqrt(sumsq / ((n if n > 1 else 2) - 1))
+    xmin, xmax, ymin, ymax = det.roi
+    roi = img[max(ymin, 0):ymax + 1, max(xmin, 0):xmax + 1].astype(np.float64)
+    m = roi.size
+    rmsd = math.sqrt(float(((roi - avg) ** 2).sum()) / ((m if m > 1 else 2) - 1))
+    stats.update(max_I=max_I, max_I_x=mx, max_I_y=my, mean=avg, rms=rms, rmsd=rmsd,
+                 omega_sum=float(omega[act].astype(np.float64).sum()) / model.nsteps)
+    return stats
+
+
+def int_image(model: Model, img: np.ndarray, scale: float) -> np.ndarray:
+    """nanoBragg's noiseless SMV pixels: round(float*scale + adc), clipped."""
+    det = model.det
+    out = np.zeros(img.shape, dtype=np.uint16)
+    xmin, xmax, ymin, ymax = det.roi
+    sl = (slice(max(ymin, 0), ymax + 1), slice(max(xmin, 0), xmax + 1))
+    test = img[sl].astype(np.float64) * scale + model.cfg.adc_offset
+    test = np.clip(test, 0.0, 65535.0)
+    # C: floorf(test + 0.5), i.e. the sum is rounded to float before the floor
+    out[sl] = np.floor((test + 0.5).astype(np.float32)).astype(np.uint16)
+    return out
+
+
+def pgm_image(model: Model, img: np.ndarray, pgm_scale: float) -> np.ndarray:
+    from .io.pgm import pgm_bytes_from_float
+    return pgm_bytes_from_float(img, pgm_scale, model.det.roi)
+
+
+def simulate(cfg: Config, backend: Optional[str] = None) -> Result:
+    """Render the float image and everything nanoBragg derives from it."""
+    _threads(cfg)
+    model = build_model(cfg)
+    backend = backend or cfg.device
+    img, omega = render_float(model, backend=backend)
+    if backend == "cuda":
+        img_host = _to_host(img)
+    else:
+        img_host = img
+    stats = compute_stats(model, img_host, omega if backend != "cuda" else _to_host(omega))
+    scale = cfg.intfile_scale
+    if scale <= 0.0:
+        scale = 1.0
+        if stats["max_I"] > 0.0:
+            scale = 55000.0 / stats["max_I"]
+    stats["intfile_scale"] = scale
+    res = Result(float_image=img, model=model, stats=stats, log=list(model.log))
+    res.int_image = int_image(model, img_host, scale)
+    if cfg.write_pgm:
+        pscale = cfg.pgm_scale
+        if pscale <= 0.0:
+            pscale = scale
+            if stats["rmsd"] > 0.0:
+                pscale = 250.0 / (5.0 * stats["rmsd"])
+        stats["pgm_scale"] = pscale
+        res.pgm_image = pgm_image(model, img_host, pscale)
+    if cfg.calculate_noise:
+        noise, photons, overloads, _ = rngmod.noise_image(
+            img_host, model.seed, model.rng.buf, model.rng.gauss, cfg.adc_offset,
+            np.array(model.det.roi, dtype=np.int64))
+        res.noise_image = noise
+        stats["photons"] = photons
+        stats["overloads"] = overloads
+    if cfg.trace_spixel >= 0 and cfg.trace_fpixel >= 0:
+        from .trace import trace_lines
+        res.trace_lines = trace_lines(model, cfg.trace_spixel, cfg.trace_fpixel)
+    return res
+
+
+def _to_host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def simulate_argv(argv, cwd=None, **overrides) -> Result:
+    """Parse nanoBragg-style flags and simulate; relative paths resolve in ``cwd``."""
+    from dataclasses import replace
+    from .flags import parse_argv
+    if cwd is not None:
+        old = os.getcwd()
+        os.chdir(cwd)
+        try:
+            cfg = parse_argv(list(argv))
+        finally:
+            os.chdir(old)
+        cfg = replace(cfg, workdir=str(cwd))
+    else:
+        cfg = parse_argv(list(argv))
+    if overrides:
+        cfg = replace(cfg, **overrides)
+    return simulate(cfg)

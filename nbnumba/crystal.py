@@ -1,0 +1,244 @@
+"""Crystal: unit cell, orientation (matrix file, misset), size, mosaic domains,
+and the per-(phi, mosaic-domain) rotated real-space cells used by the kernel.
+
+Real-space vectors are returned in metres (the kernel forms h = a . S with the
+scattering vector S in 1/m); reciprocal vectors stay in 1/Angstrom, as in
+nanoBragg.c where they are only used for the gauss/tophat spot radius.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+import numpy as np
+
+from . import rng as rngmod
+from .errors import ConfigError
+from .physics import cross, dot, magnitude, rotate_axis, rotate_umat, rotate_xyz, scale
+
+Vec3 = Tuple[float, float, float]
+DBL_MIN = 2.2250738585072014e-308
+RTD = 180.0 * (1.0 / math.pi)
+
+
+@dataclass
+class Crystal:
+    a: Vec3            # real-space cell vectors, metres (phi=0, unrotated)
+    b: Vec3
+    c: Vec3
+    astar: Vec3        # reciprocal vectors, 1/Angstrom
+    bstar: Vec3
+    cstar: Vec3
+    cell: Tuple[float, float, float, float, float, float]        # A, degrees
+    recip_cell: Tuple[float, float, float, float, float, float]  # 1/A, degrees
+    V_cell: float      # A^3
+    Na: float
+    Nb: float
+    Nc: float
+    misset: Vec3       # radians actually applied (after random generation)
+    log: List[str] = field(default_factory=list)
+
+
+def _clamp_angles(sins, coss):
+    out = []
+    for s, c in zip(sins, coss):
+        s = min(max(s, -1.0), 1.0)
+        if c * c > 1.0:
+            c = 1.0
+        out.append(math.atan2(s, c))
+    return out
+
+
+def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed) -> Crystal:
+    """Orientation and cell following nanoBragg.c.
+
+    ``recip_from_mat``: 3x3 array (rows a*, b*, c*) read from the -mat file in
+    MOSFLM units (1/A scaled by lambda), or None.
+    """
+    log: List[str] = []
+    a_len, b_len, c_len = cfg.cell_a, cfg.cell_b, cfg.cell_c
+    alpha, beta, gamma = cfg.cell_alpha, cfg.cell_beta, cfg.cell_gamma
+    astar = bstar = cstar = (0.0, 0.0, 0.0)
+    V_cell_user = 0.0
+    if cfg.user_cell:
+        if b_len <= 0.0:
+            b_len = a_len
+        if c_len <= 0.0:
+            c_len = a_len
+        if alpha <= 0.0:
+            alpha = math.pi / 2
+        if beta <= 0.0:
+            beta = math.pi / 2
+        if gamma <= 0.0:
+            gamma = math.pi / 2
+        aavg = (alpha + beta + gamma) / 2
+        skew = math.sin(aavg) * math.sin(aavg - alpha) * math.sin(aavg - beta) * math.sin(aavg - gamma)
+        if skew < 0.0:
+            skew = -skew
+        V = 2.0 * a_len * b_len * c_len * math.sqrt(skew)
+        if V <= 0.0:
+            log.append("WARNING: impossible unit cell volume: %g" % V)
+            V = DBL_MIN
+        V_cell_user = V
+        Vs = 1.0 / V
+        as0 = b_len * c_len * math.sin(alpha) * Vs
+        bs0 = c_len * a_len * math.sin(beta) * Vs
+        cs0 = a_len * b_len * math.sin(gamma) * Vs
+        if as0 <= 0.0 or bs0 <= 0.0 or cs0 <= 0.0:
+            log.append("WARNING: impossible reciprocal cell lengths: %g %g %g" % (as0, bs0, cs0))
+            as0, bs0, cs0 = (abs(x) if x != 0.0 else DBL_MIN for x in (as0, bs0, cs0))
+        cos_as = (math.cos(beta) * math.cos(gamma) - math.cos(alpha)) / (math.sin(beta) * math.sin(gamma))
+        cos_bs = (math.cos(gamma) * math.cos(alpha) - math.cos(beta)) / (math.sin(gamma) * math.sin(alpha))
+        cos_gs = (math.cos(alpha) * math.cos(beta) - math.cos(gamma)) / (math.sin(alpha) * math.sin(beta))
+        sin_gs = c_len * Vs / as0 / bs0
+        if sin_gs > 1.0:
+            sin_gs = 1.0
+        if sin_gs < -1.0:
+            sin_gs = -1.0
+        if cos_as * cos_as > 1.0:
+            cos_as = 1.0
+        if cos_bs * cos_bs > 1.0:
+            cos_bs = 1.0
+        if cos_gs * cos_gs > 1.0:
+            cos_gs = 1.0
+        astar = (as0, 0.0, 0.0)
+        bstar = (bs0 * cos_gs, bs0 * sin_gs, 0.0)
+        cstar = (cs0 * cos_bs, cs0 * (cos_as - cos_bs * cos_gs) / sin_gs,
+                 cs0 * V / (a_len * b_len * c_len * sin_gs))
+
+    if recip_from_mat is not None:
+        s = 1e-10 / lambda0   # the MOSFLM matrix carries the wavelength
+        m = np.asarray(recip_from_mat, dtype=float)
+        astar = scale(tuple(m[0]), s)
+        bstar = scale(tuple(m[1]), s)
+        cstar = scale(tuple(m[2]), s)
+
+    misset = tuple(cfg.misset)
+    mode = cfg.misset_mode
+    if mode == -1:
+        # nanoBragg.c passes 90.0 to a function expecting radians (a 90-radian
+        # cap); the correct reading of the intent is 90 degrees (docs/quirks.md)
+        cap = 90.0 if cfg.c_parity else 90.0 / RTD
+        idum = np.array([misset_seed], dtype=np.int64)
+        u = rngmod.mosaic_rotation_umat(cap, idum, rng_state.buf)
+        misset = rngmod.umat2misset(u)
+        log.append("random orientation misset angles: %f %f %f deg"
+                   % (misset[0] * RTD, misset[1] * RTD, misset[2] * RTD))
+        mode = 1
+    if mode > 0:
+        astar = rotate_xyz(astar, *misset)
+        bstar = rotate_xyz(bstar, *misset)
+        cstar = rotate_xyz(cstar, *misset)
+
+    a_x_b = cross(astar, bstar)
+    b_x_c = cross(bstar, cstar)
+    c_x_a = cross(cstar, astar)
+    V_star = dot(astar, b_x_c)
+    if cfg.user_cell:
+        b_x_c = scale(b_x_c, a_len / V_cell_user / _nonzero(magnitude(b_x_c)))
+        c_x_a = scale(c_x_a, b_len / V_cell_user / _nonzero(magnitude(c_x_a)))
+        a_x_b = scale(a_x_b, c_len / V_cell_user / _nonzero(magnitude(a_x_b)))
+        V_star = 1.0 / V_cell_user
+    if V_star == 0.0 or not math.isfinite(V_star):
+        raise ConfigError("degenerate crystal orientation: reciprocal cell volume is %g "
+                          "(check -mat / -cell)" % V_star)
+    V_cell = 1.0 / V_star
+    a = scale(b_x_c, V_cell)
+    b = scale(c_x_a, V_cell)
+    c = scale(a_x_b, V_cell)
+    astar = scale(cross(b, c), V_star)
+    bstar = scale(cross(c, a), V_star)
+    cstar = scale(cross(a, b), V_star)
+
+    am, bm, cm = magnitude(a), magnitude(b), magnitude(c)
+    asm, bsm, csm = magnitude(astar), magnitude(bstar), magnitude(cstar)
+    al, be, ga = _clamp_angles(
+        (asm * V_cell / bm / cm, bsm * V_cell / am / cm, csm * V_cell / am / bm),
+        (dot(b, c) / bm / cm, dot(a, c) / am / cm, dot(a, b) / am / bm))
+    als, bes, gas = _clamp_angles(
+        (am * V_star / bsm / csm, bm * V_star / asm / csm, cm * V_star / asm / bsm),
+        (dot(bstar, cstar) / bsm / csm, dot(astar, cstar) / asm / csm, dot(astar, bstar) / asm / bsm))
+    log.append("Unit Cell: %g %g %g %g %g %g" % (am, bm, cm, al * RTD, be * RTD, ga * RTD))
+    log.append("Recp Cell: %g %g %g %g %g %g" % (asm, bsm, csm, als * RTD, bes * RTD, gas * RTD))
+    log.append("volume = %g A^3" % V_cell)
+    log.append("real-space cell vectors (Angstrom):")
+    log.append("     %-10s  %-10s  %-10s" % ("a", "b", "c"))
+    for i, ax in enumerate("XYZ"):
+        log.append("%s: %11.8f %11.8f %11.8f" % (ax, a[i], b[i], c[i]))
+    log.append("reciprocal-space cell vectors (Angstrom^-1):")
+    log.append("     %-10s  %-10s  %-10s" % ("a_star", "b_star", "c_star"))
+    for i, ax in enumerate("XYZ"):
+        log.append("%s: %11.8f %11.8f %11.8f" % (ax, astar[i], bstar[i], cstar[i]))
+
+    a = scale(a, 1e-10)
+    b = scale(b, 1e-10)
+    c = scale(c, 1e-10)
+    am, bm, cm = magnitude(a), magnitude(b), magnitude(c)
+
+    Na, Nb, Nc = cfg.Na, cfg.Nb, cfg.Nc
+    if cfg.sample_x > 0:
+        Na = math.ceil(cfg.sample_x / am)
+    if cfg.sample_y > 0:
+        Nb = math.ceil(cfg.sample_y / bm)
+    if cfg.sample_z > 0:
+        Nc = math.ceil(cfg.sample_z / cm)
+    Na, Nb, Nc = (float(max(n, 1.0)) for n in (Na, Nb, Nc))
+
+    return Crystal(a=a, b=b, c=c, astar=astar, bstar=bstar, cstar=cstar,
+                   cell=(am * 1e10, bm * 1e10, cm * 1e10, al * RTD, be * RTD, ga * RTD),
+                   recip_cell=(asm, bsm, csm, als * RTD, bes * RTD, gas * RTD),
+                   V_cell=V_cell, Na=Na, Nb=Nb, Nc=Nc, misset=tuple(misset), log=log)
+
+
+def _nonzero(x):
+    return x if x > 0.0 else 1.0
+
+
+def mosaic_umats(spread, domains, rng_state, mosaic_seed):
+    """Mosaic domain rotation matrices (domains x 9); the first is the identity
+    (nanoBragg.c forces one aligned domain but still draws its random numbers)."""
+    idum = np.array([mosaic_seed], dtype=np.int64)
+    out = np.empty((domains, 9))
+    for i in range(domains):
+        out[i] = rngmod.mosaic_rotation_umat(spread, idum, rng_state.buf)
+    out[0] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    return out
+
+
+def phi_angles(phi0, phistep, phisteps):
+    """Spindle angle of each phi step (radians), computed as nanoBragg.c does."""
+    return [phi0 + phistep * t for t in range(phisteps)]
+
+
+def rotated_cells(crystal, spindle, phis, umats, mosaic_spread, c_parity):
+    """Real-space cells for every (phi step, mosaic domain), shape
+    (2, nphi, nmos, 3, 3): [variant, phi, mos, (a|b|c), xyz], metres.
+
+    Variant 0 is the cell used the first time a thread runs the phi loop,
+    variant 1 every later time.  They differ only under ``c_parity`` when a phi
+    step is exactly 0.0: nanoBragg.c then skips the rotation and reuses the
+    vectors left over from the previous step it executed (initially the
+    unrotated cell) - the phi=0 carry-over defect.  Otherwise both are the
+    correctly rotated cells.
+    """
+    nphi, nmos = len(phis), umats.shape[0]
+    base = (crystal.a, crystal.b, crystal.c)
+    out = np.empty((2, nphi, nmos, 3, 3))
+    last_nonzero = None
+    for p in phis:
+        if p != 0.0:
+            last_nonzero = p
+    for variant in range(2):
+        if c_parity and variant == 1 and last_nonzero is not None:
+            state = tuple(rotate_axis(v, spindle, last_nonzero) for v in base)
+        else:
+            state = base
+        for t, p in enumerate(phis):
+            if p != 0.0 or not c_parity:
+                state = tuple(rotate_axis(v, spindle, p) for v in base) if p != 0.0 else base
+            for m in range(nmos):
+                for j in range(3):
+                    out[variant, t, m, j] = (rotate_umat(state[j], umats[m]) if mosaic_spread > 0.0
+                                             else state[j])
+    return out

@@ -1,0 +1,1 @@
+"""File readers and writers matching nanoBragg's formats (SMV, HKL, Fdump, PGM, ...)."""

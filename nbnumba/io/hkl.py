@@ -1,0 +1,244 @@
+"""Structure-factor input: ``-hkl`` text files and the ``Fdump.bin`` cache.
+
+The grid follows nanoBragg's memory layout exactly: ``F[h-h_min, k-k_min,
+l-l_min]`` for indices in ``h_min..h_max`` etc., plus one extra index plane
+at the top of each axis (C allocates ``range+1`` entries per axis).  The
+extra planes are always 0.0; ``default_F`` pre-fills only the
+``range**3`` block of real indices, as in C.
+
+HKL text format: whitespace separated ``h k l F`` records.  nanoBragg scans
+it as a stream of numbers and stops silently at the first one it cannot
+parse.  This reader is stricter:
+
+* every non-blank line must hold exactly four numbers;
+* a bad line followed only by blank lines is ignored, like C's silent stop
+  (a note is added to ``HKLGrid.warnings``);
+* a bad line with data after it raises :class:`InputFileError` with file
+  name, line number and the offending text;
+* non-finite h, k or l raise; non-integer h, k, l give C's warning text and
+  are truncated toward zero for the second pass (C would re-read them with
+  ``%d`` and stop early);
+* a file with no records raises (C: "not enough HKL indices").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from nbnumba.errors import InputFileError
+from nbnumba.io._cnum import parse_c_number
+from nbnumba.io.atomic import atomic_open
+from nbnumba.io.smv import format_g
+
+__all__ = ["HKLGrid", "read_hkl", "write_fdump", "read_fdump", "fdump_bytes"]
+
+#: refuse grids larger than this many doubles (8 GiB)
+MAX_GRID_ELEMENTS = 1 << 30
+
+
+@dataclass
+class HKLGrid:
+    h_min: int
+    h_max: int
+    k_min: int
+    k_max: int
+    l_min: int
+    l_max: int
+    F: np.ndarray  # float64, shape (h_range+1, k_range+1, l_range+1)
+    hkls: int = 0
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def h_range(self) -> int:
+        return self.h_max - self.h_min + 1
+
+    @property
+    def k_range(self) -> int:
+        return self.k_max - self.k_min + 1
+
+    @property
+    def l_range(self) -> int:
+        return self.l_max - self.l_min + 1
+
+    def expected_shape(self) -> Tuple[int, int, int]:
+        return (self.h_range + 1, self.k_range + 1, self.l_range + 1)
+
+
+_SIMPLE_DECIMAL = re.compile(r"[0-9eE.+\-\s]*\Z")
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read().decode("latin-1")
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _parse_fast(text: str) -> Optional[np.ndarray]:
+    """All records as an (n, 4) array, or None if anything is unusual."""
+    if not _SIMPLE_DECIMAL.match(text):
+        return None  # letters, underscores, nan/inf, hex...: let the slow path judge
+    lines = text.split("\n")
+    counts = [len(ln.split()) for ln in lines]
+    if any(c not in (0, 4) for c in counts):
+        return None
+    tokens = text.split()
+    try:
+        arr = np.array(tokens, dtype=np.float64)
+    except ValueError:
+        return None
+    return arr.reshape(-1, 4)
+
+
+def _parse_slow(text: str, name: str, warn: List[str]) -> np.ndarray:
+    rows: List[List[float]] = []
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        toks = line.split()
+        if not toks:
+            continue
+        vals = [parse_c_number(t) for t in toks] if len(toks) == 4 else None
+        if vals is not None and all(v is not None for v in vals):
+            rows.append(vals)
+            continue
+        shown = line.strip()
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        if any(rest.strip() for rest in lines[i + 1:]):
+            raise InputFileError(f"{name} line {i + 1}: expected 'h k l F', got '{shown}'")
+        warn.append(f"{name} line {i + 1}: ignoring trailing text '{shown}' (not 'h k l F')")
+        break
+    return np.array(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def _nonint_warnings(hkl: np.ndarray) -> List[str]:
+    out: List[str] = []
+    bad = hkl != np.ceil(hkl - 0.4)
+    for n in np.flatnonzero(bad.any(axis=1)):
+        for j, axis in enumerate("hkl"):
+            if bad[n, j]:
+                out.append(
+                    f"WARNING: non-integer value for {axis} ({format_g(hkl[n, j])}) at line {n}"
+                )
+    return out
+
+
+def read_hkl(path, default_F: float = 0.0) -> HKLGrid:
+    """Read an ``h k l F`` text file into nanoBragg's structure-factor grid."""
+    name = os.fspath(path)
+    text = _read_text(name)
+    warn: List[str] = []
+    rec = _parse_fast(text)
+    if rec is None:
+        rec = _parse_slow(text, name, warn)
+    if rec.shape[0] == 0:
+        raise InputFileError(f"{name}: no 'h k l F' records found (not enough HKL indices)")
+
+    hkl = rec[:, :3]
+    if not np.all(np.isfinite(hkl)):
+        n = int(np.flatnonzero(~np.isfinite(hkl).all(axis=1))[0])
+        raise InputFileError(f"{name}: record {n + 1} has a non-finite Miller index")
+    warn = _nonint_warnings(hkl) + warn
+
+    # C keeps the running minima/maxima in ints (truncation toward zero);
+    # since truncation is monotonic this equals truncating the float extremes.
+    lo = [int(v) for v in hkl.min(axis=0)]
+    hi = [int(v) for v in hkl.max(axis=0)]
+    ranges = [hi[j] - lo[j] + 1 for j in range(3)]
+    n_elem = (ranges[0] + 1) * (ranges[1] + 1) * (ranges[2] + 1)
+    if n_elem > MAX_GRID_ELEMENTS:
+        raise InputFileError(
+            f"{name}: Miller index ranges {lo[0]}..{hi[0]}, {lo[1]}..{hi[1]}, "
+            f"{lo[2]}..{hi[2]} need a grid that is too large"
+        )
+
+    F = np.zeros((ranges[0] + 1, ranges[1] + 1, ranges[2] + 1), dtype=np.float64)
+    default_F = float(default_F)
+    if default_F != 0.0:  # NaN counts as "set", like C's test
+        F[: ranges[0], : ranges[1], : ranges[2]] = default_F
+
+    idx = np.trunc(hkl).astype(np.int64) - np.array(lo, dtype=np.int64)
+    flat = np.ravel_multi_index((idx[:, 0], idx[:, 1], idx[:, 2]), F.shape)
+    # later duplicates win, as in the C loop
+    rev_flat = flat[::-1]
+    _, first_in_rev = np.unique(rev_flat, return_index=True)
+    keep = len(flat) - 1 - first_in_rev
+    F.reshape(-1)[flat[keep]] = rec[keep, 3]
+
+    return HKLGrid(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2], F, int(rec.shape[0]), warn)
+
+
+# ---------------------------------------------------------------------------
+# Fdump.bin
+# ---------------------------------------------------------------------------
+
+def fdump_bytes(grid: HKLGrid) -> bytes:
+    """The exact bytes nanoBragg writes to ``Fdump.bin`` for ``grid``."""
+    F = np.asarray(grid.F)
+    if F.shape != grid.expected_shape():
+        raise ValueError(f"HKLGrid.F has shape {F.shape}, expected {grid.expected_shape()}")
+    head = "%d %d %d %d %d %d\n\f" % (
+        grid.h_min, grid.h_max, grid.k_min, grid.k_max, grid.l_min, grid.l_max
+    )
+    return head.encode("ascii") + np.ascontiguousarray(F, dtype="<f8").tobytes()
+
+
+def write_fdump(path, grid: HKLGrid) -> None:
+    """Write the structure-factor cache like nanoBragg (atomically):
+    ``"h_min h_max k_min k_max l_min l_max\\n\\f"`` then all
+    ``(h_range+1)*(k_range+1)*(l_range+1)`` doubles, little-endian, h outermost."""
+    payload = fdump_bytes(grid)
+    with atomic_open(path, "wb") as fh:
+        fh.write(payload)
+
+
+_FDUMP_HEAD = re.compile(
+    rb"[ \t\r\n\v]*([+-]?[0-9]+)[ \t]+([+-]?[0-9]+)[ \t]+([+-]?[0-9]+)[ \t]+"
+    rb"([+-]?[0-9]+)[ \t]+([+-]?[0-9]+)[ \t]+([+-]?[0-9]+)\n\f"
+)
+
+
+def read_fdump(path) -> HKLGrid:
+    """Read an ``Fdump.bin`` written by nanoBragg or :func:`write_fdump`.
+
+    ``hkls`` is set to ``h_range*k_range*l_range`` as in C.  A file shorter
+    than its header promises raises :class:`InputFileError` (C would keep
+    zeros); extra trailing bytes are ignored.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise InputFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    m = _FDUMP_HEAD.match(raw[:512])
+    if m is None:
+        raise InputFileError(
+            f"{name}: not an Fdump file (expected header 'h_min h_max k_min k_max l_min l_max' "
+            "followed by newline and form feed)"
+        )
+    h_min, h_max, k_min, k_max, l_min, l_max = (int(g) for g in m.groups())
+    hr, kr, lr = h_max - h_min + 1, k_max - k_min + 1, l_max - l_min + 1
+    if hr < 0 or kr < 0 or lr < 0:
+        raise InputFileError(f"{name}: invalid index ranges in Fdump header")
+    shape = (hr + 1, kr + 1, lr + 1)
+    count = shape[0] * shape[1] * shape[2]
+    if count > MAX_GRID_ELEMENTS:
+        raise InputFileError(f"{name}: Fdump index ranges are too large")
+    offset = m.end()
+    need = 8 * count
+    have = len(raw) - offset
+    if have < need:
+        raise InputFileError(
+            f"{name}: truncated Fdump data: expected {need} bytes of doubles after the header, "
+            f"found {have}"
+        )
+    F = np.frombuffer(raw, dtype="<f8", count=count, offset=offset).astype(np.float64)
+    F = F.reshape(shape)
+    return HKLGrid(h_min, h_max, k_min, k_max, l_min, l_max, F, hr * kr * lr)

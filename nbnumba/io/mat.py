@@ -1,0 +1,53 @@
+"""MOSFLM orientation matrix files (``-mat``).
+
+nanoBragg reads the first nine numbers as three rows of three: row ``i``
+holds component ``i`` (x, y, z) of a*, b* and c*, in that order.  The
+numbers still contain the wavelength (the caller divides it out); anything
+after the nine numbers (U matrix, cell, ...) is ignored, as in C.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from nbnumba.errors import InputFileError
+from nbnumba.io._cnum import parse_c_number
+
+__all__ = ["read_mosflm_mat"]
+
+
+def read_mosflm_mat(path) -> np.ndarray:
+    """Return ``recip`` (3x3 float64) with ``recip[0]`` = a* (x, y, z),
+    ``recip[1]`` = b*, ``recip[2]`` = c*, as read from the file (wavelength
+    not yet removed).
+
+    Stricter than C (which only calls ``perror`` and keeps going): a
+    non-number among the first nine values, or fewer than nine values,
+    raises :class:`InputFileError` naming the file and line.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fh:
+            text = fh.read().decode("latin-1")
+    except OSError as exc:
+        raise InputFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    values = []
+    lines = text.split("\n")
+    for lineno, line in enumerate(lines, start=1):
+        for tok in line.split():
+            v = parse_c_number(tok)
+            if v is None:
+                raise InputFileError(
+                    f"{name} line {lineno}: expected a number of the orientation matrix, "
+                    f"got '{tok[:40]}'"
+                )
+            values.append(v)
+            if len(values) == 9:
+                # rows of the file are (a*_i, b*_i, c*_i); transpose to vectors
+                return np.array(values, dtype=np.float64).reshape(3, 3).T.copy()
+    last = len(lines) if lines and lines[-1] != "" else max(len(lines) - 1, 1)
+    raise InputFileError(
+        f"{name} line {last}: file ends after {len(values)} of the 9 orientation-matrix numbers"
+    )

@@ -1,0 +1,123 @@
+"""Binary PGM (P5) preview images as nanoBragg writes them.
+
+Header: ``P5\\n<F> <S>\\n# pixels scaled by <pgm_scale %g>\\n255\\n`` then one
+byte per pixel, fast index varying fastest.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from nbnumba.errors import InputFileError
+from nbnumba.io.atomic import atomic_open
+from nbnumba.io.smv import format_g
+
+__all__ = ["pgm_header", "pgm_bytes_from_float", "write_pgm", "read_pgm"]
+
+
+def pgm_header(fpixels: int, spixels: int, pgm_scale: float) -> bytes:
+    """The text nanoBragg puts before the PGM pixels (``%lg`` is ``%g``)."""
+    return (
+        "P5\n%d %d\n# pixels scaled by %s\n255\n"
+        % (int(fpixels), int(spixels), format_g(pgm_scale))
+    ).encode("ascii")
+
+
+def _roi_mask(shape: Tuple[int, int], roi) -> Optional[np.ndarray]:
+    """True inside ``roi = (xmin, xmax, ymin, ymax)`` (inclusive; x = fast,
+    y = slow), as in the C test ``fpixel < roi_xmin || fpixel > roi_xmax ||
+    spixel < roi_ymin || spixel > roi_ymax`` -> outside.  ``None`` = whole image."""
+    if roi is None:
+        return None
+    xmin, xmax, ymin, ymax = roi
+    s, f = shape
+    fidx = np.arange(f)
+    sidx = np.arange(s)
+    fin = (fidx >= xmin) & (fidx <= xmax)
+    sin = (sidx >= ymin) & (sidx <= ymax)
+    return sin[:, None] & fin[None, :]
+
+
+def pgm_bytes_from_float(
+    float_image: np.ndarray, pgm_scale: float, roi: Optional[Sequence[int]] = None
+) -> np.ndarray:
+    """8-bit PGM pixels from the float image, with nanoBragg's arithmetic.
+
+    ``test = float_pixel * pgm_scale`` (in double), clipped at 255, then
+    C's ``(unsigned char)`` conversion as compiled on x86-64: truncation toward
+    zero to a 32-bit int whose low byte is kept (so -1.5 -> 255; NaN and
+    values outside the int range -> 0).  Pixels outside ``roi`` stay 0 (the
+    C buffer is zero-initialised and never written there).
+    """
+    img = np.asarray(float_image)
+    if img.ndim != 2:
+        raise ValueError(f"float image must be 2-D (S, F), got shape {img.shape}")
+    test = img.astype(np.float64) * float(pgm_scale)
+    test = np.where(test > 255.0, 255.0, test)
+    ok = np.isfinite(test) & (test > -2147483649.0) & (test < 2147483648.0)
+    t = np.trunc(np.where(ok, test, 0.0)).astype(np.int64)
+    t = np.where(ok, t, -(2**31))
+    out = (t & 0xFF).astype(np.uint8)
+    mask = _roi_mask(img.shape, roi)
+    if mask is not None:
+        out[~mask] = 0
+    return out
+
+
+def write_pgm(path, image_uint8: np.ndarray, pgm_scale: float) -> None:
+    """Write a P5 PGM exactly like nanoBragg (atomically)."""
+    img = np.asarray(image_uint8)
+    if img.ndim != 2 or img.dtype != np.uint8:
+        raise ValueError(f"PGM image must be 2-D uint8, got {img.dtype} {img.shape}")
+    s, f = img.shape
+    payload = pgm_header(f, s, pgm_scale) + np.ascontiguousarray(img).tobytes()
+    with atomic_open(path, "wb") as fh:
+        fh.write(payload)
+
+
+_PGM_TOKEN = re.compile(rb"(?:\s|#[^\n]*\n)*([0-9]+)")
+_SCALE_RE = re.compile(rb"#\s*pixels scaled by\s*(\S+)")
+
+
+def read_pgm(path) -> Tuple[np.ndarray, Optional[float]]:
+    """Read an 8-bit binary PGM.  Returns ``(image uint8 (S, F), pgm_scale)``;
+    ``pgm_scale`` comes from nanoBragg's comment line, ``None`` if absent."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise InputFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    if not raw.startswith(b"P5"):
+        raise InputFileError(f"{name}: not a binary PGM file (no 'P5' magic)")
+    pos = 2
+    nums = []
+    scale = None
+    for _ in range(3):
+        m = _PGM_TOKEN.match(raw, pos)
+        if m is None:
+            raise InputFileError(f"{name}: malformed PGM header")
+        sm = _SCALE_RE.search(raw, pos, m.start(1))
+        if sm is not None:
+            try:
+                scale = float(sm.group(1))
+            except ValueError:
+                scale = None
+        nums.append(int(m.group(1)))
+        pos = m.end()
+    width, height, maxval = nums
+    if maxval > 255:
+        raise InputFileError(f"{name}: only 8-bit PGM supported (maxval {maxval})")
+    pos += 1  # the single whitespace byte after maxval
+    need = width * height
+    have = len(raw) - pos
+    if have < need:
+        raise InputFileError(
+            f"{name}: truncated PGM data: expected {need} bytes, found {have}"
+        )
+    img = np.frombuffer(raw, dtype=np.uint8, count=need, offset=pos).reshape(height, width)
+    return img.copy(), scale

@@ -1,0 +1,392 @@
+"""SMV (ADSC) image files: reader, nanoBragg-identical writer, C ``%g`` formatting.
+
+Layout written by nanoBragg (and by :func:`write_smv`): an ASCII header that
+starts with ``{`` and a newline, one ``KEY=VALUE;`` entry per line (the C
+program forgets the ``;`` after ``DIALS_ORIGIN``), a closing ``}`` followed by
+a form feed, spaces up to byte 512, then ``SIZE1*SIZE2`` unsigned 16-bit
+integers in little-endian order, fast index (SIZE1) varying fastest.
+
+Reading (:func:`read_smv`) accepts any header size given by ``HEADER_BYTES``
+and either byte order.  Values are looked up in two ways:
+
+* ``header[key]`` -- the exact key, last occurrence wins;
+* :func:`header_value` -- nanoBragg's ``ValueOf`` rules: the *last*
+  occurrence of ``key`` as a *substring* anywhere in the header text, then
+  the number after the next ``=``.  This is what the C program uses for
+  ``-img``/``-mask``, and it has visible consequences on nanoBragg's own
+  headers: ``DISTANCE`` finds ``CLOSE_DISTANCE`` (written later) and
+  ``ORGX`` finds ``XDS_ORGX``.  Pass ``exact=True`` for a plain lookup.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from typing import Iterable, Mapping, Sequence, Tuple, Union
+
+import numpy as np
+
+from nbnumba.errors import InputFileError
+from nbnumba.io._cnum import c_atof
+from nbnumba.io.atomic import atomic_open
+
+__all__ = [
+    "SMVHeader",
+    "RTD",
+    "format_g",
+    "c_atof",
+    "read_smv",
+    "header_value",
+    "smv_header_text",
+    "write_smv",
+    "nanobragg_smv_fields",
+]
+
+#: C's ``M_1_PI`` is the double nearest 1/pi; ``1/math.pi`` rounds to that same double.
+M_1_PI = float.fromhex("0x1.45f306dc9c883p-2")
+#: nanoBragg's radians-to-degrees factor, ``180.0*M_1_PI``.
+RTD = 180.0 * M_1_PI
+
+SMV_HEADER_BYTES = 512
+#: keys whose line nanoBragg ends without ';'
+NO_SEMICOLON_KEYS = frozenset({"DIALS_ORIGIN"})
+
+Fields = Union[Sequence[Tuple[str, str]], Mapping[str, str]]
+
+
+# ---------------------------------------------------------------------------
+# C number formatting / parsing
+# ---------------------------------------------------------------------------
+
+def format_g(x) -> str:
+    """Format ``x`` exactly like glibc ``printf("%g", (double) x)``.
+
+    Python's ``%g`` agrees with C for finite numbers and infinities (both use
+    correctly rounded conversion, 6 significant digits, trailing zeros
+    removed, at least two exponent digits).  The one difference is NaN: glibc
+    prints ``-nan`` when the sign bit is set, Python always ``nan``.
+    """
+    v = float(x)
+    if v != v:
+        return "-nan" if math.copysign(1.0, v) < 0 else "nan"
+    return "%g" % v
+
+
+# ---------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------
+
+class SMVHeader(dict):
+    """``dict`` of header keys to (stripped) value strings, last occurrence
+    wins.  ``.text`` holds the raw header text (up to the first NUL byte, as
+    the C string functions see it) and ``.size`` the header length in bytes."""
+
+    text: str = ""
+    size: int = 0
+
+
+_ENTRY_RE = re.compile(r"([A-Za-z0-9_]+)[ \t]*=[ \t]*([^;\n\r]*)")
+
+
+def _parse_entries(text: str) -> SMVHeader:
+    hdr = SMVHeader()
+    body = text
+    if body.startswith("{"):
+        body = body[1:]
+    end = body.find("}")
+    if end >= 0:
+        body = body[:end]
+    for m in _ENTRY_RE.finditer(body):
+        key, value = m.group(1), m.group(2).strip()
+        if key in hdr:
+            del hdr[key]  # keep insertion order == order of the last occurrences
+        hdr[key] = value
+    return hdr
+
+
+def _value_of(text: str, keyword: str) -> float:
+    """nanoBragg's ``ValueOf``: last occurrence of ``keyword`` (as a
+    substring), then the number after the following ``=``."""
+    pos = text.rfind(keyword)
+    if pos < 0 or not keyword:
+        return math.nan
+    eq = text.find("=", pos + len(keyword))
+    if eq < 0:
+        return 0.0  # C returns 0.0 here
+    return c_atof(text[eq + 1:])
+
+
+def header_value(header: Mapping[str, str], key: str, exact: bool = False) -> float:
+    """Numeric value of ``key`` in an SMV header; NaN if absent or not a number.
+
+    Default: nanoBragg's ``ValueOf`` rules (substring match, last occurrence,
+    see the module docstring).  With ``exact=True`` only the key itself is
+    looked up.  One deliberate deviation from C: a value with no numeric
+    prefix gives NaN here, 0.0 in C.
+    """
+    if exact:
+        value = header.get(key)
+        if value is None:
+            return math.nan
+        return c_atof(str(value))
+    text = getattr(header, "text", None)
+    if not text:
+        text = "".join(f"{k}={v};\n" for k, v in header.items())
+    return _value_of(text, key)
+
+
+def _err(path: str, what: str) -> InputFileError:
+    return InputFileError(f"{path}: {what}")
+
+
+def read_smv(path) -> Tuple[SMVHeader, np.ndarray]:
+    """Read an SMV/ADSC image.
+
+    Returns ``(header, data)`` with ``data`` a ``uint16`` array of shape
+    ``(SIZE2, SIZE1)`` (slow, fast) in native byte order.  Raises
+    :class:`InputFileError` (message starts with the file name) for files that
+    cannot be opened, are not SMV, use an unsupported pixel type, or are
+    shorter than header + pixels.  Bytes after the last pixel are ignored,
+    as the C program does.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise _err(name, f"cannot read: {exc.strerror or exc}") from None
+
+    if not raw.startswith(b"{"):
+        raise _err(name, "not an SMV/ADSC file (header does not start with '{')")
+    first = raw[:SMV_HEADER_BYTES].split(b"\0", 1)[0].decode("latin-1")
+    if "HEADER_BYTES" not in first:
+        raise _err(name, "not an SMV/ADSC file (no HEADER_BYTES in the first 512 bytes)")
+    hb = _value_of(first, "HEADER_BYTES")
+    if not (math.isfinite(hb) and hb >= 1 and hb == int(hb)):
+        raise _err(name, f"bad HEADER_BYTES value in SMV header ({format_g(hb)})")
+    header_size = int(hb)
+    if len(raw) < header_size:
+        raise _err(
+            name,
+            f"truncated SMV header: HEADER_BYTES={header_size} but the file has {len(raw)} bytes",
+        )
+    text = raw[:header_size].split(b"\0", 1)[0].decode("latin-1")
+    if "}" not in text and b"}" in raw[header_size:header_size + 512]:
+        warnings.warn(
+            f"{name}: SMV header text runs past HEADER_BYTES={header_size} (as nanoBragg "
+            "writes when its header overflows); pixels are read from byte "
+            f"{header_size} like nanoBragg does, so they are probably shifted",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    header = _parse_entries(text)
+    header.text = text
+    header.size = header_size
+
+    # byte order: last BYTE_ORDER= in the text (the C reader does the same)
+    bo_pos = text.rfind("BYTE_ORDER=")
+    if bo_pos < 0:
+        raise _err(name, "SMV header has no BYTE_ORDER")
+    bo = text[bo_pos + len("BYTE_ORDER="):]
+    if bo.startswith("little_endian"):
+        dtype = np.dtype("<u2")
+    elif bo.startswith("big_endian"):
+        dtype = np.dtype(">u2")
+    else:
+        raise _err(name, f"unknown SMV BYTE_ORDER '{bo.split(';')[0].strip()[:40]}'")
+
+    ptype = header.get("TYPE")
+    if ptype is not None and ptype != "unsigned_short":
+        raise _err(name, f"unsupported SMV pixel TYPE '{ptype}' (only unsigned_short)")
+
+    def _dim(key):
+        v = header_value(header, key)
+        if math.isfinite(v) and v >= 1 and v == int(v):
+            return int(v)
+        return None
+
+    width, height = _dim("SIZE1"), _dim("SIZE2")
+    if width is None or height is None:
+        dd = _dim("DETECTOR_DIMENSIONS")
+        if dd is None:
+            raise _err(name, "SMV header lacks valid SIZE1/SIZE2")
+        width = width or dd
+        height = height or dd
+
+    need = 2 * width * height
+    have = len(raw) - header_size
+    if have < need:
+        raise _err(
+            name,
+            f"truncated SMV data: {width}x{height} unsigned_short pixels need {need} bytes "
+            f"after the {header_size}-byte header, found {have}",
+        )
+    data = np.frombuffer(raw, dtype=dtype, count=width * height, offset=header_size)
+    data = data.astype(np.uint16).reshape(height, width)
+    return header, data
+
+
+# ---------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------
+
+def _field_items(fields: Fields) -> Iterable[Tuple[str, str]]:
+    if isinstance(fields, Mapping):
+        return list(fields.items())
+    return list(fields)
+
+
+def _raw_header(items) -> bytes:
+    parts = ["{\n"]
+    for key, value in items:
+        end = "\n" if key in NO_SEMICOLON_KEYS else ";\n"
+        parts.append(f"{key}={value}{end}")
+    parts.append("}\f")
+    return "".join(parts).encode("latin-1")
+
+
+def smv_header_text(fields: Fields, header_overflow: str = "c") -> bytes:
+    """The SMV header nanoBragg writes, for the given ordered ``(key, value)``
+    fields (values already formatted as strings).
+
+    ``{\\n`` + one ``KEY=VALUE;\\n`` line per field (``DIALS_ORIGIN`` without
+    ``;``) + ``}\\f``, padded with spaces to 512 bytes.
+
+    nanoBragg bug: the 512-byte budget leaves only about 127 characters for
+    the 23 numbers, so realistic geometries (e.g. a 2463x2527 Pilatus at
+    231 mm) overflow it.  C then writes the whole text unpadded and the pixel
+    data start after it, although the header still says ``HEADER_BYTES=512``
+    (readers, fabio included, then fail or see shifted pixels).
+    ``header_overflow`` chooses what to do in that case:
+
+    * ``"c"`` (default): the same bytes as C, with a ``RuntimeWarning``;
+    * ``"grow"``: a valid file: ``HEADER_BYTES`` becomes the next multiple
+      of 512 that holds the text, and the header is padded to it;
+    * ``"error"``: raise ``ValueError``.
+    """
+    if header_overflow not in ("c", "grow", "error"):
+        raise ValueError(f"header_overflow must be 'c', 'grow' or 'error', not {header_overflow!r}")
+    items = _field_items(fields)
+    text = _raw_header(items)
+    size = SMV_HEADER_BYTES
+    if len(text) > size:
+        if header_overflow == "error":
+            raise ValueError(
+                f"SMV header text is {len(text)} bytes, longer than HEADER_BYTES={size}"
+            )
+        if header_overflow == "c":
+            warnings.warn(
+                f"SMV header text is {len(text)} bytes, longer than HEADER_BYTES=512; "
+                "written unpadded, as nanoBragg does (the file is not valid SMV)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return text
+        while len(text) > size:
+            size += SMV_HEADER_BYTES
+            items = [(k, str(size) if k == "HEADER_BYTES" else v) for k, v in items]
+            text = _raw_header(items)
+    return text + b" " * (size - len(text))
+
+
+def nanobragg_smv_fields(
+    fpixels: int,
+    spixels: int,
+    pixel_size_m: float,
+    distance_m: float,
+    lambda_m: float,
+    Xbeam_m: float,
+    Ybeam_m: float,
+    Fbeam_m: float,
+    Sbeam_m: float,
+    detsize_s_m: float,
+    dials_origin_mm: Sequence[float],
+    ORGX: float,
+    ORGY: float,
+    close_distance_m: float,
+    phi0_rad: float,
+    osc_rad: float,
+    twotheta_rad: float,
+    denzo_sign: int = -1,
+    byte_order: str = "little_endian",
+) -> list:
+    """Ordered SMV header fields with nanoBragg's arithmetic and ``%g`` text.
+
+    Inputs in the C program's internal units (metres, radians).
+    ``denzo_sign`` selects the DENZO beam expression: ``-1`` gives
+    ``(Sbeam-0.0*pixel)`` as for ``-intfile``, ``+1`` gives
+    ``(Sbeam+0.0*pixel)`` as for ``-noisefile`` (they differ only for -0.0).
+    """
+    f = format_g
+    pix = float(pixel_size_m)
+    S = float(Sbeam_m)
+    F = float(Fbeam_m)
+    if denzo_sign < 0:
+        dx, dy = (S - 0.0 * pix) * 1000.0, (F - 0.0 * pix) * 1000.0
+    else:
+        dx, dy = (S + 0.0 * pix) * 1000.0, (F + 0.0 * pix) * 1000.0
+    o = [float(v) for v in dials_origin_mm]
+    if len(o) != 3:
+        raise ValueError("dials_origin_mm needs 3 values")
+    phi_deg = float(phi0_rad) * RTD
+    return [
+        ("HEADER_BYTES", "512"),
+        ("DIM", "2"),
+        ("BYTE_ORDER", byte_order),
+        ("TYPE", "unsigned_short"),
+        ("SIZE1", "%d" % int(fpixels)),
+        ("SIZE2", "%d" % int(spixels)),
+        ("PIXEL_SIZE", f(pix * 1000.0)),
+        ("DISTANCE", f(float(distance_m) * 1000.0)),
+        ("WAVELENGTH", f(float(lambda_m) * 1e10)),
+        ("BEAM_CENTER_X", f(float(Xbeam_m) * 1000.0)),
+        ("BEAM_CENTER_Y", f(float(Ybeam_m) * 1000.0)),
+        ("ADXV_CENTER_X", f(F * 1000.0)),
+        ("ADXV_CENTER_Y", f((float(detsize_s_m) - S) * 1000.0)),
+        ("MOSFLM_CENTER_X", f((S - 0.5 * pix) * 1000.0)),
+        ("MOSFLM_CENTER_Y", f((F - 0.5 * pix) * 1000.0)),
+        ("DENZO_X_BEAM", f(dx)),
+        ("DENZO_Y_BEAM", f(dy)),
+        ("DIALS_ORIGIN", ",".join(f(v) for v in o)),
+        ("XDS_ORGX", f(ORGX)),
+        ("XDS_ORGY", f(ORGY)),
+        ("CLOSE_DISTANCE", f(float(close_distance_m) * 1000.0)),
+        ("PHI", f(phi_deg)),
+        ("OSC_START", f(phi_deg)),
+        ("OSC_RANGE", f(float(osc_rad) * RTD)),
+        ("TWOTHETA", f(float(twotheta_rad) * RTD)),
+        ("DETECTOR_SN", "000"),
+        ("BEAMLINE", "fake"),
+    ]
+
+
+def write_smv(
+    path, image_uint16: np.ndarray, fields: Fields, header_overflow: str = "c"
+) -> None:
+    """Write ``image_uint16`` (shape ``(S, F)``) as an SMV file, atomically.
+
+    ``header_overflow`` is passed to :func:`smv_header_text` (what to do when
+    the header text does not fit in 512 bytes; default: exactly like C).
+
+    ``fields`` are the ordered header entries (see :func:`nanobragg_smv_fields`);
+    the data are written little-endian, so ``BYTE_ORDER`` should say
+    ``little_endian`` (checked), and ``SIZE1``/``SIZE2`` must match the array.
+    """
+    img = np.asarray(image_uint16)
+    if img.ndim != 2:
+        raise ValueError(f"SMV image must be 2-D (S, F), got shape {img.shape}")
+    if img.dtype != np.uint16:
+        raise ValueError(f"SMV image must be uint16, got {img.dtype}")
+    items = _field_items(fields)
+    d = dict(items)
+    if d.get("BYTE_ORDER", "little_endian") != "little_endian":
+        raise ValueError("write_smv writes little_endian data; BYTE_ORDER must say so")
+    s, fpx = img.shape
+    for key, n in (("SIZE1", fpx), ("SIZE2", s)):
+        if key in d and str(d[key]).strip() != str(n):
+            raise ValueError(f"{key}={d[key]} does not match image shape {img.shape}")
+    payload = smv_header_text(items, header_overflow) + np.ascontiguousarray(img, dtype="<u2").tobytes()
+    with atomic_open(path, "wb") as fh:
+        fh.write(payload)

@@ -1,0 +1,306 @@
+"""numba CPU kernel: one detector pixel = the sum over sensor layers,
+sub-pixels, sources, phi steps and mosaic domains (nanoBragg's sub-paths).
+
+Everything that does not depend on the pixel (rotated cells per phi step and
+mosaic domain, source directions and wavelengths) arrives precomputed.  The
+per-pixel body, ``pixel_value``, is shared by the parallel image loop and by the
+single-pixel trace (which passes ``trace=True`` and a buffer to record the
+intermediate quantities): there is no second implementation of the physics.
+
+The working precision is that of the input arrays (float64 or float32); the
+float image is always returned as float32, like nanoBragg's floatimage.bin.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import literal_unroll, njit, prange
+
+from ..physics import (capture_fraction, dot, interp_in_range, lattice_factor, like,
+                       nearest_F, polarization_factor, rotate_axis, solid_angle, tricubic_F,
+                       unitize)
+
+# ---- integer option vector (iopt) layout ------------------------------------
+I_OVERSAMPLE, I_THICKSTEPS, I_NSRC, I_NPHI, I_NMOS, I_SHAPE = 0, 1, 2, 3, 4, 5
+I_CURVED, I_POINT, I_NOPOLAR, I_OS_THICK, I_OS_POLAR, I_OS_OMEGA = 6, 7, 8, 9, 10, 11
+I_INTERP, I_HKLS, I_HMIN, I_HMAX, I_KMIN, I_KMAX, I_LMIN, I_LMAX = 12, 13, 14, 15, 16, 17, 18, 19
+I_CPARITY, I_REDUCED, I_FPIXELS = 20, 21, 22
+N_IOPT = 23
+
+# ---- float option vector (fopt) layout --------------------------------------
+F_PIXEL, F_SUBPIXEL, F_DISTANCE, F_CLOSE, F_THICKSTEP, F_MU, F_THICK = 0, 1, 2, 3, 4, 5, 6
+F_KAHN, F_DMIN, F_NA, F_NB, F_NC, F_FUDGE, F_DEFAULT_F, F_I_BG = 7, 8, 9, 10, 11, 12, 13, 14
+F_WATER, F_SCALE, F_STEPS = 15, 16, 17
+N_FOPT = 18
+
+# ---- vectors (vecs) rows ----------------------------------------------------
+V_FDET, V_SDET, V_ODET, V_PIX0, V_BEAM, V_POLAR, V_ASTAR, V_BSTAR, V_CSTAR = range(9)
+N_VECS = 9
+
+# ---- trace events: buffer rows [event, values...] ---------------------------
+EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL = 1, 2, 3, 4, 5, 6
+TRACE_COLS = 32
+
+
+@njit(cache=True)
+def _v(vecs, row):
+    return (vecs[row, 0], vecs[row, 1], vecs[row, 2])
+
+
+@njit(cache=True)
+def _record(tbuf, tpos, ev, vals):
+    r = tpos[0]
+    if r < tbuf.shape[0]:
+        tbuf[r, 0] = ev
+        i = 1
+        for v in literal_unroll(vals):
+            tbuf[r, i] = v
+            i += 1
+    tpos[0] = r + 1
+
+
+@njit(cache=True)
+def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells,
+                Fhkl, trace, tbuf, tpos, info):
+    """Photons in one pixel (before float32 storage).
+
+    first_exec: this pixel is the first one a (single-threaded) nanoBragg.c
+        would run the phi loop for, which selects the initial-state cell
+        variant under -c_parity (phi=0 carry-over defect).
+    latch_sub: -c_parity emulation of the global "interpolation off" latch:
+        -1 = interpolate normally (per-sub-path fallback to nearest neighbour);
+        >= 0 = interpolate only for sub-paths numbered below it; -2 = never.
+    info (int64[3], out): [index of first out-of-range interpolation
+        sub-path or -1, whether any phi loop ran (0/1), sub-path count].
+    Returns (value, omega_sum over sub-pixels).
+    """
+    z = fopt[0] * 0
+    one = z + 1
+    os = iopt[I_OVERSAMPLE]
+    nthick = iopt[I_THICKSTEPS]
+    nsrc, nphi, nmos = iopt[I_NSRC], iopt[I_NPHI], iopt[I_NMOS]
+    shape = iopt[I_SHAPE]
+    c_parity = iopt[I_CPARITY] != 0
+    reduced = iopt[I_REDUCED] != 0
+    os_thick, os_polar, os_omega = iopt[I_OS_THICK] != 0, iopt[I_OS_POLAR] != 0, iopt[I_OS_OMEGA] != 0
+    interp = iopt[I_INTERP] != 0 and latch_sub != -2
+    hkls = iopt[I_HKLS]
+    hmin, hmax, kmin, kmax = iopt[I_HMIN], iopt[I_HMAX], iopt[I_KMIN], iopt[I_KMAX]
+    lmin, lmax = iopt[I_LMIN], iopt[I_LMAX]
+    pixel, subpixel = fopt[F_PIXEL], fopt[F_SUBPIXEL]
+    distance, close_distance = fopt[F_DISTANCE], fopt[F_CLOSE]
+    thickstep, mu, thick = fopt[F_THICKSTEP], fopt[F_MU], fopt[F_THICK]
+    kahn, dmin = fopt[F_KAHN], fopt[F_DMIN]
+    Na, Nb, Nc, fudge = fopt[F_NA], fopt[F_NB], fopt[F_NC], fopt[F_FUDGE]
+    default_F, I_bg, water = fopt[F_DEFAULT_F], fopt[F_I_BG], fopt[F_WATER]
+    fdet, sdet, odet, pix0 = _v(vecs, V_FDET), _v(vecs, V_SDET), _v(vecs, V_ODET), _v(vecs, V_PIX0)
+    beam, polar_axis = _v(vecs, V_BEAM), _v(vecs, V_POLAR)
+    astar, bstar, cstar = _v(vecs, V_ASTAR), _v(vecs, V_BSTAR), _v(vecs, V_CSTAR)
+
+    # nanoBragg.c's arithmetic is kept exactly unless a corrected formula is needed:
+    # several sensor layers without -oversample_thick, or any -oversample_* switch
+    corrected = (not c_parity) and (nthick > 1 or os_thick or os_polar or os_omega)
+
+    I = I_bg
+    polar = one if iopt[I_NOPOLAR] != 0 else z
+    omega_pixel = z
+    omega_acc = z
+    capture = z
+    acc = z            # corrected path: weighted crystal sum
+    capsum = z         # corrected path: sum of per-layer capture fractions
+    variant = 0 if first_exec else 1
+    first_oor = -1
+    ran_phi = 0
+    sub_count = 0
+    incident_v = (z, z, z)
+    diffracted = (z, z, z)
+    Fdet = z
+    Sdet = z
+    for thick_tic in range(nthick):
+        Odet = like(thick_tic, z) * thickstep
+        capture = z
+        if thick == 0.0:
+            capture = one
+        layer_sum = z
+        layer_capture = z
+        for subS in range(os):
+            for subF in range(os):
+                Fdet = subpixel * like(fpixel * os + subF, z) + subpixel / like(2.0, z)
+                Sdet = subpixel * like(spixel * os + subS, z) + subpixel / like(2.0, z)
+                pos = (Fdet * fdet[0] + Sdet * sdet[0] + Odet * odet[0] + pix0[0],
+                       Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1],
+                       Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
+                if iopt[I_CURVED] != 0:
+                    # every pixel at "distance": detector coordinates become angles
+                    v0 = (distance * beam[0], distance * beam[1], distance * beam[2])
+                    v1 = rotate_axis(v0, sdet, pos[1] / distance)
+                    v2 = rotate_axis(v1, fdet, pos[2] / distance)
+                    pos = (like(v2[0], z), like(v2[1], z), like(v2[2], z))
+                diffracted, airpath = unitize(pos)
+                if omega_pixel == 0.0 or os_omega:
+                    omega_pixel = like(solid_angle(pixel, airpath, close_distance, iopt[I_POINT] != 0), z)
+                omega_acc += omega_pixel
+                if capture == 0.0 or os_thick:
+                    parallax = dot(diffracted, odet)
+                    capture = like(capture_fraction(like(thick_tic, z), thickstep, mu, parallax), z)
+                if subS == 0 and subF == 0:
+                    layer_capture = capture
+                for source in range(nsrc):
+                    incident_v = (incident[source, 0], incident[source, 1], incident[source, 2])
+                    lambda_ = lam[source]
+                    S = ((diffracted[0] - incident_v[0]) / lambda_,
+                         (diffracted[1] - incident_v[1]) / lambda_,
+                         (diffracted[2] - incident_v[2]) / lambda_)
+                    if trace and source == 0:
+                        _record(tbuf, tpos, EV_GEOM, (
+                            pix0[0], pix0[1], pix0[2], fdet[0], fdet[1], fdet[2],
+                            sdet[0], sdet[1], sdet[2], pos[0], pos[1], pos[2], airpath,
+                            omega_pixel, close_distance, close_distance / airpath,
+                            diffracted[0], diffracted[1], diffracted[2],
+                            incident_v[0], incident_v[1], incident_v[2], lambda_,
+                            S[0], S[1], S[2]))
+                    stol = like(0.5, z) * np.sqrt(S[0] * S[0] + S[1] * S[1] + S[2] * S[2])
+                    if dmin > 0.0 and stol > 0.0:
+                        if dmin > like(0.5, z) / stol:
+                            continue
+                    if polar == 0.0 or os_polar:
+                        pf, dn = polarization_factor(kahn, incident_v, diffracted, polar_axis)
+                        polar = like(pf, z)
+                        diffracted = (like(dn[0], z), like(dn[1], z), like(dn[2], z))
+                    ran_phi = 1
+                    for phi_tic in range(nphi):
+                        for mos in range(nmos):
+                            a = (cells[variant, phi_tic, mos, 0, 0], cells[variant, phi_tic, mos, 0, 1],
+                                 cells[variant, phi_tic, mos, 0, 2])
+                            b = (cells[variant, phi_tic, mos, 1, 0], cells[variant, phi_tic, mos, 1, 1],
+                                 cells[variant, phi_tic, mos, 1, 2])
+                            c = (cells[variant, phi_tic, mos, 2, 0], cells[variant, phi_tic, mos, 2, 1],
+                                 cells[variant, phi_tic, mos, 2, 2])
+                            h = a[0] * S[0] + a[1] * S[1] + a[2] * S[2]
+                            k = b[0] * S[0] + b[1] * S[1] + b[2] * S[2]
+                            l = c[0] * S[0] + c[1] * S[1] + c[2] * S[2]
+                            h0 = np.int64(np.ceil(h - like(0.5, z)))
+                            k0 = np.int64(np.ceil(k - like(0.5, z)))
+                            l0 = np.int64(np.ceil(l - like(0.5, z)))
+                            F_latt, fa, fb, fc = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc,
+                                                                fudge, astar, bstar, cstar, reduced)
+                            if trace and source == 0 and mos == 0:
+                                if phi_tic == 0:
+                                    _record(tbuf, tpos, EV_HKL, (
+                                        a[0] * 1e10, a[1] * 1e10, a[2] * 1e10, b[0] * 1e10, b[1] * 1e10,
+                                        b[2] * 1e10, c[0] * 1e10, c[1] * 1e10, c[2] * 1e10,
+                                        astar[0], astar[1], astar[2], bstar[0], bstar[1], bstar[2],
+                                        cstar[0], cstar[1], cstar[2], h, k, l, h0, k0, l0))
+                                if shape == 0:
+                                    if phi_tic == 0:
+                                        _record(tbuf, tpos, EV_LATT, (fa, fb, fc, F_latt))
+                                    _record(tbuf, tpos, EV_PHI, (phi_tic, variant, k, fb, F_latt))
+                            if F_latt == 0.0 and water == 0.0:
+                                continue
+                            # structure factor of the unit cell
+                            use_interp = interp and (latch_sub < 0 or sub_count < latch_sub)
+                            if use_interp and not interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
+                                if first_oor < 0:
+                                    first_oor = sub_count
+                                use_interp = False
+                            if use_interp:
+                                F_cell = tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l)
+                            else:
+                                F_cell = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                                                   h0, k0, l0, default_F)
+                            sub_count += 1
+                            if trace and source == 0 and mos == 0 and phi_tic == 0:
+                                _record(tbuf, tpos, EV_FCELL, (F_cell,))
+                            term = F_cell * F_cell * F_latt * F_latt
+                            if corrected:
+                                if os_thick:
+                                    term *= capture
+                                if os_polar:
+                                    term *= polar
+                                if os_omega:
+                                    term *= omega_pixel
+                                layer_sum += term
+                            else:
+                                I += term
+                                # nanoBragg.c multiplies the running sum (a defect
+                                # that only -c_parity reaches: see docs/quirks.md)
+                                if os_thick:
+                                    I *= capture
+                                if os_polar:
+                                    I *= polar
+                                if os_omega:
+                                    I *= omega_pixel
+                    if c_parity:
+                        variant = 1
+        if corrected:
+            acc += layer_sum if os_thick else layer_sum * layer_capture
+            capsum += layer_capture
+
+    r2f = fopt[F_SCALE]   # r_e^2 * fluence
+    steps = fopt[F_STEPS]
+    if corrected:
+        I = acc + I_bg * capsum
+        test = r2f * I / steps
+        if not os_polar:
+            test *= polar
+        if not os_omega:
+            test *= omega_pixel
+    else:
+        test = r2f * I / steps
+        if not os_thick:
+            test *= capture
+        if not os_polar:
+            test *= polar
+        if not os_omega:
+            test *= omega_pixel
+    if trace:
+        _record(tbuf, tpos, EV_FINAL, (
+            I, steps, os_thick, os_polar, os_omega, capture, polar, omega_pixel,
+            dot(incident_v, diffracted), test, Fdet, Sdet))
+    info[0] = first_oor
+    info[1] = ran_phi
+    info[2] = sub_count
+    return test, omega_acc
+
+
+@njit(parallel=True, cache=True)
+def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam, cells,
+           Fhkl, out, omega_out, oor_out, ran_out):
+    """Fill ``out`` (float32, (S, F)) for every active pixel.
+
+    first_pixel: linear index of the pixel whose phi loop runs first (-1: none).
+    latch_pixel/latch_sub: -c_parity interpolation latch (see pixel_value).
+    oor_out: per-pixel first out-of-range interpolation sub-path (or -1).
+    ran_out: per-pixel flag, 1 if any phi loop ran.
+    """
+    S, F = active.shape
+    tbuf = np.zeros((1, 32))
+    for s in prange(S):
+        tpos = np.zeros(1, dtype=np.int64)
+        info = np.zeros(3, dtype=np.int64)
+        for f in range(F):
+            if active[s, f] == 0:
+                continue
+            p = s * F + f
+            ls = -1
+            if latch_pixel >= 0:
+                if p > latch_pixel:
+                    ls = -2
+                elif p == latch_pixel:
+                    ls = latch_sub
+            val, om = pixel_value(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam, cells,
+                                  Fhkl, False, tbuf, tpos, info)
+            out[s, f] = np.float32(val)
+            omega_out[s, f] = om
+            oor_out[s, f] = info[0]
+            ran_out[s, f] = info[1]
+
+
+@njit(cache=True)
+def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl, maxrows):
+    """Run one pixel with tracing on; returns (value, rows, nrows)."""
+    tbuf = np.zeros((maxrows, TRACE_COLS))
+    tpos = np.zeros(1, dtype=np.int64)
+    info = np.zeros(3, dtype=np.int64)
+    val, om = pixel_value(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl,
+                          True, tbuf, tpos, info)
+    return val, tbuf, tpos[0]

@@ -1,0 +1,324 @@
+"""Config -> Model: every array and number the kernel needs, derived in the
+order nanoBragg.c derives them (its printed log is collected on the way).
+
+Nothing here loops over pixels.  The kernel receives the packed arrays from
+``Model.kernel_args(dtype)``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+
+from . import crystal as xtal
+from .config import Config
+from .errors import ConfigError, InputFileError
+from .geometry import Detector, build_detector
+from .kernels import cpu as K
+from .rng import RngState
+from .sampling import Steps, resolve_steps
+from .sources import Sources, build_sources
+
+R_E_SQR = 7.94079248018965e-30   # Thomson cross-section, m^2
+AVOGADRO = 6.02214179e23
+WATER_F = 2.57
+WATER_MW = 18.0
+RTD = 180.0 * (1.0 / math.pi)
+MAX_PIXELS = 1 << 28             # refuse detectors beyond ~268 Mpixel
+SHAPE_CODES = {"SQUARE": 0, "ROUND": 1, "GAUSS": 2, "TOPHAT": 3}
+
+
+@dataclass
+class Model:
+    cfg: Config
+    det: Detector
+    steps: Steps
+    crystal: xtal.Crystal
+    sources: Sources
+    phis: list
+    umats: np.ndarray
+    cells: np.ndarray
+    Fhkl: np.ndarray
+    hkl_bounds: tuple           # (hmin, hmax, kmin, kmax, lmin, lmax)
+    hkls: int
+    interpolate: int
+    oversample: int
+    nsteps: int
+    fluence: float
+    flux: float
+    I_bg: float
+    seed: int
+    active: np.ndarray          # uint8 (S, F): pixels nanoBragg renders (ROI and mask)
+    rng: RngState
+    used_fdump: bool = False
+    log: List[str] = field(default_factory=list)
+    fdump_grid: Optional[object] = None
+    # filled in by the renderer under -c_parity (single-thread C emulation)
+    first_exec_pixel: int = -1
+    latch: tuple = (-1, -1)
+
+    @property
+    def shape(self):
+        return (self.det.spixels, self.det.fpixels)
+
+    def kernel_args(self, dtype):
+        """(iopt, fopt, vecs, incident, lam, cells, Fhkl) in working precision."""
+        d, c, st = self.det, self.crystal, self.steps
+        iopt = np.zeros(K.N_IOPT, dtype=np.int64)
+        iopt[K.I_OVERSAMPLE] = self.oversample
+        iopt[K.I_THICKSTEPS] = st.detector_thicksteps
+        iopt[K.I_NSRC] = len(self.sources.wavelength)
+        iopt[K.I_NPHI] = st.phisteps
+        iopt[K.I_NMOS] = st.mosaic_domains
+        iopt[K.I_SHAPE] = SHAPE_CODES[self.cfg.xtal_shape]
+        iopt[K.I_CURVED] = int(d.curved)
+        iopt[K.I_POINT] = int(d.point_pixel)
+        iopt[K.I_NOPOLAR] = int(self.cfg.nopolar)
+        iopt[K.I_OS_THICK] = int(self.cfg.oversample_thick)
+        iopt[K.I_OS_POLAR] = int(self.cfg.oversample_polar)
+        iopt[K.I_OS_OMEGA] = int(self.cfg.oversample_omega)
+        iopt[K.I_INTERP] = int(self.interpolate)
+        iopt[K.I_HKLS] = self.hkls
+        iopt[K.I_HMIN:K.I_LMAX + 1] = self.hkl_bounds
+        iopt[K.I_CPARITY] = int(self.cfg.c_parity)
+        iopt[K.I_REDUCED] = int(np.dtype(dtype) == np.float32)
+        iopt[K.I_FPIXELS] = d.fpixels
+        fopt = np.zeros(K.N_FOPT)
+        fopt[K.F_PIXEL] = d.pixel_size
+        fopt[K.F_SUBPIXEL] = d.pixel_size / self.oversample
+        fopt[K.F_DISTANCE] = d.distance
+        fopt[K.F_CLOSE] = d.close_distance
+        fopt[K.F_THICKSTEP] = st.detector_thickstep
+        fopt[K.F_MU] = st.detector_mu
+        fopt[K.F_THICK] = st.detector_thick
+        fopt[K.F_KAHN] = self.cfg.polarization
+        fopt[K.F_DMIN] = self.cfg.dmin
+        fopt[K.F_NA], fopt[K.F_NB], fopt[K.F_NC] = c.Na, c.Nb, c.Nc
+        fopt[K.F_FUDGE] = self.cfg.fudge
+        fopt[K.F_DEFAULT_F] = self.cfg.default_F
+        fopt[K.F_I_BG] = self.I_bg
+        fopt[K.F_WATER] = self.cfg.water_size
+        fopt[K.F_SCALE] = R_E_SQR * self.fluence
+        fopt[K.F_STEPS] = self.nsteps
+        vecs = np.zeros((K.N_VECS, 3))
+        vecs[K.V_FDET], vecs[K.V_SDET], vecs[K.V_ODET] = d.fdet, d.sdet, d.odet
+        vecs[K.V_PIX0], vecs[K.V_BEAM], vecs[K.V_POLAR] = d.pix0, d.beam, d.polar
+        vecs[K.V_ASTAR], vecs[K.V_BSTAR], vecs[K.V_CSTAR] = c.astar, c.bstar, c.cstar
+        dt = np.dtype(dtype)
+        return (iopt, fopt.astype(dt), vecs.astype(dt),
+                np.ascontiguousarray(self.sources.incident, dtype=dt),
+                self.sources.wavelength.astype(dt), self.cells.astype(dt),
+                np.ascontiguousarray(self.Fhkl, dtype=dt))
+
+
+def _resolve(cfg: Config, name: Optional[str]) -> Optional[str]:
+    if name is None:
+        return None
+    if cfg.workdir and not os.path.isabs(name):
+        return os.path.join(cfg.workdir, name)
+    return name
+
+
+def _check_finite(cfg: Config):
+    for fname in ("distance", "pixel_size", "lambda0", "fluence", "phi0", "detector_rotx",
+                  "detector_roty", "detector_rotz", "detector_twotheta", "Na", "Nb", "Nc",
+                  "default_F", "polarization", "fudge", "dmin", "exposure", "beamsize"):
+        v = getattr(cfg, fname)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError("%s is %r: a finite number is required" % (fname, v))
+    for fname in ("fdet_vector", "sdet_vector", "odet_vector", "beam_vector", "polar_vector",
+                  "spindle_vector", "twotheta_axis", "pix0_vector"):
+        if not all(math.isfinite(x) for x in getattr(cfg, fname)):
+            raise ConfigError("%s has a non-finite component" % fname)
+
+
+def build_model(cfg: Config) -> Model:
+    """Derive everything the kernel needs from a Config (no pixel loops)."""
+    _check_finite(cfg)
+    if cfg.pixel_size <= 0.0:
+        raise ConfigError("-pixel must be > 0 (got %g mm)" % (cfg.pixel_size * 1000))
+    if cfg.lambda0 <= 0.0:
+        raise ConfigError("wavelength must be > 0 (got %g A)" % (cfg.lambda0 * 1e10))
+    for n in ("Na", "Nb", "Nc"):
+        if getattr(cfg, n) < 0:
+            raise ConfigError("-%s must be >= 0" % n)
+    if cfg.oversample > 64:
+        raise ConfigError("-oversample %d is unreasonably large (max 64)" % cfg.oversample)
+    log: List[str] = []
+
+    # ---- fluence and sample clipping (before the geometry, as in C) ----------
+    fluence, flux = cfg.fluence, cfg.flux
+    sample_y, sample_z = cfg.sample_y, cfg.sample_z
+    if flux != 0.0 and cfg.exposure > 0.0 and cfg.beamsize >= 0:
+        fluence = flux * cfg.exposure / cfg.beamsize / cfg.beamsize
+    if cfg.beamsize >= 0:
+        if cfg.beamsize < sample_y:
+            log.append("WARNING: clipping sample (%g m high) with beam (%g m)" % (sample_y, cfg.beamsize))
+            sample_y = cfg.beamsize
+        if cfg.beamsize < sample_z:
+            log.append("WARNING: clipping sample (%g m wide) with beam (%g m)" % (sample_z, cfg.beamsize))
+            sample_z = cfg.beamsize
+    if cfg.exposure > 0.0:
+        flux = fluence / cfg.exposure * cfg.beamsize * cfg.beamsize
+
+    # ---- required inputs --------------------------------------------------
+    hklpath = _resolve(cfg, cfg.hklfilename)
+    fdump_path = _resolve(cfg, cfg.fdump_path)
+    have_fdump = hklpath is None and os.path.exists(fdump_path)
+    if hklpath is None and not have_fdump and cfg.default_F == 0.0:
+        raise ConfigError("no structure factors: give -hkl FILE or -default_F F "
+                          "(no %s cache found either)" % cfg.fdump_path)
+    if cfg.matfilename is None and not cfg.user_cell:
+        raise ConfigError("no unit cell: give -cell a b c alpha beta gamma or -mat FILE")
+    if cfg.user_cell and cfg.cell_a <= 0.0:
+        raise ConfigError("-cell: the a axis must be > 0 (got %g A)" % cfg.cell_a)
+
+    # ---- detector size sanity before anything is allocated ------------------
+    det = build_detector(_with(cfg, sample_y=sample_y, sample_z=sample_z))
+    if det.fpixels <= 0 or det.spixels <= 0:
+        raise ConfigError("detector has %d x %d pixels: both must be >= 1" % (det.fpixels, det.spixels))
+    if det.fpixels * det.spixels > MAX_PIXELS:
+        raise ConfigError("detector of %d x %d pixels is too large (limit %d pixels)"
+                          % (det.fpixels, det.spixels, MAX_PIXELS))
+
+    steps = resolve_steps(cfg)
+    if steps.phisteps > 100000 or steps.mosaic_domains > 10_000_000:
+        raise ConfigError("too many phi steps or mosaic domains requested")
+    log.extend(steps.warnings)
+    log.extend(det.log)
+
+    interpolate = cfg.interpolate
+    if interpolate > 1:
+        if cfg.Na <= 2 or cfg.Nb <= 2 or cfg.Nc <= 2:
+            log.append("auto-selected tricubic interpolation of structure factors")
+            interpolate = 1
+        else:
+            log.append("auto-selected no interpolation")
+            interpolate = 0
+
+    # ---- crystal ------------------------------------------------------------
+    rng = RngState()
+    seed = cfg.seed if cfg.seed is not None else -int(time.time())
+    misset_seed = cfg.misset_seed if cfg.misset_seed is not None else seed
+    recip = None
+    if cfg.matfilename is not None:
+        from .io.mat import read_mosflm_mat
+        recip = read_mosflm_mat(_resolve(cfg, cfg.matfilename))
+        log.append("reading %s" % cfg.matfilename)
+    cr = xtal.build_crystal(_with(cfg, sample_y=sample_y, sample_z=sample_z), recip, cfg.lambda0,
+                            rng, misset_seed)
+    log.extend(cr.log)
+    a_m = math.sqrt(sum(x * x for x in cr.a))
+    b_m = math.sqrt(sum(x * x for x in cr.b))
+    c_m = math.sqrt(sum(x * x for x in cr.c))
+    xa, xb, xc = a_m * cr.Na, b_m * cr.Nb, c_m * cr.Nc
+    log.append("crystal is %g x %g x %g microns" % (xa * 1e6, xb * 1e6, xc * 1e6))
+    xmax = max(xa, xb, xc)
+    recip_pixel = cfg.lambda0 * det.distance / det.pixel_size
+    recommended = int(math.ceil(3.0 * xmax / recip_pixel))
+    if recommended <= 0:
+        recommended = 1
+    oversample = cfg.oversample
+    if oversample <= 0:
+        oversample = recommended
+        log.append("auto-selected %d-fold oversampling" % oversample)
+    if oversample < recommended:
+        log.append("WARNING: maximum dimension of sample is %g A" % (xmax * 1e10))
+        log.append("         but reciprocal pixel size is %g A" % (recip_pixel * 1e10))
+        log.append("         intensity may vary significantly across a pixel!")
+        log.append("         recommend -oversample %d to work around this" % recommended)
+    if oversample > 64:
+        raise ConfigError("auto-selected oversampling of %d is too large; give -oversample "
+                          "explicitly (a smaller crystal or larger pixels also help)" % oversample)
+    volume = xa * xb * xc
+    log.append("approximate MW = %g" % (volume * 1.2e6 * AVOGADRO / (cr.Na * cr.Nb * cr.Nc)))
+
+    # ---- structure factors ----------------------------------------------------
+    used_fdump = False
+    grid = None
+    if hklpath is not None:
+        from .io.hkl import read_hkl
+        log.append("counting entries in %s" % cfg.hklfilename)
+        grid = read_hkl(hklpath, cfg.default_F)
+        log.extend(getattr(grid, "warnings", []))
+        if cfg.default_F != 0.0:
+            log.append("initializing to default_F = %g:" % cfg.default_F)
+            log.append("done initializing:")
+        log.append("re-reading %s" % cfg.hklfilename)
+    elif have_fdump:
+        from .io.hkl import read_fdump
+        grid = read_fdump(fdump_path)
+        used_fdump = True
+        log.append("reading Fs from %s (cache of a previous -hkl run; nanoBragg.c reads it "
+                   "silently when -hkl is absent)" % cfg.fdump_path)
+    if grid is not None:
+        Fhkl = np.ascontiguousarray(grid.F, dtype=np.float64)
+        bounds = (grid.h_min, grid.h_max, grid.k_min, grid.k_max, grid.l_min, grid.l_max)
+        hkls = int(grid.hkls)
+    else:
+        Fhkl = np.zeros((1, 1, 1))
+        bounds = (0, 0, 0, 0, 0, 0)
+        hkls = 0
+    if hkls == 0:
+        interpolate = 0
+
+    if cfg.stolfilename is not None:
+        from .io.textcols import read_text_columns
+        log.append("reading %s" % cfg.stolfilename)
+        if len(read_text_columns(_resolve(cfg, cfg.stolfilename), 2)) == 0:
+            raise InputFileError("%s: no data in input file" % cfg.stolfilename)
+
+    for t in range(steps.detector_thicksteps):
+        log.append("thick%d = %g um" % (t, steps.detector_thickstep * t * 1e6))
+    phis = xtal.phi_angles(steps.phi0, steps.phistep, steps.phisteps)
+    for t, p in enumerate(phis):
+        log.append("phi%d = %g" % (t, p * RTD))
+
+    # ---- sources ----------------------------------------------------------
+    cols = None
+    if cfg.sourcefilename is not None:
+        from .io.textcols import read_text_columns
+        cols = read_text_columns(_resolve(cfg, cfg.sourcefilename), 5)
+        if len(cols) == 0:
+            raise InputFileError("%s: no sources in file" % cfg.sourcefilename)
+    src = build_sources(steps, det.beam, det.polar, det.vert, cfg.lambda0, cfg.round_div, cols)
+    if len(src.wavelength) == 0:
+        raise ConfigError("no x-ray sources survive the divergence settings")
+    if np.any(src.wavelength <= 0) or not np.all(np.isfinite(src.wavelength)):
+        raise ConfigError("source wavelengths must be finite and > 0")
+    log.extend(src.log)
+
+    # ---- mosaic domains and rotated cells -------------------------------------
+    umats = xtal.mosaic_umats(steps.mosaic_spread, steps.mosaic_domains, rng, cfg.mosaic_seed)
+    log.append("  created a total of %d mosaic domains" % steps.mosaic_domains)
+    cells = xtal.rotated_cells(cr, det.spindle, phis, umats, steps.mosaic_spread, cfg.c_parity)
+
+    nsteps = len(src.wavelength) * steps.mosaic_domains * steps.phisteps * oversample * oversample
+    # amorphous (water) background, photons/sr before the per-pixel factors
+    I_bg = (WATER_F * WATER_F * R_E_SQR * fluence * cfg.water_size * cfg.water_size
+            * cfg.water_size * 1e6 * AVOGADRO / WATER_MW)
+
+    active = np.zeros((det.spixels, det.fpixels), dtype=np.uint8)
+    xmin, xmax_, ymin, ymax = det.roi
+    active[max(ymin, 0):max(ymax + 1, 0), max(xmin, 0):max(xmax_ + 1, 0)] = 1
+    if cfg.mask_image is not None:
+        m = np.asarray(cfg.mask_image)
+        if m.shape != active.shape:
+            raise InputFileError("%s: mask is %dx%d pixels but the detector is %dx%d"
+                                 % (cfg.maskfilename, m.shape[1], m.shape[0], det.fpixels, det.spixels))
+        active[m == 0] = 0
+
+    return Model(cfg=cfg, det=det, steps=steps, crystal=cr, sources=src, phis=phis, umats=umats,
+                 cells=cells, Fhkl=Fhkl, hkl_bounds=bounds, hkls=hkls, interpolate=interpolate,
+                 oversample=oversample, nsteps=nsteps, fluence=fluence, flux=flux, I_bg=I_bg,
+                 seed=seed, active=active, rng=rng, used_fdump=used_fdump, log=log,
+                 fdump_grid=grid if hklpath is not None else None)
+
+
+def _with(cfg: Config, **changes) -> Config:
+    from dataclasses import replace
+    return replace(cfg, **changes)

@@ -1,0 +1,278 @@
+"""Small jitted physics functions: the one implementation of each formula.
+
+Shared by the CPU kernel, the pixel trace, the host-side setup and the tests.
+Vectors are 3-tuples (x, y, z).  Every function is written so that, given
+float64 inputs, it performs the same floating-point operations in the same
+order as nanoBragg.c (so images agree to the last bits); given float32 inputs
+it stays in float32 (``like`` casts literals to the working precision).
+
+Units: lengths in metres, wavelengths in metres, angles in radians,
+scattering vectors in 1/m (so h = a . S is dimensionless).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+
+def like(value, proto):
+    """Return ``value`` in the floating type of ``proto`` (float32 or float64)."""
+    return type(proto)(value)
+
+
+@overload(like, jit_options={"cache": True})
+def _like_impl(value, proto):
+    if isinstance(proto, types.Float) and proto.bitwidth == 32:
+        return lambda value, proto: np.float32(value)
+    return lambda value, proto: np.float64(value)
+
+
+# ---------------------------------------------------------------- vectors
+@njit(cache=True, inline="always")
+def dot(u, v):
+    return u[0] * v[0] + u[1] * v[1] + u[2] * v[2]
+
+
+@njit(cache=True, inline="always")
+def cross(u, v):
+    return (u[1] * v[2] - u[2] * v[1],
+            u[2] * v[0] - u[0] * v[2],
+            u[0] * v[1] - u[1] * v[0])
+
+
+@njit(cache=True, inline="always")
+def magnitude(u):
+    return np.sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2])
+
+
+@njit(cache=True, inline="always")
+def unitize(u):
+    """(unit vector, magnitude); the zero vector maps to itself (as in C)."""
+    mag = magnitude(u)
+    if mag != 0.0:
+        return (u[0] / mag, u[1] / mag, u[2] / mag), mag
+    z = u[0] * 0
+    return (z, z, z), mag
+
+
+@njit(cache=True, inline="always")
+def scale(u, s):
+    return (s * u[0], s * u[1], s * u[2])
+
+
+@njit(cache=True)
+def rotate_axis(v, axis, phi):
+    """Rotate v by angle phi (rad) about the unit vector axis (right-handed)."""
+    sinphi = np.sin(phi)
+    cosphi = np.cos(phi)
+    d = (axis[0] * v[0] + axis[1] * v[1] + axis[2] * v[2]) * (1.0 - cosphi)
+    return (axis[0] * d + v[0] * cosphi + (-axis[2] * v[1] + axis[1] * v[2]) * sinphi,
+            axis[1] * d + v[1] * cosphi + (+axis[2] * v[0] - axis[0] * v[2]) * sinphi,
+            axis[2] * d + v[2] * cosphi + (-axis[1] * v[0] + axis[0] * v[1]) * sinphi)
+
+
+@njit(cache=True)
+def rotate_xyz(v, rx, ry, rz):
+    """Rotate v about x, then y, then z (radians); zero angles are skipped
+    exactly as nanoBragg.c does (which matters for the last bits)."""
+    x, y, z = v[0], v[1], v[2]
+    if rx != 0:
+        c, s = math.cos(rx), math.sin(rx)
+        y, z = y * c + z * (-s), y * s + z * c
+    if ry != 0:
+        c, s = math.cos(ry), math.sin(ry)
+        x, z = x * c + y * 0.0 + z * s, x * (-s) + y * 0.0 + z * c
+    if rz != 0:
+        c, s = math.cos(rz), math.sin(rz)
+        x, y = x * c + y * (-s), x * s + y * c
+    return (x, y, z)
+
+
+@njit(cache=True, inline="always")
+def rotate_umat(v, u):
+    """Apply a row-major 3x3 matrix (9-array) to v."""
+    return (u[0] * v[0] + u[1] * v[1] + u[2] * v[2],
+            u[3] * v[0] + u[4] * v[1] + u[5] * v[2],
+            u[6] * v[0] + u[7] * v[1] + u[8] * v[2])
+
+
+# ---------------------------------------------------------------- lattice
+@njit(cache=True)
+def sincg(x, N):
+    """Grating interference function sin(N x)/sin(x) (N at x == 0); x = pi*h."""
+    if x == 0.0:
+        return N
+    return np.sin(x * N) / np.sin(x)
+
+
+@njit(cache=True)
+def sincg_reduced(h, N):
+    """sincg(pi*h, N) evaluated on reduced arguments (the float32 path).
+
+    With n = rint(h), d = h - n and m = rint(N d), e = N d - m:
+    sin(N pi h) / sin(pi h) = (-1)^(n (N-1) + m) sin(pi e) / sin(pi d),
+    so both sines see arguments within +-pi/2 and float32 stays accurate."""
+    n = np.rint(h)
+    d = h - n
+    sign = (np.int64(n) * (np.int64(N) - 1)) & 1
+    if d == 0.0:
+        return -N if sign else N
+    Nd = N * d
+    m = np.rint(Nd)
+    e = Nd - m
+    sign = (sign + np.int64(m)) & 1
+    pi = like(math.pi, h)
+    val = np.sin(pi * e) / np.sin(pi * d)
+    return -val if sign else val
+
+
+@njit(cache=True)
+def sinc3(x):
+    """Fourier transform of a sphere: 3 (sin x / x - cos x) / x^2 (1 at 0)."""
+    if x == 0.0:
+        return like(1.0, x)
+    return like(3.0, x) * (np.sin(x) / x - np.cos(x)) / (x * x)
+
+
+SHAPE_SQUARE, SHAPE_ROUND, SHAPE_GAUSS, SHAPE_TOPHAT = 0, 1, 2, 3
+
+
+@njit(cache=True)
+def lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
+                   reduced):
+    """F_latt for one sub-path and the per-axis factors (a, b, c; 1 unless SQUARE).
+
+    ``astar``/``bstar``/``cstar`` are the *unrotated* reciprocal vectors (1/A), as
+    nanoBragg.c uses them for the gauss/tophat radius.  ``reduced`` selects the
+    delta-reduced sincg (float32 path)."""
+    one = like(1.0, h)
+    fa = one
+    fb = one
+    fc = one
+    if shape == SHAPE_SQUARE:
+        F = one
+        if Na > 1:
+            fa = sincg_reduced(h, Na) if reduced else sincg(like(math.pi, h) * h, Na)
+            F *= fa
+        if Nb > 1:
+            fb = sincg_reduced(k, Nb) if reduced else sincg(like(math.pi, h) * k, Nb)
+            F *= fb
+        if Nc > 1:
+            fc = sincg_reduced(l, Nc) if reduced else sincg(like(math.pi, h) * l, Nc)
+            F *= fc
+        return F, fa, fb, fc
+    dh = h - h0
+    dk = k - k0
+    dl = l - l0
+    if shape == SHAPE_ROUND:
+        hrad_sqr = dh * dh * Na * Na + dk * dk * Nb * Nb + dl * dl * Nc * Nc
+        F = Na * Nb * Nc * like(0.723601254558268, h) * sinc3(like(math.pi, h) * np.sqrt(hrad_sqr * fudge))
+        return F, fa, fb, fc
+    dx = dh * astar[0] + dk * bstar[0] + dl * cstar[0]
+    dy = dh * astar[1] + dk * bstar[1] + dl * cstar[1]
+    dz = dh * astar[2] + dk * bstar[2] + dl * cstar[2]
+    rad_star_sqr = (dx * dx + dy * dy + dz * dz) * Na * Na * Nb * Nb * Nc * Nc
+    if shape == SHAPE_GAUSS:
+        F = Na * Nb * Nc * np.exp(-(rad_star_sqr / like(0.63, h) * fudge))
+    else:
+        F = Na * Nb * Nc * (one if rad_star_sqr * fudge < like(0.3969, h) else like(0.0, h))
+    return F, fa, fb, fc
+
+
+# ---------------------------------------------------------------- structure factors
+@njit(cache=True)
+def polint4(xa0, ya, x):
+    """4-point Lagrange interpolation at x through (xa0+i, ya[i]), i = 0..3,
+    written term by term as nanoBragg.c's polint."""
+    x0_, x1_, x2_, x3_ = xa0, xa0 + like(1.0, xa0), xa0 + like(2.0, xa0), xa0 + like(3.0, xa0)
+    t0 = (x - x1_) * (x - x2_) * (x - x3_) * ya[0] / ((x0_ - x1_) * (x0_ - x2_) * (x0_ - x3_))
+    t1 = (x - x0_) * (x - x2_) * (x - x3_) * ya[1] / ((x1_ - x0_) * (x1_ - x2_) * (x1_ - x3_))
+    t2 = (x - x0_) * (x - x1_) * (x - x3_) * ya[2] / ((x2_ - x0_) * (x2_ - x1_) * (x2_ - x3_))
+    t3 = (x - x0_) * (x - x1_) * (x - x2_) * ya[3] / ((x3_ - x0_) * (x3_ - x1_) * (x3_ - x2_))
+    return t0 + t1 + t2 + t3
+
+
+@njit(cache=True)
+def tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l):
+    """Tricubic (polin3) interpolation of the F grid at fractional (h, k, l);
+    caller guarantees the 4x4x4 neighbourhood is inside the grid."""
+    hf = np.int64(np.floor(h))
+    kf = np.int64(np.floor(k))
+    lf = np.int64(np.floor(l))
+    z = h * 0
+    ymt = (z, z, z, z)
+    ya = np.empty(4, dtype=Fhkl.dtype)
+    yk = np.empty(4, dtype=Fhkl.dtype)
+    yh = np.empty(4, dtype=Fhkl.dtype)
+    for i1 in range(4):
+        for i2 in range(4):
+            for i3 in range(4):
+                ya[i3] = Fhkl[hf - 1 + i1 - hmin, kf - 1 + i2 - kmin, lf - 1 + i3 - lmin]
+            yk[i2] = polint4(like(lf - 1, h), ya, l)
+        yh[i1] = polint4(like(kf - 1, h), yk, k)
+    return polint4(like(hf - 1, h), yh, h)
+
+
+@njit(cache=True)
+def interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
+    """nanoBragg.c's test for a safe tricubic neighbourhood (ranges = max-min+1)."""
+    hr = hmax - hmin + 1
+    kr = kmax - kmin + 1
+    lr = lmax - lmin + 1
+    return not ((h - hmin + 3) > hr or (h - 2) < hmin or
+                (k - kmin + 3) > kr or (k - 2) < kmin or
+                (l - lmin + 3) > lr or (l - 2) < lmin)
+
+
+@njit(cache=True)
+def nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F):
+    """Nearest-neighbour F, default_F outside the grid (or when no hkl list)."""
+    if hkls > 0 and hmin <= h0 <= hmax and kmin <= k0 <= kmax and lmin <= l0 <= lmax:
+        return Fhkl[h0 - hmin, k0 - kmin, l0 - lmin]
+    return default_F
+
+
+# ---------------------------------------------------------------- detector factors
+@njit(cache=True)
+def polarization_factor(kahn, incident, diffracted, axis):
+    """Kahn polarization factor and the re-normalised diffracted vector.
+
+    nanoBragg.c re-unitizes its incident, diffracted and axis vectors *in place*
+    here; the caller keeps using the returned diffracted vector for the rest of
+    the sub-pixel so that the last bits match the reference."""
+    incident, _ = unitize(incident)
+    diffracted, _ = unitize(diffracted)
+    axis, _ = unitize(axis)
+    cos2theta = dot(incident, diffracted)
+    cos2theta_sqr = cos2theta * cos2theta
+    sin2theta_sqr = 1 - cos2theta_sqr
+    psi = cos2theta * 0
+    if kahn != 0.0:
+        B_in, _ = unitize(cross(axis, incident))
+        E_in, _ = unitize(cross(incident, B_in))
+        E_out = dot(diffracted, E_in)
+        B_out = dot(diffracted, B_in)
+        psi = -np.arctan2(B_out, E_out)
+    factor = like(0.5, cos2theta) * (1.0 + cos2theta_sqr - kahn * np.cos(2 * psi) * sin2theta_sqr)
+    return factor, diffracted
+
+
+@njit(cache=True)
+def solid_angle(pixel_size, airpath, close_distance, point_pixel):
+    """Pixel solid angle (sr): pixel^2/R^2 * obliquity (close_distance/R), or
+    1/R^2 for -point_pixel."""
+    if point_pixel:
+        return 1.0 / airpath / airpath
+    return pixel_size * pixel_size / airpath / airpath * close_distance / airpath
+
+
+@njit(cache=True)
+def capture_fraction(layer, thickstep, mu, parallax):
+    """Fraction of photons absorbed in sensor layer ``layer`` (0-based) of
+    thickness ``thickstep`` (m) for attenuation coefficient mu (1/m) and
+    parallax = cos of the angle to the detector normal."""
+    return (np.exp(-layer * thickstep * mu / parallax)
+            - np.exp(-(layer + 1) * thickstep * mu / parallax))

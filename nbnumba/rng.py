@@ -1,0 +1,218 @@
+"""nanoBragg-compatible random numbers.
+
+nanoBragg.c uses the Numerical-Recipes style minimal-standard generator with a
+32-entry shuffle table (``ran1``), whose table is a *static* shared by every seed
+the program uses (random misset, mosaic domains, noise).  A negative seed
+re-initialises the table.  To give identical mosaic domains, random missets and
+noise images for the same seeds we keep that state explicitly in a small int64
+array and reproduce the float32 arithmetic of the deviates exactly.
+
+State layout (``RngState.buf``, int64[34]): [idum, iy, iv[0..31]].
+Gaussian spare deviate: ``RngState.gauss`` float32[2] = [iset, gset].
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+IA = 16807
+IM = 2147483647
+AM = 1.0 / IM
+IQ = 127773
+IR = 2836
+NTAB = 32
+NDIV = 1 + (IM - 1) // NTAB
+RNMX = 1.0 - 1.2e-7
+F32 = np.float32
+
+
+class RngState:
+    """Shared ran1 state, as the static variables of nanoBragg.c's ran1/gaussdev."""
+
+    def __init__(self):
+        self.buf = np.zeros(2 + NTAB, dtype=np.int64)
+        self.gauss = np.zeros(2, dtype=np.float32)
+
+
+@njit(cache=True)
+def ran1(idum_ref, buf):
+    """Uniform deviate in (0, 1) as float32.  ``idum_ref`` is a 1-element int64
+    array holding the caller's seed variable (C passes ``long *idum``)."""
+    idum = idum_ref[0]
+    if idum <= 0 or buf[1] == 0:
+        # (re)load the shuffle table; a zero seed is promoted to 1
+        if -idum < 1:
+            idum = 1
+        else:
+            idum = -idum
+        for j in range(NTAB + 7, -1, -1):
+            k = idum // IQ
+            idum = IA * (idum - k * IQ) - IR * k
+            if idum < 0:
+                idum += IM
+            if j < NTAB:
+                buf[2 + j] = idum
+        buf[1] = buf[2]
+    k = idum // IQ
+    idum = IA * (idum - k * IQ) - IR * k
+    if idum < 0:
+        idum += IM
+    j = buf[1] // NDIV
+    buf[1] = buf[2 + j]
+    buf[2 + j] = idum
+    idum_ref[0] = idum
+    temp = F32(AM * buf[1])
+    if temp > RNMX:
+        return F32(RNMX)
+    return temp
+
+
+@njit(cache=True)
+def gammln(xx):
+    """ln Gamma(xx) with float32 argument and result (C: float gammln(float))."""
+    x = float(F32(xx))
+    y = x
+    tmp = x + 5.5
+    tmp -= (x + 0.5) * math.log(tmp)
+    ser = 1.000000000190015
+    ser += 76.18009172947146 / (y + 1.0)
+    ser += -86.50532032941677 / (y + 2.0)
+    ser += 24.01409824083091 / (y + 3.0)
+    ser += -1.231739572450155 / (y + 4.0)
+    ser += 0.1208650973866179e-2 / (y + 5.0)
+    ser += -0.5395239384953e-5 / (y + 6.0)
+    return F32(-tmp + math.log(2.5066282746310005 * ser / x))
+
+
+@njit(cache=True)
+def gaussdev(idum_ref, buf, gauss):
+    """Unit normal deviate (Box-Muller polar form), float32, with the spare kept."""
+    if gauss[0] == 0:
+        while True:
+            v1 = F32(2.0 * ran1(idum_ref, buf) - 1.0)
+            v2 = F32(2.0 * ran1(idum_ref, buf) - 1.0)
+            rsq = F32(v1 * v1 + v2 * v2)
+            if not (rsq >= 1.0 or rsq == 0):
+                break
+        fac = F32(math.sqrt(-2.0 * math.log(rsq) / rsq))
+        gauss[1] = F32(v1 * fac)
+        gauss[0] = 1
+        return F32(v2 * fac)
+    gauss[0] = 0
+    return gauss[1]
+
+
+@njit(cache=True)
+def poidev(xm, idum_ref, buf, gauss):
+    """Poisson deviate with mean ``xm`` (float32 arithmetic as nanoBragg.c)."""
+    xm = F32(xm)
+    if xm > 1.0e6:
+        return F32(xm + math.sqrt(xm) * gaussdev(idum_ref, buf, gauss))
+    if xm < 12.0:
+        g = F32(math.exp(-float(xm)))
+        em = F32(-1.0)
+        t = F32(1.0)
+        while True:
+            em = F32(em + F32(1.0))
+            t = F32(t * ran1(idum_ref, buf))
+            if not (t > g):
+                break
+        return em
+    sq = F32(math.sqrt(2.0 * xm))
+    alxm = F32(math.log(xm))
+    g = F32(F32(xm * alxm) - gammln(xm + 1.0))
+    while True:
+        while True:
+            y = F32(math.tan(math.pi * ran1(idum_ref, buf)))
+            em = F32(F32(sq * y) + xm)
+            if not (em < 0.0):
+                break
+        em = F32(math.floor(em))
+        expo = F32(F32(F32(em * alxm) - gammln(em + 1.0)) - g)
+        t = F32(0.9 * (1.0 + F32(y * y)) * math.exp(expo))
+        if not (ran1(idum_ref, buf) > t):
+            break
+    return em
+
+
+@njit(cache=True)
+def mosaic_rotation_umat(mosaicity, idum_ref, buf):
+    """Random rotation matrix (row-major 9 doubles) within a cap of angular
+    radius ``mosaicity`` (radians; the C parameter is a float, so it is rounded
+    to float32 first)."""
+    mos = F32(mosaicity)
+    r1 = 2.0 * ran1(idum_ref, buf) - 1.0
+    r2 = 2.0 * ran1(idum_ref, buf) - 1.0
+    r3 = 2.0 * ran1(idum_ref, buf) - 1.0
+    xyrad = math.sqrt(1.0 - r2 * r2)
+    # powf on float arguments, then a float product, as in the C
+    rot = float(F32(mos * np.power(F32(1.0 - r3 * r3), F32(1.0 / 3.0))))
+    v1 = xyrad * math.sin(math.pi * r1)
+    v2 = xyrad * math.cos(math.pi * r1)
+    v3 = r2
+    c = math.cos(rot)
+    t2 = 1.0 - c
+    s = math.sin(rot)
+    u = np.empty(9)
+    u[0] = c + t2 * (v1 * v1)
+    u[1] = t2 * v1 * v2 - s * v3
+    u[2] = t2 * v1 * v3 + s * v2
+    u[3] = t2 * v1 * v2 + s * v3
+    u[4] = c + t2 * (v2 * v2)
+    u[5] = t2 * v2 * v3 - s * v1
+    u[6] = t2 * v1 * v3 - s * v2
+    u[7] = t2 * v2 * v3 + s * v1
+    u[8] = c + t2 * (v3 * v3)
+    return u
+
+
+@njit(cache=True)
+def noise_image(float_image, seed, buf, gauss, adc_offset, roi):
+    """Poisson noise image as nanoBragg.c writes it (uint16) plus photons and
+    overloads.  ``roi`` = (xmin, xmax, ymin, ymax) inclusive; pixels outside keep
+    the value 0.  Pixels are visited in raster order (the RNG is sequential)."""
+    S, F = float_image.shape
+    out = np.zeros((S, F), dtype=np.uint16)
+    idum = np.empty(1, dtype=np.int64)
+    idum[0] = seed
+    total = 0.0
+    overloads = 0
+    for s in range(S):
+        for f in range(F):
+            if f < roi[0] or f > roi[1] or s < roi[2] or s > roi[3]:
+                continue
+            test = float(poidev(float_image[s, f], idum, buf, gauss))
+            total += test
+            test += adc_offset
+            if test > 65535.0:
+                test = 65535.0
+                overloads += 1
+            out[s, f] = np.uint16(int(test)) if test >= 0 else np.uint16(0)
+    return out, total, overloads, idum[0]
+
+
+def umat2misset(u):
+    """Rotation matrix (9, row-major) -> (rotx, roty, rotz) radians, following the
+    re-orthonormalisation of nanoBragg.c's umat2misset."""
+    u = np.asarray(u, dtype=float).reshape(3, 3).copy()
+    # the C normalises the rows twice (before and after its cross-product repair,
+    # which only acts on all-zero rows); both divisions are kept for bit parity
+    for _ in range(2):
+        for i in range(3):
+            m = math.sqrt(u[i, 0] * u[i, 0] + u[i, 1] * u[i, 1] + u[i, 2] * u[i, 2])
+            if m > 0:
+                u[i] = u[i] / m
+    uxx, uxy, uxz = u[0]
+    uyx, uyy, uyz = u[1]
+    uzx, uzy, uzz = u[2]
+    if uzx * uzx < 1.0:
+        rotx = math.atan2(uzy, uzz)
+        roty = math.atan2(-uzx, math.sqrt(uzy * uzy + uzz * uzz))
+        rotz = math.atan2(uyx, uxx)
+    else:
+        rotx = math.atan2(1, 1) * 4
+        roty = math.atan2(1, 1) * 2
+        rotz = math.atan2(uxy, -uyy)
+    return rotx, roty, rotz

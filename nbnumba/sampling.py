@@ -1,0 +1,166 @@
+"""Step-count resolution: nanoBragg's rules for filling in phi, divergence,
+dispersion, sensor-layer and mosaic sampling from whatever the user gave.
+
+Each rule takes (range, step, steps) with the C sentinels (-1 = not given) and
+returns the resolved triple; warnings are returned as text for the summary.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List
+
+
+def _range_rule(rng, step, steps, steps_only_range, sweep_mode):
+    """Shared rule for divergence and dispersion (C's hdiv/vdiv/disp blocks).
+
+    ``steps_only_range``: the range assumed when only a count is given.
+    """
+    if steps <= 0:
+        if rng < 0.0:
+            if step <= 0.0:
+                return 0.0, 0.0, 1
+            return step, step, 2
+        if step <= 0.0:
+            return rng, rng, 2
+        return rng, step, int(math.ceil(rng / step))
+    if rng < 0.0:
+        if step <= 0.0:
+            rng = steps_only_range
+            return rng, rng / steps, steps
+        return step, step, 2
+    if step <= 0.0:
+        if steps <= 1:
+            steps = 2
+        return rng, rng / (steps - 1), steps
+    return rng, step, steps
+
+
+def _sanity(rng, step, steps):
+    if rng <= 0.0 or step <= 0.0 or steps <= 0:
+        return 0.0, 0.0, 1
+    return rng, step, steps
+
+
+@dataclass
+class Steps:
+    phi0: float
+    phistep: float
+    phisteps: int
+    osc: float
+    hdivrange: float
+    hdivstep: float
+    hdivsteps: int
+    vdivrange: float
+    vdivstep: float
+    vdivsteps: int
+    dispersion: float
+    dispstep: float
+    dispsteps: int
+    detector_thick: float
+    detector_thickstep: float
+    detector_thicksteps: int
+    detector_mu: float
+    mosaic_spread: float
+    mosaic_domains: int
+    warnings: List[str] = field(default_factory=list)
+
+
+def resolve_steps(cfg) -> Steps:
+    """Apply nanoBragg.c's "default sampling logic" to a Config."""
+    warnings: List[str] = []
+    RTD = 180.0 * (1.0 / math.pi)
+
+    # --- phi --------------------------------------------------------------
+    phisteps, osc, phistep = cfg.phisteps, cfg.osc, cfg.phistep
+    if phisteps < 0:
+        if osc < 0.0:
+            if phistep <= 0.0:
+                phisteps, osc, phistep = 1, 0.0, 0.0
+            else:
+                osc, phisteps = phistep, 2
+        else:
+            if phistep <= 0.0:
+                phisteps, phistep = 2, osc / 2.0
+            else:
+                phisteps = int(math.ceil(osc / phistep))
+    else:
+        if phisteps == 0:
+            phisteps = 1
+        if osc < 0.0:
+            if phistep <= 0.0:
+                osc = 1.0 / RTD
+                phistep = osc / phisteps
+            else:
+                osc, phisteps = phistep, 2
+        else:
+            if phistep < 0.0:
+                phistep = osc / phisteps
+
+    # --- divergence and dispersion -----------------------------------------
+    h = _range_rule(cfg.hdivrange, cfg.hdivstep, cfg.hdivsteps, 1.0, None)
+    v = _range_rule(cfg.vdivrange, cfg.vdivstep, cfg.vdivsteps, 1.0, None)
+    d = _range_rule(cfg.dispersion, cfg.dispstep, cfg.dispsteps, 1.0, None)
+
+    # --- sensor layers (its own variant of the rule) -------------------------
+    thick, tstep, tsteps = cfg.detector_thick, cfg.detector_thickstep, cfg.detector_thicksteps
+    if tsteps <= 0:
+        if thick < 0.0:
+            if tstep <= 0.0:
+                tsteps, thick, tstep = 1, 0.0, 0.0
+            else:
+                thick, tsteps = tstep, 2
+        else:
+            if tstep <= 0.0:
+                tsteps = 2
+                tstep = thick / tsteps
+            else:
+                tsteps = int(math.ceil(thick / tstep))
+    else:
+        if thick < 0.0:
+            if tstep <= 0.0:
+                thick = 0.5e-6
+                tstep = thick / tsteps
+            else:
+                thick, tsteps = tstep, 2
+        else:
+            if tstep <= 0.0:
+                if tsteps <= 1:
+                    tsteps = 2
+                tstep = thick / (tsteps - 1)
+    mu = cfg.detector_mu
+    if thick > 0.0 and mu < 0.0:
+        mu = 1.0 / thick
+        warnings.append("WARNING: setting detector attenuation depth to %g m" % mu)
+
+    # --- mosaic domains ----------------------------------------------------
+    spread, domains = cfg.mosaic_spread, cfg.mosaic_domains
+    if domains <= 0:
+        if spread < 0.0:
+            domains, spread = 1, 0.0
+        elif spread == 0.0:
+            domains = 1
+        else:
+            warnings.append("WARNING: finite mosaicity with only one domain! upping to 10 mosaic domains")
+            domains = 10
+    else:
+        if spread < 0.0:
+            warnings.append("WARNING: no mosaic spread specified.  setting mosaic_domains = 1")
+            spread, domains = 0.0, 1
+        elif spread == 0.0:
+            warnings.append("WARNING: zero mosaic spread specified.  setting mosaic_domains = 1")
+            domains = 1
+
+    # --- sanity checks (C resets degenerate sweeps to a single step) ---------
+    h = _sanity(*h)
+    v = _sanity(*v)
+    d = _sanity(*d)
+    thick, tstep, tsteps = _sanity(thick, tstep, tsteps)
+
+    return Steps(phi0=cfg.phi0, phistep=phistep, phisteps=phisteps, osc=osc,
+                 hdivrange=h[0], hdivstep=h[1], hdivsteps=h[2],
+                 vdivrange=v[0], vdivstep=v[1], vdivsteps=v[2],
+                 dispersion=d[0], dispstep=d[1], dispsteps=d[2],
+                 detector_thick=thick, detector_thickstep=tstep, detector_thicksteps=tsteps,
+                 detector_mu=mu, mosaic_spread=spread, mosaic_domains=domains,
+                 warnings=warnings)

@@ -1,0 +1,93 @@
+"""X-ray sources: a divergence grid (round or square) times a wavelength
+sweep, or the positions read from -sourcefile.
+
+Returned directions are unit vectors from the sample towards each source (as
+nanoBragg.c stores them); the kernel's incident vector is their negative.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List
+
+import numpy as np
+
+from .physics import rotate_axis, unitize
+
+SOURCE_DISTANCE = 10.0   # m, nanoBragg's fixed source distance
+
+
+@dataclass
+class Sources:
+    direction: np.ndarray    # (n, 3) unit vectors sample -> source
+    wavelength: np.ndarray   # (n,) metres
+    weight: np.ndarray       # (n,) as given/generated (printed only: nanoBragg
+                             # weights every source equally in the image)
+    divsteps: int
+    log: List[str] = field(default_factory=list)
+
+    @property
+    def incident(self):
+        return -self.direction
+
+
+def _divergence_offsets(steps):
+    """(hdiv, vdiv) pairs kept by the elliptical cut (or all with -square_div)."""
+    out = []
+    for i in range(steps.hdivsteps):
+        for j in range(steps.vdivsteps):
+            hdiv = steps.hdivstep * i - steps.hdivrange / 2.0
+            vdiv = steps.vdivstep * j - steps.vdivrange / 2.0
+            out.append((hdiv, vdiv))
+    return out
+
+
+def build_sources(steps, beam, polar, vert, lambda0, round_div, file_columns=None) -> Sources:
+    log: List[str] = []
+    if file_columns is not None and len(file_columns):
+        cols = np.array(file_columns, dtype=float)
+        X, Y, Z, I, L = (cols[:, i] for i in range(5))
+        X = np.where(np.isnan(X), -SOURCE_DISTANCE * beam[0], X)
+        Y = np.where(np.isnan(Y), -SOURCE_DISTANCE * beam[1], Y)
+        Z = np.where(np.isnan(Z), -SOURCE_DISTANCE * beam[2], Z)
+        I = np.where(np.isnan(I), 1.0, I)
+        L = np.where(np.isnan(L), lambda0, L)
+        pos = list(zip(X.tolist(), Y.tolist(), Z.tolist()))
+        weights, lambdas = I.tolist(), L.tolist()
+        divsteps = 0
+    else:
+        kept = []
+        for hdiv, vdiv in _divergence_offsets(steps):
+            # C divides by a possibly zero range: NaN never exceeds 1.1, so a
+            # degenerate direction keeps its points (IEEE semantics via numpy)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                hr, vr = np.float64(steps.hdivrange), np.float64(steps.vdivrange)
+                test = (hdiv * hdiv - steps.hdivstep * steps.hdivstep / 4.0 * (1 - steps.hdivsteps % 2)) / hr / hr
+                test += (vdiv * vdiv - steps.vdivstep * steps.vdivstep / 4.0 * (1 - steps.vdivsteps % 2)) / vr / vr
+            if round_div and test * 4.0 > 1.1:
+                continue
+            kept.append((hdiv, vdiv))
+            log.append("divergence deviation: %g %g" % (hdiv, vdiv))
+        lam = [lambda0 * (1.0 + steps.dispstep * t - steps.dispersion / 2.0) for t in range(steps.dispsteps)]
+        for t, lv in enumerate(lam):
+            log.append("lambda%d = %.15g" % (t, lv))
+        n = len(kept) * steps.dispsteps
+        weight = 1.0 / n if n else 0.0
+        pos, weights, lambdas = [], [], []
+        for hdiv, vdiv in kept:
+            v = (-SOURCE_DISTANCE * beam[0], -SOURCE_DISTANCE * beam[1], -SOURCE_DISTANCE * beam[2])
+            v = rotate_axis(rotate_axis(v, polar, vdiv), vert, hdiv)
+            for lv in lam:
+                pos.append(v)
+                weights.append(weight)
+                lambdas.append(lv)
+        divsteps = len(kept)
+    log.append("  created a total of %d sources:" % len(pos))
+    dirs = np.empty((len(pos), 3))
+    for i, p in enumerate(pos):
+        u, _ = unitize(tuple(float(x) for x in p))
+        dirs[i] = u
+        log.append("%g %g %g   %g %g" % (p[0], p[1], p[2], weights[i], lambdas[i]))
+    return Sources(direction=dirs, wavelength=np.array(lambdas, dtype=float),
+                   weight=np.array(weights, dtype=float), divsteps=divsteps, log=log)
+

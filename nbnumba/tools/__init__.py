@@ -1,0 +1,1 @@
+"""Developer tools for nbnumba: trace diffing, sincg precision sweeps, comparisons."""

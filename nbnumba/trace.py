@@ -1,0 +1,92 @@
+"""Single-pixel trace: ``TRACE_PY:`` lines with the keys, order and %.15g
+format of nanoBragg.c's ``TRACE_C:`` lines (and ``TRACE_PY_PHI`` per phi step).
+
+The numbers come from the kernel's own ``pixel_value`` run with tracing on,
+so the trace cannot drift from the image.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .kernels import cpu as K
+from .model import R_E_SQR
+
+RTD = 180.0 * (1.0 / math.pi)
+MAX_ROWS = 200000
+
+
+def _g(x):
+    x = float(x)
+    if math.isnan(x):
+        return "-nan" if math.copysign(1.0, x) < 0 else "nan"
+    if math.isinf(x):
+        return "-inf" if x < 0 else "inf"
+    return "%.15g" % x
+
+
+def _vec(vals):
+    return " ".join(_g(v) for v in vals)
+
+
+def trace_lines(model, spixel, fpixel, prefix="TRACE_PY"):
+    """Trace of pixel (slow, fast) as a list of text lines."""
+    cfg = model.cfg
+    S, F = model.shape
+    if not (0 <= spixel < S and 0 <= fpixel < F):
+        return ["%s: pixel (%d, %d) is outside the %dx%d detector" % (prefix, spixel, fpixel, F, S)]
+    if not model.active[spixel, fpixel]:
+        return ["%s: pixel (%d, %d) is not rendered (outside -roi or masked)" % (prefix, spixel, fpixel)]
+    dtype = np.float32 if cfg.precision == "single" else np.float64
+    args = model.kernel_args(dtype)
+    p = spixel * F + fpixel
+    if cfg.c_parity:
+        first = model.first_exec_pixel
+        if first < 0:
+            flat = np.flatnonzero(model.active.ravel())
+            first = int(flat[0]) if len(flat) else -1
+        lp, ls = model.latch
+        latch_sub = -1 if lp < 0 or p < lp else (ls if p == lp else -2)
+    else:
+        first, latch_sub = -1, -1
+    val, rows, n = K.trace_pixel(spixel, fpixel, p == first, latch_sub, *args, MAX_ROWS)
+    out = []
+    P = prefix + ":"
+    for r in rows[:min(n, MAX_ROWS)]:
+        ev, v = int(r[0]), r[1:]
+        if ev == K.EV_GEOM:
+            out += [f"{P} pix0_vector_meters {_vec(v[0:3])}", f"{P} fdet_vec {_vec(v[3:6])}",
+                    f"{P} sdet_vec {_vec(v[6:9])}", f"{P} pixel_pos_meters {_vec(v[9:12])}",
+                    f"{P} R_distance_meters {_g(v[12])}", f"{P} omega_pixel_sr {_g(v[13])}",
+                    f"{P} close_distance_meters {_g(v[14])}", f"{P} obliquity_factor {_g(v[15])}",
+                    f"{P} diffracted_vec {_vec(v[16:19])}", f"{P} incident_vec {_vec(v[19:22])}",
+                    f"{P} lambda_meters {_g(v[22])}", f"{P} lambda_angstroms {_g(v[22] * 1e10)}",
+                    f"{P} scattering_vec_A_inv {_vec(v[23:26])}"]
+        elif ev == K.EV_HKL:
+            out += [f"{P} rot_a_angstroms {_vec(v[0:3])}", f"{P} rot_b_angstroms {_vec(v[3:6])}",
+                    f"{P} rot_c_angstroms {_vec(v[6:9])}", f"{P} rot_a_star_A_inv {_vec(v[9:12])}",
+                    f"{P} rot_b_star_A_inv {_vec(v[12:15])}", f"{P} rot_c_star_A_inv {_vec(v[15:18])}",
+                    f"{P} hkl_frac {_vec(v[18:21])}",
+                    f"{P} hkl_rounded {int(v[21])} {int(v[22])} {int(v[23])}"]
+        elif ev == K.EV_LATT:
+            out += [f"{P} F_latt_a {_g(v[0])}", f"{P} F_latt_b {_g(v[1])}",
+                    f"{P} F_latt_c {_g(v[2])}", f"{P} F_latt {_g(v[3])}"]
+        elif ev == K.EV_PHI:
+            tic = int(v[0])
+            out.append(f"{prefix}_PHI phi_tic={tic} phi_deg={_g(model.phis[tic] * RTD)} "
+                       f"k_frac={_g(v[2])} F_latt_b={_g(v[3])} F_latt={_g(v[4])}")
+        elif ev == K.EV_FCELL:
+            out.append(f"{P} F_cell {_g(v[0])}")
+        elif ev == K.EV_FINAL:
+            out += [f"{P} I_before_scaling {_g(v[0])}", f"{P} r_e_meters {_g(math.sqrt(R_E_SQR))}",
+                    f"{P} r_e_sqr {_g(R_E_SQR)}", f"{P} fluence_photons_per_m2 {_g(model.fluence)}",
+                    f"{P} steps {int(v[1])}", f"{P} oversample_thick {int(v[2])}",
+                    f"{P} oversample_polar {int(v[3])}", f"{P} oversample_omega {int(v[4])}",
+                    f"{P} capture_fraction {_g(v[5])}", f"{P} polar {_g(v[6])}",
+                    f"{P} omega_pixel {_g(v[7])}", f"{P} cos_2theta {_g(v[8])}",
+                    f"{P} I_pixel_final {_g(v[9])}",
+                    f"{P} floatimage_accumulated {_g(np.float32(v[9]))}"]
+    if n > MAX_ROWS:
+        out.append(f"{P} (trace truncated after {MAX_ROWS} records)")
+    return out

@@ -1,0 +1,330 @@
+"""Parsing and formatting of nanoBragg-style trace logs.
+
+The C reference prints, for one traced pixel, lines of three shapes:
+
+* detector-setup lines, ``TRACE_C:key=value`` (the value may be a vector
+  ``0 0 1``, a matrix ``[1 0 0; 0 1 0; 0 0 1]``, labelled numbers
+  ``rotx:0 roty:0`` or free text such as ``MOSFLM``);
+* per-pixel lines, ``TRACE_C: key v1 v2 ...`` (numbers printed with ``%.15g``
+  or ``%d``);
+* per-phi lines, ``TRACE_C_PHI phi_tic=%d phi_deg=%.15g k_frac=%.15g
+  F_latt_b=%.15g F_latt=%.15g``.
+
+The port prints the same with ``TRACE_PY`` in place of ``TRACE_C``.  Tagged
+variants such as ``TRACE_C_TAP5: key v`` are read too; their key is prefixed
+with the tag (``TAP5:key``).  Every other line of a log (progress messages,
+``TRACE:`` free text, ``TRACE_CONFIG:``) is ignored, so a whole stdout capture
+can be handed to :func:`parse_trace`.
+
+Keys can repeat (setup code that runs twice, several subpixels hitting the
+trace condition); the n-th occurrence (n >= 2) of ``key`` is named ``key#n``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence, Union
+
+Value = Union[int, float, str]
+
+__all__ = [
+    "Value",
+    "TraceEntry",
+    "Trace",
+    "parse_trace",
+    "parse_values",
+    "format_value",
+    "format_line",
+    "format_phi_line",
+    "format_trace",
+    "PHI_FIELDS",
+]
+
+#: Fields of a per-phi line, in print order.
+PHI_FIELDS = ("phi_tic", "phi_deg", "k_frac", "F_latt_b", "F_latt")
+
+# "TRACE_C:" / "TRACE_PY:" optionally followed by a tag ("TRACE_C_TAP5:").
+_MAIN_RE = re.compile(r"^TRACE_(C|PY)(?:_([A-Za-z0-9_]+))?:(.*)$")
+_PHI_RE = re.compile(r"^TRACE_(C|PY)_PHI\s+(.*)$")
+_INT_RE = re.compile(r"^[+-]?\d+$")
+_LABEL_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):(.+)$")
+
+
+def format_value(x: Value) -> str:
+    """Format one trace value the way C's ``printf("%.15g")`` / ``"%d"`` does.
+
+    Integers (Python or NumPy) print as ``%d``; floats as ``%.15g`` with glibc
+    spellings for non-finite values (``nan``, ``-nan``, ``inf``, ``-inf``).
+    Strings are returned unchanged.
+    """
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bool):
+        return "%d" % int(x)
+    if isinstance(x, int) or (hasattr(x, "dtype") and getattr(x.dtype, "kind", "") in "iu"):
+        return "%d" % int(x)
+    xf = float(x)
+    if math.isnan(xf):
+        return "-nan" if math.copysign(1.0, xf) < 0 else "nan"
+    if math.isinf(xf):
+        return "-inf" if xf < 0 else "inf"
+    return "%.15g" % xf
+
+
+def _parse_token(tok: str) -> Value:
+    """Number if the token is one (int for ``%d``-looking text), else the string."""
+    if _INT_RE.match(tok) and not (tok.startswith("-") and int(tok) == 0):
+        return int(tok)  # "-0" stays a float so its sign survives
+    try:
+        return float(tok)  # handles 1e-05, -0, nan, -nan, inf, -inf
+    except ValueError:
+        return tok
+
+
+def parse_values(text: str) -> tuple[list[Value], list[str]]:
+    """Split a value text into numbers/strings.
+
+    Matrix punctuation (``[``, ``]``, ``;``) is dropped so a 3x3 matrix becomes
+    9 numbers (row-major).  ``label:number`` tokens give the number, and the
+    labels are returned as the second element (empty strings for unlabelled
+    tokens; an empty list when no token is labelled).
+    """
+    values: list[Value] = []
+    labels: list[str] = []
+    cleaned = text.replace("[", " ").replace("]", " ").replace(";", " ")
+    for tok in cleaned.split():
+        m = _LABEL_RE.match(tok)
+        if m and not isinstance(_parse_token(m.group(2)), str):
+            labels.append(m.group(1))
+            values.append(_parse_token(m.group(2)))
+        else:
+            labels.append("")
+            values.append(_parse_token(tok))
+    if not any(labels):
+        labels = []
+    return values, labels
+
+
+@dataclass
+class TraceEntry:
+    """One ``TRACE_*: key ...`` line.
+
+    ``name`` is the key with its occurrence suffix (``key`` or ``key#n``),
+    ``values`` the parsed values, ``style`` is ``"space"`` for
+    ``TRACE_C: key v ...`` lines and ``"eq"`` for ``TRACE_C:key=value`` lines,
+    ``raw`` the exact value text as printed, ``tag`` the optional sub-tag
+    (``TAP5`` for ``TRACE_C_TAP5:``), ``line`` the 1-based line number in the log.
+    """
+
+    key: str
+    occurrence: int
+    values: list[Value]
+    style: str = "space"
+    raw: str = ""
+    labels: list[str] = field(default_factory=list)
+    tag: str = ""
+    line: int = 0
+    prefix: str = "C"
+
+    @property
+    def name(self) -> str:
+        return self.key if self.occurrence == 1 else f"{self.key}#{self.occurrence}"
+
+    @property
+    def is_numeric(self) -> bool:
+        return all(not isinstance(v, str) for v in self.values)
+
+
+@dataclass
+class Trace:
+    """Parsed trace log.
+
+    Iterating yields ``(name, values)`` pairs in log order.  ``trace[name]``
+    returns the values of one (possibly ``#n``-suffixed) key.  ``phi`` holds
+    one dict per per-phi line (fields of :data:`PHI_FIELDS`, ``phi_tic`` an int)
+    and ``phi_lines`` their 1-based line numbers.
+    """
+
+    entries: list[TraceEntry] = field(default_factory=list)
+    phi: list[dict] = field(default_factory=list)
+    phi_lines: list[int] = field(default_factory=list)
+    prefixes: set = field(default_factory=set)
+
+    def __iter__(self) -> Iterator[tuple[str, list[Value]]]:
+        for e in self.entries:
+            yield e.name, e.values
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def items(self) -> list[tuple[str, list[Value]]]:
+        return list(self)
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    def entry(self, name: str) -> TraceEntry:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    def __getitem__(self, name: str) -> list[Value]:
+        return self.entry(name).values
+
+    def __contains__(self, name: object) -> bool:
+        return any(e.name == name for e in self.entries)
+
+    def get(self, name: str, default=None):
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def scalar(self, name: str, default=None):
+        """First value of ``name`` (or ``default`` when absent/empty)."""
+        vals = self.get(name)
+        return vals[0] if vals else default
+
+    @property
+    def empty(self) -> bool:
+        return not self.entries and not self.phi
+
+
+def _parse_phi(body: str) -> dict | None:
+    row: dict = {}
+    for tok in body.split():
+        if "=" not in tok:
+            return None
+        k, v = tok.split("=", 1)
+        pv = _parse_token(v)
+        if isinstance(pv, str):
+            return None
+        if k == "phi_tic":
+            pv = int(pv)
+        else:
+            pv = float(pv)
+        row[k] = pv
+    return row or None
+
+
+def parse_trace(text: str) -> Trace:
+    """Parse a C or port trace log (any surrounding non-trace lines are skipped)."""
+    trace = Trace()
+    counts: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        line = line.rstrip("\r\n")
+        if not line.startswith("TRACE_"):
+            continue
+        m = _PHI_RE.match(line)
+        if m:
+            row = _parse_phi(m.group(2))
+            if row is not None:
+                trace.phi.append(row)
+                trace.phi_lines.append(lineno)
+                trace.prefixes.add(m.group(1))
+            continue
+        m = _MAIN_RE.match(line)
+        if not m:
+            continue
+        prefix, tag, body = m.group(1), m.group(2) or "", m.group(3)
+        if tag == "PHI":
+            continue
+        if body.startswith(" ") or body.startswith("\t"):
+            parts = body.split(None, 1)
+            if not parts:
+                continue
+            key = parts[0]
+            raw = parts[1] if len(parts) > 1 else ""
+            style = "space"
+            if "=" in key and tag:
+                # e.g. "TRACE_C_TAP5_HKL: subpixel=0 0 hkl_frac=..." -- keep as text
+                key, _, rest = body.strip().partition("=")
+                raw = rest
+                style = "spaceeq"
+        else:
+            key, sep, raw = body.partition("=")
+            if not sep or not key:
+                continue
+            style = "eq"
+        key = key.strip()
+        if not key:
+            continue
+        full_key = f"{tag}:{key}" if tag else key
+        values, labels = parse_values(raw)
+        if style != "space" and any(isinstance(v, str) for v in values):
+            # free text ("MOSFLM", "Fbeam<-Ybeam_mm(+0.5px),...") is one string value
+            values, labels = [raw.strip()], []
+        counts[full_key] = counts.get(full_key, 0) + 1
+        trace.entries.append(
+            TraceEntry(
+                key=full_key,
+                occurrence=counts[full_key],
+                values=values,
+                style=style,
+                raw=raw,
+                labels=labels,
+                tag=tag,
+                line=lineno,
+                prefix=prefix,
+            )
+        )
+        trace.prefixes.add(prefix)
+    return trace
+
+
+def format_line(key: str, values: Sequence[Value], prefix: str = "TRACE_PY") -> str:
+    """``TRACE_PY: key v1 v2 ...`` with each value through :func:`format_value`."""
+    if not values:
+        return f"{prefix}: {key}"
+    return f"{prefix}: {key} " + " ".join(format_value(v) for v in values)
+
+
+def format_phi_line(
+    phi_tic: int,
+    phi_deg: float,
+    k_frac: float,
+    F_latt_b: float,
+    F_latt: float,
+    prefix: str = "TRACE_PY_PHI",
+) -> str:
+    """Per-phi line in the C layout (``prefix`` ``TRACE_PY_PHI`` or ``TRACE_C_PHI``)."""
+    return (
+        f"{prefix} phi_tic={int(phi_tic)} phi_deg={format_value(float(phi_deg))} "
+        f"k_frac={format_value(float(k_frac))} F_latt_b={format_value(float(F_latt_b))} "
+        f"F_latt={format_value(float(F_latt))}"
+    )
+
+
+def format_trace(trace: Trace, prefix: str = "TRACE_PY") -> str:
+    """Re-emit a parsed trace (entries and per-phi lines in original order).
+
+    ``prefix`` is ``TRACE_PY`` or ``TRACE_C``.  ``eq``-style entries are
+    written from their raw text, so parsing the result gives back the same
+    entries; numeric per-pixel values are re-formatted with ``%.15g``/``%d``,
+    which reproduces C's text exactly.
+    """
+    items: list[tuple[int, str]] = []
+    for e in trace.entries:
+        p = f"{prefix}_{e.tag}" if e.tag else prefix
+        if e.style == "eq":
+            items.append((e.line, f"{p}:{e.key.split(':', 1)[-1] if e.tag else e.key}={e.raw}"))
+        elif e.style == "spaceeq":
+            items.append((e.line, f"{p}: {e.key.split(':', 1)[-1]}={e.raw}"))
+        else:
+            key = e.key.split(":", 1)[-1] if e.tag else e.key
+            items.append((e.line, format_line(key, e.values, p)))
+    for row, ln in zip(trace.phi, trace.phi_lines):
+        items.append(
+            (
+                ln,
+                f"{prefix}_PHI "
+                + " ".join(
+                    f"{k}={format_value(v) if k != 'phi_tic' else int(v)}" for k, v in row.items()
+                ),
+            )
+        )
+    items.sort(key=lambda t: t[0])
+    return "\n".join(s for _, s in items) + ("\n" if items else "")

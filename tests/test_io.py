@@ -1,0 +1,716 @@
+"""Tests for nbnumba.io: byte layouts of nanoBragg's files, readers, atomic writes."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from nbnumba.errors import InputFileError, NBError
+from nbnumba.io.atomic import (
+    OutputFileError,
+    atomic_open,
+    atomic_write_bytes,
+    check_not_input,
+)
+from nbnumba.io.floatimage import read_float_image, write_float_image
+from nbnumba.io.hkl import HKLGrid, fdump_bytes, read_fdump, read_hkl, write_fdump
+from nbnumba.io.mat import read_mosflm_mat
+from nbnumba.io.pgm import pgm_bytes_from_float, pgm_header, read_pgm, write_pgm
+from nbnumba.io.smv import (
+    RTD,
+    format_g,
+    header_value,
+    nanobragg_smv_fields,
+    read_smv,
+    smv_header_text,
+    write_smv,
+)
+from nbnumba.io.textcols import read_text_columns
+
+
+# ---------------------------------------------------------------------------
+# format_g == C printf("%g")  (expected strings produced by glibc printf)
+# ---------------------------------------------------------------------------
+
+C_PRINTF_G = [
+    (0.0001, "0.0001"),
+    (1e-05, "1e-05"),
+    (100000.0, "100000"),
+    (1e6, "1e+06"),
+    (231.27466, "231.275"),
+    (-0.0, "-0"),
+    (0.0, "0"),
+    (1.5, "1.5"),
+    (123456.5, "123456"),  # exact tie -> even
+    (123457.5, "123458"),
+    (1e100, "1e+100"),
+    (1.23456789e-300, "1.23457e-300"),
+    (5e-324, "4.94066e-324"),
+    (1.7976931348623157e308, "1.79769e+308"),
+    (999999.5, "1e+06"),
+    (999995.0, "999995"),
+    (0.00001234, "1.234e-05"),
+    (0.1 + 0.2, "0.3"),
+    (57.29577951308232, "57.2958"),
+    (-1e-7, "-1e-07"),
+    (0.000099999949, "9.99999e-05"),
+    (0.0000999999951, "0.0001"),
+    (1e15, "1e+15"),
+    (1234567.0, "1.23457e+06"),
+    (-0.5, "-0.5"),
+    (3.0000000000000004, "3"),
+    (2.9999999999999996, "3"),
+    (math.inf, "inf"),
+    (-math.inf, "-inf"),
+    (math.nan, "nan"),
+    (-math.nan, "-nan"),
+    (math.inf - math.inf, "-nan"),  # x86 default NaN has the sign bit set
+    (np.float32(0.1), "0.1"),
+    (7, "7"),
+]
+
+
+@pytest.mark.parametrize("value,expected", C_PRINTF_G)
+def test_format_g_matches_c_printf(value, expected):
+    assert format_g(value) == expected
+
+
+def test_rtd_is_c_value():
+    assert RTD == 180.0 * float.fromhex("0x1.45f306dc9c883p-2")
+    assert RTD == 57.29577951308232
+
+
+# ---------------------------------------------------------------------------
+# SMV
+# ---------------------------------------------------------------------------
+
+# Header nanoBragg wrote for: -cell 50 50 50 90 90 90 -N 2 -detpixels 8 -distance 100
+SHORT_HEADER_TEXT = (
+    "{\nHEADER_BYTES=512;\nDIM=2;\nBYTE_ORDER=little_endian;\nTYPE=unsigned_short;\n"
+    "SIZE1=8;\nSIZE2=8;\nPIXEL_SIZE=0.1;\nDISTANCE=100;\nWAVELENGTH=1;\n"
+    "BEAM_CENTER_X=0.45;\nBEAM_CENTER_Y=0.45;\nADXV_CENTER_X=0.5;\nADXV_CENTER_Y=0.3;\n"
+    "MOSFLM_CENTER_X=0.45;\nMOSFLM_CENTER_Y=0.45;\nDENZO_X_BEAM=0.5;\nDENZO_Y_BEAM=0.5;\n"
+    "DIALS_ORIGIN=-0.5,0.5,-100\nXDS_ORGX=5.5;\nXDS_ORGY=5.5;\nCLOSE_DISTANCE=100;\n"
+    "PHI=0;\nOSC_START=0;\nOSC_RANGE=0;\nTWOTHETA=0;\n"
+    "DETECTOR_SN=000;\nBEAMLINE=fake;\n}\f"
+)
+SHORT_ARGS = ["-detpixels", "8", "-distance", "100"]
+
+
+def _short_fields(denzo_sign=-1):
+    return nanobragg_smv_fields(
+        fpixels=8, spixels=8, pixel_size_m=0.0001, distance_m=0.1, lambda_m=1e-10,
+        Xbeam_m=0.00045, Ybeam_m=0.00045, Fbeam_m=0.0005, Sbeam_m=0.0005,
+        detsize_s_m=0.0008, dials_origin_mm=(-0.5, 0.5, -100.0), ORGX=5.5, ORGY=5.5,
+        close_distance_m=0.1, phi0_rad=0.0, osc_rad=0.0, twotheta_rad=0.0,
+        denzo_sign=denzo_sign,
+    )
+
+
+# Header nanoBragg wrote for: -detpixels_f 8 -detpixels_s 6 -pixel 0.1 -distance 100
+# -Xbeam 0.37 -Ybeam 0.41 -detector_rotx 5 -twotheta 10 -phi 3 -osc 0.5 -lambda 1.2345
+# Its text is 515 bytes: nanoBragg overflows its own HEADER_BYTES=512.
+LONG_HEADER_TEXT = (
+    "{\nHEADER_BYTES=512;\nDIM=2;\nBYTE_ORDER=little_endian;\nTYPE=unsigned_short;\n"
+    "SIZE1=8;\nSIZE2=6;\nPIXEL_SIZE=0.1;\nDISTANCE=98.4808;\nWAVELENGTH=1.2345;\n"
+    "BEAM_CENTER_X=0.37;\nBEAM_CENTER_Y=0.41;\n"
+    "ADXV_CENTER_X=0.482993;\nADXV_CENTER_Y=-0.0828067;\n"
+    "MOSFLM_CENTER_X=0.632807;\nMOSFLM_CENTER_Y=0.432993;\n"
+    "DENZO_X_BEAM=0.682807;\nDENZO_Y_BEAM=0.482993;\n"
+    "DIALS_ORIGIN=-0.421644,0.451528,-100.08\n"
+    "XDS_ORGX=20.2344;\nXDS_ORGY=177.687;\nCLOSE_DISTANCE=98.4808;\n"
+    "PHI=3;\nOSC_START=3;\nOSC_RANGE=0.5;\nTWOTHETA=10;\n"
+    "DETECTOR_SN=000;\nBEAMLINE=fake;\n}\f"
+)
+LONG_ARGS = [
+    "-detpixels_f", "8", "-detpixels_s", "6", "-pixel", "0.1", "-distance", "100",
+    "-Xbeam", "0.37", "-Ybeam", "0.41", "-detector_rotx", "5", "-twotheta", "10",
+    "-phi", "3", "-osc", "0.5", "-lambda", "1.2345",
+]
+
+
+def _long_fields(denzo_sign=-1):
+    # numbers as printed by nanoBragg (%g), Sbeam from the ADXV value
+    return nanobragg_smv_fields(
+        fpixels=8,
+        spixels=6,
+        pixel_size_m=0.0001,
+        distance_m=0.0984808,
+        lambda_m=1.2345e-10,
+        Xbeam_m=0.00037,
+        Ybeam_m=0.00041,
+        Fbeam_m=0.000482993,
+        Sbeam_m=0.0006828067,
+        detsize_s_m=0.0006,
+        dials_origin_mm=(-0.421644, 0.451528, -100.08),
+        ORGX=20.2344,
+        ORGY=177.687,
+        close_distance_m=0.0984808,
+        phi0_rad=3.0 / RTD,
+        osc_rad=0.5 / RTD,
+        twotheta_rad=10.0 / RTD,
+        denzo_sign=denzo_sign,
+    )
+
+
+def test_smv_header_text_matches_nanobragg_padded():
+    text = smv_header_text(_short_fields())
+    assert len(text) == 512
+    expected = SHORT_HEADER_TEXT.encode("ascii")
+    assert text == expected + b" " * (512 - len(expected))
+    # noise-file variant gives the same numbers here
+    assert smv_header_text(_short_fields(+1)) == text
+
+
+def test_smv_header_overflow_like_nanobragg():
+    with pytest.warns(RuntimeWarning, match="515 bytes"):
+        text = smv_header_text(_long_fields())
+    assert text == LONG_HEADER_TEXT.encode("ascii")
+    assert len(text) == 515
+    with pytest.raises(ValueError, match="515 bytes"):
+        smv_header_text(_long_fields(), header_overflow="error")
+    grown = smv_header_text(_long_fields(), header_overflow="grow")
+    assert len(grown) == 1024
+    assert grown.startswith(b"{\nHEADER_BYTES=1024;\nDIM=2;")
+    assert grown.rstrip(b" ").endswith(b"BEAMLINE=fake;\n}\f")
+
+
+def test_smv_overflow_file_grow_mode_reads_back(tmp_path):
+    img = np.arange(48, dtype=np.uint16).reshape(6, 8)
+    p = tmp_path / "g.img"
+    write_smv(p, img, _long_fields(), header_overflow="grow")
+    assert p.stat().st_size == 1024 + 96
+    header, data = read_smv(p)
+    assert np.array_equal(data, img) and header["HEADER_BYTES"] == "1024"
+    fabio = pytest.importorskip("fabio")
+    assert np.array_equal(np.asarray(fabio.open(str(p)).data), img)
+
+    c_like = tmp_path / "c.img"
+    with pytest.warns(RuntimeWarning):
+        write_smv(c_like, img, _long_fields())
+    raw = c_like.read_bytes()
+    assert raw == LONG_HEADER_TEXT.encode() + img.astype("<u2").tobytes()
+    # like nanoBragg's own reader: pixels from byte 512, with a warning
+    with pytest.warns(RuntimeWarning, match="runs past HEADER_BYTES"):
+        _, shifted = read_smv(c_like)
+    assert shifted.shape == (6, 8)
+    assert shifted.reshape(-1)[0] == int.from_bytes(raw[512:514], "little")
+
+
+def test_smv_denzo_sign_only_matters_for_negative_zero():
+    kw = dict(
+        fpixels=2, spixels=2, pixel_size_m=1e-4, distance_m=0.1, lambda_m=1e-10,
+        Xbeam_m=0.0, Ybeam_m=0.0, Fbeam_m=-0.0, Sbeam_m=-0.0, detsize_s_m=2e-4,
+        dials_origin_mm=(0, 0, 0), ORGX=0.5, ORGY=0.5, close_distance_m=0.1,
+        phi0_rad=0.0, osc_rad=0.0, twotheta_rad=0.0,
+    )
+    a = dict(nanobragg_smv_fields(denzo_sign=-1, **kw))
+    b = dict(nanobragg_smv_fields(denzo_sign=+1, **kw))
+    assert a["DENZO_X_BEAM"] == "-0" and b["DENZO_X_BEAM"] == "0"
+    assert a["ADXV_CENTER_X"] == "-0"
+
+
+def test_smv_field_arithmetic_and_nan():
+    fields = dict(
+        nanobragg_smv_fields(
+            fpixels=3, spixels=4, pixel_size_m=0.000172, distance_m=0.23127466,
+            lambda_m=0.9768e-10, Xbeam_m=0.217742295, Ybeam_m=0.21390708,
+            Fbeam_m=0.2139, Sbeam_m=0.2177, detsize_s_m=0.434644,
+            dials_origin_mm=(1.0, -2.5, math.nan), ORGX=math.nan, ORGY=-math.nan,
+            close_distance_m=0.2312, phi0_rad=0.0, osc_rad=0.1 / RTD, twotheta_rad=0.0,
+        )
+    )
+    assert fields["PIXEL_SIZE"] == "0.172"
+    assert fields["DISTANCE"] == "231.275"
+    assert fields["WAVELENGTH"] == "0.9768"
+    assert fields["BEAM_CENTER_X"] == "217.742"
+    assert fields["ADXV_CENTER_Y"] == format_g((0.434644 - 0.2177) * 1000)
+    assert fields["MOSFLM_CENTER_X"] == format_g((0.2177 - 0.5 * 0.000172) * 1000.0)
+    assert fields["DIALS_ORIGIN"] == "1,-2.5,nan"
+    assert fields["XDS_ORGX"] == "nan" and fields["XDS_ORGY"] == "-nan"
+    assert fields["OSC_RANGE"] == "0.1"
+    assert list(fields)[:4] == ["HEADER_BYTES", "DIM", "BYTE_ORDER", "TYPE"]
+
+
+def test_smv_round_trip_bytes_and_fabio(tmp_path):
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 65536, size=(8, 8), dtype=np.uint16)
+    p = tmp_path / "int.img"
+    write_smv(p, img, _short_fields())
+    raw = p.read_bytes()
+    assert len(raw) == 512 + 2 * img.size
+    assert raw[:512] == smv_header_text(_short_fields())
+    assert raw[512:] == img.astype("<u2").tobytes()
+
+    header, data = read_smv(p)
+    assert data.dtype == np.uint16 and data.shape == (8, 8)
+    assert np.array_equal(data, img)
+    assert header["SIZE1"] == "8" and header["SIZE2"] == "8"
+    assert header["DIALS_ORIGIN"] == "-0.5,0.5,-100"
+    assert header["BEAMLINE"] == "fake"
+    assert header_value(header, "PIXEL_SIZE") == 0.1
+    assert header_value(header, "WAVELENGTH") == 1.0
+    assert math.isnan(header_value(header, "NO_SUCH_KEY"))
+
+    fabio = pytest.importorskip("fabio")
+    fimg = fabio.open(str(p))
+    assert np.array_equal(np.asarray(fimg.data), img)
+    assert fimg.header["SIZE1"] == "8"
+    assert float(fimg.header["PIXEL_SIZE"]) == 0.1
+    assert fimg.header["BEAM_CENTER_X"] == "0.45"
+
+    # non-square: SIZE1 is the fast (column) count
+    rect = rng.integers(0, 65536, size=(3, 5), dtype=np.uint16)
+    fields = [(k, {"SIZE1": "5", "SIZE2": "3"}.get(k, v)) for k, v in _short_fields()]
+    write_smv(p, rect, fields)
+    assert np.array_equal(read_smv(p)[1], rect)
+    assert np.array_equal(np.asarray(fabio.open(str(p)).data), rect)
+
+
+def test_header_value_uses_c_substring_last_occurrence_rules(tmp_path):
+    fields = _short_fields()
+    fields = [(k, "123.5" if k == "CLOSE_DISTANCE" else v) for k, v in fields]
+    fields = [(k, "20.2344" if k == "XDS_ORGX" else v) for k, v in fields]
+    p = tmp_path / "a.img"
+    write_smv(p, np.zeros((8, 8), np.uint16), fields)
+    header, _ = read_smv(p)
+    # nanoBragg's ValueOf("DISTANCE") finds the later CLOSE_DISTANCE entry
+    assert header_value(header, "DISTANCE") == 123.5
+    assert header_value(header, "DISTANCE", exact=True) == 100.0
+    # ValueOf("ORGX") finds XDS_ORGX
+    assert header_value(header, "ORGX") == 20.2344
+    assert math.isnan(header_value(header, "ORGX", exact=True))
+    # a plain dict works the same way
+    assert header_value(dict(header), "ORGY") == 5.5
+
+
+def test_read_smv_last_occurrence_big_endian_and_other_header_size(tmp_path):
+    img = np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000 + 7
+    text = (
+        "{\nHEADER_BYTES=1024;\nDIM=2;\nBYTE_ORDER=little_endian;\nTYPE=unsigned_short;\n"
+        "SIZE1=4;\nSIZE2=3;\nPIXEL_SIZE=0.1;\nPIXEL_SIZE=0.2;\nBYTE_ORDER=big_endian;\n}\f"
+    ).encode()
+    p = tmp_path / "be.img"
+    p.write_bytes(text + b" " * (1024 - len(text)) + img.astype(">u2").tobytes() + b"xx")
+    header, data = read_smv(p)
+    assert np.array_equal(data, img)
+    assert header.size == 1024
+    assert header["PIXEL_SIZE"] == "0.2"
+    assert header_value(header, "PIXEL_SIZE") == 0.2
+    assert header["BYTE_ORDER"] == "big_endian"
+
+
+def test_read_smv_errors_name_the_file(tmp_path):
+    p = tmp_path / "mask.img"
+    p.write_bytes(b"P5\n2 2\n255\n" + b"\0" * 600)
+    with pytest.raises(InputFileError, match=r"mask\.img: not an SMV/ADSC file \(header does not start with '\{'\)"):
+        read_smv(p)
+
+    p.write_bytes(b"{\nDIM=2;\n}\f" + b" " * 600)
+    with pytest.raises(InputFileError, match=r"mask\.img: .*HEADER_BYTES"):
+        read_smv(p)
+
+    good = tmp_path / "good.img"
+    write_smv(good, np.ones((8, 8), np.uint16), _short_fields())
+    p.write_bytes(good.read_bytes()[:512 + 50])
+    with pytest.raises(InputFileError) as ei:
+        read_smv(p)
+    msg = str(ei.value)
+    assert "mask.img" in msg and "128" in msg and "50" in msg and "truncated" in msg
+
+    with pytest.raises(InputFileError, match="nope.img"):
+        read_smv(tmp_path / "nope.img")
+
+    txt = smv_header_text(
+        [(k, "float" if k == "TYPE" else v) for k, v in _short_fields()]
+    )
+    p.write_bytes(txt + b"\0" * 128)
+    with pytest.raises(InputFileError, match="TYPE"):
+        read_smv(p)
+
+
+def test_write_smv_checks_shape_and_is_atomic(tmp_path):
+    p = tmp_path / "x.img"
+    with pytest.raises(ValueError):
+        write_smv(p, np.zeros((5, 8), np.uint16), _short_fields())
+    with pytest.raises(ValueError):
+        write_smv(p, np.zeros((8, 8), np.int32), _short_fields())
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------
+# HKL + Fdump
+# ---------------------------------------------------------------------------
+
+HKL_TEXT = "1 2 3 100\n-1 0 2 50.5\n\n0 0 0 7\n  2 -1 1   12.25\n"
+
+
+def test_read_hkl_two_pass_default_and_extra_plane(tmp_path):
+    p = tmp_path / "x.hkl"
+    p.write_text(HKL_TEXT)
+    g = read_hkl(p, default_F=10.0)
+    assert (g.h_min, g.h_max, g.k_min, g.k_max, g.l_min, g.l_max) == (-1, 2, -1, 2, 0, 3)
+    assert g.hkls == 4
+    assert g.F.dtype == np.float64
+    assert g.F.shape == (5, 5, 5)  # range + 1 in each direction
+    assert g.F[1 - -1, 2 - -1, 3 - 0] == 100.0
+    assert g.F[-1 - -1, 0 - -1, 2] == 50.5
+    assert g.F[1, 1, 0] == 7.0
+    assert g.F[3, 0, 1] == 12.25
+    # extra planes stay zero, the rest is default_F
+    assert np.all(g.F[4, :, :] == 0) and np.all(g.F[:, 4, :] == 0) and np.all(g.F[:, :, 4] == 0)
+    inner = g.F[:4, :4, :4].copy()
+    for idx in [(2, 3, 3), (0, 1, 2), (1, 1, 0), (3, 0, 1)]:
+        inner[idx] = 10.0
+    assert np.all(inner == 10.0)
+    assert g.warnings == []
+
+    g0 = read_hkl(p, default_F=0.0)
+    assert np.count_nonzero(g0.F) == 4
+
+
+def test_read_hkl_duplicates_last_wins_and_noninteger_warning(tmp_path):
+    p = tmp_path / "d.hkl"
+    p.write_text("0 0 0 1\n1 1 1 2\n0 0 0 3\n1.5 0 0 4\n")
+    g = read_hkl(p, 0.0)
+    assert g.F[0, 0, 0] == 3.0
+    assert g.h_max == 1  # int() truncation of 1.5
+    assert g.F[1, 0, 0] == 4.0
+    assert g.warnings == ["WARNING: non-integer value for h (1.5) at line 3"]
+
+
+def test_read_hkl_bad_line_in_middle_names_file_and_line(tmp_path):
+    lines = [f"{h} 0 0 {h + 1}.0" for h in range(20)]
+    lines[16] = "7 8 oops 9"
+    p = tmp_path / "scaled.hkl"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputFileError) as ei:
+        read_hkl(p, 0.0)
+    assert str(ei.value) == "scaled.hkl line 17: expected 'h k l F', got '7 8 oops 9'".replace(
+        "scaled.hkl", str(p)
+    )
+
+    lines[16] = "1 2 3"  # too few numbers
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputFileError, match=r"line 17: expected 'h k l F', got '1 2 3'"):
+        read_hkl(p, 0.0)
+
+
+def test_read_hkl_trailing_garbage_is_ignored_like_c(tmp_path):
+    p = tmp_path / "t.hkl"
+    p.write_text("0 0 0 5\n1 0 0 6\nEND\n\n")
+    g = read_hkl(p, 0.0)
+    assert g.hkls == 2 and g.h_max == 1
+    assert any("line 3" in w for w in g.warnings)
+
+
+def test_read_hkl_empty_and_nonfinite(tmp_path):
+    p = tmp_path / "e.hkl"
+    p.write_text("\n\n")
+    with pytest.raises(InputFileError, match="e.hkl"):
+        read_hkl(p, 0.0)
+    p.write_text("nan 0 0 1\n")
+    with pytest.raises(InputFileError, match="non-finite"):
+        read_hkl(p, 0.0)
+
+
+def test_read_hkl_slow_path_formats(tmp_path):
+    # hex floats, CRLF and tabs go through the strict slow parser
+    p = tmp_path / "s.hkl"
+    p.write_text("0x1 0 0\t1e1\r\n-1 0 0 inf\r\n")
+    g = read_hkl(p, 0.0)
+    assert (g.h_min, g.h_max) == (-1, 1)
+    assert g.F[2, 0, 0] == 10.0 and g.F[0, 0, 0] == math.inf
+
+
+def test_real_scaled_hkl_loads_fast():
+    path = "/work/shared/data/supervisor/scaled.hkl"
+    if not os.path.exists(path):
+        pytest.skip("reference data not present")
+    import time
+
+    t0 = time.perf_counter()
+    g = read_hkl(path, 0.0)
+    dt = time.perf_counter() - t0
+    assert g.hkls == 64333
+    assert (g.h_min, g.h_max, g.k_min, g.k_max, g.l_min, g.l_max) == (-24, 24, -28, 28, -31, 30)
+    assert g.F[23 + 24, 15 + 28, -1 + 31] == 23.00
+    assert dt < 1.0
+
+
+def test_fdump_exact_layout_and_round_trip(tmp_path):
+    p = tmp_path / "x.hkl"
+    p.write_text(HKL_TEXT)
+    g = read_hkl(p, default_F=10.0)
+    d = tmp_path / "Fdump.bin"
+    write_fdump(d, g)
+    raw = d.read_bytes()
+    head = b"-1 2 -1 2 0 3\n\f"
+    assert raw[: len(head)] == head
+    assert len(raw) == len(head) + 8 * 5 * 5 * 5
+    body = np.frombuffer(raw[len(head):], dtype="<f8").reshape(5, 5, 5)
+    assert np.array_equal(body, g.F)
+    # h outermost, l innermost: the second double is F[0,0,1]
+    assert np.frombuffer(raw[len(head) + 8: len(head) + 16], "<f8")[0] == g.F[0, 0, 1]
+    assert raw == fdump_bytes(g)
+
+    r = read_fdump(d)
+    assert (r.h_min, r.h_max, r.k_min, r.k_max, r.l_min, r.l_max) == (-1, 2, -1, 2, 0, 3)
+    assert np.array_equal(r.F, g.F)
+    assert r.hkls == 4 * 4 * 4
+
+
+def test_fdump_errors(tmp_path):
+    d = tmp_path / "Fdump.bin"
+    d.write_bytes(b"0 1 0 1 0 1\n\f" + b"\0" * 16)
+    with pytest.raises(InputFileError, match=r"Fdump\.bin: truncated Fdump data: expected 216"):
+        read_fdump(d)
+    d.write_bytes(b"hello")
+    with pytest.raises(InputFileError, match="not an Fdump"):
+        read_fdump(d)
+    bad = HKLGrid(0, 1, 0, 1, 0, 1, np.zeros((2, 2, 2)), 1)
+    with pytest.raises(ValueError):
+        write_fdump(tmp_path / "F2.bin", bad)
+    assert not (tmp_path / "F2.bin").exists()
+
+
+# ---------------------------------------------------------------------------
+# PGM, float image
+# ---------------------------------------------------------------------------
+
+def test_pgm_header_and_bytes(tmp_path):
+    fl = np.array([[0.0, 1.0, 2.9, 300.0], [-1.5, -0.4, np.nan, 255.9]], dtype=np.float32)
+    px = pgm_bytes_from_float(fl, 1.0)
+    assert px.dtype == np.uint8
+    assert px.tolist() == [[0, 1, 2, 255], [255, 0, 0, 255]]
+    px2 = pgm_bytes_from_float(fl, 2.0, roi=(1, 2, 0, 0))
+    assert px2.tolist() == [[0, 2, 5, 0], [0, 0, 0, 0]]
+
+    p = tmp_path / "image.pgm"
+    write_pgm(p, px, 95007.4)
+    raw = p.read_bytes()
+    head = b"P5\n4 2\n# pixels scaled by 95007.4\n255\n"
+    assert raw == head + px.tobytes()
+    assert pgm_header(4, 2, 1e-7) == b"P5\n4 2\n# pixels scaled by 1e-07\n255\n"
+    img, scale = read_pgm(p)
+    assert np.array_equal(img, px) and scale == 95007.4
+
+
+def test_float_image_round_trip_and_size_check(tmp_path):
+    a = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    p = tmp_path / "floatimage.bin"
+    write_float_image(p, a)
+    assert p.read_bytes() == a.astype("=f4").tobytes()
+    assert np.array_equal(read_float_image(p, (3, 4)), a)
+    with pytest.raises(InputFileError, match=r"floatimage\.bin: size 48 bytes .* 4x4 .*64"):
+        read_float_image(p, (4, 4))
+
+
+# ---------------------------------------------------------------------------
+# MOSFLM matrix, text columns
+# ---------------------------------------------------------------------------
+
+def test_read_mosflm_mat_columns_are_reciprocal_vectors(tmp_path):
+    p = tmp_path / "A.mat"
+    p.write_text(
+        "-0.02837711 -0.00305386 0.02535816\n"
+        "-0.02871390 0.01019549 -0.01400049\n"
+        "0.01050048 -0.03209440 -0.01036054\n"
+        "  0.0 0.0 0.0\n  1 0 0\n"
+    )
+    r = read_mosflm_mat(p)
+    assert r.shape == (3, 3)
+    assert r[0].tolist() == [-0.02837711, -0.02871390, 0.01050048]  # a*
+    assert r[1].tolist() == [-0.00305386, 0.01019549, -0.03209440]  # b*
+    assert r[2].tolist() == [0.02535816, -0.01400049, -0.01036054]  # c*
+
+    p.write_text("1 2 3\n4 5 6\n7 8\n")
+    with pytest.raises(InputFileError, match=r"A\.mat line 3: .*8 of the 9"):
+        read_mosflm_mat(p)
+    p.write_text("1 2 3\n4 x 6\n7 8 9\n")
+    with pytest.raises(InputFileError, match=r"A\.mat line 2: .*'x'"):
+        read_mosflm_mat(p)
+
+
+def test_read_text_columns(tmp_path):
+    p = tmp_path / "sources.txt"
+    p.write_text(
+        "# X Y Z I lambda\n"
+        "\n"
+        "  ,; \n"
+        "1 2 3 4 5e-10\n"
+        "\t-1,0;0:1!6.2e-10 extra ignored\n"
+        "7 8\n"
+        "9.5A 10   # trailing comment\n"
+        "1 2 3 4 5\r\n"
+    )
+    a = read_text_columns(p, 5)
+    assert a.shape == (5, 5)
+    assert a[0].tolist() == [1, 2, 3, 4, 5e-10]
+    assert a[1].tolist() == [-1, 0, 0, 1, 6.2e-10]
+    assert a[2, :2].tolist() == [7, 8] and np.all(np.isnan(a[2, 2:]))
+    assert a[3, :2].tolist() == [9.5, 10] and np.all(np.isnan(a[3, 2:]))
+    assert a[4].tolist() == [1, 2, 3, 4, 5]
+
+    two = read_text_columns(p, 2)
+    assert two.shape == (5, 2) and two[1].tolist() == [-1, 0]
+
+    p.write_text("0.1 1\nfoo 2\n")
+    with pytest.raises(InputFileError, match=r"sources\.txt line 2: column 1 is not a number: 'foo'"):
+        read_text_columns(p, 2)
+
+    p.write_text("")
+    assert read_text_columns(p, 2).shape == (0, 2)
+
+
+# ---------------------------------------------------------------------------
+# atomic writes
+# ---------------------------------------------------------------------------
+
+def test_atomic_write_bytes_and_no_temp_left(tmp_path):
+    p = tmp_path / "out.bin"
+    atomic_write_bytes(p, b"hello")
+    assert p.read_bytes() == b"hello"
+    assert sorted(os.listdir(tmp_path)) == ["out.bin"]
+    mode = os.stat(p).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+
+
+def test_atomic_open_failure_keeps_old_file_and_removes_temp(tmp_path):
+    p = tmp_path / "int.img"
+    p.write_bytes(b"old contents")
+
+    class Boom(RuntimeError):
+        pass
+
+    with pytest.raises(Boom):
+        with atomic_open(p, "wb") as fh:
+            fh.write(b"partial new data")
+            raise Boom("simulated crash mid-write")
+    assert p.read_bytes() == b"old contents"
+    assert sorted(os.listdir(tmp_path)) == ["int.img"]
+
+    # also when the target did not exist before
+    q = tmp_path / "new.img"
+    with pytest.raises(Boom):
+        with atomic_open(q, "wb") as fh:
+            fh.write(b"x" * 1000)
+            raise Boom()
+    assert not q.exists()
+    assert sorted(os.listdir(tmp_path)) == ["int.img"]
+
+
+def test_atomic_write_errors_name_the_file(tmp_path):
+    missing = tmp_path / "no_such_dir" / "x.img"
+    with pytest.raises(OutputFileError, match=r"cannot write '.*x\.img': No such file or directory"):
+        atomic_write_bytes(missing, b"1")
+    d = tmp_path / "adir"
+    d.mkdir()
+    with pytest.raises(OutputFileError, match=r"cannot write '.*adir': "):
+        atomic_write_bytes(d, b"1")
+    assert os.listdir(d) == []
+    assert sorted(os.listdir(tmp_path)) == ["adir"]
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        os.chmod(ro, 0o500)
+        try:
+            with pytest.raises(OutputFileError, match=r"cannot write '.*x\.img': Permission denied"):
+                atomic_write_bytes(ro / "x.img", b"1")
+        finally:
+            os.chmod(ro, 0o700)
+    assert issubclass(OutputFileError, NBError)
+
+
+def test_atomic_write_through_symlink_and_keeps_mode(tmp_path):
+    real = tmp_path / "real.img"
+    real.write_bytes(b"a")
+    os.chmod(real, 0o640)
+    link = tmp_path / "link.img"
+    link.symlink_to(real)
+    atomic_write_bytes(link, b"bb")
+    assert link.is_symlink()
+    assert real.read_bytes() == b"bb"
+    assert os.stat(real).st_mode & 0o777 == 0o640
+
+
+def test_check_not_input(tmp_path, monkeypatch):
+    inp = tmp_path / "in.img"
+    inp.write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputFileError, match="in.img"):
+        check_not_input("./in.img", [None, str(inp)])
+    with pytest.raises(OutputFileError):
+        check_not_input(tmp_path / "sub" / ".." / "in.img", ["in.img"])
+    check_not_input("out.img", ["in.img", None])  # no error
+    check_not_input("new.img", ["other_new.img"])  # neither exists: no error
+
+
+# ---------------------------------------------------------------------------
+# cross-check with the reference C program when available
+# ---------------------------------------------------------------------------
+
+C_BIN = os.environ.get("NB_C_BIN")
+
+
+def _run_c(tmp_path, extra):
+    (tmp_path / "x.hkl").write_text(HKL_TEXT)
+    args = [
+        C_BIN, "-cell", "50", "50", "50", "90", "90", "90", "-default_F", "10", "-N", "2",
+        "-seed", "1", "-hkl", "x.hkl", "-intfile", "int.img", "-noisefile", "noise.img",
+        "-pgmfile", "img.pgm", "-floatfile", "float.bin",
+    ] + extra
+    subprocess.run(args, cwd=tmp_path, check=True, capture_output=True, timeout=120)
+
+
+needs_c = pytest.mark.skipif(not (C_BIN and os.access(C_BIN, os.X_OK)), reason="NB_C_BIN not set")
+
+
+@needs_c
+@pytest.mark.parametrize("case", ["short", "long"])
+def test_against_reference_binary(tmp_path, case):
+    extra, fields, shape = {
+        "short": (SHORT_ARGS, _short_fields, (8, 8)),
+        "long": (LONG_ARGS, _long_fields, (6, 8)),
+    }[case]
+    _run_c(tmp_path, extra)
+
+    # Fdump.bin byte for byte
+    ours = fdump_bytes(read_hkl(tmp_path / "x.hkl", 10.0))
+    assert ours == (tmp_path / "Fdump.bin").read_bytes()
+    g = read_fdump(tmp_path / "Fdump.bin")
+    assert g.F.shape == (5, 5, 5)
+
+    # SMV: header text for the C run's numbers, then the whole file
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for name, sign in (("int.img", -1), ("noise.img", +1)):
+            raw = (tmp_path / name).read_bytes()
+            head = smv_header_text(fields(sign))
+            assert raw[: len(head)] == head
+            data = np.frombuffer(raw[len(head):], dtype="<u2").reshape(shape)
+            out = tmp_path / ("re_" + name)
+            write_smv(out, data, fields(sign))
+            assert out.read_bytes() == raw
+            h, d = read_smv(tmp_path / name)
+            assert h["SIZE1"] == "8"
+            if len(head) == 512:
+                assert np.array_equal(d, data)
+
+    # float image and PGM
+    fl = read_float_image(tmp_path / "float.bin", shape)
+    pgm, scale = read_pgm(tmp_path / "img.pgm")
+    assert pgm.shape == shape
+    ours_pgm = pgm_bytes_from_float(fl, scale).astype(int)
+    # scale in the PGM comment is rounded to 6 digits: allow one count
+    assert np.max(np.abs(ours_pgm - pgm.astype(int))) <= 1
+    raw = (tmp_path / "img.pgm").read_bytes()
+    assert raw == pgm_header(shape[1], shape[0], scale) + pgm.tobytes()
