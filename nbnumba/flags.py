@@ -285,7 +285,7 @@ def _F(name, nargs, kind, units, default, help, apply, fields=(), aliases=(), gr
        choices=(), metavar="", example=(), minimum=None) -> FlagSpec:
     if not metavar:
         if kind in ("float", "int", "abs"):
-            metavar = f"<{units}>" if units else "<value>"
+            metavar = f"<{units}>" if units else ("<int>" if kind == "int" else "<value>")
         elif kind == "vec3":
             metavar = "x y z"
         elif kind == "str":
@@ -343,7 +343,7 @@ FLAGS: Tuple[FlagSpec, ...] = (
     _F("-MW", 1, "float", "g/mol", "18", "molecular weight",
        _set("molecular_weight"), ("molecular_weight",), aliases=("-molecular_weight", "-molec"),
        example=("25000",)),
-    _F("-square_xtal", 0, None, "", "on", "parallelepiped crystal: sincg lattice transform (default)",
+    _F("-square_xtal", 0, None, "", "on", "parallelepiped crystal: sincg lattice transform",
        _const(xtal_shape="SQUARE"), ("xtal_shape",)),
     _F("-round_xtal", 0, None, "", "off", "ellipsoidal crystal: sinc3 lattice transform",
        _const(xtal_shape="ROUND"), ("xtal_shape",)),
@@ -402,7 +402,7 @@ FLAGS: Tuple[FlagSpec, ...] = (
        "rotate the detector about the beam spot or the sample",
        _set("detector_pivot", conv=str.upper), ("detector_pivot",), group="detector",
        choices=("sample", "beam"), example=("sample",)),
-    _F("-mosflm", 0, None, "", "on", "MOSFLM beam/detector convention (default); BEAM pivot",
+    _F("-mosflm", 0, None, "", "on", "MOSFLM beam/detector convention; BEAM pivot",
        _const(beam_convention="MOSFLM", detector_pivot="BEAM"),
        ("beam_convention", "detector_pivot"), group="detector"),
     _F("-xds", 0, None, "", "off", "XDS convention; SAMPLE pivot",
@@ -470,7 +470,7 @@ FLAGS: Tuple[FlagSpec, ...] = (
        _const(point_pixel=True), ("point_pixel",), group="detector"),
     _F("-curved_det", 0, None, "", "off", "all pixels at the same distance from the sample",
        _const(curved_detector=True), ("curved_detector",), group="detector"),
-    _F("-detector_abs", 1, "abs", "um", "inf (no absorption)",
+    _F("-detector_abs", 1, "abs", "um", "equal to -detector_thick if that is given, else no absorption",
        "sensor attenuation depth; 'inf' or 0 turns absorption (and thickness) off",
        _apply_detector_abs, ("detector_mu",), aliases=("-detector_absorb", "-detector_absorption"),
        group="detector", example=("50",)),
@@ -532,7 +532,7 @@ FLAGS: Tuple[FlagSpec, ...] = (
        _set("vdivsteps"), ("vdivsteps",), group="beam", example=("3",)),
     _F("-divsteps", 1, "int", "", "auto", "horizontal and vertical divergence steps",
        _set("hdivsteps", "vdivsteps"), ("hdivsteps", "vdivsteps"), group="beam", example=("3",)),
-    _F("-round_div", 0, None, "", "on", "cut the divergence grid to an ellipse (default)",
+    _F("-round_div", 0, None, "", "on", "cut the divergence grid to an ellipse",
        _const(round_div=True), ("round_div",), group="beam"),
     _F("-square_div", 0, None, "", "off", "keep the full rectangular divergence grid",
        _const(round_div=False), ("round_div",), group="beam"),
@@ -589,13 +589,13 @@ FLAGS: Tuple[FlagSpec, ...] = (
        _set("maskfilename"), ("maskfilename", "mask_image"), group="inputs", example=("mask.img",)),
     _F("-sourcefile", 1, "str", "", "none", "text file of sources: X Y Z weight lambda per line",
        _set("sourcefilename"), ("sourcefilename",), group="inputs", example=("sources.txt",)),
-    _F("-stol", 1, "str", "", "none", "background S(Q) table with sin(theta)/lambda in 1/Å",
+    _F("-stol", 1, "str", "", "none", "S(Q) table, first column sin(theta)/lambda in 1/Å (read; not used further)",
        _set("stolfilename", stol_file_mult=1e10), ("stolfilename", "stol_file_mult"),
        group="inputs", example=("water.stol",)),
-    _F("-4stol", 1, "str", "", "none", "background S(Q) table with 4*sin(theta)/lambda in 1/Å",
+    _F("-4stol", 1, "str", "", "none", "S(Q) table, first column 4*sin(theta)/lambda in 1/Å (read; not used further)",
        _set("stolfilename", stol_file_mult=1e10 / 4), ("stolfilename", "stol_file_mult"),
        group="inputs", example=("water.4stol",)),
-    _F("-Q", 1, "str", "", "none", "background S(Q) table with Q = 4*pi*sin(theta)/lambda in 1/Å",
+    _F("-Q", 1, "str", "", "none", "S(Q) table, first column Q = 4*pi*sin(theta)/lambda in 1/Å (read; not used further)",
        _set("stolfilename", stol_file_mult=1e10 / math.pi / 4), ("stolfilename", "stol_file_mult"),
        group="inputs", example=("water.Q",)),
 
@@ -621,7 +621,7 @@ FLAGS: Tuple[FlagSpec, ...] = (
        example=("3",)),
     _F("-adc", 1, "float", "counts", "40", "offset added to -intfile and -noisefile pixels",
        _set("adc_offset"), ("adc_offset",), group="outputs", example=("10",)),
-    _F("-stolout", 1, "str", "", "output.stol", "file name for the S(Q) table (read, not used further)",
+    _F("-stolout", 1, "str", "", "output.stol", "output name for an S(Q) table (accepted; nothing is written to it)",
        _set("stoloutfilename"), ("stoloutfilename",), group="outputs", example=("my.stol",)),
     _F("-printout", 0, None, "", "off", "print pixel values to the screen",
        _const(printout=True), ("printout",), group="outputs"),
@@ -1081,8 +1081,7 @@ def _tokenize_c(argv: Sequence[str]) -> _Parsed:
                 val = _to_str(arg, _BY_NAME[name], argv[i + 1])
                 consumed.add(i + 1)
                 if name == "-mask":
-                    mask = val
-                    ops.append(_Op(arg, "-mask", _BY_NAME["-mask"].apply, (val,)))
+                    mask = val             # Config.maskfilename is set by the ingestion
                 else:
                     img = val
 
@@ -1224,7 +1223,8 @@ def parse_argv(argv: Sequence[str], cwd: Optional[str] = None) -> Config:
     Raises :class:`UsageError` (bad flag/value), :class:`InputFileError`
     (unreadable -img/-mask) or :class:`HelpRequested` (-h, -help, --help).
     """
-    argv = [os.fspath(a) if not isinstance(a, str) else a for a in argv]
+    argv = [a if isinstance(a, str) else (os.fspath(a) if hasattr(a, "__fspath__") else str(a))
+            for a in argv]
     if any(a in _HELP_SPELLINGS for a in argv):
         raise HelpRequested(usage_text())
     c_parity = "-c_parity" in argv

@@ -72,7 +72,7 @@ def ran1(idum_ref, buf):
 @njit(cache=True)
 def gammln(xx):
     """ln Gamma(xx) with float32 argument and result (C: float gammln(float))."""
-    x = float(F32(xx))
+    x = np.float64(F32(xx))
     y = x
     tmp = x + 5.5
     tmp -= (x + 0.5) * math.log(tmp)
@@ -111,7 +111,7 @@ def poidev(xm, idum_ref, buf, gauss):
     if xm > 1.0e6:
         return F32(xm + math.sqrt(xm) * gaussdev(idum_ref, buf, gauss))
     if xm < 12.0:
-        g = F32(math.exp(-float(xm)))
+        g = F32(math.exp(-np.float64(xm)))
         em = F32(-1.0)
         t = F32(1.0)
         while True:
@@ -148,7 +148,7 @@ def mosaic_rotation_umat(mosaicity, idum_ref, buf):
     r3 = 2.0 * ran1(idum_ref, buf) - 1.0
     xyrad = math.sqrt(1.0 - r2 * r2)
     # powf on float arguments, then a float product, as in the C
-    rot = float(F32(mos * np.power(F32(1.0 - r3 * r3), F32(1.0 / 3.0))))
+    rot = np.float64(F32(mos * np.power(F32(1.0 - r3 * r3), F32(1.0 / 3.0))))
     v1 = xyrad * math.sin(math.pi * r1)
     v2 = xyrad * math.cos(math.pi * r1)
     v3 = r2
@@ -183,7 +183,7 @@ def noise_image(float_image, seed, buf, gauss, adc_offset, roi):
         for f in range(F):
             if f < roi[0] or f > roi[1] or s < roi[2] or s > roi[3]:
                 continue
-            test = float(poidev(float_image[s, f], idum, buf, gauss))
+            test = np.float64(poidev(float_image[s, f], idum, buf, gauss))
             total += test
             test += adc_offset
             if test > 65535.0:
