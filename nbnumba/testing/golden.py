@@ -49,6 +49,7 @@ __all__ = [
     "md5_of_dir",
     "output_files_for_args",
     "flag_tokens",
+    "is_flag",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -122,9 +123,17 @@ class Case:
         return val
 
 
+_NUMBER_RE = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
+
+
+def is_flag(token: str) -> bool:
+    """Is ``token`` an option name (``-word``, ``-4stol``), not a (negative) number?"""
+    return token.startswith("-") and len(token) > 1 and not _NUMBER_RE.match(token)
+
+
 def flag_tokens(args: Sequence[str]) -> List[str]:
-    """Tokens of ``args`` that are option names (``-word``, not negative numbers)."""
-    return [t for t in args if re.match(r"^-[A-Za-z]", t)]
+    """Tokens of ``args`` that are option names (not negative numbers)."""
+    return [t for t in args if is_flag(t)]
 
 
 def output_files_for_args(args: Sequence[str]) -> List[str]:
