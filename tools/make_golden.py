@@ -1,0 +1,355 @@
+#!/usr/bin/env python
+"""Build the golden corpus: synthetic inputs and reference outputs of nanoBragg.c.
+
+    python tools/make_golden.py inputs                 # regenerate golden/inputs/
+    NB_C_BIN=/path/to/nanoBragg \\
+    python tools/make_golden.py run [--case NAME ...]  # regenerate golden/data/
+    NB_C_BIN=... python tools/make_golden.py brightest --case NAME
+                                                       # print the brightest pixel
+                                                       # (to choose trace_pixel)
+
+Normally you do not call this directly: ``NB_C_BIN=/path/to/nanoBragg dvc repro``
+runs both steps (see golden/README.md).  The outputs are byte-for-byte
+reproducible: every case runs in a fresh temporary directory with
+``OMP_NUM_THREADS=1``, temp paths and pointer values are scrubbed from the
+captured stdout, and every file is written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_by_path(modname: str, relpath: str):
+    """Import a module from its file without importing the ``nbnumba`` package.
+
+    The golden pipeline must not depend on the simulator importing cleanly.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(modname, REPO / relpath)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+synth = _load_by_path("_nb_golden_synth", "nbnumba/testing/synth.py")
+_golden = _load_by_path("_nb_golden_golden", "nbnumba/testing/golden.py")
+Case = _golden.Case
+GOLDEN_DIR = _golden.GOLDEN_DIR
+load_cases = _golden.load_cases
+parse_c_stdout_stats = _golden.parse_c_stdout_stats
+
+INPUTS_DIR = GOLDEN_DIR / "inputs"
+DATA_DIR = GOLDEN_DIR / "data"
+NO_BIN_MSG = "NB_C_BIN is not set: point it at your nanoBragg build (see golden/README.md)"
+
+# canonical stored name -> what the run must have written (same names: the
+# cases use these file names in their args)
+STORED_OUTPUTS = ("float.bin", "int.img", "noise.img", "image.pgm")
+
+# ---------------------------------------------------------------------------
+# input specification
+# ---------------------------------------------------------------------------
+CELL_A = (70.0, 80.0, 90.0, 90.0, 90.0, 90.0)
+CELL_TRI = (60.0, 70.0, 80.0, 85.0, 95.0, 100.0)
+CELL_PIL = (45.0, 65.0, 85.0, 90.0, 104.0, 90.0)
+PIL_LAMBDA = 0.9768
+
+
+def _mosflm_vectors():
+    """MOSFLM-like detector basis tilted by small rotations (for CUSTOM cases)."""
+    R = synth.misset_matrix((3.0, -2.0, 1.5))
+    f = R @ np.array([0.0, 0.0, 1.0])
+    s = R @ np.array([0.0, -1.0, 0.0])
+    o = R @ np.array([1.0, 0.0, 0.0])
+    return f, s, o
+
+
+def build_inputs(outdir: Path) -> List[str]:
+    """Write every input file into ``outdir``; return the sorted file names."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    written: List[str] = []
+
+    def p(name: str) -> str:
+        written.append(name)
+        return str(outdir / name)
+
+    # structure factors
+    synth.write_p1_hkl(p("cellA.hkl"), CELL_A, dmin=6.0, seed=101)
+    synth.write_p1_hkl(p("cellA_lowres.hkl"), CELL_A, dmin=15.0, seed=102)
+    synth.write_p1_hkl(p("triclinic.hkl"), CELL_TRI, dmin=6.0, seed=103)
+    synth.write_p1_hkl(p("pilatus.hkl"), CELL_PIL, dmin=5.0, seed=104)
+    # the implicit Fdump.bin cache (read when -hkl is absent)
+    tmp_hkl = outdir / ".fdump_source.hkl"
+    synth.write_p1_hkl(str(tmp_hkl), CELL_A, dmin=8.0, seed=105)
+    hkl, F = synth.read_hkl_text(str(tmp_hkl))
+    tmp_hkl.unlink()
+    synth.write_fdump(p("Fdump.bin"), hkl, F, default_F=0.0)
+
+    # orientation matrices
+    synth.write_mosflm_mat(p("cellA.mat"), CELL_A, (5.0, 10.0, 15.0), 1.5)
+    synth.write_mosflm_mat(p("pilatus.mat"), CELL_PIL, (20.0, -35.0, 50.0), PIL_LAMBDA)
+
+    # source list (MOSFLM frame: beam along +x, sources upstream at -x)
+    sources = []
+    for i, (dy, dz, dl) in enumerate([(0.0, 0.0, 0.0), (0.003, 0.0, 0.004), (-0.003, 0.0, -0.004),
+                                      (0.0, 0.002, 0.002), (0.0, -0.002, -0.002)]):
+        sources.append((-10.0, dy, dz, 1.0 - 0.1 * i, 1.5e-10 * (1.0 + dl)))
+    synth.write_sourcefile(p("sources.txt"), sources)
+
+    # SMV files for -mask / -img
+    synth.write_smv_mask(
+        p("mask.img"), 128, 128, 0.2, pattern="block_and_stripes",
+        header_extras={"DISTANCE": 100.0, "WAVELENGTH": 1.5,
+                       "BEAM_CENTER_X": 12.9, "BEAM_CENTER_Y": 12.1},
+    )
+    synth.write_smv_header_image(
+        p("header.img"), 96, 80, 0.15, distance_mm=120.0, wavelength_A=1.3,
+        beam_x_mm=7.5, beam_y_mm=5.8, extras={"PHI": 10.0, "OSC_RANGE": 0.4}, seed=106,
+    )
+    # same size as header.img, conflicting geometry (the -img header must win)
+    synth.write_smv_mask(
+        p("mask_conflict.img"), 96, 80, 0.3, pattern="checker",
+        header_extras={"DISTANCE": 250.0, "WAVELENGTH": 2.5,
+                       "BEAM_CENTER_X": 3.0, "BEAM_CENTER_Y": 4.0},
+    )
+
+    # amorphous S(Q) table for -stol/-4stol/-Q (read but unused by nanoBragg)
+    synth.write_stol_file(p("stol.txt"))
+    return sorted(written)
+
+
+def cmd_inputs(args) -> int:
+    outdir = Path(args.out) if args.out else INPUTS_DIR
+    names = build_inputs(outdir)
+    # drop anything that is no longer part of the inputs
+    for f in sorted(outdir.iterdir()):
+        if f.name not in names:
+            if f.is_dir():
+                shutil.rmtree(f)
+            else:
+                f.unlink()
+    print("wrote %d input files to %s" % (len(names), outdir))
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# running the reference program
+# ---------------------------------------------------------------------------
+_PTR_RE = re.compile(r"(mmap\(.*?\) = )(?:0x[0-9a-fA-F]+|\(nil\))")
+_SHAPE_RE = re.compile(r"\((\d+)x(\d+) pixels\)")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def scrub(text: str, tmpdir: str) -> str:
+    """Remove run-specific details (temp dir, pointer values) from C stdout."""
+    for variant in {tmpdir, os.path.realpath(tmpdir)}:
+        text = text.replace(variant + "/", "./").replace(variant, ".")
+    return _PTR_RE.sub(lambda m: m.group(1) + "0x0", text)
+
+
+def _c_bin() -> Optional[str]:
+    b = os.environ.get("NB_C_BIN", "").strip()
+    return b or None
+
+
+def run_c(binary: str, case: Case, extra: Sequence[str] = ()) -> Dict[str, object]:
+    """Run nanoBragg for ``case`` in a fresh temp dir; return stdout and output bytes."""
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["LC_ALL"] = "C"
+    with tempfile.TemporaryDirectory(prefix="nbgold-") as tmp:
+        for name in case.inputs:
+            src = INPUTS_DIR / name
+            if not src.is_file():
+                raise SystemExit("case %s: input %s missing (run `make_golden.py inputs`)" % (case.name, src))
+            shutil.copyfile(src, Path(tmp) / name)
+        argv = [binary] + list(case.args) + list(extra)
+        proc = subprocess.run(argv, cwd=tmp, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=1800)
+        stdout = proc.stdout.decode("utf-8", "replace")
+        stderr = proc.stderr.decode("utf-8", "replace")
+        if proc.returncode != 0:
+            raise RuntimeError("case %s: nanoBragg exited %d\n%s\n%s" % (
+                case.name, proc.returncode, stdout[-2000:], stderr[-2000:]))
+        outputs = {}
+        for name in STORED_OUTPUTS:
+            f = Path(tmp) / name
+            if f.is_file():
+                outputs[name] = f.read_bytes()
+        return {"stdout": scrub(stdout, tmp), "stderr": scrub(stderr, tmp), "outputs": outputs}
+
+
+def _shape_from_stdout(text: str):
+    m = None
+    for m in _SHAPE_RE.finditer(text):
+        pass
+    if m is None:
+        raise RuntimeError("could not find the '(FxS pixels)' line in stdout")
+    fpix, spix = int(m.group(1)), int(m.group(2))
+    return spix, fpix
+
+
+def make_case(binary: str, case: Case) -> Dict[str, object]:
+    res = run_c(binary, case)
+    stdout = res["stdout"]
+    shape = _shape_from_stdout(stdout)
+    outdir = DATA_DIR / case.name
+    files: Dict[str, bytes] = {}
+    wanted = [f for f in case.files if f in STORED_OUTPUTS]
+    for name in wanted:
+        if name not in res["outputs"]:
+            raise RuntimeError("case %s: nanoBragg did not write %s" % (case.name, name))
+        files[name] = res["outputs"][name]
+    nfloat = len(files["float.bin"]) // 4
+    if nfloat != shape[0] * shape[1]:
+        raise RuntimeError("case %s: float.bin has %d values, stdout says %s" % (case.name, nfloat, shape))
+    img = np.frombuffer(files["float.bin"], dtype="<f4")
+    if not np.all(np.isfinite(img)):
+        raise RuntimeError("case %s: non-finite pixels in float image" % case.name)
+    files["stdout.txt"] = stdout.encode("utf-8")
+    if case.trace_pixel is not None:
+        s, f = case.trace_pixel
+        tr = run_c(binary, case, ["-trace_pixel", str(s), str(f)])
+        lines = [ln for ln in tr["stdout"].splitlines() if ln.startswith("TRACE_C")]
+        if not any(ln.startswith("TRACE_C: I_pixel_final") for ln in lines):
+            raise RuntimeError("case %s: trace run printed no per-pixel trace" % case.name)
+        if tr["outputs"].get("float.bin") != files["float.bin"]:
+            raise RuntimeError("case %s: trace run changed the float image" % case.name)
+        files["trace.log"] = ("\n".join(lines) + "\n").encode("utf-8")
+    stats = parse_c_stdout_stats(stdout)
+    warnings = sorted({ln.strip() for ln in stdout.splitlines() if "WARNING" in ln})
+    meta = {
+        "name": case.name,
+        "mode": case.mode,
+        "args": list(case.args),
+        "inputs": list(case.inputs),
+        "families": list(case.families),
+        "shape": list(shape),
+        "trace_pixel": list(case.trace_pixel) if case.trace_pixel else None,
+        "stats": stats,
+        "warnings": warnings,
+        "stderr": res["stderr"],
+        "files": {name: {"md5": _md5_bytes(data), "bytes": len(data)} for name, data in sorted(files.items())},
+    }
+    files["meta.json"] = (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode("utf-8")
+    # write, then drop stale files of this case
+    for name, data in files.items():
+        _atomic_write(outdir / name, data)
+    for f in outdir.iterdir():
+        if f.name not in files:
+            f.unlink()
+    return meta
+
+
+def _md5_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.md5(data).hexdigest()
+
+
+def cmd_run(args) -> int:
+    binary = _c_bin()
+    if binary is None:
+        print(NO_BIN_MSG)
+        return 2
+    if not os.access(binary, os.X_OK):
+        print("NB_C_BIN=%s is not an executable file" % binary)
+        return 2
+    cases = load_cases()
+    if args.case:
+        by_name = {c.name: c for c in cases}
+        missing = [n for n in args.case if n not in by_name]
+        if missing:
+            print("unknown case(s): %s" % ", ".join(missing))
+            return 2
+        todo = [by_name[n] for n in args.case]
+    else:
+        todo = cases
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        keep = {c.name for c in cases}
+        for d in sorted(DATA_DIR.iterdir()):
+            if d.name not in keep:
+                shutil.rmtree(d) if d.is_dir() else d.unlink()
+    jobs = max(1, int(args.jobs or os.cpu_count() or 1))
+    failures = 0
+    with cf.ThreadPoolExecutor(max_workers=jobs) as ex:
+        futs = {ex.submit(make_case, binary, c): c for c in todo}
+        for fut in cf.as_completed(futs):
+            c = futs[fut]
+            try:
+                meta = fut.result()
+            except Exception as exc:  # report every failing case
+                failures += 1
+                print("FAIL %s: %s" % (c.name, exc))
+                continue
+            st = meta["stats"]
+            print("ok   %-32s %-8s %4dx%-4d max_I=%-10g mean=%-10g%s" % (
+                c.name, c.mode, meta["shape"][1], meta["shape"][0], st.get("max_I", float("nan")),
+                st.get("mean", float("nan")), "  [%d warnings]" % len(meta["warnings"]) if meta["warnings"] else ""))
+    return 1 if failures else 0
+
+
+def cmd_brightest(args) -> int:
+    binary = _c_bin()
+    if binary is None:
+        print(NO_BIN_MSG)
+        return 2
+    by_name = {c.name: c for c in load_cases()}
+    for name in args.case:
+        c = by_name[name]
+        res = run_c(binary, c)
+        s, f = _shape_from_stdout(res["stdout"])
+        img = np.frombuffer(res["outputs"]["float.bin"], dtype="<f4").reshape(s, f)
+        idx = np.unravel_index(int(np.argmax(img)), img.shape)
+        print("%s: brightest pixel slow=%d fast=%d value=%g (mean %g)" % (
+            name, idx[0], idx[1], img[idx], img.mean()))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p_in = sub.add_parser("inputs", help="regenerate golden/inputs/")
+    p_in.add_argument("--out", help="output directory (default golden/inputs)")
+    p_run = sub.add_parser("run", help="run nanoBragg ($NB_C_BIN) for the cases")
+    p_run.add_argument("--case", action="append", help="only this case (repeatable)")
+    p_run.add_argument("--jobs", type=int, default=None, help="parallel runs (default: CPU count)")
+    p_b = sub.add_parser("brightest", help="print each case's brightest pixel")
+    p_b.add_argument("--case", action="append", required=True)
+    args = ap.parse_args(argv)
+    return {"inputs": cmd_inputs, "run": cmd_run, "brightest": cmd_brightest}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
