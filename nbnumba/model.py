@@ -65,6 +65,12 @@ class Model:
     def shape(self):
         return (self.det.spixels, self.det.fpixels)
 
+    def cells_soa(self, dtype):
+        """Rotated cells as (2, 9, ncell): [variant, (ax ay az bx .. cz), phi*nmos+mos]."""
+        v, nphi, nmos = self.cells.shape[:3]
+        soa = self.cells.reshape(v, nphi * nmos, 9).transpose(0, 2, 1)
+        return np.ascontiguousarray(soa, dtype=dtype)
+
     def kernel_args(self, dtype):
         """(iopt, fopt, vecs, incident, lam, cells, Fhkl) in working precision."""
         d, c, st = self.det, self.crystal, self.steps
@@ -85,7 +91,9 @@ class Model:
         iopt[K.I_HKLS] = self.hkls
         iopt[K.I_HMIN:K.I_LMAX + 1] = self.hkl_bounds
         iopt[K.I_CPARITY] = int(self.cfg.c_parity)
-        iopt[K.I_REDUCED] = int(np.dtype(dtype) == np.float32)
+        # reduced-argument sincg everywhere except where -c_parity asks for the C's
+        # arithmetic in float64 (bit-for-bit images)
+        iopt[K.I_REDUCED] = int(np.dtype(dtype) == np.float32 or not self.cfg.c_parity)
         iopt[K.I_FPIXELS] = d.fpixels
         fopt = np.zeros(K.N_FOPT)
         fopt[K.F_PIXEL] = d.pixel_size
@@ -111,7 +119,7 @@ class Model:
         dt = np.dtype(dtype)
         return (iopt, fopt.astype(dt), vecs.astype(dt),
                 np.ascontiguousarray(self.sources.incident, dtype=dt),
-                self.sources.wavelength.astype(dt), self.cells.astype(dt),
+                self.sources.wavelength.astype(dt), self.cells_soa(dt),
                 np.ascontiguousarray(self.Fhkl, dtype=dt))
 
 

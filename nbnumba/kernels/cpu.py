@@ -16,8 +16,8 @@ import numpy as np
 from numba import literal_unroll, njit, prange
 
 from ..physics import (capture_fraction, dot, interp_in_range, lattice_factor, like,
-                       nearest_F, polarization_factor, rotate_axis, solid_angle, tricubic_F,
-                       unitize)
+                       nearest_F, polarization_factor, rotate_axis, sincg_reduced, solid_angle,
+                       tricubic_F, unitize)
 
 # ---- integer option vector (iopt) layout ------------------------------------
 I_OVERSAMPLE, I_THICKSTEPS, I_NSRC, I_NPHI, I_NMOS, I_SHAPE = 0, 1, 2, 3, 4, 5
@@ -41,12 +41,12 @@ EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL = 1, 2, 3, 4, 5, 6
 TRACE_COLS = 32
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _v(vecs, row):
     return (vecs[row, 0], vecs[row, 1], vecs[row, 2])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _record(tbuf, tpos, ev, vals):
     r = tpos[0]
     if r < tbuf.shape[0]:
@@ -58,9 +58,65 @@ def _record(tbuf, tpos, ev, vals):
     tpos[0] = r + 1
 
 
-@njit(cache=True)
+# ---- per-thread work buffer rows (length = number of (phi, mosaic) cells) ---
+W_H, W_K, W_L, W_F, W_FA, W_FB, W_FC = range(7)
+N_WORK = 7
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bstar, cstar, reduced):
+    """Fractional indices and lattice factors for every (phi, mosaic) cell.
+
+    cells: (2, 9, ncell) real-space a, b, c components (m) per cell, SoA so the
+    square/reduced loop below is contiguous and branch-free (vectorises)."""
+    ncell = cells.shape[2]
+    ax, ay, az = cells[variant, 0], cells[variant, 1], cells[variant, 2]
+    bx, by, bz = cells[variant, 3], cells[variant, 4], cells[variant, 5]
+    cx, cy, cz = cells[variant, 6], cells[variant, 7], cells[variant, 8]
+    wh, wk, wl, wf = work[W_H], work[W_K], work[W_L], work[W_F]
+    wa, wb, wc = work[W_FA], work[W_FB], work[W_FC]
+    S0, S1, S2 = S
+    one = S0 * 0 + 1
+    if shape == 0 and reduced:
+        da = Na > 1
+        db = Nb > 1
+        dc = Nc > 1
+        for j in range(ncell):
+            h = ax[j] * S0 + ay[j] * S1 + az[j] * S2
+            k = bx[j] * S0 + by[j] * S1 + bz[j] * S2
+            l = cx[j] * S0 + cy[j] * S1 + cz[j] * S2
+            fa = sincg_reduced(h, Na) if da else one
+            fb = sincg_reduced(k, Nb) if db else one
+            fc = sincg_reduced(l, Nc) if dc else one
+            wh[j] = h
+            wk[j] = k
+            wl[j] = l
+            wa[j] = fa
+            wb[j] = fb
+            wc[j] = fc
+            wf[j] = ((one * fa) * fb) * fc
+    else:
+        for j in range(ncell):
+            h = ax[j] * S0 + ay[j] * S1 + az[j] * S2
+            k = bx[j] * S0 + by[j] * S1 + bz[j] * S2
+            l = cx[j] * S0 + cy[j] * S1 + cz[j] * S2
+            h0 = np.int64(np.ceil(h - 0.5 * one))
+            k0 = np.int64(np.ceil(k - 0.5 * one))
+            l0 = np.int64(np.ceil(l - 0.5 * one))
+            F, fa, fb, fc = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
+                                           astar, bstar, cstar, reduced)
+            wh[j] = h
+            wk[j] = k
+            wl[j] = l
+            wf[j] = F
+            wa[j] = fa
+            wb[j] = fb
+            wc[j] = fc
+
+
+@njit(cache=True, error_model="numpy")
 def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells,
-                Fhkl, trace, tbuf, tpos, info):
+                Fhkl, work, trace, tbuf, tpos, info):
     """Photons in one pixel (before float32 storage).
 
     first_exec: this pixel is the first one a (single-threaded) nanoBragg.c
@@ -78,6 +134,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     os = iopt[I_OVERSAMPLE]
     nthick = iopt[I_THICKSTEPS]
     nsrc, nphi, nmos = iopt[I_NSRC], iopt[I_NPHI], iopt[I_NMOS]
+    ncell = nphi * nmos
     shape = iopt[I_SHAPE]
     c_parity = iopt[I_CPARITY] != 0
     reduced = iopt[I_REDUCED] != 0
@@ -167,68 +224,71 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                         polar = like(pf, z)
                         diffracted = (like(dn[0], z), like(dn[1], z), like(dn[2], z))
                     ran_phi = 1
-                    for phi_tic in range(nphi):
-                        for mos in range(nmos):
-                            a = (cells[variant, phi_tic, mos, 0, 0], cells[variant, phi_tic, mos, 0, 1],
-                                 cells[variant, phi_tic, mos, 0, 2])
-                            b = (cells[variant, phi_tic, mos, 1, 0], cells[variant, phi_tic, mos, 1, 1],
-                                 cells[variant, phi_tic, mos, 1, 2])
-                            c = (cells[variant, phi_tic, mos, 2, 0], cells[variant, phi_tic, mos, 2, 1],
-                                 cells[variant, phi_tic, mos, 2, 2])
-                            h = a[0] * S[0] + a[1] * S[1] + a[2] * S[2]
-                            k = b[0] * S[0] + b[1] * S[1] + b[2] * S[2]
-                            l = c[0] * S[0] + c[1] * S[1] + c[2] * S[2]
-                            h0 = np.int64(np.ceil(h - like(0.5, z)))
-                            k0 = np.int64(np.ceil(k - like(0.5, z)))
-                            l0 = np.int64(np.ceil(l - like(0.5, z)))
-                            F_latt, fa, fb, fc = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc,
-                                                                fudge, astar, bstar, cstar, reduced)
-                            if trace and source == 0 and mos == 0:
+                    # pass 1 over (phi, mosaic) cells: Miller indices and lattice
+                    # factors (branch-free for the square/reduced case: vectorises)
+                    _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge,
+                                  astar, bstar, cstar, reduced)
+                    # pass 2: structure factors and accumulation, in C order
+                    for j in range(ncell):
+                        phi_tic = j // nmos
+                        mos = j - phi_tic * nmos
+                        h = work[W_H, j]
+                        k = work[W_K, j]
+                        l = work[W_L, j]
+                        F_latt = work[W_F, j]
+                        h0 = np.int64(np.ceil(h - like(0.5, z)))
+                        k0 = np.int64(np.ceil(k - like(0.5, z)))
+                        l0 = np.int64(np.ceil(l - like(0.5, z)))
+                        if trace and source == 0 and mos == 0:
+                            if phi_tic == 0:
+                                _record(tbuf, tpos, EV_HKL, (
+                                    cells[variant, 0, j] * 1e10, cells[variant, 1, j] * 1e10,
+                                    cells[variant, 2, j] * 1e10, cells[variant, 3, j] * 1e10,
+                                    cells[variant, 4, j] * 1e10, cells[variant, 5, j] * 1e10,
+                                    cells[variant, 6, j] * 1e10, cells[variant, 7, j] * 1e10,
+                                    cells[variant, 8, j] * 1e10,
+                                    astar[0], astar[1], astar[2], bstar[0], bstar[1], bstar[2],
+                                    cstar[0], cstar[1], cstar[2], h, k, l, h0, k0, l0))
+                            if shape == 0:
                                 if phi_tic == 0:
-                                    _record(tbuf, tpos, EV_HKL, (
-                                        a[0] * 1e10, a[1] * 1e10, a[2] * 1e10, b[0] * 1e10, b[1] * 1e10,
-                                        b[2] * 1e10, c[0] * 1e10, c[1] * 1e10, c[2] * 1e10,
-                                        astar[0], astar[1], astar[2], bstar[0], bstar[1], bstar[2],
-                                        cstar[0], cstar[1], cstar[2], h, k, l, h0, k0, l0))
-                                if shape == 0:
-                                    if phi_tic == 0:
-                                        _record(tbuf, tpos, EV_LATT, (fa, fb, fc, F_latt))
-                                    _record(tbuf, tpos, EV_PHI, (phi_tic, variant, k, fb, F_latt))
-                            if F_latt == 0.0 and water == 0.0:
-                                continue
-                            # structure factor of the unit cell
-                            use_interp = interp and (latch_sub < 0 or sub_count < latch_sub)
-                            if use_interp and not interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
-                                if first_oor < 0:
-                                    first_oor = sub_count
-                                use_interp = False
-                            if use_interp:
-                                F_cell = tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l)
-                            else:
-                                F_cell = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
-                                                   h0, k0, l0, default_F)
-                            sub_count += 1
-                            if trace and source == 0 and mos == 0 and phi_tic == 0:
-                                _record(tbuf, tpos, EV_FCELL, (F_cell,))
-                            term = F_cell * F_cell * F_latt * F_latt
-                            if corrected:
-                                if os_thick:
-                                    term *= capture
-                                if os_polar:
-                                    term *= polar
-                                if os_omega:
-                                    term *= omega_pixel
-                                layer_sum += term
-                            else:
-                                I += term
-                                # nanoBragg.c multiplies the running sum (a defect
-                                # that only -c_parity reaches: see docs/quirks.md)
-                                if os_thick:
-                                    I *= capture
-                                if os_polar:
-                                    I *= polar
-                                if os_omega:
-                                    I *= omega_pixel
+                                    _record(tbuf, tpos, EV_LATT, (work[W_FA, j], work[W_FB, j],
+                                                                  work[W_FC, j], F_latt))
+                                _record(tbuf, tpos, EV_PHI, (phi_tic, variant, k, work[W_FB, j], F_latt))
+                        if F_latt == 0.0 and water == 0.0:
+                            continue
+                        # structure factor of the unit cell
+                        use_interp = interp and (latch_sub < 0 or sub_count < latch_sub)
+                        if use_interp and not interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
+                            if first_oor < 0:
+                                first_oor = sub_count
+                            use_interp = False
+                        if use_interp:
+                            F_cell = tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l)
+                        else:
+                            F_cell = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                                               h0, k0, l0, default_F)
+                        sub_count += 1
+                        if trace and source == 0 and mos == 0 and phi_tic == 0:
+                            _record(tbuf, tpos, EV_FCELL, (F_cell,))
+                        term = F_cell * F_cell * F_latt * F_latt
+                        if corrected:
+                            if os_thick:
+                                term *= capture
+                            if os_polar:
+                                term *= polar
+                            if os_omega:
+                                term *= omega_pixel
+                            layer_sum += term
+                        else:
+                            I += term
+                            # nanoBragg.c multiplies the running sum (a defect
+                            # that only -c_parity reaches: see docs/quirks.md)
+                            if os_thick:
+                                I *= capture
+                            if os_polar:
+                                I *= polar
+                            if os_omega:
+                                I *= omega_pixel
                     if c_parity:
                         variant = 1
         if corrected:
@@ -262,7 +322,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     return test, omega_acc
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam, cells,
            Fhkl, out, omega_out, oor_out, ran_out):
     """Fill ``out`` (float32, (S, F)) for every active pixel.
@@ -277,6 +337,7 @@ def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incide
     for s in prange(S):
         tpos = np.zeros(1, dtype=np.int64)
         info = np.zeros(3, dtype=np.int64)
+        work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
         for f in range(F):
             if active[s, f] == 0:
                 continue
@@ -288,19 +349,20 @@ def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incide
                 elif p == latch_pixel:
                     ls = latch_sub
             val, om = pixel_value(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam, cells,
-                                  Fhkl, False, tbuf, tpos, info)
+                                  Fhkl, work, False, tbuf, tpos, info)
             out[s, f] = np.float32(val)
             omega_out[s, f] = om
             oor_out[s, f] = info[0]
             ran_out[s, f] = info[1]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl, maxrows):
     """Run one pixel with tracing on; returns (value, rows, nrows)."""
     tbuf = np.zeros((maxrows, TRACE_COLS))
     tpos = np.zeros(1, dtype=np.int64)
     info = np.zeros(3, dtype=np.int64)
+    work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
     val, om = pixel_value(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl,
-                          True, tbuf, tpos, info)
+                          work, True, tbuf, tpos, info)
     return val, tbuf, tpos[0]
