@@ -64,11 +64,17 @@ def _threads(cfg: Config):
         numba.set_num_threads(max(1, min(int(cfg.threads), numba.config.NUMBA_NUM_THREADS)))
 
 
-def render_float(model: Model, dtype=None, backend: str = "cpu"):
-    """Run the pixel kernel; returns (float32 image, per-pixel omega sums)."""
+def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None):
+    """Run the pixel kernel; returns (float32 image, per-pixel omega sums).
+
+    progress: optional callable(rows_done, rows_total), called between row
+    chunks (the CLI's progress bar); None renders in one call."""
     cfg = model.cfg
     if dtype is None:
         dtype = np.float32 if cfg.precision == "single" else np.float64
+    if backend == "cuda":
+        from .kernels import gpu
+        return gpu.render(model, dtype)
     args = model.kernel_args(dtype)
     S, F = model.shape
     active = model.active
@@ -78,10 +84,14 @@ def render_float(model: Model, dtype=None, backend: str = "cpu"):
     omega = np.zeros((S, F), dtype=args[1].dtype)
     oor = np.full((S, F), -1, dtype=np.int64)
     ran = np.zeros((S, F), dtype=np.int64)
-    if backend == "cuda":
-        from .kernels import gpu
-        return gpu.render(model, dtype)
-    K.render(active, first if cfg.c_parity else -1, -1, -1, *args, out, omega, oor, ran)
+    first_arg = first if cfg.c_parity else -1
+    if progress is None:
+        K.render(active, first_arg, -1, -1, *args, out, omega, oor, ran)
+    else:
+        chunk = max(1, S // 50)
+        for r0 in range(0, S, chunk):
+            K.render(active, first_arg, -1, -1, *args, out, omega, oor, ran, r0, min(S, r0 + chunk))
+            progress(min(S, r0 + chunk), S)
     if cfg.c_parity and len(flat):
         _c_parity_fixups(model, args, active, flat, out, omega, oor, ran)
     return out, omega
@@ -162,17 +172,19 @@ def pgm_image(model: Model, img: np.ndarray, pgm_scale: float) -> np.ndarray:
     return pgm_bytes_from_float(img, pgm_scale, model.det.roi)
 
 
-def simulate(cfg: Config, backend: Optional[str] = None) -> Result:
+def simulate(cfg: Config, backend: Optional[str] = None, progress=None) -> Result:
     """Render the float image and everything nanoBragg derives from it."""
+    return run_model(build_model(cfg), backend=backend, progress=progress)
+
+
+def run_model(model: Model, backend: Optional[str] = None, progress=None) -> Result:
+    """Render a prepared Model (see nbnumba.model.build_model)."""
+    cfg = model.cfg
     _threads(cfg)
-    model = build_model(cfg)
     backend = backend or cfg.device
-    img, omega = render_float(model, backend=backend)
-    if backend == "cuda":
-        img_host = _to_host(img)
-    else:
-        img_host = img
-    stats = compute_stats(model, img_host, omega if backend != "cuda" else _to_host(omega))
+    img, omega = render_float(model, backend=backend, progress=progress)
+    img_host = _to_host(img)
+    stats = compute_stats(model, img_host, _to_host(omega))
     scale = cfg.intfile_scale
     if scale <= 0.0:
         scale = 1.0

@@ -7,7 +7,6 @@ Errors are one line on stderr with exit status 2 (bad flags/values) or 9
 from __future__ import annotations
 
 import sys
-import time
 
 
 def main(argv=None) -> int:
@@ -36,26 +35,43 @@ def main(argv=None) -> int:
 
 
 def run(cfg) -> int:
-    from .api import compute_stats, simulate
+    from .api import run_model
+    from .model import build_model
     from .outputs import write_fdump, write_outputs
     from .summary import result_lines, setup_lines
-    t0 = time.perf_counter()
-    res = simulate(cfg)
     out = sys.stdout
-    for line in setup_lines(res.model):
+    model = build_model(cfg)
+    for line in setup_lines(model):
         print(line, file=out)
-    msg = write_fdump(res.model)
+    msg = write_fdump(model)
     if msg:
         print(msg, file=out)
-    if res.model.cfg.trace_spixel >= 0:
+    out.flush()
+    bar = None
+    progress = None
+    if cfg.progress_meter and not cfg.noprogress and sys.stdout.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=model.shape[0], unit="row", desc="rendering", leave=False)
+
+        def progress(done, total):
+            bar.n = done
+            bar.refresh()
+    try:
+        res = run_model(model, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if cfg.trace_spixel >= 0:
         print("TRACE_CONFIG: tracing pixel (spixel=%d, fpixel=%d)" % (cfg.trace_spixel, cfg.trace_fpixel))
         for line in res.trace_lines:
+            print(line, file=out)
+    if cfg.printout:
+        from .trace import printout_lines
+        for line in printout_lines(res):
             print(line, file=out)
     write_outputs(res, cfg)
     for line in result_lines(res):
         print(line, file=out)
-    if cfg.progress_meter and not cfg.noprogress and sys.stdout.isatty():
-        print("  nbnumba: %.2f s" % (time.perf_counter() - t0))
     return 0
 
 

@@ -90,3 +90,52 @@ def trace_lines(model, spixel, fpixel, prefix="TRACE_PY"):
     if n > MAX_ROWS:
         out.append(f"{P} (trace truncated after {MAX_ROWS} records)")
     return out
+
+
+def printout_lines(res):
+    """-printout / -printout_pixel: nanoBragg's per-pixel console block.
+
+    For the selected pixel the block is rebuilt from the kernel's own trace
+    (values of the last sub-path, as the C prints them); without a pixel
+    every rendered pixel gets its coordinates and value."""
+    model = res.model
+    cfg = model.cfg
+    S, F = model.shape
+    img = res.float_image if isinstance(res.float_image, np.ndarray) else res.float_image.get()
+    if cfg.printout_fpixel < 0 or cfg.printout_spixel < 0:
+        ss, ff = np.nonzero(model.active)
+        return ["%4d %4d : pixel %15.10g" % (f, s, img[s, f]) for s, f in zip(ss, ff)]
+    s, f = cfg.printout_spixel, cfg.printout_fpixel
+    if not (0 <= s < S and 0 <= f < F) or not model.active[s, f]:
+        return ["printout pixel (%d, %d) is not rendered" % (f, s)]
+    lines = trace_lines(model, s, f, prefix="P")
+    val = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "P:":
+            val[parts[1]] = parts[2:]
+    pos = [float(x) for x in val.get("pixel_pos_meters", ["0", "0", "0"])]
+    lam = float(val.get("lambda_meters", ["1e-10"])[0])
+    Svec = [float(x) for x in val.get("scattering_vec_A_inv", ["0", "0", "0"])]
+    stol = 0.5 * math.sqrt(sum(x * x for x in Svec))
+    two_theta = math.atan2(math.sqrt(pos[1] ** 2 + pos[2] ** 2), pos[0])
+    hkl = [float(x) for x in val.get("hkl_frac", ["0", "0", "0"])]
+    hkl0 = val.get("hkl_rounded", ["0", "0", "0"])
+    I = float(val.get("I_before_scaling", ["0"])[0])
+    out = ["%4d %4d : stol = %g or %g" % (f, s, stol, math.sin(two_theta / 2.0) / (cfg.lambda0 * 1e10)),
+           "at %g %g %g" % tuple(pos),
+           "hkl= %f %f %f  hkl0= %s %s %s" % (hkl[0], hkl[1], hkl[2], *hkl0),
+           " F_cell=%g  F_latt=%g   I = %g" % (float(val.get("F_cell", ["0"])[0]),
+                                              float(val.get("F_latt", ["0"])[0]), I),
+           "I/steps %15.10g" % (I / model.nsteps),
+           "polar   %15.10g" % float(val.get("polar", ["0"])[0]),
+           "omega   %15.10g" % float(val.get("omega_pixel", ["0"])[0]),
+           "capfrac %15.10g" % float(val.get("capture_fraction", ["0"])[0]),
+           "pixel   %15.10g" % img[s, f]]
+    # the C prints the cell of the last (phi, mosaic) sub-path
+    last = model.cells[1 if cfg.c_parity else 0, -1, -1] * 1e10
+    out += ["real-space cell vectors (Angstrom):", "     %-10s  %-10s  %-10s" % ("a", "b", "c")]
+    for i, ax in enumerate("XYZ"):
+        out.append("%s: %11.8f %11.8f %11.8f" % (ax, last[0, i], last[1, i], last[2, i]))
+    del lam
+    return out

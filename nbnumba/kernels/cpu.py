@@ -324,8 +324,9 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam, cells,
-           Fhkl, out, omega_out, oor_out, ran_out):
-    """Fill ``out`` (float32, (S, F)) for every active pixel.
+           Fhkl, out, omega_out, oor_out, ran_out, row0=0, row1=-1):
+    """Fill ``out`` (float32, (S, F)) for every active pixel of rows row0..row1-1
+    (row1 = -1: to the last row; the caller may render in chunks for progress).
 
     first_pixel: linear index of the pixel whose phi loop runs first (-1: none).
     latch_pixel/latch_sub: -c_parity interpolation latch (see pixel_value).
@@ -333,8 +334,10 @@ def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incide
     ran_out: per-pixel flag, 1 if any phi loop ran.
     """
     S, F = active.shape
+    if row1 < 0 or row1 > S:
+        row1 = S
     tbuf = np.zeros((1, 32))
-    for s in prange(S):
+    for s in prange(row0, row1):
         tpos = np.zeros(1, dtype=np.int64)
         info = np.zeros(3, dtype=np.int64)
         work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
