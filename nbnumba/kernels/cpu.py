@@ -70,51 +70,48 @@ def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bsta
     cells: (2, 9, ncell) real-space a, b, c components (m) per cell, SoA so the
     square/reduced loop below is contiguous and branch-free (vectorises)."""
     ncell = cells.shape[2]
-    ax, ay, az = cells[variant, 0], cells[variant, 1], cells[variant, 2]
-    bx, by, bz = cells[variant, 3], cells[variant, 4], cells[variant, 5]
-    cx, cy, cz = cells[variant, 6], cells[variant, 7], cells[variant, 8]
-    wh, wk, wl, wf = work[W_H], work[W_K], work[W_L], work[W_F]
-    wa, wb, wc = work[W_FA], work[W_FB], work[W_FC]
     S0, S1, S2 = S
     one = S0 * 0 + 1
+    v = variant
+    # indexing cells[v, c, j] directly (no per-call views): this runs per sub-path
     if shape == 0 and reduced:
         da = Na > 1
         db = Nb > 1
         dc = Nc > 1
         for j in range(ncell):
-            h = ax[j] * S0 + ay[j] * S1 + az[j] * S2
-            k = bx[j] * S0 + by[j] * S1 + bz[j] * S2
-            l = cx[j] * S0 + cy[j] * S1 + cz[j] * S2
+            h = cells[v, 0, j] * S0 + cells[v, 1, j] * S1 + cells[v, 2, j] * S2
+            k = cells[v, 3, j] * S0 + cells[v, 4, j] * S1 + cells[v, 5, j] * S2
+            l = cells[v, 6, j] * S0 + cells[v, 7, j] * S1 + cells[v, 8, j] * S2
             fa = sincg_reduced(h, Na) if da else one
             fb = sincg_reduced(k, Nb) if db else one
             fc = sincg_reduced(l, Nc) if dc else one
-            wh[j] = h
-            wk[j] = k
-            wl[j] = l
-            wa[j] = fa
-            wb[j] = fb
-            wc[j] = fc
-            wf[j] = ((one * fa) * fb) * fc
+            work[W_H, j] = h
+            work[W_K, j] = k
+            work[W_L, j] = l
+            work[W_FA, j] = fa
+            work[W_FB, j] = fb
+            work[W_FC, j] = fc
+            work[W_F, j] = ((one * fa) * fb) * fc
     else:
         for j in range(ncell):
-            h = ax[j] * S0 + ay[j] * S1 + az[j] * S2
-            k = bx[j] * S0 + by[j] * S1 + bz[j] * S2
-            l = cx[j] * S0 + cy[j] * S1 + cz[j] * S2
+            h = cells[v, 0, j] * S0 + cells[v, 1, j] * S1 + cells[v, 2, j] * S2
+            k = cells[v, 3, j] * S0 + cells[v, 4, j] * S1 + cells[v, 5, j] * S2
+            l = cells[v, 6, j] * S0 + cells[v, 7, j] * S1 + cells[v, 8, j] * S2
             h0 = np.int64(np.ceil(h - 0.5 * one))
             k0 = np.int64(np.ceil(k - 0.5 * one))
             l0 = np.int64(np.ceil(l - 0.5 * one))
             F, fa, fb, fc = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
                                            astar, bstar, cstar, reduced)
-            wh[j] = h
-            wk[j] = k
-            wl[j] = l
-            wf[j] = F
-            wa[j] = fa
-            wb[j] = fb
-            wc[j] = fc
+            work[W_H, j] = h
+            work[W_K, j] = k
+            work[W_L, j] = l
+            work[W_F, j] = F
+            work[W_FA, j] = fa
+            work[W_FB, j] = fb
+            work[W_FC, j] = fc
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells,
                 Fhkl, work, trace, tbuf, tpos, info):
     """Photons in one pixel (before float32 storage).
