@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from typing import List
 
 
-def _range_rule(rng, step, steps, steps_only_range, sweep_mode):
-    """Shared rule for divergence and dispersion (C's hdiv/vdiv/disp blocks).
+def _range_rule(rng, step, steps, steps_only_range, range_only_divisor=1):
+    """nanoBragg's rule for a swept range (divergence, dispersion, sensor depth).
 
-    ``steps_only_range``: the range assumed when only a count is given.
+    (range, step, steps) use -1 for "not given".  ``steps_only_range``: the range
+    assumed when only a count is given; ``range_only_divisor``: the step is
+    range/divisor when only the range is given (2 sensor layers split the
+    thickness, while divergence and dispersion take the whole range as step).
     """
     if steps <= 0:
         if rng < 0.0:
@@ -22,7 +25,7 @@ def _range_rule(rng, step, steps, steps_only_range, sweep_mode):
                 return 0.0, 0.0, 1
             return step, step, 2
         if step <= 0.0:
-            return rng, rng, 2
+            return rng, rng / range_only_divisor, 2
         return rng, step, int(math.ceil(rng / step))
     if rng < 0.0:
         if step <= 0.0:
@@ -97,37 +100,12 @@ def resolve_steps(cfg) -> Steps:
             if phistep < 0.0:
                 phistep = osc / phisteps
 
-    # --- divergence and dispersion -----------------------------------------
-    h = _range_rule(cfg.hdivrange, cfg.hdivstep, cfg.hdivsteps, 1.0, None)
-    v = _range_rule(cfg.vdivrange, cfg.vdivstep, cfg.vdivsteps, 1.0, None)
-    d = _range_rule(cfg.dispersion, cfg.dispstep, cfg.dispsteps, 1.0, None)
-
-    # --- sensor layers (its own variant of the rule) -------------------------
-    thick, tstep, tsteps = cfg.detector_thick, cfg.detector_thickstep, cfg.detector_thicksteps
-    if tsteps <= 0:
-        if thick < 0.0:
-            if tstep <= 0.0:
-                tsteps, thick, tstep = 1, 0.0, 0.0
-            else:
-                thick, tsteps = tstep, 2
-        else:
-            if tstep <= 0.0:
-                tsteps = 2
-                tstep = thick / tsteps
-            else:
-                tsteps = int(math.ceil(thick / tstep))
-    else:
-        if thick < 0.0:
-            if tstep <= 0.0:
-                thick = 0.5e-6
-                tstep = thick / tsteps
-            else:
-                thick, tsteps = tstep, 2
-        else:
-            if tstep <= 0.0:
-                if tsteps <= 1:
-                    tsteps = 2
-                tstep = thick / (tsteps - 1)
+    # --- divergence, dispersion and sensor layers ------------------------
+    h = _range_rule(cfg.hdivrange, cfg.hdivstep, cfg.hdivsteps, 1.0)
+    v = _range_rule(cfg.vdivrange, cfg.vdivstep, cfg.vdivsteps, 1.0)
+    d = _range_rule(cfg.dispersion, cfg.dispstep, cfg.dispsteps, 1.0)
+    thick, tstep, tsteps = _range_rule(cfg.detector_thick, cfg.detector_thickstep,
+                                       cfg.detector_thicksteps, 0.5e-6, 2)
     mu = cfg.detector_mu
     if thick > 0.0 and mu < 0.0:
         mu = 1.0 / thick

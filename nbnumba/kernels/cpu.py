@@ -64,6 +64,14 @@ N_WORK = 7
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _hkl(cells, v, j, S0, S1, S2):
+    """Fractional Miller indices h = a.S, k = b.S, l = c.S of cell j (variant v)."""
+    return (cells[v, 0, j] * S0 + cells[v, 1, j] * S1 + cells[v, 2, j] * S2,
+            cells[v, 3, j] * S0 + cells[v, 4, j] * S1 + cells[v, 5, j] * S2,
+            cells[v, 6, j] * S0 + cells[v, 7, j] * S1 + cells[v, 8, j] * S2)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bstar, cstar, reduced):
     """Fractional indices and lattice factors for every (phi, mosaic) cell.
 
@@ -79,9 +87,7 @@ def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bsta
         db = Nb > 1
         dc = Nc > 1
         for j in range(ncell):
-            h = cells[v, 0, j] * S0 + cells[v, 1, j] * S1 + cells[v, 2, j] * S2
-            k = cells[v, 3, j] * S0 + cells[v, 4, j] * S1 + cells[v, 5, j] * S2
-            l = cells[v, 6, j] * S0 + cells[v, 7, j] * S1 + cells[v, 8, j] * S2
+            h, k, l = _hkl(cells, v, j, S0, S1, S2)
             fa = sincg_reduced(h, Na) if da else one
             fb = sincg_reduced(k, Nb) if db else one
             fc = sincg_reduced(l, Nc) if dc else one
@@ -94,9 +100,7 @@ def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bsta
             work[W_F, j] = ((one * fa) * fb) * fc
     else:
         for j in range(ncell):
-            h = cells[v, 0, j] * S0 + cells[v, 1, j] * S1 + cells[v, 2, j] * S2
-            k = cells[v, 3, j] * S0 + cells[v, 4, j] * S1 + cells[v, 5, j] * S2
-            l = cells[v, 6, j] * S0 + cells[v, 7, j] * S1 + cells[v, 8, j] * S2
+            h, k, l = _hkl(cells, v, j, S0, S1, S2)
             h0 = np.int64(np.ceil(h - 0.5 * one))
             k0 = np.int64(np.ceil(k - 0.5 * one))
             l0 = np.int64(np.ceil(l - 0.5 * one))
