@@ -67,15 +67,18 @@ def _threads(cfg: Config):
 def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None):
     """Run the pixel kernel; returns (float32 image, per-pixel omega sums).
 
+    dtype: GPU working precision (default from -precision); the CPU kernel
+    is always float64 with float32 lattice sines under -precision single.
+
     progress: optional callable(rows_done, rows_total), called between row
     chunks (the CLI's progress bar); None renders in one call."""
     cfg = model.cfg
-    if dtype is None:
-        dtype = np.float32 if cfg.precision == "single" else np.float64
     if backend == "cuda":
         from .kernels import gpu
+        if dtype is None:
+            dtype = np.float32 if cfg.precision == "single" else np.float64
         return gpu.render(model, dtype)
-    args = model.kernel_args(dtype)
+    args = model.cpu_kernel_args()
     S, F = model.shape
     active = model.active
     flat = np.flatnonzero(active.ravel())

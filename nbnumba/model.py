@@ -71,6 +71,19 @@ class Model:
         soa = self.cells.reshape(v, nphi * nmos, 9).transpose(0, 2, 1)
         return np.ascontiguousarray(soa, dtype=dtype)
 
+    def cpu_kernel_args(self):
+        """Arguments of the numba kernel for this run's precision.
+
+        The CPU works in float64 throughout; -precision single evaluates the
+        lattice sines in float32 and keeps F in float32 (mixed precision, as
+        the GPU kernel does): positions, indices and sums stay float64, which
+        the float32 accuracy targets need."""
+        args = list(self.kernel_args(np.float64))
+        if self.cfg.precision == "single":
+            args[0][K.I_REDUCED] = 2
+            args[6] = args[6].astype(np.float32)
+        return tuple(args)
+
     def kernel_args(self, dtype):
         """(iopt, fopt, vecs, incident, lam, cells, Fhkl) in working precision."""
         d, c, st = self.det, self.crystal, self.steps

@@ -161,22 +161,27 @@ def _sinpi_reduced_impl(x):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def sincg_reduced(h, N):
+def sincg_reduced(h, N, f32_sines=False):
     """sincg(pi*h, N) evaluated on reduced arguments (the default path).
 
     With n = rint(h), d = h - n and m = rint(N d), e = N d - m:
     sin(N pi h) / sin(pi h) = (-1)^(n (N-1) + m) sin(pi e) / sin(pi d),
-    so both sines see arguments within +-1/2 (times pi): float32 stays
-    accurate, and float64 is more accurate than nanoBragg.c's sin(N*pi*h), whose
-    argument carries a rounding error of ~|pi h N| ulp.  Written without
-    data-dependent branches so it vectorises.  -c_parity uses ``sincg``."""
+    so both sines see arguments within +-1/2 (times pi).  In float64 this is more
+    accurate than nanoBragg.c's sin(N*pi*h), whose argument carries a rounding
+    error of ~|pi h N| ulp.  ``f32_sines`` (-precision single) evaluates only the
+    two sines in float32: the reduction stays in the precision of h, which keeps
+    the phase exact where float32 h would not be.  Written without data-dependent
+    branches so it vectorises.  -c_parity uses ``sincg``."""
     n = np.rint(h)
     d = h - n
     Nd = N * d
     m = np.rint(Nd)
     e = Nd - m
     parity = (np.int32(n) * (np.int32(N) - np.int32(1)) + np.int32(m)) & np.int32(1)
-    val = sinpi_reduced(e) / sinpi_reduced(d)
+    if f32_sines:
+        val = like(sinpi_reduced(np.float32(e)) / sinpi_reduced(np.float32(d)), h)
+    else:
+        val = sinpi_reduced(e) / sinpi_reduced(d)
     val = N if d == 0.0 else val
     return -val if parity != 0 else val
 
@@ -198,8 +203,8 @@ def lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, 
     """F_latt for one sub-path and the per-axis factors (a, b, c; 1 unless SQUARE).
 
     ``astar``/``bstar``/``cstar`` are the *unrotated* reciprocal vectors (1/A), as
-    nanoBragg.c uses them for the gauss/tophat radius.  ``reduced`` selects the
-    delta-reduced sincg (float32 path)."""
+    nanoBragg.c uses them for the gauss/tophat radius.  ``reduced``: 0 = the C's
+    sin(N x)/sin(x); 1 = reduced-argument sincg; 2 = the same with float32 sines."""
     one = like(1.0, h)
     fa = one
     fb = one
@@ -207,13 +212,13 @@ def lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, 
     if shape == SHAPE_SQUARE:
         F = one
         if Na > 1:
-            fa = sincg_reduced(h, Na) if reduced else sincg(like(math.pi, h) * h, Na)
+            fa = sincg_reduced(h, Na, reduced == 2) if reduced else sincg(like(math.pi, h) * h, Na)
             F *= fa
         if Nb > 1:
-            fb = sincg_reduced(k, Nb) if reduced else sincg(like(math.pi, h) * k, Nb)
+            fb = sincg_reduced(k, Nb, reduced == 2) if reduced else sincg(like(math.pi, h) * k, Nb)
             F *= fb
         if Nc > 1:
-            fc = sincg_reduced(l, Nc) if reduced else sincg(like(math.pi, h) * l, Nc)
+            fc = sincg_reduced(l, Nc, reduced == 2) if reduced else sincg(like(math.pi, h) * l, Nc)
             F *= fc
         return F, fa, fb, fc
     dh = h - h0

@@ -38,8 +38,7 @@ def trace_lines(model, spixel, fpixel, prefix="TRACE_PY"):
         return ["%s: pixel (%d, %d) is outside the %dx%d detector" % (prefix, spixel, fpixel, F, S)]
     if not model.active[spixel, fpixel]:
         return ["%s: pixel (%d, %d) is not rendered (outside -roi or masked)" % (prefix, spixel, fpixel)]
-    dtype = np.float32 if cfg.precision == "single" else np.float64
-    args = model.kernel_args(dtype)
+    args = model.cpu_kernel_args()
     p = spixel * F + fpixel
     if cfg.c_parity:
         first = model.first_exec_pixel

@@ -82,15 +82,16 @@ def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bsta
     one = S0 * 0 + 1
     v = variant
     # indexing cells[v, c, j] directly (no per-call views): this runs per sub-path
-    if shape == 0 and reduced:
+    if shape == 0 and reduced != 0:
         da = Na > 1
         db = Nb > 1
         dc = Nc > 1
+        f32 = reduced == 2
         for j in range(ncell):
             h, k, l = _hkl(cells, v, j, S0, S1, S2)
-            fa = sincg_reduced(h, Na) if da else one
-            fb = sincg_reduced(k, Nb) if db else one
-            fc = sincg_reduced(l, Nc) if dc else one
+            fa = sincg_reduced(h, Na, f32) if da else one
+            fb = sincg_reduced(k, Nb, f32) if db else one
+            fc = sincg_reduced(l, Nc, f32) if dc else one
             work[W_H, j] = h
             work[W_K, j] = k
             work[W_L, j] = l
@@ -138,7 +139,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     ncell = nphi * nmos
     shape = iopt[I_SHAPE]
     c_parity = iopt[I_CPARITY] != 0
-    reduced = iopt[I_REDUCED] != 0
+    reduced = iopt[I_REDUCED]   # 0: C's sincg, 1: reduced, 2: reduced with float32 sines
     os_thick, os_polar, os_omega = iopt[I_OS_THICK] != 0, iopt[I_OS_POLAR] != 0, iopt[I_OS_OMEGA] != 0
     interp = iopt[I_INTERP] != 0 and latch_sub != -2
     hkls = iopt[I_HKLS]

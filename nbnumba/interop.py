@@ -1,0 +1,199 @@
+"""Array interchange between numpy, CuPy and torch (DLPack, zero-copy where possible).
+
+nbnumba computes on numpy arrays (``-device cpu``) or CuPy arrays
+(``-device cuda``).  Inputs such as a pixel mask, an F grid or a preallocated
+output image may come from any of the three libraries; :func:`as_array` turns
+them into the array type the engine needs, sharing memory whenever the data
+already lives on the right device::
+
+    import numpy as np, torch
+    from nbnumba.interop import as_array, to_torch
+
+    mask_t = torch.ones(256, 256, dtype=torch.uint8)
+    mask = as_array(mask_t, like=np.empty(0))      # numpy view of the tensor's memory
+    mask[0, 0] = 0                                  # ... visible in mask_t
+
+    res = nbnumba.simulate_argv([...])
+    img_t = to_torch(res.float_image)               # torch view of the image (no copy)
+    img_t = res.to_torch()                          # the same, via Result
+
+    # on a GPU (CuPy installed, -device cuda):
+    import cupy as cp
+    out = torch.empty(256, 256, device="cuda")      # preallocated float32 output
+    out_cp = as_array(out, like=cp.empty(0))        # CuPy view of the tensor's memory
+
+Rules of :func:`as_array`:
+
+* the result has the array library and device of ``like`` (a numpy array,
+  a CuPy array or a torch tensor; or one of the strings ``"numpy"``,
+  ``"cupy"``, ``"torch"``);
+* when the source is on the same device, the result shares its memory
+  (DLPack, or the buffer protocol for numpy); a modification through one is
+  visible through the other;
+* across devices (host <-> GPU) the data are copied, which is unavoidable;
+* ``dtype`` (optional) converts the element type, which copies if it differs.
+
+torch and CuPy are optional: this module imports them only when an argument
+is one of their arrays (``pip install nbnumba[torch]``, ``nbnumba[gpu]``).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = ["array_kind", "as_array", "to_numpy", "to_torch", "data_ptr", "shares_memory"]
+
+
+def array_kind(obj: Any) -> str:
+    """``"numpy"``, ``"cupy"``, ``"torch"`` or ``"other"`` for an array-like object."""
+    if isinstance(obj, str):
+        if obj in ("numpy", "cupy", "torch"):
+            return obj
+        raise ValueError("unknown array kind %r (numpy, cupy or torch)" % obj)
+    if isinstance(obj, np.ndarray):
+        return "numpy"
+    mod = type(obj).__module__.split(".")[0]
+    if mod == "cupy" or mod == "cupyx":
+        return "cupy"
+    if mod == "torch":
+        return "torch"
+    return "other"
+
+
+def _is_cuda(obj) -> bool:
+    """Is the array in GPU memory?  (numpy: no; cupy: yes; torch: tensor.device)"""
+    kind = array_kind(obj)
+    if kind == "cupy":
+        return True
+    if kind == "torch":
+        return obj.device.type == "cuda"
+    if hasattr(obj, "__dlpack_device__"):
+        dev_type, _ = obj.__dlpack_device__()
+        return int(dev_type) in (2, 3, 13)   # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+    return False
+
+
+def _torch_src(obj):
+    # DLPack refuses tensors that require grad; detach() shares memory
+    if getattr(obj, "requires_grad", False):
+        obj = obj.detach()
+    if getattr(obj, "is_conj", None) is not None and obj.is_conj():
+        obj = obj.resolve_conj()
+    return obj
+
+
+def to_numpy(obj: Any, dtype=None) -> np.ndarray:
+    """A numpy array of ``obj``: a view for host arrays (numpy, CPU torch,
+    any DLPack host array), a copy for GPU arrays."""
+    kind = array_kind(obj)
+    if kind == "numpy":
+        arr = obj
+    elif kind == "cupy":
+        arr = obj.get()
+    elif kind == "torch":
+        t = _torch_src(obj)
+        if t.device.type != "cpu":
+            t = t.cpu()
+        try:
+            arr = np.from_dlpack(t)
+        except (BufferError, TypeError, RuntimeError):
+            arr = t.numpy()
+    elif hasattr(obj, "__dlpack__") and not _is_cuda(obj):
+        arr = np.from_dlpack(obj)
+    elif hasattr(obj, "get") and _is_cuda(obj):
+        arr = obj.get()
+    else:
+        arr = np.asarray(obj)
+    if dtype is not None and arr.dtype != np.dtype(dtype):
+        arr = arr.astype(dtype)
+    return arr
+
+
+def _to_cupy(obj, dtype=None):
+    import cupy as cp
+    kind = array_kind(obj)
+    if kind == "cupy":
+        arr = obj
+    elif kind == "torch":
+        t = _torch_src(obj)
+        if t.device.type == "cuda":
+            arr = cp.from_dlpack(t)
+        else:
+            arr = cp.asarray(to_numpy(t))
+    elif hasattr(obj, "__dlpack__") and _is_cuda(obj):
+        arr = cp.from_dlpack(obj)
+    else:
+        arr = cp.asarray(to_numpy(obj))
+    if dtype is not None and arr.dtype != np.dtype(dtype):
+        arr = arr.astype(dtype)
+    return arr
+
+
+def to_torch(arr: Any, device=None):
+    """A torch tensor sharing ``arr``'s memory (numpy, CuPy, a Result or any
+    DLPack producer; ``torch.from_dlpack``).  ``device`` (optional) moves it,
+    which copies if the device differs.  Read-only numpy arrays, which DLPack
+    cannot export, are copied."""
+    import torch
+    if array_kind(arr) == "torch":
+        t = arr
+    else:
+        try:
+            t = torch.from_dlpack(arr)
+        except (BufferError, TypeError, RuntimeError):
+            if isinstance(arr, np.ndarray):
+                t = torch.from_numpy(np.array(arr, copy=True))
+            else:
+                raise
+    if device is not None and t.device != torch.device(device):
+        t = t.to(device)
+    return t
+
+
+def as_array(obj: Any, like: Any = "numpy", dtype=None):
+    """``obj`` (numpy, CuPy, torch, or anything with ``__dlpack__`` or
+    ``__array__``) as an array of the library and device of ``like``.
+
+    Shares memory when ``obj`` is already on that device; copies across
+    devices or when ``dtype`` requires a conversion.  Used for masks, F grids
+    and preallocated output images handed to nbnumba.
+    """
+    target = array_kind(like)
+    if target == "numpy" or target == "other":
+        return to_numpy(obj, dtype=dtype)
+    if target == "cupy":
+        arr = _to_cupy(obj, dtype=dtype)
+        if not isinstance(like, str):
+            dev = like.device.id
+            if arr.device.id != dev:
+                import cupy as cp
+                with cp.cuda.Device(dev):
+                    arr = cp.asarray(arr)
+        return arr
+    # torch
+    device = None if isinstance(like, str) else like.device
+    t = to_torch(obj if array_kind(obj) != "torch" else _torch_src(obj), device=device)
+    if dtype is not None:
+        import torch
+        tdt = getattr(torch, np.dtype(dtype).name)
+        if t.dtype != tdt:
+            t = t.to(tdt)
+    return t
+
+
+def data_ptr(arr: Any) -> int:
+    """Address of the first element (numpy, CuPy or torch)."""
+    kind = array_kind(arr)
+    if kind == "numpy":
+        return int(arr.__array_interface__["data"][0])
+    if kind == "cupy":
+        return int(arr.data.ptr)
+    if kind == "torch":
+        return int(arr.data_ptr())
+    raise TypeError("data_ptr: unsupported array type %s" % type(arr).__name__)
+
+
+def shares_memory(a: Any, b: Any) -> bool:
+    """True when the two arrays start at the same address (zero-copy views)."""
+    return data_ptr(a) == data_ptr(b)

@@ -1,0 +1,368 @@
+"""CUDA backend: the pixel kernel of ``nanobragg.cu`` run through CuPy.
+
+``render(model, dtype)`` is what ``api.render_float`` calls for ``-device
+cuda``.  It uploads ``model.kernel_args(dtype)`` once, launches one thread per
+pixel (blocks of :data:`BLOCK` threads) and returns CuPy arrays: the float32
+image (S, F) and the per-pixel solid-angle sums.  Nothing is copied back to the
+host; ``Result.to_torch()`` / DLPack hand the image to other GPU libraries
+without a copy.
+
+The kernel source is a transcription of ``cpu.pixel_value`` (see the header
+of ``nanobragg.cu``).  It is checked without a GPU in two ways (see
+``tests/test_gpu_source.py`` and ``docs/gpu.md``):
+
+* ``nvcc -ptx`` must compile it for sm_80 and sm_90 (:func:`nvcc_command`);
+* the same file compiled as host C++ (:func:`build_host_library`, with
+  ``cuda_compat.h`` force-included) and run through ctypes
+  (:class:`HostKernel`) must reproduce the numba engine.
+
+``-c_parity`` is handled like ``api._c_parity_fixups`` does for the numba
+engine, with the same extra GPU passes (:func:`run_passes`): the pixel that
+first runs a phi loop and the interpolation latch are found on the device and
+the image is re-rendered with them.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+
+from ..errors import ConfigError, NBError
+from . import cpu as K
+
+KERNEL_DIR = Path(__file__).resolve().parent
+SOURCE = KERNEL_DIR / "nanobragg.cu"
+COMPAT_HEADER = KERNEL_DIR / "cuda_compat.h"
+
+#: threads per block (one pixel per thread)
+BLOCK = 256
+
+#: kernel entry point per working precision
+ENTRY_POINTS = {"float64": "render_f64", "float32": "render_f32"}
+
+#: NVRTC/nvcc options per working precision.  float64 is the reference mode:
+#: no FMA contraction, so the GPU performs the numba engine's operations.
+#: float32 is the fast mode and lets the compiler fuse multiply-adds.
+COMPILE_OPTIONS = {
+    "float64": ("-std=c++17", "--fmad=false"),
+    "float32": ("-std=c++17", "--fmad=true"),
+}
+
+#: options CuPy itself adds to every NVRTC compilation (float32 denormals are
+#: flushed to zero; float64 is unaffected); the nvcc check uses them too
+CUPY_ADDED_OPTIONS = ("-ftz=true",)
+
+#: g++ flags of the host build (the kernel source compiled as plain C++)
+HOST_CXX_FLAGS = ("-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", "-x", "c++")
+
+MSG_NO_CUPY = "-device cuda: CuPy is not installed (pip install nbnumba[gpu])"
+MSG_NO_DEVICE = "-device cuda: no CUDA device found"
+
+_MODULES = {}
+_LOCK = threading.Lock()
+
+
+def source_text() -> str:
+    """The CUDA source of the pixel kernel."""
+    return SOURCE.read_text()
+
+
+def _dtype_name(dtype) -> str:
+    name = np.dtype(dtype).name
+    if name not in ENTRY_POINTS:
+        raise ConfigError("-device cuda: unsupported working precision %s (float64 or float32)"
+                          % name)
+    return name
+
+
+# ------------------------------------------------------------------ CuPy side
+def _import_cupy():
+    try:
+        import cupy  # noqa: F401
+    except Exception:
+        return None
+    return cupy
+
+
+def available() -> bool:
+    """True when CuPy imports and at least one CUDA device is visible.  Never raises."""
+    try:
+        cp = _import_cupy()
+        if cp is None:
+            return False
+        return int(cp.cuda.runtime.getDeviceCount()) > 0
+    except Exception:
+        return False
+
+
+def require_device():
+    """The ``cupy`` module, or ConfigError saying why ``-device cuda`` cannot run."""
+    cp = _import_cupy()
+    if cp is None:
+        raise ConfigError(MSG_NO_CUPY)
+    try:
+        n = int(cp.cuda.runtime.getDeviceCount())
+    except Exception:
+        n = 0
+    if n <= 0:
+        raise ConfigError(MSG_NO_DEVICE)
+    return cp
+
+
+def get_kernel(dtype, cp=None):
+    """The compiled ``render_f64``/``render_f32`` kernel for the current device
+    (one NVRTC compilation per precision and device, cached)."""
+    cp = cp or require_device()
+    name = _dtype_name(dtype)
+    key = (name, int(cp.cuda.runtime.getDevice()))
+    with _LOCK:
+        mod = _MODULES.get(key)
+        if mod is None:
+            mod = cp.RawModule(code=source_text(), options=COMPILE_OPTIONS[name])
+            _MODULES[key] = mod
+        try:
+            return mod.get_function(ENTRY_POINTS[name])   # NVRTC runs here, once
+        except Exception as exc:
+            _MODULES.pop(key, None)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise NBError("-device cuda: compiling %s failed: %s" % (SOURCE.name, first)) from exc
+
+
+#: length of the iopt vector the CUDA kernel reads: cpu.py's layout plus the
+#: F grid's 2nd and 3rd dimensions (see :func:`kernel_args`)
+N_IOPT_EXT = K.N_IOPT + 2
+
+
+def cells_aos(cells, nphi, nmos):
+    """Rotated cells in the CUDA kernel's layout ``[variant][phi][mosaic][a|b|c][xyz]``
+    (shape (2, nphi, nmos, 3, 3), C order) from either layout the model has
+    used: that one, or the numba kernel's structure-of-arrays
+    ``(2, 9, nphi*nmos)`` = [variant, (ax ay az bx .. cz), phi*nmos+mos]."""
+    cells = np.asarray(cells)
+    if cells.ndim == 5:
+        out = cells
+    elif cells.ndim == 3 and cells.shape[1] == 9:
+        out = cells.transpose(0, 2, 1).reshape(cells.shape[0], nphi, nmos, 3, 3)
+    else:
+        raise NBError("unexpected cells array of shape %s" % (cells.shape,))
+    if out.shape != (2, nphi, nmos, 3, 3):
+        raise NBError("cells array of shape %s does not match %d phi steps x %d mosaic domains"
+                      % (cells.shape, nphi, nmos))
+    return np.ascontiguousarray(out)
+
+
+def kernel_args(model, dtype):
+    """``model.kernel_args(dtype)`` laid out for the CUDA kernel: all arrays
+    C-contiguous (flattened in C order by the launch), the cells as
+    ``[variant][phi][mosaic][3][3]`` (:func:`cells_aos`), and iopt extended by
+    the F grid's second and third dimensions, which the numba kernel takes
+    from the 3-D array's shape but a flat device buffer cannot carry."""
+    iopt, fopt, vecs, incident, lam, cells, Fhkl = model.kernel_args(dtype)
+    cells = cells_aos(cells, int(iopt[K.I_NPHI]), int(iopt[K.I_NMOS]))
+    Fhkl = np.ascontiguousarray(Fhkl)
+    if Fhkl.ndim != 3:
+        raise NBError("F grid must be 3-D, got shape %s" % (Fhkl.shape,))
+    ext = np.empty(N_IOPT_EXT, dtype=np.int64)
+    ext[:K.N_IOPT] = iopt[:K.N_IOPT]
+    ext[K.N_IOPT] = Fhkl.shape[1]
+    ext[K.N_IOPT + 1] = Fhkl.shape[2]
+    return tuple(np.ascontiguousarray(a) for a in (ext, fopt, vecs, incident, lam, cells, Fhkl))
+
+
+def run_passes(model, launch: Callable[[int, int, int], None], active, oor, ran, xp) -> None:
+    """Render with ``launch(first_pixel, latch_pixel, latch_sub)`` and, under
+    ``-c_parity``, repeat it the way ``api._c_parity_fixups`` does.
+
+    ``active``/``oor``/``ran`` are the arrays the launches read and fill, in the
+    array module ``xp`` (numpy or cupy); only a few scalars leave the device.
+    Sets ``model.first_exec_pixel`` and ``model.latch`` like the CPU path.
+    """
+    host_active = np.asarray(model.active).ravel()
+    first = int(np.argmax(host_active != 0)) if host_active.any() else -1
+    c_parity = bool(model.cfg.c_parity)
+    launch(first if c_parity else -1, -1, -1)
+    if not c_parity or first < 0:
+        return
+    act = active.ravel() != 0
+    # 1. phi=0 carry-over: the first pixel that really ran a phi loop
+    runs = xp.flatnonzero(act & (ran.ravel() != 0))
+    first_true = int(runs[0]) if runs.size else -1
+    if first_true != first:
+        launch(first_true, -1, -1)
+    model.first_exec_pixel = first_true
+    # 2. interpolation latch after the first out-of-range tricubic lookup
+    oorflat = oor.ravel()
+    bad = xp.flatnonzero(act & (oorflat >= 0))
+    if model.interpolate and bad.size:
+        p = int(bad[0])
+        sub = int(oorflat[p])
+        model.latch = (p, sub)
+        launch(first_true, p, sub)
+
+
+def render(model, dtype=None, out=None):
+    """Render ``model`` on the current CUDA device.
+
+    Returns ``(image, omega)``: CuPy arrays of shape (S, F), the image float32
+    (photons per pixel, as ``floatimage.bin``), omega in the working precision.
+    ``out``: optional preallocated C-contiguous float32 (S, F) device array
+    (a CuPy array or a torch CUDA tensor) that receives the image in place;
+    the returned image is a CuPy view of it.
+    Raises ConfigError when CuPy or a device is missing.
+    """
+    cp = require_device()
+    if dtype is None:
+        dtype = np.float32 if getattr(model.cfg, "precision", "double") == "single" else np.float64
+    name = _dtype_name(dtype)
+    dt = np.dtype(name)
+    kernel = get_kernel(dt, cp)
+    S, F = model.shape
+    dev_args = tuple(cp.asarray(a) for a in kernel_args(model, dt))
+    active = cp.asarray(np.ascontiguousarray(model.active, dtype=np.uint8))
+    if out is None:
+        image = cp.zeros((S, F), dtype=cp.float32)
+    else:
+        from ..interop import as_array, data_ptr
+        image = as_array(out, like=cp.empty(0, dtype=cp.float32))
+        if (image.shape != (S, F) or image.dtype != cp.float32 or not image.flags.c_contiguous
+                or data_ptr(image) != data_ptr(out)):
+            raise ConfigError("out= must be a C-contiguous float32 CUDA array of shape (%d, %d)"
+                              % (S, F))
+        image.fill(0)
+    omega = cp.zeros((S, F), dtype=dt)
+    oor = cp.full((S, F), -1, dtype=cp.int64)
+    ran = cp.zeros((S, F), dtype=cp.int64)
+    n = S * F
+    grid = (n + BLOCK - 1) // BLOCK
+
+    def launch(first_pixel, latch_pixel, latch_sub):
+        kernel((grid,), (BLOCK,), (active, np.int64(S), np.int64(F), np.int64(first_pixel),
+                                   np.int64(latch_pixel), np.int64(latch_sub)) + dev_args
+               + (image, omega, oor, ran))
+
+    run_passes(model, launch, active, oor, ran, cp)
+    return image, omega
+
+
+# ------------------------------------------------------------------ build helpers
+def nvcc_command(arch: str, dtype, output: os.PathLike, nvcc: str = "nvcc", ptx: bool = True):
+    """nvcc command line compiling the kernel source with the options CuPy
+    compiles it with for ``dtype`` (``arch`` like ``"sm_80"``)."""
+    name = _dtype_name(dtype)
+    return ([nvcc, "-ptx" if ptx else "-cubin", "-arch=%s" % arch]
+            + list(COMPILE_OPTIONS[name]) + list(CUPY_ADDED_OPTIONS)
+            + [str(SOURCE), "-o", str(output)])
+
+
+def host_build_command(output: os.PathLike, cxx: str = "g++"):
+    """g++ command line building the kernel source as a host shared library."""
+    return ([cxx] + list(HOST_CXX_FLAGS)
+            + ["-include", str(COMPAT_HEADER), str(SOURCE), "-o", str(output)])
+
+
+def build_host_library(dest_dir: os.PathLike, cxx: Optional[str] = None) -> Path:
+    """Compile ``nanobragg.cu`` as host C++ into ``dest_dir/libnb_host.so``.
+
+    For verification only (a temporary directory at test time; the library is
+    never shipped).  Raises NBError when no compiler is found or it fails.
+    """
+    cxx = cxx or os.environ.get("CXX") or shutil.which("g++")
+    if not cxx:
+        raise NBError("no C++ compiler found (g++ or $CXX) for the host build of nanobragg.cu")
+    output = Path(dest_dir) / "libnb_host.so"
+    proc = subprocess.run(host_build_command(output, cxx), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise NBError("host build of nanobragg.cu failed: %s" % proc.stderr.strip().replace("\n", " | "))
+    return output
+
+
+_P = ctypes.c_void_p
+_I = ctypes.c_longlong
+
+
+def _ptr(a: np.ndarray):
+    return ctypes.c_void_p(a.ctypes.data)
+
+
+class HostKernel:
+    """The CUDA kernel source compiled for the CPU (see :func:`build_host_library`).
+
+    ``render(model, dtype)`` has the contract of :func:`render` but works on
+    numpy arrays, with the same ``-c_parity`` passes; ``pixel(...)`` evaluates
+    one pixel and returns the value in the working precision (before the
+    float32 store), like ``cpu.trace_pixel``.
+    """
+
+    def __init__(self, path: os.PathLike):
+        self.path = Path(path)
+        self.lib = ctypes.CDLL(str(self.path))
+        render_types = [_P, _I, _I, _I, _I, _I] + [_P] * 11
+        pixel_types = [_I, _I, ctypes.c_int, _I] + [_P] * 10
+        self._render = {}
+        self._pixel = {}
+        for name, suffix in (("float64", "f64"), ("float32", "f32")):
+            fn = getattr(self.lib, "nb_host_render_" + suffix)
+            fn.argtypes = render_types
+            fn.restype = ctypes.c_int
+            self._render[name] = fn
+            fn = getattr(self.lib, "nb_host_pixel_" + suffix)
+            fn.argtypes = pixel_types
+            fn.restype = None
+            self._pixel[name] = fn
+        layout = np.zeros(8, dtype=np.int64)
+        self.lib.nb_host_layout.argtypes = [_P]
+        self.lib.nb_host_layout(_ptr(layout))
+        expected = (N_IOPT_EXT, K.N_FOPT, K.N_VECS, BLOCK)
+        if tuple(int(v) for v in layout[:4]) != expected:
+            raise NBError("nanobragg.cu option layout %s does not match cpu.py %s"
+                          % (tuple(layout[:4]), expected))
+
+    def launch_arrays(self, dtype, active, first_pixel, latch_pixel, latch_sub, args, out, omega,
+                      oor, ran):
+        """One raw launch over all pixels (``args`` from :func:`kernel_args`)."""
+        name = _dtype_name(dtype)
+        S, F = active.shape
+        for a in (active, out, omega, oor, ran) + tuple(args):
+            if not a.flags.c_contiguous:
+                raise ValueError("host kernel arrays must be C-contiguous")
+        self._render[name](_ptr(active), S, F, first_pixel, latch_pixel, latch_sub,
+                           *(_ptr(a) for a in args), _ptr(out), _ptr(omega), _ptr(oor), _ptr(ran))
+
+    def render(self, model, dtype=np.float64):
+        """(float32 image, omega) as numpy arrays, ``-c_parity`` passes included."""
+        dt = np.dtype(_dtype_name(dtype))
+        args = kernel_args(model, dt)
+        S, F = model.shape
+        active = np.ascontiguousarray(model.active, dtype=np.uint8)
+        out = np.zeros((S, F), dtype=np.float32)
+        omega = np.zeros((S, F), dtype=dt)
+        oor = np.full((S, F), -1, dtype=np.int64)
+        ran = np.zeros((S, F), dtype=np.int64)
+
+        def launch(first_pixel, latch_pixel, latch_sub):
+            self.launch_arrays(dt, active, first_pixel, latch_pixel, latch_sub, args, out, omega,
+                               oor, ran)
+
+        run_passes(model, launch, active, oor, ran, np)
+        return out, omega
+
+    def pixel(self, model, dtype, s: int, f: int, first_exec: bool = False, latch_sub: int = -1,
+              args=None) -> Tuple[float, float, np.ndarray]:
+        """One pixel: (value before the float32 store, as float64; omega_sum in the
+        working precision; info[3] = first out-of-range sub-path, ran, sub-paths).
+        ``args``: a cached ``kernel_args(model, dtype)`` to skip rebuilding it."""
+        dt = np.dtype(_dtype_name(dtype))
+        if args is None:
+            args = kernel_args(model, dt)
+        val = np.zeros(1, dtype=np.float64)   # the kernel's accumulator type
+        om = np.zeros(1, dtype=dt)
+        info = np.zeros(3, dtype=np.int64)
+        self._pixel[dt.name](s, f, int(bool(first_exec)), latch_sub, *(_ptr(a) for a in args),
+                             _ptr(val), _ptr(om), _ptr(info))
+        return val[0], om[0], info

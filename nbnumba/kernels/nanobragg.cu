@@ -1,0 +1,700 @@
+// nbnumba GPU pixel kernel: one CUDA thread renders one detector pixel.
+//
+// This is a transcription of nbnumba/kernels/cpu.py (`pixel_value`, `render`)
+// and of the jitted formulas in nbnumba/physics.py.  Every __device__ helper
+// below carries the name of the physics.py function it mirrors and performs
+// the same floating-point operations in the same order (the sub-path loops
+// are fused: no per-thread work buffer), so that the float64 entry point
+// reproduces the numba engine to the last bit when both use the same math
+// library (the host build, see below, gives identical images) and, compiled
+// with --fmad=false, up to the ulp-level differences of CUDA's sin/cos/exp
+// on a GPU.  The float32 entry point is mixed precision: see pixel_value.
+//
+// The same file compiles three ways:
+//   * by CuPy/NVRTC at run time (nbnumba/kernels/gpu.py): no #include at all,
+//     NVRTC provides the math functions;
+//   * by nvcc (tests/test_gpu_source.py builds PTX for sm_80 and sm_90);
+//   * as plain host C++ with g++ and `-include cuda_compat.h`, which turns the
+//     CUDA keywords into nothing, provides threadIdx/blockIdx and a host loop
+//     that "launches" the kernel pixel by pixel (NB_HOST_BUILD is then
+//     defined and a few extern "C" host entry points are added at the end).
+//
+// Entry points (extern "C", so no name mangling):
+//   render_f64 / render_f32 (active, S, F, first_pixel, latch_pixel, latch_sub,
+//       iopt, fopt, vecs, incident, lam, cells, Fhkl, out, omega, oor, ran)
+// with the argument meaning and layout of cpu.render:
+//   active   uint8[S*F]     1 = render this pixel (ROI and mask)
+//   iopt     int64[N_IOPT+2] integer options, I_* offsets below, followed by
+//                           the F grid's 2nd and 3rd dimensions (I_FHKL_*)
+//   fopt     real[N_FOPT]   float options, F_* offsets below
+//   vecs     real[9*3]      fdet, sdet, odet, pix0, beam, polar, a*, b*, c*
+//   incident real[nsrc*3]   source directions;  lam real[nsrc] wavelengths
+//   cells    real[2*nphi*nmos*3*3]  [variant][phi][mosaic][a|b|c][xyz]
+//   Fhkl     real[dim0*dim1*dim2], C order (h outermost), index [h-hmin][k-kmin][l-lmin]
+//   out      float32[S*F]   photons per pixel
+//   omega    real[S*F]      sum of the pixel solid angle over sub-pixels
+//   oor      int64[S*F]     first out-of-range interpolation sub-path, or -1
+//   ran      int64[S*F]     1 if any phi loop ran for the pixel
+// Pixels with active == 0 are not written (callers pre-fill the outputs).
+
+typedef long long nb_i64;
+typedef unsigned char nb_u8;
+
+// threads per block used by nbnumba/kernels/gpu.py (and the host loop)
+#ifndef NB_BLOCK
+#define NB_BLOCK 256
+#endif
+
+// ---- option vector layouts: must match nbnumba/kernels/cpu.py ---------------
+#define I_OVERSAMPLE 0
+#define I_THICKSTEPS 1
+#define I_NSRC 2
+#define I_NPHI 3
+#define I_NMOS 4
+#define I_SHAPE 5
+#define I_CURVED 6
+#define I_POINT 7
+#define I_NOPOLAR 8
+#define I_OS_THICK 9
+#define I_OS_POLAR 10
+#define I_OS_OMEGA 11
+#define I_INTERP 12
+#define I_HKLS 13
+#define I_HMIN 14
+#define I_HMAX 15
+#define I_KMIN 16
+#define I_KMAX 17
+#define I_LMIN 18
+#define I_LMAX 19
+#define I_CPARITY 20
+#define I_REDUCED 21
+#define I_FPIXELS 22
+#define N_IOPT 23
+// Two entries appended by the launchers (gpu.kernel_iopt): the allocated
+// second and third dimensions of the F grid.  The numba kernel reads them
+// from the 3-D array's shape; the grid is allocated one larger than the
+// Miller index ranges (as nanoBragg.c does), so they are not derivable from
+// the bounds.
+#define I_FHKL_KDIM (N_IOPT + 0)
+#define I_FHKL_LDIM (N_IOPT + 1)
+#define N_IOPT_EXT (N_IOPT + 2)
+
+#define F_PIXEL 0
+#define F_SUBPIXEL 1
+#define F_DISTANCE 2
+#define F_CLOSE 3
+#define F_THICKSTEP 4
+#define F_MU 5
+#define F_THICK 6
+#define F_KAHN 7
+#define F_DMIN 8
+#define F_NA 9
+#define F_NB 10
+#define F_NC 11
+#define F_FUDGE 12
+#define F_DEFAULT_F 13
+#define F_I_BG 14
+#define F_WATER 15
+#define F_SCALE 16
+#define F_STEPS 17
+#define N_FOPT 18
+
+#define V_FDET 0
+#define V_SDET 1
+#define V_ODET 2
+#define V_PIX0 3
+#define V_BEAM 4
+#define V_POLAR 5
+#define V_ASTAR 6
+#define V_BSTAR 7
+#define V_CSTAR 8
+#define N_VECS 9
+
+#define SHAPE_SQUARE 0
+#define SHAPE_ROUND 1
+#define SHAPE_GAUSS 2
+#define SHAPE_TOPHAT 3
+
+// math.pi as a double literal; like(math.pi, x) is (real)NB_PI
+#define NB_PI 3.141592653589793
+
+// ---- precision-dispatched math (float -> the f-suffixed libm functions) -----
+__device__ __forceinline__ double nb_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float nb_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double nb_sin(double x) { return sin(x); }
+__device__ __forceinline__ float nb_sin(float x) { return sinf(x); }
+__device__ __forceinline__ double nb_cos(double x) { return cos(x); }
+__device__ __forceinline__ float nb_cos(float x) { return cosf(x); }
+__device__ __forceinline__ double nb_exp(double x) { return exp(x); }
+__device__ __forceinline__ float nb_exp(float x) { return expf(x); }
+__device__ __forceinline__ double nb_atan2(double y, double x) { return atan2(y, x); }
+__device__ __forceinline__ float nb_atan2(float y, float x) { return atan2f(y, x); }
+__device__ __forceinline__ double nb_ceil(double x) { return ceil(x); }
+__device__ __forceinline__ float nb_ceil(float x) { return ceilf(x); }
+__device__ __forceinline__ double nb_floor(double x) { return floor(x); }
+__device__ __forceinline__ float nb_floor(float x) { return floorf(x); }
+__device__ __forceinline__ double nb_rint(double x) { return rint(x); }
+__device__ __forceinline__ float nb_rint(float x) { return rintf(x); }
+
+// 3-vector (physics.py uses 3-tuples)
+template <typename real>
+struct vec3 {
+    real x, y, z;
+};
+
+template <typename real>
+__device__ __forceinline__ vec3<real> mk(real x, real y, real z) {
+    vec3<real> v;
+    v.x = x;
+    v.y = y;
+    v.z = z;
+    return v;
+}
+
+// three consecutive array elements as a vector in the (possibly wider) type W
+template <typename real, typename W>
+__device__ __forceinline__ vec3<W> load3w(const real* p) {
+    return mk<W>((W)p[0], (W)p[1], (W)p[2]);
+}
+
+// ============================================================== physics.py
+template <typename real>
+__device__ __forceinline__ real dot(vec3<real> u, vec3<real> v) {
+    return u.x * v.x + u.y * v.y + u.z * v.z;
+}
+
+template <typename real>
+__device__ __forceinline__ vec3<real> cross(vec3<real> u, vec3<real> v) {
+    return mk<real>(u.y * v.z - u.z * v.y,
+                    u.z * v.x - u.x * v.z,
+                    u.x * v.y - u.y * v.x);
+}
+
+template <typename real>
+__device__ __forceinline__ real magnitude(vec3<real> u) {
+    return nb_sqrt(u.x * u.x + u.y * u.y + u.z * u.z);
+}
+
+// unitize: returns the magnitude, *unit receives u/|u| (the zero vector maps to itself)
+template <typename real>
+__device__ __forceinline__ real unitize(vec3<real> u, vec3<real>* unit) {
+    real mag = magnitude(u);
+    if (mag != (real)0.0) {
+        *unit = mk<real>(u.x / mag, u.y / mag, u.z / mag);
+    } else {
+        *unit = mk<real>((real)0, (real)0, (real)0);
+    }
+    return mag;
+}
+
+template <typename real>
+__device__ __forceinline__ vec3<real> scale(vec3<real> u, real s) {
+    return mk<real>(s * u.x, s * u.y, s * u.z);
+}
+
+// rotate v by phi (rad) about the unit vector axis (right-handed)
+template <typename real>
+__device__ vec3<real> rotate_axis(vec3<real> v, vec3<real> axis, real phi) {
+    real sinphi = nb_sin(phi);
+    real cosphi = nb_cos(phi);
+    real d = (axis.x * v.x + axis.y * v.y + axis.z * v.z) * ((real)1.0 - cosphi);
+    return mk<real>(axis.x * d + v.x * cosphi + (-axis.z * v.y + axis.y * v.z) * sinphi,
+                    axis.y * d + v.y * cosphi + (+axis.z * v.x - axis.x * v.z) * sinphi,
+                    axis.z * d + v.z * cosphi + (-axis.y * v.x + axis.x * v.y) * sinphi);
+}
+// (physics.rotate_xyz and rotate_umat only run in the host-side setup.)
+
+// grating interference function sin(N x)/sin(x), N at x == 0; x = pi*h
+template <typename real>
+__device__ real sincg(real x, real N) {
+    if (x == (real)0.0) return N;
+    return nb_sin(x * N) / nb_sin(x);
+}
+
+// sincg(pi*h, N) on reduced arguments (float32 path): with n = rint(h),
+// d = h - n, m = rint(N d), e = N d - m the value is
+// (-1)^(n (N-1) + m) sin(pi e) / sin(pi d).
+// h arrives in the type `wide` (see pixel_value); the reduction
+// h - n is done there and only the small remainder d goes on in `real`.
+template <typename real, typename wide>
+__device__ real sincg_reduced(wide h, real N) {
+    wide n = nb_rint(h);
+    real d = (real)(h - n);
+    nb_i64 sign = ((nb_i64)n * ((nb_i64)N - 1)) & 1;
+    if (d == (real)0.0) return sign ? -N : N;
+    real Nd = N * d;
+    real m = nb_rint(Nd);
+    real e = Nd - m;
+    sign = (sign + (nb_i64)m) & 1;
+    real pi = (real)NB_PI;
+    real val = nb_sin(pi * e) / nb_sin(pi * d);
+    return sign ? -val : val;
+}
+
+// Fourier transform of a sphere: 3 (sin x / x - cos x) / x^2, 1 at 0
+template <typename real>
+__device__ real sinc3(real x) {
+    if (x == (real)0.0) return (real)1.0;
+    return (real)3.0 * (nb_sin(x) / x - nb_cos(x)) / (x * x);
+}
+
+// F_latt of one sub-path; *fa, *fb, *fc get the per-axis factors (1 unless
+// SQUARE).  h, k, l, the reciprocal vectors and the spot radius are in
+// `wide`; the sines, cosines and exponentials in `real` (see pixel_value).
+template <typename real, typename wide>
+__device__ real lattice_factor(nb_i64 shape, wide h, wide k, wide l, nb_i64 h0, nb_i64 k0,
+                               nb_i64 l0, real Na, real Nb, real Nc, real fudge,
+                               vec3<wide> astar, vec3<wide> bstar, vec3<wide> cstar,
+                               bool reduced, real* fa, real* fb, real* fc) {
+    const real one = (real)1.0;
+    *fa = one;
+    *fb = one;
+    *fc = one;
+    if (shape == SHAPE_SQUARE) {
+        real F = one;
+        if (Na > (real)1) {
+            *fa = reduced ? sincg_reduced<real, wide>(h, Na) : sincg((real)NB_PI * (real)h, Na);
+            F *= *fa;
+        }
+        if (Nb > (real)1) {
+            *fb = reduced ? sincg_reduced<real, wide>(k, Nb) : sincg((real)NB_PI * (real)k, Nb);
+            F *= *fb;
+        }
+        if (Nc > (real)1) {
+            *fc = reduced ? sincg_reduced<real, wide>(l, Nc) : sincg((real)NB_PI * (real)l, Nc);
+            F *= *fc;
+        }
+        return F;
+    }
+    const wide wNa = (wide)Na, wNb = (wide)Nb, wNc = (wide)Nc, wfudge = (wide)fudge;
+    const wide dh = h - (wide)h0;
+    const wide dk = k - (wide)k0;
+    const wide dl = l - (wide)l0;
+    if (shape == SHAPE_ROUND) {
+        const wide hrad_sqr = dh * dh * wNa * wNa + dk * dk * wNb * wNb + dl * dl * wNc * wNc;
+        return Na * Nb * Nc * (real)0.723601254558268 *
+               sinc3((real)((wide)NB_PI * nb_sqrt(hrad_sqr * wfudge)));
+    }
+    const wide dx = dh * astar.x + dk * bstar.x + dl * cstar.x;
+    const wide dy = dh * astar.y + dk * bstar.y + dl * cstar.y;
+    const wide dz = dh * astar.z + dk * bstar.z + dl * cstar.z;
+    const wide rad_star_sqr =
+        (dx * dx + dy * dy + dz * dz) * wNa * wNa * wNb * wNb * wNc * wNc;
+    if (shape == SHAPE_GAUSS) {
+        return Na * Nb * Nc * nb_exp((real)(-(rad_star_sqr / (wide)0.63 * wfudge)));
+    }
+    return Na * Nb * Nc * (rad_star_sqr * wfudge < (wide)0.3969 ? one : (real)0.0);
+}
+
+// 4-point Lagrange interpolation through (xa0+i, ya[i]), term by term
+template <typename real>
+__device__ real polint4(real xa0, const real* ya, real x) {
+    real x0_ = xa0;
+    real x1_ = xa0 + (real)1.0;
+    real x2_ = xa0 + (real)2.0;
+    real x3_ = xa0 + (real)3.0;
+    real t0 = (x - x1_) * (x - x2_) * (x - x3_) * ya[0] / ((x0_ - x1_) * (x0_ - x2_) * (x0_ - x3_));
+    real t1 = (x - x0_) * (x - x2_) * (x - x3_) * ya[1] / ((x1_ - x0_) * (x1_ - x2_) * (x1_ - x3_));
+    real t2 = (x - x0_) * (x - x1_) * (x - x3_) * ya[2] / ((x2_ - x0_) * (x2_ - x1_) * (x2_ - x3_));
+    real t3 = (x - x0_) * (x - x1_) * (x - x2_) * ya[3] / ((x3_ - x0_) * (x3_ - x1_) * (x3_ - x2_));
+    return t0 + t1 + t2 + t3;
+}
+
+// flat index into the F grid (h outermost)
+__device__ __forceinline__ nb_i64 fhkl_index(nb_i64 ih, nb_i64 ik, nb_i64 il, nb_i64 kdim,
+                                             nb_i64 ldim) {
+    return (ih * kdim + ik) * ldim + il;
+}
+
+// tricubic interpolation of the F grid; caller checked interp_in_range
+template <typename real>
+__device__ real tricubic_F(const real* Fhkl, nb_i64 hmin, nb_i64 kmin, nb_i64 lmin,
+                           nb_i64 kdim, nb_i64 ldim, real h, real k, real l) {
+    nb_i64 hf = (nb_i64)nb_floor(h);
+    nb_i64 kf = (nb_i64)nb_floor(k);
+    nb_i64 lf = (nb_i64)nb_floor(l);
+    real ya[4], yk[4], yh[4];
+    for (int i1 = 0; i1 < 4; ++i1) {
+        for (int i2 = 0; i2 < 4; ++i2) {
+            for (int i3 = 0; i3 < 4; ++i3) {
+                ya[i3] = Fhkl[fhkl_index(hf - 1 + i1 - hmin, kf - 1 + i2 - kmin,
+                                         lf - 1 + i3 - lmin, kdim, ldim)];
+            }
+            yk[i2] = polint4((real)(lf - 1), ya, l);
+        }
+        yh[i1] = polint4((real)(kf - 1), yk, k);
+    }
+    return polint4((real)(hf - 1), yh, h);
+}
+
+// nanoBragg's test for a safe tricubic neighbourhood (ranges = max-min+1),
+// evaluated in double whatever the working precision (h arrives in `wide`).
+template <typename real>
+__device__ bool interp_in_range(real h_, real k_, real l_, nb_i64 hmin, nb_i64 hmax,
+                                nb_i64 kmin, nb_i64 kmax, nb_i64 lmin, nb_i64 lmax) {
+    double h = (double)h_, k = (double)k_, l = (double)l_;
+    double hr = (double)(hmax - hmin + 1);
+    double kr = (double)(kmax - kmin + 1);
+    double lr = (double)(lmax - lmin + 1);
+    return !((h - (double)hmin + 3) > hr || (h - 2) < (double)hmin ||
+             (k - (double)kmin + 3) > kr || (k - 2) < (double)kmin ||
+             (l - (double)lmin + 3) > lr || (l - 2) < (double)lmin);
+}
+
+// nearest-neighbour F, default_F outside the grid or without an hkl list
+template <typename real>
+__device__ real nearest_F(const real* Fhkl, nb_i64 hkls, nb_i64 hmin, nb_i64 hmax, nb_i64 kmin,
+                          nb_i64 kmax, nb_i64 lmin, nb_i64 lmax, nb_i64 kdim, nb_i64 ldim,
+                          nb_i64 h0, nb_i64 k0, nb_i64 l0, real default_F) {
+    if (hkls > 0 && hmin <= h0 && h0 <= hmax && kmin <= k0 && k0 <= kmax && lmin <= l0 &&
+        l0 <= lmax) {
+        return Fhkl[fhkl_index(h0 - hmin, k0 - kmin, l0 - lmin, kdim, ldim)];
+    }
+    return default_F;
+}
+
+// Kahn polarization factor; *diffracted_out receives the re-unitized
+// diffracted vector, which the caller keeps using (as nanoBragg.c does)
+template <typename real>
+__device__ real polarization_factor(real kahn, vec3<real> incident, vec3<real> diffracted,
+                                    vec3<real> axis, vec3<real>* diffracted_out) {
+    unitize(incident, &incident);
+    unitize(diffracted, &diffracted);
+    unitize(axis, &axis);
+    real cos2theta = dot(incident, diffracted);
+    real cos2theta_sqr = cos2theta * cos2theta;
+    real sin2theta_sqr = (real)1 - cos2theta_sqr;
+    real psi = (real)0;
+    if (kahn != (real)0.0) {
+        vec3<real> B_in, E_in;
+        unitize(cross(axis, incident), &B_in);
+        unitize(cross(incident, B_in), &E_in);
+        real E_out = dot(diffracted, E_in);
+        real B_out = dot(diffracted, B_in);
+        psi = -nb_atan2(B_out, E_out);
+    }
+    *diffracted_out = diffracted;
+    return (real)0.5 *
+           ((real)1.0 + cos2theta_sqr - kahn * nb_cos((real)2 * psi) * sin2theta_sqr);
+}
+
+// pixel solid angle (sr)
+template <typename real>
+__device__ real solid_angle(real pixel_size, real airpath, real close_distance, bool point_pixel) {
+    if (point_pixel) return (real)1.0 / airpath / airpath;
+    return pixel_size * pixel_size / airpath / airpath * close_distance / airpath;
+}
+
+// fraction of the photons absorbed in sensor layer `layer` (0-based)
+template <typename real>
+__device__ real capture_fraction(real layer, real thickstep, real mu, real parallax) {
+    return nb_exp(-layer * thickstep * mu / parallax) -
+           nb_exp(-(layer + (real)1) * thickstep * mu / parallax);
+}
+
+// ============================================================== cpu.py
+// info[0]: first out-of-range interpolation sub-path or -1; info[1]: 1 if any
+// phi loop ran; info[2]: number of sub-paths that reached the F lookup.
+//
+// Two types.  `real` is the precision of the input arrays, of the sines in
+// sincg/sinc3, the Gaussian exponential, the F-grid lookup/interpolation and
+// the per-sub-path F^2 F_latt^2 product.  `wide` carries everything whose
+// rounding error float32 cannot afford: the pixel geometry (positions, the
+// diffracted direction, solid angle, absorption, polarization), the
+// scattering vector S, the Miller indices h = a.S and their reduction
+// h - rint(h), the spot radius of the non-square shapes, and the intensity
+// sums.  In the float64 kernel both are double and the operations are those
+// of the numba engine, one for one.  In the float32 kernel `wide` is double:
+// a float32 h = a.S carries an absolute error of order 1e-5 (three products
+// of size |a|/lambda), a sincg phase error pi*N*1e-5 that reaches percent
+// errors on spot flanks of large crystals, and float32 positions flip
+// sub-paths across the edge of -tophat_spots/-binary_spots spots.
+template <typename real, typename wide>
+__device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i64 latch_sub,
+                            const nb_i64* __restrict__ iopt, const real* __restrict__ fopt,
+                            const real* __restrict__ vecs, const real* __restrict__ incident,
+                            const real* __restrict__ lam, const real* __restrict__ cells,
+                            const real* __restrict__ Fhkl, wide* value, real* omega_sum,
+                            nb_i64* info) {
+    const wide z = (wide)0;
+    const wide one = (wide)1;
+    const nb_i64 os = iopt[I_OVERSAMPLE];
+    const nb_i64 nthick = iopt[I_THICKSTEPS];
+    const nb_i64 nsrc = iopt[I_NSRC], nphi = iopt[I_NPHI], nmos = iopt[I_NMOS];
+    const nb_i64 shape = iopt[I_SHAPE];
+    const bool c_parity = iopt[I_CPARITY] != 0;
+    const bool reduced = iopt[I_REDUCED] != 0;
+    const bool os_thick = iopt[I_OS_THICK] != 0;
+    const bool os_polar = iopt[I_OS_POLAR] != 0;
+    const bool os_omega = iopt[I_OS_OMEGA] != 0;
+    const bool curved = iopt[I_CURVED] != 0;
+    const bool point_pixel = iopt[I_POINT] != 0;
+    const bool interp = iopt[I_INTERP] != 0 && latch_sub != -2;
+    const nb_i64 hkls = iopt[I_HKLS];
+    const nb_i64 hmin = iopt[I_HMIN], hmax = iopt[I_HMAX];
+    const nb_i64 kmin = iopt[I_KMIN], kmax = iopt[I_KMAX];
+    const nb_i64 lmin = iopt[I_LMIN], lmax = iopt[I_LMAX];
+    const nb_i64 kdim = iopt[I_FHKL_KDIM], ldim = iopt[I_FHKL_LDIM];
+    const wide pixel = (wide)fopt[F_PIXEL], subpixel = (wide)fopt[F_SUBPIXEL];
+    const wide distance = (wide)fopt[F_DISTANCE], close_distance = (wide)fopt[F_CLOSE];
+    const wide thickstep = (wide)fopt[F_THICKSTEP], mu = (wide)fopt[F_MU];
+    const wide thick = (wide)fopt[F_THICK];
+    const wide kahn = (wide)fopt[F_KAHN], dmin = (wide)fopt[F_DMIN];
+    const real Na = fopt[F_NA], Nb = fopt[F_NB], Nc = fopt[F_NC], fudge = fopt[F_FUDGE];
+    const real default_F = fopt[F_DEFAULT_F], water = fopt[F_WATER];
+    const wide I_bg = (wide)fopt[F_I_BG];
+    const vec3<wide> fdet = load3w<real, wide>(vecs + 3 * V_FDET);
+    const vec3<wide> sdet = load3w<real, wide>(vecs + 3 * V_SDET);
+    const vec3<wide> odet = load3w<real, wide>(vecs + 3 * V_ODET);
+    const vec3<wide> pix0 = load3w<real, wide>(vecs + 3 * V_PIX0);
+    const vec3<wide> beam = load3w<real, wide>(vecs + 3 * V_BEAM);
+    const vec3<wide> polar_axis = load3w<real, wide>(vecs + 3 * V_POLAR);
+    const vec3<wide> astar = load3w<real, wide>(vecs + 3 * V_ASTAR);
+    const vec3<wide> bstar = load3w<real, wide>(vecs + 3 * V_BSTAR);
+    const vec3<wide> cstar = load3w<real, wide>(vecs + 3 * V_CSTAR);
+
+    // nanoBragg.c's arithmetic unless a corrected formula is needed: several
+    // sensor layers without -oversample_thick, or any -oversample_* switch
+    const bool corrected = (!c_parity) && (nthick > 1 || os_thick || os_polar || os_omega);
+
+    wide I = I_bg;
+    wide polar = iopt[I_NOPOLAR] != 0 ? one : z;
+    wide omega_pixel = z;
+    wide omega_acc = z;
+    wide capture = z;
+    wide acc = z;     // corrected path: weighted crystal sum
+    wide capsum = z;  // corrected path: sum of the per-layer capture fractions
+    nb_i64 variant = first_exec ? 0 : 1;
+    nb_i64 first_oor = -1;
+    nb_i64 ran_phi = 0;
+    nb_i64 sub_count = 0;
+    vec3<wide> diffracted = mk<wide>(z, z, z);
+
+    for (nb_i64 thick_tic = 0; thick_tic < nthick; ++thick_tic) {
+        const wide Odet = (wide)thick_tic * thickstep;
+        capture = z;
+        if (thick == (wide)0.0) capture = one;
+        wide layer_sum = z;
+        wide layer_capture = z;
+        for (nb_i64 subS = 0; subS < os; ++subS) {
+            for (nb_i64 subF = 0; subF < os; ++subF) {
+                const wide Fdet = subpixel * (wide)(fpixel * os + subF) + subpixel / (wide)2.0;
+                const wide Sdet = subpixel * (wide)(spixel * os + subS) + subpixel / (wide)2.0;
+                vec3<wide> pos = mk<wide>(Fdet * fdet.x + Sdet * sdet.x + Odet * odet.x + pix0.x,
+                                          Fdet * fdet.y + Sdet * sdet.y + Odet * odet.y + pix0.y,
+                                          Fdet * fdet.z + Sdet * sdet.z + Odet * odet.z + pix0.z);
+                if (curved) {
+                    // every pixel at "distance": detector coordinates become angles
+                    vec3<wide> v0 = mk<wide>(distance * beam.x, distance * beam.y, distance * beam.z);
+                    vec3<wide> v1 = rotate_axis(v0, sdet, pos.y / distance);
+                    pos = rotate_axis(v1, fdet, pos.z / distance);
+                }
+                const wide airpath = unitize(pos, &diffracted);
+                if (omega_pixel == (wide)0.0 || os_omega) {
+                    omega_pixel = solid_angle(pixel, airpath, close_distance, point_pixel);
+                }
+                omega_acc += omega_pixel;
+                if (capture == (wide)0.0 || os_thick) {
+                    const wide parallax = dot(diffracted, odet);
+                    capture = capture_fraction((wide)thick_tic, thickstep, mu, parallax);
+                }
+                if (subS == 0 && subF == 0) layer_capture = capture;
+                for (nb_i64 source = 0; source < nsrc; ++source) {
+                    const vec3<wide> incident_v = load3w<real, wide>(incident + 3 * source);
+                    const wide lambda_ = (wide)lam[source];
+                    const vec3<wide> S = mk<wide>((diffracted.x - incident_v.x) / lambda_,
+                                                  (diffracted.y - incident_v.y) / lambda_,
+                                                  (diffracted.z - incident_v.z) / lambda_);
+                    const wide stol = (wide)0.5 * nb_sqrt(S.x * S.x + S.y * S.y + S.z * S.z);
+                    if (dmin > (wide)0.0 && stol > (wide)0.0) {
+                        if (dmin > (wide)0.5 / stol) continue;
+                    }
+                    if (polar == (wide)0.0 || os_polar) {
+                        polar = polarization_factor(kahn, incident_v, diffracted, polar_axis,
+                                                    &diffracted);
+                    }
+                    ran_phi = 1;
+                    for (nb_i64 phi_tic = 0; phi_tic < nphi; ++phi_tic) {
+                        for (nb_i64 mos = 0; mos < nmos; ++mos) {
+                            const real* cell = cells + ((variant * nphi + phi_tic) * nmos + mos) * 9;
+                            const wide h = (wide)cell[0] * S.x + (wide)cell[1] * S.y + (wide)cell[2] * S.z;
+                            const wide k = (wide)cell[3] * S.x + (wide)cell[4] * S.y + (wide)cell[5] * S.z;
+                            const wide l = (wide)cell[6] * S.x + (wide)cell[7] * S.y + (wide)cell[8] * S.z;
+                            const nb_i64 h0 = (nb_i64)nb_ceil(h - (wide)0.5);
+                            const nb_i64 k0 = (nb_i64)nb_ceil(k - (wide)0.5);
+                            const nb_i64 l0 = (nb_i64)nb_ceil(l - (wide)0.5);
+                            real fa, fb, fc;
+                            const real F_latt = lattice_factor<real, wide>(
+                                shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
+                                reduced, &fa, &fb, &fc);
+                            if (F_latt == (real)0.0 && water == (real)0.0) continue;
+                            // structure factor of the unit cell
+                            bool use_interp = interp && (latch_sub < 0 || sub_count < latch_sub);
+                            if (use_interp &&
+                                !interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax)) {
+                                if (first_oor < 0) first_oor = sub_count;
+                                use_interp = false;
+                            }
+                            real F_cell;
+                            if (use_interp) {
+                                F_cell = tricubic_F(Fhkl, hmin, kmin, lmin, kdim, ldim, (real)h,
+                                                    (real)k, (real)l);
+                            } else {
+                                F_cell = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                                                   kdim, ldim, h0, k0, l0, default_F);
+                            }
+                            sub_count += 1;
+                            wide term = (wide)(F_cell * F_cell * F_latt * F_latt);
+                            if (corrected) {
+                                if (os_thick) term *= capture;
+                                if (os_polar) term *= polar;
+                                if (os_omega) term *= omega_pixel;
+                                layer_sum += term;
+                            } else {
+                                I += term;
+                                // nanoBragg.c multiplies the running sum (a defect
+                                // only -c_parity reaches: see docs/quirks.md)
+                                if (os_thick) I *= capture;
+                                if (os_polar) I *= polar;
+                                if (os_omega) I *= omega_pixel;
+                            }
+                        }
+                    }
+                    if (c_parity) variant = 1;
+                }
+            }
+        }
+        if (corrected) {
+            acc += os_thick ? layer_sum : layer_sum * layer_capture;
+            capsum += layer_capture;
+        }
+    }
+
+    const wide r2f = (wide)fopt[F_SCALE];  // r_e^2 * fluence
+    const wide steps = (wide)fopt[F_STEPS];
+    wide test;
+    if (corrected) {
+        I = acc + I_bg * capsum;
+        test = r2f * I / steps;
+        if (!os_polar) test *= polar;
+        if (!os_omega) test *= omega_pixel;
+    } else {
+        test = r2f * I / steps;
+        if (!os_thick) test *= capture;
+        if (!os_polar) test *= polar;
+        if (!os_omega) test *= omega_pixel;
+    }
+    info[0] = first_oor;
+    info[1] = ran_phi;
+    info[2] = sub_count;
+    *value = test;
+    *omega_sum = (real)omega_acc;
+}
+
+// accumulation type per working precision (see pixel_value); NB_F32_WIDE
+// exists for precision experiments only (-DNB_F32_WIDE=float: pure float32)
+#ifndef NB_F32_WIDE
+#define NB_F32_WIDE double
+#endif
+template <typename real>
+struct wide_of {
+    typedef double type;
+};
+template <>
+struct wide_of<float> {
+    typedef NB_F32_WIDE type;
+};
+
+// one pixel of cpu.render: latch bookkeeping, then pixel_value
+template <typename real>
+__device__ void render_pixel(nb_i64 p, const nb_u8* __restrict__ active, nb_i64 S, nb_i64 F,
+                             nb_i64 first_pixel, nb_i64 latch_pixel, nb_i64 latch_sub,
+                             const nb_i64* __restrict__ iopt, const real* __restrict__ fopt,
+                             const real* __restrict__ vecs, const real* __restrict__ incident,
+                             const real* __restrict__ lam, const real* __restrict__ cells,
+                             const real* __restrict__ Fhkl, float* __restrict__ out,
+                             real* __restrict__ omega_out, nb_i64* __restrict__ oor_out,
+                             nb_i64* __restrict__ ran_out) {
+    if (p < 0 || p >= S * F) return;
+    if (active[p] == 0) return;
+    const nb_i64 s = p / F;
+    const nb_i64 f = p - s * F;
+    nb_i64 ls = -1;
+    if (latch_pixel >= 0) {
+        if (p > latch_pixel) {
+            ls = -2;
+        } else if (p == latch_pixel) {
+            ls = latch_sub;
+        }
+    }
+    typedef typename wide_of<real>::type wide;
+    wide val;
+    real om;
+    nb_i64 info[3];
+    pixel_value<real, wide>(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam, cells,
+                            Fhkl, &val, &om, info);
+    out[p] = (float)val;
+    omega_out[p] = om;
+    oor_out[p] = info[0];
+    ran_out[p] = info[1];
+}
+
+#define NB_DEFINE_KERNEL(NAME, REAL)                                                           \
+    extern "C" __global__ void NAME(                                                           \
+        const nb_u8* __restrict__ active, nb_i64 S, nb_i64 F, nb_i64 first_pixel,              \
+        nb_i64 latch_pixel, nb_i64 latch_sub, const nb_i64* __restrict__ iopt,                 \
+        const REAL* __restrict__ fopt, const REAL* __restrict__ vecs,                          \
+        const REAL* __restrict__ incident, const REAL* __restrict__ lam,                       \
+        const REAL* __restrict__ cells, const REAL* __restrict__ Fhkl,                         \
+        float* __restrict__ out, REAL* __restrict__ omega, nb_i64* __restrict__ oor,           \
+        nb_i64* __restrict__ ran) {                                                            \
+        const nb_i64 p = (nb_i64)blockIdx.x * (nb_i64)blockDim.x + (nb_i64)threadIdx.x;        \
+        render_pixel<REAL>(p, active, S, F, first_pixel, latch_pixel, latch_sub, iopt, fopt,   \
+                           vecs, incident, lam, cells, Fhkl, out, omega, oor, ran);            \
+    }
+
+NB_DEFINE_KERNEL(render_f64, double)
+NB_DEFINE_KERNEL(render_f32, float)
+
+#ifdef NB_HOST_BUILD
+// ---- host build only (g++ -include cuda_compat.h): ctypes entry points -----
+#define NB_DEFINE_HOST(NAME, KERNEL, REAL)                                                     \
+    extern "C" int NAME(const nb_u8* active, nb_i64 S, nb_i64 F, nb_i64 first_pixel,           \
+                        nb_i64 latch_pixel, nb_i64 latch_sub, const nb_i64* iopt,              \
+                        const REAL* fopt, const REAL* vecs, const REAL* incident,              \
+                        const REAL* lam, const REAL* cells, const REAL* Fhkl, float* out,      \
+                        REAL* omega, nb_i64* oor, nb_i64* ran) {                               \
+        const nb_i64 n = S * F;                                                                \
+        const unsigned int block = NB_BLOCK;                                                   \
+        const unsigned int grid = (unsigned int)((n + block - 1) / block);                     \
+        nb_host_launch(KERNEL, grid, block, active, S, F, first_pixel, latch_pixel, latch_sub, \
+                       iopt, fopt, vecs, incident, lam, cells, Fhkl, out, omega, oor, ran);    \
+        return 0;                                                                              \
+    }
+
+#define NB_DEFINE_HOST_PIXEL(NAME, REAL)                                                       \
+    extern "C" void NAME(nb_i64 s, nb_i64 f, int first_exec, nb_i64 latch_sub,                 \
+                         const nb_i64* iopt, const REAL* fopt, const REAL* vecs,               \
+                         const REAL* incident, const REAL* lam, const REAL* cells,             \
+                         const REAL* Fhkl, double* value, REAL* omega_sum, nb_i64* info) {     \
+        typedef wide_of<REAL>::type wide;                                                      \
+        wide val;                                                                              \
+        pixel_value<REAL, wide>(s, f, first_exec != 0, latch_sub, iopt, fopt, vecs, incident,  \
+                                lam, cells, Fhkl, &val, omega_sum, info);                      \
+        *value = (double)val;                                                                  \
+    }
+
+NB_DEFINE_HOST(nb_host_render_f64, render_f64, double)
+NB_DEFINE_HOST(nb_host_render_f32, render_f32, float)
+NB_DEFINE_HOST_PIXEL(nb_host_pixel_f64, double)
+NB_DEFINE_HOST_PIXEL(nb_host_pixel_f32, float)
+
+extern "C" int nb_host_layout(nb_i64* out) {
+    // lets the Python side check that the option layouts agree with cpu.py
+    out[0] = N_IOPT_EXT;
+    out[1] = N_FOPT;
+    out[2] = N_VECS;
+    out[3] = NB_BLOCK;
+    return 4;
+}
+#endif

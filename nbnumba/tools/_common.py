@@ -1,0 +1,278 @@
+"""Helpers shared by ``nb-compare`` and ``nbnumba-probe``.
+
+Both tools run nanoBragg-style command lines twice (the C reference and the
+port), each in its own scratch directory.  To make that safe and repeatable:
+
+* input files named on the command line (``-hkl``, ``-mat``, ...) are turned
+  into absolute paths against the caller's working directory;
+* output files (``-floatfile``, ``-intfile``, ...) are reduced to their base
+  names so that nothing is written outside the scratch directory;
+* ``Fdump.bin`` (read silently by nanoBragg.c when ``-hkl`` is absent) is
+  copied into the scratch directory when the caller's directory has one.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+#: flags whose single argument is a file the program reads
+INPUT_FLAGS = ("-hkl", "-mat", "-img", "-mask", "-sourcefile", "-stol", "-4stol", "-Q")
+#: flags whose single argument is a file the program writes
+OUTPUT_FLAGS = ("-floatfile", "-floatimage", "-intfile", "-intimage", "-pgmfile", "-pgmimage",
+                "-noisefile", "-noiseimage", "-stolout")
+FLOAT_FLAGS = ("-floatfile", "-floatimage")
+
+_SHAPE_RE = re.compile(r"\((\d+)x(\d+) pixels\)")
+
+
+class ToolError(Exception):
+    """A one-line error with the process exit status to use."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------- argv handling
+
+
+def split_double_dash(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """``[options] -- <nanoBragg flags>`` -> (options, flags); flags empty if no ``--``."""
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def strip_flag(args: Sequence[str], names: Iterable[str], nargs: int) -> List[str]:
+    """Remove every occurrence of the flags ``names`` together with their ``nargs`` values."""
+    names = set(names)
+    out: List[str] = []
+    i = 0
+    args = list(args)
+    while i < len(args):
+        if args[i] in names:
+            i += 1 + nargs
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
+def flag_values(args: Sequence[str], names: Iterable[str], nargs: int) -> Optional[List[str]]:
+    """Values of the last occurrence of a flag (``None`` when absent)."""
+    names = set(names)
+    found = None
+    args = list(args)
+    for i, a in enumerate(args):
+        if a in names and len(args) - i - 1 >= nargs:
+            found = args[i + 1:i + 1 + nargs]
+    return found
+
+
+def resolve_paths(args: Sequence[str], cwd: str) -> List[str]:
+    """Absolute input paths (against ``cwd``) and base-name-only output paths."""
+    out = list(args)
+    for i, a in enumerate(out[:-1]):
+        v = out[i + 1]
+        if a in INPUT_FLAGS and not os.path.isabs(v):
+            out[i + 1] = os.path.abspath(os.path.join(cwd, v))
+        elif a in OUTPUT_FLAGS:
+            out[i + 1] = os.path.basename(v.rstrip("/\\")) or "out"
+    return out
+
+
+def with_floatfile(args: Sequence[str], name: str = "float.bin") -> List[str]:
+    """Force the float image to ``name`` (in the run directory)."""
+    return strip_flag(args, FLOAT_FLAGS, 1) + ["-floatfile", name]
+
+
+def stage_fdump(args: Sequence[str], src_cwd: str, run_dir: str) -> bool:
+    """Copy the caller's Fdump.bin into ``run_dir`` when the command relies on it."""
+    if "-hkl" in args:
+        return False
+    src = os.path.join(src_cwd, "Fdump.bin")
+    if os.path.isfile(src):
+        shutil.copyfile(src, os.path.join(run_dir, "Fdump.bin"))
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------- running
+
+
+def find_c_bin(explicit: Optional[str] = None) -> Optional[str]:
+    """``--c-bin`` if given, else ``$NB_C_BIN`` (``None`` when neither is set)."""
+    if explicit:
+        return explicit
+    env = os.environ.get("NB_C_BIN", "").strip()
+    return env or None
+
+
+def port_command(args: Sequence[str]) -> List[str]:
+    return [sys.executable, "-m", "nbnumba.cli", *args]
+
+
+def port_env() -> Dict[str, str]:
+    """Environment for ``python -m nbnumba.cli`` using this very nbnumba package."""
+    env = dict(os.environ)
+    root = repo_root()
+    pp = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = root + (os.pathsep + pp if pp else "")
+    return env
+
+
+def repo_root() -> str:
+    import nbnumba
+    return os.path.dirname(os.path.dirname(os.path.abspath(nbnumba.__file__)))
+
+
+@dataclass
+class RunResult:
+    label: str
+    cmd: List[str]
+    cwd: str
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def start(cmd: Sequence[str], cwd: str, env: Optional[Dict[str, str]], label: str):
+    """Start a runner; a missing/unrunnable program is a runner failure (exit 2)."""
+    try:
+        return subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        raise ToolError(f"{label} runner failed: cannot execute {cmd[0]}: "
+                        f"{exc.strerror or exc}", 2) from None
+
+
+def finish(proc, cmd, cwd, label, t0, timeout=None) -> RunResult:
+    import time
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise ToolError(f"{label} runner failed: timed out after {timeout} s", 2) from None
+    return RunResult(label, list(cmd), cwd, proc.returncode,
+                     out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+                     time.perf_counter() - t0)
+
+
+def run(cmd: Sequence[str], cwd: str, env=None, label="", timeout=None) -> RunResult:
+    import time
+    t0 = time.perf_counter()
+    p = start(cmd, cwd, env, label)
+    return finish(p, cmd, cwd, label, t0, timeout)
+
+
+def last_line(text: str) -> str:
+    for line in reversed(text.strip().splitlines()):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def parse_shape(stdout: str) -> Optional[Tuple[int, int]]:
+    """(slow, fast) from nanoBragg's ``(FxS pixels)`` summary line (last occurrence)."""
+    m = None
+    for m in _SHAPE_RE.finditer(stdout):
+        pass
+    if m is None:
+        return None
+    f, s = int(m.group(1)), int(m.group(2))
+    return s, f
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+def utc_stamp(now: Optional[_dt.datetime] = None) -> str:
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%SZ")
+
+
+def args_hash(args: Sequence[str]) -> str:
+    return hashlib.sha256("\0".join(args).encode("utf-8")).hexdigest()[:8]
+
+
+def unique_dir(parent: str, name: str) -> str:
+    """Create ``parent/name`` (``name-2``, ``name-3``, ... if taken) and return it."""
+    os.makedirs(parent, exist_ok=True)
+    path = os.path.join(parent, name)
+    n = 1
+    while True:
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            n += 1
+            path = os.path.join(parent, f"{name}-{n}")
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_sha256s(bundle: str, name: str = "sha256.txt") -> str:
+    """``sha256sum``-compatible list of every file under ``bundle`` (except itself)."""
+    lines = []
+    for root, dirs, files in os.walk(bundle):
+        dirs.sort()
+        for fn in sorted(files):
+            p = os.path.join(root, fn)
+            rel = os.path.relpath(p, bundle).replace(os.sep, "/")
+            if rel == name:
+                continue
+            lines.append(f"{sha256_file(p)}  {rel}")
+    path = os.path.join(bundle, name)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
+def git_sha(path: Optional[str] = None) -> Optional[str]:
+    path = path or repo_root()
+    try:
+        out = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        if out.returncode != 0:
+            return None
+        sha = out.stdout.strip()
+        st = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True, timeout=10)
+        return sha + ("-dirty" if st.returncode == 0 and st.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions(names=("numpy", "numba", "dvc", "cupy", "cupy-cuda12x", "torch",
+                            "matplotlib", "nbnumba")) -> Dict[str, Optional[str]]:
+    """Installed versions (``None`` = not installed), without importing the packages."""
+    from importlib import metadata
+    out: Dict[str, Optional[str]] = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def shlex_join(args: Sequence[str]) -> str:
+    import shlex
+    return " ".join(shlex.quote(a) for a in args)

@@ -1,0 +1,497 @@
+"""nb-compare: run nanoBragg.c and the port on the same flags and compare images.
+
+Usage::
+
+    nb-compare [options] -- <nanoBragg flags>
+    python -m nbnumba.tools.compare [options] -- <nanoBragg flags>
+
+Options:
+
+  --c-bin PATH        C program (default: $NB_C_BIN)
+  --outdir DIR        parent of the result folder (default: comparisons)
+  --roi XMIN XMAX YMIN YMAX
+                      restrict the metrics (and previews) to this inclusive pixel
+                      box (x = fast, y = slow, as nanoBragg's -roi)
+  --threshold R       minimum correlation for success (default 0.999)
+  --resample          if the image shapes differ by integer factors, bring the
+                      port image to C's shape (block average when larger,
+                      np.kron replication when smaller) instead of exiting 4
+  --png-scale P       percentile used as the top of the preview colour scale
+                      (default 99.5; the diff uses the P-th percentile of |Δ|)
+  --save-diff         also write diff.bin (port - C, float32, C's shape)
+  --py-args "ARGS"    extra flags for the port only, e.g. --py-args=-c_parity
+  --timeout S         give up on a runner after S seconds (exit 2)
+  --serial            run C and the port one after the other (default: both at
+                      once; the reported run times then share the CPU)
+  --c-threads N       set OMP_NUM_THREADS=N for the C run.  nanoBragg.c's phi=0
+                      carry-over state differs for the first pixel each OpenMP
+                      thread renders, so exact -c_parity comparisons want 1
+
+Each program runs in its own empty temporary directory.  Input files named by
+-hkl/-mat/-img/-mask/-sourcefile/-stol are passed as absolute paths (resolved
+against the current directory), output file names are reduced to base names,
+and ``-floatfile float.bin`` is forced so both float images can be read.  The
+image shape comes from the ``(FxS pixels)`` line each program prints.
+
+Results go to ``OUTDIR/<UTC stamp>-<8-hex hash of the flags>/``: c_stdout.txt,
+c_stderr.txt, py_stdout.txt, py_stderr.txt, c_float.bin, py_float.bin (as
+written by each program), c.png, py.png, diff.png (percentile-scaled previews,
+max-pooled to at most 800 px), summary.json and, with --save-diff, diff.bin.
+
+Exit status: 0 correlation >= threshold; 1 usage error; 2 a runner failed (the
+message names it and quotes its last stderr line); 3 correlation below the
+threshold; 4 image shapes differ (and --resample cannot fix it); 5 I/O error.
+Errors are one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from nbnumba.tools import _common as C
+from nbnumba.tools._common import ToolError
+
+PROG = "nb-compare"
+PREVIEW_MAX = 800
+
+EXIT_OK, EXIT_USAGE, EXIT_RUNNER, EXIT_THRESHOLD, EXIT_SHAPE, EXIT_IO = 0, 1, 2, 3, 4, 5
+
+__all__ = ["metrics", "resample_to", "main", "compare"]
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+def metrics(c: np.ndarray, py: np.ndarray) -> dict:
+    """Correlation, MSE, RMSE, max |Δ| (and where), sums and their ratio (py/C)."""
+    a = np.asarray(c, dtype=np.float64)
+    b = np.asarray(py, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    d = b - a
+    n = a.size
+    out = {"n_pixels": int(n)}
+    if n == 0:
+        out.update(correlation=float("nan"), mse=float("nan"), rmse=float("nan"),
+                   max_abs_diff=float("nan"), max_abs_diff_at=None, c_sum=0.0, py_sum=0.0,
+                   sum_ratio=float("nan"), c_max=float("nan"), py_max=float("nan"))
+        return out
+    da = a - a.mean()
+    db = b - b.mean()
+    saa = float((da * da).sum())
+    sbb = float((db * db).sum())
+    if saa > 0.0 and sbb > 0.0:
+        corr = float((da * db).sum() / math.sqrt(saa * sbb))
+        corr = max(-1.0, min(1.0, corr))
+    elif np.array_equal(a, b):
+        corr = 1.0  # two identical constant images
+    else:
+        corr = float("nan")
+    mse = float((d * d).mean())
+    k = int(np.argmax(np.abs(d)))
+    c_sum, py_sum = float(a.sum()), float(b.sum())
+    if c_sum != 0.0:
+        ratio = py_sum / c_sum
+    else:
+        ratio = 1.0 if py_sum == 0.0 else float("inf")
+    out.update(
+        correlation=corr,
+        mse=mse,
+        rmse=math.sqrt(mse),
+        max_abs_diff=float(abs(d.flat[k])),
+        max_abs_diff_at=[int(v) for v in np.unravel_index(k, a.shape)] if a.ndim == 2 else [k],
+        c_sum=c_sum,
+        py_sum=py_sum,
+        sum_ratio=ratio,
+        c_max=float(a.max()),
+        py_max=float(b.max()),
+    )
+    return out
+
+
+def _axis_factor(py_n: int, c_n: int) -> Optional[Tuple[str, int]]:
+    if py_n == c_n:
+        return ("same", 1)
+    if py_n > c_n and py_n % c_n == 0:
+        return ("down", py_n // c_n)
+    if c_n > py_n and c_n % py_n == 0:
+        return ("up", c_n // py_n)
+    return None
+
+
+def resample_to(py: np.ndarray, shape: Tuple[int, int]) -> Tuple[np.ndarray, list]:
+    """Bring ``py`` to ``shape`` with integer factors per axis.
+
+    Larger axes are block-averaged, smaller ones replicated (``np.kron`` with a
+    block of ones).  Raises ValueError when a factor is not an integer.
+    """
+    img = np.asarray(py, dtype=np.float64)
+    plan = []
+    for axis in (0, 1):
+        f = _axis_factor(img.shape[axis], shape[axis])
+        if f is None:
+            raise ValueError(f"axis {axis}: {img.shape[axis]} -> {shape[axis]} is not an integer factor")
+        plan.append(f)
+    (m0, f0), (m1, f1) = plan
+    if m0 == "down" or m1 == "down":
+        d0 = f0 if m0 == "down" else 1
+        d1 = f1 if m1 == "down" else 1
+        s, f = img.shape
+        img = img.reshape(s // d0, d0, f // d1, d1).mean(axis=(1, 3))
+    if m0 == "up" or m1 == "up":
+        u0 = f0 if m0 == "up" else 1
+        u1 = f1 if m1 == "up" else 1
+        img = np.kron(img, np.ones((u0, u1)))
+    return img.astype(np.float32), [[m0, f0], [m1, f1]]
+
+
+def _pool(img: np.ndarray, signed: bool) -> np.ndarray:
+    """Max-pool (max |.| keeping the sign when ``signed``) to <= PREVIEW_MAX pixels a side."""
+    s, f = img.shape
+    k = max(1, int(math.ceil(max(s, f) / PREVIEW_MAX)))
+    if k == 1:
+        return img
+    ps, pf = (-s) % k, (-f) % k
+    a = np.pad(img, ((0, ps), (0, pf)))
+    a = a.reshape(a.shape[0] // k, k, a.shape[1] // k, k).transpose(0, 2, 1, 3).reshape(
+        a.shape[0] // k, a.shape[1] // k, k * k)
+    if signed:
+        idx = np.argmax(np.abs(a), axis=2)
+        return np.take_along_axis(a, idx[..., None], axis=2)[..., 0]
+    return a.max(axis=2)
+
+
+def _scale_top(values: np.ndarray, pct: float) -> float:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return 1.0
+    top = float(np.percentile(v, pct))
+    if not top > 0.0:
+        top = float(v.max())
+    return top if top > 0.0 else 1.0
+
+
+def write_previews(c: np.ndarray, py: np.ndarray, outdir: str, pct: float, origin=(0, 0)) -> List[str]:
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    d = py.astype(np.float64) - c.astype(np.float64)
+    paths = []
+    ys, xs = origin
+    extent = (xs - 0.5, xs + c.shape[1] - 0.5, ys + c.shape[0] - 0.5, ys - 0.5)
+    for name, img, signed, title in (
+        ("c.png", c.astype(np.float64), False, "C float image"),
+        ("py.png", py.astype(np.float64), False, "port float image"),
+        ("diff.png", d, True, "port − C"),
+    ):
+        pooled = _pool(img, signed)
+        fig, ax = plt.subplots(figsize=(7, 6))
+        if signed:
+            top = _scale_top(np.abs(img), pct)
+            im = ax.imshow(pooled, cmap="RdBu_r", vmin=-top, vmax=top, interpolation="nearest",
+                           extent=extent)
+            label = f"±p{pct:g}(|Δ|) = ±{top:.4g}"
+        else:
+            top = _scale_top(img, pct)
+            bottom = min(0.0, float(np.nanmin(img))) if img.size else 0.0
+            im = ax.imshow(pooled, cmap="magma", vmin=bottom, vmax=top, interpolation="nearest",
+                           extent=extent)
+            label = f"0..p{pct:g} = {top:.4g}"
+        ax.set_title(f"{title} ({c.shape[1]}x{c.shape[0]} px; scale {label})", fontsize=9)
+        ax.set_xlabel("fast pixel")
+        ax.set_ylabel("slow pixel")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        fig.tight_layout()
+        p = os.path.join(outdir, name)
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ToolError(message, EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, usage="%(prog)s [options] -- <nanoBragg flags>",
+                description="Compare nanoBragg.c and nbnumba float images for the same flags.")
+    p.add_argument("--c-bin", help="C program (default $NB_C_BIN)")
+    p.add_argument("--outdir", default="comparisons", help="parent of the result folder")
+    p.add_argument("--roi", nargs=4, type=int, metavar=("XMIN", "XMAX", "YMIN", "YMAX"))
+    p.add_argument("--threshold", type=float, default=0.999, help="minimum correlation (0.999)")
+    p.add_argument("--resample", action="store_true", help="resample the port image to C's shape")
+    p.add_argument("--png-scale", type=float, default=99.5, help="preview percentile (99.5)")
+    p.add_argument("--save-diff", action="store_true", help="also write diff.bin")
+    p.add_argument("--py-args", action="append", default=[], help="extra flags for the port only")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per runner")
+    p.add_argument("--serial", action="store_true", help="run C then the port, not both at once")
+    p.add_argument("--c-threads", type=int, default=None, help="OMP_NUM_THREADS for the C run")
+    return p
+
+
+def _glue_py_args(opts: List[str]) -> List[str]:
+    """``--py-args -c_parity`` -> ``--py-args=-c_parity`` (argparse would take it for an option)."""
+    out, i = [], 0
+    while i < len(opts):
+        if opts[i] == "--py-args" and i + 1 < len(opts):
+            out.append("--py-args=" + opts[i + 1])
+            i += 2
+            continue
+        out.append(opts[i])
+        i += 1
+    return out
+
+
+def _load_float(path: str, shape, label: str) -> np.ndarray:
+    try:
+        data = np.fromfile(path, dtype=np.float32)
+    except OSError as exc:
+        raise ToolError(f"cannot read the {label} float image {path}: {exc.strerror or exc}",
+                        EXIT_IO) from None
+    if data.size != shape[0] * shape[1]:
+        raise ToolError(f"{label} float image has {data.size} values but stdout says "
+                        f"{shape[1]}x{shape[0]} pixels", EXIT_IO)
+    return data.reshape(shape)
+
+
+def _write_text(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise ToolError(f"cannot write {path}: {exc.strerror or exc}", EXIT_IO) from None
+
+
+def _check_run(r: C.RunResult, float_path: str) -> None:
+    if r.returncode != 0:
+        why = C.last_line(r.stderr) or C.last_line(r.stdout) or "no output"
+        raise ToolError(f"{r.label} runner failed (exit {r.returncode}): {why}", EXIT_RUNNER)
+    if not os.path.isfile(float_path):
+        why = C.last_line(r.stderr) or C.last_line(r.stdout) or "no output"
+        raise ToolError(f"{r.label} runner failed: no float image written (last line: {why})",
+                        EXIT_RUNNER)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return "%.6g" % v
+    return str(v)
+
+
+def compare(opts: argparse.Namespace, flags: List[str], cwd: Optional[str] = None) -> Tuple[int, dict]:
+    cwd = cwd or os.getcwd()
+    c_bin = C.find_c_bin(opts.c_bin)
+    if not c_bin:
+        raise ToolError("no C program: set NB_C_BIN or pass --c-bin PATH", EXIT_USAGE)
+    if os.sep in c_bin or (os.altsep and os.altsep in c_bin):
+        c_bin = os.path.abspath(os.path.join(cwd, c_bin))
+    if not (math.isfinite(opts.threshold)):
+        raise ToolError("--threshold must be a finite number", EXIT_USAGE)
+    if opts.c_threads is not None and opts.c_threads < 1:
+        raise ToolError("--c-threads must be >= 1", EXIT_USAGE)
+    if not (0.0 < opts.png_scale <= 100.0):
+        raise ToolError(f"--png-scale must be in (0, 100] (got {opts.png_scale:g})", EXIT_USAGE)
+    if opts.roi is not None:
+        x0, x1, y0, y1 = opts.roi
+        if x0 < 0 or y0 < 0 or x1 < x0 or y1 < y0:
+            raise ToolError("--roi needs 0 <= XMIN <= XMAX and 0 <= YMIN <= YMAX", EXIT_USAGE)
+    import shlex
+    py_extra: List[str] = []
+    for s in opts.py_args:
+        py_extra += shlex.split(s)
+
+    run_flags = C.with_floatfile(C.resolve_paths(flags, cwd), "float.bin")
+    tag = C.args_hash(list(flags) + ["--py-args"] + py_extra)
+    try:
+        out = C.unique_dir(os.path.join(cwd, opts.outdir), f"{C.utc_stamp()}-{tag}")
+    except OSError as exc:
+        raise ToolError(f"cannot create the output folder under {opts.outdir}: "
+                        f"{exc.strerror or exc}", EXIT_IO) from None
+
+    summary: dict = {
+        "tool": PROG,
+        "created_utc": C.utc_stamp(),
+        "cwd": cwd,
+        "args": list(flags),
+        "py_args": py_extra,
+        "c_bin": c_bin,
+        "threshold": opts.threshold,
+        "roi": list(opts.roi) if opts.roi else None,
+        "concurrent": not opts.serial,
+        "outdir": out,
+    }
+    with tempfile.TemporaryDirectory(prefix="nbcmp-c-") as cdir, \
+            tempfile.TemporaryDirectory(prefix="nbcmp-py-") as pdir:
+        C.stage_fdump(flags, cwd, cdir)
+        C.stage_fdump(flags, cwd, pdir)
+        c_cmd = [c_bin, *run_flags]
+        p_cmd = C.port_command(run_flags + py_extra)
+        summary["c_cmd"] = c_cmd
+        summary["py_cmd"] = p_cmd
+        c_env = None
+        if opts.c_threads is not None:
+            c_env = dict(os.environ, OMP_NUM_THREADS=str(opts.c_threads))
+        summary["c_threads"] = opts.c_threads if opts.c_threads is not None else os.environ.get(
+            "OMP_NUM_THREADS")
+        if opts.serial:
+            rc = C.run(c_cmd, cdir, c_env, "C", opts.timeout)
+            rp = C.run(p_cmd, pdir, C.port_env(), "port", opts.timeout)
+        else:
+            t0 = time.perf_counter()
+            pc = C.start(c_cmd, cdir, c_env, "C")
+            try:
+                pp = C.start(p_cmd, pdir, C.port_env(), "port")
+            except ToolError:
+                pc.kill()
+                pc.communicate()
+                raise
+            rc = C.finish(pc, c_cmd, cdir, "C", t0, opts.timeout)
+            rp = C.finish(pp, p_cmd, pdir, "port", t0, opts.timeout)
+        for r, pre in ((rc, "c"), (rp, "py")):
+            _write_text(os.path.join(out, f"{pre}_stdout.txt"), r.stdout)
+            _write_text(os.path.join(out, f"{pre}_stderr.txt"), r.stderr)
+        summary["c_seconds"] = round(rc.seconds, 3)
+        summary["py_seconds"] = round(rp.seconds, 3)
+        summary["c_returncode"], summary["py_returncode"] = rc.returncode, rp.returncode
+        cf, pf = os.path.join(cdir, "float.bin"), os.path.join(pdir, "float.bin")
+        try:
+            _check_run(rc, cf)
+            _check_run(rp, pf)
+        except ToolError as e:
+            summary["status"] = "runner_failed"
+            summary["error"] = str(e)
+            summary["exit_code"] = e.code
+            _write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+            raise
+        c_shape = C.parse_shape(rc.stdout)
+        p_shape = C.parse_shape(rp.stdout)
+        for shp, r in ((c_shape, rc), (p_shape, rp)):
+            if shp is None:
+                raise ToolError(f"{r.label} runner failed: no '(FxS pixels)' line in its stdout",
+                                EXIT_RUNNER)
+        c_img = _load_float(cf, c_shape, "C")
+        p_img = _load_float(pf, p_shape, "port")
+        try:
+            shutil.copyfile(cf, os.path.join(out, "c_float.bin"))
+            shutil.copyfile(pf, os.path.join(out, "py_float.bin"))
+        except OSError as exc:
+            raise ToolError(f"cannot copy the float images to {out}: {exc.strerror or exc}",
+                            EXIT_IO) from None
+
+    summary["c_shape"] = list(c_shape)
+    summary["py_shape"] = list(p_shape)
+    summary["resampled"] = None
+    if p_shape != c_shape:
+        msg = (f"image shapes differ: C {c_shape[1]}x{c_shape[0]} vs port "
+               f"{p_shape[1]}x{p_shape[0]} pixels (fast x slow)")
+        if not opts.resample:
+            summary.update(status="shape_mismatch", exit_code=EXIT_SHAPE, error=msg)
+            _write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+            raise ToolError(msg + "; --resample handles integer factors", EXIT_SHAPE)
+        try:
+            p_img, plan = resample_to(p_img, c_shape)
+        except ValueError:
+            summary.update(status="shape_mismatch", exit_code=EXIT_SHAPE, error=msg)
+            _write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+            raise ToolError(msg + "; not integer factors, cannot resample", EXIT_SHAPE) from None
+        summary["resampled"] = {"from": list(p_shape), "to": list(c_shape), "per_axis": plan}
+
+    origin = (0, 0)
+    c_m, p_m = c_img, p_img
+    if opts.roi is not None:
+        x0, x1, y0, y1 = opts.roi
+        if x1 >= c_shape[1] or y1 >= c_shape[0]:
+            raise ToolError(f"--roi {x0} {x1} {y0} {y1} is outside the {c_shape[1]}x{c_shape[0]} "
+                            "image", EXIT_USAGE)
+        c_m, p_m = c_img[y0:y1 + 1, x0:x1 + 1], p_img[y0:y1 + 1, x0:x1 + 1]
+        origin = (y0, x0)
+    m = metrics(c_m, p_m)
+    if m.get("max_abs_diff_at") and opts.roi is not None:
+        m["max_abs_diff_at"] = [m["max_abs_diff_at"][0] + origin[0], m["max_abs_diff_at"][1] + origin[1]]
+    passed = bool(np.isfinite(m["correlation"]) and m["correlation"] >= opts.threshold)
+    code = EXIT_OK if passed else EXIT_THRESHOLD
+    summary.update(metrics=m, passed=passed, status="ok" if passed else "below_threshold",
+                   exit_code=code)
+    files = ["c_stdout.txt", "c_stderr.txt", "py_stdout.txt", "py_stderr.txt", "c_float.bin",
+             "py_float.bin", "c.png", "py.png", "diff.png", "summary.json"]
+    try:
+        write_previews(c_m, p_m, out, opts.png_scale, origin)
+        if opts.save_diff:
+            (p_img.astype(np.float32) - c_img.astype(np.float32)).tofile(os.path.join(out, "diff.bin"))
+            files.append("diff.bin")
+    except OSError as exc:
+        raise ToolError(f"cannot write previews in {out}: {exc.strerror or exc}", EXIT_IO) from None
+    summary["files"] = files
+    _write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    return code, summary
+
+
+def _report(summary: dict) -> str:
+    m = summary["metrics"]
+    cs, ps = summary["c_shape"], summary["py_shape"]
+    L = [f"{PROG}: C {cs[1]}x{cs[0]} ({summary['c_seconds']:.2f} s) vs port {ps[1]}x{ps[0]} "
+         f"({summary['py_seconds']:.2f} s{', concurrent' if summary['concurrent'] else ''})"]
+    if summary.get("resampled"):
+        L.append(f"  port image resampled to C's shape: {summary['resampled']['per_axis']}")
+    if summary.get("roi"):
+        L.append("  roi (x fast, y slow): %d..%d x %d..%d" % tuple(summary["roi"]))
+    L.append(f"  pixels        {m['n_pixels']}")
+    L.append(f"  correlation   {_fmt(m['correlation'])}")
+    L.append(f"  MSE           {_fmt(m['mse'])}")
+    L.append(f"  RMSE          {_fmt(m['rmse'])}")
+    at = m.get("max_abs_diff_at")
+    L.append(f"  max |Δ|       {_fmt(m['max_abs_diff'])}" + (f"  at (slow, fast) = ({at[0]}, {at[1]})"
+                                                              if at and len(at) == 2 else ""))
+    L.append(f"  sum C         {_fmt(m['c_sum'])}")
+    L.append(f"  sum port      {_fmt(m['py_sum'])}")
+    L.append(f"  sum ratio     {_fmt(m['sum_ratio'])}  (port / C)")
+    verdict = "PASS" if summary["passed"] else "FAIL"
+    L.append(f"  verdict       {verdict} (correlation {_fmt(m['correlation'])} "
+             f"{'>=' if summary['passed'] else '<'} threshold {summary['threshold']:g})")
+    L.append(f"  wrote {summary['outdir']}")
+    return "\n".join(L)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        opts_argv, flags = C.split_double_dash(argv)
+        if any(a in ("-h", "--help") for a in opts_argv):
+            print(__doc__.strip())
+            return EXIT_OK
+        opts = _parser().parse_args(_glue_py_args(opts_argv))
+        if not flags:
+            raise ToolError("no nanoBragg flags: use nb-compare [options] -- <nanoBragg flags>",
+                            EXIT_USAGE)
+        code, summary = compare(opts, flags)
+        print(_report(summary))
+        return code
+    except ToolError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.code
+    except BrokenPipeError:  # output piped into `head` and friends
+        return 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""numpy <-> torch interchange on the CPU (DLPack, no copies).
+
+torch is an optional extra (``pip install nbnumba[torch]``): without it these
+tests are skipped.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import nbnumba  # noqa: E402
+from nbnumba.interop import array_kind, as_array, data_ptr, shares_memory, to_numpy, to_torch  # noqa: E402
+
+ARGV = ("-cell 70 80 90 90 90 90 -misset 10 20 30 -default_F 100 -N 5 -lambda 1.5 "
+        "-distance 100 -detpixels 24 -pixel 0.4 -nonoise -nopgm -noprogress").split()
+
+
+@pytest.fixture(scope="module")
+def result():
+    return nbnumba.simulate_argv(ARGV)
+
+
+def np_ptr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def test_result_to_torch_shares_memory(result):
+    img = result.float_image
+    t = result.to_torch()
+    assert t.dtype == torch.float32
+    assert tuple(t.shape) == img.shape
+    assert t.data_ptr() == np_ptr(img)
+    assert torch.equal(t, torch.from_numpy(img.copy()))
+    old = float(img[3, 4])
+    t[3, 4] = -7.5                       # write through torch ...
+    assert img[3, 4] == np.float32(-7.5)  # ... seen by numpy
+    img[5, 6] = 42.0                     # and the other way round
+    assert float(t[5, 6]) == 42.0
+    img[3, 4] = old
+
+
+def test_result_speaks_dlpack(result):
+    t = torch.from_dlpack(result)
+    assert t.data_ptr() == np_ptr(result.float_image)
+    back = np.from_dlpack(t)
+    assert np_ptr(back) == np_ptr(result.float_image)
+
+
+def test_numpy_torch_roundtrip_without_copy():
+    a = np.arange(24, dtype=np.float64).reshape(4, 6)
+    t = torch.from_dlpack(a)
+    b = np.from_dlpack(t)
+    assert t.data_ptr() == np_ptr(a) == np_ptr(b)
+    b[2, 3] = -1.0
+    assert a[2, 3] == -1.0 and float(t[2, 3]) == -1.0
+    # strided views survive the trip, still without a copy
+    v = a[:, ::2]
+    tv = torch.from_dlpack(v)
+    assert tv.data_ptr() == np_ptr(v)
+    assert tv.stride() == (6, 2)
+    assert np.array_equal(np.from_dlpack(tv), v)
+
+
+def test_to_torch_helper(result):
+    t = to_torch(result.float_image)
+    assert shares_memory(t, result.float_image)
+    assert to_torch(t) is t
+    ro = np.arange(6.0)
+    ro.setflags(write=False)
+    t_ro = to_torch(ro)                   # exported or copied, never an error
+    assert torch.equal(t_ro, torch.arange(6.0, dtype=torch.float64))
+
+
+def test_as_array_numpy_inputs():
+    mask = np.ones((8, 8), dtype=np.uint8)
+    same = as_array(mask, like=np.empty(0))
+    assert same is mask
+    conv = as_array(mask, like="numpy", dtype=np.float32)
+    assert conv.dtype == np.float32 and not shares_memory(conv, mask)
+    t = as_array(mask, like=torch.empty(0))
+    assert isinstance(t, torch.Tensor) and t.data_ptr() == np_ptr(mask)
+    t2 = as_array(mask, like="torch", dtype=np.float64)
+    assert t2.dtype == torch.float64
+
+
+def test_as_array_torch_inputs():
+    # a mask, an F grid and a preallocated output coming from torch
+    mask_t = torch.ones(6, 7, dtype=torch.uint8)
+    mask = as_array(mask_t, like=np.empty(0))
+    assert isinstance(mask, np.ndarray) and np_ptr(mask) == mask_t.data_ptr()
+    mask[0, 0] = 0
+    assert int(mask_t[0, 0]) == 0
+
+    F_t = torch.rand(5, 5, 5, dtype=torch.float64, requires_grad=True)
+    F = as_array(F_t, like="numpy")
+    assert np_ptr(F) == F_t.data_ptr()
+    assert np.array_equal(F, F_t.detach().numpy())
+
+    out_t = torch.zeros(4, 4, dtype=torch.float32)
+    out = as_array(out_t, like=np.empty(0, dtype=np.float32))
+    out[...] = 3.0
+    assert float(out_t.sum()) == 48.0
+    assert as_array(out_t, like=torch.empty(0)) is out_t
+
+
+def test_array_kind_and_to_numpy():
+    a = np.zeros(3)
+    t = torch.zeros(3)
+    assert array_kind(a) == "numpy" and array_kind(t) == "torch"
+    assert array_kind("cupy") == "cupy"
+    assert array_kind([1, 2]) == "other"
+    with pytest.raises(ValueError):
+        array_kind("jax")
+    assert np_ptr(to_numpy(t)) == t.data_ptr()
+    assert np.array_equal(to_numpy([1, 2, 3], dtype=np.int64), np.array([1, 2, 3]))
+    assert data_ptr(a) == np_ptr(a)
+    with pytest.raises(TypeError):
+        data_ptr([1, 2])

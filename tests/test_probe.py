@@ -1,0 +1,252 @@
+"""nbnumba-probe (nbnumba.tools.probe) with stored C traces (--c-trace, --no-c).
+
+No C program is needed: the C side comes from the golden corpus
+(golden/data/pilatus_scaled/trace.log, the scaled-down Pilatus command, when
+present) or from the tests/data/traces fixtures.  Tests marked "REAL C" run
+only when NB_C_BIN is set.
+"""
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from nbnumba.tools import probe
+
+REPO = Path(__file__).resolve().parents[1]
+TRACES = REPO / "tests" / "data" / "traces"
+GOLDEN = REPO / "golden" / "data" / "pilatus_scaled"
+GOLDEN_INPUTS = REPO / "golden" / "inputs"
+
+FIXTURE = {
+    "name": "mosflm_phi10_N2",
+    "trace": TRACES / "mosflm_phi10_N2.c.log",
+    "pixel": (8, 8),
+    "args": "-cell 70 70 70 90 90 90 -default_F 1 -N 2 -distance 100 -detpixels 16 -pixel 0.1 "
+            "-phi 0 -osc 0.09 -phisteps 10 -nopgm -nonoise -noprogress -floatfile f.bin "
+            "-intfile i.img".split(),
+}
+
+
+def _golden_case():
+    meta = GOLDEN / "meta.json"
+    if not (meta.exists() and (GOLDEN / "trace.log").exists()):
+        return None
+    m = json.loads(meta.read_text())
+    args = list(m["args"])
+    for i, a in enumerate(args[:-1]):
+        if a in ("-mat", "-hkl"):
+            p = GOLDEN_INPUTS / args[i + 1]
+            if not p.exists():
+                return None
+            args[i + 1] = str(p)
+    return {"name": "pilatus_scaled", "trace": GOLDEN / "trace.log",
+            "pixel": tuple(m["trace_pixel"]), "args": args}
+
+
+GOLD = _golden_case()
+CASES = [FIXTURE] + ([GOLD] if GOLD else [])
+needs_golden = pytest.mark.skipif(GOLD is None, reason="golden/data/pilatus_scaled not present")
+
+REQUIRED = {
+    "trace_py_phi.log", "trace_c_phi.log", "diff_trace.md", "compare_scaling_traces.json",
+    "sincg_sweep.md", "sincg_sweep.csv", "sincg_sweep.png", "rotation_audit.md",
+    "roi_metadata.json", "env.json", "commands.txt", "summary.md", "sha256.txt",
+    "phistep1/trace_py.log", "phistep1/py_float_roi.bin", "phistep1/notes.txt",
+}
+
+
+def run_probe(tmp_path, monkeypatch, capsys, case, extra=(), trace=None):
+    monkeypatch.delenv("NB_C_BIN", raising=False)
+    monkeypatch.chdir(tmp_path)
+    s, f = case["pixel"]
+    opts = ["--pixel", str(s), str(f), "--outdir", "reports", "--no-c", "--sincg-steps", "101"]
+    if trace is not False:
+        opts += ["--c-trace", str(trace or case["trace"])]
+    code = probe.main(opts + list(extra) + ["--"] + list(case["args"]))
+    cap = capsys.readouterr()
+    bundles = sorted((tmp_path / "reports").iterdir()) if (tmp_path / "reports").exists() else []
+    return code, (bundles[-1] if bundles else None), cap.out, cap.err
+
+
+def files_of(bundle):
+    return {str(p.relative_to(bundle)).replace(os.sep, "/") for p in bundle.rglob("*") if p.is_file()}
+
+
+def check_sha256(bundle):
+    lines = (bundle / "sha256.txt").read_text().splitlines()
+    listed = {}
+    for ln in lines:
+        digest, rel = ln.split("  ", 1)
+        listed[rel] = digest
+    assert set(listed) == files_of(bundle) - {"sha256.txt"}
+    for rel, digest in listed.items():
+        assert hashlib.sha256((bundle / rel).read_bytes()).hexdigest() == digest, rel
+
+
+# ----------------------------------------------------------------------------- bundle
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_bundle_complete_and_checksums(tmp_path, monkeypatch, capsys, case):
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, case)
+    assert code in (0, 3), err
+    assert re.fullmatch(r"\d{8}T\d{6}Z(-\d+)?", bundle.name)
+    assert REQUIRED <= files_of(bundle)
+    check_sha256(bundle)
+    summary = (bundle / "summary.md").read_text()
+    for sec in ("## 1. Case", "## 2. Result", "## 5. ATTRIBUTION", "## 10. Files"):
+        assert sec in summary
+    # every file of the bundle is linked from summary.md
+    for rel in files_of(bundle):
+        assert f"]({rel})" in summary, rel
+    meta = json.loads((bundle / "roi_metadata.json").read_text())
+    assert meta["pixel"] == {"slow": case["pixel"][0], "fast": case["pixel"][1]}
+    assert "fpixels" in meta["detector"] and "pix0" in meta["detector"]
+    env = json.loads((bundle / "env.json").read_text())
+    assert env["versions"]["numpy"] and "git_sha" in env and "gpu" in env
+    py = (bundle / "trace_py_phi.log").read_text()
+    assert "TRACE_PY: I_before_scaling" in py and "TRACE_PY_PHI phi_tic=0" in py
+    assert "TRACE_C_PHI phi_tic=0" in (bundle / "trace_c_phi.log").read_text()
+    cmds = (bundle / "commands.txt").read_text()
+    assert "nbnumba-probe" in cmds and "nbnumba-trace-diff" in cmds and "nbnumba-sincg-sweep" in cmds
+    j = json.loads((bundle / "compare_scaling_traces.json").read_text())
+    assert "I_before_scaling" in j and "first_divergence" in j
+    audit = (bundle / "rotation_audit.md").read_text()
+    assert "a*" in audit and "k_frac" in audit
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_c_parity_reports_no_divergence(tmp_path, monkeypatch, capsys, case):
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, case, ["--c-parity"])
+    assert code == 0, err
+    assert "MATCH" in out
+    summary = (bundle / "summary.md").read_text()
+    assert "No divergence" in summary and "UNEXPLAINED" not in summary
+    j = json.loads((bundle / "compare_scaling_traces.json").read_text())
+    assert j["diverged"] is False and j["first_divergence"] is None
+    assert j["I_before_scaling"]["rel"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_default_mode_carryover_attributed(tmp_path, monkeypatch, capsys):
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE)
+    assert code == 3
+    summary = (bundle / "summary.md").read_text()
+    assert "C-PARITY-001" in summary and "UNEXPLAINED" not in summary
+    assert "Every diverging key is explained" in summary
+    audit = (bundle / "rotation_audit.md").read_text()
+    assert "C phi_tic=0 used the cell of port step 9" in audit
+
+
+@needs_golden
+def test_default_mode_pilatus_attribution(tmp_path, monkeypatch, capsys):
+    """Without -c_parity the scaled Pilatus command diverges at pix0 (recomputed by the C from
+    -Xbeam/-Ybeam) and at phi_tic=0 (carry-over); both are attributed, nothing unexplained."""
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, GOLD)
+    assert code == 3
+    assert "first divergence pix0_vector_meters" in out
+    summary = (bundle / "summary.md").read_text()
+    assert "`pix0_vector_meters`" in summary
+    assert "PIX0: C-DESIGN-FLAW-003" in summary and "PHI0: C-PARITY-001" in summary
+    assert "UNEXPLAINED" not in summary
+    assert re.search(r"Δ = port − C = -?[0-9.e+-]+ \(relative to C: ", summary)
+    j = json.loads((bundle / "compare_scaling_traces.json").read_text())
+    assert j["first_divergence"]["key"] == "pix0_vector_meters"
+    assert j["I_before_scaling"]["diverged"] is True
+    notes = (bundle / "phistep1" / "notes.txt").read_text()
+    assert "phistep1 control" in notes
+
+
+def _perturb(text):
+    """Scale I_before_scaling by 1.01 and change phi_tic=3's k_frac in a C trace."""
+    out = []
+    for ln in text.splitlines():
+        if ln.startswith("TRACE_C: I_before_scaling "):
+            v = float(ln.split()[-1])
+            ln = "TRACE_C: I_before_scaling %.15g" % (v * 1.01)
+        m = re.match(r"^(TRACE_C_PHI phi_tic=3 .*k_frac=)(\S+)(.*)$", ln)
+        if m:
+            ln = m.group(1) + "%.15g" % (float(m.group(2)) + 1e-3) + m.group(3)
+        out.append(ln)
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_perturbed_trace_is_reported(tmp_path, monkeypatch, capsys, case):
+    bad = tmp_path / "perturbed.log"
+    bad.write_text(_perturb(case["trace"].read_text()))
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, case, ["--c-parity"], trace=bad)
+    assert code == 3
+    assert "DIVERGED" in out
+    summary = (bundle / "summary.md").read_text()
+    assert "UNEXPLAINED" in summary
+    j = json.loads((bundle / "compare_scaling_traces.json").read_text())
+    assert j["first_divergence"]["key"] == "PHI[phi_tic=3].k_frac"
+    assert j["I_before_scaling"]["diverged"] is True
+    assert j["I_before_scaling"]["rel"] == pytest.approx(0.01 / 1.01, rel=1e-6)
+    check_sha256(bundle)
+
+
+def test_port_only_bundle_without_c(tmp_path, monkeypatch, capsys):
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE, trace=False)
+    assert code == 0, err
+    assert "no C trace" in out
+    names = files_of(bundle)
+    assert "trace_c_phi.log" not in names and "trace_py_phi.log" in names
+    assert "phistep1/trace_c.log" not in names
+    check_sha256(bundle)
+    assert "No C trace" in (bundle / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--pixel", "99", "0"], "outside"),
+    (["--c-trace", "no_such_trace.log"], "cannot read"),
+])
+def test_usage_errors(tmp_path, monkeypatch, capsys, extra, needle):
+    monkeypatch.delenv("NB_C_BIN", raising=False)
+    monkeypatch.chdir(tmp_path)
+    opts = ["--pixel", "8", "8", "--outdir", "reports", "--no-c"]
+    code = probe.main(opts + extra + ["--"] + FIXTURE["args"])
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+
+
+def test_trace_file_without_trace_lines(tmp_path, monkeypatch, capsys):
+    (tmp_path / "empty.log").write_text("nothing to see\n")
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE,
+                                       trace=tmp_path / "empty.log")
+    assert code == 1 and "no TRACE_C lines" in err
+
+
+def test_missing_pixel_option(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert probe.main(["--"] + FIXTURE["args"]) == 1
+    assert "--pixel" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- REAL C (optional)
+
+NB_C_BIN = os.environ.get("NB_C_BIN")
+real_c = pytest.mark.skipif(not NB_C_BIN or not os.path.exists(NB_C_BIN),
+                            reason="REAL C: set NB_C_BIN to the nanoBragg binary")
+
+
+@real_c
+def test_real_c_probe(tmp_path, monkeypatch, capsys):
+    """REAL C: the probe runs the C itself; -c_parity matches, default mode is attributed."""
+    monkeypatch.chdir(tmp_path)
+    base = ["--pixel", "8", "8", "--outdir", "reports", "--sincg-steps", "101"]
+    assert probe.main(base + ["--c-parity", "--"] + FIXTURE["args"]) == 0
+    bundle = sorted((tmp_path / "reports").iterdir())[-1]
+    meta = json.loads((bundle / "roi_metadata.json").read_text())
+    assert meta["roi"]["roi_check"]["identical"] is True
+    assert {"phistep1/trace_c.log", "phistep1/c_float_roi.bin", "c_stdout.txt"} <= files_of(bundle)
+    check_sha256(bundle)
+    assert probe.main(base + ["--"] + FIXTURE["args"]) == 3
+    bundle = sorted((tmp_path / "reports").iterdir())[-1]
+    assert "UNEXPLAINED" not in (bundle / "summary.md").read_text()
