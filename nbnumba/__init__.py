@@ -18,10 +18,13 @@ def parse_argv(argv):
     return _p(list(argv))
 
 
-def simulate(cfg, backend=None):
-    """Config -> Result (float image, statistics, derived images)."""
+def simulate(cfg, backend=None, out=None):
+    """Config -> Result (float image, statistics, derived images).
+
+    ``out``: optional preallocated float32 (S, F) image (numpy, torch or CuPy)
+    that receives the float image without a copy."""
     from .api import simulate as _s
-    return _s(cfg, backend=backend)
+    return _s(cfg, backend=backend, out=out)
 
 
 def simulate_argv(argv, cwd=None, **overrides):

@@ -64,11 +64,13 @@ def _threads(cfg: Config):
         numba.set_num_threads(max(1, min(int(cfg.threads), numba.config.NUMBA_NUM_THREADS)))
 
 
-def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None):
+def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, out=None):
     """Run the pixel kernel; returns (float32 image, per-pixel omega sums).
 
     dtype: GPU working precision (default from -precision); the CPU kernel
     is always float64 with float32 lattice sines under -precision single.
+    out: optional preallocated float32 (S, F) image (numpy, CuPy or torch, on
+    the backend's device): filled in place and returned without a copy.
 
     progress: optional callable(rows_done, rows_total), called between row
     chunks (the CLI's progress bar); None renders in one call."""
@@ -77,13 +79,21 @@ def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None):
         from .kernels import gpu
         if dtype is None:
             dtype = np.float32 if cfg.precision == "single" else np.float64
-        return gpu.render(model, dtype)
+        return gpu.render(model, dtype, out=out)
     args = model.cpu_kernel_args()
     S, F = model.shape
     active = model.active
     flat = np.flatnonzero(active.ravel())
     first = int(flat[0]) if len(flat) else -1
-    out = np.zeros((S, F), dtype=np.float32)
+    if out is None:
+        out = np.zeros((S, F), dtype=np.float32)
+    else:
+        from .interop import as_array
+        out = as_array(out, "numpy")
+        if out.shape != (S, F) or out.dtype != np.float32 or not out.flags.c_contiguous:
+            from .errors import ConfigError
+            raise ConfigError("out= must be a contiguous float32 array of shape %s" % ((S, F),))
+        out[...] = 0.0
     omega = np.zeros((S, F), dtype=args[1].dtype)
     oor = np.full((S, F), -1, dtype=np.int64)
     ran = np.zeros((S, F), dtype=np.int64)
@@ -175,17 +185,20 @@ def pgm_image(model: Model, img: np.ndarray, pgm_scale: float) -> np.ndarray:
     return pgm_bytes_from_float(img, pgm_scale, model.det.roi)
 
 
-def simulate(cfg: Config, backend: Optional[str] = None, progress=None) -> Result:
-    """Render the float image and everything nanoBragg derives from it."""
-    return run_model(build_model(cfg), backend=backend, progress=progress)
+def simulate(cfg: Config, backend: Optional[str] = None, progress=None, out=None) -> Result:
+    """Render the float image and everything nanoBragg derives from it.
+
+    ``out``: optional preallocated float32 image (numpy/CuPy/torch, shared
+    through DLPack without a copy when it lives on the backend's device)."""
+    return run_model(build_model(cfg), backend=backend, progress=progress, out=out)
 
 
-def run_model(model: Model, backend: Optional[str] = None, progress=None) -> Result:
+def run_model(model: Model, backend: Optional[str] = None, progress=None, out=None) -> Result:
     """Render a prepared Model (see nbnumba.model.build_model)."""
     cfg = model.cfg
     _threads(cfg)
     backend = backend or cfg.device
-    img, omega = render_float(model, backend=backend, progress=progress)
+    img, omega = render_float(model, backend=backend, progress=progress, out=out)
     img_host = _to_host(img)
     stats = compute_stats(model, img_host, _to_host(omega))
     scale = cfg.intfile_scale

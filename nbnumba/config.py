@@ -162,6 +162,9 @@ class Config:
     maskfilename: Optional[str] = None
     mask_image: Optional[np.ndarray] = field(default=None, repr=False)   # uint16 (S, F)
     img_image: Optional[np.ndarray] = field(default=None, repr=False)    # float32 (S, F)
+    # API only: an nbnumba.io.hkl.HKLGrid used instead of -hkl (its F may be a
+    # numpy, torch or CuPy array; see nbnumba.interop)
+    hkl_grid: Optional[object] = field(default=None, repr=False)
 
     # --- nbnumba's own switches --------------------------------------------
     c_parity: bool = False       # reproduce nanoBragg.c defects (docs/quirks.md)

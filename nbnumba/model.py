@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Optional
 
 import numpy as np
@@ -189,8 +189,8 @@ def build_model(cfg: Config) -> Model:
     # ---- required inputs --------------------------------------------------
     hklpath = _resolve(cfg, cfg.hklfilename)
     fdump_path = _resolve(cfg, cfg.fdump_path)
-    have_fdump = hklpath is None and os.path.exists(fdump_path)
-    if hklpath is None and not have_fdump and cfg.default_F == 0.0:
+    have_fdump = hklpath is None and cfg.hkl_grid is None and os.path.exists(fdump_path)
+    if hklpath is None and cfg.hkl_grid is None and not have_fdump and cfg.default_F == 0.0:
         raise ConfigError("no structure factors: give -hkl FILE or -default_F F "
                           "(no %s cache found either)" % cfg.fdump_path)
     if cfg.matfilename is None and not cfg.user_cell:
@@ -260,8 +260,13 @@ def build_model(cfg: Config) -> Model:
 
     # ---- structure factors ----------------------------------------------------
     used_fdump = False
-    grid = None
-    if hklpath is not None:
+    grid = cfg.hkl_grid
+    if grid is not None:
+        # a caller-supplied structure-factor grid (F may be numpy/torch/CuPy)
+        from .interop import as_array
+        grid = replace(grid, F=as_array(grid.F, "numpy", dtype=np.float64))
+        log.append("using the structure-factor grid given through the API")
+    elif hklpath is not None:
         from .io.hkl import read_hkl
         log.append("counting entries in %s" % cfg.hklfilename)
         grid = read_hkl(hklpath, cfg.default_F)
@@ -327,7 +332,8 @@ def build_model(cfg: Config) -> Model:
     xmin, xmax_, ymin, ymax = det.roi
     active[max(ymin, 0):max(ymax + 1, 0), max(xmin, 0):max(xmax_ + 1, 0)] = 1
     if cfg.mask_image is not None:
-        m = np.asarray(cfg.mask_image)
+        from .interop import as_array
+        m = as_array(cfg.mask_image, "numpy")   # numpy, torch or CuPy (DLPack)
         if m.shape != active.shape:
             raise InputFileError("%s: mask is %dx%d pixels but the detector is %dx%d"
                                  % (cfg.maskfilename, m.shape[1], m.shape[0], det.fpixels, det.spixels))
@@ -341,5 +347,4 @@ def build_model(cfg: Config) -> Model:
 
 
 def _with(cfg: Config, **changes) -> Config:
-    from dataclasses import replace
     return replace(cfg, **changes)

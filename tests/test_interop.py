@@ -118,3 +118,25 @@ def test_array_kind_and_to_numpy():
     assert data_ptr(a) == np_ptr(a)
     with pytest.raises(TypeError):
         data_ptr([1, 2])
+
+
+def test_api_accepts_torch_mask_grid_and_output():
+    torch = pytest.importorskip("torch")
+    import nbnumba
+    from dataclasses import replace
+    from nbnumba.io.hkl import HKLGrid
+    base = ["-cell", "50", "50", "50", "90", "90", "90", "-N", "3", "-distance", "100",
+            "-detpixels", "16", "-nonoise", "-nopgm"]
+    F = np.zeros((4, 4, 4))
+    F[:3, :3, :3] = 7.0            # h,k,l in -1..1, extra zero plane as nanoBragg allocates
+    grid = HKLGrid(-1, 1, -1, 1, -1, 1, torch.from_numpy(F), hkls=27)
+    mask = torch.ones((16, 16), dtype=torch.int32)
+    mask[:, :8] = 0
+    cfg = replace(nbnumba.parse_argv(base), hkl_grid=grid, mask_image=mask)
+    out = torch.empty((16, 16), dtype=torch.float32)
+    res = nbnumba.simulate(cfg, out=out)
+    ref = nbnumba.simulate_argv(base + ["-default_F", "7"]).float_image
+    # the result lives in the caller's tensor (no copy) and masked pixels stay 0
+    assert res.float_image.__array_interface__["data"][0] == out.data_ptr()
+    assert float(out[:, :8].abs().max()) == 0.0
+    np.testing.assert_array_equal(out.numpy()[:, 8:], ref[:, 8:])
