@@ -58,10 +58,22 @@ class Result:
         return torch.from_dlpack(self.float_image)
 
 
-def _threads(cfg: Config):
-    import numba
-    if cfg.threads:
-        numba.set_num_threads(max(1, min(int(cfg.threads), numba.config.NUMBA_NUM_THREADS)))
+class _threads:
+    """Context: numba threads = -threads N for the duration of one run."""
+
+    def __init__(self, cfg: Config):
+        self.n = cfg.threads
+
+    def __enter__(self):
+        import numba
+        self.saved = numba.get_num_threads()
+        if self.n:
+            numba.set_num_threads(max(1, min(int(self.n), numba.config.NUMBA_NUM_THREADS)))
+
+    def __exit__(self, *exc):
+        import numba
+        numba.set_num_threads(self.saved)
+        return False
 
 
 def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, out=None):
@@ -196,9 +208,9 @@ def simulate(cfg: Config, backend: Optional[str] = None, progress=None, out=None
 def run_model(model: Model, backend: Optional[str] = None, progress=None, out=None) -> Result:
     """Render a prepared Model (see nbnumba.model.build_model)."""
     cfg = model.cfg
-    _threads(cfg)
     backend = backend or cfg.device
-    img, omega = render_float(model, backend=backend, progress=progress, out=out)
+    with _threads(cfg):
+        img, omega = render_float(model, backend=backend, progress=progress, out=out)
     img_host = _to_host(img)
     stats = compute_stats(model, img_host, _to_host(omega))
     scale = cfg.intfile_scale

@@ -1,0 +1,160 @@
+"""miniCBF frames (byte-offset compressed, written by fabio) with a Pilatus-style
+``# Detector:`` miniheader.
+
+The miniheader gives what a miniCBF reader (fabio, dxtbx, XDS) looks for:
+pixel size, detector distance, wavelength, beam centre (pixels, fast then
+slow, from the corner of the first pixel), start angle, angle increment and
+exposure.  It can only describe a flat detector normal to the beam whose fast
+axis is +x and slow axis -y of the imgCIF frame; that is nanoBragg's default
+(MOSFLM/ADXV-style) detector.  Other geometries are written with the same
+numbers and should be read from the NeXus master instead.
+
+Header convention: ``PILATUS_1.2`` when the image size is a real Pilatus module
+tiling (487 x 195 modules with 7/17-pixel gaps), else ``GENERIC_MINI``
+(dxtbx's convention for simulated detectors of other sizes: its Pilatus reader
+would otherwise try to mask module gaps that do not exist).
+
+Files do not depend on the wall clock: the date line is a nominal
+2000-01-01T00:00:00 plus ``index * exposure`` seconds.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import tempfile
+from typing import Dict, Tuple
+
+import numpy as np
+
+from ..io.atomic import OutputFileError, atomic_write_bytes
+from . import NOMINAL_EPOCH, FrameGeometry, FrameInfo
+
+PILATUS_MODULE = (487, 195, 7, 17)   # fast size, slow size, fast gap, slow gap
+COUNT_CUTOFF = 65535                 # the pixels are nanoBragg's unsigned 16-bit values
+
+
+def is_pilatus_size(fpixels: int, spixels: int) -> bool:
+    mf, ms, gf, gs = PILATUS_MODULE
+    nf, rf = divmod(int(fpixels), mf)
+    ns, rs = divmod(int(spixels), ms)
+    return nf >= 1 and ns >= 1 and rf == (nf - 1) * gf and rs == (ns - 1) * gs
+
+
+def miniheader(geom: FrameGeometry, info: FrameInfo) -> str:
+    """The ``_array_data.header_contents`` text (lines joined by CR LF)."""
+    bx, by = geom.beam_center_px
+    t0 = _dt.datetime.fromisoformat(NOMINAL_EPOCH)
+    stamp = t0 + _dt.timedelta(seconds=info.index * max(info.exposure, 0.0))
+    stamp_text = stamp.strftime("%Y-%m-%dT%H:%M:%S") + ".%03d" % (stamp.microsecond // 1000)
+    lines = [
+        "# Detector: nbnumba simulated pixel array (nanoBragg model), S/N 0-0000",
+        "# %s" % stamp_text,
+        "# Pixel_size %.10ge-6 m x %.10ge-6 m" % (geom.pixel_size * 1e6, geom.pixel_size * 1e6),
+    ]
+    if geom.sensor_thickness > 0:
+        lines.append("# Silicon sensor, thickness %.6f m" % geom.sensor_thickness)
+    lines += [
+        "# Exposure_time %.7f s" % info.exposure,
+        "# Exposure_period %.7f s" % info.exposure,
+        "# Tau = 0 s",
+        "# Count_cutoff %d counts" % COUNT_CUTOFF,
+        "# Wavelength %.10g A" % (geom.wavelength * 1e10),
+        "# Detector_distance %.10g m" % geom.distance,
+        "# Beam_xy (%.6f, %.6f) pixels" % (bx, by),
+        "# Start_angle %.6f deg." % info.phi_start,
+        "# Angle_increment %.6f deg." % info.phi_range,
+        "# Detector_2theta %.6f deg." % np.degrees(geom.twotheta),
+        "# Phi %.6f deg." % info.phi_start,
+        "# Image_number %d" % info.number,
+        "# Image_type %s" % ("noise (Poisson photons + ADC offset)" if info.noise
+                             else "noiseless (nanoBragg intfile scaling)"),
+    ]
+    return "\r\n".join(lines)
+
+
+def cbf_bytes(name: str, image: np.ndarray, geom: FrameGeometry, info: FrameInfo) -> bytes:
+    """The complete file, as fabio writes it for a file called ``name``.
+
+    fabio only writes to a path (and names the CIF data block after it), so the
+    file is written under its final base name in a private temporary directory
+    and read back.
+    """
+    from fabio.cbfimage import CbfImage
+    convention = "PILATUS_1.2" if is_pilatus_size(geom.fpixels, geom.spixels) else "GENERIC_MINI"
+    data = np.ascontiguousarray(image, dtype=np.int32)
+    header = {"_array_data.header_convention": convention,
+              "_array_data.header_contents": miniheader(geom, info)}
+    img = CbfImage(data=data, header=header)
+    with tempfile.TemporaryDirectory(prefix="nbnumba-cbf-") as tmp:
+        p = os.path.join(tmp, os.path.basename(name))
+        img.write(p)
+        with open(p, "rb") as fh:
+            return fh.read()
+
+
+def write_frame(path, image: np.ndarray, geom: FrameGeometry, info: FrameInfo) -> None:
+    """Write one miniCBF frame atomically (errors name ``path``)."""
+    try:
+        payload = cbf_bytes(os.fspath(path), image, geom, info)
+    except OSError as exc:
+        raise OutputFileError("cannot write '%s': %s" % (os.fspath(path), exc.strerror or exc)) from exc
+    atomic_write_bytes(path, payload)
+
+
+_NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+
+
+def parse_miniheader(text: str) -> Dict[str, object]:
+    """The numbers of a Pilatus-style miniheader (SI units: m, s; angles in degrees).
+
+    Keys present when found: pixel_size_fast, pixel_size_slow, distance, wavelength
+    (Angstrom), beam_x, beam_y (pixels), start_angle, angle_increment,
+    exposure_time, exposure_period, count_cutoff, detector, timestamp.
+    """
+    out: Dict[str, object] = {}
+    for raw in text.replace("\r", "\n").split("\n"):
+        line = raw.strip()
+        if not line.startswith("#"):
+            continue
+        body = line[1:].strip()
+        key = body.split(" ", 1)[0].rstrip(":")
+        rest = body[len(body.split(" ", 1)[0]):]
+        nums = [float(x) for x in re.findall(_NUM, rest)]
+        if key == "Detector":
+            out["detector"] = rest.strip()
+        elif re.match(r"^\d{4}[-/]", body):
+            out["timestamp"] = body
+        elif key == "Pixel_size" and len(nums) >= 2:
+            out["pixel_size_fast"], out["pixel_size_slow"] = nums[0], nums[1]
+        elif key == "Detector_distance" and nums:
+            out["distance"] = nums[0]
+        elif key == "Wavelength" and nums:
+            out["wavelength"] = nums[0]
+        elif key == "Beam_xy" and len(nums) >= 2:
+            out["beam_x"], out["beam_y"] = nums[0], nums[1]
+        elif key == "Start_angle" and nums:
+            out["start_angle"] = nums[0]
+        elif key == "Angle_increment" and nums:
+            out["angle_increment"] = nums[0]
+        elif key == "Exposure_time" and nums:
+            out["exposure_time"] = nums[0]
+        elif key == "Exposure_period" and nums:
+            out["exposure_period"] = nums[0]
+        elif key == "Count_cutoff" and nums:
+            out["count_cutoff"] = int(nums[0])
+    return out
+
+
+def read_frame(path) -> Tuple[Dict[str, object], np.ndarray]:
+    """(parsed miniheader, int32 (S, F) pixels) via fabio."""
+    import fabio
+    img = fabio.open(os.fspath(path))
+    text = img.header.get("_array_data.header_contents", "")
+    meta = parse_miniheader(text)
+    meta["header_convention"] = img.header.get("_array_data.header_convention")
+    return meta, np.asarray(img.data)
+
+
+__all__ = ["write_frame", "read_frame", "cbf_bytes", "miniheader", "parse_miniheader",
+           "is_pilatus_size"]

@@ -1,0 +1,901 @@
+"""``nbnumba-series``: render a rotation series or a serial (still-shot) set on a
+Dask cluster, one task per frame, with a manifest that makes runs resumable.
+
+    nbnumba-series --frames 100 --osc-per-frame 0.1 --out run1 --format smv,nexus \\
+        -cell 70 80 90 90 90 90 -default_F 100 -N 5 -lambda 1 -distance 100 \\
+        -detpixels 64 -pixel 0.2 -seed 1
+
+    nbnumba-series --shots 200 --random-orientation --jitter-cell 0.5 --out shots \\
+        -cell 70 80 90 90 90 90 -default_F 100 -N 5 -lambda 1 -distance 100 \\
+        -detpixels 64 -pixel 0.2 -seed 1
+
+Options of this command start with ``--``; every other argument is a nanoBragg
+flag (single dash) and goes to nbnumba's own parser, which sets up the
+frame everything else is derived from.
+
+Frames
+  Rotation (``--frames N --osc-per-frame DEG [--phisteps-per-frame K]``):
+  frame i (0-based) covers phi0 + i*DEG to phi0 + (i+1)*DEG, sampled with K
+  phi steps (default: nanoBragg's rule for ``-osc``, i.e. 2 steps, or what
+  ``-phisteps``/``-phistep`` say).  Serial (``--shots N``): every shot uses the
+  flags' phi/osc; with ``--random-orientation`` each shot gets a uniformly
+  random crystal orientation, applied as explicit misset angles;
+  ``--jitter-cell PCT`` / ``--jitter-N PCT`` scale a, b, c / Na, Nb, Nc by
+  independent Gaussian factors (1 + PCT/100 * g) (N rounded to an integer).
+  Shot i draws all of these from ``numpy.random.SeedSequence([base_seed, i])``
+  (one spawned child stream per quantity), so a shot's parameters depend only
+  on the base seed and its index.  The base seed is ``-seed`` (or the clock
+  when absent; it is stored in the manifest and reused by ``--resume``); the
+  noise seed of frame i is base seed + i.  ``-misset random`` draws a single
+  orientation for the whole series.
+
+Files (in ``--out DIR``, image numbers start at 1: frame i -> ``frame_%05d`` of i+1)
+  smv    ``frame_00001.img``  nanoBragg's SMV: the noise image when noise is on,
+         else the scaled integer image (``-nonoise``), with nanoBragg's header
+  cbf    ``frame_00001.cbf``  miniCBF (fabio) with a Pilatus-style miniheader
+  nexus  ``frame_00001.h5`` per frame, plus ``master.h5`` (NXmx, virtual (N, S, F)
+         stack over the frame files) once every frame exists
+  ``manifest.jsonl``: one JSON line for the run, then one per finished frame
+  (index, parameters, files with sha256, statistics) or failed frame.
+
+Execution
+  ``--workers N`` (default: one per CPU) starts a local Dask cluster on
+  127.0.0.1 (one single-threaded process per worker, no dashboard);
+  ``--workers 0`` renders in this process without Dask; ``--scheduler ADDR``
+  uses an existing cluster (its workers must see ``--out`` and the input files).
+  Each worker runs the engine with ``-threads 1`` unless the flags say otherwise
+  (``--workers 0`` uses every core for each frame instead; pixels do not
+  depend on the thread count either);
+  ``--device cpu|cuda`` picks the engine's device on the workers.  A frame's
+  pixels depend only on its parameters, never on the worker count, order or
+  retries.  Tasks are retried (``--retries``, default 2) when a worker dies or
+  raises; a frame that fails deterministically (impossible parameters, a file
+  that cannot be written) is reported and the run exits 1 after the others.
+  ``--resume`` skips frames whose files exist with the sha256 recorded in the
+  manifest and renders the rest.
+
+Exit status: 0 all frames written, 1 some frames failed, 2 usage or setup
+error, 3 stopped early by ``--max-frames`` (a testing aid), 130 interrupted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import ConfigError, NBError, UsageError
+from .formats import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
+from .io.atomic import OutputFileError
+from .io.smv import RTD
+
+PROG = "nbnumba-series"
+MANIFEST = "manifest.jsonl"
+MASTER = "master.h5"
+MANIFEST_VERSION = 1
+MAX_FAILURE_LINES = 20      # failures printed one by one; the manifest has them all
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+USAGE = """\
+usage: nbnumba-series (--frames N --osc-per-frame DEG [--phisteps-per-frame K]
+                       | --shots N [--random-orientation] [--jitter-cell PCT] [--jitter-N PCT])
+                      --out DIR [--format smv|cbf|nexus ...] [--workers N | --scheduler ADDR]
+                      [--device cpu|cuda] [--resume | --overwrite] [--retries N]
+                      [--progress | --no-progress] [--prefix NAME] <nanoBragg flags>
+
+Renders one image per frame with nbnumba (one Dask task per frame) and writes
+each frame atomically to DIR, with a resumable manifest (DIR/manifest.jsonl).
+
+  --frames N              rotation series of N frames
+  --osc-per-frame DEG     rotation width of each frame (default: -osc)
+  --phisteps-per-frame K  phi samples per frame (default: nanoBragg's rule)
+  --shots N               serial set of N still shots
+  --random-orientation    a uniformly random crystal orientation per shot
+  --jitter-cell PCT       Gaussian jitter (sigma, percent) of a, b, c per shot
+  --jitter-N PCT          Gaussian jitter (sigma, percent) of Na, Nb, Nc per shot
+  --out DIR               output directory (created if needed)
+  --format F              smv (default), cbf, nexus; repeat or comma-separate
+  --workers N             local cluster size (default: CPUs); 0 = in-process, no Dask
+  --scheduler ADDR        use a running Dask scheduler (e.g. tcp://host:8786)
+  --device cpu|cuda       engine device on the workers (default: -device or cpu)
+  --retries N             retries of a task whose worker died or raised (default 2)
+  --resume                skip frames already written (files match the manifest)
+  --overwrite             start over in a DIR that holds an earlier run
+  --progress/--no-progress  progress bar on stderr (default: only on a terminal)
+  --prefix NAME           file-name prefix (default: frame)
+
+Every other argument is a nanoBragg flag (see `nbnumba -h`); -seed sets the
+base seed (frame i gets noise seed base+i)."""
+
+_VALUE_OPTS = {"frames", "osc-per-frame", "phisteps-per-frame", "shots", "jitter-cell",
+               "jitter-n", "out", "format", "scheduler", "workers", "device", "retries",
+               "prefix", "max-frames", "test-delay", "test-fail-frames"}
+_FLAG_OPTS = {"random-orientation", "resume", "overwrite", "progress", "no-progress", "help"}
+
+
+class SeriesUsageError(UsageError):
+    """Bad series option (one line, exit 2)."""
+
+
+# ---------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------
+
+@dataclass
+class SeriesOptions:
+    engine_argv: List[str]
+    out: Optional[str] = None
+    frames: Optional[int] = None
+    osc_per_frame: Optional[float] = None
+    phisteps_per_frame: Optional[int] = None
+    shots: Optional[int] = None
+    random_orientation: bool = False
+    jitter_cell: float = 0.0
+    jitter_N: float = 0.0
+    formats: Tuple[str, ...] = ("smv",)
+    scheduler: Optional[str] = None
+    workers: Optional[int] = None
+    device: Optional[str] = None
+    retries: int = 2
+    resume: bool = False
+    overwrite: bool = False
+    progress: Optional[bool] = None
+    prefix: str = "frame"
+    max_frames: Optional[int] = None      # hidden: stop after K newly rendered frames
+    test_delay: float = 0.0               # hidden: seconds each task sleeps first
+    test_fail_frames: FrozenSet[int] = frozenset()   # hidden: frames whose task fails
+    help: bool = False
+
+    @property
+    def mode(self) -> str:
+        return "rotation" if self.frames is not None else "serial"
+
+    @property
+    def count(self) -> int:
+        return int(self.frames if self.frames is not None else self.shots)
+
+
+def _num(name, text, kind, minimum=None):
+    try:
+        v = kind(text)
+    except (TypeError, ValueError):
+        raise SeriesUsageError("--%s needs %s, got '%s'"
+                               % (name, "an integer" if kind is int else "a number", text)) from None
+    if kind is float and not math.isfinite(v):
+        raise SeriesUsageError("--%s must be finite, got '%s'" % (name, text))
+    if minimum is not None and v < minimum:
+        raise SeriesUsageError("--%s must be >= %s, got '%s'" % (name, minimum, text))
+    return v
+
+
+def parse_series_argv(argv: Sequence[str]) -> SeriesOptions:
+    """Split ``--options`` (ours) from nanoBragg flags (everything else)."""
+    argv = list(argv)
+    engine: List[str] = []
+    raw: Dict[str, List[str]] = {}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--") and len(a) > 2:
+            name, eq, val = a[2:].partition("=")
+            key = name.lower() if name.lower() in ("jitter-n",) else name
+            if key in _FLAG_OPTS:
+                if eq:
+                    raise SeriesUsageError("option --%s takes no value" % name)
+                raw.setdefault(key, []).append("1")
+                i += 1
+                continue
+            if key in _VALUE_OPTS:
+                if not eq:
+                    if i + 1 >= len(argv):
+                        raise SeriesUsageError("option --%s needs a value" % name)
+                    val = argv[i + 1]
+                    i += 1
+                raw.setdefault(key, []).append(val)
+                i += 1
+                continue
+            raise SeriesUsageError("unknown option --%s (nanoBragg flags take a single dash; "
+                                   "see --help)" % name)
+        engine.append(a)
+        i += 1
+
+    o = SeriesOptions(engine_argv=engine)
+
+    def last(key):
+        return raw[key][-1] if key in raw else None
+
+    o.help = "help" in raw
+    if last("frames") is not None:
+        o.frames = _num("frames", last("frames"), int, 1)
+    if last("shots") is not None:
+        o.shots = _num("shots", last("shots"), int, 1)
+    if last("osc-per-frame") is not None:
+        o.osc_per_frame = _num("osc-per-frame", last("osc-per-frame"), float, 0.0)
+    if last("phisteps-per-frame") is not None:
+        o.phisteps_per_frame = _num("phisteps-per-frame", last("phisteps-per-frame"), int, 1)
+    o.random_orientation = "random-orientation" in raw
+    if last("jitter-cell") is not None:
+        o.jitter_cell = _num("jitter-cell", last("jitter-cell"), float, 0.0)
+    if last("jitter-n") is not None:
+        o.jitter_N = _num("jitter-N", last("jitter-n"), float, 0.0)
+    o.out = last("out")
+    if "format" in raw:
+        try:
+            o.formats = parse_formats(raw["format"])
+        except ValueError as e:
+            raise SeriesUsageError("--format: %s" % e) from None
+        if not o.formats:
+            raise SeriesUsageError("--format: no format given (choose from %s)" % ", ".join(FORMATS))
+    o.scheduler = last("scheduler")
+    if last("workers") is not None:
+        o.workers = _num("workers", last("workers"), int, 0)
+    if last("device") is not None:
+        o.device = last("device").lower()
+        if o.device not in ("cpu", "cuda"):
+            raise SeriesUsageError("--device must be cpu or cuda, got '%s'" % last("device"))
+    if last("retries") is not None:
+        o.retries = _num("retries", last("retries"), int, 0)
+    o.resume = "resume" in raw
+    o.overwrite = "overwrite" in raw
+    if "progress" in raw and "no-progress" in raw:
+        raise SeriesUsageError("--progress and --no-progress contradict each other")
+    if "progress" in raw:
+        o.progress = True
+    if "no-progress" in raw:
+        o.progress = False
+    if last("prefix") is not None:
+        o.prefix = last("prefix")
+        if not o.prefix or os.sep in o.prefix or o.prefix.startswith("."):
+            raise SeriesUsageError("--prefix must be a plain file-name prefix, got '%s'" % o.prefix)
+    if last("max-frames") is not None:
+        o.max_frames = _num("max-frames", last("max-frames"), int, 1)
+    if last("test-delay") is not None:
+        o.test_delay = _num("test-delay", last("test-delay"), float, 0.0)
+    fail = raw.get("test-fail-frames", []) + [os.environ.get("NBNUMBA_SERIES_FAIL_FRAMES", "")]
+    o.test_fail_frames = frozenset(_num("test-fail-frames", x, int, 0)
+                                   for v in fail for x in v.split(",") if x.strip())
+    if o.help:
+        return o
+
+    if o.frames is None and o.shots is None:
+        raise SeriesUsageError("give --frames N (rotation series) or --shots N (serial set)")
+    if o.frames is not None and o.shots is not None:
+        raise SeriesUsageError("--frames and --shots cannot be combined")
+    if o.frames is not None:
+        for flag, bad in (("--random-orientation", o.random_orientation),
+                          ("--jitter-cell", o.jitter_cell > 0), ("--jitter-N", o.jitter_N > 0)):
+            if bad:
+                raise SeriesUsageError("%s applies to serial sets (--shots), not to --frames" % flag)
+    elif o.osc_per_frame is not None or o.phisteps_per_frame is not None:
+        raise SeriesUsageError("--osc-per-frame/--phisteps-per-frame apply to --frames, not to --shots")
+    if not o.out:
+        raise SeriesUsageError("--out DIR is required")
+    if o.resume and o.overwrite:
+        raise SeriesUsageError("--resume and --overwrite contradict each other")
+    return o
+
+
+# ---------------------------------------------------------------------------
+# frame planning (client side, deterministic)
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """Everything that distinguishes one frame from the base configuration."""
+    index: int
+    number: int
+    phi_deg: float
+    osc_deg: float
+    seed: int                                   # user-style noise seed (C stores -seed)
+    phisteps: Optional[int] = None              # rotation: --phisteps-per-frame
+    rotation: bool = True                       # False: serial shot (phi/osc as the flags say)
+    misset: Optional[Tuple[float, float, float]] = None   # radians, serial random orientation
+    cell: Optional[Tuple[float, float, float]] = None     # Angstrom, serial cell jitter
+    N: Optional[Tuple[float, float, float]] = None        # serial N jitter
+
+    def params(self) -> dict:
+        p = {"phi_start_deg": self.phi_deg, "osc_deg": self.osc_deg, "seed": self.seed}
+        if self.rotation:
+            p["phisteps"] = self.phisteps
+        else:
+            p["misset_deg"] = None if self.misset is None else [m * RTD for m in self.misset]
+            p["cell"] = None if self.cell is None else list(self.cell)
+            p["N"] = None if self.N is None else list(self.N)
+        return p
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly distributed rotation matrix (normalised Gaussian quaternion)."""
+    q = rng.standard_normal(4)
+    q /= np.linalg.norm(q)
+    w, x, y, z = q
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def plan_frames(cfg, opts: SeriesOptions, base_seed: int) -> List[FrameSpec]:
+    """The FrameSpec of every frame of the series (pure function of its inputs)."""
+    from .rng import umat2misset
+    from .sampling import resolve_steps
+    phi0_deg = cfg.phi0 * RTD
+    specs: List[FrameSpec] = []
+    if opts.mode == "rotation":
+        osc_deg = opts.osc_per_frame
+        if osc_deg is None:
+            if cfg.osc < 0:
+                raise SeriesUsageError("--frames needs --osc-per-frame DEG (or -osc DEG)")
+            osc_deg = cfg.osc * RTD
+        for i in range(opts.count):
+            specs.append(FrameSpec(index=i, number=i + 1, phi_deg=phi0_deg + i * osc_deg,
+                                   osc_deg=float(osc_deg), seed=base_seed + i,
+                                   phisteps=opts.phisteps_per_frame, rotation=True))
+        return specs
+    osc_deg = resolve_steps(cfg).osc * RTD
+    if opts.jitter_cell > 0 and not cfg.user_cell:
+        raise SeriesUsageError("--jitter-cell needs the cell from -cell (not -mat)")
+    pc, pn = opts.jitter_cell / 100.0, opts.jitter_N / 100.0
+    entropy = int(base_seed) % (1 << 64)
+    for i in range(opts.count):
+        s_orient, s_cell, s_N = np.random.SeedSequence([entropy, i]).spawn(3)
+        misset = cell = N = None
+        if opts.random_orientation:
+            R = random_rotation(np.random.default_rng(s_orient))
+            misset = tuple(float(a) for a in umat2misset(R.ravel()))
+        if pc > 0:
+            g = np.random.default_rng(s_cell).standard_normal(3)
+            cell = tuple(float(L * (1.0 + pc * gi))
+                         for L, gi in zip((cfg.cell_a, cfg.cell_b or cfg.cell_a,
+                                           cfg.cell_c or cfg.cell_a), g))
+        if pn > 0:
+            g = np.random.default_rng(s_N).standard_normal(3)
+            N = tuple(float(round(n * (1.0 + pn * gi))) for n, gi in zip((cfg.Na, cfg.Nb, cfg.Nc), g))
+        specs.append(FrameSpec(index=i, number=i + 1, phi_deg=phi0_deg, osc_deg=float(osc_deg),
+                               seed=base_seed + i, rotation=False, misset=misset, cell=cell, N=N))
+    return specs
+
+
+# ---------------------------------------------------------------------------
+# the task: render one frame and write its files
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    """Per-run settings every task needs (small, picklable)."""
+    out_dir: str
+    formats: Tuple[str, ...]
+    prefix: str
+    threads: Optional[int]       # numba threads per frame; None: leave numba's setting
+    device: str
+    header_overflow: str = "grow"
+    test_delay: float = 0.0
+    test_fail_frames: FrozenSet[int] = frozenset()
+
+
+def frame_config(cfg, spec: FrameSpec, job: Job):
+    """The engine Config of one frame."""
+    kw = dict(seed=-int(spec.seed), write_pgm=False, threads=job.threads, device=job.device,
+              noprogress=True, progress_meter=False, trace_spixel=-1, trace_fpixel=-1,
+              printout=False)
+    if spec.rotation:
+        kw.update(phi0=spec.phi_deg / RTD, osc=spec.osc_deg / RTD)
+        if spec.phisteps is not None:
+            kw.update(phisteps=int(spec.phisteps), phistep=-1.0)
+    if spec.misset is not None:
+        kw.update(misset_mode=1, misset=tuple(spec.misset))
+    if spec.cell is not None:
+        if min(spec.cell) <= 0.0:
+            raise ConfigError("shot %d: --jitter-cell gave an impossible cell (a, b, c = %s A)"
+                              % (spec.index, ", ".join("%.4g" % c for c in spec.cell)))
+        kw.update(cell_a=spec.cell[0], cell_b=spec.cell[1], cell_c=spec.cell[2])
+    if spec.N is not None:
+        if min(spec.N) < 1.0:
+            raise ConfigError("shot %d: --jitter-N gave fewer than one unit cell (N = %s)"
+                              % (spec.index, ", ".join("%g" % n for n in spec.N)))
+        kw.update(Na=spec.N[0], Nb=spec.N[1], Nc=spec.N[2])
+    return replace(cfg, **kw)
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _stat_value(v):
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def render_frame(cfg, spec: FrameSpec, job: Job) -> dict:
+    """Dask task: render one frame, write every requested format atomically.
+
+    Returns a manifest record.  Deterministic errors (nbnumba's NBError family:
+    impossible parameters, unwritable files) come back as a ``failed`` record
+    so they are not retried; anything else raises and Dask retries the task.
+    """
+    t0 = time.perf_counter()
+    base = {"frame": spec.index, "image_number": spec.number, "params": spec.params(),
+            "host": socket.gethostname(), "pid": os.getpid()}
+    try:
+        if spec.index in job.test_fail_frames:
+            raise ConfigError("injected failure for frame %d (test hook)" % spec.index)
+        if job.test_delay > 0:
+            time.sleep(job.test_delay)
+        from .api import simulate
+        from .formats import cbf as cbf_fmt
+        from .formats import nexus as nexus_fmt
+        from .formats import smv as smv_fmt
+        fcfg = frame_config(cfg, spec, job)
+        res = simulate(fcfg)
+        noise = res.noise_image is not None
+        image = res.noise_image if noise else res.int_image
+        geom = FrameGeometry.from_result(res)
+        info = FrameInfo(index=spec.index, number=spec.number, phi_start=spec.phi_deg,
+                         phi_range=spec.osc_deg, exposure=float(fcfg.exposure), noise=noise)
+        files = {}
+        for fmt in job.formats:
+            name = frame_filename(job.prefix, spec.number, fmt)
+            path = os.path.join(job.out_dir, name)
+            if fmt == "smv":
+                smv_fmt.write_frame(path, res, image, noise, job.header_overflow)
+            elif fmt == "cbf":
+                cbf_fmt.write_frame(path, image, geom, info)
+            elif fmt == "nexus":
+                nexus_fmt.write_frame(path, image, info)
+            else:  # pragma: no cover - parse_formats prevents this
+                raise ConfigError("unknown format %s" % fmt)
+            try:
+                files[name] = sha256_file(path)
+            except OSError as exc:
+                raise OutputFileError("cannot read back '%s': %s" % (path, exc.strerror or exc)) from exc
+        st = res.stats
+        stats = {k: _stat_value(st[k]) for k in ("max_I", "mean", "rms", "intfile_scale",
+                                                  "photons", "overloads") if k in st}
+        base.update(type="frame", noise=noise, files=files, stats=stats,
+                    seconds=round(time.perf_counter() - t0, 6))
+        return base
+    except NBError as exc:
+        base.update(type="failed", error="%s: %s" % (type(exc).__name__, exc),
+                    seconds=round(time.perf_counter() - t0, 6))
+        return base
+
+
+def _failed_record(spec: FrameSpec, exc: BaseException) -> dict:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return {"type": "failed", "frame": spec.index, "image_number": spec.number,
+            "params": spec.params(), "error": "%s: %s" % (type(exc).__name__, msg)}
+
+
+# ---------------------------------------------------------------------------
+# manifest
+# ---------------------------------------------------------------------------
+
+class Manifest:
+    """Append-only JSON-lines log; every line is flushed and fsync'ed."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fh = None
+
+    @staticmethod
+    def read(path: str) -> List[dict]:
+        """All complete, parseable lines (a torn last line is ignored)."""
+        out = []
+        try:
+            with open(path, "r", encoding="utf-8") as fh:
+                for line in fh:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(rec, dict):
+                        out.append(rec)
+        except FileNotFoundError:
+            pass
+        return out
+
+    def open(self, truncate: bool = False) -> None:
+        mode = "w" if truncate else "a"
+        try:
+            needs_newline = False
+            if not truncate and os.path.exists(self.path) and os.path.getsize(self.path) > 0:
+                with open(self.path, "rb") as fh:
+                    fh.seek(-1, os.SEEK_END)
+                    needs_newline = fh.read(1) != b"\n"
+            self._fh = open(self.path, mode, encoding="utf-8")
+            if needs_newline:
+                self._fh.write("\n")
+        except OSError as exc:
+            raise OutputFileError("cannot write '%s': %s" % (self.path, exc.strerror or exc)) from None
+
+    def append(self, rec: dict) -> None:
+        try:
+            self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise OutputFileError("cannot write '%s': %s" % (self.path, exc.strerror or exc)) from None
+
+    def close(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            finally:
+                self._fh = None
+
+
+def _run_header(opts: SeriesOptions, base_seed: int) -> dict:
+    return {"type": "run", "version": MANIFEST_VERSION, "mode": opts.mode, "count": opts.count,
+            "base_seed": base_seed, "engine_argv": list(opts.engine_argv),
+            "series": {"osc_per_frame": opts.osc_per_frame,
+                       "phisteps_per_frame": opts.phisteps_per_frame,
+                       "random_orientation": opts.random_orientation,
+                       "jitter_cell": opts.jitter_cell, "jitter_N": opts.jitter_N,
+                       "prefix": opts.prefix}}
+
+
+def _same_run(old: dict, new: dict) -> Optional[str]:
+    for key in ("mode", "count", "engine_argv", "series"):
+        if old.get(key) != new.get(key):
+            return key
+    return None
+
+
+def _clean_temp_files(out_dir: str, prefix: str) -> None:
+    """Remove temporary files left by writers that were killed mid-write."""
+    try:
+        names = os.listdir(out_dir)
+    except OSError:
+        return
+    for name in names:
+        if name.endswith(".tmp") and (name.startswith(".%s_" % prefix)
+                                      or name.startswith(".%s." % MASTER)):
+            try:
+                os.unlink(os.path.join(out_dir, name))
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------------
+# execution back ends
+# ---------------------------------------------------------------------------
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _run_inprocess(cfg, specs, job, handle: Callable[[dict], bool]) -> bool:
+    import numba
+    prev = numba.get_num_threads()
+    try:
+        for spec in specs:
+            try:
+                rec = render_frame(cfg, spec, job)
+            except Exception as exc:   # non-NBError: report, like an exhausted retry
+                rec = _failed_record(spec, exc)
+            if handle(rec):
+                return True
+        return False
+    finally:
+        numba.set_num_threads(prev)
+
+
+def _connect(opts: SeriesOptions):
+    from distributed import Client, LocalCluster
+    if opts.scheduler:
+        try:
+            return Client(opts.scheduler, timeout="30s"), None
+        except (OSError, TimeoutError) as exc:
+            raise NBError("cannot connect to the Dask scheduler at %s: %s" % (opts.scheduler, exc)) from None
+    n = opts.workers if opts.workers is not None else default_workers()
+    with warnings.catch_warnings():
+        # no dashboard; the scheduler's small HTTP endpoint still binds to 127.0.0.1 and
+        # moves to a free port when 8787 is taken (another cluster): that is fine, say nothing
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, silence_logs=logging.CRITICAL)
+    try:
+        return Client(cluster), cluster
+    except BaseException:
+        cluster.close()
+        raise
+
+
+def _warm_worker(threads: Optional[int]) -> int:
+    """Import the engine and load its compiled kernels (numba's on-disk cache) in a
+    worker before the first frame, so frame timings are steady-state."""
+    import numba
+    from .api import simulate
+    from .flags import parse_argv
+    prev = numba.get_num_threads()
+    cfg = parse_argv(["-cell", "10", "10", "10", "90", "90", "90", "-default_F", "1", "-N", "2",
+                      "-detpixels", "2", "-seed", "1", "-nopgm"])
+    simulate(replace(cfg, threads=threads, noprogress=True, progress_meter=False))
+    numba.set_num_threads(prev)
+    return os.getpid()
+
+
+def _run_dask(cfg, specs, job, opts, handle: Callable[[dict], bool], timing: dict) -> bool:
+    from distributed import as_completed
+    client, cluster = _connect(opts)
+    try:
+        client.run(_warm_worker, job.threads)
+    except Exception:       # a worker that cannot warm up will report on its first frame
+        pass
+    timing["ready"] = time.perf_counter()
+    token = uuid.uuid4().hex[:12]
+    futures = {}
+    try:
+        for spec in specs:
+            fut = client.submit(render_frame, cfg, spec, job, key="nbnumba-series-%s-%06d" % (token, spec.index),
+                                retries=opts.retries, pure=False)
+            futures[fut] = spec
+        stopped = False
+        ac = as_completed(list(futures))
+        for fut in ac:
+            spec = futures[fut]
+            try:
+                rec = fut.result()
+            except Exception as exc:
+                rec = _failed_record(spec, exc)
+            if handle(rec):
+                stopped = True
+                break
+        if stopped:
+            client.cancel([f for f in futures if not f.done()])
+        return stopped
+    finally:
+        try:
+            client.close()
+        finally:
+            if cluster is not None:
+                cluster.close()
+
+
+# ---------------------------------------------------------------------------
+# driver
+# ---------------------------------------------------------------------------
+
+def _err(msg: str) -> None:
+    print("%s: error: %s" % (PROG, msg), file=sys.stderr)
+
+
+def run_series(opts: SeriesOptions) -> int:
+    from . import flags
+    from .model import build_model
+
+    t_start = time.perf_counter()
+    cfg = flags.parse_argv(list(opts.engine_argv))
+    if cfg.workdir is None:
+        cfg = replace(cfg, workdir=os.getcwd())    # workers resolve relative inputs here
+    # the whole setup once, before anything is created: ConfigError/InputFileError -> exit 2
+    build_model(replace(cfg, seed=cfg.seed if cfg.seed is not None else -1, threads=None))
+    out_dir = os.path.abspath(opts.out)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise OutputFileError("cannot create output directory '%s': %s"
+                              % (out_dir, exc.strerror or exc)) from None
+    if not os.path.isdir(out_dir):
+        raise OutputFileError("cannot create output directory '%s': not a directory" % out_dir)
+
+    # ---- manifest and base seed -------------------------------------------------
+    mpath = os.path.join(out_dir, MANIFEST)
+    records = Manifest.read(mpath)
+    header = next((r for r in records if r.get("type") == "run"), None)
+    if header is not None and not (opts.resume or opts.overwrite):
+        raise NBError("'%s' holds an earlier run; use --resume to continue it or --overwrite "
+                      "to start over" % mpath)
+    if cfg.seed is not None:
+        base_seed = -int(cfg.seed)
+    elif opts.resume and header is not None and isinstance(header.get("base_seed"), int):
+        base_seed = int(header["base_seed"])
+    else:
+        base_seed = int(time.time())
+    new_header = _run_header(opts, base_seed)
+    resuming = opts.resume and header is not None
+    if resuming:
+        key = _same_run(header, new_header)
+        if key is None and header.get("base_seed") != base_seed:
+            key = "base_seed"
+        if key is not None:
+            raise NBError("--resume: '%s' was written by a different command (%s differs)"
+                          % (mpath, key.replace("_", " ")))
+
+    # ---- the base configuration: pinned misset seed, validated once --------------
+    if cfg.misset_seed is None:
+        cfg = replace(cfg, misset_seed=-base_seed)
+    specs = plan_frames(cfg, opts, base_seed)
+    device = opts.device or cfg.device
+    in_process = opts.workers == 0 and not opts.scheduler
+    if cfg.threads:
+        threads = int(cfg.threads)
+    else:   # one thread per Dask worker; in-process renders use every core
+        threads = None if in_process else 1
+    job = Job(out_dir=out_dir, formats=tuple(opts.formats), prefix=opts.prefix,
+              threads=threads, device=device,
+              header_overflow="c" if cfg.c_parity else "grow", test_delay=opts.test_delay,
+              test_fail_frames=opts.test_fail_frames)
+
+    # ---- what is already done ---------------------------------------------------------
+    done_records: Dict[int, dict] = {}
+    if resuming:
+        _clean_temp_files(out_dir, opts.prefix)
+        latest: Dict[int, dict] = {}
+        for r in records:
+            if r.get("type") in ("frame", "failed") and isinstance(r.get("frame"), int):
+                latest[r["frame"]] = r
+        for spec in specs:
+            r = latest.get(spec.index)
+            if r is None or r.get("type") != "frame":
+                continue
+            want = [frame_filename(opts.prefix, spec.number, f) for f in opts.formats]
+            files = r.get("files") or {}
+            ok = True
+            for name in want:
+                p = os.path.join(out_dir, name)
+                if name not in files or not os.path.isfile(p) or sha256_file(p) != files[name]:
+                    ok = False
+                    break
+            if ok:
+                done_records[spec.index] = r
+    todo = [s for s in specs if s.index not in done_records]
+
+    manifest = Manifest(mpath)
+    manifest.open(truncate=not resuming)
+    if not resuming:
+        manifest.append(new_header)
+
+    # ---- progress and bookkeeping --------------------------------------------------
+    show = opts.progress if opts.progress is not None else sys.stderr.isatty()
+    bar = None
+    if show:
+        from tqdm import tqdm
+        bar = tqdm(total=len(specs), initial=len(done_records), unit="frame", file=sys.stderr,
+                   dynamic_ncols=True, desc=PROG, smoothing=0.1)
+    state = {"rendered": 0, "failed": []}
+    finished: Dict[int, dict] = dict(done_records)
+
+    def handle(rec: dict) -> bool:
+        idx = rec.get("frame")
+        if idx in finished:         # a duplicate completion must not be recorded twice
+            return False
+        rec["completed_at"] = round(time.time(), 3)
+        manifest.append(rec)
+        if rec.get("type") == "frame":
+            finished[idx] = rec
+            state["rendered"] += 1
+        else:
+            state["failed"].append(rec)
+            nfail = len(state["failed"])
+            msg = None
+            if nfail <= MAX_FAILURE_LINES:
+                msg = "frame %d failed: %s" % (idx, rec.get("error"))
+            elif nfail == MAX_FAILURE_LINES + 1:
+                msg = "more frames failed; every error is in %s" % mpath
+            if msg is not None:
+                if bar is not None:
+                    bar.write("%s: %s" % (PROG, msg), file=sys.stderr)
+                else:
+                    print("%s: %s" % (PROG, msg), file=sys.stderr)
+        if bar is not None:
+            bar.update(1)
+        return opts.max_frames is not None and state["rendered"] >= opts.max_frames
+
+    timing = {"ready": time.perf_counter()}
+    stopped = False
+    master_note = ""
+    try:
+        try:
+            if todo:
+                if in_process:
+                    stopped = _run_inprocess(cfg, todo, job, handle)
+                else:
+                    stopped = _run_dask(cfg, todo, job, opts, handle, timing)
+        finally:
+            if bar is not None:
+                bar.close()
+        t_end = time.perf_counter()
+
+        # ---- master file ---------------------------------------------------------------
+        complete = not stopped and len(finished) == len(specs)
+        if complete and "nexus" in opts.formats:
+            _write_master(cfg, opts, specs, out_dir, manifest)
+        elif "nexus" in opts.formats:
+            master_note = "; %s not written (frames missing)" % MASTER
+    finally:
+        manifest.close()
+    if complete:
+        _clean_temp_files(out_dir, opts.prefix)
+
+    n_rendered, n_failed = state["rendered"], len(state["failed"])
+    busy = max(t_end - timing["ready"], 1e-9)
+    rate = n_rendered / busy if n_rendered else 0.0
+    startup = timing["ready"] - t_start
+    print("%s: %d/%d frames done (%d rendered, %d skipped, %d failed) in %.2f s: "
+          "%.2f frames/s (setup %.2f s)%s"
+          % (PROG, len(finished), len(specs), n_rendered, len(done_records), n_failed,
+             t_end - t_start, rate, startup, master_note))
+    if stopped:
+        print("%s: stopped after %d frames (--max-frames); continue with --resume"
+              % (PROG, n_rendered), file=sys.stderr)
+        return EXIT_STOPPED
+    if n_failed:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _write_master(cfg, opts, specs, out_dir, manifest: Manifest) -> None:
+    from .formats import nexus as nexus_fmt
+    geom = FrameGeometry.from_config(cfg)
+    names = [frame_filename(opts.prefix, s.number, "nexus") for s in specs]
+    extra = {}
+    if any(s.misset is not None for s in specs):
+        extra["misset_angles"] = (np.array([[m * RTD for m in (s.misset or (0.0, 0.0, 0.0))]
+                                            for s in specs]), "deg")
+    if any(s.cell is not None for s in specs):
+        extra["unit_cell_abc"] = (np.array([s.cell or (cfg.cell_a, cfg.cell_b, cfg.cell_c)
+                                            for s in specs]), "angstrom")
+    if any(s.N is not None for s in specs):
+        extra["crystal_cells_N"] = (np.array([s.N or (cfg.Na, cfg.Nb, cfg.Nc) for s in specs]), None)
+    path = os.path.join(out_dir, MASTER)
+    osc = specs[0].osc_deg if specs else 0.0
+    nexus_fmt.write_master(path, names, geom, [s.phi_deg for s in specs], osc,
+                           noise=bool(cfg.calculate_noise), extra_sample=extra or None,
+                           pixel_mask=cfg.mask_image)
+    manifest.append({"type": "master", "files": {MASTER: sha256_file(path)},
+                     "frames": len(specs)})
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        print(USAGE, file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        opts = parse_series_argv(argv)
+        if opts.help:
+            print(USAGE)
+            return EXIT_OK
+        return run_series(opts)
+    except UsageError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except NBError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except MemoryError:
+        _err("out of memory")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("%s: interrupted; finished frames are in the manifest, continue with --resume"
+              % PROG, file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+__all__ = ["main", "run_series", "parse_series_argv", "plan_frames", "render_frame",
+           "frame_config", "FrameSpec", "Job", "SeriesOptions", "Manifest", "random_rotation"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,403 @@
+"""nbnumba-series: frame planning, formats read back, Dask execution (worker count,
+worker death), failures, resume."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import nbnumba
+from nbnumba import series
+from nbnumba.formats import FrameGeometry, lab_to_mcstas, parse_formats
+from nbnumba.formats import cbf as cbf_fmt
+from nbnumba.formats import nexus as nexus_fmt
+from nbnumba.io.smv import read_smv
+
+BASE = ("-cell 70 80 90 90 90 90 -default_F 100 -N 5 -lambda 1 -distance 100 "
+        "-detpixels 64 -pixel 0.2 -seed 7").split()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_numba_cache():
+    """Compile (or load) the kernels once in-process; workers then load the on-disk cache."""
+    nbnumba.simulate(nbnumba.parse_argv(BASE + ["-phisteps", "2", "-osc", "1"]))
+
+
+def run(argv, capsys=None):
+    rc = series.main([str(a) for a in argv])
+    out = capsys.readouterr() if capsys is not None else None
+    return rc, out
+
+
+def shas(d, skip=("manifest.jsonl",)):
+    out = {}
+    for name in sorted(os.listdir(d)):
+        if name in skip:
+            continue
+        with open(os.path.join(d, name), "rb") as fh:
+            out[name] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def manifest(d):
+    return series.Manifest.read(os.path.join(d, "manifest.jsonl"))
+
+
+def frame_records(d):
+    return [r for r in manifest(d) if r.get("type") == "frame"]
+
+
+def direct(extra):
+    """The engine run nanoBragg-style for one frame (the reference for a series frame)."""
+    cfg = nbnumba.parse_argv(BASE[:-2] + [str(x) for x in extra])
+    return nbnumba.simulate(cfg)
+
+
+# ---------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--bogus", "--frames", "2", "--out", "x"], "unknown option --bogus"),
+    (["--frames", "2"], "--out DIR is required"),
+    (["--frames", "2", "--shots", "3", "--out", "x"], "cannot be combined"),
+    (["--frames", "two", "--out", "x"], "--frames needs an integer"),
+    (["--frames", "2", "--out", "x", "--format", "tiff"], "unknown format 'tiff'"),
+    (["--frames", "2", "--random-orientation", "--out", "x"], "serial sets"),
+    (["--frames", "2", "--out", "x", "--device", "tpu"], "--device must be cpu or cuda"),
+])
+def test_usage_errors_one_line_exit_2(argv, needle, capsys):
+    rc, out = run(argv + BASE, capsys)
+    assert rc == 2
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], out.err
+
+
+def test_engine_flag_error_exit_2(tmp_path, capsys):
+    rc, out = run(["--frames", "2", "--out", tmp_path / "o", "--workers", "0",
+                   "-cell", "70", "80"], capsys)
+    assert rc == 2 and out.err.count("\n") == 1 and "error" in out.err
+
+
+def test_parse_formats_and_options():
+    assert parse_formats(["smv,cbf", "nexus", "smv"]) == ("smv", "cbf", "nexus")
+    o = series.parse_series_argv(["--shots", "3", "--jitter-N=5", "--out", "d", "-N", "5"])
+    assert o.mode == "serial" and o.jitter_N == 5.0 and o.engine_argv == ["-N", "5"]
+
+
+# ---------------------------------------------------------------------------
+# frame planning
+# ---------------------------------------------------------------------------
+
+def test_serial_plan_is_a_function_of_seed_and_index():
+    cfg = nbnumba.parse_argv(BASE)
+    o6 = series.parse_series_argv(["--shots", "6", "--random-orientation", "--jitter-cell", "2",
+                                   "--jitter-N", "20", "--out", "d"])
+    o3 = series.parse_series_argv(["--shots", "3", "--random-orientation", "--jitter-cell", "2",
+                                   "--jitter-N", "20", "--out", "d"])
+    a = series.plan_frames(cfg, o6, 7)
+    assert a == series.plan_frames(cfg, o6, 7)
+    assert a[:3] == series.plan_frames(cfg, o3, 7)
+    assert a != series.plan_frames(cfg, o6, 8)
+    assert len({s.misset for s in a}) == 6 and len({s.cell for s in a}) == 6
+    assert [s.seed for s in a] == [7 + i for i in range(6)]
+    # the misset angles reproduce the drawn rotation matrix
+    from nbnumba.physics import rotate_xyz
+    s0 = np.random.SeedSequence([7, 0]).spawn(3)[0]
+    R = series.random_rotation(np.random.default_rng(s0))
+    v = (0.3, -0.2, 0.9)
+    assert np.allclose(rotate_xyz(v, *a[0].misset), R @ np.array(v), atol=1e-12)
+
+
+def test_random_rotation_is_uniform_ish():
+    rng = np.random.default_rng(0)
+    z = np.array([series.random_rotation(rng)[:, 2] for _ in range(4000)])
+    assert np.allclose(z.mean(axis=0), 0, atol=0.05)       # image of an axis covers the sphere
+    assert np.allclose((z ** 2).mean(axis=0), 1 / 3, atol=0.03)
+
+
+# ---------------------------------------------------------------------------
+# formats: every file read back with the right pixels and geometry
+# ---------------------------------------------------------------------------
+
+def test_rotation_series_all_formats_read_back(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "rot"
+    rc, o = run(["--frames", 3, "--osc-per-frame", 0.5, "--phisteps-per-frame", 2,
+                 "--workers", 0, "--out", out, "--format", "smv", "--format", "cbf,nexus"] + BASE,
+                capsys)
+    assert rc == 0, o.err
+    assert "3/3 frames done" in o.out and "frames/s" in o.out
+    ref = direct(["-phi", 1.0, "-osc", 0.5, "-phisteps", 2, "-seed", 9])   # frame 2
+    img = ref.noise_image
+    det = ref.model.det
+
+    # SMV: nanoBragg's noise-file header, read with fabio and nbnumba
+    import fabio
+    smv = fabio.open(str(out / "frame_00003.img"))
+    assert np.array_equal(smv.data, img)
+    hdr, data = read_smv(out / "frame_00003.img")
+    assert np.array_equal(data, img)
+    assert float(hdr["PIXEL_SIZE"]) == pytest.approx(0.2)
+    assert float(hdr["DISTANCE"]) == pytest.approx(100.0)
+    assert float(hdr["WAVELENGTH"]) == pytest.approx(1.0)
+    assert float(hdr["BEAM_CENTER_X"]) == pytest.approx(det.Xbeam * 1000)
+    assert float(hdr["BEAM_CENTER_Y"]) == pytest.approx(det.Ybeam * 1000)
+    assert float(hdr["OSC_START"]) == pytest.approx(1.0)
+    assert float(hdr["OSC_RANGE"]) == pytest.approx(0.5)
+
+    # CBF through fabio, with the miniheader
+    meta, data = cbf_fmt.read_frame(out / "frame_00003.cbf")
+    assert np.array_equal(data, img.astype(np.int32))
+    assert meta["header_convention"] == "GENERIC_MINI"     # 64x64 is no Pilatus tiling
+    assert meta["pixel_size_fast"] == pytest.approx(200e-6)
+    assert meta["pixel_size_slow"] == pytest.approx(200e-6)
+    assert meta["distance"] == pytest.approx(0.1)
+    assert meta["wavelength"] == pytest.approx(1.0)
+    assert meta["beam_x"] == pytest.approx(det.Fbeam / det.pixel_size)
+    assert meta["beam_y"] == pytest.approx(det.Sbeam / det.pixel_size)
+    assert meta["start_angle"] == pytest.approx(1.0)
+    assert meta["angle_increment"] == pytest.approx(0.5)
+    assert meta["exposure_time"] == pytest.approx(1.0)
+    assert "Detector" in fabio.open(str(out / "frame_00003.cbf")).header["_array_data.header_contents"]
+
+    # NeXus: per-frame file and the NXmx master (read from another directory)
+    assert np.array_equal(nexus_fmt.read_frame(out / "frame_00003.h5"), img)
+    import h5py
+    monkeypatch.chdir(tmp_path)
+    with h5py.File(out / "master.h5", "r") as f:
+        e = f["entry"]
+        assert e.attrs["NX_class"] == "NXentry" and e["definition"][()].decode() == "NXmx"
+        assert e["data"].attrs["signal"] == "data"
+        stack = e["data/data"]
+        assert stack.is_virtual and stack.shape == (3, 64, 64)
+        assert np.array_equal(stack[2], img)
+        assert np.array_equal(stack[0], nexus_fmt.read_frame(out / "frame_00001.h5"))
+        assert e["instrument/beam/incident_wavelength"][()] == pytest.approx(1.0)
+        assert e["instrument/beam/incident_wavelength"].attrs["units"] == "angstrom"
+        d = e["instrument/detector"]
+        assert d["depends_on"][()].decode() == "/entry/instrument/detector/transformations/det_z"
+        assert d["transformations/det_z"][()] == pytest.approx(100.0)
+        assert d["module/fast_pixel_direction"][()] == pytest.approx(0.2)
+        assert d["module/slow_pixel_direction"][()] == pytest.approx(0.2)
+        assert d["x_pixel_size"][()] == pytest.approx(0.0002)
+        assert d["distance"][()] == pytest.approx(100.0)
+        assert d["beam_center_x"][()] == pytest.approx(det.Fbeam / det.pixel_size)
+        assert d["beam_center_y"][()] == pytest.approx(det.Sbeam / det.pixel_size)
+        assert list(d["module/data_size"][()]) == [64, 64]
+        # following the depends_on chain gives nanoBragg's pix0; in the imgCIF
+        # (dxtbx) frame that is the DIALS_ORIGIN of nanoBragg's header
+        R = lab_to_mcstas(det.beam, det.polar)
+        corner = nexus_fmt.pixel_position(f, 0.0, 0.0)
+        assert np.allclose(corner, R @ np.array(det.pix0) * 1000, atol=1e-9)
+        assert np.allclose(np.diag([-1, 1, -1]) @ corner, det.dials_origin, atol=1e-9)
+        far = nexus_fmt.pixel_position(f, 64.0, 64.0)
+        lab_far = (np.array(det.pix0) + 64 * det.pixel_size * (np.array(det.fdet) + np.array(det.sdet)))
+        assert np.allclose(far, R @ lab_far * 1000, atol=1e-9)
+        assert np.allclose(R @ np.array(det.beam), [0, 0, 1])
+        g = e["sample/transformations/phi"]
+        assert e["sample/depends_on"][()].decode() == "/entry/sample/transformations/phi"
+        assert g.attrs["transformation_type"] == "rotation" and g.attrs["units"] == "deg"
+        assert np.allclose(g[()], [0.0, 0.5, 1.0])
+        assert np.allclose(np.diag([-1, 1, -1]) @ g.attrs["vector"], [1, 0, 0])  # DIALS axis
+        assert e["sample/transformations/phi_increment_set"][()] == pytest.approx(0.5)
+
+
+def test_nonoise_series_stores_the_int_image(tmp_path, capsys):
+    out = tmp_path / "nn"
+    rc, o = run(["--frames", 2, "--osc-per-frame", 1, "--workers", 0, "--out", out,
+                 "--format", "smv"] + BASE + ["-nonoise"], capsys)
+    assert rc == 0, o.err
+    ref = direct(["-phi", 1.0, "-osc", 1, "-seed", 8, "-nonoise"])
+    hdr, data = read_smv(out / "frame_00002.img")
+    assert np.array_equal(data, ref.int_image)
+
+
+def test_geometry_from_config_equals_result():
+    cfg = nbnumba.parse_argv(BASE + ["-twotheta", "10", "-detector_rotx", "2"])
+    res = nbnumba.simulate(cfg)
+    assert FrameGeometry.from_config(cfg) == FrameGeometry.from_result(res)
+
+
+# ---------------------------------------------------------------------------
+# serial sets and failures
+# ---------------------------------------------------------------------------
+
+def test_serial_set_with_invalid_jittered_cells(tmp_path, capsys):
+    out = tmp_path / "ser"
+    opts = ["--shots", 6, "--random-orientation", "--jitter-cell", 100, "--workers", 0,
+            "--out", out, "--format", "smv,nexus"]
+    cfg = nbnumba.parse_argv(BASE)
+    plan = series.plan_frames(cfg, series.parse_series_argv([str(x) for x in opts]), 7)
+    bad = {s.index for s in plan if min(s.cell) <= 0}
+    assert bad and len(bad) <= 3         # seed 7 gives both kinds
+    rc, o = run(opts + BASE, capsys)
+    assert rc == 1
+    for i in bad:
+        assert "frame %d failed" % i in o.err and "shot %d" % i in o.err
+        assert not (out / ("frame_%05d.img" % (i + 1))).exists()
+    good = sorted(set(range(6)) - bad)
+    for i in good:
+        assert (out / ("frame_%05d.img" % (i + 1))).exists()
+    assert not (out / "master.h5").exists()
+    recs = manifest(out)
+    assert sorted(r["frame"] for r in recs if r["type"] == "failed") == sorted(bad)
+    assert sorted(r["frame"] for r in recs if r["type"] == "frame") == good
+    assert "%d failed" % len(bad) in o.out
+    # distinct orientations give distinct images
+    imgs = [read_smv(out / ("frame_%05d.img" % (i + 1)))[1] for i in good[:2]]
+    assert not np.array_equal(*imgs)
+
+
+def test_injected_failure_reported_others_finish(tmp_path, capsys):
+    out = tmp_path / "inj"
+    rc, o = run(["--frames", 4, "--osc-per-frame", 1, "--workers", 0, "--out", out,
+                 "--test-fail-frames", 2] + BASE, capsys)
+    assert rc == 1
+    assert "frame 2 failed" in o.err and "injected" in o.err
+    assert sorted(os.listdir(out)) == ["frame_00001.img", "frame_00002.img", "frame_00004.img",
+                                       "manifest.jsonl"]
+
+
+def test_out_dir_under_a_regular_file_names_the_path(tmp_path, capsys):
+    blocker = tmp_path / "plainfile"
+    blocker.write_text("x")
+    target = blocker / "out"
+    rc, o = run(["--frames", 2, "--osc-per-frame", 1, "--workers", 0, "--out", target] + BASE,
+                capsys)
+    assert rc == 2
+    assert str(target) in o.err and "Not a directory" in o.err and o.err.count("\n") == 1
+
+
+def test_unwritable_frame_file_names_the_file(tmp_path, capsys):
+    out = tmp_path / "blocked"
+    (out / "frame_00002.img").mkdir(parents=True)      # a directory where the file should go
+    rc, o = run(["--frames", 3, "--osc-per-frame", 1, "--workers", 0, "--out", out] + BASE, capsys)
+    assert rc == 1
+    assert "frame 1 failed" in o.err and str(out / "frame_00002.img") in o.err
+    assert (out / "frame_00003.img").exists()
+
+
+# ---------------------------------------------------------------------------
+# resume
+# ---------------------------------------------------------------------------
+
+def test_resume_after_interruption_gives_the_clean_files(tmp_path, capsys):
+    args = ["--frames", 6, "--osc-per-frame", 0.25, "--workers", 0, "--format", "smv,cbf,nexus"]
+    clean, part = tmp_path / "clean", tmp_path / "part"
+    rc, _ = run(args + ["--out", clean] + BASE, capsys)
+    assert rc == 0
+    rc, o = run(args + ["--out", part, "--max-frames", 3] + BASE, capsys)
+    assert rc == 3 and "--resume" in o.err
+    assert len(frame_records(part)) == 3 and not (part / "master.h5").exists()
+    # a recorded frame that was damaged afterwards, and a torn manifest line
+    with open(part / "frame_00002.cbf", "r+b") as fh:
+        fh.truncate(100)
+    with open(part / "manifest.jsonl", "a") as fh:
+        fh.write('{"type": "frame", "frame": 5, "fil')
+    rc, o = run(args + ["--out", part] + BASE, capsys)
+    assert rc == 2 and "--resume" in o.err          # refuses to mix runs silently
+    rc, o = run(args + ["--out", part, "--resume"] + BASE, capsys)
+    assert rc == 0, o.err
+    assert "(4 rendered, 2 skipped, 0 failed)" in o.out
+    assert shas(part) == shas(clean)
+    recs = frame_records(part)
+    assert sorted(r["frame"] for r in recs) == [0, 1, 1, 2, 3, 4, 5]   # frame 1 re-rendered
+    # nothing left to do
+    rc, o = run(args + ["--out", part, "--resume"] + BASE, capsys)
+    assert rc == 0 and "(0 rendered, 6 skipped" in o.out
+    assert shas(part) == shas(clean)
+
+
+def test_resume_refuses_a_different_command(tmp_path, capsys):
+    out = tmp_path / "r"
+    rc, _ = run(["--frames", 2, "--osc-per-frame", 1, "--workers", 0, "--out", out] + BASE, capsys)
+    assert rc == 0
+    rc, o = run(["--frames", 2, "--osc-per-frame", 2, "--workers", 0, "--out", out, "--resume"]
+                + BASE, capsys)
+    assert rc == 2 and "different command" in o.err
+
+
+def test_progress_bar_on_request(tmp_path, capsys):
+    rc, o = run(["--frames", 2, "--osc-per-frame", 1, "--workers", 0, "--progress",
+                 "--out", tmp_path / "p"] + BASE, capsys)
+    assert rc == 0 and "2/2" in o.err and "frame" in o.err
+
+
+# ---------------------------------------------------------------------------
+# Dask: worker count and worker death do not change a single bit
+# ---------------------------------------------------------------------------
+
+def test_two_local_workers_match_in_process_bit_for_bit(tmp_path, capsys):
+    args = ["--frames", 8, "--osc-per-frame", 0.5, "--format", "smv,cbf,nexus"] + BASE
+    rc, o = run(args + ["--workers", 0, "--out", tmp_path / "serial"], capsys)
+    assert rc == 0, o.err
+    rc, o = run(args + ["--workers", 2, "--out", tmp_path / "dask"], capsys)
+    assert rc == 0, o.err
+    assert shas(tmp_path / "dask") == shas(tmp_path / "serial")
+    pids = {r["pid"] for r in frame_records(tmp_path / "dask")}
+    assert os.getpid() not in pids
+
+
+@pytest.mark.filterwarnings("ignore:Port .* is already in use")
+def test_worker_killed_mid_run_every_frame_written_once(tmp_path):
+    from distributed import Client, LocalCluster
+    n = 12
+    args = ["--frames", n, "--osc-per-frame", 0.5, "--format", "smv,nexus"] + BASE
+    assert series.main([str(a) for a in args + ["--workers", 0, "--out", tmp_path / "ref"]]) == 0
+
+    out = tmp_path / "killed"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        pids = client.run(os.getpid)          # {worker address: pid}
+        assert len(pids) == 2
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nbnumba.series", "--scheduler", cluster.scheduler_address,
+             "--test-delay", "0.3", "--out", str(out)] + [str(a) for a in args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+        try:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                if (out / "manifest.jsonl").exists() and len(frame_records(out)) >= 2:
+                    break
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.05)
+            busy = [addr for addr, keys in client.processing().items() if keys and addr in pids]
+            assert busy, "no worker is running a frame"
+            victim = pids[busy[0]]               # kill a worker while it renders a frame
+            done_before = len(frame_records(out))
+            assert done_before < n
+            os.kill(victim, signal.SIGKILL)
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, stderr.decode()
+    recs = frame_records(out)
+    assert sorted(r["frame"] for r in recs) == list(range(n))       # each exactly once
+    assert victim not in {r["pid"] for r in recs[done_before + 2:]}  # later frames elsewhere
+    assert shas(out) == shas(tmp_path / "ref")
+    assert b"%d/%d frames done" % (n, n) in stdout
+
+
+def test_manifest_lines_are_json_with_sha(tmp_path, capsys):
+    out = tmp_path / "m"
+    rc, _ = run(["--frames", 2, "--osc-per-frame", 1, "--workers", 0, "--out", out,
+                 "--format", "smv,nexus"] + BASE, capsys)
+    assert rc == 0
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert recs[0]["type"] == "run" and recs[0]["base_seed"] == 7
+    assert recs[-1]["type"] == "master"
+    for r in recs[1:-1]:
+        for name, sha in r["files"].items():
+            assert hashlib.sha256((out / name).read_bytes()).hexdigest() == sha
+        assert r["params"]["seed"] == 7 + r["frame"]
