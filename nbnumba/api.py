@@ -77,7 +77,8 @@ class _threads:
 
 
 def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, out=None):
-    """Run the pixel kernel; returns (float32 image, per-pixel omega sums).
+    """Run the pixel kernel; returns (float32 image, solid-angle sums (per row
+    on the CPU, per pixel on the GPU; only their total is used)).
 
     dtype: GPU working precision (default from -precision); the CPU kernel
     is always float64 with float32 lattice sines under -precision single.
@@ -106,9 +107,9 @@ def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, 
             from .errors import ConfigError
             raise ConfigError("out= must be a contiguous float32 array of shape %s" % ((S, F),))
         out[...] = 0.0
-    omega = np.zeros((S, F), dtype=args[1].dtype)
-    oor = np.full((S, F), -1, dtype=np.int64)
-    ran = np.zeros((S, F), dtype=np.int64)
+    omega = np.zeros(S, dtype=np.float64)          # per-row solid-angle sums
+    oor = np.full((S, F), -1, dtype=np.int32)
+    ran = np.zeros((S, F), dtype=np.uint8)
     first_arg = first if cfg.c_parity else -1
     if progress is None:
         K.render(active, first_arg, -1, -1, *args, out, omega, oor, ran)
@@ -150,46 +151,27 @@ def _c_parity_fixups(model, args, active, flat, out, omega, oor, ran):
 def compute_stats(model: Model, img: np.ndarray, omega: np.ndarray) -> Dict[str, float]:
     """nanoBragg's summary statistics over the rendered pixels."""
     det = model.det
-    act = model.active.astype(bool)
-    vals = img[act].astype(np.float64)
-    stats: Dict[str, float] = {}
-    max_I, mx, my = 0.0, 0.0, 0.0
-    if vals.size and vals.max() > 0.0:
-        flat = np.flatnonzero(act.ravel())
-        k = int(np.argmax(img.ravel()[flat]))
-        p = int(flat[k])
-        s, f = divmod(p, det.fpixels)
-        max_I = float(img.ravel()[p])
+    roi = np.array(det.roi, dtype=np.int64)
+    max_I, arg, total, sumsq, n, dev, m = K.image_stats(img, model.active, roi)
+    mx = my = 0.0
+    if arg >= 0:
+        s, f = divmod(arg, det.fpixels)
         sub = det.pixel_size / model.oversample
         os_ = model.oversample
         # C reports the position of the pixel's last sub-pixel
         mx = sub * (f * os_ + os_ - 1) + sub / 2.0
         my = sub * (s * os_ + os_ - 1) + sub / 2.0
-    n = vals.size
-    total = float(vals.sum())
-    sumsq = float((vals * vals).sum())
     avg = total / (n if n > 0 else 1)
     rms = math.sqrt(sumsq / ((n if n > 1 else 2) - 1))
-    xmin, xmax, ymin, ymax = det.roi
-    roi = img[max(ymin, 0):ymax + 1, max(xmin, 0):xmax + 1].astype(np.float64)
-    m = roi.size
-    rmsd = math.sqrt(float(((roi - avg) ** 2).sum()) / ((m if m > 1 else 2) - 1))
-    stats.update(max_I=max_I, max_I_x=mx, max_I_y=my, mean=avg, rms=rms, rmsd=rmsd,
-                 omega_sum=float(omega[act].astype(np.float64).sum()) / model.nsteps)
-    return stats
+    rmsd = math.sqrt(dev / ((m if m > 1 else 2) - 1))
+    return dict(max_I=max_I, max_I_x=mx, max_I_y=my, mean=avg, rms=rms, rmsd=rmsd,
+                omega_sum=float(np.sum(omega, dtype=np.float64)) / model.nsteps)
 
 
 def int_image(model: Model, img: np.ndarray, scale: float) -> np.ndarray:
     """nanoBragg's noiseless SMV pixels: round(float*scale + adc), clipped."""
-    det = model.det
-    out = np.zeros(img.shape, dtype=np.uint16)
-    xmin, xmax, ymin, ymax = det.roi
-    sl = (slice(max(ymin, 0), ymax + 1), slice(max(xmin, 0), xmax + 1))
-    test = img[sl].astype(np.float64) * scale + model.cfg.adc_offset
-    test = np.clip(test, 0.0, 65535.0)
-    # C: floorf(test + 0.5), i.e. the sum is rounded to float before the floor
-    out[sl] = np.floor((test + 0.5).astype(np.float32)).astype(np.uint16)
-    return out
+    return K.int_image(img, np.array(model.det.roi, dtype=np.int64), float(scale),
+                       float(model.cfg.adc_offset))
 
 
 def pgm_image(model: Model, img: np.ndarray, pgm_scale: float) -> np.ndarray:

@@ -332,14 +332,16 @@ def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incide
 
     first_pixel: linear index of the pixel whose phi loop runs first (-1: none).
     latch_pixel/latch_sub: -c_parity interpolation latch (see pixel_value).
-    oor_out: per-pixel first out-of-range interpolation sub-path (or -1).
-    ran_out: per-pixel flag, 1 if any phi loop ran.
+    omega_out: per-row sums of the pixels' solid angles (S,), float64.
+    oor_out: per-pixel first out-of-range interpolation sub-path (or -1), int32.
+    ran_out: per-pixel flag, 1 if any phi loop ran (uint8).
     """
     S, F = active.shape
     if row1 < 0 or row1 > S:
         row1 = S
     tbuf = np.zeros((1, 32))
     for s in prange(row0, row1):
+        omega_out[s] = 0.0
         tpos = np.zeros(1, dtype=np.int64)
         info = np.zeros(3, dtype=np.int64)
         work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
@@ -356,7 +358,7 @@ def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incide
             val, om = pixel_value(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam, cells,
                                   Fhkl, work, False, tbuf, tpos, info)
             out[s, f] = np.float32(val)
-            omega_out[s, f] = om
+            omega_out[s] += om
             oor_out[s, f] = info[0]
             ran_out[s, f] = info[1]
 
@@ -371,3 +373,55 @@ def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, ce
     val, om = pixel_value(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl,
                           work, True, tbuf, tpos, info)
     return val, tbuf, tpos[0]
+
+
+@njit(cache=True, error_model="numpy")
+def image_stats(img, active, roi):
+    """nanoBragg's statistics in one pass, without float64 copies of the image.
+
+    Returns (max_I, argmax (linear, first in raster order; -1 if none > 0),
+    sum, sum of squares, count) over active pixels, then the rmsd about the
+    mean over the ROI (masked pixels included, as in the C)."""
+    S, F = img.shape
+    max_I = 0.0
+    arg = -1
+    total = 0.0
+    sumsq = 0.0
+    n = 0
+    for s in range(S):
+        for f in range(F):
+            if active[s, f] == 0:
+                continue
+            v = np.float64(img[s, f])
+            if v > max_I:
+                max_I = v
+                arg = s * F + f
+            total += v
+            sumsq += v * v
+            n += 1
+    avg = total / (n if n > 0 else 1)
+    dev = 0.0
+    m = 0
+    for s in range(max(roi[2], 0), min(roi[3] + 1, S)):
+        for f in range(max(roi[0], 0), min(roi[1] + 1, F)):
+            t = np.float64(img[s, f]) - avg
+            dev += t * t
+            m += 1
+    return max_I, arg, total, sumsq, n, dev, m
+
+
+@njit(cache=True, error_model="numpy")
+def int_image(img, roi, scale, adc):
+    """nanoBragg's noiseless SMV pixels: floorf(float*scale + adc + 0.5), clipped
+    to 0..65535, ROI only (the sum is rounded to float before the floor)."""
+    S, F = img.shape
+    out = np.zeros((S, F), dtype=np.uint16)
+    for s in range(max(roi[2], 0), min(roi[3] + 1, S)):
+        for f in range(max(roi[0], 0), min(roi[1] + 1, F)):
+            t = np.float64(img[s, f]) * scale + adc
+            if t > 65535.0:
+                t = 65535.0
+            if t < 0.0:
+                t = 0.0
+            out[s, f] = np.uint16(np.floor(np.float32(t + 0.5)))
+    return out
