@@ -284,7 +284,7 @@ def interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
                 (l - lmin + 3) > lr or (l - 2) < lmin)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F):
     """Nearest-neighbour F, default_F outside the grid (or when no hkl list)."""
     if hkls > 0 and hmin <= h0 <= hmax and kmin <= k0 <= kmax and lmin <= l0 <= lmax:

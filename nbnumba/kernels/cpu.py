@@ -72,6 +72,21 @@ def _hkl(cells, v, j, S0, S1, S2):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _lean_sum(work, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F):
+    """Sum of F_cell^2 F_latt^2 over the cells of one sub-path (nearest F)."""
+    acc = work[W_F, 0] * 0
+    half = acc + 0.5
+    for j in range(ncell):
+        Fl = work[W_F, j]
+        h0 = np.int64(np.ceil(work[W_H, j] - half))
+        k0 = np.int64(np.ceil(work[W_K, j] - half))
+        l0 = np.int64(np.ceil(work[W_L, j] - half))
+        Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
+        acc += Fc * Fc * Fl * Fl
+    return acc
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bstar, cstar, reduced):
     """Fractional indices and lattice factors for every (phi, mosaic) cell.
 
@@ -155,6 +170,9 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     beam, polar_axis = _v(vecs, V_BEAM), _v(vecs, V_POLAR)
     astar, bstar, cstar = _v(vecs, V_ASTAR), _v(vecs, V_BSTAR), _v(vecs, V_CSTAR)
 
+    # common case without per-sub-path state: the default mode sums each
+    # (phi, mosaic) pass in one go (-c_parity keeps the C's order of additions)
+    lean = (not c_parity) and (not interp) and (not trace) and not (os_thick or os_polar or os_omega)
     # nanoBragg.c's arithmetic is kept exactly unless a corrected formula is needed:
     # several sensor layers without -oversample_thick, or any -oversample_* switch
     corrected = (not c_parity) and (nthick > 1 or os_thick or os_polar or os_omega)
@@ -230,6 +248,16 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                     # factors (branch-free for the square/reduced case: vectorises)
                     _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge,
                                   astar, bstar, cstar, reduced)
+                    if lean:
+                        # pass 2, common case: nearest-neighbour F and a plain sum
+                        # (no per-sub-path state to keep), branch-light
+                        acc_s = _lean_sum(work, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax,
+                                          lmin, lmax, default_F)
+                        if corrected:
+                            layer_sum += acc_s
+                        else:
+                            I += acc_s
+                        continue
                     # pass 2: structure factors and accumulation, in C order
                     for j in range(ncell):
                         phi_tic = j // nmos
