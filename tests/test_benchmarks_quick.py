@@ -1,0 +1,203 @@
+"""The benchmark suite in quick mode, and unit tests of the benchmark tools
+(benchmarks.history parsing, benchmarks.vs_c helpers).  No timing assertions;
+nothing here needs the C program."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import history, vs_c
+from benchmarks import workloads as W
+
+REPO = Path(__file__).resolve().parents[1]
+
+C_STDOUT = """nanoBragg nanocrystal diffraction simulator - James Holton and Ken Frankel 5-17-17
+  created a total of 3 sources:
+  distance=0.1 detsize=0.0512x0.0512  pixel=0.0001 meters (512x512 pixels)
+  sensor is 0 m thick in 1 layers with mu= 0
+  3 sources
+  10 mosaic domains over mosaic spread of 0.5 degrees
+  5 phi steps from 0.1 to 1.1 degrees
+  2x2 pixel oversample steps
+"""
+
+
+# ---------------------------------------------------------------- the suite
+@pytest.mark.slow
+def test_quick_benchmark_suite_passes(tmp_path):
+    env = dict(os.environ, NB_BENCH_QUICK="1", NB_BENCH_SAVE="0")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-q", "--benchmark-disable",
+                        "-p", "no:cacheprovider"], cwd=str(REPO), env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "passed" in r.stdout
+
+
+# ---------------------------------------------------------------- workloads
+def test_workload_definitions():
+    assert W.W1 == ("-cell 100 100 100 90 90 90 -lambda 6.2 -N 5 -default_F 100 -distance 100 "
+                    "-detpixels 1024").split()
+    assert W.flag_values(W.W4, "-N") == ["2"] and "-interpolate" in W.W4
+    assert W.flag_values(W.W2, "-N") == ["8"]
+    assert W.w5_args(100)[-2:] == ["-mosaic_dom", "100"]
+    assert set(W.MAIN_WORKLOADS) <= set(W.WORKLOADS)
+
+
+def test_argv_quick_and_c(tmp_path):
+    a = W.argv("W2", tmp_path, quick=True, precision="single", threads=2)
+    assert W.detector_shape(a) == (128, 128)
+    assert a[-4:] == ["-precision", "single", "-threads", "2"]
+    for f in W.COMMON_FLAGS:
+        assert f in a
+    assert W.flag_values(a, "-floatfile")[0] == str(tmp_path / "float.bin")
+    c = W.argv("W2", tmp_path, quick=False, precision="single", threads=2, for_c=True, extra=["-c_parity"])
+    assert "-precision" not in c and "-threads" not in c and "-c_parity" not in c
+    assert W.detector_shape(c) == (512, 512)
+
+
+def test_shrink_w3_window_moves_beam_and_pix0():
+    full = list(W.W3)
+    q = W.shrink(full, 128, (685, 1039))
+    assert W.detector_shape(q) == (128, 128)
+    f0, s0 = 1039 - 64, 685 - 64
+    assert float(W.flag_values(q, "-Xbeam")[0]) == pytest.approx(217.742295 - f0 * 0.172)
+    assert float(W.flag_values(q, "-Ybeam")[0]) == pytest.approx(213.907080 - s0 * 0.172)
+    p0 = [float(x) for x in W.flag_values(q, "-pix0_vector_mm", 3)]
+    fd = np.array([0.999982, -0.005998, -0.000118])
+    sd = np.array([-0.005998, -0.999970, -0.004913])
+    want = np.array([-216.336293, 215.205512, -230.200866]) + (f0 * fd + s0 * sd) * 0.172
+    assert np.allclose(p0, want)
+
+
+def test_parse_run_info():
+    info = W.parse_run_info(C_STDOUT)
+    assert info["pixels"] == 512 * 512
+    assert info["steps"] == 3 * 10 * 5 * 4 == 600
+    assert info["subpaths"] == 512 * 512 * 600
+    assert W.parse_run_info("nothing here") == {}
+
+
+# ---------------------------------------------------------------- vs_c helpers
+def test_vs_c_image_metrics():
+    rng = np.random.default_rng(0)
+    a = rng.random(1000).astype(np.float32)
+    assert vs_c.correlation(a, a) == pytest.approx(1.0)
+    assert vs_c.correlation(a, -a) == pytest.approx(-1.0)
+    assert vs_c.correlation(np.ones(5), np.ones(5)) == 1.0
+    assert np.isnan(vs_c.correlation(np.ones(5), np.ones(4)))
+    ref = np.array([100.0, 50.0, 1e-6, 0.0])
+    test = np.array([100.1, 50.0, 5.0, 0.0])       # the tiny pixel is below the floor
+    assert vs_c.max_rel_error(test, ref) == pytest.approx(1e-3)
+    assert vs_c.max_rel_error(np.zeros(3), np.zeros(3)) == 0.0
+
+
+def test_vs_c_small_helpers(monkeypatch):
+    assert vs_c.median([3.0, 1.0, 2.0]) == 2.0
+    assert vs_c.median([]) is None
+    assert vs_c.speed_ratio(2.0, 1.0) == 2.0
+    assert vs_c.speed_ratio(None, 1.0) is None
+    assert vs_c.throughput(600, 2.0) == 300.0
+    assert vs_c.throughput(None, 2.0) is None
+    assert vs_c.rss_target_mb(1000000) == pytest.approx(308.0)
+    assert vs_c.fmt(None) == "n/a" and vs_c.fmt(1.23456, "%.2f") == "1.23"
+    monkeypatch.delenv("NB_C_BIN", raising=False)
+    assert vs_c.c_binary() is None
+    monkeypatch.setenv("NB_C_BIN", "/nonexistent/nanoBragg")
+    assert vs_c.c_binary() is None
+
+
+def test_vs_c_compare_and_targets():
+    img = np.linspace(0, 1, 100).astype(np.float32)
+    q = vs_c.compare_images({"C": img, "double": img, "single": img * (1 + 1e-6)}, ["double", "single"])
+    assert q["double"]["corr_vs_c"] == pytest.approx(1.0)
+    assert q["single"]["maxrel_vs_f64"] == pytest.approx(1e-6, rel=1e-2)
+    assert "corr_vs_f64" not in q["double"]
+    res = {"rows": [
+        {"workload": "W2", "precision": "double", "speedup": 2.0},
+        {"workload": "W2", "precision": "single", "speedup": 3.0, "corr_vs_f64": 0.999999, "maxrel_vs_f64": 2e-4},
+        {"workload": "W3", "precision": "double", "speedup": 1.0, "pixels": 6224001, "port_rss_mb": 500.0},
+        {"workload": "W1", "precision": "double", "c_s": 0.1},
+    ], "inprocess": {"W1": {"double": {"total_s": 0.05}}}, "startup": {"cli64_s": 2.0}}
+    t = {x["target"]: x["met"] for x in vs_c.evaluate_targets(res)}
+    assert t["W2 float64 port/C speed >= 1.5x"] is True
+    assert t["W2 float32 port/C speed >= 4x"] is False
+    assert t["W2 float32 vs float64 correlation >= 0.99999"] is True
+    assert t["W3 float64 port/C speed >= 1.5x"] is False
+    assert t["W1 float64 port/C speed excluding start-up >= 1.0x"] is True
+    assert t["start-up: python -m nbnumba.cli 64x64 < 1.5 s"] is False
+    assert [v for k, v in t.items() if k.startswith("W3 double peak RSS")] == [False]
+
+
+def test_vs_c_markdown_without_c():
+    res = {"machine": {"host": "h", "cpu_model": "cpu", "git_sha": "abc1234"}, "threads": 2, "reps_done": 1,
+           "c_bin": None, "rows": [{"workload": "W1", "precision": "double", "pixels": 16384, "steps": 1,
+                                    "port_s": 0.5, "reps": 1, "port_flags": [], "errors": []}]}
+    md = vs_c.markdown(res)
+    assert "C runs skipped" in md
+    assert "| W1 | double | 16384 x 1 | n/a | 0.500 | n/a |" in md
+
+
+def test_vs_c_runs_port_only_without_c(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("NB_C_BIN", raising=False)
+    out_md = tmp_path / "table.md"
+    rc = vs_c.main(["--quick", "--workloads", "W1", "--reps", "1", "--precision", "double", "--threads", "1",
+                    "--no-startup", "--inprocess", "--no-json", "--out", str(out_md)])
+    cap = capsys.readouterr()
+    assert rc == 0
+    assert "C runs skipped" in cap.err
+    assert "C runs skipped" in out_md.read_text()
+    assert "| W1 | double | 16384 x 1 | n/a |" in cap.out
+
+
+# ---------------------------------------------------------------- history
+def _pytest_benchmark_json():
+    return {
+        "datetime": "2026-11-25T17:00:44", "commit_info": {"id": "3ceb7a9ffff"},
+        "machine_info": {"node": "vm"}, "nbnumba": {"quick": False},
+        "benchmarks": [
+            {"name": "test_kernel[W2-double]", "stats": {"median": 2.0},
+             "extra_info": {"workload": "W2", "precision": "double", "kind": "kernel", "subpaths": 600}},
+            {"name": "test_cli[W1-single]", "stats": {"median": 0.5}, "extra_info": {}},
+        ],
+    }
+
+
+def test_history_parse_name():
+    m = history.parse_name("20261125-3ceb7a9-vm.json")
+    assert m == {"prefix": "", "date": "20261125", "sha": "3ceb7a9", "host": "vm", "quick": False}
+    m = history.parse_name("vs_c-20261125-3ceb7a9-my-host-quick.json")
+    assert m["prefix"] == "vs_c" and m["host"] == "my-host" and m["quick"]
+    assert history.parse_name("history.png") == {}
+
+
+def test_history_records_and_tables(tmp_path):
+    recs = history.records_from_json(_pytest_benchmark_json(), "20261125-3ceb7a9-vm.json")
+    assert len(recs) == 2
+    k = recs[0]
+    assert (k["workload"], k["kind"], k["precision"], k["sha"]) == ("W2", "kernel", "double", "3ceb7a9")
+    assert k["throughput"] == pytest.approx(300.0)
+    assert recs[1]["workload"] == "W1" and recs[1]["kind"] == "cli" and recs[1]["throughput"] is None
+    vs = {"kind": "vs_c", "machine": {"datetime": "2026-11-26T10:00:00", "git_sha": "1234567", "host": "vm"},
+          "rows": [{"workload": "W2", "precision": "double", "subpaths": 600, "c_s": 3.0, "port_s": 1.5}]}
+    (tmp_path / "20261125-3ceb7a9-vm.json").write_text(json.dumps(_pytest_benchmark_json()))
+    (tmp_path / "vs_c-20261126-1234567-vm.json").write_text(json.dumps(vs))
+    (tmp_path / "20261127-1234567-vm-quick.json").write_text(json.dumps(
+        dict(_pytest_benchmark_json(), nbnumba={"quick": True})))
+    (tmp_path / "broken.json").write_text("{not json")
+    recs = history.load_results(tmp_path)
+    kinds = sorted({r["kind"] for r in recs})
+    assert kinds == ["cli", "kernel", "vs_c-C", "vs_c-port"]
+    assert not any(r["quick"] for r in recs)
+    assert len(history.load_results(tmp_path, include_quick=True)) == len(recs) + 2
+    md = history.format_tables(recs)
+    assert "### W2" in md and "| 20261126 | 1234567 | vm | vs_c-port | double | 1.5000 | 0.00 |" in md
+    png = history.plot(recs, tmp_path / "h.png")
+    assert png is not None and png.stat().st_size > 0
+    assert history.main(["--results", str(tmp_path), "--png", str(tmp_path / "m.png")]) == 0
