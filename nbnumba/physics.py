@@ -240,37 +240,46 @@ def lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, 
 
 
 # ---------------------------------------------------------------- structure factors
-@njit(cache=True, error_model="numpy")
-def polint4(xa0, ya, x):
-    """4-point Lagrange interpolation at x through (xa0+i, ya[i]), i = 0..3,
-    written term by term as nanoBragg.c's polint."""
+@njit(cache=True, error_model="numpy", inline="always")
+def polint4(xa0, y0, y1, y2, y3, x):
+    """4-point Lagrange interpolation at x through (xa0+i, y_i), i = 0..3,
+    written term by term as nanoBragg.c's polint.  With integer nodes one apart
+    the C's denominators are exactly -6, 2, -2 and 6, so using the constants
+    gives the same bits."""
     x0_, x1_, x2_, x3_ = xa0, xa0 + like(1.0, xa0), xa0 + like(2.0, xa0), xa0 + like(3.0, xa0)
-    t0 = (x - x1_) * (x - x2_) * (x - x3_) * ya[0] / ((x0_ - x1_) * (x0_ - x2_) * (x0_ - x3_))
-    t1 = (x - x0_) * (x - x2_) * (x - x3_) * ya[1] / ((x1_ - x0_) * (x1_ - x2_) * (x1_ - x3_))
-    t2 = (x - x0_) * (x - x1_) * (x - x3_) * ya[2] / ((x2_ - x0_) * (x2_ - x1_) * (x2_ - x3_))
-    t3 = (x - x0_) * (x - x1_) * (x - x2_) * ya[3] / ((x3_ - x0_) * (x3_ - x1_) * (x3_ - x2_))
+    t0 = (x - x1_) * (x - x2_) * (x - x3_) * y0 / like(-6.0, x)
+    t1 = (x - x0_) * (x - x2_) * (x - x3_) * y1 / like(2.0, x)
+    t2 = (x - x0_) * (x - x1_) * (x - x3_) * y2 / like(-2.0, x)
+    t3 = (x - x0_) * (x - x1_) * (x - x2_) * y3 / like(6.0, x)
     return t0 + t1 + t2 + t3
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _interp_l(Fhkl, ih, ik, l0, xl, l):
+    return polint4(xl, Fhkl[ih, ik, l0], Fhkl[ih, ik, l0 + 1], Fhkl[ih, ik, l0 + 2],
+                   Fhkl[ih, ik, l0 + 3], l)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _interp_kl(Fhkl, ih, k0, l0, xk, xl, k, l):
+    return polint4(xk, _interp_l(Fhkl, ih, k0, l0, xl, l), _interp_l(Fhkl, ih, k0 + 1, l0, xl, l),
+                   _interp_l(Fhkl, ih, k0 + 2, l0, xl, l), _interp_l(Fhkl, ih, k0 + 3, l0, xl, l), k)
 
 
 @njit(cache=True, error_model="numpy")
 def tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l):
-    """Tricubic (polin3) interpolation of the F grid at fractional (h, k, l);
-    caller guarantees the 4x4x4 neighbourhood is inside the grid."""
-    hf = np.int64(np.floor(h))
-    kf = np.int64(np.floor(k))
-    lf = np.int64(np.floor(l))
-    z = h * 0
-    ymt = (z, z, z, z)
-    ya = np.empty(4, dtype=Fhkl.dtype)
-    yk = np.empty(4, dtype=Fhkl.dtype)
-    yh = np.empty(4, dtype=Fhkl.dtype)
-    for i1 in range(4):
-        for i2 in range(4):
-            for i3 in range(4):
-                ya[i3] = Fhkl[hf - 1 + i1 - hmin, kf - 1 + i2 - kmin, lf - 1 + i3 - lmin]
-            yk[i2] = polint4(like(lf - 1, h), ya, l)
-        yh[i1] = polint4(like(kf - 1, h), yk, k)
-    return polint4(like(hf - 1, h), yh, h)
+    """Tricubic interpolation (nanoBragg.c's polin3: along l, then k, then h)
+    of the F grid at fractional (h, k, l); the caller guarantees that the
+    4x4x4 neighbourhood lies inside the grid."""
+    hf = np.int64(np.floor(h)) - 1
+    kf = np.int64(np.floor(k)) - 1
+    lf = np.int64(np.floor(l)) - 1
+    xh, xk, xl = like(hf, h), like(kf, h), like(lf, h)
+    h0, k0, l0 = hf - hmin, kf - kmin, lf - lmin
+    return polint4(xh, _interp_kl(Fhkl, h0, k0, l0, xk, xl, k, l),
+                   _interp_kl(Fhkl, h0 + 1, k0, l0, xk, xl, k, l),
+                   _interp_kl(Fhkl, h0 + 2, k0, l0, xk, xl, k, l),
+                   _interp_kl(Fhkl, h0 + 3, k0, l0, xk, xl, k, l), h)
 
 
 @njit(cache=True, error_model="numpy")
