@@ -15,7 +15,16 @@ import numpy as np
 
 from . import rng as rngmod
 from .errors import ConfigError
-from .physics import cross, dot, magnitude, rotate_axis, rotate_umat, rotate_xyz, scale
+from .physics import host
+
+# plain-Python vector helpers (same source as the kernel's compiled ones)
+cross = host.cross
+dot = host.dot
+magnitude = host.magnitude
+rotate_axis = host.rotate_axis
+rotate_umat = host.rotate_umat
+rotate_xyz = host.rotate_xyz
+scale = host.scale
 
 Vec3 = Tuple[float, float, float]
 DBL_MIN = 2.2250738585072014e-308

@@ -9,7 +9,14 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
-from .physics import dot, rotate_axis, rotate_xyz, unitize, cross
+from .physics import host
+
+# plain-Python vector helpers (same source as the kernel's compiled ones)
+dot = host.dot
+rotate_axis = host.rotate_axis
+rotate_xyz = host.rotate_xyz
+unitize = host.unitize
+cross = host.cross
 
 Vec3 = Tuple[float, float, float]
 DBL_MIN = 2.2250738585072014e-308

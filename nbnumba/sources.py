@@ -12,7 +12,11 @@ from typing import List
 
 import numpy as np
 
-from .physics import rotate_axis, unitize
+from .physics import host
+
+# plain-Python vector helpers (same source as the kernel's compiled ones)
+rotate_axis = host.rotate_axis
+unitize = host.unitize
 
 SOURCE_DISTANCE = 10.0   # m, nanoBragg's fixed source distance
 
