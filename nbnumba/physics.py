@@ -308,10 +308,17 @@ def interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
 
 @njit(cache=True, error_model="numpy", inline="always")
 def nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F):
-    """Nearest-neighbour F, default_F outside the grid (or when no hkl list)."""
-    if hkls > 0 and hmin <= h0 <= hmax and kmin <= k0 <= kmax and lmin <= l0 <= lmax:
-        return Fhkl[h0 - hmin, k0 - kmin, l0 - lmin]
-    return default_F
+    """Nearest-neighbour F, default_F outside the grid (or when no hkl list).
+
+    Written with selects (the index is clamped to 0 outside) rather than
+    branches, so loops calling it can vectorise."""
+    inside = (hkls > 0 and h0 >= hmin and h0 <= hmax and k0 >= kmin and k0 <= kmax
+              and l0 >= lmin and l0 <= lmax)
+    i = h0 - hmin if inside else 0
+    j = k0 - kmin if inside else 0
+    k = l0 - lmin if inside else 0
+    v = Fhkl[i, j, k]
+    return v if inside else default_F + v * 0
 
 
 # ---------------------------------------------------------------- detector factors
