@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from .kernels import cpu as K
+from .tracefmt import format_value
 from .model import R_E_SQR
 
 RTD = 180.0 * (1.0 / math.pi)
@@ -18,12 +19,8 @@ MAX_ROWS = 200000
 
 
 def _g(x):
-    x = float(x)
-    if math.isnan(x):
-        return "-nan" if math.copysign(1.0, x) < 0 else "nan"
-    if math.isinf(x):
-        return "-inf" if x < 0 else "inf"
-    return "%.15g" % x
+    # C's %.15g for one float (glibc spellings of nan/inf)
+    return format_value(float(x))
 
 
 def _vec(vals):
