@@ -276,3 +276,24 @@ def package_versions(names=("numpy", "numba", "dvc", "cupy", "cupy-cuda12x", "to
 def shlex_join(args: Sequence[str]) -> str:
     import shlex
     return " ".join(shlex.quote(a) for a in args)
+
+
+def guarded_main(prog: str, body, io_exit: Optional[int] = None) -> int:
+    """Run a tool's ``body()`` with the shared error policy: ToolError -> its
+    one-line message and exit code; OSError -> ``io_exit`` when given; a closed
+    pipe -> 0; Ctrl-C -> 130.  Never a traceback for these."""
+    try:
+        return body()
+    except ToolError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.code
+    except BrokenPipeError:  # output piped into `head` and friends
+        return 0
+    except OSError as e:
+        if io_exit is None:
+            raise
+        print(f"{prog}: error: {e.strerror or e}", file=sys.stderr)
+        return io_exit
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

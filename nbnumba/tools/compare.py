@@ -471,7 +471,8 @@ def _report(summary: dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def body():
         opts_argv, flags = C.split_double_dash(argv)
         if any(a in ("-h", "--help") for a in opts_argv):
             print(__doc__.strip())
@@ -483,14 +484,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         code, summary = compare(opts, flags)
         print(_report(summary))
         return code
-    except ToolError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return e.code
-    except BrokenPipeError:  # output piped into `head` and friends
-        return 0
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return C.guarded_main(PROG, body)
 
 
 if __name__ == "__main__":

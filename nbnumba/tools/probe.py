@@ -1148,7 +1148,8 @@ def _summary_md(bundle, S, F, flags, c_parity, c_source, roi_kind, roi, roi_chec
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def body():
         opts_argv, flags = C.split_double_dash(argv)
         if any(a in ("-h", "--help") for a in opts_argv):
             print(__doc__.strip())
@@ -1169,17 +1170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: {verdict}")
         print(f"{PROG}: wrote {bundle}/summary.md")
         return code
-    except ToolError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return e.code
-    except OSError as e:
-        print(f"{PROG}: error: {e.strerror or e}", file=sys.stderr)
-        return EXIT_IO
-    except BrokenPipeError:  # output piped into `head` and friends
-        return 0
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return C.guarded_main(PROG, body, io_exit=EXIT_IO)
 
 
 if __name__ == "__main__":
