@@ -83,3 +83,15 @@ def machine_facts() -> Dict[str, object]:
     except Exception:
         pass
     return facts
+
+
+def save_figure(fig, png):
+    """Lay out, write (creating folders) and close a matplotlib figure; returns the Path."""
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png

@@ -163,12 +163,8 @@ def plot(recs: List[Dict[str, object]], png) -> Optional[Path]:
         ax.legend(fontsize=6)
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
-    fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    from benchmarks.envinfo import save_figure
+    return save_figure(fig, png)
 
 
 def main(argv=None) -> int:

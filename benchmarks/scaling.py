@@ -81,12 +81,7 @@ def plot(data, fits, png, title) -> Path:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return envinfo.save_figure(fig, png)
 
 
 def main(argv=None) -> int:
