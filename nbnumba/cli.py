@@ -40,6 +40,10 @@ def run(cfg) -> int:
     from .outputs import write_fdump, write_outputs
     from .summary import result_lines, setup_lines
     out = sys.stdout
+    if cfg.device == "cuda":
+        # fail before printing or writing anything when CuPy or a GPU is missing
+        from .kernels.gpu import require_device
+        require_device()
     model = build_model(cfg)
     for line in setup_lines(model):
         print(line, file=out)

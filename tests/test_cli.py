@@ -114,3 +114,14 @@ def test_cli_writes_fdump_cache_and_reuses_it_loudly(tmp_path):
     a = np.fromfile(tmp_path / "a.bin", np.float32)
     b = np.fromfile(tmp_path / "b.bin", np.float32)
     np.testing.assert_array_equal(a, b)
+
+
+def test_cli_device_cuda_without_gpu_fails_cleanly(tmp_path):
+    from nbnumba.kernels import gpu
+    if gpu.available():
+        pytest.skip("a CUDA device is present: -device cuda is expected to work here")
+    r = run_cli(["-cell", "50", "50", "50", "90", "90", "90", "-default_F", "1", "-detpixels", "8",
+                 "-device", "cuda", "-nonoise"], tmp_path)
+    assert r.returncode == 2
+    assert "-device cuda" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == "" and list(tmp_path.iterdir()) == []
