@@ -193,8 +193,8 @@ def run_model(model: Model, backend: Optional[str] = None, progress=None, out=No
     backend = backend or cfg.device
     with _threads(cfg):
         img, omega = render_float(model, backend=backend, progress=progress, out=out)
-    img_host = _to_host(img)
-    stats = compute_stats(model, img_host, _to_host(omega))
+    img_host = to_host(img)
+    stats = compute_stats(model, img_host, to_host(omega))
     scale = cfg.intfile_scale
     if scale <= 0.0:
         scale = 1.0
@@ -224,7 +224,8 @@ def run_model(model: Model, backend: Optional[str] = None, progress=None, out=No
     return res
 
 
-def _to_host(a):
+def to_host(a):
+    """A numpy view/copy of a CPU or CuPy array."""
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
 

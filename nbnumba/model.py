@@ -199,7 +199,7 @@ def build_model(cfg: Config) -> Model:
         raise ConfigError("-cell: the a axis must be > 0 (got %g A)" % cfg.cell_a)
 
     # ---- detector size sanity before anything is allocated ------------------
-    det = build_detector(_with(cfg, sample_y=sample_y, sample_z=sample_z))
+    det = build_detector(cfg)
     if det.fpixels <= 0 or det.spixels <= 0:
         raise ConfigError("detector has %d x %d pixels: both must be >= 1" % (det.fpixels, det.spixels))
     if det.fpixels * det.spixels > MAX_PIXELS:
@@ -230,7 +230,7 @@ def build_model(cfg: Config) -> Model:
         from .io.mat import read_mosflm_mat
         recip = read_mosflm_mat(_resolve(cfg, cfg.matfilename))
         log.append("reading %s" % cfg.matfilename)
-    cr = xtal.build_crystal(_with(cfg, sample_y=sample_y, sample_z=sample_z), recip, cfg.lambda0,
+    cr = xtal.build_crystal(replace(cfg, sample_y=sample_y, sample_z=sample_z), recip, cfg.lambda0,
                             rng, misset_seed)
     log.extend(cr.log)
     a_m = math.sqrt(sum(x * x for x in cr.a))
@@ -345,6 +345,3 @@ def build_model(cfg: Config) -> Model:
                  seed=seed, active=active, rng=rng, used_fdump=used_fdump, log=log,
                  fdump_grid=grid if hklpath is not None else None)
 
-
-def _with(cfg: Config, **changes) -> Config:
-    return replace(cfg, **changes)

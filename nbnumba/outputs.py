@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from typing import List
 
-import numpy as np
-
+from .api import to_host
 from .io.atomic import check_not_input
 from .io.floatimage import write_float_image
 from .io.pgm import write_pgm
@@ -43,8 +42,7 @@ def write_outputs(res, cfg, quiet=False) -> List[str]:
     inputs = input_files(cfg)
     overflow = "c" if cfg.c_parity else "grow"
     written = []
-    todo = [(cfg.floatfilename, lambda p: write_float_image(p, res.float_image if isinstance(
-        res.float_image, np.ndarray) else res.float_image.get()))]
+    todo = [(cfg.floatfilename, lambda p: write_float_image(p, to_host(res.float_image)))]
     todo.append((cfg.intfilename, lambda p: write_smv(p, res.int_image, smv_fields(res), header_overflow=overflow)))
     if cfg.write_pgm and res.pgm_image is not None:
         todo.append((cfg.pgmfilename, lambda p: write_pgm(p, res.pgm_image, res.stats["pgm_scale"])))

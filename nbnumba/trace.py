@@ -97,7 +97,8 @@ def printout_lines(res):
     model = res.model
     cfg = model.cfg
     S, F = model.shape
-    img = res.float_image if isinstance(res.float_image, np.ndarray) else res.float_image.get()
+    from .api import to_host
+    img = to_host(res.float_image)
     if cfg.printout_fpixel < 0 or cfg.printout_spixel < 0:
         ss, ff = np.nonzero(model.active)
         return ["%4d %4d : pixel %15.10g" % (f, s, img[s, f]) for s, f in zip(ss, ff)]

@@ -155,22 +155,6 @@ _PTR_RE = re.compile(r"(mmap\(.*?\) = )(?:0x[0-9a-fA-F]+|\(nil\))")
 _SHAPE_RE = re.compile(r"\((\d+)x(\d+) pixels\)")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def scrub(text: str, tmpdir: str) -> str:
     """Remove run-specific details (temp dir, pointer values) from C stdout."""
     for variant in {tmpdir, os.path.realpath(tmpdir)}:
@@ -265,7 +249,7 @@ def make_case(binary: str, case: Case) -> Dict[str, object]:
     files["meta.json"] = (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode("utf-8")
     # write, then drop stale files of this case
     for name, data in files.items():
-        _atomic_write(outdir / name, data)
+        synth._atomic_write(outdir / name, data)
     for f in outdir.iterdir():
         if f.name not in files:
             f.unlink()

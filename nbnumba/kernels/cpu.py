@@ -87,6 +87,18 @@ def _lean_sum(work, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, defau
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _store(work, j, h, k, l, F, fa, fb, fc):
+    """Record cell j's indices, lattice factor and per-axis factors."""
+    work[W_H, j] = h
+    work[W_K, j] = k
+    work[W_L, j] = l
+    work[W_F, j] = F
+    work[W_FA, j] = fa
+    work[W_FB, j] = fb
+    work[W_FC, j] = fc
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bstar, cstar, reduced):
     """Fractional indices and lattice factors for every (phi, mosaic) cell.
 
@@ -107,13 +119,7 @@ def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bsta
             fa = sincg_reduced(h, Na, f32) if da else one
             fb = sincg_reduced(k, Nb, f32) if db else one
             fc = sincg_reduced(l, Nc, f32) if dc else one
-            work[W_H, j] = h
-            work[W_K, j] = k
-            work[W_L, j] = l
-            work[W_FA, j] = fa
-            work[W_FB, j] = fb
-            work[W_FC, j] = fc
-            work[W_F, j] = ((one * fa) * fb) * fc
+            _store(work, j, h, k, l, ((one * fa) * fb) * fc, fa, fb, fc)
     else:
         for j in range(ncell):
             h, k, l = _hkl(cells, v, j, S0, S1, S2)
@@ -122,13 +128,7 @@ def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bsta
             l0 = np.int64(np.ceil(l - 0.5 * one))
             F, fa, fb, fc = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
                                            astar, bstar, cstar, reduced)
-            work[W_H, j] = h
-            work[W_K, j] = k
-            work[W_L, j] = l
-            work[W_F, j] = F
-            work[W_FA, j] = fa
-            work[W_FB, j] = fb
-            work[W_FC, j] = fc
+            _store(work, j, h, k, l, F, fa, fb, fc)
 
 
 @njit(cache=True, error_model="numpy", inline="always")

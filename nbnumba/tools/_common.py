@@ -297,3 +297,13 @@ def guarded_main(prog: str, body, io_exit: Optional[int] = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def split_or_help(argv: Sequence[str], doc: str):
+    """(tool options, nanoBragg flags) from ``argv``; None after printing ``doc``
+    when -h/--help is among the tool's options."""
+    opts_argv, flags = split_double_dash(argv)
+    if any(a in ("-h", "--help") for a in opts_argv):
+        print(doc.strip())
+        return None
+    return opts_argv, flags

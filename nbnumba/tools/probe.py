@@ -1150,10 +1150,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def body():
-        opts_argv, flags = C.split_double_dash(argv)
-        if any(a in ("-h", "--help") for a in opts_argv):
-            print(__doc__.strip())
+        split = C.split_or_help(argv, __doc__)
+        if split is None:
             return EXIT_OK
+        opts_argv, flags = split
         opts = _parse_opts(opts_argv)
         if not flags:
             raise ToolError("no nanoBragg flags: use nbnumba-probe --pixel S F [options] -- <flags>",
