@@ -152,7 +152,8 @@ def compute_stats(model: Model, img: np.ndarray, omega: np.ndarray) -> Dict[str,
     """nanoBragg's summary statistics over the rendered pixels."""
     det = model.det
     roi = np.array(det.roi, dtype=np.int64)
-    max_I, arg, total, sumsq, n, dev, m = K.image_stats(img, model.active, roi)
+    c_parity = bool(model.cfg.c_parity)
+    max_I, arg, total, sumsq, n, dev, m = K.image_stats(img, model.active, roi, c_parity)
     mx = my = 0.0
     if arg >= 0:
         s, f = divmod(arg, det.fpixels)
@@ -164,8 +165,12 @@ def compute_stats(model: Model, img: np.ndarray, omega: np.ndarray) -> Dict[str,
     avg = total / (n if n > 0 else 1)
     rms = math.sqrt(sumsq / ((n if n > 1 else 2) - 1))
     rmsd = math.sqrt(dev / ((m if m > 1 else 2) - 1))
+    # the solid angle of the detector: nanoBragg.c adds each sub-pixel's omega once
+    # per layer and divides by all steps (sources, mosaic, phi too: -c_parity);
+    # the default mode averages over the sub-pixels and layers only
+    per = model.nsteps if c_parity else model.oversample ** 2 * model.steps.detector_thicksteps
     return dict(max_I=max_I, max_I_x=mx, max_I_y=my, mean=avg, rms=rms, rmsd=rmsd,
-                omega_sum=float(np.sum(omega, dtype=np.float64)) / model.nsteps)
+                omega_sum=float(np.sum(omega, dtype=np.float64)) / per)
 
 
 def int_image(model: Model, img: np.ndarray, scale: float) -> np.ndarray:
@@ -214,7 +219,7 @@ def run_model(model: Model, backend: Optional[str] = None, progress=None, out=No
     if cfg.calculate_noise:
         noise, photons, overloads, _ = rngmod.noise_image(
             img_host, model.seed, model.rng.buf, model.rng.gauss, cfg.adc_offset,
-            np.array(model.det.roi, dtype=np.int64))
+            np.array(model.det.roi, dtype=np.int64), bool(cfg.c_parity))
         res.noise_image = noise
         stats["photons"] = photons
         stats["overloads"] = overloads

@@ -126,11 +126,14 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed) -> Cryst
     misset = tuple(cfg.misset)
     mode = cfg.misset_mode
     if mode == -1:
-        # nanoBragg.c passes 90.0 to a function expecting radians (a 90-radian
-        # cap); the correct reading of the intent is 90 degrees (docs/quirks.md)
-        cap = 90.0 if cfg.c_parity else 90.0 / RTD
+        # the intent is a random orientation: uniform on SO(3) by default;
+        # nanoBragg.c draws a mosaic-style rotation with a 90-radian cap
+        # (it passes 90.0 to a routine expecting radians; docs/quirks.md)
         idum = np.array([misset_seed], dtype=np.int64)
-        u = rngmod.mosaic_rotation_umat(cap, idum, rng_state.buf)
+        if cfg.c_parity:
+            u = rngmod.mosaic_rotation_umat(90.0, idum, rng_state.buf)
+        else:
+            u = rngmod.random_orientation_umat(idum, rng_state.buf)
         misset = rngmod.umat2misset(u)
         log.append("random orientation misset angles: %f %f %f deg"
                    % (misset[0] * RTD, misset[1] * RTD, misset[2] * RTD))

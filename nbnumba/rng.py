@@ -129,7 +129,7 @@ def poidev(xm, idum_ref, buf, gauss):
             em = F32(F32(sq * y) + xm)
             if not (em < 0.0):
                 break
-        em = F32(math.floor(em))
+        em = F32(np.floor(em))   # math.floor would cast NaN to INT64_MIN
         expo = F32(F32(F32(em * alxm) - gammln(em + 1.0)) - g)
         t = F32(0.9 * (1.0 + F32(y * y)) * math.exp(expo))
         if not (ran1(idum_ref, buf) > t):
@@ -169,10 +169,42 @@ def mosaic_rotation_umat(mosaicity, idum_ref, buf):
 
 
 @njit(cache=True)
-def noise_image(float_image, seed, buf, gauss, adc_offset, roi):
+def random_orientation_umat(idum_ref, buf):
+    """Rotation matrix (row-major 9 doubles) uniform on SO(3) (Haar measure),
+    from three ran1 deviates: Shoemake's uniform unit quaternion.  It draws as
+    many deviates as mosaic_rotation_umat, so later users of the shared ran1
+    state see the same sequence as in nanoBragg.c."""
+    u1 = np.float64(ran1(idum_ref, buf))
+    u2 = np.float64(ran1(idum_ref, buf))
+    u3 = np.float64(ran1(idum_ref, buf))
+    a = math.sqrt(1.0 - u1)
+    b = math.sqrt(u1)
+    x = a * math.sin(2.0 * math.pi * u2)
+    y = a * math.cos(2.0 * math.pi * u2)
+    z = b * math.sin(2.0 * math.pi * u3)
+    w = b * math.cos(2.0 * math.pi * u3)
+    u = np.empty(9)
+    u[0] = 1.0 - 2.0 * (y * y + z * z)
+    u[1] = 2.0 * (x * y - z * w)
+    u[2] = 2.0 * (x * z + y * w)
+    u[3] = 2.0 * (x * y + z * w)
+    u[4] = 1.0 - 2.0 * (x * x + z * z)
+    u[5] = 2.0 * (y * z - x * w)
+    u[6] = 2.0 * (x * z - y * w)
+    u[7] = 2.0 * (y * z + x * w)
+    u[8] = 1.0 - 2.0 * (x * x + y * y)
+    return u
+
+
+@njit(cache=True)
+def noise_image(float_image, seed, buf, gauss, adc_offset, roi, wrap_negative=False):
     """Poisson noise image as nanoBragg.c writes it (uint16) plus photons and
     overloads.  ``roi`` = (xmin, xmax, ymin, ymax) inclusive; pixels outside keep
-    the value 0.  Pixels are visited in raster order (the RNG is sequential)."""
+    the value 0.  Pixels are visited in raster order (the RNG is sequential).
+
+    Negative counts (a negative -adc) are clamped to 0; ``wrap_negative``
+    (-c_parity) reproduces nanoBragg.c's cast instead: truncation to a 32-bit
+    int whose low 16 bits are kept (-5 -> 65531)."""
     S, F = float_image.shape
     out = np.zeros((S, F), dtype=np.uint16)
     idum = np.empty(1, dtype=np.int64)
@@ -189,7 +221,11 @@ def noise_image(float_image, seed, buf, gauss, adc_offset, roi):
             if test > 65535.0:
                 test = 65535.0
                 overloads += 1
-            out[s, f] = np.uint16(int(test)) if test >= 0 else np.uint16(0)
+            if test >= 0:
+                out[s, f] = np.uint16(int(test))
+            elif wrap_negative and test >= -2147483648.0:
+                out[s, f] = np.uint16(np.int64(test) & 0xFFFF)
+            # else 0: clamped, NaN, or beyond int32 (x86 gives INT_MIN: low bits 0)
     return out, total, overloads, idum[0]
 
 

@@ -39,6 +39,24 @@ def _range_rule(rng, step, steps, steps_only_range, range_only_divisor=1):
     return rng, step, steps
 
 
+def _sensor_layers(thick, step, steps):
+    """Default mode: ``steps`` layers of ``thick/steps`` that cover the sensor
+    exactly, so the absorbed fraction is 1 - exp(-mu thick / cos).  nanoBragg.c
+    (kept under -c_parity) uses thick/(steps-1) and turns 1 layer into 2, so its
+    layers reach N/(N-1) of the thickness (docs/quirks.md)."""
+    if thick < 0.0:
+        if step <= 0.0:
+            if steps <= 0:
+                return 0.0, 0.0, 1
+            thick = 0.5e-6          # C's thickness when only a layer count is given
+        else:
+            thick = step * (steps if steps > 0 else 1)
+    if steps <= 0:
+        # the C's counts: 2 layers for a bare thickness, else enough steps of ~step
+        steps = 2 if step <= 0.0 else int(math.ceil(thick / step))
+    return thick, thick / steps, steps
+
+
 def _sanity(rng, step, steps):
     if rng <= 0.0 or step <= 0.0 or steps <= 0:
         return 0.0, 0.0, 1
@@ -104,8 +122,12 @@ def resolve_steps(cfg) -> Steps:
     h = _range_rule(cfg.hdivrange, cfg.hdivstep, cfg.hdivsteps, 1.0)
     v = _range_rule(cfg.vdivrange, cfg.vdivstep, cfg.vdivsteps, 1.0)
     d = _range_rule(cfg.dispersion, cfg.dispstep, cfg.dispsteps, 1.0)
-    thick, tstep, tsteps = _range_rule(cfg.detector_thick, cfg.detector_thickstep,
-                                       cfg.detector_thicksteps, 0.5e-6, 2)
+    if cfg.c_parity:
+        thick, tstep, tsteps = _range_rule(cfg.detector_thick, cfg.detector_thickstep,
+                                           cfg.detector_thicksteps, 0.5e-6, 2)
+    else:
+        thick, tstep, tsteps = _sensor_layers(cfg.detector_thick, cfg.detector_thickstep,
+                                              cfg.detector_thicksteps)
     mu = cfg.detector_mu
     if thick > 0.0 and mu < 0.0:
         mu = 1.0 / thick

@@ -71,20 +71,64 @@ def test_pix0_vector_honoured_by_default_ignored_under_c_parity():
 
 
 # 4 ---------------------------------------------------------------------------
-def test_random_misset_cap():
-    from nbnumba.rng import RngState, mosaic_rotation_umat
-    seeds = range(-1, -40, -1)
+def _misset_rotation_angle(misset):
+    """Rotation angle (deg) of the orientation that the misset angles apply."""
+    from nbnumba.physics import host
+    m = np.array([host.rotate_xyz(tuple(e), *misset) for e in np.eye(3)])
+    return math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(m) - 1) / 2))))
 
-    def angle(cap, seed):
-        u = mosaic_rotation_umat(cap, np.array([seed]), RngState().buf)
-        return math.degrees(math.acos(max(-1.0, min(1.0, (u[0] + u[4] + u[8] - 1) / 2))))
 
-    assert max(angle(math.pi / 2, s) for s in seeds) <= 90.0 + 1e-6
-    # the C's 90-radian cap wraps round many times: rotations reach beyond 90 deg
-    assert max(angle(90.0, s) for s in seeds) > 90.0
-    d = build_model(nbnumba.parse_argv(BASE + ["-misset", "random", "-misset_seed", "7"]))
-    c = build_model(nbnumba.parse_argv(BASE + ["-misset", "random", "-misset_seed", "7", "-c_parity"]))
-    assert d.crystal.misset != c.crystal.misset
+def _ks_pvalue(samples, cdf):
+    """One-sample Kolmogorov-Smirnov test, asymptotic p-value (Stephens' n correction)."""
+    x = np.sort(np.asarray(samples))
+    n = len(x)
+    F = cdf(x)
+    D = max(np.max(np.arange(1, n + 1) / n - F), np.max(F - np.arange(n) / n))
+    lam = (math.sqrt(n) + 0.12 + 0.11 / math.sqrt(n)) * D
+    k = np.arange(1, 101)
+    return float(min(1.0, max(0.0, 2 * np.sum((-1.0) ** (k - 1) * np.exp(-2 * k * k * lam * lam)))))
+
+
+def _random_missets(c_parity, n):
+    from dataclasses import replace
+    from nbnumba import crystal as xtal
+    from nbnumba.rng import RngState
+    cfg = replace(nbnumba.parse_argv(BASE + ["-misset", "random"]), c_parity=c_parity)
+    return [xtal.build_crystal(cfg, None, cfg.lambda0, RngState(), -seed).misset for seed in range(1, n + 1)]
+
+
+def test_random_misset_is_uniform_on_so3():
+    """Default mode: the rotation angle of a Haar-uniform rotation has the CDF
+    (theta - sin theta)/pi (median 132.4 deg).  The C's capped draw (kept under
+    -c_parity) fails this, and so did the earlier 90-degree cap (median 81 deg)."""
+    haar_cdf = lambda t: (np.radians(t) - np.sin(np.radians(t))) / math.pi   # noqa: E731
+    angles = [_misset_rotation_angle(m) for m in _random_missets(False, 2000)]
+    assert _ks_pvalue(angles, haar_cdf) > 1e-3
+    assert np.mean(np.array(angles) > 90.0) == pytest.approx(1 - haar_cdf(90.0), abs=0.03)   # 0.818
+    capped = [_misset_rotation_angle(m) for m in _random_missets(True, 300)]
+    assert _ks_pvalue(capped, haar_cdf) < 1e-6
+
+
+def test_random_misset_printed_angles_reproduce_orientation():
+    args = BASE + ["-misset", "random", "-misset_seed", "11"]
+    for extra in ([], ["-c_parity"]):
+        m = build_model(nbnumba.parse_argv(args + extra))
+        line = [l for l in m.log if l.startswith("random orientation misset angles:")][0]
+        given = line.split(":")[1].split()[:3]
+        again = build_model(nbnumba.parse_argv(BASE + ["-misset"] + given + extra))
+        # printed with %f (1e-6 deg): the cells agree to ~1e-8 relative
+        for v1, v2 in ((m.crystal.astar, again.crystal.astar), (m.crystal.cstar, again.crystal.cstar)):
+            np.testing.assert_allclose(v2, v1, rtol=0, atol=1e-7 * np.linalg.norm(v1))
+
+
+def test_random_misset_c_parity_is_the_c_draw():
+    """-c_parity: nanoBragg.c's printed angles for -misset_seed 7 (golden case
+    misset_random's stdout)."""
+    from nbnumba.testing import golden as G
+    c_line = [l for l in (G.case_dir("misset_random") / "stdout.txt").read_text().splitlines()
+              if l.startswith("random orientation misset angles")][0]
+    m = build_model(nbnumba.parse_argv(BASE + ["-misset", "random", "-misset_seed", "7", "-c_parity"]))
+    assert [l for l in m.log if l.startswith("random orientation misset angles")][0] == c_line
 
 
 # 6 ---------------------------------------------------------------------------
@@ -117,36 +161,220 @@ def test_interpolation_latch(narrow_hkl, tmp_path):
     assert not np.array_equal(d.float_image.ravel()[p + 1:], nn.float_image.ravel()[p + 1:])
 
 
-# 7 ---------------------------------------------------------------------------
+# 7, and the water background under the -oversample_* switches ------------------
+# A structure-factor table of zeros leaves the water background alone in the
+# pixel, so every factor it gets can be written down in closed form.
+R_E_SQR = 7.94079248018965e-30        # Thomson cross-section (m^2)
+WATER_UM = 100
+
+
+@pytest.fixture
+def zero_hkl(tmp_path):
+    p = tmp_path / "zero.hkl"
+    p.write_text("0 0 0 0.0\n")
+    return str(p)
+
+
+def _bg_only(zero_hkl, extra, c_parity=False):
+    args = ["-cell", "70", "80", "90", "90", "90", "90", "-lambda", "1.5", "-N", "5", "-hkl", zero_hkl,
+            "-distance", "100", "-detpixels", "24", "-pixel", "0.2", "-water", str(WATER_UM),
+            "-oversample", "2", "-nonoise", "-nopgm"] + list(extra)
+    return nbnumba.simulate_argv(args + (["-c_parity"] if c_parity else []))
+
+
+def _water_I_bg(fluence):
+    # nanoBragg's amorphous water term: F_water^2 r_e^2 fluence V N_A / MW (1e6 g/m^3)
+    return 2.57 ** 2 * R_E_SQR * fluence * (WATER_UM * 1e-6) ** 3 * 1e6 * 6.02214179e23 / 18.0
+
+
+def _subpixel_geometry(det, s, f, os, odepth=0.0):
+    """(solid angle, unit diffracted vector) at the centre of each sub-pixel."""
+    out = []
+    sub = det.pixel_size / os
+    for subS in range(os):
+        for subF in range(os):
+            pos = (np.array(det.pix0) + (sub * (f * os + subF) + sub / 2) * np.array(det.fdet)
+                   + (sub * (s * os + subS) + sub / 2) * np.array(det.sdet) + odepth * np.array(det.odet))
+            R = np.linalg.norm(pos)
+            out.append((det.pixel_size ** 2 / R ** 2 * det.close_distance / R, pos / R))
+    return out
+
+
+def test_water_background_takes_oversampled_omega(zero_hkl):
+    d = _bg_only(zero_hkl, ["-nopolar", "-oversample_omega"])
+    c = _bg_only(zero_hkl, ["-nopolar", "-oversample_omega"], c_parity=True)
+    s, f = 5, 17
+    om = [o for o, _ in _subpixel_geometry(d.model.det, s, f, 2)]
+    scale = R_E_SQR * d.model.fluence * _water_I_bg(d.model.fluence) / 4       # 4 sub-paths
+    # default: the background gets the mean sub-pixel solid angle (~1e-5 sr here)
+    assert d.float_image[s, f] == pytest.approx(scale * np.mean(om), rel=1e-6)
+    # nanoBragg.c multiplies the running sum by each sub-pixel's omega: a product
+    assert c.float_image[s, f] == pytest.approx(scale * np.prod(om), rel=1e-6)
+
+
+def test_water_background_takes_oversampled_polar(zero_hkl):
+    d = _bg_only(zero_hkl, ["-oversample_polar"])
+    c = _bg_only(zero_hkl, ["-oversample_polar"], c_parity=True)
+    s, f = 0, 23          # a corner: 2theta ~ 1.5 deg differs between sub-pixels
+    geo = _subpixel_geometry(d.model.det, s, f, 2)
+    beam = np.array(d.model.det.beam)
+    # Kahn factor 0: polar = (1 + cos^2 2theta) / 2 per sub-pixel
+    pol = [0.5 * (1 + np.dot(beam, u) ** 2) for _, u in geo]
+    scale = R_E_SQR * d.model.fluence * _water_I_bg(d.model.fluence) / 4 * geo[0][0]
+    assert d.float_image[s, f] == pytest.approx(scale * np.mean(pol), rel=1e-6)
+    assert c.float_image[s, f] == pytest.approx(scale * np.prod(pol), rel=1e-6)
+
+
+def test_water_background_takes_oversampled_capture(zero_hkl):
+    mu, thick = 1 / 100e-6, 200e-6
+    extra = ["-nopolar", "-oversample_thick", "-detector_abs", "100", "-detector_thick", "200",
+             "-detector_thicksteps", "2"]
+    d = _bg_only(zero_hkl, extra)
+    c = _bg_only(zero_hkl, extra, c_parity=True)
+    s, f = 3, 20
+    det = d.model.det
+
+    def captures(step):
+        out = []
+        for t in range(2):
+            for _, u in _subpixel_geometry(det, s, f, 2, odepth=t * step):
+                par = np.dot(u, det.odet)
+                out.append(math.exp(-t * step * mu / par) - math.exp(-(t + 1) * step * mu / par))
+        return np.array(out)
+
+    scale = R_E_SQR * d.model.fluence * _water_I_bg(d.model.fluence) / 4 \
+        * _subpixel_geometry(det, s, f, 2)[0][0]
+    cap = captures(thick / 2)       # default: 2 layers of thick/2
+    # each layer's mean capture fraction, summed over the layers
+    assert d.float_image[s, f] == pytest.approx(scale * cap.reshape(2, 4).mean(axis=1).sum(), rel=1e-6)
+    cap_c = captures(thick / 1)     # C: thickstep = thick/(steps-1)
+    assert c.float_image[s, f] == pytest.approx(scale * np.prod(cap_c), rel=1e-6)
+
+
 def test_oversample_factor_running_sum():
-    extra = ["-oversample", "2"]
-    plain = sim(extra).float_image.astype(float)
-    d = sim(extra + ["-oversample_omega"]).float_image.astype(float)
-    c = sim(extra + ["-oversample_omega"], c_parity=True).float_image.astype(float)
-    # per-sub-pixel solid angles differ from the per-pixel one by < 1% here
-    assert np.allclose(d, plain, rtol=1e-2, atol=1e-6 * plain.max())
-    # the C multiplies the running sum by omega after every sub-path, so all but
-    # the last sub-path's term are scaled by omega^2 or more: the last one dominates
-    s, f = np.unravel_index(np.argmax(plain), plain.shape)
-    assert c[s, f] / d[s, f] < 0.7
+    """-N 1 makes every sub-path's crystal term F^2 (F_latt = 1).  The default
+    mode weights each term by its own sub-pixel omega: F^2 sum(omega_k).
+    nanoBragg.c multiplies the running sum by omega after every sub-path:
+    F^2 (((omega_1 + 1) omega_2 + 1) omega_3 + 1) omega_4."""
+    args = ["-cell", "70", "80", "90", "90", "90", "90", "-lambda", "1.5", "-N", "1", "-default_F", "100",
+            "-distance", "100", "-detpixels", "24", "-pixel", "0.2", "-nonoise", "-nopgm",
+            "-oversample", "2", "-nopolar", "-oversample_omega"]
+    d = nbnumba.simulate_argv(args)
+    c = nbnumba.simulate_argv(args + ["-c_parity"])
+    s, f = 7, 19
+    om = [o for o, _ in _subpixel_geometry(d.model.det, s, f, 2)]
+    scale = R_E_SQR * d.model.fluence * 100.0 ** 2 / 4
+    assert d.float_image[s, f] == pytest.approx(scale * sum(om), rel=1e-6)
+    running = 0.0
+    for o in om:
+        running = (running + 1.0) * o
+    assert c.float_image[s, f] == pytest.approx(scale * running, rel=1e-6)
 
 
 # 8 ---------------------------------------------------------------------------
-def test_sensor_layers_capture():
-    one = sim(["-detector_abs", "100", "-detector_thick", "200", "-detector_thicksteps", "1"])
-    thin = sim([])
-    d = sim(["-detector_abs", "100", "-detector_thick", "200", "-detector_thicksteps", "4"])
-    c = sim(["-detector_abs", "100", "-detector_thick", "200", "-detector_thicksteps", "4"], c_parity=True)
-    s, f = 12, 12
-    pos = np.array(d.model.det.pix0) + (f + 0.5) * 2e-4 * np.array(d.model.det.fdet) \
-        + (s + 0.5) * 2e-4 * np.array(d.model.det.sdet)
-    cosang = abs(np.dot(pos / np.linalg.norm(pos), d.model.det.odet))
+def _cos_parallax(res, s, f):
+    d = res.model.det
+    pos = np.array(d.pix0) + (f + 0.5) * d.pixel_size * np.array(d.fdet) \
+        + (s + 0.5) * d.pixel_size * np.array(d.sdet)
+    return abs(np.dot(pos / np.linalg.norm(pos), d.odet))
+
+
+@pytest.mark.parametrize("nlayers", [1, 4])
+def test_sensor_layers_capture(nlayers):
     mu, thick = 1.0 / 100e-6, 200e-6
-    # 4 layers spanning 0..4*thickstep with thickstep = thick/3 (C's rule)
-    tstep = thick / 3
-    total = 1 - math.exp(-4 * tstep * mu / cosang)
-    ratio = d.float_image[s, f] / thin.float_image[s, f]
-    assert ratio == pytest.approx(total, rel=1e-2)
-    last = math.exp(-3 * tstep * mu / cosang) - math.exp(-4 * tstep * mu / cosang)
-    assert c.float_image[s, f] / thin.float_image[s, f] / 4 == pytest.approx(last, rel=1e-2)
-    assert one.float_image[s, f] < thin.float_image[s, f]
+    sensor = ["-oversample", "1", "-detector_abs", "100", "-detector_thick", "200",
+              "-detector_thicksteps", str(nlayers)]
+    thin = sim(["-oversample", "1"])
+    d = sim(sensor)
+    c = sim(sensor, c_parity=True)
+    s, f = 12, 12
+    cosang = _cos_parallax(d, s, f)
+    ratio_d = d.float_image[s, f] / thin.float_image[s, f]
+    ratio_c = c.float_image[s, f] / thin.float_image[s, f]
+    # default: the layers split the sensor, so together they absorb 1 - exp(-mu t / cos)
+    # (0.864 here; C's layers absorb 0.931 for 4 layers and 0.981 for 1)
+    assert d.model.steps.detector_thicksteps == nlayers
+    assert ratio_d == pytest.approx(1 - math.exp(-thick * mu / cosang), rel=2e-3)
+    # C: max(N, 2) layers of thick/(N-1), summed, times the last layer's capture
+    n_c = max(nlayers, 2)
+    tstep = thick / (n_c - 1)
+    last = math.exp(-(n_c - 1) * tstep * mu / cosang) - math.exp(-n_c * tstep * mu / cosang)
+    assert c.model.steps.detector_thicksteps == n_c
+    assert ratio_c == pytest.approx(n_c * last, rel=2e-3)
+
+
+def test_sensor_layer_rules_default_mode():
+    from dataclasses import replace
+    from nbnumba.sampling import resolve_steps
+    cfg = nbnumba.parse_argv(BASE)
+    cases = [  # (thick, step, steps) given -> (thick, step, steps) used
+        ((200e-6, -1.0, 4), (200e-6, 50e-6, 4)),
+        ((200e-6, -1.0, 1), (200e-6, 200e-6, 1)),
+        ((200e-6, -1.0, -1), (200e-6, 100e-6, 2)),
+        ((200e-6, 30e-6, -1), (200e-6, 200e-6 / 7, 7)),
+        ((200e-6, 60e-6, 4), (200e-6, 50e-6, 4)),
+        ((0.0, -1.0, -1), (0.0, 0.0, 1)),
+    ]
+    for given, want in cases:
+        st = resolve_steps(replace(cfg, detector_thick=given[0], detector_thickstep=given[1],
+                                   detector_thicksteps=given[2]))
+        got = (st.detector_thick, st.detector_thickstep, st.detector_thicksteps)
+        assert got == pytest.approx(want, rel=1e-15), given
+        # the layers cover the sensor exactly
+        assert st.detector_thickstep * st.detector_thicksteps == pytest.approx(st.detector_thick, rel=1e-15)
+
+
+# solid angle, statistics, ADC ------------------------------------------------
+def test_omega_sum_is_the_detector_solid_angle():
+    r1 = sim(["-phi", "0.1", "-osc", "1", "-phisteps", "1", "-oversample", "1"])
+    r10 = sim(["-phi", "0.1", "-osc", "1", "-phisteps", "10", "-oversample", "1"])
+    c10 = sim(["-phi", "0.1", "-osc", "1", "-phisteps", "10", "-oversample", "1"], c_parity=True)
+    det = r1.model.det
+    total = sum(_subpixel_geometry(det, s, f, 1)[0][0] for s in range(24) for f in range(24))
+    assert r1.stats["omega_sum"] == pytest.approx(total, rel=1e-12)
+    assert r10.stats["omega_sum"] == pytest.approx(total, rel=1e-12)
+    # nanoBragg.c divides by every step, phi steps included
+    assert c10.stats["omega_sum"] == pytest.approx(total / 10, rel=1e-12)
+
+
+def test_rms_squares_in_float32_under_c_parity():
+    """Pixels of ~1e-24 photons: their squares underflow in float32.  nanoBragg.c
+    prints rms= 5.23411e-24 for this command ($NB_C_BIN, 32x32 pixels)."""
+    args = ["-cell", "70", "80", "90", "90", "90", "90", "-default_F", "100", "-N", "5", "-lambda", "1.5",
+            "-distance", "100", "-detpixels", "32", "-pixel", "0.2", "-nonoise", "-nopgm", "-fluence", "1e4"]
+    c = nbnumba.simulate_argv(args + ["-c_parity"])
+    d = nbnumba.simulate_argv(args)
+    assert "%g" % c.stats["rms"] == "5.23411e-24"
+    v = d.float_image.astype(np.float64).ravel()
+    assert d.stats["rms"] == pytest.approx(math.sqrt(np.sum(v * v) / (v.size - 1)), rel=1e-12)
+    assert "%g" % d.stats["rms"] == "5.71794e-24"
+
+
+def test_noise_of_nan_pixel_is_not_an_integer():
+    from nbnumba.rng import RngState, noise_image, poidev
+    st = RngState()
+    assert math.isnan(poidev(np.float32("nan"), np.array([-5], dtype=np.int64), st.buf, st.gauss))
+    img = np.full((2, 3), 20.0, dtype=np.float32)
+    img[1, 1] = np.nan
+    out, photons, overloads, _ = noise_image(img, -5, RngState().buf, RngState().gauss, 0.0,
+                                             np.array([0, 2, 0, 1], dtype=np.int64))
+    assert math.isnan(photons) and out[1, 1] == 0 and overloads == 0
+    from nbnumba.kernels.cpu import int_image
+    ints = int_image(img, np.array([0, 2, 0, 1], dtype=np.int64), 1.0, 0.0)
+    assert ints[1, 1] == 0 and ints[0, 0] == 20
+
+
+def test_negative_adc():
+    """nanoBragg.c stores each negative noise count through an int cast, so -5
+    becomes 65531 ($NB_C_BIN on this command: 889 pixels of 65531..65535, 23
+    zeros, 3849 photons).  The default mode clamps them to 0."""
+    args = ["-cell", "70", "80", "90", "90", "90", "90", "-default_F", "100", "-N", "5", "-lambda", "1.5",
+            "-distance", "100", "-detpixels", "32", "-adc", "-5", "-seed", "12345", "-nopgm"]
+    c = nbnumba.simulate_argv(args + ["-c_parity"])
+    d = nbnumba.simulate_argv(args)
+    assert c.stats["photons"] == d.stats["photons"] == 3849
+    assert int((c.noise_image >= 65531).sum()) == 889 and int((c.noise_image == 0).sum()) == 23
+    assert int((c.noise_image == 65531).sum()) == 661
+    assert int(d.noise_image.max()) < 65531 and int((d.noise_image == 0).sum()) == 23 + 889
+    wrapped = c.noise_image >= 65531
+    np.testing.assert_array_equal(d.noise_image[~wrapped], c.noise_image[~wrapped])

@@ -183,7 +183,9 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     omega_acc = z
     capture = z
     acc = z            # corrected path: weighted crystal sum
-    capsum = z         # corrected path: sum of per-layer capture fractions
+    capsum = z         # corrected path: background weight summed over layers
+    pol_sum = z        # corrected path with -oversample_polar: the sub-paths' polar
+    pol_n = 0
     variant = 0 if first_exec else 1
     first_oor = -1
     ran_phi = 0
@@ -199,6 +201,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
             capture = one
         layer_sum = z
         layer_capture = z
+        layer_bg = z
         for subS in range(os):
             for subF in range(os):
                 Fdet = subpixel * like(fpixel * os + subF, z) + subpixel / like(2.0, z)
@@ -221,6 +224,15 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                     capture = like(capture_fraction(like(thick_tic, z), thickstep, mu, parallax), z)
                 if subS == 0 and subF == 0:
                     layer_capture = capture
+                if corrected:
+                    # the water background fills the pixel: it takes the mean of the
+                    # oversampled per-sub-pixel factors (fixed factors apply at the end)
+                    w = one
+                    if os_thick:
+                        w *= capture
+                    if os_omega:
+                        w *= omega_pixel
+                    layer_bg += w
                 for source in range(nsrc):
                     incident_v = (incident[source, 0], incident[source, 1], incident[source, 2])
                     lambda_ = lam[source]
@@ -243,6 +255,9 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                         pf, dn = polarization_factor(kahn, incident_v, diffracted, polar_axis)
                         polar = like(pf, z)
                         diffracted = (like(dn[0], z), like(dn[1], z), like(dn[2], z))
+                        if corrected and os_polar:
+                            pol_sum += polar
+                            pol_n += 1
                     ran_phi = 1
                     # pass 1 over (phi, mosaic) cells: Miller indices and lattice
                     # factors (branch-free for the square/reduced case: vectorises)
@@ -323,12 +338,16 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                         variant = 1
         if corrected:
             acc += layer_sum if os_thick else layer_sum * layer_capture
-            capsum += layer_capture
+            bg_w = layer_bg / like(os * os, z)
+            capsum += bg_w if os_thick else bg_w * layer_capture
 
     r2f = fopt[F_SCALE]   # r_e^2 * fluence
     steps = fopt[F_STEPS]
     if corrected:
-        I = acc + I_bg * capsum
+        bg = I_bg * capsum
+        if os_polar:
+            bg *= pol_sum / like(pol_n, z) if pol_n > 0 else z
+        I = acc + bg
         test = r2f * I / steps
         if not os_polar:
             test *= polar
@@ -404,8 +423,11 @@ def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, ce
 
 
 @njit(cache=True, error_model="numpy")
-def image_stats(img, active, roi):
+def image_stats(img, active, roi, f32_squares=False):
     """nanoBragg's statistics in one pass, without float64 copies of the image.
+
+    f32_squares (-c_parity): square each pixel in float32 like nanoBragg.c
+    (float*float), which flushes squares below ~1e-45 to zero.
 
     Returns (max_I, argmax (linear, first in raster order; -1 if none > 0),
     sum, sum of squares, count) over active pixels, then the rmsd about the
@@ -425,7 +447,10 @@ def image_stats(img, active, roi):
                 max_I = v
                 arg = s * F + f
             total += v
-            sumsq += v * v
+            if f32_squares:
+                sumsq += np.float64(img[s, f] * img[s, f])
+            else:
+                sumsq += v * v
             n += 1
     avg = total / (n if n > 0 else 1)
     dev = 0.0
@@ -449,7 +474,7 @@ def int_image(img, roi, scale, adc):
             t = np.float64(img[s, f]) * scale + adc
             if t > 65535.0:
                 t = 65535.0
-            if t < 0.0:
+            if not t >= 0.0:     # negative, or NaN: never cast a non-finite value
                 t = 0.0
             out[s, f] = np.uint16(np.floor(np.float32(t + 0.5)))
     return out

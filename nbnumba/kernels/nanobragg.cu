@@ -463,7 +463,9 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
     wide omega_acc = z;
     wide capture = z;
     wide acc = z;     // corrected path: weighted crystal sum
-    wide capsum = z;  // corrected path: sum of the per-layer capture fractions
+    wide capsum = z;  // corrected path: background weight summed over layers
+    wide pol_sum = z; // corrected path with -oversample_polar: the sub-paths' polar
+    nb_i64 pol_n = 0;
     nb_i64 variant = first_exec ? 0 : 1;
     nb_i64 first_oor = -1;
     nb_i64 ran_phi = 0;
@@ -476,6 +478,7 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
         if (thick == (wide)0.0) capture = one;
         wide layer_sum = z;
         wide layer_capture = z;
+        wide layer_bg = z;
         for (nb_i64 subS = 0; subS < os; ++subS) {
             for (nb_i64 subF = 0; subF < os; ++subF) {
                 const wide Fdet = subpixel * (wide)(fpixel * os + subF) + subpixel / (wide)2.0;
@@ -499,6 +502,14 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                     capture = capture_fraction((wide)thick_tic, thickstep, mu, parallax);
                 }
                 if (subS == 0 && subF == 0) layer_capture = capture;
+                if (corrected) {
+                    // the water background fills the pixel: it takes the mean of the
+                    // oversampled per-sub-pixel factors (fixed factors apply at the end)
+                    wide w = one;
+                    if (os_thick) w *= capture;
+                    if (os_omega) w *= omega_pixel;
+                    layer_bg += w;
+                }
                 for (nb_i64 source = 0; source < nsrc; ++source) {
                     const vec3<wide> incident_v = load3w<real, wide>(incident + 3 * source);
                     const wide lambda_ = (wide)lam[source];
@@ -512,6 +523,10 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                     if (polar == (wide)0.0 || os_polar) {
                         polar = polarization_factor(kahn, incident_v, diffracted, polar_axis,
                                                     &diffracted);
+                        if (corrected && os_polar) {
+                            pol_sum += polar;
+                            pol_n += 1;
+                        }
                     }
                     ran_phi = 1;
                     for (nb_i64 phi_tic = 0; phi_tic < nphi; ++phi_tic) {
@@ -566,7 +581,8 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
         }
         if (corrected) {
             acc += os_thick ? layer_sum : layer_sum * layer_capture;
-            capsum += layer_capture;
+            const wide bg_w = layer_bg / (wide)(os * os);
+            capsum += os_thick ? bg_w : bg_w * layer_capture;
         }
     }
 
@@ -574,7 +590,9 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
     const wide steps = (wide)fopt[F_STEPS];
     wide test;
     if (corrected) {
-        I = acc + I_bg * capsum;
+        wide bg = I_bg * capsum;
+        if (os_polar) bg *= pol_n > 0 ? pol_sum / (wide)pol_n : z;
+        I = acc + bg;
         test = r2f * I / steps;
         if (!os_polar) test *= polar;
         if (!os_omega) test *= omega_pixel;
