@@ -1,8 +1,9 @@
 """``python -m nbnumba.cli <nanoBragg flags>``: a thin layer over the API.
 
 Prints nanoBragg's summary, runs the engine, writes nanoBragg's files.
-Errors are one line on stderr with exit status 2 (bad flags/values) or 9
-(like nanoBragg.c's fatal input errors are reported, but still one line).
+Every error (bad flag or value, unreadable input, impossible geometry) is one
+line on stderr and exit status 2; nanoBragg.c's exit status 9 for fatal file
+errors is not reproduced (docs/quirks.md).
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import List, Tuple
 
 from .physics import host
+from .tracefmt import format_value
 
 # plain-Python vector helpers (same source as the kernel's compiled ones)
 dot = host.dot
@@ -77,6 +78,42 @@ class Detector:
     point_pixel: bool
     xds_incident: Vec3
     log: List[str] = field(default_factory=list)
+    # nanoBragg.c's detector-setup trace ("key=value", TRACE_C:key=value in the
+    # C), in its order; -trace_pixel prints it before the pixel's own lines
+    trace: List[str] = field(default_factory=list)
+
+
+def _tvec(key, v):
+    return "%s=%s" % (key, " ".join(format_value(float(x)) for x in v))
+
+
+def _tscalar(key, x):
+    return "%s=%s" % (key, format_value(float(x)))
+
+
+def _tmat(key, m):
+    return "%s=[%s]" % (key, "; ".join(" ".join(format_value(float(x)) for x in row) for row in m))
+
+
+def _rotation_matrices(rotx, roty, rotz):
+    """Rx, Ry, Rz and R_total = Rz (Ry Rx), summed in the C's loop order."""
+    cx, sx = math.cos(rotx), math.sin(rotx)
+    cy, sy = math.cos(roty), math.sin(roty)
+    cz, sz = math.cos(rotz), math.sin(rotz)
+    Rx = [[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]]
+    Ry = [[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]]
+    Rz = [[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]]
+
+    def mul(A, B):
+        out = [[0.0] * 3 for _ in range(3)]
+        for i in range(3):
+            for j in range(3):
+                acc = 0.0
+                for k in range(3):
+                    acc += A[i][k] * B[k][j]
+                out[i][j] = acc
+        return out
+    return Rx, Ry, Rz, mul(Rz, mul(Ry, Rx))
 
 
 def build_detector(cfg) -> Detector:
@@ -175,21 +212,68 @@ def build_detector(cfg) -> Detector:
         close_distance = abs(ratio * cfg.distance)
     distance = close_distance / ratio
 
+    trace: List[str] = []
+    angles = "angles_rad=rotx:%s roty:%s rotz:%s twotheta:%s" % tuple(
+        format_value(float(x)) for x in (rotx, roty, rotz, twotheta))
+    pixel_mm = format_value(pixel * 1000.0)
     pix0 = (0.0, 0.0, 0.0)
     if pivot == "SAMPLE":
         log.append("pivoting detector around sample")
+        # the C prints Xclose/1000 with Xclose already in metres (its units, kept)
+        trace += ["detector_convention=%s" % conv, angles,
+                  "beam_center_m=Xclose:%s Yclose:%s pixel_mm:%s"
+                  % (format_value(Xclose / 1000.0), format_value(Yclose / 1000.0), pixel_mm),
+                  _tvec("initial_fdet", fdet), _tvec("initial_sdet", sdet), _tvec("initial_odet", odet),
+                  _tscalar("Fclose_m", Fclose), _tscalar("Sclose_m", Sclose),
+                  _tscalar("close_distance_m", close_distance), _tscalar("ratio", ratio),
+                  _tscalar("distance_m", distance),
+                  _tvec("term_fast_before_rot", [-Fclose * x for x in fdet]),
+                  _tvec("term_slow_before_rot", [-Sclose * x for x in sdet]),
+                  _tvec("term_close_before_rot", [close_distance * x for x in odet])]
         pix0 = tuple(-Fclose * fdet[i] - Sclose * sdet[i] + close_distance * odet[i] for i in range(3))
+        trace.append(_tvec("pix0_before_rotation", pix0))
         pix0 = rotate_xyz(pix0, rotx, roty, rotz)
+        trace.append(_tvec("pix0_after_rotz", pix0))
         pix0 = rotate_axis(pix0, tt_axis, twotheta)
-    fdet = rotate_axis(rotate_xyz(fdet, rotx, roty, rotz), tt_axis, twotheta)
-    sdet = rotate_axis(rotate_xyz(sdet, rotx, roty, rotz), tt_axis, twotheta)
-    odet = rotate_axis(rotate_xyz(odet, rotx, roty, rotz), tt_axis, twotheta)
+        trace.append(_tvec("pix0_after_twotheta", pix0))
+    initial = (fdet, sdet, odet)
+    fdet = rotate_xyz(fdet, rotx, roty, rotz)
+    sdet = rotate_xyz(sdet, rotx, roty, rotz)
+    odet = rotate_xyz(odet, rotx, roty, rotz)
+    trace += [_tvec("fdet_after_rotz", fdet), _tvec("sdet_after_rotz", sdet), _tvec("odet_after_rotz", odet)]
+    fdet = rotate_axis(fdet, tt_axis, twotheta)
+    sdet = rotate_axis(sdet, tt_axis, twotheta)
+    odet = rotate_axis(odet, tt_axis, twotheta)
+    after_tt = [_tvec("twotheta_axis", tt_axis), _tvec("fdet_after_twotheta", fdet),
+                _tvec("sdet_after_twotheta", sdet), _tvec("odet_after_twotheta", odet)]
+    trace += after_tt
     log.append("DETECTOR_FAST_AXIS %.15g %.15g %.15g" % fdet)
     log.append("DETECTOR_SLOW_AXIS %.15g %.15g %.15g" % sdet)
     log.append("DETECTOR_NORMAL_AXIS %.15g %.15g %.15g" % odet)
     if pivot == "BEAM":
         log.append("pivoting detector around direct beam spot")
+        # nanoBragg.c's BEAM block labels every convention MOSFLM and prints
+        # MOSFLM's initial axes; -c_parity prints that, the default the truth
+        label, init = conv, initial
+        if cfg.c_parity:
+            label, init = "MOSFLM", ((0.0, 0.0, 1.0), (0.0, -1.0, 0.0), (1.0, 0.0, 0.0))
+        Rx, Ry, Rz, R_total = _rotation_matrices(rotx, roty, rotz)
+        trace += ["detector_convention=%s" % label, angles,
+                  "beam_center_m=X:%s Y:%s pixel_mm:%s"
+                  % (format_value(Xbeam / 1000.0), format_value(Ybeam / 1000.0), pixel_mm),
+                  _tvec("initial_fdet", init[0]), _tvec("initial_sdet", init[1]),
+                  _tvec("initial_odet", init[2]),
+                  _tmat("Rx", Rx), _tmat("Ry", Ry), _tmat("Rz", Rz), _tmat("R_total", R_total),
+                  # (the C prints the final axes again under the after_rotz keys)
+                  _tvec("fdet_after_rotz", fdet), _tvec("sdet_after_rotz", sdet),
+                  _tvec("odet_after_rotz", odet)] + after_tt
+        trace += ["convention_mapping=Fbeam\u2190Ybeam_mm(+0.5px),Sbeam\u2190Xbeam_mm(+0.5px),"
+                  "beam_vec=[1 0 0]",
+                  _tscalar("Fbeam_m", Fbeam), _tscalar("Sbeam_m", Sbeam), _tscalar("distance_m", distance),
+                  _tvec("term_fast", [-Fbeam * x for x in fdet]), _tvec("term_slow", [-Sbeam * x for x in sdet]),
+                  _tvec("term_beam", [distance * x for x in beam])]
         pix0 = tuple(-Fbeam * fdet[i] - Sbeam * sdet[i] + distance * beam[i] for i in range(3))
+        trace.append(_tvec("pix0_vector", pix0))
 
     if cfg.pix0_set and not cfg.c_parity:
         # nanoBragg.c recomputes pix0 from the beam centre and ignores the user's
@@ -222,4 +306,4 @@ def build_detector(cfg) -> Detector:
                     Sclose=Sclose, ORGX=ORGX, ORGY=ORGY, dials_origin=dials_origin,
                     twotheta=twotheta, rotx=rotx, roty=roty, rotz=rotz, roi=tuple(roi),
                     curved=cfg.curved_detector, point_pixel=cfg.point_pixel,
-                    xds_incident=xds_incident, log=log)
+                    xds_incident=xds_incident, log=log, trace=trace)

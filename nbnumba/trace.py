@@ -47,8 +47,9 @@ def trace_lines(model, spixel, fpixel, prefix="TRACE_PY"):
     else:
         first, latch_sub = -1, -1
     val, rows, n = K.trace_pixel(spixel, fpixel, p == first, latch_sub, *args, MAX_ROWS)
-    out = []
     P = prefix + ":"
+    # the detector-setup keys first (host-side geometry, as the C prints them)
+    out = [P + line for line in model.det.trace]
     for r in rows[:min(n, MAX_ROWS)]:
         ev, v = int(r[0]), r[1:]
         if ev == K.EV_GEOM:
@@ -74,6 +75,13 @@ def trace_lines(model, spixel, fpixel, prefix="TRACE_PY"):
                        f"k_frac={_g(v[2])} F_latt_b={_g(v[3])} F_latt={_g(v[4])}")
         elif ev == K.EV_FCELL:
             out.append(f"{P} F_cell {_g(v[0])}")
+        elif ev == K.EV_SOURCE2:
+            T = prefix + "_SOURCE2:"
+            out += [f"{T} F_cell {_g(v[0])}", f"{T} F_latt {_g(v[1])}",
+                    f"{T} F_cell_squared {_g(v[0] * v[0])}", f"{T} F_latt_squared {_g(v[1] * v[1])}",
+                    f"{T} I_contribution {_g(v[0] * v[0] * v[1] * v[1])}", f"{T} polar {_g(v[2])}",
+                    f"{T} cos2theta {_g(v[3])}", f"{T} lambda_angstroms {_g(v[4] * 1e10)}",
+                    f"{T} source_index 2"]
         elif ev == K.EV_FINAL:
             out += [f"{P} I_before_scaling {_g(v[0])}", f"{P} r_e_meters {_g(math.sqrt(R_E_SQR))}",
                     f"{P} r_e_sqr {_g(R_E_SQR)}", f"{P} fluence_photons_per_m2 {_g(model.fluence)}",

@@ -378,3 +378,19 @@ def test_negative_adc():
     assert int(d.noise_image.max()) < 65531 and int((d.noise_image == 0).sum()) == 23 + 889
     wrapped = c.noise_image >= 65531
     np.testing.assert_array_equal(d.noise_image[~wrapped], c.noise_image[~wrapped])
+
+
+def test_error_exit_status_is_the_documented_one(tmp_path, capsys):
+    """The CLI docstring and docs/quirks.md promise exit status 2 for every error."""
+    from pathlib import Path
+    from nbnumba import cli, errors
+    classes = [errors.NBError] + errors.NBError.__subclasses__()
+    assert {c.exit_code for c in classes} == {2}
+    assert "exit status 2" in cli.__doc__ and "is not reproduced" in cli.__doc__
+    quirks = (Path(__file__).resolve().parents[1] / "docs" / "quirks.md").read_text()
+    assert "is exit status 2" in quirks
+    missing = str(tmp_path / "missing.hkl")
+    assert cli.main(BASE + ["-hkl", missing]) == 2
+    assert cli.main(BASE + ["-distance", "banana"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.hkl" in err and "Traceback" not in err

@@ -37,7 +37,7 @@ V_FDET, V_SDET, V_ODET, V_PIX0, V_BEAM, V_POLAR, V_ASTAR, V_BSTAR, V_CSTAR = ran
 N_VECS = 9
 
 # ---- trace events: buffer rows [event, values...] ---------------------------
-EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL = 1, 2, 3, 4, 5, 6
+EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL, EV_SOURCE2 = 1, 2, 3, 4, 5, 6, 7
 TRACE_COLS = 32
 
 
@@ -315,6 +315,10 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                         sub_count += 1
                         if trace and source == 0 and mos == 0 and phi_tic == 0:
                             _record(tbuf, tpos, EV_FCELL, (F_cell,))
+                        if trace and source == 2 and mos == 0 and phi_tic == 0:
+                            # the C's per-source tap (TRACE_C_SOURCE2), every sub-pixel
+                            _record(tbuf, tpos, EV_SOURCE2, (F_cell, F_latt, polar,
+                                                             dot(incident_v, diffracted), lambda_))
                         term = F_cell * F_cell * F_latt * F_latt
                         if corrected:
                             if os_thick:
