@@ -77,6 +77,9 @@ EXTRA_CASES = {
     "x_corrected_all_oversample": _BASE + " -default_F 100 -N 5 -oversample 2 -oversample_thick"
     " -oversample_polar -oversample_omega -polar 0.9 -detector_abs 300 -detector_thick 200"
     " -detector_thicksteps 3 -detpixels 40 -pixel 0.4",
+    "x_water_corrected_all": _BASE + " -default_F 100 -N 5 -water 50 -oversample 2 -oversample_thick"
+    " -oversample_polar -oversample_omega -polar 0.9 -detector_abs 300 -detector_thick 200"
+    " -detector_thicksteps 3 -hdivrange 0.4 -hdivsteps 2 -dmin 2 -detpixels 40 -pixel 0.4",
     "x_corrected_layers_only": _BASE + " -default_F 100 -N 5 -detector_abs 400 -detector_thick 300"
     " -detector_thicksteps 4 -detpixels 48 -pixel 0.3",
     "x_cparity_all_oversample": _BASE + " -default_F 100 -N 5 -oversample 2 -oversample_thick"
