@@ -1,8 +1,13 @@
 """Single-pixel trace: ``TRACE_PY:`` lines with the keys, order and %.15g
 format of nanoBragg.c's ``TRACE_C:`` lines (and ``TRACE_PY_PHI`` per phi step).
 
-The numbers come from the kernel's own ``pixel_value`` run with tracing on,
-so the trace cannot drift from the image.
+The per-pixel numbers come from the kernel's own ``pixel_value`` run with
+tracing on, so the trace cannot drift from the image.  The detector-setup keys
+(``TRACE_PY:key=value``: initial and rotated axes, pivot terms, pix0 before and
+after each rotation, ...) come from the geometry stage (``Detector.trace``),
+and ``TRACE_PY_SOURCE2:`` lines repeat the C's per-sub-pixel tap of source 2.
+Every key nanoBragg.c prints without an environment switch is printed (its
+``TRACE_C_TAP5*`` taps need ``TRACE_C_TAP5``/``TRACE_C_TAP5_HKL`` set and are not).
 """
 from __future__ import annotations
 
