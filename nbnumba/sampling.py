@@ -45,6 +45,7 @@ def _sensor_layers(thick, step, steps):
     (kept under -c_parity) uses thick/(steps-1) and turns 1 layer into 2, so its
     layers reach N/(N-1) of the thickness (docs/quirks.md)."""
     if thick < 0.0:
+        # a negative -detector_thick is the C's "not given" (its default is 0)
         if step <= 0.0:
             if steps <= 0:
                 return 0.0, 0.0, 1
@@ -54,6 +55,8 @@ def _sensor_layers(thick, step, steps):
     if steps <= 0:
         # the C's counts: 2 layers for a bare thickness, else enough steps of ~step
         steps = 2 if step <= 0.0 else int(math.ceil(thick / step))
+    if thick <= 0.0 or steps <= 0:
+        return 0.0, 0.0, 1          # no sensor depth: one thin layer (the C's sanity rule)
     return thick, thick / steps, steps
 
 

@@ -314,6 +314,8 @@ def test_sensor_layer_rules_default_mode():
         ((200e-6, 30e-6, -1), (200e-6, 200e-6 / 7, 7)),
         ((200e-6, 60e-6, 4), (200e-6, 50e-6, 4)),
         ((0.0, -1.0, -1), (0.0, 0.0, 1)),
+        ((0.0, 30e-6, -1), (0.0, 0.0, 1)),      # no thickness: no absorption, as in the C
+        ((0.0, -1.0, 4), (0.0, 0.0, 1)),
     ]
     for given, want in cases:
         st = resolve_steps(replace(cfg, detector_thick=given[0], detector_thickstep=given[1],
