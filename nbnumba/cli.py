@@ -21,8 +21,8 @@ def main(argv=None) -> int:
         cfg = flags.parse_argv(argv)
         return run(cfg)
     except UsageError as e:
+        # one line: the message names the flag (unknown flags add "see -h")
         print("nbnumba: error: %s" % e, file=sys.stderr)
-        print(flags.short_usage(), file=sys.stderr)
         return 2
     except NBError as e:
         print("nbnumba: error: %s" % e, file=sys.stderr)
