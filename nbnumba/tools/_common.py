@@ -22,6 +22,8 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from nbnumba.errors import NBError
+
 #: flags whose single argument is a file the program reads
 INPUT_FLAGS = ("-hkl", "-mat", "-img", "-mask", "-sourcefile", "-stol", "-4stol", "-Q")
 #: flags whose single argument is a file the program writes
@@ -147,7 +149,7 @@ class RunResult:
 
 
 def start(cmd: Sequence[str], cwd: str, env: Optional[Dict[str, str]], label: str):
-    """Start a runner; a missing/unrunnable program is a runner failure (exit 2)."""
+    """Start a runner; a missing/unrunnable program is a runner failure (exit 6)."""
     try:
         return subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -287,6 +289,9 @@ def guarded_main(prog: str, body, io_exit: Optional[int] = None) -> int:
     except ToolError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.code
+    except NBError as e:      # a request the engine refuses: exit 2, like the CLI
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into `head` and friends
         return 0
     except OSError as e:
