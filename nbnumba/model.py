@@ -321,6 +321,11 @@ def build_model(cfg: Config) -> Model:
         cols = read_text_columns(_resolve(cfg, cfg.sourcefilename), 5)
         if len(cols) == 0:
             raise InputFileError("%s: no sources in file" % cfg.sourcefilename)
+        xyz = np.asarray(cols, dtype=float)[:, :3]
+        at_origin = np.flatnonzero(np.all(xyz == 0.0, axis=1))
+        if len(at_origin):
+            raise InputFileError("%s: source %d is at 0 0 0, the sample position: it has no "
+                                 "direction" % (cfg.sourcefilename, int(at_origin[0]) + 1))
     src = build_sources(steps, det.beam, det.polar, det.vert, cfg.lambda0, cfg.round_div, cols)
     if len(src.wavelength) == 0:
         raise ConfigError("no x-ray sources survive the divergence settings")

@@ -198,7 +198,17 @@ def check_config(cfg) -> None:
 
 
 def check_detector(cfg, det, active) -> None:
-    """Checks that need the derived detector: the ROI must select a pixel."""
+    """Checks that need the derived detector: its sensitive face must look at the
+    sample, and the ROI must select a pixel."""
+    if not det.curved and det.close_distance <= 0.0:
+        # the detector normal points away from the sample: every solid angle, and so
+        # every intensity, comes out negative (nanoBragg.c prints such images)
+        raise ConfigError("the detector faces away from the sample (its plane lies %.4g mm along "
+                          "its normal), so every intensity would be negative: -twotheta %.4g deg "
+                          "turns its back to the beam (with the BEAM pivot of -mosflm/-adxv/-denzo); "
+                          "use |-twotheta| < 90 deg, a SAMPLE-pivot convention (-xds, -dials) or check "
+                          "-odet_vector/-pix0_vector"
+                          % (det.close_distance * 1e3, det.twotheta * RTD))
     if int(np.count_nonzero(active)) == 0 and cfg.roi_xmin >= 0:
         raise ConfigError("-roi %d %d %d %d selects no pixel of the %d x %d detector"
                           % (cfg.roi_xmin, cfg.roi_xmax, cfg.roi_ymin, cfg.roi_ymax,
