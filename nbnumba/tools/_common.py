@@ -34,6 +34,11 @@ FLOAT_FLAGS = ("-floatfile", "-floatimage")
 _SHAPE_RE = re.compile(r"\((\d+)x(\d+) pixels\)")
 
 
+#: exit status of a failed runner (C or port), shared by nb-compare and nbnumba-probe;
+#: 2 is the usage-error status, as for the nbnumba CLI
+EXIT_RUNNER = 6
+
+
 class ToolError(Exception):
     """A one-line error with the process exit status to use."""
 
@@ -155,7 +160,7 @@ def start(cmd: Sequence[str], cwd: str, env: Optional[Dict[str, str]], label: st
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     except OSError as exc:
         raise ToolError(f"{label} runner failed: cannot execute {cmd[0]}: "
-                        f"{exc.strerror or exc}", 2) from None
+                        f"{exc.strerror or exc}", EXIT_RUNNER) from None
 
 
 def finish(proc, cmd, cwd, label, t0, timeout=None) -> RunResult:
@@ -165,7 +170,7 @@ def finish(proc, cmd, cwd, label, t0, timeout=None) -> RunResult:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        raise ToolError(f"{label} runner failed: timed out after {timeout} s", 2) from None
+        raise ToolError(f"{label} runner failed: timed out after {timeout} s", EXIT_RUNNER) from None
     return RunResult(label, list(cmd), cwd, proc.returncode,
                      out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
                      time.perf_counter() - t0)
