@@ -282,8 +282,9 @@ class _OutputSet:
                         os.link(s.target, bak)
                     except OSError:
                         bak = None
-                os.replace(s.tmp, s.target)
+                # registered first: a failed replace still has its backup link removed
                 backups.append((s.target, bak))
+                os.replace(s.tmp, s.target)
                 done.append(s)
             for s in [s for s in self.staged if s.kind is not None]:
                 current = s
@@ -294,9 +295,13 @@ class _OutputSet:
             for target, bak in reversed(backups):
                 if bak is not None:
                     try:
-                        os.replace(bak, target)
+                        if os.path.samefile(bak, target):
+                            # never replaced: rename() of two links to one file does nothing
+                            _unlink_quietly(bak)
+                        else:
+                            os.replace(bak, target)
                     except OSError:
-                        pass
+                        _unlink_quietly(bak)
                 else:
                     _unlink_quietly(target)
             for s in self.staged:

@@ -184,8 +184,8 @@ def _port_model(flags: List[str]):
         return build_model(cfg)
     except UsageError as e:
         raise ToolError(f"the port rejected the flags: {e}", EXIT_USAGE) from None
-    except NBError as e:
-        raise ToolError(f"port runner failed: {e}", EXIT_RUNNER) from None
+    except NBError as e:       # a refused request (ConfigError, InputFileError): exit 2 like the CLI
+        raise ToolError(f"the port refused the request: {e}", EXIT_USAGE) from None
 
 
 def _port_trace(model, s: int, f: int) -> List[str]:
@@ -201,8 +201,8 @@ def _port_render(flags: List[str]):
         return simulate(parse_argv(list(flags)))
     except UsageError as e:
         raise ToolError(f"the port rejected the flags: {e}", EXIT_USAGE) from None
-    except NBError as e:
-        raise ToolError(f"port runner failed: {e}", EXIT_RUNNER) from None
+    except NBError as e:       # a refused request (ConfigError, InputFileError): exit 2 like the CLI
+        raise ToolError(f"the port refused the request: {e}", EXIT_USAGE) from None
 
 
 # --------------------------------------------------------------------------- C side
