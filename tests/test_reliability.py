@@ -208,6 +208,21 @@ def test_fifo_with_reader_receives_the_bytes(tmp_path):
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+def test_full_device_fails_cleanly_and_keeps_the_set(tmp_path):
+    link = tmp_path / "full"
+    link.symlink_to("/dev/full")
+    old = tmp_path / "a.bin"
+    old.write_bytes(b"old")
+    with pytest.raises(A.OutputFileError, match="full.*No space left"):
+        with A.output_set():
+            A.atomic_write_bytes(old, b"new")
+            A.atomic_write_bytes(link, b"x" * 100000)
+    assert old.read_bytes() == b"old"
+    assert link.is_symlink() and stat.S_ISCHR(os.stat(link).st_mode)
+    assert temps(tmp_path) == []
+
+
 def test_cli_floatfile_to_char_device_symlink(work, capsys):
     (work / "nul").symlink_to(os.devnull)
     rc = cli.main(BASE + ["-floatfile", "nul"])
@@ -331,7 +346,8 @@ BOMBS = [
     ["-hdivrange", "1", "-hdivstep", "1e-9"],
     ["-hdivsteps", "30000", "-vdivsteps", "30000", "-divergence", "1"],
     ["-detector_thicksteps", "2000000000", "-detector_thick", "100"],
-    ["-hkl", "bomb.hkl"],
+    # ~24 GB: refused on any machine with less available; -max_memory makes it deterministic
+    ["-hkl", "bomb.hkl", "-max_memory", "8000"],
 ]
 
 
@@ -361,7 +377,7 @@ def test_memory_bombs_refused_fast_and_small(tmp_path):
         assert rc == 2, (bomb, err)
         assert len(err.strip().splitlines()) == 1 and "memory" in err, err
         assert secs < 2.0, (bomb, secs)
-    assert "bomb.hkl" in results[-1][2]
+    assert "bomb.hkl" in results[-1][2] and "24.3 GB" in results[-1][2]
     assert rss < 300e6, rss
     assert wall < 2.0 * len(BOMBS) + 10      # interpreter start-up included
     assert os.listdir(tmp_path) == ["bomb.hkl"]
