@@ -147,8 +147,6 @@ def _check_geometry(cfg) -> None:
     if _norm(_cross(f, s)) <= 1e-12 * _norm(f) * _norm(s):
         raise ConfigError("-fdet_vector and -sdet_vector are parallel: the detector plane "
                           "is degenerate")
-    if _norm(_cross(cfg.beam_vector, cfg.polar_vector)) <= 1e-12 * _norm(cfg.beam_vector) * _norm(cfg.polar_vector):
-        raise ConfigError("-polar_vector is parallel to -beam_vector: no polarization plane")
     if cfg.flux != 0.0 and cfg.exposure > 0.0 and cfg.beamsize <= 0.0:
         raise ConfigError("-beamsize must be > 0 mm with -flux (got %g mm): the fluence is "
                           "flux*exposure/beamsize^2" % (cfg.beamsize * 1e3))
