@@ -213,11 +213,12 @@ def run_model(model: Model, backend: Optional[str] = None, progress=None, out=No
     """Render a prepared Model (see nbnumba.model.build_model)."""
     cfg = model.cfg
     backend = _check_backend(backend or cfg.device)
+    from .validate import check_image_finite, check_terms_finite
+    check_terms_finite(model)      # F^2 = inf etc.: refuse before a long render
     with _threads(cfg):
         img, omega = render_float(model, backend=backend, progress=progress, out=out)
     img_host = to_host(img)
     # inf/NaN pixels: stop and name the term that overflowed (nothing is written)
-    from .validate import check_image_finite
     check_image_finite(model, img_host)
     stats = compute_stats(model, img_host, to_host(omega))
     scale = cfg.intfile_scale

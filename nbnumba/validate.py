@@ -351,6 +351,14 @@ def overflow_terms(model):
     return terms
 
 
+def check_terms_finite(model) -> None:
+    """Before rendering: refuse when one intensity term alone overflows double
+    precision (no render can give a finite image then)."""
+    lg, what = max(overflow_terms(model))
+    if lg > 308:
+        raise ConfigError("the image cannot be finite: %s overflows double precision" % what)
+
+
 def check_image_finite(model, img) -> None:
     """Raise ConfigError if the float image holds inf or NaN, naming the term
     that overflowed (float64 products, or the float32 image's 3.4e38 limit)."""
