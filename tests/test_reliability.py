@@ -357,7 +357,7 @@ def test_memory_bombs_refused_fast_and_small(tmp_path):
     (tmp_path / "bomb.hkl").write_text("0 0 0 5\n1000 1000 1000 5\n")
     assert len((tmp_path / "bomb.hkl").read_bytes()) < 30
     script = (
-        "import io, json, resource, sys, time, contextlib\n"
+        "import io, json, sys, time, contextlib\n"
         "from nbnumba import cli\n"
         "base, bombs = json.loads(sys.argv[1])\n"
         "out = []\n"
@@ -366,7 +366,9 @@ def test_memory_bombs_refused_fast_and_small(tmp_path):
         "    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):\n"
         "        rc = cli.main(base + b)\n"
         "    out.append([rc, time.perf_counter() - t, err.getvalue()])\n"
-        "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        # VmHWM: peak RSS of this process image (ru_maxrss would carry the parent's
+        # peak across exec on Linux)
+        "rss = [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
         "print(json.dumps([out, rss]))\n")
     import json
     t0 = time.perf_counter()
