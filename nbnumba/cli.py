@@ -10,9 +10,10 @@ import sys
 
 
 def main(argv=None) -> int:
+    if argv is None:            # a program, not a call from Python: own SIGTERM
+        _term_as_interrupt()
     argv = list(sys.argv[1:] if argv is None else argv)
     from .errors import NBError, UsageError
-    _term_as_interrupt()
     from . import flags
     if not argv or any(a in ("-h", "-help", "--help") for a in argv):
         print(flags.usage_text())

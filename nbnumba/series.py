@@ -981,6 +981,9 @@ def _write_master(cfg, opts, specs, out_dir, manifest: Manifest) -> None:
 
 
 def main(argv=None) -> int:
+    if argv is None:            # a program: SIGTERM cleans up like Ctrl-C (temps, cluster)
+        from .cli import _term_as_interrupt
+        _term_as_interrupt()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         print(USAGE, file=sys.stderr)

@@ -297,7 +297,7 @@ def test_signal_during_writes_cleans_temps(tmp_path, sig, code):
         "    print('STAGED', flush=True); time.sleep(60); return real(*a, **k)\n"
         "O.write_pgm = slow\n"
         "from nbnumba import cli\n"
-        "sys.exit(cli.main(sys.argv[1:]))\n")
+        "sys.exit(cli.main())\n")
     p = subprocess.Popen([sys.executable, "-c", script, *BASE], cwd=tmp_path, env=env(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
