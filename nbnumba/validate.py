@@ -296,6 +296,8 @@ def check_memory(cfg, det_pixels: int, steps, nsources_file: Optional[int] = Non
     limit, what = memory_limit(cfg)
     if total > limit:
         b, biggest = max(items)
+        if b < _BASE:
+            b, biggest = _BASE, "the interpreter, numba and the compiled kernel"
         raise ConfigError("this run needs about %s of memory, more than %s; the largest "
                           "part is %s for %s (reduce it, or raise -max_memory MB)"
                           % (format_bytes(total), what, format_bytes(b), biggest))
