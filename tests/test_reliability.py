@@ -196,9 +196,22 @@ def test_fifo_with_reader_receives_the_bytes(tmp_path):
     def reader():
         fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
         opened.set()
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb") as fh:
-            got.append(fh.read())
+        chunks, deadline = [], time.monotonic() + 20
+        # until the writer has opened, read() returns b"" (no writer); after data, b"" is EOF
+        while time.monotonic() < deadline:
+            try:
+                b = os.read(fd, 65536)
+            except BlockingIOError:
+                time.sleep(0.005)
+                continue
+            if b:
+                chunks.append(b)
+            elif chunks:
+                break
+            else:
+                time.sleep(0.005)
+        os.close(fd)
+        got.append(b"".join(chunks))
     t = threading.Thread(target=reader)
     t.start()
     opened.wait(10)

@@ -335,19 +335,34 @@ _HELD = (signal.SIGINT, signal.SIGTERM)
 
 @contextlib.contextmanager
 def _signals_held():
-    """Hold SIGINT/SIGTERM back (main thread only) for a short critical section."""
+    """Defer SIGINT/SIGTERM (main thread only) over a short critical section; a
+    signal that arrived is handed to the previous handler afterwards.  (Blocking
+    with pthread_sigmask is not enough: numba's worker threads would still take
+    the signal and Python would raise in the main thread mid-section.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    pending: List[int] = []
+
+    def defer(signum, frame):
+        pending.append(signum)
+    old = {}
     try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
-    except (AttributeError, OSError, ValueError):
-        yield
-        return
+        for sig in _HELD:
+            old[sig] = signal.signal(sig, defer)
+    except (ValueError, OSError):
+        pass
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        for sig in pending:
+            h = old.get(sig)
+            if callable(h):
+                h(sig, None)
+            elif h == signal.SIG_DFL:
+                signal.raise_signal(sig)
 
 
 @contextlib.contextmanager
