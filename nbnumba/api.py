@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -76,7 +77,28 @@ class _threads:
         return False
 
 
+# numba's workqueue threading layer aborts the process when two threads enter a
+# parallel kernel at once, and the omp/tbb layers oversubscribe: kernel calls
+# are serialised whatever the layer (one render already uses every core).
+_KERNEL_LOCK = threading.RLock()
+
+BACKENDS = ("cpu", "cuda")
+
+
+def _check_backend(backend) -> str:
+    from .errors import ConfigError
+    if backend not in BACKENDS:
+        raise ConfigError("backend must be one of %s, got %r" % ("|".join(BACKENDS), backend))
+    return backend
+
+
 def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, out=None):
+    """See _render_float; kernel calls are serialised across threads (_KERNEL_LOCK)."""
+    with _KERNEL_LOCK:
+        return _render_float(model, dtype, backend, progress, out)
+
+
+def _render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, out=None):
     """Run the pixel kernel; returns (float32 image, solid-angle sums (per row
     on the CPU, per pixel on the GPU; only their total is used)).
 
@@ -195,10 +217,14 @@ def simulate(cfg: Config, backend: Optional[str] = None, progress=None, out=None
 def run_model(model: Model, backend: Optional[str] = None, progress=None, out=None) -> Result:
     """Render a prepared Model (see nbnumba.model.build_model)."""
     cfg = model.cfg
-    backend = backend or cfg.device
+    backend = _check_backend(backend or cfg.device)
+    from .validate import check_image_finite, check_terms_finite
+    check_terms_finite(model)      # F^2 = inf etc.: refuse before a long render
     with _threads(cfg):
         img, omega = render_float(model, backend=backend, progress=progress, out=out)
     img_host = to_host(img)
+    # inf/NaN pixels: stop and name the term that overflowed (nothing is written)
+    check_image_finite(model, img_host)
     stats = compute_stats(model, img_host, to_host(omega))
     scale = cfg.intfile_scale
     if scale <= 0.0:
@@ -234,8 +260,30 @@ def to_host(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
-def simulate_argv(argv, cwd=None, **overrides) -> Result:
-    """Parse nanoBragg-style flags and simulate; relative paths resolve in ``cwd``."""
+def apply_overrides(cfg: Config, overrides) -> Config:
+    """``dataclasses.replace`` with one-line ConfigErrors: unknown field names and
+    values of the wrong type (e.g. ``distance="abc"``) are refused."""
+    from dataclasses import fields, replace
+    from .errors import ConfigError
+    from .validate import check_config
+    if not overrides:
+        return cfg
+    if not isinstance(overrides, dict):
+        raise ConfigError("overrides must be a dict of Config fields, got %r" % type(overrides).__name__)
+    known = {f.name for f in fields(cfg)}
+    for k in overrides:
+        if k not in known:
+            raise ConfigError("overrides: %r is not a Config field" % (k,))
+    new = replace(cfg, **overrides)
+    check_config(new)
+    return new
+
+
+def simulate_argv(argv, cwd=None, overrides=None, **more) -> Result:
+    """Parse nanoBragg-style flags and simulate; relative paths resolve in ``cwd``.
+
+    ``overrides`` (a dict) and extra keywords replace Config fields after parsing,
+    in the Config's units (metres, radians); bad names or types raise ConfigError."""
     from dataclasses import replace
     from .flags import parse_argv
     if cwd is not None:
@@ -248,6 +296,5 @@ def simulate_argv(argv, cwd=None, **overrides) -> Result:
         cfg = replace(cfg, workdir=str(cwd))
     else:
         cfg = parse_argv(list(argv))
-    if overrides:
-        cfg = replace(cfg, **overrides)
+    cfg = apply_overrides(cfg, dict(overrides or {}, **more))
     return simulate(cfg)

@@ -11,6 +11,8 @@ import sys
 
 
 def main(argv=None) -> int:
+    if argv is None:            # a program, not a call from Python: own SIGTERM
+        _term_as_interrupt()
     argv = list(sys.argv[1:] if argv is None else argv)
     from .errors import NBError, UsageError
     from . import flags
@@ -21,8 +23,8 @@ def main(argv=None) -> int:
         cfg = flags.parse_argv(argv)
         return run(cfg)
     except UsageError as e:
+        # one line: the message names the flag (unknown flags add "see -h")
         print("nbnumba: error: %s" % e, file=sys.stderr)
-        print(flags.short_usage(), file=sys.stderr)
         return 2
     except NBError as e:
         print("nbnumba: error: %s" % e, file=sys.stderr)
@@ -30,25 +32,47 @@ def main(argv=None) -> int:
     except MemoryError:
         print("nbnumba: error: out of memory for this detector/sampling size", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        # output sets are all-or-nothing: an interrupt leaves the old files and no temps
         print("nbnumba: interrupted; no output written", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` removes its temp files."""
+
+
+def _term_as_interrupt():
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise Terminated()
+    if threading.current_thread() is threading.main_thread():
+        try:
+            signal.signal(signal.SIGTERM, handler)
+        except (ValueError, OSError):
+            pass
 
 
 def run(cfg) -> int:
     from .api import run_model
     from .model import build_model
-    from .outputs import write_fdump, write_outputs
+    from .outputs import check_output_set, fdump_message, write_outputs
     from .summary import result_lines, setup_lines
     out = sys.stdout
     if cfg.device == "cuda":
         # fail before printing or writing anything when CuPy or a GPU is missing
         from .kernels.gpu import require_device
         require_device()
+    # every output (the Fdump.bin cache included) checked before any work is done
+    check_output_set(cfg, fdump=True)
     model = build_model(cfg)
     for line in setup_lines(model):
         print(line, file=out)
-    msg = write_fdump(model)
+    fdump, msg = fdump_message(cfg)
+    if model.fdump_grid is None:
+        fdump, msg = False, None
     if msg:
         print(msg, file=out)
     out.flush()
@@ -74,7 +98,7 @@ def run(cfg) -> int:
         from .trace import printout_lines
         for line in printout_lines(res):
             print(line, file=out)
-    write_outputs(res, cfg)
+    write_outputs(res, cfg, fdump=fdump)
     for line in result_lines(res):
         print(line, file=out)
     return 0

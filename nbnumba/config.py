@@ -173,4 +173,5 @@ class Config:
     device: str = "cpu"          # "cpu" | "cuda"
     noprogress: bool = False
     fdump_path: str = "Fdump.bin"
+    max_memory: float = 0.0      # bytes a run may use; 0 = the machine's available memory
     workdir: Optional[str] = None    # relative input/output paths resolve here

@@ -47,7 +47,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from nbnumba.config import Config
-from nbnumba.errors import UsageError
+from nbnumba.errors import NBError, UsageError
 
 __all__ = [
     "RTD",
@@ -83,7 +83,7 @@ GROUPS = (
 _HELP_SPELLINGS = ("-h", "-help", "--help")
 
 
-class HelpRequested(Exception):
+class HelpRequested(NBError):
     """Raised by :func:`parse_argv` when ``-h``/``-help``/``--help`` is present.
 
     ``.text`` is the full usage text (:func:`usage_text`); the CLI prints it and
@@ -93,6 +93,8 @@ class HelpRequested(Exception):
     def __init__(self, text: str):
         super().__init__("help requested")
         self.text = text
+
+    exit_code = 0      # help is not an error
 
 
 Apply = Callable[[Config, tuple], None]
@@ -116,7 +118,7 @@ class FlagSpec:
     choices  accepted words for kind 'choice'
     metavar  how the values are shown in the help
     example  sample values (used by the tests and nowhere else)
-    minimum  smallest accepted value (only ``-threads``)
+    minimum  smallest accepted value (pixel and unit-cell counts, ``-threads``)
     """
 
     name: str
@@ -311,13 +313,13 @@ FLAGS: Tuple[FlagSpec, ...] = (
        _apply_misset, ("misset_mode", "misset"), metavar="rotx roty rotz | random",
        example=("10", "20", "30")),
     _F("-Na", 1, "int", "", "1", "number of unit cells along a (integer)",
-       _set("Na", conv=float), ("Na",), example=("7",)),
+       _set("Na", conv=float), ("Na",), example=("7",), minimum=1),
     _F("-Nb", 1, "int", "", "1", "number of unit cells along b (integer)",
-       _set("Nb", conv=float), ("Nb",), example=("7",)),
+       _set("Nb", conv=float), ("Nb",), example=("7",), minimum=1),
     _F("-Nc", 1, "int", "", "1", "number of unit cells along c (integer)",
-       _set("Nc", conv=float), ("Nc",), example=("7",)),
+       _set("Nc", conv=float), ("Nc",), example=("7",), minimum=1),
     _F("-N", 1, "int", "", "1", "number of unit cells along a, b and c (integer)",
-       _set("Na", "Nb", "Nc", conv=float), ("Na", "Nb", "Nc"), example=("5",)),
+       _set("Na", "Nb", "Nc", conv=float), ("Na", "Nb", "Nc"), example=("5",), minimum=1),
     _F("-samplesize", 1, "float", "mm", "0 (use -N)",
        "crystal full width along x, y and z (mm); alternative to -N",
        _set(*_SAMPLE_XYZ, conv=_mm), _SAMPLE_XYZ, aliases=("-sample_size",), example=("0.05",)),
@@ -459,11 +461,11 @@ FLAGS: Tuple[FlagSpec, ...] = (
     _F("-detsize_s", 1, "float", "mm", "102.4 mm", "detector size along the slow axis",
        _set("detsize_s", conv=_mm), ("detsize_s",), group="detector", example=("50",)),
     _F("-detpixels", 1, "int", "pixels", "detsize/pixel (1024)", "square detector: pixels per side",
-       _set("fpixels", "spixels"), ("fpixels", "spixels"), group="detector", example=("64",)),
+       _set("fpixels", "spixels"), ("fpixels", "spixels"), group="detector", example=("64",), minimum=1),
     _F("-detpixels_f", 1, "int", "pixels", "detsize_f/pixel", "number of fast-axis pixels",
-       _set("fpixels"), ("fpixels",), aliases=("-detpixels_x",), group="detector", example=("64",)),
+       _set("fpixels"), ("fpixels",), aliases=("-detpixels_x",), group="detector", example=("64",), minimum=1),
     _F("-detpixels_s", 1, "int", "pixels", "detsize_s/pixel", "number of slow-axis pixels",
-       _set("spixels"), ("spixels",), aliases=("-detpixels_y",), group="detector", example=("64",)),
+       _set("spixels"), ("spixels",), aliases=("-detpixels_y",), group="detector", example=("64",), minimum=1),
     _F("-pixel", 1, "float", "mm", "0.1 mm", "pixel size",
        _set("pixel_size", conv=_mm), ("pixel_size",), group="detector", example=("0.172",)),
     _F("-point_pixel", 0, None, "", "off", "solid angle 1/R^2 only (no obliquity factor)",
@@ -668,6 +670,10 @@ FLAGS: Tuple[FlagSpec, ...] = (
     _F("-device", 1, "choice", "", "cpu", "run the kernels on the CPU or an NVIDIA GPU",
        _set("device"), ("device",), group="nbnumba extras", choices=("cpu", "cuda"),
        example=("cuda",)),
+    _F("-max_memory", 1, "float", "MB", "available memory",
+       "refuse runs estimated to need more memory than this (docs/reliability.md)",
+       _set("max_memory", conv=lambda v: v * 1e6), ("max_memory",), group="nbnumba extras",
+       example=("4000",)),
     _F("-h", 0, None, "", "", "print this help and exit",
        _noop, (), aliases=("-help", "--help"), group="nbnumba extras"),
 )
@@ -695,8 +701,9 @@ def spec_for(flag: str) -> FlagSpec:
 # strict value parsing
 # ---------------------------------------------------------------------------
 
-_FLOAT_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
-_INT_RE = re.compile(r"[+-]?\d+\Z")
+# [0-9], not \d: \d also matches fullwidth and other Unicode digits ('１００')
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
 _INT_MAX = 2**31 - 1        # C stores these values in an int (or long for seeds)
 
 

@@ -159,6 +159,8 @@ def _check_finite(cfg: Config):
 
 def build_model(cfg: Config) -> Model:
     """Derive everything the kernel needs from a Config (no pixel loops)."""
+    from .validate import check_config, check_detector, check_memory, memory_limit
+    check_config(cfg)          # types, signs, impossible geometry: one-line ConfigError
     _check_finite(cfg)
     if cfg.pixel_size <= 0.0:
         raise ConfigError("-pixel must be > 0 (got %g mm)" % (cfg.pixel_size * 1000))
@@ -207,6 +209,14 @@ def build_model(cfg: Config) -> Model:
                           % (det.fpixels, det.spixels, MAX_PIXELS))
 
     steps = resolve_steps(cfg)
+    # memory of the whole run (sources x steps, cells, log lines), before any is allocated
+    nsrc_file = None
+    if cfg.sourcefilename is not None:
+        try:
+            nsrc_file = os.path.getsize(_resolve(cfg, cfg.sourcefilename)) // 6 + 1
+        except OSError:
+            nsrc_file = 1
+    check_memory(cfg, det.fpixels * det.spixels, steps, nsrc_file)
     if steps.phisteps > 100000 or steps.mosaic_domains > 10_000_000:
         raise ConfigError("too many phi steps or mosaic domains requested")
     log.extend(steps.warnings)
@@ -269,7 +279,7 @@ def build_model(cfg: Config) -> Model:
     elif hklpath is not None:
         from .io.hkl import read_hkl
         log.append("counting entries in %s" % cfg.hklfilename)
-        grid = read_hkl(hklpath, cfg.default_F)
+        grid = read_hkl(hklpath, cfg.default_F, memory=memory_limit(cfg))
         log.extend(getattr(grid, "warnings", []))
         if cfg.default_F != 0.0:
             log.append("initializing to default_F = %g:" % cfg.default_F)
@@ -277,7 +287,7 @@ def build_model(cfg: Config) -> Model:
         log.append("re-reading %s" % cfg.hklfilename)
     elif have_fdump:
         from .io.hkl import read_fdump
-        grid = read_fdump(fdump_path)
+        grid = read_fdump(fdump_path, memory=memory_limit(cfg))
         used_fdump = True
         log.append("reading Fs from %s (cache of a previous -hkl run; nanoBragg.c reads it "
                    "silently when -hkl is absent)" % cfg.fdump_path)
@@ -311,6 +321,11 @@ def build_model(cfg: Config) -> Model:
         cols = read_text_columns(_resolve(cfg, cfg.sourcefilename), 5)
         if len(cols) == 0:
             raise InputFileError("%s: no sources in file" % cfg.sourcefilename)
+        xyz = np.asarray(cols, dtype=float)[:, :3]
+        at_origin = np.flatnonzero(np.all(xyz == 0.0, axis=1))
+        if len(at_origin):
+            raise InputFileError("%s: source %d is at 0 0 0, the sample position: it has no "
+                                 "direction" % (cfg.sourcefilename, int(at_origin[0]) + 1))
     src = build_sources(steps, det.beam, det.polar, det.vert, cfg.lambda0, cfg.round_div, cols)
     if len(src.wavelength) == 0:
         raise ConfigError("no x-ray sources survive the divergence settings")
@@ -338,6 +353,7 @@ def build_model(cfg: Config) -> Model:
             raise InputFileError("%s: mask is %dx%d pixels but the detector is %dx%d"
                                  % (cfg.maskfilename, m.shape[1], m.shape[0], det.fpixels, det.spixels))
         active[m == 0] = 0
+    check_detector(cfg, det, active)
 
     return Model(cfg=cfg, det=det, steps=steps, crystal=cr, sources=src, phis=phis, umats=umats,
                  cells=cells, Fhkl=Fhkl, hkl_bounds=bounds, hkls=hkls, interpolate=interpolate,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import List, Tuple
 
 from .api import to_host
-from .io.atomic import check_not_input
+from .io.atomic import check_distinct, check_not_input, check_writable, output_set
 from .io.floatimage import write_float_image
 from .io.pgm import write_pgm
 from .io.smv import nanobragg_smv_fields, write_smv
@@ -33,15 +33,59 @@ def smv_fields(res, noise=False):
         st.phi0, st.osc, d.twotheta, denzo_sign=1 if noise else -1)
 
 
-def write_outputs(res, cfg, quiet=False) -> List[str]:
+def output_paths(cfg, fdump: bool = False) -> List[Tuple[str, str]]:
+    """``(flag, path)`` of every file this run will write, in writing order.
+
+    ``fdump``: include the structure-factor cache (written when -hkl is read)."""
+    out = [("-floatfile", _path(cfg, cfg.floatfilename)), ("-intfile", _path(cfg, cfg.intfilename))]
+    if cfg.write_pgm:
+        out.append(("-pgmfile", _path(cfg, cfg.pgmfilename)))
+    if cfg.calculate_noise:
+        out.append(("-noisefile", _path(cfg, cfg.noisefilename)))
+    if fdump and cfg.hklfilename and cfg.hkl_grid is None:
+        out.append(("the %s cache" % cfg.fdump_path, _path(cfg, cfg.fdump_path)))
+    return out
+
+
+def check_output_set(cfg, fdump: bool = False) -> None:
+    """Refuse, before anything is computed, an output set that would destroy
+    data: two outputs naming one file, an output that is an input of the run
+    (the Fdump.bin cache included), or a target that cannot be written."""
+    outs = output_paths(cfg, fdump)
+    check_distinct(outs)
+    inputs = input_files(cfg)
+    for what, p in outs:
+        check_not_input(p, inputs, what)
+        if not what.startswith("the "):     # an unwritable cache is only a warning, as in C
+            check_writable(p, what)
+
+
+def fdump_message(cfg):
+    """(write it?, the line nanoBragg prints) for the Fdump.bin cache of -hkl."""
+    if not cfg.hklfilename or cfg.hkl_grid is not None:
+        return False, None
+    try:
+        check_writable(_path(cfg, cfg.fdump_path))
+    except Exception:
+        return False, "WARNING: unable to open dump file: %s" % cfg.fdump_path
+    return True, "writing dump file for next time: %s" % cfg.fdump_path
+
+
+def write_outputs(res, cfg=None, quiet=False, fdump: bool = False) -> List[str]:
     """Write every file nanoBragg would write for this run; returns the paths.
+
+    All or nothing: every file is staged first and the set is renamed into
+    place only when all of them were written; on any error (or Ctrl-C) the old
+    files are all kept and no temporary file remains.  ``fdump``: also write the
+    Fdump.bin cache of the -hkl structure factors (the CLI does, as nanoBragg).
 
     SMV headers that outgrow nanoBragg's 512 bytes are written as valid files
     (HEADER_BYTES=1024) by default; -c_parity writes the C's overflowing bytes.
     """
-    inputs = input_files(cfg)
+    if cfg is None:
+        cfg = res.model.cfg
+    check_output_set(cfg, fdump)
     overflow = "c" if cfg.c_parity else "grow"
-    written = []
     todo = [(cfg.floatfilename, lambda p: write_float_image(p, to_host(res.float_image)))]
     todo.append((cfg.intfilename, lambda p: write_smv(p, res.int_image, smv_fields(res), header_overflow=overflow)))
     if cfg.write_pgm and res.pgm_image is not None:
@@ -49,21 +93,24 @@ def write_outputs(res, cfg, quiet=False) -> List[str]:
     if cfg.calculate_noise and res.noise_image is not None:
         todo.append((cfg.noisefilename, lambda p: write_smv(p, res.noise_image, smv_fields(res, True),
                                                           header_overflow=overflow)))
-    for name, fn in todo:
-        p = _path(cfg, name)
-        check_not_input(p, inputs)
+    if fdump and getattr(res.model, "fdump_grid", None) is not None:
+        from .io.hkl import write_fdump as _wf
+        todo.append((cfg.fdump_path, lambda p: _wf(p, res.model.fdump_grid)))
+    written = []
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        for name, fn in todo:
-            p = _path(cfg, name)
-            fn(p)
-            written.append(p)
+        with output_set():
+            for name, fn in todo:
+                p = _path(cfg, name)
+                fn(p)
+                written.append(p)
     return written
 
 
 def write_fdump(model):
-    """Cache the structure factors read from -hkl, as nanoBragg.c does."""
+    """Cache the structure factors read from -hkl, as nanoBragg.c does (alone;
+    the CLI writes the cache inside the output set, see write_outputs)."""
     from .io.hkl import write_fdump as _w
     if model.fdump_grid is None:
         return None

@@ -64,6 +64,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -75,6 +76,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import ConfigError, NBError, UsageError
+from .flags import HelpRequested
 from .formats import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
 from .io.atomic import OutputFileError
 from .io.smv import RTD
@@ -238,8 +240,15 @@ def parse_series_argv(argv: Sequence[str]) -> SeriesOptions:
         if not o.formats:
             raise SeriesUsageError("--format: no format given (choose from %s)" % ", ".join(FORMATS))
     o.scheduler = last("scheduler")
+    if o.scheduler is not None:
+        _check_scheduler_address(o.scheduler)
     if last("workers") is not None:
         o.workers = _num("workers", last("workers"), int, 0)
+        cap = max_local_workers()
+        if o.workers > cap:
+            # each worker is a process of ~150 MB that imports numba: 100000 of them never start
+            raise SeriesUsageError("--workers %d is more than this machine can run (at most %d: "
+                                   "4 per CPU)" % (o.workers, cap))
     if last("device") is not None:
         o.device = last("device").lower()
         if o.device not in ("cpu", "cuda"):
@@ -284,6 +293,20 @@ def parse_series_argv(argv: Sequence[str]) -> SeriesOptions:
     if o.resume and o.overwrite:
         raise SeriesUsageError("--resume and --overwrite contradict each other")
     return o
+
+
+_SCHEDULER_RE = re.compile(r"(?:(?:tcp|tls|inproc|ucx|ws|wss)://)?[A-Za-z0-9_.\-\[\]:]+:[0-9]+/?\Z")
+
+
+def _check_scheduler_address(addr: str) -> None:
+    """``tcp://host:port`` (or ``host:port``, other Dask schemes), before anything is written."""
+    if not _SCHEDULER_RE.match(addr):
+        raise SeriesUsageError("--scheduler: '%s' is not a Dask scheduler address "
+                               "(expected e.g. tcp://host:8786)" % addr)
+
+
+def max_local_workers() -> int:
+    return 4 * default_workers()
 
 
 # ---------------------------------------------------------------------------
@@ -574,6 +597,82 @@ def _clean_temp_files(out_dir: str, prefix: str) -> None:
                 pass
 
 
+class _DirLock:
+    """flock held on the directory itself (no lock file is left in DIR)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __del__(self):
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def _lock_out_dir(out_dir: str) -> _DirLock:
+    """An exclusive lock on DIR (flock on the directory), or NBError when another run holds it."""
+    import fcntl
+    try:
+        fd = os.open(out_dir, os.O_RDONLY)
+    except OSError as exc:
+        raise OutputFileError("cannot open '%s': %s" % (out_dir, exc.strerror or exc)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise NBError("another %s run is writing to '%s'; wait for it to finish" % (PROG, out_dir)) from None
+    return _DirLock(fd)
+
+
+def _check_outputs_not_inputs(cfg, opts, specs, out_dir: str) -> None:
+    """Refuse up front a frame, master or manifest file that is an input of the run
+    (e.g. -hkl x_00001.img with --prefix x would be overwritten by frame 1)."""
+    from .outputs import input_files
+    inputs = [os.path.abspath(p) for p in input_files(cfg)]
+    if not inputs:
+        return
+    ids = {}
+    for p in inputs:
+        ids[os.path.normcase(os.path.realpath(p))] = p
+        try:
+            st = os.stat(p)
+            ids[(st.st_dev, st.st_ino)] = p
+        except OSError:
+            pass
+    names = [MANIFEST, MASTER] + [frame_filename(opts.prefix, s.number, f)
+                                  for s in specs for f in opts.formats]
+    for name in names:
+        path = os.path.join(out_dir, name)
+        hit = ids.get(os.path.normcase(os.path.realpath(path)))
+        if hit is None and os.path.exists(path):
+            st = os.stat(path)
+            hit = ids.get((st.st_dev, st.st_ino))
+        if hit is not None:
+            raise OutputFileError("refusing to write '%s': it is also an input file of this run "
+                                  "('%s')" % (path, hit))
+
+
+def _remove_previous_outputs(out_dir: str, records: List[dict]) -> None:
+    """--overwrite: delete the files an earlier run recorded in its manifest (frames of
+    every format, the master file) so no stale frame survives next to the new set.
+    Only plain names recorded in the manifest, inside DIR, are touched."""
+    for rec in records:
+        files = rec.get("files")
+        if not isinstance(files, dict):
+            continue
+        for name in files:
+            if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+                continue
+            p = os.path.join(out_dir, name)
+            try:
+                if os.path.isfile(p) and not os.path.islink(p):
+                    os.unlink(p)
+            except OSError as exc:
+                raise OutputFileError("--overwrite: cannot remove '%s': %s"
+                                      % (p, exc.strerror or exc)) from None
+
+
 # ---------------------------------------------------------------------------
 # execution back ends
 # ---------------------------------------------------------------------------
@@ -606,7 +705,7 @@ def _connect(opts: SeriesOptions):
     if opts.scheduler:
         try:
             return Client(opts.scheduler, timeout="30s"), None
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:      # OSError, TimeoutError, ValueError (bad address), ...
             raise NBError("cannot connect to the Dask scheduler at %s: %s" % (opts.scheduler, exc)) from None
     n = opts.workers if opts.workers is not None else default_workers()
     with warnings.catch_warnings():
@@ -636,9 +735,9 @@ def _warm_worker(threads: Optional[int]) -> int:
     return os.getpid()
 
 
-def _run_dask(cfg, specs, job, opts, handle: Callable[[dict], bool], timing: dict) -> bool:
+def _run_dask(cfg, specs, job, opts, handle: Callable[[dict], bool], timing: dict, conn=None) -> bool:
     from distributed import as_completed
-    client, cluster = _connect(opts)
+    client, cluster = conn if conn is not None else _connect(opts)
     try:
         client.run(_warm_worker, job.threads)
     except Exception:       # a worker that cannot warm up will report on its first frame
@@ -691,6 +790,10 @@ def run_series(opts: SeriesOptions) -> int:
         cfg = replace(cfg, workdir=os.getcwd())    # workers resolve relative inputs here
     # the whole setup once, before anything is created: ConfigError/InputFileError -> exit 2
     build_model(replace(cfg, seed=cfg.seed if cfg.seed is not None else -1, threads=None))
+    if (opts.device or cfg.device) == "cuda" and not opts.scheduler:
+        # local workers share this machine's GPUs: refuse once, before DIR exists
+        from .kernels.gpu import require_device
+        require_device()
     out_dir = os.path.abspath(opts.out)
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -699,6 +802,9 @@ def run_series(opts: SeriesOptions) -> int:
                               % (out_dir, exc.strerror or exc)) from None
     if not os.path.isdir(out_dir):
         raise OutputFileError("cannot create output directory '%s': not a directory" % out_dir)
+    # one run per directory: a second --resume must not render the same frames
+    # (the lock is released when this function returns and the descriptor is closed)
+    dir_lock = _lock_out_dir(out_dir)  # noqa: F841 (held by reference)
 
     # ---- manifest and base seed -------------------------------------------------
     mpath = os.path.join(out_dir, MANIFEST)
@@ -727,6 +833,7 @@ def run_series(opts: SeriesOptions) -> int:
     if cfg.misset_seed is None:
         cfg = replace(cfg, misset_seed=-base_seed)
     specs = plan_frames(cfg, opts, base_seed)
+    _check_outputs_not_inputs(cfg, opts, specs, out_dir)
     device = opts.device or cfg.device
     in_process = opts.workers == 0 and not opts.scheduler
     if cfg.threads:
@@ -762,6 +869,11 @@ def run_series(opts: SeriesOptions) -> int:
                 done_records[spec.index] = r
     todo = [s for s in specs if s.index not in done_records]
 
+    conn = None
+    if todo and not in_process:
+        conn = _connect(opts)       # a bad scheduler fails before the manifest is touched
+    if opts.overwrite and header is not None:
+        _remove_previous_outputs(out_dir, records)
     manifest = Manifest(mpath)
     manifest.open(truncate=not resuming)
     if not resuming:
@@ -812,7 +924,7 @@ def run_series(opts: SeriesOptions) -> int:
                 if in_process:
                     stopped = _run_inprocess(cfg, todo, job, handle)
                 else:
-                    stopped = _run_dask(cfg, todo, job, opts, handle, timing)
+                    stopped = _run_dask(cfg, todo, job, opts, handle, timing, conn=conn)
         finally:
             if bar is not None:
                 bar.close()
@@ -869,6 +981,9 @@ def _write_master(cfg, opts, specs, out_dir, manifest: Manifest) -> None:
 
 
 def main(argv=None) -> int:
+    if argv is None:            # a program: SIGTERM cleans up like Ctrl-C (temps, cluster)
+        from .cli import _term_as_interrupt
+        _term_as_interrupt()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         print(USAGE, file=sys.stderr)
@@ -879,6 +994,9 @@ def main(argv=None) -> int:
             print(USAGE)
             return EXIT_OK
         return run_series(opts)
+    except HelpRequested as exc:      # -h among the engine flags: the engine's help
+        print(exc.text)
+        return EXIT_OK
     except UsageError as exc:
         _err(str(exc))
         return EXIT_USAGE

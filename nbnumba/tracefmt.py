@@ -75,7 +75,9 @@ def format_value(x: Value) -> str:
 
 def _parse_token(tok: str) -> Value:
     """Number if the token is one (int for ``%d``-looking text), else the string."""
-    if _INT_RE.match(tok) and not (tok.startswith("-") and int(tok) == 0):
+    # an int of more digits than any %d can print is read as a float: int() of a
+    # huge token raises (Python's 4300-digit limit) and costs quadratic time
+    if len(tok) <= 24 and _INT_RE.match(tok) and not (tok.startswith("-") and int(tok) == 0):
         return int(tok)  # "-0" stays a float so its sign survives
     try:
         return float(tok)  # handles 1e-05, -0, nan, -nan, inf, -inf

@@ -229,35 +229,35 @@ def test_resample_non_integer_exit4(tmp_path, monkeypatch, capsys):
     assert "not integer" in one_line_error(err)
 
 
-def test_c_runner_failure_exit2(tmp_path, monkeypatch, capsys):
+def test_c_runner_failure_exit6(tmp_path, monkeypatch, capsys):
     fake = make_fake(tmp_path, "fail")
     code, out, err = run(tmp_path, monkeypatch, capsys, ["--c-bin", fake, "--outdir", "cmp"])
-    assert code == 2
+    assert code == 6
     line = one_line_error(err)
     assert "C runner failed" in line and "ERROR: simulated C failure" in line
     d = only_dir(tmp_path / "cmp")
     assert "simulated C failure" in (d / "c_stderr.txt").read_text()
 
 
-def test_port_runner_failure_exit2(tmp_path, monkeypatch, capsys):
+def test_port_runner_failure_exit6(tmp_path, monkeypatch, capsys):
     fake = make_fake(tmp_path, "same")
     code, out, err = run(tmp_path, monkeypatch, capsys,
                          ["--c-bin", fake, "--outdir", "cmp", "--py-args", "-no_such_flag_xyz"])
-    assert code == 2
+    assert code == 6
     assert "port runner failed" in one_line_error(err)
 
 
-def test_missing_binary_exit2(tmp_path, monkeypatch, capsys):
+def test_missing_binary_exit6(tmp_path, monkeypatch, capsys):
     code, out, err = run(tmp_path, monkeypatch, capsys,
                          ["--c-bin", str(tmp_path / "no_such_program"), "--outdir", "cmp"])
-    assert code == 2
+    assert code == 6
     assert "C runner failed" in one_line_error(err)
 
 
-def test_no_shape_line_exit2(tmp_path, monkeypatch, capsys):
+def test_no_shape_line_exit6(tmp_path, monkeypatch, capsys):
     fake = make_fake(tmp_path, "noshape")
     code, out, err = run(tmp_path, monkeypatch, capsys, ["--c-bin", fake, "--outdir", "cmp"])
-    assert code == 2
+    assert code == 6
     assert "pixels" in one_line_error(err)
 
 
@@ -268,24 +268,24 @@ def test_no_shape_line_exit2(tmp_path, monkeypatch, capsys):
     (["--c-bin", "X", "--bogus"], FLAGS, "unrecognized"),
     (["--c-bin", "X", "--threshold", "abc"], FLAGS, "threshold"),
 ])
-def test_usage_errors_exit1(tmp_path, monkeypatch, capsys, opts, flags, needle):
+def test_usage_errors_exit2(tmp_path, monkeypatch, capsys, opts, flags, needle):
     code, out, err = run(tmp_path, monkeypatch, capsys, opts, flags)
-    assert code == 1
+    assert code == 2
     assert needle in one_line_error(err)
 
 
-def test_no_c_program_configured_exit1(tmp_path, monkeypatch, capsys):
+def test_no_c_program_configured_exit2(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("NB_C_BIN", raising=False)
     code, out, err = run(tmp_path, monkeypatch, capsys, ["--outdir", "cmp"])
-    assert code == 1
+    assert code == 2
     assert "NB_C_BIN" in one_line_error(err)
 
 
-def test_roi_outside_image_exit1(tmp_path, monkeypatch, capsys):
+def test_roi_outside_image_exit2(tmp_path, monkeypatch, capsys):
     fake = make_fake(tmp_path, "same")
     code, out, err = run(tmp_path, monkeypatch, capsys,
                          ["--c-bin", fake, "--outdir", "cmp", "--roi", "0", "40", "0", "3"])
-    assert code == 1
+    assert code == 2
     assert "outside" in one_line_error(err)
 
 

@@ -27,6 +27,8 @@ ALLOWED_UNCOVERED = {
     "-trace_pixel", "-dump_pixel",
     # nbnumba's own switches (no nanoBragg equivalent)
     "-c_parity", "-precision", "-threads", "-device",
+    # a resource limit, not physics (tests/test_reliability.py)
+    "-max_memory",
 }
 
 # Used when nbnumba.flags is not importable: every nanoBragg spelling.

@@ -211,7 +211,7 @@ def test_usage_errors(tmp_path, monkeypatch, capsys, extra, needle):
     opts = ["--pixel", "8", "8", "--outdir", "reports", "--no-c"]
     code = probe.main(opts + extra + ["--"] + FIXTURE["args"])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
 
@@ -220,12 +220,12 @@ def test_trace_file_without_trace_lines(tmp_path, monkeypatch, capsys):
     (tmp_path / "empty.log").write_text("nothing to see\n")
     code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE,
                                        trace=tmp_path / "empty.log")
-    assert code == 1 and "no TRACE_C lines" in err
+    assert code == 2 and "no TRACE_C lines" in err
 
 
 def test_missing_pixel_option(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert probe.main(["--"] + FIXTURE["args"]) == 1
+    assert probe.main(["--"] + FIXTURE["args"]) == 2
     assert "--pixel" in capsys.readouterr().err
 
 

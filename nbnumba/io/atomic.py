@@ -5,6 +5,22 @@ target's directory, flushed and fsync'ed, then renamed onto the target with
 ``os.replace``.  A failure at any point removes the temporary file, so a
 reader never sees a half-written image and a previous good file survives.
 
+Rules (see docs/reliability.md):
+
+* Only *regular* files are replaced.  A target that exists and is a character
+  device (``/dev/null``) or a FIFO is written to directly, never replaced; a
+  FIFO with no reader is refused rather than blocking.  A directory, socket or
+  block device is refused.  A regular file that is this process's own standard
+  output or error (``-floatfile /dev/stdout > log``) is refused.
+* Temporary files are named ``.NAME.nbnumba-PID[-N].tmp`` next to the target.
+  Before writing NAME, temporaries of NAME left by a process that no longer
+  exists (killed with SIGKILL, power loss) are removed; nothing else is touched.
+* :func:`output_set` groups several writes: every file is staged to its
+  temporary first and renamed only when all of them were written.  If any
+  write fails (or the process is interrupted), every temporary is removed and
+  every old file is kept.  SIGINT/SIGTERM are held back during the final
+  renames, which take microseconds.
+
 Differences from the C program (which uses plain ``fopen(..., "wb")``):
 
 * the target is replaced, not truncated in place: hard links to the old file
@@ -18,18 +34,28 @@ Differences from the C program (which uses plain ``fopen(..., "wb")``):
 from __future__ import annotations
 
 import contextlib
+import errno
+import itertools
 import os
+import re
+import signal
 import stat
-import tempfile
-from typing import Iterable, Iterator
+import threading
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 from nbnumba.errors import NBError
 
 __all__ = [
     "OutputFileError",
     "check_not_input",
+    "check_distinct",
+    "check_writable",
     "atomic_write_bytes",
     "atomic_open",
+    "output_set",
+    "temp_name",
+    "remove_stale_temps",
+    "is_our_temp",
 ]
 
 
@@ -64,22 +90,149 @@ def _same_file(a: str, b: str) -> bool:
     return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
-def check_not_input(path, inputs: Iterable) -> None:
+def check_not_input(path, inputs: Iterable, what: str = "") -> None:
     """Raise :class:`OutputFileError` if ``path`` is one of the ``inputs``.
 
     Comparison uses the file identity when both exist (so ``./a.img`` and
     ``a.img`` or a symlink to it are recognised), else the resolved paths.
-    ``None`` entries in ``inputs`` are ignored.
+    ``None`` entries in ``inputs`` are ignored.  ``what`` (e.g. ``"-intfile"``)
+    is named in the message.
     """
     p = os.fspath(path)
+    label = f"{what} " if what else ""
     for inp in inputs:
         if inp is None:
             continue
         q = os.fspath(inp)
         if _same_file(p, q):
             raise OutputFileError(
-                f"refusing to write '{p}': it is also an input file of this run ('{q}')"
+                f"refusing to write {label}'{p}': it is also an input file of this run ('{q}')"
             )
+
+
+def check_distinct(named: Iterable[Tuple[str, str]]) -> None:
+    """Refuse two outputs of one run that are the same file: ``named`` holds
+    ``(what, path)`` pairs, e.g. ``("-floatfile", "a.out")``."""
+    seen: List[Tuple[str, str]] = []
+    for what, path in named:
+        p = os.fspath(path)
+        if _special_kind(p) == "chr":
+            continue            # several outputs may go to /dev/null
+        for w0, p0 in seen:
+            if _same_file(p, p0):
+                raise OutputFileError(
+                    f"{w0} and {what} both name '{p}': each output needs its own file")
+        seen.append((what, p))
+
+
+def _special_kind(path: str) -> Optional[str]:
+    """None for a regular or absent target, else 'chr', 'fifo' or an error word."""
+    try:
+        st = os.stat(path)          # follows symlinks: /dev/stdout -> the real thing
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None                 # let the real open report it
+    m = st.st_mode
+    if stat.S_ISREG(m):
+        for fd in (1, 2):
+            try:
+                sf = os.fstat(fd)
+            except OSError:
+                continue
+            if stat.S_ISREG(sf.st_mode) and (sf.st_dev, sf.st_ino) == (st.st_dev, st.st_ino):
+                return "stdio"
+        return None
+    if stat.S_ISCHR(m):
+        return "chr"
+    if stat.S_ISFIFO(m):
+        return "fifo"
+    if stat.S_ISDIR(m):
+        return "directory"
+    if stat.S_ISSOCK(m):
+        return "socket"
+    if stat.S_ISBLK(m):
+        return "block device"
+    return "special file"
+
+
+def check_writable(path, what: str = "") -> None:
+    """Cheap up-front check (before a long render) that ``path`` can be an output:
+    its directory exists and the target is not a directory, socket, block
+    device or this process's redirected stdout/stderr."""
+    shown = os.fspath(path)
+    label = f"{what} " if what else ""
+    kind = _special_kind(shown)
+    if kind in ("chr", "fifo"):
+        return
+    if kind == "stdio":
+        raise OutputFileError(f"refusing to write {label}'{shown}': it is this process's "
+                              "redirected standard output or error (a regular file)")
+    if kind is not None:
+        raise OutputFileError(f"cannot write {label}'{shown}': it is a {kind}, not a file")
+    target = _resolve_target(shown)
+    directory = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(directory):
+        raise OutputFileError(f"cannot write {label}'{shown}': No such file or directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputFileError(f"cannot write {label}'{shown}': Permission denied")
+
+
+# ---------------------------------------------------------------------------
+# temporary file names
+# ---------------------------------------------------------------------------
+
+_counter = itertools.count()
+_TEMP_RE = re.compile(r"\.(?P<base>.+)\.nbnumba-(?P<pid>[0-9]+)(?:-[0-9]+)?\.tmp\Z")
+
+
+def temp_name(base: str) -> str:
+    """The temporary name used while writing ``base`` (a file name, no directory)."""
+    return f".{base}.nbnumba-{os.getpid()}-{next(_counter)}.tmp"
+
+
+def is_our_temp(name: str, base: Optional[str] = None) -> bool:
+    """True if ``name`` is a temporary of ours (of ``base`` if given)."""
+    m = _TEMP_RE.match(name)
+    return bool(m) and (base is None or m.group("base") == base)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True                 # exists, belongs to someone else
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str, base: Optional[str] = None) -> int:
+    """Remove temporaries of ``base`` (or of any name) in ``directory`` whose
+    writing process no longer exists; returns how many were removed."""
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        return 0
+    n = 0
+    for name in names:
+        m = _TEMP_RE.match(name)
+        if not m or (base is not None and m.group("base") != base):
+            continue
+        if _pid_alive(int(m.group("pid"))):
+            continue
+        try:
+            full = os.path.join(directory, name)
+            if stat.S_ISREG(os.lstat(full).st_mode):
+                os.unlink(full)
+                n += 1
+        except OSError:
+            pass
+    return n
 
 
 def _resolve_target(path: str) -> str:
@@ -89,6 +242,186 @@ def _resolve_target(path: str) -> str:
     return path
 
 
+# ---------------------------------------------------------------------------
+# output sets
+# ---------------------------------------------------------------------------
+
+class _Staged:
+    __slots__ = ("shown", "target", "tmp", "kind", "mode")
+
+    def __init__(self, shown, target, tmp, kind, mode):
+        self.shown, self.target, self.tmp, self.kind, self.mode = shown, target, tmp, kind, mode
+
+
+class _OutputSet:
+    """Files staged by :func:`atomic_open` while the set is active."""
+
+    def __init__(self):
+        self.staged: List[_Staged] = []
+
+    def discard(self) -> None:
+        for s in self.staged:
+            _unlink_quietly(s.tmp)
+        self.staged = []
+
+    def commit(self) -> None:
+        """Rename every staged temporary onto its target (special targets get
+        the bytes copied).  On a failure the targets already replaced get their
+        old contents back (kept as hard links until the end)."""
+        backups: List[Tuple[str, Optional[str]]] = []
+        done: List[_Staged] = []
+        current = None
+        try:
+            # special targets first: they cannot be rolled back, so do them
+            # only after every regular rename is known to be possible
+            for s in [s for s in self.staged if s.kind is None]:
+                current = s
+                bak = None
+                if os.path.lexists(s.target):
+                    bak = os.path.join(os.path.dirname(os.path.abspath(s.target)),
+                                       temp_name(os.path.basename(s.target)))
+                    try:
+                        os.link(s.target, bak)
+                    except OSError:
+                        bak = None
+                # registered first: a failed replace still has its backup link removed
+                backups.append((s.target, bak))
+                os.replace(s.tmp, s.target)
+                done.append(s)
+            for s in [s for s in self.staged if s.kind is not None]:
+                current = s
+                _copy_to_special(s.tmp, s.target, s.shown, s.kind)
+                _unlink_quietly(s.tmp)
+                done.append(s)
+        except BaseException as exc:
+            for target, bak in reversed(backups):
+                if bak is not None:
+                    try:
+                        if os.path.samefile(bak, target):
+                            # never replaced: rename() of two links to one file does nothing
+                            _unlink_quietly(bak)
+                        else:
+                            os.replace(bak, target)
+                    except OSError:
+                        _unlink_quietly(bak)
+                else:
+                    _unlink_quietly(target)
+            for s in self.staged:
+                _unlink_quietly(s.tmp)
+            self.staged = []
+            if isinstance(exc, OSError) and not isinstance(exc, NBError):
+                shown = current.shown if current is not None else "?"
+                raise OutputFileError("cannot write '%s': %s (no output file was changed)"
+                                      % (shown, _describe(exc))) from None
+            raise
+        for _, bak in backups:
+            if bak is not None:
+                _unlink_quietly(bak)
+        dirs = {os.path.dirname(os.path.abspath(s.target)) for s in done if s.kind is None}
+        for d in dirs:
+            _fsync_dir(d)
+        self.staged = []
+
+
+_local = threading.local()
+
+
+def _active_set() -> Optional[_OutputSet]:
+    return getattr(_local, "oset", None)
+
+
+_HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Defer SIGINT/SIGTERM (main thread only) over a short critical section; a
+    signal that arrived is handed to the previous handler afterwards.  (Blocking
+    with pthread_sigmask is not enough: numba's worker threads would still take
+    the signal and Python would raise in the main thread mid-section.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: List[int] = []
+
+    def defer(signum, frame):
+        pending.append(signum)
+    old = {}
+    try:
+        for sig in _HELD:
+            old[sig] = signal.signal(sig, defer)
+    except (ValueError, OSError):
+        pass
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        for sig in pending:
+            h = old.get(sig)
+            if callable(h):
+                h(sig, None)
+            elif h == signal.SIG_DFL:
+                signal.raise_signal(sig)
+
+
+@contextlib.contextmanager
+def output_set() -> Iterator[_OutputSet]:
+    """All-or-nothing group of outputs.
+
+    Inside the ``with`` block every :func:`atomic_open` (and so every writer of
+    nbnumba) stages its file; when the block ends normally all files are renamed
+    into place, otherwise (exception, KeyboardInterrupt, SIGTERM turned into an
+    exception by the caller) every temporary is removed and no target changes.
+    Sets do not nest: an inner ``output_set`` joins the outer one.
+    """
+    outer = _active_set()
+    if outer is not None:
+        yield outer
+        return
+    oset = _OutputSet()
+    _local.oset = oset
+    try:
+        try:
+            yield oset
+        except BaseException:
+            oset.discard()
+            raise
+        _local.oset = None
+        with _signals_held():
+            oset.commit()
+    finally:
+        _local.oset = None
+        oset.discard()
+
+
+# ---------------------------------------------------------------------------
+# single files
+# ---------------------------------------------------------------------------
+
+def _open_special(target: str, shown: str, kind: str):
+    if kind == "fifo":
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                raise OutputFileError(f"cannot write '{shown}': it is a FIFO with no reader") from None
+            raise OutputFileError(f"cannot write '{shown}': {_describe(exc)}") from None
+        os.set_blocking(fd, True)
+    else:
+        try:
+            fd = os.open(target, os.O_WRONLY)
+        except OSError as exc:
+            raise OutputFileError(f"cannot write '{shown}': {_describe(exc)}") from None
+    return os.fdopen(fd, "wb")
+
+
+def _copy_to_special(tmp: str, target: str, shown: str, kind: str) -> None:
+    with open(tmp, "rb") as src, _open_special(target, shown, kind) as dst:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            dst.write(block)
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "wb") -> Iterator:
     """Context manager yielding a binary file object that replaces ``path``
@@ -96,16 +429,45 @@ def atomic_open(path, mode: str = "wb") -> Iterator:
 
     On any exception the temporary file is deleted, ``path`` is left as it
     was, and the exception propagates (``OSError`` is converted to
-    :class:`OutputFileError` naming ``path``).
+    :class:`OutputFileError` naming ``path``).  Inside :func:`output_set` the
+    rename waits for the whole set.  Character devices and FIFOs are written
+    directly (see the module notes).
     """
     if mode not in ("wb", "w+b", "wb+"):
         raise ValueError(f"atomic_open supports binary write modes only, not {mode!r}")
     shown = os.fspath(path)
-    target = _resolve_target(shown)
+    kind = _special_kind(shown)
+    if kind == "stdio":
+        raise OutputFileError(f"refusing to write '{shown}': it is this process's "
+                              "redirected standard output or error (a regular file)")
+    if kind in ("directory", "socket", "block device", "special file"):
+        raise OutputFileError(f"cannot write '{shown}': it is a {kind}, not a file")
+    oset = _active_set()
+    if kind is not None and oset is None:
+        # character device or FIFO: never replaced, written in place
+        fh = _open_special(shown, shown, kind)
+        try:
+            yield fh
+            fh.flush()
+        except OSError as exc:
+            raise OutputFileError(f"cannot write '{shown}': {_describe(exc)}") from exc
+        finally:
+            try:
+                fh.close()
+            except OSError:
+                pass
+        return
+    target = shown if kind is not None else _resolve_target(shown)
     directory = os.path.dirname(os.path.abspath(target))
+    if kind is not None:
+        # stage a special target's bytes in the working directory's temp space
+        import tempfile
+        directory = tempfile.gettempdir()
     base = os.path.basename(target)
+    remove_stale_temps(directory, base)
+    tmp = os.path.join(directory, temp_name(base))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         raise OutputFileError(f"cannot write '{shown}': {_describe(exc)}") from None
     try:
@@ -119,15 +481,20 @@ def atomic_open(path, mode: str = "wb") -> Iterator:
         yield fh
         fh.flush()
         os.fsync(fh.fileno())
-        try:
-            new_mode = stat.S_IMODE(os.stat(target).st_mode)
-        except OSError:
-            new_mode = 0o666 & ~_current_umask()
-        os.fchmod(fh.fileno(), new_mode)
+        if kind is None:
+            try:
+                new_mode = stat.S_IMODE(os.stat(target).st_mode)
+            except OSError:
+                new_mode = 0o666 & ~_current_umask()
+            os.fchmod(fh.fileno(), new_mode)
         fh.close()
-        os.replace(tmp, target)
-        done = True
-        _fsync_dir(directory)
+        if oset is not None:
+            oset.staged.append(_Staged(shown, target, tmp, kind, mode))
+            done = True
+        else:
+            os.replace(tmp, target)
+            done = True
+            _fsync_dir(directory)
     except OSError as exc:
         raise OutputFileError(f"cannot write '{shown}': {_describe(exc)}") from exc
     finally:

@@ -129,8 +129,11 @@ def _nonint_warnings(hkl: np.ndarray) -> List[str]:
     return out
 
 
-def read_hkl(path, default_F: float = 0.0) -> HKLGrid:
-    """Read an ``h k l F`` text file into nanoBragg's structure-factor grid."""
+def read_hkl(path, default_F: float = 0.0, memory=None) -> HKLGrid:
+    """Read an ``h k l F`` text file into nanoBragg's structure-factor grid.
+
+    ``memory``: optional (bytes, description) limit; a grid whose index ranges
+    need more is refused before it is allocated (see nbnumba.validate)."""
     name = os.fspath(path)
     text = _read_text(name)
     warn: List[str] = []
@@ -157,6 +160,9 @@ def read_hkl(path, default_F: float = 0.0) -> HKLGrid:
             f"{name}: Miller index ranges {lo[0]}..{hi[0]}, {lo[1]}..{hi[1]}, "
             f"{lo[2]}..{hi[2]} need a grid that is too large"
         )
+    if memory is not None:
+        from nbnumba.validate import check_grid_memory
+        check_grid_memory(name, n_elem, memory)
 
     F = np.zeros((ranges[0] + 1, ranges[1] + 1, ranges[2] + 1), dtype=np.float64)
     default_F = float(default_F)
@@ -204,7 +210,7 @@ _FDUMP_HEAD = re.compile(
 )
 
 
-def read_fdump(path) -> HKLGrid:
+def read_fdump(path, memory=None) -> HKLGrid:
     """Read an ``Fdump.bin`` written by nanoBragg or :func:`write_fdump`.
 
     ``hkls`` is set to ``h_range*k_range*l_range`` as in C.  A file shorter
@@ -231,6 +237,9 @@ def read_fdump(path) -> HKLGrid:
     count = shape[0] * shape[1] * shape[2]
     if count > MAX_GRID_ELEMENTS:
         raise InputFileError(f"{name}: Fdump index ranges are too large")
+    if memory is not None:
+        from nbnumba.validate import check_grid_memory
+        check_grid_memory(name, count, memory)
     offset = m.end()
     need = 8 * count
     have = len(raw) - offset

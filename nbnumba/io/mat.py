@@ -18,6 +18,19 @@ from nbnumba.io._cnum import parse_c_number
 __all__ = ["read_mosflm_mat"]
 
 
+#: a MOSFLM matrix holds reciprocal vectors times the wavelength (~1e-2): anything
+#: near 1e100 would overflow the cell volume (a product of three) into inf
+MAX_MAT_VALUE = 1e100
+
+
+def _check_range(name: str, values) -> None:
+    for v in values:
+        if not (abs(v) < MAX_MAT_VALUE):      # also catches nan/inf
+            raise InputFileError(
+                f"{name}: orientation-matrix value {v:g} is out of range "
+                f"(finite, |value| < {MAX_MAT_VALUE:g} required)")
+
+
 def read_mosflm_mat(path) -> np.ndarray:
     """Return ``recip`` (3x3 float64) with ``recip[0]`` = a* (x, y, z),
     ``recip[1]`` = b*, ``recip[2]`` = c*, as read from the file (wavelength
@@ -45,6 +58,7 @@ def read_mosflm_mat(path) -> np.ndarray:
                 )
             values.append(v)
             if len(values) == 9:
+                _check_range(name, values)
                 # rows of the file are (a*_i, b*_i, c*_i); transpose to vectors
                 return np.array(values, dtype=np.float64).reshape(3, 3).T.copy()
     last = len(lines) if lines and lines[-1] != "" else max(len(lines) - 1, 1)

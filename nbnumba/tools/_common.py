@@ -22,6 +22,8 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from nbnumba.errors import NBError
+
 #: flags whose single argument is a file the program reads
 INPUT_FLAGS = ("-hkl", "-mat", "-img", "-mask", "-sourcefile", "-stol", "-4stol", "-Q")
 #: flags whose single argument is a file the program writes
@@ -30,6 +32,11 @@ OUTPUT_FLAGS = ("-floatfile", "-floatimage", "-intfile", "-intimage", "-pgmfile"
 FLOAT_FLAGS = ("-floatfile", "-floatimage")
 
 _SHAPE_RE = re.compile(r"\((\d+)x(\d+) pixels\)")
+
+
+#: exit status of a failed runner (C or port), shared by nb-compare and nbnumba-probe;
+#: 2 is the usage-error status, as for the nbnumba CLI
+EXIT_RUNNER = 6
 
 
 class ToolError(Exception):
@@ -147,13 +154,13 @@ class RunResult:
 
 
 def start(cmd: Sequence[str], cwd: str, env: Optional[Dict[str, str]], label: str):
-    """Start a runner; a missing/unrunnable program is a runner failure (exit 2)."""
+    """Start a runner; a missing/unrunnable program is a runner failure (exit 6)."""
     try:
         return subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     except OSError as exc:
         raise ToolError(f"{label} runner failed: cannot execute {cmd[0]}: "
-                        f"{exc.strerror or exc}", 2) from None
+                        f"{exc.strerror or exc}", EXIT_RUNNER) from None
 
 
 def finish(proc, cmd, cwd, label, t0, timeout=None) -> RunResult:
@@ -163,7 +170,7 @@ def finish(proc, cmd, cwd, label, t0, timeout=None) -> RunResult:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        raise ToolError(f"{label} runner failed: timed out after {timeout} s", 2) from None
+        raise ToolError(f"{label} runner failed: timed out after {timeout} s", EXIT_RUNNER) from None
     return RunResult(label, list(cmd), cwd, proc.returncode,
                      out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
                      time.perf_counter() - t0)
@@ -287,6 +294,9 @@ def guarded_main(prog: str, body, io_exit: Optional[int] = None) -> int:
     except ToolError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.code
+    except NBError as e:      # a request the engine refuses: exit 2, like the CLI
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into `head` and friends
         return 0
     except OSError as e:

@@ -20,7 +20,7 @@ Options:
                       (default 99.5; the diff uses the P-th percentile of |Δ|)
   --save-diff         also write diff.bin (port - C, float32, C's shape)
   --py-args "ARGS"    extra flags for the port only, e.g. --py-args=-c_parity
-  --timeout S         give up on a runner after S seconds (exit 2)
+  --timeout S         give up on a runner after S seconds (exit 6)
   --serial            run C and the port one after the other (default: both at
                       once; the reported run times then share the CPU)
   --c-threads N       set OMP_NUM_THREADS=N for the C run.  nanoBragg.c's phi=0
@@ -38,7 +38,7 @@ c_stderr.txt, py_stdout.txt, py_stderr.txt, c_float.bin, py_float.bin (as
 written by each program), c.png, py.png, diff.png (percentile-scaled previews,
 max-pooled to at most 800 px), summary.json and, with --save-diff, diff.bin.
 
-Exit status: 0 correlation >= threshold; 1 usage error; 2 a runner failed (the
+Exit status: 0 correlation >= threshold; 2 usage error; 6 a runner failed (the
 message names it and quotes its last stderr line); 3 correlation below the
 threshold; 4 image shapes differ (and --resample cannot fix it); 5 I/O error.
 Errors are one line on stderr.
@@ -63,7 +63,8 @@ from nbnumba.tools._common import ToolError
 PROG = "nb-compare"
 PREVIEW_MAX = 800
 
-EXIT_OK, EXIT_USAGE, EXIT_RUNNER, EXIT_THRESHOLD, EXIT_SHAPE, EXIT_IO = 0, 1, 2, 3, 4, 5
+# usage errors exit 2 like the nbnumba CLI; a failed runner is 6
+EXIT_OK, EXIT_USAGE, EXIT_RUNNER, EXIT_THRESHOLD, EXIT_SHAPE, EXIT_IO = 0, 2, 6, 3, 4, 5
 
 __all__ = ["metrics", "resample_to", "main", "compare"]
 

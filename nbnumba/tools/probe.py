@@ -46,7 +46,7 @@ unless it is the first pixel rendered.  (The interpolation latch of -c_parity,
 which depends on every earlier pixel, is not emulated without a render.)
 
 Exit status: 0 bundle written and the traces agree (or no C trace); 3 bundle
-written and the traces diverge; 1 usage error; 2 a runner failed; 5 I/O error.
+written and the traces diverge; 2 usage error; 6 a runner failed; 5 I/O error.
 """
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ from nbnumba.tools import _common as C
 from nbnumba.tools._common import ToolError
 
 PROG = "nbnumba-probe"
-EXIT_OK, EXIT_USAGE, EXIT_RUNNER, EXIT_DIVERGED, EXIT_IO = 0, 1, 2, 3, 5
+# usage errors exit 2 like the nbnumba CLI; a failed runner is 6
+EXIT_OK, EXIT_USAGE, EXIT_RUNNER, EXIT_DIVERGED, EXIT_IO = 0, 2, 6, 3, 5
 RTD = 180.0 / math.pi
 
 GEOMETRY_KEYS = {
@@ -183,8 +184,8 @@ def _port_model(flags: List[str]):
         return build_model(cfg)
     except UsageError as e:
         raise ToolError(f"the port rejected the flags: {e}", EXIT_USAGE) from None
-    except NBError as e:
-        raise ToolError(f"port runner failed: {e}", EXIT_RUNNER) from None
+    except NBError as e:       # a refused request (ConfigError, InputFileError): exit 2 like the CLI
+        raise ToolError(f"the port refused the request: {e}", EXIT_USAGE) from None
 
 
 def _port_trace(model, s: int, f: int) -> List[str]:
@@ -200,8 +201,8 @@ def _port_render(flags: List[str]):
         return simulate(parse_argv(list(flags)))
     except UsageError as e:
         raise ToolError(f"the port rejected the flags: {e}", EXIT_USAGE) from None
-    except NBError as e:
-        raise ToolError(f"port runner failed: {e}", EXIT_RUNNER) from None
+    except NBError as e:       # a refused request (ConfigError, InputFileError): exit 2 like the CLI
+        raise ToolError(f"the port refused the request: {e}", EXIT_USAGE) from None
 
 
 # --------------------------------------------------------------------------- C side

@@ -1,0 +1,380 @@
+"""Request validation shared by the CLI, the API, nbnumba-series and nbnumba-probe.
+
+Everything here runs on the :class:`~nbnumba.config.Config` (plus the
+resolved step counts) before any array of the run is allocated, and raises
+:class:`~nbnumba.errors.ConfigError` with one line that names the flag.
+
+* :func:`check_config` -- types, finiteness, signs and impossible geometry
+  (zero vectors, a cell that cannot exist, an inverted ROI, ...).
+* :func:`check_memory` -- the memory a run needs (pixels, sources x steps,
+  rotated cells, per-step log lines), refused with the estimate and the limit
+  when it exceeds the available memory or ``-max_memory``.
+* :func:`memory_limit` / :func:`check_grid_memory` -- the same rule for the
+  structure-factor grid, checked from the index ranges before it is allocated.
+* :func:`check_image_finite` -- a rendered image with inf/NaN pixels stops the
+  run with the term that overflowed.
+
+The rules and the table of refused inputs are in docs/reliability.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+from typing import Optional
+
+import numpy as np
+
+from .errors import ConfigError
+
+__all__ = ["check_config", "check_memory", "memory_limit", "check_grid_memory",
+           "check_image_finite", "format_bytes", "FLOAT32_MAX"]
+
+RTD = 180.0 / math.pi
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# the flag that sets each Config field, for messages
+_FLAG = {
+    "distance": "-distance", "close_distance": "-close_distance", "pixel_size": "-pixel",
+    "lambda0": "-lambda", "fluence": "-fluence", "flux": "-flux", "exposure": "-exposure",
+    "beamsize": "-beamsize", "Na": "-Na/-N", "Nb": "-Nb/-N", "Nc": "-Nc/-N",
+    "default_F": "-default_F", "water_size": "-water", "fudge": "-fudge",
+    "polarization": "-polar", "dmin": "-dmin", "dispersion": "-dispersion",
+    "hdivrange": "-hdivrange/-divergence", "vdivrange": "-vdivrange/-divergence",
+    "hdivstep": "-hdivstep", "vdivstep": "-vdivstep", "dispstep": "-dispstep",
+    "detector_thick": "-detector_thick", "detector_thickstep": "-detector_thickstep",
+    "detector_mu": "-detector_abs", "mosaic_spread": "-mosaic", "phi0": "-phi",
+    "osc": "-osc", "phistep": "-phistep", "sample_x": "-sample_thick",
+    "sample_y": "-sample_width", "sample_z": "-sample_height", "density": "-density",
+    "molecular_weight": "-MW", "intfile_scale": "-scale", "pgm_scale": "-pgmscale",
+    "adc_offset": "-adc", "detsize_f": "-detsize_f", "detsize_s": "-detsize_s",
+    "detector_rotx": "-detector_rotx", "detector_roty": "-detector_roty",
+    "detector_rotz": "-detector_rotz", "detector_twotheta": "-twotheta",
+    "beam_vector": "-beam_vector", "fdet_vector": "-fdet_vector", "sdet_vector": "-sdet_vector",
+    "odet_vector": "-odet_vector", "polar_vector": "-polar_vector",
+    "spindle_vector": "-spindle_axis", "twotheta_axis": "-twotheta_axis",
+    "pix0_vector": "-pix0_vector", "cell_a": "-cell", "cell_b": "-cell", "cell_c": "-cell",
+    "cell_alpha": "-cell", "cell_beta": "-cell", "cell_gamma": "-cell",
+    "max_memory": "-max_memory", "stol_file_mult": "-stol_file_mult",
+}
+
+# NaN means "not given" for these (the C sentinels)
+_NAN_OK = {"Xbeam", "Ybeam", "Xclose", "Yclose", "ORGX", "ORGY", "close_distance"}
+# +inf is a legal value here (-detector_abs inf)
+_INF_OK = {"detector_mu"}
+
+
+def flag_of(name: str) -> str:
+    return _FLAG.get(name, name)
+
+
+def format_bytes(n: float) -> str:
+    for unit, f in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= f:
+            return "%.3g %s" % (n / f, unit)
+    return "%d bytes" % n
+
+
+# ---------------------------------------------------------------------------
+# the request itself
+# ---------------------------------------------------------------------------
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_types(cfg) -> None:
+    """API callers (``Config(...)``, ``dataclasses.replace``, ``overrides=``) can put
+    anything in a field: numbers must be real numbers, vectors three of them."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)
+                if f.default is not dataclasses.MISSING}
+    for name, d in defaults.items():
+        v = getattr(cfg, name)
+        if isinstance(d, bool):
+            if not isinstance(v, (bool, np.bool_, int)):
+                raise ConfigError("%s: expected true/false, got %r" % (flag_of(name), v))
+        elif isinstance(d, float):
+            if not _is_real(v):
+                raise ConfigError("%s: expected a number, got %r" % (flag_of(name), v))
+        elif isinstance(d, int):
+            if not (_is_real(v) and float(v) == int(v)):
+                raise ConfigError("%s: expected an integer, got %r" % (flag_of(name), v))
+        elif isinstance(d, tuple) and len(d) == 3 and all(isinstance(x, float) for x in d):
+            if not (isinstance(v, (tuple, list, np.ndarray)) and len(v) == 3
+                    and all(_is_real(x) for x in v)):
+                raise ConfigError("%s: expected 3 numbers (x y z), got %r" % (flag_of(name), v))
+        elif isinstance(d, str) and name not in ("stoloutfilename",):
+            if not isinstance(v, str):
+                raise ConfigError("%s: expected text, got %r" % (flag_of(name), v))
+
+
+def _check_finite(cfg) -> None:
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if _is_real(v) and not isinstance(v, int):
+            fv = float(v)
+            if math.isnan(fv) and f.name in _NAN_OK:
+                continue
+            if math.isinf(fv) and f.name in _INF_OK:
+                continue
+            if not math.isfinite(fv):
+                raise ConfigError("%s is %r: a finite number is required" % (flag_of(f.name), fv))
+        elif isinstance(v, tuple) and len(v) == 3 and all(_is_real(x) for x in v):
+            if not all(math.isfinite(float(x)) for x in v):
+                raise ConfigError("%s has a non-finite component" % flag_of(f.name))
+
+
+def _norm(v) -> float:
+    return math.sqrt(sum(float(x) * float(x) for x in v))
+
+
+def _cross(a, b):
+    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+
+
+def _check_geometry(cfg) -> None:
+    if cfg.distance <= 0.0:
+        raise ConfigError("-distance must be > 0 mm (got %g mm): the detector sits "
+                          "downstream of the sample" % (cfg.distance * 1e3))
+    if not math.isnan(cfg.close_distance) and cfg.close_distance <= 0.0:
+        raise ConfigError("-close_distance must be > 0 mm (got %g mm)" % (cfg.close_distance * 1e3))
+    for name in ("beam_vector", "fdet_vector", "sdet_vector", "odet_vector", "polar_vector",
+                 "spindle_vector", "twotheta_axis"):
+        if _norm(getattr(cfg, name)) == 0.0:
+            raise ConfigError("%s 0 0 0 has no direction: give a non-zero vector" % flag_of(name))
+    f, s = cfg.fdet_vector, cfg.sdet_vector
+    if _norm(_cross(f, s)) <= 1e-12 * _norm(f) * _norm(s):
+        raise ConfigError("-fdet_vector and -sdet_vector are parallel: the detector plane "
+                          "is degenerate")
+    if cfg.flux != 0.0 and cfg.exposure > 0.0 and cfg.beamsize <= 0.0:
+        raise ConfigError("-beamsize must be > 0 mm with -flux (got %g mm): the fluence is "
+                          "flux*exposure/beamsize^2" % (cfg.beamsize * 1e3))
+    if cfg.flux < 0.0 or cfg.fluence < 0.0:
+        raise ConfigError("%s must be >= 0" % ("-flux" if cfg.flux < 0.0 else "-fluence"))
+    if cfg.exposure < 0.0:
+        raise ConfigError("-exposure must be >= 0 s (got %g)" % cfg.exposure)
+    for n in ("Na", "Nb", "Nc"):
+        if getattr(cfg, n) <= 0:
+            raise ConfigError("%s must be >= 1 unit cell (got %g)" % (flag_of(n), getattr(cfg, n)))
+    if cfg.water_size < 0.0:
+        raise ConfigError("-water must be >= 0 um (got %g)" % (cfg.water_size * 1e6))
+    for n in ("sample_x", "sample_y", "sample_z"):
+        if getattr(cfg, n) < 0.0:
+            raise ConfigError("%s must be >= 0 mm" % flag_of(n))
+    if cfg.user_cell:
+        edges = (cfg.cell_a, cfg.cell_b, cfg.cell_c)
+        if min(edges) <= 0.0:
+            raise ConfigError("-cell: every edge must be > 0 A (got a b c = %g %g %g)" % edges)
+        angles = (cfg.cell_alpha, cfg.cell_beta, cfg.cell_gamma)
+        deg = tuple(a * RTD for a in angles)
+        if min(angles) <= 0.0 or max(deg) >= 180.0:
+            raise ConfigError("-cell: angles must lie strictly between 0 and 180 deg "
+                              "(got %g %g %g)" % deg)
+        ca, cb, cg = (math.cos(a) for a in angles)
+        vol2 = 1.0 - ca * ca - cb * cb - cg * cg + 2.0 * ca * cb * cg
+        if vol2 <= 1e-12:
+            raise ConfigError("-cell: no unit cell has the angles %g %g %g deg (each angle must "
+                              "be less than the sum of the other two, and all three less "
+                              "than 360 deg)" % deg)
+    roi = (cfg.roi_xmin, cfg.roi_xmax, cfg.roi_ymin, cfg.roi_ymax)
+    if roi != (-1, -1, -1, -1):
+        if cfg.roi_xmin > cfg.roi_xmax or cfg.roi_ymin > cfg.roi_ymax:
+            raise ConfigError("-roi %d %d %d %d is inverted: give xmin xmax ymin ymax with "
+                              "min <= max" % roi)
+        if min(roi) < 0:
+            raise ConfigError("-roi %d %d %d %d: pixel indices must be >= 0" % roi)
+    if cfg.max_memory < 0.0:
+        raise ConfigError("-max_memory must be > 0 MB")
+
+
+def check_config(cfg) -> None:
+    """Refuse a request that is malformed or physically meaningless (ConfigError)."""
+    _check_types(cfg)
+    _check_finite(cfg)
+    _check_geometry(cfg)
+
+
+def check_detector(cfg, det, active) -> None:
+    """Checks that need the derived detector: its sensitive face must look at the
+    sample, and the ROI must select a pixel."""
+    if not det.curved and det.close_distance <= 0.0:
+        # the detector normal points away from the sample: every solid angle, and so
+        # every intensity, comes out negative (nanoBragg.c prints such images)
+        raise ConfigError("the detector faces away from the sample (its plane lies %.4g mm along "
+                          "its normal), so every intensity would be negative: -twotheta %.4g deg "
+                          "turns its back to the beam (with the BEAM pivot of -mosflm/-adxv/-denzo); "
+                          "use |-twotheta| < 90 deg, a SAMPLE-pivot convention (-xds, -dials) or check "
+                          "-odet_vector/-pix0_vector"
+                          % (det.close_distance * 1e3, det.twotheta * RTD))
+    if int(np.count_nonzero(active)) == 0 and cfg.roi_xmin >= 0:
+        raise ConfigError("-roi %d %d %d %d selects no pixel of the %d x %d detector"
+                          % (cfg.roi_xmin, cfg.roi_xmax, cfg.roi_ymin, cfg.roi_ymax,
+                             det.fpixels, det.spixels))
+
+
+# ---------------------------------------------------------------------------
+# memory
+# ---------------------------------------------------------------------------
+
+def available_memory() -> int:
+    """Bytes this process may still allocate (MemAvailable, capped by a cgroup limit)."""
+    avail = None
+    try:
+        with open("/proc/meminfo", "r", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 1 << 34
+    for p in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(p) as fh:
+                txt = fh.read().strip()
+            if txt and txt != "max":
+                lim = int(txt)
+                if 0 < lim < avail:
+                    avail = lim
+        except (OSError, ValueError):
+            pass
+    return avail
+
+
+def memory_limit(cfg=None):
+    """(bytes, description) of the memory a run may use: ``-max_memory`` if
+    given, else the machine's available memory."""
+    mm = getattr(cfg, "max_memory", 0.0) if cfg is not None else 0.0
+    if mm and mm > 0:
+        return float(mm), "the -max_memory limit of %s" % format_bytes(mm)
+    a = available_memory()
+    return float(a), "the %s of memory available" % format_bytes(a)
+
+
+# rough per-item costs (bytes), deliberately on the high side: Python objects,
+# log lines and the kernel's own copies all count
+_B_PIXEL = 40          # float image, out-of-range map, masks, int/noise/PGM images, write buffers
+_B_SOURCE = 420        # position tuple, weight, wavelength, log line, direction, kernel copies
+_B_DIV = 260           # one divergence grid point: offset tuple and its log line
+_B_DISP = 160          # one wavelength step: value and its log line
+_B_LOGLINE = 110       # one per-step log line (thickness layer, phi step)
+_B_CELL = 2 * 9 * 8 * 3 + 72   # rotated cells (2 variants, 3 copies) + a mosaic matrix
+_B_GRID = 24           # one structure factor: grid, cache bytes, header join
+_BASE = 200e6          # interpreter, numba and the compiled kernel
+
+
+def estimate(cfg, det_pixels: int, steps, nsources_file: Optional[int] = None):
+    """[(bytes, what)] of the big allocations of a run, before any is made."""
+    items = [(float(det_pixels) * _B_PIXEL, "a %d-pixel detector" % det_pixels)]
+    if nsources_file is not None:
+        items.append((float(nsources_file) * _B_SOURCE, "%d sources from -sourcefile" % nsources_file))
+    else:
+        hv = float(steps.hdivsteps) * float(steps.vdivsteps)
+        nsrc = hv * float(steps.dispsteps)
+        items.append((hv * _B_DIV + steps.dispsteps * _B_DISP + nsrc * _B_SOURCE,
+                      "%.6g sources (%d x %d divergence x %d dispersion steps; "
+                      "-hdivsteps/-vdivsteps/-dispsteps)"
+                      % (nsrc, steps.hdivsteps, steps.vdivsteps, steps.dispsteps)))
+    items.append((float(steps.detector_thicksteps) * _B_LOGLINE,
+                  "%d sensor layers (-detector_thicksteps)" % steps.detector_thicksteps))
+    ncell = float(steps.phisteps) * float(steps.mosaic_domains)
+    items.append((ncell * _B_CELL + steps.phisteps * _B_LOGLINE,
+                  "%.6g rotated cells (%d phi steps x %d mosaic domains)"
+                  % (ncell, steps.phisteps, steps.mosaic_domains)))
+    return items
+
+
+def check_memory(cfg, det_pixels: int, steps, nsources_file: Optional[int] = None) -> None:
+    """Refuse (ConfigError) a run whose estimated memory exceeds the limit."""
+    items = estimate(cfg, det_pixels, steps, nsources_file)
+    total = _BASE + sum(b for b, _ in items)
+    limit, what = memory_limit(cfg)
+    if total > limit:
+        b, biggest = max(items)
+        if b < _BASE:
+            b, biggest = _BASE, "the interpreter, numba and the compiled kernel"
+        raise ConfigError("this run needs about %s of memory, more than %s; the largest "
+                          "part is %s for %s (reduce it, or raise -max_memory MB)"
+                          % (format_bytes(total), what, format_bytes(b), biggest))
+
+
+def check_grid_memory(name: str, n_elements: int, limit) -> None:
+    """Refuse a structure-factor grid of ``n_elements`` doubles beyond ``limit``
+    = (bytes, description); called with the index ranges, before allocation."""
+    if limit is None:
+        return
+    need = float(n_elements) * _B_GRID + _BASE
+    if need > limit[0]:
+        from .errors import InputFileError
+        raise InputFileError("%s: the Miller index ranges need a %.6g-entry structure-factor "
+                             "grid, about %s of memory, more than %s"
+                             % (name, n_elements, format_bytes(need), limit[1]))
+
+
+# ---------------------------------------------------------------------------
+# the rendered image
+# ---------------------------------------------------------------------------
+
+def _log10(x: float) -> float:
+    x = abs(float(x))
+    if x == 0.0:
+        return -math.inf
+    if math.isinf(x):
+        return math.inf
+    return math.log10(x)
+
+
+def overflow_terms(model):
+    """[(log10 of the term's largest value, description)] of the factors of a pixel's
+    intensity: |F|^2, the lattice factor (Na Nb Nc)^2, r_e^2 * fluence, water."""
+    cfg = model.cfg
+    F = np.asarray(model.Fhkl)
+    with np.errstate(all="ignore"):
+        fmax = float(np.nanmax(np.abs(F))) if F.size else 0.0
+        fmax = max(fmax, abs(float(cfg.default_F)))
+    lattice = float(model.crystal.Na) * float(model.crystal.Nb) * float(model.crystal.Nc)
+    src = ("-hkl" if cfg.hklfilename else "structure factors") if fmax != abs(cfg.default_F) else "-default_F"
+    terms = [
+        (2 * _log10(fmax), "the structure factor (%s %.3g: F^2 = 1e%.0f)" % (src, fmax, 2 * _log10(fmax))),
+        (2 * _log10(lattice), "the lattice factor ((Na Nb Nc)^2 = %.3g)" % (lattice * lattice)),
+        (_log10(model.fluence) + _log10(7.94079248018965e-30),
+         "the fluence (%s %.3g photons/m^2: r_e^2 * fluence = %.3g)"
+         % ("-flux/-exposure/-beamsize" if cfg.flux else "-fluence", model.fluence,
+            model.fluence * 7.94079248018965e-30)),
+    ]
+    if model.I_bg:
+        terms.append((_log10(model.I_bg), "the water background (-water %g um: %.3g photons/sr)"
+                      % (cfg.water_size * 1e6, model.I_bg)))
+    return terms
+
+
+def check_terms_finite(model) -> None:
+    """Before rendering: refuse when one intensity term alone overflows double
+    precision (no render can give a finite image then)."""
+    lg, what = max(overflow_terms(model))
+    if lg > 308:
+        raise ConfigError("the image cannot be finite: %s overflows double precision" % what)
+
+
+def check_image_finite(model, img) -> None:
+    """Raise ConfigError if the float image holds inf or NaN, naming the term
+    that overflowed (float64 products, or the float32 image's 3.4e38 limit)."""
+    a = np.asarray(img)
+    with np.errstate(all="ignore"):
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+    if bad == 0:
+        return
+    terms = overflow_terms(model)
+    total = sum(t for t, _ in terms if t != -math.inf)
+    lg, what = max(terms)
+    if lg > 308:
+        why = "%s overflows double precision" % what
+    else:
+        why = ("the product of the intensity terms (about 1e%.0f) exceeds the float image's "
+               "limit of 3.4e38; the largest term is %s" % (total, what))
+    raise ConfigError("the image has %d non-finite pixels: %s" % (bad, why))

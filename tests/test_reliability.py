@@ -1,0 +1,564 @@
+"""Reliability (issue 10): no data lost, no nonsense accepted, every failure a clean error.
+
+Each refusal is checked the same way: exit status 2, one line on stderr that names
+the flag or file, no traceback, the old outputs byte-identical and no temporary
+file left behind.  Special files are a FIFO and a symlink to a character device
+created inside the test's own directory (nothing under /dev is touched).
+"""
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nbnumba import cli
+from nbnumba.errors import ConfigError, InputFileError, NBError
+from nbnumba.io import atomic as A
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = ["-cell", "100", "100", "100", "90", "90", "90", "-lambda", "6.2", "-N", "5",
+        "-default_F", "100", "-distance", "100", "-detpixels", "8", "-seed", "1"]
+OUTS = ("floatimage.bin", "intimage.img", "image.pgm", "noiseimage.img")
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=str(REPO))
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """A directory holding old outputs (recognisable bytes) and small inputs."""
+    monkeypatch.chdir(tmp_path)
+    for n in OUTS:
+        (tmp_path / n).write_bytes(b"OLD " + n.encode() * 3)
+    (tmp_path / "x.hkl").write_text("0 0 0 10\n1 1 1 20\n-1 2 3 30\n")
+    return tmp_path
+
+
+def snapshot(d):
+    return {p.name: p.read_bytes() for p in sorted(Path(d).iterdir())
+            if p.is_file() and not p.is_symlink() and not stat.S_ISFIFO(p.lstat().st_mode)}
+
+
+def temps(d):
+    return [n for n in os.listdir(d) if n.endswith(".tmp")]
+
+
+def refused(args, capsys, needle, d):
+    """Run the CLI in-process: exit 2, one stderr line naming ``needle``, nothing changed."""
+    before = snapshot(d)
+    rc = cli.main(list(args))
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2, err
+    assert len(lines) == 1, err
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert snapshot(d) == before
+    assert temps(d) == []
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------
+# nonsense refused before anything is computed
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, needle", [
+    (["-distance", "0"], "-distance"),
+    (["-distance", "-100"], "-distance"),
+    (["-beam_vector", "0", "0", "0"], "-beam_vector"),
+    (["-fdet_vector", "0", "0", "0"], "-fdet_vector"),
+    (["-beamsize", "0", "-flux", "1e12", "-exposure", "1"], "-beamsize"),
+    (["-detpixels", "0"], "-detpixels"),
+    (["-detpixels_x", "0"], "-detpixels_x"),
+    (["-N", "0"], "-N"),
+    (["-Na", "0"], "-Na"),
+    (["-roi", "10", "5", "0", "3"], "-roi"),
+    (["-roi", "100", "200", "100", "200"], "-roi"),
+    (["-detpixels", "\uff11\uff10\uff10"], "-detpixels"),      # fullwidth digits
+    (["-distance", "\uff11\uff10\uff10"], "-distance"),
+    (["-twotheta", "179"], "-twotheta"),
+    (["-cell", "100", "0", "100", "90", "90", "90"], "-cell"),
+    (["-cell", "100", "-5", "100", "90", "90", "90"], "-cell"),
+    (["-cell", "100", "100", "100", "0", "0", "0"], "-cell"),
+    (["-cell", "100", "100", "100", "170", "170", "170"], "-cell"),
+    (["-floatfile", "a.out", "-intfile", "a.out"], "-intfile"),
+    (["-intfile", "no_such_dir/x.img"], "no_such_dir/x.img"),
+    (["-noisefile", "no_such_dir/n.img"], "no_such_dir/n.img"),
+    (["-max_memory", "-5"], "-max_memory"),
+])
+def test_nonsense_refused(work, capsys, extra, needle):
+    refused(BASE + extra, capsys, needle, work)
+
+
+def test_twotheta_179_explains_the_negative_image(work, capsys):
+    line = refused(BASE + ["-twotheta", "179"], capsys, "faces away from the sample", work)
+    assert "negative" in line
+
+
+def test_source_at_origin_refused(work, capsys):
+    (work / "src.txt").write_text("-10 0 0 1 6.2e-10\n0 0 0 1 6.2e-10\n")
+    refused(BASE + ["-sourcefile", "src.txt"], capsys, "src.txt: source 2", work)
+
+
+def test_mat_with_huge_values_is_one_clean_line(work, capsys):
+    (work / "big.mat").write_text("1e300 0 0\n0 1e300 0\n0 0 1e300\n")
+    args = [a for a in BASE]
+    i = args.index("-cell")
+    del args[i:i + 7]
+    with _no_warnings():
+        refused(args + ["-mat", "big.mat"], capsys, "big.mat", work)
+
+
+class _no_warnings:
+    def __enter__(self):
+        import warnings
+        self.cm = warnings.catch_warnings(record=True)
+        self.rec = self.cm.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc):
+        self.cm.__exit__(*exc)
+        assert not self.rec, [str(w.message) for w in self.rec]
+        return False
+
+
+# ---------------------------------------------------------------------------
+# data loss: inputs, the Fdump.bin cache, special files
+# ---------------------------------------------------------------------------
+
+def test_hkl_named_like_the_fdump_cache_is_not_overwritten(work, capsys):
+    (work / "Fdump.bin").write_bytes((work / "x.hkl").read_bytes())
+    refused(BASE + ["-hkl", "Fdump.bin"], capsys, "Fdump.bin", work)
+
+
+def test_mat_named_like_the_fdump_cache_is_not_overwritten(work, capsys):
+    (work / "Fdump.bin").write_text("0.01 0 0\n0 0.01 0\n0 0 0.01\n")
+    args = BASE[7:] + ["-mat", "Fdump.bin", "-hkl", "x.hkl"]
+    refused(args, capsys, "Fdump.bin", work)
+
+
+def test_output_named_like_the_fdump_cache_refused(work, capsys):
+    refused(BASE + ["-hkl", "x.hkl", "-floatfile", "Fdump.bin"], capsys, "Fdump.bin", work)
+
+
+def test_stdout_redirected_to_the_target_is_refused(tmp_path):
+    log = tmp_path / "log.txt"
+    log.write_text("previous log\n")
+    with open(log, "a") as fh:
+        r = subprocess.run([sys.executable, "-m", "nbnumba.cli", *BASE, "-floatfile", str(log)],
+                           cwd=tmp_path, env=env(), stdout=fh, stderr=subprocess.PIPE, text=True,
+                           timeout=120)
+    assert r.returncode == 2
+    assert "standard output" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert log.read_text() == "previous log\n"
+    assert temps(tmp_path) == []
+
+
+def test_char_device_symlink_written_in_place(tmp_path):
+    link = tmp_path / "nul"
+    link.symlink_to(os.devnull)
+    A.atomic_write_bytes(link, b"x" * 1000)
+    with A.output_set():
+        A.atomic_write_bytes(link, b"y" * 10)
+        A.atomic_write_bytes(tmp_path / "real.bin", b"z")
+    assert link.is_symlink() and stat.S_ISCHR(os.stat(link).st_mode)
+    assert (tmp_path / "real.bin").read_bytes() == b"z"
+    assert temps(tmp_path) == []
+
+
+def test_fifo_without_reader_refused_and_still_a_fifo(tmp_path):
+    fifo = tmp_path / "ff"
+    os.mkfifo(fifo)
+    old = tmp_path / "a.bin"
+    old.write_bytes(b"old")
+    with pytest.raises(A.OutputFileError, match="ff.*FIFO with no reader"):
+        with A.output_set():
+            A.atomic_write_bytes(old, b"new")
+            A.atomic_write_bytes(fifo, b"data")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert old.read_bytes() == b"old"           # the whole set rolled back
+    assert temps(tmp_path) == []
+
+
+def test_fifo_with_reader_receives_the_bytes(tmp_path):
+    fifo = tmp_path / "ff"
+    os.mkfifo(fifo)
+    got = []
+    opened = threading.Event()
+
+    def reader():
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        opened.set()
+        chunks, deadline = [], time.monotonic() + 20
+        # until the writer has opened, read() returns b"" (no writer); after data, b"" is EOF
+        while time.monotonic() < deadline:
+            try:
+                b = os.read(fd, 65536)
+            except BlockingIOError:
+                time.sleep(0.005)
+                continue
+            if b:
+                chunks.append(b)
+            elif chunks:
+                break
+            else:
+                time.sleep(0.005)
+        os.close(fd)
+        got.append(b"".join(chunks))
+    t = threading.Thread(target=reader)
+    t.start()
+    opened.wait(10)
+    A.atomic_write_bytes(fifo, b"payload" * 100)
+    t.join(10)
+    assert got == [b"payload" * 100]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+def test_full_device_fails_cleanly_and_keeps_the_set(tmp_path):
+    link = tmp_path / "full"
+    link.symlink_to("/dev/full")
+    old = tmp_path / "a.bin"
+    old.write_bytes(b"old")
+    with pytest.raises(A.OutputFileError, match="full.*No space left"):
+        with A.output_set():
+            A.atomic_write_bytes(old, b"new")
+            A.atomic_write_bytes(link, b"x" * 100000)
+    assert old.read_bytes() == b"old"
+    assert link.is_symlink() and stat.S_ISCHR(os.stat(link).st_mode)
+    assert temps(tmp_path) == []
+
+
+def test_cli_floatfile_to_char_device_symlink(work, capsys):
+    (work / "nul").symlink_to(os.devnull)
+    # several outputs may share a character device
+    rc = cli.main(BASE + ["-floatfile", "nul", "-pgmfile", "nul"])
+    assert rc == 0, capsys.readouterr().err
+    assert (work / "nul").is_symlink() and stat.S_ISCHR(os.stat(work / "nul").st_mode)
+    assert (work / "intimage.img").read_bytes()[:1] == b"{"
+    assert temps(work) == []
+
+
+# ---------------------------------------------------------------------------
+# all-or-nothing output sets
+# ---------------------------------------------------------------------------
+
+def test_failing_noise_write_keeps_every_old_file(work, capsys, monkeypatch):
+    import nbnumba.outputs as O
+    real = O.write_smv
+
+    def failing(path, *a, **k):
+        if "noise" in os.fspath(path):
+            raise A.OutputFileError("cannot write '%s': No space left on device" % path)
+        return real(path, *a, **k)
+    monkeypatch.setattr(O, "write_smv", failing)
+    refused(BASE, capsys, "noiseimage.img", work)
+
+
+def test_commit_failure_rolls_back_renames(tmp_path, monkeypatch):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"old a")
+    b.write_bytes(b"old b")
+    real = os.replace
+    calls = []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if os.fspath(dst).endswith("b.bin") and len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+    monkeypatch.setattr(A.os, "replace", flaky)
+    with pytest.raises(A.OutputFileError, match="b.bin.*No space left"):
+        with A.output_set():
+            A.atomic_write_bytes(a, b"new a")
+            A.atomic_write_bytes(b, b"new b")
+    assert a.read_bytes() == b"old a" and b.read_bytes() == b"old b"
+    assert temps(tmp_path) == []
+
+
+def test_stale_temps_of_dead_processes_are_removed(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    dead = tmp_path / (".out.bin.nbnumba-%d.tmp" % p.pid)
+    dead.write_bytes(b"left by SIGKILL")
+    live = tmp_path / (".out.bin.nbnumba-%d-3.tmp" % os.getppid())
+    live.write_bytes(b"another run, still writing")
+    other = tmp_path / ".unrelated.tmp"
+    other.write_bytes(b"not ours")
+    A.atomic_write_bytes(tmp_path / "out.bin", b"new")
+    assert not dead.exists()
+    assert live.exists() and other.exists()
+    assert (tmp_path / "out.bin").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_during_writes_cleans_temps(tmp_path, sig, code):
+    """The PGM writer is made slow; the signal arrives while float and int are staged."""
+    for n in OUTS:
+        (tmp_path / n).write_bytes(b"OLD " + n.encode())
+    script = (
+        "import sys, time, nbnumba.outputs as O\n"
+        "real = O.write_pgm\n"
+        "def slow(*a, **k):\n"
+        "    print('STAGED', flush=True); time.sleep(60); return real(*a, **k)\n"
+        "O.write_pgm = slow\n"
+        "from nbnumba import cli\n"
+        "sys.exit(cli.main())\n")
+    p = subprocess.Popen([sys.executable, "-c", script, *BASE], cwd=tmp_path, env=env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stdout:
+            if line.startswith("STAGED"):
+                break
+        assert any(".floatimage.bin.nbnumba-" in n for n in os.listdir(tmp_path))
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == code, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert temps(tmp_path) == []
+    for n in OUTS:
+        assert (tmp_path / n).read_bytes() == b"OLD " + n.encode()
+
+
+# ---------------------------------------------------------------------------
+# non-finite images
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, needle", [
+    (["-default_F", "1e21"], "structure factor"),
+    (["-default_F", "1e200"], "overflows double precision"),
+    (["-fluence", "1e300"], "fluence"),
+    (["-water", "1e30"], "water"),
+])
+def test_non_finite_image_names_the_term(work, capsys, extra, needle):
+    # a term that alone overflows double precision is refused before the render
+    line = refused(BASE + extra, capsys, "finite", work)
+    assert needle in line
+
+
+def test_hkl_with_huge_F_names_the_term(work, capsys):
+    (work / "big.hkl").write_text("0 0 0 1e300\n1 1 1 5\n")
+    line = refused(BASE + ["-hkl", "big.hkl"], capsys, "cannot be finite", work)
+    assert "-hkl" in line and "structure factor" in line and "double precision" in line
+
+
+# ---------------------------------------------------------------------------
+# memory bombs: refused within 2 s and 300 MB
+# ---------------------------------------------------------------------------
+
+BOMBS = [
+    ["-dispsteps", "2000000000", "-dispersion", "10"],
+    ["-hdivrange", "1", "-hdivstep", "1e-9"],
+    ["-hdivsteps", "30000", "-vdivsteps", "30000", "-divergence", "1"],
+    ["-detector_thicksteps", "2000000000", "-detector_thick", "100"],
+    # ~24 GB: refused on any machine with less available; -max_memory makes it deterministic
+    ["-hkl", "bomb.hkl", "-max_memory", "8000"],
+]
+
+
+def test_memory_bombs_refused_fast_and_small(tmp_path):
+    (tmp_path / "bomb.hkl").write_text("0 0 0 5\n1000 1000 1000 5\n")
+    assert len((tmp_path / "bomb.hkl").read_bytes()) < 30
+    script = (
+        "import io, json, sys, time, contextlib\n"
+        "from nbnumba import cli\n"
+        "base, bombs = json.loads(sys.argv[1])\n"
+        "out = []\n"
+        "for b in bombs:\n"
+        "    err = io.StringIO(); t = time.perf_counter()\n"
+        "    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        rc = cli.main(base + b)\n"
+        "    out.append([rc, time.perf_counter() - t, err.getvalue()])\n"
+        # VmHWM: peak RSS of this process image (ru_maxrss would carry the parent's
+        # peak across exec on Linux)
+        "rss = [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print(json.dumps([out, rss]))\n")
+    import json
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", script, json.dumps([BASE, BOMBS])], cwd=tmp_path,
+                       env=env(), capture_output=True, text=True, timeout=120)
+    wall = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr
+    results, rss = json.loads(r.stdout.strip().splitlines()[-1])
+    for bomb, (rc, secs, err) in zip(BOMBS, results):
+        assert rc == 2, (bomb, err)
+        assert len(err.strip().splitlines()) == 1 and "memory" in err, err
+        assert secs < 2.0, (bomb, secs)
+    assert "bomb.hkl" in results[-1][2] and "24.3 GB" in results[-1][2]
+    assert rss < 300e6, rss
+    assert wall < 2.0 * len(BOMBS) + 10      # interpreter start-up included
+    assert os.listdir(tmp_path) == ["bomb.hkl"]
+
+
+def test_max_memory_flag_refuses_with_the_estimate(work, capsys):
+    line = refused(BASE + ["-max_memory", "50"], capsys, "-max_memory", work)
+    assert "needs about" in line and "50 MB" in line
+
+
+def test_memory_estimate_counts_sources_times_steps():
+    from nbnumba.flags import parse_argv
+    from nbnumba.sampling import resolve_steps
+    from nbnumba.validate import estimate
+    cfg = parse_argv(BASE + ["-hdivsteps", "300", "-vdivsteps", "300", "-divergence", "1",
+                             "-dispsteps", "10", "-dispersion", "1"])
+    items = estimate(cfg, 64, resolve_steps(cfg))
+    src = [b for b, what in items if "sources" in what][0]
+    assert src >= 300 * 300 * 10 * 400
+
+
+# ---------------------------------------------------------------------------
+# API
+# ---------------------------------------------------------------------------
+
+def test_api_errors_are_nberrors():
+    import nbnumba
+    from nbnumba.flags import HelpRequested
+    assert issubclass(HelpRequested, NBError)
+    with pytest.raises(HelpRequested):
+        nbnumba.parse_argv(["-h"])
+    cfg = nbnumba.parse_argv(BASE)
+    with pytest.raises(ConfigError, match="backend"):
+        nbnumba.simulate(cfg, backend="tpu")
+    with pytest.raises(ConfigError, match="-distance: expected a number"):
+        nbnumba.simulate_argv(BASE, overrides={"distance": "abc"})
+    with pytest.raises(ConfigError, match="not a Config field"):
+        nbnumba.simulate_argv(BASE, overrides={"no_such_field": 1})
+    with pytest.raises(ConfigError, match="-beamsize"):
+        nbnumba.simulate_argv(BASE + ["-beamsize", "0", "-flux", "1e12", "-exposure", "1"])
+
+
+def test_two_threads_with_workqueue_layer(tmp_path):
+    script = (
+        "import threading, nbnumba\n"
+        "cfg = nbnumba.parse_argv(%r)\n"
+        "sums = []\n"
+        "def go():\n"
+        "    for _ in range(3):\n"
+        "        sums.append(float(nbnumba.simulate(cfg).float_image.sum()))\n"
+        "ts = [threading.Thread(target=go) for _ in range(2)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "import numba; print(numba.threading_layer(), len(sums), len(set(sums)))\n"
+        % (BASE + ["-detpixels", "48", "-nonoise", "-nopgm"]))
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path,
+                       env=dict(env(), NUMBA_THREADING_LAYER="workqueue"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["workqueue", "6", "1"]
+
+
+# ---------------------------------------------------------------------------
+# tools
+# ---------------------------------------------------------------------------
+
+def test_trace_diff_huge_number(tmp_path, capsys):
+    from nbnumba.tools import trace_diff
+    (tmp_path / "c.log").write_text("TRACE_C: pix0_vector 1 2 3\nTRACE_C: I_before_scaling "
+                                    + "9" * 5_000_000 + "\n")
+    (tmp_path / "py.log").write_text("TRACE_PY: pix0_vector 1 2 3\nTRACE_PY: I_before_scaling 5\n")
+    t = time.perf_counter()
+    rc = trace_diff.main([str(tmp_path / "c.log"), str(tmp_path / "py.log"), "--quiet"])
+    assert time.perf_counter() - t < 5
+    assert rc == 1                      # diverged, reported, no exception
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool", ["compare", "probe"])
+def test_tools_usage_errors_exit_2(tool, capsys):
+    import importlib
+    mod = importlib.import_module("nbnumba.tools." + tool)
+    assert mod.main(["--bogus", "--"] + BASE) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_probe_refused_flags_exit_2(tmp_path, monkeypatch, capsys):
+    from nbnumba.tools import probe
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NB_C_BIN", raising=False)
+    rc = probe.main(["--pixel", "1", "1", "--no-c", "--"] + BASE + ["-beamsize", "0", "-flux", "1e12"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "-beamsize" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------
+# series
+# ---------------------------------------------------------------------------
+
+SERIES_ENGINE = BASE + ["-osc", "1", "-nopgm"]
+
+
+def series(argv, capsys):
+    from nbnumba import series as S
+    rc = S.main([str(a) for a in argv])
+    return rc, capsys.readouterr()
+
+
+def test_series_overwrite_removes_the_previous_set(tmp_path, capsys):
+    d = tmp_path / "d"
+    rc, _ = series(["--frames", 4, "--out", d, "--workers", 0, "--format", "smv", "--format", "cbf"]
+                   + SERIES_ENGINE, capsys)
+    assert rc == 0
+    (d / "notes.txt").write_text("mine")
+    rc, _ = series(["--frames", 2, "--out", d, "--workers", 0, "--overwrite"] + SERIES_ENGINE, capsys)
+    assert rc == 0
+    assert sorted(os.listdir(d)) == ["frame_00001.img", "frame_00002.img", "manifest.jsonl",
+                                     "notes.txt"]
+
+
+@pytest.mark.parametrize("opts, needle", [
+    (["--workers", "100000"], "--workers"),
+    (["--scheduler", "notaurl"], "--scheduler"),
+])
+def test_series_bad_options_write_nothing(tmp_path, capsys, opts, needle):
+    d = tmp_path / "d"
+    rc, o = series(["--frames", 2, "--out", d] + opts + SERIES_ENGINE, capsys)
+    assert rc == 2 and needle in o.err and len(o.err.strip().splitlines()) == 1
+    assert not d.exists()
+
+
+def test_series_cuda_without_gpu_is_one_upfront_error(tmp_path, capsys, monkeypatch):
+    from nbnumba.kernels import gpu
+    monkeypatch.setattr(gpu, "_import_cupy", lambda: None)
+    d = tmp_path / "d"
+    rc, o = series(["--frames", 3, "--out", d, "--device", "cuda"] + SERIES_ENGINE, capsys)
+    assert rc == 2 and "cuda" in o.err and len(o.err.strip().splitlines()) == 1
+    assert not d.exists()
+
+
+def test_series_second_run_on_a_locked_dir_refused(tmp_path, capsys):
+    from nbnumba import series as S
+    d = tmp_path / "d"
+    d.mkdir()
+    held = S._lock_out_dir(str(d))
+    rc, o = series(["--frames", 2, "--out", d, "--workers", 0, "--resume"] + SERIES_ENGINE, capsys)
+    assert rc == 2 and "another" in o.err
+    assert os.listdir(d) == []
+    del held
+    rc, o = series(["--frames", 2, "--out", d, "--workers", 0, "--resume"] + SERIES_ENGINE, capsys)
+    assert rc == 0, o.err
+
+
+def test_series_frame_name_equal_to_an_input_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x_00001.img").write_text("0 0 0 5\n")
+    rc, o = series(["--frames", 2, "--out", ".", "--prefix", "x", "--workers", 0,
+                    "-hkl", "x_00001.img"] + SERIES_ENGINE, capsys)
+    assert rc == 2 and "x_00001.img" in o.err
+    assert (tmp_path / "x_00001.img").read_text() == "0 0 0 5\n"
+    assert not (tmp_path / "manifest.jsonl").exists()
+
+
+def test_series_refuses_beamsize_zero(tmp_path, capsys):
+    rc, o = series(["--frames", 2, "--out", tmp_path / "d", "--workers", 0] + SERIES_ENGINE
+                   + ["-beamsize", "0", "-flux", "1e12"], capsys)
+    assert rc == 2 and "-beamsize" in o.err and "Traceback" not in o.err
