@@ -446,13 +446,15 @@ def render_frame(cfg, spec: FrameSpec, job: Job) -> dict:
         image = res.noise_image if noise else res.int_image
         geom = FrameGeometry.from_result(res)
         info = FrameInfo(index=spec.index, number=spec.number, phi_start=spec.phi_deg,
-                         phi_range=spec.osc_deg, exposure=float(fcfg.exposure), noise=noise)
+                         phi_range=spec.osc_deg, exposure=float(fcfg.exposure), noise=noise,
+                         pedestal=float(fcfg.adc_offset))
         files = {}
         for fmt in job.formats:
             name = frame_filename(job.prefix, spec.number, fmt)
             path = os.path.join(job.out_dir, name)
             if fmt == "smv":
-                smv_fmt.write_frame(path, res, image, noise, job.header_overflow)
+                smv_fmt.write_frame(path, res, image, noise, job.header_overflow,
+                                    seconds_after_epoch=spec.index * max(float(fcfg.exposure), 0.0))
             elif fmt == "cbf":
                 cbf_fmt.write_frame(path, image, geom, info)
             elif fmt == "nexus":

@@ -155,7 +155,9 @@ def test_rotation_series_all_formats_read_back(tmp_path, capsys, monkeypatch):
 
     # CBF through fabio, with the miniheader
     meta, data = cbf_fmt.read_frame(out / "frame_00003.cbf")
-    assert np.array_equal(data, img.astype(np.int32))
+    assert np.array_equal(data, img.astype(np.int32) - 40)   # Pilatus-style: no pedestal
+    assert meta["count_cutoff"] == 65535 - 40
+    assert float(hdr["ADC_OFFSET"]) == 40
     assert meta["header_convention"] == "GENERIC_MINI"     # 64x64 is no Pilatus tiling
     assert meta["pixel_size_fast"] == pytest.approx(200e-6)
     assert meta["pixel_size_slow"] == pytest.approx(200e-6)

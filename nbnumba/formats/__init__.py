@@ -94,6 +94,7 @@ class FrameInfo:
     phi_range: float         # degrees (oscillation width of this frame)
     exposure: float          # s
     noise: bool              # True: Poisson noise image, False: nanoBragg's int image
+    pedestal: float = 0.0    # counts: nanoBragg's ADC offset (-adc) added to every pixel
 
 
 def _v(x) -> Vec3:

@@ -11,9 +11,12 @@ from ..io.smv import read_smv, write_smv
 from ..outputs import smv_fields
 
 
-def write_frame(path, res, image, noise: bool, header_overflow: str = "grow") -> None:
-    """Write ``image`` (uint16 (S, F)) with the header nanoBragg would give ``res``."""
-    write_smv(path, image, smv_fields(res, noise=noise), header_overflow=header_overflow)
+def write_frame(path, res, image, noise: bool, header_overflow: str = "grow",
+                seconds_after_epoch: float = 0.0) -> None:
+    """Write ``image`` (uint16 (S, F)) with the header nanoBragg would give ``res``;
+    ``seconds_after_epoch`` (s) dates the frame (DATE key, default mode only)."""
+    write_smv(path, image, smv_fields(res, noise=noise, seconds_after_epoch=seconds_after_epoch),
+              header_overflow=header_overflow)
 
 
 def read_frame(path):
