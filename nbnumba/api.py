@@ -54,7 +54,8 @@ class Result:
 
     def to_torch(self):
         """The float image as a torch tensor sharing this result's memory."""
-        import torch
+        from .extras import require
+        torch = require("torch", "Result.to_torch()")
         return torch.from_dlpack(self.float_image)
 
 

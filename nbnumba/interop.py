@@ -135,7 +135,8 @@ def to_torch(arr: Any, device=None):
     DLPack producer; ``torch.from_dlpack``).  ``device`` (optional) moves it,
     which copies if the device differs.  Read-only numpy arrays, which DLPack
     cannot export, are copied."""
-    import torch
+    from .extras import require
+    torch = require("torch", "to_torch()")
     if array_kind(arr) == "torch":
         t = arr
     else:

@@ -604,7 +604,9 @@ def _run_inprocess(cfg, specs, job, handle: Callable[[dict], bool]) -> bool:
 
 
 def _connect(opts: SeriesOptions):
-    from distributed import Client, LocalCluster
+    from .extras import require
+    dist = require("distributed", "running frames on Dask (--workers N or --scheduler)")
+    Client, LocalCluster = dist.Client, dist.LocalCluster
     if opts.scheduler:
         try:
             return Client(opts.scheduler, timeout="30s"), None
@@ -688,6 +690,11 @@ def run_series(opts: SeriesOptions) -> int:
     from .model import build_model
 
     t_start = time.perf_counter()
+    # optional libraries first: a missing extra is one line before any frame is rendered
+    from .extras import require
+    for fmt, module in (("cbf", "fabio"), ("nexus", "h5py")):
+        if fmt in opts.formats:
+            require(module, "--format %s" % fmt)
     cfg = flags.parse_argv(list(opts.engine_argv))
     if cfg.workdir is None:
         cfg = replace(cfg, workdir=os.getcwd())    # workers resolve relative inputs here

@@ -95,7 +95,8 @@ def cbf_bytes(name: str, image: np.ndarray, geom: FrameGeometry, info: FrameInfo
     file is written under its final base name in a private temporary directory
     and read back.
     """
-    from fabio.cbfimage import CbfImage
+    from ..extras import require
+    CbfImage = require("fabio.cbfimage", "writing miniCBF").CbfImage
     convention = "PILATUS_1.2" if is_pilatus_size(geom.fpixels, geom.spixels) else "GENERIC_MINI"
     data = np.ascontiguousarray(image, dtype=np.int32) - pedestal_counts(info.pedestal)
     header = {"_array_data.header_convention": convention,
@@ -163,7 +164,8 @@ def parse_miniheader(text: str) -> Dict[str, object]:
 
 def read_frame(path) -> Tuple[Dict[str, object], np.ndarray]:
     """(parsed miniheader, int32 (S, F) pixels) via fabio."""
-    import fabio
+    from ..extras import require
+    fabio = require("fabio", "reading miniCBF")
     img = fabio.open(os.fspath(path))
     text = img.header.get("_array_data.header_contents", "")
     meta = parse_miniheader(text)

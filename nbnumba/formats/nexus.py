@@ -56,8 +56,8 @@ SAMPLE = "/entry/sample"
 
 
 def _h5():
-    import h5py
-    return h5py
+    from ..extras import require
+    return require("h5py", "NeXus/HDF5 output")
 
 
 def _dset(group, name, data, units: Optional[str] = None, **attrs):

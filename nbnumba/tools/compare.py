@@ -181,7 +181,8 @@ def _scale_top(values: np.ndarray, pct: float) -> float:
 
 
 def write_previews(c: np.ndarray, py: np.ndarray, outdir: str, pct: float, origin=(0, 0)) -> List[str]:
-    import matplotlib
+    from nbnumba.extras import require
+    matplotlib = require("matplotlib", "PNG plots")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

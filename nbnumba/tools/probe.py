@@ -474,7 +474,8 @@ def _points_plot(path: str, sw: dict, axis: str, c_tr, py_tr) -> bool:
     cpts, ppts = _trace_points(c_tr, axis), _trace_points(py_tr, axis)
     if not cpts and not ppts:
         return False
-    import matplotlib
+    from nbnumba.extras import require
+    matplotlib = require("matplotlib", "PNG plots")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
