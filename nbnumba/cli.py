@@ -9,19 +9,32 @@ from __future__ import annotations
 import sys
 
 
+def prog_name(argv0=None) -> str:
+    """How the user started us, for usage lines: ``nbnumba`` (the installed script)
+    or ``python -m nbnumba.cli``."""
+    import os
+    base = os.path.basename(sys.argv[0] if argv0 is None else argv0)
+    if base in ("", "-c", "-m", "cli.py", "__main__.py") or base.startswith("python"):
+        return "python -m nbnumba.cli"
+    return base
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from .errors import NBError, UsageError
     from . import flags
     if not argv or any(a in ("-h", "-help", "--help") for a in argv):
-        print(flags.usage_text())
+        try:
+            print(flags.usage_text(prog_name()))
+        except BrokenPipeError:   # -h | head
+            pass
         return 0 if argv else 2
     try:
         cfg = flags.parse_argv(argv)
         return run(cfg)
     except UsageError as e:
         print("nbnumba: error: %s" % e, file=sys.stderr)
-        print(flags.short_usage(), file=sys.stderr)
+        print(flags.short_usage(prog_name()), file=sys.stderr)
         return 2
     except NBError as e:
         print("nbnumba: error: %s" % e, file=sys.stderr)
@@ -35,10 +48,12 @@ def main(argv=None) -> int:
 
 
 def run(cfg) -> int:
+    import time
+    t0 = time.perf_counter()
     from .api import run_model
     from .model import build_model
     from .outputs import write_fdump, write_outputs
-    from .summary import result_lines, setup_lines
+    from .summary import result_lines, run_summary_line, setup_lines
     out = sys.stdout
     if cfg.device == "cuda":
         # fail before printing or writing anything when CuPy or a GPU is missing
@@ -53,9 +68,10 @@ def run(cfg) -> int:
     out.flush()
     bar = None
     progress = None
-    if cfg.progress_meter and not cfg.noprogress and sys.stdout.isatty():
+    # the bar goes to stderr, so it shows whenever stderr is a terminal (also with | tee)
+    if cfg.progress_meter and not cfg.noprogress and sys.stderr.isatty():
         from tqdm import tqdm
-        bar = tqdm(total=model.shape[0], unit="row", desc="rendering", leave=False)
+        bar = tqdm(total=model.shape[0], unit="row", desc="rendering", leave=False, file=sys.stderr)
 
         def progress(done, total):
             bar.n = done
@@ -76,6 +92,7 @@ def run(cfg) -> int:
     write_outputs(res, cfg)
     for line in result_lines(res):
         print(line, file=out)
+    print(run_summary_line(cfg, time.perf_counter() - t0), file=out)
     return 0
 
 
