@@ -31,7 +31,10 @@ Frames
 
 Files (in ``--out DIR``, image numbers start at 1: frame i -> ``frame_%05d`` of i+1)
   smv    ``frame_00001.img``  nanoBragg's SMV: the noise image when noise is on,
-         else the scaled integer image (``-nonoise``), with nanoBragg's header
+         else the scaled integer image (``-nonoise``), with nanoBragg's header.
+         With ``-nonoise`` every frame uses one scale: ``-scale S`` when given,
+         else the one nanoBragg picks for frame 1 (max pixel -> 55000), found
+         by a pilot render of frame 1 before the series starts and printed.
   cbf    ``frame_00001.cbf``  miniCBF (fabio) with a Pilatus-style miniheader
   nexus  ``frame_00001.h5`` per frame, plus ``master.h5`` (NXmx, virtual (N, S, F)
          stack over the frame files) once every frame exists
@@ -116,7 +119,8 @@ each frame atomically to DIR, with a resumable manifest (DIR/manifest.jsonl).
   --prefix NAME           file-name prefix (default: frame)
 
 Every other argument is a nanoBragg flag (see `nbnumba -h`); -seed sets the
-base seed (frame i gets noise seed base+i)."""
+base seed (frame i gets noise seed base+i).  With -nonoise all frames share one
+int-image scale: -scale S, else frame 1's (from a pilot render, printed)."""
 
 _VALUE_OPTS = {"frames", "osc-per-frame", "phisteps-per-frame", "shots", "jitter-cell",
                "jitter-n", "out", "format", "scheduler", "workers", "device", "retries",
@@ -406,6 +410,18 @@ def frame_config(cfg, spec: FrameSpec, job: Job):
                               % (spec.index, ", ".join("%g" % n for n in spec.N)))
         kw.update(Na=spec.N[0], Nb=spec.N[1], Nc=spec.N[2])
     return replace(cfg, **kw)
+
+
+def _pilot_scale(cfg, spec: "FrameSpec"):
+    """(cfg with intfile_scale fixed, the line saying so): the scale nanoBragg would
+    pick for the first frame (max pixel -> 55000), rendered here as a pilot.  The
+    pilot has no noise, so it is the same on every run and on --resume."""
+    from .api import simulate
+    pilot = Job(out_dir="", formats=(), prefix="", threads=None, device=cfg.device)
+    scale = float(simulate(frame_config(cfg, spec, pilot)).stats["intfile_scale"])
+    note = ("%s: -nonoise: every frame uses the int-image scale of frame %d, %s "
+            "(from a pilot render; -scale S sets it)" % (PROG, spec.number, "%g" % scale))
+    return replace(cfg, intfile_scale=scale), note
 
 
 def sha256_file(path) -> str:
@@ -737,6 +753,12 @@ def run_series(opts: SeriesOptions) -> int:
         cfg = replace(cfg, misset_seed=-base_seed)
     specs = plan_frames(cfg, opts, base_seed)
     device = opts.device or cfg.device
+    pilot_note = None
+    if not cfg.calculate_noise and not cfg.intfile_scale > 0:
+        # -nonoise: nanoBragg scales each image by its own maximum, which would give
+        # every frame a different scale; the series uses the scale of frame 1 for all
+        cfg, pilot_note = _pilot_scale(cfg, specs[0])
+        print(pilot_note, flush=True)
     in_process = opts.workers == 0 and not opts.scheduler
     if cfg.threads:
         threads = int(cfg.threads)
@@ -882,6 +904,9 @@ def main(argv=None) -> int:
     if not argv:
         print(USAGE, file=sys.stderr)
         return EXIT_USAGE
+    if any(a in ("-h", "-help") for a in argv):   # nanoBragg's spellings of --help
+        print(USAGE)
+        return EXIT_OK
     try:
         opts = parse_series_argv(argv)
         if opts.help:

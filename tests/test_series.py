@@ -217,9 +217,20 @@ def test_nonoise_series_stores_the_int_image(tmp_path, capsys):
     rc, o = run(["--frames", 2, "--osc-per-frame", 1, "--workers", 0, "--out", out,
                  "--format", "smv"] + BASE + ["-nonoise"], capsys)
     assert rc == 0, o.err
-    ref = direct(["-phi", 1.0, "-osc", 1, "-seed", 8, "-nonoise"])
+    # one int-image scale for the series: frame 1's, from a pilot render, and said so
+    s1 = direct(["-phi", 0.0, "-osc", 1, "-seed", 7, "-nonoise"]).stats["intfile_scale"]
+    own = direct(["-phi", 1.0, "-osc", 1, "-seed", 8, "-nonoise"]).stats["intfile_scale"]
+    assert own != s1                     # frame 2 alone would have picked another scale
+    assert "int-image scale of frame 1" in o.out and ("%g" % s1) in o.out
+    ref = direct(["-phi", 1.0, "-osc", 1, "-seed", 8, "-nonoise", "-scale", repr(s1)])
     hdr, data = read_smv(out / "frame_00002.img")
     assert np.array_equal(data, ref.int_image)
+    assert [r["stats"]["intfile_scale"] for r in frame_records(out)] == [s1, s1]
+
+
+def test_series_dash_h_prints_help(capsys):
+    assert series.main(["-h"]) == 0
+    assert capsys.readouterr().out.startswith("usage: nbnumba-series")
 
 
 def test_geometry_from_config_equals_result():
