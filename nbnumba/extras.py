@@ -23,7 +23,7 @@ EXTRA_OF = {
     "cupy": "gpu",
     "torch": "torch",
     "gemmi": "sf",
-    "yaml": "dev",
+    "yaml": "dev",      # only the golden-corpus tooling (nbnumba/testing/golden.py) reads YAML
 }
 
 

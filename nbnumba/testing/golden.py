@@ -216,8 +216,7 @@ def _validate_case(raw: Mapping, defaults: Mapping[str, float]) -> Case:
 
 def load_cases(path: Optional[os.PathLike] = None) -> List[Case]:
     """Parse ``golden/cases.yaml`` into :class:`Case` objects (file order)."""
-    from nbnumba.extras import require
-    yaml = require("yaml", "reading the golden corpus (cases.yaml, dvc.lock)")
+    import yaml
 
     path = Path(path) if path is not None else GOLDEN_DIR / "cases.yaml"
     with open(path) as fh:
@@ -435,8 +434,7 @@ def md5_of_dir(path: os.PathLike) -> Tuple[str, int, int]:
 
 def lock_entries(lock_path: Optional[os.PathLike] = None) -> Dict[str, Dict[str, Dict[str, object]]]:
     """``{stage: {"deps": {path: entry}, "outs": {path: entry}}}`` from dvc.lock."""
-    from nbnumba.extras import require
-    yaml = require("yaml", "reading the golden corpus (cases.yaml, dvc.lock)")
+    import yaml
 
     lock_path = Path(lock_path) if lock_path is not None else REPO_ROOT / "dvc.lock"
     with open(lock_path) as fh:
