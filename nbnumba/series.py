@@ -78,7 +78,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import ConfigError, NBError, UsageError
-from .formats import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
+from .io.frames import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
 from .io.atomic import OutputFileError
 from .io.smv import RTD
 
@@ -453,9 +453,9 @@ def render_frame(cfg, spec: FrameSpec, job: Job) -> dict:
         if job.test_delay > 0:
             time.sleep(job.test_delay)
         from .api import simulate
-        from .formats import cbf as cbf_fmt
-        from .formats import nexus as nexus_fmt
-        from .formats import smv as smv_fmt
+        from .io import cbf as cbf_fmt
+        from .io import nexus as nexus_fmt
+        from .io import smv as smv_fmt
         fcfg = frame_config(cfg, spec, job)
         res = simulate(fcfg)
         noise = res.noise_image is not None
@@ -878,7 +878,7 @@ def run_series(opts: SeriesOptions) -> int:
 
 
 def _write_master(cfg, opts, specs, out_dir, manifest: Manifest) -> None:
-    from .formats import nexus as nexus_fmt
+    from .io import nexus as nexus_fmt
     geom = FrameGeometry.from_config(cfg)
     names = [frame_filename(opts.prefix, s.number, "nexus") for s in specs]
     extra = {}

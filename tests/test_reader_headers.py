@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import nbnumba
-from nbnumba.formats import FrameGeometry, FrameInfo
-from nbnumba.formats import cbf as cbf_fmt
+from nbnumba.io import cbf as cbf_fmt
+from nbnumba.io.frames import FrameGeometry, FrameInfo
 from nbnumba.io.smv import read_smv, smv_date, write_smv
 from nbnumba.outputs import smv_fields
 

@@ -15,9 +15,9 @@ import pytest
 
 import nbnumba
 from nbnumba import series
-from nbnumba.formats import FrameGeometry, lab_to_mcstas, parse_formats
-from nbnumba.formats import cbf as cbf_fmt
-from nbnumba.formats import nexus as nexus_fmt
+from nbnumba.io import cbf as cbf_fmt
+from nbnumba.io import nexus as nexus_fmt
+from nbnumba.io.frames import FrameGeometry, lab_to_mcstas, parse_formats
 from nbnumba.io.smv import read_smv
 
 BASE = ("-cell 70 80 90 90 90 90 -default_F 100 -N 5 -lambda 1 -distance 100 "

@@ -43,6 +43,8 @@ __all__ = [
     "write_smv",
     "nanobragg_smv_fields",
     "reader_smv_fields",
+    "write_frame",
+    "read_frame",
     "smv_date",
     "NOMINAL_EPOCH_UNIX",
 ]
@@ -443,3 +445,27 @@ def write_smv(
     payload = smv_header_text(items, header_overflow) + np.ascontiguousarray(img, dtype="<u2").tobytes()
     with atomic_open(path, "wb") as fh:
         fh.write(payload)
+
+
+# ---------------------------------------------------------------------------
+# series frames (nbnumba-series --format smv)
+# ---------------------------------------------------------------------------
+
+def write_frame(path, res, image, noise: bool, header_overflow: str = "grow",
+                seconds_after_epoch: float = 0.0) -> None:
+    """Write ``image`` (uint16 (S, F)) with the header nanoBragg would give ``res``;
+    ``seconds_after_epoch`` (s) dates the frame (DATE key, default mode only).
+
+    The header is nanoBragg's (``nbnumba.outputs.smv_fields``), so PHI/OSC_START
+    and OSC_RANGE carry the frame's own rotation start and width.  The noise
+    image is stored when noise is on (nanoBragg's ``-noisefile`` header), else the
+    scaled integer image (``-intfile`` header).
+    """
+    from ..outputs import smv_fields   # outputs imports this module
+    write_smv(path, image, smv_fields(res, noise=noise, seconds_after_epoch=seconds_after_epoch),
+              header_overflow=header_overflow)
+
+
+def read_frame(path):
+    """(header dict, uint16 (S, F) pixels)."""
+    return read_smv(path)

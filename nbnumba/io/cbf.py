@@ -35,8 +35,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from ..io.atomic import OutputFileError, atomic_write_bytes
-from . import NOMINAL_EPOCH, FrameGeometry, FrameInfo
+from .atomic import OutputFileError, atomic_write_bytes
+from .frames import NOMINAL_EPOCH, FrameGeometry, FrameInfo
 
 PILATUS_MODULE = (487, 195, 7, 17)   # fast size, slow size, fast gap, slow gap
 COUNT_CUTOFF = 65535                 # the pixels are nanoBragg's unsigned 16-bit values
