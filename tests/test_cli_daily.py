@@ -88,3 +88,23 @@ def test_no_notice_when_the_run_matches_c(tmp_path):
     assert r.returncode == 0
     assert "would differ" not in r.stdout
     assert "nbnumba: single precision" in r.stdout.splitlines()[-1]
+
+
+def test_notice_agrees_with_the_golden_modes(tmp_path, monkeypatch):
+    """Default-mode golden cases (which match C) get no notice; c_parity cases get one,
+    except the two defects the request alone cannot reveal (strstr matching,
+    interpolation latch)."""
+    import shutil
+    from nbnumba.testing import golden
+    undetectable = {"custom_twotheta_axis", "custom_twotheta_axis_effective",
+                    "hkl_interpolate_out_of_range", "hkl_auto_interpolate_n2"}
+    monkeypatch.chdir(tmp_path)
+    wrong = []
+    for case in golden.load_cases():
+        for name in case.inputs:
+            shutil.copy(golden.inputs_dir() / name, tmp_path / name)
+        hits = c_differences(build_model(flags.parse_argv(list(case.args))))
+        expect = case.mode == "c_parity" and case.name not in undetectable
+        if bool(hits) != expect:
+            wrong.append((case.name, case.mode, hits))
+    assert not wrong
