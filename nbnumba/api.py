@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .config import Config
+from .interop import to_host  # noqa: F401  (also part of this module's API, as before)
 from .kernels import cpu as K
 from .model import Model, build_model
 from . import rng as rngmod
@@ -55,7 +56,8 @@ class Result:
 
     def to_torch(self):
         """The float image as a torch tensor sharing this result's memory."""
-        import torch
+        from .extras import require
+        torch = require("torch", "Result.to_torch()")
         return torch.from_dlpack(self.float_image)
 
 
@@ -253,11 +255,6 @@ def run_model(model: Model, backend: Optional[str] = None, progress=None, out=No
         from .trace import trace_lines
         res.trace_lines = trace_lines(model, cfg.trace_spixel, cfg.trace_fpixel)
     return res
-
-
-def to_host(a):
-    """A numpy view/copy of a CPU or CuPy array."""
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def apply_overrides(cfg: Config, overrides) -> Config:

@@ -10,6 +10,16 @@ from __future__ import annotations
 import sys
 
 
+def prog_name(argv0=None) -> str:
+    """How the user started us, for usage lines: ``nbnumba`` (the installed script)
+    or ``python -m nbnumba.cli``."""
+    import os
+    base = os.path.basename(sys.argv[0] if argv0 is None else argv0)
+    if base in ("", "-c", "-m", "cli.py", "__main__.py") or base.startswith("python"):
+        return "python -m nbnumba.cli"
+    return base
+
+
 def main(argv=None) -> int:
     if argv is None:            # a program, not a call from Python: own SIGTERM
         _term_as_interrupt()
@@ -17,7 +27,10 @@ def main(argv=None) -> int:
     from .errors import NBError, UsageError
     from . import flags
     if not argv or any(a in ("-h", "-help", "--help") for a in argv):
-        print(flags.usage_text())
+        try:
+            print(flags.usage_text(prog_name()))
+        except BrokenPipeError:   # -h | head
+            pass
         return 0 if argv else 2
     try:
         cfg = flags.parse_argv(argv)
@@ -56,10 +69,12 @@ def _term_as_interrupt():
 
 
 def run(cfg) -> int:
+    import time
+    t0 = time.perf_counter()
     from .api import run_model
     from .model import build_model
     from .outputs import check_output_set, fdump_message, write_outputs
-    from .summary import result_lines, setup_lines
+    from .summary import result_lines, run_summary_line, setup_lines
     out = sys.stdout
     if cfg.device == "cuda":
         # fail before printing or writing anything when CuPy or a GPU is missing
@@ -78,9 +93,10 @@ def run(cfg) -> int:
     out.flush()
     bar = None
     progress = None
-    if cfg.progress_meter and not cfg.noprogress and sys.stdout.isatty():
+    # the bar goes to stderr, so it shows whenever stderr is a terminal (also with | tee)
+    if cfg.progress_meter and not cfg.noprogress and sys.stderr.isatty():
         from tqdm import tqdm
-        bar = tqdm(total=model.shape[0], unit="row", desc="rendering", leave=False)
+        bar = tqdm(total=model.shape[0], unit="row", desc="rendering", leave=False, file=sys.stderr)
 
         def progress(done, total):
             bar.n = done
@@ -101,6 +117,7 @@ def run(cfg) -> int:
     write_outputs(res, cfg, fdump=fdump)
     for line in result_lines(res):
         print(line, file=out)
+    print(run_summary_line(cfg, time.perf_counter() - t0), file=out)
     return 0
 
 

@@ -416,7 +416,7 @@ FLAGS: Tuple[FlagSpec, ...] = (
     _F("-denzo", 0, None, "", "off", "DENZO convention; BEAM pivot",
        _const(beam_convention="DENZO", detector_pivot="BEAM"),
        ("beam_convention", "detector_pivot"), group="detector"),
-    _F("-dials", 0, None, "", "off", "DIALS convention; BEAM pivot",
+    _F("-dials", 0, None, "", "off", "DIALS convention; SAMPLE pivot (as in nanoBragg.c)",
        _const(beam_convention="DIALS", detector_pivot="BEAM"),
        ("beam_convention", "detector_pivot"), group="detector"),
     _F("-fdet_vector", 3, "vec3", "", "per convention (MOSFLM: 0 0 1)",
@@ -1251,21 +1251,34 @@ def parse_argv(argv: Sequence[str], cwd: Optional[str] = None) -> Config:
     return cfg
 
 
-def short_usage() -> str:
-    """One-line hint printed with usage errors."""
-    return ("usage: python -m nbnumba.cli -cell a b c al be ga | -mat A.mat  "
-            "-hkl F.hkl|-default_F F  [options]; -h lists every flag")
+def short_usage(prog: str = "nbnumba") -> str:
+    """One-line hint printed with usage errors; ``prog`` is the command as the user ran it."""
+    return ("usage: %s -cell a b c al be ga | -mat A.mat  "
+            "-hkl F.hkl|-default_F F  [options]; -h lists every flag" % prog)
 
 
-def usage_text() -> str:
-    """The -h text: every flag, its synonyms, values/units, default and help, by group."""
-    lines = [
-        "usage: python -m nbnumba.cli -cell a b c al be ga | -mat A.mat  -hkl F.hkl | -default_F F  [options]",
+def _help_width() -> int:
+    # the terminal's width (COLUMNS when set, 80 when not a terminal), at least 60
+    import shutil
+    return max(60, shutil.get_terminal_size((80, 24)).columns)
+
+
+def usage_text(prog: str = "nbnumba", width: int = 0) -> str:
+    """The -h text: every flag, its synonyms, values/units, default and help, by group,
+    wrapped to ``width`` columns (default: the terminal's)."""
+    import textwrap
+    width = width or _help_width()
+    col = 40 if width >= 90 else 24
+    lines = textwrap.wrap(
+        "usage: %s -cell a b c al be ga | -mat A.mat  -hkl F.hkl | -default_F F  [options]" % prog,
+        width, subsequent_indent="         ", break_on_hyphens=False)
+    lines += [
         "",
         "nbnumba: a Python port of nanoBragg (perfect-lattice nanocrystal diffraction).",
         "Flags match exactly (with -c_parity: nanoBragg.c's substring matching).",
         "Lengths in mm unless noted, angles in degrees, wavelength in Å, divergence in mrad.",
     ]
+    lines = lines[:1] + [w for l in lines[1:] for w in (textwrap.wrap(l, width) or [""])]
     for group in GROUPS:
         lines.append("")
         lines.append(f"{group}:")
@@ -1277,9 +1290,11 @@ def usage_text() -> str:
             right = s.help
             if s.default:
                 right += f" [default: {s.default}]"
-            if len(left) > 38:
-                lines.append(left)
-                lines.append(" " * 40 + right)
+            body = textwrap.wrap(right, width - col, break_on_hyphens=False) or [""]
+            if len(left) > col - 2:
+                lines += textwrap.wrap(left, width, subsequent_indent="      ", break_on_hyphens=False)
+                lines += [" " * col + b for b in body]
             else:
-                lines.append(f"{left:<40}{right}")
+                lines.append(f"{left:<{col}}{body[0]}")
+                lines += [" " * col + b for b in body[1:]]
     return "\n".join(lines) + "\n"

@@ -42,7 +42,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["array_kind", "as_array", "to_numpy", "to_torch", "data_ptr", "shares_memory"]
+__all__ = ["array_kind", "as_array", "to_numpy", "to_host", "to_torch", "data_ptr", "shares_memory"]
+
+
+def to_host(a):
+    """A numpy view of a host array, a copy of a CuPy (device) array.
+
+    The engine's one device-to-host step; cheaper than :func:`to_numpy`, which
+    also accepts torch tensors and DLPack producers."""
+    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def array_kind(obj: Any) -> str:
@@ -135,7 +143,8 @@ def to_torch(arr: Any, device=None):
     DLPack producer; ``torch.from_dlpack``).  ``device`` (optional) moves it,
     which copies if the device differs.  Read-only numpy arrays, which DLPack
     cannot export, are copied."""
-    import torch
+    from .extras import require
+    torch = require("torch", "to_torch()")
     if array_kind(arr) == "torch":
         t = arr
     else:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import List, Tuple
 
-from .api import to_host
+from .interop import to_host
 from .io.atomic import check_distinct, check_not_input, check_writable, output_set
 from .io.floatimage import write_float_image
 from .io.pgm import write_pgm
-from .io.smv import nanobragg_smv_fields, write_smv
+from .io.smv import nanobragg_smv_fields, reader_smv_fields, write_smv
 
 
 def _path(cfg, name):
@@ -24,13 +24,18 @@ def input_files(cfg) -> List[str]:
     return [_path(cfg, n) for n in names if n]
 
 
-def smv_fields(res, noise=False):
+def smv_fields(res, noise=False, seconds_after_epoch=0.0):
+    """nanoBragg's SMV header for ``res``; in default mode followed by the keys
+    image readers need (ADC_OFFSET, DATE, ...: see ``reader_smv_fields``)."""
     m = res.model
     d, st = m.det, m.steps
-    return nanobragg_smv_fields(
+    fields = nanobragg_smv_fields(
         d.fpixels, d.spixels, d.pixel_size, d.distance, m.cfg.lambda0, d.Xbeam, d.Ybeam,
         d.Fbeam, d.Sbeam, d.detsize_s, d.dials_origin, d.ORGX, d.ORGY, d.close_distance,
         st.phi0, st.osc, d.twotheta, denzo_sign=1 if noise else -1)
+    if not m.cfg.c_parity:
+        fields += reader_smv_fields(m.cfg.adc_offset, m.cfg.exposure, seconds_after_epoch)
+    return fields
 
 
 def output_paths(cfg, fdump: bool = False) -> List[Tuple[str, str]]:

@@ -31,7 +31,10 @@ Frames
 
 Files (in ``--out DIR``, image numbers start at 1: frame i -> ``frame_%05d`` of i+1)
   smv    ``frame_00001.img``  nanoBragg's SMV: the noise image when noise is on,
-         else the scaled integer image (``-nonoise``), with nanoBragg's header
+         else the scaled integer image (``-nonoise``), with nanoBragg's header.
+         With ``-nonoise`` every frame uses one scale: ``-scale S`` when given,
+         else the one nanoBragg picks for frame 1 (max pixel -> 55000), found
+         by a pilot render of frame 1 before the series starts and printed.
   cbf    ``frame_00001.cbf``  miniCBF (fabio) with a Pilatus-style miniheader
   nexus  ``frame_00001.h5`` per frame, plus ``master.h5`` (NXmx, virtual (N, S, F)
          stack over the frame files) once every frame exists
@@ -77,7 +80,7 @@ import numpy as np
 
 from .errors import ConfigError, NBError, UsageError
 from .flags import HelpRequested
-from .formats import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
+from .io.frames import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
 from .io.atomic import OutputFileError
 from .io.smv import RTD
 
@@ -118,7 +121,8 @@ each frame atomically to DIR, with a resumable manifest (DIR/manifest.jsonl).
   --prefix NAME           file-name prefix (default: frame)
 
 Every other argument is a nanoBragg flag (see `nbnumba -h`); -seed sets the
-base seed (frame i gets noise seed base+i)."""
+base seed (frame i gets noise seed base+i).  With -nonoise all frames share one
+int-image scale: -scale S, else frame 1's (from a pilot render, printed)."""
 
 _VALUE_OPTS = {"frames", "osc-per-frame", "phisteps-per-frame", "shots", "jitter-cell",
                "jitter-n", "out", "format", "scheduler", "workers", "device", "retries",
@@ -431,6 +435,18 @@ def frame_config(cfg, spec: FrameSpec, job: Job):
     return replace(cfg, **kw)
 
 
+def _pilot_scale(cfg, spec: "FrameSpec"):
+    """(cfg with intfile_scale fixed, the line saying so): the scale nanoBragg would
+    pick for the first frame (max pixel -> 55000), rendered here as a pilot.  The
+    pilot has no noise, so it is the same on every run and on --resume."""
+    from .api import simulate
+    pilot = Job(out_dir="", formats=(), prefix="", threads=None, device=cfg.device)
+    scale = float(simulate(frame_config(cfg, spec, pilot)).stats["intfile_scale"])
+    note = ("%s: -nonoise: every frame uses the int-image scale of frame %d, %s "
+            "(from a pilot render; -scale S sets it)" % (PROG, spec.number, "%g" % scale))
+    return replace(cfg, intfile_scale=scale), note
+
+
 def sha256_file(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -460,22 +476,24 @@ def render_frame(cfg, spec: FrameSpec, job: Job) -> dict:
         if job.test_delay > 0:
             time.sleep(job.test_delay)
         from .api import simulate
-        from .formats import cbf as cbf_fmt
-        from .formats import nexus as nexus_fmt
-        from .formats import smv as smv_fmt
+        from .io import cbf as cbf_fmt
+        from .io import nexus as nexus_fmt
+        from .io import smv as smv_fmt
         fcfg = frame_config(cfg, spec, job)
         res = simulate(fcfg)
         noise = res.noise_image is not None
         image = res.noise_image if noise else res.int_image
         geom = FrameGeometry.from_result(res)
         info = FrameInfo(index=spec.index, number=spec.number, phi_start=spec.phi_deg,
-                         phi_range=spec.osc_deg, exposure=float(fcfg.exposure), noise=noise)
+                         phi_range=spec.osc_deg, exposure=float(fcfg.exposure), noise=noise,
+                         pedestal=float(fcfg.adc_offset))
         files = {}
         for fmt in job.formats:
             name = frame_filename(job.prefix, spec.number, fmt)
             path = os.path.join(job.out_dir, name)
             if fmt == "smv":
-                smv_fmt.write_frame(path, res, image, noise, job.header_overflow)
+                smv_fmt.write_frame(path, res, image, noise, job.header_overflow,
+                                    seconds_after_epoch=spec.index * max(float(fcfg.exposure), 0.0))
             elif fmt == "cbf":
                 cbf_fmt.write_frame(path, image, geom, info)
             elif fmt == "nexus":
@@ -701,7 +719,9 @@ def _run_inprocess(cfg, specs, job, handle: Callable[[dict], bool]) -> bool:
 
 
 def _connect(opts: SeriesOptions):
-    from distributed import Client, LocalCluster
+    from .extras import require
+    dist = require("distributed", "running frames on Dask (--workers N or --scheduler)")
+    Client, LocalCluster = dist.Client, dist.LocalCluster
     if opts.scheduler:
         try:
             return Client(opts.scheduler, timeout="30s"), None
@@ -785,6 +805,11 @@ def run_series(opts: SeriesOptions) -> int:
     from .model import build_model
 
     t_start = time.perf_counter()
+    # optional libraries first: a missing extra is one line before any frame is rendered
+    from .extras import require
+    for fmt, module in (("cbf", "fabio"), ("nexus", "h5py")):
+        if fmt in opts.formats:
+            require(module, "--format %s" % fmt)
     cfg = flags.parse_argv(list(opts.engine_argv))
     if cfg.workdir is None:
         cfg = replace(cfg, workdir=os.getcwd())    # workers resolve relative inputs here
@@ -835,6 +860,12 @@ def run_series(opts: SeriesOptions) -> int:
     specs = plan_frames(cfg, opts, base_seed)
     _check_outputs_not_inputs(cfg, opts, specs, out_dir)
     device = opts.device or cfg.device
+    pilot_note = None
+    if not cfg.calculate_noise and not cfg.intfile_scale > 0:
+        # -nonoise: nanoBragg scales each image by its own maximum, which would give
+        # every frame a different scale; the series uses the scale of frame 1 for all
+        cfg, pilot_note = _pilot_scale(cfg, specs[0])
+        print(pilot_note, flush=True)
     in_process = opts.workers == 0 and not opts.scheduler
     if cfg.threads:
         threads = int(cfg.threads)
@@ -959,7 +990,7 @@ def run_series(opts: SeriesOptions) -> int:
 
 
 def _write_master(cfg, opts, specs, out_dir, manifest: Manifest) -> None:
-    from .formats import nexus as nexus_fmt
+    from .io import nexus as nexus_fmt
     geom = FrameGeometry.from_config(cfg)
     names = [frame_filename(opts.prefix, s.number, "nexus") for s in specs]
     extra = {}
@@ -988,6 +1019,9 @@ def main(argv=None) -> int:
     if not argv:
         print(USAGE, file=sys.stderr)
         return EXIT_USAGE
+    if any(a in ("-h", "-help") for a in argv):   # nanoBragg's spellings of --help
+        print(USAGE)
+        return EXIT_OK
     try:
         opts = parse_series_argv(argv)
         if opts.help:

@@ -63,7 +63,24 @@ def setup_lines(model) -> List[str]:
                 "  water droplet size: %s m" % g(cfg.water_size)]
     if cfg.c_parity:
         out.append("  nbnumba: -c_parity: reproducing nanoBragg.c defects (docs/quirks.md)")
+    else:
+        from .quirks import notice_line
+        note = notice_line(model)
+        if note:
+            out.append(note)
     return out
+
+
+def run_summary_line(cfg, seconds: float) -> str:
+    """nbnumba's own last line: precision, threads, backend and elapsed time (s)."""
+    if cfg.device == "cuda":
+        backend, threads = "cuda (CuPy)", ""
+    else:
+        import numba
+        n = (max(1, min(int(cfg.threads), numba.config.NUMBA_NUM_THREADS)) if cfg.threads
+             else numba.get_num_threads())
+        backend, threads = "cpu (numba)", ", %d thread%s" % (n, "" if n == 1 else "s")
+    return "nbnumba: %s precision%s, backend %s, %.2f s" % (cfg.precision, threads, backend, seconds)
 
 
 def result_lines(res, written=None) -> List[str]:

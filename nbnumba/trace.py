@@ -110,7 +110,7 @@ def printout_lines(res):
     model = res.model
     cfg = model.cfg
     S, F = model.shape
-    from .api import to_host
+    from .interop import to_host
     img = to_host(res.float_image)
     if cfg.printout_fpixel < 0 or cfg.printout_spixel < 0:
         ss, ff = np.nonzero(model.active)

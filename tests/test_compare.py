@@ -331,3 +331,20 @@ def test_real_c_parity_small_case(tmp_path, monkeypatch, capsys):
     s = json.loads((only_dir(tmp_path / "cmp") / "summary.json").read_text())
     assert s["metrics"]["correlation"] > 0.999999
     assert s["metrics"]["max_abs_diff"] <= 1e-6 * s["metrics"]["c_max"]
+
+
+def test_concurrent_runners_are_timed_each_to_its_own_end(tmp_path):
+    import subprocess
+    import time
+    from nbnumba.tools import _common as C
+    slow_cmd = [sys.executable, "-c", "import time; time.sleep(1.2)"]
+    fast_cmd = [sys.executable, "-c", "pass"]
+    t_slow = time.perf_counter()
+    slow = C.start(slow_cmd, str(tmp_path), None, "C")
+    t_fast = time.perf_counter()
+    fast = C.start(fast_cmd, str(tmp_path), None, "port")
+    rs, rf = compare.finish_concurrently(
+        [(slow, slow_cmd, str(tmp_path), "C", t_slow), (fast, fast_cmd, str(tmp_path), "port", t_fast)])
+    assert rs.returncode == 0 and rf.returncode == 0
+    assert rs.seconds >= 1.2
+    assert rf.seconds < rs.seconds - 0.5      # not the slow one's end time

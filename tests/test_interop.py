@@ -140,3 +140,16 @@ def test_api_accepts_torch_mask_grid_and_output():
     assert res.float_image.__array_interface__["data"][0] == out.data_ptr()
     assert float(out[:, :8].abs().max()) == 0.0
     np.testing.assert_array_equal(out.numpy()[:, 8:], ref[:, 8:])
+
+
+def test_api_and_trace_do_not_import_each_other():
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / "nbnumba"
+
+    def imports(mod):
+        tree = ast.parse((root / (mod + ".py")).read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "api" not in imports("trace") and "trace" not in imports("interop")
+    from nbnumba import api, interop
+    assert api.to_host is interop.to_host

@@ -55,7 +55,7 @@ REQUIRED = {
     "trace_py_phi.log", "trace_c_phi.log", "diff_trace.md", "compare_scaling_traces.json",
     "sincg_sweep.md", "sincg_sweep.csv", "sincg_sweep.png", "rotation_audit.md",
     "roi_metadata.json", "env.json", "commands.txt", "summary.md", "sha256.txt",
-    "phistep1/trace_py.log", "phistep1/py_float_roi.bin", "phistep1/notes.txt",
+    "phistep1/trace_py.log", "phistep1/py_float_roi.bin", "phistep1/notes.txt", "git_sha.txt",
 }
 
 
@@ -100,6 +100,11 @@ def test_bundle_complete_and_checksums(tmp_path, monkeypatch, capsys, case):
     summary = (bundle / "summary.md").read_text()
     for sec in ("## 1. Case", "## 2. Result", "## 5. ATTRIBUTION", "## 10. Files"):
         assert sec in summary
+    # the report ends with what it leaves open
+    last = summary.rstrip().split("\n## ")[-1]
+    assert last.split("\n")[0].endswith("Open questions") and "\n1. " in last
+    assert (bundle / "git_sha.txt").read_text().strip() == json.loads(
+        (bundle / "env.json").read_text())["git_sha"]
     # every file of the bundle is linked from summary.md
     for rel in files_of(bundle):
         assert f"]({rel})" in summary, rel
@@ -227,6 +232,26 @@ def test_missing_pixel_option(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert probe.main(["--"] + FIXTURE["args"]) == 2
     assert "--pixel" in capsys.readouterr().err
+
+
+def test_pytest_selector_runs_into_pytest_log(tmp_path, monkeypatch, capsys):
+    sel = "tests/test_extras.py::test_require_names_the_extra"
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE,
+                                       extra=["--pytest", sel])
+    assert code in (0, 3), err
+    log = (bundle / "pytest.log").read_text()
+    assert sel in log and "1 passed" in log
+    summary = (bundle / "summary.md").read_text()
+    assert "Tests ([pytest.log](pytest.log))" in summary and "exit 0" in summary
+    assert summary.rstrip().split("\n## ")[-1].split("\n")[0].endswith("Open questions")
+    check_sha256(bundle)
+
+
+def test_open_questions_without_c_trace(tmp_path, monkeypatch, capsys):
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE, trace=False)
+    assert code == 0, err
+    last = (bundle / "summary.md").read_text().rstrip().split("\n## ")[-1]
+    assert "Open questions" in last and "No C trace was available" in last
 
 
 # ----------------------------------------------------------------------------- REAL C (optional)

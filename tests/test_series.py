@@ -15,9 +15,9 @@ import pytest
 
 import nbnumba
 from nbnumba import series
-from nbnumba.formats import FrameGeometry, lab_to_mcstas, parse_formats
-from nbnumba.formats import cbf as cbf_fmt
-from nbnumba.formats import nexus as nexus_fmt
+from nbnumba.io import cbf as cbf_fmt
+from nbnumba.io import nexus as nexus_fmt
+from nbnumba.io.frames import FrameGeometry, lab_to_mcstas, parse_formats
 from nbnumba.io.smv import read_smv
 
 BASE = ("-cell 70 80 90 90 90 90 -default_F 100 -N 5 -lambda 1 -distance 100 "
@@ -155,7 +155,9 @@ def test_rotation_series_all_formats_read_back(tmp_path, capsys, monkeypatch):
 
     # CBF through fabio, with the miniheader
     meta, data = cbf_fmt.read_frame(out / "frame_00003.cbf")
-    assert np.array_equal(data, img.astype(np.int32))
+    assert np.array_equal(data, img.astype(np.int32) - 40)   # Pilatus-style: no pedestal
+    assert meta["count_cutoff"] == 65535 - 40
+    assert float(hdr["ADC_OFFSET"]) == 40
     assert meta["header_convention"] == "GENERIC_MINI"     # 64x64 is no Pilatus tiling
     assert meta["pixel_size_fast"] == pytest.approx(200e-6)
     assert meta["pixel_size_slow"] == pytest.approx(200e-6)
@@ -215,9 +217,20 @@ def test_nonoise_series_stores_the_int_image(tmp_path, capsys):
     rc, o = run(["--frames", 2, "--osc-per-frame", 1, "--workers", 0, "--out", out,
                  "--format", "smv"] + BASE + ["-nonoise"], capsys)
     assert rc == 0, o.err
-    ref = direct(["-phi", 1.0, "-osc", 1, "-seed", 8, "-nonoise"])
+    # one int-image scale for the series: frame 1's, from a pilot render, and said so
+    s1 = direct(["-phi", 0.0, "-osc", 1, "-seed", 7, "-nonoise"]).stats["intfile_scale"]
+    own = direct(["-phi", 1.0, "-osc", 1, "-seed", 8, "-nonoise"]).stats["intfile_scale"]
+    assert own != s1                     # frame 2 alone would have picked another scale
+    assert "int-image scale of frame 1" in o.out and ("%g" % s1) in o.out
+    ref = direct(["-phi", 1.0, "-osc", 1, "-seed", 8, "-nonoise", "-scale", repr(s1)])
     hdr, data = read_smv(out / "frame_00002.img")
     assert np.array_equal(data, ref.int_image)
+    assert [r["stats"]["intfile_scale"] for r in frame_records(out)] == [s1, s1]
+
+
+def test_series_dash_h_prints_help(capsys):
+    assert series.main(["-h"]) == 0
+    assert capsys.readouterr().out.startswith("usage: nbnumba-series")
 
 
 def test_geometry_from_config_equals_result():

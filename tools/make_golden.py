@@ -13,6 +13,12 @@ runs both steps (see golden/README.md).  The outputs are byte-for-byte
 reproducible: every case runs in a fresh temporary directory with
 ``OMP_NUM_THREADS=1``, temp paths and pointer values are scrubbed from the
 captured stdout, and every file is written atomically.
+
+``run`` is all or nothing: it first checks that ``$NB_C_BIN`` prints a
+``TRACE_C`` trace for a one-pixel probe (a build without the instrumentation
+cannot make trace cases), then renders every case into a staging directory
+next to ``golden/data`` and swaps it into place only when every case
+succeeded.  On any failure ``golden/data`` is left exactly as it was.
 """
 from __future__ import annotations
 
@@ -204,11 +210,32 @@ def _shape_from_stdout(text: str):
     return spix, fpix
 
 
-def make_case(binary: str, case: Case) -> Dict[str, object]:
+#: a one-pixel probe that any nanoBragg build with the TRACE_C instrumentation traces
+PROBE_ARGS = ("-cell 50 50 50 90 90 90 -default_F 10 -N 2 -lambda 1 -distance 100 "
+              "-detpixels 4 -pixel 0.1 -nonoise -nopgm -noprogress -floatfile float.bin "
+              "-intfile int.img -trace_pixel 1 2").split()
+
+
+def check_binary(binary: str) -> Optional[str]:
+    """None when ``binary`` runs and prints the per-pixel trace for a one-pixel
+    probe; otherwise one line saying what is wrong."""
+    probe = Case(name="binary_probe", args=tuple(PROBE_ARGS), inputs=(), families=(), mode="default",
+                 trace_pixel=None, tolerances={}, description="", tolerance_reason="", files=())
+    try:
+        res = run_c(binary, probe)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        return "NB_C_BIN=%s failed on a 4x4-pixel probe: %s" % (binary, str(exc).splitlines()[0])
+    if not any(ln.startswith("TRACE_C: I_pixel_final") for ln in res["stdout"].splitlines()):
+        return ("NB_C_BIN=%s prints no TRACE_C trace for -trace_pixel: build nanoBragg with the "
+                "TRACE_C instrumentation (golden/README.md); golden/data left unchanged" % binary)
+    return None
+
+
+def make_case(binary: str, case: Case, data_dir: Path = DATA_DIR) -> Dict[str, object]:
     res = run_c(binary, case)
     stdout = res["stdout"]
     shape = _shape_from_stdout(stdout)
-    outdir = DATA_DIR / case.name
+    outdir = data_dir / case.name
     files: Dict[str, bytes] = {}
     wanted = [f for f in case.files if f in STORED_OUTPUTS]
     for name in wanted:
@@ -262,6 +289,30 @@ def _md5_bytes(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
+def _restore_interrupted_swap(data_dir: Path) -> None:
+    """A run killed between the two renames of the swap leaves the previous corpus
+    as ``.data.old-*``: put it back before anything else."""
+    if data_dir.exists():
+        return
+    for old in sorted(data_dir.parent.glob(".%s.old-*" % data_dir.name)):
+        os.rename(old, data_dir)
+        print("restored %s from an interrupted run" % data_dir)
+        return
+
+
+def swap_in(staging: Path, data_dir: Path) -> None:
+    """Replace ``data_dir`` by ``staging`` (two renames on one file system; the old
+    corpus is removed only once the new one is in place)."""
+    old = None
+    if data_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=".%s.old-" % data_dir.name, dir=data_dir.parent))
+        os.rmdir(old)
+        os.rename(data_dir, old)
+    os.rename(staging, data_dir)
+    if old is not None:
+        shutil.rmtree(old)
+
+
 def cmd_run(args) -> int:
     binary = _c_bin()
     if binary is None:
@@ -280,15 +331,36 @@ def cmd_run(args) -> int:
         todo = [by_name[n] for n in args.case]
     else:
         todo = cases
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
-        keep = {c.name for c in cases}
-        for d in sorted(DATA_DIR.iterdir()):
-            if d.name not in keep:
-                shutil.rmtree(d) if d.is_dir() else d.unlink()
-    jobs = max(1, int(args.jobs or os.cpu_count() or 1))
+    # before anything is written: a build without TRACE_C would fail on the trace
+    # cases only after rewriting the others
+    why = check_binary(binary)
+    if why:
+        print(why)
+        return 2
+    _restore_interrupted_swap(DATA_DIR)
+    DATA_DIR.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".%s.staging-" % DATA_DIR.name, dir=DATA_DIR.parent))
+    try:
+        if args.case and DATA_DIR.is_dir():
+            # one-case refresh: every other case stays as it is
+            shutil.copytree(DATA_DIR, staging, dirs_exist_ok=True)
+        failures = _run_cases(binary, todo, staging, args.jobs)
+        if failures:
+            print("%d case(s) failed; golden/data left unchanged" % failures)
+            return 1
+        swap_in(staging, DATA_DIR)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return 0
+
+
+def _run_cases(binary: str, todo: Sequence[Case], data_dir: Path, jobs_arg) -> int:
+    """Render ``todo`` into ``data_dir``; prints one line per case, returns the failures."""
+    jobs = max(1, int(jobs_arg or os.cpu_count() or 1))
     failures = 0
     with cf.ThreadPoolExecutor(max_workers=jobs) as ex:
-        futs = {ex.submit(make_case, binary, c): c for c in todo}
+        futs = {ex.submit(make_case, binary, c, data_dir): c for c in todo}
         for fut in cf.as_completed(futs):
             c = futs[fut]
             try:
@@ -301,7 +373,7 @@ def cmd_run(args) -> int:
             print("ok   %-32s %-8s %4dx%-4d max_I=%-10g mean=%-10g%s" % (
                 c.name, c.mode, meta["shape"][1], meta["shape"][0], st.get("max_I", float("nan")),
                 st.get("mean", float("nan")), "  [%d warnings]" % len(meta["warnings"]) if meta["warnings"] else ""))
-    return 1 if failures else 0
+    return failures
 
 
 def cmd_brightest(args) -> int:

@@ -42,6 +42,11 @@ __all__ = [
     "smv_header_text",
     "write_smv",
     "nanobragg_smv_fields",
+    "reader_smv_fields",
+    "write_frame",
+    "read_frame",
+    "smv_date",
+    "NOMINAL_EPOCH_UNIX",
 ]
 
 #: C's ``M_1_PI`` is the double nearest 1/pi; ``1/math.pi`` rounds to that same double.
@@ -362,6 +367,56 @@ def nanobragg_smv_fields(
     ]
 
 
+#: 2000-01-01T00:00:00 UTC, the nominal start of every simulated collection
+#: (files must not depend on the wall clock, so two runs give the same bytes)
+NOMINAL_EPOCH_UNIX = 946684800.0
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def smv_date(seconds_after_epoch: float = 0.0) -> str:
+    """ADSC ``DATE`` text (``Sat Jan 01 00:00:00 2000``) for the nominal epoch plus
+    ``seconds_after_epoch`` (s), UTC, in English whatever the locale: dxtbx parses
+    it with ``"%a %b %d %H:%M:%S %Y"``."""
+    import time as _time
+    t = _time.gmtime(NOMINAL_EPOCH_UNIX + max(float(seconds_after_epoch), 0.0))
+    return "%s %s %02d %02d:%02d:%02d %04d" % (
+        _DAYS[t.tm_wday], _MONTHS[t.tm_mon - 1], t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, t.tm_year)
+
+
+def _pedestal_text(adc_offset: float) -> str:
+    # dxtbx's JHSim reader does int(ADC_OFFSET): write whole numbers without a point
+    v = float(adc_offset)
+    return "%d" % int(v) if math.isfinite(v) and v == int(v) else format_g(v)
+
+
+def reader_smv_fields(adc_offset: float, exposure_s: float, seconds_after_epoch: float = 0.0) -> list:
+    """Header keys nanoBragg.c does not write but image readers look for.
+
+    Appended after nanoBragg's own keys in default mode (``-c_parity`` leaves
+    them out, so its files stay byte-identical to C's):
+
+    * ``ADC_OFFSET`` -- the pedestal added to every pixel (counts).  dxtbx's
+      FormatSMVJHSim (chosen for ``BEAMLINE=fake``) assumes 1 without it and
+      derives the trusted range and pedestal from it.
+    * ``IMAGE_PEDESTAL`` -- the same number under the key dxtbx's FormatSMVADSC reads.
+    * ``TIME`` -- exposure (s), required by FormatSMVADSC's scan model.
+    * ``DATE`` -- :func:`smv_date`, the nominal collection time (no wall clock).
+
+    XDS (and generate_XDS.INP) find what they need in nanoBragg's own keys:
+    SIZE1/SIZE2, PIXEL_SIZE, DISTANCE, WAVELENGTH, BEAM_CENTER_X/Y,
+    OSC_START/OSC_RANGE, TWOTHETA, XDS_ORGX/XDS_ORGY.
+    """
+    ped = _pedestal_text(adc_offset)
+    return [
+        ("ADC_OFFSET", ped),
+        ("IMAGE_PEDESTAL", ped),
+        ("TIME", format_g(float(exposure_s))),
+        ("DATE", smv_date(seconds_after_epoch)),
+    ]
+
+
 def write_smv(
     path, image_uint16: np.ndarray, fields: Fields, header_overflow: str = "c"
 ) -> None:
@@ -390,3 +445,27 @@ def write_smv(
     payload = smv_header_text(items, header_overflow) + np.ascontiguousarray(img, dtype="<u2").tobytes()
     with atomic_open(path, "wb") as fh:
         fh.write(payload)
+
+
+# ---------------------------------------------------------------------------
+# series frames (nbnumba-series --format smv)
+# ---------------------------------------------------------------------------
+
+def write_frame(path, res, image, noise: bool, header_overflow: str = "grow",
+                seconds_after_epoch: float = 0.0) -> None:
+    """Write ``image`` (uint16 (S, F)) with the header nanoBragg would give ``res``;
+    ``seconds_after_epoch`` (s) dates the frame (DATE key, default mode only).
+
+    The header is nanoBragg's (``nbnumba.outputs.smv_fields``), so PHI/OSC_START
+    and OSC_RANGE carry the frame's own rotation start and width.  The noise
+    image is stored when noise is on (nanoBragg's ``-noisefile`` header), else the
+    scaled integer image (``-intfile`` header).
+    """
+    from ..outputs import smv_fields   # outputs imports this module
+    write_smv(path, image, smv_fields(res, noise=noise, seconds_after_epoch=seconds_after_epoch),
+              header_overflow=header_overflow)
+
+
+def read_frame(path):
+    """(header dict, uint16 (S, F) pixels)."""
+    return read_smv(path)

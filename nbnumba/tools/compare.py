@@ -181,8 +181,38 @@ def _scale_top(values: np.ndarray, pct: float) -> float:
     return top if top > 0.0 else 1.0
 
 
+def finish_concurrently(runs, timeout=None):
+    """Wait for running programs at the same time; each RunResult's ``seconds`` runs
+    from that program's own start to its own end (waiting for one after the other
+    would give the faster one the slower one's end time).
+
+    ``runs``: ``[(proc, cmd, cwd, label, t_start), ...]``; returns the results in
+    that order, or raises the first runner's ToolError once all have ended.
+    """
+    import threading
+    results = [None] * len(runs)
+    errors = [None] * len(runs)
+
+    def wait(i, proc, cmd, cwd, label, t0):
+        try:
+            results[i] = C.finish(proc, cmd, cwd, label, t0, timeout)
+        except ToolError as exc:
+            errors[i] = exc
+
+    threads = [threading.Thread(target=wait, args=(i, *r), daemon=True) for i, r in enumerate(runs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for exc in errors:
+        if exc is not None:
+            raise exc
+    return results
+
+
 def write_previews(c: np.ndarray, py: np.ndarray, outdir: str, pct: float, origin=(0, 0)) -> List[str]:
-    import matplotlib
+    from nbnumba.extras import require
+    matplotlib = require("matplotlib", "PNG plots")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -355,16 +385,17 @@ def compare(opts: argparse.Namespace, flags: List[str], cwd: Optional[str] = Non
             rc = C.run(c_cmd, cdir, c_env, "C", opts.timeout)
             rp = C.run(p_cmd, pdir, C.port_env(), "port", opts.timeout)
         else:
-            t0 = time.perf_counter()
+            tc = time.perf_counter()
             pc = C.start(c_cmd, cdir, c_env, "C")
             try:
+                tp = time.perf_counter()
                 pp = C.start(p_cmd, pdir, C.port_env(), "port")
             except ToolError:
                 pc.kill()
                 pc.communicate()
                 raise
-            rc = C.finish(pc, c_cmd, cdir, "C", t0, opts.timeout)
-            rp = C.finish(pp, p_cmd, pdir, "port", t0, opts.timeout)
+            rc, rp = finish_concurrently([(pc, c_cmd, cdir, "C", tc), (pp, p_cmd, pdir, "port", tp)],
+                                         opts.timeout)
         for r, pre in ((rc, "c"), (rp, "py")):
             _write_text(os.path.join(out, f"{pre}_stdout.txt"), r.stdout)
             _write_text(os.path.join(out, f"{pre}_stderr.txt"), r.stderr)

@@ -303,7 +303,8 @@ def _markdown(res: dict, max_rows: int = 61) -> str:
 
 
 def _plot(res: dict, path: str) -> None:
-    import matplotlib
+    from nbnumba.extras import require
+    matplotlib = require("matplotlib", "PNG plots")
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt

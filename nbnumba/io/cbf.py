@@ -14,6 +14,14 @@ tiling (487 x 195 modules with 7/17-pixel gaps), else ``GENERIC_MINI``
 (dxtbx's convention for simulated detectors of other sizes: its Pilatus reader
 would otherwise try to mask module gaps that do not exist).
 
+Pedestal: nanoBragg adds an ADC offset (``-adc``, default 40 counts) to every
+SMV pixel.  Pilatus-style readers (dxtbx's FormatCBFMini, XDS) know no pedestal:
+they take pixel values as counts above zero, ``Count_cutoff`` as the overload
+and -1 as the underload.  So the CBF pixels are the SMV pixels minus the whole
+counts of the pedestal, and ``Count_cutoff`` is 65535 minus that pedestal: a
+pixel that saturated the 16-bit SMV range reads exactly ``Count_cutoff``.  The
+header says how much was removed (``# Image_type ... pedestal N removed``).
+
 Files do not depend on the wall clock: the date line is a nominal
 2000-01-01T00:00:00 plus ``index * exposure`` seconds.
 """
@@ -27,11 +35,17 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from ..io.atomic import OutputFileError, atomic_write_bytes
-from . import NOMINAL_EPOCH, FrameGeometry, FrameInfo
+from .atomic import OutputFileError, atomic_write_bytes
+from .frames import NOMINAL_EPOCH, FrameGeometry, FrameInfo
 
 PILATUS_MODULE = (487, 195, 7, 17)   # fast size, slow size, fast gap, slow gap
 COUNT_CUTOFF = 65535                 # the pixels are nanoBragg's unsigned 16-bit values
+
+
+def pedestal_counts(pedestal: float) -> int:
+    """Whole counts of the ADC pedestal that the CBF pixels leave out."""
+    p = float(pedestal)
+    return int(np.floor(p)) if np.isfinite(p) and p > 0 else 0
 
 
 def is_pilatus_size(fpixels: int, spixels: int) -> bool:
@@ -44,6 +58,7 @@ def is_pilatus_size(fpixels: int, spixels: int) -> bool:
 def miniheader(geom: FrameGeometry, info: FrameInfo) -> str:
     """The ``_array_data.header_contents`` text (lines joined by CR LF)."""
     bx, by = geom.beam_center_px
+    ped = pedestal_counts(info.pedestal)
     t0 = _dt.datetime.fromisoformat(NOMINAL_EPOCH)
     stamp = t0 + _dt.timedelta(seconds=info.index * max(info.exposure, 0.0))
     stamp_text = stamp.strftime("%Y-%m-%dT%H:%M:%S") + ".%03d" % (stamp.microsecond // 1000)
@@ -58,7 +73,7 @@ def miniheader(geom: FrameGeometry, info: FrameInfo) -> str:
         "# Exposure_time %.7f s" % info.exposure,
         "# Exposure_period %.7f s" % info.exposure,
         "# Tau = 0 s",
-        "# Count_cutoff %d counts" % COUNT_CUTOFF,
+        "# Count_cutoff %d counts" % (COUNT_CUTOFF - ped),
         "# Wavelength %.10g A" % (geom.wavelength * 1e10),
         "# Detector_distance %.10g m" % geom.distance,
         "# Beam_xy (%.6f, %.6f) pixels" % (bx, by),
@@ -67,8 +82,8 @@ def miniheader(geom: FrameGeometry, info: FrameInfo) -> str:
         "# Detector_2theta %.6f deg." % np.degrees(geom.twotheta),
         "# Phi %.6f deg." % info.phi_start,
         "# Image_number %d" % info.number,
-        "# Image_type %s" % ("noise (Poisson photons + ADC offset)" if info.noise
-                             else "noiseless (nanoBragg intfile scaling)"),
+        "# Image_type %s, pedestal %d removed" % (
+            "noise (Poisson photons)" if info.noise else "noiseless (nanoBragg intfile scaling)", ped),
     ]
     return "\r\n".join(lines)
 
@@ -80,9 +95,10 @@ def cbf_bytes(name: str, image: np.ndarray, geom: FrameGeometry, info: FrameInfo
     file is written under its final base name in a private temporary directory
     and read back.
     """
-    from fabio.cbfimage import CbfImage
+    from ..extras import require
+    CbfImage = require("fabio.cbfimage", "writing miniCBF").CbfImage
     convention = "PILATUS_1.2" if is_pilatus_size(geom.fpixels, geom.spixels) else "GENERIC_MINI"
-    data = np.ascontiguousarray(image, dtype=np.int32)
+    data = np.ascontiguousarray(image, dtype=np.int32) - pedestal_counts(info.pedestal)
     header = {"_array_data.header_convention": convention,
               "_array_data.header_contents": miniheader(geom, info)}
     img = CbfImage(data=data, header=header)
@@ -148,7 +164,8 @@ def parse_miniheader(text: str) -> Dict[str, object]:
 
 def read_frame(path) -> Tuple[Dict[str, object], np.ndarray]:
     """(parsed miniheader, int32 (S, F) pixels) via fabio."""
-    import fabio
+    from ..extras import require
+    fabio = require("fabio", "reading miniCBF")
     img = fabio.open(os.fspath(path))
     text = img.header.get("_array_data.header_contents", "")
     meta = parse_miniheader(text)
@@ -157,4 +174,4 @@ def read_frame(path) -> Tuple[Dict[str, object], np.ndarray]:
 
 
 __all__ = ["write_frame", "read_frame", "cbf_bytes", "miniheader", "parse_miniheader",
-           "is_pilatus_size"]
+           "is_pilatus_size", "pedestal_counts"]

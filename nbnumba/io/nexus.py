@@ -31,7 +31,7 @@ every frame exists.  The master is a complete NXmx file whose image stack
       source/                              NXsource
 
 All vectors are converted from nanoBragg's lab frame to the NeXus McStas frame
-with :func:`nbnumba.formats.lab_to_mcstas` (beam along +z).  Following the
+with :func:`nbnumba.io.frames.lab_to_mcstas` (beam along +z).  Following the
 chain like dxtbx does (``det_z . module_offset`` applied to the origin) gives
 the corner of the first pixel, i.e. nanoBragg's ``pix0``; in dxtbx's imgCIF
 frame that is nanoBragg's ``DIALS_ORIGIN``.
@@ -48,16 +48,16 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from ..io.atomic import atomic_write_bytes
-from . import NOMINAL_EPOCH, FrameGeometry, FrameInfo, lab_to_mcstas
+from .atomic import atomic_write_bytes
+from .frames import NOMINAL_EPOCH, FrameGeometry, FrameInfo, lab_to_mcstas
 
 DET = "/entry/instrument/detector"
 SAMPLE = "/entry/sample"
 
 
 def _h5():
-    import h5py
-    return h5py
+    from ..extras import require
+    return require("h5py", "NeXus/HDF5 output")
 
 
 def _dset(group, name, data, units: Optional[str] = None, **attrs):

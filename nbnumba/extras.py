@@ -1,0 +1,53 @@
+"""Optional dependencies: one helper that imports them or says which extra to install.
+
+A plain ``pip install nbnumba`` brings what one simulation needs (numpy, numba,
+tqdm).  Everything else is an extra, and every optional import goes through
+:func:`require`, so a missing one is a one-line error naming the command that
+fixes it (the CLIs print it and exit 2)::
+
+    nbnumba-series: error: --format cbf needs fabio: pip install "nbnumba[formats]"
+"""
+from __future__ import annotations
+
+import importlib
+
+from .errors import NBError
+
+#: top-level module -> the extra that installs it (see pyproject.toml)
+EXTRA_OF = {
+    "fabio": "formats",
+    "h5py": "formats",
+    "dask": "series",
+    "distributed": "series",
+    "matplotlib": "plots",
+    "cupy": "gpu",
+    "torch": "torch",
+    "gemmi": "sf",
+    "yaml": "dev",      # only the golden-corpus tooling (nbnumba/testing/golden.py) reads YAML
+}
+
+
+class MissingExtraError(NBError, ImportError):
+    """An optional dependency is not installed; the message names the extra."""
+
+
+def install_hint(module: str) -> str:
+    """``pip install "nbnumba[formats]"`` (quoted: shells such as zsh expand brackets)."""
+    extra = EXTRA_OF.get(module.split(".")[0])
+    return 'pip install "nbnumba[%s]"' % extra if extra else "pip install %s" % module
+
+
+def require(module: str, what: str = ""):
+    """Import and return ``module``; if it is missing raise :class:`MissingExtraError`
+    whose one-line message says ``what`` needs it and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        missing = getattr(exc, "name", None) or top
+        if missing.split(".")[0] != top:
+            raise   # the package is there but broken inside: show the real error
+        raise MissingExtraError("%s needs %s: %s" % (what or "this", top, install_hint(top))) from None
+
+
+__all__ = ["EXTRA_OF", "MissingExtraError", "install_hint", "require"]

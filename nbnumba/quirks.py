@@ -1,0 +1,47 @@
+"""Which of nanoBragg.c's defects (docs/quirks.md) a default-mode run meets.
+
+The default mode does the physically correct thing where nanoBragg.c has a
+defect, so on these runs its image differs from the C's.  The CLI prints one
+line naming them, so a user comparing with nanoBragg.c knows why and that
+``-c_parity`` reproduces the C.  Only defects that the request alone decides
+are detected; the interpolation latch (docs/quirks.md #6) depends on where
+the first out-of-range lookup falls and is not announced.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+
+def c_differences(model) -> List[Tuple[int, str]]:
+    """``[(docs/quirks.md entry number, short name), ...]`` that make this default-mode
+    run differ from nanoBragg.c; empty under ``-c_parity``."""
+    cfg = model.cfg
+    if cfg.c_parity:
+        return []
+    out = []
+    phis = [float(p) for p in model.phis]
+    if any(p == 0.0 for p in phis) and any(p != 0.0 for p in phis):
+        out.append((1, "phi=0 carry-over"))
+    if cfg.pix0_set:
+        out.append((2, "-pix0_vector"))
+    if cfg.misset_mode == -1:
+        out.append((4, "-misset random"))
+    if cfg.oversample_thick or cfg.oversample_polar or cfg.oversample_omega:
+        out.append((7, "-oversample_thick/_polar/_omega"))
+    st = model.steps
+    if st.detector_thicksteps > 1 and st.detector_thick > 0 and not cfg.oversample_thick:
+        out.append((8, "sensor layers"))
+    return out
+
+
+def notice_line(model) -> Optional[str]:
+    """One line for the run's output, or None when the run matches nanoBragg.c."""
+    hits = c_differences(model)
+    if not hits:
+        return None
+    what = ", ".join("%s (#%d)" % (name, n) for n, name in hits)
+    return ("  nbnumba: note: nanoBragg.c would differ here: %s, see docs/quirks.md; "
+            "-c_parity reproduces it" % what)
+
+
+__all__ = ["c_differences", "notice_line"]

@@ -1,0 +1,110 @@
+"""Daily use of the CLI: help text, progress bar, quirk notice, run summary."""
+import fcntl
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+from nbnumba import flags
+from nbnumba.cli import prog_name
+from nbnumba.model import build_model
+from nbnumba.quirks import c_differences
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "-cell 50 50 50 90 90 90 -default_F 10 -N 2 -detpixels 8 -nonoise -nopgm".split()
+
+
+def cli(args, cwd, **kw):
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="80")
+    return subprocess.run([sys.executable, "-m", "nbnumba.cli", *args], cwd=cwd, env=env,
+                          text=True, timeout=300, **kw)
+
+
+def test_help_fits_the_terminal_and_names_the_command(tmp_path):
+    r = cli(["-h"], tmp_path, capture_output=True)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and max(len(l) for l in lines) <= 80
+    assert lines[0].startswith("usage: python -m nbnumba.cli -cell")
+    text = flags.usage_text("nbnumba", width=70)
+    assert max(len(l) for l in text.splitlines()) <= 70
+    assert all(name in text for name in flags.flag_names())
+    assert text.startswith("usage: nbnumba ")
+    dials = [l for l in text.splitlines() if l.strip().startswith("-dials")]
+    assert dials and "SAMPLE pivot" in dials[0]
+    assert prog_name("/usr/bin/nbnumba") == "nbnumba"
+    assert prog_name("/x/nbnumba/cli.py") == "python -m nbnumba.cli"
+    r = cli(["-cell", "1"], tmp_path, capture_output=True)
+    assert r.returncode == 2 and "usage: python -m nbnumba.cli" in r.stderr
+
+
+def test_quirks_detected_from_the_request():
+    def hits(extra):
+        return [n for n, _ in c_differences(build_model(flags.parse_argv(TINY + extra)))]
+    assert hits([]) == []
+    assert hits(["-phi", "0", "-osc", "0.2", "-phisteps", "2"]) == [1]
+    assert hits(["-phi", "1", "-osc", "0.2", "-phisteps", "2"]) == []      # no step at exactly 0
+    assert hits(["-misset", "random"]) == [4]
+    assert hits(["-pix0_vector", "0.1", "0.0004", "0.0004"]) == [2]
+    assert hits(["-oversample", "2", "-oversample_omega"]) == [7]
+    assert hits(["-detector_thick", "0.3", "-detector_thicksteps", "3"]) == [8]
+    assert hits(["-c_parity", "-misset", "random", "-detector_thick", "0.3",
+                 "-detector_thicksteps", "3"]) == []
+
+
+def test_notice_summary_and_progress_on_a_terminal(tmp_path):
+    # stderr on a pseudo-terminal, stdout piped (like `nbnumba ... | tee log`)
+    master, slave = pty.openpty()
+    # a fresh pty is 0 columns wide, where tqdm draws nothing: make it a real terminal size
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    try:
+        r = cli(TINY + ["-phi", "0", "-osc", "0.2", "-phisteps", "2", "-threads", "1"], tmp_path,
+                stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        tty = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            tty += chunk
+    finally:
+        os.close(master)
+    assert r.returncode == 0
+    notes = [l for l in r.stdout.splitlines() if "nanoBragg.c would differ" in l]
+    assert len(notes) == 1 and "-c_parity reproduces it" in notes[0] and "#1" in notes[0]
+    last = r.stdout.splitlines()[-1]
+    assert last.startswith("nbnumba: double precision, 1 thread, backend cpu (numba), ")
+    assert last.endswith(" s")
+    assert b"rendering" in tty          # the bar went to the terminal
+
+
+def test_no_notice_when_the_run_matches_c(tmp_path):
+    r = cli(TINY + ["-precision", "single"], tmp_path, capture_output=True)
+    assert r.returncode == 0
+    assert "would differ" not in r.stdout
+    assert "nbnumba: single precision" in r.stdout.splitlines()[-1]
+
+
+def test_notice_agrees_with_the_golden_modes(tmp_path, monkeypatch):
+    """Default-mode golden cases (which match C) get no notice; c_parity cases get one,
+    except the two defects the request alone cannot reveal (strstr matching,
+    interpolation latch)."""
+    import shutil
+    from nbnumba.testing import golden
+    undetectable = {"custom_twotheta_axis", "custom_twotheta_axis_effective",
+                    "hkl_interpolate_out_of_range", "hkl_auto_interpolate_n2"}
+    monkeypatch.chdir(tmp_path)
+    wrong = []
+    for case in golden.load_cases():
+        for name in case.inputs:
+            shutil.copy(golden.inputs_dir() / name, tmp_path / name)
+        hits = c_differences(build_model(flags.parse_argv(list(case.args))))
+        expect = case.mode == "c_parity" and case.name not in undetectable
+        if bool(hits) != expect:
+            wrong.append((case.name, case.mode, hits))
+    assert not wrong

@@ -1,0 +1,86 @@
+"""tools/make_golden.py run: the binary is checked first, and the corpus is
+replaced all at once or not at all (fake binaries and cases; no C needed)."""
+import importlib.util
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def mg(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("_mg_under_test", REPO / "tools" / "make_golden.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "DATA_DIR", tmp_path / "golden" / "data")
+    return mod
+
+
+def fake_binary(tmp_path, trace: bool) -> str:
+    p = tmp_path / ("nb_trace" if trace else "nb_plain")
+    body = "print('  (4x4 pixels)')\n"
+    if trace:
+        body += "import sys\nif '-trace_pixel' in sys.argv: print('TRACE_C: I_pixel_final 1.5')\n"
+    p.write_text("#!%s\n%s" % (sys.executable, body))
+    p.chmod(p.stat().st_mode | stat.S_IXUSR)
+    return str(p)
+
+
+def test_binary_without_trace_is_refused_before_writing(mg, tmp_path, monkeypatch, capsys):
+    assert mg.check_binary(fake_binary(tmp_path, trace=True)) is None
+    why = mg.check_binary(fake_binary(tmp_path, trace=False))
+    assert "prints no TRACE_C trace" in why and "\n" not in why
+    data = mg.DATA_DIR
+    (data / "old_case").mkdir(parents=True)
+    (data / "old_case" / "float.bin").write_bytes(b"old")
+    monkeypatch.setenv("NB_C_BIN", fake_binary(tmp_path, trace=False))
+    assert mg.main(["run"]) == 2
+    assert "prints no TRACE_C trace" in capsys.readouterr().out
+    assert (data / "old_case" / "float.bin").read_bytes() == b"old"
+
+
+def _cases(mg, names):
+    return [mg.Case(name=n, args=("-x",), families=(), mode="default", tolerances={}) for n in names]
+
+
+def test_a_failing_case_leaves_the_corpus_as_it_was(mg, tmp_path, monkeypatch, capsys):
+    data = mg.DATA_DIR
+    (data / "a").mkdir(parents=True)
+    (data / "a" / "float.bin").write_bytes(b"old a")
+    monkeypatch.setenv("NB_C_BIN", fake_binary(tmp_path, trace=True))
+    monkeypatch.setattr(mg, "load_cases", lambda: _cases(mg, ["a", "b"]))
+
+    def make_case(binary, case, data_dir):
+        if case.name == "b":
+            raise RuntimeError("boom")
+        (data_dir / case.name).mkdir(parents=True, exist_ok=True)
+        (data_dir / case.name / "float.bin").write_bytes(b"new " + case.name.encode())
+        return {"stats": {}, "shape": [4, 4], "warnings": []}
+
+    monkeypatch.setattr(mg, "make_case", make_case)
+    assert mg.main(["run", "--jobs", "1"]) == 1
+    assert "golden/data left unchanged" in capsys.readouterr().out
+    assert (data / "a" / "float.bin").read_bytes() == b"old a"
+    assert sorted(os.listdir(data.parent)) == ["data"]          # no staging left behind
+
+    # all succeed: the new corpus replaces the old one, stale cases go
+    monkeypatch.setattr(mg, "load_cases", lambda: _cases(mg, ["b2", "c"]))
+    assert mg.main(["run", "--jobs", "1"]) == 0
+    assert sorted(os.listdir(data)) == ["b2", "c"]
+    assert (data / "c" / "float.bin").read_bytes() == b"new c"
+    # one-case refresh keeps the others
+    assert mg.main(["run", "--case", "c", "--jobs", "1"]) == 0
+    assert sorted(os.listdir(data)) == ["b2", "c"]
+    assert sorted(os.listdir(data.parent)) == ["data"]
+
+
+def test_interrupted_swap_is_restored(mg, tmp_path):
+    data = mg.DATA_DIR
+    old = data.parent / ".data.old-x1"
+    (old / "a").mkdir(parents=True)
+    mg._restore_interrupted_swap(data)
+    assert (data / "a").is_dir() and not old.exists()
