@@ -1,12 +1,23 @@
 """The CUDA kernel source (nbnumba/kernels/nanobragg.cu), checked without a GPU.
 
 1. nvcc compiles it to PTX for sm_80 and sm_90 with the options CuPy uses for
-   each precision (fails, not skips, when nvcc is missing: CI has it).
+   each precision (fails, not skips, when nvcc is missing: CI has it), and
+   those options are the deliberate ones (no FMA contraction, -ftz as CuPy
+   adds it, IEEE float32 division and sqrt).
 2. The same file compiled as host C++ (g++ -include cuda_compat.h) and run
    through ctypes reproduces the numba engine on the golden corpus and on
-   extra cases the corpus lacks: bit for bit in float64, and the float32
-   kernel stays within the float32 tolerances of the float64 image.
-3. Tests marked ``gpu`` run the real thing on a CUDA device (skipped when
+   extra cases the corpus lacks: bit for bit in float64 (images; the
+   per-pixel values before the float32 store too, except that the lean
+   default-mode sum, which the trace path does not take, may round its last
+   bit differently), and the float32 kernel bit for
+   bit against the numba engine's ``-precision single`` (and within the
+   float32 tolerances of the float64 image).
+3. The launch path (``gpu.render``) runs against a fake CuPy whose kernels are
+   the host build: every launch's arguments are checked against the
+   ``extern "C"`` signature parsed from nanobragg.cu (int64 scalars, the dtype
+   of each pointer), launches are chunked by rows, and a torch ``out=``
+   tensor is written on torch's current stream.
+4. Tests marked ``gpu`` run the real thing on a CUDA device (skipped when
    ``gpu.available()`` is False).
 """
 from __future__ import annotations
@@ -34,7 +45,6 @@ from nbnumba.kernels import gpu
 from nbnumba.model import build_model
 
 F64_MAX_REL = 1e-9          # float64: max |host - numba| / max |numba|
-F64_PIXEL_REL = 1e-12       # float64: per-pixel value before the float32 store
 F32_CORR_MIN = 0.99999      # float32 kernel vs the float64 image
 F32_REL_MAX = 1e-3          # ... relative error on pixels above 1e-3 of the max
 F32_FLOOR = 1e-3
@@ -218,6 +228,126 @@ def test_cells_layout_conversion():
         gpu.cells_aos(c5, 4, 3)
 
 
+# --------------------------------------------------------------------------- signature / options
+_C_TO_NUMPY = {"nb_u8": np.uint8, "nb_i64": np.int64, "double": np.float64, "float": np.float32}
+
+
+def kernel_signatures(src: str):
+    """{entry point: [(numpy dtype, is_pointer, parameter name), ...]} parsed from
+    the NB_DEFINE_KERNEL macro of nanobragg.cu and its instantiations."""
+    m = re.search(r"#define NB_DEFINE_KERNEL\((\w+), (\w+), (\w+)\)(.*?)\)\s*\{", src, re.S)
+    assert m, "NB_DEFINE_KERNEL macro not found"
+    macro_params = (m.group(2), m.group(3))
+    body = m.group(4).replace("\\", " ")
+    plist = body[body.index("void NAME(") + len("void NAME("):]
+    params = [" ".join(p.split()) for p in plist.split(",")]
+    sigs = {}
+    for inst in re.finditer(r"^NB_DEFINE_KERNEL\((\w+), (\w+), (\w+)\)\s*$", src, re.M):
+        name, real, fgrid = inst.groups()
+        subst = dict(zip(macro_params, (real, fgrid)))
+        out = []
+        for p in params:
+            toks = p.replace("*", " * ").split()
+            pointer = "*" in toks
+            toks = [t for t in toks if t not in ("const", "__restrict__", "*")]
+            ctype, pname = subst.get(toks[0], toks[0]), toks[1]
+            out.append((np.dtype(_C_TO_NUMPY[ctype]), pointer, pname))
+        sigs[name] = out
+    return sigs
+
+
+SIGNATURES = kernel_signatures(gpu.source_text())
+
+
+def check_launch_args(entry, args):
+    """Every argument of a launch has the C type of the kernel's parameter."""
+    sig = SIGNATURES[entry]
+    assert len(args) == len(sig), (entry, len(args), len(sig))
+    for a, (dt, pointer, pname) in zip(args, sig):
+        if pointer:
+            assert isinstance(a, np.ndarray), (entry, pname, type(a))
+            assert a.dtype == dt, "%s: %s is %s, the kernel wants %s" % (entry, pname, a.dtype, dt)
+            assert a.flags.c_contiguous, (entry, pname)
+        else:
+            # CuPy packs a numpy scalar by its dtype; a Python int would not be
+            # guaranteed to be the kernel's long long
+            assert isinstance(a, np.generic) and a.dtype == dt, (entry, pname, type(a))
+
+
+def test_kernel_signatures_parsed():
+    assert set(SIGNATURES) == set(gpu.ENTRY_POINTS.values())
+    f64, f32 = SIGNATURES["render_f64"], SIGNATURES["render_f32"]
+    names = [p[2] for p in f64]
+    assert names == ["active", "S", "F", "row0", "row1", "first_pixel", "latch_pixel", "latch_sub",
+                     "iopt", "fopt", "vecs", "incident", "lam", "cells", "Fhkl", "out", "omega",
+                     "oor", "ran"]
+    assert [p[2] for p in f32] == names
+    # the only difference between the two kernels: the F grid's element type
+    diff = [(a, b) for a, b in zip(f64, f32) if a != b]
+    assert diff == [((np.dtype(np.float64), True, "Fhkl"), (np.dtype(np.float32), True, "Fhkl"))]
+    assert [p[0] for p in f64 if not p[1]] == [np.dtype(np.int64)] * 7
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_kernel_args_match_signature(dtype, tmp_path):
+    """gpu.kernel_args + gpu.launch_args give each parameter its C type
+    (also checked on every fake-CuPy launch below)."""
+    cfg = _cfg_for("x_interp_latch_mid_cparity", tmp_path)
+    m = build_model(cfg)
+    S, F = m.shape
+    args = gpu.kernel_args(m, dtype)
+    active = np.ascontiguousarray(m.active, dtype=np.uint8)
+    la = gpu.launch_args(active, S, F, 0, S, 3, -1, -1, args, np.zeros((S, F), np.float32),
+                         np.zeros((S, F)), np.full((S, F), -1, np.int64), np.zeros((S, F), np.int64))
+    check_launch_args(gpu.ENTRY_POINTS[dtype], la)
+    # a wrong type is caught
+    bad = la[:1] + (3,) + la[2:]
+    with pytest.raises(AssertionError):
+        check_launch_args(gpu.ENTRY_POINTS[dtype], bad)
+    bad = la[:14] + (la[14].astype(np.float32 if dtype == "float64" else np.float64),) + la[15:]
+    with pytest.raises(AssertionError):
+        check_launch_args(gpu.ENTRY_POINTS[dtype], bad)
+
+
+def test_compile_options_are_deliberate():
+    for name, opts in gpu.COMPILE_OPTIONS.items():
+        assert "--fmad=false" in opts and not any(o.startswith("--fmad=true") for o in opts), name
+        assert "-prec-div=true" in opts and "-prec-sqrt=true" in opts, name
+        assert not any("fast" in o for o in opts), name
+        # CuPy appends -ftz=true after our options (NVRTC honours the last one):
+        # we must not ask for anything else
+        ftz = [o for o in opts if o.startswith("-ftz")]
+        assert ftz == list(gpu.CUPY_ADDED_OPTIONS), name
+    assert gpu.FGRID_DTYPE == {"float64": np.float64, "float32": np.float32}
+
+
+def test_sinpi_coefficients_match_physics():
+    """The polynomial sines of nanobragg.cu are physics.SINPI_F64/F32 exactly."""
+    from nbnumba import physics
+    src = gpu.source_text()
+    for tag, ref in (("F64", physics.SINPI_F64), ("F32", physics.SINPI_F32)):
+        found = dict((int(i), float(v)) for i, v in
+                     re.findall(r"^#define NB_SINPI_%s_(\d+) \(([-+0-9.eE]+)\)\s*$" % tag, src, re.M))
+        assert [found.get(i) for i in range(len(ref))] == list(ref), tag
+        assert len(found) == len(ref)
+
+
+def test_launch_rows():
+    # one row is ~F x sub-paths; the budget caps the product
+    bands = gpu.launch_rows(100, 50, 4, budget_s=0.1, rate=2000.0)   # 200 sub-paths per launch
+    assert bands == [(r, r + 1) for r in range(100)]
+    bands = gpu.launch_rows(100, 50, 4, budget_s=0.1, rate=1e5)      # 1e4 -> 50 rows
+    assert bands == [(0, 50), (50, 100)]
+    bands = gpu.launch_rows(7, 3, 1, budget_s=10, rate=1e9)
+    assert bands == [(0, 7)]
+    # every row exactly once, estimated time within the budget
+    bands = gpu.launch_rows(2527, 2463, 600)
+    assert len(bands) > 1 and bands[0][0] == 0 and bands[-1][1] == 2527
+    assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
+    assert all((r1 - r0) * 2463 * 600 / gpu.ASSUMED_SUBPATHS_PER_S <= gpu.LAUNCH_BUDGET_S
+               for r0, r1 in bands)
+
+
 # --------------------------------------------------------------------------- 2. host build
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
@@ -258,11 +388,11 @@ def test_host_kernel_matches_numba(name, host, tmp_path):
     ref = np.asarray(ref)
     mx = float(np.abs(ref).max())
 
-    # float64: the same operations -> the same image
+    # float64: the same operations -> the same image, bit for bit
     m64 = build_model(cfg)
     img64, omega64 = host.render(m64, np.float64)
     diff = float(np.abs(img64.astype(np.float64) - ref).max())
-    assert diff <= F64_MAX_REL * mx, "%s: float64 max diff %.3g of max %.3g" % (name, diff, mx)
+    assert np.array_equal(img64, ref), "%s: float64 max diff %.3g of max %.3g" % (name, diff, mx)
     # the CPU returns per-row solid-angle sums, the CUDA kernel per-pixel values
     assert float(omega64.sum()) == pytest.approx(float(ref_omega.sum()), rel=1e-12)
     # -c_parity bookkeeping found the same pixels
@@ -273,6 +403,9 @@ def test_host_kernel_matches_numba(name, host, tmp_path):
     args = m64.kernel_args(np.float64)
     kargs = gpu.kernel_args(m64, np.float64)
     act = np.flatnonzero(m64.active.ravel())
+    io = kargs[0]
+    lean = not (io[K.I_CPARITY] or m64.interpolate or io[K.I_OS_THICK] or io[K.I_OS_POLAR]
+                or io[K.I_OS_OMEGA])
     if len(act):
         order = np.argsort(ref.ravel()[act])
         pick = np.unique(np.concatenate([act[order[-6:]], act[:: max(1, len(act) // 6)]]))
@@ -280,12 +413,21 @@ def test_host_kernel_matches_numba(name, host, tmp_path):
             s, f = divmod(int(p), ref.shape[1])
             want = K.trace_pixel(s, f, False, -1, *args, 64)[0]
             got = host.pixel(m64, np.float64, s, f, args=kargs)[0]
-            assert abs(got - want) <= F64_PIXEL_REL * max(abs(want), 1e-300), (name, s, f, got, want)
+            if lean:
+                # the render's lean path sums each source's terms first; the
+                # trace adds them one by one: same terms, another order
+                assert abs(got - want) <= 1e-13 * abs(want), (name, s, f, got, want)
+            else:
+                assert got == want, (name, s, f, got, want)
 
-    # float32 kernel (mixed precision, reduced sincg) against the float64 image
+    # float32 kernel = the numba engine's -precision single, bit for bit
     m32 = build_model(cfg)
     img32, _ = host.render(m32, np.float32)
     assert np.all(np.isfinite(img32))
+    m_single = build_model(replace(cfg, precision="single"))
+    ref32, _ = api.render_float(m_single)
+    assert np.array_equal(img32, np.asarray(ref32)), "%s: float32 kernel differs from -precision single" % name
+    # ... and within the float32 tolerances of the float64 image
     c = _corr(img32, ref)
     assert c >= F32_CORR_MIN, "%s: float32 correlation %.8f" % (name, c)
     sel = ref > F32_FLOOR * mx
@@ -327,10 +469,27 @@ def _fake_cupy(host, calls):
     """A stand-in for the cupy module: numpy arrays, and a RawModule whose
     kernels run the host build with the launch's exact argument tuple."""
     fake = types.ModuleType("cupy")
-    for name in ("asarray", "zeros", "full", "empty", "float32", "int64", "flatnonzero", "ndarray"):
+    for name in ("asarray", "zeros", "full", "empty", "float32", "float64", "int64", "flatnonzero",
+                 "ndarray"):
         setattr(fake, name, getattr(np, name))
+    fake.current_stream = [0]      # stack of stream pointers; 0 = CuPy's default stream
+    fake.streams_made = []
+
+    class ExternalStream:
+        def __init__(self, ptr):
+            self.ptr = int(ptr)
+            fake.streams_made.append(self.ptr)
+
+        def __enter__(self):
+            fake.current_stream.append(self.ptr)
+            return self
+
+        def __exit__(self, *exc):
+            fake.current_stream.pop()
+            return False
+
     fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(
-        getDeviceCount=lambda: 1, getDevice=lambda: 0))
+        getDeviceCount=lambda: 1, getDevice=lambda: 0), ExternalStream=ExternalStream)
 
     class RawModule:
         def __init__(self, code, options=()):
@@ -342,10 +501,14 @@ def _fake_cupy(host, calls):
             assert self.options == gpu.COMPILE_OPTIONS[dtname]
 
             def launch(grid, block, args):
-                assert block == (gpu.BLOCK,) and grid[0] * block[0] >= args[1] * args[2]
-                calls.append((name, int(args[3]), int(args[4]), int(args[5])))
+                check_launch_args(name, args)
+                S, F, row0, row1 = (int(a) for a in args[1:5])
+                assert 0 <= row0 < row1 <= S
+                assert block == (gpu.BLOCK,) and grid[0] * block[0] >= (row1 - row0) * F
+                assert (grid[0] - 1) * block[0] < (row1 - row0) * F     # no idle block
+                calls.append((name, int(args[5]), int(args[6]), int(args[7]), row0, row1,
+                              fake.current_stream[-1]))
                 conv = [a.ctypes.data if isinstance(a, np.ndarray) else int(a) for a in args]
-                assert len(conv) == 17
                 host._render[dtname](*conv)
             return launch
 
@@ -356,29 +519,71 @@ def _fake_cupy(host, calls):
 @pytest.mark.parametrize("name", ["x_interp_latch_mid_cparity", "x_dmin_first_pixel_cparity",
                                   "x_mosaic_phi", "x_corrected_all_oversample"])
 def test_gpu_render_through_fake_cupy(name, host, tmp_path, monkeypatch):
-    """gpu.render's uploads, argument order, scalars and -c_parity passes,
-    with the launches served by the host build."""
+    """gpu.render's uploads, argument types (against the parsed signature),
+    row-chunked launches and -c_parity passes, with the launches served by
+    the host build."""
     calls = []
-    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(host, calls))
+    fake = _fake_cupy(host, calls)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(gpu, "_MODULES", {})
     cfg = _cfg_for(name, tmp_path)
     m_ref = build_model(cfg)
     ref, ref_omega = api.render_float(m_ref, np.float64)
+    S, F = ref.shape
+    # small launches: 5 rows each (the budget is expressed in sub-paths)
+    per_pixel = gpu.subpaths_per_pixel(gpu.kernel_args(m_ref, np.float64)[0])
+    monkeypatch.setenv("NB_CUDA_SUBPATHS_PER_LAUNCH", str(5 * F * per_pixel))
+    bands = gpu.launch_rows(S, F, per_pixel)
+    assert len(bands) == -(-S // 5)
+    m_single = build_model(replace(cfg, precision="single"))
+    ref32, _ = api.render_float(m_single)
     for dt in (np.float64, np.float32):
         m = build_model(cfg)
         img, omega = gpu.render(m, dt)
-        assert img.dtype == np.float32 and img.shape == ref.shape and omega.dtype == dt
-        if dt is np.float64:
-            assert np.array_equal(img, ref)
-            assert float(omega.sum()) == pytest.approx(float(ref_omega.sum()), rel=1e-12)
+        assert img.dtype == np.float32 and img.shape == ref.shape
+        # solid-angle sums come back per row, reduced on the device
+        assert omega.shape == (S,) and omega.dtype == np.float64
+        assert float(omega.sum()) == pytest.approx(float(ref_omega.sum()), rel=1e-12)
+        assert np.array_equal(img, ref if dt is np.float64 else np.asarray(ref32))
         assert m.first_exec_pixel == m_ref.first_exec_pixel
         assert tuple(m.latch) == tuple(m_ref.latch)
-    # one launch, plus one per -c_parity correction
+    # one pass, plus one per -c_parity correction; each pass = one launch per band
     passes = 1 + int(m_ref.first_exec_pixel not in (-1, int(np.flatnonzero(m_ref.active)[0])))
     passes += int(tuple(m_ref.latch) != (-1, -1))
-    assert len(calls) == 2 * passes
+    assert len(calls) == 2 * passes * len(bands)
+    for i in range(2 * passes):
+        assert [c[4:6] for c in calls[i * len(bands):(i + 1) * len(bands)]] == bands
     if m_ref.latch != (-1, -1):
-        assert calls[passes - 1][2:] == tuple(m_ref.latch)
+        assert calls[passes * len(bands) - 1][2:4] == tuple(m_ref.latch)
+    # no torch out=: CuPy's current stream, no external stream made
+    assert fake.streams_made == [] and all(c[6] == 0 for c in calls)
+
+
+def test_gpu_torch_out_runs_on_torch_stream(host, tmp_path, monkeypatch):
+    """A torch out= tensor: every launch runs on torch's current stream
+    (cupy.cuda.ExternalStream around the whole render), and the tensor
+    receives the image in place."""
+    torch = pytest.importorskip("torch")
+    calls = []
+    fake = _fake_cupy(host, calls)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(gpu, "_MODULES", {})
+    asked = []
+
+    def current_stream(device=None):
+        asked.append(device)
+        return types.SimpleNamespace(cuda_stream=0xBEEF)
+
+    monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+    cfg = _cfg_for("x_mosaic_phi_cparity", tmp_path)
+    ref, _ = api.render_float(build_model(cfg), np.float64)
+    out = torch.full(ref.shape, 7.0, dtype=torch.float32)   # a CPU tensor stands in for CUDA memory
+    img, _ = gpu.render(build_model(cfg), np.float64, out=out)
+    assert fake.streams_made == [0xBEEF] and asked == [out.device]
+    assert calls and all(c[6] == 0xBEEF for c in calls)
+    assert fake.current_stream == [0]                       # the stream context was left
+    assert np.array_equal(out.numpy(), ref)                 # filled in place
+    assert img.__array_interface__["data"][0] == out.data_ptr()
 
 
 # --------------------------------------------------------------------------- 3. on a GPU

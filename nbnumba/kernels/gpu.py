@@ -1,11 +1,14 @@
 """CUDA backend: the pixel kernel of ``nanobragg.cu`` run through CuPy.
 
 ``render(model, dtype)`` is what ``api.render_float`` calls for ``-device
-cuda``.  It uploads ``model.kernel_args(dtype)`` once, launches one thread per
-pixel (blocks of :data:`BLOCK` threads) and returns CuPy arrays: the float32
-image (S, F) and the per-pixel solid-angle sums.  Nothing is copied back to the
-host; ``Result.to_torch()`` / DLPack hand the image to other GPU libraries
-without a copy.
+cuda``.  It uploads the kernel arguments (:func:`kernel_args`) once, launches
+one thread per pixel (blocks of :data:`BLOCK` threads) over bands of rows
+(:func:`launch_rows`: no launch is estimated to run longer than
+:data:`LAUNCH_BUDGET_S`) and returns CuPy arrays: the float32 image (S, F)
+and the solid-angle sums per row, reduced on the device.  Nothing is copied
+back to the host; ``Result.to_torch()`` / DLPack hand the image to other GPU
+libraries without a copy.  A torch ``out=`` tensor is written on torch's
+current CUDA stream (:func:`_stream_for`).
 
 The kernel source is a transcription of ``cpu.pixel_value`` (see the header
 of ``nanobragg.cu``).  It is checked without a GPU in two ways (see
@@ -46,17 +49,42 @@ BLOCK = 256
 #: kernel entry point per working precision
 ENTRY_POINTS = {"float64": "render_f64", "float32": "render_f32"}
 
-#: NVRTC/nvcc options per working precision.  float64 is the reference mode:
-#: no FMA contraction, so the GPU performs the numba engine's operations.
-#: float32 is the fast mode and lets the compiler fuse multiply-adds.
+#: NVRTC/nvcc options, the same for both precisions, each chosen on purpose
+#: (docs/gpu.md, "Compiler options"; tests/test_gpu_source.py checks them):
+#:
+#: * ``--fmad=false``: no contraction of a*b+c into an FMA.  The numba engine
+#:   never contracts, and both kernels perform its operations one for one
+#:   (float32 is the numba engine's -precision single, whose float32 part is
+#:   a polynomial that contraction would round differently).
+#: * ``-ftz=true``: CuPy appends it to every compilation anyway (after ours,
+#:   and NVRTC honours the last one), so we state it rather than pretend
+#:   otherwise.  It flushes float32 denormals only: the kernels' float32
+#:   values are the reduced-sincg sines and their quotient, which are
+#:   denormal only when a lattice factor is below 1.2e-38 (its square adds
+#:   nothing to a float64 sum) or when h lies within 1e-38 of the direct beam.
+#: * ``-prec-div=true``, ``-prec-sqrt=true``: IEEE-rounded float32 division
+#:   and square root (NVRTC's defaults, stated so that no fast-math switch
+#:   can slip in); float64 division and sqrt are always IEEE on the GPU.
 COMPILE_OPTIONS = {
-    "float64": ("-std=c++17", "--fmad=false"),
-    "float32": ("-std=c++17", "--fmad=true"),
+    "float64": ("-std=c++17", "--fmad=false", "-ftz=true", "-prec-div=true", "-prec-sqrt=true"),
+    "float32": ("-std=c++17", "--fmad=false", "-ftz=true", "-prec-div=true", "-prec-sqrt=true"),
 }
 
-#: options CuPy itself adds to every NVRTC compilation (float32 denormals are
-#: flushed to zero; float64 is unaffected); the nvcc check uses them too
+#: options CuPy itself appends to every NVRTC compilation
+#: (cupy.cuda.compiler); they are part of COMPILE_OPTIONS already
 CUPY_ADDED_OPTIONS = ("-ftz=true",)
+
+#: element type of each kernel's F grid (every other real array is float64)
+FGRID_DTYPE = {"float64": np.float64, "float32": np.float32}
+
+#: no single launch should run longer than this (display GPUs kill kernels
+#: after a few seconds; 0.1 s keeps a desktop responsive)
+LAUNCH_BUDGET_S = 0.1
+
+#: sub-paths per second assumed when sizing launches: a conservative floor
+#: (a consumer GPU's float64 rate), so a data-centre GPU finishes a launch well
+#: inside the budget.  NB_CUDA_SUBPATHS_PER_LAUNCH overrides the product.
+ASSUMED_SUBPATHS_PER_S = 2.0e9
 
 #: g++ flags of the host build (the kernel source compiled as plain C++)
 HOST_CXX_FLAGS = ("-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", "-x", "c++")
@@ -158,12 +186,22 @@ def cells_aos(cells, nphi, nmos):
 
 
 def kernel_args(model, dtype):
-    """``model.kernel_args(dtype)`` laid out for the CUDA kernel: all arrays
-    C-contiguous (flattened in C order by the launch), the cells as
-    ``[variant][phi][mosaic][3][3]`` (:func:`cells_aos`), and iopt extended by
-    the F grid's second and third dimensions, which the numba kernel takes
-    from the 3-D array's shape but a flat device buffer cannot carry."""
-    iopt, fopt, vecs, incident, lam, cells, Fhkl = model.kernel_args(dtype)
+    """The numba engine's arguments for ``dtype`` laid out for the CUDA kernel.
+
+    float64: ``model.kernel_args(float64)``.  float32: the same with the numba
+    engine's -precision single changes (``Model.cpu_kernel_args``): float32
+    lattice sines (iopt[I_REDUCED] = 2) and a float32 F grid; everything else
+    stays float64.  All arrays C-contiguous (flattened in C order by the
+    launch), the cells as ``[variant][phi][mosaic][3][3]`` (:func:`cells_aos`),
+    and iopt extended by the F grid's second and third dimensions, which the
+    numba kernel takes from the 3-D array's shape but a flat device buffer
+    cannot carry."""
+    name = _dtype_name(dtype)
+    iopt, fopt, vecs, incident, lam, cells, Fhkl = model.kernel_args(np.float64)
+    iopt = np.array(iopt, dtype=np.int64)
+    if name == "float32":
+        iopt[K.I_REDUCED] = 2
+    Fhkl = np.asarray(Fhkl, dtype=FGRID_DTYPE[name])
     cells = cells_aos(cells, int(iopt[K.I_NPHI]), int(iopt[K.I_NMOS]))
     Fhkl = np.ascontiguousarray(Fhkl)
     if Fhkl.ndim != 3:
@@ -172,8 +210,38 @@ def kernel_args(model, dtype):
     ext[:K.N_IOPT] = iopt[:K.N_IOPT]
     ext[K.N_IOPT] = Fhkl.shape[1]
     ext[K.N_IOPT + 1] = Fhkl.shape[2]
-    return tuple(np.ascontiguousarray(a) for a in (ext, fopt, vecs, incident, lam, cells, Fhkl))
+    fl = tuple(np.ascontiguousarray(a, dtype=np.float64) for a in (fopt, vecs, incident, lam, cells))
+    return (ext,) + fl + (Fhkl,)
 
+
+def subpaths_per_pixel(iopt) -> int:
+    """Sub-paths one pixel sums: oversample^2 x sensor layers x sources x phi x mosaic."""
+    os_ = int(iopt[K.I_OVERSAMPLE])
+    return max(1, os_ * os_ * int(iopt[K.I_THICKSTEPS]) * int(iopt[K.I_NSRC])
+               * int(iopt[K.I_NPHI]) * int(iopt[K.I_NMOS]))
+
+
+def launch_rows(S: int, F: int, subpaths: int, budget_s: float = None, rate: float = None):
+    """Row bands ``[(row0, row1), ...]`` covering 0..S, each small enough that
+    one launch is estimated (at ``rate`` sub-paths/s) to take at most
+    ``budget_s`` seconds; at least one row per launch."""
+    budget_s = LAUNCH_BUDGET_S if budget_s is None else budget_s
+    rate = ASSUMED_SUBPATHS_PER_S if rate is None else rate
+    env = os.environ.get("NB_CUDA_SUBPATHS_PER_LAUNCH")
+    cap = float(env) if env else budget_s * rate
+    per_row = max(1, int(F)) * max(1, int(subpaths))
+    rows = max(1, int(cap // per_row))
+    return [(r, min(int(S), r + rows)) for r in range(0, int(S), rows)]
+
+
+def launch_args(active, S, F, row0, row1, first_pixel, latch_pixel, latch_sub, dev_args, out,
+                omega, oor, ran):
+    """The exact argument tuple of one ``render_f64``/``render_f32`` launch:
+    scalars as ``np.int64`` (the kernel's ``long long``; CuPy packs a numpy
+    scalar by its dtype), arrays as given.  See the kernel's signature in
+    nanobragg.cu; tests/test_gpu_source.py checks each type against it."""
+    ints = tuple(np.int64(v) for v in (S, F, row0, row1, first_pixel, latch_pixel, latch_sub))
+    return (active,) + ints + tuple(dev_args) + (out, omega, oor, ran)
 
 def run_passes(model, launch: Callable[[int, int, int], None], active, oor, ran, xp) -> None:
     """Render with ``launch(first_pixel, latch_pixel, latch_sub)`` and, under
@@ -206,14 +274,36 @@ def run_passes(model, launch: Callable[[int, int, int], None], active, oor, ran,
         launch(first_true, p, sub)
 
 
+def _stream_for(out, cp):
+    """The stream a render must run on: torch's current CUDA stream of the
+    ``out`` tensor's device when ``out`` is a torch tensor (wrapped with
+    ``cupy.cuda.ExternalStream``, so torch work queued before and after the
+    render is ordered with it), else None (CuPy's current stream)."""
+    if out is None or type(out).__module__.split(".")[0] != "torch":
+        return None
+    import torch
+    ptr = int(torch.cuda.current_stream(out.device).cuda_stream)
+    return cp.cuda.ExternalStream(ptr)
+
+
+class _NullContext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
 def render(model, dtype=None, out=None):
     """Render ``model`` on the current CUDA device.
 
-    Returns ``(image, omega)``: CuPy arrays of shape (S, F), the image float32
-    (photons per pixel, as ``floatimage.bin``), omega in the working precision.
+    Returns ``(image, omega_rows)``: CuPy arrays, the image float32 (S, F)
+    (photons per pixel, as ``floatimage.bin``), the solid-angle sums per row
+    float64 (S,), reduced on the device like the numba engine's.
     ``out``: optional preallocated C-contiguous float32 (S, F) device array
     (a CuPy array or a torch CUDA tensor) that receives the image in place;
-    the returned image is a CuPy view of it.
+    the returned image is a CuPy view of it.  With a torch tensor, all the
+    work runs on torch's current stream.
     Raises ConfigError when CuPy or a device is missing.
     """
     cp = require_device()
@@ -223,31 +313,36 @@ def render(model, dtype=None, out=None):
     dt = np.dtype(name)
     kernel = get_kernel(dt, cp)
     S, F = model.shape
-    dev_args = tuple(cp.asarray(a) for a in kernel_args(model, dt))
-    active = cp.asarray(np.ascontiguousarray(model.active, dtype=np.uint8))
-    if out is None:
-        image = cp.zeros((S, F), dtype=cp.float32)
-    else:
-        from ..interop import as_array, data_ptr
-        image = as_array(out, like=cp.empty(0, dtype=cp.float32))
-        if (image.shape != (S, F) or image.dtype != cp.float32 or not image.flags.c_contiguous
-                or data_ptr(image) != data_ptr(out)):
-            raise ConfigError("out= must be a C-contiguous float32 CUDA array of shape (%d, %d)"
-                              % (S, F))
-        image.fill(0)
-    omega = cp.zeros((S, F), dtype=dt)
-    oor = cp.full((S, F), -1, dtype=cp.int64)
-    ran = cp.zeros((S, F), dtype=cp.int64)
-    n = S * F
-    grid = (n + BLOCK - 1) // BLOCK
+    host_args = kernel_args(model, dt)
+    bands = launch_rows(S, F, subpaths_per_pixel(host_args[0]))
+    stream = _stream_for(out, cp)
+    with (stream if stream is not None else _NullContext()):
+        dev_args = tuple(cp.asarray(a) for a in host_args)
+        active = cp.asarray(np.ascontiguousarray(model.active, dtype=np.uint8))
+        if out is None:
+            image = cp.zeros((S, F), dtype=cp.float32)
+        else:
+            from ..interop import as_array, data_ptr
+            image = as_array(out, like=cp.empty(0, dtype=cp.float32))
+            if (image.shape != (S, F) or image.dtype != cp.float32 or not image.flags.c_contiguous
+                    or data_ptr(image) != data_ptr(out)):
+                raise ConfigError("out= must be a C-contiguous float32 CUDA array of shape (%d, %d)"
+                                  % (S, F))
+            image.fill(0)
+        omega = cp.zeros((S, F), dtype=cp.float64)
+        oor = cp.full((S, F), -1, dtype=cp.int64)
+        ran = cp.zeros((S, F), dtype=cp.int64)
 
-    def launch(first_pixel, latch_pixel, latch_sub):
-        kernel((grid,), (BLOCK,), (active, np.int64(S), np.int64(F), np.int64(first_pixel),
-                                   np.int64(latch_pixel), np.int64(latch_sub)) + dev_args
-               + (image, omega, oor, ran))
+        def launch(first_pixel, latch_pixel, latch_sub):
+            for row0, row1 in bands:
+                grid = ((row1 - row0) * F + BLOCK - 1) // BLOCK
+                kernel((grid,), (BLOCK,), launch_args(active, S, F, row0, row1, first_pixel,
+                                                      latch_pixel, latch_sub, dev_args, image,
+                                                      omega, oor, ran))
 
-    run_passes(model, launch, active, oor, ran, cp)
-    return image, omega
+        run_passes(model, launch, active, oor, ran, cp)
+        omega_rows = omega.sum(axis=1)
+    return image, omega_rows
 
 
 # ------------------------------------------------------------------ build helpers
@@ -302,7 +397,7 @@ class HostKernel:
     def __init__(self, path: os.PathLike):
         self.path = Path(path)
         self.lib = ctypes.CDLL(str(self.path))
-        render_types = [_P, _I, _I, _I, _I, _I] + [_P] * 11
+        render_types = [_P, _I, _I, _I, _I, _I, _I, _I] + [_P] * 11
         pixel_types = [_I, _I, ctypes.c_int, _I] + [_P] * 10
         self._render = {}
         self._pixel = {}
@@ -324,24 +419,27 @@ class HostKernel:
                           % (tuple(layout[:4]), expected))
 
     def launch_arrays(self, dtype, active, first_pixel, latch_pixel, latch_sub, args, out, omega,
-                      oor, ran):
-        """One raw launch over all pixels (``args`` from :func:`kernel_args`)."""
+                      oor, ran, row0=0, row1=None):
+        """One raw launch over rows row0..row1-1 (default: all; ``args`` from
+        :func:`kernel_args`)."""
         name = _dtype_name(dtype)
         S, F = active.shape
+        row1 = S if row1 is None else row1
         for a in (active, out, omega, oor, ran) + tuple(args):
             if not a.flags.c_contiguous:
                 raise ValueError("host kernel arrays must be C-contiguous")
-        self._render[name](_ptr(active), S, F, first_pixel, latch_pixel, latch_sub,
+        self._render[name](_ptr(active), S, F, row0, row1, first_pixel, latch_pixel, latch_sub,
                            *(_ptr(a) for a in args), _ptr(out), _ptr(omega), _ptr(oor), _ptr(ran))
 
     def render(self, model, dtype=np.float64):
-        """(float32 image, omega) as numpy arrays, ``-c_parity`` passes included."""
+        """(float32 image, per-pixel omega) as numpy arrays, ``-c_parity`` passes
+        included (one launch over all rows per pass)."""
         dt = np.dtype(_dtype_name(dtype))
         args = kernel_args(model, dt)
         S, F = model.shape
         active = np.ascontiguousarray(model.active, dtype=np.uint8)
         out = np.zeros((S, F), dtype=np.float32)
-        omega = np.zeros((S, F), dtype=dt)
+        omega = np.zeros((S, F), dtype=np.float64)
         oor = np.full((S, F), -1, dtype=np.int64)
         ran = np.zeros((S, F), dtype=np.int64)
 
@@ -354,14 +452,14 @@ class HostKernel:
 
     def pixel(self, model, dtype, s: int, f: int, first_exec: bool = False, latch_sub: int = -1,
               args=None) -> Tuple[float, float, np.ndarray]:
-        """One pixel: (value before the float32 store, as float64; omega_sum in the
-        working precision; info[3] = first out-of-range sub-path, ran, sub-paths).
+        """One pixel: (value before the float32 store, as float64; omega_sum;
+        info[3] = first out-of-range sub-path, ran, sub-paths).
         ``args``: a cached ``kernel_args(model, dtype)`` to skip rebuilding it."""
         dt = np.dtype(_dtype_name(dtype))
         if args is None:
             args = kernel_args(model, dt)
         val = np.zeros(1, dtype=np.float64)   # the kernel's accumulator type
-        om = np.zeros(1, dtype=dt)
+        om = np.zeros(1, dtype=np.float64)
         info = np.zeros(3, dtype=np.int64)
         self._pixel[dt.name](s, f, int(bool(first_exec)), latch_sub, *(_ptr(a) for a in args),
                              _ptr(val), _ptr(om), _ptr(info))
