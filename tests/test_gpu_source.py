@@ -43,6 +43,7 @@ from nbnumba.flags import parse_argv
 from nbnumba.kernels import cpu as K
 from nbnumba.kernels import gpu
 from nbnumba.model import build_model
+from nbnumba.testing.fake_cupy import make_fake_cupy
 
 F64_MAX_REL = 1e-9          # float64: max |host - numba| / max |numba|
 F32_CORR_MIN = 0.99999      # float32 kernel vs the float64 image
@@ -465,54 +466,11 @@ def test_cuda_without_device_is_a_config_error(monkeypatch):
         gpu.require_device()
 
 
-def _fake_cupy(host, calls):
-    """A stand-in for the cupy module: numpy arrays, and a RawModule whose
-    kernels run the host build with the launch's exact argument tuple."""
-    fake = types.ModuleType("cupy")
-    for name in ("asarray", "zeros", "full", "empty", "float32", "float64", "int64", "flatnonzero",
-                 "ndarray"):
-        setattr(fake, name, getattr(np, name))
-    fake.current_stream = [0]      # stack of stream pointers; 0 = CuPy's default stream
-    fake.streams_made = []
-
-    class ExternalStream:
-        def __init__(self, ptr):
-            self.ptr = int(ptr)
-            fake.streams_made.append(self.ptr)
-
-        def __enter__(self):
-            fake.current_stream.append(self.ptr)
-            return self
-
-        def __exit__(self, *exc):
-            fake.current_stream.pop()
-            return False
-
-    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(
-        getDeviceCount=lambda: 1, getDevice=lambda: 0), ExternalStream=ExternalStream)
-
-    class RawModule:
-        def __init__(self, code, options=()):
-            assert code == gpu.source_text()
-            self.options = tuple(options)
-
-        def get_function(self, name):
-            dtname = {v: k for k, v in gpu.ENTRY_POINTS.items()}[name]
-            assert self.options == gpu.COMPILE_OPTIONS[dtname]
-
-            def launch(grid, block, args):
-                check_launch_args(name, args)
-                S, F, row0, row1 = (int(a) for a in args[1:5])
-                assert 0 <= row0 < row1 <= S
-                assert block == (gpu.BLOCK,) and grid[0] * block[0] >= (row1 - row0) * F
-                assert (grid[0] - 1) * block[0] < (row1 - row0) * F     # no idle block
-                calls.append((name, int(args[5]), int(args[6]), int(args[7]), row0, row1,
-                              fake.current_stream[-1]))
-                conv = [a.ctypes.data if isinstance(a, np.ndarray) else int(a) for a in args]
-                host._render[dtname](*conv)
-            return launch
-
-    fake.RawModule = RawModule
+def _fake_cupy(host, calls, **kw):
+    """nbnumba.testing.fake_cupy whose launches are checked against the parsed
+    kernel signature and recorded in ``calls``."""
+    fake = make_fake_cupy(host, check_args=check_launch_args, **kw)
+    fake.calls = calls
     return fake
 
 
@@ -584,6 +542,24 @@ def test_gpu_torch_out_runs_on_torch_stream(host, tmp_path, monkeypatch):
     assert fake.current_stream == [0]                       # the stream context was left
     assert np.array_equal(out.numpy(), ref)                 # filled in place
     assert img.__array_interface__["data"][0] == out.data_ptr()
+
+
+def test_block_size_follows_the_kernel_limit(host, tmp_path, monkeypatch):
+    """A kernel that allows fewer threads per block than BLOCK (registers) is
+    launched with a smaller block (a multiple of 32), and still covers every pixel."""
+    assert gpu.block_size(object()) == gpu.BLOCK
+    assert gpu.block_size(types.SimpleNamespace(max_threads_per_block=1024)) == gpu.BLOCK
+    assert gpu.block_size(types.SimpleNamespace(max_threads_per_block=200)) == 192
+    calls = []
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(host, calls, max_threads_per_block=200))
+    monkeypatch.setattr(gpu, "_MODULES", {})
+    cfg = _cfg_for("x_tophat_phi", tmp_path)
+    ref, _ = api.render_float(build_model(cfg), np.float64)
+    timing = {}
+    img, _ = gpu.render(build_model(cfg), np.float64, timing=timing)
+    assert np.array_equal(img, ref)
+    assert timing["block"] == 192 and timing["launches"] == len(calls) >= 1
+    assert timing["kernel_ms"] >= 0.0
 
 
 # --------------------------------------------------------------------------- 3. on a GPU

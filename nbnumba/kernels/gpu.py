@@ -294,7 +294,21 @@ class _NullContext:
         return False
 
 
-def render(model, dtype=None, out=None):
+def block_size(kernel) -> int:
+    """Threads per block: :data:`BLOCK`, or fewer (a multiple of 32) when the
+    compiled kernel's registers allow fewer threads per block on this device
+    (``RawKernel.max_threads_per_block``; a launch above it would fail)."""
+    limit = getattr(kernel, "max_threads_per_block", None)
+    try:
+        limit = int(limit)
+    except (TypeError, ValueError):
+        return BLOCK
+    if limit >= BLOCK:
+        return BLOCK
+    return max(32, limit - limit % 32)
+
+
+def render(model, dtype=None, out=None, timing=None):
     """Render ``model`` on the current CUDA device.
 
     Returns ``(image, omega_rows)``: CuPy arrays, the image float32 (S, F)
@@ -304,6 +318,8 @@ def render(model, dtype=None, out=None):
     (a CuPy array or a torch CUDA tensor) that receives the image in place;
     the returned image is a CuPy view of it.  With a torch tensor, all the
     work runs on torch's current stream.
+    ``timing``: optional dict; receives ``kernel_ms`` (CUDA-event time of all
+    launches, synchronised), ``launches``, ``bands`` and ``block``.
     Raises ConfigError when CuPy or a device is missing.
     """
     cp = require_device()
@@ -333,15 +349,29 @@ def render(model, dtype=None, out=None):
         oor = cp.full((S, F), -1, dtype=cp.int64)
         ran = cp.zeros((S, F), dtype=cp.int64)
 
+        block = block_size(kernel)
+        events = []
+
         def launch(first_pixel, latch_pixel, latch_sub):
             for row0, row1 in bands:
-                grid = ((row1 - row0) * F + BLOCK - 1) // BLOCK
-                kernel((grid,), (BLOCK,), launch_args(active, S, F, row0, row1, first_pixel,
+                grid = ((row1 - row0) * F + block - 1) // block
+                if timing is not None:
+                    events.append((cp.cuda.Event(), cp.cuda.Event()))
+                    events[-1][0].record()
+                kernel((grid,), (block,), launch_args(active, S, F, row0, row1, first_pixel,
                                                       latch_pixel, latch_sub, dev_args, image,
                                                       omega, oor, ran))
+                if timing is not None:
+                    events[-1][1].record()
 
         run_passes(model, launch, active, oor, ran, cp)
         omega_rows = omega.sum(axis=1)
+        if timing is not None:
+            events[-1][1].synchronize()
+            timing["kernel_ms"] = float(sum(cp.cuda.get_elapsed_time(a, b) for a, b in events))
+            timing["launches"] = len(events)
+            timing["bands"] = len(bands)
+            timing["block"] = block
     return image, omega_rows
 
 
