@@ -544,6 +544,44 @@ def test_gpu_torch_out_runs_on_torch_stream(host, tmp_path, monkeypatch):
     assert img.__array_interface__["data"][0] == out.data_ptr()
 
 
+def test_gpu_result_stays_on_device_until_asked(host, tmp_path, monkeypatch):
+    """-device cuda: simulate() copies nothing to the host; the first use of a
+    host product (stats, SMV/PGM/noise images, the writers) copies the image
+    once, and the products equal the CPU run's."""
+    calls = []
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(host, calls))
+    monkeypatch.setattr(gpu, "_MODULES", {})
+    copies = []
+    real_to_host = api.to_host
+
+    def counting_to_host(a):
+        copies.append(getattr(a, "shape", None))
+        return real_to_host(a)
+
+    monkeypatch.setattr(api, "to_host", counting_to_host)
+    argv = (_BASE + " -default_F 100 -N 5 -detpixels 48 -pixel 0.4 -seed 3 -device cuda").split()
+    argv.remove("-nonoise")
+    argv.remove("-nopgm")
+    res = nbnumba.simulate_argv(argv, cwd=tmp_path)
+    assert calls and copies == []                    # rendered, nothing copied yet
+    image = res.float_image
+    stats = res.stats                                # first use: one copy of image (+ omega rows)
+    assert copies == [(48, 48), (48,)]
+    assert res.int_image is not None and res.noise_image is not None and res.pgm_image is not None
+    assert copies == [(48, 48), (48,)] and res.float_image is image
+    cpu = nbnumba.simulate_argv(argv[:-2], cwd=tmp_path)
+    assert cpu.float_image is not None and np.array_equal(np.asarray(image), cpu.float_image)
+    assert stats == cpu.stats
+    assert np.array_equal(res.int_image, cpu.int_image)
+    assert np.array_equal(res.noise_image, cpu.noise_image)
+    assert np.array_equal(res.pgm_image, cpu.pgm_image)
+    # a writer triggers it too
+    res2 = nbnumba.simulate_argv(argv, cwd=tmp_path)
+    n = len(copies)
+    written = nbnumba.write_outputs(res2)
+    assert len(copies) > n and written
+
+
 def test_block_size_follows_the_kernel_limit(host, tmp_path, monkeypatch):
     """A kernel that allows fewer threads per block than BLOCK (registers) is
     launched with a smaller block (a multiple of 32), and still covers every pixel."""
