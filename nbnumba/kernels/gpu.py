@@ -381,7 +381,8 @@ def nvcc_command(arch: str, dtype, output: os.PathLike, nvcc: str = "nvcc", ptx:
     compiles it with for ``dtype`` (``arch`` like ``"sm_80"``)."""
     name = _dtype_name(dtype)
     return ([nvcc, "-ptx" if ptx else "-cubin", "-arch=%s" % arch]
-            + list(COMPILE_OPTIONS[name]) + list(CUPY_ADDED_OPTIONS)
+            + list(COMPILE_OPTIONS[name])
+            + [o for o in CUPY_ADDED_OPTIONS if o not in COMPILE_OPTIONS[name]]
             + [str(SOURCE), "-o", str(output)])
 
 
