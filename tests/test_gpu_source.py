@@ -49,16 +49,33 @@ F64_MAX_REL = 1e-9          # float64: max |host - numba| / max |numba|
 F32_CORR_MIN = 0.99999      # float32 kernel vs the float64 image
 F32_REL_MAX = 1e-3          # ... relative error on pixels above 1e-3 of the max
 F32_FLOOR = 1e-3
+FLIP_BUDGET = 1e-3          # GPU: flipped pixels allowed, as a fraction of the image
 
 ARCHS = ("sm_80", "sm_90")
 
 
 # --------------------------------------------------------------------------- cases
+class _MetaCase:
+    """A golden case read from golden/data/<name>/meta.json (no pyyaml needed)."""
+
+    def __init__(self, d):
+        self.name, self.inputs, self.mode, self.args = d["name"], d["inputs"], d["mode"], d["args"]
+
+    def port_argv(self):
+        return list(self.args) + (["-c_parity"] if self.mode == "c_parity" else [])
+
+
 def _golden_cases():
     try:
         from nbnumba.testing import golden
+    except Exception:
+        return [], None
+    try:
         return golden.load_cases(), golden.inputs_dir()
-    except Exception:   # corpus not there: the extra cases below still run
+    except ImportError:   # no pyyaml (the GPU machine): the cases' meta.json files
+        from benchmarks.gpu_check import golden_cases
+        return [_MetaCase(d) for d in golden_cases()], golden.inputs_dir()
+    except Exception:     # corpus not there: the extra cases below still run
         return [], None
 
 
@@ -619,20 +636,24 @@ def test_gpu_matches_numba(name, tmp_path):
     m_ref = build_model(cfg)
     ref, _ = api.render_float(m_ref, np.float64)
     mx = float(np.abs(ref).max())
+    from nbnumba.tools.compare import parity_contract
     m64 = build_model(cfg)
     img, omega = gpu.render(m64, np.float64)
     assert isinstance(img, cp.ndarray) and img.dtype == cp.float32 and img.shape == ref.shape
-    got = cp.asnumpy(img).astype(np.float64)
-    # float64 on the device: CUDA's libm differs from glibc by an ulp or so, so
-    # allow the float32 store to round the other way, plus 1e-9 of the max
-    tol = np.abs(ref) * 2.0 ** -23 + F64_MAX_REL * mx
-    bad = np.abs(got - ref) > tol
-    assert not bad.any(), "%s: %d pixels differ, worst %.3g" % (name, bad.sum(), np.abs(got - ref).max())
+    got = cp.asnumpy(img)
+    # the GPU parity contract (docs/gpu.md): CUDA's libm differs from glibc by
+    # an ulp or so; pixels beyond 1e-6 relative are "flipped" decisions at
+    # measure-zero boundaries, which these small images should not contain
+    k = parity_contract(ref, got)
+    assert k["flipped"] <= FLIP_BUDGET * ref.size, (name, k)
     assert m64.first_exec_pixel == m_ref.first_exec_pixel
     assert tuple(m64.latch) == tuple(m_ref.latch)
     m32 = build_model(cfg)
     img32, _ = gpu.render(m32, np.float32)
     g32 = cp.asnumpy(img32)
+    ref32, _ = api.render_float(build_model(replace(cfg, precision="single")))
+    k32 = parity_contract(np.asarray(ref32), g32)    # the same arithmetic as -precision single
+    assert k32["flipped"] <= FLIP_BUDGET * ref.size, (name, k32)
     assert _corr(g32, ref) >= F32_CORR_MIN
     sel = ref > F32_FLOOR * mx
     if sel.any():
