@@ -2,7 +2,8 @@
 format of nanoBragg.c's ``TRACE_C:`` lines (and ``TRACE_PY_PHI`` per phi step).
 
 The numbers come from the kernel's own ``pixel_value`` run with tracing on,
-so the trace cannot drift from the image.
+so the trace cannot drift from the image; with ``-device cuda`` from the CUDA
+kernel (``gpu.trace_pixel``: a one-thread launch of its trace build).
 """
 from __future__ import annotations
 
@@ -46,7 +47,12 @@ def trace_lines(model, spixel, fpixel, prefix="TRACE_PY"):
         latch_sub = -1 if lp < 0 or p < lp else (ls if p == lp else -2)
     else:
         first, latch_sub = -1, -1
-    val, rows, n = K.trace_pixel(spixel, fpixel, p == first, latch_sub, *args, MAX_ROWS)
+    if getattr(cfg, "device", "cpu") == "cuda":
+        # the CUDA kernel's own pixel, in a one-thread trace launch
+        from .kernels import gpu
+        val, rows, n = gpu.trace_pixel(model, None, spixel, fpixel, p == first, latch_sub, MAX_ROWS)
+    else:
+        val, rows, n = K.trace_pixel(spixel, fpixel, p == first, latch_sub, *args, MAX_ROWS)
     out = []
     P = prefix + ":"
     for r in rows[:min(n, MAX_ROWS)]:

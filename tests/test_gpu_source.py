@@ -185,6 +185,23 @@ def test_nvcc_compiles_ptx(arch, dtype, tmp_path):
         assert re.search(r"\.entry\s+%s\s*\(" % entry, ptx), "entry %s missing" % entry
 
 
+def test_nvcc_compiles_trace_build(tmp_path):
+    """The -DNB_TRACE build (one-thread -trace_pixel launches) adds the trace
+    entry points; the render build has none."""
+    nvcc = _require("nvcc", "check that the trace build of nanobragg.cu compiles for the GPU")
+    out = tmp_path / "nanobragg_trace.ptx"
+    proc = subprocess.run(gpu.nvcc_command("sm_90", "float64", out, nvcc=nvcc, trace=True),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, "nvcc failed:\n" + proc.stderr
+    assert "warning" not in proc.stderr.lower(), proc.stderr
+    ptx = out.read_text()
+    for entry in list(gpu.ENTRY_POINTS.values()) + list(gpu.TRACE_ENTRY_POINTS.values()):
+        assert re.search(r"\.entry\s+%s\s*\(" % entry, ptx), "entry %s missing" % entry
+    plain = tmp_path / "plain.ptx"
+    subprocess.run(gpu.nvcc_command("sm_90", "float64", plain, nvcc=nvcc), check=True)
+    assert "trace_f64" not in plain.read_text()
+
+
 def _find_nvrtc():
     cand = [os.environ.get("NB_NVRTC_LIB")]
     try:
@@ -250,17 +267,18 @@ def test_cells_layout_conversion():
 _C_TO_NUMPY = {"nb_u8": np.uint8, "nb_i64": np.int64, "double": np.float64, "float": np.float32}
 
 
-def kernel_signatures(src: str):
+def kernel_signatures(src: str, macro: str = "NB_DEFINE_KERNEL"):
     """{entry point: [(numpy dtype, is_pointer, parameter name), ...]} parsed from
-    the NB_DEFINE_KERNEL macro of nanobragg.cu and its instantiations."""
-    m = re.search(r"#define NB_DEFINE_KERNEL\((\w+), (\w+), (\w+)\)(.*?)\)\s*\{", src, re.S)
-    assert m, "NB_DEFINE_KERNEL macro not found"
+    the ``macro`` (NB_DEFINE_KERNEL or NB_DEFINE_TRACE) of nanobragg.cu and its
+    instantiations."""
+    m = re.search(r"#define %s\((\w+), (\w+), (\w+)\)(.*?)\)\s*\{" % macro, src, re.S)
+    assert m, "%s macro not found" % macro
     macro_params = (m.group(2), m.group(3))
     body = m.group(4).replace("\\", " ")
     plist = body[body.index("void NAME(") + len("void NAME("):]
     params = [" ".join(p.split()) for p in plist.split(",")]
     sigs = {}
-    for inst in re.finditer(r"^NB_DEFINE_KERNEL\((\w+), (\w+), (\w+)\)\s*$", src, re.M):
+    for inst in re.finditer(r"^%s\((\w+), (\w+), (\w+)\)\s*$" % macro, src, re.M):
         name, real, fgrid = inst.groups()
         subst = dict(zip(macro_params, (real, fgrid)))
         out = []
@@ -275,6 +293,7 @@ def kernel_signatures(src: str):
 
 
 SIGNATURES = kernel_signatures(gpu.source_text())
+SIGNATURES.update(kernel_signatures(gpu.source_text(), "NB_DEFINE_TRACE"))
 
 
 def check_launch_args(entry, args):
@@ -293,7 +312,13 @@ def check_launch_args(entry, args):
 
 
 def test_kernel_signatures_parsed():
-    assert set(SIGNATURES) == set(gpu.ENTRY_POINTS.values())
+    assert set(SIGNATURES) == set(gpu.ENTRY_POINTS.values()) | set(gpu.TRACE_ENTRY_POINTS.values())
+    t64, t32 = SIGNATURES["trace_f64"], SIGNATURES["trace_f32"]
+    assert [p[2] for p in t64] == ["s", "f", "first_exec", "latch_sub", "iopt", "fopt", "vecs",
+                                   "incident", "lam", "cells", "Fhkl", "tbuf", "tpos", "maxrows",
+                                   "value", "omega_sum", "info"]
+    assert [(a, b) for a, b in zip(t64, t32) if a != b] == [
+        ((np.dtype(np.float64), True, "Fhkl"), (np.dtype(np.float32), True, "Fhkl"))]
     f64, f32 = SIGNATURES["render_f64"], SIGNATURES["render_f32"]
     names = [p[2] for p in f64]
     assert names == ["active", "S", "F", "row0", "row1", "first_pixel", "latch_pixel", "latch_sub",
@@ -452,6 +477,92 @@ def test_host_kernel_matches_numba(name, host, tmp_path):
     if sel.any():
         rel = np.abs(img32[sel].astype(np.float64) - ref[sel]) / ref[sel]
         assert rel.max() <= F32_REL_MAX, "%s: float32 max rel error %.3g" % (name, rel.max())
+
+
+# --------------------------------------------------------------------------- trace on the device
+def _golden_trace_cases():
+    import json
+    out = {}
+    for c in GOLDEN:
+        meta = Path(__file__).resolve().parents[1] / "golden" / "data" / c.name / "meta.json"
+        try:
+            tp = json.loads(meta.read_text()).get("trace_pixel")
+        except OSError:
+            continue
+        if tp:
+            out[c.name] = (int(tp[0]), int(tp[1]))
+    return out
+
+
+TRACE_CASES = _golden_trace_cases()
+#: extra cases traced at their brightest pixel (paths the golden traces lack)
+TRACE_EXTRA = ["x_corrected_all_oversample", "x_interp_latch_mid_cparity", "x_tophat_phi",
+               "x_round_water_cparity", "x_div_disp_kahn_roi", "x_curved_os_omega"]
+
+
+def test_trace_constants_match_cpu():
+    src = gpu.source_text()
+    defs = dict((m.group(1), int(m.group(2)))
+                for m in re.finditer(r"^#define\s+(EV_[A-Z]+|NB_TRACE_COLS)\s+(\d+)\s*$", src, re.M))
+    for n in ("EV_GEOM", "EV_HKL", "EV_LATT", "EV_PHI", "EV_FCELL", "EV_FINAL"):
+        assert defs[n] == getattr(K, n), n
+    assert defs["NB_TRACE_COLS"] == K.TRACE_COLS
+
+
+def _trace_point(model, s, f):
+    """(first_exec, latch_sub) of pixel (s, f) as trace.trace_lines derives them."""
+    p = s * model.shape[1] + f
+    if not model.cfg.c_parity:
+        return False, -1
+    first = model.first_exec_pixel
+    lp, ls = model.latch
+    return p == first, (-1 if lp < 0 or p < lp else (ls if p == lp else -2))
+
+
+@pytest.mark.parametrize("name", sorted(TRACE_CASES) + TRACE_EXTRA)
+def test_device_trace_matches_numba_trace(name, host, tmp_path):
+    """The CUDA kernel's trace build (host C++) records the numba trace's
+    events with the same values, bit for bit, in float64 and float32."""
+    cfg = _cfg_for(name, tmp_path)
+    for precision, dt in (("double", np.float64), ("single", np.float32)):
+        model = build_model(replace(cfg, precision=precision))
+        img, _ = api.render_float(model)          # -c_parity: sets first pixel and latch
+        if name in TRACE_CASES:
+            s, f = TRACE_CASES[name]
+        else:
+            s, f = (int(v) for v in np.unravel_index(int(np.argmax(np.asarray(img))), img.shape))
+        first_exec, latch_sub = _trace_point(model, s, f)
+        want_val, want_rows, want_n = K.trace_pixel(s, f, first_exec, latch_sub,
+                                                    *model.cpu_kernel_args(), 5000)
+        got_val, got_rows, got_n = host.trace(model, dt, s, f, first_exec, latch_sub, 5000)
+        assert got_n == want_n and got_n > 3, (name, precision, got_n, want_n)
+        kinds = set(int(e) for e in want_rows[:want_n, 0])
+        assert {K.EV_GEOM, K.EV_FINAL} <= kinds
+        assert np.array_equal(got_rows, want_rows[:want_n], equal_nan=True), (name, precision)
+        assert got_val == want_val
+        assert np.float32(got_val) == np.asarray(img)[s, f]      # the traced pixel is the image's
+
+
+@pytest.mark.parametrize("name", ["phi_zero_carryover", "x_interp_latch_mid_cparity"])
+def test_trace_pixel_device_cuda_runs_the_cuda_kernel(name, host, tmp_path, monkeypatch):
+    """-trace_pixel with -device cuda: a one-thread launch of the CUDA trace
+    kernel (fake CuPy over the host build), and the same TRACE_PY lines."""
+    from nbnumba.trace import trace_lines
+    if name not in CASE_IDS:
+        pytest.skip("golden corpus not available")
+    calls = []
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(host, calls))
+    monkeypatch.setattr(gpu, "_MODULES", {})
+    cfg = _cfg_for(name, tmp_path)
+    s, f = TRACE_CASES.get(name, (40, 30))   # inside the -roi of the extra case
+    cpu_model = build_model(cfg)
+    api.render_float(cpu_model)
+    want = trace_lines(cpu_model, s, f)
+    dev_model = build_model(replace(cfg, device="cuda"))
+    api.render_float(dev_model, backend="cuda")
+    got = trace_lines(dev_model, s, f)
+    assert any(c[0] == "trace_f64" and c[1:3] == (s, f) for c in calls)
+    assert got == want and len(got) > 20
 
 
 # --------------------------------------------------------------------------- errors without CuPy/GPU

@@ -49,6 +49,10 @@ BLOCK = 256
 #: kernel entry point per working precision
 ENTRY_POINTS = {"float64": "render_f64", "float32": "render_f32"}
 
+#: one-thread trace entry points (compiled with TRACE_OPTION, see trace_pixel)
+TRACE_ENTRY_POINTS = {"float64": "trace_f64", "float32": "trace_f32"}
+TRACE_OPTION = "-DNB_TRACE"
+
 #: NVRTC/nvcc options, the same for both precisions, each chosen on purpose
 #: (docs/gpu.md, "Compiler options"; tests/test_gpu_source.py checks them):
 #:
@@ -143,19 +147,23 @@ def require_device():
     return cp
 
 
-def get_kernel(dtype, cp=None):
+def get_kernel(dtype, cp=None, trace: bool = False):
     """The compiled ``render_f64``/``render_f32`` kernel for the current device
-    (one NVRTC compilation per precision and device, cached)."""
+    (one NVRTC compilation per precision and device, cached); with ``trace``,
+    the ``trace_f64``/``trace_f32`` kernel of a separate build with
+    ``-DNB_TRACE`` (the render kernels carry no trace code)."""
     cp = cp or require_device()
     name = _dtype_name(dtype)
-    key = (name, int(cp.cuda.runtime.getDevice()))
+    key = (name, int(cp.cuda.runtime.getDevice()), bool(trace))
+    options = COMPILE_OPTIONS[name] + ((TRACE_OPTION,) if trace else ())
+    entry = (TRACE_ENTRY_POINTS if trace else ENTRY_POINTS)[name]
     with _LOCK:
         mod = _MODULES.get(key)
         if mod is None:
-            mod = cp.RawModule(code=source_text(), options=COMPILE_OPTIONS[name])
+            mod = cp.RawModule(code=source_text(), options=options)
             _MODULES[key] = mod
         try:
-            return mod.get_function(ENTRY_POINTS[name])   # NVRTC runs here, once
+            return mod.get_function(entry)   # NVRTC runs here, once
         except Exception as exc:
             _MODULES.pop(key, None)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -375,14 +383,43 @@ def render(model, dtype=None, out=None, timing=None):
     return image, omega_rows
 
 
+def trace_pixel(model, dtype, s: int, f: int, first_exec: bool, latch_sub: int, maxrows: int):
+    """-trace_pixel on the GPU: pixel (s, f) rendered by the CUDA kernel itself
+    in a one-thread launch that records cpu.py's trace events.
+
+    Returns ``(value, rows, nrows)`` like ``cpu.trace_pixel``: the pixel value
+    before the float32 store, the first ``min(nrows, maxrows)`` rows of
+    ``[event, values...]`` (numpy, (n, TRACE_COLS)) and the number of events."""
+    cp = require_device()
+    if dtype is None:
+        dtype = np.float32 if getattr(model.cfg, "precision", "double") == "single" else np.float64
+    dt = np.dtype(_dtype_name(dtype))
+    kernel = get_kernel(dt, cp, trace=True)
+    dev_args = tuple(cp.asarray(a) for a in kernel_args(model, dt))
+    tbuf = cp.zeros(max(1, int(maxrows)) * K.TRACE_COLS, dtype=cp.float64)
+    tpos = cp.zeros(1, dtype=cp.int64)
+    value = cp.zeros(1, dtype=cp.float64)
+    omega = cp.zeros(1, dtype=cp.float64)
+    info = cp.zeros(3, dtype=cp.int64)
+    kernel((1,), (1,), (np.int64(s), np.int64(f), np.int64(bool(first_exec)), np.int64(latch_sub))
+           + dev_args + (tbuf, tpos, np.int64(maxrows), value, omega, info))
+    n = int(tpos[0])
+    rows = tbuf[:min(n, int(maxrows)) * K.TRACE_COLS].reshape(-1, K.TRACE_COLS)
+    to_np = getattr(cp, "asnumpy", np.asarray)
+    return float(value[0]), to_np(rows), n
+
+
 # ------------------------------------------------------------------ build helpers
-def nvcc_command(arch: str, dtype, output: os.PathLike, nvcc: str = "nvcc", ptx: bool = True):
+def nvcc_command(arch: str, dtype, output: os.PathLike, nvcc: str = "nvcc", ptx: bool = True,
+                 trace: bool = False):
     """nvcc command line compiling the kernel source with the options CuPy
-    compiles it with for ``dtype`` (``arch`` like ``"sm_80"``)."""
+    compiles it with for ``dtype`` (``arch`` like ``"sm_80"``); ``trace``: the
+    trace build (:data:`TRACE_OPTION`)."""
     name = _dtype_name(dtype)
     return ([nvcc, "-ptx" if ptx else "-cubin", "-arch=%s" % arch]
             + list(COMPILE_OPTIONS[name])
             + [o for o in CUPY_ADDED_OPTIONS if o not in COMPILE_OPTIONS[name]]
+            + ([TRACE_OPTION] if trace else [])
             + [str(SOURCE), "-o", str(output)])
 
 
@@ -441,6 +478,13 @@ class HostKernel:
             fn.argtypes = pixel_types
             fn.restype = None
             self._pixel[name] = fn
+        trace_types = [_I, _I, _I, _I] + [_P] * 9 + [_I] + [_P] * 3
+        self._trace = {}
+        for name, entry in TRACE_ENTRY_POINTS.items():
+            fn = getattr(self.lib, entry)
+            fn.argtypes = trace_types
+            fn.restype = None
+            self._trace[name] = fn
         layout = np.zeros(8, dtype=np.int64)
         self.lib.nb_host_layout.argtypes = [_P]
         self.lib.nb_host_layout(_ptr(layout))
@@ -480,6 +524,22 @@ class HostKernel:
 
         run_passes(model, launch, active, oor, ran, np)
         return out, omega
+
+    def trace(self, model, dtype, s: int, f: int, first_exec: bool = False, latch_sub: int = -1,
+              maxrows: int = 200000):
+        """The trace kernel on the host: ``(value, rows, nrows)`` like
+        ``cpu.trace_pixel`` and :func:`trace_pixel`."""
+        dt = np.dtype(_dtype_name(dtype))
+        args = kernel_args(model, dt)
+        tbuf = np.zeros((max(1, maxrows), K.TRACE_COLS))
+        tpos = np.zeros(1, dtype=np.int64)
+        val = np.zeros(1)
+        om = np.zeros(1)
+        info = np.zeros(3, dtype=np.int64)
+        self._trace[dt.name](s, f, int(bool(first_exec)), latch_sub, *(_ptr(a) for a in args),
+                             _ptr(tbuf), _ptr(tpos), maxrows, _ptr(val), _ptr(om), _ptr(info))
+        n = int(tpos[0])
+        return float(val[0]), tbuf[:min(n, maxrows)], n
 
     def pixel(self, model, dtype, s: int, f: int, first_exec: bool = False, latch_sub: int = -1,
               args=None) -> Tuple[float, float, np.ndarray]:

@@ -41,6 +41,14 @@
 //   oor      int64[S*F]     first out-of-range interpolation sub-path, or -1
 //   ran      int64[S*F]     1 if any phi loop ran for the pixel
 // Pixels with active == 0 are not written (callers pre-fill the outputs).
+//
+// Trace entry points (compiled only with -DNB_TRACE, and in the host build):
+//   trace_f64 / trace_f32 (s, f, first_exec, latch_sub, iopt, fopt, vecs,
+//       incident, lam, cells, Fhkl, tbuf, tpos, maxrows, value, omega_sum, info)
+// run pixel (s, f) in one thread and record cpu.py's trace events (EV_*
+// below) into tbuf, double[maxrows * NB_TRACE_COLS], rows [event, values...],
+// counting rows in tpos[0] (rows past maxrows are counted, not written):
+// the -trace_pixel of -device cuda (gpu.trace_pixel).
 
 typedef long long nb_i64;
 typedef unsigned char nb_u8;
@@ -119,6 +127,15 @@ typedef unsigned char nb_u8;
 #define SHAPE_ROUND 1
 #define SHAPE_GAUSS 2
 #define SHAPE_TOPHAT 3
+
+// trace events: must match nbnumba/kernels/cpu.py (EV_*, TRACE_COLS)
+#define EV_GEOM 1
+#define EV_HKL 2
+#define EV_LATT 3
+#define EV_PHI 4
+#define EV_FCELL 5
+#define EV_FINAL 6
+#define NB_TRACE_COLS 32
 
 // math.pi as a double literal; like(math.pi, x) is (real)NB_PI
 #define NB_PI 3.141592653589793
@@ -453,6 +470,19 @@ __device__ real capture_fraction(real layer, real thickstep, real mu, real paral
            nb_exp(-(layer + (real)1) * thickstep * mu / parallax);
 }
 
+// one trace row [ev, v[0], ..., v[N-1]] (cpu._record)
+template <int N>
+__device__ __forceinline__ void nb_record(double* tbuf, nb_i64* tpos, nb_i64 maxrows, int ev,
+                                          const double (&v)[N]) {
+    const nb_i64 r = *tpos;
+    if (r < maxrows) {
+        double* row = tbuf + r * NB_TRACE_COLS;
+        row[0] = (double)ev;
+        for (int i = 0; i < N; ++i) row[i + 1] = v[i];
+    }
+    *tpos = r + 1;
+}
+
 // ============================================================== cpu.py
 // info[0]: first out-of-range interpolation sub-path or -1; info[1]: 1 if any
 // phi loop ran; info[2]: number of sub-paths that reached the F lookup.
@@ -471,13 +501,16 @@ __device__ real capture_fraction(real layer, real thickstep, real mu, real paral
 // The default mode without interpolation and -oversample_* switches sums
 // the (phi, mosaic) terms of each source into their own partial sum first,
 // as cpu.py's lean path does; every other mode adds term by term (C order).
-template <typename real, typename wide, typename fgrid>
+// TRACE (compile time): record cpu.py's trace events into tbuf (see the
+// trace entry points); false in the render kernels, which then carry no
+// trace code at all.
+template <typename real, typename wide, typename fgrid, bool TRACE>
 __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i64 latch_sub,
                             const nb_i64* __restrict__ iopt, const real* __restrict__ fopt,
                             const real* __restrict__ vecs, const real* __restrict__ incident,
                             const real* __restrict__ lam, const real* __restrict__ cells,
                             const fgrid* __restrict__ Fhkl, wide* value, real* omega_sum,
-                            nb_i64* info) {
+                            nb_i64* info, double* tbuf, nb_i64* tpos, nb_i64 maxrows) {
     const wide z = (wide)0;
     const wide one = (wide)1;
     const nb_i64 os = iopt[I_OVERSAMPLE];
@@ -519,7 +552,7 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
     // sensor layers without -oversample_thick, or any -oversample_* switch
     const bool corrected = (!c_parity) && (nthick > 1 || os_thick || os_polar || os_omega);
     // cpu.py's lean path: one partial sum per source, no per-sub-path state
-    const bool lean = (!c_parity) && (!interp) && !(os_thick || os_polar || os_omega);
+    const bool lean = (!c_parity) && (!interp) && (!TRACE) && !(os_thick || os_polar || os_omega);
 
     wide I = I_bg;
     wide polar = iopt[I_NOPOLAR] != 0 ? one : z;
@@ -533,6 +566,8 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
     nb_i64 ran_phi = 0;
     nb_i64 sub_count = 0;
     vec3<wide> diffracted = mk<wide>(z, z, z);
+    vec3<wide> last_incident = mk<wide>(z, z, z);  // for the trace's final record
+    wide last_Fdet = z, last_Sdet = z;
 
     for (nb_i64 thick_tic = 0; thick_tic < nthick; ++thick_tic) {
         const wide Odet = (wide)thick_tic * thickstep;
@@ -544,6 +579,8 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
             for (nb_i64 subF = 0; subF < os; ++subF) {
                 const wide Fdet = subpixel * (wide)(fpixel * os + subF) + subpixel / (wide)2.0;
                 const wide Sdet = subpixel * (wide)(spixel * os + subS) + subpixel / (wide)2.0;
+                last_Fdet = Fdet;
+                last_Sdet = Sdet;
                 vec3<wide> pos = mk<wide>(Fdet * fdet.x + Sdet * sdet.x + Odet * odet.x + pix0.x,
                                           Fdet * fdet.y + Sdet * sdet.y + Odet * odet.y + pix0.y,
                                           Fdet * fdet.z + Sdet * sdet.z + Odet * odet.z + pix0.z);
@@ -569,6 +606,19 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                     const vec3<wide> S = mk<wide>((diffracted.x - incident_v.x) / lambda_,
                                                   (diffracted.y - incident_v.y) / lambda_,
                                                   (diffracted.z - incident_v.z) / lambda_);
+                    last_incident = incident_v;
+                    if (TRACE && source == 0) {
+                        const double v[26] = {
+                            (double)pix0.x, (double)pix0.y, (double)pix0.z, (double)fdet.x,
+                            (double)fdet.y, (double)fdet.z, (double)sdet.x, (double)sdet.y,
+                            (double)sdet.z, (double)pos.x, (double)pos.y, (double)pos.z,
+                            (double)airpath, (double)omega_pixel, (double)close_distance,
+                            (double)(close_distance / airpath), (double)diffracted.x,
+                            (double)diffracted.y, (double)diffracted.z, (double)incident_v.x,
+                            (double)incident_v.y, (double)incident_v.z, (double)lambda_,
+                            (double)S.x, (double)S.y, (double)S.z};
+                        nb_record(tbuf, tpos, maxrows, EV_GEOM, v);
+                    }
                     const wide stol = (wide)0.5 * nb_sqrt(S.x * S.x + S.y * S.y + S.z * S.z);
                     if (dmin > (wide)0.0 && stol > (wide)0.0) {
                         if (dmin > (wide)0.5 / stol) continue;
@@ -598,6 +648,31 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                                 acc_s += (wide)(Fc * Fc * F_latt * F_latt);
                                 continue;
                             }
+                            if (TRACE && source == 0 && mos == 0) {
+                                if (phi_tic == 0) {
+                                    const double v[24] = {
+                                        (double)cell[0] * 1e10, (double)cell[1] * 1e10,
+                                        (double)cell[2] * 1e10, (double)cell[3] * 1e10,
+                                        (double)cell[4] * 1e10, (double)cell[5] * 1e10,
+                                        (double)cell[6] * 1e10, (double)cell[7] * 1e10,
+                                        (double)cell[8] * 1e10, (double)astar.x, (double)astar.y,
+                                        (double)astar.z, (double)bstar.x, (double)bstar.y,
+                                        (double)bstar.z, (double)cstar.x, (double)cstar.y,
+                                        (double)cstar.z, (double)h, (double)k, (double)l,
+                                        (double)h0, (double)k0, (double)l0};
+                                    nb_record(tbuf, tpos, maxrows, EV_HKL, v);
+                                }
+                                if (shape == SHAPE_SQUARE) {
+                                    if (phi_tic == 0) {
+                                        const double v[4] = {(double)fa, (double)fb, (double)fc,
+                                                             (double)F_latt};
+                                        nb_record(tbuf, tpos, maxrows, EV_LATT, v);
+                                    }
+                                    const double v[5] = {(double)phi_tic, (double)variant, (double)k,
+                                                         (double)fb, (double)F_latt};
+                                    nb_record(tbuf, tpos, maxrows, EV_PHI, v);
+                                }
+                            }
                             if (F_latt == (real)0.0 && water == (real)0.0) continue;
                             // structure factor of the unit cell
                             bool use_interp = interp && (latch_sub < 0 || sub_count < latch_sub);
@@ -615,6 +690,10 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                                                    kdim, ldim, h0, k0, l0, default_F);
                             }
                             sub_count += 1;
+                            if (TRACE && source == 0 && mos == 0 && phi_tic == 0) {
+                                const double v[1] = {(double)F_cell};
+                                nb_record(tbuf, tpos, maxrows, EV_FCELL, v);
+                            }
                             wide term = (wide)(F_cell * F_cell * F_latt * F_latt);
                             if (corrected) {
                                 if (os_thick) term *= capture;
@@ -662,6 +741,13 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
         if (!os_polar) test *= polar;
         if (!os_omega) test *= omega_pixel;
     }
+    if (TRACE) {
+        const double v[12] = {(double)I, (double)steps, (double)os_thick, (double)os_polar,
+                              (double)os_omega, (double)capture, (double)polar,
+                              (double)omega_pixel, (double)dot(last_incident, diffracted),
+                              (double)test, (double)last_Fdet, (double)last_Sdet};
+        nb_record(tbuf, tpos, maxrows, EV_FINAL, v);
+    }
     info[0] = first_oor;
     info[1] = ran_phi;
     info[2] = sub_count;
@@ -697,8 +783,9 @@ __device__ void render_pixel(nb_i64 p, const nb_u8* __restrict__ active, nb_i64 
     wide val;
     real om;
     nb_i64 info[3];
-    pixel_value<real, wide, fgrid>(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam, cells,
-                            Fhkl, &val, &om, info);
+    pixel_value<real, wide, fgrid, false>(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident,
+                                          lam, cells, Fhkl, &val, &om, info, (double*)0,
+                                          (nb_i64*)0, 0);
     out[p] = (float)val;
     omega_out[p] = om;
     oor_out[p] = info[0];
@@ -725,6 +812,26 @@ __device__ void render_pixel(nb_i64 p, const nb_u8* __restrict__ active, nb_i64 
 NB_DEFINE_KERNEL(render_f64, double, double)
 NB_DEFINE_KERNEL(render_f32, double, float)
 
+#if defined(NB_TRACE) || defined(NB_HOST_BUILD)
+// one-thread trace launch of pixel (s, f): see the header comment
+#define NB_DEFINE_TRACE(NAME, REAL, FGRID)                                                     \
+    extern "C" __global__ void NAME(                                                           \
+        nb_i64 s, nb_i64 f, nb_i64 first_exec, nb_i64 latch_sub, const nb_i64* iopt,           \
+        const REAL* fopt, const REAL* vecs, const REAL* incident, const REAL* lam,             \
+        const REAL* cells, const FGRID* Fhkl, double* tbuf, nb_i64* tpos, nb_i64 maxrows,      \
+        double* value, REAL* omega_sum, nb_i64* info) {                                        \
+        if (blockIdx.x != 0 || threadIdx.x != 0) return;                                       \
+        double val;                                                                            \
+        pixel_value<REAL, double, FGRID, true>(s, f, first_exec != 0, latch_sub, iopt, fopt,   \
+                                               vecs, incident, lam, cells, Fhkl, &val,         \
+                                               omega_sum, info, tbuf, tpos, maxrows);          \
+        *value = val;                                                                          \
+    }
+
+NB_DEFINE_TRACE(trace_f64, double, double)
+NB_DEFINE_TRACE(trace_f32, double, float)
+#endif
+
 #ifdef NB_HOST_BUILD
 // ---- host build only (g++ -include cuda_compat.h): ctypes entry points -----
 #define NB_DEFINE_HOST(NAME, KERNEL, REAL, FGRID)                                                   \
@@ -750,8 +857,9 @@ NB_DEFINE_KERNEL(render_f32, double, float)
                          const FGRID* Fhkl, double* value, REAL* omega_sum, nb_i64* info) {    \
         typedef double wide;                                                                   \
         wide val;                                                                              \
-        pixel_value<REAL, wide, FGRID>(s, f, first_exec != 0, latch_sub, iopt, fopt, vecs, incident,  \
-                                lam, cells, Fhkl, &val, omega_sum, info);                      \
+        pixel_value<REAL, wide, FGRID, false>(s, f, first_exec != 0, latch_sub, iopt, fopt, vecs,     \
+                                incident, lam, cells, Fhkl, &val, omega_sum, info, (double*)0, \
+                                (nb_i64*)0, 0);                                                \
         *value = (double)val;                                                                  \
     }
 

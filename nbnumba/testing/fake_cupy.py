@@ -5,9 +5,10 @@ kernel whose launches run ``nanobragg.cu`` compiled as host C++
 (:class:`nbnumba.kernels.gpu.HostKernel`) with the launch's exact argument
 tuple.  Streams, events and the device queries that ``kernels/gpu.py`` and
 ``benchmarks/gpu_check.py`` use are imitated: ``cuda.ExternalStream`` pushes
-its pointer on ``fake.current_stream`` while it is entered, every launch is
-recorded in ``fake.calls`` as ``(entry, first_pixel, latch_pixel, latch_sub,
-row0, row1, stream)``.
+its pointer on ``fake.current_stream`` while it is entered, every render launch
+is recorded in ``fake.calls`` as ``(entry, first_pixel, latch_pixel,
+latch_sub, row0, row1, stream)`` (a trace launch as ``(entry, s, f,
+latch_sub, -1, -1, stream)``).
 
 Install it with ``monkeypatch.setitem(sys.modules, "cupy", make_fake_cupy(host))``
 (and reset ``gpu._MODULES``).  For tests only.
@@ -106,15 +107,33 @@ def make_fake_cupy(host: "gpu.HostKernel", check_args: Optional[Callable] = None
             conv = [a.ctypes.data if isinstance(a, np.ndarray) else int(a) for a in args]
             host._render[self.dtname](*conv)
 
+    class TraceKernel:
+        def __init__(self, entry, dtname):
+            self.entry = entry
+            self.dtname = dtname
+
+        def __call__(self, grid, block, args):
+            if check_args is not None:
+                check_args(self.entry, args)
+            assert tuple(grid) == (1,) and tuple(block) == (1,)     # one thread
+            fake.calls.append((self.entry, int(args[0]), int(args[1]), int(args[3]), -1, -1,
+                               fake.current_stream[-1]))
+            conv = [a.ctypes.data if isinstance(a, np.ndarray) else int(a) for a in args]
+            host._trace[self.dtname](*conv)
+
     class RawModule:
         def __init__(self, code, options=()):
             assert code == gpu.source_text()
             self.options = tuple(options)
 
         def get_function(self, name):
-            dtname = {v: k for k, v in gpu.ENTRY_POINTS.items()}[name]
-            assert self.options == gpu.COMPILE_OPTIONS[dtname]
-            return Kernel(name, dtname)
+            render = {v: k for k, v in gpu.ENTRY_POINTS.items()}
+            trace = {v: k for k, v in gpu.TRACE_ENTRY_POINTS.items()}
+            if name in trace:
+                assert self.options == gpu.COMPILE_OPTIONS[trace[name]] + (gpu.TRACE_OPTION,)
+                return TraceKernel(name, trace[name])
+            assert self.options == gpu.COMPILE_OPTIONS[render[name]]
+            return Kernel(name, render[name])
 
     fake.RawModule = RawModule
     return fake
