@@ -15,16 +15,18 @@ matplotlib and pytest (no pyyaml, fabio or dask: golden cases are read from
 2. compile both kernels (NVRTC through CuPy, timed) and report their
    registers, local memory (spills) and max threads per block
    (``RawKernel.attributes``);
-3. the golden suite with ``-device cuda`` in float64 and float32: per case,
+3. DLPack/torch round trips (CuPy <-> torch, ``Result.to_torch()``, a torch
+   ``out=`` tensor written on a non-default torch stream);
+4. throughput: W2 and the Pilatus command (W3) in float32 and float64 (G
+   sub-paths/s from CUDA-event kernel time, wall time per image), and the
+   fixed cost per image on a 64x64 detector;
+5. the golden suite with ``-device cuda`` in float64 and float32: per case,
    pass/fail against the C reference with the corpus tolerances, and the
    GPU parity contract against the numba engine (float64 against float64,
    float32 against ``-precision single``: flipped pixels, max relative error);
-4. ``pytest -m gpu tests/test_gpu_source.py``;
-5. DLPack/torch round trips (CuPy <-> torch, ``Result.to_torch()``, a torch
-   ``out=`` tensor written on a non-default torch stream);
-6. throughput: W2 and the Pilatus command (W3) in float32 and float64 (G
-   sub-paths/s from CUDA-event kernel time, wall time per image), and the
-   fixed cost per image on a 64x64 detector.
+6. ``-trace_pixel`` on the device: the golden trace cases traced by the CUDA
+   kernel (one-thread trace launch) against the numba trace, line by line;
+7. ``pytest -m gpu tests/test_gpu_source.py``.
 
 ``--quick`` shrinks the throughput workloads to 128x128 windows and
 ``--cases`` picks golden cases by name (CI runs the script that way against
@@ -239,6 +241,45 @@ def run_golden(cp, deadline: float, names: Optional[List[str]] = None) -> dict:
             "ok": all(r["status"] in ("pass", "fail_cpu_too", "skipped") for r in rows)}
 
 
+# ------------------------------------------------------------------ trace on the device
+def run_trace(cp, deadline: float, names: Optional[List[str]] = None) -> dict:
+    """TRACE_PY lines of the CUDA kernel (``-device cuda``) against the numba
+    kernel's, for the golden cases that store a trace pixel."""
+    from nbnumba import api
+    from nbnumba.model import build_model
+    from nbnumba.trace import trace_lines
+    rows = []
+    for case in golden_cases():
+        meta = json.loads((GOLDEN / "data" / case["name"] / "meta.json").read_text())
+        tp = meta.get("trace_pixel")
+        if not tp or (names and case["name"] not in names):
+            continue
+        if time.monotonic() > deadline:
+            rows.append({"case": case["name"], "status": "skipped", "reason": "time budget"})
+            continue
+        row = {"case": case["name"], "pixel": list(tp)}
+        try:
+            with tempfile.TemporaryDirectory(prefix="nbgpu-tr-") as tmp:
+                cfg = _case_config(case, Path(tmp), "double")
+                mc = build_model(cfg)
+                api.render_float(mc)
+                want = trace_lines(mc, int(tp[0]), int(tp[1]))
+                md = build_model(replace(cfg, device="cuda"))
+                api.render_float(md, backend="cuda")
+                got = trace_lines(md, int(tp[0]), int(tp[1]))
+            diff = [i for i, (a, b) in enumerate(zip(want, got)) if a != b]
+            row.update(lines=len(want), same_count=len(want) == len(got), differing_lines=len(diff),
+                       first_difference=[want[diff[0]], got[diff[0]]] if diff else None,
+                       status="identical" if (not diff and len(want) == len(got)) else "differs")
+        except Exception as exc:
+            row.update(status="error", error="%s: %s" % (type(exc).__name__, exc))
+        rows.append(row)
+    # a difference in a libm-dependent line is allowed by the parity contract;
+    # a different number of lines or an error is not
+    return {"rows": rows, "ok": all(r["status"] in ("identical", "differs", "skipped")
+                                    and r.get("same_count", True) for r in rows)}
+
+
 # ------------------------------------------------------------------ kernels
 def compile_kernels(cp) -> dict:
     from nbnumba.kernels import gpu
@@ -434,6 +475,13 @@ def _md(report: dict) -> str:
             L.append("| %s | %s | %s | %s | %s | %s |" % (c["entry"], c["compile_s"], c["num_regs"],
                                                          c["local_size_bytes"], c["max_threads_per_block"],
                                                          c["block_used"]))
+    tr = steps.get("trace")
+    if isinstance(tr, dict) and "rows" in tr:
+        L += ["", "## -trace_pixel on the device", "", "| case | pixel | status | lines | differing lines |",
+              "|---|---|---|---|---|"]
+        for r in tr["rows"]:
+            L.append("| %s | %s | %s | %s | %s |" % (r["case"], r.get("pixel", ""), r["status"],
+                                                   r.get("lines", ""), r.get("differing_lines", "")))
     gold = steps.get("golden")
     if isinstance(gold, dict) and "rows" in gold:
         L += ["", "## Golden suite on the GPU", "",
@@ -527,6 +575,7 @@ def main(argv=None) -> int:
     _step(report, "throughput", run_throughput, t_start + 0.75 * opts.budget_s, opts.quick)
     names = [n for n in (opts.cases or "").split(",") if n]
     _step(report, "golden", run_golden, cp, t_start + 0.75 * opts.budget_s, names or None)
+    _step(report, "trace", run_trace, cp, t_start + 0.8 * opts.budget_s, names or None)
     if opts.no_pytest:
         report["steps"]["pytest_gpu"] = {"status": "skipped", "reason": "--no-pytest", "ok": True}
     elif time.monotonic() < deadline:

@@ -111,8 +111,14 @@ def test_gpu_check_through_fake_cupy(tmp_path, monkeypatch):
     assert tp["fixed_cost_64x64"]["status"] == "ok"
     assert tp["fixed_cost_64x64"]["float32"]["render_wall_ms"] > 0
     assert set(tp["targets"]) == {"W2_float32_gsps", "W2_float64_gsps", "fixed_cost_ms", "W3_image_ms"}
+    tr = steps["trace"]
+    assert tr["ok"] is True
+    # of CASES, phi_zero_carryover and mosaic_domains_seed store a trace pixel
+    assert sorted(r["case"] for r in tr["rows"]) == ["mosaic_domains_seed", "phi_zero_carryover"]
+    assert all(r["status"] == "identical" and r["lines"] > 20 for r in tr["rows"]), tr
     assert steps["pytest_gpu"]["status"] == "skipped"
     md = (out / "gpu_check.md").read_text()
-    for head in ("## Kernels", "## Golden suite on the GPU", "## Throughput", "## DLPack / torch"):
+    for head in ("## Kernels", "## Golden suite on the GPU", "## Throughput", "## DLPack / torch",
+                 "## -trace_pixel on the device"):
         assert head in md
     assert "| binary_spots | float64 | pass |" in md
