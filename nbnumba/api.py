@@ -103,8 +103,8 @@ class _threads:
 
 
 def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, out=None):
-    """Run the pixel kernel; returns (float32 image, solid-angle sums (per row
-    on the CPU, per pixel on the GPU; only their total is used)).
+    """Run the pixel kernel; returns (float32 image, solid-angle sums per
+    row (on the GPU reduced on the device; only their total is used)).
 
     dtype: GPU working precision (default from -precision); the CPU kernel
     is always float64 with float32 lattice sines under -precision single.

@@ -670,6 +670,14 @@ def test_gpu_torch_out_runs_on_torch_stream(host, tmp_path, monkeypatch):
     assert fake.current_stream == [0]                       # the stream context was left
     assert np.array_equal(out.numpy(), ref)                 # filled in place
     assert img.__array_interface__["data"][0] == out.data_ptr()
+    # torch on its legacy default stream (pointer 0): CuPy's null stream, no wrapper
+    n = len(calls)
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device=None: types.SimpleNamespace(cuda_stream=0))
+    gpu.render(build_model(cfg), np.float64, out=out)
+    assert fake.streams_made == [0xBEEF] and len(calls) > n
+    assert all(c[6] == 0 for c in calls[n:])
+    assert np.array_equal(out.numpy(), ref)
 
 
 def test_gpu_result_stays_on_device_until_asked(host, tmp_path, monkeypatch):

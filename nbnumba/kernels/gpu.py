@@ -23,6 +23,9 @@ of ``nanobragg.cu``).  It is checked without a GPU in two ways (see
 engine, with the same extra GPU passes (:func:`run_passes`): the pixel that
 first runs a phi loop and the interpolation latch are found on the device and
 the image is re-rendered with them.
+
+``trace_pixel`` is ``-trace_pixel`` on the device: a one-thread launch of the
+kernel's trace build (``-DNB_TRACE``) that records ``cpu.py``'s trace events.
 """
 from __future__ import annotations
 
@@ -85,9 +88,9 @@ FGRID_DTYPE = {"float64": np.float64, "float32": np.float32}
 #: after a few seconds; 0.1 s keeps a desktop responsive)
 LAUNCH_BUDGET_S = 0.1
 
-#: sub-paths per second assumed when sizing launches: a conservative floor
-#: (a consumer GPU's float64 rate), so a data-centre GPU finishes a launch well
-#: inside the budget.  NB_CUDA_SUBPATHS_PER_LAUNCH overrides the product.
+#: sub-paths per second assumed when sizing launches: an assumed floor for a
+#: slow (consumer, float64) GPU, not a measurement; faster GPUs run shorter
+#: launches.  NB_CUDA_SUBPATHS_PER_LAUNCH overrides the product.
 ASSUMED_SUBPATHS_PER_S = 2.0e9
 
 #: g++ flags of the host build (the kernel source compiled as plain C++)
@@ -291,6 +294,11 @@ def _stream_for(out, cp):
         return None
     import torch
     ptr = int(torch.cuda.current_stream(out.device).cuda_stream)
+    if ptr == 0:
+        # torch's legacy default stream is CUDA's null stream: CuPy's own
+        null = getattr(getattr(cp.cuda, "Stream", None), "null", None)
+        if null is not None:
+            return null
     return cp.cuda.ExternalStream(ptr)
 
 

@@ -55,6 +55,17 @@ def make_fake_cupy(host: "gpu.HostKernel", check_args: Optional[Callable] = None
         def synchronize(self):
             return None
 
+    class _NullStream:
+        ptr = 0
+
+        def __enter__(self):
+            fake.current_stream.append(0)
+            return self
+
+        def __exit__(self, *exc):
+            fake.current_stream.pop()
+            return False
+
     class Event:
         def __init__(self):
             self.t = None
@@ -82,6 +93,7 @@ def make_fake_cupy(host: "gpu.HostKernel", check_args: Optional[Callable] = None
                                     runtimeGetVersion=lambda: 0, driverGetVersion=lambda: 0)
     fake.cuda = types.SimpleNamespace(
         runtime=runtime, ExternalStream=ExternalStream, Event=Event,
+        Stream=types.SimpleNamespace(null=_NullStream()),
         get_elapsed_time=get_elapsed_time, Device=Device,
         get_current_stream=lambda: ExternalStream.__new__(ExternalStream),
         nvrtc=types.SimpleNamespace(getVersion=lambda: (0, 0)))
