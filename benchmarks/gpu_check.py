@@ -16,10 +16,12 @@ matplotlib and pytest (no pyyaml, fabio or dask: golden cases are read from
    registers, local memory (spills) and max threads per block
    (``RawKernel.attributes``);
 3. DLPack/torch round trips (CuPy <-> torch, ``Result.to_torch()``, a torch
-   ``out=`` tensor written on a non-default torch stream);
+   ``out=`` tensor written on a non-default torch stream); the row-chunked
+   launch path (one launch and bands of 8 rows give the same bits);
 4. throughput: W2 and the Pilatus command (W3) in float32 and float64 (G
    sub-paths/s from CUDA-event kernel time, wall time per image), and the
-   fixed cost per image on a 64x64 detector;
+   fixed cost per image on a 64x64 detector; the longest single launch
+   (against the 100 ms launch budget);
 5. the golden suite with ``-device cuda`` in float64 and float32: per case,
    pass/fail against the C reference with the corpus tolerances, and the
    GPU parity contract against the numba engine (float64 against float64,
@@ -359,6 +361,40 @@ def run_interop(cp) -> dict:
     return res
 
 
+# ------------------------------------------------------------------ chunked launches
+def run_chunking(quick: bool = False) -> dict:
+    """The row-chunked launch path on the device: W2 (128x128 window) rendered
+    in one launch and in bands of 8 rows must give the same bits."""
+    from benchmarks import workloads as W
+    from nbnumba.kernels import gpu
+    import cupy as cp
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="nbgpu-ch-") as tmp:
+        model = _model(W.argv("W2", tmp, quick=True), Path(tmp))
+        S, F = model.shape
+        per_pixel = gpu.subpaths_per_pixel(gpu.kernel_args(model, np.float64)[0])
+        old = os.environ.get("NB_CUDA_SUBPATHS_PER_LAUNCH")
+        try:
+            for label, cap in (("one_launch", S * F * per_pixel), ("bands_of_8_rows", 8 * F * per_pixel)):
+                os.environ["NB_CUDA_SUBPATHS_PER_LAUNCH"] = str(cap)
+                for dt in (np.float64, np.float32):
+                    timing = {}
+                    img, _ = gpu.render(model, dt, timing=timing)
+                    out.setdefault(np.dtype(dt).name, {})[label] = (cp.asnumpy(img), timing["launches"])
+        finally:
+            if old is None:
+                os.environ.pop("NB_CUDA_SUBPATHS_PER_LAUNCH", None)
+            else:
+                os.environ["NB_CUDA_SUBPATHS_PER_LAUNCH"] = old
+    res = {}
+    for name, d in out.items():
+        (a, na), (b, nb) = d["one_launch"], d["bands_of_8_rows"]
+        res[name] = {"launches": [na, nb], "identical": bool(np.array_equal(a, b))}
+    res["ok"] = all(v["identical"] and v["launches"][0] == 1 and v["launches"][1] > 1
+                    for k, v in res.items() if isinstance(v, dict))
+    return res
+
+
 # ------------------------------------------------------------------ throughput
 def _model(args, workdir):
     from benchmarks.workloads import build_model_for
@@ -370,7 +406,7 @@ def _time_render(model, dt, repeats: int) -> dict:
     from nbnumba.kernels import gpu
     gpu.render(model, dt)                       # warm-up (allocations, module load)
     cp.cuda.Device().synchronize()
-    kern, wall = [], []
+    kern, wall, longest = [], [], []
     for _ in range(repeats):
         timing = {}
         t0 = time.perf_counter()
@@ -378,11 +414,13 @@ def _time_render(model, dt, repeats: int) -> dict:
         cp.cuda.Device().synchronize()
         wall.append(time.perf_counter() - t0)
         kern.append(timing["kernel_ms"])
+        longest.append(timing["max_launch_ms"])
     subpaths = int(model.active.sum()) * int(model.nsteps)
     kms = float(np.median(kern))
     return {"subpaths": subpaths, "kernel_ms": round(kms, 3), "wall_ms": round(1e3 * float(np.median(wall)), 3),
             "gsps": float("%.4g" % (subpaths / (kms * 1e-3) / 1e9)) if kms > 0 else None,
-            "launches": timing.get("launches"), "block": timing.get("block"), "repeats": repeats}
+            "launches": timing.get("launches"), "max_launch_ms": round(max(longest), 3),
+            "block": timing.get("block"), "repeats": repeats}
 
 
 def run_throughput(deadline: float, quick: bool = False) -> dict:
@@ -443,6 +481,11 @@ def run_throughput(deadline: float, quick: bool = False) -> dict:
     fc = fixed.get("float32", {}).get("render_wall_ms")
     checks["fixed_cost_ms"] = {"value": fc, "target": TARGETS["fixed_cost_ms"],
                                "met": bool(fc is not None and fc <= TARGETS["fixed_cost_ms"])}
+    longest = [r.get("max_launch_ms") for r in out["rows"] if r.get("max_launch_ms") is not None]
+    from nbnumba.kernels import gpu
+    checks["max_launch_ms"] = {"value": max(longest) if longest else None,
+                               "target": 1e3 * gpu.LAUNCH_BUDGET_S,
+                               "met": bool(longest and max(longest) <= 1e3 * gpu.LAUNCH_BUDGET_S)}
     out["targets"] = checks
     out["ok"] = all(r.get("status") in ("ok", "skipped") for r in out["rows"]) and fixed.get("status") == "ok"
     return out
@@ -496,18 +539,21 @@ def _md(report: dict) -> str:
     py = steps.get("pytest_gpu")
     if isinstance(py, dict):
         L += ["", "## pytest -m gpu", "", "`%s` (ok: %s)" % (py.get("summary_line", py.get("status")), py.get("ok"))]
+    ch = steps.get("chunking")
+    if isinstance(ch, dict):
+        L += ["", "## Row-chunked launches", ""] + ["* %s: %s" % (k, v) for k, v in ch.items()]
     inter = steps.get("interop")
     if isinstance(inter, dict):
         L += ["", "## DLPack / torch", ""] + ["* %s: %s" % (k, v) for k, v in inter.items()]
     tp = steps.get("throughput")
     if isinstance(tp, dict) and "rows" in tp:
-        L += ["", "## Throughput", "", "| workload | precision | pixels | sub-paths | kernel ms (CUDA events) | wall ms/image | G sub-paths/s | launches |",
-              "|---|---|---|---|---|---|---|---|"]
+        L += ["", "## Throughput", "", "| workload | precision | pixels | sub-paths | kernel ms (CUDA events) | wall ms/image | G sub-paths/s | launches | longest launch ms |",
+              "|---|---|---|---|---|---|---|---|---|"]
         for r in tp["rows"]:
-            L.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 r["workload"], r["precision"], r.get("pixels", ""), r.get("subpaths", ""),
                 r.get("kernel_ms", r.get("status")), r.get("wall_ms", ""), r.get("gsps", ""),
-                r.get("launches", "")))
+                r.get("launches", ""), r.get("max_launch_ms", "")))
         L += ["", "Fixed cost per image (64x64): `%s`" % json.dumps(tp.get("fixed_cost_64x64")), "",
               "Targets: `%s`" % json.dumps(tp.get("targets"))]
     for name, st in steps.items():
@@ -571,6 +617,7 @@ def main(argv=None) -> int:
     print("gpu_check: %s" % json.dumps(report["device"]), flush=True)
     _step(report, "compile", compile_kernels, cp)
     _step(report, "interop", run_interop, cp)
+    _step(report, "chunking", run_chunking)
     report["quick"] = bool(opts.quick)
     _step(report, "throughput", run_throughput, t_start + 0.75 * opts.budget_s, opts.quick)
     names = [n for n in (opts.cases or "").split(",") if n]

@@ -335,7 +335,8 @@ def render(model, dtype=None, out=None, timing=None):
     the returned image is a CuPy view of it.  With a torch tensor, all the
     work runs on torch's current stream.
     ``timing``: optional dict; receives ``kernel_ms`` (CUDA-event time of all
-    launches, synchronised), ``launches``, ``bands`` and ``block``.
+    launches, synchronised), ``max_launch_ms`` (the longest launch),
+    ``launches``, ``bands`` and ``block``.
     Raises ConfigError when CuPy or a device is missing.
     """
     cp = require_device()
@@ -384,7 +385,9 @@ def render(model, dtype=None, out=None, timing=None):
         omega_rows = omega.sum(axis=1)
         if timing is not None:
             events[-1][1].synchronize()
-            timing["kernel_ms"] = float(sum(cp.cuda.get_elapsed_time(a, b) for a, b in events))
+            per_launch = [float(cp.cuda.get_elapsed_time(a, b)) for a, b in events]
+            timing["kernel_ms"] = float(sum(per_launch))
+            timing["max_launch_ms"] = max(per_launch)
             timing["launches"] = len(events)
             timing["bands"] = len(bands)
             timing["block"] = block
