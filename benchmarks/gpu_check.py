@@ -30,7 +30,7 @@ matplotlib and pytest (no pyyaml, fabio or dask: golden cases are read from
    kernel (one-thread trace launch) against the numba trace, line by line;
 7. ``pytest -m gpu tests/test_gpu_source.py``.
 
-``--quick`` shrinks the throughput workloads to 128x128 windows and
+``--quick`` shrinks the throughput and chunking workloads to 64x64 windows and
 ``--cases`` picks golden cases by name (CI runs the script that way against
 ``nbnumba.testing.fake_cupy``).  Without a GPU (CuPy missing or no device) it writes the report up to the
 environment with ``status: no_gpu`` and exits 0.  Exit 1 when a check failed
@@ -362,15 +362,20 @@ def run_interop(cp) -> dict:
 
 
 # ------------------------------------------------------------------ chunked launches
+#: detector of the quick (CI) workloads
+QUICK_PIXELS = 64
+
+
 def run_chunking(quick: bool = False) -> dict:
-    """The row-chunked launch path on the device: W2 (128x128 window) rendered
-    in one launch and in bands of 8 rows must give the same bits."""
+    """The row-chunked launch path on the device: W2 (128x128 window; 64x64
+    with ``quick``) rendered in one launch and in bands of 8 rows must give
+    the same bits."""
     from benchmarks import workloads as W
     from nbnumba.kernels import gpu
     import cupy as cp
     out = {}
     with tempfile.TemporaryDirectory(prefix="nbgpu-ch-") as tmp:
-        model = _model(W.argv("W2", tmp, quick=True), Path(tmp))
+        model = _model(W.argv("W2", tmp, pixels=QUICK_PIXELS if quick else 128), Path(tmp))
         S, F = model.shape
         per_pixel = gpu.subpaths_per_pixel(gpu.kernel_args(model, np.float64)[0])
         old = os.environ.get("NB_CUDA_SUBPATHS_PER_LAUNCH")
@@ -429,7 +434,7 @@ def run_throughput(deadline: float, quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="nbgpu-tp-") as tmp:
         tmp = Path(tmp)
         for name in ("W2", "W3"):
-            args = W.argv(name, tmp, quick=quick)
+            args = W.argv(name, tmp, pixels=QUICK_PIXELS) if quick else W.argv(name, tmp, quick=False)
             model = _model(args, tmp)
             for dt in (np.float32, np.float64):
                 if time.monotonic() > deadline:
@@ -597,7 +602,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="stop starting steps after this many seconds (420)")
     p.add_argument("--no-pytest", action="store_true", help="skip pytest -m gpu")
-    p.add_argument("--quick", action="store_true", help="128x128 throughput workloads, fewer repeats")
+    p.add_argument("--quick", action="store_true", help="64x64 throughput/chunking workloads, fewer repeats")
     p.add_argument("--cases", default=None, help="comma-separated golden case names (default: all)")
     opts = p.parse_args(argv)
     out_dir = Path(opts.out)
@@ -617,7 +622,7 @@ def main(argv=None) -> int:
     print("gpu_check: %s" % json.dumps(report["device"]), flush=True)
     _step(report, "compile", compile_kernels, cp)
     _step(report, "interop", run_interop, cp)
-    _step(report, "chunking", run_chunking)
+    _step(report, "chunking", run_chunking, opts.quick)
     report["quick"] = bool(opts.quick)
     _step(report, "throughput", run_throughput, t_start + 0.75 * opts.budget_s, opts.quick)
     names = [n for n in (opts.cases or "").split(",") if n]

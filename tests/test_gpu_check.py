@@ -104,11 +104,11 @@ def test_gpu_check_through_fake_cupy(tmp_path, monkeypatch):
     assert [(r["workload"], r["precision"]) for r in tp["rows"]] == [
         ("W2", "float32"), ("W2", "float64"), ("W3", "float32"), ("W3", "float64")]
     for r in tp["rows"]:
-        assert r["status"] == "ok" and r["pixels"] == "128x128", r
+        assert r["status"] == "ok" and r["pixels"] == "64x64", r
         assert r["subpaths"] > 0 and r["kernel_ms"] > 0 and r["gsps"] > 0 and r["launches"] >= 1
         assert 0 < r["max_launch_ms"] <= r["kernel_ms"] + 1e-9
     w2 = tp["rows"][0]
-    assert w2["subpaths"] == 128 * 128 * 600
+    assert w2["subpaths"] == 64 * 64 * 600
     assert tp["fixed_cost_64x64"]["status"] == "ok"
     assert tp["fixed_cost_64x64"]["float32"]["render_wall_ms"] > 0
     assert set(tp["targets"]) == {"W2_float32_gsps", "W2_float64_gsps", "fixed_cost_ms", "W3_image_ms",
@@ -116,7 +116,7 @@ def test_gpu_check_through_fake_cupy(tmp_path, monkeypatch):
     ch = steps["chunking"]
     assert ch["ok"] is True
     for name in ("float64", "float32"):
-        assert ch[name]["identical"] is True and ch[name]["launches"] == [1, 16]
+        assert ch[name]["identical"] is True and ch[name]["launches"] == [1, 8]
     assert tp["targets"]["max_launch_ms"]["value"] > 0
     tr = steps["trace"]
     assert tr["ok"] is True
