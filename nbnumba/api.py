@@ -62,8 +62,8 @@ class Result:
         omega = object.__getattribute__(self, "_pending")
         if omega is None:
             return self
-        self._pending = None
-        _host_products(self, omega)
+        _host_products(self, omega)     # reads no host field: no recursion
+        self._pending = None            # only once they all exist (an error leaves it pending)
         return self
 
     @property

@@ -32,7 +32,7 @@ def make_fake_cupy(host: "gpu.HostKernel", check_args: Optional[Callable] = None
     fake = types.ModuleType("cupy")
     fake.__version__ = "0.0+fake"
     for name in ("asarray", "zeros", "full", "empty", "arange", "float32", "float64", "int64",
-                 "uint8", "flatnonzero", "ndarray", "from_dlpack"):
+                 "uint8", "flatnonzero", "ndarray", "from_dlpack", "isfinite"):
         setattr(fake, name, getattr(np, name))
     fake.asnumpy = lambda a: np.array(a, copy=True)
     fake.current_stream = [0]      # stack of stream pointers; 0 = CuPy's default stream
