@@ -503,9 +503,11 @@ TRACE_EXTRA = ["x_corrected_all_oversample", "x_interp_latch_mid_cparity", "x_to
 def test_trace_constants_match_cpu():
     src = gpu.source_text()
     defs = dict((m.group(1), int(m.group(2)))
-                for m in re.finditer(r"^#define\s+(EV_[A-Z]+|NB_TRACE_COLS)\s+(\d+)\s*$", src, re.M))
-    for n in ("EV_GEOM", "EV_HKL", "EV_LATT", "EV_PHI", "EV_FCELL", "EV_FINAL"):
-        assert defs[n] == getattr(K, n), n
+                for m in re.finditer(r"^#define\s+(EV_[A-Z0-9]+|NB_TRACE_COLS)\s+(\d+)\s*$", src, re.M))
+    names = [n for n in dir(K) if re.match(r"^EV_[A-Z0-9]+$", n)]
+    assert len(names) >= 6
+    for n in names:     # every event cpu.py records must exist in the CUDA trace
+        assert defs.get(n) == getattr(K, n), "%s: nanobragg.cu %s, cpu.py %s" % (n, defs.get(n), getattr(K, n))
     assert defs["NB_TRACE_COLS"] == K.TRACE_COLS
 
 
