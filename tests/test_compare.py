@@ -369,7 +369,8 @@ def test_report_includes_contract(tmp_path, monkeypatch, capsys):
 
 def test_device_cuda_runs_the_port_on_the_gpu(tmp_path, monkeypatch, capsys):
     """--device cuda adds -device cuda to the port only; without a GPU the port
-    fails with its one-line reason (exit 2), with one the contract is reported."""
+    fails with its one-line reason (the runner-failure exit), with one the
+    contract is reported."""
     from nbnumba.kernels import gpu
     fake = make_fake(tmp_path, "same")
     code, out, err = run(tmp_path, monkeypatch, capsys,
@@ -381,6 +382,6 @@ def test_device_cuda_runs_the_port_on_the_gpu(tmp_path, monkeypatch, capsys):
         assert code == 0, err
         assert "flipped" in out and s["contract"]["n_pixels"] == 32 * 32
     else:
-        assert code == 2
+        assert code == compare.EXIT_RUNNER
         line = one_line_error(err)
         assert "-device cuda" in line and ("CuPy is not installed" in line or "no CUDA device" in line)
