@@ -21,6 +21,9 @@ from . import rng as rngmod
 
 RTD = 180.0 * (1.0 / math.pi)
 
+#: Result fields computed on the host from the float image (see Result.ensure_host)
+_HOST_FIELDS = frozenset(("stats", "int_image", "noise_image", "pgm_image"))
+
 
 @dataclass
 class Result:
@@ -32,6 +35,12 @@ class Result:
     pgm_image: uint8 preview, or None with -nopgm.
     stats: max_I, max_I_x, max_I_y, mean, rms, rmsd, intfile_scale, pgm_scale,
         photons, overloads, omega_sum (sr).
+
+    With ``-device cuda`` the float image stays on the GPU (a CuPy array) and
+    the host products (``stats``, ``int_image``, ``noise_image``,
+    ``pgm_image``) are computed on first use, from one copy of the image to
+    the host (:meth:`ensure_host`; the writers call it).  Until then nothing
+    leaves the device but the per-row solid-angle sums.
     """
     float_image: np.ndarray
     model: Model
@@ -41,6 +50,23 @@ class Result:
     pgm_image: Optional[np.ndarray] = None
     trace_lines: List[str] = field(default_factory=list)
     log: List[str] = field(default_factory=list)
+    #: solid-angle sums while the host products are still to be computed, else None
+    _pending: object = field(default=None, repr=False, compare=False)
+
+    def __getattribute__(self, name):
+        if name in _HOST_FIELDS and object.__getattribute__(self, "_pending") is not None:
+            object.__getattribute__(self, "ensure_host")()
+        return object.__getattribute__(self, name)
+
+    def ensure_host(self) -> "Result":
+        """Compute the host products (statistics, SMV/PGM/noise images) if they
+        are still pending: one copy of the float image to the host."""
+        omega = object.__getattribute__(self, "_pending")
+        if omega is None:
+            return self
+        _host_products(self, omega)     # reads no host field: no recursion
+        self._pending = None            # only once they all exist (an error leaves it pending)
+        return self
 
     @property
     def shape(self):
@@ -101,8 +127,8 @@ def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, 
 
 
 def _render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, out=None):
-    """Run the pixel kernel; returns (float32 image, solid-angle sums (per row
-    on the CPU, per pixel on the GPU; only their total is used)).
+    """Run the pixel kernel; returns (float32 image, solid-angle sums per
+    row (on the GPU reduced on the device; only their total is used)).
 
     dtype: GPU working precision (default from -precision); the CPU kernel
     is always float64 with float32 lattice sines under -precision single.
@@ -224,7 +250,26 @@ def run_model(model: Model, backend: Optional[str] = None, progress=None, out=No
     check_terms_finite(model)      # F^2 = inf etc.: refuse before a long render
     with _threads(cfg):
         img, omega = render_float(model, backend=backend, progress=progress, out=out)
-    img_host = to_host(img)
+    if backend == "cuda":
+        import cupy as cp
+        if not bool(cp.isfinite(img).all()):
+            # inf/NaN pixels: stop and name the term that overflowed (nothing is written)
+            check_image_finite(model, to_host(img))
+    res = Result(float_image=img, model=model, stats={}, log=list(model.log), _pending=omega)
+    if backend != "cuda":
+        res.ensure_host()
+    if cfg.trace_spixel >= 0 and cfg.trace_fpixel >= 0:
+        from .trace import trace_lines
+        res.trace_lines = trace_lines(model, cfg.trace_spixel, cfg.trace_fpixel)
+    return res
+
+
+def _host_products(res: Result, omega) -> None:
+    """Statistics and the integer, PGM and noise images of ``res`` (host side)."""
+    from .validate import check_image_finite
+    model = res.model
+    cfg = model.cfg
+    img_host = to_host(res.float_image)
     # inf/NaN pixels: stop and name the term that overflowed (nothing is written)
     check_image_finite(model, img_host)
     stats = compute_stats(model, img_host, to_host(omega))
@@ -234,7 +279,7 @@ def run_model(model: Model, backend: Optional[str] = None, progress=None, out=No
         if stats["max_I"] > 0.0:
             scale = 55000.0 / stats["max_I"]
     stats["intfile_scale"] = scale
-    res = Result(float_image=img, model=model, stats=stats, log=list(model.log))
+    res.stats = stats
     res.int_image = int_image(model, img_host, scale)
     if cfg.write_pgm:
         pscale = cfg.pgm_scale
@@ -251,10 +296,6 @@ def run_model(model: Model, backend: Optional[str] = None, progress=None, out=No
         res.noise_image = noise
         stats["photons"] = photons
         stats["overloads"] = overloads
-    if cfg.trace_spixel >= 0 and cfg.trace_fpixel >= 0:
-        from .trace import trace_lines
-        res.trace_lines = trace_lines(model, cfg.trace_spixel, cfg.trace_fpixel)
-    return res
 
 
 def apply_overrides(cfg: Config, overrides) -> Config:

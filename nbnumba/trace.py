@@ -8,6 +8,8 @@ after each rotation, ...) come from the geometry stage (``Detector.trace``),
 and ``TRACE_PY_SOURCE2:`` lines repeat the C's per-sub-pixel tap of source 2.
 Every key nanoBragg.c prints without an environment switch is printed (its
 ``TRACE_C_TAP5*`` taps need ``TRACE_C_TAP5``/``TRACE_C_TAP5_HKL`` set and are not).
+With ``-device cuda`` the per-pixel numbers come from the CUDA kernel
+(``gpu.trace_pixel``: a one-thread launch of its trace build).
 """
 from __future__ import annotations
 
@@ -51,7 +53,12 @@ def trace_lines(model, spixel, fpixel, prefix="TRACE_PY"):
         latch_sub = -1 if lp < 0 or p < lp else (ls if p == lp else -2)
     else:
         first, latch_sub = -1, -1
-    val, rows, n = K.trace_pixel(spixel, fpixel, p == first, latch_sub, *args, MAX_ROWS)
+    if getattr(cfg, "device", "cpu") == "cuda":
+        # the CUDA kernel's own pixel, in a one-thread trace launch
+        from .kernels import gpu
+        val, rows, n = gpu.trace_pixel(model, None, spixel, fpixel, p == first, latch_sub, MAX_ROWS)
+    else:
+        val, rows, n = K.trace_pixel(spixel, fpixel, p == first, latch_sub, *args, MAX_ROWS)
     P = prefix + ":"
     # the detector-setup keys first (host-side geometry, as the C prints them)
     out = [P + line for line in model.det.trace]

@@ -348,3 +348,57 @@ def test_concurrent_runners_are_timed_each_to_its_own_end(tmp_path):
     assert rs.returncode == 0 and rf.returncode == 0
     assert rs.seconds >= 1.2
     assert rf.seconds < rs.seconds - 0.5      # not the slow one's end time
+
+
+# ----------------------------------------------------------------------------- GPU parity contract
+def test_parity_contract_counts_flipped_pixels():
+    from nbnumba.tools.compare import CONTRACT_REL, parity_contract
+    rng = np.random.default_rng(3)
+    c = rng.random((40, 50)) * 100.0 + 1.0
+    same = parity_contract(c, c.copy())
+    assert same["flipped"] == 0 and same["max_rel_error"] == 0.0 and same["within_contract"]
+    assert same["correlation"] == pytest.approx(1.0)
+    py = c * (1.0 + 0.1 * CONTRACT_REL * rng.standard_normal(c.shape))   # inside the tolerance
+    py[3, 4] *= 1.0 + 30 * CONTRACT_REL                                   # three flipped pixels
+    py[10, 0] *= 1.0 - 20 * CONTRACT_REL
+    py[39, 49] = np.nan
+    k = parity_contract(c, py)
+    assert k["flipped"] == 3 and k["flipped_first"] == [[3, 4], [10, 0], [39, 49]]
+    assert k["flipped_fraction"] == pytest.approx(3 / c.size)
+    assert not k["within_contract"]
+    ok = np.isfinite(py)
+    k2 = parity_contract(c[ok].reshape(1, -1), py[ok].reshape(1, -1))
+    assert k2["max_rel_error"] == pytest.approx(30 * CONTRACT_REL, rel=0.05)
+    assert k2["flipped"] == 2
+    with pytest.raises(ValueError):
+        parity_contract(c, c[:, :10])
+
+
+def test_report_includes_contract(tmp_path, monkeypatch, capsys):
+    fake = make_fake(tmp_path, "same")
+    code, out, err = run(tmp_path, monkeypatch, capsys, ["--c-bin", fake, "--outdir", "cmp"])
+    assert code == 0, err
+    s = json.loads((only_dir(tmp_path / "cmp") / "summary.json").read_text())
+    assert s["device"] == "cpu"
+    assert s["contract"]["flipped"] == 0 and s["contract"]["max_rel_error"] == 0.0
+    assert "flipped       0 of 1024 pixels" in out and "max rel error" in out
+
+
+def test_device_cuda_runs_the_port_on_the_gpu(tmp_path, monkeypatch, capsys):
+    """--device cuda adds -device cuda to the port only; without a GPU the port
+    fails with its one-line reason (the runner-failure exit), with one the
+    contract is reported."""
+    from nbnumba.kernels import gpu
+    fake = make_fake(tmp_path, "same")
+    code, out, err = run(tmp_path, monkeypatch, capsys,
+                         ["--c-bin", fake, "--outdir", "cmp", "--device", "cuda"])
+    s = json.loads((only_dir(tmp_path / "cmp") / "summary.json").read_text())
+    assert s["device"] == "cuda"
+    assert s["py_cmd"][-2:] == ["-device", "cuda"] and "cuda" not in s["c_cmd"]
+    if gpu.available():
+        assert code == 0, err
+        assert "flipped" in out and s["contract"]["n_pixels"] == 32 * 32
+    else:
+        assert code == compare.EXIT_RUNNER
+        line = one_line_error(err)
+        assert "-device cuda" in line and ("CuPy is not installed" in line or "no CUDA device" in line)

@@ -84,6 +84,12 @@ static inline void nb_host_launch(void (*kernel)(Params...), unsigned int grid,
             kernel(args...);
         }
     }
+    // back to a one-thread "launch", so a kernel called directly afterwards
+    // (the trace entry points) sees thread 0 of block 0
+    gridDim = {1u, 1u, 1u};
+    blockDim = {1u, 1u, 1u};
+    blockIdx = {0u, 0u, 0u};
+    threadIdx = {0u, 0u, 0u};
 }
 
 #endif  // NBNUMBA_CUDA_COMPAT_H

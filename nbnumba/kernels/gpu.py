@@ -1,11 +1,14 @@
 """CUDA backend: the pixel kernel of ``nanobragg.cu`` run through CuPy.
 
 ``render(model, dtype)`` is what ``api.render_float`` calls for ``-device
-cuda``.  It uploads ``model.kernel_args(dtype)`` once, launches one thread per
-pixel (blocks of :data:`BLOCK` threads) and returns CuPy arrays: the float32
-image (S, F) and the per-pixel solid-angle sums.  Nothing is copied back to the
-host; ``Result.to_torch()`` / DLPack hand the image to other GPU libraries
-without a copy.
+cuda``.  It uploads the kernel arguments (:func:`kernel_args`) once, launches
+one thread per pixel (blocks of :data:`BLOCK` threads) over bands of rows
+(:func:`launch_rows`: no launch is estimated to run longer than
+:data:`LAUNCH_BUDGET_S`) and returns CuPy arrays: the float32 image (S, F)
+and the solid-angle sums per row, reduced on the device.  Nothing is copied
+back to the host; ``Result.to_torch()`` / DLPack hand the image to other GPU
+libraries without a copy.  A torch ``out=`` tensor is written on torch's
+current CUDA stream (:func:`_stream_for`).
 
 The kernel source is a transcription of ``cpu.pixel_value`` (see the header
 of ``nanobragg.cu``).  It is checked without a GPU in two ways (see
@@ -20,6 +23,9 @@ of ``nanobragg.cu``).  It is checked without a GPU in two ways (see
 engine, with the same extra GPU passes (:func:`run_passes`): the pixel that
 first runs a phi loop and the interpolation latch are found on the device and
 the image is re-rendered with them.
+
+``trace_pixel`` is ``-trace_pixel`` on the device: a one-thread launch of the
+kernel's trace build (``-DNB_TRACE``) that records ``cpu.py``'s trace events.
 """
 from __future__ import annotations
 
@@ -46,17 +52,46 @@ BLOCK = 256
 #: kernel entry point per working precision
 ENTRY_POINTS = {"float64": "render_f64", "float32": "render_f32"}
 
-#: NVRTC/nvcc options per working precision.  float64 is the reference mode:
-#: no FMA contraction, so the GPU performs the numba engine's operations.
-#: float32 is the fast mode and lets the compiler fuse multiply-adds.
+#: one-thread trace entry points (compiled with TRACE_OPTION, see trace_pixel)
+TRACE_ENTRY_POINTS = {"float64": "trace_f64", "float32": "trace_f32"}
+TRACE_OPTION = "-DNB_TRACE"
+
+#: NVRTC/nvcc options, the same for both precisions, each chosen on purpose
+#: (docs/gpu.md, "Compiler options"; tests/test_gpu_source.py checks them):
+#:
+#: * ``--fmad=false``: no contraction of a*b+c into an FMA.  The numba engine
+#:   never contracts, and both kernels perform its operations one for one
+#:   (float32 is the numba engine's -precision single, whose float32 part is
+#:   a polynomial that contraction would round differently).
+#: * ``-ftz=true``: CuPy appends it to every compilation anyway (after ours,
+#:   and NVRTC honours the last one), so we state it rather than pretend
+#:   otherwise.  It flushes float32 denormals only: the kernels' float32
+#:   values are the reduced-sincg sines and their quotient, which are
+#:   denormal only when a lattice factor is below 1.2e-38 (its square adds
+#:   nothing to a float64 sum) or when h lies within 1e-38 of the direct beam.
+#: * ``-prec-div=true``, ``-prec-sqrt=true``: IEEE-rounded float32 division
+#:   and square root (NVRTC's defaults, stated so that no fast-math switch
+#:   can slip in); float64 division and sqrt are always IEEE on the GPU.
 COMPILE_OPTIONS = {
-    "float64": ("-std=c++17", "--fmad=false"),
-    "float32": ("-std=c++17", "--fmad=true"),
+    "float64": ("-std=c++17", "--fmad=false", "-ftz=true", "-prec-div=true", "-prec-sqrt=true"),
+    "float32": ("-std=c++17", "--fmad=false", "-ftz=true", "-prec-div=true", "-prec-sqrt=true"),
 }
 
-#: options CuPy itself adds to every NVRTC compilation (float32 denormals are
-#: flushed to zero; float64 is unaffected); the nvcc check uses them too
+#: options CuPy itself appends to every NVRTC compilation
+#: (cupy.cuda.compiler); they are part of COMPILE_OPTIONS already
 CUPY_ADDED_OPTIONS = ("-ftz=true",)
+
+#: element type of each kernel's F grid (every other real array is float64)
+FGRID_DTYPE = {"float64": np.float64, "float32": np.float32}
+
+#: no single launch should run longer than this (display GPUs kill kernels
+#: after a few seconds; 0.1 s keeps a desktop responsive)
+LAUNCH_BUDGET_S = 0.1
+
+#: sub-paths per second assumed when sizing launches: an assumed floor for a
+#: slow (consumer, float64) GPU, not a measurement; faster GPUs run shorter
+#: launches.  NB_CUDA_SUBPATHS_PER_LAUNCH overrides the product.
+ASSUMED_SUBPATHS_PER_S = 2.0e9
 
 #: g++ flags of the host build (the kernel source compiled as plain C++)
 HOST_CXX_FLAGS = ("-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", "-x", "c++")
@@ -115,19 +150,23 @@ def require_device():
     return cp
 
 
-def get_kernel(dtype, cp=None):
+def get_kernel(dtype, cp=None, trace: bool = False):
     """The compiled ``render_f64``/``render_f32`` kernel for the current device
-    (one NVRTC compilation per precision and device, cached)."""
+    (one NVRTC compilation per precision and device, cached); with ``trace``,
+    the ``trace_f64``/``trace_f32`` kernel of a separate build with
+    ``-DNB_TRACE`` (the render kernels carry no trace code)."""
     cp = cp or require_device()
     name = _dtype_name(dtype)
-    key = (name, int(cp.cuda.runtime.getDevice()))
+    key = (name, int(cp.cuda.runtime.getDevice()), bool(trace))
+    options = COMPILE_OPTIONS[name] + ((TRACE_OPTION,) if trace else ())
+    entry = (TRACE_ENTRY_POINTS if trace else ENTRY_POINTS)[name]
     with _LOCK:
         mod = _MODULES.get(key)
         if mod is None:
-            mod = cp.RawModule(code=source_text(), options=COMPILE_OPTIONS[name])
+            mod = cp.RawModule(code=source_text(), options=options)
             _MODULES[key] = mod
         try:
-            return mod.get_function(ENTRY_POINTS[name])   # NVRTC runs here, once
+            return mod.get_function(entry)   # NVRTC runs here, once
         except Exception as exc:
             _MODULES.pop(key, None)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -158,12 +197,22 @@ def cells_aos(cells, nphi, nmos):
 
 
 def kernel_args(model, dtype):
-    """``model.kernel_args(dtype)`` laid out for the CUDA kernel: all arrays
-    C-contiguous (flattened in C order by the launch), the cells as
-    ``[variant][phi][mosaic][3][3]`` (:func:`cells_aos`), and iopt extended by
-    the F grid's second and third dimensions, which the numba kernel takes
-    from the 3-D array's shape but a flat device buffer cannot carry."""
-    iopt, fopt, vecs, incident, lam, cells, Fhkl = model.kernel_args(dtype)
+    """The numba engine's arguments for ``dtype`` laid out for the CUDA kernel.
+
+    float64: ``model.kernel_args(float64)``.  float32: the same with the numba
+    engine's -precision single changes (``Model.cpu_kernel_args``): float32
+    lattice sines (iopt[I_REDUCED] = 2) and a float32 F grid; everything else
+    stays float64.  All arrays C-contiguous (flattened in C order by the
+    launch), the cells as ``[variant][phi][mosaic][3][3]`` (:func:`cells_aos`),
+    and iopt extended by the F grid's second and third dimensions, which the
+    numba kernel takes from the 3-D array's shape but a flat device buffer
+    cannot carry."""
+    name = _dtype_name(dtype)
+    iopt, fopt, vecs, incident, lam, cells, Fhkl = model.kernel_args(np.float64)
+    iopt = np.array(iopt, dtype=np.int64)
+    if name == "float32":
+        iopt[K.I_REDUCED] = 2
+    Fhkl = np.asarray(Fhkl, dtype=FGRID_DTYPE[name])
     cells = cells_aos(cells, int(iopt[K.I_NPHI]), int(iopt[K.I_NMOS]))
     Fhkl = np.ascontiguousarray(Fhkl)
     if Fhkl.ndim != 3:
@@ -172,8 +221,38 @@ def kernel_args(model, dtype):
     ext[:K.N_IOPT] = iopt[:K.N_IOPT]
     ext[K.N_IOPT] = Fhkl.shape[1]
     ext[K.N_IOPT + 1] = Fhkl.shape[2]
-    return tuple(np.ascontiguousarray(a) for a in (ext, fopt, vecs, incident, lam, cells, Fhkl))
+    fl = tuple(np.ascontiguousarray(a, dtype=np.float64) for a in (fopt, vecs, incident, lam, cells))
+    return (ext,) + fl + (Fhkl,)
 
+
+def subpaths_per_pixel(iopt) -> int:
+    """Sub-paths one pixel sums: oversample^2 x sensor layers x sources x phi x mosaic."""
+    os_ = int(iopt[K.I_OVERSAMPLE])
+    return max(1, os_ * os_ * int(iopt[K.I_THICKSTEPS]) * int(iopt[K.I_NSRC])
+               * int(iopt[K.I_NPHI]) * int(iopt[K.I_NMOS]))
+
+
+def launch_rows(S: int, F: int, subpaths: int, budget_s: float = None, rate: float = None):
+    """Row bands ``[(row0, row1), ...]`` covering 0..S, each small enough that
+    one launch is estimated (at ``rate`` sub-paths/s) to take at most
+    ``budget_s`` seconds; at least one row per launch."""
+    budget_s = LAUNCH_BUDGET_S if budget_s is None else budget_s
+    rate = ASSUMED_SUBPATHS_PER_S if rate is None else rate
+    env = os.environ.get("NB_CUDA_SUBPATHS_PER_LAUNCH")
+    cap = float(env) if env else budget_s * rate
+    per_row = max(1, int(F)) * max(1, int(subpaths))
+    rows = max(1, int(cap // per_row))
+    return [(r, min(int(S), r + rows)) for r in range(0, int(S), rows)]
+
+
+def launch_args(active, S, F, row0, row1, first_pixel, latch_pixel, latch_sub, dev_args, out,
+                omega, oor, ran):
+    """The exact argument tuple of one ``render_f64``/``render_f32`` launch:
+    scalars as ``np.int64`` (the kernel's ``long long``; CuPy packs a numpy
+    scalar by its dtype), arrays as given.  See the kernel's signature in
+    nanobragg.cu; tests/test_gpu_source.py checks each type against it."""
+    ints = tuple(np.int64(v) for v in (S, F, row0, row1, first_pixel, latch_pixel, latch_sub))
+    return (active,) + ints + tuple(dev_args) + (out, omega, oor, ran)
 
 def run_passes(model, launch: Callable[[int, int, int], None], active, oor, ran, xp) -> None:
     """Render with ``launch(first_pixel, latch_pixel, latch_sub)`` and, under
@@ -206,14 +285,58 @@ def run_passes(model, launch: Callable[[int, int, int], None], active, oor, ran,
         launch(first_true, p, sub)
 
 
-def render(model, dtype=None, out=None):
+def _stream_for(out, cp):
+    """The stream a render must run on: torch's current CUDA stream of the
+    ``out`` tensor's device when ``out`` is a torch tensor (wrapped with
+    ``cupy.cuda.ExternalStream``, so torch work queued before and after the
+    render is ordered with it), else None (CuPy's current stream)."""
+    if out is None or type(out).__module__.split(".")[0] != "torch":
+        return None
+    import torch
+    ptr = int(torch.cuda.current_stream(out.device).cuda_stream)
+    if ptr == 0:
+        # torch's legacy default stream is CUDA's null stream: CuPy's own
+        null = getattr(getattr(cp.cuda, "Stream", None), "null", None)
+        if null is not None:
+            return null
+    return cp.cuda.ExternalStream(ptr)
+
+
+class _NullContext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def block_size(kernel) -> int:
+    """Threads per block: :data:`BLOCK`, or fewer (a multiple of 32) when the
+    compiled kernel's registers allow fewer threads per block on this device
+    (``RawKernel.max_threads_per_block``; a launch above it would fail)."""
+    limit = getattr(kernel, "max_threads_per_block", None)
+    try:
+        limit = int(limit)
+    except (TypeError, ValueError):
+        return BLOCK
+    if limit >= BLOCK:
+        return BLOCK
+    return max(32, limit - limit % 32)
+
+
+def render(model, dtype=None, out=None, timing=None):
     """Render ``model`` on the current CUDA device.
 
-    Returns ``(image, omega)``: CuPy arrays of shape (S, F), the image float32
-    (photons per pixel, as ``floatimage.bin``), omega in the working precision.
+    Returns ``(image, omega_rows)``: CuPy arrays, the image float32 (S, F)
+    (photons per pixel, as ``floatimage.bin``), the solid-angle sums per row
+    float64 (S,), reduced on the device like the numba engine's.
     ``out``: optional preallocated C-contiguous float32 (S, F) device array
     (a CuPy array or a torch CUDA tensor) that receives the image in place;
-    the returned image is a CuPy view of it.
+    the returned image is a CuPy view of it.  With a torch tensor, all the
+    work runs on torch's current stream.
+    ``timing``: optional dict; receives ``kernel_ms`` (CUDA-event time of all
+    launches, synchronised), ``max_launch_ms`` (the longest launch),
+    ``launches``, ``bands`` and ``block``.
     Raises ConfigError when CuPy or a device is missing.
     """
     cp = require_device()
@@ -223,40 +346,91 @@ def render(model, dtype=None, out=None):
     dt = np.dtype(name)
     kernel = get_kernel(dt, cp)
     S, F = model.shape
+    host_args = kernel_args(model, dt)
+    bands = launch_rows(S, F, subpaths_per_pixel(host_args[0]))
+    stream = _stream_for(out, cp)
+    with (stream if stream is not None else _NullContext()):
+        dev_args = tuple(cp.asarray(a) for a in host_args)
+        active = cp.asarray(np.ascontiguousarray(model.active, dtype=np.uint8))
+        if out is None:
+            image = cp.zeros((S, F), dtype=cp.float32)
+        else:
+            from ..interop import as_array, data_ptr
+            image = as_array(out, like=cp.empty(0, dtype=cp.float32))
+            if (image.shape != (S, F) or image.dtype != cp.float32 or not image.flags.c_contiguous
+                    or data_ptr(image) != data_ptr(out)):
+                raise ConfigError("out= must be a C-contiguous float32 CUDA array of shape (%d, %d)"
+                                  % (S, F))
+            image.fill(0)
+        omega = cp.zeros((S, F), dtype=cp.float64)
+        oor = cp.full((S, F), -1, dtype=cp.int64)
+        ran = cp.zeros((S, F), dtype=cp.int64)
+
+        block = block_size(kernel)
+        events = []
+
+        def launch(first_pixel, latch_pixel, latch_sub):
+            for row0, row1 in bands:
+                grid = ((row1 - row0) * F + block - 1) // block
+                if timing is not None:
+                    events.append((cp.cuda.Event(), cp.cuda.Event()))
+                    events[-1][0].record()
+                kernel((grid,), (block,), launch_args(active, S, F, row0, row1, first_pixel,
+                                                      latch_pixel, latch_sub, dev_args, image,
+                                                      omega, oor, ran))
+                if timing is not None:
+                    events[-1][1].record()
+
+        run_passes(model, launch, active, oor, ran, cp)
+        omega_rows = omega.sum(axis=1)
+        if timing is not None:
+            events[-1][1].synchronize()
+            per_launch = [float(cp.cuda.get_elapsed_time(a, b)) for a, b in events]
+            timing["kernel_ms"] = float(sum(per_launch))
+            timing["max_launch_ms"] = max(per_launch)
+            timing["launches"] = len(events)
+            timing["bands"] = len(bands)
+            timing["block"] = block
+    return image, omega_rows
+
+
+def trace_pixel(model, dtype, s: int, f: int, first_exec: bool, latch_sub: int, maxrows: int):
+    """-trace_pixel on the GPU: pixel (s, f) rendered by the CUDA kernel itself
+    in a one-thread launch that records cpu.py's trace events.
+
+    Returns ``(value, rows, nrows)`` like ``cpu.trace_pixel``: the pixel value
+    before the float32 store, the first ``min(nrows, maxrows)`` rows of
+    ``[event, values...]`` (numpy, (n, TRACE_COLS)) and the number of events."""
+    cp = require_device()
+    if dtype is None:
+        dtype = np.float32 if getattr(model.cfg, "precision", "double") == "single" else np.float64
+    dt = np.dtype(_dtype_name(dtype))
+    kernel = get_kernel(dt, cp, trace=True)
     dev_args = tuple(cp.asarray(a) for a in kernel_args(model, dt))
-    active = cp.asarray(np.ascontiguousarray(model.active, dtype=np.uint8))
-    if out is None:
-        image = cp.zeros((S, F), dtype=cp.float32)
-    else:
-        from ..interop import as_array, data_ptr
-        image = as_array(out, like=cp.empty(0, dtype=cp.float32))
-        if (image.shape != (S, F) or image.dtype != cp.float32 or not image.flags.c_contiguous
-                or data_ptr(image) != data_ptr(out)):
-            raise ConfigError("out= must be a C-contiguous float32 CUDA array of shape (%d, %d)"
-                              % (S, F))
-        image.fill(0)
-    omega = cp.zeros((S, F), dtype=dt)
-    oor = cp.full((S, F), -1, dtype=cp.int64)
-    ran = cp.zeros((S, F), dtype=cp.int64)
-    n = S * F
-    grid = (n + BLOCK - 1) // BLOCK
-
-    def launch(first_pixel, latch_pixel, latch_sub):
-        kernel((grid,), (BLOCK,), (active, np.int64(S), np.int64(F), np.int64(first_pixel),
-                                   np.int64(latch_pixel), np.int64(latch_sub)) + dev_args
-               + (image, omega, oor, ran))
-
-    run_passes(model, launch, active, oor, ran, cp)
-    return image, omega
+    tbuf = cp.zeros(max(1, int(maxrows)) * K.TRACE_COLS, dtype=cp.float64)
+    tpos = cp.zeros(1, dtype=cp.int64)
+    value = cp.zeros(1, dtype=cp.float64)
+    omega = cp.zeros(1, dtype=cp.float64)
+    info = cp.zeros(3, dtype=cp.int64)
+    kernel((1,), (1,), (np.int64(s), np.int64(f), np.int64(bool(first_exec)), np.int64(latch_sub))
+           + dev_args + (tbuf, tpos, np.int64(maxrows), value, omega, info))
+    n = int(tpos[0])
+    rows = tbuf[:min(n, int(maxrows)) * K.TRACE_COLS].reshape(-1, K.TRACE_COLS)
+    to_np = getattr(cp, "asnumpy", np.asarray)
+    return float(value[0]), to_np(rows), n
 
 
 # ------------------------------------------------------------------ build helpers
-def nvcc_command(arch: str, dtype, output: os.PathLike, nvcc: str = "nvcc", ptx: bool = True):
+def nvcc_command(arch: str, dtype, output: os.PathLike, nvcc: str = "nvcc", ptx: bool = True,
+                 trace: bool = False):
     """nvcc command line compiling the kernel source with the options CuPy
-    compiles it with for ``dtype`` (``arch`` like ``"sm_80"``)."""
+    compiles it with for ``dtype`` (``arch`` like ``"sm_80"``); ``trace``: the
+    trace build (:data:`TRACE_OPTION`)."""
     name = _dtype_name(dtype)
     return ([nvcc, "-ptx" if ptx else "-cubin", "-arch=%s" % arch]
-            + list(COMPILE_OPTIONS[name]) + list(CUPY_ADDED_OPTIONS)
+            + list(COMPILE_OPTIONS[name])
+            + [o for o in CUPY_ADDED_OPTIONS if o not in COMPILE_OPTIONS[name]]
+            + ([TRACE_OPTION] if trace else [])
             + [str(SOURCE), "-o", str(output)])
 
 
@@ -302,7 +476,7 @@ class HostKernel:
     def __init__(self, path: os.PathLike):
         self.path = Path(path)
         self.lib = ctypes.CDLL(str(self.path))
-        render_types = [_P, _I, _I, _I, _I, _I] + [_P] * 11
+        render_types = [_P, _I, _I, _I, _I, _I, _I, _I] + [_P] * 11
         pixel_types = [_I, _I, ctypes.c_int, _I] + [_P] * 10
         self._render = {}
         self._pixel = {}
@@ -315,6 +489,13 @@ class HostKernel:
             fn.argtypes = pixel_types
             fn.restype = None
             self._pixel[name] = fn
+        trace_types = [_I, _I, _I, _I] + [_P] * 9 + [_I] + [_P] * 3
+        self._trace = {}
+        for name, entry in TRACE_ENTRY_POINTS.items():
+            fn = getattr(self.lib, entry)
+            fn.argtypes = trace_types
+            fn.restype = None
+            self._trace[name] = fn
         layout = np.zeros(8, dtype=np.int64)
         self.lib.nb_host_layout.argtypes = [_P]
         self.lib.nb_host_layout(_ptr(layout))
@@ -324,24 +505,27 @@ class HostKernel:
                           % (tuple(layout[:4]), expected))
 
     def launch_arrays(self, dtype, active, first_pixel, latch_pixel, latch_sub, args, out, omega,
-                      oor, ran):
-        """One raw launch over all pixels (``args`` from :func:`kernel_args`)."""
+                      oor, ran, row0=0, row1=None):
+        """One raw launch over rows row0..row1-1 (default: all; ``args`` from
+        :func:`kernel_args`)."""
         name = _dtype_name(dtype)
         S, F = active.shape
+        row1 = S if row1 is None else row1
         for a in (active, out, omega, oor, ran) + tuple(args):
             if not a.flags.c_contiguous:
                 raise ValueError("host kernel arrays must be C-contiguous")
-        self._render[name](_ptr(active), S, F, first_pixel, latch_pixel, latch_sub,
+        self._render[name](_ptr(active), S, F, row0, row1, first_pixel, latch_pixel, latch_sub,
                            *(_ptr(a) for a in args), _ptr(out), _ptr(omega), _ptr(oor), _ptr(ran))
 
     def render(self, model, dtype=np.float64):
-        """(float32 image, omega) as numpy arrays, ``-c_parity`` passes included."""
+        """(float32 image, per-pixel omega) as numpy arrays, ``-c_parity`` passes
+        included (one launch over all rows per pass)."""
         dt = np.dtype(_dtype_name(dtype))
         args = kernel_args(model, dt)
         S, F = model.shape
         active = np.ascontiguousarray(model.active, dtype=np.uint8)
         out = np.zeros((S, F), dtype=np.float32)
-        omega = np.zeros((S, F), dtype=dt)
+        omega = np.zeros((S, F), dtype=np.float64)
         oor = np.full((S, F), -1, dtype=np.int64)
         ran = np.zeros((S, F), dtype=np.int64)
 
@@ -352,16 +536,32 @@ class HostKernel:
         run_passes(model, launch, active, oor, ran, np)
         return out, omega
 
+    def trace(self, model, dtype, s: int, f: int, first_exec: bool = False, latch_sub: int = -1,
+              maxrows: int = 200000):
+        """The trace kernel on the host: ``(value, rows, nrows)`` like
+        ``cpu.trace_pixel`` and :func:`trace_pixel`."""
+        dt = np.dtype(_dtype_name(dtype))
+        args = kernel_args(model, dt)
+        tbuf = np.zeros((max(1, maxrows), K.TRACE_COLS))
+        tpos = np.zeros(1, dtype=np.int64)
+        val = np.zeros(1)
+        om = np.zeros(1)
+        info = np.zeros(3, dtype=np.int64)
+        self._trace[dt.name](s, f, int(bool(first_exec)), latch_sub, *(_ptr(a) for a in args),
+                             _ptr(tbuf), _ptr(tpos), maxrows, _ptr(val), _ptr(om), _ptr(info))
+        n = int(tpos[0])
+        return float(val[0]), tbuf[:min(n, maxrows)], n
+
     def pixel(self, model, dtype, s: int, f: int, first_exec: bool = False, latch_sub: int = -1,
               args=None) -> Tuple[float, float, np.ndarray]:
-        """One pixel: (value before the float32 store, as float64; omega_sum in the
-        working precision; info[3] = first out-of-range sub-path, ran, sub-paths).
+        """One pixel: (value before the float32 store, as float64; omega_sum;
+        info[3] = first out-of-range sub-path, ran, sub-paths).
         ``args``: a cached ``kernel_args(model, dtype)`` to skip rebuilding it."""
         dt = np.dtype(_dtype_name(dtype))
         if args is None:
             args = kernel_args(model, dt)
         val = np.zeros(1, dtype=np.float64)   # the kernel's accumulator type
-        om = np.zeros(1, dtype=dt)
+        om = np.zeros(1, dtype=np.float64)
         info = np.zeros(3, dtype=np.int64)
         self._pixel[dt.name](s, f, int(bool(first_exec)), latch_sub, *(_ptr(a) for a in args),
                              _ptr(val), _ptr(om), _ptr(info))

@@ -8,7 +8,8 @@
 // reproduces the numba engine to the last bit when both use the same math
 // library (the host build, see below, gives identical images) and, compiled
 // with --fmad=false, up to the ulp-level differences of CUDA's sin/cos/exp
-// on a GPU.  The float32 entry point is mixed precision: see pixel_value.
+// on a GPU.  The float32 entry point performs the arithmetic of the numba
+// engine's -precision single: see pixel_value.
 //
 // The same file compiles three ways:
 //   * by CuPy/NVRTC at run time (nbnumba/kernels/gpu.py): no #include at all,
@@ -20,22 +21,34 @@
 //     defined and a few extern "C" host entry points are added at the end).
 //
 // Entry points (extern "C", so no name mangling):
-//   render_f64 / render_f32 (active, S, F, first_pixel, latch_pixel, latch_sub,
-//       iopt, fopt, vecs, incident, lam, cells, Fhkl, out, omega, oor, ran)
-// with the argument meaning and layout of cpu.render:
+//   render_f64 / render_f32 (active, S, F, row0, row1, first_pixel, latch_pixel,
+//       latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl, out, omega, oor, ran)
+// with the argument meaning and layout of cpu.render (one launch covers the
+// detector rows row0 <= s < row1: gpu.py splits long renders into several
+// launches):
 //   active   uint8[S*F]     1 = render this pixel (ROI and mask)
 //   iopt     int64[N_IOPT+2] integer options, I_* offsets below, followed by
 //                           the F grid's 2nd and 3rd dimensions (I_FHKL_*)
+//   (real = double in both entry points; fgrid = double in render_f64 and
+//    float in render_f32, the only array whose type differs)
 //   fopt     real[N_FOPT]   float options, F_* offsets below
 //   vecs     real[9*3]      fdet, sdet, odet, pix0, beam, polar, a*, b*, c*
 //   incident real[nsrc*3]   source directions;  lam real[nsrc] wavelengths
 //   cells    real[2*nphi*nmos*3*3]  [variant][phi][mosaic][a|b|c][xyz]
-//   Fhkl     real[dim0*dim1*dim2], C order (h outermost), index [h-hmin][k-kmin][l-lmin]
+//   Fhkl     fgrid[dim0*dim1*dim2], C order (h outermost), index [h-hmin][k-kmin][l-lmin]
 //   out      float32[S*F]   photons per pixel
 //   omega    real[S*F]      sum of the pixel solid angle over sub-pixels
 //   oor      int64[S*F]     first out-of-range interpolation sub-path, or -1
 //   ran      int64[S*F]     1 if any phi loop ran for the pixel
 // Pixels with active == 0 are not written (callers pre-fill the outputs).
+//
+// Trace entry points (compiled only with -DNB_TRACE, and in the host build):
+//   trace_f64 / trace_f32 (s, f, first_exec, latch_sub, iopt, fopt, vecs,
+//       incident, lam, cells, Fhkl, tbuf, tpos, maxrows, value, omega_sum, info)
+// run pixel (s, f) in one thread and record cpu.py's trace events (EV_*
+// below) into tbuf, double[maxrows * NB_TRACE_COLS], rows [event, values...],
+// counting rows in tpos[0] (rows past maxrows are counted, not written):
+// the -trace_pixel of -device cuda (gpu.trace_pixel).
 
 typedef long long nb_i64;
 typedef unsigned char nb_u8;
@@ -114,6 +127,16 @@ typedef unsigned char nb_u8;
 #define SHAPE_ROUND 1
 #define SHAPE_GAUSS 2
 #define SHAPE_TOPHAT 3
+
+// trace events: must match nbnumba/kernels/cpu.py (EV_*, TRACE_COLS)
+#define EV_GEOM 1
+#define EV_HKL 2
+#define EV_LATT 3
+#define EV_PHI 4
+#define EV_FCELL 5
+#define EV_FINAL 6
+#define EV_SOURCE2 7
+#define NB_TRACE_COLS 32
 
 // math.pi as a double literal; like(math.pi, x) is (real)NB_PI
 #define NB_PI 3.141592653589793
@@ -211,24 +234,77 @@ __device__ real sincg(real x, real N) {
     return nb_sin(x * N) / nb_sin(x);
 }
 
-// sincg(pi*h, N) on reduced arguments (float32 path): with n = rint(h),
-// d = h - n, m = rint(N d), e = N d - m the value is
-// (-1)^(n (N-1) + m) sin(pi e) / sin(pi d).
-// h arrives in the type `wide` (see pixel_value); the reduction
-// h - n is done there and only the small remainder d goes on in `real`.
-template <typename real, typename wide>
-__device__ real sincg_reduced(wide h, real N) {
-    wide n = nb_rint(h);
-    real d = (real)(h - n);
-    nb_i64 sign = ((nb_i64)n * ((nb_i64)N - 1)) & 1;
-    if (d == (real)0.0) return sign ? -N : N;
-    real Nd = N * d;
-    real m = nb_rint(Nd);
-    real e = Nd - m;
-    sign = (sign + (nb_i64)m) & 1;
-    real pi = (real)NB_PI;
-    real val = nb_sin(pi * e) / nb_sin(pi * d);
-    return sign ? -val : val;
+// sin(pi x) for |x| <= 1/2 as an odd polynomial, physics.sinpi_reduced: the
+// same coefficients (checked by tests/test_gpu_source.py) evaluated by the
+// same Horner scheme, so no libm sine is involved and CPU and GPU agree to
+// the bit.  float64: the Taylor series to x^21.
+#define NB_SINPI_F64_0 (3.141592653589793)
+#define NB_SINPI_F64_1 (-5.167712780049969)
+#define NB_SINPI_F64_2 (2.550164039877345)
+#define NB_SINPI_F64_3 (-0.5992645293207919)
+#define NB_SINPI_F64_4 (0.08214588661112819)
+#define NB_SINPI_F64_5 (-0.007370430945714348)
+#define NB_SINPI_F64_6 (0.00046630280576761234)
+#define NB_SINPI_F64_7 (-2.1915353447830204e-05)
+#define NB_SINPI_F64_8 (7.952054001475508e-07)
+#define NB_SINPI_F64_9 (-2.2948428997269856e-08)
+#define NB_SINPI_F64_10 (5.392664662608125e-10)
+// float32 (-precision single): 6 coefficients fitted for relative error,
+// each rounded to float as np.float32(c) rounds it
+#define NB_SINPI_F32_0 (3.141592653523054)
+#define NB_SINPI_F32_1 (-5.167712762071032)
+#define NB_SINPI_F32_2 (2.550163239008298)
+#define NB_SINPI_F32_3 (-0.5992513161608369)
+#define NB_SINPI_F32_4 (0.08204641711375768)
+#define NB_SINPI_F32_5 (-0.007022066957742263)
+
+__device__ __forceinline__ double sinpi_reduced(double x) {
+    const double t = x * x;
+    double p = NB_SINPI_F64_10;
+    p = p * t + NB_SINPI_F64_9;
+    p = p * t + NB_SINPI_F64_8;
+    p = p * t + NB_SINPI_F64_7;
+    p = p * t + NB_SINPI_F64_6;
+    p = p * t + NB_SINPI_F64_5;
+    p = p * t + NB_SINPI_F64_4;
+    p = p * t + NB_SINPI_F64_3;
+    p = p * t + NB_SINPI_F64_2;
+    p = p * t + NB_SINPI_F64_1;
+    p = p * t + NB_SINPI_F64_0;
+    return x * p;
+}
+
+__device__ __forceinline__ float sinpi_reduced(float x) {
+    const float c0 = (float)NB_SINPI_F32_0, c1 = (float)NB_SINPI_F32_1;
+    const float c2 = (float)NB_SINPI_F32_2, c3 = (float)NB_SINPI_F32_3;
+    const float c4 = (float)NB_SINPI_F32_4, c5 = (float)NB_SINPI_F32_5;
+    const float t = x * x;
+    return x * (((((c5 * t + c4) * t + c3) * t + c2) * t + c1) * t + c0);
+}
+
+// sincg(pi*h, N) on reduced arguments, physics.sincg_reduced: with
+// n = rint(h), d = h - n, m = rint(N d), e = N d - m the value is
+// (-1)^(n (N-1) + m) sin(pi e) / sin(pi d).  The reduction is done in the
+// precision of h; f32_sines (-precision single) evaluates the two sines and
+// their quotient in float32.
+template <typename real>
+__device__ real sincg_reduced(real h, real N, bool f32_sines) {
+    const real n = nb_rint(h);
+    const real d = h - n;
+    const real Nd = N * d;
+    const real m = nb_rint(Nd);
+    const real e = Nd - m;
+    // parity of n (N-1) + m; int64 arithmetic keeps the low bit of numba's int32 one
+    const nb_i64 parity = ((nb_i64)n * ((nb_i64)N - 1) + (nb_i64)m) & 1;
+    real val;
+    if (d == (real)0.0) {
+        val = N;
+    } else if (f32_sines) {
+        val = (real)(sinpi_reduced((float)e) / sinpi_reduced((float)d));
+    } else {
+        val = sinpi_reduced(e) / sinpi_reduced(d);
+    }
+    return parity != 0 ? -val : val;
 }
 
 // Fourier transform of a sphere: 3 (sin x / x - cos x) / x^2, 1 at 0
@@ -245,7 +321,7 @@ template <typename real, typename wide>
 __device__ real lattice_factor(nb_i64 shape, wide h, wide k, wide l, nb_i64 h0, nb_i64 k0,
                                nb_i64 l0, real Na, real Nb, real Nc, real fudge,
                                vec3<wide> astar, vec3<wide> bstar, vec3<wide> cstar,
-                               bool reduced, real* fa, real* fb, real* fc) {
+                               nb_i64 reduced, real* fa, real* fb, real* fc) {
     const real one = (real)1.0;
     *fa = one;
     *fb = one;
@@ -253,15 +329,18 @@ __device__ real lattice_factor(nb_i64 shape, wide h, wide k, wide l, nb_i64 h0, 
     if (shape == SHAPE_SQUARE) {
         real F = one;
         if (Na > (real)1) {
-            *fa = reduced ? sincg_reduced<real, wide>(h, Na) : sincg((real)NB_PI * (real)h, Na);
+            *fa = reduced ? sincg_reduced<wide>(h, (wide)Na, reduced == 2)
+                          : sincg((real)NB_PI * (real)h, Na);
             F *= *fa;
         }
         if (Nb > (real)1) {
-            *fb = reduced ? sincg_reduced<real, wide>(k, Nb) : sincg((real)NB_PI * (real)k, Nb);
+            *fb = reduced ? sincg_reduced<wide>(k, (wide)Nb, reduced == 2)
+                          : sincg((real)NB_PI * (real)k, Nb);
             F *= *fb;
         }
         if (Nc > (real)1) {
-            *fc = reduced ? sincg_reduced<real, wide>(l, Nc) : sincg((real)NB_PI * (real)l, Nc);
+            *fc = reduced ? sincg_reduced<wide>(l, (wide)Nc, reduced == 2)
+                          : sincg((real)NB_PI * (real)l, Nc);
             F *= *fc;
         }
         return F;
@@ -307,8 +386,8 @@ __device__ __forceinline__ nb_i64 fhkl_index(nb_i64 ih, nb_i64 ik, nb_i64 il, nb
 }
 
 // tricubic interpolation of the F grid; caller checked interp_in_range
-template <typename real>
-__device__ real tricubic_F(const real* Fhkl, nb_i64 hmin, nb_i64 kmin, nb_i64 lmin,
+template <typename real, typename fgrid>
+__device__ real tricubic_F(const fgrid* Fhkl, nb_i64 hmin, nb_i64 kmin, nb_i64 lmin,
                            nb_i64 kdim, nb_i64 ldim, real h, real k, real l) {
     nb_i64 hf = (nb_i64)nb_floor(h);
     nb_i64 kf = (nb_i64)nb_floor(k);
@@ -317,7 +396,7 @@ __device__ real tricubic_F(const real* Fhkl, nb_i64 hmin, nb_i64 kmin, nb_i64 lm
     for (int i1 = 0; i1 < 4; ++i1) {
         for (int i2 = 0; i2 < 4; ++i2) {
             for (int i3 = 0; i3 < 4; ++i3) {
-                ya[i3] = Fhkl[fhkl_index(hf - 1 + i1 - hmin, kf - 1 + i2 - kmin,
+                ya[i3] = (real)Fhkl[fhkl_index(hf - 1 + i1 - hmin, kf - 1 + i2 - kmin,
                                          lf - 1 + i3 - lmin, kdim, ldim)];
             }
             yk[i2] = polint4((real)(lf - 1), ya, l);
@@ -342,13 +421,13 @@ __device__ bool interp_in_range(real h_, real k_, real l_, nb_i64 hmin, nb_i64 h
 }
 
 // nearest-neighbour F, default_F outside the grid or without an hkl list
-template <typename real>
-__device__ real nearest_F(const real* Fhkl, nb_i64 hkls, nb_i64 hmin, nb_i64 hmax, nb_i64 kmin,
+template <typename real, typename fgrid>
+__device__ real nearest_F(const fgrid* Fhkl, nb_i64 hkls, nb_i64 hmin, nb_i64 hmax, nb_i64 kmin,
                           nb_i64 kmax, nb_i64 lmin, nb_i64 lmax, nb_i64 kdim, nb_i64 ldim,
                           nb_i64 h0, nb_i64 k0, nb_i64 l0, real default_F) {
     if (hkls > 0 && hmin <= h0 && h0 <= hmax && kmin <= k0 && k0 <= kmax && lmin <= l0 &&
         l0 <= lmax) {
-        return Fhkl[fhkl_index(h0 - hmin, k0 - kmin, l0 - lmin, kdim, ldim)];
+        return (real)Fhkl[fhkl_index(h0 - hmin, k0 - kmin, l0 - lmin, kdim, ldim)];
     }
     return default_F;
 }
@@ -392,30 +471,47 @@ __device__ real capture_fraction(real layer, real thickstep, real mu, real paral
            nb_exp(-(layer + (real)1) * thickstep * mu / parallax);
 }
 
+// one trace row [ev, v[0], ..., v[N-1]] (cpu._record)
+template <int N>
+__device__ __forceinline__ void nb_record(double* tbuf, nb_i64* tpos, nb_i64 maxrows, int ev,
+                                          const double (&v)[N]) {
+    const nb_i64 r = *tpos;
+    if (r < maxrows) {
+        double* row = tbuf + r * NB_TRACE_COLS;
+        row[0] = (double)ev;
+        for (int i = 0; i < N; ++i) row[i + 1] = v[i];
+    }
+    *tpos = r + 1;
+}
+
 // ============================================================== cpu.py
 // info[0]: first out-of-range interpolation sub-path or -1; info[1]: 1 if any
 // phi loop ran; info[2]: number of sub-paths that reached the F lookup.
 //
-// Two types.  `real` is the precision of the input arrays, of the sines in
-// sincg/sinc3, the Gaussian exponential, the F-grid lookup/interpolation and
-// the per-sub-path F^2 F_latt^2 product.  `wide` carries everything whose
-// rounding error float32 cannot afford: the pixel geometry (positions, the
-// diffracted direction, solid angle, absorption, polarization), the
-// scattering vector S, the Miller indices h = a.S and their reduction
-// h - rint(h), the spot radius of the non-square shapes, and the intensity
-// sums.  In the float64 kernel both are double and the operations are those
-// of the numba engine, one for one.  In the float32 kernel `wide` is double:
-// a float32 h = a.S carries an absolute error of order 1e-5 (three products
-// of size |a|/lambda), a sincg phase error pi*N*1e-5 that reaches percent
-// errors on spot flanks of large crystals, and float32 positions flip
-// sub-paths across the edge of -tophat_spots/-binary_spots spots.
-template <typename real, typename wide>
+// Types.  `real` (input arrays) and `wide` (geometry, indices, sums) are
+// both double in the two entry points; the templates are kept so that a
+// narrower type can be tried in experiments.  `fgrid` is the element type of
+// the F grid.  render_f32 is the numba engine's -precision single, operation
+// for operation: everything in double except the F grid, stored as float
+// (values widened exactly on load), and the two sines of the reduced sincg
+// with their quotient, in float32 (I_REDUCED == 2).  One float32 design
+// that reads geometry and cells as float was dropped: a float32 h = a.S
+// carries an absolute error near 1e-5, a sincg phase error pi*N*1e-5, and
+// float32 positions flip sub-paths across -tophat_spots/-binary_spots edges.
+//
+// The default mode without interpolation and -oversample_* switches sums
+// the (phi, mosaic) terms of each source into their own partial sum first,
+// as cpu.py's lean path does; every other mode adds term by term (C order).
+// TRACE (compile time): record cpu.py's trace events into tbuf (see the
+// trace entry points); false in the render kernels, which then carry no
+// trace code at all.
+template <typename real, typename wide, typename fgrid, bool TRACE>
 __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i64 latch_sub,
                             const nb_i64* __restrict__ iopt, const real* __restrict__ fopt,
                             const real* __restrict__ vecs, const real* __restrict__ incident,
                             const real* __restrict__ lam, const real* __restrict__ cells,
-                            const real* __restrict__ Fhkl, wide* value, real* omega_sum,
-                            nb_i64* info) {
+                            const fgrid* __restrict__ Fhkl, wide* value, real* omega_sum,
+                            nb_i64* info, double* tbuf, nb_i64* tpos, nb_i64 maxrows) {
     const wide z = (wide)0;
     const wide one = (wide)1;
     const nb_i64 os = iopt[I_OVERSAMPLE];
@@ -423,7 +519,7 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
     const nb_i64 nsrc = iopt[I_NSRC], nphi = iopt[I_NPHI], nmos = iopt[I_NMOS];
     const nb_i64 shape = iopt[I_SHAPE];
     const bool c_parity = iopt[I_CPARITY] != 0;
-    const bool reduced = iopt[I_REDUCED] != 0;
+    const nb_i64 reduced = iopt[I_REDUCED];  // 0: C's sincg, 1: reduced, 2: float32 sines
     const bool os_thick = iopt[I_OS_THICK] != 0;
     const bool os_polar = iopt[I_OS_POLAR] != 0;
     const bool os_omega = iopt[I_OS_OMEGA] != 0;
@@ -456,6 +552,8 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
     // nanoBragg.c's arithmetic unless a corrected formula is needed: several
     // sensor layers without -oversample_thick, or any -oversample_* switch
     const bool corrected = (!c_parity) && (nthick > 1 || os_thick || os_polar || os_omega);
+    // cpu.py's lean path: one partial sum per source, no per-sub-path state
+    const bool lean = (!c_parity) && (!interp) && (!TRACE) && !(os_thick || os_polar || os_omega);
 
     wide I = I_bg;
     wide polar = iopt[I_NOPOLAR] != 0 ? one : z;
@@ -471,6 +569,8 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
     nb_i64 ran_phi = 0;
     nb_i64 sub_count = 0;
     vec3<wide> diffracted = mk<wide>(z, z, z);
+    vec3<wide> last_incident = mk<wide>(z, z, z);  // for the trace's final record
+    wide last_Fdet = z, last_Sdet = z;
 
     for (nb_i64 thick_tic = 0; thick_tic < nthick; ++thick_tic) {
         const wide Odet = (wide)thick_tic * thickstep;
@@ -483,6 +583,8 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
             for (nb_i64 subF = 0; subF < os; ++subF) {
                 const wide Fdet = subpixel * (wide)(fpixel * os + subF) + subpixel / (wide)2.0;
                 const wide Sdet = subpixel * (wide)(spixel * os + subS) + subpixel / (wide)2.0;
+                last_Fdet = Fdet;
+                last_Sdet = Sdet;
                 vec3<wide> pos = mk<wide>(Fdet * fdet.x + Sdet * sdet.x + Odet * odet.x + pix0.x,
                                           Fdet * fdet.y + Sdet * sdet.y + Odet * odet.y + pix0.y,
                                           Fdet * fdet.z + Sdet * sdet.z + Odet * odet.z + pix0.z);
@@ -516,6 +618,19 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                     const vec3<wide> S = mk<wide>((diffracted.x - incident_v.x) / lambda_,
                                                   (diffracted.y - incident_v.y) / lambda_,
                                                   (diffracted.z - incident_v.z) / lambda_);
+                    last_incident = incident_v;
+                    if (TRACE && source == 0) {
+                        const double v[26] = {
+                            (double)pix0.x, (double)pix0.y, (double)pix0.z, (double)fdet.x,
+                            (double)fdet.y, (double)fdet.z, (double)sdet.x, (double)sdet.y,
+                            (double)sdet.z, (double)pos.x, (double)pos.y, (double)pos.z,
+                            (double)airpath, (double)omega_pixel, (double)close_distance,
+                            (double)(close_distance / airpath), (double)diffracted.x,
+                            (double)diffracted.y, (double)diffracted.z, (double)incident_v.x,
+                            (double)incident_v.y, (double)incident_v.z, (double)lambda_,
+                            (double)S.x, (double)S.y, (double)S.z};
+                        nb_record(tbuf, tpos, maxrows, EV_GEOM, v);
+                    }
                     const wide stol = (wide)0.5 * nb_sqrt(S.x * S.x + S.y * S.y + S.z * S.z);
                     if (dmin > (wide)0.0 && stol > (wide)0.0) {
                         if (dmin > (wide)0.5 / stol) continue;
@@ -529,6 +644,7 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                         }
                     }
                     ran_phi = 1;
+                    wide acc_s = z;  // lean path: this source's partial sum
                     for (nb_i64 phi_tic = 0; phi_tic < nphi; ++phi_tic) {
                         for (nb_i64 mos = 0; mos < nmos; ++mos) {
                             const real* cell = cells + ((variant * nphi + phi_tic) * nmos + mos) * 9;
@@ -542,6 +658,37 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                             const real F_latt = lattice_factor<real, wide>(
                                 shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
                                 reduced, &fa, &fb, &fc);
+                            if (lean) {
+                                const real Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
+                                                          lmax, kdim, ldim, h0, k0, l0, default_F);
+                                acc_s += (wide)(Fc * Fc * F_latt * F_latt);
+                                continue;
+                            }
+                            if (TRACE && source == 0 && mos == 0) {
+                                if (phi_tic == 0) {
+                                    const double v[24] = {
+                                        (double)cell[0] * 1e10, (double)cell[1] * 1e10,
+                                        (double)cell[2] * 1e10, (double)cell[3] * 1e10,
+                                        (double)cell[4] * 1e10, (double)cell[5] * 1e10,
+                                        (double)cell[6] * 1e10, (double)cell[7] * 1e10,
+                                        (double)cell[8] * 1e10, (double)astar.x, (double)astar.y,
+                                        (double)astar.z, (double)bstar.x, (double)bstar.y,
+                                        (double)bstar.z, (double)cstar.x, (double)cstar.y,
+                                        (double)cstar.z, (double)h, (double)k, (double)l,
+                                        (double)h0, (double)k0, (double)l0};
+                                    nb_record(tbuf, tpos, maxrows, EV_HKL, v);
+                                }
+                                if (shape == SHAPE_SQUARE) {
+                                    if (phi_tic == 0) {
+                                        const double v[4] = {(double)fa, (double)fb, (double)fc,
+                                                             (double)F_latt};
+                                        nb_record(tbuf, tpos, maxrows, EV_LATT, v);
+                                    }
+                                    const double v[5] = {(double)phi_tic, (double)variant, (double)k,
+                                                         (double)fb, (double)F_latt};
+                                    nb_record(tbuf, tpos, maxrows, EV_PHI, v);
+                                }
+                            }
                             if (F_latt == (real)0.0 && water == (real)0.0) continue;
                             // structure factor of the unit cell
                             bool use_interp = interp && (latch_sub < 0 || sub_count < latch_sub);
@@ -559,6 +706,17 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                                                    kdim, ldim, h0, k0, l0, default_F);
                             }
                             sub_count += 1;
+                            if (TRACE && source == 0 && mos == 0 && phi_tic == 0) {
+                                const double v[1] = {(double)F_cell};
+                                nb_record(tbuf, tpos, maxrows, EV_FCELL, v);
+                            }
+                            if (TRACE && source == 2 && mos == 0 && phi_tic == 0) {
+                                // the C's per-source tap (TRACE_C_SOURCE2), every sub-pixel
+                                const double v[5] = {(double)F_cell, (double)F_latt, (double)polar,
+                                                     (double)dot(incident_v, diffracted),
+                                                     (double)lambda_};
+                                nb_record(tbuf, tpos, maxrows, EV_SOURCE2, v);
+                            }
                             wide term = (wide)(F_cell * F_cell * F_latt * F_latt);
                             if (corrected) {
                                 if (os_thick) term *= capture;
@@ -573,6 +731,13 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                                 if (os_polar) I *= polar;
                                 if (os_omega) I *= omega_pixel;
                             }
+                        }
+                    }
+                    if (lean) {
+                        if (corrected) {
+                            layer_sum += acc_s;
+                        } else {
+                            I += acc_s;
                         }
                     }
                     if (c_parity) variant = 1;
@@ -602,6 +767,13 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
         if (!os_polar) test *= polar;
         if (!os_omega) test *= omega_pixel;
     }
+    if (TRACE) {
+        const double v[12] = {(double)I, (double)steps, (double)os_thick, (double)os_polar,
+                              (double)os_omega, (double)capture, (double)polar,
+                              (double)omega_pixel, (double)dot(last_incident, diffracted),
+                              (double)test, (double)last_Fdet, (double)last_Sdet};
+        nb_record(tbuf, tpos, maxrows, EV_FINAL, v);
+    }
     info[0] = first_oor;
     info[1] = ran_phi;
     info[2] = sub_count;
@@ -609,31 +781,19 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
     *omega_sum = (real)omega_acc;
 }
 
-// accumulation type per working precision (see pixel_value); NB_F32_WIDE
-// exists for precision experiments only (-DNB_F32_WIDE=float: pure float32)
-#ifndef NB_F32_WIDE
-#define NB_F32_WIDE double
-#endif
-template <typename real>
-struct wide_of {
-    typedef double type;
-};
-template <>
-struct wide_of<float> {
-    typedef NB_F32_WIDE type;
-};
-
 // one pixel of cpu.render: latch bookkeeping, then pixel_value
-template <typename real>
+template <typename real, typename fgrid>
 __device__ void render_pixel(nb_i64 p, const nb_u8* __restrict__ active, nb_i64 S, nb_i64 F,
-                             nb_i64 first_pixel, nb_i64 latch_pixel, nb_i64 latch_sub,
+                             nb_i64 row0, nb_i64 row1, nb_i64 first_pixel, nb_i64 latch_pixel, nb_i64 latch_sub,
                              const nb_i64* __restrict__ iopt, const real* __restrict__ fopt,
                              const real* __restrict__ vecs, const real* __restrict__ incident,
                              const real* __restrict__ lam, const real* __restrict__ cells,
-                             const real* __restrict__ Fhkl, float* __restrict__ out,
+                             const fgrid* __restrict__ Fhkl, float* __restrict__ out,
                              real* __restrict__ omega_out, nb_i64* __restrict__ oor_out,
                              nb_i64* __restrict__ ran_out) {
-    if (p < 0 || p >= S * F) return;
+    if (row0 < 0) row0 = 0;
+    if (row1 > S) row1 = S;
+    if (p < row0 * F || p >= row1 * F) return;
     if (active[p] == 0) return;
     const nb_i64 s = p / F;
     const nb_i64 f = p - s * F;
@@ -645,67 +805,94 @@ __device__ void render_pixel(nb_i64 p, const nb_u8* __restrict__ active, nb_i64 
             ls = latch_sub;
         }
     }
-    typedef typename wide_of<real>::type wide;
+    typedef double wide;
     wide val;
     real om;
     nb_i64 info[3];
-    pixel_value<real, wide>(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam, cells,
-                            Fhkl, &val, &om, info);
+    pixel_value<real, wide, fgrid, false>(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident,
+                                          lam, cells, Fhkl, &val, &om, info, (double*)0,
+                                          (nb_i64*)0, 0);
     out[p] = (float)val;
     omega_out[p] = om;
     oor_out[p] = info[0];
     ran_out[p] = info[1];
 }
 
-#define NB_DEFINE_KERNEL(NAME, REAL)                                                           \
+#define NB_DEFINE_KERNEL(NAME, REAL, FGRID)                                                         \
     extern "C" __global__ void NAME(                                                           \
-        const nb_u8* __restrict__ active, nb_i64 S, nb_i64 F, nb_i64 first_pixel,              \
-        nb_i64 latch_pixel, nb_i64 latch_sub, const nb_i64* __restrict__ iopt,                 \
+        const nb_u8* __restrict__ active, nb_i64 S, nb_i64 F, nb_i64 row0, nb_i64 row1,        \
+        nb_i64 first_pixel, nb_i64 latch_pixel, nb_i64 latch_sub,                              \
+        const nb_i64* __restrict__ iopt,                                                       \
         const REAL* __restrict__ fopt, const REAL* __restrict__ vecs,                          \
         const REAL* __restrict__ incident, const REAL* __restrict__ lam,                       \
-        const REAL* __restrict__ cells, const REAL* __restrict__ Fhkl,                         \
+        const REAL* __restrict__ cells, const FGRID* __restrict__ Fhkl,                        \
         float* __restrict__ out, REAL* __restrict__ omega, nb_i64* __restrict__ oor,           \
         nb_i64* __restrict__ ran) {                                                            \
-        const nb_i64 p = (nb_i64)blockIdx.x * (nb_i64)blockDim.x + (nb_i64)threadIdx.x;        \
-        render_pixel<REAL>(p, active, S, F, first_pixel, latch_pixel, latch_sub, iopt, fopt,   \
-                           vecs, incident, lam, cells, Fhkl, out, omega, oor, ran);            \
+        const nb_i64 p = row0 * F + (nb_i64)blockIdx.x * (nb_i64)blockDim.x +                  \
+                         (nb_i64)threadIdx.x;                                                  \
+        render_pixel<REAL, FGRID>(p, active, S, F, row0, row1, first_pixel, latch_pixel,      \
+                                  latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl,    \
+                                  out, omega, oor, ran);                                      \
     }
 
-NB_DEFINE_KERNEL(render_f64, double)
-NB_DEFINE_KERNEL(render_f32, float)
+NB_DEFINE_KERNEL(render_f64, double, double)
+NB_DEFINE_KERNEL(render_f32, double, float)
+
+#if defined(NB_TRACE) || defined(NB_HOST_BUILD)
+// one-thread trace launch of pixel (s, f): see the header comment
+#define NB_DEFINE_TRACE(NAME, REAL, FGRID)                                                     \
+    extern "C" __global__ void NAME(                                                           \
+        nb_i64 s, nb_i64 f, nb_i64 first_exec, nb_i64 latch_sub, const nb_i64* iopt,           \
+        const REAL* fopt, const REAL* vecs, const REAL* incident, const REAL* lam,             \
+        const REAL* cells, const FGRID* Fhkl, double* tbuf, nb_i64* tpos, nb_i64 maxrows,      \
+        double* value, REAL* omega_sum, nb_i64* info) {                                        \
+        if (blockIdx.x != 0 || threadIdx.x != 0) return;                                       \
+        double val;                                                                            \
+        pixel_value<REAL, double, FGRID, true>(s, f, first_exec != 0, latch_sub, iopt, fopt,   \
+                                               vecs, incident, lam, cells, Fhkl, &val,         \
+                                               omega_sum, info, tbuf, tpos, maxrows);          \
+        *value = val;                                                                          \
+    }
+
+NB_DEFINE_TRACE(trace_f64, double, double)
+NB_DEFINE_TRACE(trace_f32, double, float)
+#endif
 
 #ifdef NB_HOST_BUILD
 // ---- host build only (g++ -include cuda_compat.h): ctypes entry points -----
-#define NB_DEFINE_HOST(NAME, KERNEL, REAL)                                                     \
-    extern "C" int NAME(const nb_u8* active, nb_i64 S, nb_i64 F, nb_i64 first_pixel,           \
-                        nb_i64 latch_pixel, nb_i64 latch_sub, const nb_i64* iopt,              \
+#define NB_DEFINE_HOST(NAME, KERNEL, REAL, FGRID)                                                   \
+    extern "C" int NAME(const nb_u8* active, nb_i64 S, nb_i64 F, nb_i64 row0, nb_i64 row1,     \
+                        nb_i64 first_pixel, nb_i64 latch_pixel, nb_i64 latch_sub,              \
+                        const nb_i64* iopt,                                                    \
                         const REAL* fopt, const REAL* vecs, const REAL* incident,              \
-                        const REAL* lam, const REAL* cells, const REAL* Fhkl, float* out,      \
+                        const REAL* lam, const REAL* cells, const FGRID* Fhkl, float* out,     \
                         REAL* omega, nb_i64* oor, nb_i64* ran) {                               \
-        const nb_i64 n = S * F;                                                                \
+        const nb_i64 n = (row1 - row0) * F;                                                    \
         const unsigned int block = NB_BLOCK;                                                   \
         const unsigned int grid = (unsigned int)((n + block - 1) / block);                     \
-        nb_host_launch(KERNEL, grid, block, active, S, F, first_pixel, latch_pixel, latch_sub, \
+        nb_host_launch(KERNEL, grid, block, active, S, F, row0, row1, first_pixel, latch_pixel,\
+                       latch_sub,                                                              \
                        iopt, fopt, vecs, incident, lam, cells, Fhkl, out, omega, oor, ran);    \
         return 0;                                                                              \
     }
 
-#define NB_DEFINE_HOST_PIXEL(NAME, REAL)                                                       \
+#define NB_DEFINE_HOST_PIXEL(NAME, REAL, FGRID)                                                     \
     extern "C" void NAME(nb_i64 s, nb_i64 f, int first_exec, nb_i64 latch_sub,                 \
                          const nb_i64* iopt, const REAL* fopt, const REAL* vecs,               \
                          const REAL* incident, const REAL* lam, const REAL* cells,             \
-                         const REAL* Fhkl, double* value, REAL* omega_sum, nb_i64* info) {     \
-        typedef wide_of<REAL>::type wide;                                                      \
+                         const FGRID* Fhkl, double* value, REAL* omega_sum, nb_i64* info) {    \
+        typedef double wide;                                                                   \
         wide val;                                                                              \
-        pixel_value<REAL, wide>(s, f, first_exec != 0, latch_sub, iopt, fopt, vecs, incident,  \
-                                lam, cells, Fhkl, &val, omega_sum, info);                      \
+        pixel_value<REAL, wide, FGRID, false>(s, f, first_exec != 0, latch_sub, iopt, fopt, vecs,     \
+                                incident, lam, cells, Fhkl, &val, omega_sum, info, (double*)0, \
+                                (nb_i64*)0, 0);                                                \
         *value = (double)val;                                                                  \
     }
 
-NB_DEFINE_HOST(nb_host_render_f64, render_f64, double)
-NB_DEFINE_HOST(nb_host_render_f32, render_f32, float)
-NB_DEFINE_HOST_PIXEL(nb_host_pixel_f64, double)
-NB_DEFINE_HOST_PIXEL(nb_host_pixel_f32, float)
+NB_DEFINE_HOST(nb_host_render_f64, render_f64, double, double)
+NB_DEFINE_HOST(nb_host_render_f32, render_f32, double, float)
+NB_DEFINE_HOST_PIXEL(nb_host_pixel_f64, double, double)
+NB_DEFINE_HOST_PIXEL(nb_host_pixel_f32, double, float)
 
 extern "C" int nb_host_layout(nb_i64* out) {
     // lets the Python side check that the option layouts agree with cpu.py

@@ -26,6 +26,11 @@ Options:
   --c-threads N       set OMP_NUM_THREADS=N for the C run.  nanoBragg.c's phi=0
                       carry-over state differs for the first pixel each OpenMP
                       thread renders, so exact -c_parity comparisons want 1
+  --device cpu|cuda   engine of the port (default cpu); cuda adds -device cuda
+                      to the port's flags.  Either way the report includes the
+                      GPU parity contract (docs/gpu.md): correlation, the
+                      largest relative error and the number of "flipped"
+                      pixels, those beyond |port - C| <= 1e-6 |C| + 1e-9 max|C|
 
 Each program runs in its own empty temporary directory.  Input files named by
 -hkl/-mat/-img/-mask/-sourcefile/-stol are passed as absolute paths (resolved
@@ -66,7 +71,15 @@ PREVIEW_MAX = 800
 # usage errors exit 2 like the nbnumba CLI; a failed runner is 6
 EXIT_OK, EXIT_USAGE, EXIT_RUNNER, EXIT_THRESHOLD, EXIT_SHAPE, EXIT_IO = 0, 2, 6, 3, 4, 5
 
-__all__ = ["metrics", "resample_to", "main", "compare"]
+__all__ = ["metrics", "parity_contract", "resample_to", "main", "compare"]
+
+#: the GPU parity contract (docs/gpu.md): a pixel keeps the contract when
+#: |port - C| <= CONTRACT_REL * |C| + CONTRACT_ABS * max|C|; the others are
+#: "flipped" (an ulp of CUDA's libm moved a discrete decision)
+CONTRACT_REL = 1e-6
+CONTRACT_ABS = 1e-9
+#: relative errors are taken over pixels above this fraction of max|C|
+CONTRACT_FLOOR = 1e-3
 
 
 # --------------------------------------------------------------------------- numerics
@@ -116,6 +129,43 @@ def metrics(c: np.ndarray, py: np.ndarray) -> dict:
         c_max=float(a.max()),
         py_max=float(b.max()),
     )
+    return out
+
+
+def parity_contract(c: np.ndarray, py: np.ndarray, rel: float = CONTRACT_REL,
+                    abs_frac: float = CONTRACT_ABS, floor: float = CONTRACT_FLOOR) -> dict:
+    """The GPU parity contract's figures for two images of the same shape:
+    correlation, the largest relative error over pixels above ``floor`` of
+    max|C| (and where), and the pixels beyond the per-pixel tolerance
+    ``rel * |C| + abs_frac * max|C|`` ("flipped": count, fraction, first few)."""
+    a = np.asarray(c, dtype=np.float64)
+    b = np.asarray(py, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    out = {"rel_tol": rel, "abs_tol_of_max": abs_frac, "floor_of_max": floor,
+           "n_pixels": int(a.size)}
+    if a.size == 0:
+        out.update(correlation=float("nan"), max_rel_error=float("nan"), max_rel_error_at=None,
+                   flipped=0, flipped_fraction=0.0, flipped_first=[], within_contract=True)
+        return out
+    out["correlation"] = metrics(a, b)["correlation"]
+    mx = float(np.abs(a).max())
+    d = np.abs(b - a)
+    sel = np.abs(a) > floor * mx
+    if sel.any():
+        relerr = np.where(sel, d / np.where(sel, np.abs(a), 1.0), 0.0)
+        k = int(np.argmax(relerr))
+        out["max_rel_error"] = float(relerr.flat[k])
+        out["max_rel_error_at"] = [int(v) for v in np.unravel_index(k, a.shape)]
+    else:
+        out["max_rel_error"] = 0.0 if np.array_equal(a, b) else float("inf")
+        out["max_rel_error_at"] = None
+    bad = ~(d <= rel * np.abs(a) + abs_frac * mx)          # NaN counts as flipped
+    flipped = np.argwhere(bad)
+    out["flipped"] = int(len(flipped))
+    out["flipped_fraction"] = float(len(flipped)) / a.size
+    out["flipped_first"] = [[int(v) for v in row] for row in flipped[:10]]
+    out["within_contract"] = out["flipped"] == 0
     return out
 
 
@@ -272,6 +322,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="seconds per runner")
     p.add_argument("--serial", action="store_true", help="run C then the port, not both at once")
     p.add_argument("--c-threads", type=int, default=None, help="OMP_NUM_THREADS for the C run")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="engine of the port (cuda: -device cuda); the GPU parity contract is reported")
     return p
 
 
@@ -347,6 +399,9 @@ def compare(opts: argparse.Namespace, flags: List[str], cwd: Optional[str] = Non
     py_extra: List[str] = []
     for s in opts.py_args:
         py_extra += shlex.split(s)
+    device = getattr(opts, "device", "cpu") or "cpu"
+    if device == "cuda":
+        py_extra += ["-device", "cuda"]
 
     run_flags = C.with_floatfile(C.resolve_paths(flags, cwd), "float.bin")
     tag = C.args_hash(list(flags) + ["--py-args"] + py_extra)
@@ -366,6 +421,7 @@ def compare(opts: argparse.Namespace, flags: List[str], cwd: Optional[str] = Non
         "threshold": opts.threshold,
         "roi": list(opts.roi) if opts.roi else None,
         "concurrent": not opts.serial,
+        "device": device,
         "outdir": out,
     }
     with tempfile.TemporaryDirectory(prefix="nbcmp-c-") as cdir, \
@@ -460,7 +516,7 @@ def compare(opts: argparse.Namespace, flags: List[str], cwd: Optional[str] = Non
     passed = bool(np.isfinite(m["correlation"]) and m["correlation"] >= opts.threshold)
     code = EXIT_OK if passed else EXIT_THRESHOLD
     summary.update(metrics=m, passed=passed, status="ok" if passed else "below_threshold",
-                   exit_code=code)
+                   exit_code=code, contract=parity_contract(c_m, p_m))
     files = ["c_stdout.txt", "c_stderr.txt", "py_stdout.txt", "py_stderr.txt", "c_float.bin",
              "py_float.bin", "c.png", "py.png", "diff.png", "summary.json"]
     try:
@@ -494,6 +550,16 @@ def _report(summary: dict) -> str:
     L.append(f"  sum C         {_fmt(m['c_sum'])}")
     L.append(f"  sum port      {_fmt(m['py_sum'])}")
     L.append(f"  sum ratio     {_fmt(m['sum_ratio'])}  (port / C)")
+    k = summary.get("contract")
+    if k:
+        at = k.get("max_rel_error_at")
+        L.append(f"  device        {summary.get('device', 'cpu')}")
+        L.append(f"  max rel error {_fmt(k['max_rel_error'])}" + (
+            f"  at (slow, fast) = ({at[0]}, {at[1]})" if at and len(at) == 2 else "")
+            + f"  (pixels above {k['floor_of_max']:g} of max)")
+        L.append(f"  flipped       {k['flipped']} of {k['n_pixels']} pixels beyond "
+                 f"{k['rel_tol']:g} |C| + {k['abs_tol_of_max']:g} max  (GPU parity contract: "
+                 f"{'kept' if k['within_contract'] else 'not kept'})")
     verdict = "PASS" if summary["passed"] else "FAIL"
     L.append(f"  verdict       {verdict} (correlation {_fmt(m['correlation'])} "
              f"{'>=' if summary['passed'] else '<'} threshold {summary['threshold']:g})")
