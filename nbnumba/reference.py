@@ -29,6 +29,12 @@ docs/reference.md states each choice.  In particular:
   ``-oversample_*`` switch is on, else the pixel's first value (nanoBragg adds
   the background once per pixel and divides it by the step count like every
   other term, which is kept);
+* the water background is scaled by r_e^2 x fluence once (nanoBragg.c twice:
+  its background grows as fluence^2; the default fluence is 1/r_e^2, where the
+  two agree);
+* the unit cell is the requested one (nanoBragg.c's default orientation gets
+  c*_z = sin(gamma)/(c sin(gamma*)) instead of 1/c, so triclinic and
+  rhombohedral cells come out with slightly different angles);
 * phi = 0 uses the unrotated cell; tricubic interpolation falls back to the
   nearest neighbour per sub-path.
 
@@ -484,7 +490,10 @@ def setup(cfg):
         lens = np.sqrt((real * real).sum(axis=1))
         biggest = max(lens[i] * Ns[i] for i in range(3))
         oversample = max(1, int(math.ceil(3.0 * biggest / (cfg.lambda0 * det["distance"] / det["pixel"]))))
-    I_bg = (WATER_F ** 2 * R_E_SQR * fluence * cfg.water_size ** 3 * WATER_DENSITY * AVOGADRO / WATER_MW)
+    # water background in the units of F^2 (electrons^2): F_water^2 times the number of
+    # molecules in a cube of side -water; r_e^2 * fluence is applied once, with the Bragg
+    # term (nanoBragg.c also puts r_e^2 * fluence into I_bg: a fluence^2 background)
+    I_bg = WATER_F ** 2 * cfg.water_size ** 3 * WATER_DENSITY * AVOGADRO / WATER_MW
     return dict(cfg=cfg, smp=smp, det=det, recip=recip, Ns=Ns, cells=cells, inc=inc, lam=lam,
                 fluence=fluence, oversample=oversample, I_bg=I_bg, F=StructureFactors(cfg))
 

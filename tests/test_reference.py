@@ -178,3 +178,17 @@ def test_water_background_oversample_thick():
                  "-thicksteps 3")
     # everything given explicitly, so the layer rule (defect 2) does not enter
     check(replace(cfg, detector_thickstep=100e-6 / 3))
+
+
+def test_water_background_scales_once_with_fluence():
+    """New finding: nanoBragg.c's I_bg holds r_e^2 * fluence and is multiplied by
+    r_e^2 * fluence again (fluence^2 background; equal at the default fluence)."""
+    check(cfg_of("-oversample 1 -water 10 -fluence 1e24"))
+
+
+def test_triclinic_cell():
+    """New finding: the default orientation of a triclinic cell has
+    c*_z = sin(gamma)/(c sin(gamma*)) instead of 1/c in nanoBragg.c (and in
+    nbnumba, both modes), so -cell 70 80 90 85 95 100 is built as
+    70 80 90 84.9945 95.0055 100.001 (the summary's "Unit Cell" line)."""
+    check(cfg_of("-oversample 1 -cell 70 80 90 85 95 100"))
