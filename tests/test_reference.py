@@ -76,6 +76,7 @@ AGREE = {
     "point_pixel_kahn": "-oversample 1 -point_pixel -polar 0.8",
     "nopolar": "-oversample 1 -nopolar",
     "water": "-oversample 2 -water 10",
+    "water_layers": "-oversample 2 -water 10 -detector_thick 100 -detector_abs 50 -thicksteps 3",
     "xds_twotheta_rot": "-oversample 1 -xds -twotheta 20 -detector_rotx 3 -detector_roty 4 -detector_rotz 5",
     "adxv_rot": "-oversample 1 -adxv -detector_rotx 3 -detector_roty 4 -detector_rotz 5",
     "dials_twotheta": "-oversample 1 -dials -twotheta 10",
@@ -101,6 +102,10 @@ def test_kernel_matches_reference(name):
         # one layer: the kernel's layer rule today gives 2 layers; the everything-given
         # form (thick, step, steps) is resolved identically by both
         cfg = cfg_of(extra, detector_thickstep=100e-6, detector_thicksteps=1)
+    elif name == "water_layers":
+        # several layers, each weighted by its own capture fraction (background
+        # included); (thick, step, steps) all given, so the layer rule does not enter
+        cfg = cfg_of(extra, detector_thickstep=100e-6 / 3)
     else:
         cfg = cfg_of(extra)
     check(cfg)
@@ -110,6 +115,18 @@ def test_sourcefile(tmp_path):
     # two sources off the beam axis (one with its own wavelength) and one on it
     (tmp_path / "src.txt").write_text("-10 0.01 0 1 1.4e-10\n-10 0 -0.02 2\n# comment\n-10 0 0\n")
     check(cfg_of("-oversample 1 -sourcefile src.txt", workdir=str(tmp_path)))
+
+
+def test_mat_file(tmp_path):
+    # a triclinic orientation given as a MOSFLM matrix (reciprocal vectors times
+    # lambda, one lab component per row); no -cell, so the cell is the matrix's
+    lam = 1.5
+    recip = np.array([[0.0142, 0.0011, -0.0009], [0.0007, 0.0123, 0.0021], [-0.0013, 0.0017, 0.0109]])
+    rows = (recip.T * lam).tolist()
+    (tmp_path / "A.mat").write_text("\n".join(" %.10f %.10f %.10f" % tuple(r) for r in rows) + "\n")
+    argv = BASE.replace("-cell 70 80 90 90 100 90 ", "") + "-oversample 1 -mat A.mat"
+    cfg = replace(nbnumba.parse_argv(argv.split()), workdir=str(tmp_path))
+    check(cfg)
 
 
 def _grid(lo, hi, seed):
