@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import replace
 
 import numpy as np
 
@@ -463,7 +462,6 @@ def capture(layer, step, mu, cos_in):
 def setup(cfg):
     """Everything the pixel loop needs (a dict)."""
     from .rng import RngState, mosaic_rotation_umat
-    cfg = replace(cfg)
     smp = sampling(cfg)
     det = detector(cfg)
     rng_state = RngState()
