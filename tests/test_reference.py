@@ -82,6 +82,8 @@ AGREE = {
     "dials_twotheta": "-oversample 1 -dials -twotheta 10",
     "denzo_beam": "-oversample 1 -denzo -Xbeam 1 -Ybeam 2",
     "mosflm_sample_pivot": "-oversample 1 -twotheta 15 -pivot sample -Xbeam 1.2",
+    "nonsquare_adxv": "-oversample 1 -detpixels_f 5 -detpixels_s 7 -adxv",
+    "nonsquare_xds_sample_pivot": "-oversample 1 -detpixels_f 5 -detpixels_s 7 -xds -twotheta 5",
     "xds_orgx": "-oversample 1 -xds -ORGX 2.5 -ORGY 4 -close_distance 40",
     "custom_pix0": ("-oversample 1 -fdet_vector 0 0.2 1 -sdet_vector 0 -1 0.2 -odet_vector 1 0 0 "
                     "-beam_vector 1 0.05 0 -pix0_vector 0.05 0.0013 -0.0017 -spindle_axis 0 1 1"),
