@@ -85,28 +85,42 @@ def xyz_rotation(rx, ry, rz):
 
 
 # ---------------------------------------------------------------- sampling rules
-def _sweep(rng, step, n, count_only_range, layers=False):
+def _sweep(rng, step, n, count_only_range):
     """nanoBragg's rule for a swept range given any of (range, step, count)
-    (-1 / <= 0 = not given).  Returns (range, step, count).
-
-    ``layers``: the sensor-depth sweep, where the N layers must tile the sensor
-    (range and count given -> step = range/N; nanoBragg.c uses range/(N-1))."""
+    (-1 / <= 0 = not given).  Returns (range, step, count)."""
     if n <= 0:
         if rng < 0.0:
             return (0.0, 0.0, 1) if step <= 0.0 else (step, step, 2)
         if step <= 0.0:
-            return (rng, rng / 2.0, 2) if layers else (rng, rng, 2)
+            return rng, rng, 2
         return rng, step, int(math.ceil(rng / step))
     if rng < 0.0:
         if step <= 0.0:
             return count_only_range, count_only_range / n, n
         return step, step, 2
     if step <= 0.0:
-        if layers:
-            return rng, rng / n, n
         n = max(n, 2)
         return rng, rng / (n - 1), n
     return rng, step, n
+
+
+def _layers(thick, step, n):
+    """Sensor depth sampling (thickness m, layer thickness m, count).  The count
+    follows nanoBragg's rules (2 for a bare thickness, thick/step layers for a
+    given step, 0.5 um when only a count is given); the layers then always tile
+    the sensor: thickness/count each (nanoBragg.c: thick/(count-1), 1 -> 2)."""
+    if thick < 0.0:
+        if step <= 0.0:
+            if n <= 0:
+                return 0.0, 0.0, 1
+            thick = 0.5e-6
+        else:
+            thick = step * (n if n > 0 else 1)
+    if n <= 0:
+        n = 2 if step <= 0.0 else int(math.ceil(thick / step))
+    if thick <= 0.0 or n <= 0:
+        return 0.0, 0.0, 1
+    return thick, thick / n, n
 
 
 def _sane(t):
@@ -134,8 +148,7 @@ def sampling(cfg):
                 osc, n = step, 2
         elif step < 0.0:
             step = osc / n
-    thick = _sweep(cfg.detector_thick, cfg.detector_thickstep, cfg.detector_thicksteps,
-                   0.5e-6, layers=True)
+    thick = _layers(cfg.detector_thick, cfg.detector_thickstep, cfg.detector_thicksteps)
     mu = cfg.detector_mu
     if thick[0] > 0.0 and mu < 0.0:
         mu = 1.0 / thick[0]     # attenuation depth = thickness when not given
