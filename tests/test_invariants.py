@@ -75,7 +75,7 @@ def test_absorbed_fraction_normal_incidence(layers):
 def test_absorbed_fraction_oblique(layers):
     """Known defect 2 until fixed.  1 - exp(-mu t / cos psi) at an oblique
     pixel.  Each layer is evaluated at its own depth along the normal, so the
-    layers' rays differ by O(t/R): a far detector (R ~ 1.5 m) and a 1 um sensor
+    layers' rays differ by O(t/R): a far detector (R ~ 1.3 m) and a 1 um sensor
     of attenuation depth 0.5 um (mu t = 2 as above) make that ~1e-8."""
     geom = BASE.replace(GEOM, "-distance 1000 -pixel 400 -detpixels 4 -Xbeam 600 -Ybeam 600 ")
     s, f = 3, 0                      # centre offsets (-600, +600) mm from the beam
