@@ -177,6 +177,7 @@ class _Run:
             from .model import _resolve
             self.recip = read_mosflm_mat(_resolve(cfg, cfg.matfilename))
         self.image = None
+        self._jac = {}
 
     def forward(self):
         S, F = self.model.shape
@@ -199,7 +200,8 @@ class _Run:
         return gpar.sum(axis=0), (gF.sum(axis=0) if want_F else None)
 
     def _host_theta(self, vals):
-        """theta[0:13] = (a, b, c (m), pix0 (m), close distance (m)) at vals."""
+        """theta[:N_HOST] = (a, b, c (m), pix0 (m), close distance (m), astar,
+        bstar, cstar (1/A)) at vals."""
         from . import crystal as xtal
         from .geometry import build_detector
         from .rng import RngState
@@ -207,14 +209,17 @@ class _Run:
         det = build_detector(cfg)
         misset_seed = cfg.misset_seed if cfg.misset_seed is not None else cfg.seed
         cr = xtal.build_crystal(cfg, self.recip, cfg.lambda0, RngState(), misset_seed)
-        return np.array(cr.a + cr.b + cr.c + tuple(det.pix0) + (det.close_distance,))
+        return np.array(cr.a + cr.b + cr.c + tuple(det.pix0) + (det.close_distance,)
+                        + tuple(cr.astar) + tuple(cr.bstar) + tuple(cr.cstar))
 
     def host_jacobian(self, name):
-        """d theta[0:13] / d keyword, (13, size): Richardson-extrapolated central
+        """d theta[:N_HOST] / d keyword, (N_HOST, size): Richardson-extrapolated central
         differences of the host's own geometry code (build_detector and
         build_crystal, the one implementation).  The detector origin is affine
         in distance and beam centre, so those columns are exact up to rounding;
         the cell and misset columns carry an O(h^4) error (~1e-12 relative)."""
+        if name in self._jac:
+            return self._jac[name]
         base = np.asarray(self.vals[name], dtype=np.float64)
         cols = []
         for i in range(base.size):
@@ -230,7 +235,8 @@ class _Run:
                 return self._host_theta(v)
             cols.append((8.0 * (at(step) - at(-step)) - (at(2 * step) - at(-2 * step)))
                         / (12.0 * step))
-        return np.stack(cols, axis=1)
+        self._jac[name] = np.stack(cols, axis=1)
+        return self._jac[name]
 
     def backward(self, g):
         """Gradients of sum(g * image) w.r.t. each keyword in needs_grad."""
@@ -246,7 +252,7 @@ class _Run:
             if name == "fluence":
                 out[name] = np.array([G[A.P_FLU] / float(self.vals["fluence"][0])])
                 continue
-            grad = self.host_jacobian(name).T @ G[:A.P_CLOSE + 1]
+            grad = self.host_jacobian(name).T @ G[:A.N_HOST]
             if name == "wavelength":
                 # every source wavelength is proportional to lambda0
                 grad = grad + G[A.P_LAM] / float(self.vals["wavelength"][0])

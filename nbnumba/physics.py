@@ -569,3 +569,22 @@ def solid_angle_grad(pixel_size, pos, close_distance, point_pixel):
         return (k * d[0], k * d[1], k * d[2]), 0.0 * R
     k = -3.0 * om / R
     return (k * d[0], k * d[1], k * d[2]), pixel_size * pixel_size / R / R / R
+
+
+@njit(cache=True, error_model="numpy")
+def lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar):
+    """The gauss shape's dependence on the reciprocal vectors: returns (q, v)
+    with dF/dastar = q (h - h0) v, dF/dbstar = q (k - k0) v, dF/dcstar =
+    q (l - l0) v (1/A units as astar).  q = 0 for the other shapes (square
+    and round do not use them; the top hat is flat between its edges)."""
+    dh = h - h0
+    dk = k - k0
+    dl = l - l0
+    v = (dh * astar[0] + dk * bstar[0] + dl * cstar[0],
+         dh * astar[1] + dk * bstar[1] + dl * cstar[1],
+         dh * astar[2] + dk * bstar[2] + dl * cstar[2])
+    if shape != SHAPE_GAUSS:
+        return 0.0 * h, v
+    n2 = Na * Na * Nb * Nb * Nc * Nc
+    F = Na * Nb * Nc * np.exp(-(dot(v, v) * n2 / 0.63 * fudge))
+    return -F * fudge / 0.63 * n2 * 2.0, v

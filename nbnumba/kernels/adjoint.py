@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..physics import (dot, interp_in_range, lattice_factor_grad, nearest_F,
+from ..physics import (SHAPE_GAUSS, dot, interp_in_range, lattice_factor_grad,
+                       lattice_factor_star_grad, nearest_F,
                        polarization_factor_grad, solid_angle, solid_angle_grad,
                        tricubic_F, tricubic_F_grad, unitize)
 from . import cpu as K
@@ -34,8 +35,12 @@ from . import cpu as K
 # used by the solid angle; LAM: common scale s of every source wavelength
 # (lambda_i -> s lambda_i, at s = 1); NA..NC: crystal size in cells;
 # FLU: log fluence (the image and the water background scale with fluence).
-P_A, P_B, P_C, P_PIX0, P_CLOSE, P_LAM, P_NA, P_NB, P_NC, P_FLU = 0, 3, 6, 9, 12, 13, 14, 15, 16, 17
-N_PAR = 18
+# ASTAR..CSTAR: the unrotated reciprocal vectors (1/A) of the gauss shape.
+# theta[:N_HOST] is what the host derives from the cell and the detector.
+P_A, P_B, P_C, P_PIX0, P_CLOSE = 0, 3, 6, 9, 12
+P_ASTAR, P_BSTAR, P_CSTAR, N_HOST = 13, 16, 19, 22
+P_LAM, P_NA, P_NB, P_NC, P_FLU = 22, 23, 24, 25, 26
+N_PAR = 27
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -164,6 +169,13 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, rots, 
                     gy += Th * a[1] + Tk * b[1] + Tl * c[1]
                     gz += Th * a[2] + Tk * b[2] + Tl * c[2]
                     gs -= Th * h + Tk * k + Tl * l
+                    if shape == SHAPE_GAUSS:   # gauss: F also depends on astar, bstar, cstar
+                        q, v = lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc,
+                                                        fudge, astar, bstar, cstar)
+                        for m in range(3):
+                            dsum[P_ASTAR + m] += tFl * q * (h - h0) * v[m]
+                            dsum[P_BSTAR + m] += tFl * q * (k - k0) * v[m]
+                            dsum[P_CSTAR + m] += tFl * q * (l - l0) * v[m]
                     dsum[P_NA] += tFl * dNa
                     dsum[P_NB] += tFl * dNb
                     dsum[P_NC] += tFl * dNc
