@@ -166,9 +166,10 @@ class _Run:
                                   % (tuple(F_values.shape), model.Fhkl.shape))
             model.Fhkl = np.ascontiguousarray(F_values, dtype=np.float64)
         self.args = list(model.kernel_args(np.float64))
-        if "N" in needs_grad and cfg.xtal_shape == "SQUARE":
-            # sin(N pi h)/sin(pi h) as written in the C: continuous in N (the
-            # reduced form assumes an integer N); docs/autodiff.md
+        if "N" in vals and cfg.xtal_shape == "SQUARE":
+            # with N= the lattice factor is sin(N pi h)/sin(pi h) as written in
+            # the C, continuous in N (the reduced form assumes an integer N),
+            # whether or not N requires grad; docs/autodiff.md
             self.args[0][K.I_REDUCED] = 0
         self.rots = _cell_rotations(model)
         self.recip = None
