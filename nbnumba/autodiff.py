@@ -166,10 +166,11 @@ class _Run:
                                   % (tuple(F_values.shape), model.Fhkl.shape))
             model.Fhkl = np.ascontiguousarray(F_values, dtype=np.float64)
         self.args = list(model.kernel_args(np.float64))
-        if "N" in vals and cfg.xtal_shape == "SQUARE":
-            # with N= the lattice factor is sin(N pi h)/sin(pi h) as written in
-            # the C, continuous in N (the reduced form assumes an integer N),
-            # whether or not N requires grad; docs/autodiff.md
+        c = model.crystal
+        if cfg.xtal_shape == "SQUARE" and any(n != math.floor(n) for n in (c.Na, c.Nb, c.Nc)):
+            # the reduced-argument sincg assumes an integer N; between integers
+            # the lattice factor is sin(N pi h)/sin(pi h) as the C writes it
+            # (equal at integers to rounding, so the image is continuous in N)
             self.args[0][K.I_REDUCED] = 0
         self.rots = _cell_rotations(model)
         self.recip = None
