@@ -405,7 +405,8 @@ def sincg_reduced_grad(h, N):
         return 0.0 * h, sgn
     sd = sinpi_reduced(d)
     se = sinpi_reduced(e)
-    ce = np.cos(math.pi * e)
+    # cos(pi x) = sin(pi (1/2 - |x|)) for |x| <= 1/2: the same polynomial
+    ce = sinpi_reduced(0.5 - abs(e))
     dN = math.pi * h * sgn * ce / sd
     if m == 0.0:
         # here sgn = (-1)^(n (N-1)); j runs over N-1, N-3, ... > 0
@@ -415,7 +416,7 @@ def sincg_reduced_grad(h, N):
             acc += j * np.sin(j * math.pi * d)
             j -= 2
         return -2.0 * math.pi * sgn * acc, dN
-    cd = np.cos(math.pi * d)
+    cd = sinpi_reduced(0.5 - abs(d))
     return math.pi * sgn * (N * ce * sd - se * cd) / (sd * sd), dN
 
 
