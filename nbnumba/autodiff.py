@@ -55,6 +55,8 @@ _GEOMETRIC = ("cell", "misset", "distance", "beam_center", "wavelength")
 #: (relative for lengths and the wavelength, absolute for angles)
 _STEP = {"cell": (1e-4, 1e-4, 1e-4, 1e-3, 1e-3, 1e-3), "misset": (1e-3,) * 3,
          "distance": (1e-2,), "beam_center": (1e-2, 1e-2), "wavelength": (1e-5,)}
+#: row chunks of the adjoint pass, each with its own F-grid and cell buffers
+N_CHUNKS = 8
 _RELATIVE = {"cell": (True, True, True, False, False, False), "wavelength": (True,)}
 
 
@@ -190,16 +192,24 @@ class _Run:
 
     def theta_grad(self, g):
         """(sum over pixels of g dI/dtheta (N_PAR,), F-grid gradient or None)."""
-        import numba
         S, F = self.model.shape
         want_F = "F_hkl" in self.needs_grad
-        nchunk = max(1, min(S, numba.get_num_threads()))
+        # a fixed number of row chunks (not the thread count): the per-chunk
+        # sums, hence the gradients, do not depend on the threads
+        nchunk = max(1, min(S, N_CHUNKS))
         gpar = np.zeros((S, A.N_PAR))
         gF = np.zeros((nchunk,) + self.model.Fhkl.shape if want_F else (nchunk, 1, 1, 1))
+        ncell = self.rots.shape[0]
+        cacc = np.zeros((nchunk, 9, ncell))
         val = np.zeros((S, F))
-        A.backward(self.model.active, np.ascontiguousarray(g, dtype=np.float64), *self.args[:6],
-                   self.rots, self.args[6], want_F, nchunk, gpar, gF, val)
-        return gpar.sum(axis=0), (gF.sum(axis=0) if want_F else None)
+        A.backward(self.model.active, np.ascontiguousarray(g, dtype=np.float64), *self.args,
+                   want_F, nchunk, gpar, gF, cacc, val)
+        G = gpar.sum(axis=0)
+        # h_j = (R_j a) . S: dI/da_m = sum_j sum_n R_j[n, m] (sum of g dI/dh_j S_n),
+        # rots[j, m, n] = R_j[n, m]; likewise b (k) and c (l)
+        G[A.P_A:A.P_C + 3] = np.einsum("jmn,qnj->qm", self.rots,
+                                       cacc.sum(axis=0).reshape(3, 3, ncell)).reshape(9)
+        return G, (gF.sum(axis=0) if want_F else None)
 
     def _host_theta(self, vals):
         """theta[:N_HOST] = (a, b, c (m), pix0 (m), close distance (m), astar,

@@ -382,42 +382,59 @@ def sincg_grad(h, N):
     return math.pi * (N * cN - f * np.cos(x)) / s, x * cN / s
 
 
-@njit(cache=True, error_model="numpy")
-def sincg_reduced_grad(h, N):
-    """(d/dh, d/dN) of sincg_reduced(h, N) (integer N), float64.
+@njit(cache=True, inline="always", error_model="numpy")
+def sincg_reduced_grad_far(h, N):
+    """(d/dh, d/dN) of sincg_reduced(h, N) (integer N), float64, in closed form.
 
     With the reduction of sincg_reduced (d = h - n, e = N d - m, sign s):
     f = s sin(pi e)/sin(pi d),
     df/dh = pi s [N cos(pi e) sin(pi d) - sin(pi e) cos(pi d)] / sin(pi d)^2,
-    df/dN = pi h s cos(pi e) / sin(pi d).
-    Near a peak (|N d| < 1/2) the bracket cancels to O(d^3); there the exact sum
-    f = s_n sum_k cos((N-1-2k) pi d) is differentiated term by term instead,
-    which keeps the derivative as accurate as the value.  At d == 0 the
-    derivative in h is 0 and the one in N is taken as that of the value +-N."""
+    df/dN = pi h s cos(pi e) / sin(pi d)
+    (cos(pi x) = sin(pi (1/2 - |x|)): the same polynomial).  Branch-free, so
+    loops over it vectorise.  Near a peak the bracket cancels to O(d^3): the
+    relative error of df/dh is ~3 ulp / (pi N d)^2, so callers switch to
+    sincg_reduced_grad where |N d| < SINCG_NEAR.  At d == 0: (0, +-1), the
+    derivative in N being taken as that of the value +-N."""
     n = np.rint(h)
     d = h - n
     Nd = N * d
     m = np.rint(Nd)
     e = Nd - m
     parity = (np.int32(n) * (np.int32(N) - np.int32(1)) + np.int32(m)) & np.int32(1)
-    sgn = -1.0 if parity != 0 else 1.0
-    if d == 0.0:
-        return 0.0 * h, sgn
+    sgn = 1.0 - 2.0 * parity
     sd = sinpi_reduced(d)
+    sd = sd if d != 0.0 else 1.0
     se = sinpi_reduced(e)
-    # cos(pi x) = sin(pi (1/2 - |x|)) for |x| <= 1/2: the same polynomial
     ce = sinpi_reduced(0.5 - abs(e))
-    dN = math.pi * h * sgn * ce / sd
-    if m == 0.0:
-        # here sgn = (-1)^(n (N-1)); j runs over N-1, N-3, ... > 0
-        acc = 0.0 * h
-        j = np.int64(N) - 1
-        while j > 0:
-            acc += j * np.sin(j * math.pi * d)
-            j -= 2
-        return -2.0 * math.pi * sgn * acc, dN
     cd = sinpi_reduced(0.5 - abs(d))
-    return math.pi * sgn * (N * ce * sd - se * cd) / (sd * sd), dN
+    dh = math.pi * sgn * (N * ce * sd - se * cd) / (sd * sd)
+    dN = math.pi * h * sgn * ce / sd
+    return (dh if d != 0.0 else 0.0 * h), (dN if d != 0.0 else sgn)
+
+
+#: below this |N d| the closed-form df/dh loses more than ~30 ulp: sum instead
+SINCG_NEAR = 0.1
+
+
+@njit(cache=True, error_model="numpy")
+def sincg_reduced_grad(h, N):
+    """(d/dh, d/dN) of sincg_reduced(h, N) (integer N), float64, as accurate
+    as the value everywhere: sincg_reduced_grad_far, except near a peak
+    (0 < |N d| < SINCG_NEAR), where the exact sum
+    f = s_n sum_k cos((N-1-2k) pi d), s_n = (-1)^(n (N-1)),
+    is differentiated term by term (no cancellation)."""
+    dh, dN = sincg_reduced_grad_far(h, N)
+    n = np.rint(h)
+    d = h - n
+    if d == 0.0 or abs(N * d) >= SINCG_NEAR:
+        return dh, dN
+    sgn = -1.0 if (np.int32(n) * (np.int32(N) - np.int32(1))) & np.int32(1) else 1.0
+    acc = 0.0 * h
+    j = np.int64(N) - 1         # j = N-1, N-3, ... > 0
+    while j > 0:
+        acc += j * np.sin(j * math.pi * d)
+        j -= 2
+    return -2.0 * math.pi * sgn * acc, dN
 
 
 @njit(cache=True, error_model="numpy")

@@ -23,8 +23,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..physics import (SHAPE_GAUSS, dot, interp_in_range, lattice_factor_grad,
-                       lattice_factor_star_grad, nearest_F,
+from ..physics import (SHAPE_GAUSS, SINCG_NEAR, interp_in_range, lattice_factor_grad,
+                       lattice_factor_star_grad, nearest_F, sincg_reduced, sincg_reduced_grad,
+                       sincg_reduced_grad_far,
                        polarization_factor_grad, solid_angle, solid_angle_grad,
                        tricubic_F, tricubic_F_grad, unitize)
 from . import cpu as K
@@ -67,15 +68,61 @@ def _nearest_inside(hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0):
             and l0 >= lmin and l0 <= lmax)
 
 
+# ---- per-thread work rows for the square / reduced fast path ---------------
+A_H, A_K, A_L, A_FA, A_FB, A_FC, A_GA, A_GB, A_GC, A_NA, A_NB, A_NC, A_TH, A_TK, A_TL = range(15)
+N_AWORK = 15
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _square_pass(S, cells, work, Na, Nb, Nc):
+    """Pass 1 of the square/reduced fast path over every (phi, mosaic) cell:
+    indices, per-axis lattice factors (sincg_reduced, the forward's values) and
+    their derivatives; branch-free, so it vectorises like the forward's
+    lattice pass.  Then the few cells near a peak get the accurate derivative."""
+    ncell = cells.shape[2]
+    S0, S1, S2 = S
+    da = Na > 1
+    db = Nb > 1
+    dc = Nc > 1
+    for j in range(ncell):
+        h = cells[1, 0, j] * S0 + cells[1, 1, j] * S1 + cells[1, 2, j] * S2
+        k = cells[1, 3, j] * S0 + cells[1, 4, j] * S1 + cells[1, 5, j] * S2
+        l = cells[1, 6, j] * S0 + cells[1, 7, j] * S1 + cells[1, 8, j] * S2
+        work[A_H, j] = h
+        work[A_K, j] = k
+        work[A_L, j] = l
+        work[A_FA, j] = sincg_reduced(h, Na, False) if da else 1.0
+        work[A_FB, j] = sincg_reduced(k, Nb, False) if db else 1.0
+        work[A_FC, j] = sincg_reduced(l, Nc, False) if dc else 1.0
+        ga, gNa = sincg_reduced_grad_far(h, Na)
+        gb, gNb = sincg_reduced_grad_far(k, Nb)
+        gc, gNc = sincg_reduced_grad_far(l, Nc)
+        work[A_GA, j] = ga if da else 0.0
+        work[A_GB, j] = gb if db else 0.0
+        work[A_GC, j] = gc if dc else 0.0
+        work[A_NA, j] = gNa if da else 0.0
+        work[A_NB, j] = gNb if db else 0.0
+        work[A_NC, j] = gNc if dc else 0.0
+    for j in range(ncell):
+        for ax in range(3):
+            N = Na if ax == 0 else (Nb if ax == 1 else Nc)
+            x = work[A_H + ax, j]
+            dd = N * (x - np.rint(x))
+            if N > 1 and dd != 0.0 and abs(dd) < SINCG_NEAR:
+                work[A_GA + ax, j] = sincg_reduced_grad(x, N)[0]
+
+
 @njit(cache=True, error_model="numpy")
-def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, rots, Fhkl,
-               want_F, gpar, gF):
+def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
+               want_F, gpar, gF, cacc, work):
     """Add g * dI/dtheta of pixel (spixel, fpixel) to gpar (N_PAR,) and, with
     want_F, g * dI/dFhkl to gF (Fhkl's shape).  Returns the pixel's value
-    (equal to the forward kernel's up to rounding; tests compare them).
+    (equal to the forward kernel's up to rounding).
 
-    rots: (ncell, 3, 3) with rots[j, m] = (R_j e_m), so dh_j/da = R_j^T S has
-    components rots[j, m] . S."""
+    The unrotated cell vectors enter through h_j = (R_j a) . S = a . (R_j^T S):
+    instead of rotating per sub-path, cacc (9, ncell) collects
+    sum g dI/dh_j S (rows 0-2; k: 3-5, l: 6-8) per cell, and the host applies
+    R_j^T once (autodiff._Run.theta_grad).  work: (N_AWORK, ncell) scratch."""
     os = iopt[K.I_OVERSAMPLE]
     nsrc, nphi, nmos = iopt[K.I_NSRC], iopt[K.I_NPHI], iopt[K.I_NMOS]
     ncell = nphi * nmos
@@ -95,6 +142,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, rots, 
     polar_axis = K._v(vecs, K.V_POLAR)
     astar, bstar, cstar = K._v(vecs, K.V_ASTAR), K._v(vecs, K.V_BSTAR), K._v(vecs, K.V_CSTAR)
     C = fopt[K.F_SCALE] / fopt[K.F_STEPS]
+    fast = shape == 0 and reduced == 1 and not interp
 
     # d(sum of terms)/dtheta for this pixel, before the per-pixel factors
     dsum = np.zeros(N_PAR)
@@ -129,33 +177,48 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, rots, 
                 if not have_polar:
                     polar, dP = polarization_factor_grad(kahn, inc, pos, polar_axis)
                     have_polar = True
-                cF = g * C * polar * omega    # dI/dT for the F-grid scatter
+                cF = g * C * polar * omega    # dI/dT
                 gx = 0.0     # sum_j dT/dh a_j + dT/dk b_j + dT/dl c_j (d/dS)
                 gy = 0.0
                 gz = 0.0
                 gs = 0.0     # d/ds of the wavelength scale: dh/ds = -h
+                gNa = 0.0
+                gNb = 0.0
+                gNc = 0.0
+                if fast:
+                    _square_pass(S, cells, work, Na, Nb, Nc)
                 for j in range(ncell):
-                    a = (cells[1, 0, j], cells[1, 1, j], cells[1, 2, j])
-                    b = (cells[1, 3, j], cells[1, 4, j], cells[1, 5, j])
-                    c = (cells[1, 6, j], cells[1, 7, j], cells[1, 8, j])
-                    h = dot(a, S)
-                    k = dot(b, S)
-                    l = dot(c, S)
+                    if fast:
+                        h = work[A_H, j]
+                        k = work[A_K, j]
+                        l = work[A_L, j]
+                        fa, fb, fc = work[A_FA, j], work[A_FB, j], work[A_FC, j]
+                        Fl = ((1.0 * fa) * fb) * fc
+                        dFh = work[A_GA, j] * fb * fc
+                        dFk = fa * work[A_GB, j] * fc
+                        dFl = fa * fb * work[A_GC, j]
+                        dNa = work[A_NA, j] * fb * fc
+                        dNb = fa * work[A_NB, j] * fc
+                        dNc = fa * fb * work[A_NC, j]
+                    else:
+                        h = cells[1, 0, j] * S[0] + cells[1, 1, j] * S[1] + cells[1, 2, j] * S[2]
+                        k = cells[1, 3, j] * S[0] + cells[1, 4, j] * S[1] + cells[1, 5, j] * S[2]
+                        l = cells[1, 6, j] * S[0] + cells[1, 7, j] * S[1] + cells[1, 8, j] * S[2]
                     h0 = np.int64(np.ceil(h - 0.5))
                     k0 = np.int64(np.ceil(k - 0.5))
                     l0 = np.int64(np.ceil(l - 0.5))
-                    Fl, dFh, dFk, dFl, dNa, dNb, dNc = lattice_factor_grad(
-                        shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar, reduced)
-                    tFc = 0.0
+                    if not fast:
+                        Fl, dFh, dFk, dFl, dNa, dNb, dNc = lattice_factor_grad(
+                            shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
+                            reduced)
+                    ch = ck = cl = 0.0     # nearest neighbour: flat in h, k, l
                     if interp and interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
                         Fc = tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l)
-                        tFc = 2.0 * Fc * Fl * Fl
                         ch, ck, cl = tricubic_F_grad(Fhkl, hmin, kmin, lmin, h, k, l, gF,
-                                                     cF * tFc, want_F)
+                                                     cF * 2.0 * Fc * Fl * Fl, want_F)
                     else:
                         Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
                                        h0, k0, l0, default_F)
-                        ch = ck = cl = 0.0     # nearest neighbour: flat in h, k, l
                         if want_F and _nearest_inside(hkls, hmin, hmax, kmin, kmax, lmin, lmax,
                                                       h0, k0, l0):
                             gF[h0 - hmin, k0 - kmin, l0 - lmin] += cF * 2.0 * Fc * Fl * Fl
@@ -165,25 +228,41 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, rots, 
                     Th = tFl * dFh + tFc * ch
                     Tk = tFl * dFk + tFc * ck
                     Tl = tFl * dFl + tFc * cl
-                    gx += Th * a[0] + Tk * b[0] + Tl * c[0]
-                    gy += Th * a[1] + Tk * b[1] + Tl * c[1]
-                    gz += Th * a[2] + Tk * b[2] + Tl * c[2]
+                    a0, a1, a2 = cells[1, 0, j], cells[1, 1, j], cells[1, 2, j]
+                    b0, b1, b2 = cells[1, 3, j], cells[1, 4, j], cells[1, 5, j]
+                    c0, c1, c2 = cells[1, 6, j], cells[1, 7, j], cells[1, 8, j]
+                    gx += Th * a0 + Tk * b0 + Tl * c0
+                    gy += Th * a1 + Tk * b1 + Tl * c1
+                    gz += Th * a2 + Tk * b2 + Tl * c2
                     gs -= Th * h + Tk * k + Tl * l
-                    if shape == SHAPE_GAUSS:   # gauss: F also depends on astar, bstar, cstar
+                    gNa += tFl * dNa
+                    gNb += tFl * dNb
+                    gNc += tFl * dNc
+                    if shape == SHAPE_GAUSS:   # F also depends on astar, bstar, cstar
                         q, v = lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc,
                                                         fudge, astar, bstar, cstar)
                         for m in range(3):
                             dsum[P_ASTAR + m] += tFl * q * (h - h0) * v[m]
                             dsum[P_BSTAR + m] += tFl * q * (k - k0) * v[m]
                             dsum[P_CSTAR + m] += tFl * q * (l - l0) * v[m]
-                    dsum[P_NA] += tFl * dNa
-                    dsum[P_NB] += tFl * dNb
-                    dsum[P_NC] += tFl * dNc
-                    for m in range(3):
-                        u = rots[j, m, 0] * S[0] + rots[j, m, 1] * S[1] + rots[j, m, 2] * S[2]
-                        dsum[P_A + m] += Th * u
-                        dsum[P_B + m] += Tk * u
-                        dsum[P_C + m] += Tl * u
+                    work[A_TH, j] = cF * Th
+                    work[A_TK, j] = cF * Tk
+                    work[A_TL, j] = cF * Tl
+                # per-cell sums for the unrotated cell (elementwise: vectorises)
+                for j in range(ncell):
+                    th, tk, tl = work[A_TH, j], work[A_TK, j], work[A_TL, j]
+                    cacc[0, j] += th * S[0]
+                    cacc[1, j] += th * S[1]
+                    cacc[2, j] += th * S[2]
+                    cacc[3, j] += tk * S[0]
+                    cacc[4, j] += tk * S[1]
+                    cacc[5, j] += tk * S[2]
+                    cacc[6, j] += tl * S[0]
+                    cacc[7, j] += tl * S[1]
+                    cacc[8, j] += tl * S[2]
+                dsum[P_NA] += gNa
+                dsum[P_NB] += gNb
+                dsum[P_NC] += gNc
                 # S = (pos/|pos| - inc)/lam: dS/dpos = (1 - d d^T)/(|pos| lam)
                 gd = gx * d[0] + gy * d[1] + gz * d[2]
                 r = 1.0 / (R * lam_s)
@@ -205,19 +284,22 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, rots, 
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def backward(active, g, iopt, fopt, vecs, incident, lam, cells, rots, Fhkl, want_F, nchunk,
-             gpar, gF, val):
+def backward(active, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want_F, nchunk,
+             gpar, gF, cacc, val):
     """Adjoint pass over every active pixel with g != 0.
 
-    gpar (S, N_PAR): per-row sums of g dI/dtheta (the host adds the rows).
-    gF (nchunk, *Fhkl.shape) with want_F (else any shape): one F-grid gradient
-    buffer per chunk of rows.  val (S, F): the pixel values this pass saw."""
+    gpar (S, N_PAR): per-row sums of g dI/dtheta (the host adds the rows;
+    rows P_A..P_C + 9 are left 0: see cacc).  gF (nchunk, *Fhkl.shape) with
+    want_F (else any shape): one F-grid gradient buffer per chunk of rows.
+    cacc (nchunk, 9, ncell): per-chunk per-cell sums (see pixel_grad).
+    val (S, F): the pixel values this pass saw."""
     S, F = active.shape
     per = (S + nchunk - 1) // nchunk
     for ch in prange(nchunk):
+        work = np.empty((N_AWORK, cells.shape[2]))
         for s in range(ch * per, min(S, (ch + 1) * per)):
             for f in range(F):
                 if active[s, f] == 0 or g[s, f] == 0.0:
                     continue
                 val[s, f] = pixel_grad(s, f, g[s, f], iopt, fopt, vecs, incident, lam, cells,
-                                       rots, Fhkl, want_F, gpar[s], gF[ch])
+                                       Fhkl, want_F, gpar[s], gF[ch], cacc[ch], work)
