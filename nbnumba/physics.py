@@ -383,16 +383,17 @@ def sincg_grad(h, N):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def sincg_reduced_grad_far(h, N):
-    """(d/dh, d/dN) of sincg_reduced(h, N) (integer N), float64, in closed form.
+def sincg_reduced_grad_far(h, N, f):
+    """(d/dh, d/dN) of f = sincg_reduced(h, N) (integer N; pass that value),
+    float64, in closed form.
 
     With the reduction of sincg_reduced (d = h - n, e = N d - m, sign s):
-    f = s sin(pi e)/sin(pi d),
-    df/dh = pi s [N cos(pi e) sin(pi d) - sin(pi e) cos(pi d)] / sin(pi d)^2,
+    f = s sin(pi e)/sin(pi d), so
+    df/dh = pi [s N cos(pi e) - f cos(pi d)] / sin(pi d),
     df/dN = pi h s cos(pi e) / sin(pi d)
     (cos(pi x) = sin(pi (1/2 - |x|)): the same polynomial).  Branch-free, so
-    loops over it vectorise.  Near a peak the bracket cancels to O(d^3): the
-    relative error of df/dh is ~3 ulp / (pi N d)^2, so callers switch to
+    loops over it vectorise.  Near a peak the bracket cancels: the relative
+    error of df/dh is ~3 ulp / (pi N d)^2, so callers switch to
     sincg_reduced_grad where |N d| < SINCG_NEAR.  At d == 0: (0, +-1), the
     derivative in N being taken as that of the value +-N."""
     n = np.rint(h)
@@ -403,12 +404,11 @@ def sincg_reduced_grad_far(h, N):
     parity = (np.int32(n) * (np.int32(N) - np.int32(1)) + np.int32(m)) & np.int32(1)
     sgn = 1.0 - 2.0 * parity
     sd = sinpi_reduced(d)
-    sd = sd if d != 0.0 else 1.0
-    se = sinpi_reduced(e)
-    ce = sinpi_reduced(0.5 - abs(e))
+    inv = 1.0 / (sd if d != 0.0 else 1.0)
+    sce = sgn * sinpi_reduced(0.5 - abs(e))
     cd = sinpi_reduced(0.5 - abs(d))
-    dh = math.pi * sgn * (N * ce * sd - se * cd) / (sd * sd)
-    dN = math.pi * h * sgn * ce / sd
+    dh = math.pi * (N * sce - f * cd) * inv
+    dN = math.pi * h * sce * inv
     return (dh if d != 0.0 else 0.0 * h), (dN if d != 0.0 else sgn)
 
 
@@ -423,7 +423,7 @@ def sincg_reduced_grad(h, N):
     (0 < |N d| < SINCG_NEAR), where the exact sum
     f = s_n sum_k cos((N-1-2k) pi d), s_n = (-1)^(n (N-1)),
     is differentiated term by term (no cancellation)."""
-    dh, dN = sincg_reduced_grad_far(h, N)
+    dh, dN = sincg_reduced_grad_far(h, N, sincg_reduced(h, N))
     n = np.rint(h)
     d = h - n
     if d == 0.0 or abs(N * d) >= SINCG_NEAR:
