@@ -336,13 +336,13 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     if "F_hkl" in tensors:
         F_values = tensors["F_hkl"].detach().to("cpu", torch.float64).numpy()
     needs_grad = tuple(k for k, t in tensors.items() if t.requires_grad)
-    run = _Run(argv, vals, needs_grad, F_values)
-    names = tuple(tensors)
-    img = _function().apply(run, names, *tensors.values())
     dtypes = {t.dtype for t in tensors.values()}
     devices = {t.device for t in tensors.values()}
     if len(devices) > 1:
         raise ValueError("keyword tensors are on several devices: %s" % sorted(map(str, devices)))
+    run = _Run(argv, vals, needs_grad, F_values)
+    names = tuple(tensors)
+    img = _function().apply(run, names, *tensors.values())
     if dtypes == {torch.float32}:
         img = img.to(torch.float32)
     if devices and next(iter(devices)).type != "cpu":
