@@ -29,6 +29,8 @@ EXTRA = {
     "round": "-round_xtal -N 5",
     "gauss": "-gauss_xtal -N 5 -mosaic 0.3 -mosaic_dom 2",
     "point_pixel_nopolar": "-point_pixel -nopolar -phi 0 -osc 0.4 -phisteps 2",
+    # water background (scales with fluence twice) and the -dmin cut-off
+    "water_dmin": "-water 200 -dmin 20 -phi 0 -osc 0.5 -phisteps 2",
 }
 
 
