@@ -115,6 +115,40 @@ def _square_pass(S, cells, work, Na, Nb, Nc):
                 work[A_GA + ax, j] = sincg_reduced_grad(x, N)[0]
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _square_accumulate(work, cells, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F,
+                       cF):
+    """Pass 2 of the fast path (nearest-neighbour F): the sub-path's sum of
+    F_cell^2 F_latt^2 and its derivatives, one branch-free loop.  Returns
+    (sum, d/dS . (the pixel-position gradient before projection: gx, gy, gz),
+    d/dNa, d/dNb, d/dNc); stores cF dT/dh, dT/dk, dT/dl per cell in work."""
+    ncell = cells.shape[2]
+    sumT = gx = gy = gz = gNa = gNb = gNc = 0.0
+    for j in range(ncell):
+        fa, fb, fc = work[A_FA, j], work[A_FB, j], work[A_FC, j]
+        Fl = ((1.0 * fa) * fb) * fc
+        h0 = np.int64(np.ceil(work[A_H, j] - 0.5))
+        k0 = np.int64(np.ceil(work[A_K, j] - 0.5))
+        l0 = np.int64(np.ceil(work[A_L, j] - 0.5))
+        Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
+        FcFl = Fc * Fl
+        sumT += FcFl * FcFl
+        tFl = 2.0 * Fc * FcFl          # dT/dF_latt
+        Th = tFl * work[A_GA, j] * fb * fc
+        Tk = tFl * fa * work[A_GB, j] * fc
+        Tl = tFl * fa * fb * work[A_GC, j]
+        gx += Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j]
+        gy += Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j]
+        gz += Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j]
+        gNa += tFl * work[A_NA, j] * fb * fc
+        gNb += tFl * fa * work[A_NB, j] * fc
+        gNc += tFl * fa * fb * work[A_NC, j]
+        work[A_TH, j] = cF * Th
+        work[A_TK, j] = cF * Tk
+        work[A_TL, j] = cF * Tl
+    return sumT, gx, gy, gz, gNa, gNb, gNc
+
+
 # reassociation lets LLVM vectorise the per-cell sums; the order is fixed at
 # compile time, so results stay independent of the thread count
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
@@ -192,30 +226,31 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
                 gNc = 0.0
                 if fast:
                     _square_pass(S, cells, work, Na, Nb, Nc)
-                for j in range(ncell):
-                    if fast:
-                        h = work[A_H, j]
-                        k = work[A_K, j]
-                        l = work[A_L, j]
-                        fa, fb, fc = work[A_FA, j], work[A_FB, j], work[A_FC, j]
-                        Fl = ((1.0 * fa) * fb) * fc
-                        dFh = work[A_GA, j] * fb * fc
-                        dFk = fa * work[A_GB, j] * fc
-                        dFl = fa * fb * work[A_GC, j]
-                        dNa = work[A_NA, j] * fb * fc
-                        dNb = fa * work[A_NB, j] * fc
-                        dNc = fa * fb * work[A_NC, j]
-                    else:
-                        h = cells[1, 0, j] * S[0] + cells[1, 1, j] * S[1] + cells[1, 2, j] * S[2]
-                        k = cells[1, 3, j] * S[0] + cells[1, 4, j] * S[1] + cells[1, 5, j] * S[2]
-                        l = cells[1, 6, j] * S[0] + cells[1, 7, j] * S[1] + cells[1, 8, j] * S[2]
+                    sT, gx, gy, gz, gNa, gNb, gNc = _square_accumulate(
+                        work, cells, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F, cF)
+                    sumT += sT
+                    # h_j = a_j . S exactly, so sum_j (dT/dh h + ...) = S . (gx, gy, gz)
+                    gs = -(gx * S[0] + gy * S[1] + gz * S[2])
+                    if want_F:
+                        for j in range(ncell):
+                            h0 = np.int64(np.ceil(work[A_H, j] - 0.5))
+                            k0 = np.int64(np.ceil(work[A_K, j] - 0.5))
+                            l0 = np.int64(np.ceil(work[A_L, j] - 0.5))
+                            if _nearest_inside(hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                                               h0, k0, l0):
+                                Fl = ((1.0 * work[A_FA, j]) * work[A_FB, j]) * work[A_FC, j]
+                                Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                                               h0, k0, l0, default_F)
+                                gF[h0 - hmin, k0 - kmin, l0 - lmin] += cF * 2.0 * Fc * Fl * Fl
+                for j in range(ncell if not fast else 0):
+                    h = cells[1, 0, j] * S[0] + cells[1, 1, j] * S[1] + cells[1, 2, j] * S[2]
+                    k = cells[1, 3, j] * S[0] + cells[1, 4, j] * S[1] + cells[1, 5, j] * S[2]
+                    l = cells[1, 6, j] * S[0] + cells[1, 7, j] * S[1] + cells[1, 8, j] * S[2]
                     h0 = np.int64(np.ceil(h - 0.5))
                     k0 = np.int64(np.ceil(k - 0.5))
                     l0 = np.int64(np.ceil(l - 0.5))
-                    if not fast:
-                        Fl, dFh, dFk, dFl, dNa, dNb, dNc = lattice_factor_grad(
-                            shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
-                            reduced)
+                    Fl, dFh, dFk, dFl, dNa, dNb, dNc = lattice_factor_grad(
+                        shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar, reduced)
                     ch = ck = cl = 0.0     # nearest neighbour: flat in h, k, l
                     if interp and interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
                         Fc = tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l)
@@ -233,12 +268,9 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
                     Th = tFl * dFh + tFc * ch
                     Tk = tFl * dFk + tFc * ck
                     Tl = tFl * dFl + tFc * cl
-                    a0, a1, a2 = cells[1, 0, j], cells[1, 1, j], cells[1, 2, j]
-                    b0, b1, b2 = cells[1, 3, j], cells[1, 4, j], cells[1, 5, j]
-                    c0, c1, c2 = cells[1, 6, j], cells[1, 7, j], cells[1, 8, j]
-                    gx += Th * a0 + Tk * b0 + Tl * c0
-                    gy += Th * a1 + Tk * b1 + Tl * c1
-                    gz += Th * a2 + Tk * b2 + Tl * c2
+                    gx += Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j]
+                    gy += Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j]
+                    gz += Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j]
                     gs -= Th * h + Tk * k + Tl * l
                     gNa += tFl * dNa
                     gNb += tFl * dNb
