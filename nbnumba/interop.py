@@ -31,7 +31,10 @@ Rules of :func:`as_array`:
   (DLPack, or the buffer protocol for numpy); a modification through one is
   visible through the other;
 * across devices (host <-> GPU) the data are copied, which is unavoidable;
-* ``dtype`` (optional) converts the element type, which copies if it differs.
+* ``dtype`` (optional) converts the element type, which copies if it differs;
+* a torch tensor that requires grad is refused (ValueError): nbnumba's plain
+  API cannot carry its gradient.  Pass ``t.detach()`` for the values, or use
+  :mod:`nbnumba.autodiff` for gradients.
 
 torch and CuPy are optional: this module imports them only when an argument
 is one of their arrays (``pip install nbnumba[torch]``, ``nbnumba[gpu]``).
@@ -83,9 +86,12 @@ def _is_cuda(obj) -> bool:
 
 
 def _torch_src(obj):
-    # DLPack refuses tensors that require grad; detach() shares memory
+    # the engine cannot carry a gradient through a plain array: refuse rather
+    # than detach silently (gradients: nbnumba.autodiff)
     if getattr(obj, "requires_grad", False):
-        obj = obj.detach()
+        raise ValueError("a torch tensor that requires grad was passed to nbnumba, which would "
+                         "drop its gradient: use nbnumba.autodiff.simulate for gradients, or "
+                         "pass tensor.detach() to use the values only")
     if getattr(obj, "is_conj", None) is not None and obj.is_conj():
         obj = obj.resolve_conj()
     return obj

@@ -362,3 +362,247 @@ def capture_fraction(layer, thickstep, mu, parallax):
     parallax = cos of the angle to the detector normal."""
     return (np.exp(-layer * thickstep * mu / parallax)
             - np.exp(-(layer + 1) * thickstep * mu / parallax))
+
+
+# ---------------------------------------------------------------- derivatives
+# First derivatives for nbnumba.autodiff's adjoint kernel (kernels/adjoint.py).
+# Each function takes the arguments of the formula it differentiates and, where
+# it also returns the value, gets it by calling that formula: the value has one
+# implementation.  Same units as the formulas above.
+@njit(cache=True, error_model="numpy")
+def sincg_grad(h, N):
+    """(d/dh, d/dN) of sin(N pi h)/sin(pi h) written as in nanoBragg.c (any real
+    N; used when N itself is refined).  At h == 0 the C returns N: (0, 1)."""
+    x = math.pi * h
+    if x == 0.0:
+        return 0.0 * h, 1.0 + 0.0 * h
+    s = np.sin(x)
+    cN = np.cos(N * x)
+    f = np.sin(x * N) / s
+    return math.pi * (N * cN - f * np.cos(x)) / s, x * cN / s
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def sincg_reduced_grad_far(h, N, f):
+    """(d/dh, d/dN) of f = sincg_reduced(h, N) (integer N; pass that value),
+    float64, in closed form.
+
+    With the reduction of sincg_reduced (d = h - n, e = N d - m, sign s):
+    f = s sin(pi e)/sin(pi d), so
+    df/dh = pi [s N cos(pi e) - f cos(pi d)] / sin(pi d),
+    df/dN = pi h s cos(pi e) / sin(pi d)
+    (cos(pi x) = sin(pi (1/2 - |x|)): the same polynomial).  Branch-free, so
+    loops over it vectorise.  Near a peak the bracket cancels: the relative
+    error of df/dh is ~3 ulp / (pi N d)^2, so callers switch to
+    sincg_reduced_grad where |N d| < SINCG_NEAR.  At d == 0: (0, +-1), the
+    derivative in N being taken as that of the value +-N."""
+    n = np.rint(h)
+    d = h - n
+    Nd = N * d
+    m = np.rint(Nd)
+    e = Nd - m
+    parity = (np.int32(n) * (np.int32(N) - np.int32(1)) + np.int32(m)) & np.int32(1)
+    sgn = 1.0 - 2.0 * parity
+    sd = sinpi_reduced(d)
+    inv = 1.0 / (sd if d != 0.0 else 1.0)
+    sce = sgn * sinpi_reduced(0.5 - abs(e))
+    cd = sinpi_reduced(0.5 - abs(d))
+    dh = math.pi * (N * sce - f * cd) * inv
+    dN = math.pi * h * sce * inv
+    return (dh if d != 0.0 else 0.0 * h), (dN if d != 0.0 else sgn)
+
+
+#: below this |N d| the closed-form df/dh loses more than ~30 ulp: sum instead
+SINCG_NEAR = 0.1
+
+
+@njit(cache=True, error_model="numpy")
+def sincg_reduced_grad(h, N):
+    """(d/dh, d/dN) of sincg_reduced(h, N) (integer N), float64, as accurate
+    as the value everywhere: sincg_reduced_grad_far, except near a peak
+    (0 < |N d| < SINCG_NEAR), where the exact sum
+    f = s_n sum_k cos((N-1-2k) pi d), s_n = (-1)^(n (N-1)),
+    is differentiated term by term (no cancellation)."""
+    dh, dN = sincg_reduced_grad_far(h, N, sincg_reduced(h, N))
+    n = np.rint(h)
+    d = h - n
+    if d == 0.0 or abs(N * d) >= SINCG_NEAR:
+        return dh, dN
+    sgn = -1.0 if (np.int32(n) * (np.int32(N) - np.int32(1))) & np.int32(1) else 1.0
+    acc = 0.0 * h
+    j = np.int64(N) - 1         # j = N-1, N-3, ... > 0
+    while j > 0:
+        acc += j * np.sin(j * math.pi * d)
+        j -= 2
+    return -2.0 * math.pi * sgn * acc, dN
+
+
+@njit(cache=True, error_model="numpy")
+def sinc3_dx_over_x(x):
+    """(d sinc3/dx) / x, finite at 0 (series below |x| = 0.05, error < 1e-16)."""
+    if abs(x) < 0.05:
+        t = x * x
+        return -0.2 + t / 70.0 - t * t / 2520.0
+    return (3.0 * np.sin(x) / (x * x) - 3.0 * sinc3(x) / x) / x
+
+
+@njit(cache=True, error_model="numpy")
+def lattice_factor_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
+                        reduced):
+    """(F_latt, dF/dh, dF/dk, dF/dl, dF/dNa, dF/dNb, dF/dNc), float64.
+
+    Same arguments as lattice_factor.  h0, k0, l0 (the nearest integers) are
+    constant between half-integers, so round/gauss/tophat differentiate through
+    h - h0.  Tophat: the edge of the top hat is a step, whose derivative (a
+    delta) is left out: dF/dh = 0 and dF/dN = F/N.  An axis with N <= 1 has a
+    factor of 1 (as in the value), hence zero derivative."""
+    F, fa, fb, fc = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
+                                   astar, bstar, cstar, reduced)
+    z = 0.0 * h
+    if shape == SHAPE_SQUARE:
+        ga = gb = gc = gNa = gNb = gNc = z
+        if Na > 1:
+            ga, gNa = sincg_reduced_grad(h, Na) if reduced else sincg_grad(h, Na)
+        if Nb > 1:
+            gb, gNb = sincg_reduced_grad(k, Nb) if reduced else sincg_grad(k, Nb)
+        if Nc > 1:
+            gc, gNc = sincg_reduced_grad(l, Nc) if reduced else sincg_grad(l, Nc)
+        return (F, ga * fb * fc, fa * gb * fc, fa * fb * gc,
+                gNa * fb * fc, fa * gNb * fc, fa * fb * gNc)
+    dh = h - h0
+    dk = k - k0
+    dl = l - l0
+    if shape == SHAPE_ROUND:
+        hrad_sqr = dh * dh * Na * Na + dk * dk * Nb * Nb + dl * dl * Nc * Nc
+        x = math.pi * np.sqrt(hrad_sqr * fudge)
+        # dF/d(hrad_sqr), with dx/d(hrad_sqr) = pi^2 fudge / (2 x)
+        dr = Na * Nb * Nc * 0.723601254558268 * sinc3_dx_over_x(x) * math.pi * math.pi * fudge / 2.0
+        return (F, dr * 2.0 * dh * Na * Na, dr * 2.0 * dk * Nb * Nb, dr * 2.0 * dl * Nc * Nc,
+                F / Na + dr * 2.0 * dh * dh * Na, F / Nb + dr * 2.0 * dk * dk * Nb,
+                F / Nc + dr * 2.0 * dl * dl * Nc)
+    if shape == SHAPE_GAUSS:
+        dx = dh * astar[0] + dk * bstar[0] + dl * cstar[0]
+        dy = dh * astar[1] + dk * bstar[1] + dl * cstar[1]
+        dz = dh * astar[2] + dk * bstar[2] + dl * cstar[2]
+        n2 = Na * Na * Nb * Nb * Nc * Nc
+        rad_star_sqr = (dx * dx + dy * dy + dz * dz) * n2
+        q = -F * fudge / 0.63             # dF/d(rad_star_sqr)
+        return (F, q * n2 * 2.0 * dot((dx, dy, dz), astar), q * n2 * 2.0 * dot((dx, dy, dz), bstar),
+                q * n2 * 2.0 * dot((dx, dy, dz), cstar),
+                F / Na + q * 2.0 * rad_star_sqr / Na, F / Nb + q * 2.0 * rad_star_sqr / Nb,
+                F / Nc + q * 2.0 * rad_star_sqr / Nc)
+    return F, z, z, z, F / Na, F / Nb, F / Nc
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def polint4_dx(xa0, y0, y1, y2, y3, x):
+    """d/dx of polint4 (the same four Lagrange terms, each differentiated)."""
+    x0_, x1_, x2_, x3_ = xa0, xa0 + 1.0, xa0 + 2.0, xa0 + 3.0
+    a0, a1, a2, a3 = x - x0_, x - x1_, x - x2_, x - x3_
+    return ((a2 * a3 + a1 * a3 + a1 * a2) * y0 / -6.0
+            + (a2 * a3 + a0 * a3 + a0 * a2) * y1 / 2.0
+            + (a1 * a3 + a0 * a3 + a0 * a1) * y2 / -2.0
+            + (a1 * a2 + a0 * a2 + a0 * a1) * y3 / 6.0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _lagrange4(xa0, x):
+    """Weights and their x-derivatives of the 4-point interpolation at x
+    (polint4 / polint4_dx applied to the unit vectors)."""
+    return ((polint4(xa0, 1.0, 0.0, 0.0, 0.0, x), polint4(xa0, 0.0, 1.0, 0.0, 0.0, x),
+             polint4(xa0, 0.0, 0.0, 1.0, 0.0, x), polint4(xa0, 0.0, 0.0, 0.0, 1.0, x)),
+            (polint4_dx(xa0, 1.0, 0.0, 0.0, 0.0, x), polint4_dx(xa0, 0.0, 1.0, 0.0, 0.0, x),
+             polint4_dx(xa0, 0.0, 0.0, 1.0, 0.0, x), polint4_dx(xa0, 0.0, 0.0, 0.0, 1.0, x)))
+
+
+@njit(cache=True, error_model="numpy")
+def tricubic_F_grad(Fhkl, hmin, kmin, lmin, h, k, l, G, c, scatter):
+    """(dF/dh, dF/dk, dF/dl) of tricubic_F at (h, k, l); with ``scatter``, also
+    adds c * dF/dFhkl[...] (the 64 interpolation weights)
+    into G (Fhkl's shape).  tricubic_F is linear in the grid: F = sum wh wk wl F[...]."""
+    hf = np.int64(np.floor(h)) - 1
+    kf = np.int64(np.floor(k)) - 1
+    lf = np.int64(np.floor(l)) - 1
+    wh, dwh = _lagrange4(like(hf, h), h)
+    wk, dwk = _lagrange4(like(kf, h), k)
+    wl, dwl = _lagrange4(like(lf, h), l)
+    h0, k0, l0 = hf - hmin, kf - kmin, lf - lmin
+    gh = gk = gl = 0.0 * h
+    for a in range(4):
+        for b in range(4):
+            for e in range(4):
+                v = Fhkl[h0 + a, k0 + b, l0 + e]
+                gh += dwh[a] * wk[b] * wl[e] * v
+                gk += wh[a] * dwk[b] * wl[e] * v
+                gl += wh[a] * wk[b] * dwl[e] * v
+                if scatter:
+                    G[h0 + a, k0 + b, l0 + e] += c * wh[a] * wk[b] * wl[e]
+    return gh, gk, gl
+
+
+@njit(cache=True, error_model="numpy")
+def polarization_factor_grad(kahn, incident, v, axis):
+    """(factor, d factor / dv) for polarization_factor(kahn, incident, v, axis),
+    v the (not necessarily unit) diffracted vector, e.g. a pixel position.
+
+    factor = (1 + c^2 - K cos(2 psi) (1 - c^2)) / 2 with c = i.d, d = v/|v|,
+    cos(2 psi) = (E^2 - B^2)/(E^2 + B^2), E = d.E_in, B = d.B_in.  Along the
+    beam (E = B = 0) psi is taken as 0, as atan2(0, 0) gives, with zero slope."""
+    factor, _ = polarization_factor(kahn, incident, v, axis)
+    inc, _ = unitize(incident)
+    d, mag = unitize(v)
+    ax, _ = unitize(axis)
+    c = dot(inc, d)
+    c2p = 1.0 + 0.0 * c
+    gE = gB = 0.0 * c
+    E_in = B_in = (0.0 * c, 0.0 * c, 0.0 * c)
+    if kahn != 0.0:
+        B_in, _ = unitize(cross(ax, inc))
+        E_in, _ = unitize(cross(inc, B_in))
+        E = dot(d, E_in)
+        B = dot(d, B_in)
+        q = E * E + B * B
+        if q > 0.0:
+            c2p = (E * E - B * B) / q
+            gE = 4.0 * E * B * B / (q * q)
+            gB = -4.0 * B * E * E / (q * q)
+    ci = c * (1.0 + kahn * c2p)
+    w = -0.5 * kahn * (1.0 - c * c)
+    g = (ci * inc[0] + w * (gE * E_in[0] + gB * B_in[0]),
+         ci * inc[1] + w * (gE * E_in[1] + gB * B_in[1]),
+         ci * inc[2] + w * (gE * E_in[2] + gB * B_in[2]))
+    # factor depends on v only through d = v/|v|: project out the radial part
+    gd = dot(g, d)
+    return factor, ((g[0] - gd * d[0]) / mag, (g[1] - gd * d[1]) / mag, (g[2] - gd * d[2]) / mag)
+
+
+@njit(cache=True, error_model="numpy")
+def solid_angle_grad(pixel_size, pos, close_distance, point_pixel):
+    """(d omega / d pos (1/m per m, 3-vector), d omega / d close_distance) for
+    solid_angle(pixel_size, |pos|, close_distance, point_pixel)."""
+    d, R = unitize(pos)
+    om = solid_angle(pixel_size, R, close_distance, point_pixel)
+    if point_pixel:
+        k = -2.0 * om / R
+        return (k * d[0], k * d[1], k * d[2]), 0.0 * R
+    k = -3.0 * om / R
+    return (k * d[0], k * d[1], k * d[2]), pixel_size * pixel_size / R / R / R
+
+
+@njit(cache=True, error_model="numpy")
+def lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar):
+    """The gauss shape's dependence on the reciprocal vectors: returns (q, v)
+    with dF/dastar = q (h - h0) v, dF/dbstar = q (k - k0) v, dF/dcstar =
+    q (l - l0) v (1/A units as astar).  q = 0 for the other shapes (square
+    and round do not use them; the top hat is flat between its edges)."""
+    dh = h - h0
+    dk = k - k0
+    dl = l - l0
+    v = (dh * astar[0] + dk * bstar[0] + dl * cstar[0],
+         dh * astar[1] + dk * bstar[1] + dl * cstar[1],
+         dh * astar[2] + dk * bstar[2] + dl * cstar[2])
+    if shape != SHAPE_GAUSS:
+        return 0.0 * h, v
+    n2 = Na * Na * Nb * Nb * Nc * Nc
+    F = Na * Nb * Nc * np.exp(-(dot(v, v) * n2 / 0.63 * fudge))
+    return -F * fudge / 0.63 * n2 * 2.0, v

@@ -93,10 +93,13 @@ def test_as_array_torch_inputs():
     mask[0, 0] = 0
     assert int(mask_t[0, 0]) == 0
 
-    F_t = torch.rand(5, 5, 5, dtype=torch.float64, requires_grad=True)
+    F_t = torch.rand(5, 5, 5, dtype=torch.float64)
     F = as_array(F_t, like="numpy")
     assert np_ptr(F) == F_t.data_ptr()
-    assert np.array_equal(F, F_t.detach().numpy())
+    assert np.array_equal(F, F_t.numpy())
+    # a tensor that requires grad is refused, not silently detached
+    with pytest.raises(ValueError, match="requires grad"):
+        as_array(F_t.clone().requires_grad_(True), like="numpy")
 
     out_t = torch.zeros(4, 4, dtype=torch.float32)
     out = as_array(out_t, like=np.empty(0, dtype=np.float32))

@@ -1,0 +1,366 @@
+"""Differentiable simulation: nanoBragg images as torch tensors with gradients.
+
+::
+
+    import torch
+    from nbnumba.autodiff import simulate, structure_factors
+    cell = torch.tensor([70., 80., 90., 85., 95., 105.], dtype=torch.float64, requires_grad=True)
+    img = simulate(argv, cell=cell)          # (S, F) photons/pixel, with a grad_fn
+    img.sum().backward()                     # cell.grad: d(sum)/d(a, b, c (A), angles (deg))
+
+Every keyword overrides the matching flag of ``argv`` (nanoBragg flags) and may
+be a torch tensor (float64 or float32, requiring grad or not) or plain numbers:
+
+==============  =====  ==================================================
+keyword         size   meaning (units)
+==============  =====  ==================================================
+cell            6      a, b, c (Angstrom), alpha, beta, gamma (degrees)
+misset          3      rotations about x, y, z (degrees), as -misset
+distance        1      sample-detector distance (mm), as -distance
+beam_center     2      Xbeam, Ybeam (mm)
+wavelength      1      Angstrom (all sources scale with it)
+N               3      Na, Nb, Nc (continuous in the lattice factor)
+fluence         1      photons/m^2 (replaces -flux/-exposure/-beamsize)
+F_hkl           grid   structure factors, see :func:`structure_factors`
+==============  =====  ==================================================
+
+The forward pass is the numba kernel's pixel function in float64; the
+backward pass is the adjoint kernel in ``nbnumba.kernels.adjoint``, which
+returns dI/dtheta for kernel-level quantities theta (cell vectors, detector
+origin, wavelength scale, N, fluence, F grid) contracted with the upstream
+gradient.  The host maps the user parameters to theta (see ``_Run``).  What is
+and is not differentiable is in docs/autodiff.md.  torch is imported lazily;
+``import nbnumba`` never needs it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Optional
+
+import numpy as np
+
+from .errors import ConfigError
+from .kernels import adjoint as A
+from .kernels import cpu as K
+
+__all__ = ["simulate", "structure_factors", "PARAMETERS"]
+
+#: keyword -> number of values (F_hkl: the grid of structure_factors(argv))
+PARAMETERS = {"cell": 6, "misset": 3, "distance": 1, "beam_center": 2, "wavelength": 1,
+              "N": 3, "fluence": 1, "F_hkl": None}
+#: the ones that move the cell or the detector: the host maps them to theta
+_GEOMETRIC = ("cell", "misset", "distance", "beam_center", "wavelength")
+#: Richardson steps for the host map's Jacobian, in the keyword's units
+#: (relative for lengths and the wavelength, absolute for angles)
+_STEP = {"cell": (1e-4, 1e-4, 1e-4, 1e-3, 1e-3, 1e-3), "misset": (1e-3,) * 3,
+         "distance": (1e-2,), "beam_center": (1e-2, 1e-2), "wavelength": (1e-5,)}
+#: row chunks of the adjoint pass, each with its own F-grid and cell buffers
+N_CHUNKS = 8
+_RELATIVE = {"cell": (True, True, True, False, False, False), "wavelength": (True,)}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:   # pragma: no cover - exercised only without torch
+        raise ImportError("nbnumba.autodiff needs torch: pip install nbnumba[torch]") from None
+    return torch
+
+
+def _parse(argv):
+    from .flags import parse_argv
+    return parse_argv([str(a) for a in argv])
+
+
+def _override(cfg, vals):
+    """Config with the keyword values (in the keywords' units) applied."""
+    kw = {}
+    if "cell" in vals:
+        a, b, c, al, be, ga = (float(x) for x in vals["cell"])
+        kw.update(user_cell=True, cell_a=a, cell_b=b, cell_c=c, cell_alpha=math.radians(al),
+                  cell_beta=math.radians(be), cell_gamma=math.radians(ga))
+    if "misset" in vals:
+        kw.update(misset_mode=1, misset=tuple(math.radians(float(x)) for x in vals["misset"]))
+    if "distance" in vals:
+        kw["distance"] = float(vals["distance"][0]) * 1e-3
+    if "beam_center" in vals:
+        kw["Xbeam"], kw["Ybeam"] = (float(x) * 1e-3 for x in vals["beam_center"])
+    if "wavelength" in vals:
+        kw["lambda0"] = float(vals["wavelength"][0]) * 1e-10
+    if "N" in vals:
+        kw["Na"], kw["Nb"], kw["Nc"] = (float(x) for x in vals["N"])
+    if "fluence" in vals:
+        kw.update(fluence=float(vals["fluence"][0]), flux=0.0)
+    return replace(cfg, **kw)
+
+
+def _check_supported(cfg, given, needs_grad):
+    """Refuse what the adjoint does not model, naming the flag (never a silent
+    zero or detached gradient)."""
+    if cfg.c_parity:
+        raise ConfigError("nbnumba.autodiff: -c_parity is not supported (the default mode only)")
+    if cfg.device not in ("cpu", None):
+        raise ConfigError("nbnumba.autodiff runs on the CPU: drop -device %s" % cfg.device)
+    if "cell" in given and cfg.matfilename is not None:
+        raise ConfigError("cell= cannot override -mat: give -cell instead of -mat")
+    if "N" in given and (cfg.sample_x > 0 or cfg.sample_y > 0 or cfg.sample_z > 0):
+        raise ConfigError("N= cannot override a crystal size given with -xtal_size/-sample_*")
+    if "distance" in given and not math.isnan(cfg.close_distance):
+        raise ConfigError("distance= cannot override -close_distance")
+    if not needs_grad:
+        return
+    bad = []
+    if cfg.curved_detector:
+        bad.append("-curved_det")
+    if cfg.detector_thick > 0.0:
+        bad.append("-detector_thick (capture fraction)")
+    for flag, on in (("-oversample_thick", cfg.oversample_thick),
+                     ("-oversample_polar", cfg.oversample_polar),
+                     ("-oversample_omega", cfg.oversample_omega)):
+        if on:
+            bad.append(flag)
+    if bad:
+        raise ConfigError("nbnumba.autodiff: gradients are not available with %s; "
+                          "see docs/autodiff.md" % ", ".join(bad))
+    if "wavelength" in needs_grad and cfg.sourcefilename is not None:
+        raise ConfigError("wavelength= is not differentiable with -sourcefile "
+                          "(its wavelengths do not scale with -lambda)")
+
+
+def _cell_rotations(model):
+    """rots[j, m] = R_j e_m: the rotation taking the unrotated cell to cell j
+    (phi step x mosaic domain), from crystal.rotated_cells itself, which is
+    linear in the cell vectors."""
+    from types import SimpleNamespace
+    from . import crystal as xtal
+    basis = SimpleNamespace(a=(1.0, 0.0, 0.0), b=(0.0, 1.0, 0.0), c=(0.0, 0.0, 1.0))
+    st = model.steps
+    out = xtal.rotated_cells(basis, model.det.spindle, model.phis, model.umats,
+                             st.mosaic_spread, False)
+    return np.ascontiguousarray(out[1].reshape(-1, 3, 3))
+
+
+class _Run:
+    """One prepared simulation: the Model at the given values, the kernel
+    arguments, and (lazily) the Jacobian of theta w.r.t. the keywords."""
+
+    def __init__(self, argv, vals, needs_grad, F_values):
+        from .model import build_model
+        cfg0 = _parse(argv)
+        _check_supported(cfg0, set(vals) | ({"F_hkl"} if F_values is not None else set()),
+                         needs_grad)
+        cfg = _override(cfg0, vals)
+        model = build_model(cfg)
+        # freeze what build_model chose (auto oversample, time seed) so the
+        # host map below sees the same run
+        self.cfg = replace(cfg, oversample=model.oversample, seed=model.seed)
+        self.model = model
+        self.vals = vals
+        self.needs_grad = needs_grad
+        if F_values is not None:
+            if model.hkls == 0:
+                raise ConfigError("F_hkl= needs a structure-factor file (-hkl): the run uses "
+                                  "default_F only")
+            if tuple(F_values.shape) != model.Fhkl.shape:
+                raise ConfigError("F_hkl has shape %s; this run's grid is %s "
+                                  "(see structure_factors(argv))"
+                                  % (tuple(F_values.shape), model.Fhkl.shape))
+            model.Fhkl = np.ascontiguousarray(F_values, dtype=np.float64)
+        self.args = list(model.kernel_args(np.float64))
+        c = model.crystal
+        if cfg.xtal_shape == "SQUARE" and any(n != math.floor(n) for n in (c.Na, c.Nb, c.Nc)):
+            # the reduced-argument sincg assumes an integer N; between integers
+            # the lattice factor is sin(N pi h)/sin(pi h) as the C writes it
+            # (equal at integers to rounding, so the image is continuous in N)
+            self.args[0][K.I_REDUCED] = 0
+        self.rots = _cell_rotations(model)
+        self.recip = None
+        if cfg.matfilename is not None:
+            from .io.mat import read_mosflm_mat
+            from .model import _resolve
+            self.recip = read_mosflm_mat(_resolve(cfg, cfg.matfilename))
+        self.image = None
+        self._jac = {}
+
+    def forward(self):
+        S, F = self.model.shape
+        out = np.zeros((S, F))
+        A.render64(self.model.active, *self.args, out)
+        self.image = out
+        return out
+
+    def theta_grad(self, g):
+        """(sum over pixels of g dI/dtheta (N_PAR,), F-grid gradient or None)."""
+        S, F = self.model.shape
+        want_F = "F_hkl" in self.needs_grad
+        # a fixed number of row chunks (not the thread count): the per-chunk
+        # sums, hence the gradients, do not depend on the threads
+        nchunk = max(1, min(S, N_CHUNKS))
+        gpar = np.zeros((S, A.N_PAR))
+        gF = np.zeros((nchunk,) + self.model.Fhkl.shape if want_F else (nchunk, 1, 1, 1))
+        ncell = self.rots.shape[0]
+        cacc = np.zeros((nchunk, 9, ncell))
+        val = np.zeros((S, F))
+        A.backward(self.model.active, np.ascontiguousarray(g, dtype=np.float64), *self.args,
+                   want_F, nchunk, gpar, gF, cacc, val)
+        G = gpar.sum(axis=0)
+        # h_j = (R_j a) . S: dI/da_m = sum_j sum_n R_j[n, m] (sum of g dI/dh_j S_n),
+        # rots[j, m, n] = R_j[n, m]; likewise b (k) and c (l)
+        G[A.P_A:A.P_C + 3] = np.einsum("jmn,qnj->qm", self.rots,
+                                       cacc.sum(axis=0).reshape(3, 3, ncell)).reshape(9)
+        return G, (gF.sum(axis=0) if want_F else None)
+
+    def _host_theta(self, vals):
+        """theta[:N_HOST] = (a, b, c (m), pix0 (m), close distance (m), astar,
+        bstar, cstar (1/A)) at vals."""
+        from . import crystal as xtal
+        from .geometry import build_detector
+        from .rng import RngState
+        cfg = _override(self.cfg, vals)
+        det = build_detector(cfg)
+        misset_seed = cfg.misset_seed if cfg.misset_seed is not None else cfg.seed
+        cr = xtal.build_crystal(cfg, self.recip, cfg.lambda0, RngState(), misset_seed)
+        return np.array(cr.a + cr.b + cr.c + tuple(det.pix0) + (det.close_distance,)
+                        + tuple(cr.astar) + tuple(cr.bstar) + tuple(cr.cstar))
+
+    def host_jacobian(self, name):
+        """d theta[:N_HOST] / d keyword, (N_HOST, size): Richardson-extrapolated central
+        differences of the host's own geometry code (build_detector and
+        build_crystal, the one implementation).  The detector origin is affine
+        in distance and beam centre, so those columns are exact up to rounding;
+        the cell and misset columns carry an O(h^4) error (~1e-12 relative)."""
+        if name in self._jac:
+            return self._jac[name]
+        base = np.asarray(self.vals[name], dtype=np.float64)
+        cols = []
+        for i in range(base.size):
+            step = _STEP[name][i]
+            if _RELATIVE.get(name, (False,) * base.size)[i]:
+                step *= abs(base[i]) if base[i] != 0.0 else 1.0
+
+            def at(t):
+                v = dict(self.vals)
+                x = base.copy()
+                x[i] += t
+                v[name] = x
+                return self._host_theta(v)
+            cols.append((8.0 * (at(step) - at(-step)) - (at(2 * step) - at(-2 * step)))
+                        / (12.0 * step))
+        self._jac[name] = np.stack(cols, axis=1)
+        return self._jac[name]
+
+    def backward(self, g):
+        """Gradients of sum(g * image) w.r.t. each keyword in needs_grad."""
+        G, gF = self.theta_grad(g)
+        out = {}
+        for name in self.needs_grad:
+            if name == "F_hkl":
+                out[name] = gF
+                continue
+            if name == "N":
+                out[name] = G[A.P_NA:A.P_NC + 1].copy()
+                continue
+            if name == "fluence":
+                out[name] = np.array([G[A.P_FLU] / float(self.vals["fluence"][0])])
+                continue
+            grad = self.host_jacobian(name).T @ G[:A.N_HOST]
+            if name == "wavelength":
+                # every source wavelength is proportional to lambda0
+                grad = grad + G[A.P_LAM] / float(self.vals["wavelength"][0])
+            out[name] = grad
+        return out
+
+
+def _as_tensor(torch, name, v):
+    if isinstance(v, torch.Tensor):
+        t = v
+    else:
+        t = torch.as_tensor(np.asarray(v, dtype=np.float64))
+    if not t.is_floating_point():
+        raise TypeError("%s= must be a float64 or float32 tensor (got %s)" % (name, t.dtype))
+    size = PARAMETERS[name]
+    if size is not None and t.numel() != size:
+        raise ValueError("%s= takes %d value%s (got %d)" % (name, size, "s" * (size > 1), t.numel()))
+    return t
+
+
+_FUNCTION = None
+
+
+def _function():
+    """The torch.autograd.Function (built on first use: torch is optional)."""
+    global _FUNCTION
+    if _FUNCTION is None:
+        torch = _torch()
+
+        class Simulate(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, run, names, *tensors):
+                ctx.run, ctx.names = run, names
+                ctx.meta = [(t.dtype, t.device, t.shape) for t in tensors]
+                return torch.from_numpy(run.forward())
+
+            @staticmethod
+            def backward(ctx, gout):
+                g = gout.detach().to("cpu", torch.float64).numpy()
+                grads = ctx.run.backward(g)
+                res = [None, None]
+                for name, (dt, dev, shp) in zip(ctx.names, ctx.meta):
+                    gr = grads.get(name)
+                    res.append(None if gr is None else
+                               torch.from_numpy(np.asarray(gr).reshape(shp)).to(dev, dt))
+                return tuple(res)
+
+        _FUNCTION = Simulate
+    return _FUNCTION
+
+
+def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wavelength=None,
+             N=None, fluence=None, F_hkl=None):
+    """The (S, F) image (photons/pixel) of the nanoBragg command ``argv`` with
+    the given keywords overriding its flags, as a torch tensor whose grad_fn
+    reaches every keyword tensor that requires grad.
+
+    Output dtype: float32 if every keyword tensor is float32, else float64
+    (computed in float64 either way); device: that of the keyword tensors.
+    Raises ConfigError for a configuration whose gradient is not modelled
+    when any keyword requires grad (see docs/autodiff.md)."""
+    torch = _torch()
+    given = dict(cell=cell, misset=misset, distance=distance, beam_center=beam_center,
+                 wavelength=wavelength, N=N, fluence=fluence, F_hkl=F_hkl)
+    tensors = {k: _as_tensor(torch, k, v) for k, v in given.items() if v is not None}
+    vals = {k: t.detach().to("cpu", torch.float64).numpy().reshape(-1)
+            for k, t in tensors.items() if k != "F_hkl"}
+    F_values = None
+    if "F_hkl" in tensors:
+        F_values = tensors["F_hkl"].detach().to("cpu", torch.float64).numpy()
+    needs_grad = tuple(k for k, t in tensors.items() if t.requires_grad)
+    dtypes = {t.dtype for t in tensors.values()}
+    devices = {t.device for t in tensors.values()}
+    if len(devices) > 1:
+        raise ValueError("keyword tensors are on several devices: %s" % sorted(map(str, devices)))
+    run = _Run(argv, vals, needs_grad, F_values)
+    names = tuple(tensors)
+    img = _function().apply(run, names, *tensors.values())
+    if dtypes == {torch.float32}:
+        img = img.to(torch.float32)
+    if devices and next(iter(devices)).type != "cpu":
+        img = img.to(next(iter(devices)))
+    return img
+
+
+def structure_factors(argv):
+    """(F, ranges): the structure-factor grid this run would use, as a float64
+    torch tensor (a copy; pass it, or an optimised version, as F_hkl=), and
+    ranges = ((h_min, h_max), (k_min, k_max), (l_min, l_max)).
+
+    The grid is indexed F[h - h_min, k - k_min, l - l_min]; it carries one
+    extra padding plane per axis, as nanoBragg's does."""
+    torch = _torch()
+    from .model import build_model
+    model = build_model(_parse(argv))
+    if model.hkls == 0:
+        raise ConfigError("this run has no structure-factor grid (no -hkl): default_F only")
+    h0, h1, k0, k1, l0, l1 = model.hkl_bounds
+    return torch.from_numpy(model.Fhkl.copy()), ((h0, h1), (k0, k1), (l0, l1))
