@@ -1,0 +1,331 @@
+"""nbnumba.autodiff side by side with hoidn/nanoBragg's PyTorch port (nanobrag_torch).
+
+The torch port is not a dependency: install it in a scratch virtual environment
+of its own (torch, numpy, and the port's ``src`` on its path) and name that
+environment's interpreter::
+
+    python -m benchmarks.autodiff_peers --peer-python PEER_VENV/bin/python            # small case
+    python -m benchmarks.autodiff_peers --peer-python PEER_VENV/bin/python --case issue512 --no-fd
+    NB_PEER_PYTHON=PEER_VENV/bin/python python -m benchmarks.autodiff_peers --json out.json
+
+(``--peer-path DIR`` makes DIR, e.g. the port's ``src``, the peer's
+PYTHONPATH when it is not installed in that environment.)
+
+Each side runs in its own subprocess (this file, ``--worker ours|peer``): one
+process per mode, because peak RSS (``resource.getrusage``) only grows within a
+process.  The protocol is a JSON request file in, a JSON result (plus ``.npy``
+images) out, in a temporary directory.  Modes:
+
+``fwd``    forward only, no parameter requires grad: best-of-``--reps`` seconds.
+``grad``   forward + backward of ``sum(img)`` and of ``sum(w * img)`` (w: fixed
+           random weights in [0, 1)) w.r.t. every compared parameter at once;
+           best-of-``--reps`` seconds of each and the gradients.
+``fd``     central differences (Richardson, steps h and 2h) of both losses with
+           the side's own forward, one scalar parameter at a time: the referee
+           where the two autograd gradients disagree.
+
+Both sides run float64 with 2 threads (torch.set_num_threads(2), NUMBA_NUM_THREADS=2)
+and the port eagerly (NANOBRAGG_DISABLE_COMPILE=1).  To make the two runs the same
+physics, the port's mosaic domains (its own Gaussian axis-angle draws, not
+nanoBragg's) are replaced by nbnumba's (nanoBragg's RNG), passed in the request;
+everything else is given explicitly on both sides (MOSFLM convention, beam pivot,
+explicit beam centre, oversample 1, square shape, default_F only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+#: the compared parameters: name -> (number of values, Richardson FD step per value)
+PARAMS = {
+    "cell": (6, (1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3)),   # A, deg
+    "misset": (3, (1e-3, 1e-3, 1e-3)),                   # deg
+    "distance": (1, (1e-3,)),                            # mm
+    "beam_center": (2, (1e-4, 1e-4)),                    # mm (Xbeam, Ybeam)
+    "wavelength": (1, (1e-7,)),                          # A
+    "N": (3, (1e-4, 1e-4, 1e-4)),                        # cells
+    "fluence": (1, (1e23,)),                             # photons/m^2
+}
+
+CASES = {
+    # small: 64 x 64 pixels, 3 phi steps x 3 mosaic domains
+    "small": dict(pixels=64, cell=[70., 80., 90., 85., 95., 105.], misset=[5., 10., 15.],
+                  N=[8., 8., 8.], default_F=100., wavelength=1.5, distance=100., pixel=0.1,
+                  beam_center=[3.25, 3.15], fluence=1.25932015286227e29,
+                  phi=0.1, osc=0.6, phisteps=3, mosaic=0.5, mosaic_domains=3),
+    # issue 13's 512^2 case: mosaic 0.5 deg x 10 domains, phi 0.1 + 1 deg in 5 steps
+    "issue512": dict(pixels=512, cell=[70., 80., 90., 85., 95., 105.], misset=[5., 10., 15.],
+                     N=[8., 8., 8.], default_F=100., wavelength=1.5, distance=100., pixel=0.1,
+                     beam_center=[25.6, 25.6], fluence=1.25932015286227e29,
+                     phi=0.1, osc=1.0, phisteps=5, mosaic=0.5, mosaic_domains=10),
+}
+
+
+def case_argv(c):
+    """nanoBragg flags of a case (every compared parameter is also passed as a keyword)."""
+    f = lambda xs: [repr(float(x)) for x in xs]
+    return (["-cell"] + f(c["cell"]) + ["-misset"] + f(c["misset"])
+            + ["-Na", "%d" % c["N"][0], "-Nb", "%d" % c["N"][1], "-Nc", "%d" % c["N"][2],
+               "-default_F", repr(c["default_F"]), "-lambda", repr(c["wavelength"]),
+               "-distance", repr(c["distance"]), "-pixel", repr(c["pixel"]),
+               "-detpixels", str(c["pixels"]), "-Xbeam", repr(c["beam_center"][0]),
+               "-Ybeam", repr(c["beam_center"][1]), "-fluence", repr(c["fluence"]),
+               "-phi", repr(c["phi"]), "-osc", repr(c["osc"]), "-phisteps", str(c["phisteps"]),
+               "-mosaic", repr(c["mosaic"]), "-mosaic_dom", str(c["mosaic_domains"]),
+               "-oversample", "1", "-mosflm", "-seed", "1", "-nonoise", "-nopgm", "-noprogress"]
+            + (["-nopolar"] if c.get("nopolar") else []))
+
+
+def _values(c, names):
+    return {n: list(map(float, c[n] if isinstance(c[n], list) else [c[n]])) for n in names}
+
+
+# --------------------------------------------------------------------------- workers
+
+def _peak_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _make_ours(req):
+    import torch
+    from nbnumba.autodiff import simulate
+    argv = case_argv(req["case"])
+
+    def sim(t):
+        return simulate(argv, **t)
+    return torch, sim
+
+
+def _make_peer(req):
+    import torch
+    from nanobrag_torch.config import (BeamConfig, CrystalConfig, CrystalShape, DetectorConfig,
+                                       DetectorConvention, DetectorPivot)
+    from nanobrag_torch.models.crystal import Crystal
+    from nanobrag_torch.models.detector import Detector
+    from nanobrag_torch.simulator import Simulator
+    c = req["case"]
+    dt = torch.float64
+    umats = torch.tensor(req["umats"], dtype=dt).reshape(-1, 3, 3)
+    # nanoBragg's mosaic domains (from nbnumba) instead of the port's own draws
+    Crystal._generate_mosaic_rotations = lambda self, config: umats.to(self.device, self.dtype)
+
+    def sim(t):
+        cell, mis, N = t["cell"], t["misset"], t["N"]
+        cc = CrystalConfig(cell_a=cell[0], cell_b=cell[1], cell_c=cell[2], cell_alpha=cell[3],
+                           cell_beta=cell[4], cell_gamma=cell[5], misset_deg=(mis[0], mis[1], mis[2]),
+                           N_cells=(N[0], N[1], N[2]), default_F=c["default_F"],
+                           phi_start_deg=c["phi"], osc_range_deg=c["osc"], phi_steps=c["phisteps"],
+                           mosaic_spread_deg=c["mosaic"], mosaic_domains=c["mosaic_domains"],
+                           shape=CrystalShape.SQUARE)
+        dc = DetectorConfig(distance_mm=t["distance"][0], pixel_size_mm=c["pixel"],
+                            spixels=c["pixels"], fpixels=c["pixels"],
+                            detector_convention=DetectorConvention.MOSFLM,
+                            detector_pivot=DetectorPivot.BEAM, oversample=1,
+                            beam_center_source="explicit")
+        # as the port's CLI maps MOSFLM -Xbeam/-Ybeam (its Detector adds the 0.5 pixel)
+        dc.beam_center_s = t["beam_center"][0]
+        dc.beam_center_f = t["beam_center"][1]
+        bc = BeamConfig(wavelength_A=t["wavelength"][0], fluence=t["fluence"][0],
+                        nopolar=bool(c.get("nopolar")))
+        crystal = Crystal(cc, beam_config=bc, device=torch.device("cpu"), dtype=dt)
+        det = Detector(dc, device=torch.device("cpu"), dtype=dt)
+        return Simulator(crystal, det, crystal_config=cc, beam_config=bc,
+                         device=torch.device("cpu"), dtype=dt).run()
+    return torch, sim
+
+
+def worker(side, reqfile, outdir):
+    import numpy as np
+    with open(reqfile) as fh:
+        req = json.load(fh)
+    torch, sim = (_make_ours if side == "ours" else _make_peer)(req)
+    torch.set_num_threads(2)
+    names = req["params"]
+    base = _values(req["case"], PARAMS)
+    res = {"side": side, "mode": req["mode"], "rss_after_import_mib": _peak_mib()}
+    w = torch.from_numpy(np.load(os.path.join(outdir, "weights.npy")))
+
+    def tensors(grad=(), shift=None):
+        t = {}
+        for n, v in base.items():
+            x = torch.tensor(v, dtype=torch.float64)
+            if shift is not None and shift[0] == n:
+                x[shift[1]] += shift[2]
+            t[n] = x.requires_grad_(n in grad)
+        return t
+
+    reps = req["reps"]
+    if req["mode"] == "fwd":
+        times = []
+        for _ in range(reps + 1):             # the first is the warm-up
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                img = sim(tensors())
+            times.append(time.perf_counter() - t0)
+        res["times_s"] = times[1:]
+        np.save(os.path.join(outdir, side + "_image.npy"), img.detach().numpy())
+    elif req["mode"] == "grad":
+        for loss in ("sum", "weighted"):
+            times = []
+            for _ in range(reps + 1):
+                t = tensors(grad=names)
+                t0 = time.perf_counter()
+                img = sim(t)
+                L = img.sum() if loss == "sum" else (w * img).sum()
+                L.backward()
+                times.append(time.perf_counter() - t0)
+            res[loss] = {"times_s": times[1:], "value": float(L.detach()),
+                         "grad": {n: (None if t[n].grad is None else t[n].grad.tolist())
+                                  for n in names}}
+    elif req["mode"] == "fd":
+        def losses(shift):
+            with torch.no_grad():
+                img = sim(tensors(shift=shift))
+            return np.array([float(img.sum()), float((w * img).sum())])
+        fd = {}
+        for n in names:
+            col = []
+            for i, h in enumerate(PARAMS[n][1]):
+                f = {k: losses((n, i, k * h)) for k in (-2, -1, 1, 2)}
+                col.append(((8.0 * (f[1] - f[-1]) - (f[2] - f[-2])) / (12.0 * h)).tolist())
+            fd[n] = col                         # [value index][sum, weighted]
+        res["fd"] = fd
+    res["peak_rss_mib"] = _peak_mib()
+    with open(os.path.join(outdir, side + "_" + req["mode"] + ".json"), "w") as fh:
+        json.dump(res, fh)
+
+
+# --------------------------------------------------------------------------- driver
+
+def _run_worker(python, side, req, tmp, env_extra):
+    reqfile = os.path.join(tmp, "req_%s_%s.json" % (side, req["mode"]))
+    with open(reqfile, "w") as fh:
+        json.dump(req, fh)
+    env = dict(os.environ)
+    env.update(env_extra)
+    cmd = [python, os.path.abspath(__file__), "--worker", side, "--request", reqfile, "--outdir", tmp]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("%s %s worker failed (rc %d):\n%s" % (side, req["mode"], r.returncode,
+                                                                 r.stderr[-4000:]))
+    with open(os.path.join(tmp, "%s_%s.json" % (side, req["mode"]))) as fh:
+        return json.load(fh)
+
+
+def _flat(d, names):
+    out = []
+    for n in names:
+        v = d[n]
+        out.extend([float("nan")] * PARAMS[n][0] if v is None else v)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--worker", choices=("ours", "peer"), help=argparse.SUPPRESS)
+    ap.add_argument("--request", help=argparse.SUPPRESS)
+    ap.add_argument("--outdir", help=argparse.SUPPRESS)
+    ap.add_argument("--peer-python", default=os.environ.get("NB_PEER_PYTHON"),
+                    help="interpreter of the environment holding nanobrag_torch (or NB_PEER_PYTHON)")
+    ap.add_argument("--peer-path", default=os.environ.get("NB_PEER_PATH"),
+                    help="the PYTHONPATH of the peer process (e.g. the port's src, when it is not installed)")
+    ap.add_argument("--case", choices=sorted(CASES), default="small")
+    ap.add_argument("--params", default=",".join(PARAMS),
+                    help="comma-separated subset of %s" % ",".join(PARAMS))
+    ap.add_argument("--modes", default="fwd,grad,fd")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--no-fd", action="store_true")
+    ap.add_argument("--nopolar", action="store_true",
+                    help="both sides without the polarization factor (-nopolar): isolates the "
+                         "port's eps-biased polarization (see docs/autodiff_peers.md)")
+    ap.add_argument("--json", help="write all results here")
+    a = ap.parse_args(argv)
+    if a.worker:
+        return worker(a.worker, a.request, a.outdir)
+    if not a.peer_python:
+        ap.error("give --peer-python (or NB_PEER_PYTHON): the torch port's interpreter")
+    import numpy as np
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from nbnumba.flags import parse_argv
+    from nbnumba.model import build_model
+    c = dict(CASES[a.case], nopolar=a.nopolar)
+    names = [n for n in a.params.split(",") if n]
+    model = build_model(parse_argv(case_argv(c)))
+    umats = np.asarray(model.umats, dtype=np.float64).reshape(-1, 9).tolist()
+    modes = [m for m in a.modes.split(",") if m and not (a.no_fd and m == "fd")]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ours_env = {"NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "2",
+                "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    peer_env = {"NANOBRAGG_DISABLE_COMPILE": "1", "OMP_NUM_THREADS": "2", "KMP_DUPLICATE_LIB_OK": "TRUE",
+                "PYTHONPATH": a.peer_path or ""}
+    out = {"case": c, "argv": case_argv(c), "params": names, "results": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(13)
+        np.save(os.path.join(tmp, "weights.npy"), rng.random((c["pixels"], c["pixels"])))
+        for mode in modes:
+            req = {"case": c, "params": names, "mode": mode, "reps": a.reps, "umats": umats}
+            for side, py, env in (("ours", sys.executable, ours_env), ("peer", a.peer_python, peer_env)):
+                r = _run_worker(py, side, req, tmp, env)
+                out["results"]["%s_%s" % (side, mode)] = r
+                print(json.dumps({k: v for k, v in r.items() if k not in ("fd",)})[:2000], flush=True)
+            if mode == "fwd":
+                A = np.load(os.path.join(tmp, "ours_image.npy"))
+                B = np.load(os.path.join(tmp, "peer_image.npy"))
+                out["forward"] = {"corr": float(np.corrcoef(A.ravel(), B.ravel())[0, 1]),
+                                  "max_rel": float(np.max(np.abs(A - B)) / np.max(np.abs(A))),
+                                  "sum_ours": float(A.sum()), "sum_peer": float(B.sum()),
+                                  "argmax_ours": list(np.unravel_index(int(A.argmax()), A.shape)),
+                                  "argmax_peer": list(np.unravel_index(int(B.argmax()), B.shape))}
+                out["forward"]["argmax_ours"] = [int(x) for x in out["forward"]["argmax_ours"]]
+                out["forward"]["argmax_peer"] = [int(x) for x in out["forward"]["argmax_peer"]]
+                print(json.dumps({"forward": out["forward"]}), flush=True)
+    R = out["results"]
+    if "ours_grad" in R and "peer_grad" in R:
+        table = []
+        for loss in ("sum", "weighted"):
+            g1 = _flat(R["ours_grad"][loss]["grad"], names)
+            g2 = _flat(R["peer_grad"][loss]["grad"], names)
+            fd1 = fd2 = None
+            if "ours_fd" in R:
+                fd1 = [x[0 if loss == "sum" else 1] for n in names for x in R["ours_fd"]["fd"][n]]
+                fd2 = [x[0 if loss == "sum" else 1] for n in names for x in R["peer_fd"]["fd"][n]]
+            k = 0
+            for n in names:
+                for i in range(PARAMS[n][0]):
+                    row = {"loss": loss, "param": "%s[%d]" % (n, i), "ours": g1[k], "peer": g2[k],
+                           "rel": abs(g1[k] - g2[k]) / max(abs(g1[k]), abs(g2[k]), 1e-300)}
+                    if fd1 is not None:
+                        row.update(fd_ours=fd1[k], fd_peer=fd2[k],
+                                   rel_ours_fd=abs(g1[k] - fd1[k]) / max(abs(fd1[k]), 1e-300),
+                                   rel_peer_fd=abs(g2[k] - fd2[k]) / max(abs(fd2[k]), 1e-300))
+                    table.append(row)
+                    k += 1
+        out["gradients"] = table
+        for row in table:
+            print(" ".join("%s=%s" % (k, ("%.6g" % v) if isinstance(v, float) else v)
+                           for k, v in row.items()))
+    for key, r in sorted(R.items()):
+        if key.endswith("_fd"):
+            continue
+        if "times_s" in r:
+            print("%-10s fwd       best %.3f s  peak RSS %.0f MiB (after import %.0f)"
+                  % (key, min(r["times_s"]), r["peak_rss_mib"], r["rss_after_import_mib"]))
+        for loss in ("sum", "weighted"):
+            if loss in r:
+                print("%-10s fwd+bwd %-8s best %.3f s  peak RSS %.0f MiB (after import %.0f)"
+                      % (key, loss, min(r[loss]["times_s"]), r["peak_rss_mib"],
+                         r["rss_after_import_mib"]))
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
