@@ -96,8 +96,13 @@ def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, 
     args = model.cpu_kernel_args()
     S, F = model.shape
     active = model.active
-    flat = np.flatnonzero(active.ravel())
-    first = int(flat[0]) if len(flat) else -1
+    # the -c_parity emulation needs the first active pixel and per-pixel
+    # bookkeeping; the default mode needs neither (no pass over the mask)
+    if cfg.c_parity:
+        flat = np.flatnonzero(active.ravel())
+        first = int(flat[0]) if len(flat) else -1
+    else:
+        flat, first = None, -1
     if out is None:
         out = np.zeros((S, F), dtype=np.float32)
     else:
@@ -108,15 +113,18 @@ def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, 
             raise ConfigError("out= must be a contiguous float32 array of shape %s" % ((S, F),))
         out[...] = 0.0
     omega = np.zeros(S, dtype=np.float64)          # per-row solid-angle sums
-    oor = np.full((S, F), -1, dtype=np.int32)
-    ran = np.zeros((S, F), dtype=np.uint8)
+    bS, bF = (S, F) if cfg.c_parity else (1, 1)
+    oor = np.full((bS, bF), -1, dtype=np.int32)
+    ran = np.zeros((bS, bF), dtype=np.uint8)
     first_arg = first if cfg.c_parity else -1
+    nt = cfg.threads or None
     if progress is None:
-        K.render(active, first_arg, -1, -1, *args, out, omega, oor, ran)
+        K.render(active, first_arg, -1, -1, *args, out, omega, oor, ran, threads=nt)
     else:
         chunk = max(1, S // 50)
         for r0 in range(0, S, chunk):
-            K.render(active, first_arg, -1, -1, *args, out, omega, oor, ran, r0, min(S, r0 + chunk))
+            K.render(active, first_arg, -1, -1, *args, out, omega, oor, ran, r0, min(S, r0 + chunk),
+                     threads=nt)
             progress(min(S, r0 + chunk), S)
     if cfg.c_parity and len(flat):
         _c_parity_fixups(model, args, active, flat, out, omega, oor, ran)
@@ -133,19 +141,21 @@ def _c_parity_fixups(model, args, active, flat, out, omega, oor, ran):
        nanoBragg.c turns interpolation off for every later sub-path.
     """
     S, F = active.shape
+    nt = model.cfg.threads or None
     ranflat = ran.ravel()
     runs = flat[ranflat[flat] != 0]
     first_true = int(runs[0]) if len(runs) else -1
     if first_true != int(flat[0]):
         # re-render: the wrong pixel got the first-execution cells
-        K.render(active, first_true, -1, -1, *args, out, omega, oor, ran)
+        K.render(active, first_true, -1, -1, *args, out, omega, oor, ran, threads=nt)
     model.first_exec_pixel = first_true
     oorflat = oor.ravel()
     bad = flat[oorflat[flat] >= 0]
     if model.interpolate and len(bad):
         p = int(bad[0])
         model.latch = (p, int(oorflat[p]))
-        K.render(active, first_true, p, int(oorflat[p]), *args, out, omega, oor, ran)
+        K.render(active, first_true, p, int(oorflat[p]), *args, out, omega, oor, ran,
+                 threads=nt)
 
 
 def compute_stats(model: Model, img: np.ndarray, omega: np.ndarray) -> Dict[str, float]:
@@ -191,8 +201,8 @@ def run_model(model: Model, backend: Optional[str] = None, progress=None, out=No
     """Render a prepared Model (see nbnumba.model.build_model)."""
     cfg = model.cfg
     backend = backend or cfg.device
-    with _threads(cfg):
-        img, omega = render_float(model, backend=backend, progress=progress, out=out)
+    # the CPU kernel runs on its own thread pool (cfg.threads, see kernels.cpu.render)
+    img, omega = render_float(model, backend=backend, progress=progress, out=out)
     img_host = to_host(img)
     stats = compute_stats(model, img_host, to_host(omega))
     scale = cfg.intfile_scale

@@ -11,6 +11,8 @@ import sys
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PROGRAM_MODES:
+        return _program_mode(argv)
     from .errors import NBError, UsageError
     from . import flags
     if not argv or any(a in ("-h", "-help", "--help") for a in argv):
@@ -51,6 +53,7 @@ def run(cfg) -> int:
     if msg:
         print(msg, file=out)
     out.flush()
+    _announce_compile(model)
     bar = None
     progress = None
     if cfg.progress_meter and not cfg.noprogress and sys.stdout.isatty():
@@ -77,6 +80,29 @@ def run(cfg) -> int:
     for line in result_lines(res):
         print(line, file=out)
     return 0
+
+
+# ---- whole-program modes of nbnumba (not nanoBragg flags) ---------------------
+_PROGRAM_MODES = ("--warmup", "--batch")
+
+
+def _program_mode(argv) -> int:
+    """``nbnumba --warmup`` (compile every kernel once) and
+    ``nbnumba --batch FILE`` (many command lines in one process)."""
+    if argv[0] == "--warmup":
+        if len(argv) > 1:
+            print("nbnumba: error: --warmup takes no arguments", file=sys.stderr)
+            return 2
+        from .jitcache import warmup
+        return warmup()
+    from .batch import batch_main
+    return batch_main(argv[1:])
+
+
+def _announce_compile(model) -> None:
+    """Say so on stderr before a run that has to compile its kernel."""
+    from .jitcache import announce_compile
+    announce_compile(model)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,20 @@ float image is always returned as float32, like nanoBragg's floatimage.bin.
 """
 from __future__ import annotations
 
+import threading as _threading
+import types as _pytypes
+
 import numpy as np
-from numba import literal_unroll, njit, prange
+from numba import njit
 
 from ..physics import (capture_fraction, dot, interp_in_range, lattice_factor, like,
-                       nearest_F, polarization_factor, rotate_axis, sincg_reduced, solid_angle,
+                       nearest_F, polarization_factor, rotate_axis, sinpi_reduced, solid_angle,
                        tricubic_F, unitize)
+
+#: LLVM fast-math flags of the default-mode kernel: FMA contraction and
+#: reassociation (lets the F-lookup/accumulate loop vectorise).  Never 'nnan'
+#: or 'ninf': NaN inputs must propagate as in C.  -c_parity uses the strict kernel.
+FAST_MATH = {"contract", "reassoc"}
 
 # ---- integer option vector (iopt) layout ------------------------------------
 I_OVERSAMPLE, I_THICKSTEPS, I_NSRC, I_NPHI, I_NMOS, I_SHAPE = 0, 1, 2, 3, 4, 5
@@ -42,20 +50,33 @@ TRACE_COLS = 32
 
 
 @njit(cache=True, error_model="numpy")
-def _v(vecs, row):
-    return (vecs[row, 0], vecs[row, 1], vecs[row, 2])
-
-
-@njit(cache=True, error_model="numpy")
 def _record(tbuf, tpos, ev, vals):
+    """Append one trace row; ``vals`` is a tuple of floats (one type, so a
+    plain loop iterates it: no literal_unroll, cheap to compile)."""
     r = tpos[0]
     if r < tbuf.shape[0]:
         tbuf[r, 0] = ev
         i = 1
-        for v in literal_unroll(vals):
+        for v in vals:
             tbuf[r, i] = v
             i += 1
     tpos[0] = r + 1
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _sincg_r(h, N, proto):
+    """``physics.sincg_reduced`` with the sines' precision fixed at compile time
+    by the type of ``proto`` (float32 under -precision single, else float64):
+    one polynomial is evaluated, not both.  Same operations, same bits."""
+    n = np.rint(h)
+    d = h - n
+    Nd = N * d
+    m = np.rint(Nd)
+    e = Nd - m
+    parity = (np.int32(n) * (np.int32(N) - np.int32(1)) + np.int32(m)) & np.int32(1)
+    val = like(sinpi_reduced(like(e, proto)) / sinpi_reduced(like(d, proto)), h)
+    val = N if d == 0.0 else val
+    return -val if parity != 0 else val
 
 
 # ---- per-thread work buffer rows (length = number of (phi, mosaic) cells) ---
@@ -99,11 +120,13 @@ def _store(work, j, h, k, l, F, fa, fb, fc):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bstar, cstar, reduced):
+def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bstar, cstar, reduced,
+                  sproto):
     """Fractional indices and lattice factors for every (phi, mosaic) cell.
 
     cells: (2, 9, ncell) real-space a, b, c components (m) per cell, SoA so the
-    square/reduced loop below is contiguous and branch-free (vectorises)."""
+    square/reduced loop below is contiguous and branch-free (vectorises).
+    sproto: a zero of the sines' precision (reduced path)."""
     ncell = cells.shape[2]
     S0, S1, S2 = S
     one = S0 * 0 + 1
@@ -113,12 +136,11 @@ def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bsta
         da = Na > 1
         db = Nb > 1
         dc = Nc > 1
-        f32 = reduced == 2
         for j in range(ncell):
             h, k, l = _hkl(cells, v, j, S0, S1, S2)
-            fa = sincg_reduced(h, Na, f32) if da else one
-            fb = sincg_reduced(k, Nb, f32) if db else one
-            fc = sincg_reduced(l, Nc, f32) if dc else one
+            fa = _sincg_r(h, Na, sproto) if da else one
+            fb = _sincg_r(k, Nb, sproto) if db else one
+            fc = _sincg_r(l, Nc, sproto) if dc else one
             _store(work, j, h, k, l, ((one * fa) * fb) * fc, fa, fb, fc)
     else:
         for j in range(ncell):
@@ -131,7 +153,7 @@ def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bsta
             _store(work, j, h, k, l, F, fa, fb, fc)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells,
                 Fhkl, work, trace, tbuf, tpos, info):
     """Photons in one pixel (before float32 storage).
@@ -145,6 +167,15 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     info (int64[3], out): [index of first out-of-range interpolation
         sub-path or -1, whether any phi loop ran (0/1), sub-path count].
     Returns (value, omega_sum over sub-pixels).
+
+    Compiled twice from this source: ``pixel_value`` (strict IEEE, -c_parity)
+    and ``pixel_value_fast`` (FAST_MATH, the default mode); each is called,
+    not inlined, by the image loop and the trace, so it is typed once per
+    precision.  Both precisions share one signature: under -precision single
+    (``reduced`` = 2) the lattice pass is a second copy of the loop that
+    evaluates float32 sines (the branch is outside the loop, so each copy
+    evaluates one polynomial), and Fhkl holds float32-rounded values in
+    float64 (F is promoted to float64 before any arithmetic either way).
     """
     z = fopt[0] * 0
     one = z + 1
@@ -166,9 +197,17 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     kahn, dmin = fopt[F_KAHN], fopt[F_DMIN]
     Na, Nb, Nc, fudge = fopt[F_NA], fopt[F_NB], fopt[F_NC], fopt[F_FUDGE]
     default_F, I_bg, water = fopt[F_DEFAULT_F], fopt[F_I_BG], fopt[F_WATER]
-    fdet, sdet, odet, pix0 = _v(vecs, V_FDET), _v(vecs, V_SDET), _v(vecs, V_ODET), _v(vecs, V_PIX0)
-    beam, polar_axis = _v(vecs, V_BEAM), _v(vecs, V_POLAR)
-    astar, bstar, cstar = _v(vecs, V_ASTAR), _v(vecs, V_BSTAR), _v(vecs, V_CSTAR)
+    # (rows indexed here, not through a helper: a helper called with constant
+    # rows would be compiled once per row number)
+    fdet = (vecs[V_FDET, 0], vecs[V_FDET, 1], vecs[V_FDET, 2])
+    sdet = (vecs[V_SDET, 0], vecs[V_SDET, 1], vecs[V_SDET, 2])
+    odet = (vecs[V_ODET, 0], vecs[V_ODET, 1], vecs[V_ODET, 2])
+    pix0 = (vecs[V_PIX0, 0], vecs[V_PIX0, 1], vecs[V_PIX0, 2])
+    beam = (vecs[V_BEAM, 0], vecs[V_BEAM, 1], vecs[V_BEAM, 2])
+    polar_axis = (vecs[V_POLAR, 0], vecs[V_POLAR, 1], vecs[V_POLAR, 2])
+    astar = (vecs[V_ASTAR, 0], vecs[V_ASTAR, 1], vecs[V_ASTAR, 2])
+    bstar = (vecs[V_BSTAR, 0], vecs[V_BSTAR, 1], vecs[V_BSTAR, 2])
+    cstar = (vecs[V_CSTAR, 0], vecs[V_CSTAR, 1], vecs[V_CSTAR, 2])
 
     # common case without per-sub-path state: the default mode sums each
     # (phi, mosaic) pass in one go (-c_parity keeps the C's order of additions)
@@ -231,7 +270,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                         _record(tbuf, tpos, EV_GEOM, (
                             pix0[0], pix0[1], pix0[2], fdet[0], fdet[1], fdet[2],
                             sdet[0], sdet[1], sdet[2], pos[0], pos[1], pos[2], airpath,
-                            omega_pixel, close_distance, close_distance / airpath,
+                            like(omega_pixel, z), close_distance, close_distance / airpath,
                             diffracted[0], diffracted[1], diffracted[2],
                             incident_v[0], incident_v[1], incident_v[2], lambda_,
                             S[0], S[1], S[2]))
@@ -246,8 +285,12 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                     ran_phi = 1
                     # pass 1 over (phi, mosaic) cells: Miller indices and lattice
                     # factors (branch-free for the square/reduced case: vectorises)
-                    _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge,
-                                  astar, bstar, cstar, reduced)
+                    if reduced == 2:
+                        _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge,
+                                      astar, bstar, cstar, reduced, np.float32(0.0))
+                    else:
+                        _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge,
+                                      astar, bstar, cstar, reduced, z)
                     if lean:
                         # pass 2, common case: nearest-neighbour F and a plain sum
                         # (no per-sub-path state to keep), branch-light
@@ -278,12 +321,14 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                                     cells[variant, 6, j] * 1e10, cells[variant, 7, j] * 1e10,
                                     cells[variant, 8, j] * 1e10,
                                     astar[0], astar[1], astar[2], bstar[0], bstar[1], bstar[2],
-                                    cstar[0], cstar[1], cstar[2], h, k, l, h0, k0, l0))
+                                    cstar[0], cstar[1], cstar[2], h, k, l,
+                                    like(h0, z), like(k0, z), like(l0, z)))
                             if shape == 0:
                                 if phi_tic == 0:
                                     _record(tbuf, tpos, EV_LATT, (work[W_FA, j], work[W_FB, j],
                                                                   work[W_FC, j], F_latt))
-                                _record(tbuf, tpos, EV_PHI, (phi_tic, variant, k, work[W_FB, j], F_latt))
+                                _record(tbuf, tpos, EV_PHI, (like(phi_tic, z), like(variant, z), k,
+                                                             work[W_FB, j], F_latt))
                         if F_latt == 0.0 and water == 0.0:
                             continue
                         # structure factor of the unit cell
@@ -299,7 +344,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                                                h0, k0, l0, default_F)
                         sub_count += 1
                         if trace and source == 0 and mos == 0 and phi_tic == 0:
-                            _record(tbuf, tpos, EV_FCELL, (F_cell,))
+                            _record(tbuf, tpos, EV_FCELL, (like(F_cell, z),))
                         term = F_cell * F_cell * F_latt * F_latt
                         if corrected:
                             if os_thick:
@@ -344,35 +389,30 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
             test *= omega_pixel
     if trace:
         _record(tbuf, tpos, EV_FINAL, (
-            I, steps, os_thick, os_polar, os_omega, capture, polar, omega_pixel,
-            dot(incident_v, diffracted), test, Fdet, Sdet))
+            like(I, z), steps, one if os_thick else z, one if os_polar else z,
+            one if os_omega else z, like(capture, z), like(polar, z), like(omega_pixel, z),
+            like(dot(incident_v, diffracted), z), like(test, z), like(Fdet, z), like(Sdet, z)))
     info[0] = first_oor
     info[1] = ran_phi
     info[2] = sub_count
     return test, omega_acc
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam, cells,
-           Fhkl, out, omega_out, oor_out, ran_out, row0=0, row1=-1):
-    """Fill ``out`` (float32, (S, F)) for every active pixel of rows row0..row1-1
-    (row1 = -1: to the last row; the caller may render in chunks for progress).
-
-    first_pixel: linear index of the pixel whose phi loop runs first (-1: none).
-    latch_pixel/latch_sub: -c_parity interpolation latch (see pixel_value).
-    omega_out: per-row sums of the pixels' solid angles (S,), float64.
-    oor_out: per-pixel first out-of-range interpolation sub-path (or -1), int32.
-    ran_out: per-pixel flag, 1 if any phi loop ran (uint8).
-    """
+def _render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam,
+                 cells, Fhkl, out, omega_out, oor_out, ran_out, row0, row1, rstep):
+    """Image loop over rows row0, row0 + rstep, ... < row1 (compiled as
+    ``render_fast`` and ``render_strict``, single-threaded and without the GIL;
+    :func:`render` runs it on a thread pool).  ``_PV`` is the variant's pixel
+    function."""
     S, F = active.shape
-    if row1 < 0 or row1 > S:
-        row1 = S
-    tbuf = np.zeros((1, 32))
-    for s in prange(row0, row1):
+    # per-pixel -c_parity bookkeeping only when the caller passes full-size arrays
+    keep = oor_out.shape[0] == S and oor_out.shape[1] == F
+    tbuf = np.zeros((1, TRACE_COLS))
+    tpos = np.zeros(1, dtype=np.int64)
+    info = np.zeros(3, dtype=np.int64)
+    work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
+    for s in range(row0, row1, rstep):
         omega_out[s] = 0.0
-        tpos = np.zeros(1, dtype=np.int64)
-        info = np.zeros(3, dtype=np.int64)
-        work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
         for f in range(F):
             if active[s, f] == 0:
                 continue
@@ -383,24 +423,125 @@ def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incide
                     ls = -2
                 elif p == latch_pixel:
                     ls = latch_sub
-            val, om = pixel_value(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam, cells,
-                                  Fhkl, work, False, tbuf, tpos, info)
+            val, om = _PV(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam, cells,
+                          Fhkl, work, False, tbuf, tpos, info)
             out[s, f] = np.float32(val)
             omega_out[s] += om
-            oor_out[s, f] = info[0]
-            ran_out[s, f] = info[1]
+            if keep:
+                oor_out[s, f] = info[0]
+                ran_out[s, f] = info[1]
 
 
-@njit(cache=True, error_model="numpy")
-def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl, maxrows):
-    """Run one pixel with tracing on; returns (value, rows, nrows)."""
+def _trace_one(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl, maxrows):
     tbuf = np.zeros((maxrows, TRACE_COLS))
     tpos = np.zeros(1, dtype=np.int64)
     info = np.zeros(3, dtype=np.int64)
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
-    val, om = pixel_value(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl,
-                          work, True, tbuf, tpos, info)
+    val, om = _PV(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl,
+                  work, True, tbuf, tpos, info)
     return val, tbuf, tpos[0]
+
+
+def _variant(fn, name, **globals_):
+    """A copy of plain function ``fn`` named ``name`` (so numba gives it its own
+    cache file) whose global names ``globals_`` are rebound."""
+    g = dict(fn.__globals__)
+    g.update(globals_)
+    new = _pytypes.FunctionType(fn.__code__, g, name, fn.__defaults__, fn.__closure__)
+    new.__qualname__ = name
+    new.__module__ = fn.__module__
+    new.__doc__ = fn.__doc__
+    return new
+
+
+_JIT = dict(cache=True, error_model="numpy")
+#: default-mode pixel function: FAST_MATH (FMA contraction, reassociation)
+pixel_value_fast = njit(fastmath=FAST_MATH, **_JIT)(_variant(pixel_value.py_func, "pixel_value_fast"))
+render_strict = njit(nogil=True, **_JIT)(_variant(_render_rows, "render_strict", _PV=pixel_value))
+render_fast = njit(nogil=True, fastmath=FAST_MATH, **_JIT)(
+    _variant(_render_rows, "render_fast", _PV=pixel_value_fast))
+trace_strict = njit(**_JIT)(_variant(_trace_one, "trace_strict", _PV=pixel_value))
+trace_fast = njit(fastmath=FAST_MATH, **_JIT)(_variant(_trace_one, "trace_fast", _PV=pixel_value_fast))
+
+
+_POOLS = {}
+_POOL_LOCK = _threading.Lock()
+
+
+def _pool(n):
+    """A lasting thread pool of n workers (threads start once per process)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with _POOL_LOCK:
+        p = _POOLS.get(n)
+        if p is None:
+            p = _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="nbnumba")
+    return p
+
+
+def default_threads():
+    """Threads for one image when -threads is not given: numba's setting when
+    the caller changed it (numba.set_num_threads), else the usable cores."""
+    import os
+    import sys
+    par = sys.modules.get("numba.np.ufunc.parallel")
+    if par is not None and getattr(par, "_is_initialized", False):
+        import numba
+        return max(1, numba.get_num_threads())
+    env = os.environ.get("NUMBA_NUM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam, cells,
+           Fhkl, out, omega_out, oor_out, ran_out, row0=0, row1=-1, threads=None):
+    """Fill ``out`` (float32, (S, F)) for every active pixel of rows row0..row1-1
+    (row1 = -1: to the last row; the caller may render in chunks for progress).
+
+    first_pixel: linear index of the pixel whose phi loop runs first (-1: none).
+    latch_pixel/latch_sub: -c_parity interpolation latch (see pixel_value).
+    omega_out: per-row sums of the pixels' solid angles (S,), float64.
+    oor_out: per-pixel first out-of-range interpolation sub-path (or -1), int32.
+    ran_out: per-pixel flag, 1 if any phi loop ran (uint8).
+    oor_out/ran_out are only written when they have the image's shape (pass
+    (1, 1) arrays when the -c_parity bookkeeping is not needed).
+
+    threads: worker threads (default :func:`default_threads`); thread t renders
+    rows row0 + t, row0 + t + threads, ... (interleaved rows balance the load).
+
+    -c_parity runs the strict kernel; the default mode the FAST_MATH one.  One
+    compiled signature per variant for both precisions."""
+    k = render_strict if iopt[I_CPARITY] != 0 else render_fast
+    S = active.shape[0]
+    r0 = max(0, int(row0))
+    r1 = S if row1 < 0 or row1 > S else int(row1)
+    n = default_threads() if not threads else int(threads)
+    n = max(1, min(n, r1 - r0))
+    args = (active, int(first_pixel), int(latch_pixel), int(latch_sub), iopt, fopt, vecs, incident,
+            lam, cells, Fhkl, out, omega_out, oor_out, ran_out)
+    if n == 1:
+        k(*args, r0, r1, 1)
+        return
+    futs = [_pool(n).submit(k, *args, r0 + t, r1, n) for t in range(n)]
+    for f in futs:
+        f.result()
+
+
+def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl, maxrows):
+    """Run one pixel with tracing on (the variant the image uses); returns
+    (value, rows, nrows)."""
+    k = trace_strict if iopt[I_CPARITY] != 0 else trace_fast
+    return k(int(s), int(f), bool(first_exec), int(latch_sub), iopt, fopt, vecs, incident, lam,
+             cells, Fhkl, int(maxrows))
+
+
+def kernel_dispatchers():
+    """Every numba dispatcher of this module (for warm-up and cache checks)."""
+    from numba.core.registry import CPUDispatcher
+    return [v for v in globals().values() if isinstance(v, CPUDispatcher)]
 
 
 @njit(cache=True, error_model="numpy")
