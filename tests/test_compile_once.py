@@ -32,7 +32,7 @@ LINES = [
     CELL + " " + DET + " -nonoise -mosaic 0.5 -mosaic_dom 3 -mosaic_seed 4",
     CELL + " " + DET + " -nonoise -round_xtal -fudge 1.5",
     CELL + " " + DET + " -nonoise -gauss_xtal",
-    CELL + " " + DET + " -nonoise -tophat_xtal",
+    CELL + " " + DET + " -nonoise -tophat_spots",
     CELL + " " + DET + " -nonoise -hdivrange 0.5 -vdivrange 0.3 -hdivsteps 2 -vdivsteps 2 "
     "-dispersion 0.1 -dispsteps 2",
     CELL + " " + DET + " -nonoise -sourcefile sources.txt",
@@ -69,13 +69,21 @@ def test_second_pass_compiles_nothing(tmp_path):
     assert compiled == [], "second pass compiled %s" % compiled
     changed = {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
     assert changed == {}, "signatures / cache misses changed: %s" % changed
+    # the listener does see compilations
+    from numba import njit
+    probe = ev.RecordingListener()
+    with ev.install_listener("numba:compile", probe):
+        njit(lambda x: x + 1)(1)
+    assert probe.buffer
     for a, b in zip(first, second):
         assert np.array_equal(a, b)
     # one signature per kernel variant, shared by double and single precision
     assert len(K.render_fast.overloads) == 1
     assert len(K.render_strict.overloads) == 1
-    assert len(K.pixel_value_fast.overloads) == 1
-    assert len(K.pixel_value.overloads) == 1
+    # (the pixel functions are linked into the kernels' cached code: loaded
+    # from the cache they are not even loaded themselves)
+    assert len(K.pixel_value_fast.overloads) <= 1
+    assert len(K.pixel_value.overloads) <= 1
 
 
 def test_cold_cache_is_detected(tmp_path):
