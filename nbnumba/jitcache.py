@@ -4,10 +4,10 @@ which dispatchers exist (for tests that check nothing recompiles).
 numba compiles each kernel the first time it runs and keeps the machine code
 in its on-disk cache (``__pycache__`` next to the sources, or
 ``NUMBA_CACHE_DIR``).  The kernels are written so that one compiled
-signature serves every feature combination and both precisions: the default
-mode compiles ``render_fast`` (and the pixel function it calls) once, and
-``-c_parity`` compiles ``render_strict`` once.  ``nbnumba --warmup`` compiles
-all of them ahead of time.
+signature serves every feature combination, both precisions and both modes
+(default and -c_parity): ``render_rows`` (with the pixel function and the
+lattice loops it calls, linked into its cached code).  ``nbnumba --warmup``
+compiles it and the small helpers ahead of time.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 
 #: rough CPU seconds to compile each kernel variant with a cold cache on a
 #: 2-vCPU Xeon (docs/performance.md); the announcement scales nothing, it quotes
-COMPILE_SECONDS = {"render_fast": 12, "render_strict": 12}
+COMPILE_SECONDS = {"render_rows": 15}
 
 #: tiny runs that together compile every kernel variant and helper
 #: (default and -c_parity, trace, mosaic, noise, statistics, integer image)
@@ -50,7 +50,7 @@ def cold_kernels(model) -> list:
     from .kernels import cpu as K
     args = model.cpu_kernel_args()
     S, F = model.shape
-    disp = K.render_strict if model.cfg.c_parity else K.render_fast
+    disp = K.render_rows
     probe = (model.active, 0, 0, 0) + tuple(args) + (
         np.zeros((S, F), np.float32), np.zeros(S), np.zeros((1, 1), np.int32),
         np.zeros((1, 1), np.uint8), 0, 0, 0)

@@ -77,13 +77,12 @@ def test_second_pass_compiles_nothing(tmp_path):
     assert probe.buffer
     for a, b in zip(first, second):
         assert np.array_equal(a, b)
-    # one signature per kernel variant, shared by double and single precision
-    assert len(K.render_fast.overloads) == 1
-    assert len(K.render_strict.overloads) == 1
-    # (the pixel functions are linked into the kernels' cached code: loaded
-    # from the cache they are not even loaded themselves)
-    assert len(K.pixel_value_fast.overloads) <= 1
+    # one signature of the image kernel for every mode and both precisions
+    assert len(K.render_rows.overloads) == 1
+    # (the functions it calls are linked into its cached code: loaded from the
+    # cache they are not even loaded themselves)
     assert len(K.pixel_value.overloads) <= 1
+    assert len(K._lattice_square_fast.overloads) <= 2      # float64 / float32 sines
 
 
 def test_cold_cache_is_detected(tmp_path):

@@ -18,13 +18,14 @@ import types as _pytypes
 import numpy as np
 from numba import njit
 
-from ..physics import (capture_fraction, dot, interp_in_range, lattice_factor, like,
-                       nearest_F, polarization_factor, rotate_axis, sinpi_reduced, solid_angle,
-                       tricubic_F, unitize)
+from ..physics import (SINPI_F32, SINPI_F64, capture_fraction, dot, interp_in_range,
+                       lattice_factor, like, nearest_F, polarization_factor, rotate_axis,
+                       solid_angle, tricubic_F, unitize)
 
-#: LLVM fast-math flags of the default-mode kernel: FMA contraction and
-#: reassociation (lets the F-lookup/accumulate loop vectorise).  Never 'nnan'
-#: or 'ninf': NaN inputs must propagate as in C.  -c_parity uses the strict kernel.
+#: LLVM fast-math flags of the hot loops (square crystal, reduced sincg, nearest
+#: F): FMA contraction and reassociation (lets the F-lookup/accumulate loop
+#: vectorise).  Never 'nnan' or 'ninf': NaN inputs must propagate as in C.
+#: Everything nanoBragg.c's float64 arithmetic (-c_parity) runs stays strict.
 FAST_MATH = {"contract", "reassoc"}
 
 # ---- integer option vector (iopt) layout ------------------------------------
@@ -63,38 +64,79 @@ def _record(tbuf, tpos, ev, vals):
     tpos[0] = r + 1
 
 
+# ---- per-thread work buffer rows (length = number of (phi, mosaic) cells) ---
+W_H, W_K, W_L, W_F, W_FA, W_FB, W_FC = range(7)
+N_WORK = 7
+
+
+# sin(pi x) on |x| <= 1/2: physics.sinpi_reduced's polynomials, written here as
+# inline functions so that they take the flags of the function they are inlined
+# into (numba compiles a separately-called helper with the flags of whichever
+# caller compiled it first: that would make the strict kernel's bits depend on
+# the order of compilation)
+_S32 = tuple(np.float32(c) for c in SINPI_F32)
+_S64 = SINPI_F64
+
+
 @njit(cache=True, inline="always", error_model="numpy")
-def _sincg_r(h, N, proto):
-    """``physics.sincg_reduced`` with the sines' precision fixed at compile time
-    by the type of ``proto`` (float32 under -precision single, else float64):
-    one polynomial is evaluated, not both.  Same operations, same bits."""
+def _sinpi32(x):
+    t = x * x
+    return x * (((((_S32[5] * t + _S32[4]) * t + _S32[3]) * t + _S32[2]) * t + _S32[1]) * t + _S32[0])
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _sinpi64(x):
+    t = x * x
+    p = _S64[10]
+    p = p * t + _S64[9]
+    p = p * t + _S64[8]
+    p = p * t + _S64[7]
+    p = p * t + _S64[6]
+    p = p * t + _S64[5]
+    p = p * t + _S64[4]
+    p = p * t + _S64[3]
+    p = p * t + _S64[2]
+    p = p * t + _S64[1]
+    p = p * t + _S64[0]
+    return x * p
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _sincg_r(h, N, f32):
+    """``physics.sincg_reduced`` (same operations, same bits in strict code)
+    with the sines' precision fixed at compile time: ``f32`` is a literal
+    (a constant at the call site), so one polynomial is evaluated, not both."""
     n = np.rint(h)
     d = h - n
     Nd = N * d
     m = np.rint(Nd)
     e = Nd - m
     parity = (np.int32(n) * (np.int32(N) - np.int32(1)) + np.int32(m)) & np.int32(1)
-    val = like(sinpi_reduced(like(e, proto)) / sinpi_reduced(like(d, proto)), h)
+    if f32:
+        val = np.float64(_sinpi32(np.float32(e)) / _sinpi32(np.float32(d)))
+    else:
+        val = _sinpi64(e) / _sinpi64(d)
     val = N if d == 0.0 else val
     return -val if parity != 0 else val
 
 
-# ---- per-thread work buffer rows (length = number of (phi, mosaic) cells) ---
-W_H, W_K, W_L, W_F, W_FA, W_FB, W_FC = range(7)
-N_WORK = 7
-
-
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, fastmath=False, error_model="numpy")
 def _hkl(cells, v, j, S0, S1, S2):
-    """Fractional Miller indices h = a.S, k = b.S, l = c.S of cell j (variant v)."""
+    """Fractional Miller indices h = a.S, k = b.S, l = c.S of cell j (variant v).
+
+    Always strict IEEE (no FMA), also when called from the fast-math lattice
+    loop (LLVM inlines it and keeps its flags): the lattice factor near its
+    zeros amplifies a last-bit change of h about 1e4-fold, so h is computed
+    exactly as nanoBragg.c does."""
     return (cells[v, 0, j] * S0 + cells[v, 1, j] * S1 + cells[v, 2, j] * S2,
             cells[v, 3, j] * S0 + cells[v, 4, j] * S1 + cells[v, 5, j] * S2,
             cells[v, 6, j] * S0 + cells[v, 7, j] * S1 + cells[v, 8, j] * S2)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, fastmath=FAST_MATH, error_model="numpy")
 def _lean_sum(work, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F):
-    """Sum of F_cell^2 F_latt^2 over the cells of one sub-path (nearest F)."""
+    """Sum of F_cell^2 F_latt^2 over the cells of one sub-path (nearest F).
+    Default mode only: fast-math (the reassociated sum vectorises)."""
     acc = work[W_F, 0] * 0
     half = acc + 0.5
     for j in range(ncell):
@@ -119,41 +161,61 @@ def _store(work, j, h, k, l, F, fa, fb, fc):
     work[W_FC, j] = fc
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bstar, cstar, reduced,
-                  sproto):
-    """Fractional indices and lattice factors for every (phi, mosaic) cell.
+def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
+    """Fractional indices and square-crystal lattice factors (reduced sincg)
+    for every (phi, mosaic) cell.  Compiled as ``_lattice_square_fast``:
+    FMA contraction and reassociation after h, k, l (which stay exact).
 
     cells: (2, 9, ncell) real-space a, b, c components (m) per cell, SoA so the
-    square/reduced loop below is contiguous and branch-free (vectorises).
-    sproto: a zero of the sines' precision (reduced path)."""
+    loop is contiguous and branch-free (vectorises)."""
     ncell = cells.shape[2]
     S0, S1, S2 = S
     one = S0 * 0 + 1
-    v = variant
-    # indexing cells[v, c, j] directly (no per-call views): this runs per sub-path
-    if shape == 0 and reduced != 0:
-        da = Na > 1
-        db = Nb > 1
-        dc = Nc > 1
-        for j in range(ncell):
-            h, k, l = _hkl(cells, v, j, S0, S1, S2)
-            fa = _sincg_r(h, Na, sproto) if da else one
-            fb = _sincg_r(k, Nb, sproto) if db else one
-            fc = _sincg_r(l, Nc, sproto) if dc else one
-            _store(work, j, h, k, l, ((one * fa) * fb) * fc, fa, fb, fc)
-    else:
-        for j in range(ncell):
-            h, k, l = _hkl(cells, v, j, S0, S1, S2)
-            h0 = np.int64(np.ceil(h - 0.5 * one))
-            k0 = np.int64(np.ceil(k - 0.5 * one))
-            l0 = np.int64(np.ceil(l - 0.5 * one))
-            F, fa, fb, fc = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
-                                           astar, bstar, cstar, reduced)
-            _store(work, j, h, k, l, F, fa, fb, fc)
+    da = Na > 1
+    db = Nb > 1
+    dc = Nc > 1
+    for j in range(ncell):
+        h, k, l = _hkl(cells, variant, j, S0, S1, S2)
+        fa = _sincg_r(h, Na, f32) if da else one
+        fb = _sincg_r(k, Nb, f32) if db else one
+        fc = _sincg_r(l, Nc, f32) if dc else one
+        _store(work, j, h, k, l, ((one * fa) * fb) * fc, fa, fb, fc)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _lattice_general(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bstar, cstar,
+                     reduced):
+    """Indices and lattice factors for the other shapes and for nanoBragg.c's
+    own sincg (-c_parity float64): strict IEEE."""
+    ncell = cells.shape[2]
+    S0, S1, S2 = S
+    one = S0 * 0 + 1
+    for j in range(ncell):
+        h, k, l = _hkl(cells, variant, j, S0, S1, S2)
+        h0 = np.int64(np.ceil(h - 0.5 * one))
+        k0 = np.int64(np.ceil(k - 0.5 * one))
+        l0 = np.int64(np.ceil(l - 0.5 * one))
+        F, fa, fb, fc = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
+                                       astar, bstar, cstar, reduced)
+        _store(work, j, h, k, l, F, fa, fb, fc)
+
+
+def _variant(fn, name):
+    """A copy of plain function ``fn`` named ``name`` (so numba gives it its own
+    cache file: the index key does not include the compile flags)."""
+    new = _pytypes.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__,
+                                fn.__closure__)
+    new.__qualname__ = name
+    new.__module__ = fn.__module__
+    new.__doc__ = fn.__doc__
+    return new
+
+
+_JIT = dict(cache=True, error_model="numpy")
+_lattice_square_fast = njit(fastmath=FAST_MATH, **_JIT)(_variant(_lattice_square, "_lattice_square_fast"))
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
 def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells,
                 Fhkl, work, trace, tbuf, tpos, info):
     """Photons in one pixel (before float32 storage).
@@ -168,13 +230,13 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
         sub-path or -1, whether any phi loop ran (0/1), sub-path count].
     Returns (value, omega_sum over sub-pixels).
 
-    Compiled twice from this source: ``pixel_value`` (strict IEEE, -c_parity)
-    and ``pixel_value_fast`` (FAST_MATH, the default mode); each is called,
-    not inlined, by the image loop and the trace, so it is typed once per
-    precision.  Both precisions share one signature: under -precision single
-    (``reduced`` = 2) the lattice pass is a second copy of the loop that
-    evaluates float32 sines (the branch is outside the loop, so each copy
-    evaluates one polynomial), and Fhkl holds float32-rounded values in
+    Strict IEEE arithmetic, like nanoBragg.c, except the hot loops of the
+    default mode (square crystal, reduced sincg): ``_lattice_square_fast``
+    and ``_lean_sum`` use FMA contraction and reassociation after the Miller
+    indices (which stay exact).  Called, not inlined, by the image loop and
+    the trace, so it is typed once.  Both precisions share one signature:
+    under -precision single (``reduced`` = 2) the lattice loop is the copy
+    that evaluates float32 sines, and Fhkl holds float32-rounded values in
     float64 (F is promoted to float64 before any arithmetic either way).
     """
     z = fopt[0] * 0
@@ -285,12 +347,19 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                     ran_phi = 1
                     # pass 1 over (phi, mosaic) cells: Miller indices and lattice
                     # factors (branch-free for the square/reduced case: vectorises)
-                    if reduced == 2:
-                        _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge,
-                                      astar, bstar, cstar, reduced, np.float32(0.0))
+                    if shape == 0 and reduced != 0:
+                        # square crystal, reduced sincg (not nanoBragg.c's float64
+                        # arithmetic, so -c_parity reaches it only in single
+                        # precision): the hot loop, fast-math after the exact
+                        # indices; float32 sines under -precision single (a
+                        # constant per compiled copy)
+                        if reduced == 2:
+                            _lattice_square_fast(variant, S, cells, work, Na, Nb, Nc, True)
+                        else:
+                            _lattice_square_fast(variant, S, cells, work, Na, Nb, Nc, False)
                     else:
-                        _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge,
-                                      astar, bstar, cstar, reduced, z)
+                        _lattice_general(variant, S, cells, work, shape, Na, Nb, Nc, fudge,
+                                         astar, bstar, cstar, reduced)
                     if lean:
                         # pass 2, common case: nearest-neighbour F and a plain sum
                         # (no per-sub-path state to keep), branch-light
@@ -398,12 +467,11 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     return test, omega_acc
 
 
-def _render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam,
-                 cells, Fhkl, out, omega_out, oor_out, ran_out, row0, row1, rstep):
-    """Image loop over rows row0, row0 + rstep, ... < row1 (compiled as
-    ``render_fast`` and ``render_strict``, single-threaded and without the GIL;
-    :func:`render` runs it on a thread pool).  ``_PV`` is the variant's pixel
-    function."""
+@njit(nogil=True, **_JIT)
+def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam,
+                cells, Fhkl, out, omega_out, oor_out, ran_out, row0, row1, rstep):
+    """Image loop over rows row0, row0 + rstep, ... < row1, single-threaded and
+    without the GIL (:func:`render` runs it on a thread pool)."""
     S, F = active.shape
     # per-pixel -c_parity bookkeeping only when the caller passes full-size arrays
     keep = oor_out.shape[0] == S and oor_out.shape[1] == F
@@ -411,6 +479,9 @@ def _render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, 
     tpos = np.zeros(1, dtype=np.int64)
     info = np.zeros(3, dtype=np.int64)
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
+    # a computed False, not the literal: a literal would make numba compile a
+    # second copy of pixel_value (one for the image, one for the trace)
+    trace = tbuf.shape[0] == 0
     for s in range(row0, row1, rstep):
         omega_out[s] = 0.0
         for f in range(F):
@@ -423,8 +494,8 @@ def _render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, 
                     ls = -2
                 elif p == latch_pixel:
                     ls = latch_sub
-            val, om = _PV(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam, cells,
-                          Fhkl, work, False, tbuf, tpos, info)
+            val, om = pixel_value(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam,
+                                  cells, Fhkl, work, trace, tbuf, tpos, info)
             out[s, f] = np.float32(val)
             omega_out[s] += om
             if keep:
@@ -432,36 +503,17 @@ def _render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, 
                 ran_out[s, f] = info[1]
 
 
-def _trace_one(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl, maxrows):
+@njit(**_JIT)
+def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl, maxrows):
+    """Run one pixel with tracing on; returns (value, rows, nrows)."""
     tbuf = np.zeros((maxrows, TRACE_COLS))
     tpos = np.zeros(1, dtype=np.int64)
     info = np.zeros(3, dtype=np.int64)
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
-    val, om = _PV(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl,
-                  work, True, tbuf, tpos, info)
+    trace = tbuf.shape[0] >= 0     # a computed True (see render_rows)
+    val, om = pixel_value(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl,
+                          work, trace, tbuf, tpos, info)
     return val, tbuf, tpos[0]
-
-
-def _variant(fn, name, **globals_):
-    """A copy of plain function ``fn`` named ``name`` (so numba gives it its own
-    cache file) whose global names ``globals_`` are rebound."""
-    g = dict(fn.__globals__)
-    g.update(globals_)
-    new = _pytypes.FunctionType(fn.__code__, g, name, fn.__defaults__, fn.__closure__)
-    new.__qualname__ = name
-    new.__module__ = fn.__module__
-    new.__doc__ = fn.__doc__
-    return new
-
-
-_JIT = dict(cache=True, error_model="numpy")
-#: default-mode pixel function: FAST_MATH (FMA contraction, reassociation)
-pixel_value_fast = njit(fastmath=FAST_MATH, **_JIT)(_variant(pixel_value.py_func, "pixel_value_fast"))
-render_strict = njit(nogil=True, **_JIT)(_variant(_render_rows, "render_strict", _PV=pixel_value))
-render_fast = njit(nogil=True, fastmath=FAST_MATH, **_JIT)(
-    _variant(_render_rows, "render_fast", _PV=pixel_value_fast))
-trace_strict = njit(**_JIT)(_variant(_trace_one, "trace_strict", _PV=pixel_value))
-trace_fast = njit(fastmath=FAST_MATH, **_JIT)(_variant(_trace_one, "trace_fast", _PV=pixel_value_fast))
 
 
 _POOLS = {}
@@ -512,9 +564,8 @@ def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incide
     threads: worker threads (default :func:`default_threads`); thread t renders
     rows row0 + t, row0 + t + threads, ... (interleaved rows balance the load).
 
-    -c_parity runs the strict kernel; the default mode the FAST_MATH one.  One
-    compiled signature per variant for both precisions."""
-    k = render_strict if iopt[I_CPARITY] != 0 else render_fast
+    One compiled signature serves every mode and both precisions."""
+    k = render_rows
     S = active.shape[0]
     r0 = max(0, int(row0))
     r1 = S if row1 < 0 or row1 > S else int(row1)
@@ -528,14 +579,6 @@ def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incide
     futs = [_pool(n).submit(k, *args, r0 + t, r1, n) for t in range(n)]
     for f in futs:
         f.result()
-
-
-def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl, maxrows):
-    """Run one pixel with tracing on (the variant the image uses); returns
-    (value, rows, nrows)."""
-    k = trace_strict if iopt[I_CPARITY] != 0 else trace_fast
-    return k(int(s), int(f), bool(first_exec), int(latch_sub), iopt, fopt, vecs, incident, lam,
-             cells, Fhkl, int(maxrows))
 
 
 def kernel_dispatchers():
