@@ -50,7 +50,7 @@ EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL = 1, 2, 3, 4, 5, 6
 TRACE_COLS = 32
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, _nrt=False, error_model="numpy")
 def _record(tbuf, tpos, ev, vals):
     """Append one trace row; ``vals`` is a tuple of floats (one type, so a
     plain loop iterates it: no literal_unroll, cheap to compile)."""
@@ -120,7 +120,7 @@ def _sincg_r(h, N, f32):
     return -val if parity != 0 else val
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
 def _hkl(cells, v, j, S0, S1, S2):
     """Fractional Miller indices h = a.S, k = b.S, l = c.S of cell j (variant v).
 
@@ -133,7 +133,7 @@ def _hkl(cells, v, j, S0, S1, S2):
             cells[v, 6, j] * S0 + cells[v, 7, j] * S1 + cells[v, 8, j] * S2)
 
 
-@njit(cache=True, fastmath=FAST_MATH, error_model="numpy")
+@njit(cache=True, _nrt=False, fastmath=FAST_MATH, error_model="numpy")
 def _lean_sum(work, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F):
     """Sum of F_cell^2 F_latt^2 over the cells of one sub-path (nearest F).
     Default mode only: fast-math (the reassociated sum vectorises)."""
@@ -182,7 +182,7 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
         _store(work, j, h, k, l, ((one * fa) * fb) * fc, fa, fb, fc)
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
 def _lattice_general(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bstar, cstar,
                      reduced):
     """Indices and lattice factors for the other shapes and for nanoBragg.c's
@@ -212,10 +212,14 @@ def _variant(fn, name):
 
 
 _JIT = dict(cache=True, error_model="numpy")
-_lattice_square_fast = njit(fastmath=FAST_MATH, **_JIT)(_variant(_lattice_square, "_lattice_square_fast"))
+# The per-pixel and per-sub-path functions allocate nothing and run with
+# numba's reference counting off (``_nrt=False``): otherwise every call
+# increments and decrements the shared arrays' reference counts atomically, and
+# with several threads those cache lines bounce between cores on every call.
+_lattice_square_fast = njit(fastmath=FAST_MATH, _nrt=False, **_JIT)(_variant(_lattice_square, "_lattice_square_fast"))
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
 def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells,
                 Fhkl, work, trace, tbuf, tpos, info):
     """Photons in one pixel (before float32 storage).
