@@ -16,7 +16,7 @@ import time
 
 #: rough CPU seconds to compile each kernel variant with a cold cache on a
 #: 2-vCPU Xeon (docs/performance.md); the announcement scales nothing, it quotes
-COMPILE_SECONDS = {"render_rows": 15}
+COMPILE_SECONDS = {"render_rows": 25}
 
 #: tiny runs that together compile every kernel variant and helper
 #: (default and -c_parity, trace, mosaic, noise, statistics, integer image)
