@@ -97,3 +97,18 @@ def test_run_without_mosaic_keeps_the_noise_image(tmp_path):
     for _ in range(3):
         rng.mosaic_rotation_umat(0.0, idum, st2.buf)
     assert np.array_equal(st1.buf, st2.buf)
+
+
+def test_kernel_threads_follow_numba_setting():
+    """Without -threads the kernel uses numba's thread count when the caller set
+    it (the benchmarks do), else the usable cores."""
+    import numba
+    from nbnumba.kernels import cpu as K
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert K.default_threads() == 1
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        assert K.default_threads() == numba.config.NUMBA_NUM_THREADS
+    finally:
+        numba.set_num_threads(saved)
