@@ -39,5 +39,14 @@ def write_outputs(result, cfg=None, quiet=False):
     return _w(result, cfg or result.model.cfg, quiet=quiet)
 
 
+def simulate_many(argvs, cwd=None, workers=None, threads=None, write=False, **kw):
+    """Simulate many nanoBragg command lines in one process (parallel on a
+    thread pool); one ``BatchItem`` (ok, result, error, exit_code) per line,
+    in order.  A failing line does not stop the others.  See nbnumba.batch."""
+    from .batch import simulate_many as _m
+    return _m(argvs, cwd=cwd, workers=workers, threads=threads, write=write, **kw)
+
+
 __all__ = ["Config", "ConfigError", "InputFileError", "NBError", "UsageError",
-           "parse_argv", "simulate", "simulate_argv", "write_outputs", "__version__"]
+           "parse_argv", "simulate", "simulate_argv", "simulate_many", "write_outputs",
+           "__version__"]

@@ -87,28 +87,12 @@ class Result:
         return torch.from_dlpack(self.float_image)
 
 
-class _threads:
-    """Context: numba threads = -threads N for the duration of one run."""
-
-    def __init__(self, cfg: Config):
-        self.n = cfg.threads
-
-    def __enter__(self):
-        import numba
-        self.saved = numba.get_num_threads()
-        if self.n:
-            numba.set_num_threads(max(1, min(int(self.n), numba.config.NUMBA_NUM_THREADS)))
-
-    def __exit__(self, *exc):
-        import numba
-        numba.set_num_threads(self.saved)
-        return False
-
-
 # numba's workqueue threading layer aborts the process when two threads enter a
-# parallel kernel at once, and the omp/tbb layers oversubscribe: kernel calls
-# are serialised whatever the layer (one render already uses every core).
-_KERNEL_LOCK = threading.RLock()
+# parallel (prange) kernel at once, and the omp/tbb layers oversubscribe: calls of
+# prange kernels (the autodiff adjoint) hold this lock whatever the layer.  The
+# image kernel needs none: it is a GIL-free row function on nbnumba's own thread
+# pool (kernels.cpu.render), so simulate() calls from several threads run together.
+PARALLEL_KERNEL_LOCK = threading.RLock()
 
 BACKENDS = ("cpu", "cuda")
 
@@ -121,12 +105,6 @@ def _check_backend(backend) -> str:
 
 
 def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, out=None):
-    """See _render_float; kernel calls are serialised across threads (_KERNEL_LOCK)."""
-    with _KERNEL_LOCK:
-        return _render_float(model, dtype, backend, progress, out)
-
-
-def _render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, out=None):
     """Run the pixel kernel; returns (float32 image, solid-angle sums per
     row (on the GPU reduced on the device; only their total is used)).
 
@@ -146,8 +124,13 @@ def _render_float(model: Model, dtype=None, backend: str = "cpu", progress=None,
     args = model.cpu_kernel_args()
     S, F = model.shape
     active = model.active
-    flat = np.flatnonzero(active.ravel())
-    first = int(flat[0]) if len(flat) else -1
+    # the -c_parity emulation needs the first active pixel and per-pixel
+    # bookkeeping; the default mode needs neither (no pass over the mask)
+    if cfg.c_parity:
+        flat = np.flatnonzero(active.ravel())
+        first = int(flat[0]) if len(flat) else -1
+    else:
+        flat, first = None, -1
     if out is None:
         out = np.zeros((S, F), dtype=np.float32)
     else:
@@ -158,15 +141,18 @@ def _render_float(model: Model, dtype=None, backend: str = "cpu", progress=None,
             raise ConfigError("out= must be a contiguous float32 array of shape %s" % ((S, F),))
         out[...] = 0.0
     omega = np.zeros(S, dtype=np.float64)          # per-row solid-angle sums
-    oor = np.full((S, F), -1, dtype=np.int32)
-    ran = np.zeros((S, F), dtype=np.uint8)
+    bS, bF = (S, F) if cfg.c_parity else (1, 1)
+    oor = np.full((bS, bF), -1, dtype=np.int32)
+    ran = np.zeros((bS, bF), dtype=np.uint8)
     first_arg = first if cfg.c_parity else -1
+    nt = cfg.threads or None
     if progress is None:
-        K.render(active, first_arg, -1, -1, *args, out, omega, oor, ran)
+        K.render(active, first_arg, -1, -1, *args, out, omega, oor, ran, threads=nt)
     else:
         chunk = max(1, S // 50)
         for r0 in range(0, S, chunk):
-            K.render(active, first_arg, -1, -1, *args, out, omega, oor, ran, r0, min(S, r0 + chunk))
+            K.render(active, first_arg, -1, -1, *args, out, omega, oor, ran, r0, min(S, r0 + chunk),
+                     threads=nt)
             progress(min(S, r0 + chunk), S)
     if cfg.c_parity and len(flat):
         _c_parity_fixups(model, args, active, flat, out, omega, oor, ran)
@@ -183,19 +169,21 @@ def _c_parity_fixups(model, args, active, flat, out, omega, oor, ran):
        nanoBragg.c turns interpolation off for every later sub-path.
     """
     S, F = active.shape
+    nt = model.cfg.threads or None
     ranflat = ran.ravel()
     runs = flat[ranflat[flat] != 0]
     first_true = int(runs[0]) if len(runs) else -1
     if first_true != int(flat[0]):
         # re-render: the wrong pixel got the first-execution cells
-        K.render(active, first_true, -1, -1, *args, out, omega, oor, ran)
+        K.render(active, first_true, -1, -1, *args, out, omega, oor, ran, threads=nt)
     model.first_exec_pixel = first_true
     oorflat = oor.ravel()
     bad = flat[oorflat[flat] >= 0]
     if model.interpolate and len(bad):
         p = int(bad[0])
         model.latch = (p, int(oorflat[p]))
-        K.render(active, first_true, p, int(oorflat[p]), *args, out, omega, oor, ran)
+        K.render(active, first_true, p, int(oorflat[p]), *args, out, omega, oor, ran,
+                 threads=nt)
 
 
 def compute_stats(model: Model, img: np.ndarray, omega: np.ndarray) -> Dict[str, float]:
@@ -248,8 +236,8 @@ def run_model(model: Model, backend: Optional[str] = None, progress=None, out=No
     backend = _check_backend(backend or cfg.device)
     from .validate import check_image_finite, check_terms_finite
     check_terms_finite(model)      # F^2 = inf etc.: refuse before a long render
-    with _threads(cfg):
-        img, omega = render_float(model, backend=backend, progress=progress, out=out)
+    # the CPU kernel runs on its own thread pool (cfg.threads, see kernels.cpu.render)
+    img, omega = render_float(model, backend=backend, progress=progress, out=out)
     if backend == "cuda":
         import cupy as cp
         if not bool(cp.isfinite(img).all()):

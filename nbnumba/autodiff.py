@@ -43,6 +43,7 @@ import numpy as np
 from .errors import ConfigError
 from .kernels import adjoint as A
 from .kernels import cpu as K
+from .api import PARALLEL_KERNEL_LOCK
 
 __all__ = ["simulate", "structure_factors", "PARAMETERS"]
 
@@ -186,7 +187,8 @@ class _Run:
     def forward(self):
         S, F = self.model.shape
         out = np.zeros((S, F))
-        A.render64(self.model.active, *self.args, out)
+        with PARALLEL_KERNEL_LOCK:      # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
+            A.render64(self.model.active, *self.args, out)
         self.image = out
         return out
 
@@ -202,8 +204,9 @@ class _Run:
         ncell = self.rots.shape[0]
         cacc = np.zeros((nchunk, 9, ncell))
         val = np.zeros((S, F))
-        A.backward(self.model.active, np.ascontiguousarray(g, dtype=np.float64), *self.args,
-                   want_F, nchunk, gpar, gF, cacc, val)
+        with PARALLEL_KERNEL_LOCK:
+            A.backward(self.model.active, np.ascontiguousarray(g, dtype=np.float64), *self.args,
+                       want_F, nchunk, gpar, gF, cacc, val)
         G = gpar.sum(axis=0)
         # h_j = (R_j a) . S: dI/da_m = sum_j sum_n R_j[n, m] (sum of g dI/dh_j S_n),
         # rots[j, m, n] = R_j[n, m]; likewise b (k) and c (l)

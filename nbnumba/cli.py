@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     if argv is None:            # a program, not a call from Python: own SIGTERM
         _term_as_interrupt()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PROGRAM_MODES:
+        return _program_mode(argv)
     from .errors import NBError, UsageError
     from . import flags
     if not argv or any(a in ("-h", "-help", "--help") for a in argv):
@@ -91,6 +93,7 @@ def run(cfg) -> int:
     if msg:
         print(msg, file=out)
     out.flush()
+    _announce_compile(model)
     bar = None
     progress = None
     # the bar goes to stderr, so it shows whenever stderr is a terminal (also with | tee)
@@ -119,6 +122,29 @@ def run(cfg) -> int:
         print(line, file=out)
     print(run_summary_line(cfg, time.perf_counter() - t0), file=out)
     return 0
+
+
+# ---- whole-program modes of nbnumba (not nanoBragg flags) ---------------------
+_PROGRAM_MODES = ("--warmup", "--batch")
+
+
+def _program_mode(argv) -> int:
+    """``nbnumba --warmup`` (compile every kernel once) and
+    ``nbnumba --batch FILE`` (many command lines in one process)."""
+    if argv[0] == "--warmup":
+        if len(argv) > 1:
+            print("nbnumba: error: --warmup takes no arguments", file=sys.stderr)
+            return 2
+        from .jitcache import warmup
+        return warmup()
+    from .batch import batch_main
+    return batch_main(argv[1:])
+
+
+def _announce_compile(model) -> None:
+    """Say so on stderr before a run that has to compile its kernel."""
+    from .jitcache import announce_compile
+    announce_compile(model)
 
 
 if __name__ == "__main__":

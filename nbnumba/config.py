@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
-import numpy as np
+if TYPE_CHECKING:              # annotations only: `import nbnumba` stays light
+    import numpy as np
 
 NAN = math.nan
 Vec3 = Tuple[float, float, float]

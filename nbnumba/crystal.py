@@ -212,6 +212,14 @@ def mosaic_umats(spread, domains, rng_state, mosaic_seed):
     (nanoBragg.c forces one aligned domain but still draws its random numbers)."""
     idum = np.array([mosaic_seed], dtype=np.int64)
     out = np.empty((domains, 9))
+    if spread <= 0.0 and domains <= 1000:
+        # no mosaicity: the matrices are never applied (see rotated_cells), only
+        # the three draws per domain matter for the shared RNG state; make them
+        # in plain Python rather than loading a compiled kernel
+        for i in range(3 * domains):
+            rngmod.ran1_py(idum, rng_state.buf)
+        out[:] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+        return out
     for i in range(domains):
         out[i] = rngmod.mosaic_rotation_umat(spread, idum, rng_state.buf)
     out[0] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)

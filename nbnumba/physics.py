@@ -253,7 +253,7 @@ def lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, 
 
 
 # ---------------------------------------------------------------- structure factors
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def polint4(xa0, y0, y1, y2, y3, x):
     """4-point Lagrange interpolation at x through (xa0+i, y_i), i = 0..3,
     written term by term as nanoBragg.c's polint.  With integer nodes one apart
@@ -267,13 +267,13 @@ def polint4(xa0, y0, y1, y2, y3, x):
     return t0 + t1 + t2 + t3
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _interp_l(Fhkl, ih, ik, l0, xl, l):
     return polint4(xl, Fhkl[ih, ik, l0], Fhkl[ih, ik, l0 + 1], Fhkl[ih, ik, l0 + 2],
                    Fhkl[ih, ik, l0 + 3], l)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _interp_kl(Fhkl, ih, k0, l0, xk, xl, k, l):
     return polint4(xk, _interp_l(Fhkl, ih, k0, l0, xl, l), _interp_l(Fhkl, ih, k0 + 1, l0, xl, l),
                    _interp_l(Fhkl, ih, k0 + 2, l0, xl, l), _interp_l(Fhkl, ih, k0 + 3, l0, xl, l), k)

@@ -69,6 +69,38 @@ def ran1(idum_ref, buf):
     return temp
 
 
+def ran1_py(idum_ref, buf):
+    """:func:`ran1` in plain Python (same integer arithmetic, same state
+    updates), for the few draws a run without mosaicity makes: no compiled
+    code has to be loaded for them."""
+    idum = int(idum_ref[0])
+    if idum <= 0 or buf[1] == 0:
+        if -idum < 1:
+            idum = 1
+        else:
+            idum = -idum
+        for j in range(NTAB + 7, -1, -1):
+            k = idum // IQ
+            idum = IA * (idum - k * IQ) - IR * k
+            if idum < 0:
+                idum += IM
+            if j < NTAB:
+                buf[2 + j] = idum
+        buf[1] = buf[2]
+    k = idum // IQ
+    idum = IA * (idum - k * IQ) - IR * k
+    if idum < 0:
+        idum += IM
+    j = int(buf[1]) // NDIV
+    buf[1] = buf[2 + j]
+    buf[2 + j] = idum
+    idum_ref[0] = idum
+    temp = F32(AM * int(buf[1]))
+    if float(temp) > RNMX:
+        return F32(RNMX)
+    return temp
+
+
 @njit(cache=True)
 def gammln(xx):
     """ln Gamma(xx) with float32 argument and result (C: float gammln(float))."""

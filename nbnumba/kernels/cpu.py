@@ -12,12 +12,21 @@ float image is always returned as float32, like nanoBragg's floatimage.bin.
 """
 from __future__ import annotations
 
-import numpy as np
-from numba import literal_unroll, njit, prange
+import threading as _threading
+import types as _pytypes
 
-from ..physics import (capture_fraction, dot, interp_in_range, lattice_factor, like,
-                       nearest_F, polarization_factor, rotate_axis, sincg_reduced, solid_angle,
-                       tricubic_F, unitize)
+import numpy as np
+from numba import njit
+
+from ..physics import (SINPI_F32, SINPI_F64, capture_fraction, dot, interp_in_range,
+                       lattice_factor, like, nearest_F, polarization_factor, rotate_axis,
+                       solid_angle, tricubic_F, unitize)
+
+#: LLVM fast-math flags of the hot loops (square crystal, reduced sincg, nearest
+#: F): FMA contraction and reassociation (lets the F-lookup/accumulate loop
+#: vectorise).  Never 'nnan' or 'ninf': NaN inputs must propagate as in C.
+#: Everything nanoBragg.c's float64 arithmetic (-c_parity) runs stays strict.
+FAST_MATH = {"contract", "reassoc"}
 
 # ---- integer option vector (iopt) layout ------------------------------------
 I_OVERSAMPLE, I_THICKSTEPS, I_NSRC, I_NPHI, I_NMOS, I_SHAPE = 0, 1, 2, 3, 4, 5
@@ -41,18 +50,15 @@ EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL, EV_SOURCE2 = 1, 2, 3, 4, 5
 TRACE_COLS = 32
 
 
-@njit(cache=True, error_model="numpy")
-def _v(vecs, row):
-    return (vecs[row, 0], vecs[row, 1], vecs[row, 2])
-
-
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, _nrt=False, error_model="numpy")
 def _record(tbuf, tpos, ev, vals):
+    """Append one trace row; ``vals`` is a tuple of floats (one type, so a
+    plain loop iterates it: no literal_unroll, cheap to compile)."""
     r = tpos[0]
     if r < tbuf.shape[0]:
         tbuf[r, 0] = ev
         i = 1
-        for v in literal_unroll(vals):
+        for v in vals:
             tbuf[r, i] = v
             i += 1
     tpos[0] = r + 1
@@ -63,17 +69,74 @@ W_H, W_K, W_L, W_F, W_FA, W_FB, W_FC = range(7)
 N_WORK = 7
 
 
+# sin(pi x) on |x| <= 1/2: physics.sinpi_reduced's polynomials, written here as
+# inline functions so that they take the flags of the function they are inlined
+# into (numba compiles a separately-called helper with the flags of whichever
+# caller compiled it first: that would make the strict kernel's bits depend on
+# the order of compilation)
+_S32 = tuple(np.float32(c) for c in SINPI_F32)
+_S64 = SINPI_F64
+
+
 @njit(cache=True, inline="always", error_model="numpy")
+def _sinpi32(x):
+    t = x * x
+    return x * (((((_S32[5] * t + _S32[4]) * t + _S32[3]) * t + _S32[2]) * t + _S32[1]) * t + _S32[0])
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _sinpi64(x):
+    t = x * x
+    p = _S64[10]
+    p = p * t + _S64[9]
+    p = p * t + _S64[8]
+    p = p * t + _S64[7]
+    p = p * t + _S64[6]
+    p = p * t + _S64[5]
+    p = p * t + _S64[4]
+    p = p * t + _S64[3]
+    p = p * t + _S64[2]
+    p = p * t + _S64[1]
+    p = p * t + _S64[0]
+    return x * p
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _sincg_r(h, N, f32):
+    """``physics.sincg_reduced`` (same operations, same bits in strict code)
+    with the sines' precision fixed at compile time: ``f32`` is a literal
+    (a constant at the call site), so one polynomial is evaluated, not both."""
+    n = np.rint(h)
+    d = h - n
+    Nd = N * d
+    m = np.rint(Nd)
+    e = Nd - m
+    parity = (np.int32(n) * (np.int32(N) - np.int32(1)) + np.int32(m)) & np.int32(1)
+    if f32:
+        val = np.float64(_sinpi32(np.float32(e)) / _sinpi32(np.float32(d)))
+    else:
+        val = _sinpi64(e) / _sinpi64(d)
+    val = N if d == 0.0 else val
+    return -val if parity != 0 else val
+
+
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
 def _hkl(cells, v, j, S0, S1, S2):
-    """Fractional Miller indices h = a.S, k = b.S, l = c.S of cell j (variant v)."""
+    """Fractional Miller indices h = a.S, k = b.S, l = c.S of cell j (variant v).
+
+    Always strict IEEE (no FMA), also when called from the fast-math lattice
+    loop (LLVM inlines it and keeps its flags): the lattice factor near its
+    zeros amplifies a last-bit change of h about 1e4-fold, so h is computed
+    exactly as nanoBragg.c does."""
     return (cells[v, 0, j] * S0 + cells[v, 1, j] * S1 + cells[v, 2, j] * S2,
             cells[v, 3, j] * S0 + cells[v, 4, j] * S1 + cells[v, 5, j] * S2,
             cells[v, 6, j] * S0 + cells[v, 7, j] * S1 + cells[v, 8, j] * S2)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, _nrt=False, fastmath=FAST_MATH, error_model="numpy")
 def _lean_sum(work, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F):
-    """Sum of F_cell^2 F_latt^2 over the cells of one sub-path (nearest F)."""
+    """Sum of F_cell^2 F_latt^2 over the cells of one sub-path (nearest F).
+    Default mode only: fast-math (the reassociated sum vectorises)."""
     acc = work[W_F, 0] * 0
     half = acc + 0.5
     for j in range(ncell):
@@ -98,40 +161,65 @@ def _store(work, j, h, k, l, F, fa, fb, fc):
     work[W_FC, j] = fc
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bstar, cstar, reduced):
-    """Fractional indices and lattice factors for every (phi, mosaic) cell.
+def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
+    """Fractional indices and square-crystal lattice factors (reduced sincg)
+    for every (phi, mosaic) cell.  Compiled as ``_lattice_square_fast``:
+    FMA contraction and reassociation after h, k, l (which stay exact).
 
     cells: (2, 9, ncell) real-space a, b, c components (m) per cell, SoA so the
-    square/reduced loop below is contiguous and branch-free (vectorises)."""
+    loop is contiguous and branch-free (vectorises)."""
     ncell = cells.shape[2]
     S0, S1, S2 = S
     one = S0 * 0 + 1
-    v = variant
-    # indexing cells[v, c, j] directly (no per-call views): this runs per sub-path
-    if shape == 0 and reduced != 0:
-        da = Na > 1
-        db = Nb > 1
-        dc = Nc > 1
-        f32 = reduced == 2
-        for j in range(ncell):
-            h, k, l = _hkl(cells, v, j, S0, S1, S2)
-            fa = sincg_reduced(h, Na, f32) if da else one
-            fb = sincg_reduced(k, Nb, f32) if db else one
-            fc = sincg_reduced(l, Nc, f32) if dc else one
-            _store(work, j, h, k, l, ((one * fa) * fb) * fc, fa, fb, fc)
-    else:
-        for j in range(ncell):
-            h, k, l = _hkl(cells, v, j, S0, S1, S2)
-            h0 = np.int64(np.ceil(h - 0.5 * one))
-            k0 = np.int64(np.ceil(k - 0.5 * one))
-            l0 = np.int64(np.ceil(l - 0.5 * one))
-            F, fa, fb, fc = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
-                                           astar, bstar, cstar, reduced)
-            _store(work, j, h, k, l, F, fa, fb, fc)
+    da = Na > 1
+    db = Nb > 1
+    dc = Nc > 1
+    for j in range(ncell):
+        h, k, l = _hkl(cells, variant, j, S0, S1, S2)
+        fa = _sincg_r(h, Na, f32) if da else one
+        fb = _sincg_r(k, Nb, f32) if db else one
+        fc = _sincg_r(l, Nc, f32) if dc else one
+        _store(work, j, h, k, l, ((one * fa) * fb) * fc, fa, fb, fc)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
+def _lattice_general(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bstar, cstar,
+                     reduced):
+    """Indices and lattice factors for the other shapes and for nanoBragg.c's
+    own sincg (-c_parity float64): strict IEEE."""
+    ncell = cells.shape[2]
+    S0, S1, S2 = S
+    one = S0 * 0 + 1
+    for j in range(ncell):
+        h, k, l = _hkl(cells, variant, j, S0, S1, S2)
+        h0 = np.int64(np.ceil(h - 0.5 * one))
+        k0 = np.int64(np.ceil(k - 0.5 * one))
+        l0 = np.int64(np.ceil(l - 0.5 * one))
+        F, fa, fb, fc = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
+                                       astar, bstar, cstar, reduced)
+        _store(work, j, h, k, l, F, fa, fb, fc)
+
+
+def _variant(fn, name):
+    """A copy of plain function ``fn`` named ``name`` (so numba gives it its own
+    cache file: the index key does not include the compile flags)."""
+    new = _pytypes.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__,
+                                fn.__closure__)
+    new.__qualname__ = name
+    new.__module__ = fn.__module__
+    new.__doc__ = fn.__doc__
+    return new
+
+
+_JIT = dict(cache=True, error_model="numpy")
+# The per-pixel and per-sub-path functions allocate nothing and run with
+# numba's reference counting off (``_nrt=False``): otherwise every call
+# increments and decrements the shared arrays' reference counts atomically, and
+# with several threads those cache lines bounce between cores on every call.
+_lattice_square_fast = njit(fastmath=FAST_MATH, _nrt=False, **_JIT)(_variant(_lattice_square, "_lattice_square_fast"))
+
+
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
 def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells,
                 Fhkl, work, trace, tbuf, tpos, info):
     """Photons in one pixel (before float32 storage).
@@ -145,6 +233,15 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     info (int64[3], out): [index of first out-of-range interpolation
         sub-path or -1, whether any phi loop ran (0/1), sub-path count].
     Returns (value, omega_sum over sub-pixels).
+
+    Strict IEEE arithmetic, like nanoBragg.c, except the hot loops of the
+    default mode (square crystal, reduced sincg): ``_lattice_square_fast``
+    and ``_lean_sum`` use FMA contraction and reassociation after the Miller
+    indices (which stay exact).  Called, not inlined, by the image loop and
+    the trace, so it is typed once.  Both precisions share one signature:
+    under -precision single (``reduced`` = 2) the lattice loop is the copy
+    that evaluates float32 sines, and Fhkl holds float32-rounded values in
+    float64 (F is promoted to float64 before any arithmetic either way).
     """
     z = fopt[0] * 0
     one = z + 1
@@ -166,9 +263,17 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     kahn, dmin = fopt[F_KAHN], fopt[F_DMIN]
     Na, Nb, Nc, fudge = fopt[F_NA], fopt[F_NB], fopt[F_NC], fopt[F_FUDGE]
     default_F, I_bg, water = fopt[F_DEFAULT_F], fopt[F_I_BG], fopt[F_WATER]
-    fdet, sdet, odet, pix0 = _v(vecs, V_FDET), _v(vecs, V_SDET), _v(vecs, V_ODET), _v(vecs, V_PIX0)
-    beam, polar_axis = _v(vecs, V_BEAM), _v(vecs, V_POLAR)
-    astar, bstar, cstar = _v(vecs, V_ASTAR), _v(vecs, V_BSTAR), _v(vecs, V_CSTAR)
+    # (rows indexed here, not through a helper: a helper called with constant
+    # rows would be compiled once per row number)
+    fdet = (vecs[V_FDET, 0], vecs[V_FDET, 1], vecs[V_FDET, 2])
+    sdet = (vecs[V_SDET, 0], vecs[V_SDET, 1], vecs[V_SDET, 2])
+    odet = (vecs[V_ODET, 0], vecs[V_ODET, 1], vecs[V_ODET, 2])
+    pix0 = (vecs[V_PIX0, 0], vecs[V_PIX0, 1], vecs[V_PIX0, 2])
+    beam = (vecs[V_BEAM, 0], vecs[V_BEAM, 1], vecs[V_BEAM, 2])
+    polar_axis = (vecs[V_POLAR, 0], vecs[V_POLAR, 1], vecs[V_POLAR, 2])
+    astar = (vecs[V_ASTAR, 0], vecs[V_ASTAR, 1], vecs[V_ASTAR, 2])
+    bstar = (vecs[V_BSTAR, 0], vecs[V_BSTAR, 1], vecs[V_BSTAR, 2])
+    cstar = (vecs[V_CSTAR, 0], vecs[V_CSTAR, 1], vecs[V_CSTAR, 2])
 
     # common case without per-sub-path state: the default mode sums each
     # (phi, mosaic) pass in one go (-c_parity keeps the C's order of additions)
@@ -243,7 +348,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                         _record(tbuf, tpos, EV_GEOM, (
                             pix0[0], pix0[1], pix0[2], fdet[0], fdet[1], fdet[2],
                             sdet[0], sdet[1], sdet[2], pos[0], pos[1], pos[2], airpath,
-                            omega_pixel, close_distance, close_distance / airpath,
+                            like(omega_pixel, z), close_distance, close_distance / airpath,
                             diffracted[0], diffracted[1], diffracted[2],
                             incident_v[0], incident_v[1], incident_v[2], lambda_,
                             S[0], S[1], S[2]))
@@ -261,8 +366,19 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                     ran_phi = 1
                     # pass 1 over (phi, mosaic) cells: Miller indices and lattice
                     # factors (branch-free for the square/reduced case: vectorises)
-                    _lattice_pass(variant, S, cells, work, shape, Na, Nb, Nc, fudge,
-                                  astar, bstar, cstar, reduced)
+                    if shape == 0 and reduced != 0:
+                        # square crystal, reduced sincg (not nanoBragg.c's float64
+                        # arithmetic, so -c_parity reaches it only in single
+                        # precision): the hot loop, fast-math after the exact
+                        # indices; float32 sines under -precision single (a
+                        # constant per compiled copy)
+                        if reduced == 2:
+                            _lattice_square_fast(variant, S, cells, work, Na, Nb, Nc, True)
+                        else:
+                            _lattice_square_fast(variant, S, cells, work, Na, Nb, Nc, False)
+                    else:
+                        _lattice_general(variant, S, cells, work, shape, Na, Nb, Nc, fudge,
+                                         astar, bstar, cstar, reduced)
                     if lean:
                         # pass 2, common case: nearest-neighbour F and a plain sum
                         # (no per-sub-path state to keep), branch-light
@@ -293,12 +409,14 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                                     cells[variant, 6, j] * 1e10, cells[variant, 7, j] * 1e10,
                                     cells[variant, 8, j] * 1e10,
                                     astar[0], astar[1], astar[2], bstar[0], bstar[1], bstar[2],
-                                    cstar[0], cstar[1], cstar[2], h, k, l, h0, k0, l0))
+                                    cstar[0], cstar[1], cstar[2], h, k, l,
+                                    like(h0, z), like(k0, z), like(l0, z)))
                             if shape == 0:
                                 if phi_tic == 0:
                                     _record(tbuf, tpos, EV_LATT, (work[W_FA, j], work[W_FB, j],
                                                                   work[W_FC, j], F_latt))
-                                _record(tbuf, tpos, EV_PHI, (phi_tic, variant, k, work[W_FB, j], F_latt))
+                                _record(tbuf, tpos, EV_PHI, (like(phi_tic, z), like(variant, z), k,
+                                                             work[W_FB, j], F_latt))
                         if F_latt == 0.0 and water == 0.0:
                             continue
                         # structure factor of the unit cell
@@ -314,11 +432,12 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                                                h0, k0, l0, default_F)
                         sub_count += 1
                         if trace and source == 0 and mos == 0 and phi_tic == 0:
-                            _record(tbuf, tpos, EV_FCELL, (F_cell,))
+                            _record(tbuf, tpos, EV_FCELL, (like(F_cell, z),))
                         if trace and source == 2 and mos == 0 and phi_tic == 0:
                             # the C's per-source tap (TRACE_C_SOURCE2), every sub-pixel
-                            _record(tbuf, tpos, EV_SOURCE2, (F_cell, F_latt, polar,
-                                                             dot(incident_v, diffracted), lambda_))
+                            _record(tbuf, tpos, EV_SOURCE2, (like(F_cell, z), like(F_latt, z), like(polar, z),
+                                                             like(dot(incident_v, diffracted), z),
+                                                             like(lambda_, z)))
                         term = F_cell * F_cell * F_latt * F_latt
                         if corrected:
                             if os_thick:
@@ -367,35 +486,32 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
             test *= omega_pixel
     if trace:
         _record(tbuf, tpos, EV_FINAL, (
-            I, steps, os_thick, os_polar, os_omega, capture, polar, omega_pixel,
-            dot(incident_v, diffracted), test, Fdet, Sdet))
+            like(I, z), steps, one if os_thick else z, one if os_polar else z,
+            one if os_omega else z, like(capture, z), like(polar, z), like(omega_pixel, z),
+            like(dot(incident_v, diffracted), z), like(test, z), like(Fdet, z), like(Sdet, z)))
     info[0] = first_oor
     info[1] = ran_phi
     info[2] = sub_count
     return test, omega_acc
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam, cells,
-           Fhkl, out, omega_out, oor_out, ran_out, row0=0, row1=-1):
-    """Fill ``out`` (float32, (S, F)) for every active pixel of rows row0..row1-1
-    (row1 = -1: to the last row; the caller may render in chunks for progress).
-
-    first_pixel: linear index of the pixel whose phi loop runs first (-1: none).
-    latch_pixel/latch_sub: -c_parity interpolation latch (see pixel_value).
-    omega_out: per-row sums of the pixels' solid angles (S,), float64.
-    oor_out: per-pixel first out-of-range interpolation sub-path (or -1), int32.
-    ran_out: per-pixel flag, 1 if any phi loop ran (uint8).
-    """
+@njit(nogil=True, **_JIT)
+def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam,
+                cells, Fhkl, out, omega_out, oor_out, ran_out, row0, row1, rstep):
+    """Image loop over rows row0, row0 + rstep, ... < row1, single-threaded and
+    without the GIL (:func:`render` runs it on a thread pool)."""
     S, F = active.shape
-    if row1 < 0 or row1 > S:
-        row1 = S
-    tbuf = np.zeros((1, 32))
-    for s in prange(row0, row1):
+    # per-pixel -c_parity bookkeeping only when the caller passes full-size arrays
+    keep = oor_out.shape[0] == S and oor_out.shape[1] == F
+    tbuf = np.zeros((1, TRACE_COLS))
+    tpos = np.zeros(1, dtype=np.int64)
+    info = np.zeros(3, dtype=np.int64)
+    work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
+    # a computed False, not the literal: a literal would make numba compile a
+    # second copy of pixel_value (one for the image, one for the trace)
+    trace = tbuf.shape[0] == 0
+    for s in range(row0, row1, rstep):
         omega_out[s] = 0.0
-        tpos = np.zeros(1, dtype=np.int64)
-        info = np.zeros(3, dtype=np.int64)
-        work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
         for f in range(F):
             if active[s, f] == 0:
                 continue
@@ -406,24 +522,97 @@ def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incide
                     ls = -2
                 elif p == latch_pixel:
                     ls = latch_sub
-            val, om = pixel_value(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam, cells,
-                                  Fhkl, work, False, tbuf, tpos, info)
+            val, om = pixel_value(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam,
+                                  cells, Fhkl, work, trace, tbuf, tpos, info)
             out[s, f] = np.float32(val)
             omega_out[s] += om
-            oor_out[s, f] = info[0]
-            ran_out[s, f] = info[1]
+            if keep:
+                oor_out[s, f] = info[0]
+                ran_out[s, f] = info[1]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**_JIT)
 def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl, maxrows):
     """Run one pixel with tracing on; returns (value, rows, nrows)."""
     tbuf = np.zeros((maxrows, TRACE_COLS))
     tpos = np.zeros(1, dtype=np.int64)
     info = np.zeros(3, dtype=np.int64)
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
+    trace = tbuf.shape[0] >= 0     # a computed True (see render_rows)
     val, om = pixel_value(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl,
-                          work, True, tbuf, tpos, info)
+                          work, trace, tbuf, tpos, info)
     return val, tbuf, tpos[0]
+
+
+_POOLS = {}
+_POOL_LOCK = _threading.Lock()
+
+
+def _pool(n):
+    """A lasting thread pool of n workers (threads start once per process)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with _POOL_LOCK:
+        p = _POOLS.get(n)
+        if p is None:
+            p = _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="nbnumba")
+    return p
+
+
+def default_threads():
+    """Threads for one image when -threads is not given: numba's setting when
+    the caller changed it (numba.set_num_threads), else the usable cores."""
+    import os
+    import sys
+    par = sys.modules.get("numba.np.ufunc.parallel")
+    if par is not None and getattr(par, "_is_initialized", False):
+        import numba
+        return max(1, numba.get_num_threads())
+    env = os.environ.get("NUMBA_NUM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam, cells,
+           Fhkl, out, omega_out, oor_out, ran_out, row0=0, row1=-1, threads=None):
+    """Fill ``out`` (float32, (S, F)) for every active pixel of rows row0..row1-1
+    (row1 = -1: to the last row; the caller may render in chunks for progress).
+
+    first_pixel: linear index of the pixel whose phi loop runs first (-1: none).
+    latch_pixel/latch_sub: -c_parity interpolation latch (see pixel_value).
+    omega_out: per-row sums of the pixels' solid angles (S,), float64.
+    oor_out: per-pixel first out-of-range interpolation sub-path (or -1), int32.
+    ran_out: per-pixel flag, 1 if any phi loop ran (uint8).
+    oor_out/ran_out are only written when they have the image's shape (pass
+    (1, 1) arrays when the -c_parity bookkeeping is not needed).
+
+    threads: worker threads (default :func:`default_threads`); thread t renders
+    rows row0 + t, row0 + t + threads, ... (interleaved rows balance the load).
+
+    One compiled signature serves every mode and both precisions."""
+    k = render_rows
+    S = active.shape[0]
+    r0 = max(0, int(row0))
+    r1 = S if row1 < 0 or row1 > S else int(row1)
+    n = default_threads() if not threads else int(threads)
+    n = max(1, min(n, r1 - r0))
+    args = (active, int(first_pixel), int(latch_pixel), int(latch_sub), iopt, fopt, vecs, incident,
+            lam, cells, Fhkl, out, omega_out, oor_out, ran_out)
+    if n == 1:
+        k(*args, r0, r1, 1)
+        return
+    futs = [_pool(n).submit(k, *args, r0 + t, r1, n) for t in range(n)]
+    for f in futs:
+        f.result()
+
+
+def kernel_dispatchers():
+    """Every numba dispatcher of this module (for warm-up and cache checks)."""
+    from numba.core.registry import CPUDispatcher
+    return [v for v in globals().values() if isinstance(v, CPUDispatcher)]
 
 
 @njit(cache=True, error_model="numpy")

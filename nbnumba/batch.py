@@ -1,0 +1,229 @@
+"""Many images in one process: ``nbnumba.simulate_many(list_of_argv)`` and
+``nbnumba --batch commands.txt``.
+
+Each command line is an independent nanoBragg run (its own flags, inputs and
+output files).  Lines are parsed in order in the calling thread (relative
+paths resolve in ``cwd``), then rendered on a thread pool: by default one
+worker per core, each rendering its images with a single-threaded kernel,
+which beats one multi-threaded kernel per image for small images (see
+docs/performance.md).  A failing line is reported with its message and exit
+status and does not stop the others.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, List, Optional, Sequence
+
+
+@dataclass
+class BatchItem:
+    """Outcome of one command line of a batch."""
+    index: int                    # 0-based position in the batch
+    argv: List[str]
+    ok: bool = False
+    result: Optional[object] = None   # nbnumba.api.Result (None when failed or not kept)
+    error: Optional[str] = None       # one-line message when failed
+    exit_code: int = 0                # what ``nbnumba <argv>`` would have returned
+    seconds: float = 0.0
+    written: List[str] = field(default_factory=list)
+    line: int = 0                     # line number in the batch file (1-based), if any
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _fail(item: BatchItem, exc: BaseException) -> BatchItem:
+    from .errors import NBError
+    item.ok = False
+    item.result = None
+    if isinstance(exc, NBError):
+        item.error = str(exc)
+        item.exit_code = exc.exit_code
+    elif isinstance(exc, MemoryError):
+        item.error = "out of memory for this detector/sampling size"
+        item.exit_code = 2
+    else:
+        item.error = "internal error: %s: %s" % (type(exc).__name__, exc)
+        item.exit_code = 1
+    return item
+
+
+def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
+                  workers: Optional[int] = None, threads: Optional[int] = None,
+                  write: bool = False, keep_results: bool = True,
+                  on_done: Optional[Callable[[BatchItem], None]] = None) -> List[BatchItem]:
+    """Simulate every command line of ``argvs``; returns one BatchItem per line,
+    in input order (``item.ok``, ``item.result``, ``item.error``).
+
+    workers: images rendered at once (default: the usable cores).
+    threads: kernel threads per image (default: 1 when workers > 1, else all
+        cores); a line's own ``-threads`` wins.
+    write: also write each line's nanoBragg files (float/int/noise/PGM images,
+        Fdump.bin), as ``nbnumba <argv>`` would.
+    keep_results: False drops each Result once it is written (saves memory).
+    on_done: called with each finished item, in completion order (from the
+        calling thread's pool workers; keep it quick)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from .flags import parse_argv
+
+    n = len(argvs)
+    workers = max(1, min(int(workers or _cores()), max(n, 1)))
+    per_image = threads if threads else (1 if workers > 1 else None)
+    items = [BatchItem(index=i, argv=[str(a) for a in argv]) for i, argv in enumerate(argvs)]
+    cfgs: List[Optional[object]] = [None] * n
+    # parse in order, in this thread (parsing may read files relative to cwd)
+    old = os.getcwd() if cwd is not None else None
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        for it in items:
+            t0 = time.perf_counter()
+            try:
+                cfg = parse_argv(list(it.argv))
+                over = dict(noprogress=True, progress_meter=False)
+                if cwd is not None:
+                    over["workdir"] = str(cwd)
+                if per_image and not cfg.threads:
+                    over["threads"] = int(per_image)
+                cfgs[it.index] = replace(cfg, **over)
+            except BaseException as exc:     # noqa: B902 - reported per line
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                _fail(it, exc)
+                it.seconds = time.perf_counter() - t0
+                if on_done:
+                    on_done(it)
+    finally:
+        if old is not None:
+            os.chdir(old)
+
+    def one(it: BatchItem) -> BatchItem:
+        from .api import simulate
+        t0 = time.perf_counter()
+        try:
+            res = simulate(cfgs[it.index])
+            if write:
+                from .outputs import write_fdump, write_outputs
+                write_fdump(res.model)
+                it.written = list(write_outputs(res, res.model.cfg, quiet=True) or [])
+            it.ok = True
+            it.result = res if keep_results else None
+        except Exception as exc:
+            _fail(it, exc)
+        it.seconds = time.perf_counter() - t0
+        if on_done:
+            on_done(it)
+        return it
+
+    todo = [it for it in items if cfgs[it.index] is not None]
+    if workers == 1 or len(todo) <= 1:
+        for it in todo:
+            one(it)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nbnumba-batch") as pool:
+            for _ in pool.map(one, todo):
+                pass
+    return items
+
+
+def read_batch_file(path: str) -> List[tuple]:
+    """(line number, argv) for each command line of a batch file.  Blank lines
+    and lines starting with '#' are skipped; a leading program name
+    (nanoBragg, nbnumba, ...) is dropped."""
+    from .errors import InputFileError
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise InputFileError("%s: cannot read batch file (%s)" % (path, exc.strerror or exc)) from None
+    out = []
+    for no, raw in enumerate(text.splitlines(), 1):
+        s = raw.strip()
+        if not s or s.startswith("#"):
+            continue
+        try:
+            argv = shlex.split(s, comments=True)
+        except ValueError as exc:
+            argv = ["--unparsable-line--", str(exc)]
+        if argv and not argv[0].startswith("-"):
+            base = os.path.basename(argv[0])
+            if base.lower().startswith(("nanobragg", "nbnumba")):
+                argv = argv[1:]
+        if argv:
+            out.append((no, argv))
+    return out
+
+
+def batch_main(argv: Sequence[str], out=None) -> int:
+    """``nbnumba --batch FILE [--workers N] [--threads N]``: run every line of
+    FILE, print one status line per command, then a summary.  Exit status 0
+    when every line succeeded, 1 when any failed, 2 for a bad batch request."""
+    out = out or sys.stdout
+    args = list(argv)
+    usage = "usage: nbnumba --batch COMMANDS.txt [--workers N] [--threads N]"
+    path = None
+    workers = threads = None
+    i = 0
+    try:
+        while i < len(args):
+            a = args[i]
+            if a in ("--workers", "--threads"):
+                v = int(args[i + 1])
+                if v < 1:
+                    raise ValueError
+                if a == "--workers":
+                    workers = v
+                else:
+                    threads = v
+                i += 2
+            elif path is None and not a.startswith("--"):
+                path = a
+                i += 1
+            else:
+                raise ValueError
+    except (ValueError, IndexError):
+        print("nbnumba: error: bad --batch arguments: %s" % " ".join(args), file=sys.stderr)
+        print(usage, file=sys.stderr)
+        return 2
+    if path is None:
+        print("nbnumba: error: --batch needs a file of command lines", file=sys.stderr)
+        print(usage, file=sys.stderr)
+        return 2
+    from .errors import NBError
+    try:
+        lines = read_batch_file(path)
+    except NBError as e:
+        print("nbnumba: error: %s" % e, file=sys.stderr)
+        return e.exit_code
+    total = len(lines)
+    t0 = time.perf_counter()
+    import threading
+    lock = threading.Lock()
+
+    def report(it: BatchItem):
+        no = lines[it.index][0]
+        with lock:
+            if it.ok:
+                print("line %d: ok %.3f s %s" % (no, it.seconds, " ".join(it.written)), file=out)
+            else:
+                print("line %d: error (exit %d): %s" % (no, it.exit_code, it.error), file=out)
+            out.flush()
+
+    try:
+        items = simulate_many([a for _, a in lines], workers=workers, threads=threads, write=True,
+                              keep_results=False, on_done=report)
+    except KeyboardInterrupt:
+        print("nbnumba: interrupted", file=sys.stderr)
+        return 130
+    bad = sum(1 for it in items if not it.ok)
+    print("batch: %d of %d command lines ok, %d failed (%.2f s)"
+          % (total - bad, total, bad, time.perf_counter() - t0), file=out)
+    return 1 if bad else 0

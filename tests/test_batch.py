@@ -1,0 +1,114 @@
+"""Many images in one process: nbnumba.simulate_many and ``nbnumba --batch``
+(per-line status, failure isolation, exit status), and the start-up savings
+(plain-Python RNG draws for runs without mosaicity)."""
+from __future__ import annotations
+
+import numpy as np
+
+import nbnumba
+from nbnumba import cli, rng
+
+BASE = "-cell 70 80 90 90 90 90 -misset 10 20 30 -default_F 100 -N 5 -lambda 1.5 " \
+       "-distance 100 -pixel 0.4 -nopgm -seed 1"
+
+
+def _argv(n, extra=""):
+    return ("%s -detpixels %d %s" % (BASE, n, extra)).split()
+
+
+def test_simulate_many_matches_one_by_one_and_isolates_failures(tmp_path):
+    argvs = [_argv(8), _argv(12, "-nonoise"), ["-cell", "1", "2"], _argv(10, "-mosaic 0.3 -mosaic_dom 2"),
+             _argv(9, "-lambda -1"), _argv(8, "-c_parity -nonoise")]
+    items = nbnumba.simulate_many(argvs, cwd=str(tmp_path), workers=2)
+    assert [it.index for it in items] == list(range(len(argvs)))
+    assert [it.ok for it in items] == [True, True, False, True, False, True]
+    assert items[2].exit_code == 2 and "-cell" in items[2].error
+    assert items[4].exit_code != 0 and items[4].error
+    for i in (0, 1, 3, 5):
+        one = nbnumba.simulate_argv(argvs[i], cwd=str(tmp_path))
+        assert np.array_equal(items[i].result.float_image, one.float_image)
+        if one.noise_image is not None:
+            assert np.array_equal(items[i].result.noise_image, one.noise_image)
+    assert not list(tmp_path.iterdir())          # write=False writes nothing
+
+
+def test_simulate_many_threads_per_image_gives_the_same_images(tmp_path):
+    argvs = [_argv(16, "-nonoise -mosaic 0.3 -mosaic_dom 3"), _argv(16, "-nonoise -oversample 2")]
+    pool = nbnumba.simulate_many(argvs, workers=2)
+    multi = nbnumba.simulate_many(argvs, workers=1, threads=2)
+    for a, b in zip(pool, multi):
+        assert a.ok and b.ok
+        assert np.array_equal(a.result.float_image, b.result.float_image)
+
+
+def test_batch_cli_status_lines_and_exit_status(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lines = [
+        "# a comment, then a blank line",
+        "",
+        "nanoBragg " + " ".join(_argv(8, "-floatfile a.bin -intfile a.img -noisefile a_noise.img")),
+        " ".join(_argv(8, "-floatfile b.bin -intfile b.img -nonoise -bogus_flag")),
+        " ".join(_argv(8, "-floatfile c.bin -intfile c.img -nonoise")),
+    ]
+    (tmp_path / "cmds.txt").write_text("\n".join(lines) + "\n")
+    rc = cli.main(["--batch", "cmds.txt", "--workers", "2"])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 1                               # one line failed
+    status = {l.split(":")[0]: l for l in out if l.startswith("line ")}
+    assert set(status) == {"line 3", "line 4", "line 5"}
+    assert "ok" in status["line 3"] and "ok" in status["line 5"]
+    assert "error (exit 2)" in status["line 4"] and "bogus_flag" in status["line 4"]
+    assert out[-1].startswith("batch: 2 of 3 command lines ok, 1 failed")
+    for name in ("a.bin", "a.img", "a_noise.img", "c.bin", "c.img"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert not (tmp_path / "b.bin").exists()
+    # all lines good -> 0
+    (tmp_path / "good.txt").write_text(lines[4] + "\n")
+    assert cli.main(["--batch", "good.txt"]) == 0
+    capsys.readouterr()
+
+
+def test_batch_cli_bad_requests(tmp_path, capsys):
+    assert cli.main(["--batch"]) == 2
+    assert cli.main(["--batch", str(tmp_path / "missing.txt")]) != 0
+    assert cli.main(["--batch", "x.txt", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.txt" in err and "Traceback" not in err
+
+
+def test_ran1_py_matches_compiled_ran1():
+    for seed in (-1, 0, 5, -123456):
+        b1 = np.zeros(2 + rng.NTAB, np.int64)
+        b2 = b1.copy()
+        i1 = np.array([seed], np.int64)
+        i2 = i1.copy()
+        a = [rng.ran1(i1, b1) for _ in range(40)]
+        b = [rng.ran1_py(i2, b2) for _ in range(40)]
+        assert a == b and np.array_equal(b1, b2) and i1[0] == i2[0]
+
+
+def test_run_without_mosaic_keeps_the_noise_image(tmp_path):
+    """The plain-Python draws leave the RNG exactly as the compiled ones did:
+    the noise image of a positive seed (state carried over) is unchanged."""
+    from nbnumba import crystal
+    st1, st2 = rng.RngState(), rng.RngState()
+    crystal.mosaic_umats(0.0, 3, st1, 7)
+    idum = np.array([7], np.int64)
+    for _ in range(3):
+        rng.mosaic_rotation_umat(0.0, idum, st2.buf)
+    assert np.array_equal(st1.buf, st2.buf)
+
+
+def test_kernel_threads_follow_numba_setting():
+    """Without -threads the kernel uses numba's thread count when the caller set
+    it (the benchmarks do), else the usable cores."""
+    import numba
+    from nbnumba.kernels import cpu as K
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert K.default_threads() == 1
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        assert K.default_threads() == numba.config.NUMBA_NUM_THREADS
+    finally:
+        numba.set_num_threads(saved)

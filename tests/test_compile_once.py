@@ -1,0 +1,113 @@
+"""Compile once: after one pass over twenty varied command lines, a second
+pass compiles nothing (numba's dispatchers report no new signatures and no
+cache misses, and no compile event fires), and the image kernel has one
+compiled signature per variant for both precisions.
+
+Checks counts, not wall time."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+from numba.core import event as ev
+
+import nbnumba
+from nbnumba import jitcache
+from nbnumba.kernels import cpu as K
+from nbnumba.testing import golden as G
+
+CELL = "-cell 70 80 90 90 90 90 -misset 10 20 30 -default_F 100 -N 5 -lambda 1.5"
+DET = "-distance 100 -detpixels 8 -pixel 0.4 -seed 1 -nopgm"
+MAT = "-mat cellA.mat -hkl cellA.hkl -lambda 1.5 " + DET
+
+LINES = [
+    CELL + " " + DET + " -nonoise",
+    CELL + " " + DET,                                           # noise image
+    CELL + " " + DET + " -nonoise -precision single",
+    CELL + " " + DET + " -nonoise -c_parity",
+    CELL + " " + DET + " -nonoise -c_parity -precision single",
+    MAT + " -N 5 -nointerpolate -nonoise",
+    MAT + " -N 2 -interpolate -nonoise",
+    MAT + " -N 2 -interpolate -nonoise -c_parity",
+    CELL + " " + DET + " -nonoise -mosaic 0.5 -mosaic_dom 3 -mosaic_seed 4",
+    CELL + " " + DET + " -nonoise -round_xtal -fudge 1.5",
+    CELL + " " + DET + " -nonoise -gauss_xtal",
+    CELL + " " + DET + " -nonoise -tophat_spots",
+    CELL + " " + DET + " -nonoise -hdivrange 0.5 -vdivrange 0.3 -hdivsteps 2 -vdivsteps 2 "
+    "-dispersion 0.1 -dispsteps 2",
+    CELL + " " + DET + " -nonoise -sourcefile sources.txt",
+    CELL + " " + DET + " -nonoise -oversample 2 -oversample_thick -detector_absorb 320 "
+    "-detector_thick 100 -detector_thicksteps 2",
+    CELL + " " + DET + " -nonoise -oversample 2 -oversample_polar -oversample_omega -polar 0.9",
+    CELL + " " + DET + " -nonoise -roi 1 5 2 6 -phi 0 -osc 1 -phisteps 3",
+    CELL + " -nonoise -nopgm -seed 1 -mask mask.img",
+    CELL + " " + DET + " -nonoise -curved_det -water 50 -trace_pixel 3 4",
+    CELL + " " + DET + " -nonoise -point_pixel -c_parity -trace_pixel 3 4 -precision single",
+]
+
+
+def _pass(work):
+    out = []
+    for line in LINES:
+        res = nbnumba.simulate_argv(line.split(), cwd=str(work))
+        out.append(np.array(res.float_image, copy=True))
+    return out
+
+
+def test_second_pass_compiles_nothing(tmp_path):
+    for name in ("cellA.mat", "cellA.hkl", "sources.txt", "mask.img"):
+        shutil.copyfile(G.inputs_dir() / name, tmp_path / name)
+    first = _pass(tmp_path)                 # compiles, or loads from the cache
+    assert len(LINES) == 20
+    assert all(np.isfinite(img).all() and img.max() > 0 for img in first)
+    before = jitcache.compile_counts()
+    rec = ev.RecordingListener()
+    with ev.install_listener("numba:compile", rec):
+        second = _pass(tmp_path)
+    after = jitcache.compile_counts()
+    compiled = sorted({e.data["dispatcher"].py_func.__qualname__ for _, e in rec.buffer})
+    assert compiled == [], "second pass compiled %s" % compiled
+    changed = {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
+    assert changed == {}, "signatures / cache misses changed: %s" % changed
+    # the listener does see compilations
+    from numba import njit
+    probe = ev.RecordingListener()
+    with ev.install_listener("numba:compile", probe):
+        njit(lambda x: x + 1)(1)
+    assert probe.buffer
+    for a, b in zip(first, second):
+        assert np.array_equal(a, b)
+    # one signature of the image kernel for every mode and both precisions
+    assert len(K.render_rows.overloads) == 1
+    # (the functions it calls are linked into its cached code: loaded from the
+    # cache they are not even loaded themselves)
+    assert len(K.pixel_value.overloads) <= 1
+    assert len(K._lattice_square_fast.overloads) <= 2      # float64 / float32 sines
+
+
+def test_cold_cache_is_detected(tmp_path):
+    cfg = nbnumba.parse_argv((CELL + " " + DET + " -nonoise").split())
+    from nbnumba.model import build_model
+    model = build_model(cfg)
+    nbnumba.simulate(cfg)                  # now in memory: nothing to announce
+    assert jitcache.cold_kernels(model) == []
+    import io
+    buf = io.StringIO()
+    assert jitcache.announce_compile(model, file=buf) is False and buf.getvalue() == ""
+
+
+def test_cold_check_reads_the_cache_index(tmp_path):
+    """Cold (no index entry) -> compiled in memory -> a new dispatcher of the
+    same function finds it in the on-disk index."""
+    from numba import njit
+    src = tmp_path / "probe_mod.py"
+    src.write_text("def f(x):\n    return x + 1\n")
+    ns = {"__name__": "probe_mod"}
+    exec(compile(src.read_text(), str(src), "exec"), ns)
+    disp = njit(cache=True)(ns["f"])
+    assert jitcache._cached(disp, (1,)) is False
+    assert disp(1) == 2
+    assert jitcache._cached(disp, (1,)) is True
+    again = njit(cache=True)(ns["f"])
+    assert jitcache._cached(again, (1,)) is True
+    assert jitcache._cached(again, (1.5,)) is False
