@@ -25,7 +25,8 @@ def run(script, args, cwd, env_extra=None, drop=()):
 
 def test_every_example_has_a_test():
     tested = {"single_still.py", "rotation_to_nexus.py", "serial_on_dask.py", "parity_probe.py",
-              "torch_round_trip.py"}
+              "torch_round_trip.py",
+              "refine.py"}      # tests/test_autodiff.py::test_refine_example_recovers_misset_cell_distance
     assert {p.name for p in EX.glob("*.py")} == tested
 
 
