@@ -102,10 +102,11 @@ class Workload:
 
 WORKLOADS: Dict[str, Workload] = {
     "W1": Workload("W1", "simple 1024^2, 1 sub-path/pixel", tuple(W1)),
-    "W2": Workload("W2", "heavy 512^2, 600 sub-paths/pixel", tuple(W2)),
+    # W2/W4: nanoBragg.c builds their triclinic cell with other angles (docs/quirks.md #13)
+    "W2": Workload("W2", "heavy 512^2, 600 sub-paths/pixel", tuple(W2), parity_flags=("-c_parity",)),
     "W3": Workload("W3", "Pilatus 2463x2527, 10 phi steps", tuple(W3), window_centre=(685, 1039),
                    parity_flags=("-c_parity",)),
-    "W4": Workload("W4", "W2 with -N 2 -interpolate (tricubic)", tuple(W4)),
+    "W4": Workload("W4", "W2 with -N 2 -interpolate (tricubic)", tuple(W4), parity_flags=("-c_parity",)),
 }
 for _d in GPU_MOSAIC_DOMAINS:
     WORKLOADS["W5-D%d" % _d] = Workload("W5-D%d" % _d, "mosaic sweep 1024^2, %d domains" % _d,

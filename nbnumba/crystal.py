@@ -28,6 +28,9 @@ scale = host.scale
 
 Vec3 = Tuple[float, float, float]
 DBL_MIN = 2.2250738585072014e-308
+# nanoBragg.c's c*_z is off by sin(gamma)/sin(gamma*) - 1 (docs/quirks.md #13); below this
+# it is right but for rounding (orthogonal, monoclinic, hexagonal cells: ~2e-16)
+C_CELL_ROUNDING = 1e-12
 RTD = 180.0 * (1.0 / math.pi)
 
 
@@ -47,6 +50,8 @@ class Crystal:
     Nc: float
     misset: Vec3       # radians actually applied (after random generation)
     log: List[str] = field(default_factory=list)
+    # nanoBragg.c builds this -cell with the wrong angles (docs/quirks.md #13)
+    c_cell_wrong: bool = False
 
 
 def _clamp_angles(sins, coss):
@@ -70,6 +75,7 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed) -> Cryst
     alpha, beta, gamma = cfg.cell_alpha, cfg.cell_beta, cfg.cell_gamma
     astar = bstar = cstar = (0.0, 0.0, 0.0)
     V_cell_user = 0.0
+    c_cell_wrong = False
     if cfg.user_cell:
         if b_len <= 0.0:
             b_len = a_len
@@ -113,8 +119,16 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed) -> Cryst
             cos_gs = 1.0
         astar = (as0, 0.0, 0.0)
         bstar = (bs0 * cos_gs, bs0 * sin_gs, 0.0)
-        cstar = (cs0 * cos_bs, cs0 * (cos_as - cos_bs * cos_gs) / sin_gs,
-                 cs0 * V / (a_len * b_len * c_len * sin_gs))
+        # a* and b* span the xy plane, so c is along z and c . c* = 1 gives
+        # c*_z = 1/c.  nanoBragg.c writes c* V/(a b c sin(gamma*)) = sin(gamma)/(c sin(gamma*)),
+        # equal only when sin(gamma) = sin(gamma*): triclinic and rhombohedral cells come
+        # out with wrong angles (docs/quirks.md #13); -c_parity keeps the C's value.
+        # Where the C's value is right but for rounding, its bits are kept: 1/c would move
+        # the cell by an ulp, enough to flip N = ceil(sample size/|a|) on exact multiples
+        c_cstar_z = cs0 * V / (a_len * b_len * c_len * sin_gs)
+        c_cell_wrong = abs(c_cstar_z * c_len - 1.0) > C_CELL_ROUNDING
+        cstar_z = 1.0 / c_len if c_cell_wrong and not cfg.c_parity else c_cstar_z
+        cstar = (cs0 * cos_bs, cs0 * (cos_as - cos_bs * cos_gs) / sin_gs, cstar_z)
 
     if recip_from_mat is not None:
         s = 1e-10 / lambda0   # the MOSFLM matrix carries the wavelength
@@ -122,6 +136,7 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed) -> Cryst
         astar = scale(tuple(m[0]), s)
         bstar = scale(tuple(m[1]), s)
         cstar = scale(tuple(m[2]), s)
+        c_cell_wrong = False
 
     misset = tuple(cfg.misset)
     mode = cfg.misset_mode
@@ -200,7 +215,8 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed) -> Cryst
     return Crystal(a=a, b=b, c=c, astar=astar, bstar=bstar, cstar=cstar,
                    cell=(am * 1e10, bm * 1e10, cm * 1e10, al * RTD, be * RTD, ga * RTD),
                    recip_cell=(asm, bsm, csm, als * RTD, bes * RTD, gas * RTD),
-                   V_cell=V_cell, Na=Na, Nb=Nb, Nc=Nc, misset=tuple(misset), log=log)
+                   V_cell=V_cell, Na=Na, Nb=Nb, Nc=Nc, misset=tuple(misset), log=log,
+                   c_cell_wrong=c_cell_wrong)
 
 
 def _nonzero(x):

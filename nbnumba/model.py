@@ -50,7 +50,7 @@ class Model:
     nsteps: int
     fluence: float
     flux: float
-    I_bg: float
+    I_bg: float                 # water term per sub-path, before r_e^2 * fluence (C: after)
     seed: int
     active: np.ndarray          # uint8 (S, F): pixels nanoBragg renders (ROI and mask)
     rng: RngState
@@ -342,9 +342,15 @@ def build_model(cfg: Config) -> Model:
     cells = xtal.rotated_cells(cr, det.spindle, phis, umats, steps.mosaic_spread, cfg.c_parity)
 
     nsteps = len(src.wavelength) * steps.mosaic_domains * steps.phisteps * oversample * oversample
-    # amorphous (water) background, photons/sr before the per-pixel factors
+    # amorphous (water) background: F_bg^2 times the molecules in a cube of side
+    # -water, added to the pixel sum like an F^2 F_latt^2 term, which the kernel then
+    # scales by r_e^2 * fluence.  nanoBragg.c puts r_e^2 * fluence into I_bg as well,
+    # so its background grows as fluence^2 (docs/quirks.md #14); -c_parity keeps that,
+    # in the C's order of multiplications (bit-for-bit images).
     I_bg = (WATER_F * WATER_F * R_E_SQR * fluence * cfg.water_size * cfg.water_size
-            * cfg.water_size * 1e6 * AVOGADRO / WATER_MW)
+            * cfg.water_size * 1e6 * AVOGADRO / WATER_MW) if cfg.c_parity else \
+        (WATER_F * WATER_F * cfg.water_size * cfg.water_size * cfg.water_size
+         * 1e6 * AVOGADRO / WATER_MW)
 
     active = np.zeros((det.spixels, det.fpixels), dtype=np.uint8)
     xmin, xmax_, ymin, ymax = det.roi

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+from .model import R_E_SQR
+
 
 def c_differences(model) -> List[Tuple[int, str]]:
     """``[(docs/quirks.md entry number, short name), ...]`` that make this default-mode
@@ -31,6 +33,10 @@ def c_differences(model) -> List[Tuple[int, str]]:
     st = model.steps
     if st.detector_thicksteps > 1 and st.detector_thick > 0 and not cfg.oversample_thick:
         out.append((8, "sensor layers"))
+    if model.crystal.c_cell_wrong:
+        out.append((13, "cell angles"))
+    if cfg.water_size > 0.0 and model.fluence * R_E_SQR != 1.0:
+        out.append((14, "water background with -fluence"))
     return out
 
 

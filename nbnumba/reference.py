@@ -31,10 +31,10 @@ docs/reference.md states each choice.  In particular:
   other term, which is kept);
 * the water background is scaled by r_e^2 x fluence once (nanoBragg.c twice:
   its background grows as fluence^2; the default fluence is 1/r_e^2, where the
-  two agree);
+  two agree; docs/quirks.md #14);
 * the unit cell is the requested one (nanoBragg.c's default orientation gets
   c*_z = sin(gamma)/(c sin(gamma*)) instead of 1/c, so triclinic and
-  rhombohedral cells come out with slightly different angles);
+  rhombohedral cells come out with slightly different angles; docs/quirks.md #13);
 * phi = 0 uses the unrotated cell; tricubic interpolation falls back to the
   nearest neighbour per sub-path.
 

@@ -348,7 +348,8 @@ def overflow_terms(model):
             model.fluence * 7.94079248018965e-30)),
     ]
     if model.I_bg:
-        terms.append((_log10(model.I_bg), "the water background (-water %g um: %.3g photons/sr)"
+        # F_water^2 times the molecules (under -c_parity also times r_e^2 fluence, as in C)
+        terms.append((_log10(model.I_bg), "the water background (-water %g um: I_bg = %.3g)"
                       % (cfg.water_size * 1e6, model.I_bg)))
     return terms
 

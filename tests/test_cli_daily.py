@@ -51,6 +51,11 @@ def test_quirks_detected_from_the_request():
     assert hits(["-pix0_vector", "0.1", "0.0004", "0.0004"]) == [2]
     assert hits(["-oversample", "2", "-oversample_omega"]) == [7]
     assert hits(["-detector_thick", "0.3", "-detector_thicksteps", "3"]) == [8]
+    assert hits(["-cell", "50", "50", "50", "80", "80", "80"]) == [13]
+    assert hits(["-cell", "50", "60", "70", "90", "100", "90"]) == []         # monoclinic: C's cell
+    assert hits(["-water", "10"]) == []                   # r_e^2 fluence = 1 at the default
+    assert hits(["-water", "10", "-fluence", "1e24"]) == [14]
+    assert hits(["-fluence", "1e24"]) == []
     assert hits(["-c_parity", "-misset", "random", "-detector_thick", "0.3",
                  "-detector_thicksteps", "3"]) == []
 

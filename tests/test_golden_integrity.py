@@ -224,6 +224,15 @@ def test_case_inputs_exist(case):
 
 
 # ---------------------------------------------------------------- mode rules
+def _c_cell_angles_differ(a, b, c, al=90.0, be=90.0, ga=90.0):
+    """nanoBragg.c's default orientation has c*_z = sin(gamma)/(c sin(gamma*)), not 1/c
+    (docs/quirks.md #13): its cell is the requested one only where sin(gamma) = sin(gamma*)."""
+    import math
+    al, be, ga = (math.radians(x) for x in (al, be, ga))
+    cos_gs = (math.cos(al) * math.cos(be) - math.cos(ga)) / (math.sin(al) * math.sin(be))
+    return abs(math.sin(ga) - math.sqrt(1.0 - cos_gs * cos_gs)) > 1e-12
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_mode_rules(case):
     """Cases that touch a reproduced nanoBragg defect must be c_parity."""
@@ -247,6 +256,12 @@ def test_mode_rules(case):
         several = not (phisteps and int(phisteps[0]) <= 1 and "-osc" not in toks and "-phistep" not in toks)
         if several and (start is None or float(start[0]) == 0.0):
             reasons.append("phi=0 carryover")
+    cell = _flag_values(args, "-cell")
+    if cell and "-mat" not in toks and _c_cell_angles_differ(*[float(x) for x in cell]):
+        reasons.append("cell angles")
+    water = _flag_values(args, "-water")
+    if water and float(water[0]) > 0 and toks & {"-fluence", "-flux"}:
+        reasons.append("water background with a fluence")
     stdout = (G.case_dir(case.name) / "stdout.txt").read_text()
     if "out of range for three point interpolation" in stdout:
         reasons.append("interpolation switched off")

@@ -9,7 +9,10 @@ import nbnumba
 from nbnumba.model import build_model
 from nbnumba.physics import rotate_axis
 
-BASE = ["-cell", "70", "80", "90", "85", "95", "105", "-lambda", "1.5", "-N", "5",
+# a monoclinic cell (beta != 90): one that nanoBragg.c builds right (#13 needs
+# sin(gamma) != sin(gamma*)), so -c_parity and the default mode differ only by the
+# defect under test
+BASE = ["-cell", "70", "80", "90", "90", "95", "90", "-lambda", "1.5", "-N", "5",
         "-default_F", "100", "-distance", "100", "-detpixels", "24", "-pixel", "0.2",
         "-nonoise", "-nopgm"]
 
@@ -145,7 +148,7 @@ def narrow_hkl(tmp_path):
 
 
 def test_interpolation_latch(narrow_hkl, tmp_path):
-    args = ["-cell", "70", "80", "90", "85", "95", "105", "-lambda", "1.5", "-N", "2",
+    args = ["-cell", "70", "80", "90", "90", "95", "90", "-lambda", "1.5", "-N", "2",      # see BASE
             "-hkl", str(narrow_hkl), "-distance", "50", "-detpixels", "32", "-pixel", "1",
             "-nonoise", "-nopgm"]
     c = nbnumba.simulate_argv(args + ["-c_parity"], cwd=tmp_path)
@@ -182,9 +185,14 @@ def _bg_only(zero_hkl, extra, c_parity=False):
     return nbnumba.simulate_argv(args + (["-c_parity"] if c_parity else []))
 
 
+# F_water^2 times the water molecules in a cube of side -water: V N_A / MW (1e6 g/m^3)
+WATER_F2N = 2.57 ** 2 * (WATER_UM * 1e-6) ** 3 * 1e6 * 6.02214179e23 / 18.0
+
+
 def _water_I_bg(fluence):
-    # nanoBragg's amorphous water term: F_water^2 r_e^2 fluence V N_A / MW (1e6 g/m^3)
-    return 2.57 ** 2 * R_E_SQR * fluence * (WATER_UM * 1e-6) ** 3 * 1e6 * 6.02214179e23 / 18.0
+    # nanoBragg's amorphous water term, r_e^2 fluence F_water^2 N (the default fluence
+    # makes r_e^2 fluence exactly 1, where C's and the corrected background agree; #14)
+    return R_E_SQR * fluence * WATER_F2N
 
 
 def _subpixel_geometry(det, s, f, os, odepth=0.0):
@@ -380,6 +388,104 @@ def test_negative_adc():
     assert int(d.noise_image.max()) < 65531 and int((d.noise_image == 0).sum()) == 23 + 889
     wrapped = c.noise_image >= 65531
     np.testing.assert_array_equal(d.noise_image[~wrapped], c.noise_image[~wrapped])
+
+
+# 14 --------------------------------------------------------------------------
+def test_water_background_scales_once_with_fluence(zero_hkl):
+    """Water alone (F = 0), 2x2 sub-pixels without -oversample_* switches: the pixel
+    is r_e^2 fluence F_w^2 N / 4 sub-paths times the first sub-pixel's solid angle.
+    nanoBragg.c's I_bg holds r_e^2 fluence already, so it grows as fluence^2."""
+    s, f = 5, 17
+    d = _bg_only(zero_hkl, ["-nopolar", "-fluence", "1e24"])
+    d2 = _bg_only(zero_hkl, ["-nopolar", "-fluence", "2e24"])
+    c = _bg_only(zero_hkl, ["-nopolar", "-fluence", "1e24"], c_parity=True)
+    om0 = _subpixel_geometry(d.model.det, s, f, 2)[0][0]
+    r2f = R_E_SQR * 1e24                                     # 7.9e-6, not 1
+    assert d.float_image[s, f] == pytest.approx(r2f * WATER_F2N / 4 * om0, rel=1e-6)
+    assert c.float_image[s, f] == pytest.approx(r2f * r2f * WATER_F2N / 4 * om0, rel=1e-6)
+    # linear in fluence (the C: quadratic)
+    np.testing.assert_allclose(d2.float_image, 2 * d.float_image, rtol=2e-7)
+    from nbnumba.quirks import c_differences
+    assert [n for n, _ in c_differences(d.model)] == [14] and not c_differences(c.model)
+
+
+# 13 --------------------------------------------------------------------------
+def _reciprocal_basis(a, b, c, al, be, ga, cstar_z_factor=1.0):
+    """Rows a*, b*, c* of the standard orthogonalisation (a* along x, b* in the xy
+    plane), from the textbook formulas; c*_z = 1/c since c is along z.
+    ``cstar_z_factor`` scales c*_z (nanoBragg.c: sin(gamma)/sin(gamma*))."""
+    al, be, ga = (math.radians(x) for x in (al, be, ga))
+    V = a * b * c * math.sqrt(1 - math.cos(al) ** 2 - math.cos(be) ** 2 - math.cos(ga) ** 2
+                              + 2 * math.cos(al) * math.cos(be) * math.cos(ga))
+    ast, bst, cst = b * c * math.sin(al) / V, c * a * math.sin(be) / V, a * b * math.sin(ga) / V
+    cas = (math.cos(be) * math.cos(ga) - math.cos(al)) / (math.sin(be) * math.sin(ga))
+    cbs = (math.cos(ga) * math.cos(al) - math.cos(be)) / (math.sin(ga) * math.sin(al))
+    cgs = (math.cos(al) * math.cos(be) - math.cos(ga)) / (math.sin(al) * math.sin(be))
+    sgs = math.sqrt(1 - cgs * cgs)
+    return np.array([[ast, 0, 0], [bst * cgs, bst * sgs, 0],
+                     [cst * cbs, cst * (cas - cbs * cgs) / sgs, cstar_z_factor / c]]), sgs
+
+
+def _cell_of(a, b, c):
+    """(|a|, |b|, |c|, alpha, beta, gamma in degrees) of three real-space vectors."""
+    a, b, c = (np.asarray(v, dtype=float) for v in (a, b, c))
+
+    def ang(u, v):
+        return math.degrees(math.acos(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v)))
+    return np.array([np.linalg.norm(a), np.linalg.norm(b), np.linalg.norm(c), ang(b, c), ang(a, c), ang(a, b)])
+
+
+def _cell_model(cell, c_parity=False):
+    argv = ["-cell", *cell.split(), "-default_F", "1", "-N", "2", "-misset", "10", "20", "30",
+            "-detpixels", "8", "-nonoise", "-nopgm"] + (["-c_parity"] if c_parity else [])
+    return build_model(nbnumba.parse_argv(argv))
+
+
+@pytest.mark.parametrize("cell, c_wrong", [
+    ("70 80 90 85 95 100", True), ("50 50 50 80 80 80", True), ("60 70 80 85 95 100", True),
+    ("70 80 90 90 100 90", False), ("70 70 90 90 90 120", False), ("70 80 90 90 90 90", False)])
+def test_cell_is_the_requested_one(cell, c_wrong):
+    """The cell rebuilt from the reciprocal vectors (a = b* x c* / V*, the rows of
+    inv(B*)^T) and the real-space vectors the kernel uses both have the requested
+    edges and angles, after any misset.  Where nanoBragg.c's cell is right but for
+    rounding (sin(gamma) = sin(gamma*)), the default mode keeps the C's bits."""
+    m = _cell_model(cell)
+    assert m.crystal.c_cell_wrong == c_wrong
+    if not c_wrong:
+        c = _cell_model(cell, c_parity=True)
+        for k in ("a", "b", "c", "astar", "bstar", "cstar"):
+            assert np.array_equal(getattr(m.crystal, k), getattr(c.crystal, k)), k
+    want = np.array([float(x) for x in cell.split()])
+    cr = m.crystal
+    real = np.linalg.inv(np.array([cr.astar, cr.bstar, cr.cstar])).T        # Angstrom
+    np.testing.assert_allclose(_cell_of(*real), want, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(_cell_of(*(np.array([cr.a, cr.b, cr.c]) * 1e10)), want, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(cr.cell, want, rtol=1e-12, atol=0)
+    # the per-(phi, mosaic) cells the kernel reads (metres; one phi step, no mosaic)
+    np.testing.assert_allclose(_cell_of(*(m.cells[1, 0, 0] * 1e10)), want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("cell, printed", [
+    ("70 80 90 85 95 100", "Unit Cell: 70 80 90 84.9945 95.0055 100.001"),   # nanoBragg.c's own line
+    ("50 50 50 80 80 80", None)])
+def test_cell_angles_under_c_parity(cell, printed):
+    """nanoBragg.c sets c*_z = sin(gamma)/(c sin(gamma*)): its cell has the real-space
+    directions of that reciprocal basis and the requested edge lengths."""
+    p = [float(x) for x in cell.split()]
+    ok, sgs = _reciprocal_basis(*p)
+    bad, _ = _reciprocal_basis(*p, cstar_z_factor=math.sin(math.radians(p[5])) / sgs)
+    # the textbook basis itself reproduces the cell: the test's own formulas are right
+    np.testing.assert_allclose(_cell_of(*np.linalg.inv(ok).T), p, rtol=1e-12, atol=0)
+    expect = _cell_of(*np.linalg.inv(bad).T)[3:]
+    c = _cell_model(cell, c_parity=True)
+    np.testing.assert_allclose(c.crystal.cell[:3], p[:3], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(c.crystal.cell[3:], expect, rtol=0, atol=1e-9)
+    assert np.max(np.abs(expect - p[3:])) > 1e-3          # the defect is real here
+    if printed:
+        assert printed in c.crystal.log
+    # the default mode announces the difference, -c_parity does not
+    from nbnumba.quirks import c_differences
+    assert 13 in [n for n, _ in c_differences(_cell_model(cell))] and not c_differences(c)
 
 
 def test_error_exit_status_is_the_documented_one(tmp_path, capsys):

@@ -90,6 +90,9 @@ AGREE = {
     "os_omega_polar": "-oversample 2 -oversample_omega -oversample_polar -polar 0.5 -divergence 2 -divsteps 2",
     "os_thick_one_layer": "-oversample 2 -oversample_thick -detector_thick 100 -detector_abs 50 -thicksteps 1",
     "dmin": "-oversample 2 -dmin 12",
+    # -dmin cuts the Bragg term only: the background's polarization mean keeps the
+    # cut sub-paths; the outer pixels are cut altogether (0, as without the switch)
+    "dmin_water_os_polar": "-oversample 2 -dmin 40 -water 10 -oversample_polar -divergence 2 -divsteps 2",
     "flux": "-oversample 1 -flux 1e12 -beamsize 0.05 -exposure 2",
     "xtalsize_roi": "-xtalsize 0.0003 -roi 1 3 2 4",
     "auto_oversample": "-N 6",
@@ -207,7 +210,7 @@ def test_water_background_scales_once_with_fluence():
 
 def test_triclinic_cell():
     """New finding: the default orientation of a triclinic cell has
-    c*_z = sin(gamma)/(c sin(gamma*)) instead of 1/c in nanoBragg.c (and in
-    nbnumba, both modes), so -cell 70 80 90 85 95 100 is built as
+    c*_z = sin(gamma)/(c sin(gamma*)) instead of 1/c in nanoBragg.c (kept under
+    -c_parity, docs/quirks.md #13), so -cell 70 80 90 85 95 100 is built as
     70 80 90 84.9945 95.0055 100.001 (the summary's "Unit Cell" line)."""
     check(cfg_of("-oversample 1 -cell 70 80 90 85 95 100"))

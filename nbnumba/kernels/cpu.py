@@ -289,8 +289,6 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     capture = z
     acc = z            # corrected path: weighted crystal sum
     capsum = z         # corrected path: background weight summed over layers
-    pol_sum = z        # corrected path with -oversample_polar: the sub-paths' polar
-    pol_n = 0
     variant = 0 if first_exec else 1
     first_oor = -1
     ran_phi = 0
@@ -306,7 +304,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
             capture = one
         layer_sum = z
         layer_capture = z
-        layer_bg = z
+        layer_bg = z       # corrected path: sum of the sub-paths' background weights
         for subS in range(os):
             for subF in range(os):
                 Fdet = subpixel * like(fpixel * os + subF, z) + subpixel / like(2.0, z)
@@ -329,14 +327,16 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                     capture = like(capture_fraction(like(thick_tic, z), thickstep, mu, parallax), z)
                 if subS == 0 and subF == 0:
                     layer_capture = capture
-                if corrected:
-                    # the water background fills the pixel: it takes the mean of the
-                    # oversampled per-sub-pixel factors (fixed factors apply at the end)
-                    w = one
-                    if os_thick:
-                        w *= capture
-                    if os_omega:
-                        w *= omega_pixel
+                # the water background fills the pixel: it takes the mean over the
+                # sub-paths of the product of the oversampled factors, as each Bragg
+                # term does (fixed factors apply at the end); with -oversample_polar
+                # the product is formed per source below
+                w = one
+                if os_thick:
+                    w *= capture
+                if os_omega:
+                    w *= omega_pixel
+                if corrected and not os_polar:
                     layer_bg += w
                 for source in range(nsrc):
                     incident_v = (incident[source, 0], incident[source, 1], incident[source, 2])
@@ -355,14 +355,18 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                     stol = like(0.5, z) * np.sqrt(S[0] * S[0] + S[1] * S[1] + S[2] * S[2])
                     if dmin > 0.0 and stol > 0.0:
                         if dmin > like(0.5, z) / stol:
+                            if corrected and os_polar:
+                                # -dmin cuts the Bragg term only: water still fills this
+                                # sub-path (diffracted is left as it is)
+                                pf, dn = polarization_factor(kahn, incident_v, diffracted, polar_axis)
+                                layer_bg += w * like(pf, z)
                             continue
                     if polar == 0.0 or os_polar:
                         pf, dn = polarization_factor(kahn, incident_v, diffracted, polar_axis)
                         polar = like(pf, z)
                         diffracted = (like(dn[0], z), like(dn[1], z), like(dn[2], z))
                         if corrected and os_polar:
-                            pol_sum += polar
-                            pol_n += 1
+                            layer_bg += w * polar
                     ran_phi = 1
                     # pass 1 over (phi, mosaic) cells: Miller indices and lattice
                     # factors (branch-free for the square/reduced case: vectorises)
@@ -461,15 +465,15 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                         variant = 1
         if corrected:
             acc += layer_sum if os_thick else layer_sum * layer_capture
-            bg_w = layer_bg / like(os * os, z)
+            bg_w = layer_bg / like(os * os * (nsrc if os_polar else 1), z)
             capsum += bg_w if os_thick else bg_w * layer_capture
 
     r2f = fopt[F_SCALE]   # r_e^2 * fluence
     steps = fopt[F_STEPS]
     if corrected:
         bg = I_bg * capsum
-        if os_polar:
-            bg *= pol_sum / like(pol_n, z) if pol_n > 0 else z
+        if os_polar and ran_phi == 0:
+            bg = z    # every sub-path cut by -dmin: no polarization, 0 as without the switch
         I = acc + bg
         test = r2f * I / steps
         if not os_polar:

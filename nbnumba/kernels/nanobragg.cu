@@ -562,8 +562,6 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
     wide capture = z;
     wide acc = z;     // corrected path: weighted crystal sum
     wide capsum = z;  // corrected path: background weight summed over layers
-    wide pol_sum = z; // corrected path with -oversample_polar: the sub-paths' polar
-    nb_i64 pol_n = 0;
     nb_i64 variant = first_exec ? 0 : 1;
     nb_i64 first_oor = -1;
     nb_i64 ran_phi = 0;
@@ -578,7 +576,7 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
         if (thick == (wide)0.0) capture = one;
         wide layer_sum = z;
         wide layer_capture = z;
-        wide layer_bg = z;
+        wide layer_bg = z;  // corrected path: sum of the sub-paths' background weights
         for (nb_i64 subS = 0; subS < os; ++subS) {
             for (nb_i64 subF = 0; subF < os; ++subF) {
                 const wide Fdet = subpixel * (wide)(fpixel * os + subF) + subpixel / (wide)2.0;
@@ -604,14 +602,14 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                     capture = capture_fraction((wide)thick_tic, thickstep, mu, parallax);
                 }
                 if (subS == 0 && subF == 0) layer_capture = capture;
-                if (corrected) {
-                    // the water background fills the pixel: it takes the mean of the
-                    // oversampled per-sub-pixel factors (fixed factors apply at the end)
-                    wide w = one;
-                    if (os_thick) w *= capture;
-                    if (os_omega) w *= omega_pixel;
-                    layer_bg += w;
-                }
+                // the water background fills the pixel: it takes the mean over the
+                // sub-paths of the product of the oversampled factors, as each Bragg
+                // term does (fixed factors apply at the end); with -oversample_polar
+                // the product is formed per source below
+                wide w = one;
+                if (os_thick) w *= capture;
+                if (os_omega) w *= omega_pixel;
+                if (corrected && !os_polar) layer_bg += w;
                 for (nb_i64 source = 0; source < nsrc; ++source) {
                     const vec3<wide> incident_v = load3w<real, wide>(incident + 3 * source);
                     const wide lambda_ = (wide)lam[source];
@@ -633,15 +631,21 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                     }
                     const wide stol = (wide)0.5 * nb_sqrt(S.x * S.x + S.y * S.y + S.z * S.z);
                     if (dmin > (wide)0.0 && stol > (wide)0.0) {
-                        if (dmin > (wide)0.5 / stol) continue;
+                        if (dmin > (wide)0.5 / stol) {
+                            if (corrected && os_polar) {
+                                // -dmin cuts the Bragg term only: water still fills this
+                                // sub-path (diffracted is left as it is)
+                                vec3<wide> dn;
+                                layer_bg += w * polarization_factor(kahn, incident_v, diffracted,
+                                                                    polar_axis, &dn);
+                            }
+                            continue;
+                        }
                     }
                     if (polar == (wide)0.0 || os_polar) {
                         polar = polarization_factor(kahn, incident_v, diffracted, polar_axis,
                                                     &diffracted);
-                        if (corrected && os_polar) {
-                            pol_sum += polar;
-                            pol_n += 1;
-                        }
+                        if (corrected && os_polar) layer_bg += w * polar;
                     }
                     ran_phi = 1;
                     wide acc_s = z;  // lean path: this source's partial sum
@@ -746,7 +750,7 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
         }
         if (corrected) {
             acc += os_thick ? layer_sum : layer_sum * layer_capture;
-            const wide bg_w = layer_bg / (wide)(os * os);
+            const wide bg_w = layer_bg / (wide)(os * os * (os_polar ? nsrc : 1));
             capsum += os_thick ? bg_w : bg_w * layer_capture;
         }
     }
@@ -756,7 +760,8 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
     wide test;
     if (corrected) {
         wide bg = I_bg * capsum;
-        if (os_polar) bg *= pol_n > 0 ? pol_sum / (wide)pol_n : z;
+        // every sub-path cut by -dmin: no polarization, 0 as without the switch
+        if (os_polar && ran_phi == 0) bg = z;
         I = acc + bg;
         test = r2f * I / steps;
         if (!os_polar) test *= polar;
