@@ -36,45 +36,17 @@ class RngState:
         self.gauss = np.zeros(2, dtype=np.float32)
 
 
-@njit(cache=True)
-def ran1(idum_ref, buf):
+def _ran1(idum_ref, buf):
     """Uniform deviate in (0, 1) as float32.  ``idum_ref`` is a 1-element int64
-    array holding the caller's seed variable (C passes ``long *idum``)."""
-    idum = idum_ref[0]
-    if idum <= 0 or buf[1] == 0:
-        # (re)load the shuffle table; a zero seed is promoted to 1
-        if -idum < 1:
-            idum = 1
-        else:
-            idum = -idum
-        for j in range(NTAB + 7, -1, -1):
-            k = idum // IQ
-            idum = IA * (idum - k * IQ) - IR * k
-            if idum < 0:
-                idum += IM
-            if j < NTAB:
-                buf[2 + j] = idum
-        buf[1] = buf[2]
-    k = idum // IQ
-    idum = IA * (idum - k * IQ) - IR * k
-    if idum < 0:
-        idum += IM
-    j = buf[1] // NDIV
-    buf[1] = buf[2 + j]
-    buf[2 + j] = idum
-    idum_ref[0] = idum
-    temp = F32(AM * buf[1])
-    if temp > RNMX:
-        return F32(RNMX)
-    return temp
+    array holding the caller's seed variable (C passes ``long *idum``).
 
-
-def ran1_py(idum_ref, buf):
-    """:func:`ran1` in plain Python (same integer arithmetic, same state
-    updates), for the few draws a run without mosaicity makes: no compiled
-    code has to be loaded for them."""
+    Plain Python, compiled by numba as :func:`ran1`; called as it is
+    (:func:`ran1_py`) for the few draws of a run without mosaicity, so that no
+    compiled code has to be loaded for them.  Same integer arithmetic, same
+    state updates either way."""
     idum = int(idum_ref[0])
     if idum <= 0 or buf[1] == 0:
+        # (re)load the shuffle table; a zero seed is promoted to 1
         if -idum < 1:
             idum = 1
         else:
@@ -99,6 +71,10 @@ def ran1_py(idum_ref, buf):
     if float(temp) > RNMX:
         return F32(RNMX)
     return temp
+
+
+ran1 = njit(cache=True)(_ran1)
+ran1_py = _ran1
 
 
 @njit(cache=True)
