@@ -387,6 +387,27 @@ def test_sinpi_coefficients_match_physics():
         assert len(found) == len(ref)
 
 
+def test_numba_fast_math_predicate(tmp_path):
+    """gpu.numba_fast_math names exactly the runs whose numba kernel takes a
+    fast-math section (those get the FAST_MAX_ULP bound; all others are held
+    to bit-equality)."""
+    cases = {  # name: (float64 kernel, float32 kernel)
+        "x_mosaic_phi_cparity": (False, True),       # -c_parity: C's sincg in f64; f32 sines fused
+        "x_round_water_cparity": (False, False),     # round crystal, -c_parity: strict throughout
+        "x_mosaic_phi": (True, True),                # default square: lattice loop (and lean sum)
+        "x_tophat_phi": (True, True),                # default tophat: the lean sum
+        "x_interp_latch_cparity": (False, True),
+    }
+    for name, want in cases.items():
+        m = build_model(_cfg_for(name, tmp_path))
+        got = tuple(gpu.numba_fast_math(gpu.kernel_args(m, dt)[0]) for dt in (np.float64, np.float32))
+        assert got == want, name
+    io = gpu.kernel_args(build_model(_cfg_for("x_tophat_phi", tmp_path)), np.float64)[0]
+    assert gpu.numba_fast_math(io, trace=True) is False     # the trace never takes the lean sum
+    assert gpu.FAST_MAX_ULP == {"float64": 1, "float32": 55}
+    assert gpu.fast_pixel_rel(io) > gpu.FAST_F64_REL
+
+
 def test_launch_rows():
     # one row is ~F x sub-paths; the budget caps the product
     bands = gpu.launch_rows(100, 50, 4, budget_s=0.1, rate=2000.0)   # 200 sub-paths per launch
