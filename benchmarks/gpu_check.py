@@ -199,11 +199,13 @@ def run_golden(cp, deadline: float, names: Optional[List[str]] = None) -> dict:
                 with tempfile.TemporaryDirectory(prefix="nbgpu-") as tmp:
                     cfg = _case_config(case, Path(tmp), precision)
                     t0 = time.perf_counter()
-                    img, _ = gpu.render(build_model(cfg), dt)
+                    gm = build_model(cfg)
+                    img, _ = gpu.render(gm, dt)
                     g = cp.asnumpy(img)
                     row["gpu_s"] = round(time.perf_counter() - t0, 4)
                     cpu_img, _ = api.render_float(build_model(cfg))
                     cpu_img = np.asarray(cpu_img)
+                    iopt = gpu.kernel_args(gm, dt)[0]
                 m = compare_images(c_img, g)
                 row.update(corr_vs_c=m["corr"], rel_max_vs_c=m["rel_max"])
                 if dt is np.float64:
@@ -216,6 +218,12 @@ def run_golden(cp, deadline: float, names: Optional[List[str]] = None) -> dict:
                 k = parity_contract(cpu_img, g)
                 row.update(contract_flipped=k["flipped"], contract_max_rel=k["max_rel_error"],
                            bit_identical_to_cpu=bool(np.array_equal(cpu_img, g)))
+                # where the numba kernel takes a fast-math section (its FMAs
+                # cannot be reproduced), the ulp distance and its bound
+                # (gpu.numba_parity; on the host build: within the bound)
+                par = gpu.numba_parity(cpu_img, g, iopt, dt)
+                row.update(cpu_fast_math=par["fast_math"], ulp_vs_cpu=par["max_ulp"],
+                           allowed_ulp_vs_cpu=par["allowed_ulp"])
                 # what the CPU engine itself reaches against C on this case: a GPU
                 # failure that the CPU shares is the port's, not the GPU's
                 mc = compare_images(c_img, cpu_img)
@@ -237,6 +245,7 @@ def run_golden(cp, deadline: float, names: Optional[List[str]] = None) -> dict:
                          for s in ("pass", "fail", "fail_cpu_too", "error")}
         summary[prec]["flipped_total"] = int(sum(r.get("contract_flipped", 0) for r in sel))
         summary[prec]["bit_identical_cases"] = int(sum(1 for r in sel if r.get("bit_identical_to_cpu")))
+        summary[prec]["cpu_fast_math_cases"] = int(sum(1 for r in sel if r.get("cpu_fast_math")))
     return {"tolerances": tol, "float32_tolerances": {"corr_min": F32_CORR_MIN, "rel_max": F32_REL_MAX,
                                                         "floor": F32_FLOOR},
             "rows": rows, "summary": summary,
@@ -534,13 +543,14 @@ def _md(report: dict) -> str:
     if isinstance(gold, dict) and "rows" in gold:
         L += ["", "## Golden suite on the GPU", "",
               "Summary: %s" % json.dumps(gold["summary"]), "",
-              "| case | precision | status | corr vs C | rel max vs C | flipped vs CPU | max rel vs CPU | bit-identical to CPU |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| case | precision | status | corr vs C | rel max vs C | flipped vs CPU | max rel vs CPU | bit-identical to CPU | CPU fast-math | ulp vs CPU (bound) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for r in gold["rows"]:
-            L.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 r["case"], r.get("precision", ""), r["status"], _g(r.get("corr_vs_c")),
                 _g(r.get("rel_max_vs_c")), r.get("contract_flipped", ""), _g(r.get("contract_max_rel")),
-                r.get("bit_identical_to_cpu", "")))
+                r.get("bit_identical_to_cpu", ""), r.get("cpu_fast_math", ""),
+                "%s (%s)" % (r["ulp_vs_cpu"], r["allowed_ulp_vs_cpu"]) if "ulp_vs_cpu" in r else ""))
     py = steps.get("pytest_gpu")
     if isinstance(py, dict):
         L += ["", "## pytest -m gpu", "", "`%s` (ok: %s)" % (py.get("summary_line", py.get("status")), py.get("ok"))]

@@ -59,10 +59,12 @@ TRACE_OPTION = "-DNB_TRACE"
 #: NVRTC/nvcc options, the same for both precisions, each chosen on purpose
 #: (docs/gpu.md, "Compiler options"; tests/test_gpu_source.py checks them):
 #:
-#: * ``--fmad=false``: no contraction of a*b+c into an FMA.  The numba engine
-#:   never contracts, and both kernels perform its operations one for one
-#:   (float32 is the numba engine's -precision single, whose float32 part is
-#:   a polynomial that contraction would round differently).
+#: * ``--fmad=false``: no contraction of a*b+c into an FMA.  Both kernels
+#:   perform the numba engine's strict operations one for one (float32 is the
+#:   numba engine's -precision single, whose float32 part is a polynomial that
+#:   contraction would round differently).  The numba kernel's two fast-math
+#:   sections (``cpu.FAST_MATH``) are not reproduced: see
+#:   :func:`numba_fast_math` and the tolerances below it.
 #: * ``-ftz=true``: CuPy appends it to every compilation anyway (after ours,
 #:   and NVRTC honours the last one), so we state it rather than pretend
 #:   otherwise.  It flushes float32 denormals only: the kernels' float32
@@ -76,6 +78,106 @@ COMPILE_OPTIONS = {
     "float64": ("-std=c++17", "--fmad=false", "-ftz=true", "-prec-div=true", "-prec-sqrt=true"),
     "float32": ("-std=c++17", "--fmad=false", "-ftz=true", "-prec-div=true", "-prec-sqrt=true"),
 }
+
+# ---- where the CUDA kernel can and cannot reproduce the numba kernel's bits
+#
+# The numba kernel compiles two sections with LLVM fast-math (cpu.FAST_MATH:
+# FMA contraction and reassociation), both only where the arithmetic is not
+# nanoBragg.c's: ``_lattice_square_fast`` (square crystal, reduced sincg: the
+# reduction e = N d - m and the sine polynomials, after the exact Miller
+# indices) and ``_lean_sum`` (the default mode's sum of F^2 F_latt^2 over the
+# (phi, mosaic) cells of one sub-path, reordered and vectorised).  Whether LLVM
+# emits FMAs there depends on the CPU numba compiles for (fused on a CPU with
+# FMA, separately rounded without), so no fixed CUDA arithmetic can equal it;
+# the CUDA kernel (built with --fmad=false, and its host build) rounds every
+# product and sum separately, in C order.  Everything else, and so every
+# -c_parity float64 run, is strict IEEE on both sides: bit for bit.
+#
+# Bounds where a fast-math section is taken (docs/gpu.md, "The GPU parity
+# contract"; tests/test_gpu_source.py and benchmarks/gpu_check.py use them):
+#
+# * float64 kernel: the sines are float64 polynomials, so a fused rounding
+#   moves a lattice factor by a few 1e-16 relative (more only near its zeros,
+#   where the term is negligible) and the reordered sum by a few 1e-16; a
+#   pixel's double value moves by at most FAST_F64_REL relative (measured
+#   1.7e-15 on the golden and extra cases), so its float32 store rounds the
+#   other way at most once: FAST_MAX_ULP["float64"] = 1.
+# * float32 kernel (-precision single): the two sines are float32 polynomials
+#   of 5 Horner steps.  Fused against separately rounded steps, sin(pi x)
+#   differs by at most SINE_FMA_UNITS units of 2**-24 relative over
+#   |x| <= 1/2 (measured on 5e6 arguments: 3).  One lattice factor
+#   fl32(sin(pi e) / sin(pi d)) then differs by at most 2 x 3 (two sines)
+#   + 2 (the quotient rounds twice) + 1 (the contracted float64 reduction
+#   e = N d - m can move fl32(e) by one ulp) = FAST_F32_FACTOR units, and a
+#   term F^2 (fa fb fc)^2 by 6 x that = FAST_F32_TERM units.  A pixel is a
+#   sum of such non-negative terms, so its double value moves by at most the
+#   same relative amount, and its float32 store adds one rounding step:
+#   FAST_MAX_ULP["float32"] = FAST_F32_TERM + 1 float32 ulps (measured: 14).
+FAST_F64_REL = 1e-13
+SINE_FMA_UNITS = 3
+FAST_F32_FACTOR = 2 * SINE_FMA_UNITS + 2 + 1
+FAST_F32_TERM = 6 * FAST_F32_FACTOR
+#: largest float32-image distance (in float32 ulps, per pixel) from the numba
+#: image where :func:`numba_fast_math` is true; 0 (bit for bit) where it is false
+FAST_MAX_ULP = {"float64": 1, "float32": FAST_F32_TERM + 1}
+#: relative bound on one lattice factor / a lattice-factor product / a pixel
+#: sum (trace values) per kernel precision where a fast-math section is taken
+FAST_REL = {"float64": {"factor": FAST_F64_REL, "term": FAST_F64_REL},
+            "float32": {"factor": FAST_F32_FACTOR * 2.0 ** -24,
+                        "term": FAST_F32_TERM * 2.0 ** -24}}
+
+
+def numba_fast_math(iopt, trace: bool = False) -> bool:
+    """Whether the numba kernel, run with kernel options ``iopt`` (as
+    :func:`kernel_args` lays them out for the precision: I_REDUCED is 2 for
+    float32), takes one of its fast-math sections: the square-crystal lattice
+    loop on reduced sincg, or (image only, not the trace) the lean sum.
+    Mirrors ``cpu.pixel_value``'s branch conditions.  False: the CUDA kernel
+    performs exactly the numba kernel's operations (bit for bit on the host
+    build)."""
+    c_parity = iopt[K.I_CPARITY] != 0
+    lattice = iopt[K.I_SHAPE] == 0 and iopt[K.I_REDUCED] != 0
+    lean = (not c_parity and iopt[K.I_INTERP] == 0 and not trace
+            and not (iopt[K.I_OS_THICK] or iopt[K.I_OS_POLAR] or iopt[K.I_OS_OMEGA]))
+    return bool(lattice or lean)
+
+
+def fast_pixel_rel(iopt) -> float:
+    """Relative bound on a pixel's float64 value (the float64 kernel against
+    the numba kernel) where :func:`numba_fast_math` is true: FAST_F64_REL for
+    the fused lattice factors plus 2 (n - 1) 2**-53 for the lean sum of the
+    n = phi x mosaic cells of a sub-path added in another order (a sum of n
+    non-negative terms rounds by at most (n - 1) 2**-53 relative in any order)."""
+    n = int(iopt[K.I_NPHI]) * int(iopt[K.I_NMOS])
+    return FAST_F64_REL + 2.0 * max(n - 1, 0) * 2.0 ** -53
+
+
+def float32_ulps(a, b) -> np.ndarray:
+    """Per-element distance of two arrays in float32 units in the last place
+    (sign-aware; both are rounded to float32 first)."""
+    def ordered(x):
+        i = np.ascontiguousarray(x, dtype=np.float32).view(np.int32).astype(np.int64)
+        return np.where(i < 0, -(i & 0x7FFFFFFF), i)
+    return np.abs(ordered(a) - ordered(b))
+
+
+def numba_parity(ref, got, iopt, dtype) -> dict:
+    """How float32 image ``got`` (CUDA kernel, precision ``dtype``) agrees with
+    the numba engine's ``ref`` for the run with kernel options ``iopt`` (as
+    :func:`kernel_args` gives them for ``dtype``): ``fast_math`` (a fast-math
+    section was taken), ``max_ulp``, ``allowed_ulp`` (0 = bit for bit, else
+    FAST_MAX_ULP) and ``ok``."""
+    name = _dtype_name(dtype)
+    fast = numba_fast_math(iopt)
+    ref = np.asarray(ref)
+    got = np.asarray(got)
+    same_nan = np.array_equal(np.isnan(ref), np.isnan(got))
+    fin = ~np.isnan(ref)
+    ulp = int(float32_ulps(ref[fin], got[fin]).max()) if fin.any() else 0
+    allowed = FAST_MAX_ULP[name] if fast else 0
+    ok = bool(np.array_equal(ref, got, equal_nan=True)) if not fast else (same_nan and ulp <= allowed)
+    return {"fast_math": fast, "max_ulp": ulp, "allowed_ulp": allowed, "ok": ok}
+
 
 #: options CuPy itself appends to every NVRTC compilation
 #: (cupy.cuda.compiler); they are part of COMPILE_OPTIONS already

@@ -9,7 +9,11 @@
 // library (the host build, see below, gives identical images) and, compiled
 // with --fmad=false, up to the ulp-level differences of CUDA's sin/cos/exp
 // on a GPU.  The float32 entry point performs the arithmetic of the numba
-// engine's -precision single: see pixel_value.
+// engine's -precision single: see pixel_value.  The exception is the numba
+// kernel's fast-math code (cpu.FAST_MATH: the square-crystal reduced-sincg
+// lattice loop and the default mode's lean F sum), where LLVM may fuse into
+// FMAs, depending on the CPU, what this kernel rounds separately: there the
+// bounds of gpu.numba_fast_math / gpu.FAST_MAX_ULP apply (docs/gpu.md).
 //
 // The same file compiles three ways:
 //   * by CuPy/NVRTC at run time (nbnumba/kernels/gpu.py): no #include at all,
