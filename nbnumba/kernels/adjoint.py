@@ -44,6 +44,12 @@ P_LAM, P_NA, P_NB, P_NC, P_FLU = 22, 23, 24, 25, 26
 N_PAR = 27
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _v(vecs, row):
+    """Row ``row`` of the kernel's vector table as a 3-tuple (see kernels.cpu's V_* rows)."""
+    return (vecs[row, 0], vecs[row, 1], vecs[row, 2])
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def render64(active, iopt, fopt, vecs, incident, lam, cells, Fhkl, out):
     """Fill out (float64, (S, F)) with the default-mode pixel values."""
@@ -177,9 +183,9 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
     kahn, dmin = fopt[K.F_KAHN], fopt[K.F_DMIN]
     Na, Nb, Nc, fudge = fopt[K.F_NA], fopt[K.F_NB], fopt[K.F_NC], fopt[K.F_FUDGE]
     default_F, I_bg = fopt[K.F_DEFAULT_F], fopt[K.F_I_BG]
-    fdet, sdet, pix0 = K._v(vecs, K.V_FDET), K._v(vecs, K.V_SDET), K._v(vecs, K.V_PIX0)
-    polar_axis = K._v(vecs, K.V_POLAR)
-    astar, bstar, cstar = K._v(vecs, K.V_ASTAR), K._v(vecs, K.V_BSTAR), K._v(vecs, K.V_CSTAR)
+    fdet, sdet, pix0 = _v(vecs, K.V_FDET), _v(vecs, K.V_SDET), _v(vecs, K.V_PIX0)
+    polar_axis = _v(vecs, K.V_POLAR)
+    astar, bstar, cstar = _v(vecs, K.V_ASTAR), _v(vecs, K.V_BSTAR), _v(vecs, K.V_CSTAR)
     C = fopt[K.F_SCALE] / fopt[K.F_STEPS]
     fast = shape == 0 and reduced == 1 and not interp
 
@@ -315,8 +321,9 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
     for i in range(3):
         gpar[P_PIX0 + i] += gC * total * (dP[i] * omega + polar * dOm[i])
     gpar[P_CLOSE] += gC * total * polar * dOmc
-    # test = C P omega (I_bg + sum): C and I_bg are both proportional to fluence
-    gpar[P_FLU] += gC * po * (total + I_bg)
+    # test = C P omega (I_bg + sum): only C = r_e^2 fluence ... carries the fluence
+    # (the default mode's I_bg does not: docs/quirks.md #14; autodiff refuses -c_parity)
+    gpar[P_FLU] += gC * po * total
     return C * po * total
 
 
