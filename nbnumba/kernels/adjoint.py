@@ -59,11 +59,17 @@ def render64(active, iopt, fopt, vecs, incident, lam, cells, Fhkl, out):
         tpos = np.zeros(1, dtype=np.int64)
         info = np.zeros(3, dtype=np.int64)
         work = np.empty((K.N_WORK, cells.shape[2]), dtype=cells.dtype)
+        # computed False / -1, not literals: literals would make numba compile another
+        # copy of pixel_value beside the image kernel's (tests/test_compile_once.py)
+        # (and a signed row: prange's index is unsigned)
+        off = tbuf.shape[0] == 0
+        no_latch = np.int64(-1)
+        row = np.int64(s)
         for f in range(F):
             if active[s, f] == 0:
                 continue
-            val, om = K.pixel_value(s, f, False, -1, iopt, fopt, vecs, incident, lam, cells,
-                                    Fhkl, work, False, tbuf, tpos, info)
+            val, om = K.pixel_value(row, f, off, no_latch, iopt, fopt, vecs, incident, lam, cells,
+                                    Fhkl, work, off, tbuf, tpos, info)
             out[s, f] = val
 
 
