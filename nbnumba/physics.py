@@ -145,31 +145,61 @@ def sinpi_reduced(x):
     return _horner_odd(float(x), SINPI_F64)
 
 
+_S32 = tuple(np.float32(c) for c in SINPI_F32)
+_S64 = SINPI_F64
+
+
+# The polynomials and the phase reduction as inline="always" functions: inlined,
+# they take the fast-math flags of the function they land in (a separately called
+# helper would be compiled once, with the flags of whichever caller came first),
+# so the strict and the fast-math kernels share this one source.
+@_jit_inline
+def sinpi_poly32(x):
+    """sin(pi x), |x| <= 1/2, float32 polynomial (Horner)."""
+    t = x * x
+    return x * (((((_S32[5] * t + _S32[4]) * t + _S32[3]) * t + _S32[2]) * t + _S32[1]) * t + _S32[0])
+
+
+@_jit_inline
+def sinpi_poly64(x):
+    """sin(pi x), |x| <= 1/2, float64 Taylor polynomial to x^21 (Horner)."""
+    t = x * x
+    p = _S64[10]
+    p = p * t + _S64[9]
+    p = p * t + _S64[8]
+    p = p * t + _S64[7]
+    p = p * t + _S64[6]
+    p = p * t + _S64[5]
+    p = p * t + _S64[4]
+    p = p * t + _S64[3]
+    p = p * t + _S64[2]
+    p = p * t + _S64[1]
+    p = p * t + _S64[0]
+    return x * p
+
+
+@_jit_inline
+def reduce_phase(h, N):
+    """The reduction of sincg_reduced: (d, e, parity) with n = rint(h), d = h - n,
+    m = rint(N d), e = N d - m and parity = (n (N-1) + m) mod 2."""
+    n = np.rint(h)
+    d = h - n
+    Nd = N * d
+    m = np.rint(Nd)
+    e = Nd - m
+    parity = (np.int32(n) * (np.int32(N) - np.int32(1)) + np.int32(m)) & np.int32(1)
+    return d, e, parity
+
+
 @overload(sinpi_reduced, jit_options={"cache": True, "error_model": "numpy"})
 def _sinpi_reduced_impl(x):
     if isinstance(x, types.Float) and x.bitwidth == 32:
-        c0, c1, c2, c3, c4, c5 = (np.float32(c) for c in SINPI_F32)
-
         def f32(x):
-            t = x * x
-            return x * (((((c5 * t + c4) * t + c3) * t + c2) * t + c1) * t + c0)
+            return sinpi_poly32(x)
         return f32
-    d = SINPI_F64
 
     def f64(x):
-        t = x * x
-        p = d[10]
-        p = p * t + d[9]
-        p = p * t + d[8]
-        p = p * t + d[7]
-        p = p * t + d[6]
-        p = p * t + d[5]
-        p = p * t + d[4]
-        p = p * t + d[3]
-        p = p * t + d[2]
-        p = p * t + d[1]
-        p = p * t + d[0]
-        return x * p
+        return sinpi_poly64(x)
     return f64
 
 
@@ -185,12 +215,7 @@ def sincg_reduced(h, N, f32_sines=False):
     two sines in float32: the reduction stays in the precision of h, which keeps
     the phase exact where float32 h would not be.  Written without data-dependent
     branches so it vectorises.  -c_parity uses ``sincg``."""
-    n = np.rint(h)
-    d = h - n
-    Nd = N * d
-    m = np.rint(Nd)
-    e = Nd - m
-    parity = (np.int32(n) * (np.int32(N) - np.int32(1)) + np.int32(m)) & np.int32(1)
+    d, e, parity = reduce_phase(h, N)
     if f32_sines:
         val = like(sinpi_reduced(np.float32(e)) / sinpi_reduced(np.float32(d)), h)
     else:
@@ -396,12 +421,7 @@ def sincg_reduced_grad_far(h, N, f):
     error of df/dh is ~3 ulp / (pi N d)^2, so callers switch to
     sincg_reduced_grad where |N d| < SINCG_NEAR.  At d == 0: (0, +-1), the
     derivative in N being taken as that of the value +-N."""
-    n = np.rint(h)
-    d = h - n
-    Nd = N * d
-    m = np.rint(Nd)
-    e = Nd - m
-    parity = (np.int32(n) * (np.int32(N) - np.int32(1)) + np.int32(m)) & np.int32(1)
+    d, e, parity = reduce_phase(h, N)
     sgn = 1.0 - 2.0 * parity
     sd = sinpi_reduced(d)
     inv = 1.0 / (sd if d != 0.0 else 1.0)

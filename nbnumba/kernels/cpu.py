@@ -18,7 +18,7 @@ import types as _pytypes
 import numpy as np
 from numba import njit
 
-from ..physics import (SINPI_F32, SINPI_F64, capture_fraction, dot, interp_in_range,
+from ..physics import (reduce_phase, sinpi_poly32, sinpi_poly64, capture_fraction, dot, interp_in_range,
                        lattice_factor, like, nearest_F, polarization_factor, rotate_axis,
                        solid_angle, tricubic_F, unitize)
 
@@ -69,53 +69,16 @@ W_H, W_K, W_L, W_F, W_FA, W_FB, W_FC = range(7)
 N_WORK = 7
 
 
-# sin(pi x) on |x| <= 1/2: physics.sinpi_reduced's polynomials, written here as
-# inline functions so that they take the flags of the function they are inlined
-# into (numba compiles a separately-called helper with the flags of whichever
-# caller compiled it first: that would make the strict kernel's bits depend on
-# the order of compilation)
-_S32 = tuple(np.float32(c) for c in SINPI_F32)
-_S64 = SINPI_F64
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _sinpi32(x):
-    t = x * x
-    return x * (((((_S32[5] * t + _S32[4]) * t + _S32[3]) * t + _S32[2]) * t + _S32[1]) * t + _S32[0])
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _sinpi64(x):
-    t = x * x
-    p = _S64[10]
-    p = p * t + _S64[9]
-    p = p * t + _S64[8]
-    p = p * t + _S64[7]
-    p = p * t + _S64[6]
-    p = p * t + _S64[5]
-    p = p * t + _S64[4]
-    p = p * t + _S64[3]
-    p = p * t + _S64[2]
-    p = p * t + _S64[1]
-    p = p * t + _S64[0]
-    return x * p
-
-
 @njit(cache=True, inline="always", error_model="numpy")
 def _sincg_r(h, N, f32):
     """``physics.sincg_reduced`` (same operations, same bits in strict code)
     with the sines' precision fixed at compile time: ``f32`` is a literal
     (a constant at the call site), so one polynomial is evaluated, not both."""
-    n = np.rint(h)
-    d = h - n
-    Nd = N * d
-    m = np.rint(Nd)
-    e = Nd - m
-    parity = (np.int32(n) * (np.int32(N) - np.int32(1)) + np.int32(m)) & np.int32(1)
+    d, e, parity = reduce_phase(h, N)
     if f32:
-        val = np.float64(_sinpi32(np.float32(e)) / _sinpi32(np.float32(d)))
+        val = np.float64(sinpi_poly32(np.float32(e)) / sinpi_poly32(np.float32(d)))
     else:
-        val = _sinpi64(e) / _sinpi64(d)
+        val = sinpi_poly64(e) / sinpi_poly64(d)
     val = N if d == 0.0 else val
     return -val if parity != 0 else val
 
