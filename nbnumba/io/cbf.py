@@ -121,6 +121,14 @@ def write_frame(path, image: np.ndarray, geom: FrameGeometry, info: FrameInfo) -
 _NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 
 
+# miniheader key -> parsed name(s): two numbers, or one (with its type)
+_PAIRS = {"Pixel_size": ("pixel_size_fast", "pixel_size_slow"), "Beam_xy": ("beam_x", "beam_y")}
+_SINGLES = {"Detector_distance": ("distance", float), "Wavelength": ("wavelength", float),
+            "Start_angle": ("start_angle", float), "Angle_increment": ("angle_increment", float),
+            "Exposure_time": ("exposure_time", float), "Exposure_period": ("exposure_period", float),
+            "Count_cutoff": ("count_cutoff", int)}
+
+
 def parse_miniheader(text: str) -> Dict[str, object]:
     """The numbers of a Pilatus-style miniheader (SI units: m, s; angles in degrees).
 
@@ -141,24 +149,11 @@ def parse_miniheader(text: str) -> Dict[str, object]:
             out["detector"] = rest.strip()
         elif re.match(r"^\d{4}[-/]", body):
             out["timestamp"] = body
-        elif key == "Pixel_size" and len(nums) >= 2:
-            out["pixel_size_fast"], out["pixel_size_slow"] = nums[0], nums[1]
-        elif key == "Detector_distance" and nums:
-            out["distance"] = nums[0]
-        elif key == "Wavelength" and nums:
-            out["wavelength"] = nums[0]
-        elif key == "Beam_xy" and len(nums) >= 2:
-            out["beam_x"], out["beam_y"] = nums[0], nums[1]
-        elif key == "Start_angle" and nums:
-            out["start_angle"] = nums[0]
-        elif key == "Angle_increment" and nums:
-            out["angle_increment"] = nums[0]
-        elif key == "Exposure_time" and nums:
-            out["exposure_time"] = nums[0]
-        elif key == "Exposure_period" and nums:
-            out["exposure_period"] = nums[0]
-        elif key == "Count_cutoff" and nums:
-            out["count_cutoff"] = int(nums[0])
+        elif key in _PAIRS and len(nums) >= 2:
+            out[_PAIRS[key][0]], out[_PAIRS[key][1]] = nums[0], nums[1]
+        elif key in _SINGLES and nums:
+            name, cast = _SINGLES[key]
+            out[name] = cast(nums[0])
     return out
 
 

@@ -10,6 +10,7 @@ from typing import List
 import numpy as np
 
 from nbnumba.tools._common import ToolError
+from nbnumba.tracefmt import format_value
 
 
 PROG = "nbnumba-probe"
@@ -49,18 +50,8 @@ DEFECTS = {
 
 
 def _g(x) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, str):
-        return x
-    if isinstance(x, (int, np.integer)):
-        return "%d" % int(x)
-    x = float(x)
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return "%.15g" % x
+    """A trace value as the C prints it (tracefmt.format_value); None as a dash."""
+    return "—" if x is None else format_value(x)
 
 
 def _s(x, digits=4) -> str:
