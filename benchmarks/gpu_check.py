@@ -475,7 +475,7 @@ def run_throughput(deadline: float, quick: bool = False) -> dict:
             t = []
             for _ in range(2 if quick else 10):
                 t0 = time.perf_counter()
-                res = nbnumba.simulate_argv(small + ["-device", "cuda"])
+                nbnumba.simulate_argv(small + ["-device", "cuda"])
                 cp.cuda.Device().synchronize()
                 t.append(time.perf_counter() - t0)
             fixed["simulate_wall_ms"] = round(1e3 * float(np.median(t)), 3)

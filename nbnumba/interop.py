@@ -41,7 +41,7 @@ is one of their arrays (``pip install nbnumba[torch]``, ``nbnumba[gpu]``).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 

@@ -6,7 +6,6 @@ nanoBragg.c stores them); the kernel's incident vector is their negative.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import List
 

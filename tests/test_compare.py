@@ -10,7 +10,6 @@ import json
 import os
 import stat
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -334,7 +333,6 @@ def test_real_c_parity_small_case(tmp_path, monkeypatch, capsys):
 
 
 def test_concurrent_runners_are_timed_each_to_its_own_end(tmp_path):
-    import subprocess
     import time
     from nbnumba.tools import _common as C
     slow_cmd = [sys.executable, "-c", "import time; time.sleep(1.2)"]

@@ -14,11 +14,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from nbnumba import cli
-from nbnumba.errors import ConfigError, InputFileError, NBError
+from nbnumba.errors import ConfigError, NBError
 from nbnumba.io import atomic as A
 
 REPO = Path(__file__).resolve().parents[1]
