@@ -21,8 +21,15 @@ def prog_name(argv0=None) -> str:
 
 
 def main(argv=None) -> int:
-    if argv is None:            # a program, not a call from Python: own SIGTERM
-        _term_as_interrupt()
+    if argv is None:            # a program, not a call from Python
+        args = sys.argv[1:]
+        if not args or args[0] != "--serve":
+            # a warm server started with `nbnumba --serve` runs it for us (nbnumba.server)
+            from .server import forward
+            status = forward(args)
+            if status is not None:
+                return status
+        _term_as_interrupt()    # own SIGTERM
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _PROGRAM_MODES:
         return _program_mode(argv)
@@ -125,12 +132,16 @@ def run(cfg) -> int:
 
 
 # ---- whole-program modes of nbnumba (not nanoBragg flags) ---------------------
-_PROGRAM_MODES = ("--warmup", "--batch")
+_PROGRAM_MODES = ("--warmup", "--batch", "--serve")
 
 
 def _program_mode(argv) -> int:
-    """``nbnumba --warmup`` (compile every kernel once) and
-    ``nbnumba --batch FILE`` (many command lines in one process)."""
+    """``nbnumba --warmup`` (compile every kernel once), ``nbnumba --batch FILE``
+    (many command lines in one process) and ``nbnumba --serve`` (a warm server
+    that runs later command lines: nbnumba.server)."""
+    if argv[0] == "--serve":
+        from .server import main as serve_main
+        return serve_main(argv[1:])
     if argv[0] == "--warmup":
         if len(argv) > 1:
             print("nbnumba: error: --warmup takes no arguments", file=sys.stderr)

@@ -12,6 +12,7 @@ float image is always returned as float32, like nanoBragg's floatimage.bin.
 """
 from __future__ import annotations
 
+import os as _os
 import threading as _threading
 import types as _pytypes
 
@@ -513,6 +514,18 @@ def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, ce
 
 _POOLS = {}
 _POOL_LOCK = _threading.Lock()
+
+
+def _forget_pools():
+    # a forked child (nbnumba.server) inherits the executors but not their
+    # threads: work submitted to them would never run
+    global _POOL_LOCK
+    _POOLS.clear()
+    _POOL_LOCK = _threading.Lock()
+
+
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _pool(n):

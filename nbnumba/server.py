@@ -1,0 +1,514 @@
+"""A warm nbnumba process that renders command lines for short-lived clients.
+
+Every ``python -m nbnumba.cli`` pays about 0.7 s before its first pixel:
+``import numba`` maps llvmlite's 180 MB library, and numba's first use of a
+compiled function loads its typing and lowering tables.  nanoBragg users drive
+the program from shell loops of small images, where that start-up is most of
+the cost.  ``nbnumba --serve start`` keeps one process with numba imported and
+every kernel loaded; while it runs, each ``nbnumba ...`` command (the CLI's
+``main``) hands its argument list to it and waits for the exit status.
+
+How one request runs:
+
+* The client sends its argv, working directory, environment, umask and CPU
+  affinity, and its stdin/stdout/stderr file descriptors (``SCM_RIGHTS``), over
+  a Unix socket in a directory only the user can enter.
+* The server forks.  The child takes over those descriptors, directory,
+  environment, umask and affinity, runs the CLI's ``main(argv)`` exactly as a
+  fresh process would (same flags, same messages, same atomic output rules),
+  and sends back the exit status.  The server itself never renders, so a crash
+  or an interrupted run cannot damage it, and runs may overlap.
+* Ctrl-C or SIGTERM on the client is forwarded to the child (exit 130/143,
+  no partial files, as in-process).  If the client dies, the child is
+  terminated the same way.
+
+The client only uses the server when it was started from the same
+interpreter, the same nbnumba sources (their sizes and modification times)
+and the same ``NUMBA_*`` settings, which all go into the socket's name; any
+other server is invisible to it.  ``NBNUMBA_SERVER=0`` turns the client side
+off.  Limits: resource limits (``ulimit``) are the server's, not the client's.
+
+This module's client half imports only the standard library: it runs before
+numpy or numba would be imported.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+
+#: seconds without a request after which a server exits (``--idle-timeout``)
+DEFAULT_IDLE_TIMEOUT = 900.0
+
+_MAX_REQUEST = 1 << 22          # bytes of JSON a request may carry (argv + environment)
+
+
+# ---- where the socket lives ------------------------------------------------------
+def _package_fingerprint() -> str:
+    """sizes and mtimes of the package's Python sources: a changed source is
+    another server (the running one holds the old code)."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha1(root.encode())
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(filenames):
+            if name.endswith((".py", ".cu", ".h")):
+                st = os.stat(os.path.join(dirpath, name))
+                h.update(("%s/%s %d %d;" % (dirpath, name, st.st_size, st.st_mtime_ns)).encode())
+    return h.hexdigest()
+
+
+def server_key(environ=None) -> str:
+    """What a server must share with a client to serve it."""
+    env = os.environ if environ is None else environ
+    numba_env = sorted((k, v) for k, v in env.items() if k.startswith("NUMBA_"))
+    h = hashlib.sha1()
+    h.update(json.dumps([sys.executable, sys.prefix, sys.version, _package_fingerprint(),
+                         numba_env]).encode())
+    return h.hexdigest()[:16]
+
+
+def socket_dir() -> str:
+    """A directory only this user can enter: ``$XDG_RUNTIME_DIR/nbnumba`` when
+    that exists, else ``$TMPDIR/nbnumba-<uid>``."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base):
+        return os.path.join(base, "nbnumba")
+    import tempfile
+    return os.path.join(tempfile.gettempdir(), "nbnumba-%d" % os.getuid())
+
+
+def socket_path(key=None) -> str:
+    return os.path.join(socket_dir(), "server-%s.sock" % (key or server_key()))
+
+
+class _Addr:
+    """A socket path short enough for AF_UNIX (108 bytes): a long one is
+    reached through /proc/self/fd/N/NAME, N a descriptor of its directory."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self):
+        if len(os.fsencode(self.path)) < 100:
+            return self.path
+        d, name = os.path.split(self.path)
+        self.fd = os.open(d, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        return "/proc/self/fd/%d/%s" % (self.fd, name)
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def _private_dir(path) -> None:
+    """Create ``path`` mode 0700, or check that an existing one is ours and private."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    import stat
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise OSError("%s is not a private directory of this user" % path)
+
+
+# ---- framing -------------------------------------------------------------------------
+def _send_msg(sock, obj, fds=()) -> None:
+    data = json.dumps(obj).encode()
+    payload = struct.pack("!I", len(data)) + data
+    if fds:
+        socket.send_fds(sock, [payload], list(fds))
+    else:
+        sock.sendall(payload)
+
+
+def _recv_exact(sock, n) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("connection closed")
+        buf += chunk
+    return buf
+
+
+def _recv_msg(sock, want_fds=0):
+    """(object, fds) of one framed message."""
+    fds = []
+    if want_fds:
+        first, fds, _flags, _addr = socket.recv_fds(sock, 65536, want_fds)
+        if not first:
+            raise EOFError("connection closed")
+    else:
+        first = _recv_exact(sock, 4)
+    if len(first) < 4:
+        first += _recv_exact(sock, 4 - len(first))
+    (n,) = struct.unpack("!I", first[:4])
+    if n > _MAX_REQUEST:
+        raise ValueError("request too large")
+    data = first[4:]
+    if len(data) < n:
+        data += _recv_exact(sock, n - len(data))
+    return json.loads(data[:n].decode()), fds
+
+
+# ---- client ------------------------------------------------------------------------
+def forward(argv, argv0=None):
+    """Run ``argv`` on a matching server; its exit status, or None when no
+    server is there (the caller then runs in-process)."""
+    if os.environ.get("NBNUMBA_SERVER", "1") == "0":
+        return None
+    path = socket_path()
+    if not os.path.exists(path):
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with _Addr(path) as addr:
+            sock.connect(addr)
+    except OSError:             # a stale socket: the server is gone
+        sock.close()
+        return None
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        affinity = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = None
+    req = {"op": "run", "argv": list(argv), "argv0": argv0 or sys.argv[0], "cwd": os.getcwd(),
+           "env": dict(os.environ), "umask": umask, "affinity": affinity}
+    try:
+        _send_msg(sock, req, fds=(0, 1, 2))
+        reply, _ = _recv_msg(sock)
+    except (OSError, EOFError, ValueError):
+        sock.close()
+        return None             # nothing ran yet: run in-process instead
+    if reply.get("refused"):
+        sock.close()
+        return None
+    child = int(reply["pid"])
+
+    def relay(signum, frame):
+        try:
+            os.kill(child, signum)
+        except OSError:
+            pass
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        try:
+            old[sig] = signal.signal(sig, relay)
+        except (ValueError, OSError):
+            pass
+    try:
+        while True:
+            try:
+                done, _ = _recv_msg(sock)
+                return int(done["status"])
+            except InterruptedError:
+                continue
+            except (OSError, EOFError, ValueError):
+                print("nbnumba: error: the nbnumba server's worker for this run died; "
+                      "run again with NBNUMBA_SERVER=0", file=sys.stderr)
+                return 1
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        sock.close()
+
+
+def _control(op, key=None):
+    """Send a control request (status, stop); the reply, or None with no server."""
+    path = socket_path(key)
+    if not os.path.exists(path):
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with _Addr(path) as addr:
+            sock.connect(addr)
+        _send_msg(sock, {"op": op}, fds=(0,))   # every request carries fds
+        return _recv_msg(sock)[0]
+    except (OSError, EOFError, ValueError):
+        return None
+    finally:
+        sock.close()
+
+
+# ---- server --------------------------------------------------------------------------
+def _warm() -> None:
+    """Import and load everything a run needs, so that children start warm."""
+    from .jitcache import warmup
+    with open(os.devnull, "w") as null:
+        warmup(file=null)
+    from . import api, flags, model, outputs, summary  # noqa: F401  (imported for the children)
+
+
+def _serve_child(conn, req, fds) -> None:
+    """In the forked child: become the client's process and run its argv."""
+    try:
+        for target, fd in zip((0, 1, 2), fds):
+            os.dup2(fd, target)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        os.umask(int(req["umask"]))
+        if req.get("affinity"):
+            try:
+                os.sched_setaffinity(0, req["affinity"])
+            except OSError:
+                pass
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.stdin = open(0, "r", closefd=False)
+        sys.stdout = open(1, "w", buffering=1 if os.isatty(1) else -1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        sys.argv = [req["argv0"]] + list(req["argv"])
+        _send_msg(conn, {"pid": os.getpid()})
+    except Exception as e:      # the client has not been told a pid: it runs in-process
+        try:
+            _send_msg(conn, {"refused": str(e)})
+        finally:
+            os._exit(0)
+    import threading
+    running = [True]
+
+    def watch():
+        # the client went away (killed): stop like SIGTERM (temporaries removed)
+        try:
+            while conn.recv(1):
+                pass
+        except OSError:
+            pass
+        if running[0]:
+            os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, daemon=True).start()
+    status = 1
+    try:
+        from . import cli
+        cli._term_as_interrupt()
+        status = cli.main(list(req["argv"]))
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        status = 130
+    except BaseException:                     # a bug: the traceback goes to the client
+        import traceback
+        traceback.print_exc()
+        status = 1
+    finally:
+        # done: a late SIGTERM (the client closing) must not interrupt the reply
+        running[0] = False
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except (OSError, ValueError):
+                pass
+        try:
+            _send_msg(conn, {"status": int(status)})
+        except OSError:
+            pass
+        os._exit(0)
+
+
+def serve(idle_timeout=DEFAULT_IDLE_TIMEOUT, ready=None, log=None) -> int:
+    """Run a server in this process until ``stop`` or ``idle_timeout`` seconds
+    without requests.  ``ready(path)`` is called once it accepts requests."""
+    log = log or sys.stderr
+    key = server_key()
+    path = socket_path(key)
+    _private_dir(socket_dir())
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if os.path.exists(path):
+        probe = _control("status", key)
+        if probe is not None:
+            print("nbnumba: error: a server is already running (pid %s) on %s"
+                  % (probe.get("pid"), path), file=log)
+            return 2
+        os.unlink(path)         # left by a server that was killed
+    _warm()
+    tmp = path + ".%d.tmp" % os.getpid()
+    with _Addr(tmp) as addr:
+        sock.bind(addr)
+    os.chmod(tmp, 0o600)
+    sock.listen(64)
+    os.replace(tmp, path)       # clients never see a socket that does not answer yet
+    ino = os.stat(path).st_ino
+    started = time.time()
+    served = 0
+    children = set()
+    stop = False
+
+    def on_term(signum, frame):
+        nonlocal stop
+        stop = True
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+    if ready is not None:
+        ready(path)
+    last = time.monotonic()
+    try:
+        while not stop:
+            while children:      # reap finished children
+                try:
+                    pid, _st = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    children.clear()
+                    break
+                if pid == 0:
+                    break
+                children.discard(pid)
+            if not children and time.monotonic() - last > idle_timeout:
+                break
+            sock.settimeout(1.0)
+            try:
+                conn, _ = sock.accept()
+            except socket.timeout:
+                continue
+            except InterruptedError:
+                continue
+            last = time.monotonic()
+            fds = []
+            while children:      # (again, so that status counts only live runs)
+                try:
+                    pid, _st = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    children.clear()
+                    break
+                if pid == 0:
+                    break
+                children.discard(pid)
+            try:
+                conn.settimeout(10.0)
+                cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                       struct.calcsize("3i"))
+                _pid, uid, _gid = struct.unpack("3i", cred)
+                if uid != os.getuid():
+                    raise PermissionError("peer uid %d" % uid)
+                req, fds = _recv_msg(conn, want_fds=3)
+                op = req.get("op")
+                if op == "status":
+                    _send_msg(conn, {"pid": os.getpid(), "since": started, "served": served,
+                                     "running": len(children), "key": key})
+                elif op == "stop":
+                    _send_msg(conn, {"stopping": True})
+                    stop = True
+                elif op == "run" and len(fds) == 3:
+                    conn.settimeout(None)
+                    pid = os.fork()
+                    if pid == 0:
+                        try:        # the child never returns into this loop
+                            sock.close()
+                            _serve_child(conn, req, fds)
+                        finally:
+                            os._exit(1)
+                    children.add(pid)
+                    served += 1
+            except (OSError, EOFError, ValueError) as e:
+                print("nbnumba: server: dropped a request: %s" % e, file=log)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+                conn.close()
+    finally:
+        try:        # only our own socket: a newer server may have replaced it
+            if os.stat(path).st_ino == ino:
+                os.unlink(path)
+        except OSError:
+            pass
+        sock.close()
+    return 0
+
+
+def main(argv) -> int:
+    """``nbnumba --serve [start|run|stop|status] [--idle-timeout S]``."""
+    import argparse
+    p = argparse.ArgumentParser(prog="nbnumba --serve",
+                                description="a warm nbnumba process that runs the CLI's command "
+                                            "lines for it (see docs/performance.md)")
+    p.add_argument("action", nargs="?", default="start", choices=("start", "run", "stop", "status"),
+                   help="start: in the background, return once it answers (default); run: in "
+                        "the foreground; stop; status")
+    p.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT, metavar="S",
+                   help="exit after S seconds without a request (default %(default)g)")
+    try:
+        a = p.parse_args(argv)
+    except SystemExit as e:
+        return 0 if e.code == 0 else 2
+    if a.idle_timeout <= 0:
+        print("nbnumba: error: --idle-timeout must be > 0", file=sys.stderr)
+        return 2
+    if a.action == "status":
+        st = _control("status")
+        if st is None:
+            print("nbnumba: no server for this installation")
+            return 1
+        print("nbnumba: server pid %d, up %.0f s, %d runs served, %d running, socket %s"
+              % (st["pid"], time.time() - st["since"], st["served"], st["running"], socket_path()))
+        return 0
+    if a.action == "stop":
+        st = _control("stop")
+        print("nbnumba: server stopped" if st else "nbnumba: no server for this installation")
+        return 0 if st else 1
+    if a.action == "run":
+        return serve(a.idle_timeout, ready=lambda path: print(
+            "nbnumba: server ready on %s" % path, file=sys.stderr, flush=True))
+    return _start_background(a.idle_timeout)
+
+
+def _start_background(idle_timeout) -> int:
+    """Fork a detached server and return when it answers (or say why not)."""
+    if _control("status") is not None:
+        print("nbnumba: a server is already running (%s)" % socket_path())
+        return 0
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                 # detach: new session, no terminal, cwd /
+        os.close(r)
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        os.chdir("/")
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1):
+            os.dup2(null, fd)
+        status = 1
+        try:
+            def ready(path):
+                os.write(w, b"ok " + path.encode())
+                os.close(w)
+                os.dup2(null, 2)
+            status = serve(idle_timeout, ready=ready)
+        except BaseException as e:   # tell the waiting parent why
+            try:
+                os.write(w, ("error %s" % e).encode())
+            except OSError:
+                pass
+        os._exit(status)
+    os.close(w)
+    os.waitpid(pid, 0)
+    msg = b""
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        msg += chunk
+    os.close(r)
+    text = msg.decode(errors="replace")
+    if text.startswith("ok "):
+        print("nbnumba: server ready on %s (stops after %g s idle; `nbnumba --serve stop`)"
+              % (text[3:], idle_timeout))
+        return 0
+    print("nbnumba: error: the server did not start: %s" % (text[6:] or "it exited"),
+          file=sys.stderr)
+    return 1

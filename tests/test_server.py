@@ -1,0 +1,170 @@
+"""nbnumba --serve: a warm process that runs the CLI's command lines.
+
+Each test runs real CLI processes against a real server (in a private
+TMPDIR, so a developer's own server is never touched) and checks that a
+served run is indistinguishable from an in-process one: the same files bit
+for bit, the same messages and exit statuses, the same cleanup on Ctrl-C.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ("-cell 100 100 100 90 90 90 -lambda 6.2 -N 5 -default_F 100 -distance 100 "
+         "-detpixels 64 -seed 1").split()
+# a run long enough to interrupt (about 3-10 s on 2 cores)
+LONG = ("-cell 70 80 90 85 95 105 -misset 10 5 3 -lambda 1.5 -N 8 -default_F 100 -distance 100 "
+        "-detpixels 256 -mosaic 0.5 -mosaic_dom 50 -phi 0.1 -osc 1 -phisteps 10 -oversample 2 "
+        "-seed 1 -nonoise -nopgm -noprogress").split()
+
+
+def _env(tmpdir, **extra):
+    env = dict(os.environ, TMPDIR=str(tmpdir), PYTHONPATH=str(REPO))
+    env.pop("XDG_RUNTIME_DIR", None)
+    env.pop("NBNUMBA_SERVER", None)
+    env.update(extra)
+    return env
+
+
+def _cli(args, cwd, env, **kw):
+    return subprocess.run([sys.executable, "-m", "nbnumba.cli"] + list(args), cwd=cwd, env=env,
+                          capture_output=True, text=True, **kw)
+
+
+def _served(env):
+    r = _cli(["--serve", "status"], REPO, env)
+    if r.returncode != 0:
+        return None
+    return int(r.stdout.split(" runs served")[0].rsplit(" ", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("srv")
+    env = _env(tmp)
+    r = _cli(["--serve", "start", "--idle-timeout", "120"], REPO, env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "server ready on" in r.stdout
+    yield env
+    r = _cli(["--serve", "stop"], REPO, env)
+    assert r.returncode == 0 and "stopped" in r.stdout
+
+
+def test_served_run_is_the_in_process_run(server, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    n0 = _served(server)
+    out = ["-floatfile", "f.bin", "-intfile", "i.img", "-noisefile", "n.img", "-pgmfile", "p.pgm"]
+    ra = _cli(SMALL + out, a, server)
+    assert _served(server) == n0 + 1          # this one went through the server
+    rb = _cli(SMALL + out, b, dict(server, NBNUMBA_SERVER="0"))
+    assert _served(server) == n0 + 1          # and this one did not
+    assert ra.returncode == rb.returncode == 0
+    for name in ("f.bin", "i.img", "n.img", "p.pgm"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    # the same messages, but for the closing line's run time
+    strip = lambda s: [ln for ln in s.splitlines() if not ln.startswith("nbnumba: double")]
+    assert strip(ra.stdout) == strip(rb.stdout)
+    assert ra.stderr == rb.stderr
+    img = np.fromfile(a / "f.bin", dtype=np.float32)
+    assert img.size == 64 * 64 and img.max() > 0
+
+
+def test_relative_inputs_resolve_in_the_clients_directory(server, tmp_path):
+    (tmp_path / "P1.hkl").write_text("0 0 0 10\n1 0 0 20\n0 1 0 30\n0 0 1 40\n")
+    r = _cli(SMALL + ["-hkl", "P1.hkl", "-floatfile", "sub/f.bin"], tmp_path, server)
+    # a directory that does not exist is refused like in-process: one line, exit 2
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "sub/f.bin" in r.stderr
+    r = _cli(SMALL + ["-hkl", "P1.hkl", "-floatfile", "f.bin", "-nopgm", "-nonoise"], tmp_path,
+             server)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "f.bin").stat().st_size == 64 * 64 * 4
+    assert (tmp_path / "Fdump.bin").exists()      # nanoBragg's cache, beside the inputs
+
+
+def test_bad_input_through_the_server(server, tmp_path):
+    n0 = _served(server)
+    r = _cli(SMALL + ["-bogus"], tmp_path, server)
+    assert _served(server) == n0 + 1
+    assert r.returncode == 2
+    assert r.stderr.strip() == "nbnumba: error: unknown flag '-bogus'; see -h for the list of flags"
+    r = _cli(["-cell", "1", "2"], tmp_path, server)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_is_forwarded_and_leaves_nothing(server, tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "nbnumba.cli"] + LONG + ["-floatfile", "f.bin"],
+                         cwd=tmp_path, env=server, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    # wait until the child has printed its set-up lines (it is rendering then)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "pixel oversample steps" not in p.stdout.readline():
+        pass
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "interrupted; no output written" in err
+    assert [f.name for f in tmp_path.iterdir()] == []
+
+
+def test_killed_client_stops_its_run(server, tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "nbnumba.cli"] + LONG + ["-floatfile", "f.bin"],
+                         cwd=tmp_path, env=server, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "pixel oversample steps" not in p.stdout.readline():
+        pass
+    p.kill()
+    p.wait()
+    # the orphaned run notices, removes its temporaries and writes nothing
+    time.sleep(3)
+    assert [f.name for f in tmp_path.iterdir()] == []
+    status = _cli(["--serve", "status"], REPO, server).stdout
+    assert ", 0 running," in status
+
+
+def test_other_numba_settings_do_not_use_this_server(server, tmp_path):
+    env = dict(server, NUMBA_OPT="2")
+    assert _served(env) is None           # its socket name differs
+    n0 = _served(server)
+    r = _cli(SMALL + ["-nopgm", "-nonoise"], tmp_path, env)
+    assert r.returncode == 0
+    assert _served(server) == n0
+
+
+def test_lifecycle_and_stale_socket(tmp_path):
+    env = _env(tmp_path)
+    assert _cli(["--serve", "status"], REPO, env).returncode == 1
+    r = _cli(["--serve", "start", "--idle-timeout", "60"], REPO, env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    sock = r.stdout.split("server ready on ")[1].split(" ")[0]
+    assert Path(sock).exists()
+    assert oct(Path(sock).parent.stat().st_mode & 0o777) == "0o700"
+    again = _cli(["--serve", "start"], REPO, env)
+    assert again.returncode == 0 and "already running" in again.stdout
+    assert _cli(["--serve", "stop"], REPO, env).returncode == 0
+    deadline = time.monotonic() + 10
+    while Path(sock).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(sock).exists()
+    # a socket file nobody listens on (a server killed with SIGKILL): runs in-process
+    import socket
+    from nbnumba.server import _Addr
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with _Addr(sock) as addr:
+        s.bind(addr)
+    s.close()
+    r = _cli(SMALL + ["-nopgm", "-nonoise", "-floatfile", "f.bin"], tmp_path, env)
+    assert r.returncode == 0 and (tmp_path / "f.bin").exists()
+    assert _cli(["--serve", "bogus"], REPO, env).returncode == 2
+    assert _cli(["--serve", "run", "--idle-timeout", "0"], REPO, env).returncode == 2
