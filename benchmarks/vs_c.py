@@ -207,7 +207,26 @@ def child_env(threads: int) -> Dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)
     env.setdefault("PYTHONPATH", str(envinfo.REPO_ROOT))
+    # a developer's `nbnumba --serve` must not time the port for us (--served does that on purpose)
+    env["NBNUMBA_SERVER"] = "0"
     return env
+
+
+def start_server(env: Dict[str, str], work: Path) -> Dict[str, str]:
+    """Start a private `nbnumba --serve` (its socket under ``work``); the
+    environment whose port runs go through it."""
+    senv = dict(env, TMPDIR=str(work / "srv"), NBNUMBA_SERVER="1")
+    senv.pop("XDG_RUNTIME_DIR", None)
+    (work / "srv").mkdir(exist_ok=True)
+    r = subprocess.run(port_cmd() + ["--serve", "start", "--idle-timeout", "900"], env=senv,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("nbnumba --serve start failed: %s" % r.stderr.strip())
+    return senv
+
+
+def stop_server(senv: Dict[str, str]) -> None:
+    subprocess.run(port_cmd() + ["--serve", "stop"], env=senv, capture_output=True)
 
 
 # ---------------------------------------------------------------------------
@@ -298,6 +317,7 @@ class Cell:
         self.rss: List[float] = []
         self.info: Dict[str, int] = {}
         self.errors: List[str] = []
+        self.same: List[bool] = []      # served runs: float image identical to in-process
 
 
 def compare_images(imgs: Dict[str, np.ndarray], precisions: Sequence[str]) -> Dict[str, Dict[str, float]]:
@@ -339,17 +359,23 @@ def run_all(opts) -> Dict[str, object]:
         "command": "python -m benchmarks.vs_c " + " ".join(opts.argv_used),
         "rss_method": "gnu-time" if gnu_time() else "wait4",
     }
+    senv = None
     try:
         result["warmup_s"] = warm_up(names, opts.precision, threads, files, work)
+        if opts.served:
+            senv = start_server(env, work)
+            result["served"] = True
         log("vs_c: warm-up %.1f s" % result["warmup_s"])
         if not opts.no_startup:
             result["startup"] = measure_startup(threads, 3, work)
             log("vs_c: start-up: import %s s, 64x64 CLI %s s" % (
                 fmt(result["startup"]["import_s"]), fmt(result["startup"]["cli64_s"])))
-        variants = (["C"] if cbin else []) + list(opts.precision)
+        ports = list(opts.precision) + ([p + "/served" for p in opts.precision] if opts.served else [])
+        variants = (["C"] if cbin else []) + ports
         cells = {(n, v): Cell() for n in names for v in variants}
         quality: Dict[str, Dict[str, Dict[str, float]]] = {}
         reps_done = 0
+        served_ref: Dict[tuple, np.ndarray] = {}
         for rep in range(opts.reps):
             t_rep = time.perf_counter()
             for n in names:
@@ -362,27 +388,43 @@ def run_all(opts) -> Dict[str, object]:
                         cmd = [cbin] + W.argv(n, d, quick=opts.quick, files=files, for_c=True)
                     else:
                         timed_extra = wl.parity_flags if opts.parity_timed else ()
-                        cmd = port_cmd() + W.argv(n, d, quick=opts.quick, precision=v, threads=threads,
-                                                  files=files, extra=timed_extra)
-                    r = run_timed(cmd, d, c_env if v == "C" else env)
+                        cmd = port_cmd() + W.argv(n, d, quick=opts.quick, precision=v.split("/")[0],
+                                                  threads=threads, files=files, extra=timed_extra)
+                    served = v.endswith("/served")
+                    r = run_timed(cmd, d, c_env if v == "C" else (senv if served else env))
+                    if served:      # GNU time sees the client; the run's memory and CPU are the server child's
+                        r["rss_mb"] = None
+                        r["cpu_s"] = None
                     cell = cells[(n, v)]
                     if r["rc"] != 0:
                         cell.errors.append("rc=%s: %s" % (r["rc"], r["stderr"].strip().splitlines()[-1:]))
                         log("vs_c: %s %s FAILED rc=%s %s" % (n, v, r["rc"], r["stderr"][-300:]))
                     else:
                         cell.walls.append(r["wall_s"])
-                        cell.cpus.append(r["cpu_s"])
+                        if r["cpu_s"] is not None:
+                            cell.cpus.append(r["cpu_s"])
                         if r["load1"] is not None:
                             cell.loads.append(r["load1"])
-                        cell.rss.append(r["rss_mb"])
+                        if r["rss_mb"] is not None:
+                            cell.rss.append(r["rss_mb"])
                         cell.info = cell.info or W.parse_run_info(r["stdout"])
-                        if n not in quality:
+                        if served:
+                            # a served run must give the in-process run's file, bit for bit
+                            same = cells[(n, v)].same
+                            mine = read_float_image(d / "float.bin")
+                            ref = served_ref.get((n, v.split("/")[0]))
+                            if ref is not None and mine is not None:
+                                same.append(bool(np.array_equal(mine, ref)))
+                        elif v != "C":
+                            served_ref[(n, v)] = read_float_image(d / "float.bin")
+                        if n not in quality and not served:
                             imgs[v] = read_float_image(d / "float.bin")
                             if v != "C" and wl.parity_flags and not opts.parity_timed:
                                 imgs[v] = quality_image(n, v, threads, files, opts.quick, wl.parity_flags,
                                                         work, env, log)
-                        log("vs_c: rep %d %-6s %-6s %7.2f s wall %7.2f s cpu %6.0f MB  load %s" % (
-                            rep + 1, n, v, r["wall_s"], r["cpu_s"], r["rss_mb"], fmt(r["load1"], "%.1f")))
+                        log("vs_c: rep %d %-6s %-6s %7.2f s wall %7s s cpu %6s MB  load %s" % (
+                            rep + 1, n, v, r["wall_s"], fmt(r["cpu_s"], "%.2f", "-"), fmt(r["rss_mb"], "%.0f", "-"),
+                            fmt(r["load1"], "%.1f")))
                     shutil.rmtree(d, ignore_errors=True)
                 if n not in quality:
                     quality[n] = compare_images(imgs, opts.precision)
@@ -406,10 +448,12 @@ def run_all(opts) -> Dict[str, object]:
                     log("vs_c: in-process %s %s: total %s s, kernel %s s" % (
                         n, p, fmt(inproc[n][p]["total_s"]), fmt(inproc[n][p]["kernel_s"])))
         result["inprocess"] = inproc
-        result["rows"] = make_rows(names, opts.precision, cells, quality, cbin is not None, opts.parity_timed)
+        result["rows"] = make_rows(names, ports, cells, quality, cbin is not None, opts.parity_timed)
         result["parity_timed"] = bool(opts.parity_timed)
         result["targets"] = evaluate_targets(result)
     finally:
+        if senv is not None:
+            stop_server(senv)
         shutil.rmtree(work, ignore_errors=True)
     result["elapsed_s"] = time.perf_counter() - t_start
     return result
@@ -441,6 +485,8 @@ def make_rows(names, precisions, cells, quality, have_c: bool, parity_timed: boo
                 "port_rss_mb": max(cell.rss) if cell.rss else None,
                 "errors": cell.errors + (c.errors if c else []),
             }
+            if p.endswith("/served"):
+                row["served_identical"] = all(cell.same) if cell.same else None
             row.update(quality.get(n, {}).get(p, {}))
             rows.append(row)
     return rows
@@ -524,6 +570,13 @@ def markdown(res: Dict[str, object]) -> str:
     for w, p, e in errs:
         lines.append("")
         lines.append("- error %s %s: %s" % (w, p, e))
+    for r in res.get("rows", []):
+        if r["precision"].endswith("/served"):
+            lines.append("")
+            lines.append("- %s %s: through a private `nbnumba --serve` (client process timed; its RSS is "
+                         "not the run's); float image identical to the in-process run's: %s" % (
+                             r["workload"], r["precision"],
+                             {True: "yes", False: "**no**", None: "n/a"}[r.get("served_identical")]))
     st = res.get("startup")
     ip = res.get("inprocess") or {}
     if st or ip:
@@ -581,6 +634,9 @@ def parse_args(argv=None):
                     help="time the port with the workload's parity flags (W3: -c_parity); by default the "
                          "port is timed in its default mode and an extra untimed parity run gives the "
                          "image compared with C")
+    ap.add_argument("--served", action="store_true",
+                    help="also time each precision through a private `nbnumba --serve` (rows "
+                         "'double/served'; their images are checked against the in-process runs')")
     ap.add_argument("--silent", action="store_true", help="no progress lines on stderr")
     opts = ap.parse_args(argv)
     opts.argv_used = list(sys.argv[1:] if argv is None else argv)
