@@ -22,6 +22,7 @@ def prog_name(argv0=None) -> str:
 
 def main(argv=None) -> int:
     if argv is None:            # a program, not a call from Python
+        _closed_stdio_to_devnull()
         args = sys.argv[1:]
         if not args or args[0] != "--serve":
             # a warm server started with `nbnumba --serve` runs it for us (nbnumba.server)
@@ -58,6 +59,15 @@ def main(argv=None) -> int:
         # output sets are all-or-nothing: an interrupt leaves the old files and no temps
         print("nbnumba: interrupted; no output written", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
+
+
+def _closed_stdio_to_devnull():
+    """Started with stdout/stderr closed (``>&-``), Python has None there; like
+    nanoBragg.c, whose printf then fails silently, write the messages nowhere."""
+    import os
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
 
 
 class Terminated(KeyboardInterrupt):

@@ -168,6 +168,11 @@ def forward(argv, argv0=None):
     path = socket_path()
     if not os.path.exists(path):
         return None
+    try:
+        for fd in (0, 1, 2):    # a closed one would be reused by the socket below
+            os.fstat(fd)
+    except OSError:
+        return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with _Addr(path) as addr:
@@ -181,9 +186,11 @@ def forward(argv, argv0=None):
         affinity = sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         affinity = None
-    req = {"op": "run", "argv": list(argv), "argv0": argv0 or sys.argv[0], "cwd": os.getcwd(),
-           "env": dict(os.environ), "umask": umask, "affinity": affinity}
     try:
+        # (a removed working directory or a closed stdio descriptor: in-process
+        # gives the usual message)
+        req = {"op": "run", "argv": list(argv), "argv0": argv0 or sys.argv[0], "cwd": os.getcwd(),
+               "env": dict(os.environ), "umask": umask, "affinity": affinity}
         _send_msg(sock, req, fds=(0, 1, 2))
         reply, _ = _recv_msg(sock)
     except (OSError, EOFError, ValueError):

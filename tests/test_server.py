@@ -101,6 +101,17 @@ def test_bad_input_through_the_server(server, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_closed_stdout_is_not_an_error(server, tmp_path):
+    # like nanoBragg.c (printf fails silently): messages go nowhere, the files are written
+    r = subprocess.run([sys.executable, "-m", "nbnumba.cli"] + SMALL + ["-nopgm", "-nonoise"],
+                       cwd=tmp_path, env=server, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True, pass_fds=(), close_fds=True,
+                       preexec_fn=lambda: os.close(1))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert (tmp_path / "floatimage.bin").stat().st_size == 64 * 64 * 4
+
+
 def test_ctrl_c_is_forwarded_and_leaves_nothing(server, tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "nbnumba.cli"] + LONG + ["-floatfile", "f.bin"],
                          cwd=tmp_path, env=server, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
