@@ -350,6 +350,10 @@ def _adjoint_numba(run, g, want_F):
     from nbnumba.api import PARALLEL_KERNEL_LOCK
     from nbnumba.kernels import adjoint as A
     S, F = run.model.shape
+    # the forward first, as autodiff runs them (see tests/test_gpu_adjoint.py's
+    # _numba: compiled first under pixel_grad's fast-math flags, physics.py's
+    # helpers would be cached fast and move the golden step's numba images)
+    run.forward()
     nchunk = max(1, min(S, AD.N_CHUNKS))
     gpar = np.zeros((S, A.N_PAR))
     gF = np.zeros((nchunk,) + run.model.Fhkl.shape if want_F else (nchunk, 1, 1, 1))

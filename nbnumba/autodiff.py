@@ -28,8 +28,10 @@ The forward pass is the numba kernel's pixel function in float64; the
 backward pass is the adjoint kernel in ``nbnumba.kernels.adjoint``, which
 returns dI/dtheta for kernel-level quantities theta (cell vectors, detector
 origin, wavelength scale, N, fluence, F grid) contracted with the upstream
-gradient.  The host maps the user parameters to theta (see ``_Run``).  What is
-and is not differentiable is in docs/autodiff.md.  torch is imported lazily;
+gradient.  The host maps the user parameters to theta (see ``_Run``).  With
+``-device cuda`` in argv both passes run ``adjoint_f64`` of nanobragg.cu (the
+same formulas) through CuPy (``kernels.gpu.adjoint``).  What is and is not
+differentiable is in docs/autodiff.md.  torch is imported lazily;
 ``import nbnumba`` never needs it.
 """
 from __future__ import annotations

@@ -86,6 +86,11 @@ def _run(name, workdir, monkeypatch):
 
 def _numba(run, g, want_F):
     """adjoint.backward's outputs: (values, gpar rows (S, N_PAR), cacc (9, ncell), gF)."""
+    # the forward first, as autodiff runs them: physics.py's jitted helpers
+    # inherit the fast-math flags of the first caller that compiles them and are
+    # cached so; compiled under pixel_grad's reassoc/contract first, they would
+    # move later numba images off the host build's bits (test_gpu_source)
+    run.forward()
     S, F = run.model.shape
     nchunk = max(1, min(S, AD.N_CHUNKS))
     ncell = run.rots.shape[0]
