@@ -46,6 +46,10 @@
 //   ran      int64[S*F]     1 if any phi loop ran for the pixel
 // Pixels with active == 0 are not written (callers pre-fill the outputs).
 //
+// Adjoint entry point (nbnumba.autodiff, float64 only; see its comment below):
+//   adjoint_f64 (active, g, S, F, row0, row1, mode, iopt, fopt, vecs, incident,
+//       lam, cells, Fhkl, gpar, cacc, gF, val)
+//
 // Trace entry points (compiled only with -DNB_TRACE, and in the host build):
 //   trace_f64 / trace_f32 (s, f, first_exec, latch_sub, iopt, fopt, vecs,
 //       incident, lam, cells, Fhkl, tbuf, tpos, maxrows, value, omega_sum, info)
