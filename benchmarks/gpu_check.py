@@ -28,7 +28,14 @@ matplotlib and pytest (no pyyaml, fabio or dask: golden cases are read from
    float32 against ``-precision single``: flipped pixels, max relative error);
 6. ``-trace_pixel`` on the device: the golden trace cases traced by the CUDA
    kernel (one-thread trace launch) against the numba trace, line by line;
-7. ``pytest -m gpu tests/test_gpu_source.py``.
+7. the CUDA adjoint of nbnumba.autodiff (``adjoint_f64``): a small case
+   (16x16, mosaic x phi, interpolated F grid) against the numba adjoint
+   (max relative difference of the values, gradient vector, per-cell sums
+   and F-grid gradient, bound ADJOINT_REL), two runs against each other
+   (atomicAdd order: cacc and gF may differ in the last bits), the kernel's
+   registers, and CUDA-event time against the numba adjoint's wall time on
+   a larger case;
+8. ``pytest -m gpu tests/test_gpu_source.py tests/test_gpu_adjoint.py``.
 
 ``--quick`` shrinks the throughput and chunking workloads to 64x64 windows and
 ``--cases`` picks golden cases by name (CI runs the script that way against
@@ -65,6 +72,8 @@ F32_CORR_MIN = 0.99999
 F32_REL_MAX = 1e-3
 F32_FLOOR = 1e-3
 #: targets from the GPU issue (H100)
+#: the CUDA adjoint against the numba adjoint (tests/test_gpu_adjoint.py's bound)
+ADJOINT_REL = 1e-9
 TARGETS = {"W2_float32_gsps": 150.0, "W2_float64_gsps": 50.0, "fixed_cost_ms": 2.0,
            "W3_image_ms": 50.0}
 
@@ -311,7 +320,7 @@ def compile_kernels(cp) -> dict:
 # ------------------------------------------------------------------ pytest -m gpu
 def run_pytest(timeout: float, out_dir: Path) -> dict:
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-           "tests/test_gpu_source.py", "--junitxml", str(out_dir / "pytest_gpu.xml")]
+           "tests/test_gpu_source.py", "tests/test_gpu_adjoint.py", "--junitxml", str(out_dir / "pytest_gpu.xml")]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
     try:
@@ -327,6 +336,105 @@ def run_pytest(timeout: float, out_dir: Path) -> dict:
     (out_dir / "pytest_gpu.log").write_text(p.stdout + p.stderr)
     return {"ok": p.returncode == 0 and counts.get("passed", 0) > 0, "returncode": p.returncode,
             "counts": counts, "summary_line": last, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+# ------------------------------------------------------------------ the CUDA adjoint
+ADJOINT_ARGV = ("-cell 70 80 90 85 95 105 -misset 10 20 30 -lambda 1.5 -distance 100 -nonoise "
+                "-nopgm -noprogress -pixel 0.4 -fluence 1e24 -hkl adj.hkl -interpolate -N 5 "
+                "-mosaic 0.4 -mosaic_dom 3 -phi 0 -osc 1 -phisteps 2")
+
+
+def _adjoint_numba(run, g, want_F):
+    """adjoint.backward as nbnumba.autodiff calls it: (values, gpar rows, cacc, gF)."""
+    from nbnumba import autodiff as AD
+    from nbnumba.api import PARALLEL_KERNEL_LOCK
+    from nbnumba.kernels import adjoint as A
+    S, F = run.model.shape
+    # the forward first, as autodiff runs them (see tests/test_gpu_adjoint.py's
+    # _numba: compiled first under pixel_grad's fast-math flags, physics.py's
+    # helpers would be cached fast and move the golden step's numba images)
+    run.forward()
+    nchunk = max(1, min(S, AD.N_CHUNKS))
+    gpar = np.zeros((S, A.N_PAR))
+    gF = np.zeros((nchunk,) + run.model.Fhkl.shape if want_F else (nchunk, 1, 1, 1))
+    cacc = np.zeros((nchunk, 9, run.rots.shape[0]))
+    val = np.zeros((S, F))
+    with PARALLEL_KERNEL_LOCK:
+        A.backward(run.model.active, g, *run.args, want_F, nchunk, gpar, gF, cacc, val)
+    return val, gpar, cacc.sum(axis=0), (gF.sum(axis=0) if want_F else None)
+
+
+def run_adjoint(quick: bool = False) -> dict:
+    """adjoint_f64 on the device against the numba adjoint: a 16x16 case for
+    the differences, and a 64x64 (quick) or 256x256 one for the time."""
+    import cupy as cp
+    from nbnumba import autodiff as AD
+    from nbnumba.kernels import gpu
+    rng = np.random.default_rng(3)
+    out = {"bound": ADJOINT_REL}
+    kern = gpu.get_kernel(np.float64, cp, entry=gpu.ADJOINT_ENTRY_POINT)
+    attrs = dict(getattr(kern, "attributes", {}) or {})
+    out["kernel"] = {"entry": gpu.ADJOINT_ENTRY_POINT, "num_regs": attrs.get("num_regs"),
+                     "local_size_bytes": attrs.get("local_size_bytes"),
+                     "max_threads_per_block": attrs.get("max_threads_per_block"),
+                     "block_used": gpu.block_size(kern)}
+    old = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="nbgpu-adj-") as tmp:
+        lines = ["%d %d %d %.3f" % (h, k, l, 20.0 + 180.0 * rng.random())
+                 for h in range(-6, 7) for k in range(-6, 7) for l in range(-6, 7)]
+        Path(tmp, "adj.hkl").write_text("\n".join(lines) + "\n")
+        os.chdir(tmp)
+        try:
+            def run_for(pixels):
+                argv = (ADJOINT_ARGV + " -detpixels %d" % pixels).split()
+                return AD._Run(argv, {}, ("F_hkl",), None)
+
+            run = run_for(16)
+            g = rng.standard_normal(run.model.shape)
+            ref = _adjoint_numba(run, g, True)
+            args = gpu.layout_args(run.args, np.float64)
+            got = [[cp.asnumpy(x) for x in gpu.adjoint(args, run.model.active, g, True)]
+                   for _ in range(2)]
+            val, gpar, cacc, gF = got[0]
+
+            def rel(a, b):
+                s = float(np.abs(b).max())
+                return float(np.abs(a - b).max() / (s if s > 0 else 1.0))
+
+            scale = np.abs(ref[1]).sum(axis=0)
+            diff = {"values": rel(val, ref[0]),
+                    "gpar": float(np.max(np.abs(gpar - ref[1].sum(axis=0))
+                                         / np.where(scale > 0, scale, 1.0))),
+                    "cacc": rel(cacc, ref[2]), "gF": rel(gF, ref[3]),
+                    "forward_values": rel(cp.asnumpy(gpu.adjoint(args, run.model.active)[0]),
+                                          run.forward())}
+            out["max_rel_vs_numba"] = diff
+            out["run_to_run"] = {name: rel(a, b) for name, a, b in
+                                 zip(("values", "gpar", "cacc", "gF"), got[0], got[1])}
+            # time: CUDA events for the kernel, wall for the whole call (uploads,
+            # reductions, copies back), the numba adjoint's wall on the same case
+            big = run_for(64 if quick else 256)
+            gb = rng.standard_normal(big.model.shape)
+            bargs = gpu.layout_args(big.args, np.float64)
+            gpu.adjoint(bargs, big.model.active, gb, True)         # warm-up
+            timing = {}
+            t0 = time.perf_counter()
+            res = gpu.adjoint(bargs, big.model.active, gb, True, timing=timing)
+            cp.asnumpy(res[1])
+            wall = time.perf_counter() - t0
+            _adjoint_numba(big, gb, True)                          # compile / warm
+            t0 = time.perf_counter()
+            _adjoint_numba(big, gb, True)
+            numba_wall = time.perf_counter() - t0
+            S, F = big.model.shape
+            out["timing"] = {"pixels": "%dx%d" % (S, F), "kernel_ms": round(timing["kernel_ms"], 3),
+                             "launches": timing["launches"], "wall_ms": round(1e3 * wall, 3),
+                             "numba_wall_ms": round(1e3 * numba_wall, 3),
+                             "numba_threads": int(__import__("numba").get_num_threads())}
+        finally:
+            os.chdir(old)
+    out["ok"] = all(v <= ADJOINT_REL for v in out["max_rel_vs_numba"].values())
+    return out
 
 
 # ------------------------------------------------------------------ DLPack / torch
@@ -551,6 +659,14 @@ def _md(report: dict) -> str:
                 _g(r.get("rel_max_vs_c")), r.get("contract_flipped", ""), _g(r.get("contract_max_rel")),
                 r.get("bit_identical_to_cpu", ""), r.get("cpu_fast_math", ""),
                 "%s (%s)" % (r["ulp_vs_cpu"], r["allowed_ulp_vs_cpu"]) if "ulp_vs_cpu" in r else ""))
+    adj = steps.get("adjoint")
+    if isinstance(adj, dict) and "max_rel_vs_numba" in adj:
+        L += ["", "## CUDA adjoint (nbnumba.autodiff)", "",
+              "* max relative difference vs the numba adjoint (bound %g): `%s`"
+              % (adj["bound"], json.dumps(adj["max_rel_vs_numba"])),
+              "* run to run (atomicAdd order): `%s`" % json.dumps(adj["run_to_run"]),
+              "* kernel: `%s`" % json.dumps(adj["kernel"]),
+              "* time: `%s`" % json.dumps(adj.get("timing"))]
     py = steps.get("pytest_gpu")
     if isinstance(py, dict):
         L += ["", "## pytest -m gpu", "", "`%s` (ok: %s)" % (py.get("summary_line", py.get("status")), py.get("ok"))]
@@ -633,6 +749,7 @@ def main(argv=None) -> int:
     _step(report, "compile", compile_kernels, cp)
     _step(report, "interop", run_interop, cp)
     _step(report, "chunking", run_chunking, opts.quick)
+    _step(report, "adjoint", run_adjoint, opts.quick)
     report["quick"] = bool(opts.quick)
     _step(report, "throughput", run_throughput, t_start + 0.75 * opts.budget_s, opts.quick)
     names = [n for n in (opts.cases or "").split(",") if n]

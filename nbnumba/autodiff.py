@@ -28,8 +28,10 @@ The forward pass is the numba kernel's pixel function in float64; the
 backward pass is the adjoint kernel in ``nbnumba.kernels.adjoint``, which
 returns dI/dtheta for kernel-level quantities theta (cell vectors, detector
 origin, wavelength scale, N, fluence, F grid) contracted with the upstream
-gradient.  The host maps the user parameters to theta (see ``_Run``).  What is
-and is not differentiable is in docs/autodiff.md.  torch is imported lazily;
+gradient.  The host maps the user parameters to theta (see ``_Run``).  With
+``-device cuda`` in argv both passes run ``adjoint_f64`` of nanobragg.cu (the
+same formulas) through CuPy (``kernels.gpu.adjoint``).  What is and is not
+differentiable is in docs/autodiff.md.  torch is imported lazily;
 ``import nbnumba`` never needs it.
 """
 from __future__ import annotations
@@ -100,16 +102,14 @@ def _check_supported(cfg, given, needs_grad):
     zero or detached gradient)."""
     if cfg.c_parity:
         raise ConfigError("nbnumba.autodiff: -c_parity is not supported (the default mode only)")
-    if cfg.device not in ("cpu", None):
-        raise ConfigError("nbnumba.autodiff runs on the CPU: drop -device %s" % cfg.device)
+    if cfg.device not in ("cpu", "cuda", None):
+        raise ConfigError("nbnumba.autodiff: unknown -device %s (cpu or cuda)" % cfg.device)
     if "cell" in given and cfg.matfilename is not None:
         raise ConfigError("cell= cannot override -mat: give -cell instead of -mat")
     if "N" in given and (cfg.sample_x > 0 or cfg.sample_y > 0 or cfg.sample_z > 0):
         raise ConfigError("N= cannot override a crystal size given with -xtal_size/-sample_*")
     if "distance" in given and not math.isnan(cfg.close_distance):
         raise ConfigError("distance= cannot override -close_distance")
-    if not needs_grad:
-        return
     bad = []
     if cfg.curved_detector:
         bad.append("-curved_det")
@@ -120,6 +120,12 @@ def _check_supported(cfg, given, needs_grad):
                      ("-oversample_omega", cfg.oversample_omega)):
         if on:
             bad.append(flag)
+    if bad and cfg.device == "cuda":
+        # the CUDA forward is the adjoint kernel itself, which models none of these
+        raise ConfigError("nbnumba.autodiff -device cuda: %s not supported (use -device cpu); "
+                          "see docs/autodiff.md" % ", ".join(bad))
+    if not needs_grad:
+        return
     if bad:
         raise ConfigError("nbnumba.autodiff: gradients are not available with %s; "
                           "see docs/autodiff.md" % ", ".join(bad))
@@ -182,8 +188,24 @@ class _Run:
             self.recip = read_mosflm_mat(_resolve(cfg, cfg.matfilename))
         self.image = None
         self._jac = {}
+        # -device cuda: the forward and the adjoint run nanobragg.cu's
+        # adjoint_f64 through CuPy (ConfigError here, one line, without a GPU)
+        self.device = cfg.device or "cpu"
+        self._gpu_args = None
+        if self.device == "cuda":
+            from .kernels import gpu
+            gpu.require_device()
+            self._gpu_args = gpu.layout_args(self.args, np.float64)
+
+    def _gpu(self, g=None, want_F=False):
+        from .kernels import gpu
+        return gpu.adjoint(self._gpu_args, self.model.active, g, want_F)
 
     def forward(self):
+        """The float64 image: numpy, or a CuPy array with -device cuda."""
+        if self.device == "cuda":
+            self.image = self._gpu()[0]
+            return self.image
         S, F = self.model.shape
         out = np.zeros((S, F))
         with PARALLEL_KERNEL_LOCK:      # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
@@ -192,9 +214,19 @@ class _Run:
         return out
 
     def theta_grad(self, g):
-        """(sum over pixels of g dI/dtheta (N_PAR,), F-grid gradient or None)."""
+        """(sum over pixels of g dI/dtheta (N_PAR,), F-grid gradient or None).
+        g: (S, F) numpy, or with -device cuda anything cupy.asarray takes (the
+        F-grid gradient is then a CuPy array)."""
         S, F = self.model.shape
         want_F = "F_hkl" in self.needs_grad
+        if self.device == "cuda":
+            from .interop import to_numpy
+            _, gpar, cacc, gF = self._gpu(g, want_F)
+            G = np.array(to_numpy(gpar), dtype=np.float64)
+            ncell = self.rots.shape[0]
+            G[A.P_A:A.P_C + 3] = np.einsum("jmn,qnj->qm", self.rots,
+                                           to_numpy(cacc).reshape(3, 3, ncell)).reshape(9)
+            return G, gF
         # a fixed number of row chunks (not the thread count): the per-chunk
         # sums, hence the gradients, do not depend on the threads
         nchunk = max(1, min(S, N_CHUNKS))
@@ -301,17 +333,30 @@ def _function():
             def forward(ctx, run, names, *tensors):
                 ctx.run, ctx.names = run, names
                 ctx.meta = [(t.dtype, t.device, t.shape) for t in tensors]
-                return torch.from_numpy(run.forward())
+                image = run.forward()
+                if isinstance(image, np.ndarray):
+                    return torch.from_numpy(image)
+                from .interop import to_torch     # -device cuda: CuPy -> torch (DLPack)
+                return to_torch(image)
 
             @staticmethod
             def backward(ctx, gout):
-                g = gout.detach().to("cpu", torch.float64).numpy()
+                if ctx.run.device == "cuda":
+                    from .interop import _to_cupy   # stays on the GPU when gout is there
+                    g = _to_cupy(gout.detach().to(torch.float64).contiguous())
+                else:
+                    g = gout.detach().to("cpu", torch.float64).numpy()
                 grads = ctx.run.backward(g)
                 res = [None, None]
                 for name, (dt, dev, shp) in zip(ctx.names, ctx.meta):
                     gr = grads.get(name)
-                    res.append(None if gr is None else
-                               torch.from_numpy(np.asarray(gr).reshape(shp)).to(dev, dt))
+                    if gr is None:
+                        res.append(None)
+                    elif isinstance(gr, np.ndarray):
+                        res.append(torch.from_numpy(gr.reshape(shp)).to(dev, dt))
+                    else:                          # a CuPy F-grid gradient
+                        from .interop import to_torch
+                        res.append(to_torch(gr).reshape(shp).to(dev, dt))
                 return tuple(res)
 
         _FUNCTION = Simulate
@@ -347,8 +392,8 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     img = _function().apply(run, names, *tensors.values())
     if dtypes == {torch.float32}:
         img = img.to(torch.float32)
-    if devices and next(iter(devices)).type != "cpu":
-        img = img.to(next(iter(devices)))
+    if devices:
+        img = img.to(next(iter(devices)))     # (-device cuda computes on the GPU)
     return img
 
 

@@ -128,6 +128,16 @@ def test_gpu_check_through_fake_cupy(tmp_path, monkeypatch):
     for name in ("float64", "float32"):
         assert ch[name]["identical"] is True and ch[name]["launches"] == [1, 8]
     assert tp["targets"]["max_launch_ms"]["value"] > 0
+    adj = steps["adjoint"]
+    assert adj["ok"] is True and adj["bound"] == gpu_check.ADJOINT_REL
+    assert adj["kernel"]["entry"] == gpu.ADJOINT_ENTRY_POINT
+    assert set(adj["max_rel_vs_numba"]) == {"values", "gpar", "cacc", "gF", "forward_values"}
+    assert all(0.0 <= v <= gpu_check.ADJOINT_REL for v in adj["max_rel_vs_numba"].values())
+    # the host build adds in pixel order: two runs are identical
+    assert adj["run_to_run"] == {"values": 0.0, "gpar": 0.0, "cacc": 0.0, "gF": 0.0}
+    assert adj["timing"]["pixels"] == "64x64" and adj["timing"]["kernel_ms"] > 0
+    assert adj["timing"]["numba_wall_ms"] > 0
+    assert "## CUDA adjoint" in (out / "gpu_check.md").read_text()
     tr = steps["trace"]
     assert tr["ok"] is True
     # of CASES, phi_zero_carryover and mosaic_domains_seed store a trace pixel

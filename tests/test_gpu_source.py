@@ -308,9 +308,10 @@ SIGNATURES = kernel_signatures(gpu.source_text())
 SIGNATURES.update(kernel_signatures(gpu.source_text(), "NB_DEFINE_TRACE"))
 
 
-def check_launch_args(entry, args):
-    """Every argument of a launch has the C type of the kernel's parameter."""
-    sig = SIGNATURES[entry]
+def check_launch_args(entry, args, signatures=None):
+    """Every argument of a launch has the C type of the kernel's parameter
+    (``signatures``: default SIGNATURES)."""
+    sig = (SIGNATURES if signatures is None else signatures)[entry]
     assert len(args) == len(sig), (entry, len(args), len(sig))
     for a, (dt, pointer, pname) in zip(args, sig):
         if pointer:

@@ -11,6 +11,7 @@
 //     __restrict__) as plain C++;
 //   * the math functions (sqrt/sin/... and their float versions sinf, rintf,
 //     sincos, ...) from the C library;
+//   * atomicAdd(double*, double) as a plain addition (threads run one by one);
 //   * threadIdx/blockIdx/blockDim/gridDim and nb_host_launch(), which runs a
 //     __global__ function for every (block, thread) of a 1-D grid in a plain
 //     loop, so that the unmodified kernel body executes once per pixel.
@@ -56,6 +57,14 @@ static inline void sincosf(float x, float* s, float* c) {
 template <typename T>
 static inline T __ldg(const T* p) {
     return *p;
+}
+
+// atomicAdd (the adjoint kernel's shared sums): the host loop runs one thread
+// at a time, so a plain read-add-write is atomic here
+static inline double atomicAdd(double* address, double val) {
+    const double old = *address;
+    *address = old + val;
+    return old;
 }
 
 // ---- thread-index shim -------------------------------------------------------

@@ -52,6 +52,22 @@ BLOCK = 256
 #: kernel entry point per working precision
 ENTRY_POINTS = {"float64": "render_f64", "float32": "render_f32"}
 
+#: the adjoint kernel of nbnumba.autodiff (float64 only; built with the
+#: float64 options, in the render_f64 module)
+ADJOINT_ENTRY_POINT = "adjoint_f64"
+
+#: adjoint_f64's ``mode`` argument
+ADJOINT_VALUES, ADJOINT_GRAD, ADJOINT_GRAD_F = 0, 1, 2
+
+#: assumed cost of one adjoint sub-path in forward sub-paths (the derivative
+#: formulas, the per-cell sums): sizes the adjoint's row bands only, not a
+#: measurement
+ADJOINT_COST = 4
+
+#: length of the adjoint's parameter vector theta (kernels/adjoint.py N_PAR;
+#: the kernel's N_PAR, checked by HostKernel)
+ADJOINT_N_PAR = 27
+
 #: one-thread trace entry points (compiled with TRACE_OPTION, see trace_pixel)
 TRACE_ENTRY_POINTS = {"float64": "trace_f64", "float32": "trace_f32"}
 TRACE_OPTION = "-DNB_TRACE"
@@ -252,16 +268,17 @@ def require_device():
     return cp
 
 
-def get_kernel(dtype, cp=None, trace: bool = False):
+def get_kernel(dtype, cp=None, trace: bool = False, entry: Optional[str] = None):
     """The compiled ``render_f64``/``render_f32`` kernel for the current device
     (one NVRTC compilation per precision and device, cached); with ``trace``,
     the ``trace_f64``/``trace_f32`` kernel of a separate build with
-    ``-DNB_TRACE`` (the render kernels carry no trace code)."""
+    ``-DNB_TRACE`` (the render kernels carry no trace code).  ``entry``:
+    another entry point of the same build (:data:`ADJOINT_ENTRY_POINT`)."""
     cp = cp or require_device()
     name = _dtype_name(dtype)
     key = (name, int(cp.cuda.runtime.getDevice()), bool(trace))
     options = COMPILE_OPTIONS[name] + ((TRACE_OPTION,) if trace else ())
-    entry = (TRACE_ENTRY_POINTS if trace else ENTRY_POINTS)[name]
+    entry = entry or (TRACE_ENTRY_POINTS if trace else ENTRY_POINTS)[name]
     with _LOCK:
         mod = _MODULES.get(key)
         if mod is None:
@@ -309,8 +326,15 @@ def kernel_args(model, dtype):
     and iopt extended by the F grid's second and third dimensions, which the
     numba kernel takes from the 3-D array's shape but a flat device buffer
     cannot carry."""
+    return layout_args(model.kernel_args(np.float64), dtype)
+
+
+def layout_args(args, dtype):
+    """:func:`kernel_args` from the numba kernel's float64 argument tuple
+    ``(iopt, fopt, vecs, incident, lam, cells, Fhkl)`` (nbnumba.autodiff
+    passes its own: its iopt and F grid may differ from the model's)."""
     name = _dtype_name(dtype)
-    iopt, fopt, vecs, incident, lam, cells, Fhkl = model.kernel_args(np.float64)
+    iopt, fopt, vecs, incident, lam, cells, Fhkl = args
     iopt = np.array(iopt, dtype=np.int64)
     if name == "float32":
         iopt[K.I_REDUCED] = 2
@@ -385,6 +409,55 @@ def run_passes(model, launch: Callable[[int, int, int], None], active, oor, ran,
         sub = int(oorflat[p])
         model.latch = (p, sub)
         launch(first_true, p, sub)
+
+
+def adjoint_launch_args(active, g, S, F, row0, row1, mode, dev_args, gpar, cacc, gF, val):
+    """The exact argument tuple of one ``adjoint_f64`` launch (scalars as
+    ``np.int64``; see the kernel's signature in nanobragg.cu, checked by
+    tests/test_gpu_adjoint.py)."""
+    ints = tuple(np.int64(v) for v in (S, F, row0, row1, mode))
+    return (active, g) + ints + tuple(dev_args) + (gpar, cacc, gF, val)
+
+
+def adjoint_bands(args, S: int, F: int):
+    """Row bands of the adjoint's launches: :func:`launch_rows` with each
+    sub-path counted :data:`ADJOINT_COST` times."""
+    return launch_rows(S, F, ADJOINT_COST * subpaths_per_pixel(args[0]))
+
+
+def adjoint_pass(launch: Callable, xp, args, S: int, F: int, mode: int, bands):
+    """Drive ``adjoint_f64`` over row ``bands`` and reduce its outputs.
+
+    ``launch(row0, row1, gpar, cacc, gF, val)`` runs one band (``args`` from
+    :func:`layout_args`, float64, already where ``launch`` needs them; only
+    iopt and the F grid's shape are read here).  Returns ``(val (S, F),
+    gpar (N_PAR,), cacc (9, ncell), gF (the F grid's shape, or None unless
+    mode is ADJOINT_GRAD_F))`` as ``xp`` arrays; gpar and cacc are None in
+    mode ADJOINT_VALUES.  The per-pixel gpar rows of a band are summed on the
+    device, and the bands added in order: deterministic.  cacc and gF are
+    atomicAdd sums in the kernel (see nanobragg.cu: not bitwise reproducible
+    from run to run on a GPU)."""
+    iopt = np.asarray(args[0])
+    ncell = int(iopt[K.I_NPHI]) * int(iopt[K.I_NMOS])
+    fshape = tuple(args[-1].shape)
+    grad = mode != ADJOINT_VALUES
+    val = xp.zeros((S, F), dtype=xp.float64)
+    cacc = xp.zeros((9, ncell), dtype=xp.float64)
+    gF = xp.zeros(fshape if mode == ADJOINT_GRAD_F else (1,), dtype=xp.float64)
+    rows = max(r1 - r0 for r0, r1 in bands) if grad else 1
+    # one band's per-pixel rows at a time (the kernel writes the rows of the
+    # pixels it visits; the others must read 0)
+    buf = xp.zeros((rows * F if grad else 1, ADJOINT_N_PAR), dtype=xp.float64)
+    gpar = xp.zeros(ADJOINT_N_PAR, dtype=xp.float64) if grad else None
+    for row0, row1 in bands:
+        view = buf[:(row1 - row0) * F] if grad else buf
+        if grad:
+            view.fill(0.0)
+        launch(row0, row1, view, cacc, gF, val)
+        if grad:
+            gpar = gpar + view.sum(axis=0)
+    return (val, gpar, cacc if grad else None,
+            gF if mode == ADJOINT_GRAD_F else None)
 
 
 def _stream_for(out, cp):
@@ -522,6 +595,50 @@ def trace_pixel(model, dtype, s: int, f: int, first_exec: bool, latch_sub: int, 
     return float(value[0]), to_np(rows), n
 
 
+def adjoint(args, active, g=None, want_F: bool = False, timing=None):
+    """The CUDA adjoint of nbnumba.autodiff on the current device.
+
+    ``args``: :func:`layout_args` of the autodiff run (float64, host arrays);
+    ``active``: (S, F) mask; ``g``: the upstream gradient (S, F), a CuPy
+    array or anything ``cupy.asarray`` takes, or None for values only (the
+    forward pass).  Returns :func:`adjoint_pass`'s tuple as CuPy arrays.
+    ``timing``: optional dict, receives ``kernel_ms`` (CUDA events, all
+    launches) and ``launches``.  ConfigError when CuPy or a device is missing."""
+    cp = require_device()
+    kernel = get_kernel(np.float64, cp, entry=ADJOINT_ENTRY_POINT)
+    active = np.ascontiguousarray(active, dtype=np.uint8)
+    S, F = active.shape
+    dev_args = tuple(cp.asarray(a) for a in args)
+    d_active = cp.asarray(active)
+    if g is None:
+        mode = ADJOINT_VALUES
+        d_g = cp.zeros(1, dtype=cp.float64)
+    else:
+        mode = ADJOINT_GRAD_F if want_F else ADJOINT_GRAD
+        d_g = cp.asarray(g, dtype=cp.float64).reshape(S, F)
+        if not d_g.flags.c_contiguous:
+            d_g = d_g.copy()
+    block = block_size(kernel)
+    events = []
+
+    def launch(row0, row1, gpar, cacc, gF, val):
+        grid = ((row1 - row0) * F + block - 1) // block
+        if timing is not None:
+            events.append((cp.cuda.Event(), cp.cuda.Event()))
+            events[-1][0].record()
+        kernel((grid,), (block,), adjoint_launch_args(d_active, d_g, S, F, row0, row1, mode,
+                                                      dev_args, gpar, cacc, gF, val))
+        if timing is not None:
+            events[-1][1].record()
+
+    out = adjoint_pass(launch, cp, args, S, F, mode, adjoint_bands(args, S, F))
+    if timing is not None:
+        events[-1][1].synchronize()
+        timing["kernel_ms"] = float(sum(cp.cuda.get_elapsed_time(a, b) for a, b in events))
+        timing["launches"] = len(events)
+    return out
+
+
 # ------------------------------------------------------------------ build helpers
 def nvcc_command(arch: str, dtype, output: os.PathLike, nvcc: str = "nvcc", ptx: bool = True,
                  trace: bool = False):
@@ -598,13 +715,44 @@ class HostKernel:
             fn.argtypes = trace_types
             fn.restype = None
             self._trace[name] = fn
+        self._adjoint = self.lib.nb_host_adjoint_f64
+        self._adjoint.argtypes = [_P, _P, _I, _I, _I, _I, _I] + [_P] * 11
+        self._adjoint.restype = ctypes.c_int
         layout = np.zeros(8, dtype=np.int64)
         self.lib.nb_host_layout.argtypes = [_P]
         self.lib.nb_host_layout(_ptr(layout))
-        expected = (N_IOPT_EXT, K.N_FOPT, K.N_VECS, BLOCK)
-        if tuple(int(v) for v in layout[:4]) != expected:
-            raise NBError("nanobragg.cu option layout %s does not match cpu.py %s"
-                          % (tuple(layout[:4]), expected))
+        from . import adjoint as A
+        expected = (N_IOPT_EXT, K.N_FOPT, K.N_VECS, BLOCK, A.N_PAR, A.P_LAM)
+        if tuple(int(v) for v in layout[:6]) != expected or A.N_PAR != ADJOINT_N_PAR:
+            raise NBError("nanobragg.cu option layout %s does not match cpu.py/adjoint.py %s"
+                          % (tuple(layout[:6]), expected))
+
+    def adjoint_arrays(self, active, g, row0, row1, mode, args, gpar, cacc, gF, val):
+        """One raw ``adjoint_f64`` launch over rows row0..row1-1 (numpy arrays,
+        C-contiguous; ``args`` from :func:`layout_args`)."""
+        S, F = active.shape
+        for a in (active, g, gpar, cacc, gF, val) + tuple(args):
+            if not a.flags.c_contiguous:
+                raise ValueError("host kernel arrays must be C-contiguous")
+        self._adjoint(_ptr(active), _ptr(g), S, F, row0, row1, mode, *(_ptr(a) for a in args),
+                      _ptr(gpar), _ptr(cacc), _ptr(gF), _ptr(val))
+
+    def adjoint(self, args, active, g=None, want_F: bool = False, bands=None):
+        """:func:`adjoint` on the host: the same outputs as numpy arrays
+        (``bands``: the row bands, default :func:`adjoint_bands`)."""
+        active = np.ascontiguousarray(active, dtype=np.uint8)
+        S, F = active.shape
+        if g is None:
+            mode, g = ADJOINT_VALUES, np.zeros(1)
+        else:
+            mode = ADJOINT_GRAD_F if want_F else ADJOINT_GRAD
+            g = np.ascontiguousarray(g, dtype=np.float64).reshape(S, F)
+
+        def launch(row0, row1, gpar, cacc, gF, val):
+            self.adjoint_arrays(active, g, row0, row1, mode, args, gpar, cacc, gF, val)
+
+        return adjoint_pass(launch, np, args, S, F, mode,
+                            adjoint_bands(args, S, F) if bands is None else bands)
 
     def launch_arrays(self, dtype, active, first_pixel, latch_pixel, latch_sub, args, out, omega,
                       oor, ran, row0=0, row1=None):

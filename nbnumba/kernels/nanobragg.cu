@@ -46,6 +46,10 @@
 //   ran      int64[S*F]     1 if any phi loop ran for the pixel
 // Pixels with active == 0 are not written (callers pre-fill the outputs).
 //
+// Adjoint entry point (nbnumba.autodiff, float64 only; see its comment below):
+//   adjoint_f64 (active, g, S, F, row0, row1, mode, iopt, fopt, vecs, incident,
+//       lam, cells, Fhkl, gpar, cacc, gF, val)
+//
 // Trace entry points (compiled only with -DNB_TRACE, and in the host build):
 //   trace_f64 / trace_f32 (s, f, first_exec, latch_sub, iopt, fopt, vecs,
 //       incident, lam, cells, Fhkl, tbuf, tpos, maxrows, value, omega_sum, info)
@@ -847,6 +851,534 @@ __device__ void render_pixel(nb_i64 p, const nb_u8* __restrict__ active, nb_i64 
 NB_DEFINE_KERNEL(render_f64, double, double)
 NB_DEFINE_KERNEL(render_f32, double, float)
 
+// ============================================================== adjoint (nbnumba.autodiff)
+// adjoint_f64: the vector-Jacobian product of the default-mode image, the GPU
+// counterpart of nbnumba/kernels/adjoint.py (pixel_grad).  float64 only
+// (autodiff computes in float64).  One thread per active pixel with g != 0
+// (mode 1, 2) or per active pixel (mode 0: values only, the forward pass of
+// -device cuda):
+//   active uint8[S*F]; g double[S*F] upstream gradient (unused in mode 0)
+//   mode   0: values only; 1: gradients; 2: gradients and the F-grid gradient
+//   iopt .. Fhkl: as render_f64 (cells [variant][phi][mosaic][a|b|c][xyz];
+//          the adjoint reads variant 1, the cells every default-mode pixel uses)
+//   gpar   double[(row1-row0)*F][N_PAR]: one row per pixel of the launch's band
+//          (pixel p at row p - row0*F), written, not added: the host sums the
+//          rows in a fixed order
+//   cacc   double[9][ncell]: sum over pixels of g dI/dh_j S (rows 0-2; k: 3-5,
+//          l: 6-8) per (phi, mosaic) cell j, as pixel_grad's cacc
+//   gF     double[dim0*dim1*dim2]: g dI/dFhkl (mode 2)
+//   val    double[S*F]: the pixel values (photons)
+// Accumulation.  gpar is per pixel (deterministic).  cacc and gF are shared
+// by all threads and accumulated with atomicAdd: the F-grid gradient is a
+// scatter to data-dependent indices (per-block copies of the grid would cost
+// grid size x blocks of memory), so the order of the additions, hence the
+// last bits of cacc and gF, may change from run to run on a GPU (the host
+// build runs the threads in order and is reproducible).  To keep the atomics
+// few, the loops run cell-outermost: a thread sums its own contributions to
+// the 9 cacc entries of cell j over every sub-pixel and source in registers
+// and adds them once (9 atomics per pixel and cell, not per sub-path).  The
+// sums therefore run in another order than pixel_grad's (sub-path outermost):
+// results agree to rounding, not bit for bit (tests/test_gpu_adjoint.py).
+// The formulas are physics.py's *_grad functions, transcribed below with the
+// same operations and the same branch points (SINCG_NEAR, d == 0, q > 0).
+
+// theta layout: must match nbnumba/kernels/adjoint.py (P_*)
+#define P_A 0
+#define P_B 3
+#define P_C 6
+#define P_PIX0 9
+#define P_CLOSE 12
+#define P_ASTAR 13
+#define P_BSTAR 16
+#define P_CSTAR 19
+#define P_LAM 22
+#define P_NA 23
+#define P_NB 24
+#define P_NC 25
+#define P_FLU 26
+#define N_PAR 27
+
+// physics.SINCG_NEAR: below this |N d| d/dh of sincg is summed, not closed-form
+#define NB_SINCG_NEAR 0.1
+
+// physics.sincg_grad: (d/dh, d/dN) of sin(N pi h)/sin(pi h), any real N
+__device__ void sincg_grad(double h, double N, double* gh, double* gN) {
+    const double x = NB_PI * h;
+    if (x == 0.0) {
+        *gh = 0.0;
+        *gN = 1.0;
+        return;
+    }
+    const double s = sin(x);
+    const double cN = cos(N * x);
+    const double f = sin(x * N) / s;
+    *gh = NB_PI * (N * cN - f * cos(x)) / s;
+    *gN = x * cN / s;
+}
+
+// physics.reduce_phase (d, e and the parity), as sincg_reduced computes them
+__device__ __forceinline__ void reduce_phase(double h, double N, double* d, double* e,
+                                             nb_i64* parity) {
+    const double n = rint(h);
+    *d = h - n;
+    const double Nd = N * *d;
+    const double m = rint(Nd);
+    *e = Nd - m;
+    *parity = ((nb_i64)n * ((nb_i64)N - 1) + (nb_i64)m) & 1;
+}
+
+// physics.sincg_reduced_grad_far: closed form, f = sincg_reduced(h, N)
+__device__ void sincg_reduced_grad_far(double h, double N, double f, double* gh, double* gN) {
+    double d, e;
+    nb_i64 parity;
+    reduce_phase(h, N, &d, &e, &parity);
+    const double sgn = 1.0 - 2.0 * (double)parity;
+    const double sd = sinpi_reduced(d);
+    const double inv = 1.0 / (d != 0.0 ? sd : 1.0);
+    const double sce = sgn * sinpi_reduced(0.5 - fabs(e));
+    const double cd = sinpi_reduced(0.5 - fabs(d));
+    const double dh = NB_PI * (N * sce - f * cd) * inv;
+    const double dN = NB_PI * h * sce * inv;
+    *gh = d != 0.0 ? dh : 0.0;
+    *gN = d != 0.0 ? dN : sgn;
+}
+
+// physics.sincg_reduced_grad: the closed form, or near a peak the derivative
+// of the exact cosine sum (no cancellation)
+__device__ void sincg_reduced_grad(double h, double N, double* gh, double* gN) {
+    sincg_reduced_grad_far(h, N, sincg_reduced<double>(h, N, false), gh, gN);
+    const double n = rint(h);
+    const double d = h - n;
+    if (d == 0.0 || fabs(N * d) >= NB_SINCG_NEAR) return;
+    const double sgn = (((nb_i64)n * ((nb_i64)N - 1)) & 1) ? -1.0 : 1.0;
+    double acc = 0.0;
+    for (nb_i64 j = (nb_i64)N - 1; j > 0; j -= 2) acc += (double)j * sin((double)j * NB_PI * d);
+    *gh = -2.0 * NB_PI * sgn * acc;
+}
+
+// physics.sinc3_dx_over_x: (d sinc3/dx) / x, finite at 0
+__device__ double sinc3_dx_over_x(double x) {
+    if (fabs(x) < 0.05) {
+        const double t = x * x;
+        return -0.2 + t / 70.0 - t * t / 2520.0;
+    }
+    return (3.0 * sin(x) / (x * x) - 3.0 * sinc3(x) / x) / x;
+}
+
+// physics.lattice_factor_grad: returns F_latt; g[0..2] = dF/dh, dk, dl,
+// g[3..5] = dF/dNa, dNb, dNc
+__device__ double lattice_factor_grad(nb_i64 shape, double h, double k, double l, nb_i64 h0,
+                                      nb_i64 k0, nb_i64 l0, double Na, double Nb, double Nc,
+                                      double fudge, vec3<double> astar, vec3<double> bstar,
+                                      vec3<double> cstar, nb_i64 reduced, double* g) {
+    double fa, fb, fc;
+    const double F = lattice_factor<double, double>(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
+                                                    astar, bstar, cstar, reduced, &fa, &fb, &fc);
+    if (shape == SHAPE_SQUARE) {
+        double ga = 0.0, gb = 0.0, gc = 0.0, gNa = 0.0, gNb = 0.0, gNc = 0.0;
+        if (Na > 1) {
+            if (reduced) sincg_reduced_grad(h, Na, &ga, &gNa); else sincg_grad(h, Na, &ga, &gNa);
+        }
+        if (Nb > 1) {
+            if (reduced) sincg_reduced_grad(k, Nb, &gb, &gNb); else sincg_grad(k, Nb, &gb, &gNb);
+        }
+        if (Nc > 1) {
+            if (reduced) sincg_reduced_grad(l, Nc, &gc, &gNc); else sincg_grad(l, Nc, &gc, &gNc);
+        }
+        g[0] = ga * fb * fc;
+        g[1] = fa * gb * fc;
+        g[2] = fa * fb * gc;
+        g[3] = gNa * fb * fc;
+        g[4] = fa * gNb * fc;
+        g[5] = fa * fb * gNc;
+        return F;
+    }
+    const double dh = h - (double)h0;
+    const double dk = k - (double)k0;
+    const double dl = l - (double)l0;
+    if (shape == SHAPE_ROUND) {
+        const double hrad_sqr = dh * dh * Na * Na + dk * dk * Nb * Nb + dl * dl * Nc * Nc;
+        const double x = NB_PI * sqrt(hrad_sqr * fudge);
+        // dF/d(hrad_sqr), with dx/d(hrad_sqr) = pi^2 fudge / (2 x)
+        const double dr = Na * Nb * Nc * 0.723601254558268 * sinc3_dx_over_x(x) * NB_PI * NB_PI *
+                          fudge / 2.0;
+        g[0] = dr * 2.0 * dh * Na * Na;
+        g[1] = dr * 2.0 * dk * Nb * Nb;
+        g[2] = dr * 2.0 * dl * Nc * Nc;
+        g[3] = F / Na + dr * 2.0 * dh * dh * Na;
+        g[4] = F / Nb + dr * 2.0 * dk * dk * Nb;
+        g[5] = F / Nc + dr * 2.0 * dl * dl * Nc;
+        return F;
+    }
+    if (shape == SHAPE_GAUSS) {
+        const vec3<double> v = mk<double>(dh * astar.x + dk * bstar.x + dl * cstar.x,
+                                          dh * astar.y + dk * bstar.y + dl * cstar.y,
+                                          dh * astar.z + dk * bstar.z + dl * cstar.z);
+        const double n2 = Na * Na * Nb * Nb * Nc * Nc;
+        const double rad_star_sqr = (v.x * v.x + v.y * v.y + v.z * v.z) * n2;
+        const double q = -F * fudge / 0.63;  // dF/d(rad_star_sqr)
+        g[0] = q * n2 * 2.0 * dot(v, astar);
+        g[1] = q * n2 * 2.0 * dot(v, bstar);
+        g[2] = q * n2 * 2.0 * dot(v, cstar);
+        g[3] = F / Na + q * 2.0 * rad_star_sqr / Na;
+        g[4] = F / Nb + q * 2.0 * rad_star_sqr / Nb;
+        g[5] = F / Nc + q * 2.0 * rad_star_sqr / Nc;
+        return F;
+    }
+    // tophat: flat between its edges (the step's delta is left out)
+    g[0] = g[1] = g[2] = 0.0;
+    g[3] = F / Na;
+    g[4] = F / Nb;
+    g[5] = F / Nc;
+    return F;
+}
+
+// physics.lattice_factor_star_grad: the gauss shape's q (0 otherwise); *v
+// receives (h-h0) a* + (k-k0) b* + (l-l0) c*
+__device__ double lattice_factor_star_grad(nb_i64 shape, double h, double k, double l,
+                                           nb_i64 h0, nb_i64 k0, nb_i64 l0, double Na, double Nb,
+                                           double Nc, double fudge, vec3<double> astar,
+                                           vec3<double> bstar, vec3<double> cstar,
+                                           vec3<double>* v) {
+    const double dh = h - (double)h0;
+    const double dk = k - (double)k0;
+    const double dl = l - (double)l0;
+    *v = mk<double>(dh * astar.x + dk * bstar.x + dl * cstar.x,
+                    dh * astar.y + dk * bstar.y + dl * cstar.y,
+                    dh * astar.z + dk * bstar.z + dl * cstar.z);
+    if (shape != SHAPE_GAUSS) return 0.0;
+    const double n2 = Na * Na * Nb * Nb * Nc * Nc;
+    const double F = Na * Nb * Nc * exp(-(dot(*v, *v) * n2 / 0.63 * fudge));
+    return -F * fudge / 0.63 * n2 * 2.0;
+}
+
+// physics.polint4_dx: d/dx of polint4
+__device__ __forceinline__ double polint4_dx(double xa0, const double* y, double x) {
+    const double a0 = x - xa0, a1 = x - (xa0 + 1.0), a2 = x - (xa0 + 2.0), a3 = x - (xa0 + 3.0);
+    return ((a2 * a3 + a1 * a3 + a1 * a2) * y[0] / -6.0 +
+            (a2 * a3 + a0 * a3 + a0 * a2) * y[1] / 2.0 +
+            (a1 * a3 + a0 * a3 + a0 * a1) * y[2] / -2.0 +
+            (a1 * a2 + a0 * a2 + a0 * a1) * y[3] / 6.0);
+}
+
+// physics._lagrange4: the 4 interpolation weights at x and their derivatives
+__device__ __forceinline__ void lagrange4(double xa0, double x, double* w, double* dw) {
+    for (int i = 0; i < 4; ++i) {
+        double e[4] = {0.0, 0.0, 0.0, 0.0};
+        e[i] = 1.0;
+        w[i] = polint4(xa0, e, x);
+        dw[i] = polint4_dx(xa0, e, x);
+    }
+}
+
+// physics.tricubic_F_grad: *g = (dF/dh, dF/dk, dF/dl); with scatter, adds
+// c * dF/dFhkl (the 64 weights) to G
+template <typename fgrid>
+__device__ vec3<double> tricubic_F_grad(const fgrid* Fhkl, nb_i64 hmin, nb_i64 kmin, nb_i64 lmin,
+                                        nb_i64 kdim, nb_i64 ldim, double h, double k, double l,
+                                        double* G, double c, bool scatter) {
+    const nb_i64 hf = (nb_i64)floor(h) - 1;
+    const nb_i64 kf = (nb_i64)floor(k) - 1;
+    const nb_i64 lf = (nb_i64)floor(l) - 1;
+    double wh[4], dwh[4], wk[4], dwk[4], wl[4], dwl[4];
+    lagrange4((double)hf, h, wh, dwh);
+    lagrange4((double)kf, k, wk, dwk);
+    lagrange4((double)lf, l, wl, dwl);
+    const nb_i64 h0 = hf - hmin, k0 = kf - kmin, l0 = lf - lmin;
+    double gh = 0.0, gk = 0.0, gl = 0.0;
+    for (int a = 0; a < 4; ++a) {
+        for (int b = 0; b < 4; ++b) {
+            for (int e = 0; e < 4; ++e) {
+                const nb_i64 idx = fhkl_index(h0 + a, k0 + b, l0 + e, kdim, ldim);
+                const double v = (double)Fhkl[idx];
+                gh += dwh[a] * wk[b] * wl[e] * v;
+                gk += wh[a] * dwk[b] * wl[e] * v;
+                gl += wh[a] * wk[b] * dwl[e] * v;
+                if (scatter) atomicAdd(G + idx, c * wh[a] * wk[b] * wl[e]);
+            }
+        }
+    }
+    return mk<double>(gh, gk, gl);
+}
+
+// physics.polarization_factor_grad: the factor, and *g = d factor / dv for
+// the (not necessarily unit) diffracted vector v
+__device__ double polarization_factor_grad(double kahn, vec3<double> incident, vec3<double> v,
+                                           vec3<double> axis, vec3<double>* g) {
+    vec3<double> unused;
+    const double factor = polarization_factor(kahn, incident, v, axis, &unused);
+    vec3<double> inc, d, ax;
+    unitize(incident, &inc);
+    const double mag = unitize(v, &d);
+    unitize(axis, &ax);
+    const double c = dot(inc, d);
+    double c2p = 1.0, gE = 0.0, gB = 0.0;
+    vec3<double> E_in = mk<double>(0.0, 0.0, 0.0), B_in = mk<double>(0.0, 0.0, 0.0);
+    if (kahn != 0.0) {
+        unitize(cross(ax, inc), &B_in);
+        unitize(cross(inc, B_in), &E_in);
+        const double E = dot(d, E_in);
+        const double B = dot(d, B_in);
+        const double q = E * E + B * B;
+        if (q > 0.0) {
+            c2p = (E * E - B * B) / q;
+            gE = 4.0 * E * B * B / (q * q);
+            gB = -4.0 * B * E * E / (q * q);
+        }
+    }
+    const double ci = c * (1.0 + kahn * c2p);
+    const double w = -0.5 * kahn * (1.0 - c * c);
+    const vec3<double> gg = mk<double>(ci * inc.x + w * (gE * E_in.x + gB * B_in.x),
+                                       ci * inc.y + w * (gE * E_in.y + gB * B_in.y),
+                                       ci * inc.z + w * (gE * E_in.z + gB * B_in.z));
+    // the factor depends on v only through v/|v|: project out the radial part
+    const double gd = dot(gg, d);
+    *g = mk<double>((gg.x - gd * d.x) / mag, (gg.y - gd * d.y) / mag, (gg.z - gd * d.z) / mag);
+    return factor;
+}
+
+// physics.solid_angle_grad: *g = d omega / d pos; returns d omega / d close_distance
+__device__ double solid_angle_grad(double pixel_size, vec3<double> pos, double close_distance,
+                                   bool point_pixel, vec3<double>* g) {
+    vec3<double> d;
+    const double R = unitize(pos, &d);
+    const double om = solid_angle(pixel_size, R, close_distance, point_pixel);
+    if (point_pixel) {
+        const double k = -2.0 * om / R;
+        *g = mk<double>(k * d.x, k * d.y, k * d.z);
+        return 0.0;
+    }
+    const double k = -3.0 * om / R;
+    *g = mk<double>(k * d.x, k * d.y, k * d.z);
+    return pixel_size * pixel_size / R / R / R;
+}
+
+// sub-pixel (subS, subF)'s lab position, as pixel_grad forms it (flat detector)
+__device__ __forceinline__ vec3<double> adjoint_position(nb_i64 spixel, nb_i64 fpixel, nb_i64 os,
+                                                        nb_i64 subS, nb_i64 subF, double subpixel,
+                                                        vec3<double> fdet, vec3<double> sdet,
+                                                        vec3<double> pix0) {
+    const double Fdet = subpixel * (double)(fpixel * os + subF) + subpixel / 2.0;
+    const double Sdet = subpixel * (double)(spixel * os + subS) + subpixel / 2.0;
+    return mk<double>(Fdet * fdet.x + Sdet * sdet.x + pix0.x, Fdet * fdet.y + Sdet * sdet.y + pix0.y,
+                      Fdet * fdet.z + Sdet * sdet.z + pix0.z);
+}
+
+// one pixel of adjoint_f64 (see its comment above); pixel_grad's quantities
+template <typename fgrid>
+__device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
+                              const double* __restrict__ g, nb_i64 S, nb_i64 F, nb_i64 row0,
+                              nb_i64 row1, nb_i64 mode, const nb_i64* __restrict__ iopt,
+                              const double* __restrict__ fopt, const double* __restrict__ vecs,
+                              const double* __restrict__ incident, const double* __restrict__ lam,
+                              const double* __restrict__ cells, const fgrid* __restrict__ Fhkl,
+                              double* __restrict__ gpar, double* cacc, double* gF,
+                              double* __restrict__ val) {
+    if (row0 < 0) row0 = 0;
+    if (row1 > S) row1 = S;
+    if (p < row0 * F || p >= row1 * F) return;
+    if (active[p] == 0) return;
+    const bool grad = mode != 0;
+    const bool want_F = mode == 2;
+    const double gp = grad ? g[p] : 1.0;
+    if (gp == 0.0) return;
+    const nb_i64 spixel = p / F;
+    const nb_i64 fpixel = p - spixel * F;
+    const nb_i64 os = iopt[I_OVERSAMPLE];
+    const nb_i64 nsrc = iopt[I_NSRC], nphi = iopt[I_NPHI], nmos = iopt[I_NMOS];
+    const nb_i64 ncell = nphi * nmos;
+    const nb_i64 shape = iopt[I_SHAPE];
+    const nb_i64 reduced = iopt[I_REDUCED];
+    const bool interp = iopt[I_INTERP] != 0;
+    const bool point = iopt[I_POINT] != 0;
+    const nb_i64 hkls = iopt[I_HKLS];
+    const nb_i64 hmin = iopt[I_HMIN], hmax = iopt[I_HMAX];
+    const nb_i64 kmin = iopt[I_KMIN], kmax = iopt[I_KMAX];
+    const nb_i64 lmin = iopt[I_LMIN], lmax = iopt[I_LMAX];
+    const nb_i64 kdim = iopt[I_FHKL_KDIM], ldim = iopt[I_FHKL_LDIM];
+    const double pixel = fopt[F_PIXEL], subpixel = fopt[F_SUBPIXEL];
+    const double close = fopt[F_CLOSE];
+    const double kahn = fopt[F_KAHN], dmin = fopt[F_DMIN];
+    const double Na = fopt[F_NA], Nb = fopt[F_NB], Nc = fopt[F_NC], fudge = fopt[F_FUDGE];
+    const double default_F = fopt[F_DEFAULT_F], I_bg = fopt[F_I_BG];
+    const vec3<double> fdet = load3w<double, double>(vecs + 3 * V_FDET);
+    const vec3<double> sdet = load3w<double, double>(vecs + 3 * V_SDET);
+    const vec3<double> pix0 = load3w<double, double>(vecs + 3 * V_PIX0);
+    const vec3<double> polar_axis = load3w<double, double>(vecs + 3 * V_POLAR);
+    const vec3<double> astar = load3w<double, double>(vecs + 3 * V_ASTAR);
+    const vec3<double> bstar = load3w<double, double>(vecs + 3 * V_BSTAR);
+    const vec3<double> cstar = load3w<double, double>(vecs + 3 * V_CSTAR);
+    const double C = fopt[F_SCALE] / fopt[F_STEPS];
+    const double* cells1 = cells + ncell * 9;  // variant 1
+
+    // polarization and solid angle: once per pixel, at its first sub-pixel
+    // (and first source that passes -dmin), as pixel_grad and the forward fix them
+    bool have_polar = iopt[I_NOPOLAR] != 0;
+    double polar = have_polar ? 1.0 : 0.0;
+    vec3<double> dP = mk<double>(0.0, 0.0, 0.0);
+    double omega = 0.0;
+    vec3<double> dOm = mk<double>(0.0, 0.0, 0.0);
+    double dOmc = 0.0;
+    for (nb_i64 subS = 0; subS < os; ++subS) {
+        for (nb_i64 subF = 0; subF < os; ++subF) {
+            const vec3<double> pos =
+                adjoint_position(spixel, fpixel, os, subS, subF, subpixel, fdet, sdet, pix0);
+            vec3<double> d;
+            const double R = unitize(pos, &d);
+            if (omega == 0.0) {
+                omega = solid_angle(pixel, R, close, point);
+                dOmc = solid_angle_grad(pixel, pos, close, point, &dOm);
+            }
+            for (nb_i64 source = 0; source < nsrc && !have_polar; ++source) {
+                const vec3<double> inc = load3w<double, double>(incident + 3 * source);
+                const double lam_s = lam[source];
+                const vec3<double> Sv = mk<double>((d.x - inc.x) / lam_s, (d.y - inc.y) / lam_s,
+                                                   (d.z - inc.z) / lam_s);
+                const double stol = 0.5 * sqrt(Sv.x * Sv.x + Sv.y * Sv.y + Sv.z * Sv.z);
+                if (dmin > 0.0 && stol > 0.0 && dmin > 0.5 / stol) continue;
+                polar = polarization_factor_grad(kahn, inc, pos, polar_axis, &dP);
+                have_polar = true;
+            }
+        }
+    }
+    const double cF = gp * C * polar * omega;  // dI/dT
+
+    // sum over sub-paths of d(F_cell^2 F_latt^2)/dtheta, before the per-pixel factors
+    double sumT = 0.0;
+    double dpx = 0.0, dpy = 0.0, dpz = 0.0;  // P_PIX0
+    double dlam = 0.0, dNa = 0.0, dNb = 0.0, dNc = 0.0;
+    double dstar[9] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // P_ASTAR..P_CSTAR
+    for (nb_i64 j = 0; j < ncell; ++j) {
+        const double* cell = cells1 + j * 9;
+        double ca[9] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // this pixel's cacc[:, j]
+        for (nb_i64 subS = 0; subS < os; ++subS) {
+            for (nb_i64 subF = 0; subF < os; ++subF) {
+                const vec3<double> pos =
+                    adjoint_position(spixel, fpixel, os, subS, subF, subpixel, fdet, sdet, pix0);
+                vec3<double> d;
+                const double R = unitize(pos, &d);
+                for (nb_i64 source = 0; source < nsrc; ++source) {
+                    const vec3<double> inc = load3w<double, double>(incident + 3 * source);
+                    const double lam_s = lam[source];
+                    const vec3<double> Sv = mk<double>(
+                        (d.x - inc.x) / lam_s, (d.y - inc.y) / lam_s, (d.z - inc.z) / lam_s);
+                    const double stol = 0.5 * sqrt(Sv.x * Sv.x + Sv.y * Sv.y + Sv.z * Sv.z);
+                    // a step in the image: no derivative
+                    if (dmin > 0.0 && stol > 0.0 && dmin > 0.5 / stol) continue;
+                    const double h = cell[0] * Sv.x + cell[1] * Sv.y + cell[2] * Sv.z;
+                    const double k = cell[3] * Sv.x + cell[4] * Sv.y + cell[5] * Sv.z;
+                    const double l = cell[6] * Sv.x + cell[7] * Sv.y + cell[8] * Sv.z;
+                    const nb_i64 h0 = (nb_i64)ceil(h - 0.5);
+                    const nb_i64 k0 = (nb_i64)ceil(k - 0.5);
+                    const nb_i64 l0 = (nb_i64)ceil(l - 0.5);
+                    double gl[6];
+                    const double Fl = lattice_factor_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc,
+                                                          fudge, astar, bstar, cstar, reduced, gl);
+                    vec3<double> cg = mk<double>(0.0, 0.0, 0.0);  // nearest F: flat in h, k, l
+                    double Fc;
+                    if (interp && interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax)) {
+                        Fc = tricubic_F(Fhkl, hmin, kmin, lmin, kdim, ldim, h, k, l);
+                        if (grad) {
+                            cg = tricubic_F_grad(Fhkl, hmin, kmin, lmin, kdim, ldim, h, k, l, gF,
+                                                 cF * 2.0 * Fc * Fl * Fl, want_F);
+                        }
+                    } else {
+                        Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, kdim, ldim,
+                                       h0, k0, l0, default_F);
+                        if (want_F && hkls > 0 && h0 >= hmin && h0 <= hmax && k0 >= kmin &&
+                            k0 <= kmax && l0 >= lmin && l0 <= lmax) {
+                            atomicAdd(gF + fhkl_index(h0 - hmin, k0 - kmin, l0 - lmin, kdim, ldim),
+                                      cF * 2.0 * Fc * Fl * Fl);
+                        }
+                    }
+                    sumT += Fc * Fc * Fl * Fl;
+                    if (!grad) continue;
+                    const double tFl = 2.0 * Fc * Fc * Fl;
+                    const double tFc = 2.0 * Fc * Fl * Fl;
+                    const double Th = tFl * gl[0] + tFc * cg.x;
+                    const double Tk = tFl * gl[1] + tFc * cg.y;
+                    const double Tl = tFl * gl[2] + tFc * cg.z;
+                    // d/dS of the term (h = a_j . S, ...)
+                    const double gx = Th * cell[0] + Tk * cell[3] + Tl * cell[6];
+                    const double gy = Th * cell[1] + Tk * cell[4] + Tl * cell[7];
+                    const double gz = Th * cell[2] + Tk * cell[5] + Tl * cell[8];
+                    dlam -= Th * h + Tk * k + Tl * l;  // dh/ds = -h for lambda -> s lambda
+                    dNa += tFl * gl[3];
+                    dNb += tFl * gl[4];
+                    dNc += tFl * gl[5];
+                    if (shape == SHAPE_GAUSS) {  // F_latt also depends on a*, b*, c*
+                        vec3<double> v;
+                        const double q = lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na,
+                                                                  Nb, Nc, fudge, astar, bstar,
+                                                                  cstar, &v);
+                        const double vm[3] = {v.x, v.y, v.z};
+                        for (int m = 0; m < 3; ++m) {
+                            dstar[m] += tFl * q * (h - (double)h0) * vm[m];
+                            dstar[3 + m] += tFl * q * (k - (double)k0) * vm[m];
+                            dstar[6 + m] += tFl * q * (l - (double)l0) * vm[m];
+                        }
+                    }
+                    const double th = cF * Th, tk = cF * Tk, tl = cF * Tl;
+                    ca[0] += th * Sv.x;
+                    ca[1] += th * Sv.y;
+                    ca[2] += th * Sv.z;
+                    ca[3] += tk * Sv.x;
+                    ca[4] += tk * Sv.y;
+                    ca[5] += tk * Sv.z;
+                    ca[6] += tl * Sv.x;
+                    ca[7] += tl * Sv.y;
+                    ca[8] += tl * Sv.z;
+                    // S = (pos/|pos| - inc)/lam: dS/dpos = (1 - d d^T)/(|pos| lam)
+                    const double gd = gx * d.x + gy * d.y + gz * d.z;
+                    const double r = 1.0 / (R * lam_s);
+                    dpx += (gx - gd * d.x) * r;
+                    dpy += (gy - gd * d.y) * r;
+                    dpz += (gz - gd * d.z) * r;
+                }
+            }
+        }
+        if (grad) {
+            for (int i = 0; i < 9; ++i) {
+                if (ca[i] != 0.0) atomicAdd(cacc + i * ncell + j, ca[i]);
+            }
+        }
+    }
+    const double total = I_bg + sumT;
+    const double po = polar * omega;
+    val[p] = C * po * total;
+    if (!grad) return;
+    const double gC = gp * C;
+    double* row = gpar + (p - row0 * F) * N_PAR;
+    for (int i = 0; i < N_PAR; ++i) row[i] = 0.0;
+    const double w = gC * po;
+    row[P_PIX0 + 0] = w * dpx + gC * total * (dP.x * omega + polar * dOm.x);
+    row[P_PIX0 + 1] = w * dpy + gC * total * (dP.y * omega + polar * dOm.y);
+    row[P_PIX0 + 2] = w * dpz + gC * total * (dP.z * omega + polar * dOm.z);
+    row[P_CLOSE] = gC * total * polar * dOmc;
+    for (int i = 0; i < 9; ++i) row[P_ASTAR + i] = w * dstar[i];
+    row[P_LAM] = w * dlam;
+    row[P_NA] = w * dNa;
+    row[P_NB] = w * dNb;
+    row[P_NC] = w * dNc;
+    row[P_FLU] = w * total;
+}
+
+#define NB_DEFINE_ADJOINT(NAME, REAL, FGRID)                                                   \
+    extern "C" __global__ void NAME(                                                           \
+        const nb_u8* __restrict__ active, const REAL* __restrict__ g, nb_i64 S, nb_i64 F,      \
+        nb_i64 row0, nb_i64 row1, nb_i64 mode, const nb_i64* __restrict__ iopt,                \
+        const REAL* __restrict__ fopt, const REAL* __restrict__ vecs,                          \
+        const REAL* __restrict__ incident, const REAL* __restrict__ lam,                       \
+        const REAL* __restrict__ cells, const FGRID* __restrict__ Fhkl,                        \
+        REAL* __restrict__ gpar, REAL* cacc, REAL* gF, REAL* __restrict__ val) {               \
+        const nb_i64 p = row0 * F + (nb_i64)blockIdx.x * (nb_i64)blockDim.x +                  \
+                         (nb_i64)threadIdx.x;                                                  \
+        adjoint_pixel<FGRID>(p, active, g, S, F, row0, row1, mode, iopt, fopt, vecs, incident, \
+                             lam, cells, Fhkl, gpar, cacc, gF, val);                           \
+    }
+
+NB_DEFINE_ADJOINT(adjoint_f64, double, double)
+
 #if defined(NB_TRACE) || defined(NB_HOST_BUILD)
 // one-thread trace launch of pixel (s, f): see the header comment
 #define NB_DEFINE_TRACE(NAME, REAL, FGRID)                                                     \
@@ -903,12 +1435,28 @@ NB_DEFINE_HOST(nb_host_render_f32, render_f32, double, float)
 NB_DEFINE_HOST_PIXEL(nb_host_pixel_f64, double, double)
 NB_DEFINE_HOST_PIXEL(nb_host_pixel_f32, double, float)
 
+// the adjoint kernel (adjoint_f64's arguments; one host "launch" over the band)
+extern "C" int nb_host_adjoint_f64(const nb_u8* active, const double* g, nb_i64 S, nb_i64 F,
+                                   nb_i64 row0, nb_i64 row1, nb_i64 mode, const nb_i64* iopt,
+                                   const double* fopt, const double* vecs, const double* incident,
+                                   const double* lam, const double* cells, const double* Fhkl,
+                                   double* gpar, double* cacc, double* gF, double* val) {
+    const nb_i64 n = (row1 - row0) * F;
+    const unsigned int block = NB_BLOCK;
+    const unsigned int grid = (unsigned int)((n + block - 1) / block);
+    nb_host_launch(adjoint_f64, grid, block, active, g, S, F, row0, row1, mode, iopt, fopt, vecs,
+                   incident, lam, cells, Fhkl, gpar, cacc, gF, val);
+    return 0;
+}
+
 extern "C" int nb_host_layout(nb_i64* out) {
     // lets the Python side check that the option layouts agree with cpu.py
     out[0] = N_IOPT_EXT;
     out[1] = N_FOPT;
     out[2] = N_VECS;
     out[3] = NB_BLOCK;
-    return 4;
+    out[4] = N_PAR;
+    out[5] = P_LAM;
+    return 6;
 }
 #endif

@@ -8,7 +8,8 @@ tuple.  Streams, events and the device queries that ``kernels/gpu.py`` and
 its pointer on ``fake.current_stream`` while it is entered, every render launch
 is recorded in ``fake.calls`` as ``(entry, first_pixel, latch_pixel,
 latch_sub, row0, row1, stream)`` (a trace launch as ``(entry, s, f,
-latch_sub, -1, -1, stream)``).
+latch_sub, -1, -1, stream)``, an adjoint launch as ``(entry, mode, -1, -1,
+row0, row1, stream)``).
 
 Install it with ``monkeypatch.setitem(sys.modules, "cupy", make_fake_cupy(host))``
 (and reset ``gpu._MODULES``).  For tests only.
@@ -133,6 +134,28 @@ def make_fake_cupy(host: "gpu.HostKernel", check_args: Optional[Callable] = None
             conv = [a.ctypes.data if isinstance(a, np.ndarray) else int(a) for a in args]
             host._trace[self.dtname](*conv)
 
+    class AdjointKernel:
+        def __init__(self, entry):
+            self.entry = entry
+            self.max_threads_per_block = max_threads_per_block
+            self.attributes = {"num_regs": 0, "local_size_bytes": 0,
+                               "max_threads_per_block": max_threads_per_block}
+
+        def __call__(self, grid, block, args):
+            if check_args is not None:
+                check_args(self.entry, args)
+            S, F, row0, row1, mode = (int(a) for a in args[2:7])
+            assert 0 <= row0 < row1 <= S, (row0, row1, S)
+            assert len(block) == 1 and block[0] <= self.max_threads_per_block
+            assert grid[0] * block[0] >= (row1 - row0) * F          # every pixel covered
+            assert (grid[0] - 1) * block[0] < (row1 - row0) * F     # no idle block
+            gpar = args[-4]
+            assert mode == gpu.ADJOINT_VALUES or gpar.shape == ((row1 - row0) * F,
+                                                                   gpu.ADJOINT_N_PAR)
+            fake.calls.append((self.entry, mode, -1, -1, row0, row1, fake.current_stream[-1]))
+            conv = [a.ctypes.data if isinstance(a, np.ndarray) else int(a) for a in args]
+            host._adjoint(*conv)
+
     class RawModule:
         def __init__(self, code, options=()):
             assert code == gpu.source_text()
@@ -141,6 +164,9 @@ def make_fake_cupy(host: "gpu.HostKernel", check_args: Optional[Callable] = None
         def get_function(self, name):
             render = {v: k for k, v in gpu.ENTRY_POINTS.items()}
             trace = {v: k for k, v in gpu.TRACE_ENTRY_POINTS.items()}
+            if name == gpu.ADJOINT_ENTRY_POINT:
+                assert self.options == gpu.COMPILE_OPTIONS["float64"]
+                return AdjointKernel(name)
             if name in trace:
                 assert self.options == gpu.COMPILE_OPTIONS[trace[name]] + (gpu.TRACE_OPTION,)
                 return TraceKernel(name, trace[name])
