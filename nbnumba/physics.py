@@ -103,8 +103,8 @@ magnitude = _jit_inline(_magnitude)
 unitize = _jit_inline(_unitize)
 scale = _jit_inline(_scale)
 rotate_umat = _jit_inline(_rotate_umat)
-rotate_axis = njit(cache=True, error_model="numpy")(_rotate_axis)
-rotate_xyz = njit(cache=True, error_model="numpy")(_rotate_xyz)
+rotate_axis = njit(cache=True, error_model="numpy", fastmath=False)(_rotate_axis)
+rotate_xyz = njit(cache=True, error_model="numpy", fastmath=False)(_rotate_xyz)
 
 #: the plain-Python versions, for host-side setup code
 host = SimpleNamespace(dot=_dot, cross=_cross, magnitude=_magnitude, unitize=_unitize,
@@ -113,7 +113,7 @@ host = SimpleNamespace(dot=_dot, cross=_cross, magnitude=_magnitude, unitize=_un
 
 
 # ---------------------------------------------------------------- lattice
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def sincg(x, N):
     """Grating interference function sin(N x)/sin(x) (N at x == 0); x = pi*h."""
     if x == 0.0:
@@ -224,7 +224,7 @@ def sincg_reduced(h, N, f32_sines=False):
     return -val if parity != 0 else val
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def sinc3(x):
     """Fourier transform of a sphere: 3 (sin x / x - cos x) / x^2 (1 at 0)."""
     if x == 0.0:
@@ -235,7 +235,7 @@ def sinc3(x):
 SHAPE_SQUARE, SHAPE_ROUND, SHAPE_GAUSS, SHAPE_TOPHAT = 0, 1, 2, 3
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
                    reduced):
     """F_latt for one sub-path and the per-axis factors (a, b, c; 1 unless SQUARE).
@@ -278,7 +278,7 @@ def lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, 
 
 
 # ---------------------------------------------------------------- structure factors
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def polint4(xa0, y0, y1, y2, y3, x):
     """4-point Lagrange interpolation at x through (xa0+i, y_i), i = 0..3,
     written term by term as nanoBragg.c's polint.  With integer nodes one apart
@@ -292,19 +292,19 @@ def polint4(xa0, y0, y1, y2, y3, x):
     return t0 + t1 + t2 + t3
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def _interp_l(Fhkl, ih, ik, l0, xl, l):
     return polint4(xl, Fhkl[ih, ik, l0], Fhkl[ih, ik, l0 + 1], Fhkl[ih, ik, l0 + 2],
                    Fhkl[ih, ik, l0 + 3], l)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def _interp_kl(Fhkl, ih, k0, l0, xk, xl, k, l):
     return polint4(xk, _interp_l(Fhkl, ih, k0, l0, xl, l), _interp_l(Fhkl, ih, k0 + 1, l0, xl, l),
                    _interp_l(Fhkl, ih, k0 + 2, l0, xl, l), _interp_l(Fhkl, ih, k0 + 3, l0, xl, l), k)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l):
     """Tricubic interpolation (nanoBragg.c's polin3: along l, then k, then h)
     of the F grid at fractional (h, k, l); the caller guarantees that the
@@ -320,7 +320,7 @@ def tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l):
                    _interp_kl(Fhkl, h0 + 3, k0, l0, xk, xl, k, l), h)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
     """nanoBragg.c's test for a safe tricubic neighbourhood (ranges = max-min+1)."""
     hr = hmax - hmin + 1
@@ -347,7 +347,7 @@ def nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, defaul
 
 
 # ---------------------------------------------------------------- detector factors
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def polarization_factor(kahn, incident, diffracted, axis):
     """Kahn polarization factor and the re-normalised diffracted vector.
 
@@ -371,7 +371,7 @@ def polarization_factor(kahn, incident, diffracted, axis):
     return factor, diffracted
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def solid_angle(pixel_size, airpath, close_distance, point_pixel):
     """Pixel solid angle (sr): pixel^2/R^2 * obliquity (close_distance/R), or
     1/R^2 for -point_pixel."""
@@ -380,7 +380,7 @@ def solid_angle(pixel_size, airpath, close_distance, point_pixel):
     return pixel_size * pixel_size / airpath / airpath * close_distance / airpath
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def capture_fraction(layer, thickstep, mu, parallax):
     """Fraction of photons absorbed in sensor layer ``layer`` (0-based) of
     thickness ``thickstep`` (m) for attenuation coefficient mu (1/m) and
@@ -394,7 +394,7 @@ def capture_fraction(layer, thickstep, mu, parallax):
 # Each function takes the arguments of the formula it differentiates and, where
 # it also returns the value, gets it by calling that formula: the value has one
 # implementation.  Same units as the formulas above.
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def sincg_grad(h, N):
     """(d/dh, d/dN) of sin(N pi h)/sin(pi h) written as in nanoBragg.c (any real
     N; used when N itself is refined).  At h == 0 the C returns N: (0, 1)."""
@@ -436,7 +436,7 @@ def sincg_reduced_grad_far(h, N, f):
 SINCG_NEAR = 0.1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def sincg_reduced_grad(h, N):
     """(d/dh, d/dN) of sincg_reduced(h, N) (integer N), float64, as accurate
     as the value everywhere: sincg_reduced_grad_far, except near a peak
@@ -457,7 +457,7 @@ def sincg_reduced_grad(h, N):
     return -2.0 * math.pi * sgn * acc, dN
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def sinc3_dx_over_x(x):
     """(d sinc3/dx) / x, finite at 0 (series below |x| = 0.05, error < 1e-16)."""
     if abs(x) < 0.05:
@@ -466,7 +466,7 @@ def sinc3_dx_over_x(x):
     return (3.0 * np.sin(x) / (x * x) - 3.0 * sinc3(x) / x) / x
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def lattice_factor_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
                         reduced):
     """(F_latt, dF/dh, dF/dk, dF/dl, dF/dNa, dF/dNb, dF/dNc), float64.
@@ -535,7 +535,7 @@ def _lagrange4(xa0, x):
              polint4_dx(xa0, 0.0, 0.0, 1.0, 0.0, x), polint4_dx(xa0, 0.0, 0.0, 0.0, 1.0, x)))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def tricubic_F_grad(Fhkl, hmin, kmin, lmin, h, k, l, G, c, scatter):
     """(dF/dh, dF/dk, dF/dl) of tricubic_F at (h, k, l); with ``scatter``, also
     adds c * dF/dFhkl[...] (the 64 interpolation weights)
@@ -560,7 +560,7 @@ def tricubic_F_grad(Fhkl, hmin, kmin, lmin, h, k, l, G, c, scatter):
     return gh, gk, gl
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def polarization_factor_grad(kahn, incident, v, axis):
     """(factor, d factor / dv) for polarization_factor(kahn, incident, v, axis),
     v the (not necessarily unit) diffracted vector, e.g. a pixel position.
@@ -596,7 +596,7 @@ def polarization_factor_grad(kahn, incident, v, axis):
     return factor, ((g[0] - gd * d[0]) / mag, (g[1] - gd * d[1]) / mag, (g[2] - gd * d[2]) / mag)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def solid_angle_grad(pixel_size, pos, close_distance, point_pixel):
     """(d omega / d pos (1/m per m, 3-vector), d omega / d close_distance) for
     solid_angle(pixel_size, |pos|, close_distance, point_pixel)."""
@@ -609,7 +609,7 @@ def solid_angle_grad(pixel_size, pos, close_distance, point_pixel):
     return (k * d[0], k * d[1], k * d[2]), pixel_size * pixel_size / R / R / R
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=False)
 def lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar):
     """The gauss shape's dependence on the reciprocal vectors: returns (q, v)
     with dF/dastar = q (h - h0) v, dF/dbstar = q (k - k0) v, dF/dcstar =

@@ -73,11 +73,11 @@ def _ran1(idum_ref, buf):
     return temp
 
 
-ran1 = njit(cache=True)(_ran1)
+ran1 = njit(cache=True, fastmath=False)(_ran1)
 ran1_py = _ran1
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def gammln(xx):
     """ln Gamma(xx) with float32 argument and result (C: float gammln(float))."""
     x = np.float64(F32(xx))
@@ -94,7 +94,7 @@ def gammln(xx):
     return F32(-tmp + math.log(2.5066282746310005 * ser / x))
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def gaussdev(idum_ref, buf, gauss):
     """Unit normal deviate (Box-Muller polar form), float32, with the spare kept."""
     if gauss[0] == 0:
@@ -112,7 +112,7 @@ def gaussdev(idum_ref, buf, gauss):
     return gauss[1]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def poidev(xm, idum_ref, buf, gauss):
     """Poisson deviate with mean ``xm`` (float32 arithmetic as nanoBragg.c)."""
     xm = F32(xm)
@@ -145,7 +145,7 @@ def poidev(xm, idum_ref, buf, gauss):
     return em
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def mosaic_rotation_umat(mosaicity, idum_ref, buf):
     """Random rotation matrix (row-major 9 doubles) within a cap of angular
     radius ``mosaicity`` (radians; the C parameter is a float, so it is rounded
@@ -176,7 +176,7 @@ def mosaic_rotation_umat(mosaicity, idum_ref, buf):
     return u
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def random_orientation_umat(idum_ref, buf):
     """Rotation matrix (row-major 9 doubles) uniform on SO(3) (Haar measure),
     from three ran1 deviates: Shoemake's uniform unit quaternion.  It draws as
@@ -204,7 +204,7 @@ def random_orientation_umat(idum_ref, buf):
     return u
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def noise_image(float_image, seed, buf, gauss, adc_offset, roi, wrap_negative=False):
     """Poisson noise image as nanoBragg.c writes it (uint16) plus photons and
     overloads.  ``roi`` = (xmin, xmax, ymin, ymax) inclusive; pixels outside keep

@@ -111,3 +111,24 @@ def test_cold_check_reads_the_cache_index(tmp_path):
     again = njit(cache=True)(ns["f"])
     assert jitcache._cached(again, (1,)) is True
     assert jitcache._cached(again, (1.5,)) is False
+
+
+def test_every_called_kernel_function_sets_fastmath():
+    """numba compiles a jitted callee that does not set ``fastmath`` with its
+    first caller's flags, and caches it under a key without them: a fast-math
+    caller (the adjoint, the default-mode sum) compiled first would hand its
+    flags to a strict helper for every later run.  So every separately compiled
+    function says which it is (inline="always" bodies take their caller's)."""
+    from numba.core.registry import CPUDispatcher
+    from nbnumba import physics, rng
+    from nbnumba.kernels import adjoint, cpu
+    missing = []
+    for mod in (physics, rng, cpu, adjoint):
+        for name, d in vars(mod).items():
+            if not isinstance(d, CPUDispatcher) or d.py_func.__module__ != mod.__name__:
+                continue
+            if d.targetoptions.get("inline", "never") == "always":
+                continue
+            if "fastmath" not in d.targetoptions:
+                missing.append("%s.%s" % (mod.__name__, name))
+    assert missing == []

@@ -90,11 +90,10 @@ def _run(name, workdir, monkeypatch):
 
 def _numba(run, g, want_F):
     """adjoint.backward's outputs: (values, gpar rows (S, N_PAR), cacc (9, ncell), gF)."""
-    # the forward first, as autodiff runs them: physics.py's jitted helpers
-    # inherit the fast-math flags of the first caller that compiles them and are
-    # cached so; compiled under pixel_grad's reassoc/contract first, they would
-    # move later numba images off the host build's bits (test_gpu_source)
-    run.forward()
+    # no forward first, on purpose: every jitted helper states its fast-math
+    # flags, so compiling them under pixel_grad's reassoc/contract first must not
+    # move later numba images off the host build's bits (test_gpu_source; see
+    # test_compile_once.test_every_called_kernel_function_sets_fastmath)
     S, F = run.model.shape
     nchunk = max(1, min(S, AD.N_CHUNKS))
     ncell = run.rots.shape[0]

@@ -50,7 +50,7 @@ def _v(vecs, row):
     return (vecs[row, 0], vecs[row, 1], vecs[row, 2])
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def render64(active, iopt, fopt, vecs, incident, lam, cells, Fhkl, out):
     """Fill out (float64, (S, F)) with the default-mode pixel values."""
     S, F = active.shape
@@ -73,7 +73,7 @@ def render64(active, iopt, fopt, vecs, incident, lam, cells, Fhkl, out):
             out[s, f] = val
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, fastmath=False, error_model="numpy")
 def _nearest_inside(hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0):
     """Does nearest_F read the grid (rather than default_F) at (h0, k0, l0)?"""
     return (hkls > 0 and h0 >= hmin and h0 <= hmax and k0 >= kmin and k0 <= kmax
@@ -333,7 +333,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
     return C * po * total
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def backward(active, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want_F, nchunk,
              gpar, gF, cacc, val):
     """Adjoint pass over every active pixel with g != 0.

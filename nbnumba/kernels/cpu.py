@@ -51,7 +51,7 @@ EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL, EV_SOURCE2 = 1, 2, 3, 4, 5
 TRACE_COLS = 32
 
 
-@njit(cache=True, _nrt=False, error_model="numpy")
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
 def _record(tbuf, tpos, ev, vals):
     """Append one trace row; ``vals`` is a tuple of floats (one type, so a
     plain loop iterates it: no literal_unroll, cheap to compile)."""
@@ -463,7 +463,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     return test, omega_acc
 
 
-@njit(nogil=True, **_JIT)
+@njit(nogil=True, fastmath=False, **_JIT)
 def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam,
                 cells, Fhkl, out, omega_out, oor_out, ran_out, row0, row1, rstep):
     """Image loop over rows row0, row0 + rstep, ... < row1, single-threaded and
@@ -499,7 +499,7 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
                 ran_out[s, f] = info[1]
 
 
-@njit(**_JIT)
+@njit(fastmath=False, **_JIT)
 def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl, maxrows):
     """Run one pixel with tracing on; returns (value, rows, nrows)."""
     tbuf = np.zeros((maxrows, TRACE_COLS))
@@ -595,7 +595,7 @@ def kernel_dispatchers():
     return [v for v in globals().values() if isinstance(v, CPUDispatcher)]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, fastmath=False, error_model="numpy")
 def image_stats(img, active, roi, f32_squares=False):
     """nanoBragg's statistics in one pass, without float64 copies of the image.
 
@@ -636,7 +636,7 @@ def image_stats(img, active, roi, f32_squares=False):
     return max_I, arg, total, sumsq, n, dev, m
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, fastmath=False, error_model="numpy")
 def int_image(img, roi, scale, adc):
     """nanoBragg's noiseless SMV pixels: floorf(float*scale + adc + 0.5), clipped
     to 0..65535, ROI only (the sum is rounded to float before the floor)."""
