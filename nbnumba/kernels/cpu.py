@@ -462,6 +462,170 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     return test, omega_acc
 
 
+# ---- default mode, few cells per pixel: pixels in blocks ---------------------
+#: pixels handled together by the block path (lanes = BLOCK x cells)
+BLOCK = 8
+#: the block path is taken up to this many (phi, mosaic) cells per pixel; with
+#: more, the cell loop of pixel_value is long enough to vectorise on its own
+BLOCK_MAX_CELLS = 64
+# block buffer rows: per pixel (columns < BLOCK) ...
+B_S0, B_S1, B_S2, B_OMEGA, B_CAPTURE, B_POLAR, B_RUN = range(7)
+N_BLOCK = 7
+
+
+def block_eligible(iopt, ncell, first_pixel, latch_pixel):
+    """Whether render_rows takes the block path: the lean default mode with one
+    sub-path per pixel (oversample 1, one sensor layer, one source, flat
+    detector), the square crystal on reduced sincg, few cells.  Plain Python:
+    numba compiles it into render_rows."""
+    return (iopt[I_CPARITY] == 0 and iopt[I_INTERP] == 0 and first_pixel < 0 and latch_pixel < 0
+            and iopt[I_OS_THICK] == 0 and iopt[I_OS_POLAR] == 0 and iopt[I_OS_OMEGA] == 0
+            and iopt[I_OVERSAMPLE] == 1 and iopt[I_THICKSTEPS] == 1 and iopt[I_NSRC] == 1
+            and iopt[I_CURVED] == 0 and iopt[I_SHAPE] == 0 and iopt[I_REDUCED] != 0
+            and 0 < ncell <= BLOCK_MAX_CELLS)
+
+
+_block_eligible = njit(inline="always", **_JIT)(block_eligible)
+
+
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
+def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo):
+    """Per-pixel factors of pixels (s, fs[b]), b < nb, under the conditions of
+    block_eligible: exactly the operations pixel_value performs for them
+    (strict IEEE), into geo[B_*, b]: scattering vector S (1/m), solid angle
+    (sr), capture fraction, polarization factor, and whether the Bragg term is
+    summed (not cut by -dmin)."""
+    z = fopt[0] * 0
+    one = z + 1
+    pixel, subpixel = fopt[F_PIXEL], fopt[F_SUBPIXEL]
+    close_distance = fopt[F_CLOSE]
+    thickstep, mu, thick = fopt[F_THICKSTEP], fopt[F_MU], fopt[F_THICK]
+    kahn, dmin = fopt[F_KAHN], fopt[F_DMIN]
+    point = iopt[I_POINT] != 0
+    nopolar = iopt[I_NOPOLAR] != 0
+    fdet = (vecs[V_FDET, 0], vecs[V_FDET, 1], vecs[V_FDET, 2])
+    sdet = (vecs[V_SDET, 0], vecs[V_SDET, 1], vecs[V_SDET, 2])
+    odet = (vecs[V_ODET, 0], vecs[V_ODET, 1], vecs[V_ODET, 2])
+    pix0 = (vecs[V_PIX0, 0], vecs[V_PIX0, 1], vecs[V_PIX0, 2])
+    polar_axis = (vecs[V_POLAR, 0], vecs[V_POLAR, 1], vecs[V_POLAR, 2])
+    incident_v = (incident[0, 0], incident[0, 1], incident[0, 2])
+    lambda_ = lam[0]
+    Odet = like(0, z) * thickstep
+    Sdet = subpixel * like(s, z) + subpixel / like(2.0, z)
+    for b in range(nb):
+        Fdet = subpixel * like(fs[b], z) + subpixel / like(2.0, z)
+        pos = (Fdet * fdet[0] + Sdet * sdet[0] + Odet * odet[0] + pix0[0],
+               Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1],
+               Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
+        diffracted, airpath = unitize(pos)
+        omega_pixel = like(solid_angle(pixel, airpath, close_distance, point), z)
+        capture = one
+        if thick != 0.0:
+            capture = like(capture_fraction(z, thickstep, mu, dot(diffracted, odet)), z)
+        S = ((diffracted[0] - incident_v[0]) / lambda_,
+             (diffracted[1] - incident_v[1]) / lambda_,
+             (diffracted[2] - incident_v[2]) / lambda_)
+        run = one
+        polar = one if nopolar else z
+        stol = like(0.5, z) * np.sqrt(S[0] * S[0] + S[1] * S[1] + S[2] * S[2])
+        if dmin > 0.0 and stol > 0.0 and dmin > like(0.5, z) / stol:
+            run = z
+        elif not nopolar:
+            pf, dn = polarization_factor(kahn, incident_v, diffracted, polar_axis)
+            polar = like(pf, z)
+        geo[B_S0, b] = S[0]
+        geo[B_S1, b] = S[1]
+        geo[B_S2, b] = S[2]
+        geo[B_OMEGA, b] = omega_pixel
+        geo[B_CAPTURE, b] = capture
+        geo[B_POLAR, b] = polar
+        geo[B_RUN, b] = run
+
+
+def _block_cells(geo, nb, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F,
+                 Na, Nb, Nc, f32, terms, sums):
+    """sums[b] = sum over the cells of F_cell^2 F_latt^2 for pixel b < nb of a
+    block (pixel_value's lean sum), with the cells of all the block's pixels
+    in one flat loop of nb x ncell lanes (no short remainder loop per pixel).
+    Compiled as ``_block_cells_fast``: the Miller indices exact (_hkl), then
+    fast-math like _lattice_square_fast and _lean_sum."""
+    ncell = cells.shape[2]
+    one = geo[0, 0] * 0 + 1
+    half = one * 0.5
+    da = Na > 1
+    db = Nb > 1
+    dc = Nc > 1
+    for b in range(nb):
+        S0 = geo[B_S0, b]
+        S1 = geo[B_S1, b]
+        S2 = geo[B_S2, b]
+        for j in range(ncell):
+            h, k, l = _hkl(cells, 1, j, S0, S1, S2)
+            q = b * ncell + j
+            work[W_H, q] = h
+            work[W_K, q] = k
+            work[W_L, q] = l
+    n = nb * ncell
+    for q in range(n):
+        h = work[W_H, q]
+        k = work[W_K, q]
+        l = work[W_L, q]
+        fa = _sincg_r(h, Na, f32) if da else one
+        fb = _sincg_r(k, Nb, f32) if db else one
+        fc = _sincg_r(l, Nc, f32) if dc else one
+        work[W_F, q] = ((one * fa) * fb) * fc
+    # (a loop of its own: with the lookups in the sine loop neither vectorises)
+    for q in range(n):
+        Fl = work[W_F, q]
+        h0 = np.int64(np.ceil(work[W_H, q] - half))
+        k0 = np.int64(np.ceil(work[W_K, q] - half))
+        l0 = np.int64(np.ceil(work[W_L, q] - half))
+        Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
+        terms[q] = Fc * Fc * Fl * Fl
+    for b in range(nb):
+        acc = one * 0
+        for j in range(ncell):
+            acc += terms[b * ncell + j]
+        sums[b] = acc
+
+
+_block_cells_fast = njit(fastmath=FAST_MATH, _nrt=False, **_JIT)(_variant(_block_cells, "_block_cells_fast"))
+
+
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
+def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, work, terms, sums,
+               out, omega_out):
+    """Pixels (s, fs[b]), b < nb, by the block path: pixel_value's value for
+    each (up to the lean sum's order of additions), stored as float32 into out;
+    their solid angles added to omega_out[s] in pixel order."""
+    _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo)
+    hkls = iopt[I_HKLS]
+    hmin, hmax, kmin, kmax = iopt[I_HMIN], iopt[I_HMAX], iopt[I_KMIN], iopt[I_KMAX]
+    lmin, lmax = iopt[I_LMIN], iopt[I_LMAX]
+    Na, Nb, Nc = fopt[F_NA], fopt[F_NB], fopt[F_NC]
+    default_F = fopt[F_DEFAULT_F]
+    if iopt[I_REDUCED] == 2:
+        _block_cells_fast(geo, nb, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                          default_F, Na, Nb, Nc, True, terms, sums)
+    else:
+        _block_cells_fast(geo, nb, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                          default_F, Na, Nb, Nc, False, terms, sums)
+    I_bg = fopt[F_I_BG]
+    r2f = fopt[F_SCALE]
+    steps = fopt[F_STEPS]
+    z = fopt[0] * 0
+    for b in range(nb):
+        I = I_bg
+        if geo[B_RUN, b] != 0.0:
+            I += sums[b]
+        test = r2f * I / steps
+        test *= geo[B_CAPTURE, b]
+        test *= geo[B_POLAR, b]
+        test *= geo[B_OMEGA, b]
+        out[s, fs[b]] = np.float32(test)
+        omega_out[s] += z + geo[B_OMEGA, b]
+
+
 @njit(nogil=True, **_JIT)
 def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam,
                 cells, Fhkl, out, omega_out, oor_out, ran_out, row0, row1, rstep):
@@ -477,8 +641,31 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     # a computed False, not the literal: a literal would make numba compile a
     # second copy of pixel_value (one for the image, one for the trace)
     trace = tbuf.shape[0] == 0
+    ncell = cells.shape[2]
+    block = _block_eligible(iopt, ncell, first_pixel, latch_pixel)
+    geo = np.empty((N_BLOCK, BLOCK), dtype=cells.dtype)
+    fs = np.empty(BLOCK, dtype=np.int64)
+    sums = np.empty(BLOCK, dtype=cells.dtype)
+    bwork = np.empty((W_F + 1, BLOCK * ncell if block else 1), dtype=cells.dtype)
+    bterms = np.empty(bwork.shape[1], dtype=cells.dtype)
     for s in range(row0, row1, rstep):
         omega_out[s] = 0.0
+        if block:
+            # the active pixels of the row, BLOCK at a time
+            nb = 0
+            for f in range(F):
+                if active[s, f] == 0:
+                    continue
+                fs[nb] = f
+                nb += 1
+                if nb == BLOCK:
+                    _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bwork,
+                               bterms, sums, out, omega_out)
+                    nb = 0
+            if nb > 0:
+                _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bwork,
+                           bterms, sums, out, omega_out)
+            continue
         for f in range(F):
             if active[s, f] == 0:
                 continue
