@@ -574,18 +574,17 @@ def _block_cells(geo, nb, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
         fb = _sincg_r(k, Nb, f32) if db else one
         fc = _sincg_r(l, Nc, f32) if dc else one
         work[W_F, q] = ((one * fa) * fb) * fc
-    # (a loop of its own: with the lookups in the sine loop neither vectorises)
-    for q in range(n):
-        Fl = work[W_F, q]
-        h0 = np.int64(np.ceil(work[W_H, q] - half))
-        k0 = np.int64(np.ceil(work[W_K, q] - half))
-        l0 = np.int64(np.ceil(work[W_L, q] - half))
-        Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
-        terms[q] = Fc * Fc * Fl * Fl
+    # (loops of their own: with the lookups in the sine loop neither vectorises;
+    # a reduction per pixel, as in _lean_sum, lets the lookups use gathers)
     for b in range(nb):
         acc = one * 0
-        for j in range(ncell):
-            acc += terms[b * ncell + j]
+        for q in range(b * ncell, (b + 1) * ncell):
+            Fl = work[W_F, q]
+            h0 = np.int64(np.ceil(work[W_H, q] - half))
+            k0 = np.int64(np.ceil(work[W_K, q] - half))
+            l0 = np.int64(np.ceil(work[W_L, q] - half))
+            Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
+            acc += Fc * Fc * Fl * Fl
         sums[b] = acc
 
 
