@@ -97,12 +97,13 @@ def _hkl(cells, v, j, S0, S1, S2):
 
 
 @njit(cache=True, _nrt=False, fastmath=FAST_MATH, error_model="numpy")
-def _lean_sum(work, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F):
-    """Sum of F_cell^2 F_latt^2 over the cells of one sub-path (nearest F).
-    Default mode only: fast-math (the reassociated sum vectorises)."""
+def _lean_sum(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F):
+    """Sum of F_cell^2 F_latt^2 over the cells of one sub-path (nearest F),
+    columns j0 .. j0 + ncell - 1 of ``work``.  Default mode only: fast-math
+    (the reassociated sum vectorises)."""
     acc = work[W_F, 0] * 0
     half = acc + 0.5
-    for j in range(ncell):
+    for j in range(j0, j0 + ncell):
         Fl = work[W_F, j]
         h0 = np.int64(np.ceil(work[W_H, j] - half))
         k0 = np.int64(np.ceil(work[W_K, j] - half))
@@ -349,7 +350,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                     if lean:
                         # pass 2, common case: nearest-neighbour F and a plain sum
                         # (no per-sub-path state to keep), branch-light
-                        acc_s = _lean_sum(work, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax,
+                        acc_s = _lean_sum(work, 0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax,
                                           lmin, lmax, default_F)
                         if corrected:
                             layer_sum += acc_s
@@ -542,19 +543,26 @@ def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo):
         geo[B_RUN, b] = run
 
 
-def _block_cells(geo, nb, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F,
-                 Na, Nb, Nc, f32, terms, sums):
-    """sums[b] = sum over the cells of F_cell^2 F_latt^2 for pixel b < nb of a
-    block (pixel_value's lean sum), with the cells of all the block's pixels
-    in one flat loop of nb x ncell lanes (no short remainder loop per pixel).
-    Compiled as ``_block_cells_fast``: the Miller indices exact (_hkl), then
-    fast-math like _lattice_square_fast and _lean_sum."""
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
+def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bcells, work, out,
+               omega_out):
+    """Pixels (s, fs[b]), b < nb, by the block path: pixel_value's value for
+    each (up to the lean sum's order of additions), stored as float32 into out;
+    their solid angles added to omega_out[s] in pixel order.
+
+    The lattice factors of all nb x ncell (pixel, cell) lanes come from one
+    call of _lattice_square_fast, the default mode's hot loop, on the cells
+    ``bcells`` (zeros except a_x, b_x, c_x of variant 1) with S = (1, 0, 0): lane
+    q = b ncell + j gets a_x = h, b_x = k, c_x = l of pixel b and cell j (exact,
+    by _hkl), and h * 1 + 0 * 0 + 0 * 0 == h bit for bit.  So the block path adds
+    no second copy of the vectorised sine loop (nor its compile time)."""
+    _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo)
+    hkls = iopt[I_HKLS]
+    hmin, hmax, kmin, kmax = iopt[I_HMIN], iopt[I_HMAX], iopt[I_KMIN], iopt[I_KMAX]
+    lmin, lmax = iopt[I_LMIN], iopt[I_LMAX]
+    Na, Nb, Nc = fopt[F_NA], fopt[F_NB], fopt[F_NC]
+    default_F = fopt[F_DEFAULT_F]
     ncell = cells.shape[2]
-    one = geo[0, 0] * 0 + 1
-    half = one * 0.5
-    da = Na > 1
-    db = Nb > 1
-    dc = Nc > 1
     for b in range(nb):
         S0 = geo[B_S0, b]
         S1 = geo[B_S1, b]
@@ -562,61 +570,25 @@ def _block_cells(geo, nb, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
         for j in range(ncell):
             h, k, l = _hkl(cells, 1, j, S0, S1, S2)
             q = b * ncell + j
-            work[W_H, q] = h
-            work[W_K, q] = k
-            work[W_L, q] = l
-    n = nb * ncell
-    for q in range(n):
-        h = work[W_H, q]
-        k = work[W_K, q]
-        l = work[W_L, q]
-        fa = _sincg_r(h, Na, f32) if da else one
-        fb = _sincg_r(k, Nb, f32) if db else one
-        fc = _sincg_r(l, Nc, f32) if dc else one
-        work[W_F, q] = ((one * fa) * fb) * fc
-    # (loops of their own: with the lookups in the sine loop neither vectorises;
-    # a reduction per pixel, as in _lean_sum, lets the lookups use gathers)
-    for b in range(nb):
-        acc = one * 0
-        for q in range(b * ncell, (b + 1) * ncell):
-            Fl = work[W_F, q]
-            h0 = np.int64(np.ceil(work[W_H, q] - half))
-            k0 = np.int64(np.ceil(work[W_K, q] - half))
-            l0 = np.int64(np.ceil(work[W_L, q] - half))
-            Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
-            acc += Fc * Fc * Fl * Fl
-        sums[b] = acc
-
-
-_block_cells_fast = njit(fastmath=FAST_MATH, _nrt=False, **_JIT)(_variant(_block_cells, "_block_cells_fast"))
-
-
-@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
-def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, work, terms, sums,
-               out, omega_out):
-    """Pixels (s, fs[b]), b < nb, by the block path: pixel_value's value for
-    each (up to the lean sum's order of additions), stored as float32 into out;
-    their solid angles added to omega_out[s] in pixel order."""
-    _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo)
-    hkls = iopt[I_HKLS]
-    hmin, hmax, kmin, kmax = iopt[I_HMIN], iopt[I_HMAX], iopt[I_KMIN], iopt[I_KMAX]
-    lmin, lmax = iopt[I_LMIN], iopt[I_LMAX]
-    Na, Nb, Nc = fopt[F_NA], fopt[F_NB], fopt[F_NC]
-    default_F = fopt[F_DEFAULT_F]
+            bcells[1, 0, q] = h
+            bcells[1, 3, q] = k
+            bcells[1, 6, q] = l
+    # lanes of pixels nb .. BLOCK - 1 keep old (finite) indices; nobody reads them
+    z = fopt[0] * 0
+    unit = (z + 1, z, z)
+    variant = nb * 0 + 1     # computed, not a literal (one signature)
     if iopt[I_REDUCED] == 2:
-        _block_cells_fast(geo, nb, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
-                          default_F, Na, Nb, Nc, True, terms, sums)
+        _lattice_square_fast(variant, unit, bcells, work, Na, Nb, Nc, True)
     else:
-        _block_cells_fast(geo, nb, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
-                          default_F, Na, Nb, Nc, False, terms, sums)
+        _lattice_square_fast(variant, unit, bcells, work, Na, Nb, Nc, False)
     I_bg = fopt[F_I_BG]
     r2f = fopt[F_SCALE]
     steps = fopt[F_STEPS]
-    z = fopt[0] * 0
     for b in range(nb):
         I = I_bg
         if geo[B_RUN, b] != 0.0:
-            I += sums[b]
+            I += _lean_sum(work, b * ncell, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                           default_F)
         test = r2f * I / steps
         test *= geo[B_CAPTURE, b]
         test *= geo[B_POLAR, b]
@@ -644,26 +616,27 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     block = _block_eligible(iopt, ncell, first_pixel, latch_pixel)
     geo = np.empty((N_BLOCK, BLOCK), dtype=cells.dtype)
     fs = np.empty(BLOCK, dtype=np.int64)
-    sums = np.empty(BLOCK, dtype=cells.dtype)
-    bwork = np.empty((W_F + 1, BLOCK * ncell if block else 1), dtype=cells.dtype)
-    bterms = np.empty(bwork.shape[1], dtype=cells.dtype)
+    nlane = BLOCK * ncell if block else 1
+    bwork = np.empty((N_WORK, nlane), dtype=cells.dtype)
+    bcells = np.zeros((2, 9, nlane), dtype=cells.dtype)
     for s in range(row0, row1, rstep):
         omega_out[s] = 0.0
         if block:
-            # the active pixels of the row, BLOCK at a time
-            nb = 0
+            # the active pixels of the row, BLOCK at a time (nb is a computed 0,
+            # here and below: a literal 0 would make numba compile _block_row twice)
+            nb = s * 0
             for f in range(F):
                 if active[s, f] == 0:
                     continue
                 fs[nb] = f
                 nb += 1
                 if nb == BLOCK:
-                    _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bwork,
-                               bterms, sums, out, omega_out)
-                    nb = 0
+                    _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bcells,
+                               bwork, out, omega_out)
+                    nb = s * 0
             if nb > 0:
-                _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bwork,
-                           bterms, sums, out, omega_out)
+                _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bcells,
+                           bwork, out, omega_out)
             continue
         for f in range(F):
             if active[s, f] == 0:
