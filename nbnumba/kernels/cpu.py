@@ -469,7 +469,7 @@ BLOCK = 8
 #: the block path is taken up to this many (phi, mosaic) cells per pixel; with
 #: more, the cell loop of pixel_value is long enough to vectorise on its own
 BLOCK_MAX_CELLS = 64
-# block buffer rows: per pixel (columns < BLOCK) ...
+# rows of the per-block geometry buffer (one column per pixel of the block)
 B_S0, B_S1, B_S2, B_OMEGA, B_CAPTURE, B_POLAR, B_RUN = range(7)
 N_BLOCK = 7
 
@@ -573,7 +573,8 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bce
             bcells[1, 0, q] = h
             bcells[1, 3, q] = k
             bcells[1, 6, q] = l
-    # lanes of pixels nb .. BLOCK - 1 keep old (finite) indices; nobody reads them
+    # lanes of pixels nb .. BLOCK - 1 keep an earlier block's indices (or 0):
+    # computed along, never read
     z = fopt[0] * 0
     unit = (z + 1, z, z)
     variant = nb * 0 + 1     # computed, not a literal (one signature)
