@@ -360,14 +360,17 @@ def polarization_factor(kahn, incident, diffracted, axis):
     cos2theta = dot(incident, diffracted)
     cos2theta_sqr = cos2theta * cos2theta
     sin2theta_sqr = 1 - cos2theta_sqr
-    psi = cos2theta * 0
     if kahn != 0.0:
         B_in, _ = unitize(cross(axis, incident))
         E_in, _ = unitize(cross(incident, B_in))
         E_out = dot(diffracted, E_in)
         B_out = dot(diffracted, B_in)
         psi = -np.arctan2(B_out, E_out)
-    factor = like(0.5, cos2theta) * (1.0 + cos2theta_sqr - kahn * np.cos(2 * psi) * sin2theta_sqr)
+        factor = like(0.5, cos2theta) * (1.0 + cos2theta_sqr - kahn * np.cos(2 * psi) * sin2theta_sqr)
+    else:
+        # kahn = 0: the subtracted term is 0 * cos(0) * sin2theta_sqr = +-0, and
+        # x - (+-0) == x (NaN stays NaN), so the cos call is skipped, same bits
+        factor = like(0.5, cos2theta) * (1.0 + cos2theta_sqr)
     return factor, diffracted
 
 

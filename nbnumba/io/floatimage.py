@@ -19,9 +19,10 @@ def write_float_image(path, image: np.ndarray) -> None:
     img = np.asarray(image)
     if img.ndim != 2:
         raise ValueError(f"float image must be 2-D (S, F), got shape {img.shape}")
-    payload = np.ascontiguousarray(img, dtype=np.float32).tobytes()
+    data = np.ascontiguousarray(img, dtype=np.float32)
     with atomic_open(path, "wb") as fh:
-        fh.write(payload)
+        # the array's own buffer: no bytes copy of the image (W3: 25 MB of peak RSS)
+        fh.write(memoryview(data).cast("B"))
 
 
 def read_float_image(path, shape: Tuple[int, int]) -> np.ndarray:

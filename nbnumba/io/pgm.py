@@ -74,9 +74,10 @@ def write_pgm(path, image_uint8: np.ndarray, pgm_scale: float) -> None:
     if img.ndim != 2 or img.dtype != np.uint8:
         raise ValueError(f"PGM image must be 2-D uint8, got {img.dtype} {img.shape}")
     s, f = img.shape
-    payload = pgm_header(f, s, pgm_scale) + np.ascontiguousarray(img).tobytes()
+    data = np.ascontiguousarray(img)
     with atomic_open(path, "wb") as fh:
-        fh.write(payload)
+        fh.write(pgm_header(f, s, pgm_scale))
+        fh.write(memoryview(data).cast("B"))
 
 
 _PGM_TOKEN = re.compile(rb"(?:\s|#[^\n]*\n)*([0-9]+)")

@@ -442,9 +442,12 @@ def write_smv(
     for key, n in (("SIZE1", fpx), ("SIZE2", s)):
         if key in d and str(d[key]).strip() != str(n):
             raise ValueError(f"{key}={d[key]} does not match image shape {img.shape}")
-    payload = smv_header_text(items, header_overflow) + np.ascontiguousarray(img, dtype="<u2").tobytes()
+    header = smv_header_text(items, header_overflow)
+    data = np.ascontiguousarray(img, dtype="<u2")
     with atomic_open(path, "wb") as fh:
-        fh.write(payload)
+        # header, then the array's own buffer (no joined bytes copy of the image)
+        fh.write(header)
+        fh.write(memoryview(data).cast("B"))
 
 
 # ---------------------------------------------------------------------------

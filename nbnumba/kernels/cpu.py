@@ -98,12 +98,13 @@ def _hkl(cells, v, j, S0, S1, S2):
 
 
 @njit(cache=True, _nrt=False, fastmath=FAST_MATH, error_model="numpy")
-def _lean_sum(work, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F):
-    """Sum of F_cell^2 F_latt^2 over the cells of one sub-path (nearest F).
-    Default mode only: fast-math (the reassociated sum vectorises)."""
+def _lean_sum(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F):
+    """Sum of F_cell^2 F_latt^2 over the cells of one sub-path (nearest F),
+    columns j0 .. j0 + ncell - 1 of ``work``.  Default mode only: fast-math
+    (the reassociated sum vectorises)."""
     acc = work[W_F, 0] * 0
     half = acc + 0.5
-    for j in range(ncell):
+    for j in range(j0, j0 + ncell):
         Fl = work[W_F, j]
         h0 = np.int64(np.ceil(work[W_H, j] - half))
         k0 = np.int64(np.ceil(work[W_K, j] - half))
@@ -350,7 +351,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                     if lean:
                         # pass 2, common case: nearest-neighbour F and a plain sum
                         # (no per-sub-path state to keep), branch-light
-                        acc_s = _lean_sum(work, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax,
+                        acc_s = _lean_sum(work, 0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax,
                                           lmin, lmax, default_F)
                         if corrected:
                             layer_sum += acc_s
@@ -463,6 +464,141 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     return test, omega_acc
 
 
+# ---- default mode, few cells per pixel: pixels in blocks ---------------------
+#: pixels handled together by the block path (lanes = BLOCK x cells)
+BLOCK = 8
+#: the block path is taken up to this many (phi, mosaic) cells per pixel; with
+#: more, the cell loop of pixel_value is long enough to vectorise on its own
+BLOCK_MAX_CELLS = 64
+# rows of the per-block geometry buffer (one column per pixel of the block)
+B_S0, B_S1, B_S2, B_OMEGA, B_CAPTURE, B_POLAR, B_RUN = range(7)
+N_BLOCK = 7
+
+
+def block_eligible(iopt, ncell, first_pixel, latch_pixel):
+    """Whether render_rows takes the block path: the lean default mode with one
+    sub-path per pixel (oversample 1, one sensor layer, one source, flat
+    detector), the square crystal on reduced sincg, few cells.  Plain Python:
+    numba compiles it into render_rows."""
+    return (iopt[I_CPARITY] == 0 and iopt[I_INTERP] == 0 and first_pixel < 0 and latch_pixel < 0
+            and iopt[I_OS_THICK] == 0 and iopt[I_OS_POLAR] == 0 and iopt[I_OS_OMEGA] == 0
+            and iopt[I_OVERSAMPLE] == 1 and iopt[I_THICKSTEPS] == 1 and iopt[I_NSRC] == 1
+            and iopt[I_CURVED] == 0 and iopt[I_SHAPE] == 0 and iopt[I_REDUCED] != 0
+            and 0 < ncell <= BLOCK_MAX_CELLS)
+
+
+_block_eligible = njit(inline="always", **_JIT)(block_eligible)
+
+
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
+def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo):
+    """Per-pixel factors of pixels (s, fs[b]), b < nb, under the conditions of
+    block_eligible: exactly the operations pixel_value performs for them
+    (strict IEEE), into geo[B_*, b]: scattering vector S (1/m), solid angle
+    (sr), capture fraction, polarization factor, and whether the Bragg term is
+    summed (not cut by -dmin)."""
+    z = fopt[0] * 0
+    one = z + 1
+    pixel, subpixel = fopt[F_PIXEL], fopt[F_SUBPIXEL]
+    close_distance = fopt[F_CLOSE]
+    thickstep, mu, thick = fopt[F_THICKSTEP], fopt[F_MU], fopt[F_THICK]
+    kahn, dmin = fopt[F_KAHN], fopt[F_DMIN]
+    point = iopt[I_POINT] != 0
+    nopolar = iopt[I_NOPOLAR] != 0
+    fdet = (vecs[V_FDET, 0], vecs[V_FDET, 1], vecs[V_FDET, 2])
+    sdet = (vecs[V_SDET, 0], vecs[V_SDET, 1], vecs[V_SDET, 2])
+    odet = (vecs[V_ODET, 0], vecs[V_ODET, 1], vecs[V_ODET, 2])
+    pix0 = (vecs[V_PIX0, 0], vecs[V_PIX0, 1], vecs[V_PIX0, 2])
+    polar_axis = (vecs[V_POLAR, 0], vecs[V_POLAR, 1], vecs[V_POLAR, 2])
+    incident_v = (incident[0, 0], incident[0, 1], incident[0, 2])
+    lambda_ = lam[0]
+    Odet = like(0, z) * thickstep
+    Sdet = subpixel * like(s, z) + subpixel / like(2.0, z)
+    for b in range(nb):
+        Fdet = subpixel * like(fs[b], z) + subpixel / like(2.0, z)
+        pos = (Fdet * fdet[0] + Sdet * sdet[0] + Odet * odet[0] + pix0[0],
+               Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1],
+               Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
+        diffracted, airpath = unitize(pos)
+        omega_pixel = like(solid_angle(pixel, airpath, close_distance, point), z)
+        capture = one
+        if thick != 0.0:
+            capture = like(capture_fraction(z, thickstep, mu, dot(diffracted, odet)), z)
+        S = ((diffracted[0] - incident_v[0]) / lambda_,
+             (diffracted[1] - incident_v[1]) / lambda_,
+             (diffracted[2] - incident_v[2]) / lambda_)
+        run = one
+        polar = one if nopolar else z
+        stol = like(0.5, z) * np.sqrt(S[0] * S[0] + S[1] * S[1] + S[2] * S[2])
+        if dmin > 0.0 and stol > 0.0 and dmin > like(0.5, z) / stol:
+            run = z
+        elif not nopolar:
+            pf, dn = polarization_factor(kahn, incident_v, diffracted, polar_axis)
+            polar = like(pf, z)
+        geo[B_S0, b] = S[0]
+        geo[B_S1, b] = S[1]
+        geo[B_S2, b] = S[2]
+        geo[B_OMEGA, b] = omega_pixel
+        geo[B_CAPTURE, b] = capture
+        geo[B_POLAR, b] = polar
+        geo[B_RUN, b] = run
+
+
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
+def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bcells, work, out,
+               omega_out):
+    """Pixels (s, fs[b]), b < nb, by the block path: pixel_value's value for
+    each (up to the lean sum's order of additions), stored as float32 into out;
+    their solid angles added to omega_out[s] in pixel order.
+
+    The lattice factors of all nb x ncell (pixel, cell) lanes come from one
+    call of _lattice_square_fast, the default mode's hot loop, on the cells
+    ``bcells`` (zeros except a_x, b_x, c_x of variant 1) with S = (1, 0, 0): lane
+    q = b ncell + j gets a_x = h, b_x = k, c_x = l of pixel b and cell j (exact,
+    by _hkl), and h * 1 + 0 * 0 + 0 * 0 == h bit for bit.  So the block path adds
+    no second copy of the vectorised sine loop (nor its compile time)."""
+    _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo)
+    hkls = iopt[I_HKLS]
+    hmin, hmax, kmin, kmax = iopt[I_HMIN], iopt[I_HMAX], iopt[I_KMIN], iopt[I_KMAX]
+    lmin, lmax = iopt[I_LMIN], iopt[I_LMAX]
+    Na, Nb, Nc = fopt[F_NA], fopt[F_NB], fopt[F_NC]
+    default_F = fopt[F_DEFAULT_F]
+    ncell = cells.shape[2]
+    for b in range(nb):
+        S0 = geo[B_S0, b]
+        S1 = geo[B_S1, b]
+        S2 = geo[B_S2, b]
+        for j in range(ncell):
+            h, k, l = _hkl(cells, 1, j, S0, S1, S2)
+            q = b * ncell + j
+            bcells[1, 0, q] = h
+            bcells[1, 3, q] = k
+            bcells[1, 6, q] = l
+    # lanes of pixels nb .. BLOCK - 1 keep an earlier block's indices (or 0):
+    # computed along, never read
+    z = fopt[0] * 0
+    unit = (z + 1, z, z)
+    variant = nb * 0 + 1     # computed, not a literal (one signature)
+    if iopt[I_REDUCED] == 2:
+        _lattice_square_fast(variant, unit, bcells, work, Na, Nb, Nc, True)
+    else:
+        _lattice_square_fast(variant, unit, bcells, work, Na, Nb, Nc, False)
+    I_bg = fopt[F_I_BG]
+    r2f = fopt[F_SCALE]
+    steps = fopt[F_STEPS]
+    for b in range(nb):
+        I = I_bg
+        if geo[B_RUN, b] != 0.0:
+            I += _lean_sum(work, b * ncell, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                           default_F)
+        test = r2f * I / steps
+        test *= geo[B_CAPTURE, b]
+        test *= geo[B_POLAR, b]
+        test *= geo[B_OMEGA, b]
+        out[s, fs[b]] = np.float32(test)
+        omega_out[s] += z + geo[B_OMEGA, b]
+
+
 @njit(nogil=True, fastmath=False, **_JIT)
 def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam,
                 cells, Fhkl, out, omega_out, oor_out, ran_out, row0, row1, rstep):
@@ -478,8 +614,32 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     # a computed False, not the literal: a literal would make numba compile a
     # second copy of pixel_value (one for the image, one for the trace)
     trace = tbuf.shape[0] == 0
+    ncell = cells.shape[2]
+    block = _block_eligible(iopt, ncell, first_pixel, latch_pixel)
+    geo = np.empty((N_BLOCK, BLOCK), dtype=cells.dtype)
+    fs = np.empty(BLOCK, dtype=np.int64)
+    nlane = BLOCK * ncell if block else 1
+    bwork = np.empty((N_WORK, nlane), dtype=cells.dtype)
+    bcells = np.zeros((2, 9, nlane), dtype=cells.dtype)
     for s in range(row0, row1, rstep):
         omega_out[s] = 0.0
+        if block:
+            # the active pixels of the row, BLOCK at a time (nb is a computed 0,
+            # here and below: a literal 0 would make numba compile _block_row twice)
+            nb = s * 0
+            for f in range(F):
+                if active[s, f] == 0:
+                    continue
+                fs[nb] = f
+                nb += 1
+                if nb == BLOCK:
+                    _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bcells,
+                               bwork, out, omega_out)
+                    nb = s * 0
+            if nb > 0:
+                _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bcells,
+                           bwork, out, omega_out)
+            continue
         for f in range(F):
             if active[s, f] == 0:
                 continue
