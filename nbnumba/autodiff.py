@@ -57,6 +57,10 @@ _STEP = {"cell": (1e-4, 1e-4, 1e-4, 1e-3, 1e-3, 1e-3), "misset": (1e-3,) * 3,
          "distance": (1e-2,), "beam_center": (1e-2, 1e-2), "wavelength": (1e-5,)}
 #: row chunks of the adjoint pass, each with its own F-grid and cell buffers
 N_CHUNKS = 8
+#: largest per-pixel Jacobian the forward keeps (N_PAR float64 per active
+#: pixel: 54 MiB at 512^2); above it the backward reruns the adjoint pass
+#: instead (docs/autodiff.md, "Performance": the peak-RSS target)
+JAC_MAX_BYTES = 128 * 2 ** 20
 _RELATIVE = {"cell": (True, True, True, False, False, False), "wavelength": (True,)}
 
 
@@ -145,7 +149,7 @@ class _Run:
     """One prepared simulation: the Model at the given values, the kernel
     arguments, and (lazily) the Jacobian of theta w.r.t. the keywords."""
 
-    def __init__(self, argv, vals, needs_grad, F_values):
+    def __init__(self, argv, vals, needs_grad, F_values, keep_jac=True):
         from .model import build_model
         cfg0 = _parse(argv)
         _check_supported(cfg0, set(vals) | ({"F_hkl"} if F_values is not None else set()),
@@ -182,35 +186,80 @@ class _Run:
             self.recip = read_mosflm_mat(_resolve(cfg, cfg.matfilename))
         self.image = None
         self._jac = {}
+        # the forward keeps dI/dtheta per pixel when something besides F_hkl
+        # needs grad (and autograd records): the backward is then a contraction
+        self.want = self._want(needs_grad)
+        n_active = int(np.count_nonzero(model.active))
+        self.pixel_jac = None
+        self.keep_jac = (keep_jac and (self.want & (A.W_N | A.W_GEO)) != 0
+                         and n_active * A.N_PAR * 8 <= JAC_MAX_BYTES)
+
+    @staticmethod
+    def _want(needs_grad):
+        """The adjoint's bit mask (A.W_*) for the keywords in needs_grad."""
+        want = 0
+        if "F_hkl" in needs_grad:
+            want |= A.W_F
+        if "N" in needs_grad:
+            want |= A.W_N
+        if any(n in needs_grad for n in _GEOMETRIC):
+            want |= A.W_GEO
+        return want
+
+    def _rot(self):
+        """rot[3 m + n, j] = R_j[n, m] (adjoint.pixel_grad's layout)."""
+        ncell = self.rots.shape[0]
+        return np.ascontiguousarray(self.rots.reshape(ncell, 9).T)
 
     def forward(self):
         S, F = self.model.shape
         out = np.zeros((S, F))
-        with PARALLEL_KERNEL_LOCK:      # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
-            A.render64(self.model.active, *self.args, out)
+        active = self.model.active
+        if self.keep_jac:
+            counts = np.count_nonzero(active, axis=1)
+            rowstart = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+            jac = np.empty((int(counts.sum()), A.N_PAR))
+            with PARALLEL_KERNEL_LOCK:
+                A.forward_jac(active, rowstart, *self.args, self.want, self._rot(), jac, out)
+            self.pixel_jac = jac
+        else:
+            with PARALLEL_KERNEL_LOCK:      # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
+                A.render64(active, *self.args, out)
         self.image = out
         return out
 
     def theta_grad(self, g):
         """(sum over pixels of g dI/dtheta (N_PAR,), F-grid gradient or None)."""
         S, F = self.model.shape
-        want_F = "F_hkl" in self.needs_grad
+        want_F = (self.want & A.W_F) != 0
+        g = np.ascontiguousarray(g, dtype=np.float64)
         # a fixed number of row chunks (not the thread count): the per-chunk
         # sums, hence the gradients, do not depend on the threads
         nchunk = max(1, min(S, N_CHUNKS))
+        G = None
+        want = self.want
+        if self.pixel_jac is not None:
+            # every parameter but F_hkl: the forward's Jacobian contracted with g
+            part = np.zeros((nchunk, A.N_PAR))
+            with PARALLEL_KERNEL_LOCK:
+                A.contract(self.pixel_jac, g[self.model.active != 0], nchunk, part)
+            G = part.sum(axis=0)
+            if not want_F:
+                return G, None
+            want = A.W_F      # the F grid's pass needs values only
         gpar = np.zeros((S, A.N_PAR))
         gF = np.zeros((nchunk,) + self.model.Fhkl.shape if want_F else (nchunk, 1, 1, 1))
         ncell = self.rots.shape[0]
         cacc = np.zeros((nchunk, 9, ncell))
         val = np.zeros((S, F))
         with PARALLEL_KERNEL_LOCK:
-            A.backward(self.model.active, np.ascontiguousarray(g, dtype=np.float64), *self.args,
-                       want_F, nchunk, gpar, gF, cacc, val)
-        G = gpar.sum(axis=0)
-        # h_j = (R_j a) . S: dI/da_m = sum_j sum_n R_j[n, m] (sum of g dI/dh_j S_n),
-        # rots[j, m, n] = R_j[n, m]; likewise b (k) and c (l)
-        G[A.P_A:A.P_C + 3] = np.einsum("jmn,qnj->qm", self.rots,
-                                       cacc.sum(axis=0).reshape(3, 3, ncell)).reshape(9)
+            A.backward(self.model.active, g, *self.args, want, nchunk, gpar, gF, cacc, val)
+        if G is None:
+            G = gpar.sum(axis=0)
+            # h_j = (R_j a) . S: dI/da_m = sum_j sum_n R_j[n, m] (sum of g dI/dh_j S_n),
+            # rots[j, m, n] = R_j[n, m]; likewise b (k) and c (l)
+            G[A.P_A:A.P_C + 3] = np.einsum("jmn,qnj->qm", self.rots,
+                                           cacc.sum(axis=0).reshape(3, 3, ncell)).reshape(9)
         return G, (gF.sum(axis=0) if want_F else None)
 
     def _host_theta(self, vals):
@@ -342,7 +391,8 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     devices = {t.device for t in tensors.values()}
     if len(devices) > 1:
         raise ValueError("keyword tensors are on several devices: %s" % sorted(map(str, devices)))
-    run = _Run(argv, vals, needs_grad, F_values)
+    # the per-pixel Jacobian only pays when autograd will call backward
+    run = _Run(argv, vals, needs_grad, F_values, keep_jac=torch.is_grad_enabled())
     names = tuple(tensors)
     img = _function().apply(run, names, *tensors.values())
     if dtypes == {torch.float32}:
