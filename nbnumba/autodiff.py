@@ -221,7 +221,7 @@ class _Run:
             jac = np.empty((int(counts.sum()), A.N_PAR))
             with PARALLEL_KERNEL_LOCK:
                 A.forward_jac(active, rowstart, *self.args, self.want, self._rot(), jac, out)
-            self.pixel_jac = jac
+            self.pixel_jac = (rowstart, jac)
         else:
             with PARALLEL_KERNEL_LOCK:      # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
                 A.render64(active, *self.args, out)
@@ -241,8 +241,9 @@ class _Run:
         if self.pixel_jac is not None:
             # every parameter but F_hkl: the forward's Jacobian contracted with g
             part = np.zeros((nchunk, A.N_PAR))
+            rowstart, jac = self.pixel_jac
             with PARALLEL_KERNEL_LOCK:
-                A.contract(self.pixel_jac, g[self.model.active != 0], nchunk, part)
+                A.contract(self.model.active, g, rowstart, jac, nchunk, part)
             G = part.sum(axis=0)
             if not want_F:
                 return G, None

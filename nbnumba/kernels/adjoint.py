@@ -539,15 +539,22 @@ def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, 
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def contract(jac, gv, nchunk, out):
-    """out[c] (N_PAR,) += sum over the rows i of chunk c of gv[i] jac[i]: fixed
-    chunks of rows, so the host's sum over c does not depend on the threads."""
-    n = jac.shape[0]
-    per = (n + nchunk - 1) // nchunk
-    for c in prange(nchunk):
-        for i in range(c * per, min(n, (c + 1) * per)):
-            gi = gv[i]
-            if gi == 0.0:
-                continue
-            for p in range(N_PAR):
-                out[c, p] += gi * jac[i, p]
+def contract(active, g, rowstart, jac, nchunk, out):
+    """out[c] (N_PAR,) = sum over the active pixels of chunk c of rows of
+    g[s, f] jac[i] (i: the pixel's jac row, see forward_jac).  A fixed number
+    of row chunks, so the host's sum over c does not depend on the threads;
+    reads g in place (no gathered copy of a large, mostly inactive image)."""
+    S, F = active.shape
+    per = (S + nchunk - 1) // nchunk
+    for ch in prange(nchunk):
+        c = np.int64(ch)
+        for s in range(c * per, min(S, (c + 1) * per)):
+            i = rowstart[s]
+            for f in range(F):
+                if active[s, f] == 0:
+                    continue
+                gi = g[s, f]
+                if gi != 0.0:
+                    for p in range(N_PAR):
+                        out[c, p] += gi * jac[i, p]
+                i += 1
