@@ -263,18 +263,30 @@ class _Run:
                                            cacc.sum(axis=0).reshape(3, 3, ncell)).reshape(9)
         return G, (gF.sum(axis=0) if want_F else None)
 
-    def _host_theta(self, vals):
+    def _host_theta(self, vals, name=None):
         """theta[:N_HOST] = (a, b, c (m), pix0 (m), close distance (m), astar,
-        bstar, cstar (1/A)) at vals."""
+        bstar, cstar (1/A)) at vals.  With name (the keyword being varied),
+        only the part that keyword moves is rebuilt: distance and beam_center
+        move the detector only (build_detector reads no cell, misset or
+        wavelength), the others the crystal only (build_crystal reads no
+        detector flag); the rest is 0, which a difference cancels."""
         from . import crystal as xtal
         from .geometry import build_detector
         from .rng import RngState
         cfg = _override(self.cfg, vals)
-        det = build_detector(cfg)
-        misset_seed = cfg.misset_seed if cfg.misset_seed is not None else cfg.seed
-        cr = xtal.build_crystal(cfg, self.recip, cfg.lambda0, RngState(), misset_seed)
-        return np.array(cr.a + cr.b + cr.c + tuple(det.pix0) + (det.close_distance,)
-                        + tuple(cr.astar) + tuple(cr.bstar) + tuple(cr.cstar))
+        det_part = name is None or name in ("distance", "beam_center")
+        xtal_part = name is None or not det_part
+        theta = np.zeros(A.N_HOST)
+        if det_part:
+            det = build_detector(cfg)
+            theta[A.P_PIX0:A.P_PIX0 + 3] = det.pix0
+            theta[A.P_CLOSE] = det.close_distance
+        if xtal_part:
+            misset_seed = cfg.misset_seed if cfg.misset_seed is not None else cfg.seed
+            cr = xtal.build_crystal(cfg, self.recip, cfg.lambda0, RngState(), misset_seed)
+            theta[A.P_A:A.P_C + 3] = cr.a + cr.b + cr.c
+            theta[A.P_ASTAR:A.P_CSTAR + 3] = cr.astar + cr.bstar + cr.cstar
+        return theta
 
     def host_jacobian(self, name):
         """d theta[:N_HOST] / d keyword, (N_HOST, size): Richardson-extrapolated central
@@ -296,7 +308,7 @@ class _Run:
                 x = base.copy()
                 x[i] += t
                 v[name] = x
-                return self._host_theta(v)
+                return self._host_theta(v, name)
             cols.append((8.0 * (at(step) - at(-step)) - (at(2 * step) - at(-2 * step)))
                         / (12.0 * step))
         self._jac[name] = np.stack(cols, axis=1)
