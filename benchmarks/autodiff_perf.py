@@ -33,6 +33,8 @@ ISSUE512 = ("-cell 70 80 90 85 95 105 -lambda 1.5 -N 8 -default_F 100 -distance 
             "-oversample 1 -seed 1 -nonoise -nopgm -noprogress").split()
 CASES = ("issue512", "W2", "pilatus_roi")
 MODES = ("kernel", "fwd", "fwdbwd")
+#: kernel-level split (not run by default): see kernel_split
+SPLIT = "split"
 
 
 def case_argv(case, pixels=None, workdir=None):
@@ -92,13 +94,48 @@ def run_once(case, mode, pixels=None, reps=1):
     return best
 
 
+def kernel_split(case, pixels=None, reps=3, extra=()):
+    """CPU seconds (best of reps) of the autodiff kernels alone, every keyword
+    of the case requiring grad: the float64 forward (render64), the forward
+    that stores the per-pixel Jacobian, its contraction, and the adjoint pass
+    (the route taken without a stored Jacobian)."""
+    import numpy as np
+    from nbnumba import autodiff as AD
+    argv, vals = case_argv(case, pixels)
+    argv = list(argv) + list(extra)
+    F = AD.structure_factors(argv)[0].numpy() if vals.get("F_hkl") == "grid" else None
+    v = {k: np.asarray(x, dtype=np.float64).reshape(-1) for k, x in vals.items() if k != "F_hkl"}
+    names = tuple(vals)
+    runs = {"fwd64": AD._Run(argv, v, names, F, keep_jac=False),
+            "fwd_jac": AD._Run(argv, v, names, F, keep_jac=True)}
+    g = np.ones(runs["fwd64"].model.shape)
+    steps = (("fwd64", runs["fwd64"].forward), ("fwd_jac", runs["fwd_jac"].forward),
+             ("bwd_contract", lambda: runs["fwd_jac"].theta_grad(g)),
+             ("bwd_adjoint_pass", lambda: runs["fwd64"].theta_grad(g)))
+    best = {}
+    for _ in range(reps + 1):      # the first round loads the kernels
+        for name, fn in steps:
+            c0 = time.process_time()
+            fn()
+            t = time.process_time() - c0
+            best[name] = min(best.get(name, t), t) if _ else float("inf")
+    return {k: round(x, 3) for k, x in best.items()}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", choices=CASES)
-    ap.add_argument("--mode", choices=MODES)
+    ap.add_argument("--mode", choices=MODES + (SPLIT,),
+                    help="%s: the kernels alone (CPU s), see kernel_split" % SPLIT)
+    ap.add_argument("--extra", default="", help="flags appended to the case's command (split)")
     ap.add_argument("--pixels", type=int, default=None, help="shrink -detpixels (not pilatus_roi)")
     ap.add_argument("--reps", type=int, default=2)
     a = ap.parse_args(argv)
+    if a.case and a.mode == SPLIT:
+        print(json.dumps(dict(case=a.case, pixels=a.pixels, extra=a.extra,
+                              cpu_seconds=kernel_split(a.case, a.pixels, a.reps + 1,
+                                                       a.extra.split()))))
+        return 0
     if a.case and a.mode:
         s, cpu = run_once(a.case, a.mode, a.pixels, a.reps)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
