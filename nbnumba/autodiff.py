@@ -42,6 +42,7 @@ import numpy as np
 from .errors import ConfigError
 from .kernels import adjoint as A
 from .kernels import cpu as K
+from .physics import SHAPE_GAUSS
 from .api import PARALLEL_KERNEL_LOCK
 
 __all__ = ["simulate", "structure_factors", "PARAMETERS"]
@@ -57,9 +58,10 @@ _STEP = {"cell": (1e-4, 1e-4, 1e-4, 1e-3, 1e-3, 1e-3), "misset": (1e-3,) * 3,
          "distance": (1e-2,), "beam_center": (1e-2, 1e-2), "wavelength": (1e-5,)}
 #: row chunks of the adjoint pass, each with its own F-grid and cell buffers
 N_CHUNKS = 8
-#: largest per-pixel Jacobian the forward keeps (N_PAR float64 per active
-#: pixel: 54 MiB at 512^2); above it the backward reruns the adjoint pass
-#: instead (docs/autodiff.md, "Performance": the peak-RSS target)
+#: largest per-pixel Jacobian the forward keeps (up to N_PAR float64 per active
+#: pixel, 18 for a square crystal: 36 MiB at 512^2); above it the backward
+#: reruns the adjoint pass instead (docs/autodiff.md, "Performance": the
+#: peak-RSS target)
 JAC_MAX_BYTES = 128 * 2 ** 20
 _RELATIVE = {"cell": (True, True, True, False, False, False), "wavelength": (True,)}
 
@@ -191,8 +193,24 @@ class _Run:
         self.want = self._want(needs_grad)
         n_active = int(np.count_nonzero(model.active))
         self.pixel_jac = None
+        self.jac_cols = self._jac_columns(self.want,
+                                          self.args[0][K.I_SHAPE] == SHAPE_GAUSS)
         self.keep_jac = (keep_jac and (self.want & (A.W_N | A.W_GEO)) != 0
-                         and n_active * A.N_PAR * 8 <= JAC_MAX_BYTES)
+                         and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES)
+
+    @staticmethod
+    def _jac_columns(want, gauss):
+        """The theta indices the stored Jacobian keeps: those the adjoint can
+        make nonzero for want (the reciprocal vectors only for the gauss shape)."""
+        cols = [A.P_FLU]
+        if want & A.W_N:
+            cols += [A.P_NA, A.P_NB, A.P_NC]
+        if want & A.W_GEO:
+            cols += list(range(A.P_A, A.P_C + 3)) + list(range(A.P_PIX0, A.P_PIX0 + 3))
+            cols += [A.P_CLOSE, A.P_LAM]
+            if gauss:
+                cols += list(range(A.P_ASTAR, A.P_CSTAR + 3))
+        return np.array(sorted(cols), dtype=np.int64)
 
     @staticmethod
     def _want(needs_grad):
@@ -218,9 +236,10 @@ class _Run:
         if self.keep_jac:
             counts = np.count_nonzero(active, axis=1)
             rowstart = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
-            jac = np.empty((int(counts.sum()), A.N_PAR))
+            jac = np.empty((int(counts.sum()), self.jac_cols.size))
             with PARALLEL_KERNEL_LOCK:
-                A.forward_jac(active, rowstart, *self.args, self.want, self._rot(), jac, out)
+                A.forward_jac(active, rowstart, *self.args, self.want, self._rot(), self.jac_cols,
+                              jac, out)
             self.pixel_jac = (rowstart, jac)
         else:
             with PARALLEL_KERNEL_LOCK:      # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
@@ -240,11 +259,12 @@ class _Run:
         want = self.want
         if self.pixel_jac is not None:
             # every parameter but F_hkl: the forward's Jacobian contracted with g
-            part = np.zeros((nchunk, A.N_PAR))
             rowstart, jac = self.pixel_jac
+            part = np.zeros((nchunk, jac.shape[1]))
             with PARALLEL_KERNEL_LOCK:
                 A.contract(self.model.active, g, rowstart, jac, nchunk, part)
-            G = part.sum(axis=0)
+            G = np.zeros(A.N_PAR)
+            G[self.jac_cols] = part.sum(axis=0)
             if not want_F:
                 return G, None
             want = A.W_F      # the F grid's pass needs values only

@@ -510,11 +510,12 @@ def backward(active, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchu
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, rot,
+def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, rot, cols,
                 jac, out):
     """Forward pass that also keeps each pixel's Jacobian: out (S, F) the pixel
-    values (float64), jac (n_active, N_PAR) dI/dtheta of every active pixel in
-    raster order (row s starts at jac row rowstart[s]), the unrotated cell's
+    values (float64), jac (n_active, len(cols)) the entries cols of dI/dtheta
+    (the theta indices that can be nonzero for this run) of every active pixel
+    in raster order (row s starts at jac row rowstart[s]), the unrotated cell's
     columns included (rot: (9, ncell), see pixel_grad).  The backward of any
     parameter but F_hkl is then jac^T g (contract).  want: W_N | W_GEO bits
     (W_F is ignored: the F grid's gradient needs g)."""
@@ -523,6 +524,7 @@ def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, 
     no_cacc = np.zeros((1, 9, 1))
     w = want & ~W_F
     zero = np.int64(0)
+    ncol = cols.shape[0]
     for s in prange(S):
         work = np.empty((N_AWORK, cells.shape[2]))
         dsum = np.empty(N_PAR)
@@ -533,14 +535,14 @@ def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, 
                 continue
             out[s, f] = pixel_grad(row, f, 1.0, iopt, fopt, vecs, incident, lam, cells, Fhkl,
                                    w, no_gF, zero, no_cacc, rot, work, dsum)
-            for p in range(N_PAR):
-                jac[i, p] = dsum[p]
+            for q in range(ncol):
+                jac[i, q] = dsum[cols[q]]
             i += 1
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def contract(active, g, rowstart, jac, nchunk, out):
-    """out[c] (N_PAR,) = sum over the active pixels of chunk c of rows of
+    """out[c] (jac's width) = sum over the active pixels of chunk c of rows of
     g[s, f] jac[i] (i: the pixel's jac row, see forward_jac).  A fixed number
     of row chunks, so the host's sum over c does not depend on the threads;
     reads g in place (no gathered copy of a large, mostly inactive image)."""
@@ -555,6 +557,6 @@ def contract(active, g, rowstart, jac, nchunk, out):
                     continue
                 gi = g[s, f]
                 if gi != 0.0:
-                    for p in range(N_PAR):
+                    for p in range(jac.shape[1]):
                         out[c, p] += gi * jac[i, p]
                 i += 1
