@@ -10,6 +10,10 @@ sub-path the derivatives are carried forward (the parameter count is small);
 the F-grid gradient is scattered into one buffer per chunk of rows, reduced
 on the host, so results do not depend on the thread schedule.
 
+forward_jac runs the same per-pixel function with g = 1 and keeps each
+pixel's dI/dtheta, so that the backward of every parameter but the F grid is
+contract (a fixed-chunk sum of g dI/dtheta) instead of a second pass.
+
 Every value (lattice factor, structure factor, polarization, solid angle) is
 obtained by calling the formula in nbnumba.physics that the forward kernel
 calls; their derivatives are the *_grad functions there.
