@@ -12,7 +12,8 @@ Cases: ``issue512`` (issue 13's 512^2 command), ``W2`` (benchmarks' W2) and
 ``img.sum()`` w.r.t. cell, misset, distance, beam_center, wavelength, N,
 fluence; pilatus_roi: misset, wavelength, N, fluence, F_hkl, since -mat and
 -pix0_vector fix the cell and the detector there).  Prints one JSON line per
-run: best-of-``--reps`` seconds and the process's peak RSS (MiB).
+run: best-of-``--reps`` wall seconds, the CPU seconds of that repetition (all
+threads: time.process_time) and the process's peak RSS (MiB).
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ ISSUE512 = ("-cell 70 80 90 85 95 105 -lambda 1.5 -N 8 -default_F 100 -distance 
             "-oversample 1 -seed 1 -nonoise -nopgm -noprogress").split()
 CASES = ("issue512", "W2", "pilatus_roi")
 MODES = ("kernel", "fwd", "fwdbwd")
+#: kernel-level split (not run by default): see kernel_split
+SPLIT = "split"
 
 
 def case_argv(case, pixels=None, workdir=None):
@@ -79,30 +82,65 @@ def _fn(case, mode, pixels):
 
 
 def run_once(case, mode, pixels=None, reps=1):
-    """Best-of-reps seconds of one mode (after an untimed call on 8 x 8
-    pixels, which loads the compiled kernels)."""
+    """(wall, CPU) seconds of the best of reps runs of one mode (after an
+    untimed call on 8 x 8 pixels, which loads the compiled kernels)."""
     _fn(case, mode, 8)()
     fn = _fn(case, mode, pixels)
-    best = float("inf")
+    best = (float("inf"), float("inf"))
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, (time.perf_counter() - t0, time.process_time() - c0))
     return best
+
+
+def kernel_split(case, pixels=None, reps=3, extra=()):
+    """CPU seconds (best of reps) of the autodiff kernels alone, every keyword
+    of the case requiring grad: the float64 forward (render64), the forward
+    that stores the per-pixel Jacobian, its contraction, and the adjoint pass
+    (the route taken without a stored Jacobian)."""
+    import numpy as np
+    from nbnumba import autodiff as AD
+    argv, vals = case_argv(case, pixels)
+    argv = list(argv) + list(extra)
+    F = AD.structure_factors(argv)[0].numpy() if vals.get("F_hkl") == "grid" else None
+    v = {k: np.asarray(x, dtype=np.float64).reshape(-1) for k, x in vals.items() if k != "F_hkl"}
+    names = tuple(vals)
+    runs = {"fwd64": AD._Run(argv, v, names, F, keep_jac=False),
+            "fwd_jac": AD._Run(argv, v, names, F, keep_jac=True)}
+    g = np.ones(runs["fwd64"].model.shape)
+    steps = (("fwd64", runs["fwd64"].forward), ("fwd_jac", runs["fwd_jac"].forward),
+             ("bwd_contract", lambda: runs["fwd_jac"].theta_grad(g)),
+             ("bwd_adjoint_pass", lambda: runs["fwd64"].theta_grad(g)))
+    best = {}
+    for _ in range(reps + 1):      # the first round loads the kernels
+        for name, fn in steps:
+            c0 = time.process_time()
+            fn()
+            t = time.process_time() - c0
+            best[name] = min(best.get(name, t), t) if _ else float("inf")
+    return {k: round(x, 3) for k, x in best.items()}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", choices=CASES)
-    ap.add_argument("--mode", choices=MODES)
+    ap.add_argument("--mode", choices=MODES + (SPLIT,),
+                    help="%s: the kernels alone (CPU s), see kernel_split" % SPLIT)
+    ap.add_argument("--extra", default="", help="flags appended to the case's command (split)")
     ap.add_argument("--pixels", type=int, default=None, help="shrink -detpixels (not pilatus_roi)")
     ap.add_argument("--reps", type=int, default=2)
     a = ap.parse_args(argv)
+    if a.case and a.mode == SPLIT:
+        print(json.dumps(dict(case=a.case, pixels=a.pixels, extra=a.extra,
+                              cpu_seconds=kernel_split(a.case, a.pixels, a.reps + 1,
+                                                       a.extra.split()))))
+        return 0
     if a.case and a.mode:
-        s = run_once(a.case, a.mode, a.pixels, a.reps)
+        s, cpu = run_once(a.case, a.mode, a.pixels, a.reps)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         print(json.dumps(dict(case=a.case, mode=a.mode, pixels=a.pixels, seconds=round(s, 3),
-                              peak_rss_mib=round(rss, 1))))
+                              cpu_seconds=round(cpu, 3), peak_rss_mib=round(rss, 1))))
         return 0
     for case in ([a.case] if a.case else CASES):
         for mode in ([a.mode] if a.mode else MODES):

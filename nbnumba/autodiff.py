@@ -44,6 +44,7 @@ import numpy as np
 from .errors import ConfigError
 from .kernels import adjoint as A
 from .kernels import cpu as K
+from .physics import SHAPE_GAUSS
 from .api import PARALLEL_KERNEL_LOCK
 
 __all__ = ["simulate", "structure_factors", "PARAMETERS"]
@@ -59,6 +60,11 @@ _STEP = {"cell": (1e-4, 1e-4, 1e-4, 1e-3, 1e-3, 1e-3), "misset": (1e-3,) * 3,
          "distance": (1e-2,), "beam_center": (1e-2, 1e-2), "wavelength": (1e-5,)}
 #: row chunks of the adjoint pass, each with its own F-grid and cell buffers
 N_CHUNKS = 8
+#: largest per-pixel Jacobian the forward keeps (up to N_PAR float64 per active
+#: pixel, 18 for a square crystal: 36 MiB at 512^2); above it the backward
+#: reruns the adjoint pass instead (docs/autodiff.md, "Performance": the
+#: peak-RSS target)
+JAC_MAX_BYTES = 128 * 2 ** 20
 _RELATIVE = {"cell": (True, True, True, False, False, False), "wavelength": (True,)}
 
 
@@ -151,7 +157,7 @@ class _Run:
     """One prepared simulation: the Model at the given values, the kernel
     arguments, and (lazily) the Jacobian of theta w.r.t. the keywords."""
 
-    def __init__(self, argv, vals, needs_grad, F_values):
+    def __init__(self, argv, vals, needs_grad, F_values, keep_jac=True):
         from .model import build_model
         cfg0 = _parse(argv)
         _check_supported(cfg0, set(vals) | ({"F_hkl"} if F_values is not None else set()),
@@ -197,9 +203,50 @@ class _Run:
             gpu.require_device()
             self._gpu_args = gpu.layout_args(self.args, np.float64)
 
+        # the forward keeps dI/dtheta per pixel when something besides F_hkl
+        # needs grad (and autograd records): the backward is then a contraction
+        self.want = self._want(needs_grad)
+        n_active = int(np.count_nonzero(model.active))
+        self.pixel_jac = None
+        self.jac_cols = self._jac_columns(self.want,
+                                          self.args[0][K.I_SHAPE] == SHAPE_GAUSS)
+        self.keep_jac = (keep_jac and self.device == "cpu" and (self.want & (A.W_N | A.W_GEO)) != 0
+                         and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES)
+
     def _gpu(self, g=None, want_F=False):
         from .kernels import gpu
         return gpu.adjoint(self._gpu_args, self.model.active, g, want_F)
+
+    @staticmethod
+    def _jac_columns(want, gauss):
+        """The theta indices the stored Jacobian keeps: those the adjoint can
+        make nonzero for want (the reciprocal vectors only for the gauss shape)."""
+        cols = [A.P_FLU]
+        if want & A.W_N:
+            cols += [A.P_NA, A.P_NB, A.P_NC]
+        if want & A.W_GEO:
+            cols += list(range(A.P_A, A.P_C + 3)) + list(range(A.P_PIX0, A.P_PIX0 + 3))
+            cols += [A.P_CLOSE, A.P_LAM]
+            if gauss:
+                cols += list(range(A.P_ASTAR, A.P_CSTAR + 3))
+        return np.array(sorted(cols), dtype=np.int64)
+
+    @staticmethod
+    def _want(needs_grad):
+        """The adjoint's bit mask (A.W_*) for the keywords in needs_grad."""
+        want = 0
+        if "F_hkl" in needs_grad:
+            want |= A.W_F
+        if "N" in needs_grad:
+            want |= A.W_N
+        if any(n in needs_grad for n in _GEOMETRIC):
+            want |= A.W_GEO
+        return want
+
+    def _rot(self):
+        """rot[3 m + n, j] = R_j[n, m] (adjoint.pixel_grad's layout)."""
+        ncell = self.rots.shape[0]
+        return np.ascontiguousarray(self.rots.reshape(ncell, 9).T)
 
     def forward(self):
         """The float64 image: numpy, or a CuPy array with -device cuda."""
@@ -208,8 +255,18 @@ class _Run:
             return self.image
         S, F = self.model.shape
         out = np.zeros((S, F))
-        with PARALLEL_KERNEL_LOCK:      # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
-            A.render64(self.model.active, *self.args, out)
+        active = self.model.active
+        if self.keep_jac:
+            counts = np.count_nonzero(active, axis=1)
+            rowstart = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+            jac = np.empty((int(counts.sum()), self.jac_cols.size))
+            with PARALLEL_KERNEL_LOCK:
+                A.forward_jac(active, rowstart, *self.args, self.want, self._rot(), self.jac_cols,
+                              jac, out)
+            self.pixel_jac = (rowstart, jac)
+        else:
+            with PARALLEL_KERNEL_LOCK:      # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
+                A.render64(active, *self.args, out)
         self.image = out
         return out
 
@@ -227,36 +284,63 @@ class _Run:
             G[A.P_A:A.P_C + 3] = np.einsum("jmn,qnj->qm", self.rots,
                                            to_numpy(cacc).reshape(3, 3, ncell)).reshape(9)
             return G, gF
+        want_F = (self.want & A.W_F) != 0
+        g = np.ascontiguousarray(g, dtype=np.float64)
         # a fixed number of row chunks (not the thread count): the per-chunk
         # sums, hence the gradients, do not depend on the threads
         nchunk = max(1, min(S, N_CHUNKS))
+        G = None
+        want = self.want
+        if self.pixel_jac is not None:
+            # every parameter but F_hkl: the forward's Jacobian contracted with g
+            rowstart, jac = self.pixel_jac
+            part = np.zeros((nchunk, jac.shape[1]))
+            with PARALLEL_KERNEL_LOCK:
+                A.contract(self.model.active, g, rowstart, jac, nchunk, part)
+            G = np.zeros(A.N_PAR)
+            G[self.jac_cols] = part.sum(axis=0)
+            if not want_F:
+                return G, None
+            want = A.W_F      # the F grid's pass needs values only
         gpar = np.zeros((S, A.N_PAR))
         gF = np.zeros((nchunk,) + self.model.Fhkl.shape if want_F else (nchunk, 1, 1, 1))
         ncell = self.rots.shape[0]
         cacc = np.zeros((nchunk, 9, ncell))
         val = np.zeros((S, F))
         with PARALLEL_KERNEL_LOCK:
-            A.backward(self.model.active, np.ascontiguousarray(g, dtype=np.float64), *self.args,
-                       want_F, nchunk, gpar, gF, cacc, val)
-        G = gpar.sum(axis=0)
-        # h_j = (R_j a) . S: dI/da_m = sum_j sum_n R_j[n, m] (sum of g dI/dh_j S_n),
-        # rots[j, m, n] = R_j[n, m]; likewise b (k) and c (l)
-        G[A.P_A:A.P_C + 3] = np.einsum("jmn,qnj->qm", self.rots,
-                                       cacc.sum(axis=0).reshape(3, 3, ncell)).reshape(9)
+            A.backward(self.model.active, g, *self.args, want, nchunk, gpar, gF, cacc, val)
+        if G is None:
+            G = gpar.sum(axis=0)
+            # h_j = (R_j a) . S: dI/da_m = sum_j sum_n R_j[n, m] (sum of g dI/dh_j S_n),
+            # rots[j, m, n] = R_j[n, m]; likewise b (k) and c (l)
+            G[A.P_A:A.P_C + 3] = np.einsum("jmn,qnj->qm", self.rots,
+                                           cacc.sum(axis=0).reshape(3, 3, ncell)).reshape(9)
         return G, (gF.sum(axis=0) if want_F else None)
 
-    def _host_theta(self, vals):
+    def _host_theta(self, vals, name=None):
         """theta[:N_HOST] = (a, b, c (m), pix0 (m), close distance (m), astar,
-        bstar, cstar (1/A)) at vals."""
+        bstar, cstar (1/A)) at vals.  With name (the keyword being varied),
+        only the part that keyword moves is rebuilt: distance and beam_center
+        move the detector only (build_detector reads no cell, misset or
+        wavelength), the others the crystal only (build_crystal reads no
+        detector flag); the rest is 0, which a difference cancels."""
         from . import crystal as xtal
         from .geometry import build_detector
         from .rng import RngState
         cfg = _override(self.cfg, vals)
-        det = build_detector(cfg)
-        misset_seed = cfg.misset_seed if cfg.misset_seed is not None else cfg.seed
-        cr = xtal.build_crystal(cfg, self.recip, cfg.lambda0, RngState(), misset_seed)
-        return np.array(cr.a + cr.b + cr.c + tuple(det.pix0) + (det.close_distance,)
-                        + tuple(cr.astar) + tuple(cr.bstar) + tuple(cr.cstar))
+        det_part = name is None or name in ("distance", "beam_center")
+        xtal_part = name is None or not det_part
+        theta = np.zeros(A.N_HOST)
+        if det_part:
+            det = build_detector(cfg)
+            theta[A.P_PIX0:A.P_PIX0 + 3] = det.pix0
+            theta[A.P_CLOSE] = det.close_distance
+        if xtal_part:
+            misset_seed = cfg.misset_seed if cfg.misset_seed is not None else cfg.seed
+            cr = xtal.build_crystal(cfg, self.recip, cfg.lambda0, RngState(), misset_seed)
+            theta[A.P_A:A.P_C + 3] = cr.a + cr.b + cr.c
+            theta[A.P_ASTAR:A.P_CSTAR + 3] = cr.astar + cr.bstar + cr.cstar
+        return theta
 
     def host_jacobian(self, name):
         """d theta[:N_HOST] / d keyword, (N_HOST, size): Richardson-extrapolated central
@@ -278,7 +362,7 @@ class _Run:
                 x = base.copy()
                 x[i] += t
                 v[name] = x
-                return self._host_theta(v)
+                return self._host_theta(v, name)
             cols.append((8.0 * (at(step) - at(-step)) - (at(2 * step) - at(-2 * step)))
                         / (12.0 * step))
         self._jac[name] = np.stack(cols, axis=1)
@@ -387,7 +471,8 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     devices = {t.device for t in tensors.values()}
     if len(devices) > 1:
         raise ValueError("keyword tensors are on several devices: %s" % sorted(map(str, devices)))
-    run = _Run(argv, vals, needs_grad, F_values)
+    # the per-pixel Jacobian only pays when autograd will call backward
+    run = _Run(argv, vals, needs_grad, F_values, keep_jac=torch.is_grad_enabled())
     names = tuple(tensors)
     img = _function().apply(run, names, *tensors.values())
     if dtypes == {torch.float32}:

@@ -411,22 +411,18 @@ def sincg_grad(h, N):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def sincg_reduced_grad_far(h, N, f):
-    """(d/dh, d/dN) of f = sincg_reduced(h, N) (integer N; pass that value),
-    float64, in closed form.
+def _sincg_reduced_grad_terms(h, N, f, d, e, parity, sd):
+    """(d/dh, d/dN) of f = sincg_reduced(h, N) away from a peak, in closed
+    form from its reduction (d, e, parity) and sd = sin(pi d).
 
-    With the reduction of sincg_reduced (d = h - n, e = N d - m, sign s):
-    f = s sin(pi e)/sin(pi d), so
+    f = s sin(pi e)/sin(pi d) (s the sign), so
     df/dh = pi [s N cos(pi e) - f cos(pi d)] / sin(pi d),
     df/dN = pi h s cos(pi e) / sin(pi d)
-    (cos(pi x) = sin(pi (1/2 - |x|)): the same polynomial).  Branch-free, so
-    loops over it vectorise.  Near a peak the bracket cancels: the relative
-    error of df/dh is ~3 ulp / (pi N d)^2, so callers switch to
-    sincg_reduced_grad where |N d| < SINCG_NEAR.  At d == 0: (0, +-1), the
-    derivative in N being taken as that of the value +-N."""
-    d, e, parity = reduce_phase(h, N)
+    (cos(pi x) = sin(pi (1/2 - |x|)): the same polynomial).  Near a peak the
+    bracket of df/dh cancels (relative error ~3 ulp / (pi N d)^2): see
+    sincg_reduced_value_grad.  At d == 0: (0, +-1), the derivative in N being
+    taken as that of the value +-N."""
     sgn = 1.0 - 2.0 * parity
-    sd = sinpi_reduced(d)
     inv = 1.0 / (sd if d != 0.0 else 1.0)
     sce = sgn * sinpi_reduced(0.5 - abs(e))
     cd = sinpi_reduced(0.5 - abs(d))
@@ -435,29 +431,74 @@ def sincg_reduced_grad_far(h, N, f):
     return (dh if d != 0.0 else 0.0 * h), (dN if d != 0.0 else sgn)
 
 
-#: below this |N d| the closed-form df/dh loses more than ~30 ulp: sum instead
+#: below this |N d| the closed-form df/dh loses more than ~30 ulp: use the series
 SINCG_NEAR = 0.1
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def sincg_near_coeffs(N):
+    """Coefficients (c_0 .. c_6) of df/dh = s_n sum_k c_k (pi d)^(2k+1) near a
+    peak (|N d| < SINCG_NEAR) of f = sincg_reduced(h, N), integer N.
+
+    There f = s_n sum_{k=0}^{N-1} cos((N-1-2k) pi d), s_n = (-1)^(n (N-1)),
+    so df/dh = -2 pi s_n sum_j j sin(j pi d) over j = N-1, N-3, ... > 0;
+    expanding each sine, c_k = -2 pi (-1)^k P_(2k+2) / (2k+1)!, with
+    P_m = sum_j j^m.  Every |j pi d| < 0.1 pi, so the first omitted term is
+    below 1e-19 of the sum (all P_m > 0: no cancellation)."""
+    p2 = p4 = p6 = p8 = p10 = p12 = p14 = 0.0
+    j = np.int64(N) - 1
+    while j > 0:
+        t = float(j) * float(j)
+        q = t
+        p2 += q
+        q *= t
+        p4 += q
+        q *= t
+        p6 += q
+        q *= t
+        p8 += q
+        q *= t
+        p10 += q
+        q *= t
+        p12 += q
+        q *= t
+        p14 += q
+        j -= 2
+    c = -2.0 * math.pi
+    return (c * p2, -c * p4 / 6.0, c * p6 / 120.0, -c * p8 / 5040.0, c * p10 / 362880.0,
+            -c * p12 / 39916800.0, c * p14 / 6227020800.0)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def sincg_reduced_value_grad(h, N, cn):
+    """(f, df/dh, df/dN) with f = sincg_reduced(h, N) (float64 sines: the same
+    operations, so the same value), integer N, float64; cn =
+    sincg_near_coeffs(N).  Value and derivatives share one phase reduction and
+    one sin(pi d).  Branch-free (both forms, then a select), so loops over it
+    vectorise: the closed form of _sincg_reduced_grad_terms away from a peak,
+    the series of sincg_near_coeffs for df/dh where |N d| < SINCG_NEAR (there
+    m = rint(N d) = 0, so the parity is that of n (N-1)); as accurate as the
+    value everywhere."""
+    d, e, parity = reduce_phase(h, N)
+    sd = sinpi_reduced(d)
+    val = sinpi_reduced(e) / sd
+    val = N if d == 0.0 else val
+    f = -val if parity != 0 else val
+    dh, dN = _sincg_reduced_grad_terms(h, N, f, d, e, parity, sd)
+    x = math.pi * d
+    t = x * x
+    ser = x * (cn[0] + t * (cn[1] + t * (cn[2] + t * (cn[3] + t * (cn[4] + t * (cn[5]
+                                                                             + t * cn[6]))))))
+    near = abs(N * d) < SINCG_NEAR
+    return f, ((1.0 - 2.0 * parity) * ser if near else dh), dN
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
 def sincg_reduced_grad(h, N):
     """(d/dh, d/dN) of sincg_reduced(h, N) (integer N), float64, as accurate
-    as the value everywhere: sincg_reduced_grad_far, except near a peak
-    (0 < |N d| < SINCG_NEAR), where the exact sum
-    f = s_n sum_k cos((N-1-2k) pi d), s_n = (-1)^(n (N-1)),
-    is differentiated term by term (no cancellation)."""
-    dh, dN = sincg_reduced_grad_far(h, N, sincg_reduced(h, N))
-    n = np.rint(h)
-    d = h - n
-    if d == 0.0 or abs(N * d) >= SINCG_NEAR:
-        return dh, dN
-    sgn = -1.0 if (np.int32(n) * (np.int32(N) - np.int32(1))) & np.int32(1) else 1.0
-    acc = 0.0 * h
-    j = np.int64(N) - 1         # j = N-1, N-3, ... > 0
-    while j > 0:
-        acc += j * np.sin(j * math.pi * d)
-        j -= 2
-    return -2.0 * math.pi * sgn * acc, dN
+    as the value everywhere (sincg_reduced_value_grad)."""
+    f, dh, dN = sincg_reduced_value_grad(h, N, sincg_near_coeffs(N))
+    return dh, dN
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
@@ -539,10 +580,10 @@ def _lagrange4(xa0, x):
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
-def tricubic_F_grad(Fhkl, hmin, kmin, lmin, h, k, l, G, c, scatter):
+def tricubic_F_grad(Fhkl, hmin, kmin, lmin, h, k, l, G, gch, c, scatter):
     """(dF/dh, dF/dk, dF/dl) of tricubic_F at (h, k, l); with ``scatter``, also
     adds c * dF/dFhkl[...] (the 64 interpolation weights)
-    into G (Fhkl's shape).  tricubic_F is linear in the grid: F = sum wh wk wl F[...]."""
+    into G[gch] (G: (chunks,) + Fhkl's shape; indexed, not sliced, by the caller).  tricubic_F is linear in the grid: F = sum wh wk wl F[...]."""
     hf = np.int64(np.floor(h)) - 1
     kf = np.int64(np.floor(k)) - 1
     lf = np.int64(np.floor(l)) - 1
@@ -559,7 +600,7 @@ def tricubic_F_grad(Fhkl, hmin, kmin, lmin, h, k, l, G, c, scatter):
                 gk += wh[a] * dwk[b] * wl[e] * v
                 gl += wh[a] * wk[b] * dwl[e] * v
                 if scatter:
-                    G[h0 + a, k0 + b, l0 + e] += c * wh[a] * wk[b] * wl[e]
+                    G[gch, h0 + a, k0 + b, l0 + e] += c * wh[a] * wk[b] * wl[e]
     return gh, gk, gl
 
 

@@ -121,6 +121,52 @@ def test_gradcheck_interpolate_all_parameters(hkl_file):
     _gradcheck(argv, ALL)
 
 
+def _all_grads(argv, names, F=None):
+    ts = _tensors(names)
+    kw = dict(zip(names, ts))
+    if F is not None:
+        kw["F_hkl"] = F.clone().requires_grad_(True)
+    img = simulate(argv, **kw)
+    # a non-uniform upstream gradient, so every pixel's weight matters
+    w = torch.linspace(0.5, 1.5, img.numel(), dtype=torch.float64).reshape(img.shape)
+    (img * w).sum().backward()
+    out = [t.grad.clone() for t in ts]
+    if F is not None:
+        out.append(kw["F_hkl"].grad.clone())
+    return out
+
+
+@pytest.mark.parametrize("case", ["mosaic_phi_sources_os", "gauss", "water_dmin", "hkl_nearest",
+                                  "interpolate"])
+def test_stored_jacobian_and_adjoint_pass_agree(case, hkl_file, monkeypatch):
+    # the forward keeps dI/dtheta per pixel (autodiff.JAC_MAX_BYTES); without
+    # room for it the backward reruns the adjoint pass (per-cell sums): both
+    # routes must give the same gradients
+    from nbnumba import autodiff
+    F = None
+    if case == "hkl_nearest":
+        argv = BASE + ["-hkl", hkl_file, "-nointerpolate", "-mosaic", "0.4", "-mosaic_dom", "2"]
+    elif case == "interpolate":
+        argv = BASE + ["-hkl", hkl_file, "-interpolate", "-N", "2"]
+    else:
+        argv = BASE + EXTRA[case].split()
+    if case in ("hkl_nearest", "interpolate"):
+        F = structure_factors(argv)[0]
+    a = _all_grads(argv, ALL, F)
+    monkeypatch.setattr(autodiff, "JAC_MAX_BYTES", 0)
+    b = _all_grads(argv, ALL, F)
+    for name, x, y in zip(ALL + ("F_hkl",), a, b):
+        assert torch.all(torch.isfinite(x)), name
+        assert torch.allclose(x, y, rtol=1e-9, atol=1e-12 * float(y.abs().max())), name
+
+
+def test_gradcheck_all_parameters_adjoint_pass(monkeypatch):
+    # the adjoint-pass route (no stored Jacobian) against finite differences
+    from nbnumba import autodiff
+    monkeypatch.setattr(autodiff, "JAC_MAX_BYTES", 0)
+    _gradcheck(BASE + EXTRA["mosaic_phi_sources_os"].split(), ALL)
+
+
 def test_backward_is_deterministic_and_thread_independent():
     import numba
     argv = BASE + EXTRA["mosaic_phi_sources_os"].split()
@@ -168,6 +214,17 @@ def test_sincg_reduced_grad_is_as_accurate_as_the_value(N):
             ref = float(np.longdouble(math.pi) * hl * np.cos(N * np.longdouble(math.pi) * hl)
                         / np.sin(np.longdouble(math.pi) * hl))
             assert abs(dN - ref) <= 1e-9 * max(1.0, abs(ref))
+
+
+@pytest.mark.parametrize("N", [2, 5, 8, 47])
+def test_sincg_value_grad_value_is_the_forwards(N):
+    # the adjoint's lattice values come from sincg_reduced_value_grad: the same
+    # operations as the forward's sincg_reduced, so the same bits
+    cn = physics.sincg_near_coeffs(float(N))
+    rng = np.random.default_rng(N)
+    for h in np.concatenate([rng.uniform(-30, 30, 300), np.round(rng.uniform(-30, 30, 20))]):
+        f = physics.sincg_reduced_value_grad(float(h), float(N), cn)[0]
+        assert f == physics.sincg_reduced(float(h), float(N))
 
 
 def test_polarization_and_solid_angle_grads_match_finite_differences():

@@ -99,9 +99,11 @@ def _numba(run, g, want_F):
     ncell = run.rots.shape[0]
     gpar = np.zeros((S, A.N_PAR))
     gF = np.zeros((nchunk,) + run.model.Fhkl.shape if want_F else (nchunk, 1, 1, 1))
+    # every gradient (the CUDA adjoint computes them all)
+    want = A.W_N | A.W_GEO | (A.W_F if want_F else 0)
     cacc = np.zeros((nchunk, 9, ncell))
     val = np.zeros((S, F))
-    A.backward(run.model.active, g, *run.args, want_F, nchunk, gpar, gF, cacc, val)
+    A.backward(run.model.active, g, *run.args, want, nchunk, gpar, gF, cacc, val)
     return val, gpar, cacc.sum(axis=0), (gF.sum(axis=0) if want_F else None)
 
 

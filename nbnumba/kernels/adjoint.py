@@ -10,6 +10,10 @@ sub-path the derivatives are carried forward (the parameter count is small);
 the F-grid gradient is scattered into one buffer per chunk of rows, reduced
 on the host, so results do not depend on the thread schedule.
 
+forward_jac runs the same per-pixel function with g = 1 and keeps each
+pixel's dI/dtheta, so that the backward of every parameter but the F grid is
+contract (a fixed-chunk sum of g dI/dtheta) instead of a second pass.
+
 Every value (lattice factor, structure factor, polarization, solid angle) is
 obtained by calling the formula in nbnumba.physics that the forward kernel
 calls; their derivatives are the *_grad functions there.
@@ -23,11 +27,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..physics import (SHAPE_GAUSS, SINCG_NEAR, interp_in_range, lattice_factor_grad,
-                       lattice_factor_star_grad, nearest_F, sincg_reduced, sincg_reduced_grad,
-                       sincg_reduced_grad_far,
-                       polarization_factor_grad, solid_angle, solid_angle_grad,
-                       tricubic_F, tricubic_F_grad, unitize)
+from ..physics import (SHAPE_GAUSS, interp_in_range, lattice_factor,
+                       lattice_factor_grad, lattice_factor_star_grad, nearest_F, sincg_reduced,
+                       sincg_near_coeffs, sincg_reduced_value_grad,
+                       polarization_factor, polarization_factor_grad, solid_angle,
+                       solid_angle_grad, tricubic_F, tricubic_F_grad, unitize)
 from . import cpu as K
 
 # ---- kernel-level parameters theta (gradient vector layout) -----------------
@@ -42,6 +46,13 @@ P_A, P_B, P_C, P_PIX0, P_CLOSE = 0, 3, 6, 9, 12
 P_ASTAR, P_BSTAR, P_CSTAR, N_HOST = 13, 16, 19, 22
 P_LAM, P_NA, P_NB, P_NC, P_FLU = 22, 23, 24, 25, 26
 N_PAR = 27
+
+# ---- what a pass differentiates (bit mask ``want``) -------------------------
+# W_F: scatter dI/dFhkl; W_N: d/dNa..Nc; W_GEO: everything that moves h, k, l or
+# the pixel (cell vectors, pix0, close distance, wavelength scale, the gauss
+# shape's reciprocal vectors).  P_FLU is always computed (it costs nothing).
+# Without W_N and W_GEO the lattice passes compute values only.
+W_F, W_N, W_GEO = 1, 2, 4
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -81,67 +92,95 @@ def _nearest_inside(hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0):
 
 
 # ---- per-thread work rows for the square / reduced fast path ---------------
-A_H, A_K, A_L, A_FA, A_FB, A_FC, A_GA, A_GB, A_GC, A_NA, A_NB, A_NC, A_TH, A_TK, A_TL = range(15)
-N_AWORK = 15
+# (pass 1 stores at most 9 rows: with more, LLVM's run-time alias checks exceed
+# its limit and the loop is not vectorised; h, k, l are recomputed by pass 2)
+A_FA, A_FB, A_FC, A_GA, A_GB, A_GC, A_NA, A_NB, A_NC, A_TH, A_TK, A_TL = range(12)
+N_AWORK = 12
+_V1 = 1     # the cell variant of the default mode (kernels.cpu: variant 1)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _square_pass(S, cells, work, Na, Nb, Nc):
+def _square_pass(S, cells, work, Na, Nb, Nc, cna, cnb, cnc):
     """Pass 1 of the square/reduced fast path over every (phi, mosaic) cell:
-    indices, per-axis lattice factors (sincg_reduced, the forward's values) and
-    their derivatives; branch-free, so it vectorises like the forward's
-    lattice pass.  Then the few cells near a peak get the accurate derivative."""
+    per-axis lattice factors (the forward's values) and their derivatives
+    (sincg_reduced_value_grad, cn*: its near-peak coefficients per axis);
+    branch-free, so it vectorises like the forward's lattice pass."""
     ncell = cells.shape[2]
     S0, S1, S2 = S
     da = Na > 1
     db = Nb > 1
     dc = Nc > 1
+    v = np.int64(_V1)
     for j in range(ncell):
-        h = cells[1, 0, j] * S0 + cells[1, 1, j] * S1 + cells[1, 2, j] * S2
-        k = cells[1, 3, j] * S0 + cells[1, 4, j] * S1 + cells[1, 5, j] * S2
-        l = cells[1, 6, j] * S0 + cells[1, 7, j] * S1 + cells[1, 8, j] * S2
-        work[A_H, j] = h
-        work[A_K, j] = k
-        work[A_L, j] = l
-        fa = sincg_reduced(h, Na, False)
-        fb = sincg_reduced(k, Nb, False)
-        fc = sincg_reduced(l, Nc, False)
+        h, k, l = K._hkl(cells, v, j, S0, S1, S2)
+        fa, ga, gNa = sincg_reduced_value_grad(h, Na, cna)
+        fb, gb, gNb = sincg_reduced_value_grad(k, Nb, cnb)
+        fc, gc, gNc = sincg_reduced_value_grad(l, Nc, cnc)
         work[A_FA, j] = fa if da else 1.0
         work[A_FB, j] = fb if db else 1.0
         work[A_FC, j] = fc if dc else 1.0
-        ga, gNa = sincg_reduced_grad_far(h, Na, fa)
-        gb, gNb = sincg_reduced_grad_far(k, Nb, fb)
-        gc, gNc = sincg_reduced_grad_far(l, Nc, fc)
         work[A_GA, j] = ga if da else 0.0
         work[A_GB, j] = gb if db else 0.0
         work[A_GC, j] = gc if dc else 0.0
         work[A_NA, j] = gNa if da else 0.0
         work[A_NB, j] = gNb if db else 0.0
         work[A_NC, j] = gNc if dc else 0.0
-    for j in range(ncell):
-        for ax in range(3):
-            N = Na if ax == 0 else (Nb if ax == 1 else Nc)
-            x = work[A_H + ax, j]
-            dd = N * (x - np.rint(x))
-            if N > 1 and dd != 0.0 and abs(dd) < SINCG_NEAR:
-                work[A_GA + ax, j] = sincg_reduced_grad(x, N)[0]
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _square_accumulate(work, cells, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F,
-                       cF):
-    """Pass 2 of the fast path (nearest-neighbour F): the sub-path's sum of
-    F_cell^2 F_latt^2 and its derivatives, one branch-free loop.  Returns
-    (sum, d/dS . (the pixel-position gradient before projection: gx, gy, gz),
-    d/dNa, d/dNb, d/dNc); stores cF dT/dh, dT/dk, dT/dl per cell in work."""
+def _square_values(S, cells, work, Na, Nb, Nc):
+    """Pass 1 without derivatives (only F_hkl or fluence is differentiated)."""
     ncell = cells.shape[2]
+    S0, S1, S2 = S
+    da = Na > 1
+    db = Nb > 1
+    dc = Nc > 1
+    v = np.int64(_V1)
+    for j in range(ncell):
+        h, k, l = K._hkl(cells, v, j, S0, S1, S2)
+        work[A_FA, j] = sincg_reduced(h, Na, False) if da else 1.0
+        work[A_FB, j] = sincg_reduced(k, Nb, False) if db else 1.0
+        work[A_FC, j] = sincg_reduced(l, Nc, False) if dc else 1.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _square_sum(S, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F):
+    """Pass 2 without derivatives: the sub-path's sum of F_cell^2 F_latt^2."""
+    ncell = cells.shape[2]
+    S0, S1, S2 = S
+    v = np.int64(_V1)
+    sumT = 0.0
+    for j in range(ncell):
+        h, k, l = K._hkl(cells, v, j, S0, S1, S2)
+        Fl = ((1.0 * work[A_FA, j]) * work[A_FB, j]) * work[A_FC, j]
+        h0 = np.int64(np.ceil(h - 0.5))
+        k0 = np.int64(np.ceil(k - 0.5))
+        l0 = np.int64(np.ceil(l - 0.5))
+        Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
+        FcFl = Fc * Fl
+        sumT += FcFl * FcFl
+    return sumT
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _square_accumulate(S, work, cells, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F,
+                       cF):
+    """Pass 2 of the fast path (nearest-neighbour F), per-cell form: the
+    sub-path's sum of F_cell^2 F_latt^2 and its derivatives.  Returns (sum,
+    d/dS . (the pixel-position gradient before projection: gx, gy, gz), d/dNa,
+    d/dNb, d/dNc); stores cF dT/dh, dT/dk, dT/dl per cell in work (for the
+    per-cell sums cacc)."""
+    ncell = cells.shape[2]
+    S0, S1, S2 = S
+    v = np.int64(_V1)
     sumT = gx = gy = gz = gNa = gNb = gNc = 0.0
     for j in range(ncell):
+        h, k, l = K._hkl(cells, v, j, S0, S1, S2)
         fa, fb, fc = work[A_FA, j], work[A_FB, j], work[A_FC, j]
         Fl = ((1.0 * fa) * fb) * fc
-        h0 = np.int64(np.ceil(work[A_H, j] - 0.5))
-        k0 = np.int64(np.ceil(work[A_K, j] - 0.5))
-        l0 = np.int64(np.ceil(work[A_L, j] - 0.5))
+        h0 = np.int64(np.ceil(h - 0.5))
+        k0 = np.int64(np.ceil(k - 0.5))
+        l0 = np.int64(np.ceil(l - 0.5))
         Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
         FcFl = Fc * Fl
         sumT += FcFl * FcFl
@@ -161,19 +200,74 @@ def _square_accumulate(work, cells, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lm
     return sumT, gx, gy, gz, gNa, gNb, gNc
 
 
-# reassociation lets LLVM vectorise the per-cell sums; the order is fixed at
-# compile time, so results stay independent of the thread count
-@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
-               want_F, gpar, gF, cacc, work):
-    """Add g * dI/dtheta of pixel (spixel, fpixel) to gpar (N_PAR,) and, with
-    want_F, g * dI/dFhkl to gF (Fhkl's shape).  Returns the pixel's value
-    (equal to the forward kernel's up to rounding).
+@njit(cache=True, inline="always", error_model="numpy")
+def _square_accumulate_rot(work, cells, rot, S, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                           default_F):
+    """Pass 2 of the fast path, per-pixel form: as _square_accumulate, but the
+    unrotated cell's gradient is contracted here rather than per cell:
+    h_j = a . u_j with u_j = R_j^T S (rot: (9, ncell), rot[3 m + n, j] = R_j[n, m]),
+    so d(sum)/da = sum_j dT/dh_j u_j (b: dT/dk, c: dT/dl).  Returns (sum, gx,
+    gy, gz, dNa, dNb, dNc, d/da (3), d/db (3), d/dc (3)); one branch-free loop
+    whose 16 sums vectorise (reassociation)."""
+    ncell = cells.shape[2]
+    S0, S1, S2 = S
+    v = np.int64(_V1)
+    sumT = gx = gy = gz = gNa = gNb = gNc = 0.0
+    ga0 = ga1 = ga2 = gb0 = gb1 = gb2 = gc0 = gc1 = gc2 = 0.0
+    for j in range(ncell):
+        h, k, l = K._hkl(cells, v, j, S0, S1, S2)
+        fa, fb, fc = work[A_FA, j], work[A_FB, j], work[A_FC, j]
+        Fl = ((1.0 * fa) * fb) * fc
+        h0 = np.int64(np.ceil(h - 0.5))
+        k0 = np.int64(np.ceil(k - 0.5))
+        l0 = np.int64(np.ceil(l - 0.5))
+        Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
+        FcFl = Fc * Fl
+        sumT += FcFl * FcFl
+        tFl = 2.0 * Fc * FcFl          # dT/dF_latt
+        Th = tFl * work[A_GA, j] * fb * fc
+        Tk = tFl * fa * work[A_GB, j] * fc
+        Tl = tFl * fa * fb * work[A_GC, j]
+        gx += Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j]
+        gy += Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j]
+        gz += Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j]
+        gNa += tFl * work[A_NA, j] * fb * fc
+        gNb += tFl * fa * work[A_NB, j] * fc
+        gNc += tFl * fa * fb * work[A_NC, j]
+        u0 = rot[0, j] * S0 + rot[1, j] * S1 + rot[2, j] * S2
+        u1 = rot[3, j] * S0 + rot[4, j] * S1 + rot[5, j] * S2
+        u2 = rot[6, j] * S0 + rot[7, j] * S1 + rot[8, j] * S2
+        ga0 += Th * u0
+        ga1 += Th * u1
+        ga2 += Th * u2
+        gb0 += Tk * u0
+        gb1 += Tk * u1
+        gb2 += Tk * u2
+        gc0 += Tl * u0
+        gc1 += Tl * u1
+        gc2 += Tl * u2
+    return (sumT, gx, gy, gz, gNa, gNb, gNc, ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2)
 
-    The unrotated cell vectors enter through h_j = (R_j a) . S = a . (R_j^T S):
-    instead of rotating per sub-path, cacc (9, ncell) collects
-    sum g dI/dh_j S (rows 0-2; k: 3-5, l: 6-8) per cell, and the host applies
-    R_j^T once (autodiff._Run.theta_grad).  work: (N_AWORK, ncell) scratch."""
+
+# Reassociation lets LLVM vectorise the per-cell sums; the order is fixed at
+# compile time, so results stay independent of the thread count.  No reference
+# counting and no allocation (_nrt=False): the callers pass whole arrays plus
+# indices, never slices, so a call touches no shared reference count (as the
+# forward's pixel_value; docs/performance.md).
+@njit(cache=True, _nrt=False, error_model="numpy", fastmath={"reassoc", "contract"})
+def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
+               want, gF, ch, cacc, rot, work, dsum):
+    """Overwrite dsum (N_PAR,) with g * dI/dtheta of pixel (spixel, fpixel)
+    and, with want & W_F, add g * dI/dFhkl to gF[ch] (gF: (chunks,) +
+    Fhkl's shape).  Returns the pixel's value (photons; equal to the forward
+    kernel's up to rounding).
+
+    The unrotated cell vectors enter through h_j = (R_j a) . S = a . (R_j^T S).
+    With rot of shape (9, ncell) (rot[3 m + n, j] = R_j[n, m]) their gradient is
+    contracted here into dsum[P_A:P_C + 3].  With rot of width 0 it is left 0
+    there, and cacc[ch] (9, ncell) collects sum g dI/dh_j S per cell instead
+    (rows 0-2; k: 3-5, l: 6-8), for the host to apply R_j^T once
+    (autodiff._Run.theta_grad).  work: (N_AWORK, ncell) scratch."""
     os = iopt[K.I_OVERSAMPLE]
     nsrc, nphi, nmos = iopt[K.I_NSRC], iopt[K.I_NPHI], iopt[K.I_NMOS]
     ncell = nphi * nmos
@@ -194,9 +288,20 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
     astar, bstar, cstar = _v(vecs, K.V_ASTAR), _v(vecs, K.V_BSTAR), _v(vecs, K.V_CSTAR)
     C = fopt[K.F_SCALE] / fopt[K.F_STEPS]
     fast = shape == 0 and reduced == 1 and not interp
+    want_F = (want & W_F) != 0
+    geo = (want & W_GEO) != 0
+    deriv = (want & (W_N | W_GEO)) != 0     # else values only
+    use_rot = rot.shape[1] > 0
+    v1 = np.int64(_V1)
+    # near-peak series coefficients of the per-axis derivatives (fast path)
+    zc = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    cna = sincg_near_coeffs(Na) if fast and deriv and Na > 1 else zc
+    cnb = sincg_near_coeffs(Nb) if fast and deriv and Nb > 1 else zc
+    cnc = sincg_near_coeffs(Nc) if fast and deriv and Nc > 1 else zc
 
     # d(sum of terms)/dtheta for this pixel, before the per-pixel factors
-    dsum = np.zeros(N_PAR)
+    for p in range(N_PAR):
+        dsum[p] = 0.0
     sumT = 0.0
     # polarization and solid angle: once per pixel, at its first sub-pixel (and
     # first source that passes -dmin), as the forward kernel computes them
@@ -216,7 +321,8 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
             d, R = unitize(pos)
             if omega == 0.0:
                 omega = solid_angle(pixel, R, close, point)
-                dOm, dOmc = solid_angle_grad(pixel, pos, close, point)
+                if geo:
+                    dOm, dOmc = solid_angle_grad(pixel, pos, close, point)
             for source in range(nsrc):
                 inc = (incident[source, 0], incident[source, 1], incident[source, 2])
                 lam_s = lam[source]
@@ -226,7 +332,10 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
                     if dmin > 0.5 / stol:
                         continue     # a step in the image: no derivative
                 if not have_polar:
-                    polar, dP = polarization_factor_grad(kahn, inc, pos, polar_axis)
+                    if geo:
+                        polar, dP = polarization_factor_grad(kahn, inc, pos, polar_axis)
+                    else:
+                        polar, _ = polarization_factor(kahn, inc, pos, polar_axis)
                     have_polar = True
                 cF = g * C * polar * omega    # dI/dT
                 gx = 0.0     # sum_j dT/dh a_j + dT/dk b_j + dT/dl c_j (d/dS)
@@ -236,48 +345,88 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
                 gNa = 0.0
                 gNb = 0.0
                 gNc = 0.0
-                if fast:
-                    _square_pass(S, cells, work, Na, Nb, Nc)
-                    sT, gx, gy, gz, gNa, gNb, gNc = _square_accumulate(
-                        work, cells, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F, cF)
+                if fast and not deriv:
+                    _square_values(S, cells, work, Na, Nb, Nc)
+                    sumT += _square_sum(S, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
+                                        lmax, default_F)
+                elif fast and use_rot:
+                    _square_pass(S, cells, work, Na, Nb, Nc, cna, cnb, cnc)
+                    (sT, gx, gy, gz, gNa, gNb, gNc, ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1,
+                     gc2) = _square_accumulate_rot(work, cells, rot, S, Fhkl, hkls, hmin, hmax,
+                                                   kmin, kmax, lmin, lmax, default_F)
                     sumT += sT
+                    dsum[P_A] += ga0
+                    dsum[P_A + 1] += ga1
+                    dsum[P_A + 2] += ga2
+                    dsum[P_B] += gb0
+                    dsum[P_B + 1] += gb1
+                    dsum[P_B + 2] += gb2
+                    dsum[P_C] += gc0
+                    dsum[P_C + 1] += gc1
+                    dsum[P_C + 2] += gc2
+                elif fast:
+                    _square_pass(S, cells, work, Na, Nb, Nc, cna, cnb, cnc)
+                    sT, gx, gy, gz, gNa, gNb, gNc = _square_accumulate(
+                        S, work, cells, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F, cF)
+                    sumT += sT
+                    # per-cell sums for the unrotated cell (elementwise: vectorises)
+                    for j in range(ncell):
+                        th, tk, tl = work[A_TH, j], work[A_TK, j], work[A_TL, j]
+                        cacc[ch, 0, j] += th * S[0]
+                        cacc[ch, 1, j] += th * S[1]
+                        cacc[ch, 2, j] += th * S[2]
+                        cacc[ch, 3, j] += tk * S[0]
+                        cacc[ch, 4, j] += tk * S[1]
+                        cacc[ch, 5, j] += tk * S[2]
+                        cacc[ch, 6, j] += tl * S[0]
+                        cacc[ch, 7, j] += tl * S[1]
+                        cacc[ch, 8, j] += tl * S[2]
+                if fast:
                     # h_j = a_j . S exactly, so sum_j (dT/dh h + ...) = S . (gx, gy, gz)
                     gs = -(gx * S[0] + gy * S[1] + gz * S[2])
                     if want_F:
                         for j in range(ncell):
-                            h0 = np.int64(np.ceil(work[A_H, j] - 0.5))
-                            k0 = np.int64(np.ceil(work[A_K, j] - 0.5))
-                            l0 = np.int64(np.ceil(work[A_L, j] - 0.5))
+                            h, k, l = K._hkl(cells, v1, j, S[0], S[1], S[2])
+                            h0 = np.int64(np.ceil(h - 0.5))
+                            k0 = np.int64(np.ceil(k - 0.5))
+                            l0 = np.int64(np.ceil(l - 0.5))
                             if _nearest_inside(hkls, hmin, hmax, kmin, kmax, lmin, lmax,
                                                h0, k0, l0):
                                 Fl = ((1.0 * work[A_FA, j]) * work[A_FB, j]) * work[A_FC, j]
                                 Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
                                                h0, k0, l0, default_F)
-                                gF[h0 - hmin, k0 - kmin, l0 - lmin] += cF * 2.0 * Fc * Fl * Fl
+                                gF[ch, h0 - hmin, k0 - kmin, l0 - lmin] += cF * 2.0 * Fc * Fl * Fl
                 for j in range(ncell if not fast else 0):
-                    h = cells[1, 0, j] * S[0] + cells[1, 1, j] * S[1] + cells[1, 2, j] * S[2]
-                    k = cells[1, 3, j] * S[0] + cells[1, 4, j] * S[1] + cells[1, 5, j] * S[2]
-                    l = cells[1, 6, j] * S[0] + cells[1, 7, j] * S[1] + cells[1, 8, j] * S[2]
+                    h, k, l = K._hkl(cells, v1, j, S[0], S[1], S[2])
                     h0 = np.int64(np.ceil(h - 0.5))
                     k0 = np.int64(np.ceil(k - 0.5))
                     l0 = np.int64(np.ceil(l - 0.5))
-                    Fl, dFh, dFk, dFl, dNa, dNb, dNc = lattice_factor_grad(
-                        shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar, reduced)
-                    ch = ck = cl = 0.0     # nearest neighbour: flat in h, k, l
+                    dFh = dFk = dFl = dNa = dNb = dNc = 0.0
+                    if deriv:
+                        Fl, dFh, dFk, dFl, dNa, dNb, dNc = lattice_factor_grad(
+                            shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
+                            reduced)
+                    else:
+                        Fl = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
+                                            astar, bstar, cstar, reduced)[0]
+                    ch_ = ck = cl = 0.0     # nearest neighbour: flat in h, k, l
                     if interp and interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
                         Fc = tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l)
-                        ch, ck, cl = tricubic_F_grad(Fhkl, hmin, kmin, lmin, h, k, l, gF,
-                                                     cF * 2.0 * Fc * Fl * Fl, want_F)
+                        if deriv or want_F:
+                            ch_, ck, cl = tricubic_F_grad(Fhkl, hmin, kmin, lmin, h, k, l, gF, ch,
+                                                          cF * 2.0 * Fc * Fl * Fl, want_F)
                     else:
                         Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
                                        h0, k0, l0, default_F)
                         if want_F and _nearest_inside(hkls, hmin, hmax, kmin, kmax, lmin, lmax,
                                                       h0, k0, l0):
-                            gF[h0 - hmin, k0 - kmin, l0 - lmin] += cF * 2.0 * Fc * Fl * Fl
+                            gF[ch, h0 - hmin, k0 - kmin, l0 - lmin] += cF * 2.0 * Fc * Fl * Fl
                     sumT += Fc * Fc * Fl * Fl
+                    if not deriv:
+                        continue
                     tFl = 2.0 * Fc * Fc * Fl
                     tFc = 2.0 * Fc * Fl * Fl
-                    Th = tFl * dFh + tFc * ch
+                    Th = tFl * dFh + tFc * ch_
                     Tk = tFl * dFk + tFc * ck
                     Tl = tFl * dFl + tFc * cl
                     gx += Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j]
@@ -294,62 +443,124 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
                             dsum[P_ASTAR + m] += tFl * q * (h - h0) * v[m]
                             dsum[P_BSTAR + m] += tFl * q * (k - k0) * v[m]
                             dsum[P_CSTAR + m] += tFl * q * (l - l0) * v[m]
-                    work[A_TH, j] = cF * Th
-                    work[A_TK, j] = cF * Tk
-                    work[A_TL, j] = cF * Tl
-                # per-cell sums for the unrotated cell (elementwise: vectorises)
-                for j in range(ncell):
-                    th, tk, tl = work[A_TH, j], work[A_TK, j], work[A_TL, j]
-                    cacc[0, j] += th * S[0]
-                    cacc[1, j] += th * S[1]
-                    cacc[2, j] += th * S[2]
-                    cacc[3, j] += tk * S[0]
-                    cacc[4, j] += tk * S[1]
-                    cacc[5, j] += tk * S[2]
-                    cacc[6, j] += tl * S[0]
-                    cacc[7, j] += tl * S[1]
-                    cacc[8, j] += tl * S[2]
-                dsum[P_NA] += gNa
-                dsum[P_NB] += gNb
-                dsum[P_NC] += gNc
-                # S = (pos/|pos| - inc)/lam: dS/dpos = (1 - d d^T)/(|pos| lam)
-                gd = gx * d[0] + gy * d[1] + gz * d[2]
-                r = 1.0 / (R * lam_s)
-                dsum[P_PIX0] += (gx - gd * d[0]) * r
-                dsum[P_PIX0 + 1] += (gy - gd * d[1]) * r
-                dsum[P_PIX0 + 2] += (gz - gd * d[2]) * r
-                dsum[P_LAM] += gs
+                    if use_rot:
+                        for m in range(3):
+                            u = rot[3 * m, j] * S[0] + rot[3 * m + 1, j] * S[1] + rot[3 * m + 2, j] * S[2]
+                            dsum[P_A + m] += Th * u
+                            dsum[P_B + m] += Tk * u
+                            dsum[P_C + m] += Tl * u
+                    else:
+                        cacc[ch, 0, j] += cF * Th * S[0]
+                        cacc[ch, 1, j] += cF * Th * S[1]
+                        cacc[ch, 2, j] += cF * Th * S[2]
+                        cacc[ch, 3, j] += cF * Tk * S[0]
+                        cacc[ch, 4, j] += cF * Tk * S[1]
+                        cacc[ch, 5, j] += cF * Tk * S[2]
+                        cacc[ch, 6, j] += cF * Tl * S[0]
+                        cacc[ch, 7, j] += cF * Tl * S[1]
+                        cacc[ch, 8, j] += cF * Tl * S[2]
+                if deriv:
+                    dsum[P_NA] += gNa
+                    dsum[P_NB] += gNb
+                    dsum[P_NC] += gNc
+                    # S = (pos/|pos| - inc)/lam: dS/dpos = (1 - d d^T)/(|pos| lam)
+                    gd = gx * d[0] + gy * d[1] + gz * d[2]
+                    r = 1.0 / (R * lam_s)
+                    dsum[P_PIX0] += (gx - gd * d[0]) * r
+                    dsum[P_PIX0 + 1] += (gy - gd * d[1]) * r
+                    dsum[P_PIX0 + 2] += (gz - gd * d[2]) * r
+                    dsum[P_LAM] += gs
     total = I_bg + sumT
     po = polar * omega
     gC = g * C
     for p in range(N_PAR):
-        gpar[p] += gC * po * dsum[p]
+        dsum[p] = gC * po * dsum[p]
     for i in range(3):
-        gpar[P_PIX0 + i] += gC * total * (dP[i] * omega + polar * dOm[i])
-    gpar[P_CLOSE] += gC * total * polar * dOmc
+        dsum[P_PIX0 + i] += gC * total * (dP[i] * omega + polar * dOm[i])
+    dsum[P_CLOSE] += gC * total * polar * dOmc
     # test = C P omega (I_bg + sum): only C = r_e^2 fluence ... carries the fluence
     # (the default mode's I_bg does not: docs/quirks.md #14; autodiff refuses -c_parity)
-    gpar[P_FLU] += gC * po * total
+    dsum[P_FLU] += gC * po * total
     return C * po * total
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def backward(active, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want_F, nchunk,
+def backward(active, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchunk,
              gpar, gF, cacc, val):
     """Adjoint pass over every active pixel with g != 0.
 
-    gpar (S, N_PAR): per-row sums of g dI/dtheta (the host adds the rows;
-    rows P_A..P_C + 9 are left 0: see cacc).  gF (nchunk, *Fhkl.shape) with
-    want_F (else any shape): one F-grid gradient buffer per chunk of rows.
-    cacc (nchunk, 9, ncell): per-chunk per-cell sums (see pixel_grad).
-    val (S, F): the pixel values this pass saw."""
+    want: bit mask of W_F, W_N, W_GEO (what to differentiate; the rest of gpar
+    is left 0, except P_FLU).  gpar (S, N_PAR): per-row sums of g dI/dtheta
+    (the host adds the rows; rows P_A..P_C + 9 are left 0: see cacc).  gF
+    (nchunk, *Fhkl.shape) with want & W_F (else any 4-d shape): one F-grid
+    gradient buffer per chunk of rows.  cacc (nchunk, 9, ncell): per-chunk
+    per-cell sums (see pixel_grad).  val (S, F): the pixel values this pass saw."""
     S, F = active.shape
     per = (S + nchunk - 1) // nchunk
     for ch in prange(nchunk):
         work = np.empty((N_AWORK, cells.shape[2]))
-        for s in range(ch * per, min(S, (ch + 1) * per)):
+        dsum = np.empty(N_PAR)
+        no_rot = np.empty((9, 0))
+        c = np.int64(ch)
+        for s in range(c * per, min(S, (c + 1) * per)):
+            row = np.int64(s)
             for f in range(F):
                 if active[s, f] == 0 or g[s, f] == 0.0:
                     continue
-                val[s, f] = pixel_grad(s, f, g[s, f], iopt, fopt, vecs, incident, lam, cells,
-                                       Fhkl, want_F, gpar[s], gF[ch], cacc[ch], work)
+                val[s, f] = pixel_grad(row, f, g[s, f], iopt, fopt, vecs, incident, lam, cells,
+                                       Fhkl, want, gF, c, cacc, no_rot, work, dsum)
+                for p in range(N_PAR):
+                    gpar[s, p] += dsum[p]
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, rot, cols,
+                jac, out):
+    """Forward pass that also keeps each pixel's Jacobian: out (S, F) the pixel
+    values (float64), jac (n_active, len(cols)) the entries cols of dI/dtheta
+    (the theta indices that can be nonzero for this run) of every active pixel
+    in raster order (row s starts at jac row rowstart[s]), the unrotated cell's
+    columns included (rot: (9, ncell), see pixel_grad).  The backward of any
+    parameter but F_hkl is then jac^T g (contract).  want: W_N | W_GEO bits
+    (W_F is ignored: the F grid's gradient needs g)."""
+    S, F = active.shape
+    no_gF = np.zeros((1, 1, 1, 1))
+    no_cacc = np.zeros((1, 9, 1))
+    w = want & ~W_F
+    zero = np.int64(0)
+    ncol = cols.shape[0]
+    for s in prange(S):
+        work = np.empty((N_AWORK, cells.shape[2]))
+        dsum = np.empty(N_PAR)
+        row = np.int64(s)
+        i = rowstart[s]
+        for f in range(F):
+            if active[s, f] == 0:
+                continue
+            out[s, f] = pixel_grad(row, f, 1.0, iopt, fopt, vecs, incident, lam, cells, Fhkl,
+                                   w, no_gF, zero, no_cacc, rot, work, dsum)
+            for q in range(ncol):
+                jac[i, q] = dsum[cols[q]]
+            i += 1
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def contract(active, g, rowstart, jac, nchunk, out):
+    """out[c] (jac's width) = sum over the active pixels of chunk c of rows of
+    g[s, f] jac[i] (i: the pixel's jac row, see forward_jac).  A fixed number
+    of row chunks, so the host's sum over c does not depend on the threads;
+    reads g in place (no gathered copy of a large, mostly inactive image)."""
+    S, F = active.shape
+    per = (S + nchunk - 1) // nchunk
+    for ch in prange(nchunk):
+        c = np.int64(ch)
+        for s in range(c * per, min(S, (c + 1) * per)):
+            i = rowstart[s]
+            for f in range(F):
+                if active[s, f] == 0:
+                    continue
+                gi = g[s, f]
+                if gi != 0.0:
+                    for p in range(jac.shape[1]):
+                        out[c, p] += gi * jac[i, p]
+                i += 1
