@@ -927,7 +927,7 @@ __device__ __forceinline__ void reduce_phase(double h, double N, double* d, doub
     *parity = ((nb_i64)n * ((nb_i64)N - 1) + (nb_i64)m) & 1;
 }
 
-// physics.sincg_reduced_grad_far: closed form, f = sincg_reduced(h, N)
+// physics._sincg_reduced_grad_terms: the closed form, f = sincg_reduced(h, N)
 __device__ void sincg_reduced_grad_far(double h, double N, double f, double* gh, double* gN) {
     double d, e;
     nb_i64 parity;
@@ -944,7 +944,10 @@ __device__ void sincg_reduced_grad_far(double h, double N, double f, double* gh,
 }
 
 // physics.sincg_reduced_grad: the closed form, or near a peak the derivative
-// of the exact cosine sum (no cancellation)
+// of the exact cosine sum (no cancellation).  physics.py sums the same series
+// by its Taylor coefficients (sincg_near_coeffs, branch-free for numba's
+// vectoriser); here each thread has one sub-path, so the direct sum costs
+// nothing extra, and the two agree to rounding (tests/test_gpu_adjoint.py)
 __device__ void sincg_reduced_grad(double h, double N, double* gh, double* gN) {
     sincg_reduced_grad_far(h, N, sincg_reduced<double>(h, N, false), gh, gN);
     const double n = rint(h);
