@@ -1,6 +1,6 @@
 """A warm nbnumba process that renders command lines for short-lived clients.
 
-Every ``python -m nbnumba.cli`` pays about 0.7 s before its first pixel:
+Every ``python -m nbnumba.cli`` pays most of a second before its first pixel:
 ``import numba`` maps llvmlite's 180 MB library, and numba's first use of a
 compiled function loads its typing and lowering tables.  nanoBragg users drive
 the program from shell loops of small images, where that start-up is most of
