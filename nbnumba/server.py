@@ -328,6 +328,19 @@ def _serve_child(conn, req, fds) -> None:
         os._exit(0)
 
 
+def _reap(children) -> None:
+    """Forget the finished runs in ``children`` (pids), without waiting."""
+    while children:
+        try:
+            pid, _st = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            children.clear()
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+
+
 def serve(idle_timeout=DEFAULT_IDLE_TIMEOUT, ready=None, log=None) -> int:
     """Run a server in this process until ``stop`` or ``idle_timeout`` seconds
     without requests.  ``ready(path)`` is called once it accepts requests."""
@@ -366,15 +379,7 @@ def serve(idle_timeout=DEFAULT_IDLE_TIMEOUT, ready=None, log=None) -> int:
     last = time.monotonic()
     try:
         while not stop:
-            while children:      # reap finished children
-                try:
-                    pid, _st = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    children.clear()
-                    break
-                if pid == 0:
-                    break
-                children.discard(pid)
+            _reap(children)
             if not children and time.monotonic() - last > idle_timeout:
                 break
             sock.settimeout(1.0)
@@ -386,15 +391,7 @@ def serve(idle_timeout=DEFAULT_IDLE_TIMEOUT, ready=None, log=None) -> int:
                 continue
             last = time.monotonic()
             fds = []
-            while children:      # (again, so that status counts only live runs)
-                try:
-                    pid, _st = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    children.clear()
-                    break
-                if pid == 0:
-                    break
-                children.discard(pid)
+            _reap(children)      # (again, so that status counts only live runs)
             try:
                 conn.settimeout(10.0)
                 cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,

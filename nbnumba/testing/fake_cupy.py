@@ -99,6 +99,13 @@ def make_fake_cupy(host: "gpu.HostKernel", check_args: Optional[Callable] = None
         get_current_stream=lambda: ExternalStream.__new__(ExternalStream),
         nvrtc=types.SimpleNamespace(getVersion=lambda: (0, 0)))
 
+    def _check_rows_launch(grid, block, S, F, row0, row1):
+        """One thread per pixel of rows row0..row1-1, in 1-D blocks."""
+        assert 0 <= row0 < row1 <= S, (row0, row1, S)
+        assert len(block) == 1 and block[0] <= max_threads_per_block
+        assert grid[0] * block[0] >= (row1 - row0) * F          # every pixel covered
+        assert (grid[0] - 1) * block[0] < (row1 - row0) * F     # no idle block
+
     class Kernel:
         def __init__(self, entry, dtname):
             self.entry = entry
@@ -111,10 +118,7 @@ def make_fake_cupy(host: "gpu.HostKernel", check_args: Optional[Callable] = None
             if check_args is not None:
                 check_args(self.entry, args)
             S, F, row0, row1 = (int(a) for a in args[1:5])
-            assert 0 <= row0 < row1 <= S, (row0, row1, S)
-            assert len(block) == 1 and block[0] <= self.max_threads_per_block
-            assert grid[0] * block[0] >= (row1 - row0) * F          # every pixel covered
-            assert (grid[0] - 1) * block[0] < (row1 - row0) * F     # no idle block
+            _check_rows_launch(grid, block, S, F, row0, row1)
             fake.calls.append((self.entry, int(args[5]), int(args[6]), int(args[7]), row0, row1,
                                fake.current_stream[-1]))
             conv = [a.ctypes.data if isinstance(a, np.ndarray) else int(a) for a in args]
@@ -145,10 +149,7 @@ def make_fake_cupy(host: "gpu.HostKernel", check_args: Optional[Callable] = None
             if check_args is not None:
                 check_args(self.entry, args)
             S, F, row0, row1, mode = (int(a) for a in args[2:7])
-            assert 0 <= row0 < row1 <= S, (row0, row1, S)
-            assert len(block) == 1 and block[0] <= self.max_threads_per_block
-            assert grid[0] * block[0] >= (row1 - row0) * F          # every pixel covered
-            assert (grid[0] - 1) * block[0] < (row1 - row0) * F     # no idle block
+            _check_rows_launch(grid, block, S, F, row0, row1)
             gpar = args[-4]
             assert mode == gpu.ADJOINT_VALUES or gpar.shape == ((row1 - row0) * F,
                                                                    gpu.ADJOINT_N_PAR)
