@@ -119,7 +119,7 @@ def _square_pass(S, cells, work, Na, Nb, Nc, cna, cnb, cnc):
         fc, d_c, e_c, p_c, sc = sincg_reduced_parts(l, Nc)
         # one division for the three axes' 1/sin(pi d) instead of three (a
         # factor of 1 where an axis is off or d == 0, whose derivative does
-        # not use it); |d| >= ulp(h) keeps the product far from underflow
+        # not use it); the product underflows only if all three |d| < ~1e-100
         sa = sa if da and d_a != 0.0 else 1.0
         sb = sb if db and d_b != 0.0 else 1.0
         sc = sc if dc and d_c != 0.0 else 1.0
