@@ -411,9 +411,10 @@ def sincg_grad(h, N):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _sincg_reduced_grad_terms(h, N, f, d, e, parity, sd):
+def _sincg_reduced_grad_terms(h, N, f, d, e, parity, inv):
     """(d/dh, d/dN) of f = sincg_reduced(h, N) away from a peak, in closed
-    form from its reduction (d, e, parity) and sd = sin(pi d).
+    form from its reduction (d, e, parity) and inv = 1/sin(pi d) (any value
+    where d == 0: it is not used there).
 
     f = s sin(pi e)/sin(pi d) (s the sign), so
     df/dh = pi [s N cos(pi e) - f cos(pi d)] / sin(pi d),
@@ -423,9 +424,8 @@ def _sincg_reduced_grad_terms(h, N, f, d, e, parity, sd):
     sincg_reduced_value_grad.  At d == 0: (0, +-1), the derivative in N being
     taken as that of the value +-N."""
     sgn = 1.0 - 2.0 * parity
-    inv = 1.0 / (sd if d != 0.0 else 1.0)
-    sce = sgn * sinpi_reduced(0.5 - abs(e))
-    cd = sinpi_reduced(0.5 - abs(d))
+    sce = sgn * sinpi_poly64(0.5 - abs(e))
+    cd = sinpi_poly64(0.5 - abs(d))
     dh = math.pi * (N * sce - f * cd) * inv
     dN = math.pi * h * sce * inv
     return (dh if d != 0.0 else 0.0 * h), (dN if d != 0.0 else sgn)
@@ -470,27 +470,49 @@ def sincg_near_coeffs(N):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def sincg_reduced_value_grad(h, N, cn):
-    """(f, df/dh, df/dN) with f = sincg_reduced(h, N) (float64 sines: the same
-    operations, so the same value), integer N, float64; cn =
-    sincg_near_coeffs(N).  Value and derivatives share one phase reduction and
-    one sin(pi d).  Branch-free (both forms, then a select), so loops over it
-    vectorise: the closed form of _sincg_reduced_grad_terms away from a peak,
-    the series of sincg_near_coeffs for df/dh where |N d| < SINCG_NEAR (there
-    m = rint(N d) = 0, so the parity is that of n (N-1)); as accurate as the
-    value everywhere."""
+def sincg_reduced_parts(h, N):
+    """(f, d, e, parity, sd): f = sincg_reduced(h, N) (float64 sines: the same
+    operations, so the same value), its phase reduction (reduce_phase) and
+    sd = sin(pi d), for sincg_reduced_grad_from.  The polynomials are called
+    directly (inline="always", not through the sinpi_reduced overload, which
+    is compiled once with strict flags): inlined, they take the caller's flags,
+    so in the adjoint's fast-math pass they contract to FMAs as the forward's
+    lattice pass does (same value bits as the forward there)."""
     d, e, parity = reduce_phase(h, N)
-    sd = sinpi_reduced(d)
-    val = sinpi_reduced(e) / sd
+    sd = sinpi_poly64(d)
+    val = sinpi_poly64(e) / sd
     val = N if d == 0.0 else val
     f = -val if parity != 0 else val
-    dh, dN = _sincg_reduced_grad_terms(h, N, f, d, e, parity, sd)
+    return f, d, e, parity, sd
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def sincg_reduced_grad_from(h, N, cn, f, d, e, parity, inv):
+    """(df/dh, df/dN) of f = sincg_reduced(h, N) from sincg_reduced_parts'
+    (f, d, e, parity) and inv = 1/sd (the caller may form it jointly with
+    other axes: one division for several); cn = sincg_near_coeffs(N).
+    Branch-free (both forms, then a select), so loops over it vectorise: the
+    closed form of _sincg_reduced_grad_terms away from a peak, the series of
+    sincg_near_coeffs for df/dh where |N d| < SINCG_NEAR (there
+    m = rint(N d) = 0, so the parity is that of n (N-1)); as accurate as the
+    value everywhere."""
+    dh, dN = _sincg_reduced_grad_terms(h, N, f, d, e, parity, inv)
     x = math.pi * d
     t = x * x
     ser = x * (cn[0] + t * (cn[1] + t * (cn[2] + t * (cn[3] + t * (cn[4] + t * (cn[5]
                                                                              + t * cn[6]))))))
     near = abs(N * d) < SINCG_NEAR
-    return f, ((1.0 - 2.0 * parity) * ser if near else dh), dN
+    return ((1.0 - 2.0 * parity) * ser if near else dh), dN
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def sincg_reduced_value_grad(h, N, cn):
+    """(f, df/dh, df/dN) with f = sincg_reduced(h, N), integer N, float64;
+    cn = sincg_near_coeffs(N).  Value and derivatives share one phase
+    reduction and one sin(pi d) (sincg_reduced_parts, sincg_reduced_grad_from)."""
+    f, d, e, parity, sd = sincg_reduced_parts(h, N)
+    dh, dN = sincg_reduced_grad_from(h, N, cn, f, d, e, parity, 1.0 / (sd if d != 0.0 else 1.0))
+    return f, dh, dN
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)

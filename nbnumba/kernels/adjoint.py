@@ -29,7 +29,7 @@ from numba import njit, prange
 
 from ..physics import (SHAPE_GAUSS, interp_in_range, lattice_factor,
                        lattice_factor_grad, lattice_factor_star_grad, nearest_F, sincg_reduced,
-                       sincg_near_coeffs, sincg_reduced_value_grad,
+                       sincg_near_coeffs, sincg_reduced_parts, sincg_reduced_grad_from,
                        polarization_factor, polarization_factor_grad, solid_angle,
                        solid_angle_grad, tricubic_F, tricubic_F_grad, unitize)
 from . import cpu as K
@@ -102,8 +102,9 @@ _V1 = 1     # the cell variant of the default mode (kernels.cpu: variant 1)
 @njit(cache=True, inline="always", error_model="numpy")
 def _square_pass(S, cells, work, Na, Nb, Nc, cna, cnb, cnc):
     """Pass 1 of the square/reduced fast path over every (phi, mosaic) cell:
-    per-axis lattice factors (the forward's values) and their derivatives
-    (sincg_reduced_value_grad, cn*: its near-peak coefficients per axis);
+    per-axis lattice factors (the forward's values, sincg_reduced_parts) and
+    their derivatives (sincg_reduced_grad_from, cn*: its near-peak
+    coefficients per axis);
     branch-free, so it vectorises like the forward's lattice pass."""
     ncell = cells.shape[2]
     S0, S1, S2 = S
@@ -113,9 +114,20 @@ def _square_pass(S, cells, work, Na, Nb, Nc, cna, cnb, cnc):
     v = np.int64(_V1)
     for j in range(ncell):
         h, k, l = K._hkl(cells, v, j, S0, S1, S2)
-        fa, ga, gNa = sincg_reduced_value_grad(h, Na, cna)
-        fb, gb, gNb = sincg_reduced_value_grad(k, Nb, cnb)
-        fc, gc, gNc = sincg_reduced_value_grad(l, Nc, cnc)
+        fa, d_a, e_a, p_a, sa = sincg_reduced_parts(h, Na)
+        fb, d_b, e_b, p_b, sb = sincg_reduced_parts(k, Nb)
+        fc, d_c, e_c, p_c, sc = sincg_reduced_parts(l, Nc)
+        # one division for the three axes' 1/sin(pi d) instead of three (a
+        # factor of 1 where an axis is off or d == 0, whose derivative does
+        # not use it); the product underflows only if all three |d| < ~1e-100
+        sa = sa if da and d_a != 0.0 else 1.0
+        sb = sb if db and d_b != 0.0 else 1.0
+        sc = sc if dc and d_c != 0.0 else 1.0
+        sab = sa * sb
+        r = 1.0 / (sab * sc)
+        ga, gNa = sincg_reduced_grad_from(h, Na, cna, fa, d_a, e_a, p_a, (sb * sc) * r)
+        gb, gNb = sincg_reduced_grad_from(k, Nb, cnb, fb, d_b, e_b, p_b, (sa * sc) * r)
+        gc, gNc = sincg_reduced_grad_from(l, Nc, cnc, fc, d_c, e_c, p_c, sab * r)
         work[A_FA, j] = fa if da else 1.0
         work[A_FB, j] = fb if db else 1.0
         work[A_FC, j] = fc if dc else 1.0
@@ -249,6 +261,20 @@ def _square_accumulate_rot(work, cells, rot, S, Fhkl, hkls, hmin, hmax, kmin, km
     return (sumT, gx, gy, gz, gNa, gNb, gNc, ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2)
 
 
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _near_table(fopt):
+    """(3, 7): sincg_near_coeffs of Na, Nb, Nc (rows; 0 for an axis with
+    N <= 1), computed once per pass rather than once per pixel."""
+    t = np.zeros((3, 7))
+    Ns = (fopt[K.F_NA], fopt[K.F_NB], fopt[K.F_NC])
+    for a in range(3):
+        if Ns[a] > 1:
+            c = sincg_near_coeffs(Ns[a])
+            for q in range(7):
+                t[a, q] = c[q]
+    return t
+
+
 # Reassociation lets LLVM vectorise the per-cell sums; the order is fixed at
 # compile time, so results stay independent of the thread count.  No reference
 # counting and no allocation (_nrt=False): the callers pass whole arrays plus
@@ -256,7 +282,7 @@ def _square_accumulate_rot(work, cells, rot, S, Fhkl, hkls, hmin, hmax, kmin, km
 # forward's pixel_value; docs/performance.md).
 @njit(cache=True, _nrt=False, error_model="numpy", fastmath={"reassoc", "contract"})
 def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
-               want, gF, ch, cacc, rot, work, dsum):
+               want, gF, ch, cacc, rot, cnear, work, dsum):
     """Overwrite dsum (N_PAR,) with g * dI/dtheta of pixel (spixel, fpixel)
     and, with want & W_F, add g * dI/dFhkl to gF[ch] (gF: (chunks,) +
     Fhkl's shape).  Returns the pixel's value (photons; equal to the forward
@@ -267,7 +293,8 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
     contracted here into dsum[P_A:P_C + 3].  With rot of width 0 it is left 0
     there, and cacc[ch] (9, ncell) collects sum g dI/dh_j S per cell instead
     (rows 0-2; k: 3-5, l: 6-8), for the host to apply R_j^T once
-    (autodiff._Run.theta_grad).  work: (N_AWORK, ncell) scratch."""
+    (autodiff._Run.theta_grad).  cnear: _near_table(fopt), the near-peak
+    coefficients (the same for every pixel).  work: (N_AWORK, ncell) scratch."""
     os = iopt[K.I_OVERSAMPLE]
     nsrc, nphi, nmos = iopt[K.I_NSRC], iopt[K.I_NPHI], iopt[K.I_NMOS]
     ncell = nphi * nmos
@@ -293,11 +320,11 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
     deriv = (want & (W_N | W_GEO)) != 0     # else values only
     use_rot = rot.shape[1] > 0
     v1 = np.int64(_V1)
-    # near-peak series coefficients of the per-axis derivatives (fast path)
-    zc = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    cna = sincg_near_coeffs(Na) if fast and deriv and Na > 1 else zc
-    cnb = sincg_near_coeffs(Nb) if fast and deriv and Nb > 1 else zc
-    cnc = sincg_near_coeffs(Nc) if fast and deriv and Nc > 1 else zc
+    # near-peak series coefficients of the per-axis derivatives (fast path),
+    # as tuples: loop constants in registers for _square_pass
+    cna = (cnear[0, 0], cnear[0, 1], cnear[0, 2], cnear[0, 3], cnear[0, 4], cnear[0, 5], cnear[0, 6])
+    cnb = (cnear[1, 0], cnear[1, 1], cnear[1, 2], cnear[1, 3], cnear[1, 4], cnear[1, 5], cnear[1, 6])
+    cnc = (cnear[2, 0], cnear[2, 1], cnear[2, 2], cnear[2, 3], cnear[2, 4], cnear[2, 5], cnear[2, 6])
 
     # d(sum of terms)/dtheta for this pixel, before the per-pixel factors
     for p in range(N_PAR):
@@ -497,6 +524,7 @@ def backward(active, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchu
     per-cell sums (see pixel_grad).  val (S, F): the pixel values this pass saw."""
     S, F = active.shape
     per = (S + nchunk - 1) // nchunk
+    cnear = _near_table(fopt)
     for ch in prange(nchunk):
         work = np.empty((N_AWORK, cells.shape[2]))
         dsum = np.empty(N_PAR)
@@ -508,7 +536,7 @@ def backward(active, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchu
                 if active[s, f] == 0 or g[s, f] == 0.0:
                     continue
                 val[s, f] = pixel_grad(row, f, g[s, f], iopt, fopt, vecs, incident, lam, cells,
-                                       Fhkl, want, gF, c, cacc, no_rot, work, dsum)
+                                       Fhkl, want, gF, c, cacc, no_rot, cnear, work, dsum)
                 for p in range(N_PAR):
                     gpar[s, p] += dsum[p]
 
@@ -529,6 +557,7 @@ def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, 
     w = want & ~W_F
     zero = np.int64(0)
     ncol = cols.shape[0]
+    cnear = _near_table(fopt)
     for s in prange(S):
         work = np.empty((N_AWORK, cells.shape[2]))
         dsum = np.empty(N_PAR)
@@ -538,7 +567,7 @@ def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, 
             if active[s, f] == 0:
                 continue
             out[s, f] = pixel_grad(row, f, 1.0, iopt, fopt, vecs, incident, lam, cells, Fhkl,
-                                   w, no_gF, zero, no_cacc, rot, work, dsum)
+                                   w, no_gF, zero, no_cacc, rot, cnear, work, dsum)
             for q in range(ncol):
                 jac[i, q] = dsum[cols[q]]
             i += 1
