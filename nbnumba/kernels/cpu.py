@@ -595,12 +595,14 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bce
     Na, Nb, Nc = fopt[F_NA], fopt[F_NB], fopt[F_NC]
     default_F = fopt[F_DEFAULT_F]
     ncell = cells.shape[2]
+    # computed, not a literal 1: a literal makes numba compile _hkl a second time
+    variant = nb * 0 + 1
     for b in range(nb):
         S0 = geo[B_S0, b]
         S1 = geo[B_S1, b]
         S2 = geo[B_S2, b]
         for j in range(ncell):
-            h, k, l = _hkl(cells, 1, j, S0, S1, S2)
+            h, k, l = _hkl(cells, variant, j, S0, S1, S2)
             q = b * ncell + j
             bcells[1, 0, q] = h
             bcells[1, 3, q] = k
@@ -609,7 +611,6 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bce
     # computed along, never read
     z = fopt[0] * 0
     unit = (z + 1, z, z)
-    variant = nb * 0 + 1     # computed, not a literal (one signature)
     if iopt[I_REDUCED] == 2:
         _lattice_square_fast(variant, unit, bcells, work, Na, Nb, Nc, True)
     else:
