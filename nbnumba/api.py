@@ -260,6 +260,10 @@ def _host_products(res: Result, omega) -> None:
     img_host = to_host(res.float_image)
     # inf/NaN pixels: stop and name the term that overflowed (nothing is written)
     check_image_finite(model, img_host)
+    # a first run may have started compiling the helpers below in a second
+    # process (jitcache.announce_compile): load them from the cache it fills
+    from .jitcache import wait_helpers
+    wait_helpers()
     stats = compute_stats(model, img_host, to_host(omega))
     scale = cfg.intfile_scale
     if scale <= 0.0:

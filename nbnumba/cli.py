@@ -146,7 +146,7 @@ _PROGRAM_MODES = ("--warmup", "--batch", "--serve")
 
 
 def _program_mode(argv) -> int:
-    """``nbnumba --warmup`` (compile every kernel once), ``nbnumba --batch FILE``
+    """``nbnumba --warmup`` (compile the image kernels once), ``nbnumba --batch FILE``
     (many command lines in one process) and ``nbnumba --serve`` (a warm server
     that runs later command lines: nbnumba.server)."""
     if argv[0] == "--serve":

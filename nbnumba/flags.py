@@ -1309,7 +1309,7 @@ def usage_text(prog: str = "nbnumba", width: int = 0) -> str:
 
 
 _PROGRAM_MODE_HELP = (
-    ("--warmup", "compile every kernel into numba's on-disk cache (once per install)"),
+    ("--warmup", "compile the image kernels into numba's on-disk cache (once per install; not the trace)"),
     ("--batch FILE [--workers N] [--threads N]",
      "run one command line per line of FILE in one process"),
     ("--serve [start|run|stop|status] [--idle-timeout S]",

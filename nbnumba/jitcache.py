@@ -6,25 +6,34 @@ in its on-disk cache (``__pycache__`` next to the sources, or
 ``NUMBA_CACHE_DIR``).  The kernels are written so that one compiled
 signature serves every feature combination, both precisions and both modes
 (default and -c_parity): ``render_rows`` (with the pixel function and the
-lattice loops it calls, linked into its cached code).  ``nbnumba --warmup``
-compiles it and the small helpers ahead of time.
+lattice loops it calls, linked into its cached code).  The single-pixel trace
+has its own copy of the pixel function (``trace_pixel``), compiled only by runs
+with -trace_pixel.  A first run compiles the host-side helpers (statistics,
+integer and noise images) in a second process meanwhile.  ``nbnumba --warmup``
+compiles the image kernel and the helpers ahead of time.
 """
 from __future__ import annotations
 
 import sys
 import time
 
-#: rough CPU seconds to compile each kernel variant with a cold cache on a
-#: 2-vCPU Xeon (docs/performance.md); the announcement scales nothing, it quotes
-COMPILE_SECONDS = {"render_rows": 25}
+#: rough CPU seconds to compile, cache empty, on a 2-vCPU Xeon (measured:
+#: docs/performance.md, "Compile time"): the image kernel, the single-pixel
+#: trace (only runs with -trace_pixel compile it) and the host-side helpers
+#: (statistics, integer and noise images; compiled in a second process while
+#: the image kernel compiles, when there is a second core).  The announcement
+#: quotes them, it scales nothing.
+COMPILE_SECONDS = {"render_rows": 16, "trace_pixel": 8, "helpers": 3}
 
-#: tiny runs that together compile every kernel variant and helper
-#: (default and -c_parity, trace, mosaic, noise, statistics, integer image)
+#: tiny runs that together compile what image runs use (default and
+#: -c_parity, mosaic, noise, statistics, integer image).  Not the trace: its
+#: copy of the pixel function (~8 s) is compiled by the first -trace_pixel run
+#: (announced), so the README's set-up command does not pay for it.
 WARMUP_ARGV = [
     "-cell 50 50 50 90 90 90 -default_F 10 -N 2 -lambda 1 -distance 50 -detpixels 4 -seed 1 "
-    "-mosaic 0.5 -mosaic_dom 2 -trace_pixel 1 1",
+    "-mosaic 0.5 -mosaic_dom 2",
     "-cell 50 50 50 90 90 90 -default_F 10 -N 2 -lambda 1 -distance 50 -detpixels 4 -seed 1 "
-    "-c_parity -nonoise -trace_pixel 1 1",
+    "-c_parity -nonoise",
 ]
 
 
@@ -42,8 +51,33 @@ def _cached(disp, args) -> bool:
         return True
 
 
+def _helper_calls(noise=True):
+    """(dispatcher, args) of the host-side helpers, with the argument types
+    api._host_products passes (float32 image, uint8 mask, int64 ROI); the
+    noise image only with ``noise``."""
+    import numpy as np
+    from . import rng
+    from .kernels import cpu as K
+    img = np.ones((4, 4), dtype=np.float32)
+    active = np.ones((4, 4), dtype=np.uint8)
+    roi = np.array([0, 3, 0, 3], dtype=np.int64)
+    st = rng.RngState()
+    calls = [(K.image_stats, (img, active, roi, False)), (K.int_image, (img, roi, 1.0, 40.0))]
+    if noise:
+        calls.append((rng.noise_image, (img, 1, st.buf, st.gauss, 40.0, roi, False)))
+    return calls
+
+
+def compile_helpers() -> None:
+    """Compile (or load) the host-side helpers by calling them on a 4x4 image."""
+    for disp, args in _helper_calls():
+        disp(*args)
+
+
 def cold_kernels(model) -> list:
-    """Names of the image kernels this model's run would have to compile."""
+    """Names of the kernels this model's run would have to compile: the
+    image kernel, the trace (with -trace_pixel), "helpers" (statistics,
+    integer and noise images)."""
     if model.cfg.device != "cpu":
         return []
     import numpy as np
@@ -54,32 +88,84 @@ def cold_kernels(model) -> list:
     probe = (model.active, 0, 0, 0) + tuple(args) + (
         np.zeros((S, F), np.float32), np.zeros(S), np.zeros((1, 1), np.int32),
         np.zeros((1, 1), np.uint8), 0, 0, 0)
-    return [] if _cached(disp, probe) else [disp.py_func.__name__]
+    out = [] if _cached(disp, probe) else [disp.py_func.__name__]
+    if getattr(model.cfg, "trace_spixel", -1) >= 0:
+        probe = (0, 0, False, -1) + tuple(args) + (1,)
+        if not _cached(K.trace_pixel, probe):
+            out.append("trace_pixel")
+    if not all(_cached(d, a) for d, a in _helper_calls(bool(model.cfg.calculate_noise))):
+        out.append("helpers")
+    return out
+
+
+#: the background process compiling the helpers (start_helpers / wait_helpers)
+_HELPERS = None
+
+
+def start_helpers() -> bool:
+    """Compile the host-side helpers in a second Python process, while this
+    one compiles the image kernel (numba compiles one function at a time per
+    process).  Only with a second core; the two processes compile disjoint
+    sets of cached functions, so their cache writes do not meet.  Returns
+    whether it started one."""
+    global _HELPERS
+    import os
+    import subprocess
+    if _HELPERS is not None or (os.cpu_count() or 1) < 2:
+        return False
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        _HELPERS = subprocess.Popen([sys.executable, "-m", "nbnumba.jitcache", "--helpers"],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, env=env)
+    except OSError:
+        return False
+    return True
+
+
+def wait_helpers() -> None:
+    """Wait for start_helpers' process (if any): the helpers are then loaded
+    from the cache instead of compiled here.  If it failed they compile here."""
+    global _HELPERS
+    p, _HELPERS = _HELPERS, None
+    if p is not None:
+        try:
+            p.wait(timeout=120)
+        except Exception:       # never let the helper process stop a run
+            p.kill()
 
 
 def announce_compile(model, file=None) -> bool:
     """Print "compiling kernels (first run only, ~N s)" on stderr when the
-    model's kernel is not in the cache yet; returns whether it printed."""
+    model's kernels are not in the cache yet (and start the helpers' compile
+    in a second process); returns whether it printed."""
     cold = cold_kernels(model)
     if not cold:
         return False
-    n = sum(COMPILE_SECONDS.get(k, 10) for k in cold)
+    parallel = "helpers" in cold and len(cold) > 1 and start_helpers()
+    n = sum(COMPILE_SECONDS.get(k, 10) for k in cold if not (parallel and k == "helpers"))
     print("nbnumba: compiling kernels (first run only, ~%d s; `nbnumba --warmup` does it ahead "
           "of time)" % n, file=file or sys.stderr, flush=True)
     return True
 
 
 def warmup(file=None) -> int:
-    """Compile (or load from the cache) every kernel variant; returns 0."""
+    """Compile (or load from the cache) the image kernel and the helpers
+    (not the trace: see WARMUP_ARGV); returns 0."""
     import tempfile
     from .api import simulate_argv
     file = file or sys.stderr
     t0 = time.perf_counter()
-    print("nbnumba: compiling kernels into numba's cache (once per install; ~%d s)"
-          % (sum(COMPILE_SECONDS.values()) + 5), file=file, flush=True)
+    parallel = start_helpers()
+    n = COMPILE_SECONDS["render_rows"] + (0 if parallel else COMPILE_SECONDS["helpers"])
+    print("nbnumba: compiling kernels into numba's cache (once per install; ~%d s)" % n,
+          file=file, flush=True)
     with tempfile.TemporaryDirectory(prefix="nbnumba-warmup-") as d:
         for line in WARMUP_ARGV:
             simulate_argv(line.split(), cwd=d, noprogress=True, progress_meter=False)
+    wait_helpers()
     print("nbnumba: kernels ready (%.1f s)" % (time.perf_counter() - t0), file=file, flush=True)
     return 0
 
@@ -106,5 +192,8 @@ def compile_counts() -> dict:
     return out
 
 
-if __name__ == "__main__":      # python -m nbnumba.jitcache
+if __name__ == "__main__":      # python -m nbnumba.jitcache [--helpers]
+    if sys.argv[1:] == ["--helpers"]:
+        compile_helpers()
+        sys.exit(0)
     sys.exit(warmup())

@@ -46,7 +46,7 @@ def _per_pixel(model, args):
         for f in range(F):
             if model.active[s, f]:
                 v, om = K.pixel_value(s, f, False, -1, iopt, fopt, vecs, incident, lam, cells, Fhkl,
-                                      work, tbuf.shape[0] == 0, tbuf, tpos, info)
+                                      work, tbuf, tpos, info)
                 img[s, f] = np.float32(v)
                 omega[s] += om
     return img, omega

@@ -1,7 +1,8 @@
 """Compile once: after one pass over twenty varied command lines, a second
 pass compiles nothing (numba's dispatchers report no new signatures and no
 cache misses, and no compile event fires), and the image kernel has one
-compiled signature per variant for both precisions.
+compiled signature per variant for both precisions (the trace, -trace_pixel,
+has a second copy of the pixel function, compiled once by the first trace run).
 
 Checks counts, not wall time."""
 from __future__ import annotations
@@ -83,6 +84,13 @@ def test_second_pass_compiles_nothing(tmp_path):
     # cache they are not even loaded themselves)
     assert len(K.pixel_value.overloads) <= 1
     assert len(K._lattice_square_fast.overloads) <= 2      # float64 / float32 sines
+    # the trace has its own copy of the pixel function (the -trace_pixel lines
+    # above compiled it once, the second pass not again), from the same body:
+    # TRACE is the only difference, so numba prunes the trace out of the image copy
+    assert len(K._pixel_value_trace.overloads) <= 1
+    assert K._pixel_value_trace.py_func.__code__ is K.pixel_value.py_func.__code__
+    assert K.pixel_value.py_func.__globals__["TRACE"] is False
+    assert K._pixel_value_trace.py_func.__globals__["TRACE"] is True
 
 
 def test_cold_cache_is_detected(tmp_path):

@@ -80,7 +80,7 @@ def render64(active, iopt, fopt, vecs, incident, lam, cells, Fhkl, out):
             if active[s, f] == 0:
                 continue
             val, om = K.pixel_value(row, f, off, no_latch, iopt, fopt, vecs, incident, lam, cells,
-                                    Fhkl, work, off, tbuf, tpos, info)
+                                    Fhkl, work, tbuf, tpos, info)
             out[s, f] = val
 
 

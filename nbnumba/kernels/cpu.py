@@ -3,9 +3,10 @@ sub-pixels, sources, phi steps and mosaic domains (nanoBragg's sub-paths).
 
 Everything that does not depend on the pixel (rotated cells per phi step and
 mosaic domain, source directions and wavelengths) arrives precomputed.  The
-per-pixel body, ``pixel_value``, is shared by the parallel image loop and by the
-single-pixel trace (which passes ``trace=True`` and a buffer to record the
-intermediate quantities): there is no second implementation of the physics.
+per-pixel body, ``_pixel_value``, is shared by the parallel image loop and by the
+single-pixel trace (its copy ``_pixel_value_trace`` also records the
+intermediate quantities in a buffer): there is no second implementation of the
+physics.
 
 The working precision is that of the input arrays (float64 or float32); the
 float image is always returned as float32, like nanoBragg's floatimage.bin.
@@ -66,7 +67,7 @@ def _record(tbuf, tpos, ev, vals):
 
 
 # ---- per-thread work buffer rows (length = number of (phi, mosaic) cells) ---
-W_H, W_K, W_L, W_F, W_FA, W_FB, W_FC = range(7)
+W_H, W_K, W_L, W_F, W_FA, W_FB, W_FC = range(7)     # (W_FA + a: axis a's factor of W_H + a)
 N_WORK = 7
 
 
@@ -132,19 +133,28 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
     FMA contraction and reassociation after h, k, l (which stay exact).
 
     cells: (2, 9, ncell) real-space a, b, c components (m) per cell, SoA so the
-    loop is contiguous and branch-free (vectorises)."""
+    loop is contiguous and branch-free (vectorises).
+
+    The three axes run through one loop over ``a`` (LLVM unrolls it fully,
+    giving the straight-line code of three calls): numba inlines ``_sincg_r``
+    (phase reduction and polynomial) once instead of once per axis, which
+    takes about 4 CPU-s off the cold compile."""
     ncell = cells.shape[2]
     S0, S1, S2 = S
     one = S0 * 0 + 1
-    da = Na > 1
-    db = Nb > 1
-    dc = Nc > 1
     for j in range(ncell):
         h, k, l = _hkl(cells, variant, j, S0, S1, S2)
-        fa = _sincg_r(h, Na, f32) if da else one
-        fb = _sincg_r(k, Nb, f32) if db else one
-        fc = _sincg_r(l, Nc, f32) if dc else one
-        _store(work, j, h, k, l, ((one * fa) * fb) * fc, fa, fb, fc)
+        work[W_H, j] = h
+        work[W_K, j] = k
+        work[W_L, j] = l
+        F = one
+        for a in range(3):
+            x = h if a == 0 else (k if a == 1 else l)
+            N = Na if a == 0 else (Nb if a == 1 else Nc)
+            f = _sincg_r(x, N, f32) if N > 1 else one
+            work[W_FA + a, j] = f
+            F = F * f           # ((1 * fa) * fb) * fc
+        work[W_F, j] = F
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
@@ -165,11 +175,17 @@ def _lattice_general(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, b
         _store(work, j, h, k, l, F, fa, fb, fc)
 
 
-def _variant(fn, name):
+def _variant(fn, name, **consts):
     """A copy of plain function ``fn`` named ``name`` (so numba gives it its own
-    cache file: the index key does not include the compile flags)."""
-    new = _pytypes.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__,
-                                fn.__closure__)
+    cache file: the index key does not include the compile flags).  ``consts``
+    replace module globals in the copy (a snapshot of the module's globals at
+    this point, so ``fn`` may use only names defined above its copy): numba
+    reads them as compile-time constants and prunes branches on them."""
+    glb = fn.__globals__
+    if consts:
+        glb = dict(glb)
+        glb.update(consts)
+    new = _pytypes.FunctionType(fn.__code__, glb, name, fn.__defaults__, fn.__closure__)
     new.__qualname__ = name
     new.__module__ = fn.__module__
     new.__doc__ = fn.__doc__
@@ -184,9 +200,8 @@ _JIT = dict(cache=True, error_model="numpy")
 _lattice_square_fast = njit(fastmath=FAST_MATH, _nrt=False, **_JIT)(_variant(_lattice_square, "_lattice_square_fast"))
 
 
-@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
-def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells,
-                Fhkl, work, trace, tbuf, tpos, info):
+def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells,
+                Fhkl, work, tbuf, tpos, info):
     """Photons in one pixel (before float32 storage).
 
     first_exec: this pixel is the first one a (single-threaded) nanoBragg.c
@@ -197,13 +212,21 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
         >= 0 = interpolate only for sub-paths numbered below it; -2 = never.
     info (int64[3], out): [index of first out-of-range interpolation
         sub-path or -1, whether any phi loop ran (0/1), sub-path count].
+    tbuf, tpos: the trace buffer and its row count (written only by the
+        trace copy, ``_pixel_value_trace``).
     Returns (value, omega_sum over sub-pixels).
+
+    Compiled twice from this one body: ``pixel_value`` with the global
+    ``TRACE`` False and ``_pixel_value_trace`` with it True.  numba prunes the
+    branches on a constant global before typing, so the image kernel carries
+    no trace code (about 2 CPU-s less to compile for every first run), and the
+    trace copy is compiled only when a run asks for -trace_pixel.
 
     Strict IEEE arithmetic, like nanoBragg.c, except the hot loops of the
     default mode (square crystal, reduced sincg): ``_lattice_square_fast``
     and ``_lean_sum`` use FMA contraction and reassociation after the Miller
-    indices (which stay exact).  Called, not inlined, by the image loop and
-    the trace, so it is typed once.  Both precisions share one signature:
+    indices (which stay exact).  Called, not inlined, by the image loop, so
+    it is typed once.  Both precisions share one signature:
     under -precision single (``reduced`` = 2) the lattice loop is the copy
     that evaluates float32 sines, and Fhkl holds float32-rounded values in
     float64 (F is promoted to float64 before any arithmetic either way).
@@ -242,7 +265,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
 
     # common case without per-sub-path state: the default mode sums each
     # (phi, mosaic) pass in one go (-c_parity keeps the C's order of additions)
-    lean = (not c_parity) and (not interp) and (not trace) and not (os_thick or os_polar or os_omega)
+    lean = (not c_parity) and (not interp) and (not TRACE) and not (os_thick or os_polar or os_omega)
     # nanoBragg.c's arithmetic is kept exactly unless a corrected formula is needed:
     # several sensor layers without -oversample_thick, or any -oversample_* switch
     corrected = (not c_parity) and (nthick > 1 or os_thick or os_polar or os_omega)
@@ -309,7 +332,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                     S = ((diffracted[0] - incident_v[0]) / lambda_,
                          (diffracted[1] - incident_v[1]) / lambda_,
                          (diffracted[2] - incident_v[2]) / lambda_)
-                    if trace and source == 0:
+                    if TRACE and source == 0:
                         _record(tbuf, tpos, EV_GEOM, (
                             pix0[0], pix0[1], pix0[2], fdet[0], fdet[1], fdet[2],
                             sdet[0], sdet[1], sdet[2], pos[0], pos[1], pos[2], airpath,
@@ -369,7 +392,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                         h0 = np.int64(np.ceil(h - like(0.5, z)))
                         k0 = np.int64(np.ceil(k - like(0.5, z)))
                         l0 = np.int64(np.ceil(l - like(0.5, z)))
-                        if trace and source == 0 and mos == 0:
+                        if TRACE and source == 0 and mos == 0:
                             if phi_tic == 0:
                                 _record(tbuf, tpos, EV_HKL, (
                                     cells[variant, 0, j] * 1e10, cells[variant, 1, j] * 1e10,
@@ -400,9 +423,9 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
                             F_cell = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
                                                h0, k0, l0, default_F)
                         sub_count += 1
-                        if trace and source == 0 and mos == 0 and phi_tic == 0:
+                        if TRACE and source == 0 and mos == 0 and phi_tic == 0:
                             _record(tbuf, tpos, EV_FCELL, (like(F_cell, z),))
-                        if trace and source == 2 and mos == 0 and phi_tic == 0:
+                        if TRACE and source == 2 and mos == 0 and phi_tic == 0:
                             # the C's per-source tap (TRACE_C_SOURCE2), every sub-pixel
                             _record(tbuf, tpos, EV_SOURCE2, (like(F_cell, z), like(F_latt, z), like(polar, z),
                                                              like(dot(incident_v, diffracted), z),
@@ -453,7 +476,7 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
             test *= polar
         if not os_omega:
             test *= omega_pixel
-    if trace:
+    if TRACE:
         _record(tbuf, tpos, EV_FINAL, (
             like(I, z), steps, one if os_thick else z, one if os_polar else z,
             one if os_omega else z, like(capture, z), like(polar, z), like(omega_pixel, z),
@@ -462,6 +485,14 @@ def pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, inciden
     info[1] = ran_phi
     info[2] = sub_count
     return test, omega_acc
+
+
+
+#: False in the image copy of _pixel_value, True in the trace copy
+TRACE = False
+pixel_value = njit(fastmath=False, _nrt=False, **_JIT)(_variant(_pixel_value, "pixel_value"))
+_pixel_value_trace = njit(fastmath=False, _nrt=False, **_JIT)(
+    _variant(_pixel_value, "_pixel_value_trace", TRACE=True))
 
 
 # ---- default mode, few cells per pixel: pixels in blocks ---------------------
@@ -564,12 +595,14 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bce
     Na, Nb, Nc = fopt[F_NA], fopt[F_NB], fopt[F_NC]
     default_F = fopt[F_DEFAULT_F]
     ncell = cells.shape[2]
+    # computed, not a literal 1: a literal makes numba compile _hkl a second time
+    variant = nb * 0 + 1
     for b in range(nb):
         S0 = geo[B_S0, b]
         S1 = geo[B_S1, b]
         S2 = geo[B_S2, b]
         for j in range(ncell):
-            h, k, l = _hkl(cells, 1, j, S0, S1, S2)
+            h, k, l = _hkl(cells, variant, j, S0, S1, S2)
             q = b * ncell + j
             bcells[1, 0, q] = h
             bcells[1, 3, q] = k
@@ -578,7 +611,6 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bce
     # computed along, never read
     z = fopt[0] * 0
     unit = (z + 1, z, z)
-    variant = nb * 0 + 1     # computed, not a literal (one signature)
     if iopt[I_REDUCED] == 2:
         _lattice_square_fast(variant, unit, bcells, work, Na, Nb, Nc, True)
     else:
@@ -611,9 +643,6 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     tpos = np.zeros(1, dtype=np.int64)
     info = np.zeros(3, dtype=np.int64)
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
-    # a computed False, not the literal: a literal would make numba compile a
-    # second copy of pixel_value (one for the image, one for the trace)
-    trace = tbuf.shape[0] == 0
     ncell = cells.shape[2]
     block = _block_eligible(iopt, ncell, first_pixel, latch_pixel)
     geo = np.empty((N_BLOCK, BLOCK), dtype=cells.dtype)
@@ -651,7 +680,7 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
                 elif p == latch_pixel:
                     ls = latch_sub
             val, om = pixel_value(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam,
-                                  cells, Fhkl, work, trace, tbuf, tpos, info)
+                                  cells, Fhkl, work, tbuf, tpos, info)
             out[s, f] = np.float32(val)
             omega_out[s] += om
             if keep:
@@ -661,14 +690,15 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
 
 @njit(fastmath=False, **_JIT)
 def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl, maxrows):
-    """Run one pixel with tracing on; returns (value, rows, nrows)."""
+    """Run one pixel with tracing on; returns (value, rows, nrows).  Uses the
+    trace copy of the pixel function: compiled (once) by the first run that
+    asks for a trace, never by image-only runs."""
     tbuf = np.zeros((maxrows, TRACE_COLS))
     tpos = np.zeros(1, dtype=np.int64)
     info = np.zeros(3, dtype=np.int64)
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
-    trace = tbuf.shape[0] >= 0     # a computed True (see render_rows)
-    val, om = pixel_value(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl,
-                          work, trace, tbuf, tpos, info)
+    val, om = _pixel_value_trace(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam,
+                                 cells, Fhkl, work, tbuf, tpos, info)
     return val, tbuf, tpos[0]
 
 
