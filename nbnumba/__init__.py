@@ -6,6 +6,7 @@
                                  "-distance", "100", "-detpixels", "256"])
     res.float_image      # float32 (slow, fast) photons/pixel
 """
+from .config import Config
 from .errors import ConfigError, InputFileError, NBError, UsageError
 
 __version__ = "0.1.0"
@@ -44,15 +45,6 @@ def simulate_many(argvs, cwd=None, workers=None, threads=None, write=False, **kw
     in order.  A failing line does not stop the others.  See nbnumba.batch."""
     from .batch import simulate_many as _m
     return _m(argvs, cwd=cwd, workers=workers, threads=threads, write=write, **kw)
-
-
-def __getattr__(name):
-    # Config on first use: `python -m nbnumba.cli` imports this package, and a
-    # run handed to a warm server (nbnumba.server) needs none of it
-    if name == "Config":
-        from .config import Config
-        return Config
-    raise AttributeError("module 'nbnumba' has no attribute %r" % name)
 
 
 __all__ = ["Config", "ConfigError", "InputFileError", "NBError", "UsageError",
