@@ -252,7 +252,9 @@ def _warm() -> None:
     from .jitcache import warmup
     with open(os.devnull, "w") as null:
         warmup(file=null)
-    from . import api, flags, model, outputs, summary  # noqa: F401  (imported for the children)
+    import importlib
+    for name in ("api", "flags", "model", "outputs", "summary"):   # for the children
+        importlib.import_module("nbnumba." + name)
 
 
 def _serve_child(conn, req, fds) -> None:
