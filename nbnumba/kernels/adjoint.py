@@ -175,6 +175,32 @@ def _square_sum(S, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, 
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _cell_terms(work, cells, v, j, S0, S1, S2, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                default_F):
+    """Cell j of pass 2 (nearest-neighbour F): T = (F_cell F_latt)^2, dT/dh,
+    dT/dk, dT/dl, their projection on the rotated cell vectors (the d/dS
+    terms gx, gy, gz) and dT/dNa, dT/dNb, dT/dNc."""
+    h, k, l = K._hkl(cells, v, j, S0, S1, S2)
+    fa, fb, fc = work[A_FA, j], work[A_FB, j], work[A_FC, j]
+    Fl = ((1.0 * fa) * fb) * fc
+    h0 = np.int64(np.ceil(h - 0.5))
+    k0 = np.int64(np.ceil(k - 0.5))
+    l0 = np.int64(np.ceil(l - 0.5))
+    Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
+    FcFl = Fc * Fl
+    tFl = 2.0 * Fc * FcFl          # dT/dF_latt
+    Th = tFl * work[A_GA, j] * fb * fc
+    Tk = tFl * fa * work[A_GB, j] * fc
+    Tl = tFl * fa * fb * work[A_GC, j]
+    return (FcFl * FcFl, Th, Tk, Tl,
+            Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j],
+            Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j],
+            Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j],
+            tFl * work[A_NA, j] * fb * fc, tFl * fa * work[A_NB, j] * fc,
+            tFl * fa * fb * work[A_NC, j])
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _square_accumulate(S, work, cells, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F,
                        cF):
     """Pass 2 of the fast path (nearest-neighbour F), per-cell form: the
@@ -187,25 +213,16 @@ def _square_accumulate(S, work, cells, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
     v = np.int64(_V1)
     sumT = gx = gy = gz = gNa = gNb = gNc = 0.0
     for j in range(ncell):
-        h, k, l = K._hkl(cells, v, j, S0, S1, S2)
-        fa, fb, fc = work[A_FA, j], work[A_FB, j], work[A_FC, j]
-        Fl = ((1.0 * fa) * fb) * fc
-        h0 = np.int64(np.ceil(h - 0.5))
-        k0 = np.int64(np.ceil(k - 0.5))
-        l0 = np.int64(np.ceil(l - 0.5))
-        Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
-        FcFl = Fc * Fl
-        sumT += FcFl * FcFl
-        tFl = 2.0 * Fc * FcFl          # dT/dF_latt
-        Th = tFl * work[A_GA, j] * fb * fc
-        Tk = tFl * fa * work[A_GB, j] * fc
-        Tl = tFl * fa * fb * work[A_GC, j]
-        gx += Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j]
-        gy += Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j]
-        gz += Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j]
-        gNa += tFl * work[A_NA, j] * fb * fc
-        gNb += tFl * fa * work[A_NB, j] * fc
-        gNc += tFl * fa * fb * work[A_NC, j]
+        T, Th, Tk, Tl, dx, dy, dz, dNa, dNb, dNc = _cell_terms(
+            work, cells, v, j, S0, S1, S2, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+            default_F)
+        sumT += T
+        gx += dx
+        gy += dy
+        gz += dz
+        gNa += dNa
+        gNb += dNb
+        gNc += dNc
         work[A_TH, j] = cF * Th
         work[A_TK, j] = cF * Tk
         work[A_TL, j] = cF * Tl
@@ -227,25 +244,16 @@ def _square_accumulate_rot(work, cells, rot, S, Fhkl, hkls, hmin, hmax, kmin, km
     sumT = gx = gy = gz = gNa = gNb = gNc = 0.0
     ga0 = ga1 = ga2 = gb0 = gb1 = gb2 = gc0 = gc1 = gc2 = 0.0
     for j in range(ncell):
-        h, k, l = K._hkl(cells, v, j, S0, S1, S2)
-        fa, fb, fc = work[A_FA, j], work[A_FB, j], work[A_FC, j]
-        Fl = ((1.0 * fa) * fb) * fc
-        h0 = np.int64(np.ceil(h - 0.5))
-        k0 = np.int64(np.ceil(k - 0.5))
-        l0 = np.int64(np.ceil(l - 0.5))
-        Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
-        FcFl = Fc * Fl
-        sumT += FcFl * FcFl
-        tFl = 2.0 * Fc * FcFl          # dT/dF_latt
-        Th = tFl * work[A_GA, j] * fb * fc
-        Tk = tFl * fa * work[A_GB, j] * fc
-        Tl = tFl * fa * fb * work[A_GC, j]
-        gx += Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j]
-        gy += Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j]
-        gz += Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j]
-        gNa += tFl * work[A_NA, j] * fb * fc
-        gNb += tFl * fa * work[A_NB, j] * fc
-        gNc += tFl * fa * fb * work[A_NC, j]
+        T, Th, Tk, Tl, dx, dy, dz, dNa, dNb, dNc = _cell_terms(
+            work, cells, v, j, S0, S1, S2, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+            default_F)
+        sumT += T
+        gx += dx
+        gy += dy
+        gz += dz
+        gNa += dNa
+        gNb += dNb
+        gNc += dNc
         u0 = rot[0, j] * S0 + rot[1, j] * S1 + rot[2, j] * S2
         u1 = rot[3, j] * S0 + rot[4, j] * S1 + rot[5, j] * S2
         u2 = rot[6, j] * S0 + rot[7, j] * S1 + rot[8, j] * S2
