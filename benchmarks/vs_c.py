@@ -352,11 +352,14 @@ def run_all(opts) -> Dict[str, object]:
     if cbin is None:
         log("vs_c: NB_C_BIN is not set (or not executable): C runs skipped, port timings only")
     result: Dict[str, object] = {
-        "kind": "vs_c", "machine": envinfo.machine_facts(), "c_bin": cbin, "threads": threads,
+        "kind": "vs_c", "machine": envinfo.machine_facts(),
+        # the program's name only: no path of this machine goes into a committed result
+        "c_bin": os.path.basename(cbin) if cbin else None, "threads": threads,
         "c_threads": c_threads,
         "workloads": names, "precisions": list(opts.precision), "reps_requested": opts.reps,
         "budget_s": opts.budget, "quick": bool(opts.quick), "w3_data": W.w3_data_source(),
-        "command": "python -m benchmarks.vs_c " + " ".join(opts.argv_used),
+        "command": "python -m benchmarks.vs_c " + " ".join(
+            os.path.basename(a) if os.path.isabs(a) else a for a in opts.argv_used),
         "rss_method": "gnu-time" if gnu_time() else "wait4",
     }
     senv = None
