@@ -106,13 +106,19 @@ def make_fake_cupy(host: "gpu.HostKernel", check_args: Optional[Callable] = None
         assert grid[0] * block[0] >= (row1 - row0) * F          # every pixel covered
         assert (grid[0] - 1) * block[0] < (row1 - row0) * F     # no idle block
 
-    class Kernel:
-        def __init__(self, entry, dtname):
+    class _RowKernel:
+        """A kernel launched one thread per pixel (RawKernel's attributes)."""
+
+        def __init__(self, entry):
             self.entry = entry
-            self.dtname = dtname
             self.max_threads_per_block = max_threads_per_block
             self.attributes = {"num_regs": 0, "local_size_bytes": 0,
                                "max_threads_per_block": max_threads_per_block}
+
+    class Kernel(_RowKernel):
+        def __init__(self, entry, dtname):
+            super().__init__(entry)
+            self.dtname = dtname
 
         def __call__(self, grid, block, args):
             if check_args is not None:
@@ -138,13 +144,7 @@ def make_fake_cupy(host: "gpu.HostKernel", check_args: Optional[Callable] = None
             conv = [a.ctypes.data if isinstance(a, np.ndarray) else int(a) for a in args]
             host._trace[self.dtname](*conv)
 
-    class AdjointKernel:
-        def __init__(self, entry):
-            self.entry = entry
-            self.max_threads_per_block = max_threads_per_block
-            self.attributes = {"num_regs": 0, "local_size_bytes": 0,
-                               "max_threads_per_block": max_threads_per_block}
-
+    class AdjointKernel(_RowKernel):
         def __call__(self, grid, block, args):
             if check_args is not None:
                 check_args(self.entry, args)
