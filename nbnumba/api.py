@@ -15,9 +15,8 @@ import numpy as np
 
 from .config import Config
 from .interop import to_host  # noqa: F401  (also part of this module's API, as before)
-from .kernels import cpu as K
+from .kernels import native as K
 from .model import Model, build_model
-from . import rng as rngmod
 
 RTD = 180.0 * (1.0 / math.pi)
 
@@ -282,7 +281,7 @@ def _host_products(res: Result, omega) -> None:
         stats["pgm_scale"] = pscale
         res.pgm_image = pgm_image(model, img_host, pscale)
     if cfg.calculate_noise:
-        noise, photons, overloads, _ = rngmod.noise_image(
+        noise, photons, overloads, _ = K.noise_image(
             img_host, model.seed, model.rng.buf, model.rng.gauss, cfg.adc_offset,
             np.array(model.det.roi, dtype=np.int64), bool(cfg.c_parity))
         res.noise_image = noise

@@ -138,7 +138,22 @@ def run(cfg) -> int:
     for line in result_lines(res):
         print(line, file=out)
     print(run_summary_line(cfg, time.perf_counter() - t0), file=out)
+    _background_library_build()
     return 0
+
+
+def _background_library_build() -> None:
+    """After a run that needed numba for its kernels, build the start-up
+    library (kernels.native) in the background, once: later runs load it
+    instead of numba."""
+    from .kernels import native
+    if native.COUNTS["jit"] and native.background_build_wanted():
+        try:
+            native.start_build(background=True)
+        except OSError:
+            return
+        print("nbnumba: building the start-up library in the background (once; later runs "
+              "start without loading numba)", file=sys.stderr)
 
 
 # ---- whole-program modes of nbnumba (not nanoBragg flags) ---------------------

@@ -14,8 +14,9 @@ from typing import List, Tuple
 import numpy as np
 
 from . import rng as rngmod
+from .kernels import native
 from .errors import ConfigError
-from .physics import host
+from .vecmath import host
 
 # plain-Python vector helpers (same source as the kernel's compiled ones)
 cross = host.cross
@@ -146,9 +147,9 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed) -> Cryst
         # (it passes 90.0 to a routine expecting radians; docs/quirks.md)
         idum = np.array([misset_seed], dtype=np.int64)
         if cfg.c_parity:
-            u = rngmod.mosaic_rotation_umat(90.0, idum, rng_state.buf)
+            u = native.mosaic_rotation_umat(90.0, idum, rng_state.buf)
         else:
-            u = rngmod.random_orientation_umat(idum, rng_state.buf)
+            u = native.random_orientation_umat(idum, rng_state.buf)
         misset = rngmod.umat2misset(u)
         log.append("random orientation misset angles: %f %f %f deg"
                    % (misset[0] * RTD, misset[1] * RTD, misset[2] * RTD))
@@ -237,7 +238,7 @@ def mosaic_umats(spread, domains, rng_state, mosaic_seed):
         out[:] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
         return out
     for i in range(domains):
-        out[i] = rngmod.mosaic_rotation_umat(spread, idum, rng_state.buf)
+        out[i] = native.mosaic_rotation_umat(float(spread), idum, rng_state.buf)
     out[0] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
     return out
 

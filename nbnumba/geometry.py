@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
-from .physics import host
+from .vecmath import host
 from .tracefmt import format_value
 
 # plain-Python vector helpers (same source as the kernel's compiled ones)

@@ -23,7 +23,7 @@ import time
 #: (statistics, integer and noise images; compiled in a second process while
 #: the image kernel compiles, when there is a second core).  The announcement
 #: quotes them, it scales nothing.
-COMPILE_SECONDS = {"render_rows": 16, "trace_pixel": 8, "helpers": 3}
+COMPILE_SECONDS = {"render_rows": 16, "trace_pixel": 8, "helpers": 3, "library": 8}
 
 #: tiny runs that together compile what image runs use (default and
 #: -c_parity, mosaic, noise, statistics, integer image).  Not the trace: its
@@ -80,20 +80,29 @@ def cold_kernels(model) -> list:
     integer and noise images)."""
     if model.cfg.device != "cpu":
         return []
+    from .kernels import native
+    # the start-up library has the image kernel and the helpers (no numba import)
+    aot = native.aot_module() is not None
+    tracing = getattr(model.cfg, "trace_spixel", -1) >= 0
+    if aot and not tracing:
+        return []
     import numpy as np
     from .kernels import cpu as K
     args = model.cpu_kernel_args()
     S, F = model.shape
-    disp = K.render_rows
-    probe = (model.active, 0, 0, 0) + tuple(args) + (
-        np.zeros((S, F), np.float32), np.zeros(S), np.zeros((1, 1), np.int32),
-        np.zeros((1, 1), np.uint8), 0, 0, 0)
-    out = [] if _cached(disp, probe) else [disp.py_func.__name__]
-    if getattr(model.cfg, "trace_spixel", -1) >= 0:
+    out = []
+    if not aot:
+        disp = K.render_rows
+        probe = (model.active, 0, 0, 0) + tuple(args) + (
+            np.zeros((S, F), np.float32), np.zeros(S), np.zeros((1, 1), np.int32),
+            np.zeros((1, 1), np.uint8), 0, 0, 0)
+        if not _cached(disp, probe):
+            out.append(disp.py_func.__name__)
+    if tracing:
         probe = (0, 0, False, -1) + tuple(args) + (1,)
         if not _cached(K.trace_pixel, probe):
             out.append("trace_pixel")
-    if not all(_cached(d, a) for d, a in _helper_calls(bool(model.cfg.calculate_noise))):
+    if not aot and not all(_cached(d, a) for d, a in _helper_calls(bool(model.cfg.calculate_noise))):
         out.append("helpers")
     return out
 
@@ -153,19 +162,46 @@ def announce_compile(model, file=None) -> bool:
 
 def warmup(file=None) -> int:
     """Compile (or load from the cache) the image kernel and the helpers
-    (not the trace: see WARMUP_ARGV); returns 0."""
+    (not the trace: see WARMUP_ARGV), and build the start-up library
+    (kernels.native) in a second process meanwhile; returns 0 (a library that
+    cannot be built is reported; runs then use numba's cache)."""
+    import os
     import tempfile
     from .api import simulate_argv
+    from .kernels import native
     file = file or sys.stderr
     t0 = time.perf_counter()
-    parallel = start_helpers()
+    build = None
+    if native.enabled() and native.aot_module() is None:
+        try:
+            build = native.start_build()
+        except OSError as exc:
+            print("nbnumba: start-up library not built: %s" % exc, file=file)
+    parallel = build is None and start_helpers()
     n = COMPILE_SECONDS["render_rows"] + (0 if parallel else COMPILE_SECONDS["helpers"])
-    print("nbnumba: compiling kernels into numba's cache (once per install; ~%d s)" % n,
-          file=file, flush=True)
-    with tempfile.TemporaryDirectory(prefix="nbnumba-warmup-") as d:
-        for line in WARMUP_ARGV:
-            simulate_argv(line.split(), cwd=d, noprogress=True, progress_meter=False)
+    if build is not None:
+        n += COMPILE_SECONDS["library"]
+    print("nbnumba: compiling kernels (once per install; ~%d s)" % n, file=file, flush=True)
+    # numba's cache: what the trace, autodiff and any call the library does not
+    # cover use (with the library present, these runs load it, not numba)
+    env_aot = os.environ.get("NBNUMBA_AOT")
+    os.environ["NBNUMBA_AOT"] = "0"
+    try:
+        with tempfile.TemporaryDirectory(prefix="nbnumba-warmup-") as d:
+            for line in WARMUP_ARGV:
+                simulate_argv(line.split(), cwd=d, noprogress=True, progress_meter=False)
+    finally:
+        if env_aot is None:
+            del os.environ["NBNUMBA_AOT"]
+        else:
+            os.environ["NBNUMBA_AOT"] = env_aot
     wait_helpers()
+    if build is not None:
+        err = build.communicate()[1]
+        native.forget()
+        if native.aot_module() is None:
+            print("nbnumba: start-up library not built (runs use numba's cache): %s"
+                  % ((err or "").strip().splitlines() or ["unknown reason"])[-1], file=file)
     print("nbnumba: kernels ready (%.1f s)" % (time.perf_counter() - t0), file=file, flush=True)
     return 0
 
@@ -173,10 +209,10 @@ def warmup(file=None) -> int:
 def dispatchers() -> list:
     """Every numba dispatcher of nbnumba's kernel modules."""
     from numba.core.registry import CPUDispatcher
-    from . import physics, rng
-    from .kernels import cpu
+    from . import physics
+    from .kernels import cpu, rng_kernels
     out = []
-    for mod in (cpu, physics, rng):
+    for mod in (cpu, physics, rng_kernels):
         for v in vars(mod).values():
             if isinstance(v, CPUDispatcher) and v not in out:
                 out.append(v)

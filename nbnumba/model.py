@@ -18,7 +18,7 @@ from . import crystal as xtal
 from .config import Config
 from .errors import ConfigError, InputFileError
 from .geometry import Detector, build_detector
-from .kernels import cpu as K
+from .kernels import layout as K
 from .rng import RngState
 from .sampling import Steps, resolve_steps
 from .sources import Sources, build_sources

@@ -11,7 +11,7 @@ from typing import List
 
 import numpy as np
 
-from .physics import host
+from .vecmath import host
 
 # plain-Python vector helpers (same source as the kernel's compiled ones)
 rotate_axis = host.rotate_axis

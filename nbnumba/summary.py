@@ -76,9 +76,9 @@ def run_summary_line(cfg, seconds: float) -> str:
     if cfg.device == "cuda":
         backend, threads = "cuda (CuPy)", ""
     else:
-        import numba
-        n = (max(1, min(int(cfg.threads), numba.config.NUMBA_NUM_THREADS)) if cfg.threads
-             else numba.get_num_threads())
+        # the threads the image loop ran on (kernels.native.render)
+        from .kernels.native import default_threads
+        n = max(1, int(cfg.threads)) if cfg.threads else default_threads()
         backend, threads = "cpu (numba)", ", %d thread%s" % (n, "" if n == 1 else "s")
     return "nbnumba: %s precision%s, backend %s, %.2f s" % (cfg.precision, threads, backend, seconds)
 

@@ -13,8 +13,6 @@ float image is always returned as float32, like nanoBragg's floatimage.bin.
 """
 from __future__ import annotations
 
-import os as _os
-import threading as _threading
 import types as _pytypes
 
 import numpy as np
@@ -23,33 +21,20 @@ from numba import njit
 from ..physics import (reduce_phase, sinpi_poly32, sinpi_poly64, capture_fraction, dot, interp_in_range,
                        lattice_factor, like, nearest_F, polarization_factor, rotate_axis,
                        solid_angle, tricubic_F, unitize)
+from .layout import (  # noqa: F401  (re-exported: K.I_* etc.)
+    I_OVERSAMPLE, I_THICKSTEPS, I_NSRC, I_NPHI, I_NMOS, I_SHAPE, I_CURVED, I_POINT, I_NOPOLAR,
+    I_OS_THICK, I_OS_POLAR, I_OS_OMEGA, I_INTERP, I_HKLS, I_HMIN, I_HMAX, I_KMIN, I_KMAX, I_LMIN,
+    I_LMAX, I_CPARITY, I_REDUCED, I_FPIXELS, N_IOPT, F_PIXEL, F_SUBPIXEL, F_DISTANCE, F_CLOSE,
+    F_THICKSTEP, F_MU, F_THICK, F_KAHN, F_DMIN, F_NA, F_NB, F_NC, F_FUDGE, F_DEFAULT_F, F_I_BG,
+    F_WATER, F_SCALE, F_STEPS, N_FOPT, V_FDET, V_SDET, V_ODET, V_PIX0, V_BEAM, V_POLAR, V_ASTAR,
+    V_BSTAR, V_CSTAR, N_VECS, EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL, EV_SOURCE2,
+    TRACE_COLS,)
 
 #: LLVM fast-math flags of the hot loops (square crystal, reduced sincg, nearest
 #: F): FMA contraction and reassociation (lets the F-lookup/accumulate loop
 #: vectorise).  Never 'nnan' or 'ninf': NaN inputs must propagate as in C.
 #: Everything nanoBragg.c's float64 arithmetic (-c_parity) runs stays strict.
 FAST_MATH = {"contract", "reassoc"}
-
-# ---- integer option vector (iopt) layout ------------------------------------
-I_OVERSAMPLE, I_THICKSTEPS, I_NSRC, I_NPHI, I_NMOS, I_SHAPE = 0, 1, 2, 3, 4, 5
-I_CURVED, I_POINT, I_NOPOLAR, I_OS_THICK, I_OS_POLAR, I_OS_OMEGA = 6, 7, 8, 9, 10, 11
-I_INTERP, I_HKLS, I_HMIN, I_HMAX, I_KMIN, I_KMAX, I_LMIN, I_LMAX = 12, 13, 14, 15, 16, 17, 18, 19
-I_CPARITY, I_REDUCED, I_FPIXELS = 20, 21, 22
-N_IOPT = 23
-
-# ---- float option vector (fopt) layout --------------------------------------
-F_PIXEL, F_SUBPIXEL, F_DISTANCE, F_CLOSE, F_THICKSTEP, F_MU, F_THICK = 0, 1, 2, 3, 4, 5, 6
-F_KAHN, F_DMIN, F_NA, F_NB, F_NC, F_FUDGE, F_DEFAULT_F, F_I_BG = 7, 8, 9, 10, 11, 12, 13, 14
-F_WATER, F_SCALE, F_STEPS = 15, 16, 17
-N_FOPT = 18
-
-# ---- vectors (vecs) rows ----------------------------------------------------
-V_FDET, V_SDET, V_ODET, V_PIX0, V_BEAM, V_POLAR, V_ASTAR, V_BSTAR, V_CSTAR = range(9)
-N_VECS = 9
-
-# ---- trace events: buffer rows [event, values...] ---------------------------
-EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL, EV_SOURCE2 = 1, 2, 3, 4, 5, 6, 7
-TRACE_COLS = 32
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
@@ -702,81 +687,9 @@ def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, ce
     return val, tbuf, tpos[0]
 
 
-_POOLS = {}
-_POOL_LOCK = _threading.Lock()
-
-
-def _forget_pools():
-    # a forked child (nbnumba.server) inherits the executors but not their
-    # threads: work submitted to them would never run
-    global _POOL_LOCK
-    _POOLS.clear()
-    _POOL_LOCK = _threading.Lock()
-
-
-if hasattr(_os, "register_at_fork"):
-    _os.register_at_fork(after_in_child=_forget_pools)
-
-
-def _pool(n):
-    """A lasting thread pool of n workers (threads start once per process)."""
-    from concurrent.futures import ThreadPoolExecutor
-    with _POOL_LOCK:
-        p = _POOLS.get(n)
-        if p is None:
-            p = _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="nbnumba")
-    return p
-
-
-def default_threads():
-    """Threads for one image when -threads is not given: numba's setting when
-    the caller changed it (numba.set_num_threads), else the usable cores."""
-    import os
-    import sys
-    par = sys.modules.get("numba.np.ufunc.parallel")
-    if par is not None and getattr(par, "_is_initialized", False):
-        import numba
-        return max(1, numba.get_num_threads())
-    env = os.environ.get("NUMBA_NUM_THREADS")
-    if env and env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam, cells,
-           Fhkl, out, omega_out, oor_out, ran_out, row0=0, row1=-1, threads=None):
-    """Fill ``out`` (float32, (S, F)) for every active pixel of rows row0..row1-1
-    (row1 = -1: to the last row; the caller may render in chunks for progress).
-
-    first_pixel: linear index of the pixel whose phi loop runs first (-1: none).
-    latch_pixel/latch_sub: -c_parity interpolation latch (see pixel_value).
-    omega_out: per-row sums of the pixels' solid angles (S,), float64.
-    oor_out: per-pixel first out-of-range interpolation sub-path (or -1), int32.
-    ran_out: per-pixel flag, 1 if any phi loop ran (uint8).
-    oor_out/ran_out are only written when they have the image's shape (pass
-    (1, 1) arrays when the -c_parity bookkeeping is not needed).
-
-    threads: worker threads (default :func:`default_threads`); thread t renders
-    rows row0 + t, row0 + t + threads, ... (interleaved rows balance the load).
-
-    One compiled signature serves every mode and both precisions."""
-    k = render_rows
-    S = active.shape[0]
-    r0 = max(0, int(row0))
-    r1 = S if row1 < 0 or row1 > S else int(row1)
-    n = default_threads() if not threads else int(threads)
-    n = max(1, min(n, r1 - r0))
-    args = (active, int(first_pixel), int(latch_pixel), int(latch_sub), iopt, fopt, vecs, incident,
-            lam, cells, Fhkl, out, omega_out, oor_out, ran_out)
-    if n == 1:
-        k(*args, r0, r1, 1)
-        return
-    futs = [_pool(n).submit(k, *args, r0 + t, r1, n) for t in range(n)]
-    for f in futs:
-        f.result()
+# the host-side entry (thread pool over render_rows, from the start-up library
+# or numba) lives in native; re-exported here for callers of cpu.render
+from .native import _forget_pools, _pool, default_threads, render  # noqa: E402,F401
 
 
 def kernel_dispatchers():

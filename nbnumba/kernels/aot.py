@@ -1,0 +1,155 @@
+"""Build the start-up library: the host's entry points (``native.EXPORTS``)
+compiled ahead of time by numba into one extension module.
+
+Run as ``python -m nbnumba.kernels.aot --key KEY --out DIR`` (by
+``nbnumba --warmup`` and, in the background, by a CLI run that had to use the
+JIT); see :mod:`nbnumba.kernels.native` for why and how it is used.
+
+What makes its code the JIT's code, bit for bit:
+
+- each entry is a one-line wrapper that calls the numba dispatcher, so every
+  kernel function is compiled by its own dispatcher with its own options
+  (fastmath, error_model, inlining) exactly as in a JIT run, and its LLVM IR is
+  linked into the library;
+- the library is lowered for the host CPU *with the host's feature string*, as
+  numba's JIT does (numba's AOT default would be a generic CPU);
+- the wrappers release the GIL, like the dispatcher's ``nogil=True`` wrapper,
+  so the image loop still runs on several threads.
+
+Linking needs the kernels' IR, which numba's on-disk cache does not keep
+(it stores object code): the build compiles from source in a private, empty
+numba cache (about the cost of a first run).  The result is written to a
+temporary name and renamed into place; a failed build leaves a one-line
+``.failed`` note so that background builds are not retried every run.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _numba_type(code):
+    from numba import from_dtype, types
+    scalars = {"i8": types.int64, "f8": types.float64, "b1": types.boolean}
+    if code in scalars:
+        return scalars[code]
+    import numpy as np
+    dt, nd = code.split(":")
+    return types.Array(from_dtype(np.dtype(dt)), int(nd), "C")
+
+
+def _patch_pycc():
+    """numba.pycc defaults that differ from the JIT: the GIL is held and the
+    CPU's features are those of its generic model.  Set both as the JIT does
+    (this process only: it exists to build the library)."""
+    import numba.pycc.compiler as pcc
+    from numba.core import codegen
+    from numba.core.compiler import Flags
+
+    class _NoGilFlags(Flags):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.release_gil = True
+    pcc.Flags = _NoGilFlags
+    codegen.AOTCPUCodegen._customize_tm_features = lambda self: self._get_host_cpu_features()
+
+
+def build(key: str, out_dir: str) -> str:
+    """Compile the library for ``key`` into ``out_dir``; returns its path."""
+    import importlib
+    import shutil
+    import tempfile
+    from numba.pycc import CC
+    from . import native
+    _patch_pycc()
+    name = native.module_name(key)
+    cc = CC(name)
+    cc.target_cpu = "host"
+    cc.verbose = False
+    for entry, (modname, codes) in native.EXPORTS.items():
+        disp = getattr(importlib.import_module(modname), entry)
+        argtypes = tuple(_numba_type(c) for c in codes)
+        disp.compile(argtypes)
+        restype = disp.overloads[argtypes].signature.return_type
+        params = ", ".join("a%d" % i for i in range(len(codes)))
+        ns = {"_kernel": disp}
+        exec("def %s(%s):\n    return _kernel(%s)\n" % (entry, params, params), ns)
+        cc.export(entry, restype(*argtypes))(ns[entry])
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nbnumba-aot-", dir=out_dir) as tmp:
+        cc.output_dir = tmp
+        cc.compile()
+        built = os.path.join(tmp, cc.output_file)
+        final = os.path.join(out_dir, os.path.basename(native.library_path(key)))
+        os.chmod(built, 0o755)
+        shutil.move(built, final + ".tmp%d" % os.getpid())
+        os.replace(final + ".tmp%d" % os.getpid(), final)
+    return final
+
+
+def _prune(out_dir, keep):
+    """Remove libraries of older keys (sources changed) after a day."""
+    import time
+    now = time.time()
+    for fn in os.listdir(out_dir):
+        if fn.startswith("_nbnumba_aot_") and not fn.startswith(keep):
+            p = os.path.join(out_dir, fn)
+            try:
+                if now - os.stat(p).st_mtime > 86400:
+                    os.unlink(p)
+            except OSError:
+                pass
+
+
+def main(argv=None) -> int:
+    import argparse
+    import fcntl
+    p = argparse.ArgumentParser(prog="python -m nbnumba.kernels.aot",
+                                description="build nbnumba's start-up library (native.py)")
+    p.add_argument("--key", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--background", action="store_true",
+                   help="low priority; give up at once if another build holds the lock")
+    a = p.parse_args(argv)
+    import shutil
+    import tempfile
+    from . import native
+    base = os.path.join(a.out, native.module_name(a.key))
+    final = os.path.join(a.out, os.path.basename(native.library_path(a.key)))
+    os.makedirs(a.out, exist_ok=True)
+    if a.background:
+        try:
+            os.nice(10)
+        except OSError:
+            pass
+    with open(base + ".lock", "w") as lock:
+        try:                                    # one build per key at a time
+            fcntl.flock(lock, fcntl.LOCK_EX | (fcntl.LOCK_NB if a.background else 0))
+        except BlockingIOError:
+            return 0
+        if os.path.exists(final):
+            return 0
+        # a private, empty numba cache (see the module docstring), set before
+        # numba is imported
+        cache = tempfile.mkdtemp(prefix="nbnumba-aot-cache-")
+        os.environ["NUMBA_CACHE_DIR"] = cache
+        try:
+            build(a.key, a.out)
+        except Exception as exc:                # noted once; the JIT keeps working
+            msg = ("%s: %s" % (type(exc).__name__, exc)).splitlines()[0][:300]
+            with open(base + ".failed", "w") as fh:
+                fh.write(msg + "\n")
+            print("nbnumba: start-up library not built: %s" % msg, file=sys.stderr)
+            return 1
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        try:
+            os.unlink(base + ".failed")
+        except OSError:
+            pass
+        _prune(a.out, native.module_name(a.key))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

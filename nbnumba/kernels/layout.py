@@ -1,0 +1,31 @@
+"""The kernels' argument layout: slots of the integer and float option vectors,
+rows of the vector table, trace events, crystal shapes.
+
+Plain constants, with no numba import: the host side (model, trace) fills the
+arrays with them without loading any compiled code, and the kernels read them
+as compile-time globals.
+"""
+
+# ---- integer option vector (iopt) layout ------------------------------------
+I_OVERSAMPLE, I_THICKSTEPS, I_NSRC, I_NPHI, I_NMOS, I_SHAPE = 0, 1, 2, 3, 4, 5
+I_CURVED, I_POINT, I_NOPOLAR, I_OS_THICK, I_OS_POLAR, I_OS_OMEGA = 6, 7, 8, 9, 10, 11
+I_INTERP, I_HKLS, I_HMIN, I_HMAX, I_KMIN, I_KMAX, I_LMIN, I_LMAX = 12, 13, 14, 15, 16, 17, 18, 19
+I_CPARITY, I_REDUCED, I_FPIXELS = 20, 21, 22
+N_IOPT = 23
+
+# ---- float option vector (fopt) layout --------------------------------------
+F_PIXEL, F_SUBPIXEL, F_DISTANCE, F_CLOSE, F_THICKSTEP, F_MU, F_THICK = 0, 1, 2, 3, 4, 5, 6
+F_KAHN, F_DMIN, F_NA, F_NB, F_NC, F_FUDGE, F_DEFAULT_F, F_I_BG = 7, 8, 9, 10, 11, 12, 13, 14
+F_WATER, F_SCALE, F_STEPS = 15, 16, 17
+N_FOPT = 18
+
+# ---- vectors (vecs) rows ----------------------------------------------------
+V_FDET, V_SDET, V_ODET, V_PIX0, V_BEAM, V_POLAR, V_ASTAR, V_BSTAR, V_CSTAR = range(9)
+N_VECS = 9
+
+# ---- trace events: buffer rows [event, values...] ---------------------------
+EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL, EV_SOURCE2 = 1, 2, 3, 4, 5, 6, 7
+TRACE_COLS = 32
+
+# ---- crystal shapes (iopt[I_SHAPE]) ------------------------------------------
+SHAPE_SQUARE, SHAPE_ROUND, SHAPE_GAUSS, SHAPE_TOPHAT = 0, 1, 2, 3

@@ -1,0 +1,364 @@
+"""The compiled functions the host code calls on every run, with or without numba.
+
+The numba kernels (:mod:`nbnumba.kernels.cpu`, :mod:`nbnumba.kernels.rng_kernels`)
+are the one source of the physics.  A run calls a handful of them from Python:
+the image loop (``render_rows``), the statistics and integer image, the noise
+image and two rotation draws.  :mod:`nbnumba.kernels.aot` compiles exactly
+those entry points, with numba's ahead-of-time compiler, into one extension
+module: the *start-up library*.  It is the same numba code, lowered by the same
+LLVM for the same CPU name and features with the same flags, so images are bit
+for bit those of the JIT (tests/test_aot.py).  A run that finds a library
+built for these sources, this interpreter, this CPU and these ``NUMBA_*``
+settings loads it in a few milliseconds and never imports numba (which costs
+0.2-0.4 s and maps a 180 MB LLVM library); without one, each call goes to the
+numba dispatcher (numba's own on-disk cache) as before.
+
+``NBNUMBA_AOT=0`` turns the library off (never used, never built);
+``NBNUMBA_CACHE_DIR`` says where it lives (default: ``$NUMBA_CACHE_DIR/nbnumba``,
+else the package's ``kernels/__pycache__`` when writable, else
+``~/.cache/nbnumba``).  ``nbnumba --warmup`` builds it; a CLI run that had to
+use the JIT starts a background build (``NBNUMBA_AOT_AUTOBUILD=0``: no).
+
+Plain Python and numpy only: importing this module never imports numba.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+
+import numpy as np
+
+#: entry points of the start-up library: name -> (numba module, argument types).
+#: Argument codes: "i8"/"f8"/"b1" scalars (int, float, bool), "u1:2" a writable,
+#: aligned, C-contiguous ndarray (dtype code : ndim).  These are the types the
+#: host code passes (api, crystal); a call with other types goes to numba.
+EXPORTS = {
+    "render_rows": ("nbnumba.kernels.cpu", (
+        "u1:2", "i8", "i8", "i8", "i8:1", "f8:1", "f8:2", "f8:2", "f8:1", "f8:3", "f8:3",
+        "f4:2", "f8:1", "i4:2", "u1:2", "i8", "i8", "i8")),
+    "image_stats": ("nbnumba.kernels.cpu", ("f4:2", "u1:2", "i8:1", "b1")),
+    "int_image": ("nbnumba.kernels.cpu", ("f4:2", "i8:1", "f8", "f8")),
+    "noise_image": ("nbnumba.kernels.rng_kernels", ("f4:2", "i8", "i8:1", "f4:1", "f8", "i8:1",
+                                                    "b1")),
+    "mosaic_rotation_umat": ("nbnumba.kernels.rng_kernels", ("f8", "i8:1", "i8:1")),
+    "random_orientation_umat": ("nbnumba.kernels.rng_kernels", ("i8:1", "i8:1")),
+}
+
+#: sources whose compiled code is in the library (any change: a new key)
+_SOURCES = ("kernels/cpu.py", "kernels/layout.py", "kernels/rng_kernels.py", "kernels/aot.py",
+            "kernels/native.py", "physics.py", "vecmath.py", "rng.py")
+#: NUMBA_* settings that do not change compiled code
+_ENV_IGNORED = ("NUMBA_CACHE_DIR", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER")
+
+_PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_LOCK = threading.Lock()
+_LOADED = {}          # key -> module or None (tried, absent or unusable)
+#: calls served by the library / by numba in this process (tests, probe)
+COUNTS = {"aot": 0, "jit": 0}
+
+
+def enabled() -> bool:
+    """False under NBNUMBA_AOT=0 or NUMBA_DISABLE_JIT=1 (then plain numba)."""
+    return (os.environ.get("NBNUMBA_AOT", "1") != "0"
+            and os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0"))
+
+
+def library_dir() -> str:
+    """Directory of the start-up library (see the module docstring)."""
+    d = os.environ.get("NBNUMBA_CACHE_DIR")
+    if d:
+        return d
+    d = os.environ.get("NUMBA_CACHE_DIR")
+    if d:
+        return os.path.join(d, "nbnumba")
+    here = os.path.join(_PKG, "kernels", "__pycache__")
+    if os.access(here if os.path.isdir(here) else os.path.dirname(here), os.W_OK):
+        return here
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "nbnumba")
+
+
+def _cpu_identity() -> bytes:
+    """The CPU model and instruction-set flags (the library is built for this CPU)."""
+    try:
+        with open("/proc/cpuinfo", "rb") as fh:
+            text = fh.read(1 << 16)
+        first = text.split(b"\n\n", 1)[0]
+        keep = [ln for ln in first.split(b"\n")
+                if ln.startswith((b"vendor_id", b"cpu family", b"model", b"flags"))]
+        if keep:
+            return b"\n".join(keep)
+    except OSError:
+        pass
+    import platform
+    return ("%s %s" % (platform.machine(), platform.processor())).encode()
+
+
+def _module_stamp(name) -> bytes:
+    """Where and when the installed package ``name`` was written (no import)."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(name)
+        st = os.stat(spec.origin)
+        return ("%s %d %d" % (spec.origin, st.st_size, st.st_mtime_ns)).encode()
+    except Exception:
+        return b"?"
+
+
+_KEYS = {}
+
+
+def library_key() -> str:
+    """16 hex digits naming the library for these sources, this interpreter and
+    numba/llvmlite install, this CPU and these NUMBA_* settings (computed once
+    per process and settings)."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items()
+                       if k.startswith("NUMBA_") and k not in _ENV_IGNORED))
+    key = _KEYS.get(env)
+    if key is None:
+        key = _KEYS[env] = _compute_key(env)
+    return key
+
+
+def _compute_key(env) -> str:
+    import importlib.machinery
+    h = hashlib.sha256()
+    for rel in _SOURCES:
+        with open(os.path.join(_PKG, rel), "rb") as fh:
+            h.update(fh.read())
+    h.update(sys.version.encode())
+    h.update(importlib.machinery.EXTENSION_SUFFIXES[0].encode())
+    h.update(_module_stamp("numba"))
+    h.update(_module_stamp("llvmlite"))
+    h.update(_cpu_identity())
+    h.update(repr(env).encode())
+    return h.hexdigest()[:16]
+
+
+def module_name(key: str) -> str:
+    return "_nbnumba_aot_" + key
+
+
+def library_path(key: str | None = None) -> str:
+    import importlib.machinery
+    key = key or library_key()
+    return os.path.join(library_dir(),
+                        module_name(key) + importlib.machinery.EXTENSION_SUFFIXES[0])
+
+
+def aot_module():
+    """The loaded start-up library, or None (disabled, not built, unusable)."""
+    if not enabled():
+        return None
+    try:
+        key = library_key()
+    except OSError:
+        return None
+    mod = _LOADED.get(key, False)
+    if mod is not False:
+        return mod
+    with _LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+        mod = None
+        path = library_path(key)
+        if os.path.exists(path):
+            import importlib.util
+            try:
+                spec = importlib.util.spec_from_file_location(module_name(key), path)
+                mod = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(mod)
+                if not all(hasattr(mod, n) for n in EXPORTS):
+                    mod = None
+            except Exception:       # damaged or foreign file: numba does the work
+                mod = None
+        _LOADED[key] = mod
+        return mod
+
+
+def forget() -> None:
+    """Look for the library again on the next call (tests, after a build)."""
+    with _LOCK:
+        _LOADED.clear()
+        _KEYS.clear()
+
+
+def failed_note(key: str | None = None) -> str:
+    """The one-line reason the last build for ``key`` failed ('' if none)."""
+    path = os.path.join(library_dir(), module_name(key or library_key()) + ".failed")
+    try:
+        with open(path) as fh:
+            return fh.readline().strip()
+    except OSError:
+        return ""
+
+
+def start_build(background: bool = False):
+    """Start building the start-up library in a separate Python process
+    (numba's AOT compiler, :mod:`nbnumba.kernels.aot`); returns the Popen.
+    ``background``: at low priority, detached from this process, silent (and
+    nothing to do if another build holds the lock); else its stderr is a pipe
+    (one line on failure) and it waits for a build already under way."""
+    import subprocess
+    key = library_key()
+    cmd = [sys.executable, "-m", "nbnumba.kernels.aot", "--key", key, "--out", library_dir()]
+    env = dict(os.environ)
+    root = os.path.dirname(_PKG)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if background:
+        return subprocess.Popen(cmd + ["--background"], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def background_build_wanted() -> bool:
+    """Should a CLI run that used the JIT start a background build?  Not when
+    the library is off or present, NBNUMBA_AOT_AUTOBUILD=0, a build for this
+    key failed before, or its directory cannot be written."""
+    if not enabled() or os.environ.get("NBNUMBA_AOT_AUTOBUILD", "1") == "0":
+        return False
+    if aot_module() is not None or failed_note():
+        return False
+    d = library_dir()
+    while not os.path.isdir(d):
+        parent = os.path.dirname(d)
+        if parent == d:
+            return False
+        d = parent
+    return os.access(d, os.W_OK)
+
+
+def _matcher(code):
+    """A predicate: does a Python argument have the type numba's signature
+    ``code`` was compiled for (as numba's typeof would type it)?"""
+    if code == "i8":
+        return lambda x: (type(x) is int) or (type(x) is np.int64)
+    if code == "f8":
+        return lambda x: type(x) is float or type(x) is np.float64
+    if code == "b1":
+        return lambda x: type(x) is bool or type(x) is np.bool_
+    dt, nd = code.split(":")
+    dtype, ndim = np.dtype(dt), int(nd)
+
+    def array(x):
+        if type(x) is not np.ndarray or x.dtype != dtype or x.ndim != ndim:
+            return False
+        fl = x.flags
+        return fl.c_contiguous and fl.writeable and fl.aligned
+    return array
+
+
+class Kernel:
+    """A host-callable compiled function: the start-up library's entry point
+    when there is one and the arguments have its types, else the numba
+    dispatcher (imported on first use)."""
+
+    def __init__(self, name):
+        self.name = name
+        self.module, codes = EXPORTS[name]
+        self._match = tuple(_matcher(c) for c in codes)
+
+    def jit(self):
+        """The numba dispatcher (imports numba)."""
+        import importlib
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def __call__(self, *args):
+        mod = aot_module()
+        if mod is not None and len(args) == len(self._match) and all(
+                m(a) for m, a in zip(self._match, args)):
+            COUNTS["aot"] += 1
+            return getattr(mod, self.name)(*args)
+        COUNTS["jit"] += 1
+        return self.jit()(*args)
+
+    def __repr__(self):
+        return "<nbnumba kernel %s>" % self.name
+
+
+render_rows = Kernel("render_rows")
+image_stats = Kernel("image_stats")
+int_image = Kernel("int_image")
+noise_image = Kernel("noise_image")
+mosaic_rotation_umat = Kernel("mosaic_rotation_umat")
+random_orientation_umat = Kernel("random_orientation_umat")
+
+
+# ---- the image loop on a thread pool -----------------------------------------
+_POOLS = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pools():
+    # a forked child (nbnumba.server) inherits the executors but not their
+    # threads: work submitted to them would never run
+    global _POOL_LOCK
+    _POOLS.clear()
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
+
+
+def _pool(n):
+    """A lasting thread pool of n workers (threads start once per process)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with _POOL_LOCK:
+        p = _POOLS.get(n)
+        if p is None:
+            p = _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="nbnumba")
+    return p
+
+
+def default_threads():
+    """Threads for one image when -threads is not given: numba's setting when
+    the caller changed it (numba.set_num_threads), else the usable cores."""
+    par = sys.modules.get("numba.np.ufunc.parallel")
+    if par is not None and getattr(par, "_is_initialized", False):
+        import numba
+        return max(1, numba.get_num_threads())
+    env = os.environ.get("NUMBA_NUM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam, cells,
+           Fhkl, out, omega_out, oor_out, ran_out, row0=0, row1=-1, threads=None):
+    """Fill ``out`` (float32, (S, F)) for every active pixel of rows row0..row1-1
+    (row1 = -1: to the last row; the caller may render in chunks for progress).
+
+    first_pixel: linear index of the pixel whose phi loop runs first (-1: none).
+    latch_pixel/latch_sub: -c_parity interpolation latch (see cpu.pixel_value).
+    omega_out: per-row sums of the pixels' solid angles (S,), float64.
+    oor_out: per-pixel first out-of-range interpolation sub-path (or -1), int32.
+    ran_out: per-pixel flag, 1 if any phi loop ran (uint8).
+    oor_out/ran_out are only written when they have the image's shape (pass
+    (1, 1) arrays when the -c_parity bookkeeping is not needed).
+
+    threads: worker threads (default :func:`default_threads`); thread t renders
+    rows row0 + t, row0 + t + threads, ... (interleaved rows balance the load;
+    the kernel runs without the GIL).
+
+    One compiled signature serves every mode and both precisions."""
+    S = active.shape[0]
+    r0 = max(0, int(row0))
+    r1 = S if row1 < 0 or row1 > S else int(row1)
+    n = default_threads() if not threads else int(threads)
+    n = max(1, min(n, r1 - r0))
+    args = (active, int(first_pixel), int(latch_pixel), int(latch_sub), iopt, fopt, vecs, incident,
+            lam, cells, Fhkl, out, omega_out, oor_out, ran_out)
+    if n == 1:
+        render_rows(*args, r0, r1, 1)
+        return
+    futs = [_pool(n).submit(render_rows, *args, r0 + t, r1, n) for t in range(n)]
+    for f in futs:
+        f.result()

@@ -1,0 +1,196 @@
+"""The start-up library (nbnumba.kernels.native / aot): numba's kernels
+compiled ahead of time so that a run loads no numba.
+
+It must give the JIT's results bit for bit (same numba code, same LLVM, same
+CPU features), release the GIL like the JIT kernel, fall back to numba for
+anything it was not built for, and never be used when it does not match
+these sources, settings or this CPU.  One library is built per session (about
+the cost of a first run), in a temporary directory."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import nbnumba
+from nbnumba.kernels import native
+from nbnumba.testing import golden as G
+
+CELL = "-cell 70 80 90 85 95 105 -misset 10 20 30 -default_F 100 -N 5 -lambda 1.5"
+DET = "-distance 100 -detpixels 24 -pixel 0.4 -seed 1 -nopgm"
+MAT = "-mat cellA.mat -hkl cellA.hkl -lambda 1.5 " + DET
+
+LINES = [
+    CELL + " " + DET,
+    CELL + " " + DET + " -c_parity",
+    CELL + " " + DET + " -precision single",
+    CELL + " " + DET + " -c_parity -precision single -adc 0",
+    MAT + " -N 3 -interpolate -c_parity",
+    MAT + " -N 3 -nointerpolate",
+    CELL + " " + DET + " -mosaic 0.5 -mosaic_dom 4 -mosaic_seed 4 -misset random",
+    CELL + " " + DET + " -c_parity -mosaic 0.5 -mosaic_dom 4 -misset random",
+    CELL + " " + DET + " -round_xtal -oversample 2 -phi 0 -osc 1 -phisteps 3",
+    CELL + " " + DET + " -gauss_xtal -hdivrange 0.5 -hdivsteps 2 -dispersion 0.1 -dispsteps 2",
+    CELL + " " + DET + " -tophat_spots -curved_det -water 50 -roi 2 20 3 18",
+    CELL + " " + DET + " -oversample 2 -oversample_thick -detector_absorb 320 "
+    "-detector_thick 100 -detector_thicksteps 2 -point_pixel",
+]
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """Build the library into a temporary NBNUMBA_CACHE_DIR (module-wide)."""
+    d = tmp_path_factory.mktemp("aot")
+    old = os.environ.get("NBNUMBA_CACHE_DIR")
+    os.environ["NBNUMBA_CACHE_DIR"] = str(d)
+    native.forget()
+    try:
+        p = native.start_build()
+        err = p.communicate(timeout=600)[1]
+        assert p.returncode == 0, err
+        native.forget()
+        assert native.aot_module() is not None
+        yield d
+    finally:
+        if old is None:
+            os.environ.pop("NBNUMBA_CACHE_DIR", None)
+        else:
+            os.environ["NBNUMBA_CACHE_DIR"] = old
+        native.forget()
+
+
+def _run(line, work, aot):
+    os.environ["NBNUMBA_AOT"] = "1" if aot else "0"
+    try:
+        before = dict(native.COUNTS)
+        res = nbnumba.simulate_argv(line.split(), cwd=str(work))
+        used = {k: native.COUNTS[k] - before[k] for k in before}
+    finally:
+        os.environ.pop("NBNUMBA_AOT", None)
+    return res, used
+
+
+def _same(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(
+        a.view(np.uint8), b.view(np.uint8))
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_library_matches_the_jit_bit_for_bit(library, tmp_path, line):
+    for name in ("cellA.mat", "cellA.hkl"):
+        (tmp_path / name).write_bytes((G.inputs_dir() / name).read_bytes())
+    jit, used_jit = _run(line, tmp_path, aot=False)
+    aot, used_aot = _run(line, tmp_path, aot=True)
+    assert used_jit["aot"] == 0 and used_jit["jit"] > 0
+    assert used_aot["jit"] == 0 and used_aot["aot"] > 0      # every call from the library
+    assert np.asarray(jit.float_image).max() > 0
+    assert _same(jit.float_image, aot.float_image)
+    assert _same(jit.int_image, aot.int_image)
+    if jit.noise_image is not None or aot.noise_image is not None:
+        assert _same(jit.noise_image, aot.noise_image)
+    assert jit.stats == aot.stats
+
+
+def test_a_run_with_the_library_loads_no_numba(library, tmp_path):
+    code = ("import sys, nbnumba.cli as c; "
+            "rc = c.main(%r.split()); "
+            "print(rc, 'numba' in sys.modules, 'llvmlite' in sys.modules)"
+            % (CELL + " " + DET + " -mosaic 0.5 -mosaic_dom 3 -misset random"))
+    env = dict(os.environ, NBNUMBA_CACHE_DIR=str(library), NBNUMBA_SERVER="0",
+               PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.splitlines()[-1] == "0 False False", out.stderr
+    assert (tmp_path / "floatimage.bin").stat().st_size == 24 * 24 * 4
+
+
+def test_other_argument_types_go_to_numba(library):
+    img = np.ones((4, 4), dtype=np.float64)              # the library has float32
+    active = np.ones((4, 4), dtype=np.uint8)
+    roi = np.array([0, 3, 0, 3], dtype=np.int64)
+    before = dict(native.COUNTS)
+    r64 = native.image_stats(img, active, roi, False)
+    assert native.COUNTS["jit"] == before["jit"] + 1
+    r32 = native.image_stats(img.astype(np.float32), active, roi, False)
+    assert native.COUNTS["aot"] == before["aot"] + 1
+    assert r64 == r32 and r32[2] == 16.0
+    # a read-only or non-contiguous array is not the library's type either
+    ro = img.astype(np.float32)
+    ro.flags.writeable = False
+    native.image_stats(ro, active, roi, False)
+    native.image_stats(np.ones((4, 8), np.float32)[:, ::2], active, roi, False)
+    assert native.COUNTS["jit"] == before["jit"] + 3
+
+
+def test_the_library_releases_the_gil(library):
+    """While the library's image loop runs in one thread, this thread keeps
+    running Python (no wall-clock bound: it only asks whether it ran at all)."""
+    cfg = nbnumba.parse_argv((CELL + " -distance 100 -detpixels 96 -pixel 0.1 -mosaic 0.5 "
+                              "-mosaic_dom 20 -phi 0 -osc 1 -phisteps 5 -oversample 2").split())
+    from nbnumba.model import build_model
+    model = build_model(cfg)
+    args = model.cpu_kernel_args()
+    S, F = model.shape
+    out = np.zeros((S, F), np.float32)
+    span = []
+
+    def work():
+        t0 = time.perf_counter()
+        native.render_rows(model.active, -1, -1, -1, *args, out, np.zeros(S),
+                           np.zeros((1, 1), np.int32), np.zeros((1, 1), np.uint8), 0, S, 1)
+        span.extend((t0, time.perf_counter()))
+    before = native.COUNTS["aot"]
+    th = threading.Thread(target=work)
+    stamps = []
+    th.start()
+    while th.is_alive():
+        stamps.append(time.perf_counter())
+    th.join()
+    assert native.COUNTS["aot"] == before + 1 and out.max() > 0
+    t0, t1 = span
+    inside = [t for t in stamps if t0 < t < t1]
+    assert len(inside) > 10, (len(stamps), t1 - t0)
+
+
+def test_a_foreign_or_damaged_library_is_not_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(tmp_path))
+    native.forget()
+    try:
+        path = native.library_path()
+        with open(path, "wb") as fh:
+            fh.write(b"\x7fELF not really")
+        assert native.aot_module() is None
+        res = nbnumba.simulate_argv((CELL + " " + DET + " -nonoise").split(), cwd=str(tmp_path))
+        assert np.asarray(res.float_image).max() > 0
+        # another NUMBA_* setting names another library
+        key = native.library_key()
+        monkeypatch.setenv("NUMBA_OPT", "2")
+        assert native.library_key() != key
+        monkeypatch.delenv("NUMBA_OPT")
+        assert native.library_key() == key
+        # off switch
+        monkeypatch.setenv("NBNUMBA_AOT", "0")
+        assert not native.enabled() and native.aot_module() is None
+        assert native.background_build_wanted() is False
+    finally:
+        native.forget()
+
+
+def test_a_failed_build_is_noted_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("NBNUMBA_AOT_AUTOBUILD", "1")
+    native.forget()
+    try:
+        assert native.background_build_wanted() is True
+        (tmp_path / (native.module_name(native.library_key()) + ".failed")).write_text(
+            "CompileError: no C compiler\n")
+        assert native.failed_note() == "CompileError: no C compiler"
+        assert native.background_build_wanted() is False
+    finally:
+        native.forget()
