@@ -82,6 +82,14 @@ def machine_facts() -> Dict[str, object]:
         facts["numba"] = numba.__version__
     except Exception:
         pass
+    # whether CLI runs load the start-up library (no numba at run time) or numba's cache
+    try:
+        from nbnumba.kernels import native
+        facts["startup_library"] = (os.path.basename(native.library_path())
+                                    if native.aot_module() is not None else None)
+        facts["nbnumba_aot_env"] = os.environ.get("NBNUMBA_AOT", "")
+    except Exception:
+        pass
     return facts
 
 

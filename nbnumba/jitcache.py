@@ -23,7 +23,7 @@ import time
 #: (statistics, integer and noise images; compiled in a second process while
 #: the image kernel compiles, when there is a second core).  The announcement
 #: quotes them, it scales nothing.
-COMPILE_SECONDS = {"render_rows": 16, "trace_pixel": 8, "helpers": 3, "library": 8}
+COMPILE_SECONDS = {"render_rows": 16, "trace_pixel": 8, "helpers": 3, "library": 5}
 
 #: tiny runs that together compile what image runs use (default and
 #: -c_parity, mosaic, noise, statistics, integer image).  Not the trace: its

@@ -77,9 +77,12 @@ def run_summary_line(cfg, seconds: float) -> str:
         backend, threads = "cuda (CuPy)", ""
     else:
         # the threads the image loop ran on (kernels.native.render)
-        from .kernels.native import default_threads
-        n = max(1, int(cfg.threads)) if cfg.threads else default_threads()
-        backend, threads = "cpu (numba)", ", %d thread%s" % (n, "" if n == 1 else "s")
+        from .kernels import native
+        n = max(1, int(cfg.threads)) if cfg.threads else native.default_threads()
+        # "numba AOT": the kernels came from the start-up library (kernels.native)
+        aot = native.COUNTS["aot"] > 0 and native.COUNTS["jit"] == 0
+        backend = "cpu (numba AOT)" if aot else "cpu (numba)"
+        threads = ", %d thread%s" % (n, "" if n == 1 else "s")
     return "nbnumba: %s precision%s, backend %s, %.2f s" % (cfg.precision, threads, backend, seconds)
 
 

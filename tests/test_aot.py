@@ -107,6 +107,7 @@ def test_a_run_with_the_library_loads_no_numba(library, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.splitlines()[-1] == "0 False False", out.stderr
+    assert "backend cpu (numba AOT)" in out.stdout.splitlines()[-2]
     assert (tmp_path / "floatimage.bin").stat().st_size == 24 * 24 * 4
 
 

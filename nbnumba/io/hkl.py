@@ -70,6 +70,9 @@ class HKLGrid:
 
 
 _SIMPLE_DECIMAL = re.compile(r"[0-9eE.+\-\s]*\Z")
+#: bytes that str.split() treats as whitespace in latin-1 text
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[[ord(c) for c in map(chr, range(256)) if c.isspace()]] = True
 
 
 def _read_text(path: str) -> str:
@@ -84,10 +87,18 @@ def _parse_fast(text: str) -> Optional[np.ndarray]:
     """All records as an (n, 4) array, or None if anything is unusual."""
     if not _SIMPLE_DECIMAL.match(text):
         return None  # letters, underscores, nan/inf, hex...: let the slow path judge
-    lines = text.split("\n")
-    counts = [len(ln.split()) for ln in lines]
-    if any(c not in (0, 4) for c in counts):
-        return None
+    # tokens per line (lines end at "\n", tokens are str.split()'s, whose
+    # whitespace in latin-1 text is _WHITESPACE), counted with numpy: every
+    # line must hold 0 or 4
+    raw = np.frombuffer(text.encode("latin-1"), dtype=np.uint8)
+    ws = _WHITESPACE[raw]
+    if raw.size:
+        starts = ~ws
+        starts[1:] &= ws[:-1]
+        line = np.cumsum(raw == 10)
+        counts = np.bincount(line[starts], minlength=int(line[-1]) + 1)
+        if not np.all((counts == 0) | (counts == 4)):
+            return None
     tokens = text.split()
     try:
         arr = np.array(tokens, dtype=np.float64)

@@ -31,6 +31,16 @@ def _env_info(c_bin: Optional[str]) -> dict:
             env["c_bin_sha256"] = C.sha256_file(c_bin)
         except OSError:
             pass
+    # which compiled kernels a run loads: the start-up library or numba's cache
+    try:
+        from nbnumba.kernels import native
+        lib = native.library_path()
+        env["startup_library"] = {
+            "enabled": native.enabled(), "path": lib,
+            "present": native.aot_module() is not None,
+            "failed_build": native.failed_note() or None}
+    except Exception as exc:  # noqa: BLE001 - report, do not fail the probe
+        env["startup_library"] = {"error": f"{type(exc).__name__}: {exc}"}
     import importlib.util
     try:
         spec = importlib.util.find_spec("nbnumba.kernels.gpu")
