@@ -487,8 +487,8 @@ BLOCK = 8
 #: more, the cell loop of pixel_value is long enough to vectorise on its own
 BLOCK_MAX_CELLS = 64
 # rows of the per-block geometry buffer (one column per pixel of the block)
-B_S0, B_S1, B_S2, B_OMEGA, B_CAPTURE, B_POLAR, B_RUN = range(7)
-N_BLOCK = 7
+B_S0, B_S1, B_S2, B_OMEGA, B_CAPTURE, B_POLAR, B_RUN, B_D0, B_D1, B_D2 = range(10)
+N_BLOCK = 10
 
 
 def block_eligible(iopt, ncell, first_pixel, latch_pixel):
@@ -506,13 +506,24 @@ def block_eligible(iopt, ncell, first_pixel, latch_pixel):
 _block_eligible = njit(inline="always", **_JIT)(block_eligible)
 
 
+# the formulas of the per-pixel factors, inlined into _block_geometry's loops
+# (same source as the calls in pixel_value): with no calls and no branches
+# left in them, LLVM vectorises those loops across the block's pixels
+_solid_angle_inline = njit(inline="always", error_model="numpy")(solid_angle.py_func)
+_polarization_inline = njit(inline="always", error_model="numpy")(polarization_factor.py_func)
+
+
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
 def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo):
     """Per-pixel factors of pixels (s, fs[b]), b < nb, under the conditions of
     block_eligible: exactly the operations pixel_value performs for them
     (strict IEEE), into geo[B_*, b]: scattering vector S (1/m), solid angle
-    (sr), capture fraction, polarization factor, and whether the Bragg term is
-    summed (not cut by -dmin)."""
+    (sr), capture fraction, polarization factor, whether the Bragg term is
+    summed (not cut by -dmin), and the diffracted unit vector.
+
+    Written as loops over the block without calls or branches (the options
+    are tested outside them), which LLVM turns into SIMD code; vector sqrt and
+    division round like the scalar ones, so the bits are pixel_value's."""
     z = fopt[0] * 0
     one = z + 1
     pixel, subpixel = fopt[F_PIXEL], fopt[F_SUBPIXEL]
@@ -530,34 +541,51 @@ def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo):
     lambda_ = lam[0]
     Odet = like(0, z) * thickstep
     Sdet = subpixel * like(s, z) + subpixel / like(2.0, z)
+    half = subpixel / like(2.0, z)
     for b in range(nb):
-        Fdet = subpixel * like(fs[b], z) + subpixel / like(2.0, z)
+        Fdet = subpixel * like(fs[b], z) + half
         pos = (Fdet * fdet[0] + Sdet * sdet[0] + Odet * odet[0] + pix0[0],
                Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1],
                Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
         diffracted, airpath = unitize(pos)
-        omega_pixel = like(solid_angle(pixel, airpath, close_distance, point), z)
-        capture = one
-        if thick != 0.0:
-            capture = like(capture_fraction(z, thickstep, mu, dot(diffracted, odet)), z)
-        S = ((diffracted[0] - incident_v[0]) / lambda_,
-             (diffracted[1] - incident_v[1]) / lambda_,
-             (diffracted[2] - incident_v[2]) / lambda_)
-        run = one
-        polar = one if nopolar else z
-        stol = like(0.5, z) * np.sqrt(S[0] * S[0] + S[1] * S[1] + S[2] * S[2])
-        if dmin > 0.0 and stol > 0.0 and dmin > like(0.5, z) / stol:
-            run = z
-        elif not nopolar:
-            pf, dn = polarization_factor(kahn, incident_v, diffracted, polar_axis)
-            polar = like(pf, z)
-        geo[B_S0, b] = S[0]
-        geo[B_S1, b] = S[1]
-        geo[B_S2, b] = S[2]
-        geo[B_OMEGA, b] = omega_pixel
-        geo[B_CAPTURE, b] = capture
-        geo[B_POLAR, b] = polar
-        geo[B_RUN, b] = run
+        geo[B_OMEGA, b] = like(_solid_angle_inline(pixel, airpath, close_distance, point), z)
+        S0 = (diffracted[0] - incident_v[0]) / lambda_
+        S1 = (diffracted[1] - incident_v[1]) / lambda_
+        S2 = (diffracted[2] - incident_v[2]) / lambda_
+        stol = like(0.5, z) * np.sqrt(S0 * S0 + S1 * S1 + S2 * S2)
+        # pixel_value's "dmin > 0 and stol > 0 and dmin > 0.5 / stol", without
+        # the short circuit (0.5 / 0 is inf here, and unused)
+        cut = (dmin > 0.0) & (stol > 0.0) & (dmin > like(0.5, z) / stol)
+        geo[B_S0, b] = S0
+        geo[B_S1, b] = S1
+        geo[B_S2, b] = S2
+        geo[B_RUN, b] = z if cut else one
+        geo[B_D0, b] = diffracted[0]
+        geo[B_D1, b] = diffracted[1]
+        geo[B_D2, b] = diffracted[2]
+    if thick != 0.0:
+        for b in range(nb):
+            par = geo[B_D0, b] * odet[0] + geo[B_D1, b] * odet[1] + geo[B_D2, b] * odet[2]
+            geo[B_CAPTURE, b] = like(capture_fraction(z, thickstep, mu, par), z)
+    else:
+        for b in range(nb):
+            geo[B_CAPTURE, b] = one
+    # the polarization factor where the Bragg term is summed (else 0, as in
+    # pixel_value); kahn = 0 (the default) has no psi term: a constant 0.0
+    # lets the inlined formula drop it, branch-free
+    if nopolar:
+        for b in range(nb):
+            geo[B_POLAR, b] = one
+    elif kahn == 0.0:
+        for b in range(nb):
+            d = (geo[B_D0, b], geo[B_D1, b], geo[B_D2, b])
+            pf, dn = _polarization_inline(0.0, incident_v, d, polar_axis)
+            geo[B_POLAR, b] = like(pf, z) if geo[B_RUN, b] != 0.0 else z
+    else:
+        for b in range(nb):
+            d = (geo[B_D0, b], geo[B_D1, b], geo[B_D2, b])
+            pf, dn = polarization_factor(kahn, incident_v, d, polar_axis)
+            geo[B_POLAR, b] = like(pf, z) if geo[B_RUN, b] != 0.0 else z
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
