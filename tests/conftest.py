@@ -1,9 +1,66 @@
 """Suite-wide settings.
 
 CLI runs started by the tests (in-process or as subprocesses) must not start
-background builds of the start-up library (nbnumba.kernels.native): tests/
-test_aot.py builds one on purpose, in a temporary directory.
+background builds of the start-up library (nbnumba.kernels.native).  The
+tests of the library (tests/test_startup_library.py) use one built on purpose
+in a temporary directory: when they are collected, the build starts at once
+in a second process (about the cost of a cold compile, on the core that
+pytest leaves idle) and their ``library`` fixture waits for it.
 """
 import os
+import shutil
+import tempfile
+
+import pytest
 
 os.environ.setdefault("NBNUMBA_AOT_AUTOBUILD", "0")
+
+_BUILD = {}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if any("library" in getattr(item, "fixturenames", ()) for item in items):
+        from nbnumba.kernels import native
+        d = tempfile.mkdtemp(prefix="nbnumba-test-aot-")
+        old = os.environ.get("NBNUMBA_CACHE_DIR")
+        os.environ["NBNUMBA_CACHE_DIR"] = d
+        try:
+            native.forget()
+            _BUILD.update(dir=d, proc=native.start_build())
+        finally:
+            if old is None:
+                os.environ.pop("NBNUMBA_CACHE_DIR", None)
+            else:
+                os.environ["NBNUMBA_CACHE_DIR"] = old
+            native.forget()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    p = _BUILD.get("proc")
+    if p is not None and p.poll() is None:
+        p.kill()
+        p.wait()
+    if _BUILD.get("dir"):
+        shutil.rmtree(_BUILD["dir"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def library():
+    """The directory of a start-up library built for this session's sources,
+    set as NBNUMBA_CACHE_DIR while the requesting tests run."""
+    from nbnumba.kernels import native
+    p = _BUILD["proc"]
+    err = p.communicate(timeout=900)[1]
+    assert p.returncode == 0, err
+    old = os.environ.get("NBNUMBA_CACHE_DIR")
+    os.environ["NBNUMBA_CACHE_DIR"] = _BUILD["dir"]
+    native.forget()
+    try:
+        assert native.aot_module() is not None
+        yield _BUILD["dir"]
+    finally:
+        if old is None:
+            os.environ.pop("NBNUMBA_CACHE_DIR", None)
+        else:
+            os.environ["NBNUMBA_CACHE_DIR"] = old
+        native.forget()

@@ -3,6 +3,7 @@ pass compiles nothing (numba's dispatchers report no new signatures and no
 cache misses, and no compile event fires), and the image kernel has one
 compiled signature per variant for both precisions (the trace, -trace_pixel,
 has a second copy of the pixel function, compiled once by the first trace run).
+Runs use numba here, not the start-up library (tests/test_startup_library.py).
 
 Checks counts, not wall time."""
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 from numba.core import event as ev
 
 import nbnumba
@@ -45,6 +47,13 @@ LINES = [
     CELL + " " + DET + " -nonoise -curved_det -water 50 -trace_pixel 3 4",
     CELL + " " + DET + " -nonoise -point_pixel -c_parity -trace_pixel 3 4 -precision single",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _numba_kernels(monkeypatch):
+    """These tests are about numba's dispatchers: runs here use the JIT even
+    where a start-up library (kernels.native) is installed."""
+    monkeypatch.setenv("NBNUMBA_AOT", "0")
 
 
 def _pass(work):

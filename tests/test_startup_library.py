@@ -5,7 +5,8 @@ It must give the JIT's results bit for bit (same numba code, same LLVM, same
 CPU features), release the GIL like the JIT kernel, fall back to numba for
 anything it was not built for, and never be used when it does not match
 these sources, settings or this CPU.  One library is built per session (about
-the cost of a first run), in a temporary directory."""
+the cost of a first run), in a temporary directory: the ``library`` fixture
+(tests/conftest.py) starts the build when these tests are collected."""
 from __future__ import annotations
 
 import os
@@ -40,28 +41,6 @@ LINES = [
     CELL + " " + DET + " -oversample 2 -oversample_thick -detector_absorb 320 "
     "-detector_thick 100 -detector_thicksteps 2 -point_pixel",
 ]
-
-
-@pytest.fixture(scope="module")
-def library(tmp_path_factory):
-    """Build the library into a temporary NBNUMBA_CACHE_DIR (module-wide)."""
-    d = tmp_path_factory.mktemp("aot")
-    old = os.environ.get("NBNUMBA_CACHE_DIR")
-    os.environ["NBNUMBA_CACHE_DIR"] = str(d)
-    native.forget()
-    try:
-        p = native.start_build()
-        err = p.communicate(timeout=600)[1]
-        assert p.returncode == 0, err
-        native.forget()
-        assert native.aot_module() is not None
-        yield d
-    finally:
-        if old is None:
-            os.environ.pop("NBNUMBA_CACHE_DIR", None)
-        else:
-            os.environ["NBNUMBA_CACHE_DIR"] = old
-        native.forget()
 
 
 def _run(line, work, aot):
