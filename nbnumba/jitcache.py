@@ -8,9 +8,12 @@ signature serves every feature combination, both precisions and both modes
 (default and -c_parity): ``render_rows`` (with the pixel function and the
 lattice loops it calls, linked into its cached code).  The single-pixel trace
 has its own copy of the pixel function (``trace_pixel``), compiled only by runs
-with -trace_pixel.  A first run compiles the host-side helpers (statistics,
-integer and noise images) in a second process meanwhile.  ``nbnumba --warmup``
-compiles the image kernel and the helpers ahead of time.
+with -trace_pixel.  On two cores a cold first run splits the work: a second
+process compiles ``pixel_value`` (the largest part) while this one compiles the
+block path and the host-side helpers (statistics, integer and noise images);
+``render_rows`` then links both from the cache.  ``nbnumba --warmup``
+compiles the image kernel and the helpers ahead of time, and builds the
+start-up library (kernels/native.py) meanwhile.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import time
 #: (statistics, integer and noise images; compiled in a second process while
 #: the image kernel compiles, when there is a second core).  The announcement
 #: quotes them, it scales nothing.
-COMPILE_SECONDS = {"render_rows": 16, "trace_pixel": 8, "helpers": 3, "library": 5}
+COMPILE_SECONDS = {"render_rows": 16, "trace_pixel": 8, "helpers": 3, "library": 5, "split": 11}
 
 #: tiny runs that together compile what image runs use (default and
 #: -c_parity, mosaic, noise, statistics, integer image).  Not the trace: its
@@ -146,17 +149,89 @@ def wait_helpers() -> None:
             p.kill()
 
 
-def announce_compile(model, file=None) -> bool:
+def _tiny_kernel_args():
+    """(model, kernel args) of a 4x4 run: the argument types every run passes."""
+    from . import flags
+    from .model import build_model
+    model = build_model(flags.parse_argv(WARMUP_ARGV[0].split()))
+    return model, model.cpu_kernel_args()
+
+
+def compile_pixel() -> None:
+    """Compile (or load) pixel_value, the general per-pixel function, with the
+    argument types render_rows passes it."""
+    import numpy as np
+    from .kernels import cpu as K
+    _, args = _tiny_kernel_args()
+    cells = args[5]
+    K.pixel_value(0, 0, False, -1, *args, np.empty((K.N_WORK, cells.shape[2])),
+                  np.zeros((1, K.TRACE_COLS)), np.zeros(1, np.int64), np.zeros(3, np.int64))
+
+
+def compile_block() -> None:
+    """Compile (or load) the block path, _block_row, with the argument types
+    render_rows passes it."""
+    import numpy as np
+    from .kernels import cpu as K
+    _, args = _tiny_kernel_args()
+    nl = K.BLOCK * args[5].shape[2]
+    K._block_row(0, np.zeros(K.BLOCK, np.int64), 1, *args, np.empty((K.N_BLOCK, K.BLOCK)),
+                 np.zeros((2, 9, nl)), np.empty((K.N_WORK, nl)), np.zeros((4, 4), np.float32),
+                 np.zeros(4))
+
+
+def _split_compile(cold) -> bool:
+    """A cold image kernel on two cores: a second process compiles
+    pixel_value (the largest part) while this one compiles the block path and
+    the helpers; render_rows then links pixel_value from the cache.  Returns
+    False (nothing done) with one core or when the process cannot start."""
+    import os
+    import subprocess
+    if "render_rows" not in cold or (os.cpu_count() or 1) < 2:
+        return False
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "nbnumba.jitcache", "--pixel"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env)
+    except OSError:
+        return False
+    try:
+        compile_block()
+        if "helpers" in cold:
+            compile_helpers()
+    finally:
+        try:
+            p.wait(timeout=300)
+        except Exception:       # never let the second process stop a run
+            p.kill()
+    return True
+
+
+def announce_compile(model, file=None, compile_ahead=True) -> bool:
     """Print "compiling kernels (first run only, ~N s)" on stderr when the
-    model's kernels are not in the cache yet (and start the helpers' compile
-    in a second process); returns whether it printed."""
+    model's kernels are not in the cache yet; returns whether it printed.
+
+    compile_ahead: with two cores, split the compile over two processes
+    (_split_compile) or, when only the helpers are cold besides other work,
+    start their compile in a second process."""
     cold = cold_kernels(model)
     if not cold:
         return False
-    parallel = "helpers" in cold and len(cold) > 1 and start_helpers()
-    n = sum(COMPILE_SECONDS.get(k, 10) for k in cold if not (parallel and k == "helpers"))
+    import os
+    split = compile_ahead and "render_rows" in cold and (os.cpu_count() or 1) >= 2
+    parallel = (compile_ahead and not split and "helpers" in cold and len(cold) > 1
+                and start_helpers())
+    if split:
+        n = COMPILE_SECONDS["split"] + (COMPILE_SECONDS["trace_pixel"] if "trace_pixel" in cold else 0)
+    else:
+        n = sum(COMPILE_SECONDS.get(k, 10) for k in cold if not (parallel and k == "helpers"))
     print("nbnumba: compiling kernels (first run only, ~%d s; `nbnumba --warmup` does it ahead "
           "of time)" % n, file=file or sys.stderr, flush=True)
+    if split:
+        _split_compile(cold)
     return True
 
 
@@ -228,8 +303,11 @@ def compile_counts() -> dict:
     return out
 
 
-if __name__ == "__main__":      # python -m nbnumba.jitcache [--helpers]
+if __name__ == "__main__":      # python -m nbnumba.jitcache [--helpers | --pixel]
     if sys.argv[1:] == ["--helpers"]:
         compile_helpers()
+        sys.exit(0)
+    if sys.argv[1:] == ["--pixel"]:
+        compile_pixel()
         sys.exit(0)
     sys.exit(warmup())

@@ -102,6 +102,22 @@ def test_second_pass_compiles_nothing(tmp_path):
     assert K._pixel_value_trace.py_func.__globals__["TRACE"] is True
 
 
+def test_split_compile_uses_the_image_kernels_signatures(tmp_path):
+    """A cold first run on two cores compiles pixel_value in a second process
+    and the block path here (jitcache._split_compile), so that render_rows
+    links both from the cache: their argument types must be the ones
+    render_rows passes, or render_rows would compile them again.  After a run
+    has compiled (or loaded) the image kernel, the same calls compile
+    nothing."""
+    nbnumba.simulate_argv((CELL + " " + DET + " -nonoise").split(), cwd=str(tmp_path))
+    rec = ev.RecordingListener()
+    with ev.install_listener("numba:compile", rec):
+        jitcache.compile_pixel()
+        jitcache.compile_block()
+    compiled = sorted({e.data["dispatcher"].py_func.__qualname__ for _, e in rec.buffer})
+    assert compiled == []
+
+
 def test_cold_cache_is_detected(tmp_path):
     cfg = nbnumba.parse_argv((CELL + " " + DET + " -nonoise").split())
     from nbnumba.model import build_model
