@@ -122,19 +122,19 @@ def start_helpers() -> bool:
     whether it started one."""
     global _HELPERS
     import os
-    import subprocess
     if _HELPERS is not None or (os.cpu_count() or 1) < 2:
         return False
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
-        _HELPERS = subprocess.Popen([sys.executable, "-m", "nbnumba.jitcache", "--helpers"],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, env=env)
+        _HELPERS = _quiet_python(["nbnumba.jitcache", "--helpers"])
     except OSError:
         return False
     return True
+
+
+def _quiet_python(args):
+    import subprocess
+    from .kernels.native import python_process
+    return python_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def wait_helpers() -> None:
@@ -186,16 +186,10 @@ def _split_compile(cold) -> bool:
     the helpers; render_rows then links pixel_value from the cache.  Returns
     False (nothing done) with one core or when the process cannot start."""
     import os
-    import subprocess
     if "render_rows" not in cold or (os.cpu_count() or 1) < 2:
         return False
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
-        p = subprocess.Popen([sys.executable, "-m", "nbnumba.jitcache", "--pixel"],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env=env)
+        p = _quiet_python(["nbnumba.jitcache", "--pixel"])
     except OSError:
         return False
     try:

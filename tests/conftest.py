@@ -7,6 +7,7 @@ in a temporary directory: when they are collected, the build starts at once
 in a second process (about the cost of a cold compile, on the core that
 pytest leaves idle) and their ``library`` fixture waits for it.
 """
+import contextlib
 import os
 import shutil
 import tempfile
@@ -18,21 +19,29 @@ os.environ.setdefault("NBNUMBA_AOT_AUTOBUILD", "0")
 _BUILD = {}
 
 
+@contextlib.contextmanager
+def _cache_dir(d):
+    """NBNUMBA_CACHE_DIR=d inside, restored after; native looks again both times."""
+    from nbnumba.kernels import native
+    old = os.environ.get("NBNUMBA_CACHE_DIR")
+    os.environ["NBNUMBA_CACHE_DIR"] = d
+    native.forget()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("NBNUMBA_CACHE_DIR", None)
+        else:
+            os.environ["NBNUMBA_CACHE_DIR"] = old
+        native.forget()
+
+
 def pytest_collection_modifyitems(session, config, items):
     if any("library" in getattr(item, "fixturenames", ()) for item in items):
         from nbnumba.kernels import native
         d = tempfile.mkdtemp(prefix="nbnumba-test-aot-")
-        old = os.environ.get("NBNUMBA_CACHE_DIR")
-        os.environ["NBNUMBA_CACHE_DIR"] = d
-        try:
-            native.forget()
+        with _cache_dir(d):
             _BUILD.update(dir=d, proc=native.start_build())
-        finally:
-            if old is None:
-                os.environ.pop("NBNUMBA_CACHE_DIR", None)
-            else:
-                os.environ["NBNUMBA_CACHE_DIR"] = old
-            native.forget()
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -52,15 +61,6 @@ def library():
     p = _BUILD["proc"]
     err = p.communicate(timeout=900)[1]
     assert p.returncode == 0, err
-    old = os.environ.get("NBNUMBA_CACHE_DIR")
-    os.environ["NBNUMBA_CACHE_DIR"] = _BUILD["dir"]
-    native.forget()
-    try:
+    with _cache_dir(_BUILD["dir"]):
         assert native.aot_module() is not None
         yield _BUILD["dir"]
-    finally:
-        if old is None:
-            os.environ.pop("NBNUMBA_CACHE_DIR", None)
-        else:
-            os.environ["NBNUMBA_CACHE_DIR"] = old
-        native.forget()

@@ -195,6 +195,18 @@ def failed_note(key: str | None = None) -> str:
         return ""
 
 
+def python_process(args, **popen):
+    """``python -m ARGS`` as a subprocess.Popen, with this nbnumba first on
+    PYTHONPATH (the child runs the same sources) and stdin from /dev/null;
+    ``popen``: more Popen keywords."""
+    import subprocess
+    env = dict(os.environ)
+    root = os.path.dirname(_PKG)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return subprocess.Popen([sys.executable, "-m"] + list(args), env=env,
+                            stdin=subprocess.DEVNULL, **popen)
+
+
 def start_build(background: bool = False):
     """Start building the start-up library in a separate Python process
     (numba's AOT compiler, :mod:`nbnumba.kernels.aot`); returns the Popen.
@@ -202,17 +214,11 @@ def start_build(background: bool = False):
     nothing to do if another build holds the lock); else its stderr is a pipe
     (one line on failure) and it waits for a build already under way."""
     import subprocess
-    key = library_key()
-    cmd = [sys.executable, "-m", "nbnumba.kernels.aot", "--key", key, "--out", library_dir()]
-    env = dict(os.environ)
-    root = os.path.dirname(_PKG)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    args = ["nbnumba.kernels.aot", "--key", library_key(), "--out", library_dir()]
     if background:
-        return subprocess.Popen(cmd + ["--background"], env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+        return python_process(args + ["--background"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    return python_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def background_build_wanted() -> bool:
