@@ -8,10 +8,10 @@ signature serves every feature combination, both precisions and both modes
 (default and -c_parity): ``render_rows`` (with the pixel function and the
 lattice loops it calls, linked into its cached code).  The single-pixel trace
 has its own copy of the pixel function (``trace_pixel``), compiled only by runs
-with -trace_pixel.  On two cores a cold first run splits the work: a second
-process compiles ``pixel_value`` (the largest part) while this one compiles the
-block path and the host-side helpers (statistics, integer and noise images);
-``render_rows`` then links both from the cache.  ``nbnumba --warmup``
+with -trace_pixel.  On two cores a cold first run splits the work: it compiles
+``pixel_value`` (the largest part) while a second process compiles two of
+its callees, the block path and the host-side helpers (statistics, integer
+and noise images); ``render_rows`` then links them from the cache.  ``nbnumba --warmup``
 compiles the image kernel and the helpers ahead of time, and builds the
 start-up library (kernels/native.py) meanwhile.
 """
@@ -26,7 +26,7 @@ import time
 #: (statistics, integer and noise images; compiled in a second process while
 #: the image kernel compiles, when there is a second core).  The announcement
 #: quotes them, it scales nothing.
-COMPILE_SECONDS = {"render_rows": 16, "trace_pixel": 8, "helpers": 3, "library": 5, "split": 11}
+COMPILE_SECONDS = {"render_rows": 16, "trace_pixel": 8, "helpers": 3, "library": 5, "split": 8}
 
 #: tiny runs that together compile what image runs use (default and
 #: -c_parity, mosaic, noise, statistics, integer image).  Not the trace: its
@@ -147,6 +147,8 @@ def wait_helpers() -> None:
             p.wait(timeout=120)
         except Exception:       # never let the helper process stop a run
             p.kill()
+        if p.stdout is not None:
+            p.stdout.close()
 
 
 def _tiny_kernel_args():
@@ -180,26 +182,49 @@ def compile_block() -> None:
                  np.zeros(4))
 
 
+def compile_pixel_callees() -> None:
+    """Compile (or load) the two functions pixel_value types last, the general
+    lattice factor and the tricubic F (about 1.4 s together), with the
+    argument types it passes them (compiled, not called: the probe values
+    would index outside the grid)."""
+    import numpy as np
+    from numba import typeof
+    from .kernels import cpu as K
+    _, args = _tiny_kernel_args()
+    cells, Fhkl = args[5], args[6]
+    v3 = (0.0, 0.0, 0.0)
+    K._lattice_general.compile(tuple(typeof(a) for a in (
+        0, v3, cells, np.empty((K.N_WORK, cells.shape[2])), 0, 1.0, 1.0, 1.0, 1.0, v3, v3, v3, 0)))
+    K.tricubic_F.compile(tuple(typeof(a) for a in (Fhkl, 0, 0, 0, 0.0, 0.0, 0.0)))
+
+
 def _split_compile(cold) -> bool:
-    """A cold image kernel on two cores: a second process compiles
-    pixel_value (the largest part) while this one compiles the block path and
-    the helpers; render_rows then links pixel_value from the cache.  Returns
-    False (nothing done) with one core or when the process cannot start."""
+    """A cold image kernel on two cores: this process compiles pixel_value
+    (the largest part, ~7 s) while a second one compiles, in this order, the
+    two callees pixel_value reaches last (so that it finds them in the cache),
+    the block path, and then the helpers.  render_rows links the block path
+    from the cache as soon as the second process says it is there; the run's
+    statistics wait for the helpers (wait_helpers).  Returns False (nothing
+    done) with one core or when the process cannot start."""
+    global _HELPERS
     import os
+    import subprocess
     if "render_rows" not in cold or (os.cpu_count() or 1) < 2:
         return False
+    from .kernels.native import python_process
     try:
-        p = _quiet_python(["nbnumba.jitcache", "--pixel"])
+        p = python_process(["nbnumba.jitcache", "--block"]
+                           + (["--helpers"] if "helpers" in cold else []),
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     except OSError:
         return False
+    _HELPERS = p
     try:
-        compile_block()
-        if "helpers" in cold:
-            compile_helpers()
+        compile_pixel()
     finally:
         try:
-            p.wait(timeout=300)
-        except Exception:       # never let the second process stop a run
+            p.stdout.readline()         # "block": compiled (or the process ended)
+        except Exception:               # never let the second process stop a run
             p.kill()
     return True
 
@@ -297,11 +322,15 @@ def compile_counts() -> dict:
     return out
 
 
-if __name__ == "__main__":      # python -m nbnumba.jitcache [--helpers | --pixel]
+if __name__ == "__main__":      # python -m nbnumba.jitcache [--helpers | --block [--helpers]]
     if sys.argv[1:] == ["--helpers"]:
         compile_helpers()
         sys.exit(0)
-    if sys.argv[1:] == ["--pixel"]:
-        compile_pixel()
+    if sys.argv[1:2] == ["--block"] and set(sys.argv[2:]) <= {"--helpers"}:
+        compile_pixel_callees()
+        compile_block()
+        print("block", flush=True)
+        if sys.argv[2:]:
+            compile_helpers()
         sys.exit(0)
     sys.exit(warmup())

@@ -103,16 +103,18 @@ def test_second_pass_compiles_nothing(tmp_path):
 
 
 def test_split_compile_uses_the_image_kernels_signatures(tmp_path):
-    """A cold first run on two cores compiles pixel_value in a second process
-    and the block path here (jitcache._split_compile), so that render_rows
-    links both from the cache: their argument types must be the ones
-    render_rows passes, or render_rows would compile them again.  After a run
+    """A cold first run on two cores compiles pixel_value itself, and two of
+    its callees and the block path in a second process
+    (jitcache._split_compile), so that pixel_value and render_rows find them
+    compiled: their argument types must be the ones the kernels pass, or they
+    would be compiled again.  After a run
     has compiled (or loaded) the image kernel, the same calls compile
     nothing."""
     nbnumba.simulate_argv((CELL + " " + DET + " -nonoise").split(), cwd=str(tmp_path))
     rec = ev.RecordingListener()
     with ev.install_listener("numba:compile", rec):
         jitcache.compile_pixel()
+        jitcache.compile_pixel_callees()
         jitcache.compile_block()
     compiled = sorted({e.data["dispatcher"].py_func.__qualname__ for _, e in rec.buffer})
     assert compiled == []
