@@ -162,6 +162,25 @@ def test_a_foreign_or_damaged_library_is_not_used(tmp_path, monkeypatch):
         native.forget()
 
 
+def test_a_library_others_may_write_is_not_loaded(library, tmp_path, monkeypatch):
+    """Loading the library runs its code: a copy that group or others may
+    write (a shared cache directory) is refused; the run uses numba."""
+    import shutil
+    src = native.library_path()
+    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(tmp_path))
+    native.forget()
+    try:
+        dst = native.library_path()
+        shutil.copyfile(src, dst)
+        os.chmod(dst, 0o775)
+        assert native.aot_module() is None
+        native.forget()
+        os.chmod(dst, 0o755)
+        assert native.aot_module() is not None
+    finally:
+        native.forget()
+
+
 def test_a_failed_build_is_noted_once(tmp_path, monkeypatch):
     monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("NBNUMBA_AOT_AUTOBUILD", "1")

@@ -164,7 +164,7 @@ def aot_module():
             return _LOADED[key]
         mod = None
         path = library_path(key)
-        if os.path.exists(path):
+        if _trusted(path):
             import importlib.util
             try:
                 spec = importlib.util.spec_from_file_location(module_name(key), path)
@@ -176,6 +176,20 @@ def aot_module():
                 mod = None
         _LOADED[key] = mod
         return mod
+
+
+def _trusted(path) -> bool:
+    """Load only a library file that exists, is owned by this user (or root)
+    and that nobody else may write: loading it runs its code, and a cache
+    directory may be shared (NUMBA_CACHE_DIR on a cluster)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:          # no POSIX ownership to check
+        return True
+    return st.st_uid in (getuid(), 0) and not st.st_mode & 0o022
 
 
 def forget() -> None:
