@@ -235,13 +235,33 @@ def start_build(background: bool = False):
     return python_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def build_running(key: str | None = None) -> bool:
+    """Whether a build for ``key`` holds its lock now (aot.main takes it)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    path = os.path.join(library_dir(), module_name(key or library_key()) + ".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def background_build_wanted() -> bool:
     """Should a CLI run that used the JIT start a background build?  Not when
     the library is off or present, NBNUMBA_AOT_AUTOBUILD=0, a build for this
     key failed before, or its directory cannot be written."""
     if not enabled() or os.environ.get("NBNUMBA_AOT_AUTOBUILD", "1") == "0":
         return False
-    if aot_module() is not None or failed_note():
+    if aot_module() is not None or failed_note() or build_running():
         return False
     d = library_dir()
     while not os.path.isdir(d):
