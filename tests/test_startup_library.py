@@ -181,33 +181,30 @@ def test_a_library_others_may_write_is_not_loaded(library, tmp_path, monkeypatch
         native.forget()
 
 
-def test_no_second_background_build_while_one_runs(tmp_path, monkeypatch):
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    """An empty library directory with background builds allowed."""
+    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("NBNUMBA_AOT_AUTOBUILD", "1")
+    native.forget()
+    yield tmp_path / native.module_name(native.library_key())
+    native.forget()
+
+
+def test_no_second_background_build_while_one_runs(empty_cache):
     import fcntl
-    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("NBNUMBA_AOT_AUTOBUILD", "1")
-    native.forget()
-    try:
-        lock = tmp_path / (native.module_name(native.library_key()) + ".lock")
-        with open(lock, "w") as fh:
-            assert native.build_running() is False
-            fcntl.flock(fh, fcntl.LOCK_EX)          # as aot.main holds it
-            assert native.build_running() is True
-            assert native.background_build_wanted() is False
+    with open(str(empty_cache) + ".lock", "w") as fh:
         assert native.build_running() is False
-        assert native.background_build_wanted() is True
-    finally:
-        native.forget()
-
-
-def test_a_failed_build_is_noted_once(tmp_path, monkeypatch):
-    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("NBNUMBA_AOT_AUTOBUILD", "1")
-    native.forget()
-    try:
-        assert native.background_build_wanted() is True
-        (tmp_path / (native.module_name(native.library_key()) + ".failed")).write_text(
-            "CompileError: no C compiler\n")
-        assert native.failed_note() == "CompileError: no C compiler"
+        fcntl.flock(fh, fcntl.LOCK_EX)          # as aot.main holds it
+        assert native.build_running() is True
         assert native.background_build_wanted() is False
-    finally:
-        native.forget()
+    assert native.build_running() is False
+    assert native.background_build_wanted() is True
+
+
+def test_a_failed_build_is_noted_once(empty_cache):
+    assert native.background_build_wanted() is True
+    with open(str(empty_cache) + ".failed", "w") as fh:
+        fh.write("CompileError: no C compiler\n")
+    assert native.failed_note() == "CompileError: no C compiler"
+    assert native.background_build_wanted() is False
