@@ -94,6 +94,8 @@ def run(cfg) -> int:
     from .model import build_model
     from .outputs import check_output_set, fdump_message, write_outputs
     from .summary import result_lines, run_summary_line, setup_lines
+    from .kernels import native
+    calls = dict(native.COUNTS)        # this run's kernel calls: the difference
     out = sys.stdout
     if cfg.device == "cuda":
         # fail before printing or writing anything when CuPy or a GPU is missing
@@ -137,8 +139,11 @@ def run(cfg) -> int:
     write_outputs(res, cfg, fdump=fdump)
     for line in result_lines(res):
         print(line, file=out)
-    print(run_summary_line(cfg, time.perf_counter() - t0), file=out)
-    _background_library_build()
+    aot = native.COUNTS["aot"] > calls["aot"]
+    jit = native.COUNTS["jit"] > calls["jit"]
+    print(run_summary_line(cfg, time.perf_counter() - t0, aot=aot and not jit), file=out)
+    if jit:
+        _background_library_build()
     return 0
 
 
@@ -147,7 +152,7 @@ def _background_library_build() -> None:
     library (kernels.native) in the background, once: later runs load it
     instead of numba."""
     from .kernels import native
-    if native.COUNTS["jit"] and native.background_build_wanted():
+    if native.background_build_wanted():
         try:
             native.start_build(background=True)
         except OSError:

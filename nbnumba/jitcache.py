@@ -17,6 +17,7 @@ start-up library (kernels/native.py) meanwhile.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 
@@ -121,14 +122,18 @@ def start_helpers() -> bool:
     sets of cached functions, so their cache writes do not meet.  Returns
     whether it started one."""
     global _HELPERS
-    import os
-    if _HELPERS is not None or (os.cpu_count() or 1) < 2:
+    if _HELPERS is not None or not _two_cores():
         return False
     try:
         _HELPERS = _quiet_python(["nbnumba.jitcache", "--helpers"])
     except OSError:
         return False
     return True
+
+
+def _two_cores() -> bool:
+    import os
+    return (os.cpu_count() or 1) >= 2
 
 
 def _quiet_python(args):
@@ -156,8 +161,9 @@ def wait_helpers() -> None:
 _TINY_ARGV = "-cell 50 50 50 90 90 90 -default_F 10 -N 2 -lambda 1 -distance 50 -detpixels 4"
 
 
+@functools.lru_cache(maxsize=1)
 def _tiny_kernel_args():
-    """(model, kernel args) of _TINY_ARGV."""
+    """(model, kernel args) of _TINY_ARGV (built once per process)."""
     from . import flags
     from .model import build_model
     model = build_model(flags.parse_argv(_TINY_ARGV.split()))
@@ -203,26 +209,23 @@ def compile_pixel_callees() -> None:
     K.tricubic_F.compile(tuple(typeof(a) for a in (Fhkl, 0, 0, 0, 0.0, 0.0, 0.0)))
 
 
-def _split_compile(cold) -> bool:
+def _split_compile(cold) -> None:
     """A cold image kernel on two cores: this process compiles pixel_value
     (the largest part, ~7 s) while a second one compiles, in this order, the
     two callees pixel_value reaches last (so that it finds them in the cache),
     the block path, and then the helpers.  render_rows links the block path
     from the cache as soon as the second process says it is there; the run's
-    statistics wait for the helpers (wait_helpers).  Returns False (nothing
-    done) with one core or when the process cannot start."""
+    statistics wait for the helpers (wait_helpers).  If the second process
+    cannot start, the run compiles everything itself, as on one core."""
     global _HELPERS
-    import os
     import subprocess
-    if "render_rows" not in cold or (os.cpu_count() or 1) < 2:
-        return False
     from .kernels.native import python_process
     try:
         p = python_process(["nbnumba.jitcache", "--block"]
                            + (["--helpers"] if "helpers" in cold else []),
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     except OSError:
-        return False
+        return
     _HELPERS = p
     try:
         compile_pixel()
@@ -231,23 +234,19 @@ def _split_compile(cold) -> bool:
             p.stdout.readline()         # "block": compiled (or the process ended)
         except Exception:               # never let the second process stop a run
             p.kill()
-    return True
 
 
-def announce_compile(model, file=None, compile_ahead=True) -> bool:
+def announce_compile(model, file=None) -> bool:
     """Print "compiling kernels (first run only, ~N s)" on stderr when the
     model's kernels are not in the cache yet; returns whether it printed.
-
-    compile_ahead: with two cores, split the compile over two processes
-    (_split_compile) or, when only the helpers are cold besides other work,
-    start their compile in a second process."""
+    With two cores the compile then runs in two processes: split
+    (_split_compile) when the image kernel is cold, else the helpers' compile
+    in a second process."""
     cold = cold_kernels(model)
     if not cold:
         return False
-    import os
-    split = compile_ahead and "render_rows" in cold and (os.cpu_count() or 1) >= 2
-    parallel = (compile_ahead and not split and "helpers" in cold and len(cold) > 1
-                and start_helpers())
+    split = "render_rows" in cold and _two_cores()
+    parallel = not split and "helpers" in cold and len(cold) > 1 and start_helpers()
     if split:
         n = COMPILE_SECONDS["split"] + (COMPILE_SECONDS["trace_pixel"] if "trace_pixel" in cold else 0)
     else:
@@ -264,7 +263,6 @@ def warmup(file=None) -> int:
     (not the trace: see WARMUP_ARGV), and build the start-up library
     (kernels.native) in a second process meanwhile; returns 0 (a library that
     cannot be built is reported; runs then use numba's cache)."""
-    import os
     import tempfile
     from .api import simulate_argv
     from .kernels import native
@@ -283,17 +281,9 @@ def warmup(file=None) -> int:
     print("nbnumba: compiling kernels (once per install; ~%d s)" % n, file=file, flush=True)
     # numba's cache: what the trace, autodiff and any call the library does not
     # cover use (with the library present, these runs load it, not numba)
-    env_aot = os.environ.get("NBNUMBA_AOT")
-    os.environ["NBNUMBA_AOT"] = "0"
-    try:
-        with tempfile.TemporaryDirectory(prefix="nbnumba-warmup-") as d:
-            for line in WARMUP_ARGV:
-                simulate_argv(line.split(), cwd=d, noprogress=True, progress_meter=False)
-    finally:
-        if env_aot is None:
-            del os.environ["NBNUMBA_AOT"]
-        else:
-            os.environ["NBNUMBA_AOT"] = env_aot
+    with native.jit_only(), tempfile.TemporaryDirectory(prefix="nbnumba-warmup-") as d:
+        for line in WARMUP_ARGV:
+            simulate_argv(line.split(), cwd=d, noprogress=True, progress_meter=False)
     wait_helpers()
     if build is not None:
         err = build.communicate()[1]

@@ -71,16 +71,15 @@ def setup_lines(model) -> List[str]:
     return out
 
 
-def run_summary_line(cfg, seconds: float) -> str:
-    """nbnumba's own last line: precision, threads, backend and elapsed time (s)."""
+def run_summary_line(cfg, seconds: float, aot: bool = False) -> str:
+    """nbnumba's own last line: precision, threads, backend and elapsed time (s).
+    aot: the run's kernels all came from the start-up library (kernels.native)."""
     if cfg.device == "cuda":
         backend, threads = "cuda (CuPy)", ""
     else:
         # the threads the image loop ran on (kernels.native.render)
         from .kernels import native
         n = max(1, int(cfg.threads)) if cfg.threads else native.default_threads()
-        # "numba AOT": the kernels came from the start-up library (kernels.native)
-        aot = native.COUNTS["aot"] > 0 and native.COUNTS["jit"] == 0
         backend = "cpu (numba AOT)" if aot else "cpu (numba)"
         threads = ", %d thread%s" % (n, "" if n == 1 else "s")
     return "nbnumba: %s precision%s, backend %s, %.2f s" % (cfg.precision, threads, backend, seconds)

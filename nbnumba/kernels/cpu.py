@@ -720,7 +720,7 @@ def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, ce
 
 # the host-side entry (thread pool over render_rows, from the start-up library
 # or numba) lives in native; re-exported here for callers of cpu.render
-from .native import _forget_pools, _pool, default_threads, render  # noqa: E402,F401
+from .native import default_threads, render  # noqa: E402,F401
 
 
 def kernel_dispatchers():

@@ -59,10 +59,27 @@ _LOADED = {}          # key -> module or None (tried, absent or unusable)
 COUNTS = {"aot": 0, "jit": 0}
 
 
+_JIT_ONLY = [0]      # depth of jit_only() blocks
+
+
 def enabled() -> bool:
-    """False under NBNUMBA_AOT=0 or NUMBA_DISABLE_JIT=1 (then plain numba)."""
-    return (os.environ.get("NBNUMBA_AOT", "1") != "0"
+    """False under NBNUMBA_AOT=0, NUMBA_DISABLE_JIT=1 or inside jit_only()
+    (then plain numba)."""
+    return (not _JIT_ONLY[0] and os.environ.get("NBNUMBA_AOT", "1") != "0"
             and os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0"))
+
+
+class jit_only:
+    """``with native.jit_only():`` every call goes to numba (``--warmup``
+    fills numba's cache this way while the library is being built)."""
+
+    def __enter__(self):
+        with _LOCK:
+            _JIT_ONLY[0] += 1
+
+    def __exit__(self, *exc):
+        with _LOCK:
+            _JIT_ONLY[0] -= 1
 
 
 def library_dir() -> str:
