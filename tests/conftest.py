@@ -60,13 +60,15 @@ def _c_compiler():
     return shutil.which(cc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def library():
     """The directory of a start-up library built for this session's sources,
-    set as NBNUMBA_CACHE_DIR while the requesting tests run."""
+    set as NBNUMBA_CACHE_DIR while the requesting module's tests run."""
     from nbnumba.kernels import native
     p = _BUILD["proc"]
-    err = p.communicate(timeout=900)[1]
+    if "err" not in _BUILD:
+        _BUILD["err"] = p.communicate(timeout=900)[1]
+    err = _BUILD["err"]
     if p.returncode != 0 and not _c_compiler():
         pytest.skip("the start-up library needs a C compiler (numba.pycc); none found")
     assert p.returncode == 0, err

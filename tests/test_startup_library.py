@@ -138,49 +138,6 @@ def test_the_library_releases_the_gil(library):
     assert len(inside) > 10, (len(stamps), t1 - t0)
 
 
-def test_a_foreign_or_damaged_library_is_not_used(tmp_path, monkeypatch):
-    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(tmp_path))
-    native.forget()
-    try:
-        path = native.library_path()
-        with open(path, "wb") as fh:
-            fh.write(b"\x7fELF not really")
-        assert native.aot_module() is None
-        res = nbnumba.simulate_argv((CELL + " " + DET + " -nonoise").split(), cwd=str(tmp_path))
-        assert np.asarray(res.float_image).max() > 0
-        # another NUMBA_* setting names another library
-        key = native.library_key()
-        monkeypatch.setenv("NUMBA_OPT", "2")
-        assert native.library_key() != key
-        monkeypatch.delenv("NUMBA_OPT")
-        assert native.library_key() == key
-        # off switch
-        monkeypatch.setenv("NBNUMBA_AOT", "0")
-        assert not native.enabled() and native.aot_module() is None
-        assert native.background_build_wanted() is False
-    finally:
-        native.forget()
-
-
-def test_a_library_others_may_write_is_not_loaded(library, tmp_path, monkeypatch):
-    """Loading the library runs its code: a copy that group or others may
-    write (a shared cache directory) is refused; the run uses numba."""
-    import shutil
-    src = native.library_path()
-    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(tmp_path))
-    native.forget()
-    try:
-        dst = native.library_path()
-        shutil.copyfile(src, dst)
-        os.chmod(dst, 0o775)
-        assert native.aot_module() is None
-        native.forget()
-        os.chmod(dst, 0o755)
-        assert native.aot_module() is not None
-    finally:
-        native.forget()
-
-
 @pytest.fixture
 def empty_cache(tmp_path, monkeypatch):
     """An empty library directory with background builds allowed."""
@@ -189,6 +146,43 @@ def empty_cache(tmp_path, monkeypatch):
     native.forget()
     yield tmp_path / native.module_name(native.library_key())
     native.forget()
+
+
+def test_a_foreign_or_damaged_library_is_not_used(empty_cache, tmp_path, monkeypatch):
+    with open(native.library_path(), "wb") as fh:
+        fh.write(b"\x7fELF not really")
+    assert native.aot_module() is None
+    res = nbnumba.simulate_argv((CELL + " " + DET + " -nonoise").split(), cwd=str(tmp_path))
+    assert np.asarray(res.float_image).max() > 0
+    # another NUMBA_* setting names another library
+    key = native.library_key()
+    monkeypatch.setenv("NUMBA_OPT", "2")
+    assert native.library_key() != key
+    monkeypatch.delenv("NUMBA_OPT")
+    assert native.library_key() == key
+    # off switch
+    monkeypatch.setenv("NBNUMBA_AOT", "0")
+    assert not native.enabled() and native.aot_module() is None
+    assert native.background_build_wanted() is False
+
+
+@pytest.fixture
+def built_library(library):
+    """The session's library file (taken before empty_cache switches directory)."""
+    return native.library_path()
+
+
+def test_a_library_others_may_write_is_not_loaded(built_library, empty_cache):
+    """Loading the library runs its code: a copy that group or others may
+    write (a shared cache directory) is refused; the run uses numba."""
+    import shutil
+    dst = native.library_path()
+    shutil.copyfile(built_library, dst)
+    os.chmod(dst, 0o775)
+    assert native.aot_module() is None
+    native.forget()
+    os.chmod(dst, 0o755)
+    assert native.aot_module() is not None
 
 
 def test_no_second_background_build_while_one_runs(empty_cache):
