@@ -380,28 +380,18 @@ def sincg_near_coeffs(N):
     expanding each sine, c_k = -2 pi (-1)^k P_(2k+2) / (2k+1)!, with
     P_m = sum_j j^m.  Every |j pi d| < 0.1 pi, so the first omitted term is
     below 1e-19 of the sum (all P_m > 0: no cancellation)."""
-    p2 = p4 = p6 = p8 = p10 = p12 = p14 = 0.0
+    p = np.zeros(7)             # P_2, P_4, ..., P_14
     j = np.int64(N) - 1
     while j > 0:
         t = float(j) * float(j)
         q = t
-        p2 += q
-        q *= t
-        p4 += q
-        q *= t
-        p6 += q
-        q *= t
-        p8 += q
-        q *= t
-        p10 += q
-        q *= t
-        p12 += q
-        q *= t
-        p14 += q
+        for m in range(7):
+            p[m] += q
+            q *= t
         j -= 2
     c = -2.0 * math.pi
-    return (c * p2, -c * p4 / 6.0, c * p6 / 120.0, -c * p8 / 5040.0, c * p10 / 362880.0,
-            -c * p12 / 39916800.0, c * p14 / 6227020800.0)
+    return (c * p[0], -c * p[1] / 6.0, c * p[2] / 120.0, -c * p[3] / 5040.0,
+            c * p[4] / 362880.0, -c * p[5] / 39916800.0, c * p[6] / 6227020800.0)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
