@@ -18,6 +18,9 @@ cell            6      a, b, c (Angstrom), alpha, beta, gamma (degrees)
 misset          3      rotations about x, y, z (degrees), as -misset
 distance        1      sample-detector distance (mm), as -distance
 beam_center     2      Xbeam, Ybeam (mm)
+detector_rot    3      detector rotations about x, y, z (degrees), as
+                       -detector_rotx/-detector_roty/-detector_rotz
+twotheta        1      detector two-theta (degrees), as -twotheta
 wavelength      1      Angstrom (all sources scale with it)
 N               3      Na, Nb, Nc (continuous in the lattice factor)
 fluence         1      photons/m^2 (replaces -flux/-exposure/-beamsize)
@@ -27,7 +30,7 @@ F_hkl           grid   structure factors, see :func:`structure_factors`
 The forward pass is the numba kernel's pixel function in float64; the
 backward pass is the adjoint kernel in ``nbnumba.kernels.adjoint``, which
 returns dI/dtheta for kernel-level quantities theta (cell vectors, detector
-origin, wavelength scale, N, fluence, F grid) contracted with the upstream
+origin and axes, wavelength scale, N, fluence, F grid) contracted with the upstream
 gradient.  The host maps the user parameters to theta (see ``_Run``).  With
 ``-device cuda`` in argv both passes run ``adjoint_f64`` of nanobragg.cu (the
 same formulas) through CuPy (``kernels.gpu.adjoint``).  What is and is not
@@ -50,14 +53,19 @@ from .api import PARALLEL_KERNEL_LOCK
 __all__ = ["simulate", "structure_factors", "PARAMETERS"]
 
 #: keyword -> number of values (F_hkl: the grid of structure_factors(argv))
-PARAMETERS = {"cell": 6, "misset": 3, "distance": 1, "beam_center": 2, "wavelength": 1,
-              "N": 3, "fluence": 1, "F_hkl": None}
+PARAMETERS = {"cell": 6, "misset": 3, "distance": 1, "beam_center": 2, "detector_rot": 3,
+              "twotheta": 1, "wavelength": 1, "N": 3, "fluence": 1, "F_hkl": None}
+#: the ones that move the detector (build_detector reads no crystal flag)
+_DETECTOR = ("distance", "beam_center", "detector_rot", "twotheta")
 #: the ones that move the cell or the detector: the host maps them to theta
-_GEOMETRIC = ("cell", "misset", "distance", "beam_center", "wavelength")
+_GEOMETRIC = ("cell", "misset", "wavelength") + _DETECTOR
+#: the ones that turn the detector axes (the stored Jacobian keeps their columns)
+_TURNS_DETECTOR = ("detector_rot", "twotheta")
 #: Richardson steps for the host map's Jacobian, in the keyword's units
 #: (relative for lengths and the wavelength, absolute for angles)
 _STEP = {"cell": (1e-4, 1e-4, 1e-4, 1e-3, 1e-3, 1e-3), "misset": (1e-3,) * 3,
-         "distance": (1e-2,), "beam_center": (1e-2, 1e-2), "wavelength": (1e-5,)}
+         "distance": (1e-2,), "beam_center": (1e-2, 1e-2), "wavelength": (1e-5,),
+         "detector_rot": (1e-3,) * 3, "twotheta": (1e-3,)}
 #: row chunks of the adjoint pass, each with its own F-grid and cell buffers
 N_CHUNKS = 8
 #: largest per-pixel Jacobian the forward keeps (up to N_PAR float64 per active
@@ -94,6 +102,11 @@ def _override(cfg, vals):
         kw["distance"] = float(vals["distance"][0]) * 1e-3
     if "beam_center" in vals:
         kw["Xbeam"], kw["Ybeam"] = (float(x) * 1e-3 for x in vals["beam_center"])
+    if "detector_rot" in vals:
+        kw["detector_rotx"], kw["detector_roty"], kw["detector_rotz"] = (
+            math.radians(float(x)) for x in vals["detector_rot"])
+    if "twotheta" in vals:
+        kw["detector_twotheta"] = math.radians(float(vals["twotheta"][0]))
     if "wavelength" in vals:
         kw["lambda0"] = float(vals["wavelength"][0]) * 1e-10
     if "N" in vals:
@@ -160,6 +173,10 @@ class _Run:
     def __init__(self, argv, vals, needs_grad, F_values, keep_jac=True):
         from .model import build_model
         cfg0 = _parse(argv)
+        if "twotheta" in vals and "-twotheta" not in [str(a) for a in argv]:
+            # as -twotheta appended to argv: it selects the SAMPLE pivot (with
+            # -twotheta in argv the keyword replaces its value, argv's pivot stays)
+            cfg0 = replace(cfg0, detector_pivot="SAMPLE")
         _check_supported(cfg0, set(vals) | ({"F_hkl"} if F_values is not None else set()),
                          needs_grad)
         cfg = _override(cfg0, vals)
@@ -209,7 +226,8 @@ class _Run:
         n_active = int(np.count_nonzero(model.active))
         self.pixel_jac = None
         self.jac_cols = self._jac_columns(self.want,
-                                          self.args[0][K.I_SHAPE] == SHAPE_GAUSS)
+                                          self.args[0][K.I_SHAPE] == SHAPE_GAUSS,
+                                          any(n in needs_grad for n in _TURNS_DETECTOR))
         self.keep_jac = (keep_jac and self.device == "cpu" and (self.want & (A.W_N | A.W_GEO)) != 0
                          and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES)
 
@@ -218,9 +236,11 @@ class _Run:
         return gpu.adjoint(self._gpu_args, self.model.active, g, want_F)
 
     @staticmethod
-    def _jac_columns(want, gauss):
+    def _jac_columns(want, gauss, turns_detector=False):
         """The theta indices the stored Jacobian keeps: those the adjoint can
-        make nonzero for want (the reciprocal vectors only for the gauss shape)."""
+        make nonzero for want (the reciprocal vectors only for the gauss shape)
+        and that a keyword can move (the detector axes only when a rotation
+        keyword needs grad)."""
         cols = [A.P_FLU]
         if want & A.W_N:
             cols += [A.P_NA, A.P_NB, A.P_NC]
@@ -229,6 +249,8 @@ class _Run:
             cols += [A.P_CLOSE, A.P_LAM]
             if gauss:
                 cols += list(range(A.P_ASTAR, A.P_CSTAR + 3))
+            if turns_detector:
+                cols += list(range(A.P_FDET, A.P_SDET + 3))
         return np.array(sorted(cols), dtype=np.int64)
 
     @staticmethod
@@ -319,22 +341,25 @@ class _Run:
 
     def _host_theta(self, vals, name=None):
         """theta[:N_HOST] = (a, b, c (m), pix0 (m), close distance (m), astar,
-        bstar, cstar (1/A)) at vals.  With name (the keyword being varied),
-        only the part that keyword moves is rebuilt: distance and beam_center
-        move the detector only (build_detector reads no cell, misset or
-        wavelength), the others the crystal only (build_crystal reads no
-        detector flag); the rest is 0, which a difference cancels."""
+        bstar, cstar (1/A), fdet, sdet (unit vectors)) at vals.  With name (the
+        keyword being varied), only the part that keyword moves is rebuilt: the
+        _DETECTOR keywords move the detector only (build_detector reads no
+        cell, misset or wavelength), the others the crystal only
+        (build_crystal reads no detector flag); the rest is 0, which a
+        difference cancels."""
         from . import crystal as xtal
         from .geometry import build_detector
         from .rng import RngState
         cfg = _override(self.cfg, vals)
-        det_part = name is None or name in ("distance", "beam_center")
+        det_part = name is None or name in _DETECTOR
         xtal_part = name is None or not det_part
         theta = np.zeros(A.N_HOST)
         if det_part:
             det = build_detector(cfg)
             theta[A.P_PIX0:A.P_PIX0 + 3] = det.pix0
             theta[A.P_CLOSE] = det.close_distance
+            theta[A.P_FDET:A.P_FDET + 3] = det.fdet
+            theta[A.P_SDET:A.P_SDET + 3] = det.sdet
         if xtal_part:
             misset_seed = cfg.misset_seed if cfg.misset_seed is not None else cfg.seed
             cr = xtal.build_crystal(cfg, self.recip, cfg.lambda0, RngState(), misset_seed)
@@ -347,7 +372,8 @@ class _Run:
         differences of the host's own geometry code (build_detector and
         build_crystal, the one implementation).  The detector origin is affine
         in distance and beam centre, so those columns are exact up to rounding;
-        the cell and misset columns carry an O(h^4) error (~1e-12 relative)."""
+        the cell, misset and detector-rotation columns carry an O(h^4) error
+        (~1e-12 relative)."""
         if name in self._jac:
             return self._jac[name]
         base = np.asarray(self.vals[name], dtype=np.float64)
@@ -448,7 +474,7 @@ def _function():
 
 
 def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wavelength=None,
-             N=None, fluence=None, F_hkl=None):
+             N=None, fluence=None, F_hkl=None, detector_rot=None, twotheta=None):
     """The (S, F) image (photons/pixel) of the nanoBragg command ``argv`` with
     the given keywords overriding its flags, as a torch tensor whose grad_fn
     reaches every keyword tensor that requires grad.
@@ -459,7 +485,8 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     when any keyword requires grad (see docs/autodiff.md)."""
     torch = _torch()
     given = dict(cell=cell, misset=misset, distance=distance, beam_center=beam_center,
-                 wavelength=wavelength, N=N, fluence=fluence, F_hkl=F_hkl)
+                 detector_rot=detector_rot, twotheta=twotheta, wavelength=wavelength, N=N,
+                 fluence=fluence, F_hkl=F_hkl)
     tensors = {k: _as_tensor(torch, k, v) for k, v in given.items() if v is not None}
     vals = {k: t.detach().to("cpu", torch.float64).numpy().reshape(-1)
             for k, t in tensors.items() if k != "F_hkl"}

@@ -20,8 +20,8 @@ BASE = ("-cell 70 80 90 85 95 105 -misset 10 5 3 -lambda 1.5 -N 4 -default_F 100
         "-distance 100 -Xbeam 12.3 -Ybeam 12.9 -detpixels 12 -pixel 2 -oversample 1 "
         "-fluence 1e24 -nonoise -nopgm -seed 1").split()
 VALUES = dict(cell=[70.0, 80.0, 90.0, 85.0, 95.0, 105.0], misset=[10.0, 5.0, 3.0],
-              distance=[100.0], beam_center=[12.3, 12.9], wavelength=[1.5], N=[4.0, 4.0, 4.0],
-              fluence=[1.0])
+              distance=[100.0], beam_center=[12.3, 12.9], detector_rot=[1.5, -2.0, 3.0],
+              twotheta=[4.0], wavelength=[1.5], N=[4.0, 4.0, 4.0], fluence=[1.0])
 EXTRA = {
     "mosaic_phi_sources_os": "-mosaic 0.5 -mosaic_dom 3 -phi 0 -osc 0.6 -phisteps 2 "
                              "-dispersion 0.1 -dispsteps 2 -divergence 0.2 -divsteps 2 "
@@ -58,7 +58,8 @@ def _gradcheck(argv, names, fast=True, vals=VALUES):
                                     fast_mode=fast, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
-ALL = ("cell", "misset", "distance", "beam_center", "wavelength", "N", "fluence")
+ALL = ("cell", "misset", "distance", "beam_center", "detector_rot", "twotheta", "wavelength", "N",
+       "fluence")
 
 
 def test_forward_matches_kernel_image():
@@ -70,6 +71,33 @@ def test_forward_matches_kernel_image():
     assert ref.max() > 0.0
     # the production image is the same values stored as float32
     assert np.array_equal(img.astype(np.float32), ref)
+
+
+@pytest.mark.parametrize("extra, kw", [
+    ("", dict(detector_rot=[1.5, -2.0, 3.0])),
+    ("", dict(twotheta=[4.0])),
+    # the CUSTOM convention (-fdet_vector) keeps the pivot of the flags, and
+    # -twotheta selects SAMPLE: the keyword acts as the flag appended ...
+    ("-fdet_vector 0 0 1", dict(twotheta=[4.0])),
+    # ... or replaces the flag's value, keeping argv's pivot (-pivot beam comes last)
+    ("-fdet_vector 0 0 1 -twotheta 1 -pivot beam", dict(twotheta=[4.0])),
+])
+def test_detector_keywords_render_as_the_flags(extra, kw):
+    import nbnumba
+    argv = BASE + extra.split()
+    flags = list(argv)
+    if "detector_rot" in kw:
+        for axis, v in zip("xyz", kw["detector_rot"]):
+            flags += ["-detector_rot" + axis, str(v)]
+    elif "-twotheta" in flags:
+        flags[flags.index("-twotheta") + 1] = str(kw["twotheta"][0])
+    else:
+        flags += ["-twotheta", str(kw["twotheta"][0])]
+    ref = nbnumba.simulate_argv(flags).float_image
+    img = simulate(argv, **{k: torch.tensor(v, dtype=torch.float64) for k, v in kw.items()})
+    assert ref.max() > 0.0
+    assert not np.array_equal(ref, nbnumba.simulate_argv(argv).float_image)
+    assert np.array_equal(img.numpy().astype(np.float32), ref)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -289,8 +317,9 @@ def test_pilatus_roi_central_differences(tmp_path):
     synth.write_p1_hkl(hkl, W.W3_CELL, 2.0, 3)
     argv = [a.format(mat=mat, hkl=hkl) for a in W.W3] + "-roi 1029 1049 675 695".split()
     vals = dict(misset=[0.0, 0.0, 0.0], wavelength=[W.W3_LAMBDA], N=[36.0, 47.0, 29.0],
-                fluence=[1e18])
-    steps = dict(misset=1e-4, wavelength=1e-6, N=1e-4, fluence=1e13)
+                fluence=[1e18], detector_rot=[0.0, 0.0, 0.0], twotheta=[0.0])
+    steps = dict(misset=1e-4, wavelength=1e-6, N=1e-4, fluence=1e13, detector_rot=1e-4,
+                 twotheta=1e-4)
     F0, _ = structure_factors(argv)
     img0 = simulate(argv, F_hkl=F0)
     assert int((img0[675:696, 1029:1050] > 0).sum()) == 441

@@ -41,16 +41,19 @@ from . import cpu as K
 # (lambda_i -> s lambda_i, at s = 1); NA..NC: crystal size in cells;
 # FLU: log fluence (the image and the water background scale with fluence).
 # ASTAR..CSTAR: the unrotated reciprocal vectors (1/A) of the gauss shape.
+# FDET, SDET: the detector's fast and slow unit vectors (a sub-pixel's
+# position is pix0 + Fdet fdet + Sdet sdet, Fdet and Sdet in m).
 # theta[:N_HOST] is what the host derives from the cell and the detector.
 P_A, P_B, P_C, P_PIX0, P_CLOSE = 0, 3, 6, 9, 12
-P_ASTAR, P_BSTAR, P_CSTAR, N_HOST = 13, 16, 19, 22
-P_LAM, P_NA, P_NB, P_NC, P_FLU = 22, 23, 24, 25, 26
-N_PAR = 27
+P_ASTAR, P_BSTAR, P_CSTAR, P_FDET, P_SDET, N_HOST = 13, 16, 19, 22, 25, 28
+P_LAM, P_NA, P_NB, P_NC, P_FLU = 28, 29, 30, 31, 32
+N_PAR = 33
 
 # ---- what a pass differentiates (bit mask ``want``) -------------------------
 # W_F: scatter dI/dFhkl; W_N: d/dNa..Nc; W_GEO: everything that moves h, k, l or
-# the pixel (cell vectors, pix0, close distance, wavelength scale, the gauss
-# shape's reciprocal vectors).  P_FLU is always computed (it costs nothing).
+# the pixel (cell vectors, pix0, detector axes, close distance, wavelength
+# scale, the gauss shape's reciprocal vectors).  P_FLU is always computed
+# (it costs nothing).
 # Without W_N and W_GEO the lattice passes compute values only.
 W_F, W_N, W_GEO = 1, 2, 4
 
@@ -100,43 +103,55 @@ _V1 = 1     # the cell variant of the default mode (kernels.cpu: variant 1)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _square_pass(S, cells, work, Na, Nb, Nc, cna, cnb, cnc):
-    """Pass 1 of the square/reduced fast path over every (phi, mosaic) cell:
-    per-axis lattice factors (the forward's values, sincg_reduced_parts) and
-    their derivatives (sincg_reduced_grad_from, cn*: its near-peak
-    coefficients per axis);
-    branch-free, so it vectorises like the forward's lattice pass."""
-    ncell = cells.shape[2]
-    S0, S1, S2 = S
+def _cell_lattice_grad(h, k, l, Na, Nb, Nc, cna, cnb, cnc):
+    """One cell of the square/reduced fast path: the per-axis lattice factors
+    (the forward's values, sincg_reduced_parts) and their derivatives
+    (sincg_reduced_grad_from, cn*: its near-peak coefficients per axis).
+    Returns (fa, fb, fc, dfa/dh, dfb/dk, dfc/dl, dfa/dNa, dfb/dNb, dfc/dNc);
+    an axis with N <= 1 has factor 1 and zero derivatives.  Branch-free, so
+    loops over it vectorise like the forward's lattice pass."""
     da = Na > 1
     db = Nb > 1
     dc = Nc > 1
+    fa, d_a, e_a, p_a, sa = sincg_reduced_parts(h, Na)
+    fb, d_b, e_b, p_b, sb = sincg_reduced_parts(k, Nb)
+    fc, d_c, e_c, p_c, sc = sincg_reduced_parts(l, Nc)
+    # one division for the three axes' 1/sin(pi d) instead of three (a
+    # factor of 1 where an axis is off or d == 0, whose derivative does
+    # not use it); the product underflows only if all three |d| < ~1e-100
+    sa = sa if da and d_a != 0.0 else 1.0
+    sb = sb if db and d_b != 0.0 else 1.0
+    sc = sc if dc and d_c != 0.0 else 1.0
+    sab = sa * sb
+    r = 1.0 / (sab * sc)
+    ga, gNa = sincg_reduced_grad_from(h, Na, cna, fa, d_a, e_a, p_a, (sb * sc) * r)
+    gb, gNb = sincg_reduced_grad_from(k, Nb, cnb, fb, d_b, e_b, p_b, (sa * sc) * r)
+    gc, gNc = sincg_reduced_grad_from(l, Nc, cnc, fc, d_c, e_c, p_c, sab * r)
+    return (fa if da else 1.0, fb if db else 1.0, fc if dc else 1.0,
+            ga if da else 0.0, gb if db else 0.0, gc if dc else 0.0,
+            gNa if da else 0.0, gNb if db else 0.0, gNc if dc else 0.0)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _square_pass(S, cells, work, Na, Nb, Nc, cna, cnb, cnc):
+    """Pass 1 of the square/reduced fast path over every (phi, mosaic) cell:
+    _cell_lattice_grad's nine values per cell, stored in work for pass 2."""
+    ncell = cells.shape[2]
+    S0, S1, S2 = S
     v = np.int64(_V1)
     for j in range(ncell):
         h, k, l = K._hkl(cells, v, j, S0, S1, S2)
-        fa, d_a, e_a, p_a, sa = sincg_reduced_parts(h, Na)
-        fb, d_b, e_b, p_b, sb = sincg_reduced_parts(k, Nb)
-        fc, d_c, e_c, p_c, sc = sincg_reduced_parts(l, Nc)
-        # one division for the three axes' 1/sin(pi d) instead of three (a
-        # factor of 1 where an axis is off or d == 0, whose derivative does
-        # not use it); the product underflows only if all three |d| < ~1e-100
-        sa = sa if da and d_a != 0.0 else 1.0
-        sb = sb if db and d_b != 0.0 else 1.0
-        sc = sc if dc and d_c != 0.0 else 1.0
-        sab = sa * sb
-        r = 1.0 / (sab * sc)
-        ga, gNa = sincg_reduced_grad_from(h, Na, cna, fa, d_a, e_a, p_a, (sb * sc) * r)
-        gb, gNb = sincg_reduced_grad_from(k, Nb, cnb, fb, d_b, e_b, p_b, (sa * sc) * r)
-        gc, gNc = sincg_reduced_grad_from(l, Nc, cnc, fc, d_c, e_c, p_c, sab * r)
-        work[A_FA, j] = fa if da else 1.0
-        work[A_FB, j] = fb if db else 1.0
-        work[A_FC, j] = fc if dc else 1.0
-        work[A_GA, j] = ga if da else 0.0
-        work[A_GB, j] = gb if db else 0.0
-        work[A_GC, j] = gc if dc else 0.0
-        work[A_NA, j] = gNa if da else 0.0
-        work[A_NB, j] = gNb if db else 0.0
-        work[A_NC, j] = gNc if dc else 0.0
+        fa, fb, fc, ga, gb, gc, gNa, gNb, gNc = _cell_lattice_grad(h, k, l, Na, Nb, Nc,
+                                                                   cna, cnb, cnc)
+        work[A_FA, j] = fa
+        work[A_FB, j] = fb
+        work[A_FC, j] = fc
+        work[A_GA, j] = ga
+        work[A_GB, j] = gb
+        work[A_GC, j] = gc
+        work[A_NA, j] = gNa
+        work[A_NB, j] = gNb
+        work[A_NC, j] = gNc
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -175,13 +190,12 @@ def _square_sum(S, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, 
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _cell_terms(work, cells, v, j, S0, S1, S2, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
-                default_F):
-    """Cell j of pass 2 (nearest-neighbour F): T = (F_cell F_latt)^2, dT/dh,
-    dT/dk, dT/dl, their projection on the rotated cell vectors (the d/dS
-    terms gx, gy, gz) and dT/dNa, dT/dNb, dT/dNc."""
-    h, k, l = K._hkl(cells, v, j, S0, S1, S2)
-    fa, fb, fc = work[A_FA, j], work[A_FB, j], work[A_FC, j]
+def _cell_terms(h, k, l, fa, fb, fc, ga, gb, gc, gNa, gNb, gNc, cells, j, Fhkl, hkls, hmin, hmax,
+                kmin, kmax, lmin, lmax, default_F):
+    """Cell j's term of a sub-path's sum (nearest-neighbour F) from its indices
+    and _cell_lattice_grad's values: T = (F_cell F_latt)^2, dT/dh, dT/dk,
+    dT/dl, their projection on the rotated cell vectors (the d/dS terms gx,
+    gy, gz) and dT/dNa, dT/dNb, dT/dNc."""
     Fl = ((1.0 * fa) * fb) * fc
     h0 = np.int64(np.ceil(h - 0.5))
     k0 = np.int64(np.ceil(k - 0.5))
@@ -189,15 +203,14 @@ def _cell_terms(work, cells, v, j, S0, S1, S2, Fhkl, hkls, hmin, hmax, kmin, kma
     Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
     FcFl = Fc * Fl
     tFl = 2.0 * Fc * FcFl          # dT/dF_latt
-    Th = tFl * work[A_GA, j] * fb * fc
-    Tk = tFl * fa * work[A_GB, j] * fc
-    Tl = tFl * fa * fb * work[A_GC, j]
+    Th = tFl * ga * fb * fc
+    Tk = tFl * fa * gb * fc
+    Tl = tFl * fa * fb * gc
     return (FcFl * FcFl, Th, Tk, Tl,
             Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j],
             Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j],
             Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j],
-            tFl * work[A_NA, j] * fb * fc, tFl * fa * work[A_NB, j] * fc,
-            tFl * fa * fb * work[A_NC, j])
+            tFl * gNa * fb * fc, tFl * fa * gNb * fc, tFl * fa * fb * gNc)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -213,9 +226,11 @@ def _square_accumulate(S, work, cells, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
     v = np.int64(_V1)
     sumT = gx = gy = gz = gNa = gNb = gNc = 0.0
     for j in range(ncell):
+        h, k, l = K._hkl(cells, v, j, S0, S1, S2)
         T, Th, Tk, Tl, dx, dy, dz, dNa, dNb, dNc = _cell_terms(
-            work, cells, v, j, S0, S1, S2, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
-            default_F)
+            h, k, l, work[A_FA, j], work[A_FB, j], work[A_FC, j], work[A_GA, j], work[A_GB, j],
+            work[A_GC, j], work[A_NA, j], work[A_NB, j], work[A_NC, j], cells, j, Fhkl, hkls,
+            hmin, hmax, kmin, kmax, lmin, lmax, default_F)
         sumT += T
         gx += dx
         gy += dy
@@ -230,23 +245,30 @@ def _square_accumulate(S, work, cells, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _square_accumulate_rot(work, cells, rot, S, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
-                           default_F):
-    """Pass 2 of the fast path, per-pixel form: as _square_accumulate, but the
-    unrotated cell's gradient is contracted here rather than per cell:
+def _square_fused_rot(S, cells, rot, Na, Nb, Nc, cna, cnb, cnc, Fhkl, hkls, hmin, hmax, kmin,
+                      kmax, lmin, lmax, default_F):
+    """The fast path in one loop, per-pixel form (the Jacobian route): the
+    sub-path's sum of F_cell^2 F_latt^2 and its derivatives, with the
+    unrotated cell's gradient contracted here rather than per cell:
     h_j = a . u_j with u_j = R_j^T S (rot: (9, ncell), rot[3 m + n, j] = R_j[n, m]),
     so d(sum)/da = sum_j dT/dh_j u_j (b: dT/dk, c: dT/dl).  Returns (sum, gx,
-    gy, gz, dNa, dNb, dNc, d/da (3), d/db (3), d/dc (3)); one branch-free loop
-    whose 16 sums vectorise (reassociation)."""
+    gy, gz, dNa, dNb, dNc, d/da (3), d/db (3), d/dc (3)).  It stores nothing
+    per cell, so LLVM vectorises it without run-time alias checks, and
+    computes h, k, l once; its 16 sums vectorise (reassociation).  (A split
+    that stored six per-cell derivatives for a second loop took 1.0-1.5
+    CPU-s against this loop's 0.37 on the 512^2 command, one thread.)"""
     ncell = cells.shape[2]
     S0, S1, S2 = S
     v = np.int64(_V1)
     sumT = gx = gy = gz = gNa = gNb = gNc = 0.0
     ga0 = ga1 = ga2 = gb0 = gb1 = gb2 = gc0 = gc1 = gc2 = 0.0
     for j in range(ncell):
+        h, k, l = K._hkl(cells, v, j, S0, S1, S2)
+        fa, fb, fc, da, db, dc, dNa_, dNb_, dNc_ = _cell_lattice_grad(h, k, l, Na, Nb, Nc,
+                                                                     cna, cnb, cnc)
         T, Th, Tk, Tl, dx, dy, dz, dNa, dNb, dNc = _cell_terms(
-            work, cells, v, j, S0, S1, S2, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
-            default_F)
+            h, k, l, fa, fb, fc, da, db, dc, dNa_, dNb_, dNc_, cells, j, Fhkl, hkls, hmin, hmax,
+            kmin, kmax, lmin, lmax, default_F)
         sumT += T
         gx += dx
         gy += dy
@@ -346,6 +368,9 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
     omega = 0.0
     dOm = (0.0, 0.0, 0.0)
     dOmc = 0.0
+    # the (Fdet, Sdet) of the sub-pixel where omega and polar were evaluated
+    # (their position derivatives reach fdet and sdet through it)
+    F_om = S_om = F_po = S_po = 0.0
     for subS in range(os):
         for subF in range(os):
             Fdet = subpixel * (fpixel * os + subF) + subpixel / 2.0
@@ -356,6 +381,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
             d, R = unitize(pos)
             if omega == 0.0:
                 omega = solid_angle(pixel, R, close, point)
+                F_om, S_om = Fdet, Sdet
                 if geo:
                     dOm, dOmc = solid_angle_grad(pixel, pos, close, point)
             for source in range(nsrc):
@@ -372,6 +398,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
                     else:
                         polar, _ = polarization_factor(kahn, inc, pos, polar_axis)
                     have_polar = True
+                    F_po, S_po = Fdet, Sdet
                 cF = g * C * polar * omega    # dI/dT
                 gx = 0.0     # sum_j dT/dh a_j + dT/dk b_j + dT/dl c_j (d/dS)
                 gy = 0.0
@@ -384,11 +411,10 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
                     _square_values(S, cells, work, Na, Nb, Nc)
                     sumT += _square_sum(S, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
                                         lmax, default_F)
-                elif fast and use_rot:
-                    _square_pass(S, cells, work, Na, Nb, Nc, cna, cnb, cnc)
+                elif fast and use_rot and not want_F:
                     (sT, gx, gy, gz, gNa, gNb, gNc, ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1,
-                     gc2) = _square_accumulate_rot(work, cells, rot, S, Fhkl, hkls, hmin, hmax,
-                                                   kmin, kmax, lmin, lmax, default_F)
+                     gc2) = _square_fused_rot(S, cells, rot, Na, Nb, Nc, cna, cnb, cnc, Fhkl,
+                                              hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F)
                     sumT += sT
                     dsum[P_A] += ga0
                     dsum[P_A + 1] += ga1
@@ -501,9 +527,13 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
                     # S = (pos/|pos| - inc)/lam: dS/dpos = (1 - d d^T)/(|pos| lam)
                     gd = gx * d[0] + gy * d[1] + gz * d[2]
                     r = 1.0 / (R * lam_s)
-                    dsum[P_PIX0] += (gx - gd * d[0]) * r
-                    dsum[P_PIX0 + 1] += (gy - gd * d[1]) * r
-                    dsum[P_PIX0 + 2] += (gz - gd * d[2]) * r
+                    # pos = pix0 + Fdet fdet + Sdet sdet: d/dfdet = Fdet d/dpos
+                    gv = (gx, gy, gz)
+                    for i in range(3):
+                        gp = (gv[i] - gd * d[i]) * r
+                        dsum[P_PIX0 + i] += gp
+                        dsum[P_FDET + i] += gp * Fdet
+                        dsum[P_SDET + i] += gp * Sdet
                     dsum[P_LAM] += gs
     total = I_bg + sumT
     po = polar * omega
@@ -511,7 +541,11 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
     for p in range(N_PAR):
         dsum[p] = gC * po * dsum[p]
     for i in range(3):
-        dsum[P_PIX0 + i] += gC * total * (dP[i] * omega + polar * dOm[i])
+        dPo = gC * total * dP[i] * omega
+        dOmp = gC * total * polar * dOm[i]
+        dsum[P_PIX0 + i] += dPo + dOmp
+        dsum[P_FDET + i] += dPo * F_po + dOmp * F_om
+        dsum[P_SDET + i] += dPo * S_po + dOmp * S_om
     dsum[P_CLOSE] += gC * total * polar * dOmc
     # test = C P omega (I_bg + sum): only C = r_e^2 fluence ... carries the fluence
     # (the default mode's I_bg does not: docs/quirks.md #14; autodiff refuses -c_parity)

@@ -891,12 +891,14 @@ NB_DEFINE_KERNEL(render_f32, double, float)
 #define P_ASTAR 13
 #define P_BSTAR 16
 #define P_CSTAR 19
-#define P_LAM 22
-#define P_NA 23
-#define P_NB 24
-#define P_NC 25
-#define P_FLU 26
-#define N_PAR 27
+#define P_FDET 22
+#define P_SDET 25
+#define P_LAM 28
+#define P_NA 29
+#define P_NB 30
+#define P_NC 31
+#define P_FLU 32
+#define N_PAR 33
 
 // physics.SINCG_NEAR: below this |N d| d/dh of sincg is summed, not closed-form
 #define NB_SINCG_NEAR 0.1
@@ -1156,13 +1158,16 @@ __device__ double solid_angle_grad(double pixel_size, vec3<double> pos, double c
     return pixel_size * pixel_size / R / R / R;
 }
 
-// sub-pixel (subS, subF)'s lab position, as pixel_grad forms it (flat detector)
+// sub-pixel (subS, subF)'s lab position pix0 + Fdet fdet + Sdet sdet, as
+// pixel_grad forms it (flat detector); *Fo, *So: its Fdet, Sdet (m)
 __device__ __forceinline__ vec3<double> adjoint_position(nb_i64 spixel, nb_i64 fpixel, nb_i64 os,
                                                         nb_i64 subS, nb_i64 subF, double subpixel,
                                                         vec3<double> fdet, vec3<double> sdet,
-                                                        vec3<double> pix0) {
+                                                        vec3<double> pix0, double* Fo, double* So) {
     const double Fdet = subpixel * (double)(fpixel * os + subF) + subpixel / 2.0;
     const double Sdet = subpixel * (double)(spixel * os + subS) + subpixel / 2.0;
+    *Fo = Fdet;
+    *So = Sdet;
     return mk<double>(Fdet * fdet.x + Sdet * sdet.x + pix0.x, Fdet * fdet.y + Sdet * sdet.y + pix0.y,
                       Fdet * fdet.z + Sdet * sdet.z + pix0.z);
 }
@@ -1222,15 +1227,21 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     double omega = 0.0;
     vec3<double> dOm = mk<double>(0.0, 0.0, 0.0);
     double dOmc = 0.0;
+    // the (Fdet, Sdet) of the sub-pixel where omega and polar were evaluated
+    // (their position derivatives reach fdet and sdet through it)
+    double F_om = 0.0, S_om = 0.0, F_po = 0.0, S_po = 0.0;
     for (nb_i64 subS = 0; subS < os; ++subS) {
         for (nb_i64 subF = 0; subF < os; ++subF) {
-            const vec3<double> pos =
-                adjoint_position(spixel, fpixel, os, subS, subF, subpixel, fdet, sdet, pix0);
+            double Fd, Sd;
+            const vec3<double> pos = adjoint_position(spixel, fpixel, os, subS, subF, subpixel,
+                                                      fdet, sdet, pix0, &Fd, &Sd);
             vec3<double> d;
             const double R = unitize(pos, &d);
             if (omega == 0.0) {
                 omega = solid_angle(pixel, R, close, point);
                 dOmc = solid_angle_grad(pixel, pos, close, point, &dOm);
+                F_om = Fd;
+                S_om = Sd;
             }
             for (nb_i64 source = 0; source < nsrc && !have_polar; ++source) {
                 const vec3<double> inc = load3w<double, double>(incident + 3 * source);
@@ -1241,6 +1252,8 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                 if (dmin > 0.0 && stol > 0.0 && dmin > 0.5 / stol) continue;
                 polar = polarization_factor_grad(kahn, inc, pos, polar_axis, &dP);
                 have_polar = true;
+                F_po = Fd;
+                S_po = Sd;
             }
         }
     }
@@ -1249,6 +1262,8 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     // sum over sub-paths of d(F_cell^2 F_latt^2)/dtheta, before the per-pixel factors
     double sumT = 0.0;
     double dpx = 0.0, dpy = 0.0, dpz = 0.0;  // P_PIX0
+    double dfx = 0.0, dfy = 0.0, dfz = 0.0;  // P_FDET
+    double dsx = 0.0, dsy = 0.0, dsz = 0.0;  // P_SDET
     double dlam = 0.0, dNa = 0.0, dNb = 0.0, dNc = 0.0;
     double dstar[9] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // P_ASTAR..P_CSTAR
     for (nb_i64 j = 0; j < ncell; ++j) {
@@ -1256,8 +1271,9 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
         double ca[9] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // this pixel's cacc[:, j]
         for (nb_i64 subS = 0; subS < os; ++subS) {
             for (nb_i64 subF = 0; subF < os; ++subF) {
-                const vec3<double> pos =
-                    adjoint_position(spixel, fpixel, os, subS, subF, subpixel, fdet, sdet, pix0);
+                double Fd, Sd;
+                const vec3<double> pos = adjoint_position(spixel, fpixel, os, subS, subF, subpixel,
+                                                          fdet, sdet, pix0, &Fd, &Sd);
                 vec3<double> d;
                 const double R = unitize(pos, &d);
                 for (nb_i64 source = 0; source < nsrc; ++source) {
@@ -1334,9 +1350,19 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                     // S = (pos/|pos| - inc)/lam: dS/dpos = (1 - d d^T)/(|pos| lam)
                     const double gd = gx * d.x + gy * d.y + gz * d.z;
                     const double r = 1.0 / (R * lam_s);
-                    dpx += (gx - gd * d.x) * r;
-                    dpy += (gy - gd * d.y) * r;
-                    dpz += (gz - gd * d.z) * r;
+                    const double px = (gx - gd * d.x) * r;
+                    const double py = (gy - gd * d.y) * r;
+                    const double pz = (gz - gd * d.z) * r;
+                    dpx += px;
+                    dpy += py;
+                    dpz += pz;
+                    // pos = pix0 + Fdet fdet + Sdet sdet: d/dfdet = Fdet d/dpos
+                    dfx += px * Fd;
+                    dfy += py * Fd;
+                    dfz += pz * Fd;
+                    dsx += px * Sd;
+                    dsy += py * Sd;
+                    dsz += pz * Sd;
                 }
             }
         }
@@ -1354,9 +1380,16 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     double* row = gpar + (p - row0 * F) * N_PAR;
     for (int i = 0; i < N_PAR; ++i) row[i] = 0.0;
     const double w = gC * po;
-    row[P_PIX0 + 0] = w * dpx + gC * total * (dP.x * omega + polar * dOm.x);
-    row[P_PIX0 + 1] = w * dpy + gC * total * (dP.y * omega + polar * dOm.y);
-    row[P_PIX0 + 2] = w * dpz + gC * total * (dP.z * omega + polar * dOm.z);
+    const double dPo[3] = {gC * total * dP.x * omega, gC * total * dP.y * omega,
+                           gC * total * dP.z * omega};
+    const double dOmp[3] = {gC * total * polar * dOm.x, gC * total * polar * dOm.y,
+                            gC * total * polar * dOm.z};
+    const double dp[3] = {dpx, dpy, dpz}, df[3] = {dfx, dfy, dfz}, ds[3] = {dsx, dsy, dsz};
+    for (int i = 0; i < 3; ++i) {
+        row[P_PIX0 + i] = w * dp[i] + (dPo[i] + dOmp[i]);
+        row[P_FDET + i] = w * df[i] + (dPo[i] * F_po + dOmp[i] * F_om);
+        row[P_SDET + i] = w * ds[i] + (dPo[i] * S_po + dOmp[i] * S_om);
+    }
     row[P_CLOSE] = gC * total * polar * dOmc;
     for (int i = 0; i < 9; ++i) row[P_ASTAR + i] = w * dstar[i];
     row[P_LAM] = w * dlam;
