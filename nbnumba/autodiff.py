@@ -22,6 +22,7 @@ detector_rot    3      detector rotations about x, y, z (degrees), as
                        -detector_rotx/-detector_roty/-detector_rotz
 twotheta        1      detector two-theta (degrees), as -twotheta
 wavelength      1      Angstrom (all sources scale with it)
+mosaic_spread   1      mosaic spread (degrees), as -mosaic
 N               3      Na, Nb, Nc (continuous in the lattice factor)
 fluence         1      photons/m^2 (replaces -flux/-exposure/-beamsize)
 F_hkl           grid   structure factors, see :func:`structure_factors`
@@ -54,11 +55,13 @@ __all__ = ["simulate", "structure_factors", "PARAMETERS"]
 
 #: keyword -> number of values (F_hkl: the grid of structure_factors(argv))
 PARAMETERS = {"cell": 6, "misset": 3, "distance": 1, "beam_center": 2, "detector_rot": 3,
-              "twotheta": 1, "wavelength": 1, "N": 3, "fluence": 1, "F_hkl": None}
+              "twotheta": 1, "wavelength": 1, "mosaic_spread": 1, "N": 3, "fluence": 1,
+              "F_hkl": None}
 #: the ones that move the detector (build_detector reads no crystal flag)
 _DETECTOR = ("distance", "beam_center", "detector_rot", "twotheta")
 #: the ones that move the cell or the detector: the host maps them to theta
-_GEOMETRIC = ("cell", "misset", "wavelength") + _DETECTOR
+#: (mosaic_spread through the adjoint pass's per-cell sums, _Run.mosaic_grad)
+_GEOMETRIC = ("cell", "misset", "wavelength", "mosaic_spread") + _DETECTOR
 #: the ones that turn the detector axes (the stored Jacobian keeps their columns)
 _TURNS_DETECTOR = ("detector_rot", "twotheta")
 #: Richardson steps for the host map's Jacobian, in the keyword's units
@@ -111,6 +114,8 @@ def _override(cfg, vals):
         kw["lambda0"] = float(vals["wavelength"][0]) * 1e-10
     if "N" in vals:
         kw["Na"], kw["Nb"], kw["Nc"] = (float(x) for x in vals["N"])
+    if "mosaic_spread" in vals:
+        kw["mosaic_spread"] = math.radians(float(vals["mosaic_spread"][0]))
     if "fluence" in vals:
         kw.update(fluence=float(vals["fluence"][0]), flux=0.0)
     return replace(cfg, **kw)
@@ -203,6 +208,10 @@ class _Run:
             # the lattice factor is sin(N pi h)/sin(pi h) as the C writes it
             # (equal at integers to rounding, so the image is continuous in N)
             self.args[0][K.I_REDUCED] = 0
+        if "mosaic_spread" in needs_grad and (model.steps.mosaic_spread <= 0.0
+                                              or model.steps.mosaic_domains < 2):
+            raise ConfigError("mosaic_spread= needs a spread > 0 and -mosaic_dom >= 2 to be "
+                              "differentiated (the domains' rotations are drawn only then)")
         self.rots = _cell_rotations(model)
         self.recip = None
         if cfg.matfilename is not None:
@@ -228,8 +237,12 @@ class _Run:
         self.jac_cols = self._jac_columns(self.want,
                                           self.args[0][K.I_SHAPE] == SHAPE_GAUSS,
                                           any(n in needs_grad for n in _TURNS_DETECTOR))
+        # (the mosaic spread moves every cell differently: its gradient needs
+        # the adjoint pass's per-cell sums, which a stored Jacobian does not keep)
         self.keep_jac = (keep_jac and self.device == "cpu" and (self.want & (A.W_N | A.W_GEO)) != 0
-                         and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES)
+                         and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES
+                         and "mosaic_spread" not in needs_grad)
+        self.cell_sums = None
 
     def _gpu(self, g=None, want_F=False):
         from .kernels import gpu
@@ -303,8 +316,9 @@ class _Run:
             _, gpar, cacc, gF = self._gpu(g, want_F)
             G = np.array(to_numpy(gpar), dtype=np.float64)
             ncell = self.rots.shape[0]
+            self.cell_sums = np.asarray(to_numpy(cacc), dtype=np.float64).reshape(9, ncell)
             G[A.P_A:A.P_C + 3] = np.einsum("jmn,qnj->qm", self.rots,
-                                           to_numpy(cacc).reshape(3, 3, ncell)).reshape(9)
+                                           self.cell_sums.reshape(3, 3, ncell)).reshape(9)
             return G, gF
         want_F = (self.want & A.W_F) != 0
         g = np.ascontiguousarray(g, dtype=np.float64)
@@ -335,8 +349,9 @@ class _Run:
             G = gpar.sum(axis=0)
             # h_j = (R_j a) . S: dI/da_m = sum_j sum_n R_j[n, m] (sum of g dI/dh_j S_n),
             # rots[j, m, n] = R_j[n, m]; likewise b (k) and c (l)
+            self.cell_sums = cacc.sum(axis=0)
             G[A.P_A:A.P_C + 3] = np.einsum("jmn,qnj->qm", self.rots,
-                                           cacc.sum(axis=0).reshape(3, 3, ncell)).reshape(9)
+                                           self.cell_sums.reshape(3, 3, ncell)).reshape(9)
         return G, (gF.sum(axis=0) if want_F else None)
 
     def _host_theta(self, vals, name=None):
@@ -394,6 +409,22 @@ class _Run:
         self._jac[name] = np.stack(cols, axis=1)
         return self._jac[name]
 
+    def mosaic_grad(self):
+        """d(sum g I)/d(mosaic spread in degrees), from the adjoint pass's per-cell
+        sums (theta_grad must have run it): cell j = (phi step t, domain m) uses
+        U_m Phi_t a, so the derivative is sum_j (dU_m/dspread Phi_t a) . (sum of
+        g dI/dh_j S), likewise b (k) and c (l).  crystal.rotated_cells applies
+        dU_m/dspread (_umat_spread_derivatives) in place of U_m: it is linear
+        in the matrix, so the cells' derivatives come from the one implementation."""
+        from . import crystal as xtal
+        m = self.model
+        dU = _umat_spread_derivatives(m.umats, m.steps.mosaic_spread)
+        dcells = xtal.rotated_cells(m.crystal, m.det.spindle, m.phis, dU, 1.0, False)[1]
+        ncell = self.rots.shape[0]
+        dv = dcells.reshape(ncell, 3, 3)            # [j, (a|b|c), xyz]
+        g = np.einsum("jqx,qxj->", dv, self.cell_sums.reshape(3, 3, ncell))
+        return float(g) * math.pi / 180.0
+
     def backward(self, g):
         """Gradients of sum(g * image) w.r.t. each keyword in needs_grad."""
         G, gF = self.theta_grad(g)
@@ -408,12 +439,41 @@ class _Run:
             if name == "fluence":
                 out[name] = np.array([G[A.P_FLU] / float(self.vals["fluence"][0])])
                 continue
+            if name == "mosaic_spread":
+                out[name] = np.array([self.mosaic_grad()])
+                continue
             grad = self.host_jacobian(name).T @ G[:A.N_HOST]
             if name == "wavelength":
                 # every source wavelength is proportional to lambda0
                 grad = grad + G[A.P_LAM] / float(self.vals["wavelength"][0])
             out[name] = grad
         return out
+
+
+def _umat_spread_derivatives(umats, spread):
+    """dU_m/d(spread) (row-major 9 per domain, spread in radians) of the mosaic
+    domains' rotations crystal.mosaic_umats drew: U = c I + (1 - c) v v^T + s [v]x,
+    a rotation by rot about v with rot proportional to the spread (the draws
+    do not depend on it), so dU/dspread = (rot / spread) (-s I + s v v^T + c [v]x).
+    v and rot are read back from U (its antisymmetric part is s [v]x, its trace
+    1 + 2c).  Domain 0 is the identity whatever the spread: derivative 0.
+    nanoBragg.c rounds the spread and each angle to float32, so the image
+    is constant in the spread below a float32 step (~6e-8 relative); this is
+    the derivative of the unrounded formula."""
+    out = np.zeros_like(umats)
+    for m in range(1, umats.shape[0]):
+        U = umats[m].reshape(3, 3)
+        sv = 0.5 * np.array([U[2, 1] - U[1, 2], U[0, 2] - U[2, 0], U[1, 0] - U[0, 1]])
+        s = float(np.sqrt(sv @ sv))
+        if s == 0.0:
+            continue            # a zero angle: its derivative is (angle / spread) [v]x = 0
+        c = 0.5 * (float(np.trace(U)) - 1.0)
+        rot = math.atan2(s, c)
+        v = sv / s
+        K = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+        dU = -s * np.eye(3) + s * np.outer(v, v) + c * K
+        out[m] = (rot / spread) * dU.reshape(9)
+    return out
 
 
 def _as_tensor(torch, name, v):
@@ -474,7 +534,8 @@ def _function():
 
 
 def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wavelength=None,
-             N=None, fluence=None, F_hkl=None, detector_rot=None, twotheta=None):
+             N=None, fluence=None, F_hkl=None, detector_rot=None, twotheta=None,
+             mosaic_spread=None):
     """The (S, F) image (photons/pixel) of the nanoBragg command ``argv`` with
     the given keywords overriding its flags, as a torch tensor whose grad_fn
     reaches every keyword tensor that requires grad.
@@ -485,8 +546,8 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     when any keyword requires grad (see docs/autodiff.md)."""
     torch = _torch()
     given = dict(cell=cell, misset=misset, distance=distance, beam_center=beam_center,
-                 detector_rot=detector_rot, twotheta=twotheta, wavelength=wavelength, N=N,
-                 fluence=fluence, F_hkl=F_hkl)
+                 detector_rot=detector_rot, twotheta=twotheta, wavelength=wavelength,
+                 mosaic_spread=mosaic_spread, N=N, fluence=fluence, F_hkl=F_hkl)
     tensors = {k: _as_tensor(torch, k, v) for k, v in given.items() if v is not None}
     vals = {k: t.detach().to("cpu", torch.float64).numpy().reshape(-1)
             for k, t in tensors.items() if k != "F_hkl"}
