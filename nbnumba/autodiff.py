@@ -23,6 +23,7 @@ detector_rot    3      detector rotations about x, y, z (degrees), as
 twotheta        1      detector two-theta (degrees), as -twotheta
 wavelength      1      Angstrom (all sources scale with it)
 mosaic_spread   1      mosaic spread (degrees), as -mosaic
+polarization    1      Kahn polarization factor, as -polar
 N               3      Na, Nb, Nc (continuous in the lattice factor)
 fluence         1      photons/m^2 (replaces -flux/-exposure/-beamsize)
 F_hkl           grid   structure factors, see :func:`structure_factors`
@@ -55,8 +56,8 @@ __all__ = ["simulate", "structure_factors", "PARAMETERS"]
 
 #: keyword -> number of values (F_hkl: the grid of structure_factors(argv))
 PARAMETERS = {"cell": 6, "misset": 3, "distance": 1, "beam_center": 2, "detector_rot": 3,
-              "twotheta": 1, "wavelength": 1, "mosaic_spread": 1, "N": 3, "fluence": 1,
-              "F_hkl": None}
+              "twotheta": 1, "wavelength": 1, "mosaic_spread": 1, "polarization": 1, "N": 3,
+              "fluence": 1, "F_hkl": None}
 #: the ones that move the detector (build_detector reads no crystal flag)
 _DETECTOR = ("distance", "beam_center", "detector_rot", "twotheta")
 #: the ones that move the cell or the detector: the host maps them to theta
@@ -116,6 +117,8 @@ def _override(cfg, vals):
         kw["Na"], kw["Nb"], kw["Nc"] = (float(x) for x in vals["N"])
     if "mosaic_spread" in vals:
         kw["mosaic_spread"] = math.radians(float(vals["mosaic_spread"][0]))
+    if "polarization" in vals:
+        kw["polarization"] = float(vals["polarization"][0])
     if "fluence" in vals:
         kw.update(fluence=float(vals["fluence"][0]), flux=0.0)
     return replace(cfg, **kw)
@@ -239,7 +242,8 @@ class _Run:
                                           any(n in needs_grad for n in _TURNS_DETECTOR))
         # (the mosaic spread moves every cell differently: its gradient needs
         # the adjoint pass's per-cell sums, which a stored Jacobian does not keep)
-        self.keep_jac = (keep_jac and self.device == "cpu" and (self.want & (A.W_N | A.W_GEO)) != 0
+        self.keep_jac = (keep_jac and self.device == "cpu"
+                         and (self.want & (A.W_N | A.W_GEO | A.W_POL)) != 0
                          and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES
                          and "mosaic_spread" not in needs_grad)
         self.cell_sums = None
@@ -255,6 +259,8 @@ class _Run:
         and that a keyword can move (the detector axes only when a rotation
         keyword needs grad)."""
         cols = [A.P_FLU]
+        if want & A.W_POL:
+            cols += [A.P_KAHN]
         if want & A.W_N:
             cols += [A.P_NA, A.P_NB, A.P_NC]
         if want & A.W_GEO:
@@ -274,6 +280,8 @@ class _Run:
             want |= A.W_F
         if "N" in needs_grad:
             want |= A.W_N
+        if "polarization" in needs_grad:
+            want |= A.W_POL
         if any(n in needs_grad for n in _GEOMETRIC):
             want |= A.W_GEO
         return want
@@ -439,6 +447,9 @@ class _Run:
             if name == "fluence":
                 out[name] = np.array([G[A.P_FLU] / float(self.vals["fluence"][0])])
                 continue
+            if name == "polarization":
+                out[name] = np.array([G[A.P_KAHN]])
+                continue
             if name == "mosaic_spread":
                 out[name] = np.array([self.mosaic_grad()])
                 continue
@@ -535,7 +546,7 @@ def _function():
 
 def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wavelength=None,
              N=None, fluence=None, F_hkl=None, detector_rot=None, twotheta=None,
-             mosaic_spread=None):
+             mosaic_spread=None, polarization=None):
     """The (S, F) image (photons/pixel) of the nanoBragg command ``argv`` with
     the given keywords overriding its flags, as a torch tensor whose grad_fn
     reaches every keyword tensor that requires grad.
@@ -547,7 +558,8 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     torch = _torch()
     given = dict(cell=cell, misset=misset, distance=distance, beam_center=beam_center,
                  detector_rot=detector_rot, twotheta=twotheta, wavelength=wavelength,
-                 mosaic_spread=mosaic_spread, N=N, fluence=fluence, F_hkl=F_hkl)
+                 mosaic_spread=mosaic_spread, polarization=polarization, N=N, fluence=fluence,
+                 F_hkl=F_hkl)
     tensors = {k: _as_tensor(torch, k, v) for k, v in given.items() if v is not None}
     vals = {k: t.detach().to("cpu", torch.float64).numpy().reshape(-1)
             for k, t in tensors.items() if k != "F_hkl"}

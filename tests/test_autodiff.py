@@ -21,7 +21,8 @@ BASE = ("-cell 70 80 90 85 95 105 -misset 10 5 3 -lambda 1.5 -N 4 -default_F 100
         "-fluence 1e24 -nonoise -nopgm -seed 1").split()
 VALUES = dict(cell=[70.0, 80.0, 90.0, 85.0, 95.0, 105.0], misset=[10.0, 5.0, 3.0],
               distance=[100.0], beam_center=[12.3, 12.9], detector_rot=[1.5, -2.0, 3.0],
-              twotheta=[4.0], wavelength=[1.5], N=[4.0, 4.0, 4.0], fluence=[1.0])
+              twotheta=[4.0], wavelength=[1.5], polarization=[0.6], N=[4.0, 4.0, 4.0],
+              fluence=[1.0])
 EXTRA = {
     "mosaic_phi_sources_os": "-mosaic 0.5 -mosaic_dom 3 -phi 0 -osc 0.6 -phisteps 2 "
                              "-dispersion 0.1 -dispsteps 2 -divergence 0.2 -divsteps 2 "
@@ -58,8 +59,8 @@ def _gradcheck(argv, names, fast=True, vals=VALUES):
                                     fast_mode=fast, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
-ALL = ("cell", "misset", "distance", "beam_center", "detector_rot", "twotheta", "wavelength", "N",
-       "fluence")
+ALL = ("cell", "misset", "distance", "beam_center", "detector_rot", "twotheta", "wavelength",
+       "polarization", "N", "fluence")
 
 
 def test_forward_matches_kernel_image():
@@ -81,14 +82,20 @@ def test_forward_matches_kernel_image():
     ("-fdet_vector 0 0 1", dict(twotheta=[4.0])),
     # ... or replaces the flag's value, keeping argv's pivot (-pivot beam comes last)
     ("-fdet_vector 0 0 1 -twotheta 1 -pivot beam", dict(twotheta=[4.0])),
+    ("", dict(polarization=[0.6])),
+    ("-mosaic_dom 4", dict(mosaic_spread=[0.7])),
 ])
-def test_detector_keywords_render_as_the_flags(extra, kw):
+def test_keywords_render_as_the_flags(extra, kw):
     import nbnumba
     argv = BASE + extra.split()
     flags = list(argv)
     if "detector_rot" in kw:
         for axis, v in zip("xyz", kw["detector_rot"]):
             flags += ["-detector_rot" + axis, str(v)]
+    elif "polarization" in kw:
+        flags += ["-polar", str(kw["polarization"][0])]
+    elif "mosaic_spread" in kw:
+        flags += ["-mosaic", str(kw["mosaic_spread"][0])]
     elif "-twotheta" in flags:
         flags[flags.index("-twotheta") + 1] = str(kw["twotheta"][0])
     else:

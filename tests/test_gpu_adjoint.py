@@ -101,7 +101,7 @@ def _numba(run, g, want_F):
     gpar = np.zeros((S, A.N_PAR))
     gF = np.zeros((nchunk,) + run.model.Fhkl.shape if want_F else (nchunk, 1, 1, 1))
     # every gradient (the CUDA adjoint computes them all)
-    want = A.W_N | A.W_GEO | (A.W_F if want_F else 0)
+    want = A.W_N | A.W_GEO | A.W_POL | (A.W_F if want_F else 0)
     cacc = np.zeros((nchunk, 9, ncell))
     val = np.zeros((S, F))
     A.backward(run.model.active, g, *run.args, want, nchunk, gpar, gF, cacc, val)

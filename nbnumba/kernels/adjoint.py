@@ -40,22 +40,23 @@ from . import cpu as K
 # used by the solid angle; LAM: common scale s of every source wavelength
 # (lambda_i -> s lambda_i, at s = 1); NA..NC: crystal size in cells;
 # FLU: log fluence (the image and the water background scale with fluence).
+# KAHN: the Kahn polarization factor (-polar).
 # ASTAR..CSTAR: the unrotated reciprocal vectors (1/A) of the gauss shape.
 # FDET, SDET: the detector's fast and slow unit vectors (a sub-pixel's
 # position is pix0 + Fdet fdet + Sdet sdet, Fdet and Sdet in m).
 # theta[:N_HOST] is what the host derives from the cell and the detector.
 P_A, P_B, P_C, P_PIX0, P_CLOSE = 0, 3, 6, 9, 12
 P_ASTAR, P_BSTAR, P_CSTAR, P_FDET, P_SDET, N_HOST = 13, 16, 19, 22, 25, 28
-P_LAM, P_NA, P_NB, P_NC, P_FLU = 28, 29, 30, 31, 32
-N_PAR = 33
+P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN = 28, 29, 30, 31, 32, 33
+N_PAR = 34
 
 # ---- what a pass differentiates (bit mask ``want``) -------------------------
 # W_F: scatter dI/dFhkl; W_N: d/dNa..Nc; W_GEO: everything that moves h, k, l or
 # the pixel (cell vectors, pix0, detector axes, close distance, wavelength
-# scale, the gauss shape's reciprocal vectors).  P_FLU is always computed
+# scale, the gauss shape's reciprocal vectors); W_POL: d/d(Kahn factor).  P_FLU is always computed
 # (it costs nothing).
 # Without W_N and W_GEO the lattice passes compute values only.
-W_F, W_N, W_GEO = 1, 2, 4
+W_F, W_N, W_GEO, W_POL = 1, 2, 4, 8
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -371,6 +372,8 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
     # the (Fdet, Sdet) of the sub-pixel where omega and polar were evaluated
     # (their position derivatives reach fdet and sdet through it)
     F_om = S_om = F_po = S_po = 0.0
+    dPk = 0.0       # d polar / d kahn
+    want_pol = (want & W_POL) != 0
     for subS in range(os):
         for subF in range(os):
             Fdet = subpixel * (fpixel * os + subF) + subpixel / 2.0
@@ -399,6 +402,10 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
                         polar, _ = polarization_factor(kahn, inc, pos, polar_axis)
                     have_polar = True
                     F_po, S_po = Fdet, Sdet
+                    if want_pol:
+                        # the factor is affine in kahn: its slope is P(1) - P(0)
+                        dPk = (polarization_factor(1.0, inc, pos, polar_axis)[0]
+                               - polarization_factor(0.0, inc, pos, polar_axis)[0])
                 cF = g * C * polar * omega    # dI/dT
                 gx = 0.0     # sum_j dT/dh a_j + dT/dk b_j + dT/dl c_j (d/dS)
                 gy = 0.0
@@ -547,6 +554,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
         dsum[P_FDET + i] += dPo * F_po + dOmp * F_om
         dsum[P_SDET + i] += dPo * S_po + dOmp * S_om
     dsum[P_CLOSE] += gC * total * polar * dOmc
+    dsum[P_KAHN] += gC * total * omega * dPk
     # test = C P omega (I_bg + sum): only C = r_e^2 fluence ... carries the fluence
     # (the default mode's I_bg does not: docs/quirks.md #14; autodiff refuses -c_parity)
     dsum[P_FLU] += gC * po * total

@@ -898,7 +898,8 @@ NB_DEFINE_KERNEL(render_f32, double, float)
 #define P_NB 30
 #define P_NC 31
 #define P_FLU 32
-#define N_PAR 33
+#define P_KAHN 33
+#define N_PAR 34
 
 // physics.SINCG_NEAR: below this |N d| d/dh of sincg is summed, not closed-form
 #define NB_SINCG_NEAR 0.1
@@ -1230,6 +1231,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     // the (Fdet, Sdet) of the sub-pixel where omega and polar were evaluated
     // (their position derivatives reach fdet and sdet through it)
     double F_om = 0.0, S_om = 0.0, F_po = 0.0, S_po = 0.0;
+    double dPk = 0.0;  // d polar / d kahn
     for (nb_i64 subS = 0; subS < os; ++subS) {
         for (nb_i64 subF = 0; subF < os; ++subF) {
             double Fd, Sd;
@@ -1254,6 +1256,10 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                 have_polar = true;
                 F_po = Fd;
                 S_po = Sd;
+                // the factor is affine in kahn: its slope is P(1) - P(0)
+                vec3<double> unused;
+                dPk = polarization_factor(1.0, inc, pos, polar_axis, &unused) -
+                      polarization_factor(0.0, inc, pos, polar_axis, &unused);
             }
         }
     }
@@ -1391,6 +1397,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
         row[P_SDET + i] = w * ds[i] + (dPo[i] * S_po + dOmp[i] * S_om);
     }
     row[P_CLOSE] = gC * total * polar * dOmc;
+    row[P_KAHN] = gC * total * omega * dPk;
     for (int i = 0; i < 9; ++i) row[P_ASTAR + i] = w * dstar[i];
     row[P_LAM] = w * dlam;
     row[P_NA] = w * dNa;
