@@ -596,3 +596,37 @@ def structure_factors(argv):
         raise ConfigError("this run has no structure-factor grid (no -hkl): default_F only")
     h0, h1, k0, k1, l0, l1 = model.hkl_bounds
     return torch.from_numpy(model.Fhkl.copy()), ((h0, h1), (k0, k1), (l0, l1))
+
+
+#: a small run whose forward and backward routes reach every autodiff kernel
+_WARMUP_ARGV = ("-cell 70 80 90 85 95 105 -lambda 1.5 -N 4 -default_F 100 -distance 100 "
+                "-detpixels 8 -pixel 1 -mosaic 0.3 -mosaic_dom 2 -nonoise -nopgm").split()
+
+
+def warmup(file=None) -> int:
+    """Compile (or load from numba's cache) the autodiff kernels: the float64
+    forward, the forward that keeps the Jacobian, its contraction and the
+    adjoint pass (about a minute and a half on one core the first time, then
+    a fraction of a second).  torch is not needed.  Returns 0."""
+    import sys
+    import time
+    file = file or sys.stderr
+    t0 = time.perf_counter()
+    print("nbnumba.autodiff: compiling the adjoint kernels (once per install)", file=file,
+          flush=True)
+    vals = {"cell": np.array([70.0, 80.0, 90.0, 85.0, 95.0, 105.0]), "N": np.array([4.0] * 3)}
+    for keep in (False, True):      # render64 + backward; forward_jac + contract
+        run = _Run(_WARMUP_ARGV, vals, ("cell", "N"), None, keep_jac=keep)
+        run.forward()
+        run.theta_grad(np.ones(run.model.shape))
+    print("nbnumba.autodiff: kernels ready (%.1f s)" % (time.perf_counter() - t0), file=file,
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    if sys.argv[1:] != ["--warmup"]:
+        print("usage: python -m nbnumba.autodiff --warmup", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(warmup())

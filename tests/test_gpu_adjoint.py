@@ -266,14 +266,15 @@ def test_autodiff_device_cuda_through_fake_cupy(host, tmp_path, monkeypatch):
         # the detector axes (theta) and the per-cell sums (mosaic spread)
         rot = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64, requires_grad=True)
         mos = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+        pol = torch.tensor([0.4], dtype=torch.float64, requires_grad=True)
         F, _ = AD.structure_factors(argv)
         F.requires_grad_(True)
         img = AD.simulate(argv + device_flags, cell=cell, distance=dist, N=N, F_hkl=F,
-                          detector_rot=rot, mosaic_spread=mos)
+                          detector_rot=rot, mosaic_spread=mos, polarization=pol)
         w = torch.linspace(-1.0, 2.0, img.numel(), dtype=torch.float64).reshape(img.shape)
         (img * w).sum().backward()
         return img.detach().numpy(), cell.grad.numpy(), dist.grad.numpy(), N.grad.numpy(), \
-            F.grad.numpy(), rot.grad.numpy(), mos.grad.numpy()
+            F.grad.numpy(), rot.grad.numpy(), mos.grad.numpy(), pol.grad.numpy()
 
     ref = grads([])
     assert fake.calls == []
@@ -361,11 +362,14 @@ def test_gpu_autodiff_device_cuda_matches_cpu(tmp_path, monkeypatch):
                             device=dev, requires_grad=True)
         rot = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64, device=dev, requires_grad=True)
         mos = torch.tensor([0.3], dtype=torch.float64, device=dev, requires_grad=True)
+        pol = torch.tensor([0.4], dtype=torch.float64, device=dev, requires_grad=True)
         F, _ = AD.structure_factors(argv)
         F = F.to(dev).requires_grad_(True)
-        img = AD.simulate(argv + flags, cell=cell, F_hkl=F, detector_rot=rot, mosaic_spread=mos)
+        img = AD.simulate(argv + flags, cell=cell, F_hkl=F, detector_rot=rot, mosaic_spread=mos,
+                          polarization=pol)
         assert img.device.type == dev
         (img * img).sum().backward()
-        res[dev] = [t.detach().cpu().numpy() for t in (img, cell.grad, F.grad, rot.grad, mos.grad)]
+        res[dev] = [t.detach().cpu().numpy()
+                    for t in (img, cell.grad, F.grad, rot.grad, mos.grad, pol.grad)]
     for a, b in zip(res["cuda"], res["cpu"]):
         assert _rel(a, b) <= REL
