@@ -23,7 +23,7 @@ def like(value, proto):
     return type(proto)(value)
 
 
-@overload(like, jit_options={"cache": True, "error_model": "numpy"})
+@overload(like, jit_options={"cache": True, "error_model": "numpy", "fastmath": False})
 def _like_impl(value, proto):
     if isinstance(proto, types.Float) and proto.bitwidth == 32:
         return lambda value, proto: np.float32(value)
@@ -126,7 +126,11 @@ def reduce_phase(h, N):
     return d, e, parity
 
 
-@overload(sinpi_reduced, jit_options={"cache": True, "error_model": "numpy"})
+# fastmath stated: an overload without it is compiled with the flags of the
+# first caller that reaches it, so a fast-math caller compiled first (the
+# adjoint's pixel_grad) would leave FMA-contracted polynomials in the cache
+# for every later strict caller (sincg_reduced: the trace, lattice_factor)
+@overload(sinpi_reduced, jit_options={"cache": True, "error_model": "numpy", "fastmath": False})
 def _sinpi_reduced_impl(x):
     if isinstance(x, types.Float) and x.bitwidth == 32:
         def f32(x):

@@ -167,3 +167,22 @@ def test_every_called_kernel_function_sets_fastmath():
             if "fastmath" not in d.targetoptions:
                 missing.append("%s.%s" % (mod.__name__, name))
     assert missing == []
+
+
+def test_every_overload_sets_fastmath():
+    """The same holds for ``@overload`` implementations (their jit_options):
+    sinpi_reduced's overload without ``fastmath`` took pixel_grad's FMA
+    contraction when the adjoint was the first to compile it, and every later
+    sincg_reduced call lost its last bit against the forward's
+    (test_autodiff.test_sincg_value_grad_value_is_the_forwards failed after it)."""
+    import re
+    from pathlib import Path
+    import nbnumba
+    found, missing = 0, []
+    for path in sorted(Path(nbnumba.__file__).parent.rglob("*.py")):
+        for m in re.finditer(r"^@overload\((.*)\)\s*$", path.read_text(), re.M):
+            found += 1
+            if not re.search(r"[\"']fastmath[\"']\s*:", m.group(1)):
+                missing.append("%s: %s" % (path.name, m.group(0)))
+    assert found >= 2
+    assert missing == []
