@@ -246,7 +246,7 @@ class _Run:
                          and (self.want & (A.W_N | A.W_GEO | A.W_POL)) != 0
                          and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES
                          and "mosaic_spread" not in needs_grad)
-        self.cell_sums = None
+        self.cell_sums = None       # (9, ncell) per-cell sums of the last adjoint pass
 
     def _gpu(self, g=None, want_F=False):
         from .kernels import gpu
@@ -417,9 +417,9 @@ class _Run:
         self._jac[name] = np.stack(cols, axis=1)
         return self._jac[name]
 
-    def mosaic_grad(self):
+    def mosaic_grad(self, cell_sums):
         """d(sum g I)/d(mosaic spread in degrees), from the adjoint pass's per-cell
-        sums (theta_grad must have run it): cell j = (phi step t, domain m) uses
+        sums cell_sums (9, ncell), as theta_grad leaves them: cell j = (phi step t, domain m) uses
         U_m Phi_t a, so the derivative is sum_j (dU_m/dspread Phi_t a) . (sum of
         g dI/dh_j S), likewise b (k) and c (l).  crystal.rotated_cells applies
         dU_m/dspread (_umat_spread_derivatives) in place of U_m: it is linear
@@ -430,7 +430,7 @@ class _Run:
         dcells = xtal.rotated_cells(m.crystal, m.det.spindle, m.phis, dU, 1.0, False)[1]
         ncell = self.rots.shape[0]
         dv = dcells.reshape(ncell, 3, 3)            # [j, (a|b|c), xyz]
-        g = np.einsum("jqx,qxj->", dv, self.cell_sums.reshape(3, 3, ncell))
+        g = np.einsum("jqx,qxj->", dv, cell_sums.reshape(3, 3, ncell))
         return float(g) * math.pi / 180.0
 
     def backward(self, g):
@@ -451,7 +451,7 @@ class _Run:
                 out[name] = np.array([G[A.P_KAHN]])
                 continue
             if name == "mosaic_spread":
-                out[name] = np.array([self.mosaic_grad()])
+                out[name] = np.array([self.mosaic_grad(self.cell_sums)])
                 continue
             grad = self.host_jacobian(name).T @ G[:A.N_HOST]
             if name == "wavelength":

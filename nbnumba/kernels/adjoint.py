@@ -53,8 +53,8 @@ N_PAR = 34
 # ---- what a pass differentiates (bit mask ``want``) -------------------------
 # W_F: scatter dI/dFhkl; W_N: d/dNa..Nc; W_GEO: everything that moves h, k, l or
 # the pixel (cell vectors, pix0, detector axes, close distance, wavelength
-# scale, the gauss shape's reciprocal vectors); W_POL: d/d(Kahn factor).  P_FLU is always computed
-# (it costs nothing).
+# scale, the gauss shape's reciprocal vectors); W_POL: d/d(Kahn factor).
+# P_FLU is always computed (it costs nothing).
 # Without W_N and W_GEO the lattice passes compute values only.
 W_F, W_N, W_GEO, W_POL = 1, 2, 4, 8
 
