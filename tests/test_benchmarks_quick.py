@@ -224,3 +224,24 @@ def test_history_records_and_tables(tmp_path):
     png = history.plot(recs, tmp_path / "h.png")
     assert png is not None and png.stat().st_size > 0
     assert history.main(["--results", str(tmp_path), "--png", str(tmp_path / "m.png")]) == 0
+
+
+def test_roofline_row_arithmetic():
+    """benchmarks.roofline's derived figures: 2e8 sub-paths in 2 CPU-s at 169
+    flops each are 100 Msub/s, 16.9 GFLOP/s, a quarter of a 67.6 GFLOP/s peak."""
+    from benchmarks import roofline
+    assert roofline.FLOPS_PER_SUBPATH == 169
+    r = roofline.roofline_row(dict(workload="X", subpaths=200_000_000, cpu_s=2.0), 67.6)
+    assert r["msub_per_cpu_s"] == pytest.approx(100.0)
+    assert r["gflop_per_cpu_s"] == pytest.approx(16.9)
+    assert r["fraction_of_peak"] == pytest.approx(0.25)
+    assert r["workload"] == "X"
+
+
+def test_roofline_measures_a_small_workload(tmp_path):
+    """measure() on W2 at 64 x 64: its sub-paths are 64^2 pixels x 600 steps
+    (4 sub-pixels x 3 wavelengths x 5 phi steps x 10 domains)."""
+    from benchmarks import roofline
+    m = roofline.measure("W2", 1, 2, str(tmp_path), pixels=64)
+    assert m["subpaths"] == 64 * 64 * 600
+    assert m["cpu_s"] > 0 and len(m["cpu_s_all"]) == 2
