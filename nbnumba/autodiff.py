@@ -52,7 +52,7 @@ from .kernels import cpu as K
 from .physics import SHAPE_GAUSS
 from .api import PARALLEL_KERNEL_LOCK
 
-__all__ = ["simulate", "structure_factors", "PARAMETERS"]
+__all__ = ["simulate", "structure_factors", "jacobian", "PARAMETERS"]
 
 #: keyword -> number of values (F_hkl: the grid of structure_factors(argv))
 PARAMETERS = {"cell": 6, "misset": 3, "distance": 1, "beam_center": 2, "detector_rot": 3,
@@ -596,6 +596,96 @@ def structure_factors(argv):
         raise ConfigError("this run has no structure-factor grid (no -hkl): default_F only")
     h0, h1, k0, k1, l0, l1 = model.hkl_bounds
     return torch.from_numpy(model.Fhkl.copy()), ((h0, h1), (k0, k1), (l0, l1))
+
+
+#: the keywords jacobian() covers: not the F grid (a column per grid point) and
+#: not the mosaic spread (its derivative needs the adjoint pass's per-cell sums)
+JACOBIAN_PARAMETERS = tuple(k for k in PARAMETERS if k not in ("F_hkl", "mosaic_spread"))
+
+
+def _as_values(name, v):
+    """A keyword's value as a flat float64 numpy array (numbers, arrays or tensors)."""
+    if hasattr(v, "detach"):
+        v = v.detach().to("cpu").double().numpy()
+    x = np.asarray(v, dtype=np.float64).reshape(-1)
+    if x.size != PARAMETERS[name]:
+        size = PARAMETERS[name]
+        raise ValueError("%s= takes %d value%s (got %d)" % (name, size, "s" * (size > 1), x.size))
+    return x
+
+
+def jacobian(argv, **values):
+    """The image and its per-pixel Jacobian: (image, J) with image the (S, F)
+    float64 photons/pixel of ``argv`` at ``values`` and J[name] the (S, F, size)
+    array of d image / d values[name] (per the keyword's units, e.g. photons
+    per mm for distance; 0 outside the ROI/mask).
+
+    values: keywords of :func:`simulate` (numbers, numpy arrays or tensors),
+    each of which is differentiated; not ``F_hkl`` or ``mosaic_spread`` (use
+    simulate and backward for those).  No torch needed; CPU only.
+
+    This is the stored Jacobian that simulate's backward contracts with the
+    upstream gradient (one forward pass, no adjoint pass), mapped to the
+    keywords.  It is what Gauss-Newton and Levenberg-Marquardt refiners use:
+    with residuals r and weights w per pixel, the normal matrix is
+    sum w J_p J_q and the gradient sum w r J_p (docs/autodiff.md, "Per-pixel
+    Jacobian").  Memory: 8 bytes x active pixels x (the kernel's stored
+    entries + the keywords' values); raises ConfigError above JAC_MAX_BYTES
+    (use -roi or a smaller detector)."""
+    unknown = sorted(k for k in values if k not in PARAMETERS)
+    if unknown:
+        raise TypeError("jacobian() got unknown keyword%s %s (known: %s)"
+                        % ("s" * (len(unknown) > 1), ", ".join(unknown),
+                           ", ".join(JACOBIAN_PARAMETERS)))
+    for k in ("F_hkl", "mosaic_spread"):
+        if k in values:
+            raise ConfigError("jacobian() does not cover %s= (%s): differentiate it with "
+                              "simulate(...) and backward()"
+                              % (k, "one column per grid point" if k == "F_hkl" else
+                                 "its derivative needs the adjoint pass"))
+    if not values:
+        raise TypeError("jacobian() needs at least one keyword to differentiate (%s)"
+                        % ", ".join(JACOBIAN_PARAMETERS))
+    vals = {k: _as_values(k, v) for k, v in values.items()}
+    names = tuple(k for k in PARAMETERS if k in vals)
+    run = _Run(argv, vals, names, None, keep_jac=True)
+    if run.device != "cpu":
+        raise ConfigError("jacobian() runs on the CPU: drop -device %s" % run.device)
+    active = run.model.active
+    n_active = int(np.count_nonzero(active))
+    sizes = [PARAMETERS[k] for k in names]
+    need = n_active * (run.jac_cols.size + sum(sizes)) * 8
+    if need > JAC_MAX_BYTES:
+        raise ConfigError("the Jacobian of %d pixels x %d values would take %d MiB (limit %d "
+                          "MiB): use -roi or a smaller detector"
+                          % (n_active, sum(sizes), need >> 20, JAC_MAX_BYTES >> 20))
+    run.keep_jac = True         # also for fluence alone (its column is always kept)
+    image = run.forward()
+    _, jac = run.pixel_jac
+    # M: d theta / d (every keyword value), the backward's chain rule as a matrix
+    M = np.zeros((A.N_PAR, sum(sizes)))
+    off = 0
+    for name, size in zip(names, sizes):
+        cols = slice(off, off + size)
+        if name == "N":
+            M[A.P_NA:A.P_NC + 1, cols] = np.eye(3)
+        elif name == "fluence":
+            M[A.P_FLU, off] = 1.0 / float(vals["fluence"][0])
+        elif name == "polarization":
+            M[A.P_KAHN, off] = 1.0
+        else:
+            M[:A.N_HOST, cols] = run.host_jacobian(name)
+            if name == "wavelength":
+                M[A.P_LAM, off] = 1.0 / float(vals["wavelength"][0])
+        off += size
+    full = np.zeros(active.shape + (off,))
+    # jac's rows are the active pixels in raster order, as boolean indexing walks them
+    full[active != 0] = jac @ M[run.jac_cols]
+    out, off = {}, 0
+    for name, size in zip(names, sizes):
+        out[name] = full[:, :, off:off + size]
+        off += size
+    return image, out
 
 
 #: a small run whose forward and backward routes reach every autodiff kernel
