@@ -178,7 +178,8 @@ def compile_pixel() -> None:
     _, args = _tiny_kernel_args()
     cells = args[5]
     K.pixel_value(0, 0, False, -1, *args, np.empty((K.N_WORK, cells.shape[2])),
-                  np.zeros((1, K.TRACE_COLS)), np.zeros(1, np.int64), np.zeros(3, np.int64))
+                  np.zeros((1, K.TRACE_COLS)), np.zeros(1, np.int64), np.zeros(3, np.int64),
+                  np.zeros((2, 9, 1)), np.empty((K.N_WORK, 1)))
 
 
 def compile_block() -> None:

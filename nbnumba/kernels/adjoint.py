@@ -72,11 +72,13 @@ def render64(active, iopt, fopt, vecs, incident, lam, cells, Fhkl, out):
     tbuf = np.zeros((1, K.TRACE_COLS))
     # lanes padded as the image kernel's (kernels.cpu.LANE_PAD)
     fast = iopt[K.I_SHAPE] == 0 and iopt[K.I_REDUCED] != 0
-    pcells = K._pad_lanes(cells, K.LANE_PAD if fast else 1)
+    pcells = K._pad_lanes(cells, K.LANE_PAD if fast and cells.shape[2] >= K.VECTOR_MIN_LANES else 1)
     for s in prange(S):
         tpos = np.zeros(1, dtype=np.int64)
         info = np.zeros(3, dtype=np.int64)
         work = np.empty((K.N_WORK, pcells.shape[2]), dtype=cells.dtype)
+        no_dcells = np.zeros((2, 9, 1), dtype=cells.dtype)    # no deferred lattice
+        no_dwork = np.empty((K.N_WORK, 1), dtype=cells.dtype)
         # computed False / -1, not literals: literals would make numba compile another
         # copy of pixel_value beside the image kernel's (tests/test_compile_once.py)
         # (and a signed row: prange's index is unsigned)
@@ -87,7 +89,7 @@ def render64(active, iopt, fopt, vecs, incident, lam, cells, Fhkl, out):
             if active[s, f] == 0:
                 continue
             val, om = K.pixel_value(row, f, off, no_latch, iopt, fopt, vecs, incident, lam, pcells,
-                                    Fhkl, work, tbuf, tpos, info)
+                                    Fhkl, work, tbuf, tpos, info, no_dcells, no_dwork)
             out[s, f] = val
 
 

@@ -186,7 +186,7 @@ _lattice_square_fast = njit(fastmath=FAST_MATH, _nrt=False, **_JIT)(_variant(_la
 
 
 def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells,
-                Fhkl, work, tbuf, tpos, info):
+                Fhkl, work, tbuf, tpos, info, dcells, dwork):
     """Photons in one pixel (before float32 storage).
 
     first_exec: this pixel is the first one a (single-threaded) nanoBragg.c
@@ -254,6 +254,14 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
     # nanoBragg.c's arithmetic is kept exactly unless a corrected formula is needed:
     # several sensor layers without -oversample_thick, or any -oversample_* switch
     corrected = (not c_parity) and (nthick > 1 or os_thick or os_polar or os_omega)
+    # deferred lattice (lean sums, square crystal, reduced sincg; the caller
+    # passes lane buffers dcells/dwork of os^2 x sources x cells lanes, else
+    # one lane): each sub-path's Miller indices go into its lanes of dcells,
+    # and one vector loop evaluates every lane's lattice factors after the
+    # sub-path loops (see defer_lanes); then the sub-paths' lean sums are
+    # added to I in sub-path order, the additions the loop would have made
+    defer = lean and (not corrected) and shape == 0 and reduced != 0 and dcells.shape[2] > 1
+    nsub = 0
 
     I = I_bg
     polar = one if iopt[I_NOPOLAR] != 0 else z
@@ -341,6 +349,17 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                         if corrected and os_polar:
                             layer_bg += w * polar
                     ran_phi = 1
+                    if defer:
+                        # exact indices (_hkl) into lanes nsub * ncell + j, as x
+                        # components (the lattice loop below runs with S = (1, 0, 0))
+                        q0 = nsub * ncell
+                        for j in range(ncell):
+                            h, k, l = _hkl(cells, variant, j, S[0], S[1], S[2])
+                            dcells[1, 0, q0 + j] = h
+                            dcells[1, 3, q0 + j] = k
+                            dcells[1, 6, q0 + j] = l
+                        nsub += 1
+                        continue
                     # pass 1 over (phi, mosaic) cells: Miller indices and lattice
                     # factors (branch-free for the square/reduced case: vectorises)
                     if shape == 0 and reduced != 0:
@@ -441,6 +460,19 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
             bg_w = layer_bg / like(os * os * (nsrc if os_polar else 1), z)
             capsum += bg_w if os_thick else bg_w * layer_capture
 
+    if nsub > 0:
+        # h x 1 + 0 x 0 + 0 x 0 == h bit for bit, as in the block path (lanes past
+        # nsub x ncell hold an earlier pixel's indices: computed along, never read)
+        unit = (one, z, z)
+        v1 = nsub * 0 + 1
+        if reduced == 2:
+            _lattice_square_fast(v1, unit, dcells, dwork, Na, Nb, Nc, True)
+        else:
+            _lattice_square_fast(v1, unit, dcells, dwork, Na, Nb, Nc, False)
+        for u in range(nsub):
+            I += _lean_sum(dwork, u * ncell, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                           default_F)
+
     r2f = fopt[F_SCALE]   # r_e^2 * fluence
     steps = fopt[F_STEPS]
     if corrected:
@@ -507,6 +539,38 @@ def block_eligible(iopt, ncell, first_pixel, latch_pixel):
 
 
 _block_eligible = njit(inline="always", **_JIT)(block_eligible)
+
+
+#: the shortest lattice loop that LLVM's vector code runs here: 4 doubles x 4
+#: interleaved, entered from 28 lanes (measured on the development CPU, an
+#: AVX-512 Xeon: 26 lanes cost 28 to 30 ns each, scalar, 28 lanes 9.5 to 10;
+#: docs/performance.md, fifth round); another CPU may differ, which costs speed
+#: only, never bits
+VECTOR_MIN_LANES = 28
+#: pixel_value defers its lattice loops (one loop over every sub-path's cells
+#: per pixel) when a sub-path has too few cells to vectorise and the pixel has
+#: enough (sub-path, cell) lanes; at most DEFER_MAX_LANES (buffer size)
+DEFER_MAX_LANES = 4096
+
+
+def defer_lanes(iopt, ncell):
+    """Lanes of pixel_value's deferred-lattice buffers (os^2 x sources x
+    cells, rounded up to LANE_PAD), or 1 (no deferral).  Below VECTOR_MIN_LANES lanes
+    the lattice loop runs scalar here, at about 3x the cost of a vector lane
+    (docs/performance.md, fifth round): a pixel with several sub-paths of few
+    cells each gains by evaluating them in one loop.  Plain Python: numba
+    compiles it into render_rows."""
+    os_ = iopt[I_OVERSAMPLE]
+    n = os_ * os_ * iopt[I_NSRC] * ncell
+    n = (n + LANE_PAD - 1) // LANE_PAD * LANE_PAD
+    ok = (iopt[I_CPARITY] == 0 and iopt[I_INTERP] == 0 and iopt[I_OS_THICK] == 0
+          and iopt[I_OS_POLAR] == 0 and iopt[I_OS_OMEGA] == 0 and iopt[I_THICKSTEPS] == 1
+          and iopt[I_SHAPE] == 0 and iopt[I_REDUCED] != 0 and ncell < VECTOR_MIN_LANES
+          and VECTOR_MIN_LANES <= n <= DEFER_MAX_LANES)
+    return n if ok else 1
+
+
+_defer_lanes = njit(inline="always", **_JIT)(defer_lanes)
 
 
 # the formulas of the per-pixel factors, inlined into _block_geometry's loops
@@ -648,9 +712,11 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bce
 
 
 #: pixel_value's lattice loop runs over the cell lanes rounded up to this
-#: multiple: its vector loop then ends in a 4-wide vector epilogue rather than
-#: in up to 3 scalar cells, each costing about 3 vector lanes (W2: 50 cells,
-#: 50 -> 52 lanes, about 9 % of that loop's time)
+#: multiple when it has at least VECTOR_MIN_LANES of them: its vector loop then
+#: ends in a 4-wide vector epilogue rather than in up to 3 scalar cells, each
+#: costing about 3 vector lanes (W2: 50 cells, 50 -> 52 lanes, about 9 % of
+#: that loop's time).  Shorter loops run scalar whole: padding would only add
+#: lanes to them.
 LANE_PAD = 4
 
 
@@ -682,8 +748,11 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     ncell = cells.shape[2]
     block = _block_eligible(iopt, ncell, first_pixel, latch_pixel)
     fast = iopt[I_SHAPE] == 0 and iopt[I_REDUCED] != 0
-    cells = _pad_lanes(cells, LANE_PAD if fast and not block else 1)
+    nd = _defer_lanes(iopt, ncell) if fast and not block else 1
+    cells = _pad_lanes(cells, LANE_PAD if fast and not block and ncell >= VECTOR_MIN_LANES else 1)
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
+    dcells = np.zeros((2, 9, nd), dtype=cells.dtype)
+    dwork = np.empty((N_WORK, nd), dtype=cells.dtype)
     geo = np.empty((N_BLOCK, BLOCK), dtype=cells.dtype)
     fs = np.empty(BLOCK, dtype=np.int64)
     nlane = BLOCK * ncell if block else 1
@@ -719,7 +788,7 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
                 elif p == latch_pixel:
                     ls = latch_sub
             val, om = pixel_value(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam,
-                                  cells, Fhkl, work, tbuf, tpos, info)
+                                  cells, Fhkl, work, tbuf, tpos, info, dcells, dwork)
             out[s, f] = np.float32(val)
             omega_out[s] += om
             if keep:
@@ -737,7 +806,8 @@ def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, ce
     info = np.zeros(3, dtype=np.int64)
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
     val, om = _pixel_value_trace(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam,
-                                 cells, Fhkl, work, tbuf, tpos, info)
+                                 cells, Fhkl, work, tbuf, tpos, info, np.zeros((2, 9, 1)),
+                                 np.empty((N_WORK, 1)))
     return val, tbuf, tpos[0]
 
 
