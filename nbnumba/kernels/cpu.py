@@ -518,24 +518,28 @@ _pixel_value_trace = njit(fastmath=False, _nrt=False, **_JIT)(
 #: (W3, 1 thread: 1.00-1.05 against 1.08-1.16 CPU-s; bits unchanged, every
 #: lane is computed on its own)
 BLOCK = 32
-#: the block path is taken up to this many (phi, mosaic) cells per pixel; with
-#: more, the cell loop of pixel_value is long enough to vectorise on its own
+#: the block path is taken up to this many (sub-pixel, phi, mosaic) lanes per
+#: pixel (oversample^2 x cells); with more, pixel_value's loops are long
+#: enough to vectorise on their own (or its deferred lattice makes them so)
 BLOCK_MAX_CELLS = 64
-# rows of the per-block geometry buffer (one column per pixel of the block)
+# rows of the per-block geometry buffer (one column per sub-pixel of each
+# pixel of the block)
 B_S0, B_S1, B_S2, B_OMEGA, B_CAPTURE, B_POLAR, B_RUN, B_D0, B_D1, B_D2 = range(10)
 N_BLOCK = 10
 
 
 def block_eligible(iopt, ncell, first_pixel, latch_pixel):
-    """Whether render_rows takes the block path: the lean default mode with one
-    sub-path per pixel (oversample 1, one sensor layer, one source, flat
-    detector), the square crystal on reduced sincg, few cells.  Plain Python:
-    numba compiles it into render_rows."""
+    """Whether render_rows takes the block path: the lean default mode with
+    one source, one sensor layer and a flat detector, the square crystal on
+    reduced sincg, and few (sub-pixel, cell) lanes per pixel (oversample^2 x
+    cells <= BLOCK_MAX_CELLS).  Plain Python: numba compiles it into
+    render_rows."""
+    os_ = iopt[I_OVERSAMPLE]
     return (iopt[I_CPARITY] == 0 and iopt[I_INTERP] == 0 and first_pixel < 0 and latch_pixel < 0
             and iopt[I_OS_THICK] == 0 and iopt[I_OS_POLAR] == 0 and iopt[I_OS_OMEGA] == 0
-            and iopt[I_OVERSAMPLE] == 1 and iopt[I_THICKSTEPS] == 1 and iopt[I_NSRC] == 1
+            and iopt[I_THICKSTEPS] == 1 and iopt[I_NSRC] == 1
             and iopt[I_CURVED] == 0 and iopt[I_SHAPE] == 0 and iopt[I_REDUCED] != 0
-            and 0 < ncell <= BLOCK_MAX_CELLS)
+            and 0 < ncell and os_ * os_ * ncell <= BLOCK_MAX_CELLS)
 
 
 _block_eligible = njit(inline="always", **_JIT)(block_eligible)
@@ -581,18 +585,23 @@ _polarization_inline = njit(inline="always", error_model="numpy")(polarization_f
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
-def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo):
-    """Per-pixel factors of pixels (s, fs[b]), b < nb, under the conditions of
-    block_eligible: exactly the operations pixel_value performs for them
-    (strict IEEE), into geo[B_*, b]: scattering vector S (1/m), solid angle
-    (sr), capture fraction, polarization factor, whether the Bragg term is
-    summed (not cut by -dmin), and the diffracted unit vector.
+def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo, sub):
+    """Per-sub-path factors of pixels (s, fs[b]), b < nb, under the conditions
+    of block_eligible: exactly the operations pixel_value performs for each
+    sub-pixel (strict IEEE), into column c = b os^2 + subS os + subF of
+    geo[B_*, c]: scattering vector S (1/m), solid angle (sr), capture
+    fraction, polarization factor (0 where -dmin cuts the sub-path), whether
+    the Bragg term is summed (not cut by -dmin), and the diffracted unit
+    vector.  (Which sub-path's factors a pixel uses is _block_row's part.)
 
-    Written as loops over the block without calls or branches (the options
+    Written as loops over the columns without calls or branches (the options
     are tested outside them), which LLVM turns into SIMD code; vector sqrt and
     division round like the scalar ones, so the bits are pixel_value's."""
     z = fopt[0] * 0
     one = z + 1
+    os_ = iopt[I_OVERSAMPLE]
+    nsub = os_ * os_
+    ncol = nb * nsub
     pixel, subpixel = fopt[F_PIXEL], fopt[F_SUBPIXEL]
     close_distance = fopt[F_CLOSE]
     thickstep, mu, thick = fopt[F_THICKSTEP], fopt[F_MU], fopt[F_THICK]
@@ -607,15 +616,25 @@ def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo):
     incident_v = (incident[0, 0], incident[0, 1], incident[0, 2])
     lambda_ = lam[0]
     Odet = like(0, z) * thickstep
-    Sdet = subpixel * like(s, z) + subpixel / like(2.0, z)
     half = subpixel / like(2.0, z)
+    # each column's sub-pixel indices (fpixel os + subF, spixel os + subS), as
+    # pixel_value forms them, in the scratch array sub (read from geo, which
+    # the loop below also writes, that loop ran about 1.7x slower)
+    c = 0
     for b in range(nb):
-        Fdet = subpixel * like(fs[b], z) + half
+        for subS in range(os_):
+            for subF in range(os_):
+                sub[0, c] = fs[b] * os_ + subF
+                sub[1, c] = s * os_ + subS
+                c += 1
+    for c in range(ncol):
+        Fdet = subpixel * like(sub[0, c], z) + half
+        Sdet = subpixel * like(sub[1, c], z) + half
         pos = (Fdet * fdet[0] + Sdet * sdet[0] + Odet * odet[0] + pix0[0],
                Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1],
                Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
         diffracted, airpath = unitize(pos)
-        geo[B_OMEGA, b] = like(_solid_angle_inline(pixel, airpath, close_distance, point), z)
+        geo[B_OMEGA, c] = like(_solid_angle_inline(pixel, airpath, close_distance, point), z)
         S0 = (diffracted[0] - incident_v[0]) / lambda_
         S1 = (diffracted[1] - incident_v[1]) / lambda_
         S2 = (diffracted[2] - incident_v[2]) / lambda_
@@ -623,71 +642,78 @@ def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo):
         # pixel_value's "dmin > 0 and stol > 0 and dmin > 0.5 / stol", without
         # the short circuit (0.5 / 0 is inf here, and unused)
         cut = (dmin > 0.0) & (stol > 0.0) & (dmin > like(0.5, z) / stol)
-        geo[B_S0, b] = S0
-        geo[B_S1, b] = S1
-        geo[B_S2, b] = S2
-        geo[B_RUN, b] = z if cut else one
-        geo[B_D0, b] = diffracted[0]
-        geo[B_D1, b] = diffracted[1]
-        geo[B_D2, b] = diffracted[2]
+        geo[B_S0, c] = S0
+        geo[B_S1, c] = S1
+        geo[B_S2, c] = S2
+        geo[B_RUN, c] = z if cut else one
+        geo[B_D0, c] = diffracted[0]
+        geo[B_D1, c] = diffracted[1]
+        geo[B_D2, c] = diffracted[2]
     if thick != 0.0:
-        for b in range(nb):
-            par = geo[B_D0, b] * odet[0] + geo[B_D1, b] * odet[1] + geo[B_D2, b] * odet[2]
-            geo[B_CAPTURE, b] = like(capture_fraction(z, thickstep, mu, par), z)
+        for c in range(ncol):
+            par = geo[B_D0, c] * odet[0] + geo[B_D1, c] * odet[1] + geo[B_D2, c] * odet[2]
+            geo[B_CAPTURE, c] = like(capture_fraction(z, thickstep, mu, par), z)
     else:
-        for b in range(nb):
-            geo[B_CAPTURE, b] = one
+        for c in range(ncol):
+            geo[B_CAPTURE, c] = one
     # the polarization factor where the Bragg term is summed (else 0, as in
     # pixel_value); kahn = 0 (the default) has no psi term: a constant 0.0
     # lets the inlined formula drop it, branch-free
     if nopolar:
-        for b in range(nb):
-            geo[B_POLAR, b] = one
+        for c in range(ncol):
+            geo[B_POLAR, c] = one
     elif kahn == 0.0:
-        for b in range(nb):
-            d = (geo[B_D0, b], geo[B_D1, b], geo[B_D2, b])
+        for c in range(ncol):
+            d = (geo[B_D0, c], geo[B_D1, c], geo[B_D2, c])
             pf, dn = _polarization_inline(0.0, incident_v, d, polar_axis)
-            geo[B_POLAR, b] = like(pf, z) if geo[B_RUN, b] != 0.0 else z
+            geo[B_POLAR, c] = like(pf, z) if geo[B_RUN, c] != 0.0 else z
     else:
-        for b in range(nb):
-            d = (geo[B_D0, b], geo[B_D1, b], geo[B_D2, b])
+        for c in range(ncol):
+            d = (geo[B_D0, c], geo[B_D1, c], geo[B_D2, c])
             pf, dn = polarization_factor(kahn, incident_v, d, polar_axis)
-            geo[B_POLAR, b] = like(pf, z) if geo[B_RUN, b] != 0.0 else z
+            geo[B_POLAR, c] = like(pf, z) if geo[B_RUN, c] != 0.0 else z
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
-def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bcells, work, out,
-               omega_out):
+def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub, bcells, work,
+               out, omega_out):
     """Pixels (s, fs[b]), b < nb, by the block path: pixel_value's value for
-    each (up to the lean sum's order of additions), stored as float32 into out;
-    their solid angles added to omega_out[s] in pixel order.
+    each, stored as float32 into out; their solid angles added to
+    omega_out[s] in pixel order.
 
-    The lattice factors of all nb x ncell (pixel, cell) lanes come from one
-    call of _lattice_square_fast, the default mode's hot loop, on the cells
-    ``bcells`` (zeros except a_x, b_x, c_x of variant 1) with S = (1, 0, 0): lane
-    q = b ncell + j gets a_x = h, b_x = k, c_x = l of pixel b and cell j (exact,
-    by _hkl), and h * 1 + 0 * 0 + 0 * 0 == h bit for bit.  So the block path adds
-    no second copy of the vectorised sine loop (nor its compile time)."""
-    _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo)
+    The lattice factors of all nb x os^2 x ncell (pixel, sub-pixel, cell)
+    lanes come from one call of _lattice_square_fast, the default mode's hot
+    loop, on the cells ``bcells`` (zeros except a_x, b_x, c_x of variant 1)
+    with S = (1, 0, 0): lane q = c ncell + j (c: _block_geometry's column)
+    gets a_x = h, b_x = k, c_x = l of that sub-path and cell j (exact, by
+    _hkl), and h * 1 + 0 * 0 + 0 * 0 == h bit for bit.  So the block path adds
+    no second copy of the vectorised sine loop (nor its compile time).  The
+    per-pixel factors follow pixel_value's rules: the solid angle and the
+    capture fraction of the first sub-pixel where they are nonzero, the
+    polarization of the first summed sub-path where it is nonzero, and the
+    sub-paths' sums added in sub-pixel order."""
+    _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo, sub)
     hkls = iopt[I_HKLS]
     hmin, hmax, kmin, kmax = iopt[I_HMIN], iopt[I_HMAX], iopt[I_KMIN], iopt[I_KMAX]
     lmin, lmax = iopt[I_LMIN], iopt[I_LMAX]
     Na, Nb, Nc = fopt[F_NA], fopt[F_NB], fopt[F_NC]
     default_F = fopt[F_DEFAULT_F]
     ncell = cells.shape[2]
+    os_ = iopt[I_OVERSAMPLE]
+    nsub = os_ * os_
     # computed, not a literal 1: a literal makes numba compile _hkl a second time
     variant = nb * 0 + 1
-    for b in range(nb):
-        S0 = geo[B_S0, b]
-        S1 = geo[B_S1, b]
-        S2 = geo[B_S2, b]
+    for c in range(nb * nsub):
+        S0 = geo[B_S0, c]
+        S1 = geo[B_S1, c]
+        S2 = geo[B_S2, c]
         for j in range(ncell):
             h, k, l = _hkl(cells, variant, j, S0, S1, S2)
-            q = b * ncell + j
+            q = c * ncell + j
             bcells[1, 0, q] = h
             bcells[1, 3, q] = k
             bcells[1, 6, q] = l
-    # lanes of pixels nb .. BLOCK - 1 keep an earlier block's indices (or 0):
+    # lanes of columns past nb x nsub keep an earlier block's indices (or 0):
     # computed along, never read
     z = fopt[0] * 0
     unit = (z + 1, z, z)
@@ -698,17 +724,45 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bce
     I_bg = fopt[F_I_BG]
     r2f = fopt[F_SCALE]
     steps = fopt[F_STEPS]
+    nopolar = iopt[I_NOPOLAR] != 0
+    if nsub == 1:
+        # one sub-pixel per pixel (the common case): its factors as they are
+        for b in range(nb):
+            I = I_bg
+            if geo[B_RUN, b] != 0.0:
+                I += _lean_sum(work, b * ncell, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
+                               lmax, default_F)
+            test = r2f * I / steps
+            test *= geo[B_CAPTURE, b]
+            test *= geo[B_POLAR, b]
+            test *= geo[B_OMEGA, b]
+            out[s, fs[b]] = np.float32(test)
+            omega_out[s] += z + geo[B_OMEGA, b]
+        return
     for b in range(nb):
         I = I_bg
-        if geo[B_RUN, b] != 0.0:
-            I += _lean_sum(work, b * ncell, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
-                           default_F)
+        omega = z
+        omega_acc = z
+        capture = z
+        polar = z + 1 if nopolar else z
+        for u in range(nsub):
+            c = b * nsub + u
+            if omega == 0.0:
+                omega = geo[B_OMEGA, c]
+            omega_acc += omega
+            if capture == 0.0:
+                capture = geo[B_CAPTURE, c]
+            if geo[B_RUN, c] != 0.0:
+                if polar == 0.0:
+                    polar = geo[B_POLAR, c]
+                I += _lean_sum(work, c * ncell, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
+                               lmax, default_F)
         test = r2f * I / steps
-        test *= geo[B_CAPTURE, b]
-        test *= geo[B_POLAR, b]
-        test *= geo[B_OMEGA, b]
+        test *= capture
+        test *= polar
+        test *= omega
         out[s, fs[b]] = np.float32(test)
-        omega_out[s] += z + geo[B_OMEGA, b]
+        omega_out[s] += omega_acc
 
 
 #: pixel_value's lattice loop runs over the cell lanes rounded up to this
@@ -753,9 +807,11 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
     dcells = np.zeros((2, 9, nd), dtype=cells.dtype)
     dwork = np.empty((N_WORK, nd), dtype=cells.dtype)
-    geo = np.empty((N_BLOCK, BLOCK), dtype=cells.dtype)
+    nsub = iopt[I_OVERSAMPLE] * iopt[I_OVERSAMPLE] if block else 1
+    geo = np.empty((N_BLOCK, BLOCK * nsub), dtype=cells.dtype)
+    sub = np.empty((2, BLOCK * nsub), dtype=np.int64)
     fs = np.empty(BLOCK, dtype=np.int64)
-    nlane = BLOCK * ncell if block else 1
+    nlane = BLOCK * nsub * ncell if block else 1
     bwork = np.empty((N_WORK, nlane), dtype=cells.dtype)
     bcells = np.zeros((2, 9, nlane), dtype=cells.dtype)
     for s in range(row0, row1, rstep):
@@ -770,12 +826,12 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
                 fs[nb] = f
                 nb += 1
                 if nb == BLOCK:
-                    _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bcells,
-                               bwork, out, omega_out)
+                    _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub,
+                               bcells, bwork, out, omega_out)
                     nb = s * 0
             if nb > 0:
-                _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, bcells,
-                           bwork, out, omega_out)
+                _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub,
+                           bcells, bwork, out, omega_out)
             continue
         for f in range(F):
             if active[s, f] == 0:
