@@ -676,10 +676,10 @@ def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo, sub):
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
 def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub, bcells, work,
-               out, omega_out):
+               out, orow):
     """Pixels (s, fs[b]), b < nb, by the block path: pixel_value's value for
-    each, stored as float32 into out; their solid angles added to
-    omega_out[s] in pixel order.
+    each, stored as float32 into out.  Returns orow (the row's running sum of
+    solid angles) plus theirs, added in pixel order.
 
     The lattice factors of all nb x os^2 x ncell (pixel, sub-pixel, cell)
     lanes come from one call of _lattice_square_fast, the default mode's hot
@@ -737,8 +737,8 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
             test *= geo[B_POLAR, b]
             test *= geo[B_OMEGA, b]
             out[s, fs[b]] = np.float32(test)
-            omega_out[s] += z + geo[B_OMEGA, b]
-        return
+            orow += z + geo[B_OMEGA, b]
+        return orow
     for b in range(nb):
         I = I_bg
         omega = z
@@ -762,7 +762,8 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
         test *= polar
         test *= omega
         out[s, fs[b]] = np.float32(test)
-        omega_out[s] += omega_acc
+        orow += omega_acc
+    return orow
 
 
 #: pixel_value's lattice loop runs over the cell lanes rounded up to this
@@ -815,7 +816,10 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     bwork = np.empty((N_WORK, nlane), dtype=cells.dtype)
     bcells = np.zeros((2, 9, nlane), dtype=cells.dtype)
     for s in range(row0, row1, rstep):
-        omega_out[s] = 0.0
+        # the row's solid-angle sum in a local, stored once: omega_out's entries
+        # of neighbouring rows share cache lines, and the threads take
+        # alternate rows (a store per pixel made them contend for those lines)
+        orow = omega_out[s] * 0.0
         if block:
             # the active pixels of the row, BLOCK at a time (nb is a computed 0,
             # here and below: a literal 0 would make numba compile _block_row twice)
@@ -826,12 +830,13 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
                 fs[nb] = f
                 nb += 1
                 if nb == BLOCK:
-                    _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub,
-                               bcells, bwork, out, omega_out)
+                    orow = _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo,
+                                      sub, bcells, bwork, out, orow)
                     nb = s * 0
             if nb > 0:
-                _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub,
-                           bcells, bwork, out, omega_out)
+                orow = _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub,
+                                  bcells, bwork, out, orow)
+            omega_out[s] = orow
             continue
         for f in range(F):
             if active[s, f] == 0:
@@ -846,10 +851,11 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
             val, om = pixel_value(s, f, p == first_pixel, ls, iopt, fopt, vecs, incident, lam,
                                   cells, Fhkl, work, tbuf, tpos, info, dcells, dwork)
             out[s, f] = np.float32(val)
-            omega_out[s] += om
+            orow += om
             if keep:
                 oor_out[s, f] = info[0]
                 ran_out[s, f] = info[1]
+        omega_out[s] = orow
 
 
 @njit(fastmath=False, **_JIT)
