@@ -785,7 +785,11 @@ def _pad_lanes(cells, m):
     if npad == n:
         return cells
     out = np.zeros((cells.shape[0], cells.shape[1], npad), dtype=cells.dtype)
-    out[:, :, :n] = cells
+    # element loops, not a slice assignment: that one took ~4 s of cold compile
+    for v in range(cells.shape[0]):
+        for r in range(cells.shape[1]):
+            for j in range(n):
+                out[v, r, j] = cells[v, r, j]
     return out
 
 
