@@ -433,6 +433,27 @@ class _Run:
         g = np.einsum("jqx,qxj->", dv, cell_sums.reshape(3, 3, ncell))
         return float(g) * math.pi / 180.0
 
+    def chain_matrix(self, name):
+        """d theta / d keyword ``name``, (N_PAR, size): the chain rule from the
+        kernel's theta to a keyword (every keyword but F_hkl and
+        mosaic_spread, whose gradients come from the adjoint pass).  The
+        backward multiplies it by the theta gradient; jacobian() by the
+        stored per-pixel Jacobian."""
+        size = PARAMETERS[name]
+        M = np.zeros((A.N_PAR, size))
+        if name == "N":
+            M[A.P_NA:A.P_NC + 1] = np.eye(3)
+        elif name == "fluence":
+            M[A.P_FLU, 0] = 1.0 / float(self.vals["fluence"][0])
+        elif name == "polarization":
+            M[A.P_KAHN, 0] = 1.0
+        else:
+            M[:A.N_HOST] = self.host_jacobian(name)
+            if name == "wavelength":
+                # every source wavelength is proportional to lambda0
+                M[A.P_LAM, 0] = 1.0 / float(self.vals["wavelength"][0])
+        return M
+
     def backward(self, g):
         """Gradients of sum(g * image) w.r.t. each keyword in needs_grad."""
         G, gF = self.theta_grad(g)
@@ -440,24 +461,10 @@ class _Run:
         for name in self.needs_grad:
             if name == "F_hkl":
                 out[name] = gF
-                continue
-            if name == "N":
-                out[name] = G[A.P_NA:A.P_NC + 1].copy()
-                continue
-            if name == "fluence":
-                out[name] = np.array([G[A.P_FLU] / float(self.vals["fluence"][0])])
-                continue
-            if name == "polarization":
-                out[name] = np.array([G[A.P_KAHN]])
-                continue
-            if name == "mosaic_spread":
+            elif name == "mosaic_spread":
                 out[name] = np.array([self.mosaic_grad(self.cell_sums)])
-                continue
-            grad = self.host_jacobian(name).T @ G[:A.N_HOST]
-            if name == "wavelength":
-                # every source wavelength is proportional to lambda0
-                grad = grad + G[A.P_LAM] / float(self.vals["wavelength"][0])
-            out[name] = grad
+            else:
+                out[name] = G @ self.chain_matrix(name)
         return out
 
 
@@ -662,23 +669,9 @@ def jacobian(argv, **values):
     run.keep_jac = True         # also for fluence alone (its column is always kept)
     image = run.forward()
     _, jac = run.pixel_jac
-    # M: d theta / d (every keyword value), the backward's chain rule as a matrix
-    M = np.zeros((A.N_PAR, sum(sizes)))
-    off = 0
-    for name, size in zip(names, sizes):
-        cols = slice(off, off + size)
-        if name == "N":
-            M[A.P_NA:A.P_NC + 1, cols] = np.eye(3)
-        elif name == "fluence":
-            M[A.P_FLU, off] = 1.0 / float(vals["fluence"][0])
-        elif name == "polarization":
-            M[A.P_KAHN, off] = 1.0
-        else:
-            M[:A.N_HOST, cols] = run.host_jacobian(name)
-            if name == "wavelength":
-                M[A.P_LAM, off] = 1.0 / float(vals["wavelength"][0])
-        off += size
-    full = np.zeros(active.shape + (off,))
+    # d theta / d (every keyword value): the backward's chain rule as a matrix
+    M = np.concatenate([run.chain_matrix(name) for name in names], axis=1)
+    full = np.zeros(active.shape + (M.shape[1],))
     # jac's rows are the active pixels in raster order, as boolean indexing walks them
     full[active != 0] = jac @ M[run.jac_cols]
     out, off = {}, 0
