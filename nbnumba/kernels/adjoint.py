@@ -70,9 +70,7 @@ def render64(active, iopt, fopt, vecs, incident, lam, cells, Fhkl, out):
     """Fill out (float64, (S, F)) with the default-mode pixel values."""
     S, F = active.shape
     tbuf = np.zeros((1, K.TRACE_COLS))
-    # lanes padded as the image kernel's (kernels.cpu.LANE_PAD)
-    fast = iopt[K.I_SHAPE] == 0 and iopt[K.I_REDUCED] != 0
-    pcells = K._pad_lanes(cells, K.LANE_PAD if fast and cells.shape[2] >= K.VECTOR_MIN_LANES else 1)
+    pcells = K.lattice_cells(iopt, cells)     # lanes padded as the image kernel's
     for s in prange(S):
         tpos = np.zeros(1, dtype=np.int64)
         info = np.zeros(3, dtype=np.int64)

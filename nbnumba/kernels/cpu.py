@@ -185,6 +185,37 @@ _JIT = dict(cache=True, error_model="numpy")
 _lattice_square_fast = njit(fastmath=FAST_MATH, _nrt=False, **_JIT)(_variant(_lattice_square, "_lattice_square_fast"))
 
 
+# ---- lanes: several sub-paths' cells in one lattice loop ---------------------
+# The block path and pixel_value's deferred lattice store each lane's exact
+# Miller indices as the x components of variant 1 of a zeroed cell buffer
+# ``lanes`` and evaluate them all with S = (1, 0, 0): h * 1 + 0 * 0 + 0 * 0 == h
+# bit for bit, so the lattice factors are those of the sub-path's own loop.
+@njit(cache=True, inline="always", error_model="numpy")
+def _index_lanes(cells, variant, ncell, S0, S1, S2, lanes, q0):
+    """Cells 0 .. ncell - 1 of ``variant`` seen along S: their indices (_hkl,
+    exact) into lanes q0 .. q0 + ncell - 1."""
+    for j in range(ncell):
+        h, k, l = _hkl(cells, variant, j, S0, S1, S2)
+        lanes[1, 0, q0 + j] = h
+        lanes[1, 3, q0 + j] = k
+        lanes[1, 6, q0 + j] = l
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _lattice_lanes(lanes, work, reduced, Na, Nb, Nc):
+    """Lattice factors of every lane of ``lanes`` into work (_lattice_square_fast
+    with S = (1, 0, 0); float32 sines when reduced == 2).  Lanes past those
+    just stored keep earlier indices (or 0): computed along, never read."""
+    z = Na * 0
+    unit = (z + 1, z, z)
+    # computed, not a literal 1: a literal makes numba compile _hkl a second time
+    v1 = reduced * 0 + 1
+    if reduced == 2:
+        _lattice_square_fast(v1, unit, lanes, work, Na, Nb, Nc, True)
+    else:
+        _lattice_square_fast(v1, unit, lanes, work, Na, Nb, Nc, False)
+
+
 def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells,
                 Fhkl, work, tbuf, tpos, info, dcells, dwork):
     """Photons in one pixel (before float32 storage).
@@ -350,14 +381,8 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                             layer_bg += w * polar
                     ran_phi = 1
                     if defer:
-                        # exact indices (_hkl) into lanes nsub * ncell + j, as x
-                        # components (the lattice loop below runs with S = (1, 0, 0))
-                        q0 = nsub * ncell
-                        for j in range(ncell):
-                            h, k, l = _hkl(cells, variant, j, S[0], S[1], S[2])
-                            dcells[1, 0, q0 + j] = h
-                            dcells[1, 3, q0 + j] = k
-                            dcells[1, 6, q0 + j] = l
+                        # this sub-path's cells into lanes nsub * ncell + j
+                        _index_lanes(cells, variant, ncell, S[0], S[1], S[2], dcells, nsub * ncell)
                         nsub += 1
                         continue
                     # pass 1 over (phi, mosaic) cells: Miller indices and lattice
@@ -461,14 +486,7 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
             capsum += bg_w if os_thick else bg_w * layer_capture
 
     if nsub > 0:
-        # h x 1 + 0 x 0 + 0 x 0 == h bit for bit, as in the block path (lanes past
-        # nsub x ncell hold an earlier pixel's indices: computed along, never read)
-        unit = (one, z, z)
-        v1 = nsub * 0 + 1
-        if reduced == 2:
-            _lattice_square_fast(v1, unit, dcells, dwork, Na, Nb, Nc, True)
-        else:
-            _lattice_square_fast(v1, unit, dcells, dwork, Na, Nb, Nc, False)
+        _lattice_lanes(dcells, dwork, reduced, Na, Nb, Nc)
         for u in range(nsub):
             I += _lean_sum(dwork, u * ncell, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
                            default_F)
@@ -704,23 +722,10 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
     # computed, not a literal 1: a literal makes numba compile _hkl a second time
     variant = nb * 0 + 1
     for c in range(nb * nsub):
-        S0 = geo[B_S0, c]
-        S1 = geo[B_S1, c]
-        S2 = geo[B_S2, c]
-        for j in range(ncell):
-            h, k, l = _hkl(cells, variant, j, S0, S1, S2)
-            q = c * ncell + j
-            bcells[1, 0, q] = h
-            bcells[1, 3, q] = k
-            bcells[1, 6, q] = l
-    # lanes of columns past nb x nsub keep an earlier block's indices (or 0):
-    # computed along, never read
+        _index_lanes(cells, variant, ncell, geo[B_S0, c], geo[B_S1, c], geo[B_S2, c], bcells,
+                     c * ncell)
+    _lattice_lanes(bcells, work, iopt[I_REDUCED], Na, Nb, Nc)
     z = fopt[0] * 0
-    unit = (z + 1, z, z)
-    if iopt[I_REDUCED] == 2:
-        _lattice_square_fast(variant, unit, bcells, work, Na, Nb, Nc, True)
-    else:
-        _lattice_square_fast(variant, unit, bcells, work, Na, Nb, Nc, False)
     I_bg = fopt[F_I_BG]
     r2f = fopt[F_SCALE]
     steps = fopt[F_STEPS]
@@ -776,13 +781,15 @@ LANE_PAD = 4
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
-def _pad_lanes(cells, m):
-    """cells (2, 9, ncell) with zero columns appended up to a multiple of m.
-    A zero cell has h = k = l = 0: finite lattice factors, computed in the
-    padding lanes and never read (the sums run over nphi x nmos cells)."""
+def lattice_cells(iopt, cells):
+    """The cells (2, 9, ncell) that pixel_value's lattice loop runs over: for
+    the square crystal on reduced sincg with at least VECTOR_MIN_LANES cells,
+    with zero columns appended up to a multiple of LANE_PAD; else cells
+    itself.  A zero cell has h = k = l = 0: finite lattice factors, computed
+    in the padding lanes and never read (the sums run over nphi x nmos cells)."""
     n = cells.shape[2]
-    npad = (n + m - 1) // m * m
-    if npad == n:
+    npad = (n + LANE_PAD - 1) // LANE_PAD * LANE_PAD
+    if iopt[I_SHAPE] != 0 or iopt[I_REDUCED] == 0 or n < VECTOR_MIN_LANES or npad == n:
         return cells
     out = np.zeros((cells.shape[0], cells.shape[1], npad), dtype=cells.dtype)
     # element loops, not a slice assignment: that one took ~4 s of cold compile
@@ -806,9 +813,9 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     info = np.zeros(3, dtype=np.int64)
     ncell = cells.shape[2]
     block = _block_eligible(iopt, ncell, first_pixel, latch_pixel)
-    fast = iopt[I_SHAPE] == 0 and iopt[I_REDUCED] != 0
-    nd = _defer_lanes(iopt, ncell) if fast and not block else 1
-    cells = _pad_lanes(cells, LANE_PAD if fast and not block and ncell >= VECTOR_MIN_LANES else 1)
+    nd = 1 if block else _defer_lanes(iopt, ncell)
+    if not block:
+        cells = lattice_cells(iopt, cells)
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
     dcells = np.zeros((2, 9, nd), dtype=cells.dtype)
     dwork = np.empty((N_WORK, nd), dtype=cells.dtype)
