@@ -501,10 +501,15 @@ def _as_tensor(torch, name, v):
         t = torch.as_tensor(np.asarray(v, dtype=np.float64))
     if not t.is_floating_point():
         raise TypeError("%s= must be a float64 or float32 tensor (got %s)" % (name, t.dtype))
-    size = PARAMETERS[name]
-    if size is not None and t.numel() != size:
-        raise ValueError("%s= takes %d value%s (got %d)" % (name, size, "s" * (size > 1), t.numel()))
+    _check_size(name, t.numel())
     return t
+
+
+def _check_size(name, n):
+    """ValueError unless keyword name takes n values (F_hkl: any)."""
+    size = PARAMETERS[name]
+    if size is not None and n != size:
+        raise ValueError("%s= takes %d value%s (got %d)" % (name, size, "s" * (size > 1), n))
 
 
 _FUNCTION = None
@@ -615,9 +620,7 @@ def _as_values(name, v):
     if hasattr(v, "detach"):
         v = v.detach().to("cpu").double().numpy()
     x = np.asarray(v, dtype=np.float64).reshape(-1)
-    if x.size != PARAMETERS[name]:
-        size = PARAMETERS[name]
-        raise ValueError("%s= takes %d value%s (got %d)" % (name, size, "s" * (size > 1), x.size))
+    _check_size(name, x.size)
     return x
 
 

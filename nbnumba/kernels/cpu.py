@@ -732,6 +732,8 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
     nopolar = iopt[I_NOPOLAR] != 0
     if nsub == 1:
         # one sub-pixel per pixel (the common case): its factors as they are
+        # (the general loop below gives the same bits, but cost the 1-cell
+        # README run about 15 %: docs/performance.md, fifth round)
         for b in range(nb):
             I = I_bg
             if geo[B_RUN, b] != 0.0:
