@@ -302,8 +302,11 @@ def test_signal_during_writes_cleans_temps(tmp_path, sig, code):
     """The PGM writer is made slow; the signal arrives while float and int are staged."""
     for n in OUTS:
         (tmp_path / n).write_bytes(b"OLD " + n.encode())
+    # Ctrl-C as a terminal delivers it: a shell's background job inherits
+    # SIGINT ignored, and the CLI (like any Unix program) keeps it so
     script = (
-        "import sys, time, nbnumba.outputs as O\n"
+        "import signal, sys, time, nbnumba.outputs as O\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "real = O.write_pgm\n"
         "def slow(*a, **k):\n"
         "    print('STAGED', flush=True); time.sleep(60); return real(*a, **k)\n"
