@@ -43,22 +43,27 @@ _INS = re.compile(r"^\s*([0-9a-f]+):\s+(.*)$")
 
 
 def parse_symbols(text):
-    """[(name, offset, size)] of the function symbols in ``objdump -t`` text."""
+    """[(name, offset, size, section)] of the function symbols in ``objdump
+    -t`` text (offsets within their section)."""
     out = []
     for line in text.splitlines():
         m = _SYM.match(line)
         if m and int(m.group(3), 16) > 0:
-            out.append((m.group(4), int(m.group(1), 16), int(m.group(3), 16)))
-    return sorted(out, key=lambda s: s[1])
+            out.append((m.group(4), int(m.group(1), 16), int(m.group(3), 16), m.group(2)))
+    return sorted(out, key=lambda s: (s[3], s[1]))
 
 
 def parse_disassembly(text):
-    """[(offset, instruction text)] of ``objdump -d --no-show-raw-insn`` text."""
-    out = []
+    """[(section, offset, instruction text)] of ``objdump -d
+    --no-show-raw-insn`` text."""
+    out, section = [], ""
     for line in text.splitlines():
+        if line.startswith("Disassembly of section "):
+            section = line[len("Disassembly of section "):].rstrip(":").strip()
+            continue
         m = _INS.match(line)
         if m and m.group(2).strip():
-            out.append((int(m.group(1), 16), m.group(2).strip()))
+            out.append((section, int(m.group(1), 16), m.group(2).strip()))
     return out
 
 
@@ -156,26 +161,85 @@ def summarise(per_fn, per_off, insns, region=512, top=8):
 
 # ---- the child: runs the workload and writes the kernel's object code ----
 
-def _record_libraries():
-    """Keep the object code of every library numba finalizes in this process
-    (the parallel kernels run their loop bodies from libraries of their own,
-    not from the dispatcher's)."""
-    from numba.core import codegen
-    libs = []
-    orig = codegen.CPUCodeLibrary.finalize
+class record_libraries:
+    """``with record_libraries() as libs:`` keeps the object code of every
+    library numba finalizes inside the block and lists the libraries (the
+    parallel kernels run their loop bodies from libraries of their own, not
+    from the dispatcher's)."""
 
-    def finalize(self):
-        if not self._object_caching_enabled:
-            self.enable_object_caching()
-        libs.append(self)
-        return orig(self)
-    codegen.CPUCodeLibrary.finalize = finalize
-    return libs
+    def __enter__(self):
+        from numba.core import codegen
+        self._cls, self._orig, libs = codegen.CPUCodeLibrary, codegen.CPUCodeLibrary.finalize, []
+        orig = self._orig
+
+        def finalize(lib):
+            if not lib._object_caching_enabled:
+                lib.enable_object_caching()
+            libs.append(lib)
+            return orig(lib)
+        self._cls.finalize = finalize
+        return libs
+
+    def __exit__(self, *exc):
+        self._cls.finalize = self._orig
+
+
+def library_objects(libs, out):
+    """Write each library's object code into directory out; returns
+    [{path, entry, address}]: entry, a global function the engine resolves,
+    and address, where it was loaded (a code section is loaded as one piece,
+    so each symbol of entry's section is at address - entry's offset + its
+    own)."""
+    objs = []
+    for i, lib in enumerate(libs):
+        try:
+            obj = lib._get_compiled_object()
+        except RuntimeError:
+            continue
+        path = os.path.join(out, "lib%d.o" % i)
+        with open(path, "wb") as fh:
+            fh.write(obj)
+        for name in _defined_functions(path):
+            try:
+                addr = lib.get_pointer_to_function(name)
+            except Exception:
+                addr = 0
+            if addr:
+                objs.append(dict(path=path, entry=name, address=addr))
+                break
+    return objs
+
+
+def load_functions(objs):
+    """([(label, start address, size)], {label: [(offset, instruction)]}) of
+    every function of library_objects' objects; label: the short name and
+    the object's index (numba links a copy of each callee into every library)."""
+    objdump = _tool("objdump")
+    functions, insns = [], {}
+    for i, o in enumerate(objs):
+        syms = parse_symbols(subprocess.run([objdump, "-t", o["path"]], capture_output=True,
+                                            text=True).stdout)
+        entry = [s for s in syms if s[0] == o["entry"]]
+        if not entry:
+            continue
+        # the entry's code section is loaded as one piece: its functions only
+        base, section = o["address"] - entry[0][1], entry[0][3]
+        dis = parse_disassembly(subprocess.run([objdump, "-d", "--no-show-raw-insn", o["path"]],
+                                               capture_output=True, text=True).stdout)
+        for name, off, size, sec in syms:
+            if sec != section:
+                continue
+            label = "%s@%d" % (short_name(name), i)
+            functions.append((label, base + off, size))
+            insns[label] = [(x - off, t) for s_, x, t in dis
+                            if s_ == section and off <= x < off + size]
+    return functions, insns
 
 
 def _child(a):
     import numpy as np
-    libs = _record_libraries()
+    rec = record_libraries()
+    libs = rec.__enter__()          # for the whole child process
     from benchmarks import workloads as W
     W.set_threads(a.threads)
     work = tempfile.mkdtemp(prefix="nb-hotspots-")
@@ -201,24 +265,7 @@ def _child(a):
         calls += 1
     cpu = time.process_time() - c0
     m1 = time.clock_gettime(time.CLOCK_MONOTONIC)
-    objs = []
-    for i, lib in enumerate(libs):
-        try:
-            obj = lib._get_compiled_object()
-        except RuntimeError:
-            continue
-        path = os.path.join(a.out, "lib%d.o" % i)
-        with open(path, "wb") as fh:
-            fh.write(obj)
-        # the load address of one function that the engine resolves
-        for name in _defined_functions(path):
-            try:
-                addr = lib.get_pointer_to_function(name)
-            except Exception:
-                addr = 0
-            if addr:
-                objs.append(dict(path=path, entry=name, address=addr))
-                break
+    objs = library_objects(libs, a.out)
     with open(os.path.join(a.out, "child.json"), "w") as fh:
         json.dump(dict(objects=objs, calls=calls, cpu_s=cpu, target=target, window=[m0, m1]), fh)
     return 0
@@ -240,7 +287,8 @@ def _tool(name):
 
 def profile(a):
     """Run the child under perf; returns (summary rows, meta)."""
-    perf, objdump = _tool("perf"), _tool("objdump")
+    perf = _tool("perf")
+    _tool("objdump")
     with tempfile.TemporaryDirectory(prefix="nb-hotspots-") as d:
         data = os.path.join(d, "perf.data")
         child = [sys.executable, "-m", "benchmarks.hotspots", "--child", "--out", d,
@@ -261,23 +309,7 @@ def profile(a):
         s = subprocess.run([perf, "script", "-i", data, "-F", "time,ip"], capture_output=True,
                            text=True)
         ips = samples_in_window(s.stdout, *meta["window"])
-        functions, insns = [], {}
-        for i, o in enumerate(meta["objects"]):
-            syms = parse_symbols(subprocess.run([objdump, "-t", o["path"]], capture_output=True,
-                                                text=True).stdout)
-            entry = [s for s in syms if s[0] == o["entry"]]
-            if not entry:
-                continue
-            base = o["address"] - entry[0][1]       # one loaded code section per object
-            dis = parse_disassembly(subprocess.run([objdump, "-d", "--no-show-raw-insn",
-                                                    o["path"]], capture_output=True,
-                                                   text=True).stdout)
-            for name, off, size in syms:
-                # numba links a copy of each callee into every library: a
-                # function is named with the library it ran from
-                label = "%s@%d" % (short_name(name), i)
-                functions.append((label, base + off, size))
-                insns[label] = [(x - off, t) for x, t in dis if off <= x < off + size]
+        functions, insns = load_functions(meta["objects"])
     per_fn, per_off, outside = attribute(ips, functions)
     meta.update(samples=len(ips), kernel_samples=sum(per_fn.values()))
     rows = summarise(per_fn, per_off, insns, a.region, a.top)

@@ -399,6 +399,19 @@ def sincg_near_coeffs(N):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def sincg_reduced_frac(h, N):
+    """(num, d, e, parity, sd): sincg_reduced(h, N) as a fraction, num / sd
+    with num = +-sin(pi e) and sd = sin(pi d) (float64 sines), or num = +-N
+    where d == 0.  A caller with several axes forms one reciprocal for all
+    their sd (the adjoint's fast path, as the image kernel's lattice loop
+    does with one division per cell)."""
+    d, e, parity = reduce_phase(h, N)
+    sd = sinpi_poly64(d)
+    num = N if d == 0.0 else sinpi_poly64(e)
+    return (-num if parity != 0 else num), d, e, parity, sd
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def sincg_reduced_parts(h, N):
     """(f, d, e, parity, sd): f = sincg_reduced(h, N) (float64 sines: the same
     operations, so the same value), its phase reduction (reduce_phase) and
@@ -407,12 +420,9 @@ def sincg_reduced_parts(h, N):
     is compiled once with strict flags): inlined, they take the caller's flags,
     so in the adjoint's fast-math pass they contract to FMAs as the forward's
     lattice pass does (same value bits as the forward there)."""
-    d, e, parity = reduce_phase(h, N)
-    sd = sinpi_poly64(d)
-    val = sinpi_poly64(e) / sd
-    val = N if d == 0.0 else val
-    f = -val if parity != 0 else val
-    return f, d, e, parity, sd
+    num, d, e, parity, sd = sincg_reduced_frac(h, N)
+    # -(x / y) == (-x) / y: the bits of sincg_reduced
+    return (num if d == 0.0 else num / sd), d, e, parity, sd
 
 
 @njit(cache=True, inline="always", error_model="numpy")

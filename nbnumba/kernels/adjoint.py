@@ -29,7 +29,7 @@ from numba import njit, prange
 
 from ..physics import (SHAPE_GAUSS, interp_in_range, lattice_factor,
                        lattice_factor_grad, lattice_factor_star_grad, nearest_F, sincg_reduced,
-                       sincg_near_coeffs, sincg_reduced_parts, sincg_reduced_grad_from,
+                       sincg_near_coeffs, sincg_reduced_frac, sincg_reduced_grad_from,
                        polarization_factor, polarization_factor_grad, solid_angle,
                        solid_angle_grad, tricubic_F, tricubic_F_grad, unitize)
 from . import cpu as K
@@ -109,7 +109,7 @@ _V1 = 1     # the cell variant of the default mode (kernels.cpu: variant 1)
 @njit(cache=True, inline="always", error_model="numpy")
 def _cell_lattice_grad(h, k, l, Na, Nb, Nc, cna, cnb, cnc):
     """One cell of the square/reduced fast path: the per-axis lattice factors
-    (the forward's values, sincg_reduced_parts) and their derivatives
+    (the forward's values up to rounding, sincg_reduced_frac) and their derivatives
     (sincg_reduced_grad_from, cn*: its near-peak coefficients per axis).
     Returns (fa, fb, fc, dfa/dh, dfb/dk, dfc/dl, dfa/dNa, dfb/dNb, dfc/dNc);
     an axis with N <= 1 has factor 1 and zero derivatives.  Branch-free, so
@@ -117,20 +117,27 @@ def _cell_lattice_grad(h, k, l, Na, Nb, Nc, cna, cnb, cnc):
     da = Na > 1
     db = Nb > 1
     dc = Nc > 1
-    fa, d_a, e_a, p_a, sa = sincg_reduced_parts(h, Na)
-    fb, d_b, e_b, p_b, sb = sincg_reduced_parts(k, Nb)
-    fc, d_c, e_c, p_c, sc = sincg_reduced_parts(l, Nc)
-    # one division for the three axes' 1/sin(pi d) instead of three (a
-    # factor of 1 where an axis is off or d == 0, whose derivative does
-    # not use it); the product underflows only if all three |d| < ~1e-100
+    na, d_a, e_a, p_a, sa = sincg_reduced_frac(h, Na)
+    nb, d_b, e_b, p_b, sb = sincg_reduced_frac(k, Nb)
+    nc, d_c, e_c, p_c, sc = sincg_reduced_frac(l, Nc)
+    # one division for the three axes' 1/sin(pi d), values and derivatives,
+    # instead of four (a factor of 1 where an axis is off or d == 0, where the
+    # value is the numerator +-N); the product underflows only if all three
+    # |d| < ~1e-100
     sa = sa if da and d_a != 0.0 else 1.0
     sb = sb if db and d_b != 0.0 else 1.0
     sc = sc if dc and d_c != 0.0 else 1.0
     sab = sa * sb
     r = 1.0 / (sab * sc)
-    ga, gNa = sincg_reduced_grad_from(h, Na, cna, fa, d_a, e_a, p_a, (sb * sc) * r)
-    gb, gNb = sincg_reduced_grad_from(k, Nb, cnb, fb, d_b, e_b, p_b, (sa * sc) * r)
-    gc, gNc = sincg_reduced_grad_from(l, Nc, cnc, fc, d_c, e_c, p_c, sab * r)
+    ia = (sb * sc) * r
+    ib = (sa * sc) * r
+    ic = sab * r
+    fa = na if d_a == 0.0 else na * ia
+    fb = nb if d_b == 0.0 else nb * ib
+    fc = nc if d_c == 0.0 else nc * ic
+    ga, gNa = sincg_reduced_grad_from(h, Na, cna, fa, d_a, e_a, p_a, ia)
+    gb, gNb = sincg_reduced_grad_from(k, Nb, cnb, fb, d_b, e_b, p_b, ib)
+    gc, gNc = sincg_reduced_grad_from(l, Nc, cnc, fc, d_c, e_c, p_c, ic)
     return (fa if da else 1.0, fb if db else 1.0, fc if dc else 1.0,
             ga if da else 0.0, gb if db else 0.0, gc if dc else 0.0,
             gNa if da else 0.0, gNb if db else 0.0, gNc if dc else 0.0)

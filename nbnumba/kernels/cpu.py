@@ -57,6 +57,23 @@ N_WORK = 7
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _sincg_r_parts(h, N, f32):
+    """``_sincg_r`` as a fraction (numerator, denominator): (+-sin(pi e),
+    sin(pi d)), or (+-N, 1) at d == 0, so that a product of axes needs one
+    division, not three (f32: the sines in float32, as _sincg_r)."""
+    d, e, parity = reduce_phase(h, N)
+    if f32:
+        num = np.float64(sinpi_poly32(np.float32(e)))
+        den = np.float64(sinpi_poly32(np.float32(d)))
+    else:
+        num = sinpi_poly64(e)
+        den = sinpi_poly64(d)
+    num = N if d == 0.0 else num
+    den = 1.0 if d == 0.0 else den
+    return (-num if parity != 0 else num), den
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _sincg_r(h, N, f32):
     """``physics.sincg_reduced`` (same operations, same bits in strict code)
     with the sines' precision fixed at compile time: ``f32`` is a literal
@@ -132,14 +149,30 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
         work[W_H, j] = h
         work[W_K, j] = k
         work[W_L, j] = l
-        F = one
+        num = one
+        den = one
         for a in range(3):
             x = h if a == 0 else (k if a == 1 else l)
             N = Na if a == 0 else (Nb if a == 1 else Nc)
-            f = _sincg_r(x, N, f32) if N > 1 else one
-            work[W_FA + a, j] = f
-            F = F * f           # ((1 * fa) * fb) * fc
-        work[W_F, j] = F
+            if N > 1:
+                n_, d_ = _sincg_r_parts(x, N, f32)
+                num = num * n_
+                den = den * d_
+        work[W_F, j] = num / den
+
+
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
+def _axis_factors(work, j, h, k, l, Na, Nb, Nc, reduced):
+    """Cell j's per-axis square-crystal factors, for the trace: the reduced
+    sincg's fast loop keeps only their product (one division per cell, not
+    three), so they are evaluated again here, each as its own quotient;
+    _lattice_general stores them."""
+    if reduced == 0:
+        return work[W_FA, j], work[W_FB, j], work[W_FC, j]
+    f32 = reduced == 2
+    one = h * 0 + 1
+    return (_sincg_r(h, Na, f32) if Na > 1 else one, _sincg_r(k, Nb, f32) if Nb > 1 else one,
+            _sincg_r(l, Nc, f32) if Nc > 1 else one)
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
@@ -433,11 +466,12 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                                     cstar[0], cstar[1], cstar[2], h, k, l,
                                     like(h0, z), like(k0, z), like(l0, z)))
                             if shape == 0:
+                                fa_, fb_, fc_ = _axis_factors(work, j, h, k, l, Na, Nb, Nc,
+                                                              reduced)
                                 if phi_tic == 0:
-                                    _record(tbuf, tpos, EV_LATT, (work[W_FA, j], work[W_FB, j],
-                                                                  work[W_FC, j], F_latt))
+                                    _record(tbuf, tpos, EV_LATT, (fa_, fb_, fc_, F_latt))
                                 _record(tbuf, tpos, EV_PHI, (like(phi_tic, z), like(variant, z), k,
-                                                             work[W_FB, j], F_latt))
+                                                             fb_, F_latt))
                         if F_latt == 0.0 and water == 0.0:
                             continue
                         # structure factor of the unit cell

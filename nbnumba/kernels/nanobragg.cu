@@ -290,13 +290,15 @@ __device__ __forceinline__ float sinpi_reduced(float x) {
     return x * (((((c5 * t + c4) * t + c3) * t + c2) * t + c1) * t + c0);
 }
 
-// sincg(pi*h, N) on reduced arguments, physics.sincg_reduced: with
-// n = rint(h), d = h - n, m = rint(N d), e = N d - m the value is
-// (-1)^(n (N-1) + m) sin(pi e) / sin(pi d).  The reduction is done in the
-// precision of h; f32_sines (-precision single) evaluates the two sines and
-// their quotient in float32.
+// sincg(pi*h, N) on reduced arguments, physics.sincg_reduced, as a fraction
+// (kernels.cpu._sincg_r_parts): with n = rint(h), d = h - n, m = rint(N d),
+// e = N d - m the value is (-1)^(n (N-1) + m) sin(pi e) / sin(pi d); *num
+// gets the signed numerator, *den the denominator ((+-N, 1) at d == 0), so
+// that a product of axes takes one division.  The reduction is done in the
+// precision of h; f32_sines (-precision single) evaluates the two sines in
+// float32.
 template <typename real>
-__device__ real sincg_reduced(real h, real N, bool f32_sines) {
+__device__ void sincg_reduced_parts(real h, real N, bool f32_sines, real* num, real* den) {
     const real n = nb_rint(h);
     const real d = h - n;
     const real Nd = N * d;
@@ -304,15 +306,25 @@ __device__ real sincg_reduced(real h, real N, bool f32_sines) {
     const real e = Nd - m;
     // parity of n (N-1) + m; int64 arithmetic keeps the low bit of numba's int32 one
     const nb_i64 parity = ((nb_i64)n * ((nb_i64)N - 1) + (nb_i64)m) & 1;
-    real val;
     if (d == (real)0.0) {
-        val = N;
+        *num = N;
+        *den = (real)1.0;
     } else if (f32_sines) {
-        val = (real)(sinpi_reduced((float)e) / sinpi_reduced((float)d));
+        *num = (real)sinpi_reduced((float)e);
+        *den = (real)sinpi_reduced((float)d);
     } else {
-        val = sinpi_reduced(e) / sinpi_reduced(d);
+        *num = sinpi_reduced(e);
+        *den = sinpi_reduced(d);
     }
-    return parity != 0 ? -val : val;
+    if (parity != 0) *num = -*num;
+}
+
+// the value itself, float64 sines (physics.sincg_reduced; the adjoint's)
+template <typename real>
+__device__ real sincg_reduced(real h, real N) {
+    real num, den;
+    sincg_reduced_parts<real>(h, N, false, &num, &den);
+    return num / den;
 }
 
 // Fourier transform of a sphere: 3 (sin x / x - cos x) / x^2, 1 at 0
@@ -334,21 +346,43 @@ __device__ real lattice_factor(nb_i64 shape, wide h, wide k, wide l, nb_i64 h0, 
     *fa = one;
     *fb = one;
     *fc = one;
+    if (shape == SHAPE_SQUARE && reduced) {
+        // kernels.cpu._lattice_square: F = (n_a n_b n_c) / (d_a d_b d_c), one
+        // division per cell; the per-axis quotients are for the trace and the
+        // adjoint (compiled away where unused)
+        wide num = (wide)1.0, den = (wide)1.0, n, d;
+        if (Na > (real)1) {
+            sincg_reduced_parts<wide>(h, (wide)Na, reduced == 2, &n, &d);
+            num *= n;
+            den *= d;
+            *fa = (real)(n / d);
+        }
+        if (Nb > (real)1) {
+            sincg_reduced_parts<wide>(k, (wide)Nb, reduced == 2, &n, &d);
+            num *= n;
+            den *= d;
+            *fb = (real)(n / d);
+        }
+        if (Nc > (real)1) {
+            sincg_reduced_parts<wide>(l, (wide)Nc, reduced == 2, &n, &d);
+            num *= n;
+            den *= d;
+            *fc = (real)(n / d);
+        }
+        return (real)(num / den);
+    }
     if (shape == SHAPE_SQUARE) {
         real F = one;
         if (Na > (real)1) {
-            *fa = reduced ? sincg_reduced<wide>(h, (wide)Na, reduced == 2)
-                          : sincg((real)NB_PI * (real)h, Na);
+            *fa = sincg((real)NB_PI * (real)h, Na);
             F *= *fa;
         }
         if (Nb > (real)1) {
-            *fb = reduced ? sincg_reduced<wide>(k, (wide)Nb, reduced == 2)
-                          : sincg((real)NB_PI * (real)k, Nb);
+            *fb = sincg((real)NB_PI * (real)k, Nb);
             F *= *fb;
         }
         if (Nc > (real)1) {
-            *fc = reduced ? sincg_reduced<wide>(l, (wide)Nc, reduced == 2)
-                          : sincg((real)NB_PI * (real)l, Nc);
+            *fc = sincg((real)NB_PI * (real)l, Nc);
             F *= *fc;
         }
         return F;
@@ -952,7 +986,7 @@ __device__ void sincg_reduced_grad_far(double h, double N, double f, double* gh,
 // vectoriser); here each thread has one sub-path, so the direct sum costs
 // nothing extra, and the two agree to rounding (tests/test_gpu_adjoint.py)
 __device__ void sincg_reduced_grad(double h, double N, double* gh, double* gN) {
-    sincg_reduced_grad_far(h, N, sincg_reduced<double>(h, N, false), gh, gN);
+    sincg_reduced_grad_far(h, N, sincg_reduced<double>(h, N), gh, gN);
     const double n = rint(h);
     const double d = h - n;
     if (d == 0.0 || fabs(N * d) >= NB_SINCG_NEAR) return;

@@ -1,0 +1,61 @@
+"""The image kernel's square-crystal lattice loop forms F_latt as one fraction,
+(n_a n_b n_c) / (d_a d_b d_c), one division per cell instead of one per axis
+(benchmarks.hotspots found the three divisions holding ~25 % of W2's samples).
+Checked here against the per-axis reduced sincg of physics, cell by cell."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nbnumba import physics
+from nbnumba.kernels import cpu as K
+
+
+def _cells(h, k, l):
+    """Cells whose indices along S = (1, 0, 0) are exactly h, k, l (variant 1)."""
+    n = len(h)
+    cells = np.zeros((2, 9, n))
+    cells[1, 0], cells[1, 3], cells[1, 6] = h, k, l
+    return cells
+
+
+@pytest.mark.parametrize("N", [(5.0, 6.0, 7.0), (8.0, 1.0, 47.0), (2.0, 2.0, 2.0)])
+def test_fraction_matches_per_axis_product(N):
+    rng = np.random.default_rng(int(sum(N)))
+    n = 203                                  # not a multiple of the vector width
+    h = rng.uniform(-40, 40, n)
+    k = rng.uniform(-40, 40, n)
+    l = rng.uniform(-40, 40, n)
+    # exact peaks (d == 0 on one, two or three axes) and near-peak cells
+    h[:10] = np.round(h[:10])
+    k[5:15] = np.round(k[5:15])
+    l[:3] = np.round(l[:3])
+    k[0] = np.round(k[0])                    # cell 0: a peak on every axis
+    h[20:30] = np.round(h[20:30]) + 1e-9
+    cells = _cells(h, k, l)
+    work = np.zeros((K.N_WORK, n))
+    K._lattice_square_fast(np.int64(1), (1.0, 0.0, 0.0), cells, work, *N, False)
+    assert np.array_equal(work[K.W_H], h) and np.array_equal(work[K.W_L], l)
+    for j in range(n):
+        ref = 1.0
+        for x, Nx in zip((h[j], k[j], l[j]), N):
+            if Nx > 1:
+                ref *= physics.sincg_reduced(float(x), Nx)
+        got = work[K.W_F, j]
+        # a few ulps: the fraction rounds differently from the product of quotients
+        assert abs(got - ref) <= 8 * np.finfo(float).eps * abs(ref) + 1e-300, (j, got, ref)
+    # at an exact peak on every axis the value is the product of the N, exactly
+    assert abs(work[K.W_F, 0]) == np.prod([x for x in N if x > 1])
+
+
+def test_float32_sines_fraction():
+    rng = np.random.default_rng(3)
+    n = 64
+    h, k, l = (rng.uniform(-20, 20, n) for _ in range(3))
+    cells = _cells(h, k, l)
+    work = np.zeros((K.N_WORK, n))
+    K._lattice_square_fast(np.int64(1), (1.0, 0.0, 0.0), cells, work, 5.0, 6.0, 7.0, True)
+    for j in range(n):
+        ref = np.prod([physics.sincg_reduced(float(x), Nx, True)
+                       for x, Nx in zip((h[j], k[j], l[j]), (5.0, 6.0, 7.0))])
+        assert abs(work[K.W_F, j] - ref) <= 3e-6 * abs(ref) + 1e-30, (j, work[K.W_F, j], ref)
