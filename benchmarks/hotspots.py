@@ -334,8 +334,9 @@ def main(argv=None) -> int:
     ap.add_argument("--freq", type=int, default=2000, help="samples per second")
     ap.add_argument("--region", type=int, default=512, help="bytes of code per region")
     ap.add_argument("--top", type=int, default=8, help="functions to list")
-    ap.add_argument("--listing", action="store_true",
-                    help="also print the hottest region of the top function, instruction by instruction")
+    ap.add_argument("--listing", nargs="?", const="top", metavar="NAME",
+                    help="also print the hottest region of the top function (or of the first "
+                         "listed one whose name contains NAME), instruction by instruction")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -367,7 +368,10 @@ def main(argv=None) -> int:
                 % (h["offset"], 100 * h["share"], h["instructions"], h["vector"], h["divides"],
                    h["gathers"]) for h in r["regions"])))
     if a.listing:
-        r = rows[0]
+        pick = [r for r in rows if a.listing in r["function"]] if a.listing != "top" else rows
+        if not pick:
+            raise SystemExit("hotspots: no listed function matches %r" % a.listing)
+        r = pick[0]
         print("\nhottest region of `%s` (share of the kernel's samples per instruction):"
               % r["function"])
         for off, share, text in r["listing"]:
