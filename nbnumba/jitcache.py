@@ -191,7 +191,7 @@ def compile_block() -> None:
     nl = K.BLOCK * args[5].shape[2]
     K._block_row(0, np.zeros(K.BLOCK, np.int64), 1, *args, np.empty((K.N_BLOCK, K.BLOCK)),
                  np.zeros((2, K.BLOCK), np.int64), np.zeros((2, 9, nl)), np.empty((K.N_WORK, nl)),
-                 np.zeros((4, 4), np.float32), 0.0)
+                 np.zeros((4, 4), np.float32), 0.0, np.zeros((1, 9, nl)), np.empty((3, nl)))
 
 
 def compile_pixel_callees() -> None:

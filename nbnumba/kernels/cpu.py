@@ -235,6 +235,31 @@ def _index_lanes(cells, variant, ncell, S0, S1, S2, lanes, q0):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _index_block(tcells, v0, geo, nsubpath, ncell, sl, lanes):
+    """The block path's indices: lanes c ncell + j of ``lanes`` (as
+    _index_lanes) for the sub-paths c < nsubpath of _block_geometry's columns
+    (their S in geo), from tcells, variant 1's cells tiled along the lanes
+    (tcells[v0, r, c ncell + j] = cells[1, r, j]; v0 a computed 0).  Three
+    loops, one per index, each through _hkl: a loop that stores one row runs
+    few enough run-time alias checks for LLVM to vectorise it over all the
+    block's lanes (with three rows stored it ran scalar, pixel by pixel;
+    docs/performance.md, sixth round).  The same operations on the same
+    values as _index_lanes, so the same bits."""
+    n = nsubpath * ncell
+    for c in range(nsubpath):
+        for j in range(ncell):
+            sl[0, c * ncell + j] = geo[B_S0, c]
+            sl[1, c * ncell + j] = geo[B_S1, c]
+            sl[2, c * ncell + j] = geo[B_S2, c]
+    for q in range(n):
+        lanes[1, 0, q] = _hkl(tcells, v0, q, sl[0, q], sl[1, q], sl[2, q])[0]
+    for q in range(n):
+        lanes[1, 3, q] = _hkl(tcells, v0, q, sl[0, q], sl[1, q], sl[2, q])[1]
+    for q in range(n):
+        lanes[1, 6, q] = _hkl(tcells, v0, q, sl[0, q], sl[1, q], sl[2, q])[2]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _lattice_lanes(lanes, work, reduced, Na, Nb, Nc):
     """Lattice factors of every lane of ``lanes`` into work (_lattice_square_fast
     with S = (1, 0, 0); float32 sines when reduced == 2).  Lanes past those
@@ -728,7 +753,7 @@ def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo, sub):
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
 def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub, bcells, work,
-               out, orow):
+               out, orow, tcells, sl):
     """Pixels (s, fs[b]), b < nb, by the block path: pixel_value's value for
     each, stored as float32 into out.  Returns orow (the row's running sum of
     solid angles) plus theirs, added in pixel order.
@@ -753,11 +778,8 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
     ncell = cells.shape[2]
     os_ = iopt[I_OVERSAMPLE]
     nsub = os_ * os_
-    # computed, not a literal 1: a literal makes numba compile _hkl a second time
-    variant = nb * 0 + 1
-    for c in range(nb * nsub):
-        _index_lanes(cells, variant, ncell, geo[B_S0, c], geo[B_S1, c], geo[B_S2, c], bcells,
-                     c * ncell)
+    # computed, not a literal 0: a literal makes numba compile _hkl a second time
+    _index_block(tcells, nb * 0, geo, nb * nsub, ncell, sl, bcells)
     _lattice_lanes(bcells, work, iopt[I_REDUCED], Na, Nb, Nc)
     z = fopt[0] * 0
     I_bg = fopt[F_I_BG]
@@ -862,6 +884,13 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     nlane = BLOCK * nsub * ncell if block else 1
     bwork = np.empty((N_WORK, nlane), dtype=cells.dtype)
     bcells = np.zeros((2, 9, nlane), dtype=cells.dtype)
+    # the block path's cells (variant 1) tiled along its lanes, and the lanes' S
+    tcells = np.empty((1, 9, nlane), dtype=cells.dtype)
+    sl = np.empty((3, nlane), dtype=cells.dtype)
+    if block:
+        for q in range(nlane):
+            for r in range(9):
+                tcells[0, r, q] = cells[1, r, q % ncell]
     for s in range(row0, row1, rstep):
         # the row's solid-angle sum in a local, stored once: omega_out's entries
         # of neighbouring rows share cache lines, and the threads take
@@ -878,11 +907,11 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
                 nb += 1
                 if nb == BLOCK:
                     orow = _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo,
-                                      sub, bcells, bwork, out, orow)
+                                      sub, bcells, bwork, out, orow, tcells, sl)
                     nb = s * 0
             if nb > 0:
                 orow = _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub,
-                                  bcells, bwork, out, orow)
+                                  bcells, bwork, out, orow, tcells, sl)
             omega_out[s] = orow
             continue
         for f in range(F):
