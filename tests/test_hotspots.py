@@ -11,7 +11,7 @@ import pytest
 from benchmarks import hotspots as H
 
 SYMS = """
-/tmp/x/lib0.o:     file format elf64-x86-64
+lib0.o:     file format elf64-x86-64
 
 SYMBOL TABLE:
 0000000000000000 l    df *ABS*	0000000000000000 <string>
