@@ -58,9 +58,13 @@ N_WORK = 7
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _sincg_r_parts(h, N, f32):
-    """``_sincg_r`` as a fraction (numerator, denominator): (+-sin(pi e),
-    sin(pi d)), or (+-N, 1) at d == 0, so that a product of axes needs one
-    division, not three (f32: the sines in float32, as _sincg_r)."""
+    """``physics.sincg_reduced`` as a fraction (numerator, denominator):
+    (+-sin(pi e), sin(pi d)), or (+-N, 1) at d == 0, so that the lattice loop
+    takes one division for its three axes, not three.  The same reduction
+    and polynomials as physics (with its float64 sines, num / den is
+    physics.sincg_reduced bit for bit); the sines' precision is fixed at
+    compile time: ``f32`` is a literal (a constant at the call site), so one
+    polynomial is evaluated, not both."""
     d, e, parity = reduce_phase(h, N)
     if f32:
         num = np.float64(sinpi_poly32(np.float32(e)))
@@ -71,20 +75,6 @@ def _sincg_r_parts(h, N, f32):
     num = N if d == 0.0 else num
     den = 1.0 if d == 0.0 else den
     return (-num if parity != 0 else num), den
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _sincg_r(h, N, f32):
-    """``physics.sincg_reduced`` (same operations, same bits in strict code)
-    with the sines' precision fixed at compile time: ``f32`` is a literal
-    (a constant at the call site), so one polynomial is evaluated, not both."""
-    d, e, parity = reduce_phase(h, N)
-    if f32:
-        val = np.float64(sinpi_poly32(np.float32(e)) / sinpi_poly32(np.float32(d)))
-    else:
-        val = sinpi_poly64(e) / sinpi_poly64(d)
-    val = N if d == 0.0 else val
-    return -val if parity != 0 else val
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
@@ -138,7 +128,7 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
     loop is contiguous and branch-free (vectorises).
 
     The three axes run through one loop over ``a`` (LLVM unrolls it fully,
-    giving the straight-line code of three calls): numba inlines ``_sincg_r``
+    giving the straight-line code of three calls): numba inlines ``_sincg_r_parts``
     (phase reduction and polynomial) once instead of once per axis, which
     takes about 4 CPU-s off the cold compile."""
     ncell = cells.shape[2]
@@ -171,8 +161,10 @@ def _axis_factors(work, j, h, k, l, Na, Nb, Nc, reduced):
         return work[W_FA, j], work[W_FB, j], work[W_FC, j]
     f32 = reduced == 2
     one = h * 0 + 1
-    return (_sincg_r(h, Na, f32) if Na > 1 else one, _sincg_r(k, Nb, f32) if Nb > 1 else one,
-            _sincg_r(l, Nc, f32) if Nc > 1 else one)
+    na, da = _sincg_r_parts(h, Na, f32)
+    nb, db = _sincg_r_parts(k, Nb, f32)
+    nc, dc = _sincg_r_parts(l, Nc, f32)
+    return (na / da if Na > 1 else one, nb / db if Nb > 1 else one, nc / dc if Nc > 1 else one)
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
