@@ -399,30 +399,40 @@ def sincg_near_coeffs(N):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def sincg_reduced_frac(h, N):
-    """(num, d, e, parity, sd): sincg_reduced(h, N) as a fraction, num / sd
-    with num = +-sin(pi e) and sd = sin(pi d) (float64 sines), or num = +-N
-    where d == 0.  A caller with several axes forms one reciprocal for all
-    their sd (the adjoint's fast path, as the image kernel's lattice loop
-    does with one division per cell)."""
+def sincg_reduced_frac(h, N, f32):
+    """(num, den, d, e, parity): sincg_reduced(h, N) as the fraction num / den,
+    num = +-sin(pi e) and den = sin(pi d), or (+-N, 1) where d == 0, with its
+    phase reduction (reduce_phase).  The one source of the reduced sincg's
+    fraction: the image kernel's lattice loop multiplies the three axes'
+    numerators and denominators and divides once per cell; the adjoint's fast
+    path forms one reciprocal of the three denominators for its values and
+    derivatives.  ``f32`` (a literal at the call site: one polynomial is
+    compiled, not both) evaluates the sines in float32.  Inlined, the
+    polynomials take the caller's flags (FMA contraction in the fast-math
+    loops)."""
     d, e, parity = reduce_phase(h, N)
-    sd = sinpi_poly64(d)
-    num = N if d == 0.0 else sinpi_poly64(e)
-    return (-num if parity != 0 else num), d, e, parity, sd
+    if f32:
+        num = np.float64(sinpi_poly32(np.float32(e)))
+        den = np.float64(sinpi_poly32(np.float32(d)))
+    else:
+        num = sinpi_poly64(e)
+        den = sinpi_poly64(d)
+    num = N if d == 0.0 else num
+    den = 1.0 if d == 0.0 else den
+    return (-num if parity != 0 else num), den, d, e, parity
 
 
 @njit(cache=True, inline="always", error_model="numpy")
 def sincg_reduced_parts(h, N):
-    """(f, d, e, parity, sd): f = sincg_reduced(h, N) (float64 sines: the same
-    operations, so the same value), its phase reduction (reduce_phase) and
-    sd = sin(pi d), for sincg_reduced_grad_from.  The polynomials are called
-    directly (inline="always", not through the sinpi_reduced overload, which
-    is compiled once with strict flags): inlined, they take the caller's flags,
-    so in the adjoint's fast-math pass they contract to FMAs as the forward's
-    lattice pass does (same value bits as the forward there)."""
-    num, d, e, parity, sd = sincg_reduced_frac(h, N)
-    # -(x / y) == (-x) / y: the bits of sincg_reduced
-    return (num if d == 0.0 else num / sd), d, e, parity, sd
+    """(f, d, e, parity, den): f = sincg_reduced(h, N) (float64 sines: the
+    same operations, so the same value), its phase reduction and the
+    denominator of sincg_reduced_frac (sin(pi d), 1 at d == 0), for
+    sincg_reduced_grad_from.  The polynomials are called directly
+    (inline="always", not through the sinpi_reduced overload, which is
+    compiled once with strict flags): inlined, they take the caller's flags."""
+    num, den, d, e, parity = sincg_reduced_frac(h, N, False)
+    # -(x / y) == (-x) / y and x / 1 == x: the bits of sincg_reduced
+    return num / den, d, e, parity, den
 
 
 @njit(cache=True, inline="always", error_model="numpy")

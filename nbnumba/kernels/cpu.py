@@ -18,7 +18,7 @@ import types as _pytypes
 import numpy as np
 from numba import njit
 
-from ..physics import (reduce_phase, sinpi_poly32, sinpi_poly64, capture_fraction, dot, interp_in_range,
+from ..physics import (capture_fraction, dot, interp_in_range, sincg_reduced_frac,
                        lattice_factor, like, nearest_F, polarization_factor, rotate_axis,
                        solid_angle, tricubic_F, unitize)
 from .layout import (  # noqa: F401  (re-exported: K.I_* etc.)
@@ -54,27 +54,6 @@ def _record(tbuf, tpos, ev, vals):
 # ---- per-thread work buffer rows (length = number of (phi, mosaic) cells) ---
 W_H, W_K, W_L, W_F, W_FA, W_FB, W_FC = range(7)     # (W_FA + a: axis a's factor of W_H + a)
 N_WORK = 7
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _sincg_r_parts(h, N, f32):
-    """``physics.sincg_reduced`` as a fraction (numerator, denominator):
-    (+-sin(pi e), sin(pi d)), or (+-N, 1) at d == 0, so that the lattice loop
-    takes one division for its three axes, not three.  The same reduction
-    and polynomials as physics (with its float64 sines, num / den is
-    physics.sincg_reduced bit for bit); the sines' precision is fixed at
-    compile time: ``f32`` is a literal (a constant at the call site), so one
-    polynomial is evaluated, not both."""
-    d, e, parity = reduce_phase(h, N)
-    if f32:
-        num = np.float64(sinpi_poly32(np.float32(e)))
-        den = np.float64(sinpi_poly32(np.float32(d)))
-    else:
-        num = sinpi_poly64(e)
-        den = sinpi_poly64(d)
-    num = N if d == 0.0 else num
-    den = 1.0 if d == 0.0 else den
-    return (-num if parity != 0 else num), den
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
@@ -128,7 +107,7 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
     loop is contiguous and branch-free (vectorises).
 
     The three axes run through one loop over ``a`` (LLVM unrolls it fully,
-    giving the straight-line code of three calls): numba inlines ``_sincg_r_parts``
+    giving the straight-line code of three calls): numba inlines ``sincg_reduced_frac``
     (phase reduction and polynomial) once instead of once per axis, which
     takes about 4 CPU-s off the cold compile."""
     ncell = cells.shape[2]
@@ -145,7 +124,7 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
             x = h if a == 0 else (k if a == 1 else l)
             N = Na if a == 0 else (Nb if a == 1 else Nc)
             if N > 1:
-                n_, d_ = _sincg_r_parts(x, N, f32)
+                n_, d_, _, _, _ = sincg_reduced_frac(x, N, f32)
                 num = num * n_
                 den = den * d_
         work[W_F, j] = num / den
@@ -161,9 +140,9 @@ def _axis_factors(work, j, h, k, l, Na, Nb, Nc, reduced):
         return work[W_FA, j], work[W_FB, j], work[W_FC, j]
     f32 = reduced == 2
     one = h * 0 + 1
-    na, da = _sincg_r_parts(h, Na, f32)
-    nb, db = _sincg_r_parts(k, Nb, f32)
-    nc, dc = _sincg_r_parts(l, Nc, f32)
+    na, da, _, _, _ = sincg_reduced_frac(h, Na, f32)
+    nb, db, _, _, _ = sincg_reduced_frac(k, Nb, f32)
+    nc, dc, _, _, _ = sincg_reduced_frac(l, Nc, f32)
     return (na / da if Na > 1 else one, nb / db if Nb > 1 else one, nc / dc if Nc > 1 else one)
 
 

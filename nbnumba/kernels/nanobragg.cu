@@ -291,7 +291,7 @@ __device__ __forceinline__ float sinpi_reduced(float x) {
 }
 
 // sincg(pi*h, N) on reduced arguments, physics.sincg_reduced, as a fraction
-// (kernels.cpu._sincg_r_parts): with n = rint(h), d = h - n, m = rint(N d),
+// (physics.sincg_reduced_frac): with n = rint(h), d = h - n, m = rint(N d),
 // e = N d - m the value is (-1)^(n (N-1) + m) sin(pi e) / sin(pi d); *num
 // gets the signed numerator, *den the denominator ((+-N, 1) at d == 0), so
 // that a product of axes takes one division.  The reduction is done in the
