@@ -24,6 +24,7 @@ one, so read regions, not single instructions.  Needs ``perf`` and
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import json
 import os
@@ -116,7 +117,6 @@ def attribute(ips, functions):
     {name: Counter(offset within the function)}, samples outside all)."""
     funcs = sorted(functions, key=lambda f: f[1])
     starts = [f[1] for f in funcs]
-    import bisect
     per_fn, per_off, outside = collections.Counter(), collections.defaultdict(collections.Counter), 0
     for ip in ips:
         i = bisect.bisect_right(starts, ip) - 1
