@@ -122,7 +122,10 @@ def reduce_phase(h, N):
     Nd = N * d
     m = np.rint(Nd)
     e = Nd - m
-    parity = (np.int32(n) * (np.int32(N) - np.int32(1)) + np.int32(m)) & np.int32(1)
+    # the low bit of a product is the AND of the factors' low bits, of a sum
+    # their XOR: no integer multiply (a 3-uop vpmullq per axis in the vector
+    # loop), the same bit as (n (N-1) + m) & 1 in wrapping int32
+    parity = ((np.int32(n) & (np.int32(N) - np.int32(1))) ^ np.int32(m)) & np.int32(1)
     return d, e, parity
 
 

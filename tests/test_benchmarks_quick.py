@@ -227,15 +227,33 @@ def test_history_records_and_tables(tmp_path):
 
 
 def test_roofline_row_arithmetic():
-    """benchmarks.roofline's derived figures: 2e8 sub-paths in 2 CPU-s at 169
-    flops each are 100 Msub/s, 16.9 GFLOP/s, a quarter of a 67.6 GFLOP/s peak."""
+    """benchmarks.roofline's derived figures: 2e8 sub-paths in 2 CPU-s at 170
+    flops each are 100 Msub/s, 17 GFLOP/s, a quarter of a 68 GFLOP/s peak."""
     from benchmarks import roofline
-    assert roofline.FLOPS_PER_SUBPATH == 169
-    r = roofline.roofline_row(dict(workload="X", subpaths=200_000_000, cpu_s=2.0), 67.6)
+    assert roofline.FLOPS_PER_SUBPATH == 170
+    r = roofline.roofline_row(dict(workload="X", subpaths=200_000_000, cpu_s=2.0), 68.0)
     assert r["msub_per_cpu_s"] == pytest.approx(100.0)
-    assert r["gflop_per_cpu_s"] == pytest.approx(16.9)
+    assert r["gflop_per_cpu_s"] == pytest.approx(17.0)
     assert r["fraction_of_peak"] == pytest.approx(0.25)
     assert r["workload"] == "X"
+
+
+def test_peak_probe_computes_and_vectorises():
+    """The peak probe runs its chains as written: 12 chains from c, each
+    a <- a m + c, summed (2 iterations with m = 1/2, c = 1: 12 x 1.75 = 21,
+    exact); its code is 12 vector FMAs of the CPU's widest doubles per
+    iteration (zmm where numba's target has AVX-512), not scalar ones."""
+    from benchmarks import roofline
+    from nbnumba.kernels import cpu as K
+    fn, width, asm = roofline.compile_peak_probe()
+    assert fn(2, 0.5, 1.0) == 21.0
+    assert fn(1, 0.5, 1.0) == 18.0
+    reg = "zmm" if width == 8 else "ymm"
+    fmas = [ln for ln in asm.splitlines() if "vfmadd" in ln]
+    assert len(fmas) == roofline.PEAK_CHAINS and all(reg in ln for ln in fmas)
+    assert (width == 8) == K.WIDE_VECTORS
+    m = roofline.measure_peak(runs=1, iters=10_000)
+    assert m["gflops"] > 0 and m["vector_doubles"] == width and m["chains"] == 12
 
 
 def test_roofline_measures_a_small_workload(tmp_path):

@@ -84,7 +84,7 @@ def test_block_path_matches_pixel_value(line, tmp_path, monkeypatch):
 DEFER_CASES = [
     # oversample, sources (divergence x dispersion), mosaic, phi; HKL grid and default_F
     # (more lanes per pixel than the block path takes, or several sources)
-    BASE.replace("-oversample 1", "-oversample 2") + " -mosaic 0.3 -mosaic_dom 6",
+    BASE.replace("-oversample 1", "-oversample 3") + " -mosaic 0.3 -mosaic_dom 5",
     BASE + " -divergence 0.2 -divsteps 3 -dispersion 0.1 -dispsteps 2 -dmin 2.5 -roi 2 19 3 20",
     BASE.replace("-oversample 1", "-oversample 3") + " -mosaic 0.2 -mosaic_dom 3 -nopolar "
     "-polar 0.8 -precision single",
@@ -138,11 +138,21 @@ def test_defer_lanes_rule():
     iopt = np.zeros(K.N_IOPT, dtype=np.int64)
     iopt[K.I_OVERSAMPLE], iopt[K.I_NSRC], iopt[K.I_THICKSTEPS], iopt[K.I_REDUCED] = 2, 1, 1, 1
     assert K.defer_lanes(iopt, 10) == 40
-    assert K.defer_lanes(iopt, 7) == 28                  # 28 lanes, none padded
-    assert K.defer_lanes(iopt, 6) == 1                   # 24 lanes: too few
     assert K.defer_lanes(iopt, K.VECTOR_MIN_LANES) == 1  # vectorises on its own
-    iopt[K.I_NSRC] = 3
-    assert K.defer_lanes(iopt, 3) == 36
+    if K.WIDE_VECTORS:                                   # 512-bit: 16 lanes up, multiples of 8
+        assert (K.VECTOR_MIN_LANES, K.LANE_PAD) == (16, 8)
+        assert K.defer_lanes(iopt, 7) == 32              # 28 lanes, padded to 32
+        assert K.defer_lanes(iopt, 4) == 16              # 16 lanes, none padded
+        assert K.defer_lanes(iopt, 3) == 16              # 12 lanes, padded to 16
+        assert K.defer_lanes(iopt, 2) == 1               # 8 lanes: too few
+        iopt[K.I_NSRC] = 3
+        assert K.defer_lanes(iopt, 3) == 40              # 36 lanes, padded to 40
+    else:                                                # 256-bit: 28 lanes up, multiples of 4
+        assert (K.VECTOR_MIN_LANES, K.LANE_PAD) == (28, 4)
+        assert K.defer_lanes(iopt, 7) == 28              # 28 lanes, none padded
+        assert K.defer_lanes(iopt, 6) == 1               # 24 lanes: too few
+        iopt[K.I_NSRC] = 3
+        assert K.defer_lanes(iopt, 3) == 36
     for flag in (K.I_CPARITY, K.I_INTERP, K.I_OS_POLAR, K.I_SHAPE):
         j = iopt.copy()
         j[flag] = 1

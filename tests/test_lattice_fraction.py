@@ -59,3 +59,46 @@ def test_float32_sines_fraction():
         ref = np.prod([physics.sincg_reduced(float(x), Nx, True)
                        for x, Nx in zip((h[j], k[j], l[j]), (5.0, 6.0, 7.0))])
         assert abs(work[K.W_F, j] - ref) <= 3e-6 * abs(ref) + 1e-30, (j, work[K.W_F, j], ref)
+
+
+def test_parity_from_low_bits():
+    """reduce_phase's parity, formed from the low bits (n AND (N-1)) XOR m, is
+    (n (N-1) + m) mod 2 for negative and positive n, m and odd and even N."""
+    rng = np.random.default_rng(7)
+    h = np.concatenate([rng.uniform(-3000, 3000, 4000), np.arange(-20.0, 20.0, 0.37)])
+    checked = set()
+    for N in (2.0, 3.0, 5.0, 8.0, 47.0, 100.0):
+        for x in h:
+            d, e, parity = physics.reduce_phase(x, N)
+            n = int(np.rint(x))
+            m = int(np.rint(N * (x - n)))
+            assert parity == (n * (int(N) - 1) + m) % 2, (x, N)
+            checked.add((n % 2, m % 2, int(N) % 2))
+    assert len(checked) == 8                 # every combination of low bits met
+
+
+def test_wide_vector_request():
+    """_prefer_512bit_vectors makes LLVM vectorise the calling function with
+    512-bit registers where numba's target has AVX-512 (WIDE_VECTORS), and
+    the same loop without it keeps LLVM's default (256-bit on AVX-512 CPUs)."""
+    from numba import njit
+
+    def body(x, y):
+        for i in range(x.size):
+            y[i] = x[i] + 2.0 * x[i]
+
+    def wide(x, y):
+        K._prefer_512bit_vectors()
+        for i in range(x.size):
+            y[i] = x[i] + 2.0 * x[i]
+
+    x = np.linspace(0.0, 1.0, 100)
+    asm = {}
+    for fn in (body, wide):
+        jf = njit(fastmath=K.FAST_MATH)(fn)
+        y = np.zeros_like(x)
+        jf(x, y)
+        assert np.array_equal(y, x + 2.0 * x)    # one rounding, contracted or not
+        asm[fn.__name__] = jf.inspect_asm(jf.signatures[0])
+    assert ("zmm" in asm["wide"]) == K.WIDE_VECTORS
+    assert "zmm" not in asm["body"]

@@ -20,7 +20,7 @@ SMALL = ("-cell 100 100 100 90 90 90 -lambda 6.2 -N 5 -default_F 100 -distance 1
          "-detpixels 64 -seed 1").split()
 # a run long enough to interrupt (about 3-10 s on 2 cores)
 LONG = ("-cell 70 80 90 85 95 105 -misset 10 5 3 -lambda 1.5 -N 8 -default_F 100 -distance 100 "
-        "-detpixels 256 -mosaic 0.5 -mosaic_dom 50 -phi 0.1 -osc 1 -phisteps 10 -oversample 2 "
+        "-detpixels 1024 -mosaic 0.5 -mosaic_dom 50 -phi 0.1 -osc 1 -phisteps 10 -oversample 2 "
         "-seed 1 -nonoise -nopgm -noprogress").split()
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import types as _pytypes
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core.extending import intrinsic
 
 from ..physics import (capture_fraction, dot, interp_in_range, sincg_reduced_frac,
                        lattice_factor, like, nearest_F, polarization_factor, rotate_axis,
@@ -35,6 +36,22 @@ from .layout import (  # noqa: F401  (re-exported: K.I_* etc.)
 #: vectorise).  Never 'nnan' or 'ninf': NaN inputs must propagate as in C.
 #: Everything nanoBragg.c's float64 arithmetic (-c_parity) runs stays strict.
 FAST_MATH = {"contract", "reassoc"}
+
+
+@intrinsic
+def _prefer_512bit_vectors(typingctx):
+    """Ask LLVM to vectorise the calling function with 512-bit registers.
+
+    LLVM's tuning for AVX-512 CPUs prefers 256-bit vectors ("prefer-256-bit"),
+    and numba can only change that for the whole process (NUMBA_CPU_FEATURES),
+    which would also change user code and the loops that run slower with
+    zmm.  LLVM's per-function attribute "prefer-vector-width" overrides it for
+    this function alone; llvmlite's attribute set does not list string
+    attributes, hence set.add.  A no-op where the CPU has no AVX-512."""
+    def codegen(context, builder, sig, args):
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+    return types.none(), codegen
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
@@ -110,6 +127,7 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
     giving the straight-line code of three calls): numba inlines ``sincg_reduced_frac``
     (phase reduction and polynomial) once instead of once per axis, which
     takes about 4 CPU-s off the cold compile."""
+    _prefer_512bit_vectors()
     ncell = cells.shape[2]
     S0, S1, S2 = S
     one = S0 * 0 + 1
@@ -593,12 +611,25 @@ def block_eligible(iopt, ncell, first_pixel, latch_pixel):
 _block_eligible = njit(inline="always", **_JIT)(block_eligible)
 
 
-#: the shortest lattice loop that LLVM's vector code runs here: 4 doubles x 4
-#: interleaved, entered from 28 lanes (measured on the development CPU, an
-#: AVX-512 Xeon: 26 lanes cost 28 to 30 ns each, scalar, 28 lanes 9.5 to 10;
-#: docs/performance.md, fifth round); another CPU may differ, which costs speed
-#: only, never bits
-VECTOR_MIN_LANES = 28
+def _target_has_avx512() -> bool:
+    """Whether numba compiles for a CPU with AVX-512F (the features numba's
+    codegen uses: NUMBA_CPU_FEATURES, else the host's)."""
+    from numba.core import codegen, config
+    feats = config.CPU_FEATURES
+    if feats is None:
+        feats = codegen.get_host_cpu_features()
+    return "+avx512f" in feats.split(",")
+
+
+#: 512-bit vectors in the lattice loop (``_prefer_512bit_vectors``): 8 doubles
+#: per vector, 2 vectors per iteration and an 8-wide vector epilogue
+WIDE_VECTORS = _target_has_avx512()
+#: the shortest lattice loop that LLVM's vector code runs: measured on the
+#: development CPU, an AVX-512 Xeon (docs/performance.md, fifth and seventh
+#: rounds): with zmm the vector loop is entered from 16 lanes (15 lanes: 26 ns
+#: each, scalar; 16: 6), with ymm (4 doubles x 4 interleaved) from 28; another
+#: CPU may differ, which costs speed only, never bits
+VECTOR_MIN_LANES = 16 if WIDE_VECTORS else 28
 #: pixel_value defers its lattice loops (one loop over every sub-path's cells
 #: per pixel) when a sub-path has too few cells to vectorise and the pixel has
 #: enough (sub-path, cell) lanes; at most DEFER_MAX_LANES (buffer size)
@@ -802,11 +833,11 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
 
 #: pixel_value's lattice loop runs over the cell lanes rounded up to this
 #: multiple when it has at least VECTOR_MIN_LANES of them: its vector loop then
-#: ends in a 4-wide vector epilogue rather than in up to 3 scalar cells, each
-#: costing about 3 vector lanes (W2: 50 cells, 50 -> 52 lanes, about 9 % of
-#: that loop's time).  Shorter loops run scalar whole: padding would only add
-#: lanes to them.
-LANE_PAD = 4
+#: ends in a vector epilogue (8 or 4 wide) rather than in up to 7 or 3 scalar
+#: cells, each costing 3 to 5 vector lanes (W2: 50 cells, padded to 56 with
+#: zmm; with ymm 52 lanes cost about 9 % less than 50).  Shorter loops run
+#: scalar whole: padding would only add lanes to them.
+LANE_PAD = 8 if WIDE_VECTORS else 4
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")

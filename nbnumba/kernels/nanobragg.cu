@@ -297,15 +297,24 @@ __device__ __forceinline__ float sinpi_reduced(float x) {
 // that a product of axes takes one division.  The reduction is done in the
 // precision of h; f32_sines (-precision single) evaluates the two sines in
 // float32.
+// physics.reduce_phase (d, e and the parity), as sincg_reduced computes them:
+// the parity of n (N-1) + m from the low bits (AND for the product, XOR for the
+// sum), which int64 or wrapping int32 arithmetic gives alike
+template <typename real>
+__device__ __forceinline__ void reduce_phase(real h, real N, real* d, real* e, nb_i64* parity) {
+    const real n = nb_rint(h);
+    *d = h - n;
+    const real Nd = N * *d;
+    const real m = nb_rint(Nd);
+    *e = Nd - m;
+    *parity = (((nb_i64)n & ((nb_i64)N - 1)) ^ (nb_i64)m) & 1;
+}
+
 template <typename real>
 __device__ void sincg_reduced_parts(real h, real N, bool f32_sines, real* num, real* den) {
-    const real n = nb_rint(h);
-    const real d = h - n;
-    const real Nd = N * d;
-    const real m = nb_rint(Nd);
-    const real e = Nd - m;
-    // parity of n (N-1) + m; int64 arithmetic keeps the low bit of numba's int32 one
-    const nb_i64 parity = ((nb_i64)n * ((nb_i64)N - 1) + (nb_i64)m) & 1;
+    real d, e;
+    nb_i64 parity;
+    reduce_phase(h, N, &d, &e, &parity);
     if (d == (real)0.0) {
         *num = N;
         *den = (real)1.0;
@@ -953,16 +962,6 @@ __device__ void sincg_grad(double h, double N, double* gh, double* gN) {
     *gN = x * cN / s;
 }
 
-// physics.reduce_phase (d, e and the parity), as sincg_reduced computes them
-__device__ __forceinline__ void reduce_phase(double h, double N, double* d, double* e,
-                                             nb_i64* parity) {
-    const double n = rint(h);
-    *d = h - n;
-    const double Nd = N * *d;
-    const double m = rint(Nd);
-    *e = Nd - m;
-    *parity = ((nb_i64)n * ((nb_i64)N - 1) + (nb_i64)m) & 1;
-}
 
 // physics._sincg_reduced_grad_terms: the closed form, f = sincg_reduced(h, N)
 __device__ void sincg_reduced_grad_far(double h, double N, double f, double* gh, double* gN) {
