@@ -281,9 +281,12 @@ def nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, defaul
     branches, so loops calling it can vectorise."""
     inside = (hkls > 0 and h0 >= hmin and h0 <= hmax and k0 >= kmin and k0 <= kmax
               and l0 >= lmin and l0 <= lmax)
-    i = h0 - hmin if inside else 0
-    j = k0 - kmin if inside else 0
-    k = l0 - lmin if inside else 0
+    # unsigned indices (>= 0 here by the test above): no negative-index
+    # wraparound selects in the vectorised loops
+    zero = np.uint64(0)
+    i = np.uint64(h0 - hmin) if inside else zero
+    j = np.uint64(k0 - kmin) if inside else zero
+    k = np.uint64(l0 - lmin) if inside else zero
     v = Fhkl[i, j, k]
     return v if inside else default_F + v * 0
 

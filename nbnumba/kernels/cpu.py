@@ -93,7 +93,11 @@ def _lean_sum(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, d
     (the reassociated sum vectorises)."""
     acc = work[W_F, 0] * 0
     half = acc + 0.5
-    for j in range(j0, j0 + ncell):
+    # an unsigned column: numba then adds no negative-index wraparound, whose
+    # per-lane select turned the contiguous row loads into gathers
+    u0 = np.uint64(j0)
+    for i in range(ncell):
+        j = u0 + np.uint64(i)
         Fl = work[W_F, j]
         h0 = np.int64(np.ceil(work[W_H, j] - half))
         k0 = np.int64(np.ceil(work[W_K, j] - half))
