@@ -405,7 +405,7 @@ def sincg_near_coeffs(N):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def sincg_reduced_frac(h, N, f32):
+def sincg_reduced_frac(h, N, f32, signed):
     """(num, den, d, e, parity): sincg_reduced(h, N) as the fraction num / den,
     num = +-sin(pi e) and den = sin(pi d), or (+-N, 1) where d == 0, with its
     phase reduction (reduce_phase).  The one source of the reduced sincg's
@@ -413,9 +413,12 @@ def sincg_reduced_frac(h, N, f32):
     numerators and denominators and divides once per cell; the adjoint's fast
     path forms one reciprocal of the three denominators for its values and
     derivatives.  ``f32`` (a literal at the call site: one polynomial is
-    compiled, not both) evaluates the sines in float32.  Inlined, the
-    polynomials take the caller's flags (FMA contraction in the fast-math
-    loops)."""
+    compiled, not both) evaluates the sines in float32.  ``signed`` (a
+    literal too): with False, num carries no (-1)^parity sign, so the value
+    is sincg_reduced's up to its sign; the image kernel's lattice loop, whose
+    factor is only ever squared, skips the parity's integer work that way
+    (docs/performance.md, seventh round).  Inlined, the polynomials take the
+    caller's flags (FMA contraction in the fast-math loops)."""
     d, e, parity = reduce_phase(h, N)
     if f32:
         num = np.float64(sinpi_poly32(np.float32(e)))
@@ -425,7 +428,9 @@ def sincg_reduced_frac(h, N, f32):
         den = sinpi_poly64(d)
     num = N if d == 0.0 else num
     den = 1.0 if d == 0.0 else den
-    return (-num if parity != 0 else num), den, d, e, parity
+    if signed:
+        num = -num if parity != 0 else num
+    return num, den, d, e, parity
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -436,7 +441,7 @@ def sincg_reduced_parts(h, N):
     sincg_reduced_grad_from.  The polynomials are called directly
     (inline="always", not through the sinpi_reduced overload, which is
     compiled once with strict flags): inlined, they take the caller's flags."""
-    num, den, d, e, parity = sincg_reduced_frac(h, N, False)
+    num, den, d, e, parity = sincg_reduced_frac(h, N, False, True)
     # -(x / y) == (-x) / y and x / 1 == x: the bits of sincg_reduced
     return num / den, d, e, parity, den
 

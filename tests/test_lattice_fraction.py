@@ -1,7 +1,9 @@
 """The image kernel's square-crystal lattice loop forms F_latt as one fraction,
 (n_a n_b n_c) / (d_a d_b d_c), one division per cell instead of one per axis
 (benchmarks.hotspots found the three divisions holding ~25 % of W2's samples).
-Checked here against the per-axis reduced sincg of physics, cell by cell."""
+Checked here against the per-axis reduced sincg of physics, cell by cell: up
+to its sign, which the loop drops (its readers square the factor; the trace
+restores the sign from the per-axis factors)."""
 from __future__ import annotations
 
 import numpy as np
@@ -42,8 +44,12 @@ def test_fraction_matches_per_axis_product(N):
             if Nx > 1:
                 ref *= physics.sincg_reduced(float(x), Nx)
         got = work[K.W_F, j]
-        # a few ulps: the fraction rounds differently from the product of quotients
-        assert abs(got - ref) <= 8 * np.finfo(float).eps * abs(ref) + 1e-300, (j, got, ref)
+        # up to its sign (the loop's readers square it), and a few ulps: the
+        # fraction rounds differently from the product of quotients
+        assert abs(abs(got) - abs(ref)) <= 8 * np.finfo(float).eps * abs(ref) + 1e-300, (j, got, ref)
+        # the trace's sign: that of the per-axis factors' product
+        fa, fb, fc = K._axis_factors(work, j, h[j], k[j], l[j], *N, 1)
+        assert np.signbit(fa * fb * fc) == np.signbit(ref), (j, ref)
     # at an exact peak on every axis the value is the product of the N, exactly
     assert abs(work[K.W_F, 0]) == np.prod([x for x in N if x > 1])
 
@@ -58,7 +64,7 @@ def test_float32_sines_fraction():
     for j in range(n):
         ref = np.prod([physics.sincg_reduced(float(x), Nx, True)
                        for x, Nx in zip((h[j], k[j], l[j]), (5.0, 6.0, 7.0))])
-        assert abs(work[K.W_F, j] - ref) <= 3e-6 * abs(ref) + 1e-30, (j, work[K.W_F, j], ref)
+        assert abs(abs(work[K.W_F, j]) - abs(ref)) <= 3e-6 * abs(ref) + 1e-30, (j, work[K.W_F, j], ref)
 
 
 def test_parity_from_low_bits():

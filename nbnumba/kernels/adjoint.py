@@ -117,9 +117,9 @@ def _cell_lattice_grad(h, k, l, Na, Nb, Nc, cna, cnb, cnc):
     da = Na > 1
     db = Nb > 1
     dc = Nc > 1
-    na, sa, d_a, e_a, p_a = sincg_reduced_frac(h, Na, False)
-    nb, sb, d_b, e_b, p_b = sincg_reduced_frac(k, Nb, False)
-    nc, sc, d_c, e_c, p_c = sincg_reduced_frac(l, Nc, False)
+    na, sa, d_a, e_a, p_a = sincg_reduced_frac(h, Na, False, True)
+    nb, sb, d_b, e_b, p_b = sincg_reduced_frac(k, Nb, False, True)
+    nc, sc, d_c, e_c, p_c = sincg_reduced_frac(l, Nc, False, True)
     # one division for the three axes' 1/sin(pi d), values and derivatives,
     # instead of four (a factor of 1 where an axis is off or d == 0, where the
     # value is the numerator +-N); the product underflows only if all three

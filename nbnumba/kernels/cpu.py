@@ -124,6 +124,12 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
     for every (phi, mosaic) cell.  Compiled as ``_lattice_square_fast``:
     FMA contraction and reassociation after h, k, l (which stay exact).
 
+    The factor is stored up to its sign (sincg_reduced_frac's unsigned
+    numerators): every reader squares it (the lean sum, pass 2's F^2 F_latt^2,
+    where -x times -x is x times x bit for bit), and the parity's integer work
+    was ~14 % of this loop.  The trace prints the signed factor: pass 2 gives
+    it the sign of the per-axis factors' product (_axis_factors).
+
     cells: (2, 9, ncell) real-space a, b, c components (m) per cell, SoA so the
     loop is contiguous and branch-free (vectorises).
 
@@ -146,7 +152,7 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
             x = h if a == 0 else (k if a == 1 else l)
             N = Na if a == 0 else (Nb if a == 1 else Nc)
             if N > 1:
-                n_, d_, _, _, _ = sincg_reduced_frac(x, N, f32)
+                n_, d_, _, _, _ = sincg_reduced_frac(x, N, f32, False)
                 num = num * n_
                 den = den * d_
         work[W_F, j] = num / den
@@ -162,9 +168,9 @@ def _axis_factors(work, j, h, k, l, Na, Nb, Nc, reduced):
         return work[W_FA, j], work[W_FB, j], work[W_FC, j]
     f32 = reduced == 2
     one = h * 0 + 1
-    na, da, _, _, _ = sincg_reduced_frac(h, Na, f32)
-    nb, db, _, _, _ = sincg_reduced_frac(k, Nb, f32)
-    nc, dc, _, _, _ = sincg_reduced_frac(l, Nc, f32)
+    na, da, _, _, _ = sincg_reduced_frac(h, Na, f32, True)
+    nb, db, _, _, _ = sincg_reduced_frac(k, Nb, f32, True)
+    nc, dc, _, _, _ = sincg_reduced_frac(l, Nc, f32, True)
     return (na / da if Na > 1 else one, nb / db if Nb > 1 else one, nc / dc if Nc > 1 else one)
 
 
@@ -469,6 +475,12 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                         k = work[W_K, j]
                         l = work[W_L, j]
                         F_latt = work[W_F, j]
+                        if TRACE and shape == 0 and reduced != 0:
+                            # the fast loop keeps |F_latt| (its readers square
+                            # it); the trace lines print it with its sign
+                            sa_, sb_, sc_ = _axis_factors(work, j, h, k, l, Na, Nb, Nc, reduced)
+                            if np.signbit(F_latt) != np.signbit(sa_ * sb_ * sc_):
+                                F_latt = -F_latt
                         h0 = np.int64(np.ceil(h - like(0.5, z)))
                         k0 = np.int64(np.ceil(k - like(0.5, z)))
                         l0 = np.int64(np.ceil(l - like(0.5, z)))
