@@ -108,3 +108,47 @@ def test_wide_vector_request():
         asm[fn.__name__] = jf.inspect_asm(jf.signatures[0])
     assert ("zmm" in asm["wide"]) == K.WIDE_VECTORS
     assert "zmm" not in asm["body"]
+
+
+def test_inline_into_callers():
+    """_inline_into_callers (used by _lean_sum) marks the compiled function
+    alwaysinline for LLVM; a caller's code then has no call of it left, and
+    the fast-math callee's result is unchanged."""
+    from numba import njit
+
+    @njit(fastmath=K.FAST_MATH)
+    def callee(x):
+        K._inline_into_callers()
+        acc = 0.0
+        for i in range(x.size):
+            acc += x[i] * x[i]
+        return acc
+
+    @njit(fastmath=K.FAST_MATH)
+    def plain(x):
+        acc = 0.0
+        for i in range(x.size):
+            acc += x[i] * x[i]
+        return acc
+
+    @njit
+    def caller(x):
+        return callee(x) + 1.0
+
+    x = np.linspace(0.0, 1.0, 101)
+    assert caller(x) == plain(x) + 1.0
+
+    def defines(ir_text):
+        return [ln for ln in ir_text.splitlines() if ln.startswith("define") and "callee" in ln
+                or ln.startswith("define") and "plain" in ln]
+    ir_callee = callee.inspect_llvm(callee.signatures[0])
+    ir_plain = plain.inspect_llvm(plain.signatures[0])
+    attr_groups = {ln.split("=")[0].split()[1]: ln for ln in ir_callee.splitlines()
+                   if ln.startswith("attributes #")}
+    (fn,) = [ln for ln in defines(ir_callee) if "cpython" not in ln and "cfunc" not in ln]
+    assert "alwaysinline" in fn or any("alwaysinline" in attr_groups.get(t, "")
+                                       for t in fn.split() if t.startswith("#"))
+    assert "alwaysinline" not in ir_plain
+    asm = caller.inspect_asm(caller.signatures[0])
+    assert not [ln for ln in asm.splitlines()
+                if ln.split()[:1] in (["call"], ["callq"]) and "callee" in ln]
