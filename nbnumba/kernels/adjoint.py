@@ -336,6 +336,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
     (rows 0-2; k: 3-5, l: 6-8), for the host to apply R_j^T once
     (autodiff._Run.theta_grad).  cnear: _near_table(fopt), the near-peak
     coefficients (the same for every pixel).  work: (N_AWORK, ncell) scratch."""
+    K._inline_into_callers()
     os = iopt[K.I_OVERSAMPLE]
     nsrc, nphi, nmos = iopt[K.I_NSRC], iopt[K.I_NPHI], iopt[K.I_NMOS]
     ncell = nphi * nmos
