@@ -19,7 +19,8 @@ products; the fraction's one division; F lookup and sum 7).
 
 The peak is **measured** (``measure_peak``): one core's FP64 FMA throughput,
 from a loop of independent vector FMAs that llvmlite compiles for this CPU
-(512-bit vectors where it has AVX-512), best of several runs.  A peak from the
+(512-bit vectors where it has AVX-512), best of several runs, before and after
+the workloads (the better of the two).  A peak from the
 nominal clock (``--ghz``) overstates the fraction when the core runs faster
 than its nominal clock, as this project's development guest does (nominal
 2.1 GHz, about 2.75 GHz under 512-bit load).
@@ -96,7 +97,7 @@ def compile_peak_probe():
     return fn, width, asm
 
 
-def measure_peak(runs: int = 5, iters: int = 10_000_000) -> dict:
+def measure_peak(runs: int = 10, iters: int = 10_000_000) -> dict:
     """One core's measured FP64 peak, GFLOP/s: the best of ``runs`` timings of
     the probe (wall time of a single-threaded call)."""
     fn, width, _ = compile_peak_probe()
@@ -176,6 +177,17 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     from benchmarks import envinfo
     measured = measure_peak()
+    rows = []
+    if not a.peak_only:
+        with tempfile.TemporaryDirectory(prefix="nb-roofline-") as d:
+            for name in a.workloads:
+                rows.append(measure(name, a.threads, a.reps, d))
+        # the peak again after the workloads, the better of the two: a guest's
+        # neighbours can slow one probe as much as the kernel (a probe in a
+        # busy minute read 65.5 GFLOP/s where the idle core gives 88)
+        again = measure_peak()
+        if again["gflops"] > measured["gflops"]:
+            measured = again
     if a.ghz:
         peak = a.ghz * a.fma_units * 8 * 2
         how = "nominal: %.2f GHz x %d FMA x 8 x 2; measured %.1f" % (a.ghz, a.fma_units, measured["gflops"])
@@ -188,10 +200,7 @@ def main(argv=None) -> int:
     if a.peak_only:
         print(json.dumps(dict(cpu=envinfo.cpu_model(), peak_gflops_per_core=peak, measured=measured)))
         return 0
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="nb-roofline-") as d:
-        for name in a.workloads:
-            rows.append(roofline_row(measure(name, a.threads, a.reps, d), peak))
+    rows = [roofline_row(m, peak) for m in rows]
     asm = None if a.no_asm else asm_counts()
     print("| workload | sub-paths | kernel CPU-s (median; all) | Msub-paths per CPU-s "
           "| GFLOP per CPU-s | fraction of FP64 peak (one core) |")
