@@ -290,13 +290,6 @@ __device__ __forceinline__ float sinpi_reduced(float x) {
     return x * (((((c5 * t + c4) * t + c3) * t + c2) * t + c1) * t + c0);
 }
 
-// sincg(pi*h, N) on reduced arguments, physics.sincg_reduced, as a fraction
-// (physics.sincg_reduced_frac): with n = rint(h), d = h - n, m = rint(N d),
-// e = N d - m the value is (-1)^(n (N-1) + m) sin(pi e) / sin(pi d); *num
-// gets the signed numerator, *den the denominator ((+-N, 1) at d == 0), so
-// that a product of axes takes one division.  The reduction is done in the
-// precision of h; f32_sines (-precision single) evaluates the two sines in
-// float32.
 // physics.reduce_phase (d, e and the parity), as sincg_reduced computes them:
 // the parity of n (N-1) + m from the low bits (AND for the product, XOR for the
 // sum), which int64 or wrapping int32 arithmetic gives alike
@@ -310,6 +303,13 @@ __device__ __forceinline__ void reduce_phase(real h, real N, real* d, real* e, n
     *parity = (((nb_i64)n & ((nb_i64)N - 1)) ^ (nb_i64)m) & 1;
 }
 
+// sincg(pi*h, N) on reduced arguments, physics.sincg_reduced, as a fraction
+// (physics.sincg_reduced_frac): with n = rint(h), d = h - n, m = rint(N d),
+// e = N d - m the value is (-1)^(n (N-1) + m) sin(pi e) / sin(pi d); *num
+// gets the signed numerator, *den the denominator ((+-N, 1) at d == 0), so
+// that a product of axes takes one division.  The reduction is done in the
+// precision of h; f32_sines (-precision single) evaluates the two sines in
+// float32.
 template <typename real>
 __device__ void sincg_reduced_parts(real h, real N, bool f32_sines, real* num, real* den) {
     real d, e;
@@ -961,7 +961,6 @@ __device__ void sincg_grad(double h, double N, double* gh, double* gN) {
     *gh = NB_PI * (N * cN - f * cos(x)) / s;
     *gN = x * cN / s;
 }
-
 
 // physics._sincg_reduced_grad_terms: the closed form, f = sincg_reduced(h, N)
 __device__ void sincg_reduced_grad_far(double h, double N, double f, double* gh, double* gN) {
