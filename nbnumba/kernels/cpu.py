@@ -38,35 +38,37 @@ from .layout import (  # noqa: F401  (re-exported: K.I_* etc.)
 FAST_MATH = {"contract", "reassoc"}
 
 
-@intrinsic
-def _prefer_512bit_vectors(typingctx):
-    """Ask LLVM to vectorise the calling function with 512-bit registers.
-
-    LLVM's tuning for AVX-512 CPUs prefers 256-bit vectors ("prefer-256-bit"),
-    and numba can only change that for the whole process (NUMBA_CPU_FEATURES),
-    which would also change user code and the loops that run slower with
-    zmm.  LLVM's per-function attribute "prefer-vector-width" overrides it for
-    this function alone; llvmlite's attribute set does not list string
-    attributes, hence set.add.  A no-op where the CPU has no AVX-512."""
-    def codegen(context, builder, sig, args):
-        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
-        return context.get_dummy_value()
-    return types.none(), codegen
+def _function_attribute(attr, doc):
+    """A numba intrinsic that, called first thing in a jitted function, adds
+    the LLVM function attribute ``attr`` to that function (llvmlite's
+    attribute set lists no string attributes, hence set.add)."""
+    @intrinsic
+    def mark(typingctx):
+        def codegen(context, builder, sig, args):
+            set.add(builder.function.attributes, attr)
+            return context.get_dummy_value()
+        return types.none(), codegen
+    mark.__doc__ = doc
+    return mark
 
 
-@intrinsic
-def _inline_into_callers(typingctx):
-    """Mark the calling function ``alwaysinline`` for LLVM.
+_prefer_512bit_vectors = _function_attribute('"prefer-vector-width"="512"', """\
+Ask LLVM to vectorise the calling function with 512-bit registers.
 
-    Unlike numba's own ``inline="always"`` (which inlines numba IR, so the
-    callee takes the caller's fast-math flags), LLVM inlines the compiled
-    function as it is: its instructions keep their own flags and its loops
-    their vectorised form, so the bits do not change.  What goes is the call:
-    ~30 exploded array arguments per call of a short loop."""
-    def codegen(context, builder, sig, args):
-        builder.function.attributes.add("alwaysinline")
-        return context.get_dummy_value()
-    return types.none(), codegen
+LLVM's tuning for AVX-512 CPUs prefers 256-bit vectors ("prefer-256-bit"), and
+numba can only change that for the whole process (NUMBA_CPU_FEATURES), which
+would also change user code and the loops that run slower with zmm.  The
+per-function attribute "prefer-vector-width" overrides it for this function
+alone.  A no-op where the CPU has no AVX-512.""")
+
+_inline_into_callers = _function_attribute("alwaysinline", """\
+Mark the calling function ``alwaysinline`` for LLVM.
+
+Unlike numba's own ``inline="always"`` (which inlines numba IR, so the callee
+takes the caller's fast-math flags), LLVM inlines the compiled function as it
+is: its instructions keep their own flags and its loops their vectorised form,
+so the bits do not change.  What goes is the call: ~30 exploded array
+arguments per call of a short loop.""")
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
@@ -493,11 +495,12 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                         k = work[W_K, j]
                         l = work[W_L, j]
                         F_latt = work[W_F, j]
-                        if TRACE and shape == 0 and reduced != 0:
+                        fa_ = fb_ = fc_ = F_latt
+                        if TRACE and shape == 0:
+                            fa_, fb_, fc_ = _axis_factors(work, j, h, k, l, Na, Nb, Nc, reduced)
                             # the fast loop keeps |F_latt| (its readers square
                             # it); the trace lines print it with its sign
-                            sa_, sb_, sc_ = _axis_factors(work, j, h, k, l, Na, Nb, Nc, reduced)
-                            if np.signbit(F_latt) != np.signbit(sa_ * sb_ * sc_):
+                            if reduced != 0 and np.signbit(F_latt) != np.signbit(fa_ * fb_ * fc_):
                                 F_latt = -F_latt
                         h0 = np.int64(np.ceil(h - like(0.5, z)))
                         k0 = np.int64(np.ceil(k - like(0.5, z)))
@@ -514,8 +517,6 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                                     cstar[0], cstar[1], cstar[2], h, k, l,
                                     like(h0, z), like(k0, z), like(l0, z)))
                             if shape == 0:
-                                fa_, fb_, fc_ = _axis_factors(work, j, h, k, l, Na, Nb, Nc,
-                                                              reduced)
                                 if phi_tic == 0:
                                     _record(tbuf, tpos, EV_LATT, (fa_, fb_, fc_, F_latt))
                                 _record(tbuf, tpos, EV_PHI, (like(phi_tic, z), like(variant, z), k,
