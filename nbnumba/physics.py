@@ -114,6 +114,33 @@ def sinpi_poly64(x):
 
 
 @_jit_inline
+def sinpi_poly64_x6(x1, x2, x3, x4, x5, x6):
+    """sinpi_poly64 of six arguments: each result is formed by the same
+    operations in the same order, so it has the same bits; only the six Horner
+    chains are interleaved, step by step.  In the lattice loop's vector code
+    the out-of-order core then always has six independent FMAs at hand, where
+    one chain after another left the FMA ports waiting on a chain's latency
+    (docs/performance.md, eighth round)."""
+    t1 = x1 * x1
+    t2 = x2 * x2
+    t3 = x3 * x3
+    t4 = x4 * x4
+    t5 = x5 * x5
+    t6 = x6 * x6
+    c = _S64[10]
+    p1 = p2 = p3 = p4 = p5 = p6 = c
+    for i in range(9, -1, -1):
+        c = _S64[i]
+        p1 = p1 * t1 + c
+        p2 = p2 * t2 + c
+        p3 = p3 * t3 + c
+        p4 = p4 * t4 + c
+        p5 = p5 * t5 + c
+        p6 = p6 * t6 + c
+    return x1 * p1, x2 * p2, x3 * p3, x4 * p4, x5 * p5, x6 * p6
+
+
+@_jit_inline
 def reduce_phase(h, N):
     """The reduction of sincg_reduced: (d, e, parity) with n = rint(h), d = h - n,
     m = rint(N d), e = N d - m and parity = (n (N-1) + m) mod 2."""
@@ -431,6 +458,39 @@ def sincg_reduced_frac(h, N, f32, signed):
     if signed:
         num = -num if parity != 0 else num
     return num, den, d, e, parity
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def sincg_reduced_frac3(h, k, l, Na, Nb, Nc, f32, limit):
+    """(num, den): the products over the three axes of sincg_reduced_frac's
+    unsigned (num, den), for Na, Nb, Nc all > 1, in the same operations (the
+    same bits as multiplying the three calls' results in axis order).  The
+    image kernel's lattice loop: with no branch on N between the axes, the
+    loop body is one block, and in float64 the six sines' polynomials run
+    interleaved (sinpi_poly64_x6).  ``limit`` (a literal): with False the
+    float64 form leaves out the d == 0 limit, so an axis with d == 0 makes
+    num = den = 0 (its sines are both sin(0)); the caller detects those
+    cells by den == 0 and evaluates them again with True.  That limit's
+    compares and selects were about 7 % of the loop's vector work (docs/performance.md,
+    eighth round)."""
+    if f32:
+        na, sa, _, _, _ = sincg_reduced_frac(h, Na, True, False)
+        nb, sb, _, _, _ = sincg_reduced_frac(k, Nb, True, False)
+        nc, sc, _, _, _ = sincg_reduced_frac(l, Nc, True, False)
+    else:
+        da, ea, _ = reduce_phase(h, Na)
+        db, eb, _ = reduce_phase(k, Nb)
+        dc, ec, _ = reduce_phase(l, Nc)
+        na, sa, nb, sb, nc, sc = sinpi_poly64_x6(ea, da, eb, db, ec, dc)
+        if limit:
+            # sincg_reduced_frac's limit at d == 0
+            na = Na if da == 0.0 else na
+            sa = 1.0 if da == 0.0 else sa
+            nb = Nb if db == 0.0 else nb
+            sb = 1.0 if db == 0.0 else sb
+            nc = Nc if dc == 0.0 else nc
+            sc = 1.0 if dc == 0.0 else sc
+    return na * nb * nc, sa * sb * sc
 
 
 @njit(cache=True, inline="always", error_model="numpy")

@@ -54,6 +54,90 @@ def test_fraction_matches_per_axis_product(N):
     assert abs(work[K.W_F, 0]) == np.prod([x for x in N if x > 1])
 
 
+def _per_axis_reference(h, k, l, N, f32):
+    """The loop's factor from three sincg_reduced_frac calls, in a scalar
+    function with the loop's fast-math flags (the same FMA contraction of the
+    polynomials): (n_a n_b n_c) / (d_a d_b d_c), unsigned."""
+    from numba import njit
+
+    @njit(fastmath=K.FAST_MATH, error_model="numpy")
+    def ref(h, k, l, Na, Nb, Nc):
+        out = np.empty(h.size)
+        for j in range(h.size):
+            na, sa, _, _, _ = physics.sincg_reduced_frac(h[j], Na, f32, False)
+            nb, sb, _, _, _ = physics.sincg_reduced_frac(k[j], Nb, f32, False)
+            nc, sc, _, _, _ = physics.sincg_reduced_frac(l[j], Nc, f32, False)
+            out[j] = (na * nb * nc) / (sa * sb * sc)
+        return out
+    return ref(h, k, l, *N)
+
+
+@pytest.mark.parametrize("f32", [False, True])
+def test_branch_free_loop_bits(f32):
+    """With every N > 1 the loop takes its branch-free form: the six sines'
+    polynomials interleaved (sinpi_poly64_x6) and the d == 0 limit applied in
+    a second pass over the cells, only where a cell lies on a lattice plane.
+    Its factors are those of the per-axis fractions bit for bit, on the plane
+    cells too (a loop without the second pass leaves them 0 / 0)."""
+    rng = np.random.default_rng(11)
+    n = 157
+    h, k, l = (rng.uniform(-30, 30, n) for _ in range(3))
+    h[7] = 3.0                               # one axis on a plane
+    h[40], k[40], l[40] = -2.0, 5.0, 0.0     # every axis
+    k[100] = np.round(k[100]) + 1e-12        # near a plane, not on it
+    N = (5.0, 8.0, 3.0)
+    cells = _cells(h, k, l)
+    work = np.zeros((K.N_WORK, n))
+    K._lattice_square_fast(np.int64(1), (1.0, 0.0, 0.0), cells, work, *N, f32)
+    ref = _per_axis_reference(h, k, l, N, f32)
+    assert np.array_equal(work[K.W_F], ref)
+    assert np.all(np.isfinite(work[K.W_F]))
+    assert work[K.W_F, 40] == 5.0 * 8.0 * 3.0
+
+
+def test_six_interleaved_sines_bits():
+    """sinpi_poly64_x6 gives each argument sinpi_poly64's bits (the same
+    operations, only interleaved), here compiled with the loop's fast-math
+    flags as in the lattice loop."""
+    from numba import njit
+
+    @njit(fastmath=K.FAST_MATH, error_model="numpy")
+    def both(x):
+        one = np.empty(x.size)
+        six = np.empty(x.size)
+        for i in range(x.size):
+            one[i] = physics.sinpi_poly64(x[i])
+        for i in range(0, x.size, 6):
+            r = physics.sinpi_poly64_x6(x[i], x[i + 1], x[i + 2], x[i + 3], x[i + 4], x[i + 5])
+            for j in range(6):
+                six[i + j] = r[j]
+        return one, six
+
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.uniform(-0.5, 0.5, 594), [0.0, -0.0, 0.5, -0.5, 1e-300, -3e-9]])
+    one, six = both(x)
+    assert np.array_equal(one, six)
+    assert abs(one[594 + 2] - 1.0) < 2e-16 and one[594] == 0.0
+
+
+def test_padding_and_spare_lanes_avoid_planes():
+    """The lanes the sums never read must not lie on a lattice plane (d == 0
+    would send the loop to its second pass on every call): lattice_cells pads
+    with copies of the last real cell, and lane_buffer's lanes start at
+    h = k = l = 1/4."""
+    from nbnumba.kernels.layout import N_IOPT, I_SHAPE, I_REDUCED
+    iopt = np.zeros(N_IOPT, dtype=np.int64)
+    iopt[I_SHAPE], iopt[I_REDUCED] = 0, 1
+    n = 3 * K.LANE_PAD + 1 if 3 * K.LANE_PAD + 1 >= K.VECTOR_MIN_LANES else K.VECTOR_MIN_LANES + 1
+    cells = np.random.default_rng(2).normal(size=(2, 9, n))
+    padded = K.lattice_cells(iopt, cells)
+    assert padded.shape[2] % K.LANE_PAD == 0 and padded.shape[2] > n
+    assert np.array_equal(padded[:, :, :n], cells)
+    assert np.all(padded[:, :, n:] == cells[:, :, n - 1:n])
+    lanes = K.lane_buffer(24, cells)
+    assert np.all(lanes[1, [0, 3, 6]] == 0.25) and np.count_nonzero(lanes) == 3 * 24
+
+
 def test_float32_sines_fraction():
     rng = np.random.default_rng(3)
     n = 64

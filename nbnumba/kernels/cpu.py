@@ -19,8 +19,8 @@ import numpy as np
 from numba import njit, types
 from numba.core.extending import intrinsic
 
-from ..physics import (capture_fraction, dot, interp_in_range, sincg_reduced_frac,
-                       lattice_factor, like, nearest_F, polarization_factor, rotate_axis,
+from ..physics import (capture_fraction, dot, interp_in_range, lattice_factor, like, nearest_F,
+                       polarization_factor, rotate_axis, sincg_reduced_frac, sincg_reduced_frac3,
                        solid_angle, tricubic_F, unitize)
 from .layout import (  # noqa: F401  (re-exported: K.I_* etc.)
     I_OVERSAMPLE, I_THICKSTEPS, I_NSRC, I_NPHI, I_NMOS, I_SHAPE, I_CURVED, I_POINT, I_NOPOLAR,
@@ -153,14 +153,44 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
     cells: (2, 9, ncell) real-space a, b, c components (m) per cell, SoA so the
     loop is contiguous and branch-free (vectorises).
 
-    The three axes run through one loop over ``a`` (LLVM unrolls it fully,
-    giving the straight-line code of three calls): numba inlines ``sincg_reduced_frac``
-    (phase reduction and polynomial) once instead of once per axis, which
-    takes about 4 CPU-s off the cold compile."""
+    With every N > 1 (the common case) the loop body is one block:
+    sincg_reduced_frac3 evaluates the six sines' polynomials interleaved and
+    leaves out the d == 0 limit, which a second pass applies to the cells
+    that need it (a cell on a lattice plane: rare, since the padding cells
+    copy a real one and lane_buffer's spare lanes sit at 1/4).  The branches
+    on N > 1 between the axes had split the loop into blocks that the core
+    ran one after the other: 1.2 to 1.4x slower per cell, the same bits
+    (docs/performance.md, eighth round).
+
+    Otherwise the three axes run through one loop over ``a`` (LLVM unrolls
+    it fully, giving the straight-line code of three calls): numba inlines
+    ``sincg_reduced_frac`` (phase reduction and polynomial) once instead of
+    once per axis, which takes about 4 CPU-s off the cold compile."""
     _prefer_512bit_vectors()
     ncell = cells.shape[2]
     S0, S1, S2 = S
     one = S0 * 0 + 1
+    if Na > 1 and Nb > 1 and Nc > 1:
+        zero_den = False
+        for j in range(ncell):
+            h, k, l = _hkl(cells, variant, j, S0, S1, S2)
+            work[W_H, j] = h
+            work[W_K, j] = k
+            work[W_L, j] = l
+            num, den = sincg_reduced_frac3(h, k, l, Na, Nb, Nc, f32, False)
+            work[W_F, j] = num / den
+            zero_den |= den == 0.0
+        if zero_den:
+            # some cell on a lattice plane (den == 0 only where d == 0 on an
+            # axis): every cell again, with the limit (the others get the
+            # same bits, the limit's selects leaving them as they are)
+            for j in range(ncell):
+                h = work[W_H, j]
+                k = work[W_K, j]
+                l = work[W_L, j]
+                num, den = sincg_reduced_frac3(h, k, l, Na, Nb, Nc, f32, True)
+                work[W_F, j] = num / den
+        return
     for j in range(ncell):
         h, k, l = _hkl(cells, variant, j, S0, S1, S2)
         work[W_H, j] = h
@@ -239,7 +269,7 @@ _lattice_square_fast = njit(fastmath=FAST_MATH, _nrt=False, **_JIT)(_variant(_la
 
 # ---- lanes: several sub-paths' cells in one lattice loop ---------------------
 # The block path and pixel_value's deferred lattice store each lane's exact
-# Miller indices as the x components of variant 1 of a zeroed cell buffer
+# Miller indices as the x components of variant 1 of a cell buffer (lane_buffer: zeros elsewhere)
 # ``lanes`` and evaluate them all with S = (1, 0, 0): h * 1 + 0 * 0 + 0 * 0 == h
 # bit for bit, so the lattice factors are those of the sub-path's own loop.
 @njit(cache=True, inline="always", error_model="numpy")
@@ -797,7 +827,7 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
 
     The lattice factors of all nb x os^2 x ncell (pixel, sub-pixel, cell)
     lanes come from one call of _lattice_square_fast, the default mode's hot
-    loop, on the cells ``bcells`` (zeros except a_x, b_x, c_x of variant 1)
+    loop, on the cells ``bcells`` (lane_buffer: zeros except a_x, b_x, c_x of variant 1)
     with S = (1, 0, 0): lane q = c ncell + j (c: _block_geometry's column)
     gets a_x = h, b_x = k, c_x = l of that sub-path and cell j (exact, by
     _hkl), and h * 1 + 0 * 0 + 0 * 0 == h bit for bit.  So the block path adds
@@ -879,9 +909,11 @@ LANE_PAD = 8 if WIDE_VECTORS else 4
 def lattice_cells(iopt, cells):
     """The cells (2, 9, ncell) that pixel_value's lattice loop runs over: for
     the square crystal on reduced sincg with at least VECTOR_MIN_LANES cells,
-    with zero columns appended up to a multiple of LANE_PAD; else cells
-    itself.  A zero cell has h = k = l = 0: finite lattice factors, computed
-    in the padding lanes and never read (the sums run over nphi x nmos cells)."""
+    with copies of the last cell appended up to a multiple of LANE_PAD; else
+    cells itself.  The padding lanes' factors are computed and never read
+    (the sums run over nphi x nmos cells); a copy of a real cell, not a zero
+    one, so that they meet a lattice plane (d == 0, where the loop evaluates
+    its cells a second time) only where a real cell does."""
     n = cells.shape[2]
     npad = (n + LANE_PAD - 1) // LANE_PAD * LANE_PAD
     if iopt[I_SHAPE] != 0 or iopt[I_REDUCED] == 0 or n < VECTOR_MIN_LANES or npad == n:
@@ -890,8 +922,23 @@ def lattice_cells(iopt, cells):
     # element loops, not a slice assignment: that one took ~4 s of cold compile
     for v in range(cells.shape[0]):
         for r in range(cells.shape[1]):
-            for j in range(n):
-                out[v, r, j] = cells[v, r, j]
+            for j in range(npad):
+                out[v, r, j] = cells[v, r, min(j, n - 1)]
+    return out
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def lane_buffer(nlane, dtype_like):
+    """A lane buffer (2, 9, nlane) for _index_lanes / _index_block: zeros, but
+    index 1/4 in every lane (rows a_x, b_x, c_x of variant 1, which
+    _lattice_lanes reads as h, k, l).  Lanes a pixel or block leaves unused
+    are computed along: a quarter from a lattice plane, never d == 0 (which
+    would send the lattice loop to its second pass)."""
+    out = np.zeros((2, 9, nlane), dtype=dtype_like.dtype)
+    for q in range(nlane):
+        out[1, 0, q] = 0.25
+        out[1, 3, q] = 0.25
+        out[1, 6, q] = 0.25
     return out
 
 
@@ -912,7 +959,7 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     if not block:
         cells = lattice_cells(iopt, cells)
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
-    dcells = np.zeros((2, 9, nd), dtype=cells.dtype)
+    dcells = lane_buffer(nd, cells)
     dwork = np.empty((N_WORK, nd), dtype=cells.dtype)
     nsub = iopt[I_OVERSAMPLE] * iopt[I_OVERSAMPLE] if block else 1
     geo = np.empty((N_BLOCK, BLOCK * nsub), dtype=cells.dtype)
@@ -920,7 +967,7 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     fs = np.empty(BLOCK, dtype=np.int64)
     nlane = BLOCK * nsub * ncell if block else 1
     bwork = np.empty((N_WORK, nlane), dtype=cells.dtype)
-    bcells = np.zeros((2, 9, nlane), dtype=cells.dtype)
+    bcells = lane_buffer(nlane, cells)
     # the block path's cells (variant 1) tiled along its lanes, and the lanes' S
     tcells = np.empty((1, 9, nlane), dtype=cells.dtype)
     sl = np.empty((3, nlane), dtype=cells.dtype)
