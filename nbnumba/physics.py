@@ -461,35 +461,23 @@ def sincg_reduced_frac(h, N, f32, signed):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def sincg_reduced_frac3(h, k, l, Na, Nb, Nc, f32, limit):
+def sincg_reduced_frac3(h, k, l, Na, Nb, Nc):
     """(num, den): the products over the three axes of sincg_reduced_frac's
-    unsigned (num, den), for Na, Nb, Nc all > 1, in the same operations (the
-    same bits as multiplying the three calls' results in axis order).  The
-    image kernel's lattice loop: with no branch on N between the axes, the
-    loop body is one block, and in float64 the six sines' polynomials run
-    interleaved (sinpi_poly64_x6).  ``limit`` (a literal): with False the
-    float64 form leaves out the d == 0 limit, so an axis with d == 0 makes
-    num = den = 0 (its sines are both sin(0)); the caller detects those
-    cells by den == 0 and evaluates them again with True.  That limit's
-    compares and selects were about 7 % of the loop's vector work (docs/performance.md,
-    eighth round)."""
-    if f32:
-        na, sa, _, _, _ = sincg_reduced_frac(h, Na, True, False)
-        nb, sb, _, _, _ = sincg_reduced_frac(k, Nb, True, False)
-        nc, sc, _, _, _ = sincg_reduced_frac(l, Nc, True, False)
-    else:
-        da, ea, _ = reduce_phase(h, Na)
-        db, eb, _ = reduce_phase(k, Nb)
-        dc, ec, _ = reduce_phase(l, Nc)
-        na, sa, nb, sb, nc, sc = sinpi_poly64_x6(ea, da, eb, db, ec, dc)
-        if limit:
-            # sincg_reduced_frac's limit at d == 0
-            na = Na if da == 0.0 else na
-            sa = 1.0 if da == 0.0 else sa
-            nb = Nb if db == 0.0 else nb
-            sb = 1.0 if db == 0.0 else sb
-            nc = Nc if dc == 0.0 else nc
-            sc = 1.0 if dc == 0.0 else sc
+    unsigned (num, den) in float64, in the same operations (the same bits as
+    multiplying the three calls' results in axis order).  The image kernel's
+    lattice loop: with no branch between the axes the loop body is one
+    block, and the six sines' polynomials run interleaved (sinpi_poly64_x6)."""
+    da, ea, _ = reduce_phase(h, Na)
+    db, eb, _ = reduce_phase(k, Nb)
+    dc, ec, _ = reduce_phase(l, Nc)
+    na, sa, nb, sb, nc, sc = sinpi_poly64_x6(ea, da, eb, db, ec, dc)
+    # sincg_reduced_frac's limit at d == 0
+    na = Na if da == 0.0 else na
+    sa = 1.0 if da == 0.0 else sa
+    nb = Nb if db == 0.0 else nb
+    sb = 1.0 if db == 0.0 else sb
+    nc = Nc if dc == 0.0 else nc
+    sc = 1.0 if dc == 0.0 else sc
     return na * nb * nc, sa * sb * sc
 
 

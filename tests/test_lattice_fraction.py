@@ -55,44 +55,62 @@ def test_fraction_matches_per_axis_product(N):
 
 
 def _per_axis_reference(h, k, l, N, f32):
-    """The loop's factor from three sincg_reduced_frac calls, in a scalar
-    function with the loop's fast-math flags (the same FMA contraction of the
-    polynomials): (n_a n_b n_c) / (d_a d_b d_c), unsigned."""
+    """The loop's factor from sincg_reduced_frac calls, in a scalar function
+    with the loop's fast-math flags (the same FMA contraction of the
+    polynomials): the product of the unsigned fractions of the axes with
+    N > 1, in axis order, as the loop formed it with a branch per axis."""
     from numba import njit
 
     @njit(fastmath=K.FAST_MATH, error_model="numpy")
     def ref(h, k, l, Na, Nb, Nc):
         out = np.empty(h.size)
         for j in range(h.size):
-            na, sa, _, _, _ = physics.sincg_reduced_frac(h[j], Na, f32, False)
-            nb, sb, _, _, _ = physics.sincg_reduced_frac(k[j], Nb, f32, False)
-            nc, sc, _, _, _ = physics.sincg_reduced_frac(l[j], Nc, f32, False)
-            out[j] = (na * nb * nc) / (sa * sb * sc)
+            num = 1.0
+            den = 1.0
+            for x, N in ((h[j], Na), (k[j], Nb), (l[j], Nc)):
+                if N > 1:
+                    n_, d_, _, _, _ = physics.sincg_reduced_frac(x, N, f32, False)
+                    num = num * n_
+                    den = den * d_
+            out[j] = num / den
         return out
     return ref(h, k, l, *N)
 
 
+@pytest.mark.parametrize("N", [(5.0, 8.0, 3.0), (5.0, 1.0, 3.0), (1.0, 1.0, 2.0), (0.5, 1.0, 1.0)])
 @pytest.mark.parametrize("f32", [False, True])
-def test_branch_free_loop_bits(f32):
-    """With every N > 1 the loop takes its branch-free form: the six sines'
-    polynomials interleaved (sinpi_poly64_x6) and the d == 0 limit applied in
-    a second pass over the cells, only where a cell lies on a lattice plane.
-    Its factors are those of the per-axis fractions bit for bit, on the plane
-    cells too (a loop without the second pass leaves them 0 / 0)."""
+def test_branch_free_loop_bits(f32, N):
+    """The loop's one branch-free body: an axis with N <= 1 evaluated at
+    1/2 (a factor of exactly 1) and, in float64, the six sines' polynomials
+    interleaved (sinpi_poly64_x6).  Its factors are those of the per-axis
+    fractions with a branch per axis, bit for bit, on lattice planes
+    (d == 0) too."""
     rng = np.random.default_rng(11)
     n = 157
     h, k, l = (rng.uniform(-30, 30, n) for _ in range(3))
     h[7] = 3.0                               # one axis on a plane
     h[40], k[40], l[40] = -2.0, 5.0, 0.0     # every axis
     k[100] = np.round(k[100]) + 1e-12        # near a plane, not on it
-    N = (5.0, 8.0, 3.0)
     cells = _cells(h, k, l)
     work = np.zeros((K.N_WORK, n))
     K._lattice_square_fast(np.int64(1), (1.0, 0.0, 0.0), cells, work, *N, f32)
     ref = _per_axis_reference(h, k, l, N, f32)
     assert np.array_equal(work[K.W_F], ref)
     assert np.all(np.isfinite(work[K.W_F]))
-    assert work[K.W_F, 40] == 5.0 * 8.0 * 3.0
+    assert work[K.W_F, 40] == np.prod([x for x in N if x > 1])
+
+
+def test_sine_of_one_half_is_one():
+    """_axis_in's premise: the sine polynomials give exactly 1 at 1/2 (and
+    so sin(pi/2) / sin(pi/2) == 1), in float64 and float32, with the lattice
+    loop's FMA contraction and without."""
+    from numba import njit
+    for flags in (K.FAST_MATH, False):
+        f64 = njit(fastmath=flags)(lambda x: physics.sinpi_poly64(x))
+        f32 = njit(fastmath=flags)(lambda x: physics.sinpi_poly32(x))
+        assert f64(0.5) == 1.0 and f32(np.float32(0.5)) == np.float32(1.0)
+    d, e, _ = physics.reduce_phase(0.5, 1.0)     # both sines see 1/2
+    assert d == e == 0.5
 
 
 def test_six_interleaved_sines_bits():
@@ -118,24 +136,6 @@ def test_six_interleaved_sines_bits():
     one, six = both(x)
     assert np.array_equal(one, six)
     assert abs(one[594 + 2] - 1.0) < 2e-16 and one[594] == 0.0
-
-
-def test_padding_and_spare_lanes_avoid_planes():
-    """The lanes the sums never read must not lie on a lattice plane (d == 0
-    would send the loop to its second pass on every call): lattice_cells pads
-    with copies of the last real cell, and lane_buffer's lanes start at
-    h = k = l = 1/4."""
-    from nbnumba.kernels.layout import N_IOPT, I_SHAPE, I_REDUCED
-    iopt = np.zeros(N_IOPT, dtype=np.int64)
-    iopt[I_SHAPE], iopt[I_REDUCED] = 0, 1
-    n = 3 * K.LANE_PAD + 1 if 3 * K.LANE_PAD + 1 >= K.VECTOR_MIN_LANES else K.VECTOR_MIN_LANES + 1
-    cells = np.random.default_rng(2).normal(size=(2, 9, n))
-    padded = K.lattice_cells(iopt, cells)
-    assert padded.shape[2] % K.LANE_PAD == 0 and padded.shape[2] > n
-    assert np.array_equal(padded[:, :, :n], cells)
-    assert np.all(padded[:, :, n:] == cells[:, :, n - 1:n])
-    lanes = K.lane_buffer(24, cells)
-    assert np.all(lanes[1, [0, 3, 6]] == 0.25) and np.count_nonzero(lanes) == 3 * 24
 
 
 def test_float32_sines_fraction():

@@ -139,6 +139,22 @@ def _store(work, j, h, k, l, F, fa, fb, fc):
     work[W_FC, j] = fc
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _axis_in(x, N):
+    """An axis's (index, N) as the lattice loop evaluates it: (x, N) where
+    N > 1, else (1/2, 1), whose fraction is sin(pi/2) / sin(pi/2) = 1 / 1
+    exactly (the polynomials give 1.0 at 1/2, in float64 and float32,
+    contracted or not; tests/test_lattice_fraction.py), so the product of
+    the three axes is the product of the others, bit for bit: nanoBragg's
+    factor 1 for an axis with N <= 1, without a branch.  The index as
+    x m + c (m, c = 1, 0 or 0, 1/2; invariant, hoisted out of the loop):
+    exact either way."""
+    on = N > 1
+    m = 1.0 if on else 0.0
+    c = 0.0 if on else 0.5
+    return x * m + c, (N if on else 1.0)
+
+
 def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
     """Fractional indices and square-crystal lattice factors (reduced sincg)
     for every (phi, mosaic) cell.  Compiled as ``_lattice_square_fast``:
@@ -153,58 +169,37 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
     cells: (2, 9, ncell) real-space a, b, c components (m) per cell, SoA so the
     loop is contiguous and branch-free (vectorises).
 
-    With every N > 1 (the common case) the loop body is one block:
-    sincg_reduced_frac3 evaluates the six sines' polynomials interleaved and
-    leaves out the d == 0 limit, which a second pass applies to the cells
-    that need it (a cell on a lattice plane: rare, since the padding cells
-    copy a real one and lane_buffer's spare lanes sit at 1/4).  The branches
-    on N > 1 between the axes had split the loop into blocks that the core
-    ran one after the other: 1.2 to 1.4x slower per cell, the same bits
-    (docs/performance.md, eighth round).
-
-    Otherwise the three axes run through one loop over ``a`` (LLVM unrolls
-    it fully, giving the straight-line code of three calls): numba inlines
-    ``sincg_reduced_frac`` (phase reduction and polynomial) once instead of
-    once per axis, which takes about 4 CPU-s off the cold compile."""
+    The loop body is one block, with no branch between the axes: an axis
+    with N <= 1 is evaluated at 1/2 (_axis_in), and sincg_reduced_frac3
+    evaluates the six sines' polynomials interleaved.  Branches on N > 1
+    between the axes had split the loop into blocks that the core ran one
+    after the other: 1.3 to 1.4x slower per cell, the same bits
+    (docs/performance.md, eighth round)."""
     _prefer_512bit_vectors()
     ncell = cells.shape[2]
     S0, S1, S2 = S
-    one = S0 * 0 + 1
-    if Na > 1 and Nb > 1 and Nc > 1:
-        zero_den = False
-        for j in range(ncell):
-            h, k, l = _hkl(cells, variant, j, S0, S1, S2)
-            work[W_H, j] = h
-            work[W_K, j] = k
-            work[W_L, j] = l
-            num, den = sincg_reduced_frac3(h, k, l, Na, Nb, Nc, f32, False)
-            work[W_F, j] = num / den
-            zero_den |= den == 0.0
-        if zero_den:
-            # some cell on a lattice plane (den == 0 only where d == 0 on an
-            # axis): every cell again, with the limit (the others get the
-            # same bits, the limit's selects leaving them as they are)
-            for j in range(ncell):
-                h = work[W_H, j]
-                k = work[W_K, j]
-                l = work[W_L, j]
-                num, den = sincg_reduced_frac3(h, k, l, Na, Nb, Nc, f32, True)
-                work[W_F, j] = num / den
-        return
     for j in range(ncell):
         h, k, l = _hkl(cells, variant, j, S0, S1, S2)
         work[W_H, j] = h
         work[W_K, j] = k
         work[W_L, j] = l
-        num = one
-        den = one
-        for a in range(3):
-            x = h if a == 0 else (k if a == 1 else l)
-            N = Na if a == 0 else (Nb if a == 1 else Nc)
-            if N > 1:
-                n_, d_, _, _, _ = sincg_reduced_frac(x, N, f32, False)
+        if f32:
+            # float32 sines (-precision single): one axis after another,
+            # through a loop that LLVM unrolls (numba inlines the helpers
+            # once, not three times: compile time)
+            num = 1.0
+            den = 1.0
+            for a in range(3):
+                x, N = _axis_in(h if a == 0 else (k if a == 1 else l),
+                                Na if a == 0 else (Nb if a == 1 else Nc))
+                n_, d_, _, _, _ = sincg_reduced_frac(x, N, True, False)
                 num = num * n_
                 den = den * d_
+        else:
+            xa, Na_ = _axis_in(h, Na)
+            xb, Nb_ = _axis_in(k, Nb)
+            xc, Nc_ = _axis_in(l, Nc)
+            num, den = sincg_reduced_frac3(xa, xb, xc, Na_, Nb_, Nc_)
         work[W_F, j] = num / den
 
 
@@ -269,7 +264,7 @@ _lattice_square_fast = njit(fastmath=FAST_MATH, _nrt=False, **_JIT)(_variant(_la
 
 # ---- lanes: several sub-paths' cells in one lattice loop ---------------------
 # The block path and pixel_value's deferred lattice store each lane's exact
-# Miller indices as the x components of variant 1 of a cell buffer (lane_buffer: zeros elsewhere)
+# Miller indices as the x components of variant 1 of a zeroed cell buffer
 # ``lanes`` and evaluate them all with S = (1, 0, 0): h * 1 + 0 * 0 + 0 * 0 == h
 # bit for bit, so the lattice factors are those of the sub-path's own loop.
 @njit(cache=True, inline="always", error_model="numpy")
@@ -827,7 +822,7 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
 
     The lattice factors of all nb x os^2 x ncell (pixel, sub-pixel, cell)
     lanes come from one call of _lattice_square_fast, the default mode's hot
-    loop, on the cells ``bcells`` (lane_buffer: zeros except a_x, b_x, c_x of variant 1)
+    loop, on the cells ``bcells`` (zeros except a_x, b_x, c_x of variant 1)
     with S = (1, 0, 0): lane q = c ncell + j (c: _block_geometry's column)
     gets a_x = h, b_x = k, c_x = l of that sub-path and cell j (exact, by
     _hkl), and h * 1 + 0 * 0 + 0 * 0 == h bit for bit.  So the block path adds
@@ -909,11 +904,9 @@ LANE_PAD = 8 if WIDE_VECTORS else 4
 def lattice_cells(iopt, cells):
     """The cells (2, 9, ncell) that pixel_value's lattice loop runs over: for
     the square crystal on reduced sincg with at least VECTOR_MIN_LANES cells,
-    with copies of the last cell appended up to a multiple of LANE_PAD; else
-    cells itself.  The padding lanes' factors are computed and never read
-    (the sums run over nphi x nmos cells); a copy of a real cell, not a zero
-    one, so that they meet a lattice plane (d == 0, where the loop evaluates
-    its cells a second time) only where a real cell does."""
+    with zero columns appended up to a multiple of LANE_PAD; else cells
+    itself.  A zero cell has h = k = l = 0: finite lattice factors, computed
+    in the padding lanes and never read (the sums run over nphi x nmos cells)."""
     n = cells.shape[2]
     npad = (n + LANE_PAD - 1) // LANE_PAD * LANE_PAD
     if iopt[I_SHAPE] != 0 or iopt[I_REDUCED] == 0 or n < VECTOR_MIN_LANES or npad == n:
@@ -922,23 +915,8 @@ def lattice_cells(iopt, cells):
     # element loops, not a slice assignment: that one took ~4 s of cold compile
     for v in range(cells.shape[0]):
         for r in range(cells.shape[1]):
-            for j in range(npad):
-                out[v, r, j] = cells[v, r, min(j, n - 1)]
-    return out
-
-
-@njit(cache=True, fastmath=False, error_model="numpy")
-def lane_buffer(nlane, dtype_like):
-    """A lane buffer (2, 9, nlane) for _index_lanes / _index_block: zeros, but
-    index 1/4 in every lane (rows a_x, b_x, c_x of variant 1, which
-    _lattice_lanes reads as h, k, l).  Lanes a pixel or block leaves unused
-    are computed along: a quarter from a lattice plane, never d == 0 (which
-    would send the lattice loop to its second pass)."""
-    out = np.zeros((2, 9, nlane), dtype=dtype_like.dtype)
-    for q in range(nlane):
-        out[1, 0, q] = 0.25
-        out[1, 3, q] = 0.25
-        out[1, 6, q] = 0.25
+            for j in range(n):
+                out[v, r, j] = cells[v, r, j]
     return out
 
 
@@ -959,7 +937,7 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     if not block:
         cells = lattice_cells(iopt, cells)
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
-    dcells = lane_buffer(nd, cells)
+    dcells = np.zeros((2, 9, nd), dtype=cells.dtype)
     dwork = np.empty((N_WORK, nd), dtype=cells.dtype)
     nsub = iopt[I_OVERSAMPLE] * iopt[I_OVERSAMPLE] if block else 1
     geo = np.empty((N_BLOCK, BLOCK * nsub), dtype=cells.dtype)
@@ -967,7 +945,7 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     fs = np.empty(BLOCK, dtype=np.int64)
     nlane = BLOCK * nsub * ncell if block else 1
     bwork = np.empty((N_WORK, nlane), dtype=cells.dtype)
-    bcells = lane_buffer(nlane, cells)
+    bcells = np.zeros((2, 9, nlane), dtype=cells.dtype)
     # the block path's cells (variant 1) tiled along its lanes, and the lanes' S
     tcells = np.empty((1, 9, nlane), dtype=cells.dtype)
     sl = np.empty((3, nlane), dtype=cells.dtype)
