@@ -169,11 +169,11 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
     cells: (2, 9, ncell) real-space a, b, c components (m) per cell, SoA so the
     loop is contiguous and branch-free (vectorises).
 
-    The loop body is one block, with no branch between the axes: an axis
-    with N <= 1 is evaluated at 1/2 (_axis_in), and sincg_reduced_frac3
-    evaluates the six sines' polynomials interleaved.  Branches on N > 1
-    between the axes had split the loop into blocks that the core ran one
-    after the other: 1.3 to 1.4x slower per cell, the same bits
+    No branch on N between the axes' sines: an axis with N <= 1 is evaluated
+    at 1/2 (_axis_in), so the reductions, the six sines (interleaved, in
+    float64: sincg_reduced_frac3) and the fraction form one block.  Branches
+    on N > 1 around each axis had split it into blocks that the core ran
+    one after the other: 1.13 to 1.15x slower per cell, the same bits
     (docs/performance.md, eighth round)."""
     _prefer_512bit_vectors()
     ncell = cells.shape[2]
