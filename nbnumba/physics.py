@@ -464,20 +464,18 @@ def sincg_reduced_frac(h, N, f32, signed):
 def sincg_reduced_frac3(h, k, l, Na, Nb, Nc):
     """(num, den): the products over the three axes of sincg_reduced_frac's
     unsigned (num, den) in float64, in the same operations (the same bits as
-    multiplying the three calls' results in axis order).  The image kernel's
-    lattice loop: with no branch between the axes the loop body is one
-    block, and the six sines' polynomials run interleaved (sinpi_poly64_x6)."""
+    multiplying the three calls' results in axis order), except its d == 0
+    limit: an axis with d == 0 makes num = den = 0 (both its sines are
+    sin(0)).  The image kernel's lattice loop: with no branch between the
+    axes the loop body is one block, and the six sines' polynomials run
+    interleaved (sinpi_poly64_x6); the loop finds the rare cells on a
+    lattice plane by den == 0 and evaluates them again with the limit (the
+    limit's compares and selects were about 5 % of the loop's time:
+    docs/performance.md, eighth round)."""
     da, ea, _ = reduce_phase(h, Na)
     db, eb, _ = reduce_phase(k, Nb)
     dc, ec, _ = reduce_phase(l, Nc)
     na, sa, nb, sb, nc, sc = sinpi_poly64_x6(ea, da, eb, db, ec, dc)
-    # sincg_reduced_frac's limit at d == 0
-    na = Na if da == 0.0 else na
-    sa = 1.0 if da == 0.0 else sa
-    nb = Nb if db == 0.0 else nb
-    sb = 1.0 if db == 0.0 else sb
-    nc = Nc if dc == 0.0 else nc
-    sc = 1.0 if dc == 0.0 else sc
     return na * nb * nc, sa * sb * sc
 
 

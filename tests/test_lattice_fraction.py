@@ -80,11 +80,13 @@ def _per_axis_reference(h, k, l, N, f32):
 @pytest.mark.parametrize("N", [(5.0, 8.0, 3.0), (5.0, 1.0, 3.0), (1.0, 1.0, 2.0), (0.5, 1.0, 1.0)])
 @pytest.mark.parametrize("f32", [False, True])
 def test_branch_free_loop_bits(f32, N):
-    """The loop's one branch-free body: an axis with N <= 1 evaluated at
-    1/2 (a factor of exactly 1) and, in float64, the six sines' polynomials
-    interleaved (sinpi_poly64_x6).  Its factors are those of the per-axis
-    fractions with a branch per axis, bit for bit, on lattice planes
-    (d == 0) too."""
+    """The loop's branch-free bodies: with float64 sines and every N > 1,
+    the six sines' polynomials interleaved (sinpi_poly64_x6) and the d == 0
+    limit applied afterwards (_plane_factor), only to the cells on a lattice
+    plane; otherwise one axis after another, an axis with N <= 1 evaluated
+    at 1/2 (a factor of exactly 1).  Their factors are those of the
+    per-axis fractions with a branch per axis, bit for bit, on the plane
+    cells too (without the second pass they would be 0 / 0)."""
     rng = np.random.default_rng(11)
     n = 157
     h, k, l = (rng.uniform(-30, 30, n) for _ in range(3))
@@ -136,6 +138,24 @@ def test_six_interleaved_sines_bits():
     one, six = both(x)
     assert np.array_equal(one, six)
     assert abs(one[594 + 2] - 1.0) < 2e-16 and one[594] == 0.0
+
+
+def test_padding_and_spare_lanes_avoid_planes():
+    """The lanes the sums never read must not lie on a lattice plane (d == 0
+    would send the loop to its second pass on every call): lattice_cells pads
+    with copies of the last real cell, and lane_buffer's lanes start at
+    h = k = l = 1/4."""
+    from nbnumba.kernels.layout import N_IOPT, I_SHAPE, I_REDUCED
+    iopt = np.zeros(N_IOPT, dtype=np.int64)
+    iopt[I_SHAPE], iopt[I_REDUCED] = 0, 1
+    n = 3 * K.LANE_PAD + 1 if 3 * K.LANE_PAD + 1 >= K.VECTOR_MIN_LANES else K.VECTOR_MIN_LANES + 1
+    cells = np.random.default_rng(2).normal(size=(2, 9, n))
+    padded = K.lattice_cells(iopt, cells)
+    assert padded.shape[2] % K.LANE_PAD == 0 and padded.shape[2] > n
+    assert np.array_equal(padded[:, :, :n], cells)
+    assert np.all(padded[:, :, n:] == cells[:, :, n - 1:n])
+    lanes = K.lane_buffer(24, cells)
+    assert np.all(lanes[1, [0, 3, 6]] == 0.25) and np.count_nonzero(lanes) == 3 * 24
 
 
 def test_float32_sines_fraction():

@@ -71,6 +71,12 @@ so the bits do not change.  What goes is the call: ~30 exploded array
 arguments per call of a short loop.""")
 
 
+_never_inline = _function_attribute("noinline", """\
+Mark the calling function ``noinline`` for LLVM: a rarely taken path stays a
+call, out of its caller's vector loop (where LLVM would otherwise inline it
+and try to vectorise it along, at a cost in compile time and nothing gained).""")
+
+
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
 def _record(tbuf, tpos, ev, vals):
     """Append one trace row; ``vals`` is a tuple of floats (one type, so a
@@ -155,6 +161,34 @@ def _axis_in(x, N):
     return x * m + c, (N if on else 1.0)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _axes_fraction(h, k, l, Na, Nb, Nc, f32):
+    """One cell's square-crystal factor, one axis after another (an axis with
+    N <= 1 at 1/2: _axis_in), through a loop that LLVM unrolls (numba inlines
+    the helpers once, not three times: compile time): the product of
+    sincg_reduced_frac's unsigned fractions, with its d == 0 limit."""
+    num = 1.0
+    den = 1.0
+    for a in range(3):
+        x, N = _axis_in(h if a == 0 else (k if a == 1 else l),
+                        Na if a == 0 else (Nb if a == 1 else Nc))
+        n_, d_, _, _, _ = sincg_reduced_frac(x, N, f32, False)
+        num = num * n_
+        den = den * d_
+    return num / den
+
+
+@njit(cache=True, _nrt=False, fastmath=FAST_MATH, error_model="numpy")
+def _plane_factor(h, k, l, Na, Nb, Nc):
+    """The float64 loop's factor (_axes_fraction) of a cell on a lattice
+    plane, which the fast loop leaves at 0 / 0: the loop's flags and the same
+    operations as its lanes (for N > 1, _axis_in gives the index itself), so
+    the same bits (tests/test_lattice_fraction.py).  A call, never inlined
+    into the loop."""
+    _never_inline()
+    return _axes_fraction(h, k, l, Na, Nb, Nc, False)
+
+
 def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
     """Fractional indices and square-crystal lattice factors (reduced sincg)
     for every (phi, mosaic) cell.  Compiled as ``_lattice_square_fast``:
@@ -169,38 +203,54 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
     cells: (2, 9, ncell) real-space a, b, c components (m) per cell, SoA so the
     loop is contiguous and branch-free (vectorises).
 
-    No branch on N between the axes' sines: an axis with N <= 1 is evaluated
-    at 1/2 (_axis_in), so the reductions, the six sines (interleaved, in
-    float64: sincg_reduced_frac3) and the fraction form one block.  Branches
-    on N > 1 around each axis had split it into blocks that the core ran
-    one after the other: 1.13 to 1.15x slower per cell, the same bits
-    (docs/performance.md, eighth round)."""
+    Float64 sines with every N > 1 (the common case) take a loop whose body
+    is one block: sincg_reduced_frac3 evaluates the six sines' polynomials
+    interleaved and leaves out the d == 0 limit, which _plane_factor applies
+    afterwards to the cells that need it (a cell on a lattice plane: rare,
+    since the padding cells copy a real one and lane_buffer's spare lanes sit
+    at 1/4).  Branches on N > 1 between the axes had split the loop into
+    blocks that the core ran one after the other: 1.15 to 1.25x slower per
+    cell, the same bits (docs/performance.md, eighth round).  Otherwise the
+    loop evaluates _axes_fraction (no branch on N either)."""
     _prefer_512bit_vectors()
     ncell = cells.shape[2]
     S0, S1, S2 = S
+    if f32:
+        # float32 sines (-precision single); f32 is a literal, so each
+        # compiled copy holds one of the two loops
+        for j in range(ncell):
+            h, k, l = _hkl(cells, variant, j, S0, S1, S2)
+            work[W_H, j] = h
+            work[W_K, j] = k
+            work[W_L, j] = l
+            work[W_F, j] = _axes_fraction(h, k, l, Na, Nb, Nc, True)
+        return
+    if Na > 1 and Nb > 1 and Nc > 1:
+        zero_den = False
+        for j in range(ncell):
+            h, k, l = _hkl(cells, variant, j, S0, S1, S2)
+            work[W_H, j] = h
+            work[W_K, j] = k
+            work[W_L, j] = l
+            num, den = sincg_reduced_frac3(h, k, l, Na, Nb, Nc)
+            work[W_F, j] = num / den
+            zero_den |= den == 0.0
+        if zero_den:
+            # a cell on a lattice plane (den == 0 only where d == 0 on an
+            # axis; num is 0 there too: a NaN factor, or inf if den
+            # underflowed): those cells again, with the limit
+            inf = np.inf
+            for j in range(ncell):
+                if not abs(work[W_F, j]) < inf:
+                    work[W_F, j] = _plane_factor(work[W_H, j], work[W_K, j], work[W_L, j],
+                                                 Na, Nb, Nc)
+        return
     for j in range(ncell):
         h, k, l = _hkl(cells, variant, j, S0, S1, S2)
         work[W_H, j] = h
         work[W_K, j] = k
         work[W_L, j] = l
-        if f32:
-            # float32 sines (-precision single): one axis after another,
-            # through a loop that LLVM unrolls (numba inlines the helpers
-            # once, not three times: compile time)
-            num = 1.0
-            den = 1.0
-            for a in range(3):
-                x, N = _axis_in(h if a == 0 else (k if a == 1 else l),
-                                Na if a == 0 else (Nb if a == 1 else Nc))
-                n_, d_, _, _, _ = sincg_reduced_frac(x, N, True, False)
-                num = num * n_
-                den = den * d_
-        else:
-            xa, Na_ = _axis_in(h, Na)
-            xb, Nb_ = _axis_in(k, Nb)
-            xc, Nc_ = _axis_in(l, Nc)
-            num, den = sincg_reduced_frac3(xa, xb, xc, Na_, Nb_, Nc_)
-        work[W_F, j] = num / den
+        work[W_F, j] = _axes_fraction(h, k, l, Na, Nb, Nc, False)
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
@@ -264,8 +314,8 @@ _lattice_square_fast = njit(fastmath=FAST_MATH, _nrt=False, **_JIT)(_variant(_la
 
 # ---- lanes: several sub-paths' cells in one lattice loop ---------------------
 # The block path and pixel_value's deferred lattice store each lane's exact
-# Miller indices as the x components of variant 1 of a zeroed cell buffer
-# ``lanes`` and evaluate them all with S = (1, 0, 0): h * 1 + 0 * 0 + 0 * 0 == h
+# Miller indices as the x components of variant 1 of a cell buffer
+# ``lanes`` (lane_buffer) and evaluate them all with S = (1, 0, 0): h * 1 + 0 * 0 + 0 * 0 == h
 # bit for bit, so the lattice factors are those of the sub-path's own loop.
 @njit(cache=True, inline="always", error_model="numpy")
 def _index_lanes(cells, variant, ncell, S0, S1, S2, lanes, q0):
@@ -822,7 +872,7 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
 
     The lattice factors of all nb x os^2 x ncell (pixel, sub-pixel, cell)
     lanes come from one call of _lattice_square_fast, the default mode's hot
-    loop, on the cells ``bcells`` (zeros except a_x, b_x, c_x of variant 1)
+    loop, on the cells ``bcells`` (lane_buffer: zeros except a_x, b_x, c_x of variant 1)
     with S = (1, 0, 0): lane q = c ncell + j (c: _block_geometry's column)
     gets a_x = h, b_x = k, c_x = l of that sub-path and cell j (exact, by
     _hkl), and h * 1 + 0 * 0 + 0 * 0 == h bit for bit.  So the block path adds
@@ -904,9 +954,11 @@ LANE_PAD = 8 if WIDE_VECTORS else 4
 def lattice_cells(iopt, cells):
     """The cells (2, 9, ncell) that pixel_value's lattice loop runs over: for
     the square crystal on reduced sincg with at least VECTOR_MIN_LANES cells,
-    with zero columns appended up to a multiple of LANE_PAD; else cells
-    itself.  A zero cell has h = k = l = 0: finite lattice factors, computed
-    in the padding lanes and never read (the sums run over nphi x nmos cells)."""
+    with copies of the last cell appended up to a multiple of LANE_PAD; else
+    cells itself.  The padding lanes' factors are computed and never read
+    (the sums run over nphi x nmos cells); a copy of a real cell, not a zero
+    one, so that they meet a lattice plane (d == 0, where the loop evaluates
+    its cells a second time) only where a real cell does."""
     n = cells.shape[2]
     npad = (n + LANE_PAD - 1) // LANE_PAD * LANE_PAD
     if iopt[I_SHAPE] != 0 or iopt[I_REDUCED] == 0 or n < VECTOR_MIN_LANES or npad == n:
@@ -915,8 +967,23 @@ def lattice_cells(iopt, cells):
     # element loops, not a slice assignment: that one took ~4 s of cold compile
     for v in range(cells.shape[0]):
         for r in range(cells.shape[1]):
-            for j in range(n):
-                out[v, r, j] = cells[v, r, j]
+            for j in range(npad):
+                out[v, r, j] = cells[v, r, min(j, n - 1)]
+    return out
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def lane_buffer(nlane, dtype_like):
+    """A lane buffer (2, 9, nlane) for _index_lanes / _index_block: zeros, but
+    index 1/4 in every lane (rows a_x, b_x, c_x of variant 1, which
+    _lattice_lanes reads as h, k, l).  Lanes a pixel or block leaves unused
+    are computed along: a quarter from a lattice plane, never d == 0 (which
+    would send the lattice loop to its second pass)."""
+    out = np.zeros((2, 9, nlane), dtype=dtype_like.dtype)
+    for q in range(nlane):
+        out[1, 0, q] = 0.25
+        out[1, 3, q] = 0.25
+        out[1, 6, q] = 0.25
     return out
 
 
@@ -937,7 +1004,7 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     if not block:
         cells = lattice_cells(iopt, cells)
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
-    dcells = np.zeros((2, 9, nd), dtype=cells.dtype)
+    dcells = lane_buffer(nd, cells)
     dwork = np.empty((N_WORK, nd), dtype=cells.dtype)
     nsub = iopt[I_OVERSAMPLE] * iopt[I_OVERSAMPLE] if block else 1
     geo = np.empty((N_BLOCK, BLOCK * nsub), dtype=cells.dtype)
@@ -945,7 +1012,7 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     fs = np.empty(BLOCK, dtype=np.int64)
     nlane = BLOCK * nsub * ncell if block else 1
     bwork = np.empty((N_WORK, nlane), dtype=cells.dtype)
-    bcells = np.zeros((2, 9, nlane), dtype=cells.dtype)
+    bcells = lane_buffer(nlane, cells)
     # the block path's cells (variant 1) tiled along its lanes, and the lanes' S
     tcells = np.empty((1, 9, nlane), dtype=cells.dtype)
     sl = np.empty((3, nlane), dtype=cells.dtype)
