@@ -116,7 +116,7 @@ from nbnumba.kernels import cpu as K
 n = 64
 cells = np.random.default_rng(0).normal(size=(2, 9, n)) * 1e-9
 work = np.zeros((K.N_WORK, n))
-K._lattice_square_fast(np.int64(1), (1e9, 2e9, 3e9), cells, work, 5.0, 6.0, 7.0, False)
+K._lattice_square_fast(np.int64(1), (1e9, 2e9, 3e9), cells, work, 5.0, 6.0, 7.0)
 K._lean_sum(work, 0, n, np.ones((2, 2, 2)), 0, 0, 1, 0, 1, 0, 1, 100.0)
 out = {}
 for fn in (K._lattice_square_fast, K._lean_sum):

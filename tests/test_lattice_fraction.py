@@ -36,7 +36,7 @@ def test_fraction_matches_per_axis_product(N):
     h[20:30] = np.round(h[20:30]) + 1e-9
     cells = _cells(h, k, l)
     work = np.zeros((K.N_WORK, n))
-    K._lattice_square_fast(np.int64(1), (1.0, 0.0, 0.0), cells, work, *N, False)
+    K._lattice_square_fast(np.int64(1), (1.0, 0.0, 0.0), cells, work, *N)
     assert np.array_equal(work[K.W_H], h) and np.array_equal(work[K.W_L], l)
     for j in range(n):
         ref = 1.0
@@ -95,7 +95,8 @@ def test_branch_free_loop_bits(f32, N):
     k[100] = np.round(k[100]) + 1e-12        # near a plane, not on it
     cells = _cells(h, k, l)
     work = np.zeros((K.N_WORK, n))
-    K._lattice_square_fast(np.int64(1), (1.0, 0.0, 0.0), cells, work, *N, f32)
+    (K._lattice_square_fast32 if f32 else K._lattice_square_fast)(
+        np.int64(1), (1.0, 0.0, 0.0), cells, work, *N)
     ref = _per_axis_reference(h, k, l, N, f32)
     assert np.array_equal(work[K.W_F], ref)
     assert np.all(np.isfinite(work[K.W_F]))
@@ -164,7 +165,7 @@ def test_float32_sines_fraction():
     h, k, l = (rng.uniform(-20, 20, n) for _ in range(3))
     cells = _cells(h, k, l)
     work = np.zeros((K.N_WORK, n))
-    K._lattice_square_fast(np.int64(1), (1.0, 0.0, 0.0), cells, work, 5.0, 6.0, 7.0, True)
+    K._lattice_square_fast32(np.int64(1), (1.0, 0.0, 0.0), cells, work, 5.0, 6.0, 7.0)
     for j in range(n):
         ref = np.prod([physics.sincg_reduced(float(x), Nx, True)
                        for x, Nx in zip((h[j], k[j], l[j]), (5.0, 6.0, 7.0))])

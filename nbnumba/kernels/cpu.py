@@ -189,7 +189,13 @@ def _plane_factor(h, k, l, Na, Nb, Nc):
     return _axes_fraction(h, k, l, Na, Nb, Nc, False)
 
 
-def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
+#: False in _lattice_square_fast, True in _lattice_square_fast32 (-precision
+#: single's float32 sines): a module constant, so numba prunes the other
+#: precision's loops before typing (a literal argument was not pruned)
+F32_SINES = False
+
+
+def _lattice_square(variant, S, cells, work, Na, Nb, Nc):
     """Fractional indices and square-crystal lattice factors (reduced sincg)
     for every (phi, mosaic) cell.  Compiled as ``_lattice_square_fast``:
     FMA contraction and reassociation after h, k, l (which stay exact).
@@ -215,17 +221,14 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
     _prefer_512bit_vectors()
     ncell = cells.shape[2]
     S0, S1, S2 = S
-    if f32:
-        # float32 sines (-precision single); f32 is a literal, so each
-        # compiled copy holds one of the two loops
+    if F32_SINES:
         for j in range(ncell):
             h, k, l = _hkl(cells, variant, j, S0, S1, S2)
             work[W_H, j] = h
             work[W_K, j] = k
             work[W_L, j] = l
             work[W_F, j] = _axes_fraction(h, k, l, Na, Nb, Nc, True)
-        return
-    if Na > 1 and Nb > 1 and Nc > 1:
+    elif Na > 1 and Nb > 1 and Nc > 1:
         zero_den = False
         for j in range(ncell):
             h, k, l = _hkl(cells, variant, j, S0, S1, S2)
@@ -244,13 +247,13 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc, f32):
                 if not abs(work[W_F, j]) < inf:
                     work[W_F, j] = _plane_factor(work[W_H, j], work[W_K, j], work[W_L, j],
                                                  Na, Nb, Nc)
-        return
-    for j in range(ncell):
-        h, k, l = _hkl(cells, variant, j, S0, S1, S2)
-        work[W_H, j] = h
-        work[W_K, j] = k
-        work[W_L, j] = l
-        work[W_F, j] = _axes_fraction(h, k, l, Na, Nb, Nc, False)
+    else:
+        for j in range(ncell):
+            h, k, l = _hkl(cells, variant, j, S0, S1, S2)
+            work[W_H, j] = h
+            work[W_K, j] = k
+            work[W_L, j] = l
+            work[W_F, j] = _axes_fraction(h, k, l, Na, Nb, Nc, False)
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
@@ -310,6 +313,8 @@ _JIT = dict(cache=True, error_model="numpy")
 # increments and decrements the shared arrays' reference counts atomically, and
 # with several threads those cache lines bounce between cores on every call.
 _lattice_square_fast = njit(fastmath=FAST_MATH, _nrt=False, **_JIT)(_variant(_lattice_square, "_lattice_square_fast"))
+_lattice_square_fast32 = njit(fastmath=FAST_MATH, _nrt=False, **_JIT)(
+    _variant(_lattice_square, "_lattice_square_fast32", F32_SINES=True))
 
 
 # ---- lanes: several sub-paths' cells in one lattice loop ---------------------
@@ -363,9 +368,9 @@ def _lattice_lanes(lanes, work, reduced, Na, Nb, Nc):
     # computed, not a literal 1: a literal makes numba compile _hkl a second time
     v1 = reduced * 0 + 1
     if reduced == 2:
-        _lattice_square_fast(v1, unit, lanes, work, Na, Nb, Nc, True)
+        _lattice_square_fast32(v1, unit, lanes, work, Na, Nb, Nc)
     else:
-        _lattice_square_fast(v1, unit, lanes, work, Na, Nb, Nc, False)
+        _lattice_square_fast(v1, unit, lanes, work, Na, Nb, Nc)
 
 
 def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells,
@@ -546,9 +551,9 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                         # indices; float32 sines under -precision single (a
                         # constant per compiled copy)
                         if reduced == 2:
-                            _lattice_square_fast(variant, S, cells, work, Na, Nb, Nc, True)
+                            _lattice_square_fast32(variant, S, cells, work, Na, Nb, Nc)
                         else:
-                            _lattice_square_fast(variant, S, cells, work, Na, Nb, Nc, False)
+                            _lattice_square_fast(variant, S, cells, work, Na, Nb, Nc)
                     else:
                         _lattice_general(variant, S, cells, work, shape, Na, Nb, Nc, fudge,
                                          astar, bstar, cstar, reduced)
