@@ -215,9 +215,10 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc):
     afterwards to the cells that need it (a cell on a lattice plane: rare,
     since the padding cells copy a real one and lane_buffer's spare lanes sit
     at 1/4).  Branches on N > 1 between the axes had split the loop into
-    blocks that the core ran one after the other: 1.15 to 1.25x slower per
-    cell, the same bits (docs/performance.md, eighth round).  Otherwise the
-    loop evaluates _axes_fraction (no branch on N either)."""
+    blocks that the core ran one after the other: 1.2 to 1.3x slower per
+    cell, the same bits (docs/performance.md, eighth round).  Otherwise, and
+    in the float32-sine copy (F32_SINES), the loop evaluates _axes_fraction
+    (no branch on N either)."""
     _prefer_512bit_vectors()
     ncell = cells.shape[2]
     S0, S1, S2 = S
