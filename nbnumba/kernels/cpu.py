@@ -222,39 +222,32 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc):
     _prefer_512bit_vectors()
     ncell = cells.shape[2]
     S0, S1, S2 = S
-    if F32_SINES:
+    if F32_SINES or not (Na > 1 and Nb > 1 and Nc > 1):
         for j in range(ncell):
             h, k, l = _hkl(cells, variant, j, S0, S1, S2)
             work[W_H, j] = h
             work[W_K, j] = k
             work[W_L, j] = l
-            work[W_F, j] = _axes_fraction(h, k, l, Na, Nb, Nc, True)
-    elif Na > 1 and Nb > 1 and Nc > 1:
-        zero_den = False
+            work[W_F, j] = _axes_fraction(h, k, l, Na, Nb, Nc, F32_SINES)
+        return
+    zero_den = False
+    for j in range(ncell):
+        h, k, l = _hkl(cells, variant, j, S0, S1, S2)
+        work[W_H, j] = h
+        work[W_K, j] = k
+        work[W_L, j] = l
+        num, den = sincg_reduced_frac3(h, k, l, Na, Nb, Nc)
+        work[W_F, j] = num / den
+        zero_den |= den == 0.0
+    if zero_den:
+        # a cell on a lattice plane (den == 0 only where d == 0 on an axis;
+        # num is 0 there too: a NaN factor, or inf if den underflowed): those
+        # cells again, with the limit
+        inf = np.inf
         for j in range(ncell):
-            h, k, l = _hkl(cells, variant, j, S0, S1, S2)
-            work[W_H, j] = h
-            work[W_K, j] = k
-            work[W_L, j] = l
-            num, den = sincg_reduced_frac3(h, k, l, Na, Nb, Nc)
-            work[W_F, j] = num / den
-            zero_den |= den == 0.0
-        if zero_den:
-            # a cell on a lattice plane (den == 0 only where d == 0 on an
-            # axis; num is 0 there too: a NaN factor, or inf if den
-            # underflowed): those cells again, with the limit
-            inf = np.inf
-            for j in range(ncell):
-                if not abs(work[W_F, j]) < inf:
-                    work[W_F, j] = _plane_factor(work[W_H, j], work[W_K, j], work[W_L, j],
-                                                 Na, Nb, Nc)
-    else:
-        for j in range(ncell):
-            h, k, l = _hkl(cells, variant, j, S0, S1, S2)
-            work[W_H, j] = h
-            work[W_K, j] = k
-            work[W_L, j] = l
-            work[W_F, j] = _axes_fraction(h, k, l, Na, Nb, Nc, False)
+            if not abs(work[W_F, j]) < inf:
+                work[W_F, j] = _plane_factor(work[W_H, j], work[W_K, j], work[W_L, j],
+                                             Na, Nb, Nc)
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
