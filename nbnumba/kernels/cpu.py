@@ -313,8 +313,8 @@ _lattice_square_fast32 = njit(fastmath=FAST_MATH, _nrt=False, **_JIT)(
 
 # ---- lanes: several sub-paths' cells in one lattice loop ---------------------
 # The block path and pixel_value's deferred lattice store each lane's exact
-# Miller indices as the x components of variant 1 of a cell buffer
-# ``lanes`` (lane_buffer) and evaluate them all with S = (1, 0, 0): h * 1 + 0 * 0 + 0 * 0 == h
+# Miller indices as the x components of variant 1 of a cell buffer ``lanes``
+# (lane_buffer) and evaluate them all with S = (1, 0, 0): h * 1 + 0 * 0 + 0 * 0 == h
 # bit for bit, so the lattice factors are those of the sub-path's own loop.
 @njit(cache=True, inline="always", error_model="numpy")
 def _index_lanes(cells, variant, ncell, S0, S1, S2, lanes, q0):
@@ -871,7 +871,8 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
 
     The lattice factors of all nb x os^2 x ncell (pixel, sub-pixel, cell)
     lanes come from one call of _lattice_square_fast, the default mode's hot
-    loop, on the cells ``bcells`` (lane_buffer: zeros except a_x, b_x, c_x of variant 1)
+    loop, on the cells ``bcells`` (lane_buffer: zeros except a_x, b_x, c_x of
+    variant 1)
     with S = (1, 0, 0): lane q = c ncell + j (c: _block_geometry's column)
     gets a_x = h, b_x = k, c_x = l of that sub-path and cell j (exact, by
     _hkl), and h * 1 + 0 * 0 + 0 * 0 == h bit for bit.  So the block path adds
