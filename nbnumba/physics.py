@@ -117,10 +117,11 @@ def sinpi_poly64(x):
 def sinpi_poly64_x6(x1, x2, x3, x4, x5, x6):
     """sinpi_poly64 of six arguments: each result is formed by the same
     operations in the same order, so it has the same bits; only the six Horner
-    chains are interleaved, step by step.  In the lattice loop's vector code
-    the out-of-order core then always has six independent FMAs at hand, where
-    one chain after another left the FMA ports waiting on a chain's latency
-    (docs/performance.md, eighth round)."""
+    chains are interleaved, step by step, in one block with no branch between
+    them, for the out-of-order core to overlap.  (LLVM's scheduler lays the
+    chains out one after another again; the lattice loop's gain came mostly
+    from losing its branches between the axes: docs/performance.md, eighth
+    round.)"""
     t1 = x1 * x1
     t2 = x2 * x2
     t3 = x3 * x3
