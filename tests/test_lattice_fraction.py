@@ -149,7 +149,7 @@ def test_padding_and_spare_lanes_avoid_planes():
     from nbnumba.kernels.layout import N_IOPT, I_SHAPE, I_REDUCED
     iopt = np.zeros(N_IOPT, dtype=np.int64)
     iopt[I_SHAPE], iopt[I_REDUCED] = 0, 1
-    n = 3 * K.LANE_PAD + 1 if 3 * K.LANE_PAD + 1 >= K.VECTOR_MIN_LANES else K.VECTOR_MIN_LANES + 1
+    n = max(3 * K.LANE_PAD, K.VECTOR_MIN_LANES) + 1     # padded, and not a multiple of LANE_PAD
     cells = np.random.default_rng(2).normal(size=(2, 9, n))
     padded = K.lattice_cells(iopt, cells)
     assert padded.shape[2] % K.LANE_PAD == 0 and padded.shape[2] > n
