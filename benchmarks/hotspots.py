@@ -8,7 +8,8 @@ A child process compiles the kernels into an empty numba cache (numba keeps
 the object code of functions it compiled, not of those it loaded), renders
 the workload once, then again and again for ``--seconds`` under
 ``perf record -e cpu-clock`` (a timer, so it works in a guest).  The child
-writes the object code of the image kernel (``render_rows``) or of the
+writes the object code of the image loop (``render_rows``, or
+``render_blocks`` on a block-path workload such as W3) or of the
 autodiff forward (``forward_jac``) and the address it was loaded at; the
 parent disassembles it (``objdump``) and attributes each sampled instruction
 pointer to its function and instruction.  Out come, per function, the share
@@ -35,8 +36,8 @@ import sys
 import tempfile
 import time
 
-#: (module, dispatcher) of each target
-TARGETS = {"image": ("nbnumba.kernels.cpu", "render_rows"),
+#: (module, dispatchers) of each target (the image loop the workload takes)
+TARGETS = {"image": ("nbnumba.kernels.cpu", "render_rows render_blocks"),
            "autodiff": ("nbnumba.kernels.adjoint", "forward_jac")}
 
 _SYM = re.compile(r"^([0-9a-f]+)\s+\S.*\sF\s+(\S+)\s+([0-9a-f]+)\s+(\S+)\s*$")

@@ -5,14 +5,19 @@ numba compiles each kernel the first time it runs and keeps the machine code
 in its on-disk cache (``__pycache__`` next to the sources, or
 ``NUMBA_CACHE_DIR``).  The kernels are written so that one compiled
 signature serves every feature combination, both precisions and both modes
-(default and -c_parity): ``render_rows`` (with the pixel function and the
-lattice loops it calls, linked into its cached code).  The single-pixel trace
-has its own copy of the pixel function (``trace_pixel``), compiled only by runs
-with -trace_pixel.  On two cores a cold first run splits the work: it compiles
-``pixel_value`` (the largest part) while a second process compiles two of
-its callees, the block path and the host-side helpers (statistics, integer
-and noise images); ``render_rows`` then links them from the cache.  ``nbnumba --warmup``
-compiles the image kernel and the helpers ahead of time, and builds the
+(default and -c_parity).  There are two image loops: ``render_blocks`` for
+the runs ``kernels.layout.block_eligible`` accepts (default mode, few cells
+per pixel) and ``render_rows`` for every other run; each links the functions
+it calls (the block path, or the pixel function) into its cached code.  The
+single-pixel trace has its own copy of the pixel function (``trace_pixel``),
+compiled only by runs with -trace_pixel.
+
+On two cores a cold first run splits the work (``_split_compile``): it
+compiles the two lattice loops both image loops share, then its own image
+loop, while a second process compiles the host-side helpers (statistics,
+integer and noise images), says so, and then, detached and at low priority,
+the other image loop, so that later runs find both in the cache.
+``nbnumba --warmup`` compiles everything ahead of time, and builds the
 start-up library (kernels/native.py) meanwhile.
 """
 from __future__ import annotations
@@ -21,13 +26,15 @@ import functools
 import sys
 import time
 
-#: rough CPU seconds to compile, cache empty, on a 2-vCPU Xeon (measured:
-#: docs/performance.md, "Compile time"): the image kernel, the single-pixel
-#: trace (only runs with -trace_pixel compile it) and the host-side helpers
-#: (statistics, integer and noise images; compiled in a second process while
-#: the image kernel compiles, when there is a second core).  The announcement
-#: quotes them, it scales nothing.
-COMPILE_SECONDS = {"render_rows": 16, "trace_pixel": 8, "helpers": 3, "library": 5, "split": 8}
+#: rough seconds to compile, cache empty, on a 2-vCPU Xeon (docs/performance.md,
+#: "Compile time", fourth round): each image loop on one core with the lattice
+#: loops (render_rows: the pixel function, ~14; render_blocks: the block path,
+#: ~10; sums of the per-function times measured there), the single-pixel
+#: trace (only runs with -trace_pixel compile it), the host-side helpers and
+#: the start-up library; "split_*": a cold first run's wall time on two cores
+#: (_split_compile), measured.  The announcement quotes them, it scales nothing.
+COMPILE_SECONDS = {"render_rows": 14, "render_blocks": 10, "trace_pixel": 8, "helpers": 3,
+                   "library": 5, "split_render_rows": 13, "split_render_blocks": 8}
 
 #: tiny runs that together compile what image runs use (default and
 #: -c_parity, mosaic, noise, statistics, integer image).  Not the trace: its
@@ -78,30 +85,44 @@ def compile_helpers() -> None:
         disp(*args)
 
 
+def _entry_name(model) -> str:
+    """The image loop this model's run calls (native.image_loop)."""
+    from .kernels import native
+    args = model.cpu_kernel_args()
+    cells = args[5]
+    # -c_parity runs (the only ones with a first pixel or a latch) are never
+    # block runs: -1, -1 decides the same
+    return native.image_loop(args[0], cells.shape[2], -1, -1).name
+
+
+def _entry_probe(model):
+    """Arguments with the types api passes to the image loops (native.EXPORTS)."""
+    import numpy as np
+    S, F = model.shape
+    return (model.active, -1, -1, -1) + tuple(model.cpu_kernel_args()) + (
+        np.zeros((S, F), np.float32), np.zeros(S), np.zeros((1, 1), np.int32),
+        np.zeros((1, 1), np.uint8), 0, 0, 0)
+
+
 def cold_kernels(model) -> list:
-    """Names of the kernels this model's run would have to compile: the
-    image kernel, the trace (with -trace_pixel), "helpers" (statistics,
-    integer and noise images)."""
+    """Names of the kernels this model's run would have to compile: its image
+    loop ("render_rows" or "render_blocks"), the trace (with -trace_pixel),
+    "helpers" (statistics, integer and noise images)."""
     if model.cfg.device != "cpu":
         return []
     from .kernels import native
-    # the start-up library has the image kernel and the helpers (no numba import)
+    # the start-up library has the image loops and the helpers (no numba import)
     aot = native.aot_module() is not None
     tracing = getattr(model.cfg, "trace_spixel", -1) >= 0
     if aot and not tracing:
         return []
-    import numpy as np
     from .kernels import cpu as K
     args = model.cpu_kernel_args()
-    S, F = model.shape
     out = []
     if not aot:
-        disp = K.render_rows
-        probe = (model.active, 0, 0, 0) + tuple(args) + (
-            np.zeros((S, F), np.float32), np.zeros(S), np.zeros((1, 1), np.int32),
-            np.zeros((1, 1), np.uint8), 0, 0, 0)
-        if not _cached(disp, probe):
-            out.append(disp.py_func.__name__)
+        name = _entry_name(model)
+        if not _cached(getattr(K, name), _entry_probe(model)):
+            out.append(name)
     if tracing:
         probe = (0, 0, False, -1) + tuple(args) + (1,)
         if not _cached(K.trace_pixel, probe):
@@ -143,17 +164,25 @@ def _quiet_python(args):
 
 
 def wait_helpers() -> None:
-    """Wait for start_helpers' process (if any): the helpers are then loaded
-    from the cache instead of compiled here.  If it failed they compile here."""
+    """Wait for the helpers of start_helpers' or _split_compile's second
+    process (if any): they are then loaded from the cache instead of compiled
+    here (if it failed, they compile here).  A split's second process says
+    "helpers" on its stdout and goes on, detached, with the other image loop;
+    start_helpers' process ends."""
     global _HELPERS
     p, _HELPERS = _HELPERS, None
-    if p is not None:
-        try:
-            p.wait(timeout=120)
-        except Exception:       # never let the helper process stop a run
-            p.kill()
+    if p is None:
+        return
+    try:
         if p.stdout is not None:
+            import select
+            if select.select([p.stdout], [], [], 120)[0]:
+                p.stdout.readline()     # "helpers" (or "": the process ended)
             p.stdout.close()
+        else:
+            p.wait(timeout=120)
+    except Exception:                   # never let the second process stop a run
+        p.kill()
 
 
 #: a 4x4 run whose model needs no compiled code (no mosaic, no random misset):
@@ -170,28 +199,45 @@ def _tiny_kernel_args():
     return model, model.cpu_kernel_args()
 
 
-def compile_pixel() -> None:
-    """Compile (or load) pixel_value, the general per-pixel function, with the
-    argument types render_rows passes it."""
+def compile_entry(name: str) -> None:
+    """Compile (or load) image loop ``name`` ("render_rows" or
+    "render_blocks") by running it on _TINY_ARGV's 4x4 model (a block run:
+    either loop renders it), with the argument types api passes."""
+    from .kernels import cpu as K
+    model, _ = _tiny_kernel_args()
+    probe = list(_entry_probe(model))
+    probe[-2] = model.shape[0]          # rows 0 .. S - 1, step 1
+    probe[-1] = 1
+    getattr(K, name)(*probe)
+
+
+def compile_lattice() -> None:
+    """Compile (or load) the two square-crystal lattice loops (float64 and
+    float32 sines), with the argument types pixel_value and the block path
+    pass them: the first thing a cold split run compiles, so that the second
+    process finds them in the cache when its block path reaches them."""
     import numpy as np
+    from numba import typeof
     from .kernels import cpu as K
     _, args = _tiny_kernel_args()
     cells = args[5]
-    K.pixel_value(0, 0, False, -1, *args, np.empty((K.N_WORK, cells.shape[2])),
-                  np.zeros((1, K.TRACE_COLS)), np.zeros(1, np.int64), np.zeros(3, np.int64),
-                  np.zeros((2, 9, 1)), np.empty((K.N_WORK, 1)))
+    sig = tuple(typeof(a) for a in (0, (0.0, 0.0, 0.0), cells,
+                                    np.empty((K.N_WORK, cells.shape[2])), 0.0, 0.0, 0.0))
+    K._lattice_square_fast.compile(sig)
+    K._lattice_square_fast32.compile(sig)
 
 
-def compile_block() -> None:
-    """Compile (or load) the block path, _block_row, with the argument types
-    render_rows passes it."""
+def compile_block_geometry() -> None:
+    """Compile (or load) the block path's per-pixel geometry (about 2 s), with
+    the argument types _block_row passes it (compiled, not called)."""
     import numpy as np
+    from numba import typeof
     from .kernels import cpu as K
     _, args = _tiny_kernel_args()
-    nl = K.BLOCK * args[5].shape[2]
-    K._block_row(0, np.zeros(K.BLOCK, np.int64), 1, *args, np.empty((K.N_BLOCK, K.BLOCK)),
-                 np.zeros((2, K.BLOCK), np.int64), np.zeros((2, 9, nl)), np.empty((K.N_WORK, nl)),
-                 np.zeros((4, 4), np.float32), 0.0, np.zeros((1, 9, nl)), np.empty((3, nl)))
+    iopt, fopt, vecs, incident, lam = args[:5]
+    K._block_geometry.compile(tuple(typeof(a) for a in (
+        0, np.zeros(K.BLOCK, np.int64), 0, iopt, fopt, vecs, incident, lam,
+        np.empty((K.N_BLOCK, K.BLOCK)), np.zeros((2, K.BLOCK), np.int64))))
 
 
 def compile_pixel_callees() -> None:
@@ -210,31 +256,57 @@ def compile_pixel_callees() -> None:
     K.tricubic_F.compile(tuple(typeof(a) for a in (Fhkl, 0, 0, 0, 0.0, 0.0, 0.0)))
 
 
-def _split_compile(cold) -> None:
-    """A cold image kernel on two cores: this process compiles pixel_value
-    (the largest part, ~7 s) while a second one compiles, in this order, the
-    two callees pixel_value reaches last (so that it finds them in the cache),
-    the block path, and then the helpers.  render_rows links the block path
-    from the cache as soon as the second process says it is there; the run's
-    statistics wait for the helpers (wait_helpers).  If the second process
-    cannot start, the run compiles everything itself, as on one core."""
+def _split_compile(cold, entry) -> None:
+    """A cold image loop on two cores.  This process compiles the lattice
+    loops both image loops call (so that the second process finds them in
+    the cache), then (the run's call) its image loop ``entry``.  A second
+    process compiles, in this order: the general lattice factor and the
+    tricubic F when ``entry`` is render_rows (pixel_value reaches them last,
+    and finds them in the cache), or the block path's geometry when it is
+    render_blocks (_block_row reaches it after the lattice loops), the helpers (then says "helpers": the run's
+    statistics wait for that line, wait_helpers), and, detached from this
+    run and at low priority, the other image loop, so that later runs find
+    both in the cache.  If it cannot start, the run compiles what it needs
+    itself, as on one core."""
     global _HELPERS
     import subprocess
     from .kernels.native import python_process
+    other = "render_blocks" if entry == "render_rows" else "render_rows"
     try:
-        p = python_process(["nbnumba.jitcache", "--block"]
+        p = python_process(["nbnumba.jitcache", "--second", other]
+                           + (["--callees"] if entry == "render_rows" else ["--geometry"])
                            + (["--helpers"] if "helpers" in cold else []),
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                           start_new_session=True)
     except OSError:
         return
     _HELPERS = p
+    compile_lattice()
+
+
+def _second(argv) -> int:
+    """python -m nbnumba.jitcache --second ENTRY [--callees | --geometry] [--helpers]"""
+    if argv[:1] != ["--second"] or len(argv) < 2 or argv[1] not in ("render_rows", "render_blocks") \
+            or not set(argv[2:]) <= {"--callees", "--geometry", "--helpers"}:
+        return 2
+    if "--callees" in argv:
+        compile_pixel_callees()
+    if "--geometry" in argv:
+        compile_block_geometry()
+    if "--helpers" in argv:
+        compile_helpers()
     try:
-        compile_pixel()
-    finally:
-        try:
-            p.stdout.readline()         # "block": compiled (or the process ended)
-        except Exception:               # never let the second process stop a run
-            p.kill()
+        print("helpers", flush=True)
+        sys.stdout.close()
+    except OSError:                     # the run has gone: go on
+        pass
+    import os
+    try:
+        os.nice(10)                     # the rest is for later runs
+    except (AttributeError, OSError):
+        pass
+    compile_entry(argv[1])
+    return 0
 
 
 def announce_compile(model, file=None) -> bool:
@@ -246,16 +318,18 @@ def announce_compile(model, file=None) -> bool:
     cold = cold_kernels(model)
     if not cold:
         return False
-    split = "render_rows" in cold and _two_cores()
+    entry = next((k for k in cold if k in ("render_rows", "render_blocks")), None)
+    split = entry is not None and _two_cores()
     parallel = not split and "helpers" in cold and len(cold) > 1 and start_helpers()
     if split:
-        n = COMPILE_SECONDS["split"] + (COMPILE_SECONDS["trace_pixel"] if "trace_pixel" in cold else 0)
+        n = COMPILE_SECONDS["split_" + entry] + (
+            COMPILE_SECONDS["trace_pixel"] if "trace_pixel" in cold else 0)
     else:
         n = sum(COMPILE_SECONDS.get(k, 10) for k in cold if not (parallel and k == "helpers"))
     print("nbnumba: compiling kernels (first run only, ~%d s; `nbnumba --warmup` does it ahead "
           "of time)" % n, file=file or sys.stderr, flush=True)
     if split:
-        _split_compile(cold)
+        _split_compile(cold, entry)
     return True
 
 
@@ -276,7 +350,8 @@ def warmup(file=None) -> int:
         except OSError as exc:
             print("nbnumba: start-up library not built: %s" % exc, file=file)
     parallel = build is None and start_helpers()
-    n = COMPILE_SECONDS["render_rows"] + (0 if parallel else COMPILE_SECONDS["helpers"])
+    n = COMPILE_SECONDS["render_rows"] + COMPILE_SECONDS["render_blocks"] + (
+        0 if parallel else COMPILE_SECONDS["helpers"])
     if build is not None:
         n += COMPILE_SECONDS["library"]
     print("nbnumba: compiling kernels (once per install; ~%d s)" % n, file=file, flush=True)
@@ -318,15 +393,10 @@ def compile_counts() -> dict:
     return out
 
 
-if __name__ == "__main__":      # python -m nbnumba.jitcache [--helpers | --block [--helpers]]
+if __name__ == "__main__":      # python -m nbnumba.jitcache [--helpers | --second ENTRY ...]
     if sys.argv[1:] == ["--helpers"]:
         compile_helpers()
         sys.exit(0)
-    if sys.argv[1:2] == ["--block"] and set(sys.argv[2:]) <= {"--helpers"}:
-        compile_pixel_callees()
-        compile_block()
-        print("block", flush=True)
-        if sys.argv[2:]:
-            compile_helpers()
-        sys.exit(0)
+    if sys.argv[1:2] == ["--second"]:
+        sys.exit(_second(sys.argv[1:]))
     sys.exit(warmup())

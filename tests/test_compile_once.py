@@ -87,13 +87,19 @@ def test_second_pass_compiles_nothing(tmp_path):
     assert probe.buffer
     for a, b in zip(first, second):
         assert np.array_equal(a, b)
-    # one signature of the image kernel for every mode and both precisions
+    # one signature of each image loop for every mode and both precisions (the
+    # lines above take both: render_blocks for the default-mode lines with few
+    # cells, render_rows for the others)
     assert len(K.render_rows.overloads) == 1
+    assert len(K.render_blocks.overloads) == 1
     # (the functions it calls are linked into its cached code: loaded from the
     # cache they are not even loaded themselves)
     assert len(K.pixel_value.overloads) <= 1
     assert len(K._lattice_square_fast.overloads) <= 1      # float64 sines
     assert len(K._lattice_square_fast32.overloads) <= 1    # float32 sines
+    # one signature of the lean sum for the pixel function and the block path
+    # (a literal 0 for its first cell once compiled it a second time)
+    assert len(K._lean_sum.overloads) <= 1
     # the trace has its own copy of the pixel function (the -trace_pixel lines
     # above compiled it once, the second pass not again), from the same body:
     # TRACE is the only difference, so numba prunes the trace out of the image copy
@@ -104,21 +110,38 @@ def test_second_pass_compiles_nothing(tmp_path):
 
 
 def test_split_compile_uses_the_image_kernels_signatures(tmp_path):
-    """A cold first run on two cores compiles pixel_value itself, and two of
-    its callees and the block path in a second process
-    (jitcache._split_compile), so that pixel_value and render_rows find them
-    compiled: their argument types must be the ones the kernels pass, or they
-    would be compiled again.  After a run
-    has compiled (or loaded) the image kernel, the same calls compile
-    nothing."""
+    """A cold first run on two cores compiles the lattice loops and its image
+    loop itself, and in a second process the pixel function's last callees
+    or the block path's geometry, the helpers and the other image loop
+    (jitcache._split_compile): their argument types must be the ones the
+    kernels pass, or they would be compiled again.  After runs that took
+    both image loops, the same calls compile nothing."""
     nbnumba.simulate_argv((CELL + " " + DET + " -nonoise").split(), cwd=str(tmp_path))
+    nbnumba.simulate_argv((CELL + " " + DET + " -nonoise -c_parity").split(), cwd=str(tmp_path))
     rec = ev.RecordingListener()
     with ev.install_listener("numba:compile", rec):
-        jitcache.compile_pixel()
+        jitcache.compile_lattice()
         jitcache.compile_pixel_callees()
-        jitcache.compile_block()
+        jitcache.compile_block_geometry()
+        jitcache.compile_helpers()
+        jitcache.compile_entry("render_rows")
+        jitcache.compile_entry("render_blocks")
     compiled = sorted({e.data["dispatcher"].py_func.__qualname__ for _, e in rec.buffer})
     assert compiled == []
+
+
+def test_each_run_names_its_own_image_loop():
+    """cold_kernels and native.render agree on which image loop a run uses:
+    render_blocks for a default-mode run with few cells per pixel,
+    render_rows otherwise (here: -c_parity, and 100 cells)."""
+    from nbnumba.model import build_model
+    cases = [(CELL + " " + DET + " -nonoise", "render_blocks"),
+             (CELL + " " + DET + " -nonoise -c_parity", "render_rows"),
+             (CELL + " " + DET + " -nonoise -mosaic 0.5 -mosaic_dom 20 -phisteps 5 -osc 1",
+              "render_rows")]
+    for line, name in cases:
+        model = build_model(nbnumba.parse_argv(line.split()))
+        assert jitcache._entry_name(model) == name, line
 
 
 def test_cold_cache_is_detected(tmp_path):

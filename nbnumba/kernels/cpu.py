@@ -29,7 +29,7 @@ from .layout import (  # noqa: F401  (re-exported: K.I_* etc.)
     F_THICKSTEP, F_MU, F_THICK, F_KAHN, F_DMIN, F_NA, F_NB, F_NC, F_FUDGE, F_DEFAULT_F, F_I_BG,
     F_WATER, F_SCALE, F_STEPS, N_FOPT, V_FDET, V_SDET, V_ODET, V_PIX0, V_BEAM, V_POLAR, V_ASTAR,
     V_BSTAR, V_CSTAR, N_VECS, EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL, EV_SOURCE2,
-    TRACE_COLS,)
+    TRACE_COLS, BLOCK_MAX_CELLS, block_eligible)
 
 #: LLVM fast-math flags of the hot loops (square crystal, reduced sincg, nearest
 #: F): FMA contraction and reassociation (lets the F-lookup/accumulate loop
@@ -554,7 +554,7 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                     if lean:
                         # pass 2, common case: nearest-neighbour F and a plain sum
                         # (no per-sub-path state to keep), branch-light
-                        acc_s = _lean_sum(work, 0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax,
+                        acc_s = _lean_sum(work, ncell * 0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax,
                                           lmin, lmax, default_F)
                         if corrected:
                             layer_sum += acc_s
@@ -693,30 +693,13 @@ _pixel_value_trace = njit(fastmath=False, _nrt=False, **_JIT)(
 #: (W3, 1 thread: 1.00-1.05 against 1.08-1.16 CPU-s; bits unchanged, every
 #: lane is computed on its own)
 BLOCK = 32
-#: the block path is taken up to this many (sub-pixel, phi, mosaic) lanes per
-#: pixel (oversample^2 x cells); with more, pixel_value's loops are long
-#: enough to vectorise on their own (or its deferred lattice makes them so)
-BLOCK_MAX_CELLS = 64
 # rows of the per-block geometry buffer (one column per sub-pixel of each
 # pixel of the block)
 B_S0, B_S1, B_S2, B_OMEGA, B_CAPTURE, B_POLAR, B_RUN, B_D0, B_D1, B_D2 = range(10)
 N_BLOCK = 10
 
 
-def block_eligible(iopt, ncell, first_pixel, latch_pixel):
-    """Whether render_rows takes the block path: the lean default mode with
-    one source, one sensor layer and a flat detector, the square crystal on
-    reduced sincg, and few (sub-pixel, cell) lanes per pixel (oversample^2 x
-    cells <= BLOCK_MAX_CELLS).  Plain Python: numba compiles it into
-    render_rows."""
-    os_ = iopt[I_OVERSAMPLE]
-    return (iopt[I_CPARITY] == 0 and iopt[I_INTERP] == 0 and first_pixel < 0 and latch_pixel < 0
-            and iopt[I_OS_THICK] == 0 and iopt[I_OS_POLAR] == 0 and iopt[I_OS_OMEGA] == 0
-            and iopt[I_THICKSTEPS] == 1 and iopt[I_NSRC] == 1
-            and iopt[I_CURVED] == 0 and iopt[I_SHAPE] == 0 and iopt[I_REDUCED] != 0
-            and 0 < ncell and os_ * os_ * ncell <= BLOCK_MAX_CELLS)
-
-
+# block_eligible (kernels.layout: numba-free, native.render picks the entry with it)
 _block_eligible = njit(inline="always", **_JIT)(block_eligible)
 
 
@@ -990,59 +973,26 @@ def lane_buffer(nlane, dtype_like):
 @njit(nogil=True, fastmath=False, **_JIT)
 def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam,
                 cells, Fhkl, out, omega_out, oor_out, ran_out, row0, row1, rstep):
-    """Image loop over rows row0, row0 + rstep, ... < row1, single-threaded and
-    without the GIL (:func:`render` runs it on a thread pool)."""
+    """Image loop over rows row0, row0 + rstep, ... < row1, pixel by pixel
+    (pixel_value: every mode and feature), single-threaded and without the
+    GIL (:func:`render` runs it on a thread pool, or render_blocks where
+    block_eligible)."""
     S, F = active.shape
     # per-pixel -c_parity bookkeeping only when the caller passes full-size arrays
     keep = oor_out.shape[0] == S and oor_out.shape[1] == F
     tbuf = np.zeros((1, TRACE_COLS))
     tpos = np.zeros(1, dtype=np.int64)
     info = np.zeros(3, dtype=np.int64)
-    ncell = cells.shape[2]
-    block = _block_eligible(iopt, ncell, first_pixel, latch_pixel)
-    nd = 1 if block else _defer_lanes(iopt, ncell)
-    if not block:
-        cells = lattice_cells(iopt, cells)
+    nd = _defer_lanes(iopt, cells.shape[2])
+    cells = lattice_cells(iopt, cells)
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
     dcells = lane_buffer(nd, cells)
     dwork = np.empty((N_WORK, nd), dtype=cells.dtype)
-    nsub = iopt[I_OVERSAMPLE] * iopt[I_OVERSAMPLE] if block else 1
-    geo = np.empty((N_BLOCK, BLOCK * nsub), dtype=cells.dtype)
-    sub = np.empty((2, BLOCK * nsub), dtype=np.int64)
-    fs = np.empty(BLOCK, dtype=np.int64)
-    nlane = BLOCK * nsub * ncell if block else 1
-    bwork = np.empty((N_WORK, nlane), dtype=cells.dtype)
-    bcells = lane_buffer(nlane, cells)
-    # the block path's cells (variant 1) tiled along its lanes, and the lanes' S
-    tcells = np.empty((1, 9, nlane), dtype=cells.dtype)
-    sl = np.empty((3, nlane), dtype=cells.dtype)
-    if block:
-        for q in range(nlane):
-            for r in range(9):
-                tcells[0, r, q] = cells[1, r, q % ncell]
     for s in range(row0, row1, rstep):
         # the row's solid-angle sum in a local, stored once: omega_out's entries
         # of neighbouring rows share cache lines, and the threads take
         # alternate rows (a store per pixel made them contend for those lines)
         orow = omega_out[s] * 0.0
-        if block:
-            # the active pixels of the row, BLOCK at a time (nb is a computed 0,
-            # here and below: a literal 0 would make numba compile _block_row twice)
-            nb = s * 0
-            for f in range(F):
-                if active[s, f] == 0:
-                    continue
-                fs[nb] = f
-                nb += 1
-                if nb == BLOCK:
-                    orow = _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo,
-                                      sub, bcells, bwork, out, orow, tcells, sl)
-                    nb = s * 0
-            if nb > 0:
-                orow = _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub,
-                                  bcells, bwork, out, orow, tcells, sl)
-            omega_out[s] = orow
-            continue
         for f in range(F):
             if active[s, f] == 0:
                 continue
@@ -1063,6 +1013,53 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
         omega_out[s] = orow
 
 
+@njit(nogil=True, fastmath=False, **_JIT)
+def render_blocks(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam,
+                  cells, Fhkl, out, omega_out, oor_out, ran_out, row0, row1, rstep):
+    """render_rows' image loop for the runs block_eligible accepts: each row's
+    active pixels BLOCK at a time (_block_row), the same values bit for bit.
+    Its own entry point, so that neither entry links the other's code: a cold
+    run compiles the one its image needs while a second process compiles the
+    other (jitcache).  Same arguments as render_rows (oor_out and ran_out
+    untouched: the block path is default mode only); raises on a run that
+    block_eligible refuses."""
+    S, F = active.shape
+    ncell = cells.shape[2]
+    if not _block_eligible(iopt, ncell, first_pixel, latch_pixel):
+        raise ValueError("render_blocks: not a block-path run (see block_eligible)")
+    nsub = iopt[I_OVERSAMPLE] * iopt[I_OVERSAMPLE]
+    geo = np.empty((N_BLOCK, BLOCK * nsub), dtype=cells.dtype)
+    sub = np.empty((2, BLOCK * nsub), dtype=np.int64)
+    fs = np.empty(BLOCK, dtype=np.int64)
+    nlane = BLOCK * nsub * ncell
+    bwork = np.empty((N_WORK, nlane), dtype=cells.dtype)
+    bcells = lane_buffer(nlane, cells)
+    # the block path's cells (variant 1) tiled along its lanes, and the lanes' S
+    tcells = np.empty((1, 9, nlane), dtype=cells.dtype)
+    sl = np.empty((3, nlane), dtype=cells.dtype)
+    for q in range(nlane):
+        for r in range(9):
+            tcells[0, r, q] = cells[1, r, q % ncell]
+    for s in range(row0, row1, rstep):
+        orow = omega_out[s] * 0.0       # as render_rows: one store per row
+        # the active pixels of the row, BLOCK at a time (nb is a computed 0:
+        # a literal 0 would make numba compile _block_row twice)
+        nb = s * 0
+        for f in range(F):
+            if active[s, f] == 0:
+                continue
+            fs[nb] = f
+            nb += 1
+            if nb == BLOCK:
+                orow = _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo,
+                                  sub, bcells, bwork, out, orow, tcells, sl)
+                nb = s * 0
+        if nb > 0:
+            orow = _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub,
+                              bcells, bwork, out, orow, tcells, sl)
+        omega_out[s] = orow
+
+
 @njit(fastmath=False, **_JIT)
 def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells, Fhkl, maxrows):
     """Run one pixel with tracing on; returns (value, rows, nrows).  Uses the
@@ -1078,7 +1075,7 @@ def trace_pixel(s, f, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, ce
     return val, tbuf, tpos[0]
 
 
-# the host-side entry (thread pool over render_rows, from the start-up library
+# the host-side entry (thread pool over render_rows or render_blocks, from the start-up library
 # or numba) lives in native; re-exported here for callers of cpu.render
 from .native import default_threads, render  # noqa: E402,F401
 

@@ -1,9 +1,9 @@
 """The kernels' argument layout: slots of the integer and float option vectors,
 rows of the vector table, trace events, crystal shapes.
 
-Plain constants, with no numba import: the host side (model, trace) fills the
-arrays with them without loading any compiled code, and the kernels read them
-as compile-time globals.
+Plain constants (and block_eligible), with no numba import: the host side
+(model, trace, native.render) uses them without loading any compiled code, and
+the kernels read them as compile-time globals.
 """
 
 # ---- integer option vector (iopt) layout ------------------------------------
@@ -29,3 +29,25 @@ TRACE_COLS = 32
 
 # ---- crystal shapes (iopt[I_SHAPE]) ------------------------------------------
 SHAPE_SQUARE, SHAPE_ROUND, SHAPE_GAUSS, SHAPE_TOPHAT = 0, 1, 2, 3
+
+
+# ---- which image loop: kernels.cpu.render_blocks or render_rows ---------------
+#: the block path is taken up to this many (sub-pixel, phi, mosaic) lanes per
+#: pixel (oversample^2 x cells); with more, pixel_value's loops are long
+#: enough to vectorise on their own (or its deferred lattice makes them so)
+BLOCK_MAX_CELLS = 64
+
+
+def block_eligible(iopt, ncell, first_pixel, latch_pixel):
+    """Whether a run takes the block path (kernels.cpu.render_blocks): the
+    lean default mode with one source, one sensor layer and a flat detector,
+    the square crystal on reduced sincg, and few (sub-pixel, cell) lanes per
+    pixel (oversample^2 x cells <= BLOCK_MAX_CELLS).  Plain Python: the host
+    (native.render) picks the image loop with it, and numba compiles it into
+    render_blocks' check."""
+    os_ = iopt[I_OVERSAMPLE]
+    return (iopt[I_CPARITY] == 0 and iopt[I_INTERP] == 0 and first_pixel < 0 and latch_pixel < 0
+            and iopt[I_OS_THICK] == 0 and iopt[I_OS_POLAR] == 0 and iopt[I_OS_OMEGA] == 0
+            and iopt[I_THICKSTEPS] == 1 and iopt[I_NSRC] == 1
+            and iopt[I_CURVED] == 0 and iopt[I_SHAPE] == 0 and iopt[I_REDUCED] != 0
+            and 0 < ncell and os_ * os_ * ncell <= BLOCK_MAX_CELLS)

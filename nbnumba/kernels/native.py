@@ -2,7 +2,8 @@
 
 The numba kernels (:mod:`nbnumba.kernels.cpu`, :mod:`nbnumba.kernels.rng_kernels`)
 are the one source of the physics.  A run calls a handful of them from Python:
-the image loop (``render_rows``), the statistics and integer image, the noise
+the image loop (``render_rows``, or ``render_blocks`` for the runs
+:func:`kernels.layout.block_eligible` accepts), the statistics and integer image, the noise
 image and two rotation draws.  :mod:`nbnumba.kernels.aot` compiles exactly
 those entry points, with numba's ahead-of-time compiler, into one extension
 module: the *start-up library*.  It is the same numba code, lowered by the same
@@ -30,14 +31,16 @@ import threading
 
 import numpy as np
 
+#: the two image loops' arguments
+_IMAGE_LOOP = ("u1:2", "i8", "i8", "i8", "i8:1", "f8:1", "f8:2", "f8:2", "f8:1", "f8:3", "f8:3",
+               "f4:2", "f8:1", "i4:2", "u1:2", "i8", "i8", "i8")
 #: entry points of the start-up library: name -> (numba module, argument types).
 #: Argument codes: "i8"/"f8"/"b1" scalars (int, float, bool), "u1:2" a writable,
 #: aligned, C-contiguous ndarray (dtype code : ndim).  These are the types the
 #: host code passes (api, crystal); a call with other types goes to numba.
 EXPORTS = {
-    "render_rows": ("nbnumba.kernels.cpu", (
-        "u1:2", "i8", "i8", "i8", "i8:1", "f8:1", "f8:2", "f8:2", "f8:1", "f8:3", "f8:3",
-        "f4:2", "f8:1", "i4:2", "u1:2", "i8", "i8", "i8")),
+    "render_rows": ("nbnumba.kernels.cpu", _IMAGE_LOOP),
+    "render_blocks": ("nbnumba.kernels.cpu", _IMAGE_LOOP),
     "image_stats": ("nbnumba.kernels.cpu", ("f4:2", "u1:2", "i8:1", "b1")),
     "int_image": ("nbnumba.kernels.cpu", ("f4:2", "i8:1", "f8", "f8")),
     "noise_image": ("nbnumba.kernels.rng_kernels", ("f4:2", "i8", "i8:1", "f4:1", "f8", "i8:1",
@@ -338,6 +341,7 @@ class Kernel:
 
 
 render_rows = Kernel("render_rows")
+render_blocks = Kernel("render_blocks")
 image_stats = Kernel("image_stats")
 int_image = Kernel("int_image")
 noise_image = Kernel("noise_image")
@@ -388,6 +392,13 @@ def default_threads():
         return max(1, os.cpu_count() or 1)
 
 
+def image_loop(iopt, ncell, first_pixel, latch_pixel):
+    """The image loop a run uses: render_blocks where block_eligible, else
+    render_rows (jitcache compiles the run's own first)."""
+    from .layout import block_eligible
+    return render_blocks if block_eligible(iopt, ncell, first_pixel, latch_pixel) else render_rows
+
+
 def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incident, lam, cells,
            Fhkl, out, omega_out, oor_out, ran_out, row0=0, row1=-1, threads=None):
     """Fill ``out`` (float32, (S, F)) for every active pixel of rows row0..row1-1
@@ -405,7 +416,9 @@ def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incide
     rows row0 + t, row0 + t + threads, ... (interleaved rows balance the load;
     the kernel runs without the GIL).
 
-    One compiled signature serves every mode and both precisions."""
+    The runs kernels.layout.block_eligible accepts go to render_blocks, the
+    others to render_rows (the same values; each one compiled signature for
+    every mode and both precisions)."""
     S = active.shape[0]
     r0 = max(0, int(row0))
     r1 = S if row1 < 0 or row1 > S else int(row1)
@@ -413,9 +426,10 @@ def render(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, incide
     n = max(1, min(n, r1 - r0))
     args = (active, int(first_pixel), int(latch_pixel), int(latch_sub), iopt, fopt, vecs, incident,
             lam, cells, Fhkl, out, omega_out, oor_out, ran_out)
+    loop = image_loop(iopt, cells.shape[2], first_pixel, latch_pixel)
     if n == 1:
-        render_rows(*args, r0, r1, 1)
+        loop(*args, r0, r1, 1)
         return
-    futs = [_pool(n).submit(render_rows, *args, r0 + t, r1, n) for t in range(n)]
+    futs = [_pool(n).submit(loop, *args, r0 + t, r1, n) for t in range(n)]
     for f in futs:
         f.result()
