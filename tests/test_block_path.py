@@ -80,6 +80,36 @@ def test_block_path_matches_pixel_value(line, tmp_path, monkeypatch):
         assert np.array_equal(img.view(np.uint32), ref.view(np.uint32))
 
 
+def test_the_two_image_loops_agree_and_render_blocks_refuses_other_runs(tmp_path, monkeypatch):
+    """render_rows (pixel by pixel) renders a block run too, with the same
+    bits as render_blocks (what native.render picks for it); render_blocks
+    raises on a run block_eligible refuses (-c_parity) instead of drawing it
+    wrong."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("cellA.mat", "cellA_lowres.hkl"):
+        shutil.copyfile(GD.inputs_dir() / name, tmp_path / name)
+    from nbnumba.kernels import native
+    model = build_model(nbnumba.parse_argv(CASES[1].split()))
+    args = model.cpu_kernel_args()
+    assert native.image_loop(args[0], args[5].shape[2], -1, -1) is native.render_blocks
+    S, F = model.shape
+    imgs = []
+    for loop in (K.render_rows, K.render_blocks):
+        img, omega = np.zeros((S, F), dtype=np.float32), np.zeros(S)
+        loop(model.active, -1, -1, -1, *args, img, omega, np.zeros((1, 1), np.int32),
+             np.zeros((1, 1), np.uint8), 0, S, 1)
+        imgs.append((img, omega))
+    assert (imgs[0][0] > 0).sum() > 20
+    assert np.array_equal(imgs[0][0].view(np.uint32), imgs[1][0].view(np.uint32))
+    assert np.array_equal(imgs[0][1], imgs[1][1])
+    cp = build_model(nbnumba.parse_argv((CASES[0] + " -c_parity").split()))
+    cargs = cp.cpu_kernel_args()
+    assert native.image_loop(cargs[0], cargs[5].shape[2], -1, -1) is native.render_rows
+    with pytest.raises(ValueError, match="not a block-path run"):
+        K.render_blocks(cp.active, -1, -1, -1, *cargs, np.zeros((S, F), np.float32), np.zeros(S),
+                        np.zeros((1, 1), np.int32), np.zeros((1, 1), np.uint8), 0, S, 1)
+
+
 # ---- pixel_value's deferred lattice (several sub-paths of few cells) ---------
 DEFER_CASES = [
     # oversample, sources (divergence x dispersion), mosaic, phi; HKL grid and default_F

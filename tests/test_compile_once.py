@@ -122,6 +122,7 @@ def test_split_compile_uses_the_image_kernels_signatures(tmp_path):
     with ev.install_listener("numba:compile", rec):
         jitcache.compile_lattice()
         jitcache.compile_pixel_callees()
+        jitcache.compile_buffers()
         jitcache.compile_block_geometry()
         jitcache.compile_helpers()
         jitcache.compile_entry("render_rows")
