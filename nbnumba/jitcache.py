@@ -34,7 +34,7 @@ import time
 #: the start-up library; "split_*": a cold first run's wall time on two cores
 #: (_split_compile), measured.  The announcement quotes them, it scales nothing.
 COMPILE_SECONDS = {"render_rows": 14, "render_blocks": 10, "trace_pixel": 8, "helpers": 3,
-                   "library": 5, "split_render_rows": 13, "split_render_blocks": 8}
+                   "library": 5, "split_render_rows": 11, "split_render_blocks": 8}
 
 #: tiny runs that together compile what image runs use (default and
 #: -c_parity, mosaic, noise, statistics, integer image).  Not the trace: its
@@ -211,11 +211,12 @@ def compile_entry(name: str) -> None:
     getattr(K, name)(*probe)
 
 
-def compile_lattice() -> None:
-    """Compile (or load) the two square-crystal lattice loops (float64 and
+def compile_lattice(float64=True, float32=True) -> None:
+    """Compile (or load) the square-crystal lattice loops (float64 and / or
     float32 sines), with the argument types pixel_value and the block path
-    pass them: the first thing a cold split run compiles, so that the second
-    process finds them in the cache when its block path reaches them."""
+    pass them: the first thing a cold split run compiles (the float32 one in
+    the second process when the run's loop is render_rows), so that each
+    image loop finds them in the cache."""
     import numpy as np
     from numba import typeof
     from .kernels import cpu as K
@@ -223,8 +224,10 @@ def compile_lattice() -> None:
     cells = args[5]
     sig = tuple(typeof(a) for a in (0, (0.0, 0.0, 0.0), cells,
                                     np.empty((K.N_WORK, cells.shape[2])), 0.0, 0.0, 0.0))
-    K._lattice_square_fast.compile(sig)
-    K._lattice_square_fast32.compile(sig)
+    if float64:
+        K._lattice_square_fast.compile(sig)
+    if float32:
+        K._lattice_square_fast32.compile(sig)
 
 
 def compile_block_geometry() -> None:
@@ -269,17 +272,22 @@ def compile_pixel_callees() -> None:
 
 def _split_compile(cold, entry) -> None:
     """A cold image loop on two cores.  This process compiles the lattice
-    loops both image loops call (so that the second process finds them in
-    the cache), then (the run's call) its image loop ``entry``.  A second
-    process compiles, in this order: render_rows' buffer builders, the
-    general lattice factor and the tricubic F when ``entry`` is render_rows
-    (render_rows reaches the first at its start, pixel_value the others last:
-    they find them in the cache), or the block path's geometry when it is
-    render_blocks (_block_row reaches it after the lattice loops), the helpers (then says "helpers": the run's
-    statistics wait for that line, wait_helpers), and, detached from this
-    run and at low priority, the other image loop, so that later runs find
-    both in the cache.  If it cannot start, the run compiles what it needs
-    itself, as on one core."""
+    loops (only the float64 one when ``entry`` is render_rows), then (the
+    run's call) its image loop ``entry``.  A second process compiles, in this
+    order:
+
+    - for render_rows: its buffer builders, the float32-sine lattice loop,
+      the general lattice factor and the tricubic F (render_rows reaches the
+      first at its start, pixel_value the others later);
+    - for render_blocks: the block path's geometry (_block_row reaches it
+      after the lattice loops);
+    - the helpers, then it says "helpers" (the run's statistics wait for that
+      line: wait_helpers);
+    - detached from this run and at low priority, the other image loop, so
+      that later runs find both in the cache.
+
+    The run finds what the second process compiled in the cache.  If it
+    cannot start, the run compiles what it needs itself, as on one core."""
     global _HELPERS
     import subprocess
     from .kernels.native import python_process
@@ -293,7 +301,7 @@ def _split_compile(cold, entry) -> None:
     except OSError:
         return
     _HELPERS = p
-    compile_lattice()
+    compile_lattice(float32=entry != "render_rows")
 
 
 def _second(argv) -> int:
@@ -303,7 +311,8 @@ def _second(argv) -> int:
         return 2
     if "--callees" in argv:
         compile_buffers()               # render_rows reaches them first,
-        compile_pixel_callees()         # pixel_value these last
+        compile_lattice(float64=False)  # pixel_value this after ~2 s,
+        compile_pixel_callees()         # and these last
     if "--geometry" in argv:
         compile_block_geometry()
     if "--helpers" in argv:
