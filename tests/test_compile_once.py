@@ -9,6 +9,7 @@ Checks counts, not wall time."""
 from __future__ import annotations
 
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -211,3 +212,31 @@ def test_every_overload_sets_fastmath():
                 missing.append("%s: %s" % (path.name, m.group(0)))
     assert found >= 2
     assert missing == []
+
+
+def test_second_process_says_helpers_then_compiles_the_other_loop(tmp_path):
+    """The split's second process (python -m nbnumba.jitcache --second ...)
+    writes "helpers" once its helpers are in the cache, before it compiles the
+    other image loop; wait_helpers reads that line and closes the pipe, and
+    the process still ends well (its later writes would go nowhere).  Bad
+    arguments: exit status 2."""
+    import subprocess
+    from nbnumba.kernels.native import python_process
+    nbnumba.simulate_argv((CELL + " " + DET).split(), cwd=str(tmp_path))   # a warm cache
+    p = python_process(["nbnumba.jitcache", "--second", "render_rows", "--geometry", "--helpers"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    jitcache._HELPERS = p
+    try:
+        jitcache.wait_helpers()                 # reads the line, closes the pipe
+        assert jitcache._HELPERS is None and p.stdout.closed
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    finally:
+        jitcache._HELPERS = None
+        if p.poll() is None:
+            p.kill()
+        p.stderr.close()
+    for bad in (["--second"], ["--second", "render_everything"],
+                ["--second", "render_rows", "--fast"]):
+        r = subprocess.run([sys.executable, "-m", "nbnumba.jitcache"] + bad, capture_output=True,
+                           timeout=120)
+        assert r.returncode == 2, bad
