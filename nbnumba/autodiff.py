@@ -689,29 +689,79 @@ _WARMUP_ARGV = ("-cell 70 80 90 85 95 105 -lambda 1.5 -N 4 -default_F 100 -dista
                 "-detpixels 8 -pixel 1 -mosaic 0.3 -mosaic_dom 2 -nonoise -nopgm").split()
 
 
+def _warmup_runs():
+    """The warm-up's two runs: (backward route, Jacobian route)."""
+    vals = {"cell": np.array([70.0, 80.0, 90.0, 85.0, 95.0, 105.0]), "N": np.array([4.0] * 3)}
+    return tuple(_Run(_WARMUP_ARGV, vals, ("cell", "N"), None, keep_jac=keep)
+                 for keep in (False, True))
+
+
 def warmup(file=None) -> int:
     """Compile (or load from numba's cache) the autodiff kernels: the float64
     forward, the forward that keeps the Jacobian, its contraction and the
-    adjoint pass (about a minute and a half on one core the first time, then
-    a fraction of a second).  torch is not needed.  Returns 0."""
+    adjoint pass (about a minute on one core the first time, then a fraction
+    of a second).  With two cores, a second process compiles the float64
+    forward and then, once this one has compiled the adjoint pass (and with
+    it pixel_grad, which both need: this process says so on its stdin), the
+    Jacobian forward and the contraction.  torch is not needed.  Returns 0."""
+    import os
+    import subprocess
     import sys
     import time
     file = file or sys.stderr
     t0 = time.perf_counter()
     print("nbnumba.autodiff: compiling the adjoint kernels (once per install)", file=file,
           flush=True)
-    vals = {"cell": np.array([70.0, 80.0, 90.0, 85.0, 95.0, 105.0]), "N": np.array([4.0] * 3)}
-    for keep in (False, True):      # render64 + backward; forward_jac + contract
-        run = _Run(_WARMUP_ARGV, vals, ("cell", "N"), None, keep_jac=keep)
-        run.forward()
-        run.theta_grad(np.ones(run.model.shape))
+    second = None
+    if (os.cpu_count() or 1) >= 2:
+        from .kernels.native import python_process
+        try:
+            second = python_process(["nbnumba.autodiff", "--warmup-second"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+        except OSError:
+            second = None
+    plain, jac = _warmup_runs()
+    if second is None:
+        plain.forward()
+    plain.theta_grad(np.ones(plain.model.shape))        # backward (and pixel_grad)
+    err = ""
+    if second is not None:
+        try:
+            err = second.communicate("pixel_grad\n", timeout=900)[1] or ""
+        except Exception as exc:        # never let the second process stop the warm-up
+            second.kill()
+            second.wait()
+            err = str(exc)
+    if second is None or second.returncode != 0:
+        if second is not None:          # do its part here (and say why)
+            print("nbnumba.autodiff: second warm-up process failed: %s"
+                  % ((err.strip().splitlines() or ["unknown reason"])[-1]), file=file)
+            plain.forward()
+        jac.forward()
+        jac.theta_grad(np.ones(jac.model.shape))
     print("nbnumba.autodiff: kernels ready (%.1f s)" % (time.perf_counter() - t0), file=file,
           flush=True)
     return 0
 
 
+def _warmup_second() -> int:
+    """warmup()'s second process: the float64 forward, then (after the line
+    on stdin that says pixel_grad is in the cache, or its end) the Jacobian
+    forward and the contraction."""
+    import sys
+    plain, jac = _warmup_runs()
+    plain.forward()                                     # render64
+    sys.stdin.readline()
+    jac.forward()                                       # forward_jac
+    jac.theta_grad(np.ones(jac.model.shape))            # contract
+    return 0
+
+
 if __name__ == "__main__":
     import sys
+    if sys.argv[1:] == ["--warmup-second"]:
+        sys.exit(_warmup_second())
     if sys.argv[1:] != ["--warmup"]:
         print("usage: python -m nbnumba.autodiff --warmup", file=sys.stderr)
         sys.exit(2)

@@ -483,3 +483,20 @@ def test_jacobian_refusals():
     with pytest.raises(ConfigError, match="MiB"):
         jacobian(BASE + ["-detpixels", "3000"],
                  cell=VALUES["cell"], misset=VALUES["misset"], N=VALUES["N"])
+
+
+def test_warmup_second_process_and_usage():
+    """python -m nbnumba.autodiff --warmup-second (warmup()'s second process)
+    compiles or loads its kernels and ends well also when its stdin ends
+    without the pixel_grad line (the first process gone); any other
+    argument list: a usage line and exit status 2."""
+    import subprocess
+    import sys
+    from nbnumba.kernels.native import python_process
+    p = python_process(["nbnumba.autodiff", "--warmup-second"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    r = subprocess.run([sys.executable, "-m", "nbnumba.autodiff", "--warmup", "--now"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "usage: python -m nbnumba.autodiff --warmup" in r.stderr

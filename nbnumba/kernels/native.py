@@ -231,14 +231,14 @@ def failed_note(key: str | None = None) -> str:
 
 def python_process(args, **popen):
     """``python -m ARGS`` as a subprocess.Popen, with this nbnumba first on
-    PYTHONPATH (the child runs the same sources) and stdin from /dev/null;
-    ``popen``: more Popen keywords."""
+    PYTHONPATH (the child runs the same sources) and stdin from /dev/null
+    unless ``popen`` says otherwise; ``popen``: more Popen keywords."""
     import subprocess
     env = dict(os.environ)
     root = os.path.dirname(_PKG)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return subprocess.Popen([sys.executable, "-m"] + list(args), env=env,
-                            stdin=subprocess.DEVNULL, **popen)
+    popen.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-m"] + list(args), env=env, **popen)
 
 
 def start_build(background: bool = False):
