@@ -17,8 +17,8 @@ compiles the two lattice loops both image loops share, then its own image
 loop, while a second process compiles the host-side helpers (statistics,
 integer and noise images), says so, and then, detached and at low priority,
 the other image loop, so that later runs find both in the cache.
-``nbnumba --warmup`` compiles everything ahead of time, and builds the
-start-up library (kernels/native.py) meanwhile.
+``nbnumba --warmup`` compiles everything ahead of time (split the same way),
+then builds the start-up library (kernels/native.py) from numba's cache.
 """
 from __future__ import annotations
 
@@ -356,35 +356,53 @@ def announce_compile(model, file=None) -> bool:
 
 
 def warmup(file=None) -> int:
-    """Compile (or load from the cache) the image kernel and the helpers
-    (not the trace: see WARMUP_ARGV), and build the start-up library
-    (kernels.native) in a second process meanwhile; returns 0 (a library that
-    cannot be built is reported; runs then use numba's cache)."""
+    """Compile (or load from the cache) both image loops, the helpers and the
+    mosaic draws (not the trace: see WARMUP_ARGV) into numba's cache, then
+    build the start-up library (kernels.native) from that cache; returns 0 (a
+    library that cannot be built is reported; runs then use numba's cache).
+
+    On two cores a second process compiles the block path's geometry, the
+    helpers and render_blocks while this one compiles the lattice loops and
+    render_rows (as a cold run splits: _split_compile); the library build
+    then only links what the cache holds (about 6 s)."""
+    import subprocess
     import tempfile
     from .api import simulate_argv
     from .kernels import native
+    from .kernels.native import python_process
     file = file or sys.stderr
     t0 = time.perf_counter()
-    build = None
-    if native.enabled() and native.aot_module() is None:
+    lib = native.enabled() and native.aot_module() is None
+    second = None
+    if _two_cores():
         try:
-            build = native.start_build()
-        except OSError as exc:
-            print("nbnumba: start-up library not built: %s" % exc, file=file)
-    parallel = build is None and start_helpers()
-    n = COMPILE_SECONDS["render_rows"] + COMPILE_SECONDS["render_blocks"] + (
-        0 if parallel else COMPILE_SECONDS["helpers"])
-    if build is not None:
-        n += COMPILE_SECONDS["library"]
+            second = python_process(["nbnumba.jitcache", "--second", "render_blocks",
+                                     "--geometry", "--helpers"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:
+            second = None
+    n = (max(COMPILE_SECONDS["render_rows"], COMPILE_SECONDS["render_blocks"]
+             + COMPILE_SECONDS["helpers"]) if second is not None else
+         COMPILE_SECONDS["render_rows"] + COMPILE_SECONDS["render_blocks"]
+         + COMPILE_SECONDS["helpers"]) + (COMPILE_SECONDS["library"] if lib else 0)
     print("nbnumba: compiling kernels (once per install; ~%d s)" % n, file=file, flush=True)
     # numba's cache: what the trace, autodiff and any call the library does not
-    # cover use (with the library present, these runs load it, not numba)
+    # cover use (with the library present, these runs load it, not numba).
+    # -c_parity first (render_rows), the second process meanwhile render_blocks.
+    compile_lattice()
     with native.jit_only(), tempfile.TemporaryDirectory(prefix="nbnumba-warmup-") as d:
-        for line in WARMUP_ARGV:
+        for line in reversed(WARMUP_ARGV):
+            if line is WARMUP_ARGV[0] and second is not None:
+                second.wait()           # render_blocks and the helpers: in the cache
             simulate_argv(line.split(), cwd=d, noprogress=True, progress_meter=False)
-    wait_helpers()
-    if build is not None:
-        err = build.communicate()[1]
+    if second is not None and second.poll() is None:
+        second.wait()
+    if lib:
+        try:
+            build = native.start_build(numba_cache=True)
+            err = build.communicate()[1]
+        except OSError as exc:
+            err = str(exc)
         native.forget()
         if native.aot_module() is None:
             print("nbnumba: start-up library not built (runs use numba's cache): %s"

@@ -16,9 +16,14 @@ What makes its code the JIT's code, bit for bit:
 - the wrappers release the GIL, like the dispatcher's ``nogil=True`` wrapper,
   so the image loop still runs on several threads.
 
-Linking needs the kernels' IR, which numba's on-disk cache does not keep
-(it stores object code): the build compiles from source in a private, empty
-numba cache (about the cost of a first run).  The result is written to a
+Linking needs the kernels' LLVM IR.  numba's on-disk cache keeps it (each
+entry holds the object code and the bitcode its callers link), so a build
+run with ``--numba-cache`` takes the kernels from numba's cache: about 6 s
+when it is warm, which ``nbnumba --warmup`` makes sure of first (the
+library's images are the JIT's bit for bit either way:
+tests/test_startup_library.py).  Without it the build compiles from source
+in a private, empty numba cache (about the cost of a first run), so that a
+background build never writes into the cache that runs are using.  The result is written to a
 temporary name and renamed into place; a failed build leaves a one-line
 ``.failed`` note so that background builds are not retried every run.
 """
@@ -110,6 +115,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--background", action="store_true",
                    help="low priority; give up at once if another build holds the lock")
+    p.add_argument("--numba-cache", action="store_true",
+                   help="take the kernels from numba's cache (NUMBA_CACHE_DIR) instead of "
+                        "compiling them in a private, empty one")
     a = p.parse_args(argv)
     import shutil
     import tempfile
@@ -129,10 +137,11 @@ def main(argv=None) -> int:
             return 0
         if os.path.exists(final):
             return 0
-        # a private, empty numba cache (see the module docstring), set before
-        # numba is imported
-        cache = tempfile.mkdtemp(prefix="nbnumba-aot-cache-")
-        os.environ["NUMBA_CACHE_DIR"] = cache
+        # a private, empty numba cache unless told otherwise (see the module
+        # docstring), set before numba is imported
+        cache = None if a.numba_cache else tempfile.mkdtemp(prefix="nbnumba-aot-cache-")
+        if cache is not None:
+            os.environ["NUMBA_CACHE_DIR"] = cache
         try:
             build(a.key, a.out)
         except Exception as exc:                # noted once; the JIT keeps working
@@ -142,7 +151,8 @@ def main(argv=None) -> int:
             print("nbnumba: start-up library not built: %s" % msg, file=sys.stderr)
             return 1
         finally:
-            shutil.rmtree(cache, ignore_errors=True)
+            if cache is not None:
+                shutil.rmtree(cache, ignore_errors=True)
         try:
             os.unlink(base + ".failed")
         except OSError:

@@ -241,14 +241,19 @@ def python_process(args, **popen):
     return subprocess.Popen([sys.executable, "-m"] + list(args), env=env, **popen)
 
 
-def start_build(background: bool = False):
+def start_build(background: bool = False, numba_cache: bool = False):
     """Start building the start-up library in a separate Python process
     (numba's AOT compiler, :mod:`nbnumba.kernels.aot`); returns the Popen.
     ``background``: at low priority, detached from this process, silent (and
     nothing to do if another build holds the lock); else its stderr is a pipe
-    (one line on failure) and it waits for a build already under way."""
+    (one line on failure) and it waits for a build already under way.
+    ``numba_cache``: the build takes the kernels from numba's cache (seconds
+    when it is warm: ``nbnumba --warmup`` fills it first) instead of
+    compiling them in a private, empty one."""
     import subprocess
     args = ["nbnumba.kernels.aot", "--key", library_key(), "--out", library_dir()]
+    if numba_cache:
+        args.append("--numba-cache")
     if background:
         return python_process(args + ["--background"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
