@@ -152,9 +152,11 @@ def _background_library_build() -> None:
     library (kernels.native) in the background, once: later runs load it
     instead of numba."""
     from .kernels import native
-    if native.background_build_wanted():
+    from .jitcache import LIBRARY_DELEGATED
+    if LIBRARY_DELEGATED or native.background_build_wanted():
         try:
-            native.start_build(background=True)
+            if not LIBRARY_DELEGATED:   # else the split's second process builds it
+                native.start_build(background=True)
         except OSError:
             return
         print("nbnumba: building the start-up library in the background (once; later runs "

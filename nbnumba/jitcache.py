@@ -134,6 +134,9 @@ def cold_kernels(model) -> list:
 
 #: the background process compiling the helpers (start_helpers / wait_helpers)
 _HELPERS = None
+#: True once a cold run's second process has taken over the background build
+#: of the start-up library (_split_compile): the CLI then starts none itself
+LIBRARY_DELEGATED = False
 
 
 def start_helpers() -> bool:
@@ -284,30 +287,38 @@ def _split_compile(cold, entry) -> None:
     - the helpers, then it says "helpers" (the run's statistics wait for that
       line: wait_helpers);
     - detached from this run and at low priority, the other image loop, so
-      that later runs find both in the cache.
+      that later runs find both in the cache;
+    - with ``--build`` (when a CLI run would start a background build of the
+      start-up library: LIBRARY_DELEGATED tells it not to), that library,
+      linked from numba's cache, now warm (seconds, not a second compile).
 
     The run finds what the second process compiled in the cache.  If it
     cannot start, the run compiles what it needs itself, as on one core."""
     global _HELPERS
     import subprocess
     from .kernels.native import python_process
+    from .kernels import native
+    global LIBRARY_DELEGATED
     other = "render_blocks" if entry == "render_rows" else "render_rows"
+    build = native.background_build_wanted()
     try:
         p = python_process(["nbnumba.jitcache", "--second", other]
                            + (["--callees"] if entry == "render_rows" else ["--geometry"])
-                           + (["--helpers"] if "helpers" in cold else []),
+                           + (["--helpers"] if "helpers" in cold else [])
+                           + (["--build"] if build else []),
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                            start_new_session=True)
     except OSError:
         return
     _HELPERS = p
+    LIBRARY_DELEGATED = build
     compile_lattice(float32=entry != "render_rows")
 
 
 def _second(argv) -> int:
-    """python -m nbnumba.jitcache --second ENTRY [--callees | --geometry] [--helpers]"""
+    """python -m nbnumba.jitcache --second ENTRY [--callees | --geometry] [--helpers] [--build]"""
     if argv[:1] != ["--second"] or len(argv) < 2 or argv[1] not in ("render_rows", "render_blocks") \
-            or not set(argv[2:]) <= {"--callees", "--geometry", "--helpers"}:
+            or not set(argv[2:]) <= {"--callees", "--geometry", "--helpers", "--build"}:
         return 2
     if "--callees" in argv:
         compile_buffers()               # render_rows reaches them first,
@@ -328,6 +339,10 @@ def _second(argv) -> int:
     except (AttributeError, OSError):
         pass
     compile_entry(argv[1])
+    if "--build" in argv:
+        from .kernels import native
+        if native.background_build_wanted():
+            native.start_build(background=True, numba_cache=True)
     return 0
 
 
