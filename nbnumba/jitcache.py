@@ -294,20 +294,18 @@ def _split_compile(cold, entry) -> None:
 
     The run finds what the second process compiled in the cache.  If it
     cannot start, the run compiles what it needs itself, as on one core."""
-    global _HELPERS
+    global _HELPERS, LIBRARY_DELEGATED
     import subprocess
-    from .kernels.native import python_process
     from .kernels import native
-    global LIBRARY_DELEGATED
     other = "render_blocks" if entry == "render_rows" else "render_rows"
     build = native.background_build_wanted()
     try:
-        p = python_process(["nbnumba.jitcache", "--second", other]
-                           + (["--callees"] if entry == "render_rows" else ["--geometry"])
-                           + (["--helpers"] if "helpers" in cold else [])
-                           + (["--build"] if build else []),
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                           start_new_session=True)
+        p = native.python_process(["nbnumba.jitcache", "--second", other]
+                                  + (["--callees"] if entry == "render_rows" else ["--geometry"])
+                                  + (["--helpers"] if "helpers" in cold else [])
+                                  + (["--build"] if build else []),
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                  start_new_session=True)
     except OSError:
         return
     _HELPERS = p

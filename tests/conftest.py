@@ -4,8 +4,10 @@ CLI runs started by the tests (in-process or as subprocesses) must not start
 background builds of the start-up library (nbnumba.kernels.native).  The
 tests of the library (tests/test_startup_library.py) use one built on purpose
 in a temporary directory: when they are collected, the build starts at once
-in a second process (about the cost of a cold compile, on the core that
-pytest leaves idle) and their ``library`` fixture waits for it.
+in a second process and their ``library`` fixture waits for it.  It takes
+the kernels from numba's cache (``--numba-cache``, as ``nbnumba --warmup``
+does): seconds in a warm cache; in a cold one it compiles them there, on the
+core that pytest leaves idle, and the tests then find them compiled.
 
 Likewise the autodiff kernels (about a minute of compiling in a cold cache):
 ``python -m nbnumba.autodiff --warmup`` starts at collection in a second
@@ -54,7 +56,7 @@ def pytest_collection_modifyitems(session, config, items):
         from nbnumba.kernels import native
         d = tempfile.mkdtemp(prefix="nbnumba-test-aot-")
         with _cache_dir(d):
-            _BUILD.update(dir=d, proc=native.start_build())
+            _BUILD.update(dir=d, proc=native.start_build(numba_cache=True))
     if any(item.path.name in _AUTODIFF_FILES for item in items):
         _WARM["proc"] = subprocess.Popen(
             [sys.executable, "-m", "nbnumba.autodiff", "--warmup"], stdout=subprocess.DEVNULL,

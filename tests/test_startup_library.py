@@ -4,9 +4,10 @@ compiled ahead of time so that a run loads no numba.
 It must give the JIT's results bit for bit (same numba code, same LLVM, same
 CPU features), release the GIL like the JIT kernel, fall back to numba for
 anything it was not built for, and never be used when it does not match
-these sources, settings or this CPU.  One library is built per session (about
-the cost of a first run), in a temporary directory: the ``library`` fixture
-(tests/conftest.py) starts the build when these tests are collected."""
+these sources, settings or this CPU.  One library is built per session, in a
+temporary directory, from numba's cache (``--numba-cache``, as ``nbnumba
+--warmup`` builds it): the ``library`` fixture (tests/conftest.py) starts the
+build when these tests are collected."""
 from __future__ import annotations
 
 import os
@@ -203,28 +204,3 @@ def test_a_failed_build_is_noted_once(empty_cache):
     assert native.failed_note() == "CompileError: no C compiler"
     assert native.background_build_wanted() is False
 
-
-def test_a_library_linked_from_numbas_cache_matches_the_jit(tmp_path, monkeypatch):
-    """``--numba-cache`` (what ``nbnumba --warmup`` uses once it has filled
-    numba's cache): the build takes the kernels' code from numba's cache
-    instead of compiling them in a private one, and the library still gives
-    the JIT's images bit for bit (both image loops, -c_parity, mosaic draws)."""
-    lines = [LINES[0], LINES[1], LINES[6]]
-    for line in lines:                      # numba's cache holds what they call
-        _run(line, tmp_path, aot=False)
-    lib = tmp_path / "lib"
-    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(lib))
-    native.forget()
-    p = native.start_build(numba_cache=True)
-    err = p.communicate(timeout=600)[1]
-    assert p.returncode == 0, err
-    try:
-        assert native.aot_module() is not None
-        for line in lines:
-            jit, _ = _run(line, tmp_path, aot=False)
-            aot, used = _run(line, tmp_path, aot=True)
-            assert used["jit"] == 0 and used["aot"] > 0
-            assert _same(jit.float_image, aot.float_image), line
-            assert _same(jit.int_image, aot.int_image), line
-    finally:
-        native.forget()
