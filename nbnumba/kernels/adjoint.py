@@ -106,14 +106,20 @@ N_AWORK = 12
 _V1 = 1     # the cell variant of the default mode (kernels.cpu: variant 1)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
 def _cell_lattice_grad(h, k, l, Na, Nb, Nc, cna, cnb, cnc):
     """One cell of the square/reduced fast path: the per-axis lattice factors
     (the forward's values up to rounding, sincg_reduced_frac) and their derivatives
     (sincg_reduced_grad_from, cn*: its near-peak coefficients per axis).
     Returns (fa, fb, fc, dfa/dh, dfb/dk, dfc/dl, dfa/dNa, dfb/dNb, dfc/dNc);
     an axis with N <= 1 has factor 1 and zero derivatives.  Branch-free, so
-    loops over it vectorise like the forward's lattice pass."""
+    loops over it vectorise like the forward's lattice pass.
+
+    Compiled once, with pixel_grad's flags, and inlined by LLVM into the two
+    loops that call it (K._inline_into_callers): numba's own inlining
+    (inline="always") typed its body, and the six sines in it, once per call
+    site, a large part of pixel_grad's cold compile."""
+    K._inline_into_callers()
     da = Na > 1
     db = Nb > 1
     dc = Nc > 1
@@ -200,13 +206,15 @@ def _square_sum(S, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, 
     return sumT
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
 def _cell_terms(h, k, l, fa, fb, fc, ga, gb, gc, gNa, gNb, gNc, cells, j, Fhkl, hkls, hmin, hmax,
                 kmin, kmax, lmin, lmax, default_F):
     """Cell j's term of a sub-path's sum (nearest-neighbour F) from its indices
     and _cell_lattice_grad's values: T = (F_cell F_latt)^2, dT/dh, dT/dk,
     dT/dl, their projection on the rotated cell vectors (the d/dS terms gx,
-    gy, gz) and dT/dNa, dT/dNb, dT/dNc."""
+    gy, gz) and dT/dNa, dT/dNb, dT/dNc.  Compiled once and inlined by LLVM
+    (as _cell_lattice_grad)."""
+    K._inline_into_callers()
     Fl = ((1.0 * fa) * fb) * fc
     h0 = np.int64(np.ceil(h - 0.5))
     k0 = np.int64(np.ceil(k - 0.5))
