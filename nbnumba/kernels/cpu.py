@@ -161,12 +161,17 @@ def _axis_in(x, N):
     return x * m + c, (N if on else 1.0)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, _nrt=False, fastmath=FAST_MATH, error_model="numpy")
 def _axes_fraction(h, k, l, Na, Nb, Nc, f32):
     """One cell's square-crystal factor, one axis after another (an axis with
     N <= 1 at 1/2: _axis_in), through a loop that LLVM unrolls (numba inlines
     the helpers once, not three times: compile time): the product of
-    sincg_reduced_frac's unsigned fractions, with its d == 0 limit."""
+    sincg_reduced_frac's unsigned fractions, with its d == 0 limit.
+    Compiled once per precision (f32, a constant at each call), with the
+    lattice loops' flags, and inlined by LLVM into its three callers (two
+    loops and _plane_factor): numba's inline="always" typed it once per call
+    site."""
+    _inline_into_callers()
     num = 1.0
     den = 1.0
     for a in range(3):
