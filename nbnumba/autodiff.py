@@ -699,8 +699,8 @@ def _warmup_runs():
 def warmup(file=None) -> int:
     """Compile (or load from numba's cache) the autodiff kernels: the float64
     forward, the forward that keeps the Jacobian, its contraction and the
-    adjoint pass (about a minute on one core the first time, then a fraction
-    of a second).  With two cores, a second process compiles the float64
+    adjoint pass (about 40 CPU-s the first time, then a fraction of a
+    second).  With two cores, a second process compiles the float64
     forward and then, once this one has compiled the adjoint pass (and with
     it pixel_grad, which both need: this process says so on its stdin), the
     Jacobian forward and the contraction.  torch is not needed.  Returns 0."""

@@ -27,7 +27,7 @@ import sys
 import time
 
 #: rough seconds to compile, cache empty, on a 2-vCPU Xeon (docs/performance.md,
-#: "Compile time", fourth round): each image loop on one core with the lattice
+#: "Cold first run, fourth split"): each image loop on one core with the lattice
 #: loops (render_rows: the pixel function, ~14; render_blocks: the block path,
 #: ~10; sums of the per-function times measured there), the single-pixel
 #: trace (only runs with -trace_pixel compile it), the host-side helpers and
@@ -85,21 +85,20 @@ def compile_helpers() -> None:
         disp(*args)
 
 
-def _entry_name(model) -> str:
-    """The image loop this model's run calls (native.image_loop)."""
+def _entry_name(args) -> str:
+    """The image loop a run with kernel arguments ``args``
+    (model.cpu_kernel_args()) calls (native.image_loop)."""
     from .kernels import native
-    args = model.cpu_kernel_args()
-    cells = args[5]
     # -c_parity runs (the only ones with a first pixel or a latch) are never
     # block runs: -1, -1 decides the same
-    return native.image_loop(args[0], cells.shape[2], -1, -1).name
+    return native.image_loop(args[0], args[5].shape[2], -1, -1).name
 
 
-def _entry_probe(model):
+def _entry_probe(model, args):
     """Arguments with the types api passes to the image loops (native.EXPORTS)."""
     import numpy as np
     S, F = model.shape
-    return (model.active, -1, -1, -1) + tuple(model.cpu_kernel_args()) + (
+    return (model.active, -1, -1, -1) + tuple(args) + (
         np.zeros((S, F), np.float32), np.zeros(S), np.zeros((1, 1), np.int32),
         np.zeros((1, 1), np.uint8), 0, 0, 0)
 
@@ -120,8 +119,8 @@ def cold_kernels(model) -> list:
     args = model.cpu_kernel_args()
     out = []
     if not aot:
-        name = _entry_name(model)
-        if not _cached(getattr(K, name), _entry_probe(model)):
+        name = _entry_name(args)
+        if not _cached(getattr(K, name), _entry_probe(model, args)):
             out.append(name)
     if tracing:
         probe = (0, 0, False, -1) + tuple(args) + (1,)
@@ -207,8 +206,8 @@ def compile_entry(name: str) -> None:
     "render_blocks") by running it on _TINY_ARGV's 4x4 model (a block run:
     either loop renders it), with the argument types api passes."""
     from .kernels import cpu as K
-    model, _ = _tiny_kernel_args()
-    probe = list(_entry_probe(model))
+    model, args = _tiny_kernel_args()
+    probe = list(_entry_probe(model, args))
     probe[-2] = model.shape[0]          # rows 0 .. S - 1, step 1
     probe[-1] = 1
     getattr(K, name)(*probe)
@@ -408,8 +407,6 @@ def warmup(file=None) -> int:
             if line is WARMUP_ARGV[0] and second is not None:
                 second.wait()           # render_blocks and the helpers: in the cache
             simulate_argv(line.split(), cwd=d, noprogress=True, progress_meter=False)
-    if second is not None and second.poll() is None:
-        second.wait()
     if lib:
         try:
             build = native.start_build(numba_cache=True)

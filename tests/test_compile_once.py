@@ -143,7 +143,7 @@ def test_each_run_names_its_own_image_loop():
               "render_rows")]
     for line, name in cases:
         model = build_model(nbnumba.parse_argv(line.split()))
-        assert jitcache._entry_name(model) == name, line
+        assert jitcache._entry_name(model.cpu_kernel_args()) == name, line
 
 
 def test_cold_cache_is_detected(tmp_path):

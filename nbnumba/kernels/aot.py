@@ -20,12 +20,13 @@ Linking needs the kernels' LLVM IR.  numba's on-disk cache keeps it (each
 entry holds the object code and the bitcode its callers link), so a build
 run with ``--numba-cache`` takes the kernels from numba's cache: about 6 s
 when it is warm, which ``nbnumba --warmup`` makes sure of first (the
-library's images are the JIT's bit for bit either way:
-tests/test_startup_library.py).  Without it the build compiles from source
-in a private, empty numba cache (about the cost of a first run), so that a
-background build never writes into the cache that runs are using.  The result is written to a
-temporary name and renamed into place; a failed build leaves a one-line
-``.failed`` note so that background builds are not retried every run.
+library's images are the JIT's bit for bit: tests/test_startup_library.py
+builds its library this way).  Without it the build compiles from source in
+a private, empty numba cache (about the cost of a first run), so that a
+background build never writes into the cache that runs are using.  The
+result is written to a temporary name and renamed into place; a failed build
+leaves a one-line ``.failed`` note so that background builds are not retried
+every run.
 """
 from __future__ import annotations
 
