@@ -153,14 +153,15 @@ def _background_library_build() -> None:
     instead of numba."""
     from .kernels import native
     from .jitcache import LIBRARY_DELEGATED
-    if LIBRARY_DELEGATED or native.background_build_wanted():
+    if not LIBRARY_DELEGATED:           # else a cold run's second process builds it
+        if not native.background_build_wanted():
+            return
         try:
-            if not LIBRARY_DELEGATED:   # else the split's second process builds it
-                native.start_build(background=True)
+            native.start_build(background=True)
         except OSError:
             return
-        print("nbnumba: building the start-up library in the background (once; later runs "
-              "start without loading numba)", file=sys.stderr)
+    print("nbnumba: building the start-up library in the background (once; later runs "
+          "start without loading numba)", file=sys.stderr)
 
 
 # ---- whole-program modes of nbnumba (not nanoBragg flags) ---------------------
