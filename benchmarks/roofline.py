@@ -27,7 +27,9 @@ than its nominal clock, as this project's development guest does (nominal
 
 The assembly counts come from a child process that compiles the two hot
 functions into an empty numba cache (numba cannot list the code of cached
-functions): ``_lattice_square_fast`` (float64 sines) and ``_lean_sum``.
+functions): ``_lattice_square_fast`` (float64 sines), ``_lean_sum`` (the
+pixel path's fast-math sum) and ``_ordered_lean_sum`` (the fixed-order sum,
+whose terms loop is the block path's, W3's).
 """
 from __future__ import annotations
 
@@ -118,8 +120,9 @@ cells = np.random.default_rng(0).normal(size=(2, 9, n)) * 1e-9
 work = np.zeros((K.N_WORK, n))
 K._lattice_square_fast(np.int64(1), (1e9, 2e9, 3e9), cells, work, 5.0, 6.0, 7.0)
 K._lean_sum(work, 0, n, np.ones((2, 2, 2)), 0, 0, 1, 0, 1, 0, 1, 100.0)
+K._ordered_lean_sum(work, 0, n, np.ones((2, 2, 2)), 0, 0, 1, 0, 1, 0, 1, 100.0)
 out = {}
-for fn in (K._lattice_square_fast, K._lean_sum):
+for fn in (K._lattice_square_fast, K._lean_sum, K._ordered_lean_sum):
     asm = fn.inspect_asm(fn.signatures[-1])
     lines = asm.splitlines()
     out[fn.__name__] = {k: sum(1 for s in lines if k in s)

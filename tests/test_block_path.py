@@ -149,7 +149,7 @@ def test_deferred_lattice_matches_pixel_value_bit_for_bit(line, tmp_path, monkey
     # a change in the order of the sub-path sums)
     iopt, fopt, vecs, incident, lam, cells, Fhkl = args
     nd = K.defer_lanes(iopt, ncell)
-    dcells, dwork = np.zeros((2, 9, nd)), np.empty((K.N_WORK, nd))
+    dcells, dwork = K.lane_buffer(nd, cells), K.lane_work(nd, cells)
     work = np.empty((K.N_WORK, ncell))
     tb, tp, info = np.zeros((1, K.TRACE_COLS)), np.zeros(1, np.int64), np.zeros(3, np.int64)
     n = 0

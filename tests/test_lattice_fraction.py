@@ -144,8 +144,8 @@ def test_six_interleaved_sines_bits():
 def test_padding_and_spare_lanes_avoid_planes():
     """The lanes the sums never read must not lie on a lattice plane (d == 0
     would send the loop to its second pass on every call): lattice_cells pads
-    with copies of the last real cell, and lane_buffer's lanes start at
-    h = k = l = 1/4."""
+    with copies of the last real cell, and lane_work's lanes start at
+    h = k = l = 1/4 (lane_buffer only carries the lane count)."""
     from nbnumba.kernels.layout import N_IOPT, I_SHAPE, I_REDUCED
     iopt = np.zeros(N_IOPT, dtype=np.int64)
     iopt[I_SHAPE], iopt[I_REDUCED] = 0, 1
@@ -156,7 +156,10 @@ def test_padding_and_spare_lanes_avoid_planes():
     assert np.array_equal(padded[:, :, :n], cells)
     assert np.all(padded[:, :, n:] == cells[:, :, n - 1:n])
     lanes = K.lane_buffer(24, cells)
-    assert np.all(lanes[1, [0, 3, 6]] == 0.25) and np.count_nonzero(lanes) == 3 * 24
+    assert lanes.shape == (1, 1, 24) and lanes.dtype == cells.dtype
+    lwork = K.lane_work(24, cells)
+    assert lwork.shape == (K.N_WORK, 24)
+    assert np.all(lwork[[K.W_H, K.W_K, K.W_L]] == 0.25) and np.count_nonzero(lwork) == 3 * 24
 
 
 def test_float32_sines_fraction():

@@ -16,10 +16,12 @@ from __future__ import annotations
 import types as _pytypes
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
 from numba.core.extending import intrinsic
 
 from ..physics import (capture_fraction, dot, interp_in_range, lattice_factor, like, nearest_F,
+                       nearest_F_frac,
                        polarization_factor, rotate_axis, sincg_reduced_frac, sincg_reduced_frac3,
                        solid_angle, tricubic_F, unitize)
 from .layout import (  # noqa: F401  (re-exported: K.I_* etc.)
@@ -71,6 +73,22 @@ so the bits do not change.  What goes is the call: ~30 exploded array
 arguments per call of a short loop.""")
 
 
+@intrinsic
+def _args_noalias(typingctx):
+    """Mark the calling function's pointer arguments ``noalias`` for LLVM (the
+    data pointers of its array arguments, among others): a promise that the
+    function never receives one array twice.  It lets LLVM vectorise a loop
+    that gathers from one array and stores into another, which it must
+    otherwise assume may overlap (no run-time check can cover a gather).
+    Kept when LLVM inlines the function (as alias-scope metadata)."""
+    def codegen(context, builder, sig, args):
+        for a in builder.function.args:
+            if isinstance(a.type, ir.PointerType):
+                a.add_attribute("noalias")
+        return context.get_dummy_value()
+    return types.none(), codegen
+
+
 _never_inline = _function_attribute("noinline", """\
 Mark the calling function ``noinline`` for LLVM: a rarely taken path stays a
 call, out of its caller's vector loop (where LLVM would otherwise inline it
@@ -92,8 +110,9 @@ def _record(tbuf, tpos, ev, vals):
 
 
 # ---- per-thread work buffer rows (length = number of (phi, mosaic) cells) ---
-W_H, W_K, W_L, W_F, W_FA, W_FB, W_FC = range(7)     # (W_FA + a: axis a's factor of W_H + a)
-N_WORK = 7
+# (W_FA + a: axis a's factor of W_H + a; W_T: the lean sum's terms, _lean_terms)
+W_H, W_K, W_L, W_F, W_FA, W_FB, W_FC, W_T = range(8)
+N_WORK = 8
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
@@ -109,28 +128,129 @@ def _hkl(cells, v, j, S0, S1, S2):
             cells[v, 6, j] * S0 + cells[v, 7, j] * S1 + cells[v, 8, j] * S2)
 
 
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
+def _lean_terms(work, j0, n, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F):
+    """The default mode's terms F_cell^2 F_latt^2 (nearest F) of columns
+    j0 .. j0 + n - 1 of ``work``, into work[W_T, 0 .. n - 1]: each rounded as
+    ((F_cell F_cell) F_latt) F_latt, strict IEEE, so a term has the same bits
+    wherever it is computed (pixel_value, the block path).  No reduction
+    here, so the loop vectorises (hardware gathers for F) without
+    reassociation.  Every term is +0, positive or NaN (a product of two
+    squares, rounded in that order).  Inlined by LLVM (_inline_into_callers);
+    its array arguments are distinct (_args_noalias: the gathers from Fhkl
+    cannot meet the stores into work, so no run-time alias check is needed,
+    and none could be made for a gather)."""
+    _inline_into_callers()
+    _args_noalias()
+    lo, hi = _grid_bounds(hmin, hmax, kmin, kmax, lmin, lmax, default_F)
+    # unsigned columns: numba then adds no negative-index wraparound, whose
+    # per-lane select turned the contiguous row loads into gathers
+    u0 = np.uint64(j0)
+    for i in range(n):
+        ui = np.uint64(i)
+        j = u0 + ui
+        Fl = work[W_F, j]
+        Fc = nearest_F_frac(Fhkl, hkls, lo, hi, work[W_H, j], work[W_K, j], work[W_L, j],
+                            default_F)
+        work[W_T, ui] = Fc * Fc * Fl * Fl
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _tree8(p0, p1, p2, p3, p4, p5, p6, p7):
+    """The fixed tree that closes a lean sum: ((p0 + p1) + (p2 + p3)) +
+    ((p4 + p5) + (p6 + p7)), p_k the partial sum of the terms i = k mod 8."""
+    return ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7))
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _grid_bounds(hmin, hmax, kmin, kmax, lmin, lmax, proto):
+    """nearest_F_frac's bounds: (hmin, kmin, lmin), (hmax, kmax, lmax) as
+    floats of proto's type."""
+    return ((like(hmin, proto), like(kmin, proto), like(lmin, proto)),
+            (like(hmax, proto), like(kmax, proto), like(lmax, proto)))
+
+
 @njit(cache=True, _nrt=False, fastmath=FAST_MATH, error_model="numpy")
 def _lean_sum(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F):
     """Sum of F_cell^2 F_latt^2 over the cells of one sub-path (nearest F),
-    columns j0 .. j0 + ncell - 1 of ``work``.  Default mode only: fast-math
-    (the reassociated sum vectorises).  Inlined into its callers by LLVM
-    (_inline_into_callers): the block path calls it once per pixel for ~10
-    cells, and the call cost ~4 % of W3."""
+    columns j0 .. j0 + ncell - 1 of ``work``: pixel_value's sum in the runs
+    that the block path does not take.  Fast-math: the reassociated sum
+    vectorises along with the F lookup, in an order LLVM chooses (which the
+    block path could not repeat: the runs it takes sum in a fixed order,
+    _ordered_lean_sum).  Inlined into its callers by LLVM
+    (_inline_into_callers)."""
     _inline_into_callers()
-    acc = work[W_F, 0] * 0
-    half = acc + 0.5
+    lo, hi = _grid_bounds(hmin, hmax, kmin, kmax, lmin, lmax, default_F)
+    acc = like(0.0, default_F)
     # an unsigned column: numba then adds no negative-index wraparound, whose
     # per-lane select turned the contiguous row loads into gathers
     u0 = np.uint64(j0)
     for i in range(ncell):
         j = u0 + np.uint64(i)
         Fl = work[W_F, j]
-        h0 = np.int64(np.ceil(work[W_H, j] - half))
-        k0 = np.int64(np.ceil(work[W_K, j] - half))
-        l0 = np.int64(np.ceil(work[W_L, j] - half))
-        Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
+        Fc = nearest_F_frac(Fhkl, hkls, lo, hi, work[W_H, j], work[W_K, j], work[W_L, j],
+                            default_F)
         acc += Fc * Fc * Fl * Fl
     return acc
+
+
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
+def _ordered_lean_sum(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                      default_F):
+    """_lean_sum in a fixed order, for the runs the block path takes
+    (block_eligible): there pixel_value (the autodiff forward, a direct
+    render_rows) must give the block path's bits.
+
+    The terms come from _lean_terms; eight partial sums p_k (from +0) of the
+    terms i = k mod 8 in ascending i, then _tree8; strict IEEE.  The block
+    path forms the same partial sums for many sub-paths at once
+    (_column_sums), with vector adds across the sub-paths.  (A term is never
+    -0, so adding a partial sum that received no term, +0, changes nothing.)
+    A store and a reload per term more than _lean_sum: W2-like runs (50
+    cells, 2 x 2 sub-pixels) took about 5 % longer with it.  Inlined into
+    its callers by LLVM."""
+    _inline_into_callers()
+    _lean_terms(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F)
+    z = like(0.0, default_F)
+    p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = z
+    n8 = ncell - ncell % 8
+    for i in range(0, n8, 8):
+        u = np.uint64(i)
+        p0 += work[W_T, u]
+        p1 += work[W_T, u + np.uint64(1)]
+        p2 += work[W_T, u + np.uint64(2)]
+        p3 += work[W_T, u + np.uint64(3)]
+        p4 += work[W_T, u + np.uint64(4)]
+        p5 += work[W_T, u + np.uint64(5)]
+        p6 += work[W_T, u + np.uint64(6)]
+        p7 += work[W_T, u + np.uint64(7)]
+    r = ncell - n8
+    if r > 0:
+        p0 += work[W_T, n8]
+    if r > 1:
+        p1 += work[W_T, n8 + 1]
+    if r > 2:
+        p2 += work[W_T, n8 + 2]
+    if r > 3:
+        p3 += work[W_T, n8 + 3]
+    if r > 4:
+        p4 += work[W_T, n8 + 4]
+    if r > 5:
+        p5 += work[W_T, n8 + 5]
+    if r > 6:
+        p6 += work[W_T, n8 + 6]
+    return _tree8(p0, p1, p2, p3, p4, p5, p6, p7)
+
+
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
+def _ordered_lean_sum_call(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                           default_F):
+    """_ordered_lean_sum as a call (pixel_value's two sites): pixel_value
+    takes it only in the runs render_blocks serves, and inlined twice it
+    cost pixel_value's compile about 1 s."""
+    _never_inline()
+    return _ordered_lean_sum(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                             default_F)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -226,22 +346,24 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc):
     (no branch on N either)."""
     _prefer_512bit_vectors()
     ncell = cells.shape[2]
-    S0, S1, S2 = S
-    if F32_SINES or not (Na > 1 and Nb > 1 and Nc > 1):
+    if variant >= 0:
+        # the cells' indices along S (exact: _hkl); variant -1: the lane paths
+        # have stored their lanes' indices in work, and cells only gives
+        # their number (lane_buffer)
+        S0, S1, S2 = S
         for j in range(ncell):
             h, k, l = _hkl(cells, variant, j, S0, S1, S2)
             work[W_H, j] = h
             work[W_K, j] = k
             work[W_L, j] = l
-            work[W_F, j] = _axes_fraction(h, k, l, Na, Nb, Nc, F32_SINES)
+    if F32_SINES or not (Na > 1 and Nb > 1 and Nc > 1):
+        for j in range(ncell):
+            work[W_F, j] = _axes_fraction(work[W_H, j], work[W_K, j], work[W_L, j], Na, Nb, Nc,
+                                          F32_SINES)
         return
     zero_den = False
     for j in range(ncell):
-        h, k, l = _hkl(cells, variant, j, S0, S1, S2)
-        work[W_H, j] = h
-        work[W_K, j] = k
-        work[W_L, j] = l
-        num, den = sincg_reduced_frac3(h, k, l, Na, Nb, Nc)
+        num, den = sincg_reduced_frac3(work[W_H, j], work[W_K, j], work[W_L, j], Na, Nb, Nc)
         work[W_F, j] = num / den
         zero_den |= den == 0.0
     if zero_den:
@@ -318,58 +440,89 @@ _lattice_square_fast32 = njit(fastmath=FAST_MATH, _nrt=False, **_JIT)(
 
 # ---- lanes: several sub-paths' cells in one lattice loop ---------------------
 # The block path and pixel_value's deferred lattice store each lane's exact
-# Miller indices as the x components of variant 1 of a cell buffer ``lanes``
-# (lane_buffer) and evaluate them all with S = (1, 0, 0): h * 1 + 0 * 0 + 0 * 0 == h
-# bit for bit, so the lattice factors are those of the sub-path's own loop.
+# Miller indices (_hkl) in rows W_H, W_K, W_L of a work buffer (lane_work) and
+# run the lattice loop on them with variant -1 (indices given): the same sine
+# loop on the same indices as the sub-path's own loop, so the same factors.
 @njit(cache=True, inline="always", error_model="numpy")
-def _index_lanes(cells, variant, ncell, S0, S1, S2, lanes, q0):
+def _index_lanes(cells, variant, ncell, S0, S1, S2, lwork, q0):
     """Cells 0 .. ncell - 1 of ``variant`` seen along S: their indices (_hkl,
-    exact) into lanes q0 .. q0 + ncell - 1."""
+    exact) into lanes q0 .. q0 + ncell - 1 of lwork."""
     for j in range(ncell):
         h, k, l = _hkl(cells, variant, j, S0, S1, S2)
-        lanes[1, 0, q0 + j] = h
-        lanes[1, 3, q0 + j] = k
-        lanes[1, 6, q0 + j] = l
+        lwork[W_H, q0 + j] = h
+        lwork[W_K, q0 + j] = k
+        lwork[W_L, q0 + j] = l
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _index_block(tcells, v0, geo, nsubpath, ncell, sl, lanes):
-    """The block path's indices: lanes c ncell + j of ``lanes`` (as
-    _index_lanes) for the sub-paths c < nsubpath of _block_geometry's columns
-    (their S in geo), from tcells, variant 1's cells tiled along the lanes
-    (tcells[v0, r, c ncell + j] = cells[1, r, j]; v0 a computed 0).  Three
-    loops, one per index, each through _hkl: a loop that stores one row runs
-    few enough run-time alias checks for LLVM to vectorise it over all the
-    block's lanes (with three rows stored it ran scalar, pixel by pixel;
-    docs/performance.md, sixth round).  The same operations on the same
-    values as _index_lanes, so the same bits."""
-    n = nsubpath * ncell
-    for c in range(nsubpath):
-        for j in range(ncell):
-            sl[0, c * ncell + j] = geo[B_S0, c]
-            sl[1, c * ncell + j] = geo[B_S1, c]
-            sl[2, c * ncell + j] = geo[B_S2, c]
-    for q in range(n):
-        lanes[1, 0, q] = _hkl(tcells, v0, q, sl[0, q], sl[1, q], sl[2, q])[0]
-    for q in range(n):
-        lanes[1, 3, q] = _hkl(tcells, v0, q, sl[0, q], sl[1, q], sl[2, q])[1]
-    for q in range(n):
-        lanes[1, 6, q] = _hkl(tcells, v0, q, sl[0, q], sl[1, q], sl[2, q])[2]
+def _index_block(cells, v1, geo, ncol, ncell, lwork):
+    """The block path's indices: for the sub-paths c < ncol of
+    _block_geometry's columns (their S in geo) and the cells j of variant v1
+    (a computed 1), lane j ncol + c of lwork (as _index_lanes; cell-major,
+    so that a cell's lanes, and later its terms, are contiguous across the
+    sub-paths: _column_sums adds them with vector adds).  Three loops, one
+    per index, each through _hkl: a loop that stores one row runs few enough
+    run-time alias checks for LLVM to vectorise it (with three rows stored it
+    ran scalar; docs/performance.md, sixth round).  The same operations on
+    the same values as _index_lanes, so the same bits."""
+    for j in range(ncell):
+        q0 = j * ncol
+        for c in range(ncol):
+            lwork[W_H, q0 + c] = _hkl(cells, v1, j, geo[B_S0, c], geo[B_S1, c], geo[B_S2, c])[0]
+    for j in range(ncell):
+        q0 = j * ncol
+        for c in range(ncol):
+            lwork[W_K, q0 + c] = _hkl(cells, v1, j, geo[B_S0, c], geo[B_S1, c], geo[B_S2, c])[1]
+    for j in range(ncell):
+        q0 = j * ncol
+        for c in range(ncol):
+            lwork[W_L, q0 + c] = _hkl(cells, v1, j, geo[B_S0, c], geo[B_S1, c], geo[B_S2, c])[2]
+
+
+@njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
+def _column_sums(work, ncol, ncell, part, geo):
+    """The lean sums of the block path's sub-paths c < ncol, into
+    geo[B_SUM, c]: their terms sit in work[W_T, j ncol + c] (cell-major), and
+    each column's sum is _lean_sum's, operation for operation: partial sums
+    part[k, c] (from +0) of the cells j = k mod 8 in ascending j, then
+    _tree8.  Each step is one loop over the columns, which vectorises.
+    Inlined by LLVM; distinct arrays (_args_noalias)."""
+    _inline_into_callers()
+    _args_noalias()
+    z = like(0.0, part[0, 0])
+    for k in range(8):
+        for c in range(ncol):
+            part[k, c] = z
+    for j in range(ncell):
+        k = j % 8
+        q0 = np.uint64(j * ncol)
+        for c in range(ncol):
+            part[k, c] += work[W_T, q0 + np.uint64(c)]
+    for c in range(ncol):
+        geo[B_SUM, c] = _tree8(part[0, c], part[1, c], part[2, c], part[3, c], part[4, c],
+                               part[5, c], part[6, c], part[7, c])
 
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _lattice_lanes(lanes, work, reduced, Na, Nb, Nc):
-    """Lattice factors of every lane of ``lanes`` into work (_lattice_square_fast
-    with S = (1, 0, 0); float32 sines when reduced == 2).  Lanes past those
-    just stored keep earlier indices (or 0): computed along, never read."""
+    """Lattice factors of the lanes of work whose indices _index_lanes or
+    _index_block stored (_lattice_square_fast with variant -1: as many lanes
+    as ``lanes`` (lane_buffer) has; float32 sines when reduced == 2).  Lanes
+    past those just stored keep earlier indices (or lane_work's 1/4):
+    computed along, never read."""
     z = Na * 0
     unit = (z + 1, z, z)
-    # computed, not a literal 1: a literal makes numba compile _hkl a second time
-    v1 = reduced * 0 + 1
+    # computed, not a literal: a literal makes numba compile the loop a second time
+    given = reduced * 0 - 1
     if reduced == 2:
-        _lattice_square_fast32(v1, unit, lanes, work, Na, Nb, Nc)
+        _lattice_square_fast32(given, unit, lanes, work, Na, Nb, Nc)
     else:
-        _lattice_square_fast(v1, unit, lanes, work, Na, Nb, Nc)
+        _lattice_square_fast(given, unit, lanes, work, Na, Nb, Nc)
+
+
+# block_eligible (kernels.layout: numba-free, native.render picks the entry
+# with it; pixel_value sums in the block path's order where it holds)
+_block_eligible = njit(inline="always", **_JIT)(block_eligible)
 
 
 def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incident, lam, cells,
@@ -443,11 +596,16 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
     corrected = (not c_parity) and (nthick > 1 or os_thick or os_polar or os_omega)
     # deferred lattice (lean sums, square crystal, reduced sincg; the caller
     # passes lane buffers dcells/dwork of os^2 x sources x cells lanes, else
-    # one lane): each sub-path's Miller indices go into its lanes of dcells,
+    # one lane): each sub-path's Miller indices go into its lanes of dwork,
     # and one vector loop evaluates every lane's lattice factors after the
     # sub-path loops (see defer_lanes); then the sub-paths' lean sums are
     # added to I in sub-path order, the additions the loop would have made
     defer = lean and (not corrected) and shape == 0 and reduced != 0 and dcells.shape[2] > 1
+    # a run the block path takes (render_blocks): its sums in that path's
+    # fixed order (_ordered_lean_sum), so that this function gives its bits;
+    # the others in _lean_sum's faster order (-c_parity runs, the only ones
+    # with a first pixel or a latch, are never lean: -1 for both)
+    ordered = lean and _block_eligible(iopt, ncell, ncell * 0 - 1, ncell * 0 - 1)
     nsub = 0
 
     I = I_bg
@@ -538,7 +696,7 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                     ran_phi = 1
                     if defer:
                         # this sub-path's cells into lanes nsub * ncell + j
-                        _index_lanes(cells, variant, ncell, S[0], S[1], S[2], dcells, nsub * ncell)
+                        _index_lanes(cells, variant, ncell, S[0], S[1], S[2], dwork, nsub * ncell)
                         nsub += 1
                         continue
                     # pass 1 over (phi, mosaic) cells: Miller indices and lattice
@@ -559,8 +717,13 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                     if lean:
                         # pass 2, common case: nearest-neighbour F and a plain sum
                         # (no per-sub-path state to keep), branch-light
-                        acc_s = _lean_sum(work, ncell * 0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax,
-                                          lmin, lmax, default_F)
+                        if ordered:
+                            acc_s = _ordered_lean_sum_call(work, ncell * 0, ncell, Fhkl, hkls,
+                                                           hmin, hmax, kmin, kmax, lmin, lmax,
+                                                           default_F)
+                        else:
+                            acc_s = _lean_sum(work, ncell * 0, ncell, Fhkl, hkls, hmin, hmax,
+                                              kmin, kmax, lmin, lmax, default_F)
                         if corrected:
                             layer_sum += acc_s
                         else:
@@ -650,8 +813,12 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
     if nsub > 0:
         _lattice_lanes(dcells, dwork, reduced, Na, Nb, Nc)
         for u in range(nsub):
-            I += _lean_sum(dwork, u * ncell, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
-                           default_F)
+            if ordered:
+                I += _ordered_lean_sum_call(dwork, u * ncell, ncell, Fhkl, hkls, hmin, hmax, kmin,
+                                            kmax, lmin, lmax, default_F)
+            else:
+                I += _lean_sum(dwork, u * ncell, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
+                               lmax, default_F)
 
     r2f = fopt[F_SCALE]   # r_e^2 * fluence
     steps = fopt[F_STEPS]
@@ -699,13 +866,9 @@ _pixel_value_trace = njit(fastmath=False, _nrt=False, **_JIT)(
 #: lane is computed on its own)
 BLOCK = 32
 # rows of the per-block geometry buffer (one column per sub-pixel of each
-# pixel of the block)
-B_S0, B_S1, B_S2, B_OMEGA, B_CAPTURE, B_POLAR, B_RUN, B_D0, B_D1, B_D2 = range(10)
-N_BLOCK = 10
-
-
-# block_eligible (kernels.layout: numba-free, native.render picks the entry with it)
-_block_eligible = njit(inline="always", **_JIT)(block_eligible)
+# pixel of the block; B_SUM: the column's lean sum, then the pixel's value)
+B_S0, B_S1, B_S2, B_OMEGA, B_CAPTURE, B_POLAR, B_RUN, B_D0, B_D1, B_D2, B_SUM = range(11)
+N_BLOCK = 11
 
 
 def _target_has_avx512() -> bool:
@@ -814,17 +977,23 @@ def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo, sub):
         S0 = (diffracted[0] - incident_v[0]) / lambda_
         S1 = (diffracted[1] - incident_v[1]) / lambda_
         S2 = (diffracted[2] - incident_v[2]) / lambda_
-        stol = like(0.5, z) * np.sqrt(S0 * S0 + S1 * S1 + S2 * S2)
-        # pixel_value's "dmin > 0 and stol > 0 and dmin > 0.5 / stol", without
-        # the short circuit (0.5 / 0 is inf here, and unused)
-        cut = (dmin > 0.0) & (stol > 0.0) & (dmin > like(0.5, z) / stol)
         geo[B_S0, c] = S0
         geo[B_S1, c] = S1
         geo[B_S2, c] = S2
-        geo[B_RUN, c] = z if cut else one
+        geo[B_RUN, c] = one
         geo[B_D0, c] = diffracted[0]
         geo[B_D1, c] = diffracted[1]
         geo[B_D2, c] = diffracted[2]
+    if dmin > 0.0:
+        # pixel_value's "dmin > 0 and stol > 0 and dmin > 0.5 / stol", without
+        # the short circuit (0.5 / 0 is inf here, and unused); in a loop of
+        # its own, so that runs without -dmin skip its square root and
+        # division (W3: about 2 % of the run)
+        for c in range(ncol):
+            S0, S1, S2 = geo[B_S0, c], geo[B_S1, c], geo[B_S2, c]
+            stol = like(0.5, z) * np.sqrt(S0 * S0 + S1 * S1 + S2 * S2)
+            cut = (stol > 0.0) & (dmin > like(0.5, z) / stol)
+            geo[B_RUN, c] = z if cut else one
     if thick != 0.0:
         for c in range(ncol):
             par = geo[B_D0, c] * odet[0] + geo[B_D1, c] * odet[1] + geo[B_D2, c] * odet[2]
@@ -852,23 +1021,23 @@ def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo, sub):
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
 def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub, bcells, work,
-               out, orow, tcells, sl):
+               out, orow, part):
     """Pixels (s, fs[b]), b < nb, by the block path: pixel_value's value for
     each, stored as float32 into out.  Returns orow (the row's running sum of
     solid angles) plus theirs, added in pixel order.
 
     The lattice factors of all nb x os^2 x ncell (pixel, sub-pixel, cell)
     lanes come from one call of _lattice_square_fast, the default mode's hot
-    loop, on the cells ``bcells`` (lane_buffer: zeros except a_x, b_x, c_x of
-    variant 1)
-    with S = (1, 0, 0): lane q = c ncell + j (c: _block_geometry's column)
-    gets a_x = h, b_x = k, c_x = l of that sub-path and cell j (exact, by
-    _hkl), and h * 1 + 0 * 0 + 0 * 0 == h bit for bit.  So the block path adds
-    no second copy of the vectorised sine loop (nor its compile time).  The
-    per-pixel factors follow pixel_value's rules: the solid angle and the
-    capture fraction of the first sub-pixel where they are nonzero, the
-    polarization of the first summed sub-path where it is nonzero, and the
-    sub-paths' sums added in sub-pixel order."""
+    loop, with the indices given (variant -1; ``bcells`` from lane_buffer
+    gives the lane count): lane q = j ncol + c of work (c: _block_geometry's
+    column, j: the cell) gets h, k, l of that sub-path and cell (exact, by
+    _hkl: _index_block).  So the block path adds no second copy of the
+    vectorised sine loop (nor its compile time).  Then the terms of every lane (_lean_terms, one vector
+    loop with gathers) and each column's sum (_column_sums: _lean_sum's
+    order).  The per-pixel factors follow pixel_value's rules: the solid
+    angle and the capture fraction of the first sub-pixel where they are
+    nonzero, the polarization of the first summed sub-path where it is
+    nonzero, and the sub-paths' sums added in sub-pixel order."""
     _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo, sub)
     hkls = iopt[I_HKLS]
     hmin, hmax, kmin, kmax = iopt[I_HMIN], iopt[I_HMAX], iopt[I_KMIN], iopt[I_KMAX]
@@ -878,28 +1047,34 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
     ncell = cells.shape[2]
     os_ = iopt[I_OVERSAMPLE]
     nsub = os_ * os_
-    # computed, not a literal 0: a literal makes numba compile _hkl a second time
-    _index_block(tcells, nb * 0, geo, nb * nsub, ncell, sl, bcells)
+    ncol = nb * nsub
+    # computed, not a literal 1: a literal makes numba compile _hkl a second time
+    _index_block(cells, nb * 0 + 1, geo, ncol, ncell, work)
     _lattice_lanes(bcells, work, iopt[I_REDUCED], Na, Nb, Nc)
+    # (a computed 0, not a literal: one signature of _lean_terms)
+    _lean_terms(work, nb * 0, ncol * ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                default_F)
+    _column_sums(work, ncol, ncell, part, geo)
     z = fopt[0] * 0
     I_bg = fopt[F_I_BG]
     r2f = fopt[F_SCALE]
     steps = fopt[F_STEPS]
     nopolar = iopt[I_NOPOLAR] != 0
     if nsub == 1:
-        # one sub-pixel per pixel (the common case): its factors as they are
-        # (the general loop below gives the same bits, but cost the 1-cell
-        # README run about 15 %: docs/performance.md, fifth round)
+        # one sub-pixel per pixel (the common case): its factors as they are,
+        # each pixel's value in one loop over the block (it vectorises: the
+        # division too), then the stores (the general loop below gives the
+        # same bits, but cost the 1-cell README run about 15 %:
+        # docs/performance.md, fifth round)
         for b in range(nb):
-            I = I_bg
-            if geo[B_RUN, b] != 0.0:
-                I += _lean_sum(work, b * ncell, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
-                               lmax, default_F)
+            I = I_bg + geo[B_SUM, b] if geo[B_RUN, b] != 0.0 else I_bg
             test = r2f * I / steps
             test *= geo[B_CAPTURE, b]
             test *= geo[B_POLAR, b]
             test *= geo[B_OMEGA, b]
-            out[s, fs[b]] = np.float32(test)
+            geo[B_SUM, b] = test
+        for b in range(nb):
+            out[s, fs[b]] = np.float32(geo[B_SUM, b])
             orow += z + geo[B_OMEGA, b]
         return orow
     for b in range(nb):
@@ -918,8 +1093,7 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
             if geo[B_RUN, c] != 0.0:
                 if polar == 0.0:
                     polar = geo[B_POLAR, c]
-                I += _lean_sum(work, c * ncell, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
-                               lmax, default_F)
+                I += geo[B_SUM, c]
         test = r2f * I / steps
         test *= capture
         test *= polar
@@ -962,16 +1136,23 @@ def lattice_cells(iopt, cells):
 
 @njit(cache=True, fastmath=False, error_model="numpy")
 def lane_buffer(nlane, dtype_like):
-    """A lane buffer (2, 9, nlane) for _index_lanes / _index_block: zeros, but
-    index 1/4 in every lane (rows a_x, b_x, c_x of variant 1, which
-    _lattice_lanes reads as h, k, l).  Lanes a pixel or block leaves unused
-    are computed along: a quarter from a lattice plane, never d == 0 (which
-    would send the lattice loop to its second pass)."""
-    out = np.zeros((2, 9, nlane), dtype=dtype_like.dtype)
+    """The lane paths' ``cells`` argument of the lattice loop (variant -1,
+    indices given in work): an array of the cells' type whose shape[2] is
+    the number of lanes, (1, 1, nlane); its values are never read."""
+    return np.zeros((1, 1, nlane), dtype=dtype_like.dtype)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def lane_work(nlane, dtype_like):
+    """A work buffer (N_WORK, nlane) for _index_lanes / _index_block: every
+    lane's indices h = k = l = 1/4 to begin with.  Lanes a pixel or block
+    leaves unused are computed along: a quarter from a lattice plane, never
+    d == 0 (which would send the lattice loop to its second pass)."""
+    out = np.zeros((N_WORK, nlane), dtype=dtype_like.dtype)
     for q in range(nlane):
-        out[1, 0, q] = 0.25
-        out[1, 3, q] = 0.25
-        out[1, 6, q] = 0.25
+        out[W_H, q] = 0.25
+        out[W_K, q] = 0.25
+        out[W_L, q] = 0.25
     return out
 
 
@@ -992,7 +1173,7 @@ def render_rows(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs, i
     cells = lattice_cells(iopt, cells)
     work = np.empty((N_WORK, cells.shape[2]), dtype=cells.dtype)
     dcells = lane_buffer(nd, cells)
-    dwork = np.empty((N_WORK, nd), dtype=cells.dtype)
+    dwork = lane_work(nd, cells)
     for s in range(row0, row1, rstep):
         # the row's solid-angle sum in a local, stored once: omega_out's entries
         # of neighbouring rows share cache lines, and the threads take
@@ -1037,14 +1218,9 @@ def render_blocks(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs,
     sub = np.empty((2, BLOCK * nsub), dtype=np.int64)
     fs = np.empty(BLOCK, dtype=np.int64)
     nlane = BLOCK * nsub * ncell
-    bwork = np.empty((N_WORK, nlane), dtype=cells.dtype)
+    bwork = lane_work(nlane, cells)
     bcells = lane_buffer(nlane, cells)
-    # the block path's cells (variant 1) tiled along its lanes, and the lanes' S
-    tcells = np.empty((1, 9, nlane), dtype=cells.dtype)
-    sl = np.empty((3, nlane), dtype=cells.dtype)
-    for q in range(nlane):
-        for r in range(9):
-            tcells[0, r, q] = cells[1, r, q % ncell]
+    part = np.empty((8, BLOCK * nsub), dtype=cells.dtype)     # _column_sums' partial sums
     for s in range(row0, row1, rstep):
         orow = omega_out[s] * 0.0       # as render_rows: one store per row
         # the active pixels of the row, BLOCK at a time (nb is a computed 0:
@@ -1057,11 +1233,11 @@ def render_blocks(active, first_pixel, latch_pixel, latch_sub, iopt, fopt, vecs,
             nb += 1
             if nb == BLOCK:
                 orow = _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo,
-                                  sub, bcells, bwork, out, orow, tcells, sl)
+                                  sub, bcells, bwork, out, orow, part)
                 nb = s * 0
         if nb > 0:
             orow = _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub,
-                              bcells, bwork, out, orow, tcells, sl)
+                              bcells, bwork, out, orow, part)
         omega_out[s] = orow
 
 
