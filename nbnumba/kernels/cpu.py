@@ -207,7 +207,7 @@ def _ordered_lean_sum(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
     (_column_sums), with vector adds across the sub-paths.  (A term is never
     -0, so adding a partial sum that received no term, +0, changes nothing.)
     A store and a reload per term more than _lean_sum: W2-like runs (50
-    cells, 2 x 2 sub-pixels) took about 5 % longer with it.  Inlined into
+    cells, 2 x 2 sub-pixels) took 5 to 8 % longer with it.  Inlined into
     its callers by LLVM."""
     _inline_into_callers()
     _lean_terms(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F)

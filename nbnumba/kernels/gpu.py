@@ -102,7 +102,9 @@ COMPILE_OPTIONS = {
 # nanoBragg.c's: ``_lattice_square_fast`` (square crystal, reduced sincg: the
 # reduction e = N d - m and the sine polynomials, after the exact Miller
 # indices) and ``_lean_sum`` (the default mode's sum of F^2 F_latt^2 over the
-# (phi, mosaic) cells of one sub-path, reordered and vectorised).  Whether LLVM
+# (phi, mosaic) cells of one sub-path, reordered and vectorised; in the runs the
+# block path takes, ``_ordered_lean_sum``: strict IEEE, but in a fixed order of
+# eight partial sums, not C's).  Whether LLVM
 # emits FMAs there depends on the CPU numba compiles for (fused on a CPU with
 # FMA, separately rounded without), so no fixed CUDA arithmetic can equal it;
 # the CUDA kernel (built with --fmad=false, and its host build) rounds every
