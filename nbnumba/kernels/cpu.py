@@ -194,6 +194,13 @@ def _lean_sum(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, d
     return acc
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _term_or_zero(work, i, n):
+    """work[W_T, i] for i < n, else +0 (the load clamped into the terms)."""
+    t = work[W_T, min(i, n - 1)]
+    return t if i < n else like(0.0, t)
+
+
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
 def _ordered_lean_sum(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
                       default_F):
@@ -213,32 +220,16 @@ def _ordered_lean_sum(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
     _lean_terms(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F)
     z = like(0.0, default_F)
     p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = z
-    n8 = ncell - ncell % 8
-    for i in range(0, n8, 8):
-        u = np.uint64(i)
-        p0 += work[W_T, u]
-        p1 += work[W_T, u + np.uint64(1)]
-        p2 += work[W_T, u + np.uint64(2)]
-        p3 += work[W_T, u + np.uint64(3)]
-        p4 += work[W_T, u + np.uint64(4)]
-        p5 += work[W_T, u + np.uint64(5)]
-        p6 += work[W_T, u + np.uint64(6)]
-        p7 += work[W_T, u + np.uint64(7)]
-    r = ncell - n8
-    if r > 0:
-        p0 += work[W_T, n8]
-    if r > 1:
-        p1 += work[W_T, n8 + 1]
-    if r > 2:
-        p2 += work[W_T, n8 + 2]
-    if r > 3:
-        p3 += work[W_T, n8 + 3]
-    if r > 4:
-        p4 += work[W_T, n8 + 4]
-    if r > 5:
-        p5 += work[W_T, n8 + 5]
-    if r > 6:
-        p6 += work[W_T, n8 + 6]
+    for i in range(0, ncell, 8):
+        # past the last term a partial sum gets +0, which changes nothing
+        p0 += work[W_T, i]
+        p1 += _term_or_zero(work, i + 1, ncell)
+        p2 += _term_or_zero(work, i + 2, ncell)
+        p3 += _term_or_zero(work, i + 3, ncell)
+        p4 += _term_or_zero(work, i + 4, ncell)
+        p5 += _term_or_zero(work, i + 5, ncell)
+        p6 += _term_or_zero(work, i + 6, ncell)
+        p7 += _term_or_zero(work, i + 7, ncell)
     return _tree8(p0, p1, p2, p3, p4, p5, p6, p7)
 
 
