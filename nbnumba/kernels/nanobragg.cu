@@ -245,18 +245,16 @@ __device__ real sincg(real x, real N) {
 // sin(pi x) for |x| <= 1/2 as an odd polynomial, physics.sinpi_reduced: the
 // same coefficients (checked by tests/test_gpu_source.py) evaluated by the
 // same Horner scheme, so no libm sine is involved and CPU and GPU agree to
-// the bit.  float64: the Taylor series to x^21.
+// the bit.  float64: a degree-8 fit in x^2 (9 coefficients).
 #define NB_SINPI_F64_0 (3.141592653589793)
 #define NB_SINPI_F64_1 (-5.167712780049969)
-#define NB_SINPI_F64_2 (2.550164039877345)
-#define NB_SINPI_F64_3 (-0.5992645293207919)
-#define NB_SINPI_F64_4 (0.08214588661112819)
-#define NB_SINPI_F64_5 (-0.007370430945714348)
-#define NB_SINPI_F64_6 (0.00046630280576761234)
-#define NB_SINPI_F64_7 (-2.1915353447830204e-05)
-#define NB_SINPI_F64_8 (7.952054001475508e-07)
-#define NB_SINPI_F64_9 (-2.2948428997269856e-08)
-#define NB_SINPI_F64_10 (5.392664662608125e-10)
+#define NB_SINPI_F64_2 (2.5501640398773007)
+#define NB_SINPI_F64_3 (-0.5992645293189447)
+#define NB_SINPI_F64_4 (0.0821458865731029)
+#define NB_SINPI_F64_5 (-0.007370430505916944)
+#define NB_SINPI_F64_6 (0.0004662998161898394)
+#define NB_SINPI_F64_7 (-2.1903497074626018e-05)
+#define NB_SINPI_F64_8 (7.697826768224191e-07)
 // float32 (-precision single): 6 coefficients fitted for relative error,
 // each rounded to float as np.float32(c) rounds it
 #define NB_SINPI_F32_0 (3.141592653523054)
@@ -268,9 +266,7 @@ __device__ real sincg(real x, real N) {
 
 __device__ __forceinline__ double sinpi_reduced(double x) {
     const double t = x * x;
-    double p = NB_SINPI_F64_10;
-    p = p * t + NB_SINPI_F64_9;
-    p = p * t + NB_SINPI_F64_8;
+    double p = NB_SINPI_F64_8;
     p = p * t + NB_SINPI_F64_7;
     p = p * t + NB_SINPI_F64_6;
     p = p * t + NB_SINPI_F64_5;

@@ -11,7 +11,10 @@ import math
 import numpy as np
 from numba import njit
 
+from .. import numba_cache
 from ..rng import F32, _ran1
+
+numba_cache.install()     # cached kernels also depend on the files they inline
 
 ran1 = njit(cache=True, fastmath=False)(_ran1)
 

@@ -1,0 +1,82 @@
+"""numba's on-disk cache, made aware of the files a kernel inlines.
+
+numba keys a cached function on a hash of its own source file only.  The
+kernels inline formulas from other files (kernels/cpu.py compiles physics.py's
+polynomials and vecmath.py's vector algebra into its loops; physics.py
+compiles vecmath.py's; rng_kernels.py compiles rng.py's generator), so an edit
+of physics.py alone left kernels/cpu.py's cached machine code in place, with
+the old formula: a silently wrong image after an upgrade or a ``git pull``
+that changed only physics.py (numba writes its cache next to the sources,
+where an upgrade that replaces the sources does not remove it).
+
+``install()`` (called by physics.py and kernels/rng_kernels.py, which every
+cached kernel imports, before anything is compiled) makes the stamp of every
+source file of this package its own hash plus a hash of KERNEL_SOURCES, so
+that a change to any of those files recompiles every cached function of the
+package; other code's cache entries are left as numba makes them.  It
+patches numba's source-stamp method (``numba.core.caching``, present in the
+numba versions this package supports); if that method is missing, install()
+raises rather than run with a cache that could be stale.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+_PKG = os.path.dirname(os.path.abspath(__file__))
+#: the package's files whose code numba compiles into cached functions of
+#: other files (and the kernel modules themselves)
+KERNEL_SOURCES = ("physics.py", "vecmath.py", "rng.py", "kernels/layout.py", "kernels/cpu.py",
+                  "kernels/adjoint.py", "kernels/rng_kernels.py")
+
+_DIGEST = {}      # (path, mtime, size) tuple of KERNEL_SOURCES -> digest
+
+
+def sources_digest() -> bytes:
+    """sha256 over the contents of KERNEL_SOURCES (recomputed when one of
+    them changes size or modification time)."""
+    key = []
+    for rel in KERNEL_SOURCES:
+        p = os.path.join(_PKG, rel)
+        try:
+            st = os.stat(p)
+            key.append((p, st.st_mtime_ns, st.st_size))
+        except OSError:
+            key.append((p, None, None))
+    key = tuple(key)
+    if key not in _DIGEST:
+        h = hashlib.sha256()
+        for p, _, _ in key:
+            h.update(p[len(_PKG):].encode())
+            try:
+                with open(p, "rb") as f:
+                    h.update(f.read())
+            except OSError:
+                h.update(b"<missing>")
+        _DIGEST.clear()
+        _DIGEST[key] = h.digest()
+    return _DIGEST[key]
+
+
+def in_package(path) -> bool:
+    """Whether ``path`` is a file of this package."""
+    return os.path.abspath(path).startswith(_PKG + os.sep)
+
+
+def install() -> None:
+    """Patch numba's source stamp once per process (see the module text)."""
+    from numba.core import caching
+    mixin = caching._SourceFileBackedLocatorMixin
+    if getattr(mixin.get_source_stamp, "_nbnumba", False):
+        return
+    original = mixin.get_source_stamp
+
+    def get_source_stamp(self):
+        own = original(self)
+        path = getattr(self, "_py_file", None)
+        if path and in_package(path):
+            return (own, sources_digest())
+        return own
+
+    get_source_stamp._nbnumba = True
+    mixin.get_source_stamp = get_source_stamp
