@@ -329,7 +329,7 @@ def _lattice_square(variant, S, cells, work, Na, Nb, Nc):
     is one block: sincg_reduced_frac3 evaluates the six sines' polynomials
     interleaved and leaves out the d == 0 limit, which _plane_factor applies
     afterwards to the cells that need it (a cell on a lattice plane: rare,
-    since the padding cells copy a real one and lane_buffer's spare lanes sit
+    since the padding cells copy a real one and lane_work's spare lanes sit
     at 1/4).  Branches on N > 1 between the axes had split the loop into
     blocks that the core ran one after the other: 1.2 to 1.3x slower per
     cell, the same bits (docs/performance.md, eighth round).  Otherwise, and
