@@ -33,6 +33,9 @@ CASES = [
     "-detector_thicksteps 1 -detector_absorb 300 -dmin 2.5 -roi 2 19 3 20",
     BASE.replace("-oversample 1", "-oversample 4").replace("-phisteps 3", "-phisteps 1")
     + " -nopolar -precision single",
+    # more than eight cells per sub-path (the fixed-order sums' partial sums
+    # take two cells each), a ROI cutting the blocks short
+    BASE.replace("-phisteps 3", "-phisteps 7") + " -mosaic 0.3 -mosaic_dom 3 -roi 1 21 2 18",
 ]
 
 
