@@ -246,14 +246,16 @@ def compile_block_geometry() -> None:
 
 
 def compile_buffers() -> None:
-    """Compile (or load) render_rows' two buffer builders, lattice_cells and
-    lane_buffer (about 0.5 to 0.9 s), with the argument types it passes them."""
+    """Compile (or load) render_rows' buffer builders, lattice_cells,
+    lane_buffer and lane_work (about 0.5 to 1 s), with the argument types it
+    passes them."""
     from numba import typeof
     from .kernels import cpu as K
     _, args = _tiny_kernel_args()
     iopt, cells = args[0], args[5]
     K.lattice_cells.compile((typeof(iopt), typeof(cells)))
     K.lane_buffer.compile((typeof(0), typeof(cells)))
+    K.lane_work.compile((typeof(0), typeof(cells)))
 
 
 def compile_pixel_callees() -> None:

@@ -474,7 +474,7 @@ def _index_block(cells, v1, geo, ncol, ncell, lwork):
 def _column_sums(work, ncol, ncell, part, geo):
     """The lean sums of the block path's sub-paths c < ncol, into
     geo[B_SUM, c]: their terms sit in work[W_T, j ncol + c] (cell-major), and
-    each column's sum is _lean_sum's, operation for operation: partial sums
+    each column's sum is _ordered_lean_sum's, operation for operation: partial sums
     part[k, c] (from +0) of the cells j = k mod 8 in ascending j, then
     _tree8.  Each step is one loop over the columns, which vectorises.
     Inlined by LLVM; distinct arrays (_args_noalias)."""
@@ -502,13 +502,13 @@ def _lattice_lanes(lanes, work, reduced, Na, Nb, Nc):
     past those just stored keep earlier indices (or lane_work's 1/4):
     computed along, never read."""
     z = Na * 0
-    unit = (z + 1, z, z)
+    S = (z, z, z)       # not read: the indices are given
     # computed, not a literal: a literal makes numba compile the loop a second time
     given = reduced * 0 - 1
     if reduced == 2:
-        _lattice_square_fast32(given, unit, lanes, work, Na, Nb, Nc)
+        _lattice_square_fast32(given, S, lanes, work, Na, Nb, Nc)
     else:
-        _lattice_square_fast(given, unit, lanes, work, Na, Nb, Nc)
+        _lattice_square_fast(given, S, lanes, work, Na, Nb, Nc)
 
 
 # block_eligible (kernels.layout: numba-free, native.render picks the entry
@@ -1023,9 +1023,9 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
     gives the lane count): lane q = j ncol + c of work (c: _block_geometry's
     column, j: the cell) gets h, k, l of that sub-path and cell (exact, by
     _hkl: _index_block).  So the block path adds no second copy of the
-    vectorised sine loop (nor its compile time).  Then the terms of every lane (_lean_terms, one vector
-    loop with gathers) and each column's sum (_column_sums: _lean_sum's
-    order).  The per-pixel factors follow pixel_value's rules: the solid
+    vectorised sine loop (nor its compile time).  Then the terms of every
+    lane (_lean_terms, one vector loop with gathers) and each column's sum
+    (_column_sums: _ordered_lean_sum's order).  The per-pixel factors follow pixel_value's rules: the solid
     angle and the capture fraction of the first sub-pixel where they are
     nonzero, the polarization of the first summed sub-path where it is
     nonzero, and the sub-paths' sums added in sub-pixel order."""
