@@ -137,11 +137,18 @@ def test_killed_client_stops_its_run(server, tmp_path):
         pass
     p.kill()
     p.wait()
-    # the orphaned run notices, removes its temporaries and writes nothing
-    time.sleep(3)
-    assert [f.name for f in tmp_path.iterdir()] == []
-    status = _cli(["--serve", "status"], REPO, server).stdout
+    # the orphaned run notices (at its next kernel chunk: seconds on a slow
+    # machine), stops, removes its temporaries and writes nothing (a run that
+    # went on to the end would have written f.bin)
+    deadline = time.monotonic() + 60
+    status = ""
+    while time.monotonic() < deadline:
+        status = _cli(["--serve", "status"], REPO, server).stdout
+        if ", 0 running," in status:
+            break
+        time.sleep(0.5)
     assert ", 0 running," in status
+    assert [f.name for f in tmp_path.iterdir()] == []
 
 
 def test_other_numba_settings_do_not_use_this_server(server, tmp_path):
