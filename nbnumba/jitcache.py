@@ -261,8 +261,8 @@ def compile_buffers() -> None:
 def compile_pixel_callees() -> None:
     """Compile (or load) the functions pixel_value types last, the general
     lattice factor, the tricubic F and the ordered lean sum (about 1.7 s
-    together), with the argument types it passes them (compiled, not called: the probe values
-    would index outside the grid)."""
+    together), with the argument types it passes them (compiled, not called:
+    the probe values would index outside the grid)."""
     import numpy as np
     from numba import typeof
     from .kernels import cpu as K

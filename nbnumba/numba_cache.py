@@ -25,18 +25,21 @@ import os
 
 _PKG = os.path.dirname(os.path.abspath(__file__))
 #: the package's files whose code numba compiles into cached functions of
-#: other files (and the kernel modules themselves)
+#: other files (and the kernel modules themselves); the start-up library's
+#: key (kernels/native.py) hashes them too
 KERNEL_SOURCES = ("physics.py", "vecmath.py", "rng.py", "kernels/layout.py", "kernels/cpu.py",
                   "kernels/adjoint.py", "kernels/rng_kernels.py")
 
-_DIGEST = {}      # (path, mtime, size) tuple of KERNEL_SOURCES -> digest
+_DIGEST = {}      # files -> ((path, mtime, size), ...), digest
 
 
-def sources_digest() -> bytes:
-    """sha256 over the contents of KERNEL_SOURCES (recomputed when one of
-    them changes size or modification time)."""
+def files_digest(rels) -> bytes:
+    """sha256 over the names and contents of the package files ``rels``
+    (paths relative to the package; recomputed when one of them changes size
+    or modification time)."""
+    rels = tuple(rels)
     key = []
-    for rel in KERNEL_SOURCES:
+    for rel in rels:
         p = os.path.join(_PKG, rel)
         try:
             st = os.stat(p)
@@ -44,7 +47,8 @@ def sources_digest() -> bytes:
         except OSError:
             key.append((p, None, None))
     key = tuple(key)
-    if key not in _DIGEST:
+    hit = _DIGEST.get(rels)
+    if hit is None or hit[0] != key:
         h = hashlib.sha256()
         for p, _, _ in key:
             h.update(p[len(_PKG):].encode())
@@ -53,9 +57,13 @@ def sources_digest() -> bytes:
                     h.update(f.read())
             except OSError:
                 h.update(b"<missing>")
-        _DIGEST.clear()
-        _DIGEST[key] = h.digest()
-    return _DIGEST[key]
+        hit = _DIGEST[rels] = (key, h.digest())
+    return hit[1]
+
+
+def sources_digest() -> bytes:
+    """files_digest of KERNEL_SOURCES."""
+    return files_digest(KERNEL_SOURCES)
 
 
 def in_package(path) -> bool:

@@ -329,7 +329,7 @@ def nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, defaul
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def nearest_F_frac(Fhkl, hkls, lo, hi, h, k, l, default_F):
+def nearest_F_frac(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h, k, l, default_F):
     """nearest_F at the grid point nearest to the fractional indices (h, k, l):
     the same value as nearest_F(Fhkl, ..., h0, k0, l0, default_F) with
     h0 = int64(ceil(h - 1/2)) (nanoBragg's rounding) and so on, for every h,
@@ -340,18 +340,21 @@ def nearest_F_frac(Fhkl, hkls, lo, hi, h, k, l, default_F):
     a vector loop needs one conversion per lookup, not three conversions and
     two 64-bit integer multiplies (W3's terms loop: about 5 % of the run).
 
-    Fhkl: the grid (C-contiguous: read through .flat, which compiles to a
-    plain load or gather, where a reshaped view would call numba's reshape
-    helper); lo, hi: (hmin, kmin, lmin) and (hmax, kmax, lmax) as floats."""
+    The arguments are nearest_F's, but the fractional indices; Fhkl is read
+    through .flat (C-contiguous), which compiles to a plain load or gather
+    where a reshaped view would call numba's reshape helper.  The bounds'
+    conversions to float are loop-invariant: a loop calling this (inlined)
+    makes them once."""
     half = like(0.5, h)
     h0 = np.ceil(h - half)
     k0 = np.ceil(k - half)
     l0 = np.ceil(l - half)
-    inside = ((hkls > 0) & (h0 >= lo[0]) & (h0 <= hi[0]) & (k0 >= lo[1]) & (k0 <= hi[1])
-              & (l0 >= lo[2]) & (l0 <= hi[2]))
+    fhmin, fkmin, flmin = like(hmin, h), like(kmin, h), like(lmin, h)
+    inside = ((hkls > 0) & (h0 >= fhmin) & (h0 <= like(hmax, h)) & (k0 >= fkmin)
+              & (k0 <= like(kmax, h)) & (l0 >= flmin) & (l0 <= like(lmax, h)))
     nk = like(Fhkl.shape[1], h)
     nl = like(Fhkl.shape[2], h)
-    q = ((h0 - lo[0]) * nk + (k0 - lo[1])) * nl + (l0 - lo[2])
+    q = ((h0 - fhmin) * nk + (k0 - fkmin)) * nl + (l0 - flmin)
     # (outside, q may be anything, NaN included: its conversion is not used)
     u = np.uint64(q) if inside else np.uint64(0)
     v = Fhkl.flat[u]

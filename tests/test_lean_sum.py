@@ -26,15 +26,14 @@ def _grid():
 @njit(cache=False)
 def _both(Fhkl, hkls, h, k, l, default_F):
     """(nearest_F at int64(ceil(x - 1/2)), nearest_F_frac at x) per element."""
-    lo = (float(HMIN), float(KMIN), float(LMIN))
-    hi = (float(HMAX), float(KMAX), float(LMAX))
     a = np.empty(h.size)
     b = np.empty(h.size)
     for i in range(h.size):
         a[i] = physics.nearest_F(Fhkl, hkls, HMIN, HMAX, KMIN, KMAX, LMIN, LMAX,
                                  np.int64(np.ceil(h[i] - 0.5)), np.int64(np.ceil(k[i] - 0.5)),
                                  np.int64(np.ceil(l[i] - 0.5)), default_F)
-        b[i] = physics.nearest_F_frac(Fhkl, hkls, lo, hi, h[i], k[i], l[i], default_F)
+        b[i] = physics.nearest_F_frac(Fhkl, hkls, HMIN, HMAX, KMIN, KMAX, LMIN, LMAX, h[i], k[i],
+                                      l[i], default_F)
     return a, b
 
 

@@ -142,7 +142,6 @@ def _lean_terms(work, j0, n, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, def
     and none could be made for a gather)."""
     _inline_into_callers()
     _args_noalias()
-    lo, hi = _grid_bounds(hmin, hmax, kmin, kmax, lmin, lmax, default_F)
     # unsigned columns: numba then adds no negative-index wraparound, whose
     # per-lane select turned the contiguous row loads into gathers
     u0 = np.uint64(j0)
@@ -150,8 +149,8 @@ def _lean_terms(work, j0, n, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, def
         ui = np.uint64(i)
         j = u0 + ui
         Fl = work[W_F, j]
-        Fc = nearest_F_frac(Fhkl, hkls, lo, hi, work[W_H, j], work[W_K, j], work[W_L, j],
-                            default_F)
+        Fc = nearest_F_frac(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, work[W_H, j],
+                            work[W_K, j], work[W_L, j], default_F)
         work[W_T, ui] = Fc * Fc * Fl * Fl
 
 
@@ -160,14 +159,6 @@ def _tree8(p0, p1, p2, p3, p4, p5, p6, p7):
     """The fixed tree that closes a lean sum: ((p0 + p1) + (p2 + p3)) +
     ((p4 + p5) + (p6 + p7)), p_k the partial sum of the terms i = k mod 8."""
     return ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7))
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _grid_bounds(hmin, hmax, kmin, kmax, lmin, lmax, proto):
-    """nearest_F_frac's bounds: (hmin, kmin, lmin), (hmax, kmax, lmax) as
-    floats of proto's type."""
-    return ((like(hmin, proto), like(kmin, proto), like(lmin, proto)),
-            (like(hmax, proto), like(kmax, proto), like(lmax, proto)))
 
 
 @njit(cache=True, _nrt=False, fastmath=FAST_MATH, error_model="numpy")
@@ -180,7 +171,6 @@ def _lean_sum(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, d
     _ordered_lean_sum).  Inlined into its callers by LLVM
     (_inline_into_callers)."""
     _inline_into_callers()
-    lo, hi = _grid_bounds(hmin, hmax, kmin, kmax, lmin, lmax, default_F)
     acc = like(0.0, default_F)
     # an unsigned column: numba then adds no negative-index wraparound, whose
     # per-lane select turned the contiguous row loads into gathers
@@ -188,8 +178,8 @@ def _lean_sum(work, j0, ncell, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, d
     for i in range(ncell):
         j = u0 + np.uint64(i)
         Fl = work[W_F, j]
-        Fc = nearest_F_frac(Fhkl, hkls, lo, hi, work[W_H, j], work[W_K, j], work[W_L, j],
-                            default_F)
+        Fc = nearest_F_frac(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, work[W_H, j],
+                            work[W_K, j], work[W_L, j], default_F)
         acc += Fc * Fc * Fl * Fl
     return acc
 

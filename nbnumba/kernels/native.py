@@ -31,6 +31,8 @@ import threading
 
 import numpy as np
 
+from .. import numba_cache      # plain Python: its module imports no numba
+
 #: the two image loops' arguments
 _IMAGE_LOOP = ("u1:2", "i8", "i8", "i8", "i8:1", "f8:1", "f8:2", "f8:2", "f8:1", "f8:3", "f8:3",
                "f4:2", "f8:1", "i4:2", "u1:2", "i8", "i8", "i8")
@@ -50,8 +52,7 @@ EXPORTS = {
 }
 
 #: sources whose compiled code is in the library (any change: a new key)
-_SOURCES = ("kernels/cpu.py", "kernels/layout.py", "kernels/rng_kernels.py", "kernels/aot.py",
-            "kernels/native.py", "physics.py", "vecmath.py", "rng.py")
+_SOURCES = numba_cache.KERNEL_SOURCES + ("kernels/aot.py", "kernels/native.py")
 #: NUMBA_* settings that do not change compiled code
 _ENV_IGNORED = ("NUMBA_CACHE_DIR", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER")
 
@@ -145,9 +146,7 @@ def library_key() -> str:
 def _compute_key(env) -> str:
     import importlib.machinery
     h = hashlib.sha256()
-    for rel in _SOURCES:
-        with open(os.path.join(_PKG, rel), "rb") as fh:
-            h.update(fh.read())
+    h.update(numba_cache.files_digest(_SOURCES))
     h.update(sys.version.encode())
     h.update(importlib.machinery.EXTENSION_SUFFIXES[0].encode())
     h.update(_module_stamp("numba"))
