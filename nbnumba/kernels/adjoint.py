@@ -28,7 +28,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..physics import (SHAPE_GAUSS, interp_in_range, lattice_factor,
-                       lattice_factor_grad, lattice_factor_star_grad, nearest_F, sincg_reduced,
+                       lattice_factor_grad, lattice_factor_star_grad, nearest_F, nearest_F_frac,
+                       sincg_reduced,
                        sincg_near_coeffs, sincg_reduced_frac, sincg_reduced_grad_from,
                        polarization_factor, polarization_factor_grad, solid_angle,
                        solid_angle_grad, tricubic_F, tricubic_F_grad, unitize)
@@ -98,37 +99,37 @@ def _nearest_inside(hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0):
             and l0 >= lmin and l0 <= lmax)
 
 
-# ---- per-thread work rows for the square / reduced fast path ---------------
-# (pass 1 stores at most 9 rows: with more, LLVM's run-time alias checks exceed
-# its limit and the loop is not vectorised; h, k, l are recomputed by pass 2)
-A_FA, A_FB, A_FC, A_GA, A_GB, A_GC, A_NA, A_NB, A_NC, A_TH, A_TK, A_TL = range(12)
-N_AWORK = 12
 _V1 = 1     # the cell variant of the default mode (kernels.cpu: variant 1)
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
 def _cell_lattice_grad(h, k, l, Na, Nb, Nc, cna, cnb, cnc):
     """One cell of the square/reduced fast path: the per-axis lattice factors
-    (the forward's values up to rounding, sincg_reduced_frac) and their derivatives
-    (sincg_reduced_grad_from, cn*: its near-peak coefficients per axis).
-    Returns (fa, fb, fc, dfa/dh, dfb/dk, dfc/dl, dfa/dNa, dfb/dNb, dfc/dNc);
-    an axis with N <= 1 has factor 1 and zero derivatives.  Branch-free, so
-    loops over it vectorise like the forward's lattice pass.
+    up to their signs (sincg_reduced_frac's unsigned fractions: the forward's
+    values up to rounding and sign) and their derivatives with the same signs
+    dropped (sincg_reduced_grad_from at parity 0; cn*: its near-peak
+    coefficients per axis).  Returns (fa, fb, fc, dfa/dh, dfb/dk, dfc/dl,
+    dfa/dNa, dfb/dNb, dfc/dNc); an axis with N <= 1 has factor 1 and zero
+    derivatives.  Every reader multiplies a factor by its own derivative or
+    squares it (F_cell^2 F_latt^2 and its derivatives), and (s f)(s f') = f f'
+    for the sign s = +-1, so the parity's integer work is left out (as the
+    image kernel's lattice loop leaves it out).  Branch-free, so loops over
+    it vectorise like the forward's lattice pass.
 
-    Compiled once, with pixel_grad's flags, and inlined by LLVM into the two
-    loops that call it (K._inline_into_callers): numba's own inlining
+    Compiled once, with pixel_grad's flags, and inlined by LLVM into the loops
+    that call it (K._inline_into_callers): numba's own inlining
     (inline="always") typed its body, and the six sines in it, once per call
     site, a large part of pixel_grad's cold compile."""
     K._inline_into_callers()
     da = Na > 1
     db = Nb > 1
     dc = Nc > 1
-    na, sa, d_a, e_a, p_a = sincg_reduced_frac(h, Na, False, True)
-    nb, sb, d_b, e_b, p_b = sincg_reduced_frac(k, Nb, False, True)
-    nc, sc, d_c, e_c, p_c = sincg_reduced_frac(l, Nc, False, True)
+    na, sa, d_a, e_a, _ = sincg_reduced_frac(h, Na, False, False)
+    nb, sb, d_b, e_b, _ = sincg_reduced_frac(k, Nb, False, False)
+    nc, sc, d_c, e_c, _ = sincg_reduced_frac(l, Nc, False, False)
     # one division for the three axes' 1/sin(pi d), values and derivatives,
     # instead of four (a factor of 1 where an axis is off or d == 0, where the
-    # value is the numerator +-N); the product underflows only if all three
+    # value is the numerator N); the product underflows only if all three
     # |d| < ~1e-100
     sa = sa if da and d_a != 0.0 else 1.0
     sb = sb if db and d_b != 0.0 else 1.0
@@ -141,39 +142,19 @@ def _cell_lattice_grad(h, k, l, Na, Nb, Nc, cna, cnb, cnc):
     fa = na if d_a == 0.0 else na * ia
     fb = nb if d_b == 0.0 else nb * ib
     fc = nc if d_c == 0.0 else nc * ic
-    ga, gNa = sincg_reduced_grad_from(h, Na, cna, fa, d_a, e_a, p_a, ia)
-    gb, gNb = sincg_reduced_grad_from(k, Nb, cnb, fb, d_b, e_b, p_b, ib)
-    gc, gNc = sincg_reduced_grad_from(l, Nc, cnc, fc, d_c, e_c, p_c, ic)
+    z = np.int32(0)     # parity 0: the unsigned factor's derivatives
+    ga, gNa = sincg_reduced_grad_from(h, Na, cna, fa, d_a, e_a, z, ia)
+    gb, gNb = sincg_reduced_grad_from(k, Nb, cnb, fb, d_b, e_b, z, ib)
+    gc, gNc = sincg_reduced_grad_from(l, Nc, cnc, fc, d_c, e_c, z, ic)
     return (fa if da else 1.0, fb if db else 1.0, fc if dc else 1.0,
             ga if da else 0.0, gb if db else 0.0, gc if dc else 0.0,
             gNa if da else 0.0, gNb if db else 0.0, gNc if dc else 0.0)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _square_pass(S, cells, work, Na, Nb, Nc, cna, cnb, cnc):
-    """Pass 1 of the square/reduced fast path over every (phi, mosaic) cell:
-    _cell_lattice_grad's nine values per cell, stored in work for pass 2."""
-    ncell = cells.shape[2]
-    S0, S1, S2 = S
-    v = np.int64(_V1)
-    for j in range(ncell):
-        h, k, l = K._hkl(cells, v, j, S0, S1, S2)
-        fa, fb, fc, ga, gb, gc, gNa, gNb, gNc = _cell_lattice_grad(h, k, l, Na, Nb, Nc,
-                                                                   cna, cnb, cnc)
-        work[A_FA, j] = fa
-        work[A_FB, j] = fb
-        work[A_FC, j] = fc
-        work[A_GA, j] = ga
-        work[A_GB, j] = gb
-        work[A_GC, j] = gc
-        work[A_NA, j] = gNa
-        work[A_NB, j] = gNb
-        work[A_NC, j] = gNc
-
-
-@njit(cache=True, inline="always", error_model="numpy")
 def _square_values(S, cells, work, Na, Nb, Nc):
-    """Pass 1 without derivatives (only F_hkl or fluence is differentiated)."""
+    """The fast path without derivatives (only F_hkl or fluence is
+    differentiated): each cell's F_latt into work[J_FL]."""
     ncell = cells.shape[2]
     S0, S1, S2 = S
     da = Na > 1
@@ -182,21 +163,22 @@ def _square_values(S, cells, work, Na, Nb, Nc):
     v = np.int64(_V1)
     for j in range(ncell):
         h, k, l = K._hkl(cells, v, j, S0, S1, S2)
-        work[A_FA, j] = sincg_reduced(h, Na, False) if da else 1.0
-        work[A_FB, j] = sincg_reduced(k, Nb, False) if db else 1.0
-        work[A_FC, j] = sincg_reduced(l, Nc, False) if dc else 1.0
+        fa = sincg_reduced(h, Na, False) if da else 1.0
+        fb = sincg_reduced(k, Nb, False) if db else 1.0
+        fc = sincg_reduced(l, Nc, False) if dc else 1.0
+        work[J_FL, j] = ((1.0 * fa) * fb) * fc
 
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _square_sum(S, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F):
-    """Pass 2 without derivatives: the sub-path's sum of F_cell^2 F_latt^2."""
+    """The sub-path's sum of F_cell^2 F_latt^2 from _square_values' F_latt."""
     ncell = cells.shape[2]
     S0, S1, S2 = S
     v = np.int64(_V1)
     sumT = 0.0
     for j in range(ncell):
         h, k, l = K._hkl(cells, v, j, S0, S1, S2)
-        Fl = ((1.0 * work[A_FA, j]) * work[A_FB, j]) * work[A_FC, j]
+        Fl = work[J_FL, j]
         h0 = np.int64(np.ceil(h - 0.5))
         k0 = np.int64(np.ceil(k - 0.5))
         l0 = np.int64(np.ceil(l - 0.5))
@@ -206,95 +188,93 @@ def _square_sum(S, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, 
     return sumT
 
 
+# ---- the square / reduced fast path: per-cell terms, then the pixel's sums --
+# (per-thread work rows, one column per lane of the padded cells; the sums'
+# loop reads J_T .. J_NC, the F-grid scatter J_FL)
+J_T, J_TH, J_TK, J_TL, J_NA, J_NB, J_NC, J_FL = range(8)
+N_JWORK = 8
+
+
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
-def _cell_terms(h, k, l, fa, fb, fc, ga, gb, gc, gNa, gNb, gNc, cells, j, Fhkl, hkls, hmin, hmax,
-                kmin, kmax, lmin, lmax, default_F):
-    """Cell j's term of a sub-path's sum (nearest-neighbour F) from its indices
-    and _cell_lattice_grad's values: T = (F_cell F_latt)^2, dT/dh, dT/dk,
-    dT/dl, their projection on the rotated cell vectors (the d/dS terms gx,
-    gy, gz) and dT/dNa, dT/dNb, dT/dNc.  Compiled once and inlined by LLVM
-    (as _cell_lattice_grad)."""
+def _jac_terms(S, cells, work, Na, Nb, Nc, cna, cnb, cnc, Fhkl, hkls, hmin, hmax, kmin, kmax,
+               lmin, lmax, default_F):
+    """The fast path's per-cell terms of one sub-path, every lane of cells
+    (the padded lanes of kernels.cpu.lattice_cells included): T = (F_cell
+    F_latt)^2, dT/dh, dT/dk, dT/dl and dT/dNa, dT/dNb, dT/dNc into work rows
+    J_T .. J_NC, and F_latt (up to its sign) into J_FL for the F-grid scatter.  One loop with no reduction, 512-bit vectors where the CPU
+    has them, and noalias arguments (the gathers from Fhkl cannot meet the
+    stores into work), so LLVM vectorises it whole; the sums follow in
+    _jac_sums.  (The fused loop it replaces kept 16 running sums beside the
+    per-cell arithmetic, spilled a third of its instructions and ran with
+    256-bit vectors: docs/autodiff.md, tenth round.)  Inlined by LLVM."""
     K._inline_into_callers()
-    Fl = ((1.0 * fa) * fb) * fc
-    h0 = np.int64(np.ceil(h - 0.5))
-    k0 = np.int64(np.ceil(k - 0.5))
-    l0 = np.int64(np.ceil(l - 0.5))
-    Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h0, k0, l0, default_F)
-    FcFl = Fc * Fl
-    tFl = 2.0 * Fc * FcFl          # dT/dF_latt
-    Th = tFl * ga * fb * fc
-    Tk = tFl * fa * gb * fc
-    Tl = tFl * fa * fb * gc
-    return (FcFl * FcFl, Th, Tk, Tl,
-            Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j],
-            Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j],
-            Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j],
-            tFl * gNa * fb * fc, tFl * fa * gNb * fc, tFl * fa * fb * gNc)
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _square_accumulate(S, work, cells, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F,
-                       cF):
-    """Pass 2 of the fast path (nearest-neighbour F), per-cell form: the
-    sub-path's sum of F_cell^2 F_latt^2 and its derivatives.  Returns (sum,
-    d/dS . (the pixel-position gradient before projection: gx, gy, gz), d/dNa,
-    d/dNb, d/dNc); stores cF dT/dh, dT/dk, dT/dl per cell in work (for the
-    per-cell sums cacc)."""
+    K._args_noalias()
+    K._prefer_512bit_vectors()
     ncell = cells.shape[2]
     S0, S1, S2 = S
     v = np.int64(_V1)
-    sumT = gx = gy = gz = gNa = gNb = gNc = 0.0
     for j in range(ncell):
         h, k, l = K._hkl(cells, v, j, S0, S1, S2)
-        T, Th, Tk, Tl, dx, dy, dz, dNa, dNb, dNc = _cell_terms(
-            h, k, l, work[A_FA, j], work[A_FB, j], work[A_FC, j], work[A_GA, j], work[A_GB, j],
-            work[A_GC, j], work[A_NA, j], work[A_NB, j], work[A_NC, j], cells, j, Fhkl, hkls,
-            hmin, hmax, kmin, kmax, lmin, lmax, default_F)
-        sumT += T
-        gx += dx
-        gy += dy
-        gz += dz
-        gNa += dNa
-        gNb += dNb
-        gNc += dNc
-        work[A_TH, j] = cF * Th
-        work[A_TK, j] = cF * Tk
-        work[A_TL, j] = cF * Tl
-    return sumT, gx, gy, gz, gNa, gNb, gNc
+        fa, fb, fc, ga, gb, gc, gNa, gNb, gNc = _cell_lattice_grad(h, k, l, Na, Nb, Nc,
+                                                                   cna, cnb, cnc)
+        Fc = nearest_F_frac(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h, k, l, default_F)
+        Fl = ((1.0 * fa) * fb) * fc
+        FcFl = Fc * Fl
+        tFl = 2.0 * Fc * FcFl          # dT/dF_latt
+        work[J_T, j] = FcFl * FcFl
+        work[J_TH, j] = tFl * ga * fb * fc
+        work[J_TK, j] = tFl * fa * gb * fc
+        work[J_TL, j] = tFl * fa * fb * gc
+        work[J_NA, j] = tFl * gNa * fb * fc
+        work[J_NB, j] = tFl * fa * gNb * fc
+        work[J_NC, j] = tFl * fa * fb * gNc
+        work[J_FL, j] = Fl
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _square_fused_rot(S, cells, rot, Na, Nb, Nc, cna, cnb, cnc, Fhkl, hkls, hmin, hmax, kmin,
-                      kmax, lmin, lmax, default_F):
-    """The fast path in one loop, per-pixel form (the Jacobian route): the
-    sub-path's sum of F_cell^2 F_latt^2 and its derivatives, with the
-    unrotated cell's gradient contracted here rather than per cell:
-    h_j = a . u_j with u_j = R_j^T S (rot: (9, ncell), rot[3 m + n, j] = R_j[n, m]),
-    so d(sum)/da = sum_j dT/dh_j u_j (b: dT/dk, c: dT/dl).  Returns (sum, gx,
-    gy, gz, dNa, dNb, dNc, d/da (3), d/db (3), d/dc (3)).  It stores nothing
-    per cell, so LLVM vectorises it without run-time alias checks, and
-    computes h, k, l once; its 16 sums vectorise (reassociation).  (A split
-    that stored six per-cell derivatives for a second loop took 1.0-1.5
-    CPU-s against this loop's 0.37 on the 512^2 command, one thread.)"""
-    ncell = cells.shape[2]
+@njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
+def _jac_sums(S, cells, rot, work, ncell):
+    """The sums over the cells of one sub-path from _jac_terms' rows: (sum T,
+    gx, gy, gz (sum_j dT/dh a_j + dT/dk b_j + dT/dl c_j, the d/dS terms),
+    dNa, dNb, dNc, d/da (3), d/db (3), d/dc (3)), with the unrotated cell's
+    gradient contracted here: h_j = a . u_j with u_j = R_j^T S (rot: (9,
+    lanes), rot[3 m + n, j] = R_j[n, m]), so d(sum)/da = sum_j dT/dh_j u_j (b:
+    dT/dk, c: dT/dl); with rot of width 0 (the adjoint pass, which collects
+    per-cell sums instead) those nine are 0.  The padded lanes (from ncell on) are zeroed first and
+    summed along, so the loop has no scalar remainder.  Reassociated sums in
+    an order fixed at compile time.  Inlined by LLVM."""
+    K._inline_into_callers()
+    K._prefer_512bit_vectors()
+    for j in range(ncell, cells.shape[2]):
+        for q in range(J_NC + 1):
+            work[q, j] = 0.0
     S0, S1, S2 = S
-    v = np.int64(_V1)
     sumT = gx = gy = gz = gNa = gNb = gNc = 0.0
     ga0 = ga1 = ga2 = gb0 = gb1 = gb2 = gc0 = gc1 = gc2 = 0.0
-    for j in range(ncell):
-        h, k, l = K._hkl(cells, v, j, S0, S1, S2)
-        fa, fb, fc, da, db, dc, dNa_, dNb_, dNc_ = _cell_lattice_grad(h, k, l, Na, Nb, Nc,
-                                                                     cna, cnb, cnc)
-        T, Th, Tk, Tl, dx, dy, dz, dNa, dNb, dNc = _cell_terms(
-            h, k, l, fa, fb, fc, da, db, dc, dNa_, dNb_, dNc_, cells, j, Fhkl, hkls, hmin, hmax,
-            kmin, kmax, lmin, lmax, default_F)
-        sumT += T
-        gx += dx
-        gy += dy
-        gz += dz
-        gNa += dNa
-        gNb += dNb
-        gNc += dNc
+    if rot.shape[1] == 0:
+        # the adjoint pass: the unrotated cell's gradient goes through per-cell sums
+        for j in range(cells.shape[2]):
+            Th = work[J_TH, j]
+            Tk = work[J_TK, j]
+            Tl = work[J_TL, j]
+            sumT += work[J_T, j]
+            gNa += work[J_NA, j]
+            gNb += work[J_NB, j]
+            gNc += work[J_NC, j]
+            gx += Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j]
+            gy += Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j]
+            gz += Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j]
+        return (sumT, gx, gy, gz, gNa, gNb, gNc, ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2)
+    for j in range(cells.shape[2]):
+        Th = work[J_TH, j]
+        Tk = work[J_TK, j]
+        Tl = work[J_TL, j]
+        sumT += work[J_T, j]
+        gNa += work[J_NA, j]
+        gNb += work[J_NB, j]
+        gNc += work[J_NC, j]
+        gx += Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j]
+        gy += Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j]
+        gz += Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j]
         u0 = rot[0, j] * S0 + rot[1, j] * S1 + rot[2, j] * S2
         u1 = rot[3, j] * S0 + rot[4, j] * S1 + rot[5, j] * S2
         u2 = rot[6, j] * S0 + rot[7, j] * S1 + rot[8, j] * S2
@@ -330,7 +310,7 @@ def _near_table(fopt):
 # indices, never slices, so a call touches no shared reference count (as the
 # forward's pixel_value; docs/performance.md).
 @njit(cache=True, _nrt=False, error_model="numpy", fastmath={"reassoc", "contract"})
-def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
+def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells, Fhkl,
                want, gF, ch, cacc, rot, cnear, work, dsum):
     """Overwrite dsum (N_PAR,) with g * dI/dtheta of pixel (spixel, fpixel)
     and, with want & W_F, add g * dI/dFhkl to gF[ch] (gF: (chunks,) +
@@ -338,12 +318,15 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
     kernel's up to rounding).
 
     The unrotated cell vectors enter through h_j = (R_j a) . S = a . (R_j^T S).
-    With rot of shape (9, ncell) (rot[3 m + n, j] = R_j[n, m]) their gradient is
+    With rot of shape (9, lanes) (rot[3 m + n, j] = R_j[n, m], the width of
+    pcells: the cells with their lanes padded, kernels.cpu.lattice_cells, which
+    the square/reduced fast path runs over) their gradient is
     contracted here into dsum[P_A:P_C + 3].  With rot of width 0 it is left 0
     there, and cacc[ch] (9, ncell) collects sum g dI/dh_j S per cell instead
     (rows 0-2; k: 3-5, l: 6-8), for the host to apply R_j^T once
     (autodiff._Run.theta_grad).  cnear: _near_table(fopt), the near-peak
-    coefficients (the same for every pixel).  work: (N_AWORK, ncell) scratch."""
+    coefficients (the same for every pixel).  work: (N_JWORK, lanes of pcells)
+    scratch."""
     K._inline_into_callers()
     os = iopt[K.I_OVERSAMPLE]
     nsrc, nphi, nmos = iopt[K.I_NSRC], iopt[K.I_NPHI], iopt[K.I_NMOS]
@@ -371,7 +354,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
     use_rot = rot.shape[1] > 0
     v1 = np.int64(_V1)
     # near-peak series coefficients of the per-axis derivatives (fast path),
-    # as tuples: loop constants in registers for _square_pass
+    # as tuples: loop constants in registers for _jac_terms
     cna = (cnear[0, 0], cnear[0, 1], cnear[0, 2], cnear[0, 3], cnear[0, 4], cnear[0, 5], cnear[0, 6])
     cnb = (cnear[1, 0], cnear[1, 1], cnear[1, 2], cnear[1, 3], cnear[1, 4], cnear[1, 5], cnear[1, 6])
     cnc = (cnear[2, 0], cnear[2, 1], cnear[2, 2], cnear[2, 3], cnear[2, 4], cnear[2, 5], cnear[2, 6])
@@ -437,10 +420,11 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
                     _square_values(S, cells, work, Na, Nb, Nc)
                     sumT += _square_sum(S, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
                                         lmax, default_F)
-                elif fast and use_rot and not want_F:
+                elif fast:
+                    _jac_terms(S, pcells, work, Na, Nb, Nc, cna, cnb, cnc, Fhkl, hkls, hmin, hmax,
+                               kmin, kmax, lmin, lmax, default_F)
                     (sT, gx, gy, gz, gNa, gNb, gNc, ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1,
-                     gc2) = _square_fused_rot(S, cells, rot, Na, Nb, Nc, cna, cnb, cnc, Fhkl,
-                                              hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F)
+                     gc2) = _jac_sums(S, pcells, rot, work, ncell)
                     sumT += sT
                     dsum[P_A] += ga0
                     dsum[P_A + 1] += ga1
@@ -451,23 +435,21 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
                     dsum[P_C] += gc0
                     dsum[P_C + 1] += gc1
                     dsum[P_C + 2] += gc2
-                elif fast:
-                    _square_pass(S, cells, work, Na, Nb, Nc, cna, cnb, cnc)
-                    sT, gx, gy, gz, gNa, gNb, gNc = _square_accumulate(
-                        S, work, cells, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, default_F, cF)
-                    sumT += sT
-                    # per-cell sums for the unrotated cell (elementwise: vectorises)
-                    for j in range(ncell):
-                        th, tk, tl = work[A_TH, j], work[A_TK, j], work[A_TL, j]
-                        cacc[ch, 0, j] += th * S[0]
-                        cacc[ch, 1, j] += th * S[1]
-                        cacc[ch, 2, j] += th * S[2]
-                        cacc[ch, 3, j] += tk * S[0]
-                        cacc[ch, 4, j] += tk * S[1]
-                        cacc[ch, 5, j] += tk * S[2]
-                        cacc[ch, 6, j] += tl * S[0]
-                        cacc[ch, 7, j] += tl * S[1]
-                        cacc[ch, 8, j] += tl * S[2]
+                    if not use_rot:
+                        # per-cell sums for the unrotated cell (elementwise: vectorises)
+                        for j in range(ncell):
+                            th = cF * work[J_TH, j]
+                            tk = cF * work[J_TK, j]
+                            tl = cF * work[J_TL, j]
+                            cacc[ch, 0, j] += th * S[0]
+                            cacc[ch, 1, j] += th * S[1]
+                            cacc[ch, 2, j] += th * S[2]
+                            cacc[ch, 3, j] += tk * S[0]
+                            cacc[ch, 4, j] += tk * S[1]
+                            cacc[ch, 5, j] += tk * S[2]
+                            cacc[ch, 6, j] += tl * S[0]
+                            cacc[ch, 7, j] += tl * S[1]
+                            cacc[ch, 8, j] += tl * S[2]
                 if fast:
                     # h_j = a_j . S exactly, so sum_j (dT/dh h + ...) = S . (gx, gy, gz)
                     gs = -(gx * S[0] + gy * S[1] + gz * S[2])
@@ -479,7 +461,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, Fhkl,
                             l0 = np.int64(np.ceil(l - 0.5))
                             if _nearest_inside(hkls, hmin, hmax, kmin, kmax, lmin, lmax,
                                                h0, k0, l0):
-                                Fl = ((1.0 * work[A_FA, j]) * work[A_FB, j]) * work[A_FC, j]
+                                Fl = work[J_FL, j]
                                 Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
                                                h0, k0, l0, default_F)
                                 gF[ch, h0 - hmin, k0 - kmin, l0 - lmin] += cF * 2.0 * Fc * Fl * Fl
@@ -594,8 +576,9 @@ def backward(active, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchu
     S, F = active.shape
     per = (S + nchunk - 1) // nchunk
     cnear = _near_table(fopt)
+    pcells = K.lattice_cells(iopt, cells)
     for ch in prange(nchunk):
-        work = np.empty((N_AWORK, cells.shape[2]))
+        work = np.empty((N_JWORK, pcells.shape[2]))
         dsum = np.empty(N_PAR)
         no_rot = np.empty((9, 0))
         c = np.int64(ch)
@@ -605,9 +588,21 @@ def backward(active, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchu
                 if active[s, f] == 0 or g[s, f] == 0.0:
                     continue
                 val[s, f] = pixel_grad(row, f, g[s, f], iopt, fopt, vecs, incident, lam, cells,
-                                       Fhkl, want, gF, c, cacc, no_rot, cnear, work, dsum)
+                                       pcells, Fhkl, want, gF, c, cacc, no_rot, cnear, work, dsum)
                 for p in range(N_PAR):
                     gpar[s, p] += dsum[p]
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _pad_lanes(rot, width):
+    """rot (9, ncell) widened to (9, width) with copies of its last column
+    (the padded lanes' values are zeroed before any sum reads them)."""
+    n = rot.shape[1]
+    out = np.empty((rot.shape[0], width))
+    for r in range(rot.shape[0]):
+        for j in range(width):
+            out[r, j] = rot[r, min(j, n - 1)]
+    return out
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
@@ -617,7 +612,8 @@ def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, 
     values (float64), jac (n_active, len(cols)) the entries cols of dI/dtheta
     (the theta indices that can be nonzero for this run) of every active pixel
     in raster order (row s starts at jac row rowstart[s]), the unrotated cell's
-    columns included (rot: (9, ncell), see pixel_grad).  The backward of any
+    columns included (rot: (9, ncell), see pixel_grad; padded here to the
+    lanes of kernels.cpu.lattice_cells with copies of its last column).  The backward of any
     parameter but F_hkl is then jac^T g (contract).  want: W_N | W_GEO bits
     (W_F is ignored: the F grid's gradient needs g)."""
     S, F = active.shape
@@ -627,16 +623,18 @@ def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, 
     zero = np.int64(0)
     ncol = cols.shape[0]
     cnear = _near_table(fopt)
+    pcells = K.lattice_cells(iopt, cells)
+    prot = _pad_lanes(rot, pcells.shape[2])
     for s in prange(S):
-        work = np.empty((N_AWORK, cells.shape[2]))
+        work = np.empty((N_JWORK, pcells.shape[2]))
         dsum = np.empty(N_PAR)
         row = np.int64(s)
         i = rowstart[s]
         for f in range(F):
             if active[s, f] == 0:
                 continue
-            out[s, f] = pixel_grad(row, f, 1.0, iopt, fopt, vecs, incident, lam, cells, Fhkl,
-                                   w, no_gF, zero, no_cacc, rot, cnear, work, dsum)
+            out[s, f] = pixel_grad(row, f, 1.0, iopt, fopt, vecs, incident, lam, cells, pcells,
+                                   Fhkl, w, no_gF, zero, no_cacc, prot, cnear, work, dsum)
             for q in range(ncol):
                 jac[i, q] = dsum[cols[q]]
             i += 1
