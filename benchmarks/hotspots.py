@@ -248,6 +248,7 @@ def _child(a):
         from benchmarks import autodiff_perf as P
         from nbnumba import autodiff as AD
         argv, vals = P.case_argv(a.autodiff, a.pixels)
+        argv = list(argv) + a.extra.split()
         v = {k: np.asarray(x, dtype=np.float64).reshape(-1) for k, x in vals.items()
              if k != "F_hkl"}
         F = AD.structure_factors(argv)[0].numpy() if vals.get("F_hkl") == "grid" else None
@@ -298,6 +299,8 @@ def profile(a):
         child += (["--autodiff", a.autodiff] if a.autodiff else ["--workload", a.workload])
         if a.pixels:
             child += ["--pixels", str(a.pixels)]
+        if a.extra:
+            child += ["--extra=" + a.extra]
         env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(d, "numba"), NBNUMBA_AOT="0")
         r = subprocess.run([perf, "record", "-q", "-e", "cpu-clock", "-k", "CLOCK_MONOTONIC",
                             "-F", str(a.freq), "-o", data, "--"] + child, env=env,
@@ -329,6 +332,7 @@ def main(argv=None) -> int:
     g.add_argument("--autodiff", choices=("issue512", "W2", "pilatus_roi"),
                    help="profile the autodiff forward (forward_jac) of this case")
     ap.add_argument("--pixels", type=int, default=None, help="a pixels x pixels detector")
+    ap.add_argument("--extra", default="", help="flags appended to the --autodiff case's command")
     ap.add_argument("--precision", default="double", choices=("double", "single"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=10.0, help="profiled time (CPU-bound)")

@@ -362,19 +362,21 @@ def nearest_F_frac(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h, k, l, defa
 
 
 # ---------------------------------------------------------------- detector factors
-@njit(cache=True, error_model="numpy", fastmath=False)
-def polarization_factor(kahn, incident, diffracted, axis):
-    """Kahn polarization factor and the re-normalised diffracted vector.
-
-    nanoBragg.c re-unitizes its incident, diffracted and axis vectors *in place*
-    here; the caller keeps using the returned diffracted vector for the rest of
-    the sub-pixel so that the last bits match the reference."""
+@njit(cache=True, inline="always", error_model="numpy")
+def _polarization_terms(kahn, incident, diffracted, axis):
+    """polarization_factor's work, keeping what its derivative reuses:
+    (factor, d, |diffracted|, i, B_in, E_in, E_out, B_out), d and i the unit
+    diffracted and incident vectors (zero B_in, E_in, E_out, B_out where
+    kahn == 0).  Inlined: the callers' (strict) flags."""
     incident, _ = unitize(incident)
-    diffracted, _ = unitize(diffracted)
+    diffracted, mag = unitize(diffracted)
     axis, _ = unitize(axis)
     cos2theta = dot(incident, diffracted)
     cos2theta_sqr = cos2theta * cos2theta
     sin2theta_sqr = 1 - cos2theta_sqr
+    z = 0.0 * cos2theta
+    B_in = E_in = (z, z, z)
+    E_out = B_out = z
     if kahn != 0.0:
         B_in, _ = unitize(cross(axis, incident))
         E_in, _ = unitize(cross(incident, B_in))
@@ -386,7 +388,18 @@ def polarization_factor(kahn, incident, diffracted, axis):
         # kahn = 0: the subtracted term is 0 * cos(0) * sin2theta_sqr = +-0, and
         # x - (+-0) == x (NaN stays NaN), so the cos call is skipped, same bits
         factor = like(0.5, cos2theta) * (1.0 + cos2theta_sqr)
-    return factor, diffracted
+    return factor, diffracted, mag, incident, B_in, E_in, E_out, B_out
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def polarization_factor(kahn, incident, diffracted, axis):
+    """Kahn polarization factor and the re-normalised diffracted vector.
+
+    nanoBragg.c re-unitizes its incident, diffracted and axis vectors *in place*
+    here; the caller keeps using the returned diffracted vector for the rest of
+    the sub-pixel so that the last bits match the reference."""
+    t = _polarization_terms(kahn, incident, diffracted, axis)
+    return t[0], t[1]
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
@@ -683,19 +696,12 @@ def polarization_factor_grad(kahn, incident, v, axis):
     factor = (1 + c^2 - K cos(2 psi) (1 - c^2)) / 2 with c = i.d, d = v/|v|,
     cos(2 psi) = (E^2 - B^2)/(E^2 + B^2), E = d.E_in, B = d.B_in.  Along the
     beam (E = B = 0) psi is taken as 0, as atan2(0, 0) gives, with zero slope."""
-    factor, _ = polarization_factor(kahn, incident, v, axis)
-    inc, _ = unitize(incident)
-    d, mag = unitize(v)
-    ax, _ = unitize(axis)
+    # the value and the vectors it is built from: polarization_factor's own work
+    factor, d, mag, inc, B_in, E_in, E, B = _polarization_terms(kahn, incident, v, axis)
     c = dot(inc, d)
     c2p = 1.0 + 0.0 * c
     gE = gB = 0.0 * c
-    E_in = B_in = (0.0 * c, 0.0 * c, 0.0 * c)
     if kahn != 0.0:
-        B_in, _ = unitize(cross(ax, inc))
-        E_in, _ = unitize(cross(inc, B_in))
-        E = dot(d, E_in)
-        B = dot(d, B_in)
         q = E * E + B * B
         if q > 0.0:
             c2p = (E * E - B * B) / q
@@ -716,7 +722,14 @@ def solid_angle_grad(pixel_size, pos, close_distance, point_pixel):
     """(d omega / d pos (1/m per m, 3-vector), d omega / d close_distance) for
     solid_angle(pixel_size, |pos|, close_distance, point_pixel)."""
     d, R = unitize(pos)
-    om = solid_angle(pixel_size, R, close_distance, point_pixel)
+    return solid_angle_grad_at(pixel_size, d, R, solid_angle(pixel_size, R, close_distance,
+                                                             point_pixel), point_pixel)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def solid_angle_grad_at(pixel_size, d, R, om, point_pixel):
+    """solid_angle_grad from what its caller has at hand: (d, R) = unitize(pos)
+    and om = solid_angle(pixel_size, R, close_distance, point_pixel)."""
     if point_pixel:
         k = -2.0 * om / R
         return (k * d[0], k * d[1], k * d[2]), 0.0 * R

@@ -295,6 +295,74 @@ def test_sincg_value_grad_value_is_the_forwards(N):
         assert f == physics.sincg_reduced(float(h), float(N))
 
 
+@pytest.mark.parametrize("Ns", [(8.0, 8.0, 8.0), (2.0, 5.0, 47.0), (1.0, 36.0, 0.0)])
+def test_unsigned_cell_factors_give_the_signed_products(Ns):
+    # the fast path's per-cell factors drop the (-1)^parity sign of the value
+    # and its derivatives alike, so every product it forms (f df/dh, f df/dN,
+    # f^2) is that of the signed value and derivatives of physics; an axis
+    # with N <= 1 is a factor 1 with no derivative
+    from nbnumba.kernels import adjoint as A
+    cn = [physics.sincg_near_coeffs(N) if N > 1 else np.zeros(7) for N in Ns]
+    rng = np.random.default_rng(int(sum(Ns)))
+    hs = np.concatenate([rng.uniform(-30, 30, 300), np.round(rng.uniform(-30, 30, 20)),
+                         np.round(rng.uniform(-30, 30, 40)) + rng.uniform(-2e-3, 2e-3, 40)])
+    for h, k, l in zip(hs, np.roll(hs, 7), np.roll(hs, 19)):
+        out = A._cell_lattice_grad(h, k, l, *Ns, *(tuple(c) for c in cn))
+        for a, (x, N) in enumerate(zip((h, k, l), Ns)):
+            f, g, gN = out[a], out[3 + a], out[6 + a]
+            if N <= 1:
+                assert (f, g, gN) == (1.0, 0.0, 0.0)
+                continue
+            fs, dh, dN = physics.sincg_reduced_value_grad(float(x), N, cn[a])
+            assert abs(f) == pytest.approx(abs(fs), rel=1e-14, abs=1e-14 * N)
+            assert f * g == pytest.approx(fs * dh, rel=1e-13, abs=1e-13 * N ** 3)
+            assert f * gN == pytest.approx(fs * dN, rel=1e-13, abs=1e-13 * N * (1 + abs(x)))
+
+
+def test_config_override_is_dataclasses_replace():
+    # _override copies the config and sets fields (no dataclasses.replace, for
+    # speed): the same config as replace would give, for every keyword
+    from dataclasses import fields, replace
+    from nbnumba import autodiff as AD
+    cfg = AD._parse(BASE)
+    vals = {k: np.asarray(v, dtype=np.float64) for k, v in VALUES.items()}
+    vals["mosaic_spread"] = np.array([0.3])
+    out = AD._override(cfg, vals)
+    assert out is not cfg and AD._override(cfg, {}) == cfg
+    ref = replace(cfg, **{f.name: getattr(out, f.name) for f in fields(cfg)})
+    assert out == ref and out != cfg
+    assert out.distance == 0.1 and out.misset == tuple(math.radians(x) for x in VALUES["misset"])
+
+
+@pytest.mark.parametrize("extra", ["", "-twotheta 5 -detector_rotx 2 -detector_rotz -3",
+                                   "-xds -twotheta 5", "-pivot sample -detector_roty 4"])
+def test_affine_keywords_one_central_difference_is_richardsons(extra):
+    # host_jacobian takes one central difference for distance and beam_center
+    # (the detector is affine in them): it equals the 4-point Richardson
+    # difference the other keywords take, for every convention and pivot
+    from nbnumba import autodiff as AD
+    argv = BASE + extra.split()
+    vals = {k: np.asarray(VALUES[k], dtype=np.float64) for k in ("distance", "beam_center")}
+    run = AD._Run(argv, vals, tuple(vals), None)
+    moved = 0
+    for name in vals:
+        J = run.host_jacobian(name)
+        for i in range(vals[name].size):
+            h = AD._STEP[name][i]
+
+            def at(t):
+                v = dict(vals)
+                x = vals[name].copy()
+                x[i] += t
+                v[name] = x
+                return run._host_theta(v, name)
+            rich = (8.0 * (at(h) - at(-h)) - (at(2 * h) - at(-2 * h))) / (12.0 * h)
+            # (with -xds the beam centre flags do not move the detector: both 0)
+            moved += np.abs(rich).max() > 0.0
+            np.testing.assert_allclose(J[:, i], rich, rtol=0, atol=1e-11 * np.abs(rich).max())
+    assert moved >= 1
+
+
 def test_polarization_and_solid_angle_grads_match_finite_differences():
     inc = (1.0, 0.0, 0.0)
     axis = (0.0, 0.0, 1.0)

@@ -32,7 +32,7 @@ from ..physics import (SHAPE_GAUSS, interp_in_range, lattice_factor,
                        sincg_reduced,
                        sincg_near_coeffs, sincg_reduced_frac, sincg_reduced_grad_from,
                        polarization_factor, polarization_factor_grad, solid_angle,
-                       solid_angle_grad, tricubic_F, tricubic_F_grad, unitize)
+                       solid_angle_grad_at, tricubic_F, tricubic_F_grad, unitize)
 from . import cpu as K
 
 # ---- kernel-level parameters theta (gradient vector layout) -----------------
@@ -191,8 +191,8 @@ def _square_sum(S, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, 
 # ---- the square / reduced fast path: per-cell terms, then the pixel's sums --
 # (per-thread work rows, one column per lane of the padded cells; the sums'
 # loop reads J_T .. J_NC, the F-grid scatter J_FL)
-J_T, J_TH, J_TK, J_TL, J_NA, J_NB, J_NC, J_FL = range(8)
-N_JWORK = 8
+J_T, J_TH, J_TK, J_TL, J_NA, J_NB, J_NC, J_FL, J_H, J_K, J_L, J_F = range(12)
+N_JWORK = 12
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
@@ -213,11 +213,25 @@ def _jac_terms(S, cells, work, Na, Nb, Nc, cna, cnb, cnc, Fhkl, hkls, hmin, hmax
     ncell = cells.shape[2]
     S0, S1, S2 = S
     v = np.int64(_V1)
+    # the indices and the F lookups in a short loop of their own: in the long
+    # loop below (~450 instructions per vector), the gather's latency stalled
+    # every iteration
     for j in range(ncell):
         h, k, l = K._hkl(cells, v, j, S0, S1, S2)
+        work[J_H, j] = h
+        work[J_K, j] = k
+        work[J_L, j] = l
+        # (without a grid, -default_F alone, no lookup: an 8-lane gather here
+        # cost about a tenth of this function's time)
+        work[J_F, j] = (nearest_F_frac(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h, k, l,
+                                       default_F) if hkls > 0 else default_F)
+    for j in range(ncell):
+        h = work[J_H, j]
+        k = work[J_K, j]
+        l = work[J_L, j]
+        Fc = work[J_F, j]
         fa, fb, fc, ga, gb, gc, gNa, gNb, gNc = _cell_lattice_grad(h, k, l, Na, Nb, Nc,
                                                                    cna, cnb, cnc)
-        Fc = nearest_F_frac(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, h, k, l, default_F)
         Fl = ((1.0 * fa) * fb) * fc
         FcFl = Fc * Fl
         tFl = 2.0 * Fc * FcFl          # dT/dF_latt
@@ -388,14 +402,14 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                 omega = solid_angle(pixel, R, close, point)
                 F_om, S_om = Fdet, Sdet
                 if geo:
-                    dOm, dOmc = solid_angle_grad(pixel, pos, close, point)
+                    dOm, dOmc = solid_angle_grad_at(pixel, d, R, omega, point)
             for source in range(nsrc):
                 inc = (incident[source, 0], incident[source, 1], incident[source, 2])
                 lam_s = lam[source]
                 S = ((d[0] - inc[0]) / lam_s, (d[1] - inc[1]) / lam_s, (d[2] - inc[2]) / lam_s)
-                stol = 0.5 * np.sqrt(S[0] * S[0] + S[1] * S[1] + S[2] * S[2])
-                if dmin > 0.0 and stol > 0.0:
-                    if dmin > 0.5 / stol:
+                if dmin > 0.0:
+                    stol = 0.5 * np.sqrt(S[0] * S[0] + S[1] * S[1] + S[2] * S[2])
+                    if stol > 0.0 and dmin > 0.5 / stol:
                         continue     # a step in the image: no derivative
                 if not have_polar:
                     if geo:
