@@ -251,22 +251,20 @@ def _jac_sums(S, cells, rot, work, ncell):
     gx, gy, gz (sum_j dT/dh a_j + dT/dk b_j + dT/dl c_j, the d/dS terms),
     dNa, dNb, dNc, d/da (3), d/db (3), d/dc (3)), with the unrotated cell's
     gradient contracted here: h_j = a . u_j with u_j = R_j^T S (rot: (9,
-    lanes), rot[3 m + n, j] = R_j[n, m]), so d(sum)/da = sum_j dT/dh_j u_j (b:
+    ncell), rot[3 m + n, j] = R_j[n, m]), so d(sum)/da = sum_j dT/dh_j u_j (b:
     dT/dk, c: dT/dl); with rot of width 0 (the adjoint pass, which collects
-    per-cell sums instead) those nine are 0.  The padded lanes (from ncell on) are zeroed first and
-    summed along, so the loop has no scalar remainder.  Reassociated sums in
-    an order fixed at compile time.  Inlined by LLVM."""
+    per-cell sums instead) those nine are 0.  Over the ncell real cells (the
+    padded lanes' terms are left out; zeroing them to sum them along, which
+    spares the loop its remainder, gave nothing).  Reassociated sums in an
+    order fixed at compile time.  Inlined by LLVM."""
     K._inline_into_callers()
     K._prefer_512bit_vectors()
-    for j in range(ncell, cells.shape[2]):
-        for q in range(J_NC + 1):
-            work[q, j] = 0.0
     S0, S1, S2 = S
     sumT = gx = gy = gz = gNa = gNb = gNc = 0.0
     ga0 = ga1 = ga2 = gb0 = gb1 = gb2 = gc0 = gc1 = gc2 = 0.0
     if rot.shape[1] == 0:
         # the adjoint pass: the unrotated cell's gradient goes through per-cell sums
-        for j in range(cells.shape[2]):
+        for j in range(ncell):
             Th = work[J_TH, j]
             Tk = work[J_TK, j]
             Tl = work[J_TL, j]
@@ -278,7 +276,7 @@ def _jac_sums(S, cells, rot, work, ncell):
             gy += Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j]
             gz += Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j]
         return (sumT, gx, gy, gz, gNa, gNb, gNc, ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2)
-    for j in range(cells.shape[2]):
+    for j in range(ncell):
         Th = work[J_TH, j]
         Tk = work[J_TK, j]
         Tl = work[J_TL, j]
@@ -332,10 +330,10 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     kernel's up to rounding).
 
     The unrotated cell vectors enter through h_j = (R_j a) . S = a . (R_j^T S).
-    With rot of shape (9, lanes) (rot[3 m + n, j] = R_j[n, m], the width of
-    pcells: the cells with their lanes padded, kernels.cpu.lattice_cells, which
-    the square/reduced fast path runs over) their gradient is
-    contracted here into dsum[P_A:P_C + 3].  With rot of width 0 it is left 0
+    With rot of shape (9, ncell) (rot[3 m + n, j] = R_j[n, m]) their gradient is
+    contracted here into dsum[P_A:P_C + 3].  pcells: the cells with their
+    lanes padded (kernels.cpu.lattice_cells), which the square/reduced fast
+    path's per-cell loops run over.  With rot of width 0 it is left 0
     there, and cacc[ch] (9, ncell) collects sum g dI/dh_j S per cell instead
     (rows 0-2; k: 3-5, l: 6-8), for the host to apply R_j^T once
     (autodiff._Run.theta_grad).  cnear: _near_table(fopt), the near-peak
@@ -607,18 +605,6 @@ def backward(active, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchu
                     gpar[s, p] += dsum[p]
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
-def _pad_lanes(rot, width):
-    """rot (9, ncell) widened to (9, width) with copies of its last column
-    (the padded lanes' values are zeroed before any sum reads them)."""
-    n = rot.shape[1]
-    out = np.empty((rot.shape[0], width))
-    for r in range(rot.shape[0]):
-        for j in range(width):
-            out[r, j] = rot[r, min(j, n - 1)]
-    return out
-
-
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, rot, cols,
                 jac, out):
@@ -626,8 +612,7 @@ def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, 
     values (float64), jac (n_active, len(cols)) the entries cols of dI/dtheta
     (the theta indices that can be nonzero for this run) of every active pixel
     in raster order (row s starts at jac row rowstart[s]), the unrotated cell's
-    columns included (rot: (9, ncell), see pixel_grad; padded here to the
-    lanes of kernels.cpu.lattice_cells with copies of its last column).  The backward of any
+    columns included (rot: (9, ncell), see pixel_grad).  The backward of any
     parameter but F_hkl is then jac^T g (contract).  want: W_N | W_GEO bits
     (W_F is ignored: the F grid's gradient needs g)."""
     S, F = active.shape
@@ -638,7 +623,6 @@ def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, 
     ncol = cols.shape[0]
     cnear = _near_table(fopt)
     pcells = K.lattice_cells(iopt, cells)
-    prot = _pad_lanes(rot, pcells.shape[2])
     for s in prange(S):
         work = np.empty((N_JWORK, pcells.shape[2]))
         dsum = np.empty(N_PAR)
@@ -648,7 +632,7 @@ def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, 
             if active[s, f] == 0:
                 continue
             out[s, f] = pixel_grad(row, f, 1.0, iopt, fopt, vecs, incident, lam, cells, pcells,
-                                   Fhkl, w, no_gF, zero, no_cacc, prot, cnear, work, dsum)
+                                   Fhkl, w, no_gF, zero, no_cacc, rot, cnear, work, dsum)
             for q in range(ncol):
                 jac[i, q] = dsum[cols[q]]
             i += 1
