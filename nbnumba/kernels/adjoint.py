@@ -232,16 +232,21 @@ def _jac_terms(S, cells, work, Na, Nb, Nc, cna, cnb, cnc, Fhkl, hkls, hmin, hmax
         Fc = work[J_F, j]
         fa, fb, fc, ga, gb, gc, gNa, gNb, gNc = _cell_lattice_grad(h, k, l, Na, Nb, Nc,
                                                                    cna, cnb, cnc)
-        Fl = ((1.0 * fa) * fb) * fc
+        fab = (1.0 * fa) * fb
+        Fl = fab * fc
         FcFl = Fc * Fl
         tFl = 2.0 * Fc * FcFl          # dT/dF_latt
+        # dT/dx of an axis = tFl times the other two factors times its derivative
+        qa = tFl * (fb * fc)
+        qb = tFl * (fa * fc)
+        qc = tFl * fab
         work[J_T, j] = FcFl * FcFl
-        work[J_TH, j] = tFl * ga * fb * fc
-        work[J_TK, j] = tFl * fa * gb * fc
-        work[J_TL, j] = tFl * fa * fb * gc
-        work[J_NA, j] = tFl * gNa * fb * fc
-        work[J_NB, j] = tFl * fa * gNb * fc
-        work[J_NC, j] = tFl * fa * fb * gNc
+        work[J_TH, j] = qa * ga
+        work[J_TK, j] = qb * gb
+        work[J_TL, j] = qc * gc
+        work[J_NA, j] = qa * gNa
+        work[J_NB, j] = qb * gNb
+        work[J_NC, j] = qc * gNc
         work[J_FL, j] = Fl
 
 
