@@ -251,36 +251,14 @@ def _jac_terms(S, cells, work, Na, Nb, Nc, cna, cnb, cnc, Fhkl, hkls, hmin, hmax
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
-def _jac_sums(S, cells, rot, work, ncell):
-    """The sums over the cells of one sub-path from _jac_terms' rows: (sum T,
-    gx, gy, gz (sum_j dT/dh a_j + dT/dk b_j + dT/dl c_j, the d/dS terms),
-    dNa, dNb, dNc, d/da (3), d/db (3), d/dc (3)), with the unrotated cell's
-    gradient contracted here: h_j = a . u_j with u_j = R_j^T S (rot: (9,
-    ncell), rot[3 m + n, j] = R_j[n, m]), so d(sum)/da = sum_j dT/dh_j u_j (b:
-    dT/dk, c: dT/dl); with rot of width 0 (the adjoint pass, which collects
-    per-cell sums instead) those nine are 0.  Over the ncell real cells (the
-    padded lanes' terms are left out; zeroing them to sum them along, which
-    spares the loop its remainder, gave nothing).  Reassociated sums in an
-    order fixed at compile time.  Inlined by LLVM."""
+def _jac_sums(cells, work, ncell):
+    """The sums over the ncell real cells of one sub-path (the padded lanes
+    left out) from _jac_terms' rows: (sum T, gx, gy, gz, dNa, dNb, dNc), with
+    (gx, gy, gz) = sum_j dT/dh a_j + dT/dk b_j + dT/dl c_j, the d/dS terms.
+    Reassociated sums in an order fixed at compile time.  Inlined by LLVM."""
     K._inline_into_callers()
     K._prefer_512bit_vectors()
-    S0, S1, S2 = S
     sumT = gx = gy = gz = gNa = gNb = gNc = 0.0
-    ga0 = ga1 = ga2 = gb0 = gb1 = gb2 = gc0 = gc1 = gc2 = 0.0
-    if rot.shape[1] == 0:
-        # the adjoint pass: the unrotated cell's gradient goes through per-cell sums
-        for j in range(ncell):
-            Th = work[J_TH, j]
-            Tk = work[J_TK, j]
-            Tl = work[J_TL, j]
-            sumT += work[J_T, j]
-            gNa += work[J_NA, j]
-            gNb += work[J_NB, j]
-            gNc += work[J_NC, j]
-            gx += Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j]
-            gy += Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j]
-            gz += Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j]
-        return (sumT, gx, gy, gz, gNa, gNb, gNc, ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2)
     for j in range(ncell):
         Th = work[J_TH, j]
         Tk = work[J_TK, j]
@@ -292,6 +270,24 @@ def _jac_sums(S, cells, rot, work, ncell):
         gx += Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j]
         gy += Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j]
         gz += Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j]
+    return sumT, gx, gy, gz, gNa, gNb, gNc
+
+
+@njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
+def _jac_cell_grad(S, rot, work, ncell):
+    """The unrotated cell's gradient of one sub-path's sum, contracted over
+    its cells from _jac_terms' rows: h_j = a . u_j with u_j = R_j^T S (rot:
+    (9, ncell), rot[3 m + n, j] = R_j[n, m]), so d(sum)/da = sum_j dT/dh_j u_j
+    (b: dT/dk, c: dT/dl).  Returns d/da (3), d/db (3), d/dc (3).  (The
+    adjoint pass collects per-cell sums instead.)  Inlined by LLVM."""
+    K._inline_into_callers()
+    K._prefer_512bit_vectors()
+    S0, S1, S2 = S
+    ga0 = ga1 = ga2 = gb0 = gb1 = gb2 = gc0 = gc1 = gc2 = 0.0
+    for j in range(ncell):
+        Th = work[J_TH, j]
+        Tk = work[J_TK, j]
+        Tl = work[J_TL, j]
         u0 = rot[0, j] * S0 + rot[1, j] * S1 + rot[2, j] * S2
         u1 = rot[3, j] * S0 + rot[4, j] * S1 + rot[5, j] * S2
         u2 = rot[6, j] * S0 + rot[7, j] * S1 + rot[8, j] * S2
@@ -304,7 +300,7 @@ def _jac_sums(S, cells, rot, work, ncell):
         gc0 += Tl * u0
         gc1 += Tl * u1
         gc2 += Tl * u2
-    return (sumT, gx, gy, gz, gNa, gNb, gNc, ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2)
+    return ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
@@ -440,19 +436,21 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                 elif fast:
                     _jac_terms(S, pcells, work, Na, Nb, Nc, cna, cnb, cnc, Fhkl, hkls, hmin, hmax,
                                kmin, kmax, lmin, lmax, default_F)
-                    (sT, gx, gy, gz, gNa, gNb, gNc, ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1,
-                     gc2) = _jac_sums(S, pcells, rot, work, ncell)
+                    sT, gx, gy, gz, gNa, gNb, gNc = _jac_sums(pcells, work, ncell)
                     sumT += sT
-                    dsum[P_A] += ga0
-                    dsum[P_A + 1] += ga1
-                    dsum[P_A + 2] += ga2
-                    dsum[P_B] += gb0
-                    dsum[P_B + 1] += gb1
-                    dsum[P_B + 2] += gb2
-                    dsum[P_C] += gc0
-                    dsum[P_C + 1] += gc1
-                    dsum[P_C + 2] += gc2
-                    if not use_rot:
+                    if use_rot:
+                        ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2 = _jac_cell_grad(S, rot, work,
+                                                                                  ncell)
+                        dsum[P_A] += ga0
+                        dsum[P_A + 1] += ga1
+                        dsum[P_A + 2] += ga2
+                        dsum[P_B] += gb0
+                        dsum[P_B + 1] += gb1
+                        dsum[P_B + 2] += gb2
+                        dsum[P_C] += gc0
+                        dsum[P_C + 1] += gc1
+                        dsum[P_C + 2] += gc2
+                    else:
                         # per-cell sums for the unrotated cell (elementwise: vectorises)
                         for j in range(ncell):
                             th = cF * work[J_TH, j]
