@@ -438,27 +438,6 @@ def sincg_grad(h, N):
     return math.pi * (N * cN - f * np.cos(x)) / s, x * cN / s
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _sincg_reduced_grad_terms(h, N, f, d, e, parity, inv):
-    """(d/dh, d/dN) of f = sincg_reduced(h, N) away from a peak, in closed
-    form from its reduction (d, e, parity) and inv = 1/sin(pi d) (any value
-    where d == 0: it is not used there).
-
-    f = s sin(pi e)/sin(pi d) (s the sign), so
-    df/dh = pi [s N cos(pi e) - f cos(pi d)] / sin(pi d),
-    df/dN = pi h s cos(pi e) / sin(pi d)
-    (cos(pi x) = sin(pi (1/2 - |x|)): the same polynomial).  Near a peak the
-    bracket of df/dh cancels (relative error ~3 ulp / (pi N d)^2): see
-    sincg_reduced_value_grad.  At d == 0: (0, +-1), the derivative in N being
-    taken as that of the value +-N."""
-    sgn = 1.0 - 2.0 * parity
-    sce = sgn * sinpi_poly64(0.5 - abs(e))
-    cd = sinpi_poly64(0.5 - abs(d))
-    dh = math.pi * (N * sce - f * cd) * inv
-    dN = math.pi * h * sce * inv
-    return (dh if d != 0.0 else 0.0 * h), (dN if d != 0.0 else sgn)
-
-
 #: below this |N d| the closed-form df/dh loses more than ~30 ulp: use the series
 SINCG_NEAR = 0.1
 
@@ -549,22 +528,47 @@ def sincg_reduced_parts(h, N):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def sincg_reduced_grad_from(h, N, cn, f, d, e, parity, inv):
-    """(df/dh, df/dN) of f = sincg_reduced(h, N) from sincg_reduced_parts'
-    (f, d, e, parity) and inv = 1/sd (the caller may form it jointly with
-    other axes: one division for several); cn = sincg_near_coeffs(N).
-    Branch-free (both forms, then a select), so loops over it vectorise: the
-    closed form of _sincg_reduced_grad_terms away from a peak, the series of
-    sincg_near_coeffs for df/dh where |N d| < SINCG_NEAR (there
-    m = rint(N d) = 0, so the parity is that of n (N-1)); as accurate as the
-    value everywhere."""
-    dh, dN = _sincg_reduced_grad_terms(h, N, f, d, e, parity, inv)
+def sincg_reduced_grad_core(h, N, cn, f, d, e, sgn, inv):
+    """(df/dh, df/dN) of f = sincg_reduced(h, N) off the lattice planes
+    (d != 0), from its reduction (d, e), sgn = (-1)^parity (1 for the
+    unsigned factor, whose derivatives come out unsigned alike) and
+    inv = 1/sin(pi d).  Branch-free (both forms, then a select), so loops
+    over it vectorise:
+
+    * the closed form: f = sgn sin(pi e)/sin(pi d), so
+      df/dh = pi [sgn N cos(pi e) - f cos(pi d)] / sin(pi d) and
+      df/dN = pi h sgn cos(pi e) / sin(pi d), with cos(pi x) = sin(pi (1/2 - |x|))
+      (the same polynomial).  Near a peak its bracket cancels (relative error
+      ~3 ulp / (pi N d)^2), so
+    * where |N d| < SINCG_NEAR, df/dh is the series of sincg_near_coeffs
+      (cn = sincg_near_coeffs(N); there m = rint(N d) = 0, so the sign is
+      that of n (N-1)).
+
+    As accurate as the value everywhere.  At d == 0 the caller applies the
+    limit (sincg_reduced_grad_from)."""
+    sce = sgn * sinpi_poly64(0.5 - abs(e))
+    cd = sinpi_poly64(0.5 - abs(d))
+    dh = math.pi * (N * sce - f * cd) * inv
+    dN = math.pi * h * sce * inv
     x = math.pi * d
     t = x * x
     ser = x * (cn[0] + t * (cn[1] + t * (cn[2] + t * (cn[3] + t * (cn[4] + t * (cn[5]
                                                                              + t * cn[6]))))))
     near = abs(N * d) < SINCG_NEAR
-    return ((1.0 - 2.0 * parity) * ser if near else dh), dN
+    return (sgn * ser if near else dh), dN
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def sincg_reduced_grad_from(h, N, cn, f, d, e, parity, inv):
+    """(df/dh, df/dN) of f = sincg_reduced(h, N) from sincg_reduced_parts'
+    (f, d, e, parity) and inv = 1/sd (the caller may form it jointly with
+    other axes: one division for several; any value where d == 0);
+    cn = sincg_near_coeffs(N).  sincg_reduced_grad_core with the lattice
+    planes' limit: at d == 0, f = +-N, df/dh = 0 (the series there) and
+    df/dN is taken as that of the value, +-1."""
+    sgn = 1.0 - 2.0 * parity
+    dh, dN = sincg_reduced_grad_core(h, N, cn, f, d, e, sgn, inv)
+    return dh, (dN if d != 0.0 else sgn)
 
 
 @njit(cache=True, inline="always", error_model="numpy")

@@ -319,6 +319,52 @@ def test_unsigned_cell_factors_give_the_signed_products(Ns):
             assert f * gN == pytest.approx(fs * dN, rel=1e-13, abs=1e-13 * N * (1 + abs(x)))
 
 
+@pytest.mark.parametrize("Ns", [(8.0, 8.0, 8.0), (2.0, 5.0, 47.0)])
+def test_lean_cell_factors_are_the_full_ones_off_the_planes(Ns):
+    # every N > 1: the fast path's loop without the limits' selects gives the
+    # full function's values off the lattice planes, and den == 0 on one (where
+    # _jac_terms runs the full function again)
+    from nbnumba.kernels import adjoint as A
+    cn = [tuple(physics.sincg_near_coeffs(N)) for N in Ns]
+    rng = np.random.default_rng(int(sum(Ns)))
+    hs = np.concatenate([rng.uniform(-30, 30, 300),
+                         np.round(rng.uniform(-30, 30, 40)) + rng.uniform(-2e-3, 2e-3, 40)])
+    for h, k, l in zip(hs, np.roll(hs, 7), np.roll(hs, 19)):
+        lean = A._cell_lattice_grad_lean(h, k, l, *Ns, *cn)
+        full = A._cell_lattice_grad(h, k, l, *Ns, *cn)
+        assert lean[9] != 0.0
+        np.testing.assert_allclose(lean[:9], full, rtol=1e-15, atol=0)
+    assert A._cell_lattice_grad_lean(3.0, 0.2, 0.3, *Ns, *cn)[9] == 0.0
+
+
+def test_jac_terms_takes_the_limit_on_a_lattice_plane():
+    # a cell on a lattice plane (h = 3 exactly) sends _jac_terms to its full
+    # loop: every cell's terms are then the full function's, finite
+    from nbnumba.kernels import adjoint as A
+    rng = np.random.default_rng(3)
+    n = 20
+    cells = np.zeros((2, 9, n))
+    cells[1] = rng.uniform(-2.0, 2.0, (9, n))
+    cells[1, :3, 0] = (1.0, 0.0, 0.0)      # a of cell 0 along x: h = S0 = 3
+    S = (3.0, 0.37, -0.21)
+    Ns = (8.0, 8.0, 5.0)
+    cn = [tuple(physics.sincg_near_coeffs(N)) for N in Ns]
+    work = np.zeros((A.N_JWORK, n))
+    F = 100.0
+    A._jac_terms(S, cells, work, *Ns, *cn, np.zeros((1, 1, 1)), 0, 0, 0, 0, 0, 0, 0, F)
+    assert work[A.J_H, 0] == 3.0
+    for j in range(n):
+        h, k, l = (sum(cells[1, 3 * a + i, j] * S[i] for i in range(3)) for a in range(3))
+        fa, fb, fc, ga, gb, gc, gNa, gNb, gNc = A._cell_lattice_grad(h, k, l, *Ns, *cn)
+        Fl = fa * fb * fc
+        tFl = 2.0 * F * F * Fl
+        want = [(F * Fl) ** 2, tFl * fb * fc * ga, tFl * fa * fc * gb, tFl * fa * fb * gc,
+                tFl * fb * fc * gNa, tFl * fa * fc * gNb, tFl * fa * fb * gNc]
+        got = [work[r, j] for r in (A.J_T, A.J_TH, A.J_TK, A.J_TL, A.J_NA, A.J_NB, A.J_NC)]
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13 * abs(want[0]))
+
+
 def test_config_override_is_dataclasses_replace():
     # _override copies the config and sets fields (no dataclasses.replace, for
     # speed): the same config as replace would give, for every keyword

@@ -958,7 +958,7 @@ __device__ void sincg_grad(double h, double N, double* gh, double* gN) {
     *gN = x * cN / s;
 }
 
-// physics._sincg_reduced_grad_terms: the closed form, f = sincg_reduced(h, N)
+// physics.sincg_reduced_grad_core: the closed form, f = sincg_reduced(h, N)
 __device__ void sincg_reduced_grad_far(double h, double N, double f, double* gh, double* gN) {
     double d, e;
     nb_i64 parity;
