@@ -255,21 +255,24 @@ def _jac_terms(S, cells, work, Na, Nb, Nc, cna, cnb, cnc, Fhkl, hkls, hmin, hmax
     """The fast path's per-cell terms of one sub-path, every lane of cells
     (the padded lanes of kernels.cpu.lattice_cells included): T = (F_cell
     F_latt)^2, dT/dh, dT/dk, dT/dl and dT/dNa, dT/dNb, dT/dNc into work rows
-    J_T .. J_NC, and F_latt (up to its sign) into J_FL for the F-grid scatter.  One loop with no reduction, 512-bit vectors where the CPU
-    has them, and noalias arguments (the gathers from Fhkl cannot meet the
-    stores into work), so LLVM vectorises it whole; the sums follow in
-    _jac_sums.  (The fused loop it replaces kept 16 running sums beside the
-    per-cell arithmetic, spilled a third of its instructions and ran with
-    256-bit vectors: docs/autodiff.md, tenth round.)  Inlined by LLVM."""
+    J_T .. J_NC, and F_latt (up to its sign) into J_FL for the F-grid
+    scatter; the sums follow in _jac_sums and _jac_cell_grad.  A short loop
+    stores the indices and F, then the main loop computes the rest: where
+    every N > 1 without the limits' selects (_cell_lattice_grad_lean, again
+    with them only if a cell lies on a lattice plane).  The loops have
+    512-bit vectors where the CPU has them and noalias arguments (the
+    gathers from Fhkl cannot meet the stores into work), so LLVM vectorises
+    them whole.  (The fused loop they replace kept 16 running sums beside
+    the per-cell arithmetic, spilled a third of its instructions and ran
+    with 256-bit vectors: docs/autodiff.md, tenth round.)  Inlined by LLVM."""
     K._inline_into_callers()
     K._args_noalias()
     K._prefer_512bit_vectors()
     ncell = cells.shape[2]
     S0, S1, S2 = S
     v = np.int64(_V1)
-    # the indices and the F lookups in a short loop of their own: in the long
-    # loop below (~450 instructions per vector), the gather's latency stalled
-    # every iteration
+    # the indices and the F lookups in a short loop of their own, out of the
+    # long loop below (about 280 instructions per 8 cells)
     for j in range(ncell):
         h, k, l = K._hkl(cells, v, j, S0, S1, S2)
         work[J_H, j] = h
