@@ -29,9 +29,8 @@ from numba import njit, prange
 
 from ..physics import (SHAPE_GAUSS, interp_in_range, lattice_factor,
                        lattice_factor_grad, lattice_factor_star_grad, nearest_F, nearest_F_frac,
-                       sincg_reduced,
-                       sincg_near_coeffs, sincg_reduced_frac, sincg_reduced_grad_from,
-                       sincg_reduced_grad_core, reduce_phase, sinpi_poly64_x6,
+                       reduce_phase, sincg_near_coeffs, sincg_reduced, sincg_reduced_frac,
+                       sincg_reduced_grad_core, sinpi_poly64_x6,
                        polarization_factor, polarization_factor_grad, solid_angle,
                        solid_angle_grad_at, tricubic_F, tricubic_F_grad, unitize)
 from . import cpu as K
@@ -104,68 +103,16 @@ _V1 = 1     # the cell variant of the default mode (kernels.cpu: variant 1)
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
-def _cell_lattice_grad(h, k, l, Na, Nb, Nc, cna, cnb, cnc):
-    """One cell of the square/reduced fast path: the per-axis lattice factors
-    up to their signs (sincg_reduced_frac's unsigned fractions: the forward's
-    values up to rounding and sign) and their derivatives with the same signs
-    dropped (sincg_reduced_grad_from at parity 0; cn*: its near-peak
-    coefficients per axis).  Returns (fa, fb, fc, dfa/dh, dfb/dk, dfc/dl,
-    dfa/dNa, dfb/dNb, dfc/dNc); an axis with N <= 1 has factor 1 and zero
-    derivatives.  Every reader multiplies a factor by its own derivative or
-    squares it (F_cell^2 F_latt^2 and its derivatives), and (s f)(s f') = f f'
-    for the sign s = +-1, so the parity's integer work is left out (as the
-    image kernel's lattice loop leaves it out).  Branch-free, so loops over
-    it vectorise like the forward's lattice pass.
-
-    Compiled once, with pixel_grad's flags, and inlined by LLVM into the loops
-    that call it (K._inline_into_callers): numba's own inlining
-    (inline="always") typed its body, and the six sines in it, once per call
-    site, a large part of pixel_grad's cold compile."""
+def _axes_from_sines(h, k, l, Na, Nb, Nc, cna, cnb, cnc, na, sa, d_a, e_a, nb, sb, d_b, e_b,
+                     nc, sc, d_c, e_c):
+    """The three axes' unsigned factors and derivatives from their reductions
+    (d, e) and sines (n = sin(pi e), s = sin(pi d)), with one division for
+    the three axes' 1/sin(pi d), values and derivatives, instead of four:
+    (fa, fb, fc, dfa/dh, dfb/dk, dfc/dl, dfa/dNa, dfb/dNb, dfc/dNc, den),
+    den = sa sb sc (the product underflows only if all three |d| < ~1e-100).
+    Off the lattice planes; _cell_lattice_grad applies the limits.  Inlined
+    by LLVM."""
     K._inline_into_callers()
-    da = Na > 1
-    db = Nb > 1
-    dc = Nc > 1
-    na, sa, d_a, e_a, _ = sincg_reduced_frac(h, Na, False, False)
-    nb, sb, d_b, e_b, _ = sincg_reduced_frac(k, Nb, False, False)
-    nc, sc, d_c, e_c, _ = sincg_reduced_frac(l, Nc, False, False)
-    # one division for the three axes' 1/sin(pi d), values and derivatives,
-    # instead of four (a factor of 1 where an axis is off or d == 0, where the
-    # value is the numerator N); the product underflows only if all three
-    # |d| < ~1e-100
-    sa = sa if da and d_a != 0.0 else 1.0
-    sb = sb if db and d_b != 0.0 else 1.0
-    sc = sc if dc and d_c != 0.0 else 1.0
-    sab = sa * sb
-    r = 1.0 / (sab * sc)
-    ia = (sb * sc) * r
-    ib = (sa * sc) * r
-    ic = sab * r
-    fa = na if d_a == 0.0 else na * ia
-    fb = nb if d_b == 0.0 else nb * ib
-    fc = nc if d_c == 0.0 else nc * ic
-    z = np.int32(0)     # parity 0: the unsigned factor's derivatives
-    ga, gNa = sincg_reduced_grad_from(h, Na, cna, fa, d_a, e_a, z, ia)
-    gb, gNb = sincg_reduced_grad_from(k, Nb, cnb, fb, d_b, e_b, z, ib)
-    gc, gNc = sincg_reduced_grad_from(l, Nc, cnc, fc, d_c, e_c, z, ic)
-    return (fa if da else 1.0, fb if db else 1.0, fc if dc else 1.0,
-            ga if da else 0.0, gb if db else 0.0, gc if dc else 0.0,
-            gNa if da else 0.0, gNb if db else 0.0, gNc if dc else 0.0)
-
-
-@njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
-def _cell_lattice_grad_lean(h, k, l, Na, Nb, Nc, cna, cnb, cnc):
-    """_cell_lattice_grad's nine values where every N > 1 and the cell is off
-    the lattice planes (no d == 0), without the selects of the limit and of
-    N <= 1 (about a tenth of the loop's instructions), plus den, the product
-    of the three sin(pi d): 0 on a plane (or if it underflows), where the
-    caller takes _cell_lattice_grad instead.  The same operations otherwise
-    (the six sines interleaved as the image kernel's, sinpi_poly64_x6), so
-    the same values.  Inlined by LLVM."""
-    K._inline_into_callers()
-    d_a, e_a, _ = reduce_phase(h, Na)
-    d_b, e_b, _ = reduce_phase(k, Nb)
-    d_c, e_c, _ = reduce_phase(l, Nc)
-    na, sa, nb, sb, nc, sc = sinpi_poly64_x6(e_a, d_a, e_b, d_b, e_c, d_c)
     sab = sa * sb
     den = sab * sc
     r = 1.0 / den
@@ -179,6 +126,67 @@ def _cell_lattice_grad_lean(h, k, l, Na, Nb, Nc, cna, cnb, cnc):
     gb, gNb = sincg_reduced_grad_core(k, Nb, cnb, fb, d_b, e_b, 1.0, ib)
     gc, gNc = sincg_reduced_grad_core(l, Nc, cnc, fc, d_c, e_c, 1.0, ic)
     return fa, fb, fc, ga, gb, gc, gNa, gNb, gNc, den
+
+
+@njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
+def _cell_lattice_grad(h, k, l, Na, Nb, Nc, cna, cnb, cnc):
+    """One cell of the square/reduced fast path: the per-axis lattice factors
+    up to their signs (sincg_reduced_frac's unsigned fractions: the forward's
+    values up to rounding and sign) and their derivatives with the same signs
+    dropped (sincg_reduced_grad_core with sgn 1; cn*: its near-peak
+    coefficients per axis).  Returns (fa, fb, fc, dfa/dh, dfb/dk, dfc/dl,
+    dfa/dNa, dfb/dNb, dfc/dNc); an axis with N <= 1 has factor 1 and zero
+    derivatives, and on a lattice plane (d == 0) an axis has the limits of
+    sincg_reduced_grad_from (f = N, df/dh = 0, df/dN = 1).  Every reader
+    multiplies a factor by its own derivative or squares it (F_cell^2
+    F_latt^2 and its derivatives), and (s f)(s f') = f f' for the sign
+    s = +-1, so the parity's integer work is left out (as the image kernel's
+    lattice loop leaves it out).  Branch-free, so loops over it vectorise
+    like the forward's lattice pass.
+
+    Compiled once, with pixel_grad's flags, and inlined by LLVM into the loops
+    that call it (K._inline_into_callers): numba's own inlining
+    (inline="always") typed its body, and the six sines in it, once per call
+    site, a large part of pixel_grad's cold compile."""
+    K._inline_into_callers()
+    da = Na > 1
+    db = Nb > 1
+    dc = Nc > 1
+    # (N, 1) for (num, den) where d == 0; a factor of 1 where an axis is off
+    na, sa, d_a, e_a, _ = sincg_reduced_frac(h, Na, False, False)
+    nb, sb, d_b, e_b, _ = sincg_reduced_frac(k, Nb, False, False)
+    nc, sc, d_c, e_c, _ = sincg_reduced_frac(l, Nc, False, False)
+    fa, fb, fc, ga, gb, gc, gNa, gNb, gNc, _ = _axes_from_sines(
+        h, k, l, Na, Nb, Nc, cna, cnb, cnc, na, sa if da else 1.0, d_a, e_a,
+        nb, sb if db else 1.0, d_b, e_b, nc, sc if dc else 1.0, d_c, e_c)
+    # the limits on a plane (df/dh there is the series' 0 already)
+    fa = na if d_a == 0.0 else fa
+    fb = nb if d_b == 0.0 else fb
+    fc = nc if d_c == 0.0 else fc
+    gNa = gNa if d_a != 0.0 else 1.0
+    gNb = gNb if d_b != 0.0 else 1.0
+    gNc = gNc if d_c != 0.0 else 1.0
+    return (fa if da else 1.0, fb if db else 1.0, fc if dc else 1.0,
+            ga if da else 0.0, gb if db else 0.0, gc if dc else 0.0,
+            gNa if da else 0.0, gNb if db else 0.0, gNc if dc else 0.0)
+
+
+@njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
+def _cell_lattice_grad_lean(h, k, l, Na, Nb, Nc, cna, cnb, cnc):
+    """_cell_lattice_grad's nine values where every N > 1 and the cell is off
+    the lattice planes (no d == 0), without the selects of the limit and of
+    N <= 1 (about a tenth of the loop's instructions), plus den, the product
+    of the three sin(pi d): 0 on a plane (or if it underflows), where the
+    caller takes _cell_lattice_grad instead.  The same operations otherwise
+    (_axes_from_sines; the six sines interleaved as the image kernel's,
+    sinpi_poly64_x6), so the same values.  Inlined by LLVM."""
+    K._inline_into_callers()
+    d_a, e_a, _ = reduce_phase(h, Na)
+    d_b, e_b, _ = reduce_phase(k, Nb)
+    d_c, e_c, _ = reduce_phase(l, Nc)
+    na, sa, nb, sb, nc, sc = sinpi_poly64_x6(e_a, d_a, e_b, d_b, e_c, d_c)
+    return _axes_from_sines(h, k, l, Na, Nb, Nc, cna, cnb, cnc, na, sa, d_a, e_a,
+                            nb, sb, d_b, e_b, nc, sc, d_c, e_c)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
