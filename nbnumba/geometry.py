@@ -79,20 +79,55 @@ class Detector:
     xds_incident: Vec3
     log: List[str] = field(default_factory=list)
     # nanoBragg.c's detector-setup trace ("key=value", TRACE_C:key=value in the
-    # C), in its order; -trace_pixel prints it before the pixel's own lines
-    trace: List[str] = field(default_factory=list)
+    # C), in its order, as lines or functions that format them (see trace)
+    trace_items: List[object] = field(default_factory=list)
+
+    @property
+    def trace(self) -> List[str]:
+        """The detector-setup trace lines; -trace_pixel prints them before the
+        pixel's own lines."""
+        return [x if isinstance(x, str) else x() for x in self.trace_items]
+
+
+class _Line:
+    """A trace line formatted when read (Detector.trace): format_value took
+    60 % of build_detector's time, which autodiff's host map calls a few dozen
+    times per backward.  fmt's %s take the values (vectors joined by spaces,
+    matrices as [row; row]), as they were when the line was recorded.
+    A plain class, so a Detector pickles."""
+
+    __slots__ = ("fmt", "vals")
+
+    def __init__(self, fmt, *vals):
+        self.fmt = fmt
+        self.vals = tuple(v if isinstance(v, tuple) else float(v) for v in vals)
+
+    def __call__(self):
+        return self.fmt % tuple(_fmt_item(v) for v in self.vals)
+
+
+def _fmt_item(v):
+    if not isinstance(v, tuple):
+        return format_value(v)
+    if v and isinstance(v[0], tuple):
+        return "; ".join(" ".join(format_value(x) for x in row) for row in v)
+    return " ".join(format_value(x) for x in v)
+
+
+def _tfmt(fmt, *vals):
+    return _Line(fmt, *vals)
 
 
 def _tvec(key, v):
-    return "%s=%s" % (key, " ".join(format_value(float(x)) for x in v))
+    return _Line(key + "=%s", tuple(float(x) for x in v))
 
 
 def _tscalar(key, x):
-    return "%s=%s" % (key, format_value(float(x)))
+    return _Line(key + "=%s", x)
 
 
 def _tmat(key, m):
-    return "%s=[%s]" % (key, "; ".join(" ".join(format_value(float(x)) for x in row) for row in m))
+    return _Line(key + "=[%s]", tuple(tuple(float(x) for x in row) for row in m))
 
 
 def _rotation_matrices(rotx, roty, rotz):
@@ -212,17 +247,15 @@ def build_detector(cfg) -> Detector:
         close_distance = abs(ratio * cfg.distance)
     distance = close_distance / ratio
 
-    trace: List[str] = []
-    angles = "angles_rad=rotx:%s roty:%s rotz:%s twotheta:%s" % tuple(
-        format_value(float(x)) for x in (rotx, roty, rotz, twotheta))
-    pixel_mm = format_value(pixel * 1000.0)
+    trace: List[object] = []
+    angles = _tfmt("angles_rad=rotx:%s roty:%s rotz:%s twotheta:%s", rotx, roty, rotz, twotheta)
     pix0 = (0.0, 0.0, 0.0)
     if pivot == "SAMPLE":
         log.append("pivoting detector around sample")
         # the C prints Xclose/1000 with Xclose already in metres (its units, kept)
         trace += ["detector_convention=%s" % conv, angles,
-                  "beam_center_m=Xclose:%s Yclose:%s pixel_mm:%s"
-                  % (format_value(Xclose / 1000.0), format_value(Yclose / 1000.0), pixel_mm),
+                  _tfmt("beam_center_m=Xclose:%s Yclose:%s pixel_mm:%s",
+                        Xclose / 1000.0, Yclose / 1000.0, pixel * 1000.0),
                   _tvec("initial_fdet", fdet), _tvec("initial_sdet", sdet), _tvec("initial_odet", odet),
                   _tscalar("Fclose_m", Fclose), _tscalar("Sclose_m", Sclose),
                   _tscalar("close_distance_m", close_distance), _tscalar("ratio", ratio),
@@ -259,8 +292,8 @@ def build_detector(cfg) -> Detector:
             label, init = "MOSFLM", ((0.0, 0.0, 1.0), (0.0, -1.0, 0.0), (1.0, 0.0, 0.0))
         Rx, Ry, Rz, R_total = _rotation_matrices(rotx, roty, rotz)
         trace += ["detector_convention=%s" % label, angles,
-                  "beam_center_m=X:%s Y:%s pixel_mm:%s"
-                  % (format_value(Xbeam / 1000.0), format_value(Ybeam / 1000.0), pixel_mm),
+                  _tfmt("beam_center_m=X:%s Y:%s pixel_mm:%s",
+                        Xbeam / 1000.0, Ybeam / 1000.0, pixel * 1000.0),
                   _tvec("initial_fdet", init[0]), _tvec("initial_sdet", init[1]),
                   _tvec("initial_odet", init[2]),
                   _tmat("Rx", Rx), _tmat("Ry", Ry), _tmat("Rz", Rz), _tmat("R_total", R_total),
@@ -306,4 +339,4 @@ def build_detector(cfg) -> Detector:
                     Sclose=Sclose, ORGX=ORGX, ORGY=ORGY, dials_origin=dials_origin,
                     twotheta=twotheta, rotx=rotx, roty=roty, rotz=rotz, roi=tuple(roi),
                     curved=cfg.curved_detector, point_pixel=cfg.point_pixel,
-                    xds_incident=xds_incident, log=log, trace=trace)
+                    xds_incident=xds_incident, log=log, trace_items=trace)

@@ -42,3 +42,22 @@ def _keys(text, tag):
     return sorted(e.name for e in parse_trace(text).entries) + \
         sorted(line.split()[1] for line in text.splitlines() if line.startswith(tag + "_PHI "))
 
+
+
+def test_detector_trace_is_formatted_when_read_and_pickles():
+    """Detector.trace formats its lines on reading (build_detector records the
+    values only): each line holds the values of its moment (pix0_vector: the
+    BEAM pivot's final pix0), and a Detector survives pickling with the same
+    lines."""
+    import pickle
+
+    from nbnumba.flags import parse_argv
+    from nbnumba.geometry import build_detector
+    from nbnumba.tracefmt import format_value
+    det = build_detector(parse_argv("-detpixels 64 -pixel 0.1 -distance 100 -Xbeam 3 -Ybeam 4 "
+                                    "-detector_rotx 2 -twotheta 5".split()))
+    lines = det.trace
+    assert all(isinstance(x, str) for x in lines) and len(lines) >= 20
+    want = "pix0_vector=" + " ".join(format_value(float(x)) for x in det.pix0)
+    assert want in lines
+    assert pickle.loads(pickle.dumps(det)).trace == lines
