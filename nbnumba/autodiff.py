@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -94,7 +96,49 @@ def _torch():
 
 def _parse(argv):
     from .flags import parse_argv
-    return parse_argv([str(a) for a in argv])
+    return _with_hkl_grid(parse_argv([str(a) for a in argv]))
+
+
+#: the structure-factor files read last: (path, default_F) -> (the file's bytes, HKLGrid)
+_HKL_MEMO = {}
+_HKL_MEMO_SIZE = 4
+_HKL_MEMO_LOCK = threading.Lock()
+
+
+def _with_hkl_grid(cfg):
+    """cfg with its -hkl file's grid attached (cfg.hkl_grid, a copy of it per
+    call), parsed once while the file's bytes stay the same.  A refinement
+    calls simulate() hundreds of times with one -hkl file, and parsing it was
+    most of each call's set-up (27 of 37 ms for the Pilatus ROI's generated P1
+    file); reading the bytes and comparing them is about a fiftieth of that.
+    The comparison is of the whole content, not of a modification time (file
+    times step in milliseconds, a rewrite within one step would be missed).
+    A file that cannot be read is left to build_model to report."""
+    if cfg.hklfilename is None or cfg.hkl_grid is not None:
+        return cfg
+    from .io.hkl import parse_hkl
+    from .model import _resolve
+    from .validate import memory_limit
+    path = _resolve(cfg, cfg.hklfilename)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return cfg
+    key = (os.path.abspath(path), repr(float(cfg.default_F)))
+    with _HKL_MEMO_LOCK:
+        hit = _HKL_MEMO.get(key)
+    if hit is None or hit[0] != data:
+        grid = parse_hkl(data.decode("latin-1"), os.fspath(path), cfg.default_F,
+                         memory=memory_limit(cfg))
+        with _HKL_MEMO_LOCK:
+            _HKL_MEMO.pop(key, None)
+            _HKL_MEMO[key] = (data, grid)
+            while len(_HKL_MEMO) > _HKL_MEMO_SIZE:
+                _HKL_MEMO.pop(next(iter(_HKL_MEMO)))
+    else:
+        grid = hit[1]
+    return replace(cfg, hkl_grid=replace(grid, F=grid.F.copy(), warnings=list(grid.warnings)))
 
 
 def _override(cfg, vals):
@@ -184,6 +228,16 @@ def _cell_rotations(model):
     return np.ascontiguousarray(out[1].reshape(-1, 3, 3))
 
 
+def _active_box(model):
+    """(r0, r1, c0, c1): the rows r0..r1-1 and columns c0..c1-1 that hold every
+    active pixel, the -roi box as model.build_model cut it out of the frame
+    (a mask only clears pixels inside it)."""
+    S, F = model.active.shape
+    xmin, xmax, ymin, ymax = model.det.roi
+    r0, c0 = min(max(ymin, 0), S), min(max(xmin, 0), F)
+    return r0, max(r0, min(ymax + 1, S)), c0, max(c0, min(xmax + 1, F))
+
+
 class _Run:
     """One prepared simulation: the Model at the given values, the kernel
     arguments, and (lazily) the Jacobian of theta w.r.t. the keywords."""
@@ -245,7 +299,13 @@ class _Run:
         # the forward keeps dI/dtheta per pixel when something besides F_hkl
         # needs grad (and autograd records): the backward is then a contraction
         self.want = self._want(needs_grad)
-        n_active = int(np.count_nonzero(model.active))
+        self.box = _active_box(model)
+        r0, r1, c0, c1 = self.box
+        # per row, counted inside the box only (a 21 x 21 ROI of a Pilatus frame:
+        # counting the whole frame took longer than rendering the ROI)
+        self.row_counts = np.zeros(model.active.shape[0], dtype=np.int64)
+        self.row_counts[r0:r1] = np.count_nonzero(model.active[r0:r1, c0:c1], axis=1)
+        n_active = int(self.row_counts.sum())
         self.pixel_jac = None
         self.jac_cols = self._jac_columns(self.want,
                                           self.args[0][K.I_SHAPE] == SHAPE_GAUSS,
@@ -309,18 +369,33 @@ class _Run:
         S, F = self.model.shape
         out = np.zeros((S, F))
         active = self.model.active
+        box = np.array(self.box, dtype=np.int64)
         if self.keep_jac:
-            counts = np.count_nonzero(active, axis=1)
+            counts = self.row_counts
             rowstart = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
             jac = np.empty((int(counts.sum()), self.jac_cols.size))
             with PARALLEL_KERNEL_LOCK:
-                A.forward_jac(active, rowstart, *self.args, self.want, self._rot(), self.jac_cols,
-                              jac, out)
+                A.forward_jac(active, box, rowstart, *self.args, self.want, self._rot(),
+                              self.jac_cols, jac, out)
             self.pixel_jac = (rowstart, jac)
         else:
             with PARALLEL_KERNEL_LOCK:      # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
-                A.render64(active, *self.args, out)
+                A.render64(active, box, *self.args, out)
         self.image = out
+        return out
+
+    def _g64(self, g):
+        """g (S, F) as the kernels take it: float64, C-contiguous.  They read it
+        only at active pixels, which lie in the -roi box, so a g of another
+        layout (img.sum()'s backward hands over a stride-0 view of ones) is
+        copied over that box only, into zeros: copying a Pilatus-sized frame for
+        a 21 x 21 ROI took 9 ms, a third of that case's backward."""
+        g = np.asarray(g)
+        if g.dtype == np.float64 and g.flags.c_contiguous:
+            return g
+        r0, r1, c0, c1 = self.box
+        out = np.zeros(g.shape)
+        out[r0:r1, c0:c1] = g[r0:r1, c0:c1]
         return out
 
     def theta_grad(self, g):
@@ -339,7 +414,7 @@ class _Run:
                                            self.cell_sums.reshape(3, 3, ncell)).reshape(9)
             return G, gF
         want_F = (self.want & A.W_F) != 0
-        g = np.ascontiguousarray(g, dtype=np.float64)
+        g = self._g64(g)
         # a fixed number of row chunks (not the thread count): the per-chunk
         # sums, hence the gradients, do not depend on the threads
         nchunk = max(1, min(S, N_CHUNKS))
@@ -350,7 +425,8 @@ class _Run:
             rowstart, jac = self.pixel_jac
             part = np.zeros((nchunk, jac.shape[1]))
             with PARALLEL_KERNEL_LOCK:
-                A.contract(self.model.active, g, rowstart, jac, nchunk, part)
+                A.contract(self.model.active, np.array(self.box, dtype=np.int64), g, rowstart,
+                           jac, nchunk, part)
             G = np.zeros(A.N_PAR)
             G[self.jac_cols] = part.sum(axis=0)
             if not want_F:
@@ -362,7 +438,8 @@ class _Run:
         cacc = np.zeros((nchunk, 9, ncell))
         val = np.zeros((S, F))
         with PARALLEL_KERNEL_LOCK:
-            A.backward(self.model.active, g, *self.args, want, nchunk, gpar, gF, cacc, val)
+            A.backward(self.model.active, np.array(self.box, dtype=np.int64), g, *self.args,
+                       want, nchunk, gpar, gF, cacc, val)
         if G is None:
             G = gpar.sum(axis=0)
             # h_j = (R_j a) . S: dI/da_m = sum_j sum_n R_j[n, m] (sum of g dI/dh_j S_n),

@@ -614,3 +614,59 @@ def test_warmup_second_process_and_usage():
     r = subprocess.run([sys.executable, "-m", "nbnumba.autodiff", "--warmup", "--now"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "usage: python -m nbnumba.autodiff --warmup" in r.stderr
+
+
+def test_backward_reads_the_upstream_gradient_only_inside_the_roi():
+    """img.sum()'s backward hands the kernels a stride-0 view of ones, which
+    _Run._g64 copies over the -roi box only (not the whole frame): the
+    gradients are those of a contiguous g that is 1 inside the ROI and NaN
+    outside it, bit for bit, so neither path reads g outside the ROI.  The
+    ROI is not square, so a box with rows and columns swapped would fail."""
+    argv = BASE + "-roi 2 9 3 10 -mosaic 0.5 -mosaic_dom 2 -phi 0 -osc 0.4 -phisteps 2".split()
+    vals = dict(VALUES, fluence=[FLU])
+    grads = []
+    for contiguous in (False, True):
+        ts = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+              for k, v in vals.items()}
+        img = simulate(argv, **ts)
+        if contiguous:
+            G = torch.full(img.shape, float("nan"), dtype=torch.float64)
+            G[3:11, 2:10] = 1.0
+            (img * G).sum().backward()
+        else:
+            img.sum().backward()
+        grads.append({k: ts[k].grad.numpy().copy() for k in ALL})
+    for k in ALL:
+        assert np.all(np.isfinite(grads[1][k])), k
+        assert np.array_equal(grads[0][k], grads[1][k]), k
+
+
+def test_hkl_file_is_parsed_once_per_content(tmp_path, monkeypatch):
+    """simulate() parses an -hkl file once while its bytes stay the same
+    (autodiff._with_hkl_grid), and again as soon as they change, even within
+    the same file-time step: a rewrite with every F doubled (same length,
+    same size) quadruples the image at once (-default_F 0: every spot's F is
+    the file's)."""
+    from nbnumba import autodiff as AD
+    from nbnumba.io import hkl as H
+    path = tmp_path / "p.hkl"
+
+    def write(F):
+        path.write_text("".join("%d %d %d %.1f\n" % (h, k, l, F)
+                                for h in range(-4, 5) for k in range(-4, 5) for l in range(-4, 5)))
+    calls = []
+    real = H.parse_hkl
+    monkeypatch.setattr(H, "parse_hkl", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    argv = BASE + ["-hkl", str(path), "-default_F", "0"]
+    write(100.0)
+    img1 = simulate(argv, distance=torch.tensor([100.0], dtype=torch.float64)).numpy()
+    img1b = simulate(argv, distance=torch.tensor([100.0], dtype=torch.float64)).numpy()
+    assert len(calls) == 1 and np.array_equal(img1, img1b)
+    write(200.0)
+    img2 = simulate(argv, distance=torch.tensor([100.0], dtype=torch.float64)).numpy()
+    assert len(calls) == 2
+    assert img1.max() > 0 and np.allclose(img2, 4.0 * img1, rtol=1e-12, atol=0.0)
+    # each run gets its own copy of the grid
+    F, _ = AD.structure_factors(argv)
+    F.mul_(0.0)
+    assert np.array_equal(simulate(argv).numpy(), img2)

@@ -35,7 +35,7 @@ from nbnumba.io._cnum import parse_c_number
 from nbnumba.io.atomic import atomic_open
 from nbnumba.io.smv import format_g
 
-__all__ = ["HKLGrid", "read_hkl", "write_fdump", "read_fdump", "fdump_bytes"]
+__all__ = ["HKLGrid", "read_hkl", "parse_hkl", "write_fdump", "read_fdump", "fdump_bytes"]
 
 #: refuse grids larger than this many doubles (8 GiB)
 MAX_GRID_ELEMENTS = 1 << 30
@@ -146,7 +146,12 @@ def read_hkl(path, default_F: float = 0.0, memory=None) -> HKLGrid:
     ``memory``: optional (bytes, description) limit; a grid whose index ranges
     need more is refused before it is allocated (see nbnumba.validate)."""
     name = os.fspath(path)
-    text = _read_text(name)
+    return parse_hkl(_read_text(name), name, default_F, memory)
+
+
+def parse_hkl(text: str, name: str, default_F: float = 0.0, memory=None) -> HKLGrid:
+    """read_hkl of a file's text (decoded as latin-1); name is the file's name
+    in messages."""
     warn: List[str] = []
     rec = _parse_fast(text)
     if rec is None:

@@ -67,12 +67,15 @@ def _v(vecs, row):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def render64(active, iopt, fopt, vecs, incident, lam, cells, Fhkl, out):
-    """Fill out (float64, (S, F)) with the default-mode pixel values."""
-    S, F = active.shape
+def render64(active, box, iopt, fopt, vecs, incident, lam, cells, Fhkl, out):
+    """Fill out (float64, (S, F)) with the default-mode pixel values.  box:
+    (r0, r1, c0, c1), the rows and columns that hold every active pixel (the
+    -roi box: a small ROI on a large detector does not scan the frame)."""
+    r0, r1, c0, c1 = box[0], box[1], box[2], box[3]
     tbuf = np.zeros((1, K.TRACE_COLS))
     pcells = K.lattice_cells(iopt, cells)     # lanes padded as the image kernel's
-    for s in prange(S):
+    for i in prange(r1 - r0):
+        s = r0 + i
         tpos = np.zeros(1, dtype=np.int64)
         info = np.zeros(3, dtype=np.int64)
         work = np.empty((K.N_WORK, pcells.shape[2]), dtype=cells.dtype)
@@ -84,7 +87,7 @@ def render64(active, iopt, fopt, vecs, incident, lam, cells, Fhkl, out):
         off = tbuf.shape[0] == 0
         no_latch = np.int64(-1)
         row = np.int64(s)
-        for f in range(F):
+        for f in range(c0, c1):
             if active[s, f] == 0:
                 continue
             val, om = K.pixel_value(row, f, off, no_latch, iopt, fopt, vecs, incident, lam, pcells,
@@ -638,7 +641,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def backward(active, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchunk,
+def backward(active, box, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchunk,
              gpar, gF, cacc, val):
     """Adjoint pass over every active pixel with g != 0.
 
@@ -646,10 +649,11 @@ def backward(active, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchu
     is left 0, except P_FLU).  gpar (S, N_PAR): per-row sums of g dI/dtheta
     (the host adds the rows; rows P_A..P_C + 9 are left 0: see cacc).  gF
     (nchunk, *Fhkl.shape) with want & W_F (else any 4-d shape): one F-grid
-    gradient buffer per chunk of rows.  cacc (nchunk, 9, ncell): per-chunk
-    per-cell sums (see pixel_grad).  val (S, F): the pixel values this pass saw."""
-    S, F = active.shape
-    per = (S + nchunk - 1) // nchunk
+    gradient buffer per chunk of the box's rows (box: render64's).  cacc
+    (nchunk, 9, ncell): per-chunk per-cell sums (see pixel_grad).  val
+    (S, F): the pixel values this pass saw."""
+    r0, r1, c0, c1 = box[0], box[1], box[2], box[3]
+    per = (r1 - r0 + nchunk - 1) // nchunk
     cnear = _near_table(fopt)
     pcells = K.lattice_cells(iopt, cells)
     for ch in prange(nchunk):
@@ -657,9 +661,9 @@ def backward(active, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchu
         dsum = np.empty(N_PAR)
         no_rot = np.empty((9, 0))
         c = np.int64(ch)
-        for s in range(c * per, min(S, (c + 1) * per)):
+        for s in range(r0 + c * per, min(r1, r0 + (c + 1) * per)):
             row = np.int64(s)
-            for f in range(F):
+            for f in range(c0, c1):
                 if active[s, f] == 0 or g[s, f] == 0.0:
                     continue
                 val[s, f] = pixel_grad(row, f, g[s, f], iopt, fopt, vecs, incident, lam, cells,
@@ -669,16 +673,16 @@ def backward(active, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchu
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, rot, cols,
-                jac, out):
+def forward_jac(active, box, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, rot,
+                cols, jac, out):
     """Forward pass that also keeps each pixel's Jacobian: out (S, F) the pixel
     values (float64), jac (n_active, len(cols)) the entries cols of dI/dtheta
     (the theta indices that can be nonzero for this run) of every active pixel
     in raster order (row s starts at jac row rowstart[s]), the unrotated cell's
     columns included (rot: (9, ncell), see pixel_grad).  The backward of any
     parameter but F_hkl is then jac^T g (contract).  want: W_N | W_GEO bits
-    (W_F is ignored: the F grid's gradient needs g)."""
-    S, F = active.shape
+    (W_F is ignored: the F grid's gradient needs g).  box: render64's."""
+    r0, r1, c0, c1 = box[0], box[1], box[2], box[3]
     no_gF = np.zeros((1, 1, 1, 1))
     no_cacc = np.zeros((1, 9, 1))
     w = want & ~W_F
@@ -686,12 +690,13 @@ def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, 
     ncol = cols.shape[0]
     cnear = _near_table(fopt)
     pcells = K.lattice_cells(iopt, cells)
-    for s in prange(S):
+    for ii in prange(r1 - r0):
+        s = r0 + ii
         work = np.empty((N_JWORK, pcells.shape[2]))
         dsum = np.empty(N_PAR)
         row = np.int64(s)
         i = rowstart[s]
-        for f in range(F):
+        for f in range(c0, c1):
             if active[s, f] == 0:
                 continue
             out[s, f] = pixel_grad(row, f, 1.0, iopt, fopt, vecs, incident, lam, cells, pcells,
@@ -702,18 +707,19 @@ def forward_jac(active, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, 
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def contract(active, g, rowstart, jac, nchunk, out):
-    """out[c] (jac's width) = sum over the active pixels of chunk c of rows of
-    g[s, f] jac[i] (i: the pixel's jac row, see forward_jac).  A fixed number
-    of row chunks, so the host's sum over c does not depend on the threads;
-    reads g in place (no gathered copy of a large, mostly inactive image)."""
-    S, F = active.shape
-    per = (S + nchunk - 1) // nchunk
+def contract(active, box, g, rowstart, jac, nchunk, out):
+    """out[c] (jac's width) = sum over the active pixels of chunk c of the
+    box's rows (box: render64's) of g[s, f] jac[i] (i: the pixel's jac row,
+    see forward_jac).  A fixed number of row chunks, so the host's sum over c
+    does not depend on the threads; reads g in place (no gathered copy of a
+    large, mostly inactive image)."""
+    r0, r1, c0, c1 = box[0], box[1], box[2], box[3]
+    per = (r1 - r0 + nchunk - 1) // nchunk
     for ch in prange(nchunk):
         c = np.int64(ch)
-        for s in range(c * per, min(S, (c + 1) * per)):
+        for s in range(r0 + c * per, min(r1, r0 + (c + 1) * per)):
             i = rowstart[s]
-            for f in range(F):
+            for f in range(c0, c1):
                 if active[s, f] == 0:
                     continue
                 gi = g[s, f]
