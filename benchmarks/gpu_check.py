@@ -362,7 +362,7 @@ def _adjoint_numba(run, g, want_F):
     cacc = np.zeros((nchunk, 9, run.rots.shape[0]))
     val = np.zeros((S, F))
     with PARALLEL_KERNEL_LOCK:
-        A.backward(run.model.active, np.array(run.box, dtype=np.int64), g, *run.args, want,
+        A.backward(run.model.active, run.box, g, *run.args, want,
                    nchunk, gpar, gF, cacc, val)
     return val, gpar, cacc.sum(axis=0), (gF.sum(axis=0) if want_F else None)
 

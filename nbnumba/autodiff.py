@@ -299,8 +299,8 @@ class _Run:
         # the forward keeps dI/dtheta per pixel when something besides F_hkl
         # needs grad (and autograd records): the backward is then a contraction
         self.want = self._want(needs_grad)
-        self.box = _active_box(model)
-        r0, r1, c0, c1 = self.box
+        self.box = np.array(_active_box(model), dtype=np.int64)
+        r0, r1, c0, c1 = (int(x) for x in self.box)
         # per row, counted inside the box only (a 21 x 21 ROI of a Pilatus frame:
         # counting the whole frame took longer than rendering the ROI)
         self.row_counts = np.zeros(model.active.shape[0], dtype=np.int64)
@@ -369,7 +369,7 @@ class _Run:
         S, F = self.model.shape
         out = np.zeros((S, F))
         active = self.model.active
-        box = np.array(self.box, dtype=np.int64)
+        box = self.box
         if self.keep_jac:
             counts = self.row_counts
             rowstart = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
@@ -393,7 +393,7 @@ class _Run:
         g = np.asarray(g)
         if g.dtype == np.float64 and g.flags.c_contiguous:
             return g
-        r0, r1, c0, c1 = self.box
+        r0, r1, c0, c1 = (int(x) for x in self.box)
         out = np.zeros(g.shape)
         out[r0:r1, c0:c1] = g[r0:r1, c0:c1]
         return out
@@ -425,8 +425,7 @@ class _Run:
             rowstart, jac = self.pixel_jac
             part = np.zeros((nchunk, jac.shape[1]))
             with PARALLEL_KERNEL_LOCK:
-                A.contract(self.model.active, np.array(self.box, dtype=np.int64), g, rowstart,
-                           jac, nchunk, part)
+                A.contract(self.model.active, self.box, g, rowstart, jac, nchunk, part)
             G = np.zeros(A.N_PAR)
             G[self.jac_cols] = part.sum(axis=0)
             if not want_F:
@@ -438,8 +437,8 @@ class _Run:
         cacc = np.zeros((nchunk, 9, ncell))
         val = np.zeros((S, F))
         with PARALLEL_KERNEL_LOCK:
-            A.backward(self.model.active, np.array(self.box, dtype=np.int64), g, *self.args,
-                       want, nchunk, gpar, gF, cacc, val)
+            A.backward(self.model.active, self.box, g, *self.args, want, nchunk, gpar, gF,
+                       cacc, val)
         if G is None:
             G = gpar.sum(axis=0)
             # h_j = (R_j a) . S: dI/da_m = sum_j sum_n R_j[n, m] (sum of g dI/dh_j S_n),
@@ -753,7 +752,7 @@ def jacobian(argv, **values):
     if run.device != "cpu":
         raise ConfigError("jacobian() runs on the CPU: drop -device %s" % run.device)
     active = run.model.active
-    n_active = int(np.count_nonzero(active))
+    n_active = int(run.row_counts.sum())
     sizes = [PARAMETERS[k] for k in names]
     need = n_active * (run.jac_cols.size + sum(sizes)) * 8
     if need > JAC_MAX_BYTES:

@@ -114,10 +114,6 @@ def _fmt_item(v):
     return " ".join(format_value(x) for x in v)
 
 
-def _tfmt(fmt, *vals):
-    return _Line(fmt, *vals)
-
-
 def _tvec(key, v):
     return _Line(key + "=%s", tuple(float(x) for x in v))
 
@@ -248,13 +244,13 @@ def build_detector(cfg) -> Detector:
     distance = close_distance / ratio
 
     trace: List[object] = []
-    angles = _tfmt("angles_rad=rotx:%s roty:%s rotz:%s twotheta:%s", rotx, roty, rotz, twotheta)
+    angles = _Line("angles_rad=rotx:%s roty:%s rotz:%s twotheta:%s", rotx, roty, rotz, twotheta)
     pix0 = (0.0, 0.0, 0.0)
     if pivot == "SAMPLE":
         log.append("pivoting detector around sample")
         # the C prints Xclose/1000 with Xclose already in metres (its units, kept)
         trace += ["detector_convention=%s" % conv, angles,
-                  _tfmt("beam_center_m=Xclose:%s Yclose:%s pixel_mm:%s",
+                  _Line("beam_center_m=Xclose:%s Yclose:%s pixel_mm:%s",
                         Xclose / 1000.0, Yclose / 1000.0, pixel * 1000.0),
                   _tvec("initial_fdet", fdet), _tvec("initial_sdet", sdet), _tvec("initial_odet", odet),
                   _tscalar("Fclose_m", Fclose), _tscalar("Sclose_m", Sclose),
@@ -292,7 +288,7 @@ def build_detector(cfg) -> Detector:
             label, init = "MOSFLM", ((0.0, 0.0, 1.0), (0.0, -1.0, 0.0), (1.0, 0.0, 0.0))
         Rx, Ry, Rz, R_total = _rotation_matrices(rotx, roty, rotz)
         trace += ["detector_convention=%s" % label, angles,
-                  _tfmt("beam_center_m=X:%s Y:%s pixel_mm:%s",
+                  _Line("beam_center_m=X:%s Y:%s pixel_mm:%s",
                         Xbeam / 1000.0, Ybeam / 1000.0, pixel * 1000.0),
                   _tvec("initial_fdet", init[0]), _tvec("initial_sdet", init[1]),
                   _tvec("initial_odet", init[2]),

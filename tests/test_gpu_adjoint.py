@@ -104,7 +104,7 @@ def _numba(run, g, want_F):
     want = A.W_N | A.W_GEO | A.W_POL | (A.W_F if want_F else 0)
     cacc = np.zeros((nchunk, 9, ncell))
     val = np.zeros((S, F))
-    A.backward(run.model.active, np.array(run.box, dtype=np.int64), g, *run.args, want, nchunk,
+    A.backward(run.model.active, run.box, g, *run.args, want, nchunk,
                gpar, gF, cacc, val)
     return val, gpar, cacc.sum(axis=0), (gF.sum(axis=0) if want_F else None)
 
