@@ -613,10 +613,14 @@ def _function():
 
         class Simulate(torch.autograd.Function):
             @staticmethod
-            def forward(ctx, run, names, *tensors):
-                ctx.run, ctx.names = run, names
+            def forward(ctx, run, names, crop, *tensors):
+                ctx.run, ctx.names, ctx.crop = run, names, crop
                 ctx.meta = [(t.dtype, t.device, t.shape) for t in tensors]
                 image = run.forward()
+                if crop:
+                    # roi_only: the -roi box (numpy or CuPy), contiguous
+                    r0, r1, c0, c1 = (int(x) for x in run.box)
+                    image = image[r0:r1, c0:c1].copy()
                 if isinstance(image, np.ndarray):
                     return torch.from_numpy(image)
                 from .interop import to_torch     # -device cuda: CuPy -> torch (DLPack)
@@ -624,13 +628,26 @@ def _function():
 
             @staticmethod
             def backward(ctx, gout):
+                gout = gout.detach()
+                if ctx.crop:
+                    # the box's gradient into a frame of zeros (the kernels read
+                    # the active pixels only, all inside the box)
+                    r0, r1, c0, c1 = (int(x) for x in ctx.run.box)
+                    if ctx.run.device == "cuda":
+                        full = gout.new_zeros(ctx.run.model.shape, dtype=torch.float64)
+                        full[r0:r1, c0:c1] = gout
+                        gout = full
+                    else:
+                        g = np.zeros(ctx.run.model.shape)
+                        g[r0:r1, c0:c1] = gout.to("cpu", torch.float64).numpy()
+                        gout = torch.from_numpy(g)
                 if ctx.run.device == "cuda":
                     from .interop import _to_cupy   # stays on the GPU when gout is there
-                    g = _to_cupy(gout.detach().to(torch.float64).contiguous())
+                    g = _to_cupy(gout.to(torch.float64).contiguous())
                 else:
-                    g = gout.detach().to("cpu", torch.float64).numpy()
+                    g = gout.to("cpu", torch.float64).numpy()
                 grads = ctx.run.backward(g)
-                res = [None, None]
+                res = [None, None, None]
                 for name, (dt, dev, shp) in zip(ctx.names, ctx.meta):
                     gr = grads.get(name)
                     if gr is None:
@@ -648,10 +665,15 @@ def _function():
 
 def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wavelength=None,
              N=None, fluence=None, F_hkl=None, detector_rot=None, twotheta=None,
-             mosaic_spread=None, polarization=None):
+             mosaic_spread=None, polarization=None, roi_only=False):
     """The (S, F) image (photons/pixel) of the nanoBragg command ``argv`` with
     the given keywords overriding its flags, as a torch tensor whose grad_fn
     reaches every keyword tensor that requires grad.
+
+    roi_only=True returns the -roi box alone, rows ymin..ymax by columns
+    xmin..xmax (clipped to the detector): on a small ROI of a large detector
+    a loss over it then costs what its pixels cost (slicing the full image
+    makes torch build a zero-filled gradient of the whole frame).
 
     Output dtype: float32 if every keyword tensor is float32, else float64
     (computed in float64 either way); device: that of the keyword tensors.
@@ -676,7 +698,7 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     # the per-pixel Jacobian only pays when autograd will call backward
     run = _Run(argv, vals, needs_grad, F_values, keep_jac=torch.is_grad_enabled())
     names = tuple(tensors)
-    img = _function().apply(run, names, *tensors.values())
+    img = _function().apply(run, names, bool(roi_only), *tensors.values())
     if dtypes == {torch.float32}:
         img = img.to(torch.float32)
     if devices:

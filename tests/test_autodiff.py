@@ -670,3 +670,30 @@ def test_hkl_file_is_parsed_once_per_content(tmp_path, monkeypatch):
     F, _ = AD.structure_factors(argv)
     F.mul_(0.0)
     assert np.array_equal(simulate(argv).numpy(), img2)
+
+
+def test_roi_only_returns_the_box_with_the_same_values_and_gradients():
+    """simulate(..., roi_only=True) is the -roi box of the full image (rows
+    ymin..ymax, columns xmin..xmax), and a weighted sum over it has the
+    gradients, bit for bit, of the same weights on the full image with zeros
+    outside the box."""
+    argv = BASE + "-roi 2 9 3 10 -mosaic 0.5 -mosaic_dom 2 -phi 0 -osc 0.4 -phisteps 2".split()
+    vals = dict(VALUES, fluence=[FLU])
+    w = torch.from_numpy(np.random.default_rng(5).uniform(size=(8, 8)))
+    out = []
+    for crop in (True, False):
+        ts = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+              for k, v in vals.items()}
+        img = simulate(argv, roi_only=crop, **ts)
+        if crop:
+            W = w
+        else:
+            W = torch.zeros(img.shape, dtype=torch.float64)
+            W[3:11, 2:10] = w
+        (W * img).sum().backward()
+        out.append((img.detach(), {k: ts[k].grad.numpy().copy() for k in ALL}))
+    (box, g_box), (full, g_full) = out
+    assert box.shape == (8, 8) and full.shape == (12, 12)
+    assert torch.equal(box, full[3:11, 2:10]) and float(box.min()) > 0.0
+    for k in ALL:
+        assert np.array_equal(g_box[k], g_full[k]), k

@@ -374,3 +374,29 @@ def test_gpu_autodiff_device_cuda_matches_cpu(tmp_path, monkeypatch):
                     for t in (img, cell.grad, F.grad, rot.grad, mos.grad, pol.grad)]
     for a, b in zip(res["cuda"], res["cpu"]):
         assert _rel(a, b) <= REL
+
+
+def test_autodiff_roi_only_device_cuda_through_fake_cupy(host, tmp_path, monkeypatch):
+    """roi_only=True with -device cuda (the fake CuPy, served by the host
+    build): the box's image and a weighted sum's gradients are the CPU
+    path's."""
+    torch = pytest.importorskip("torch")
+    _fake(host, monkeypatch)
+    argv = (BASE + " -default_F 100 -N 4 -mosaic 0.3 -mosaic_dom 2 -roi 2 9 3 10").split()
+
+    def grads(device_flags):
+        cell = torch.tensor([70.0, 80.0, 90.0, 85.0, 95.0, 105.0], dtype=torch.float64,
+                            requires_grad=True)
+        dist = torch.tensor([100.0], dtype=torch.float64, requires_grad=True)
+        img = AD.simulate(argv + device_flags, cell=cell, distance=dist, roi_only=True)
+        w = torch.linspace(-1.0, 2.0, img.numel(), dtype=torch.float64).reshape(img.shape)
+        (img * w).sum().backward()
+        return img.detach().numpy(), cell.grad.numpy(), dist.grad.numpy()
+
+    ref = grads([])
+    got = grads(["-device", "cuda"])
+    assert ref[0].shape == got[0].shape == (8, 8)
+    assert _rel(got[0], ref[0]) <= REL
+    for a, b in zip(got[1:], ref[1:]):
+        assert np.abs(b).max() > 0.0
+        assert _rel(a, b) <= REL, (a, b)
