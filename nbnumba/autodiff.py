@@ -736,11 +736,13 @@ def _as_values(name, v):
     return x
 
 
-def jacobian(argv, **values):
+def jacobian(argv, roi_only=False, **values):
     """The image and its per-pixel Jacobian: (image, J) with image the (S, F)
     float64 photons/pixel of ``argv`` at ``values`` and J[name] the (S, F, size)
     array of d image / d values[name] (per the keyword's units, e.g. photons
-    per mm for distance; 0 outside the ROI/mask).
+    per mm for distance; 0 outside the ROI/mask).  roi_only=True gives both
+    over the -roi box alone, as simulate's roi_only (a small ROI of a large
+    detector then takes no frame-sized arrays).
 
     values: keywords of :func:`simulate` (numbers, numpy arrays or tensors),
     each of which is differentiated; not ``F_hkl`` or ``mosaic_spread`` (use
@@ -786,6 +788,11 @@ def jacobian(argv, **values):
     _, jac = run.pixel_jac
     # d theta / d (every keyword value): the backward's chain rule as a matrix
     M = np.concatenate([run.chain_matrix(name) for name in names], axis=1)
+    if roi_only:
+        # every active pixel lies in the box, so its raster order is the frame's
+        r0, r1, c0, c1 = (int(x) for x in run.box)
+        active = active[r0:r1, c0:c1]
+        image = image[r0:r1, c0:c1].copy()
     full = np.zeros(active.shape + (M.shape[1],))
     # jac's rows are the active pixels in raster order, as boolean indexing walks them
     full[active != 0] = jac @ M[run.jac_cols]

@@ -697,3 +697,17 @@ def test_roi_only_returns_the_box_with_the_same_values_and_gradients():
     assert torch.equal(box, full[3:11, 2:10]) and float(box.min()) > 0.0
     for k in ALL:
         assert np.array_equal(g_box[k], g_full[k]), k
+
+
+def test_jacobian_roi_only_is_the_box_of_the_full_jacobian():
+    """jacobian(..., roi_only=True): the image and every keyword's Jacobian
+    over the -roi box alone, equal to the box of the full-frame result."""
+    argv = BASE + "-roi 2 9 3 10 -phi 0 -osc 0.4 -phisteps 2".split()
+    vals = dict(cell=VALUES["cell"], distance=[100.0], N=[4.0, 4.0, 4.0])
+    image, J = jacobian(argv, **vals)
+    box_img, Jb = jacobian(argv, roi_only=True, **vals)
+    assert box_img.shape == (8, 8) and np.array_equal(box_img, image[3:11, 2:10])
+    for k in vals:
+        assert Jb[k].shape == (8, 8, len(vals[k]))
+        assert np.abs(Jb[k]).max() > 0.0
+        assert np.array_equal(Jb[k], J[k][3:11, 2:10]), k
