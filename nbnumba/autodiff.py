@@ -228,16 +228,6 @@ def _cell_rotations(model):
     return np.ascontiguousarray(out[1].reshape(-1, 3, 3))
 
 
-def _active_box(model):
-    """(r0, r1, c0, c1): the rows r0..r1-1 and columns c0..c1-1 that hold every
-    active pixel, the -roi box as model.build_model cut it out of the frame
-    (a mask only clears pixels inside it)."""
-    S, F = model.active.shape
-    xmin, xmax, ymin, ymax = model.det.roi
-    r0, c0 = min(max(ymin, 0), S), min(max(xmin, 0), F)
-    return r0, max(r0, min(ymax + 1, S)), c0, max(c0, min(xmax + 1, F))
-
-
 class _Run:
     """One prepared simulation: the Model at the given values, the kernel
     arguments, and (lazily) the Jacobian of theta w.r.t. the keywords."""
@@ -299,12 +289,15 @@ class _Run:
         # the forward keeps dI/dtheta per pixel when something besides F_hkl
         # needs grad (and autograd records): the backward is then a contraction
         self.want = self._want(needs_grad)
-        self.box = np.array(_active_box(model), dtype=np.int64)
-        r0, r1, c0, c1 = (int(x) for x in self.box)
+        # the -roi box, which holds every active pixel: the kernels loop over it
+        # (box), the host slices with it (rows, cols)
+        r0, r1, c0, c1 = model.roi_box
+        self.box = np.array((r0, r1, c0, c1), dtype=np.int64)
+        self.rows, self.cols = slice(r0, r1), slice(c0, c1)
         # per row, counted inside the box only (a 21 x 21 ROI of a Pilatus frame:
         # counting the whole frame took longer than rendering the ROI)
         self.row_counts = np.zeros(model.active.shape[0], dtype=np.int64)
-        self.row_counts[r0:r1] = np.count_nonzero(model.active[r0:r1, c0:c1], axis=1)
+        self.row_counts[self.rows] = np.count_nonzero(model.active[self.rows, self.cols], axis=1)
         n_active = int(self.row_counts.sum())
         self.pixel_jac = None
         self.jac_cols = self._jac_columns(self.want,
@@ -384,19 +377,23 @@ class _Run:
         self.image = out
         return out
 
+    def frame(self, g_box):
+        """A float64 (S, F) frame of zeros with g_box (the -roi box's values) in
+        the box.  numpy allocates the zeros lazily, so only the box's pages are
+        touched: the kernels read a frame only at active pixels."""
+        out = np.zeros(self.model.shape)
+        out[self.rows, self.cols] = g_box
+        return out
+
     def _g64(self, g):
-        """g (S, F) as the kernels take it: float64, C-contiguous.  They read it
-        only at active pixels, which lie in the -roi box, so a g of another
-        layout (img.sum()'s backward hands over a stride-0 view of ones) is
-        copied over that box only, into zeros: copying a Pilatus-sized frame for
-        a 21 x 21 ROI took 9 ms, a third of that case's backward."""
+        """g (S, F) as the kernels take it: float64, C-contiguous.  A g of
+        another layout (img.sum()'s backward hands over a stride-0 view of ones)
+        is copied over the -roi box only (frame): copying a Pilatus-sized frame
+        for a 21 x 21 ROI took 9 ms, a third of that case's backward."""
         g = np.asarray(g)
         if g.dtype == np.float64 and g.flags.c_contiguous:
             return g
-        r0, r1, c0, c1 = (int(x) for x in self.box)
-        out = np.zeros(g.shape)
-        out[r0:r1, c0:c1] = g[r0:r1, c0:c1]
-        return out
+        return self.frame(g[self.rows, self.cols])
 
     def theta_grad(self, g):
         """(sum over pixels of g dI/dtheta (N_PAR,), F-grid gradient or None).
@@ -619,8 +616,7 @@ def _function():
                 image = run.forward()
                 if crop:
                     # roi_only: the -roi box (numpy or CuPy), contiguous
-                    r0, r1, c0, c1 = (int(x) for x in run.box)
-                    image = image[r0:r1, c0:c1].copy()
+                    image = image[run.rows, run.cols].copy()
                 if isinstance(image, np.ndarray):
                     return torch.from_numpy(image)
                 from .interop import to_torch     # -device cuda: CuPy -> torch (DLPack)
@@ -628,24 +624,20 @@ def _function():
 
             @staticmethod
             def backward(ctx, gout):
+                run = ctx.run
                 gout = gout.detach()
-                if ctx.crop:
-                    # the box's gradient into a frame of zeros (the kernels read
-                    # the active pixels only, all inside the box)
-                    r0, r1, c0, c1 = (int(x) for x in ctx.run.box)
-                    if ctx.run.device == "cuda":
-                        full = gout.new_zeros(ctx.run.model.shape, dtype=torch.float64)
-                        full[r0:r1, c0:c1] = gout
-                        gout = full
-                    else:
-                        g = np.zeros(ctx.run.model.shape)
-                        g[r0:r1, c0:c1] = gout.to("cpu", torch.float64).numpy()
-                        gout = torch.from_numpy(g)
-                if ctx.run.device == "cuda":
+                # roi_only: the box's gradient into a frame of zeros
+                if run.device == "cuda":
                     from .interop import _to_cupy   # stays on the GPU when gout is there
+                    if ctx.crop:
+                        full = gout.new_zeros(run.model.shape, dtype=torch.float64)
+                        full[run.rows, run.cols] = gout
+                        gout = full
                     g = _to_cupy(gout.to(torch.float64).contiguous())
                 else:
                     g = gout.to("cpu", torch.float64).numpy()
+                    if ctx.crop:
+                        g = run.frame(g)
                 grads = ctx.run.backward(g)
                 res = [None, None, None]
                 for name, (dt, dev, shp) in zip(ctx.names, ctx.meta):
@@ -790,9 +782,8 @@ def jacobian(argv, roi_only=False, **values):
     M = np.concatenate([run.chain_matrix(name) for name in names], axis=1)
     if roi_only:
         # every active pixel lies in the box, so its raster order is the frame's
-        r0, r1, c0, c1 = (int(x) for x in run.box)
-        active = active[r0:r1, c0:c1]
-        image = image[r0:r1, c0:c1].copy()
+        active = active[run.rows, run.cols]
+        image = image[run.rows, run.cols].copy()
     full = np.zeros(active.shape + (M.shape[1],))
     # jac's rows are the active pixels in raster order, as boolean indexing walks them
     full[active != 0] = jac @ M[run.jac_cols]

@@ -65,6 +65,13 @@ class Model:
     def shape(self):
         return (self.det.spixels, self.det.fpixels)
 
+    @property
+    def roi_box(self):
+        """(r0, r1, c0, c1): the rows r0..r1-1 and columns c0..c1-1 of the -roi
+        box, clipped to the detector; every active pixel lies inside it (a mask
+        only clears pixels)."""
+        return roi_box(self.det)
+
     def cells_soa(self, dtype):
         """Rotated cells as (2, 9, ncell): [variant, (ax ay az bx .. cz), phi*nmos+mos]."""
         v, nphi, nmos = self.cells.shape[:3]
@@ -158,6 +165,15 @@ def _check_finite(cfg: Config):
                   "spindle_vector", "twotheta_axis", "pix0_vector"):
         if not all(math.isfinite(x) for x in getattr(cfg, fname)):
             raise ConfigError("%s has a non-finite component" % fname)
+
+
+def roi_box(det):
+    """Model.roi_box of a detector: its -roi (xmin, xmax, ymin, ymax, pixels,
+    inclusive) as half-open row and column ranges inside the frame."""
+    S, F = det.spixels, det.fpixels
+    xmin, xmax, ymin, ymax = det.roi
+    r0, c0 = min(max(ymin, 0), S), min(max(xmin, 0), F)
+    return r0, max(r0, min(ymax + 1, S)), c0, max(c0, min(xmax + 1, F))
 
 
 def build_model(cfg: Config) -> Model:
@@ -353,8 +369,8 @@ def build_model(cfg: Config) -> Model:
          * 1e6 * AVOGADRO / WATER_MW)
 
     active = np.zeros((det.spixels, det.fpixels), dtype=np.uint8)
-    xmin, xmax_, ymin, ymax = det.roi
-    active[max(ymin, 0):max(ymax + 1, 0), max(xmin, 0):max(xmax_ + 1, 0)] = 1
+    r0, r1, c0, c1 = roi_box(det)
+    active[r0:r1, c0:c1] = 1
     if cfg.mask_image is not None:
         from .interop import as_array
         m = as_array(cfg.mask_image, "numpy")   # numpy, torch or CuPy (DLPack)
