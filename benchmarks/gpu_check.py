@@ -63,6 +63,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from nbnumba.testing.parallel import child_env
+
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "golden"
 
@@ -321,7 +323,7 @@ def compile_kernels(cp) -> dict:
 def run_pytest(timeout: float, out_dir: Path) -> dict:
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
            "tests/test_gpu_source.py", "tests/test_gpu_adjoint.py", "--junitxml", str(out_dir / "pytest_gpu.xml")]
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(child_env(os.environ), PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
     try:
         p = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True,

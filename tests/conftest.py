@@ -14,6 +14,10 @@ Likewise the autodiff kernels (about a minute of compiling in a cold cache):
 process at low priority, tests/test_autodiff.py runs last, and the first
 test that needs those kernels waits for the warm-up (in a warm cache it takes
 about a second).
+
+Under pytest-xdist (the full suite runs on every core: nbnumba.testing.parallel)
+the controller starts both helpers before its workers, and the workers wait
+for them through files (``_start``, ``_wait``).
 """
 import contextlib
 import os
@@ -21,12 +25,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 import pytest
 
 os.environ.setdefault("NBNUMBA_AOT_AUTOBUILD", "0")
-
-_BUILD = {}
 
 
 @contextlib.contextmanager
@@ -46,39 +50,103 @@ def _cache_dir(d):
         native.forget()
 
 
+# ---- helper processes started once per run --------------------------------
+# Under pytest-xdist (nbnumba.testing.parallel) the controller starts them
+# before its workers exist, and the workers, which inherit its environment,
+# wait for them through files: NBNUMBA_TEST_<NAME> names a directory where a
+# thread of the starting process writes the helper's stderr ("err") and then
+# its exit status ("rc").  In a one-process run the same files are used.
+_PROCS = []
+_DONE = {}
+
+
+def _start(name, popen):
+    """Run ``popen()`` (a Popen whose stderr is a text pipe) once for this run."""
+    d = tempfile.mkdtemp(prefix="nbnumba-test-%s-" % name.lower())
+    os.environ["NBNUMBA_TEST_" + name] = d
+    p = popen(d)
+    _PROCS.append((p, d))
+
+    def watch():
+        err = p.communicate()[1] or ""
+        with open(os.path.join(d, "err"), "w") as f:
+            f.write(err)
+        with open(os.path.join(d, "rc.tmp"), "w") as f:
+            f.write(str(p.returncode))
+        os.replace(os.path.join(d, "rc.tmp"), os.path.join(d, "rc"))
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _wait(name, timeout=900.0):
+    """(dir, exit status, stderr) of helper ``name``, once it has ended."""
+    if name not in _DONE:
+        d = os.environ["NBNUMBA_TEST_" + name]
+        t_end = time.monotonic() + timeout
+        while not os.path.exists(os.path.join(d, "rc")):
+            assert time.monotonic() < t_end, "helper %s did not end in %.0f s" % (name, timeout)
+            time.sleep(0.05)
+        with open(os.path.join(d, "err")) as f:
+            err = f.read()
+        with open(os.path.join(d, "rc")) as f:
+            _DONE[name] = (d, int(f.read()), err)
+    return _DONE[name]
+
+
+def _start_library():
+    """The start-up library's build (tests/test_startup_library.py), in a
+    directory of its own."""
+    from nbnumba.kernels import native
+
+    def popen(d):
+        os.mkdir(os.path.join(d, "lib"))
+        with _cache_dir(os.path.join(d, "lib")):
+            return native.start_build(numba_cache=True)
+    _start("LIBRARY", popen)
+
+
+def _start_warmup():
+    _start("WARMUP", lambda d: subprocess.Popen(
+        [sys.executable, "-m", "nbnumba.autodiff", "--warmup"], stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(10)))
+
+
 #: test files whose tests run the autodiff kernels (they wait for the warm-up)
 _AUTODIFF_FILES = ("test_autodiff.py", "test_gpu_adjoint.py", "test_gpu_check.py")
-_WARM = {}
+
+
+def _xdist_controller(config):
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+def pytest_configure(config):
+    # the controller collects nothing: it starts both helpers for its workers
+    if _xdist_controller(config):
+        _start_library()
+        _start_warmup()
 
 
 def pytest_collection_modifyitems(session, config, items):
-    if any("library" in getattr(item, "fixturenames", ()) for item in items):
-        from nbnumba.kernels import native
-        d = tempfile.mkdtemp(prefix="nbnumba-test-aot-")
-        with _cache_dir(d):
-            _BUILD.update(dir=d, proc=native.start_build(numba_cache=True))
-    if any(item.path.name in _AUTODIFF_FILES for item in items):
-        _WARM["proc"] = subprocess.Popen(
-            [sys.executable, "-m", "nbnumba.autodiff", "--warmup"], stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(10))
-        # (stable: the other files keep their order)
-        items.sort(key=lambda item: item.path.name == "test_autodiff.py")
+    if not hasattr(config, "workerinput") and not _xdist_controller(config):
+        if any("library" in getattr(item, "fixturenames", ()) for item in items):
+            _start_library()
+        if any(item.path.name in _AUTODIFF_FILES for item in items):
+            _start_warmup()
+    # (stable: the other files keep their order)
+    items.sort(key=lambda item: item.path.name == "test_autodiff.py")
 
 
 def pytest_runtest_setup(item):
-    p = _WARM.get("proc")
-    if p is not None and item.path.name in _AUTODIFF_FILES and "err" not in _WARM:
-        _WARM["err"] = p.communicate(timeout=900)[1]
-        assert p.returncode == 0, "python -m nbnumba.autodiff --warmup failed:\n" + _WARM["err"]
+    if item.path.name in _AUTODIFF_FILES and "NBNUMBA_TEST_WARMUP" in os.environ:
+        _, rc, err = _wait("WARMUP")
+        assert rc == 0, "python -m nbnumba.autodiff --warmup failed:\n" + err
 
 
 def pytest_sessionfinish(session, exitstatus):
-    for p in (_BUILD.get("proc"), _WARM.get("proc")):
-        if p is not None and p.poll() is None:
+    for p, d in _PROCS:
+        if p.poll() is None:
             p.kill()
             p.wait()
-    if _BUILD.get("dir"):
-        shutil.rmtree(_BUILD["dir"], ignore_errors=True)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _c_compiler():
@@ -93,13 +161,10 @@ def library():
     """The directory of a start-up library built for this session's sources,
     set as NBNUMBA_CACHE_DIR while the requesting module's tests run."""
     from nbnumba.kernels import native
-    p = _BUILD["proc"]
-    if "err" not in _BUILD:
-        _BUILD["err"] = p.communicate(timeout=900)[1]
-    err = _BUILD["err"]
-    if p.returncode != 0 and not _c_compiler():
+    d, rc, err = _wait("LIBRARY")
+    if rc != 0 and not _c_compiler():
         pytest.skip("the start-up library needs a C compiler (numba.pycc); none found")
-    assert p.returncode == 0, err
-    with _cache_dir(_BUILD["dir"]):
+    assert rc == 0, err
+    with _cache_dir(os.path.join(d, "lib")):
         assert native.aot_module() is not None
-        yield _BUILD["dir"]
+        yield os.path.join(d, "lib")

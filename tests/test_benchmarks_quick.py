@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks import history, vs_c
 from benchmarks import workloads as W
+from nbnumba.testing.parallel import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,8 @@ def test_benchmark_harness_writes_well_formed_results(tmp_path):
     real by pytest-benchmark: the JSON it writes has what benchmarks.history
     and docs/performance.md read.  No assertion on speed."""
     out = tmp_path / "bench.json"
-    env = dict(os.environ, NB_BENCH_QUICK="1", NB_BENCH_ROUNDS="1", NB_BENCH_THREADS="1")
+    # (a run of its own: in an xdist worker's variables pytest-benchmark switches off)
+    env = dict(child_env(os.environ), NB_BENCH_QUICK="1", NB_BENCH_ROUNDS="1", NB_BENCH_THREADS="1")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_kernels.py::test_kernel_w5_cpu",
                         "-q", "-p", "no:cacheprovider", "--benchmark-json", str(out)],

@@ -9,6 +9,7 @@ import sys
 from typing import Optional
 
 
+from nbnumba.testing.parallel import child_env
 from nbnumba.tools import _common as C
 
 
@@ -93,7 +94,8 @@ def pytest_step(p) -> None:
         return
     root = C.repo_root()
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selectors]
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # (a run of its own, also when the probe itself runs in a pytest-xdist worker)
+    env = dict(child_env(os.environ), PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = C.run(cmd, root, env, "pytest", p.opts.timeout)
     _write(p.path("pytest.log"), "$ cd %s && python %s\n\n%s%s" % (
         C.shlex_join([root]), C.shlex_join(cmd[1:]), r.stdout, r.stderr))
