@@ -11,6 +11,14 @@ environment's interpreter::
 (``--peer-path DIR`` makes DIR, e.g. the port's ``src``, the peer's
 PYTHONPATH when it is not installed in that environment.)
 
+Cases: ``small`` (64^2), ``issue512`` (issue 13's command), ``W2_256`` (benchmarks'
+W2 at 256^2: oversample 2 and three wavelengths, whose sources nbnumba passes to the
+port) and ``pilatus_roi`` (benchmarks.autodiff_perf's 21 x 21 ROI of the Pilatus
+command, with misset, wavelength, N, fluence and the F grid as parameters).  The
+last is built on the port's side by its own command-line code (``_port_cli_objects``),
+with the detector origin pinned to nanoBragg's; the port renders the whole frame and
+the ROI is cut from it, where nbnumba renders the box alone (``roi_only=True``).
+
 Each side runs in its own subprocess (this file, ``--worker ours|peer``): one
 process per mode, because peak RSS (``resource.getrusage``) only grows within a
 process.  The protocol is a JSON request file in, a JSON result (plus ``.npy``
@@ -64,6 +72,18 @@ CASES = {
                      N=[8., 8., 8.], default_F=100., wavelength=1.5, distance=100., pixel=0.1,
                      beam_center=[25.6, 25.6], fluence=1.25932015286227e29,
                      phi=0.1, osc=1.0, phisteps=5, mosaic=0.5, mosaic_domains=10),
+    # benchmarks' W2 (misset 10 5 3, oversample 2, 3 wavelengths over a 0.2 % dispersion)
+    # at 256^2: the port's autograd tape at 512^2 would not fit this machine's 23 GiB
+    "W2_256": dict(pixels=256, cell=[70., 80., 90., 85., 95., 105.], misset=[10., 5., 3.],
+                   N=[8., 8., 8.], default_F=100., wavelength=1.5, distance=100., pixel=0.1,
+                   beam_center=[12.8, 12.8], fluence=1.25932015286227e29,
+                   phi=0.1, osc=1.0, phisteps=5, mosaic=0.5, mosaic_domains=10,
+                   oversample=2, dispersion=0.2, dispsteps=3),
+    # benchmarks.autodiff_perf's pilatus_roi: the Pilatus command (W3) with a generated
+    # -mat/-hkl, a 21 x 21 -roi around pixel (685, 1039); the F grid is a parameter too
+    "pilatus_roi": dict(roi=(1029, 1049, 675, 695), misset=[0., 0., 0.], wavelength=0.9768,
+                        N=[36., 47., 29.], fluence=1e24, params=("misset", "wavelength", "N",
+                                                                 "fluence", "F_hkl")),
 }
 
 #: why --cell exists (printed by --help)
@@ -77,6 +97,8 @@ CELL_NOTE = ("The cases' cell (70 80 90 85 95 105) is triclinic.  nbnumba's defa
 
 def case_argv(c):
     """nanoBragg flags of a case (every compared parameter is also passed as a keyword)."""
+    if "argv" in c:
+        return list(c["argv"])
     f = lambda xs: [repr(float(x)) for x in xs]
     return (["-cell"] + f(c["cell"]) + ["-misset"] + f(c["misset"])
             + ["-Na", "%d" % c["N"][0], "-Nb", "%d" % c["N"][1], "-Nc", "%d" % c["N"][2],
@@ -86,7 +108,10 @@ def case_argv(c):
                "-Ybeam", repr(c["beam_center"][1]), "-fluence", repr(c["fluence"]),
                "-phi", repr(c["phi"]), "-osc", repr(c["osc"]), "-phisteps", str(c["phisteps"]),
                "-mosaic", repr(c["mosaic"]), "-mosaic_dom", str(c["mosaic_domains"]),
-               "-oversample", "1", "-mosflm", "-seed", "1", "-nonoise", "-nopgm", "-noprogress"]
+               "-oversample", str(c.get("oversample", 1)), "-mosflm", "-seed", "1", "-nonoise",
+               "-nopgm", "-noprogress"]
+            + (["-dispersion", repr(c["dispersion"]), "-dispsteps", str(c["dispsteps"])]
+               if c.get("dispsteps") else [])
             + (["-nopolar"] if c.get("nopolar") else []))
 
 
@@ -104,9 +129,83 @@ def _make_ours(req):
     import torch
     from nbnumba.autodiff import simulate
     argv = case_argv(req["case"])
+    roi = "roi" in req["case"]
 
     def sim(t):
-        return simulate(argv, **t)
+        return simulate(argv, roi_only=roi, **t)
+    return torch, sim
+
+
+def _F_grid(side, req):
+    """(F grid tensor, (h_min, k_min, l_min)) of the case's -hkl, read by the side's own code."""
+    if side == "ours":
+        from nbnumba.autodiff import structure_factors
+        F, ((h0, _), (k0, _), (l0, _)) = structure_factors(case_argv(req["case"]))
+        return F, (h0, k0, l0)
+    import nanobrag_torch.__main__ as M
+    _, crystal, _, _ = _port_cli_objects(M, case_argv(req["case"]))
+    m = crystal.hkl_metadata
+    return crystal.hkl_data.detach().clone(), (m["h_min"], m["k_min"], m["l_min"])
+
+
+class _Built(BaseException):
+    """Carries the port's objects out of its main() (not an Exception: main catches those)."""
+
+
+def _port_cli_objects(M, argv):
+    """(crystal config, crystal, detector config, beam config) as the port's own command
+    line builds them from argv: its main() runs up to the Simulator, which is not built."""
+    def stop(self, crystal, detector, *a, **k):
+        raise _Built(crystal, detector, k.get("beam_config"))
+    orig = M.Simulator.__init__
+    M.Simulator.__init__ = stop
+    old = sys.argv
+    sys.argv = ["nanoBragg"] + list(argv)
+    try:
+        M.main()
+    except _Built as b:
+        crystal, detector, beam = b.args
+        return crystal.config, crystal, detector.config, beam
+    finally:
+        sys.argv = old
+        M.Simulator.__init__ = orig
+    raise RuntimeError("the port's main() ended without building a simulator")
+
+
+def _make_peer_cli(req):
+    """The port from its own command-line parsing (the Pilatus ROI case: -mat, -hkl,
+    custom detector vectors), with the keyword tensors put into fresh configs."""
+    import dataclasses
+    import torch
+    import nanobrag_torch.__main__ as M
+    from nanobrag_torch.models.crystal import Crystal
+    from nanobrag_torch.models.detector import Detector
+    from nanobrag_torch.simulator import Simulator
+    cc0, crystal0, dc0, bc0 = _port_cli_objects(M, case_argv(req["case"]))
+    meta = crystal0.hkl_metadata
+    x0, x1, y0, y1 = req["case"]["roi"]
+    dt, cpu = torch.float64, torch.device("cpu")
+
+    def sim(t):
+        mis, N = t["misset"], t["N"]
+        cc = dataclasses.replace(cc0, misset_deg=(mis[0], mis[1], mis[2]), N_cells=(N[0], N[1], N[2]))
+        # flux and exposure 0: the fluence given is not recomputed from them
+        bc = dataclasses.replace(bc0, wavelength_A=t["wavelength"][0], fluence=t["fluence"][0],
+                                 flux=0.0, exposure=0.0)
+        crystal = Crystal(cc, beam_config=bc, device=cpu, dtype=dt)
+        crystal.hkl_data = t["F_hkl"]
+        crystal.hkl_metadata = meta
+        crystal.interpolation_enabled = crystal0.interpolation_enabled
+        det = Detector(dc0, device=cpu, dtype=dt)
+        # the port moves a given -pix0_vector (its origin here is ~1 mm off the flag's):
+        # nanoBragg's origin and close distance instead, as nbnumba builds them
+        # (its own recomputation, which .to() calls, pinned to it as well)
+        pix0 = torch.tensor(req["pix0"], dtype=dt)
+        det._calculate_pix0_vector = lambda: setattr(det, "pix0_vector", pix0.clone())
+        det.pix0_vector = pix0.clone()
+        det._close_distance_cached = torch.tensor(req["close_distance"], dtype=dt)
+        img = Simulator(crystal, det, crystal_config=cc, beam_config=bc, device=cpu, dtype=dt).run()
+        return img[y0:y1 + 1, x0:x1 + 1]      # the port renders the frame; the ROI box
     return torch, sim
 
 
@@ -120,6 +219,9 @@ def _make_peer(req):
     c = req["case"]
     dt = torch.float64
     umats = torch.tensor(req["umats"], dtype=dt).reshape(-1, 3, 3)
+    # nanoBragg's sources (from nbnumba): the port's directions point from the
+    # sample to the source; its wavelengths (m) follow the wavelength tensor
+    src = req.get("sources")
     # nanoBragg's mosaic domains (from nbnumba) instead of the port's own draws
     Crystal._generate_mosaic_rotations = lambda self, config: umats.to(self.device, self.dtype)
 
@@ -134,13 +236,17 @@ def _make_peer(req):
         dc = DetectorConfig(distance_mm=t["distance"][0], pixel_size_mm=c["pixel"],
                             spixels=c["pixels"], fpixels=c["pixels"],
                             detector_convention=DetectorConvention.MOSFLM,
-                            detector_pivot=DetectorPivot.BEAM, oversample=1,
+                            detector_pivot=DetectorPivot.BEAM, oversample=c.get("oversample", 1),
                             beam_center_source="explicit")
         # as the port's CLI maps MOSFLM -Xbeam/-Ybeam (its Detector adds the 0.5 pixel)
         dc.beam_center_s = t["beam_center"][0]
         dc.beam_center_f = t["beam_center"][1]
         bc = BeamConfig(wavelength_A=t["wavelength"][0], fluence=t["fluence"][0],
                         nopolar=bool(c.get("nopolar")))
+        if src is not None:
+            bc.source_directions = torch.tensor(src["directions"], dtype=dt)
+            bc.source_weights = torch.ones(len(src["ratios"]), dtype=dt)
+            bc.source_wavelengths = t["wavelength"][0] * 1e-10 * torch.tensor(src["ratios"], dtype=dt)
         crystal = Crystal(cc, beam_config=bc, device=torch.device("cpu"), dtype=dt)
         det = Detector(dc, device=torch.device("cpu"), dtype=dt)
         return Simulator(crystal, det, crystal_config=cc, beam_config=bc,
@@ -152,10 +258,12 @@ def worker(side, reqfile, outdir):
     import numpy as np
     with open(reqfile) as fh:
         req = json.load(fh)
-    torch, sim = (_make_ours if side == "ours" else _make_peer)(req)
+    cli = "argv" in req["case"]
+    torch, sim = (_make_ours if side == "ours" else _make_peer_cli if cli else _make_peer)(req)
     torch.set_num_threads(2)
     names = req["params"]
-    base = _values(req["case"], PARAMS)
+    base = _values(req["case"], [n for n in PARAMS if n in req["case"]])
+    F0 = _F_grid(side, req)[0] if "F_hkl" in names else None
     res = {"side": side, "mode": req["mode"], "rss_after_import_mib": _peak_mib()}
     w = torch.from_numpy(np.load(os.path.join(outdir, "weights.npy")))
 
@@ -166,6 +274,8 @@ def worker(side, reqfile, outdir):
             if shift is not None and shift[0] == n:
                 x[shift[1]] += shift[2]
             t[n] = x.requires_grad_(n in grad)
+        if F0 is not None:
+            t["F_hkl"] = F0.clone().requires_grad_("F_hkl" in grad)
         return t
 
     reps = req["reps"]
@@ -190,14 +300,18 @@ def worker(side, reqfile, outdir):
                 times.append(time.perf_counter() - t0)
             res[loss] = {"times_s": times[1:], "value": float(L.detach()),
                          "grad": {n: (None if t[n].grad is None else t[n].grad.tolist())
-                                  for n in names}}
+                                  for n in names if n != "F_hkl"}}
+            if "F_hkl" in names:
+                # the grid gradient as a file, with its origin (the sides' grids may differ in extent)
+                np.save(os.path.join(outdir, "%s_%s_gF.npy" % (side, loss)), t["F_hkl"].grad.numpy())
+                res[loss]["F_origin"] = [int(x) for x in _F_grid(side, req)[1]]
     elif req["mode"] == "fd":
         def losses(shift):
             with torch.no_grad():
                 img = sim(tensors(shift=shift))
             return np.array([float(img.sum()), float((w * img).sum())])
         fd = {}
-        for n in names:
+        for n in [x for x in names if x != "F_hkl"]:
             col = []
             for i, h in enumerate(PARAMS[n][1]):
                 f = {k: losses((n, i, k * h)) for k in (-2, -1, 1, 2)}
@@ -226,9 +340,28 @@ def _run_worker(python, side, req, tmp, env_extra):
         return json.load(fh)
 
 
+def _compare_grids(tmp, loss, results):
+    """The two F-grid gradients over the Miller indices both grids hold: their
+    largest difference over the largest magnitude, and the count of entries."""
+    import numpy as np
+    g, o = {}, {}
+    for side in ("ours", "peer"):
+        g[side] = np.load(os.path.join(tmp, "%s_%s_gF.npy" % (side, loss)))
+        o[side] = results["%s_grad" % side][loss]["F_origin"]
+    lo = [max(o["ours"][i], o["peer"][i]) for i in range(3)]
+    hi = [min(o[s][i] + g[s].shape[i] for s in g) for i in range(3)]
+    cut = {s: g[s][tuple(slice(lo[i] - o[s][i], hi[i] - o[s][i]) for i in range(3))] for s in g}
+    scale = max(np.abs(cut["ours"]).max(), np.abs(cut["peer"]).max(), 1e-300)
+    return {"max_abs_diff_over_max": float(np.abs(cut["ours"] - cut["peer"]).max() / scale),
+            "nonzero_ours": int(np.count_nonzero(g["ours"])),
+            "nonzero_peer": int(np.count_nonzero(g["peer"])),
+            "sum_ours": float(g["ours"].sum()), "sum_peer": float(g["peer"].sum()),
+            "common_shape": [hi[i] - lo[i] for i in range(3)]}
+
+
 def _flat(d, names):
     out = []
-    for n in names:
+    for n in [x for x in names if x != "F_hkl"]:
         v = d[n]
         out.extend([float("nan")] * PARAMS[n][0] if v is None else v)
     return out
@@ -254,6 +387,7 @@ def main(argv=None):
                          "port's eps-biased polarization (see docs/autodiff_peers.md)")
     ap.add_argument("--cell", nargs=6, type=float, metavar=("A", "B", "C", "AL", "BE", "GA"),
                     help="the case's cell instead (A, deg); see below")
+    ap.add_argument("--oversample", type=int, help="the case's -oversample instead (not pilatus_roi)")
     ap.add_argument("--json", help="write all results here")
     a = ap.parse_args(argv)
     if a.worker:
@@ -267,9 +401,27 @@ def main(argv=None):
     c = dict(CASES[a.case], nopolar=a.nopolar)
     if a.cell:
         c["cell"] = list(a.cell)
+    if a.oversample:
+        c["oversample"] = a.oversample
     names = [n for n in a.params.split(",") if n]
+    keep = tempfile.mkdtemp(prefix="nb-peers-")      # the generated -mat/-hkl of pilatus_roi
+    if "roi" in c:
+        from benchmarks.autodiff_perf import case_argv as perf_case_argv
+        c["argv"] = perf_case_argv("pilatus_roi", workdir=keep)[0]
+        if a.params == ",".join(PARAMS):
+            names = list(c["params"])
+        x0, x1, y0, y1 = c["roi"]
+        c["shape"] = [y1 - y0 + 1, x1 - x0 + 1]
+        if a.nopolar:
+            c["argv"].append("-nopolar")
+    else:
+        c["shape"] = [c["pixels"], c["pixels"]]
     model = build_model(parse_argv(case_argv(c)))
     umats = np.asarray(model.umats, dtype=np.float64).reshape(-1, 9).tolist()
+    sources = None
+    if len(model.sources.wavelength) > 1:
+        sources = {"directions": np.asarray(model.sources.direction).tolist(),
+                   "ratios": (np.asarray(model.sources.wavelength) / (c["wavelength"] * 1e-10)).tolist()}
     modes = [m for m in a.modes.split(",") if m and not (a.no_fd and m == "fd")]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ours_env = {"NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "2",
@@ -279,13 +431,26 @@ def main(argv=None):
     out = {"case": c, "argv": case_argv(c), "params": names, "results": {}}
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(13)
-        np.save(os.path.join(tmp, "weights.npy"), rng.random((c["pixels"], c["pixels"])))
+        np.save(os.path.join(tmp, "weights.npy"), rng.random(tuple(c["shape"])))
         for mode in modes:
-            req = {"case": c, "params": names, "mode": mode, "reps": a.reps, "umats": umats}
+            req = {"case": c, "params": names, "mode": mode, "reps": a.reps, "umats": umats,
+                   "sources": sources, "pix0": [float(x) for x in model.det.pix0],
+                   "close_distance": float(model.det.close_distance)}
             for side, py, env in (("ours", sys.executable, ours_env), ("peer", a.peer_python, peer_env)):
-                r = _run_worker(py, side, req, tmp, env)
+                try:
+                    r = _run_worker(py, side, req, tmp, env)
+                except RuntimeError as e:
+                    if side == "ours":
+                        raise
+                    # (a peer killed for memory ends with -9: say so and go on)
+                    r = {"side": side, "mode": mode, "failed": str(e)[-1500:]}
+                    out["results"]["%s_%s" % (side, mode)] = r
+                    print(json.dumps(r), flush=True)
+                    continue
                 out["results"]["%s_%s" % (side, mode)] = r
                 print(json.dumps({k: v for k, v in r.items() if k not in ("fd",)})[:2000], flush=True)
+            if "failed" in out["results"]["peer_%s" % mode]:
+                continue
             if mode == "fwd":
                 A = np.load(os.path.join(tmp, "ours_image.npy"))
                 B = np.load(os.path.join(tmp, "peer_image.npy"))
@@ -297,18 +462,23 @@ def main(argv=None):
                 out["forward"]["argmax_ours"] = [int(x) for x in out["forward"]["argmax_ours"]]
                 out["forward"]["argmax_peer"] = [int(x) for x in out["forward"]["argmax_peer"]]
                 print(json.dumps({"forward": out["forward"]}), flush=True)
+            if mode == "grad" and "F_hkl" in names:
+                out["F_hkl_grad"] = {loss: _compare_grids(tmp, loss, out["results"])
+                                     for loss in ("sum", "weighted")}
+                print(json.dumps({"F_hkl_grad": out["F_hkl_grad"]}), flush=True)
     R = out["results"]
-    if "ours_grad" in R and "peer_grad" in R:
+    if "ours_grad" in R and "peer_grad" in R and "failed" not in R["peer_grad"]:
         table = []
         for loss in ("sum", "weighted"):
             g1 = _flat(R["ours_grad"][loss]["grad"], names)
             g2 = _flat(R["peer_grad"][loss]["grad"], names)
             fd1 = fd2 = None
             if "ours_fd" in R:
-                fd1 = [x[0 if loss == "sum" else 1] for n in names for x in R["ours_fd"]["fd"][n]]
-                fd2 = [x[0 if loss == "sum" else 1] for n in names for x in R["peer_fd"]["fd"][n]]
+                col = 0 if loss == "sum" else 1
+                fd1 = [x[col] for n in names if n != "F_hkl" for x in R["ours_fd"]["fd"][n]]
+                fd2 = [x[col] for n in names if n != "F_hkl" for x in R["peer_fd"]["fd"][n]]
             k = 0
-            for n in names:
+            for n in [x for x in names if x != "F_hkl"]:
                 for i in range(PARAMS[n][0]):
                     row = {"loss": loss, "param": "%s[%d]" % (n, i), "ours": g1[k], "peer": g2[k],
                            "rel": abs(g1[k] - g2[k]) / max(abs(g1[k]), abs(g2[k]), 1e-300)}
@@ -334,8 +504,12 @@ def main(argv=None):
                       % (key, loss, min(r[loss]["times_s"]), r["peak_rss_mib"],
                          r["rss_after_import_mib"]))
     if a.json:
+        # (the generated -mat/-hkl's temporary directory named, not its path)
+        text = json.dumps(out, indent=1).replace(keep, "GENERATED")
         with open(a.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+            fh.write(text)
+    import shutil
+    shutil.rmtree(keep, ignore_errors=True)
     return 0
 
 
