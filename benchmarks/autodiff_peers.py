@@ -263,7 +263,7 @@ def worker(side, reqfile, outdir):
     torch.set_num_threads(2)
     names = req["params"]
     base = _values(req["case"], [n for n in PARAMS if n in req["case"]])
-    F0 = _F_grid(side, req)[0] if "F_hkl" in names else None
+    F0, F_origin = _F_grid(side, req) if "F_hkl" in names else (None, None)
     res = {"side": side, "mode": req["mode"], "rss_after_import_mib": _peak_mib()}
     w = torch.from_numpy(np.load(os.path.join(outdir, "weights.npy")))
 
@@ -304,7 +304,7 @@ def worker(side, reqfile, outdir):
             if "F_hkl" in names:
                 # the grid gradient as a file, with its origin (the sides' grids may differ in extent)
                 np.save(os.path.join(outdir, "%s_%s_gF.npy" % (side, loss)), t["F_hkl"].grad.numpy())
-                res[loss]["F_origin"] = [int(x) for x in _F_grid(side, req)[1]]
+                res[loss]["F_origin"] = [int(x) for x in F_origin]
     elif req["mode"] == "fd":
         def losses(shift):
             with torch.no_grad():
