@@ -129,7 +129,7 @@ def _with_hkl_grid(cfg):
     with _HKL_MEMO_LOCK:
         hit = _HKL_MEMO.get(key)
     if hit is None or hit[0] != data:
-        grid = parse_hkl(data.decode("latin-1"), os.fspath(path), cfg.default_F,
+        grid = parse_hkl(data, os.fspath(path), cfg.default_F,
                          memory=memory_limit(cfg))
         with _HKL_MEMO_LOCK:
             _HKL_MEMO.pop(key, None)

@@ -75,10 +75,10 @@ _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[[ord(c) for c in map(chr, range(256)) if c.isspace()]] = True
 
 
-def _read_text(path: str) -> str:
+def _read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as fh:
-            return fh.read().decode("latin-1")
+            return fh.read()
     except OSError as exc:
         raise InputFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
@@ -146,12 +146,12 @@ def read_hkl(path, default_F: float = 0.0, memory=None) -> HKLGrid:
     ``memory``: optional (bytes, description) limit; a grid whose index ranges
     need more is refused before it is allocated (see nbnumba.validate)."""
     name = os.fspath(path)
-    return parse_hkl(_read_text(name), name, default_F, memory)
+    return parse_hkl(_read_bytes(name), name, default_F, memory)
 
 
-def parse_hkl(text: str, name: str, default_F: float = 0.0, memory=None) -> HKLGrid:
-    """read_hkl of a file's text (decoded as latin-1); name is the file's name
-    in messages."""
+def parse_hkl(data: bytes, name: str, default_F: float = 0.0, memory=None) -> HKLGrid:
+    """read_hkl of a file's bytes; name is the file's name in messages."""
+    text = data.decode("latin-1")
     warn: List[str] = []
     rec = _parse_fast(text)
     if rec is None:
