@@ -35,6 +35,8 @@ CASES = ("issue512", "W2", "pilatus_roi")
 MODES = ("kernel", "fwd", "fwdbwd")
 #: kernel-level split (not run by default): see kernel_split
 SPLIT = "split"
+#: the two modes interleaved in one process, whole calls and kernels: see paired
+PAIR = "pair"
 
 
 def case_argv(case, pixels=None, workdir=None):
@@ -69,10 +71,15 @@ def _fn(case, mode, pixels):
         model = build_model(parse_argv(argv))
         fn = lambda: render_float(model)   # noqa: E731
     else:
+        # the F grid is read once, as a refinement loop would (structure_factors
+        # parses the flags and builds a model: about 6 ms on the Pilatus ROI,
+        # timed inside each call before 2026-11-29)
+        grid = structure_factors(argv)[0] if "grid" in vals.values() else None
+
         def fn():
             kw = {}
             for k, v in vals.items():
-                t = structure_factors(argv)[0] if v == "grid" else torch.tensor(v, dtype=torch.float64)
+                t = grid.detach().clone() if v == "grid" else torch.tensor(v, dtype=torch.float64)
                 kw[k] = t.requires_grad_(mode == "fwdbwd")
             img = simulate(argv, **kw)
             if mode == "fwdbwd":
@@ -122,15 +129,87 @@ def kernel_split(case, pixels=None, reps=3, extra=()):
     return {k: round(x, 3) for k, x in best.items()}
 
 
+def _stats(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    med = xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+    return dict(best=round(xs[0], 4), median=round(med, 4), worst=round(xs[-1], 4))
+
+
+def paired(case, pixels=None, reps=10, threads=None):
+    """The ratio of forward + backward to forward from one interleaved run,
+    as the brief asks of every performance figure: in one process, each
+    repetition times the forward without grad and then forward + backward
+    (whole calls: simulate and backward(), every keyword of the case requiring
+    grad), then the kernels alone, render64 and then forward_jac + contract
+    (the route simulate takes with grad).  A slow spell of a shared guest then
+    lands on both sides of most pairs, so the median of the per-pair ratios is
+    steadier than a ratio of bests from separate processes.  Wall
+    seconds for the ratios (an idle OpenMP worker spins for a while after a
+    kernel, so CPU seconds overstate a short kernel's cost; their medians are
+    given beside).  Peak RSS needs one process per mode (the fwd and fwdbwd
+    modes)."""
+    import numpy as np
+    from benchmarks import envinfo
+    from nbnumba import autodiff as AD
+    threads = W.set_threads(threads)
+    fwd, fb = _fn(case, "fwd", pixels), _fn(case, "fwdbwd", pixels)
+    argv, vals = case_argv(case, pixels)
+    F = AD.structure_factors(argv)[0].numpy() if vals.get("F_hkl") == "grid" else None
+    v = {k: np.asarray(x, dtype=np.float64).reshape(-1) for k, x in vals.items() if k != "F_hkl"}
+    r64 = AD._Run(argv, v, tuple(vals), F, keep_jac=False)
+    rjac = AD._Run(argv, v, tuple(vals), F, keep_jac=True)
+    if not rjac.keep_jac:
+        raise SystemExit("autodiff_perf: this case's forward keeps no Jacobian")
+    g = np.ones(r64.model.shape)
+
+    def jac_route():
+        rjac.forward()
+        rjac.theta_grad(g)
+
+    sides = (("call_fwd", fwd), ("call_fwdbwd", fb), ("kernel_fwd", r64.forward),
+             ("kernel_fwdbwd", jac_route))
+    for _, fn in sides:             # load the kernels, first touch of the buffers
+        fn()
+    wall = {name: [] for name, _ in sides}
+    cpu = {name: [] for name, _ in sides}
+    for _ in range(reps):
+        for name, fn in sides:
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    out = dict(case=case, pixels=pixels, reps=reps, threads=threads,
+               cpu_model=envinfo.cpu_model(), git=envinfo.git_sha()[:7],
+               loadavg=envinfo.loadavg())
+    for level in ("call", "kernel"):
+        a, b = wall[level + "_fwd"], wall[level + "_fwdbwd"]
+        ratios = [y / x for x, y in zip(a, b)]
+        out[level] = dict(fwd=_stats(a), fwdbwd=_stats(b),
+                          cpu_median=dict(fwd=_stats(cpu[level + "_fwd"])["median"],
+                                          fwdbwd=_stats(cpu[level + "_fwdbwd"])["median"]),
+                          ratio_of_bests=round(min(b) / min(a), 3),
+                          ratio_median=_stats(ratios)["median"],
+                          ratio_range=[round(min(ratios), 3), round(max(ratios), 3)],
+                          pairs_within_2x=sum(r <= 2.0 for r in ratios))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", choices=CASES)
-    ap.add_argument("--mode", choices=MODES + (SPLIT,),
-                    help="%s: the kernels alone (CPU s), see kernel_split" % SPLIT)
+    ap.add_argument("--mode", choices=MODES + (SPLIT, PAIR),
+                    help="%s: the kernels alone (CPU s), see kernel_split; %s: forward and "
+                    "forward + backward interleaved in one process, see paired" % (SPLIT, PAIR))
     ap.add_argument("--extra", default="", help="flags appended to the case's command (split)")
     ap.add_argument("--pixels", type=int, default=None, help="shrink -detpixels (not pilatus_roi)")
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="numba threads (%s)" % PAIR)
     a = ap.parse_args(argv)
+    if a.mode == PAIR:
+        for case in ([a.case] if a.case else CASES):
+            print(json.dumps(paired(case, a.pixels, a.reps, a.threads)), flush=True)
+        return 0
     if a.case and a.mode == SPLIT:
         print(json.dumps(dict(case=a.case, pixels=a.pixels, extra=a.extra,
                               cpu_seconds=kernel_split(a.case, a.pixels, a.reps + 1,

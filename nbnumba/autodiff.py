@@ -45,6 +45,7 @@ import copy
 import math
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -80,6 +81,13 @@ N_CHUNKS = 8
 #: reruns the adjoint pass instead (docs/autodiff.md, "Performance": the
 #: peak-RSS target)
 JAC_MAX_BYTES = 128 * 2 ** 20
+#: below this many lattice evaluations per pass (active pixels x sub-pixels x
+#: sources x cells) the kernels run on the calling thread alone: a 21 x 21 ROI
+#: (4,410) took as long on one thread as on two at best, and two threads now
+#: and then waited about 4 ms for the second to wake (an OpenMP worker on a
+#: 2-vCPU guest; docs/autodiff.md, "Twelfth round").  The results do not
+#: depend on the thread count (fixed chunks)
+SMALL_WORK = 8192
 _RELATIVE = {"cell": (True, True, True, False, False, False), "wavelength": (True,)}
 #: keywords the host map is affine in (pix0 in the distance and the beam centre,
 #: for every convention and pivot): one central difference is exact up to rounding
@@ -215,6 +223,23 @@ def _check_supported(cfg, given, needs_grad):
                           "(its wavelengths do not scale with -lambda)")
 
 
+@contextmanager
+def _kernel_threads(small):
+    """PARALLEL_KERNEL_LOCK held, and numba's threads for this thread's
+    parallel kernels set to one while ``small`` (SMALL_WORK), restored after."""
+    with PARALLEL_KERNEL_LOCK:
+        if not small:
+            yield
+            return
+        import numba
+        n = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            yield
+        finally:
+            numba.set_num_threads(n)
+
+
 def _cell_rotations(model):
     """rots[j, m] = R_j e_m: the rotation taking the unrotated cell to cell j
     (phi step x mosaic domain), from crystal.rotated_cells itself, which is
@@ -299,6 +324,9 @@ class _Run:
         self.row_counts = np.zeros(model.active.shape[0], dtype=np.int64)
         self.row_counts[self.rows] = np.count_nonzero(model.active[self.rows, self.cols], axis=1)
         n_active = int(self.row_counts.sum())
+        it = self.args[0]
+        self.small = (n_active * it[K.I_OVERSAMPLE] ** 2 * it[K.I_NSRC] * it[K.I_NPHI]
+                      * it[K.I_NMOS]) < SMALL_WORK
         self.pixel_jac = None
         self.jac_cols = self._jac_columns(self.want,
                                           self.args[0][K.I_SHAPE] == SHAPE_GAUSS,
@@ -367,12 +395,12 @@ class _Run:
             counts = self.row_counts
             rowstart = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
             jac = np.empty((int(counts.sum()), self.jac_cols.size))
-            with PARALLEL_KERNEL_LOCK:
+            with _kernel_threads(self.small):
                 A.forward_jac(active, box, rowstart, *self.args, self.want, self._rot(),
                               self.jac_cols, jac, out)
             self.pixel_jac = (rowstart, jac)
         else:
-            with PARALLEL_KERNEL_LOCK:      # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
+            with _kernel_threads(self.small):    # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
                 A.render64(active, box, *self.args, out)
         self.image = out
         return out
@@ -421,7 +449,7 @@ class _Run:
             # every parameter but F_hkl: the forward's Jacobian contracted with g
             rowstart, jac = self.pixel_jac
             part = np.zeros((nchunk, jac.shape[1]))
-            with PARALLEL_KERNEL_LOCK:
+            with _kernel_threads(self.small):
                 A.contract(self.model.active, self.box, g, rowstart, jac, nchunk, part)
             G = np.zeros(A.N_PAR)
             G[self.jac_cols] = part.sum(axis=0)
@@ -433,7 +461,7 @@ class _Run:
         ncell = self.rots.shape[0]
         cacc = np.zeros((nchunk, 9, ncell))
         val = np.zeros((S, F))
-        with PARALLEL_KERNEL_LOCK:
+        with _kernel_threads(self.small):
             A.backward(self.model.active, self.box, g, *self.args, want, nchunk, gpar, gF,
                        cacc, val)
         if G is None:
@@ -458,7 +486,9 @@ class _Run:
         from .rng import RngState
         cfg = _override(self.cfg, vals)
         det_part = name is None or name in _DETECTOR
-        xtal_part = name is None or not det_part
+        # the wavelength moves the crystal only through a -mat matrix (MOSFLM
+        # units carry it): with -cell its column is exactly 0 without a build
+        xtal_part = name is None or not (det_part or (name == "wavelength" and self.recip is None))
         theta = np.zeros(A.N_HOST)
         if det_part:
             det = build_detector(cfg)
@@ -468,7 +498,8 @@ class _Run:
             theta[A.P_SDET:A.P_SDET + 3] = det.sdet
         if xtal_part:
             misset_seed = cfg.misset_seed if cfg.misset_seed is not None else cfg.seed
-            cr = xtal.build_crystal(cfg, self.recip, cfg.lambda0, RngState(), misset_seed)
+            cr = xtal.build_crystal(cfg, self.recip, cfg.lambda0, RngState(), misset_seed,
+                                    describe=False)
             theta[A.P_A:A.P_C + 3] = cr.a + cr.b + cr.c
             theta[A.P_ASTAR:A.P_CSTAR + 3] = cr.astar + cr.bstar + cr.cstar
         return theta

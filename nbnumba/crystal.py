@@ -65,11 +65,14 @@ def _clamp_angles(sins, coss):
     return out
 
 
-def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed) -> Crystal:
+def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
+                  describe=True) -> Crystal:
     """Orientation and cell following nanoBragg.c.
 
     ``recip_from_mat``: 3x3 array (rows a*, b*, c*) read from the -mat file in
-    MOSFLM units (1/A scaled by lambda), or None.
+    MOSFLM units (1/A scaled by lambda), or None.  ``describe=False`` leaves
+    out the cell's description lines from ``log`` (nbnumba.autodiff's host map
+    builds the crystal some 40 times per backward and reads only its vectors).
     """
     log: List[str] = []
     a_len, b_len, c_len = cfg.cell_a, cfg.cell_b, cfg.cell_c
@@ -187,17 +190,9 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed) -> Cryst
     als, bes, gas = _clamp_angles(
         (am * V_star / bsm / csm, bm * V_star / asm / csm, cm * V_star / asm / bsm),
         (dot(bstar, cstar) / bsm / csm, dot(astar, cstar) / asm / csm, dot(astar, bstar) / asm / bsm))
-    log.append("Unit Cell: %g %g %g %g %g %g" % (am, bm, cm, al * RTD, be * RTD, ga * RTD))
-    log.append("Recp Cell: %g %g %g %g %g %g" % (asm, bsm, csm, als * RTD, bes * RTD, gas * RTD))
-    log.append("volume = %g A^3" % V_cell)
-    log.append("real-space cell vectors (Angstrom):")
-    log.append("     %-10s  %-10s  %-10s" % ("a", "b", "c"))
-    for i, ax in enumerate("XYZ"):
-        log.append("%s: %11.8f %11.8f %11.8f" % (ax, a[i], b[i], c[i]))
-    log.append("reciprocal-space cell vectors (Angstrom^-1):")
-    log.append("     %-10s  %-10s  %-10s" % ("a_star", "b_star", "c_star"))
-    for i, ax in enumerate("XYZ"):
-        log.append("%s: %11.8f %11.8f %11.8f" % (ax, astar[i], bstar[i], cstar[i]))
+    if describe:
+        _describe(log, a, b, c, astar, bstar, cstar, (am, bm, cm, al, be, ga),
+                  (asm, bsm, csm, als, bes, gas), V_cell)
 
     a = scale(a, 1e-10)
     b = scale(b, 1e-10)
@@ -218,6 +213,24 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed) -> Cryst
                    recip_cell=(asm, bsm, csm, als * RTD, bes * RTD, gas * RTD),
                    V_cell=V_cell, Na=Na, Nb=Nb, Nc=Nc, misset=tuple(misset), log=log,
                    c_cell_wrong=c_cell_wrong)
+
+
+def _describe(log, a, b, c, astar, bstar, cstar, cell, recip, V_cell):
+    """build_crystal's description of the cell (the lines nanoBragg prints),
+    appended to log: cell and recip are (lengths, angles in radians)."""
+    am, bm, cm, al, be, ga = cell
+    asm, bsm, csm, als, bes, gas = recip
+    log.append("Unit Cell: %g %g %g %g %g %g" % (am, bm, cm, al * RTD, be * RTD, ga * RTD))
+    log.append("Recp Cell: %g %g %g %g %g %g" % (asm, bsm, csm, als * RTD, bes * RTD, gas * RTD))
+    log.append("volume = %g A^3" % V_cell)
+    log.append("real-space cell vectors (Angstrom):")
+    log.append("     %-10s  %-10s  %-10s" % ("a", "b", "c"))
+    for i, ax in enumerate("XYZ"):
+        log.append("%s: %11.8f %11.8f %11.8f" % (ax, a[i], b[i], c[i]))
+    log.append("reciprocal-space cell vectors (Angstrom^-1):")
+    log.append("     %-10s  %-10s  %-10s" % ("a_star", "b_star", "c_star"))
+    for i, ax in enumerate("XYZ"):
+        log.append("%s: %11.8f %11.8f %11.8f" % (ax, astar[i], bstar[i], cstar[i]))
 
 
 def _nonzero(x):

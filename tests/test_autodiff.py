@@ -711,3 +711,70 @@ def test_jacobian_roi_only_is_the_box_of_the_full_jacobian():
         assert Jb[k].shape == (8, 8, len(vals[k]))
         assert np.abs(Jb[k]).max() > 0.0
         assert np.array_equal(Jb[k], J[k][3:11, 2:10]), k
+
+
+# ---- small passes on the calling thread; the host map's shortcuts -------------
+def test_small_work_runs_on_one_thread_with_the_same_numbers(monkeypatch):
+    """A pass under SMALL_WORK lattice evaluations runs on one thread (the
+    numba thread count is restored after it), and its image and gradients
+    are those of the threaded pass: the chunks are fixed, not per thread."""
+    import numba
+    from nbnumba import autodiff as AD
+    argv = BASE + "-roi 2 6 3 7".split()
+    vals = dict(cell=VALUES["cell"], distance=VALUES["distance"], N=VALUES["N"])
+    seen = []
+    real = numba.set_num_threads
+
+    def spy(n):
+        seen.append(n)
+        real(n)
+    monkeypatch.setattr(numba, "set_num_threads", spy)
+
+    def run():
+        ts = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in vals.items()}
+        img = simulate(argv, **ts)
+        (img * img).sum().backward()
+        return img.detach().numpy(), {k: t.grad.numpy() for k, t in ts.items()}
+
+    before = numba.get_num_threads()
+    img1, g1 = run()
+    assert seen and seen[0] == 1 and seen[-1] == before == numba.get_num_threads()
+    monkeypatch.setattr(AD, "SMALL_WORK", 0)     # every pass threaded
+    seen.clear()
+    img2, g2 = run()
+    assert seen == []
+    assert img1.max() > 0.0 and np.array_equal(img1, img2)
+    for k in vals:
+        assert np.array_equal(g1[k], g2[k]), k
+
+
+def test_host_map_builds_the_crystal_without_its_description():
+    """build_crystal(describe=False): the same vectors, no cell description
+    in the log; the wavelength column of the host map is exactly 0 with
+    -cell (the cell does not move with it) and not with -mat."""
+    from nbnumba import autodiff as AD
+    from nbnumba import crystal as xtal
+    from nbnumba.rng import RngState
+    cfg = AD._parse(BASE)
+    full = xtal.build_crystal(cfg, None, cfg.lambda0, RngState(), 1)
+    bare = xtal.build_crystal(cfg, None, cfg.lambda0, RngState(), 1, describe=False)
+    for f in ("a", "b", "c", "astar", "bstar", "cstar", "cell", "recip_cell", "V_cell"):
+        assert getattr(full, f) == getattr(bare, f), f
+    assert any(line.startswith("Unit Cell:") for line in full.log)
+    assert not any(line.startswith("Unit Cell:") for line in bare.log)
+    v = {"wavelength": np.array([1.5]), "cell": np.array(VALUES["cell"])}
+    run = AD._Run(BASE, v, ("wavelength", "cell"), None)
+    assert not run.host_jacobian("wavelength").any()
+    assert run.host_jacobian("cell")[AD.A.P_A:AD.A.P_C + 3].any()
+
+
+def test_host_map_wavelength_moves_a_mat_cell(tmp_path):
+    from nbnumba import autodiff as AD
+    mat = tmp_path / "a.mat"
+    synth.write_mosflm_mat(str(mat), (70.0, 80.0, 90.0, 90.0, 95.0, 90.0), (0.0, 0.0, 0.0), 1.5)
+    argv = ["-mat", str(mat)] + [a for a in BASE[BASE.index("-lambda"):]]
+    run = AD._Run(argv, {"wavelength": np.array([1.5])}, ("wavelength",), None)
+    J = run.host_jacobian("wavelength")
+    # a, b, c scale with lambda / 1.5 (the matrix is in MOSFLM units): da/dlambda = a / 1.5
+    a = run._host_theta({"wavelength": np.array([1.5])}, "wavelength")[AD.A.P_A:AD.A.P_A + 3]
+    np.testing.assert_allclose(J[AD.A.P_A:AD.A.P_A + 3, 0], a / 1.5, rtol=1e-9)
