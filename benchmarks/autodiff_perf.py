@@ -8,7 +8,7 @@ within a process, so each mode runs in a fresh one).
 Cases: ``issue512`` (issue 13's 512^2 command), ``W2`` (benchmarks' W2) and
 ``pilatus_roi`` (W3 with generated -mat/-hkl on a 21 x 21 ROI around pixel
 (685, 1039)).  Modes: ``kernel`` (nbnumba's production float32 render),
-``fwd`` (autodiff forward, no grad), ``fwdbwd`` (forward + backward of
+``fwd`` (autodiff forward and the loss ``img.sum()``, no grad), ``fwdbwd`` (forward + backward of
 ``img.sum()`` w.r.t. cell, misset, distance, beam_center, wavelength, N,
 fluence; pilatus_roi: misset, wavelength, N, fluence, F_hkl, since -mat and
 -pix0_vector fix the cell and the detector there).  Prints one JSON line per
@@ -82,8 +82,13 @@ def _fn(case, mode, pixels):
                 t = grid.detach().clone() if v == "grid" else torch.tensor(v, dtype=torch.float64)
                 kw[k] = t.requires_grad_(mode == "fwdbwd")
             img = simulate(argv, **kw)
+            # the loss is part of the forward (as in a refinement step, which needs
+            # its value either way): the whole-frame sum costs 1.6 to 1.9 ms on the
+            # Pilatus ROI's 6.2-million-pixel output, nothing elsewhere (before
+            # 2026-11-29 only fwdbwd computed it)
+            loss = img.sum()
             if mode == "fwdbwd":
-                img.sum().backward()
+                loss.backward()
             return img
     return fn
 

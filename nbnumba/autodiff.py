@@ -294,7 +294,7 @@ class _Run:
                                               or model.steps.mosaic_domains < 2):
             raise ConfigError("mosaic_spread= needs a spread > 0 and -mosaic_dom >= 2 to be "
                               "differentiated (the domains' rotations are drawn only then)")
-        self.rots = _cell_rotations(model)
+        self._rots = None       # the cells' rotations, when a pass needs them (rots)
         self.recip = None
         if cfg.matfilename is not None:
             from .io.mat import read_mosflm_mat
@@ -338,6 +338,14 @@ class _Run:
                          and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES
                          and "mosaic_spread" not in needs_grad)
         self.cell_sums = None       # (9, ncell) per-cell sums of the last adjoint pass
+
+    @property
+    def rots(self):
+        """(ncell, 3, 3) rotation of each (phi, mosaic) cell (_cell_rotations), built on
+        first use: a forward without grad does not need them."""
+        if self._rots is None:
+            self._rots = _cell_rotations(self.model)
+        return self._rots
 
     def _gpu(self, g=None, want_F=False):
         from .kernels import gpu
@@ -480,11 +488,12 @@ class _Run:
         _DETECTOR keywords move the detector only (build_detector reads no
         cell, misset or wavelength), the others the crystal only
         (build_crystal reads no detector flag); the rest is 0, which a
-        difference cancels."""
+        difference cancels.  vals: the run's values, name's replaced (self.cfg
+        carries the others already, so only name's fields are set)."""
         from . import crystal as xtal
         from .geometry import build_detector
         from .rng import RngState
-        cfg = _override(self.cfg, vals)
+        cfg = _override(self.cfg, vals if name is None else {name: vals[name]})
         det_part = name is None or name in _DETECTOR
         # the wavelength moves the crystal only through a -mat matrix (MOSFLM
         # units carry it): with -cell its column is exactly 0 without a build

@@ -378,7 +378,7 @@ def build_model(cfg: Config) -> Model:
             raise InputFileError("%s: mask is %dx%d pixels but the detector is %dx%d"
                                  % (cfg.maskfilename, m.shape[1], m.shape[0], det.fpixels, det.spixels))
         active[m == 0] = 0
-    check_detector(cfg, det, active)
+    check_detector(cfg, det, active, (r0, r1, c0, c1))
 
     return Model(cfg=cfg, det=det, steps=steps, crystal=cr, sources=src, phis=phis, umats=umats,
                  cells=cells, Fhkl=Fhkl, hkl_bounds=bounds, hkls=hkls, interpolate=interpolate,

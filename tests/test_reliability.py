@@ -564,3 +564,22 @@ def test_series_refuses_beamsize_zero(tmp_path, capsys):
     rc, o = series(["--frames", 2, "--out", tmp_path / "d", "--workers", 0] + SERIES_ENGINE
                    + ["-beamsize", "0", "-flux", "1e12"], capsys)
     assert rc == 2 and "-beamsize" in o.err and "Traceback" not in o.err
+
+
+def test_roi_emptied_by_the_mask_refused():
+    # check_detector counts the active pixels inside the -roi box only (every
+    # active pixel lies in it): a mask that clears the box is still refused,
+    # and one that keeps a single pixel of it is not
+    from dataclasses import replace
+    import numpy as np
+    from nbnumba.errors import ConfigError
+    from nbnumba.flags import parse_argv
+    from nbnumba.model import build_model
+    cfg = parse_argv("-cell 70 80 90 90 90 90 -default_F 100 -detpixels 32 -roi 3 6 4 9".split())
+    mask = np.ones((32, 32), dtype=np.uint8)
+    mask[4:10, 3:7] = 0
+    with pytest.raises(ConfigError, match="selects no pixel"):
+        build_model(replace(cfg, mask_image=mask))
+    mask[9, 6] = 1
+    m = build_model(replace(cfg, mask_image=mask))
+    assert int(m.active.sum()) == 1 and m.active[9, 6] == 1
