@@ -195,7 +195,7 @@ def check_config(cfg) -> None:
     _check_geometry(cfg)
 
 
-def check_detector(cfg, det, active, box=None) -> None:
+def check_detector(cfg, det, active, box) -> None:
     """Checks that need the derived detector: its sensitive face must look at the
     sample, and the ROI must select a pixel.  box: (r0, r1, c0, c1), rows and
     columns that hold every active pixel (model.roi_box), so that only they are
@@ -209,8 +209,7 @@ def check_detector(cfg, det, active, box=None) -> None:
                           "use |-twotheta| < 90 deg, a SAMPLE-pivot convention (-xds, -dials) or check "
                           "-odet_vector/-pix0_vector"
                           % (det.close_distance * 1e3, det.twotheta * RTD))
-    if cfg.roi_xmin >= 0 and not np.any(active if box is None
-                                        else active[box[0]:box[1], box[2]:box[3]]):
+    if cfg.roi_xmin >= 0 and not np.any(active[box[0]:box[1], box[2]:box[3]]):
         raise ConfigError("-roi %d %d %d %d selects no pixel of the %d x %d detector"
                           % (cfg.roi_xmin, cfg.roi_xmax, cfg.roi_ymin, cfg.roi_ymax,
                              det.fpixels, det.spixels))
