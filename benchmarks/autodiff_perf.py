@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -135,10 +136,8 @@ def kernel_split(case, pixels=None, reps=3, extra=()):
 
 
 def _stats(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    med = xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
-    return dict(best=round(xs[0], 4), median=round(med, 4), worst=round(xs[-1], 4))
+    return dict(best=round(min(xs), 4), median=round(statistics.median(xs), 4),
+                worst=round(max(xs), 4))
 
 
 def paired(case, pixels=None, reps=10, threads=None):
