@@ -107,11 +107,9 @@ def run_once(case, mode, pixels=None, reps=1):
     return best
 
 
-def kernel_split(case, pixels=None, reps=3, extra=()):
-    """CPU seconds (best of reps) of the autodiff kernels alone, every keyword
-    of the case requiring grad: the float64 forward (render64), the forward
-    that stores the per-pixel Jacobian, its contraction, and the adjoint pass
-    (the route taken without a stored Jacobian)."""
+def _kernel_runs(case, pixels=None, extra=()):
+    """(the run without a stored Jacobian, the run with one, g = ones): the
+    case's autodiff runs at kernel level, every keyword requiring grad."""
     import numpy as np
     from nbnumba import autodiff as AD
     argv, vals = case_argv(case, pixels)
@@ -119,9 +117,17 @@ def kernel_split(case, pixels=None, reps=3, extra=()):
     F = AD.structure_factors(argv)[0].numpy() if vals.get("F_hkl") == "grid" else None
     v = {k: np.asarray(x, dtype=np.float64).reshape(-1) for k, x in vals.items() if k != "F_hkl"}
     names = tuple(vals)
-    runs = {"fwd64": AD._Run(argv, v, names, F, keep_jac=False),
-            "fwd_jac": AD._Run(argv, v, names, F, keep_jac=True)}
-    g = np.ones(runs["fwd64"].model.shape)
+    r64 = AD._Run(argv, v, names, F, keep_jac=False)
+    return r64, AD._Run(argv, v, names, F, keep_jac=True), np.ones(r64.model.shape)
+
+
+def kernel_split(case, pixels=None, reps=3, extra=()):
+    """CPU seconds (best of reps) of the autodiff kernels alone, every keyword
+    of the case requiring grad: the float64 forward (render64), the forward
+    that stores the per-pixel Jacobian, its contraction, and the adjoint pass
+    (the route taken without a stored Jacobian)."""
+    r64, rjac, g = _kernel_runs(case, pixels, extra)
+    runs = {"fwd64": r64, "fwd_jac": rjac}
     steps = (("fwd64", runs["fwd64"].forward), ("fwd_jac", runs["fwd_jac"].forward),
              ("bwd_contract", lambda: runs["fwd_jac"].theta_grad(g)),
              ("bwd_adjoint_pass", lambda: runs["fwd64"].theta_grad(g)))
@@ -153,19 +159,12 @@ def paired(case, pixels=None, reps=10, threads=None):
     kernel, so CPU seconds overstate a short kernel's cost; their medians are
     given beside).  Peak RSS needs one process per mode (the fwd and fwdbwd
     modes)."""
-    import numpy as np
     from benchmarks import envinfo
-    from nbnumba import autodiff as AD
     threads = W.set_threads(threads)
     fwd, fb = _fn(case, "fwd", pixels), _fn(case, "fwdbwd", pixels)
-    argv, vals = case_argv(case, pixels)
-    F = AD.structure_factors(argv)[0].numpy() if vals.get("F_hkl") == "grid" else None
-    v = {k: np.asarray(x, dtype=np.float64).reshape(-1) for k, x in vals.items() if k != "F_hkl"}
-    r64 = AD._Run(argv, v, tuple(vals), F, keep_jac=False)
-    rjac = AD._Run(argv, v, tuple(vals), F, keep_jac=True)
+    r64, rjac, g = _kernel_runs(case, pixels)
     if not rjac.keep_jac:
         raise SystemExit("autodiff_perf: this case's forward keeps no Jacobian")
-    g = np.ones(r64.model.shape)
 
     def jac_route():
         rjac.forward()
@@ -190,10 +189,10 @@ def paired(case, pixels=None, reps=10, threads=None):
         a, b = wall[level + "_fwd"], wall[level + "_fwdbwd"]
         ratios = [y / x for x, y in zip(a, b)]
         out[level] = dict(fwd=_stats(a), fwdbwd=_stats(b),
-                          cpu_median=dict(fwd=_stats(cpu[level + "_fwd"])["median"],
-                                          fwdbwd=_stats(cpu[level + "_fwdbwd"])["median"]),
+                          cpu_median={side: round(statistics.median(cpu[level + "_" + side]), 4)
+                                      for side in ("fwd", "fwdbwd")},
                           ratio_of_bests=round(min(b) / min(a), 3),
-                          ratio_median=_stats(ratios)["median"],
+                          ratio_median=round(statistics.median(ratios), 4),
                           ratio_range=[round(min(ratios), 3), round(max(ratios), 3)],
                           pairs_within_2x=sum(r <= 2.0 for r in ratios))
     return out

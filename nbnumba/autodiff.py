@@ -329,7 +329,7 @@ class _Run:
                       * it[K.I_NMOS]) < SMALL_WORK
         self.pixel_jac = None
         self.jac_cols = self._jac_columns(self.want,
-                                          self.args[0][K.I_SHAPE] == SHAPE_GAUSS,
+                                          it[K.I_SHAPE] == SHAPE_GAUSS,
                                           any(n in needs_grad for n in _TURNS_DETECTOR))
         # (the mosaic spread moves every cell differently: its gradient needs
         # the adjoint pass's per-cell sums, which a stored Jacobian does not keep)
