@@ -99,11 +99,15 @@ class _Line:
     __slots__ = ("fmt", "vals")
 
     def __init__(self, fmt, *vals):
+        # kept as given: scalars cannot change, and vectors come as tuples of
+        # floats (_tvec, _tmat).  Scalars become floats when formatted (a
+        # conversion per value here was a third of build_detector's time)
         self.fmt = fmt
-        self.vals = tuple(v if isinstance(v, tuple) else float(v) for v in vals)
+        self.vals = vals
 
     def __call__(self):
-        return self.fmt % tuple(_fmt_item(v) for v in self.vals)
+        return self.fmt % tuple(_fmt_item(v if isinstance(v, tuple) else float(v))
+                                for v in self.vals)
 
 
 def _fmt_item(v):
@@ -115,7 +119,7 @@ def _fmt_item(v):
 
 
 def _tvec(key, v):
-    return _Line(key + "=%s", tuple(float(x) for x in v))
+    return _Line(key + "=%s", tuple(map(float, v)))
 
 
 def _tscalar(key, x):
@@ -123,7 +127,7 @@ def _tscalar(key, x):
 
 
 def _tmat(key, m):
-    return _Line(key + "=[%s]", tuple(tuple(float(x) for x in row) for row in m))
+    return _Line(key + "=[%s]", tuple(tuple(map(float, row)) for row in m))
 
 
 def _rotation_matrices(rotx, roty, rotz):

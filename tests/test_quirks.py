@@ -56,6 +56,43 @@ def test_phi0_carryover_first_pixel_sees_unrotated_cell():
     np.testing.assert_allclose(cells[1, 0, 0, 0], rot, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("c_parity", [False, True])
+@pytest.mark.parametrize("phis", [[0.0, 0.3, 0.0, -1.1], [0.2, 0.5], [0.0]])
+def test_rotated_cells_apply_each_domain_as_rotate_umat(phis, c_parity):
+    """rotated_cells turns every (phi, domain) cell at once with numpy; each
+    must be bit for bit rotate_umat(rotate_axis(v, spindle, phi), U_m), the
+    per-vector routine (with the carry-over of the phi == 0 steps under
+    -c_parity, as in nanoBragg.c's loop)."""
+    from types import SimpleNamespace
+
+    from nbnumba import crystal as xtal
+    rs = np.random.RandomState(7)
+    cr = SimpleNamespace(a=tuple(rs.randn(3) * 7e-9), b=tuple(rs.randn(3) * 8e-9),
+                         c=tuple(rs.randn(3) * 9e-9))
+    spindle = tuple(rs.randn(3))
+    umats = rs.randn(4, 9)
+    out = xtal.rotated_cells(cr, spindle, phis, umats, 0.5, c_parity)
+    base = (cr.a, cr.b, cr.c)
+    nonzero = [p for p in phis if p != 0.0]
+    for variant in range(2):
+        state = base
+        if c_parity and variant == 1 and nonzero:
+            state = tuple(xtal.rotate_axis(v, spindle, nonzero[-1]) for v in base)
+        for t, p in enumerate(phis):
+            if p != 0.0:
+                state = tuple(xtal.rotate_axis(v, spindle, p) for v in base)
+            elif not c_parity:
+                state = base
+            for m in range(4):
+                for j in range(3):
+                    assert tuple(out[variant, t, m, j]) == xtal.rotate_umat(state[j], umats[m])
+    # no mosaic spread: the phi-rotated vectors themselves
+    flat = xtal.rotated_cells(cr, spindle, phis, umats, 0.0, c_parity)
+    assert tuple(flat[1, -1, 3, 2]) == (tuple(xtal.rotate_axis(cr.c, spindle, phis[-1]))
+                                        if phis[-1] != 0.0 else
+                                        tuple(flat[1, -1, 0, 2]))
+
+
 # 2 ---------------------------------------------------------------------------
 def test_pix0_vector_honoured_by_default_ignored_under_c_parity():
     pix0 = ["-pix0_vector_mm", "100", "3", "-2", "-Xbeam", "2.4", "-Ybeam", "2.4"]

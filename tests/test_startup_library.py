@@ -158,6 +158,11 @@ def test_a_foreign_or_damaged_library_is_not_used(empty_cache, tmp_path, monkeyp
     # another NUMBA_* setting names another library
     key = native.library_key()
     monkeypatch.setenv("NUMBA_OPT", "2")
+    # read from os.environ's own dict (fast): the same settings os.environ gives
+    assert native._numba_env() == tuple(sorted(
+        (k, v) for k, v in os.environ.items()
+        if k.startswith("NUMBA_") and k not in native._ENV_IGNORED))
+    assert ("NUMBA_OPT", "2") in native._numba_env()
     assert native.library_key() != key
     monkeypatch.delenv("NUMBA_OPT")
     assert native.library_key() == key
