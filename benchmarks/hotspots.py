@@ -17,7 +17,7 @@ of the kernel's samples and how they split between vector instructions
 (ymm/zmm), scalar floating point (xmm) and the rest, then the hottest
 ``--region``-byte stretches of code with their instruction mix.
 
-What it measured is in docs/performance.md and docs/autodiff.md ("where the
+What it measured is in docs/performance.md and docs/autodiff_rounds.md ("where the
 time goes").  Sampling skid puts a sample on the instruction after the slow
 one, so read regions, not single instructions.  Needs ``perf`` and
 ``objdump`` (binutils); a missing one is a one-line error and exit 2.

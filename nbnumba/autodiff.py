@@ -55,6 +55,11 @@ from .kernels import adjoint as A
 from .kernels import cpu as K
 from .physics import SHAPE_GAUSS
 from .api import PARALLEL_KERNEL_LOCK
+# (loaded by .api already; at module level, the host map's ~50 builds per
+# backward skip an import statement each)
+from . import crystal as xtal
+from .geometry import build_detector
+from .rng import RngState
 
 __all__ = ["simulate", "structure_factors", "jacobian", "PARAMETERS"]
 
@@ -85,7 +90,7 @@ JAC_MAX_BYTES = 128 * 2 ** 20
 #: sources x cells) the kernels run on the calling thread alone: a 21 x 21 ROI
 #: (4,410) took as long on one thread as on two at best, and two threads now
 #: and then waited about 4 ms for the second to wake (an OpenMP worker on a
-#: 2-vCPU guest; docs/autodiff.md, "Twelfth round").  The results do not
+#: 2-vCPU guest; docs/autodiff_rounds.md, "Twelfth round").  The results do not
 #: depend on the thread count (fixed chunks)
 SMALL_WORK = 8192
 _RELATIVE = {"cell": (True, True, True, False, False, False), "wavelength": (True,)}
@@ -245,7 +250,6 @@ def _cell_rotations(model):
     (phi step x mosaic domain), from crystal.rotated_cells itself, which is
     linear in the cell vectors."""
     from types import SimpleNamespace
-    from . import crystal as xtal
     basis = SimpleNamespace(a=(1.0, 0.0, 0.0), b=(0.0, 1.0, 0.0), c=(0.0, 0.0, 1.0))
     st = model.steps
     out = xtal.rotated_cells(basis, model.det.spindle, model.phis, model.umats,
@@ -490,9 +494,6 @@ class _Run:
         (build_crystal reads no detector flag); the rest is 0, which a
         difference cancels.  vals: the run's values, name's replaced (self.cfg
         carries the others already, so only name's fields are set)."""
-        from . import crystal as xtal
-        from .geometry import build_detector
-        from .rng import RngState
         cfg = _override(self.cfg, vals if name is None else {name: vals[name]})
         det_part = name is None or name in _DETECTOR
         # the wavelength moves the crystal only through a -mat matrix (MOSFLM
@@ -500,7 +501,7 @@ class _Run:
         xtal_part = name is None or not (det_part or (name == "wavelength" and self.recip is None))
         theta = np.zeros(A.N_HOST)
         if det_part:
-            det = build_detector(cfg)
+            det = build_detector(cfg, trace=False)
             theta[A.P_PIX0:A.P_PIX0 + 3] = det.pix0
             theta[A.P_CLOSE] = det.close_distance
             theta[A.P_FDET:A.P_FDET + 3] = det.fdet
@@ -551,7 +552,6 @@ class _Run:
         g dI/dh_j S), likewise b (k) and c (l).  crystal.rotated_cells applies
         dU_m/dspread (_umat_spread_derivatives) in place of U_m: it is linear
         in the matrix, so the cells' derivatives come from the one implementation."""
-        from . import crystal as xtal
         m = self.model
         dU = _umat_spread_derivatives(m.umats, m.steps.mosaic_spread)
         dcells = xtal.rotated_cells(m.crystal, m.det.spindle, m.phis, dU, 1.0, False)[1]

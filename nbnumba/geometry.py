@@ -151,8 +151,11 @@ def _rotation_matrices(rotx, roty, rotz):
     return Rx, Ry, Rz, mul(Rz, mul(Ry, Rx))
 
 
-def build_detector(cfg) -> Detector:
-    """Derive the detector frame from a Config (nanoBragg.c's geometry stage)."""
+def build_detector(cfg, trace=True) -> Detector:
+    """Derive the detector frame from a Config (nanoBragg.c's geometry stage).
+    ``trace=False`` records no -trace_pixel lines (Detector.trace is then
+    empty): nbnumba.autodiff's host map builds the detector a few times per
+    backward and reads only its vectors, and the lines were half of each build."""
     log: List[str] = []
     pixel = cfg.pixel_size
     detsize_f, detsize_s = cfg.detsize_f, cfg.detsize_s
@@ -247,39 +250,49 @@ def build_detector(cfg) -> Detector:
         close_distance = abs(ratio * cfg.distance)
     distance = close_distance / ratio
 
+    keep = trace
     trace: List[object] = []
-    angles = _Line("angles_rad=rotx:%s roty:%s rotz:%s twotheta:%s", rotx, roty, rotz, twotheta)
+    angles = (_Line("angles_rad=rotx:%s roty:%s rotz:%s twotheta:%s", rotx, roty, rotz, twotheta)
+              if keep else None)
     pix0 = (0.0, 0.0, 0.0)
     if pivot == "SAMPLE":
         log.append("pivoting detector around sample")
         # the C prints Xclose/1000 with Xclose already in metres (its units, kept)
-        trace += ["detector_convention=%s" % conv, angles,
-                  _Line("beam_center_m=Xclose:%s Yclose:%s pixel_mm:%s",
-                        Xclose / 1000.0, Yclose / 1000.0, pixel * 1000.0),
-                  _tvec("initial_fdet", fdet), _tvec("initial_sdet", sdet), _tvec("initial_odet", odet),
-                  _tscalar("Fclose_m", Fclose), _tscalar("Sclose_m", Sclose),
-                  _tscalar("close_distance_m", close_distance), _tscalar("ratio", ratio),
-                  _tscalar("distance_m", distance),
-                  _tvec("term_fast_before_rot", [-Fclose * x for x in fdet]),
-                  _tvec("term_slow_before_rot", [-Sclose * x for x in sdet]),
-                  _tvec("term_close_before_rot", [close_distance * x for x in odet])]
+        if keep:
+            trace += ["detector_convention=%s" % conv, angles,
+                      _Line("beam_center_m=Xclose:%s Yclose:%s pixel_mm:%s",
+                            Xclose / 1000.0, Yclose / 1000.0, pixel * 1000.0),
+                      _tvec("initial_fdet", fdet), _tvec("initial_sdet", sdet),
+                      _tvec("initial_odet", odet),
+                      _tscalar("Fclose_m", Fclose), _tscalar("Sclose_m", Sclose),
+                      _tscalar("close_distance_m", close_distance), _tscalar("ratio", ratio),
+                      _tscalar("distance_m", distance),
+                      _tvec("term_fast_before_rot", [-Fclose * x for x in fdet]),
+                      _tvec("term_slow_before_rot", [-Sclose * x for x in sdet]),
+                      _tvec("term_close_before_rot", [close_distance * x for x in odet])]
         pix0 = tuple(-Fclose * fdet[i] - Sclose * sdet[i] + close_distance * odet[i] for i in range(3))
-        trace.append(_tvec("pix0_before_rotation", pix0))
+        pix0_0 = pix0
         pix0 = rotate_xyz(pix0, rotx, roty, rotz)
-        trace.append(_tvec("pix0_after_rotz", pix0))
+        pix0_1 = pix0
         pix0 = rotate_axis(pix0, tt_axis, twotheta)
-        trace.append(_tvec("pix0_after_twotheta", pix0))
+        if keep:
+            trace += [_tvec("pix0_before_rotation", pix0_0), _tvec("pix0_after_rotz", pix0_1),
+                      _tvec("pix0_after_twotheta", pix0)]
     initial = (fdet, sdet, odet)
     fdet = rotate_xyz(fdet, rotx, roty, rotz)
     sdet = rotate_xyz(sdet, rotx, roty, rotz)
     odet = rotate_xyz(odet, rotx, roty, rotz)
-    trace += [_tvec("fdet_after_rotz", fdet), _tvec("sdet_after_rotz", sdet), _tvec("odet_after_rotz", odet)]
+    if keep:
+        trace += [_tvec("fdet_after_rotz", fdet), _tvec("sdet_after_rotz", sdet),
+                  _tvec("odet_after_rotz", odet)]
     fdet = rotate_axis(fdet, tt_axis, twotheta)
     sdet = rotate_axis(sdet, tt_axis, twotheta)
     odet = rotate_axis(odet, tt_axis, twotheta)
-    after_tt = [_tvec("twotheta_axis", tt_axis), _tvec("fdet_after_twotheta", fdet),
-                _tvec("sdet_after_twotheta", sdet), _tvec("odet_after_twotheta", odet)]
-    trace += after_tt
+    after_tt = []
+    if keep:
+        after_tt = [_tvec("twotheta_axis", tt_axis), _tvec("fdet_after_twotheta", fdet),
+                    _tvec("sdet_after_twotheta", sdet), _tvec("odet_after_twotheta", odet)]
+        trace += after_tt
     log.append("DETECTOR_FAST_AXIS %.15g %.15g %.15g" % fdet)
     log.append("DETECTOR_SLOW_AXIS %.15g %.15g %.15g" % sdet)
     log.append("DETECTOR_NORMAL_AXIS %.15g %.15g %.15g" % odet)
@@ -290,23 +303,27 @@ def build_detector(cfg) -> Detector:
         label, init = conv, initial
         if cfg.c_parity:
             label, init = "MOSFLM", ((0.0, 0.0, 1.0), (0.0, -1.0, 0.0), (1.0, 0.0, 0.0))
-        Rx, Ry, Rz, R_total = _rotation_matrices(rotx, roty, rotz)
-        trace += ["detector_convention=%s" % label, angles,
-                  _Line("beam_center_m=X:%s Y:%s pixel_mm:%s",
-                        Xbeam / 1000.0, Ybeam / 1000.0, pixel * 1000.0),
-                  _tvec("initial_fdet", init[0]), _tvec("initial_sdet", init[1]),
-                  _tvec("initial_odet", init[2]),
-                  _tmat("Rx", Rx), _tmat("Ry", Ry), _tmat("Rz", Rz), _tmat("R_total", R_total),
-                  # (the C prints the final axes again under the after_rotz keys)
-                  _tvec("fdet_after_rotz", fdet), _tvec("sdet_after_rotz", sdet),
-                  _tvec("odet_after_rotz", odet)] + after_tt
-        trace += ["convention_mapping=Fbeam\u2190Ybeam_mm(+0.5px),Sbeam\u2190Xbeam_mm(+0.5px),"
-                  "beam_vec=[1 0 0]",
-                  _tscalar("Fbeam_m", Fbeam), _tscalar("Sbeam_m", Sbeam), _tscalar("distance_m", distance),
-                  _tvec("term_fast", [-Fbeam * x for x in fdet]), _tvec("term_slow", [-Sbeam * x for x in sdet]),
-                  _tvec("term_beam", [distance * x for x in beam])]
+        if keep:
+            Rx, Ry, Rz, R_total = _rotation_matrices(rotx, roty, rotz)
+            trace += ["detector_convention=%s" % label, angles,
+                      _Line("beam_center_m=X:%s Y:%s pixel_mm:%s",
+                            Xbeam / 1000.0, Ybeam / 1000.0, pixel * 1000.0),
+                      _tvec("initial_fdet", init[0]), _tvec("initial_sdet", init[1]),
+                      _tvec("initial_odet", init[2]),
+                      _tmat("Rx", Rx), _tmat("Ry", Ry), _tmat("Rz", Rz), _tmat("R_total", R_total),
+                      # (the C prints the final axes again under the after_rotz keys)
+                      _tvec("fdet_after_rotz", fdet), _tvec("sdet_after_rotz", sdet),
+                      _tvec("odet_after_rotz", odet)] + after_tt
+            trace += ["convention_mapping=Fbeam\u2190Ybeam_mm(+0.5px),Sbeam\u2190Xbeam_mm(+0.5px),"
+                      "beam_vec=[1 0 0]",
+                      _tscalar("Fbeam_m", Fbeam), _tscalar("Sbeam_m", Sbeam),
+                      _tscalar("distance_m", distance),
+                      _tvec("term_fast", [-Fbeam * x for x in fdet]),
+                      _tvec("term_slow", [-Sbeam * x for x in sdet]),
+                      _tvec("term_beam", [distance * x for x in beam])]
         pix0 = tuple(-Fbeam * fdet[i] - Sbeam * sdet[i] + distance * beam[i] for i in range(3))
-        trace.append(_tvec("pix0_vector", pix0))
+        if keep:
+            trace.append(_tvec("pix0_vector", pix0))
 
     if cfg.pix0_set and not cfg.c_parity:
         # nanoBragg.c recomputes pix0 from the beam centre and ignores the user's

@@ -768,6 +768,23 @@ def test_host_map_builds_the_crystal_without_its_description():
     assert run.host_jacobian("cell")[AD.A.P_A:AD.A.P_C + 3].any()
 
 
+@pytest.mark.parametrize("conv,pivot", [("MOSFLM", "BEAM"), ("XDS", "SAMPLE"),
+                                         ("CUSTOM", "SAMPLE"), ("ADXV", "BEAM")])
+def test_host_map_builds_the_detector_without_its_trace(conv, pivot):
+    """build_detector(trace=False), as the host map calls it: every field
+    the same as with the -trace_pixel lines, and no lines."""
+    import dataclasses
+    from nbnumba import autodiff as AD
+    from nbnumba.geometry import build_detector
+    cfg = dataclasses.replace(AD._parse(BASE), beam_convention=conv, detector_pivot=pivot,
+                              detector_twotheta=0.2, detector_rotx=0.03, detector_rotz=-0.02)
+    full, bare = build_detector(cfg), build_detector(cfg, trace=False)
+    assert len(full.trace) > 20 and bare.trace == []
+    for f in dataclasses.fields(full):
+        if f.name != "trace_items":
+            assert getattr(full, f.name) == getattr(bare, f.name), f.name
+
+
 def test_host_map_wavelength_moves_a_mat_cell(tmp_path):
     from nbnumba import autodiff as AD
     mat = tmp_path / "a.mat"

@@ -275,7 +275,7 @@ def _jac_terms(S, cells, work, Na, Nb, Nc, cna, cnb, cnc, Fhkl, hkls, hmin, hmax
     gathers from Fhkl cannot meet the stores into work), so LLVM vectorises
     them whole.  (The fused loop they replace kept 16 running sums beside
     the per-cell arithmetic, spilled a third of its instructions and ran
-    with 256-bit vectors: docs/autodiff.md, tenth round.)  Inlined by LLVM."""
+    with 256-bit vectors: docs/autodiff_rounds.md, tenth round.)  Inlined by LLVM."""
     K._inline_into_callers()
     K._args_noalias()
     K._prefer_512bit_vectors()
