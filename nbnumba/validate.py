@@ -22,6 +22,7 @@ import dataclasses
 import math
 import numbers
 import os
+import time
 from typing import Optional
 
 import numpy as np
@@ -222,8 +223,28 @@ def check_detector(cfg, det, active, box) -> None:
 # memory
 # ---------------------------------------------------------------------------
 
+#: (when, bytes) of the last reading of available_memory
+_AVAILABLE = [float("-inf"), 0]
+#: seconds a reading stays valid: every build_model asks, and the reading (three
+#: files under /proc and /sys) took 90 us, a few % of a small autodiff call's
+#: set-up; a refinement loop makes hundreds of calls a second
+AVAILABLE_TTL = 0.5
+_clock = time.monotonic
+
+
 def available_memory() -> int:
-    """Bytes this process may still allocate (MemAvailable, capped by a cgroup limit)."""
+    """Bytes this process may still allocate (MemAvailable, capped by a cgroup
+    limit), read at most every AVAILABLE_TTL seconds."""
+    now = _clock()
+    when, avail = _AVAILABLE
+    if now - when < AVAILABLE_TTL:
+        return avail
+    avail = _read_available_memory()
+    _AVAILABLE[:] = [now, avail]
+    return avail
+
+
+def _read_available_memory() -> int:
     avail = None
     try:
         with open("/proc/meminfo", "r", encoding="ascii") as fh:

@@ -418,6 +418,25 @@ def test_memory_estimate_counts_sources_times_steps():
     assert src >= 300 * 300 * 10 * 400
 
 
+def test_available_memory_is_read_again_after_its_ttl(monkeypatch):
+    """available_memory reads /proc and /sys at most every AVAILABLE_TTL
+    seconds; a later call reads again (a machine whose memory fills up is
+    noticed within that time)."""
+    from nbnumba import validate as V
+    reads = []
+    clock = [1000.0]
+    monkeypatch.setattr(V, "_AVAILABLE", [float("-inf"), 0])
+    monkeypatch.setattr(V, "_read_available_memory", lambda: reads.append(1) or 10 ** 9 * len(reads))
+    monkeypatch.setattr(V, "_clock", lambda: clock[0])
+    assert V.available_memory() == 10 ** 9 and len(reads) == 1
+    clock[0] += 0.9 * V.AVAILABLE_TTL
+    assert V.available_memory() == 10 ** 9 and len(reads) == 1
+    clock[0] += 0.2 * V.AVAILABLE_TTL
+    assert V.available_memory() == 2 * 10 ** 9 and len(reads) == 2
+    # the real reading is a positive number of bytes
+    assert V._read_available_memory() > 0
+
+
 # ---------------------------------------------------------------------------
 # API
 # ---------------------------------------------------------------------------
@@ -583,3 +602,38 @@ def test_roi_emptied_by_the_mask_refused():
     mask[9, 6] = 1
     m = build_model(replace(cfg, mask_image=mask))
     assert int(m.active.sum()) == 1 and m.active[9, 6] == 1
+
+
+@pytest.mark.parametrize("roi,mask,mapped", [("-roi 100 120 200 230", False, True),
+                                            ("", False, False),
+                                            ("-roi 100 120 200 230", True, False)])
+def test_active_frame_of_a_small_roi_is_zeros_on_first_touch(roi, mask, mapped):
+    """The active-pixel frame of a small -roi box on a large detector comes
+    from an anonymous mapping (zeros the OS fills on first touch; np.zeros
+    cleared the whole frame each call); a whole frame, or one a -mask writes
+    all over, keeps np.zeros.  Either way, 1 exactly in the box (and the mask)."""
+    import mmap
+    from dataclasses import replace
+    import numpy as np
+    from nbnumba.flags import parse_argv
+    from nbnumba.model import build_model
+    cfg = parse_argv(("-cell 70 80 90 90 90 90 -default_F 100 -detpixels 1200 " + roi).split())
+    want = np.zeros((1200, 1200), dtype=np.uint8)
+    if roi:
+        want[200:231, 100:121] = 1
+    else:
+        want[:] = 1
+    if mask:
+        m = np.ones((1200, 1200), dtype=np.uint8)
+        m[::7] = 0
+        cfg = replace(cfg, mask_image=m)
+        want[::7] = 0
+    a = build_model(cfg).active
+    assert a.dtype == np.uint8 and a.flags.c_contiguous and a.flags.writeable
+    assert np.array_equal(a, want)
+    base = a
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    assert isinstance(base, mmap.mmap) == mapped
