@@ -250,7 +250,7 @@ def build_detector(cfg, trace=True) -> Detector:
         close_distance = abs(ratio * cfg.distance)
     distance = close_distance / ratio
 
-    keep = trace
+    keep = trace                # the flag; from here on, trace is the list of lines
     trace: List[object] = []
     angles = (_Line("angles_rad=rotx:%s roty:%s rotz:%s twotheta:%s", rotx, roty, rotz, twotheta)
               if keep else None)
