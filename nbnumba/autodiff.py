@@ -18,6 +18,8 @@ cell            6      a, b, c (Angstrom), alpha, beta, gamma (degrees)
 misset          3      rotations about x, y, z (degrees), as -misset
 distance        1      sample-detector distance (mm), as -distance
 beam_center     2      Xbeam, Ybeam (mm)
+pix0            3      detector origin (mm, lab frame), as -pix0_vector_mm
+                       (which argv must give: the flag picks the convention)
 detector_rot    3      detector rotations about x, y, z (degrees), as
                        -detector_rotx/-detector_roty/-detector_rotz
 twotheta        1      detector two-theta (degrees), as -twotheta
@@ -64,11 +66,12 @@ from .rng import RngState
 __all__ = ["simulate", "structure_factors", "jacobian", "PARAMETERS"]
 
 #: keyword -> number of values (F_hkl: the grid of structure_factors(argv))
-PARAMETERS = {"cell": 6, "misset": 3, "distance": 1, "beam_center": 2, "detector_rot": 3,
+PARAMETERS = {"cell": 6, "misset": 3, "distance": 1, "beam_center": 2, "pix0": 3,
+              "detector_rot": 3,
               "twotheta": 1, "wavelength": 1, "mosaic_spread": 1, "polarization": 1, "N": 3,
               "fluence": 1, "F_hkl": None}
 #: the ones that move the detector (build_detector reads no crystal flag)
-_DETECTOR = ("distance", "beam_center", "detector_rot", "twotheta")
+_DETECTOR = ("distance", "beam_center", "pix0", "detector_rot", "twotheta")
 #: the ones that move the cell or the detector: the host maps them to theta
 #: (mosaic_spread through the adjoint pass's per-cell sums, _Run.mosaic_grad)
 _GEOMETRIC = ("cell", "misset", "wavelength", "mosaic_spread") + _DETECTOR
@@ -77,7 +80,8 @@ _TURNS_DETECTOR = ("detector_rot", "twotheta")
 #: Richardson steps for the host map's Jacobian, in the keyword's units
 #: (relative for lengths and the wavelength, absolute for angles)
 _STEP = {"cell": (1e-4, 1e-4, 1e-4, 1e-3, 1e-3, 1e-3), "misset": (1e-3,) * 3,
-         "distance": (1e-2,), "beam_center": (1e-2, 1e-2), "wavelength": (1e-5,),
+         "distance": (1e-2,), "beam_center": (1e-2, 1e-2), "pix0": (1e-2,) * 3,
+         "wavelength": (1e-5,),
          "detector_rot": (1e-3,) * 3, "twotheta": (1e-3,)}
 #: row chunks of the adjoint pass, each with its own F-grid and cell buffers
 N_CHUNKS = 8
@@ -95,8 +99,9 @@ JAC_MAX_BYTES = 128 * 2 ** 20
 SMALL_WORK = 8192
 _RELATIVE = {"cell": (True, True, True, False, False, False), "wavelength": (True,)}
 #: keywords the host map is affine in (pix0 in the distance and the beam centre,
-#: for every convention and pivot): one central difference is exact up to rounding
-_AFFINE = ("distance", "beam_center")
+#: for every convention and pivot; pix0 and the close distance in a given
+#: -pix0_vector): one central difference is exact up to rounding
+_AFFINE = ("distance", "beam_center", "pix0")
 
 
 def _torch():
@@ -167,6 +172,8 @@ def _override(cfg, vals):
         kw["distance"] = float(vals["distance"][0]) * 1e-3
     if "beam_center" in vals:
         kw["Xbeam"], kw["Ybeam"] = (float(x) * 1e-3 for x in vals["beam_center"])
+    if "pix0" in vals:
+        kw.update(pix0_vector=tuple(float(x) * 1e-3 for x in vals["pix0"]), pix0_set=True)
     if "detector_rot" in vals:
         kw["detector_rotx"], kw["detector_roty"], kw["detector_rotz"] = (
             math.radians(float(x)) for x in vals["detector_rot"])
@@ -204,6 +211,11 @@ def _check_supported(cfg, given, needs_grad):
         raise ConfigError("N= cannot override a crystal size given with -xtal_size/-sample_*")
     if "distance" in given and not math.isnan(cfg.close_distance):
         raise ConfigError("distance= cannot override -close_distance")
+    if "pix0" in given and not cfg.pix0_set:
+        # the flag also selects the CUSTOM convention: the keyword replaces its
+        # value only, so the run is the one the flags describe
+        raise ConfigError("pix0= replaces the value of -pix0_vector_mm (or -pix0_vector): "
+                          "give one of them in argv")
     bad = []
     if cfg.curved_detector:
         bad.append("-curved_det")
@@ -697,7 +709,7 @@ def _function():
 
 def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wavelength=None,
              N=None, fluence=None, F_hkl=None, detector_rot=None, twotheta=None,
-             mosaic_spread=None, polarization=None, roi_only=False):
+             mosaic_spread=None, polarization=None, roi_only=False, pix0=None):
     """The (S, F) image (photons/pixel) of the nanoBragg command ``argv`` with
     the given keywords overriding its flags, as a torch tensor whose grad_fn
     reaches every keyword tensor that requires grad.
@@ -713,7 +725,7 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     when any keyword requires grad (see docs/autodiff.md)."""
     torch = _torch()
     given = dict(cell=cell, misset=misset, distance=distance, beam_center=beam_center,
-                 detector_rot=detector_rot, twotheta=twotheta, wavelength=wavelength,
+                 pix0=pix0, detector_rot=detector_rot, twotheta=twotheta, wavelength=wavelength,
                  mosaic_spread=mosaic_spread, polarization=polarization, N=N, fluence=fluence,
                  F_hkl=F_hkl)
     tensors = {k: _as_tensor(torch, k, v) for k, v in given.items() if v is not None}

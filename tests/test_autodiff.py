@@ -118,6 +118,52 @@ def test_gradcheck_all_parameters_together(case):
     _gradcheck(BASE + EXTRA[case].split(), ALL)
 
 
+def _pix0_argv(argv):
+    """argv with its own detector origin given as -pix0_vector_mm (the CUSTOM
+    convention, as the flag selects), and that origin in mm."""
+    import nbnumba
+    from nbnumba.model import build_model
+    p0 = [x * 1e3 for x in build_model(nbnumba.parse_argv(list(argv))).det.pix0]
+    return list(argv) + ["-pix0_vector_mm"] + [repr(x) for x in p0], p0
+
+
+def test_pix0_keyword_renders_as_the_flag():
+    import nbnumba
+    argv, p0 = _pix0_argv(BASE)
+    moved = [p0[0] - 0.5, p0[1] + 0.4, p0[2] - 0.3]
+    ref = nbnumba.simulate_argv(BASE + ["-pix0_vector_mm"] + [repr(x) for x in moved]).float_image
+    img = simulate(argv, pix0=torch.tensor(moved, dtype=torch.float64))
+    assert ref.max() > 0.0
+    assert not np.array_equal(ref, nbnumba.simulate_argv(argv).float_image)
+    assert np.array_equal(img.numpy().astype(np.float32), ref)
+
+
+@pytest.mark.parametrize("names", [("pix0",), ("pix0", "cell", "misset", "detector_rot",
+                                               "twotheta", "wavelength", "N", "fluence")])
+def test_gradcheck_pix0(names):
+    """pix0 (the detector origin that -pix0_vector_mm gives): alone, over the
+    full Jacobian, and with the other keywords on the sources / mosaic / phi /
+    oversample case."""
+    if len(names) == 1:
+        argv, p0 = _pix0_argv(BASE + "-detpixels 6 -pixel 4".split())
+    else:
+        argv, p0 = _pix0_argv(BASE + EXTRA["mosaic_phi_sources_os"].split())
+    _gradcheck(argv, names, fast=len(names) > 1, vals=dict(VALUES, pix0=p0))
+
+
+def test_pix0_needs_the_flag_and_fixes_the_origin():
+    t = torch.tensor([100.0, 13.3, -13.9], dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ConfigError, match="pix0="):
+        simulate(BASE, pix0=t)
+    # with the origin given, distance and beam centre do not move the detector:
+    # their gradient is 0 (docs/autodiff.md), pix0's is not
+    argv, p0 = _pix0_argv(BASE)
+    d = torch.tensor([100.0], dtype=torch.float64, requires_grad=True)
+    p = torch.tensor(p0, dtype=torch.float64, requires_grad=True)
+    simulate(argv, distance=d, pix0=p).sum().backward()
+    assert float(d.grad[0]) == 0.0 and float(p.grad.abs().max()) > 0.0
+
+
 @pytest.mark.parametrize("others", [(), ("cell", "detector_rot")])
 def test_mosaic_spread_central_differences(others):
     """mosaic_spread (the adjoint pass's per-cell sums and the domains'
@@ -470,10 +516,14 @@ def test_pilatus_roi_central_differences(tmp_path):
     synth.write_mosflm_mat(mat, W.W3_CELL, W.W3_MISSET, W.W3_LAMBDA)
     synth.write_p1_hkl(hkl, W.W3_CELL, 2.0, 3)
     argv = [a.format(mat=mat, hkl=hkl) for a in W.W3] + "-roi 1029 1049 675 695".split()
+    # the detector origin: a spot spans a few 0.172 mm pixels, so its 5th
+    # derivative needs a short step (1e-3 mm gave 5e-6, 3e-4 mm 5e-10)
+    i0 = argv.index("-pix0_vector_mm")
     vals = dict(misset=[0.0, 0.0, 0.0], wavelength=[W.W3_LAMBDA], N=[36.0, 47.0, 29.0],
-                fluence=[1e18], detector_rot=[0.0, 0.0, 0.0], twotheta=[0.0])
+                fluence=[1e18], detector_rot=[0.0, 0.0, 0.0], twotheta=[0.0],
+                pix0=[float(x) for x in argv[i0 + 1:i0 + 4]])
     steps = dict(misset=1e-4, wavelength=1e-6, N=1e-4, fluence=1e13, detector_rot=1e-4,
-                 twotheta=1e-4)
+                 twotheta=1e-4, pix0=2e-4)
     F0, _ = structure_factors(argv)
     img0 = simulate(argv, F_hkl=F0)
     assert int((img0[675:696, 1029:1050] > 0).sum()) == 441
@@ -549,6 +599,20 @@ def test_jacobian_contracts_to_the_backward(extra):
         outside = np.ones(image.shape, bool)
         outside[3:11, 2:10] = False
         assert all(not J[k][outside].any() for k in ALL)
+
+
+def test_jacobian_pix0_contracts_to_the_backward():
+    argv, p0 = _pix0_argv(BASE)
+    vals = dict(pix0=p0, misset=VALUES["misset"])
+    image, J = jacobian(argv, **vals)
+    ts = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in vals.items()}
+    g = np.random.default_rng(5).normal(size=image.shape)
+    (simulate(argv, **ts) * torch.from_numpy(g)).sum().backward()
+    for k in vals:
+        ref = ts[k].grad.numpy()
+        assert np.abs(ref).max() > 0.0
+        assert np.allclose(np.einsum("sf,sfp->p", g, J[k]), ref, rtol=1e-10,
+                           atol=1e-12 * np.abs(ref).max()), k
 
 
 def test_jacobian_columns_match_central_differences():
