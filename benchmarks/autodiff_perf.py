@@ -10,8 +10,9 @@ Cases: ``issue512`` (issue 13's 512^2 command), ``W2`` (benchmarks' W2) and
 (685, 1039)).  Modes: ``kernel`` (nbnumba's production float32 render),
 ``fwd`` (autodiff forward and the loss ``img.sum()``, no grad), ``fwdbwd`` (forward + backward of
 ``img.sum()`` w.r.t. cell, misset, distance, beam_center, wavelength, N,
-fluence; pilatus_roi: misset, wavelength, N, fluence, F_hkl, since -mat and
--pix0_vector fix the cell and the detector there).  Prints one JSON line per
+fluence; pilatus_roi: misset, wavelength, pix0, N, fluence, F_hkl, since -mat and
+-pix0_vector_mm fix the cell and the detector origin there; before 2026-11-29 without
+pix0, which was not a keyword yet).  Prints one JSON line per
 run: best-of-``--reps`` wall seconds, the CPU seconds of that repetition (all
 threads: time.process_time) and the process's peak RSS (MiB).
 """
@@ -49,7 +50,9 @@ def case_argv(case, pixels=None, workdir=None):
         synth.write_mosflm_mat(mat, W.W3_CELL, W.W3_MISSET, W.W3_LAMBDA)
         synth.write_p1_hkl(hkl, W.W3_CELL, 2.0, 3)
         argv = [a.format(mat=mat, hkl=hkl) for a in W.W3] + "-roi 1029 1049 675 695".split()
+        i = argv.index("-pix0_vector_mm")
         return argv, dict(misset=[0.0, 0.0, 0.0], wavelength=[W.W3_LAMBDA],
+                          pix0=[float(x) for x in argv[i + 1:i + 4]],
                           N=[36.0, 47.0, 29.0], fluence=[1e18], F_hkl="grid")
     argv = list(ISSUE512 if case == "issue512" else W.W2) + ["-nonoise", "-nopgm"]
     if pixels:
