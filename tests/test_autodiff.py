@@ -427,7 +427,8 @@ def test_config_override_is_dataclasses_replace():
 
 
 @pytest.mark.parametrize("extra", ["", "-twotheta 5 -detector_rotx 2 -detector_rotz -3",
-                                   "-xds -twotheta 5", "-pivot sample -detector_roty 4"])
+                                   "-xds -twotheta 5", "-pivot sample -detector_roty 4",
+                                   "-pix0 -twotheta 5 -detector_rotx 2"])
 def test_affine_keywords_one_central_difference_is_richardsons(extra):
     # host_jacobian takes one central difference for distance and beam_center
     # (the detector is affine in them): it equals the 4-point Richardson
@@ -435,6 +436,10 @@ def test_affine_keywords_one_central_difference_is_richardsons(extra):
     from nbnumba import autodiff as AD
     argv = BASE + extra.split()
     vals = {k: np.asarray(VALUES[k], dtype=np.float64) for k in ("distance", "beam_center")}
+    if "-pix0" in extra:
+        # a given origin: pix0 is the keyword that moves it (distance and beam centre: 0)
+        argv, p0 = _pix0_argv(BASE + extra.replace("-pix0", "").split())
+        vals = {"pix0": np.asarray(p0)}
     run = AD._Run(argv, vals, tuple(vals), None)
     moved = 0
     for name in vals:
