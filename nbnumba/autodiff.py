@@ -83,8 +83,11 @@ _STEP = {"cell": (1e-4, 1e-4, 1e-4, 1e-3, 1e-3, 1e-3), "misset": (1e-3,) * 3,
          "distance": (1e-2,), "beam_center": (1e-2, 1e-2), "pix0": (1e-2,) * 3,
          "wavelength": (1e-5,),
          "detector_rot": (1e-3,) * 3, "twotheta": (1e-3,)}
-#: row chunks of the adjoint pass, each with its own F-grid and cell buffers
+#: row chunks of the adjoint pass, each with its own F-grid and cell buffers:
+#: at most N_CHUNKS, and one per CHUNK_ROWS rows of the -roi box (a 21-row box
+#: took 8 F-grid buffers, whose zeroing and sum cost more than its F pass)
 N_CHUNKS = 8
+CHUNK_ROWS = 16
 #: largest per-pixel Jacobian the forward keeps (up to N_PAR float64 per active
 #: pixel, 18 for a square crystal: 36 MiB at 512^2); above it the backward
 #: reruns the adjoint pass instead (docs/autodiff.md, "Performance": the
@@ -466,7 +469,7 @@ class _Run:
         g = self._g64(g)
         # a fixed number of row chunks (not the thread count): the per-chunk
         # sums, hence the gradients, do not depend on the threads
-        nchunk = max(1, min(S, N_CHUNKS))
+        nchunk = max(1, min(N_CHUNKS, (self.rows.stop - self.rows.start) // CHUNK_ROWS))
         G = None
         want = self.want
         if self.pixel_jac is not None:
