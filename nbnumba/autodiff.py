@@ -467,8 +467,8 @@ class _Run:
             return G, gF
         want_F = (self.want & A.W_F) != 0
         g = self._g64(g)
-        # a fixed number of row chunks (not the thread count): the per-chunk
-        # sums, hence the gradients, do not depend on the threads
+        # a number of row chunks that the -roi box sets (not the thread count):
+        # the per-chunk sums, hence the gradients, do not depend on the threads
         nchunk = max(1, min(N_CHUNKS, (self.rows.stop - self.rows.start) // CHUNK_ROWS))
         G = None
         want = self.want
