@@ -12,7 +12,8 @@ Cases: ``issue512`` (issue 13's 512^2 command), ``W2`` (benchmarks' W2) and
 ``img.sum()`` w.r.t. cell, misset, distance, beam_center, wavelength, N,
 fluence; pilatus_roi: misset, wavelength, pix0, N, fluence, F_hkl, since -mat and
 -pix0_vector_mm fix the cell and the detector origin there; before 2026-11-29 without
-pix0, which was not a keyword yet).  Prints one JSON line per
+pix0, which was not a keyword yet).  ``--mosaic`` (pair mode; issue512 and W2, which
+have -mosaic 0.5 over 10 domains) adds mosaic_spread to the keywords.  Prints one JSON line per
 run: best-of-``--reps`` wall seconds, the CPU seconds of that repetition (all
 threads: time.process_time) and the process's peak RSS (MiB).
 """
@@ -41,8 +42,11 @@ SPLIT = "split"
 PAIR = "pair"
 
 
-def case_argv(case, pixels=None, workdir=None):
-    """(argv, keyword values) of a case; pixels shrinks -detpixels."""
+def case_argv(case, pixels=None, workdir=None, mosaic=False):
+    """(argv, keyword values) of a case; pixels shrinks -detpixels; mosaic adds
+    mosaic_spread (the case's -mosaic 0.5) to the keywords."""
+    if mosaic and case == "pilatus_roi":
+        raise SystemExit("autodiff_perf: pilatus_roi has no mosaic spread to differentiate")
     if case == "pilatus_roi":
         from nbnumba.testing import synth
         workdir = workdir or tempfile.mkdtemp(prefix="nb-ad-")
@@ -59,15 +63,18 @@ def case_argv(case, pixels=None, workdir=None):
         argv += ["-detpixels", str(pixels)]
     beam = (512 if not pixels else pixels) * 0.1 / 2 + 0.05     # MOSFLM default, mm
     misset = [10.0, 5.0, 3.0] if case == "W2" else [0.0, 0.0, 0.0]
-    return argv, dict(cell=[70.0, 80.0, 90.0, 85.0, 95.0, 105.0], misset=misset,
-                      distance=[100.0], beam_center=[beam, beam], wavelength=[1.5],
-                      N=[8.0, 8.0, 8.0], fluence=[1.25932015286227e29])
+    vals = dict(cell=[70.0, 80.0, 90.0, 85.0, 95.0, 105.0], misset=misset,
+                distance=[100.0], beam_center=[beam, beam], wavelength=[1.5],
+                N=[8.0, 8.0, 8.0], fluence=[1.25932015286227e29])
+    if mosaic:
+        vals["mosaic_spread"] = [0.5]
+    return argv, vals
 
 
-def _fn(case, mode, pixels):
+def _fn(case, mode, pixels, mosaic=False):
     import torch
     from nbnumba.autodiff import simulate, structure_factors
-    argv, vals = case_argv(case, pixels)
+    argv, vals = case_argv(case, pixels, mosaic=mosaic)
     if mode == "kernel":
         from nbnumba.api import render_float
         from nbnumba.flags import parse_argv
@@ -110,12 +117,12 @@ def run_once(case, mode, pixels=None, reps=1):
     return best
 
 
-def _kernel_runs(case, pixels=None, extra=()):
+def _kernel_runs(case, pixels=None, extra=(), mosaic=False):
     """(the run without a stored Jacobian, the run with one, g = ones): the
     case's autodiff runs at kernel level, every keyword requiring grad."""
     import numpy as np
     from nbnumba import autodiff as AD
-    argv, vals = case_argv(case, pixels)
+    argv, vals = case_argv(case, pixels, mosaic=mosaic)
     argv = list(argv) + list(extra)
     F = AD.structure_factors(argv)[0].numpy() if vals.get("F_hkl") == "grid" else None
     v = {k: np.asarray(x, dtype=np.float64).reshape(-1) for k, x in vals.items() if k != "F_hkl"}
@@ -149,7 +156,7 @@ def _stats(xs):
                 worst=round(max(xs), 4))
 
 
-def paired(case, pixels=None, reps=10, threads=None):
+def paired(case, pixels=None, reps=10, threads=None, mosaic=False):
     """The ratio of forward + backward to forward from one interleaved run,
     as the brief asks of every performance figure: in one process, each
     repetition times the forward without grad and then forward + backward
@@ -164,8 +171,8 @@ def paired(case, pixels=None, reps=10, threads=None):
     modes)."""
     from benchmarks import envinfo
     threads = W.set_threads(threads)
-    fwd, fb = _fn(case, "fwd", pixels), _fn(case, "fwdbwd", pixels)
-    r64, rjac, g = _kernel_runs(case, pixels)
+    fwd, fb = _fn(case, "fwd", pixels, mosaic), _fn(case, "fwdbwd", pixels, mosaic)
+    r64, rjac, g = _kernel_runs(case, pixels, mosaic=mosaic)
     if not rjac.keep_jac:
         raise SystemExit("autodiff_perf: this case's forward keeps no Jacobian")
 
@@ -186,6 +193,7 @@ def paired(case, pixels=None, reps=10, threads=None):
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
     out = dict(case=case, pixels=pixels, reps=reps, threads=threads,
+               keywords=sorted(case_argv(case, pixels, mosaic=mosaic)[1]),
                cpu_model=envinfo.cpu_model(), git=envinfo.git_sha()[:7],
                loadavg=envinfo.loadavg())
     for level in ("call", "kernel"):
@@ -211,10 +219,12 @@ def main(argv=None):
     ap.add_argument("--pixels", type=int, default=None, help="shrink -detpixels (not pilatus_roi)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="numba threads (%s)" % PAIR)
+    ap.add_argument("--mosaic", action="store_true",
+                    help="add mosaic_spread to the keywords (%s; issue512, W2)" % PAIR)
     a = ap.parse_args(argv)
     if a.mode == PAIR:
         for case in ([a.case] if a.case else CASES):
-            print(json.dumps(paired(case, a.pixels, a.reps, a.threads)), flush=True)
+            print(json.dumps(paired(case, a.pixels, a.reps, a.threads, a.mosaic)), flush=True)
         return 0
     if a.case and a.mode == SPLIT:
         print(json.dumps(dict(case=a.case, pixels=a.pixels, extra=a.extra,

@@ -73,7 +73,7 @@ PARAMETERS = {"cell": 6, "misset": 3, "distance": 1, "beam_center": 2, "pix0": 3
 #: the ones that move the detector (build_detector reads no crystal flag)
 _DETECTOR = ("distance", "beam_center", "pix0", "detector_rot", "twotheta")
 #: the ones that move the cell or the detector: the host maps them to theta
-#: (mosaic_spread through the adjoint pass's per-cell sums, _Run.mosaic_grad)
+#: (mosaic_spread through the cells' derivatives in the spread, _Run.mosaic_cells)
 _GEOMETRIC = ("cell", "misset", "wavelength", "mosaic_spread") + _DETECTOR
 #: the ones that turn the detector axes (the stored Jacobian keeps their columns)
 _TURNS_DETECTOR = ("detector_rot", "twotheta")
@@ -314,6 +314,7 @@ class _Run:
             raise ConfigError("mosaic_spread= needs a spread > 0 and -mosaic_dom >= 2 to be "
                               "differentiated (the domains' rotations are drawn only then)")
         self._rots = None       # the cells' rotations, when a pass needs them (rots)
+        self._mosaic_cells = None   # their derivatives in the spread (mosaic_cells)
         self.recip = None
         if cfg.matfilename is not None:
             from .io.mat import read_mosflm_mat
@@ -349,13 +350,11 @@ class _Run:
         self.pixel_jac = None
         self.jac_cols = self._jac_columns(self.want,
                                           it[K.I_SHAPE] == SHAPE_GAUSS,
-                                          any(n in needs_grad for n in _TURNS_DETECTOR))
-        # (the mosaic spread moves every cell differently: its gradient needs
-        # the adjoint pass's per-cell sums, which a stored Jacobian does not keep)
+                                          any(n in needs_grad for n in _TURNS_DETECTOR),
+                                          "mosaic_spread" in needs_grad)
         self.keep_jac = (keep_jac and self.device == "cpu"
                          and (self.want & (A.W_N | A.W_GEO | A.W_POL)) != 0
-                         and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES
-                         and "mosaic_spread" not in needs_grad)
+                         and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES)
         self.cell_sums = None       # (9, ncell) per-cell sums of the last adjoint pass
 
     @property
@@ -371,12 +370,14 @@ class _Run:
         return gpu.adjoint(self._gpu_args, self.model.active, g, want_F)
 
     @staticmethod
-    def _jac_columns(want, gauss, turns_detector=False):
+    def _jac_columns(want, gauss, turns_detector=False, mosaic=False):
         """The theta indices the stored Jacobian keeps: those the adjoint can
         make nonzero for want (the reciprocal vectors only for the gauss shape)
         and that a keyword can move (the detector axes only when a rotation
-        keyword needs grad)."""
+        keyword needs grad, the mosaic spread's entry only when it does)."""
         cols = [A.P_FLU]
+        if mosaic:
+            cols += [A.P_MOS]
         if want & A.W_POL:
             cols += [A.P_KAHN]
         if want & A.W_N:
@@ -422,9 +423,11 @@ class _Run:
             counts = self.row_counts
             rowstart = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
             jac = np.empty((int(counts.sum()), self.jac_cols.size))
+            dcells = (self.mosaic_cells() if "mosaic_spread" in self.needs_grad
+                      else np.empty((9, 0)))
             with _kernel_threads(self.small):
                 A.forward_jac(active, box, rowstart, *self.args, self.want, self._rot(),
-                              self.jac_cols, jac, out)
+                              dcells, self.jac_cols, jac, out)
             self.pixel_jac = (rowstart, jac)
         else:
             with _kernel_threads(self.small):    # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
@@ -560,25 +563,33 @@ class _Run:
         self._jac[name] = np.stack(cols, axis=1)
         return self._jac[name]
 
+    def mosaic_cells(self):
+        """(9, ncell): the derivatives of each cell's rotated a, b, c (rows 0-2,
+        3-5, 6-8; m) per radian of mosaic spread.  Cell j = (phi step t, domain
+        m) uses U_m Phi_t a, so its a moves by dU_m/dspread Phi_t a.
+        crystal.rotated_cells applies dU_m/dspread (_umat_spread_derivatives)
+        in place of U_m: it is linear in the matrix, so the cells' derivatives
+        come from the one implementation.  The stored Jacobian contracts them
+        per pixel (adjoint.P_MOS), mosaic_grad with the adjoint pass's sums."""
+        if self._mosaic_cells is None:
+            m = self.model
+            dU = _umat_spread_derivatives(m.umats, m.steps.mosaic_spread)
+            dcells = xtal.rotated_cells(m.crystal, m.det.spindle, m.phis, dU, 1.0, False)[1]
+            self._mosaic_cells = np.ascontiguousarray(dcells.reshape(-1, 9).T)
+        return self._mosaic_cells
+
     def mosaic_grad(self, cell_sums):
         """d(sum g I)/d(mosaic spread in degrees), from the adjoint pass's per-cell
-        sums cell_sums (9, ncell), as theta_grad leaves them: cell j = (phi step t, domain m) uses
-        U_m Phi_t a, so the derivative is sum_j (dU_m/dspread Phi_t a) . (sum of
-        g dI/dh_j S), likewise b (k) and c (l).  crystal.rotated_cells applies
-        dU_m/dspread (_umat_spread_derivatives) in place of U_m: it is linear
-        in the matrix, so the cells' derivatives come from the one implementation."""
-        m = self.model
-        dU = _umat_spread_derivatives(m.umats, m.steps.mosaic_spread)
-        dcells = xtal.rotated_cells(m.crystal, m.det.spindle, m.phis, dU, 1.0, False)[1]
-        ncell = self.rots.shape[0]
-        dv = dcells.reshape(ncell, 3, 3)            # [j, (a|b|c), xyz]
-        g = np.einsum("jqx,qxj->", dv, cell_sums.reshape(3, 3, ncell))
-        return float(g) * math.pi / 180.0
+        sums cell_sums (9, ncell), as theta_grad leaves them: sum_j (da_j/dspread) .
+        (sum of g dI/dh_j S), likewise b (k) and c (l) (mosaic_cells)."""
+        g = float(np.sum(self.mosaic_cells() * cell_sums))
+        return g * math.pi / 180.0
 
     def chain_matrix(self, name):
         """d theta / d keyword ``name``, (N_PAR, size): the chain rule from the
-        kernel's theta to a keyword (every keyword but F_hkl and
-        mosaic_spread, whose gradients come from the adjoint pass).  The
+        kernel's theta to a keyword (every keyword but F_hkl, whose gradient
+        comes from the adjoint pass; mosaic_spread's entry, P_MOS, only in a
+        stored Jacobian).  The
         backward multiplies it by the theta gradient; jacobian() by the
         stored per-pixel Jacobian."""
         size = PARAMETERS[name]
@@ -589,6 +600,8 @@ class _Run:
             M[A.P_FLU, 0] = 1.0 / float(self.vals["fluence"][0])
         elif name == "polarization":
             M[A.P_KAHN, 0] = 1.0
+        elif name == "mosaic_spread":
+            M[A.P_MOS, 0] = math.pi / 180.0      # the kernel's entry is per radian
         else:
             M[:A.N_HOST] = self.host_jacobian(name)
             if name == "wavelength":
@@ -603,7 +616,8 @@ class _Run:
         for name in self.needs_grad:
             if name == "F_hkl":
                 out[name] = gF
-            elif name == "mosaic_spread":
+            elif name == "mosaic_spread" and self.pixel_jac is None:
+                # the adjoint pass (no stored Jacobian): its per-cell sums
                 out[name] = np.array([self.mosaic_grad(self.cell_sums)])
             else:
                 out[name] = G @ self.chain_matrix(name)
@@ -769,9 +783,8 @@ def structure_factors(argv):
     return torch.from_numpy(model.Fhkl.copy()), ((h0, h1), (k0, k1), (l0, l1))
 
 
-#: the keywords jacobian() covers: not the F grid (a column per grid point) and
-#: not the mosaic spread (its derivative needs the adjoint pass's per-cell sums)
-JACOBIAN_PARAMETERS = tuple(k for k in PARAMETERS if k not in ("F_hkl", "mosaic_spread"))
+#: the keywords jacobian() covers: not the F grid (a column per grid point)
+JACOBIAN_PARAMETERS = tuple(k for k in PARAMETERS if k != "F_hkl")
 
 
 def _as_values(name, v):
@@ -792,8 +805,8 @@ def jacobian(argv, roi_only=False, **values):
     detector then takes no frame-sized arrays).
 
     values: keywords of :func:`simulate` (numbers, numpy arrays or tensors),
-    each of which is differentiated; not ``F_hkl`` or ``mosaic_spread`` (use
-    simulate and backward for those).  No torch needed; CPU only.
+    each of which is differentiated; not ``F_hkl`` (one column per grid point:
+    use simulate and backward).  No torch needed; CPU only.
 
     This is the stored Jacobian that simulate's backward contracts with the
     upstream gradient (one forward pass, no adjoint pass), mapped to the
@@ -808,12 +821,9 @@ def jacobian(argv, roi_only=False, **values):
         raise TypeError("jacobian() got unknown keyword%s %s (known: %s)"
                         % ("s" * (len(unknown) > 1), ", ".join(unknown),
                            ", ".join(JACOBIAN_PARAMETERS)))
-    for k in ("F_hkl", "mosaic_spread"):
-        if k in values:
-            raise ConfigError("jacobian() does not cover %s= (%s): differentiate it with "
-                              "simulate(...) and backward()"
-                              % (k, "one column per grid point" if k == "F_hkl" else
-                                 "its derivative needs the adjoint pass"))
+    if "F_hkl" in values:
+        raise ConfigError("jacobian() does not cover F_hkl= (one column per grid point): "
+                          "differentiate it with simulate(...) and backward()")
     if not values:
         raise TypeError("jacobian() needs at least one keyword to differentiate (%s)"
                         % ", ".join(JACOBIAN_PARAMETERS))

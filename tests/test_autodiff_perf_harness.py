@@ -23,6 +23,15 @@ def test_paired_interleaves_both_levels():
         assert 0 <= r["pairs_within_2x"] <= 3
 
 
+def test_paired_with_the_mosaic_spread():
+    out = P.paired("issue512", pixels=8, reps=2, mosaic=True)
+    assert "mosaic_spread" in out["keywords"] and "cell" in out["keywords"]
+    assert out["kernel"]["fwdbwd"]["best"] > 0.0
+    assert "mosaic_spread" not in P.paired("issue512", pixels=8, reps=1)["keywords"]
+    with pytest.raises(SystemExit, match="no mosaic"):
+        P.case_argv("pilatus_roi", mosaic=True)
+
+
 def test_the_f_grid_is_read_outside_the_timed_call(monkeypatch):
     # structure_factors parses the flags and builds a model: a refinement loop
     # calls it once, so the timed call must not

@@ -151,7 +151,7 @@ def test_theta_layout_matches_kernel(host):
     assert gpu.ADJOINT_N_PAR == A.N_PAR
     src = gpu.source_text()
     for name in ("P_A", "P_B", "P_C", "P_PIX0", "P_CLOSE", "P_ASTAR", "P_BSTAR", "P_CSTAR",
-                 "P_LAM", "P_NA", "P_NB", "P_NC", "P_FLU", "N_PAR"):
+                 "P_LAM", "P_NA", "P_NB", "P_NC", "P_FLU", "P_KAHN", "P_MOS", "N_PAR"):
         assert ("#define %s %d\n" % (name, getattr(A, name))) in src, name
     assert "#define NB_SINCG_NEAR %r\n" % SINCG_NEAR in src
 

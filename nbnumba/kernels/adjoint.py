@@ -42,14 +42,16 @@ from . import cpu as K
 # (lambda_i -> s lambda_i, at s = 1); NA..NC: crystal size in cells;
 # FLU: log fluence (the image and the water background scale with fluence).
 # KAHN: the Kahn polarization factor (-polar).
+# MOS: the mosaic spread (rad): cell j's rotated a, b, c move by dcells[:, j]
+# per radian (forward_jac only; the adjoint pass leaves it to its per-cell sums).
 # ASTAR..CSTAR: the unrotated reciprocal vectors (1/A) of the gauss shape.
 # FDET, SDET: the detector's fast and slow unit vectors (a sub-pixel's
 # position is pix0 + Fdet fdet + Sdet sdet, Fdet and Sdet in m).
 # theta[:N_HOST] is what the host derives from the cell and the detector.
 P_A, P_B, P_C, P_PIX0, P_CLOSE = 0, 3, 6, 9, 12
 P_ASTAR, P_BSTAR, P_CSTAR, P_FDET, P_SDET, N_HOST = 13, 16, 19, 22, 25, 28
-P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN = 28, 29, 30, 31, 32, 33
-N_PAR = 34
+P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN, P_MOS = 28, 29, 30, 31, 32, 33, 34
+N_PAR = 35
 
 # ---- what a pass differentiates (bit mask ``want``) -------------------------
 # W_F: scatter dI/dFhkl; W_N: d/dNa..Nc; W_GEO: everything that moves h, k, l or
@@ -366,6 +368,23 @@ def _jac_cell_grad(S, rot, work, ncell):
     return ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2
 
 
+@njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
+def _jac_mosaic(S, dcells, work, ncell):
+    """The mosaic spread's derivative of one sub-path's sum, from _jac_terms'
+    rows: sum_j dT/dh_j (da_j . S) + dT/dk_j (db_j . S) + dT/dl_j (dc_j . S),
+    with dcells (9, ncell) the derivatives of cell j's rotated a, b, c
+    (rows 0-2, 3-5, 6-8) per radian of spread.  Inlined by LLVM."""
+    K._inline_into_callers()
+    K._prefer_512bit_vectors()
+    S0, S1, S2 = S
+    m = 0.0
+    for j in range(ncell):
+        m += (work[J_TH, j] * (dcells[0, j] * S0 + dcells[1, j] * S1 + dcells[2, j] * S2)
+              + work[J_TK, j] * (dcells[3, j] * S0 + dcells[4, j] * S1 + dcells[5, j] * S2)
+              + work[J_TL, j] * (dcells[6, j] * S0 + dcells[7, j] * S1 + dcells[8, j] * S2))
+    return m
+
+
 @njit(cache=True, fastmath=False, error_model="numpy")
 def _near_table(fopt):
     """(3, 7): sincg_near_coeffs of Na, Nb, Nc (rows; 0 for an axis with
@@ -387,7 +406,7 @@ def _near_table(fopt):
 # forward's pixel_value; docs/performance.md).
 @njit(cache=True, _nrt=False, error_model="numpy", fastmath={"reassoc", "contract"})
 def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells, Fhkl,
-               want, gF, ch, cacc, rot, cnear, work, dsum):
+               want, gF, ch, cacc, rot, dcells, cnear, work, dsum):
     """Overwrite dsum (N_PAR,) with g * dI/dtheta of pixel (spixel, fpixel)
     and, with want & W_F, add g * dI/dFhkl to gF[ch] (gF: (chunks,) +
     Fhkl's shape).  Returns the pixel's value (photons; equal to the forward
@@ -400,7 +419,9 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     path's per-cell loops run over.  With rot of width 0 it is left 0
     there, and cacc[ch] (9, ncell) collects sum g dI/dh_j S per cell instead
     (rows 0-2; k: 3-5, l: 6-8), for the host to apply R_j^T once
-    (autodiff._Run.theta_grad).  cnear: _near_table(fopt), the near-peak
+    (autodiff._Run.theta_grad).  dcells (9, ncell): d(cell j's rotated a, b,
+    c)/d(mosaic spread, rad), contracted into dsum[P_MOS]; of width 0, that
+    entry is left 0.  cnear: _near_table(fopt), the near-peak
     coefficients (the same for every pixel).  work: (N_JWORK, lanes of pcells)
     scratch."""
     K._inline_into_callers()
@@ -428,6 +449,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     geo = (want & W_GEO) != 0
     deriv = (want & (W_N | W_GEO)) != 0     # else values only
     use_rot = rot.shape[1] > 0
+    use_mos = dcells.shape[1] > 0
     v1 = np.int64(_V1)
     # near-peak series coefficients of the per-axis derivatives (fast path),
     # as tuples: loop constants in registers for _jac_terms
@@ -501,6 +523,8 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                                kmin, kmax, lmin, lmax, default_F)
                     sT, gx, gy, gz, gNa, gNb, gNc = _jac_sums(pcells, work, ncell)
                     sumT += sT
+                    if use_mos:
+                        dsum[P_MOS] += _jac_mosaic(S, dcells, work, ncell)
                     if use_rot:
                         ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2 = _jac_cell_grad(S, rot, work,
                                                                                   ncell)
@@ -583,6 +607,11 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                     gNa += tFl * dNa
                     gNb += tFl * dNb
                     gNc += tFl * dNc
+                    if use_mos:
+                        dsum[P_MOS] += (
+                            Th * (dcells[0, j] * S[0] + dcells[1, j] * S[1] + dcells[2, j] * S[2])
+                            + Tk * (dcells[3, j] * S[0] + dcells[4, j] * S[1] + dcells[5, j] * S[2])
+                            + Tl * (dcells[6, j] * S[0] + dcells[7, j] * S[1] + dcells[8, j] * S[2]))
                     if shape == SHAPE_GAUSS:   # F also depends on astar, bstar, cstar
                         q, v = lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc,
                                                         fudge, astar, bstar, cstar)
@@ -660,6 +689,7 @@ def backward(active, box, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want,
         work = np.empty((N_JWORK, pcells.shape[2]))
         dsum = np.empty(N_PAR)
         no_rot = np.empty((9, 0))
+        no_mos = np.empty((9, 0))
         c = np.int64(ch)
         for s in range(r0 + c * per, min(r1, r0 + (c + 1) * per)):
             row = np.int64(s)
@@ -667,19 +697,21 @@ def backward(active, box, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want,
                 if active[s, f] == 0 or g[s, f] == 0.0:
                     continue
                 val[s, f] = pixel_grad(row, f, g[s, f], iopt, fopt, vecs, incident, lam, cells,
-                                       pcells, Fhkl, want, gF, c, cacc, no_rot, cnear, work, dsum)
+                                       pcells, Fhkl, want, gF, c, cacc, no_rot, no_mos, cnear,
+                                       work, dsum)
                 for p in range(N_PAR):
                     gpar[s, p] += dsum[p]
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def forward_jac(active, box, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, rot,
-                cols, jac, out):
+                dcells, cols, jac, out):
     """Forward pass that also keeps each pixel's Jacobian: out (S, F) the pixel
     values (float64), jac (n_active, len(cols)) the entries cols of dI/dtheta
     (the theta indices that can be nonzero for this run) of every active pixel
     in raster order (row s starts at jac row rowstart[s]), the unrotated cell's
-    columns included (rot: (9, ncell), see pixel_grad).  The backward of any
+    columns included (rot: (9, ncell), see pixel_grad), and the mosaic
+    spread's (P_MOS) with dcells of width ncell (else width 0).  The backward of any
     parameter but F_hkl is then jac^T g (contract).  want: W_N | W_GEO bits
     (W_F is ignored: the F grid's gradient needs g).  box: render64's."""
     r0, r1, c0, c1 = box[0], box[1], box[2], box[3]
@@ -700,7 +732,7 @@ def forward_jac(active, box, rowstart, iopt, fopt, vecs, incident, lam, cells, F
             if active[s, f] == 0:
                 continue
             out[s, f] = pixel_grad(row, f, 1.0, iopt, fopt, vecs, incident, lam, cells, pcells,
-                                   Fhkl, w, no_gF, zero, no_cacc, rot, cnear, work, dsum)
+                                   Fhkl, w, no_gF, zero, no_cacc, rot, dcells, cnear, work, dsum)
             for q in range(ncol):
                 jac[i, q] = dsum[cols[q]]
             i += 1

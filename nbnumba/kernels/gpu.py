@@ -66,7 +66,7 @@ ADJOINT_COST = 4
 
 #: length of the adjoint's parameter vector theta (kernels/adjoint.py N_PAR;
 #: the kernel's N_PAR, checked by HostKernel)
-ADJOINT_N_PAR = 34
+ADJOINT_N_PAR = 35
 
 #: one-thread trace entry points (compiled with TRACE_OPTION, see trace_pixel)
 TRACE_ENTRY_POINTS = {"float64": "trace_f64", "float32": "trace_f32"}

@@ -938,7 +938,10 @@ NB_DEFINE_KERNEL(render_f32, double, float)
 #define P_NC 31
 #define P_FLU 32
 #define P_KAHN 33
-#define N_PAR 34
+// the mosaic spread's entry: the CPU's stored Jacobian only (adjoint.P_MOS); this
+// kernel leaves it 0 and gives the per-cell sums (cacc) that the host contracts
+#define P_MOS 34
+#define N_PAR 35
 
 // physics.SINCG_NEAR: below this |N d| d/dh of sincg is summed, not closed-form
 #define NB_SINCG_NEAR 0.1
