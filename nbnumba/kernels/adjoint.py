@@ -369,19 +369,27 @@ def _jac_cell_grad(S, rot, work, ncell):
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
+def _mosaic_term(dcells, j, S0, S1, S2, Th, Tk, Tl):
+    """Cell j's term of the mosaic spread's derivative: dT/dh (da_j . S) +
+    dT/dk (db_j . S) + dT/dl (dc_j . S), with dcells (9, ncell) the
+    derivatives of cell j's rotated a, b, c (rows 0-2, 3-5, 6-8) per radian
+    of spread (h_j = a_j . S).  Inlined by LLVM."""
+    K._inline_into_callers()
+    return (Th * (dcells[0, j] * S0 + dcells[1, j] * S1 + dcells[2, j] * S2)
+            + Tk * (dcells[3, j] * S0 + dcells[4, j] * S1 + dcells[5, j] * S2)
+            + Tl * (dcells[6, j] * S0 + dcells[7, j] * S1 + dcells[8, j] * S2))
+
+
+@njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
 def _jac_mosaic(S, dcells, work, ncell):
-    """The mosaic spread's derivative of one sub-path's sum, from _jac_terms'
-    rows: sum_j dT/dh_j (da_j . S) + dT/dk_j (db_j . S) + dT/dl_j (dc_j . S),
-    with dcells (9, ncell) the derivatives of cell j's rotated a, b, c
-    (rows 0-2, 3-5, 6-8) per radian of spread.  Inlined by LLVM."""
+    """The mosaic spread's derivative of one sub-path's sum over its cells,
+    from _jac_terms' rows (_mosaic_term).  Inlined by LLVM."""
     K._inline_into_callers()
     K._prefer_512bit_vectors()
     S0, S1, S2 = S
     m = 0.0
     for j in range(ncell):
-        m += (work[J_TH, j] * (dcells[0, j] * S0 + dcells[1, j] * S1 + dcells[2, j] * S2)
-              + work[J_TK, j] * (dcells[3, j] * S0 + dcells[4, j] * S1 + dcells[5, j] * S2)
-              + work[J_TL, j] * (dcells[6, j] * S0 + dcells[7, j] * S1 + dcells[8, j] * S2))
+        m += _mosaic_term(dcells, j, S0, S1, S2, work[J_TH, j], work[J_TK, j], work[J_TL, j])
     return m
 
 
@@ -608,10 +616,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                     gNb += tFl * dNb
                     gNc += tFl * dNc
                     if use_mos:
-                        dsum[P_MOS] += (
-                            Th * (dcells[0, j] * S[0] + dcells[1, j] * S[1] + dcells[2, j] * S[2])
-                            + Tk * (dcells[3, j] * S[0] + dcells[4, j] * S[1] + dcells[5, j] * S[2])
-                            + Tl * (dcells[6, j] * S[0] + dcells[7, j] * S[1] + dcells[8, j] * S[2]))
+                        dsum[P_MOS] += _mosaic_term(dcells, j, S[0], S[1], S[2], Th, Tk, Tl)
                     if shape == SHAPE_GAUSS:   # F also depends on astar, bstar, cstar
                         q, v = lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc,
                                                         fudge, astar, bstar, cstar)
