@@ -230,6 +230,30 @@ def test_mosaic_spread_stored_jacobian_equals_the_adjoint_pass(extra, tmp_path):
         assert np.allclose(stored[k], ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max()), k
 
 
+def test_mosaic_spread_derivatives_of_rodrigues_rotations():
+    """_umat_spread_derivatives reads each domain's axis v and angle back from
+    its matrix: for U = R(v, k sigma) it must give dU/dsigma, here against
+    the central difference of R in sigma (1e-9: the difference's own
+    error); domain 0 (the identity) gets 0."""
+    from nbnumba import autodiff as AD
+
+    def R(v, t):
+        K_ = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+        return np.eye(3) + math.sin(t) * K_ + (1.0 - math.cos(t)) * K_ @ K_
+    rng = np.random.default_rng(7)
+    sigma, h = math.radians(0.5), 1e-5
+    axes = rng.normal(size=(4, 3))
+    axes /= np.linalg.norm(axes, axis=1)[:, None]
+    ks = np.array([0.0, 0.8, -1.7, 2.5])
+    U = np.stack([R(v, k * sigma).reshape(9) for v, k in zip(axes, ks)])
+    dU = AD._umat_spread_derivatives(U, sigma)
+    assert np.all(dU[0] == 0.0)
+    for v, k, d in zip(axes[1:], ks[1:], dU[1:]):
+        fd = (R(v, k * (sigma + h)) - R(v, k * (sigma - h))) / (2 * h)
+        assert np.abs(fd).max() > 0.1
+        np.testing.assert_allclose(d.reshape(3, 3), fd, rtol=1e-9, atol=1e-9)
+
+
 def test_jacobian_mosaic_spread_column():
     """jacobian() covers mosaic_spread: its column contracts to the adjoint
     pass's gradient, and matches central differences of the image (a 0.03
