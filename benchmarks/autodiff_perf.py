@@ -193,7 +193,7 @@ def paired(case, pixels=None, reps=10, threads=None, mosaic=False):
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
     out = dict(case=case, pixels=pixels, reps=reps, threads=threads,
-               keywords=sorted(case_argv(case, pixels, mosaic=mosaic)[1]),
+               keywords=sorted(rjac.needs_grad),     # the kernel-level run's keywords
                cpu_model=envinfo.cpu_model(), git=envinfo.git_sha()[:7],
                loadavg=envinfo.loadavg())
     for level in ("call", "kernel"):
