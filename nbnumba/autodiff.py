@@ -272,12 +272,35 @@ def _cell_rotations(model):
     return np.ascontiguousarray(out[1].reshape(-1, 3, 3))
 
 
+def _check_values(vals, needs_grad, F_values):
+    """ConfigError for keyword values no run can use: a NaN or an infinity (a
+    NaN beam_center would otherwise read as -Xbeam/-Ybeam not given, the C's
+    sentinel, and silently centre the beam), or a fluence of 0 requiring grad
+    (the image is proportional to the fluence, so its derivative is the image
+    per unit fluence, which a zero image does not give)."""
+    for name, x in vals.items():
+        bad = np.flatnonzero(~np.isfinite(x))
+        if bad.size:
+            raise ConfigError("%s= has a non-finite value (%r at index %d): every keyword "
+                              "value must be a finite number" % (name, float(x[bad[0]]),
+                                                                 int(bad[0])))
+    if F_values is not None and not np.all(np.isfinite(F_values)):
+        i = tuple(int(v) for v in np.argwhere(~np.isfinite(F_values))[0])
+        raise ConfigError("F_hkl= has a non-finite value (%r at grid index %s): every "
+                          "structure factor must be a finite number" % (float(F_values[i]), i))
+    if "fluence" in needs_grad and float(vals["fluence"][0]) == 0.0:
+        raise ConfigError("fluence= of 0 cannot be differentiated: the image is proportional "
+                          "to the fluence, and its derivative (the image per unit fluence) "
+                          "is not recoverable from a zero image; pass a fluence > 0")
+
+
 class _Run:
     """One prepared simulation: the Model at the given values, the kernel
     arguments, and (lazily) the Jacobian of theta w.r.t. the keywords."""
 
     def __init__(self, argv, vals, needs_grad, F_values, keep_jac=True):
         from .model import build_model
+        _check_values(vals, needs_grad, F_values)
         cfg0 = _parse(argv)
         if "twotheta" in vals and "-twotheta" not in [str(a) for a in argv]:
             # as -twotheta appended to argv: it selects the SAMPLE pivot (with

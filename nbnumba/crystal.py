@@ -16,6 +16,7 @@ import numpy as np
 from . import rng as rngmod
 from .kernels import native
 from .errors import ConfigError
+from .flags import INT_MAX as N_MAX     # -N takes a C int
 from .vecmath import host
 
 # plain-Python vector helpers (same source as the kernel's compiled ones)
@@ -184,6 +185,13 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
 
     am, bm, cm = magnitude(a), magnitude(b), magnitude(c)
     asm, bsm, csm = magnitude(astar), magnitude(bstar), magnitude(cstar)
+    if not all(0.0 < x < math.inf for x in (am, bm, cm, asm, bsm, csm, V_cell)):
+        # an edge of 1e-300 A (or 1e300) passes the flag checks but under- or
+        # overflows here: the angles below divide by these lengths
+        given = ("-cell %g %g %g A" % (a_len, b_len, c_len) if cfg.user_cell
+                 else "the -mat cell (volume %g A^3)" % (V_cell * 1e30))
+        raise ConfigError("%s under- or overflows double precision in the cell's real and "
+                          "reciprocal vectors (check -cell / -mat)" % given)
     al, be, ga = _clamp_angles(
         (asm * V_cell / bm / cm, bsm * V_cell / am / cm, csm * V_cell / am / bm),
         (dot(b, c) / bm / cm, dot(a, c) / am / cm, dot(a, b) / am / bm))
@@ -200,6 +208,14 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
     am, bm, cm = magnitude(a), magnitude(b), magnitude(c)
 
     Na, Nb, Nc = cfg.Na, cfg.Nb, cfg.Nc
+    for axis, size, edge in (("a", cfg.sample_x, am), ("b", cfg.sample_y, bm),
+                             ("c", cfg.sample_z, cm)):
+        # the cell counts the sizes give must be counts the flags could give
+        # (-N's integer range; ceil of an infinite ratio raises)
+        if size > 0 and not size / edge <= N_MAX:
+            raise ConfigError("the crystal's size along %s (%g mm) is %g unit cells: more than "
+                              "the %d a -Na/-Nb/-Nc count can be (check -xtal_size / -sample_x "
+                              "/ -sample_y / -sample_z)" % (axis, size * 1e3, size / edge, N_MAX))
     if cfg.sample_x > 0:
         Na = math.ceil(cfg.sample_x / am)
     if cfg.sample_y > 0:

@@ -231,6 +231,12 @@ def _seed(v: int) -> int:            # C: seed = -atoi(v)  (stored negated)
     return -v
 
 
+def _energy_to_lambda(v: float) -> float:   # C: lambda = 12398.42/atof(v) A
+    if v <= 0.0:
+        raise UsageError("-energy must be > 0 eV (got %g)" % v)
+    return (12398.42 / v) / 1.0e10
+
+
 def _apply_cell(cfg: Config, vals: tuple) -> None:
     """-cell a b c alpha beta gamma (Å, deg).  C keeps any missing trailing values
     at their defaults (only reachable in c_parity mode: default mode wants all 6)."""
@@ -257,7 +263,10 @@ def _apply_detector_abs(cfg: Config, vals: tuple) -> None:
         cfg.detector_thick = 0.0
         cfg.detector_mu = 0.0
     else:
-        cfg.detector_mu = 1.0 / (v * 1e-6)
+        # as the C's division: an attenuation length that underflows in m
+        # (1e-320 um) is an infinite mu, not a ZeroDivisionError
+        d = v * 1e-6
+        cfg.detector_mu = 1.0 / d if d != 0.0 else math.copysign(math.inf, v)
 
 
 def _apply_pix0_m(cfg: Config, vals: tuple) -> None:
@@ -488,7 +497,7 @@ FLAGS: Tuple[FlagSpec, ...] = (
        _set("lambda0", conv=lambda v: v / 1.0e10), ("lambda0",), aliases=("-wave", "-wavelength"),
        group="beam", example=("6.2",)),
     _F("-energy", 1, "float", "eV", "12398.42 eV (1 Å)", "central photon energy (sets the wavelength)",
-       _set("lambda0", conv=lambda v: (12398.42 / v) / 1.0e10), ("lambda0",), group="beam",
+       _set("lambda0", conv=_energy_to_lambda), ("lambda0",), group="beam",
        example=("6000",)),
     _F("-fluence", 1, "float", "photons/m^2", "1.25932e+29", "integrated incident fluence",
        _set("fluence"), ("fluence",), group="beam", example=("1e24",)),
@@ -704,7 +713,7 @@ def spec_for(flag: str) -> FlagSpec:
 # [0-9], not \d: \d also matches fullwidth and other Unicode digits ('１００')
 _FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
-_INT_MAX = 2**31 - 1        # C stores these values in an int (or long for seeds)
+INT_MAX = 2**31 - 1         # C stores these values in an int (or long for seeds)
 
 
 def _is_number(s: str) -> bool:
@@ -729,7 +738,7 @@ def _to_int(flag: str, spec: FlagSpec, s: str) -> int:
     if not _INT_RE.match(s):
         raise _bad(flag, spec, s)
     v = int(s)
-    if abs(v) > _INT_MAX:
+    if abs(v) > INT_MAX:
         raise UsageError(f"{flag}: value {s!r} is out of range")
     if spec.minimum is not None and v < spec.minimum:
         raise _bad(flag, spec, s)

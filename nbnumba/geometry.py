@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
+from .errors import ConfigError
 from .vecmath import host
 from .tracefmt import format_value
 
@@ -163,6 +164,12 @@ def build_detector(cfg, trace=True) -> Detector:
         detsize_f = pixel * cfg.fpixels
     if cfg.spixels:
         detsize_s = pixel * cfg.spixels
+    for side, size in (("f", detsize_f), ("s", detsize_s)):
+        # (a pixel of 1e308 m times the pixel count: int() of an infinity raises)
+        if not math.isfinite(size / pixel):
+            # (in m: in mm these sizes may print as inf themselves)
+            raise ConfigError("-detsize_%s %g m / -pixel %g m: the detector's size in pixels "
+                              "overflows double precision" % (side, size, pixel))
     fpixels = int(math.ceil(detsize_f / pixel - 0.5))
     spixels = int(math.ceil(detsize_s / pixel - 0.5))
 

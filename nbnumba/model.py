@@ -284,7 +284,12 @@ def build_model(cfg: Config) -> Model:
     log.append("crystal is %g x %g x %g microns" % (xa * 1e6, xb * 1e6, xc * 1e6))
     xmax = max(xa, xb, xc)
     recip_pixel = cfg.lambda0 * det.distance / det.pixel_size
-    recommended = int(math.ceil(3.0 * xmax / recip_pixel))
+    # a distance or a wavelength so small, or a pixel so large, that the
+    # reciprocal pixel underflows: the ratio is then infinite (as ceil of it is
+    # no integer, it is capped; only an auto-selected oversampling reads it,
+    # and a detector behind the sample, refused later, gives a negative one)
+    ratio = 3.0 * xmax / recip_pixel if recip_pixel != 0.0 else math.inf
+    recommended = int(math.ceil(min(max(ratio, 0.0), 2.0 ** 62)))
     if recommended <= 0:
         recommended = 1
     oversample = cfg.oversample

@@ -28,6 +28,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import ConfigError
+from .flags import FLAGS, INT_MAX
 
 __all__ = ["check_config", "check_memory", "memory_limit", "check_grid_memory",
            "check_image_finite", "format_bytes", "FLOAT32_MAX"]
@@ -67,7 +68,26 @@ _INF_OK = {"detector_mu"}
 
 
 def flag_of(name: str) -> str:
-    return _FLAG.get(name, name)
+    """The flag that sets Config field ``name``: _FLAG's wording, else the
+    flag table's (the flag writing the fewest fields, e.g. -phisteps for
+    phisteps, -mosaic_dom for mosaic_domains), else the field's own name."""
+    if name in _FLAG:
+        return _FLAG[name]
+    return _flags_by_field().get(name, name)
+
+
+_BY_FIELD: Optional[dict] = None
+
+
+def _flags_by_field() -> dict:
+    global _BY_FIELD
+    if _BY_FIELD is None:
+        by = {}
+        for spec in sorted(FLAGS, key=lambda sp: len(sp.fields)):
+            for f in spec.fields:
+                by.setdefault(f, spec.name)
+        _BY_FIELD = by
+    return _BY_FIELD
 
 
 def format_bytes(n: float) -> str:
@@ -102,8 +122,13 @@ def _check_types(cfg) -> None:
             if not _is_real(v):
                 raise ConfigError("%s: expected a number, got %r" % (flag_of(name), v))
         elif isinstance(d, int):
-            if not (_is_real(v) and float(v) == int(v)):
+            # (finite first: int() of a NaN or an infinity raises); every
+            # integer field is a C int, as the flags' range says
+            if not (_is_real(v) and math.isfinite(float(v)) and float(v) == int(v)):
                 raise ConfigError("%s: expected an integer, got %r" % (flag_of(name), v))
+            if abs(int(v)) > INT_MAX:
+                raise ConfigError("%s: %r is out of a C int's range (|value| <= %d)"
+                                  % (flag_of(name), v, INT_MAX))
         elif isinstance(d, tuple) and len(d) == 3 and all(isinstance(x, float) for x in d):
             if not (isinstance(v, (tuple, list, np.ndarray)) and len(v) == 3
                     and all(_is_real(x) for x in v)):
@@ -159,7 +184,9 @@ def _check_geometry(cfg) -> None:
     if cfg.exposure < 0.0:
         raise ConfigError("-exposure must be >= 0 s (got %g)" % cfg.exposure)
     for n in ("Na", "Nb", "Nc"):
-        if getattr(cfg, n) <= 0:
+        # < 1 rather than <= 0: the flags take integers, but autodiff's N= is
+        # continuous, and a crystal of less than one cell has no lattice factor
+        if getattr(cfg, n) < 1:
             raise ConfigError("%s must be >= 1 unit cell (got %g)" % (flag_of(n), getattr(cfg, n)))
     if cfg.water_size < 0.0:
         raise ConfigError("-water must be >= 0 um (got %g)" % (cfg.water_size * 1e6))

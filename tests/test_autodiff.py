@@ -584,6 +584,44 @@ def test_c_parity_and_bad_inputs_are_errors():
         structure_factors(BASE)
 
 
+@pytest.mark.parametrize("name, value, match", [
+    # a NaN beam centre read as "-Xbeam not given" (the C's sentinel) and
+    # centred the beam silently
+    ("beam_center", [math.nan, 12.9], r"beam_center= has a non-finite value \(nan at index 0\)"),
+    ("cell", [70.0, 80.0, math.inf, 85.0, 95.0, 105.0], r"cell= .*inf at index 2"),
+    ("misset", [0.0, -math.inf, 0.0], r"misset= .*-inf at index 1"),
+    ("detector_rot", [0.0, 0.0, math.nan], r"detector_rot= .*index 2"),
+    ("polarization", [math.nan], r"polarization= has a non-finite"),
+    # continuous N: less than one cell has no lattice factor (it was taken as 1)
+    ("N", [0.5, 4.0, 4.0], r"-Na/-N must be >= 1 unit cell \(got 0.5\)"),
+    # a zero image carries no derivative in the fluence (it was a ZeroDivisionError)
+    ("fluence", [0.0], r"fluence= of 0 cannot be differentiated"),
+])
+def test_nonsense_keyword_values_are_errors(name, value, match):
+    t = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ConfigError, match=match):
+        simulate(BASE, **{name: t})
+    with pytest.raises(ConfigError, match=match):
+        jacobian(BASE, **{name: value})
+    if name == "fluence":
+        # not differentiated, a zero fluence is a zero image, and the other
+        # keywords' gradients are zero
+        (d,) = _tensors(("distance",))
+        img = simulate(BASE, fluence=t.detach(), distance=d)
+        assert float(img.detach().abs().max()) == 0.0
+        img.sum().backward()
+        assert float(d.grad.abs().max()) == 0.0
+
+
+def test_non_finite_structure_factor_is_an_error(hkl_file):
+    argv = BASE + ["-hkl", hkl_file]
+    F, _ = structure_factors(argv)
+    F[1, 2, 3] = math.nan
+    with pytest.raises(ConfigError, match=r"F_hkl= has a non-finite value \(nan at grid "
+                                          r"index \(1, 2, 3\)\)"):
+        simulate(argv, F_hkl=F.requires_grad_(True))
+
+
 def test_interop_refuses_tensors_that_require_grad():
     from nbnumba.interop import as_array
     t = torch.ones(3, dtype=torch.float64, requires_grad=True)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -91,9 +92,69 @@ def refused(args, capsys, needle, d):
     (["-intfile", "no_such_dir/x.img"], "no_such_dir/x.img"),
     (["-noisefile", "no_such_dir/n.img"], "no_such_dir/n.img"),
     (["-max_memory", "-5"], "-max_memory"),
+    # extreme values that passed the flag checks and then raised inside the
+    # model build (a traceback): ceil of an infinite cell count, a reciprocal
+    # pixel that underflows to 0, a cell whose vectors under/overflow
+    (["-xtal_size", "1e308"], "-xtal_size"),
+    (["-sample_x", "1e308"], "-sample_x"),
+    (["-distance", "1e-320"], "-oversample"),
+    (["-pixel", "1e308"], "-oversample"),
+    (["-cell", "1e-300", "1", "1", "90", "90", "90"], "-cell 1e-300 1 1 A"),
+    (["-cell", "1e300", "1", "1", "90", "90", "90"], "-cell 1e+300 1 1 A"),
+    (["-energy", "0"], "-energy must be > 0 eV"),       # was a ZeroDivisionError
 ])
 def test_nonsense_refused(work, capsys, extra, needle):
     refused(BASE + extra, capsys, needle, work)
+
+
+def test_every_numeric_flag_at_extreme_values_exits_0_or_2(tmp_path, monkeypatch, capsys):
+    """Each float, int, vector and -detector_abs flag given 1e308, 1e-320, 1e30,
+    0, -1 and their negatives (ints: the integers of these): a run or one error
+    line, never a traceback.  The sweep found six tracebacks (ceil of inf,
+    a reciprocal pixel of 0, a cell under/overflowing, 1/(1e-320 um),
+    12398.42/0 eV); the sample counts stay small (the memory rule's own
+    tests cover counts)."""
+    from nbnumba.flags import FLAGS
+    monkeypatch.chdir(tmp_path)
+    base = ["-cell", "70", "80", "90", "85", "95", "105", "-lambda", "1.5", "-N", "3",
+            "-default_F", "100", "-distance", "100", "-detpixels", "8", "-nopgm",
+            "-noprogress", "-floatfile", "f.bin"]
+    counts = {"-detpixels", "-detpixels_x", "-detpixels_y", "-detpixels_f", "-detpixels_s",
+              "-oversample", "-phisteps", "-mosaic_dom", "-dispsteps", "-divsteps",
+              "-hdivsteps", "-vdivsteps", "-detector_thicksteps", "-thicksteps"}
+    values = ["1e308", "-1e308", "1e-320", "-1e-320", "0", "-1", "1e30", "-1e30", "1e-30"]
+    failures, runs = [], 0
+    for spec in FLAGS:
+        if spec.kind not in ("float", "int", "vec3", "abs") or spec.name in counts:
+            continue
+        for v in values:
+            if spec.kind == "int" and ("e" in v or "." in v):
+                continue
+            extra = [v, "0.3", "0.5"] if spec.kind == "vec3" else [v] * spec.nargs
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    rc = cli.main(base + [spec.name] + extra)
+                except BaseException as e:       # noqa: BLE001 (what the test looks for)
+                    rc = "%s: %s" % (type(e).__name__, e)
+            err = capsys.readouterr().err
+            runs += 1
+            if caught:          # numpy's RuntimeWarnings would reach the user's stderr
+                failures.append((spec.name, v, "warning", str(caught[0].message)))
+            lines = [ln for ln in err.splitlines() if ln.startswith("nbnumba: error")]
+            if rc not in (0, 2) or "Traceback" in err or (rc == 2 and len(lines) != 1):
+                failures.append((spec.name, v, rc, err.strip()[-200:]))
+    assert runs > 500
+    assert not failures, failures
+
+
+def test_detector_abs_that_underflows_is_an_infinite_mu():
+    # as the C's 1/(v*1e-6): 1e-320 um underflows to 0 m, whose inverse was a
+    # ZeroDivisionError in the flag parser
+    import math
+    import nbnumba
+    assert nbnumba.parse_argv(BASE + ["-detector_abs", "1e-320"]).detector_mu == math.inf
+    assert nbnumba.parse_argv(BASE + ["-detector_abs", "50"]).detector_mu == 1.0 / 50e-6
 
 
 def test_twotheta_179_explains_the_negative_image(work, capsys):
@@ -456,6 +517,18 @@ def test_api_errors_are_nberrors():
         nbnumba.simulate_argv(BASE, overrides={"no_such_field": 1})
     with pytest.raises(ConfigError, match="-beamsize"):
         nbnumba.simulate_argv(BASE + ["-beamsize", "0", "-flux", "1e12", "-exposure", "1"])
+    # an integer field given a NaN or an infinity (int() of it raised inside
+    # the type check)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="-phisteps: expected an integer"):
+            nbnumba.simulate_argv(BASE, overrides={"phisteps": bad})
+    # beyond a C int (the flags' range), and a pixel whose detector size overflows
+    with pytest.raises(ConfigError, match=r"-mosaic_seed: 1e\+308 is out of a C int's range"):
+        nbnumba.simulate_argv(BASE, overrides={"mosaic_seed": 1e308})
+    with pytest.raises(ConfigError, match="-mosaic_dom: 4294967296 is out of a C int's range"):
+        nbnumba.simulate_argv(BASE, overrides={"mosaic_domains": 2 ** 32})
+    with pytest.raises(ConfigError, match="-pixel 1e\\+308 m: the detector's size in pixels"):
+        nbnumba.simulate_argv(BASE, overrides={"pixel_size": 1e308})
 
 
 def test_two_threads_with_workqueue_layer(tmp_path):

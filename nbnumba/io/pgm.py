@@ -56,7 +56,10 @@ def pgm_bytes_from_float(
     img = np.asarray(float_image)
     if img.ndim != 2:
         raise ValueError(f"float image must be 2-D (S, F), got shape {img.shape}")
-    test = img.astype(np.float64) * float(pgm_scale)
+    # an overflow to inf is clipped at 255 below, as the C's double does:
+    # no RuntimeWarning on the user's stderr (-pgmscale 1e308)
+    with np.errstate(over="ignore"):
+        test = img.astype(np.float64) * float(pgm_scale)
     test = np.where(test > 255.0, 255.0, test)
     ok = np.isfinite(test) & (test > -2147483649.0) & (test < 2147483648.0)
     t = np.trunc(np.where(ok, test, 0.0)).astype(np.int64)
