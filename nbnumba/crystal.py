@@ -137,7 +137,10 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
 
     if recip_from_mat is not None:
         s = 1e-10 / lambda0   # the MOSFLM matrix carries the wavelength
-        m = np.asarray(recip_from_mat, dtype=float)
+        # as Python floats: a product that overflows (-energy 1e308 makes s
+        # huge) is then a silent inf, which the volume check below refuses,
+        # rather than a numpy RuntimeWarning on the user's stderr first
+        m = [[float(x) for x in row] for row in np.asarray(recip_from_mat, dtype=float)]
         astar = scale(tuple(m[0]), s)
         bstar = scale(tuple(m[1]), s)
         cstar = scale(tuple(m[2]), s)
@@ -188,8 +191,13 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
     if not all(0.0 < x < math.inf for x in (am, bm, cm, asm, bsm, csm, V_cell)):
         # an edge of 1e-300 A (or 1e300) passes the flag checks but under- or
         # overflows here: the angles below divide by these lengths
-        given = ("-cell %g %g %g A" % (a_len, b_len, c_len) if cfg.user_cell
-                 else "the -mat cell (volume %g A^3)" % (V_cell * 1e30))
+        if recip_from_mat is not None:
+            # (the matrix carries the wavelength: -energy 1e308 scales it by 1e303)
+            given = "the -mat matrix at a wavelength of %g A" % (lambda0 * 1e10)
+        elif cfg.user_cell:
+            given = "-cell %g %g %g A" % (a_len, b_len, c_len)
+        else:
+            given = "the cell (volume %g A^3)" % (V_cell * 1e30)
         raise ConfigError("%s under- or overflows double precision in the cell's real and "
                           "reciprocal vectors (check -cell / -mat)" % given)
     al, be, ga = _clamp_angles(

@@ -289,7 +289,9 @@ def build_model(cfg: Config) -> Model:
     # no integer, it is capped; only an auto-selected oversampling reads it,
     # and a detector behind the sample, refused later, gives a negative one)
     ratio = 3.0 * xmax / recip_pixel if recip_pixel != 0.0 else math.inf
-    recommended = int(math.ceil(min(max(ratio, 0.0), 2.0 ** 62)))
+    # (NaN, from a geometry that overflowed, is left to the image's own check)
+    recommended = (int(math.ceil(min(ratio, 2.0 ** 62))) if ratio > 0.0
+                   else 1)
     if recommended <= 0:
         recommended = 1
     oversample = cfg.oversample

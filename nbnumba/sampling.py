@@ -11,6 +11,17 @@ from dataclasses import dataclass, field
 from typing import List
 
 
+#: a step count that stands for "more than any run can hold": a range over a
+#: step that under- or overflows (1e-320 mrad) makes the ratio infinite, whose
+#: ceil is no integer; the memory rule then refuses the run with its estimate
+HUGE_COUNT = 2 ** 62
+
+
+def _count(ratio):
+    """ceil(ratio) as an int, HUGE_COUNT from there up (inf included)."""
+    return int(math.ceil(ratio)) if ratio < HUGE_COUNT else HUGE_COUNT
+
+
 def _range_rule(rng, step, steps, steps_only_range, range_only_divisor=1):
     """nanoBragg's rule for a swept range (divergence, dispersion, sensor depth).
 
@@ -26,7 +37,7 @@ def _range_rule(rng, step, steps, steps_only_range, range_only_divisor=1):
             return step, step, 2
         if step <= 0.0:
             return rng, rng / range_only_divisor, 2
-        return rng, step, int(math.ceil(rng / step))
+        return rng, step, _count(rng / step)
     if rng < 0.0:
         if step <= 0.0:
             rng = steps_only_range
@@ -54,7 +65,7 @@ def _sensor_layers(thick, step, steps):
             thick = step * (steps if steps > 0 else 1)
     if steps <= 0:
         # the C's counts: 2 layers for a bare thickness, else enough steps of ~step
-        steps = 2 if step <= 0.0 else int(math.ceil(thick / step))
+        steps = 2 if step <= 0.0 else _count(thick / step)
     if thick <= 0.0 or steps <= 0:
         return 0.0, 0.0, 1          # no sensor depth: one thin layer (the C's sanity rule)
     return thick, thick / steps, steps
@@ -107,7 +118,7 @@ def resolve_steps(cfg) -> Steps:
             if phistep <= 0.0:
                 phisteps, phistep = 2, osc / 2.0
             else:
-                phisteps = int(math.ceil(osc / phistep))
+                phisteps = _count(osc / phistep)
     else:
         if phisteps == 0:
             phisteps = 1

@@ -170,8 +170,14 @@ def _check_geometry(cfg) -> None:
         raise ConfigError("-close_distance must be > 0 mm (got %g mm)" % (cfg.close_distance * 1e3))
     for name in ("beam_vector", "fdet_vector", "sdet_vector", "odet_vector", "polar_vector",
                  "spindle_vector", "twotheta_axis"):
-        if _norm(getattr(cfg, name)) == 0.0:
+        n = _norm(getattr(cfg, name))
+        if n == 0.0:
             raise ConfigError("%s 0 0 0 has no direction: give a non-zero vector" % flag_of(name))
+        if not math.isfinite(n):
+            # (its unit vector would be NaN or 0: -twotheta_axis 0 1 1e308)
+            raise ConfigError("%s %s: its length overflows double precision; give the "
+                              "direction with smaller components"
+                              % (flag_of(name), " ".join("%g" % x for x in getattr(cfg, name))))
     f, s = cfg.fdet_vector, cfg.sdet_vector
     if _norm(_cross(f, s)) <= 1e-12 * _norm(f) * _norm(s):
         raise ConfigError("-fdet_vector and -sdet_vector are parallel: the detector plane "
@@ -400,6 +406,10 @@ def overflow_terms(model):
          % ("-flux/-exposure/-beamsize" if cfg.flux else "-fluence", model.fluence,
             model.fluence * 7.94079248018965e-30)),
     ]
+    kahn = abs(float(cfg.polarization))
+    if kahn > 1.0:
+        # the factor 0.5 (1 + cos^2 - K cos(2 psi) sin^2) grows with |K|
+        terms.append((_log10(kahn), "the polarization (-polar %g)" % cfg.polarization))
     if model.I_bg:
         # F_water^2 times the molecules (under -c_parity also times r_e^2 fluence, as in C)
         terms.append((_log10(model.I_bg), "the water background (-water %g um: I_bg = %.3g)"
@@ -428,6 +438,13 @@ def check_image_finite(model, img) -> None:
     lg, what = max(terms)
     if lg > 308:
         why = "%s overflows double precision" % what
+    elif total < 38.0:
+        # no product of these terms reaches float32's limit: the NaN or inf
+        # came from elsewhere (-pixel 1e-320, a vector of 1e200, mu = inf)
+        why = ("no intensity term overflows (their product is about 1e%.0f), so a value of "
+               "the geometry under- or overflows double precision: check the detector's "
+               "vectors and pixel size, -pix0_vector, the beam centre, -distance, the "
+               "sources and -detector_abs" % total)
     else:
         why = ("the product of the intensity terms (about 1e%.0f) exceeds the float image's "
                "limit of 3.4e38; the largest term is %s" % (total, what))

@@ -102,6 +102,15 @@ def refused(args, capsys, needle, d):
     (["-cell", "1e-300", "1", "1", "90", "90", "90"], "-cell 1e-300 1 1 A"),
     (["-cell", "1e300", "1", "1", "90", "90", "90"], "-cell 1e+300 1 1 A"),
     (["-energy", "0"], "-energy must be > 0 eV"),       # was a ZeroDivisionError
+    # a range over a step that underflows: an infinite step count (tools/fuzz.py
+    # found these; ceil of it raised), now refused by the memory rule
+    (["-hdivrange", "10", "-hdivstep", "1e-320"], "sources (4611686018427387904 x 1 divergence"),
+    (["-osc", "10", "-phistep", "1e-320"], "rotated cells (4611686018427387904 phi steps"),
+    # a direction whose length overflows: its unit vector was NaN, and the run
+    # ended in a traceback (tools/fuzz.py) or a wrong explanation
+    (["-twotheta_axis", "0.001", "100", "1e308", "-twotheta", "0.5"],
+     "-twotheta_axis 0.001 100 1e+308: its length overflows"),
+    (["-fdet_vector", "1e200", "0", "0"], "-fdet_vector 1e+200 0 0: its length overflows"),
 ])
 def test_nonsense_refused(work, capsys, extra, needle):
     refused(BASE + extra, capsys, needle, work)
@@ -146,6 +155,52 @@ def test_every_numeric_flag_at_extreme_values_exits_0_or_2(tmp_path, monkeypatch
                 failures.append((spec.name, v, rc, err.strip()[-200:]))
     assert runs > 500
     assert not failures, failures
+
+
+def _fuzz_tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("fuzz_tool", REPO / "tools" / "fuzz.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_fuzz_tool_runs_clean_and_reports_a_failure(tmp_path, monkeypatch, capsys):
+    """tools/fuzz.py (random command lines, for long runs): 60 drawn CLI runs
+    and 6 autodiff calls end in exit 0; with cli.main made to raise on one
+    flag, the runs that draw it are reported and the exit status is 1."""
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    assert fz.main(["cli", "--seed", "3", "--runs", "60"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("cli, seed 3: exit 0 ") and last.endswith("fail 0"), last
+    assert fz.main(["autodiff", "--seed", "3", "--runs", "6"]) == 0
+    assert capsys.readouterr().out.strip().endswith("fail 0")
+    real = cli.main
+
+    def broken(args):
+        if "-mosaic" in args:
+            raise ZeroDivisionError("injected")
+        return real(args)
+    monkeypatch.setattr(cli, "main", broken)
+    assert fz.main(["cli", "--seed", "3", "--runs", "60"]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    fails = [ln for ln in out if ln.startswith("FAIL")]
+    assert fails and all("-mosaic" in ln and "ZeroDivisionError: injected" in ln for ln in fails)
+    assert out[-1].endswith("fail %d" % len(fails))
+    assert fz.main(["cli", "--runs", "0"]) == 2
+
+
+def test_mat_at_a_vanishing_wavelength_one_line_no_warning(work, capsys):
+    # the MOSFLM matrix is scaled by 1/lambda: -energy 1e308 overflowed its
+    # cross products with a numpy RuntimeWarning before the clean error
+    # (tools/fuzz.py, seed 10)
+    (work / "a.mat").write_text("0.0142 0 0\n0 0.0125 0\n0 0 0.0111\n0 0 0\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        refused(BASE + ["-mat", "a.mat", "-energy", "1e308"], capsys,
+                "the -mat matrix at a wavelength of 1.23984e-304 A under- or overflows", work)
+    assert not caught, [str(w.message) for w in caught]
 
 
 def test_detector_abs_that_underflows_is_an_infinite_mu():
@@ -402,6 +457,12 @@ def test_signal_during_writes_cleans_temps(tmp_path, sig, code):
     (["-default_F", "1e200"], "overflows double precision"),
     (["-fluence", "1e300"], "fluence"),
     (["-water", "1e30"], "water"),
+    # a Kahn factor far outside [-1, 1] scales the polarization factor
+    (["-polar", "1e300"], "the largest term is the polarization (-polar 1e+300)"),
+    # no term overflows: the geometry did (mu = inf here); the message used to
+    # blame the product of the terms, about 1e8, for exceeding 3.4e38
+    (["-detector_abs", "1e-320", "-detector_thick", "100"],
+     "no intensity term overflows (their product is about 1e8), so a value of the geometry"),
 ])
 def test_non_finite_image_names_the_term(work, capsys, extra, needle):
     # a term that alone overflows double precision is refused before the render
