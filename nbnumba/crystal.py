@@ -221,9 +221,9 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
         # the cell counts the sizes give must be counts the flags could give
         # (-N's integer range; ceil of an infinite ratio raises)
         if size > 0 and not size / edge <= N_MAX:
-            raise ConfigError("the crystal's size along %s (%g mm) is %g unit cells: more than "
-                              "the %d a -Na/-Nb/-Nc count can be (check -xtal_size / -sample_x "
-                              "/ -sample_y / -sample_z)" % (axis, size * 1e3, size / edge, N_MAX))
+            raise ConfigError("the crystal's size along %s (%g mm) is %g unit cells, more than "
+                              "a -Na/-Nb/-Nc count can hold (%d): check -xtal_size / -sample_x "
+                              "/ -sample_y / -sample_z" % (axis, size * 1e3, size / edge, N_MAX))
     if cfg.sample_x > 0:
         Na = math.ceil(cfg.sample_x / am)
     if cfg.sample_y > 0:

@@ -284,16 +284,12 @@ def build_model(cfg: Config) -> Model:
     log.append("crystal is %g x %g x %g microns" % (xa * 1e6, xb * 1e6, xc * 1e6))
     xmax = max(xa, xb, xc)
     recip_pixel = cfg.lambda0 * det.distance / det.pixel_size
-    # a distance or a wavelength so small, or a pixel so large, that the
-    # reciprocal pixel underflows: the ratio is then infinite (as ceil of it is
-    # no integer, it is capped; only an auto-selected oversampling reads it,
-    # and a detector behind the sample, refused later, gives a negative one)
+    # capped: a reciprocal pixel that underflows (-distance 1e-320) makes the
+    # ratio infinite, whose ceil is no integer (only an auto-selected
+    # oversampling reads it, and refuses it); a detector behind the sample
+    # (refused later) makes it negative, an overflowed geometry NaN: 1
     ratio = 3.0 * xmax / recip_pixel if recip_pixel != 0.0 else math.inf
-    # (NaN, from a geometry that overflowed, is left to the image's own check)
-    recommended = (int(math.ceil(min(ratio, 2.0 ** 62))) if ratio > 0.0
-                   else 1)
-    if recommended <= 0:
-        recommended = 1
+    recommended = int(math.ceil(min(ratio, 2.0 ** 62))) if ratio > 0.0 else 1
     oversample = cfg.oversample
     if oversample <= 0:
         oversample = recommended

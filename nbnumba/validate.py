@@ -71,23 +71,13 @@ def flag_of(name: str) -> str:
     """The flag that sets Config field ``name``: _FLAG's wording, else the
     flag table's (the flag writing the fewest fields, e.g. -phisteps for
     phisteps, -mosaic_dom for mosaic_domains), else the field's own name."""
-    if name in _FLAG:
-        return _FLAG[name]
-    return _flags_by_field().get(name, name)
+    return _FLAG.get(name) or _BY_FIELD.get(name, name)
 
 
-_BY_FIELD: Optional[dict] = None
-
-
-def _flags_by_field() -> dict:
-    global _BY_FIELD
-    if _BY_FIELD is None:
-        by = {}
-        for spec in sorted(FLAGS, key=lambda sp: len(sp.fields)):
-            for f in spec.fields:
-                by.setdefault(f, spec.name)
-        _BY_FIELD = by
-    return _BY_FIELD
+_BY_FIELD = {}
+for _spec in sorted(FLAGS, key=lambda sp: len(sp.fields)):
+    for _f in _spec.fields:
+        _BY_FIELD.setdefault(_f, _spec.name)
 
 
 def format_bytes(n: float) -> str:
