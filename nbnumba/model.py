@@ -20,7 +20,7 @@ from .errors import ConfigError, InputFileError
 from .geometry import Detector, build_detector
 from .kernels import layout as K
 from .rng import RngState
-from .sampling import Steps, resolve_steps
+from .sampling import Steps, ceil_count, resolve_steps
 from .sources import Sources, build_sources
 
 R_E_SQR = 7.94079248018965e-30   # Thomson cross-section, m^2
@@ -284,12 +284,12 @@ def build_model(cfg: Config) -> Model:
     log.append("crystal is %g x %g x %g microns" % (xa * 1e6, xb * 1e6, xc * 1e6))
     xmax = max(xa, xb, xc)
     recip_pixel = cfg.lambda0 * det.distance / det.pixel_size
-    # capped: a reciprocal pixel that underflows (-distance 1e-320) makes the
-    # ratio infinite, whose ceil is no integer (only an auto-selected
-    # oversampling reads it, and refuses it); a detector behind the sample
-    # (refused later) makes it negative, an overflowed geometry NaN: 1
+    # a reciprocal pixel that underflows (-distance 1e-320) makes the ratio
+    # infinite: capped as a step count (only an auto-selected oversampling
+    # reads it, and refuses it); a detector behind the sample (refused later)
+    # makes it negative, an overflowed geometry NaN: 1
     ratio = 3.0 * xmax / recip_pixel if recip_pixel != 0.0 else math.inf
-    recommended = int(math.ceil(min(ratio, 2.0 ** 62))) if ratio > 0.0 else 1
+    recommended = ceil_count(ratio) if ratio > 0.0 else 1
     oversample = cfg.oversample
     if oversample <= 0:
         oversample = recommended

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from typing import List
 
 
-#: a step count that stands for "more than any run can hold": a range over a
-#: step that under- or overflows (1e-320 mrad) makes the ratio infinite, whose
-#: ceil is no integer; the memory rule then refuses the run with its estimate
+#: a count that stands for "more than any run can hold": a range over a step
+#: that under- or overflows (1e-320 mrad) makes the ratio infinite, whose ceil
+#: is no integer; the memory rule then refuses the run with its estimate
 HUGE_COUNT = 2 ** 62
 
 
-def _count(ratio):
+def ceil_count(ratio):
     """ceil(ratio) as an int, HUGE_COUNT from there up (inf included)."""
     return int(math.ceil(ratio)) if ratio < HUGE_COUNT else HUGE_COUNT
 
@@ -37,7 +37,7 @@ def _range_rule(rng, step, steps, steps_only_range, range_only_divisor=1):
             return step, step, 2
         if step <= 0.0:
             return rng, rng / range_only_divisor, 2
-        return rng, step, _count(rng / step)
+        return rng, step, ceil_count(rng / step)
     if rng < 0.0:
         if step <= 0.0:
             rng = steps_only_range
@@ -65,7 +65,7 @@ def _sensor_layers(thick, step, steps):
             thick = step * (steps if steps > 0 else 1)
     if steps <= 0:
         # the C's counts: 2 layers for a bare thickness, else enough steps of ~step
-        steps = 2 if step <= 0.0 else _count(thick / step)
+        steps = 2 if step <= 0.0 else ceil_count(thick / step)
     if thick <= 0.0 or steps <= 0:
         return 0.0, 0.0, 1          # no sensor depth: one thin layer (the C's sanity rule)
     return thick, thick / steps, steps
@@ -118,7 +118,7 @@ def resolve_steps(cfg) -> Steps:
             if phistep <= 0.0:
                 phisteps, phistep = 2, osc / 2.0
             else:
-                phisteps = _count(osc / phistep)
+                phisteps = ceil_count(osc / phistep)
     else:
         if phisteps == 0:
             phisteps = 1
