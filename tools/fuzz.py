@@ -88,28 +88,38 @@ def cli_args(rng: random.Random, specs) -> list:
     return extra
 
 
+def run_cli(args) -> tuple:
+    """(exit status, None) when the CLI, run in process on ``args``, kept the
+    promise: exit 0, or exit 2 with one error line; else (status, why): an
+    exception, a traceback, several error lines or a warning."""
+    from nbnumba import cli
+    err = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                rc = cli.main(list(args))
+        except BaseException as e:              # noqa: BLE001 (what this looks for)
+            return None, "%s: %s" % (type(e).__name__, str(e)[:120])
+    text = err.getvalue()
+    errors = [ln for ln in text.splitlines() if ln.startswith("nbnumba: error")]
+    if caught:
+        return rc, "warning: %s" % caught[0].message
+    if rc not in (0, 2) or "Traceback" in text or (rc == 2 and len(errors) != 1):
+        return rc, "exit %s: %s" % (rc, text.strip()[-160:])
+    return rc, None
+
+
 def fuzz_cli(seed: int, runs: int, out=sys.stdout) -> dict:
     """Outcome counts of ``runs`` drawn command lines ('fail' among them)."""
-    from nbnumba import cli
     from nbnumba.flags import FLAGS
     specs = [sp for sp in FLAGS if sp.name not in CLI_SKIP]
     rng = random.Random(seed)
     counts = {"exit 0": 0, "exit 2": 0, "fail": 0}
     for _ in range(runs):
         extra = cli_args(rng, specs)
-        err = io.StringIO()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                    rc = cli.main(CLI_BASE + extra)
-            except BaseException as e:          # noqa: BLE001 (what this looks for)
-                rc = "%s: %s" % (type(e).__name__, str(e)[:120])
-        text = err.getvalue()
-        errors = [ln for ln in text.splitlines() if ln.startswith("nbnumba: error")]
-        if rc not in (0, 2) or "Traceback" in text or (rc == 2 and len(errors) != 1) or caught:
-            why = rc if rc not in (0, 2) else (str(caught[0].message) if caught
-                                                else text.strip()[-160:])
+        rc, why = run_cli(CLI_BASE + extra)
+        if why is not None:
             print("FAIL %s :: %s" % (" ".join(extra), why), file=out)
             counts["fail"] += 1
         else:
