@@ -125,8 +125,8 @@ def _fuzz_tool():
 
 
 def test_every_numeric_flag_at_extreme_values_exits_0_or_2(tmp_path, monkeypatch):
-    """Each float, int, vector and -detector_abs flag given 1e308, 1e-320, 1e30,
-    0, -1 and their negatives (ints: the integers of these): a run or one error
+    """Each float, int, vector and -detector_abs flag given +-1e308, +-1e-320, 0
+    and -1 (ints: 0 and -1; +-1e30 and 1e-30 found nothing more): a run or one error
     line, never a traceback or a numpy warning (tools/fuzz.py's run_cli).  The
     sweep found six tracebacks (ceil of inf, a reciprocal pixel of 0, a cell
     under/overflowing, 1/(1e-320 um), 12398.42/0 eV) and a warning; the
@@ -140,7 +140,7 @@ def test_every_numeric_flag_at_extreme_values_exits_0_or_2(tmp_path, monkeypatch
     counts = {"-detpixels", "-detpixels_x", "-detpixels_y", "-detpixels_f", "-detpixels_s",
               "-oversample", "-phisteps", "-mosaic_dom", "-dispsteps", "-divsteps",
               "-hdivsteps", "-vdivsteps", "-detector_thicksteps", "-thicksteps"}
-    values = ["1e308", "-1e308", "1e-320", "-1e-320", "0", "-1", "1e30", "-1e30", "1e-30"]
+    values = ["1e308", "-1e308", "1e-320", "-1e-320", "0", "-1"]
     failures, runs = [], 0
     for spec in FLAGS:
         if spec.kind not in ("float", "int", "vec3", "abs") or spec.name in counts:
@@ -153,20 +153,20 @@ def test_every_numeric_flag_at_extreme_values_exits_0_or_2(tmp_path, monkeypatch
             runs += 1
             if why is not None:
                 failures.append((spec.name, v, why))
-    assert runs > 500
+    assert runs == 400
     assert not failures, failures
 
 
 def test_fuzz_tool_runs_clean_and_reports_a_failure(tmp_path, monkeypatch, capsys):
-    """tools/fuzz.py (random command lines, for long runs): 60 drawn CLI runs
-    and 6 autodiff calls end in exit 0; with cli.main made to raise on one
+    """tools/fuzz.py (random command lines, for long runs): 40 drawn CLI runs
+    and 4 autodiff calls end in exit 0; with cli.main made to raise on one
     flag, the runs that draw it are reported and the exit status is 1."""
     fz = _fuzz_tool()
     monkeypatch.chdir(tmp_path)
-    assert fz.main(["cli", "--seed", "3", "--runs", "60"]) == 0
+    assert fz.main(["cli", "--seed", "3", "--runs", "40"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("cli, seed 3: exit 0 ") and last.endswith("fail 0"), last
-    assert fz.main(["autodiff", "--seed", "3", "--runs", "6"]) == 0
+    assert fz.main(["autodiff", "--seed", "3", "--runs", "4"]) == 0
     assert capsys.readouterr().out.strip().endswith("fail 0")
     real = cli.main
 
