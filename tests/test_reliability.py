@@ -153,7 +153,7 @@ def test_every_numeric_flag_at_extreme_values_exits_0_or_2(tmp_path, monkeypatch
             runs += 1
             if why is not None:
                 failures.append((spec.name, v, why))
-    assert runs == 400
+    assert runs >= 400          # (more as flags are added)
     assert not failures, failures
 
 
