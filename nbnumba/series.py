@@ -79,7 +79,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import ConfigError, NBError, UsageError
-from .flags import HelpRequested
+from .flags import INT_MAX, HelpRequested
 from .io.frames import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
 from .io.atomic import OutputFileError
 from .io.smv import RTD
@@ -172,7 +172,13 @@ class SeriesOptions:
         return int(self.frames if self.frames is not None else self.shots)
 
 
-def _num(name, text, kind, minimum=None):
+#: frames of one series: frame_%05d names (and the image templates of DIALS
+#: and XDS, frame_#####) hold five digits; --frames 99999999999 used to plan
+#: that many frames in memory before the first one was rendered
+MAX_FRAMES = 99999
+
+
+def _num(name, text, kind, minimum=None, maximum=None):
     try:
         v = kind(text)
     except (TypeError, ValueError):
@@ -182,6 +188,8 @@ def _num(name, text, kind, minimum=None):
         raise SeriesUsageError("--%s must be finite, got '%s'" % (name, text))
     if minimum is not None and v < minimum:
         raise SeriesUsageError("--%s must be >= %s, got '%s'" % (name, minimum, text))
+    if maximum is not None and v > maximum:
+        raise SeriesUsageError("--%s must be <= %s, got '%s'" % (name, maximum, text))
     return v
 
 
@@ -223,13 +231,15 @@ def parse_series_argv(argv: Sequence[str]) -> SeriesOptions:
 
     o.help = "help" in raw
     if last("frames") is not None:
-        o.frames = _num("frames", last("frames"), int, 1)
+        o.frames = _num("frames", last("frames"), int, 1, MAX_FRAMES)
     if last("shots") is not None:
-        o.shots = _num("shots", last("shots"), int, 1)
+        o.shots = _num("shots", last("shots"), int, 1, MAX_FRAMES)
     if last("osc-per-frame") is not None:
         o.osc_per_frame = _num("osc-per-frame", last("osc-per-frame"), float, 0.0)
     if last("phisteps-per-frame") is not None:
-        o.phisteps_per_frame = _num("phisteps-per-frame", last("phisteps-per-frame"), int, 1)
+        # (-phisteps is a C int)
+        o.phisteps_per_frame = _num("phisteps-per-frame", last("phisteps-per-frame"), int, 1,
+                                    INT_MAX)
     o.random_orientation = "random-orientation" in raw
     if last("jitter-cell") is not None:
         o.jitter_cell = _num("jitter-cell", last("jitter-cell"), float, 0.0)
@@ -351,6 +361,19 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
         [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
         [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _check_rotation_finite(cfg, opts: SeriesOptions) -> None:
+    """SeriesUsageError when the last frame's rotation overflows double
+    precision (--osc-per-frame 1e308 --frames 3: its -phi would be inf, and
+    the frames before it would render first)."""
+    if opts.mode != "rotation":
+        return
+    osc = opts.osc_per_frame if opts.osc_per_frame is not None else cfg.osc * RTD
+    end = cfg.phi0 * RTD + opts.count * osc
+    if not math.isfinite(end):
+        raise SeriesUsageError("--frames %d of %g deg each overflow the rotation (the last "
+                               "frame would end at phi = %g deg)" % (opts.count, osc, end))
 
 
 def plan_frames(cfg, opts: SeriesOptions, base_seed: int) -> List[FrameSpec]:
@@ -815,6 +838,7 @@ def run_series(opts: SeriesOptions) -> int:
         cfg = replace(cfg, workdir=os.getcwd())    # workers resolve relative inputs here
     # the whole setup once, before anything is created: ConfigError/InputFileError -> exit 2
     build_model(replace(cfg, seed=cfg.seed if cfg.seed is not None else -1, threads=None))
+    _check_rotation_finite(cfg, opts)
     if (opts.device or cfg.device) == "cuda" and not opts.scheduler:
         # local workers share this machine's GPUs: refuse once, before DIR exists
         from .kernels.gpu import require_device

@@ -73,12 +73,30 @@ def direct(extra):
     (["--frames", "2", "--out", "x", "--format", "tiff"], "unknown format 'tiff'"),
     (["--frames", "2", "--random-orientation", "--out", "x"], "serial sets"),
     (["--frames", "2", "--out", "x", "--device", "tpu"], "--device must be cpu or cuda"),
+    # more frames than five-digit names hold: 99999999999 used to be planned
+    # in memory (GBs) before the first frame
+    (["--frames", "99999999999", "--osc-per-frame", "1", "--out", "x"],
+     "--frames must be <= 99999"),
+    (["--shots", "100000", "--out", "x"], "--shots must be <= 99999"),
+    (["--frames", "3", "--osc-per-frame", "1", "--phisteps-per-frame", "99999999999",
+      "--out", "x"], "--phisteps-per-frame must be <= 2147483647"),
 ])
 def test_usage_errors_one_line_exit_2(argv, needle, capsys):
     rc, out = run(argv + BASE, capsys)
     assert rc == 2
     lines = out.err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.err
+
+
+def test_rotation_that_overflows_refused_before_dir(tmp_path, capsys):
+    # --osc-per-frame 1e308: the third frame's -phi was inf, so two frames
+    # rendered and the third failed (exit 1); now one line before DIR exists
+    rc, out = run(["--frames", "3", "--osc-per-frame", "1e308", "--workers", "0",
+                   "--out", tmp_path / "o"] + BASE, capsys)
+    assert rc == 2
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and "--frames 3 of 1e+308 deg each overflow the rotation" in lines[0]
+    assert not (tmp_path / "o").exists()
 
 
 def test_engine_flag_error_exit_2(tmp_path, capsys):
