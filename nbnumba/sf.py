@@ -33,7 +33,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputFileError, NBError, UsageError
+from .errors import ConfigError, InputFileError, NBError, UsageError
 
 PROG = "nbnumba-sf"
 
@@ -137,6 +137,27 @@ def read_model(path: str):
     return st
 
 
+#: bytes per point of the index box: h, k, l and their stack (int64), the
+#: reciprocal vectors, the masks (on the high side, as validate's costs)
+_B_BOX = 110
+
+
+def _check_box(a: float, b: float, c: float, dmin: float) -> None:
+    """ConfigError when the index box |h| <= a/dmin (likewise k, l) needs more
+    memory than the machine has: -dmin 0.01 on a 20 A cell asked numpy for
+    477 GiB (a traceback), -dmin 1e-320 for an infinite box."""
+    from .validate import format_bytes, memory_limit
+    n = 1.0
+    for x in (a, b, c):
+        n *= 2.0 * (x / dmin) + 1.0      # (no floor: it raises on inf)
+    need = n * _B_BOX
+    limit, what = memory_limit()
+    if not need <= limit:
+        raise ConfigError("-dmin %g: the index box holds %.3g points (|h| <= %.3g A / dmin, "
+                          "likewise k and l), about %s of memory, more than %s; give a "
+                          "larger -dmin" % (dmin, n, a, format_bytes(need), what))
+
+
 def half_sphere_indices(cell_abc_angles: Tuple[float, ...], frac_matrix: np.ndarray,
                         dmin: float) -> Tuple[np.ndarray, np.ndarray]:
     """Indices (N, 3) with ``d >= dmin`` of one Friedel half (h > 0; h = 0, k > 0;
@@ -146,6 +167,7 @@ def half_sphere_indices(cell_abc_angles: Tuple[float, ...], frac_matrix: np.ndar
     is ``hkl @ frac_matrix``.  ``|h| <= a/dmin`` bounds the search box.
     """
     a, b, c = cell_abc_angles[:3]
+    _check_box(a, b, c, dmin)
     hm, km, lm = (int(math.floor(x / dmin)) for x in (a, b, c))
     h, k, l = np.meshgrid(np.arange(-hm, hm + 1), np.arange(-km, km + 1), np.arange(-lm, lm + 1),
                           indexing="ij")

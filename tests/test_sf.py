@@ -93,6 +93,10 @@ def test_cli_writes_a_file_nanobragg_reads(tmp_path, capsys):
     (["m.pdb", "-dmin", "-1"], "-dmin"),
     (["m.pdb", "-dmin", "2", "-bogus"], "-bogus"),
     (["empty.pdb", "-dmin", "2"], "empty.pdb"),
+    # an index box beyond memory: numpy's MemoryError (477 GiB) and an
+    # OverflowError (1e-320) were tracebacks
+    (["m.pdb", "-dmin", "0.01"], "-dmin 0.01: the index box holds 6.4e+10 points"),
+    (["m.pdb", "-dmin", "1e-320"], "the index box holds inf points"),
 ])
 def test_errors_are_one_line(args, needle, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
