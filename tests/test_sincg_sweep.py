@@ -204,6 +204,19 @@ def test_cli_usage_errors_exit_2(args):
     assert "Traceback" not in err
 
 
+
+@pytest.mark.parametrize("args, needle", [
+    # were numpy MemoryErrors (745 GiB) and an OverflowError, as tracebacks
+    (["--N", "8", "--k", "0", "1", "--steps", "99999999999"], "--steps must be <= 10000000"),
+    (["--N", "8", "--k", "0", "1e308"], "holds about inf zeros of sincg"),
+    (["--N", "99999999999", "--k", "0", "1", "--steps", "5"], "holds about 1e+11 zeros"),
+])
+def test_cli_sizes_beyond_memory_exit_2(args, needle, tmp_path, capsys):
+    assert ss.main(args + ["--outdir", str(tmp_path), "--no-png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nbnumba-sincg-sweep: error:") and needle in err[0]
+    assert list(tmp_path.iterdir()) == []
+
 # ------------------------------------------------------------------ engine agreement
 
 

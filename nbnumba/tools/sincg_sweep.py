@@ -405,6 +405,12 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: the most samples, and the most zeros m/N in the k range, that a sweep
+#: holds: every one is a CSV row (--steps 99999999999 asked numpy for 745 GiB;
+#: --k 0 1e308 gave an infinite zero count, whose ceil raised)
+MAX_POINTS = 10_000_000
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
@@ -412,8 +418,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise _UsageExit(f"--N must be >= 1 (got {args.N})")
         if args.steps < 2:
             raise _UsageExit(f"--steps must be >= 2 (got {args.steps})")
+        if args.steps > MAX_POINTS:
+            raise _UsageExit(f"--steps must be <= {MAX_POINTS} (got {args.steps})")
         if not all(math.isfinite(v) for v in args.k):
             raise _UsageExit("--k values must be finite")
+        zeros = abs(args.k[1] - args.k[0]) * args.N
+        if not zeros <= MAX_POINTS:
+            raise _UsageExit(f"--k {_g(args.k[0])} {_g(args.k[1])} with --N {args.N} holds about "
+                             f"{zeros:.3g} zeros of sincg (|k1 - k0| N), more than {MAX_POINTS}: "
+                             f"give a narrower range")
         if not args.prefix or os.sep in args.prefix:
             raise _UsageExit(f"--prefix must be a plain file name prefix (got {args.prefix!r})")
         res = sweep(args.N, args.k[0], args.k[1], args.steps)
