@@ -266,6 +266,11 @@ def test_no_shape_line_exit6(tmp_path, monkeypatch, capsys):
     (["--c-bin", "X", "--png-scale", "0"], FLAGS, "--png-scale"),
     (["--c-bin", "X", "--bogus"], FLAGS, "unrecognized"),
     (["--c-bin", "X", "--threshold", "abc"], FLAGS, "threshold"),
+    # NaN and 1e308 failed inside communicate()'s wait (a traceback); -1 timed
+    # out at once and blamed the runner (exit 6)
+    (["--c-bin", "X", "--timeout", "nan"], FLAGS, "argument --timeout: must be > 0"),
+    (["--c-bin", "X", "--timeout", "1e308"], FLAGS, "argument --timeout: must be > 0"),
+    (["--c-bin", "X", "--timeout", "-1"], FLAGS, "argument --timeout: must be > 0"),
 ])
 def test_usage_errors_exit2(tmp_path, monkeypatch, capsys, opts, flags, needle):
     code, out, err = run(tmp_path, monkeypatch, capsys, opts, flags)

@@ -628,6 +628,19 @@ def test_tools_usage_errors_exit_2(tool, capsys):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("tool", ["compare", "probe"])
+def test_tools_timeout_outside_the_timers_range_exit_2(tool, capsys):
+    # one type for both (_common.timeout_seconds): NaN and 1e308 used to fail
+    # inside subprocess's wait with a traceback
+    import importlib
+    mod = importlib.import_module("nbnumba.tools." + tool)
+    pre = ["--pixel", "1", "1"] if tool == "probe" else []
+    for bad in ("nan", "1e308", "0"):
+        assert mod.main(pre + ["--timeout", bad, "--"] + BASE) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "argument --timeout: must be > 0" in err[0], err
+
+
 def test_probe_refused_flags_exit_2(tmp_path, monkeypatch, capsys):
     from nbnumba.tools import probe
     monkeypatch.chdir(tmp_path)

@@ -12,6 +12,7 @@ port), each in its own scratch directory.  To make that safe and repeatable:
 """
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import hashlib
 import os
@@ -45,6 +46,22 @@ class ToolError(Exception):
     def __init__(self, message: str, code: int):
         super().__init__(message)
         self.code = code
+
+
+def timeout_seconds(text: str) -> float:
+    """argparse type of ``--timeout S``: a number of seconds in (0, the longest
+    wait the platform's timers take].  NaN and 1e308 reached
+    ``communicate(timeout=...)``, which failed inside its wait, and a
+    traceback followed; -1 timed out at once."""
+    import threading
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected seconds, got %r" % text) from None
+    if not 0.0 < v <= threading.TIMEOUT_MAX:
+        raise argparse.ArgumentTypeError("must be > 0 and <= %.4g s, got %r"
+                                         % (threading.TIMEOUT_MAX, text))
+    return v
 
 
 # --------------------------------------------------------------------------- argv handling

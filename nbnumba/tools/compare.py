@@ -319,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--png-scale", type=float, default=99.5, help="preview percentile (99.5)")
     p.add_argument("--save-diff", action="store_true", help="also write diff.bin")
     p.add_argument("--py-args", action="append", default=[], help="extra flags for the port only")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per runner")
+    p.add_argument("--timeout", type=C.timeout_seconds, default=None, help="seconds per runner")
     p.add_argument("--serial", action="store_true", help="run C then the port, not both at once")
     p.add_argument("--c-threads", type=int, default=None, help="OMP_NUM_THREADS for the C run")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",

@@ -28,7 +28,7 @@ def _parse_opts(argv: List[str]):
     p.add_argument("--full-c", action="store_true", help="no -roi: trace over the whole detector")
     p.add_argument("--tol", type=float, default=1e-6)
     p.add_argument("--sincg-steps", type=int, default=401)
-    p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--timeout", type=C.timeout_seconds, default=None)
     p.add_argument("--pytest", action="append", metavar="SELECTOR",
                    help="also run these tests (pytest node id or -k style path) into pytest.log; "
                         "repeatable")
