@@ -641,6 +641,16 @@ def test_tools_timeout_outside_the_timers_range_exit_2(tool, capsys):
         assert len(err) == 1 and "argument --timeout: must be > 0" in err[0], err
 
 
+def test_probe_sincg_steps_beyond_the_sweeps_limit_exit_2(tmp_path, monkeypatch, capsys):
+    # 99999999999 steps asked numpy for 745 GiB (a MemoryError traceback)
+    from nbnumba.tools import probe
+    monkeypatch.chdir(tmp_path)
+    assert probe.main(["--pixel", "2", "2", "--sincg-steps", "99999999999", "--no-c",
+                       "--"] + BASE) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["nbnumba-probe: error: --sincg-steps must be <= 10000000"]
+
+
 def test_probe_refused_flags_exit_2(tmp_path, monkeypatch, capsys):
     from nbnumba.tools import probe
     monkeypatch.chdir(tmp_path)

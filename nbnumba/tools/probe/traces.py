@@ -7,6 +7,7 @@ from typing import List, Optional
 
 from nbnumba.tools import _common as C
 from nbnumba.tools._common import ToolError
+from nbnumba.tools.sincg_sweep import MAX_POINTS
 
 from .common import EXIT_IO, EXIT_RUNNER, EXIT_USAGE, _json, _write, c_trace_lines
 from .runners import _port_model, _port_trace, _run_c
@@ -25,6 +26,9 @@ def setup(opts, flags: List[str], argv: List[str], cwd: Optional[str] = None) ->
         raise ToolError("--tol must be a finite number >= 0", EXIT_USAGE)
     if opts.sincg_steps < 2:
         raise ToolError("--sincg-steps must be >= 2", EXIT_USAGE)
+    if opts.sincg_steps > MAX_POINTS:
+        # (nbnumba-sincg-sweep's limit: 99999999999 asked numpy for 745 GiB)
+        raise ToolError("--sincg-steps must be <= %d" % MAX_POINTS, EXIT_USAGE)
     c_parity = bool(opts.c_parity or "-c_parity" in flags)
     base = C.strip_flag(flags, ("-trace_pixel", "-dump_pixel"), 2)
     base = C.strip_flag(base, ("-c_parity",), 0)
