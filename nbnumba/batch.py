@@ -135,9 +135,10 @@ def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
 
 
 def read_batch_file(path: str) -> List[tuple]:
-    """(line number, argv) for each command line of a batch file.  Blank lines
-    and lines starting with '#' are skipped; a leading program name
-    (nanoBragg, nbnumba, ...) is dropped."""
+    """(line number, argv, None) for each command line of a batch file, or
+    (line number, None, why) for a line shlex cannot split (an unclosed
+    quote).  Blank lines and lines starting with '#' are skipped; a leading
+    program name (nanoBragg, nbnumba, ...) is dropped."""
     from .errors import InputFileError
     try:
         with open(path, "r", encoding="utf-8") as fh:
@@ -152,13 +153,16 @@ def read_batch_file(path: str) -> List[tuple]:
         try:
             argv = shlex.split(s, comments=True)
         except ValueError as exc:
-            argv = ["--unparsable-line--", str(exc)]
+            # (a sentinel argv ran instead, and its error named a flag
+            # '--unparsable-line--' that nobody wrote)
+            out.append((no, None, "cannot split the line into arguments: %s" % exc))
+            continue
         if argv and not argv[0].startswith("-"):
             base = os.path.basename(argv[0])
             if base.lower().startswith(("nanobragg", "nbnumba")):
                 argv = argv[1:]
         if argv:
-            out.append((no, argv))
+            out.append((no, argv, None))
     return out
 
 
@@ -207,6 +211,11 @@ def batch_main(argv: Sequence[str], out=None) -> int:
     t0 = time.perf_counter()
     import threading
     lock = threading.Lock()
+    for no, _, why in lines:
+        if why is not None:
+            print("line %d: error (exit 2): %s" % (no, why), file=out)
+    unsplit = sum(1 for _, argv, _ in lines if argv is None)
+    lines = [(no, argv) for no, argv, _ in lines if argv is not None]
 
     def report(it: BatchItem):
         no = lines[it.index][0]
@@ -223,7 +232,7 @@ def batch_main(argv: Sequence[str], out=None) -> int:
     except KeyboardInterrupt:
         print("nbnumba: interrupted", file=sys.stderr)
         return 130
-    bad = sum(1 for it in items if not it.ok)
+    bad = unsplit + sum(1 for it in items if not it.ok)
     print("batch: %d of %d command lines ok, %d failed (%.2f s)"
           % (total - bad, total, bad, time.perf_counter() - t0), file=out)
     return 1 if bad else 0

@@ -68,6 +68,20 @@ def test_batch_cli_status_lines_and_exit_status(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
 
 
+def test_batch_line_with_an_unclosed_quote_is_its_own_error(tmp_path, capsys, monkeypatch):
+    # the line used to run as the argv ['--unparsable-line--', why], whose
+    # error named that made-up flag; the other lines still run
+    monkeypatch.chdir(tmp_path)
+    good = " ".join(_argv(8, "-floatfile a.bin -nonoise"))
+    (tmp_path / "cmds.txt").write_text(good + "\n" + "-cell 70 80 90 90 90 90 -hkl 'x.hkl\n")
+    assert cli.main(["--batch", "cmds.txt"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "line 2: error (exit 2): cannot split the line into arguments: No closing quotation" in out
+    assert any(l.startswith("line 1: ok") for l in out)
+    assert out[-1].startswith("batch: 1 of 2 command lines ok, 1 failed")
+    assert not any("unparsable" in l for l in out)
+
+
 def test_batch_cli_bad_requests(tmp_path, capsys):
     assert cli.main(["--batch"]) == 2
     assert cli.main(["--batch", str(tmp_path / "missing.txt")]) != 0
