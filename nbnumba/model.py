@@ -300,6 +300,12 @@ def build_model(cfg: Config) -> Model:
         log.append("         intensity may vary significantly across a pixel!")
         log.append("         recommend -oversample %d to work around this" % recommended)
     if oversample > 64:
+        if not math.isfinite(ratio):
+            # (the capped count, 4611686018427387904, said nothing of why)
+            raise ConfigError("auto-selected oversampling is unbounded: the crystal's size "
+                              "over the reciprocal pixel size (lambda x distance / pixel = %g A) "
+                              "overflows; check -lambda, -distance and -pixel"
+                              % (recip_pixel * 1e10))
         raise ConfigError("auto-selected oversampling of %d is too large; give -oversample "
                           "explicitly (a smaller crystal or larger pixels also help)" % oversample)
     volume = xa * xb * xc

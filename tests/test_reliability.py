@@ -97,8 +97,8 @@ def refused(args, capsys, needle, d):
     # pixel that underflows to 0, a cell whose vectors under/overflow
     (["-xtal_size", "1e308"], "-xtal_size"),
     (["-sample_x", "1e308"], "-sample_x"),
-    (["-distance", "1e-320"], "-oversample"),
-    (["-pixel", "1e308"], "-oversample"),
+    (["-distance", "1e-320"], "auto-selected oversampling is unbounded"),
+    (["-pixel", "1e308"], "auto-selected oversampling is unbounded"),
     (["-cell", "1e-300", "1", "1", "90", "90", "90"], "-cell 1e-300 1 1 A"),
     (["-cell", "1e300", "1", "1", "90", "90", "90"], "-cell 1e+300 1 1 A"),
     (["-energy", "0"], "-energy must be > 0 eV"),       # was a ZeroDivisionError
