@@ -66,6 +66,10 @@ def _clamp_angles(sins, coss):
     return out
 
 
+_RANGE = ("%s under- or overflows double precision in the cell's real and reciprocal vectors "
+          "(check -cell / -mat)")
+
+
 def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
                   describe=True) -> Crystal:
     """Orientation and cell following nanoBragg.c.
@@ -92,6 +96,10 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
             beta = math.pi / 2
         if gamma <= 0.0:
             gamma = math.pi / 2
+        if not 0.0 < a_len * b_len * c_len < math.inf:
+            # (1e-6 1e-320 1e-320: the product of the edges underflows, and the
+            # c* below divides by it)
+            raise ConfigError(_RANGE % ("-cell %g %g %g A" % (a_len, b_len, c_len)))
         aavg = (alpha + beta + gamma) / 2
         skew = math.sin(aavg) * math.sin(aavg - alpha) * math.sin(aavg - beta) * math.sin(aavg - gamma)
         if skew < 0.0:
@@ -198,8 +206,7 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
             given = "-cell %g %g %g A" % (a_len, b_len, c_len)
         else:
             given = "the cell (volume %g A^3)" % (V_cell * 1e30)
-        raise ConfigError("%s under- or overflows double precision in the cell's real and "
-                          "reciprocal vectors (check -cell / -mat)" % given)
+        raise ConfigError(_RANGE % given)
     al, be, ga = _clamp_angles(
         (asm * V_cell / bm / cm, bsm * V_cell / am / cm, csm * V_cell / am / bm),
         (dot(b, c) / bm / cm, dot(a, c) / am / cm, dot(a, b) / am / bm))

@@ -101,6 +101,9 @@ def refused(args, capsys, needle, d):
     (["-pixel", "1e308"], "auto-selected oversampling is unbounded"),
     (["-cell", "1e-300", "1", "1", "90", "90", "90"], "-cell 1e-300 1 1 A"),
     (["-cell", "1e300", "1", "1", "90", "90", "90"], "-cell 1e+300 1 1 A"),
+    # edges whose product underflows (tools/fuzz.py, seed 14)
+    (["-cell", "1e-6", "1e-320", "1e-320", "90", "90", "100"], "-cell 1e-06 9.99989e-321"),
+    (["-c_parity", "-cell", "1e-6", "1e-320", "1e-320", "90", "90", "100"], "-cell 1e-06"),
     (["-energy", "0"], "-energy must be > 0 eV"),       # was a ZeroDivisionError
     # a range over a step that underflows: an infinite step count (tools/fuzz.py
     # found these; ceil of it raised), now refused by the memory rule
