@@ -363,13 +363,22 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
+def _frame_osc_deg(cfg, opts: SeriesOptions) -> float:
+    """A rotation frame's width (deg): --osc-per-frame, else -osc."""
+    if opts.osc_per_frame is not None:
+        return opts.osc_per_frame
+    if cfg.osc < 0:
+        raise SeriesUsageError("--frames needs --osc-per-frame DEG (or -osc DEG)")
+    return cfg.osc * RTD
+
+
 def _check_rotation_finite(cfg, opts: SeriesOptions) -> None:
     """SeriesUsageError when the last frame's rotation overflows double
     precision (--osc-per-frame 1e308 --frames 3: its -phi would be inf, and
     the frames before it would render first)."""
     if opts.mode != "rotation":
         return
-    osc = opts.osc_per_frame if opts.osc_per_frame is not None else cfg.osc * RTD
+    osc = _frame_osc_deg(cfg, opts)
     end = cfg.phi0 * RTD + opts.count * osc
     if not math.isfinite(end):
         raise SeriesUsageError("--frames %d of %g deg each overflow the rotation (the last "
@@ -383,11 +392,7 @@ def plan_frames(cfg, opts: SeriesOptions, base_seed: int) -> List[FrameSpec]:
     phi0_deg = cfg.phi0 * RTD
     specs: List[FrameSpec] = []
     if opts.mode == "rotation":
-        osc_deg = opts.osc_per_frame
-        if osc_deg is None:
-            if cfg.osc < 0:
-                raise SeriesUsageError("--frames needs --osc-per-frame DEG (or -osc DEG)")
-            osc_deg = cfg.osc * RTD
+        osc_deg = _frame_osc_deg(cfg, opts)
         for i in range(opts.count):
             specs.append(FrameSpec(index=i, number=i + 1, phi_deg=phi0_deg + i * osc_deg,
                                    osc_deg=float(osc_deg), seed=base_seed + i,
