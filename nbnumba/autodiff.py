@@ -238,6 +238,13 @@ def _check_supported(cfg, given, needs_grad):
     if bad:
         raise ConfigError("nbnumba.autodiff: gradients are not available with %s; "
                           "see docs/autodiff.md" % ", ".join(bad))
+    if (cfg.misset_mode == -1 and cfg.misset_seed is None and cfg.seed is None
+            and "misset" not in given):
+        # a refiner calls simulate many times: each call would draw another
+        # orientation (the C's seed is minus the time in seconds)
+        raise ConfigError("-misset random draws a new orientation from the clock in every call "
+                          "(the time seed): give -misset_seed (or -seed) with gradients, or "
+                          "misset= with the angles")
     if "wavelength" in needs_grad and cfg.sourcefilename is not None:
         raise ConfigError("wavelength= is not differentiable with -sourcefile "
                           "(its wavelengths do not scale with -lambda)")

@@ -211,6 +211,39 @@ def sinc3(x):
     return like(3.0, x) * (np.sin(x) / x - np.cos(x)) / (x * x)
 
 
+#: below this |x| the default mode sums sinc3 and (d sinc3/dx)/x as Taylor
+#: series: the closed form 3 (sin x / x - cos x) / x^2 loses about 6 eps / x^2
+#: of its value to cancellation, all of it by |x| ~ 1e-8 (a sub-path at a
+#: node's centre); above 1 it is good to a few ulp
+SINC3_SERIES_BELOW = 1.0
+#: sinc3(x) = sum_m c_m x^(2m), c_m = (-1)^m 3 (2m + 2) / (2m + 3)!, m = 0..8
+#: (the first term left out is below 1.2e-18 for |x| < 1)
+SINC3_SERIES = (1.0, -0.1, 0.0035714285714285713, -6.613756613756614e-05, 7.515632515632515e-07, -5.7812557812557815e-09, 3.2118087673643227e-11, -1.34949948208585e-13, 4.439143033177138e-16)
+#: (d sinc3/dx) / x = sum_m 2 (m + 1) c_(m+1) x^(2m), m = 0..8 (first left out
+#: below 6e-20)
+SINC3_DX_SERIES = (-0.2, 0.014285714285714285, -0.0003968253968253968, 6.012506012506012e-06, -5.781255781255781e-08, 3.8541705208371877e-10, -1.88929927492019e-12, 7.102628853083421e-15, -2.1138776348462563e-17)
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def _even_series(coeffs, x):
+    """sum_m coeffs[m] x^(2m) by Horner's scheme, in x's precision."""
+    t = x * x
+    s = like(coeffs[len(coeffs) - 1], x)
+    for m in range(len(coeffs) - 2, -1, -1):
+        s = s * t + like(coeffs[m], x)
+    return s
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def sinc3_accurate(x):
+    """sinc3 as the default mode evaluates it: its Taylor series below
+    |x| = SINC3_SERIES_BELOW, where the closed form cancels, the closed form
+    above.  -c_parity keeps the C's closed form (sinc3) everywhere."""
+    if abs(x) < like(SINC3_SERIES_BELOW, x):
+        return _even_series(SINC3_SERIES, x)
+    return sinc3(x)
+
+
 from .kernels.layout import SHAPE_GAUSS, SHAPE_ROUND, SHAPE_SQUARE, SHAPE_TOPHAT  # noqa: E402,F401
 
 
@@ -243,7 +276,8 @@ def lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, 
     dl = l - l0
     if shape == SHAPE_ROUND:
         hrad_sqr = dh * dh * Na * Na + dk * dk * Nb * Nb + dl * dl * Nc * Nc
-        F = Na * Nb * Nc * like(0.723601254558268, h) * sinc3(like(math.pi, h) * np.sqrt(hrad_sqr * fudge))
+        x = like(math.pi, h) * np.sqrt(hrad_sqr * fudge)
+        F = Na * Nb * Nc * like(0.723601254558268, h) * (sinc3_accurate(x) if reduced else sinc3(x))
         return F, fa, fb, fc
     dx = dh * astar[0] + dk * bstar[0] + dl * cstar[0]
     dy = dh * astar[1] + dk * bstar[1] + dl * cstar[1]
@@ -591,10 +625,11 @@ def sincg_reduced_grad(h, N):
 
 @njit(cache=True, error_model="numpy", fastmath=False)
 def sinc3_dx_over_x(x):
-    """(d sinc3/dx) / x, finite at 0 (series below |x| = 0.05, error < 1e-16)."""
-    if abs(x) < 0.05:
-        t = x * x
-        return -0.2 + t / 70.0 - t * t / 2520.0
+    """(d sinc3/dx) / x, finite at 0: its Taylor series below |x| =
+    SINC3_SERIES_BELOW (the closed form there cancels as sinc3's does), the
+    closed form 3 (sin x / x^2 - sinc3(x) / x) / x above."""
+    if abs(x) < SINC3_SERIES_BELOW:
+        return _even_series(SINC3_DX_SERIES, x)
     return (3.0 * np.sin(x) / (x * x) - 3.0 * sinc3(x) / x) / x
 
 

@@ -418,9 +418,17 @@ def grating(h, N):
 
 
 def sphere_transform(x):
-    """3 (sin x - x cos x) / x^3, the transform of a uniform sphere (1 at x = 0)."""
-    if x == 0.0:
-        return 1.0
+    """3 (sin x - x cos x) / x^3, the transform of a uniform sphere (1 at x = 0).
+    Below |x| = 1 the closed form cancels (about 6 eps / x^2 of the value), so
+    there its Taylor series is summed term by term until the terms vanish:
+    t_0 = 1, t_m = -t_(m-1) x^2 / (2m (2m + 3))."""
+    if abs(x) < 1.0:
+        total, term, m = 1.0, 1.0, 0
+        while abs(term) > 1e-18 * abs(total):
+            m += 1
+            term *= -x * x / (2 * m * (2 * m + 3))
+            total += term
+        return total
     return 3.0 * (math.sin(x) / x - math.cos(x)) / (x * x)
 
 

@@ -584,6 +584,23 @@ def test_c_parity_and_bad_inputs_are_errors():
         structure_factors(BASE)
 
 
+def test_clock_seeded_random_misset_is_refused_with_gradients():
+    """-misset random without a seed draws from the clock (the C's seed is
+    minus the time in seconds): each call of a refiner would see another
+    crystal, so with gradients it is refused; a seed, misset= or no grad is fine."""
+    i = BASE.index("-seed")
+    argv = BASE[:i] + BASE[i + 2:] + ["-misset", "random"]
+    cell = torch.tensor(VALUES["cell"], dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ConfigError, match="-misset random draws a new orientation from the clock"):
+        simulate(argv, cell=cell)
+    for seeded in (["-misset_seed", "5"], ["-seed", "5"]):
+        a = simulate(argv + seeded, cell=cell)
+        b = simulate(argv + seeded, cell=cell)
+        assert torch.equal(a, b) and float(a.detach().max()) > 0.0
+    simulate(argv, cell=cell, misset=torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    assert float(simulate(argv).max()) > 0.0
+
+
 @pytest.mark.parametrize("name, value, match", [
     # a NaN beam centre read as "-Xbeam not given" (the C's sentinel) and
     # centred the beam silently
@@ -682,6 +699,33 @@ def test_pilatus_roi_central_differences(tmp_path):
     fd = (L(F_hkl=F0 + 1e-3 * vdir) - L(F_hkl=F0 - 1e-3 * vdir)) / 2e-3
     an = float((F.grad * vdir).sum())
     assert abs(an - fd) <= 1e-6 * abs(an)
+
+
+def test_round_crystal_at_node_centres_central_differences(tmp_path):
+    """A round crystal whose sub-paths all sit within ~1e-8 of a node's centre
+    (a -sourcefile wavelength of 1.5 m puts h, k, l near 0): the N and
+    beam-centre gradients equal Richardson central differences to 1e-6.  The
+    C's closed-form sinc3 cancels there, so the image was rounding noise in N
+    (an N gradient of 130.9 against differences of -5.0, found by
+    tools/fuzz.py gradients); the default mode sums its series (test_sinc3.py)."""
+    src = tmp_path / "s.txt"
+    src.write_text("0 -1 0 1 1.5\n")
+    argv = BASE + ["-round_xtal", "-N", "3", "-sourcefile", str(src)]
+    vals = dict(N=[3.0, 3.0, 3.0], beam_center=[12.3, 12.9])
+    w = torch.from_numpy(np.random.default_rng(3).normal(size=(12, 12)))
+    ts = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in vals.items()}
+    (w * simulate(argv, **ts)).sum().backward()
+    for name, v in vals.items():
+        for i in range(len(v)):
+            def at(t):
+                x = torch.tensor(v, dtype=torch.float64)
+                x[i] += t
+                with torch.no_grad():
+                    return float((w * simulate(argv, **{name: x})).sum())
+            h = 1e-4
+            fd = (8 * (at(h) - at(-h)) - (at(2 * h) - at(-2 * h))) / (12 * h)
+            an = float(ts[name].grad[i])
+            assert abs(an - fd) <= 1e-6 * abs(an), (name, i, an, fd)
 
 
 def test_refine_example_recovers_misset_cell_distance(tmp_path):

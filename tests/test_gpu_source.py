@@ -388,6 +388,20 @@ def test_sinpi_coefficients_match_physics():
         assert len(found) == len(ref)
 
 
+def test_sinc3_series_match_physics():
+    """The round crystal's series in nanobragg.cu (value and derivative, and
+    where they take over) are physics.SINC3_SERIES / SINC3_DX_SERIES exactly."""
+    from nbnumba import physics
+    src = gpu.source_text()
+    for tag, ref in (("SINC3", physics.SINC3_SERIES), ("SINC3_DX", physics.SINC3_DX_SERIES)):
+        found = dict((int(i), float(v)) for i, v in
+                     re.findall(r"^#define NB_%s_(\d+) \(([-+0-9.eE]+)\)\s*$" % tag, src, re.M))
+        assert [found.get(i) for i in range(len(ref))] == list(ref), tag
+        assert len(found) == len(ref)
+    below = re.findall(r"^#define NB_SINC3_SERIES_BELOW \(([-+0-9.eE]+)\)", src, re.M)
+    assert [float(b) for b in below] == [physics.SINC3_SERIES_BELOW]
+
+
 def test_numba_fast_math_predicate(tmp_path):
     """gpu.numba_fast_math names exactly the runs whose numba kernel takes a
     fast-math section (those get the FAST_MAX_ULP bound; all others are held

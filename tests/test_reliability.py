@@ -186,6 +186,28 @@ def test_fuzz_tool_runs_clean_and_reports_a_failure(tmp_path, monkeypatch, capsy
     assert fz.main(["cli", "--runs", "0"]) == 2
 
 
+def test_fuzz_gradients_agree_and_a_wrong_one_is_reported(tmp_path, monkeypatch, capsys):
+    """tools/fuzz.py gradients: 4 drawn cases agree with central differences;
+    with distance's chain-rule column off by 1e-5, the two that differentiate
+    it are reported and the exit status is 1."""
+    pytest.importorskip("torch")
+    from nbnumba import autodiff
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    assert fz.main(["gradients", "--seed", "1", "--runs", "4"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("gradients, seed 1: agree 4,") and last.endswith("fail 0"), last
+    real = autodiff._Run.chain_matrix
+
+    def off(self, name):
+        return real(self, name) * (1.0 + 1e-5) if name == "distance" else real(self, name)
+    monkeypatch.setattr(autodiff._Run, "chain_matrix", off)
+    assert fz.main(["gradients", "--seed", "1", "--runs", "4"]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    fails = [ln for ln in out if ln.startswith("FAIL")]
+    assert len(fails) == 2 and all(":: distance: " in ln for ln in fails), fails
+
+
 def test_mat_at_a_vanishing_wavelength_one_line_no_warning(work, capsys):
     # the MOSFLM matrix is scaled by 1/lambda: -energy 1e308 overflowed its
     # cross products with a numpy RuntimeWarning before the clean error

@@ -5,6 +5,7 @@ outputs or prints one error line (exit 2), never a traceback or a numpy warning
 
     python tools/fuzz.py cli [--seed S] [--runs N]        # the CLI, in process
     python tools/fuzz.py autodiff [--seed S] [--runs N]   # nbnumba.autodiff.simulate
+    python tools/fuzz.py gradients [--seed S] [--runs N]  # its gradients, against differences
 
 ``cli`` adds 2 to 6 flags drawn from the flag table to a small valid run
 (8 x 8 pixels): numbers from a short list of ordinary and edge values, words
@@ -12,7 +13,13 @@ from each choice's own and one bogus one, files that exist, do not exist or
 hold another format.  ``autodiff`` draws flags from a list of the features the
 adjoint covers (and some it refuses) and 1 to 4 keywords requiring grad; each
 call must give a finite image and finite gradients, or raise an NBError (or the
-ValueError / TypeError of a misused keyword).
+ValueError / TypeError of a misused keyword).  ``gradients`` draws the same
+features, keyword values around ordinary ones and random pixel weights, and
+holds each drawn keyword's directional derivative of the weighted sum (the
+backward) to Richardson central differences of the image (GRAD_STEPS); a step
+whose three central differences disagree straddles a point where the image is
+not differentiable (a tophat edge, an F lookup's switch, the -dmin cut), and
+is not compared.
 
 Each failure is printed on one line (the drawn arguments, what happened); the
 last line counts the outcomes.  Exit status 0 when nothing failed, 1 otherwise,
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import random
 import sys
@@ -51,13 +59,13 @@ AD_BASE = ("-cell 70 80 90 85 95 105 -lambda 1.5 -distance 100 -detpixels 10 -pi
            "-nonoise -nopgm -noprogress -N 3").split()
 AD_EXTRAS = ["-mosaic 0.5 -mosaic_dom 3", "-phi 0 -osc 0.5 -phisteps 2", "-oversample 2",
              "-dispersion 0.1 -dispsteps 2", "-divergence 0.2 -divsteps 2", "-round_xtal",
-             "-gauss_xtal", "-tophat_xtal", "-interpolate", "-nointerpolate", "-polar 0.5",
+             "-gauss_xtal", "-tophat_spots", "-interpolate", "-nointerpolate", "-polar 0.5",
              "-nopolar", "-point_pixel", "-water 100", "-dmin 5", "-twotheta 5",
              "-detector_rotx 3", "-roi 2 7 2 7", "-mosflm", "-xds", "-dials", "-pivot sample",
              "-misset 10 20 30", "-hkl x.hkl", "-default_F 50", "-curved_det",
-             "-detector_thick 50", "-c_parity", "-pix0_vector_mm -50 5 5", "-close_distance 100"]
+             "-detector_thick 50", "-c_parity", "-pix0_vector_mm 100 5 -5", "-close_distance 100"]
 AD_VALUES = dict(cell=[70, 80, 90, 85, 95, 105], misset=[1, 2, 3], distance=[100],
-                 beam_center=[5, 5], pix0=[-50, 5, 5], detector_rot=[1, 2, 3], twotheta=[4],
+                 beam_center=[5, 5], pix0=[100, 5, -5], detector_rot=[1, 2, 3], twotheta=[4],
                  wavelength=[1.5], mosaic_spread=[0.5], polarization=[0.6], N=[3, 3, 3],
                  fluence=[1e24])
 
@@ -69,6 +77,9 @@ def _inputs(d: Path) -> None:
     (d / "x.hkl").write_text(hkl)
     (d / "a.mat").write_text("0.0142 0 0\n0 0.0125 0\n0 0 0.0111\n0 0 0\n")
     (d / "s.txt").write_text("0 0 -1 1 1.5\n0.01 0 -1 1 1.51\n")
+    # upstream of the sample along the MOSFLM beam, wavelengths in metres (s.txt's
+    # 1.5 m puts every h, k, l near 0: the round crystal's sinc3 at its centre)
+    (d / "s2.txt").write_text("-10 0 0 1 1.5e-10\n-10 0.05 0 1 1.51e-10\n")
 
 
 def cli_args(rng: random.Random, specs) -> list:
@@ -170,9 +181,171 @@ def fuzz_autodiff(seed: int, runs: int, out=sys.stdout) -> dict:
     return counts
 
 
+#: drawn keyword values (uniform in each range)
+GRAD_VALUES = dict(cell=[(68, 72), (78, 82), (88, 92), (83, 87), (93, 97), (103, 107)],
+                   misset=[(-40, 40)] * 3, distance=[(90, 110)], beam_center=[(4, 6)] * 2,
+                   pix0=[(99, 101), (4, 6), (-6, -4)], detector_rot=[(-3, 3)] * 3,
+                   twotheta=[(-6, 6)], wavelength=[(1.2, 1.8)], mosaic_spread=[(0.3, 0.8)],
+                   polarization=[(0.2, 0.9)], N=[(2.2, 5.8)] * 3, fluence=[(1e23, 1e25)])
+#: central-difference steps, as (h, rtol, smooth), tried in turn: h in the
+#: keyword's units (differences at h, h/2 and h/4, the last two extrapolated);
+#: smooth, how far the differences may disagree (relative) for the step to
+#: count as free of kinks; rtol, how far the backward's derivative may then be
+#: from the extrapolation.  Each next step is ten times smaller: tried while
+#: the differences disagree (a kink within h) or disagree with the backward (a
+#: kink nearer than h/4 biases all three alike).  A jump J within the step
+#: moves the extrapolation by at most 7/3 of the differences' spread (7 J / 3h,
+#: with J / h between the last two), so smooth is a fifth of rtol; and a step
+#: counts only where the spreads shrink as h^2 (or have vanished).  The image
+#: is affine in the polarization and the fluence, quadratic in F.
+#: mosaic_spread's image moves in float32 steps of its angles (docs/autodiff.md),
+#: a staircase whose difference is good to about 1e-6 at 0.02 degrees, 1e-5 at
+#: 0.002 and 1e-4 (up to 1.4e-3) at 0.0002, too coarse to weigh; F lookups
+#: switch within 0.02 degrees of spread
+GRAD_STEPS = {k: tuple((h / m, 1e-6, 2e-7) for m in (1, 10, 100, 1000)) for k, h in dict(
+    cell=1e-2, misset=1e-2, distance=1e-2, beam_center=1e-2, pix0=1e-2, detector_rot=1e-2,
+    twotheta=1e-2, wavelength=1e-4, polarization=0.1, N=1e-2, fluence=1e21,
+    F_hkl=0.1).items()}
+GRAD_STEPS["mosaic_spread"] = ((0.02, 1e-4, 2e-5), (0.002, 1e-3, 2e-4))
+GRAD_EXTRAS = AD_EXTRAS + ["-adxv", "-denzo", "-spindle_axis 0 0 1", "-detector_roty -2",
+                           "-phi 10 -osc 1 -phisteps 3", "-misset random",
+                           "-misset random -misset_seed 7",
+                           "-hdivrange 0.2 -hdivstep 0.1", "-sourcefile s.txt",
+                           "-sourcefile s2.txt",
+                           "-water 0.5"]     # a background of the Bragg term's order (100: 1e10)
+
+
+def _grad_case(rng: random.Random):
+    """(argv, keyword values, keywords to differentiate) of one drawn case."""
+    argv = list(AD_BASE)
+    for e in rng.sample(GRAD_EXTRAS, rng.randint(0, 5)):
+        argv += e.split()
+    names = rng.sample(sorted(GRAD_VALUES) + ["F_hkl"], rng.randint(1, 4))
+    # the flags that the F grid and the detector origin replace
+    if "F_hkl" in names and "-hkl" not in argv:
+        argv += ["-hkl", "x.hkl"]
+    if "pix0" in names and "-pix0_vector_mm" not in argv:
+        argv += ["-pix0_vector_mm", "100", "5", "-5"]
+    if "-hkl" not in argv:
+        argv += ["-default_F", "100"]
+    vals = {k: [rng.uniform(a, b) for a, b in GRAD_VALUES[k]] for k in names if k != "F_hkl"}
+    return argv, vals, names
+
+
+def grad_check(argv, vals, names, weights, rng: random.Random) -> dict:
+    """{name: outcome} for the loss sum(weights * image), along a random unit
+    direction in each keyword.  At each step of GRAD_STEPS where the three
+    central differences agree and converge (no kink within it), the
+    backward's derivative is compared with their extrapolation, while the
+    loss's rounding (over the step) stays below the tolerance.  Outcomes: 'agree' (to the tolerance);
+    the mismatch, as text (at such a step they disagree, and no step agrees);
+    'flat' (the rounding outweighs the tolerance before a step agrees: a
+    derivative too small to weigh, such as a zero gradient); 'kink' (no step
+    free of kinks).  F_hkl (in names) is the run's grid;
+    every keyword in vals is given, those in names require grad."""
+    import numpy as np
+    import torch
+    from nbnumba.autodiff import simulate, structure_factors
+    base = {k: torch.tensor(v, dtype=torch.float64) for k, v in vals.items()}
+    if "F_hkl" in names:
+        base["F_hkl"] = structure_factors(argv)[0]
+    w = torch.from_numpy(weights)
+    ts = {k: (t.clone().requires_grad_(True) if k in names else t) for k, t in base.items()}
+    img = simulate(argv, **ts)
+    (img * w).sum().backward()
+    # the loss's rounding: a few eps of |w| I summed (each pixel's value is
+    # good to a few eps, and their rounding errors mostly cancel in the sum;
+    # an image noisier than that shows as differences that do not converge)
+    noise = 2e-15 * float((img.detach().abs() * w.abs()).sum())
+
+    def L(k, x):
+        with torch.no_grad():
+            return float((simulate(argv, **dict(base, **{k: x})) * w).sum())
+    out = {}
+    for k in names:
+        v = torch.from_numpy(np.asarray([rng.gauss(0.0, 1.0) for _ in range(base[k].numel())])
+                             .reshape(base[k].shape))
+        v = v / float(torch.linalg.vector_norm(v))
+        ana = float((ts[k].grad * v).sum())
+        seen = set()
+        mismatch = None
+        for h, rtol, smooth in GRAD_STEPS[k]:
+            d1, d2, d4 = ((L(k, base[k] + q * v) - L(k, base[k] - q * v)) / (2 * q)
+                          for q in (h, h / 2, h / 4))
+            fd = (4.0 * d4 - d2) / 3.0
+            floor = 4.0 * noise / h
+            if not (math.isfinite(ana) and math.isfinite(fd)):
+                mismatch = "%r against %r" % (ana, fd)
+                break
+            scale = max(abs(ana), abs(fd))
+            if floor > rtol * scale:
+                # the loss's rounding outweighs the tolerance (smaller steps
+                # only add to it): a derivative too small to weigh here
+                seen.add("flat")
+                break
+            e1, e2 = abs(d1 - d2), abs(d2 - d4)
+            if max(e1, e2) > smooth * abs(fd) + floor:
+                continue                        # a kink within the step
+            if not (max(e1, e2) <= 0.01 * rtol * abs(fd) + floor or 2.0 * e2 <= e1 <= 8.0 * e2):
+                # a smooth function's differences converge as h^2 (e1 = 4 e2):
+                # not yet that regime (a pole of a non-integer N's sincg nearby)
+                continue
+            if abs(ana - fd) <= rtol * scale + floor:
+                seen.add("agree")
+                break
+            if mismatch is None:
+                mismatch = "%.12g against %.12g (%.1e at step %g)" % (
+                    ana, fd, abs(ana - fd) / scale, h)
+        out[k] = ("agree" if "agree" in seen else mismatch if mismatch is not None
+                  else "flat" if "flat" in seen else "kink")
+    return out
+
+
+def fuzz_gradients(seed: int, runs: int, out=sys.stdout) -> dict:
+    """Outcome counts of ``runs`` drawn gradient checks ('fail' among them):
+    per drawn case, 'agree' when no keyword's derivative disagrees (grad_check),
+    'refused' for an NBError / ValueError / TypeError; 'flat' and 'kink' count
+    the keywords that could not be weighed."""
+    import numpy as np
+    from nbnumba.errors import NBError
+    rng = random.Random(seed)
+    counts = {"agree": 0, "refused": 0, "flat": 0, "kink": 0, "fail": 0}
+    for _ in range(runs):
+        argv, vals, names = _grad_case(rng)
+        why = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                from nbnumba.autodiff import simulate
+                S, F = simulate(argv).shape
+                weights = np.asarray([rng.gauss(0.0, 1.0) for _ in range(S * F)]).reshape(S, F)
+                res = grad_check(argv, vals, names, weights, rng)
+            except (NBError, ValueError, TypeError):
+                counts["refused"] += 1
+                continue
+            except BaseException as e:          # noqa: BLE001 (what this looks for)
+                tb = traceback.extract_tb(e.__traceback__)[-1]
+                why = "%s: %s (%s:%d)" % (type(e).__name__, str(e)[:100],
+                                          os.path.basename(tb.filename), tb.lineno)
+        if why is None and caught:
+            why = "warning: %s" % caught[0].message
+        if why is None:
+            for what in ("flat", "kink"):
+                counts[what] += sum(r == what for r in res.values())
+            why = "; ".join("%s: %s" % kr for kr in res.items()
+                            if kr[1] not in ("agree", "flat", "kink")) or None
+        if why is not None:
+            shown = " ".join(argv[len(AD_BASE):])
+            print("FAIL %s %s %s :: %s" % (shown, names, vals, why), file=out)
+            counts["fail"] += 1
+        else:
+            counts["agree"] += 1
+    return counts
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="tools/fuzz.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("target", choices=("cli", "autodiff"))
+    p.add_argument("target", choices=("cli", "autodiff", "gradients"))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--runs", type=int, default=1000)
     try:
@@ -187,7 +360,8 @@ def main(argv=None) -> int:
         os.chdir(d)
         try:
             _inputs(Path(d))
-            counts = (fuzz_cli if a.target == "cli" else fuzz_autodiff)(a.seed, a.runs)
+            counts = {"cli": fuzz_cli, "autodiff": fuzz_autodiff,
+                      "gradients": fuzz_gradients}[a.target](a.seed, a.runs)
         finally:
             os.chdir(here)
     print("%s, seed %d: %s" % (a.target, a.seed,

@@ -339,6 +339,44 @@ __device__ real sinc3(real x) {
     return (real)3.0 * (nb_sin(x) / x - nb_cos(x)) / (x * x);
 }
 
+// physics.SINC3_SERIES / SINC3_DX_SERIES (checked by tests/test_gpu_source.py):
+// the Taylor coefficients in x^2 of sinc3 and of (d sinc3/dx)/x, summed below
+// |x| = NB_SINC3_SERIES_BELOW, where the closed form cancels
+#define NB_SINC3_SERIES_BELOW (1.0)
+#define NB_SINC3_0 (1.0)
+#define NB_SINC3_1 (-0.1)
+#define NB_SINC3_2 (0.0035714285714285713)
+#define NB_SINC3_3 (-6.613756613756614e-05)
+#define NB_SINC3_4 (7.515632515632515e-07)
+#define NB_SINC3_5 (-5.7812557812557815e-09)
+#define NB_SINC3_6 (3.2118087673643227e-11)
+#define NB_SINC3_7 (-1.34949948208585e-13)
+#define NB_SINC3_8 (4.439143033177138e-16)
+#define NB_SINC3_DX_0 (-0.2)
+#define NB_SINC3_DX_1 (0.014285714285714285)
+#define NB_SINC3_DX_2 (-0.0003968253968253968)
+#define NB_SINC3_DX_3 (6.012506012506012e-06)
+#define NB_SINC3_DX_4 (-5.781255781255781e-08)
+#define NB_SINC3_DX_5 (3.8541705208371877e-10)
+#define NB_SINC3_DX_6 (-1.88929927492019e-12)
+#define NB_SINC3_DX_7 (7.102628853083421e-15)
+#define NB_SINC3_DX_8 (-2.1138776348462563e-17)
+
+// physics._even_series: sum_m c_m x^(2m) by Horner's scheme, in real
+#define NB_EVEN_SERIES9(P, t) \
+    ((((((((((real)P##8 * t + (real)P##7) * t + (real)P##6) * t + (real)P##5) * t + \
+           (real)P##4) * t + (real)P##3) * t + (real)P##2) * t + (real)P##1) * t + (real)P##0))
+
+// physics.sinc3_accurate: the default mode's sinc3 (the series near 0)
+template <typename real>
+__device__ real sinc3_accurate(real x) {
+    if (x < (real)NB_SINC3_SERIES_BELOW && -x < (real)NB_SINC3_SERIES_BELOW) {
+        const real t = x * x;
+        return NB_EVEN_SERIES9(NB_SINC3_, t);
+    }
+    return sinc3(x);
+}
+
 // F_latt of one sub-path; *fa, *fb, *fc get the per-axis factors (1 unless
 // SQUARE).  h, k, l, the reciprocal vectors and the spot radius are in
 // `wide`; the sines, cosines and exponentials in `real` (see pixel_value).
@@ -398,8 +436,8 @@ __device__ real lattice_factor(nb_i64 shape, wide h, wide k, wide l, nb_i64 h0, 
     const wide dl = l - (wide)l0;
     if (shape == SHAPE_ROUND) {
         const wide hrad_sqr = dh * dh * wNa * wNa + dk * dk * wNb * wNb + dl * dl * wNc * wNc;
-        return Na * Nb * Nc * (real)0.723601254558268 *
-               sinc3((real)((wide)NB_PI * nb_sqrt(hrad_sqr * wfudge)));
+        const real x = (real)((wide)NB_PI * nb_sqrt(hrad_sqr * wfudge));
+        return Na * Nb * Nc * (real)0.723601254558268 * (reduced ? sinc3_accurate(x) : sinc3(x));
     }
     const wide dx = dh * astar.x + dk * bstar.x + dl * cstar.x;
     const wide dy = dh * astar.y + dk * bstar.y + dl * cstar.y;
@@ -995,9 +1033,10 @@ __device__ void sincg_reduced_grad(double h, double N, double* gh, double* gN) {
 
 // physics.sinc3_dx_over_x: (d sinc3/dx) / x, finite at 0
 __device__ double sinc3_dx_over_x(double x) {
-    if (fabs(x) < 0.05) {
+    typedef double real;
+    if (fabs(x) < NB_SINC3_SERIES_BELOW) {
         const double t = x * x;
-        return -0.2 + t / 70.0 - t * t / 2520.0;
+        return NB_EVEN_SERIES9(NB_SINC3_DX_, t);
     }
     return (3.0 * sin(x) / (x * x) - 3.0 * sinc3(x) / x) / x;
 }
