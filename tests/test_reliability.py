@@ -187,9 +187,10 @@ def test_fuzz_tool_runs_clean_and_reports_a_failure(tmp_path, monkeypatch, capsy
 
 
 def test_fuzz_gradients_agree_and_a_wrong_one_is_reported(tmp_path, monkeypatch, capsys):
-    """tools/fuzz.py gradients: 4 drawn cases agree with central differences;
-    with distance's chain-rule column off by 1e-5, the two that differentiate
-    it are reported and the exit status is 1."""
+    """tools/fuzz.py gradients: 4 drawn cases agree with central differences
+    and with jacobian(); with distance's chain-rule column off by 1e-5, or
+    jacobian()'s distance column off by 1e-7, the two cases that differentiate
+    distance are reported and the exit status is 1."""
     pytest.importorskip("torch")
     from nbnumba import autodiff
     fz = _fuzz_tool()
@@ -206,6 +207,19 @@ def test_fuzz_gradients_agree_and_a_wrong_one_is_reported(tmp_path, monkeypatch,
     out = capsys.readouterr().out.strip().splitlines()
     fails = [ln for ln in out if ln.startswith("FAIL")]
     assert len(fails) == 2 and all(":: distance: " in ln for ln in fails), fails
+    # and jacobian() off by 1e-7 against the backward
+    monkeypatch.setattr(autodiff._Run, "chain_matrix", real)
+    real_jac = autodiff.jacobian
+
+    def jac_off(argv, roi_only=False, **values):
+        img, J = real_jac(argv, roi_only, **values)
+        if "distance" in J:
+            J["distance"] = J["distance"] * (1.0 + 1e-7)
+        return img, J
+    monkeypatch.setattr(autodiff, "jacobian", jac_off)
+    assert fz.main(["gradients", "--seed", "1", "--runs", "4"]) == 1
+    fails = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("FAIL")]
+    assert len(fails) == 2 and all(":: distance: jacobian() gives " in ln for ln in fails), fails
 
 
 def test_mat_at_a_vanishing_wavelength_one_line_no_warning(work, capsys):

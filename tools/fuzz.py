@@ -242,10 +242,13 @@ def grad_check(argv, vals, names, weights, rng: random.Random) -> dict:
     'flat' (the rounding outweighs the tolerance before a step agrees: a
     derivative too small to weigh, such as a zero gradient); 'kink' (no step
     free of kinks).  F_hkl (in names) is the run's grid;
-    every keyword in vals is given, those in names require grad."""
+    every keyword in vals is given, those in names require grad.  First,
+    jacobian() on the same keywords must give the image and, contracted with
+    the weights and the direction, the backward's derivative (to 1e-9 of
+    the contraction's absolute terms): else that mismatch, as text."""
     import numpy as np
     import torch
-    from nbnumba.autodiff import simulate, structure_factors
+    from nbnumba.autodiff import jacobian, simulate, structure_factors
     base = {k: torch.tensor(v, dtype=torch.float64) for k, v in vals.items()}
     if "F_hkl" in names:
         base["F_hkl"] = structure_factors(argv)[0]
@@ -257,6 +260,13 @@ def grad_check(argv, vals, names, weights, rng: random.Random) -> dict:
     # good to a few eps, and their rounding errors mostly cancel in the sum;
     # an image noisier than that shows as differences that do not converge)
     noise = 2e-15 * float((img.detach().abs() * w.abs()).sum())
+    # the per-pixel Jacobian (every keyword but F_hkl) must contract with the
+    # weights to the backward's gradient, and give the same image
+    jac = {}
+    if any(k != "F_hkl" for k in names):
+        jimg, jac = jacobian(argv, **{k: vals[k] for k in names if k != "F_hkl"})
+        if not np.allclose(jimg, img.detach().numpy(), rtol=1e-12, atol=0.0):
+            return {"jacobian": "its image differs from simulate's"}
 
     def L(k, x):
         with torch.no_grad():
@@ -267,6 +277,12 @@ def grad_check(argv, vals, names, weights, rng: random.Random) -> dict:
                              .reshape(base[k].shape))
         v = v / float(torch.linalg.vector_norm(v))
         ana = float((ts[k].grad * v).sum())
+        if k in jac:
+            terms = weights[:, :, None] * jac[k] * v.numpy().reshape(-1)
+            jd = float(terms.sum())
+            if abs(jd - ana) > 1e-9 * float(np.abs(terms).sum()) + 1e-300:
+                out[k] = "jacobian() gives %.12g, the backward %.12g" % (jd, ana)
+                continue
         seen = set()
         mismatch = None
         for h, rtol, smooth in GRAD_STEPS[k]:
