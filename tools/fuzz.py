@@ -138,11 +138,31 @@ def fuzz_cli(seed: int, runs: int, out=sys.stdout) -> dict:
     return counts
 
 
+def _call(fn) -> tuple:
+    """(fn()'s result, None), or (None, why) when the call broke the promise:
+    why is "refused" for an NBError (or the ValueError / TypeError of a misused
+    keyword), else the exception and the line it came from, or the first
+    warning it gave."""
+    from nbnumba.errors import NBError
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = fn()
+        except (NBError, ValueError, TypeError):
+            return None, "refused"
+        except BaseException as e:          # noqa: BLE001 (what this looks for)
+            tb = traceback.extract_tb(e.__traceback__)[-1]
+            return None, "%s: %s (%s:%d)" % (type(e).__name__, str(e)[:100],
+                                            os.path.basename(tb.filename), tb.lineno)
+    if caught:
+        return None, "warning: %s" % caught[0].message
+    return result, None
+
+
 def fuzz_autodiff(seed: int, runs: int, out=sys.stdout) -> dict:
     """Outcome counts of ``runs`` drawn autodiff calls ('fail' among them)."""
     import torch
     from nbnumba.autodiff import simulate
-    from nbnumba.errors import NBError
     rng = random.Random(seed)
     counts = {"finite": 0, "refused": 0, "fail": 0}
     for _ in range(runs):
@@ -154,25 +174,19 @@ def fuzz_autodiff(seed: int, runs: int, out=sys.stdout) -> dict:
         keys = rng.sample(sorted(AD_VALUES), rng.randint(1, 4))
         kw = {k: torch.tensor([float(x) for x in AD_VALUES[k]], dtype=torch.float64,
                               requires_grad=True) for k in keys}
-        why = None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                img = simulate(argv, **kw)
-                img.sum().backward()
-                if not (bool(torch.isfinite(img).all())
-                        and all(t.grad is not None and bool(torch.isfinite(t.grad).all())
-                                for t in kw.values())):
-                    why = "a non-finite image or gradient"
-            except (NBError, ValueError, TypeError):
-                counts["refused"] += 1
-                continue
-            except BaseException as e:          # noqa: BLE001 (what this looks for)
-                tb = traceback.extract_tb(e.__traceback__)[-1]
-                why = "%s: %s (%s:%d)" % (type(e).__name__, str(e)[:100],
-                                          os.path.basename(tb.filename), tb.lineno)
-        if why is None and caught:
-            why = "warning: %s" % caught[0].message
+
+        def run():
+            img = simulate(argv, **kw)
+            img.sum().backward()
+            return (bool(torch.isfinite(img).all())
+                    and all(t.grad is not None and bool(torch.isfinite(t.grad).all())
+                            for t in kw.values()))
+        finite, why = _call(run)
+        if why == "refused":
+            counts["refused"] += 1
+            continue
+        if why is None and not finite:
+            why = "a non-finite image or gradient"
         if why is not None:
             print("FAIL %s %s :: %s" % (" ".join(argv[len(AD_BASE):]), keys, why), file=out)
             counts["fail"] += 1
@@ -245,7 +259,8 @@ def grad_check(argv, vals, names, weights, rng: random.Random) -> dict:
     every keyword in vals is given, those in names require grad.  First,
     jacobian() on the same keywords must give the image and, contracted with
     the weights and the direction, the backward's derivative (to 1e-9 of
-    the contraction's absolute terms): else that mismatch, as text."""
+    the contraction's absolute terms, or 1e-13 of sum |w| I): else that
+    mismatch, as text."""
     import numpy as np
     import torch
     from nbnumba.autodiff import jacobian, simulate, structure_factors
@@ -280,7 +295,9 @@ def grad_check(argv, vals, names, weights, rng: random.Random) -> dict:
         if k in jac:
             terms = weights[:, :, None] * jac[k] * v.numpy().reshape(-1)
             jd = float(terms.sum())
-            if abs(jd - ana) > 1e-9 * float(np.abs(terms).sum()) + 1e-300:
+            # (both sum the same products in other orders: a gradient far below
+            # the image's own scale, as with s.txt's 1.5 m, is cancellation)
+            if abs(jd - ana) > 1e-9 * float(np.abs(terms).sum()) + 50.0 * noise:
                 out[k] = "jacobian() gives %.12g, the backward %.12g" % (jd, ana)
                 continue
         seen = set()
@@ -323,28 +340,20 @@ def fuzz_gradients(seed: int, runs: int, out=sys.stdout) -> dict:
     'refused' for an NBError / ValueError / TypeError; 'flat' and 'kink' count
     the keywords that could not be weighed."""
     import numpy as np
-    from nbnumba.errors import NBError
+    from nbnumba.autodiff import simulate
     rng = random.Random(seed)
     counts = {"agree": 0, "refused": 0, "flat": 0, "kink": 0, "fail": 0}
     for _ in range(runs):
         argv, vals, names = _grad_case(rng)
-        why = None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                from nbnumba.autodiff import simulate
-                S, F = simulate(argv).shape
-                weights = np.asarray([rng.gauss(0.0, 1.0) for _ in range(S * F)]).reshape(S, F)
-                res = grad_check(argv, vals, names, weights, rng)
-            except (NBError, ValueError, TypeError):
-                counts["refused"] += 1
-                continue
-            except BaseException as e:          # noqa: BLE001 (what this looks for)
-                tb = traceback.extract_tb(e.__traceback__)[-1]
-                why = "%s: %s (%s:%d)" % (type(e).__name__, str(e)[:100],
-                                          os.path.basename(tb.filename), tb.lineno)
-        if why is None and caught:
-            why = "warning: %s" % caught[0].message
+
+        def run():
+            S, F = simulate(argv).shape
+            weights = np.asarray([rng.gauss(0.0, 1.0) for _ in range(S * F)]).reshape(S, F)
+            return grad_check(argv, vals, names, weights, rng)
+        res, why = _call(run)
+        if why == "refused":
+            counts["refused"] += 1
+            continue
         if why is None:
             for what in ("flat", "kink"):
                 counts[what] += sum(r == what for r in res.values())
