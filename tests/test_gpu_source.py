@@ -377,13 +377,18 @@ def test_compile_options_are_deliberate():
     assert gpu.FGRID_DTYPE == {"float64": np.float64, "float32": np.float32}
 
 
+def _defines(src, prefix):
+    """{i: value} of the lines '#define <prefix>_<i> (<value>)' of the source."""
+    return dict((int(i), float(v)) for i, v in
+                re.findall(r"^#define %s_(\d+) \(([-+0-9.eE]+)\)\s*$" % prefix, src, re.M))
+
+
 def test_sinpi_coefficients_match_physics():
     """The polynomial sines of nanobragg.cu are physics.SINPI_F64/F32 exactly."""
     from nbnumba import physics
     src = gpu.source_text()
     for tag, ref in (("F64", physics.SINPI_F64), ("F32", physics.SINPI_F32)):
-        found = dict((int(i), float(v)) for i, v in
-                     re.findall(r"^#define NB_SINPI_%s_(\d+) \(([-+0-9.eE]+)\)\s*$" % tag, src, re.M))
+        found = _defines(src, "NB_SINPI_" + tag)
         assert [found.get(i) for i in range(len(ref))] == list(ref), tag
         assert len(found) == len(ref)
 
@@ -394,8 +399,7 @@ def test_sinc3_series_match_physics():
     from nbnumba import physics
     src = gpu.source_text()
     for tag, ref in (("SINC3", physics.SINC3_SERIES), ("SINC3_DX", physics.SINC3_DX_SERIES)):
-        found = dict((int(i), float(v)) for i, v in
-                     re.findall(r"^#define NB_%s_(\d+) \(([-+0-9.eE]+)\)\s*$" % tag, src, re.M))
+        found = _defines(src, "NB_" + tag)
         assert [found.get(i) for i in range(len(ref))] == list(ref), tag
         assert len(found) == len(ref)
     below = re.findall(r"^#define NB_SINC3_SERIES_BELOW \(([-+0-9.eE]+)\)", src, re.M)
