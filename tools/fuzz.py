@@ -246,9 +246,10 @@ def _grad_case(rng: random.Random):
     return argv, vals, names
 
 
-def grad_check(argv, vals, names, weights, rng: random.Random) -> dict:
-    """{name: outcome} for the loss sum(weights * image), along a random unit
-    direction in each keyword.  At each step of GRAD_STEPS where the three
+def grad_check(argv, vals, names, rng: random.Random) -> dict:
+    """{name: outcome} for the loss sum(weights * image), with weights drawn
+    from rng (one normal deviate per pixel), along a random unit direction in
+    each keyword.  At each step of GRAD_STEPS where the three
     central differences agree and converge (no kink within it), the
     backward's derivative is compared with their extrapolation, while the
     loss's rounding (over the step) stays below the tolerance.  Outcomes: 'agree' (to the tolerance);
@@ -267,9 +268,11 @@ def grad_check(argv, vals, names, weights, rng: random.Random) -> dict:
     base = {k: torch.tensor(v, dtype=torch.float64) for k, v in vals.items()}
     if "F_hkl" in names:
         base["F_hkl"] = structure_factors(argv)[0]
-    w = torch.from_numpy(weights)
     ts = {k: (t.clone().requires_grad_(True) if k in names else t) for k, t in base.items()}
     img = simulate(argv, **ts)
+    S, F = img.shape
+    weights = np.asarray([rng.gauss(0.0, 1.0) for _ in range(S * F)]).reshape(S, F)
+    w = torch.from_numpy(weights)
     (img * w).sum().backward()
     # the loss's rounding: a few eps of |w| I summed (each pixel's value is
     # good to a few eps, and their rounding errors mostly cancel in the sum;
@@ -339,18 +342,12 @@ def fuzz_gradients(seed: int, runs: int, out=sys.stdout) -> dict:
     per drawn case, 'agree' when no keyword's derivative disagrees (grad_check),
     'refused' for an NBError / ValueError / TypeError; 'flat' and 'kink' count
     the keywords that could not be weighed."""
-    import numpy as np
-    from nbnumba.autodiff import simulate
     rng = random.Random(seed)
     counts = {"agree": 0, "refused": 0, "flat": 0, "kink": 0, "fail": 0}
     for _ in range(runs):
         argv, vals, names = _grad_case(rng)
 
-        def run():
-            S, F = simulate(argv).shape
-            weights = np.asarray([rng.gauss(0.0, 1.0) for _ in range(S * F)]).reshape(S, F)
-            return grad_check(argv, vals, names, weights, rng)
-        res, why = _call(run)
+        res, why = _call(lambda: grad_check(argv, vals, names, rng))
         if why == "refused":
             counts["refused"] += 1
             continue
