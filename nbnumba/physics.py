@@ -463,21 +463,63 @@ def capture_fraction(layer, thickstep, mu, parallax):
 # Each function takes the arguments of the formula it differentiates and, where
 # it also returns the value, gets it by calling that formula: the value has one
 # implementation.  Same units as the formulas above.
+#: below this |N d| the closed-form df/dh loses more than ~30 ulp: use the series
+SINCG_NEAR = 0.1
+
+#: x / sin(x) = sum_k X_OVER_SIN_SERIES[k] x^(2k), k = 0..8: the exact
+#: rationals 1, 1/6, 7/360, 31/15120, ... rounded to float64
+X_OVER_SIN_SERIES = (1.0, 0.16666666666666666, 0.019444444444444445, 0.00205026455026455,
+                     0.0002099867724867725, 2.1336045641601196e-05, 2.1633474427786596e-06,
+                     2.192327134456764e-07, 2.2213930853920414e-08)
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def sincg_near_dh(x, N):
+    """d/dh of f = sin(N x)/sin(x), x = pi h, for any real N, by its Taylor
+    series: sincg_grad's form where |N h| < SINCG_NEAR, whose bracket
+    N cos(N x) - f cos(x) cancels there (relative error ~3 eps / (N x)^2: 2e-6
+    at h = 1e-6, all of it at h = 1e-9 for N = 3.7).
+
+    f = N A(u) B(u) with u = x^2, A = sin(N x)/(N x) and B = x / sin(x)
+    (X_OVER_SIN_SERIES).  At N = 1, f = 1, so every coefficient of u^k,
+    k >= 1, carries the factor m = 1 - N^2 = (1 - N)(1 + N): with
+    A_i = (-1)^i N^(2i) / (2i+1)! and N^(2i) - 1 = -m G_i,
+    G_i = 1 + N^2 + ... + N^(2i-2), the coefficient is m q_k with
+    q_k = sum_(i=1..k) (-1)^(i+1) G_i / (2i+1)! B_(k-i), summed without the
+    cancellation near N = 1.  df/dh = pi N x m sum_(k=1..8) 2k q_k u^(k-1).
+    For |N x| < pi SINCG_NEAR the first term left out is below 1e-20 of the
+    sum."""
+    u = x * x
+    n2 = N * N
+    acc = 0.0
+    for k in range(8, 0, -1):
+        q = 0.0
+        g = 1.0                 # G_i
+        a = 1.0                 # 1 / (2i+1)! with its sign (-1)^(i+1)
+        for i in range(1, k + 1):
+            a = a / ((2.0 * i) * (2.0 * i + 1.0))
+            q += a * g * X_OVER_SIN_SERIES[k - i]
+            g = g * n2 + 1.0
+            a = -a
+        acc = acc * u + 2.0 * k * q
+    return math.pi * N * x * (1.0 - N) * (1.0 + N) * acc
+
+
 @njit(cache=True, error_model="numpy", fastmath=False)
 def sincg_grad(h, N):
     """(d/dh, d/dN) of sin(N pi h)/sin(pi h) written as in nanoBragg.c (any real
-    N; used when N itself is refined).  At h == 0 the C returns N: (0, 1)."""
+    N; used when N itself is refined).  At h == 0 the C returns N: (0, 1).
+    Where |N h| < SINCG_NEAR, d/dh is sincg_near_dh's series (the closed form
+    cancels there); d/dN = x cos(N x)/sin(x) does not cancel."""
     x = math.pi * h
     if x == 0.0:
         return 0.0 * h, 1.0 + 0.0 * h
     s = np.sin(x)
     cN = np.cos(N * x)
     f = np.sin(x * N) / s
+    if abs(N * h) < SINCG_NEAR:
+        return sincg_near_dh(x, N), x * cN / s
     return math.pi * (N * cN - f * np.cos(x)) / s, x * cN / s
-
-
-#: below this |N d| the closed-form df/dh loses more than ~30 ulp: use the series
-SINCG_NEAR = 0.1
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)

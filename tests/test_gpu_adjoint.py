@@ -57,6 +57,11 @@ CASES = {
     "oversample2": ("-default_F 100 -N 5 -oversample 2", {}),
     # N between integers: nanoBragg's unreduced sin(N pi h)/sin(pi h)
     "unreduced_sincg": ("-default_F 100 -N 5", {"N": np.array([5.3, 4.6, 5.0])}),
+    # a 1.5 m wavelength: every h, k, l ~ 1e-10, where the unreduced d/dh is
+    # a series (physics.sincg_near_dh); its closed form left the two kernels'
+    # gradients 1e-4 apart (tools/fuzz.py device)
+    "unreduced_sincg_origin": ("-default_F 100 -N 5 -lambda 1.5e10",
+                               {"N": np.array([5.3, 4.6, 3.7])}),
     "round": ("-default_F 100 -N 5 -round_xtal", {}),
     "gauss_mosaic": ("-default_F 100 -N 8 -gauss_xtal -mosaic 0.4 -mosaic_dom 2", {}),
     "tophat_phi": ("-default_F 100 -N 8 -tophat_spots -phi 0 -osc 1 -phisteps 2", {}),

@@ -406,6 +406,16 @@ def test_sinc3_series_match_physics():
     assert [float(b) for b in below] == [physics.SINC3_SERIES_BELOW]
 
 
+def test_x_over_sin_series_match_physics():
+    """The unreduced sincg's near-origin series in nanobragg.cu
+    (sincg_near_dh) has physics.X_OVER_SIN_SERIES's coefficients exactly."""
+    from nbnumba import physics
+    found = _defines(gpu.source_text(), "NB_XSIN")
+    ref = physics.X_OVER_SIN_SERIES
+    assert [found.get(i) for i in range(len(ref))] == list(ref)
+    assert len(found) == len(ref)
+
+
 def test_numba_fast_math_predicate(tmp_path):
     """gpu.numba_fast_math names exactly the runs whose numba kernel takes a
     fast-math section (those get the FAST_MAX_ULP bound; all others are held

@@ -984,6 +984,45 @@ NB_DEFINE_KERNEL(render_f32, double, float)
 // physics.SINCG_NEAR: below this |N d| d/dh of sincg is summed, not closed-form
 #define NB_SINCG_NEAR 0.1
 
+// physics.X_OVER_SIN_SERIES: x / sin(x) = sum_k NB_XSIN_k x^(2k)
+#define NB_XSIN_0 (1.0)
+#define NB_XSIN_1 (0.16666666666666666)
+#define NB_XSIN_2 (0.019444444444444445)
+#define NB_XSIN_3 (0.00205026455026455)
+#define NB_XSIN_4 (0.0002099867724867725)
+#define NB_XSIN_5 (2.1336045641601196e-05)
+#define NB_XSIN_6 (2.1633474427786596e-06)
+#define NB_XSIN_7 (2.192327134456764e-07)
+#define NB_XSIN_8 (2.2213930853920414e-08)
+
+__device__ double nb_xsin(int k) {
+    switch (k) {
+        case 0: return NB_XSIN_0; case 1: return NB_XSIN_1; case 2: return NB_XSIN_2;
+        case 3: return NB_XSIN_3; case 4: return NB_XSIN_4; case 5: return NB_XSIN_5;
+        case 6: return NB_XSIN_6; case 7: return NB_XSIN_7; default: return NB_XSIN_8;
+    }
+}
+
+// physics.sincg_near_dh: d/dh of sin(N x)/sin(x), x = pi h, any real N, by its
+// Taylor series (the closed form's bracket cancels where |N h| < NB_SINCG_NEAR);
+// the same loops and operations as physics.py
+__device__ double sincg_near_dh(double x, double N) {
+    const double u = x * x;
+    const double n2 = N * N;
+    double acc = 0.0;
+    for (int k = 8; k > 0; --k) {
+        double q = 0.0, g = 1.0, a = 1.0;
+        for (int i = 1; i <= k; ++i) {
+            a = a / ((2.0 * i) * (2.0 * i + 1.0));
+            q += a * g * nb_xsin(k - i);
+            g = g * n2 + 1.0;
+            a = -a;
+        }
+        acc = acc * u + 2.0 * k * q;
+    }
+    return NB_PI * N * x * (1.0 - N) * (1.0 + N) * acc;
+}
+
 // physics.sincg_grad: (d/dh, d/dN) of sin(N pi h)/sin(pi h), any real N
 __device__ void sincg_grad(double h, double N, double* gh, double* gN) {
     const double x = NB_PI * h;
@@ -995,7 +1034,7 @@ __device__ void sincg_grad(double h, double N, double* gh, double* gN) {
     const double s = sin(x);
     const double cN = cos(N * x);
     const double f = sin(x * N) / s;
-    *gh = NB_PI * (N * cN - f * cos(x)) / s;
+    *gh = fabs(N * h) < NB_SINCG_NEAR ? sincg_near_dh(x, N) : NB_PI * (N * cN - f * cos(x)) / s;
     *gN = x * cN / s;
 }
 
