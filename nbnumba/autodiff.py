@@ -440,10 +440,28 @@ class _Run:
         ncell = self.rots.shape[0]
         return np.ascontiguousarray(self.rots.reshape(ncell, 9).T)
 
+    def _check_finite(self, image):
+        """ConfigError when the image's -roi box holds inf or NaN (0 outside
+        it), naming the term that overflowed (validate.check_image_finite),
+        as the CLI refuses such a run: never an image of inf, nor the NaN
+        gradients that inf times 0 makes in the backward."""
+        box = image[self.rows, self.cols]
+        if self.device == "cuda":
+            import cupy as cp
+            if bool(cp.isfinite(box).all()):
+                return
+            from .interop import to_numpy
+            box = to_numpy(box)
+        elif np.isfinite(box).all():
+            return
+        from .validate import check_image_finite
+        check_image_finite(self.model, box, double=True)
+
     def forward(self):
         """The float64 image: numpy, or a CuPy array with -device cuda."""
         if self.device == "cuda":
             self.image = self._gpu()[0]
+            self._check_finite(self.image)
             return self.image
         S, F = self.model.shape
         out = np.zeros((S, F))
@@ -462,6 +480,7 @@ class _Run:
         else:
             with _kernel_threads(self.small):    # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
                 A.render64(active, box, *self.args, out)
+        self._check_finite(out)
         self.image = out
         return out
 
@@ -650,8 +669,24 @@ class _Run:
                 # the adjoint pass (no stored Jacobian): its per-cell sums
                 out[name] = np.array([self.mosaic_grad(self.cell_sums)])
             else:
-                out[name] = G @ self.chain_matrix(name)
+                with np.errstate(all="ignore"):
+                    out[name] = G @ self.chain_matrix(name)
+        for name, v in out.items():
+            self.check_derivative_finite(name, v)
         return out
+
+    def check_derivative_finite(self, name, v):
+        """ConfigError when v, a derivative w.r.t. keyword ``name``, holds inf or
+        NaN: a finite image (values near 1e308) whose derivative overflows."""
+        if isinstance(v, np.ndarray):
+            finite = bool(np.isfinite(v).all())
+        else:                               # the F grid's gradient on the GPU
+            import cupy as cp
+            finite = bool(cp.isfinite(v).all())
+        if not finite:
+            raise ConfigError("the derivative w.r.t. %s= is not finite: it overflows double "
+                              "precision (the image's largest value is %.3g)"
+                              % (name, float(abs(self.image).max())))
 
 
 def _umat_spread_derivatives(umats, spread):
@@ -792,6 +827,10 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     img = _function().apply(run, names, bool(roi_only), *tensors.values())
     if dtypes == {torch.float32}:
         img = img.to(torch.float32)
+        box = img if roi_only else img[run.rows, run.cols]
+        if not bool(torch.isfinite(box).all()):
+            from .validate import check_image_finite
+            check_image_finite(run.model, box.detach().cpu().numpy())   # above 3.4e38
     if devices:
         img = img.to(next(iter(devices)))     # (-device cuda computes on the GPU)
     return img
@@ -881,10 +920,12 @@ def jacobian(argv, roi_only=False, **values):
         image = image[run.rows, run.cols].copy()
     full = np.zeros(active.shape + (M.shape[1],))
     # jac's rows are the active pixels in raster order, as boolean indexing walks them
-    full[active != 0] = jac @ M[run.jac_cols]
+    with np.errstate(all="ignore"):
+        full[active != 0] = jac @ M[run.jac_cols]
     out, off = {}, 0
     for name, size in zip(names, sizes):
         out[name] = full[:, :, off:off + size]
+        run.check_derivative_finite(name, out[name])
         off += size
     return image, out
 

@@ -415,9 +415,10 @@ def check_terms_finite(model) -> None:
         raise ConfigError("the image cannot be finite: %s overflows double precision" % what)
 
 
-def check_image_finite(model, img) -> None:
-    """Raise ConfigError if the float image holds inf or NaN, naming the term
-    that overflowed (float64 products, or the float32 image's 3.4e38 limit)."""
+def check_image_finite(model, img, double: bool = False) -> None:
+    """Raise ConfigError if the image holds inf or NaN, naming the term that
+    overflowed (float64 products, or the image's limit: float32's 3.4e38, or
+    with ``double`` a float64 image's 1.8e308, as nbnumba.autodiff returns)."""
     a = np.asarray(img)
     with np.errstate(all="ignore"):
         bad = int(a.size - np.count_nonzero(np.isfinite(a)))
@@ -426,16 +427,18 @@ def check_image_finite(model, img) -> None:
     terms = overflow_terms(model)
     total = sum(t for t, _ in terms if t != -math.inf)
     lg, what = max(terms)
+    limit, limit_text = (308.0, "1.8e308") if double else (38.0, "3.4e38")
     if lg > 308:
         why = "%s overflows double precision" % what
-    elif total < 38.0:
-        # no product of these terms reaches float32's limit: the NaN or inf
+    elif total < limit:
+        # no product of these terms reaches the image's limit: the NaN or inf
         # came from elsewhere (-pixel 1e-320, a vector of 1e200, mu = inf)
         why = ("no intensity term overflows (their product is about 1e%.0f), so a value of "
                "the geometry under- or overflows double precision: check the detector's "
                "vectors and pixel size, -pix0_vector, the beam centre, -distance, the "
                "sources and -detector_abs" % total)
     else:
-        why = ("the product of the intensity terms (about 1e%.0f) exceeds the float image's "
-               "limit of 3.4e38; the largest term is %s" % (total, what))
+        why = ("the product of the intensity terms (about 1e%.0f) exceeds the %s image's "
+               "limit of %s; the largest term is %s"
+               % (total, "float64" if double else "float", limit_text, what))
     raise ConfigError("the image has %d non-finite pixels: %s" % (bad, why))

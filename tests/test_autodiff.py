@@ -639,6 +639,37 @@ def test_non_finite_structure_factor_is_an_error(hkl_file):
         simulate(argv, F_hkl=F.requires_grad_(True))
 
 
+def test_overflowing_images_and_derivatives_are_errors():
+    """An image of inf (it used to come back as inf, and its backward gave NaN
+    with a numpy warning), a float32 output above 3.4e38, and a finite image
+    whose derivative overflows are ConfigErrors naming what overflowed, from
+    simulate and jacobian alike (tools/fuzz.py device found the first)."""
+    water = BASE + ["-water", "1e308"]
+    wl = torch.tensor([1.5], dtype=torch.float64, requires_grad=True)
+    msg = r"the image has \d+ non-finite pixels: the water background .* overflows"
+    with pytest.raises(ConfigError, match=msg):
+        simulate(water, wavelength=wl)
+    with pytest.raises(ConfigError, match=msg):
+        simulate(water)                        # without gradients too, as the CLI
+    with pytest.raises(ConfigError, match=msg):
+        jacobian(water, wavelength=[1.5])
+    # float64 holds 1.4e39; float32 keywords ask for a float32 image
+    loud = BASE + ["-fluence", "1e66"]
+    assert float(simulate(loud, wavelength=wl).detach().max()) > 3.4e38
+    with pytest.raises(ConfigError, match=r"exceeds the float image's limit of 3.4e38"):
+        simulate(loud, wavelength=torch.tensor([1.5], dtype=torch.float32, requires_grad=True))
+    # an image of 3.5e307 whose N derivative (about 20 times that) overflows
+    edge = BASE + ["-default_F", "3e18", "-fluence", "1e300"]
+    n = torch.tensor([4.0, 4.0, 4.0], dtype=torch.float64, requires_grad=True)
+    img = simulate(edge, N=n)
+    assert bool(torch.isfinite(img).all())
+    msg = r"the derivative w.r.t. N= is not finite: it overflows double precision"
+    with pytest.raises(ConfigError, match=msg):
+        img.sum().backward()
+    with pytest.raises(ConfigError, match=msg):
+        jacobian(edge, N=[4.0, 4.0, 4.0])
+
+
 def test_interop_refuses_tensors_that_require_grad():
     from nbnumba.interop import as_array
     t = torch.ones(3, dtype=torch.float64, requires_grad=True)
