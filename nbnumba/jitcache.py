@@ -181,10 +181,15 @@ def wait_helpers() -> None:
             if select.select([p.stdout], [], [], 120)[0]:
                 p.stdout.readline()     # "helpers" (or "": the process ended)
             p.stdout.close()
+            # it goes on with the other image loop, detached
+            from .kernels.native import reap_in_background
+            reap_in_background(p)
         else:
             p.wait(timeout=120)
     except Exception:                   # never let the second process stop a run
         p.kill()
+        from .kernels.native import reap_in_background
+        reap_in_background(p)
 
 
 #: a 4x4 run whose model needs no compiled code (no mosaic, no random misset):

@@ -240,3 +240,34 @@ def test_second_process_says_helpers_then_compiles_the_other_loop(tmp_path):
         r = subprocess.run([sys.executable, "-m", "nbnumba.jitcache"] + bad, capture_output=True,
                            timeout=120)
         assert r.returncode == 2, bad
+
+
+def test_detached_second_process_is_reaped_without_a_resource_warning():
+    """After wait_helpers has read "helpers", the second process runs on
+    (the other image loop) while the run drops it: it is reaped by a daemon
+    thread, never garbage-collected while running (Popen.__del__'s
+    ResourceWarning "subprocess N is still running", which tools/fuzz.py cli,
+    showing every warning, reported for 2045 in-process runs after a cold
+    start)."""
+    import gc
+    import subprocess
+    import warnings
+    p = subprocess.Popen([sys.executable, "-c",
+                          "import time; print('helpers', flush=True); time.sleep(1.5)"],
+                         stdout=subprocess.PIPE, text=True)
+    pid = p.pid
+    jitcache._HELPERS = p
+    del p
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        jitcache.wait_helpers()
+        gc.collect()
+    assert jitcache._HELPERS is None
+    assert [str(w.message) for w in caught] == []
+    reapers = [t for t in __import__("threading").enumerate() if t.name == "nbnumba-reaper"]
+    assert reapers
+    for t in reapers:
+        t.join(timeout=30)
+    # reaped: the pid is no child of this process any more
+    with pytest.raises(ChildProcessError):
+        __import__("os").waitpid(pid, 0)

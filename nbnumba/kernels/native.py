@@ -259,6 +259,17 @@ def python_process(args, **popen):
     return subprocess.Popen([sys.executable, "-m"] + list(args), env=env, **popen)
 
 
+def reap_in_background(proc):
+    """Let ``proc`` (a subprocess.Popen) run on after its caller drops it: a
+    daemon thread waits for it, so that it is reaped when it ends, and it is
+    never garbage-collected while it runs (Popen.__del__ then warns
+    "subprocess N is still running", a ResourceWarning that a program
+    running nbnumba in process, with warnings shown, would see)."""
+    import threading
+    threading.Thread(target=proc.wait, name="nbnumba-reaper", daemon=True).start()
+    return proc
+
+
 def start_build(background: bool = False, numba_cache: bool = False):
     """Start building the start-up library in a separate Python process
     (numba's AOT compiler, :mod:`nbnumba.kernels.aot`); returns the Popen.
@@ -273,8 +284,10 @@ def start_build(background: bool = False, numba_cache: bool = False):
     if numba_cache:
         args.append("--numba-cache")
     if background:
-        return python_process(args + ["--background"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+        return reap_in_background(python_process(args + ["--background"],
+                                                 stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL,
+                                                 start_new_session=True))
     return python_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
