@@ -6,6 +6,7 @@ file left behind.  Special files are a FIFO and a symlink to a character device
 created inside the test's own directory (nothing under /dev is touched).
 """
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -15,6 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nbnumba import cli
@@ -220,6 +222,50 @@ def test_fuzz_gradients_agree_and_a_wrong_one_is_reported(tmp_path, monkeypatch,
     assert fz.main(["gradients", "--seed", "1", "--runs", "4"]) == 1
     fails = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("FAIL")]
     assert len(fails) == 2 and all(":: distance: jacobian() gives " in ln for ln in fails), fails
+
+
+def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch):
+    """tools/fuzz.py device: on 8 drawn lines the CUDA source's host build
+    gives numba's images (float64 and float32) and, through the fake CuPy,
+    autodiff's image and gradients; a host image off by 1e-5, or GPU
+    gradients off by 1e-7, are reported; the fake CuPy is gone afterwards."""
+    pytest.importorskip("torch")
+    if shutil.which("g++") is None:
+        pytest.fail("g++ not found on PATH: it is required to build nanobragg.cu as host C++",
+                    pytrace=False)
+    import io
+    from nbnumba import autodiff
+    from nbnumba.kernels import gpu
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    fz._inputs(tmp_path)
+    host = gpu.HostKernel(gpu.build_host_library(tmp_path))
+    had_cupy = "cupy" in sys.modules
+    out = io.StringIO()
+    counts = fz.fuzz_device(1, 8, out, host)
+    assert counts["fail"] == 0 and counts["agree"] >= 5, (counts, out.getvalue())
+    assert ("cupy" in sys.modules) == had_cupy
+    real_gpu = autodiff._Run._gpu
+
+    def off(self, g=None, want_F=False):
+        res = real_gpu(self, g, want_F)
+        if g is None:
+            return res
+        return (res[0], res[1] * (1.0 + 1e-7), res[2] * (1.0 + 1e-7)) + tuple(res[3:])
+    monkeypatch.setattr(autodiff._Run, "_gpu", off)
+    out = io.StringIO()
+    counts = fz.fuzz_device(1, 8, out, host)
+    fails = [ln for ln in out.getvalue().splitlines() if ln.startswith("FAIL")]
+    assert counts["fail"] == len(fails) >= 3, (counts, out.getvalue())
+    monkeypatch.setattr(autodiff._Run, "_gpu", real_gpu)
+    real_render = host.render
+    monkeypatch.setattr(host, "render", lambda m, dt=np.float64: (
+        lambda r: (r[0] * np.float32(1.0 + 1e-5), r[1]))(real_render(m, dt)))
+    out = io.StringIO()
+    counts = fz.fuzz_device(1, 8, out, host)
+    fails = [ln for ln in out.getvalue().splitlines() if ln.startswith("FAIL")]
+    assert counts["fail"] == len(fails) >= 5, (counts, out.getvalue())
+    assert all("float64 image" in ln and "float32 image" in ln for ln in fails), fails
 
 
 def test_mat_at_a_vanishing_wavelength_one_line_no_warning(work, capsys):

@@ -6,6 +6,7 @@ outputs or prints one error line (exit 2), never a traceback or a numpy warning
     python tools/fuzz.py cli [--seed S] [--runs N]        # the CLI, in process
     python tools/fuzz.py autodiff [--seed S] [--runs N]   # nbnumba.autodiff.simulate
     python tools/fuzz.py gradients [--seed S] [--runs N]  # its gradients, against differences
+    python tools/fuzz.py device [--seed S] [--runs N]     # the CUDA source against numba
 
 ``cli`` adds 2 to 6 flags drawn from the flag table to a small valid run
 (8 x 8 pixels): numbers from a short list of ordinary and edge values, words
@@ -19,7 +20,12 @@ holds each drawn keyword's directional derivative of the weighted sum (the
 backward) to Richardson central differences of the image (GRAD_STEPS); a step
 whose three central differences disagree straddles a point where the image is
 not differentiable (a tophat edge, an F lookup's switch, the -dmin cut), and
-is not compared.
+is not compared.  ``device`` draws the same features, sensor and oversampling
+paths, and one time in three flags as ``cli`` draws them, and holds the CUDA
+source built as host C++ (g++; no GPU needed) to the numba engine: the image
+kernel in float64 and float32 (bit for bit, or the fast-math sections' ulps),
+and autodiff with ``-device cuda`` through a fake CuPy (image and gradients to
+DEVICE_REL of their scale, device_check).
 
 Each failure is printed on one line (the drawn arguments, what happened); the
 last line counts the outcomes.  Exit status 0 when nothing failed, 1 otherwise,
@@ -365,9 +371,199 @@ def fuzz_gradients(seed: int, runs: int, out=sys.stdout) -> dict:
     return counts
 
 
+#: features drawn for the device target: the gradients' list plus the
+#: sensor and oversampling paths that only the image kernel has
+DEVICE_EXTRAS = GRAD_EXTRAS + ["-detector_thick 100 -detector_abs 300 -detector_thicksteps 3",
+                               "-oversample_thick", "-oversample_polar", "-oversample_omega",
+                               "-mosaic 0.4 -mosaic_dom 4 -mosaic_seed 5", "-N 7",
+                               "-vdivrange 0.3 -vdivsteps 2", "-precision single"]
+#: the CUDA adjoint against numba's: relative to the output's scale (see
+#: tests/test_gpu_adjoint.py, whose bound this is), plus DEVICE_PHASE_ULPS
+#: ulps of the largest lattice phase N |h| (cycles): the two kernels' h may
+#: differ by an FMA's rounding, which moves sin(N pi h) by N pi |h| eps; with
+#: a crystal of 1e7 cells (-sample_thick 90) that is 1e-9 of the gradient
+DEVICE_REL = 1e-9
+DEVICE_PHASE_ULPS = 1000.0
+#: ... and with N between integers: the continuous-N lattice factor
+#: sin(N pi h)/sin(pi h) has a pole at every integer h but 0, where an ulp of
+#: h moves it by |h| eps / |h - n|: 1e-9 at 1e-6 from the pole (of 205
+#: drawn cases with such N, 4 needed 1e-9 and none more; seed 5)
+DEVICE_POLE_REL = 1e-7
+#: ... and DEVICE_LOSS_ULPS ulps of sum |w I| per unit of the keyword (a
+#: gradient as small as that has no digits left, e.g. with a 1.5 m wavelength)
+DEVICE_LOSS_ULPS = 64.0
+
+
+def _device_case(rng: random.Random, specs):
+    """(argv, keywords to differentiate) of one drawn device case: features
+    from DEVICE_EXTRAS and, one time in three, 1 to 3 flags drawn as the cli
+    target draws them."""
+    argv = list(AD_BASE)
+    for e in rng.sample(DEVICE_EXTRAS, rng.randint(0, 6)):
+        argv += e.split()
+    if rng.random() < 1.0 / 3.0:
+        argv += cli_args(rng, specs)[:2 * rng.randint(1, 3)]
+    names = rng.sample(sorted(GRAD_VALUES) + ["F_hkl"], rng.randint(1, 4))
+    if "F_hkl" in names and "-hkl" not in argv:
+        argv += ["-hkl", "x.hkl"]
+    if "pix0" in names and "-pix0_vector_mm" not in argv:
+        argv += ["-pix0_vector_mm", "100", "5", "-5"]
+    if "-hkl" not in argv:
+        argv += ["-default_F", "100"]
+    vals = {k: [rng.uniform(a, b) for a, b in GRAD_VALUES[k]] for k in names if k != "F_hkl"}
+    if "N" in vals and rng.random() < 0.5:
+        vals["N"] = [float(round(x)) for x in vals["N"]]    # the reduced sincg's path
+    return argv, vals, names
+
+
+def device_check(argv, vals, names, host, rng: random.Random) -> dict:
+    """{check: mismatch text} (empty when all agree) between the CUDA source
+    built as host C++ (``host``, a gpu.HostKernel; ``cupy`` in sys.modules is
+    the fake that launches it) and the numba engine, on one command line:
+
+    * the image kernel in float64 and float32 (``host.render``) against
+      ``api.render_float`` of the run and of its ``-precision single`` twin,
+      by ``gpu.numba_parity`` (bit for bit, or gpu.FAST_MAX_ULP float32 ulps
+      where numba compiles a fast-math section); the per-row solid-angle sums
+      to 1e-12; the ``-c_parity`` bookkeeping (first pixel, latch);
+    * when autodiff accepts the line, ``simulate(argv + -device cuda)`` with
+      ``names`` requiring grad, against the CPU: the image to DEVICE_REL of
+      its largest value, each keyword's gradient of sum(w image) (w drawn,
+      positive) to DEVICE_REL of sum |w dI/dkeyword| (from ``jacobian()``),
+      the F grid's to DEVICE_REL of its largest entry.
+
+    Raises NBError (refused) when the line does not parse or build."""
+    from dataclasses import replace
+
+    import numpy as np
+    from nbnumba import api
+    from nbnumba.autodiff import jacobian, simulate, structure_factors
+    from nbnumba.errors import NBError
+    from nbnumba.flags import parse_argv
+    from nbnumba.kernels import gpu
+    from nbnumba.model import build_model
+    out = {}
+    cfg = parse_argv(argv)
+    # the float64 run; and without -seed, one clock-like seed for all four
+    # builds (-misset random would draw each its own crystal from the clock)
+    cfg = replace(cfg, precision="double", seed=-1234567 if cfg.seed is None else cfg.seed)
+    m_ref = build_model(cfg)
+    ref, ref_omega = api.render_float(m_ref, np.float64)
+    ref = np.asarray(ref)
+    m64 = build_model(cfg)
+    img64, omega64 = host.render(m64, np.float64)
+    par = gpu.numba_parity(ref, img64, gpu.kernel_args(m64, np.float64)[0], np.float64)
+    if not par["ok"]:
+        out["float64 image"] = "%s" % par
+    om_ref, om = float(np.sum(ref_omega)), float(np.sum(omega64))
+    if abs(om - om_ref) > 1e-12 * abs(om_ref):
+        out["omega"] = "%.17g against %.17g" % (om, om_ref)
+    if (m64.first_exec_pixel, tuple(m64.latch)) != (m_ref.first_exec_pixel, tuple(m_ref.latch)):
+        out["c_parity passes"] = "%s against %s" % ((m64.first_exec_pixel, tuple(m64.latch)),
+                                                     (m_ref.first_exec_pixel, tuple(m_ref.latch)))
+    ref32, _ = api.render_float(build_model(replace(cfg, precision="single")))
+    m32 = build_model(cfg)
+    img32, _ = host.render(m32, np.float32)
+    par = gpu.numba_parity(np.asarray(ref32), img32, gpu.kernel_args(m32, np.float32)[0],
+                           np.float32)
+    if not par["ok"]:
+        out["float32 image"] = "%s" % par
+
+    import torch
+    S, F = ref.shape
+    w = torch.from_numpy(np.asarray([rng.uniform(0.5, 1.5) for _ in range(S * F)])
+                         .reshape(S, F))
+
+    def grads(extra):
+        ts = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in vals.items()}
+        if "F_hkl" in names:
+            ts["F_hkl"] = structure_factors(argv)[0].requires_grad_(True)
+        img = simulate(argv + extra, **ts)
+        (img * w).sum().backward()
+        return img.detach().numpy(), {k: t.grad.numpy() for k, t in ts.items()}
+    try:
+        img_c, g_c = grads([])
+    except NBError:
+        return out                      # autodiff refuses the line (and so would the GPU)
+    img_d, g_d = grads(["-device", "cuda"])
+    c = m_ref.crystal
+    phase = (max(c.Na, c.Nb, c.Nc) * 2.0 * max(c.cell[:3])
+             / (1e10 * float(np.min(m_ref.sources.wavelength))))
+    rel = DEVICE_REL + DEVICE_PHASE_ULPS * float(np.finfo(np.float64).eps) * phase
+    if any(n != math.floor(n) for n in vals.get("N", (c.Na, c.Nb, c.Nc))):
+        rel += DEVICE_POLE_REL
+    scale = float(np.abs(img_c).max())
+    if float(np.abs(img_d - img_c).max()) > rel * scale:
+        out["autodiff image"] = "%.3g of %.3g" % (float(np.abs(img_d - img_c).max()), scale)
+    jac = {}
+    if any(k != "F_hkl" for k in vals):
+        jac = jacobian(argv, **vals)[1]
+    # the loss's rounding per unit of a keyword (1 degree, mm, A; the fluence's
+    # own value): a sub-path's terms of the chain rule that cancel (Omega
+    # and the polarization under a rotation about the sample, the gauss
+    # shape's cell dependence at h0 = 0) leave that much, whatever the net
+    loss_ulps = DEVICE_LOSS_ULPS * float(np.finfo(np.float64).eps) * float(
+        (np.abs(img_c) * w.numpy()).sum())
+    for k in g_c:
+        # one scale per keyword: a component whose pixel terms cancel (the
+        # gradient along a symmetry) is judged against its siblings' terms
+        if k == "F_hkl":
+            tol = rel * float(np.abs(g_c[k]).max())
+        else:
+            unit = vals[k][0] if k == "fluence" else 1.0
+            tol = (rel * float(np.abs(w.numpy()[:, :, None] * jac[k]).sum(axis=(0, 1)).max())
+                   + loss_ulps / unit)
+        diff = np.abs(g_d[k] - g_c[k])
+        if np.any(diff > tol):
+            out[k] = "%s against %s" % (np.array2string(g_d[k].ravel()[:6], precision=12),
+                                        np.array2string(g_c[k].ravel()[:6], precision=12))
+    return out
+
+
+def fuzz_device(seed: int, runs: int, out=sys.stdout, host=None) -> dict:
+    """Outcome counts of ``runs`` drawn device cases ('fail' among them):
+    'agree' when device_check found nothing, 'refused' for an NBError /
+    ValueError / TypeError while parsing or building the run.  ``host``: a
+    gpu.HostKernel, else the host library is built here (g++).  The fake
+    CuPy that serves -device cuda is installed for these runs only."""
+    from nbnumba.flags import FLAGS
+    from nbnumba.kernels import gpu
+    from nbnumba.testing.fake_cupy import make_fake_cupy
+    if host is None:
+        host = gpu.HostKernel(gpu.build_host_library(os.getcwd()))
+    specs = [sp for sp in FLAGS if sp.name not in CLI_SKIP]
+    rng = random.Random(seed)
+    counts = {"agree": 0, "refused": 0, "fail": 0}
+    saved = sys.modules.get("cupy")
+    sys.modules["cupy"] = make_fake_cupy(host)
+    gpu._MODULES.clear()
+    try:
+        for _ in range(runs):
+            argv, vals, names = _device_case(rng, specs)
+            res, why = _call(lambda: device_check(argv, vals, names, host, rng))
+            if why == "refused":
+                counts["refused"] += 1
+                continue
+            if why is None and res:
+                why = "; ".join("%s: %s" % kv for kv in res.items())
+            if why is not None:
+                print("FAIL %s %s %s :: %s" % (" ".join(argv[len(AD_BASE):]), names, vals, why),
+                      file=out)
+                counts["fail"] += 1
+            else:
+                counts["agree"] += 1
+    finally:
+        if saved is None:
+            sys.modules.pop("cupy", None)
+        else:
+            sys.modules["cupy"] = saved
+        gpu._MODULES.clear()
+    return counts
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="tools/fuzz.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("target", choices=("cli", "autodiff", "gradients"))
+    p.add_argument("target", choices=("cli", "autodiff", "gradients", "device"))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--runs", type=int, default=1000)
     try:
@@ -383,7 +579,8 @@ def main(argv=None) -> int:
         try:
             _inputs(Path(d))
             counts = {"cli": fuzz_cli, "autodiff": fuzz_autodiff,
-                      "gradients": fuzz_gradients}[a.target](a.seed, a.runs)
+                      "gradients": fuzz_gradients,
+                      "device": fuzz_device}[a.target](a.seed, a.runs)
         finally:
             os.chdir(here)
     print("%s, seed %d: %s" % (a.target, a.seed,
