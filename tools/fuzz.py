@@ -387,7 +387,9 @@ DEVICE_PHASE_ULPS = 1000.0
 #: ... and with N between integers: the continuous-N lattice factor
 #: sin(N pi h)/sin(pi h) has a pole at every integer h but 0, where an ulp of
 #: h moves it by |h| eps / |h - n|: 1e-9 at 1e-6 from the pole (of 205
-#: drawn cases with such N, 4 needed 1e-9 and none more; seed 5)
+#: drawn cases with such N, 4 needed 1e-9 and none more; seed 5).  The same
+#: holds for d/dN at any N, pi h cos(pi e) / sin(pi d) (tests/test_gpu_adjoint:
+#: 1.5e-10 measured; 3.4e-9 with -osc 180, where |h| reaches ~50)
 DEVICE_POLE_REL = 1e-7
 #: ... and DEVICE_LOSS_ULPS ulps of sum |w I| per unit of the keyword (a
 #: gradient as small as that has no digits left, e.g. with a 1.5 m wavelength)
@@ -490,7 +492,8 @@ def device_check(argv, vals, names, host, rng: random.Random) -> dict:
     phase = (max(c.Na, c.Nb, c.Nc) * 2.0 * max(c.cell[:3])
              / (1e10 * float(np.min(m_ref.sources.wavelength))))
     rel = DEVICE_REL + DEVICE_PHASE_ULPS * float(np.finfo(np.float64).eps) * phase
-    if any(n != math.floor(n) for n in vals.get("N", (c.Na, c.Nb, c.Nc))):
+    pole = any(n != math.floor(n) for n in vals.get("N", (c.Na, c.Nb, c.Nc)))
+    if pole:
         rel += DEVICE_POLE_REL
     scale = float(np.abs(img_c).max())
     if float(np.abs(img_d - img_c).max()) > rel * scale:
@@ -511,7 +514,8 @@ def device_check(argv, vals, names, host, rng: random.Random) -> dict:
             tol = rel * float(np.abs(g_c[k]).max())
         else:
             unit = vals[k][0] if k == "fluence" else 1.0
-            tol = (rel * float(np.abs(w.numpy()[:, :, None] * jac[k]).sum(axis=(0, 1)).max())
+            rel_k = rel + (DEVICE_POLE_REL if k == "N" and not pole else 0.0)
+            tol = (rel_k * float(np.abs(w.numpy()[:, :, None] * jac[k]).sum(axis=(0, 1)).max())
                    + loss_ulps / unit)
         diff = np.abs(g_d[k] - g_c[k])
         if np.any(diff > tol):
