@@ -12,7 +12,8 @@ outputs or prints one error line (exit 2), never a traceback or a numpy warning
 (8 x 8 pixels): numbers from a short list of ordinary and edge values, words
 from each choice's own and one bogus one, files that exist, do not exist or
 hold another format.  ``autodiff`` draws flags from a list of the features the
-adjoint covers (and some it refuses) and 1 to 4 keywords requiring grad; each
+adjoint covers (and some it refuses), one time in three flags as ``cli``
+draws them, and 1 to 4 keywords requiring grad; each
 call must give a finite image and finite gradients, or raise an NBError (or the
 ValueError / TypeError of a misused keyword).  ``gradients`` draws the same
 features, keyword values around ordinary ones and random pixel weights, and
@@ -88,10 +89,10 @@ def _inputs(d: Path) -> None:
     (d / "s2.txt").write_text("-10 0 0 1 1.5e-10\n-10 0.05 0 1 1.51e-10\n")
 
 
-def cli_args(rng: random.Random, specs) -> list:
-    """One drawn list of extra flags and values."""
+def cli_args(rng: random.Random, specs, fewest: int = 2, most: int = 6) -> list:
+    """One drawn list of extra flags (fewest to most) and their values."""
     extra = []
-    for sp in rng.sample(specs, rng.randint(2, 6)):
+    for sp in rng.sample(specs, rng.randint(fewest, most)):
         extra.append(sp.name)
         for _ in range(sp.nargs):
             if sp.kind == "int":
@@ -169,12 +170,17 @@ def fuzz_autodiff(seed: int, runs: int, out=sys.stdout) -> dict:
     """Outcome counts of ``runs`` drawn autodiff calls ('fail' among them)."""
     import torch
     from nbnumba.autodiff import simulate
+    from nbnumba.flags import FLAGS
+    specs = [sp for sp in FLAGS if sp.name not in CLI_SKIP]
     rng = random.Random(seed)
     counts = {"finite": 0, "refused": 0, "fail": 0}
     for _ in range(runs):
         argv = list(AD_BASE)
         for e in rng.sample(AD_EXTRAS, rng.randint(0, 5)):
             argv += e.split()
+        if rng.random() < 1.0 / 3.0:
+            # flags at ordinary and extreme values, as the cli target draws them
+            argv += cli_args(rng, specs, 1, 3)
         if "-hkl" not in argv:
             argv += ["-default_F", "100"]
         keys = rng.sample(sorted(AD_VALUES), rng.randint(1, 4))
@@ -404,7 +410,7 @@ def _device_case(rng: random.Random, specs):
     for e in rng.sample(DEVICE_EXTRAS, rng.randint(0, 6)):
         argv += e.split()
     if rng.random() < 1.0 / 3.0:
-        argv += cli_args(rng, specs)[:2 * rng.randint(1, 3)]
+        argv += cli_args(rng, specs, 1, 3)
     names = rng.sample(sorted(GRAD_VALUES) + ["F_hkl"], rng.randint(1, 4))
     if "F_hkl" in names and "-hkl" not in argv:
         argv += ["-hkl", "x.hkl"]
