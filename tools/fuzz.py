@@ -469,6 +469,21 @@ def device_check(argv, vals, names, host, rng: random.Random) -> dict:
     if (m64.first_exec_pixel, tuple(m64.latch)) != (m_ref.first_exec_pixel, tuple(m_ref.latch)):
         out["c_parity passes"] = "%s against %s" % ((m64.first_exec_pixel, tuple(m64.latch)),
                                                      (m_ref.first_exec_pixel, tuple(m_ref.latch)))
+    # three pixels' float64 values before the float32 store (which hides what
+    # lies below a float32 ulp) against the numba pixel body, as
+    # tests/test_gpu_source does on the golden cases: equal where the numba
+    # engine is strict, else within gpu.fast_pixel_rel
+    from nbnumba.kernels import cpu as K
+    kargs = gpu.kernel_args(m64, np.float64)
+    nargs = m64.kernel_args(np.float64)
+    rel_px = gpu.fast_pixel_rel(kargs[0]) if gpu.numba_fast_math(kargs[0]) else 0.0
+    act = np.flatnonzero(m64.active.ravel())
+    for p in (rng.sample(list(act), min(3, len(act))) if len(act) else []):
+        s_, f_ = divmod(int(p), ref.shape[1])
+        want = K.trace_pixel(s_, f_, False, -1, *nargs, 64)[0]
+        got = host.pixel(m64, np.float64, s_, f_, args=kargs)[0]
+        if not (abs(got - want) <= rel_px * abs(want) or (got != got and want != want)):
+            out["pixel (%d, %d)" % (s_, f_)] = "%.17g against %.17g" % (got, want)
     ref32, _ = api.render_float(build_model(replace(cfg, precision="single")))
     m32 = build_model(cfg)
     img32, _ = host.render(m32, np.float32)
