@@ -516,9 +516,9 @@ def sincg_grad(h, N):
         return 0.0 * h, 1.0 + 0.0 * h
     s = np.sin(x)
     cN = np.cos(N * x)
-    f = np.sin(x * N) / s
     if abs(N * h) < SINCG_NEAR:
         return sincg_near_dh(x, N), x * cN / s
+    f = np.sin(x * N) / s
     return math.pi * (N * cN - f * np.cos(x)) / s, x * cN / s
 
 
