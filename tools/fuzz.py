@@ -241,11 +241,15 @@ GRAD_EXTRAS = AD_EXTRAS + ["-adxv", "-denzo", "-spindle_axis 0 0 1", "-detector_
                            "-water 0.5"]     # a background of the Bragg term's order (100: 1e10)
 
 
-def _grad_case(rng: random.Random):
-    """(argv, keyword values, keywords to differentiate) of one drawn case."""
+def _grad_case(rng: random.Random, specs=()):
+    """(argv, keyword values, keywords to differentiate) of one drawn case;
+    with ``specs`` (flag specs), one time in three also 1 to 3 flags drawn as
+    the cli target draws them."""
     argv = list(AD_BASE)
     for e in rng.sample(GRAD_EXTRAS, rng.randint(0, 5)):
         argv += e.split()
+    if specs and rng.random() < 1.0 / 3.0:
+        argv += cli_args(rng, specs, 1, 3)
     names = rng.sample(sorted(GRAD_VALUES) + ["F_hkl"], rng.randint(1, 4))
     # the flags that the F grid and the detector origin replace
     if "F_hkl" in names and "-hkl" not in argv:
@@ -354,10 +358,12 @@ def fuzz_gradients(seed: int, runs: int, out=sys.stdout) -> dict:
     per drawn case, 'agree' when no keyword's derivative disagrees (grad_check),
     'refused' for an NBError / ValueError / TypeError; 'flat' and 'kink' count
     the keywords that could not be weighed."""
+    from nbnumba.flags import FLAGS
+    specs = [sp for sp in FLAGS if sp.name not in CLI_SKIP]
     rng = random.Random(seed)
     counts = {"agree": 0, "refused": 0, "flat": 0, "kink": 0, "fail": 0}
     for _ in range(runs):
-        argv, vals, names = _grad_case(rng)
+        argv, vals, names = _grad_case(rng, specs)
 
         res, why = _call(lambda: grad_check(argv, vals, names, rng))
         if why == "refused":
