@@ -308,6 +308,17 @@ def test_autodiff_device_cuda_refusals(host, tmp_path, monkeypatch):
             AD.simulate(argv + flags)
 
 
+def test_autodiff_device_cuda_refuses_an_image_of_inf(host, monkeypatch):
+    """-device cuda checks the image on the device (cupy.isfinite over the
+    -roi box) and refuses an overflowing one with the CPU's message."""
+    pytest.importorskip("torch")
+    _fake(host, monkeypatch)
+    argv = (BASE + " -default_F 100 -N 5 -water 1e308 -device cuda").split()
+    with pytest.raises(ConfigError, match=r"the image has 144 non-finite pixels: the water "
+                                          r"background .* overflows double precision"):
+        AD.simulate(argv)
+
+
 def test_autodiff_device_cuda_without_gpu(monkeypatch):
     """No CuPy, or no device: the one-line errors of -device cuda."""
     pytest.importorskip("torch")
