@@ -133,9 +133,12 @@ def fuzz_cli(seed: int, runs: int, out=sys.stdout) -> dict:
     from nbnumba.flags import FLAGS
     specs = [sp for sp in FLAGS if sp.name not in CLI_SKIP]
     rng = random.Random(seed)
-    counts = {"exit 0": 0, "exit 2": 0, "fail": 0}
+    counts = {"exit 0": 0, "exit 2": 0, "heavy": 0, "fail": 0}
     for _ in range(runs):
         extra = cli_args(rng, specs)
+        if _call(lambda: heavy(CLI_BASE + extra))[1] == "heavy":
+            counts["heavy"] += 1        # (a line that does not build: the CLI's to refuse)
+            continue
         rc, why = run_cli(CLI_BASE + extra)
         if why is not None:
             print("FAIL %s :: %s" % (" ".join(extra), why), file=out)
@@ -157,6 +160,8 @@ def _call(fn) -> tuple:
             result = fn()
         except (NBError, ValueError, TypeError):
             return None, "refused"
+        except Heavy:
+            return None, "heavy"
         except BaseException as e:          # noqa: BLE001 (what this looks for)
             tb = traceback.extract_tb(e.__traceback__)[-1]
             return None, "%s: %s (%s:%d)" % (type(e).__name__, str(e)[:100],
@@ -166,6 +171,30 @@ def _call(fn) -> tuple:
     return result, None
 
 
+#: a drawn line whose image sums more sub-paths than this is not run (counted
+#: "heavy"): -osc 1e6 -phistep 0.001 is a legitimate request for 1e9 phi
+#: steps, hours of work on any image (seed 12 of the device target met one)
+MAX_SUBPATHS = 2e7
+
+
+class Heavy(Exception):
+    """A drawn line over MAX_SUBPATHS (see heavy())."""
+
+
+def heavy(argv) -> None:
+    """Raise Heavy when the line's image would sum more than MAX_SUBPATHS
+    sub-paths (active pixels x oversample^2 x layers x sources x phi x
+    mosaic); NBError when it does not parse or build."""
+    import numpy as np
+    from nbnumba.flags import parse_argv
+    from nbnumba.kernels import gpu
+    from nbnumba.model import build_model
+    m = build_model(parse_argv(argv))
+    n = gpu.subpaths_per_pixel(gpu.kernel_args(m, np.float64)[0]) * int(np.count_nonzero(m.active))
+    if n > MAX_SUBPATHS:
+        raise Heavy("%d sub-paths" % n)
+
+
 def fuzz_autodiff(seed: int, runs: int, out=sys.stdout) -> dict:
     """Outcome counts of ``runs`` drawn autodiff calls ('fail' among them)."""
     import torch
@@ -173,7 +202,7 @@ def fuzz_autodiff(seed: int, runs: int, out=sys.stdout) -> dict:
     from nbnumba.flags import FLAGS
     specs = [sp for sp in FLAGS if sp.name not in CLI_SKIP]
     rng = random.Random(seed)
-    counts = {"finite": 0, "refused": 0, "fail": 0}
+    counts = {"finite": 0, "refused": 0, "heavy": 0, "fail": 0}
     for _ in range(runs):
         argv = list(AD_BASE)
         for e in rng.sample(AD_EXTRAS, rng.randint(0, 5)):
@@ -188,14 +217,15 @@ def fuzz_autodiff(seed: int, runs: int, out=sys.stdout) -> dict:
                               requires_grad=True) for k in keys}
 
         def run():
+            heavy(argv)
             img = simulate(argv, **kw)
             img.sum().backward()
             return (bool(torch.isfinite(img).all())
                     and all(t.grad is not None and bool(torch.isfinite(t.grad).all())
                             for t in kw.values()))
         finite, why = _call(run)
-        if why == "refused":
-            counts["refused"] += 1
+        if why in ("refused", "heavy"):
+            counts[why] += 1
             continue
         if why is None and not finite:
             why = "a non-finite image or gradient"
@@ -361,13 +391,13 @@ def fuzz_gradients(seed: int, runs: int, out=sys.stdout) -> dict:
     from nbnumba.flags import FLAGS
     specs = [sp for sp in FLAGS if sp.name not in CLI_SKIP]
     rng = random.Random(seed)
-    counts = {"agree": 0, "refused": 0, "flat": 0, "kink": 0, "fail": 0}
+    counts = {"agree": 0, "refused": 0, "heavy": 0, "flat": 0, "kink": 0, "fail": 0}
     for _ in range(runs):
         argv, vals, names = _grad_case(rng, specs)
 
-        res, why = _call(lambda: grad_check(argv, vals, names, rng))
-        if why == "refused":
-            counts["refused"] += 1
+        res, why = _call(lambda: heavy(argv) or grad_check(argv, vals, names, rng))
+        if why in ("refused", "heavy"):
+            counts[why] += 1
             continue
         if why is None:
             for what in ("flat", "kink"):
@@ -564,16 +594,16 @@ def fuzz_device(seed: int, runs: int, out=sys.stdout, host=None) -> dict:
         host = gpu.HostKernel(gpu.build_host_library(os.getcwd()))
     specs = [sp for sp in FLAGS if sp.name not in CLI_SKIP]
     rng = random.Random(seed)
-    counts = {"agree": 0, "refused": 0, "fail": 0}
+    counts = {"agree": 0, "refused": 0, "heavy": 0, "fail": 0}
     saved = sys.modules.get("cupy")
     sys.modules["cupy"] = make_fake_cupy(host)
     gpu._MODULES.clear()
     try:
         for _ in range(runs):
             argv, vals, names = _device_case(rng, specs)
-            res, why = _call(lambda: device_check(argv, vals, names, host, rng))
-            if why == "refused":
-                counts["refused"] += 1
+            res, why = _call(lambda: heavy(argv) or device_check(argv, vals, names, host, rng))
+            if why in ("refused", "heavy"):
+                counts[why] += 1
                 continue
             if why is None and res:
                 why = "; ".join("%s: %s" % kv for kv in res.items())
