@@ -172,8 +172,9 @@ def _call(fn) -> tuple:
 
 
 #: a drawn line whose image sums more sub-paths than this is not run (counted
-#: "heavy"): -osc 1e6 -phistep 0.001 is a legitimate request for 1e9 phi
-#: steps, hours of work on any image (seed 12 of the device target met one)
+#: "heavy"): -hdivrange 1e6 -hdivstep 1 is a legitimate request for a million
+#: divergence steps, 3.6e9 sub-paths on 10 x 10 pixels (seed 12 of the device
+#: target drew it)
 MAX_SUBPATHS = 2e7
 
 
