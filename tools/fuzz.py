@@ -312,6 +312,15 @@ def grad_check(argv, vals, names, rng: random.Random) -> dict:
     import numpy as np
     import torch
     from nbnumba.autodiff import jacobian, simulate, structure_factors
+    if "-oversample" not in argv:
+        # the automatic sub-pixel count is chosen from the call's own values, a
+        # step the gradient leaves out (docs/autodiff.md): pin it to the base
+        # point's, or a step within h may difference another image (seed 41:
+        # 9 sub-pixels at the base, 10 on both sides 1e-3 away)
+        from nbnumba.autodiff import _Run
+        n = _Run(argv, {k: np.asarray(v, dtype=np.float64) for k, v in vals.items()}, (),
+                 None).model.oversample
+        argv = argv + ["-oversample", str(n)]
     base = {k: torch.tensor(v, dtype=torch.float64) for k, v in vals.items()}
     if "F_hkl" in names:
         base["F_hkl"] = structure_factors(argv)[0]
@@ -487,14 +496,17 @@ def device_check(argv, vals, names, host, rng: random.Random) -> dict:
     from nbnumba.flags import parse_argv
     from nbnumba.kernels import gpu
     from nbnumba.model import build_model
+    from nbnumba.validate import check_image_finite, check_terms_finite
     out = {}
     cfg = parse_argv(argv)
     # the float64 run; and without -seed, one clock-like seed for all four
     # builds (-misset random would draw each its own crystal from the clock)
     cfg = replace(cfg, precision="double", seed=-1234567 if cfg.seed is None else cfg.seed)
     m_ref = build_model(cfg)
+    check_terms_finite(m_ref)
     ref, ref_omega = api.render_float(m_ref, np.float64)
     ref = np.asarray(ref)
+    check_image_finite(m_ref, ref)          # as the CLI refuses the line (ConfigError)
     m64 = build_model(cfg)
     img64, omega64 = host.render(m64, np.float64)
     par = gpu.numba_parity(ref, img64, gpu.kernel_args(m64, np.float64)[0], np.float64)
