@@ -272,12 +272,12 @@ GRAD_EXTRAS = AD_EXTRAS + ["-adxv", "-denzo", "-spindle_axis 0 0 1", "-detector_
                            "-water 0.5"]     # a background of the Bragg term's order (100: 1e10)
 
 
-def _grad_case(rng: random.Random, specs=()):
-    """(argv, keyword values, keywords to differentiate) of one drawn case;
-    with ``specs`` (flag specs), one time in three also 1 to 3 flags drawn as
-    the cli target draws them."""
+def _grad_case(rng: random.Random, specs=(), extras=GRAD_EXTRAS, most=5):
+    """(argv, keyword values, keywords to differentiate) of one drawn case:
+    0 to ``most`` features from ``extras``; with ``specs`` (flag specs), one
+    time in three also 1 to 3 flags drawn as the cli target draws them."""
     argv = list(AD_BASE)
-    for e in rng.sample(GRAD_EXTRAS, rng.randint(0, 5)):
+    for e in rng.sample(extras, rng.randint(0, most)):
         argv += e.split()
     if specs and rng.random() < 1.0 / 3.0:
         argv += cli_args(rng, specs, 1, 3)
@@ -449,22 +449,10 @@ DEVICE_LOSS_ULPS = 64.0
 
 
 def _device_case(rng: random.Random, specs):
-    """(argv, keywords to differentiate) of one drawn device case: features
-    from DEVICE_EXTRAS and, one time in three, 1 to 3 flags drawn as the cli
-    target draws them."""
-    argv = list(AD_BASE)
-    for e in rng.sample(DEVICE_EXTRAS, rng.randint(0, 6)):
-        argv += e.split()
-    if rng.random() < 1.0 / 3.0:
-        argv += cli_args(rng, specs, 1, 3)
-    names = rng.sample(sorted(GRAD_VALUES) + ["F_hkl"], rng.randint(1, 4))
-    if "F_hkl" in names and "-hkl" not in argv:
-        argv += ["-hkl", "x.hkl"]
-    if "pix0" in names and "-pix0_vector_mm" not in argv:
-        argv += ["-pix0_vector_mm", "100", "5", "-5"]
-    if "-hkl" not in argv:
-        argv += ["-default_F", "100"]
-    vals = {k: [rng.uniform(a, b) for a, b in GRAD_VALUES[k]] for k in names if k != "F_hkl"}
+    """(argv, keyword values, keywords to differentiate) of one drawn device
+    case: _grad_case's, with up to 6 features from DEVICE_EXTRAS, and N
+    rounded to integers half the time."""
+    argv, vals, names = _grad_case(rng, specs, DEVICE_EXTRAS, 6)
     if "N" in vals and rng.random() < 0.5:
         vals["N"] = [float(round(x)) for x in vals["N"]]    # the reduced sincg's path
     return argv, vals, names
