@@ -89,6 +89,12 @@ def _inputs(d: Path) -> None:
     (d / "s2.txt").write_text("-10 0 0 1 1.5e-10\n-10 0.05 0 1 1.51e-10\n")
 
 
+def _specs() -> list:
+    """The flag table's specs that the cli draws take (not CLI_SKIP's)."""
+    from nbnumba.flags import FLAGS
+    return [sp for sp in FLAGS if sp.name not in CLI_SKIP]
+
+
 def cli_args(rng: random.Random, specs, fewest: int = 2, most: int = 6) -> list:
     """One drawn list of extra flags (fewest to most) and their values."""
     extra = []
@@ -130,14 +136,14 @@ def run_cli(args) -> tuple:
 
 def fuzz_cli(seed: int, runs: int, out=sys.stdout) -> dict:
     """Outcome counts of ``runs`` drawn command lines ('fail' among them)."""
-    from nbnumba.flags import FLAGS
-    specs = [sp for sp in FLAGS if sp.name not in CLI_SKIP]
+    specs = _specs()
     rng = random.Random(seed)
     counts = {"exit 0": 0, "exit 2": 0, "heavy": 0, "fail": 0}
     for _ in range(runs):
         extra = cli_args(rng, specs)
+        # (a line that does not build goes on: its refusal is the CLI's to check)
         if _call(lambda: heavy(CLI_BASE + extra))[1] == "heavy":
-            counts["heavy"] += 1        # (a line that does not build: the CLI's to refuse)
+            counts["heavy"] += 1
             continue
         rc, why = run_cli(CLI_BASE + extra)
         if why is not None:
@@ -200,8 +206,7 @@ def fuzz_autodiff(seed: int, runs: int, out=sys.stdout) -> dict:
     """Outcome counts of ``runs`` drawn autodiff calls ('fail' among them)."""
     import torch
     from nbnumba.autodiff import simulate
-    from nbnumba.flags import FLAGS
-    specs = [sp for sp in FLAGS if sp.name not in CLI_SKIP]
+    specs = _specs()
     rng = random.Random(seed)
     counts = {"finite": 0, "refused": 0, "heavy": 0, "fail": 0}
     for _ in range(runs):
@@ -398,8 +403,7 @@ def fuzz_gradients(seed: int, runs: int, out=sys.stdout) -> dict:
     per drawn case, 'agree' when no keyword's derivative disagrees (grad_check),
     'refused' for an NBError / ValueError / TypeError; 'flat' and 'kink' count
     the keywords that could not be weighed."""
-    from nbnumba.flags import FLAGS
-    specs = [sp for sp in FLAGS if sp.name not in CLI_SKIP]
+    specs = _specs()
     rng = random.Random(seed)
     counts = {"agree": 0, "refused": 0, "heavy": 0, "flat": 0, "kink": 0, "fail": 0}
     for _ in range(runs):
@@ -585,15 +589,15 @@ def device_check(argv, vals, names, host, rng: random.Random) -> dict:
 def fuzz_device(seed: int, runs: int, out=sys.stdout, host=None) -> dict:
     """Outcome counts of ``runs`` drawn device cases ('fail' among them):
     'agree' when device_check found nothing, 'refused' for an NBError /
-    ValueError / TypeError while parsing or building the run.  ``host``: a
+    ValueError / TypeError while parsing or building the run, 'heavy' for a
+    line over MAX_SUBPATHS (not run).  ``host``: a
     gpu.HostKernel, else the host library is built here (g++).  The fake
     CuPy that serves -device cuda is installed for these runs only."""
-    from nbnumba.flags import FLAGS
     from nbnumba.kernels import gpu
     from nbnumba.testing.fake_cupy import make_fake_cupy
     if host is None:
         host = gpu.HostKernel(gpu.build_host_library(os.getcwd()))
-    specs = [sp for sp in FLAGS if sp.name not in CLI_SKIP]
+    specs = _specs()
     rng = random.Random(seed)
     counts = {"agree": 0, "refused": 0, "heavy": 0, "fail": 0}
     saved = sys.modules.get("cupy")
