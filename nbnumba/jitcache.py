@@ -175,20 +175,18 @@ def wait_helpers() -> None:
     p, _HELPERS = _HELPERS, None
     if p is None:
         return
+    from .kernels.native import reap_in_background
     try:
         if p.stdout is not None:
             import select
             if select.select([p.stdout], [], [], 120)[0]:
                 p.stdout.readline()     # "helpers" (or "": the process ended)
             p.stdout.close()
-            # it goes on with the other image loop, detached
-            from .kernels.native import reap_in_background
-            reap_in_background(p)
+            reap_in_background(p)       # it goes on with the other image loop, detached
         else:
             p.wait(timeout=120)
     except Exception:                   # never let the second process stop a run
         p.kill()
-        from .kernels.native import reap_in_background
         reap_in_background(p)
 
 

@@ -362,17 +362,17 @@ __device__ real sinc3(real x) {
 #define NB_SINC3_DX_7 (7.102628853083421e-15)
 #define NB_SINC3_DX_8 (-2.1138776348462563e-17)
 
-// physics._even_series: sum_m c_m x^(2m) by Horner's scheme, in real
-#define NB_EVEN_SERIES9(P, t) \
-    ((((((((((real)P##8 * t + (real)P##7) * t + (real)P##6) * t + (real)P##5) * t + \
-           (real)P##4) * t + (real)P##3) * t + (real)P##2) * t + (real)P##1) * t + (real)P##0))
+// physics._even_series: sum_m c_m x^(2m) by Horner's scheme, in type T
+#define NB_EVEN_SERIES9(T, P, t) \
+    ((((((((((T)P##8 * t + (T)P##7) * t + (T)P##6) * t + (T)P##5) * t + \
+           (T)P##4) * t + (T)P##3) * t + (T)P##2) * t + (T)P##1) * t + (T)P##0))
 
 // physics.sinc3_accurate: the default mode's sinc3 (the series near 0)
 template <typename real>
 __device__ real sinc3_accurate(real x) {
     if (x < (real)NB_SINC3_SERIES_BELOW && -x < (real)NB_SINC3_SERIES_BELOW) {
         const real t = x * x;
-        return NB_EVEN_SERIES9(NB_SINC3_, t);
+        return NB_EVEN_SERIES9(real, NB_SINC3_, t);
     }
     return sinc3(x);
 }
@@ -1072,10 +1072,9 @@ __device__ void sincg_reduced_grad(double h, double N, double* gh, double* gN) {
 
 // physics.sinc3_dx_over_x: (d sinc3/dx) / x, finite at 0
 __device__ double sinc3_dx_over_x(double x) {
-    typedef double real;
     if (fabs(x) < NB_SINC3_SERIES_BELOW) {
         const double t = x * x;
-        return NB_EVEN_SERIES9(NB_SINC3_DX_, t);
+        return NB_EVEN_SERIES9(double, NB_SINC3_DX_, t);
     }
     return (3.0 * sin(x) / (x * x) - 3.0 * sinc3(x) / x) / x;
 }
