@@ -366,7 +366,9 @@ def _adjoint_numba(run, g, want_F):
     with PARALLEL_KERNEL_LOCK:
         A.backward(run.model.active, run.box, g, *run.args, want,
                    nchunk, gpar, gF, cacc, val)
-    return val, gpar, cacc.sum(axis=0), (gF.sum(axis=0) if want_F else None)
+    # the device's rows end before the spindle's entries (0 here too)
+    return (val, gpar[:, :A.N_PAR_DEVICE], cacc.sum(axis=0),
+            (gF.sum(axis=0) if want_F else None))
 
 
 def run_adjoint(quick: bool = False) -> dict:

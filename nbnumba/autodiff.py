@@ -25,6 +25,9 @@ detector_rot    3      detector rotations about x, y, z (degrees), as
 twotheta        1      detector two-theta (degrees), as -twotheta
 wavelength      1      Angstrom (all sources scale with it)
 mosaic_spread   1      mosaic spread (degrees), as -mosaic
+spindle_axis    3      the spindle (phi) axis, as -spindle_axis (which argv
+                       must give: the flag picks the CUSTOM convention); any
+                       length, made a unit vector as the flag's value is
 polarization    1      Kahn polarization factor, as -polar
 N               3      Na, Nb, Nc (continuous in the lattice factor)
 fluence         1      photons/m^2 (replaces -flux/-exposure/-beamsize)
@@ -68,13 +71,14 @@ __all__ = ["simulate", "structure_factors", "jacobian", "PARAMETERS"]
 #: keyword -> number of values (F_hkl: the grid of structure_factors(argv))
 PARAMETERS = {"cell": 6, "misset": 3, "distance": 1, "beam_center": 2, "pix0": 3,
               "detector_rot": 3,
-              "twotheta": 1, "wavelength": 1, "mosaic_spread": 1, "polarization": 1, "N": 3,
-              "fluence": 1, "F_hkl": None}
+              "twotheta": 1, "wavelength": 1, "mosaic_spread": 1, "spindle_axis": 3,
+              "polarization": 1, "N": 3, "fluence": 1, "F_hkl": None}
 #: the ones that move the detector (build_detector reads no crystal flag)
 _DETECTOR = ("distance", "beam_center", "pix0", "detector_rot", "twotheta")
 #: the ones that move the cell or the detector: the host maps them to theta
-#: (mosaic_spread through the cells' derivatives in the spread, _Run.mosaic_cells)
-_GEOMETRIC = ("cell", "misset", "wavelength", "mosaic_spread") + _DETECTOR
+#: (mosaic_spread and spindle_axis through the rotated cells' derivatives,
+#: _Run.mosaic_cells and _Run.spindle_cells)
+_GEOMETRIC = ("cell", "misset", "wavelength", "mosaic_spread", "spindle_axis") + _DETECTOR
 #: the ones that turn the detector axes (the stored Jacobian keeps their columns)
 _TURNS_DETECTOR = ("detector_rot", "twotheta")
 #: Richardson steps for the host map's Jacobian, in the keyword's units
@@ -188,6 +192,8 @@ def _override(cfg, vals):
         kw["Na"], kw["Nb"], kw["Nc"] = (float(x) for x in vals["N"])
     if "mosaic_spread" in vals:
         kw["mosaic_spread"] = math.radians(float(vals["mosaic_spread"][0]))
+    if "spindle_axis" in vals:
+        kw["spindle_vector"] = tuple(float(x) for x in vals["spindle_axis"])
     if "polarization" in vals:
         kw["polarization"] = float(vals["polarization"][0])
     if "fluence" in vals:
@@ -219,6 +225,11 @@ def _check_supported(cfg, given, needs_grad):
         # value only, so the run is the one the flags describe
         raise ConfigError("pix0= replaces the value of -pix0_vector_mm (or -pix0_vector): "
                           "give one of them in argv")
+    if "spindle_axis" in given and cfg.beam_convention != "CUSTOM":
+        # the other conventions fix the axis (nanoBragg.c's table): the keyword
+        # replaces the flag's value only, so the run is the one the flags describe
+        raise ConfigError("spindle_axis= replaces the value of -spindle_axis (read in the "
+                          "CUSTOM convention, which the flag selects): give it in argv")
     bad = []
     if cfg.curved_detector:
         bad.append("-curved_det")
@@ -291,6 +302,8 @@ def _check_values(vals, needs_grad, F_values):
             raise ConfigError("%s= has a non-finite value (%r at index %d): every keyword "
                               "value must be a finite number" % (name, float(x[bad[0]]),
                                                                  int(bad[0])))
+    if "spindle_axis" in vals and not np.any(vals["spindle_axis"]):
+        raise ConfigError("spindle_axis= is the zero vector: give a direction")
     if F_values is not None and not np.all(np.isfinite(F_values)):
         i = tuple(int(v) for v in np.argwhere(~np.isfinite(F_values))[0])
         raise ConfigError("F_hkl= has a non-finite value (%r at grid index %s): every "
@@ -345,6 +358,7 @@ class _Run:
                               "differentiated (the domains' rotations are drawn only then)")
         self._rots = None       # the cells' rotations, when a pass needs them (rots)
         self._mosaic_cells = None   # their derivatives in the spread (mosaic_cells)
+        self._spindle_cells = None  # ... and in the spindle axis (spindle_cells)
         self.recip = None
         if cfg.matfilename is not None:
             from .io.mat import read_mosflm_mat
@@ -381,7 +395,7 @@ class _Run:
         self.jac_cols = self._jac_columns(self.want,
                                           it[K.I_SHAPE] == SHAPE_GAUSS,
                                           any(n in needs_grad for n in _TURNS_DETECTOR),
-                                          "mosaic_spread" in needs_grad)
+                                          self._rotation_entries(needs_grad))
         self.keep_jac = (keep_jac and self.device == "cpu"
                          and (self.want & (A.W_N | A.W_GEO | A.W_POL)) != 0
                          and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES)
@@ -400,14 +414,24 @@ class _Run:
         return gpu.adjoint(self._gpu_args, self.model.active, g, want_F)
 
     @staticmethod
-    def _jac_columns(want, gauss, turns_detector=False, mosaic=False):
+    def _rotation_entries(needs_grad):
+        """The per-cell rotation entries of theta (adjoint.P_MOS, P_SPIN..) of
+        the keywords in needs_grad, in the order of rotation_cells' blocks."""
+        out = []
+        if "mosaic_spread" in needs_grad:
+            out.append(A.P_MOS)
+        if "spindle_axis" in needs_grad:
+            out += [A.P_SPIN, A.P_SPIN + 1, A.P_SPIN + 2]
+        return out
+
+    @staticmethod
+    def _jac_columns(want, gauss, turns_detector=False, rotation=()):
         """The theta indices the stored Jacobian keeps: those the adjoint can
         make nonzero for want (the reciprocal vectors only for the gauss shape)
         and that a keyword can move (the detector axes only when a rotation
-        keyword needs grad, the mosaic spread's entry only when it does)."""
-        cols = [A.P_FLU]
-        if mosaic:
-            cols += [A.P_MOS]
+        keyword needs grad, the per-cell rotation entries ``rotation`` only
+        when their keywords do: _rotation_entries)."""
+        cols = [A.P_FLU] + list(rotation)
         if want & A.W_POL:
             cols += [A.P_KAHN]
         if want & A.W_N:
@@ -471,11 +495,10 @@ class _Run:
             counts = self.row_counts
             rowstart = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
             jac = np.empty((int(counts.sum()), self.jac_cols.size))
-            dcells = (self.mosaic_cells() if "mosaic_spread" in self.needs_grad
-                      else np.empty((9, 0)))
+            dcells, dpar = self.rotation_cells()
             with _kernel_threads(self.small):
                 A.forward_jac(active, box, rowstart, *self.args, self.want, self._rot(),
-                              dcells, self.jac_cols, jac, out)
+                              dcells, dpar, self.jac_cols, jac, out)
             self.pixel_jac = (rowstart, jac)
         else:
             with _kernel_threads(self.small):    # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
@@ -511,7 +534,9 @@ class _Run:
         if self.device == "cuda":
             from .interop import to_numpy
             _, gpar, cacc, gF = self._gpu(g, want_F)
-            G = np.array(to_numpy(gpar), dtype=np.float64)
+            G = np.zeros(A.N_PAR)
+            # the device's rows end before the spindle's entries (N_PAR_DEVICE)
+            G[:A.N_PAR_DEVICE] = np.asarray(to_numpy(gpar), dtype=np.float64)
             ncell = self.rots.shape[0]
             self.cell_sums = np.asarray(to_numpy(cacc), dtype=np.float64).reshape(9, ncell)
             G[A.P_A:A.P_C + 3] = np.einsum("jmn,qnj->qm", self.rots,
@@ -627,6 +652,50 @@ class _Run:
             self._mosaic_cells = np.ascontiguousarray(dcells.reshape(-1, 9).T)
         return self._mosaic_cells
 
+    def spindle_cells(self):
+        """(27, ncell): the derivatives of each cell's rotated a, b, c (rows
+        0-8 as mosaic_cells') per unit of each component of the spindle_axis
+        vector as given (rows 9 i..9 i + 8: component i), the unit vector that
+        build_detector makes of it included.  Richardson-extrapolated central
+        differences (O(h^4), ~1e-12 relative) of crystal.rotated_cells, the
+        rotation the forward applies, at a step of 1e-3 of the vector's length:
+        the one implementation of the phi rotation, as host_jacobian's."""
+        if self._spindle_cells is None:
+            m = self.model
+            w = np.asarray(self.vals["spindle_axis"], dtype=np.float64)
+            h = 1e-3 * float(np.linalg.norm(w))
+
+            def at(i, t):
+                x = w.copy()
+                x[i] += t
+                axis = tuple(x / np.linalg.norm(x))
+                return xtal.rotated_cells(m.crystal, axis, m.phis, m.umats,
+                                          m.steps.mosaic_spread, False)[1].reshape(-1, 9).T
+            blocks = [(8.0 * (at(i, h) - at(i, -h)) - (at(i, 2 * h) - at(i, -2 * h))) / (12.0 * h)
+                      for i in range(3)]
+            self._spindle_cells = np.ascontiguousarray(np.concatenate(blocks, axis=0))
+        return self._spindle_cells
+
+    def rotation_cells(self):
+        """(dcells (9 M, ncell), dpar (M,)): the per-cell rotation blocks that
+        forward_jac contracts per pixel for the keywords in needs_grad
+        (_rotation_entries; width 0 when none)."""
+        dpar = np.array(self._rotation_entries(self.needs_grad), dtype=np.int64)
+        blocks = []
+        if "mosaic_spread" in self.needs_grad:
+            blocks.append(self.mosaic_cells())
+        if "spindle_axis" in self.needs_grad:
+            blocks.append(self.spindle_cells())
+        if not blocks:
+            return np.empty((9, 0)), dpar
+        return np.ascontiguousarray(np.concatenate(blocks, axis=0)), dpar
+
+    def spindle_grad(self, cell_sums):
+        """d(sum g I)/d(spindle_axis components), from the adjoint pass's
+        per-cell sums (as mosaic_grad, with spindle_cells)."""
+        d = self.spindle_cells().reshape(3, 9, -1)
+        return np.einsum("iqj,qj->i", d, cell_sums)
+
     def mosaic_grad(self, cell_sums):
         """d(sum g I)/d(mosaic spread in degrees), from the adjoint pass's per-cell
         sums cell_sums (9, ncell), as theta_grad leaves them: sum_j (da_j/dspread) .
@@ -637,8 +706,8 @@ class _Run:
     def chain_matrix(self, name):
         """d theta / d keyword ``name``, (N_PAR, size): the chain rule from the
         kernel's theta to a keyword (every keyword but F_hkl, whose gradient
-        comes from the adjoint pass; mosaic_spread's entry, P_MOS, only in a
-        stored Jacobian).  The
+        comes from the adjoint pass; the entries of mosaic_spread and
+        spindle_axis, P_MOS and P_SPIN.., only in a stored Jacobian).  The
         backward multiplies it by the theta gradient; jacobian() by the
         stored per-pixel Jacobian."""
         size = PARAMETERS[name]
@@ -651,6 +720,8 @@ class _Run:
             M[A.P_KAHN, 0] = 1.0
         elif name == "mosaic_spread":
             M[A.P_MOS, 0] = math.pi / 180.0      # the kernel's entry is per radian
+        elif name == "spindle_axis":
+            M[A.P_SPIN:A.P_SPIN + 3] = np.eye(3)
         else:
             M[:A.N_HOST] = self.host_jacobian(name)
             if name == "wavelength":
@@ -668,6 +739,8 @@ class _Run:
             elif name == "mosaic_spread" and self.pixel_jac is None:
                 # the adjoint pass (no stored Jacobian): its per-cell sums
                 out[name] = np.array([self.mosaic_grad(self.cell_sums)])
+            elif name == "spindle_axis" and self.pixel_jac is None:
+                out[name] = self.spindle_grad(self.cell_sums)
             else:
                 with np.errstate(all="ignore"):
                     out[name] = G @ self.chain_matrix(name)
@@ -791,7 +864,8 @@ def _function():
 
 def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wavelength=None,
              N=None, fluence=None, F_hkl=None, detector_rot=None, twotheta=None,
-             mosaic_spread=None, polarization=None, roi_only=False, pix0=None):
+             mosaic_spread=None, polarization=None, roi_only=False, pix0=None,
+             spindle_axis=None):
     """The (S, F) image (photons/pixel) of the nanoBragg command ``argv`` with
     the given keywords overriding its flags, as a torch tensor whose grad_fn
     reaches every keyword tensor that requires grad.
@@ -808,8 +882,8 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     torch = _torch()
     given = dict(cell=cell, misset=misset, distance=distance, beam_center=beam_center,
                  pix0=pix0, detector_rot=detector_rot, twotheta=twotheta, wavelength=wavelength,
-                 mosaic_spread=mosaic_spread, polarization=polarization, N=N, fluence=fluence,
-                 F_hkl=F_hkl)
+                 mosaic_spread=mosaic_spread, spindle_axis=spindle_axis,
+                 polarization=polarization, N=N, fluence=fluence, F_hkl=F_hkl)
     tensors = {k: _as_tensor(torch, k, v) for k, v in given.items() if v is not None}
     vals = {k: t.detach().to("cpu", torch.float64).numpy().reshape(-1)
             for k, t in tensors.items() if k != "F_hkl"}

@@ -278,6 +278,89 @@ def test_jacobian_mosaic_spread_column():
     assert np.abs(col - fd).max() <= 1e-5 * np.abs(col).max()
 
 
+SPINDLE = [0.1, -0.2, 0.97]
+#: phi steps for the spindle to turn the cells by, and the flag the keyword
+#: replaces (it selects the CUSTOM convention)
+SPINDLE_ARGV = BASE + "-phi 0 -osc 2 -phisteps 3 -spindle_axis 0 0 1".split()
+
+
+def test_spindle_axis_renders_as_the_flag_and_needs_it():
+    import nbnumba
+    ref = nbnumba.simulate_argv(SPINDLE_ARGV + ["-spindle_axis"] + [str(x) for x in SPINDLE])
+    img = simulate(SPINDLE_ARGV, spindle_axis=torch.tensor(SPINDLE, dtype=torch.float64))
+    assert ref.float_image.max() > 0.0
+    assert not np.array_equal(ref.float_image, nbnumba.simulate_argv(SPINDLE_ARGV).float_image)
+    assert np.array_equal(img.numpy().astype(np.float32), ref.float_image)
+    t = torch.tensor(SPINDLE, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ConfigError, match="spindle_axis= replaces"):    # MOSFLM fixes the axis
+        simulate(BASE, spindle_axis=t)
+    with pytest.raises(ConfigError, match="zero vector"):
+        simulate(SPINDLE_ARGV, spindle_axis=torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("extra, others", [
+    ("", ()),
+    # the general path (gauss shape, the adjoint's per-cell loop) with the spread's entry
+    ("-gauss_xtal -N 5 -mosaic 0.4 -mosaic_dom 3", ("mosaic_spread", "cell"))])
+def test_spindle_axis_central_differences(extra, others):
+    """spindle_axis against Richardson central differences of the forward, per
+    component: the kernel's per-pixel entries fed with the rotated cells'
+    derivatives (_Run.spindle_cells, differences of crystal.rotated_cells).
+    The axis is made a unit vector, so the derivative along itself is 0."""
+    argv = SPINDLE_ARGV + extra.split()
+    vals = dict(VALUES, mosaic_spread=[0.4])
+    w = torch.from_numpy(np.random.default_rng(1).uniform(0.5, 1.5, (12, 12)))
+    t = torch.tensor(SPINDLE, dtype=torch.float64, requires_grad=True)
+    ts = _tensors(others, vals)
+    (w * simulate(argv, spindle_axis=t, **dict(zip(others, ts)))).sum().backward()
+    an = t.grad.numpy()
+
+    def L(x):
+        kw = {n: torch.tensor(vals[n], dtype=torch.float64) for n in others}
+        return float((w * simulate(argv, spindle_axis=torch.from_numpy(x), **kw)).sum())
+    h, x0 = 1e-4, np.array(SPINDLE)
+    for i in range(3):
+        e = np.eye(3)[i] * h
+        fd = (8 * (L(x0 + e) - L(x0 - e)) - (L(x0 + 2 * e) - L(x0 - 2 * e))) / (12 * h)
+        assert abs(an[i] - fd) <= 1e-8 * np.abs(an).max(), (i, an, fd)
+    assert np.abs(an).max() > 0.0
+    assert abs(float(an @ x0)) <= 1e-9 * np.abs(an).max() * np.linalg.norm(x0)
+    for n, x in zip(others, ts):
+        assert float(x.grad.abs().max()) > 0.0, n
+
+
+def test_spindle_axis_stored_jacobian_equals_the_adjoint_pass():
+    """Two routes to d(sum g I)/d spindle_axis: the stored Jacobian's entries
+    (P_SPIN, contracted per pixel in the kernel, beside the spread's P_MOS)
+    and the adjoint pass's per-cell sums contracted on the host
+    (_Run.spindle_grad); and jacobian()'s columns contract to them.  1e-10."""
+    from nbnumba import autodiff as AD
+    argv = SPINDLE_ARGV + "-mosaic 0.5 -mosaic_dom 3 -oversample 2".split()
+    vals = dict(spindle_axis=np.array(SPINDLE), mosaic_spread=np.array([0.45]),
+                misset=np.array(VALUES["misset"]), N=np.array(VALUES["N"]))
+    names = tuple(vals)
+    g = np.random.default_rng(5).uniform(0.5, 1.5, (12, 12))
+    grads = []
+    for keep in (True, False):
+        run = AD._Run(argv, vals, names, None, keep_jac=keep)
+        run.forward()
+        assert (run.pixel_jac is not None) == keep
+        grads.append(run.backward(g))
+    stored, adjoint = grads
+    _, J = AD.jacobian(argv, **vals)
+    for k in names:
+        ref = adjoint[k]
+        assert np.abs(ref).max() > 0.0, k
+        assert np.allclose(stored[k], ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max()), k
+        assert np.allclose(np.einsum("sf,sfk->k", g, J[k]), ref, rtol=1e-10,
+                           atol=1e-12 * np.abs(ref).max()), k
+
+
+def test_gradcheck_spindle_axis():
+    _gradcheck(SPINDLE_ARGV + "-detpixels 6 -pixel 4".split(), ("spindle_axis",), fast=False,
+               vals=dict(spindle_axis=SPINDLE))
+
+
 def test_gradcheck_square_N_alone_with_mosaic():
     # N is continuous: the C's sin(N pi h)/sin(pi h) is used when N is refined
     _gradcheck(BASE + "-mosaic 0.5 -mosaic_dom 2".split(), ("N",), vals=dict(N=[4.3, 3.0, 5.0]))

@@ -95,7 +95,7 @@ def _run(name, workdir, monkeypatch):
 
 
 def _numba(run, g, want_F):
-    """adjoint.backward's outputs: (values, gpar rows (S, N_PAR), cacc (9, ncell), gF)."""
+    """adjoint.backward's outputs: (values, gpar rows (S, N_PAR_DEVICE), cacc (9, ncell), gF)."""
     # no forward first, on purpose: every jitted helper states its fast-math
     # flags, so compiling them under pixel_grad's reassoc/contract first must not
     # move later numba images off the host build's bits (test_gpu_source; see
@@ -111,7 +111,11 @@ def _numba(run, g, want_F):
     val = np.zeros((S, F))
     A.backward(run.model.active, run.box, g, *run.args, want, nchunk,
                gpar, gF, cacc, val)
-    return val, gpar, cacc.sum(axis=0), (gF.sum(axis=0) if want_F else None)
+    # the spindle's entries follow the device's rows: the adjoint pass leaves
+    # them 0 on both sides (the host contracts them from cacc)
+    assert not gpar[:, A.N_PAR_DEVICE:].any()
+    return (val, gpar[:, :A.N_PAR_DEVICE], cacc.sum(axis=0),
+            (gF.sum(axis=0) if want_F else None))
 
 
 def _rel(a, b):
@@ -153,11 +157,12 @@ def test_adjoint_launch_args_match_signature(tmp_path, monkeypatch):
 
 def test_theta_layout_matches_kernel(host):
     # HostKernel reads N_PAR and P_LAM back from the library (nb_host_layout)
-    assert gpu.ADJOINT_N_PAR == A.N_PAR
+    assert gpu.ADJOINT_N_PAR == A.N_PAR_DEVICE == A.P_SPIN
     src = gpu.source_text()
     for name in ("P_A", "P_B", "P_C", "P_PIX0", "P_CLOSE", "P_ASTAR", "P_BSTAR", "P_CSTAR",
-                 "P_LAM", "P_NA", "P_NB", "P_NC", "P_FLU", "P_KAHN", "P_MOS", "N_PAR"):
+                 "P_LAM", "P_NA", "P_NB", "P_NC", "P_FLU", "P_KAHN", "P_MOS"):
         assert ("#define %s %d\n" % (name, getattr(A, name))) in src, name
+    assert "#define N_PAR %d\n" % A.N_PAR_DEVICE in src
     assert "#define NB_SINCG_NEAR %r\n" % SINCG_NEAR in src
 
 
@@ -256,7 +261,9 @@ def test_autodiff_device_cuda_through_fake_cupy(host, tmp_path, monkeypatch):
     fake = _fake(host, monkeypatch)
     _write_hkl(tmp_path / "gen.hkl", 6, 6, 6)
     monkeypatch.chdir(tmp_path)
-    argv = (BASE + " -hkl gen.hkl -interpolate -N 4 -mosaic 0.3 -mosaic_dom 2").split()
+    # (-spindle_axis and phi steps: the spindle's gradient, from the per-cell sums)
+    argv = (BASE + " -hkl gen.hkl -interpolate -N 4 -mosaic 0.3 -mosaic_dom 2"
+            " -phi 0 -osc 1 -phisteps 2 -spindle_axis 0 0 1").split()
     S = 12
     # 3 rows per launch: the budget is counted in sub-paths (ADJOINT_COST each)
     run = AD._Run(argv, {}, (), None)
@@ -273,14 +280,17 @@ def test_autodiff_device_cuda_through_fake_cupy(host, tmp_path, monkeypatch):
         rot = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64, requires_grad=True)
         mos = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
         pol = torch.tensor([0.4], dtype=torch.float64, requires_grad=True)
+        spin = torch.tensor([0.1, -0.2, 0.97], dtype=torch.float64, requires_grad=True)
         F, _ = AD.structure_factors(argv)
         F.requires_grad_(True)
         img = AD.simulate(argv + device_flags, cell=cell, distance=dist, N=N, F_hkl=F,
-                          detector_rot=rot, mosaic_spread=mos, polarization=pol)
+                          detector_rot=rot, mosaic_spread=mos, polarization=pol,
+                          spindle_axis=spin)
         w = torch.linspace(-1.0, 2.0, img.numel(), dtype=torch.float64).reshape(img.shape)
         (img * w).sum().backward()
         return img.detach().numpy(), cell.grad.numpy(), dist.grad.numpy(), N.grad.numpy(), \
-            F.grad.numpy(), rot.grad.numpy(), mos.grad.numpy(), pol.grad.numpy()
+            F.grad.numpy(), rot.grad.numpy(), mos.grad.numpy(), pol.grad.numpy(), \
+            spin.grad.numpy()
 
     ref = grads([])
     assert fake.calls == []
@@ -372,7 +382,8 @@ def test_gpu_autodiff_device_cuda_matches_cpu(tmp_path, monkeypatch):
         pytest.skip("torch has no CUDA")
     _write_hkl(tmp_path / "gen.hkl", 6, 6, 6)
     monkeypatch.chdir(tmp_path)
-    argv = (BASE + " -hkl gen.hkl -interpolate -N 4 -mosaic 0.3 -mosaic_dom 2").split()
+    argv = (BASE + " -hkl gen.hkl -interpolate -N 4 -mosaic 0.3 -mosaic_dom 2"
+            " -phi 0 -osc 1 -phisteps 2 -spindle_axis 0 0 1").split()
     res = {}
     for dev, flags in (("cpu", []), ("cuda", ["-device", "cuda"])):
         cell = torch.tensor([70.0, 80.0, 90.0, 85.0, 95.0, 105.0], dtype=torch.float64,
@@ -380,14 +391,16 @@ def test_gpu_autodiff_device_cuda_matches_cpu(tmp_path, monkeypatch):
         rot = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64, device=dev, requires_grad=True)
         mos = torch.tensor([0.3], dtype=torch.float64, device=dev, requires_grad=True)
         pol = torch.tensor([0.4], dtype=torch.float64, device=dev, requires_grad=True)
+        spin = torch.tensor([0.1, -0.2, 0.97], dtype=torch.float64, device=dev,
+                            requires_grad=True)
         F, _ = AD.structure_factors(argv)
         F = F.to(dev).requires_grad_(True)
         img = AD.simulate(argv + flags, cell=cell, F_hkl=F, detector_rot=rot, mosaic_spread=mos,
-                          polarization=pol)
+                          polarization=pol, spindle_axis=spin)
         assert img.device.type == dev
         (img * img).sum().backward()
         res[dev] = [t.detach().cpu().numpy()
-                    for t in (img, cell.grad, F.grad, rot.grad, mos.grad, pol.grad)]
+                    for t in (img, cell.grad, F.grad, rot.grad, mos.grad, pol.grad, spin.grad)]
     for a, b in zip(res["cuda"], res["cpu"]):
         assert _rel(a, b) <= REL
 

@@ -42,16 +42,23 @@ from . import cpu as K
 # (lambda_i -> s lambda_i, at s = 1); NA..NC: crystal size in cells;
 # FLU: log fluence (the image and the water background scale with fluence).
 # KAHN: the Kahn polarization factor (-polar).
-# MOS: the mosaic spread (rad): cell j's rotated a, b, c move by dcells[:, j]
-# per radian (forward_jac only; the adjoint pass leaves it to its per-cell sums).
+# MOS: the mosaic spread (rad); SPIN..SPIN+2: the three components of the
+# -spindle_axis vector as given (before it is made a unit vector).  These are
+# the per-cell rotation entries: cell j's rotated a, b, c move by a block of
+# nine rows of dcells[:, j] per unit of the parameter (forward_jac only; the
+# adjoint pass leaves them to its per-cell sums, which the host contracts).
 # ASTAR..CSTAR: the unrotated reciprocal vectors (1/A) of the gauss shape.
 # FDET, SDET: the detector's fast and slow unit vectors (a sub-pixel's
 # position is pix0 + Fdet fdet + Sdet sdet, Fdet and Sdet in m).
 # theta[:N_HOST] is what the host derives from the cell and the detector.
 P_A, P_B, P_C, P_PIX0, P_CLOSE = 0, 3, 6, 9, 12
 P_ASTAR, P_BSTAR, P_CSTAR, P_FDET, P_SDET, N_HOST = 13, 16, 19, 22, 25, 28
-P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN, P_MOS = 28, 29, 30, 31, 32, 33, 34
-N_PAR = 35
+P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN, P_MOS, P_SPIN = 28, 29, 30, 31, 32, 33, 34, 35
+N_PAR = 38
+#: the entries the CUDA adjoint's per-pixel rows carry (nanobragg.cu's N_PAR):
+#: every one before the spindle's; it leaves the rotation entries to the host
+#: (P_MOS is 0 there), which contracts them from its per-cell sums
+N_PAR_DEVICE = 35
 
 # ---- what a pass differentiates (bit mask ``want``) -------------------------
 # W_F: scatter dI/dFhkl; W_N: d/dNa..Nc; W_GEO: everything that moves h, k, l or
@@ -369,27 +376,28 @@ def _jac_cell_grad(S, rot, work, ncell):
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
-def _mosaic_term(dcells, j, S0, S1, S2, Th, Tk, Tl):
-    """Cell j's term of the mosaic spread's derivative: dT/dh (da_j . S) +
-    dT/dk (db_j . S) + dT/dl (dc_j . S), with dcells (9, ncell) the
-    derivatives of cell j's rotated a, b, c (rows 0-2, 3-5, 6-8) per radian
-    of spread (h_j = a_j . S).  Inlined by LLVM."""
+def _mosaic_term(dcells, r, j, S0, S1, S2, Th, Tk, Tl):
+    """Cell j's term of one per-cell rotation parameter's derivative: dT/dh
+    (da_j . S) + dT/dk (db_j . S) + dT/dl (dc_j . S), with dcells rows r..r+8
+    the derivatives of cell j's rotated a, b, c (rows r+0-2, r+3-5, r+6-8)
+    per unit of the parameter (h_j = a_j . S).  Inlined by LLVM."""
     K._inline_into_callers()
-    return (Th * (dcells[0, j] * S0 + dcells[1, j] * S1 + dcells[2, j] * S2)
-            + Tk * (dcells[3, j] * S0 + dcells[4, j] * S1 + dcells[5, j] * S2)
-            + Tl * (dcells[6, j] * S0 + dcells[7, j] * S1 + dcells[8, j] * S2))
+    return (Th * (dcells[r, j] * S0 + dcells[r + 1, j] * S1 + dcells[r + 2, j] * S2)
+            + Tk * (dcells[r + 3, j] * S0 + dcells[r + 4, j] * S1 + dcells[r + 5, j] * S2)
+            + Tl * (dcells[r + 6, j] * S0 + dcells[r + 7, j] * S1 + dcells[r + 8, j] * S2))
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
-def _jac_mosaic(S, dcells, work, ncell):
-    """The mosaic spread's derivative of one sub-path's sum over its cells,
-    from _jac_terms' rows (_mosaic_term).  Inlined by LLVM."""
+def _jac_mosaic(S, dcells, r, work, ncell):
+    """One per-cell rotation parameter's derivative of one sub-path's sum over
+    its cells (dcells rows r..r+8), from _jac_terms' rows (_mosaic_term).
+    Inlined by LLVM."""
     K._inline_into_callers()
     K._prefer_512bit_vectors()
     S0, S1, S2 = S
     m = 0.0
     for j in range(ncell):
-        m += _mosaic_term(dcells, j, S0, S1, S2, work[J_TH, j], work[J_TK, j], work[J_TL, j])
+        m += _mosaic_term(dcells, r, j, S0, S1, S2, work[J_TH, j], work[J_TK, j], work[J_TL, j])
     return m
 
 
@@ -414,7 +422,7 @@ def _near_table(fopt):
 # forward's pixel_value; docs/performance.md).
 @njit(cache=True, _nrt=False, error_model="numpy", fastmath={"reassoc", "contract"})
 def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells, Fhkl,
-               want, gF, ch, cacc, rot, dcells, cnear, work, dsum):
+               want, gF, ch, cacc, rot, dcells, dpar, cnear, work, dsum):
     """Overwrite dsum (N_PAR,) with g * dI/dtheta of pixel (spixel, fpixel)
     and, with want & W_F, add g * dI/dFhkl to gF[ch] (gF: (chunks,) +
     Fhkl's shape).  Returns the pixel's value (photons; equal to the forward
@@ -427,11 +435,12 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     path's per-cell loops run over.  With rot of width 0 it is left 0
     there, and cacc[ch] (9, ncell) collects sum g dI/dh_j S per cell instead
     (rows 0-2; k: 3-5, l: 6-8), for the host to apply R_j^T once
-    (autodiff._Run.theta_grad).  dcells (9, ncell): d(cell j's rotated a, b,
-    c)/d(mosaic spread, rad), contracted into dsum[P_MOS]; of width 0, that
-    entry is left 0.  cnear: _near_table(fopt), the near-peak
-    coefficients (the same for every pixel).  work: (N_JWORK, lanes of pcells)
-    scratch."""
+    (autodiff._Run.theta_grad).  dcells (9 M, ncell), dpar (M,): rows
+    9 m..9 m+8 hold d(cell j's rotated a, b, c)/d(theta[dpar[m]]) for the
+    per-cell rotation entries (P_MOS, P_SPIN..P_SPIN + 2), contracted into
+    dsum[dpar[m]]; of width 0, those entries are left 0.  cnear:
+    _near_table(fopt), the near-peak coefficients (the same for every
+    pixel).  work: (N_JWORK, lanes of pcells) scratch."""
     K._inline_into_callers()
     os = iopt[K.I_OVERSAMPLE]
     nsrc, nphi, nmos = iopt[K.I_NSRC], iopt[K.I_NPHI], iopt[K.I_NMOS]
@@ -458,6 +467,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     deriv = (want & (W_N | W_GEO)) != 0     # else values only
     use_rot = rot.shape[1] > 0
     use_mos = dcells.shape[1] > 0
+    nrot = dpar.shape[0]
     v1 = np.int64(_V1)
     # near-peak series coefficients of the per-axis derivatives (fast path),
     # as tuples: loop constants in registers for _jac_terms
@@ -532,7 +542,8 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                     sT, gx, gy, gz, gNa, gNb, gNc = _jac_sums(pcells, work, ncell)
                     sumT += sT
                     if use_mos:
-                        dsum[P_MOS] += _jac_mosaic(S, dcells, work, ncell)
+                        for m in range(nrot):
+                            dsum[dpar[m]] += _jac_mosaic(S, dcells, 9 * m, work, ncell)
                     if use_rot:
                         ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2 = _jac_cell_grad(S, rot, work,
                                                                                   ncell)
@@ -616,7 +627,9 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                     gNb += tFl * dNb
                     gNc += tFl * dNc
                     if use_mos:
-                        dsum[P_MOS] += _mosaic_term(dcells, j, S[0], S[1], S[2], Th, Tk, Tl)
+                        for m in range(nrot):
+                            dsum[dpar[m]] += _mosaic_term(dcells, 9 * m, j, S[0], S[1], S[2],
+                                                          Th, Tk, Tl)
                     if shape == SHAPE_GAUSS:   # F also depends on astar, bstar, cstar
                         q, v = lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc,
                                                         fudge, astar, bstar, cstar)
@@ -695,6 +708,7 @@ def backward(active, box, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want,
         dsum = np.empty(N_PAR)
         no_rot = np.empty((9, 0))
         no_mos = np.empty((9, 0))
+        no_dpar = np.empty(0, dtype=np.int64)
         c = np.int64(ch)
         for s in range(r0 + c * per, min(r1, r0 + (c + 1) * per)):
             row = np.int64(s)
@@ -702,21 +716,22 @@ def backward(active, box, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want,
                 if active[s, f] == 0 or g[s, f] == 0.0:
                     continue
                 val[s, f] = pixel_grad(row, f, g[s, f], iopt, fopt, vecs, incident, lam, cells,
-                                       pcells, Fhkl, want, gF, c, cacc, no_rot, no_mos, cnear,
-                                       work, dsum)
+                                       pcells, Fhkl, want, gF, c, cacc, no_rot, no_mos, no_dpar,
+                                       cnear, work, dsum)
                 for p in range(N_PAR):
                     gpar[s, p] += dsum[p]
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def forward_jac(active, box, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, rot,
-                dcells, cols, jac, out):
+                dcells, dpar, cols, jac, out):
     """Forward pass that also keeps each pixel's Jacobian: out (S, F) the pixel
     values (float64), jac (n_active, len(cols)) the entries cols of dI/dtheta
     (the theta indices that can be nonzero for this run) of every active pixel
     in raster order (row s starts at jac row rowstart[s]), the unrotated cell's
-    columns included (rot: (9, ncell), see pixel_grad), and the mosaic
-    spread's (P_MOS) with dcells of width ncell (else width 0).  The backward of any
+    columns included (rot: (9, ncell), see pixel_grad), and the per-cell
+    rotation entries dpar (the mosaic spread's P_MOS, the spindle's P_SPIN..)
+    with dcells (9 len(dpar), ncell) (else width 0).  The backward of any
     parameter but F_hkl is then jac^T g (contract).  want: W_N | W_GEO bits
     (W_F is ignored: the F grid's gradient needs g).  box: render64's."""
     r0, r1, c0, c1 = box[0], box[1], box[2], box[3]
@@ -737,7 +752,8 @@ def forward_jac(active, box, rowstart, iopt, fopt, vecs, incident, lam, cells, F
             if active[s, f] == 0:
                 continue
             out[s, f] = pixel_grad(row, f, 1.0, iopt, fopt, vecs, incident, lam, cells, pcells,
-                                   Fhkl, w, no_gF, zero, no_cacc, rot, dcells, cnear, work, dsum)
+                                   Fhkl, w, no_gF, zero, no_cacc, rot, dcells, dpar, cnear, work,
+                                   dsum)
             for q in range(ncol):
                 jac[i, q] = dsum[cols[q]]
             i += 1

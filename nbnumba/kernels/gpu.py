@@ -64,8 +64,9 @@ ADJOINT_VALUES, ADJOINT_GRAD, ADJOINT_GRAD_F = 0, 1, 2
 #: measurement
 ADJOINT_COST = 4
 
-#: length of the adjoint's parameter vector theta (kernels/adjoint.py N_PAR;
-#: the kernel's N_PAR, checked by HostKernel)
+#: length of the CUDA adjoint's per-pixel rows (the kernel's N_PAR, checked by
+#: HostKernel against kernels/adjoint.py N_PAR_DEVICE: theta up to the mosaic
+#: spread's entry; the host pads the spindle's, which it contracts from cacc)
 ADJOINT_N_PAR = 35
 
 #: one-thread trace entry points (compiled with TRACE_OPTION, see trace_pixel)
@@ -724,8 +725,8 @@ class HostKernel:
         self.lib.nb_host_layout.argtypes = [_P]
         self.lib.nb_host_layout(_ptr(layout))
         from . import adjoint as A
-        expected = (N_IOPT_EXT, K.N_FOPT, K.N_VECS, BLOCK, A.N_PAR, A.P_LAM)
-        if tuple(int(v) for v in layout[:6]) != expected or A.N_PAR != ADJOINT_N_PAR:
+        expected = (N_IOPT_EXT, K.N_FOPT, K.N_VECS, BLOCK, A.N_PAR_DEVICE, A.P_LAM)
+        if tuple(int(v) for v in layout[:6]) != expected or A.N_PAR_DEVICE != ADJOINT_N_PAR:
             raise NBError("nanobragg.cu option layout %s does not match cpu.py/adjoint.py %s"
                           % (tuple(layout[:6]), expected))
 

@@ -978,6 +978,8 @@ NB_DEFINE_KERNEL(render_f32, double, float)
 #define P_KAHN 33
 // the mosaic spread's entry: the CPU's stored Jacobian only (adjoint.P_MOS); this
 // kernel leaves it 0 and gives the per-cell sums (cacc) that the host contracts
+// (as it does for the spindle axis, whose entries the CPU's theta has after this
+// one: adjoint.N_PAR_DEVICE is this N_PAR)
 #define P_MOS 34
 #define N_PAR 35
 
