@@ -79,6 +79,11 @@ _DETECTOR = ("distance", "beam_center", "pix0", "detector_rot", "twotheta")
 #: (mosaic_spread and spindle_axis through the rotated cells' derivatives,
 #: _Run.mosaic_cells and _Run.spindle_cells)
 _GEOMETRIC = ("cell", "misset", "wavelength", "mosaic_spread", "spindle_axis") + _DETECTOR
+#: the ones that turn each (phi, mosaic) cell: keyword -> (their theta entries,
+#: the _Run method giving the cells' derivatives, 9 rows per entry), in the
+#: order of the kernel's blocks (_Run.rotation_cells)
+_TURNS_CELLS = {"mosaic_spread": ((A.P_MOS,), "mosaic_cells"),
+                "spindle_axis": ((A.P_SPIN, A.P_SPIN + 1, A.P_SPIN + 2), "spindle_cells")}
 #: the ones that turn the detector axes (the stored Jacobian keeps their columns)
 _TURNS_DETECTOR = ("detector_rot", "twotheta")
 #: Richardson steps for the host map's Jacobian, in the keyword's units
@@ -399,7 +404,6 @@ class _Run:
         self.keep_jac = (keep_jac and self.device == "cpu"
                          and (self.want & (A.W_N | A.W_GEO | A.W_POL)) != 0
                          and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES)
-        self.cell_sums = None       # (9, ncell) per-cell sums of the last adjoint pass
 
     @property
     def rots(self):
@@ -417,12 +421,7 @@ class _Run:
     def _rotation_entries(needs_grad):
         """The per-cell rotation entries of theta (adjoint.P_MOS, P_SPIN..) of
         the keywords in needs_grad, in the order of rotation_cells' blocks."""
-        out = []
-        if "mosaic_spread" in needs_grad:
-            out.append(A.P_MOS)
-        if "spindle_axis" in needs_grad:
-            out += [A.P_SPIN, A.P_SPIN + 1, A.P_SPIN + 2]
-        return out
+        return [p for k, (ps, _) in _TURNS_CELLS.items() if k in needs_grad for p in ps]
 
     @staticmethod
     def _jac_columns(want, gauss, turns_detector=False, rotation=()):
@@ -538,9 +537,8 @@ class _Run:
             # the device's rows end before the spindle's entries (N_PAR_DEVICE)
             G[:A.N_PAR_DEVICE] = np.asarray(to_numpy(gpar), dtype=np.float64)
             ncell = self.rots.shape[0]
-            self.cell_sums = np.asarray(to_numpy(cacc), dtype=np.float64).reshape(9, ncell)
-            G[A.P_A:A.P_C + 3] = np.einsum("jmn,qnj->qm", self.rots,
-                                           self.cell_sums.reshape(3, 3, ncell)).reshape(9)
+            self._from_cell_sums(G, np.asarray(to_numpy(cacc), dtype=np.float64)
+                                 .reshape(9, ncell))
             return G, gF
         want_F = (self.want & A.W_F) != 0
         g = self._g64(g)
@@ -570,11 +568,7 @@ class _Run:
                        cacc, val)
         if G is None:
             G = gpar.sum(axis=0)
-            # h_j = (R_j a) . S: dI/da_m = sum_j sum_n R_j[n, m] (sum of g dI/dh_j S_n),
-            # rots[j, m, n] = R_j[n, m]; likewise b (k) and c (l)
-            self.cell_sums = cacc.sum(axis=0)
-            G[A.P_A:A.P_C + 3] = np.einsum("jmn,qnj->qm", self.rots,
-                                           self.cell_sums.reshape(3, 3, ncell)).reshape(9)
+            self._from_cell_sums(G, cacc.sum(axis=0))
         return G, (gF.sum(axis=0) if want_F else None)
 
     def _host_theta(self, vals, name=None):
@@ -644,7 +638,7 @@ class _Run:
         crystal.rotated_cells applies dU_m/dspread (_umat_spread_derivatives)
         in place of U_m: it is linear in the matrix, so the cells' derivatives
         come from the one implementation.  The stored Jacobian contracts them
-        per pixel (adjoint.P_MOS), mosaic_grad with the adjoint pass's sums."""
+        per pixel (adjoint.P_MOS), _from_cell_sums with the adjoint pass's sums."""
         if self._mosaic_cells is None:
             m = self.model
             dU = _umat_spread_derivatives(m.umats, m.steps.mosaic_spread)
@@ -681,33 +675,32 @@ class _Run:
         forward_jac contracts per pixel for the keywords in needs_grad
         (_rotation_entries; width 0 when none)."""
         dpar = np.array(self._rotation_entries(self.needs_grad), dtype=np.int64)
-        blocks = []
-        if "mosaic_spread" in self.needs_grad:
-            blocks.append(self.mosaic_cells())
-        if "spindle_axis" in self.needs_grad:
-            blocks.append(self.spindle_cells())
+        blocks = [getattr(self, method)() for k, (_, method) in _TURNS_CELLS.items()
+                  if k in self.needs_grad]
         if not blocks:
             return np.empty((9, 0)), dpar
         return np.ascontiguousarray(np.concatenate(blocks, axis=0)), dpar
 
-    def spindle_grad(self, cell_sums):
-        """d(sum g I)/d(spindle_axis components), from the adjoint pass's
-        per-cell sums (as mosaic_grad, with spindle_cells)."""
-        d = self.spindle_cells().reshape(3, 9, -1)
-        return np.einsum("iqj,qj->i", d, cell_sums)
-
-    def mosaic_grad(self, cell_sums):
-        """d(sum g I)/d(mosaic spread in degrees), from the adjoint pass's per-cell
-        sums cell_sums (9, ncell), as theta_grad leaves them: sum_j (da_j/dspread) .
-        (sum of g dI/dh_j S), likewise b (k) and c (l) (mosaic_cells)."""
-        g = float(np.sum(self.mosaic_cells() * cell_sums))
-        return g * math.pi / 180.0
+    def _from_cell_sums(self, G, cell_sums):
+        """Fill the theta gradient G's entries that the adjoint pass leaves to
+        its per-cell sums cell_sums (9, ncell: sum of g dI/dh_j S, rows 0-2;
+        k: 3-5, l: 6-8): the unrotated cell's, h_j = (R_j a) . S so dI/da_m =
+        sum_j sum_n R_j[n, m] (sum of g dI/dh_j S_n) with rots[j, m, n] =
+        R_j[n, m] (likewise b, c); and the per-cell rotation entries of
+        rotation_cells, sum_j (da_j/dp) . (sum of g dI/dh_j S) + (b, k) + (c, l)."""
+        ncell = cell_sums.shape[1]
+        G[A.P_A:A.P_C + 3] = np.einsum("jmn,qnj->qm", self.rots,
+                                       cell_sums.reshape(3, 3, ncell)).reshape(9)
+        dcells, dpar = self.rotation_cells()
+        if dpar.size:
+            G[dpar] = np.einsum("pqj,qj->p", dcells.reshape(dpar.size, 9, ncell), cell_sums)
 
     def chain_matrix(self, name):
         """d theta / d keyword ``name``, (N_PAR, size): the chain rule from the
         kernel's theta to a keyword (every keyword but F_hkl, whose gradient
         comes from the adjoint pass; the entries of mosaic_spread and
-        spindle_axis, P_MOS and P_SPIN.., only in a stored Jacobian).  The
+        spindle_axis, P_MOS and P_SPIN.., from the stored Jacobian or the
+        adjoint pass's per-cell sums, _from_cell_sums).  The
         backward multiplies it by the theta gradient; jacobian() by the
         stored per-pixel Jacobian."""
         size = PARAMETERS[name]
@@ -736,11 +729,6 @@ class _Run:
         for name in self.needs_grad:
             if name == "F_hkl":
                 out[name] = gF
-            elif name == "mosaic_spread" and self.pixel_jac is None:
-                # the adjoint pass (no stored Jacobian): its per-cell sums
-                out[name] = np.array([self.mosaic_grad(self.cell_sums)])
-            elif name == "spindle_axis" and self.pixel_jac is None:
-                out[name] = self.spindle_grad(self.cell_sums)
             else:
                 with np.errstate(all="ignore"):
                     out[name] = G @ self.chain_matrix(name)

@@ -203,7 +203,7 @@ def test_mosaic_spread_needs_a_spread_and_domains():
 def test_mosaic_spread_stored_jacobian_equals_the_adjoint_pass(extra, tmp_path):
     """The stored Jacobian's mosaic entry (the kernel contracts each cell's
     derivative in the spread per pixel, adjoint.P_MOS) and the adjoint
-    pass's per-cell sums contracted on the host (_Run.mosaic_grad) are two
+    pass's per-cell sums contracted on the host (_Run._from_cell_sums) are two
     routes to d(sum g I)/d spread: they agree to 1e-10, on the square
     crystal's vectorised path (14 domains: padded lanes) and on the general
     one (gauss shape, tricubic F), with every other keyword alongside."""
@@ -340,7 +340,7 @@ def test_spindle_axis_stored_jacobian_equals_the_adjoint_pass():
     """Two routes to d(sum g I)/d spindle_axis: the stored Jacobian's entries
     (P_SPIN, contracted per pixel in the kernel, beside the spread's P_MOS)
     and the adjoint pass's per-cell sums contracted on the host
-    (_Run.spindle_grad); and jacobian()'s columns contract to them.  1e-10."""
+    (_Run._from_cell_sums); and jacobian()'s columns contract to them.  1e-10."""
     from nbnumba import autodiff as AD
     argv = SPINDLE_ARGV + "-mosaic 0.5 -mosaic_dom 3 -oversample 2".split()
     vals = dict(spindle_axis=np.array(SPINDLE), mosaic_spread=np.array([0.45]),
