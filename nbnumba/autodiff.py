@@ -28,6 +28,8 @@ mosaic_spread   1      mosaic spread (degrees), as -mosaic
 spindle_axis    3      the spindle (phi) axis, as -spindle_axis (which argv
                        must give: the flag picks the CUSTOM convention); any
                        length, made a unit vector as the flag's value is
+beam_vector     3      the beam direction, as -beam_vector (which argv must
+                       give, as spindle_axis); any length, made a unit vector
 polarization    1      Kahn polarization factor, as -polar
 N               3      Na, Nb, Nc (continuous in the lattice factor)
 fluence         1      photons/m^2 (replaces -flux/-exposure/-beamsize)
@@ -72,9 +74,11 @@ __all__ = ["simulate", "structure_factors", "jacobian", "PARAMETERS"]
 PARAMETERS = {"cell": 6, "misset": 3, "distance": 1, "beam_center": 2, "pix0": 3,
               "detector_rot": 3,
               "twotheta": 1, "wavelength": 1, "mosaic_spread": 1, "spindle_axis": 3,
+              "beam_vector": 3,
               "polarization": 1, "N": 3, "fluence": 1, "F_hkl": None}
-#: the ones that move the detector (build_detector reads no crystal flag)
-_DETECTOR = ("distance", "beam_center", "pix0", "detector_rot", "twotheta")
+#: the ones that move the detector (build_detector reads no crystal flag; the
+#: beam direction moves the origin and the close distance, as the pivot says)
+_DETECTOR = ("distance", "beam_center", "pix0", "detector_rot", "twotheta", "beam_vector")
 #: the ones that move the cell or the detector: the host maps them to theta
 #: (mosaic_spread and spindle_axis through the rotated cells' derivatives,
 #: _Run.mosaic_cells and _Run.spindle_cells)
@@ -84,6 +88,12 @@ _GEOMETRIC = ("cell", "misset", "wavelength", "mosaic_spread", "spindle_axis") +
 #: order of the kernel's blocks (_Run.rotation_cells)
 _TURNS_CELLS = {"mosaic_spread": ((A.P_MOS,), "mosaic_cells"),
                 "spindle_axis": ((A.P_SPIN, A.P_SPIN + 1, A.P_SPIN + 2), "spindle_cells")}
+#: the ones that turn each source's incident vector: keyword -> their theta
+#: entries (the kernel's per-source blocks, _Run.incident_blocks)
+_TURNS_SOURCES = {"beam_vector": (A.P_BEAM, A.P_BEAM + 1, A.P_BEAM + 2)}
+#: direction keywords: any length, made a unit vector by the run (their host
+#: map's steps are relative to the vector's length)
+_DIRECTIONS = ("spindle_axis", "beam_vector")
 #: the ones that turn the detector axes (the stored Jacobian keeps their columns)
 _TURNS_DETECTOR = ("detector_rot", "twotheta")
 #: Richardson steps for the host map's Jacobian, in the keyword's units
@@ -91,7 +101,7 @@ _TURNS_DETECTOR = ("detector_rot", "twotheta")
 _STEP = {"cell": (1e-4, 1e-4, 1e-4, 1e-3, 1e-3, 1e-3), "misset": (1e-3,) * 3,
          "distance": (1e-2,), "beam_center": (1e-2, 1e-2), "pix0": (1e-2,) * 3,
          "wavelength": (1e-5,),
-         "detector_rot": (1e-3,) * 3, "twotheta": (1e-3,)}
+         "detector_rot": (1e-3,) * 3, "twotheta": (1e-3,), "beam_vector": (1e-3,) * 3}
 #: row chunks of the adjoint pass, each with its own F-grid and cell buffers:
 #: at most N_CHUNKS, and one per CHUNK_ROWS rows of the -roi box (a 21-row box
 #: took 8 F-grid buffers, whose zeroing and sum cost more than its F pass)
@@ -199,6 +209,8 @@ def _override(cfg, vals):
         kw["mosaic_spread"] = math.radians(float(vals["mosaic_spread"][0]))
     if "spindle_axis" in vals:
         kw["spindle_vector"] = tuple(float(x) for x in vals["spindle_axis"])
+    if "beam_vector" in vals:
+        kw["beam_vector"] = tuple(float(x) for x in vals["beam_vector"])
     if "polarization" in vals:
         kw["polarization"] = float(vals["polarization"][0])
     if "fluence" in vals:
@@ -230,11 +242,16 @@ def _check_supported(cfg, given, needs_grad):
         # value only, so the run is the one the flags describe
         raise ConfigError("pix0= replaces the value of -pix0_vector_mm (or -pix0_vector): "
                           "give one of them in argv")
-    if "spindle_axis" in given and cfg.beam_convention != "CUSTOM":
-        # the other conventions fix the axis (nanoBragg.c's table): the keyword
-        # replaces the flag's value only, so the run is the one the flags describe
-        raise ConfigError("spindle_axis= replaces the value of -spindle_axis (read in the "
-                          "CUSTOM convention, which the flag selects): give it in argv")
+    for name in _DIRECTIONS:
+        if name in given and cfg.beam_convention != "CUSTOM":
+            # the other conventions fix the vector (nanoBragg.c's table): the keyword
+            # replaces the flag's value only, so the run is the one the flags describe
+            raise ConfigError("%s= replaces the value of -%s (read in the CUSTOM convention, "
+                              "which the flag selects): give it in argv" % (name, name))
+    if "beam_vector" in needs_grad and cfg.device == "cuda":
+        # nanobragg.cu's adjoint rows have no per-source entries (N_PAR_DEVICE)
+        raise ConfigError("nbnumba.autodiff -device cuda: beam_vector= is not differentiable "
+                          "on the GPU yet (use -device cpu); see docs/autodiff.md")
     bad = []
     if cfg.curved_detector:
         bad.append("-curved_det")
@@ -307,8 +324,9 @@ def _check_values(vals, needs_grad, F_values):
             raise ConfigError("%s= has a non-finite value (%r at index %d): every keyword "
                               "value must be a finite number" % (name, float(x[bad[0]]),
                                                                  int(bad[0])))
-    if "spindle_axis" in vals and not np.any(vals["spindle_axis"]):
-        raise ConfigError("spindle_axis= is the zero vector: give a direction")
+    for name in _DIRECTIONS:
+        if name in vals and not np.any(vals[name]):
+            raise ConfigError("%s= is the zero vector: give a direction" % name)
     if F_values is not None and not np.all(np.isfinite(F_values)):
         i = tuple(int(v) for v in np.argwhere(~np.isfinite(F_values))[0])
         raise ConfigError("F_hkl= has a non-finite value (%r at grid index %s): every "
@@ -364,6 +382,7 @@ class _Run:
         self._rots = None       # the cells' rotations, when a pass needs them (rots)
         self._mosaic_cells = None   # their derivatives in the spread (mosaic_cells)
         self._spindle_cells = None  # ... and in the spindle axis (spindle_cells)
+        self._beam_sources = None   # the incident vectors' in the beam's (beam_sources)
         self.recip = None
         if cfg.matfilename is not None:
             from .io.mat import read_mosflm_mat
@@ -400,7 +419,8 @@ class _Run:
         self.jac_cols = self._jac_columns(self.want,
                                           it[K.I_SHAPE] == SHAPE_GAUSS,
                                           any(n in needs_grad for n in _TURNS_DETECTOR),
-                                          self._rotation_entries(needs_grad))
+                                          self._rotation_entries(needs_grad)
+                                          + self._source_entries(needs_grad))
         self.keep_jac = (keep_jac and self.device == "cpu"
                          and (self.want & (A.W_N | A.W_GEO | A.W_POL)) != 0
                          and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES)
@@ -424,12 +444,19 @@ class _Run:
         return [p for k, (ps, _) in _TURNS_CELLS.items() if k in needs_grad for p in ps]
 
     @staticmethod
+    def _source_entries(needs_grad):
+        """The per-source entries of theta (adjoint.P_BEAM..) of the keywords in
+        needs_grad, in the order of incident_blocks' blocks."""
+        return [p for k, ps in _TURNS_SOURCES.items() if k in needs_grad for p in ps]
+
+    @staticmethod
     def _jac_columns(want, gauss, turns_detector=False, rotation=()):
         """The theta indices the stored Jacobian keeps: those the adjoint can
         make nonzero for want (the reciprocal vectors only for the gauss shape)
         and that a keyword can move (the detector axes only when a rotation
-        keyword needs grad, the per-cell rotation entries ``rotation`` only
-        when their keywords do: _rotation_entries)."""
+        keyword needs grad, the per-cell rotation and per-source entries
+        ``rotation`` only when their keywords do: _rotation_entries,
+        _source_entries)."""
         cols = [A.P_FLU] + list(rotation)
         if want & A.W_POL:
             cols += [A.P_KAHN]
@@ -495,9 +522,10 @@ class _Run:
             rowstart = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
             jac = np.empty((int(counts.sum()), self.jac_cols.size))
             dcells, dpar = self.rotation_cells()
+            dinc, ipar = self.incident_blocks()
             with _kernel_threads(self.small):
                 A.forward_jac(active, box, rowstart, *self.args, self.want, self._rot(),
-                              dcells, dpar, self.jac_cols, jac, out)
+                              dcells, dpar, dinc, ipar, self.jac_cols, jac, out)
             self.pixel_jac = (rowstart, jac)
         else:
             with _kernel_threads(self.small):    # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
@@ -565,7 +593,7 @@ class _Run:
         val = np.zeros((S, F))
         with _kernel_threads(self.small):
             A.backward(self.model.active, self.box, g, *self.args, want, nchunk, gpar, gF,
-                       cacc, val)
+                       cacc, val, *self.incident_blocks())
         if G is None:
             G = gpar.sum(axis=0)
             self._from_cell_sums(G, cacc.sum(axis=0))
@@ -616,6 +644,8 @@ class _Run:
             step = _STEP[name][i]
             if _RELATIVE.get(name, (False,) * base.size)[i]:
                 step *= abs(base[i]) if base[i] != 0.0 else 1.0
+            if name in _DIRECTIONS:
+                step *= float(np.linalg.norm(base))
 
             def at(t):
                 v = dict(self.vals)
@@ -670,6 +700,39 @@ class _Run:
             self._spindle_cells = np.ascontiguousarray(np.concatenate(blocks, axis=0))
         return self._spindle_cells
 
+    def beam_sources(self):
+        """(9, nsrc): the derivatives of each source's unit incident vector
+        (the kernel's ``incident``) per unit of each component of the
+        beam_vector vector as given (rows 3 i..3 i + 2: component i), the
+        unit vector that build_detector makes of it included, and the
+        divergence's rotations about the polarization and vertical axes that
+        build_sources applies around it.  Richardson-extrapolated central
+        differences (O(h^4)) of build_detector and build_sources, the code
+        the forward runs (model._build_sources), at a step of 1e-3 of the
+        vector's length, as spindle_cells'."""
+        if self._beam_sources is None:
+            from .model import source_directions
+            w = np.asarray(self.vals["beam_vector"], dtype=np.float64)
+            h = 1e-3 * float(np.linalg.norm(w))
+
+            def at(i, t):
+                x = w.copy()
+                x[i] += t
+                return source_directions(_override(self.cfg, {"beam_vector": x})).T
+            blocks = [(8.0 * (at(i, h) - at(i, -h)) - (at(i, 2 * h) - at(i, -2 * h))) / (12.0 * h)
+                      for i in range(3)]
+            self._beam_sources = np.ascontiguousarray(np.concatenate(blocks, axis=0))
+        return self._beam_sources
+
+    def incident_blocks(self):
+        """(dinc (3 Q, nsrc), ipar (Q,)): the per-source blocks that the
+        kernels contract per sub-path for the keywords in needs_grad
+        (_source_entries; width 0 when none)."""
+        ipar = np.array(self._source_entries(self.needs_grad), dtype=np.int64)
+        if not ipar.size:
+            return np.empty((3, 0)), ipar
+        return self.beam_sources(), ipar
+
     def rotation_cells(self):
         """(dcells (9 M, ncell), dpar (M,)): the per-cell rotation blocks that
         forward_jac contracts per pixel for the keywords in needs_grad
@@ -715,6 +778,11 @@ class _Run:
             M[A.P_MOS, 0] = math.pi / 180.0      # the kernel's entry is per radian
         elif name == "spindle_axis":
             M[A.P_SPIN:A.P_SPIN + 3] = np.eye(3)
+        elif name == "beam_vector":
+            # the detector's origin and close distance (the host map), and each
+            # source's incident vector (the kernel's per-source entries)
+            M[:A.N_HOST] = self.host_jacobian(name)
+            M[A.P_BEAM:A.P_BEAM + 3] = np.eye(3)
         else:
             M[:A.N_HOST] = self.host_jacobian(name)
             if name == "wavelength":
@@ -853,7 +921,7 @@ def _function():
 def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wavelength=None,
              N=None, fluence=None, F_hkl=None, detector_rot=None, twotheta=None,
              mosaic_spread=None, polarization=None, roi_only=False, pix0=None,
-             spindle_axis=None):
+             spindle_axis=None, beam_vector=None):
     """The (S, F) image (photons/pixel) of the nanoBragg command ``argv`` with
     the given keywords overriding its flags, as a torch tensor whose grad_fn
     reaches every keyword tensor that requires grad.
@@ -871,7 +939,8 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     given = dict(cell=cell, misset=misset, distance=distance, beam_center=beam_center,
                  pix0=pix0, detector_rot=detector_rot, twotheta=twotheta, wavelength=wavelength,
                  mosaic_spread=mosaic_spread, spindle_axis=spindle_axis,
-                 polarization=polarization, N=N, fluence=fluence, F_hkl=F_hkl)
+                 beam_vector=beam_vector, polarization=polarization, N=N, fluence=fluence,
+                 F_hkl=F_hkl)
     tensors = {k: _as_tensor(torch, k, v) for k, v in given.items() if v is not None}
     vals = {k: t.detach().to("cpu", torch.float64).numpy().reshape(-1)
             for k, t in tensors.items() if k != "F_hkl"}

@@ -191,6 +191,30 @@ def _frame_of_zeros(shape, touched, sparse_ok):
     return np.zeros(shape, dtype=np.uint8)
 
 
+def _sources(cfg: Config, steps, det) -> Sources:
+    """The run's x-ray sources: generated about the beam (divergence and
+    dispersion steps), or read from -sourcefile (checked here)."""
+    cols = None
+    if cfg.sourcefilename is not None:
+        from .io.textcols import read_text_columns
+        cols = read_text_columns(_resolve(cfg, cfg.sourcefilename), 5)
+        if len(cols) == 0:
+            raise InputFileError("%s: no sources in file" % cfg.sourcefilename)
+        xyz = np.asarray(cols, dtype=float)[:, :3]
+        at_origin = np.flatnonzero(np.all(xyz == 0.0, axis=1))
+        if len(at_origin):
+            raise InputFileError("%s: source %d is at 0 0 0, the sample position: it has no "
+                                 "direction" % (cfg.sourcefilename, int(at_origin[0]) + 1))
+    return build_sources(steps, det.beam, det.polar, det.vert, cfg.lambda0, cfg.round_div, cols)
+
+
+def source_directions(cfg: Config) -> np.ndarray:
+    """(nsrc, 3): the unit incident vectors of cfg's sources (the kernels'
+    ``incident``), derived as build_model derives them, without the rest of
+    the model (nbnumba.autodiff differentiates them in the beam direction)."""
+    return _sources(cfg, resolve_steps(cfg), build_detector(cfg, trace=False)).incident
+
+
 def build_model(cfg: Config) -> Model:
     """Derive everything the kernel needs from a Config (no pixel loops)."""
     from .validate import check_config, check_detector, check_memory, memory_limit
@@ -358,18 +382,7 @@ def build_model(cfg: Config) -> Model:
         log.append("phi%d = %g" % (t, p * RTD))
 
     # ---- sources ----------------------------------------------------------
-    cols = None
-    if cfg.sourcefilename is not None:
-        from .io.textcols import read_text_columns
-        cols = read_text_columns(_resolve(cfg, cfg.sourcefilename), 5)
-        if len(cols) == 0:
-            raise InputFileError("%s: no sources in file" % cfg.sourcefilename)
-        xyz = np.asarray(cols, dtype=float)[:, :3]
-        at_origin = np.flatnonzero(np.all(xyz == 0.0, axis=1))
-        if len(at_origin):
-            raise InputFileError("%s: source %d is at 0 0 0, the sample position: it has no "
-                                 "direction" % (cfg.sourcefilename, int(at_origin[0]) + 1))
-    src = build_sources(steps, det.beam, det.polar, det.vert, cfg.lambda0, cfg.round_div, cols)
+    src = _sources(cfg, steps, det)
     if len(src.wavelength) == 0:
         raise ConfigError("no x-ray sources survive the divergence settings")
     if np.any(src.wavelength <= 0) or not np.all(np.isfinite(src.wavelength)):

@@ -803,6 +803,42 @@ def polarization_factor_grad(kahn, incident, v, axis):
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
+def polarization_factor_grad_incident(kahn, incident, v, axis):
+    """d factor / d incident for polarization_factor(kahn, incident, v, axis),
+    incident the (not necessarily unit) incident vector.
+
+    With i, d and a the unit incident, diffracted and axis vectors, c = i.d
+    and E_in, B_in the unit vectors across the beam that the value builds,
+    E_in = (a - (a.i) i)/s and B_in = (a x i)/s with s = |a x i|, so
+    E^2 + B^2 = 1 - c^2 and factor = (1 + c^2 - K (E^2 - B^2)) / 2.  Hence
+    d factor/di = c d - K (E dE/di - B dB/di), with
+    dE/di = -(c a + (a.i) d)/s + E (a.i) a/s^2 and
+    dB/di = (d x a)/s + B (a.i) a/s^2.  Along the scattered ray (E = B = 0)
+    psi is taken as 0, as the value takes it: factor = (1 + c^2 - K (1 - c^2))/2
+    there, slope (1 + K) c d.  The radial part is projected out (the value
+    depends on incident only through i)."""
+    factor, d, mag, inc, B_in, E_in, E, B = _polarization_terms(kahn, incident, v, axis)
+    c = dot(inc, d)
+    g = (c * d[0], c * d[1], c * d[2])
+    if kahn != 0.0:
+        if E * E + B * B > 0.0:
+            a, _ = unitize(axis)
+            al = dot(a, inc)
+            s = np.sqrt(1.0 - al * al)
+            da = cross(d, a)
+            ks = kahn / s
+            kt = kahn * al * (E * E - B * B) / (s * s)
+            g = (g[0] + ks * (E * (c * a[0] + al * d[0]) + B * da[0]) - kt * a[0],
+                 g[1] + ks * (E * (c * a[1] + al * d[1]) + B * da[1]) - kt * a[1],
+                 g[2] + ks * (E * (c * a[2] + al * d[2]) + B * da[2]) - kt * a[2])
+        else:
+            g = ((1.0 + kahn) * g[0], (1.0 + kahn) * g[1], (1.0 + kahn) * g[2])
+    _, r = unitize(incident)
+    gi = dot(g, inc)
+    return ((g[0] - gi * inc[0]) / r, (g[1] - gi * inc[1]) / r, (g[2] - gi * inc[2]) / r)
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
 def solid_angle_grad(pixel_size, pos, close_distance, point_pixel):
     """(d omega / d pos (1/m per m, 3-vector), d omega / d close_distance) for
     solid_angle(pixel_size, |pos|, close_distance, point_pixel)."""

@@ -359,6 +359,90 @@ def test_gradcheck_spindle_axis():
                vals=dict(spindle_axis=SPINDLE))
 
 
+#: a beam direction off the MOSFLM beam, and the flag the keyword replaces (it
+#: selects the CUSTOM convention, whose detector axes are MOSFLM's)
+BEAM = [0.98, 0.05, -0.03]
+BEAM_ARGV = BASE + "-beam_vector 1 0 0".split()
+
+
+def test_beam_vector_renders_as_the_flag_and_needs_it():
+    import nbnumba
+    ref = nbnumba.simulate_argv(BEAM_ARGV + ["-beam_vector"] + [str(x) for x in BEAM])
+    img = simulate(BEAM_ARGV, beam_vector=torch.tensor(BEAM, dtype=torch.float64))
+    assert ref.float_image.max() > 0.0
+    assert not np.array_equal(ref.float_image, nbnumba.simulate_argv(BEAM_ARGV).float_image)
+    assert np.array_equal(img.numpy().astype(np.float32), ref.float_image)
+    t = torch.tensor(BEAM, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ConfigError, match="beam_vector= replaces"):    # MOSFLM fixes the beam
+        simulate(BASE, beam_vector=t)
+    with pytest.raises(ConfigError, match="zero vector"):
+        simulate(BEAM_ARGV, beam_vector=torch.zeros(3, dtype=torch.float64))
+    # the CUDA adjoint's rows have no per-source entries: refused before any device is sought
+    with pytest.raises(ConfigError, match="beam_vector= is not differentiable on the GPU"):
+        simulate(BEAM_ARGV + ["-device", "cuda"], beam_vector=t)
+
+
+@pytest.mark.parametrize("extra, others, h", [
+    # Kahn polarization about a tilted axis, divergence and dispersion about the beam
+    ("-polar 0.6 -polar_vector 0 0.6 0.8 -hdivrange 0.4 -vdivrange 0.3 -hdivsteps 3 "
+     "-vdivsteps 2 -dispersion 0.1 -dispsteps 2", ("misset",), 1e-4),
+    # the sample pivot (the beam moves the close distance) and sub-pixels; the
+    # image curves faster in the beam here, hence the smaller step
+    ("-pivot sample -oversample 2", ("distance", "beam_center"), 1e-5),
+    # the general path (the adjoint's per-cell loop)
+    ("-round_xtal -oversample 2", (), 1e-5)])
+def test_beam_vector_central_differences(extra, others, h):
+    """beam_vector against Richardson central differences of the forward, per
+    component: the kernel's per-source entries (S = (d - inc)/lambda and the
+    polarization factor) fed with the incident vectors' derivatives
+    (_Run.beam_sources), plus the detector's origin and close distance through
+    the host map.  The vector is made a unit vector, so the derivative along
+    itself is 0."""
+    argv = BEAM_ARGV + extra.split()
+    w = torch.from_numpy(np.random.default_rng(1).uniform(0.5, 1.5, (12, 12)))
+    t = torch.tensor(BEAM, dtype=torch.float64, requires_grad=True)
+    ts = _tensors(others)
+    (w * simulate(argv, beam_vector=t, **dict(zip(others, ts)))).sum().backward()
+    an = t.grad.numpy()
+
+    def L(x):
+        kw = {n: torch.tensor(VALUES[n], dtype=torch.float64) for n in others}
+        return float((w * simulate(argv, beam_vector=torch.from_numpy(x), **kw)).sum())
+    x0 = np.array(BEAM)
+    for i in range(3):
+        e = np.eye(3)[i] * h
+        fd = (8 * (L(x0 + e) - L(x0 - e)) - (L(x0 + 2 * e) - L(x0 - 2 * e))) / (12 * h)
+        assert abs(an[i] - fd) <= 1e-8 * np.abs(an).max(), (i, an, fd)
+    assert np.abs(an).max() > 0.0
+    assert abs(float(an @ x0)) <= 1e-9 * np.abs(an).max() * np.linalg.norm(x0)
+    for n, x in zip(others, ts):
+        assert float(x.grad.abs().max()) > 0.0, n
+
+
+def test_beam_vector_stored_jacobian_equals_the_adjoint_pass():
+    """Two routes to d(sum g I)/d beam_vector, the per-source entries computed
+    in the kernel on both (P_BEAM): the stored Jacobian and the adjoint pass,
+    beside the spindle's and the spread's per-cell entries; and jacobian()'s
+    columns contract to them.  1e-10."""
+    from nbnumba import autodiff as AD
+    argv = SPINDLE_ARGV + ("-beam_vector 1 0 0 -mosaic 0.5 -mosaic_dom 2 -polar 0.7 "
+                           "-dispersion 0.1 -dispsteps 2").split()
+    vals = dict(beam_vector=np.array(BEAM), spindle_axis=np.array(SPINDLE),
+                mosaic_spread=np.array([0.45]), distance=np.array([100.0]))
+    g = np.random.default_rng(6).uniform(0.5, 1.5, (12, 12))
+    adjoint = _two_routes_agree(argv, vals, g)
+    _, J = AD.jacobian(argv, **vals)
+    for k in vals:
+        ref = adjoint[k]
+        assert np.allclose(np.einsum("sf,sfk->k", g, J[k]), ref, rtol=1e-10,
+                           atol=1e-12 * np.abs(ref).max()), k
+
+
+def test_gradcheck_beam_vector():
+    _gradcheck(BEAM_ARGV + "-detpixels 6 -pixel 4 -polar 0.5".split(), ("beam_vector",),
+               fast=False, vals=dict(beam_vector=BEAM))
+
+
 def test_gradcheck_square_N_alone_with_mosaic():
     # N is continuous: the C's sin(N pi h)/sin(pi h) is used when N is refined
     _gradcheck(BASE + "-mosaic 0.5 -mosaic_dom 2".split(), ("N",), vals=dict(N=[4.3, 3.0, 5.0]))
@@ -636,6 +720,21 @@ def test_polarization_and_solid_angle_grads_match_finite_differences():
             fd = (physics.polarization_factor(kahn, inc, p, axis)[0]
                   - physics.polarization_factor(kahn, inc, m, axis)[0]) / 2e-7
             assert abs(g[i] - fd) <= 1e-7 * max(1.0, abs(fd))
+    # ... and in the incident vector (any length), for a tilted axis and along
+    # the scattered ray (E = B = 0, where psi is taken as 0)
+    rng = np.random.default_rng(11)
+    cases = [(k, tuple(rng.normal(size=3)), tuple(rng.normal(size=3)), tuple(rng.normal(size=3)))
+             for k in (0.0, 0.5, 1.0, -0.3) for _ in range(5)]
+    cases.append((0.7, (2.0, 0.0, 0.0), (0.1, 0.0, 0.0), (0.0, 0.0, 1.0)))
+    for kahn, i0, v, ax in cases:
+        g = physics.polarization_factor_grad_incident(kahn, i0, v, ax)
+        for i in range(3):
+            def f(t):
+                x = list(i0)
+                x[i] += t
+                return physics.polarization_factor(kahn, tuple(x), v, ax)[0]
+            fd = (8 * (f(1e-5) - f(-1e-5)) - (f(2e-5) - f(-2e-5))) / 12e-5
+            assert abs(g[i] - fd) <= 1e-8 * max(1.0, abs(fd)), (kahn, i, g, fd)
     g, gc = physics.solid_angle_grad(1e-4, pos, 0.1, False)
     R = math.sqrt(sum(x * x for x in pos))
     assert math.isclose(gc, physics.solid_angle(1e-4, R, 1.0, False), rel_tol=1e-14)

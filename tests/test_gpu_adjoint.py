@@ -110,9 +110,10 @@ def _numba(run, g, want_F):
     cacc = np.zeros((nchunk, 9, ncell))
     val = np.zeros((S, F))
     A.backward(run.model.active, run.box, g, *run.args, want, nchunk,
-               gpar, gF, cacc, val)
-    # the spindle's entries follow the device's rows: the adjoint pass leaves
-    # them 0 on both sides (the host contracts them from cacc)
+               gpar, gF, cacc, val, np.empty((3, 0)), np.empty(0, dtype=np.int64))
+    # the spindle's and the beam's entries follow the device's rows: the adjoint
+    # pass leaves them 0 here (the host contracts the spindle's from cacc; no
+    # per-source blocks are passed)
     assert not gpar[:, A.N_PAR_DEVICE:].any()
     return (val, gpar[:, :A.N_PAR_DEVICE], cacc.sum(axis=0),
             (gF.sum(axis=0) if want_F else None))

@@ -31,7 +31,8 @@ from ..physics import (SHAPE_GAUSS, interp_in_range, lattice_factor,
                        lattice_factor_grad, lattice_factor_star_grad, nearest_F, nearest_F_frac,
                        reduce_phase, sincg_near_coeffs, sincg_reduced, sincg_reduced_frac,
                        sincg_reduced_grad_core, sinpi_poly64_x6,
-                       polarization_factor, polarization_factor_grad, solid_angle,
+                       polarization_factor, polarization_factor_grad,
+                       polarization_factor_grad_incident, solid_angle,
                        solid_angle_grad_at, tricubic_F, tricubic_F_grad, unitize)
 from . import cpu as K
 
@@ -47,17 +48,22 @@ from . import cpu as K
 # the per-cell rotation entries: cell j's rotated a, b, c move by a block of
 # nine rows of dcells[:, j] per unit of the parameter (forward_jac only; the
 # adjoint pass leaves them to its per-cell sums, which the host contracts).
+# BEAM..BEAM+2: the three components of the -beam_vector vector as given.
+# These are the per-source entries: source s's unit incident vector moves by
+# a block of three rows of dinc[:, s] per unit of the parameter (S =
+# (d - inc)/lambda, and the polarization factor at the pixel's first source).
 # ASTAR..CSTAR: the unrotated reciprocal vectors (1/A) of the gauss shape.
 # FDET, SDET: the detector's fast and slow unit vectors (a sub-pixel's
 # position is pix0 + Fdet fdet + Sdet sdet, Fdet and Sdet in m).
 # theta[:N_HOST] is what the host derives from the cell and the detector.
 P_A, P_B, P_C, P_PIX0, P_CLOSE = 0, 3, 6, 9, 12
 P_ASTAR, P_BSTAR, P_CSTAR, P_FDET, P_SDET, N_HOST = 13, 16, 19, 22, 25, 28
-P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN, P_MOS, P_SPIN = 28, 29, 30, 31, 32, 33, 34, 35
-N_PAR = 38
+P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN, P_MOS, P_SPIN, P_BEAM = 28, 29, 30, 31, 32, 33, 34, 35, 38
+N_PAR = 41
 #: the entries the CUDA adjoint's per-pixel rows carry (nanobragg.cu's N_PAR):
 #: every one before the spindle's; it leaves the rotation entries to the host
-#: (P_MOS is 0 there), which contracts them from its per-cell sums
+#: (P_MOS is 0 there), which contracts them from its per-cell sums, and has no
+#: per-source entries (autodiff refuses beam_vector= with grad on the GPU)
 N_PAR_DEVICE = 35
 
 # ---- what a pass differentiates (bit mask ``want``) -------------------------
@@ -422,7 +428,7 @@ def _near_table(fopt):
 # forward's pixel_value; docs/performance.md).
 @njit(cache=True, _nrt=False, error_model="numpy", fastmath={"reassoc", "contract"})
 def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells, Fhkl,
-               want, gF, ch, cacc, rot, dcells, dpar, cnear, work, dsum):
+               want, gF, ch, cacc, rot, dcells, dpar, dinc, ipar, cnear, work, dsum):
     """Overwrite dsum (N_PAR,) with g * dI/dtheta of pixel (spixel, fpixel)
     and, with want & W_F, add g * dI/dFhkl to gF[ch] (gF: (chunks,) +
     Fhkl's shape).  Returns the pixel's value (photons; equal to the forward
@@ -438,7 +444,11 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     (autodiff._Run.theta_grad).  dcells (9 M, ncell), dpar (M,): rows
     9 m..9 m+8 hold d(cell j's rotated a, b, c)/d(theta[dpar[m]]) for the
     per-cell rotation entries (P_MOS, P_SPIN..P_SPIN + 2), contracted into
-    dsum[dpar[m]]; of width 0, those entries are left 0.  cnear:
+    dsum[dpar[m]]; of width 0, those entries are left 0.  dinc (3 Q, nsrc),
+    ipar (Q,): rows 3 q..3 q+2 hold d(source s's incident vector)/d(theta[ipar[q]])
+    for the per-source entries (P_BEAM..P_BEAM + 2), contracted into
+    dsum[ipar[q]] (through S and the polarization factor); of width 0 (Q = 0),
+    left 0.  cnear:
     _near_table(fopt), the near-peak coefficients (the same for every
     pixel).  work: (N_JWORK, lanes of pcells) scratch."""
     K._inline_into_callers()
@@ -468,6 +478,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     use_rot = rot.shape[1] > 0
     use_mos = dcells.shape[1] > 0
     nrot = dpar.shape[0]
+    ninc = ipar.shape[0]
     v1 = np.int64(_V1)
     # near-peak series coefficients of the per-axis derivatives (fast path),
     # as tuples: loop constants in registers for _jac_terms
@@ -490,6 +501,8 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     # the (Fdet, Sdet) of the sub-pixel where omega and polar were evaluated
     # (their position derivatives reach fdet and sdet through it)
     F_om = S_om = F_po = S_po = 0.0
+    src_po = 0      # ... and the source (its incident vector's derivatives reach it)
+    dPi = (0.0, 0.0, 0.0)   # d polar / d that source's incident vector
     dPk = 0.0       # d polar / d kahn
     want_pol = (want & W_POL) != 0
     for subS in range(os):
@@ -520,6 +533,9 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                         polar, _ = polarization_factor(kahn, inc, pos, polar_axis)
                     have_polar = True
                     F_po, S_po = Fdet, Sdet
+                    src_po = source
+                    if geo and ninc > 0:
+                        dPi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis)
                     if want_pol:
                         # the factor is affine in kahn: its slope is P(1) - P(0)
                         dPk = (polarization_factor(1.0, inc, pos, polar_axis)[0]
@@ -668,6 +684,10 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                         dsum[P_FDET + i] += gp * Fdet
                         dsum[P_SDET + i] += gp * Sdet
                     dsum[P_LAM] += gs
+                    # dS/dinc = -1/lam: the source's incident vector
+                    for q in range(ninc):
+                        dsum[ipar[q]] -= (gx * dinc[3 * q, source] + gy * dinc[3 * q + 1, source]
+                                          + gz * dinc[3 * q + 2, source]) / lam_s
     total = I_bg + sumT
     po = polar * omega
     gC = g * C
@@ -681,6 +701,10 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
         dsum[P_SDET + i] += dPo * S_po + dOmp * S_om
     dsum[P_CLOSE] += gC * total * polar * dOmc
     dsum[P_KAHN] += gC * total * omega * dPk
+    for q in range(ninc):
+        dsum[ipar[q]] += gC * total * omega * (dPi[0] * dinc[3 * q, src_po]
+                                               + dPi[1] * dinc[3 * q + 1, src_po]
+                                               + dPi[2] * dinc[3 * q + 2, src_po])
     # test = C P omega (I_bg + sum): only C = r_e^2 fluence ... carries the fluence
     # (the default mode's I_bg does not: docs/quirks.md #14; autodiff refuses -c_parity)
     dsum[P_FLU] += gC * po * total
@@ -689,7 +713,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def backward(active, box, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchunk,
-             gpar, gF, cacc, val):
+             gpar, gF, cacc, val, dinc, ipar):
     """Adjoint pass over every active pixel with g != 0.
 
     want: bit mask of W_F, W_N, W_GEO (what to differentiate; the rest of gpar
@@ -698,7 +722,8 @@ def backward(active, box, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want,
     (nchunk, *Fhkl.shape) with want & W_F (else any 4-d shape): one F-grid
     gradient buffer per chunk of the box's rows (box: render64's).  cacc
     (nchunk, 9, ncell): per-chunk per-cell sums (see pixel_grad).  val
-    (S, F): the pixel values this pass saw."""
+    (S, F): the pixel values this pass saw.  dinc, ipar: the per-source
+    entries (see pixel_grad; width 0 for none)."""
     r0, r1, c0, c1 = box[0], box[1], box[2], box[3]
     per = (r1 - r0 + nchunk - 1) // nchunk
     cnear = _near_table(fopt)
@@ -717,21 +742,22 @@ def backward(active, box, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want,
                     continue
                 val[s, f] = pixel_grad(row, f, g[s, f], iopt, fopt, vecs, incident, lam, cells,
                                        pcells, Fhkl, want, gF, c, cacc, no_rot, no_mos, no_dpar,
-                                       cnear, work, dsum)
+                                       dinc, ipar, cnear, work, dsum)
                 for p in range(N_PAR):
                     gpar[s, p] += dsum[p]
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def forward_jac(active, box, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, rot,
-                dcells, dpar, cols, jac, out):
+                dcells, dpar, dinc, ipar, cols, jac, out):
     """Forward pass that also keeps each pixel's Jacobian: out (S, F) the pixel
     values (float64), jac (n_active, len(cols)) the entries cols of dI/dtheta
     (the theta indices that can be nonzero for this run) of every active pixel
     in raster order (row s starts at jac row rowstart[s]), the unrotated cell's
     columns included (rot: (9, ncell), see pixel_grad), and the per-cell
     rotation entries dpar (the mosaic spread's P_MOS, the spindle's P_SPIN..)
-    with dcells (9 len(dpar), ncell) (else width 0).  The backward of any
+    with dcells (9 len(dpar), ncell) (else width 0), and the per-source
+    entries ipar (the beam's P_BEAM..) with dinc (3 len(ipar), nsrc).  The backward of any
     parameter but F_hkl is then jac^T g (contract).  want: W_N | W_GEO bits
     (W_F is ignored: the F grid's gradient needs g).  box: render64's."""
     r0, r1, c0, c1 = box[0], box[1], box[2], box[3]
@@ -752,8 +778,8 @@ def forward_jac(active, box, rowstart, iopt, fopt, vecs, incident, lam, cells, F
             if active[s, f] == 0:
                 continue
             out[s, f] = pixel_grad(row, f, 1.0, iopt, fopt, vecs, incident, lam, cells, pcells,
-                                   Fhkl, w, no_gF, zero, no_cacc, rot, dcells, dpar, cnear, work,
-                                   dsum)
+                                   Fhkl, w, no_gF, zero, no_cacc, rot, dcells, dpar, dinc, ipar,
+                                   cnear, work, dsum)
             for q in range(ncol):
                 jac[i, q] = dsum[cols[q]]
             i += 1
