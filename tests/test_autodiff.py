@@ -291,18 +291,51 @@ SPINDLE = [0.1, -0.2, 0.97]
 SPINDLE_ARGV = BASE + "-phi 0 -osc 2 -phisteps 3 -spindle_axis 0 0 1".split()
 
 
-def test_spindle_axis_renders_as_the_flag_and_needs_it():
+def _direction_renders_as_the_flag(argv, name, value):
+    """The direction keyword ``name`` (value: 3 numbers) gives the image of its
+    flag, bit for bit in float32, and moves the image; refused without the
+    flag in argv (BASE: MOSFLM fixes the vector) and for the zero vector."""
     import nbnumba
-    ref = nbnumba.simulate_argv(SPINDLE_ARGV + ["-spindle_axis"] + [str(x) for x in SPINDLE])
-    img = simulate(SPINDLE_ARGV, spindle_axis=torch.tensor(SPINDLE, dtype=torch.float64))
+    ref = nbnumba.simulate_argv(argv + ["-" + name] + [str(x) for x in value])
+    img = simulate(argv, **{name: torch.tensor(value, dtype=torch.float64)})
     assert ref.float_image.max() > 0.0
-    assert not np.array_equal(ref.float_image, nbnumba.simulate_argv(SPINDLE_ARGV).float_image)
+    assert not np.array_equal(ref.float_image, nbnumba.simulate_argv(argv).float_image)
     assert np.array_equal(img.numpy().astype(np.float32), ref.float_image)
-    t = torch.tensor(SPINDLE, dtype=torch.float64, requires_grad=True)
-    with pytest.raises(ConfigError, match="spindle_axis= replaces"):    # MOSFLM fixes the axis
-        simulate(BASE, spindle_axis=t)
+    t = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ConfigError, match="%s= replaces" % name):
+        simulate(BASE, **{name: t})
     with pytest.raises(ConfigError, match="zero vector"):
-        simulate(SPINDLE_ARGV, spindle_axis=torch.zeros(3, dtype=torch.float64))
+        simulate(argv, **{name: torch.zeros(3, dtype=torch.float64)})
+    return t
+
+
+def _direction_central_differences(argv, name, value, others, vals, h):
+    """The direction keyword ``name`` against Richardson central differences of
+    the forward (step h), per component, to 1e-8 of the largest; the vector is
+    made a unit vector, so the derivative along itself is 0 (1e-9).  The
+    keywords ``others`` require grad beside it (nonzero gradients)."""
+    w = torch.from_numpy(np.random.default_rng(1).uniform(0.5, 1.5, (12, 12)))
+    t = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+    ts = _tensors(others, vals)
+    (w * simulate(argv, **{name: t}, **dict(zip(others, ts)))).sum().backward()
+    an = t.grad.numpy()
+
+    def L(x):
+        kw = {n: torch.tensor(vals[n], dtype=torch.float64) for n in others}
+        return float((w * simulate(argv, **{name: torch.from_numpy(x)}, **kw)).sum())
+    x0 = np.array(value)
+    for i in range(3):
+        e = np.eye(3)[i] * h
+        fd = (8 * (L(x0 + e) - L(x0 - e)) - (L(x0 + 2 * e) - L(x0 - 2 * e))) / (12 * h)
+        assert abs(an[i] - fd) <= 1e-8 * np.abs(an).max(), (i, an, fd)
+    assert np.abs(an).max() > 0.0
+    assert abs(float(an @ x0)) <= 1e-9 * np.abs(an).max() * np.linalg.norm(x0)
+    for n, x in zip(others, ts):
+        assert float(x.grad.abs().max()) > 0.0, n
+
+
+def test_spindle_axis_renders_as_the_flag_and_needs_it():
+    _direction_renders_as_the_flag(SPINDLE_ARGV, "spindle_axis", SPINDLE)
 
 
 @pytest.mark.parametrize("extra, others", [
@@ -314,26 +347,8 @@ def test_spindle_axis_central_differences(extra, others):
     component: the kernel's per-pixel entries fed with the rotated cells'
     derivatives (_Run.spindle_cells, differences of crystal.rotated_cells).
     The axis is made a unit vector, so the derivative along itself is 0."""
-    argv = SPINDLE_ARGV + extra.split()
-    vals = dict(VALUES, mosaic_spread=[0.4])
-    w = torch.from_numpy(np.random.default_rng(1).uniform(0.5, 1.5, (12, 12)))
-    t = torch.tensor(SPINDLE, dtype=torch.float64, requires_grad=True)
-    ts = _tensors(others, vals)
-    (w * simulate(argv, spindle_axis=t, **dict(zip(others, ts)))).sum().backward()
-    an = t.grad.numpy()
-
-    def L(x):
-        kw = {n: torch.tensor(vals[n], dtype=torch.float64) for n in others}
-        return float((w * simulate(argv, spindle_axis=torch.from_numpy(x), **kw)).sum())
-    h, x0 = 1e-4, np.array(SPINDLE)
-    for i in range(3):
-        e = np.eye(3)[i] * h
-        fd = (8 * (L(x0 + e) - L(x0 - e)) - (L(x0 + 2 * e) - L(x0 - 2 * e))) / (12 * h)
-        assert abs(an[i] - fd) <= 1e-8 * np.abs(an).max(), (i, an, fd)
-    assert np.abs(an).max() > 0.0
-    assert abs(float(an @ x0)) <= 1e-9 * np.abs(an).max() * np.linalg.norm(x0)
-    for n, x in zip(others, ts):
-        assert float(x.grad.abs().max()) > 0.0, n
+    _direction_central_differences(SPINDLE_ARGV + extra.split(), "spindle_axis", SPINDLE, others,
+                                   dict(VALUES, mosaic_spread=[0.4]), 1e-4)
 
 
 def test_spindle_axis_stored_jacobian_equals_the_adjoint_pass():
@@ -366,17 +381,7 @@ BEAM_ARGV = BASE + "-beam_vector 1 0 0".split()
 
 
 def test_beam_vector_renders_as_the_flag_and_needs_it():
-    import nbnumba
-    ref = nbnumba.simulate_argv(BEAM_ARGV + ["-beam_vector"] + [str(x) for x in BEAM])
-    img = simulate(BEAM_ARGV, beam_vector=torch.tensor(BEAM, dtype=torch.float64))
-    assert ref.float_image.max() > 0.0
-    assert not np.array_equal(ref.float_image, nbnumba.simulate_argv(BEAM_ARGV).float_image)
-    assert np.array_equal(img.numpy().astype(np.float32), ref.float_image)
-    t = torch.tensor(BEAM, dtype=torch.float64, requires_grad=True)
-    with pytest.raises(ConfigError, match="beam_vector= replaces"):    # MOSFLM fixes the beam
-        simulate(BASE, beam_vector=t)
-    with pytest.raises(ConfigError, match="zero vector"):
-        simulate(BEAM_ARGV, beam_vector=torch.zeros(3, dtype=torch.float64))
+    t = _direction_renders_as_the_flag(BEAM_ARGV, "beam_vector", BEAM)
     # the CUDA adjoint's rows have no per-source entries: refused before any device is sought
     with pytest.raises(ConfigError, match="beam_vector= is not differentiable on the GPU"):
         simulate(BEAM_ARGV + ["-device", "cuda"], beam_vector=t)
@@ -398,25 +403,8 @@ def test_beam_vector_central_differences(extra, others, h):
     (_Run.beam_sources), plus the detector's origin and close distance through
     the host map.  The vector is made a unit vector, so the derivative along
     itself is 0."""
-    argv = BEAM_ARGV + extra.split()
-    w = torch.from_numpy(np.random.default_rng(1).uniform(0.5, 1.5, (12, 12)))
-    t = torch.tensor(BEAM, dtype=torch.float64, requires_grad=True)
-    ts = _tensors(others)
-    (w * simulate(argv, beam_vector=t, **dict(zip(others, ts)))).sum().backward()
-    an = t.grad.numpy()
-
-    def L(x):
-        kw = {n: torch.tensor(VALUES[n], dtype=torch.float64) for n in others}
-        return float((w * simulate(argv, beam_vector=torch.from_numpy(x), **kw)).sum())
-    x0 = np.array(BEAM)
-    for i in range(3):
-        e = np.eye(3)[i] * h
-        fd = (8 * (L(x0 + e) - L(x0 - e)) - (L(x0 + 2 * e) - L(x0 - 2 * e))) / (12 * h)
-        assert abs(an[i] - fd) <= 1e-8 * np.abs(an).max(), (i, an, fd)
-    assert np.abs(an).max() > 0.0
-    assert abs(float(an @ x0)) <= 1e-9 * np.abs(an).max() * np.linalg.norm(x0)
-    for n, x in zip(others, ts):
-        assert float(x.grad.abs().max()) > 0.0, n
+    _direction_central_differences(BEAM_ARGV + extra.split(), "beam_vector", BEAM, others, VALUES,
+                                   h)
 
 
 def test_beam_vector_stored_jacobian_equals_the_adjoint_pass():
