@@ -248,10 +248,6 @@ def _check_supported(cfg, given, needs_grad):
             # replaces the flag's value only, so the run is the one the flags describe
             raise ConfigError("%s= replaces the value of -%s (read in the CUSTOM convention, "
                               "which the flag selects): give it in argv" % (name, name))
-    if "beam_vector" in needs_grad and cfg.device == "cuda":
-        # nanobragg.cu's adjoint rows have no per-source entries (N_PAR_DEVICE)
-        raise ConfigError("nbnumba.autodiff -device cuda: beam_vector= is not differentiable "
-                          "on the GPU yet (use -device cpu); see docs/autodiff.md")
     bad = []
     if cfg.curved_detector:
         bad.append("-curved_det")
@@ -435,7 +431,10 @@ class _Run:
 
     def _gpu(self, g=None, want_F=False):
         from .kernels import gpu
-        return gpu.adjoint(self._gpu_args, self.model.active, g, want_F)
+        dinc, ipar = self.incident_blocks() if g is not None else (None, ())
+        # the kernel writes its per-source blocks to P_BEAM.. in order
+        assert list(ipar) == list(range(A.P_BEAM, A.P_BEAM + len(ipar)))
+        return gpu.adjoint(self._gpu_args, self.model.active, g, want_F, dinc=dinc)
 
     @staticmethod
     def _rotation_entries(needs_grad):

@@ -70,6 +70,11 @@ CASES = {
     "dmin": ("-default_F 100 -N 5 -dmin 9 -phi 0 -osc 1 -phisteps 2", {}),
     "nopolar_point_pixel": ("-default_F 100 -N 5 -nopolar -point_pixel -water 50", {}),
     "roi": ("-default_F 100 -N 5 -roi 2 9 3 10 -detpixels 16", {}),
+    # the beam direction's per-source blocks: divergence and dispersion about a
+    # tilted beam, the Kahn factor's slope in the incident vector
+    "beam_divergence": ("-default_F 100 -N 5 -beam_vector 1 0 0 -polar 0.6 -hdivrange 0.3 "
+                        "-hdivsteps 2 -dispersion 0.1 -dispsteps 2",
+                        {"beam_vector": np.array([0.98, 0.05, -0.03])}),
 }
 
 
@@ -110,10 +115,9 @@ def _numba(run, g, want_F):
     cacc = np.zeros((nchunk, 9, ncell))
     val = np.zeros((S, F))
     A.backward(run.model.active, run.box, g, *run.args, want, nchunk,
-               gpar, gF, cacc, val, np.empty((3, 0)), np.empty(0, dtype=np.int64))
-    # the spindle's and the beam's entries follow the device's rows: the adjoint
-    # pass leaves them 0 here (the host contracts the spindle's from cacc; no
-    # per-source blocks are passed)
+               gpar, gF, cacc, val, *run.incident_blocks())
+    # the spindle's entries follow the device's rows: the adjoint pass leaves
+    # them 0 (the host contracts them from cacc)
     assert not gpar[:, A.N_PAR_DEVICE:].any()
     return (val, gpar[:, :A.N_PAR_DEVICE], cacc.sum(axis=0),
             (gF.sum(axis=0) if want_F else None))
@@ -135,10 +139,10 @@ def test_adjoint_signature_parsed():
     sig = ADJ_SIGNATURES[gpu.ADJOINT_ENTRY_POINT]
     assert [p[2] for p in sig] == ["active", "g", "S", "F", "row0", "row1", "mode", "iopt", "fopt",
                                    "vecs", "incident", "lam", "cells", "Fhkl", "gpar", "cacc",
-                                   "gF", "val"]
-    assert [p[0] for p in sig if not p[1]] == [np.dtype(np.int64)] * 5
+                                   "gF", "val", "dinc", "ninc"]
+    assert [p[0] for p in sig if not p[1]] == [np.dtype(np.int64)] * 6
     assert [p[0] for p in sig if p[1]] == ([np.dtype(np.uint8), np.dtype(np.float64),
-                                            np.dtype(np.int64)] + [np.dtype(np.float64)] * 10)
+                                            np.dtype(np.int64)] + [np.dtype(np.float64)] * 11)
 
 
 def test_adjoint_launch_args_match_signature(tmp_path, monkeypatch):
@@ -148,7 +152,8 @@ def test_adjoint_launch_args_match_signature(tmp_path, monkeypatch):
     active = np.ascontiguousarray(run.model.active, dtype=np.uint8)
     la = gpu.adjoint_launch_args(active, np.zeros((S, F)), S, F, 0, S, gpu.ADJOINT_GRAD_F, args,
                                  np.zeros((S * F, gpu.ADJOINT_N_PAR)), np.zeros((9, 1)),
-                                 np.zeros(run.model.Fhkl.shape), np.zeros((S, F)))
+                                 np.zeros(run.model.Fhkl.shape), np.zeros((S, F)),
+                                 *gpu.adjoint_blocks(None))
     check_args(gpu.ADJOINT_ENTRY_POINT, la)
     with pytest.raises(AssertionError):        # a Python int is not the kernel's long long
         check_args(gpu.ADJOINT_ENTRY_POINT, la[:2] + (S,) + la[3:])
@@ -158,10 +163,11 @@ def test_adjoint_launch_args_match_signature(tmp_path, monkeypatch):
 
 def test_theta_layout_matches_kernel(host):
     # HostKernel reads N_PAR and P_LAM back from the library (nb_host_layout)
-    assert gpu.ADJOINT_N_PAR == A.N_PAR_DEVICE == A.P_SPIN
+    assert gpu.ADJOINT_N_PAR == A.N_PAR_DEVICE == A.P_SPIN == A.P_BEAM + gpu.ADJOINT_MAX_INC
     src = gpu.source_text()
+    assert "#define NB_MAX_INC %d\n" % gpu.ADJOINT_MAX_INC in src
     for name in ("P_A", "P_B", "P_C", "P_PIX0", "P_CLOSE", "P_ASTAR", "P_BSTAR", "P_CSTAR",
-                 "P_LAM", "P_NA", "P_NB", "P_NC", "P_FLU", "P_KAHN", "P_MOS"):
+                 "P_LAM", "P_NA", "P_NB", "P_NC", "P_FLU", "P_KAHN", "P_MOS", "P_BEAM"):
         assert ("#define %s %d\n" % (name, getattr(A, name))) in src, name
     assert "#define N_PAR %d\n" % A.N_PAR_DEVICE in src
     assert "#define NB_SINCG_NEAR %r\n" % SINCG_NEAR in src
@@ -189,7 +195,8 @@ def test_host_adjoint_matches_numba(name, host, tmp_path, monkeypatch):
     g = _upstream(run)
     ref_val, ref_rows, ref_cacc, ref_gF = _numba(run, g, want_F)
     args = gpu.layout_args(run.args, np.float64)
-    val, gpar, cacc, gF = host.adjoint(args, run.model.active, g, want_F)
+    dinc = run.incident_blocks()[0]
+    val, gpar, cacc, gF = host.adjoint(args, run.model.active, g, want_F, dinc=dinc)
     assert np.abs(ref_val).max() > 0.0
     active = (run.model.active != 0)
     assert np.array_equal(val != 0.0, (ref_val != 0.0))
@@ -200,6 +207,8 @@ def test_host_adjoint_matches_numba(name, host, tmp_path, monkeypatch):
     assert np.all(np.abs(gpar - ref) <= REL * scale), (gpar - ref) / np.where(scale, scale, 1)
     assert np.all(gpar[A.P_A:A.P_C + 3] == 0.0)          # the cell goes through cacc
     assert np.abs(ref[A.P_PIX0:A.P_PIX0 + 3]).max() > 0.0 and ref[A.P_FLU] != 0.0
+    beam = "beam_vector" in run.needs_grad
+    assert (np.abs(ref[A.P_BEAM:A.P_BEAM + 3]).max() > 0.0) == beam
     gauss = "-gauss_xtal" in CASES[name][0]
     assert (np.abs(ref[A.P_ASTAR:A.P_CSTAR + 3]).max() > 0.0) == gauss
     # the top hat is flat in h, k, l (its edge's delta is left out): no cell gradient
@@ -262,9 +271,11 @@ def test_autodiff_device_cuda_through_fake_cupy(host, tmp_path, monkeypatch):
     fake = _fake(host, monkeypatch)
     _write_hkl(tmp_path / "gen.hkl", 6, 6, 6)
     monkeypatch.chdir(tmp_path)
-    # (-spindle_axis and phi steps: the spindle's gradient, from the per-cell sums)
+    # (-spindle_axis and phi steps: the spindle's gradient, from the per-cell sums;
+    # -beam_vector and divergence: the beam's per-source blocks)
     argv = (BASE + " -hkl gen.hkl -interpolate -N 4 -mosaic 0.3 -mosaic_dom 2"
-            " -phi 0 -osc 1 -phisteps 2 -spindle_axis 0 0 1").split()
+            " -phi 0 -osc 1 -phisteps 2 -spindle_axis 0 0 1 -beam_vector 1 0 0"
+            " -hdivrange 0.3 -hdivsteps 2").split()
     S = 12
     # 3 rows per launch: the budget is counted in sub-paths (ADJOINT_COST each)
     run = AD._Run(argv, {}, (), None)
@@ -282,16 +293,17 @@ def test_autodiff_device_cuda_through_fake_cupy(host, tmp_path, monkeypatch):
         mos = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
         pol = torch.tensor([0.4], dtype=torch.float64, requires_grad=True)
         spin = torch.tensor([0.1, -0.2, 0.97], dtype=torch.float64, requires_grad=True)
+        beam = torch.tensor([0.98, 0.05, -0.03], dtype=torch.float64, requires_grad=True)
         F, _ = AD.structure_factors(argv)
         F.requires_grad_(True)
         img = AD.simulate(argv + device_flags, cell=cell, distance=dist, N=N, F_hkl=F,
                           detector_rot=rot, mosaic_spread=mos, polarization=pol,
-                          spindle_axis=spin)
+                          spindle_axis=spin, beam_vector=beam)
         w = torch.linspace(-1.0, 2.0, img.numel(), dtype=torch.float64).reshape(img.shape)
         (img * w).sum().backward()
         return img.detach().numpy(), cell.grad.numpy(), dist.grad.numpy(), N.grad.numpy(), \
             F.grad.numpy(), rot.grad.numpy(), mos.grad.numpy(), pol.grad.numpy(), \
-            spin.grad.numpy()
+            spin.grad.numpy(), beam.grad.numpy()
 
     ref = grads([])
     assert fake.calls == []
@@ -384,7 +396,7 @@ def test_gpu_autodiff_device_cuda_matches_cpu(tmp_path, monkeypatch):
     _write_hkl(tmp_path / "gen.hkl", 6, 6, 6)
     monkeypatch.chdir(tmp_path)
     argv = (BASE + " -hkl gen.hkl -interpolate -N 4 -mosaic 0.3 -mosaic_dom 2"
-            " -phi 0 -osc 1 -phisteps 2 -spindle_axis 0 0 1").split()
+            " -phi 0 -osc 1 -phisteps 2 -spindle_axis 0 0 1 -beam_vector 1 0 0").split()
     res = {}
     for dev, flags in (("cpu", []), ("cuda", ["-device", "cuda"])):
         cell = torch.tensor([70.0, 80.0, 90.0, 85.0, 95.0, 105.0], dtype=torch.float64,
@@ -394,14 +406,17 @@ def test_gpu_autodiff_device_cuda_matches_cpu(tmp_path, monkeypatch):
         pol = torch.tensor([0.4], dtype=torch.float64, device=dev, requires_grad=True)
         spin = torch.tensor([0.1, -0.2, 0.97], dtype=torch.float64, device=dev,
                             requires_grad=True)
+        beam = torch.tensor([0.98, 0.05, -0.03], dtype=torch.float64, device=dev,
+                            requires_grad=True)
         F, _ = AD.structure_factors(argv)
         F = F.to(dev).requires_grad_(True)
         img = AD.simulate(argv + flags, cell=cell, F_hkl=F, detector_rot=rot, mosaic_spread=mos,
-                          polarization=pol, spindle_axis=spin)
+                          polarization=pol, spindle_axis=spin, beam_vector=beam)
         assert img.device.type == dev
         (img * img).sum().backward()
         res[dev] = [t.detach().cpu().numpy()
-                    for t in (img, cell.grad, F.grad, rot.grad, mos.grad, pol.grad, spin.grad)]
+                    for t in (img, cell.grad, F.grad, rot.grad, mos.grad, pol.grad, spin.grad,
+                              beam.grad)]
     for a, b in zip(res["cuda"], res["cpu"]):
         assert _rel(a, b) <= REL
 

@@ -51,20 +51,20 @@ from . import cpu as K
 # BEAM..BEAM+2: the three components of the -beam_vector vector as given.
 # These are the per-source entries: source s's unit incident vector moves by
 # a block of three rows of dinc[:, s] per unit of the parameter (S =
-# (d - inc)/lambda, and the polarization factor at the pixel's first source).
+# (d - inc)/lambda, and the polarization factor at the pixel's first source);
+# every pass computes them, the CUDA adjoint's too.
 # ASTAR..CSTAR: the unrotated reciprocal vectors (1/A) of the gauss shape.
 # FDET, SDET: the detector's fast and slow unit vectors (a sub-pixel's
 # position is pix0 + Fdet fdet + Sdet sdet, Fdet and Sdet in m).
 # theta[:N_HOST] is what the host derives from the cell and the detector.
 P_A, P_B, P_C, P_PIX0, P_CLOSE = 0, 3, 6, 9, 12
 P_ASTAR, P_BSTAR, P_CSTAR, P_FDET, P_SDET, N_HOST = 13, 16, 19, 22, 25, 28
-P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN, P_MOS, P_SPIN, P_BEAM = 28, 29, 30, 31, 32, 33, 34, 35, 38
+P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN, P_MOS, P_BEAM, P_SPIN = 28, 29, 30, 31, 32, 33, 34, 35, 38
 N_PAR = 41
 #: the entries the CUDA adjoint's per-pixel rows carry (nanobragg.cu's N_PAR):
 #: every one before the spindle's; it leaves the rotation entries to the host
-#: (P_MOS is 0 there), which contracts them from its per-cell sums, and has no
-#: per-source entries (autodiff refuses beam_vector= with grad on the GPU)
-N_PAR_DEVICE = 35
+#: (P_MOS is 0 there), which contracts them from its per-cell sums
+N_PAR_DEVICE = 38
 
 # ---- what a pass differentiates (bit mask ``want``) -------------------------
 # W_F: scatter dI/dFhkl; W_N: d/dNa..Nc; W_GEO: everything that moves h, k, l or

@@ -65,9 +65,11 @@ ADJOINT_VALUES, ADJOINT_GRAD, ADJOINT_GRAD_F = 0, 1, 2
 ADJOINT_COST = 4
 
 #: length of the CUDA adjoint's per-pixel rows (the kernel's N_PAR, checked by
-#: HostKernel against kernels/adjoint.py N_PAR_DEVICE: theta up to the mosaic
-#: spread's entry; the host pads the spindle's, which it contracts from cacc)
-ADJOINT_N_PAR = 35
+#: HostKernel against kernels/adjoint.py N_PAR_DEVICE: theta up to the beam
+#: direction's entries; the host pads the spindle's, which it contracts from cacc)
+ADJOINT_N_PAR = 38
+#: most per-source blocks the CUDA adjoint takes (nanobragg.cu's NB_MAX_INC)
+ADJOINT_MAX_INC = 3
 
 #: one-thread trace entry points (compiled with TRACE_OPTION, see trace_pixel)
 TRACE_ENTRY_POINTS = {"float64": "trace_f64", "float32": "trace_f32"}
@@ -414,12 +416,26 @@ def run_passes(model, launch: Callable[[int, int, int], None], active, oor, ran,
         launch(first_true, p, sub)
 
 
-def adjoint_launch_args(active, g, S, F, row0, row1, mode, dev_args, gpar, cacc, gF, val):
+def adjoint_launch_args(active, g, S, F, row0, row1, mode, dev_args, gpar, cacc, gF, val,
+                        dinc, ninc):
     """The exact argument tuple of one ``adjoint_f64`` launch (scalars as
     ``np.int64``; see the kernel's signature in nanobragg.cu, checked by
-    tests/test_gpu_adjoint.py)."""
+    tests/test_gpu_adjoint.py).  dinc (3 ninc, nsrc): the per-source blocks
+    (:func:`adjoint_blocks`)."""
     ints = tuple(np.int64(v) for v in (S, F, row0, row1, mode))
-    return (active, g) + ints + tuple(dev_args) + (gpar, cacc, gF, val)
+    return (active, g) + ints + tuple(dev_args) + (gpar, cacc, gF, val, dinc, np.int64(ninc))
+
+
+def adjoint_blocks(dinc):
+    """(dinc as a C-contiguous float64 array with at least one element, ninc):
+    the kernel's per-source blocks from autodiff's (3 Q, nsrc) array (None or
+    width 0: none)."""
+    if dinc is None or dinc.size == 0:
+        return np.zeros(1), 0
+    ninc = dinc.shape[0] // 3
+    if ninc > ADJOINT_MAX_INC:
+        raise ValueError("at most %d per-source blocks (got %d)" % (ADJOINT_MAX_INC, ninc))
+    return np.ascontiguousarray(dinc, dtype=np.float64), ninc
 
 
 def adjoint_bands(args, S: int, F: int):
@@ -598,13 +614,15 @@ def trace_pixel(model, dtype, s: int, f: int, first_exec: bool, latch_sub: int, 
     return float(value[0]), to_np(rows), n
 
 
-def adjoint(args, active, g=None, want_F: bool = False, timing=None):
+def adjoint(args, active, g=None, want_F: bool = False, timing=None, dinc=None):
     """The CUDA adjoint of nbnumba.autodiff on the current device.
 
     ``args``: :func:`layout_args` of the autodiff run (float64, host arrays);
     ``active``: (S, F) mask; ``g``: the upstream gradient (S, F), a CuPy
     array or anything ``cupy.asarray`` takes, or None for values only (the
-    forward pass).  Returns :func:`adjoint_pass`'s tuple as CuPy arrays.
+    forward pass); ``dinc``: the per-source blocks (3 Q, nsrc) of the
+    theta entries P_BEAM.. (:func:`adjoint_blocks`; None: none).  Returns
+    :func:`adjoint_pass`'s tuple as CuPy arrays.
     ``timing``: optional dict, receives ``kernel_ms`` (CUDA events, all
     launches) and ``launches``.  ConfigError when CuPy or a device is missing."""
     cp = require_device()
@@ -612,6 +630,8 @@ def adjoint(args, active, g=None, want_F: bool = False, timing=None):
     active = np.ascontiguousarray(active, dtype=np.uint8)
     S, F = active.shape
     dev_args = tuple(cp.asarray(a) for a in args)
+    dinc, ninc = adjoint_blocks(dinc)
+    d_dinc = cp.asarray(dinc)
     d_active = cp.asarray(active)
     if g is None:
         mode = ADJOINT_VALUES
@@ -630,7 +650,8 @@ def adjoint(args, active, g=None, want_F: bool = False, timing=None):
             events.append((cp.cuda.Event(), cp.cuda.Event()))
             events[-1][0].record()
         kernel((grid,), (block,), adjoint_launch_args(d_active, d_g, S, F, row0, row1, mode,
-                                                      dev_args, gpar, cacc, gF, val))
+                                                      dev_args, gpar, cacc, gF, val, d_dinc,
+                                                      ninc))
         if timing is not None:
             events[-1][1].record()
 
@@ -719,7 +740,7 @@ class HostKernel:
             fn.restype = None
             self._trace[name] = fn
         self._adjoint = self.lib.nb_host_adjoint_f64
-        self._adjoint.argtypes = [_P, _P, _I, _I, _I, _I, _I] + [_P] * 11
+        self._adjoint.argtypes = [_P, _P, _I, _I, _I, _I, _I] + [_P] * 12 + [_I]
         self._adjoint.restype = ctypes.c_int
         layout = np.zeros(8, dtype=np.int64)
         self.lib.nb_host_layout.argtypes = [_P]
@@ -730,17 +751,19 @@ class HostKernel:
             raise NBError("nanobragg.cu option layout %s does not match cpu.py/adjoint.py %s"
                           % (tuple(layout[:6]), expected))
 
-    def adjoint_arrays(self, active, g, row0, row1, mode, args, gpar, cacc, gF, val):
+    def adjoint_arrays(self, active, g, row0, row1, mode, args, gpar, cacc, gF, val, dinc=None):
         """One raw ``adjoint_f64`` launch over rows row0..row1-1 (numpy arrays,
-        C-contiguous; ``args`` from :func:`layout_args`)."""
+        C-contiguous; ``args`` from :func:`layout_args`; ``dinc``: as
+        :func:`adjoint`'s)."""
         S, F = active.shape
+        dinc, ninc = adjoint_blocks(dinc)
         for a in (active, g, gpar, cacc, gF, val) + tuple(args):
             if not a.flags.c_contiguous:
                 raise ValueError("host kernel arrays must be C-contiguous")
         self._adjoint(_ptr(active), _ptr(g), S, F, row0, row1, mode, *(_ptr(a) for a in args),
-                      _ptr(gpar), _ptr(cacc), _ptr(gF), _ptr(val))
+                      _ptr(gpar), _ptr(cacc), _ptr(gF), _ptr(val), _ptr(dinc), ninc)
 
-    def adjoint(self, args, active, g=None, want_F: bool = False, bands=None):
+    def adjoint(self, args, active, g=None, want_F: bool = False, bands=None, dinc=None):
         """:func:`adjoint` on the host: the same outputs as numpy arrays
         (``bands``: the row bands, default :func:`adjoint_bands`)."""
         active = np.ascontiguousarray(active, dtype=np.uint8)
@@ -752,7 +775,7 @@ class HostKernel:
             g = np.ascontiguousarray(g, dtype=np.float64).reshape(S, F)
 
         def launch(row0, row1, gpar, cacc, gF, val):
-            self.adjoint_arrays(active, g, row0, row1, mode, args, gpar, cacc, gF, val)
+            self.adjoint_arrays(active, g, row0, row1, mode, args, gpar, cacc, gF, val, dinc)
 
         return adjoint_pass(launch, np, args, S, F, mode,
                             adjoint_bands(args, S, F) if bands is None else bands)

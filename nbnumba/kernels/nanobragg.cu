@@ -945,6 +945,9 @@ NB_DEFINE_KERNEL(render_f32, double, float)
 //          l: 6-8) per (phi, mosaic) cell j, as pixel_grad's cacc
 //   gF     double[dim0*dim1*dim2]: g dI/dFhkl (mode 2)
 //   val    double[S*F]: the pixel values (photons)
+//   dinc   double[3*ninc][nsrc]: rows 3q..3q+2, d(source s's incident
+//          vector)/d(theta[P_BEAM + q]), contracted into the pixel's row as
+//          pixel_grad contracts its per-source blocks; ninc (<= NB_MAX_INC) 0: none
 // Accumulation.  gpar is per pixel (deterministic).  cacc and gF are shared
 // by all threads and accumulated with atomicAdd: the F-grid gradient is a
 // scatter to data-dependent indices (per-block copies of the grid would cost
@@ -978,10 +981,15 @@ NB_DEFINE_KERNEL(render_f32, double, float)
 #define P_KAHN 33
 // the mosaic spread's entry: the CPU's stored Jacobian only (adjoint.P_MOS); this
 // kernel leaves it 0 and gives the per-cell sums (cacc) that the host contracts
-// (as it does for the spindle axis, whose entries the CPU's theta has after this
-// one: adjoint.N_PAR_DEVICE is this N_PAR)
+// (as it does for the spindle axis, whose entries the CPU's theta has after the
+// beam's: adjoint.N_PAR_DEVICE is this N_PAR)
 #define P_MOS 34
-#define N_PAR 35
+// the beam direction's entries (adjoint.P_BEAM): the per-source blocks dinc
+// contracted per sub-path, as pixel_grad contracts them
+#define P_BEAM 35
+#define N_PAR 38
+// at most this many per-source blocks (the beam vector's three components)
+#define NB_MAX_INC 3
 
 // physics.SINCG_NEAR: below this |N d| d/dh of sincg is summed, not closed-form
 #define NB_SINCG_NEAR 0.1
@@ -1253,6 +1261,41 @@ __device__ double polarization_factor_grad(double kahn, vec3<double> incident, v
     return factor;
 }
 
+// physics.polarization_factor_grad_incident: d factor / d incident for the
+// (not necessarily unit) incident vector; factor = (1 + c^2 - K (E^2 - B^2))/2
+// with E^2 + B^2 = 1 - c^2 across the beam (psi taken as 0 along the ray)
+__device__ vec3<double> polarization_factor_grad_incident(double kahn, vec3<double> incident,
+                                                          vec3<double> v, vec3<double> axis) {
+    vec3<double> inc, d, ax;
+    const double r = unitize(incident, &inc);
+    unitize(v, &d);
+    unitize(axis, &ax);
+    const double c = dot(inc, d);
+    vec3<double> gg = mk<double>(c * d.x, c * d.y, c * d.z);
+    if (kahn != 0.0) {
+        vec3<double> E_in, B_in;
+        unitize(cross(ax, inc), &B_in);
+        unitize(cross(inc, B_in), &E_in);
+        const double E = dot(d, E_in);
+        const double B = dot(d, B_in);
+        if (E * E + B * B > 0.0) {
+            const double al = dot(ax, inc);
+            const double s = sqrt(1.0 - al * al);
+            const vec3<double> da = cross(d, ax);
+            const double ks = kahn / s;
+            const double kt = kahn * al * (E * E - B * B) / (s * s);
+            gg = mk<double>(gg.x + ks * (E * (c * ax.x + al * d.x) + B * da.x) - kt * ax.x,
+                            gg.y + ks * (E * (c * ax.y + al * d.y) + B * da.y) - kt * ax.y,
+                            gg.z + ks * (E * (c * ax.z + al * d.z) + B * da.z) - kt * ax.z);
+        } else {
+            gg = mk<double>((1.0 + kahn) * gg.x, (1.0 + kahn) * gg.y, (1.0 + kahn) * gg.z);
+        }
+    }
+    // the factor depends on incident only through its unit vector
+    const double gi = dot(gg, inc);
+    return mk<double>((gg.x - gi * inc.x) / r, (gg.y - gi * inc.y) / r, (gg.z - gi * inc.z) / r);
+}
+
 // physics.solid_angle_grad: *g = d omega / d pos; returns d omega / d close_distance
 __device__ double solid_angle_grad(double pixel_size, vec3<double> pos, double close_distance,
                                    bool point_pixel, vec3<double>* g) {
@@ -1292,7 +1335,8 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                               const double* __restrict__ incident, const double* __restrict__ lam,
                               const double* __restrict__ cells, const fgrid* __restrict__ Fhkl,
                               double* __restrict__ gpar, double* cacc, double* gF,
-                              double* __restrict__ val) {
+                              double* __restrict__ val, const double* __restrict__ dinc,
+                              nb_i64 ninc) {
     if (row0 < 0) row0 = 0;
     if (row1 > S) row1 = S;
     if (p < row0 * F || p >= row1 * F) return;
@@ -1342,6 +1386,10 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     // (their position derivatives reach fdet and sdet through it)
     double F_om = 0.0, S_om = 0.0, F_po = 0.0, S_po = 0.0;
     double dPk = 0.0;  // d polar / d kahn
+    // the source of the polarization point, and d polar / d its incident vector
+    nb_i64 src_po = 0;
+    vec3<double> dPi = mk<double>(0.0, 0.0, 0.0);
+    if (ninc > NB_MAX_INC) ninc = NB_MAX_INC;  // (the host passes at most three)
     for (nb_i64 subS = 0; subS < os; ++subS) {
         for (nb_i64 subF = 0; subF < os; ++subF) {
             double Fd, Sd;
@@ -1370,6 +1418,9 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                 vec3<double> unused;
                 dPk = polarization_factor(1.0, inc, pos, polar_axis, &unused) -
                       polarization_factor(0.0, inc, pos, polar_axis, &unused);
+                src_po = source;
+                if (grad && ninc > 0)
+                    dPi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis);
             }
         }
     }
@@ -1382,6 +1433,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     double dsx = 0.0, dsy = 0.0, dsz = 0.0;  // P_SDET
     double dlam = 0.0, dNa = 0.0, dNb = 0.0, dNc = 0.0;
     double dstar[9] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // P_ASTAR..P_CSTAR
+    double dbeam[NB_MAX_INC] = {0.0, 0.0, 0.0};                       // P_BEAM..
     for (nb_i64 j = 0; j < ncell; ++j) {
         const double* cell = cells1 + j * 9;
         double ca[9] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // this pixel's cacc[:, j]
@@ -1479,6 +1531,11 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                     dsx += px * Sd;
                     dsy += py * Sd;
                     dsz += pz * Sd;
+                    // dS/dinc = -1/lam: the source's incident vector
+                    for (nb_i64 q = 0; q < ninc; ++q) {
+                        const double* dq = dinc + 3 * q * nsrc + source;
+                        dbeam[q] -= (gx * dq[0] + gy * dq[nsrc] + gz * dq[2 * nsrc]) / lam_s;
+                    }
                 }
             }
         }
@@ -1508,6 +1565,11 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     }
     row[P_CLOSE] = gC * total * polar * dOmc;
     row[P_KAHN] = gC * total * omega * dPk;
+    for (nb_i64 q = 0; q < ninc; ++q) {
+        const double* dq = dinc + 3 * q * nsrc + src_po;
+        row[P_BEAM + q] = w * dbeam[q] + gC * total * omega * (dPi.x * dq[0] + dPi.y * dq[nsrc] +
+                                                               dPi.z * dq[2 * nsrc]);
+    }
     for (int i = 0; i < 9; ++i) row[P_ASTAR + i] = w * dstar[i];
     row[P_LAM] = w * dlam;
     row[P_NA] = w * dNa;
@@ -1523,11 +1585,12 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
         const REAL* __restrict__ fopt, const REAL* __restrict__ vecs,                          \
         const REAL* __restrict__ incident, const REAL* __restrict__ lam,                       \
         const REAL* __restrict__ cells, const FGRID* __restrict__ Fhkl,                        \
-        REAL* __restrict__ gpar, REAL* cacc, REAL* gF, REAL* __restrict__ val) {               \
+        REAL* __restrict__ gpar, REAL* cacc, REAL* gF, REAL* __restrict__ val,                 \
+        const REAL* __restrict__ dinc, nb_i64 ninc) {                                          \
         const nb_i64 p = row0 * F + (nb_i64)blockIdx.x * (nb_i64)blockDim.x +                  \
                          (nb_i64)threadIdx.x;                                                  \
         adjoint_pixel<FGRID>(p, active, g, S, F, row0, row1, mode, iopt, fopt, vecs, incident, \
-                             lam, cells, Fhkl, gpar, cacc, gF, val);                           \
+                             lam, cells, Fhkl, gpar, cacc, gF, val, dinc, ninc);               \
     }
 
 NB_DEFINE_ADJOINT(adjoint_f64, double, double)
@@ -1593,12 +1656,13 @@ extern "C" int nb_host_adjoint_f64(const nb_u8* active, const double* g, nb_i64 
                                    nb_i64 row0, nb_i64 row1, nb_i64 mode, const nb_i64* iopt,
                                    const double* fopt, const double* vecs, const double* incident,
                                    const double* lam, const double* cells, const double* Fhkl,
-                                   double* gpar, double* cacc, double* gF, double* val) {
+                                   double* gpar, double* cacc, double* gF, double* val,
+                                   const double* dinc, nb_i64 ninc) {
     const nb_i64 n = (row1 - row0) * F;
     const unsigned int block = NB_BLOCK;
     const unsigned int grid = (unsigned int)((n + block - 1) / block);
     nb_host_launch(adjoint_f64, grid, block, active, g, S, F, row0, row1, mode, iopt, fopt, vecs,
-                   incident, lam, cells, Fhkl, gpar, cacc, gF, val);
+                   incident, lam, cells, Fhkl, gpar, cacc, gF, val, dinc, ninc);
     return 0;
 }
 

@@ -150,7 +150,7 @@ def make_fake_cupy(host: "gpu.HostKernel", check_args: Optional[Callable] = None
                 check_args(self.entry, args)
             S, F, row0, row1, mode = (int(a) for a in args[2:7])
             _check_rows_launch(grid, block, S, F, row0, row1)
-            gpar = args[-4]
+            gpar = args[-6]     # (..., gpar, cacc, gF, val, dinc, ninc)
             assert mode == gpu.ADJOINT_VALUES or gpar.shape == ((row1 - row0) * F,
                                                                    gpu.ADJOINT_N_PAR)
             fake.calls.append((self.entry, mode, -1, -1, row0, row1, fake.current_stream[-1]))
