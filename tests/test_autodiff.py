@@ -218,6 +218,18 @@ def test_mosaic_spread_stored_jacobian_equals_the_adjoint_pass(extra, tmp_path):
     _two_routes_agree(argv, vals, g)
 
 
+def _three_routes_agree(argv, vals, g):
+    """_two_routes_agree, and jacobian()'s columns contracted with g give the
+    adjoint pass's gradients to 1e-10."""
+    from nbnumba import autodiff as AD
+    adjoint = _two_routes_agree(argv, vals, g)
+    _, J = AD.jacobian(argv, **vals)
+    for k in vals:
+        ref = adjoint[k]
+        assert np.allclose(np.einsum("sf,sfk->k", g, J[k]), ref, rtol=1e-10,
+                           atol=1e-12 * np.abs(ref).max()), k
+
+
 def _two_routes_agree(argv, vals, g):
     """Every keyword's gradient of sum(g I) through the stored Jacobian and
     through the adjoint pass agree to 1e-10 (and are nonzero); returns the
@@ -356,17 +368,11 @@ def test_spindle_axis_stored_jacobian_equals_the_adjoint_pass():
     (P_SPIN, contracted per pixel in the kernel, beside the spread's P_MOS)
     and the adjoint pass's per-cell sums contracted on the host
     (_Run._from_cell_sums); and jacobian()'s columns contract to them.  1e-10."""
-    from nbnumba import autodiff as AD
     argv = SPINDLE_ARGV + "-mosaic 0.5 -mosaic_dom 3 -oversample 2".split()
     vals = dict(spindle_axis=np.array(SPINDLE), mosaic_spread=np.array([0.45]),
                 misset=np.array(VALUES["misset"]), N=np.array(VALUES["N"]))
     g = np.random.default_rng(5).uniform(0.5, 1.5, (12, 12))
-    adjoint = _two_routes_agree(argv, vals, g)
-    _, J = AD.jacobian(argv, **vals)
-    for k in vals:
-        ref = adjoint[k]
-        assert np.allclose(np.einsum("sf,sfk->k", g, J[k]), ref, rtol=1e-10,
-                           atol=1e-12 * np.abs(ref).max()), k
+    _three_routes_agree(argv, vals, g)
 
 
 def test_gradcheck_spindle_axis():
@@ -409,18 +415,12 @@ def test_beam_vector_stored_jacobian_equals_the_adjoint_pass():
     in the kernel on both (P_BEAM): the stored Jacobian and the adjoint pass,
     beside the spindle's and the spread's per-cell entries; and jacobian()'s
     columns contract to them.  1e-10."""
-    from nbnumba import autodiff as AD
     argv = SPINDLE_ARGV + ("-beam_vector 1 0 0 -mosaic 0.5 -mosaic_dom 2 -polar 0.7 "
                            "-dispersion 0.1 -dispsteps 2").split()
     vals = dict(beam_vector=np.array(BEAM), spindle_axis=np.array(SPINDLE),
                 mosaic_spread=np.array([0.45]), distance=np.array([100.0]))
     g = np.random.default_rng(6).uniform(0.5, 1.5, (12, 12))
-    adjoint = _two_routes_agree(argv, vals, g)
-    _, J = AD.jacobian(argv, **vals)
-    for k in vals:
-        ref = adjoint[k]
-        assert np.allclose(np.einsum("sf,sfk->k", g, J[k]), ref, rtol=1e-10,
-                           atol=1e-12 * np.abs(ref).max()), k
+    _three_routes_agree(argv, vals, g)
 
 
 def test_gradcheck_beam_vector():
