@@ -378,7 +378,7 @@ class _Run:
         self._rots = None       # the cells' rotations, when a pass needs them (rots)
         self._mosaic_cells = None   # their derivatives in the spread (mosaic_cells)
         self._spindle_cells = None  # ... and in the spindle axis (spindle_cells)
-        self._beam_sources = None   # the incident vectors' in the beam's (beam_sources)
+        self._beam_sources = None   # the sources' incident vectors' in the beam (beam_sources)
         self.recip = None
         if cfg.matfilename is not None:
             from .io.mat import read_mosflm_mat
@@ -679,24 +679,17 @@ class _Run:
         """(27, ncell): the derivatives of each cell's rotated a, b, c (rows
         0-8 as mosaic_cells') per unit of each component of the spindle_axis
         vector as given (rows 9 i..9 i + 8: component i), the unit vector that
-        build_detector makes of it included.  Richardson-extrapolated central
-        differences (O(h^4), ~1e-12 relative) of crystal.rotated_cells, the
-        rotation the forward applies, at a step of 1e-3 of the vector's length:
-        the one implementation of the phi rotation, as host_jacobian's."""
+        build_detector makes of it included: _direction_derivatives of
+        crystal.rotated_cells, the rotation the forward applies (the one
+        implementation of the phi rotation, as host_jacobian's)."""
         if self._spindle_cells is None:
             m = self.model
-            w = np.asarray(self.vals["spindle_axis"], dtype=np.float64)
-            h = 1e-3 * float(np.linalg.norm(w))
 
-            def at(i, t):
-                x = w.copy()
-                x[i] += t
-                axis = tuple(x / np.linalg.norm(x))
+            def cells(w):
+                axis = tuple(w / np.linalg.norm(w))
                 return xtal.rotated_cells(m.crystal, axis, m.phis, m.umats,
                                           m.steps.mosaic_spread, False)[1].reshape(-1, 9).T
-            blocks = [(8.0 * (at(i, h) - at(i, -h)) - (at(i, 2 * h) - at(i, -2 * h))) / (12.0 * h)
-                      for i in range(3)]
-            self._spindle_cells = np.ascontiguousarray(np.concatenate(blocks, axis=0))
+            self._spindle_cells = _direction_derivatives(cells, self.vals["spindle_axis"])
         return self._spindle_cells
 
     def beam_sources(self):
@@ -705,22 +698,13 @@ class _Run:
         beam_vector vector as given (rows 3 i..3 i + 2: component i), the
         unit vector that build_detector makes of it included, and the
         divergence's rotations about the polarization and vertical axes that
-        build_sources applies around it.  Richardson-extrapolated central
-        differences (O(h^4)) of build_detector and build_sources, the code
-        the forward runs (model._build_sources), at a step of 1e-3 of the
-        vector's length, as spindle_cells'."""
+        build_sources applies around it: _direction_derivatives of
+        model.source_directions, the sources the forward runs with."""
         if self._beam_sources is None:
             from .model import source_directions
-            w = np.asarray(self.vals["beam_vector"], dtype=np.float64)
-            h = 1e-3 * float(np.linalg.norm(w))
-
-            def at(i, t):
-                x = w.copy()
-                x[i] += t
-                return source_directions(_override(self.cfg, {"beam_vector": x})).T
-            blocks = [(8.0 * (at(i, h) - at(i, -h)) - (at(i, 2 * h) - at(i, -2 * h))) / (12.0 * h)
-                      for i in range(3)]
-            self._beam_sources = np.ascontiguousarray(np.concatenate(blocks, axis=0))
+            self._beam_sources = _direction_derivatives(
+                lambda w: source_directions(_override(self.cfg, {"beam_vector": w})).T,
+                self.vals["beam_vector"])
         return self._beam_sources
 
     def incident_blocks(self):
@@ -777,16 +761,15 @@ class _Run:
             M[A.P_MOS, 0] = math.pi / 180.0      # the kernel's entry is per radian
         elif name == "spindle_axis":
             M[A.P_SPIN:A.P_SPIN + 3] = np.eye(3)
-        elif name == "beam_vector":
-            # the detector's origin and close distance (the host map), and each
-            # source's incident vector (the kernel's per-source entries)
-            M[:A.N_HOST] = self.host_jacobian(name)
-            M[A.P_BEAM:A.P_BEAM + 3] = np.eye(3)
         else:
             M[:A.N_HOST] = self.host_jacobian(name)
             if name == "wavelength":
                 # every source wavelength is proportional to lambda0
                 M[A.P_LAM, 0] = 1.0 / float(self.vals["wavelength"][0])
+            elif name == "beam_vector":
+                # besides the detector's origin and close distance (the host
+                # map): each source's incident vector (the per-source entries)
+                M[A.P_BEAM:A.P_BEAM + 3] = np.eye(3)
         return M
 
     def backward(self, g):
@@ -815,6 +798,23 @@ class _Run:
             raise ConfigError("the derivative w.r.t. %s= is not finite: it overflows double "
                               "precision (the image's largest value is %.3g)"
                               % (name, float(abs(self.image).max())))
+
+
+def _direction_derivatives(f, w):
+    """The derivatives of the 2-d array f(w) in each component of the vector w
+    (a direction keyword's value, any length), stacked: rows i R..(i + 1) R
+    hold d f / d w_i (R = f's rows).  Richardson-extrapolated central
+    differences (O(h^4), ~1e-12 relative) at a step of 1e-3 of |w|."""
+    w = np.asarray(w, dtype=np.float64)
+    h = 1e-3 * float(np.linalg.norm(w))
+
+    def at(i, t):
+        x = w.copy()
+        x[i] += t
+        return f(x)
+    blocks = [(8.0 * (at(i, h) - at(i, -h)) - (at(i, 2 * h) - at(i, -2 * h))) / (12.0 * h)
+              for i in range(w.size)]
+    return np.ascontiguousarray(np.concatenate(blocks, axis=0))
 
 
 def _umat_spread_derivatives(umats, spread):
