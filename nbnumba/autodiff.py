@@ -655,8 +655,7 @@ class _Run:
             if name in _AFFINE:
                 cols.append((at(step) - at(-step)) / (2.0 * step))
             else:
-                cols.append((8.0 * (at(step) - at(-step)) - (at(2 * step) - at(-2 * step)))
-                            / (12.0 * step))
+                cols.append(_richardson(at, step))
         self._jac[name] = np.stack(cols, axis=1)
         return self._jac[name]
 
@@ -808,13 +807,20 @@ def _direction_derivatives(f, w):
     w = np.asarray(w, dtype=np.float64)
     h = 1e-3 * float(np.linalg.norm(w))
 
-    def at(i, t):
-        x = w.copy()
-        x[i] += t
-        return f(x)
-    blocks = [(8.0 * (at(i, h) - at(i, -h)) - (at(i, 2 * h) - at(i, -2 * h))) / (12.0 * h)
-              for i in range(w.size)]
+    def along(i):
+        def at(t):
+            x = w.copy()
+            x[i] += t
+            return f(x)
+        return at
+    blocks = [_richardson(along(i), h) for i in range(w.size)]
     return np.ascontiguousarray(np.concatenate(blocks, axis=0))
+
+
+def _richardson(at, h):
+    """The derivative at 0 of at(t) (an array or a number) by central
+    differences at h and 2h, Richardson-extrapolated: O(h^4)."""
+    return (8.0 * (at(h) - at(-h)) - (at(2 * h) - at(-2 * h))) / (12.0 * h)
 
 
 def _umat_spread_derivatives(umats, spread):

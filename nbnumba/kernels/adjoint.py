@@ -407,6 +407,14 @@ def _jac_mosaic(S, dcells, r, work, ncell):
     return m
 
 
+@njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
+def _source_term(dinc, q, s, x, y, z):
+    """(x, y, z) . d(source s's incident vector)/d(theta[ipar[q]]), from the
+    per-source block q of dinc (rows 3 q..3 q+2).  Inlined by LLVM."""
+    K._inline_into_callers()
+    return x * dinc[3 * q, s] + y * dinc[3 * q + 1, s] + z * dinc[3 * q + 2, s]
+
+
 @njit(cache=True, fastmath=False, error_model="numpy")
 def _near_table(fopt):
     """(3, 7): sincg_near_coeffs of Na, Nb, Nc (rows; 0 for an axis with
@@ -686,8 +694,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                     dsum[P_LAM] += gs
                     # dS/dinc = -1/lam: the source's incident vector
                     for q in range(ninc):
-                        dsum[ipar[q]] -= (gx * dinc[3 * q, source] + gy * dinc[3 * q + 1, source]
-                                          + gz * dinc[3 * q + 2, source]) / lam_s
+                        dsum[ipar[q]] -= _source_term(dinc, q, source, gx, gy, gz) / lam_s
     total = I_bg + sumT
     po = polar * omega
     gC = g * C
@@ -702,9 +709,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     dsum[P_CLOSE] += gC * total * polar * dOmc
     dsum[P_KAHN] += gC * total * omega * dPk
     for q in range(ninc):
-        dsum[ipar[q]] += gC * total * omega * (dPi[0] * dinc[3 * q, src_po]
-                                               + dPi[1] * dinc[3 * q + 1, src_po]
-                                               + dPi[2] * dinc[3 * q + 2, src_po])
+        dsum[ipar[q]] += gC * total * omega * _source_term(dinc, q, src_po, *dPi)
     # test = C P omega (I_bg + sum): only C = r_e^2 fluence ... carries the fluence
     # (the default mode's I_bg does not: docs/quirks.md #14; autodiff refuses -c_parity)
     dsum[P_FLU] += gC * po * total
