@@ -365,7 +365,7 @@ def _adjoint_numba(run, g, want_F):
     val = np.zeros((S, F))
     with PARALLEL_KERNEL_LOCK:
         A.backward(run.model.active, run.box, g, *run.args, want,
-                   nchunk, gpar, gF, cacc, val, np.empty((3, 0)), np.empty(0, dtype=np.int64))
+                   nchunk, gpar, gF, cacc, val, np.empty((4, 0)), np.empty(0, dtype=np.int64))
     # the device's rows end before the spindle's entries (0 here too)
     return (val, gpar[:, :A.N_PAR_DEVICE], cacc.sum(axis=0),
             (gF.sum(axis=0) if want_F else None))

@@ -30,6 +30,12 @@ spindle_axis    3      the spindle (phi) axis, as -spindle_axis (which argv
                        length, made a unit vector as the flag's value is
 beam_vector     3      the beam direction, as -beam_vector (which argv must
                        give, as spindle_axis); any length, made a unit vector
+hdivrange       1      horizontal divergence range (mrad), as -hdivrange
+vdivrange       1      vertical divergence range (mrad), as -vdivrange
+dispersion      1      spectral width (percent of the wavelength), as
+                       -dispersion (for these three the run's point counts
+                       are kept: the derivative is taken between the ranges
+                       where a count jumps; docs/autodiff.md)
 polarization    1      Kahn polarization factor, as -polar
 N               3      Na, Nb, Nc (continuous in the lattice factor)
 fluence         1      photons/m^2 (replaces -flux/-exposure/-beamsize)
@@ -67,6 +73,7 @@ from .api import PARALLEL_KERNEL_LOCK
 from . import crystal as xtal
 from .geometry import build_detector
 from .rng import RngState
+from .sampling import SWEEPS, sweep_at
 
 __all__ = ["simulate", "structure_factors", "jacobian", "PARAMETERS"]
 
@@ -74,7 +81,7 @@ __all__ = ["simulate", "structure_factors", "jacobian", "PARAMETERS"]
 PARAMETERS = {"cell": 6, "misset": 3, "distance": 1, "beam_center": 2, "pix0": 3,
               "detector_rot": 3,
               "twotheta": 1, "wavelength": 1, "mosaic_spread": 1, "spindle_axis": 3,
-              "beam_vector": 3,
+              "beam_vector": 3, "hdivrange": 1, "vdivrange": 1, "dispersion": 1,
               "polarization": 1, "N": 3, "fluence": 1, "F_hkl": None}
 #: the ones that move the detector (build_detector reads no crystal flag; the
 #: beam direction moves the origin and the close distance, as the pivot says)
@@ -82,15 +89,22 @@ _DETECTOR = ("distance", "beam_center", "pix0", "detector_rot", "twotheta", "bea
 #: the ones that move the cell or the detector: the host maps them to theta
 #: (mosaic_spread and spindle_axis through the rotated cells' derivatives,
 #: _Run.mosaic_cells and _Run.spindle_cells)
-_GEOMETRIC = ("cell", "misset", "wavelength", "mosaic_spread", "spindle_axis") + _DETECTOR
+_GEOMETRIC = ("cell", "misset", "wavelength", "mosaic_spread", "spindle_axis", "hdivrange",
+              "vdivrange", "dispersion") + _DETECTOR
 #: the ones that turn each (phi, mosaic) cell: keyword -> (their theta entries,
 #: the _Run method giving the cells' derivatives, 9 rows per entry), in the
 #: order of the kernel's blocks (_Run.rotation_cells)
 _TURNS_CELLS = {"mosaic_spread": ((A.P_MOS,), "mosaic_cells"),
                 "spindle_axis": ((A.P_SPIN, A.P_SPIN + 1, A.P_SPIN + 2), "spindle_cells")}
-#: the ones that turn each source's incident vector: keyword -> their theta
-#: entries (the kernel's per-source blocks, _Run.incident_blocks)
-_TURNS_SOURCES = {"beam_vector": (A.P_BEAM, A.P_BEAM + 1, A.P_BEAM + 2)}
+#: the ones that move each source's incident vector or wavelength: keyword ->
+#: their theta entries (the kernel's per-source blocks, _Run.incident_blocks)
+_TURNS_SOURCES = {"beam_vector": (A.P_BEAM, A.P_BEAM + 1, A.P_BEAM + 2),
+                  "hdivrange": (A.P_DIV,), "vdivrange": (A.P_DIV + 1,),
+                  "dispersion": (A.P_DISP,)}
+#: the swept ranges: keyword -> (sampling.SWEEPS name, the Config field of its
+#: given step, the keyword's unit in the Config's: mrad, percent)
+_SWEPT = {"hdivrange": ("hdiv", "hdivstep", 1e-3), "vdivrange": ("vdiv", "vdivstep", 1e-3),
+          "dispersion": ("disp", "dispstep", 1e-2)}
 #: direction keywords: any length, made a unit vector by the run (their host
 #: map's steps are relative to the vector's length)
 _DIRECTIONS = ("spindle_axis", "beam_vector")
@@ -211,6 +225,9 @@ def _override(cfg, vals):
         kw["spindle_vector"] = tuple(float(x) for x in vals["spindle_axis"])
     if "beam_vector" in vals:
         kw["beam_vector"] = tuple(float(x) for x in vals["beam_vector"])
+    for name, (sweep, _, unit) in _SWEPT.items():
+        if name in vals:
+            kw[SWEEPS[sweep][0]] = float(vals[name][0]) * unit
     if "polarization" in vals:
         kw["polarization"] = float(vals["polarization"][0])
     if "fluence" in vals:
@@ -277,6 +294,27 @@ def _check_supported(cfg, given, needs_grad):
     if "wavelength" in needs_grad and cfg.sourcefilename is not None:
         raise ConfigError("wavelength= is not differentiable with -sourcefile "
                           "(its wavelengths do not scale with -lambda)")
+
+
+def _check_sweeps(cfg, vals, needs_grad):
+    """Refuse a divergence range or dispersion keyword that the run cannot
+    use or differentiate (cfg: with the keywords' values)."""
+    for name in _SWEPT:
+        if name not in vals:
+            continue
+        if cfg.sourcefilename is not None:
+            raise ConfigError("%s= has no effect with -sourcefile (the file lists the "
+                              "sources): leave it out or drop -sourcefile" % name)
+        x = float(vals[name][0])
+        if x < 0.0:
+            raise ConfigError("%s= is negative (%r): give a range >= 0" % (name, x))
+        if x == 0.0 and name in needs_grad:
+            # the sweep collapses to one point at 0; with more than one point on
+            # the other side (a given count or step, the round cut of the other
+            # direction) the image kinks or jumps there
+            raise ConfigError("%s= of 0 cannot be differentiated: nanoBragg collapses a zero "
+                              "range to one source, and the image is not differentiable "
+                              "there; pass a range > 0" % name)
 
 
 @contextmanager
@@ -348,6 +386,7 @@ class _Run:
         _check_supported(cfg0, set(vals) | ({"F_hkl"} if F_values is not None else set()),
                          needs_grad)
         cfg = _override(cfg0, vals)
+        _check_sweeps(cfg, vals, needs_grad)
         model = build_model(cfg)
         # freeze what build_model chose (auto oversample, time seed) so the
         # host map below sees the same run
@@ -378,7 +417,8 @@ class _Run:
         self._rots = None       # the cells' rotations, when a pass needs them (rots)
         self._mosaic_cells = None   # their derivatives in the spread (mosaic_cells)
         self._spindle_cells = None  # ... and in the spindle axis (spindle_cells)
-        self._beam_sources = None   # the sources' incident vectors' in the beam (beam_sources)
+        self._source_blocks = {}    # keyword -> its per-source blocks (source_blocks)
+        self._points = None         # the divergence points the run keeps (_source_rows)
         self.recip = None
         if cfg.matfilename is not None:
             from .io.mat import read_mosflm_mat
@@ -431,9 +471,8 @@ class _Run:
 
     def _gpu(self, g=None, want_F=False):
         from .kernels import gpu
-        dinc, ipar = self.incident_blocks() if g is not None else (None, ())
-        # the kernel writes its per-source blocks to P_BEAM.. in order
-        assert list(ipar) == list(range(A.P_BEAM, A.P_BEAM + len(ipar)))
+        # the kernel writes its per-source block q to P_BEAM + q
+        dinc = self.incident_blocks(dense=True)[0] if g is not None else None
         return gpu.adjoint(self._gpu_args, self.model.active, g, want_F, dinc=dinc)
 
     @staticmethod
@@ -691,29 +730,62 @@ class _Run:
             self._spindle_cells = _direction_derivatives(cells, self.vals["spindle_axis"])
         return self._spindle_cells
 
-    def beam_sources(self):
-        """(9, nsrc): the derivatives of each source's unit incident vector
-        (the kernel's ``incident``) per unit of each component of the
-        beam_vector vector as given (rows 3 i..3 i + 2: component i), the
-        unit vector that build_detector makes of it included, and the
-        divergence's rotations about the polarization and vertical axes that
-        build_sources applies around it: _direction_derivatives of
-        model.source_directions, the sources the forward runs with."""
-        if self._beam_sources is None:
-            from .model import source_directions
-            self._beam_sources = _direction_derivatives(
-                lambda w: source_directions(_override(self.cfg, {"beam_vector": w})).T,
-                self.vals["beam_vector"])
-        return self._beam_sources
+    def _source_rows(self, cfg, steps):
+        """(4, nsrc): the unit incident vectors (rows 0-2, the kernel's
+        ``incident``) and the log wavelengths (row 3, less log lambda0) of
+        cfg's sources, made
+        by model.source_set (the sources the forward runs with) on the
+        sampling ``steps`` with the run's divergence points kept."""
+        from .model import source_set
+        from .sources import divergence_points
+        if self._points is None:
+            self._points = divergence_points(self.model.steps, self.cfg.round_div)
+        src = source_set(cfg, steps, self._points)
+        # log(lambda_s / lambda0): the derivative of log lambda_s, without
+        # log(1e-10)'s digits to cancel in the differences
+        return np.vstack((src.incident.T, np.log(src.wavelength / self.cfg.lambda0)))
 
-    def incident_blocks(self):
-        """(dinc (3 Q, nsrc), ipar (Q,)): the per-source blocks that the
+    def source_blocks(self, name):
+        """(4 k, nsrc): the per-source blocks of keyword name's k values (rows
+        4 i..4 i + 3: value i), the derivatives of _source_rows per unit of the
+        value.  beam_vector: per component of the vector as given, the unit
+        vector that build_detector makes of it and the divergence's rotations
+        about it included (_direction_derivatives).  hdivrange, vdivrange,
+        dispersion: per mrad or percent, with the run's point counts and kept
+        points (sampling.sweep_at: the step scales with the range unless the
+        user gave it); Richardson differences at a step of 1e-3 of the value."""
+        if name not in self._source_blocks:
+            steps = self.model.steps
+            if name == "beam_vector":
+                blk = _direction_derivatives(
+                    lambda w: self._source_rows(_override(self.cfg, {"beam_vector": w}), steps),
+                    self.vals["beam_vector"])
+            else:
+                sweep, step_field, unit = _SWEPT[name]
+                x = float(self.vals[name][0])
+                given = getattr(self.cfg, step_field)
+                blk = _richardson(lambda t: self._source_rows(
+                    self.cfg, sweep_at(steps, sweep, (x + t) * unit, given)), 1e-3 * x)
+            self._source_blocks[name] = np.ascontiguousarray(blk)
+        return self._source_blocks[name]
+
+    def incident_blocks(self, dense=False):
+        """(dinc (4 Q, nsrc), ipar (Q,)): the per-source blocks that the
         kernels contract per sub-path for the keywords in needs_grad
-        (_source_entries; width 0 when none)."""
+        (_source_entries; width 0 when none).  dense: one block per entry
+        from P_BEAM to the last one needed, zero for those not needed (the
+        CUDA adjoint writes block q to P_BEAM + q)."""
         ipar = np.array(self._source_entries(self.needs_grad), dtype=np.int64)
         if not ipar.size:
-            return np.empty((3, 0)), ipar
-        return self.beam_sources(), ipar
+            return np.empty((4, 0)), ipar
+        blocks = np.concatenate([self.source_blocks(k) for k in _TURNS_SOURCES
+                                 if k in self.needs_grad], axis=0)
+        if not dense:
+            return np.ascontiguousarray(blocks), ipar
+        out = np.zeros((4 * (int(ipar[-1]) - A.P_BEAM + 1), blocks.shape[1]))
+        for q, p in enumerate(ipar):
+            out[4 * (p - A.P_BEAM):4 * (p - A.P_BEAM + 1)] = blocks[4 * q:4 * q + 4]
+        return out, np.arange(A.P_BEAM, int(ipar[-1]) + 1, dtype=np.int64)
 
     def rotation_cells(self):
         """(dcells (9 M, ncell), dpar (M,)): the per-cell rotation blocks that
@@ -760,6 +832,9 @@ class _Run:
             M[A.P_MOS, 0] = math.pi / 180.0      # the kernel's entry is per radian
         elif name == "spindle_axis":
             M[A.P_SPIN:A.P_SPIN + 3] = np.eye(3)
+        elif name in _SWEPT:
+            # the per-source entry (source_blocks are per unit of the keyword)
+            M[_TURNS_SOURCES[name][0], 0] = 1.0
         else:
             M[:A.N_HOST] = self.host_jacobian(name)
             if name == "wavelength":
@@ -926,7 +1001,8 @@ def _function():
 def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wavelength=None,
              N=None, fluence=None, F_hkl=None, detector_rot=None, twotheta=None,
              mosaic_spread=None, polarization=None, roi_only=False, pix0=None,
-             spindle_axis=None, beam_vector=None):
+             spindle_axis=None, beam_vector=None, hdivrange=None, vdivrange=None,
+             dispersion=None):
     """The (S, F) image (photons/pixel) of the nanoBragg command ``argv`` with
     the given keywords overriding its flags, as a torch tensor whose grad_fn
     reaches every keyword tensor that requires grad.
@@ -944,7 +1020,8 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     given = dict(cell=cell, misset=misset, distance=distance, beam_center=beam_center,
                  pix0=pix0, detector_rot=detector_rot, twotheta=twotheta, wavelength=wavelength,
                  mosaic_spread=mosaic_spread, spindle_axis=spindle_axis,
-                 beam_vector=beam_vector, polarization=polarization, N=N, fluence=fluence,
+                 beam_vector=beam_vector, hdivrange=hdivrange, vdivrange=vdivrange,
+                 dispersion=dispersion, polarization=polarization, N=N, fluence=fluence,
                  F_hkl=F_hkl)
     tensors = {k: _as_tensor(torch, k, v) for k, v in given.items() if v is not None}
     vals = {k: t.detach().to("cpu", torch.float64).numpy().reshape(-1)

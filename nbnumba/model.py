@@ -191,9 +191,10 @@ def _frame_of_zeros(shape, touched, sparse_ok):
     return np.zeros(shape, dtype=np.uint8)
 
 
-def _sources(cfg: Config, steps, det) -> Sources:
+def _sources(cfg: Config, steps, det, points=None) -> Sources:
     """The run's x-ray sources: generated about the beam (divergence and
-    dispersion steps), or read from -sourcefile (checked here)."""
+    dispersion steps; ``points``: see build_sources), or read from
+    -sourcefile (checked here)."""
     cols = None
     if cfg.sourcefilename is not None:
         from .io.textcols import read_text_columns
@@ -205,14 +206,19 @@ def _sources(cfg: Config, steps, det) -> Sources:
         if len(at_origin):
             raise InputFileError("%s: source %d is at 0 0 0, the sample position: it has no "
                                  "direction" % (cfg.sourcefilename, int(at_origin[0]) + 1))
-    return build_sources(steps, det.beam, det.polar, det.vert, cfg.lambda0, cfg.round_div, cols)
+    return build_sources(steps, det.beam, det.polar, det.vert, cfg.lambda0, cfg.round_div, cols,
+                         points)
 
 
-def source_directions(cfg: Config) -> np.ndarray:
-    """(nsrc, 3): the unit incident vectors of cfg's sources (the kernels'
-    ``incident``), derived as build_model derives them, without the rest of
-    the model (nbnumba.autodiff differentiates them in the beam direction)."""
-    return _sources(cfg, resolve_steps(cfg), build_detector(cfg, trace=False)).incident
+def source_set(cfg: Config, steps=None, points=None) -> Sources:
+    """cfg's sources, derived as build_model derives them, without the rest of
+    the model (nbnumba.autodiff differentiates their incident vectors and
+    wavelengths in the beam direction, the divergence ranges and the
+    dispersion).  steps: resolve_steps(cfg) when None; points: the
+    divergence points to keep (build_sources)."""
+    if steps is None:
+        steps = resolve_steps(cfg)
+    return _sources(cfg, steps, build_detector(cfg, trace=False), points)
 
 
 def build_model(cfg: Config) -> Model:

@@ -6,6 +6,7 @@ returns the resolved triple; warnings are returned as text for the summary.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import List
@@ -178,3 +179,29 @@ def resolve_steps(cfg) -> Steps:
                  detector_thick=thick, detector_thickstep=tstep, detector_thicksteps=tsteps,
                  detector_mu=mu, mosaic_spread=spread, mosaic_domains=domains,
                  warnings=warnings)
+
+
+#: the swept ranges whose width nbnumba.autodiff differentiates: name ->
+#: (range, step, count) fields of Steps (and of Config: range, step, count)
+SWEEPS = {"hdiv": ("hdivrange", "hdivstep", "hdivsteps"),
+          "vdiv": ("vdivrange", "vdivstep", "vdivsteps"),
+          "disp": ("dispersion", "dispstep", "dispsteps")}
+
+
+def sweep_at(steps: Steps, sweep: str, rng: float, given_step: float) -> Steps:
+    """``steps`` with sweep ``sweep`` (a SWEEPS name) at range ``rng``, its point
+    count kept: the step stays ``given_step`` when the user gave one (> 0),
+    else it is rng/(count - 1), as resolve_steps derives it from the range; a
+    sweep collapsed to one point at range 0 stays collapsed.  This is the
+    sampling the run's image is a smooth function of near its own range (the
+    count jumps where ceil(range/step) does; nbnumba.autodiff differentiates
+    between the jumps)."""
+    r_name, s_name, n_name = SWEEPS[sweep]
+    n = getattr(steps, n_name)
+    if getattr(steps, r_name) == 0.0 and n == 1:
+        return steps
+    step = given_step if given_step > 0.0 else rng / (n - 1)
+    out = copy.copy(steps)
+    setattr(out, r_name, rng)
+    setattr(out, s_name, step)
+    return out

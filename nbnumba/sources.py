@@ -34,18 +34,37 @@ class Sources:
         return -self.direction
 
 
-def _divergence_offsets(steps):
-    """(hdiv, vdiv) pairs kept by the elliptical cut (or all with -square_div)."""
-    out = []
+def divergence_offset(steps, i, j):
+    """(hdiv, vdiv) (rad) of point (i, j) of the divergence grid."""
+    return (steps.hdivstep * i - steps.hdivrange / 2.0,
+            steps.vdivstep * j - steps.vdivrange / 2.0)
+
+
+def divergence_points(steps, round_div):
+    """The (i, j) points of the divergence grid that the elliptical cut keeps
+    (all of them with -square_div), in nanoBragg's order."""
+    kept = []
     for i in range(steps.hdivsteps):
         for j in range(steps.vdivsteps):
-            hdiv = steps.hdivstep * i - steps.hdivrange / 2.0
-            vdiv = steps.vdivstep * j - steps.vdivrange / 2.0
-            out.append((hdiv, vdiv))
-    return out
+            hdiv, vdiv = divergence_offset(steps, i, j)
+            # C divides by a possibly zero range: NaN never exceeds 1.1, so a
+            # degenerate direction keeps its points (IEEE semantics via numpy)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                hr, vr = np.float64(steps.hdivrange), np.float64(steps.vdivrange)
+                test = (hdiv * hdiv - steps.hdivstep * steps.hdivstep / 4.0 * (1 - steps.hdivsteps % 2)) / hr / hr
+                test += (vdiv * vdiv - steps.vdivstep * steps.vdivstep / 4.0 * (1 - steps.vdivsteps % 2)) / vr / vr
+            if round_div and test * 4.0 > 1.1:
+                continue
+            kept.append((i, j))
+    return kept
 
 
-def build_sources(steps, beam, polar, vert, lambda0, round_div, file_columns=None) -> Sources:
+def build_sources(steps, beam, polar, vert, lambda0, round_div, file_columns=None,
+                  points=None) -> Sources:
+    """The sources of a run: from -sourcefile's columns, else the divergence
+    grid's points (``points``: these (i, j) in place of divergence_points',
+    as nbnumba.autodiff keeps a run's points while it varies a range) times
+    the wavelength sweep."""
     log: List[str] = []
     if file_columns is not None and len(file_columns):
         cols = np.array(file_columns, dtype=float)
@@ -59,17 +78,10 @@ def build_sources(steps, beam, polar, vert, lambda0, round_div, file_columns=Non
         weights, lambdas = I.tolist(), L.tolist()
         divsteps = 0
     else:
-        kept = []
-        for hdiv, vdiv in _divergence_offsets(steps):
-            # C divides by a possibly zero range: NaN never exceeds 1.1, so a
-            # degenerate direction keeps its points (IEEE semantics via numpy)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                hr, vr = np.float64(steps.hdivrange), np.float64(steps.vdivrange)
-                test = (hdiv * hdiv - steps.hdivstep * steps.hdivstep / 4.0 * (1 - steps.hdivsteps % 2)) / hr / hr
-                test += (vdiv * vdiv - steps.vdivstep * steps.vdivstep / 4.0 * (1 - steps.vdivsteps % 2)) / vr / vr
-            if round_div and test * 4.0 > 1.1:
-                continue
-            kept.append((hdiv, vdiv))
+        if points is None:
+            points = divergence_points(steps, round_div)
+        kept = [divergence_offset(steps, i, j) for i, j in points]
+        for hdiv, vdiv in kept:
             log.append("divergence deviation: %g %g" % (hdiv, vdiv))
         lam = [lambda0 * (1.0 + steps.dispstep * t - steps.dispersion / 2.0) for t in range(steps.dispsteps)]
         for t, lv in enumerate(lam):

@@ -403,7 +403,7 @@ def test_beam_vector_central_differences(extra, others, h):
     """beam_vector against Richardson central differences of the forward, per
     component: the kernel's per-source entries (S = (d - inc)/lambda and the
     polarization factor) fed with the incident vectors' derivatives
-    (_Run.beam_sources), plus the detector's origin and close distance through
+    (_Run.source_blocks), plus the detector's origin and close distance through
     the host map.  The vector is made a unit vector, so the derivative along
     itself is 0."""
     _direction_central_differences(BEAM_ARGV + extra.split(), "beam_vector", BEAM, others, VALUES,
@@ -426,6 +426,120 @@ def test_beam_vector_stored_jacobian_equals_the_adjoint_pass():
 def test_gradcheck_beam_vector():
     _gradcheck(BEAM_ARGV + "-detpixels 6 -pixel 4 -polar 0.5".split(), ("beam_vector",),
                fast=False, vals=dict(beam_vector=BEAM))
+
+
+#: the swept ranges' keywords (mrad, mrad, percent) and values that move the
+#: image: a 3% spectral width, so that its column is not lost in rounding
+SWEEPS = dict(hdivrange=[2.0], vdivrange=[1.5], dispersion=[3.0])
+SWEEP_FLAGS = {"hdivrange": "-hdivrange", "vdivrange": "-vdivrange", "dispersion": "-dispersion"}
+
+
+def test_sweeps_render_as_the_flags():
+    """hdivrange=, vdivrange= and dispersion= give the images of their flags,
+    bit for bit in float32, with the step counts the flags' rules resolve
+    (auto, given counts, a given step), and move the image."""
+    import nbnumba
+    for extra in ("", "-hdivsteps 3 -vdivsteps 4 -dispsteps 3", "-hdivstep 0.3 -square_div"):
+        argv = BASE + extra.split()
+        flags = [x for k, v in SWEEPS.items() for x in (SWEEP_FLAGS[k], str(v[0]))]
+        ref = nbnumba.simulate_argv(argv + flags)
+        img = simulate(argv, **{k: torch.tensor(v, dtype=torch.float64) for k, v in SWEEPS.items()})
+        assert ref.float_image.max() > 0.0
+        assert not np.array_equal(ref.float_image, nbnumba.simulate_argv(argv).float_image)
+        assert np.array_equal(img.numpy().astype(np.float32), ref.float_image), extra
+
+
+def test_sweeps_refusals(tmp_path):
+    """A negative range (the C's "not given"), a zero range requiring grad (the
+    sweep collapses to one source there: a kink or a step) and a sweep keyword
+    beside -sourcefile (which lists the sources itself) are one-line
+    ConfigErrors; a zero range without grad renders as the flag's 0."""
+    import nbnumba
+    for name in SWEEPS:
+        with pytest.raises(ConfigError, match="%s= is negative" % name):
+            simulate(BASE, **{name: torch.tensor([-1.0], dtype=torch.float64)})
+        with pytest.raises(ConfigError, match="%s= of 0 cannot be differentiated" % name):
+            simulate(BASE, **{name: torch.tensor([0.0], dtype=torch.float64,
+                                                 requires_grad=True)})
+        zero = simulate(BASE + [SWEEP_FLAGS[name], "0.8"],
+                        **{name: torch.tensor([0.0], dtype=torch.float64)})
+        assert np.array_equal(zero.numpy().astype(np.float32),
+                              nbnumba.simulate_argv(BASE).float_image)
+    src = tmp_path / "s.txt"
+    src.write_text("0 0 -10 1 1.5e-10\n")
+    with pytest.raises(ConfigError, match="dispersion= has no effect with -sourcefile"):
+        simulate(BASE + ["-sourcefile", str(src)], dispersion=torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize("extra, rel", [
+    # given counts with the round cut, Kahn polarization
+    ("-hdivsteps 3 -vdivsteps 3 -dispsteps 3 -polar 0.8", 1e-3),
+    # the ranges alone: two points per sweep
+    ("", 1e-3),
+    # given steps: the points shift with the range (the count is kept), the
+    # round cut trims the corners
+    ("-hdivstep 0.3 -vdivstep 0.4 -dispsteps 4", 1e-3),
+    # all points, sub-pixels, the general path (the per-cell loop); the round
+    # shape kinks where a sub-path's nearest node changes, so a smaller step
+    # keeps the differences off the kinks
+    ("-square_div -round_xtal -N 5 -hdivsteps 4 -vdivsteps 2 -dispsteps 2 -oversample 2",
+     1e-4)])
+def test_sweeps_central_differences(extra, rel):
+    """The per-pixel columns of hdivrange, vdivrange and dispersion (jacobian():
+    the kernel's per-source entries fed with the sources' derivatives,
+    _Run.source_blocks) against Richardson central differences of the
+    forward at a step of rel (divergence; 1e-2 for the dispersion on the
+    square shape: its column is small) of the value, to 1e-8 of each
+    column's largest entry."""
+    from nbnumba import autodiff as AD
+    argv = BASE + extra.split()
+    img, J = AD.jacobian(argv, **SWEEPS)
+    for name, (x0,) in SWEEPS.items():
+        def at(x):
+            kw = {k: torch.tensor(v, dtype=torch.float64) for k, v in SWEEPS.items()}
+            kw[name] = torch.tensor([x], dtype=torch.float64)
+            return simulate(argv, **kw).numpy()
+        h = (1e-2 if name == "dispersion" and rel == 1e-3 else rel) * x0
+        fd = (8 * (at(x0 + h) - at(x0 - h)) - (at(x0 + 2 * h) - at(x0 - 2 * h))) / (12 * h)
+        col = J[name][..., 0]
+        assert np.abs(col).max() > 0.0, name
+        assert np.abs(col - fd).max() <= 1e-8 * np.abs(col).max(), name
+
+
+def test_sweeps_stored_jacobian_equals_the_adjoint_pass():
+    """Three routes to the sweeps' gradients (the stored Jacobian, the adjoint
+    pass, jacobian()) agree to 1e-10, beside the beam's per-source entries
+    and the spread's and the spindle's per-cell ones."""
+    argv = SPINDLE_ARGV + ("-beam_vector 1 0 0 -mosaic 0.5 -mosaic_dom 2 -polar 0.7 "
+                           "-hdivsteps 3 -vdivsteps 2 -dispsteps 2").split()
+    vals = dict(beam_vector=np.array(BEAM), spindle_axis=np.array(SPINDLE),
+                mosaic_spread=np.array([0.45]), **{k: np.array(v) for k, v in SWEEPS.items()})
+    g = np.random.default_rng(8).uniform(0.5, 1.5, (12, 12))
+    _three_routes_agree(argv, vals, g)
+
+
+def test_gradcheck_sweeps():
+    _gradcheck(BASE + "-detpixels 6 -pixel 4 -hdivsteps 3 -vdivsteps 2 -dispsteps 2".split(),
+               tuple(SWEEPS), fast=False, vals=SWEEPS)
+
+
+@pytest.mark.parametrize("rng, step, steps", [(2e-3, -1.0, -1), (2e-3, -1.0, 5),
+                                              (2e-3, 3e-4, -1), (2e-3, 3e-4, 4)])
+def test_sweep_at_is_the_rule_at_a_kept_count(rng, step, steps):
+    """sampling.sweep_at (the sampling autodiff varies a range on) gives the
+    run's own sweep at its range, and resolve_steps' sweep at another range
+    whose count is the same: the step scales with the range unless given."""
+    from dataclasses import replace
+    from nbnumba.config import Config
+    from nbnumba.sampling import resolve_steps, sweep_at
+    cfg = replace(Config(), hdivrange=rng, hdivstep=step, hdivsteps=steps)
+    st = resolve_steps(cfg)
+    assert sweep_at(st, "hdiv", rng, step) == st
+    other = resolve_steps(replace(cfg, hdivrange=rng * 1.01))
+    assert other.hdivsteps == st.hdivsteps
+    got = sweep_at(st, "hdiv", rng * 1.01, step)
+    assert (got.hdivrange, got.hdivstep, got.hdivsteps) == (other.hdivrange, other.hdivstep,
+                                                            other.hdivsteps)
 
 
 def test_gradcheck_square_N_alone_with_mosaic():

@@ -75,6 +75,12 @@ CASES = {
     "beam_divergence": ("-default_F 100 -N 5 -beam_vector 1 0 0 -polar 0.6 -hdivrange 0.3 "
                         "-hdivsteps 2 -dispersion 0.1 -dispsteps 2",
                         {"beam_vector": np.array([0.98, 0.05, -0.03])}),
+    # the divergence ranges' and the dispersion's per-source blocks (incident
+    # vectors; log wavelengths), the vertical range's entry not needed: the
+    # host pads its block with zeros (incident_blocks(dense=True))
+    "sweeps": ("-default_F 100 -N 5 -polar 0.6 -hdivrange 0.3 -vdivrange 0.2 -hdivsteps 3 "
+               "-vdivsteps 2 -dispersion 1 -dispsteps 3",
+               {"hdivrange": np.array([0.3]), "dispersion": np.array([1.0])}),
 }
 
 
@@ -167,7 +173,8 @@ def test_theta_layout_matches_kernel(host):
     src = gpu.source_text()
     assert "#define NB_MAX_INC %d\n" % gpu.ADJOINT_MAX_INC in src
     for name in ("P_A", "P_B", "P_C", "P_PIX0", "P_CLOSE", "P_ASTAR", "P_BSTAR", "P_CSTAR",
-                 "P_LAM", "P_NA", "P_NB", "P_NC", "P_FLU", "P_KAHN", "P_MOS", "P_BEAM"):
+                 "P_LAM", "P_NA", "P_NB", "P_NC", "P_FLU", "P_KAHN", "P_MOS", "P_BEAM",
+                 "P_DIV", "P_DISP"):
         assert ("#define %s %d\n" % (name, getattr(A, name))) in src, name
     assert "#define N_PAR %d\n" % A.N_PAR_DEVICE in src
     assert "#define NB_SINCG_NEAR %r\n" % SINCG_NEAR in src
@@ -195,7 +202,7 @@ def test_host_adjoint_matches_numba(name, host, tmp_path, monkeypatch):
     g = _upstream(run)
     ref_val, ref_rows, ref_cacc, ref_gF = _numba(run, g, want_F)
     args = gpu.layout_args(run.args, np.float64)
-    dinc = run.incident_blocks()[0]
+    dinc = run.incident_blocks(dense=True)[0]
     val, gpar, cacc, gF = host.adjoint(args, run.model.active, g, want_F, dinc=dinc)
     assert np.abs(ref_val).max() > 0.0
     active = (run.model.active != 0)
@@ -207,8 +214,8 @@ def test_host_adjoint_matches_numba(name, host, tmp_path, monkeypatch):
     assert np.all(np.abs(gpar - ref) <= REL * scale), (gpar - ref) / np.where(scale, scale, 1)
     assert np.all(gpar[A.P_A:A.P_C + 3] == 0.0)          # the cell goes through cacc
     assert np.abs(ref[A.P_PIX0:A.P_PIX0 + 3]).max() > 0.0 and ref[A.P_FLU] != 0.0
-    beam = "beam_vector" in run.needs_grad
-    assert (np.abs(ref[A.P_BEAM:A.P_BEAM + 3]).max() > 0.0) == beam
+    for key, entries in AD._TURNS_SOURCES.items():     # the per-source entries
+        assert (np.abs(ref[list(entries)]).max() > 0.0) == (key in run.needs_grad), key
     gauss = "-gauss_xtal" in CASES[name][0]
     assert (np.abs(ref[A.P_ASTAR:A.P_CSTAR + 3]).max() > 0.0) == gauss
     # the top hat is flat in h, k, l (its edge's delta is left out): no cell gradient
@@ -272,10 +279,12 @@ def test_autodiff_device_cuda_through_fake_cupy(host, tmp_path, monkeypatch):
     _write_hkl(tmp_path / "gen.hkl", 6, 6, 6)
     monkeypatch.chdir(tmp_path)
     # (-spindle_axis and phi steps: the spindle's gradient, from the per-cell sums;
-    # -beam_vector and divergence: the beam's per-source blocks)
+    # -beam_vector, the vertical divergence and the dispersion: the per-source
+    # blocks, the horizontal range's padded with zeros)
     argv = (BASE + " -hkl gen.hkl -interpolate -N 4 -mosaic 0.3 -mosaic_dom 2"
             " -phi 0 -osc 1 -phisteps 2 -spindle_axis 0 0 1 -beam_vector 1 0 0"
-            " -hdivrange 0.3 -hdivsteps 2").split()
+            " -hdivrange 0.3 -hdivsteps 2 -vdivrange 0.2 -vdivsteps 2 -dispersion 1"
+            " -dispsteps 2").split()
     S = 12
     # 3 rows per launch: the budget is counted in sub-paths (ADJOINT_COST each)
     run = AD._Run(argv, {}, (), None)
@@ -294,16 +303,18 @@ def test_autodiff_device_cuda_through_fake_cupy(host, tmp_path, monkeypatch):
         pol = torch.tensor([0.4], dtype=torch.float64, requires_grad=True)
         spin = torch.tensor([0.1, -0.2, 0.97], dtype=torch.float64, requires_grad=True)
         beam = torch.tensor([0.98, 0.05, -0.03], dtype=torch.float64, requires_grad=True)
+        vdiv = torch.tensor([0.2], dtype=torch.float64, requires_grad=True)
+        disp = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
         F, _ = AD.structure_factors(argv)
         F.requires_grad_(True)
         img = AD.simulate(argv + device_flags, cell=cell, distance=dist, N=N, F_hkl=F,
                           detector_rot=rot, mosaic_spread=mos, polarization=pol,
-                          spindle_axis=spin, beam_vector=beam)
+                          spindle_axis=spin, beam_vector=beam, vdivrange=vdiv, dispersion=disp)
         w = torch.linspace(-1.0, 2.0, img.numel(), dtype=torch.float64).reshape(img.shape)
         (img * w).sum().backward()
         return img.detach().numpy(), cell.grad.numpy(), dist.grad.numpy(), N.grad.numpy(), \
             F.grad.numpy(), rot.grad.numpy(), mos.grad.numpy(), pol.grad.numpy(), \
-            spin.grad.numpy(), beam.grad.numpy()
+            spin.grad.numpy(), beam.grad.numpy(), vdiv.grad.numpy(), disp.grad.numpy()
 
     ref = grads([])
     assert fake.calls == []
@@ -396,7 +407,9 @@ def test_gpu_autodiff_device_cuda_matches_cpu(tmp_path, monkeypatch):
     _write_hkl(tmp_path / "gen.hkl", 6, 6, 6)
     monkeypatch.chdir(tmp_path)
     argv = (BASE + " -hkl gen.hkl -interpolate -N 4 -mosaic 0.3 -mosaic_dom 2"
-            " -phi 0 -osc 1 -phisteps 2 -spindle_axis 0 0 1 -beam_vector 1 0 0").split()
+            " -phi 0 -osc 1 -phisteps 2 -spindle_axis 0 0 1 -beam_vector 1 0 0"
+            " -hdivrange 0.3 -hdivsteps 2 -vdivrange 0.2 -vdivsteps 2 -dispersion 1"
+            " -dispsteps 2").split()
     res = {}
     for dev, flags in (("cpu", []), ("cuda", ["-device", "cuda"])):
         cell = torch.tensor([70.0, 80.0, 90.0, 85.0, 95.0, 105.0], dtype=torch.float64,
@@ -408,15 +421,18 @@ def test_gpu_autodiff_device_cuda_matches_cpu(tmp_path, monkeypatch):
                             requires_grad=True)
         beam = torch.tensor([0.98, 0.05, -0.03], dtype=torch.float64, device=dev,
                             requires_grad=True)
+        vdiv = torch.tensor([0.2], dtype=torch.float64, device=dev, requires_grad=True)
+        disp = torch.tensor([1.0], dtype=torch.float64, device=dev, requires_grad=True)
         F, _ = AD.structure_factors(argv)
         F = F.to(dev).requires_grad_(True)
         img = AD.simulate(argv + flags, cell=cell, F_hkl=F, detector_rot=rot, mosaic_spread=mos,
-                          polarization=pol, spindle_axis=spin, beam_vector=beam)
+                          polarization=pol, spindle_axis=spin, beam_vector=beam,
+                          vdivrange=vdiv, dispersion=disp)
         assert img.device.type == dev
         (img * img).sum().backward()
         res[dev] = [t.detach().cpu().numpy()
                     for t in (img, cell.grad, F.grad, rot.grad, mos.grad, pol.grad, spin.grad,
-                              beam.grad)]
+                              beam.grad, vdiv.grad, disp.grad)]
     for a, b in zip(res["cuda"], res["cpu"]):
         assert _rel(a, b) <= REL
 

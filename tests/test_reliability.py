@@ -197,15 +197,15 @@ def test_fuzz_gradients_agree_and_a_wrong_one_is_reported(tmp_path, monkeypatch,
     from nbnumba import autodiff
     fz = _fuzz_tool()
     monkeypatch.chdir(tmp_path)
-    assert fz.main(["gradients", "--seed", "377", "--runs", "4"]) == 0
+    assert fz.main(["gradients", "--seed", "483", "--runs", "4"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("gradients, seed 377: agree 4,") and last.endswith("fail 0"), last
+    assert last.startswith("gradients, seed 483: agree 4,") and last.endswith("fail 0"), last
     real = autodiff._Run.chain_matrix
 
     def off(self, name):
         return real(self, name) * (1.0 + 1e-5) if name == "distance" else real(self, name)
     monkeypatch.setattr(autodiff._Run, "chain_matrix", off)
-    assert fz.main(["gradients", "--seed", "377", "--runs", "4"]) == 1
+    assert fz.main(["gradients", "--seed", "483", "--runs", "4"]) == 1
     out = capsys.readouterr().out.strip().splitlines()
     fails = [ln for ln in out if ln.startswith("FAIL")]
     assert len(fails) == 2 and all(":: distance: " in ln for ln in fails), fails
@@ -219,7 +219,7 @@ def test_fuzz_gradients_agree_and_a_wrong_one_is_reported(tmp_path, monkeypatch,
             J["distance"] = J["distance"] * (1.0 + 1e-7)
         return img, J
     monkeypatch.setattr(autodiff, "jacobian", jac_off)
-    assert fz.main(["gradients", "--seed", "377", "--runs", "4"]) == 1
+    assert fz.main(["gradients", "--seed", "483", "--runs", "4"]) == 1
     fails = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("FAIL")]
     assert len(fails) == 2 and all(":: distance: jacobian() gives " in ln for ln in fails), fails
 

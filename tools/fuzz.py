@@ -75,8 +75,8 @@ AD_EXTRAS = ["-mosaic 0.5 -mosaic_dom 3", "-phi 0 -osc 0.5 -phisteps 2", "-overs
 AD_VALUES = dict(cell=[70, 80, 90, 85, 95, 105], misset=[1, 2, 3], distance=[100],
                  beam_center=[5, 5], pix0=[100, 5, -5], detector_rot=[1, 2, 3], twotheta=[4],
                  wavelength=[1.5], mosaic_spread=[0.5], spindle_axis=[-0.1, 0.2, 1.0],
-                 beam_vector=[1.0, -0.02, 0.03], polarization=[0.6], N=[3, 3, 3],
-                 fluence=[1e24])
+                 beam_vector=[1.0, -0.02, 0.03], hdivrange=[0.2], vdivrange=[0.3],
+                 dispersion=[0.2], polarization=[0.6], N=[3, 3, 3], fluence=[1e24])
 
 
 def _inputs(d: Path) -> None:
@@ -252,6 +252,7 @@ GRAD_VALUES = dict(cell=[(68, 72), (78, 82), (88, 92), (83, 87), (93, 97), (103,
                    twotheta=[(-6, 6)], wavelength=[(1.2, 1.8)], mosaic_spread=[(0.3, 0.8)],
                    spindle_axis=[(-0.3, 0.3), (-0.3, 0.3), (0.8, 1.2)],
                    beam_vector=[(0.95, 1.05), (-0.05, 0.05), (-0.05, 0.05)],
+                   hdivrange=[(0.1, 0.5)], vdivrange=[(0.1, 0.5)], dispersion=[(0.05, 0.5)],
                    polarization=[(0.2, 0.9)], N=[(2.2, 5.8)] * 3, fluence=[(1e23, 1e25)])
 #: central-difference steps, as (h, rtol, smooth), tried in turn: h in the
 #: keyword's units (differences at h, h/2 and h/4, the last two extrapolated);
@@ -270,7 +271,8 @@ GRAD_VALUES = dict(cell=[(68, 72), (78, 82), (88, 92), (83, 87), (93, 97), (103,
 #: switch within 0.02 degrees of spread
 GRAD_STEPS = {k: tuple((h / m, 1e-6, 2e-7) for m in (1, 10, 100, 1000)) for k, h in dict(
     cell=1e-2, misset=1e-2, distance=1e-2, beam_center=1e-2, pix0=1e-2, detector_rot=1e-2,
-    twotheta=1e-2, wavelength=1e-4, spindle_axis=1e-2, beam_vector=1e-3, polarization=0.1,
+    twotheta=1e-2, wavelength=1e-4, spindle_axis=1e-2, beam_vector=1e-3, hdivrange=1e-2,
+    vdivrange=1e-2, dispersion=1e-2, polarization=0.1,
     N=1e-2, fluence=1e21, F_hkl=0.1).items()}
 GRAD_STEPS["mosaic_spread"] = ((0.02, 1e-4, 2e-5), (0.002, 1e-3, 2e-4))
 GRAD_EXTRAS = AD_EXTRAS + ["-adxv", "-denzo", "-spindle_axis 0 0 1", "-detector_roty -2",

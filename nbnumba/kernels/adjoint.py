@@ -48,10 +48,12 @@ from . import cpu as K
 # the per-cell rotation entries: cell j's rotated a, b, c move by a block of
 # nine rows of dcells[:, j] per unit of the parameter (forward_jac only; the
 # adjoint pass leaves them to its per-cell sums, which the host contracts).
-# BEAM..BEAM+2: the three components of the -beam_vector vector as given.
-# These are the per-source entries: source s's unit incident vector moves by
-# a block of three rows of dinc[:, s] per unit of the parameter (S =
-# (d - inc)/lambda, and the polarization factor at the pixel's first source);
+# BEAM..BEAM+2: the three components of the -beam_vector vector as given;
+# DIV, DIV+1: the horizontal and vertical divergence ranges (rad); DISP: the
+# dispersion (a fraction of lambda0).  These are the per-source entries:
+# per unit of the parameter, source s's unit incident vector moves by rows
+# 4 q..4 q+2 of dinc[:, s] and its log wavelength by row 4 q + 3 (S =
+# (d - inc)/lambda; the polarization factor at the pixel's first source);
 # every pass computes them, the CUDA adjoint's too.
 # ASTAR..CSTAR: the unrotated reciprocal vectors (1/A) of the gauss shape.
 # FDET, SDET: the detector's fast and slow unit vectors (a sub-pixel's
@@ -59,12 +61,13 @@ from . import cpu as K
 # theta[:N_HOST] is what the host derives from the cell and the detector.
 P_A, P_B, P_C, P_PIX0, P_CLOSE = 0, 3, 6, 9, 12
 P_ASTAR, P_BSTAR, P_CSTAR, P_FDET, P_SDET, N_HOST = 13, 16, 19, 22, 25, 28
-P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN, P_MOS, P_BEAM, P_SPIN = 28, 29, 30, 31, 32, 33, 34, 35, 38
-N_PAR = 41
+P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN, P_MOS = 28, 29, 30, 31, 32, 33, 34
+P_BEAM, P_DIV, P_DISP, P_SPIN = 35, 38, 40, 41
+N_PAR = 44
 #: the entries the CUDA adjoint's per-pixel rows carry (nanobragg.cu's N_PAR):
 #: every one before the spindle's; it leaves the rotation entries to the host
 #: (P_MOS is 0 there), which contracts them from its per-cell sums
-N_PAR_DEVICE = 38
+N_PAR_DEVICE = 41
 
 # ---- what a pass differentiates (bit mask ``want``) -------------------------
 # W_F: scatter dI/dFhkl; W_N: d/dNa..Nc; W_GEO: everything that moves h, k, l or
@@ -408,11 +411,21 @@ def _jac_mosaic(S, dcells, r, work, ncell):
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
-def _source_term(dinc, q, s, x, y, z):
+def _incident_term(dinc, q, s, x, y, z):
     """(x, y, z) . d(source s's incident vector)/d(theta[ipar[q]]), from the
-    per-source block q of dinc (rows 3 q..3 q+2).  Inlined by LLVM."""
+    per-source block q of dinc (rows 4 q..4 q+2).  Inlined by LLVM."""
     K._inline_into_callers()
-    return x * dinc[3 * q, s] + y * dinc[3 * q + 1, s] + z * dinc[3 * q + 2, s]
+    return x * dinc[4 * q, s] + y * dinc[4 * q + 1, s] + z * dinc[4 * q + 2, s]
+
+
+@njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
+def _source_term(dinc, q, s, gx, gy, gz, gs, lam_s):
+    """One sub-path's d(sum of terms)/d(theta[ipar[q]]) through source s:
+    (gx, gy, gz) = d/dS and gs = d/d(ln lambda_s) of its terms, with S = (d -
+    inc)/lambda_s, so dS/dinc = -1/lambda_s (rows 4 q..4 q+2 of dinc) and the
+    log wavelength's row is 4 q + 3.  Inlined by LLVM."""
+    K._inline_into_callers()
+    return gs * dinc[4 * q + 3, s] - _incident_term(dinc, q, s, gx, gy, gz) / lam_s
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
@@ -452,11 +465,11 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     (autodiff._Run.theta_grad).  dcells (9 M, ncell), dpar (M,): rows
     9 m..9 m+8 hold d(cell j's rotated a, b, c)/d(theta[dpar[m]]) for the
     per-cell rotation entries (P_MOS, P_SPIN..P_SPIN + 2), contracted into
-    dsum[dpar[m]]; of width 0, those entries are left 0.  dinc (3 Q, nsrc),
-    ipar (Q,): rows 3 q..3 q+2 hold d(source s's incident vector)/d(theta[ipar[q]])
-    for the per-source entries (P_BEAM..P_BEAM + 2), contracted into
-    dsum[ipar[q]] (through S and the polarization factor); of width 0 (Q = 0),
-    left 0.  cnear:
+    dsum[dpar[m]]; of width 0, those entries are left 0.  dinc (4 Q, nsrc),
+    ipar (Q,): rows 4 q..4 q+2 hold d(source s's incident vector)/d(theta[ipar[q]])
+    and row 4 q + 3 d(ln lambda_s)/d(theta[ipar[q]]) for the per-source
+    entries (P_BEAM..P_DISP), contracted into dsum[ipar[q]] (through S and
+    the polarization factor); of width 0 (Q = 0), left 0.  cnear:
     _near_table(fopt), the near-peak coefficients (the same for every
     pixel).  work: (N_JWORK, lanes of pcells) scratch."""
     K._inline_into_callers()
@@ -692,9 +705,9 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                         dsum[P_FDET + i] += gp * Fdet
                         dsum[P_SDET + i] += gp * Sdet
                     dsum[P_LAM] += gs
-                    # dS/dinc = -1/lam: the source's incident vector
+                    # the source's incident vector and wavelength
                     for q in range(ninc):
-                        dsum[ipar[q]] -= _source_term(dinc, q, source, gx, gy, gz) / lam_s
+                        dsum[ipar[q]] += _source_term(dinc, q, source, gx, gy, gz, gs, lam_s)
     total = I_bg + sumT
     po = polar * omega
     gC = g * C
@@ -709,7 +722,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     dsum[P_CLOSE] += gC * total * polar * dOmc
     dsum[P_KAHN] += gC * total * omega * dPk
     for q in range(ninc):
-        dsum[ipar[q]] += gC * total * omega * _source_term(dinc, q, src_po, *dPi)
+        dsum[ipar[q]] += gC * total * omega * _incident_term(dinc, q, src_po, *dPi)
     # test = C P omega (I_bg + sum): only C = r_e^2 fluence ... carries the fluence
     # (the default mode's I_bg does not: docs/quirks.md #14; autodiff refuses -c_parity)
     dsum[P_FLU] += gC * po * total
@@ -762,7 +775,7 @@ def forward_jac(active, box, rowstart, iopt, fopt, vecs, incident, lam, cells, F
     columns included (rot: (9, ncell), see pixel_grad), and the per-cell
     rotation entries dpar (the mosaic spread's P_MOS, the spindle's P_SPIN..)
     with dcells (9 len(dpar), ncell) (else width 0), and the per-source
-    entries ipar (the beam's P_BEAM..) with dinc (3 len(ipar), nsrc).  The backward of any
+    entries ipar (P_BEAM..P_DISP) with dinc (4 len(ipar), nsrc).  The backward of any
     parameter but F_hkl is then jac^T g (contract).  want: W_N | W_GEO bits
     (W_F is ignored: the F grid's gradient needs g).  box: render64's."""
     r0, r1, c0, c1 = box[0], box[1], box[2], box[3]

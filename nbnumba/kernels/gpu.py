@@ -65,11 +65,13 @@ ADJOINT_VALUES, ADJOINT_GRAD, ADJOINT_GRAD_F = 0, 1, 2
 ADJOINT_COST = 4
 
 #: length of the CUDA adjoint's per-pixel rows (the kernel's N_PAR, checked by
-#: HostKernel against kernels/adjoint.py N_PAR_DEVICE: theta up to the beam
-#: direction's entries; the host pads the spindle's, which it contracts from cacc)
-ADJOINT_N_PAR = 38
-#: most per-source blocks the CUDA adjoint takes (nanobragg.cu's NB_MAX_INC)
-ADJOINT_MAX_INC = 3
+#: HostKernel against kernels/adjoint.py N_PAR_DEVICE: theta up to the
+#: per-source entries, the dispersion's last; the host pads the spindle's,
+#: which it contracts from cacc)
+ADJOINT_N_PAR = 41
+#: most per-source blocks the CUDA adjoint takes (nanobragg.cu's NB_MAX_INC):
+#: one per entry P_BEAM..P_DISP
+ADJOINT_MAX_INC = 6
 
 #: one-thread trace entry points (compiled with TRACE_OPTION, see trace_pixel)
 TRACE_ENTRY_POINTS = {"float64": "trace_f64", "float32": "trace_f32"}
@@ -420,7 +422,7 @@ def adjoint_launch_args(active, g, S, F, row0, row1, mode, dev_args, gpar, cacc,
                         dinc, ninc):
     """The exact argument tuple of one ``adjoint_f64`` launch (scalars as
     ``np.int64``; see the kernel's signature in nanobragg.cu, checked by
-    tests/test_gpu_adjoint.py).  dinc (3 ninc, nsrc): the per-source blocks
+    tests/test_gpu_adjoint.py).  dinc (4 ninc, nsrc): the per-source blocks
     (:func:`adjoint_blocks`)."""
     ints = tuple(np.int64(v) for v in (S, F, row0, row1, mode))
     return (active, g) + ints + tuple(dev_args) + (gpar, cacc, gF, val, dinc, np.int64(ninc))
@@ -428,11 +430,11 @@ def adjoint_launch_args(active, g, S, F, row0, row1, mode, dev_args, gpar, cacc,
 
 def adjoint_blocks(dinc):
     """(dinc as a C-contiguous float64 array with at least one element, ninc):
-    the kernel's per-source blocks from autodiff's (3 Q, nsrc) array (None or
-    width 0: none)."""
+    the kernel's per-source blocks from autodiff's (4 Q, nsrc) array, block q
+    for theta entry P_BEAM + q (None or width 0: none)."""
     if dinc is None or dinc.size == 0:
         return np.zeros(1), 0
-    ninc = dinc.shape[0] // 3
+    ninc = dinc.shape[0] // 4
     if ninc > ADJOINT_MAX_INC:
         raise ValueError("at most %d per-source blocks (got %d)" % (ADJOINT_MAX_INC, ninc))
     return np.ascontiguousarray(dinc, dtype=np.float64), ninc
@@ -620,8 +622,8 @@ def adjoint(args, active, g=None, want_F: bool = False, timing=None, dinc=None):
     ``args``: :func:`layout_args` of the autodiff run (float64, host arrays);
     ``active``: (S, F) mask; ``g``: the upstream gradient (S, F), a CuPy
     array or anything ``cupy.asarray`` takes, or None for values only (the
-    forward pass); ``dinc``: the per-source blocks (3 Q, nsrc) of the
-    theta entries P_BEAM.. (:func:`adjoint_blocks`; None: none).  Returns
+    forward pass); ``dinc``: the per-source blocks (4 Q, nsrc) of the
+    theta entries P_BEAM..P_BEAM + Q - 1 (:func:`adjoint_blocks`; None: none).  Returns
     :func:`adjoint_pass`'s tuple as CuPy arrays.
     ``timing``: optional dict, receives ``kernel_ms`` (CUDA events, all
     launches) and ``launches``.  ConfigError when CuPy or a device is missing."""

@@ -945,9 +945,11 @@ NB_DEFINE_KERNEL(render_f32, double, float)
 //          l: 6-8) per (phi, mosaic) cell j, as pixel_grad's cacc
 //   gF     double[dim0*dim1*dim2]: g dI/dFhkl (mode 2)
 //   val    double[S*F]: the pixel values (photons)
-//   dinc   double[3*ninc][nsrc]: rows 3q..3q+2, d(source s's incident
-//          vector)/d(theta[P_BEAM + q]), contracted into the pixel's row as
-//          pixel_grad contracts its per-source blocks; ninc (<= NB_MAX_INC) 0: none
+//   dinc   double[4*ninc][nsrc]: rows 4q..4q+2, d(source s's incident
+//          vector)/d(theta[P_BEAM + q]), row 4q+3 d(ln lambda_s)/d(theta[P_BEAM + q]),
+//          contracted into the pixel's row as pixel_grad contracts its
+//          per-source blocks (the host pads the entries it does not need with
+//          zero blocks); ninc (<= NB_MAX_INC) 0: none
 // Accumulation.  gpar is per pixel (deterministic).  cacc and gF are shared
 // by all threads and accumulated with atomicAdd: the F-grid gradient is a
 // scatter to data-dependent indices (per-block copies of the grid would cost
@@ -984,12 +986,15 @@ NB_DEFINE_KERNEL(render_f32, double, float)
 // (as it does for the spindle axis, whose entries the CPU's theta has after the
 // beam's: adjoint.N_PAR_DEVICE is this N_PAR)
 #define P_MOS 34
-// the beam direction's entries (adjoint.P_BEAM): the per-source blocks dinc
+// the per-source entries (adjoint.P_BEAM..P_DISP: the beam direction's three,
+// the two divergence ranges, the dispersion): the per-source blocks dinc
 // contracted per sub-path, as pixel_grad contracts them
 #define P_BEAM 35
-#define N_PAR 38
-// at most this many per-source blocks (the beam vector's three components)
-#define NB_MAX_INC 3
+#define P_DIV 38
+#define P_DISP 40
+#define N_PAR 41
+// at most this many per-source blocks (P_BEAM + q for q < ninc)
+#define NB_MAX_INC 6
 
 // physics.SINCG_NEAR: below this |N d| d/dh of sincg is summed, not closed-form
 #define NB_SINCG_NEAR 0.1
@@ -1389,7 +1394,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     // the source of the polarization point, and d polar / d its incident vector
     nb_i64 src_po = 0;
     vec3<double> dPi = mk<double>(0.0, 0.0, 0.0);
-    if (ninc > NB_MAX_INC) ninc = NB_MAX_INC;  // (the host passes at most three)
+    if (ninc > NB_MAX_INC) ninc = NB_MAX_INC;  // (the host passes at most six)
     for (nb_i64 subS = 0; subS < os; ++subS) {
         for (nb_i64 subF = 0; subF < os; ++subF) {
             double Fd, Sd;
@@ -1433,7 +1438,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     double dsx = 0.0, dsy = 0.0, dsz = 0.0;  // P_SDET
     double dlam = 0.0, dNa = 0.0, dNb = 0.0, dNc = 0.0;
     double dstar[9] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // P_ASTAR..P_CSTAR
-    double dbeam[NB_MAX_INC] = {0.0, 0.0, 0.0};                       // P_BEAM..
+    double dbeam[NB_MAX_INC] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};        // P_BEAM..P_DISP
     for (nb_i64 j = 0; j < ncell; ++j) {
         const double* cell = cells1 + j * 9;
         double ca[9] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // this pixel's cacc[:, j]
@@ -1489,7 +1494,8 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                     const double gx = Th * cell[0] + Tk * cell[3] + Tl * cell[6];
                     const double gy = Th * cell[1] + Tk * cell[4] + Tl * cell[7];
                     const double gz = Th * cell[2] + Tk * cell[5] + Tl * cell[8];
-                    dlam -= Th * h + Tk * k + Tl * l;  // dh/ds = -h for lambda -> s lambda
+                    const double gs = -(Th * h + Tk * k + Tl * l);  // d/d ln lambda_s: dh = -h
+                    dlam += gs;  // every source's wavelength scaled (lambda -> s lambda)
                     dNa += tFl * gl[3];
                     dNb += tFl * gl[4];
                     dNc += tFl * gl[5];
@@ -1531,10 +1537,11 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                     dsx += px * Sd;
                     dsy += py * Sd;
                     dsz += pz * Sd;
-                    // dS/dinc = -1/lam: the source's incident vector
+                    // the source's incident vector (dS/dinc = -1/lam) and wavelength
                     for (nb_i64 q = 0; q < ninc; ++q) {
-                        const double* dq = dinc + 3 * q * nsrc + source;
-                        dbeam[q] -= (gx * dq[0] + gy * dq[nsrc] + gz * dq[2 * nsrc]) / lam_s;
+                        const double* dq = dinc + 4 * q * nsrc + source;
+                        dbeam[q] += gs * dq[3 * nsrc] -
+                                    (gx * dq[0] + gy * dq[nsrc] + gz * dq[2 * nsrc]) / lam_s;
                     }
                 }
             }
@@ -1566,7 +1573,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     row[P_CLOSE] = gC * total * polar * dOmc;
     row[P_KAHN] = gC * total * omega * dPk;
     for (nb_i64 q = 0; q < ninc; ++q) {
-        const double* dq = dinc + 3 * q * nsrc + src_po;
+        const double* dq = dinc + 4 * q * nsrc + src_po;
         row[P_BEAM + q] = w * dbeam[q] + gC * total * omega * (dPi.x * dq[0] + dPi.y * dq[nsrc] +
                                                                dPi.z * dq[2 * nsrc]);
     }
