@@ -523,6 +523,25 @@ def test_gradcheck_sweeps():
                tuple(SWEEPS), fast=False, vals=SWEEPS)
 
 
+def test_sweep_blocks_hold_the_runs_points():
+    """A given step puts a divergence point just inside the round cut at
+    hdivrange = 2 mrad (4 (hdiv/r)^2 = 1.09996, the cut at 1.1): the ranges of
+    the differences would cut it, and the blocks must stay those of the run's
+    points (_Run.source_blocks keeps them).  With the step given the points
+    shift, d hdiv/d range = -1/2, so each source's incident vector turns about
+    the vertical axis: d inc/d range = -1/2 vert x inc (per rad), and the
+    wavelengths do not move."""
+    from nbnumba import autodiff as AD
+    argv = BASE + "-hdivstep 1.0244 -hdivsteps 3 -vdivrange 1 -vdivsteps 3".split()
+    run = AD._Run(argv, {"hdivrange": np.array([2.0])}, ("hdivrange",), None)
+    inc = run.model.sources.incident
+    assert inc.shape[0] == 5        # the four corners cut, the edge point kept
+    blk = run.source_blocks("hdivrange")
+    expected = -0.5e-3 * np.cross(run.model.det.vert, inc)
+    assert np.abs(expected).max() > 1e-4
+    np.testing.assert_allclose(blk[:3].T, expected, rtol=0, atol=1e-9 * np.abs(expected).max())
+    assert not blk[3].any()
+
 @pytest.mark.parametrize("rng, step, steps", [(2e-3, -1.0, -1), (2e-3, -1.0, 5),
                                               (2e-3, 3e-4, -1), (2e-3, 3e-4, 4)])
 def test_sweep_at_is_the_rule_at_a_kept_count(rng, step, steps):
