@@ -343,7 +343,12 @@ def run_pytest(timeout: float, out_dir: Path) -> dict:
 # ------------------------------------------------------------------ the CUDA adjoint
 ADJOINT_ARGV = ("-cell 70 80 90 85 95 105 -misset 10 20 30 -lambda 1.5 -distance 100 -nonoise "
                 "-nopgm -noprogress -pixel 0.4 -fluence 1e24 -hkl adj.hkl -interpolate -N 5 "
-                "-mosaic 0.4 -mosaic_dom 3 -phi 0 -osc 1 -phisteps 2")
+                "-mosaic 0.4 -mosaic_dom 3 -phi 0 -osc 1 -phisteps 2 -polar 0.6 "
+                "-beam_vector 1 0 0 -hdivrange 0.3 -hdivsteps 2 -vdivrange 0.2 -vdivsteps 2 "
+                "-dispersion 1 -dispsteps 2")
+#: the keywords whose per-source blocks the adjoint step differentiates (the
+#: vertical range's entry not needed: the kernel gets a zero block for it)
+ADJOINT_SOURCES = {"beam_vector": [0.98, 0.05, -0.03], "hdivrange": [0.3], "dispersion": [1.0]}
 
 
 def _adjoint_numba(run, g, want_F):
@@ -365,7 +370,7 @@ def _adjoint_numba(run, g, want_F):
     val = np.zeros((S, F))
     with PARALLEL_KERNEL_LOCK:
         A.backward(run.model.active, run.box, g, *run.args, want,
-                   nchunk, gpar, gF, cacc, val, np.empty((4, 0)), np.empty(0, dtype=np.int64))
+                   nchunk, gpar, gF, cacc, val, *run.incident_blocks())
     # the device's rows end before the spindle's entries (0 here too)
     return (val, gpar[:, :A.N_PAR_DEVICE], cacc.sum(axis=0),
             (gF.sum(axis=0) if want_F else None))
@@ -376,6 +381,7 @@ def run_adjoint(quick: bool = False) -> dict:
     the differences, and a 64x64 (quick) or 256x256 one for the time."""
     import cupy as cp
     from nbnumba import autodiff as AD
+    from nbnumba.kernels import adjoint as A
     from nbnumba.kernels import gpu
     rng = np.random.default_rng(3)
     out = {"bound": ADJOINT_REL}
@@ -394,14 +400,18 @@ def run_adjoint(quick: bool = False) -> dict:
         try:
             def run_for(pixels):
                 argv = (ADJOINT_ARGV + " -detpixels %d" % pixels).split()
-                return AD._Run(argv, {}, ("F_hkl",), None)
+                vals = {k: np.array(v, dtype=np.float64) for k, v in ADJOINT_SOURCES.items()}
+                return AD._Run(argv, vals, ("F_hkl",) + tuple(vals), None)
+
+            def on_device(r, args, g):
+                return gpu.adjoint(args, r.model.active, g, True,
+                                   dinc=r.incident_blocks(dense=True)[0])
 
             run = run_for(16)
             g = rng.standard_normal(run.model.shape)
             ref = _adjoint_numba(run, g, True)
             args = gpu.layout_args(run.args, np.float64)
-            got = [[cp.asnumpy(x) for x in gpu.adjoint(args, run.model.active, g, True)]
-                   for _ in range(2)]
+            got = [[cp.asnumpy(x) for x in on_device(run, args, g)] for _ in range(2)]
             val, gpar, cacc, gF = got[0]
 
             def rel(a, b):
@@ -416,6 +426,8 @@ def run_adjoint(quick: bool = False) -> dict:
                     "forward_values": rel(cp.asnumpy(gpu.adjoint(args, run.model.active)[0]),
                                           run.forward())}
             out["max_rel_vs_numba"] = diff
+            src = slice(A.P_BEAM, A.P_DISP + 1)
+            out["per_source_entries"] = [float(x) for x in ref[1].sum(axis=0)[src]]
             out["run_to_run"] = {name: rel(a, b) for name, a, b in
                                  zip(("values", "gpar", "cacc", "gF"), got[0], got[1])}
             # time: CUDA events for the kernel, wall for the whole call (uploads,
@@ -423,10 +435,11 @@ def run_adjoint(quick: bool = False) -> dict:
             big = run_for(64 if quick else 256)
             gb = rng.standard_normal(big.model.shape)
             bargs = gpu.layout_args(big.args, np.float64)
-            gpu.adjoint(bargs, big.model.active, gb, True)         # warm-up
+            on_device(big, bargs, gb)                              # warm-up
+            dinc = big.incident_blocks(dense=True)[0]
             timing = {}
             t0 = time.perf_counter()
-            res = gpu.adjoint(bargs, big.model.active, gb, True, timing=timing)
+            res = gpu.adjoint(bargs, big.model.active, gb, True, timing=timing, dinc=dinc)
             cp.asnumpy(res[1])
             wall = time.perf_counter() - t0
             _adjoint_numba(big, gb, True)                          # compile / warm

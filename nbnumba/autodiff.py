@@ -733,9 +733,8 @@ class _Run:
     def _source_rows(self, cfg, steps):
         """(4, nsrc): the unit incident vectors (rows 0-2, the kernel's
         ``incident``) and the log wavelengths (row 3, less log lambda0) of
-        cfg's sources, made
-        by model.source_set (the sources the forward runs with) on the
-        sampling ``steps`` with the run's divergence points kept."""
+        cfg's sources, made by model.source_set (the sources the forward runs
+        with) on the sampling ``steps`` with the run's divergence points kept."""
         from .model import source_set
         from .sources import divergence_points
         if self._points is None:

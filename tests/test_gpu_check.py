@@ -133,6 +133,11 @@ def test_gpu_check_through_fake_cupy(tmp_path, monkeypatch):
     assert adj["kernel"]["entry"] == gpu.ADJOINT_ENTRY_POINT
     assert set(adj["max_rel_vs_numba"]) == {"values", "gpar", "cacc", "gF", "forward_values"}
     assert all(0.0 <= v <= gpu_check.ADJOINT_REL for v in adj["max_rel_vs_numba"].values())
+    # the per-source entries (P_BEAM..P_DISP) compared: the beam's three, the
+    # horizontal range's and the dispersion's nonzero, the vertical range's
+    # (not requested: a zero block) 0
+    per = adj["per_source_entries"]
+    assert len(per) == 6 and all(per[i] != 0.0 for i in (0, 1, 2, 3, 5)) and per[4] == 0.0
     # the host build adds in pixel order: two runs are identical
     assert adj["run_to_run"] == {"values": 0.0, "gpar": 0.0, "cacc": 0.0, "gF": 0.0}
     assert adj["timing"]["pixels"] == "64x64" and adj["timing"]["kernel_ms"] > 0
