@@ -188,6 +188,19 @@ def test_fuzz_tool_runs_clean_and_reports_a_failure(tmp_path, monkeypatch, capsy
     assert fz.main(["cli", "--runs", "0"]) == 2
 
 
+def test_fuzz_heavy_weighs_the_sweep_keywords():
+    """tools/fuzz.py's heavy() weighs a line with the keywords' sampling
+    ranges: a given -hdivstep of 1e-6 mrad is 2 sources alone, and 400 000
+    under hdivrange=0.4, which the gradient check would render some hundred
+    times."""
+    fz = _fuzz_tool()
+    argv = fz.AD_BASE + ["-hdivstep", "1e-6", "-default_F", "100"]
+    fz.heavy(argv)
+    fz.heavy(argv, {"vdivrange": [0.4]})
+    with pytest.raises(fz.Heavy):
+        fz.heavy(argv, {"hdivrange": [0.4]})
+
+
 def test_fuzz_gradients_agree_and_a_wrong_one_is_reported(tmp_path, monkeypatch, capsys):
     """tools/fuzz.py gradients: 4 drawn cases agree with central differences
     and with jacobian(); with distance's chain-rule column off by 1e-5, or

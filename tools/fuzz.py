@@ -190,14 +190,24 @@ class Heavy(Exception):
     """A drawn line over MAX_SUBPATHS (see heavy())."""
 
 
-def heavy(argv) -> None:
+#: keywords that set a sampling range, and the flag each replaces: a drawn
+#: value can multiply the line's sources (a given -hdivstep of 1e-6 under
+#: hdivrange=0.4: 400 000 points), so heavy() weighs the line with them
+SWEEP_FLAGS = {"hdivrange": "-hdivrange", "vdivrange": "-vdivrange", "dispersion": "-dispersion"}
+
+
+def heavy(argv, vals=None) -> None:
     """Raise Heavy when the line's image would sum more than MAX_SUBPATHS
     sub-paths (active pixels x oversample^2 x layers x sources x phi x
-    mosaic); NBError when it does not parse or build."""
+    mosaic), with the sampling ranges of ``vals`` (keyword values) in place
+    of the line's; NBError when it does not parse or build."""
     import numpy as np
     from nbnumba.flags import parse_argv
     from nbnumba.kernels import gpu
     from nbnumba.model import build_model
+    for k, flag in SWEEP_FLAGS.items():
+        if vals and k in vals:
+            argv = list(argv) + [flag, repr(float(vals[k][0]))]
     m = build_model(parse_argv(argv))
     n = gpu.subpaths_per_pixel(gpu.kernel_args(m, np.float64)[0]) * int(np.count_nonzero(m.active))
     if n > MAX_SUBPATHS:
@@ -225,7 +235,7 @@ def fuzz_autodiff(seed: int, runs: int, out=sys.stdout) -> dict:
                               requires_grad=True) for k in keys}
 
         def run():
-            heavy(argv)
+            heavy(argv, {k: AD_VALUES[k] for k in keys})
             img = simulate(argv, **kw)
             img.sum().backward()
             return (bool(torch.isfinite(img).all())
@@ -423,7 +433,7 @@ def fuzz_gradients(seed: int, runs: int, out=sys.stdout) -> dict:
     for _ in range(runs):
         argv, vals, names = _grad_case(rng, specs)
 
-        res, why = _call(lambda: heavy(argv) or grad_check(argv, vals, names, rng))
+        res, why = _call(lambda: heavy(argv, vals) or grad_check(argv, vals, names, rng))
         if why in ("refused", "heavy"):
             counts[why] += 1
             continue
@@ -620,7 +630,8 @@ def fuzz_device(seed: int, runs: int, out=sys.stdout, host=None) -> dict:
     try:
         for _ in range(runs):
             argv, vals, names = _device_case(rng, specs)
-            res, why = _call(lambda: heavy(argv) or device_check(argv, vals, names, host, rng))
+            res, why = _call(lambda: heavy(argv, vals) or device_check(argv, vals, names, host,
+                                                                    rng))
             if why in ("refused", "heavy"):
                 counts[why] += 1
                 continue
