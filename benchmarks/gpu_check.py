@@ -344,10 +344,10 @@ def run_pytest(timeout: float, out_dir: Path) -> dict:
 ADJOINT_ARGV = ("-cell 70 80 90 85 95 105 -misset 10 20 30 -lambda 1.5 -distance 100 -nonoise "
                 "-nopgm -noprogress -pixel 0.4 -fluence 1e24 -hkl adj.hkl -interpolate -N 5 "
                 "-mosaic 0.4 -mosaic_dom 3 -phi 0 -osc 1 -phisteps 2 -polar 0.6 "
-                "-beam_vector 1 0 0 -hdivrange 0.3 -hdivsteps 2 -vdivrange 0.2 -vdivsteps 2 "
-                "-dispersion 1 -dispsteps 2")
-#: the keywords whose per-source blocks the adjoint step differentiates (the
-#: vertical range's entry not needed: the kernel gets a zero block for it)
+                "-beam_vector 1 0 0 -hdivrange 0.3 -hdivsteps 2 -dispersion 1 -dispsteps 2")
+#: the keywords whose per-source blocks the adjoint step differentiates (four
+#: sources; the vertical range's entry, between them, not needed: the kernel
+#: gets a zero block for it)
 ADJOINT_SOURCES = {"beam_vector": [0.98, 0.05, -0.03], "hdivrange": [0.3], "dispersion": [1.0]}
 
 
