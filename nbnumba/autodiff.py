@@ -101,10 +101,9 @@ _TURNS_CELLS = {"mosaic_spread": ((A.P_MOS,), "mosaic_cells"),
 _TURNS_SOURCES = {"beam_vector": (A.P_BEAM, A.P_BEAM + 1, A.P_BEAM + 2),
                   "hdivrange": (A.P_DIV,), "vdivrange": (A.P_DIV + 1,),
                   "dispersion": (A.P_DISP,)}
-#: the swept ranges: keyword -> (sampling.SWEEPS name, the Config field of its
-#: given step, the keyword's unit in the Config's: mrad, percent)
-_SWEPT = {"hdivrange": ("hdiv", "hdivstep", 1e-3), "vdivrange": ("vdiv", "vdivstep", 1e-3),
-          "dispersion": ("disp", "dispstep", 1e-2)}
+#: the swept ranges: keyword -> (sampling.SWEEPS name, whose range and step
+#: fields Config shares, the keyword's unit in the Config's: mrad, percent)
+_SWEPT = {"hdivrange": ("hdiv", 1e-3), "vdivrange": ("vdiv", 1e-3), "dispersion": ("disp", 1e-2)}
 #: direction keywords: any length, made a unit vector by the run (their host
 #: map's steps are relative to the vector's length)
 _DIRECTIONS = ("spindle_axis", "beam_vector")
@@ -225,7 +224,7 @@ def _override(cfg, vals):
         kw["spindle_vector"] = tuple(float(x) for x in vals["spindle_axis"])
     if "beam_vector" in vals:
         kw["beam_vector"] = tuple(float(x) for x in vals["beam_vector"])
-    for name, (sweep, _, unit) in _SWEPT.items():
+    for name, (sweep, unit) in _SWEPT.items():
         if name in vals:
             kw[SWEEPS[sweep][0]] = float(vals[name][0]) * unit
     if "polarization" in vals:
@@ -760,9 +759,9 @@ class _Run:
                     lambda w: self._source_rows(_override(self.cfg, {"beam_vector": w}), steps),
                     self.vals["beam_vector"])
             else:
-                sweep, step_field, unit = _SWEPT[name]
+                sweep, unit = _SWEPT[name]
                 x = float(self.vals[name][0])
-                given = getattr(self.cfg, step_field)
+                given = getattr(self.cfg, SWEEPS[sweep][1])     # the user's step, or -1
                 blk = _richardson(lambda t: self._source_rows(
                     self.cfg, sweep_at(steps, sweep, (x + t) * unit, given)), 1e-3 * x)
             self._source_blocks[name] = np.ascontiguousarray(blk)
