@@ -428,10 +428,9 @@ def test_gradcheck_beam_vector():
                fast=False, vals=dict(beam_vector=BEAM))
 
 
-#: the swept ranges' keywords (mrad, mrad, percent) and values that move the
-#: image: a 3% spectral width, so that its column is not lost in rounding
+#: the swept ranges' keywords (mrad, mrad, percent; each named as its flag) and values
+#: that move the image: a 3% spectral width, so that its column is not lost in rounding
 SWEEPS = dict(hdivrange=[2.0], vdivrange=[1.5], dispersion=[3.0])
-SWEEP_FLAGS = {"hdivrange": "-hdivrange", "vdivrange": "-vdivrange", "dispersion": "-dispersion"}
 
 
 def test_sweeps_render_as_the_flags():
@@ -441,7 +440,7 @@ def test_sweeps_render_as_the_flags():
     import nbnumba
     for extra in ("", "-hdivsteps 3 -vdivsteps 4 -dispsteps 3", "-hdivstep 0.3 -square_div"):
         argv = BASE + extra.split()
-        flags = [x for k, v in SWEEPS.items() for x in (SWEEP_FLAGS[k], str(v[0]))]
+        flags = [x for k, v in SWEEPS.items() for x in ("-" + k, str(v[0]))]
         ref = nbnumba.simulate_argv(argv + flags)
         img = simulate(argv, **{k: torch.tensor(v, dtype=torch.float64) for k, v in SWEEPS.items()})
         assert ref.float_image.max() > 0.0
@@ -461,7 +460,7 @@ def test_sweeps_refusals(tmp_path):
         with pytest.raises(ConfigError, match="%s= of 0 cannot be differentiated" % name):
             simulate(BASE, **{name: torch.tensor([0.0], dtype=torch.float64,
                                                  requires_grad=True)})
-        zero = simulate(BASE + [SWEEP_FLAGS[name], "0.8"],
+        zero = simulate(BASE + ["-" + name, "0.8"],
                         **{name: torch.tensor([0.0], dtype=torch.float64)})
         assert np.array_equal(zero.numpy().astype(np.float32),
                               nbnumba.simulate_argv(BASE).float_image)

@@ -190,10 +190,10 @@ class Heavy(Exception):
     """A drawn line over MAX_SUBPATHS (see heavy())."""
 
 
-#: keywords that set a sampling range, and the flag each replaces: a drawn
-#: value can multiply the line's sources (a given -hdivstep of 1e-6 under
-#: hdivrange=0.4: 400 000 points), so heavy() weighs the line with them
-SWEEP_FLAGS = {"hdivrange": "-hdivrange", "vdivrange": "-vdivrange", "dispersion": "-dispersion"}
+#: keywords that set a sampling range, each named as the flag it replaces: a
+#: drawn value can multiply the line's sources (a given -hdivstep of 1e-6
+#: under hdivrange=0.4: 400 000 points), so heavy() weighs the line with them
+SWEEPS = ("hdivrange", "vdivrange", "dispersion")
 
 
 def heavy(argv, vals=None) -> None:
@@ -205,9 +205,9 @@ def heavy(argv, vals=None) -> None:
     from nbnumba.flags import parse_argv
     from nbnumba.kernels import gpu
     from nbnumba.model import build_model
-    for k, flag in SWEEP_FLAGS.items():
+    for k in SWEEPS:
         if vals and k in vals:
-            argv = list(argv) + [flag, repr(float(vals[k][0]))]
+            argv = list(argv) + ["-" + k, repr(float(vals[k][0]))]
     m = build_model(parse_argv(argv))
     n = gpu.subpaths_per_pixel(gpu.kernel_args(m, np.float64)[0]) * int(np.count_nonzero(m.active))
     if n > MAX_SUBPATHS:
