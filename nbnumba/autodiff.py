@@ -137,6 +137,8 @@ _RELATIVE = {"cell": (True, True, True, False, False, False), "wavelength": (Tru
 #: for every convention and pivot; pix0 and the close distance in a given
 #: -pix0_vector): one central difference is exact up to rounding
 _AFFINE = ("distance", "beam_center", "pix0")
+#: the theta entries the host derives from the cell and the detector (_Run._host_theta)
+_HOST_ROWS = np.r_[0:A.N_HOST, A.P_ODET:A.P_ODET + 3]
 
 
 def _torch():
@@ -264,9 +266,7 @@ def _check_supported(cfg, given, needs_grad):
             # replaces the flag's value only, so the run is the one the flags describe
             raise ConfigError("%s= replaces the value of -%s (read in the CUSTOM convention, "
                               "which the flag selects): give it in argv" % (name, name))
-    bad = []
-    if cfg.curved_detector:
-        bad.append("-curved_det")
+    bad = ["-curved_det"] if cfg.curved_detector else []
     if cfg.detector_thick > 0.0:
         bad.append("-detector_thick (capture fraction)")
     for flag, on in (("-oversample_thick", cfg.oversample_thick),
@@ -275,14 +275,16 @@ def _check_supported(cfg, given, needs_grad):
         if on:
             bad.append(flag)
     if bad and cfg.device == "cuda":
-        # the CUDA forward is the adjoint kernel itself, which models none of these
+        # the CUDA forward is the adjoint kernel itself, which models none of
+        # these (the numba adjoint models all but -curved_det)
         raise ConfigError("nbnumba.autodiff -device cuda: %s not supported (use -device cpu); "
                           "see docs/autodiff.md" % ", ".join(bad))
     if not needs_grad:
         return
-    if bad:
-        raise ConfigError("nbnumba.autodiff: gradients are not available with %s; "
-                          "see docs/autodiff.md" % ", ".join(bad))
+    if cfg.curved_detector:
+        # every pixel moved onto a sphere: the adjoint has no such map
+        raise ConfigError("nbnumba.autodiff: gradients are not available with -curved_det; "
+                          "see docs/autodiff.md")
     if (cfg.misset_mode == -1 and cfg.misset_seed is None and cfg.seed is None
             and "misset" not in given):
         # a refiner calls simulate many times: each call would draw another
@@ -455,7 +457,8 @@ class _Run:
                                           it[K.I_SHAPE] == SHAPE_GAUSS,
                                           any(n in needs_grad for n in _TURNS_DETECTOR),
                                           self._rotation_entries(needs_grad)
-                                          + self._source_entries(needs_grad))
+                                          + self._source_entries(needs_grad),
+                                          model.steps.detector_thick > 0.0)
         self.keep_jac = (keep_jac and self.device == "cpu"
                          and (self.want & (A.W_N | A.W_GEO | A.W_POL)) != 0
                          and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES)
@@ -487,11 +490,12 @@ class _Run:
         return [p for k, ps in _TURNS_SOURCES.items() if k in needs_grad for p in ps]
 
     @staticmethod
-    def _jac_columns(want, gauss, turns_detector=False, rotation=()):
+    def _jac_columns(want, gauss, turns_detector=False, rotation=(), sensor=False):
         """The theta indices the stored Jacobian keeps: those the adjoint can
         make nonzero for want (the reciprocal vectors only for the gauss shape)
         and that a keyword can move (the detector axes only when a rotation
-        keyword needs grad, the per-cell rotation and per-source entries
+        keyword needs grad, and then the normal too when the sensor has a
+        thickness (``sensor``), the per-cell rotation and per-source entries
         ``rotation`` only when their keywords do: _rotation_entries,
         _source_entries)."""
         cols = [A.P_FLU] + list(rotation)
@@ -506,6 +510,8 @@ class _Run:
                 cols += list(range(A.P_ASTAR, A.P_CSTAR + 3))
             if turns_detector:
                 cols += list(range(A.P_FDET, A.P_SDET + 3))
+                if sensor:
+                    cols += list(range(A.P_ODET, A.P_ODET + 3))
         return np.array(sorted(cols), dtype=np.int64)
 
     @staticmethod
@@ -637,8 +643,8 @@ class _Run:
         return G, (gF.sum(axis=0) if want_F else None)
 
     def _host_theta(self, vals, name=None):
-        """theta[:N_HOST] = (a, b, c (m), pix0 (m), close distance (m), astar,
-        bstar, cstar (1/A), fdet, sdet (unit vectors)) at vals.  With name (the
+        """theta[_HOST_ROWS] = (a, b, c (m), pix0 (m), close distance (m), astar,
+        bstar, cstar (1/A), fdet, sdet, odet (unit vectors)) at vals.  With name (the
         keyword being varied), only the part that keyword moves is rebuilt: the
         _DETECTOR keywords move the detector only (build_detector reads no
         cell, misset or wavelength), the others the crystal only
@@ -650,13 +656,14 @@ class _Run:
         # the wavelength moves the crystal only through a -mat matrix (MOSFLM
         # units carry it): with -cell its column is exactly 0 without a build
         xtal_part = name is None or not (det_part or (name == "wavelength" and self.recip is None))
-        theta = np.zeros(A.N_HOST)
+        theta = np.zeros(_HOST_ROWS.size)
         if det_part:
             det = build_detector(cfg, trace=False)
             theta[A.P_PIX0:A.P_PIX0 + 3] = det.pix0
             theta[A.P_CLOSE] = det.close_distance
             theta[A.P_FDET:A.P_FDET + 3] = det.fdet
             theta[A.P_SDET:A.P_SDET + 3] = det.sdet
+            theta[A.N_HOST:] = det.odet
         if xtal_part:
             misset_seed = cfg.misset_seed if cfg.misset_seed is not None else cfg.seed
             cr = xtal.build_crystal(cfg, self.recip, cfg.lambda0, RngState(), misset_seed,
@@ -666,7 +673,7 @@ class _Run:
         return theta
 
     def host_jacobian(self, name):
-        """d theta[:N_HOST] / d keyword, (N_HOST, size): Richardson-extrapolated central
+        """d theta[_HOST_ROWS] / d keyword, (len(_HOST_ROWS), size): Richardson-extrapolated central
         differences of the host's own geometry code (build_detector and
         build_crystal, the one implementation).  The detector origin is affine
         in distance and beam centre, so those columns take one central
@@ -834,7 +841,7 @@ class _Run:
             # the per-source entry (source_blocks are per unit of the keyword)
             M[_TURNS_SOURCES[name][0], 0] = 1.0
         else:
-            M[:A.N_HOST] = self.host_jacobian(name)
+            M[_HOST_ROWS] = self.host_jacobian(name)
             if name == "wavelength":
                 # every source wavelength is proportional to lambda0
                 M[A.P_LAM, 0] = 1.0 / float(self.vals["wavelength"][0])

@@ -273,6 +273,13 @@ def build_model(cfg: Config) -> Model:
                           % (det.fpixels, det.spixels, MAX_PIXELS))
 
     steps = resolve_steps(cfg)
+    if cfg.oversample_thick and not cfg.c_parity and steps.detector_thick <= 0.0:
+        # nanoBragg's capture fraction of a sensor of no depth is 0 in every
+        # sub-path under the switch: a blank image (kept under -c_parity)
+        raise ConfigError("-oversample_thick needs a sensor: without a thickness (-detector_thick "
+                          "> 0, absorption not turned off by -detector_abs inf) every capture "
+                          "fraction is 0 and the image blank; give -detector_thick or drop "
+                          "-oversample_thick")
     # memory of the whole run (sources x steps, cells, log lines), before any is allocated
     nsrc_file = None
     if cfg.sourcefilename is not None:

@@ -859,6 +859,25 @@ def solid_angle_grad_at(pixel_size, d, R, om, point_pixel):
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
+def capture_fraction_grad(layer, thickstep, mu, d, R, odet):
+    """(capture, d capture / d pos (1/m, 3-vector), d capture / d odet at a
+    fixed position) for capture_fraction(layer, thickstep, mu, d . odet), with
+    (d, R) = unitize(pos) and odet the detector normal (unit vector).
+
+    With x = thickstep mu / p and p = d . odet, capture = exp(-layer x) -
+    exp(-(layer + 1) x), so d capture / dp = -(x / p) ((layer + 1)
+    exp(-(layer + 1) x) - layer exp(-layer x)); dp/dpos = (odet - p d)/R
+    (d = pos/|pos|) and dp/dodet = d."""
+    p = dot(d, odet)
+    cap = capture_fraction(layer, thickstep, mu, p)
+    x = thickstep * mu / p
+    dcdp = -(x / p) * ((layer + 1) * np.exp(-(layer + 1) * x) - layer * np.exp(-layer * x))
+    k = dcdp / R
+    return (cap, (k * (odet[0] - p * d[0]), k * (odet[1] - p * d[1]), k * (odet[2] - p * d[2])),
+            (dcdp * d[0], dcdp * d[1], dcdp * d[2]))
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
 def lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar):
     """The gauss shape's dependence on the reciprocal vectors: returns (q, v)
     with dF/dastar = q (h - h0) v, dF/dbstar = q (k - k0) v, dF/dcstar =

@@ -860,14 +860,146 @@ def test_polarization_and_solid_angle_grads_match_finite_differences():
     assert math.isclose(sum(gi * p / R for gi, p in zip(g, pos)), fd, rel_tol=1e-7)
 
 
+# ------------------------------------------------ sensor layers, -oversample_*
+#: runs whose forward takes the "corrected" sum (kernels.cpu.pixel_value):
+#: per-layer capture fractions, per-sub-path factors, water in every sub-path
+SENSOR = {
+    # three layers, each weighed by its first sub-pixel's capture fraction
+    "layers": "-detector_thick 300 -detector_thicksteps 3 -detector_abs 200 -oversample 2 "
+              "-water 0.03 -polar 0.7",
+    # one layer: the capture fraction is a factor of the pixel, as polarization
+    "one_layer": "-detector_thick 300 -detector_thicksteps 1",
+    # every switch at once: each sub-path's own capture, polarization, solid angle
+    "switches": "-detector_thick 300 -detector_thicksteps 2 -oversample 2 -oversample_thick "
+                "-oversample_polar -oversample_omega -water 0.03 -polar 0.8",
+    # per-sub-path polarization where -dmin cuts the corners' Bragg terms (the
+    # water still fills them, weighed by their polarization), with mosaic
+    # domains, phi steps and divergent sources
+    "polar_dmin": "-detector_thick 200 -detector_thicksteps 2 -oversample 2 -oversample_polar "
+                  "-water 0.03 -dmin 10.5 -phi 0 -osc 0.3 -phisteps 2 -mosaic 0.4 -mosaic_dom 2 "
+                  "-divergence 0.2 -divsteps 2",
+}
+#: the keywords the sensor cases differentiate: everything that moves the
+#: pixels, the sources or the polarization, and the crystal
+SENSOR_KEYS = ("misset", "distance", "beam_center", "detector_rot", "twotheta", "wavelength",
+               "polarization", "N")
+
+
+@pytest.mark.parametrize("case", sorted(SENSOR))
+def test_sensor_and_switches_render_as_the_flags(case):
+    """The float64 forward of a sensor or -oversample_* run is the production
+    image's values (bit for bit in float32), and those flags move the image."""
+    import nbnumba
+    argv = BASE + SENSOR[case].split()
+    ref = nbnumba.simulate_argv(argv).float_image
+    assert ref.max() > 0.0
+    assert np.array_equal(simulate(argv).numpy().astype(np.float32), ref)
+    plain = [a for a in argv if not a.startswith("-oversample_")]
+    i = plain.index("-detector_thick")
+    assert not np.array_equal(ref, nbnumba.simulate_argv(plain[:i] + plain[i + 2:]).float_image)
+
+
+@pytest.mark.parametrize("case", sorted(SENSOR))
+def test_sensor_and_switches_central_differences(case):
+    """Each per-pixel column (jacobian()) of a sensor or -oversample_* run
+    against Richardson central differences of the forward, to 1e-8 of the
+    column's largest entry: the capture fraction's parallax and the layers'
+    depth along the detector normal (detector_rot, twotheta move the normal),
+    the per-sub-path weights and the water they weigh."""
+    from nbnumba import autodiff as AD
+    argv = BASE + SENSOR[case].split()
+    vals = {k: np.asarray(VALUES[k], dtype=np.float64) for k in SENSOR_KEYS}
+    if case == "polar_dmin":
+        # the cut is a step: it cuts sub-paths of some pixels (none near its edge)
+        kw = {k: torch.from_numpy(v) for k, v in vals.items()}
+        i = argv.index("-dmin")
+        cut = simulate(argv, **kw).numpy() != simulate(argv[:i] + argv[i + 2:], **kw).numpy()
+        assert 0 < np.count_nonzero(cut) < cut.size // 4
+    _, J = AD.jacobian(argv, **vals)
+    steps = dict(misset=1e-3, distance=1e-3, beam_center=1e-3, detector_rot=1e-3,
+                 twotheta=1e-3, wavelength=1e-6, polarization=1e-3, N=1e-4)
+    for name in SENSOR_KEYS:
+        x0 = vals[name]
+        for i in range(x0.size):
+            def at(t):
+                kw = {k: torch.from_numpy(v.copy()) for k, v in vals.items()}
+                kw[name][i] += t
+                return simulate(argv, **kw).numpy()
+            h = steps[name]
+            fd = (8 * (at(h) - at(-h)) - (at(2 * h) - at(-2 * h))) / (12 * h)
+            col = J[name][..., i]
+            assert np.abs(col).max() > 0.0, (name, i)
+            assert np.abs(col - fd).max() <= 1e-8 * np.abs(col).max(), (name, i)
+
+
+def test_sensor_and_switches_three_routes_agree(hkl_file):
+    """The stored Jacobian, the adjoint pass and jacobian() agree to 1e-10 with
+    every switch and the per-source (beam, sweeps) and per-cell (spread,
+    spindle) entries, in the CUSTOM convention; the F grid's gradient of the
+    two backward routes too."""
+    argv = SPINDLE_ARGV + ("-beam_vector 1 0 0 -mosaic 0.5 -mosaic_dom 2 -hdivsteps 2 "
+                           "-dispsteps 2 " + SENSOR["switches"]).split()
+    vals = dict(beam_vector=np.array(BEAM), spindle_axis=np.array(SPINDLE),
+                mosaic_spread=np.array([0.45]), hdivrange=np.array([2.0]),
+                dispersion=np.array([3.0]), detector_rot=np.array(VALUES["detector_rot"]),
+                distance=np.array([100.0]), polarization=np.array([0.8]))
+    g = np.random.default_rng(9).uniform(0.5, 1.5, (12, 12))
+    _three_routes_agree(argv, vals, g)
+
+
+def test_sensor_and_switches_F_grid_routes_agree(hkl_file, monkeypatch):
+    from nbnumba import autodiff
+    argv = BASE + ["-hkl", hkl_file, "-nointerpolate"] + SENSOR["polar_dmin"].split()
+    F = structure_factors(argv)[0]
+    a = _all_grads(argv, ("cell", "twotheta", "polarization"), F)
+    monkeypatch.setattr(autodiff, "JAC_MAX_BYTES", 0)
+    b = _all_grads(argv, ("cell", "twotheta", "polarization"), F)
+    for x, y in zip(a, b):
+        assert float(y.abs().max()) > 0.0
+        assert torch.allclose(x, y, rtol=1e-9, atol=1e-12 * float(y.abs().max()))
+
+
+def test_gradcheck_sensor_and_switches(hkl_file):
+    argv = BASE + "-detpixels 6 -pixel 4".split() + SENSOR["switches"].split()
+    _gradcheck(argv, ALL)
+    _F_check(BASE + ["-hkl", hkl_file, "-nointerpolate"] + SENSOR["layers"].split())
+
+
+def test_capture_fraction_grad_matches_finite_differences():
+    """physics.capture_fraction_grad against Richardson differences of
+    capture_fraction in the position and (at a fixed position) the normal,
+    for the first and a deeper layer."""
+    odet = (0.96, 0.2, -0.195)
+    n = math.sqrt(sum(x * x for x in odet))
+    odet = tuple(x / n for x in odet)
+    pos = (0.1, 0.023, -0.031)
+
+    def cap(p, o):
+        R = math.sqrt(sum(x * x for x in p))
+        return physics.capture_fraction(2.0 if deep else 0.0, 1e-4, 3000.0,
+                                        sum(x * y / R for x, y in zip(p, o)))
+    for deep in (False, True):
+        R = math.sqrt(sum(x * x for x in pos))
+        d = tuple(x / R for x in pos)
+        c, gp, go = physics.capture_fraction_grad(2.0 if deep else 0.0, 1e-4, 3000.0, d, R, odet)
+        assert math.isclose(c, cap(pos, odet), rel_tol=1e-15)
+        for i in range(3):
+            e = np.eye(3)[i]
+            fp = (8 * (cap(pos + 1e-6 * e, odet) - cap(pos - 1e-6 * e, odet))
+                  - (cap(pos + 2e-6 * e, odet) - cap(pos - 2e-6 * e, odet))) / 12e-6
+            fo = (8 * (cap(pos, odet + 1e-6 * e) - cap(pos, odet - 1e-6 * e))
+                  - (cap(pos, odet + 2e-6 * e) - cap(pos, odet - 2e-6 * e))) / 12e-6
+            assert abs(gp[i] - fp) <= 1e-8 * max(abs(x) for x in gp), (deep, i)
+            assert abs(go[i] - fo) <= 1e-8 * max(abs(x) for x in go), (deep, i)
+
+
 # ------------------------------------------------------------- errors
-@pytest.mark.parametrize("flags", ["-detector_thick 100", "-oversample_omega", "-curved_det"])
-def test_unsupported_configuration_with_requires_grad_is_an_error(flags):
+def test_curved_detector_with_requires_grad_is_an_error():
     (c,) = _tensors(("cell",))
-    with pytest.raises(ConfigError, match="not available"):
-        simulate(BASE + flags.split(), cell=c)
+    with pytest.raises(ConfigError, match="not available with -curved_det"):
+        simulate(BASE + ["-curved_det"], cell=c)
     # without requires_grad the image is still available
-    assert simulate(BASE + flags.split(), cell=c.detach()).shape == (12, 12)
+    assert simulate(BASE + ["-curved_det"], cell=c.detach()).shape == (12, 12)
 
 
 def test_c_parity_and_bad_inputs_are_errors():

@@ -96,6 +96,8 @@ def test_cli_help_lists_every_flag(tmp_path):
     (["-default_F", "1"], "unit cell"),
     (["-cell", "50", "50", "50", "90", "90", "90"], "structure factors"),
     (["-cell", "50", "50", "50", "90", "90", "90", "-hkl", "missing.hkl"], "missing.hkl"),
+    (["-cell", "50", "50", "50", "90", "90", "90", "-default_F", "1", "-oversample_thick"],
+     "-oversample_thick needs a sensor"),
 ])
 def test_cli_errors_are_one_line(args, needle, tmp_path):
     r = run_cli(args + ["-detpixels", "8"] if "-detpixels" not in args else args, tmp_path)
@@ -104,6 +106,22 @@ def test_cli_errors_are_one_line(args, needle, tmp_path):
     first = r.stderr.strip().splitlines()[0]
     assert needle in first, first
     assert not any(p.name.endswith((".bin", ".img", ".pgm")) for p in tmp_path.iterdir())
+
+
+def test_oversample_thick_without_a_sensor_is_refused_outside_c_parity():
+    """Without a sensor depth nanoBragg's capture fraction is 0 in every
+    sub-path under -oversample_thick: a blank image.  The default mode refuses
+    the switch there (no thickness, or absorption turned off), -c_parity keeps
+    the C's blank image, and with a sensor the switch renders."""
+    import nbnumba
+    from nbnumba.errors import ConfigError
+    base = "-cell 50 50 50 90 90 90 -default_F 1 -lambda 1 -distance 100 -detpixels 8 -nonoise".split()
+    for extra in ([], ["-detector_thick", "100", "-detector_abs", "inf"]):
+        with pytest.raises(ConfigError, match="-oversample_thick needs a sensor"):
+            nbnumba.simulate_argv(base + extra + ["-oversample_thick"])
+    assert nbnumba.simulate_argv(base + ["-oversample_thick", "-c_parity"]).float_image.max() == 0.0
+    img = nbnumba.simulate_argv(base + ["-oversample_thick", "-detector_thick", "100"]).float_image
+    assert img.max() > 0.0
 
 
 def test_cli_malformed_hkl_names_file_and_line(tmp_path):

@@ -18,8 +18,9 @@ Every value (lattice factor, structure factor, polarization, solid angle) is
 obtained by calling the formula in nbnumba.physics that the forward kernel
 calls; their derivatives are the *_grad functions there.
 
-Supported: the default mode (not -c_parity) with capture fraction 1 (no
-sensor thickness), a flat detector and no -oversample_thick/_polar/_omega;
+Supported: the default mode (not -c_parity) with a flat detector, sensor
+layers and the -oversample_thick/_polar/_omega switches included (the
+forward's corrected sum: each sub-path weighed by its own factors);
 nbnumba.autodiff checks this before calling.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..physics import (SHAPE_GAUSS, interp_in_range, lattice_factor,
+from ..physics import (SHAPE_GAUSS, capture_fraction, capture_fraction_grad, interp_in_range, lattice_factor,
                        lattice_factor_grad, lattice_factor_star_grad, nearest_F, nearest_F_frac,
                        reduce_phase, sincg_near_coeffs, sincg_reduced, sincg_reduced_frac,
                        sincg_reduced_grad_core, sinpi_poly64_x6,
@@ -57,13 +58,16 @@ from . import cpu as K
 # every pass computes them, the CUDA adjoint's too.
 # ASTAR..CSTAR: the unrotated reciprocal vectors (1/A) of the gauss shape.
 # FDET, SDET: the detector's fast and slow unit vectors (a sub-pixel's
-# position is pix0 + Fdet fdet + Sdet sdet, Fdet and Sdet in m).
-# theta[:N_HOST] is what the host derives from the cell and the detector.
+# position is pix0 + Fdet fdet + Sdet sdet + Odet odet, Fdet and Sdet in m,
+# Odet the depth of its sensor layer); ODET: the detector normal (the layers'
+# direction and the capture fraction's parallax), after the per-cell entries.
+# theta[:N_HOST] and ODET are what the host derives from the cell and the detector.
 P_A, P_B, P_C, P_PIX0, P_CLOSE = 0, 3, 6, 9, 12
 P_ASTAR, P_BSTAR, P_CSTAR, P_FDET, P_SDET, N_HOST = 13, 16, 19, 22, 25, 28
 P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN, P_MOS = 28, 29, 30, 31, 32, 33, 34
 P_BEAM, P_DIV, P_DISP, P_SPIN = 35, 38, 40, 41
-N_PAR = 44
+P_ODET = 44
+N_PAR = 47
 #: the entries the CUDA adjoint's per-pixel rows carry (nanobragg.cu's N_PAR):
 #: every one before the spindle's; it leaves the rotation entries to the host
 #: (P_MOS is 0 there), which contracts them from its per-cell sums
@@ -428,6 +432,41 @@ def _source_term(dinc, q, s, gx, gy, gz, gs, lam_s):
     return gs * dinc[4 * q + 3, s] - _incident_term(dinc, q, s, gx, gy, gz) / lam_s
 
 
+@njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
+def _add_pos(dsum, c, gp, F, S, O):
+    """dsum += c gp mapped onto theta, gp the derivative of a factor in the
+    position pos = pix0 + F fdet + S sdet + O odet where it was evaluated.
+    Inlined by LLVM."""
+    K._inline_into_callers()
+    for i in range(3):
+        x = c * gp[i]
+        dsum[P_PIX0 + i] += x
+        dsum[P_FDET + i] += x * F
+        dsum[P_SDET + i] += x * S
+        dsum[P_ODET + i] += x * O
+
+
+@njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
+def _add_odet(dsum, c, go):
+    """dsum[P_ODET..] += c go: a factor's direct dependence on the detector
+    normal (the capture fraction's parallax).  Inlined by LLVM."""
+    K._inline_into_callers()
+    for i in range(3):
+        dsum[P_ODET + i] += c * go[i]
+
+
+@njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
+def _weight_polar(dsum, c, dwp, dwpi, dwpk, dinc, ipar, ninc, s, F, S, O):
+    """dsum += c d(polarization weight): in the position (dwp, at F, S, O), the
+    Kahn factor (dwpk) and source s's incident vector (dwpi, through the
+    per-source blocks).  Inlined by LLVM."""
+    K._inline_into_callers()
+    _add_pos(dsum, c, dwp, F, S, O)
+    dsum[P_KAHN] += c * dwpk
+    for q in range(ninc):
+        dsum[ipar[q]] += c * _incident_term(dinc, q, s, dwpi[0], dwpi[1], dwpi[2])
+
+
 @njit(cache=True, fastmath=False, error_model="numpy")
 def _near_table(fopt):
     """(3, 7): sincg_near_coeffs of Na, Nb, Nc (rows; 0 for an axis with
@@ -511,218 +550,349 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     for p in range(N_PAR):
         dsum[p] = 0.0
     sumT = 0.0
+    # sensor layers and the -oversample_* switches (kernels.cpu.pixel_value):
+    # the "corrected" sum weighs each sub-path by the factors it oversamples
+    # (its own capture fraction, polarization, solid angle) and each layer by
+    # its capture fraction; the other factors apply once per pixel at the end
+    nthick = iopt[K.I_THICKSTEPS]
+    os_thick = iopt[K.I_OS_THICK] != 0
+    os_polar = iopt[K.I_OS_POLAR] != 0
+    os_omega = iopt[K.I_OS_OMEGA] != 0
+    corrected = nthick > 1 or os_thick or os_polar or os_omega
+    thickstep, mu, thick = fopt[K.F_THICKSTEP], fopt[K.F_MU], fopt[K.F_THICK]
+    odet = _v(vecs, K.V_ODET)
+    want_pol = (want & W_POL) != 0
+    wgrad = geo or want_pol     # the weights' derivatives are needed
+    # the water background's share of one sub-path (corrected sum)
+    bg_sub = I_bg / (os * os)
+    bg_src = bg_sub / nsrc
+    capsum = 0.0        # corrected sum: the background's weight, as the forward's
+    ran = False         # some sub-path passed -dmin
     # polarization and solid angle: once per pixel, at its first sub-pixel (and
     # first source that passes -dmin), as the forward kernel computes them
-    have_polar = iopt[K.I_NOPOLAR] != 0
+    # (1 where a switch oversamples them instead)
+    have_polar = iopt[K.I_NOPOLAR] != 0 or os_polar
     polar = 1.0 if have_polar else 0.0
     dP = (0.0, 0.0, 0.0)
-    omega = 0.0
+    omega = 1.0 if os_omega else 0.0
     dOm = (0.0, 0.0, 0.0)
     dOmc = 0.0
-    # the (Fdet, Sdet) of the sub-pixel where omega and polar were evaluated
-    # (their position derivatives reach fdet and sdet through it)
-    F_om = S_om = F_po = S_po = 0.0
+    # the (Fdet, Sdet, Odet) of the sub-pixel where omega and polar were evaluated
+    # (their position derivatives reach fdet, sdet and odet through it)
+    F_om = S_om = O_om = F_po = S_po = O_po = 0.0
     src_po = 0      # ... and the source (its incident vector's derivatives reach it)
     dPi = (0.0, 0.0, 0.0)   # d polar / d that source's incident vector
     dPk = 0.0       # d polar / d kahn
-    want_pol = (want & W_POL) != 0
-    for subS in range(os):
-        for subF in range(os):
-            Fdet = subpixel * (fpixel * os + subF) + subpixel / 2.0
-            Sdet = subpixel * (spixel * os + subS) + subpixel / 2.0
-            pos = (Fdet * fdet[0] + Sdet * sdet[0] + pix0[0],
-                   Fdet * fdet[1] + Sdet * sdet[1] + pix0[1],
-                   Fdet * fdet[2] + Sdet * sdet[2] + pix0[2])
-            d, R = unitize(pos)
-            if omega == 0.0:
-                omega = solid_angle(pixel, R, close, point)
-                F_om, S_om = Fdet, Sdet
-                if geo:
-                    dOm, dOmc = solid_angle_grad_at(pixel, d, R, omega, point)
-            for source in range(nsrc):
-                inc = (incident[source, 0], incident[source, 1], incident[source, 2])
-                lam_s = lam[source]
-                S = ((d[0] - inc[0]) / lam_s, (d[1] - inc[1]) / lam_s, (d[2] - inc[2]) / lam_s)
-                if dmin > 0.0:
-                    stol = 0.5 * np.sqrt(S[0] * S[0] + S[1] * S[1] + S[2] * S[2])
-                    if stol > 0.0 and dmin > 0.5 / stol:
-                        continue     # a step in the image: no derivative
-                if not have_polar:
+    zero3 = (0.0, 0.0, 0.0)
+    capture = 1.0
+    dcap = dcapo = zero3    # d capture / d pos, / d odet (direct) where last computed
+    F_c = S_c = 0.0
+    for t in range(nthick):
+        Odet = t * thickstep
+        # the forward's capture: 1 without a sensor, else computed at the
+        # layer's first sub-pixel (while 0), or at every one (-oversample_thick)
+        capture = 1.0 if thick == 0.0 else 0.0
+        capL = 0.0          # the layer's capture (its first sub-pixel's)
+        dcapL = dcapLo = zero3
+        F_L = S_L = 0.0
+        LX = 0.0            # the layer's sum of wo Xs (capL's derivative)
+        layer_bg = 0.0
+        for subS in range(os):
+            for subF in range(os):
+                Fdet = subpixel * (fpixel * os + subF) + subpixel / 2.0
+                Sdet = subpixel * (spixel * os + subS) + subpixel / 2.0
+                pos = (Fdet * fdet[0] + Sdet * sdet[0] + Odet * odet[0] + pix0[0],
+                       Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1],
+                       Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
+                d, R = unitize(pos)
+                if omega == 0.0:
+                    omega = solid_angle(pixel, R, close, point)
+                    F_om, S_om, O_om = Fdet, Sdet, Odet
                     if geo:
-                        polar, dP = polarization_factor_grad(kahn, inc, pos, polar_axis)
+                        dOm, dOmc = solid_angle_grad_at(pixel, d, R, omega, point)
+                wo = 1.0            # this sub-pixel's solid angle (-oversample_omega)
+                dwo = zero3
+                dwoc = 0.0
+                if os_omega:
+                    wo = solid_angle(pixel, R, close, point)
+                    if geo:
+                        dwo, dwoc = solid_angle_grad_at(pixel, d, R, wo, point)
+                if capture == 0.0 or os_thick:
+                    if geo:
+                        capture, dcap, dcapo = capture_fraction_grad(t * 1.0, thickstep, mu, d,
+                                                                     R, odet)
                     else:
-                        polar, _ = polarization_factor(kahn, inc, pos, polar_axis)
-                    have_polar = True
-                    F_po, S_po = Fdet, Sdet
-                    src_po = source
-                    if geo and ninc > 0:
-                        dPi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis)
-                    if want_pol:
-                        # the factor is affine in kahn: its slope is P(1) - P(0)
-                        dPk = (polarization_factor(1.0, inc, pos, polar_axis)[0]
-                               - polarization_factor(0.0, inc, pos, polar_axis)[0])
-                cF = g * C * polar * omega    # dI/dT
-                gx = 0.0     # sum_j dT/dh a_j + dT/dk b_j + dT/dl c_j (d/dS)
-                gy = 0.0
-                gz = 0.0
-                gs = 0.0     # d/ds of the wavelength scale: dh/ds = -h
-                gNa = 0.0
-                gNb = 0.0
-                gNc = 0.0
-                if fast and not deriv:
-                    _square_values(S, cells, work, Na, Nb, Nc)
-                    sumT += _square_sum(S, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
-                                        lmax, default_F)
-                elif fast:
-                    _jac_terms(S, pcells, work, Na, Nb, Nc, cna, cnb, cnc, Fhkl, hkls, hmin, hmax,
-                               kmin, kmax, lmin, lmax, default_F)
-                    sT, gx, gy, gz, gNa, gNb, gNc = _jac_sums(pcells, work, ncell)
-                    sumT += sT
-                    if use_mos:
-                        for m in range(nrot):
-                            dsum[dpar[m]] += _jac_mosaic(S, dcells, 9 * m, work, ncell)
-                    if use_rot:
-                        ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2 = _jac_cell_grad(S, rot, work,
-                                                                                  ncell)
-                        dsum[P_A] += ga0
-                        dsum[P_A + 1] += ga1
-                        dsum[P_A + 2] += ga2
-                        dsum[P_B] += gb0
-                        dsum[P_B + 1] += gb1
-                        dsum[P_B + 2] += gb2
-                        dsum[P_C] += gc0
-                        dsum[P_C + 1] += gc1
-                        dsum[P_C + 2] += gc2
-                    else:
-                        # per-cell sums for the unrotated cell (elementwise: vectorises)
-                        for j in range(ncell):
-                            th = cF * work[J_TH, j]
-                            tk = cF * work[J_TK, j]
-                            tl = cF * work[J_TL, j]
-                            cacc[ch, 0, j] += th * S[0]
-                            cacc[ch, 1, j] += th * S[1]
-                            cacc[ch, 2, j] += th * S[2]
-                            cacc[ch, 3, j] += tk * S[0]
-                            cacc[ch, 4, j] += tk * S[1]
-                            cacc[ch, 5, j] += tk * S[2]
-                            cacc[ch, 6, j] += tl * S[0]
-                            cacc[ch, 7, j] += tl * S[1]
-                            cacc[ch, 8, j] += tl * S[2]
-                if fast:
-                    # h_j = a_j . S exactly, so sum_j (dT/dh h + ...) = S . (gx, gy, gz)
-                    gs = -(gx * S[0] + gy * S[1] + gz * S[2])
-                    if want_F:
-                        for j in range(ncell):
-                            h, k, l = K._hkl(cells, v1, j, S[0], S[1], S[2])
-                            h0 = np.int64(np.ceil(h - 0.5))
-                            k0 = np.int64(np.ceil(k - 0.5))
-                            l0 = np.int64(np.ceil(l - 0.5))
-                            if _nearest_inside(hkls, hmin, hmax, kmin, kmax, lmin, lmax,
-                                               h0, k0, l0):
-                                Fl = work[J_FL, j]
-                                Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
-                                               h0, k0, l0, default_F)
-                                gF[ch, h0 - hmin, k0 - kmin, l0 - lmin] += cF * 2.0 * Fc * Fl * Fl
-                for j in range(ncell if not fast else 0):
-                    h, k, l = K._hkl(cells, v1, j, S[0], S[1], S[2])
-                    h0 = np.int64(np.ceil(h - 0.5))
-                    k0 = np.int64(np.ceil(k - 0.5))
-                    l0 = np.int64(np.ceil(l - 0.5))
-                    dFh = dFk = dFl = dNa = dNb = dNc = 0.0
+                        capture = capture_fraction(t * 1.0, thickstep, mu,
+                                                   d[0] * odet[0] + d[1] * odet[1]
+                                                   + d[2] * odet[2])
+                    F_c, S_c = Fdet, Sdet
+                if subS == 0 and subF == 0:
+                    capL, dcapL, dcapLo, F_L, S_L = capture, dcap, dcapo, Fdet, Sdet
+                # this sub-pixel's capture weight (the pixel's capture is a
+                # factor at the end when the sum is not corrected)
+                wc = capture if os_thick else (capL if corrected else 1.0)
+                wos = capture if os_thick else 1.0   # the forward's background weight
+                if os_omega:
+                    wos *= wo
+                if corrected and not os_polar:
+                    layer_bg += wos
+                Xs = 0.0        # sum over sources of wp T, and the background's share
+                for source in range(nsrc):
+                    inc = (incident[source, 0], incident[source, 1], incident[source, 2])
+                    lam_s = lam[source]
+                    S = ((d[0] - inc[0]) / lam_s, (d[1] - inc[1]) / lam_s, (d[2] - inc[2]) / lam_s)
+                    cut = False
+                    if dmin > 0.0:
+                        stol = 0.5 * np.sqrt(S[0] * S[0] + S[1] * S[1] + S[2] * S[2])
+                        cut = stol > 0.0 and dmin > 0.5 / stol
+                    wp = 1.0        # this sub-path's polarization (-oversample_polar)
+                    dwp = dwpi = zero3
+                    dwpk = 0.0
+                    if os_polar:
+                        if geo:
+                            wp, dwp = polarization_factor_grad(kahn, inc, pos, polar_axis)
+                            if ninc > 0:
+                                dwpi = polarization_factor_grad_incident(kahn, inc, pos,
+                                                                         polar_axis)
+                        else:
+                            wp, _ = polarization_factor(kahn, inc, pos, polar_axis)
+                        if want_pol:
+                            dwpk = (polarization_factor(1.0, inc, pos, polar_axis)[0]
+                                    - polarization_factor(0.0, inc, pos, polar_axis)[0])
+                        layer_bg += wos * wp
+                    if cut:
+                        if os_polar and wgrad:
+                            # -dmin cuts the Bragg term only: water still fills it
+                            Xs += wp * bg_src
+                            _weight_polar(dsum, wc * wo * bg_src, dwp, dwpi, dwpk, dinc,
+                                          ipar, ninc, source, Fdet, Sdet, Odet)
+                        continue     # a step in the image: no derivative
+                    ran = True
+                    if not have_polar:
+                        if geo:
+                            polar, dP = polarization_factor_grad(kahn, inc, pos, polar_axis)
+                        else:
+                            polar, _ = polarization_factor(kahn, inc, pos, polar_axis)
+                        have_polar = True
+                        F_po, S_po, O_po = Fdet, Sdet, Odet
+                        src_po = source
+                        if geo and ninc > 0:
+                            dPi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis)
+                        if want_pol:
+                            # the factor is affine in kahn: its slope is P(1) - P(0)
+                            dPk = (polarization_factor(1.0, inc, pos, polar_axis)[0]
+                                   - polarization_factor(0.0, inc, pos, polar_axis)[0])
+                    # this sub-path's weight (1 unless the sum is corrected)
+                    w = wc * wo * wp
+                    cF = g * C * polar * omega * (1.0 if corrected else capture)    # dI/dT
+                    cFw = cF * w
+                    sT = 0.0     # the sub-path's sum of terms
+                    gx = 0.0     # sum_j dT/dh a_j + dT/dk b_j + dT/dl c_j (d/dS)
+                    gy = 0.0
+                    gz = 0.0
+                    gs = 0.0     # d/ds of the wavelength scale: dh/ds = -h
+                    gNa = 0.0
+                    gNb = 0.0
+                    gNc = 0.0
+                    if fast and not deriv:
+                        _square_values(S, cells, work, Na, Nb, Nc)
+                        sT = _square_sum(S, cells, work, Fhkl, hkls, hmin, hmax, kmin, kmax,
+                                         lmin, lmax, default_F)
+                    elif fast:
+                        _jac_terms(S, pcells, work, Na, Nb, Nc, cna, cnb, cnc, Fhkl, hkls, hmin,
+                                   hmax, kmin, kmax, lmin, lmax, default_F)
+                        sT, gx, gy, gz, gNa, gNb, gNc = _jac_sums(pcells, work, ncell)
+                        gx *= w
+                        gy *= w
+                        gz *= w
+                        gNa *= w
+                        gNb *= w
+                        gNc *= w
+                        if use_mos:
+                            for m in range(nrot):
+                                dsum[dpar[m]] += w * _jac_mosaic(S, dcells, 9 * m, work, ncell)
+                        if use_rot:
+                            ga0, ga1, ga2, gb0, gb1, gb2, gc0, gc1, gc2 = _jac_cell_grad(
+                                S, rot, work, ncell)
+                            dsum[P_A] += w * ga0
+                            dsum[P_A + 1] += w * ga1
+                            dsum[P_A + 2] += w * ga2
+                            dsum[P_B] += w * gb0
+                            dsum[P_B + 1] += w * gb1
+                            dsum[P_B + 2] += w * gb2
+                            dsum[P_C] += w * gc0
+                            dsum[P_C + 1] += w * gc1
+                            dsum[P_C + 2] += w * gc2
+                        else:
+                            # per-cell sums for the unrotated cell (elementwise: vectorises)
+                            for j in range(ncell):
+                                th = cFw * work[J_TH, j]
+                                tk = cFw * work[J_TK, j]
+                                tl = cFw * work[J_TL, j]
+                                cacc[ch, 0, j] += th * S[0]
+                                cacc[ch, 1, j] += th * S[1]
+                                cacc[ch, 2, j] += th * S[2]
+                                cacc[ch, 3, j] += tk * S[0]
+                                cacc[ch, 4, j] += tk * S[1]
+                                cacc[ch, 5, j] += tk * S[2]
+                                cacc[ch, 6, j] += tl * S[0]
+                                cacc[ch, 7, j] += tl * S[1]
+                                cacc[ch, 8, j] += tl * S[2]
+                    if fast:
+                        # h_j = a_j . S exactly, so sum_j (dT/dh h + ...) = S . (gx, gy, gz)
+                        gs = -(gx * S[0] + gy * S[1] + gz * S[2])
+                        if want_F:
+                            for j in range(ncell):
+                                h, k, l = K._hkl(cells, v1, j, S[0], S[1], S[2])
+                                h0 = np.int64(np.ceil(h - 0.5))
+                                k0 = np.int64(np.ceil(k - 0.5))
+                                l0 = np.int64(np.ceil(l - 0.5))
+                                if _nearest_inside(hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                                                   h0, k0, l0):
+                                    Fl = work[J_FL, j]
+                                    Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                                                   h0, k0, l0, default_F)
+                                    gF[ch, h0 - hmin, k0 - kmin, l0 - lmin] += cFw * 2.0 * Fc * Fl * Fl
+                    for j in range(ncell if not fast else 0):
+                        h, k, l = K._hkl(cells, v1, j, S[0], S[1], S[2])
+                        h0 = np.int64(np.ceil(h - 0.5))
+                        k0 = np.int64(np.ceil(k - 0.5))
+                        l0 = np.int64(np.ceil(l - 0.5))
+                        dFh = dFk = dFl = dNa = dNb = dNc = 0.0
+                        if deriv:
+                            Fl, dFh, dFk, dFl, dNa, dNb, dNc = lattice_factor_grad(
+                                shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
+                                reduced)
+                        else:
+                            Fl = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
+                                                astar, bstar, cstar, reduced)[0]
+                        ch_ = ck = cl = 0.0     # nearest neighbour: flat in h, k, l
+                        if interp and interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
+                            Fc = tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l)
+                            if deriv or want_F:
+                                ch_, ck, cl = tricubic_F_grad(Fhkl, hmin, kmin, lmin, h, k, l, gF,
+                                                              ch, cFw * 2.0 * Fc * Fl * Fl, want_F)
+                        else:
+                            Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                                           h0, k0, l0, default_F)
+                            if want_F and _nearest_inside(hkls, hmin, hmax, kmin, kmax, lmin, lmax,
+                                                          h0, k0, l0):
+                                gF[ch, h0 - hmin, k0 - kmin, l0 - lmin] += cFw * 2.0 * Fc * Fl * Fl
+                        sT += Fc * Fc * Fl * Fl
+                        if not deriv:
+                            continue
+                        tFl = 2.0 * Fc * Fc * Fl * w
+                        tFc = 2.0 * Fc * Fl * Fl * w
+                        Th = tFl * dFh + tFc * ch_
+                        Tk = tFl * dFk + tFc * ck
+                        Tl = tFl * dFl + tFc * cl
+                        gx += Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j]
+                        gy += Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j]
+                        gz += Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j]
+                        gs -= Th * h + Tk * k + Tl * l
+                        gNa += tFl * dNa
+                        gNb += tFl * dNb
+                        gNc += tFl * dNc
+                        if use_mos:
+                            for m in range(nrot):
+                                dsum[dpar[m]] += _mosaic_term(dcells, 9 * m, j, S[0], S[1], S[2],
+                                                              Th, Tk, Tl)
+                        if shape == SHAPE_GAUSS:   # F also depends on astar, bstar, cstar
+                            q, v = lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb,
+                                                            Nc, fudge, astar, bstar, cstar)
+                            for m in range(3):
+                                dsum[P_ASTAR + m] += tFl * q * (h - h0) * v[m]
+                                dsum[P_BSTAR + m] += tFl * q * (k - k0) * v[m]
+                                dsum[P_CSTAR + m] += tFl * q * (l - l0) * v[m]
+                        if use_rot:
+                            for m in range(3):
+                                u = (rot[3 * m, j] * S[0] + rot[3 * m + 1, j] * S[1]
+                                     + rot[3 * m + 2, j] * S[2])
+                                dsum[P_A + m] += Th * u
+                                dsum[P_B + m] += Tk * u
+                                dsum[P_C + m] += Tl * u
+                        else:
+                            cacc[ch, 0, j] += cF * Th * S[0]
+                            cacc[ch, 1, j] += cF * Th * S[1]
+                            cacc[ch, 2, j] += cF * Th * S[2]
+                            cacc[ch, 3, j] += cF * Tk * S[0]
+                            cacc[ch, 4, j] += cF * Tk * S[1]
+                            cacc[ch, 5, j] += cF * Tk * S[2]
+                            cacc[ch, 6, j] += cF * Tl * S[0]
+                            cacc[ch, 7, j] += cF * Tl * S[1]
+                            cacc[ch, 8, j] += cF * Tl * S[2]
+                    sumT += w * sT
+                    if corrected and wgrad:
+                        Xs += wp * sT
+                        if os_polar:
+                            Xs += wp * bg_src
+                            _weight_polar(dsum, wc * wo * (sT + bg_src), dwp, dwpi, dwpk, dinc,
+                                          ipar, ninc, source, Fdet, Sdet, Odet)
                     if deriv:
-                        Fl, dFh, dFk, dFl, dNa, dNb, dNc = lattice_factor_grad(
-                            shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
-                            reduced)
+                        dsum[P_NA] += gNa
+                        dsum[P_NB] += gNb
+                        dsum[P_NC] += gNc
+                        # S = (pos/|pos| - inc)/lam: dS/dpos = (1 - d d^T)/(|pos| lam)
+                        gd = gx * d[0] + gy * d[1] + gz * d[2]
+                        r = 1.0 / (R * lam_s)
+                        # pos = pix0 + Fdet fdet + Sdet sdet + Odet odet: d/dfdet = Fdet d/dpos
+                        gv = (gx, gy, gz)
+                        for i in range(3):
+                            gp = (gv[i] - gd * d[i]) * r
+                            dsum[P_PIX0 + i] += gp
+                            dsum[P_FDET + i] += gp * Fdet
+                            dsum[P_SDET + i] += gp * Sdet
+                            dsum[P_ODET + i] += gp * Odet
+                        dsum[P_LAM] += gs
+                        # the source's incident vector and wavelength
+                        for q in range(ninc):
+                            dsum[ipar[q]] += _source_term(dinc, q, source, gx, gy, gz, gs, lam_s)
+                if corrected and wgrad:
+                    if not os_polar:
+                        Xs += bg_sub
+                    if os_omega and geo:
+                        # the sub-pixel's solid angle weighs its sub-paths and background
+                        _add_pos(dsum, wc * Xs, dwo, Fdet, Sdet, Odet)
+                        dsum[P_CLOSE] += wc * Xs * dwoc
+                    if os_thick:
+                        if geo:
+                            _add_pos(dsum, wo * Xs, dcap, Fdet, Sdet, Odet)
+                            _add_odet(dsum, wo * Xs, dcapo)
                     else:
-                        Fl = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
-                                            astar, bstar, cstar, reduced)[0]
-                    ch_ = ck = cl = 0.0     # nearest neighbour: flat in h, k, l
-                    if interp and interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
-                        Fc = tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l)
-                        if deriv or want_F:
-                            ch_, ck, cl = tricubic_F_grad(Fhkl, hmin, kmin, lmin, h, k, l, gF, ch,
-                                                          cF * 2.0 * Fc * Fl * Fl, want_F)
-                    else:
-                        Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax,
-                                       h0, k0, l0, default_F)
-                        if want_F and _nearest_inside(hkls, hmin, hmax, kmin, kmax, lmin, lmax,
-                                                      h0, k0, l0):
-                            gF[ch, h0 - hmin, k0 - kmin, l0 - lmin] += cF * 2.0 * Fc * Fl * Fl
-                    sumT += Fc * Fc * Fl * Fl
-                    if not deriv:
-                        continue
-                    tFl = 2.0 * Fc * Fc * Fl
-                    tFc = 2.0 * Fc * Fl * Fl
-                    Th = tFl * dFh + tFc * ch_
-                    Tk = tFl * dFk + tFc * ck
-                    Tl = tFl * dFl + tFc * cl
-                    gx += Th * cells[1, 0, j] + Tk * cells[1, 3, j] + Tl * cells[1, 6, j]
-                    gy += Th * cells[1, 1, j] + Tk * cells[1, 4, j] + Tl * cells[1, 7, j]
-                    gz += Th * cells[1, 2, j] + Tk * cells[1, 5, j] + Tl * cells[1, 8, j]
-                    gs -= Th * h + Tk * k + Tl * l
-                    gNa += tFl * dNa
-                    gNb += tFl * dNb
-                    gNc += tFl * dNc
-                    if use_mos:
-                        for m in range(nrot):
-                            dsum[dpar[m]] += _mosaic_term(dcells, 9 * m, j, S[0], S[1], S[2],
-                                                          Th, Tk, Tl)
-                    if shape == SHAPE_GAUSS:   # F also depends on astar, bstar, cstar
-                        q, v = lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc,
-                                                        fudge, astar, bstar, cstar)
-                        for m in range(3):
-                            dsum[P_ASTAR + m] += tFl * q * (h - h0) * v[m]
-                            dsum[P_BSTAR + m] += tFl * q * (k - k0) * v[m]
-                            dsum[P_CSTAR + m] += tFl * q * (l - l0) * v[m]
-                    if use_rot:
-                        for m in range(3):
-                            u = rot[3 * m, j] * S[0] + rot[3 * m + 1, j] * S[1] + rot[3 * m + 2, j] * S[2]
-                            dsum[P_A + m] += Th * u
-                            dsum[P_B + m] += Tk * u
-                            dsum[P_C + m] += Tl * u
-                    else:
-                        cacc[ch, 0, j] += cF * Th * S[0]
-                        cacc[ch, 1, j] += cF * Th * S[1]
-                        cacc[ch, 2, j] += cF * Th * S[2]
-                        cacc[ch, 3, j] += cF * Tk * S[0]
-                        cacc[ch, 4, j] += cF * Tk * S[1]
-                        cacc[ch, 5, j] += cF * Tk * S[2]
-                        cacc[ch, 6, j] += cF * Tl * S[0]
-                        cacc[ch, 7, j] += cF * Tl * S[1]
-                        cacc[ch, 8, j] += cF * Tl * S[2]
-                if deriv:
-                    dsum[P_NA] += gNa
-                    dsum[P_NB] += gNb
-                    dsum[P_NC] += gNc
-                    # S = (pos/|pos| - inc)/lam: dS/dpos = (1 - d d^T)/(|pos| lam)
-                    gd = gx * d[0] + gy * d[1] + gz * d[2]
-                    r = 1.0 / (R * lam_s)
-                    # pos = pix0 + Fdet fdet + Sdet sdet: d/dfdet = Fdet d/dpos
-                    gv = (gx, gy, gz)
-                    for i in range(3):
-                        gp = (gv[i] - gd * d[i]) * r
-                        dsum[P_PIX0 + i] += gp
-                        dsum[P_FDET + i] += gp * Fdet
-                        dsum[P_SDET + i] += gp * Sdet
-                    dsum[P_LAM] += gs
-                    # the source's incident vector and wavelength
-                    for q in range(ninc):
-                        dsum[ipar[q]] += _source_term(dinc, q, source, gx, gy, gz, gs, lam_s)
-    total = I_bg + sumT
-    po = polar * omega
+                        LX += wo * Xs
+        if corrected:
+            if geo and not os_thick:
+                # the layer's capture (its first sub-pixel's) weighs all of it
+                _add_pos(dsum, LX, dcapL, F_L, S_L, Odet)
+                _add_odet(dsum, LX, dcapLo)
+            bg_w = layer_bg / (os * os * (nsrc if os_polar else 1))
+            capsum += bg_w if os_thick else bg_w * capL
+    if corrected:
+        if os_polar and not ran:
+            # every sub-path cut by -dmin: the forward's 0, flat
+            for p in range(N_PAR):
+                dsum[p] = 0.0
+            return 0.0
+        total = sumT + I_bg * capsum
+        capf = 1.0
+    else:
+        total = I_bg + sumT
+        capf = capture      # the forward's capture factor (1 without a sensor)
+    po = polar * omega * capf
     gC = g * C
     for p in range(N_PAR):
         dsum[p] = gC * po * dsum[p]
-    for i in range(3):
-        dPo = gC * total * dP[i] * omega
-        dOmp = gC * total * polar * dOm[i]
-        dsum[P_PIX0 + i] += dPo + dOmp
-        dsum[P_FDET + i] += dPo * F_po + dOmp * F_om
-        dsum[P_SDET + i] += dPo * S_po + dOmp * S_om
-    dsum[P_CLOSE] += gC * total * polar * dOmc
-    dsum[P_KAHN] += gC * total * omega * dPk
+    gT = gC * total
+    _add_pos(dsum, gT * omega * capf, dP, F_po, S_po, O_po)
+    _add_pos(dsum, gT * polar * capf, dOm, F_om, S_om, O_om)
+    if not corrected and geo:
+        # one layer: the capture at the sub-pixel where the forward took it
+        _add_pos(dsum, gT * polar * omega, dcap, F_c, S_c, 0.0)
+        _add_odet(dsum, gT * polar * omega, dcapo)
+    dsum[P_CLOSE] += gT * polar * capf * dOmc
+    dsum[P_KAHN] += gT * omega * capf * dPk
     for q in range(ninc):
-        dsum[ipar[q]] += gC * total * omega * _incident_term(dinc, q, src_po, *dPi)
+        dsum[ipar[q]] += gT * omega * capf * _incident_term(dinc, q, src_po, *dPi)
     # test = C P omega (I_bg + sum): only C = r_e^2 fluence ... carries the fluence
     # (the default mode's I_bg does not: docs/quirks.md #14; autodiff refuses -c_parity)
     dsum[P_FLU] += gC * po * total
