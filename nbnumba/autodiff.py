@@ -36,6 +36,9 @@ dispersion      1      spectral width (percent of the wavelength), as
                        -dispersion (for these three the run's point counts
                        are kept: the derivative is taken between the ranges
                        where a count jumps; docs/autodiff.md)
+detector_thick  1      sensor thickness (um), as -detector_thick (the
+                       run's layer count is kept)
+detector_abs    1      sensor attenuation length (um), as -detector_abs
 polarization    1      Kahn polarization factor, as -polar
 N               3      Na, Nb, Nc (continuous in the lattice factor)
 fluence         1      photons/m^2 (replaces -flux/-exposure/-beamsize)
@@ -82,6 +85,7 @@ PARAMETERS = {"cell": 6, "misset": 3, "distance": 1, "beam_center": 2, "pix0": 3
               "detector_rot": 3,
               "twotheta": 1, "wavelength": 1, "mosaic_spread": 1, "spindle_axis": 3,
               "beam_vector": 3, "hdivrange": 1, "vdivrange": 1, "dispersion": 1,
+              "detector_thick": 1, "detector_abs": 1,
               "polarization": 1, "N": 3, "fluence": 1, "F_hkl": None}
 #: the ones that move the detector (build_detector reads no crystal flag; the
 #: beam direction moves the origin and the close distance, as the pivot says)
@@ -90,7 +94,7 @@ _DETECTOR = ("distance", "beam_center", "pix0", "detector_rot", "twotheta", "bea
 #: (mosaic_spread and spindle_axis through the rotated cells' derivatives,
 #: _Run.mosaic_cells and _Run.spindle_cells)
 _GEOMETRIC = ("cell", "misset", "wavelength", "mosaic_spread", "spindle_axis", "hdivrange",
-              "vdivrange", "dispersion") + _DETECTOR
+              "vdivrange", "dispersion", "detector_thick", "detector_abs") + _DETECTOR
 #: the ones that turn each (phi, mosaic) cell: keyword -> (their theta entries,
 #: the _Run method giving the cells' derivatives, 9 rows per entry), in the
 #: order of the kernel's blocks (_Run.rotation_cells)
@@ -104,6 +108,9 @@ _TURNS_SOURCES = {"beam_vector": (A.P_BEAM, A.P_BEAM + 1, A.P_BEAM + 2),
 #: the swept ranges: keyword -> (sampling.SWEEPS name, whose range and step
 #: fields Config shares, the keyword's unit in the Config's: mrad, percent)
 _SWEPT = {"hdivrange": ("hdiv", 1e-3), "vdivrange": ("vdiv", 1e-3), "dispersion": ("disp", 1e-2)}
+#: the sensor's keywords: keyword -> their theta entries (the layer thickness
+#: and the attenuation coefficient; _Run.chain_matrix maps them)
+_SENSOR = {"detector_thick": (A.P_TSTEP, A.P_MU), "detector_abs": (A.P_MU,)}
 #: direction keywords: any length, made a unit vector by the run (their host
 #: map's steps are relative to the vector's length)
 _DIRECTIONS = ("spindle_axis", "beam_vector")
@@ -229,6 +236,11 @@ def _override(cfg, vals):
     for name, (sweep, unit) in _SWEPT.items():
         if name in vals:
             kw[SWEEPS[sweep][0]] = float(vals[name][0]) * unit
+    if "detector_thick" in vals:
+        kw["detector_thick"] = float(vals["detector_thick"][0]) * 1e-6
+    if "detector_abs" in vals:
+        # as the flag: mu = 1/length (a length > 0; _check_sensor)
+        kw["detector_mu"] = 1.0 / (float(vals["detector_abs"][0]) * 1e-6)
     if "polarization" in vals:
         kw["polarization"] = float(vals["polarization"][0])
     if "fluence" in vals:
@@ -295,6 +307,34 @@ def _check_supported(cfg, given, needs_grad):
     if "wavelength" in needs_grad and cfg.sourcefilename is not None:
         raise ConfigError("wavelength= is not differentiable with -sourcefile "
                           "(its wavelengths do not scale with -lambda)")
+
+
+def _check_sensor(cfg, vals, needs_grad, steps=None):
+    """Refuse a sensor keyword value the run cannot use or differentiate and,
+    given the run's resolved sampling ``steps`` (cfg: with the keywords'
+    values), a sensor keyword that requires grad without a sensor, or a
+    sensor that a keyword adds under -device cuda."""
+    if "detector_thick" in vals:
+        x = float(vals["detector_thick"][0])
+        if x < 0.0:
+            raise ConfigError("detector_thick= is negative (%r um): give a thickness >= 0" % x)
+        if x == 0.0 and "detector_thick" in needs_grad:
+            raise ConfigError("detector_thick= of 0 cannot be differentiated: the sensor "
+                              "vanishes there (every capture fraction becomes 1); pass a "
+                              "thickness > 0")
+    if "detector_abs" in vals:
+        x = float(vals["detector_abs"][0])
+        if not x > 0.0:
+            raise ConfigError("detector_abs= must be an attenuation length > 0 um (got %r); "
+                              "give -detector_abs inf in argv to turn absorption off" % x)
+    if steps is not None and any(k in vals for k in _SENSOR):
+        if cfg.device == "cuda" and steps.detector_thick > 0.0:
+            raise ConfigError("nbnumba.autodiff -device cuda: -detector_thick (capture "
+                              "fraction) not supported (use -device cpu); see docs/autodiff.md")
+        if any(k in needs_grad for k in _SENSOR) and not steps.detector_thick > 0.0:
+            raise ConfigError("%s= needs a sensor to be differentiated: give -detector_thick "
+                              "(or detector_thick=) > 0" % next(k for k in _SENSOR
+                                                                 if k in needs_grad))
 
 
 def _check_sweeps(cfg, vals, needs_grad):
@@ -386,9 +426,11 @@ class _Run:
             cfg0 = replace(cfg0, detector_pivot="SAMPLE")
         _check_supported(cfg0, set(vals) | ({"F_hkl"} if F_values is not None else set()),
                          needs_grad)
+        _check_sensor(cfg0, vals, needs_grad)
         cfg = _override(cfg0, vals)
         _check_sweeps(cfg, vals, needs_grad)
         model = build_model(cfg)
+        _check_sensor(cfg, vals, needs_grad, model.steps)
         # freeze what build_model chose (auto oversample, time seed) so the
         # host map below sees the same run
         self.cfg = replace(cfg, oversample=model.oversample, seed=model.seed)
@@ -457,7 +499,8 @@ class _Run:
                                           it[K.I_SHAPE] == SHAPE_GAUSS,
                                           any(n in needs_grad for n in _TURNS_DETECTOR),
                                           self._rotation_entries(needs_grad)
-                                          + self._source_entries(needs_grad),
+                                          + self._source_entries(needs_grad)
+                                          + self._sensor_entries(needs_grad),
                                           model.steps.detector_thick > 0.0)
         self.keep_jac = (keep_jac and self.device == "cpu"
                          and (self.want & (A.W_N | A.W_GEO | A.W_POL)) != 0
@@ -482,6 +525,12 @@ class _Run:
         """The per-cell rotation entries of theta (adjoint.P_MOS, P_SPIN..) of
         the keywords in needs_grad, in the order of rotation_cells' blocks."""
         return [p for k, (ps, _) in _TURNS_CELLS.items() if k in needs_grad for p in ps]
+
+    @staticmethod
+    def _sensor_entries(needs_grad):
+        """The sensor's entries of theta (adjoint.P_TSTEP, P_MU) that the
+        keywords in needs_grad move."""
+        return sorted({p for k, ps in _SENSOR.items() if k in needs_grad for p in ps})
 
     @staticmethod
     def _source_entries(needs_grad):
@@ -758,7 +807,12 @@ class _Run:
         about it included (_direction_derivatives).  hdivrange, vdivrange,
         dispersion: per mrad or percent, with the run's point counts and kept
         points (sampling.sweep_at: the step scales with the range unless the
-        user gave it); Richardson differences at a step of 1e-3 of the value."""
+        user gave it); Richardson differences at a step of 1e-2 of the value,
+        at most 0.1 mrad or 0.01 %: the sources move smoothly on the scale of
+        a radian (a relative wavelength of 1), so the step is set by rounding,
+        eps / step (a step of 1e-3 of 0.2 mrad left the vertical range's
+        column of a fuzz case, a difference of two nearly equal sources' terms,
+        off by 3.5e-6 of its largest entry)."""
         if name not in self._source_blocks:
             steps = self.model.steps
             if name == "beam_vector":
@@ -770,7 +824,7 @@ class _Run:
                 x = float(self.vals[name][0])
                 given = getattr(self.cfg, SWEEPS[sweep][1])     # the user's step, or -1
                 blk = _richardson(lambda t: self._source_rows(
-                    self.cfg, sweep_at(steps, sweep, (x + t) * unit, given)), 1e-3 * x)
+                    self.cfg, sweep_at(steps, sweep, (x + t) * unit, given)), min(1e-2 * x, 1e-4 / unit))
             self._source_blocks[name] = np.ascontiguousarray(blk)
         return self._source_blocks[name]
 
@@ -840,6 +894,17 @@ class _Run:
         elif name in _SWEPT:
             # the per-source entry (source_blocks are per unit of the keyword)
             M[_TURNS_SOURCES[name][0], 0] = 1.0
+        elif name in _SENSOR:
+            st = self.model.steps
+            if name == "detector_thick":
+                # the run's layer count is kept: thickstep = thickness / count;
+                # without -detector_abs, mu = 1/thickness (sampling.resolve_steps)
+                M[A.P_TSTEP, 0] = 1e-6 / st.detector_thicksteps
+                if self.cfg.detector_mu < 0.0:
+                    M[A.P_MU, 0] = -1e-6 / st.detector_thick ** 2
+            else:
+                # mu = 1/length, the length in um
+                M[A.P_MU, 0] = -1e6 / float(self.vals[name][0]) ** 2
         else:
             M[_HOST_ROWS] = self.host_jacobian(name)
             if name == "wavelength":
@@ -1007,7 +1072,7 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
              N=None, fluence=None, F_hkl=None, detector_rot=None, twotheta=None,
              mosaic_spread=None, polarization=None, roi_only=False, pix0=None,
              spindle_axis=None, beam_vector=None, hdivrange=None, vdivrange=None,
-             dispersion=None):
+             dispersion=None, detector_thick=None, detector_abs=None):
     """The (S, F) image (photons/pixel) of the nanoBragg command ``argv`` with
     the given keywords overriding its flags, as a torch tensor whose grad_fn
     reaches every keyword tensor that requires grad.
@@ -1026,7 +1091,8 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
                  pix0=pix0, detector_rot=detector_rot, twotheta=twotheta, wavelength=wavelength,
                  mosaic_spread=mosaic_spread, spindle_axis=spindle_axis,
                  beam_vector=beam_vector, hdivrange=hdivrange, vdivrange=vdivrange,
-                 dispersion=dispersion, polarization=polarization, N=N, fluence=fluence,
+                 dispersion=dispersion, detector_thick=detector_thick,
+                 detector_abs=detector_abs, polarization=polarization, N=N, fluence=fluence,
                  F_hkl=F_hkl)
     tensors = {k: _as_tensor(torch, k, v) for k, v in given.items() if v is not None}
     vals = {k: t.detach().to("cpu", torch.float64).numpy().reshape(-1)

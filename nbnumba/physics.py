@@ -861,20 +861,22 @@ def solid_angle_grad_at(pixel_size, d, R, om, point_pixel):
 @njit(cache=True, error_model="numpy", fastmath=False)
 def capture_fraction_grad(layer, thickstep, mu, d, R, odet):
     """(capture, d capture / d pos (1/m, 3-vector), d capture / d odet at a
-    fixed position) for capture_fraction(layer, thickstep, mu, d . odet), with
-    (d, R) = unitize(pos) and odet the detector normal (unit vector).
+    fixed position, d capture / d thickstep (1/m), d capture / d mu (m)) for
+    capture_fraction(layer, thickstep, mu, d . odet), with (d, R) =
+    unitize(pos) and odet the detector normal (unit vector).
 
     With x = thickstep mu / p and p = d . odet, capture = exp(-layer x) -
-    exp(-(layer + 1) x), so d capture / dp = -(x / p) ((layer + 1)
-    exp(-(layer + 1) x) - layer exp(-layer x)); dp/dpos = (odet - p d)/R
-    (d = pos/|pos|) and dp/dodet = d."""
+    exp(-(layer + 1) x), so d capture / dx = (layer + 1) exp(-(layer + 1) x) -
+    layer exp(-layer x), dx/dp = -x/p, dx/dthickstep = mu/p, dx/dmu =
+    thickstep/p; dp/dpos = (odet - p d)/R (d = pos/|pos|) and dp/dodet = d."""
     p = dot(d, odet)
     cap = capture_fraction(layer, thickstep, mu, p)
     x = thickstep * mu / p
-    dcdp = -(x / p) * ((layer + 1) * np.exp(-(layer + 1) * x) - layer * np.exp(-layer * x))
+    dcdx = (layer + 1) * np.exp(-(layer + 1) * x) - layer * np.exp(-layer * x)
+    dcdp = -(x / p) * dcdx
     k = dcdp / R
     return (cap, (k * (odet[0] - p * d[0]), k * (odet[1] - p * d[1]), k * (odet[2] - p * d[2])),
-            (dcdp * d[0], dcdp * d[1], dcdp * d[2]))
+            (dcdp * d[0], dcdp * d[1], dcdp * d[2]), dcdx * mu / p, dcdx * thickstep / p)
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)

@@ -883,6 +883,13 @@ SENSOR = {
 #: pixels, the sources or the polarization, and the crystal
 SENSOR_KEYS = ("misset", "distance", "beam_center", "detector_rot", "twotheta", "wavelength",
                "polarization", "N")
+#: ... and the sensor's own, at the flags' values: with the attenuation length
+#: or without it (mu = 1/thickness then follows the thickness; one layer then
+#: absorbs 1 - exp(-1/cos) whatever its thickness: a column of 0)
+SENSOR_VALUES = {"layers": dict(detector_thick=[300.0], detector_abs=[200.0]),
+                 "one_layer": dict(detector_thick=[300.0], detector_abs=[200.0]),
+                 "switches": dict(detector_thick=[300.0]),
+                 "polar_dmin": dict(detector_thick=[200.0])}
 
 
 @pytest.mark.parametrize("case", sorted(SENSOR))
@@ -909,6 +916,7 @@ def test_sensor_and_switches_central_differences(case):
     from nbnumba import autodiff as AD
     argv = BASE + SENSOR[case].split()
     vals = {k: np.asarray(VALUES[k], dtype=np.float64) for k in SENSOR_KEYS}
+    vals.update({k: np.array(v) for k, v in SENSOR_VALUES[case].items()})
     if case == "polar_dmin":
         # the cut is a step: it cuts sub-paths of some pixels (none near its edge)
         kw = {k: torch.from_numpy(v) for k, v in vals.items()}
@@ -917,8 +925,9 @@ def test_sensor_and_switches_central_differences(case):
         assert 0 < np.count_nonzero(cut) < cut.size // 4
     _, J = AD.jacobian(argv, **vals)
     steps = dict(misset=1e-3, distance=1e-3, beam_center=1e-3, detector_rot=1e-3,
-                 twotheta=1e-3, wavelength=1e-6, polarization=1e-3, N=1e-4)
-    for name in SENSOR_KEYS:
+                 twotheta=1e-3, wavelength=1e-6, polarization=1e-3, N=1e-4,
+                 detector_thick=0.1, detector_abs=0.1)
+    for name in vals:
         x0 = vals[name]
         for i in range(x0.size):
             def at(t):
@@ -942,7 +951,8 @@ def test_sensor_and_switches_three_routes_agree(hkl_file):
     vals = dict(beam_vector=np.array(BEAM), spindle_axis=np.array(SPINDLE),
                 mosaic_spread=np.array([0.45]), hdivrange=np.array([2.0]),
                 dispersion=np.array([3.0]), detector_rot=np.array(VALUES["detector_rot"]),
-                distance=np.array([100.0]), polarization=np.array([0.8]))
+                distance=np.array([100.0]), polarization=np.array([0.8]),
+                detector_thick=np.array([300.0]), detector_abs=np.array([250.0]))
     g = np.random.default_rng(9).uniform(0.5, 1.5, (12, 12))
     _three_routes_agree(argv, vals, g)
 
@@ -961,28 +971,68 @@ def test_sensor_and_switches_F_grid_routes_agree(hkl_file, monkeypatch):
 
 def test_gradcheck_sensor_and_switches(hkl_file):
     argv = BASE + "-detpixels 6 -pixel 4".split() + SENSOR["switches"].split()
-    _gradcheck(argv, ALL)
+    _gradcheck(argv, ALL + ("detector_thick", "detector_abs"),
+               vals=dict(VALUES, detector_thick=[300.0], detector_abs=[250.0]))
     _F_check(BASE + ["-hkl", hkl_file, "-nointerpolate"] + SENSOR["layers"].split())
+
+
+def test_sensor_keywords_render_as_the_flags_and_refusals():
+    """detector_thick= and detector_abs= give the images of their flags (bit
+    for bit in float32; the thickness with the flags' automatic mu and layer
+    count, given counts, a given attenuation length); nonsense values and
+    gradients without a sensor are one-line ConfigErrors."""
+    import nbnumba
+    for extra, kw in (("", dict(detector_thick=[150.0])),
+                      ("-detector_thicksteps 3 -oversample 2 -oversample_omega",
+                       dict(detector_thick=[150.0], detector_abs=[90.0])),
+                      ("-detector_thick 300 -detector_thicksteps 2 -detector_abs 200",
+                       dict(detector_abs=[90.0]))):
+        argv = BASE + extra.split()
+        flags = argv + [x for k, v in kw.items() for x in ("-" + k, str(v[0]))]
+        ref = nbnumba.simulate_argv(flags).float_image
+        img = simulate(argv, **{k: torch.tensor(v, dtype=torch.float64) for k, v in kw.items()})
+        assert ref.max() > 0.0
+        assert not np.array_equal(ref, nbnumba.simulate_argv(argv).float_image)
+        assert np.array_equal(img.numpy().astype(np.float32), ref), extra
+    t = dict(dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ConfigError, match="detector_thick= is negative"):
+        simulate(BASE, detector_thick=torch.tensor([-1.0]))
+    with pytest.raises(ConfigError, match="detector_thick= of 0 cannot be differentiated"):
+        simulate(BASE, detector_thick=torch.tensor([0.0], **t))
+    for bad in (0.0, -5.0):
+        with pytest.raises(ConfigError, match="detector_abs= must be an attenuation length > 0"):
+            simulate(BASE, detector_abs=torch.tensor([bad]))
+    with pytest.raises(ConfigError, match="detector_abs= needs a sensor"):
+        simulate(BASE, detector_abs=torch.tensor([100.0], **t))
+    # the GPU adjoint models no sensor: a keyword adding one is refused too
+    with pytest.raises(ConfigError, match="-device cuda: -detector_thick"):
+        simulate(BASE + ["-device", "cuda"], detector_thick=torch.tensor([100.0]))
 
 
 def test_capture_fraction_grad_matches_finite_differences():
     """physics.capture_fraction_grad against Richardson differences of
-    capture_fraction in the position and (at a fixed position) the normal,
-    for the first and a deeper layer."""
+    capture_fraction in the position, (at a fixed position) the normal, the
+    layer thickness and mu, for the first and a deeper layer."""
     odet = (0.96, 0.2, -0.195)
     n = math.sqrt(sum(x * x for x in odet))
     odet = tuple(x / n for x in odet)
     pos = (0.1, 0.023, -0.031)
 
-    def cap(p, o):
+    def cap(p, o, tstep=1e-4, mu=3000.0):
         R = math.sqrt(sum(x * x for x in p))
-        return physics.capture_fraction(2.0 if deep else 0.0, 1e-4, 3000.0,
+        return physics.capture_fraction(2.0 if deep else 0.0, tstep, mu,
                                         sum(x * y / R for x, y in zip(p, o)))
     for deep in (False, True):
         R = math.sqrt(sum(x * x for x in pos))
         d = tuple(x / R for x in pos)
-        c, gp, go = physics.capture_fraction_grad(2.0 if deep else 0.0, 1e-4, 3000.0, d, R, odet)
+        c, gp, go, gt, gm = physics.capture_fraction_grad(2.0 if deep else 0.0, 1e-4, 3000.0,
+                                                          d, R, odet)
         assert math.isclose(c, cap(pos, odet), rel_tol=1e-15)
+        ft = (8 * (cap(pos, odet, 1e-4 + 1e-9) - cap(pos, odet, 1e-4 - 1e-9))
+              - (cap(pos, odet, 1e-4 + 2e-9) - cap(pos, odet, 1e-4 - 2e-9))) / 12e-9
+        fm = (8 * (cap(pos, odet, mu=3000.03) - cap(pos, odet, mu=2999.97))
+              - (cap(pos, odet, mu=3000.06) - cap(pos, odet, mu=2999.94))) / 0.36
+        assert math.isclose(gt, ft, rel_tol=1e-8) and math.isclose(gm, fm, rel_tol=1e-8)
         for i in range(3):
             e = np.eye(3)[i]
             fp = (8 * (cap(pos + 1e-6 * e, odet) - cap(pos - 1e-6 * e, odet))

@@ -282,7 +282,7 @@ GRAD_VALUES = dict(cell=[(68, 72), (78, 82), (88, 92), (83, 87), (93, 97), (103,
 GRAD_STEPS = {k: tuple((h / m, 1e-6, 2e-7) for m in (1, 10, 100, 1000)) for k, h in dict(
     cell=1e-2, misset=1e-2, distance=1e-2, beam_center=1e-2, pix0=1e-2, detector_rot=1e-2,
     twotheta=1e-2, wavelength=1e-4, spindle_axis=1e-2, beam_vector=1e-3, hdivrange=1e-2,
-    vdivrange=1e-2, dispersion=1e-2, polarization=0.1,
+    vdivrange=1e-2, dispersion=1e-2, polarization=0.1, detector_thick=1.0, detector_abs=1.0,
     N=1e-2, fluence=1e21, F_hkl=0.1).items()}
 GRAD_STEPS["mosaic_spread"] = ((0.02, 1e-4, 2e-5), (0.002, 1e-3, 2e-4))
 GRAD_EXTRAS = AD_EXTRAS + ["-adxv", "-denzo", "-spindle_axis 0 0 1", "-detector_roty -2",
@@ -294,17 +294,24 @@ GRAD_EXTRAS = AD_EXTRAS + ["-adxv", "-denzo", "-spindle_axis 0 0 1", "-detector_
 
 
 #: the sensor and the -oversample_* switches (the corrected sum), drawn by the
-#: gradients target from a stream of their own (_sensor_features), so that a
-#: seed's other draws stay those it had before they were differentiable
+#: gradients target from a stream of their own (_sensor_case)
 SENSOR_EXTRAS = ["-detector_thick 100 -detector_abs 300 -detector_thicksteps 3",
                  "-oversample_thick", "-oversample_polar", "-oversample_omega"]
+#: the sensor's keywords (um), differentiated only where the sensor is drawn
+SENSOR_VALUES = dict(detector_thick=[(50, 200)], detector_abs=[(100, 500)])
 
 
-def _sensor_features(srng: random.Random):
-    """One time in three, 1 or 2 of SENSOR_EXTRAS (flags), else none."""
+def _sensor_case(srng: random.Random):
+    """(flags, {keyword: values}): one time in three 1 or 2 of SENSOR_EXTRAS,
+    and with the sensor, one time in two one of SENSOR_VALUES' keywords."""
     if srng.random() >= 1.0 / 3.0:
-        return []
-    return [x for e in srng.sample(SENSOR_EXTRAS, srng.randint(1, 2)) for x in e.split()]
+        return [], {}
+    feats = srng.sample(SENSOR_EXTRAS, srng.randint(1, 2))
+    vals = {}
+    if SENSOR_EXTRAS[0] in feats and srng.random() < 0.5:
+        k = srng.choice(sorted(SENSOR_VALUES))
+        vals[k] = [srng.uniform(a, b) for a, b in SENSOR_VALUES[k]]
+    return [x for e in feats for x in e.split()], vals
 
 
 def _grad_case(rng: random.Random, specs=(), extras=GRAD_EXTRAS, most=5):
@@ -447,7 +454,10 @@ def fuzz_gradients(seed: int, runs: int, out=sys.stdout) -> dict:
     counts = {"agree": 0, "refused": 0, "heavy": 0, "flat": 0, "kink": 0, "fail": 0}
     for _ in range(runs):
         argv, vals, names = _grad_case(rng, specs)
-        argv += _sensor_features(srng)
+        flags, svals = _sensor_case(srng)
+        argv += flags
+        vals.update(svals)
+        names = list(names) + list(svals)
 
         res, why = _call(lambda: heavy(argv, vals) or grad_check(argv, vals, names, rng))
         if why in ("refused", "heavy"):

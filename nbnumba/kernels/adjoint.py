@@ -60,14 +60,15 @@ from . import cpu as K
 # FDET, SDET: the detector's fast and slow unit vectors (a sub-pixel's
 # position is pix0 + Fdet fdet + Sdet sdet + Odet odet, Fdet and Sdet in m,
 # Odet the depth of its sensor layer); ODET: the detector normal (the layers'
-# direction and the capture fraction's parallax), after the per-cell entries.
+# direction and the capture fraction's parallax), after the per-cell entries;
+# TSTEP, MU: the sensor's layer thickness (m) and attenuation coefficient (1/m).
 # theta[:N_HOST] and ODET are what the host derives from the cell and the detector.
 P_A, P_B, P_C, P_PIX0, P_CLOSE = 0, 3, 6, 9, 12
 P_ASTAR, P_BSTAR, P_CSTAR, P_FDET, P_SDET, N_HOST = 13, 16, 19, 22, 25, 28
 P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN, P_MOS = 28, 29, 30, 31, 32, 33, 34
 P_BEAM, P_DIV, P_DISP, P_SPIN = 35, 38, 40, 41
-P_ODET = 44
-N_PAR = 47
+P_ODET, P_TSTEP, P_MU = 44, 47, 48
+N_PAR = 49
 #: the entries the CUDA adjoint's per-pixel rows carry (nanobragg.cu's N_PAR):
 #: every one before the spindle's; it leaves the rotation entries to the host
 #: (P_MOS is 0 there), which contracts them from its per-cell sums
@@ -433,35 +434,42 @@ def _source_term(dinc, q, s, gx, gy, gz, gs, lam_s):
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
-def _add_pos(dsum, c, gp, F, S, O):
+def _add_pos(dsum, c, gp, F, S, t, tstep, odet):
     """dsum += c gp mapped onto theta, gp the derivative of a factor in the
-    position pos = pix0 + F fdet + S sdet + O odet where it was evaluated.
-    Inlined by LLVM."""
+    position pos = pix0 + F fdet + S sdet + t tstep odet where it was
+    evaluated (t: its sensor layer).  Inlined by LLVM."""
     K._inline_into_callers()
+    O = t * tstep
+    go = 0.0
     for i in range(3):
         x = c * gp[i]
         dsum[P_PIX0 + i] += x
         dsum[P_FDET + i] += x * F
         dsum[P_SDET + i] += x * S
         dsum[P_ODET + i] += x * O
+        go += x * odet[i]
+    dsum[P_TSTEP] += t * go
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
-def _add_odet(dsum, c, go):
-    """dsum[P_ODET..] += c go: a factor's direct dependence on the detector
-    normal (the capture fraction's parallax).  Inlined by LLVM."""
+def _add_capture(dsum, c, go, gtau, gmu):
+    """dsum += c times the capture fraction's direct derivatives: in the
+    detector normal (the parallax; go), the layer thickness and the
+    attenuation coefficient.  Inlined by LLVM."""
     K._inline_into_callers()
     for i in range(3):
         dsum[P_ODET + i] += c * go[i]
+    dsum[P_TSTEP] += c * gtau
+    dsum[P_MU] += c * gmu
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
-def _weight_polar(dsum, c, dwp, dwpi, dwpk, dinc, ipar, ninc, s, F, S, O):
-    """dsum += c d(polarization weight): in the position (dwp, at F, S, O), the
+def _weight_polar(dsum, c, dwp, dwpi, dwpk, dinc, ipar, ninc, s, F, S, t, tstep, odet):
+    """dsum += c d(polarization weight): in the position (dwp, at F, S, t), the
     Kahn factor (dwpk) and source s's incident vector (dwpi, through the
     per-source blocks).  Inlined by LLVM."""
     K._inline_into_callers()
-    _add_pos(dsum, c, dwp, F, S, O)
+    _add_pos(dsum, c, dwp, F, S, t, tstep, odet)
     dsum[P_KAHN] += c * dwpk
     for q in range(ninc):
         dsum[ipar[q]] += c * _incident_term(dinc, q, s, dwpi[0], dwpi[1], dwpi[2])
@@ -577,23 +585,27 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     omega = 1.0 if os_omega else 0.0
     dOm = (0.0, 0.0, 0.0)
     dOmc = 0.0
-    # the (Fdet, Sdet, Odet) of the sub-pixel where omega and polar were evaluated
+    # the (Fdet, Sdet, layer) of the sub-pixel where omega and polar were evaluated
     # (their position derivatives reach fdet, sdet and odet through it)
-    F_om = S_om = O_om = F_po = S_po = O_po = 0.0
+    F_om = S_om = F_po = S_po = 0.0
+    t_om = t_po = 0.0
     src_po = 0      # ... and the source (its incident vector's derivatives reach it)
     dPi = (0.0, 0.0, 0.0)   # d polar / d that source's incident vector
     dPk = 0.0       # d polar / d kahn
     zero3 = (0.0, 0.0, 0.0)
     capture = 1.0
     dcap = dcapo = zero3    # d capture / d pos, / d odet (direct) where last computed
+    dcapt = dcapm = 0.0     # ... and / d thickstep, / d mu (direct)
     F_c = S_c = 0.0
     for t in range(nthick):
-        Odet = t * thickstep
+        tf = t * 1.0
+        Odet = tf * thickstep
         # the forward's capture: 1 without a sensor, else computed at the
         # layer's first sub-pixel (while 0), or at every one (-oversample_thick)
         capture = 1.0 if thick == 0.0 else 0.0
         capL = 0.0          # the layer's capture (its first sub-pixel's)
         dcapL = dcapLo = zero3
+        dcapLt = dcapLm = 0.0
         F_L = S_L = 0.0
         LX = 0.0            # the layer's sum of wo Xs (capL's derivative)
         layer_bg = 0.0
@@ -607,7 +619,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                 d, R = unitize(pos)
                 if omega == 0.0:
                     omega = solid_angle(pixel, R, close, point)
-                    F_om, S_om, O_om = Fdet, Sdet, Odet
+                    F_om, S_om, t_om = Fdet, Sdet, tf
                     if geo:
                         dOm, dOmc = solid_angle_grad_at(pixel, d, R, omega, point)
                 wo = 1.0            # this sub-pixel's solid angle (-oversample_omega)
@@ -619,15 +631,16 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                         dwo, dwoc = solid_angle_grad_at(pixel, d, R, wo, point)
                 if capture == 0.0 or os_thick:
                     if geo:
-                        capture, dcap, dcapo = capture_fraction_grad(t * 1.0, thickstep, mu, d,
-                                                                     R, odet)
+                        capture, dcap, dcapo, dcapt, dcapm = capture_fraction_grad(
+                            tf, thickstep, mu, d, R, odet)
                     else:
-                        capture = capture_fraction(t * 1.0, thickstep, mu,
+                        capture = capture_fraction(tf, thickstep, mu,
                                                    d[0] * odet[0] + d[1] * odet[1]
                                                    + d[2] * odet[2])
                     F_c, S_c = Fdet, Sdet
                 if subS == 0 and subF == 0:
                     capL, dcapL, dcapLo, F_L, S_L = capture, dcap, dcapo, Fdet, Sdet
+                    dcapLt, dcapLm = dcapt, dcapm
                 # this sub-pixel's capture weight (the pixel's capture is a
                 # factor at the end when the sum is not corrected)
                 wc = capture if os_thick else (capL if corrected else 1.0)
@@ -665,7 +678,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                             # -dmin cuts the Bragg term only: water still fills it
                             Xs += wp * bg_src
                             _weight_polar(dsum, wc * wo * bg_src, dwp, dwpi, dwpk, dinc,
-                                          ipar, ninc, source, Fdet, Sdet, Odet)
+                                          ipar, ninc, source, Fdet, Sdet, tf, thickstep, odet)
                         continue     # a step in the image: no derivative
                     ran = True
                     if not have_polar:
@@ -674,7 +687,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                         else:
                             polar, _ = polarization_factor(kahn, inc, pos, polar_axis)
                         have_polar = True
-                        F_po, S_po, O_po = Fdet, Sdet, Odet
+                        F_po, S_po, t_po = Fdet, Sdet, tf
                         src_po = source
                         if geo and ninc > 0:
                             dPi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis)
@@ -827,7 +840,7 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                         if os_polar:
                             Xs += wp * bg_src
                             _weight_polar(dsum, wc * wo * (sT + bg_src), dwp, dwpi, dwpk, dinc,
-                                          ipar, ninc, source, Fdet, Sdet, Odet)
+                                          ipar, ninc, source, Fdet, Sdet, tf, thickstep, odet)
                     if deriv:
                         dsum[P_NA] += gNa
                         dsum[P_NB] += gNb
@@ -837,12 +850,16 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                         r = 1.0 / (R * lam_s)
                         # pos = pix0 + Fdet fdet + Sdet sdet + Odet odet: d/dfdet = Fdet d/dpos
                         gv = (gx, gy, gz)
+                        gpo = 0.0
                         for i in range(3):
                             gp = (gv[i] - gd * d[i]) * r
                             dsum[P_PIX0 + i] += gp
                             dsum[P_FDET + i] += gp * Fdet
                             dsum[P_SDET + i] += gp * Sdet
                             dsum[P_ODET + i] += gp * Odet
+                            gpo += gp * odet[i]
+                        # the layer's depth t thickstep along odet
+                        dsum[P_TSTEP] += tf * gpo
                         dsum[P_LAM] += gs
                         # the source's incident vector and wavelength
                         for q in range(ninc):
@@ -852,19 +869,19 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                         Xs += bg_sub
                     if os_omega and geo:
                         # the sub-pixel's solid angle weighs its sub-paths and background
-                        _add_pos(dsum, wc * Xs, dwo, Fdet, Sdet, Odet)
+                        _add_pos(dsum, wc * Xs, dwo, Fdet, Sdet, tf, thickstep, odet)
                         dsum[P_CLOSE] += wc * Xs * dwoc
                     if os_thick:
                         if geo:
-                            _add_pos(dsum, wo * Xs, dcap, Fdet, Sdet, Odet)
-                            _add_odet(dsum, wo * Xs, dcapo)
+                            _add_pos(dsum, wo * Xs, dcap, Fdet, Sdet, tf, thickstep, odet)
+                            _add_capture(dsum, wo * Xs, dcapo, dcapt, dcapm)
                     else:
                         LX += wo * Xs
         if corrected:
             if geo and not os_thick:
                 # the layer's capture (its first sub-pixel's) weighs all of it
-                _add_pos(dsum, LX, dcapL, F_L, S_L, Odet)
-                _add_odet(dsum, LX, dcapLo)
+                _add_pos(dsum, LX, dcapL, F_L, S_L, tf, thickstep, odet)
+                _add_capture(dsum, LX, dcapLo, dcapLt, dcapLm)
             bg_w = layer_bg / (os * os * (nsrc if os_polar else 1))
             capsum += bg_w if os_thick else bg_w * capL
     if corrected:
@@ -883,12 +900,12 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     for p in range(N_PAR):
         dsum[p] = gC * po * dsum[p]
     gT = gC * total
-    _add_pos(dsum, gT * omega * capf, dP, F_po, S_po, O_po)
-    _add_pos(dsum, gT * polar * capf, dOm, F_om, S_om, O_om)
+    _add_pos(dsum, gT * omega * capf, dP, F_po, S_po, t_po, thickstep, odet)
+    _add_pos(dsum, gT * polar * capf, dOm, F_om, S_om, t_om, thickstep, odet)
     if not corrected and geo:
         # one layer: the capture at the sub-pixel where the forward took it
-        _add_pos(dsum, gT * polar * omega, dcap, F_c, S_c, 0.0)
-        _add_odet(dsum, gT * polar * omega, dcapo)
+        _add_pos(dsum, gT * polar * omega, dcap, F_c, S_c, 0.0, thickstep, odet)
+        _add_capture(dsum, gT * polar * omega, dcapo, dcapt, dcapm)
     dsum[P_CLOSE] += gT * polar * capf * dOmc
     dsum[P_KAHN] += gT * omega * capf * dPk
     for q in range(ninc):
