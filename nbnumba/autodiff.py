@@ -616,8 +616,9 @@ class _Run:
             dcells, dpar = self.rotation_cells()
             dinc, ipar = self.incident_blocks()
             with _kernel_threads(self.small):
-                A.forward_jac(active, box, rowstart, *self.args, self.want, self._rot(),
-                              dcells, dpar, dinc, ipar, self.jac_cols, jac, out)
+                A.kernels_for(*self.args[:2])[0](
+                    active, box, rowstart, *self.args, self.want, self._rot(), dcells, dpar,
+                    dinc, ipar, self.jac_cols, jac, out)
             self.pixel_jac = (rowstart, jac)
         else:
             with _kernel_threads(self.small):    # a prange kernel (see api.PARALLEL_KERNEL_LOCK)
@@ -684,8 +685,9 @@ class _Run:
         cacc = np.zeros((nchunk, 9, ncell))
         val = np.zeros((S, F))
         with _kernel_threads(self.small):
-            A.backward(self.model.active, self.box, g, *self.args, want, nchunk, gpar, gF,
-                       cacc, val, *self.incident_blocks())
+            A.kernels_for(*self.args[:2])[1](
+                self.model.active, self.box, g, *self.args, want, nchunk, gpar, gF, cacc, val,
+                *self.incident_blocks())
         if G is None:
             G = gpar.sum(axis=0)
             self._from_cell_sums(G, cacc.sum(axis=0))

@@ -439,16 +439,20 @@ def _add_pos(dsum, c, gp, F, S, t, tstep, odet):
     position pos = pix0 + F fdet + S sdet + t tstep odet where it was
     evaluated (t: its sensor layer).  Inlined by LLVM."""
     K._inline_into_callers()
-    O = t * tstep
-    go = 0.0
     for i in range(3):
         x = c * gp[i]
         dsum[P_PIX0 + i] += x
         dsum[P_FDET + i] += x * F
         dsum[P_SDET + i] += x * S
-        dsum[P_ODET + i] += x * O
-        go += x * odet[i]
-    dsum[P_TSTEP] += t * go
+    if t > 0.0:
+        # below the first layer: the depth t tstep along odet
+        O = t * tstep
+        go = 0.0
+        for i in range(3):
+            x = c * gp[i]
+            dsum[P_ODET + i] += x * O
+            go += x * odet[i]
+        dsum[P_TSTEP] += t * go
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
@@ -494,8 +498,7 @@ def _near_table(fopt):
 # counting and no allocation (_nrt=False): the callers pass whole arrays plus
 # indices, never slices, so a call touches no shared reference count (as the
 # forward's pixel_value; docs/performance.md).
-@njit(cache=True, _nrt=False, error_model="numpy", fastmath={"reassoc", "contract"})
-def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells, Fhkl,
+def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells, Fhkl,
                want, gF, ch, cacc, rot, dcells, dpar, dinc, ipar, cnear, work, dsum):
     """Overwrite dsum (N_PAR,) with g * dI/dtheta of pixel (spixel, fpixel)
     and, with want & W_F, add g * dI/dFhkl to gF[ch] (gF: (chunks,) +
@@ -562,12 +565,21 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     # the "corrected" sum weighs each sub-path by the factors it oversamples
     # (its own capture fraction, polarization, solid angle) and each layer by
     # its capture fraction; the other factors apply once per pixel at the end
-    nthick = iopt[K.I_THICKSTEPS]
-    os_thick = iopt[K.I_OS_THICK] != 0
-    os_polar = iopt[K.I_OS_POLAR] != 0
-    os_omega = iopt[K.I_OS_OMEGA] != 0
+    # (constants in pixel_grad, the copy for runs without them: LLVM drops
+    # the code that serves them, which cost 7-9% of the Jacobian forward on
+    # issue 13's command; _pixel_grad_sensor reads them)
+    if SENSOR != 0:
+        nthick = iopt[K.I_THICKSTEPS]
+        os_thick = iopt[K.I_OS_THICK] != 0
+        os_polar = iopt[K.I_OS_POLAR] != 0
+        os_omega = iopt[K.I_OS_OMEGA] != 0
+        thick = fopt[K.F_THICK]
+    else:
+        nthick = 1
+        os_thick = os_polar = os_omega = False
+        thick = 0.0
     corrected = nthick > 1 or os_thick or os_polar or os_omega
-    thickstep, mu, thick = fopt[K.F_THICKSTEP], fopt[K.F_MU], fopt[K.F_THICK]
+    thickstep, mu = fopt[K.F_THICKSTEP], fopt[K.F_MU]
     odet = _v(vecs, K.V_ODET)
     want_pol = (want & W_POL) != 0
     wgrad = geo or want_pol     # the weights' derivatives are needed
@@ -715,12 +727,13 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                         _jac_terms(S, pcells, work, Na, Nb, Nc, cna, cnb, cnc, Fhkl, hkls, hmin,
                                    hmax, kmin, kmax, lmin, lmax, default_F)
                         sT, gx, gy, gz, gNa, gNb, gNc = _jac_sums(pcells, work, ncell)
-                        gx *= w
-                        gy *= w
-                        gz *= w
-                        gNa *= w
-                        gNb *= w
-                        gNc *= w
+                        if corrected:
+                            gx *= w
+                            gy *= w
+                            gz *= w
+                            gNa *= w
+                            gNb *= w
+                            gNc *= w
                         if use_mos:
                             for m in range(nrot):
                                 dsum[dpar[m]] += w * _jac_mosaic(S, dcells, 9 * m, work, ncell)
@@ -850,16 +863,19 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
                         r = 1.0 / (R * lam_s)
                         # pos = pix0 + Fdet fdet + Sdet sdet + Odet odet: d/dfdet = Fdet d/dpos
                         gv = (gx, gy, gz)
-                        gpo = 0.0
                         for i in range(3):
                             gp = (gv[i] - gd * d[i]) * r
                             dsum[P_PIX0 + i] += gp
                             dsum[P_FDET + i] += gp * Fdet
                             dsum[P_SDET + i] += gp * Sdet
-                            dsum[P_ODET + i] += gp * Odet
-                            gpo += gp * odet[i]
-                        # the layer's depth t thickstep along odet
-                        dsum[P_TSTEP] += tf * gpo
+                        if t > 0:
+                            # the layer's depth t thickstep along odet
+                            gpo = 0.0
+                            for i in range(3):
+                                gp = (gv[i] - gd * d[i]) * r
+                                dsum[P_ODET + i] += gp * Odet
+                                gpo += gp * odet[i]
+                            dsum[P_TSTEP] += tf * gpo
                         dsum[P_LAM] += gs
                         # the source's incident vector and wavelength
                         for q in range(ninc):
@@ -900,6 +916,8 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     for p in range(N_PAR):
         dsum[p] = gC * po * dsum[p]
     gT = gC * total
+    if SENSOR == 0:
+        t_po = t_om = 0.0       # (one layer: a constant for LLVM)
     _add_pos(dsum, gT * omega * capf, dP, F_po, S_po, t_po, thickstep, odet)
     _add_pos(dsum, gT * polar * capf, dOm, F_om, S_om, t_om, thickstep, odet)
     if not corrected and geo:
@@ -916,9 +934,31 @@ def pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcells
     return C * po * total
 
 
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def backward(active, box, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchunk,
-             gpar, gF, cacc, val, dinc, ipar):
+#: 0 in pixel_grad (and the kernels that call it), 1 in the copies for runs
+#: with a sensor or an -oversample_* switch (uses_sensor).  An int, not a bool:
+#: numba's constants keyed by value took the 1s of a shape tuple, (1, 1, 1, 1),
+#: for True in the copy (an LLVM type error)
+SENSOR = 0
+#: the pixel function of runs without a sensor or switch (SENSOR False) ...
+pixel_grad = njit(cache=True, _nrt=False, error_model="numpy",
+                  fastmath={"reassoc", "contract"})(K._variant(_pixel_grad, "pixel_grad"))
+#: ... and of runs with them: the same body, compiled when such a run first needs it
+_pixel_grad_sensor = njit(cache=True, _nrt=False, error_model="numpy",
+                          fastmath={"reassoc", "contract"})(
+    K._variant(_pixel_grad, "_pixel_grad_sensor", SENSOR=1))
+
+
+@njit(cache=True, error_model="numpy")
+def uses_sensor(iopt, fopt):
+    """Whether a run needs the sensor copies of the kernels (backward_sensor,
+    forward_jac_sensor): sensor layers, a sensor thickness or an
+    -oversample_thick/_polar/_omega switch."""
+    return (iopt[K.I_THICKSTEPS] > 1 or iopt[K.I_OS_THICK] != 0 or iopt[K.I_OS_POLAR] != 0
+            or iopt[K.I_OS_OMEGA] != 0 or fopt[K.F_THICK] != 0.0)
+
+
+def _backward(active, box, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchunk,
+              gpar, gF, cacc, val, dinc, ipar):
     """Adjoint pass over every active pixel with g != 0.
 
     want: bit mask of W_F, W_N, W_GEO (what to differentiate; the rest of gpar
@@ -928,7 +968,12 @@ def backward(active, box, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want,
     gradient buffer per chunk of the box's rows (box: render64's).  cacc
     (nchunk, 9, ncell): per-chunk per-cell sums (see pixel_grad).  val
     (S, F): the pixel values this pass saw.  dinc, ipar: the per-source
-    entries (see pixel_grad; width 0 for none)."""
+    entries (see pixel_grad; width 0 for none).  ``backward`` serves runs
+    without a sensor or switch (uses_sensor) and refuses the others (a
+    ValueError), which ``backward_sensor`` serves."""
+    if uses_sensor(iopt, fopt) != (SENSOR != 0):
+        raise ValueError("adjoint: a run with a sensor or an -oversample_* switch needs the "
+                         "_sensor kernels, one without them the plain ones (uses_sensor)")
     r0, r1, c0, c1 = box[0], box[1], box[2], box[3]
     per = (r1 - r0 + nchunk - 1) // nchunk
     cnear = _near_table(fopt)
@@ -945,16 +990,15 @@ def backward(active, box, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want,
             for f in range(c0, c1):
                 if active[s, f] == 0 or g[s, f] == 0.0:
                     continue
-                val[s, f] = pixel_grad(row, f, g[s, f], iopt, fopt, vecs, incident, lam, cells,
+                val[s, f] = PIXEL_GRAD(row, f, g[s, f], iopt, fopt, vecs, incident, lam, cells,
                                        pcells, Fhkl, want, gF, c, cacc, no_rot, no_mos, no_dpar,
                                        dinc, ipar, cnear, work, dsum)
                 for p in range(N_PAR):
                     gpar[s, p] += dsum[p]
 
 
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def forward_jac(active, box, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, rot,
-                dcells, dpar, dinc, ipar, cols, jac, out):
+def _forward_jac(active, box, rowstart, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, rot,
+                 dcells, dpar, dinc, ipar, cols, jac, out):
     """Forward pass that also keeps each pixel's Jacobian: out (S, F) the pixel
     values (float64), jac (n_active, len(cols)) the entries cols of dI/dtheta
     (the theta indices that can be nonzero for this run) of every active pixel
@@ -964,7 +1008,11 @@ def forward_jac(active, box, rowstart, iopt, fopt, vecs, incident, lam, cells, F
     with dcells (9 len(dpar), ncell) (else width 0), and the per-source
     entries ipar (P_BEAM..P_DISP) with dinc (4 len(ipar), nsrc).  The backward of any
     parameter but F_hkl is then jac^T g (contract).  want: W_N | W_GEO bits
-    (W_F is ignored: the F grid's gradient needs g).  box: render64's."""
+    (W_F is ignored: the F grid's gradient needs g).  box: render64's.
+    ``forward_jac`` and ``forward_jac_sensor``: as backward's two copies."""
+    if uses_sensor(iopt, fopt) != (SENSOR != 0):
+        raise ValueError("adjoint: a run with a sensor or an -oversample_* switch needs the "
+                         "_sensor kernels, one without them the plain ones (uses_sensor)")
     r0, r1, c0, c1 = box[0], box[1], box[2], box[3]
     no_gF = np.zeros((1, 1, 1, 1))
     no_cacc = np.zeros((1, 9, 1))
@@ -982,12 +1030,29 @@ def forward_jac(active, box, rowstart, iopt, fopt, vecs, incident, lam, cells, F
         for f in range(c0, c1):
             if active[s, f] == 0:
                 continue
-            out[s, f] = pixel_grad(row, f, 1.0, iopt, fopt, vecs, incident, lam, cells, pcells,
+            out[s, f] = PIXEL_GRAD(row, f, 1.0, iopt, fopt, vecs, incident, lam, cells, pcells,
                                    Fhkl, w, no_gF, zero, no_cacc, rot, dcells, dpar, dinc, ipar,
                                    cnear, work, dsum)
             for q in range(ncol):
                 jac[i, q] = dsum[cols[q]]
             i += 1
+
+
+PIXEL_GRAD = pixel_grad
+_PAR = dict(parallel=True, cache=True, fastmath=False, error_model="numpy")
+backward = njit(**_PAR)(K._variant(_backward, "backward"))
+backward_sensor = njit(**_PAR)(K._variant(_backward, "backward_sensor", SENSOR=1,
+                                          PIXEL_GRAD=_pixel_grad_sensor))
+forward_jac = njit(**_PAR)(K._variant(_forward_jac, "forward_jac"))
+forward_jac_sensor = njit(**_PAR)(K._variant(_forward_jac, "forward_jac_sensor", SENSOR=1,
+                                             PIXEL_GRAD=_pixel_grad_sensor))
+
+
+def kernels_for(iopt, fopt):
+    """(forward_jac, backward) of a run: the sensor copies where uses_sensor."""
+    if uses_sensor(iopt, fopt):
+        return forward_jac_sensor, backward_sensor
+    return forward_jac, backward
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
