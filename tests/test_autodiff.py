@@ -1009,6 +1009,28 @@ def test_sensor_keywords_render_as_the_flags_and_refusals():
         simulate(BASE + ["-device", "cuda"], detector_thick=torch.tensor([100.0]))
 
 
+def test_sensor_runs_take_the_sensor_copies_of_the_kernels():
+    """adjoint.kernels_for gives a sensor or switch run the _sensor copies and
+    a plain run the plain ones; each copy refuses the other's runs (the plain
+    copy has the sensor code folded away: it would ignore the sensor)."""
+    from nbnumba import autodiff as AD
+    from nbnumba.kernels import adjoint as A
+    vals = {"distance": np.array([100.0])}
+    for extra, sensor in (("", False), ("-detector_thick 100", True),
+                          ("-oversample_omega", True), ("-detector_abs 200", False)):
+        run = AD._Run(BASE + extra.split(), vals, ("distance",), None, keep_jac=False)
+        assert A.uses_sensor(*run.args[:2]) == sensor, extra
+        fj, bw = A.kernels_for(*run.args[:2])
+        assert (fj, bw) == ((A.forward_jac_sensor, A.backward_sensor) if sensor
+                            else (A.forward_jac, A.backward)), extra
+        S, F = run.model.shape
+        wrong = A.backward if sensor else A.backward_sensor
+        with pytest.raises(ValueError, match="_sensor kernels"):
+            wrong(run.model.active, run.box, np.ones((S, F)), *run.args, run.want, 1,
+                  np.zeros((S, A.N_PAR)), np.zeros((1, 1, 1, 1)), np.zeros((1, 9, 1)),
+                  np.zeros((S, F)), *run.incident_blocks())
+
+
 def test_capture_fraction_grad_matches_finite_differences():
     """physics.capture_fraction_grad against Richardson differences of
     capture_fraction in the position, (at a fixed position) the normal, the

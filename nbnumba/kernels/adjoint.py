@@ -948,7 +948,7 @@ _pixel_grad_sensor = njit(cache=True, _nrt=False, error_model="numpy",
     K._variant(_pixel_grad, "_pixel_grad_sensor", SENSOR=1))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, fastmath=False, error_model="numpy")
 def uses_sensor(iopt, fopt):
     """Whether a run needs the sensor copies of the kernels (backward_sensor,
     forward_jac_sensor): sensor layers, a sensor thickness or an
