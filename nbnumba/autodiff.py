@@ -311,9 +311,10 @@ def _check_supported(cfg, given, needs_grad):
 
 def _check_sensor(cfg, vals, needs_grad, steps=None):
     """Refuse a sensor keyword value the run cannot use or differentiate and,
-    given the run's resolved sampling ``steps`` (cfg: with the keywords'
-    values), a sensor keyword that requires grad without a sensor, or a
-    sensor that a keyword adds under -device cuda."""
+    given the run's resolved sampling ``steps``, a sensor keyword that
+    requires grad without a sensor.  (A sensor under -device cuda, from the
+    flags or a keyword, is refused where the run's kernel arguments are
+    built: _Run.)"""
     if "detector_thick" in vals:
         x = float(vals["detector_thick"][0])
         if x < 0.0:
@@ -328,9 +329,6 @@ def _check_sensor(cfg, vals, needs_grad, steps=None):
             raise ConfigError("detector_abs= must be an attenuation length > 0 um (got %r); "
                               "give -detector_abs inf in argv to turn absorption off" % x)
     if steps is not None and any(k in vals for k in _SENSOR):
-        if cfg.device == "cuda" and steps.detector_thick > 0.0:
-            raise ConfigError("nbnumba.autodiff -device cuda: -detector_thick (capture "
-                              "fraction) not supported (use -device cpu); see docs/autodiff.md")
         if any(k in needs_grad for k in _SENSOR) and not steps.detector_thick > 0.0:
             raise ConfigError("%s= needs a sensor to be differentiated: give -detector_thick "
                               "(or detector_thick=) > 0" % next(k for k in _SENSOR
@@ -474,6 +472,12 @@ class _Run:
         self.device = cfg.device or "cpu"
         self._gpu_args = None
         if self.device == "cuda":
+            if A.uses_sensor(*self.args[:2]):
+                # as resolved (a layer count or a step the flags turned into a
+                # sensor, a keyword's thickness): adjoint_f64 models no sensor
+                raise ConfigError("nbnumba.autodiff -device cuda: a sensor (-detector_thick, "
+                                  "layers) or an -oversample_* switch is not supported (use "
+                                  "-device cpu); see docs/autodiff.md")
             from .kernels import gpu
             gpu.require_device()
             self._gpu_args = gpu.layout_args(self.args, np.float64)

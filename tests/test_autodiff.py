@@ -1005,7 +1005,7 @@ def test_sensor_keywords_render_as_the_flags_and_refusals():
     with pytest.raises(ConfigError, match="detector_abs= needs a sensor"):
         simulate(BASE, detector_abs=torch.tensor([100.0], **t))
     # the GPU adjoint models no sensor: a keyword adding one is refused too
-    with pytest.raises(ConfigError, match="-device cuda: -detector_thick"):
+    with pytest.raises(ConfigError, match="-device cuda: a sensor"):
         simulate(BASE + ["-device", "cuda"], detector_thick=torch.tensor([100.0]))
 
 
