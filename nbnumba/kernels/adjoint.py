@@ -1038,6 +1038,8 @@ def _forward_jac(active, box, rowstart, iopt, fopt, vecs, incident, lam, cells, 
             i += 1
 
 
+#: the pixel function the plain kernels call (their _sensor copies call
+#: _pixel_grad_sensor): each pair is one body compiled twice (cpu._variant)
 PIXEL_GRAD = pixel_grad
 _PAR = dict(parallel=True, cache=True, fastmath=False, error_model="numpy")
 backward = njit(**_PAR)(K._variant(_backward, "backward"))
