@@ -278,19 +278,11 @@ def _check_supported(cfg, given, needs_grad):
             # replaces the flag's value only, so the run is the one the flags describe
             raise ConfigError("%s= replaces the value of -%s (read in the CUSTOM convention, "
                               "which the flag selects): give it in argv" % (name, name))
-    bad = ["-curved_det"] if cfg.curved_detector else []
-    if cfg.detector_thick > 0.0:
-        bad.append("-detector_thick (capture fraction)")
-    for flag, on in (("-oversample_thick", cfg.oversample_thick),
-                     ("-oversample_polar", cfg.oversample_polar),
-                     ("-oversample_omega", cfg.oversample_omega)):
-        if on:
-            bad.append(flag)
-    if bad and cfg.device == "cuda":
-        # the CUDA forward is the adjoint kernel itself, which models none of
-        # these (the numba adjoint models all but -curved_det)
-        raise ConfigError("nbnumba.autodiff -device cuda: %s not supported (use -device cpu); "
-                          "see docs/autodiff.md" % ", ".join(bad))
+    if cfg.curved_detector and cfg.device == "cuda":
+        # the CUDA forward is the adjoint kernel itself, which does not model it
+        # (nor a sensor or a switch: refused in _Run, as the run resolves them)
+        raise ConfigError("nbnumba.autodiff -device cuda: -curved_det not supported (use "
+                          "-device cpu); see docs/autodiff.md")
     if not needs_grad:
         return
     if cfg.curved_detector:
@@ -473,8 +465,8 @@ class _Run:
         self._gpu_args = None
         if self.device == "cuda":
             if A.uses_sensor(*self.args[:2]):
-                # as resolved (a layer count or a step the flags turned into a
-                # sensor, a keyword's thickness): adjoint_f64 models no sensor
+                # as the run resolves it (the flags or a keyword's thickness):
+                # adjoint_f64 models no sensor and no -oversample_* switch
                 raise ConfigError("nbnumba.autodiff -device cuda: a sensor (-detector_thick, "
                                   "layers) or an -oversample_* switch is not supported (use "
                                   "-device cpu); see docs/autodiff.md")
@@ -834,6 +826,22 @@ class _Run:
             self._source_blocks[name] = np.ascontiguousarray(blk)
         return self._source_blocks[name]
 
+    def sensor_column(self, name):
+        """d(layer thickness (m), mu (1/m)) / d keyword ``name`` (um): Richardson
+        differences, at 1e-3 of the value, of sampling.resolve_steps, the rule
+        the run's sensor comes from (thickness / layer count; mu = 1/thickness
+        without -detector_abs), with the run's layer count held."""
+        from .sampling import resolve_steps
+        count = self.model.steps.detector_thicksteps
+        x = float(self.vals[name][0])
+
+        def at(t):
+            cfg = _override(self.cfg, {name: np.array([x + t])})
+            cfg.detector_thicksteps = count
+            st = resolve_steps(cfg)
+            return np.array([st.detector_thickstep, st.detector_mu])
+        return _richardson(at, 1e-3 * x)
+
     def incident_blocks(self, dense=False):
         """(dinc (4 Q, nsrc), ipar (Q,)): the per-source blocks that the
         kernels contract per sub-path for the keywords in needs_grad
@@ -901,16 +909,7 @@ class _Run:
             # the per-source entry (source_blocks are per unit of the keyword)
             M[_TURNS_SOURCES[name][0], 0] = 1.0
         elif name in _SENSOR:
-            st = self.model.steps
-            if name == "detector_thick":
-                # the run's layer count is kept: thickstep = thickness / count;
-                # without -detector_abs, mu = 1/thickness (sampling.resolve_steps)
-                M[A.P_TSTEP, 0] = 1e-6 / st.detector_thicksteps
-                if self.cfg.detector_mu < 0.0:
-                    M[A.P_MU, 0] = -1e-6 / st.detector_thick ** 2
-            else:
-                # mu = 1/length, the length in um
-                M[A.P_MU, 0] = -1e6 / float(self.vals[name][0]) ** 2
+            M[[A.P_TSTEP, A.P_MU], 0] = self.sensor_column(name)
         else:
             M[_HOST_ROWS] = self.host_jacobian(name)
             if name == "wavelength":

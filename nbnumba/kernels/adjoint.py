@@ -862,20 +862,9 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                         gd = gx * d[0] + gy * d[1] + gz * d[2]
                         r = 1.0 / (R * lam_s)
                         # pos = pix0 + Fdet fdet + Sdet sdet + Odet odet: d/dfdet = Fdet d/dpos
-                        gv = (gx, gy, gz)
-                        for i in range(3):
-                            gp = (gv[i] - gd * d[i]) * r
-                            dsum[P_PIX0 + i] += gp
-                            dsum[P_FDET + i] += gp * Fdet
-                            dsum[P_SDET + i] += gp * Sdet
-                        if t > 0:
-                            # the layer's depth t thickstep along odet
-                            gpo = 0.0
-                            for i in range(3):
-                                gp = (gv[i] - gd * d[i]) * r
-                                dsum[P_ODET + i] += gp * Odet
-                                gpo += gp * odet[i]
-                            dsum[P_TSTEP] += tf * gpo
+                        _add_pos(dsum, 1.0, ((gx - gd * d[0]) * r, (gy - gd * d[1]) * r,
+                                             (gz - gd * d[2]) * r), Fdet, Sdet, tf, thickstep,
+                                 odet)
                         dsum[P_LAM] += gs
                         # the source's incident vector and wavelength
                         for q in range(ninc):
