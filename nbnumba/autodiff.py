@@ -280,7 +280,6 @@ def _check_supported(cfg, given, needs_grad):
                               "which the flag selects): give it in argv" % (name, name))
     if cfg.curved_detector and cfg.device == "cuda":
         # the CUDA forward is the adjoint kernel itself, which does not model it
-        # (nor a sensor or a switch: refused in _Run, as the run resolves them)
         raise ConfigError("nbnumba.autodiff -device cuda: -curved_det not supported (use "
                           "-device cpu); see docs/autodiff.md")
     if not needs_grad:
@@ -304,9 +303,7 @@ def _check_supported(cfg, given, needs_grad):
 def _check_sensor(cfg, vals, needs_grad, steps=None):
     """Refuse a sensor keyword value the run cannot use or differentiate and,
     given the run's resolved sampling ``steps``, a sensor keyword that
-    requires grad without a sensor.  (A sensor under -device cuda, from the
-    flags or a keyword, is refused where the run's kernel arguments are
-    built: _Run.)"""
+    requires grad without a sensor."""
     if "detector_thick" in vals:
         x = float(vals["detector_thick"][0])
         if x < 0.0:
@@ -464,12 +461,6 @@ class _Run:
         self.device = cfg.device or "cpu"
         self._gpu_args = None
         if self.device == "cuda":
-            if A.uses_sensor(*self.args[:2]):
-                # as the run resolves it (the flags or a keyword's thickness):
-                # adjoint_f64 models no sensor and no -oversample_* switch
-                raise ConfigError("nbnumba.autodiff -device cuda: a sensor (-detector_thick, "
-                                  "layers) or an -oversample_* switch is not supported (use "
-                                  "-device cpu); see docs/autodiff.md")
             from .kernels import gpu
             gpu.require_device()
             self._gpu_args = gpu.layout_args(self.args, np.float64)
@@ -651,7 +642,7 @@ class _Run:
             from .interop import to_numpy
             _, gpar, cacc, gF = self._gpu(g, want_F)
             G = np.zeros(A.N_PAR)
-            # the device's rows end before the spindle's entries (N_PAR_DEVICE)
+            # the device's rows (N_PAR_DEVICE) leave the per-cell rotation entries 0
             G[:A.N_PAR_DEVICE] = np.asarray(to_numpy(gpar), dtype=np.float64)
             ncell = self.rots.shape[0]
             self._from_cell_sums(G, np.asarray(to_numpy(cacc), dtype=np.float64)

@@ -67,7 +67,8 @@ CASES = {
     "tophat_phi": ("-default_F 100 -N 8 -tophat_spots -phi 0 -osc 1 -phisteps 2", {}),
     "hkl_nearest": ("-hkl gen.hkl -nointerpolate -N 6 -phi 0 -osc 1 -phisteps 2", {}),
     "hkl_interpolate": ("-hkl gen.hkl -interpolate -N 3 -mosaic 0.3 -mosaic_dom 2", {}),
-    "dmin": ("-default_F 100 -N 5 -dmin 9 -phi 0 -osc 1 -phisteps 2", {}),
+    # (60 A: BASE's corner pixels, at 48 A, are cut whole, others in part)
+    "dmin": ("-default_F 100 -N 5 -dmin 60 -phi 0 -osc 1 -phisteps 2", {}),
     "nopolar_point_pixel": ("-default_F 100 -N 5 -nopolar -point_pixel -water 50", {}),
     "roi": ("-default_F 100 -N 5 -roi 2 9 3 10 -detpixels 16", {}),
     # the beam direction's per-source blocks: divergence and dispersion about a
@@ -81,6 +82,28 @@ CASES = {
     "sweeps": ("-default_F 100 -N 5 -polar 0.6 -hdivrange 0.3 -vdivrange 0.2 -hdivsteps 3 "
                "-vdivsteps 2 -dispersion 1 -dispsteps 3",
                {"hdivrange": np.array([0.3]), "dispersion": np.array([1.0])}),
+    # sensor layers (the corrected sum: each layer weighed by its first
+    # sub-pixel's capture) with water, sub-pixels, mosaic and a tilted detector
+    "sensor_layers": ("-default_F 100 -N 5 -detector_thick 300 -detector_thicksteps 3 "
+                      "-detector_abs 200 -oversample 2 -water 40 -mosaic 0.4 -mosaic_dom 2 "
+                      "-detector_rotx 4 -detector_roty -3 -twotheta 5", {}),
+    # one layer: the capture is a per-pixel factor, as polarization and solid angle
+    # (the flags' default for a sensor is 2 layers)
+    "sensor_one_layer": ("-default_F 100 -N 5 -detector_thick 100 -detector_thicksteps 1 "
+                         "-detector_abs 150 -water 20", {}),
+    # every switch: each sub-path weighed by its own capture, polarization
+    # (its source's incident vector: the horizontal range's block) and solid angle
+    "switches": ("-default_F 100 -N 5 -detector_thick 200 -detector_thicksteps 2 -oversample 2 "
+                 "-oversample_thick -oversample_polar -oversample_omega -water 30 -polar 0.6 "
+                 "-hdivrange 0.3 -hdivsteps 2", {"hdivrange": np.array([0.3])}),
+    # -oversample_polar with -dmin cutting sub-paths (and whole pixels: 0), the
+    # water still filling the cut ones; interpolated structure factors
+    "polar_dmin": ("-hkl gen.hkl -interpolate -N 3 -oversample 2 -oversample_polar -dmin 60 "
+                   "-water 50 -detector_thick 100 -detector_thicksteps 2 -phi 0 -osc 1 "
+                   "-phisteps 2", {}),
+    # a switch without a sensor: the solid angle per sub-pixel
+    "omega_only": ("-default_F 100 -N 5 -oversample 3 -oversample_omega -water 20 "
+                   "-point_pixel", {}),
 }
 
 
@@ -106,7 +129,8 @@ def _run(name, workdir, monkeypatch):
 
 
 def _numba(run, g, want_F):
-    """adjoint.backward's outputs: (values, gpar rows (S, N_PAR_DEVICE), cacc (9, ncell), gF)."""
+    """adjoint.backward's (or backward_sensor's) outputs: (values, gpar rows (S, N_PAR_DEVICE),
+    cacc (9, ncell), gF)."""
     # no forward first, on purpose: every jitted helper states its fast-math
     # flags, so compiling them under pixel_grad's reassoc/contract first must not
     # move later numba images off the host build's bits (test_gpu_source; see
@@ -120,11 +144,11 @@ def _numba(run, g, want_F):
     want = A.W_N | A.W_GEO | A.W_POL | (A.W_F if want_F else 0)
     cacc = np.zeros((nchunk, 9, ncell))
     val = np.zeros((S, F))
-    A.backward(run.model.active, run.box, g, *run.args, want, nchunk,
-               gpar, gF, cacc, val, *run.incident_blocks())
-    # the spindle's entries follow the device's rows: the adjoint pass leaves
-    # them 0 (the host contracts them from cacc)
-    assert not gpar[:, A.N_PAR_DEVICE:].any()
+    A.kernels_for(*run.args[:2])[1](run.model.active, run.box, g, *run.args, want, nchunk,
+                                    gpar, gF, cacc, val, *run.incident_blocks())
+    # the per-cell rotation entries: the adjoint pass leaves them 0 (the host
+    # contracts them from cacc), on both sides
+    assert not gpar[:, [A.P_MOS, A.P_SPIN, A.P_SPIN + 1, A.P_SPIN + 2]].any()
     return (val, gpar[:, :A.N_PAR_DEVICE], cacc.sum(axis=0),
             (gF.sum(axis=0) if want_F else None))
 
@@ -169,12 +193,13 @@ def test_adjoint_launch_args_match_signature(tmp_path, monkeypatch):
 
 def test_theta_layout_matches_kernel(host):
     # HostKernel reads N_PAR and P_LAM back from the library (nb_host_layout)
-    assert gpu.ADJOINT_N_PAR == A.N_PAR_DEVICE == A.P_SPIN == A.P_BEAM + gpu.ADJOINT_MAX_INC
+    assert gpu.ADJOINT_N_PAR == A.N_PAR_DEVICE == A.N_PAR
+    assert A.P_SPIN == A.P_BEAM + gpu.ADJOINT_MAX_INC
     src = gpu.source_text()
     assert "#define NB_MAX_INC %d\n" % gpu.ADJOINT_MAX_INC in src
     for name in ("P_A", "P_B", "P_C", "P_PIX0", "P_CLOSE", "P_ASTAR", "P_BSTAR", "P_CSTAR",
                  "P_LAM", "P_NA", "P_NB", "P_NC", "P_FLU", "P_KAHN", "P_MOS", "P_BEAM",
-                 "P_DIV", "P_DISP"):
+                 "P_DIV", "P_DISP", "P_ODET", "P_TSTEP", "P_MU"):
         assert ("#define %s %d\n" % (name, getattr(A, name))) in src, name
     assert "#define N_PAR %d\n" % A.N_PAR_DEVICE in src
     assert "#define NB_SINCG_NEAR %r\n" % SINCG_NEAR in src
@@ -216,6 +241,11 @@ def test_host_adjoint_matches_numba(name, host, tmp_path, monkeypatch):
     assert np.abs(ref[A.P_PIX0:A.P_PIX0 + 3]).max() > 0.0 and ref[A.P_FLU] != 0.0
     for key, entries in AD._TURNS_SOURCES.items():     # the per-source entries
         assert (np.abs(ref[list(entries)]).max() > 0.0) == (key in run.needs_grad), key
+    # the sensor's entries (the detector normal, the layer thickness, the
+    # attenuation coefficient): nonzero with a sensor only
+    sensor = "-detector_thick" in CASES[name][0]
+    assert (np.abs(ref[A.P_ODET:A.P_MU + 1]).min() > 0.0) == sensor
+    assert sensor or not ref[A.P_ODET:A.P_MU + 1].any()
     gauss = "-gauss_xtal" in CASES[name][0]
     assert (np.abs(ref[A.P_ASTAR:A.P_CSTAR + 3]).max() > 0.0) == gauss
     # the top hat is flat in h, k, l (its edge's delta is left out): no cell gradient
@@ -330,16 +360,59 @@ def test_autodiff_device_cuda_through_fake_cupy(host, tmp_path, monkeypatch):
         assert _rel(a, b) <= REL, (a, b)
 
 
+def test_autodiff_device_cuda_sensor_through_fake_cupy(host, tmp_path, monkeypatch):
+    """Sensor layers and the -oversample_* switches under -device cuda: the
+    image and every gradient, the sensor keywords' included, are the CPU
+    path's (the numba adjoint's sensor copies, which tests/test_autodiff.py
+    holds to finite differences)."""
+    torch = pytest.importorskip("torch")
+    fake = _fake(host, monkeypatch)
+    base = (BASE + " -default_F 100 -N 5 -oversample 2 -water 30 -polar 0.6 -mosaic 0.3"
+            " -mosaic_dom 2 -hdivrange 0.3 -hdivsteps 2").split()
+    runs = {
+        # three layers, each weighed by its capture; -detector_abs given
+        "layers": ["-detector_thick", "300", "-detector_thicksteps", "3",
+                   "-detector_abs", "200"],
+        # every switch; mu = 1/thickness follows the thickness keyword
+        "switches": ["-detector_thick", "200", "-detector_thicksteps", "2",
+                     "-oversample_thick", "-oversample_polar", "-oversample_omega"],
+    }
+
+    def grads(argv):
+        t = lambda *v: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+        kw = dict(cell=t(70.0, 80.0, 90.0, 85.0, 95.0, 105.0), distance=t(100.0),
+                  detector_rot=t(1.0, -1.0, 0.5), polarization=t(0.6), mosaic_spread=t(0.3),
+                  hdivrange=t(0.3), detector_thick=t(250.0))
+        if "-detector_abs" in argv:
+            kw["detector_abs"] = t(180.0)
+        img = AD.simulate(argv, **kw)
+        w = torch.linspace(-1.0, 2.0, img.numel(), dtype=torch.float64).reshape(img.shape)
+        (img * w).sum().backward()
+        return [img.detach().numpy()] + [v.grad.numpy() for v in kw.values()]
+
+    for name, flags in runs.items():
+        ref = grads(base + flags)
+        n = len(fake.calls)
+        got = grads(base + flags + ["-device", "cuda"])
+        assert len(fake.calls) > n, name
+        assert _rel(got[0], ref[0]) <= REL, name
+        for a, b in zip(got[1:], ref[1:]):
+            assert np.abs(b).max() > 0.0, name
+            assert _rel(a, b) <= REL, (name, a, b)
+
+
 def test_autodiff_device_cuda_refusals(host, tmp_path, monkeypatch):
-    """The CUDA forward is the adjoint kernel: what it does not model is
-    refused with -device cuda even without requires_grad."""
+    """The CUDA forward is the adjoint kernel: what it does not model
+    (-curved_det) is refused with -device cuda even without requires_grad;
+    a sensor and the switches are modelled."""
     pytest.importorskip("torch")
     _fake(host, monkeypatch)
     argv = (BASE + " -default_F 100 -N 5 -device cuda").split()
     assert AD.simulate(argv).shape == (12, 12)
-    for flags in (["-curved_det"], ["-detector_thick", "100"], ["-oversample_omega"]):
-        with pytest.raises(ConfigError, match="-device cuda"):
-            AD.simulate(argv + flags)
+    with pytest.raises(ConfigError, match="-device cuda: -curved_det not supported"):
+        AD.simulate(argv + ["-curved_det"])
+    for flags in (["-detector_thick", "100"], ["-oversample_omega"]):
+        assert AD.simulate(argv + flags).shape == (12, 12)
 
 
 def test_autodiff_device_cuda_refuses_an_image_of_inf(host, monkeypatch):

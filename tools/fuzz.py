@@ -478,8 +478,7 @@ def fuzz_gradients(seed: int, runs: int, out=sys.stdout) -> dict:
 
 
 #: features drawn for the device target: the gradients' lists plus the
-#: sensor and oversampling paths (which the CUDA adjoint refuses: the image
-#: kernel's alone are compared there)
+#: sensor and oversampling paths (the CUDA adjoint's weighed sub-paths)
 DEVICE_EXTRAS = GRAD_EXTRAS + SENSOR_EXTRAS + [
     "-mosaic 0.4 -mosaic_dom 4 -mosaic_seed 5", "-N 7", "-vdivrange 0.3 -vdivsteps 2",
     "-precision single"]
@@ -502,13 +501,19 @@ DEVICE_POLE_REL = 1e-7
 DEVICE_LOSS_ULPS = 64.0
 
 
-def _device_case(rng: random.Random, specs):
+def _device_case(rng: random.Random, specs, srng: random.Random = None):
     """(argv, keyword values, keywords to differentiate) of one drawn device
     case: _grad_case's, with up to 6 features from DEVICE_EXTRAS, and N
-    rounded to integers half the time."""
+    rounded to integers half the time.  With ``srng`` (a stream of its own,
+    so that rng's cases stay those of earlier seeds), one time in two that
+    the sensor is drawn, one of SENSOR_VALUES' keywords too."""
     argv, vals, names = _grad_case(rng, specs, DEVICE_EXTRAS, 6)
     if "N" in vals and rng.random() < 0.5:
         vals["N"] = [float(round(x)) for x in vals["N"]]    # the reduced sincg's path
+    if srng is not None and "-detector_thicksteps" in argv and srng.random() < 0.5:
+        k = srng.choice(sorted(SENSOR_VALUES))
+        vals[k] = [srng.uniform(a, b) for a, b in SENSOR_VALUES[k]]
+        names = list(names) + [k]
     return argv, vals, names
 
 
@@ -603,7 +608,7 @@ def device_check(argv, vals, names, host, rng: random.Random) -> dict:
         img_d, g_d = grads(["-device", "cuda"])
     except NBError as exc:
         if "not supported (use -device cpu)" in str(exc):
-            return out      # the sensor and the -oversample_* switches: numba's adjoint only
+            return out      # -curved_det: numba's forward only
         raise
     c = m_ref.crystal
     phase = (max(c.Na, c.Nb, c.Nc) * 2.0 * max(c.cell[:3])
@@ -654,13 +659,14 @@ def fuzz_device(seed: int, runs: int, out=sys.stdout, host=None) -> dict:
         host = gpu.HostKernel(gpu.build_host_library(os.getcwd()))
     specs = _specs()
     rng = random.Random(seed)
+    srng = random.Random("device sensor %d" % seed)
     counts = {"agree": 0, "refused": 0, "heavy": 0, "fail": 0}
     saved = sys.modules.get("cupy")
     sys.modules["cupy"] = make_fake_cupy(host)
     gpu._MODULES.clear()
     try:
         for _ in range(runs):
-            argv, vals, names = _device_case(rng, specs)
+            argv, vals, names = _device_case(rng, specs, srng)
             res, why = _call(lambda: heavy(argv, vals) or device_check(argv, vals, names, host,
                                                                     rng))
             if why in ("refused", "heavy"):

@@ -70,9 +70,9 @@ P_BEAM, P_DIV, P_DISP, P_SPIN = 35, 38, 40, 41
 P_ODET, P_TSTEP, P_MU = 44, 47, 48
 N_PAR = 49
 #: the entries the CUDA adjoint's per-pixel rows carry (nanobragg.cu's N_PAR):
-#: every one before the spindle's; it leaves the rotation entries to the host
-#: (P_MOS is 0 there), which contracts them from its per-cell sums
-N_PAR_DEVICE = 41
+#: all of them; it leaves the rotation entries (P_MOS, P_SPIN..) 0, for the
+#: host to contract from its per-cell sums
+N_PAR_DEVICE = N_PAR
 
 # ---- what a pass differentiates (bit mask ``want``) -------------------------
 # W_F: scatter dI/dFhkl; W_N: d/dNa..Nc; W_GEO: everything that moves h, k, l or

@@ -961,6 +961,13 @@ NB_DEFINE_KERNEL(render_f32, double, float)
 // and adds them once (9 atomics per pixel and cell, not per sub-path).  The
 // sums therefore run in another order than pixel_grad's (sub-path outermost):
 // results agree to rounding, not bit for bit (tests/test_gpu_adjoint.py).
+// Sensor layers and the -oversample_thick/_polar/_omega switches: each
+// sub-path is weighed by its oversampled factors, as pixel_grad weighs it.
+// A first pass without cells fixes the per-pixel factors and the water
+// background's weights; in the cell loop each sub-path's weights (capture,
+// polarization, solid angle) are evaluated again, and their derivatives,
+// times the cell's term, are added term by term (pixel_grad adds them once
+// per sub-path, times its sum over cells: the same sum by linearity).
 // The formulas are physics.py's *_grad functions, transcribed below with the
 // same operations and the same branch points (SINCG_NEAR, d == 0, q > 0).
 
@@ -992,7 +999,13 @@ NB_DEFINE_KERNEL(render_f32, double, float)
 #define P_BEAM 35
 #define P_DIV 38
 #define P_DISP 40
-#define N_PAR 41
+// (41..43: the spindle axis's entries, left 0: the host contracts them from cacc)
+// the sensor's: the detector normal (layer depth, parallax), the layer
+// thickness (m) and the attenuation coefficient (1/m)
+#define P_ODET 44
+#define P_TSTEP 47
+#define P_MU 48
+#define N_PAR 49
 // at most this many per-source blocks (P_BEAM + q for q < ninc)
 #define NB_MAX_INC 6
 
@@ -1317,18 +1330,127 @@ __device__ double solid_angle_grad(double pixel_size, vec3<double> pos, double c
     return pixel_size * pixel_size / R / R / R;
 }
 
-// sub-pixel (subS, subF)'s lab position pix0 + Fdet fdet + Sdet sdet, as
-// pixel_grad forms it (flat detector); *Fo, *So: its Fdet, Sdet (m)
+// physics.capture_fraction_grad: the capture fraction of layer ``layer`` at a
+// position with (d, R) = unitize(pos); *gpos = d capture / d pos, *godet =
+// d capture / d odet at a fixed position, *gtau, *gmu: d / d thickstep, d mu
+__device__ double capture_fraction_grad(double layer, double thickstep, double mu,
+                                        vec3<double> d, double R, vec3<double> odet,
+                                        vec3<double>* gpos, vec3<double>* godet, double* gtau,
+                                        double* gmu) {
+    const double p = dot(d, odet);
+    const double cap = capture_fraction(layer, thickstep, mu, p);
+    const double x = thickstep * mu / p;
+    const double dcdx = (layer + 1.0) * exp(-(layer + 1.0) * x) - layer * exp(-layer * x);
+    const double dcdp = -(x / p) * dcdx;
+    const double k = dcdp / R;
+    *gpos = mk<double>(k * (odet.x - p * d.x), k * (odet.y - p * d.y), k * (odet.z - p * d.z));
+    *godet = mk<double>(dcdp * d.x, dcdp * d.y, dcdp * d.z);
+    *gtau = dcdx * mu / p;
+    *gmu = dcdx * thickstep / p;
+    return cap;
+}
+
+// sub-pixel (subS, subF) of sensor layer t: its lab position pix0 + Fdet fdet +
+// Sdet sdet + t thickstep odet, as pixel_grad forms it (flat detector);
+// *Fo, *So: its Fdet, Sdet (m)
 __device__ __forceinline__ vec3<double> adjoint_position(nb_i64 spixel, nb_i64 fpixel, nb_i64 os,
                                                         nb_i64 subS, nb_i64 subF, double subpixel,
-                                                        vec3<double> fdet, vec3<double> sdet,
-                                                        vec3<double> pix0, double* Fo, double* So) {
+                                                        double Odet, vec3<double> fdet,
+                                                        vec3<double> sdet, vec3<double> odet,
+                                                        vec3<double> pix0, double* Fo,
+                                                        double* So) {
     const double Fdet = subpixel * (double)(fpixel * os + subF) + subpixel / 2.0;
     const double Sdet = subpixel * (double)(spixel * os + subS) + subpixel / 2.0;
     *Fo = Fdet;
     *So = Sdet;
-    return mk<double>(Fdet * fdet.x + Sdet * sdet.x + pix0.x, Fdet * fdet.y + Sdet * sdet.y + pix0.y,
-                      Fdet * fdet.z + Sdet * sdet.z + pix0.z);
+    return mk<double>(Fdet * fdet.x + Sdet * sdet.x + Odet * odet.x + pix0.x,
+                      Fdet * fdet.y + Sdet * sdet.y + Odet * odet.y + pix0.y,
+                      Fdet * fdet.z + Sdet * sdet.z + Odet * odet.z + pix0.z);
+}
+
+// theta entries that a position derivative reaches (pix0, fdet, sdet, and below
+// the first sensor layer odet and the layer thickness): fixed indices, so
+// that the compiler keeps them in registers
+struct pos_grad {
+    double p[3], f[3], s[3], o[3], ts;
+};
+
+// adjoint.py _add_pos: *a += c gp, gp the derivative of a factor in the
+// position pix0 + F fdet + S sdet + t tstep odet where it was evaluated
+__device__ __forceinline__ void add_pos(pos_grad* a, double c, vec3<double> gp, double F,
+                                        double S, double t, double tstep, vec3<double> odet) {
+    const double x[3] = {c * gp.x, c * gp.y, c * gp.z};
+    for (int i = 0; i < 3; ++i) {
+        a->p[i] += x[i];
+        a->f[i] += x[i] * F;
+        a->s[i] += x[i] * S;
+    }
+    if (t > 0.0) {
+        const double O = t * tstep;
+        a->o[0] += x[0] * O;
+        a->o[1] += x[1] * O;
+        a->o[2] += x[2] * O;
+        a->ts += t * (x[0] * odet.x + x[1] * odet.y + x[2] * odet.z);
+    }
+}
+
+// adjoint.py _add_capture: c times the capture fraction's direct derivatives
+// (the detector normal, the layer thickness; the attenuation coefficient in *dmu)
+__device__ __forceinline__ void add_capture(pos_grad* a, double* dmu, double c, vec3<double> go,
+                                            double gtau, double gmu) {
+    a->o[0] += c * go.x;
+    a->o[1] += c * go.y;
+    a->o[2] += c * go.z;
+    a->ts += c * gtau;
+    *dmu += c * gmu;
+}
+
+// source s's incident vector's per-source blocks contracted with gi (d/d inc)
+__device__ __forceinline__ double incident_term(const double* dinc, nb_i64 q, nb_i64 nsrc,
+                                                nb_i64 s, vec3<double> gi) {
+    const double* dq = dinc + 4 * q * nsrc + s;
+    return gi.x * dq[0] + gi.y * dq[nsrc] + gi.z * dq[2 * nsrc];
+}
+
+// one sub-path's oversampled factors (-oversample_thick/_polar/_omega, sensor
+// layers; 1 where not oversampled) and their derivatives, as pixel_grad's
+// wc, wo, wp
+struct sub_weights {
+    double wc, wo, wp;
+    vec3<double> dwo;       // d wo / d pos
+    double dwoc;            // d wo / d close distance
+    vec3<double> dwp, dwpi; // d wp / d pos, / d incident
+    double dwpk;            // d wp / d kahn
+    vec3<double> dc, dco;   // d wc / d pos (at Fc, Sc), / d odet (direct)
+    double dct, dcm;        // d wc / d thickstep, / d mu (direct)
+    double Fc, Sc;          // where wc was evaluated (its layer: the sub-path's)
+};
+
+// adds c dw/dtheta of a sub-path's weight w = wc wo wp (c: what w multiplies)
+// at (F, S, t), source s; *dclose, *dkahn, *dmu, dbeam[q]: the other entries
+__device__ __forceinline__ void add_weight_grad(pos_grad* a, double* dclose, double* dkahn,
+                                                double* dmu, double* dbeam, double c,
+                                                const sub_weights& sw, bool os_polar,
+                                                bool os_omega, double F, double S,
+                                                double t, double tstep, vec3<double> odet,
+                                                const double* dinc, nb_i64 ninc, nb_i64 nsrc,
+                                                nb_i64 s) {
+    if (os_polar) {
+        const double k = c * sw.wc * sw.wo;
+        add_pos(a, k, sw.dwp, F, S, t, tstep, odet);
+        *dkahn += k * sw.dwpk;
+        for (nb_i64 q = 0; q < ninc; ++q) dbeam[q] += k * incident_term(dinc, q, nsrc, s, sw.dwpi);
+    }
+    if (os_omega) {
+        const double k = c * sw.wc * sw.wp;
+        add_pos(a, k, sw.dwo, F, S, t, tstep, odet);
+        *dclose += k * sw.dwoc;
+    }
+    // the capture: the sub-pixel's (-oversample_thick) or the layer's first
+    // sub-pixel's, which weighs the whole layer
+    const double k = c * sw.wo * sw.wp;
+    add_pos(a, k, sw.dc, sw.Fc, sw.Sc, t, tstep, odet);
+    add_capture(a, dmu, k, sw.dco, sw.dct, sw.dcm);
 }
 
 // one pixel of adjoint_f64 (see its comment above); pixel_grad's quantities
@@ -1371,6 +1493,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     const double default_F = fopt[F_DEFAULT_F], I_bg = fopt[F_I_BG];
     const vec3<double> fdet = load3w<double, double>(vecs + 3 * V_FDET);
     const vec3<double> sdet = load3w<double, double>(vecs + 3 * V_SDET);
+    const vec3<double> odet = load3w<double, double>(vecs + 3 * V_ODET);
     const vec3<double> pix0 = load3w<double, double>(vecs + 3 * V_PIX0);
     const vec3<double> polar_axis = load3w<double, double>(vecs + 3 * V_POLAR);
     const vec3<double> astar = load3w<double, double>(vecs + 3 * V_ASTAR);
@@ -1378,170 +1501,308 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     const vec3<double> cstar = load3w<double, double>(vecs + 3 * V_CSTAR);
     const double C = fopt[F_SCALE] / fopt[F_STEPS];
     const double* cells1 = cells + ncell * 9;  // variant 1
+    // sensor layers and the -oversample_* switches: the "corrected" sum weighs
+    // each sub-path by the factors it oversamples and each layer by its capture
+    // fraction (pixel_grad's, pixel_value's)
+    const nb_i64 nthick = iopt[I_THICKSTEPS];
+    const bool os_thick = iopt[I_OS_THICK] != 0;
+    const bool os_polar = iopt[I_OS_POLAR] != 0;
+    const bool os_omega = iopt[I_OS_OMEGA] != 0;
+    const double thick = fopt[F_THICK], thickstep = fopt[F_THICKSTEP], mu = fopt[F_MU];
+    const bool corrected = nthick > 1 || os_thick || os_polar || os_omega;
+    // the water background's share of one sub-pixel, of one sub-path
+    const double bg_sub = I_bg / (double)(os * os);
+    const double bg_src = bg_sub / (double)nsrc;
+    if (ninc > NB_MAX_INC) ninc = NB_MAX_INC;  // (the host passes at most six)
+    const vec3<double> zero3 = mk<double>(0.0, 0.0, 0.0);
 
-    // polarization and solid angle: once per pixel, at its first sub-pixel
-    // (and first source that passes -dmin), as pixel_grad and the forward fix them
-    bool have_polar = iopt[I_NOPOLAR] != 0;
+    // the terms that take the per-pixel factors at the end: every sub-path's
+    // lattice and weight derivatives (pos_grad, dbeam, ...), before g C P omega
+    pos_grad dpos = {{0.0, 0.0, 0.0}, {0.0, 0.0, 0.0}, {0.0, 0.0, 0.0}, {0.0, 0.0, 0.0}, 0.0};
+    double dclose_w = 0.0, dkahn_w = 0.0, dmu = 0.0;
+    double dbeam[NB_MAX_INC] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // P_BEAM..P_DISP
+
+    // first pass, no cells: polarization and solid angle once per pixel, at
+    // its first sub-pixel (and first source that passes -dmin), as pixel_grad
+    // and the forward fix them (1 where a switch oversamples them); the
+    // capture factor of a single layer; the water background's weights and
+    // their derivatives (corrected sum)
+    bool have_polar = iopt[I_NOPOLAR] != 0 || os_polar;
     double polar = have_polar ? 1.0 : 0.0;
-    vec3<double> dP = mk<double>(0.0, 0.0, 0.0);
-    double omega = 0.0;
-    vec3<double> dOm = mk<double>(0.0, 0.0, 0.0);
+    vec3<double> dP = zero3;
+    double omega = os_omega ? 1.0 : 0.0;
+    vec3<double> dOm = zero3;
     double dOmc = 0.0;
-    // the (Fdet, Sdet) of the sub-pixel where omega and polar were evaluated
-    // (their position derivatives reach fdet and sdet through it)
-    double F_om = 0.0, S_om = 0.0, F_po = 0.0, S_po = 0.0;
+    // the (Fdet, Sdet, layer) of the sub-pixel where omega and polar were
+    // evaluated (their position derivatives reach fdet, sdet, odet through it)
+    double F_om = 0.0, S_om = 0.0, t_om = 0.0, F_po = 0.0, S_po = 0.0, t_po = 0.0;
     double dPk = 0.0;  // d polar / d kahn
     // the source of the polarization point, and d polar / d its incident vector
     nb_i64 src_po = 0;
-    vec3<double> dPi = mk<double>(0.0, 0.0, 0.0);
-    if (ninc > NB_MAX_INC) ninc = NB_MAX_INC;  // (the host passes at most six)
-    for (nb_i64 subS = 0; subS < os; ++subS) {
-        for (nb_i64 subF = 0; subF < os; ++subF) {
-            double Fd, Sd;
-            const vec3<double> pos = adjoint_position(spixel, fpixel, os, subS, subF, subpixel,
-                                                      fdet, sdet, pix0, &Fd, &Sd);
-            vec3<double> d;
-            const double R = unitize(pos, &d);
-            if (omega == 0.0) {
-                omega = solid_angle(pixel, R, close, point);
-                dOmc = solid_angle_grad(pixel, pos, close, point, &dOm);
-                F_om = Fd;
-                S_om = Sd;
-            }
-            for (nb_i64 source = 0; source < nsrc && !have_polar; ++source) {
-                const vec3<double> inc = load3w<double, double>(incident + 3 * source);
-                const double lam_s = lam[source];
-                const vec3<double> Sv = mk<double>((d.x - inc.x) / lam_s, (d.y - inc.y) / lam_s,
-                                                   (d.z - inc.z) / lam_s);
-                const double stol = 0.5 * sqrt(Sv.x * Sv.x + Sv.y * Sv.y + Sv.z * Sv.z);
-                if (dmin > 0.0 && stol > 0.0 && dmin > 0.5 / stol) continue;
-                polar = polarization_factor_grad(kahn, inc, pos, polar_axis, &dP);
-                have_polar = true;
-                F_po = Fd;
-                S_po = Sd;
-                // the factor is affine in kahn: its slope is P(1) - P(0)
-                vec3<double> unused;
-                dPk = polarization_factor(1.0, inc, pos, polar_axis, &unused) -
-                      polarization_factor(0.0, inc, pos, polar_axis, &unused);
-                src_po = source;
-                if (grad && ninc > 0)
-                    dPi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis);
-            }
-        }
-    }
-    const double cF = gp * C * polar * omega;  // dI/dT
-
-    // sum over sub-paths of d(F_cell^2 F_latt^2)/dtheta, before the per-pixel factors
-    double sumT = 0.0;
-    double dpx = 0.0, dpy = 0.0, dpz = 0.0;  // P_PIX0
-    double dfx = 0.0, dfy = 0.0, dfz = 0.0;  // P_FDET
-    double dsx = 0.0, dsy = 0.0, dsz = 0.0;  // P_SDET
-    double dlam = 0.0, dNa = 0.0, dNb = 0.0, dNc = 0.0;
-    double dstar[9] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // P_ASTAR..P_CSTAR
-    double dbeam[NB_MAX_INC] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};        // P_BEAM..P_DISP
-    for (nb_i64 j = 0; j < ncell; ++j) {
-        const double* cell = cells1 + j * 9;
-        double ca[9] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // this pixel's cacc[:, j]
+    vec3<double> dPi = zero3;
+    // a single layer's capture (the forward's factor at the end) where last computed
+    double capture = 1.0;
+    vec3<double> dcap = zero3, dcapo = zero3;
+    double dcapt = 0.0, dcapm = 0.0, F_c = 0.0, S_c = 0.0;
+    double capsum = 0.0;  // corrected sum: the background's weight, as the forward's
+    bool ran = false;     // some sub-path passed -dmin
+    for (nb_i64 t = 0; t < nthick; ++t) {
+        const double tf = (double)t;
+        const double Odet = tf * thickstep;
+        capture = thick == 0.0 ? 1.0 : 0.0;
+        sub_weights sw;
+        double layer_bg = 0.0;
         for (nb_i64 subS = 0; subS < os; ++subS) {
             for (nb_i64 subF = 0; subF < os; ++subF) {
                 double Fd, Sd;
                 const vec3<double> pos = adjoint_position(spixel, fpixel, os, subS, subF, subpixel,
-                                                          fdet, sdet, pix0, &Fd, &Sd);
+                                                          Odet, fdet, sdet, odet, pix0, &Fd, &Sd);
                 vec3<double> d;
                 const double R = unitize(pos, &d);
+                if (omega == 0.0) {
+                    omega = solid_angle(pixel, R, close, point);
+                    dOmc = solid_angle_grad(pixel, pos, close, point, &dOm);
+                    F_om = Fd;
+                    S_om = Sd;
+                    t_om = tf;
+                }
+                sw.wo = 1.0;
+                sw.dwo = zero3;
+                sw.dwoc = 0.0;
+                if (os_omega) {
+                    sw.wo = solid_angle(pixel, R, close, point);
+                    sw.dwoc = solid_angle_grad(pixel, pos, close, point, &sw.dwo);
+                }
+                if (capture == 0.0 || os_thick) {
+                    capture = capture_fraction_grad(tf, thickstep, mu, d, R, odet, &dcap, &dcapo,
+                                                    &dcapt, &dcapm);
+                    F_c = Fd;
+                    S_c = Sd;
+                }
+                if ((subS == 0 && subF == 0) || os_thick) {
+                    // the weight: this sub-pixel's capture, or the layer's
+                    // (its first sub-pixel's)
+                    sw.wc = corrected ? capture : 1.0;
+                    const bool c = corrected && thick != 0.0;
+                    sw.dc = c ? dcap : zero3;
+                    sw.dco = c ? dcapo : zero3;
+                    sw.dct = c ? dcapt : 0.0;
+                    sw.dcm = c ? dcapm : 0.0;
+                    sw.Fc = F_c;
+                    sw.Sc = S_c;
+                }
+                // the forward's background weight of this sub-pixel
+                const double wos = (os_thick ? capture : 1.0) * sw.wo;
+                if (corrected && !os_polar) layer_bg += wos;
                 for (nb_i64 source = 0; source < nsrc; ++source) {
                     const vec3<double> inc = load3w<double, double>(incident + 3 * source);
                     const double lam_s = lam[source];
-                    const vec3<double> Sv = mk<double>(
-                        (d.x - inc.x) / lam_s, (d.y - inc.y) / lam_s, (d.z - inc.z) / lam_s);
+                    const vec3<double> Sv = mk<double>((d.x - inc.x) / lam_s, (d.y - inc.y) / lam_s,
+                                                       (d.z - inc.z) / lam_s);
                     const double stol = 0.5 * sqrt(Sv.x * Sv.x + Sv.y * Sv.y + Sv.z * Sv.z);
-                    // a step in the image: no derivative
-                    if (dmin > 0.0 && stol > 0.0 && dmin > 0.5 / stol) continue;
-                    const double h = cell[0] * Sv.x + cell[1] * Sv.y + cell[2] * Sv.z;
-                    const double k = cell[3] * Sv.x + cell[4] * Sv.y + cell[5] * Sv.z;
-                    const double l = cell[6] * Sv.x + cell[7] * Sv.y + cell[8] * Sv.z;
-                    const nb_i64 h0 = (nb_i64)ceil(h - 0.5);
-                    const nb_i64 k0 = (nb_i64)ceil(k - 0.5);
-                    const nb_i64 l0 = (nb_i64)ceil(l - 0.5);
-                    double gl[6];
-                    const double Fl = lattice_factor_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc,
-                                                          fudge, astar, bstar, cstar, reduced, gl);
-                    vec3<double> cg = mk<double>(0.0, 0.0, 0.0);  // nearest F: flat in h, k, l
-                    double Fc;
-                    if (interp && interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax)) {
-                        Fc = tricubic_F(Fhkl, hmin, kmin, lmin, kdim, ldim, h, k, l);
-                        if (grad) {
-                            cg = tricubic_F_grad(Fhkl, hmin, kmin, lmin, kdim, ldim, h, k, l, gF,
-                                                 cF * 2.0 * Fc * Fl * Fl, want_F);
-                        }
-                    } else {
-                        Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, kdim, ldim,
-                                       h0, k0, l0, default_F);
-                        if (want_F && hkls > 0 && h0 >= hmin && h0 <= hmax && k0 >= kmin &&
-                            k0 <= kmax && l0 >= lmin && l0 <= lmax) {
-                            atomicAdd(gF + fhkl_index(h0 - hmin, k0 - kmin, l0 - lmin, kdim, ldim),
-                                      cF * 2.0 * Fc * Fl * Fl);
-                        }
+                    const bool cut = dmin > 0.0 && stol > 0.0 && dmin > 0.5 / stol;
+                    sw.wp = 1.0;
+                    if (os_polar) {
+                        sw.wp = polarization_factor_grad(kahn, inc, pos, polar_axis, &sw.dwp);
+                        sw.dwpi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis);
+                        vec3<double> unused;
+                        sw.dwpk = polarization_factor(1.0, inc, pos, polar_axis, &unused) -
+                                  polarization_factor(0.0, inc, pos, polar_axis, &unused);
+                        layer_bg += wos * sw.wp;
+                        // the water fills every sub-path, -dmin's cut ones too
+                        if (grad)
+                            add_weight_grad(&dpos, &dclose_w, &dkahn_w, &dmu, dbeam, bg_src, sw,
+                                            os_polar, os_omega, Fd, Sd, tf, thickstep,
+                                            odet, dinc, ninc, nsrc, source);
                     }
-                    sumT += Fc * Fc * Fl * Fl;
-                    if (!grad) continue;
-                    const double tFl = 2.0 * Fc * Fc * Fl;
-                    const double tFc = 2.0 * Fc * Fl * Fl;
-                    const double Th = tFl * gl[0] + tFc * cg.x;
-                    const double Tk = tFl * gl[1] + tFc * cg.y;
-                    const double Tl = tFl * gl[2] + tFc * cg.z;
-                    // d/dS of the term (h = a_j . S, ...)
-                    const double gx = Th * cell[0] + Tk * cell[3] + Tl * cell[6];
-                    const double gy = Th * cell[1] + Tk * cell[4] + Tl * cell[7];
-                    const double gz = Th * cell[2] + Tk * cell[5] + Tl * cell[8];
-                    const double gs = -(Th * h + Tk * k + Tl * l);  // d/d ln lambda_s: dh = -h
-                    dlam += gs;  // every source's wavelength scaled (lambda -> s lambda)
-                    dNa += tFl * gl[3];
-                    dNb += tFl * gl[4];
-                    dNc += tFl * gl[5];
-                    if (shape == SHAPE_GAUSS) {  // F_latt also depends on a*, b*, c*
-                        vec3<double> v;
-                        const double q = lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na,
-                                                                  Nb, Nc, fudge, astar, bstar,
-                                                                  cstar, &v);
-                        const double vm[3] = {v.x, v.y, v.z};
-                        for (int m = 0; m < 3; ++m) {
-                            dstar[m] += tFl * q * (h - (double)h0) * vm[m];
-                            dstar[3 + m] += tFl * q * (k - (double)k0) * vm[m];
-                            dstar[6 + m] += tFl * q * (l - (double)l0) * vm[m];
-                        }
+                    if (cut) continue;
+                    ran = true;
+                    if (have_polar) continue;
+                    polar = polarization_factor_grad(kahn, inc, pos, polar_axis, &dP);
+                    have_polar = true;
+                    F_po = Fd;
+                    S_po = Sd;
+                    t_po = tf;
+                    // the factor is affine in kahn: its slope is P(1) - P(0)
+                    vec3<double> unused;
+                    dPk = polarization_factor(1.0, inc, pos, polar_axis, &unused) -
+                          polarization_factor(0.0, inc, pos, polar_axis, &unused);
+                    src_po = source;
+                    if (grad && ninc > 0)
+                        dPi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis);
+                }
+                if (grad && corrected && !os_polar) {
+                    sw.wp = 1.0;
+                    sw.dwp = zero3;
+                    add_weight_grad(&dpos, &dclose_w, &dkahn_w, &dmu, dbeam, bg_sub, sw, false,
+                                    os_omega, Fd, Sd, tf, thickstep, odet, dinc, ninc, nsrc,
+                                    0);
+                }
+            }
+        }
+        if (corrected) {
+            // (sw.wc: the layer's capture unless -oversample_thick)
+            const double bg_w = layer_bg / (double)(os * os * (os_polar ? nsrc : 1));
+            capsum += os_thick ? bg_w : bg_w * sw.wc;
+        }
+    }
+    if (corrected && os_polar && !ran) {
+        // every sub-path cut by -dmin: the forward's 0, flat
+        val[p] = 0.0;
+        if (grad) {
+            double* row = gpar + (p - row0 * F) * N_PAR;
+            for (int i = 0; i < N_PAR; ++i) row[i] = 0.0;
+        }
+        return;
+    }
+    const double capf = corrected ? 1.0 : capture;  // the forward's factor at the end
+    const double cF = gp * C * polar * omega * capf;  // dI/dT
+
+    // sum over sub-paths of w d(F_cell^2 F_latt^2)/dtheta, before the per-pixel factors
+    double sumT = 0.0;
+    double dlam = 0.0, dNa = 0.0, dNb = 0.0, dNc = 0.0;
+    double dstar[9] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // P_ASTAR..P_CSTAR
+    for (nb_i64 j = 0; j < ncell; ++j) {
+        const double* cell = cells1 + j * 9;
+        double ca[9] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // this pixel's cacc[:, j]
+        for (nb_i64 t = 0; t < nthick; ++t) {
+            const double tf = (double)t;
+            const double Odet = tf * thickstep;
+            sub_weights sw;
+            sw.wc = 1.0;
+            for (nb_i64 subS = 0; subS < os; ++subS) {
+                for (nb_i64 subF = 0; subF < os; ++subF) {
+                    double Fd, Sd;
+                    const vec3<double> pos = adjoint_position(
+                        spixel, fpixel, os, subS, subF, subpixel, Odet, fdet, sdet, odet, pix0,
+                        &Fd, &Sd);
+                    vec3<double> d;
+                    const double R = unitize(pos, &d);
+                    // this sub-path's oversampled factors (as the first pass's)
+                    sw.wo = 1.0;
+                    if (os_omega) {
+                        sw.wo = solid_angle(pixel, R, close, point);
+                        if (grad) sw.dwoc = solid_angle_grad(pixel, pos, close, point, &sw.dwo);
                     }
-                    const double th = cF * Th, tk = cF * Tk, tl = cF * Tl;
-                    ca[0] += th * Sv.x;
-                    ca[1] += th * Sv.y;
-                    ca[2] += th * Sv.z;
-                    ca[3] += tk * Sv.x;
-                    ca[4] += tk * Sv.y;
-                    ca[5] += tk * Sv.z;
-                    ca[6] += tl * Sv.x;
-                    ca[7] += tl * Sv.y;
-                    ca[8] += tl * Sv.z;
-                    // S = (pos/|pos| - inc)/lam: dS/dpos = (1 - d d^T)/(|pos| lam)
-                    const double gd = gx * d.x + gy * d.y + gz * d.z;
-                    const double r = 1.0 / (R * lam_s);
-                    const double px = (gx - gd * d.x) * r;
-                    const double py = (gy - gd * d.y) * r;
-                    const double pz = (gz - gd * d.z) * r;
-                    dpx += px;
-                    dpy += py;
-                    dpz += pz;
-                    // pos = pix0 + Fdet fdet + Sdet sdet: d/dfdet = Fdet d/dpos
-                    dfx += px * Fd;
-                    dfy += py * Fd;
-                    dfz += pz * Fd;
-                    dsx += px * Sd;
-                    dsy += py * Sd;
-                    dsz += pz * Sd;
-                    // the source's incident vector (dS/dinc = -1/lam) and wavelength
-                    for (nb_i64 q = 0; q < ninc; ++q) {
-                        const double* dq = dinc + 4 * q * nsrc + source;
-                        dbeam[q] += gs * dq[3 * nsrc] -
-                                    (gx * dq[0] + gy * dq[nsrc] + gz * dq[2 * nsrc]) / lam_s;
+                    if (corrected && thick != 0.0 && ((subS == 0 && subF == 0) || os_thick)) {
+                        sw.wc = capture_fraction_grad(tf, thickstep, mu, d, R, odet, &sw.dc,
+                                                      &sw.dco, &sw.dct, &sw.dcm);
+                        sw.Fc = Fd;
+                        sw.Sc = Sd;
+                    } else if (corrected && thick == 0.0) {
+                        sw.wc = 1.0;
+                        sw.dc = sw.dco = zero3;
+                        sw.dct = sw.dcm = sw.Fc = sw.Sc = 0.0;
+                    }
+                    for (nb_i64 source = 0; source < nsrc; ++source) {
+                        const vec3<double> inc = load3w<double, double>(incident + 3 * source);
+                        const double lam_s = lam[source];
+                        const vec3<double> Sv = mk<double>(
+                            (d.x - inc.x) / lam_s, (d.y - inc.y) / lam_s, (d.z - inc.z) / lam_s);
+                        const double stol = 0.5 * sqrt(Sv.x * Sv.x + Sv.y * Sv.y + Sv.z * Sv.z);
+                        // a step in the image: no derivative
+                        if (dmin > 0.0 && stol > 0.0 && dmin > 0.5 / stol) continue;
+                        sw.wp = 1.0;
+                        if (os_polar) {
+                            sw.wp = polarization_factor_grad(kahn, inc, pos, polar_axis, &sw.dwp);
+                            if (grad) {
+                                sw.dwpi = polarization_factor_grad_incident(kahn, inc, pos,
+                                                                            polar_axis);
+                                vec3<double> unused;
+                                sw.dwpk = polarization_factor(1.0, inc, pos, polar_axis, &unused) -
+                                          polarization_factor(0.0, inc, pos, polar_axis, &unused);
+                            }
+                        }
+                        // this sub-path's weight (1 unless the sum is corrected)
+                        const double w = sw.wc * sw.wo * sw.wp;
+                        const double cFw = cF * w;
+                        const double h = cell[0] * Sv.x + cell[1] * Sv.y + cell[2] * Sv.z;
+                        const double k = cell[3] * Sv.x + cell[4] * Sv.y + cell[5] * Sv.z;
+                        const double l = cell[6] * Sv.x + cell[7] * Sv.y + cell[8] * Sv.z;
+                        const nb_i64 h0 = (nb_i64)ceil(h - 0.5);
+                        const nb_i64 k0 = (nb_i64)ceil(k - 0.5);
+                        const nb_i64 l0 = (nb_i64)ceil(l - 0.5);
+                        double gl[6];
+                        const double Fl = lattice_factor_grad(shape, h, k, l, h0, k0, l0, Na, Nb,
+                                                              Nc, fudge, astar, bstar, cstar,
+                                                              reduced, gl);
+                        vec3<double> cg = zero3;  // nearest F: flat in h, k, l
+                        double Fc;
+                        if (interp &&
+                            interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax)) {
+                            Fc = tricubic_F(Fhkl, hmin, kmin, lmin, kdim, ldim, h, k, l);
+                            if (grad) {
+                                cg = tricubic_F_grad(Fhkl, hmin, kmin, lmin, kdim, ldim, h, k, l,
+                                                     gF, cFw * 2.0 * Fc * Fl * Fl, want_F);
+                            }
+                        } else {
+                            Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin, lmax, kdim,
+                                           ldim, h0, k0, l0, default_F);
+                            if (want_F && hkls > 0 && h0 >= hmin && h0 <= hmax && k0 >= kmin &&
+                                k0 <= kmax && l0 >= lmin && l0 <= lmax) {
+                                atomicAdd(gF + fhkl_index(h0 - hmin, k0 - kmin, l0 - lmin, kdim,
+                                                          ldim),
+                                          cFw * 2.0 * Fc * Fl * Fl);
+                            }
+                        }
+                        const double T = Fc * Fc * Fl * Fl;
+                        sumT += w * T;
+                        if (!grad) continue;
+                        // the weight's own derivative times the term it weighs
+                        if (corrected)
+                            add_weight_grad(&dpos, &dclose_w, &dkahn_w, &dmu, dbeam, T, sw,
+                                            os_polar, os_omega, Fd, Sd, tf, thickstep,
+                                            odet, dinc, ninc, nsrc, source);
+                        const double tFl = 2.0 * Fc * Fc * Fl * w;
+                        const double tFc = 2.0 * Fc * Fl * Fl * w;
+                        const double Th = tFl * gl[0] + tFc * cg.x;
+                        const double Tk = tFl * gl[1] + tFc * cg.y;
+                        const double Tl = tFl * gl[2] + tFc * cg.z;
+                        // d/dS of the term (h = a_j . S, ...)
+                        const double gx = Th * cell[0] + Tk * cell[3] + Tl * cell[6];
+                        const double gy = Th * cell[1] + Tk * cell[4] + Tl * cell[7];
+                        const double gz = Th * cell[2] + Tk * cell[5] + Tl * cell[8];
+                        const double gs = -(Th * h + Tk * k + Tl * l);  // d/d ln lambda_s: dh = -h
+                        dlam += gs;  // every source's wavelength scaled (lambda -> s lambda)
+                        dNa += tFl * gl[3];
+                        dNb += tFl * gl[4];
+                        dNc += tFl * gl[5];
+                        if (shape == SHAPE_GAUSS) {  // F_latt also depends on a*, b*, c*
+                            vec3<double> v;
+                            const double q = lattice_factor_star_grad(shape, h, k, l, h0, k0, l0,
+                                                                      Na, Nb, Nc, fudge, astar,
+                                                                      bstar, cstar, &v);
+                            const double vm[3] = {v.x, v.y, v.z};
+                            for (int m = 0; m < 3; ++m) {
+                                dstar[m] += tFl * q * (h - (double)h0) * vm[m];
+                                dstar[3 + m] += tFl * q * (k - (double)k0) * vm[m];
+                                dstar[6 + m] += tFl * q * (l - (double)l0) * vm[m];
+                            }
+                        }
+                        const double th = cF * Th, tk = cF * Tk, tl = cF * Tl;
+                        ca[0] += th * Sv.x;
+                        ca[1] += th * Sv.y;
+                        ca[2] += th * Sv.z;
+                        ca[3] += tk * Sv.x;
+                        ca[4] += tk * Sv.y;
+                        ca[5] += tk * Sv.z;
+                        ca[6] += tl * Sv.x;
+                        ca[7] += tl * Sv.y;
+                        ca[8] += tl * Sv.z;
+                        // S = (pos/|pos| - inc)/lam: dS/dpos = (1 - d d^T)/(|pos| lam)
+                        const double gd = gx * d.x + gy * d.y + gz * d.z;
+                        const double r = 1.0 / (R * lam_s);
+                        add_pos(&dpos, 1.0,
+                                mk<double>((gx - gd * d.x) * r, (gy - gd * d.y) * r,
+                                           (gz - gd * d.z) * r),
+                                Fd, Sd, tf, thickstep, odet);
+                        // the source's incident vector (dS/dinc = -1/lam) and wavelength
+                        for (nb_i64 q = 0; q < ninc; ++q) {
+                            const double* dq = dinc + 4 * q * nsrc + source;
+                            dbeam[q] += gs * dq[3 * nsrc] -
+                                        incident_term(dinc, q, nsrc, source,
+                                                      mk<double>(gx, gy, gz)) / lam_s;
+                        }
                     }
                 }
             }
@@ -1552,37 +1813,52 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
             }
         }
     }
-    const double total = I_bg + sumT;
-    const double po = polar * omega;
+    const double total = corrected ? sumT + I_bg * capsum : I_bg + sumT;
+    const double po = polar * omega * capf;
     val[p] = C * po * total;
     if (!grad) return;
     const double gC = gp * C;
+    const double gT = gC * total;
     double* row = gpar + (p - row0 * F) * N_PAR;
     for (int i = 0; i < N_PAR; ++i) row[i] = 0.0;
-    const double w = gC * po;
-    const double dPo[3] = {gC * total * dP.x * omega, gC * total * dP.y * omega,
-                           gC * total * dP.z * omega};
-    const double dOmp[3] = {gC * total * polar * dOm.x, gC * total * polar * dOm.y,
-                            gC * total * polar * dOm.z};
-    const double dp[3] = {dpx, dpy, dpz}, df[3] = {dfx, dfy, dfz}, ds[3] = {dsx, dsy, dsz};
+    const double wt = gC * po;
+    // the per-pixel factors' derivatives: polarization, solid angle, a single
+    // layer's capture, each where the forward evaluated it
+    pos_grad fin = dpos;
     for (int i = 0; i < 3; ++i) {
-        row[P_PIX0 + i] = w * dp[i] + (dPo[i] + dOmp[i]);
-        row[P_FDET + i] = w * df[i] + (dPo[i] * F_po + dOmp[i] * F_om);
-        row[P_SDET + i] = w * ds[i] + (dPo[i] * S_po + dOmp[i] * S_om);
+        fin.p[i] *= wt;
+        fin.f[i] *= wt;
+        fin.s[i] *= wt;
+        fin.o[i] *= wt;
     }
-    row[P_CLOSE] = gC * total * polar * dOmc;
-    row[P_KAHN] = gC * total * omega * dPk;
+    fin.ts *= wt;
+    double dmu_f = wt * dmu;
+    add_pos(&fin, gT * omega * capf, dP, F_po, S_po, t_po, thickstep, odet);
+    add_pos(&fin, gT * polar * capf, dOm, F_om, S_om, t_om, thickstep, odet);
+    if (!corrected && thick != 0.0) {
+        add_pos(&fin, gT * polar * omega, dcap, F_c, S_c, 0.0, thickstep, odet);
+        add_capture(&fin, &dmu_f, gT * polar * omega, dcapo, dcapt, dcapm);
+    }
+    for (int i = 0; i < 3; ++i) {
+        row[P_PIX0 + i] = fin.p[i];
+        row[P_FDET + i] = fin.f[i];
+        row[P_SDET + i] = fin.s[i];
+        row[P_ODET + i] = fin.o[i];
+    }
+    row[P_TSTEP] = fin.ts;
+    row[P_MU] = dmu_f;
+    row[P_CLOSE] = wt * dclose_w + gT * polar * capf * dOmc;
+    row[P_KAHN] = wt * dkahn_w + gT * omega * capf * dPk;
     for (nb_i64 q = 0; q < ninc; ++q) {
-        const double* dq = dinc + 4 * q * nsrc + src_po;
-        row[P_BEAM + q] = w * dbeam[q] + gC * total * omega * (dPi.x * dq[0] + dPi.y * dq[nsrc] +
-                                                               dPi.z * dq[2 * nsrc]);
+        row[P_BEAM + q] = wt * dbeam[q] +
+                          gT * omega * capf * incident_term(dinc, q, nsrc, src_po, dPi);
     }
-    for (int i = 0; i < 9; ++i) row[P_ASTAR + i] = w * dstar[i];
-    row[P_LAM] = w * dlam;
-    row[P_NA] = w * dNa;
-    row[P_NB] = w * dNb;
-    row[P_NC] = w * dNc;
-    row[P_FLU] = w * total;
+    for (int i = 0; i < 9; ++i) row[P_ASTAR + i] = wt * dstar[i];
+    row[P_LAM] = wt * dlam;
+    row[P_NA] = wt * dNa;
+    row[P_NB] = wt * dNb;
+    row[P_NC] = wt * dNc;
+    row[P_FLU] = wt * total;
 }
 
 #define NB_DEFINE_ADJOINT(NAME, REAL, FGRID)                                                   \
