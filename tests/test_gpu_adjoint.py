@@ -458,8 +458,10 @@ def test_gpu_adjoint_matches_numba(name, tmp_path, monkeypatch):
     g = _upstream(run)
     ref_val, ref_rows, ref_cacc, ref_gF = _numba(run, g, want_F)
     args = gpu.layout_args(run.args, np.float64)
+    dinc = run.incident_blocks(dense=True)[0]
     val, gpar, cacc, gF = (None if x is None else cp.asnumpy(x)
-                           for x in gpu.adjoint(args, run.model.active, cp.asarray(g), want_F))
+                           for x in gpu.adjoint(args, run.model.active, cp.asarray(g), want_F,
+                                                dinc=dinc))
     assert _rel(val, ref_val) <= REL
     assert np.all(np.abs(gpar - ref_rows.sum(axis=0)) <= REL * np.abs(ref_rows).sum(axis=0))
     assert _rel(cacc, ref_cacc) <= REL

@@ -133,6 +133,10 @@ def test_gpu_check_through_fake_cupy(tmp_path, monkeypatch):
     assert adj["kernel"]["entry"] == gpu.ADJOINT_ENTRY_POINT
     assert set(adj["max_rel_vs_numba"]) == {"values", "gpar", "cacc", "gF", "forward_values"}
     assert all(0.0 <= v <= gpu_check.ADJOINT_REL for v in adj["max_rel_vs_numba"].values())
+    # the sensor layers and the switches
+    assert set(adj["max_rel_vs_numba_sensor"]) == {"values", "gpar", "cacc", "gF"}
+    assert all(0.0 <= v <= gpu_check.ADJOINT_REL
+               for v in adj["max_rel_vs_numba_sensor"].values())
     # the per-source entries (P_BEAM..P_DISP) compared: the beam's three, the
     # horizontal range's and the dispersion's nonzero, the vertical range's
     # (not requested: a zero block) 0
@@ -142,7 +146,8 @@ def test_gpu_check_through_fake_cupy(tmp_path, monkeypatch):
     assert adj["run_to_run"] == {"values": 0.0, "gpar": 0.0, "cacc": 0.0, "gF": 0.0}
     assert adj["timing"]["pixels"] == "64x64" and adj["timing"]["kernel_ms"] > 0
     assert adj["timing"]["numba_wall_ms"] > 0
-    assert "## CUDA adjoint" in (out / "gpu_check.md").read_text()
+    md = (out / "gpu_check.md").read_text()
+    assert "## CUDA adjoint" in md and "the same with sensor layers and the switches" in md
     tr = steps["trace"]
     assert tr["ok"] is True
     # of CASES, phi_zero_carryover and mosaic_domains_seed store a trace pixel
