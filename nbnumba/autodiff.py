@@ -145,7 +145,7 @@ _RELATIVE = {"cell": (True, True, True, False, False, False), "wavelength": (Tru
 #: -pix0_vector): one central difference is exact up to rounding
 _AFFINE = ("distance", "beam_center", "pix0")
 #: the theta entries the host derives from the cell and the detector (_Run._host_theta)
-_HOST_ROWS = np.r_[0:A.N_HOST, A.P_ODET:A.P_ODET + 3]
+_HOST_ROWS = np.r_[0:A.N_HOST, A.P_ODET:A.P_ODET + 3, A.P_CDIST, A.P_CBEAM:A.P_CBEAM + 3]
 
 
 def _torch():
@@ -284,10 +284,6 @@ def _check_supported(cfg, given, needs_grad):
                           "-device cpu); see docs/autodiff.md")
     if not needs_grad:
         return
-    if cfg.curved_detector:
-        # every pixel moved onto a sphere: the adjoint has no such map
-        raise ConfigError("nbnumba.autodiff: gradients are not available with -curved_det; "
-                          "see docs/autodiff.md")
     if (cfg.misset_mode == -1 and cfg.misset_seed is None and cfg.seed is None
             and "misset" not in given):
         # a refiner calls simulate many times: each call would draw another
@@ -488,7 +484,8 @@ class _Run:
                                           self._rotation_entries(needs_grad)
                                           + self._source_entries(needs_grad)
                                           + self._sensor_entries(needs_grad),
-                                          model.steps.detector_thick > 0.0)
+                                          model.steps.detector_thick > 0.0,
+                                          bool(cfg.curved_detector))
         self.keep_jac = (keep_jac and self.device == "cpu"
                          and (self.want & (A.W_N | A.W_GEO | A.W_POL)) != 0
                          and n_active * self.jac_cols.size * 8 <= JAC_MAX_BYTES)
@@ -526,14 +523,15 @@ class _Run:
         return [p for k, ps in _TURNS_SOURCES.items() if k in needs_grad for p in ps]
 
     @staticmethod
-    def _jac_columns(want, gauss, turns_detector=False, rotation=(), sensor=False):
+    def _jac_columns(want, gauss, turns_detector=False, rotation=(), sensor=False,
+                     curved=False):
         """The theta indices the stored Jacobian keeps: those the adjoint can
         make nonzero for want (the reciprocal vectors only for the gauss shape)
         and that a keyword can move (the detector axes only when a rotation
         keyword needs grad, and then the normal too when the sensor has a
         thickness (``sensor``), the per-cell rotation and per-source entries
         ``rotation`` only when their keywords do: _rotation_entries,
-        _source_entries)."""
+        _source_entries; the sphere's radius and beam with -curved_det)."""
         cols = [A.P_FLU] + list(rotation)
         if want & A.W_POL:
             cols += [A.P_KAHN]
@@ -548,6 +546,8 @@ class _Run:
                 cols += list(range(A.P_FDET, A.P_SDET + 3))
                 if sensor:
                     cols += list(range(A.P_ODET, A.P_ODET + 3))
+            if curved:
+                cols += list(range(A.P_CDIST, A.P_CBEAM + 3))
         return np.array(sorted(cols), dtype=np.int64)
 
     @staticmethod
@@ -682,7 +682,8 @@ class _Run:
 
     def _host_theta(self, vals, name=None):
         """theta[_HOST_ROWS] = (a, b, c (m), pix0 (m), close distance (m), astar,
-        bstar, cstar (1/A), fdet, sdet, odet (unit vectors)) at vals.  With name (the
+        bstar, cstar (1/A), fdet, sdet, odet (unit vectors), distance (m), beam
+        (unit vector)) at vals.  With name (the
         keyword being varied), only the part that keyword moves is rebuilt: the
         _DETECTOR keywords move the detector only (build_detector reads no
         cell, misset or wavelength), the others the crystal only
@@ -701,7 +702,11 @@ class _Run:
             theta[A.P_CLOSE] = det.close_distance
             theta[A.P_FDET:A.P_FDET + 3] = det.fdet
             theta[A.P_SDET:A.P_SDET + 3] = det.sdet
-            theta[A.N_HOST:] = det.odet
+            theta[A.N_HOST:A.N_HOST + 3] = det.odet
+            # -curved_det's sphere: its radius and the beam it turns (its entries
+            # are 0 in a flat detector's kernel, whatever the map gives them)
+            theta[A.N_HOST + 3] = det.distance
+            theta[A.N_HOST + 4:] = det.beam
         if xtal_part:
             misset_seed = cfg.misset_seed if cfg.misset_seed is not None else cfg.seed
             cr = xtal.build_crystal(cfg, self.recip, cfg.lambda0, RngState(), misset_seed,

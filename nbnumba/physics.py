@@ -450,6 +450,18 @@ def solid_angle(pixel_size, airpath, close_distance, point_pixel):
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
+def curved_position(pos, distance, beam, sdet, fdet):
+    """nanoBragg's -curved_det: the flat detector position pos (m) moved onto
+    the sphere of radius ``distance`` (m) about the sample.  The beam vector
+    times the distance is turned about sdet by pos's lab y over the distance
+    (rad), then about fdet by its lab z over the distance; pos's x is unused
+    (the C's model)."""
+    v0 = (distance * beam[0], distance * beam[1], distance * beam[2])
+    v1 = rotate_axis(v0, sdet, pos[1] / distance)
+    return rotate_axis(v1, fdet, pos[2] / distance)
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
 def capture_fraction(layer, thickstep, mu, parallax):
     """Fraction of photons absorbed in sensor layer ``layer`` (0-based) of
     thickness ``thickstep`` (m) for attenuation coefficient mu (1/m) and
@@ -856,6 +868,49 @@ def solid_angle_grad_at(pixel_size, d, R, om, point_pixel):
         return (k * d[0], k * d[1], k * d[2]), 0.0 * R
     k = -3.0 * om / R
     return (k * d[0], k * d[1], k * d[2]), pixel_size * pixel_size / R / R / R
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def _rotate_axis_vjp(g, v, axis, phi):
+    """For w = rotate_axis(v, axis, phi) and g = dL/dw: (dL/dv, dL/daxis,
+    dL/dphi) of the formula as written, w = axis (axis . v)(1 - cos) + v cos +
+    (axis x v) sin (the axis derivative does not assume a unit axis)."""
+    c = np.cos(phi)
+    s = np.sin(phi)
+    av = dot(axis, v)
+    ga = dot(g, axis)
+    gxa = cross(g, axis)
+    gxv = cross(g, v)
+    axv = cross(axis, v)
+    # dL/dv = R^T g = cos g + sin (g x axis) + (1 - cos)(g . axis) axis
+    gv = (c * g[0] + s * gxa[0] + (1.0 - c) * ga * axis[0],
+          c * g[1] + s * gxa[1] + (1.0 - c) * ga * axis[1],
+          c * g[2] + s * gxa[2] + (1.0 - c) * ga * axis[2])
+    # d/daxis: (1 - cos)((axis . v) g + (g . axis) v) - sin (g x v)
+    gax = ((1.0 - c) * (av * g[0] + ga * v[0]) - s * gxv[0],
+           (1.0 - c) * (av * g[1] + ga * v[1]) - s * gxv[1],
+           (1.0 - c) * (av * g[2] + ga * v[2]) - s * gxv[2])
+    # d/dphi: sin (axis (axis . v) - v) + cos (axis x v)
+    gphi = (g[0] * (s * (axis[0] * av - v[0]) + c * axv[0])
+            + g[1] * (s * (axis[1] * av - v[1]) + c * axv[1])
+            + g[2] * (s * (axis[2] * av - v[2]) + c * axv[2]))
+    return gv, gax, gphi
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def curved_position_grad(g, pos, distance, beam, sdet, fdet):
+    """For p = curved_position(pos, distance, beam, sdet, fdet) and g = dL/dp:
+    (dL/dpos (3; its x is 0), dL/ddistance (1/m units of L per m), dL/dbeam,
+    dL/dsdet, dL/dfdet (the axes as the formula uses them, not held unit))."""
+    v0 = (distance * beam[0], distance * beam[1], distance * beam[2])
+    p1 = pos[1] / distance
+    p2 = pos[2] / distance
+    v1 = rotate_axis(v0, sdet, p1)
+    g1, gf, gphi2 = _rotate_axis_vjp(g, v1, fdet, p2)
+    g0, gs, gphi1 = _rotate_axis_vjp(g1, v0, sdet, p1)
+    gdist = dot(g0, beam) - (gphi1 * p1 + gphi2 * p2) / distance
+    gb = (distance * g0[0], distance * g0[1], distance * g0[2])
+    return (0.0, gphi1 / distance, gphi2 / distance), gdist, gb, gs, gf
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)

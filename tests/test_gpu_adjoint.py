@@ -147,8 +147,10 @@ def _numba(run, g, want_F):
     A.kernels_for(*run.args[:2])[1](run.model.active, run.box, g, *run.args, want, nchunk,
                                     gpar, gF, cacc, val, *run.incident_blocks())
     # the per-cell rotation entries: the adjoint pass leaves them 0 (the host
-    # contracts them from cacc), on both sides
+    # contracts them from cacc), on both sides; the curved detector's follow
+    # the device's rows (a flat detector: 0)
     assert not gpar[:, [A.P_MOS, A.P_SPIN, A.P_SPIN + 1, A.P_SPIN + 2]].any()
+    assert not gpar[:, A.N_PAR_DEVICE:].any()
     return (val, gpar[:, :A.N_PAR_DEVICE], cacc.sum(axis=0),
             (gF.sum(axis=0) if want_F else None))
 
@@ -193,7 +195,8 @@ def test_adjoint_launch_args_match_signature(tmp_path, monkeypatch):
 
 def test_theta_layout_matches_kernel(host):
     # HostKernel reads N_PAR and P_LAM back from the library (nb_host_layout)
-    assert gpu.ADJOINT_N_PAR == A.N_PAR_DEVICE == A.N_PAR
+    # every entry but the curved detector's, which -device cuda refuses
+    assert gpu.ADJOINT_N_PAR == A.N_PAR_DEVICE == A.P_CDIST and A.N_PAR == A.P_CBEAM + 3
     assert A.P_SPIN == A.P_BEAM + gpu.ADJOINT_MAX_INC
     src = gpu.source_text()
     assert "#define NB_MAX_INC %d\n" % gpu.ADJOINT_MAX_INC in src

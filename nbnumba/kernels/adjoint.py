@@ -18,9 +18,9 @@ Every value (lattice factor, structure factor, polarization, solid angle) is
 obtained by calling the formula in nbnumba.physics that the forward kernel
 calls; their derivatives are the *_grad functions there.
 
-Supported: the default mode (not -c_parity) with a flat detector, sensor
-layers and the -oversample_thick/_polar/_omega switches included (the
-forward's corrected sum: each sub-path weighed by its own factors);
+Supported: the default mode (not -c_parity), sensor layers and the
+-oversample_thick/_polar/_omega switches included (the forward's corrected
+sum: each sub-path weighed by its own factors), and -curved_det;
 nbnumba.autodiff checks this before calling.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..physics import (SHAPE_GAUSS, capture_fraction, capture_fraction_grad, interp_in_range, lattice_factor,
+from ..physics import (SHAPE_GAUSS, capture_fraction, capture_fraction_grad, curved_position,
+                       curved_position_grad, interp_in_range, lattice_factor,
                        lattice_factor_grad, lattice_factor_star_grad, nearest_F, nearest_F_frac,
                        reduce_phase, sincg_near_coeffs, sincg_reduced, sincg_reduced_frac,
                        sincg_reduced_grad_core, sinpi_poly64_x6,
@@ -62,17 +63,22 @@ from . import cpu as K
 # Odet the depth of its sensor layer); ODET: the detector normal (the layers'
 # direction and the capture fraction's parallax), after the per-cell entries;
 # TSTEP, MU: the sensor's layer thickness (m) and attenuation coefficient (1/m).
-# theta[:N_HOST] and ODET are what the host derives from the cell and the detector.
+# CDIST, CBEAM..CBEAM+2: -curved_det's sphere radius (the detector distance, m)
+# and the beam unit vector it turns onto each pixel (physics.curved_position).
+# theta[:N_HOST], ODET, CDIST and CBEAM are what the host derives from the cell
+# and the detector.
 P_A, P_B, P_C, P_PIX0, P_CLOSE = 0, 3, 6, 9, 12
 P_ASTAR, P_BSTAR, P_CSTAR, P_FDET, P_SDET, N_HOST = 13, 16, 19, 22, 25, 28
 P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN, P_MOS = 28, 29, 30, 31, 32, 33, 34
 P_BEAM, P_DIV, P_DISP, P_SPIN = 35, 38, 40, 41
 P_ODET, P_TSTEP, P_MU = 44, 47, 48
-N_PAR = 49
+P_CDIST, P_CBEAM = 49, 50
+N_PAR = 53
 #: the entries the CUDA adjoint's per-pixel rows carry (nanobragg.cu's N_PAR):
-#: all of them; it leaves the rotation entries (P_MOS, P_SPIN..) 0, for the
-#: host to contract from its per-cell sums
-N_PAR_DEVICE = N_PAR
+#: every one before the curved detector's (-device cuda refuses -curved_det);
+#: it leaves the rotation entries (P_MOS, P_SPIN..) 0, for the host to
+#: contract from its per-cell sums
+N_PAR_DEVICE = P_CDIST
 
 # ---- what a pass differentiates (bit mask ``want``) -------------------------
 # W_F: scatter dI/dFhkl; W_N: d/dNa..Nc; W_GEO: everything that moves h, k, l or
@@ -434,11 +440,27 @@ def _source_term(dinc, q, s, gx, gy, gz, gs, lam_s):
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
-def _add_pos(dsum, c, gp, F, S, t, tstep, odet):
+def _add_pos(dsum, c, gp, F, S, t, tstep, odet, cv):
     """dsum += c gp mapped onto theta, gp the derivative of a factor in the
     position pos = pix0 + F fdet + S sdet + t tstep odet where it was
-    evaluated (t: its sensor layer).  Inlined by LLVM."""
+    evaluated (t: its sensor layer), or with cv = (curved, distance, beam,
+    pix0, fdet, sdet) and curved != 0, in that position moved onto the
+    sphere (physics.curved_position).  Inlined by LLVM."""
     K._inline_into_callers()
+    if cv[0] != 0:
+        # -curved_det: back from the sphere to the flat position, and the
+        # map's own distance, beam and axes
+        fdet, sdet, pix0 = cv[4], cv[5], cv[3]
+        O = t * tstep
+        flat = (F * fdet[0] + S * sdet[0] + O * odet[0] + pix0[0],
+                F * fdet[1] + S * sdet[1] + O * odet[1] + pix0[1],
+                F * fdet[2] + S * sdet[2] + O * odet[2] + pix0[2])
+        gp, gdist, gb, gs, gf = curved_position_grad(gp, flat, cv[1], cv[2], sdet, fdet)
+        dsum[P_CDIST] += c * gdist
+        for i in range(3):
+            dsum[P_CBEAM + i] += c * gb[i]
+            dsum[P_SDET + i] += c * gs[i]
+            dsum[P_FDET + i] += c * gf[i]
     for i in range(3):
         x = c * gp[i]
         dsum[P_PIX0 + i] += x
@@ -468,12 +490,12 @@ def _add_capture(dsum, c, go, gtau, gmu):
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
-def _weight_polar(dsum, c, dwp, dwpi, dwpk, dinc, ipar, ninc, s, F, S, t, tstep, odet):
+def _weight_polar(dsum, c, dwp, dwpi, dwpk, dinc, ipar, ninc, s, F, S, t, tstep, odet, cv):
     """dsum += c d(polarization weight): in the position (dwp, at F, S, t), the
     Kahn factor (dwpk) and source s's incident vector (dwpi, through the
     per-source blocks).  Inlined by LLVM."""
     K._inline_into_callers()
-    _add_pos(dsum, c, dwp, F, S, t, tstep, odet)
+    _add_pos(dsum, c, dwp, F, S, t, tstep, odet, cv)
     dsum[P_KAHN] += c * dwpk
     for q in range(ninc):
         dsum[ipar[q]] += c * _incident_term(dinc, q, s, dwpi[0], dwpi[1], dwpi[2])
@@ -568,16 +590,22 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
     # (constants in pixel_grad, the copy for runs without them: LLVM drops
     # the code that serves them, which cost 7-9% of the Jacobian forward on
     # issue 13's command; _pixel_grad_sensor reads them)
+    # (the sensor copy also serves -curved_det: each sub-pixel moved onto the
+    # sphere, every position derivative mapped back through _add_pos)
     if SENSOR != 0:
         nthick = iopt[K.I_THICKSTEPS]
         os_thick = iopt[K.I_OS_THICK] != 0
         os_polar = iopt[K.I_OS_POLAR] != 0
         os_omega = iopt[K.I_OS_OMEGA] != 0
         thick = fopt[K.F_THICK]
+        curved = iopt[K.I_CURVED]
     else:
         nthick = 1
         os_thick = os_polar = os_omega = False
         thick = 0.0
+        curved = np.int64(0)
+    distance, beam = fopt[K.F_DISTANCE], _v(vecs, K.V_BEAM)
+    cv = (curved, distance, beam, pix0, fdet, sdet)
     corrected = nthick > 1 or os_thick or os_polar or os_omega
     thickstep, mu = fopt[K.F_THICKSTEP], fopt[K.F_MU]
     odet = _v(vecs, K.V_ODET)
@@ -628,6 +656,8 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                 pos = (Fdet * fdet[0] + Sdet * sdet[0] + Odet * odet[0] + pix0[0],
                        Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1],
                        Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
+                if curved != 0:
+                    pos = curved_position(pos, distance, beam, sdet, fdet)
                 d, R = unitize(pos)
                 if omega == 0.0:
                     omega = solid_angle(pixel, R, close, point)
@@ -690,7 +720,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                             # -dmin cuts the Bragg term only: water still fills it
                             Xs += wp * bg_src
                             _weight_polar(dsum, wc * wo * bg_src, dwp, dwpi, dwpk, dinc,
-                                          ipar, ninc, source, Fdet, Sdet, tf, thickstep, odet)
+                                          ipar, ninc, source, Fdet, Sdet, tf, thickstep, odet, cv)
                         continue     # a step in the image: no derivative
                     ran = True
                     if not have_polar:
@@ -853,7 +883,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                         if os_polar:
                             Xs += wp * bg_src
                             _weight_polar(dsum, wc * wo * (sT + bg_src), dwp, dwpi, dwpk, dinc,
-                                          ipar, ninc, source, Fdet, Sdet, tf, thickstep, odet)
+                                          ipar, ninc, source, Fdet, Sdet, tf, thickstep, odet, cv)
                     if deriv:
                         dsum[P_NA] += gNa
                         dsum[P_NB] += gNb
@@ -864,7 +894,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                         # pos = pix0 + Fdet fdet + Sdet sdet + Odet odet: d/dfdet = Fdet d/dpos
                         _add_pos(dsum, 1.0, ((gx - gd * d[0]) * r, (gy - gd * d[1]) * r,
                                              (gz - gd * d[2]) * r), Fdet, Sdet, tf, thickstep,
-                                 odet)
+                                 odet, cv)
                         dsum[P_LAM] += gs
                         # the source's incident vector and wavelength
                         for q in range(ninc):
@@ -874,18 +904,18 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                         Xs += bg_sub
                     if os_omega and geo:
                         # the sub-pixel's solid angle weighs its sub-paths and background
-                        _add_pos(dsum, wc * Xs, dwo, Fdet, Sdet, tf, thickstep, odet)
+                        _add_pos(dsum, wc * Xs, dwo, Fdet, Sdet, tf, thickstep, odet, cv)
                         dsum[P_CLOSE] += wc * Xs * dwoc
                     if os_thick:
                         if geo:
-                            _add_pos(dsum, wo * Xs, dcap, Fdet, Sdet, tf, thickstep, odet)
+                            _add_pos(dsum, wo * Xs, dcap, Fdet, Sdet, tf, thickstep, odet, cv)
                             _add_capture(dsum, wo * Xs, dcapo, dcapt, dcapm)
                     else:
                         LX += wo * Xs
         if corrected:
             if geo and not os_thick:
                 # the layer's capture (its first sub-pixel's) weighs all of it
-                _add_pos(dsum, LX, dcapL, F_L, S_L, tf, thickstep, odet)
+                _add_pos(dsum, LX, dcapL, F_L, S_L, tf, thickstep, odet, cv)
                 _add_capture(dsum, LX, dcapLo, dcapLt, dcapLm)
             bg_w = layer_bg / (os * os * (nsrc if os_polar else 1))
             capsum += bg_w if os_thick else bg_w * capL
@@ -907,11 +937,11 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
     gT = gC * total
     if SENSOR == 0:
         t_po = t_om = 0.0       # (one layer: a constant for LLVM)
-    _add_pos(dsum, gT * omega * capf, dP, F_po, S_po, t_po, thickstep, odet)
-    _add_pos(dsum, gT * polar * capf, dOm, F_om, S_om, t_om, thickstep, odet)
+    _add_pos(dsum, gT * omega * capf, dP, F_po, S_po, t_po, thickstep, odet, cv)
+    _add_pos(dsum, gT * polar * capf, dOm, F_om, S_om, t_om, thickstep, odet, cv)
     if not corrected and geo:
         # one layer: the capture at the sub-pixel where the forward took it
-        _add_pos(dsum, gT * polar * omega, dcap, F_c, S_c, 0.0, thickstep, odet)
+        _add_pos(dsum, gT * polar * omega, dcap, F_c, S_c, 0.0, thickstep, odet, cv)
         _add_capture(dsum, gT * polar * omega, dcapo, dcapt, dcapm)
     dsum[P_CLOSE] += gT * polar * capf * dOmc
     dsum[P_KAHN] += gT * omega * capf * dPk
@@ -940,10 +970,11 @@ _pixel_grad_sensor = njit(cache=True, _nrt=False, error_model="numpy",
 @njit(cache=True, fastmath=False, error_model="numpy")
 def uses_sensor(iopt, fopt):
     """Whether a run needs the sensor copies of the kernels (backward_sensor,
-    forward_jac_sensor): sensor layers, a sensor thickness or an
-    -oversample_thick/_polar/_omega switch."""
+    forward_jac_sensor): sensor layers, a sensor thickness, an
+    -oversample_thick/_polar/_omega switch, or a curved detector (the other
+    code that the plain copies leave out)."""
     return (iopt[K.I_THICKSTEPS] > 1 or iopt[K.I_OS_THICK] != 0 or iopt[K.I_OS_POLAR] != 0
-            or iopt[K.I_OS_OMEGA] != 0 or fopt[K.F_THICK] != 0.0)
+            or iopt[K.I_OS_OMEGA] != 0 or fopt[K.F_THICK] != 0.0 or iopt[K.I_CURVED] != 0)
 
 
 def _backward(active, box, g, iopt, fopt, vecs, incident, lam, cells, Fhkl, want, nchunk,

@@ -20,9 +20,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core.extending import intrinsic
 
-from ..physics import (capture_fraction, dot, interp_in_range, lattice_factor, like, nearest_F,
-                       nearest_F_frac,
-                       polarization_factor, rotate_axis, sincg_reduced_frac, sincg_reduced_frac3,
+from ..physics import (capture_fraction, curved_position, dot, interp_in_range, lattice_factor,
+                       like, nearest_F, nearest_F_frac,
+                       polarization_factor, sincg_reduced_frac, sincg_reduced_frac3,
                        solid_angle, tricubic_F, unitize)
 from .layout import (  # noqa: F401  (re-exported: K.I_* etc.)
     I_OVERSAMPLE, I_THICKSTEPS, I_NSRC, I_NPHI, I_NMOS, I_SHAPE, I_CURVED, I_POINT, I_NOPOLAR,
@@ -621,9 +621,7 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                        Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
                 if iopt[I_CURVED] != 0:
                     # every pixel at "distance": detector coordinates become angles
-                    v0 = (distance * beam[0], distance * beam[1], distance * beam[2])
-                    v1 = rotate_axis(v0, sdet, pos[1] / distance)
-                    v2 = rotate_axis(v1, fdet, pos[2] / distance)
+                    v2 = curved_position(pos, distance, beam, sdet, fdet)
                     pos = (like(v2[0], z), like(v2[1], z), like(v2[2], z))
                 diffracted, airpath = unitize(pos)
                 if omega_pixel == 0.0 or os_omega:
