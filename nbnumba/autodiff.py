@@ -278,10 +278,6 @@ def _check_supported(cfg, given, needs_grad):
             # replaces the flag's value only, so the run is the one the flags describe
             raise ConfigError("%s= replaces the value of -%s (read in the CUSTOM convention, "
                               "which the flag selects): give it in argv" % (name, name))
-    if cfg.curved_detector and cfg.device == "cuda":
-        # the CUDA forward is the adjoint kernel itself, which does not model it
-        raise ConfigError("nbnumba.autodiff -device cuda: -curved_det not supported (use "
-                          "-device cpu); see docs/autodiff.md")
     if not needs_grad:
         return
     if (cfg.misset_mode == -1 and cfg.misset_seed is None and cfg.seed is None

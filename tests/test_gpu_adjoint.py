@@ -104,6 +104,15 @@ CASES = {
     # a switch without a sensor: the solid angle per sub-pixel
     "omega_only": ("-default_F 100 -N 5 -oversample 3 -oversample_omega -water 20 "
                    "-point_pixel", {}),
+    # -curved_det: every position moved onto the sphere (physics.curved_position),
+    # its derivative mapped back (the sphere's radius and beam, the axes)
+    "curved": ("-default_F 100 -N 5 -curved_det -oversample 2 -polar 0.6 -water 20 "
+               "-detector_rotx 3 -twotheta 4", {}),
+    # ... with a sensor, the switches and the beam direction's per-source block
+    "curved_sensor": ("-default_F 100 -N 5 -curved_det -detector_thick 200 -detector_thicksteps 2 "
+                      "-oversample 2 -oversample_polar -oversample_omega -water 30 "
+                      "-beam_vector 1 0 0 -hdivrange 0.3 -hdivsteps 2",
+                      {"beam_vector": np.array([0.98, 0.05, -0.03])}),
 }
 
 
@@ -147,10 +156,8 @@ def _numba(run, g, want_F):
     A.kernels_for(*run.args[:2])[1](run.model.active, run.box, g, *run.args, want, nchunk,
                                     gpar, gF, cacc, val, *run.incident_blocks())
     # the per-cell rotation entries: the adjoint pass leaves them 0 (the host
-    # contracts them from cacc), on both sides; the curved detector's follow
-    # the device's rows (a flat detector: 0)
+    # contracts them from cacc), on both sides
     assert not gpar[:, [A.P_MOS, A.P_SPIN, A.P_SPIN + 1, A.P_SPIN + 2]].any()
-    assert not gpar[:, A.N_PAR_DEVICE:].any()
     return (val, gpar[:, :A.N_PAR_DEVICE], cacc.sum(axis=0),
             (gF.sum(axis=0) if want_F else None))
 
@@ -195,14 +202,13 @@ def test_adjoint_launch_args_match_signature(tmp_path, monkeypatch):
 
 def test_theta_layout_matches_kernel(host):
     # HostKernel reads N_PAR and P_LAM back from the library (nb_host_layout)
-    # every entry but the curved detector's, which -device cuda refuses
-    assert gpu.ADJOINT_N_PAR == A.N_PAR_DEVICE == A.P_CDIST and A.N_PAR == A.P_CBEAM + 3
+    assert gpu.ADJOINT_N_PAR == A.N_PAR_DEVICE == A.N_PAR == A.P_CBEAM + 3
     assert A.P_SPIN == A.P_BEAM + gpu.ADJOINT_MAX_INC
     src = gpu.source_text()
     assert "#define NB_MAX_INC %d\n" % gpu.ADJOINT_MAX_INC in src
     for name in ("P_A", "P_B", "P_C", "P_PIX0", "P_CLOSE", "P_ASTAR", "P_BSTAR", "P_CSTAR",
                  "P_LAM", "P_NA", "P_NB", "P_NC", "P_FLU", "P_KAHN", "P_MOS", "P_BEAM",
-                 "P_DIV", "P_DISP", "P_ODET", "P_TSTEP", "P_MU"):
+                 "P_DIV", "P_DISP", "P_ODET", "P_TSTEP", "P_MU", "P_CDIST", "P_CBEAM"):
         assert ("#define %s %d\n" % (name, getattr(A, name))) in src, name
     assert "#define N_PAR %d\n" % A.N_PAR_DEVICE in src
     assert "#define NB_SINCG_NEAR %r\n" % SINCG_NEAR in src
@@ -249,6 +255,10 @@ def test_host_adjoint_matches_numba(name, host, tmp_path, monkeypatch):
     sensor = "-detector_thick" in CASES[name][0]
     assert (np.abs(ref[A.P_ODET:A.P_MU + 1]).min() > 0.0) == sensor
     assert sensor or not ref[A.P_ODET:A.P_MU + 1].any()
+    # the curved detector's (its radius, its beam): nonzero with -curved_det only
+    curved = "-curved_det" in CASES[name][0]
+    assert (np.abs(ref[A.P_CDIST:A.P_CBEAM + 3]).min() > 0.0) == curved
+    assert curved or not ref[A.P_CDIST:A.P_CBEAM + 3].any()
     gauss = "-gauss_xtal" in CASES[name][0]
     assert (np.abs(ref[A.P_ASTAR:A.P_CSTAR + 3]).max() > 0.0) == gauss
     # the top hat is flat in h, k, l (its edge's delta is left out): no cell gradient
@@ -364,10 +374,10 @@ def test_autodiff_device_cuda_through_fake_cupy(host, tmp_path, monkeypatch):
 
 
 def test_autodiff_device_cuda_sensor_through_fake_cupy(host, tmp_path, monkeypatch):
-    """Sensor layers and the -oversample_* switches under -device cuda: the
-    image and every gradient, the sensor keywords' included, are the CPU
-    path's (the numba adjoint's sensor copies, which tests/test_autodiff.py
-    holds to finite differences)."""
+    """Sensor layers, the -oversample_* switches and -curved_det under
+    -device cuda: the image and every gradient, the sensor keywords'
+    included, are the CPU path's (the numba adjoint's sensor copies, which
+    tests/test_autodiff.py holds to finite differences)."""
     torch = pytest.importorskip("torch")
     fake = _fake(host, monkeypatch)
     base = (BASE + " -default_F 100 -N 5 -oversample 2 -water 30 -polar 0.6 -mosaic 0.3"
@@ -379,6 +389,8 @@ def test_autodiff_device_cuda_sensor_through_fake_cupy(host, tmp_path, monkeypat
         # every switch; mu = 1/thickness follows the thickness keyword
         "switches": ["-detector_thick", "200", "-detector_thicksteps", "2",
                      "-oversample_thick", "-oversample_polar", "-oversample_omega"],
+        # the curved detector, with two layers
+        "curved": ["-curved_det", "-detector_thick", "200", "-detector_thicksteps", "2"],
     }
 
     def grads(argv):
@@ -404,18 +416,17 @@ def test_autodiff_device_cuda_sensor_through_fake_cupy(host, tmp_path, monkeypat
             assert _rel(a, b) <= REL, (name, a, b)
 
 
-def test_autodiff_device_cuda_refusals(host, tmp_path, monkeypatch):
-    """The CUDA forward is the adjoint kernel: what it does not model
-    (-curved_det) is refused with -device cuda even without requires_grad;
-    a sensor and the switches are modelled."""
+def test_autodiff_device_cuda_renders_what_the_cpu_does(host, tmp_path, monkeypatch):
+    """The CUDA forward is the adjoint kernel: it models every flag the CPU
+    adjoint does (a curved detector, a sensor, the switches), so -device cuda
+    gives the CPU's image for each (it used to refuse them)."""
     pytest.importorskip("torch")
     _fake(host, monkeypatch)
-    argv = (BASE + " -default_F 100 -N 5 -device cuda").split()
-    assert AD.simulate(argv).shape == (12, 12)
-    with pytest.raises(ConfigError, match="-device cuda: -curved_det not supported"):
-        AD.simulate(argv + ["-curved_det"])
-    for flags in (["-detector_thick", "100"], ["-oversample_omega"]):
-        assert AD.simulate(argv + flags).shape == (12, 12)
+    argv = (BASE + " -default_F 100 -N 5").split()
+    for flags in ([], ["-curved_det"], ["-detector_thick", "100"], ["-oversample_omega"]):
+        ref = AD.simulate(argv + flags).numpy()
+        got = AD.simulate(argv + flags + ["-device", "cuda"]).numpy()
+        assert ref.max() > 0.0 and _rel(got, ref) <= REL, flags
 
 
 def test_autodiff_device_cuda_refuses_an_image_of_inf(host, monkeypatch):

@@ -609,12 +609,7 @@ def device_check(argv, vals, names, host, rng: random.Random) -> dict:
         img_c, g_c = grads([])
     except NBError:
         return out                      # autodiff refuses the line (and so would the GPU)
-    try:
-        img_d, g_d = grads(["-device", "cuda"])
-    except NBError as exc:
-        if "not supported (use -device cpu)" in str(exc):
-            return out      # -curved_det: numba's forward only
-        raise
+    img_d, g_d = grads(["-device", "cuda"])
     c = m_ref.crystal
     phase = (max(c.Na, c.Nb, c.Nc) * 2.0 * max(c.cell[:3])
              / (1e10 * float(np.min(m_ref.sources.wavelength))))

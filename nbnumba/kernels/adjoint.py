@@ -75,10 +75,9 @@ P_ODET, P_TSTEP, P_MU = 44, 47, 48
 P_CDIST, P_CBEAM = 49, 50
 N_PAR = 53
 #: the entries the CUDA adjoint's per-pixel rows carry (nanobragg.cu's N_PAR):
-#: every one before the curved detector's (-device cuda refuses -curved_det);
-#: it leaves the rotation entries (P_MOS, P_SPIN..) 0, for the host to
-#: contract from its per-cell sums
-N_PAR_DEVICE = P_CDIST
+#: all of them; it leaves the rotation entries (P_MOS, P_SPIN..) 0, for the
+#: host to contract from its per-cell sums
+N_PAR_DEVICE = N_PAR
 
 # ---- what a pass differentiates (bit mask ``want``) -------------------------
 # W_F: scatter dI/dFhkl; W_N: d/dNa..Nc; W_GEO: everything that moves h, k, l or

@@ -65,10 +65,9 @@ ADJOINT_VALUES, ADJOINT_GRAD, ADJOINT_GRAD_F = 0, 1, 2
 ADJOINT_COST = 4
 
 #: length of the CUDA adjoint's per-pixel rows (the kernel's N_PAR, checked by
-#: HostKernel against kernels/adjoint.py N_PAR_DEVICE): theta up to the
-#: curved detector's entries (-device cuda refuses -curved_det); the
+#: HostKernel against kernels/adjoint.py N_PAR_DEVICE): all of theta; the
 #: spindle's entries are left 0 there (the host contracts them from cacc)
-ADJOINT_N_PAR = 49
+ADJOINT_N_PAR = 53
 #: most per-source blocks the CUDA adjoint takes (nanobragg.cu's NB_MAX_INC):
 #: one per entry P_BEAM..P_DISP
 ADJOINT_MAX_INC = 6

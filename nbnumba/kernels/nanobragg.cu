@@ -235,6 +235,17 @@ __device__ vec3<real> rotate_axis(vec3<real> v, vec3<real> axis, real phi) {
 }
 // (physics.rotate_xyz and rotate_umat only run in the host-side setup.)
 
+// physics.curved_position: -curved_det's flat position pos moved onto the
+// sphere of radius distance (pos's lab y and z read as angles; x unused)
+template <typename real>
+__device__ __forceinline__ vec3<real> curved_position(vec3<real> pos, real distance,
+                                                      vec3<real> beam, vec3<real> sdet,
+                                                      vec3<real> fdet) {
+    const vec3<real> v0 = mk<real>(distance * beam.x, distance * beam.y, distance * beam.z);
+    const vec3<real> v1 = rotate_axis(v0, sdet, pos.y / distance);
+    return rotate_axis(v1, fdet, pos.z / distance);
+}
+
 // grating interference function sin(N x)/sin(x), N at x == 0; x = pi*h
 template <typename real>
 __device__ real sincg(real x, real N) {
@@ -673,9 +684,7 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                                           Fdet * fdet.z + Sdet * sdet.z + Odet * odet.z + pix0.z);
                 if (curved) {
                     // every pixel at "distance": detector coordinates become angles
-                    vec3<wide> v0 = mk<wide>(distance * beam.x, distance * beam.y, distance * beam.z);
-                    vec3<wide> v1 = rotate_axis(v0, sdet, pos.y / distance);
-                    pos = rotate_axis(v1, fdet, pos.z / distance);
+                    pos = curved_position(pos, distance, beam, sdet, fdet);
                 }
                 const wide airpath = unitize(pos, &diffracted);
                 if (omega_pixel == (wide)0.0 || os_omega) {
@@ -1005,7 +1014,11 @@ NB_DEFINE_KERNEL(render_f32, double, float)
 #define P_ODET 44
 #define P_TSTEP 47
 #define P_MU 48
-#define N_PAR 49
+// -curved_det's sphere: its radius (the detector distance, m) and the beam it
+// turns onto each pixel
+#define P_CDIST 49
+#define P_CBEAM 50
+#define N_PAR 53
 // at most this many per-source blocks (P_BEAM + q for q < ninc)
 #define NB_MAX_INC 6
 
@@ -1350,35 +1363,99 @@ __device__ double capture_fraction_grad(double layer, double thickstep, double m
     return cap;
 }
 
+// the detector as the adjoint's positions need it: the axes, pix0, the
+// sensor's layer thickness and, for -curved_det, the sphere's radius and beam
+struct det_map {
+    vec3<double> fdet, sdet, odet, pix0, beam;
+    double tstep, distance;
+    bool curved;
+};
+
 // sub-pixel (subS, subF) of sensor layer t: its lab position pix0 + Fdet fdet +
-// Sdet sdet + t thickstep odet, as pixel_grad forms it (flat detector);
-// *Fo, *So: its Fdet, Sdet (m)
+// Sdet sdet + t thickstep odet, moved onto the sphere with -curved_det, as
+// pixel_grad forms it; *Fo, *So: its Fdet, Sdet (m)
 __device__ __forceinline__ vec3<double> adjoint_position(nb_i64 spixel, nb_i64 fpixel, nb_i64 os,
                                                         nb_i64 subS, nb_i64 subF, double subpixel,
-                                                        double Odet, vec3<double> fdet,
-                                                        vec3<double> sdet, vec3<double> odet,
-                                                        vec3<double> pix0, double* Fo,
-                                                        double* So) {
+                                                        double Odet, const det_map& m,
+                                                        double* Fo, double* So) {
     const double Fdet = subpixel * (double)(fpixel * os + subF) + subpixel / 2.0;
     const double Sdet = subpixel * (double)(spixel * os + subS) + subpixel / 2.0;
     *Fo = Fdet;
     *So = Sdet;
-    return mk<double>(Fdet * fdet.x + Sdet * sdet.x + Odet * odet.x + pix0.x,
-                      Fdet * fdet.y + Sdet * sdet.y + Odet * odet.y + pix0.y,
-                      Fdet * fdet.z + Sdet * sdet.z + Odet * odet.z + pix0.z);
+    const vec3<double> pos = mk<double>(
+        Fdet * m.fdet.x + Sdet * m.sdet.x + Odet * m.odet.x + m.pix0.x,
+        Fdet * m.fdet.y + Sdet * m.sdet.y + Odet * m.odet.y + m.pix0.y,
+        Fdet * m.fdet.z + Sdet * m.sdet.z + Odet * m.odet.z + m.pix0.z);
+    return m.curved ? curved_position(pos, m.distance, m.beam, m.sdet, m.fdet) : pos;
 }
 
-// theta entries that a position derivative reaches (pix0, fdet, sdet, and below
-// the first sensor layer odet and the layer thickness): fixed indices, so
-// that the compiler keeps them in registers
+// physics._rotate_axis_vjp: for w = rotate_axis(v, axis, phi) and g = dL/dw,
+// *gv = dL/dv, *gax = dL/daxis (the formula's, no unit axis assumed); returns dL/dphi
+__device__ double rotate_axis_vjp(vec3<double> g, vec3<double> v, vec3<double> axis, double phi,
+                                  vec3<double>* gv, vec3<double>* gax) {
+    const double c = cos(phi), s = sin(phi);
+    const double av = dot(axis, v), ga = dot(g, axis);
+    const vec3<double> gxa = cross(g, axis), gxv = cross(g, v), axv = cross(axis, v);
+    *gv = mk<double>(c * g.x + s * gxa.x + (1.0 - c) * ga * axis.x,
+                     c * g.y + s * gxa.y + (1.0 - c) * ga * axis.y,
+                     c * g.z + s * gxa.z + (1.0 - c) * ga * axis.z);
+    *gax = mk<double>((1.0 - c) * (av * g.x + ga * v.x) - s * gxv.x,
+                      (1.0 - c) * (av * g.y + ga * v.y) - s * gxv.y,
+                      (1.0 - c) * (av * g.z + ga * v.z) - s * gxv.z);
+    return g.x * (s * (axis.x * av - v.x) + c * axv.x) + g.y * (s * (axis.y * av - v.y) + c * axv.y) +
+           g.z * (s * (axis.z * av - v.z) + c * axv.z);
+}
+
+// physics.curved_position_grad: for p = curved_position(pos, ...) and g = dL/dp,
+// returns dL/dpos (x: 0); *gdist, *gb, *gs, *gf: dL/d distance, beam, sdet, fdet
+__device__ vec3<double> curved_position_grad(vec3<double> g, vec3<double> pos, double distance,
+                                             vec3<double> beam, vec3<double> sdet,
+                                             vec3<double> fdet, double* gdist, vec3<double>* gb,
+                                             vec3<double>* gs, vec3<double>* gf) {
+    const vec3<double> v0 = mk<double>(distance * beam.x, distance * beam.y, distance * beam.z);
+    const double p1 = pos.y / distance, p2 = pos.z / distance;
+    const vec3<double> v1 = rotate_axis(v0, sdet, p1);
+    vec3<double> g1, g0;
+    const double gphi2 = rotate_axis_vjp(g, v1, fdet, p2, &g1, gf);
+    const double gphi1 = rotate_axis_vjp(g1, v0, sdet, p1, &g0, gs);
+    *gdist = dot(g0, beam) - (gphi1 * p1 + gphi2 * p2) / distance;
+    *gb = mk<double>(distance * g0.x, distance * g0.y, distance * g0.z);
+    return mk<double>(0.0, gphi1 / distance, gphi2 / distance);
+}
+
+// theta entries that a position derivative reaches (pix0, fdet, sdet; below
+// the first sensor layer odet and the layer thickness; with -curved_det the
+// sphere's radius and beam): fixed indices, so that the compiler keeps them
+// in registers
 struct pos_grad {
-    double p[3], f[3], s[3], o[3], ts;
+    double p[3], f[3], s[3], o[3], ts, dist, beam[3];
 };
 
 // adjoint.py _add_pos: *a += c gp, gp the derivative of a factor in the
-// position pix0 + F fdet + S sdet + t tstep odet where it was evaluated
+// position pix0 + F fdet + S sdet + t tstep odet where it was evaluated (or,
+// with -curved_det, in that position moved onto the sphere)
 __device__ __forceinline__ void add_pos(pos_grad* a, double c, vec3<double> gp, double F,
-                                        double S, double t, double tstep, vec3<double> odet) {
+                                        double S, double t, const det_map& m) {
+    const double O = t * m.tstep;
+    if (m.curved) {
+        // back from the sphere to the flat position, and the map's own
+        // distance, beam and axes
+        const vec3<double> flat = mk<double>(F * m.fdet.x + S * m.sdet.x + O * m.odet.x + m.pix0.x,
+                                             F * m.fdet.y + S * m.sdet.y + O * m.odet.y + m.pix0.y,
+                                             F * m.fdet.z + S * m.sdet.z + O * m.odet.z + m.pix0.z);
+        double gdist;
+        vec3<double> gb, gs, gf;
+        gp = curved_position_grad(gp, flat, m.distance, m.beam, m.sdet, m.fdet, &gdist, &gb, &gs,
+                                  &gf);
+        a->dist += c * gdist;
+        const double b[3] = {gb.x, gb.y, gb.z}, ss[3] = {gs.x, gs.y, gs.z},
+                     ff[3] = {gf.x, gf.y, gf.z};
+        for (int i = 0; i < 3; ++i) {
+            a->beam[i] += c * b[i];
+            a->s[i] += c * ss[i];
+            a->f[i] += c * ff[i];
+        }
+    }
     const double x[3] = {c * gp.x, c * gp.y, c * gp.z};
     for (int i = 0; i < 3; ++i) {
         a->p[i] += x[i];
@@ -1386,11 +1463,10 @@ __device__ __forceinline__ void add_pos(pos_grad* a, double c, vec3<double> gp, 
         a->s[i] += x[i] * S;
     }
     if (t > 0.0) {
-        const double O = t * tstep;
         a->o[0] += x[0] * O;
         a->o[1] += x[1] * O;
         a->o[2] += x[2] * O;
-        a->ts += t * (x[0] * odet.x + x[1] * odet.y + x[2] * odet.z);
+        a->ts += t * (x[0] * m.odet.x + x[1] * m.odet.y + x[2] * m.odet.z);
     }
 }
 
@@ -1432,24 +1508,24 @@ __device__ __forceinline__ void add_weight_grad(pos_grad* a, double* dclose, dou
                                                 double* dmu, double* dbeam, double c,
                                                 const sub_weights& sw, bool os_polar,
                                                 bool os_omega, double F, double S,
-                                                double t, double tstep, vec3<double> odet,
+                                                double t, const det_map& m,
                                                 const double* dinc, nb_i64 ninc, nb_i64 nsrc,
                                                 nb_i64 s) {
     if (os_polar) {
         const double k = c * sw.wc * sw.wo;
-        add_pos(a, k, sw.dwp, F, S, t, tstep, odet);
+        add_pos(a, k, sw.dwp, F, S, t, m);
         *dkahn += k * sw.dwpk;
         for (nb_i64 q = 0; q < ninc; ++q) dbeam[q] += k * incident_term(dinc, q, nsrc, s, sw.dwpi);
     }
     if (os_omega) {
         const double k = c * sw.wc * sw.wp;
-        add_pos(a, k, sw.dwo, F, S, t, tstep, odet);
+        add_pos(a, k, sw.dwo, F, S, t, m);
         *dclose += k * sw.dwoc;
     }
     // the capture: the sub-pixel's (-oversample_thick) or the layer's first
     // sub-pixel's, which weighs the whole layer
     const double k = c * sw.wo * sw.wp;
-    add_pos(a, k, sw.dc, sw.Fc, sw.Sc, t, tstep, odet);
+    add_pos(a, k, sw.dc, sw.Fc, sw.Sc, t, m);
     add_capture(a, dmu, k, sw.dco, sw.dct, sw.dcm);
 }
 
@@ -1510,6 +1586,16 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     const bool os_omega = iopt[I_OS_OMEGA] != 0;
     const double thick = fopt[F_THICK], thickstep = fopt[F_THICKSTEP], mu = fopt[F_MU];
     const bool corrected = nthick > 1 || os_thick || os_polar || os_omega;
+    // the positions' map (-curved_det: onto the sphere of radius distance)
+    det_map dm;
+    dm.fdet = fdet;
+    dm.sdet = sdet;
+    dm.odet = odet;
+    dm.pix0 = pix0;
+    dm.beam = load3w<double, double>(vecs + 3 * V_BEAM);
+    dm.tstep = thickstep;
+    dm.distance = fopt[F_DISTANCE];
+    dm.curved = iopt[I_CURVED] != 0;
     // the water background's share of one sub-pixel, of one sub-path
     const double bg_sub = I_bg / (double)(os * os);
     const double bg_src = bg_sub / (double)nsrc;
@@ -1518,7 +1604,8 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
 
     // the terms that take the per-pixel factors at the end: every sub-path's
     // lattice and weight derivatives (pos_grad, dbeam, ...), before g C P omega
-    pos_grad dpos = {{0.0, 0.0, 0.0}, {0.0, 0.0, 0.0}, {0.0, 0.0, 0.0}, {0.0, 0.0, 0.0}, 0.0};
+    pos_grad dpos = {{0.0, 0.0, 0.0}, {0.0, 0.0, 0.0}, {0.0, 0.0, 0.0}, {0.0, 0.0, 0.0},
+                     0.0, 0.0, {0.0, 0.0, 0.0}};
     double dclose_w = 0.0, dkahn_w = 0.0, dmu = 0.0;
     double dbeam[NB_MAX_INC] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // P_BEAM..P_DISP
 
@@ -1556,7 +1643,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
             for (nb_i64 subF = 0; subF < os; ++subF) {
                 double Fd, Sd;
                 const vec3<double> pos = adjoint_position(spixel, fpixel, os, subS, subF, subpixel,
-                                                          Odet, fdet, sdet, odet, pix0, &Fd, &Sd);
+                                                          Odet, dm, &Fd, &Sd);
                 vec3<double> d;
                 const double R = unitize(pos, &d);
                 if (omega == 0.0) {
@@ -1612,8 +1699,8 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                         // the water fills every sub-path, -dmin's cut ones too
                         if (grad)
                             add_weight_grad(&dpos, &dclose_w, &dkahn_w, &dmu, dbeam, bg_src, sw,
-                                            os_polar, os_omega, Fd, Sd, tf, thickstep,
-                                            odet, dinc, ninc, nsrc, source);
+                                            os_polar, os_omega, Fd, Sd, tf, dm, dinc, ninc,
+                                            nsrc, source);
                     }
                     if (cut) continue;
                     ran = true;
@@ -1635,7 +1722,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                     sw.wp = 1.0;
                     sw.dwp = zero3;
                     add_weight_grad(&dpos, &dclose_w, &dkahn_w, &dmu, dbeam, bg_sub, sw, false,
-                                    os_omega, Fd, Sd, tf, thickstep, odet, dinc, ninc, nsrc,
+                                    os_omega, Fd, Sd, tf, dm, dinc, ninc, nsrc,
                                     0);
                 }
             }
@@ -1674,8 +1761,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                 for (nb_i64 subF = 0; subF < os; ++subF) {
                     double Fd, Sd;
                     const vec3<double> pos = adjoint_position(
-                        spixel, fpixel, os, subS, subF, subpixel, Odet, fdet, sdet, odet, pix0,
-                        &Fd, &Sd);
+                        spixel, fpixel, os, subS, subF, subpixel, Odet, dm, &Fd, &Sd);
                     vec3<double> d;
                     const double R = unitize(pos, &d);
                     // this sub-path's oversampled factors (as the first pass's)
@@ -1751,8 +1837,8 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                         // the weight's own derivative times the term it weighs
                         if (corrected)
                             add_weight_grad(&dpos, &dclose_w, &dkahn_w, &dmu, dbeam, T, sw,
-                                            os_polar, os_omega, Fd, Sd, tf, thickstep,
-                                            odet, dinc, ninc, nsrc, source);
+                                            os_polar, os_omega, Fd, Sd, tf, dm, dinc, ninc,
+                                            nsrc, source);
                         const double tFl = 2.0 * Fc * Fc * Fl * w;
                         const double tFc = 2.0 * Fc * Fl * Fl * w;
                         const double Th = tFl * gl[0] + tFc * cg.x;
@@ -1795,7 +1881,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                         add_pos(&dpos, 1.0,
                                 mk<double>((gx - gd * d.x) * r, (gy - gd * d.y) * r,
                                            (gz - gd * d.z) * r),
-                                Fd, Sd, tf, thickstep, odet);
+                                Fd, Sd, tf, dm);
                         // the source's incident vector (dS/dinc = -1/lam) and wavelength
                         for (nb_i64 q = 0; q < ninc; ++q) {
                             const double* dq = dinc + 4 * q * nsrc + source;
@@ -1832,11 +1918,13 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
         fin.o[i] *= wt;
     }
     fin.ts *= wt;
+    fin.dist *= wt;
+    for (int i = 0; i < 3; ++i) fin.beam[i] *= wt;
     double dmu_f = wt * dmu;
-    add_pos(&fin, gT * omega * capf, dP, F_po, S_po, t_po, thickstep, odet);
-    add_pos(&fin, gT * polar * capf, dOm, F_om, S_om, t_om, thickstep, odet);
+    add_pos(&fin, gT * omega * capf, dP, F_po, S_po, t_po, dm);
+    add_pos(&fin, gT * polar * capf, dOm, F_om, S_om, t_om, dm);
     if (!corrected && thick != 0.0) {
-        add_pos(&fin, gT * polar * omega, dcap, F_c, S_c, 0.0, thickstep, odet);
+        add_pos(&fin, gT * polar * omega, dcap, F_c, S_c, 0.0, dm);
         add_capture(&fin, &dmu_f, gT * polar * omega, dcapo, dcapt, dcapm);
     }
     for (int i = 0; i < 3; ++i) {
@@ -1847,6 +1935,8 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     }
     row[P_TSTEP] = fin.ts;
     row[P_MU] = dmu_f;
+    row[P_CDIST] = fin.dist;
+    for (int i = 0; i < 3; ++i) row[P_CBEAM + i] = fin.beam[i];
     row[P_CLOSE] = wt * dclose_w + gT * polar * capf * dOmc;
     row[P_KAHN] = wt * dkahn_w + gT * omega * capf * dPk;
     for (nb_i64 q = 0; q < ninc; ++q) {
