@@ -29,8 +29,8 @@ matplotlib and pytest (no pyyaml, fabio or dask: golden cases are read from
 6. ``-trace_pixel`` on the device: the golden trace cases traced by the CUDA
    kernel (one-thread trace launch) against the numba trace, line by line;
 7. the CUDA adjoint of nbnumba.autodiff (``adjoint_f64``): a small case
-   (16x16, mosaic x phi, interpolated F grid; and with sensor layers and the
-   -oversample_* switches) against the numba adjoint
+   (16x16, mosaic x phi, interpolated F grid; and with sensor layers, the
+   -oversample_* switches and -curved_det) against the numba adjoint
    (max relative difference of the values, gradient vector, per-cell sums
    and F-grid gradient, bound ADJOINT_REL), two runs against each other
    (atomicAdd order: cacc and gF may differ in the last bits), the kernel's
@@ -351,9 +351,10 @@ ADJOINT_ARGV = ("-cell 70 80 90 85 95 105 -misset 10 20 30 -lambda 1.5 -distance
 #: gets a zero block for it)
 ADJOINT_SOURCES = {"beam_vector": [0.98, 0.05, -0.03], "hdivrange": [0.3], "dispersion": [1.0]}
 #: the same case with sensor layers and the -oversample_* switches (each
-#: sub-path weighed by its capture, polarization and solid angle)
+#: sub-path weighed by its capture, polarization and solid angle) on a
+#: curved detector (every position moved onto the sphere)
 ADJOINT_SENSOR = (" -detector_thick 300 -detector_thicksteps 3 -detector_abs 200 -oversample 2"
-                  " -oversample_polar -oversample_omega -water 30")
+                  " -oversample_polar -oversample_omega -water 30 -curved_det")
 
 
 def _adjoint_numba(run, g, want_F):
@@ -430,7 +431,7 @@ def run_adjoint(quick: bool = False) -> dict:
                     "forward_values": rel(cp.asnumpy(gpu.adjoint(args, run.model.active)[0]),
                                           run.forward())}
             out["max_rel_vs_numba"] = diff
-            # the sensor layers and the switches, 16x16
+            # the sensor layers, the switches and the curved detector, 16x16
             srun = run_for(16, ADJOINT_SENSOR)
             sg = rng.standard_normal(srun.model.shape)
             sref = _adjoint_numba(srun, sg, True)
@@ -701,7 +702,7 @@ def _md(report: dict) -> str:
         L += ["", "## CUDA adjoint (nbnumba.autodiff)", "",
               "* max relative difference vs the numba adjoint (bound %g): `%s`"
               % (adj["bound"], json.dumps(adj["max_rel_vs_numba"])),
-              "* the same with sensor layers and the switches: `%s`"
+              "* the same with sensor layers, the switches and -curved_det: `%s`"
               % json.dumps(adj.get("max_rel_vs_numba_sensor")),
               "* run to run (atomicAdd order): `%s`" % json.dumps(adj["run_to_run"]),
               "* kernel: `%s`" % json.dumps(adj["kernel"]),

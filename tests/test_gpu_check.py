@@ -133,7 +133,7 @@ def test_gpu_check_through_fake_cupy(tmp_path, monkeypatch):
     assert adj["kernel"]["entry"] == gpu.ADJOINT_ENTRY_POINT
     assert set(adj["max_rel_vs_numba"]) == {"values", "gpar", "cacc", "gF", "forward_values"}
     assert all(0.0 <= v <= gpu_check.ADJOINT_REL for v in adj["max_rel_vs_numba"].values())
-    # the sensor layers and the switches
+    # the sensor layers, the switches and the curved detector
     assert set(adj["max_rel_vs_numba_sensor"]) == {"values", "gpar", "cacc", "gF"}
     assert all(0.0 <= v <= gpu_check.ADJOINT_REL
                for v in adj["max_rel_vs_numba_sensor"].values())
@@ -147,7 +147,7 @@ def test_gpu_check_through_fake_cupy(tmp_path, monkeypatch):
     assert adj["timing"]["pixels"] == "64x64" and adj["timing"]["kernel_ms"] > 0
     assert adj["timing"]["numba_wall_ms"] > 0
     md = (out / "gpu_check.md").read_text()
-    assert "## CUDA adjoint" in md and "the same with sensor layers and the switches" in md
+    assert "## CUDA adjoint" in md and "the same with sensor layers, the switches and -curved_det" in md
     tr = steps["trace"]
     assert tr["ok"] is True
     # of CASES, phi_zero_carryover and mosaic_domains_seed store a trace pixel
