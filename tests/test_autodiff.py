@@ -860,6 +860,25 @@ def test_polarization_and_solid_angle_grads_match_finite_differences():
     assert math.isclose(sum(gi * p / R for gi, p in zip(g, pos)), fd, rel_tol=1e-7)
 
 
+def _columns_match_differences(argv, vals, steps):
+    """Each per-pixel column of jacobian(argv, **vals) is nonzero and agrees
+    with Richardson central differences of the forward (steps[keyword] per
+    component) to 1e-8 of its largest entry."""
+    from nbnumba import autodiff as AD
+    _, J = AD.jacobian(argv, **vals)
+    for name in vals:
+        for i in range(vals[name].size):
+            def at(t):
+                kw = {k: torch.from_numpy(v.copy()) for k, v in vals.items()}
+                kw[name][i] += t
+                return simulate(argv, **kw).numpy()
+            h = steps[name]
+            fd = (8 * (at(h) - at(-h)) - (at(2 * h) - at(-2 * h))) / (12 * h)
+            col = J[name][..., i]
+            assert np.abs(col).max() > 0.0, (name, i)
+            assert np.abs(col - fd).max() <= 1e-8 * np.abs(col).max(), (name, i)
+
+
 # ------------------------------------------------ sensor layers, -oversample_*
 #: runs whose forward takes the "corrected" sum (kernels.cpu.pixel_value):
 #: per-layer capture fractions, per-sub-path factors, water in every sub-path
@@ -913,7 +932,6 @@ def test_sensor_and_switches_central_differences(case):
     column's largest entry: the capture fraction's parallax and the layers'
     depth along the detector normal (detector_rot, twotheta move the normal),
     the per-sub-path weights and the water they weigh."""
-    from nbnumba import autodiff as AD
     argv = BASE + SENSOR[case].split()
     vals = {k: np.asarray(VALUES[k], dtype=np.float64) for k in SENSOR_KEYS}
     vals.update({k: np.array(v) for k, v in SENSOR_VALUES[case].items()})
@@ -923,22 +941,9 @@ def test_sensor_and_switches_central_differences(case):
         i = argv.index("-dmin")
         cut = simulate(argv, **kw).numpy() != simulate(argv[:i] + argv[i + 2:], **kw).numpy()
         assert 0 < np.count_nonzero(cut) < cut.size // 4
-    _, J = AD.jacobian(argv, **vals)
-    steps = dict(misset=1e-3, distance=1e-3, beam_center=1e-3, detector_rot=1e-3,
-                 twotheta=1e-3, wavelength=1e-6, polarization=1e-3, N=1e-4,
-                 detector_thick=0.1, detector_abs=0.1)
-    for name in vals:
-        x0 = vals[name]
-        for i in range(x0.size):
-            def at(t):
-                kw = {k: torch.from_numpy(v.copy()) for k, v in vals.items()}
-                kw[name][i] += t
-                return simulate(argv, **kw).numpy()
-            h = steps[name]
-            fd = (8 * (at(h) - at(-h)) - (at(2 * h) - at(-2 * h))) / (12 * h)
-            col = J[name][..., i]
-            assert np.abs(col).max() > 0.0, (name, i)
-            assert np.abs(col - fd).max() <= 1e-8 * np.abs(col).max(), (name, i)
+    _columns_match_differences(argv, vals, dict(
+        misset=1e-3, distance=1e-3, beam_center=1e-3, detector_rot=1e-3, twotheta=1e-3,
+        wavelength=1e-6, polarization=1e-3, N=1e-4, detector_thick=0.1, detector_abs=0.1))
 
 
 def test_sensor_and_switches_three_routes_agree(hkl_file):
@@ -1093,27 +1098,13 @@ def test_curved_det_central_differences(case):
     turns, and the detector axes it turns about.  (The rotation keywords'
     columns at a step of 1e-2 degrees: at 1e-3 the differences' rounding
     reaches 9e-9 of detector_rot's smallest column.)"""
-    from nbnumba import autodiff as AD
     argv = BASE + CURVED[case].split()
     keys = SENSOR_KEYS + ("cell",) + (("detector_thick",) if "-detector_thick" in argv else ())
     vals = {k: np.asarray(dict(VALUES, detector_thick=[300.0])[k], dtype=np.float64)
             for k in keys}
-    _, J = AD.jacobian(argv, **vals)
-    steps = dict(misset=1e-3, distance=1e-3, beam_center=1e-3, detector_rot=1e-2,
-                 twotheta=1e-2, wavelength=1e-6, polarization=1e-3, N=1e-4, cell=1e-3,
-                 detector_thick=0.1)
-    for name in vals:
-        x0 = vals[name]
-        for i in range(x0.size):
-            def at(t):
-                kw = {k: torch.from_numpy(v.copy()) for k, v in vals.items()}
-                kw[name][i] += t
-                return simulate(argv, **kw).numpy()
-            h = steps[name]
-            fd = (8 * (at(h) - at(-h)) - (at(2 * h) - at(-2 * h))) / (12 * h)
-            col = J[name][..., i]
-            assert np.abs(col).max() > 0.0, (name, i)
-            assert np.abs(col - fd).max() <= 1e-8 * np.abs(col).max(), (name, i)
+    _columns_match_differences(argv, vals, dict(
+        misset=1e-3, distance=1e-3, beam_center=1e-3, detector_rot=1e-2, twotheta=1e-2,
+        wavelength=1e-6, polarization=1e-3, N=1e-4, cell=1e-3, detector_thick=0.1))
 
 
 def test_curved_det_beam_vector_central_differences():
@@ -1121,20 +1112,9 @@ def test_curved_det_beam_vector_central_differences():
     every pixel (physics.curved_position): beam_vector's and distance's
     columns against Richardson differences, to 1e-8 of each column's largest
     entry, with divergent sources and the Kahn factor."""
-    from nbnumba import autodiff as AD
     argv = BEAM_ARGV + "-curved_det -polar 0.6 -hdivrange 0.3 -hdivsteps 2".split()
     vals = {"beam_vector": np.asarray(BEAM), "distance": np.array([100.0])}
-    _, J = AD.jacobian(argv, **vals)
-    for name, h in (("beam_vector", 1e-5), ("distance", 1e-3)):
-        for i in range(vals[name].size):
-            def at(t):
-                kw = {k: torch.from_numpy(v.copy()) for k, v in vals.items()}
-                kw[name][i] += t
-                return simulate(argv, **kw).numpy()
-            fd = (8 * (at(h) - at(-h)) - (at(2 * h) - at(-2 * h))) / (12 * h)
-            col = J[name][..., i]
-            assert np.abs(col).max() > 0.0, (name, i)
-            assert np.abs(col - fd).max() <= 1e-8 * np.abs(col).max(), (name, i)
+    _columns_match_differences(argv, vals, dict(beam_vector=1e-5, distance=1e-3))
 
 
 def test_curved_det_three_routes_agree():
