@@ -1216,21 +1216,29 @@ _WARMUP_ARGV = ("-cell 70 80 90 85 95 105 -lambda 1.5 -N 4 -default_F 100 -dista
                 "-detpixels 8 -pixel 1 -mosaic 0.3 -mosaic_dom 2 -nonoise -nopgm").split()
 
 
-def _warmup_runs():
-    """The warm-up's two runs: (backward route, Jacobian route)."""
+def _warmup_runs(sensor=False):
+    """The warm-up's two runs: (backward route, Jacobian route); with sensor,
+    of a two-layer sensor, whose kernels are the _sensor copies (which also
+    serve the -oversample_* switches and -curved_det)."""
     vals = {"cell": np.array([70.0, 80.0, 90.0, 85.0, 95.0, 105.0]), "N": np.array([4.0] * 3)}
-    return tuple(_Run(_WARMUP_ARGV, vals, ("cell", "N"), None, keep_jac=keep)
+    argv = _WARMUP_ARGV + (["-detector_thick", "100", "-detector_thicksteps", "2"]
+                           if sensor else [])
+    return tuple(_Run(argv, vals, ("cell", "N"), None, keep_jac=keep)
                  for keep in (False, True))
 
 
 def warmup(file=None) -> int:
     """Compile (or load from numba's cache) the autodiff kernels: the float64
     forward, the forward that keeps the Jacobian, its contraction and the
-    adjoint pass (about 40 CPU-s the first time, then a fraction of a
-    second).  With two cores, a second process compiles the float64
-    forward and then, once this one has compiled the adjoint pass (and with
-    it pixel_grad, which both need: this process says so on its stdin), the
-    Jacobian forward and the contraction.  torch is not needed.  Returns 0."""
+    adjoint pass, and the last two's copies for sensor layers, the
+    -oversample_* switches and -curved_det (about 90 CPU-s the first time,
+    then a fraction of a second).  With two cores, a second process
+    compiles the float64 forward and then, once this one has compiled the
+    adjoint pass (and with it pixel_grad, which both need: this process says
+    so on its stdin), the Jacobian forward and the contraction, and once
+    this one has compiled the sensor copy of the adjoint pass (a second
+    line), the sensor copy of the Jacobian forward.  torch is not needed.
+    Returns 0."""
     import os
     import subprocess
     import sys
@@ -1249,13 +1257,21 @@ def warmup(file=None) -> int:
         except OSError:
             second = None
     plain, jac = _warmup_runs()
+    s_plain, s_jac = _warmup_runs(sensor=True)
     if second is None:
         plain.forward()
     plain.theta_grad(np.ones(plain.model.shape))        # backward (and pixel_grad)
+    if second is not None:
+        try:
+            second.stdin.write("pixel_grad\n")
+            second.stdin.flush()
+        except OSError:                 # (gone: its exit status says why, below)
+            pass
+    s_plain.theta_grad(np.ones(s_plain.model.shape))    # backward_sensor
     err = ""
     if second is not None:
         try:
-            err = second.communicate("pixel_grad\n", timeout=900)[1] or ""
+            err = second.communicate("pixel_grad_sensor\n", timeout=900)[1] or ""
         except Exception as exc:        # never let the second process stop the warm-up
             second.kill()
             second.wait()
@@ -1267,6 +1283,7 @@ def warmup(file=None) -> int:
             plain.forward()
         jac.forward()
         jac.theta_grad(np.ones(jac.model.shape))
+        s_jac.forward()
     print("nbnumba.autodiff: kernels ready (%.1f s)" % (time.perf_counter() - t0), file=file,
           flush=True)
     return 0
@@ -1275,13 +1292,16 @@ def warmup(file=None) -> int:
 def _warmup_second() -> int:
     """warmup()'s second process: the float64 forward, then (after the line
     on stdin that says pixel_grad is in the cache, or its end) the Jacobian
-    forward and the contraction."""
+    forward and the contraction, then (after the line for the sensor copy)
+    the sensor copy of the Jacobian forward."""
     import sys
     plain, jac = _warmup_runs()
     plain.forward()                                     # render64
     sys.stdin.readline()
     jac.forward()                                       # forward_jac
     jac.theta_grad(np.ones(jac.model.shape))            # contract
+    sys.stdin.readline()
+    _warmup_runs(sensor=True)[1].forward()              # forward_jac_sensor
     return 0
 
 
