@@ -441,6 +441,14 @@ def polarization_factor(kahn, incident, diffracted, axis):
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
+def polarization_kahn_slope(incident, diffracted, axis):
+    """d polarization_factor / d kahn: the factor is affine in the Kahn factor,
+    so its slope is the factor at 1 minus the factor at 0."""
+    return (polarization_factor(1.0, incident, diffracted, axis)[0]
+            - polarization_factor(0.0, incident, diffracted, axis)[0])
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
 def solid_angle(pixel_size, airpath, close_distance, point_pixel):
     """Pixel solid angle (sr): pixel^2/R^2 * obliquity (close_distance/R), or
     1/R^2 for -point_pixel."""

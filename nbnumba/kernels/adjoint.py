@@ -33,7 +33,7 @@ from ..physics import (SHAPE_GAUSS, capture_fraction, capture_fraction_grad, cur
                        lattice_factor_grad, lattice_factor_star_grad, nearest_F, nearest_F_frac,
                        reduce_phase, sincg_near_coeffs, sincg_reduced, sincg_reduced_frac,
                        sincg_reduced_grad_core, sinpi_poly64_x6,
-                       polarization_factor, polarization_factor_grad,
+                       polarization_factor, polarization_factor_grad, polarization_kahn_slope,
                        polarization_factor_grad_incident, solid_angle,
                        solid_angle_grad_at, tricubic_F, tricubic_F_grad, unitize)
 from . import cpu as K
@@ -711,8 +711,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                         else:
                             wp, _ = polarization_factor(kahn, inc, pos, polar_axis)
                         if want_pol:
-                            dwpk = (polarization_factor(1.0, inc, pos, polar_axis)[0]
-                                    - polarization_factor(0.0, inc, pos, polar_axis)[0])
+                            dwpk = polarization_kahn_slope(inc, pos, polar_axis)
                         layer_bg += wos * wp
                     if cut:
                         if os_polar and wgrad:
@@ -733,9 +732,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                         if geo and ninc > 0:
                             dPi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis)
                         if want_pol:
-                            # the factor is affine in kahn: its slope is P(1) - P(0)
-                            dPk = (polarization_factor(1.0, inc, pos, polar_axis)[0]
-                                   - polarization_factor(0.0, inc, pos, polar_axis)[0])
+                            dPk = polarization_kahn_slope(inc, pos, polar_axis)
                     # this sub-path's weight (1 unless the sum is corrected)
                     w = wc * wo * wp
                     cF = g * C * polar * omega * (1.0 if corrected else capture)    # dI/dT

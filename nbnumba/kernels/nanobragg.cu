@@ -1529,6 +1529,41 @@ __device__ __forceinline__ void add_weight_grad(pos_grad* a, double* dclose, dou
     add_capture(a, dmu, k, sw.dco, sw.dct, sw.dcm);
 }
 
+// physics.polarization_kahn_slope: the factor is affine in kahn, its slope P(1) - P(0)
+__device__ __forceinline__ double polarization_kahn_slope(vec3<double> inc, vec3<double> v,
+                                                          vec3<double> axis) {
+    vec3<double> unused;
+    return polarization_factor(1.0, inc, v, axis, &unused) -
+           polarization_factor(0.0, inc, v, axis, &unused);
+}
+
+// a sub-pixel's solid angle weight (-oversample_omega; else 1) and, with grad,
+// its derivatives (pixel_grad's wo, dwo, dwoc)
+__device__ __forceinline__ void omega_weight(sub_weights* sw, bool os_omega, bool grad,
+                                             double pixel, vec3<double> pos, double R,
+                                             double close, bool point) {
+    sw->wo = 1.0;
+    sw->dwo = mk<double>(0.0, 0.0, 0.0);
+    sw->dwoc = 0.0;
+    if (!os_omega) return;
+    sw->wo = solid_angle(pixel, R, close, point);
+    if (grad) sw->dwoc = solid_angle_grad(pixel, pos, close, point, &sw->dwo);
+}
+
+// a sub-path's polarization weight (-oversample_polar; else 1) and, with grad,
+// its derivatives (pixel_grad's wp, dwp, dwpi, dwpk)
+__device__ __forceinline__ void polar_weight(sub_weights* sw, bool os_polar, bool grad,
+                                             double kahn, vec3<double> inc, vec3<double> pos,
+                                             vec3<double> axis) {
+    sw->wp = 1.0;
+    sw->dwp = mk<double>(0.0, 0.0, 0.0);
+    if (!os_polar) return;
+    sw->wp = polarization_factor_grad(kahn, inc, pos, axis, &sw->dwp);
+    if (!grad) return;
+    sw->dwpi = polarization_factor_grad_incident(kahn, inc, pos, axis);
+    sw->dwpk = polarization_kahn_slope(inc, pos, axis);
+}
+
 // one pixel of adjoint_f64 (see its comment above); pixel_grad's quantities
 template <typename fgrid>
 __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
@@ -1653,13 +1688,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                     S_om = Sd;
                     t_om = tf;
                 }
-                sw.wo = 1.0;
-                sw.dwo = zero3;
-                sw.dwoc = 0.0;
-                if (os_omega) {
-                    sw.wo = solid_angle(pixel, R, close, point);
-                    sw.dwoc = solid_angle_grad(pixel, pos, close, point, &sw.dwo);
-                }
+                omega_weight(&sw, os_omega, grad, pixel, pos, R, close, point);
                 if (capture == 0.0 || os_thick) {
                     capture = capture_fraction_grad(tf, thickstep, mu, d, R, odet, &dcap, &dcapo,
                                                     &dcapt, &dcapm);
@@ -1688,13 +1717,8 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                                                        (d.z - inc.z) / lam_s);
                     const double stol = 0.5 * sqrt(Sv.x * Sv.x + Sv.y * Sv.y + Sv.z * Sv.z);
                     const bool cut = dmin > 0.0 && stol > 0.0 && dmin > 0.5 / stol;
-                    sw.wp = 1.0;
+                    polar_weight(&sw, os_polar, grad, kahn, inc, pos, polar_axis);
                     if (os_polar) {
-                        sw.wp = polarization_factor_grad(kahn, inc, pos, polar_axis, &sw.dwp);
-                        sw.dwpi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis);
-                        vec3<double> unused;
-                        sw.dwpk = polarization_factor(1.0, inc, pos, polar_axis, &unused) -
-                                  polarization_factor(0.0, inc, pos, polar_axis, &unused);
                         layer_bg += wos * sw.wp;
                         // the water fills every sub-path, -dmin's cut ones too
                         if (grad)
@@ -1710,17 +1734,13 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                     F_po = Fd;
                     S_po = Sd;
                     t_po = tf;
-                    // the factor is affine in kahn: its slope is P(1) - P(0)
-                    vec3<double> unused;
-                    dPk = polarization_factor(1.0, inc, pos, polar_axis, &unused) -
-                          polarization_factor(0.0, inc, pos, polar_axis, &unused);
+                    dPk = polarization_kahn_slope(inc, pos, polar_axis);
                     src_po = source;
                     if (grad && ninc > 0)
                         dPi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis);
                 }
                 if (grad && corrected && !os_polar) {
-                    sw.wp = 1.0;
-                    sw.dwp = zero3;
+                    // the water's share of the sub-pixel (sw.wp: 1 without the switch)
                     add_weight_grad(&dpos, &dclose_w, &dkahn_w, &dmu, dbeam, bg_sub, sw, false,
                                     os_omega, Fd, Sd, tf, dm, dinc, ninc, nsrc,
                                     0);
@@ -1765,11 +1785,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                     vec3<double> d;
                     const double R = unitize(pos, &d);
                     // this sub-path's oversampled factors (as the first pass's)
-                    sw.wo = 1.0;
-                    if (os_omega) {
-                        sw.wo = solid_angle(pixel, R, close, point);
-                        if (grad) sw.dwoc = solid_angle_grad(pixel, pos, close, point, &sw.dwo);
-                    }
+                    omega_weight(&sw, os_omega, grad, pixel, pos, R, close, point);
                     if (corrected && thick != 0.0 && ((subS == 0 && subF == 0) || os_thick)) {
                         sw.wc = capture_fraction_grad(tf, thickstep, mu, d, R, odet, &sw.dc,
                                                       &sw.dco, &sw.dct, &sw.dcm);
@@ -1788,17 +1804,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                         const double stol = 0.5 * sqrt(Sv.x * Sv.x + Sv.y * Sv.y + Sv.z * Sv.z);
                         // a step in the image: no derivative
                         if (dmin > 0.0 && stol > 0.0 && dmin > 0.5 / stol) continue;
-                        sw.wp = 1.0;
-                        if (os_polar) {
-                            sw.wp = polarization_factor_grad(kahn, inc, pos, polar_axis, &sw.dwp);
-                            if (grad) {
-                                sw.dwpi = polarization_factor_grad_incident(kahn, inc, pos,
-                                                                            polar_axis);
-                                vec3<double> unused;
-                                sw.dwpk = polarization_factor(1.0, inc, pos, polar_axis, &unused) -
-                                          polarization_factor(0.0, inc, pos, polar_axis, &unused);
-                            }
-                        }
+                        polar_weight(&sw, os_polar, grad, kahn, inc, pos, polar_axis);
                         // this sub-path's weight (1 unless the sum is corrected)
                         const double w = sw.wc * sw.wo * sw.wp;
                         const double cFw = cF * w;
