@@ -241,6 +241,61 @@ def test_fuzz_gradients_agree_and_a_wrong_one_is_reported(tmp_path, monkeypatch,
     assert len(fails) == 2 and all(":: distance: jacobian() gives " in ln for ln in fails), fails
 
 
+_FAKE_C = """#!%(python)s
+# stands in for nanoBragg.c: the port's CLI under -c_parity, then (MODE) an
+# image made wrong, or a failed run
+import sys
+sys.path.insert(0, %(repo)r)
+from nbnumba import cli
+rc = cli.main(sys.argv[1:] + ["-c_parity"])
+for name, at in ((%(flip)r, %(at)d),):
+    if name:
+        b = bytearray(open(name, "rb").read())
+        b[at] ^= 1
+        open(name, "wb").write(bytes(b))
+sys.exit(%(rc)d if %(rc)d else rc)
+"""
+
+
+def _fake_c(path, flip="", at=0, rc=0):
+    path.write_text(_FAKE_C % dict(python=sys.executable, repo=str(REPO), flip=flip, at=at,
+                                   rc=rc))
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_fuzz_parity_against_a_stand_in_for_c(tmp_path, monkeypatch, capsys):
+    """tools/fuzz.py parity (random lines against $NB_C_BIN under
+    -c_parity), with the port's own CLI standing in for nanoBragg.c: 4 drawn
+    lines are bit-identical in every image or refused; a float pixel's low
+    bit flipped, a noise pixel's (on a line whose SMV header runs past its
+    512 bytes) and a C run that exits 3 are each reported; without
+    NB_C_BIN the target stops with one line and exit status 2."""
+    import io
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    fz._inputs(tmp_path)
+    out = io.StringIO()
+    counts = fz.fuzz_parity(5, 4, out, c_bin=_fake_c(tmp_path / "same"))
+    assert counts["fail"] == 0 and counts["exact"] >= 2, (counts, out.getvalue())
+    argv = fz.PARITY_BASE + ["-mosaic", "0.5", "-mosaic_dom", "3", "-default_F", "100"]
+    what, text = fz.parity_check(argv, _fake_c(tmp_path / "same"))
+    assert (what, text) == ("exact", "")
+    what, text = fz.parity_check(argv, _fake_c(tmp_path / "flip", "f.bin", 4 * 37))
+    assert what == "differ" and text.startswith("float image: 1 of 400 pixels differ"), text
+    # a detector axis whose header text runs past HEADER_BYTES=512 (quirk #9)
+    tilted = fz.PARITY_BASE + ["-fdet_vector", "-1", "90", "5", "-default_F", "100"]
+    assert fz.parity_check(tilted, _fake_c(tmp_path / "same")) == ("exact", "")
+    what, text = fz.parity_check(tilted, _fake_c(tmp_path / "noise", "n.img", -1))
+    assert what == "differ" and text.startswith("noise image: 1 of 400 pixels differ"), text
+    what, text = fz.parity_check(argv, _fake_c(tmp_path / "fail", rc=3))
+    assert what == "c failed" and text.startswith("exit 3"), text
+    monkeypatch.delenv("NB_C_BIN", raising=False)
+    assert fz.main(["parity", "--runs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["tools/fuzz.py: parity needs NB_C_BIN, the nanoBragg program (not set)"]
+
+
 def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch):
     """tools/fuzz.py device: on 8 drawn lines the CUDA source's host build
     gives numba's images (float64 and float32), pixel values and, through the

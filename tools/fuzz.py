@@ -7,6 +7,7 @@ outputs or prints one error line (exit 2), never a traceback or a numpy warning
     python tools/fuzz.py autodiff [--seed S] [--runs N]   # nbnumba.autodiff.simulate
     python tools/fuzz.py gradients [--seed S] [--runs N]  # its gradients, against differences
     python tools/fuzz.py device [--seed S] [--runs N]     # the CUDA source against numba
+    python tools/fuzz.py parity [--seed S] [--runs N]     # -c_parity against $NB_C_BIN
 
 ``cli`` adds 2 to 6 flags drawn from the flag table to a small valid run
 (8 x 8 pixels): numbers from a short list of ordinary and edge values, words
@@ -26,7 +27,11 @@ paths, and one time in three flags as ``cli`` draws them, and holds the CUDA
 source built as host C++ (g++; no GPU needed) to the numba engine: the image
 kernel in float64 and float32 (bit for bit, or the fast-math sections' ulps),
 and autodiff with ``-device cuda`` through a fake CuPy (image and gradients to
-DEVICE_REL of their scale, device_check).
+DEVICE_REL of their scale, device_check).  ``parity`` draws lines the C program
+understands (PARITY_EXTRAS, and one time in three flags as ``cli`` draws them,
+bar nbnumba's own), runs nanoBragg.c (``$NB_C_BIN``, one OpenMP thread: its
+phi = 0 carry-over is per thread) and the port with ``-c_parity`` in process,
+and holds every image both write (float, SMV, noise, PGM) to bit identity.
 
 Each failure is printed on one line (the drawn arguments, what happened); the
 last line counts the outcomes.  Exit status 0 when nothing failed, 1 otherwise,
@@ -689,9 +694,140 @@ def fuzz_device(seed: int, runs: int, out=sys.stdout, host=None) -> dict:
     return counts
 
 
+#: the parity target's small run, with seeds: C takes its noise seed and
+#: -misset random's (whose default is the clock, not -seed) from the clock
+PARITY_BASE = ("-cell 70 80 90 85 95 105 -lambda 1.5 -distance 100 -detpixels 20 -pixel 0.5 "
+               "-N 5 -seed 4321 -misset_seed 11 -noprogress").split()
+#: every output, in both programs' run folders
+PARITY_OUTPUTS = ["-floatfile", "f.bin", "-intfile", "i.img", "-noisefile", "n.img",
+                  "-pgmfile", "p.pgm"]
+#: features the C program has (the autodiff and device lists without the
+#: port's own flags, and a few more)
+PARITY_EXTRAS = [e for e in AD_EXTRAS + GRAD_EXTRAS + SENSOR_EXTRAS if e != "-c_parity"] + [
+    "-mosaic 0.4 -mosaic_dom 4 -mosaic_seed 5", "-N 7", "-vdivrange 0.3 -vdivsteps 2",
+    "-mat a.mat", "-square_div", "-round_div -divergence 0.3 -divsteps 3", "-adc 10",
+    "-scale 1e-3", "-pgmscale 2", "-nopgm", "-nonoise", "-phi 30 -osc 2 -phistep 0.5",
+    "-detector_rotz 4 -detector_rotx -2", "-close_distance 95", "-Xbeam 4 -Ybeam 6",
+    "-fluence 1e22", "-flux 1e12 -exposure 2 -beamsize 0.1", "-sample_thick 0.5"]
+#: flags the parity target never draws: the port's own, and those that only
+#: print or write files of their own
+PARITY_SKIP = CLI_SKIP | {"-c_parity", "-precision", "-max_memory", "-stolout", "-printout",
+                          "-progress", "-noprogress"}
+
+
+def _parity_case(rng: random.Random, specs) -> list:
+    """One drawn line (without the outputs): PARITY_BASE, 0 to 5 features of
+    PARITY_EXTRAS and, one time in three, 1 to 3 flags drawn as ``cli``
+    draws them."""
+    argv = list(PARITY_BASE)
+    for e in rng.sample(PARITY_EXTRAS, rng.randint(0, 5)):
+        argv += e.split()
+    if rng.random() < 1.0 / 3.0:
+        argv += cli_args(rng, specs, 1, 3)
+    if "-hkl" not in argv and "-default_F" not in argv:
+        argv += ["-default_F", "100"]
+    return argv
+
+
+def _c_images(d: Path, shape) -> dict:
+    """{output name: array} of what the C program wrote in d."""
+    from nbnumba.testing import golden as G
+    import numpy as np
+    out = {}
+    if (d / "f.bin").exists():
+        a = np.fromfile(d / "f.bin", dtype="<f4")
+        out["float"] = a.reshape(shape) if a.size == shape[0] * shape[1] else a
+    n = shape[0] * shape[1]
+    for name, fname in (("int", "i.img"), ("noise", "n.img")):
+        if (d / fname).exists():
+            # the pixels are the file's last bytes: C's header text can run
+            # past its HEADER_BYTES=512 and push them back (docs/quirks.md #9)
+            raw = (d / fname).read_bytes()
+            out[name] = (np.frombuffer(raw[len(raw) - 2 * n:], dtype="<u2").reshape(shape)
+                         if len(raw) >= 512 + 2 * n else np.frombuffer(raw, dtype=np.uint8))
+    if (d / "p.pgm").exists():
+        out["pgm"] = G.load_pgm(d / "p.pgm")[1]
+    return out
+
+
+def parity_check(argv, c_bin: str, timeout: float = 120.0) -> tuple:
+    """(outcome, text) of one line: 'exact' (every image that both programs
+    wrote is bit-identical), 'refused' (the port refuses the line; C is not
+    run), 'c failed' (the port ran, C exited non-zero or timed out: text says
+    how), or 'differ' (text: which images, how many pixels, the float image's
+    correlation and largest relative error)."""
+    import shutil
+    import subprocess
+    import numpy as np
+    from nbnumba import api
+    from nbnumba.testing import golden as G
+    here = Path.cwd()
+    py_dir, c_dir = Path(tempfile.mkdtemp(dir=here)), Path(tempfile.mkdtemp(dir=here))
+    try:
+        for f in here.iterdir():
+            if f.is_file():
+                shutil.copyfile(f, py_dir / f.name)
+                shutil.copyfile(f, c_dir / f.name)
+        res, why = _call(lambda: heavy(argv) or api.simulate_argv(
+            list(argv) + PARITY_OUTPUTS + ["-c_parity"], cwd=str(py_dir)))
+        if why in ("refused", "heavy"):
+            return why, ""
+        if why is not None:
+            return "differ", "the port: " + why
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        try:
+            proc = subprocess.run([c_bin] + list(argv) + PARITY_OUTPUTS, cwd=str(c_dir), env=env,
+                                  capture_output=True, text=True, errors="replace",
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return "c failed", "timed out after %g s" % timeout
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [""]
+            return "c failed", "exit %d: %s" % (proc.returncode, tail[0][:100])
+        mine = {"float": np.asarray(res.float_image), "int": res.int_image,
+                "noise": res.noise_image, "pgm": res.pgm_image}
+        mine = {k: np.asarray(v) for k, v in mine.items() if v is not None}
+        theirs = _c_images(c_dir, mine["float"].shape)
+        problems = []
+        for k in sorted(set(mine) | set(theirs)):
+            if k not in theirs or k not in mine:
+                problems.append("%s image written by %s only" % (
+                    k, "the port" if k in mine else "C"))
+            elif mine[k].shape != theirs[k].shape:
+                problems.append("%s image %s, C %s" % (k, mine[k].shape, theirs[k].shape))
+            elif not np.array_equal(mine[k], theirs[k]):
+                m = G.compare_images(theirs[k].astype(np.float64), mine[k].astype(np.float64))
+                problems.append("%s image: %d of %d pixels differ (corr %.9f, max |d| %.3g of "
+                                "max %.3g)" % (k, int(np.sum(mine[k] != theirs[k])),
+                                               mine[k].size, m["corr"], m["max_abs"],
+                                               m["max_ref"]))
+        return ("differ", "; ".join(problems)) if problems else ("exact", "")
+    finally:
+        shutil.rmtree(py_dir, ignore_errors=True)
+        shutil.rmtree(c_dir, ignore_errors=True)
+
+
+def fuzz_parity(seed: int, runs: int, out=sys.stdout, c_bin=None) -> dict:
+    """Outcome counts of ``runs`` drawn lines (parity_check; 'differ' counts
+    as 'fail').  ``c_bin``: the C program, else ``$NB_C_BIN``."""
+    specs = [sp for sp in _specs() if sp.name not in PARITY_SKIP
+             and sp.group != "nbnumba extras"]
+    rng = random.Random(seed)
+    counts = {"exact": 0, "refused": 0, "heavy": 0, "c failed": 0, "fail": 0}
+    for _ in range(runs):
+        argv = _parity_case(rng, specs)
+        what, text = parity_check(argv, c_bin or os.environ["NB_C_BIN"])
+        if what == "differ":
+            print("FAIL %s :: %s" % (" ".join(argv[len(PARITY_BASE):]), text), file=out)
+            counts["fail"] += 1
+        else:
+            counts[what] += 1
+    return counts
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="tools/fuzz.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("target", choices=("cli", "autodiff", "gradients", "device"))
+    p.add_argument("target", choices=("cli", "autodiff", "gradients", "device", "parity"))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--runs", type=int, default=1000)
     try:
@@ -701,6 +837,11 @@ def main(argv=None) -> int:
     if a.runs < 1:
         print("tools/fuzz.py: --runs must be >= 1", file=sys.stderr)
         return 2
+    c_bin = os.environ.get("NB_C_BIN", "")
+    if a.target == "parity" and not (os.path.isfile(c_bin) and os.access(c_bin, os.X_OK)):
+        print("tools/fuzz.py: parity needs NB_C_BIN, the nanoBragg program (%s)"
+              % ("not set" if not c_bin else "not an executable file: " + c_bin), file=sys.stderr)
+        return 2
     here = os.getcwd()
     with tempfile.TemporaryDirectory() as d:
         os.chdir(d)
@@ -708,7 +849,7 @@ def main(argv=None) -> int:
             _inputs(Path(d))
             counts = {"cli": fuzz_cli, "autodiff": fuzz_autodiff,
                       "gradients": fuzz_gradients,
-                      "device": fuzz_device}[a.target](a.seed, a.runs)
+                      "device": fuzz_device, "parity": fuzz_parity}[a.target](a.seed, a.runs)
         finally:
             os.chdir(here)
     print("%s, seed %d: %s" % (a.target, a.seed,
