@@ -20,9 +20,11 @@ def mg(tmp_path, monkeypatch):
     return mod
 
 
-def fake_binary(tmp_path, trace: bool) -> str:
-    p = tmp_path / ("nb_trace" if trace else "nb_plain")
+def fake_binary(tmp_path, trace: bool, setup: bool = True) -> str:
+    p = tmp_path / (("nb_trace" if trace else "nb_plain") + ("" if setup else "_nosetup"))
     body = "print('  (4x4 pixels)')\n"
+    if trace and setup:
+        body += "print('TRACE_C:detector_convention=MOSFLM')\n"
     if trace:
         body += "import sys\nif '-trace_pixel' in sys.argv: print('TRACE_C: I_pixel_final 1.5')\n"
     p.write_text("#!%s\n%s" % (sys.executable, body))
@@ -34,6 +36,9 @@ def test_binary_without_trace_is_refused_before_writing(mg, tmp_path, monkeypatc
     assert mg.check_binary(fake_binary(tmp_path, trace=True)) is None
     why = mg.check_binary(fake_binary(tmp_path, trace=False))
     assert "prints no TRACE_C trace" in why and "\n" not in why
+    # a build without -DTRACING: the per-pixel trace, no detector set-up lines
+    why = mg.check_binary(fake_binary(tmp_path, trace=True, setup=False))
+    assert "prints no detector set-up trace" in why and "-DTRACING" in why and "\n" not in why
     data = mg.DATA_DIR
     (data / "old_case").mkdir(parents=True)
     (data / "old_case" / "float.bin").write_bytes(b"old")
