@@ -94,6 +94,13 @@ def _inputs(d: Path) -> None:
     # upstream of the sample along the MOSFLM beam, wavelengths in metres (s.txt's
     # 1.5 m puts every h, k, l near 0: the round crystal's sinc3 at its centre)
     (d / "s2.txt").write_text("-10 0 0 1 1.5e-10\n-10 0.05 0 1 1.51e-10\n")
+    # a 20 x 20 SMV mask (the parity target's detector): every seventh pixel 0;
+    # its header also sets the geometry nanoBragg reads from -img/-mask files
+    head = ("{\nHEADER_BYTES=512;\nDIM=2;\nBYTE_ORDER=little_endian;\nTYPE=unsigned_short;\n"
+            "SIZE1=20;\nSIZE2=20;\nPIXEL_SIZE=0.5;\nDISTANCE=100;\nWAVELENGTH=1.5;\n"
+            "BEAM_CENTER_X=4.5;\nBEAM_CENTER_Y=5.5;\n}\f").encode()
+    pixels = b"".join((0 if i % 7 == 3 else 1).to_bytes(2, "little") for i in range(400))
+    (d / "m.img").write_bytes(head.ljust(512, b" ") + pixels)
 
 
 def _specs() -> list:
@@ -708,7 +715,11 @@ PARITY_EXTRAS = [e for e in AD_EXTRAS + GRAD_EXTRAS + SENSOR_EXTRAS if e != "-c_
     "-mat a.mat", "-square_div", "-round_div -divergence 0.3 -divsteps 3", "-adc 10",
     "-scale 1e-3", "-pgmscale 2", "-nopgm", "-nonoise", "-phi 30 -osc 2 -phistep 0.5",
     "-detector_rotz 4 -detector_rotx -2", "-close_distance 95", "-Xbeam 4 -Ybeam 6",
-    "-fluence 1e22", "-flux 1e12 -exposure 2 -beamsize 0.1", "-sample_thick 0.5"]
+    "-fluence 1e22", "-flux 1e12 -exposure 2 -beamsize 0.1", "-sample_thick 0.5",
+    "-mask m.img", "-img m.img", "-ORGX 8 -ORGY 12 -xds", "-Xclose 4 -Yclose 6",
+    "-twotheta_axis 0 1 0 -twotheta 10", "-polar_vector 0 1 0", "-energy 9000", "-coherent",
+    "-fudge 2", "-roi 3 15 2 17", "-pix0_vector 0.1 0.005 -0.005", "-water 100 -MW 20",
+    "-detsize 12", "-odet_vector 1 0.05 0", "-phistep 0.3 -osc 0.9", "-hdivsteps 3 -hdivrange 0.4"]
 #: flags the parity target never draws: the port's own, and those that only
 #: print or write files of their own
 PARITY_SKIP = CLI_SKIP | {"-c_parity", "-precision", "-max_memory", "-stolout", "-printout",
