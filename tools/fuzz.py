@@ -715,7 +715,7 @@ PARITY_EXTRAS = [e for e in AD_EXTRAS + GRAD_EXTRAS + SENSOR_EXTRAS if e != "-c_
     "-mat a.mat", "-square_div", "-round_div -divergence 0.3 -divsteps 3", "-adc 10",
     "-scale 1e-3", "-pgmscale 2", "-nopgm", "-nonoise", "-phi 30 -osc 2 -phistep 0.5",
     "-detector_rotz 4 -detector_rotx -2", "-close_distance 95", "-Xbeam 4 -Ybeam 6",
-    "-fluence 1e22", "-flux 1e12 -exposure 2 -beamsize 0.1", "-sample_thick 0.5",
+    "-fluence 1e22", "-flux 1e12 -exposure 2 -beamsize 0.1", "-sample_thick 0.002 -oversample 2",
     "-mask m.img", "-img m.img", "-ORGX 8 -ORGY 12 -xds", "-Xclose 4 -Yclose 6",
     "-twotheta_axis 0 1 0 -twotheta 10", "-polar_vector 0 1 0", "-energy 9000", "-coherent",
     "-fudge 2", "-roi 3 15 2 17", "-pix0_vector 0.1 0.005 -0.005", "-water 100 -MW 20",
@@ -779,8 +779,11 @@ def parity_check(argv, c_bin: str, timeout: float = 120.0) -> tuple:
             if f.is_file():
                 shutil.copyfile(f, py_dir / f.name)
                 shutil.copyfile(f, c_dir / f.name)
-        res, why = _call(lambda: heavy(argv) or api.simulate_argv(
-            list(argv) + PARITY_OUTPUTS + ["-c_parity"], cwd=str(py_dir)))
+        # weighed and run under -c_parity, which takes some lines that the
+        # default mode refuses (-oversample_thick without a sensor: C's image of
+        # zeros; a detector origin behind the sample)
+        port_argv = list(argv) + PARITY_OUTPUTS + ["-c_parity"]
+        res, why = _call(lambda: heavy(port_argv) or api.simulate_argv(port_argv, cwd=str(py_dir)))
         if why in ("refused", "heavy"):
             return why, ""
         if why is not None:
