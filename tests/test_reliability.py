@@ -294,6 +294,12 @@ def test_fuzz_parity_against_a_stand_in_for_c(tmp_path, monkeypatch, capsys):
     assert fz.main(["parity", "--runs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["tools/fuzz.py: parity needs NB_C_BIN, the nanoBragg program (not set)"]
+    assert fz.main(["parity", "--pixels", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "tools/fuzz.py: --pixels must be 1 to 1024"
+    # --pixels: the same 10 mm detector, and a mask of that size
+    fz._mask(tmp_path, 7)
+    assert (tmp_path / "m.img").stat().st_size == 512 + 2 * 49
+    assert fz._parity_base(40)[fz.PARITY_BASE.index("-pixel") + 1] == "0.25"
 
 
 def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch):

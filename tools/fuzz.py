@@ -7,7 +7,7 @@ outputs or prints one error line (exit 2), never a traceback or a numpy warning
     python tools/fuzz.py autodiff [--seed S] [--runs N]   # nbnumba.autodiff.simulate
     python tools/fuzz.py gradients [--seed S] [--runs N]  # its gradients, against differences
     python tools/fuzz.py device [--seed S] [--runs N]     # the CUDA source against numba
-    python tools/fuzz.py parity [--seed S] [--runs N]     # -c_parity against $NB_C_BIN
+    python tools/fuzz.py parity [--seed S] [--runs N] [--pixels P]   # -c_parity against $NB_C_BIN
 
 ``cli`` adds 2 to 6 flags drawn from the flag table to a small valid run
 (8 x 8 pixels): numbers from a short list of ordinary and edge values, words
@@ -94,12 +94,17 @@ def _inputs(d: Path) -> None:
     # upstream of the sample along the MOSFLM beam, wavelengths in metres (s.txt's
     # 1.5 m puts every h, k, l near 0: the round crystal's sinc3 at its centre)
     (d / "s2.txt").write_text("-10 0 0 1 1.5e-10\n-10 0.05 0 1 1.51e-10\n")
-    # a 20 x 20 SMV mask (the parity target's detector): every seventh pixel 0;
-    # its header also sets the geometry nanoBragg reads from -img/-mask files
+    _mask(d, 20)
+
+
+def _mask(d: Path, n: int) -> None:
+    """m.img in d: an n x n SMV mask of the parity target's 10 mm detector,
+    every seventh pixel 0; its header also sets the geometry that nanoBragg
+    reads from -img/-mask files."""
     head = ("{\nHEADER_BYTES=512;\nDIM=2;\nBYTE_ORDER=little_endian;\nTYPE=unsigned_short;\n"
-            "SIZE1=20;\nSIZE2=20;\nPIXEL_SIZE=0.5;\nDISTANCE=100;\nWAVELENGTH=1.5;\n"
-            "BEAM_CENTER_X=4.5;\nBEAM_CENTER_Y=5.5;\n}\f").encode()
-    pixels = b"".join((0 if i % 7 == 3 else 1).to_bytes(2, "little") for i in range(400))
+            "SIZE1=%d;\nSIZE2=%d;\nPIXEL_SIZE=%.17g;\nDISTANCE=100;\nWAVELENGTH=1.5;\n"
+            "BEAM_CENTER_X=4.5;\nBEAM_CENTER_Y=5.5;\n}\f" % (n, n, 10.0 / n)).encode()
+    pixels = b"".join((0 if i % 7 == 3 else 1).to_bytes(2, "little") for i in range(n * n))
     (d / "m.img").write_bytes(head.ljust(512, b" ") + pixels)
 
 
@@ -705,6 +710,14 @@ def fuzz_device(seed: int, runs: int, out=sys.stdout, host=None) -> dict:
 #: -misset random's (whose default is the clock, not -seed) from the clock
 PARITY_BASE = ("-cell 70 80 90 85 95 105 -lambda 1.5 -distance 100 -detpixels 20 -pixel 0.5 "
                "-N 5 -seed 4321 -misset_seed 11 -noprogress").split()
+
+
+def _parity_base(pixels: int) -> list:
+    """PARITY_BASE with pixels x pixels on the same 10 mm detector."""
+    base = list(PARITY_BASE)
+    base[base.index("-detpixels") + 1] = str(pixels)
+    base[base.index("-pixel") + 1] = "%.17g" % (10.0 / pixels)
+    return base
 #: every output, in both programs' run folders
 PARITY_OUTPUTS = ["-floatfile", "f.bin", "-intfile", "i.img", "-noisefile", "n.img",
                   "-pgmfile", "p.pgm"]
@@ -726,11 +739,11 @@ PARITY_SKIP = CLI_SKIP | {"-c_parity", "-precision", "-max_memory", "-stolout", 
                           "-progress", "-noprogress"}
 
 
-def _parity_case(rng: random.Random, specs) -> list:
-    """One drawn line (without the outputs): PARITY_BASE, 0 to 5 features of
+def _parity_case(rng: random.Random, specs, base=PARITY_BASE) -> list:
+    """One drawn line (without the outputs): ``base``, 0 to 5 features of
     PARITY_EXTRAS and, one time in three, 1 to 3 flags drawn as ``cli``
     draws them."""
-    argv = list(PARITY_BASE)
+    argv = list(base)
     for e in rng.sample(PARITY_EXTRAS, rng.randint(0, 5)):
         argv += e.split()
     if rng.random() < 1.0 / 3.0:
@@ -821,18 +834,22 @@ def parity_check(argv, c_bin: str, timeout: float = 120.0) -> tuple:
         shutil.rmtree(c_dir, ignore_errors=True)
 
 
-def fuzz_parity(seed: int, runs: int, out=sys.stdout, c_bin=None) -> dict:
+def fuzz_parity(seed: int, runs: int, out=sys.stdout, c_bin=None, pixels: int = 20) -> dict:
     """Outcome counts of ``runs`` drawn lines (parity_check; 'differ' counts
-    as 'fail').  ``c_bin``: the C program, else ``$NB_C_BIN``."""
+    as 'fail') on pixels x pixels (the same 10 mm detector; the mask m.img
+    in the current folder is rewritten to match).  ``c_bin``: the C
+    program, else ``$NB_C_BIN``."""
     specs = [sp for sp in _specs() if sp.name not in PARITY_SKIP
              and sp.group != "nbnumba extras"]
     rng = random.Random(seed)
+    base = _parity_base(pixels)
+    _mask(Path.cwd(), pixels)
     counts = {"exact": 0, "refused": 0, "heavy": 0, "c failed": 0, "fail": 0}
     for _ in range(runs):
-        argv = _parity_case(rng, specs)
+        argv = _parity_case(rng, specs, base)
         what, text = parity_check(argv, c_bin or os.environ["NB_C_BIN"])
         if what == "differ":
-            print("FAIL %s :: %s" % (" ".join(argv[len(PARITY_BASE):]), text), file=out)
+            print("FAIL %s :: %s" % (" ".join(argv[len(base):]), text), file=out)
             counts["fail"] += 1
         else:
             counts[what] += 1
@@ -844,12 +861,17 @@ def main(argv=None) -> int:
     p.add_argument("target", choices=("cli", "autodiff", "gradients", "device", "parity"))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--runs", type=int, default=1000)
+    p.add_argument("--pixels", type=int, default=20,
+                   help="parity: the detector's pixels per side (10 mm across)")
     try:
         a = p.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
     if a.runs < 1:
         print("tools/fuzz.py: --runs must be >= 1", file=sys.stderr)
+        return 2
+    if not 1 <= a.pixels <= 1024:
+        print("tools/fuzz.py: --pixels must be 1 to 1024", file=sys.stderr)
         return 2
     c_bin = os.environ.get("NB_C_BIN", "")
     if a.target == "parity" and not (os.path.isfile(c_bin) and os.access(c_bin, os.X_OK)):
@@ -863,7 +885,9 @@ def main(argv=None) -> int:
             _inputs(Path(d))
             counts = {"cli": fuzz_cli, "autodiff": fuzz_autodiff,
                       "gradients": fuzz_gradients,
-                      "device": fuzz_device, "parity": fuzz_parity}[a.target](a.seed, a.runs)
+                      "device": fuzz_device,
+                      "parity": lambda seed, runs: fuzz_parity(seed, runs, pixels=a.pixels),
+                      }[a.target](a.seed, a.runs)
         finally:
             os.chdir(here)
     print("%s, seed %d: %s" % (a.target, a.seed,

@@ -2,7 +2,11 @@
 family: see :mod:`nbnumba.rng` for the generator's state and conventions.
 
 float32 arithmetic where the C uses float, so the same seeds give the same
-mosaic domains, random missets and noise images.
+mosaic domains, random missets and noise images.  And double where the C's
+libm takes a double: numba evaluates math.exp/log/sqrt of a float32 in float32
+(expf, logf), whose last bits can differ from C's exp of the widened value; a
+Poisson deviate's accept test then flips now and then (tools/fuzz.py parity,
+docs/reliability.md).
 """
 from __future__ import annotations
 
@@ -46,7 +50,10 @@ def gaussdev(idum_ref, buf, gauss):
             rsq = F32(v1 * v1 + v2 * v2)
             if not (rsq >= 1.0 or rsq == 0):
                 break
-        fac = F32(math.sqrt(-2.0 * math.log(rsq) / rsq))
+        # C's log and sqrt take doubles; numba's math functions of a float32
+        # compute in float32 (expf, logf): widen first, as everywhere below
+        r = np.float64(rsq)
+        fac = F32(math.sqrt(-2.0 * math.log(r) / r))
         gauss[1] = F32(v1 * fac)
         gauss[0] = 1
         return F32(v2 * fac)
@@ -59,7 +66,8 @@ def poidev(xm, idum_ref, buf, gauss):
     """Poisson deviate with mean ``xm`` (float32 arithmetic as nanoBragg.c)."""
     xm = F32(xm)
     if xm > 1.0e6:
-        return F32(xm + math.sqrt(xm) * gaussdev(idum_ref, buf, gauss))
+        x = np.float64(xm)
+        return F32(x + math.sqrt(x) * np.float64(gaussdev(idum_ref, buf, gauss)))
     if xm < 12.0:
         g = F32(math.exp(-np.float64(xm)))
         em = F32(-1.0)
@@ -70,18 +78,18 @@ def poidev(xm, idum_ref, buf, gauss):
             if not (t > g):
                 break
         return em
-    sq = F32(math.sqrt(2.0 * xm))
-    alxm = F32(math.log(xm))
+    sq = F32(math.sqrt(2.0 * np.float64(xm)))
+    alxm = F32(math.log(np.float64(xm)))
     g = F32(F32(xm * alxm) - gammln(xm + 1.0))
     while True:
         while True:
-            y = F32(math.tan(math.pi * ran1(idum_ref, buf)))
+            y = F32(math.tan(math.pi * np.float64(ran1(idum_ref, buf))))
             em = F32(F32(sq * y) + xm)
             if not (em < 0.0):
                 break
         em = F32(np.floor(em))   # math.floor would cast NaN to INT64_MIN
         expo = F32(F32(F32(em * alxm) - gammln(em + 1.0)) - g)
-        t = F32(0.9 * (1.0 + F32(y * y)) * math.exp(expo))
+        t = F32(0.9 * (1.0 + np.float64(F32(y * y))) * math.exp(np.float64(expo)))
         if not (ran1(idum_ref, buf) > t):
             break
     return em
