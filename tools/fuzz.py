@@ -718,6 +718,8 @@ def _parity_base(pixels: int) -> list:
     base[base.index("-detpixels") + 1] = str(pixels)
     base[base.index("-pixel") + 1] = "%.17g" % (10.0 / pixels)
     return base
+
+
 #: every output, in both programs' run folders
 PARITY_OUTPUTS = ["-floatfile", "f.bin", "-intfile", "i.img", "-noisefile", "n.img",
                   "-pgmfile", "p.pgm"]
@@ -761,14 +763,12 @@ def _c_images(d: Path, shape) -> dict:
     if (d / "f.bin").exists():
         a = np.fromfile(d / "f.bin", dtype="<f4")
         out["float"] = a.reshape(shape) if a.size == shape[0] * shape[1] else a
-    n = shape[0] * shape[1]
     for name, fname in (("int", "i.img"), ("noise", "n.img")):
         if (d / fname).exists():
-            # the pixels are the file's last bytes: C's header text can run
-            # past its HEADER_BYTES=512 and push them back (docs/quirks.md #9)
-            raw = (d / fname).read_bytes()
-            out[name] = (np.frombuffer(raw[len(raw) - 2 * n:], dtype="<u2").reshape(shape)
-                         if len(raw) >= 512 + 2 * n else np.frombuffer(raw, dtype=np.uint8))
+            try:
+                out[name] = G.load_smv(d / fname)[1]
+            except (ValueError, KeyError):
+                out[name] = np.empty(0)     # unreadable: reported as a shape that differs
     if (d / "p.pgm").exists():
         out["pgm"] = G.load_pgm(d / "p.pgm")[1]
     return out

@@ -265,13 +265,20 @@ def load_float(name: str) -> np.ndarray:
 # file readers
 # --------------------------------------------------------------------------
 def load_smv(path: os.PathLike) -> Tuple[Dict[str, str], np.ndarray]:
-    """Minimal SMV reader -> (header dict, uint16 array (SIZE2, SIZE1))."""
+    """Minimal SMV reader -> (header dict, uint16 array (SIZE2, SIZE1)).
+
+    nanoBragg.c's header text (up to its closing "}\\f") can run past its own
+    HEADER_BYTES=512 (docs/quirks.md #9); the pixels then start right after
+    the text, as nanoBragg wrote them."""
     raw = Path(path).read_bytes()
     if not raw.startswith(b"{"):
         raise ValueError("%s: not an SMV file" % path)
     m = re.search(rb"HEADER_BYTES\s*=\s*(\d+)", raw[:1024])
     hsize = int(m.group(1)) if m else 512
-    text = raw[:hsize].decode("ascii", "replace")
+    close = raw.find(b"}")
+    text_end = close + (2 if raw[close + 1:close + 2] == b"\f" else 1) if close >= 0 else 0
+    offset = max(hsize, text_end)
+    text = raw[:offset].decode("ascii", "replace")
     header: Dict[str, str] = {}
     for line in text.splitlines():
         line = line.strip().strip("{}\f ").strip()
@@ -281,7 +288,7 @@ def load_smv(path: os.PathLike) -> Tuple[Dict[str, str], np.ndarray]:
     nf, ns = int(header["SIZE1"]), int(header["SIZE2"])
     order = header.get("BYTE_ORDER", "little_endian")
     dt = np.dtype("<u2") if order.startswith("little") else np.dtype(">u2")
-    data = np.frombuffer(raw, dtype=dt, count=nf * ns, offset=hsize)
+    data = np.frombuffer(raw, dtype=dt, count=nf * ns, offset=offset)
     return header, data.astype(np.uint16).reshape(ns, nf)
 
 
