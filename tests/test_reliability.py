@@ -248,11 +248,10 @@ import sys
 sys.path.insert(0, %(repo)r)
 from nbnumba import cli
 rc = cli.main(sys.argv[1:] + ["-c_parity"])
-for name, at in ((%(flip)r, %(at)d),):
-    if name:
-        b = bytearray(open(name, "rb").read())
-        b[at] ^= 1
-        open(name, "wb").write(bytes(b))
+if %(flip)r:
+    b = bytearray(open(%(flip)r, "rb").read())
+    b[%(at)d] ^= 1
+    open(%(flip)r, "wb").write(bytes(b))
 sys.exit(%(rc)d if %(rc)d else rc)
 """
 
