@@ -168,3 +168,21 @@ def library():
     with _cache_dir(os.path.join(d, "lib")):
         assert native.aot_module() is not None
         yield os.path.join(d, "lib")
+
+
+@pytest.fixture(scope="session")
+def host_build(tmp_path_factory):
+    """nanobragg.cu built once per session (per xdist worker) as host C++:
+    ``(library path, compiler stderr)``.  Built with ``-Wall -Wextra`` so that
+    tests/test_gpu_source.py can hold the same build to no warnings; warning
+    flags do not change the generated code."""
+    from nbnumba.kernels import gpu
+    cxx = os.environ.get("CXX") or shutil.which("g++")
+    if cxx is None:
+        pytest.fail("g++ not found on PATH: it is required to build nanobragg.cu as host C++",
+                    pytrace=False)
+    out = tmp_path_factory.mktemp("nb_host") / "libnb_host.so"
+    cmd = gpu.host_build_command(out, cxx)
+    proc = subprocess.run(cmd[:1] + ["-Wall", "-Wextra"] + cmd[1:], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stderr

@@ -123,10 +123,8 @@ def check_args(entry, args):
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    _require("g++", "build nanobragg.cu as host C++ (cuda_compat.h) for the adjoint tests")
-    lib = gpu.build_host_library(tmp_path_factory.mktemp("nb_host_adj"))
-    return gpu.HostKernel(lib)
+def host(host_build):
+    return gpu.HostKernel(host_build[0])
 
 
 def _run(name, workdir, monkeypatch):

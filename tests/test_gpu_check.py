@@ -70,11 +70,9 @@ def test_golden_defaults_without_yaml_match_yaml():
 CASES = "binary_spots,phi_zero_carryover,hkl_interpolate_out_of_range,mosaic_domains_seed"
 
 
-def test_gpu_check_through_fake_cupy(tmp_path, monkeypatch):
+def test_gpu_check_through_fake_cupy(tmp_path, monkeypatch, host_build):
     from nbnumba.testing.fake_cupy import make_fake_cupy
-    if not __import__("shutil").which("g++"):
-        pytest.fail("g++ is required for the host build of nanobragg.cu", pytrace=False)
-    host = gpu.HostKernel(gpu.build_host_library(tmp_path))
+    host = gpu.HostKernel(host_build[0])
     fake = make_fake_cupy(host)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(gpu, "_MODULES", {})

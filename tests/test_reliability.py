@@ -6,7 +6,6 @@ file left behind.  Special files are a FIFO and a symlink to a character device
 created inside the test's own directory (nothing under /dev is touched).
 """
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -301,23 +300,20 @@ def test_fuzz_parity_against_a_stand_in_for_c(tmp_path, monkeypatch, capsys):
     assert fz._parity_base(40)[fz.PARITY_BASE.index("-pixel") + 1] == "0.25"
 
 
-def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch):
+def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, host_build):
     """tools/fuzz.py device: on 8 drawn lines the CUDA source's host build
     gives numba's images (float64 and float32), pixel values and, through the
     fake CuPy, autodiff's image and gradients; a host image off by 1e-5, GPU
     gradients off by 1e-7 and float64 pixel values off by 1e-11 are reported;
     the fake CuPy is gone afterwards."""
     pytest.importorskip("torch")
-    if shutil.which("g++") is None:
-        pytest.fail("g++ not found on PATH: it is required to build nanobragg.cu as host C++",
-                    pytrace=False)
     import io
     from nbnumba import autodiff
     from nbnumba.kernels import gpu
     fz = _fuzz_tool()
     monkeypatch.chdir(tmp_path)
     fz._inputs(tmp_path)
-    host = gpu.HostKernel(gpu.build_host_library(tmp_path))
+    host = gpu.HostKernel(host_build[0])
     had_cupy = "cupy" in sys.modules
     out = io.StringIO()
     counts = fz.fuzz_device(1, 8, out, host)
