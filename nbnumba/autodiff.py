@@ -1011,6 +1011,10 @@ def _check_size(name, n):
 
 _FUNCTION = None
 
+MSG_SECOND_ORDER = ("nbnumba.autodiff: second derivatives are not implemented (a gradient taken "
+                    "with create_graph=True, torch.autograd.functional.hessian): use "
+                    "nbnumba.autodiff.jacobian for the Gauss-Newton curvature")
+
 
 def _function():
     """The torch.autograd.Function (built on first use: torch is optional)."""
@@ -1018,9 +1022,25 @@ def _function():
     if _FUNCTION is None:
         torch = _torch()
 
+        class FirstOrderOnly(torch.autograd.Function):
+            """Identity on a gradient that Simulate's backward returned under
+            create_graph=True, tied to the tensors it depends on (the keyword
+            tensors, the upstream gradient), whose own backward refuses.  The
+            adjoint kernels give no second derivatives; without this node the
+            gradient would be a constant to autograd, and a Hessian of it
+            zero instead of an error."""
+            @staticmethod
+            def forward(ctx, grad, *depends_on):
+                return grad.clone()
+
+            @staticmethod
+            def backward(ctx, *unused):
+                raise ConfigError(MSG_SECOND_ORDER)
+
         class Simulate(torch.autograd.Function):
             @staticmethod
             def forward(ctx, run, names, crop, *tensors):
+                ctx.save_for_backward(*tensors)
                 ctx.run, ctx.names, ctx.crop = run, names, crop
                 ctx.meta = [(t.dtype, t.device, t.shape) for t in tensors]
                 image = run.forward()
@@ -1035,6 +1055,7 @@ def _function():
             @staticmethod
             def backward(ctx, gout):
                 run = ctx.run
+                depends_on = [t for t in ctx.saved_tensors + (gout,) if t.requires_grad]
                 gout = gout.detach()
                 # roi_only: the box's gradient into a frame of zeros
                 if run.device == "cuda":
@@ -1059,6 +1080,8 @@ def _function():
                     else:                          # a CuPy F-grid gradient
                         from .interop import to_torch
                         res.append(to_torch(gr).reshape(shp).to(dev, dt))
+                if torch.is_grad_enabled() and depends_on:      # create_graph=True
+                    res = [r if r is None else FirstOrderOnly.apply(r, *depends_on) for r in res]
                 return tuple(res)
 
         _FUNCTION = Simulate

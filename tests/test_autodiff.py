@@ -664,6 +664,33 @@ def test_float32_inputs_give_float32_output_and_grads():
     assert c.grad.dtype == torch.float32 and torch.all(torch.isfinite(c.grad))
 
 
+def test_second_derivatives_are_refused_not_zero():
+    """create_graph=True gives the same first derivatives, tied to the inputs
+    (and to an upstream gradient that depends on them) so that
+    differentiating them again raises ConfigError: a Hessian of zeros was the
+    silent answer before."""
+    names = ("distance", "cell", "N")
+    t0 = _tensors(names)
+    plain = torch.autograd.grad(simulate(BASE, **dict(zip(names, t0))).sum(), t0)
+    ts = _tensors(names)
+    img = simulate(BASE, **dict(zip(names, ts)))
+    meas = img.detach() * 1.01
+    loss = ((img - meas) ** 2).sum()          # the upstream gradient depends on ts too
+    for sum_loss in (img.sum(), loss):
+        graph = torch.autograd.grad(sum_loss, ts, create_graph=True, retain_graph=True)
+        assert all(g.requires_grad for g in graph)
+        with pytest.raises(ConfigError, match="^nbnumba.autodiff: second derivatives are not "
+                                              "implemented .*nbnumba.autodiff.jacobian"):
+            graph[0].sum().backward()
+    assert all(torch.equal(a, b.detach()) for a, b in
+               zip(plain, torch.autograd.grad(img.sum(), ts, create_graph=True)))
+    d = torch.tensor(VALUES["distance"], dtype=torch.float64)
+    with pytest.raises(ConfigError, match="second derivatives are not implemented"):
+        torch.autograd.functional.hessian(lambda x: simulate(BASE, distance=x).sum(), d)
+    # without create_graph, nothing is tied: the gradients are plain tensors
+    assert not any(g.requires_grad for g in plain)
+
+
 # ------------------------------------------------------------- formulas
 def _sincg_dh_exact(h, N):
     # d/dh of sum_k cos((N-1-2k) pi h) (= sin(N pi h)/sin(pi h), integer N),
