@@ -58,8 +58,10 @@ differentiable is in docs/autodiff.md.  torch is imported lazily;
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import replace
@@ -991,11 +993,22 @@ def _umat_spread_derivatives(umats, spread):
     return out
 
 
+def _is_functorch(torch, t):
+    f = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return bool(f(t)) if f is not None else False
+
+
 def _as_tensor(torch, name, v):
     if isinstance(v, torch.Tensor):
         t = v
     else:
         t = torch.as_tensor(np.asarray(v, dtype=np.float64))
+    if _is_functorch(torch, t):
+        # a torch.func transform's wrapper has no storage for the host code to read
+        raise ConfigError("%s=: nbnumba.autodiff does not work under torch.func transforms "
+                          "(grad, vjp, jacrev, jvp, vmap): use loss.backward() or "
+                          "torch.autograd.grad, and nbnumba.autodiff.jacobian for the "
+                          "per-pixel Jacobian" % name)
     if not t.is_floating_point():
         raise TypeError("%s= must be a float64 or float32 tensor (got %s)" % (name, t.dtype))
     _check_size(name, t.numel())
@@ -1140,6 +1153,26 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     return img
 
 
+_simulate = simulate
+_DISABLED = None
+
+
+@functools.wraps(_simulate)
+def simulate(*args, **keywords):
+    if "torch._dynamo" in sys.modules:
+        # torch.compile may be tracing this call: make it a graph break, run
+        # eagerly (torch.compiler.disable).  Dynamo cannot trace the host code;
+        # tracing into it failed inside numba's dispatcher, at a kernel's first
+        # call in a process (an AssertionError about dynamo's exception table,
+        # torch 2.13).  Importing dynamo costs 2 s, hence only when loaded.
+        global _DISABLED
+        if _DISABLED is None:
+            import torch
+            _DISABLED = torch.compiler.disable(_simulate)
+        return _DISABLED(*args, **keywords)
+    return _simulate(*args, **keywords)
+
+
 def structure_factors(argv):
     """(F, ranges): the structure-factor grid this run would use, as a float64
     torch tensor (a copy; pass it, or an optimised version, as F_hkl=), and
@@ -1264,7 +1297,6 @@ def warmup(file=None) -> int:
     Returns 0."""
     import os
     import subprocess
-    import sys
     import time
     file = file or sys.stderr
     t0 = time.perf_counter()
@@ -1317,7 +1349,6 @@ def _warmup_second() -> int:
     on stdin that says pixel_grad is in the cache, or its end) the Jacobian
     forward and the contraction, then (after the line for the sensor copy)
     the sensor copy of the Jacobian forward."""
-    import sys
     plain, jac = _warmup_runs()
     plain.forward()                                     # render64
     sys.stdin.readline()
@@ -1329,7 +1360,6 @@ def _warmup_second() -> int:
 
 
 if __name__ == "__main__":
-    import sys
     if sys.argv[1:] == ["--warmup-second"]:
         sys.exit(_warmup_second())
     if sys.argv[1:] != ["--warmup"]:

@@ -691,6 +691,47 @@ def test_second_derivatives_are_refused_not_zero():
     assert not any(g.requires_grad for g in plain)
 
 
+def test_torch_func_transforms_are_refused():
+    d = torch.tensor(VALUES["distance"], dtype=torch.float64)
+    for transform in (torch.func.grad, torch.func.jacrev):
+        with pytest.raises(ConfigError, match="^distance=: nbnumba.autodiff does not work under "
+                                              "torch.func transforms .*autograd.grad"):
+            transform(lambda x: simulate(BASE, distance=x).sum())(d)
+
+
+_FRESH = """
+import sys
+import nbnumba.autodiff as ad
+from nbnumba.autodiff import simulate
+assert "torch" not in sys.modules
+import torch
+argv = sys.argv[1:]
+assert "torch._dynamo" not in sys.modules            # simulate then calls the kernels directly
+def loss(x):
+    return (simulate(argv, distance=x) ** 2).sum()
+d1, d0 = (torch.tensor([100.0], dtype=torch.float64, requires_grad=True) for _ in "ab")
+got = torch.compile(loss, backend="eager")(d1)       # the process's first call of the kernels
+got.backward()
+want = loss(d0)
+want.backward()
+assert torch.equal(got.detach(), want.detach()) and torch.equal(d1.grad, d0.grad)
+d = torch.tensor([100.0], dtype=torch.float64, requires_grad=True)
+(simulate(argv, None, None, d) ** 2).sum().backward()   # keywords given by position
+assert torch.equal(d.grad, d0.grad)
+"""
+
+
+def test_fresh_process_imports_torch_late_and_torch_compile_works():
+    """A new process: importing nbnumba.autodiff does not import torch;
+    torch.compile of a loss around simulate, as its first call, gives the
+    eager loss and gradient (simulate is a graph break: torch.compiler.disable).
+    Dynamo used to trace into numba's dispatcher, whose first call of a
+    kernel in a process loads it, and failed there (an AssertionError)."""
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "-c", _FRESH] + BASE, check=True)
+
+
 # ------------------------------------------------------------- formulas
 def _sincg_dh_exact(h, N):
     # d/dh of sum_k cos((N-1-2k) pi h) (= sin(N pi h)/sin(pi h), integer N),
