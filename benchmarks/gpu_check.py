@@ -82,10 +82,12 @@ TARGETS = {"W2_float32_gsps": 150.0, "W2_float64_gsps": 50.0, "fixed_cost_ms": 2
 
 
 # ------------------------------------------------------------------ environment
-def _version(mod_name: str) -> Optional[str]:
+def _version(dist_name: str) -> Optional[str]:
+    """The installed distribution's version, None if it is not installed
+    (from its metadata: importing torch only to read it took 2 s)."""
     try:
-        mod = __import__(mod_name)
-        return str(getattr(mod, "__version__", "?"))
+        from importlib import metadata
+        return metadata.version(dist_name)
     except Exception:
         return None
 

@@ -186,3 +186,28 @@ def host_build(tmp_path_factory):
     proc = subprocess.run(cmd[:1] + ["-Wall", "-Wextra"] + cmd[1:], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return out, proc.stderr
+
+
+@pytest.fixture(scope="session")
+def nvcc_ptx(tmp_path_factory):
+    """``compile(arch, dtype, trace=False) -> (returncode, stderr, ptx text)``:
+    nanobragg.cu through nvcc with CuPy's options (kernels.gpu.nvcc_command),
+    once per process for each (arch, dtype, trace).  The render, adjoint and
+    trace tests check the same builds; each took 5 to 7 s."""
+    from nbnumba.kernels import gpu
+    cache = {}
+
+    def compile(arch, dtype, trace=False):
+        key = (arch, dtype, bool(trace))
+        if key not in cache:
+            nvcc = shutil.which("nvcc")
+            if nvcc is None:
+                pytest.fail("nvcc not found on PATH: it is required to check that "
+                            "nbnumba/kernels/nanobragg.cu compiles for the GPU", pytrace=False)
+            out = tmp_path_factory.mktemp("ptx") / ("nanobragg_%s_%s_%d.ptx" % key)
+            proc = subprocess.run(gpu.nvcc_command(arch, dtype, out, nvcc=nvcc, trace=trace),
+                                  capture_output=True, text=True)
+            cache[key] = (proc.returncode, proc.stderr,
+                          out.read_text() if proc.returncode == 0 else "")
+        return cache[key]
+    return compile

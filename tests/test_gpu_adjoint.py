@@ -26,7 +26,6 @@ cacc and gF at the rounding level.
 """
 from __future__ import annotations
 
-import subprocess
 import sys
 import types
 
@@ -39,7 +38,7 @@ from nbnumba.kernels import adjoint as A
 from nbnumba.physics import SINCG_NEAR
 from nbnumba.kernels import gpu
 from nbnumba.testing.fake_cupy import make_fake_cupy
-from test_gpu_source import (SIGNATURES, _require, _write_hkl, check_launch_args,
+from test_gpu_source import (SIGNATURES, _write_hkl, check_launch_args,
                              kernel_signatures)
 
 REL = 1e-9
@@ -213,14 +212,11 @@ def test_theta_layout_matches_kernel(host):
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_nvcc_compiles_adjoint(arch, tmp_path):
-    nvcc = _require("nvcc", "check that the adjoint kernel in nanobragg.cu compiles for the GPU")
-    out = tmp_path / "adj.ptx"
-    proc = subprocess.run(gpu.nvcc_command(arch, "float64", out, nvcc=nvcc),
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "warning" not in proc.stderr.lower(), proc.stderr
-    ptx = out.read_text()
+def test_nvcc_compiles_adjoint(arch, nvcc_ptx):
+    # the adjoint is in the render_f64 module: the build test_gpu_source checks
+    rc, err, ptx = nvcc_ptx(arch, "float64")
+    assert rc == 0, err
+    assert "warning" not in err.lower(), err
     assert ".entry %s(" % gpu.ADJOINT_ENTRY_POINT in ptx.replace(" (", "(")
     # double-precision atomics: the F grid and per-cell sums
     assert "atom.global.add.f64" in ptx

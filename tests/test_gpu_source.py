@@ -36,7 +36,6 @@ import ctypes.util
 import os
 import re
 import shutil
-import subprocess
 import sys
 import types
 from dataclasses import replace
@@ -173,45 +172,28 @@ def _cfg_for(name: str, workdir: Path):
     return replace(cfg, workdir=str(workdir))
 
 
-def _require(tool: str, what: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.fail("%s not found on PATH: it is required to %s (install it, or put it on PATH)"
-                    % (tool, what), pytrace=False)
-    return path
-
-
 # --------------------------------------------------------------------------- 1. nvcc
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_nvcc_compiles_ptx(arch, dtype, tmp_path):
-    nvcc = _require("nvcc", "check that nbnumba/kernels/nanobragg.cu compiles for the GPU")
-    out = tmp_path / ("nanobragg_%s_%s.ptx" % (arch, dtype))
-    proc = subprocess.run(gpu.nvcc_command(arch, dtype, out, nvcc=nvcc),
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, "nvcc failed:\n" + proc.stderr
-    assert "warning" not in proc.stderr.lower(), proc.stderr
-    ptx = out.read_text()
+def test_nvcc_compiles_ptx(arch, dtype, nvcc_ptx):
+    rc, err, ptx = nvcc_ptx(arch, dtype)
+    assert rc == 0, "nvcc failed:\n" + err
+    assert "warning" not in err.lower(), err
     assert re.search(r"^\.target\s+%s\b" % arch, ptx, re.M), "PTX not for %s" % arch
     for entry in gpu.ENTRY_POINTS.values():
         assert re.search(r"\.entry\s+%s\s*\(" % entry, ptx), "entry %s missing" % entry
 
 
-def test_nvcc_compiles_trace_build(tmp_path):
+def test_nvcc_compiles_trace_build(nvcc_ptx):
     """The -DNB_TRACE build (one-thread -trace_pixel launches) adds the trace
     entry points; the render build has none."""
-    nvcc = _require("nvcc", "check that the trace build of nanobragg.cu compiles for the GPU")
-    out = tmp_path / "nanobragg_trace.ptx"
-    proc = subprocess.run(gpu.nvcc_command("sm_90", "float64", out, nvcc=nvcc, trace=True),
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, "nvcc failed:\n" + proc.stderr
-    assert "warning" not in proc.stderr.lower(), proc.stderr
-    ptx = out.read_text()
+    rc, err, ptx = nvcc_ptx("sm_90", "float64", trace=True)
+    assert rc == 0, "nvcc failed:\n" + err
+    assert "warning" not in err.lower(), err
     for entry in list(gpu.ENTRY_POINTS.values()) + list(gpu.TRACE_ENTRY_POINTS.values()):
         assert re.search(r"\.entry\s+%s\s*\(" % entry, ptx), "entry %s missing" % entry
-    plain = tmp_path / "plain.ptx"
-    subprocess.run(gpu.nvcc_command("sm_90", "float64", plain, nvcc=nvcc), check=True)
-    assert "trace_f64" not in plain.read_text()
+    rc, err, plain = nvcc_ptx("sm_90", "float64")
+    assert rc == 0 and "render_f64" in plain and "trace_f64" not in plain
 
 
 def _find_nvrtc():
