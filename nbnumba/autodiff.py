@@ -994,8 +994,12 @@ def _umat_spread_derivatives(umats, spread):
 
 
 def _is_functorch(torch, t):
-    f = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
-    return bool(f(t)) if f is not None else False
+    """Whether t is a transform's wrapper (torch.func, or the batched tensors of
+    is_grads_batched), which holds no storage for the host code to read."""
+    ft = getattr(torch._C, "_functorch", None)
+    return any(bool(f(t)) for f in (getattr(ft, "is_functorch_wrapped_tensor", None),
+                                    getattr(ft, "is_legacy_batchedtensor", None))
+               if f is not None)
 
 
 def _as_tensor(torch, name, v):
@@ -1027,6 +1031,11 @@ _FUNCTION = None
 MSG_SECOND_ORDER = ("nbnumba.autodiff: second derivatives are not implemented (a gradient taken "
                     "with create_graph=True, torch.autograd.functional.hessian): use "
                     "nbnumba.autodiff.jacobian for the Gauss-Newton curvature")
+
+
+MSG_BATCHED = ("nbnumba.autodiff: batched gradients are not implemented (is_grads_batched=True, "
+               "torch.autograd.functional.jacobian(vectorize=True), gradcheck's "
+               "check_batched_grad): use nbnumba.autodiff.jacobian for the per-pixel Jacobian")
 
 
 def _function():
@@ -1067,6 +1076,8 @@ def _function():
 
             @staticmethod
             def backward(ctx, gout):
+                if _is_functorch(torch, gout):
+                    raise ConfigError(MSG_BATCHED)
                 run = ctx.run
                 depends_on = [t for t in ctx.saved_tensors + (gout,) if t.requires_grad]
                 gout = gout.detach()

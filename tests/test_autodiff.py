@@ -691,6 +691,28 @@ def test_second_derivatives_are_refused_not_zero():
     assert not any(g.requires_grad for g in plain)
 
 
+def test_batched_gradients_are_refused_and_the_loop_is_the_jacobian():
+    """Batched vector-Jacobian products (is_grads_batched=True, which
+    torch.autograd.functional.jacobian(vectorize=True) uses) raise ConfigError;
+    torch's error was about a batching rule for aten::detach.  The unbatched
+    functional.jacobian (one backward per pixel) equals jacobian()'s columns."""
+    argv = BASE[:BASE.index("-detpixels") + 1] + ["5"] + BASE[BASE.index("-detpixels") + 2:]
+    vals = {"distance": VALUES["distance"], "beam_center": VALUES["beam_center"]}
+    ts = _tensors(list(vals), vals)
+    img = simulate(argv, **dict(zip(vals, ts)))
+    eye = torch.eye(img.numel(), dtype=torch.float64).reshape((-1,) + tuple(img.shape))
+    with pytest.raises(ConfigError, match="^nbnumba.autodiff: batched gradients are not "
+                                          "implemented .*nbnumba.autodiff.jacobian"):
+        torch.autograd.grad(img, ts, eye, is_grads_batched=True)
+    f = lambda d, b: simulate(argv, distance=d, beam_center=b)   # noqa: E731
+    with pytest.raises(ConfigError, match="batched gradients are not implemented"):
+        torch.autograd.functional.jacobian(f, tuple(t.detach() for t in ts), vectorize=True)
+    loop = torch.autograd.functional.jacobian(f, tuple(t.detach() for t in ts))
+    _, J = jacobian(argv, **vals)
+    for name, col in zip(vals, loop):
+        assert np.allclose(col.numpy(), J[name], rtol=1e-12, atol=1e-12 * np.abs(J[name]).max())
+
+
 def test_torch_func_transforms_are_refused():
     d = torch.tensor(VALUES["distance"], dtype=torch.float64)
     for transform in (torch.func.grad, torch.func.jacrev):
