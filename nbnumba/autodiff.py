@@ -1031,8 +1031,6 @@ _FUNCTION = None
 MSG_SECOND_ORDER = ("nbnumba.autodiff: second derivatives are not implemented (a gradient taken "
                     "with create_graph=True, torch.autograd.functional.hessian): use "
                     "nbnumba.autodiff.jacobian for the Gauss-Newton curvature")
-
-
 MSG_BATCHED = ("nbnumba.autodiff: batched gradients are not implemented (is_grads_batched=True, "
                "torch.autograd.functional.jacobian(vectorize=True), gradcheck's "
                "check_batched_grad): use nbnumba.autodiff.jacobian for the per-pixel Jacobian")
