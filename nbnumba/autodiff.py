@@ -1060,7 +1060,11 @@ def _function():
         class Simulate(torch.autograd.Function):
             @staticmethod
             def forward(ctx, run, names, crop, *tensors):
-                ctx.save_for_backward(*tensors)
+                # the differentiated keywords, for create_graph=True (FirstOrderOnly).
+                # Not save_for_backward: the backward reads the values the run
+                # copied, so a keyword changed in place after this call does not
+                # make its gradient wrong, and needs no version check.
+                ctx.anchors = tuple(t for t in tensors if t.requires_grad)
                 ctx.run, ctx.names, ctx.crop = run, names, crop
                 ctx.meta = [(t.dtype, t.device, t.shape) for t in tensors]
                 image = run.forward()
@@ -1077,7 +1081,7 @@ def _function():
                 if _is_functorch(torch, gout):
                     raise ConfigError(MSG_BATCHED)
                 run = ctx.run
-                depends_on = [t for t in ctx.saved_tensors + (gout,) if t.requires_grad]
+                depends_on = [t for t in ctx.anchors + (gout,) if t.requires_grad]
                 gout = gout.detach()
                 # roi_only: the box's gradient into a frame of zeros
                 if run.device == "cuda":

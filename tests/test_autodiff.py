@@ -691,6 +691,19 @@ def test_second_derivatives_are_refused_not_zero():
     assert not any(g.requires_grad for g in plain)
 
 
+def test_keyword_changed_in_place_after_the_call_keeps_the_recorded_gradient():
+    """The backward reads the values the call copied: a keyword tensor that
+    the caller changes in place before backward() (e.g. a projection step)
+    gets the gradient at the value the image was made with, and no error."""
+    d0, d1 = _tensors(["distance"]) + _tensors(["distance"])
+    simulate(BASE, distance=d0).sum().backward()
+    img = simulate(BASE, distance=d1)
+    with torch.no_grad():
+        d1.add_(1.0)
+    img.sum().backward()
+    assert torch.equal(d1.grad, d0.grad)
+
+
 def test_batched_gradients_are_refused_and_the_loop_is_the_jacobian():
     """Batched vector-Jacobian products (is_grads_batched=True, which
     torch.autograd.functional.jacobian(vectorize=True) uses) raise ConfigError;
