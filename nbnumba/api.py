@@ -135,9 +135,11 @@ def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, 
     else:
         from .interop import as_array
         out = as_array(out, "numpy")
-        if out.shape != (S, F) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        if (out.shape != (S, F) or out.dtype != np.float32 or not out.flags.c_contiguous
+                or not out.flags.writeable):
             from .errors import ConfigError
-            raise ConfigError("out= must be a contiguous float32 array of shape %s" % ((S, F),))
+            raise ConfigError("out= must be a writable, contiguous float32 array of shape %s"
+                              % ((S, F),))
         out[...] = 0.0
     omega = np.zeros(S, dtype=np.float64)          # per-row solid-angle sums
     bS, bF = (S, F) if cfg.c_parity else (1, 1)

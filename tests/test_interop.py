@@ -145,6 +145,25 @@ def test_api_accepts_torch_mask_grid_and_output():
     np.testing.assert_array_equal(out.numpy()[:, 8:], ref[:, 8:])
 
 
+def test_api_refuses_an_output_it_cannot_fill():
+    """out= of the wrong shape, dtype or layout, or read-only: one ConfigError
+    naming out= (a read-only array gave numpy's 'assignment destination is
+    read-only'), and the array is left as it was."""
+    from nbnumba.errors import ConfigError
+    cfg = nbnumba.parse_argv(ARGV)
+    shape = nbnumba.simulate(cfg).float_image.shape
+    ro = np.full(shape, 3.0, np.float32)
+    ro.setflags(write=False)
+    bad = [np.zeros(shape), np.zeros(shape[::-1] + (1,), np.float32),
+           np.zeros((shape[0], 2 * shape[1]), np.float32)[:, ::2],
+           np.asfortranarray(np.zeros(shape, np.float32)), ro]
+    for out in bad:
+        with pytest.raises(ConfigError, match=r"^out= must be a writable, contiguous float32 "
+                                              r"array of shape \(%d, %d\)$" % shape):
+            nbnumba.simulate(cfg, out=out)
+    assert (ro == 3.0).all()
+
+
 def test_api_and_trace_do_not_import_each_other():
     import ast
     from pathlib import Path
