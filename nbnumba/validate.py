@@ -126,6 +126,44 @@ def _check_types(cfg) -> None:
         elif isinstance(d, str) and name not in ("stoloutfilename",):
             if not isinstance(v, str):
                 raise ConfigError("%s: expected text, got %r" % (flag_of(name), v))
+    _check_api_objects(cfg)
+
+
+#: Config fields that hold a path (None: not given)
+_PATHS = ("matfilename", "hklfilename", "sourcefilename", "stolfilename", "stoloutfilename",
+          "imginfilename", "maskfilename", "floatfilename", "intfilename", "pgmfilename",
+          "noisefilename", "fdump_path", "workdir")
+
+
+def _check_api_objects(cfg) -> None:
+    """The fields that only the API sets to objects (paths, arrays, the F grid,
+    the thread count, the shape's name): a wrong kind used to surface as a
+    KeyError, TypeError or IndexError from deep in the model."""
+    from .model import SHAPE_CODES      # (model imports this module)
+    for name in _PATHS:
+        v = getattr(cfg, name)
+        if v is not None and not isinstance(v, (str, os.PathLike)):
+            raise ConfigError("%s: expected a file name, got %r" % (flag_of(name), v))
+    if cfg.xtal_shape not in SHAPE_CODES:
+        raise ConfigError("xtal_shape: expected one of %s (-square_xtal, -round_xtal, "
+                          "-gauss_xtal, -tophat_spots), got %r"
+                          % (", ".join(SHAPE_CODES), cfg.xtal_shape))
+    t = cfg.threads
+    if t is not None and (isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral)
+                          or t < 1):
+        raise ConfigError("-threads: expected a whole number >= 1 (or None for all cores), "
+                          "got %r" % (t,))
+    if cfg.mask_image is not None:
+        from .interop import array_kind
+        m = cfg.mask_image
+        if isinstance(m, str) or array_kind(m) == "other" or len(getattr(m, "shape", ())) != 2:
+            raise ConfigError("mask_image: expected a 2-D array (numpy, torch or CuPy; nonzero "
+                              "= active), got %s" % type(m).__name__)
+    if cfg.hkl_grid is not None:
+        from .io.hkl import HKLGrid
+        if not isinstance(cfg.hkl_grid, HKLGrid):
+            raise ConfigError("hkl_grid: expected an nbnumba.io.hkl.HKLGrid (see "
+                              "nbnumba.io.hkl.read_hkl), got %s" % type(cfg.hkl_grid).__name__)
 
 
 def _check_finite(cfg) -> None:

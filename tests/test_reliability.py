@@ -755,6 +755,51 @@ def test_api_errors_are_nberrors():
         nbnumba.simulate_argv(BASE, overrides={"pixel_size": 1e308})
 
 
+#: nonsense for a Config field, by the type of its default
+_NONSENSE = {float: [float("nan"), float("inf"), -float("inf"), -1.0, 0.0, 1e300, -1e300, "abc",
+                     None, True, 1e-300],
+             int: [-5, 0, 10 ** 12, 2.5, float("nan"), "x", None, -1],
+             bool: [2, "yes", None, 0],
+             tuple: [(), (float("nan"), 0.0, 0.0), (0.0, 0.0, 0.0), (1.0, 2.0), "abc", None,
+                     (float("inf"), 0.0, 0.0), (1, 2, 3, 4), ("a", "b", "c")],
+             str: ["", "bogus", None, 5],
+             type(None): ["/nonexistent/x", 5, "", 3.5]}
+
+
+def test_every_config_field_set_to_nonsense_through_the_api(tmp_path, monkeypatch):
+    """Each Config field, set by dataclasses.replace to values of the wrong
+    kind, sign or size, gives NBError or a finite image: never another
+    exception (the path fields, xtal_shape, threads, mask_image and hkl_grid
+    raised TypeError, KeyError, ValueError, IndexError or AttributeError)."""
+    import dataclasses
+    import nbnumba
+    monkeypatch.chdir(tmp_path)
+    base = nbnumba.parse_argv(BASE + ["-detpixels", "8", "-nonoise", "-nopgm"])
+    tried = 0
+    for f in dataclasses.fields(base):
+        for v in _NONSENSE[type(getattr(base, f.name))]:
+            cfg = dataclasses.replace(base, **{f.name: v})
+            try:
+                img = nbnumba.simulate(cfg).float_image
+            except NBError as e:
+                assert "\n" not in str(e).strip(), (f.name, v, str(e))
+            else:
+                assert np.isfinite(img).all(), (f.name, v)
+            tried += 1
+    assert tried > 1000
+    for field, value, msg in [
+            ("hklfilename", 5, "^-hkl: expected a file name, got 5$"),
+            ("workdir", 3.5, "^workdir: expected a file name, got 3.5$"),
+            ("xtal_shape", "bogus", "^xtal_shape: expected one of SQUARE, ROUND, GAUSS, TOPHAT"),
+            ("threads", 2.5, r"^-threads: expected a whole number >= 1 \(or None"),
+            ("threads", 0, "^-threads: expected a whole number >= 1"),
+            ("mask_image", "m.img", "^mask_image: expected a 2-D array .* got str$"),
+            ("mask_image", np.ones(64), "^mask_image: expected a 2-D array .* got ndarray$"),
+            ("hkl_grid", "p.hkl", "^hkl_grid: expected an nbnumba.io.hkl.HKLGrid")]:
+        with pytest.raises(ConfigError, match=msg):
+            nbnumba.simulate(dataclasses.replace(base, **{field: value}))
+
+
 def test_two_threads_with_workqueue_layer(tmp_path):
     script = (
         "import threading, nbnumba\n"
