@@ -8,6 +8,7 @@ errors is not reproduced (docs/quirks.md).
 from __future__ import annotations
 
 import sys
+import warnings
 
 
 def prog_name(argv0=None) -> str:
@@ -34,7 +35,6 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _PROGRAM_MODES:
         return _program_mode(argv)
-    from .errors import NBError, UsageError
     from . import flags
     if not argv or any(a in ("-h", "-help", "--help") for a in argv):
         try:
@@ -42,6 +42,27 @@ def main(argv=None) -> int:
         except BrokenPipeError:   # -h | head
             pass
         return 0 if argv else 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_printer(warnings.showwarning)
+        return _run_argv(argv)
+
+
+def _warning_printer(default):
+    """showwarning that prints nbnumba's own warnings about the input (NBWarning)
+    as one line, like its errors; others keep Python's format."""
+    from .errors import NBWarning, one_line
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, NBWarning):
+            print("nbnumba: warning: %s" % one_line(str(message)), file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
+
+
+def _run_argv(argv) -> int:
+    from .errors import NBError, UsageError
+    from . import flags
     try:
         cfg = flags.parse_argv(argv)
         return run(cfg)

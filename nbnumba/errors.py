@@ -1,10 +1,24 @@
 """Exceptions with one-line, user-facing messages (the CLI prints them, exit 2)."""
 
 
+def one_line(s: str) -> str:
+    """s with its non-printable characters escaped (``\\x1c``, ``\\n``): messages
+    quote text from input files and flags, which may hold control characters
+    (a byte flipped to 0x1c in an HKL file is whitespace to str.split and a
+    line break to a terminal)."""
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in s)
+
+
 class NBError(Exception):
     """Base class: message is a single line meant for the user."""
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class UsageError(NBError):
@@ -17,3 +31,9 @@ class InputFileError(NBError):
 
 class ConfigError(NBError):
     """A request that cannot be simulated (impossible geometry, sizes, NaN...)."""
+
+
+class NBWarning(RuntimeWarning):
+    """A warning about the user's input that the run goes on with (an SMV header
+    that runs past HEADER_BYTES, read as nanoBragg reads it); the CLI prints it
+    as one line, ``nbnumba: warning: ...``."""

@@ -300,6 +300,27 @@ def test_fuzz_parity_against_a_stand_in_for_c(tmp_path, monkeypatch, capsys):
     assert fz._parity_base(40)[fz.PARITY_BASE.index("-pixel") + 1] == "0.25"
 
 
+def test_fuzz_files_keeps_the_promise_and_a_split_error_line_is_reported(tmp_path, monkeypatch):
+    """tools/fuzz.py files: 200 runs on mutated input files exit 0 with a
+    finite image or 2 with one error line; with NBError's messages no longer
+    escaped (nbnumba.errors.one_line made the identity), the lines whose
+    quoted text holds a control character are reported."""
+    import io
+    import nbnumba.errors as E
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    fz._inputs(tmp_path)
+    out = io.StringIO()
+    counts = fz.fuzz_files(2, 200, out)
+    assert counts["fail"] == 0 and counts["exit 0"] > 50 and counts["exit 2"] > 50, out.getvalue()
+    monkeypatch.setattr(E, "one_line", lambda s: s)
+    out = io.StringIO()
+    counts = fz.fuzz_files(2, 200, out)
+    assert counts["fail"] >= 2, counts
+    assert all(ln.startswith("FAIL ") and "exit 2: nbnumba: error: " in ln
+               for ln in out.getvalue().splitlines() if ln.startswith("FAIL")), out.getvalue()
+
+
 def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, host_build):
     """tools/fuzz.py device: on 8 drawn lines the CUDA source's host build
     gives numba's images (float64 and float32), pixel values and, through the
@@ -798,6 +819,36 @@ def test_every_config_field_set_to_nonsense_through_the_api(tmp_path, monkeypatc
             ("hkl_grid", "p.hkl", "^hkl_grid: expected an nbnumba.io.hkl.HKLGrid")]:
         with pytest.raises(ConfigError, match=msg):
             nbnumba.simulate(dataclasses.replace(base, **{field: value}))
+
+
+def test_control_characters_in_a_file_stay_escaped_in_the_one_error_line(work, capsys):
+    """A byte flipped to 0x1c in an HKL line (whitespace to str.split, a line
+    break to str.splitlines and to some terminals) is escaped in the message
+    (found by an ad hoc fuzz of mutated input files)."""
+    from nbnumba.errors import InputFileError, one_line
+    (work / "x.hkl").write_text("0 0 0 5\n1 0 0 1\x1c.0\n2 0 0 5\n")
+    refused(BASE + ["-hkl", "x.hkl"], capsys, r"x.hkl line 2: expected 'h k l F', got '1 0 0 1\x1c.0'",
+            work)
+    assert str(InputFileError("a\nb\tc\x85d é")) == one_line("a\nb\tc\x85d é") == "a\\nb\\tc\\x85d é"
+
+
+def test_smv_header_overflow_warning_is_one_cli_line(work, capsys):
+    """The SMV reader's warning (a header text past HEADER_BYTES, read as
+    nanoBragg reads it) is printed by the CLI as 'nbnumba: warning: ...', one
+    line, not Python's file:line format with a source line."""
+    n = 8
+    head = ("{\nHEADER_BYTES=512;\nDIM=2;\nBYTE_ORDER=little_endian;\nTYPE=unsigned_short;\n"
+            "SIZE1=%d;\nSIZE2=%d;\nPIXEL_SIZE=0.1;\n" % (n, n)) + "X" * 600 + ";\n}\f"
+    pix = b"".join((1).to_bytes(2, "little") for _ in range(n * n))
+    raw = head.encode()
+    (work / "m.img").write_bytes(raw[:512] + raw[512:] + pix)
+    rc = cli.main(BASE + ["-mask", "m.img", "-nonoise", "-nopgm"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines and lines[0].startswith("nbnumba: warning: m.img: SMV header text runs past "
+                                         "HEADER_BYTES=512"), err
+    assert "RuntimeWarning" not in err and ".py:" not in err, err
+    assert rc == 0 and len(lines) == 1, err
 
 
 def test_two_threads_with_workqueue_layer(tmp_path):

@@ -8,6 +8,7 @@ outputs or prints one error line (exit 2), never a traceback or a numpy warning
     python tools/fuzz.py gradients [--seed S] [--runs N]  # its gradients, against differences
     python tools/fuzz.py device [--seed S] [--runs N]     # the CUDA source against numba
     python tools/fuzz.py parity [--seed S] [--runs N] [--pixels P]   # -c_parity against $NB_C_BIN
+    python tools/fuzz.py files [--seed S] [--runs N]      # the CLI on mutated input files
 
 ``cli`` adds 2 to 6 flags drawn from the flag table to a small valid run
 (8 x 8 pixels): numbers from a short list of ordinary and edge values, words
@@ -32,6 +33,12 @@ understands (PARITY_EXTRAS, and one time in three flags as ``cli`` draws them,
 bar nbnumba's own), runs nanoBragg.c (``$NB_C_BIN``, one OpenMP thread: its
 phi = 0 carry-over is per thread) and the port with ``-c_parity`` in process,
 and holds every image both write (float, SMV, noise, PGM) to bit identity.
+``files`` runs the CLI on a small run that reads one input file (HKL, MOSFLM
+matrix, source list, SMV mask or stol table), mutated at random: cut short,
+a token replaced by an edge value or garbage, a line dropped, random bytes,
+an SMV header entry changed, the file repeated; exit 0 with a finite image
+of the detector's size, or exit 2 with one error line (warning lines
+``nbnumba: warning:`` aside).
 
 Each failure is printed on one line (the drawn arguments, what happened); the
 last line counts the outcomes.  Exit status 0 when nothing failed, 1 otherwise,
@@ -94,6 +101,7 @@ def _inputs(d: Path) -> None:
     # upstream of the sample along the MOSFLM beam, wavelengths in metres (s.txt's
     # 1.5 m puts every h, k, l near 0: the round crystal's sinc3 at its centre)
     (d / "s2.txt").write_text("-10 0 0 1 1.5e-10\n-10 0.05 0 1 1.51e-10\n")
+    (d / "stol.txt").write_text("0.0 2.57\n0.1 2.0\n0.2 1.2\n0.3 1.0\n0.5 0.8\n")
     _mask(d, 20)
 
 
@@ -145,10 +153,13 @@ def run_cli(args) -> tuple:
         except BaseException as e:              # noqa: BLE001 (what this looks for)
             return None, "%s: %s" % (type(e).__name__, str(e)[:120])
     text = err.getvalue()
-    errors = [ln for ln in text.splitlines() if ln.startswith("nbnumba: error")]
+    # exit 2: the error line alone (nbnumba's warning lines aside; a control
+    # character in a quoted input line used to split it in two)
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("nbnumba: warning: ")]
+    one_error = len(lines) == 1 and lines[0].startswith("nbnumba: error")
     if caught:
         return rc, "warning: %s" % caught[0].message
-    if rc not in (0, 2) or "Traceback" in text or (rc == 2 and len(errors) != 1):
+    if rc not in (0, 2) or "Traceback" in text or (rc == 2 and not one_error):
         return rc, "exit %s: %s" % (rc, text.strip()[-160:])
     return rc, None
 
@@ -170,6 +181,86 @@ def fuzz_cli(seed: int, runs: int, out=sys.stdout) -> dict:
             counts["fail"] += 1
         else:
             counts["exit %d" % rc] += 1
+    return counts
+
+
+#: the files target: a 20 x 20 run (m.img's detector) and the flags that read each file
+FILES_BASE = ["-cell", "70", "80", "90", "90", "90", "90", "-N", "3", "-lambda", "1.5",
+              "-distance", "100", "-detpixels", "20", "-pixel", "0.5", "-nonoise", "-nopgm",
+              "-noprogress", "-seed", "1", "-floatfile", "f.bin"]
+FILE_USES = {"x.hkl": ["-hkl", "x.hkl"], "a.mat": ["-mat", "a.mat"],
+             "s2.txt": ["-sourcefile", "s2.txt", "-default_F", "10"],
+             "m.img": ["-mask", "m.img", "-default_F", "10"],
+             "stol.txt": ["-stol", "stol.txt", "-water", "100", "-default_F", "10"]}
+#: what a replaced token becomes
+FILE_TOKENS = ["nan", "inf", "-inf", "1e309", "1e-320", "", "abc", "0x1p3", "-0", "9" * 30,
+               "\x00", "1,5", "1e30", "-1e30", "0", "1 2 3 4 5 6 7", "\x1c", "\r"]
+#: what an SMV header entry becomes
+SMV_ENTRIES = ["SIZE1=0;", "SIZE1=-5;", "SIZE1=99999999;", "HEADER_BYTES=0;",
+               "HEADER_BYTES=99999999;", "HEADER_BYTES=abc;", "TYPE=float;", "TYPE=bogus;",
+               "BYTE_ORDER=big_endian;", "DIM=3;", "PIXEL_SIZE=nan;", "PIXEL_SIZE=0;",
+               "DISTANCE=-1;", "WAVELENGTH=0;", "BEAM_CENTER_X=inf;", "SIZE2=3;"]
+
+
+def mutate_file(rng: random.Random, name: str, data: bytes) -> tuple:
+    """(mutated bytes, how) of one input file."""
+    import re
+    k = rng.randrange(7)
+    if k == 0:
+        return data[:rng.randrange(len(data) + 1)], "cut short"
+    if k == 1 and name != "m.img":
+        toks = data.decode("latin-1").split(" ")
+        i = rng.randrange(len(toks))
+        tok = rng.choice(FILE_TOKENS)
+        toks[i] = tok + ("\n" if toks[i].endswith("\n") else "")
+        return " ".join(toks).encode("latin-1"), "token %r" % tok
+    if k == 2:
+        lines = data.split(b"\n")
+        i = rng.randrange(len(lines))
+        return b"\n".join(lines[:i] + lines[i + 1:]), "line %d dropped" % (i + 1)
+    if k == 4 and name == "m.img":
+        entry = rng.choice(SMV_ENTRIES)
+        head = re.sub(entry.split("=")[0] + r"=[^;]*;", entry, data[:512].decode("latin-1"))
+        return head.encode("latin-1")[:512].ljust(512, b" ") + data[512:], "header " + entry
+    if k == 5:
+        n = rng.choice([2, 50])
+        return data * n, "repeated %d times" % n
+    raw = bytearray(data)
+    for _ in range(rng.randint(1, 5)):
+        raw[rng.randrange(len(raw))] = rng.randrange(256)
+    return bytes(raw), "bytes changed"
+
+
+def fuzz_files(seed: int, runs: int, out=sys.stdout) -> dict:
+    """Outcome counts of ``runs`` CLI runs on one mutated input file each
+    ('fail' among them); the inputs (_inputs) are in the working directory."""
+    import numpy as np
+    rng = random.Random(seed)
+    here = Path(os.getcwd())
+    orig = {n: (here / n).read_bytes() for n in FILE_USES}
+    counts = {"exit 0": 0, "exit 2": 0, "fail": 0}
+    for _ in range(runs):
+        name = rng.choice(sorted(FILE_USES))
+        for n, b in orig.items():
+            (here / n).write_bytes(b)
+        for n in ("f.bin", "Fdump.bin"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(here / n)
+        data, how = mutate_file(rng, name, orig[name])
+        (here / name).write_bytes(data)
+        rc, why = run_cli(FILES_BASE + FILE_USES[name])
+        if why is None and rc == 0:
+            img = np.fromfile(here / "f.bin", dtype=np.float32)
+            if img.size != 400 or not np.isfinite(img).all():
+                why = "exit 0 with an image of %d pixels, finite: %s" % (
+                    img.size, bool(np.isfinite(img).all()))
+        if why is not None:
+            print("FAIL %s (%s) :: %s" % (name, how, why), file=out)
+            counts["fail"] += 1
+        else:
+            counts["exit %d" % rc] += 1
+    for n, b in orig.items():
+        (here / n).write_bytes(b)
     return counts
 
 
@@ -858,7 +949,8 @@ def fuzz_parity(seed: int, runs: int, out=sys.stdout, c_bin=None, pixels: int = 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="tools/fuzz.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("target", choices=("cli", "autodiff", "gradients", "device", "parity"))
+    p.add_argument("target", choices=("cli", "autodiff", "gradients", "device", "parity",
+                                      "files"))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--runs", type=int, default=1000)
     p.add_argument("--pixels", type=int, default=20,
@@ -887,6 +979,7 @@ def main(argv=None) -> int:
                       "gradients": fuzz_gradients,
                       "device": fuzz_device,
                       "parity": lambda seed, runs: fuzz_parity(seed, runs, pixels=a.pixels),
+                      "files": fuzz_files,
                       }[a.target](a.seed, a.runs)
         finally:
             os.chdir(here)

@@ -28,7 +28,7 @@ from typing import Iterable, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
-from nbnumba.errors import InputFileError
+from nbnumba.errors import InputFileError, NBWarning
 from nbnumba.io._cnum import c_atof
 from nbnumba.io.atomic import atomic_open
 
@@ -183,7 +183,7 @@ def read_smv(path) -> Tuple[SMVHeader, np.ndarray]:
             f"{name}: SMV header text runs past HEADER_BYTES={header_size} (as nanoBragg "
             "writes when its header overflows); pixels are read from byte "
             f"{header_size} like nanoBragg does, so they are probably shifted",
-            RuntimeWarning,
+            NBWarning,
             stacklevel=2,
         )
     header = _parse_entries(text)
@@ -285,7 +285,7 @@ def smv_header_text(fields: Fields, header_overflow: str = "c") -> bytes:
             warnings.warn(
                 f"SMV header text is {len(text)} bytes, longer than HEADER_BYTES=512; "
                 "written unpadded, as nanoBragg does (the file is not valid SMV)",
-                RuntimeWarning,
+                NBWarning,
                 stacklevel=2,
             )
             return text
