@@ -8,7 +8,6 @@ errors is not reproduced (docs/quirks.md).
 from __future__ import annotations
 
 import sys
-import warnings
 
 
 def prog_name(argv0=None) -> str:
@@ -42,22 +41,9 @@ def main(argv=None) -> int:
         except BrokenPipeError:   # -h | head
             pass
         return 0 if argv else 2
-    with warnings.catch_warnings():
-        warnings.showwarning = _warning_printer(warnings.showwarning)
+    from .errors import warnings_as_lines
+    with warnings_as_lines("nbnumba"):
         return _run_argv(argv)
-
-
-def _warning_printer(default):
-    """showwarning that prints nbnumba's own warnings about the input (NBWarning)
-    as one line, like its errors; others keep Python's format."""
-    from .errors import NBWarning, one_line
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, NBWarning):
-            print("nbnumba: warning: %s" % one_line(str(message)), file=sys.stderr)
-        else:
-            default(message, category, filename, lineno, file, line)
-    return show
 
 
 def _run_argv(argv) -> int:

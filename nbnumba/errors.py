@@ -1,4 +1,7 @@
 """Exceptions with one-line, user-facing messages (the CLI prints them, exit 2)."""
+import contextlib
+import sys
+import warnings
 
 
 def one_line(s: str) -> str:
@@ -37,3 +40,20 @@ class NBWarning(RuntimeWarning):
     """A warning about the user's input that the run goes on with (an SMV header
     that runs past HEADER_BYTES, read as nanoBragg reads it); the CLI prints it
     as one line, ``nbnumba: warning: ...``."""
+
+
+@contextlib.contextmanager
+def warnings_as_lines(prog: str):
+    """Inside: NBWarnings are printed to stderr as one line, ``prog: warning:
+    ...``, like the errors; other warnings keep Python's format (so that an
+    unexpected numpy warning still shows where it came from)."""
+    with warnings.catch_warnings():
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, NBWarning):
+                print("%s: warning: %s" % (prog, one_line(str(message))), file=sys.stderr)
+            else:
+                default(message, category, filename, lineno, file, line)
+        warnings.showwarning = show
+        yield

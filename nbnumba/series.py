@@ -78,7 +78,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ConfigError, NBError, UsageError
+from .errors import ConfigError, NBError, UsageError, warnings_as_lines
 from .flags import INT_MAX, HelpRequested
 from .io.frames import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
 from .io.atomic import OutputFileError
@@ -1056,7 +1056,8 @@ def main(argv=None) -> int:
         if opts.help:
             print(USAGE)
             return EXIT_OK
-        return run_series(opts)
+        with warnings_as_lines(PROG):
+            return run_series(opts)
     except HelpRequested as exc:      # -h among the engine flags: the engine's help
         print(exc.text)
         return EXIT_OK

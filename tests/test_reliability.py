@@ -851,6 +851,25 @@ def test_smv_header_overflow_warning_is_one_cli_line(work, capsys):
     assert rc == 0 and len(lines) == 1, err
 
 
+def test_warnings_as_lines_formats_nbwarnings_only(capsys):
+    """The CLI, nbnumba-series and the tools (guarded_main) print nbnumba's
+    warnings as one 'prog: warning:' line; another warning (numpy's, say)
+    keeps Python's format, which names where it came from."""
+    import warnings
+    from nbnumba.errors import NBWarning, warnings_as_lines
+    from nbnumba.tools._common import guarded_main
+    with warnings.catch_warnings(record=True) as others:
+        warnings.simplefilter("always")
+        with warnings_as_lines("prog"):
+            warnings.warn("mask.img: header\nruns past", NBWarning)
+            warnings.warn("overflow encountered", RuntimeWarning)
+    assert capsys.readouterr().err == "prog: warning: mask.img: header\\nruns past\n"
+    # the other warning went on to the handler in place (here the recorder)
+    assert [(w.category, str(w.message)) for w in others] == [(RuntimeWarning, "overflow encountered")]
+    assert guarded_main("tool", lambda: warnings.warn("w", NBWarning) or 0) == 0
+    assert capsys.readouterr().err == "tool: warning: w\n"
+
+
 def test_two_threads_with_workqueue_layer(tmp_path):
     script = (
         "import threading, nbnumba\n"

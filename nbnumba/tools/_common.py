@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from nbnumba.errors import NBError
+from nbnumba.errors import NBError, warnings_as_lines
 
 #: flags whose single argument is a file the program reads
 INPUT_FLAGS = ("-hkl", "-mat", "-img", "-mask", "-sourcefile", "-stol", "-4stol", "-Q")
@@ -307,7 +307,8 @@ def guarded_main(prog: str, body, io_exit: Optional[int] = None) -> int:
     one-line message and exit code; OSError -> ``io_exit`` when given; a closed
     pipe -> 0; Ctrl-C -> 130.  Never a traceback for these."""
     try:
-        return body()
+        with warnings_as_lines(prog):
+            return body()
     except ToolError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.code
