@@ -38,8 +38,9 @@ class ConfigError(NBError):
 
 class NBWarning(RuntimeWarning):
     """A warning about the user's input that the run goes on with (an SMV header
-    that runs past HEADER_BYTES, read as nanoBragg reads it); the CLI prints it
-    as one line, ``nbnumba: warning: ...``."""
+    that runs past HEADER_BYTES, read as nanoBragg reads it); the CLI,
+    nbnumba-series and the tools print it as one line, ``nbnumba: warning:
+    ...`` (:func:`warnings_as_lines`)."""
 
 
 @contextlib.contextmanager
