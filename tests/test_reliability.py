@@ -857,7 +857,7 @@ def test_warnings_as_lines_formats_nbwarnings_only(capsys):
     keeps Python's format, which names where it came from."""
     import warnings
     from nbnumba.errors import NBWarning, warnings_as_lines
-    from nbnumba.tools._common import guarded_main
+    from nbnumba.tools._common import ToolError, guarded_main
     with warnings.catch_warnings(record=True) as others:
         warnings.simplefilter("always")
         with warnings_as_lines("prog"):
@@ -868,6 +868,12 @@ def test_warnings_as_lines_formats_nbwarnings_only(capsys):
     assert [(w.category, str(w.message)) for w in others] == [(RuntimeWarning, "overflow encountered")]
     assert guarded_main("tool", lambda: warnings.warn("w", NBWarning) or 0) == 0
     assert capsys.readouterr().err == "tool: warning: w\n"
+    # a tool's own error quoting a file's text is escaped like NBError's
+
+    def fails():
+        raise ToolError("trace.log line 3: bad key 'a\x1cb'", 3)
+    assert guarded_main("tool", fails) == 3
+    assert capsys.readouterr().err == "tool: error: trace.log line 3: bad key 'a\\x1cb'\n"
 
 
 def test_two_threads_with_workqueue_layer(tmp_path):

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from nbnumba.errors import NBError, warnings_as_lines
+from nbnumba.errors import NBError, one_line, warnings_as_lines
 
 #: flags whose single argument is a file the program reads
 INPUT_FLAGS = ("-hkl", "-mat", "-img", "-mask", "-sourcefile", "-stol", "-4stol", "-Q")
@@ -310,7 +310,7 @@ def guarded_main(prog: str, body, io_exit: Optional[int] = None) -> int:
         with warnings_as_lines(prog):
             return body()
     except ToolError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(str(e))}", file=sys.stderr)
         return e.code
     except NBError as e:      # a request the engine refuses: exit 2, like the CLI
         print(f"{prog}: error: {e}", file=sys.stderr)
