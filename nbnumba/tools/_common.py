@@ -47,6 +47,10 @@ class ToolError(Exception):
         super().__init__(message)
         self.code = code
 
+    def __str__(self) -> str:
+        # one line wherever it is shown (stderr, reports): as NBError's
+        return one_line(super().__str__())
+
 
 def timeout_seconds(text: str) -> float:
     """argparse type of ``--timeout S``: a number of seconds in (0, the longest
@@ -310,7 +314,7 @@ def guarded_main(prog: str, body, io_exit: Optional[int] = None) -> int:
         with warnings_as_lines(prog):
             return body()
     except ToolError as e:
-        print(f"{prog}: error: {one_line(str(e))}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return e.code
     except NBError as e:      # a request the engine refuses: exit 2, like the CLI
         print(f"{prog}: error: {e}", file=sys.stderr)
