@@ -129,10 +129,8 @@ def _check_types(cfg) -> None:
     _check_api_objects(cfg)
 
 
-#: Config fields that hold a path (None: not given)
-_PATHS = ("matfilename", "hklfilename", "sourcefilename", "stolfilename", "stoloutfilename",
-          "imginfilename", "maskfilename", "floatfilename", "intfilename", "pgmfilename",
-          "noisefilename", "fdump_path", "workdir")
+#: Config fields that hold a path besides the ``*filename`` ones (None: not given)
+_OTHER_PATHS = ("fdump_path", "workdir")
 
 
 def _check_api_objects(cfg) -> None:
@@ -140,7 +138,8 @@ def _check_api_objects(cfg) -> None:
     the thread count, the shape's name): a wrong kind used to surface as a
     KeyError, TypeError or IndexError from deep in the model."""
     from .model import SHAPE_CODES      # (model imports this module)
-    for name in _PATHS:
+    for name in [f.name for f in dataclasses.fields(cfg)
+                 if f.name.endswith("filename") or f.name in _OTHER_PATHS]:
         v = getattr(cfg, name)
         if v is not None and not isinstance(v, (str, os.PathLike)):
             raise ConfigError("%s: expected a file name, got %r" % (flag_of(name), v))
