@@ -12,10 +12,14 @@ from .errors import ConfigError, InputFileError, NBError, UsageError
 __version__ = "0.1.0"
 
 
-def parse_argv(argv):
-    """nanoBragg command-line flags -> Config (raises UsageError)."""
+def parse_argv(argv, cwd=None):
+    """nanoBragg command-line flags (a list of words) -> Config (raises
+    UsageError; ConfigError for an argv that is not a list of words).
+    Relative input and output paths resolve in ``cwd`` (default: the
+    process's working directory, when the run reads or writes them)."""
+    from .validate import argv_words, resolve_cwd
     from .flags import parse_argv as _p
-    return _p(list(argv))
+    return _p(argv_words(argv), cwd=resolve_cwd(cwd))
 
 
 def simulate(cfg, backend=None, out=None):
@@ -28,7 +32,8 @@ def simulate(cfg, backend=None, out=None):
 
 
 def simulate_argv(argv, cwd=None, **overrides):
-    """Parse nanoBragg flags and simulate (relative paths resolve in cwd)."""
+    """Parse nanoBragg flags (a list of words) and simulate; relative paths
+    resolve in cwd, without changing the process's working directory."""
     from .api import simulate_argv as _s
     return _s(argv, cwd=cwd, **overrides)
 

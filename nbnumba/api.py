@@ -6,7 +6,6 @@ float image -> statistics, integer/noise/PGM images -> writers.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -133,8 +132,8 @@ def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, 
     if out is None:
         out = np.zeros((S, F), dtype=np.float32)
     else:
-        from .interop import as_array
-        out = as_array(out, "numpy")
+        from .interop import as_array_arg
+        out = as_array_arg(out, "numpy", "out=")
         if (out.shape != (S, F) or out.dtype != np.float32 or not out.flags.c_contiguous
                 or not out.flags.writeable):
             from .errors import ConfigError
@@ -228,11 +227,34 @@ def simulate(cfg: Config, backend: Optional[str] = None, progress=None, out=None
 
     ``out``: optional preallocated float32 image (numpy/CuPy/torch, shared
     through DLPack without a copy when it lives on the backend's device)."""
+    if not isinstance(cfg, Config):
+        from .errors import ConfigError
+        raise ConfigError("simulate: expected an nbnumba.Config (from nbnumba.parse_argv, or "
+                          "Config(...)), got %s%s"
+                          % (type(cfg).__name__, "; for flags use nbnumba.simulate_argv"
+                             if isinstance(cfg, (list, tuple, str)) else ""))
+    _check_out(out)
     return run_model(build_model(cfg), backend=backend, progress=progress, out=out)
+
+
+def _check_out(out) -> None:
+    """out= that no backend can fill (text, a torch tensor that requires grad,
+    on the meta device, sparse, ...): ConfigError before anything is built."""
+    if out is not None:
+        from .errors import ConfigError
+        from .interop import array_arg_problem
+        why = array_arg_problem(out)
+        if why is not None:
+            raise ConfigError("out=: %s" % why)
 
 
 def run_model(model: Model, backend: Optional[str] = None, progress=None, out=None) -> Result:
     """Render a prepared Model (see nbnumba.model.build_model)."""
+    if not isinstance(model, Model):
+        from .errors import ConfigError
+        raise ConfigError("run_model: expected an nbnumba.model.Model (from build_model), got %s"
+                          % type(model).__name__)
+    _check_out(out)
     cfg = model.cfg
     backend = _check_backend(backend or cfg.device)
     from .validate import check_image_finite, check_terms_finite
@@ -311,21 +333,19 @@ def apply_overrides(cfg: Config, overrides) -> Config:
 
 
 def simulate_argv(argv, cwd=None, overrides=None, **more) -> Result:
-    """Parse nanoBragg-style flags and simulate; relative paths resolve in ``cwd``.
+    """Parse nanoBragg-style flags and simulate; relative paths resolve in ``cwd``
+    (without changing the process's working directory: calls from several
+    threads with different ``cwd`` are independent).
 
     ``overrides`` (a dict) and extra keywords replace Config fields after parsing,
     in the Config's units (metres, radians); bad names or types raise ConfigError."""
-    from dataclasses import replace
     from .flags import parse_argv
-    if cwd is not None:
-        old = os.getcwd()
-        os.chdir(cwd)
-        try:
-            cfg = parse_argv(list(argv))
-        finally:
-            os.chdir(old)
-        cfg = replace(cfg, workdir=str(cwd))
-    else:
-        cfg = parse_argv(list(argv))
+    from .validate import argv_words, resolve_cwd
+    words = argv_words(argv)
+    cfg = parse_argv(words, cwd=resolve_cwd(cwd))
+    if overrides is not None and not isinstance(overrides, dict):
+        from .errors import ConfigError
+        raise ConfigError("overrides must be a dict of Config fields, got %s"
+                          % type(overrides).__name__)
     cfg = apply_overrides(cfg, dict(overrides or {}, **more))
     return simulate(cfg)

@@ -68,7 +68,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ArgumentTypeError, ArgumentValueError, ConfigError
 from .kernels import adjoint as A
 from .kernels import cpu as K
 from .physics import SHAPE_GAUSS
@@ -159,8 +159,9 @@ def _torch():
 
 
 def _parse(argv):
+    from .validate import argv_words
     from .flags import parse_argv
-    return _with_hkl_grid(parse_argv([str(a) for a in argv]))
+    return _with_hkl_grid(parse_argv([str(a) for a in argv_words(argv)]))
 
 
 #: the structure-factor files read last: (path, default_F) -> (the file's bytes, HKLGrid)
@@ -1005,8 +1006,8 @@ def _is_functorch(torch, t):
 def _as_tensor(torch, name, v):
     if isinstance(v, torch.Tensor):
         t = v
-    else:
-        t = torch.as_tensor(np.asarray(v, dtype=np.float64))
+    else:       # (text, complex numbers, objects: a ConfigError naming the keyword)
+        t = torch.as_tensor(_as_values(name, v))
     if _is_functorch(torch, t):
         # a torch.func transform's wrapper has no storage for the host code to read
         raise ConfigError("%s=: nbnumba.autodiff does not work under torch.func transforms "
@@ -1014,16 +1015,17 @@ def _as_tensor(torch, name, v):
                           "torch.autograd.grad, and nbnumba.autodiff.jacobian for the "
                           "per-pixel Jacobian" % name)
     if not t.is_floating_point():
-        raise TypeError("%s= must be a float64 or float32 tensor (got %s)" % (name, t.dtype))
+        raise ArgumentTypeError("%s= must be a float64 or float32 tensor (got %s)"
+                                % (name, t.dtype))
     _check_size(name, t.numel())
     return t
 
 
 def _check_size(name, n):
-    """ValueError unless keyword name takes n values (F_hkl: any)."""
+    """ArgumentValueError unless keyword name takes n values (F_hkl: any)."""
     size = PARAMETERS[name]
     if size is not None and n != size:
-        raise ValueError("%s= takes %d value%s (got %d)" % (name, size, "s" * (size > 1), n))
+        raise ArgumentValueError("%s= takes %d value%s (got %d)" % (name, size, "s" * (size > 1), n))
 
 
 _FUNCTION = None
@@ -1133,6 +1135,7 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     Raises ConfigError for a configuration whose gradient is not modelled
     when any keyword requires grad (see docs/autodiff.md)."""
     torch = _torch()
+    _check_roi_only(roi_only)
     given = dict(cell=cell, misset=misset, distance=distance, beam_center=beam_center,
                  pix0=pix0, detector_rot=detector_rot, twotheta=twotheta, wavelength=wavelength,
                  mosaic_spread=mosaic_spread, spindle_axis=spindle_axis,
@@ -1150,7 +1153,8 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     dtypes = {t.dtype for t in tensors.values()}
     devices = {t.device for t in tensors.values()}
     if len(devices) > 1:
-        raise ValueError("keyword tensors are on several devices: %s" % sorted(map(str, devices)))
+        raise ArgumentValueError("keyword tensors are on several devices: %s"
+                                 % sorted(map(str, devices)))
     # the per-pixel Jacobian only pays when autograd will call backward
     run = _Run(argv, vals, needs_grad, F_values, keep_jac=torch.is_grad_enabled())
     names = tuple(tensors)
@@ -1206,11 +1210,32 @@ def structure_factors(argv):
 JACOBIAN_PARAMETERS = tuple(k for k in PARAMETERS if k != "F_hkl")
 
 
+def _check_roi_only(roi_only):
+    """ConfigError unless roi_only is a bool ("no" was true)."""
+    if not isinstance(roi_only, (bool, np.bool_)):
+        raise ConfigError("roi_only=: expected True or False, got %r" % (roi_only,))
+
+
 def _as_values(name, v):
-    """A keyword's value as a flat float64 numpy array (numbers, arrays or tensors)."""
+    """A keyword's value as a flat float64 numpy array (numbers, arrays or
+    tensors); anything else (text, complex numbers, objects, booleans) is a
+    ConfigError naming the keyword (it was a ValueError or TypeError from numpy)."""
     if hasattr(v, "detach"):
-        v = v.detach().to("cpu").double().numpy()
-    x = np.asarray(v, dtype=np.float64).reshape(-1)
+        if v.is_complex() or str(v.dtype) == "torch.bool":
+            raise ConfigError("%s=: expected real numbers, got a torch %s tensor"
+                              % (name, str(v.dtype).replace("torch.", "")))
+        try:
+            v = v.detach().to("cpu").double().numpy()
+        except (TypeError, RuntimeError, NotImplementedError) as exc:
+            raise ConfigError("%s=: cannot read the tensor's values (%s)"
+                              % (name, (str(exc).strip().splitlines() or [""])[0])) from None
+    try:
+        a = np.asarray(v)
+    except (TypeError, ValueError):     # (ragged lists)
+        raise ConfigError("%s=: expected numbers, got %r" % (name, v)) from None
+    if a.dtype.kind not in "iuf":
+        raise ConfigError("%s=: expected real numbers, got %r" % (name, v))
+    x = a.astype(np.float64).reshape(-1)
     _check_size(name, x.size)
     return x
 
@@ -1235,6 +1260,9 @@ def jacobian(argv, roi_only=False, **values):
     Jacobian").  Memory: 8 bytes x active pixels x (the kernel's stored
     entries + the keywords' values); raises ConfigError above JAC_MAX_BYTES
     (use -roi or a smaller detector)."""
+    # None means "not given", as in simulate() (it was a NaN, refused as non-finite)
+    values = {k: v for k, v in values.items() if v is not None}
+    _check_roi_only(roi_only)
     unknown = sorted(k for k in values if k not in PARAMETERS)
     if unknown:
         raise TypeError("jacobian() got unknown keyword%s %s (known: %s)"

@@ -11,12 +11,15 @@ status and does not stop the others.
 """
 from __future__ import annotations
 
+import numbers
 import os
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, List, Optional, Sequence
+
+import numpy as np
 
 
 @dataclass
@@ -56,6 +59,18 @@ def _fail(item: BatchItem, exc: BaseException) -> BatchItem:
     return item
 
 
+def _count_arg(name: str, v) -> Optional[int]:
+    """workers=/threads= of simulate_many: None (the default) or a whole number
+    >= 1 (1.5, "x", 0 and -5 were taken as 1, a ValueError or all cores)."""
+    if v is None:
+        return None
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < 1:
+        from .errors import ConfigError
+        raise ConfigError("%s: expected a whole number >= 1 (or None for the default), got %r"
+                          % (name, v))
+    return int(v)
+
+
 def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
                   workers: Optional[int] = None, threads: Optional[int] = None,
                   write: bool = False, keep_results: bool = True,
@@ -63,47 +78,75 @@ def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
     """Simulate every command line of ``argvs``; returns one BatchItem per line,
     in input order (``item.ok``, ``item.result``, ``item.error``).
 
-    workers: images rendered at once (default: the usable cores).
-    threads: kernel threads per image (default: 1 when workers > 1, else all
-        cores); a line's own ``-threads`` wins.
+    argvs: command lines, each a list of words (any iterable of them); one
+        that is not (None, a string) fails alone, with its own error.
+    cwd: directory that relative paths resolve in (default: the process's
+        working directory), which is never changed: calls from several
+        threads with different ``cwd`` do not disturb each other.
+    workers: images rendered at once, a whole number >= 1 (default: the
+        usable cores).
+    threads: kernel threads per image, a whole number >= 1 (default: 1 when
+        workers > 1, else all cores); a line's own ``-threads`` wins.
     write: also write each line's nanoBragg files (float/int/noise/PGM images,
         Fdump.bin), as ``nbnumba <argv>`` would.
     keep_results: False drops each Result once it is written (saves memory).
     on_done: called with each finished item, in completion order (from the
         calling thread's pool workers; keep it quick)."""
     from concurrent.futures import ThreadPoolExecutor
+    from .validate import argv_words, resolve_cwd
+    from .errors import ConfigError
     from .flags import parse_argv
 
-    n = len(argvs)
-    workers = max(1, min(int(workers or _cores()), max(n, 1)))
-    per_image = threads if threads else (1 if workers > 1 else None)
-    items = [BatchItem(index=i, argv=[str(a) for a in argv]) for i, argv in enumerate(argvs)]
-    cfgs: List[Optional[object]] = [None] * n
-    # parse in order, in this thread (parsing may read files relative to cwd)
-    old = os.getcwd() if cwd is not None else None
+    if argvs is None or isinstance(argvs, (str, bytes)):
+        raise ConfigError("argvs: expected a list of command lines, each a list of arguments "
+                          "(words), got %s%s" % (type(argvs).__name__, ": split each line, e.g. "
+                                                 "shlex.split(line)" if argvs is not None else ""))
     try:
-        if cwd is not None:
-            os.chdir(cwd)
-        for it in items:
-            t0 = time.perf_counter()
-            try:
-                cfg = parse_argv(list(it.argv))
-                over = dict(noprogress=True, progress_meter=False)
-                if cwd is not None:
-                    over["workdir"] = str(cwd)
-                if per_image and not cfg.threads:
-                    over["threads"] = int(per_image)
-                cfgs[it.index] = replace(cfg, **over)
-            except BaseException as exc:     # noqa: B902 - reported per line
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                _fail(it, exc)
-                it.seconds = time.perf_counter() - t0
-                if on_done:
-                    on_done(it)
-    finally:
-        if old is not None:
-            os.chdir(old)
+        argvs = list(argvs)          # (any iterable: a generator has no len())
+    except TypeError:
+        raise ConfigError("argvs: expected a list of command lines (lists of words), got %s"
+                          % type(argvs).__name__) from None
+    workers = _count_arg("workers", workers)
+    threads = _count_arg("threads", threads)
+    for name, v in (("write", write), ("keep_results", keep_results)):
+        if not isinstance(v, (bool, np.bool_)):
+            raise ConfigError("%s: expected True or False, got %r" % (name, v))
+    if on_done is not None and not callable(on_done):
+        raise ConfigError("on_done: expected a function of one BatchItem, got %s"
+                          % type(on_done).__name__)
+    # relative paths resolve in cwd through Config.workdir and parse_argv's cwd:
+    # no os.chdir, which two threads' calls would undo for each other
+    cwd = resolve_cwd(cwd)
+
+    n = len(argvs)
+    workers = max(1, min(workers or _cores(), max(n, 1)))
+    per_image = threads if threads else (1 if workers > 1 else None)
+    items, unusable = [], {}
+    for i, argv in enumerate(argvs):
+        try:       # a line that is no list of words fails alone, with its own error
+            w = [str(a) for a in argv_words(argv, "argvs[%d]" % i)]
+        except ConfigError as exc:
+            w, unusable[i] = [], exc
+        items.append(BatchItem(index=i, argv=w))
+    cfgs: List[Optional[object]] = [None] * n
+    # parse in order, in this thread
+    for it in items:
+        t0 = time.perf_counter()
+        try:
+            if it.index in unusable:
+                raise unusable[it.index]
+            cfg = parse_argv(list(it.argv), cwd=cwd)
+            over = dict(noprogress=True, progress_meter=False)
+            if per_image and not cfg.threads:
+                over["threads"] = int(per_image)
+            cfgs[it.index] = replace(cfg, **over)
+        except BaseException as exc:     # noqa: B902 - reported per line
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            _fail(it, exc)
+            it.seconds = time.perf_counter() - t0
+            if on_done:
+                on_done(it)
 
     def one(it: BatchItem) -> BatchItem:
         from .api import simulate
@@ -180,7 +223,11 @@ def batch_main(argv: Sequence[str], out=None) -> int:
         while i < len(args):
             a = args[i]
             if a in ("--workers", "--threads"):
-                v = int(args[i + 1])
+                from .flags import _INT_RE
+                text = args[i + 1]
+                if not _INT_RE.match(text):     # as the flags' integers: no "３", no "1_0"
+                    raise ValueError
+                v = int(text)
                 if v < 1:
                     raise ValueError
                 if a == "--workers":
@@ -194,12 +241,12 @@ def batch_main(argv: Sequence[str], out=None) -> int:
             else:
                 raise ValueError
     except (ValueError, IndexError):
-        print("nbnumba: error: bad --batch arguments: %s" % " ".join(args), file=sys.stderr)
-        print(usage, file=sys.stderr)
+        print("nbnumba: error: bad --batch arguments: %s (%s)" % (" ".join(args), usage),
+              file=sys.stderr)
         return 2
     if path is None:
-        print("nbnumba: error: --batch needs a file of command lines", file=sys.stderr)
-        print(usage, file=sys.stderr)
+        print("nbnumba: error: --batch needs a file of command lines (%s)" % usage,
+              file=sys.stderr)
         return 2
     from .errors import NBError
     try:

@@ -32,18 +32,18 @@ def main(argv=None) -> int:
                 return status
         _term_as_interrupt()    # own SIGTERM
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _PROGRAM_MODES:
-        return _program_mode(argv)
-    from . import flags
-    if not argv or any(a in ("-h", "-help", "--help") for a in argv):
-        try:
+    from .errors import quiet_broken_pipes
+    # `nbnumba ... | head`: the reader's leaving ends the text, not the run
+    with quiet_broken_pipes():
+        if argv and argv[0] in _PROGRAM_MODES:
+            return _program_mode(argv)
+        from . import flags
+        if not argv or any(a in ("-h", "-help", "--help") for a in argv):
             print(flags.usage_text(prog_name()))
-        except BrokenPipeError:   # -h | head
-            pass
-        return 0 if argv else 2
-    from .errors import warnings_as_lines
-    with warnings_as_lines("nbnumba"):
-        return _run_argv(argv)
+            return 0 if argv else 2
+        from .errors import warnings_as_lines
+        with warnings_as_lines("nbnumba"):
+            return _run_argv(argv)
 
 
 def _run_argv(argv) -> int:

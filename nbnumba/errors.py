@@ -36,6 +36,16 @@ class ConfigError(NBError):
     """A request that cannot be simulated (impossible geometry, sizes, NaN...)."""
 
 
+class ArgumentValueError(ConfigError, ValueError):
+    """A Python argument with the wrong value (size, range): a ConfigError,
+    and a ValueError for callers that catch Python's own kind."""
+
+
+class ArgumentTypeError(ConfigError, TypeError):
+    """A Python argument of the wrong kind (dtype, type): a ConfigError, and
+    a TypeError for callers that catch Python's own kind."""
+
+
 class NBWarning(RuntimeWarning):
     """A warning about the user's input that the run goes on with (an SMV header
     that runs past HEADER_BYTES, read as nanoBragg reads it); the CLI,
@@ -58,3 +68,80 @@ def warnings_as_lines(prog: str):
                 default(message, category, filename, lineno, file, line)
         warnings.showwarning = show
         yield
+
+
+class PipeSafeStream:
+    """A stand-in for sys.stdout/stderr whose reader may go away (``| head``):
+    the first BrokenPipeError points the descriptor at /dev/null and the rest
+    of the text goes nowhere, as nanoBragg.c's printf fails silently, so the
+    run still writes its files.  Any other write error is dropped the same way,
+    unless ``fatal`` (an exception class) is given: then it is raised as
+    ``fatal("cannot write to standard output: ...")`` from the print that
+    failed (every write is flushed for that).  Everything else is the wrapped
+    stream's."""
+
+    def __init__(self, stream, fatal=None):
+        self._stream = stream
+        self._fatal = fatal
+        self.gone = False
+
+    def write(self, text):
+        if not self.gone:
+            try:
+                self._stream.write(text)
+                if self._fatal is not None:
+                    self._stream.flush()
+            except OSError as exc:
+                self._fail(exc)
+        return len(text)
+
+    def flush(self):
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except OSError as exc:
+                self._fail(exc)
+
+    def _fail(self, exc):
+        self.gone = True
+        import os
+        try:    # the stream's unflushed rest would fail again at exit
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, self._stream.fileno())
+            finally:
+                os.close(null)
+        except (OSError, ValueError, AttributeError):
+            pass
+        if self._fatal is not None and not isinstance(exc, BrokenPipeError):
+            raise self._fatal("cannot write to standard output: %s"
+                              % (exc.strerror or exc)) from None
+
+    def isatty(self):
+        try:
+            return self._stream.isatty()
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def quiet_broken_pipes(stdout_error=None):
+    """Inside: a closed pipe (or, without ``stdout_error``, any write error) on
+    stdout or stderr ends the printing, not the run (PipeSafeStream); with
+    ``stdout_error``, stdout's other write errors raise it.  The streams are
+    restored on the way out."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout = PipeSafeStream(sys.stdout, fatal=stdout_error)
+    sys.stderr = PipeSafeStream(sys.stderr)
+    try:
+        yield
+    finally:
+        for s in (sys.stdout, sys.stderr):
+            try:
+                s.flush()
+            except (OSError, ValueError, NBError):   # (reported already, or nowhere to)
+                pass
+        sys.stdout, sys.stderr = saved

@@ -34,18 +34,22 @@ Rules of :func:`as_array`:
 * ``dtype`` (optional) converts the element type, which copies if it differs;
 * a torch tensor that requires grad is refused (ValueError): nbnumba's plain
   API cannot carry its gradient.  Pass ``t.detach()`` for the values, or use
-  :mod:`nbnumba.autodiff` for gradients.
+  :mod:`nbnumba.autodiff` for gradients.  nbnumba's own API (``mask_image``,
+  ``hkl_grid.F``, ``out=``) goes through :func:`as_array_arg`, which raises
+  a one-line ``ConfigError`` naming the argument for this and for what
+  numpy cannot hold (text, a meta-device, sparse or bfloat16 tensor).
 
 torch and CuPy are optional: this module imports them only when an argument
 is one of their arrays (``pip install nbnumba[torch]``, ``nbnumba[gpu]``).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["array_kind", "as_array", "to_numpy", "to_host", "to_torch", "data_ptr", "shares_memory"]
+__all__ = ["array_kind", "as_array", "as_array_arg", "array_arg_problem", "to_numpy", "to_host",
+           "to_torch", "data_ptr", "shares_memory"]
 
 
 def to_host(a):
@@ -195,6 +199,50 @@ def as_array(obj: Any, like: Any = "numpy", dtype=None):
         if t.dtype != tdt:
             t = t.to(tdt)
     return t
+
+
+def array_arg_problem(obj: Any) -> Optional[str]:
+    """Why ``obj`` cannot be an array argument of nbnumba's API (a mask, an F
+    grid, an ``out=`` image), or None.  Checks what :func:`as_array` would
+    otherwise fail on deep inside numpy, torch or DLPack: text, a torch tensor
+    that requires grad, lives on the meta device, is sparse, or has a dtype
+    numpy lacks (bfloat16, float8)."""
+    if obj is None or isinstance(obj, (str, bytes)):
+        return "expected an array (numpy, torch or CuPy), got %s" % type(obj).__name__
+    if array_kind(obj) != "torch":
+        return None
+    import torch
+    if getattr(obj, "requires_grad", False):
+        return ("a torch tensor that requires grad, whose gradient nbnumba's plain API would "
+                "drop: pass tensor.detach() to use the values, or nbnumba.autodiff for gradients")
+    dev = obj.device.type
+    if dev not in ("cpu", "cuda"):
+        return ("a torch tensor on the '%s' device, whose data nbnumba cannot read: use a CPU "
+                "or CUDA tensor" % dev)
+    if obj.layout is not torch.strided:
+        return ("a torch tensor of layout %s: pass tensor.to_dense()"
+                % str(obj.layout).replace("torch.", ""))
+    if obj.dtype == torch.bfloat16 or "float8" in str(obj.dtype):
+        return ("a torch %s tensor, a type numpy does not have: convert it, e.g. "
+                "tensor.float()" % str(obj.dtype).replace("torch.", ""))
+    return None
+
+
+def as_array_arg(obj: Any, like: Any, name: str, dtype=None):
+    """:func:`as_array` for an argument ``name`` of nbnumba's API: what it
+    cannot take (:func:`array_arg_problem`, or a conversion that fails) is a
+    one-line :class:`~nbnumba.errors.ConfigError` naming the argument."""
+    from .errors import ConfigError
+    why = array_arg_problem(obj)
+    if why is not None:
+        raise ConfigError("%s: %s" % (name, why))
+    try:
+        return as_array(obj, like, dtype=dtype)
+    except (TypeError, ValueError, NotImplementedError, RuntimeError, BufferError,
+            AttributeError) as exc:
+        raise ConfigError("%s: cannot be read as an array of numbers (%s: %s)"
+                          % (name, type(exc).__name__,
+                             (str(exc).strip().splitlines() or [""])[0])) from None
 
 
 def data_ptr(arr: Any) -> int:

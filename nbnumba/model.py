@@ -359,7 +359,10 @@ def build_model(cfg: Config) -> Model:
     elif hklpath is not None:
         from .io.hkl import read_hkl
         log.append("counting entries in %s" % cfg.hklfilename)
-        grid = read_hkl(hklpath, cfg.default_F, memory=memory_limit(cfg))
+        # a NaN or infinite F is refused with its line in the default mode;
+        # -c_parity reads it as nanoBragg.c's %lg does (its pixels go NaN)
+        grid = read_hkl(hklpath, cfg.default_F, memory=memory_limit(cfg),
+                        allow_nonfinite_F=cfg.c_parity)
         log.extend(getattr(grid, "warnings", []))
         if cfg.default_F != 0.0:
             log.append("initializing to default_F = %g:" % cfg.default_F)
@@ -367,7 +370,8 @@ def build_model(cfg: Config) -> Model:
         log.append("re-reading %s" % cfg.hklfilename)
     elif have_fdump:
         from .io.hkl import read_fdump
-        grid = read_fdump(fdump_path, memory=memory_limit(cfg))
+        grid = read_fdump(fdump_path, memory=memory_limit(cfg),
+                          allow_nonfinite_F=cfg.c_parity)   # (as read_hkl above)
         used_fdump = True
         log.append("reading Fs from %s (cache of a previous -hkl run; nanoBragg.c reads it "
                    "silently when -hkl is absent)" % cfg.fdump_path)
@@ -426,6 +430,11 @@ def build_model(cfg: Config) -> Model:
         from .interop import as_array
         m = as_array(cfg.mask_image, "numpy")   # numpy, torch or CuPy (DLPack)
         if m.shape != active.shape:
+            if cfg.maskfilename is None:     # the API's array (its message said "None: ...")
+                raise ConfigError("mask_image is %dx%d pixels (shape %s) but the detector is "
+                                  "%dx%d: give an array of shape (%d, %d)"
+                                  % (m.shape[1], m.shape[0], tuple(m.shape), det.fpixels,
+                                     det.spixels, det.spixels, det.fpixels))
             raise InputFileError("%s: mask is %dx%d pixels but the detector is %dx%d"
                                  % (cfg.maskfilename, m.shape[1], m.shape[0], det.fpixels, det.spixels))
         active[m == 0] = 0

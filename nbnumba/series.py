@@ -19,9 +19,14 @@ Frames
   phi steps (default: nanoBragg's rule for ``-osc``, i.e. 2 steps, or what
   ``-phisteps``/``-phistep`` say).  Serial (``--shots N``): every shot uses the
   flags' phi/osc; with ``--random-orientation`` each shot gets a uniformly
-  random crystal orientation, applied as explicit misset angles;
-  ``--jitter-cell PCT`` / ``--jitter-N PCT`` scale a, b, c / Na, Nb, Nc by
-  independent Gaussian factors (1 + PCT/100 * g) (N rounded to an integer).
+  random crystal orientation, applied as explicit misset angles (so it cannot
+  be combined with ``-misset``); ``--jitter-cell PCT`` / ``--jitter-N PCT``
+  (0 to 100) scale a, b, c / Na, Nb, Nc by independent Gaussian factors
+  (1 + PCT/100 * g) (N rounded to an integer).  The N scaled are the counts the
+  image uses: ``-N``/``-Na``..., or those ``-xtal_size``/``-sample_*`` give for
+  the unjittered cell; a shot renders with the jittered counts (recorded in the
+  manifest) in place of the crystal size.  A shot whose jittered cell or N is
+  impossible (an edge <= 0, N < 1) fails alone.
   Shot i draws all of these from ``numpy.random.SeedSequence([base_seed, i])``
   (one spawned child stream per quantity), so a shot's parameters depend only
   on the base seed and its index.  The base seed is ``-seed`` (or the clock
@@ -57,11 +62,27 @@ Execution
   ``--resume`` skips frames whose files exist with the sha256 recorded in the
   manifest and renders the rest.
 
+Not in a series: ``-floatfile``, ``-intfile``, ``-noisefile``, ``-pgmfile``,
+``-pgmscale`` (the series writes its own frames), ``-printout``,
+``-printout_pixel``, ``-trace_pixel`` and ``-progress`` are refused (one line,
+exit 2) rather than ignored.
+
+Output: stdout has the pilot-scale line (``-nonoise``) and the summary.  A
+reader that goes away (``| head``) does not stop the run: the rest of the text
+is dropped and the exit status is the run's.  stdout that cannot be written
+(``> /dev/full``) is one error line and exit 2; frames finished by then stay,
+with their manifest lines.  A setup error (or interrupt) before the manifest is
+written removes the DIR it created, when it is still empty.
+
 Exit status: 0 all frames written, 1 some frames failed, 2 usage or setup
-error, 3 stopped early by ``--max-frames`` (a testing aid), 130 interrupted.
+error, 3 stopped early by ``--max-frames`` (a testing aid), 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM, when run as a program).  With local Dask
+workers, a Ctrl-C stops the client alone (the workers ignore SIGINT), which
+closes the cluster: stderr has the one ``interrupted`` line.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -69,6 +90,7 @@ import math
 import os
 import re
 import socket
+import stat
 import sys
 import time
 import uuid
@@ -78,10 +100,11 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ConfigError, NBError, UsageError, warnings_as_lines
-from .flags import INT_MAX, HelpRequested
+from .errors import (ConfigError, InputFileError, NBError, UsageError, quiet_broken_pipes,
+                     warnings_as_lines)
+from .flags import _FLOAT_RE, _INT_RE, INT_MAX, HelpRequested
 from .io.frames import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
-from .io.atomic import OutputFileError
+from .io.atomic import OutputFileError, missing_dirs, remove_empty_dirs
 from .io.smv import RTD
 
 PROG = "nbnumba-series"
@@ -91,6 +114,7 @@ MANIFEST_VERSION = 1
 MAX_FAILURE_LINES = 20      # failures printed one by one; the manifest has them all
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 143       # SIGTERM, as the CLI (128 + 15)
 
 USAGE = """\
 usage: nbnumba-series (--frames N --osc-per-frame DEG [--phisteps-per-frame K]
@@ -107,8 +131,8 @@ each frame atomically to DIR, with a resumable manifest (DIR/manifest.jsonl).
   --phisteps-per-frame K  phi samples per frame (default: nanoBragg's rule)
   --shots N               serial set of N still shots
   --random-orientation    a uniformly random crystal orientation per shot
-  --jitter-cell PCT       Gaussian jitter (sigma, percent) of a, b, c per shot
-  --jitter-N PCT          Gaussian jitter (sigma, percent) of Na, Nb, Nc per shot
+  --jitter-cell PCT       Gaussian jitter (sigma, percent, <= 100) of a, b, c per shot
+  --jitter-N PCT          Gaussian jitter (sigma, percent, <= 100) of Na, Nb, Nc per shot
   --out DIR               output directory (created if needed)
   --format F              smv (default), cbf, nexus; repeat or comma-separate
   --workers N             local cluster size (default: CPUs); 0 = in-process, no Dask
@@ -118,7 +142,7 @@ each frame atomically to DIR, with a resumable manifest (DIR/manifest.jsonl).
   --resume                skip frames already written (files match the manifest)
   --overwrite             start over in a DIR that holds an earlier run
   --progress/--no-progress  progress bar on stderr (default: only on a terminal)
-  --prefix NAME           file-name prefix (default: frame)
+  --prefix NAME           file-name prefix (default: frame; at most 211 bytes)
 
 Every other argument is a nanoBragg flag (see `nbnumba -h`); -seed sets the
 base seed (frame i gets noise seed base+i).  With -nonoise all frames share one
@@ -177,13 +201,19 @@ class SeriesOptions:
 #: that many frames in memory before the first one was rendered
 MAX_FRAMES = 99999
 
+#: largest --jitter-cell / --jitter-N (sigma, percent)
+MAX_JITTER_PCT = 100.0
+
 
 def _num(name, text, kind, minimum=None, maximum=None):
-    try:
-        v = kind(text)
-    except (TypeError, ValueError):
+    # nbnumba's number rules (nbnumba.flags): plain ASCII decimals only, so
+    # '３' (fullwidth), '1_0' (Python's digit separator) and ' 5' are refused,
+    # not read as 3, 10 and 5 as int()/float() would
+    ok = (_INT_RE if kind is int else _FLOAT_RE).match(text) if isinstance(text, str) else None
+    if not ok:
         raise SeriesUsageError("--%s needs %s, got '%s'"
-                               % (name, "an integer" if kind is int else "a number", text)) from None
+                               % (name, "an integer" if kind is int else "a number", text))
+    v = kind(text)
     if kind is float and not math.isfinite(v):
         raise SeriesUsageError("--%s must be finite, got '%s'" % (name, text))
     if minimum is not None and v < minimum:
@@ -193,11 +223,17 @@ def _num(name, text, kind, minimum=None, maximum=None):
     return v
 
 
-def parse_series_argv(argv: Sequence[str]) -> SeriesOptions:
-    """Split ``--options`` (ours) from nanoBragg flags (everything else)."""
-    argv = list(argv)
+#: nanoBragg's spellings of help; as an option of this command (not as the value
+#: of one: --prefix -h is a prefix) they print the usage
+_HELP_WORDS = ("-h", "-help")
+
+
+def _split_argv(argv: Sequence[str]):
+    """(our options by name, the engine's flags, the first error or None); a help
+    word among the options wins over every error, so the errors are kept."""
     engine: List[str] = []
     raw: Dict[str, List[str]] = {}
+    error: Optional[SeriesUsageError] = None
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -205,31 +241,47 @@ def parse_series_argv(argv: Sequence[str]) -> SeriesOptions:
             name, eq, val = a[2:].partition("=")
             key = name.lower() if name.lower() in ("jitter-n",) else name
             if key in _FLAG_OPTS:
-                if eq:
-                    raise SeriesUsageError("option --%s takes no value" % name)
+                if eq and error is None:
+                    error = SeriesUsageError("option --%s takes no value" % name)
                 raw.setdefault(key, []).append("1")
                 i += 1
                 continue
             if key in _VALUE_OPTS:
                 if not eq:
                     if i + 1 >= len(argv):
-                        raise SeriesUsageError("option --%s needs a value" % name)
+                        error = error or SeriesUsageError("option --%s needs a value" % name)
+                        i += 1
+                        continue
                     val = argv[i + 1]
                     i += 1
                 raw.setdefault(key, []).append(val)
                 i += 1
                 continue
-            raise SeriesUsageError("unknown option --%s (nanoBragg flags take a single dash; "
-                                   "see --help)" % name)
-        engine.append(a)
+            error = error or SeriesUsageError("unknown option --%s (nanoBragg flags take a single "
+                                              "dash; see --help)" % name)
+            i += 1
+            continue
+        if a in _HELP_WORDS:
+            raw.setdefault("help", []).append("1")
+        else:
+            engine.append(a)
         i += 1
+    return raw, engine, error
+
+
+def parse_series_argv(argv: Sequence[str]) -> SeriesOptions:
+    """Split ``--options`` (ours) from nanoBragg flags (everything else)."""
+    raw, engine, error = _split_argv(list(argv))
+    if "help" in raw:
+        return SeriesOptions(engine_argv=engine, help=True)
+    if error is not None:
+        raise error
 
     o = SeriesOptions(engine_argv=engine)
 
     def last(key):
         return raw[key][-1] if key in raw else None
 
-    o.help = "help" in raw
     if last("frames") is not None:
         o.frames = _num("frames", last("frames"), int, 1, MAX_FRAMES)
     if last("shots") is not None:
@@ -241,10 +293,18 @@ def parse_series_argv(argv: Sequence[str]) -> SeriesOptions:
         o.phisteps_per_frame = _num("phisteps-per-frame", last("phisteps-per-frame"), int, 1,
                                     INT_MAX)
     o.random_orientation = "random-orientation" in raw
-    if last("jitter-cell") is not None:
-        o.jitter_cell = _num("jitter-cell", last("jitter-cell"), float, 0.0)
-    if last("jitter-n") is not None:
-        o.jitter_N = _num("jitter-N", last("jitter-n"), float, 0.0)
+    # the jitter is a Gaussian sigma in percent: at 100 % a shot's factor 1 + g is
+    # already <= 0 (an impossible cell, fewer than one unit cell) for 16 % of the
+    # draws; larger values only fail more shots, and 1e306 overflowed the edges
+    # and counts (an OverflowError traceback after DIR was created)
+    for key, name, attr in (("jitter-cell", "jitter-cell", "jitter_cell"),
+                            ("jitter-n", "jitter-N", "jitter_N")):
+        if last(key) is not None:
+            v = _num(name, last(key), float, 0.0)
+            if v > MAX_JITTER_PCT:
+                raise SeriesUsageError("--%s must be <= %g (a Gaussian sigma in percent), got '%s'"
+                                       % (name, MAX_JITTER_PCT, last(key)))
+            setattr(o, attr, v)
     o.out = last("out")
     if "format" in raw:
         try:
@@ -281,15 +341,14 @@ def parse_series_argv(argv: Sequence[str]) -> SeriesOptions:
         o.prefix = last("prefix")
         if not o.prefix or os.sep in o.prefix or o.prefix.startswith("."):
             raise SeriesUsageError("--prefix must be a plain file-name prefix, got '%s'" % o.prefix)
+    _check_prefix(o.prefix, o.formats)
     if last("max-frames") is not None:
         o.max_frames = _num("max-frames", last("max-frames"), int, 1)
     if last("test-delay") is not None:
         o.test_delay = _num("test-delay", last("test-delay"), float, 0.0)
     fail = raw.get("test-fail-frames", []) + [os.environ.get("NBNUMBA_SERIES_FAIL_FRAMES", "")]
-    o.test_fail_frames = frozenset(_num("test-fail-frames", x, int, 0)
+    o.test_fail_frames = frozenset(_num("test-fail-frames", x.strip(), int, 0)
                                    for v in fail for x in v.split(",") if x.strip())
-    if o.help:
-        return o
 
     if o.frames is None and o.shots is None:
         raise SeriesUsageError("give --frames N (rotation series) or --shots N (serial set)")
@@ -307,6 +366,34 @@ def parse_series_argv(argv: Sequence[str]) -> SeriesOptions:
     if o.resume and o.overwrite:
         raise SeriesUsageError("--resume and --overwrite contradict each other")
     return o
+
+
+#: a file name's limit in bytes (NAME_MAX of Linux, macOS and most file systems)
+NAME_MAX = 255
+#: what nbnumba.io.atomic.temp_name adds to a frame's name while it is written,
+#: ``.NAME.nbnumba-PID-N.tmp``, with room for a 7-digit pid (Linux's pid_max is
+#: at most 4194304) and a 12-digit counter
+_TEMP_EXTRA = len(".") + len(".nbnumba-") + 7 + len("-") + 12 + len(".tmp")
+
+
+def _check_prefix(prefix: str, formats: Sequence[str]) -> None:
+    """SeriesUsageError for a prefix whose files cannot be written: a name (or
+    the temporary name it is written under) longer than NAME_MAX, which failed
+    every frame, and a name HDF5 cannot store in the master file."""
+    longest = max(len(os.fsencode(frame_filename(prefix, MAX_FRAMES, f))) for f in formats)
+    if longest + _TEMP_EXTRA > NAME_MAX:
+        room = NAME_MAX - _TEMP_EXTRA - (longest - len(os.fsencode(prefix)))
+        raise SeriesUsageError("--prefix is too long (%d bytes): the frame files are written "
+                               "under temporary names of up to %d bytes, over the %d of a file "
+                               "name; use at most %d bytes"
+                               % (len(os.fsencode(prefix)), longest + _TEMP_EXTRA, NAME_MAX, room))
+    if "nexus" in formats:
+        try:
+            prefix.encode("utf-8")
+        except UnicodeError:
+            # (bytes that are no UTF-8 reach Python as surrogates; master.h5 names its frames in UTF-8)
+            raise SeriesUsageError("--prefix with --format nexus must be UTF-8 text: master.h5 "
+                                   "stores the frame file names") from None
 
 
 _SCHEDULER_RE = re.compile(r"(?:(?:tcp|tls|inproc|ucx|ws|wss)://)?[A-Za-z0-9_.\-\[\]:]+:[0-9]+/?\Z")
@@ -385,8 +472,60 @@ def _check_rotation_finite(cfg, opts: SeriesOptions) -> None:
                                "frame would end at phi = %g deg)" % (opts.count, osc, end))
 
 
-def plan_frames(cfg, opts: SeriesOptions, base_seed: int) -> List[FrameSpec]:
-    """The FrameSpec of every frame of the series (pure function of its inputs)."""
+#: nanoBragg flags that do nothing in a series: it writes its own frames
+#: (--format, --out, --prefix) and renders without the engine's printouts
+_NOT_IN_A_SERIES = {
+    "-floatfile": "%s writes its own frames (--format, --out, --prefix)" % PROG,
+    "-intfile": "%s writes its own frames (--format, --out, --prefix)" % PROG,
+    "-noisefile": "%s writes its own frames (--format, --out, --prefix)" % PROG,
+    "-pgmfile": "%s writes its own frames (--format, --out, --prefix); no PGM images" % PROG,
+    "-pgmscale": "%s writes no PGM images" % PROG,
+    "-printout": "%s renders without the engine's pixel printout" % PROG,
+    "-printout_pixel": "%s renders without the engine's pixel printout" % PROG,
+    "-trace_pixel": "%s renders without the engine's pixel trace" % PROG,
+    "-progress": "the engine's progress meter is off in a series; --progress shows a bar of frames",
+}
+
+
+def _check_engine_flags(opts: SeriesOptions, cfg) -> None:
+    """SeriesUsageError for a nanoBragg flag the series would ignore (it used to
+    exit 0 without the file -floatfile named), or one --random-orientation replaces."""
+    from .flags import c_blocks_matching, flag_names, spec_for
+    known = flag_names()
+    for arg in opts.engine_argv:
+        if not arg.startswith("-") or _FLOAT_RE.match(arg):
+            continue            # a value
+        names = set()
+        if arg in known:
+            names.add(spec_for(arg).name)
+        if cfg.c_parity:        # nanoBragg.c's strstr tests: -floatfile_x is -floatfile there
+            names.update(n for label in c_blocks_matching(arg) for n in _NOT_IN_A_SERIES
+                         if '"%s"' % n in label)
+        for name in sorted(names & set(_NOT_IN_A_SERIES)):
+            raise SeriesUsageError("%s is not used by %s: %s" % (arg, PROG, _NOT_IN_A_SERIES[name]))
+    if opts.random_orientation and cfg.misset_mode != 0:
+        raise SeriesUsageError("--random-orientation gives every shot its own orientation, which "
+                               "replaces -misset; drop one of them")
+
+
+def _engine_N(cfg) -> Tuple[float, float, float]:
+    """The unit-cell counts a render of ``cfg`` uses: -N/-Na/-Nb/-Nc, or the ones
+    -xtal_size / -sample_* give (the crystal's size over its edge, as the engine
+    derives them)."""
+    if not (cfg.sample_x > 0 or cfg.sample_y > 0 or cfg.sample_z > 0):
+        return (float(cfg.Na), float(cfg.Nb), float(cfg.Nc))
+    from .model import build_model
+    cr = build_model(replace(cfg, seed=cfg.seed if cfg.seed is not None else -1,
+                             threads=None)).crystal
+    return (cr.Na, cr.Nb, cr.Nc)
+
+
+def plan_frames(cfg, opts: SeriesOptions, base_seed: int,
+                base_N: Optional[Tuple[float, float, float]] = None) -> List[FrameSpec]:
+    """The FrameSpec of every frame of the series (pure function of its inputs).
+
+    ``base_N``: the unit-cell counts of the unjittered crystal (what ``--jitter-N``
+    scales); None: derived from ``cfg`` (:func:`_engine_N`)."""
     from .rng import umat2misset
     from .sampling import resolve_steps
     phi0_deg = cfg.phi0 * RTD
@@ -402,6 +541,8 @@ def plan_frames(cfg, opts: SeriesOptions, base_seed: int) -> List[FrameSpec]:
     if opts.jitter_cell > 0 and not cfg.user_cell:
         raise SeriesUsageError("--jitter-cell needs the cell from -cell (not -mat)")
     pc, pn = opts.jitter_cell / 100.0, opts.jitter_N / 100.0
+    if pn > 0 and base_N is None:
+        base_N = _engine_N(cfg)
     entropy = int(base_seed) % (1 << 64)
     for i in range(opts.count):
         s_orient, s_cell, s_N = np.random.SeedSequence([entropy, i]).spawn(3)
@@ -409,14 +550,16 @@ def plan_frames(cfg, opts: SeriesOptions, base_seed: int) -> List[FrameSpec]:
         if opts.random_orientation:
             R = random_rotation(np.random.default_rng(s_orient))
             misset = tuple(float(a) for a in umat2misset(R.ravel()))
+        # (Python floats: the edges and counts are finite, --jitter-* being at most
+        # 100 %; frame_config refuses a shot whose values are impossible)
         if pc > 0:
-            g = np.random.default_rng(s_cell).standard_normal(3)
-            cell = tuple(float(L * (1.0 + pc * gi))
+            g = np.random.default_rng(s_cell).standard_normal(3).tolist()
+            cell = tuple(float(L) * (1.0 + pc * gi)
                          for L, gi in zip((cfg.cell_a, cfg.cell_b or cfg.cell_a,
                                            cfg.cell_c or cfg.cell_a), g))
         if pn > 0:
-            g = np.random.default_rng(s_N).standard_normal(3)
-            N = tuple(float(round(n * (1.0 + pn * gi))) for n, gi in zip((cfg.Na, cfg.Nb, cfg.Nc), g))
+            g = np.random.default_rng(s_N).standard_normal(3).tolist()
+            N = tuple(float(round(n * (1.0 + pn * gi))) for n, gi in zip(base_N, g))
         specs.append(FrameSpec(index=i, number=i + 1, phi_deg=phi0_deg, osc_deg=float(osc_deg),
                                seed=base_seed + i, rotation=False, misset=misset, cell=cell, N=N))
     return specs
@@ -451,7 +594,7 @@ def frame_config(cfg, spec: FrameSpec, job: Job):
     if spec.misset is not None:
         kw.update(misset_mode=1, misset=tuple(spec.misset))
     if spec.cell is not None:
-        if min(spec.cell) <= 0.0:
+        if not all(0.0 < c < math.inf for c in spec.cell):
             raise ConfigError("shot %d: --jitter-cell gave an impossible cell (a, b, c = %s A)"
                               % (spec.index, ", ".join("%.4g" % c for c in spec.cell)))
         kw.update(cell_a=spec.cell[0], cell_b=spec.cell[1], cell_c=spec.cell[2])
@@ -459,7 +602,14 @@ def frame_config(cfg, spec: FrameSpec, job: Job):
         if min(spec.N) < 1.0:
             raise ConfigError("shot %d: --jitter-N gave fewer than one unit cell (N = %s)"
                               % (spec.index, ", ".join("%g" % n for n in spec.N)))
-        kw.update(Na=spec.N[0], Nb=spec.N[1], Nc=spec.N[2])
+        if max(spec.N) > INT_MAX:
+            raise ConfigError("shot %d: --jitter-N gave more unit cells than -N can hold "
+                              "(N = %s, at most %d)"
+                              % (spec.index, ", ".join("%g" % n for n in spec.N), INT_MAX))
+        # the shot renders these counts, whether the flags gave -N or a crystal
+        # size (-xtal_size / -sample_*), which would otherwise win over them
+        kw.update(Na=spec.N[0], Nb=spec.N[1], Nc=spec.N[2],
+                  sample_x=0.0, sample_y=0.0, sample_z=0.0)
     return replace(cfg, **kw)
 
 
@@ -566,19 +716,41 @@ class Manifest:
         """All complete, parseable lines (a torn last line is ignored)."""
         out = []
         try:
-            with open(path, "r", encoding="utf-8") as fh:
-                for line in fh:
-                    line = line.strip()
+            st = os.stat(path)
+        except FileNotFoundError:
+            return out
+        except OSError as exc:
+            raise InputFileError("cannot read the manifest '%s': %s"
+                                 % (path, exc.strerror or exc)) from None
+        if not stat.S_ISREG(st.st_mode):
+            # a directory (IsADirectoryError) or a FIFO (open() would wait for a writer)
+            raise InputFileError("the manifest '%s' is not a regular file; remove it or choose "
+                                 "another --out" % path)
+        offset = 0
+        try:
+            with open(path, "rb") as fh:
+                for raw in fh:
+                    try:
+                        # every line this command writes is ASCII JSON (json.dumps
+                        # escapes the rest): bytes that are not UTF-8 are not ours
+                        line = raw.decode("utf-8").strip()
+                    except UnicodeDecodeError as exc:
+                        raise InputFileError(
+                            "the manifest '%s' is not a manifest of %s (byte %d is not UTF-8 "
+                            "text); remove it or choose another --out"
+                            % (path, PROG, offset + exc.start)) from None
+                    offset += len(raw)
                     if not line:
                         continue
                     try:
                         rec = json.loads(line)
-                    except ValueError:
+                    except (ValueError, RecursionError):    # a torn last line, or not ours
                         continue
                     if isinstance(rec, dict):
                         out.append(rec)
-        except FileNotFoundError:
-            pass
+        except OSError as exc:
+            raise InputFileError("cannot read the manifest '%s': %s"
+                                 % (path, exc.strerror or exc)) from None
         return out
 
     def open(self, truncate: bool = False) -> None:
@@ -649,11 +821,16 @@ class _DirLock:
     def __init__(self, fd: int):
         self.fd = fd
 
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def __del__(self):
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
+        self.release()
 
 
 def _lock_out_dir(out_dir: str) -> _DirLock:
@@ -699,10 +876,20 @@ def _check_outputs_not_inputs(cfg, opts, specs, out_dir: str) -> None:
                                   "('%s')" % (path, hit))
 
 
-def _remove_previous_outputs(out_dir: str, records: List[dict]) -> None:
-    """--overwrite: delete the files an earlier run recorded in its manifest (frames of
-    every format, the master file) so no stale frame survives next to the new set.
-    Only plain names recorded in the manifest, inside DIR, are touched."""
+def _same_file(a: str, b: str) -> bool:
+    """One file (the identity: a hard link or a symbolic link to it counts), or the
+    same resolved path when either does not exist."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def _previous_outputs(out_dir: str, records: List[dict]) -> List[str]:
+    """The files an earlier run recorded in its manifest (frames of every format,
+    the master file): only plain names, inside DIR, that are regular files."""
+    out: List[str] = []
     for rec in records:
         files = rec.get("files")
         if not isinstance(files, dict):
@@ -711,12 +898,37 @@ def _remove_previous_outputs(out_dir: str, records: List[dict]) -> None:
             if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
                 continue
             p = os.path.join(out_dir, name)
-            try:
-                if os.path.isfile(p) and not os.path.islink(p):
-                    os.unlink(p)
-            except OSError as exc:
-                raise OutputFileError("--overwrite: cannot remove '%s': %s"
-                                      % (p, exc.strerror or exc)) from None
+            if os.path.isfile(p) and not os.path.islink(p) and p not in out:
+                out.append(p)
+    return out
+
+
+def _check_removals_not_inputs(out_dir: str, records: List[dict], inputs: Sequence[str]) -> None:
+    """OutputFileError, before anything is removed, when --overwrite would delete an
+    input of this run (``--overwrite --prefix b -mask DIR/frame_00001.img`` deleted
+    the mask the new frames were being rendered with)."""
+    inputs = [os.path.abspath(p) for p in inputs]
+    for p in _previous_outputs(out_dir, records):
+        for q in inputs:
+            if _same_file(p, q):
+                raise OutputFileError("--overwrite: refusing to remove '%s' (a file of the earlier "
+                                      "run): it is an input file of this run ('%s')" % (p, q))
+
+
+def _remove_previous_outputs(out_dir: str, records: List[dict], inputs: Sequence[str] = ()) -> None:
+    """--overwrite: delete the files an earlier run recorded in its manifest (frames of
+    every format, the master file) so no stale frame survives next to the new set.
+    Only plain names recorded in the manifest, inside DIR, are touched, and never an
+    input of this run (checked again here, before the first removal)."""
+    _check_removals_not_inputs(out_dir, records, inputs)
+    for p in _previous_outputs(out_dir, records):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise OutputFileError("--overwrite: cannot remove '%s': %s"
+                                  % (p, exc.strerror or exc)) from None
 
 
 # ---------------------------------------------------------------------------
@@ -756,17 +968,100 @@ def _connect(opts: SeriesOptions):
         except Exception as exc:      # OSError, TimeoutError, ValueError (bad address), ...
             raise NBError("cannot connect to the Dask scheduler at %s: %s" % (opts.scheduler, exc)) from None
     n = opts.workers if opts.workers is not None else default_workers()
-    with warnings.catch_warnings():
-        # no dashboard; the scheduler's small HTTP endpoint still binds to 127.0.0.1 and
-        # moves to a free port when 8787 is taken (another cluster): that is fine, say nothing
-        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.CRITICAL)
+    cluster = client = None
     try:
-        return Client(cluster), cluster
-    except BaseException:
-        cluster.close()
+        _start_resource_tracker()
+        with _signals_held():
+            try:
+                with warnings.catch_warnings():
+                    # no dashboard; the scheduler's small HTTP endpoint still binds to
+                    # 127.0.0.1 and moves to a free port when 8787 is taken (another
+                    # cluster): that is fine, say nothing
+                    warnings.filterwarnings("ignore", message=r"Port \d+ is already in use",
+                                            category=UserWarning)
+                    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                           host="127.0.0.1", dashboard_address=None,
+                                           silence_logs=logging.CRITICAL,
+                                           preload=[_WORKER_PRELOAD])
+                    client = Client(cluster)
+            except Exception as exc:    # RuntimeError: Nanny failed to start, ...
+                _close_conn((client, cluster))
+                msg = str(exc).strip().splitlines()
+                raise NBError("cannot start a local Dask cluster of %d worker%s: %s"
+                              % (n, "" if n == 1 else "s", msg[0] if msg else type(exc).__name__)
+                              ) from None
+        return client, cluster
+    except BaseException:   # a Ctrl-C or SIGTERM held back while the cluster started
+        _close_conn((client, cluster))
         raise
+
+
+#: run by each local worker process as it starts (distributed's preload: the text
+#: of a module): the worker ignores SIGINT, see _signals_held
+_WORKER_PRELOAD = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)  "
+                   "# nbnumba-series: Ctrl-C is for the client, which closes the cluster")
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker now, in this thread: started by
+    the cluster's event loop instead, its start unblocks SIGINT and SIGTERM in
+    that thread (CPython's ensure_running blocks them around the spawn, then
+    unblocks them whatever the mask was), and the workers that thread spawns
+    would take Ctrl-C again (_signals_held)."""
+    try:
+        from multiprocessing import resource_tracker
+        resource_tracker.ensure_running()
+    except Exception:       # no tracker (another platform): nothing to unblock
+        pass
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT blocked in this thread, SIGTERM deferred, while the local cluster
+    starts.
+
+    A Ctrl-C reaches the whole process group: each worker process raised
+    KeyboardInterrupt in its event loop and printed ~30 lines of tracebacks,
+    while this process, which handles the interrupt, shuts the cluster down
+    anyway.  So the workers do not take SIGINT: their preload ignores it
+    (_WORKER_PRELOAD, also for a worker the nanny restarts), and before it
+    runs the block keeps it away from them: the threads the cluster starts
+    meanwhile (its event loop, which spawns the worker processes) inherit the
+    blocked signal, and so do the processes (a signal mask survives fork and
+    exec).  A Ctrl-C here is not lost: this process takes it in a thread that
+    does not block it or when the block is lifted, as a KeyboardInterrupt.
+
+    SIGTERM (the CLI's Terminated) raised inside LocalCluster() left a cluster
+    this process could not close (an AssertionError traceback at exit from
+    distributed's atexit hook); it is handled once the cluster exists.  Its
+    workers keep the default SIGTERM (a Python handler does not survive exec):
+    the nanny stops a worker that hangs with it.
+    """
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    deferred: List[int] = []
+    try:
+        old_term = signal.signal(signal.SIGTERM, lambda signum, frame: deferred.append(signum))
+        term_set = True
+    except (ValueError, OSError):
+        term_set = False
+    old_mask = None
+    if hasattr(signal, "pthread_sigmask"):
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        try:
+            if term_set:
+                signal.signal(signal.SIGTERM, old_term if old_term is not None else signal.SIG_DFL)
+        finally:
+            if old_mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)   # a held Ctrl-C arrives
+        if deferred:
+            signal.raise_signal(signal.SIGTERM)
 
 
 def _warm_worker(threads: Optional[int]) -> int:
@@ -785,15 +1080,16 @@ def _warm_worker(threads: Optional[int]) -> int:
 
 def _run_dask(cfg, specs, job, opts, handle: Callable[[dict], bool], timing: dict, conn=None) -> bool:
     from distributed import as_completed
-    client, cluster = conn if conn is not None else _connect(opts)
+    conn = conn if conn is not None else _connect(opts)
+    client = conn[0]
     try:
-        client.run(_warm_worker, job.threads)
-    except Exception:       # a worker that cannot warm up will report on its first frame
-        pass
-    timing["ready"] = time.perf_counter()
-    token = uuid.uuid4().hex[:12]
-    futures = {}
-    try:
+        try:
+            client.run(_warm_worker, job.threads)
+        except Exception:       # a worker that cannot warm up will report on its first frame
+            pass
+        timing["ready"] = time.perf_counter()
+        token = uuid.uuid4().hex[:12]
+        futures = {}
         for spec in specs:
             fut = client.submit(render_frame, cfg, spec, job, key="nbnumba-series-%s-%06d" % (token, spec.index),
                                 retries=opts.retries, pure=False)
@@ -813,11 +1109,7 @@ def _run_dask(cfg, specs, job, opts, handle: Callable[[dict], bool], timing: dic
             client.cancel([f for f in futures if not f.done()])
         return stopped
     finally:
-        try:
-            client.close()
-        finally:
-            if cluster is not None:
-                cluster.close()
+        _close_conn(conn)
 
 
 # ---------------------------------------------------------------------------
@@ -839,16 +1131,23 @@ def run_series(opts: SeriesOptions) -> int:
         if fmt in opts.formats:
             require(module, "--format %s" % fmt)
     cfg = flags.parse_argv(list(opts.engine_argv))
+    _check_engine_flags(opts, cfg)
     if cfg.workdir is None:
         cfg = replace(cfg, workdir=os.getcwd())    # workers resolve relative inputs here
     # the whole setup once, before anything is created: ConfigError/InputFileError -> exit 2
-    build_model(replace(cfg, seed=cfg.seed if cfg.seed is not None else -1, threads=None))
+    base_model = build_model(replace(cfg, seed=cfg.seed if cfg.seed is not None else -1,
+                                     threads=None))
+    # the unit-cell counts the image uses (-N, or derived from -xtal_size / -sample_*):
+    # what --jitter-N scales
+    base_N = (base_model.crystal.Na, base_model.crystal.Nb, base_model.crystal.Nc)
+    del base_model
     _check_rotation_finite(cfg, opts)
     if (opts.device or cfg.device) == "cuda" and not opts.scheduler:
         # local workers share this machine's GPUs: refuse once, before DIR exists
         from .kernels.gpu import require_device
         require_device()
     out_dir = os.path.abspath(opts.out)
+    created = missing_dirs(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:
@@ -856,10 +1155,59 @@ def run_series(opts: SeriesOptions) -> int:
                               % (out_dir, exc.strerror or exc)) from None
     if not os.path.isdir(out_dir):
         raise OutputFileError("cannot create output directory '%s': not a directory" % out_dir)
-    # one run per directory: a second --resume must not render the same frames
-    # (the lock is released when this function returns and the descriptor is closed)
-    dir_lock = _lock_out_dir(out_dir)  # noqa: F841 (held by reference)
+    conn = dir_lock = None
+    try:
+        # one run per directory: a second --resume must not render the same frames
+        # (released when this function returns)
+        dir_lock = _lock_out_dir(out_dir)
+        setup = _setup_run(cfg, opts, out_dir, base_N)
+        cfg = setup["cfg"]
+        if setup["todo"] and not setup["in_process"]:
+            conn = _connect(opts)       # a bad scheduler fails before the manifest is touched
+        if opts.overwrite and setup["header"] is not None:
+            _remove_previous_outputs(out_dir, setup["records"], setup["inputs"])
+        manifest = Manifest(setup["mpath"])
+        manifest.open(truncate=not setup["resuming"])
+    except BaseException:
+        # a setup error or Ctrl-C before the manifest exists: no cluster left
+        # running, and no empty DIR left behind by this run
+        _close_conn(conn)
+        if dir_lock is not None:
+            dir_lock.release()
+        remove_empty_dirs(created)
+        raise
+    try:
+        if not setup["resuming"]:
+            manifest.append(setup["new_header"])
+    except BaseException:
+        _close_conn(conn)
+        manifest.close()
+        dir_lock.release()
+        raise
+    try:
+        return _render_all(cfg, opts, setup, manifest, conn, t_start)   # closes conn
+    finally:
+        manifest.close()
+        dir_lock.release()
 
+
+def _close_conn(conn) -> None:
+    """Close a (client, cluster) pair; either may be None (a remote scheduler has no
+    cluster of ours)."""
+    if conn is None:
+        return
+    for part in conn:
+        if part is not None:
+            try:
+                part.close()
+            except Exception:
+                pass
+
+
+def _setup_run(cfg, opts: SeriesOptions, out_dir: str, base_N) -> dict:
+    """Everything between the directory lock and the manifest: the earlier run,
+    the base seed, the plan, the checks, the pilot scale, what is already done."""
+    from .outputs import input_files
     # ---- manifest and base seed -------------------------------------------------
     mpath = os.path.join(out_dir, MANIFEST)
     records = Manifest.read(mpath)
@@ -886,10 +1234,14 @@ def run_series(opts: SeriesOptions) -> int:
     # ---- the base configuration: pinned misset seed, validated once --------------
     if cfg.misset_seed is None:
         cfg = replace(cfg, misset_seed=-base_seed)
-    specs = plan_frames(cfg, opts, base_seed)
+    specs = plan_frames(cfg, opts, base_seed, base_N=base_N)
+    inputs = input_files(cfg)
     _check_outputs_not_inputs(cfg, opts, specs, out_dir)
+    if opts.overwrite and header is not None:
+        # before anything is removed (or rendered): --overwrite deletes the earlier
+        # run's files, and one of them may be an input of this run (-mask frame_00001.img)
+        _check_removals_not_inputs(out_dir, records, inputs)
     device = opts.device or cfg.device
-    pilot_note = None
     if not cfg.calculate_noise and not cfg.intfile_scale > 0:
         # -nonoise: nanoBragg scales each image by its own maximum, which would give
         # every frame a different scale; the series uses the scale of frame 1 for all
@@ -918,7 +1270,8 @@ def run_series(opts: SeriesOptions) -> int:
             if r is None or r.get("type") != "frame":
                 continue
             want = [frame_filename(opts.prefix, spec.number, f) for f in opts.formats]
-            files = r.get("files") or {}
+            files = r.get("files")
+            files = files if isinstance(files, dict) else {}
             ok = True
             for name in want:
                 p = os.path.join(out_dir, name)
@@ -928,24 +1281,17 @@ def run_series(opts: SeriesOptions) -> int:
             if ok:
                 done_records[spec.index] = r
     todo = [s for s in specs if s.index not in done_records]
+    return dict(cfg=cfg, mpath=mpath, records=records, header=header, new_header=new_header,
+                resuming=resuming, specs=specs, inputs=inputs, job=job, in_process=in_process,
+                done_records=done_records, todo=todo)
 
-    conn = None
-    if todo and not in_process:
-        conn = _connect(opts)       # a bad scheduler fails before the manifest is touched
-    if opts.overwrite and header is not None:
-        _remove_previous_outputs(out_dir, records)
-    manifest = Manifest(mpath)
-    manifest.open(truncate=not resuming)
-    if not resuming:
-        manifest.append(new_header)
 
-    # ---- progress and bookkeeping --------------------------------------------------
-    show = opts.progress if opts.progress is not None else sys.stderr.isatty()
+def _render_all(cfg, opts: SeriesOptions, setup: dict, manifest: "Manifest", conn,
+                t_start: float) -> int:
+    specs, todo, job = setup["specs"], setup["todo"], setup["job"]
+    done_records, mpath, in_process = setup["done_records"], setup["mpath"], setup["in_process"]
+    out_dir = job.out_dir
     bar = None
-    if show:
-        from tqdm import tqdm
-        bar = tqdm(total=len(specs), initial=len(done_records), unit="frame", file=sys.stderr,
-                   dynamic_ncols=True, desc=PROG, smoothing=0.1)
     state = {"rendered": 0, "failed": []}
     finished: Dict[int, dict] = dict(done_records)
 
@@ -980,12 +1326,20 @@ def run_series(opts: SeriesOptions) -> int:
     master_note = ""
     try:
         try:
+            # ---- progress -------------------------------------------------------------
+            show = opts.progress if opts.progress is not None else sys.stderr.isatty()
+            if show:
+                from tqdm import tqdm
+                bar = tqdm(total=len(specs), initial=len(done_records), unit="frame",
+                           file=sys.stderr, dynamic_ncols=True, desc=PROG, smoothing=0.1)
             if todo:
                 if in_process:
                     stopped = _run_inprocess(cfg, todo, job, handle)
                 else:
-                    stopped = _run_dask(cfg, todo, job, opts, handle, timing, conn=conn)
+                    owned, conn = conn, None        # _run_dask closes it
+                    stopped = _run_dask(cfg, todo, job, opts, handle, timing, conn=owned)
         finally:
+            _close_conn(conn)       # not handed to _run_dask (an interrupt before it)
             if bar is not None:
                 bar.close()
         t_end = time.perf_counter()
@@ -1021,7 +1375,10 @@ def run_series(opts: SeriesOptions) -> int:
 def _write_master(cfg, opts, specs, out_dir, manifest: Manifest) -> None:
     from .io import nexus as nexus_fmt
     geom = FrameGeometry.from_config(cfg)
-    names = [frame_filename(opts.prefix, s.number, "nexus") for s in specs]
+    # HDF5 reads a virtual dataset's source file name as a pattern: "%b" is the
+    # block number and "%%" a literal "%" (H5Pset_virtual); --prefix '50%' pointed
+    # the master at missing files (its data read as 0), 'x%b' raised in h5py
+    names = [frame_filename(opts.prefix, s.number, "nexus").replace("%", "%%") for s in specs]
     extra = {}
     if any(s.misset is not None for s in specs):
         extra["misset_angles"] = (np.array([[m * RTD for m in (s.misset or (0.0, 0.0, 0.0))]
@@ -1040,25 +1397,37 @@ def _write_master(cfg, opts, specs, out_dir, manifest: Manifest) -> None:
                      "frames": len(specs)})
 
 
+class _StdoutError(OutputFileError):
+    """stdout cannot be written (a full disk): one line, exit 2."""
+
+
 def main(argv=None) -> int:
     if argv is None:            # a program: SIGTERM cleans up like Ctrl-C (temps, cluster)
         from .cli import _term_as_interrupt
         _term_as_interrupt()
     argv = list(sys.argv[1:] if argv is None else argv)
+    # a closed pipe ends the text, not the run; a full disk on stdout is one line
+    with quiet_broken_pipes(stdout_error=_StdoutError):
+        try:
+            return _main(argv)
+        except _StdoutError as exc:     # raised by a print outside _main's handlers
+            _err(str(exc))
+            return EXIT_USAGE
+
+
+def _main(argv: List[str]) -> int:
+    from .cli import Terminated
     if not argv:
         print(USAGE, file=sys.stderr)
         return EXIT_USAGE
-    if any(a in ("-h", "-help") for a in argv):   # nanoBragg's spellings of --help
-        print(USAGE)
-        return EXIT_OK
     try:
         opts = parse_series_argv(argv)
-        if opts.help:
+        if opts.help:           # --help, -h or -help as an option (not --prefix -h)
             print(USAGE)
             return EXIT_OK
         with warnings_as_lines(PROG):
             return run_series(opts)
-    except HelpRequested as exc:      # -h among the engine flags: the engine's help
+    except HelpRequested as exc:      # the engine's help spellings it knows and we do not
         print(exc.text)
         return EXIT_OK
     except UsageError as exc:
@@ -1070,10 +1439,10 @@ def main(argv=None) -> int:
     except MemoryError:
         _err("out of memory")
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("%s: interrupted; finished frames are in the manifest, continue with --resume"
               % PROG, file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
 __all__ = ["main", "run_series", "parse_series_argv", "plan_frames", "render_frame",

@@ -33,6 +33,7 @@ numpy or numba would be imported.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -190,7 +191,8 @@ def forward(argv, argv0=None):
         # (a removed working directory or a closed stdio descriptor: in-process
         # gives the usual message)
         req = {"op": "run", "argv": list(argv), "argv0": argv0 or sys.argv[0], "cwd": os.getcwd(),
-               "env": dict(os.environ), "umask": umask, "affinity": affinity}
+               "env": dict(os.environ), "umask": umask, "affinity": affinity,
+               "stdio": [_text_mode(f) for f in (sys.stdin, sys.stdout, sys.stderr)]}
         _send_msg(sock, req, fds=(0, 1, 2))
         reply, _ = _recv_msg(sock)
     except (OSError, EOFError, ValueError):
@@ -227,6 +229,14 @@ def forward(argv, argv0=None):
         for sig, h in old.items():
             signal.signal(sig, h)
         sock.close()
+
+
+def _text_mode(stream):
+    """(encoding, errors) of one of the client's text streams: the worker opens
+    the same descriptor with the same ones, so that what prints in-process
+    (a file name that is not UTF-8, under surrogateescape) prints there too."""
+    return [getattr(stream, "encoding", None) or "utf-8",
+            getattr(stream, "errors", None) or "strict"]
 
 
 def _control(op, key=None):
@@ -277,9 +287,11 @@ def _serve_child(conn, req, fds) -> None:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        sys.stdin = open(0, "r", closefd=False)
-        sys.stdout = open(1, "w", buffering=1 if os.isatty(1) else -1, closefd=False)
-        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        (ienc, ierr), (oenc, oerr), (eenc, eerr) = req["stdio"]
+        sys.stdin = open(0, "r", encoding=ienc, errors=ierr, closefd=False)
+        sys.stdout = open(1, "w", buffering=1 if os.isatty(1) else -1, encoding=oenc,
+                          errors=oerr, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, encoding=eenc, errors=eerr, closefd=False)
         sys.argv = [req["argv0"]] + list(req["argv"])
         _send_msg(conn, {"pid": os.getpid()})
     except Exception as e:      # the client has not been told a pid: it runs in-process
@@ -343,21 +355,38 @@ def _reap(children) -> None:
         children.discard(pid)
 
 
-def serve(idle_timeout=DEFAULT_IDLE_TIMEOUT, ready=None, log=None) -> int:
+def serve(idle_timeout=DEFAULT_IDLE_TIMEOUT, ready=None, log=None, busy=None) -> int:
     """Run a server in this process until ``stop`` or ``idle_timeout`` seconds
-    without requests.  ``ready(path)`` is called once it accepts requests."""
+    without requests.  ``ready(path)`` is called once it accepts requests;
+    ``busy()`` (its value returned) when another server holds this key."""
     log = log or sys.stderr
     key = server_key()
     path = socket_path(key)
     _private_dir(socket_dir())
+    # One server per key: an exclusive lock held for the server's life (the
+    # kernel drops it when the process dies, even by SIGKILL).  Checking for a
+    # socket and then binding let two `start`s at the same moment both bind;
+    # the loser served on an unlinked socket nobody could reach or stop.
+    lock = os.open(path[:-len(".sock")] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(lock)
+        if busy is not None:
+            return busy()
+        print("nbnumba: error: a server is already running (or starting) on %s" % path, file=log)
+        return 2
+    try:
+        return _serve_locked(key, path, lock, idle_timeout, ready, log)
+    finally:
+        os.close(lock)
+
+
+def _serve_locked(key, path, lock, idle_timeout, ready, log) -> int:
+    """serve() once this process holds the key's lock."""
+    if os.path.lexists(path):
+        os.unlink(path)         # left by a server that was killed: it held the lock
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    if os.path.exists(path):
-        probe = _control("status", key)
-        if probe is not None:
-            print("nbnumba: error: a server is already running (pid %s) on %s"
-                  % (probe.get("pid"), path), file=log)
-            return 2
-        os.unlink(path)         # left by a server that was killed
     _warm()
     tmp = path + ".%d.tmp" % os.getpid()
     with _Addr(tmp) as addr:
@@ -415,6 +444,7 @@ def serve(idle_timeout=DEFAULT_IDLE_TIMEOUT, ready=None, log=None) -> int:
                     if pid == 0:
                         try:        # the child never returns into this loop
                             sock.close()
+                            os.close(lock)  # (the lock is the server's, not a run's)
                             _serve_child(conn, req, fds)
                         finally:
                             os._exit(1)
@@ -438,21 +468,26 @@ def serve(idle_timeout=DEFAULT_IDLE_TIMEOUT, ready=None, log=None) -> int:
 
 def main(argv) -> int:
     """``nbnumba --serve [start|run|stop|status] [--idle-timeout S]``."""
-    import argparse
-    p = argparse.ArgumentParser(prog="nbnumba --serve",
+    from .tools._common import ToolError, UsageParser
+    p = UsageParser(prog="nbnumba --serve",
                                 description="a warm nbnumba process that runs the CLI's command "
                                             "lines for it (see docs/performance.md)")
     p.add_argument("action", nargs="?", default="start", choices=("start", "run", "stop", "status"),
                    help="start: in the background, return once it answers (default); run: in "
                         "the foreground; stop; status")
     p.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT, metavar="S",
-                   help="exit after S seconds without a request (default %(default)g)")
+                   help="exit after S seconds without a request (default %(default)g; inf: "
+                        "never)")
     try:
         a = p.parse_args(argv)
-    except SystemExit as e:
+    except SystemExit as e:         # -h
         return 0 if e.code == 0 else 2
-    if a.idle_timeout <= 0:
-        print("nbnumba: error: --idle-timeout must be > 0", file=sys.stderr)
+    except ToolError as e:          # one line, no usage dump
+        print("nbnumba --serve: error: %s" % e, file=sys.stderr)
+        return e.code
+    if not a.idle_timeout > 0:      # (NaN too: a NaN timeout never expires)
+        print("nbnumba: error: --idle-timeout must be a number of seconds > 0 (got %s)"
+              % a.idle_timeout, file=sys.stderr)
         return 2
     if a.action == "status":
         st = _control("status")
@@ -494,7 +529,11 @@ def _start_background(idle_timeout) -> int:
                 os.write(w, b"ok " + path.encode())
                 os.close(w)
                 os.dup2(null, 2)
-            status = serve(idle_timeout, ready=ready)
+
+            def busy():         # another `start` won the lock a moment ago
+                os.write(w, b"busy")
+                return 0
+            status = serve(idle_timeout, ready=ready, busy=busy)
         except BaseException as e:   # tell the waiting parent why
             try:
                 os.write(w, ("error %s" % e).encode())
@@ -511,6 +550,15 @@ def _start_background(idle_timeout) -> int:
         msg += chunk
     os.close(r)
     text = msg.decode(errors="replace")
+    if text == "busy":          # the winner warms up (seconds), then answers
+        for _ in range(600):
+            if _control("status") is not None:
+                print("nbnumba: a server is already running (%s)" % socket_path())
+                return 0
+            time.sleep(0.1)
+        print("nbnumba: error: another server was starting and did not answer within 60 s",
+              file=sys.stderr)
+        return 1
     if text.startswith("ok "):
         print("nbnumba: server ready on %s (stops after %g s idle; `nbnumba --serve stop`)"
               % (text[3:], idle_timeout))

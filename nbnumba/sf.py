@@ -21,7 +21,17 @@ masker (defaults k_sol 0.35 e/A^3, B_sol 46 A^2).
 
 The cell the file belongs to is printed on stderr with the nanoBragg flag
 that goes with it (``-cell a b c alpha beta gamma``).  Errors are one line,
-exit status 2.
+exit status 2, and leave an old ``-o`` file as it was.  Refused, before
+anything is written: an atom with a non-finite (or out-of-range) coordinate,
+occupancy or B factor, a negative occupancy, or an element gemmi has no
+X-ray form factor for (named by file, serial and chain/residue/atom); an
+impossible cell (non-finite, angles outside (0, 180) degrees, volume not
+> 1 A^3); a -dmin that selects no reflection (the cell's largest d-spacing is
+named); B factors so negative (model, ``-B_add``, ``-B_sol``) that
+``exp(-B s^2/4)`` passes e^80 at -dmin (gemmi takes it in single precision,
+which overflows at e^88.7): ``B >= -320 dmin^2``; any F that would not be
+finite, or every F zero; ``-o`` naming the model file (or a link to it);
+``-k_sol``/``-B_sol`` without ``-bulk_solvent``.
 """
 from __future__ import annotations
 
@@ -34,6 +44,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import ConfigError, InputFileError, NBError, UsageError
+from .io.atomic import OutputFileError
 
 PROG = "nbnumba-sf"
 
@@ -47,9 +58,10 @@ to P1 over the whole sphere, as 'h k l F' lines for nanoBragg's -hkl.
   -dmin D          resolution limit in Angstrom (required, > 0)
   -o FILE          write FILE (atomically) instead of standard output
   -bulk_solvent    add a flat bulk-solvent contribution (gemmi solvent mask)
-  -k_sol K         solvent electron density in e/A^3 (default 0.35)
-  -B_sol B         solvent B factor in A^2 (default 46)
-  -B_add B         add B (A^2) to every atom's B factor (default 0)
+  -k_sol K         solvent electron density in e/A^3, >= 0 (default 0.35; needs -bulk_solvent)
+  -B_sol B         solvent B factor in A^2 (default 46; needs -bulk_solvent)
+  -B_add B         add B (A^2) to every atom's B factor (default 0); every B must
+                   stay >= -320 D^2 (exp(-B s^2/4) within e^80 at -dmin D)
   -h, --help       this text
 
 Example: nbnumba-sf model.pdb -dmin 2.0 > P1.hkl
@@ -69,10 +81,12 @@ class SFOptions:
 
 
 def _number(flag: str, text: str, positive: bool = False) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise UsageError("%s: '%s' is not a number" % (flag, text)) from None
+    # nbnumba's number syntax (plain ASCII decimal): float() alone took '３'
+    # (full-width digit) and '1_0' (= 10), which nbnumba itself refuses
+    from .flags import _is_number
+    if not _is_number(text):
+        raise UsageError("%s: '%s' is not a number" % (flag, text))
+    v = float(text)
     if not math.isfinite(v) or (positive and v <= 0):
         raise UsageError("%s must be a %snumber, not '%s'" % (flag, "positive " if positive else "finite ", text))
     return v
@@ -83,6 +97,7 @@ def parse_sf_argv(argv: Sequence[str]) -> SFOptions:
     args = list(argv)
     i = 0
     values = {"-dmin": "dmin", "-k_sol": "k_sol", "-B_sol": "B_sol", "-B_add": "B_add"}
+    given = set()
     while i < len(args):
         a = args[i]
         if a in values or a in ("-o", "-output"):
@@ -90,9 +105,14 @@ def parse_sf_argv(argv: Sequence[str]) -> SFOptions:
                 raise UsageError("%s needs a value" % a)
             v = args[i + 1]
             if a in ("-o", "-output"):
+                # '-o ""' fell back to standard output; '-o -bulk_solvent' wrote a
+                # file of that name: a name that looks like a flag is a mistake
+                if v == "" or v.startswith("-"):
+                    raise UsageError("%s: expected a file name, got '%s'" % (a, v))
                 o.output = v
             else:
                 setattr(o, values[a], _number(a, v, positive=(a == "-dmin")))
+                given.add(a)
             i += 2
             continue
         if a == "-bulk_solvent":
@@ -108,6 +128,12 @@ def parse_sf_argv(argv: Sequence[str]) -> SFOptions:
         raise UsageError("no model file given")
     if o.dmin <= 0:
         raise UsageError("-dmin D is required (resolution limit in Angstrom)")
+    # without -bulk_solvent these were ignored without a word
+    for flag in ("-k_sol", "-B_sol"):
+        if flag in given and not o.bulk_solvent:
+            raise UsageError("%s sets the bulk-solvent model: it needs -bulk_solvent" % flag)
+    if o.k_sol < 0:
+        raise UsageError("-k_sol must be >= 0 (solvent electron density, e/A^3), not %g" % o.k_sol)
     return o
 
 
@@ -128,13 +154,73 @@ def read_model(path: str):
         raise InputFileError("%s: cannot read model: %s" % (path, first)) from None
     if len(st) == 0 or st[0].count_atom_sites() == 0:
         raise InputFileError("%s: the model has no atoms" % path)
-    c = st.cell
-    if not (c.a > 1.0 and c.b > 1.0 and c.c > 1.0) or c.volume <= 1.0:
-        raise InputFileError("%s: no unit cell (CRYST1 / _cell) in the model" % path)
+    check_cell(st, path)
     if st.find_spacegroup() is None:
         raise InputFileError("%s: unknown space group '%s'" % (path, st.spacegroup_hm))
+    check_atoms(st, path)
     st.setup_cell_images()
     return st
+
+
+def check_cell(st, path: str) -> None:
+    """InputFileError unless the model's cell is a real cell.  gemmi leaves
+    1 1 1 90 90 90 when there is no CRYST1 / _cell; for angles 170 170 170 its
+    volume is NaN (and ``volume <= 1.0`` is False for NaN: 0 reflections and a
+    -cell that nbnumba refuses), for alpha = nan the file came out empty."""
+    c = st.cell
+    par = (c.a, c.b, c.c, c.alpha, c.beta, c.gamma)
+    if c.a == c.b == c.c == 1.0 and c.alpha == c.beta == c.gamma == 90.0:
+        raise InputFileError("%s: no unit cell (CRYST1 / _cell) in the model" % path)
+    if not (all(math.isfinite(x) for x in par) and min(par[:3]) > 1.0
+            and all(0.0 < x < 180.0 for x in par[3:]) and c.volume > 1.0):
+        raise InputFileError("%s: impossible unit cell %s (volume %g A^3): the edges must be "
+                             "> 1 A, the angles between 0 and 180 degrees, and the volume > 1 A^3"
+                             % (path, " ".join("%g" % x for x in par), c.volume))
+
+
+#: |x|, |y|, |z| above this (A) are not a model's atoms: at 1e300 A the phase
+#: 2 pi h.x has no significant digit left and F was quietly wrong
+COORD_MAX = 1.0e6
+
+
+def _atom_name(cra) -> str:
+    return "atom %d (%s)" % (cra.atom.serial, cra)
+
+
+def check_atoms(st, path: str) -> None:
+    """InputFileError naming the file and the first atom (serial, chain/residue/atom)
+    of the model's first model (the one used) whose coordinates, occupancy or
+    B factor are not finite (a NaN gave NaN in every F, exit 0), whose occupancy
+    is negative, or whose element has no X-ray form factor (an unknown element,
+    read by gemmi as X, scattered like oxygen; Es and heavier were a traceback).
+    Also refused: a model in which every occupancy is 0 (nothing scatters)."""
+    scatters = False
+    for cra in st[0].all():
+        a = cra.atom
+        for axis, v in (("x", a.pos.x), ("y", a.pos.y), ("z", a.pos.z)):
+            if not abs(v) <= COORD_MAX:          # NaN fails too
+                raise InputFileError("%s: %s: coordinate %s = %s A is %s" % (
+                    path, _atom_name(cra), axis, v,
+                    "not a number" if math.isnan(v) else "out of range (|%s| <= %g A)" % (axis, COORD_MAX)))
+        if not (math.isfinite(a.occ) and a.occ >= 0.0):
+            raise InputFileError("%s: %s: occupancy %s is not %s" % (
+                path, _atom_name(cra), a.occ, "finite" if not math.isfinite(a.occ) else ">= 0"))
+        if not math.isfinite(a.b_iso):
+            raise InputFileError("%s: %s: B factor %s is not finite" % (path, _atom_name(cra), a.b_iso))
+        u = a.aniso.elements_pdb()
+        if not all(math.isfinite(x) for x in u):
+            raise InputFileError("%s: %s: anisotropic U (ANISOU / _atom_site_anisotrop) %s is not "
+                                 "finite" % (path, _atom_name(cra), " ".join("%g" % x for x in u)))
+        el = a.element
+        if el.atomic_number == 0:
+            raise InputFileError("%s: %s: unknown element (gemmi reads it as '%s'): no X-ray "
+                                 "form factor for it" % (path, _atom_name(cra), el.name))
+        if el.it92 is None:
+            raise InputFileError("%s: %s: gemmi has no X-ray form factor (IT92) for element %s"
+                                 % (path, _atom_name(cra), el.name))
+        scatters = scatters or a.occ > 0.0
+    if not scatters:
+        raise InputFileError("%s: every atom has occupancy 0: nothing scatters" % path)
 
 
 #: bytes per point of the index box: h, k, l and their stack (int64), the
@@ -192,27 +278,121 @@ def _solvent_f(gemmi, st, hkl: np.ndarray, dmin: float) -> np.ndarray:
     return np.array([fphi.get_value(int(h), int(k), int(l)) for h, k, l in hkl], dtype=complex)
 
 
+#: the largest exponent -B s^2/4 allowed at s = 1/dmin: gemmi evaluates
+#: exp(-B s^2/4) in single precision (inf past e^88.7: -B_add -3300 at -dmin 3
+#: gave inf F), and the bulk-solvent term is held to the same rule
+EXP_MAX = 80.0
+
+
+def lowest_b(dmin: float) -> float:
+    """The most negative B (A^2) whose ``exp(-B s^2/4)`` stays within e^EXP_MAX at ``dmin``."""
+    return -4.0 * EXP_MAX * dmin * dmin
+
+
+def _effective_b(model):
+    """(lowest B over the atoms, its CRA): B_iso, or 8 pi^2 times the smallest
+    eigenvalue of U where the atom is anisotropic (gemmi then uses U)."""
+    low, where = math.inf, None
+    for cra in model.all():
+        a = cra.atom
+        if a.aniso.nonzero():
+            u = a.aniso
+            m = np.array([[u.u11, u.u12, u.u13], [u.u12, u.u22, u.u23], [u.u13, u.u23, u.u33]])
+            b = 8 * math.pi ** 2 * float(np.linalg.eigvalsh(m)[0])
+        else:
+            b = a.b_iso
+        if b < low:
+            low, where = b, cra
+    return low, where
+
+
+def _largest_d(cell_abc: Tuple[float, float, float], frac_matrix: np.ndarray) -> float:
+    """The cell's largest d-spacing, 1 / (shortest reciprocal-lattice vector).
+    Its indices obey |h| <= a |s| (likewise k, l) and |s| <= the shortest of
+    a*, b*, c*, which bounds the search (capped: a sane cell needs |h| <= 1 or 2)."""
+    fm = np.asarray(frac_matrix, dtype=float)
+    m = float(min(np.linalg.norm(fm, axis=1)))
+    r = [min(int(math.floor(x * m * (1 + 1e-9))), 50) for x in cell_abc]
+    h, k, l = np.meshgrid(*(np.arange(-n, n + 1) for n in r), indexing="ij")
+    hkl = np.stack([h.ravel(), k.ravel(), l.ravel()], axis=1)
+    hkl = hkl[np.any(hkl != 0, axis=1)]
+    s = hkl @ fm
+    return 1.0 / math.sqrt(float(np.min(np.einsum("ij,ij->i", s, s))))
+
+
 def structure_factors(st, dmin: float, bulk_solvent: bool = False, k_sol: float = 0.35,
-                      B_sol: float = 46.0, B_add: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+                      B_sol: float = 46.0, B_add: float = 0.0,
+                      source: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
     """(hkl (N, 3) int, F (N,) float) for the whole sphere ``d >= dmin`` (A), Friedel
-    mates included, ``0 0 0`` excluded, sorted by h, k, l.  F in electrons."""
+    mates included, ``0 0 0`` excluded, sorted by h, k, l.  F in electrons.
+
+    One-line NBErrors (``source``, the model's file name, for the messages)
+    instead of a result that is empty, not finite, or all zero; see the module
+    notes for the rules."""
     gemmi = _gemmi()
+    source = source or st.name or "the model"
+    model = st[0]
     if B_add:
-        for res in st[0].all():
+        for res in model.all():
             res.atom.b_iso += B_add
             if res.atom.aniso.nonzero():
                 u = B_add / (8 * math.pi ** 2)
                 a = res.atom.aniso
                 res.atom.aniso = gemmi.SMat33f(a.u11 + u, a.u22 + u, a.u33 + u, a.u12, a.u13, a.u23)
+            # gemmi keeps B and U in single precision: -B_add -1e39 made them -inf
+            if not (math.isfinite(res.atom.b_iso) and all(math.isfinite(x) for x in res.atom.aniso.elements_pdb())):
+                raise UsageError("-B_add %g: %s's B factor leaves single precision (gemmi's storage)"
+                                 % (B_add, _atom_name(res)))
+    floor = lowest_b(dmin)
+    low, where = _effective_b(model)
+    if where is not None and low < floor:
+        why = ("exp(-B s^2/4) would pass e^%g at -dmin %g (B >= %g A^2 there, -320 dmin^2)"
+               % (EXP_MAX, dmin, floor))
+        if B_add < 0 and low - B_add >= floor:
+            raise UsageError("-B_add %g: %s's B becomes %g A^2, and %s" % (B_add, _atom_name(where), low, why))
+        raise InputFileError("%s: %s: B = %g A^2%s%s, and %s"
+                             % (source, _atom_name(where), low,
+                                " (8 pi^2 times U's smallest eigenvalue)" if where.atom.aniso.nonzero() else "",
+                                " with -B_add %g" % B_add if B_add else "", why))
+    if bulk_solvent and B_sol < floor:
+        raise UsageError("-B_sol %g: exp(-B_sol s^2/4) would pass e^%g at -dmin %g (-B_sol >= %g "
+                         "A^2 there, -320 dmin^2)" % (B_sol, EXP_MAX, dmin, floor))
     cell = st.cell
-    hkl, s2 = half_sphere_indices((cell.a, cell.b, cell.c), np.array(cell.frac.mat), dmin)
+    frac = np.array(cell.frac.mat)
+    hkl, s2 = half_sphere_indices((cell.a, cell.b, cell.c), frac, dmin)
+    if len(hkl) == 0:
+        # an empty file, exit 0, that nbnumba then refused
+        raise ConfigError("-dmin %g: no reflections with d >= %g A in %s's cell (%s); its largest "
+                          "d-spacing is %.4g A" % (dmin, dmin, source, cell_flags(st)[len("-cell "):],
+                                                   _largest_d((cell.a, cell.b, cell.c), frac)))
     calc = gemmi.StructureFactorCalculatorX(cell)
-    model = st[0]
-    f = np.array([calc.calculate_sf_from_model(model, [int(h), int(k), int(l)]) for h, k, l in hkl],
-                 dtype=complex)
-    if bulk_solvent:
-        f = f + k_sol * np.exp(-B_sol * s2 / 4.0) * _solvent_f(gemmi, st, hkl, dmin)
-    amp = np.abs(f)
+    # overflow is what the checks below look for: no numpy warning on the way
+    with np.errstate(over="ignore", invalid="ignore"):
+        f = np.array([calc.calculate_sf_from_model(model, [int(h), int(k), int(l)]) for h, k, l in hkl],
+                     dtype=complex)
+        if not np.all(np.isfinite(f)):
+            occ = max(cra.atom.occ for cra in model.all())
+            raise InputFileError("%s: the atoms' structure factors are not finite at -dmin %g "
+                                 "(occupancies up to %g, B down to %g A^2%s)"
+                                 % (source, dmin, occ, low, ", with -B_add %g" % B_add if B_add else ""))
+        if bulk_solvent:
+            fmask = _solvent_f(gemmi, st, hkl, dmin)
+            fs = k_sol * np.exp(-B_sol * s2 / 4.0) * fmask
+            f = f + fs
+            if not (np.all(np.isfinite(fs)) and np.all(np.isfinite(f))):
+                # -k_sol 1e308 overflowed with a numpy warning and wrote inf
+                raise UsageError("-k_sol %g: the bulk-solvent term k_sol exp(-B_sol s^2/4) F_mask "
+                                 "is not finite at -dmin %g (|F_mask| up to %.4g, -B_sol %g)"
+                                 % (k_sol, dmin, float(np.max(np.abs(fmask))), B_sol))
+        amp = np.abs(f)
+        if not np.all(np.isfinite(amp)):
+            raise ConfigError("%s: |F| overflows at -dmin %g (the model's and the bulk solvent's "
+                              "terms together)" % (source, dmin))
+    if not np.any(amp > 0):
+        # -B_add 1e30: every atom damped away, an all-zero file
+        raise ConfigError("%s: every F is 0 at -dmin %g: the B factors (lowest %g A^2%s) damp "
+                          "every reflection away" % (source, dmin, low,
+                                                     ", with -B_add %g" % B_add if B_add else ""))
     full = np.concatenate([hkl, -hkl])
     famp = np.concatenate([amp, amp])
     order = np.lexsort((full[:, 2], full[:, 1], full[:, 0]))
@@ -229,18 +409,59 @@ def cell_flags(st) -> str:
     return "-cell %g %g %g %g %g %g" % (c.a, c.b, c.c, c.alpha, c.beta, c.gamma)
 
 
+def _check_stdout_not_model(out, model: str) -> None:
+    """``nbnumba-sf in.pdb -dmin 3 >> in.pdb`` would append to the model."""
+    import stat
+    try:
+        so = os.fstat(out.fileno())
+        sm = os.stat(model)
+    except (AttributeError, OSError, ValueError):     # no descriptor (a StringIO), no model
+        return
+    if stat.S_ISREG(so.st_mode) and os.path.samestat(so, sm):
+        raise OutputFileError("refusing to write standard output: it is the model file '%s'" % model)
+
+
+def _write_stdout(out, text: str) -> None:
+    """Write the reflections to ``out``; a full disk or an I/O error is one line
+    (it was an OSError traceback, exit 1).  A closed pipe stays quiet (main)."""
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        # what is still buffered would fail again when Python flushes at exit
+        # ("Exception ignored ..."): point the descriptor at /dev/null
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, out.fileno())
+            finally:
+                os.close(null)
+        except (AttributeError, OSError, ValueError):
+            pass
+        raise OutputFileError("cannot write the reflections to standard output: %s"
+                              % (exc.strerror or exc)) from None
+
+
 def run(opts: SFOptions, out=None, err=None) -> int:
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
+    from .io.atomic import atomic_write_bytes, check_not_input, check_writable
+    if opts.output:
+        # before anything is computed: '-o in.pdb' (or a link to it) replaced the model
+        check_not_input(opts.output, [opts.model], "-o")
+        check_writable(opts.output, "-o")
+    else:
+        _check_stdout_not_model(out, opts.model)
     st = read_model(opts.model)
-    hkl, F = structure_factors(st, opts.dmin, opts.bulk_solvent, opts.k_sol, opts.B_sol, opts.B_add)
+    hkl, F = structure_factors(st, opts.dmin, opts.bulk_solvent, opts.k_sol, opts.B_sol, opts.B_add,
+                               source=opts.model)
     text = hkl_text(hkl, F)
     if opts.output:
-        from .io.atomic import atomic_write_bytes
         atomic_write_bytes(opts.output, text.encode("ascii"))
     else:
-        out.write(text)
-        out.flush()
+        _write_stdout(out, text)
     print("%s: %d reflections to %g A from %d atoms in %s, expanded to P1; use with %s"
           % (PROG, len(F), opts.dmin, st[0].count_atom_sites(), st.find_spacegroup().hm,
              cell_flags(st)), file=err)

@@ -18,6 +18,13 @@ can be handed to :func:`parse_trace`.
 
 Keys can repeat (setup code that runs twice, several subpixels hitting the
 trace condition); the n-th occurrence (n >= 2) of ``key`` is named ``key#n``.
+
+A per-phi line that neither program can print is refused with
+:class:`TraceFormatError`, naming the line and the field: a field that is not
+``name=number``, no ``phi_tic``, or a ``phi_tic`` that is not an integer of C's
+``int`` range (``%d`` prints nothing else; ``nan``, ``1.5`` or ``1e400`` were a
+ValueError/OverflowError from ``int()``, or silently truncated).  The other
+fields may be ``nan``/``inf``: C prints those.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
+
+from .errors import InputFileError
 
 Value = Union[int, float, str]
 
@@ -33,6 +42,7 @@ __all__ = [
     "Value",
     "TraceEntry",
     "Trace",
+    "TraceFormatError",
     "parse_trace",
     "parse_values",
     "format_value",
@@ -50,6 +60,26 @@ _MAIN_RE = re.compile(r"^TRACE_(C|PY)(?:_([A-Za-z0-9_]+))?:(.*)$")
 _PHI_RE = re.compile(r"^TRACE_(C|PY)_PHI\s+(.*)$")
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _LABEL_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):(.+)$")
+
+#: ``phi_tic`` is a C ``int`` printed with ``%d``
+_INT_MIN, _INT_MAX = -(2 ** 31), 2 ** 31 - 1
+
+
+class TraceFormatError(InputFileError, ValueError):
+    """A trace line that neither nanoBragg.c nor the port prints.
+
+    The one-line message names the log (when :func:`parse_trace` was given
+    ``source``), the 1-based line number and the field; ``line`` and
+    ``field`` are also attributes.
+    """
+
+    def __init__(self, message: str, line: int = 0, field: str = "", source: str = ""):
+        where = f"{source} line {line}" if source else f"line {line}"
+        shown = field if len(field) <= 60 else field[:57] + "..."   # a 5-million-digit value
+        super().__init__(f"{where}: {shown}: {message}" if field else f"{where}: {message}")
+        self.line = line
+        self.field = field
+        self.source = source
 
 
 def format_value(x: Value) -> str:
@@ -195,25 +225,44 @@ class Trace:
         return not self.entries and not self.phi
 
 
-def _parse_phi(body: str) -> dict | None:
+class _BadField(Exception):
+    """(field, reason) of a malformed per-phi line; parse_trace adds the line."""
+
+
+def _phi_tic(tok: str, pv: Value) -> int:
+    """``phi_tic`` as the int C printed (``%d``): a float is accepted only when it
+    is a whole number (``1e0``); ``nan``, ``inf``, ``1.5`` are refused."""
+    if isinstance(pv, float):
+        if not (math.isfinite(pv) and pv == math.floor(pv)):
+            raise _BadField(tok, "phi_tic must be an integer (C prints it with %d)")
+        pv = int(pv)
+    if not _INT_MIN <= pv <= _INT_MAX:
+        raise _BadField(tok, f"phi_tic must be within C's int range [{_INT_MIN}, {_INT_MAX}]")
+    return pv
+
+
+def _parse_phi(body: str) -> dict:
+    """Fields of a per-phi line (``phi_tic`` an int, the others floats)."""
     row: dict = {}
     for tok in body.split():
-        if "=" not in tok:
-            return None
-        k, v = tok.split("=", 1)
+        k, sep, v = tok.partition("=")
+        if not sep or not k:
+            raise _BadField(tok, "expected name=value")
         pv = _parse_token(v)
         if isinstance(pv, str):
-            return None
-        if k == "phi_tic":
-            pv = int(pv)
-        else:
-            pv = float(pv)
-        row[k] = pv
-    return row or None
+            raise _BadField(tok, "not a number")
+        row[k] = _phi_tic(tok, pv) if k == "phi_tic" else float(pv)
+    if "phi_tic" not in row:
+        raise _BadField("phi_tic", "missing: a per-phi line needs phi_tic=N")
+    return row
 
 
-def parse_trace(text: str) -> Trace:
-    """Parse a C or port trace log (any surrounding non-trace lines are skipped)."""
+def parse_trace(text: str, source: Optional[str] = None) -> Trace:
+    """Parse a C or port trace log (any surrounding non-trace lines are skipped).
+
+    A malformed per-phi line raises :class:`TraceFormatError`, whose message
+    names ``source`` (the log's file name, when given), the line and the field.
+    """
     trace = Trace()
     counts: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -222,11 +271,13 @@ def parse_trace(text: str) -> Trace:
             continue
         m = _PHI_RE.match(line)
         if m:
-            row = _parse_phi(m.group(2))
-            if row is not None:
-                trace.phi.append(row)
-                trace.phi_lines.append(lineno)
-                trace.prefixes.add(m.group(1))
+            try:
+                row = _parse_phi(m.group(2))
+            except _BadField as exc:
+                raise TraceFormatError(exc.args[1], lineno, exc.args[0], source or "") from None
+            trace.phi.append(row)
+            trace.phi_lines.append(lineno)
+            trace.prefixes.add(m.group(1))
             continue
         m = _MAIN_RE.match(line)
         if not m:

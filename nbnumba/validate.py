@@ -23,7 +23,7 @@ import math
 import numbers
 import os
 import time
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from .errors import ConfigError
 from .flags import FLAGS, INT_MAX
 
 __all__ = ["check_config", "check_memory", "memory_limit", "check_grid_memory",
-           "check_image_finite", "format_bytes", "FLOAT32_MAX"]
+           "check_image_finite", "format_bytes", "argv_words", "resolve_cwd", "FLOAT32_MAX"]
 
 RTD = 180.0 / math.pi
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -85,6 +85,50 @@ def format_bytes(n: float) -> str:
         if n >= f:
             return "%.3g %s" % (n / f, unit)
     return "%d bytes" % n
+
+
+# ---------------------------------------------------------------------------
+# API arguments
+# ---------------------------------------------------------------------------
+
+def argv_words(argv, name: str = "argv") -> List[str]:
+    """``argv`` as a list of words, or ConfigError naming ``name``: a string
+    (its characters were taken for words: "unknown flag '-'"), None or a
+    number is refused, and so is one word that holds a whole command line."""
+    if isinstance(argv, (str, bytes)):
+        raise ConfigError("%s: expected a list of arguments (words), got %s: split the command "
+                          "line, e.g. shlex.split(line)" % (name, type(argv).__name__))
+    try:
+        words = list(argv)
+    except TypeError:
+        raise ConfigError("%s: expected a list of arguments (words), got %s"
+                          % (name, type(argv).__name__)) from None
+    for i, w in enumerate(words):
+        if (not isinstance(w, (str, os.PathLike, numbers.Real))
+                or isinstance(w, (bool, np.bool_))):
+            raise ConfigError("%s[%d]: expected a word (str), got %s"
+                              % (name, i, type(w).__name__))
+    if (len(words) == 1 and isinstance(words[0], str) and words[0].startswith("-")
+            and len(words[0].split()) > 1):
+        raise ConfigError("%s: one word holds the whole command line %r: pass a list of words, "
+                          "e.g. shlex.split(line)" % (name, words[0][:40] + "..."
+                                                      * (len(words[0]) > 40)))
+    return words
+
+
+def resolve_cwd(cwd) -> Optional[str]:
+    """``cwd`` of simulate_argv/simulate_many as an absolute directory (None:
+    the process's own), or ConfigError naming cwd.  Absolute, so that a later
+    os.chdir elsewhere in the process does not move what it resolves."""
+    if cwd is None:
+        return None
+    if not isinstance(cwd, (str, os.PathLike)) or isinstance(cwd, bytes):
+        raise ConfigError("cwd: expected a directory name, got %s" % type(cwd).__name__)
+    path = os.fspath(cwd)
+    if not os.path.isdir(path):
+        raise ConfigError("cwd: %s: %s" % (path, "not a directory" if os.path.exists(path)
+                                           else "no such directory"))
+    return os.path.abspath(path)
 
 
 # ---------------------------------------------------------------------------
@@ -153,16 +197,82 @@ def _check_api_objects(cfg) -> None:
         raise ConfigError("-threads: expected a whole number >= 1 (or None for all cores), "
                           "got %r" % (t,))
     if cfg.mask_image is not None:
-        from .interop import array_kind
+        from .interop import array_arg_problem, array_kind
         m = cfg.mask_image
-        if isinstance(m, str) or array_kind(m) == "other" or len(getattr(m, "shape", ())) != 2:
-            raise ConfigError("mask_image: expected a 2-D array (numpy, torch or CuPy; nonzero "
-                              "= active), got %s" % type(m).__name__)
+        if (isinstance(m, (str, bytes)) or array_kind(m) == "other"
+                or len(getattr(m, "shape", ())) != 2):
+            why = ("expected a 2-D array (numpy, torch or CuPy; nonzero = active), got %s"
+                   % type(m).__name__)
+        else:       # (a torch tensor numpy cannot view: a TypeError or ValueError inside)
+            why = array_arg_problem(m)
+        if why is not None:
+            raise ConfigError("mask_image: %s" % why)
     if cfg.hkl_grid is not None:
-        from .io.hkl import HKLGrid
-        if not isinstance(cfg.hkl_grid, HKLGrid):
-            raise ConfigError("hkl_grid: expected an nbnumba.io.hkl.HKLGrid (see "
-                              "nbnumba.io.hkl.read_hkl), got %s" % type(cfg.hkl_grid).__name__)
+        _check_hkl_grid(cfg.hkl_grid)
+
+
+_BOUNDS = ("h_min", "h_max", "k_min", "k_max", "l_min", "l_max")
+
+
+def _check_hkl_grid(grid) -> None:
+    """A caller's structure-factor grid (Config.hkl_grid): the kernel indexes F
+    by the bounds without checking, so F must be a finite real 3-D array of
+    exactly grid.expected_shape() (a short F was read out of bounds: a wrong
+    image, or garbage blamed on the geometry)."""
+    from .io.hkl import HKLGrid
+    from .interop import array_arg_problem, array_kind, to_numpy
+    if not isinstance(grid, HKLGrid):
+        raise ConfigError("hkl_grid: expected an nbnumba.io.hkl.HKLGrid (see "
+                          "nbnumba.io.hkl.read_hkl), got %s" % type(grid).__name__)
+    for name in _BOUNDS + ("hkls",):
+        v = getattr(grid, name)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+            raise ConfigError("hkl_grid.%s: expected an integer, got %r" % (name, v))
+        if abs(int(v)) > INT_MAX:
+            raise ConfigError("hkl_grid.%s: %d is out of a C int's range (|value| <= %d)"
+                              % (name, v, INT_MAX))
+    for ax in "hkl":
+        lo, hi = int(getattr(grid, ax + "_min")), int(getattr(grid, ax + "_max"))
+        if lo > hi:
+            raise ConfigError("hkl_grid: %s_min %d > %s_max %d: give min <= max"
+                              % (ax, lo, ax, hi))
+    if grid.hkls < 1:
+        # (the kernel reads hkls = 0 as "no grid": default_F everywhere, silently)
+        raise ConfigError("hkl_grid.hkls is %d: with no entries the grid would be ignored "
+                          "(default_F everywhere); give the number of structure factors it "
+                          "holds (>= 1), as read_hkl does" % grid.hkls)
+    F = grid.F
+    why = array_arg_problem(F)
+    if why is not None:
+        raise ConfigError("hkl_grid.F: %s" % why)
+    try:
+        # a view of numpy and CPU torch arrays (a CuPy array is copied here and
+        # again by the model: rare, and small next to a GPU run)
+        Fh = to_numpy(F) if array_kind(F) != "other" else np.asarray(F)
+    except (TypeError, ValueError, NotImplementedError, RuntimeError, BufferError) as exc:
+        raise ConfigError("hkl_grid.F: cannot be read as an array of numbers (%s)"
+                          % (str(exc).strip().splitlines() or [""])[0]) from None
+    want = tuple(int(n) for n in grid.expected_shape())
+    if Fh.ndim != 3 or tuple(Fh.shape) != want:
+        raise ConfigError("hkl_grid.F has shape %s, but its bounds h %d..%d, k %d..%d, l %d..%d "
+                          "need %s (one entry per index and one padding plane per axis, "
+                          "HKLGrid.expected_shape())"
+                          % (tuple(Fh.shape), grid.h_min, grid.h_max, grid.k_min, grid.k_max,
+                             grid.l_min, grid.l_max, want))
+    if Fh.dtype.kind not in "iuf":
+        raise ConfigError("hkl_grid.F: expected real numbers (float or integer), got dtype %s%s"
+                          % (Fh.dtype, " (|F| or the real part: np.abs(F), F.real)"
+                             if Fh.dtype.kind == "c" else ""))
+    if Fh.dtype.kind == "f":
+        with np.errstate(all="ignore"):
+            ok = np.isfinite(Fh)
+        if not ok.all():
+            i = tuple(int(x) for x in np.argwhere(~ok)[0])
+            hkl = (i[0] + grid.h_min, i[1] + grid.k_min, i[2] + grid.l_min)
+            raise ConfigError("hkl_grid.F has %d non-finite values (F(%d %d %d) = %r): every "
+                              "structure factor must be a finite number"
+                              % ((int(ok.size - np.count_nonzero(ok)),) + hkl
+                                 + (float(Fh[i]),)))
 
 
 def _check_finite(cfg) -> None:
@@ -415,14 +525,47 @@ def _log10(x: float) -> float:
     return math.log10(x)
 
 
+def _F_source(model) -> str:
+    cfg = model.cfg
+    if cfg.hklfilename:
+        return "-hkl %s" % cfg.hklfilename
+    if getattr(model, "used_fdump", False):
+        return "the %s cache" % cfg.fdump_path
+    if cfg.hkl_grid is not None:
+        return "hkl_grid"
+    return "the grid"
+
+
+def _F_scan(model):
+    """(largest |F| among the grid's finite entries, number of non-finite
+    entries, (h, k, l, F) of the first of them or None).  No warning: nanmax of
+    an all-NaN grid printed "All-NaN slice encountered", which np.errstate does
+    not silence, and gave NaN (the message then read "F^2 = 1enan")."""
+    F = np.asarray(model.Fhkl)
+    if F.size == 0 or getattr(model, "hkls", 1) == 0:
+        return 0.0, 0, None          # (no grid: the kernel uses default_F alone)
+    with np.errstate(all="ignore"):
+        lo, hi = float(F.min()), float(F.max())
+        if math.isfinite(lo) and math.isfinite(hi):
+            return max(abs(lo), abs(hi)), 0, None
+        ok = np.isfinite(F)
+        bad = int(F.size - np.count_nonzero(ok))
+        fmax = float(np.max(np.abs(F[ok]))) if bad < F.size else 0.0
+    i = tuple(int(x) for x in np.argwhere(~ok)[0])
+    b = getattr(model, "hkl_bounds", (0, 0, 0, 0, 0, 0))
+    return fmax, bad, (i[0] + b[0], i[1] + b[2], i[2] + b[4], float(F[i]))
+
+
+def _F_not_finite(model, bad, first) -> str:
+    return ("%d of the %d structure factors of %s are not finite (F(%d %d %d) = %r)"
+            % ((bad, np.asarray(model.Fhkl).size, _F_source(model)) + first))
+
+
 def overflow_terms(model):
     """[(log10 of the term's largest value, description)] of the factors of a pixel's
     intensity: |F|^2, the lattice factor (Na Nb Nc)^2, r_e^2 * fluence, water."""
     cfg = model.cfg
-    F = np.asarray(model.Fhkl)
-    with np.errstate(all="ignore"):
-        fmax = float(np.nanmax(np.abs(F))) if F.size else 0.0
-        fmax = max(fmax, abs(float(cfg.default_F)))
+    fmax = max(_F_scan(model)[0], abs(float(cfg.default_F)))
     lattice = float(model.crystal.Na) * float(model.crystal.Nb) * float(model.crystal.Nc)
     src = ("-hkl" if cfg.hklfilename else "structure factors") if fmax != abs(cfg.default_F) else "-default_F"
     terms = [
@@ -447,6 +590,12 @@ def overflow_terms(model):
 def check_terms_finite(model) -> None:
     """Before rendering: refuse when one intensity term alone overflows double
     precision (no render can give a finite image then)."""
+    _, bad, first = _F_scan(model)
+    if bad and not model.cfg.c_parity:
+        # (-c_parity reads a NaN or infinite F as nanoBragg.c does: the pixels
+        # that use it go non-finite, and check_image_finite names it then)
+        raise ConfigError("%s: every structure factor must be a finite number"
+                          % _F_not_finite(model, bad, first))
     lg, what = max(overflow_terms(model))
     if lg > 308:
         raise ConfigError("the image cannot be finite: %s overflows double precision" % what)
@@ -465,7 +614,11 @@ def check_image_finite(model, img, double: bool = False) -> None:
     total = sum(t for t, _ in terms if t != -math.inf)
     lg, what = max(terms)
     limit, limit_text = (308.0, "1.8e308") if double else (38.0, "3.4e38")
-    if lg > 308:
+    _, nbad, first = _F_scan(model)
+    if nbad:
+        why = ("%s, and the pixels that use them cannot be"
+               % _F_not_finite(model, nbad, first))
+    elif lg > 308:
         why = "%s overflows double precision" % what
     elif total < limit:
         # no product of these terms reaches the image's limit: the NaN or inf

@@ -1761,3 +1761,54 @@ def test_host_map_wavelength_moves_a_mat_cell(tmp_path):
     # a, b, c scale with lambda / 1.5 (the matrix is in MOSFLM units): da/dlambda = a / 1.5
     a = run._host_theta({"wavelength": np.array([1.5])}, "wavelength")[AD.A.P_A:AD.A.P_A + 3]
     np.testing.assert_allclose(J[AD.A.P_A:AD.A.P_A + 3, 0], a / 1.5, rtol=1e-9)
+
+
+#: keyword values refused by simulate() and jacobian() alike (numpy's ValueError or
+#: TypeError from inside the conversion before, not naming the keyword)
+_NONSENSE = [
+    (dict(distance="abc"), "^distance=: expected real numbers, got 'abc'$"),        # ValueError
+    (dict(distance=100 + 1j), r"^distance=: expected real numbers, got \(100\+1j\)$"),  # TypeError
+    (dict(distance=object()), "^distance=: expected real numbers, got <object"),    # TypeError
+    (dict(distance=True), "^distance=: expected real numbers, got True$"),          # was 1 mm
+    (dict(distance=[[1.0, 2.0], [3.0]]), "^distance=: expected numbers"),           # ValueError
+    (dict(distance=[100.0], roi_only="no"), "^roi_only=: expected True or False, got 'no'$"),
+]
+
+
+@pytest.mark.parametrize("kw, msg", _NONSENSE + [
+    (dict(distance=torch.tensor([100 + 0j])), "^distance=: expected real numbers, got a torch "
+                                                "complex64 tensor$"),
+])
+def test_jacobian_keyword_values_are_config_errors_naming_the_keyword(kw, msg):
+    from nbnumba.autodiff import jacobian
+    with pytest.raises(ConfigError, match=msg):
+        jacobian(BASE, **kw)
+
+
+@pytest.mark.parametrize("kw, msg", _NONSENSE + [
+    (dict(cell=[70.0, 80.0]), "^cell= takes 6 values"),                             # ValueError
+    (dict(N=torch.tensor([4, 4, 4])), "^N= must be a float64 or float32 tensor"),  # TypeError
+])
+def test_simulate_keyword_values_are_config_errors_naming_the_keyword(kw, msg):
+    # numpy's ValueError/TypeError from inside the conversion before; the size and
+    # dtype errors stay ValueError/TypeError too (ArgumentValueError, ArgumentTypeError)
+    with pytest.raises(ConfigError, match=msg):
+        simulate(BASE, **kw)
+
+
+def test_jacobian_keyword_none_means_not_given():
+    # as in simulate(): distance=None was refused as a non-finite NaN
+    from nbnumba.autodiff import jacobian
+    img, J = jacobian(BASE, distance=None, N=VALUES["N"])
+    ref_img, ref_J = jacobian(BASE, N=VALUES["N"])
+    assert set(J) == {"N"} and np.array_equal(img, ref_img) and np.array_equal(J["N"], ref_J["N"])
+    assert np.abs(J["N"]).max() > 0
+
+
+def test_argv_given_as_one_string_is_refused():
+    # its characters were taken for words: "unknown flag '-'"
+    with pytest.raises(ConfigError, match=r"^argv: expected a list of arguments \(words\), got "
+                                          r"str: split the command line"):
+        structure_factors(" ".join(BASE))
+    with pytest.raises(ConfigError, match="^argv: one word holds the whole command line"):
+        simulate([" ".join(BASE)])

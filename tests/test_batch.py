@@ -7,6 +7,7 @@ import numpy as np
 
 import nbnumba
 from nbnumba import cli, rng
+from nbnumba.testing import synth
 
 BASE = "-cell 70 80 90 90 90 90 -misset 10 20 30 -default_F 100 -N 5 -lambda 1.5 " \
        "-distance 100 -pixel 0.4 -nopgm -seed 1"
@@ -83,11 +84,15 @@ def test_batch_line_with_an_unclosed_quote_is_its_own_error(tmp_path, capsys, mo
 
 
 def test_batch_cli_bad_requests(tmp_path, capsys):
-    assert cli.main(["--batch"]) == 2
     assert cli.main(["--batch", str(tmp_path / "missing.txt")]) != 0
-    assert cli.main(["--batch", "x.txt", "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert "missing.txt" in err and "Traceback" not in err
+    # one line each (the usage in it), and counts as the flags' integers are
+    for bad in (["--batch"], ["--batch", "x.txt", "--workers", "0"],
+                ["--batch", "x.txt", "--threads", "\uff13"], ["--batch", "x.txt", "--workers", "1_0"]):
+        assert cli.main(bad) == 2, bad
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "usage: nbnumba --batch" in err, (bad, err)
 
 
 def test_ran1_py_matches_compiled_ran1():
@@ -126,3 +131,86 @@ def test_kernel_threads_follow_numba_setting():
         assert K.default_threads() == numba.config.NUMBA_NUM_THREADS
     finally:
         numba.set_num_threads(saved)
+
+
+def test_simulate_many_fails_a_line_that_is_no_list_of_words_alone():
+    """[None, argv] and [5, argv] raised TypeError for the whole batch, and a
+    string line ran as its characters ("unknown flag '-'"): now that line
+    fails with its own error and the others run (as the docs promise)."""
+    good = _argv(8, "-nonoise")
+    items = nbnumba.simulate_many([None, good, 5, " ".join(good), [" ".join(good)]], workers=1)
+    assert [it.ok for it in items] == [False, True, False, False, False]
+    assert [it.exit_code for it in items] == [2, 0, 2, 2, 2]
+    assert items[0].error == "argvs[0]: expected a list of arguments (words), got NoneType"
+    assert items[2].error == "argvs[2]: expected a list of arguments (words), got int"
+    assert items[3].error.startswith("argvs[3]: expected a list of arguments (words), got str: "
+                                     "split the command line, e.g. shlex.split(line)")
+    assert items[4].error.startswith("argvs[4]: one word holds the whole command line")
+    one = nbnumba.simulate_argv(good)
+    assert np.array_equal(items[1].result.float_image, one.float_image)
+    # any iterable of lines: a generator (it had no len())
+    gen = nbnumba.simulate_many((a for a in [good, good]), workers=2)
+    assert [it.ok for it in gen] == [True, True]
+    assert np.array_equal(gen[1].result.float_image, one.float_image)
+
+
+def test_simulate_many_refuses_bad_arguments_naming_them(tmp_path):
+    import pytest
+    from nbnumba.errors import ConfigError
+    good = [_argv(8, "-nonoise")]
+    for kw, msg in [(dict(argvs=None), "^argvs: expected a list of command lines"),
+                    (dict(argvs=" ".join(good[0])), "got str: split each line"),
+                    # "x" was a ValueError; -5 and 0 ran on 1 worker or all cores
+                    (dict(workers="x"), r"^workers: expected a whole number >= 1 .*got 'x'$"),
+                    (dict(workers=-5), "^workers: .* got -5$"),
+                    (dict(workers=0), "^workers: .* got 0$"),
+                    # 1.5 was 1 thread, 0 the default
+                    (dict(threads=1.5), "^threads: .* got 1.5$"),
+                    (dict(threads=0), "^threads: .* got 0$"),
+                    (dict(write="no"), "^write: expected True or False"),
+                    # a FileNotFoundError / NotADirectoryError from os.chdir
+                    (dict(cwd=str(tmp_path / "missing")), "^cwd: .*missing: no such directory$"),
+                    (dict(cwd=__file__), "^cwd: .*: not a directory$")]:
+        args = dict(dict(argvs=good), **kw)
+        with pytest.raises(ConfigError, match=msg):
+            nbnumba.simulate_many(args.pop("argvs"), **args)
+
+
+def _half_mask(path, full):
+    """An 8 x 8 SMV mask: all ones, or (not full) zeros in the left half."""
+    data = np.ones((8, 8), dtype=np.uint16)
+    data[:, :4] = 1 if full else 0
+    synth.write_smv(str(path), data, {})
+
+
+def test_simulate_many_cwd_in_threads_reads_its_own_files(tmp_path, monkeypatch):
+    """simulate_many(cwd=) changed the process's directory while it parsed:
+    two threads' batches read each other's -mask (silently wrong images).
+    Now relative paths resolve against cwd, and os.chdir is never called."""
+    import os
+    import threading
+    chdirs = []
+    real_chdir = os.chdir
+    monkeypatch.setattr(os, "chdir", lambda p: (chdirs.append(p), real_chdir(p)))
+    for name, full in (("full", True), ("half", False)):
+        (tmp_path / name).mkdir()
+        _half_mask(tmp_path / name / "mask.img", full)
+    start = os.getcwd()
+    argv = _argv(8, "-nonoise -mask mask.img")
+    got, errors = [], []
+
+    def go(name):
+        try:
+            for it in nbnumba.simulate_many([argv] * 3, cwd=str(tmp_path / name), workers=1):
+                img = it.result.float_image
+                got.append((name, int(np.count_nonzero(img[:, :4])),
+                            int(np.count_nonzero(img[:, 4:]))))
+        except Exception as exc:          # noqa: B902 - reported below
+            errors.append(exc)
+    ts = [threading.Thread(target=go, args=(n,)) for n in ("full", "half") * 2]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert not errors and len(got) == 12
+    for name, left, right in got:
+        assert right == 32 and left == (32 if name == "full" else 0), (name, left, right)
+    assert os.getcwd() == start and chdirs == []

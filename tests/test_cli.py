@@ -142,6 +142,23 @@ def test_cli_never_clobbers_inputs(tmp_path):
     assert (tmp_path / "F.hkl").read_bytes() == before
 
 
+def test_cli_piped_into_head_still_writes_its_files(tmp_path):
+    """`nbnumba ... | head -1`: the reader leaving ends the text, not the run (as
+    a closed stdout does): no BrokenPipeError traceback, the files, exit 0."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), NBNUMBA_SERVER="0")
+    args = ("-cell 100 100 100 90 90 90 -lambda 6.2 -N 5 -default_F 100 -distance 100 "
+            "-detpixels 32 -nopgm -nonoise -printout").split()
+    p = subprocess.Popen([sys.executable, "-m", "nbnumba.cli", *args], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline().startswith(b"nanoBragg")
+    p.stdout.close()            # head -1 exits
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 0, err
+    assert err == ""
+    assert (tmp_path / "floatimage.bin").stat().st_size == 32 * 32 * 4
+    assert (tmp_path / "intimage.img").exists()
+
+
 def test_cli_failed_write_leaves_no_partial_file(tmp_path):
     (tmp_path / "out").write_text("a regular file, not a directory")
     r = run_cli(["-cell", "50", "50", "50", "90", "90", "90", "-default_F", "1", "-detpixels", "8",

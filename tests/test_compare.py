@@ -3,13 +3,17 @@
 The main tests need no C program: ``--c-bin`` points at a small fake written
 into tmp_path that mimics nanoBragg's interface by running the port
 (``python -m nbnumba.cli``) and then, depending on its mode, perturbing,
-shrinking or failing.  Tests marked "REAL C" run only when NB_C_BIN is set.
+shrinking or failing.  Tests that need chosen pixels (an inf, an all-zero
+image, errors at known places) replace both programs by stand-ins that print a
+shape line and write a fixed image (``static_pair``).  Tests marked "REAL C"
+run only when NB_C_BIN is set.
 """
 
 import json
 import os
 import stat
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +74,11 @@ def make_fake(tmp_path, mode):
     return str(path)
 
 
-def run(tmp_path, monkeypatch, capsys, opts, flags=FLAGS):
+def run(tmp_path, monkeypatch, capsys, opts, flags=FLAGS, png=False):
+    """nb-compare in-process; without the PNG previews (about 1 s of matplotlib
+    per comparison) unless the test looks at them."""
     monkeypatch.chdir(tmp_path)
-    code = compare.main(list(opts) + ["--"] + list(flags))
+    code = compare.main(list(opts) + ([] if png else ["--no-png"]) + ["--"] + list(flags))
     cap = capsys.readouterr()
     return code, cap.out, cap.err
 
@@ -81,6 +87,48 @@ def only_dir(parent):
     dirs = [d for d in Path(parent).iterdir() if d.is_dir()]
     assert len(dirs) == 1, dirs
     return dirs[0]
+
+
+STATIC = r'''#!{python}
+"""Stand-in for nanoBragg or the port: prints a shape line and writes a fixed image."""
+import sys
+import numpy as np
+args = sys.argv[1:]
+img = np.load({npy!r})
+s, f = {prints!r} or img.shape
+sys.stdout.write("stand-in (%dx%d pixels)\n" % (f, s))
+img.astype(np.float32).tofile(args[args.index("-floatfile") + 1])
+'''
+
+
+def make_static(tmp_path, name, img, prints=None):
+    """A program that prints ``(FxS pixels)`` for ``prints`` (slow, fast; default
+    the image's shape) and writes ``img`` as its float image: no rendering, so
+    the test controls every pixel and runs in a fraction of a second."""
+    npy = tmp_path / f"{name}.npy"
+    np.save(npy, np.asarray(img, dtype=np.float32))
+    path = tmp_path / name
+    path.write_text(STATIC.format(python=sys.executable, npy=str(npy),
+                                  prints=tuple(prints) if prints else None))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return str(path)
+
+
+def static_pair(tmp_path, monkeypatch, c_img, py_img, c_prints=None):
+    """Stand-ins for both sides: tmp_path/static_c as the C program (pass it
+    as --c-bin) and one for the port, put in place of ``python -m nbnumba.cli``."""
+    make_static(tmp_path, "static_c", c_img, c_prints)
+    port = make_static(tmp_path, "static_port", py_img)
+    monkeypatch.setattr(compare.C, "port_command", lambda args: [port, *args])
+
+
+def _no_bare_constant(name):
+    raise AssertionError(f"summary.json holds the bare constant {name} (not JSON)")
+
+
+def strict_json(path):
+    """summary.json parsed as strict JSON: NaN/Infinity/-Infinity are refused."""
+    return json.loads(Path(path).read_text(), parse_constant=_no_bare_constant)
 
 
 def one_line_error(err):
@@ -136,7 +184,8 @@ def test_resample_down_up_and_mixed():
 
 def test_identical_images_exit0_and_files(tmp_path, monkeypatch, capsys):
     fake = make_fake(tmp_path, "same")
-    code, out, err = run(tmp_path, monkeypatch, capsys, ["--c-bin", fake, "--outdir", "cmp"])
+    code, out, err = run(tmp_path, monkeypatch, capsys, ["--c-bin", fake, "--outdir", "cmp"],
+                         png=True)
     assert code == 0, err
     d = only_dir(tmp_path / "cmp")
     assert set(os.listdir(d)) == EXPECTED
@@ -157,11 +206,27 @@ def test_identical_images_exit0_and_files(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "floatimage.bin").exists()
 
 
+def test_no_png_needs_no_matplotlib_and_writes_no_previews(tmp_path, monkeypatch, capsys):
+    fake = make_fake(tmp_path, "same")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # as if it were not installed
+    code, out, err = run(tmp_path, monkeypatch, capsys, ["--c-bin", fake, "--outdir", "cmp"])
+    assert code == 0, err
+    d = only_dir(tmp_path / "cmp")
+    assert set(os.listdir(d)) == EXPECTED - {"c.png", "py.png", "diff.png"}
+    s = json.loads((d / "summary.json").read_text())
+    assert s["passed"] is True and "c.png" not in s["files"]
+    # without --no-png the missing matplotlib is one line before anything runs
+    code, out, err = run(tmp_path, monkeypatch, capsys, ["--c-bin", fake, "--outdir", "cmp2"],
+                         png=True)
+    assert code == 2 and "matplotlib" in err and "--no-png" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "cmp2").exists()
+
+
 def test_roi_and_save_diff(tmp_path, monkeypatch, capsys):
     fake = make_fake(tmp_path, "same")
     code, out, err = run(tmp_path, monkeypatch, capsys,
                          ["--c-bin", fake, "--outdir", "cmp", "--roi", "0", "15", "4", "11",
-                          "--save-diff", "--png-scale", "90"])
+                          "--save-diff", "--png-scale", "90"], png=True)
     assert code == 0, err
     d = only_dir(tmp_path / "cmp")
     assert set(os.listdir(d)) == EXPECTED | {"diff.bin"}
@@ -258,6 +323,8 @@ def test_no_shape_line_exit6(tmp_path, monkeypatch, capsys):
     code, out, err = run(tmp_path, monkeypatch, capsys, ["--c-bin", fake, "--outdir", "cmp"])
     assert code == 6
     assert "pixels" in one_line_error(err)
+    s = strict_json(only_dir(tmp_path / "cmp") / "summary.json")
+    assert s["status"] == "runner_failed" and s["exit_code"] == 6
 
 
 @pytest.mark.parametrize("opts,flags,needle", [
@@ -271,11 +338,16 @@ def test_no_shape_line_exit6(tmp_path, monkeypatch, capsys):
     (["--c-bin", "X", "--timeout", "nan"], FLAGS, "argument --timeout: must be > 0"),
     (["--c-bin", "X", "--timeout", "1e308"], FLAGS, "argument --timeout: must be > 0"),
     (["--c-bin", "X", "--timeout", "-1"], FLAGS, "argument --timeout: must be > 0"),
+    # an unbalanced quote was shlex's ValueError traceback, exit 1
+    (["--c-bin", "X", '--py-args="-N'], FLAGS,
+     "argument --py-args: cannot split '\"-N' into arguments: No closing quotation"),
+    (["--c-bin", "X", "--py-args", "-N 'x"], FLAGS, "argument --py-args: cannot split"),
 ])
 def test_usage_errors_exit2(tmp_path, monkeypatch, capsys, opts, flags, needle):
     code, out, err = run(tmp_path, monkeypatch, capsys, opts, flags)
     assert code == 2
     assert needle in one_line_error(err)
+    assert not (tmp_path / "comparisons").exists()     # refused before any folder
 
 
 def test_no_c_program_configured_exit2(tmp_path, monkeypatch, capsys):
@@ -285,12 +357,58 @@ def test_no_c_program_configured_exit2(tmp_path, monkeypatch, capsys):
     assert "NB_C_BIN" in one_line_error(err)
 
 
-def test_roi_outside_image_exit2(tmp_path, monkeypatch, capsys):
-    fake = make_fake(tmp_path, "same")
+@pytest.mark.parametrize("roi,extra,needle", [
+    # the detector is 32x32: XMAX 40 was found only after both programs ran,
+    # leaving a result folder of logs without summary.json
+    (["0", "40", "0", "3"], [], "--roi 0 40 0 3 is outside the 32x32 detector (XMAX <= 31"),
+    (["0", "3", "0", "32"], [], "outside the 32x32 detector (XMAX <= 31, YMAX <= 31)"),
+    (["0", "25", "0", "3"], ["-detpixels_f", "20"], "outside the 20x32 detector"),
+    # the flags themselves are read then: a refused flag is one line naming --roi
+    (["0", "3", "0", "3"], ["-no_such_flag_xyz"], "--roi: cannot tell the image size from the "
+                                                 "flags: unknown flag '-no_such_flag_xyz'"),
+    (["0", "3", "0", "3"], ["-pixel", "0"], "-pixel must be > 0"),
+    (["0", "3", "0", "3"], ["-h"], "they ask for help"),
+])
+def test_roi_checked_against_the_detector_before_anything_runs(tmp_path, monkeypatch, capsys,
+                                                               roi, extra, needle):
+    # a C program that does not exist: had it been started, the exit would be 6
     code, out, err = run(tmp_path, monkeypatch, capsys,
-                         ["--c-bin", fake, "--outdir", "cmp", "--roi", "0", "40", "0", "3"])
+                         ["--c-bin", str(tmp_path / "no_such_program"), "--outdir", "cmp",
+                          "--roi", *roi], FLAGS + extra)
     assert code == 2
-    assert "outside" in one_line_error(err)
+    assert needle in one_line_error(err)
+    assert not (tmp_path / "cmp").exists()      # no result folder either
+
+
+def test_roi_outside_cs_printed_image_after_the_runs(tmp_path, monkeypatch, capsys):
+    """The detector is 32x32 but C prints 16x16 (resampled): the box passes the
+    early check, fails against C's image, and the folder says why."""
+    img = np.ones((32, 32), np.float32)
+    static_pair(tmp_path, monkeypatch, img[:16, :16], img)
+    code, out, err = run(tmp_path, monkeypatch, capsys,
+                         ["--c-bin", str(tmp_path / "static_c"), "--outdir", "cmp", "--resample",
+                          "--roi", "0", "20", "0", "3"])
+    assert code == 2
+    assert "outside the 16x16 C image (XMAX <= 15" in one_line_error(err)
+    d = only_dir(tmp_path / "cmp")
+    s = strict_json(d / "summary.json")
+    assert s["status"] == "usage_error" and s["exit_code"] == 2 and "outside" in s["error"]
+    assert "(16x16 pixels)" in (d / "c_stdout.txt").read_text()
+
+
+def test_float_file_shorter_than_its_shape_exit5_keeps_the_logs(tmp_path, monkeypatch, capsys):
+    img = np.ones((32, 32), np.float32)
+    static_pair(tmp_path, monkeypatch, img.ravel()[:1000], img, c_prints=(32, 32))
+    code, out, err = run(tmp_path, monkeypatch, capsys,
+                         ["--c-bin", str(tmp_path / "static_c"), "--outdir", "cmp"])
+    assert code == 5
+    assert "C float image has 1000 values but stdout says 32x32 pixels" in one_line_error(err)
+    d = only_dir(tmp_path / "cmp")
+    assert {"c_stdout.txt", "c_stderr.txt", "py_stdout.txt", "py_stderr.txt", "c_float.bin",
+            "py_float.bin", "summary.json"} <= set(os.listdir(d))
+    assert (d / "c_float.bin").stat().st_size == 4000          # kept as C wrote it
+    s = strict_json(d / "summary.json")
+    assert s["status"] == "io_error" and s["exit_code"] == 5 and s["c_shape"] == [32, 32]
 
 
 def test_io_error_exit5(tmp_path, monkeypatch, capsys):
@@ -405,3 +523,137 @@ def test_device_cuda_runs_the_port_on_the_gpu(tmp_path, monkeypatch, capsys):
         assert code == compare.EXIT_RUNNER
         line = one_line_error(err)
         assert "-device cuda" in line and ("CuPy is not installed" in line or "no CUDA device" in line)
+
+
+# ----------------------------------------------------------------------------- non-finite pixels
+def test_parity_contract_nonfinite_c_pixel_is_flipped_not_kept():
+    """An inf in C made the tolerance 1e-9 * max|C| infinite: every pixel
+    "kept" the contract, with numpy's "invalid value" warning on the way."""
+    from nbnumba.tools.compare import parity_contract
+    c = np.ones((4, 4))
+    c[0, 0] = np.inf
+    py = np.ones((4, 4))
+    py[1, 1] = 1000.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # any numpy RuntimeWarning fails the test
+        k = parity_contract(c, py)
+        m = metrics(c, py)
+    assert k["flipped"] == 2 and k["flipped_first"] == [[0, 0], [1, 1]]
+    assert k["nonfinite_flipped"] == 1 and not k["within_contract"]
+    assert np.isnan(k["max_rel_error"]) and k["max_rel_error_at"] is None
+    assert m["c_nonfinite"] == 1 and m["py_nonfinite"] == 0 and m["n_finite"] == 15
+    assert m["nonfinite_mismatch"] == 1 and m["nonfinite_first"] == [[0, 0]]
+    for key in ("correlation", "mse", "rmse", "max_abs_diff", "sum_ratio"):
+        assert np.isnan(m[key]), key
+    assert m["max_abs_diff_at"] is None
+    assert m["c_sum"] == 15.0 and m["py_sum"] == 1014.0     # over the 15 finite in both
+
+
+def test_identical_nonfinite_pixels_agree_and_tolerance_uses_finite_max():
+    """The same special value at the same pixel in both images agrees (both
+    programs produced it); the tolerance comes from C's finite pixels."""
+    from nbnumba.tools.compare import CONTRACT_REL, parity_contract
+    c = np.arange(1.0, 26.0).reshape(5, 5)
+    c[0, 0], c[0, 1], c[0, 2] = np.inf, -np.inf, np.nan
+    py = c.copy()
+    py[3, 3] *= 1.0 + 50 * CONTRACT_REL     # beyond 1e-6 |C| + 1e-9 * 25
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        k = parity_contract(c, py)
+        m = metrics(c, py)
+    assert k["flipped"] == 1 and k["flipped_first"] == [[3, 3]] and k["nonfinite_flipped"] == 0
+    assert k["max_rel_error"] == pytest.approx(50 * CONTRACT_REL, rel=1e-6)
+    assert k["max_rel_error_at"] == [3, 3]
+    assert m["c_nonfinite"] == m["py_nonfinite"] == 3 and m["nonfinite_mismatch"] == 0
+    assert m["n_finite"] == 22 and m["correlation"] > 0.999999
+    assert m["max_abs_diff_at"] == [3, 3]
+    # a different special value is a mismatch: inf vs -inf, NaN vs inf
+    for a, b in ((np.inf, -np.inf), (np.nan, np.inf)):
+        py2 = c.copy()
+        py2[0, 0], c2 = b, c.copy()
+        c2[0, 0] = a
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            k2 = parity_contract(c2, py2)
+        assert k2["nonfinite_flipped"] == 1 and k2["flipped_first"][0] == [0, 0]
+
+
+def test_nonfinite_positions_in_image_coordinates():
+    c = np.ones((3, 4))
+    py = c.copy()
+    py[2, 1] = np.nan
+    m = metrics(c, py, origin=(10, 20))
+    k = compare.parity_contract(c, py, origin=(10, 20))
+    assert m["nonfinite_first"] == [[12, 21]] and k["flipped_first"] == [[12, 21]]
+
+
+def test_cli_nonfinite_c_pixel_reported_and_fails(tmp_path, monkeypatch, capsys):
+    c = np.ones((32, 32), np.float32)
+    c[0, 0] = np.inf
+    py = np.ones((32, 32), np.float32)
+    py[1, 1] = 1000.0
+    static_pair(tmp_path, monkeypatch, c, py)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)   # metrics, previews, diff.bin
+        code, out, err = run(tmp_path, monkeypatch, capsys,
+                             ["--c-bin", str(tmp_path / "static_c"), "--outdir", "cmp",
+                              "--save-diff"], png=True)
+    assert code == 3, err
+    assert err == ""
+    assert ("non-finite    C 1, port 0 pixels (NaN or ±inf); figures over the 1023 finite in "
+            "both; 1 pixel not the same in both images, first at (slow, fast) = (0, 0)") in out
+    assert "flipped       2 of 1024 pixels" in out and "GPU parity contract: not kept" in out
+    assert "FAIL (1 pixel non-finite in one image and not the same in the other" in out
+    d = only_dir(tmp_path / "cmp")
+    s = strict_json(d / "summary.json")
+    assert s["metrics"]["correlation"] == "nan" and s["metrics"]["c_nonfinite"] == 1
+    assert s["contract"]["flipped"] == 2 and s["contract"]["within_contract"] is False
+    assert s["contract"]["flipped_first"] == [[0, 0], [1, 1]]
+    diff = np.fromfile(d / "diff.bin", dtype=np.float32).reshape(32, 32)
+    assert diff[0, 0] == -np.inf and diff[1, 1] == 999.0
+    for png in ("c.png", "py.png", "diff.png"):
+        assert (d / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_json_is_strict_for_all_zero_c(tmp_path, monkeypatch, capsys):
+    """An all-zero C image gave "correlation": NaN and "sum_ratio": Infinity,
+    which strict JSON readers refuse; they are strings now."""
+    static_pair(tmp_path, monkeypatch, np.zeros((32, 32)), np.ones((32, 32)))
+    code, out, err = run(tmp_path, monkeypatch, capsys,
+                         ["--c-bin", str(tmp_path / "static_c"), "--outdir", "cmp"])
+    assert code == 3, err
+    s = strict_json(only_dir(tmp_path / "cmp") / "summary.json")
+    m, k = s["metrics"], s["contract"]
+    assert m["correlation"] == "nan" and m["sum_ratio"] == "inf"
+    assert m["c_sum"] == 0.0 and m["py_sum"] == 1024.0 and m["mse"] == 1.0
+    assert k["max_rel_error"] == "inf" and k["flipped"] == 1024
+
+
+def test_json_safe_names_non_finite_numbers():
+    from nbnumba.tools.compare import json_safe
+    v = {"a": [float("nan"), np.float32("inf"), -np.inf], "b": (1, np.int64(2), 0.5, None, True)}
+    assert json_safe(v) == {"a": ["nan", "inf", "-inf"], "b": [1, 2, 0.5, None, True]}
+    json.dumps(json_safe(v), allow_nan=False)          # raises if anything slipped through
+
+
+# ----------------------------------------------------------------------------- ROI coordinates
+def test_roi_positions_are_image_coordinates(tmp_path, monkeypatch, capsys):
+    """With --roi, max rel error's position and contract.flipped_first were
+    ROI-relative; only max |Δ| had the ROI origin added."""
+    c = 1.0 + np.arange(32 * 32, dtype=np.float32).reshape(32, 32)
+    py = c.copy()
+    py[20, 10] *= 1.5                   # inside x 8..15, y 16..23: the largest error
+    py[21, 11] *= 1.0 + 1e-3            # inside, a second flipped pixel
+    py[0, 0] = 1e6                      # outside the box: must not count
+    static_pair(tmp_path, monkeypatch, c, py)
+    code, out, err = run(tmp_path, monkeypatch, capsys,
+                         ["--c-bin", str(tmp_path / "static_c"), "--outdir", "cmp",
+                          "--roi", "8", "15", "16", "23", "--threshold", "-1"])
+    assert code == 0, err
+    s = strict_json(only_dir(tmp_path / "cmp") / "summary.json")
+    m, k = s["metrics"], s["contract"]
+    assert m["n_pixels"] == 64 and k["flipped"] == 2
+    assert m["max_abs_diff_at"] == [20, 10]
+    assert k["max_rel_error_at"] == [20, 10] and k["max_rel_error"] == pytest.approx(0.5)
+    assert k["flipped_first"] == [[20, 10], [21, 11]]
+    assert out.count("at (slow, fast) = (20, 10)") == 2         # max |Δ| and max rel error

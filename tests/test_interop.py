@@ -175,3 +175,21 @@ def test_api_and_trace_do_not_import_each_other():
     assert "api" not in imports("trace") and "trace" not in imports("interop")
     from nbnumba import api, interop
     assert api.to_host is interop.to_host
+
+
+def test_as_array_arg_names_the_argument():
+    """as_array's refusals come from inside torch or numpy (ValueError,
+    TypeError, NotImplementedError) and name nothing; the API's arguments go
+    through as_array_arg, which says which argument and why."""
+    from nbnumba.errors import ConfigError
+    from nbnumba.interop import as_array_arg
+    for obj, msg in [("abc", "^out=: expected an array .* got str$"),
+                     (torch.zeros(2, 2, device="meta"), "^out=: a torch tensor on the 'meta' device"),
+                     (torch.zeros(2, 2, requires_grad=True), "^out=: a torch tensor that requires grad"),
+                     (torch.zeros(2, 2).to_sparse(), "^out=: a torch tensor of layout sparse_coo"),
+                     (torch.zeros(2, 2, dtype=torch.bfloat16), "^out=: a torch bfloat16 tensor")]:
+        with pytest.raises(ConfigError, match=msg):
+            as_array_arg(obj, "numpy", "out=")
+    t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    a = as_array_arg(t, "numpy", "out=")
+    assert shares_memory(a, t) and a[1, 2] == 5.0

@@ -380,7 +380,8 @@ def test_read_hkl_duplicates_last_wins_and_noninteger_warning(tmp_path):
     assert g.F[0, 0, 0] == 3.0
     assert g.h_max == 1  # int() truncation of 1.5
     assert g.F[1, 0, 0] == 4.0
-    assert g.warnings == ["WARNING: non-integer value for h (1.5) at line 3"]
+    # the file's 1-based line (C prints its 0-based record count, 3, there)
+    assert g.warnings == ["WARNING: non-integer value for h (1.5) at line 4"]
 
 
 def test_read_hkl_bad_line_in_middle_names_file_and_line(tmp_path):
@@ -422,9 +423,12 @@ def test_read_hkl_slow_path_formats(tmp_path):
     # hex floats, CRLF and tabs go through the strict slow parser
     p = tmp_path / "s.hkl"
     p.write_text("0x1 0 0\t1e1\r\n-1 0 0 inf\r\n")
-    g = read_hkl(p, 0.0)
+    # (an infinite F is read as nanoBragg.c reads it only when asked: -c_parity)
+    g = read_hkl(p, 0.0, allow_nonfinite_F=True)
     assert (g.h_min, g.h_max) == (-1, 1)
     assert g.F[2, 0, 0] == 10.0 and g.F[0, 0, 0] == math.inf
+    with pytest.raises(InputFileError, match=r"s\.hkl line 2: structure factor F = inf"):
+        read_hkl(p, 0.0)
 
 
 def test_real_scaled_hkl_loads():

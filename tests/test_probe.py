@@ -6,10 +6,12 @@ present) or from the tests/data/traces fixtures.  Tests marked "REAL C" run
 only when NB_C_BIN is set.
 """
 
+import csv
 import hashlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -275,3 +277,96 @@ def test_real_c_probe(tmp_path, monkeypatch, capsys):
     assert probe.main(base + ["--"] + FIXTURE["args"]) == 3
     bundle = sorted((tmp_path / "reports").iterdir())[-1]
     assert "UNEXPLAINED" not in (bundle / "summary.md").read_text()
+
+
+# ----------------------------------------------------------------------------- edited C traces
+
+
+def _edited(tmp_path, pattern, repl):
+    """The fixture's C trace with its first line matching `pattern` rewritten; (path, line)."""
+    lines = FIXTURE["trace"].read_text().splitlines()
+    for i, ln in enumerate(lines):
+        if re.search(pattern, ln):
+            lines[i] = re.sub(pattern, repl, ln, count=1)
+            break
+    else:
+        raise AssertionError(pattern)
+    bad = tmp_path / "bad.log"
+    bad.write_text("\n".join(lines) + "\n")
+    return bad, i + 1
+
+
+@pytest.mark.parametrize("pattern, repl, needle", [
+    # tracebacks (exit 1) after the bundle folder was made, before
+    (r"phi_tic=3 ", "phi_tic=nan ", "phi_tic=nan: phi_tic must be an integer"),   # ValueError
+    (r"phi_tic=3 ", "phi_tic=1e400 ", "phi_tic=1e400: phi_tic must be an integer"),
+    (r"^TRACE_C: hkl_frac .*", "TRACE_C: hkl_frac x y z",                         # float('y')
+     "hkl_frac: expected 3 numbers, got 'x y z'"),
+    (r"^TRACE_C: rot_a_angstroms .*", "TRACE_C: rot_a_angstroms 1 2",             # inhomogeneous
+     "rot_a_angstroms: expected 3 numbers, got '1 2'"),
+    (r"^TRACE_C: I_before_scaling .*", "TRACE_C: I_before_scaling big",
+     "I_before_scaling: expected 1 number, got 'big'"),
+    (r" k_frac=", " k_frac ", "k_frac: expected name=value"),
+])
+def test_malformed_c_trace_exit_2_before_the_bundle(tmp_path, monkeypatch, capsys, pattern, repl,
+                                                    needle):
+    bad, line = _edited(tmp_path, pattern, repl)
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE, trace=bad)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"nbnumba-probe: error: --c-trace {bad} line {line}: {needle}"), lines
+    assert not (tmp_path / "reports").exists()       # checked before the bundle folder exists
+
+
+def test_non_finite_c_values_give_a_finite_report_without_warnings(tmp_path, monkeypatch, capsys):
+    # k_frac=nan exited 3 with "RuntimeWarning: invalid value encountered in cast"; hkl_frac
+    # 1e300 asked zero_crossings for 2e300 zeros ("Maximum allowed size exceeded")
+    lines = FIXTURE["trace"].read_text().splitlines()
+    edits = {"TRACE_C: hkl_frac ": "TRACE_C: hkl_frac 1e300 1e300 1e300",
+             "TRACE_C: rot_a_angstroms ": "TRACE_C: rot_a_angstroms nan inf -1e308",
+             "TRACE_C: scattering_vec_A_inv ": "TRACE_C: scattering_vec_A_inv 1e308 1e308 -inf"}
+    for i, ln in enumerate(lines):
+        for head, new in edits.items():
+            if ln.startswith(head):
+                lines[i] = new
+        if ln.startswith("TRACE_C_PHI phi_tic=3 "):
+            lines[i] = re.sub(r"k_frac=\S+", "k_frac=nan", ln)
+    bad = tmp_path / "bad.log"
+    bad.write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE, ["--c-parity"],
+                                           trace=bad)
+    assert code == 3 and err == ""
+    assert REQUIRED <= files_of(bundle)
+    check_sha256(bundle)
+    j = json.loads((bundle / "compare_scaling_traces.json").read_text())
+    phi3 = [r for r in j["phi"] if r["phi_tic"] == 3][0]
+    assert phi3["c"]["k_frac"] == "nan" and phi3["diverged"] is True
+    summary = (bundle / "summary.md").read_text()
+    # the sweep covers the port's fractions (about 0.035), the C's 1e300 is named as left out
+    assert "the port's fractional indices ± 0.02" in summary
+    assert "the C trace's fractional indices are left out" in summary and "2e+300 zeros" in summary
+    with open(bundle / "sincg_sweep.csv", newline="") as fh:
+        ks = [float(r["k"]) for r in csv.DictReader(fh)]
+    assert len(ks) == 101 and 0.0149 < ks[0] < 0.0151 and 0.0549 < ks[-1] < 0.0551
+    audit = (bundle / "rotation_audit.md").read_text()
+    assert "| rot_a_angstroms | nan inf -1e+308 |" in audit
+
+
+def test_a_failing_step_leaves_no_partial_bundle(tmp_path, monkeypatch, capsys):
+    from nbnumba.tools._common import ToolError
+    from nbnumba.tools.probe import run as run_mod
+
+    def boom(p):
+        raise ToolError("sincg step failed", 5)
+    monkeypatch.setattr(run_mod, "sincg_step", boom)
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE)
+    assert code == 5 and err.strip() == "nbnumba-probe: error: sincg step failed"
+    assert not (tmp_path / "reports").exists()         # the bundle and the --outdir it made
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "keep.txt").write_text("x")
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE)
+    assert code == 5
+    assert [p.name for p in (tmp_path / "reports").iterdir()] == ["keep.txt"]

@@ -132,3 +132,25 @@ def test_minicbf_satisfies_dxtbx_and_round_trips_with_fabio(res, tmp_path):
     assert float(h["Angle_increment"].split()[0]) == 0.25
     time.strptime(h["timestamp"], "%Y-%m-%dT%H:%M:%S.%f")   # the Pilatus timestamp dxtbx reads
     assert b"X-Binary-Size-Fastest-Dimension: 24" in p.read_bytes()
+
+
+def test_minicbf_writer_refuses_images_it_cannot_store(res, tmp_path):
+    # (fabio's own errors, or int32 wraparound, came out of it before)
+    pytest.importorskip("fabio")
+    from nbnumba.io._args import IOArgumentError
+    geom = FrameGeometry.from_result(res)
+    info = FrameInfo(index=0, number=1, phi_start=0.0, phi_range=0.1, exposure=1.0,
+                     noise=False, pedestal=40.0)
+    p = tmp_path / "f.cbf"
+    for image, needle in [(np.zeros((0, 24), np.uint16), "non-empty 2-D array of integers"),
+                          (np.zeros(24, np.uint16), "non-empty 2-D array of integers"),
+                          (np.zeros((24, 24)), "got float64"),
+                          (np.full((24, 24), 1 << 40), "fit a 32-bit int")]:
+        with pytest.raises(IOArgumentError, match=needle):
+            cbf_fmt.write_frame(p, image, geom, info)
+    assert not p.exists()
+    # a valid frame reads back through cbf.read_frame, pedestal removed
+    cbf_fmt.write_frame(p, res.int_image, geom, info)
+    meta, data = cbf_fmt.read_frame(p)
+    assert np.array_equal(data, res.int_image.astype(np.int32) - 40)
+    assert meta["count_cutoff"] == 65535 - 40

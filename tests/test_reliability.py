@@ -21,6 +21,7 @@ import pytest
 from nbnumba import cli
 from nbnumba.errors import ConfigError, NBError
 from nbnumba.io import atomic as A
+from nbnumba.testing import synth
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = ["-cell", "100", "100", "100", "90", "90", "90", "-lambda", "6.2", "-N", "5",
@@ -1078,3 +1079,197 @@ def test_active_frame_of_a_small_roi_is_zeros_on_first_touch(roi, mask, mapped):
     if isinstance(base, memoryview):
         base = base.obj
     assert isinstance(base, mmap.mmap) == mapped
+
+
+# ---------------------------------------------------------------------------
+# API arguments: grids, arrays, argv and cwd
+# ---------------------------------------------------------------------------
+
+def _grid_cfg():
+    import nbnumba
+    from nbnumba.io.hkl import HKLGrid
+    cfg = nbnumba.parse_argv("-cell 30 30 30 90 90 90 -lambda 1 -N 5 -distance 50 -detpixels 16 "
+                             "-pixel 2 -default_F 0 -nonoise -nopgm".split())
+    F = np.random.default_rng(0).uniform(1, 100, (22, 22, 22))
+    return cfg, F, HKLGrid(-10, 10, -10, 10, -10, 10, F, 9261)
+
+
+def _bad_grids():
+    import dataclasses as dc
+    _, F, g = _grid_cfg()
+    return [
+        # a short F: the kernel read past it (a different, wrong image), or
+        # garbage blamed on the geometry
+        (dc.replace(g, F=F[:, :, :1].copy()), r"hkl_grid.F has shape \(22, 22, 1\), but its "
+                                              r"bounds h -10..10.* need \(22, 22, 22\)"),
+        (dc.replace(g, F=np.ones((2, 2, 2))), r"shape \(2, 2, 2\)"),
+        (dc.replace(g, F=F.ravel()), r"shape \(10648,\)"),               # numba TypingError
+        (dc.replace(g, h_min=3, h_max=0), "h_min 3 > h_max 0"),
+        (dc.replace(g, h_min=0.5), "hkl_grid.h_min: expected an integer, got 0.5"),
+        (dc.replace(g, hkls="x"), "hkl_grid.hkls: expected an integer"),  # ValueError
+        (dc.replace(g, hkls=0), "hkls is 0"),            # the kernel ignored the grid
+        (dc.replace(g, F=F + 1j), "complex128"),         # ComplexWarning, imaginary dropped
+        (dc.replace(g, F=F > 50), "dtype bool"),
+        (dc.replace(g, F=np.where(F > 99, np.nan, F)), r"hkl_grid.F has \d+ non-finite values"),
+        (dc.replace(g, F=np.full_like(F, np.inf)),
+         r"10648 non-finite values \(F\(-10 -10 -10\) = inf\)"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_hkl_grid_that_does_not_match_its_bounds_is_refused(case):
+    import dataclasses as dc
+    import nbnumba
+    cfg, F, good = _grid_cfg()
+    grid, msg = _bad_grids()[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ConfigError, match=msg):
+            nbnumba.simulate(dc.replace(cfg, hkl_grid=grid))
+
+
+def test_hkl_grid_in_other_layouts_gives_the_same_image():
+    # float32, Fortran order and a list are converted, not refused: the same
+    # numbers make the same image (float32 F rounds, hence the tolerance)
+    import dataclasses as dc
+    import nbnumba
+    cfg, F, g = _grid_cfg()
+    ref = nbnumba.simulate(dc.replace(cfg, hkl_grid=g)).float_image
+    assert np.isfinite(ref).all() and ref.sum() > 1e4
+    for F2, rtol in ((np.asfortranarray(F), 0), (F.tolist(), 0), (F.astype(np.float32), 1e-6)):
+        img = nbnumba.simulate(dc.replace(cfg, hkl_grid=dc.replace(g, F=F2))).float_image
+        np.testing.assert_allclose(img, ref, rtol=rtol)
+
+
+def test_non_finite_structure_factors_are_named_without_a_numpy_warning():
+    """A grid of NaN F (as an all-NaN Fdump.bin gave) printed numpy's "All-NaN
+    slice encountered" and blamed "about 1enan"; F = inf said "F^2 = 1einf".
+    Both now name the structure factors, before the render and after it."""
+    import dataclasses as dc
+    from nbnumba import api
+    from nbnumba.model import build_model
+    from nbnumba.validate import check_image_finite
+    cfg, F, g = _grid_cfg()
+    for val in (np.nan, np.inf):
+        model = build_model(dc.replace(cfg, hkl_grid=g))
+        model.Fhkl = np.full_like(model.Fhkl, val)      # (past the grid's own check)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ConfigError, match=r"^10648 of the 10648 structure factors of "
+                               r"hkl_grid are not finite \(F\(-10 -10 -10\) = %s\)" % val):
+                api.run_model(model)
+            with pytest.raises(ConfigError, match=r"^the image has 256 non-finite pixels: 10648 "
+                               r"of the 10648 structure factors of hkl_grid are not finite"):
+                check_image_finite(model, np.full((16, 16), np.nan, np.float32))
+
+
+def _wrong_kinds():
+    import dataclasses as dc
+    import nbnumba
+    torch = pytest.importorskip("torch")
+    cfg, F, g = _grid_cfg()
+    S = 16
+    cases = [
+        (lambda: nbnumba.simulate(None), "^simulate: expected an nbnumba.Config"),
+        (lambda: nbnumba.simulate({"a": 1}), "got dict$"),
+        (lambda: nbnumba.simulate(cfg, out="abc"), "^out=: expected an array"),
+        (lambda: nbnumba.simulate(cfg, out=torch.zeros(S, S, device="meta")), "^out=: .*'meta'"),
+        (lambda: nbnumba.simulate(cfg, out=torch.zeros(S, S, requires_grad=True)),
+         "^out=: a torch tensor that requires grad"),
+    ]
+    for name, t in [("bfloat16", torch.ones(S, S, dtype=torch.bfloat16)),
+                    ("sparse", torch.ones(S, S).to_sparse()),
+                    ("meta", torch.ones(S, S, device="meta")),
+                    ("requires grad", torch.ones(S, S, requires_grad=True))]:
+        cases.append((lambda t=t: nbnumba.simulate(dc.replace(cfg, hkl_grid=g, mask_image=t)),
+                      "^mask_image: .*%s" % name))
+    cases += [
+        (lambda: nbnumba.simulate(dc.replace(cfg, hkl_grid=dc.replace(
+            g, F=torch.from_numpy(F).requires_grad_()))),
+         "^hkl_grid.F: a torch tensor that requires grad"),
+        # (the message named cfg.maskfilename: "None: mask is 16x8 pixels ...")
+        (lambda: nbnumba.simulate(dc.replace(cfg, hkl_grid=g, mask_image=np.ones((16, 8)))),
+         r"^mask_image is 8x16 pixels \(shape \(16, 8\)\) but the detector is 16x16"),
+        (lambda: nbnumba.simulate_argv(None), "^argv: expected a list of arguments"),
+        (lambda: nbnumba.parse_argv(None), "^argv: expected a list of arguments"),
+        # a string was split into characters: "unknown flag '-'"
+        (lambda: nbnumba.simulate_argv(" ".join(BASE)),
+         r"^argv: expected a list of arguments \(words\), got str: split .*shlex.split"),
+        (lambda: nbnumba.simulate_argv([" ".join(BASE)]),
+         "^argv: one word holds the whole command line '-cell 100"),
+        (lambda: nbnumba.simulate_argv(BASE, overrides="abc"), "^overrides must be a dict"),
+        (lambda: nbnumba.simulate_argv(BASE, cwd="/nonexistent/dir"),
+         "^cwd: /nonexistent/dir: no such directory$"),
+        (lambda: nbnumba.simulate_argv(BASE, cwd=__file__), "not a directory$"),
+    ]
+    return cases
+
+
+@pytest.mark.parametrize("case", range(18))
+def test_api_arguments_of_the_wrong_kind_are_config_errors(case):
+    """Each was a TypeError, ValueError or NotImplementedError from inside
+    (numpy, torch, DLPack) or the model, or named no argument; now a
+    ConfigError naming it, and no warning."""
+    call, msg = _wrong_kinds()[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ConfigError, match=msg):
+            call()
+
+
+def test_torch_mask_and_out_still_work():
+    # the kinds the checks above let through: a torch mask and a torch out=,
+    # filled in place (zero where the mask is)
+    import dataclasses as dc
+    import nbnumba
+    torch = pytest.importorskip("torch")
+    cfg, F, g = _grid_cfg()
+    m = torch.ones(16, 16, dtype=torch.uint8)
+    m[:, :8] = 0
+    out = torch.zeros(16, 16)
+    res = nbnumba.simulate(dc.replace(cfg, hkl_grid=g, mask_image=m), out=out)
+    assert float(out[:, 8:].sum()) > 1e3 and float(out[:, :8].abs().sum()) == 0
+    assert np.shares_memory(res.float_image, out.numpy())
+
+
+def _half_mask(path, full):
+    """An 8 x 8 SMV mask: all ones, or (not full) zeros in the left half."""
+    data = np.ones((8, 8), dtype=np.uint16)
+    data[:, :4] = 1 if full else 0
+    synth.write_smv(str(path), data, {})
+
+
+def test_cwd_resolves_without_chdir_so_threads_keep_their_own_files(tmp_path, monkeypatch):
+    """simulate_argv(cwd=) changed the process's directory around the parse:
+    two threads with different cwd read each other's -mask (silently wrong
+    images) and the process could be left in either directory.  Relative
+    paths now resolve against cwd alone (os.chdir is never called)."""
+    import nbnumba
+    chdirs = []
+    real_chdir = os.chdir
+    monkeypatch.setattr(os, "chdir", lambda p: (chdirs.append(p), real_chdir(p)))
+    dirs = {}
+    for name, full in (("full", True), ("half", False)):
+        d = tmp_path / name
+        d.mkdir()
+        _half_mask(d / "mask.img", full)
+        dirs[name] = d
+    start = os.getcwd()
+    argv = BASE + ["-mask", "mask.img", "-nonoise", "-nopgm"]
+    got, errors = [], []
+
+    def go(name):
+        try:
+            for _ in range(4):
+                img = nbnumba.simulate_argv(argv, cwd=dirs[name]).float_image
+                got.append((name, int(np.count_nonzero(img[:, :4])),
+                            int(np.count_nonzero(img[:, 4:]))))
+        except Exception as exc:          # noqa: B902 - reported below
+            errors.append(exc)
+    ts = [threading.Thread(target=go, args=(n,)) for n in ("full", "half", "full", "half")]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert not errors and len(got) == 16
+    for name, left, right in got:
+        assert right == 32 and left == (32 if name == "full" else 0), (name, left, right)
+    assert os.getcwd() == start and chdirs == []

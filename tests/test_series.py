@@ -80,10 +80,25 @@ def direct(extra):
     (["--shots", "100000", "--out", "x"], "--shots must be <= 99999"),
     (["--frames", "3", "--osc-per-frame", "1", "--phisteps-per-frame", "99999999999",
       "--out", "x"], "--phisteps-per-frame must be <= 2147483647"),
+    # the flags' number rules: int() read '３' as 3 and '1_0' as 10 (frames rendered)
+    (["--frames", "３", "--out", "x"], "--frames needs an integer, got '３'"),
+    (["--frames", "1_0", "--out", "x"], "--frames needs an integer, got '1_0'"),
+    (["--frames", "2", "--workers", "１", "--out", "x"], "--workers needs an integer"),
+    (["--shots", "2", "--jitter-cell", "1_0", "--out", "x"], "--jitter-cell needs a number"),
+    # jitter sigmas beyond 100 %: 1e306 overflowed N (RuntimeWarning, OverflowError)
+    (["--shots", "2", "--jitter-N", "1e306", "--out", "x"], "--jitter-N must be <= 100"),
+    (["--shots", "2", "--jitter-cell", "100.5", "--out", "x"], "--jitter-cell must be <= 100"),
+    # a prefix whose temporary names pass NAME_MAX (255 bytes) failed every frame
+    (["--frames", "1", "--out", "x", "--prefix", "p" * 240], "--prefix is too long (240 bytes)"),
+    # a byte that is not UTF-8 (a surrogate here): h5py's encode raised after every frame
+    (["--frames", "1", "--out", "x", "--format", "nexus", "--prefix", "a\udcff"],
+     "--prefix with --format nexus must be UTF-8 text"),
 ])
-def test_usage_errors_one_line_exit_2(argv, needle, capsys):
+def test_usage_errors_one_line_exit_2(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)         # (--out x: a regression must not write into the repo)
     rc, out = run(argv + BASE, capsys)
     assert rc == 2
+    assert os.listdir(tmp_path) == []   # refused before DIR exists
     lines = out.err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.err
 
@@ -432,3 +447,269 @@ def test_manifest_lines_are_json_with_sha(tmp_path, capsys):
         for name, sha in r["files"].items():
             assert hashlib.sha256((out / name).read_bytes()).hexdigest() == sha
         assert r["params"]["seed"] == 7 + r["frame"]
+
+
+# ---------------------------------------------------------------------------
+# robustness: every failure is one line (exit 2) or a complete run
+# ---------------------------------------------------------------------------
+
+# a 32x32 detector: these tests are about the command, not the pixels
+SMALL = [("32" if a == "64" else a) for a in BASE]
+ROT2 = ["--frames", 2, "--osc-per-frame", 0.1, "--workers", 0]
+
+
+def one_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_overwrite_refuses_to_delete_an_input_of_the_run(tmp_path, capsys):
+    out = tmp_path / "ov"
+    rc, _ = run(ROT2 + ["--out", out] + SMALL, capsys)
+    assert rc == 0
+    before = shas(out, skip=())
+    # the new run reads frame 1 of the old one as its mask; --overwrite deleted it
+    # (and exited 0 with frames rendered from it)
+    rc, o = run(ROT2 + ["--out", out, "--overwrite", "--prefix", "b"] + SMALL
+                + ["-mask", out / "frame_00001.img"], capsys)
+    assert rc == 2
+    line = one_line(o.err)
+    assert "--overwrite: refusing to remove" in line and str(out / "frame_00001.img") in line
+    assert shas(out, skip=()) == before          # nothing removed, rendered or appended
+
+
+@pytest.mark.parametrize("prefix", ["50%", "x%b", "r%%", "%d%s"])
+def test_nexus_master_reads_the_frames_of_a_prefix_with_percent(prefix, tmp_path, capsys):
+    # HDF5 reads a VDS source name as a pattern: '50%' pointed at missing files
+    # (the master's data summed to 0), 'x%b' raised ValueError after every frame
+    import h5py
+    out = tmp_path / "nx"
+    rc, o = run(ROT2 + ["--out", out, "--format", "nexus", "--prefix", prefix] + SMALL, capsys)
+    assert rc == 0, o.err
+    frames = [nexus_fmt.read_frame(out / ("%s_%05d.h5" % (prefix, i))) for i in (1, 2)]
+    with h5py.File(out / "master.h5", "r") as f:
+        stack = f["entry/data/data"][()]
+    assert stack.shape == (2, 32, 32)
+    assert stack.sum() > 0 and not np.array_equal(frames[0], frames[1])
+    assert np.array_equal(stack[0], frames[0]) and np.array_equal(stack[1], frames[1])
+
+
+@pytest.mark.parametrize("jitter, flags", [
+    (["--jitter-N", "1e306"], ["-N", "1000000", "-oversample", "1"]),   # N overflowed
+    (["--jitter-cell", "1e307"], ["-cell", "1000", "1000", "1000", "90", "90", "90"]),
+])
+def test_jitter_out_of_range_refused_before_dir(jitter, flags, tmp_path, capsys):
+    out = tmp_path / "st"
+    rc, o = run(["--shots", 2, "--workers", 0, "--out", out] + jitter + SMALL + flags, capsys)
+    assert rc == 2
+    assert "must be <= 100" in one_line(o.err)      # (a RuntimeWarning would be a 2nd line)
+    assert not out.exists()
+
+
+def test_jitter_at_the_bound_gives_finite_values_and_per_shot_errors():
+    # at 100 %, with -N at its C-int limit and a large cell: every drawn value is
+    # a finite float (no numpy warning: they are errors here), and a shot whose
+    # values are impossible is refused by frame_config alone (a failed frame)
+    import warnings
+    cfg = nbnumba.parse_argv(SMALL + ["-N", "2147483647", "-cell", "1e50", "1e50", "1e50",
+                                      "90", "90", "90"])
+    opts = series.parse_series_argv(["--shots", "40", "--jitter-N", "100", "--jitter-cell", "100",
+                                     "--out", "d"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = series.plan_frames(cfg, opts, 7)
+    assert all(np.isfinite(s.N).all() and np.isfinite(s.cell).all() for s in plan)
+    job = series.Job(out_dir="", formats=(), prefix="", threads=None, device="cpu")
+    too_many = [s for s in plan if max(s.N) > 2147483647 and min(s.N) >= 1 and min(s.cell) > 0]
+    assert too_many                     # g > 0 at the C-int limit: more than -N holds
+    with pytest.raises(nbnumba.NBError, match="more unit cells than -N can hold"):
+        series.frame_config(cfg, too_many[0], job)
+
+
+@pytest.mark.parametrize("damage", ["directory", "binary"])
+@pytest.mark.parametrize("mode", [[], ["--resume"], ["--overwrite"]])
+def test_damaged_manifest_is_one_line(damage, mode, tmp_path, capsys):
+    out = tmp_path / "m"
+    out.mkdir()
+    m = out / "manifest.jsonl"
+    if damage == "directory":
+        m.mkdir()       # was IsADirectoryError
+    else:               # was UnicodeDecodeError
+        m.write_bytes(bytes(range(256)) * 8)
+    rc, o = run(ROT2 + ["--out", out] + mode + SMALL, capsys)
+    assert rc == 2
+    line = one_line(o.err)
+    assert str(m) in line and "manifest" in line
+    assert sorted(os.listdir(out)) == ["manifest.jsonl"]
+    if damage == "binary":
+        assert m.read_bytes() == bytes(range(256)) * 8     # not truncated by --overwrite
+
+
+def test_jitter_N_scales_the_counts_the_crystal_size_gives(tmp_path, capsys):
+    # -xtal_size 0.001 mm gives ceil(1 um / edge) cells; --jitter-N was applied to
+    # the default -N 1 and then lost to the size: the frame was the unjittered one
+    # and the manifest said "N": [2, 1, 1]
+    xtal = SMALL + ["-xtal_size", "0.001", "-oversample", "1"]
+    cfg = nbnumba.parse_argv(xtal)
+    base_N = series._engine_N(cfg)
+    assert base_N == (143.0, 125.0, 112.0)      # 10000 A over 70, 80 and 90 A, rounded up
+    rc, o = run(["--shots", 1, "--workers", 0, "--jitter-N", 50, "--out", tmp_path / "j"] + xtal,
+                capsys)
+    assert rc == 0, o.err
+    rc, o = run(["--shots", 1, "--workers", 0, "--out", tmp_path / "plain"] + xtal, capsys)
+    assert rc == 0, o.err
+    g = np.random.default_rng(np.random.SeedSequence([7, 0]).spawn(3)[2]).standard_normal(3)
+    want = [float(round(n * (1 + 0.5 * gi))) for n, gi in zip(base_N, g)]
+    N = frame_records(tmp_path / "j")[0]["params"]["N"]
+    assert N == want and N != list(base_N)
+    # the frame is what nanoBragg renders with those counts (and no crystal size)
+    ref = nbnumba.simulate(nbnumba.parse_argv(SMALL + ["-oversample", "1", "-Na", "%d" % N[0],
+                                                       "-Nb", "%d" % N[1], "-Nc", "%d" % N[2]]))
+    jit = read_smv(tmp_path / "j" / "frame_00001.img")[1]
+    assert np.array_equal(jit, ref.noise_image)
+    assert not np.array_equal(jit, read_smv(tmp_path / "plain" / "frame_00001.img")[1])
+
+
+@pytest.mark.parametrize("flag, named", [
+    (["-floatfile", "f.bin"], "-floatfile"), (["-intfile", "i.img"], "-intfile"),
+    (["-noisefile", "n.img"], "-noisefile"), (["-pgmfile", "p.pgm"], "-pgmfile"),
+    (["-floatimage", "f.bin"], "-floatimage"), (["-pgmscale", "2"], "-pgmscale"),
+    (["-printout"], "-printout"), (["-trace_pixel", "1", "1"], "-trace_pixel"),
+    (["-progress"], "-progress"),
+    (["-c_parity", "-intfile_x", "i.img"], "-intfile_x"),     # nanoBragg.c's strstr match
+])
+def test_engine_flags_a_series_ignores_are_refused(flag, named, tmp_path, capsys, monkeypatch):
+    # they exited 0 and the files they name were never written
+    monkeypatch.chdir(tmp_path)
+    rc, o = run(ROT2 + ["--out", "o"] + SMALL + flag, capsys)
+    assert rc == 2
+    assert one_line(o.err).startswith("nbnumba-series: error: %s is not used by nbnumba-series"
+                                      % named)
+    assert os.listdir(tmp_path) == []
+
+
+def test_random_orientation_with_misset_is_refused(tmp_path, capsys):
+    # the shot's random orientation replaced -misset 10 20 30 without a word
+    rc, o = run(["--shots", 1, "--random-orientation", "--workers", 0, "--out", tmp_path / "r"]
+                + SMALL + ["-misset", "10", "20", "30"], capsys)
+    assert rc == 2 and "replaces -misset" in one_line(o.err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_dash_h_is_help_only_as_an_option(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # the values of --prefix and --out: a prefix and a directory (they printed the usage)
+    rc, o = run(ROT2 + ["--out", "o", "--prefix", "-h"] + SMALL, capsys)
+    assert rc == 0, o.err
+    assert sorted(os.listdir("o")) == ["-h_00001.img", "-h_00002.img", "manifest.jsonl"]
+    rc, o = run(ROT2 + ["--out=-h"] + SMALL, capsys)
+    assert rc == 0, o.err
+    assert sorted(os.listdir("-h")) == ["frame_00001.img", "frame_00002.img", "manifest.jsonl"]
+    # an option anywhere, even after an error: the usage
+    for argv in (["--frames", "2", "-h"], ["--bogus", "-help"], ["--frames", "x", "--help"]):
+        rc, o = run(argv, capsys)
+        assert rc == 0 and o.out.startswith("usage: nbnumba-series") and o.err == ""
+
+
+def test_longest_prefix_that_fits_works(tmp_path, capsys):
+    # 211 bytes: frame_00001.img's temporary name is within 255 bytes (212 is refused)
+    out = tmp_path / "lp"
+    rc, o = run(["--frames", 1, "--osc-per-frame", 0.1, "--workers", 0, "--out", out,
+                 "--prefix", "p" * 211] + SMALL, capsys)
+    assert rc == 0, o.err
+    assert (out / ("p" * 211 + "_00001.img")).exists()
+    rc, o = run(["--frames", 1, "--osc-per-frame", 0.1, "--workers", 0, "--out", tmp_path / "x",
+                 "--prefix", "p" * 212] + SMALL, capsys)
+    assert rc == 2 and "use at most 211 bytes" in one_line(o.err)
+    assert not (tmp_path / "x").exists()
+
+
+def _series_cmd(args):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return [sys.executable, "-m", "nbnumba.series"] + [str(a) for a in args], env
+
+
+def test_closed_stdout_pipe_does_not_stop_the_run(tmp_path):
+    # `| true`: a BrokenPipeError traceback and exit 1 at the summary line; with
+    # -nonoise at the pilot line, before any frame (an empty DIR was left)
+    out = tmp_path / "bp"
+    cmd, env = _series_cmd(ROT2 + ["--out", out] + SMALL + ["-nonoise"])
+    r, w = os.pipe()
+    os.close(r)                     # the reader is gone before the first line
+    try:
+        p = subprocess.run(cmd, stdout=w, stderr=subprocess.PIPE, env=env, cwd=ROOT, timeout=120)
+    finally:
+        os.close(w)
+    assert p.returncode == 0 and p.stderr == b"", p.stderr.decode()
+    assert [r["frame"] for r in frame_records(out)] == [0, 1]
+    assert (out / "frame_00002.img").exists()
+
+
+@pytest.mark.parametrize("nonoise", [True, False])
+def test_stdout_on_a_full_disk_is_one_line(nonoise, tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    out = tmp_path / "bf"
+    cmd, env = _series_cmd(ROT2 + ["--out", out] + SMALL + (["-nonoise"] if nonoise else []))
+    with open("/dev/full", "w") as full:
+        p = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, env=env, cwd=ROOT, timeout=120)
+    assert p.returncode == 2
+    assert one_line(p.stderr.decode()) == ("nbnumba-series: error: cannot write to standard "
+                                           "output: No space left on device")
+    if nonoise:     # the pilot line comes before the manifest: the new DIR is removed
+        assert not out.exists()
+    else:           # the summary comes last: the frames stay, recorded in the manifest
+        assert [r["frame"] for r in frame_records(out)] == [0, 1]
+        for r in frame_records(out):
+            for name, sha in r["files"].items():
+                assert hashlib.sha256((out / name).read_bytes()).hexdigest() == sha
+
+
+def _interrupt_mid_run(args, sig, tmp_path):
+    """Start a series in its own process group, send ``sig`` to the whole group once
+    a frame is recorded (as Ctrl-C in a terminal does), return (rc, stderr, DIR)."""
+    out = tmp_path / "sig"
+    cmd, env = _series_cmd(args + ["--out", out] + SMALL)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT,
+                         start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and p.poll() is None:
+            if (out / "manifest.jsonl").exists() and frame_records(out):
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, p.communicate()
+        os.killpg(p.pid, sig)
+        _, err = p.communicate(timeout=90)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    deadline = time.time() + 30     # the workers went with the cluster
+    while time.time() < deadline:
+        try:
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("processes of the series are still running")
+    return p.returncode, err.decode(), out
+
+
+def test_ctrl_c_with_dask_workers_prints_one_line(tmp_path):
+    # each worker printed a CancelledError/KeyboardInterrupt traceback (~34 lines)
+    rc, err, out = _interrupt_mid_run(["--workers", 1, "--frames", 10, "--osc-per-frame", 0.1,
+                                       "--test-delay", 0.3], signal.SIGINT, tmp_path)
+    assert rc == 130
+    assert one_line(err).startswith("nbnumba-series: interrupted")
+    assert 1 <= len(frame_records(out)) < 10
+
+
+def test_sigterm_exits_143(tmp_path):
+    # it was 130, the status of Ctrl-C; the CLI exits 143 for SIGTERM
+    rc, err, out = _interrupt_mid_run(["--workers", 0, "--frames", 10, "--osc-per-frame", 0.1,
+                                       "--test-delay", 0.3], signal.SIGTERM, tmp_path)
+    assert rc == 143
+    assert one_line(err).startswith("nbnumba-series: interrupted")
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]

@@ -112,6 +112,30 @@ def test_closed_stdout_is_not_an_error(server, tmp_path):
     assert (tmp_path / "floatimage.bin").stat().st_size == 64 * 64 * 4
 
 
+def test_file_names_that_are_not_utf8(server, tmp_path):
+    """The worker prints with the client's encoding and error handler: a file
+    name in-process Python prints (surrogateescape) prints through the server."""
+    names = [os.fsdecode(b"f\xff.bin"), os.fsdecode(b"i\xfe.img")]
+    args = SMALL + ["-nopgm", "-nonoise", "-floatfile", names[0], "-intfile", names[1]]
+    env = dict(server, LC_ALL="C.UTF-8")
+    out = {}
+    for mode in ("served", "in-process"):
+        d = tmp_path / mode
+        d.mkdir()
+        e = dict(env, NBNUMBA_SERVER="0") if mode == "in-process" else env
+        before = _served(server)
+        r = subprocess.run([sys.executable, "-m", "nbnumba.cli"] + args, cwd=d, env=e,
+                           capture_output=True)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr == b""
+        assert b"i\xfe.img" in r.stdout
+        if mode == "served":
+            assert _served(server) == before + 1
+        out[mode] = r.stdout.splitlines()[:-1]      # (the last line: time and backend)
+        assert sorted(os.listdir(os.fsencode(d))) == [b"f\xff.bin", b"i\xfe.img"]
+    assert out["served"] == out["in-process"]
+
+
 def test_ctrl_c_is_forwarded_and_leaves_nothing(server, tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "nbnumba.cli"] + LONG + ["-floatfile", "f.bin"],
                          cwd=tmp_path, env=server, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -185,4 +209,54 @@ def test_lifecycle_and_stale_socket(tmp_path):
     r = _cli(SMALL + ["-nopgm", "-nonoise", "-floatfile", "f.bin"], tmp_path, env)
     assert r.returncode == 0 and (tmp_path / "f.bin").exists()
     assert _cli(["--serve", "bogus"], REPO, env).returncode == 2
-    assert _cli(["--serve", "run", "--idle-timeout", "0"], REPO, env).returncode == 2
+
+
+def test_serve_usage_errors_are_one_line(capsys):
+    # (argparse printed its usage line too); a NaN timeout would never expire
+    from nbnumba import server
+    for bad in (["bogus"], ["run", "--idle-timeout", "0"], ["run", "--idle-timeout", "nan"],
+                ["start", "--idle-timeout", "abc"]):
+        assert server.main(bad) == 2, bad
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.splitlines()) == 1 and "error:" in err, (bad, err)
+
+
+def test_two_starts_at_once_leave_one_reachable_server(tmp_path):
+    """Both `start`s at the same moment used to bind: the loser served on an
+    unlinked socket that neither `status` nor `stop` could reach."""
+    env = _env(tmp_path)
+    cmd = [sys.executable, "-m", "nbnumba.cli", "--serve", "start", "--idle-timeout", "60"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    try:
+        assert [p.returncode for p in procs] == [0, 0], outs
+        said = sorted(o[0].split(" on ")[0].split(" (")[0] for o in outs)
+        assert said == ["nbnumba: a server is already running", "nbnumba: server ready"], outs
+        assert _served(env) == 0
+    finally:
+        assert _cli(["--serve", "stop"], REPO, env).returncode == 0
+    # nothing else answers, and no second server process is left
+    deadline = time.monotonic() + 10
+    left = _server_pids(tmp_path)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = _server_pids(tmp_path)
+    assert left == []
+    assert _cli(["--serve", "status"], REPO, env).returncode == 1
+
+
+def _server_pids(tmpdir):
+    """Live processes whose environment has this TMPDIR and that run --serve."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+            env = (d / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--serve" in cmd and ("TMPDIR=%s" % tmpdir).encode() in env:
+            pids.append(int(d.name))
+    return pids

@@ -1,9 +1,12 @@
 """The sincg precision sweep tool (nbnumba.tools.sincg_sweep)."""
 
 import csv
+import io
 import os
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +257,171 @@ def test_engine_reduced_sincg_matches_reference():
         for k, r in zip(ks, ref):
             a = float(physics.sincg_reduced(float(k), float(N)))
             assert abs(a - r) <= 1e-12 * N, (k, N, a, r)
+
+
+# ------------------------------------------------------------------ limits, outputs, speed
+
+
+@pytest.mark.parametrize("args, needle", [
+    # were two RuntimeWarnings (cast of rint(k) to int64) then an OverflowError traceback
+    (["--N", "5", "--k", "1e300", "1e300", "--steps", "3"], "N·|k| reaches 5e+300, more than 2**53"),
+    (["--N", "5", "--k", "1e19", "1e19", "--steps", "3"], "N·|k| reaches 5e+19"),
+    (["--N", "3", "--k", "3002399751580331", "3002399751580331.5"], "N·|k| reaches 9.01e+15"),
+    # was an OverflowError (float32 of N)
+    (["--N", "1" + "0" * 30, "--k", "0.5", "0.5"], "--N must be <= 2**53 = 9007199254740992"),
+    (["--N", str(2 ** 53 + 1), "--k", "0", "0"], "(got 9007199254740993)"),
+    (["--N", "9" * 4000, "--k", "0", "1"], "(got a 4000-digit number)"),
+])
+def test_cli_N_and_k_beyond_exact_doubles_exit_2(args, needle, tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")        # no numpy RuntimeWarning on the way
+        assert ss.main(args + ["--outdir", str(tmp_path / "o"), "--no-png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nbnumba-sincg-sweep: error:") and needle in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_limits_are_inclusive_at_2_53(tmp_path, capsys):
+    # N = 2**53 and N·|k| = 2**53 are exact doubles: accepted, and the zero at k = 1/2
+    # (m = 2**52, not a multiple of N) is found and marked
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = sweep(2 ** 53, 0.5, 0.5, 3)
+        assert res["zeros"].tolist() == [0.5] and res["zero_crossing"].tolist() == [1, 0, 0]
+        assert ss.main(["--N", str(2 ** 53), "--k", "-1", "1", "--steps", "2", "--outdir", str(tmp_path),
+                        "--no-png"]) == 2   # 2**54 zeros: refused by the zero count first
+        res = sweep(2, 2.0 ** 52 - 4, 2.0 ** 52, 3)      # N·|k| = 2**53 at the end
+        np.testing.assert_array_equal(res["k"], [2.0 ** 52 - 4, 2.0 ** 52 - 2, 2.0 ** 52])
+        np.testing.assert_array_equal(res["ref_f64"], [2.0, 2.0, 2.0])   # integer k: ±N, n even
+        assert res["zeros"].size == 4                    # k + 1/2 between the integers
+    with pytest.raises(ValueError, match="2\\*\\*53"):
+        sweep(3, 2.0 ** 52, 2.0 ** 52, 3)
+    with pytest.raises(ValueError, match="2\\*\\*53"):
+        zero_crossings(3, 2.0 ** 52, 2.0 ** 52)
+
+
+def test_library_functions_are_quiet_for_huge_and_nonfinite_k():
+    # the probe hands them k values from a stored trace: no warning, nan for nan/inf,
+    # and every |k| >= 2**53 is an even integer, so sincg = +N there
+    k = np.array([1e300, 2.0 ** 63, 1e19, np.nan, np.inf, -np.inf, 3.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ref = sincg_reference(k, 4)
+        red = sincg_reduced_f32(k, 4)
+        naive = sincg_naive_f32(k, 4)
+        c64 = sincg(np.pi * k, 4)
+    np.testing.assert_array_equal(ref[:3], [4.0, 4.0, 4.0])
+    assert np.isnan(ref[3:6]).all() and ref[6] == -4.0        # (-1)^(3*3) * 4
+    np.testing.assert_array_equal(red[:3], np.float32([4, 4, 4]))
+    assert red[6] == np.float32(-4)
+    assert naive.dtype == np.float32 and c64.dtype == np.float64
+    with pytest.raises(ValueError):
+        sincg_reference(0.5, 2 ** 53 + 1)
+    with pytest.raises(ValueError):
+        sincg_reference(0.5, 10 ** 400)
+
+
+def _old_marks(k, zeros):
+    """The marking loop this tool had (quadratic: steps x zeros)."""
+    zc = np.zeros(k.shape, dtype=np.int64)
+    for z in zeros:
+        zc[int(np.argmin(np.abs(k - z)))] = 1
+    return zc
+
+
+def test_mark_zeros_equals_the_old_argmin_loop():
+    rng = np.random.default_rng(5)
+    for t in range(2000):
+        n = int(rng.integers(1, 40))
+        k0, k1 = rng.uniform(-3, 3, 2)
+        k = np.linspace(k0, k0 if t % 5 == 0 else k1, n)   # ascending, descending, constant
+        if t % 7 == 0:
+            k = np.round(k, 1)                             # runs of equal values
+        if t % 11 == 0:
+            k = rng.permutation(k)                         # not sorted at all
+        z = np.concatenate([rng.uniform(-4, 4, int(rng.integers(0, 10))),
+                            k[rng.integers(0, n, 3)],
+                            (k[:-1] + k[1:]) / 2])         # exact ties between two rows
+        np.testing.assert_array_equal(ss.mark_zeros(k, z), _old_marks(k, z), err_msg=str(t))
+    for N, k0, k1, steps in [(47, -0.61, -0.58, 301), (5, 10.0, -10.0, 4001), (40, 0, 1, 41),
+                             (1000, 0.0, 1.0, 777)]:
+        res = sweep(N, k0, k1, steps)
+        np.testing.assert_array_equal(res["zero_crossing"], _old_marks(res["k"], res["zeros"]))
+    # (40, 0, 1, 41): the grid holds every zero m/40 exactly: 39 rows marked
+    assert sweep(40, 0, 1, 41)["zero_crossing"].sum() == 39
+
+
+def test_mark_zeros_is_linear_not_steps_times_zeros():
+    # 2 million rows and 1 million zeros: 2e12 distance evaluations for the old loop
+    # (hours); the sorted search takes well under a second
+    k = np.linspace(0.0, 1.0, 2_000_000)
+    z = np.arange(1, 1_000_000) / 1e6
+    t = time.perf_counter()
+    zc = ss.mark_zeros(k, z)
+    assert time.perf_counter() - t < 10
+    assert zc.sum() == z.size                             # ~2 rows per zero: all distinct
+    i = np.flatnonzero(zc)
+    assert np.all(np.abs(k[i] - z) <= 0.5 / 1_999_999 + 1e-15)
+
+
+def _listing(d):
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_failed_write_keeps_the_old_set_and_leaves_no_temp(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    sw4 = tmp_path / "sw4"
+    assert ss.main(["--N", "5", "--k", "0", "1", "--steps", "11", "--outdir", str(sw4)]) == 0
+    old = {p.name: p.read_bytes() for p in sw4.iterdir()}
+    # was: exit 2 after the .csv and .md were replaced, and sincg_sweep.png.tmp.png left
+    (sw4 / "sincg_sweep.png").unlink()
+    (sw4 / "sincg_sweep.png").mkdir()
+    capsys.readouterr()
+    assert ss.main(["--N", "5", "--k", "0", "2", "--steps", "11", "--outdir", str(sw4)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sincg_sweep.png" in err[0] and "directory" in err[0]
+    assert _listing(sw4) == ["sincg_sweep.csv", "sincg_sweep.md", "sincg_sweep.png"]
+    assert (sw4 / "sincg_sweep.csv").read_bytes() == old["sincg_sweep.csv"]
+    assert (sw4 / "sincg_sweep.md").read_bytes() == old["sincg_sweep.md"]
+    # was: p.csv.tmp left next to the p.csv folder
+    sw5 = tmp_path / "sw5"
+    (sw5 / "p.csv").mkdir(parents=True)
+    assert ss.main(["--N", "5", "--k", "0", "1", "--steps", "11", "--outdir", str(sw5),
+                    "--prefix", "p", "--no-png"]) == 2
+    assert _listing(sw5) == ["p.csv"]
+
+
+def test_write_outputs_failing_writer_changes_nothing(tmp_path, monkeypatch):
+    res = sweep(5, 0, 1, 11)
+    out = tmp_path / "out"
+    write_outputs(res, str(out), "s", png=False)
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken_plot(res, fh):
+        fh.write(b"\x89PNG half")
+        raise RuntimeError("plot failed")
+    monkeypatch.setattr(ss, "_plot", broken_plot)
+    with pytest.raises(RuntimeError, match="plot failed"):
+        write_outputs(sweep(5, 0, 2, 11), str(out), "s", png=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old     # no temp, no new file
+    # a folder the failed call created is removed again
+    with pytest.raises(RuntimeError):
+        write_outputs(res, str(tmp_path / "new" / "deeper"), "s", png=True)
+    assert _listing(tmp_path) == ["out"]
+
+
+def test_csv_is_the_text_csv_writer_gives(tmp_path):
+    res = sweep(47, 1000.2, 1000.4, 41)
+    res["naive_rel_err"][3] = np.inf                     # non-finite values as _g spells them
+    res["c_f64"][4] = np.nan
+    paths = write_outputs(res, str(tmp_path), "t", png=False)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for i in range(res["k"].size):
+        w.writerow([str(int(res[c][i])) if c == "zero_crossing" else
+                    (repr(float(res[c][i])) if np.isfinite(res[c][i]) else ss._g(res[c][i]))
+                    for c in CSV_COLUMNS])
+    text = Path(paths["csv"]).read_text()
+    assert text == buf.getvalue()
+    assert ",inf," in text and ",nan," in text

@@ -18,7 +18,7 @@ from nbnumba.tracefmt import (
     parse_values,
 )
 from nbnumba.tools import trace_diff
-from nbnumba.tools.trace_diff import FACTORS, diff_traces, render_markdown
+from nbnumba.tools.trace_diff import FACTORS, compare_values, diff_traces, render_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 TRACES = REPO / "tests" / "data" / "traces"
@@ -368,3 +368,111 @@ def test_cli_usage_and_io_errors_exit_2(tmp_path):
         assert "\n" not in err and "Traceback" not in err
     r = _run_cli(SIMPLE, SIMPLE, "--json", tmp_path / "no" / "such" / "dir.json")
     assert r.returncode == 2 and "cannot write" in r.stderr
+
+
+# ----------------------------------------------------------------------------- robustness
+
+
+def _with_phi_tic(value, tic=3):
+    """The SIMPLE C log with phi_tic=<tic> spelled `value`, and that line's number."""
+    lines = _text(SIMPLE).splitlines()
+    for i, ln in enumerate(lines):
+        if ln.startswith(f"TRACE_C_PHI phi_tic={tic} "):
+            lines[i] = ln.replace(f"phi_tic={tic} ", f"phi_tic={value} ", 1)
+            return "\n".join(lines) + "\n", i + 1
+    raise AssertionError("no such phi line")
+
+
+# nan was "ValueError: cannot convert float NaN to integer" (exit 1), inf/1e400 an
+# OverflowError, 1.5 silently read as 1; C prints phi_tic with %d, so none is a trace
+@pytest.mark.parametrize("value", ["nan", "-nan", "inf", "1e400", "1.5", "x", "3000000000",
+                                   "9" * 5000])
+def test_phi_tic_that_is_not_a_c_int_is_refused_with_file_and_line(tmp_path, value, capsys):
+    text, lineno = _with_phi_tic(value)
+    with pytest.raises(ValueError) as ei:         # TraceFormatError is a ValueError too
+        parse_trace(text, source="c.log")
+    assert ei.value.line == lineno and ei.value.field.startswith("phi_tic=")
+    assert str(ei.value).startswith(f"c.log line {lineno}: phi_tic=")
+    bad = tmp_path / "bad.log"
+    bad.write_text(text)
+    py = tmp_path / "py.log"
+    py.write_text(_as_py(_text(SIMPLE)))
+    assert trace_diff.main([str(bad), str(py), "-q", "--json", str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"nbnumba-trace-diff: error: {bad} line {lineno}: phi_tic")
+    assert len(err[0]) < 300                      # the 5000-digit value is cut short
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_phi_tic_whole_number_spellings_are_read_and_other_malformed_fields_refused():
+    text, _ = _with_phi_tic("3e0")                # a whole number: the same row as "3"
+    assert [r["phi_tic"] for r in parse_trace(text).phi] == list(range(10))
+    assert isinstance(parse_trace(text).phi[3]["phi_tic"], int)
+    for line, field in [("TRACE_C_PHI phi_tic=0 k_frac 0.5", "k_frac"),            # no '='
+                        ("TRACE_C_PHI phi_tic=0 k_frac=abc", "k_frac=abc"),       # not a number
+                        ("TRACE_C_PHI phi_deg=0 k_frac=0.5", "phi_tic")]:         # no phi_tic
+        with pytest.raises(ValueError) as ei:
+            parse_trace("TRACE_C: F_cell 1\n" + line + "\n", source="s.log")
+        assert ei.value.line == 2 and ei.value.field == field, str(ei.value)
+    # nan/inf in the other fields are values the C prints: read, not refused
+    tr = parse_trace("TRACE_C_PHI phi_tic=0 phi_deg=0 k_frac=nan F_latt_b=-inf F_latt=inf\n")
+    assert math.isnan(tr.phi[0]["k_frac"]) and tr.phi[0]["F_latt_b"] == -math.inf
+
+
+def test_json_never_overwrites_an_input_log(tmp_path):
+    # was: exit 1 and the C log replaced by the JSON report
+    c = tmp_path / "c_copy.log"
+    c.write_bytes(SIMPLE.read_bytes())
+    py = tmp_path / "py.log"
+    py.write_text(_perturb(_as_py(_text(SIMPLE)), "F_cell", 1.001))
+    (tmp_path / "link.log").symlink_to(c)
+    for target, opt in [(c, "--json"), (tmp_path / "." / "c_copy.log", "--json"),
+                        (tmp_path / "link.log", "--json"), (py, "--markdown")]:
+        r = _run_cli(c, py, "-q", opt, target, cwd=tmp_path)
+        assert r.returncode == 2, (target, r.stderr)
+        assert f"refusing to write {opt}" in r.stderr and "input file" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert c.read_bytes() == SIMPLE.read_bytes()
+    assert "F_cell 1.001" in py.read_text()
+
+
+def test_outputs_are_one_all_or_nothing_set(tmp_path):
+    py = tmp_path / "py.log"
+    py.write_text(_as_py(_text(SIMPLE)))
+    md = tmp_path / "out.md"
+    # was: exit 2 with out.md already written
+    r = _run_cli(SIMPLE, py, "-q", "--markdown", md, "--json", tmp_path / "nodir" / "x.json")
+    assert r.returncode == 2 and "cannot write --json" in r.stderr and "No such file" in r.stderr
+    assert not md.exists()
+    md.write_text("old report\n")
+    r = _run_cli(SIMPLE, py, "-q", "--markdown", md, "--json", md)
+    assert r.returncode == 2 and "--markdown and --json both name" in r.stderr
+    (tmp_path / "d.json").mkdir()
+    r = _run_cli(SIMPLE, py, "-q", "--markdown", md, "--json", tmp_path / "d.json")
+    assert r.returncode == 2 and "is a directory" in r.stderr
+    if os.path.exists("/dev/full"):
+        # the JSON fails while the set is committed: the report written first is rolled back
+        r = _run_cli(SIMPLE, py, "-q", "--markdown", md, "--json", "/dev/full")
+        assert r.returncode == 2 and "No space left on device" in r.stderr, r.stderr
+    assert md.read_text() == "old report\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "out.md", "py.log"]  # no temps
+    r = _run_cli(SIMPLE, py, "-q", "--markdown", md, "--json", tmp_path / "ok.json")
+    assert r.returncode == 0 and r.stdout == "" and "# Trace diff" in md.read_text()
+    assert json.loads((tmp_path / "ok.json").read_text())["diverged"] is False
+
+
+def test_overflowing_difference_keeps_the_true_relative_delta():
+    # 1e308 - (-1e308) overflows; the relative difference is 2, not inf
+    dv, abs_l, rel_l, mabs, krel, _ = compare_values([1e308], [-1e308], 1e-6)
+    assert dv and abs_l == [math.inf] and rel_l == [2.0] and krel == 2.0
+    # tol * scale overflows too (1.9e308): judged on the scaled values, 2 > 1.9
+    assert compare_values([1e308], [-1e308], 1.9)[0] is True
+    assert compare_values([1e308], [-1e308], 2.1)[0] is False
+    dv, _, rel_l, _, krel, _ = compare_values([1e308, -1e308, 0], [-1e308, 1e308, 0], 1e-6)
+    assert rel_l[:2] == [2.0, 2.0] and krel == 2.0
+    # ordinary and non-finite values as before
+    assert compare_values([1.0], [1.001], 1e-6)[4] == pytest.approx(0.001 / 1.001)
+    assert compare_values([float("nan")], [1.0], 10.0)[0] is True
+    assert compare_values([float("nan")], [float("nan")], 0.0)[0] is False
+    md = render_markdown(diff_traces("TRACE_C: F_cell 1e308\n", "TRACE_PY: F_cell -1e308\n"))
+    assert "| F_cell | 1e+308 | -1e+308 | inf | 2 | ✗ |" in md

@@ -44,6 +44,7 @@ import threading
 from typing import Iterable, Iterator, List, Optional, Tuple
 
 from nbnumba.errors import NBError
+from nbnumba.io._args import path_name
 
 __all__ = [
     "OutputFileError",
@@ -56,6 +57,8 @@ __all__ = [
     "temp_name",
     "remove_stale_temps",
     "is_our_temp",
+    "missing_dirs",
+    "remove_empty_dirs",
 ]
 
 
@@ -435,7 +438,7 @@ def atomic_open(path, mode: str = "wb") -> Iterator:
     """
     if mode not in ("wb", "w+b", "wb+"):
         raise ValueError(f"atomic_open supports binary write modes only, not {mode!r}")
-    shown = os.fspath(path)
+    shown = path_name(path)     # str, bytes or os.PathLike, as open() takes
     kind = _special_kind(shown)
     if kind == "stdio":
         raise OutputFileError(f"refusing to write '{shown}': it is this process's "
@@ -531,3 +534,27 @@ def atomic_write_bytes(path, data) -> None:
     """Write ``data`` (bytes-like) to ``path`` atomically (see :func:`atomic_open`)."""
     with atomic_open(path, "wb") as fh:
         fh.write(data)
+
+
+def missing_dirs(path) -> List[str]:
+    """The folders ``os.makedirs(path)`` would create, deepest first (absolute):
+    what a failed run removes again with :func:`remove_empty_dirs`."""
+    out: List[str] = []
+    path = os.path.abspath(os.fspath(path))
+    while path and not os.path.lexists(path):
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return out
+
+
+def remove_empty_dirs(dirs: Iterable[str]) -> None:
+    """Remove ``dirs`` (from :func:`missing_dirs`, deepest first), stopping at
+    the first that is not empty (it holds something that is not ours)."""
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            return

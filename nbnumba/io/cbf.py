@@ -31,10 +31,12 @@ import datetime as _dt
 import os
 import re
 import tempfile
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from ..errors import InputFileError
+from ._args import IOArgumentError, as_image, path_name, readable_name
 from .atomic import OutputFileError, atomic_write_bytes
 from .frames import NOMINAL_EPOCH, FrameGeometry, FrameInfo
 
@@ -97,24 +99,34 @@ def cbf_bytes(name: str, image: np.ndarray, geom: FrameGeometry, info: FrameInfo
     """
     from ..extras import require
     CbfImage = require("fabio.cbfimage", "writing miniCBF").CbfImage
+    img = as_image(image, "CBF image")
+    if img.ndim != 2 or img.size == 0 or img.dtype.kind not in "ui":
+        raise IOArgumentError("CBF image must be a non-empty 2-D array of integers, got "
+                              f"{img.dtype} {img.shape}")
+    ped = pedestal_counts(info.pedestal)
+    if img.dtype.itemsize >= 4 and (int(img.min()) - ped < -(1 << 31) or int(img.max()) >= 1 << 31):
+        # (the pixels are stored as int32: wider values would wrap)
+        raise IOArgumentError("CBF image values must fit a 32-bit int after the pedestal, "
+                              f"got {int(img.min())}..{int(img.max())}")
     convention = "PILATUS_1.2" if is_pilatus_size(geom.fpixels, geom.spixels) else "GENERIC_MINI"
-    data = np.ascontiguousarray(image, dtype=np.int32) - pedestal_counts(info.pedestal)
+    data = np.ascontiguousarray(img, dtype=np.int32) - ped
     header = {"_array_data.header_convention": convention,
               "_array_data.header_contents": miniheader(geom, info)}
-    img = CbfImage(data=data, header=header)
+    cimg = CbfImage(data=data, header=header)
     with tempfile.TemporaryDirectory(prefix="nbnumba-cbf-") as tmp:
         p = os.path.join(tmp, os.path.basename(name))
-        img.write(p)
+        cimg.write(p)
         with open(p, "rb") as fh:
             return fh.read()
 
 
 def write_frame(path, image: np.ndarray, geom: FrameGeometry, info: FrameInfo) -> None:
     """Write one miniCBF frame atomically (errors name ``path``)."""
+    name = path_name(path)
     try:
-        payload = cbf_bytes(os.fspath(path), image, geom, info)
+        payload = cbf_bytes(name, image, geom, info)
     except OSError as exc:
-        raise OutputFileError("cannot write '%s': %s" % (os.fspath(path), exc.strerror or exc)) from exc
+        raise OutputFileError("cannot write '%s': %s" % (name, exc.strerror or exc)) from exc
     atomic_write_bytes(path, payload)
 
 
@@ -129,12 +141,15 @@ _SINGLES = {"Detector_distance": ("distance", float), "Wavelength": ("wavelength
             "Count_cutoff": ("count_cutoff", int)}
 
 
-def parse_miniheader(text: str) -> Dict[str, object]:
+def parse_miniheader(text: str, name: Optional[str] = None) -> Dict[str, object]:
     """The numbers of a Pilatus-style miniheader (SI units: m, s; angles in degrees).
 
     Keys present when found: pixel_size_fast, pixel_size_slow, distance, wavelength
     (Angstrom), beam_x, beam_y (pixels), start_angle, angle_increment,
     exposure_time, exposure_period, count_cutoff, detector, timestamp.
+
+    A number beyond double range (``1e400``) raises :class:`InputFileError`
+    naming ``name`` (the file, for :func:`read_frame`) and the line.
     """
     out: Dict[str, object] = {}
     for raw in text.replace("\r", "\n").split("\n"):
@@ -149,23 +164,45 @@ def parse_miniheader(text: str) -> Dict[str, object]:
             out["detector"] = rest.strip()
         elif re.match(r"^\d{4}[-/]", body):
             out["timestamp"] = body
-        elif key in _PAIRS and len(nums) >= 2:
-            out[_PAIRS[key][0]], out[_PAIRS[key][1]] = nums[0], nums[1]
-        elif key in _SINGLES and nums:
-            name, cast = _SINGLES[key]
-            out[name] = cast(nums[0])
+        elif (key in _PAIRS and len(nums) >= 2) or (key in _SINGLES and nums):
+            used = nums[:2] if key in _PAIRS else nums[:1]
+            if not all(np.isfinite(used)):
+                # (an overflow to inf; int(inf) for Count_cutoff was an OverflowError)
+                shown = line if len(line) <= 80 else line[:77] + "..."
+                raise InputFileError("%sminiheader line '%s': %s is beyond double range"
+                                     % (name + ": " if name else "", shown, key))
+            if key in _PAIRS:
+                out[_PAIRS[key][0]], out[_PAIRS[key][1]] = used
+            else:
+                field, cast = _SINGLES[key]
+                out[field] = cast(used[0])
     return out
 
 
 def read_frame(path) -> Tuple[Dict[str, object], np.ndarray]:
-    """(parsed miniheader, int32 (S, F) pixels) via fabio."""
+    """(parsed miniheader, int32 (S, F) pixels) via fabio.
+
+    A file that cannot be read, that fabio cannot open, or that is not a CBF
+    image raises :class:`InputFileError` naming it."""
     from ..extras import require
     fabio = require("fabio", "reading miniCBF")
-    img = fabio.open(os.fspath(path))
+    name = readable_name(path)
+    try:
+        img = fabio.open(name)
+        data = img.data
+    except Exception as exc:    # fabio's failures on other bytes are of many kinds
+        raise InputFileError("%s: not a CBF file fabio can read (%s: %s)"
+                             % (name, type(exc).__name__, exc)) from None
+    if not isinstance(img, require("fabio.cbfimage", "reading miniCBF").CbfImage):
+        raise InputFileError("%s: not a CBF file (fabio reads it as %s)"
+                             % (name, type(img).__name__))
+    data = np.asarray(data)
+    if data.ndim != 2 or data.size == 0:
+        raise InputFileError("%s: the CBF holds no 2-D image (shape %s)" % (name, data.shape))
     text = img.header.get("_array_data.header_contents", "")
-    meta = parse_miniheader(text)
+    meta = parse_miniheader(text, name)
     meta["header_convention"] = img.header.get("_array_data.header_convention")
-    return meta, np.asarray(img.data)
+    return meta, data
 
 
 __all__ = ["write_frame", "read_frame", "cbf_bytes", "miniheader", "parse_miniheader",

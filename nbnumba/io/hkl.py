@@ -15,15 +15,26 @@ parse.  This reader is stricter:
   (a note is added to ``HKLGrid.warnings``);
 * a bad line with data after it raises :class:`InputFileError` with file
   name, line number and the offending text;
-* non-finite h, k or l raise; non-integer h, k, l give C's warning text and
-  are truncated toward zero for the second pass (C would re-read them with
-  ``%d`` and stop early);
-* a file with no records raises (C: "not enough HKL indices").
+* non-finite h, k or l raise, and so do indices beyond a C ``int`` (C keeps
+  them, and the grid's bounds, in ints: such a file is undefined behaviour
+  there); non-integer h, k, l give C's warning text, with the 1-based line of
+  the file, and are truncated toward zero for the second pass (C would re-read
+  them with ``%d`` and stop early);
+* a non-finite F (``nan``, ``inf``, or a number beyond double range) raises,
+  unless ``allow_nonfinite_F`` (``-c_parity``: nanoBragg.c reads it with
+  ``%lg`` and renders NaN or inf pixels);
+* a file with no records raises (C: "not enough HKL indices"), and says why
+  when a line was not a record.
+
+Lines end at LF (a CR before it is whitespace).  A file with no LF at all but
+CRs (classic Mac OS line ends) has its CRs read as line ends: nanoBragg.c reads
+numbers as a stream, and CR is whitespace to ``fscanf``, so it reads such a
+file record by record, and so does this reader (a CR inside an LF-terminated
+line stays whitespace, as before).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
@@ -31,6 +42,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from nbnumba.errors import InputFileError
+from nbnumba.io._args import IOArgumentError, path_name
 from nbnumba.io._cnum import parse_c_number
 from nbnumba.io.atomic import atomic_open
 from nbnumba.io.smv import format_g
@@ -39,6 +51,8 @@ __all__ = ["HKLGrid", "read_hkl", "parse_hkl", "write_fdump", "read_fdump", "fdu
 
 #: refuse grids larger than this many doubles (8 GiB)
 MAX_GRID_ELEMENTS = 1 << 30
+#: nanoBragg.c keeps Miller indices and the grid's bounds in C ints
+C_INT_MIN, C_INT_MAX = -(1 << 31), (1 << 31) - 1
 
 
 @dataclass
@@ -107,8 +121,11 @@ def _parse_fast(text: str) -> Optional[np.ndarray]:
     return arr.reshape(-1, 4)
 
 
-def _parse_slow(text: str, name: str, warn: List[str]) -> np.ndarray:
+def _parse_slow(text: str, name: str, warn: List[str]) -> Tuple[np.ndarray, Optional[str]]:
+    """(records, why): why describes the trailing line that was not a record
+    (None if every non-blank line was one); a bad line with data after it raises."""
     rows: List[List[float]] = []
+    why = None
     lines = text.split("\n")
     for i, line in enumerate(lines):
         toks = line.split()
@@ -121,49 +138,107 @@ def _parse_slow(text: str, name: str, warn: List[str]) -> np.ndarray:
         shown = line.strip()
         if len(shown) > 80:
             shown = shown[:77] + "..."
+        # (a CR inside a line: the file mixes CR-only and LF line ends)
+        hint = ("; it holds a carriage return (CR) inside the line, so the file mixes "
+                "CR-only and LF line ends" if "\r" in line.rstrip() else "")
         if any(rest.strip() for rest in lines[i + 1:]):
-            raise InputFileError(f"{name} line {i + 1}: expected 'h k l F', got '{shown}'")
-        warn.append(f"{name} line {i + 1}: ignoring trailing text '{shown}' (not 'h k l F')")
+            raise InputFileError(f"{name} line {i + 1}: expected 'h k l F', got '{shown}'{hint}")
+        why = f"line {i + 1} is '{shown}', not 'h k l F'{hint}"
+        warn.append(f"{name} line {i + 1}: ignoring trailing text '{shown}' (not 'h k l F'){hint}")
         break
-    return np.array(rows, dtype=np.float64).reshape(-1, 4)
+    return np.array(rows, dtype=np.float64).reshape(-1, 4), why
 
 
-def _nonint_warnings(hkl: np.ndarray) -> List[str]:
-    out: List[str] = []
-    bad = hkl != np.ceil(hkl - 0.4)
-    for n in np.flatnonzero(bad.any(axis=1)):
-        for j, axis in enumerate("hkl"):
-            if bad[n, j]:
-                out.append(
-                    f"WARNING: non-integer value for {axis} ({format_g(hkl[n, j])}) at line {n}"
-                )
+def _record_lines(text: str, n: int) -> List[int]:
+    """1-based file line of each of the first n records: both parsers read
+    every non-blank line before the last record as a record, in order."""
+    out: List[int] = []
+    if n <= 0:
+        return out
+    for i, line in enumerate(text.split("\n")):
+        if line.split():
+            out.append(i + 1)
+            if len(out) == n:
+                break
     return out
 
 
-def read_hkl(path, default_F: float = 0.0, memory=None) -> HKLGrid:
+def _nonint_warnings(hkl: np.ndarray, text: str) -> List[str]:
+    """C's warning text, but with the file's 1-based line (C prints its 0-based
+    record count there, which is the line before, or no line at all when the
+    file has blank lines)."""
+    out: List[str] = []
+    bad = hkl != np.ceil(hkl - 0.4)
+    rows = np.flatnonzero(bad.any(axis=1))
+    if rows.size == 0:
+        return out
+    line_of = _record_lines(text, int(rows[-1]) + 1)
+    for n in rows:
+        for j, axis in enumerate("hkl"):
+            if bad[n, j]:
+                out.append(f"WARNING: non-integer value for {axis} ({format_g(hkl[n, j])}) "
+                           f"at line {line_of[n]}")
+    return out
+
+
+def read_hkl(path, default_F: float = 0.0, memory=None,
+             allow_nonfinite_F: bool = False) -> HKLGrid:
     """Read an ``h k l F`` text file into nanoBragg's structure-factor grid.
 
     ``memory``: optional (bytes, description) limit; a grid whose index ranges
-    need more is refused before it is allocated (see nbnumba.validate)."""
-    name = os.fspath(path)
-    return parse_hkl(_read_bytes(name), name, default_F, memory)
+    need more is refused before it is allocated (see nbnumba.validate).
+    ``allow_nonfinite_F``: read a NaN or infinite F as nanoBragg.c does
+    (``-c_parity``); by default it is refused with the file's line."""
+    name = path_name(path)
+    return parse_hkl(_read_bytes(name), name, default_F, memory, allow_nonfinite_F)
 
 
-def parse_hkl(data: bytes, name: str, default_F: float = 0.0, memory=None) -> HKLGrid:
+def parse_hkl(data: bytes, name: str, default_F: float = 0.0, memory=None,
+              allow_nonfinite_F: bool = False) -> HKLGrid:
     """read_hkl of a file's bytes; name is the file's name in messages."""
     text = data.decode("latin-1")
+    if "\n" not in text and "\r" in text:
+        # CR-only line ends (classic Mac OS): nanoBragg.c's fscanf stream reads
+        # CR as whitespace, so it reads every record; read each CR as a line end
+        # (a line per record, and the line numbers an editor shows)
+        text = text.replace("\r", "\n")
     warn: List[str] = []
+    why = None
     rec = _parse_fast(text)
     if rec is None:
-        rec = _parse_slow(text, name, warn)
+        rec, why = _parse_slow(text, name, warn)
     if rec.shape[0] == 0:
-        raise InputFileError(f"{name}: no 'h k l F' records found (not enough HKL indices)")
+        # (the note on the ignored line is the reason: say it, it is not printed otherwise)
+        raise InputFileError(f"{name}: no 'h k l F' records found (not enough HKL indices)"
+                             + (f": {why}" if why else ""))
 
     hkl = rec[:, :3]
     if not np.all(np.isfinite(hkl)):
         n = int(np.flatnonzero(~np.isfinite(hkl).all(axis=1))[0])
-        raise InputFileError(f"{name}: record {n + 1} has a non-finite Miller index")
-    warn = _nonint_warnings(hkl) + warn
+        raise InputFileError(f"{name} line {_record_lines(text, n + 1)[n]}: "
+                             "record has a non-finite Miller index")
+    # C converts each index to an int (truncation toward zero): beyond a C int
+    # that is undefined there, and here int64 grid arithmetic would overflow
+    # (an OverflowError after numpy's invalid-cast warning)
+    trunc = np.trunc(hkl)
+    outside = (trunc < C_INT_MIN) | (trunc > C_INT_MAX)
+    if outside.any():
+        n, j = (int(v) for v in np.argwhere(outside)[0])
+        raise InputFileError(
+            f"{name} line {_record_lines(text, n + 1)[n]}: Miller index {'hkl'[j]} = "
+            f"{format_g(hkl[n, j])} is outside nanoBragg's int range ({C_INT_MIN}..{C_INT_MAX})")
+    if not allow_nonfinite_F:
+        # default mode: a NaN or infinite F gives NaN or inf pixels wherever its
+        # reflection is sampled, and the image check could only blame the run
+        # (nanoBragg.c reads it with %lg; -c_parity passes allow_nonfinite_F)
+        badF = ~np.isfinite(rec[:, 3])
+        if badF.any():
+            n = int(np.flatnonzero(badF)[0])
+            raise InputFileError(
+                f"{name} line {_record_lines(text, n + 1)[n]}: structure factor F = "
+                f"{format_g(rec[n, 3])} is not finite (h k l = {format_g(hkl[n, 0])} "
+                f"{format_g(hkl[n, 1])} {format_g(hkl[n, 2])})")
+    warn = _nonint_warnings(hkl, text) + warn
 
     # C keeps the running minima/maxima in ints (truncation toward zero);
     # since truncation is monotonic this equals truncating the float extremes.
@@ -202,12 +277,17 @@ def parse_hkl(data: bytes, name: str, default_F: float = 0.0, memory=None) -> HK
 
 def fdump_bytes(grid: HKLGrid) -> bytes:
     """The exact bytes nanoBragg writes to ``Fdump.bin`` for ``grid``."""
+    bounds = (grid.h_min, grid.h_max, grid.k_min, grid.k_max, grid.l_min, grid.l_max)
+    for label, v in zip(("h_min", "h_max", "k_min", "k_max", "l_min", "l_max"), bounds):
+        # (read_fdump, and nanoBragg.c's %d, read nothing else back)
+        if (isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                or not C_INT_MIN <= int(v) <= C_INT_MAX):
+            raise IOArgumentError(f"HKLGrid.{label} must be a whole number within a C int, "
+                                  f"got {v!r:.40}")
     F = np.asarray(grid.F)
     if F.shape != grid.expected_shape():
-        raise ValueError(f"HKLGrid.F has shape {F.shape}, expected {grid.expected_shape()}")
-    head = "%d %d %d %d %d %d\n\f" % (
-        grid.h_min, grid.h_max, grid.k_min, grid.k_max, grid.l_min, grid.l_max
-    )
+        raise IOArgumentError(f"HKLGrid.F has shape {F.shape}, expected {grid.expected_shape()}")
+    head = "%d %d %d %d %d %d\n\f" % tuple(int(v) for v in bounds)
     return head.encode("ascii") + np.ascontiguousarray(F, dtype="<f8").tobytes()
 
 
@@ -226,14 +306,16 @@ _FDUMP_HEAD = re.compile(
 )
 
 
-def read_fdump(path, memory=None) -> HKLGrid:
+def read_fdump(path, memory=None, allow_nonfinite_F: bool = False) -> HKLGrid:
     """Read an ``Fdump.bin`` written by nanoBragg or :func:`write_fdump`.
 
     ``hkls`` is set to ``h_range*k_range*l_range`` as in C.  A file shorter
     than its header promises raises :class:`InputFileError` (C would keep
-    zeros); extra trailing bytes are ignored.
+    zeros); extra trailing bytes are ignored.  Header bounds beyond a C int
+    raise (C reads them with ``%d``), and so does a NaN or infinite double
+    unless ``allow_nonfinite_F`` (``-c_parity``: C reads the doubles as they are).
     """
-    name = os.fspath(path)
+    name = path_name(path)
     try:
         with open(name, "rb") as fh:
             raw = fh.read()
@@ -245,6 +327,13 @@ def read_fdump(path, memory=None) -> HKLGrid:
             f"{name}: not an Fdump file (expected header 'h_min h_max k_min k_max l_min l_max' "
             "followed by newline and form feed)"
         )
+    for label, g in zip(("h_min", "h_max", "k_min", "k_max", "l_min", "l_max"), m.groups()):
+        if not C_INT_MIN <= int(g) <= C_INT_MAX:
+            shown = g.decode("ascii")
+            if len(shown) > 24:
+                shown = shown[:21] + "..."
+            raise InputFileError(f"{name}: Fdump header: {label} = {shown} is outside "
+                                 f"nanoBragg's int range ({C_INT_MIN}..{C_INT_MAX})")
     h_min, h_max, k_min, k_max, l_min, l_max = (int(g) for g in m.groups())
     hr, kr, lr = h_max - h_min + 1, k_max - k_min + 1, l_max - l_min + 1
     if hr < 0 or kr < 0 or lr < 0:
@@ -266,4 +355,14 @@ def read_fdump(path, memory=None) -> HKLGrid:
         )
     F = np.frombuffer(raw, dtype="<f8", count=count, offset=offset).astype(np.float64)
     F = F.reshape(shape)
+    if not allow_nonfinite_F:
+        # default mode (see read_hkl): name the double, its h k l and its byte
+        bad = ~np.isfinite(F)
+        if bad.any():
+            flat = int(np.flatnonzero(bad.reshape(-1))[0])
+            i, j, k = np.unravel_index(flat, shape)
+            raise InputFileError(
+                f"{name}: double {flat + 1} of the F grid (h k l = {h_min + int(i)} "
+                f"{k_min + int(j)} {l_min + int(k)}, byte {offset + 8 * flat}) is "
+                f"{format_g(F.reshape(-1)[flat])}, not a finite structure factor")
     return HKLGrid(h_min, h_max, k_min, k_max, l_min, l_max, F, hr * kr * lr)

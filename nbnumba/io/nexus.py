@@ -43,11 +43,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import os
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from ..errors import InputFileError
+from ._args import IOArgumentError, as_image, readable_name
 from .atomic import atomic_write_bytes
 from .frames import NOMINAL_EPOCH, FrameGeometry, FrameInfo, lab_to_mcstas
 
@@ -96,9 +97,10 @@ def _to_bytes(build) -> bytes:
 # ---------------------------------------------------------------------------
 
 def frame_bytes(image: np.ndarray, info: FrameInfo) -> bytes:
-    img = np.ascontiguousarray(image)
-    if img.ndim != 2:
-        raise ValueError("frame image must be 2-D (S, F), got shape %s" % (img.shape,))
+    img = np.ascontiguousarray(as_image(image, "frame image"))
+    if img.ndim != 2 or img.size == 0:     # (read_frame refuses an empty frame)
+        raise IOArgumentError("frame image must be 2-D (S, F) with pixels, got shape %s"
+                              % (img.shape,))
 
     def build(f):
         f.attrs["default"] = "entry"
@@ -120,11 +122,31 @@ def write_frame(path, image: np.ndarray, info: FrameInfo) -> None:
     atomic_write_bytes(path, frame_bytes(image, info))
 
 
+FRAME_DATA = "entry/data/data"
+
+
 def read_frame(path) -> np.ndarray:
-    """The (S, F) image of one frame file."""
+    """The (S, F) image of one frame file (the first image of its
+    ``/entry/data/data`` stack).  A file that cannot be read, is not HDF5, or
+    has no such (N >= 1, S, F) dataset raises :class:`InputFileError` naming it."""
     h5py = _h5()
-    with h5py.File(os.fspath(path), "r") as f:
-        return f["entry/data/data"][0]
+    name = readable_name(path)
+    try:
+        f = h5py.File(name, "r")
+    except OSError as exc:
+        raise InputFileError("%s: not an HDF5 file h5py can read (%s)" % (name, exc)) from None
+    with f:
+        ds = f.get(FRAME_DATA)
+        if not isinstance(ds, h5py.Dataset):
+            raise InputFileError("%s: no dataset /%s (not an nbnumba NeXus frame)"
+                                 % (name, FRAME_DATA))
+        if ds.ndim != 3 or ds.shape[0] < 1 or ds.shape[1] < 1 or ds.shape[2] < 1:
+            raise InputFileError("%s: /%s has shape %s, expected (N >= 1, S, F)"
+                                 % (name, FRAME_DATA, ds.shape))
+        try:
+            return ds[0]
+        except (OSError, ValueError, TypeError) as exc:    # unreadable or unsupported data
+            raise InputFileError("%s: cannot read /%s: %s" % (name, FRAME_DATA, exc)) from None
 
 
 # ---------------------------------------------------------------------------
@@ -180,7 +202,7 @@ def master_bytes(frame_files: Sequence[str], geom: FrameGeometry, phi_start: Seq
     phis = np.asarray(phi_start, dtype=np.float64)
     n = len(frame_files)
     if len(phis) != n:
-        raise ValueError("need one phi value per frame (%d != %d)" % (len(phis), n))
+        raise IOArgumentError("need one phi value per frame (%d != %d)" % (len(phis), n))
     px_mm = geom.pixel_size * 1000.0
     bx, by = geom.beam_center_px
 

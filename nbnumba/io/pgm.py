@@ -6,24 +6,36 @@ byte per pixel, fast index varying fastest.
 
 from __future__ import annotations
 
-import os
+import numbers
 import re
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from nbnumba.errors import InputFileError
+from nbnumba.io._args import IOArgumentError, as_image, path_name
 from nbnumba.io.atomic import atomic_open
 from nbnumba.io.smv import format_g
 
 __all__ = ["pgm_header", "pgm_bytes_from_float", "write_pgm", "read_pgm"]
 
 
+def _scale(pgm_scale) -> float:
+    """pgm_scale as a float, or IOArgumentError naming it (NaN and inf are kept:
+    nanoBragg's arithmetic gives them meaning, 0 and 255 pixels)."""
+    if not isinstance(pgm_scale, (str, bytes, complex)):
+        try:
+            return float(pgm_scale)
+        except (TypeError, ValueError):
+            pass
+    raise IOArgumentError(f"pgm_scale must be a number, got {pgm_scale!r:.40}")
+
+
 def pgm_header(fpixels: int, spixels: int, pgm_scale: float) -> bytes:
     """The text nanoBragg puts before the PGM pixels (``%lg`` is ``%g``)."""
     return (
         "P5\n%d %d\n# pixels scaled by %s\n255\n"
-        % (int(fpixels), int(spixels), format_g(pgm_scale))
+        % (int(fpixels), int(spixels), format_g(_scale(pgm_scale)))
     ).encode("ascii")
 
 
@@ -33,7 +45,16 @@ def _roi_mask(shape: Tuple[int, int], roi) -> Optional[np.ndarray]:
     spixel < roi_ymin || spixel > roi_ymax`` -> outside.  ``None`` = whole image."""
     if roi is None:
         return None
-    xmin, xmax, ymin, ymax = roi
+    try:
+        vals = list(roi)
+    except TypeError:
+        vals = None
+    if (vals is None or len(vals) != 4
+            or any(isinstance(v, bool) or not isinstance(v, numbers.Real)
+                   or not np.isfinite(v) or int(v) != v for v in vals)):
+        raise IOArgumentError(f"roi must be 4 whole numbers (xmin, xmax, ymin, ymax), "
+                              f"got {roi!r:.60}")
+    xmin, xmax, ymin, ymax = (int(v) for v in vals)
     s, f = shape
     fidx = np.arange(f)
     sidx = np.arange(s)
@@ -53,13 +74,17 @@ def pgm_bytes_from_float(
     values outside the int range -> 0).  Pixels outside ``roi`` stay 0 (the
     C buffer is zero-initialised and never written there).
     """
-    img = np.asarray(float_image)
+    img = as_image(float_image, "float image")
     if img.ndim != 2:
-        raise ValueError(f"float image must be 2-D (S, F), got shape {img.shape}")
+        raise IOArgumentError(f"float image must be 2-D (S, F), got shape {img.shape}")
+    if img.dtype.kind not in "biuf":
+        raise IOArgumentError(f"float image must hold real numbers, got {img.dtype}")
+    scale = _scale(pgm_scale)
     # an overflow to inf is clipped at 255 below, as the C's double does:
-    # no RuntimeWarning on the user's stderr (-pgmscale 1e308)
-    with np.errstate(over="ignore"):
-        test = img.astype(np.float64) * float(pgm_scale)
+    # no RuntimeWarning on the user's stderr (-pgmscale 1e308); 0 * inf is
+    # NaN, stored as 0 (ok below), as the C's conversion does
+    with np.errstate(over="ignore", invalid="ignore"):
+        test = img.astype(np.float64) * scale
     test = np.where(test > 255.0, 255.0, test)
     ok = np.isfinite(test) & (test > -2147483649.0) & (test < 2147483648.0)
     t = np.trunc(np.where(ok, test, 0.0)).astype(np.int64)
@@ -73,13 +98,17 @@ def pgm_bytes_from_float(
 
 def write_pgm(path, image_uint8: np.ndarray, pgm_scale: float) -> None:
     """Write a P5 PGM exactly like nanoBragg (atomically)."""
-    img = np.asarray(image_uint8)
+    name = path_name(path)
+    img = as_image(image_uint8, "PGM image")
     if img.ndim != 2 or img.dtype != np.uint8:
-        raise ValueError(f"PGM image must be 2-D uint8, got {img.dtype} {img.shape}")
+        raise IOArgumentError(f"PGM image must be 2-D uint8, got {img.dtype} {img.shape}")
+    if img.size == 0:
+        raise IOArgumentError(f"PGM image has no pixels (shape {img.shape})")
     s, f = img.shape
+    head = pgm_header(f, s, pgm_scale)
     data = np.ascontiguousarray(img)
-    with atomic_open(path, "wb") as fh:
-        fh.write(pgm_header(f, s, pgm_scale))
+    with atomic_open(name, "wb") as fh:
+        fh.write(head)
         fh.write(memoryview(data).cast("B"))
 
 
@@ -90,7 +119,7 @@ _SCALE_RE = re.compile(rb"#\s*pixels scaled by\s*(\S+)")
 def read_pgm(path) -> Tuple[np.ndarray, Optional[float]]:
     """Read an 8-bit binary PGM.  Returns ``(image uint8 (S, F), pgm_scale)``;
     ``pgm_scale`` comes from nanoBragg's comment line, ``None`` if absent."""
-    name = os.fspath(path)
+    name = path_name(path)
     try:
         with open(name, "rb") as fh:
             raw = fh.read()

@@ -21,14 +21,15 @@ and either byte order.  Values are looked up in two ways:
 from __future__ import annotations
 
 import math
-import os
+import numbers
 import re
 import warnings
-from typing import Iterable, Mapping, Sequence, Tuple, Union
+from typing import Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
 from nbnumba.errors import InputFileError, NBWarning
+from nbnumba.io._args import IOArgumentError, as_image, path_name
 from nbnumba.io._cnum import c_atof
 from nbnumba.io.atomic import atomic_open
 
@@ -156,7 +157,7 @@ def read_smv(path) -> Tuple[SMVHeader, np.ndarray]:
     shorter than header + pixels.  Bytes after the last pixel are ignored,
     as the C program does.
     """
-    name = os.fspath(path)
+    name = path_name(path)
     try:
         with open(name, "rb") as fh:
             raw = fh.read()
@@ -237,10 +238,65 @@ def read_smv(path) -> Tuple[SMVHeader, np.ndarray]:
 # writing
 # ---------------------------------------------------------------------------
 
-def _field_items(fields: Fields) -> Iterable[Tuple[str, str]]:
+#: a key as read_smv reads one (its entry pattern)
+_KEY_RE = re.compile(r"[A-Za-z0-9_]+\Z")
+#: characters a value may not hold: ';', CR and LF end an entry, '}' the header
+#: and NUL its text (read_smv stops there), and dxtbx splits each line at '='
+#: (two of them raise there); control characters are refused too
+_VALUE_BAD = re.compile(r"[;=}\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _field_items(fields: Fields) -> list:
+    """The (key, value text) pairs of ``fields``, each checked so that the header
+    holds it as one entry that reads back the same: a key of letters, digits
+    and '_', a value without ';', '=', '}' or control characters, both latin-1;
+    IOArgumentError naming the key otherwise."""
     if isinstance(fields, Mapping):
-        return list(fields.items())
-    return list(fields)
+        items = list(fields.items())
+    elif isinstance(fields, (str, bytes)) or not hasattr(fields, "__iter__"):
+        raise IOArgumentError("SMV fields must be a mapping or a sequence of (key, value) "
+                              f"pairs, not {type(fields).__name__}")
+    else:
+        items = []
+        for item in fields:
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise IOArgumentError(f"SMV fields: each entry must be a (key, value) pair, "
+                                      f"got {item!r:.60}")
+            items.append(tuple(item))
+    out = []
+    for key, value in items:
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            raise IOArgumentError(f"SMV header key {key!r:.60} must be letters, digits and '_'")
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise IOArgumentError(f"SMV header value of {key} must be a str or a number, "
+                                  f"not {type(value).__name__}")
+        bad = _VALUE_BAD.search(value)
+        if bad is not None:
+            raise IOArgumentError(f"SMV header value of {key} holds {bad.group()!r}, which "
+                                  "would break the header (';', '=', '}' and control "
+                                  "characters are refused)")
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError as exc:
+            raise IOArgumentError(f"SMV header value of {key} holds "
+                                  f"{value[exc.start:exc.end]!r}, which is not latin-1 "
+                                  "text") from None
+        out.append((key, value))
+    return out
+
+
+def _header_bytes_value(items) -> int:
+    """The last HEADER_BYTES value, as a whole number of bytes (512 when absent)."""
+    given = [v for k, v in items if k == "HEADER_BYTES"]
+    if not given:
+        return SMV_HEADER_BYTES
+    text = given[-1].strip()
+    if not (text.isdigit() and text.isascii() and int(text) >= 1):
+        raise IOArgumentError(f"SMV header value of HEADER_BYTES must be a whole number of "
+                              f"bytes >= 1, got {given[-1]!r:.40}")
+    return int(text)
 
 
 def _raw_header(items) -> bytes:
@@ -269,28 +325,34 @@ def smv_header_text(fields: Fields, header_overflow: str = "c") -> bytes:
     * ``"c"`` (default): the same bytes as C, with a ``RuntimeWarning``;
     * ``"grow"``: a valid file: ``HEADER_BYTES`` becomes the next multiple
       of 512 that holds the text, and the header is padded to it;
-    * ``"error"``: raise ``ValueError``.
+    * ``"error"``: raise :class:`IOArgumentError` (a ValueError).
+
+    The header is padded to the ``HEADER_BYTES`` value of ``fields`` (512 when
+    absent).  A key or value that would not read back as one entry (see
+    ``_field_items``: ';', '=', '}', control or non-latin-1 characters) raises
+    :class:`IOArgumentError` naming the key.
     """
     if header_overflow not in ("c", "grow", "error"):
-        raise ValueError(f"header_overflow must be 'c', 'grow' or 'error', not {header_overflow!r}")
+        raise IOArgumentError(f"header_overflow must be 'c', 'grow' or 'error', not "
+                              f"{header_overflow!r}")
     items = _field_items(fields)
     text = _raw_header(items)
-    size = SMV_HEADER_BYTES
+    size = _header_bytes_value(items)
     if len(text) > size:
         if header_overflow == "error":
-            raise ValueError(
+            raise IOArgumentError(
                 f"SMV header text is {len(text)} bytes, longer than HEADER_BYTES={size}"
             )
         if header_overflow == "c":
             warnings.warn(
-                f"SMV header text is {len(text)} bytes, longer than HEADER_BYTES=512; "
+                f"SMV header text is {len(text)} bytes, longer than HEADER_BYTES={size}; "
                 "written unpadded, as nanoBragg does (the file is not valid SMV)",
                 NBWarning,
                 stacklevel=2,
             )
             return text
         while len(text) > size:
-            size += SMV_HEADER_BYTES
+            size = (size // SMV_HEADER_BYTES + 1) * SMV_HEADER_BYTES
             items = [(k, str(size) if k == "HEADER_BYTES" else v) for k, v in items]
             text = _raw_header(items)
     return text + b" " * (size - len(text))
@@ -334,7 +396,7 @@ def nanobragg_smv_fields(
         dx, dy = (S + 0.0 * pix) * 1000.0, (F + 0.0 * pix) * 1000.0
     o = [float(v) for v in dials_origin_mm]
     if len(o) != 3:
-        raise ValueError("dials_origin_mm needs 3 values")
+        raise IOArgumentError("dials_origin_mm needs 3 values")
     phi_deg = float(phi0_rad) * RTD
     return [
         ("HEADER_BYTES", "512"),
@@ -426,28 +488,79 @@ def write_smv(
     the header text does not fit in 512 bytes; default: exactly like C).
 
     ``fields`` are the ordered header entries (see :func:`nanobragg_smv_fields`);
-    the data are written little-endian, so ``BYTE_ORDER`` should say
-    ``little_endian`` (checked), and ``SIZE1``/``SIZE2`` must match the array.
+    the data are written little-endian (any uint16 array is accepted, whatever
+    its byte order), so ``BYTE_ORDER`` must say ``little_endian``, and
+    ``SIZE1``/``SIZE2`` must match the array.  Entries :func:`read_smv` needs
+    and ``fields`` lacks are added after ``HEADER_BYTES`` (or first):
+    ``HEADER_BYTES``, ``BYTE_ORDER``, ``SIZE1``, ``SIZE2``; the writer knows
+    their only correct values, and every file it writes reads back.  The
+    header is read back with :func:`read_smv`'s rules before anything is
+    written.  Errors are :class:`IOArgumentError` naming the argument or key.
     """
-    img = np.asarray(image_uint16)
+    name = path_name(path)
+    img = as_image(image_uint16, "SMV image")
     if img.ndim != 2:
-        raise ValueError(f"SMV image must be 2-D (S, F), got shape {img.shape}")
-    if img.dtype != np.uint16:
-        raise ValueError(f"SMV image must be uint16, got {img.dtype}")
+        raise IOArgumentError(f"SMV image must be 2-D (S, F), got shape {img.shape}")
+    if img.dtype.kind != "u" or img.dtype.itemsize != 2:
+        raise IOArgumentError(f"SMV image must be uint16, got {img.dtype}")
+    if img.size == 0:
+        raise IOArgumentError(f"SMV image has no pixels (shape {img.shape})")
     items = _field_items(fields)
-    d = dict(items)
-    if d.get("BYTE_ORDER", "little_endian") != "little_endian":
-        raise ValueError("write_smv writes little_endian data; BYTE_ORDER must say so")
     s, fpx = img.shape
+    d = dict(items)
+    if d.get("BYTE_ORDER", "little_endian").strip() != "little_endian":
+        raise IOArgumentError("write_smv writes little_endian data; BYTE_ORDER must say so, "
+                              f"not {d['BYTE_ORDER']!r:.40}")
     for key, n in (("SIZE1", fpx), ("SIZE2", s)):
-        if key in d and str(d[key]).strip() != str(n):
-            raise ValueError(f"{key}={d[key]} does not match image shape {img.shape}")
+        if key in d and d[key].strip() != str(n):
+            raise IOArgumentError(f"{key}={d[key]} does not match image shape {img.shape}")
+    missing = [(k, v) for k, v in (("BYTE_ORDER", "little_endian"), ("SIZE1", str(fpx)),
+                                   ("SIZE2", str(s))) if k not in d]
+    if "HEADER_BYTES" not in d:
+        items = [("HEADER_BYTES", str(SMV_HEADER_BYTES))] + missing + items
+    elif missing:
+        at = next(i for i, (k, _) in enumerate(items) if k == "HEADER_BYTES") + 1
+        items = items[:at] + missing + items[at:]
     header = smv_header_text(items, header_overflow)
+    _check_reads_back(header, fpx, s, header_overflow == "c"
+                      and len(header) > _header_bytes_value(items))
     data = np.ascontiguousarray(img, dtype="<u2")
-    with atomic_open(path, "wb") as fh:
+    with atomic_open(name, "wb") as fh:
         # header, then the array's own buffer (no joined bytes copy of the image)
         fh.write(header)
         fh.write(memoryview(data).cast("B"))
+
+
+def _check_reads_back(header: bytes, fpixels: int, spixels: int, c_overflow: bool) -> None:
+    """The header as read_smv (and nanoBragg's ValueOf) reads it must say what the
+    pixels are: a value holding a key's name ('...SIZE1...') moves ValueOf's
+    match.  ``c_overflow``: the C's overflowing header (warned about), whose
+    HEADER_BYTES is short of the text by design."""
+    text = header.decode("latin-1")
+    first = text[:SMV_HEADER_BYTES]
+    if "HEADER_BYTES" not in first:
+        raise IOArgumentError("SMV fields: HEADER_BYTES must come within the header's first "
+                              f"{SMV_HEADER_BYTES} bytes")
+    hb = _value_of(first, "HEADER_BYTES")
+    if not c_overflow and hb != len(header):
+        raise IOArgumentError(f"SMV fields: HEADER_BYTES reads back as {format_g(hb)}, not the "
+                              f"header's {len(header)} bytes (a value holding 'HEADER_BYTES'?)")
+    if math.isfinite(hb) and hb >= 1:
+        text = text[:int(hb)]       # what read_smv reads as the header
+    bo = text[text.rfind("BYTE_ORDER=") + len("BYTE_ORDER="):]
+    if "BYTE_ORDER=" not in text or not bo.startswith("little_endian"):
+        raise IOArgumentError(f"SMV fields: BYTE_ORDER reads back as {bo.split(';')[0]!r:.40}, "
+                              "not 'little_endian' (read_smv takes the text right after the "
+                              "last 'BYTE_ORDER=')")
+    entries = _parse_entries(text)
+    if entries.get("TYPE", "unsigned_short") != "unsigned_short":
+        raise IOArgumentError(f"SMV fields: TYPE must be unsigned_short, not {entries['TYPE']!r:.40}")
+    for key, n in (("SIZE1", fpixels), ("SIZE2", spixels)):
+        v = _value_of(text, key)
+        if v != n:
+            raise IOArgumentError(f"SMV fields: {key} reads back as {format_g(v)}, not {n} "
+                                  f"(read_smv takes the number after the last '{key}' in the "
+                                  "header text: does a later value hold it?)")
 
 
 # ---------------------------------------------------------------------------

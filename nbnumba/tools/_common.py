@@ -52,6 +52,18 @@ class ToolError(Exception):
         return one_line(super().__str__())
 
 
+class UsageParser(argparse.ArgumentParser):
+    """argparse with the tools' usage-error rule: one line (no usage dump), as a
+    ToolError with exit status ``usage_exit`` (2 unless the tool says otherwise)."""
+
+    def __init__(self, *args, usage_exit: int = 2, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.usage_exit = usage_exit
+
+    def error(self, message):
+        raise ToolError(message, self.usage_exit)
+
+
 def timeout_seconds(text: str) -> float:
     """argparse type of ``--timeout S``: a number of seconds in (0, the longest
     wait the platform's timers take].  NaN and 1e308 reached

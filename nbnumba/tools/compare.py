@@ -18,6 +18,8 @@ Options:
                       np.kron replication when smaller) instead of exiting 4
   --png-scale P       percentile used as the top of the preview colour scale
                       (default 99.5; the diff uses the P-th percentile of |Δ|)
+  --no-png            skip the PNG previews (c.png, py.png, diff.png): no
+                      matplotlib needed, and a second or so less per comparison
   --save-diff         also write diff.bin (port - C, float32, C's shape)
   --py-args "ARGS"    extra flags for the port only, e.g. --py-args=-c_parity
   --timeout S         give up on a runner after S seconds (exit 6)
@@ -38,15 +40,35 @@ against the current directory), output file names are reduced to base names,
 and ``-floatfile float.bin`` is forced so both float images can be read.  The
 image shape comes from the ``(FxS pixels)`` line each program prints.
 
+With --roi the box is checked against the detector size the port reads from
+the flags (no rendering) before anything runs or any folder is made; a flag the
+port refuses is then a usage error too.  Every position reported (max |Δ|, max
+rel error, flipped and non-finite pixels), on the console and in summary.json,
+is in image coordinates, ROI or not.
+
 Results go to ``OUTDIR/<UTC stamp>-<8-hex hash of the flags>/``: c_stdout.txt,
 c_stderr.txt, py_stdout.txt, py_stderr.txt, c_float.bin, py_float.bin (as
 written by each program), c.png, py.png, diff.png (percentile-scaled previews,
-max-pooled to at most 800 px), summary.json and, with --save-diff, diff.bin.
+max-pooled to at most 800 px; NaN/inf pixels drawn in lime), summary.json and,
+with --save-diff, diff.bin.  summary.json is strict JSON: a non-finite number
+is written as the string "nan", "inf" or "-inf" (as nbnumba-trace-diff --json
+does).  When a comparison stops after the folder was made (a runner failed,
+shapes differ, a float file disagrees with its printed shape, the ROI lies
+outside C's image) the folder keeps what was written so far for diagnosis, and
+summary.json has "status", "error" and "exit_code"; only a folder that cannot
+be written at all is left without it.
+
+Non-finite pixels (NaN, ±inf): the report counts them in each image.  A pixel
+holding the same special value in both images agrees; any other is a mismatch,
+and then correlation, MSE, RMSE, max |Δ|, the sum ratio and the max rel error
+are NaN (the verdict fails, exit 3) and the pixel is flipped.  The figures are
+taken over the pixels finite in both, and the contract's tolerance over C's
+finite pixels.
 
 Exit status: 0 correlation >= threshold; 2 usage error; 6 a runner failed (the
 message names it and quotes its last stderr line); 3 correlation below the
-threshold; 4 image shapes differ (and --resample cannot fix it); 5 I/O error.
-Errors are one line on stderr.
+threshold (or no correlation: non-finite pixels differ); 4 image shapes differ
+(and --resample cannot fix it); 5 I/O error.  Errors are one line on stderr.
 """
 from __future__ import annotations
 
@@ -67,11 +89,13 @@ from nbnumba.tools._common import ToolError
 
 PROG = "nb-compare"
 PREVIEW_MAX = 800
+#: previews draw NaN and ±inf pixels in this colour (not in either colour map)
+NONFINITE_COLOUR = "lime"
 
 # usage errors exit 2 like the nbnumba CLI; a failed runner is 6
 EXIT_OK, EXIT_USAGE, EXIT_RUNNER, EXIT_THRESHOLD, EXIT_SHAPE, EXIT_IO = 0, 2, 6, 3, 4, 5
 
-__all__ = ["metrics", "parity_contract", "resample_to", "main", "compare"]
+__all__ = ["metrics", "parity_contract", "resample_to", "json_safe", "main", "compare"]
 
 #: the GPU parity contract (docs/gpu.md): a pixel keeps the contract when
 #: |port - C| <= CONTRACT_REL * |C| + CONTRACT_ABS * max|C|; the others are
@@ -85,59 +109,116 @@ CONTRACT_FLOOR = 1e-3
 # --------------------------------------------------------------------------- numerics
 
 
-def metrics(c: np.ndarray, py: np.ndarray) -> dict:
-    """Correlation, MSE, RMSE, max |Δ| (and where), sums and their ratio (py/C)."""
+def _positions(flat_idx, shape, origin=(0, 0)) -> List[List[int]]:
+    """Image positions ([slow, fast] for a 2-D image) of flat indices into a
+    (sub)image whose first pixel sits at ``origin`` of the full image."""
+    out = []
+    for k in flat_idx:
+        pos = [int(v) for v in np.unravel_index(int(k), shape)]
+        if len(pos) == len(origin):
+            pos = [p + int(o) for p, o in zip(pos, origin)]
+        out.append(pos)
+    return out
+
+
+def _finite_split(a: np.ndarray, b: np.ndarray):
+    """(finite in both, non-finite mismatch) masks.  A pixel that is NaN in
+    both images, or the same infinity in both, agrees (both programs produced
+    the same IEEE special value) and is in neither mask; any other pixel with a
+    NaN or an infinity in either image is a mismatch."""
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    both = fa & fb
+    # == of two infinities is exact and raises no warning; NaN == NaN is False
+    same_special = ~fa & ~fb & ((a == b) | (np.isnan(a) & np.isnan(b)))
+    return both, ~both & ~same_special, fa, fb
+
+
+def metrics(c: np.ndarray, py: np.ndarray, origin=(0, 0)) -> dict:
+    """Correlation, MSE, RMSE, max |Δ| (and where), sums and their ratio (py/C).
+
+    Positions are in the coordinates of the full image when ``c``/``py`` are a
+    region whose first pixel is ``origin`` (slow, fast).
+
+    Non-finite pixels: ``c_nonfinite``/``py_nonfinite`` count the NaN and ±inf
+    pixels of each image.  Every figure is taken over the ``n_finite`` pixels
+    finite in both images.  A pixel that holds the same special value in both
+    (NaN and NaN, inf and inf) agrees; any other non-finite pixel is a
+    mismatch (``nonfinite_mismatch``, first ten at ``nonfinite_first``), and
+    then the comparison figures (correlation, MSE, RMSE, max |Δ|, sum ratio)
+    are NaN: no number describes how far inf is from 1000, and a correlation
+    of the finite rest would read as a pass.
+    """
     a = np.asarray(c, dtype=np.float64)
     b = np.asarray(py, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    d = b - a
-    n = a.size
-    out = {"n_pixels": int(n)}
-    if n == 0:
-        out.update(correlation=float("nan"), mse=float("nan"), rmse=float("nan"),
-                   max_abs_diff=float("nan"), max_abs_diff_at=None, c_sum=0.0, py_sum=0.0,
-                   sum_ratio=float("nan"), c_max=float("nan"), py_max=float("nan"))
+    nan = float("nan")
+    both, mismatch, fa, fb = _finite_split(a, b)
+    out = {"n_pixels": int(a.size), "n_finite": int(both.sum()),
+           "c_nonfinite": int(a.size - fa.sum()), "py_nonfinite": int(b.size - fb.sum()),
+           "nonfinite_mismatch": int(mismatch.sum()),
+           "nonfinite_first": _positions(np.flatnonzero(mismatch)[:10], a.shape, origin)}
+    idx = np.flatnonzero(both)
+    A, B = a.ravel()[idx], b.ravel()[idx]
+    if A.size == 0:
+        out.update(correlation=nan, mse=nan, rmse=nan, max_abs_diff=nan, max_abs_diff_at=None,
+                   c_sum=0.0, py_sum=0.0, sum_ratio=nan, c_max=nan, py_max=nan)
         return out
-    da = a - a.mean()
-    db = b - b.mean()
-    saa = float((da * da).sum())
-    sbb = float((db * db).sum())
-    if saa > 0.0 and sbb > 0.0:
-        corr = float((da * db).sum() / math.sqrt(saa * sbb))
-        corr = max(-1.0, min(1.0, corr))
-    elif np.array_equal(a, b):
-        corr = 1.0  # two identical constant images
-    else:
-        corr = float("nan")
-    mse = float((d * d).mean())
-    k = int(np.argmax(np.abs(d)))
-    c_sum, py_sum = float(a.sum()), float(b.sum())
+    # finite float32 images cannot overflow these float64 sums; float64 input
+    # near 1e308 can, and then the figure is an honest inf (or NaN), not a warning
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = B - A
+        da = A - A.mean()
+        db = B - B.mean()
+        saa = float((da * da).sum())
+        sbb = float((db * db).sum())
+        if saa > 0.0 and sbb > 0.0 and math.isfinite(saa * sbb):
+            corr = float((da * db).sum() / math.sqrt(saa * sbb))
+            corr = max(-1.0, min(1.0, corr)) if math.isfinite(corr) else nan
+        elif np.array_equal(A, B):
+            corr = 1.0  # two identical constant images
+        else:
+            corr = nan
+        mse = float((d * d).mean())
+        absd = np.abs(d)
+        k = int(np.argmax(absd))
+        c_sum, py_sum = float(A.sum()), float(B.sum())
     if c_sum != 0.0:
-        ratio = py_sum / c_sum
+        ratio = py_sum / c_sum if math.isfinite(c_sum) and math.isfinite(py_sum) else nan
     else:
-        ratio = 1.0 if py_sum == 0.0 else float("inf")
+        ratio = 1.0 if py_sum == 0.0 else math.copysign(float("inf"), py_sum)
     out.update(
         correlation=corr,
         mse=mse,
         rmse=math.sqrt(mse),
-        max_abs_diff=float(abs(d.flat[k])),
-        max_abs_diff_at=[int(v) for v in np.unravel_index(k, a.shape)] if a.ndim == 2 else [k],
+        max_abs_diff=float(absd[k]),
+        max_abs_diff_at=_positions([idx[k]], a.shape, origin)[0],
         c_sum=c_sum,
         py_sum=py_sum,
         sum_ratio=ratio,
-        c_max=float(a.max()),
-        py_max=float(b.max()),
+        c_max=float(A.max()),
+        py_max=float(B.max()),
     )
+    if out["nonfinite_mismatch"]:
+        out.update(correlation=nan, mse=nan, rmse=nan, max_abs_diff=nan, max_abs_diff_at=None,
+                   sum_ratio=nan)
     return out
 
 
 def parity_contract(c: np.ndarray, py: np.ndarray, rel: float = CONTRACT_REL,
-                    abs_frac: float = CONTRACT_ABS, floor: float = CONTRACT_FLOOR) -> dict:
+                    abs_frac: float = CONTRACT_ABS, floor: float = CONTRACT_FLOOR,
+                    origin=(0, 0)) -> dict:
     """The GPU parity contract's figures for two images of the same shape:
     correlation, the largest relative error over pixels above ``floor`` of
     max|C| (and where), and the pixels beyond the per-pixel tolerance
-    ``rel * |C| + abs_frac * max|C|`` ("flipped": count, fraction, first few)."""
+    ``rel * |C| + abs_frac * max|C|`` ("flipped": count, fraction, first few).
+
+    max|C| is taken over C's finite pixels (an inf pixel would make the
+    tolerance infinite and let every pixel pass).  A pixel that is NaN or
+    ±inf in either image is flipped unless both images hold the same special
+    value there (``nonfinite_flipped`` counts those flipped); with any such
+    pixel the largest relative error is NaN.  Positions are image coordinates
+    when the images are a region starting at ``origin`` (slow, fast)."""
     a = np.asarray(c, dtype=np.float64)
     b = np.asarray(py, dtype=np.float64)
     if a.shape != b.shape:
@@ -146,25 +227,36 @@ def parity_contract(c: np.ndarray, py: np.ndarray, rel: float = CONTRACT_REL,
            "n_pixels": int(a.size)}
     if a.size == 0:
         out.update(correlation=float("nan"), max_rel_error=float("nan"), max_rel_error_at=None,
-                   flipped=0, flipped_fraction=0.0, flipped_first=[], within_contract=True)
+                   nonfinite_flipped=0, flipped=0, flipped_fraction=0.0, flipped_first=[],
+                   within_contract=True)
         return out
     out["correlation"] = metrics(a, b)["correlation"]
-    mx = float(np.abs(a).max())
-    d = np.abs(b - a)
-    sel = np.abs(a) > floor * mx
-    if sel.any():
-        relerr = np.where(sel, d / np.where(sel, np.abs(a), 1.0), 0.0)
-        k = int(np.argmax(relerr))
-        out["max_rel_error"] = float(relerr.flat[k])
-        out["max_rel_error_at"] = [int(v) for v in np.unravel_index(k, a.shape)]
+    both, mismatch, fa, _ = _finite_split(a, b)
+    mx = float(np.abs(a[fa]).max()) if fa.any() else 0.0
+    bad = mismatch.copy()
+    bad_flat = bad.reshape(-1)          # a view: bad is a fresh contiguous copy
+    idx = np.flatnonzero(both)
+    A, B = np.abs(a.ravel()[idx]), b.ravel()[idx]
+    with np.errstate(over="ignore", invalid="ignore"):   # float64 input near 1e308: inf, flipped
+        d = np.abs(B - a.ravel()[idx])
+        bad_flat[idx] = ~(d <= rel * A + abs_frac * mx)
+    if mismatch.any():
+        out["max_rel_error"], out["max_rel_error_at"] = float("nan"), None
     else:
-        out["max_rel_error"] = 0.0 if np.array_equal(a, b) else float("inf")
-        out["max_rel_error_at"] = None
-    bad = ~(d <= rel * np.abs(a) + abs_frac * mx)          # NaN counts as flipped
-    flipped = np.argwhere(bad)
-    out["flipped"] = int(len(flipped))
-    out["flipped_fraction"] = float(len(flipped)) / a.size
-    out["flipped_first"] = [[int(v) for v in row] for row in flipped[:10]]
+        sel = A > floor * mx
+        if sel.any():
+            relerr = d[sel] / A[sel]
+            k = int(np.argmax(relerr))
+            out["max_rel_error"] = float(relerr[k])
+            out["max_rel_error_at"] = _positions([idx[sel][k]], a.shape, origin)[0]
+        else:          # C is all zeros (finite part): exact agreement or no bound
+            out["max_rel_error"] = 0.0 if not d.any() else float("inf")
+            out["max_rel_error_at"] = None
+    flipped = np.flatnonzero(bad)
+    out["nonfinite_flipped"] = int(mismatch.sum())
+    out["flipped"] = int(flipped.size)
+    out["flipped_fraction"] = float(flipped.size) / a.size
+    out["flipped_first"] = _positions(flipped[:10], a.shape, origin)
     out["within_contract"] = out["flipped"] == 0
     return out
 
@@ -197,7 +289,9 @@ def resample_to(py: np.ndarray, shape: Tuple[int, int]) -> Tuple[np.ndarray, lis
         d0 = f0 if m0 == "down" else 1
         d1 = f1 if m1 == "down" else 1
         s, f = img.shape
-        img = img.reshape(s // d0, d0, f // d1, d1).mean(axis=(1, 3))
+        # a block holding inf and -inf averages to NaN (no warning: it is the answer)
+        with np.errstate(over="ignore", invalid="ignore"):
+            img = img.reshape(s // d0, d0, f // d1, d1).mean(axis=(1, 3))
     if m0 == "up" or m1 == "up":
         u0 = f0 if m0 == "up" else 1
         u1 = f1 if m1 == "up" else 1
@@ -266,7 +360,8 @@ def write_previews(c: np.ndarray, py: np.ndarray, outdir: str, pct: float, origi
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    d = py.astype(np.float64) - c.astype(np.float64)
+    with np.errstate(invalid="ignore"):     # inf - inf: NaN, drawn as a non-finite pixel
+        d = py.astype(np.float64) - c.astype(np.float64)
     paths = []
     ys, xs = origin
     extent = (xs - 0.5, xs + c.shape[1] - 0.5, ys + c.shape[0] - 0.5, ys - 0.5)
@@ -275,17 +370,23 @@ def write_previews(c: np.ndarray, py: np.ndarray, outdir: str, pct: float, origi
         ("py.png", py.astype(np.float64), False, "port float image"),
         ("diff.png", d, True, "port − C"),
     ):
+        # non-finite pixels become NaN, which imshow draws in the colour map's
+        # "bad" colour (NaN wins the max-pool, so a lone one stays visible)
+        finite = np.isfinite(img)
+        img = np.where(finite, img, np.nan)
         pooled = _pool(img, signed)
         fig, ax = plt.subplots(figsize=(7, 6))
         if signed:
             top = _scale_top(np.abs(img), pct)
-            im = ax.imshow(pooled, cmap="RdBu_r", vmin=-top, vmax=top, interpolation="nearest",
+            cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad=NONFINITE_COLOUR)
+            im = ax.imshow(pooled, cmap=cmap, vmin=-top, vmax=top, interpolation="nearest",
                            extent=extent)
             label = f"±p{pct:g}(|Δ|) = ±{top:.4g}"
         else:
             top = _scale_top(img, pct)
-            bottom = min(0.0, float(np.nanmin(img))) if img.size else 0.0
-            im = ax.imshow(pooled, cmap="magma", vmin=bottom, vmax=top, interpolation="nearest",
+            bottom = min(0.0, float(img[finite].min())) if finite.any() else 0.0
+            cmap = matplotlib.colormaps["magma"].with_extremes(bad=NONFINITE_COLOUR)
+            im = ax.imshow(pooled, cmap=cmap, vmin=bottom, vmax=top, interpolation="nearest",
                            extent=extent)
             label = f"0..p{pct:g} = {top:.4g}"
         ax.set_title(f"{title} ({c.shape[1]}x{c.shape[0]} px; scale {label})", fontsize=9)
@@ -303,20 +404,17 @@ def write_previews(c: np.ndarray, py: np.ndarray, outdir: str, pct: float, origi
 # --------------------------------------------------------------------------- CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise ToolError(message, EXIT_USAGE)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, usage="%(prog)s [options] -- <nanoBragg flags>",
-                description="Compare nanoBragg.c and nbnumba float images for the same flags.")
+    p = C.UsageParser(prog=PROG, usage="%(prog)s [options] -- <nanoBragg flags>",
+                      description="Compare nanoBragg.c and nbnumba float images for the same flags.",
+                      usage_exit=EXIT_USAGE)
     p.add_argument("--c-bin", help="C program (default $NB_C_BIN)")
     p.add_argument("--outdir", default="comparisons", help="parent of the result folder")
     p.add_argument("--roi", nargs=4, type=int, metavar=("XMIN", "XMAX", "YMIN", "YMAX"))
     p.add_argument("--threshold", type=float, default=0.999, help="minimum correlation (0.999)")
     p.add_argument("--resample", action="store_true", help="resample the port image to C's shape")
     p.add_argument("--png-scale", type=float, default=99.5, help="preview percentile (99.5)")
+    p.add_argument("--no-png", action="store_true", help="skip the PNG previews")
     p.add_argument("--save-diff", action="store_true", help="also write diff.bin")
     p.add_argument("--py-args", action="append", default=[], help="extra flags for the port only")
     p.add_argument("--timeout", type=C.timeout_seconds, default=None, help="seconds per runner")
@@ -340,6 +438,54 @@ def _glue_py_args(opts: List[str]) -> List[str]:
     return out
 
 
+def _split_py_args(values: Sequence[str]) -> List[str]:
+    """Shell-split every --py-args value; an unbalanced quote is a usage error
+    (shlex raised ValueError, a traceback)."""
+    import shlex
+    out: List[str] = []
+    for v in values:
+        try:
+            out += shlex.split(v)
+        except ValueError as exc:
+            raise ToolError(f"argument --py-args: cannot split {v!r} into arguments: {exc}",
+                            EXIT_USAGE) from None
+    return out
+
+
+def _image_shape_from_flags(argv: Sequence[str], cwd: str) -> Tuple[int, int]:
+    """(slow, fast) pixel counts of the detector the port builds from ``argv``,
+    without rendering anything (the flag parser and the detector geometry
+    only).  A flag the port refuses is a usage error, as one line."""
+    from nbnumba.errors import NBError
+    from nbnumba.flags import HelpRequested, parse_argv
+    from nbnumba.geometry import build_detector
+    from nbnumba.validate import check_config
+    why = "--roi: cannot tell the image size from the flags"
+    try:
+        cfg = parse_argv(argv, cwd=cwd)
+        check_config(cfg)
+        if not cfg.pixel_size > 0.0:      # build_model's own check, before the division
+            raise ToolError(f"{why}: -pixel must be > 0 (got {cfg.pixel_size * 1000:g} mm)",
+                            EXIT_USAGE)
+        det = build_detector(cfg, trace=False)
+    except HelpRequested:
+        raise ToolError(f"{why}: they ask for help (-h); give the flags of a run",
+                        EXIT_USAGE) from None
+    except NBError as exc:
+        raise ToolError(f"{why}: {exc}", EXIT_USAGE) from None
+    except (ArithmeticError, ValueError) as exc:    # geometry the engine would refuse later
+        raise ToolError(f"{why}: {type(exc).__name__}: {exc}", EXIT_USAGE) from None
+    return det.spixels, det.fpixels
+
+
+def _check_roi(roi, shape: Tuple[int, int], whose: str) -> None:
+    x0, x1, y0, y1 = roi
+    s, f = shape
+    if x1 >= f or y1 >= s:
+        raise ToolError(f"--roi {x0} {x1} {y0} {y1} is outside the {f}x{s} {whose} "
+                        f"(XMAX <= {f - 1}, YMAX <= {s - 1})", EXIT_USAGE)
+
+
 def _load_float(path: str, shape, label: str) -> np.ndarray:
     try:
         data = np.fromfile(path, dtype=np.float32)
@@ -352,12 +498,48 @@ def _load_float(path: str, shape, label: str) -> np.ndarray:
     return data.reshape(shape)
 
 
-def _write_text(path: str, text: str) -> None:
+def _write_bytes(path: str, data: bytes) -> None:
+    """Atomic write (nbnumba.io.atomic): a reader never sees half a file.  Any
+    failure is the I/O exit, not the engine's usage status of OutputFileError."""
+    from nbnumba.errors import NBError
+    from nbnumba.io.atomic import atomic_write_bytes
     try:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        atomic_write_bytes(path, data)
+    except NBError as exc:
+        raise ToolError(str(exc), EXIT_IO) from None
     except OSError as exc:
         raise ToolError(f"cannot write {path}: {exc.strerror or exc}", EXIT_IO) from None
+
+
+def _write_text(path: str, text: str) -> None:
+    _write_bytes(path, text.encode("utf-8"))
+
+
+def json_safe(v):
+    """``v`` with every non-finite float replaced by its name, as
+    nbnumba-trace-diff's --json does: ``"nan"``, ``"inf"``, ``"-inf"``
+    (json.dumps would write the bare NaN/Infinity that strict JSON readers reject)."""
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, (bool, int, str)) or v is None:
+        return v
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        if math.isnan(f):
+            return "nan"
+        if math.isinf(f):
+            return "inf" if f > 0 else "-inf"
+        return f
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def _write_summary(out: str, summary: dict) -> None:
+    text = json.dumps(json_safe(summary), indent=2, allow_nan=False)
+    _write_text(os.path.join(out, "summary.json"), text + "\n")
 
 
 def _check_run(r: C.RunResult, float_path: str) -> None:
@@ -378,6 +560,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
+#: summary.json "status" of a comparison that stopped with this exit status
+_FAILED_STATUS = {EXIT_RUNNER: "runner_failed", EXIT_SHAPE: "shape_mismatch", EXIT_IO: "io_error",
+                  EXIT_USAGE: "usage_error"}
+
+
 def compare(opts: argparse.Namespace, flags: List[str], cwd: Optional[str] = None) -> Tuple[int, dict]:
     cwd = cwd or os.getcwd()
     c_bin = C.find_c_bin(opts.c_bin)
@@ -395,15 +582,21 @@ def compare(opts: argparse.Namespace, flags: List[str], cwd: Optional[str] = Non
         x0, x1, y0, y1 = opts.roi
         if x0 < 0 or y0 < 0 or x1 < x0 or y1 < y0:
             raise ToolError("--roi needs 0 <= XMIN <= XMAX and 0 <= YMIN <= YMAX", EXIT_USAGE)
-    import shlex
-    py_extra: List[str] = []
-    for s in opts.py_args:
-        py_extra += shlex.split(s)
+    py_extra = _split_py_args(opts.py_args)
+    # the previews need matplotlib: say so (one line, exit 2) before the runs,
+    # not after them with a result folder lacking summary.json
+    if not getattr(opts, "no_png", False):
+        from nbnumba.extras import require
+        require("matplotlib", "nb-compare's PNG previews (or --no-png)")
     device = getattr(opts, "device", "cpu") or "cpu"
     if device == "cuda":
         py_extra += ["-device", "cuda"]
 
     run_flags = C.with_floatfile(C.resolve_paths(flags, cwd), "float.bin")
+    if opts.roi is not None:
+        # before anything runs or any folder is made: the port's reading of the
+        # flags gives the detector size (checked against C's image again later)
+        _check_roi(opts.roi, _image_shape_from_flags(run_flags + py_extra, cwd), "detector")
     tag = C.args_hash(list(flags) + ["--py-args"] + py_extra)
     try:
         out = C.unique_dir(os.path.join(cwd, opts.outdir), f"{C.utc_stamp()}-{tag}")
@@ -424,6 +617,20 @@ def compare(opts: argparse.Namespace, flags: List[str], cwd: Optional[str] = Non
         "device": device,
         "outdir": out,
     }
+    try:
+        return _compare_into(opts, flags, cwd, c_bin, py_extra, run_flags, out, summary)
+    except ToolError as e:
+        # the folder exists: it keeps the logs written so far for diagnosis and
+        # a summary.json saying why the comparison stopped
+        summary.update(status=_FAILED_STATUS.get(e.code, "failed"), error=str(e), exit_code=e.code)
+        try:
+            _write_summary(out, summary)
+        except ToolError:
+            pass              # the folder itself is unwritable: report the first error
+        raise
+
+
+def _compare_into(opts, flags, cwd, c_bin, py_extra, run_flags, out, summary) -> Tuple[int, dict]:
     with tempfile.TemporaryDirectory(prefix="nbcmp-c-") as cdir, \
             tempfile.TemporaryDirectory(prefix="nbcmp-py-") as pdir:
         C.stage_fdump(flags, cwd, cdir)
@@ -459,76 +666,91 @@ def compare(opts: argparse.Namespace, flags: List[str], cwd: Optional[str] = Non
         summary["py_seconds"] = round(rp.seconds, 3)
         summary["c_returncode"], summary["py_returncode"] = rc.returncode, rp.returncode
         cf, pf = os.path.join(cdir, "float.bin"), os.path.join(pdir, "float.bin")
-        try:
-            _check_run(rc, cf)
-            _check_run(rp, pf)
-        except ToolError as e:
-            summary["status"] = "runner_failed"
-            summary["error"] = str(e)
-            summary["exit_code"] = e.code
-            _write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
-            raise
-        c_shape = C.parse_shape(rc.stdout)
-        p_shape = C.parse_shape(rp.stdout)
-        for shp, r in ((c_shape, rc), (p_shape, rp)):
-            if shp is None:
-                raise ToolError(f"{r.label} runner failed: no '(FxS pixels)' line in its stdout",
-                                EXIT_RUNNER)
-        c_img = _load_float(cf, c_shape, "C")
-        p_img = _load_float(pf, p_shape, "port")
+        _check_run(rc, cf)
+        _check_run(rp, pf)
+        # copied before they are read, so that a float file that disagrees
+        # with its program's printed shape (exit 5) is kept for diagnosis
         try:
             shutil.copyfile(cf, os.path.join(out, "c_float.bin"))
             shutil.copyfile(pf, os.path.join(out, "py_float.bin"))
         except OSError as exc:
             raise ToolError(f"cannot copy the float images to {out}: {exc.strerror or exc}",
                             EXIT_IO) from None
+        c_shape = C.parse_shape(rc.stdout)
+        p_shape = C.parse_shape(rp.stdout)
+        for shp, r in ((c_shape, rc), (p_shape, rp)):
+            if shp is None:
+                raise ToolError(f"{r.label} runner failed: no '(FxS pixels)' line in its stdout",
+                                EXIT_RUNNER)
+        summary["c_shape"] = list(c_shape)
+        summary["py_shape"] = list(p_shape)
+        c_img = _load_float(cf, c_shape, "C")
+        p_img = _load_float(pf, p_shape, "port")
 
-    summary["c_shape"] = list(c_shape)
-    summary["py_shape"] = list(p_shape)
     summary["resampled"] = None
     if p_shape != c_shape:
         msg = (f"image shapes differ: C {c_shape[1]}x{c_shape[0]} vs port "
                f"{p_shape[1]}x{p_shape[0]} pixels (fast x slow)")
         if not opts.resample:
-            summary.update(status="shape_mismatch", exit_code=EXIT_SHAPE, error=msg)
-            _write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
             raise ToolError(msg + "; --resample handles integer factors", EXIT_SHAPE)
         try:
             p_img, plan = resample_to(p_img, c_shape)
         except ValueError:
-            summary.update(status="shape_mismatch", exit_code=EXIT_SHAPE, error=msg)
-            _write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
             raise ToolError(msg + "; not integer factors, cannot resample", EXIT_SHAPE) from None
         summary["resampled"] = {"from": list(p_shape), "to": list(c_shape), "per_axis": plan}
 
     origin = (0, 0)
     c_m, p_m = c_img, p_img
     if opts.roi is not None:
+        # checked against the detector before the runs; C's printed shape decides
+        _check_roi(opts.roi, c_shape, "C image")
         x0, x1, y0, y1 = opts.roi
-        if x1 >= c_shape[1] or y1 >= c_shape[0]:
-            raise ToolError(f"--roi {x0} {x1} {y0} {y1} is outside the {c_shape[1]}x{c_shape[0]} "
-                            "image", EXIT_USAGE)
         c_m, p_m = c_img[y0:y1 + 1, x0:x1 + 1], p_img[y0:y1 + 1, x0:x1 + 1]
         origin = (y0, x0)
-    m = metrics(c_m, p_m)
-    if m.get("max_abs_diff_at") and opts.roi is not None:
-        m["max_abs_diff_at"] = [m["max_abs_diff_at"][0] + origin[0], m["max_abs_diff_at"][1] + origin[1]]
+    # every position reported (max |Δ|, max rel error, flipped and non-finite
+    # pixels) is in image coordinates: the functions add the ROI's origin
+    m = metrics(c_m, p_m, origin)
     passed = bool(np.isfinite(m["correlation"]) and m["correlation"] >= opts.threshold)
     code = EXIT_OK if passed else EXIT_THRESHOLD
     summary.update(metrics=m, passed=passed, status="ok" if passed else "below_threshold",
-                   exit_code=code, contract=parity_contract(c_m, p_m))
+                   exit_code=code, contract=parity_contract(c_m, p_m, origin=origin))
+    previews = not getattr(opts, "no_png", False)
     files = ["c_stdout.txt", "c_stderr.txt", "py_stdout.txt", "py_stderr.txt", "c_float.bin",
-             "py_float.bin", "c.png", "py.png", "diff.png", "summary.json"]
+             "py_float.bin"] + (["c.png", "py.png", "diff.png"] if previews else []) + ["summary.json"]
     try:
-        write_previews(c_m, p_m, out, opts.png_scale, origin)
+        if previews:
+            write_previews(c_m, p_m, out, opts.png_scale, origin)
         if opts.save_diff:
-            (p_img.astype(np.float32) - c_img.astype(np.float32)).tofile(os.path.join(out, "diff.bin"))
+            # NaN where both are the same infinity, ±inf where one is: IEEE's answer
+            with np.errstate(over="ignore", invalid="ignore"):
+                diff = p_img.astype(np.float32) - c_img.astype(np.float32)
+            _write_bytes(os.path.join(out, "diff.bin"), diff.tobytes())
             files.append("diff.bin")
     except OSError as exc:
         raise ToolError(f"cannot write previews in {out}: {exc.strerror or exc}", EXIT_IO) from None
     summary["files"] = files
-    _write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    _write_summary(out, summary)
     return code, summary
+
+
+def _nonfinite_line(m: dict) -> Optional[str]:
+    if not (m.get("c_nonfinite") or m.get("py_nonfinite")):
+        return None
+    line = (f"  non-finite    C {m['c_nonfinite']}, port {m['py_nonfinite']} pixels (NaN or ±inf); "
+            f"figures over the {m['n_finite']} finite in both")
+    n = m.get("nonfinite_mismatch")
+    if n:
+        first = m["nonfinite_first"][0]
+        line += f"; {_pixels(n)} not the same in both images"
+        if len(first) == 2:
+            line += f", first at (slow, fast) = ({first[0]}, {first[1]})"
+    else:
+        line += "; each is the same value in both images"
+    return line
+
+
+def _pixels(n: int) -> str:
+    return f"{n} pixel" if n == 1 else f"{n} pixels"
 
 
 def _report(summary: dict) -> str:
@@ -541,6 +763,9 @@ def _report(summary: dict) -> str:
     if summary.get("roi"):
         L.append("  roi (x fast, y slow): %d..%d x %d..%d" % tuple(summary["roi"]))
     L.append(f"  pixels        {m['n_pixels']}")
+    nf = _nonfinite_line(m)
+    if nf:
+        L.append(nf)
     L.append(f"  correlation   {_fmt(m['correlation'])}")
     L.append(f"  MSE           {_fmt(m['mse'])}")
     L.append(f"  RMSE          {_fmt(m['rmse'])}")
@@ -561,8 +786,13 @@ def _report(summary: dict) -> str:
                  f"{k['rel_tol']:g} |C| + {k['abs_tol_of_max']:g} max  (GPU parity contract: "
                  f"{'kept' if k['within_contract'] else 'not kept'})")
     verdict = "PASS" if summary["passed"] else "FAIL"
-    L.append(f"  verdict       {verdict} (correlation {_fmt(m['correlation'])} "
-             f"{'>=' if summary['passed'] else '<'} threshold {summary['threshold']:g})")
+    if m.get("nonfinite_mismatch"):
+        why = (f"{_pixels(m['nonfinite_mismatch'])} non-finite in one image and not the same "
+               "in the other: no correlation")
+    else:
+        why = (f"correlation {_fmt(m['correlation'])} "
+               f"{'>=' if summary['passed'] else '<'} threshold {summary['threshold']:g}")
+    L.append(f"  verdict       {verdict} ({why})")
     L.append(f"  wrote {summary['outdir']}")
     return "\n".join(L)
 

@@ -36,6 +36,17 @@ Exit status: 0 no divergence, 1 divergence found, 2 usage or I/O error (one
 line on stderr).  Keys present in only one log are listed but do not count
 as a divergence unless ``--strict-keys`` is given.
 
+A per-phi line neither program prints (``phi_tic=nan``, ``phi_tic=1.5``, a
+field that is not ``name=number``) is an input error naming the log, the line
+and the field (:class:`nbnumba.tracefmt.TraceFormatError`).  ``--markdown`` and
+``--json`` are written as one all-or-nothing set (:mod:`nbnumba.io.atomic`);
+before anything is read or written, an output that is one of the two logs
+(same file, a symlink, ``./`` spelling), two outputs naming one file, and an
+output that cannot be written (no such folder, a directory) are refused.  The
+report is printed after the files are written.  Where ``|a-b|`` overflows
+(``1e308`` vs ``-1e308``) abs Δ is ``inf`` and rel Δ is computed on the scaled
+values (2).
+
 ``--json`` writes an object whose keys are the scaling factors
 (``{factor: {"c":, "py":, "abs":, "rel":, "diverged":}}``; values absent from a
 log are ``null``, non-finite numbers are strings such as ``"nan"``) plus
@@ -52,8 +63,11 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
+from nbnumba.errors import NBError
+from nbnumba.io.atomic import atomic_open, check_distinct, check_not_input, check_writable, output_set
+from nbnumba.tools._common import ToolError, UsageParser
 from nbnumba.tracefmt import PHI_FIELDS, Trace, Value, format_value, parse_trace
 
 PROG = "nbnumba-trace-diff"
@@ -95,7 +109,11 @@ def _is_num(v: Value) -> bool:
 
 
 def _abs_rel(a: float, b: float) -> tuple[float, float]:
-    """Component abs/rel deltas; NaN-aware (nan==nan, inf==inf of same sign)."""
+    """Component abs/rel deltas; NaN-aware (nan==nan, inf==inf of same sign).
+
+    ``rel`` is computed on the values scaled by ``max(|a|,|b|)`` when ``|a-b|``
+    overflows (``1e308`` vs ``-1e308``: abs Δ inf, rel Δ 2, not inf).
+    """
     a = float(a)
     b = float(b)
     if math.isnan(a) or math.isnan(b):
@@ -108,7 +126,9 @@ def _abs_rel(a: float, b: float) -> tuple[float, float]:
         return math.inf, math.inf
     d = abs(a - b)
     m = max(abs(a), abs(b))
-    return d, (d / m if m > 0 else 0.0)
+    if m == 0.0:
+        return d, 0.0
+    return d, (d / m if math.isfinite(d) else abs(a / m - b / m))
 
 
 def compare_values(
@@ -117,7 +137,9 @@ def compare_values(
     """Compare two value lists with the module's tolerance rule.
 
     Returns ``(diverged, abs_list, rel_list, max_abs, key_rel, reason)``;
-    abs/rel entries are ``None`` for string components.
+    abs/rel entries are ``None`` for string components.  Where ``|a-b|`` or
+    ``tol*scale`` overflows double precision, the test and ``key_rel`` use the
+    values divided by the scale instead (same rule, no overflow).
     """
     if len(c) != len(py):
         return True, [], [], None, None, f"value count differs ({len(c)} vs {len(py)})"
@@ -134,13 +156,23 @@ def compare_values(
                     scale = max(scale, fv)
     thresh = max(tol * scale, atol)
     max_abs: Optional[float] = None
+    key_rel: Optional[float] = None
     for a, b in zip(c, py):
         if _is_num(a) and _is_num(b):
             d, r = _abs_rel(a, b)
             abs_l.append(d)
             rel_l.append(r)
             max_abs = d if max_abs is None else max(max_abs, d)
-            if d > thresh:
+            fa, fb = float(a), float(b)
+            if not (math.isfinite(fa) and math.isfinite(fb)):
+                kr, bad = d, d > 0.0                # nan/inf: equal or not (d is 0 or inf)
+            elif math.isfinite(d) and math.isfinite(thresh):
+                kr, bad = (d / scale if scale > 0 else 0.0), d > thresh
+            else:                                   # |a-b| or tol*scale overflowed
+                kr = abs(fa / scale - fb / scale)
+                bad = kr > max(tol, atol / scale)
+            key_rel = kr if key_rel is None else max(key_rel, kr)
+            if bad:
                 diverged = True
                 reason = reason or "value differs beyond tolerance"
         else:
@@ -149,12 +181,6 @@ def compare_values(
             if isinstance(a, str) != isinstance(b, str) or a != b:
                 diverged = True
                 reason = reason or "text differs"
-    key_rel: Optional[float] = None
-    if max_abs is not None:
-        if math.isinf(max_abs):
-            key_rel = math.inf
-        else:
-            key_rel = max_abs / scale if scale > 0 else 0.0
     return diverged, abs_l, rel_l, max_abs, key_rel, reason
 
 
@@ -319,8 +345,8 @@ def _phi_keyed(trace: Trace) -> list[tuple[tuple[int, int], dict, int]]:
 
 
 def diff_traces(
-    c_text: str,
-    py_text: str,
+    c_text: Union[str, Trace],
+    py_text: Union[str, Trace],
     tol: float = 1e-6,
     atol: float = 0.0,
     *,
@@ -328,9 +354,11 @@ def diff_traces(
     py_label: str = "PY",
     strict_keys: bool = False,
 ) -> DiffResult:
-    """Diff two trace texts (see the module docstring for the tolerance rule)."""
-    ct = parse_trace(c_text)
-    pt = parse_trace(py_text)
+    """Diff two trace texts, or traces already parsed (see the module docstring for
+    the tolerance rule).  A malformed per-phi line raises
+    :class:`nbnumba.tracefmt.TraceFormatError`."""
+    ct = c_text if isinstance(c_text, Trace) else parse_trace(c_text)
+    pt = py_text if isinstance(py_text, Trace) else parse_trace(py_text)
     py_by_name = {e.name: e for e in pt.entries}
     c_names = {e.name for e in ct.entries}
 
@@ -550,17 +578,8 @@ def render_markdown(result: DiffResult, max_list: int = 40, max_phi_rows: int = 
 # --------------------------------------------------------------------------- CLI
 
 
-class _UsageExit(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, no usage dump
-        raise _UsageExit(message)
-
-
 def _build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog=PROG,
         description="Report the first divergence between a C trace log and a port trace log.",
     )
@@ -582,43 +601,52 @@ def _read(path: str) -> str:
         with open(path, "r", encoding="utf-8", errors="replace") as fh:
             return fh.read()
     except OSError as exc:
-        raise _UsageExit(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ToolError(f"cannot read {path}: {exc.strerror or exc}", 2) from None
 
 
-def _write(path: str, text: str) -> None:
-    try:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    except OSError as exc:
-        raise _UsageExit(f"cannot write {path}: {exc.strerror or exc}") from None
+def _check_outputs(args) -> list[tuple[str, str]]:
+    """The ``(option, path)`` outputs, refused before anything is read or written
+    when one is an input log (``--json c.log`` replaced the log), two name one
+    file, or a path cannot be written (no such directory, a directory)."""
+    outs = [(opt, path) for opt, path in (("--markdown", args.markdown), ("--json", args.json))
+            if path]
+    for opt, path in outs:
+        check_not_input(path, (args.c_log, args.py_log), opt)
+        check_writable(path, opt)
+    check_distinct(outs)
+    return outs
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
         if not (math.isfinite(args.tol) and args.tol >= 0):
-            raise _UsageExit(f"--tol must be a finite number >= 0 (got {args.tol})")
+            raise ToolError(f"--tol must be a finite number >= 0 (got {args.tol})", 2)
         if not (math.isfinite(args.atol) and args.atol >= 0):
-            raise _UsageExit(f"--atol must be a finite number >= 0 (got {args.atol})")
-        c_text = _read(args.c_log)
-        py_text = _read(args.py_log)
-        result = diff_traces(
-            c_text, py_text, args.tol, args.atol, strict_keys=args.strict_keys
-        )
+            raise ToolError(f"--atol must be a finite number >= 0 (got {args.atol})", 2)
+        outs = _check_outputs(args)
+        traces = []
+        for path in (args.c_log, args.py_log):
+            tr = parse_trace(_read(path), source=path)   # TraceFormatError names path and line
+            if tr.empty:
+                raise ToolError(f"no TRACE_C/TRACE_PY lines found in {path}", 2)
+            traces.append(tr)
+        result = diff_traces(traces[0], traces[1], args.tol, args.atol,
+                             strict_keys=args.strict_keys)
         result.c_source, result.py_source = args.c_log, args.py_log
-        for path, tr in ((args.c_log, result.c_trace), (args.py_log, result.py_trace)):
-            if tr is None or tr.empty:
-                raise _UsageExit(f"no TRACE_C/TRACE_PY lines found in {path}")
         md = render_markdown(result)
+        texts = {"--markdown": md,
+                 "--json": json.dumps(result.to_json_dict(), indent=2, ensure_ascii=False) + "\n"}
+        # all or nothing: a failing second file leaves the first one as it was
+        with output_set():
+            for opt, path in outs:
+                with atomic_open(path) as fh:
+                    fh.write(texts[opt].encode("utf-8"))
         if not args.quiet:
             sys.stdout.write(md)
             sys.stdout.flush()
-        if args.markdown:
-            _write(args.markdown, md)
-        if args.json:
-            _write(args.json, json.dumps(result.to_json_dict(), indent=2, ensure_ascii=False) + "\n")
         return 1 if result.diverged else 0
-    except _UsageExit as exc:
+    except (ToolError, NBError) as exc:     # NBError: TraceFormatError, OutputFileError
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,23 +1,17 @@
 """``nbnumba-probe`` command line: options, then the probe, then a one-line verdict."""
 from __future__ import annotations
 
-import argparse
-
 import sys
 from typing import List, Optional, Sequence
 
-
 from nbnumba.tools import _common as C
-from nbnumba.tools._common import ToolError
+from nbnumba.tools._common import ToolError, UsageParser
 from .common import EXIT_IO, EXIT_OK, EXIT_USAGE, PROG
 
 
 def _parse_opts(argv: List[str]):
-    class P(argparse.ArgumentParser):
-        def error(self, message):
-            raise ToolError(message, EXIT_USAGE)
-
-    p = P(prog=PROG, usage="%(prog)s --pixel S F [options] -- <nanoBragg flags>")
+    p = UsageParser(prog=PROG, usage="%(prog)s --pixel S F [options] -- <nanoBragg flags>",
+                    usage_exit=EXIT_USAGE)
     p.add_argument("--pixel", nargs=2, type=int, required=True, metavar=("S", "F"))
     p.add_argument("--outdir", default="reports")
     p.add_argument("--c-parity", action="store_true", help="run the port with -c_parity")

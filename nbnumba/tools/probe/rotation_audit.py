@@ -13,8 +13,19 @@ def _recip(a, b, c):
     return np.cross(b, c) / v, np.cross(c, a) / v, np.cross(a, b) / v
 
 
+_ROT = ("rot_a_angstroms", "rot_b_angstroms", "rot_c_angstroms")
+
+
 def rotation_audit(model, c_tr, py_tr) -> Tuple[str, dict]:
-    """Markdown table of the port's cells per φ step next to the C trace's values."""
+    """Markdown table of the port's cells per φ step next to the C trace's values.
+
+    The C's numbers may be nan, inf or huge (a stored trace): the distances are
+    then nan/inf in the tables, computed without numpy warnings."""
+    with np.errstate(all="ignore"):
+        return _rotation_audit(model, c_tr, py_tr)
+
+
+def _rotation_audit(model, c_tr, py_tr) -> Tuple[str, dict]:
     cells = np.asarray(model.cells)           # (2, nphi, nmos, 3, 3), metres
     phis = list(model.phis)
     nphi, nmos = cells.shape[1], cells.shape[2]
@@ -47,14 +58,14 @@ def rotation_audit(model, c_tr, py_tr) -> Tuple[str, dict]:
     ref = cells[0, :, 0]
     L.append("## 2. The C trace's cell (printed once, for phi_tic = 0) against the port's steps")
     L.append("")
-    if c_tr is None or "rot_a_angstroms" not in c_tr:
-        L.append("No C trace (or no rot_a_angstroms line in it).")
+    if c_tr is None or not all(n in c_tr for n in _ROT):
+        L.append("No C trace (or not all of its rot_a/b/c_angstroms lines).")
         L.append("")
     else:
         cvec = np.array([c_tr["rot_a_angstroms"], c_tr["rot_b_angstroms"], c_tr["rot_c_angstroms"]],
                         dtype=float)
         pvec = None
-        if py_tr is not None and "rot_a_angstroms" in py_tr:
+        if py_tr is not None and all(n in py_tr for n in _ROT):
             pvec = np.array([py_tr["rot_a_angstroms"], py_tr["rot_b_angstroms"],
                              py_tr["rot_c_angstroms"]], dtype=float)
         L.append("| vector | C (phi_tic 0) | port trace (phi_tic 0) |")
@@ -132,7 +143,7 @@ def rotation_audit(model, c_tr, py_tr) -> Tuple[str, dict]:
             seen.add(t)
             kc = row.get("k_frac")
             kp = py_phi.get(t, {}).get("k_frac")
-            if Svec is not None:
+            if Svec is not None and kc is not None:
                 ks = [float(np.dot(ref[j, 1], Svec)) for j in range(nphi)]
                 own = ks[t] if 0 <= t < nphi else None
                 j = int(np.argmin([abs(k - kc) for k in ks]))

@@ -26,6 +26,7 @@ class ProbeState:
     img_roi: List[int]
     img_roi_args: List[str]
     bundle: str
+    made_dirs: List[str] = field(default_factory=list)   # --outdir folders setup created
     commands: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     # ---- traces -------------------------------------------------------------------

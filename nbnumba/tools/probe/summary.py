@@ -212,15 +212,22 @@ def _summary_md(bundle, S, F, flags, c_parity, c_source, roi_kind, roi, roi_chec
             L.append("With the carry-over ruled out the traces agree: the φ loop is the culprit.")
     L.append("")
 
-    L.append("## 7. sincg sweep ([sincg_sweep.md](sincg_sweep.md), [csv](sincg_sweep.csv), "
-             "[png](sincg_sweep.png))")
+    if sincg.get("k0") is not None:
+        L.append("## 7. sincg sweep ([sincg_sweep.md](sincg_sweep.md), [csv](sincg_sweep.csv), "
+                 "[png](sincg_sweep.png))")
+    else:
+        L.append("## 7. sincg sweep ([sincg_sweep.md](sincg_sweep.md))")
     L.append("")
     if sincg.get("k0") is not None:
         rels = sincg.get("rel_by_axis") or {}
         L.append(f"- axis: {sincg['axis']} (N = {sincg.get('N_int')}); F_latt rel Δ by axis: "
                  + ", ".join(f"{a}: {_s(r)}" for a, r in rels.items()) if rels else
                  f"- axis: {sincg['axis']} (N = {sincg.get('N_int')}) (default: no C trace)")
-        L.append(f"- k range: {_g(sincg['k0'])} … {_g(sincg['k1'])} (the traces' fractional indices ± 0.02)")
+        of = sincg.get("range_of") or "the traces' fractional indices"
+        L.append(f"- k range: {_g(sincg['k0'])} … {_g(sincg['k1'])} ({of} ± 0.02)")
+        if sincg.get("left_out"):
+            L.append("- the C trace's fractional indices are left out: a range with them is "
+                     f"beyond nbnumba-sincg-sweep's limits ({sincg['left_out']})")
         chk = sincg.get("F_latt_b_vs_reference_max_rel") or {}
         for lab, v in chk.items():
             L.append(f"- {lab}: F_latt_b vs accurate sincg(π k_frac, N) at its own k_frac: max rel "
@@ -236,7 +243,7 @@ def _summary_md(bundle, S, F, flags, c_parity, c_source, roi_kind, roi, roi_chec
             L.append("")
             L.append("![trace points](sincg_points.png)")
     else:
-        L.append("Skipped.")
+        L.append(f"Skipped: {sincg.get('skipped') or 'no fractional index'}.")
     L.append("")
 
     L.append("## 8. Rotation audit ([rotation_audit.md](rotation_audit.md))")

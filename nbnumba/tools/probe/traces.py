@@ -5,6 +5,7 @@ import math
 import os
 from typing import List, Optional
 
+from nbnumba.io.atomic import missing_dirs
 from nbnumba.tools import _common as C
 from nbnumba.tools._common import ToolError
 from nbnumba.tools.sincg_sweep import MAX_POINTS
@@ -12,6 +13,41 @@ from nbnumba.tools.sincg_sweep import MAX_POINTS
 from .common import EXIT_IO, EXIT_RUNNER, EXIT_USAGE, _json, _write, c_trace_lines
 from .runners import _port_model, _port_trace, _run_c
 from .state import ProbeState
+
+#: C trace keys whose values the probe computes with (sincg plan, rotation audit,
+#: summary), and how many numbers each holds.  nan/inf are numbers nanoBragg.c can
+#: print: they are reported, not refused.  Text or a wrong count is an edited trace
+#: ("hkl_frac x y z" was a ValueError in float(), "rot_a_angstroms 1 2" numpy's
+#: "inhomogeneous shape", both tracebacks after the bundle folder was made).
+C_NUMERIC_KEYS = {
+    "hkl_frac": 3, "scattering_vec_A_inv": 3,
+    "rot_a_angstroms": 3, "rot_b_angstroms": 3, "rot_c_angstroms": 3,
+    "rot_a_star_A_inv": 3, "rot_b_star_A_inv": 3, "rot_c_star_A_inv": 3,
+    "I_before_scaling": 1, "F_latt_a": 1, "F_latt_b": 1, "F_latt_c": 1,
+}
+
+
+def check_c_trace(text: str, name: str):
+    """Parse the lines of a stored C trace that the probe keeps (:func:`c_trace_lines`)
+    and refuse, as a usage error naming the file, line and field, what nanoBragg.c
+    cannot have printed: a malformed per-φ line (``phi_tic=nan``, a field that is
+    not ``name=number``) or a key of :data:`C_NUMERIC_KEYS` without its numbers.
+    Line numbers are those of ``name``.  Returns the parsed trace."""
+    from nbnumba.tracefmt import TraceFormatError, parse_trace
+    keep = set(c_trace_lines(text))
+    numbered = "\n".join(ln if ln in keep else "" for ln in text.splitlines())
+    try:
+        tr = parse_trace(numbered, source=f"--c-trace {name}")
+    except TraceFormatError as exc:
+        raise ToolError(str(exc), EXIT_USAGE) from None
+    for e in tr.entries:
+        want = C_NUMERIC_KEYS.get(e.key)
+        if want is not None and (len(e.values) != want or not e.is_numeric):
+            got = e.raw.strip()
+            got = got if len(got) <= 60 else got[:57] + "..."
+            raise ToolError(f"--c-trace {name} line {e.line}: {e.key}: expected {want} "
+                            f"number{'s' if want > 1 else ''}, got {got!r}", EXIT_USAGE)
+    return tr
 
 
 def setup(opts, flags: List[str], argv: List[str], cwd: Optional[str] = None) -> ProbeState:
@@ -45,6 +81,7 @@ def setup(opts, flags: List[str], argv: List[str], cwd: Optional[str] = None) ->
                             EXIT_USAGE) from None
         if not c_trace_lines(c_text_src):
             raise ToolError(f"no TRACE_C lines in {opts.c_trace}", EXIT_USAGE)
+        check_c_trace(c_text_src, opts.c_trace)     # before the bundle folder exists
     c_bin = None if opts.no_c else C.find_c_bin(opts.c_bin)
     if c_bin and (os.sep in c_bin):
         c_bin = os.path.abspath(os.path.join(cwd, c_bin))
@@ -77,6 +114,7 @@ def setup(opts, flags: List[str], argv: List[str], cwd: Optional[str] = None) ->
                                            min(S + opts.roi_radius, sp - 1)]
     img_roi_args = [] if user_roi is not None else ["-roi"] + [str(v) for v in img_roi]
 
+    made_dirs = missing_dirs(os.path.join(cwd, opts.outdir))
     try:
         bundle = C.unique_dir(os.path.join(cwd, opts.outdir), C.utc_stamp())
     except OSError as exc:
@@ -86,7 +124,8 @@ def setup(opts, flags: List[str], argv: List[str], cwd: Optional[str] = None) ->
                       c_parity=c_parity, base=base, py_mode=py_mode,
                       trace_args=["-trace_pixel", str(S), str(F)], c_text_src=c_text_src,
                       c_bin=c_bin, roi=roi, roi_args=roi_args, roi_kind=roi_kind,
-                      img_roi=img_roi, img_roi_args=img_roi_args, bundle=bundle)
+                      img_roi=img_roi, img_roi_args=img_roi_args, bundle=bundle,
+                      made_dirs=made_dirs)
 
 
 def port_trace(p: ProbeState) -> None:
@@ -140,10 +179,11 @@ def trace_diff(p: ProbeState) -> None:
     """diff_trace.md and compare_scaling_traces.json: the first divergence and the factors."""
     from nbnumba.tools.trace_diff import diff_traces, render_markdown
     from nbnumba.tracefmt import parse_trace
-    p.c_tr = parse_trace(p.c_text) if p.c_text is not None else None
-    p.py_tr = parse_trace(p.py_text)
+    # (a stored trace was checked in setup; the C program's own output is parsed here)
+    p.c_tr = parse_trace(p.c_text, source="the C trace") if p.c_text is not None else None
+    p.py_tr = parse_trace(p.py_text, source="the port trace")
     if p.c_text is not None:
-        p.diff = diff_traces(p.c_text, p.py_text, p.opts.tol, c_label="C", py_label="PY")
+        p.diff = diff_traces(p.c_tr, p.py_tr, p.opts.tol, c_label="C", py_label="PY")
         p.diff.c_source, p.diff.py_source = "trace_c_phi.log", "trace_py_phi.log"
         _write(p.path("diff_trace.md"), render_markdown(p.diff))
         _json(p.path("compare_scaling_traces.json"), p.diff.to_json_dict())

@@ -1,0 +1,344 @@
+"""Readers and writers of nbnumba.io on inputs that used to escape as bare
+exceptions, numpy warnings or files that do not read back (docs/reliability.md,
+"What was tried").  A reader returns consistent data or raises one
+InputFileError naming the file (and line or record); a writer writes a file
+that reads back or raises one IOArgumentError (an NBError, and a ValueError as
+the old checks were) naming the argument."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import nbnumba.cli
+from nbnumba.errors import ConfigError, InputFileError, NBError
+from nbnumba.flags import parse_argv
+from nbnumba.io import cbf, nexus
+from nbnumba.io._args import IOArgumentError
+from nbnumba.io.floatimage import read_float_image, write_float_image
+from nbnumba.io.hkl import parse_hkl, read_fdump, read_hkl
+from nbnumba.io.pgm import pgm_bytes_from_float, read_pgm, write_pgm
+from nbnumba.io.smv import read_smv, smv_header_text, write_smv
+from nbnumba.model import build_model
+
+RUN = "-cell 100 100 100 90 90 90 -lambda 6.2 -N 5 -distance 100 -detpixels 16".split()
+
+
+@pytest.fixture(autouse=True)
+def _warnings_are_errors():
+    # "never a numpy warning": any warning a reader or writer lets out fails the test
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+def _cli(argv, cwd, monkeypatch, capsys):
+    monkeypatch.chdir(cwd)
+    rc = nbnumba.cli.main(list(argv))
+    err = capsys.readouterr().err
+    return rc, err
+
+
+# ---------------------------------------------------------------------------
+# finding 3: Miller indices beyond a C int (HKL and Fdump.bin)
+# ---------------------------------------------------------------------------
+
+def test_hkl_index_beyond_c_int_is_refused_with_its_line():
+    # was: numpy "invalid value encountered in cast", then an OverflowError traceback
+    with pytest.raises(InputFileError, match=r"^big\.hkl line 3: Miller index h = 1e\+19 is "
+                                             r"outside nanoBragg's int range"):
+        parse_hkl(b"0 0 0 1\n\n1e19 0 0 100\n", "big.hkl")
+    with pytest.raises(InputFileError, match=r"line 1: Miller index l = -2\.14748e\+09"):
+        parse_hkl(b"0 0 -2147483649 1\n", "x.hkl")
+    # the extremes of a C int are still indices (one record: a 2x2x2 grid),
+    # and C's truncation toward zero brings 2147483647.7 back into range
+    g = parse_hkl(b"2147483647.7 -2147483648 0 5\n", "edge.hkl")
+    assert (g.h_min, g.h_max, g.k_min, g.k_max) == (2147483647, 2147483647, -2147483648, -2147483648)
+    assert g.F[0, 0, 0] == 5.0 and g.F.shape == (2, 2, 2)
+
+
+def test_fdump_header_beyond_c_int_is_refused(tmp_path):
+    # was: read as Python ints, then an OverflowError traceback in model.kernel_args
+    p = tmp_path / "Fdump.bin"
+    p.write_bytes(b"0 0 0 0 -5 99999999999999999999\n\f" + b"\0" * 64)
+    with pytest.raises(InputFileError, match=r"Fdump\.bin: Fdump header: l_max = "
+                                             r"99999999999999999999 is outside"):
+        read_fdump(p)
+
+
+def test_cli_exits_2_for_huge_indices_in_hkl_and_fdump(tmp_path, monkeypatch, capsys):
+    (tmp_path / "big.hkl").write_text("1e19 0 0 100\n")
+    rc, err = _cli(["-hkl", "big.hkl"] + RUN, tmp_path, monkeypatch, capsys)
+    assert rc == 2 and err.startswith("nbnumba: error: big.hkl line 1: Miller index h = 1e+19")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # the cache of a run without -hkl: the same refusal, from the header
+    (tmp_path / "Fdump.bin").write_bytes(b"99999999999999999999 99999999999999999999 0 0 0 0\n\f"
+                                         + b"\0" * 64)
+    rc, err = _cli(RUN, tmp_path, monkeypatch, capsys)
+    assert rc == 2 and "Fdump.bin: Fdump header: h_min = 99999999999999999999" in err
+    assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------
+# finding 4: non-finite F, refused in the default mode, read under -c_parity
+# ---------------------------------------------------------------------------
+
+def test_nonfinite_F_in_hkl_refused_by_default_read_when_allowed():
+    data = b"0 0 0 1\n\n1 2 3 nan\n"
+    with pytest.raises(InputFileError, match=r"^x\.hkl line 3: structure factor F = nan is not "
+                                             r"finite \(h k l = 1 2 3\)"):
+        parse_hkl(data, "x.hkl")
+    with pytest.raises(InputFileError, match=r"line 1: structure factor F = -inf"):
+        parse_hkl(b"1 1 1 -1e400\n", "x.hkl")     # beyond double range reads as -inf
+    g = parse_hkl(data, "x.hkl", allow_nonfinite_F=True)
+    assert np.isnan(g.F[1, 2, 3]) and g.F[0, 0, 0] == 1.0
+
+
+def test_nonfinite_F_in_fdump_names_the_double_and_its_hkl(tmp_path):
+    F = np.zeros((3, 2, 2))
+    F[2, 1, 0] = np.inf        # h = 1 + 2, k = -1 + 1, l = 0
+    p = tmp_path / "Fdump.bin"
+    p.write_bytes(b"1 2 -1 -1 0 0\n\f" + F.astype("<f8").tobytes())
+    with pytest.raises(InputFileError, match=r"Fdump\.bin: double 11 of the F grid "
+                                             r"\(h k l = 3 0 0, byte 95\) is inf"):
+        read_fdump(p)
+    assert np.isinf(read_fdump(p, allow_nonfinite_F=True).F[2, 1, 0])
+
+
+def test_model_refuses_nan_F_by_default_and_reads_it_under_c_parity(tmp_path):
+    # the default mode's message names the file and line (the run used to go on
+    # and blame the geometry for the NaN image); -c_parity reads the NaN as
+    # nanoBragg.c's %lg does, so its F grid holds it
+    (tmp_path / "n.hkl").write_text("0 0 0 nan\n1 0 0 5\n")
+    with pytest.raises(InputFileError, match=r"n\.hkl line 1: structure factor F = nan"):
+        build_model(parse_argv(["-hkl", "n.hkl"] + RUN, cwd=tmp_path))
+    m = build_model(parse_argv(["-hkl", "n.hkl", "-c_parity"] + RUN, cwd=tmp_path))
+    assert np.isnan(m.Fhkl[0, 0, 0]) and m.Fhkl[1, 0, 0] == 5.0
+    # the same for the Fdump.bin cache of a run without -hkl
+    (tmp_path / "Fdump.bin").write_bytes(b"0 0 0 0 0 0\n\f" + np.full(8, np.nan).tobytes())
+    with pytest.raises(InputFileError, match=r"Fdump\.bin: double 1 of the F grid"):
+        build_model(parse_argv(RUN, cwd=tmp_path))
+    m = build_model(parse_argv(RUN + ["-c_parity"], cwd=tmp_path))
+    assert np.isnan(m.Fhkl).all()
+
+
+# ---------------------------------------------------------------------------
+# finding 9: HKL messages that lost their reason; CR-only files; line numbers
+# ---------------------------------------------------------------------------
+
+def test_hkl_with_no_record_says_why():
+    # was only "no 'h k l F' records found (not enough HKL indices)"
+    with pytest.raises(InputFileError) as ei:
+        parse_hkl(b"1 2 3 4 5\n", "one.hkl")
+    assert str(ei.value) == ("one.hkl: no 'h k l F' records found (not enough HKL indices): "
+                             "line 1 is '1 2 3 4 5', not 'h k l F'")
+
+
+def test_cr_only_hkl_is_read_record_by_record_like_c(tmp_path):
+    # nanoBragg.c's fscanf reads CR as whitespace: every record of a classic
+    # Mac OS file counts; line numbers are the CR-separated lines
+    p = tmp_path / "mac.hkl"
+    p.write_bytes(b"1 2 3 4\r5 6 7 8\r\r-1 0 0 2.5\r")
+    g = read_hkl(p)
+    assert g.hkls == 3 and (g.h_min, g.h_max, g.k_min, g.k_max) == (-1, 5, 0, 6)
+    assert g.F[1 + 1, 2, 3 - 0] == 4.0 and g.F[5 + 1, 6, 7] == 8.0 and g.F[0, 0, 0] == 2.5
+    with pytest.raises(InputFileError, match=r"mac\.hkl line 2: expected 'h k l F', got '5 6 x 8'"):
+        parse_hkl(b"1 2 3 4\r5 6 x 8\r9 9 9 9\r", "mac.hkl")
+    # a CR inside an LF file: the message says what is going on
+    with pytest.raises(InputFileError, match=r"line 1: .*carriage return \(CR\) inside the line"):
+        parse_hkl(b"1 2 3 4\r5 6 7 8\n9 9 9 9\n", "mixed.hkl")
+
+
+def test_nonint_warning_gives_the_files_line():
+    # was "at line 0" (C's 0-based record count) for the file's line 2
+    g = parse_hkl(b"\n1.5 0 0 4\n2 0.25 0 1\n", "w.hkl")
+    assert g.warnings == ["WARNING: non-integer value for h (1.5) at line 2",
+                          "WARNING: non-integer value for k (0.25) at line 3"]
+
+
+# ---------------------------------------------------------------------------
+# finding 7: cbf / nexus frame readers
+# ---------------------------------------------------------------------------
+
+def test_frame_readers_name_the_file(tmp_path):
+    pytest.importorskip("fabio")
+    h5py = pytest.importorskip("h5py")
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"hello world garbage" * 10)
+    for reader, missing in ((cbf.read_frame, "nope.cbf"), (nexus.read_frame, "nope.h5")):
+        with pytest.raises(InputFileError, match=r"nope\.(cbf|h5): cannot read: No such file"):
+            reader(tmp_path / missing)
+    # was AttributeError from inside fabio, and h5py's "file signature not found"
+    with pytest.raises(InputFileError, match=r"junk\.bin: not a CBF file fabio can read"):
+        cbf.read_frame(junk)
+    with pytest.raises(InputFileError, match=r"junk\.bin: not an HDF5 file"):
+        nexus.read_frame(junk)
+    # an SMV file fabio opens is not a CBF frame
+    smv = tmp_path / "x.img"
+    write_smv(smv, np.ones((2, 3), np.uint16), {"HEADER_BYTES": "512"})
+    with pytest.raises(InputFileError, match=r"x\.img: not a CBF file \(fabio reads it as"):
+        cbf.read_frame(smv)
+    empty = tmp_path / "empty.h5"
+    h5py.File(empty, "w").close()                        # was KeyError
+    with pytest.raises(InputFileError, match=r"empty\.h5: no dataset /entry/data/data"):
+        nexus.read_frame(empty)
+    with h5py.File(empty, "w") as f:
+        f.create_dataset("entry/data/data", data=np.zeros((0, 2, 2)))   # was IndexError
+    with pytest.raises(InputFileError, match=r"has shape \(0, 2, 2\), expected"):
+        nexus.read_frame(empty)
+    # the writer refuses the frame the reader would refuse; a real one reads back
+    from nbnumba.io.frames import FrameInfo
+    info = FrameInfo(index=0, number=1, phi_start=0.0, phi_range=0.1, exposure=1.0, noise=False)
+    with pytest.raises(IOArgumentError, match=r"frame image must be 2-D \(S, F\) with pixels"):
+        nexus.write_frame(tmp_path / "f0.h5", np.zeros((0, 2), np.uint16), info)
+    nexus.write_frame(tmp_path / "f1.h5", IMG, info)
+    assert np.array_equal(nexus.read_frame(tmp_path / "f1.h5"), IMG)
+
+
+def test_miniheader_number_beyond_double_range_names_the_line():
+    # was OverflowError from int(inf)
+    with pytest.raises(InputFileError, match=r"^f\.cbf: miniheader line '# Count_cutoff 1e400 "
+                                             r"counts': Count_cutoff is beyond double range"):
+        cbf.parse_miniheader("# Wavelength 1.0 A\r\n# Count_cutoff 1e400 counts", "f.cbf")
+    assert cbf.parse_miniheader("# Count_cutoff 65495 counts")["count_cutoff"] == 65495
+
+
+# ---------------------------------------------------------------------------
+# finding 8: writers
+# ---------------------------------------------------------------------------
+
+FIELDS = [("HEADER_BYTES", "512"), ("DIM", "2"), ("BYTE_ORDER", "little_endian"),
+          ("TYPE", "unsigned_short"), ("SIZE1", "3"), ("SIZE2", "2")]
+IMG = np.arange(6, dtype=np.uint16).reshape(2, 3)
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("BEAMLINE", "fake;\nSIZE1=1;\nSIZE2=1", "value of BEAMLINE holds ';'"),   # read back as (1, 1)
+    ("BEAMLINE", "a\nSIZE1=1", "value of BEAMLINE holds '\\\\n'"),
+    ("BEAMLINE", "a}b", "value of BEAMLINE holds '}'"),
+    ("BEAMLINE", "a\0b", "value of BEAMLINE holds '\\\\x00'"),
+    ("BEAMLINE", "x=1", "value of BEAMLINE holds '='"),
+    ("BEAMLINE", "\u20ac", "value of BEAMLINE holds '\u20ac', which is not latin-1"),   # was UnicodeEncodeError
+    ("BAD KEY", "1", "key 'BAD KEY' must be"),
+    ("BEAMLINE", None, "value of BEAMLINE must be a str or a number, not NoneType"),
+    ("BEAMLINE", "SIZE1 is here", "SIZE1 reads back as 0, not 3"),     # ValueOf's substring match
+])
+def test_write_smv_refuses_values_that_break_the_header(tmp_path, key, value, needle):
+    p = tmp_path / "inj.img"
+    with pytest.raises(IOArgumentError, match=needle):
+        write_smv(p, IMG, FIELDS + [(key, value)])
+    assert not p.exists()
+
+
+def test_write_smv_adds_what_read_smv_needs_and_accepts_paths_and_byte_orders(tmp_path):
+    # fields without HEADER_BYTES, BYTE_ORDER, SIZE1 and SIZE2 used to give a
+    # file read_smv refuses; the writer knows their only right values
+    p = tmp_path / "bare.img"
+    write_smv(p, IMG, [("BEAMLINE", "fake")])
+    header, data = read_smv(p)
+    assert np.array_equal(data, IMG)
+    assert list(header) == ["HEADER_BYTES", "BYTE_ORDER", "SIZE1", "SIZE2", "BEAMLINE"]
+    # a big-endian uint16 array is uint16 (was "must be uint16, got >u2")
+    write_smv(p, IMG.astype(">u2"), FIELDS)
+    assert np.array_equal(read_smv(p)[1], IMG)
+    # a bytes path, as open() takes it (was TypeError)
+    write_smv(bytes(tmp_path / "b.img"), IMG, FIELDS)
+    assert np.array_equal(read_smv(tmp_path / "b.img")[1], IMG)
+    # numbers are written as text
+    write_smv(p, IMG, FIELDS + [("TIME", 1.5)])
+    assert read_smv(p)[0]["TIME"] == "1.5"
+    # a HEADER_BYTES of 1024 pads the header to 1024 bytes (it used to pad to 512)
+    write_smv(p, IMG, [("HEADER_BYTES", "1024")] + FIELDS[1:])
+    header, data = read_smv(p)
+    assert header.size == 1024 and p.stat().st_size == 1024 + 12 and np.array_equal(data, IMG)
+
+
+def test_write_smv_argument_errors_are_one_line_nberrors(tmp_path):
+    p = tmp_path / "x.img"
+    for args, needle in [
+        ((IMG, None), "fields must be a mapping or a sequence"),          # was TypeError
+        ((np.zeros((0, 3), np.uint16), FIELDS), r"no pixels \(shape \(0, 3\)\)"),
+        ((IMG, FIELDS + [("SIZE1", "4")]), "SIZE1=4 does not match"),
+        ((IMG.astype(np.int32), FIELDS), "must be uint16, got int32"),
+        ((IMG, [("HEADER_BYTES", "abc")]), "HEADER_BYTES must be a whole number"),
+        ((IMG, [("BYTE_ORDER", "big_endian")]), "BYTE_ORDER must say so"),
+    ]:
+        with pytest.raises(IOArgumentError, match=needle) as ei:
+            write_smv(p, *args)
+        # an NBError for the CLI and the API, a ValueError for old callers
+        assert isinstance(ei.value, ConfigError) and isinstance(ei.value, ValueError)
+        assert "\n" not in str(ei.value)
+    with pytest.raises(IOArgumentError, match="header_overflow must be"):
+        smv_header_text(FIELDS, header_overflow="nope")
+    with pytest.raises(IOArgumentError, match="path must be a file name"):
+        write_smv(3.5, IMG, FIELDS)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_float_image_refuses_values_float32_cannot_hold(tmp_path):
+    p = tmp_path / "f.bin"
+    # was: numpy's overflow warning and inf in the file
+    with pytest.raises(IOArgumentError, match=r"pixel \(1, 0\) = -1e\+300 is beyond float32"):
+        write_float_image(p, np.array([[1.0, 2.0], [-1e300, 0.0]]))
+    with pytest.raises(IOArgumentError, match="must hold real numbers, got complex128"):
+        write_float_image(p, np.array([[1j]]))                 # was ComplexWarning
+    torch = pytest.importorskip("torch")
+    with pytest.raises(IOArgumentError, match="requires grad: pass its .detach()"):
+        write_float_image(p, torch.ones(2, 2, requires_grad=True))   # was RuntimeError
+    assert not p.exists()
+    # NaN and inf pixels (a -c_parity image) and float64 within range are written as they are
+    a = np.array([[np.nan, np.inf], [3.4e38, -0.5]])
+    write_float_image(p, a)
+    back = read_float_image(p, (2, 2))
+    assert np.isnan(back[0, 0]) and back[0, 1] == np.inf and back[1, 0] == np.float32(3.4e38)
+
+
+def test_read_float_image_checks_shape(tmp_path):
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"\0" * 16)
+    for shape in [(-1, -4), (0, 4), (2.5, 2), (4,), "ab", None]:
+        with pytest.raises(IOArgumentError, match="shape must be"):   # was a bare ValueError
+            read_float_image(p, shape)
+    assert read_float_image(p, (np.int64(2), 2)).shape == (2, 2)
+
+
+def test_pgm_arguments(tmp_path):
+    img = np.ones((2, 2))
+    with pytest.raises(IOArgumentError, match=r"roi must be 4 whole numbers .* got \(0,\)"):
+        pgm_bytes_from_float(img, 1.0, roi=(0,))
+    with pytest.raises(IOArgumentError, match="pgm_scale must be a number, got 'abc'"):
+        pgm_bytes_from_float(img, "abc")
+    with pytest.raises(IOArgumentError, match="pgm_scale must be a number"):
+        write_pgm(tmp_path / "a.pgm", np.zeros((2, 2), np.uint8), None)
+    with pytest.raises(IOArgumentError, match="no pixels"):
+        write_pgm(tmp_path / "a.pgm", np.zeros((0, 2), np.uint8), 1.0)
+    assert list(tmp_path.iterdir()) == []
+    # inf * 0 is NaN, stored as 0 as the C's conversion does, without numpy's warning
+    assert pgm_bytes_from_float(np.array([[np.inf, 1.0]]), 0.0).tolist() == [[0, 0]]
+    write_pgm(bytes(tmp_path / "b.pgm"), np.full((1, 2), 7, np.uint8), 2)
+    assert read_pgm(tmp_path / "b.pgm")[0].tolist() == [[7, 7]]
+
+
+def test_io_argument_error_is_an_nberror():
+    assert issubclass(IOArgumentError, NBError) and IOArgumentError.exit_code == 2
+
+
+def test_fdump_writer_refuses_bounds_read_fdump_would_refuse(tmp_path):
+    from nbnumba.io.hkl import HKLGrid, write_fdump
+    big = HKLGrid(1 << 31, 1 << 31, 0, 0, 0, 0, np.zeros((2, 2, 2)), 1)
+    with pytest.raises(IOArgumentError, match=r"HKLGrid\.h_min must be a whole number within a C int"):
+        write_fdump(tmp_path / "Fdump.bin", big)
+    frac = HKLGrid(0, 0, 0.5, 0, 0, 0, np.zeros((2, 2, 2)), 1)     # "%d" used to truncate it
+    with pytest.raises(IOArgumentError, match=r"HKLGrid\.k_min"):
+        write_fdump(tmp_path / "Fdump.bin", frac)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pgm_roi_takes_whole_numbers_of_any_type():
+    img = np.arange(4.0).reshape(2, 2)
+    assert pgm_bytes_from_float(img, 1.0, roi=(1.0, np.int64(1), 0, 1)).tolist() == [[0, 1], [0, 3]]
+    for roi in [(0.5, 1, 0, 1), (0, np.nan, 0, 1), (0, 1, 0, "1"), 5]:
+        with pytest.raises(IOArgumentError, match="roi must be 4 whole numbers"):
+            pgm_bytes_from_float(img, 1.0, roi=roi)
