@@ -1007,7 +1007,9 @@ def _as_tensor(torch, name, v):
     if isinstance(v, torch.Tensor):
         t = v
     else:       # (text, complex numbers, objects: a ConfigError naming the keyword)
-        t = torch.as_tensor(_as_values(name, v))
+        x = _as_values(name, v)
+        # (flat for the vector keywords; F_hkl keeps its grid's shape)
+        t = torch.as_tensor(x.reshape(np.shape(v)) if name == "F_hkl" else x)
     if _is_functorch(torch, t):
         # a torch.func transform's wrapper has no storage for the host code to read
         raise ConfigError("%s=: nbnumba.autodiff does not work under torch.func transforms "

@@ -1796,6 +1796,17 @@ def test_simulate_keyword_values_are_config_errors_naming_the_keyword(kw, msg):
         simulate(BASE, **kw)
 
 
+def test_F_hkl_as_numpy_or_list_keeps_its_grid_shape(hkl_file):
+    # a numpy or list F_hkl was flattened by the keyword check and then refused
+    # as "shape (36,)": only tensors were tested
+    argv = BASE + ["-hkl", hkl_file]
+    F, _ = structure_factors(argv)
+    ref = simulate(argv, F_hkl=F)
+    assert float(ref.sum()) > 0
+    for v in (F.numpy(), F.numpy().tolist(), np.asfortranarray(F.numpy())):
+        assert torch.equal(simulate(argv, F_hkl=v), ref)
+
+
 def test_jacobian_keyword_none_means_not_given():
     # as in simulate(): distance=None was refused as a non-finite NaN
     from nbnumba.autodiff import jacobian

@@ -149,6 +149,10 @@ def test_cr_only_hkl_is_read_record_by_record_like_c(tmp_path):
     # a CR inside an LF file: the message says what is going on
     with pytest.raises(InputFileError, match=r"line 1: .*carriage return \(CR\) inside the line"):
         parse_hkl(b"1 2 3 4\r5 6 7 8\n9 9 9 9\n", "mixed.hkl")
+    # but a CR at a line's start or end is whitespace (LFCR, CRLF line ends): no such hint
+    with pytest.raises(InputFileError) as e:
+        parse_hkl(b"1 2 3 4\n\rEND\n\r2 2 2 2\n", "lfcr.hkl")
+    assert str(e.value) == "lfcr.hkl line 2: expected 'h k l F', got 'END'"
 
 
 def test_nonint_warning_gives_the_files_line():

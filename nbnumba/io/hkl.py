@@ -138,9 +138,10 @@ def _parse_slow(text: str, name: str, warn: List[str]) -> Tuple[np.ndarray, Opti
         shown = line.strip()
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        # (a CR inside a line: the file mixes CR-only and LF line ends)
+        # (a CR between a line's words, not at its ends, where it is whitespace
+        # (CRLF, LFCR): the file mixes CR-only and LF line ends)
         hint = ("; it holds a carriage return (CR) inside the line, so the file mixes "
-                "CR-only and LF line ends" if "\r" in line.rstrip() else "")
+                "CR-only and LF line ends" if "\r" in line.strip() else "")
         if any(rest.strip() for rest in lines[i + 1:]):
             raise InputFileError(f"{name} line {i + 1}: expected 'h k l F', got '{shown}'{hint}")
         why = f"line {i + 1} is '{shown}', not 'h k l F'{hint}"
