@@ -77,13 +77,16 @@ class PipeSafeStream:
     run still writes its files.  Any other write error is dropped the same way,
     unless ``fatal`` (an exception class) is given: then it is raised as
     ``fatal("cannot write to standard output: ...")`` from the print that
-    failed (every write is flushed for that).  Everything else is the wrapped
-    stream's."""
+    failed (every write is flushed for that); ``fatal`` may be any callable
+    that makes the exception from the message.  A closed descriptor (``None``)
+    takes the text nowhere.  Everything else is the wrapped stream's."""
 
     def __init__(self, stream, fatal=None):
         self._stream = stream
         self._fatal = fatal
-        self.gone = False
+        # (None: Python started with the descriptor closed, ``>&-``: as a reader
+        # that left; print(file=None) would write to stdout instead)
+        self.gone = stream is None
 
     def write(self, text):
         if not self.gone:
@@ -142,6 +145,6 @@ def quiet_broken_pipes(stdout_error=None):
         for s in (sys.stdout, sys.stderr):
             try:
                 s.flush()
-            except (OSError, ValueError, NBError):   # (reported already, or nowhere to)
+            except Exception:       # (reported already, or nowhere to report it)
                 pass
         sys.stdout, sys.stderr = saved

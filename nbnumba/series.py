@@ -1215,6 +1215,13 @@ def _setup_run(cfg, opts: SeriesOptions, out_dir: str, base_N) -> dict:
     if header is not None and not (opts.resume or opts.overwrite):
         raise NBError("'%s' holds an earlier run; use --resume to continue it or --overwrite "
                       "to start over" % mpath)
+    if header is not None and "base_seed" in header:
+        # a hand-edited seed (1e30, true) failed every frame with an OverflowError,
+        # or was read as 1; this command writes a C int
+        seed = header["base_seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or abs(seed) > INT_MAX:
+            raise NBError("'%s': base_seed %s is not a seed this command writes (an integer "
+                          "of at most %d in size)" % (mpath, json.dumps(seed), INT_MAX))
     if cfg.seed is not None:
         base_seed = -int(cfg.seed)
     elif opts.resume and header is not None and isinstance(header.get("base_seed"), int):

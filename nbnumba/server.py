@@ -69,8 +69,11 @@ def server_key(environ=None) -> str:
     env = os.environ if environ is None else environ
     numba_env = sorted((k, v) for k, v in env.items() if k.startswith("NUMBA_"))
     h = hashlib.sha1()
-    h.update(json.dumps([sys.executable, sys.prefix, sys.version, _package_fingerprint(),
-                         numba_env]).encode())
+    # the interpreter's real path: `nbnumba` runs under the venv's bin/python3, and
+    # `python -m nbnumba.cli` under bin/python, two names of one interpreter
+    # (sys.prefix tells the venvs apart); with the names, each missed the other's server
+    h.update(json.dumps([os.path.realpath(sys.executable), sys.prefix, sys.version,
+                         _package_fingerprint(), numba_env]).encode())
     return h.hexdigest()[:16]
 
 

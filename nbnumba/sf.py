@@ -43,7 +43,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ConfigError, InputFileError, NBError, UsageError
+from .errors import ConfigError, InputFileError, NBError, UsageError, quiet_broken_pipes
 from .io.atomic import OutputFileError
 
 PROG = "nbnumba-sf"
@@ -421,29 +421,6 @@ def _check_stdout_not_model(out, model: str) -> None:
         raise OutputFileError("refusing to write standard output: it is the model file '%s'" % model)
 
 
-def _write_stdout(out, text: str) -> None:
-    """Write the reflections to ``out``; a full disk or an I/O error is one line
-    (it was an OSError traceback, exit 1).  A closed pipe stays quiet (main)."""
-    try:
-        out.write(text)
-        out.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        # what is still buffered would fail again when Python flushes at exit
-        # ("Exception ignored ..."): point the descriptor at /dev/null
-        try:
-            null = os.open(os.devnull, os.O_WRONLY)
-            try:
-                os.dup2(null, out.fileno())
-            finally:
-                os.close(null)
-        except (AttributeError, OSError, ValueError):
-            pass
-        raise OutputFileError("cannot write the reflections to standard output: %s"
-                              % (exc.strerror or exc)) from None
-
-
 def run(opts: SFOptions, out=None, err=None) -> int:
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
@@ -461,7 +438,10 @@ def run(opts: SFOptions, out=None, err=None) -> int:
     if opts.output:
         atomic_write_bytes(opts.output, text.encode("ascii"))
     else:
-        _write_stdout(out, text)
+        # (main's quiet_broken_pipes: a full disk is one line, exit 2 (it was an
+        # OSError traceback); a closed pipe or descriptor takes the text nowhere)
+        out.write(text)
+        out.flush()
     print("%s: %d reflections to %g A from %d atoms in %s, expanded to P1; use with %s"
           % (PROG, len(F), opts.dmin, st[0].count_atom_sites(), st.find_spacegroup().hm,
              cell_flags(st)), file=err)
@@ -473,16 +453,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not argv or any(a in ("-h", "-help", "--help") for a in argv):
         print(USAGE)
         return 0 if argv else 2
-    try:
-        return run(parse_sf_argv(argv))
-    except NBError as exc:
-        print("%s: error: %s" % (PROG, exc), file=sys.stderr)
-        return exc.exit_code
-    except BrokenPipeError:
-        return 0
-    except KeyboardInterrupt:
-        print("%s: interrupted; no output written" % PROG, file=sys.stderr)
-        return 130
+    # stderr closed (2>&-): print(file=None) put the summary line (or the error)
+    # into the HKL text on stdout; stdout closed: an AttributeError traceback
+    with quiet_broken_pipes(stdout_error=OutputFileError):
+        try:
+            return run(parse_sf_argv(argv))
+        except NBError as exc:
+            print("%s: error: %s" % (PROG, exc), file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("%s: interrupted; no output written" % PROG, file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

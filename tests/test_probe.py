@@ -370,3 +370,18 @@ def test_a_failing_step_leaves_no_partial_bundle(tmp_path, monkeypatch, capsys):
     code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE)
     assert code == 5
     assert [p.name for p in (tmp_path / "reports").iterdir()] == ["keep.txt"]
+
+
+def test_c_sees_the_fdump_bin_the_port_reads(tmp_path, monkeypatch):
+    """Without -hkl the port reads ./Fdump.bin; C ran in an empty directory, so
+    with an old Fdump.bin about the probe reported a false divergence at F_cell."""
+    from nbnumba.tools.probe.runners import _run_c
+    fake = tmp_path / "fake_c"
+    fake.write_text("#!/bin/sh\n[ -f Fdump.bin ] && cat Fdump.bin || echo 'no Fdump.bin'\n")
+    fake.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    assert _run_c(str(fake), ["-default_F", "100"])[0].stdout == "no Fdump.bin\n"
+    (tmp_path / "Fdump.bin").write_text("the caller's cache\n")
+    assert _run_c(str(fake), ["-default_F", "100"])[0].stdout == "the caller's cache\n"
+    # with -hkl both read the file instead, and C's directory stays empty
+    assert _run_c(str(fake), ["-hkl", "x.hkl"])[0].stdout == "no Fdump.bin\n"

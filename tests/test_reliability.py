@@ -1273,3 +1273,62 @@ def test_cwd_resolves_without_chdir_so_threads_keep_their_own_files(tmp_path, mo
     for name, left, right in got:
         assert right == 32 and left == (32 if name == "full" else 0), (name, left, right)
     assert os.getcwd() == start and chdirs == []
+
+
+# ---- the tools with stdout or stderr closed (>&-, 2>&-) or full (> /dev/full) ----
+_ONE_PDB = ("CRYST1   20.000   20.000   20.000  90.00  90.00  90.00 P 1\n"
+            "ATOM      1  C   GLY A   1       1.000   2.000   3.000  1.00 20.00           C\n"
+            "END\n")
+_TRACE_LOG = Path(__file__).resolve().parent / "data" / "traces" / "mosflm_phi10_N2.c.log"
+
+
+def _tool_run(tool, tmp_path):
+    """(main, argv, the files a run writes) of a small valid run of each tool."""
+    if tool == "sf":
+        from nbnumba import sf
+        (tmp_path / "one.pdb").write_text(_ONE_PDB)
+        return sf.main, [str(tmp_path / "one.pdb"), "-dmin", "3"], []
+    if tool == "trace-diff":
+        from nbnumba.tools import trace_diff
+        return trace_diff.main, [str(_TRACE_LOG), str(_TRACE_LOG)], []
+    if tool == "sincg-sweep":
+        from nbnumba.tools import sincg_sweep
+        return (sincg_sweep.main, "--N 5 --k 0 1 --steps 50 --no-png --outdir".split()
+                + [str(tmp_path / "sw")], [tmp_path / "sw" / "sincg_sweep.csv"])
+    from nbnumba import series
+    return (series.main, ["--shots", "1", "--workers", "0", "--out", str(tmp_path / "s")]
+            + "-cell 50 50 50 90 90 90 -default_F 100 -N 3 -lambda 1 -distance 100 -detpixels 8 "
+              "-pixel 0.5".split(), [tmp_path / "s" / "manifest.jsonl"])
+
+
+@pytest.mark.parametrize("tool", ["sf", "trace-diff", "sincg-sweep", "series"])
+@pytest.mark.parametrize("mode", ["stdout closed", "stderr closed", "stdout full"])
+def test_tools_with_stdout_or_stderr_closed_or_full(tool, mode, tmp_path, capsys, monkeypatch):
+    """Closed: the text goes nowhere and the run completes (stdout closed was an
+    AttributeError traceback; stderr closed put nbnumba-sf's summary line into
+    the HKL text on stdout, and made nbnumba-series exit 120).  Full: one line,
+    exit 2 (it was an OSError traceback, exit 1)."""
+    main, argv, files = _tool_run(tool, tmp_path)
+    if mode == "stdout full":
+        full = open("/dev/full", "w")
+        monkeypatch.setattr(sys, "stdout", full)
+    else:
+        monkeypatch.setattr(sys, "stdout" if mode == "stdout closed" else "stderr", None)
+    code = main(argv)
+    monkeypatch.undo()
+    out, err = capsys.readouterr()
+    if mode == "stdout closed":
+        assert out == ""
+    elif tool == "sf" and mode == "stderr closed":   # the summary never goes into the HKL text
+        assert out.count("\n") > 1000 and "nbnumba-sf" not in out
+    if mode == "stdout full":
+        full.close()
+        assert code == 2, err
+        assert err.splitlines()[-1].endswith("error: cannot write to standard output: "
+                                             "No space left on device"), err
+        assert len(err.splitlines()) == 1, err
+    else:
+        assert code == 0, err
+        assert "Traceback" not in err
+    for f in files:
+        assert f.stat().st_size > 0

@@ -546,6 +546,24 @@ def test_damaged_manifest_is_one_line(damage, mode, tmp_path, capsys):
         assert m.read_bytes() == bytes(range(256)) * 8     # not truncated by --overwrite
 
 
+@pytest.mark.parametrize("seed", ["1e+30", "1000000000000000000000000000000", "true", '"7"'])
+def test_hand_edited_base_seed_is_one_line(seed, tmp_path, capsys):
+    # 10**30 failed every frame with an OverflowError (one line per frame, exit 1),
+    # true was read as seed 1
+    out = tmp_path / "m"
+    rc, o = run(ROT2 + ["--out", out] + SMALL, capsys)
+    assert rc == 0, o.err
+    m = out / "manifest.jsonl"
+    lines = m.read_text().splitlines()
+    head = json.loads(lines[0])
+    assert head["type"] == "run"
+    lines[0] = json.dumps(head).replace('"base_seed": %d' % head["base_seed"], '"base_seed": ' + seed)
+    m.write_text("\n".join(lines[:1]) + "\n")
+    rc, o = run(ROT2 + ["--out", out, "--resume"] + SMALL, capsys)
+    assert rc == 2
+    assert "base_seed %s is not a seed this command writes" % seed in one_line(o.err)
+
+
 def test_jitter_N_scales_the_counts_the_crystal_size_gives(tmp_path, capsys):
     # -xtal_size 0.001 mm gives ceil(1 um / edge) cells; --jitter-N was applied to
     # the default -N 1 and then lost to the size: the frame was the unjittered one

@@ -211,6 +211,18 @@ def test_lifecycle_and_stale_socket(tmp_path):
     assert _cli(["--serve", "bogus"], REPO, env).returncode == 2
 
 
+def test_server_key_is_the_same_for_every_name_of_the_interpreter(tmp_path, monkeypatch):
+    # bin/python3 (the `nbnumba` script) and bin/python (`python -m`) had other keys
+    from nbnumba import server
+    key = server.server_key()
+    link = tmp_path / "python3"
+    link.symlink_to(os.path.realpath(sys.executable))
+    monkeypatch.setattr(sys, "executable", str(link))
+    assert server.server_key() == key
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))      # another venv: another server
+    assert server.server_key() != key
+
+
 def test_serve_usage_errors_are_one_line(capsys):
     # (argparse printed its usage line too); a NaN timeout would never expire
     from nbnumba import server

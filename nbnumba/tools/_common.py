@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from nbnumba.errors import NBError, one_line, warnings_as_lines
+from nbnumba.errors import NBError, one_line, quiet_broken_pipes, warnings_as_lines
 
 #: flags whose single argument is a file the program reads
 INPUT_FLAGS = ("-hkl", "-mat", "-img", "-mask", "-sourcefile", "-stol", "-4stol", "-Q")
@@ -320,27 +320,31 @@ def shlex_join(args: Sequence[str]) -> str:
 
 def guarded_main(prog: str, body, io_exit: Optional[int] = None) -> int:
     """Run a tool's ``body()`` with the shared error policy: ToolError -> its
-    one-line message and exit code; OSError -> ``io_exit`` when given; a closed
-    pipe -> 0; Ctrl-C -> 130.  Never a traceback for these."""
-    try:
-        with warnings_as_lines(prog):
+    one-line message and exit code; OSError -> ``io_exit`` when given; Ctrl-C
+    -> 130.  stdout: a closed pipe or descriptor ends the text, not the run
+    (the files are still written); any other failure to write it (a full disk)
+    is one line and ``io_exit`` (2 without it).  Never a traceback for these."""
+    def stdout_error(message):
+        return ToolError(message, 2 if io_exit is None else io_exit)
+    # (the messages below go through the guarded streams too: with stderr
+    # closed, print(file=None) would write them into stdout)
+    with warnings_as_lines(prog), quiet_broken_pipes(stdout_error=stdout_error):
+        try:
             return body()
-    except ToolError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return e.code
-    except NBError as e:      # a request the engine refuses: exit 2, like the CLI
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # output piped into `head` and friends
-        return 0
-    except OSError as e:
-        if io_exit is None:
-            raise
-        print(f"{prog}: error: {e.strerror or e}", file=sys.stderr)
-        return io_exit
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        except ToolError as e:
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return e.code
+        except NBError as e:      # a request the engine refuses: exit 2, like the CLI
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:
+            if io_exit is None:
+                raise
+            print(f"{prog}: error: {e.strerror or e}", file=sys.stderr)
+            return io_exit
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
 
 
 def split_or_help(argv: Sequence[str], doc: str):

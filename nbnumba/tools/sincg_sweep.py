@@ -264,10 +264,14 @@ def mark_zeros(k, zeros) -> np.ndarray:
     """int64 0/1 flags: 1 on the row of ``k`` nearest to each zero.
 
     The same rows as ``zc[argmin(|k - z|)] = 1`` for every z (the first row
-    on a tie) in O(len(k) + len(zeros)·log len(k)): the nearest row is next to
-    where z sorts into k (``np.searchsorted``), since |k - z| computed in
-    double precision falls and then rises along a sorted k (rounding is
-    monotone).  ``k`` may be ascending (k0 < k1), descending or constant.
+    on a tie) in O(len(k) + len(zeros)·log len(k)) for the sweep's grids: the
+    nearest row is next to where z sorts into k (``np.searchsorted``), since
+    |k - z| computed in double precision falls and then rises along a sorted k
+    (rounding is monotone).  ``k`` may be ascending (k0 < k1), descending or
+    constant.  (Other arrays can differ from argmin on a tie that rounding
+    makes between rows that are not neighbours in k's order, e.g. a subnormal
+    step: mark_zeros([0, 5e-324, 1], [0.5]) marks row 1, argmin row 0; a
+    linspace grid of the sweep's sizes has no such ties.)
     """
     k = np.asarray(k, dtype=np.float64)
     z = np.asarray(zeros, dtype=np.float64)
@@ -536,45 +540,47 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from nbnumba.errors import NBError
+    # (guarded_main: one line for ToolError / NBError (OutputFileError,
+    # MissingExtraError), exit 2; stdout closed or full; Ctrl-C)
+    from nbnumba.tools._common import guarded_main
+    return guarded_main(PROG, lambda: _main(argv))
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     from nbnumba.io.atomic import check_writable
     from nbnumba.tools._common import ToolError
+    args = _build_parser().parse_args(argv)
     try:
-        args = _build_parser().parse_args(argv)
-        try:
-            check_limits(args.N, args.k[0], args.k[1], args.steps)
-        except ValueError as exc:
-            raise ToolError(str(exc), 2) from None
-        if not args.prefix or os.sep in args.prefix or (os.altsep and os.altsep in args.prefix):
-            raise ToolError(f"--prefix must be a plain file name prefix (got {args.prefix!r})", 2)
-        paths = output_paths(args.outdir, args.prefix, png=not args.no_png)
-        if os.path.exists(args.outdir) and not os.path.isdir(args.outdir):
-            raise ToolError(f"cannot write outputs in {args.outdir}: it is not a directory", 2)
-        if os.path.isdir(args.outdir):
-            for kind in ("csv", "md", "png"):   # before the sweep: a folder in the way, ...
-                if paths[kind]:
-                    check_writable(paths[kind])
-        if not args.no_png:
-            from nbnumba.extras import require
-            require("matplotlib", "the PNG plot (or give --no-png)")
-        res = sweep(args.N, args.k[0], args.k[1], args.steps)
-        try:
-            write_outputs(res, args.outdir, args.prefix, png=not args.no_png)
-        except OSError as exc:          # creating --outdir
-            raise ToolError(f"cannot write outputs in {args.outdir}: {exc.strerror or exc}", 2) from None
-        s = _summary(res)
-        print(
-            f"N={res['N']} k=[{_g(args.k[0])}, {_g(args.k[1])}] steps={args.steps}: "
-            f"max abs err naive_f32={_g(s['naive_max_abs'])} reduced_f32={_g(s['reduced_max_abs'])}; "
-            f"zeros={res['zeros'].size}"
-        )
-        for kind in ("csv", "md", "png"):
+        check_limits(args.N, args.k[0], args.k[1], args.steps)
+    except ValueError as exc:
+        raise ToolError(str(exc), 2) from None
+    if not args.prefix or os.sep in args.prefix or (os.altsep and os.altsep in args.prefix):
+        raise ToolError(f"--prefix must be a plain file name prefix (got {args.prefix!r})", 2)
+    paths = output_paths(args.outdir, args.prefix, png=not args.no_png)
+    if os.path.exists(args.outdir) and not os.path.isdir(args.outdir):
+        raise ToolError(f"cannot write outputs in {args.outdir}: it is not a directory", 2)
+    if os.path.isdir(args.outdir):
+        for kind in ("csv", "md", "png"):   # before the sweep: a folder in the way, ...
             if paths[kind]:
-                print(f"wrote {paths[kind]}")
-        return 0
-    except (ToolError, NBError) as exc:     # NBError: OutputFileError, MissingExtraError
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+                check_writable(paths[kind])
+    if not args.no_png:
+        from nbnumba.extras import require
+        require("matplotlib", "the PNG plot (or give --no-png)")
+    res = sweep(args.N, args.k[0], args.k[1], args.steps)
+    try:
+        write_outputs(res, args.outdir, args.prefix, png=not args.no_png)
+    except OSError as exc:          # creating --outdir
+        raise ToolError(f"cannot write outputs in {args.outdir}: {exc.strerror or exc}", 2) from None
+    s = _summary(res)
+    print(
+        f"N={res['N']} k=[{_g(args.k[0])}, {_g(args.k[1])}] steps={args.steps}: "
+        f"max abs err naive_f32={_g(s['naive_max_abs'])} reduced_f32={_g(s['reduced_max_abs'])}; "
+        f"zeros={res['zeros'].size}"
+    )
+    for kind in ("csv", "md", "png"):
+        if paths[kind]:
+            print(f"wrote {paths[kind]}")
+    return 0
 
 
 if __name__ == "__main__":

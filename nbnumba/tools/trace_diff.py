@@ -65,7 +65,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
-from nbnumba.errors import NBError
 from nbnumba.io.atomic import atomic_open, check_distinct, check_not_input, check_writable, output_set
 from nbnumba.tools._common import ToolError, UsageParser
 from nbnumba.tracefmt import PHI_FIELDS, Trace, Value, format_value, parse_trace
@@ -618,37 +617,40 @@ def _check_outputs(args) -> list[tuple[str, str]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    try:
-        args = _build_parser().parse_args(argv)
-        if not (math.isfinite(args.tol) and args.tol >= 0):
-            raise ToolError(f"--tol must be a finite number >= 0 (got {args.tol})", 2)
-        if not (math.isfinite(args.atol) and args.atol >= 0):
-            raise ToolError(f"--atol must be a finite number >= 0 (got {args.atol})", 2)
-        outs = _check_outputs(args)
-        traces = []
-        for path in (args.c_log, args.py_log):
-            tr = parse_trace(_read(path), source=path)   # TraceFormatError names path and line
-            if tr.empty:
-                raise ToolError(f"no TRACE_C/TRACE_PY lines found in {path}", 2)
-            traces.append(tr)
-        result = diff_traces(traces[0], traces[1], args.tol, args.atol,
-                             strict_keys=args.strict_keys)
-        result.c_source, result.py_source = args.c_log, args.py_log
-        md = render_markdown(result)
-        texts = {"--markdown": md,
-                 "--json": json.dumps(result.to_json_dict(), indent=2, ensure_ascii=False) + "\n"}
-        # all or nothing: a failing second file leaves the first one as it was
-        with output_set():
-            for opt, path in outs:
-                with atomic_open(path) as fh:
-                    fh.write(texts[opt].encode("utf-8"))
-        if not args.quiet:
-            sys.stdout.write(md)
-            sys.stdout.flush()
-        return 1 if result.diverged else 0
-    except (ToolError, NBError) as exc:     # NBError: TraceFormatError, OutputFileError
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    # (guarded_main: one line for ToolError / NBError (TraceFormatError,
+    # OutputFileError), exit 2; stdout closed or full; Ctrl-C)
+    from nbnumba.tools._common import guarded_main
+    return guarded_main(PROG, lambda: _main(argv))
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    args = _build_parser().parse_args(argv)
+    if not (math.isfinite(args.tol) and args.tol >= 0):
+        raise ToolError(f"--tol must be a finite number >= 0 (got {args.tol})", 2)
+    if not (math.isfinite(args.atol) and args.atol >= 0):
+        raise ToolError(f"--atol must be a finite number >= 0 (got {args.atol})", 2)
+    outs = _check_outputs(args)
+    traces = []
+    for path in (args.c_log, args.py_log):
+        tr = parse_trace(_read(path), source=path)   # TraceFormatError names path and line
+        if tr.empty:
+            raise ToolError(f"no TRACE_C/TRACE_PY lines found in {path}", 2)
+        traces.append(tr)
+    result = diff_traces(traces[0], traces[1], args.tol, args.atol,
+                         strict_keys=args.strict_keys)
+    result.c_source, result.py_source = args.c_log, args.py_log
+    md = render_markdown(result)
+    texts = {"--markdown": md,
+             "--json": json.dumps(result.to_json_dict(), indent=2, ensure_ascii=False) + "\n"}
+    # all or nothing: a failing second file leaves the first one as it was
+    with output_set():
+        for opt, path in outs:
+            with atomic_open(path) as fh:
+                fh.write(texts[opt].encode("utf-8"))
+    if not args.quiet:
+        sys.stdout.write(md)
+        sys.stdout.flush()
+    return 1 if result.diverged else 0
 
 
 if __name__ == "__main__":

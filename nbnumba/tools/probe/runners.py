@@ -49,6 +49,10 @@ def _run_c(c_bin: str, flags: List[str], timeout=None) -> Tuple[C.RunResult, Opt
     """Run C in a scratch dir (one OpenMP thread); returns (run, float image or None)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with tempfile.TemporaryDirectory(prefix="nbprobe-c-") as d:
+        # the port reads ./Fdump.bin when there is no -hkl (as nanoBragg does):
+        # C gets the same file, or the two compared different structure factors
+        # (a "divergence" at F_cell that the inputs made, as nb-compare stages it)
+        C.stage_fdump(flags, os.getcwd(), d)
         r = C.run([c_bin, *flags], d, env, "C", timeout)
         if r.returncode != 0:
             why = C.last_line(r.stderr) or C.last_line(r.stdout) or "no output"
