@@ -332,7 +332,11 @@ def _run_worker(python, side, req, tmp, env_extra):
     env = dict(os.environ)
     env.update(env_extra)
     cmd = [python, os.path.abspath(__file__), "--worker", side, "--request", reqfile, "--outdir", tmp]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    try:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    except OSError as exc:
+        raise RuntimeError("%s %s worker failed: cannot execute %s: %s"
+                           % (side, req["mode"], python, exc.strerror or exc)) from None
     if r.returncode != 0:
         raise RuntimeError("%s %s worker failed (rc %d):\n%s" % (side, req["mode"], r.returncode,
                                                                  r.stderr[-4000:]))
@@ -367,8 +371,21 @@ def _flat(d, names):
     return out
 
 
+MODES = ("fwd", "grad", "fd")
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=CELL_NOTE)
+    # (a worker's output is read by the driver: tracebacks go to it unchanged)
+    if argv is None and "--worker" in sys.argv[1:] or argv is not None and "--worker" in argv:
+        return _main(argv)
+    from benchmarks import _cli
+    return _cli.guarded_main("benchmarks.autodiff_peers", lambda: _main(argv), io_exit=1)
+
+
+def _main(argv=None):
+    from benchmarks import _cli
+    ap = _cli.UsageParser(prog="python -m benchmarks.autodiff_peers",
+                          description=__doc__.split("\n")[0], epilog=CELL_NOTE)
     ap.add_argument("--worker", choices=("ours", "peer"), help=argparse.SUPPRESS)
     ap.add_argument("--request", help=argparse.SUPPRESS)
     ap.add_argument("--outdir", help=argparse.SUPPRESS)
@@ -380,20 +397,31 @@ def main(argv=None):
     ap.add_argument("--params", default=",".join(PARAMS),
                     help="comma-separated subset of %s" % ",".join(PARAMS))
     ap.add_argument("--modes", default="fwd,grad,fd")
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=_cli.positive_int, default=2)
     ap.add_argument("--no-fd", action="store_true")
     ap.add_argument("--nopolar", action="store_true",
                     help="both sides without the polarization factor (-nopolar): isolates the "
                          "port's eps-biased polarization (see docs/autodiff_peers.md)")
-    ap.add_argument("--cell", nargs=6, type=float, metavar=("A", "B", "C", "AL", "BE", "GA"),
+    ap.add_argument("--cell", nargs=6, type=_cli.positive_float, metavar=("A", "B", "C", "AL", "BE", "GA"),
                     help="the case's cell instead (A, deg); see below")
-    ap.add_argument("--oversample", type=int, help="the case's -oversample instead (not pilatus_roi)")
+    ap.add_argument("--oversample", type=_cli.positive_int, help="the case's -oversample instead (not pilatus_roi)")
     ap.add_argument("--json", help="write all results here")
     a = ap.parse_args(argv)
     if a.worker:
         return worker(a.worker, a.request, a.outdir)
     if not a.peer_python:
         ap.error("give --peer-python (or NB_PEER_PYTHON): the torch port's interpreter")
+    _cli.executable(a.peer_python, "--peer-python")
+    known = set(PARAMS) | ({"F_hkl"} if a.case == "pilatus_roi" else set())
+    bad = [n for n in a.params.split(",") if n and n not in known]
+    if bad or not [n for n in a.params.split(",") if n]:
+        raise _cli.usage_error("argument --params: %s (known: %s)" % (
+            "unknown %s" % ", ".join(map(repr, bad)) if bad else "empty", ", ".join(sorted(known))))
+    bad = [m for m in a.modes.split(",") if m and m not in MODES]
+    if bad or not [m for m in a.modes.split(",") if m and not (a.no_fd and m == "fd")]:
+        raise _cli.usage_error("argument --modes: %s (known: %s)" % (
+            "unknown %s" % ", ".join(map(repr, bad)) if bad else "no mode left to run", ",".join(MODES)))
+    _cli.check_output(a.json, "--json")
     import numpy as np
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from nbnumba.flags import parse_argv
@@ -505,11 +533,14 @@ def main(argv=None):
                          r["rss_after_import_mib"]))
     if a.json:
         # (the generated -mat/-hkl's temporary directory named, not its path)
-        text = json.dumps(out, indent=1).replace(keep, "GENERATED")
-        with open(a.json, "w") as fh:
-            fh.write(text)
+        text = _cli.json_text(out, indent=1).replace(keep, "GENERATED")
+        _cli.write_text(a.json, text)
     import shutil
     shutil.rmtree(keep, ignore_errors=True)
+    failed = [k for k, r in R.items() if k.startswith("peer_") and "failed" in r]
+    if failed and len(failed) == len([k for k in R if k.startswith("peer_")]):
+        print("autodiff_peers: every peer run failed (%s)" % ", ".join(sorted(failed)), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,7 +19,6 @@ threads: time.process_time) and the process's peak RSS (MiB).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -29,6 +28,7 @@ import sys
 import tempfile
 import time
 
+from benchmarks import _cli
 from benchmarks import workloads as W
 
 ISSUE512 = ("-cell 70 80 90 85 95 105 -lambda 1.5 -N 8 -default_F 100 -distance 100 "
@@ -210,18 +210,34 @@ def paired(case, pixels=None, reps=10, threads=None, mosaic=False):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    return _cli.guarded_main("benchmarks.autodiff_perf", lambda: _main(argv), io_exit=1)
+
+
+def _main(argv=None):
+    ap = _cli.UsageParser(prog="python -m benchmarks.autodiff_perf",
+                          description=__doc__.split("\n")[0])
     ap.add_argument("--case", choices=CASES)
     ap.add_argument("--mode", choices=MODES + (SPLIT, PAIR),
                     help="%s: the kernels alone (CPU s), see kernel_split; %s: forward and "
                     "forward + backward interleaved in one process, see paired" % (SPLIT, PAIR))
     ap.add_argument("--extra", default="", help="flags appended to the case's command (split)")
-    ap.add_argument("--pixels", type=int, default=None, help="shrink -detpixels (not pilatus_roi)")
-    ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=None, help="numba threads (%s)" % PAIR)
+    ap.add_argument("--pixels", type=_cli.positive_int, default=None, help="shrink -detpixels (not pilatus_roi)")
+    ap.add_argument("--reps", type=_cli.positive_int, default=2)
+    ap.add_argument("--threads", type=_cli.positive_int, default=None, help="numba threads (%s)" % PAIR)
     ap.add_argument("--mosaic", action="store_true",
                     help="add mosaic_spread to the keywords (%s; issue512, W2)" % PAIR)
     a = ap.parse_args(argv)
+    # (options a mode does not use -- --extra outside split, --threads/--mosaic
+    # outside pair, --pixels with pilatus_roi -- are accepted and ignored)
+    if a.mosaic and a.case == "pilatus_roi":
+        raise _cli.usage_error("argument --mosaic: pilatus_roi has no mosaic spread to differentiate")
+    if a.extra.strip():
+        # the flags are checked before any timing: a bad one is a usage error
+        from nbnumba.flags import parse_argv
+        try:
+            parse_argv(list(ISSUE512) + a.extra.split())
+        except Exception as exc:
+            raise _cli.usage_error("argument --extra: %s" % exc) from None
     if a.mode == PAIR:
         for case in ([a.case] if a.case else CASES):
             print(json.dumps(paired(case, a.pixels, a.reps, a.threads, a.mosaic)), flush=True)
@@ -241,7 +257,10 @@ def main(argv=None):
         for mode in ([a.mode] if a.mode else MODES):
             cmd = [sys.executable, "-m", "benchmarks.autodiff_perf", "--case", case, "--mode", mode,
                    "--reps", str(a.reps)] + (["--pixels", str(a.pixels)] if a.pixels else [])
-            subprocess.run(cmd, check=True)
+            r = subprocess.run(cmd)
+            if r.returncode != 0:
+                raise _cli.ToolError("case %s mode %s failed (exit status %s)"
+                                     % (case, mode, r.returncode), 1)
     return 0
 
 

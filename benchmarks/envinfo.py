@@ -99,7 +99,13 @@ def save_figure(fig, png):
     from pathlib import Path
     fig.tight_layout()
     png = Path(png)
+    import io
+    from nbnumba.io.atomic import atomic_write_bytes
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(str(png), buf.getvalue())     # a reader never sees half a PNG
     return png

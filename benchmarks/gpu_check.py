@@ -47,7 +47,6 @@ or a step crashed, 0 otherwise.  Steps stop being started once ``--budget-s``
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -746,8 +745,9 @@ def _write(report: dict, out_dir: Path) -> None:
         {m.split(".")[0] for m in sys.modules if "." not in m and m not in sys.stdlib_module_names
          and m.split(".")[0] not in ("nbnumba", "benchmarks", "tests", "__main__", "_distutils_hack")
          and not m.startswith("_")})
-    (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    (out_dir / "gpu_check.md").write_text(_md(report))
+    from benchmarks import _cli
+    _cli.write_text(out_dir / "gpu_check.json", json.dumps(report, indent=1, default=str) + "\n")
+    _cli.write_text(out_dir / "gpu_check.md", _md(report))
 
 
 def _step(report: dict, name: str, fn, *args):
@@ -764,16 +764,40 @@ def _step(report: dict, name: str, fn, *args):
     return res
 
 
+def _out_dir(path: str) -> Path:
+    """The report folder, created now (before any step runs): a usage error
+    naming --out when it cannot be."""
+    from benchmarks import _cli
+    out_dir = Path(path)
+    if not path:
+        raise _cli.usage_error("argument --out: empty path")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise _cli.usage_error("argument --out: %s exists and is not a folder" % path)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cli.usage_error("argument --out: cannot create %s: %s" % (path, exc.strerror or exc)) from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise _cli.usage_error("argument --out: %s: Permission denied" % path)
+    return out_dir
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
+    from benchmarks import _cli
+    return _cli.guarded_main("gpu_check", lambda: _main(argv), io_exit=1)
+
+
+def _main(argv=None) -> int:
+    from benchmarks import _cli
+    p = _cli.UsageParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="gpu_check_out", help="report folder (gpu_check_out)")
-    p.add_argument("--budget-s", type=float, default=420.0,
+    p.add_argument("--budget-s", type=_cli.positive_float, default=420.0,
                    help="stop starting steps after this many seconds (420)")
     p.add_argument("--no-pytest", action="store_true", help="skip pytest -m gpu")
     p.add_argument("--quick", action="store_true", help="64x64 throughput/chunking workloads, fewer repeats")
     p.add_argument("--cases", default=None, help="comma-separated golden case names (default: all)")
     opts = p.parse_args(argv)
-    out_dir = Path(opts.out)
+    out_dir = _out_dir(opts.out)
     t_start = time.monotonic()
     deadline = t_start + opts.budget_s
     report = {"tool": "benchmarks.gpu_check", "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -11,8 +11,8 @@ workload, so a regression shows up as a drop.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -168,15 +168,25 @@ def plot(recs: List[Dict[str, object]], png) -> Optional[Path]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.history", description=__doc__.split("\n\n")[0])
+    from benchmarks import _cli
+    return _cli.guarded_main("benchmarks.history", lambda: _main(argv), io_exit=1)
+
+
+def _main(argv=None) -> int:
+    from benchmarks import _cli
+    ap = _cli.UsageParser(prog="python -m benchmarks.history", description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default=str(RESULTS_DIR))
     ap.add_argument("--png", default=None, help="plot path (default RESULTS/history.png)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--include-quick", action="store_true", help="also show quick-mode (CI) runs")
     opts = ap.parse_args(argv)
+    if not os.path.isdir(opts.results):
+        raise _cli.usage_error("argument --results: %s: no such directory" % opts.results)
+    if opts.png is not None and (not opts.png or os.path.isdir(opts.png)):
+        raise _cli.usage_error("argument --png: %r is a directory or empty" % opts.png)
     recs = load_results(opts.results, include_quick=opts.include_quick)
     if not recs:
-        print("history: no results in %s" % opts.results)
+        print("history: no results in %s" % opts.results, file=sys.stderr)
         return 0
     print(format_tables(recs))
     if not opts.no_plot:

@@ -36,6 +36,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks import _cli
+
 #: (module, dispatchers) of each target (the image loop the workload takes)
 TARGETS = {"image": ("nbnumba.kernels.cpu", "render_rows render_blocks"),
            "autodiff": ("nbnumba.kernels.adjoint", "forward_jac")}
@@ -283,7 +285,7 @@ def _defined_functions(path):
 def _tool(name):
     path = shutil.which(name)
     if not path:
-        raise SystemExit("hotspots: `%s` not found (install linux-tools / binutils)" % name)
+        raise _cli.ToolError("`%s` not found (install linux-tools / binutils)" % name, 1)
     return path
 
 
@@ -307,7 +309,7 @@ def profile(a):
                            capture_output=True, text=True)
         if r.returncode != 0 or not os.path.exists(os.path.join(d, "child.json")):
             last = (r.stderr.strip().splitlines() or ["exit %d" % r.returncode])[-1]
-            raise SystemExit("hotspots: the profiled run failed: " + last)
+            raise _cli.ToolError("the profiled run failed: " + last, 1)
         with open(os.path.join(d, "child.json")) as fh:
             meta = json.load(fh)
         s = subprocess.run([perf, "script", "-i", data, "-F", "time,ip"], capture_output=True,
@@ -326,19 +328,23 @@ def profile(a):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    return _cli.guarded_main("benchmarks.hotspots", lambda: _main(argv), io_exit=1)
+
+
+def _main(argv=None) -> int:
+    ap = _cli.UsageParser(prog="python -m benchmarks.hotspots", description=__doc__.split("\n")[0])
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--workload", default="W2", help="benchmarks.workloads name (default W2)")
+    g.add_argument("--workload", type=_cli.workload_name, default="W2", help="benchmarks.workloads name (default W2)")
     g.add_argument("--autodiff", choices=("issue512", "W2", "pilatus_roi"),
                    help="profile the autodiff forward (forward_jac) of this case")
-    ap.add_argument("--pixels", type=int, default=None, help="a pixels x pixels detector")
+    ap.add_argument("--pixels", type=_cli.positive_int, default=None, help="a pixels x pixels detector")
     ap.add_argument("--extra", default="", help="flags appended to the --autodiff case's command")
     ap.add_argument("--precision", default="double", choices=("double", "single"))
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seconds", type=float, default=10.0, help="profiled time (CPU-bound)")
-    ap.add_argument("--freq", type=int, default=2000, help="samples per second")
-    ap.add_argument("--region", type=int, default=512, help="bytes of code per region")
-    ap.add_argument("--top", type=int, default=8, help="functions to list")
+    ap.add_argument("--threads", type=_cli.positive_int, default=1)
+    ap.add_argument("--seconds", type=_cli.positive_float, default=10.0, help="profiled time (CPU-bound)")
+    ap.add_argument("--freq", type=_cli.positive_int, default=2000, help="samples per second")
+    ap.add_argument("--region", type=_cli.positive_int, default=512, help="bytes of code per region")
+    ap.add_argument("--top", type=_cli.positive_int, default=8, help="functions to list")
     ap.add_argument("--listing", nargs="?", const="top", metavar="NAME",
                     help="also print the hottest region of the top function (or of the first "
                          "listed one whose name contains NAME), instruction by instruction")
@@ -346,6 +352,15 @@ def main(argv=None) -> int:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.extra.strip() and not a.child:
+        if not a.autodiff:
+            raise _cli.usage_error("argument --extra: only used with --autodiff")
+        from nbnumba.flags import parse_argv
+        from benchmarks import autodiff_perf as P
+        try:
+            parse_argv(list(P.ISSUE512) + a.extra.split())
+        except Exception as exc:
+            raise _cli.usage_error("argument --extra: %s" % exc) from None
     if a.child:
         return _child(a)
     rows, meta = profile(a)

@@ -33,7 +33,6 @@ whose terms loop is the block path's, W3's).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -41,6 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from benchmarks import _cli
 
 #: flops per default-mode sub-path (see the module docstring)
 FLOPS_PER_SUBPATH = 170
@@ -168,13 +169,17 @@ def roofline_row(m: dict, peak_gflops: float) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workloads", nargs="+", default=["W2", "W3"])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--ghz", type=float, default=None,
+    return _cli.guarded_main("benchmarks.roofline", lambda: _main(argv), io_exit=1)
+
+
+def _main(argv=None) -> int:
+    ap = _cli.UsageParser(prog="python -m benchmarks.roofline", description=__doc__.split("\n")[0])
+    ap.add_argument("--workloads", nargs="+", type=_cli.workload_name, default=["W2", "W3"])
+    ap.add_argument("--threads", type=_cli.positive_int, default=2)
+    ap.add_argument("--reps", type=_cli.positive_int, default=3)
+    ap.add_argument("--ghz", type=_cli.positive_float, default=None,
                     help="use a nominal peak, GHz x FMA units x 8 x 2, instead of the measured one")
-    ap.add_argument("--fma-units", type=int, default=2, help="512-bit FMA units per core (with --ghz)")
+    ap.add_argument("--fma-units", type=_cli.positive_int, default=2, help="512-bit FMA units per core (with --ghz)")
     ap.add_argument("--no-asm", action="store_true", help="skip the assembly probe")
     ap.add_argument("--peak-only", action="store_true", help="measure and print the peak only")
     a = ap.parse_args(argv)
@@ -191,7 +196,7 @@ def main(argv=None) -> int:
         again = measure_peak()
         if again["gflops"] > measured["gflops"]:
             measured = again
-    if a.ghz:
+    if a.ghz is not None:
         peak = a.ghz * a.fma_units * 8 * 2
         how = "nominal: %.2f GHz x %d FMA x 8 x 2; measured %.1f" % (a.ghz, a.fma_units, measured["gflops"])
     else:
@@ -204,7 +209,10 @@ def main(argv=None) -> int:
         print(json.dumps(dict(cpu=envinfo.cpu_model(), peak_gflops_per_core=peak, measured=measured)))
         return 0
     rows = [roofline_row(m, peak) for m in rows]
-    asm = None if a.no_asm else asm_counts()
+    try:
+        asm = None if a.no_asm else asm_counts()
+    except RuntimeError as exc:
+        raise _cli.ToolError(str(exc), 1) from None
     print("| workload | sub-paths | kernel CPU-s (median; all) | Msub-paths per CPU-s "
           "| GFLOP per CPU-s | fraction of FP64 peak (one core) |")
     print("|---|---|---|---|---|---|")

@@ -12,8 +12,6 @@ call, 1/b: pixel throughput).  JSON goes to
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,6 +22,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from benchmarks import _cli
 from benchmarks import envinfo
 from benchmarks import workloads as W
 
@@ -84,16 +83,33 @@ def plot(data, fits, png, title) -> Path:
     return envinfo.save_figure(fig, png)
 
 
+#: distinct sizes the least-squares line needs to mean anything (2 points fit exactly)
+MIN_SIZES = 3
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", nargs="+", type=int, default=list(DEFAULT_SIZES))
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    return _cli.guarded_main("benchmarks.scaling", lambda: _main(argv), io_exit=1)
+
+
+def _main(argv=None) -> int:
+    ap = _cli.UsageParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", nargs="+", type=_cli.positive_int, default=list(DEFAULT_SIZES))
+    ap.add_argument("--reps", type=_cli.positive_int, default=3)
+    ap.add_argument("--threads", type=_cli.positive_int, default=os.cpu_count() or 1)
     ap.add_argument("--precision", nargs="+", default=["double", "single"], choices=["double", "single"])
     ap.add_argument("--png", default=str(DEFAULT_PNG))
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-json", action="store_true")
     opts = ap.parse_args(argv)
+    if len(set(opts.sizes)) < MIN_SIZES:
+        raise _cli.usage_error("argument --sizes: the fit needs at least %d distinct sizes, got %s"
+                               % (MIN_SIZES, " ".join(map(str, opts.sizes))))
+    if opts.json and opts.no_json:
+        raise _cli.usage_error("argument --json: not allowed with --no-json")
+    if not opts.no_json:
+        _cli.check_output(opts.json, "--json")
+    if os.path.isdir(opts.png) or not opts.png:
+        raise _cli.usage_error("argument --png: %r is a directory or empty" % opts.png)
     facts = envinfo.machine_facts()
     data = measure(opts.sizes, opts.precision, opts.reps, opts.threads,
                    log=lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -111,8 +127,8 @@ def main(argv=None) -> int:
     if not opts.no_json:
         path = Path(opts.json) if opts.json else envinfo.RESULTS_DIR / envinfo.result_name(prefix="scaling", sha=facts["git_sha"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"kind": "scaling", "machine": facts, "threads": opts.threads,
-                                    "reps": opts.reps, "data": data, "fits": fits}, indent=2))
+        _cli.write_text(path, _cli.json_text({"kind": "scaling", "machine": facts, "threads": opts.threads,
+                                              "reps": opts.reps, "data": data, "fits": fits}, indent=2))
     return 0
 
 

@@ -31,9 +31,7 @@ says so.  The Markdown table goes to stdout and ``--out``; everything to
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
-import json
 import math
 import os
 import shutil
@@ -48,12 +46,14 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from benchmarks import _cli
 from benchmarks import envinfo
 from benchmarks import workloads as W
 
 DEFAULT_BUDGET_S = 570.0
 REL_FLOOR = 1e-3          # max-rel-error over pixels above this fraction of the max
 RSS_SLACK_MB = 300.0      # W3 memory target: 2 x image bytes + 300 MB
+EXIT_C = 6                # the C program misbehaved (as nb-compare's runner failure)
 
 
 # ---------------------------------------------------------------------------
@@ -91,8 +91,13 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     b = np.asarray(b, dtype=np.float64).ravel()
     if a.shape != b.shape:
         return float("nan")
-    da, db = a - a.mean(), b - b.mean()
-    na, nb = math.sqrt(float(da @ da)), math.sqrt(float(db @ db))
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("nan")
+    with np.errstate(all="ignore"):
+        da, db = a - a.mean(), b - b.mean()
+        na, nb = math.sqrt(float(da @ da)), math.sqrt(float(db @ db))
+    if not (math.isfinite(na) and math.isfinite(nb)):
+        return float("nan")
     if na == 0.0 or nb == 0.0:
         return 1.0 if np.array_equal(a, b) else float("nan")
     return float(da @ db) / (na * nb)
@@ -107,8 +112,13 @@ def max_rel_error(test: np.ndarray, ref: np.ndarray, floor: float = REL_FLOOR) -
     m = float(r.max()) if r.size else 0.0
     if m <= 0.0:
         return 0.0 if np.array_equal(t, r) else float("inf")
+    if not math.isfinite(m):
+        return float("nan")
     sel = r > floor * m
-    return float(np.max(np.abs(t[sel] - r[sel]) / np.abs(r[sel])))
+    if not sel.any():
+        return float("nan")
+    with np.errstate(all="ignore"):
+        return float(np.max(np.abs(t[sel] - r[sel]) / np.abs(r[sel])))
 
 
 def rss_target_mb(pixels: int) -> float:
@@ -195,8 +205,24 @@ def _load1() -> Optional[float]:
 def read_float_image(path) -> Optional[np.ndarray]:
     try:
         return np.fromfile(str(path), dtype="<f4")
-    except OSError:
+    except (OSError, ValueError):
         return None
+
+
+def check_c_image(cbin: str, name: str, args: Sequence[str], img: Optional[np.ndarray]) -> None:
+    """A C run that exited 0 must have written a usable float image (right size,
+    finite values); otherwise its time means nothing: a one-line error."""
+    prog = os.path.basename(cbin)
+    s, f = W.detector_shape(args)
+    if img is None:
+        raise _cli.ToolError("C program %s (%s) exited 0 but wrote no float image (-floatfile)"
+                             % (prog, name), EXIT_C)
+    if img.size != s * f:
+        raise _cli.ToolError("C program %s (%s) wrote a float image of %d values, expected %dx%d"
+                             % (prog, name, img.size, f, s), EXIT_C)
+    if not np.isfinite(img).all():
+        raise _cli.ToolError("C program %s (%s) wrote non-finite values in its float image"
+                             % (prog, name), EXIT_C)
 
 
 def port_cmd() -> List[str]:
@@ -340,7 +366,7 @@ def compare_images(imgs: Dict[str, np.ndarray], precisions: Sequence[str]) -> Di
 
 def run_all(opts) -> Dict[str, object]:
     t_start = time.perf_counter()
-    cbin = c_binary(opts.c_bin)
+    cbin = _cli.executable(opts.c_bin, "--c-bin") if opts.c_bin else c_binary()
     names = [W.get(n).name for n in opts.workloads]
     threads = int(opts.threads)
     files = W.input_files([n[:2] for n in names if n[:2] in ("W3", "W4")]) if names else {}
@@ -399,6 +425,8 @@ def run_all(opts) -> Dict[str, object]:
                         r["rss_mb"] = None
                         r["cpu_s"] = None
                     cell = cells[(n, v)]
+                    if v == "C" and r["rc"] == 0:
+                        check_c_image(cbin, n, cmd[1:], read_float_image(d / "float.bin"))
                     if r["rc"] != 0:
                         cell.errors.append("rc=%s: %s" % (r["rc"], r["stderr"].strip().splitlines()[-1:]))
                         log("vs_c: %s %s FAILED rc=%s %s" % (n, v, r["rc"], r["stderr"][-300:]))
@@ -442,7 +470,6 @@ def run_all(opts) -> Dict[str, object]:
         result["reps_done"] = reps_done
         inproc: Dict[str, Dict[str, object]] = {}
         for n in opts.inprocess:
-            n = W.get(n).name
             if n in names:
                 inproc[n] = {}
                 for p in opts.precision:
@@ -615,22 +642,22 @@ def markdown(res: Dict[str, object]) -> str:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.vs_c", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workloads", nargs="+", default=list(W.MAIN_WORKLOADS))
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap = _cli.UsageParser(prog="python -m benchmarks.vs_c", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workloads", nargs="+", type=_cli.workload_name, default=list(W.MAIN_WORKLOADS))
+    ap.add_argument("--reps", type=_cli.positive_int, default=3)
+    ap.add_argument("--threads", type=_cli.positive_int, default=os.cpu_count() or 1)
     ap.add_argument("--precision", nargs="+", default=["double", "single"], choices=["double", "single"])
     ap.add_argument("--out", help="also write the Markdown table to this file")
     ap.add_argument("--json", help="JSON results path (default benchmarks/results/vs_c-<date>-<sha>-<host>.json)")
     ap.add_argument("--no-json", action="store_true", help="do not write the JSON file")
-    ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
+    ap.add_argument("--budget", type=_cli.nonneg_float, default=DEFAULT_BUDGET_S,
                     help="seconds; no further repetition starts that would pass it (0: no limit)")
     ap.add_argument("--quick", action="store_true", help="shrink workloads to <= 128x128 (like NB_BENCH_QUICK)")
-    ap.add_argument("--inprocess", nargs="*", default=["W1"],
+    ap.add_argument("--inprocess", nargs="*", type=_cli.workload_name, default=["W1"],
                     help="workloads also timed inside one warm process (default W1)")
     ap.add_argument("--no-startup", action="store_true", help="skip the start-up measurements")
     ap.add_argument("--c-bin", help="C program (default $NB_C_BIN)")
-    ap.add_argument("--c-threads", type=int, default=None,
+    ap.add_argument("--c-threads", type=_cli.positive_int, default=None,
                     help="OMP_NUM_THREADS for C (default: --threads; 1 avoids nanoBragg.c's data race "
                          "under -interpolate, see docs/performance.md)"),
     ap.add_argument("--parity-timed", action="store_true",
@@ -642,25 +669,36 @@ def parse_args(argv=None):
                          "'double/served'; their images are checked against the in-process runs')")
     ap.add_argument("--silent", action="store_true", help="no progress lines on stderr")
     opts = ap.parse_args(argv)
+    if opts.c_bin is not None:
+        _cli.executable(opts.c_bin, "--c-bin")
+    if opts.json and opts.no_json:
+        raise _cli.usage_error("argument --json: not allowed with --no-json")
+    _cli.check_output(opts.out, "--out")
+    if not opts.no_json:
+        _cli.check_output(opts.json, "--json")
     opts.argv_used = list(sys.argv[1:] if argv is None else argv)
     opts.quick = opts.quick or W.is_quick()
     return opts
 
 
 def main(argv=None) -> int:
+    return _cli.guarded_main("benchmarks.vs_c", lambda: _main(argv), io_exit=1)
+
+
+def _main(argv=None) -> int:
     opts = parse_args(argv)
     res = run_all(opts)
     table = markdown(res)
     print(table)
     if opts.out:
-        Path(opts.out).write_text(table)
+        _cli.write_text(opts.out, table)
     if not opts.no_json:
         m = res.get("machine", {})
         when = _dt.datetime.fromisoformat(m["datetime"]) if m.get("datetime") else None
         path = Path(opts.json) if opts.json else envinfo.RESULTS_DIR / envinfo.result_name(
             prefix="vs_c", suffix="quick" if opts.quick else "", when=when, sha=m.get("git_sha"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(res, indent=2, default=float))
+        _cli.write_text(path, _cli.json_text(res, indent=2, default=float))
         print("vs_c: wrote %s (%.0f s)" % (path, res["elapsed_s"]), file=sys.stderr)
     bad = [e for r in res.get("rows", []) for e in r.get("errors", [])]
     return 1 if bad else 0

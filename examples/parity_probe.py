@@ -7,24 +7,29 @@ factor of its intensity, key for key like nanoBragg's TRACE_C).  With
 NB_C_BIN=/path/to/nanoBragg it runs nbnumba-probe, which also runs the C,
 diffs the two traces and writes an evidence bundle under DIR/reports/.
 """
-import argparse
 import os
 import sys
 
 import nbnumba
+from nbnumba.tools._common import UsageParser, guarded_main   # one-line errors, exit 2
 
 FLAGS = ("-cell 70 80 90 90 90 90 -misset 10 20 30 -default_F 100 -N 5 -lambda 1.5 "
          "-distance 100 -detpixels 128 -pixel 0.2 -nonoise -nopgm -noprogress").split()
+DETPIXELS = 128                                  # (-detpixels above)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = UsageParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pixel", nargs=2, type=int, default=(83, 70), metavar=("S", "F"))
     ap.add_argument("--out", default=os.path.join("examples_out", "probe"))
     a = ap.parse_args(argv)
     s, f = a.pixel
+    if not (0 <= s < DETPIXELS and 0 <= f < DETPIXELS):
+        ap.error("--pixel %d %d: outside the %dx%d detector" % (s, f, DETPIXELS, DETPIXELS))
     if os.environ.get("NB_C_BIN"):
         from nbnumba.tools import probe
+        if os.path.exists(a.out) and not os.path.isdir(a.out):
+            ap.error("--out %s: not a directory" % a.out)
         os.makedirs(a.out, exist_ok=True)
         os.chdir(a.out)
         return probe.main(["--pixel", str(s), str(f), "--", *FLAGS])
@@ -37,4 +42,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded_main("parity_probe.py", main, io_exit=2))

@@ -13,11 +13,13 @@ Needs torch and matplotlib (pip install nbnumba[torch] matplotlib).
 """
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 import time
 
 import numpy as np
+
+from nbnumba.tools._common import UsageParser, guarded_main   # one-line errors, exit 2
 
 # small crystal (N 2): spots several pixels wide, so the perturbed start still
 # overlaps the measured spots (with sharp spots the squared residual is flat)
@@ -91,11 +93,17 @@ def plot(losses, path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = UsageParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="refine_loss.png", help="loss-vs-iteration PNG")
     ap.add_argument("--max-iter", type=int, default=60)
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
+    if a.max_iter < 1:
+        ap.error("--max-iter must be >= 1, got %d" % a.max_iter)
+    # before the fit, not after it: can the plot be written there?
+    where = os.path.dirname(os.path.abspath(a.out))
+    if os.path.isdir(a.out) or not os.path.isdir(where) or not os.access(where, os.W_OK):
+        ap.error("--out %s: not a writable file path" % a.out)
     t0 = time.perf_counter()
     final, losses, (e_mis, e_cell, e_dist) = refine(a.max_iter, verbose=not a.quiet)
     plot(losses, a.out)
@@ -108,4 +116,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded_main("refine.py", main, io_exit=2))

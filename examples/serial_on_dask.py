@@ -8,16 +8,16 @@ depends on which worker rendered it.  --workers N starts a local cluster;
 --scheduler tcp://host:8786 uses a running one (its workers must see --out).
 Needs the series extra: pip install "nbnumba[series]".
 """
-import argparse
 import json
 import os
 import sys
 
 from nbnumba import series
+from nbnumba.tools._common import UsageParser, guarded_main   # one-line errors, exit 2
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = UsageParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join("examples_out", "serial"))
     ap.add_argument("--shots", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
@@ -32,6 +32,8 @@ def main(argv=None):
         "-lambda", "1.0", "-distance", "100", "-detpixels", str(a.detpixels), "-pixel", "0.2",
         "-seed", "7",
     ])
+    if rc != 0:             # the series said why (one line): an older manifest is stale
+        return rc
     # the manifest says what each shot was: orientation, cell, files and their sha256
     with open(os.path.join(a.out, "manifest.jsonl")) as fh:
         shots = [r for r in map(json.loads, fh) if r.get("type") == "frame"]
@@ -44,4 +46,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded_main("serial_on_dask.py", main, io_exit=2))

@@ -14,11 +14,13 @@ import torch
 
 import nbnumba
 from nbnumba.interop import as_array, shares_memory
+from nbnumba.tools._common import UsageParser, guarded_main   # one-line errors, exit 2
 
 FLAGS = "-cell 50 50 50 90 90 90 -default_F 100 -N 3 -lambda 1 -distance 80 -detpixels 64 -nonoise".split()
 
 
-def main():
+def main(argv=None):
+    UsageParser(description=__doc__.splitlines()[0]).parse_args(argv)   # no options
     cfg = nbnumba.parse_argv(FLAGS)
     res = nbnumba.simulate(cfg)
     img = res.to_torch()                                   # float32 (slow, fast), no copy
@@ -38,4 +40,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded_main("torch_round_trip.py", main, io_exit=2))

@@ -74,7 +74,9 @@ def _count_arg(name: str, v) -> Optional[int]:
 def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
                   workers: Optional[int] = None, threads: Optional[int] = None,
                   write: bool = False, keep_results: bool = True,
-                  on_done: Optional[Callable[[BatchItem], None]] = None) -> List[BatchItem]:
+                  on_done: Optional[Callable[[BatchItem], None]] = None,
+                  protect: Sequence[str] = (), labels: Optional[Sequence[str]] = None
+                  ) -> List[BatchItem]:
     """Simulate every command line of ``argvs``; returns one BatchItem per line,
     in input order (``item.ok``, ``item.result``, ``item.error``).
 
@@ -91,7 +93,14 @@ def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
         Fdump.bin), as ``nbnumba <argv>`` would.
     keep_results: False drops each Result once it is written (saves memory).
     on_done: called with each finished item, in completion order (from the
-        calling thread's pool workers; keep it quick)."""
+        calling thread's pool workers; keep it quick).
+    protect: with ``write``, files no line may write (``--batch`` passes its
+        command file).  With ``write``, a line that would write a file an
+        earlier line writes fails alone, before anything renders (the lines
+        run at once: which image ended up there depended on the threads'
+        timing); the Fdump.bin cache is exempt (every line of one -hkl
+        writes the same one).
+    labels: names of the lines for those messages (default ``argvs[i]``)."""
     from concurrent.futures import ThreadPoolExecutor
     from .validate import argv_words, resolve_cwd
     from .errors import ConfigError
@@ -148,6 +157,9 @@ def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
             if on_done:
                 on_done(it)
 
+    if write:
+        _refuse_shared_outputs(items, cfgs, protect, labels, on_done)
+
     def one(it: BatchItem) -> BatchItem:
         from .api import simulate
         t0 = time.perf_counter()
@@ -177,6 +189,34 @@ def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
     return items
 
 
+def _refuse_shared_outputs(items, cfgs, protect, labels, on_done) -> None:
+    """Fail (alone, before any render) each parsed line that would write a file
+    in ``protect`` or one that an earlier line writes; cfgs[i] = None for it."""
+    from .errors import ConfigError, NBError
+    from .io.atomic import check_not_input
+    from .outputs import output_paths
+    seen = {}
+    for it in items:
+        cfg = cfgs[it.index]
+        if cfg is None:
+            continue
+        try:
+            for what, path in output_paths(cfg):
+                check_not_input(path, list(protect), what)
+                key = os.path.realpath(path)
+                if key in seen and seen[key][0] != it.index:
+                    first, first_what = seen[key]
+                    name = labels[first] if labels else "argvs[%d]" % first
+                    raise ConfigError("%s '%s' is also %s's %s: the lines run at once, give "
+                                      "each its own file" % (what, path, name, first_what))
+                seen.setdefault(key, (it.index, what))
+        except NBError as exc:
+            _fail(it, exc)
+            cfgs[it.index] = None
+            if on_done:
+                on_done(it)
+
+
 def read_batch_file(path: str) -> List[tuple]:
     """(line number, argv, None) for each command line of a batch file, or
     (line number, None, why) for a line shlex cannot split (an unclosed
@@ -184,10 +224,16 @@ def read_batch_file(path: str) -> List[tuple]:
     program name (nanoBragg, nbnumba, ...) is dropped."""
     from .errors import InputFileError
     try:
-        with open(path, "r", encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            data = fh.read()
     except OSError as exc:
         raise InputFileError("%s: cannot read batch file (%s)" % (path, exc.strerror or exc)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:   # (a Latin-1 byte in a comment was a traceback)
+        raise InputFileError("%s line %d: not UTF-8 text (byte 0x%02x): a batch file holds "
+                             "command lines" % (path, data[:exc.start].count(b"\n") + 1,
+                                                data[exc.start])) from None
     out = []
     for no, raw in enumerate(text.splitlines(), 1):
         s = raw.strip()
@@ -275,7 +321,8 @@ def batch_main(argv: Sequence[str], out=None) -> int:
 
     try:
         items = simulate_many([a for _, a in lines], workers=workers, threads=threads, write=True,
-                              keep_results=False, on_done=report)
+                              keep_results=False, on_done=report, protect=[path],
+                              labels=["line %d" % no for no, _ in lines])
     except KeyboardInterrupt:
         print("nbnumba: interrupted", file=sys.stderr)
         return 130

@@ -83,6 +83,47 @@ def test_batch_line_with_an_unclosed_quote_is_its_own_error(tmp_path, capsys, mo
     assert not any("unparsable" in l for l in out)
 
 
+_TINY = ("-cell 100 100 100 90 90 90 -default_F 1 -detpixels 8 -nonoise -nopgm -noprogress "
+         "-lambda 1 -distance 100")
+
+
+def test_batch_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    # a Latin-1 byte in a comment was a UnicodeDecodeError traceback
+    p = tmp_path / "l1.txt"
+    p.write_bytes(b"# caf\xe9\n")
+    assert cli.main(["--batch", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err == "nbnumba: error: %s line 1: not UTF-8 text (byte 0xe9): a batch file holds " \
+                  "command lines\n" % p
+
+
+def test_batch_lines_never_write_the_batch_file_or_each_others_files(tmp_path, capsys,
+                                                                      monkeypatch):
+    # a line's -floatfile replaced the batch file; two lines naming one output
+    # both said "ok" and the file held whichever finished last
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "b.txt"
+    text = "\n".join(["%s -floatfile b.txt -intfile i0.img" % _TINY,
+                      "%s -floatfile same.bin -intfile i1.img" % _TINY,
+                      "%s -floatfile same.bin -intfile i2.img -detpixels 9" % _TINY,
+                      "%s -floatfile f3.bin" % _TINY,
+                      "%s -floatfile f4.bin" % _TINY]) + "\n"
+    p.write_text(text)
+    assert cli.main(["--batch", str(p), "--workers", "2"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert p.read_text() == text
+    assert ("line 1: error (exit 2): refusing to write -floatfile 'b.txt': it is also an input "
+            "file of this run ('%s')" % p) in out
+    assert ("line 3: error (exit 2): -floatfile 'same.bin' is also line 2's -floatfile: the lines "
+            "run at once, give each its own file") in out
+    assert ("line 5: error (exit 2): -intfile 'intimage.img' is also line 4's -intfile: the lines "
+            "run at once, give each its own file") in out
+    assert out[-1].startswith("batch: 2 of 5 command lines ok, 3 failed")
+    assert (tmp_path / "same.bin").stat().st_size == 8 * 8 * 4      # line 2's image
+    assert sorted(f.name for f in tmp_path.iterdir()) == [
+        "b.txt", "f3.bin", "i1.img", "intimage.img", "same.bin"]
+
+
 def test_batch_cli_bad_requests(tmp_path, capsys):
     assert cli.main(["--batch", str(tmp_path / "missing.txt")]) != 0
     err = capsys.readouterr().err

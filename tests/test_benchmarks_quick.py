@@ -265,3 +265,69 @@ def test_roofline_measures_a_small_workload(tmp_path):
     m = roofline.measure("W2", 1, 2, str(tmp_path), pixels=64)
     assert m["subpaths"] == 64 * 64 * 600
     assert m["cpu_s"] > 0 and len(m["cpu_s_all"]) == 2
+
+
+# --------------------------------------------------------------------------- usage errors
+# Each bad command line is refused before any timing run: one stderr line, exit 2.
+_BAD_ARGV = [
+    ("vs_c", ["--workloads", "BOGUS"], "--workloads"),
+    ("vs_c", ["--inprocess", "BOGUS"], "--inprocess"),
+    ("vs_c", ["--reps", "0"], "--reps"),
+    ("vs_c", ["--threads", "0"], "--threads"),
+    ("vs_c", ["--budget", "nan"], "--budget"),
+    ("vs_c", ["--c-bin", "/nonexistent"], "--c-bin"),
+    ("vs_c", ["--out", "/nonexistent-dir/t.md"], "--out"),
+    ("vs_c", ["--json", "/"], "--json"),
+    ("autodiff_perf", ["--pixels", "-1"], "--pixels"),
+    ("autodiff_perf", ["--reps", "0"], "--reps"),
+    ("autodiff_perf", ["--extra=-bogus"], "--extra"),
+    ("hotspots", ["--region", "0"], "--region"),
+    ("hotspots", ["--workload", "BOGUS"], "--workload"),
+    ("hotspots", ["--freq", "0"], "--freq"),
+    ("roofline", ["--workloads", "BOGUS"], "--workloads"),
+    ("roofline", ["--ghz", "nan"], "--ghz"),
+    ("roofline", ["--ghz", "0"], "--ghz"),
+    ("scaling", ["--sizes", "0"], "--sizes"),
+    ("scaling", ["--sizes", "8"], "--sizes"),
+    ("scaling", ["--reps", "0"], "--reps"),
+    ("history", ["--results", "/nonexistent"], "--results"),
+    ("autodiff_peers", ["--peer-python", "/nonexistent"], "--peer-python"),
+    ("autodiff_peers", ["--peer-python", "/bin/false", "--modes", "bogus"], "--modes"),
+    ("autodiff_peers", ["--peer-python", "/bin/false", "--params", "bogus"], "--params"),
+    ("autodiff_peers", ["--peer-python", "/bin/false", "--cell", "0", "1", "1", "90", "90", "90"], "--cell"),
+    ("gpu_check", ["--out", "/proc/x"], "--out"),
+]
+
+
+@pytest.mark.parametrize("mod,argv,option", _BAD_ARGV, ids=lambda v: v if isinstance(v, str) else None)
+def test_benchmark_usage_errors_are_one_line(mod, argv, option, capsys):
+    import importlib
+    m = importlib.import_module("benchmarks." + mod)
+    rc = m.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.count("\n") == 1 and option in err and "Traceback" not in err, err
+
+
+def test_gpu_check_out_existing_file(tmp_path, capsys):
+    from benchmarks import gpu_check
+    f = tmp_path / "f"
+    f.write_text("x")
+    assert gpu_check.main(["--out", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err
+
+
+def test_vs_c_checks_c_image():
+    import numpy as np
+    from benchmarks import vs_c
+    from nbnumba.tools._common import ToolError
+    args = ["-detpixels", "4"]
+    vs_c.check_c_image("/x/nanoBragg", "W1", args, np.ones(16, np.float32))
+    for img in (None, np.ones(15, np.float32), np.full(16, np.nan, np.float32)):
+        with pytest.raises(ToolError, match="nanoBragg"):
+            vs_c.check_c_image("/x/nanoBragg", "W1", args, img)
+    with np.errstate(all="raise"):
+        bad = np.full(16, np.inf)
+        assert np.isnan(vs_c.correlation(bad, np.ones(16)))
+        assert np.isnan(vs_c.max_rel_error(np.ones(16), np.full(16, np.nan)))

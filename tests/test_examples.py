@@ -66,3 +66,39 @@ def test_torch_round_trip(tmp_path):
     pytest.importorskip("torch")
     r = run("torch_round_trip.py", [], tmp_path)
     assert "shares memory: True" in r.stdout and "masked block is zero" in r.stdout
+
+
+@pytest.mark.parametrize("script, args, expect", [
+    ("single_still.py", ["--detpixels", 0, "--out", "s9"], "-detpixels"),
+    ("single_still.py", ["--out", "afile"], "--out afile: not a directory"),
+    ("parity_probe.py", ["--pixel", 99999, 5], "--pixel 99999 5: outside"),
+    ("parity_probe.py", ["--pixel", -1, 5], "--pixel -1 5: outside"),
+    ("refine.py", ["--max-iter", 0], "--max-iter"),
+    ("refine.py", ["--out", "nodir/r.png"], "--out nodir/r.png"),
+])
+def test_bad_arguments_are_one_line_before_any_work(tmp_path, script, args, expect):
+    """Refused up front: exit 2, one stderr line naming the option, nothing written."""
+    if script == "refine.py":
+        pytest.importorskip("torch")
+    (tmp_path / "afile").write_text("x")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("NB_C_BIN", None)
+    r = subprocess.run([sys.executable, str(EX / script), *map(str, args)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and expect in r.stderr and "Traceback" not in r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["afile"]
+
+
+def test_serial_on_dask_stops_with_the_series_status(tmp_path):
+    """A refused series run: its status, not a stale manifest or a traceback."""
+    pytest.importorskip("distributed")
+    (tmp_path / "ser").mkdir()
+    (tmp_path / "ser" / "manifest.jsonl").write_text(
+        '{"type": "frame", "frame": 0, "params": {"misset_deg": [1, 2, 3], "cell": [1]}}\n')
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, str(EX / "serial_on_dask.py"), "--out", "ser",
+                        "--shots", "0"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "--shots" in r.stderr and "Traceback" not in r.stderr
+    assert "shot " not in r.stdout

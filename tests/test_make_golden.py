@@ -44,7 +44,8 @@ def test_binary_without_trace_is_refused_before_writing(mg, tmp_path, monkeypatc
     (data / "old_case" / "float.bin").write_bytes(b"old")
     monkeypatch.setenv("NB_C_BIN", fake_binary(tmp_path, trace=False))
     assert mg.main(["run"]) == 2
-    assert "prints no TRACE_C trace" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert "prints no TRACE_C trace" in err and err.count("\n") == 1
     assert (data / "old_case" / "float.bin").read_bytes() == b"old"
 
 
@@ -68,7 +69,7 @@ def test_a_failing_case_leaves_the_corpus_as_it_was(mg, tmp_path, monkeypatch, c
 
     monkeypatch.setattr(mg, "make_case", make_case)
     assert mg.main(["run", "--jobs", "1"]) == 1
-    assert "golden/data left unchanged" in capsys.readouterr().out
+    assert "golden/data left unchanged" in capsys.readouterr().err
     assert (data / "a" / "float.bin").read_bytes() == b"old a"
     assert sorted(os.listdir(data.parent)) == ["data"]          # no staging left behind
 
@@ -89,3 +90,37 @@ def test_interrupted_swap_is_restored(mg, tmp_path):
     (old / "a").mkdir(parents=True)
     mg._restore_interrupted_swap(data)
     assert (data / "a").is_dir() and not old.exists()
+
+
+@pytest.mark.parametrize("argv, binary, expect", [
+    (["brightest", "--case", "BOGUS"], "trace", "--case: unknown case(s): BOGUS"),
+    (["run", "--case", "BOGUS"], "trace", "--case: unknown case(s): BOGUS"),
+    (["run", "--jobs", "0"], "trace", "--jobs: must be >= 1"),
+    (["run"], None, "NB_C_BIN is not set"),
+    (["brightest", "--case", "X"], "exit1", "nanoBragg exited 1"),
+    (["brightest", "--case", "X"], "garbage", "(FxS pixels)"),
+])
+def test_errors_are_one_stderr_line(mg, tmp_path, monkeypatch, capsys, argv, binary, expect):
+    """Bad cases, options and binaries: one line on stderr, exit 2, no traceback."""
+    monkeypatch.setattr(mg, "load_cases", lambda: _cases(mg, ["X"]))
+    if binary is None:
+        monkeypatch.delenv("NB_C_BIN", raising=False)
+    elif binary == "trace":
+        monkeypatch.setenv("NB_C_BIN", fake_binary(tmp_path, trace=True))
+    else:
+        p = tmp_path / binary
+        p.write_text("#!/bin/sh\n" + ("exit 1\n" if binary == "exit1" else "echo garbage\n"))
+        p.chmod(0o755)
+        monkeypatch.setenv("NB_C_BIN", str(p))
+    assert mg.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert expect in err and err.count("\n") == 1 and out == ""
+
+
+def test_inputs_out_must_be_a_directory(mg, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert mg.main(["inputs", "--out", str(tmp_path / "afile")]) == 2
+    assert mg.main(["inputs", "--out", "/proc/nbnumba-no-such/x"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "not a directory" in err[0] and "/proc/nbnumba-no-such/x" in err[1]
+    assert (tmp_path / "afile").read_text() == "x"

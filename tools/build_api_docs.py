@@ -9,7 +9,6 @@ dev extra (``pip install -e ".[dev]"``).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -35,18 +34,36 @@ def build(out: Path) -> Path:
     try:
         import pdoc
     except ImportError:
-        raise SystemExit('build_api_docs: needs pdoc: pip install -e ".[dev]"') from None
+        print('build_api_docs.py: error: needs pdoc: pip install -e ".[dev]"', file=sys.stderr)
+        raise SystemExit(2) from None
     pdoc.pdoc(*MODULES, output_directory=out)
     return out / "index.html"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sys.path.insert(0, str(REPO))
+    from nbnumba.tools._common import ToolError, UsageParser, guarded_main
+    ap = UsageParser(prog="build_api_docs.py", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "docs" / "api"), help="output directory")
-    a = ap.parse_args(argv)
-    index = build(Path(a.out))
-    print("wrote %s" % index)
-    return 0
+
+    def body() -> int:
+        a = ap.parse_args(argv)
+        out = Path(a.out)
+        # up front, before pdoc writes anything
+        if out.exists() and not out.is_dir():
+            raise ToolError("--out %s: not a directory" % out, 2)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ToolError("--out %s: %s" % (out, exc.strerror or exc), 2) from None
+        try:
+            index = build(out)
+        except OSError as exc:
+            raise ToolError("--out %s: %s" % (getattr(exc, "filename", None) or out,
+                                              exc.strerror or exc), 2) from None
+        print("wrote %s" % index)
+        return 0
+    return guarded_main("build_api_docs.py", body, io_exit=2)
 
 
 if __name__ == "__main__":

@@ -140,11 +140,23 @@ def build_inputs(outdir: Path) -> List[str]:
     return sorted(written)
 
 
+def _fail(message: str, code: int = 2):
+    """One line on stderr and exit status ``code`` (via guarded_main)."""
+    from nbnumba.tools._common import ToolError
+    return ToolError(message, code)
+
+
 def cmd_inputs(args) -> int:
     outdir = Path(args.out) if args.out else INPUTS_DIR
-    names = build_inputs(outdir)
-    # drop anything that is no longer part of the inputs
-    for f in sorted(outdir.iterdir()):
+    if outdir.exists() and not outdir.is_dir():
+        raise _fail("--out %s: not a directory" % outdir)
+    try:
+        names = build_inputs(outdir)
+    except OSError as exc:
+        raise _fail("--out %s: %s" % (outdir, exc.strerror or exc)) from None
+    # drop anything that is no longer part of the inputs (only in golden/inputs:
+    # an --out directory may hold the caller's own files)
+    for f in (sorted(outdir.iterdir()) if outdir.resolve() == INPUTS_DIR.resolve() else ()):
         if f.name not in names:
             if f.is_dir():
                 shutil.rmtree(f)
@@ -182,7 +194,8 @@ def run_c(binary: str, case: Case, extra: Sequence[str] = ()) -> Dict[str, objec
         for name in case.inputs:
             src = INPUTS_DIR / name
             if not src.is_file():
-                raise SystemExit("case %s: input %s missing (run `make_golden.py inputs`)" % (case.name, src))
+                raise RuntimeError("case %s: input %s missing (run `make_golden.py inputs`)"
+                                   % (case.name, src))
             shutil.copyfile(src, Path(tmp) / name)
         argv = [binary] + list(case.args) + list(extra)
         proc = subprocess.run(argv, cwd=tmp, env=env, stdout=subprocess.PIPE,
@@ -326,30 +339,34 @@ def swap_in(staging: Path, data_dir: Path) -> None:
         shutil.rmtree(old)
 
 
-def cmd_run(args) -> int:
+def _checked_binary() -> str:
     binary = _c_bin()
     if binary is None:
-        print(NO_BIN_MSG)
-        return 2
-    if not os.access(binary, os.X_OK):
-        print("NB_C_BIN=%s is not an executable file" % binary)
-        return 2
+        raise _fail(NO_BIN_MSG)
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        raise _fail("NB_C_BIN=%s is not an executable file" % binary)
+    return binary
+
+
+def _select_cases(names: Optional[Sequence[str]]) -> List[Case]:
     cases = load_cases()
-    if args.case:
-        by_name = {c.name: c for c in cases}
-        missing = [n for n in args.case if n not in by_name]
-        if missing:
-            print("unknown case(s): %s" % ", ".join(missing))
-            return 2
-        todo = [by_name[n] for n in args.case]
-    else:
-        todo = cases
+    if not names:
+        return cases
+    by_name = {c.name: c for c in cases}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise _fail("--case: unknown case(s): %s" % ", ".join(missing))
+    return [by_name[n] for n in names]
+
+
+def cmd_run(args) -> int:
+    binary = _checked_binary()
+    todo = _select_cases(args.case)
     # before anything is written: a build without TRACE_C would fail on the trace
     # cases only after rewriting the others
     why = check_binary(binary)
     if why:
-        print(why)
-        return 2
+        raise _fail(why)
     _restore_interrupted_swap(DATA_DIR)
     DATA_DIR.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".%s.staging-" % DATA_DIR.name, dir=DATA_DIR.parent))
@@ -359,7 +376,7 @@ def cmd_run(args) -> int:
             shutil.copytree(DATA_DIR, staging, dirs_exist_ok=True)
         failures = _run_cases(binary, todo, staging, args.jobs)
         if failures:
-            print("%d case(s) failed; golden/data left unchanged" % failures)
+            print("%d case(s) failed; golden/data left unchanged" % failures, file=sys.stderr)
             return 1
         swap_in(staging, DATA_DIR)
     finally:
@@ -380,7 +397,8 @@ def _run_cases(binary: str, todo: Sequence[Case], data_dir: Path, jobs_arg) -> i
                 meta = fut.result()
             except Exception as exc:  # report every failing case
                 failures += 1
-                print("FAIL %s: %s" % (c.name, exc))
+                print("FAIL %s: %s" % (c.name, str(exc).splitlines()[0] if str(exc) else
+                                       type(exc).__name__), file=sys.stderr)
                 continue
             st = meta["stats"]
             print("ok   %-32s %-8s %4dx%-4d max_I=%-10g mean=%-10g%s" % (
@@ -390,34 +408,58 @@ def _run_cases(binary: str, todo: Sequence[Case], data_dir: Path, jobs_arg) -> i
 
 
 def cmd_brightest(args) -> int:
-    binary = _c_bin()
-    if binary is None:
-        print(NO_BIN_MSG)
-        return 2
-    by_name = {c.name: c for c in load_cases()}
-    for name in args.case:
-        c = by_name[name]
-        res = run_c(binary, c)
-        s, f = _shape_from_stdout(res["stdout"])
-        img = np.frombuffer(res["outputs"]["float.bin"], dtype="<f4").reshape(s, f)
+    binary = _checked_binary()
+    for c in _select_cases(args.case):
+        name = c.name
+        try:
+            res = run_c(binary, c)
+            s, f = _shape_from_stdout(res["stdout"])
+            if "float.bin" not in res["outputs"]:
+                raise RuntimeError("nanoBragg did not write float.bin")
+            img = np.frombuffer(res["outputs"]["float.bin"], dtype="<f4")
+            if img.size != s * f or img.size == 0:
+                raise RuntimeError("float.bin has %d values, stdout says %dx%d" % (img.size, f, s))
+            img = img.reshape(s, f)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            why = (str(exc).splitlines() or [type(exc).__name__])[0]
+            if not why.startswith("case %s:" % name):
+                why = "case %s: %s" % (name, why)
+            raise _fail(why) from None
         idx = np.unravel_index(int(np.argmax(img)), img.shape)
         print("%s: brightest pixel slow=%d fast=%d value=%g (mean %g)" % (
             name, idx[0], idx[1], img[idx], img.mean()))
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected an integer, got %r" % text) from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be >= 1, got %r" % text)
+    return v
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # (imported here: building golden/inputs must not need the simulator, and
+    # these helpers import only nbnumba's light modules)
+    from nbnumba.tools._common import UsageParser, guarded_main
+    ap = UsageParser(prog="make_golden.py", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
+    # (subparsers made by add_parser inherit UsageParser's one-line errors)
     p_in = sub.add_parser("inputs", help="regenerate golden/inputs/")
     p_in.add_argument("--out", help="output directory (default golden/inputs)")
     p_run = sub.add_parser("run", help="run nanoBragg ($NB_C_BIN) for the cases")
     p_run.add_argument("--case", action="append", help="only this case (repeatable)")
-    p_run.add_argument("--jobs", type=int, default=None, help="parallel runs (default: CPU count)")
+    p_run.add_argument("--jobs", type=_positive_int, default=None, help="parallel runs (default: CPU count)")
     p_b = sub.add_parser("brightest", help="print each case's brightest pixel")
     p_b.add_argument("--case", action="append", required=True)
-    args = ap.parse_args(argv)
-    return {"inputs": cmd_inputs, "run": cmd_run, "brightest": cmd_brightest}[args.cmd](args)
+    def body() -> int:
+        args = ap.parse_args(argv)
+        return {"inputs": cmd_inputs, "run": cmd_run, "brightest": cmd_brightest}[args.cmd](args)
+    return guarded_main("make_golden.py", body, io_exit=2)
 
 
 if __name__ == "__main__":
