@@ -11,7 +11,6 @@ import argparse
 import math
 import os
 from pathlib import Path
-from typing import Optional
 
 from nbnumba.io.atomic import atomic_write_bytes, check_writable
 from nbnumba.tools._common import ToolError, UsageParser, guarded_main  # noqa: F401
@@ -95,10 +94,6 @@ def executable(path: str, option: str) -> str:
     if not os.access(path, os.X_OK):
         raise usage_error("argument %s: %s: not executable" % (option, path))
     return path
-
-
-def parse(ap: UsageParser, argv: Optional[list]):
-    return ap.parse_args(argv)
 
 
 def finite_or_none(obj):

@@ -157,6 +157,8 @@ def build_detector(cfg, trace=True) -> Detector:
     ``trace=False`` records no -trace_pixel lines (Detector.trace is then
     empty): nbnumba.autodiff's host map builds the detector a few times per
     backward and reads only its vectors, and the lines were half of each build."""
+    if not cfg.pixel_size > 0.0:        # (every size below is divided by it)
+        raise ConfigError("-pixel must be > 0 (got %g mm)" % (cfg.pixel_size * 1000))
     log: List[str] = []
     pixel = cfg.pixel_size
     detsize_f, detsize_s = cfg.detsize_f, cfg.detsize_s

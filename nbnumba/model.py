@@ -226,8 +226,6 @@ def build_model(cfg: Config) -> Model:
     from .validate import check_config, check_detector, check_memory, memory_limit
     check_config(cfg)          # types, signs, impossible geometry: one-line ConfigError
     _check_finite(cfg)
-    if cfg.pixel_size <= 0.0:
-        raise ConfigError("-pixel must be > 0 (got %g mm)" % (cfg.pixel_size * 1000))
     if cfg.lambda0 <= 0.0:
         raise ConfigError("wavelength must be > 0 (got %g A)" % (cfg.lambda0 * 1e10))
     for n in ("Na", "Nb", "Nc"):

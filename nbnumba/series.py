@@ -104,7 +104,8 @@ from .errors import (ConfigError, InputFileError, NBError, UsageError, quiet_bro
                      warnings_as_lines)
 from .flags import _FLOAT_RE, _INT_RE, INT_MAX, HelpRequested
 from .io.frames import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
-from .io.atomic import OutputFileError, missing_dirs, remove_empty_dirs
+from .io.atomic import (TEMP_NAME_EXTRA, OutputFileError, missing_dirs, remove_empty_dirs,
+                        same_file)
 from .io.smv import RTD
 
 PROG = "nbnumba-series"
@@ -370,10 +371,6 @@ def parse_series_argv(argv: Sequence[str]) -> SeriesOptions:
 
 #: a file name's limit in bytes (NAME_MAX of Linux, macOS and most file systems)
 NAME_MAX = 255
-#: what nbnumba.io.atomic.temp_name adds to a frame's name while it is written,
-#: ``.NAME.nbnumba-PID-N.tmp``, with room for a 7-digit pid (Linux's pid_max is
-#: at most 4194304) and a 12-digit counter
-_TEMP_EXTRA = len(".") + len(".nbnumba-") + 7 + len("-") + 12 + len(".tmp")
 
 
 def _check_prefix(prefix: str, formats: Sequence[str]) -> None:
@@ -381,12 +378,12 @@ def _check_prefix(prefix: str, formats: Sequence[str]) -> None:
     the temporary name it is written under) longer than NAME_MAX, which failed
     every frame, and a name HDF5 cannot store in the master file."""
     longest = max(len(os.fsencode(frame_filename(prefix, MAX_FRAMES, f))) for f in formats)
-    if longest + _TEMP_EXTRA > NAME_MAX:
-        room = NAME_MAX - _TEMP_EXTRA - (longest - len(os.fsencode(prefix)))
+    if longest + TEMP_NAME_EXTRA > NAME_MAX:
+        room = NAME_MAX - TEMP_NAME_EXTRA - (longest - len(os.fsencode(prefix)))
         raise SeriesUsageError("--prefix is too long (%d bytes): the frame files are written "
                                "under temporary names of up to %d bytes, over the %d of a file "
                                "name; use at most %d bytes"
-                               % (len(os.fsencode(prefix)), longest + _TEMP_EXTRA, NAME_MAX, room))
+                               % (len(os.fsencode(prefix)), longest + TEMP_NAME_EXTRA, NAME_MAX, room))
     if "nexus" in formats:
         try:
             prefix.encode("utf-8")
@@ -876,16 +873,6 @@ def _check_outputs_not_inputs(cfg, opts, specs, out_dir: str) -> None:
                                   "('%s')" % (path, hit))
 
 
-def _same_file(a: str, b: str) -> bool:
-    """One file (the identity: a hard link or a symbolic link to it counts), or the
-    same resolved path when either does not exist."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
-
-
 def _previous_outputs(out_dir: str, records: List[dict]) -> List[str]:
     """The files an earlier run recorded in its manifest (frames of every format,
     the master file): only plain names, inside DIR, that are regular files."""
@@ -910,17 +897,16 @@ def _check_removals_not_inputs(out_dir: str, records: List[dict], inputs: Sequen
     inputs = [os.path.abspath(p) for p in inputs]
     for p in _previous_outputs(out_dir, records):
         for q in inputs:
-            if _same_file(p, q):
+            if same_file(p, q):
                 raise OutputFileError("--overwrite: refusing to remove '%s' (a file of the earlier "
                                       "run): it is an input file of this run ('%s')" % (p, q))
 
 
-def _remove_previous_outputs(out_dir: str, records: List[dict], inputs: Sequence[str] = ()) -> None:
+def _remove_previous_outputs(out_dir: str, records: List[dict]) -> None:
     """--overwrite: delete the files an earlier run recorded in its manifest (frames of
     every format, the master file) so no stale frame survives next to the new set.
-    Only plain names recorded in the manifest, inside DIR, are touched, and never an
-    input of this run (checked again here, before the first removal)."""
-    _check_removals_not_inputs(out_dir, records, inputs)
+    Only plain names recorded in the manifest, inside DIR, are touched (none of them
+    an input of this run: _setup_run checked that, _check_removals_not_inputs)."""
     for p in _previous_outputs(out_dir, records):
         try:
             os.unlink(p)
@@ -1165,7 +1151,7 @@ def run_series(opts: SeriesOptions) -> int:
         if setup["todo"] and not setup["in_process"]:
             conn = _connect(opts)       # a bad scheduler fails before the manifest is touched
         if opts.overwrite and setup["header"] is not None:
-            _remove_previous_outputs(out_dir, setup["records"], setup["inputs"])
+            _remove_previous_outputs(out_dir, setup["records"])
         manifest = Manifest(setup["mpath"])
         manifest.open(truncate=not setup["resuming"])
     except BaseException:
@@ -1242,12 +1228,11 @@ def _setup_run(cfg, opts: SeriesOptions, out_dir: str, base_N) -> dict:
     if cfg.misset_seed is None:
         cfg = replace(cfg, misset_seed=-base_seed)
     specs = plan_frames(cfg, opts, base_seed, base_N=base_N)
-    inputs = input_files(cfg)
     _check_outputs_not_inputs(cfg, opts, specs, out_dir)
     if opts.overwrite and header is not None:
         # before anything is removed (or rendered): --overwrite deletes the earlier
         # run's files, and one of them may be an input of this run (-mask frame_00001.img)
-        _check_removals_not_inputs(out_dir, records, inputs)
+        _check_removals_not_inputs(out_dir, records, input_files(cfg))
     device = opts.device or cfg.device
     if not cfg.calculate_noise and not cfg.intfile_scale > 0:
         # -nonoise: nanoBragg scales each image by its own maximum, which would give
@@ -1289,7 +1274,7 @@ def _setup_run(cfg, opts: SeriesOptions, out_dir: str, base_N) -> dict:
                 done_records[spec.index] = r
     todo = [s for s in specs if s.index not in done_records]
     return dict(cfg=cfg, mpath=mpath, records=records, header=header, new_header=new_header,
-                resuming=resuming, specs=specs, inputs=inputs, job=job, in_process=in_process,
+                resuming=resuming, specs=specs, job=job, in_process=in_process,
                 done_records=done_records, todo=todo)
 
 
@@ -1404,20 +1389,16 @@ def _write_master(cfg, opts, specs, out_dir, manifest: Manifest) -> None:
                      "frames": len(specs)})
 
 
-class _StdoutError(OutputFileError):
-    """stdout cannot be written (a full disk): one line, exit 2."""
-
-
 def main(argv=None) -> int:
     if argv is None:            # a program: SIGTERM cleans up like Ctrl-C (temps, cluster)
         from .cli import _term_as_interrupt
         _term_as_interrupt()
     argv = list(sys.argv[1:] if argv is None else argv)
     # a closed pipe ends the text, not the run; a full disk on stdout is one line
-    with quiet_broken_pipes(stdout_error=_StdoutError):
+    with quiet_broken_pipes(stdout_error=OutputFileError):
         try:
             return _main(argv)
-        except _StdoutError as exc:     # raised by a print outside _main's handlers
+        except OutputFileError as exc:  # raised by a print outside _main's handlers
             _err(str(exc))
             return EXIT_USAGE
 

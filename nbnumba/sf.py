@@ -379,7 +379,7 @@ def structure_factors(st, dmin: float, bulk_solvent: bool = False, k_sol: float 
             fmask = _solvent_f(gemmi, st, hkl, dmin)
             fs = k_sol * np.exp(-B_sol * s2 / 4.0) * fmask
             f = f + fs
-            if not (np.all(np.isfinite(fs)) and np.all(np.isfinite(f))):
+            if not np.all(np.isfinite(f)):     # (f was finite: so is fs then)
                 # -k_sol 1e308 overflowed with a numpy warning and wrote inf
                 raise UsageError("-k_sol %g: the bulk-solvent term k_sol exp(-B_sol s^2/4) F_mask "
                                  "is not finite at -dmin %g (|F_mask| up to %.4g, -B_sol %g)"

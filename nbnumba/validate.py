@@ -561,11 +561,12 @@ def _F_not_finite(model, bad, first) -> str:
             % ((bad, np.asarray(model.Fhkl).size, _F_source(model)) + first))
 
 
-def overflow_terms(model):
+def overflow_terms(model, scan=None):
     """[(log10 of the term's largest value, description)] of the factors of a pixel's
-    intensity: |F|^2, the lattice factor (Na Nb Nc)^2, r_e^2 * fluence, water."""
+    intensity: |F|^2, the lattice factor (Na Nb Nc)^2, r_e^2 * fluence, water.
+    ``scan``: the grid's :func:`_F_scan` when the caller has it (one pass)."""
     cfg = model.cfg
-    fmax = max(_F_scan(model)[0], abs(float(cfg.default_F)))
+    fmax = max((scan or _F_scan(model))[0], abs(float(cfg.default_F)))
     lattice = float(model.crystal.Na) * float(model.crystal.Nb) * float(model.crystal.Nc)
     src = ("-hkl" if cfg.hklfilename else "structure factors") if fmax != abs(cfg.default_F) else "-default_F"
     terms = [
@@ -590,13 +591,14 @@ def overflow_terms(model):
 def check_terms_finite(model) -> None:
     """Before rendering: refuse when one intensity term alone overflows double
     precision (no render can give a finite image then)."""
-    _, bad, first = _F_scan(model)
+    scan = _F_scan(model)
+    _, bad, first = scan
     if bad and not model.cfg.c_parity:
         # (-c_parity reads a NaN or infinite F as nanoBragg.c does: the pixels
         # that use it go non-finite, and check_image_finite names it then)
         raise ConfigError("%s: every structure factor must be a finite number"
                           % _F_not_finite(model, bad, first))
-    lg, what = max(overflow_terms(model))
+    lg, what = max(overflow_terms(model, scan))
     if lg > 308:
         raise ConfigError("the image cannot be finite: %s overflows double precision" % what)
 
@@ -610,11 +612,12 @@ def check_image_finite(model, img, double: bool = False) -> None:
         bad = int(a.size - np.count_nonzero(np.isfinite(a)))
     if bad == 0:
         return
-    terms = overflow_terms(model)
+    scan = _F_scan(model)
+    terms = overflow_terms(model, scan)
     total = sum(t for t, _ in terms if t != -math.inf)
     lg, what = max(terms)
     limit, limit_text = (308.0, "1.8e308") if double else (38.0, "3.4e38")
-    _, nbad, first = _F_scan(model)
+    _, nbad, first = scan
     if nbad:
         why = ("%s, and the pixels that use them cannot be"
                % _F_not_finite(model, nbad, first))

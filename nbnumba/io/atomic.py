@@ -85,7 +85,9 @@ def _current_umask() -> int:
     return old
 
 
-def _same_file(a: str, b: str) -> bool:
+def same_file(a: str, b: str) -> bool:
+    """One file (its identity: a hard or symbolic link to it counts), or the
+    same resolved path when either does not exist."""
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -107,7 +109,7 @@ def check_not_input(path, inputs: Iterable, what: str = "") -> None:
         if inp is None:
             continue
         q = os.fspath(inp)
-        if _same_file(p, q):
+        if same_file(p, q):
             raise OutputFileError(
                 f"refusing to write {label}'{p}': it is also an input file of this run ('{q}')"
             )
@@ -122,7 +124,7 @@ def check_distinct(named: Iterable[Tuple[str, str]]) -> None:
         if _special_kind(p) == "chr":
             continue            # several outputs may go to /dev/null
         for w0, p0 in seen:
-            if _same_file(p, p0):
+            if same_file(p, p0):
                 raise OutputFileError(
                     f"{w0} and {what} both name '{p}': each output needs its own file")
         seen.append((what, p))
@@ -187,6 +189,12 @@ def check_writable(path, what: str = "") -> None:
 
 _counter = itertools.count()
 _TEMP_RE = re.compile(r"\.(?P<base>.+)\.nbnumba-(?P<pid>[0-9]+)(?:-[0-9]+)?\.tmp\Z")
+
+
+#: the most bytes temp_name adds to a file name: ``.`` + ``.nbnumba-PID-N.tmp``,
+#: with room for a 7-digit pid (Linux's pid_max is at most 4194304) and a
+#: 12-digit counter (for callers that check a name's length up front)
+TEMP_NAME_EXTRA = len(".") + len(".nbnumba-") + 7 + len("-") + 12 + len(".tmp")
 
 
 def temp_name(base: str) -> str:
