@@ -65,7 +65,6 @@ def _start(name, popen):
     d = tempfile.mkdtemp(prefix="nbnumba-test-%s-" % name.lower())
     os.environ["NBNUMBA_TEST_" + name] = d
     p = popen(d)
-    _PROCS.append((p, d))
 
     def watch():
         err = p.communicate()[1] or ""
@@ -74,7 +73,9 @@ def _start(name, popen):
         with open(os.path.join(d, "rc.tmp"), "w") as f:
             f.write(str(p.returncode))
         os.replace(os.path.join(d, "rc.tmp"), os.path.join(d, "rc"))
-    threading.Thread(target=watch, daemon=True).start()
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    _PROCS.append((p, d, t))
 
 
 def _wait(name, timeout=900.0):
@@ -142,10 +143,11 @@ def pytest_runtest_setup(item):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    for p, d in _PROCS:
+    for p, d, t in _PROCS:
         if p.poll() is None:
             p.kill()
             p.wait()
+        t.join()        # its files are written before the directory goes (a short run)
         shutil.rmtree(d, ignore_errors=True)
 
 

@@ -756,6 +756,7 @@ assert torch.equal(d.grad, d0.grad)
 """
 
 
+@pytest.mark.slow
 def test_fresh_process_imports_torch_late_and_torch_compile_works():
     """A new process: importing nbnumba.autodiff does not import torch;
     torch.compile of a loss around simulate, as its first call, gives the

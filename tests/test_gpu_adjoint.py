@@ -211,7 +211,7 @@ def test_theta_layout_matches_kernel(host):
     assert "#define NB_SINCG_NEAR %r\n" % SINCG_NEAR in src
 
 
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("arch", ["sm_80", pytest.param("sm_90", marks=pytest.mark.slow)])
 def test_nvcc_compiles_adjoint(arch, nvcc_ptx):
     # the adjoint is in the render_f64 module: the build test_gpu_source checks
     rc, err, ptx = nvcc_ptx(arch, "float64")

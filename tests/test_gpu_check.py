@@ -70,6 +70,7 @@ def test_golden_defaults_without_yaml_match_yaml():
 CASES = "binary_spots,phi_zero_carryover,hkl_interpolate_out_of_range,mosaic_domains_seed"
 
 
+@pytest.mark.slow
 def test_gpu_check_through_fake_cupy(tmp_path, monkeypatch, host_build):
     from nbnumba.testing.fake_cupy import make_fake_cupy
     host = gpu.HostKernel(host_build[0])

@@ -392,6 +392,7 @@ def test_two_local_workers_match_in_process_bit_for_bit(tmp_path, capsys):
     assert os.getpid() not in pids
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Port .* is already in use")
 def test_worker_killed_mid_run_every_frame_written_once(tmp_path):
     from distributed import Client, LocalCluster
@@ -715,6 +716,7 @@ def _interrupt_mid_run(args, sig, tmp_path):
     return p.returncode, err.decode(), out
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_dask_workers_prints_one_line(tmp_path):
     # each worker printed a CancelledError/KeyboardInterrupt traceback (~34 lines)
     rc, err, out = _interrupt_mid_run(["--workers", 1, "--frames", 10, "--osc-per-frame", 0.1,

@@ -8,6 +8,14 @@ time.  A run that names tests (files, ``::`` ids), gives ``-n`` itself, runs
 inside a worker, or finds pytest-xdist missing or blocked (``-p no:xdist``)
 is left as it is: one process, no start-up of workers for a single test.
 ``NBNUMBA_TEST_WORKERS`` overrides the count (``0``: one process).
+
+The same whole-suite run leaves out the long checks (``@pytest.mark.slow``:
+nvcc builds for a second architecture, torch.compile in a fresh process,
+Dask clusters, the GPU check end to end), so that it stays a tool to run many
+times a day; ``python -m pytest -q -m slow`` runs them (CI runs both).  A run
+that names tests, or gives ``-m`` itself, selects as it says.  pytest-xdist
+starts its workers with the command line as typed, so the controller passes
+that choice to them in ``NBNUMBA_TEST_MARKERS``.
 """
 from __future__ import annotations
 
@@ -17,7 +25,10 @@ import os
 #: environment variables by which pytest-xdist marks a worker; a pytest run
 #: started from inside a test must not inherit them (pytest-benchmark, for
 #: one, switches itself off in a worker)
-XDIST_ENV = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
+XDIST_ENV = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID",
+             "NBNUMBA_TEST_MARKERS")
+#: the marker expression of a whole-suite run that gives none
+WHOLE_SUITE_MARKERS = "not slow"
 
 
 def child_env(env: dict) -> dict:
@@ -35,12 +46,24 @@ def _gives_workers(args) -> bool:
     return False
 
 
+def _gives_markers(args) -> bool:
+    return any(a == "-m" or (a.startswith("-m") and len(a) > 2) for a in args)
+
+
 def pytest_load_initial_conftests(early_config, parser, args):
     if os.environ.get("PYTEST_XDIST_WORKER"):
+        markers = os.environ.get("NBNUMBA_TEST_MARKERS")
+        if markers and not _gives_markers(args):
+            args[:] = ["-m", markers] + list(args)
         return
+    os.environ.pop("NBNUMBA_TEST_MARKERS", None)
+    whole = not getattr(early_config.known_args_namespace, "file_or_dir", None)
+    if whole and not _gives_markers(args):
+        args[:] = ["-m", WHOLE_SUITE_MARKERS] + list(args)
+        os.environ["NBNUMBA_TEST_MARKERS"] = WHOLE_SUITE_MARKERS    # for xdist's workers
     if early_config.pluginmanager.is_blocked("xdist") or importlib.util.find_spec("xdist") is None:
         return
-    if getattr(early_config.known_args_namespace, "file_or_dir", None) or _gives_workers(args):
+    if not whole or _gives_workers(args):
         return
     n = os.environ.get("NBNUMBA_TEST_WORKERS", "auto").strip() or "auto"
     if n == "0":
