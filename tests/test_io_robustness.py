@@ -19,8 +19,10 @@ from nbnumba.io import cbf, nexus
 from nbnumba.io._args import IOArgumentError
 from nbnumba.io.floatimage import read_float_image, write_float_image
 from nbnumba.io.hkl import parse_hkl, read_fdump, read_hkl
+from nbnumba.io.mat import read_mosflm_mat
 from nbnumba.io.pgm import pgm_bytes_from_float, read_pgm, write_pgm
 from nbnumba.io.smv import read_smv, smv_header_text, write_smv
+from nbnumba.io.textcols import read_text_columns
 from nbnumba.model import build_model
 
 RUN = "-cell 100 100 100 90 90 90 -lambda 6.2 -N 5 -distance 100 -detpixels 16".split()
@@ -347,3 +349,19 @@ def test_pgm_roi_takes_whole_numbers_of_any_type():
     for roi in [(0.5, 1, 0, 1), (0, np.nan, 0, 1), (0, 1, 0, "1"), 5]:
         with pytest.raises(IOArgumentError, match="roi must be 4 whole numbers"):
             pgm_bytes_from_float(img, 1.0, roi=roi)
+
+
+def test_every_text_and_image_reader_names_the_file_it_cannot_read(tmp_path):
+    """One message for a missing file, whichever reader; a bytes path is named
+    as text (read_mosflm_mat and read_text_columns wrote "b'...'"), and a path
+    of the wrong type is an IOArgumentError (they raised TypeError)."""
+    readers = (read_mosflm_mat, lambda p: read_text_columns(p, 3), read_hkl, read_fdump,
+               read_pgm, read_smv)
+    missing = tmp_path / "nope"
+    for read in readers:
+        for p in (missing, str(missing), bytes(missing)):
+            with pytest.raises(InputFileError) as e:
+                read(p)
+            assert str(e.value) == "%s: cannot read: No such file or directory" % missing
+        with pytest.raises(IOArgumentError, match="must be a file name"):
+            read(3.5)

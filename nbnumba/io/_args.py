@@ -8,7 +8,7 @@ import numpy as np
 
 from nbnumba.errors import ArgumentValueError, InputFileError
 
-__all__ = ["IOArgumentError", "path_name", "readable_name", "as_image"]
+__all__ = ["IOArgumentError", "path_name", "readable_name", "read_bytes", "as_image"]
 
 
 class IOArgumentError(ArgumentValueError):
@@ -30,6 +30,10 @@ def path_name(path, what: str = "path") -> str:
                               % (what, type(path).__name__)) from None
 
 
+def _cannot_read(name: str, exc: OSError) -> InputFileError:
+    return InputFileError("%s: cannot read: %s" % (name, exc.strerror or exc))
+
+
 def readable_name(path) -> str:
     """:func:`path_name`, after checking the file can be opened for reading:
     InputFileError naming it otherwise (a library's own message for a missing
@@ -39,8 +43,20 @@ def readable_name(path) -> str:
         with open(name, "rb"):
             pass
     except OSError as exc:
-        raise InputFileError("%s: cannot read: %s" % (name, exc.strerror or exc)) from None
+        raise _cannot_read(name, exc) from None
     return name
+
+
+def read_bytes(path) -> tuple:
+    """``(name, the file's bytes)``: :func:`path_name`, then the whole file,
+    or InputFileError "NAME: cannot read: REASON" (the readers' one message
+    for a missing or unreadable file)."""
+    name = path_name(path)
+    try:
+        with open(name, "rb") as fh:
+            return name, fh.read()
+    except OSError as exc:
+        raise _cannot_read(name, exc) from None
 
 
 def as_image(image, what: str) -> np.ndarray:

@@ -42,7 +42,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from nbnumba.errors import InputFileError
-from nbnumba.io._args import IOArgumentError, path_name
+from nbnumba.io._args import IOArgumentError, read_bytes
 from nbnumba.io._cnum import parse_c_number
 from nbnumba.io.atomic import atomic_open
 from nbnumba.io.smv import format_g
@@ -87,14 +87,6 @@ _SIMPLE_DECIMAL = re.compile(r"[0-9eE.+\-\s]*\Z")
 #: bytes that str.split() treats as whitespace in latin-1 text
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[[ord(c) for c in map(chr, range(256)) if c.isspace()]] = True
-
-
-def _read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def _parse_fast(text: str) -> Optional[np.ndarray]:
@@ -190,8 +182,8 @@ def read_hkl(path, default_F: float = 0.0, memory=None,
     need more is refused before it is allocated (see nbnumba.validate).
     ``allow_nonfinite_F``: read a NaN or infinite F as nanoBragg.c does
     (``-c_parity``); by default it is refused with the file's line."""
-    name = path_name(path)
-    return parse_hkl(_read_bytes(name), name, default_F, memory, allow_nonfinite_F)
+    name, raw = read_bytes(path)
+    return parse_hkl(raw, name, default_F, memory, allow_nonfinite_F)
 
 
 def parse_hkl(data: bytes, name: str, default_F: float = 0.0, memory=None,
@@ -316,12 +308,7 @@ def read_fdump(path, memory=None, allow_nonfinite_F: bool = False) -> HKLGrid:
     raise (C reads them with ``%d``), and so does a NaN or infinite double
     unless ``allow_nonfinite_F`` (``-c_parity``: C reads the doubles as they are).
     """
-    name = path_name(path)
-    try:
-        with open(name, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise InputFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    name, raw = read_bytes(path)
     m = _FDUMP_HEAD.match(raw[:512])
     if m is None:
         raise InputFileError(

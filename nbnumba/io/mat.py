@@ -8,11 +8,10 @@ after the nine numbers (U matrix, cell, ...) is ignored, as in C.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from nbnumba.errors import InputFileError
+from nbnumba.io._args import read_bytes
 from nbnumba.io._cnum import parse_c_number
 
 __all__ = ["read_mosflm_mat"]
@@ -40,12 +39,8 @@ def read_mosflm_mat(path) -> np.ndarray:
     non-number among the first nine values, or fewer than nine values,
     raises :class:`InputFileError` naming the file and line.
     """
-    name = os.fspath(path)
-    try:
-        with open(name, "rb") as fh:
-            text = fh.read().decode("latin-1")
-    except OSError as exc:
-        raise InputFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    name, raw = read_bytes(path)
+    text = raw.decode("latin-1")
     values = []
     lines = text.split("\n")
     for lineno, line in enumerate(lines, start=1):

@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from nbnumba.errors import InputFileError
-from nbnumba.io._args import IOArgumentError, as_image, path_name
+from nbnumba.io._args import IOArgumentError, as_image, path_name, read_bytes
 from nbnumba.io.atomic import atomic_open
 from nbnumba.io.smv import format_g
 
@@ -119,12 +119,7 @@ _SCALE_RE = re.compile(rb"#\s*pixels scaled by\s*(\S+)")
 def read_pgm(path) -> Tuple[np.ndarray, Optional[float]]:
     """Read an 8-bit binary PGM.  Returns ``(image uint8 (S, F), pgm_scale)``;
     ``pgm_scale`` comes from nanoBragg's comment line, ``None`` if absent."""
-    name = path_name(path)
-    try:
-        with open(name, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise InputFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    name, raw = read_bytes(path)
     if not raw.startswith(b"P5"):
         raise InputFileError(f"{name}: not a binary PGM file (no 'P5' magic)")
     pos = 2

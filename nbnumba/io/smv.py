@@ -29,7 +29,7 @@ from typing import Mapping, Sequence, Tuple, Union
 import numpy as np
 
 from nbnumba.errors import InputFileError, NBWarning
-from nbnumba.io._args import IOArgumentError, as_image, path_name
+from nbnumba.io._args import IOArgumentError, as_image, path_name, read_bytes
 from nbnumba.io._cnum import c_atof
 from nbnumba.io.atomic import atomic_open
 
@@ -157,13 +157,7 @@ def read_smv(path) -> Tuple[SMVHeader, np.ndarray]:
     shorter than header + pixels.  Bytes after the last pixel are ignored,
     as the C program does.
     """
-    name = path_name(path)
-    try:
-        with open(name, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise _err(name, f"cannot read: {exc.strerror or exc}") from None
-
+    name, raw = read_bytes(path)
     if not raw.startswith(b"{"):
         raise _err(name, "not an SMV/ADSC file (header does not start with '{')")
     first = raw[:SMV_HEADER_BYTES].split(b"\0", 1)[0].decode("latin-1")

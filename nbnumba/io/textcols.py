@@ -27,12 +27,12 @@ Deliberate differences (C behaviour in brackets):
 
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np
 
 from nbnumba.errors import InputFileError
+from nbnumba.io._args import read_bytes
 from nbnumba.io._cnum import atof_prefix_length, c_atof
 
 __all__ = ["read_text_columns", "DELIMITERS"]
@@ -46,12 +46,8 @@ def read_text_columns(path, ncols: int) -> np.ndarray:
     """Read ``path`` into a float64 array of shape ``(records, ncols)``."""
     if ncols < 1:
         raise ValueError("ncols must be at least 1")
-    name = os.fspath(path)
-    try:
-        with open(name, "rb") as fh:
-            text = fh.read().decode("latin-1")
-    except OSError as exc:
-        raise InputFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    name, raw = read_bytes(path)
+    text = raw.decode("latin-1")
 
     rows = []
     for lineno, line in enumerate(text.split("\n"), start=1):
