@@ -9,6 +9,8 @@ noiseimage.img into DIR (default: examples_out/still, ignored by git).
 import os
 import sys
 
+import numpy as np
+
 import nbnumba
 from nbnumba.tools._common import UsageParser, guarded_main   # one-line errors, exit 2
 
@@ -26,9 +28,13 @@ def main(argv=None):
     cfg = nbnumba.parse_argv(flags)          # typed Config, internal units (m, rad)
     os.makedirs(a.out, exist_ok=True)        # (after the flags are known to be valid)
     res = nbnumba.simulate(cfg)
-    print("image %s, max %.4g photons at pixel %s, mean %.4g"
-          % (res.float_image.shape, res.stats["max_I"],
-             (int(res.stats["max_I_y"]), int(res.stats["max_I_x"])), res.stats["mean"]))
+    # stats["max_I_x"], ["max_I_y"] are nanoBragg's position of the brightest
+    # pixel (m, its last sub-pixel); the (slow, fast) index is the image's argmax
+    img = res.float_image
+    brightest = tuple(int(i) for i in np.unravel_index(np.argmax(img), img.shape))
+    print("image %s, max %.4g photons at pixel (slow, fast) = %s (x, y = %.5g, %.5g mm), mean %.4g"
+          % (img.shape, res.stats["max_I"], brightest, res.stats["max_I_x"] * 1e3,
+             res.stats["max_I_y"] * 1e3, res.stats["mean"]))
     from dataclasses import replace
     written = nbnumba.write_outputs(res, replace(cfg, workdir=a.out))
     for path in written:

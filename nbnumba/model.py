@@ -108,7 +108,10 @@ class Model:
         iopt[K.I_POINT] = int(d.point_pixel)
         iopt[K.I_NOPOLAR] = int(self.cfg.nopolar)
         iopt[K.I_OS_THICK] = int(self.cfg.oversample_thick)
-        iopt[K.I_OS_POLAR] = int(self.cfg.oversample_polar)
+        # nanoBragg.c recomputes the polarization under -oversample_polar even with
+        # -nopolar (docs/quirks.md #15): the default mode keeps -nopolar's factor of 1
+        iopt[K.I_OS_POLAR] = int(self.cfg.oversample_polar
+                                 and (self.cfg.c_parity or not self.cfg.nopolar))
         iopt[K.I_OS_OMEGA] = int(self.cfg.oversample_omega)
         iopt[K.I_INTERP] = int(self.interpolate)
         iopt[K.I_HKLS] = self.hkls

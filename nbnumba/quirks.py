@@ -37,6 +37,8 @@ def c_differences(model) -> List[Tuple[int, str]]:
         out.append((13, "cell angles"))
     if cfg.water_size > 0.0 and model.fluence * R_E_SQR != 1.0:
         out.append((14, "water background with -fluence"))
+    if cfg.nopolar and cfg.oversample_polar:
+        out.append((15, "-nopolar with -oversample_polar"))
     return out
 
 

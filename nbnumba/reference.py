@@ -284,6 +284,22 @@ def crystal(cfg, rng_state):
         recip = (xyz_rotation(*cfg.misset) @ recip.T).T
     # real-space rows: A @ recip^T = identity
     real = np.linalg.inv(recip).T * 1e-10
+    if cfg.matfilename is not None and cfg.user_cell:
+        # -cell with -mat: nanoBragg makes "any user-supplied cell take".  The
+        # real axes keep the matrix's directions (those of b* x c*, c* x a*,
+        # a* x b*) and get the -cell edge lengths; the reciprocal rows are then
+        # the real cross products over the -cell volume, so the angles are the
+        # matrix's and a.a* need not be 1
+        a, b, c = (cfg.cell_a, cfg.cell_b if cfg.cell_b > 0 else cfg.cell_a,
+                   cfg.cell_c if cfg.cell_c > 0 else cfg.cell_a)
+        al, be, ga = (x if x > 0 else math.pi / 2 for x in (cfg.cell_alpha, cfg.cell_beta, cfg.cell_gamma))
+        ca, cb, cg = math.cos(al), math.cos(be), math.cos(ga)
+        V = a * b * c * math.sqrt(abs(1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg))
+        dirs = [np.cross(recip[1], recip[2]), np.cross(recip[2], recip[0]), np.cross(recip[0], recip[1])]
+        real_A = np.array([_unit(d)[0] * L for d, L in zip(dirs, (a, b, c))])
+        recip = np.array([np.cross(real_A[1], real_A[2]), np.cross(real_A[2], real_A[0]),
+                          np.cross(real_A[0], real_A[1])]) / V
+        real = real_A * 1e-10
     lens = np.sqrt((real * real).sum(axis=1))
     Ns = [cfg.Na, cfg.Nb, cfg.Nc]
     sy, sz = cfg.sample_y, cfg.sample_z
@@ -576,8 +592,14 @@ def pixel_value(S_, f_, st):
                     bragg += tot * w_cap * (P if cfg.oversample_polar else 1.0) * w_om
         if st["I_bg"] != 0.0 and bg_terms:
             bg += sum(c * (1.0 if p is None else p) * o for c, p, o in bg_terms) / len(bg_terms)
+    if polar0 is None and not cfg.nopolar:
+        # every sub-path was cut by -dmin: no polarization, no signal, as in
+        # nanoBragg (its pixel's factor is never set).  With -nopolar that
+        # factor is 1 from the start (-oversample_polar or not: docs/quirks.md
+        # #15), and the pixel keeps its background
+        return 0.0
     if polar0 is None:
-        return 0.0   # every sub-path was cut by -dmin: no polarization, no signal
+        polar0 = 1.0
     if not cfg.oversample_polar:
         bragg *= polar0
         bg *= polar0

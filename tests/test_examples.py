@@ -35,7 +35,11 @@ def test_single_still(tmp_path):
     names = sorted(os.listdir(tmp_path / "o"))
     assert names == ["floatimage.bin", "image.pgm", "intimage.img", "noiseimage.img"]
     img = np.fromfile(tmp_path / "o" / "floatimage.bin", dtype="<f4")
-    assert img.size == 32 * 32 and img.max() > 0 and "max" in r.stdout
+    assert img.size == 32 * 32 and img.max() > 0
+    # the brightest pixel is named by its index (it printed int() of metres: (0, 0))
+    s, f = np.unravel_index(np.argmax(img.reshape(32, 32)), (32, 32))
+    assert ("max %.4g photons at pixel (slow, fast) = (%d, %d)" % (img.max(), s, f)) in r.stdout
+    assert (s, f) != (0, 0)
 
 
 def test_rotation_to_nexus(tmp_path):

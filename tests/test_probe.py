@@ -385,3 +385,21 @@ def test_c_sees_the_fdump_bin_the_port_reads(tmp_path, monkeypatch):
     assert _run_c(str(fake), ["-default_F", "100"])[0].stdout == "the caller's cache\n"
     # with -hkl both read the file instead, and C's directory stays empty
     assert _run_c(str(fake), ["-hkl", "x.hkl"])[0].stdout == "no Fdump.bin\n"
+
+
+def test_help_text_names_every_option(monkeypatch):
+    """-h prints the package docstring: each option the parser takes is in it
+    (--timeout was missing)."""
+    from nbnumba.tools import _common
+    from nbnumba.tools.probe import cli as probe_cli
+    seen = []
+    real = _common.UsageParser.parse_args
+
+    def spy(self, *a, **k):
+        seen.append(self)
+        return real(self, *a, **k)
+    monkeypatch.setattr(_common.UsageParser, "parse_args", spy)
+    probe_cli._parse_opts(["--pixel", "1", "2"])
+    options = {s for act in seen[0]._actions for s in act.option_strings if s.startswith("--")}
+    assert {"--timeout", "--pytest", "--c-trace"} <= options
+    assert sorted(o for o in options - {"--help"} if o not in probe.__doc__) == []

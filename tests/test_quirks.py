@@ -525,6 +525,22 @@ def test_cell_angles_under_c_parity(cell, printed):
     assert 13 in [n for n, _ in c_differences(_cell_model(cell))] and not c_differences(c)
 
 
+
+# 15 --------------------------------------------------------------------------
+def test_nopolar_wins_over_oversample_polar_in_the_default_mode():
+    """nanoBragg.c recomputes the polarization factor whenever -oversample_polar
+    is on ("if (polar == 0.0 || oversample_polar)"), so -nopolar is lost; found by
+    tools/fuzz.py reference.  The default mode keeps the factor 1."""
+    extra = ["-oversample", "2", "-nopolar", "-divergence", "2", "-divsteps", "2"]
+    d = sim(extra + ["-oversample_polar"])
+    np.testing.assert_array_equal(d.float_image, sim(extra).float_image)
+    c = sim(extra + ["-oversample_polar"], c_parity=True)
+    polarized = sim(extra[:2] + extra[3:] + ["-oversample_polar"], c_parity=True)
+    np.testing.assert_array_equal(c.float_image, polarized.float_image)     # the C's defect
+    assert np.max(np.abs(c.float_image / d.float_image - 1.0)) > 1e-3
+    from nbnumba.quirks import c_differences
+    assert [n for n, _ in c_differences(d.model)] == [7, 15] and not c_differences(c.model)
+
 def test_error_exit_status_is_the_documented_one(tmp_path, capsys):
     """The CLI docstring and docs/quirks.md promise exit status 2 for every error."""
     from pathlib import Path

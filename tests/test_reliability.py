@@ -322,6 +322,27 @@ def test_fuzz_files_keeps_the_promise_and_a_split_error_line_is_reported(tmp_pat
                for ln in out.getvalue().splitlines() if ln.startswith("FAIL")), out.getvalue()
 
 
+def test_fuzz_reference_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, capsys):
+    """tools/fuzz.py reference: 10 drawn default-mode lines (2 to 6 features)
+    agree with nbnumba.reference by nbnumba.testing.refcheck.compare (the
+    check of tests/test_reference.py); with the kernel's float64 pixels off by
+    1e-9 both lines of a shorter run are reported, one line each, and the
+    exit status is 1."""
+    from nbnumba.testing import refcheck
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    assert fz.main(["reference", "--seed", "3", "--runs", "10"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("reference, seed 3: agree 10,") and last.endswith("fail 0"), last
+    real = refcheck.kernel64
+    monkeypatch.setattr(refcheck, "kernel64", lambda cfg: real(cfg) * (1.0 + 1e-9))
+    assert fz.main(["reference", "--seed", "3", "--runs", "2"]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    fails = [ln for ln in out if ln.startswith("FAIL")]
+    assert len(fails) == 2 and all(" :: float64 pixel (" in ln for ln in fails), out
+    assert out[-1].endswith("fail 2"), out[-1]
+
+
 def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, host_build):
     """tools/fuzz.py device: on 8 drawn lines the CUDA source's host build
     gives numba's images (float64 and float32), pixel values and, through the

@@ -4,8 +4,8 @@ Usage::
 
     nbnumba-probe --pixel S F [--outdir reports] [--c-parity] [--c-bin PATH]
                   [--c-trace FILE] [--no-c] [--roi-radius R | --full-c]
-                  [--tol 1e-6] [--sincg-steps 401] [--pytest SELECTOR ...]
-                  -- <nanoBragg flags>
+                  [--tol 1e-6] [--sincg-steps 401] [--timeout S]
+                  [--pytest SELECTOR ...] -- <nanoBragg flags>
 
 Writes ``OUTDIR/<UTC stamp>/`` holding:
 
@@ -30,7 +30,8 @@ Writes ``OUTDIR/<UTC stamp>/`` holding:
 Where the C trace comes from: ``--c-trace FILE`` (a stored log), else the C
 program (``--c-bin`` or ``$NB_C_BIN``) run in an empty scratch directory with
 ``-trace_pixel S F`` and ``OMP_NUM_THREADS=1``, else nowhere (port-only bundle).
-``--no-c`` never runs the C program.
+``--no-c`` never runs the C program.  ``--timeout S`` stops each program the
+probe starts (the C program, ``--pytest``) after S seconds (default: none).
 
 ROI: to keep big detectors fast, C and port both get ``-roi`` over a small box
 (``--roi-radius``, default 4 pixels) around the traced pixel, unless the flags
