@@ -298,6 +298,9 @@ class Config:
     # --- nbnumba's own switches --------------------------------------------
     c_parity: bool = False
     """reproduce nanoBragg.c's defects (docs/quirks.md)"""
+    c_reads_flags_otherwise: bool = False
+    """set by the default-mode parse: nanoBragg.c's substring matching reads these
+    flags into other settings, or refuses or drops one (docs/quirks.md #5)"""
     precision: str = "double"
     """"double" or "single" arithmetic in the kernel"""
     threads: Optional[int] = None

@@ -41,7 +41,7 @@ import difflib
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -1257,7 +1257,48 @@ def parse_argv(argv: Sequence[str], cwd: Optional[str] = None) -> Config:
     for op in parsed.ops:                  # command-line order: later wins, as in C
         op.apply(cfg, op.values)
     cfg.c_parity = c_parity
+    if not c_parity:
+        cfg.c_reads_flags_otherwise = _c_reads_otherwise(argv, parsed)
     return cfg
+
+
+def _settings(parsed: _Parsed) -> Config:
+    """The settings ``parsed``'s options give a fresh Config (-mask and -img
+    aside: the C reading takes them in a pass of their own, _Parsed's names)."""
+    cfg = Config()
+    for op in parsed.ops:
+        if op.name not in ("-mask", "-img"):
+            op.apply(cfg, op.values)
+    return cfg
+
+
+def _same_settings(a: Config, b: Config) -> bool:
+    for f in fields(Config):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
+                    and np.array_equal(x, y)):
+                return False
+        elif x != y and not (x != x and y != y):       # (NaN equals NaN here)
+            return False
+    return True
+
+
+def _c_reads_otherwise(argv: Sequence[str], parsed: _Parsed) -> bool:
+    """Would nanoBragg.c's substring matching (the -c_parity reading, without
+    -c_parity itself) give these flags other settings than the exact reading
+    ``parsed`` did, or refuse one that it drops (-curved_det last)?  Quirk #5,
+    for c_differences' note; the flags alone decide it."""
+    try:
+        c = _tokenize_c(argv)
+    except NBError:
+        return True
+    if (c.maskfile, c.imgfile) != (parsed.maskfile, parsed.imgfile):
+        return True
+    try:
+        return not _same_settings(_settings(parsed), _settings(c))
+    except NBError:
+        return True
 
 
 def short_usage(prog: str = "nbnumba") -> str:

@@ -5,13 +5,15 @@ defect, so on these runs its image differs from the C's.  The CLI prints one
 line naming them, so a user comparing with nanoBragg.c knows why and that
 ``-c_parity`` reproduces the C.  Only defects that the request alone decides
 are detected; the interpolation latch (docs/quirks.md #6) depends on where
-the first out-of-range lookup falls and is not announced.
+the first out-of-range lookup falls and is not announced.  The flags nanoBragg.c
+reads otherwise (#5) come from the parse (Config.c_reads_flags_otherwise).
 """
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
 from .model import R_E_SQR
+from .sampling import c_sensor_layers
 
 
 def c_differences(model) -> List[Tuple[int, str]]:
@@ -28,10 +30,17 @@ def c_differences(model) -> List[Tuple[int, str]]:
         out.append((2, "-pix0_vector"))
     if cfg.misset_mode == -1:
         out.append((4, "-misset random"))
+    if cfg.c_reads_flags_otherwise:
+        out.append((5, "flags that nanoBragg.c reads otherwise"))
     if cfg.oversample_thick or cfg.oversample_polar or cfg.oversample_omega:
         out.append((7, "-oversample_thick/_polar/_omega"))
     st = model.steps
-    if st.detector_thicksteps > 1 and st.detector_thick > 0 and not cfg.oversample_thick:
+    last_layer_only = (st.detector_thicksteps > 1 and st.detector_thick > 0
+                       and not cfg.oversample_thick)
+    # #8b: the C's layers of thick/(N-1), and 2 for 1 (a layer count of 1 included)
+    other_layers = st.detector_thick > 0 and (
+        (st.detector_thick, st.detector_thickstep, st.detector_thicksteps) != c_sensor_layers(cfg))
+    if last_layer_only or other_layers:
         out.append((8, "sensor layers"))
     if model.crystal.c_cell_wrong:
         out.append((13, "cell angles"))

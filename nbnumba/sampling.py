@@ -72,6 +72,13 @@ def _sensor_layers(thick, step, steps):
     return thick, thick / steps, steps
 
 
+def c_sensor_layers(cfg):
+    """(thickness, layer depth, layer count) by nanoBragg.c's rule (-c_parity;
+    docs/quirks.md #8b), in metres."""
+    return _range_rule(cfg.detector_thick, cfg.detector_thickstep, cfg.detector_thicksteps,
+                       0.5e-6, 2)
+
+
 def _sanity(rng, step, steps):
     if rng <= 0.0 or step <= 0.0 or steps <= 0:
         return 0.0, 0.0, 1
@@ -138,8 +145,7 @@ def resolve_steps(cfg) -> Steps:
     v = _range_rule(cfg.vdivrange, cfg.vdivstep, cfg.vdivsteps, 1.0)
     d = _range_rule(cfg.dispersion, cfg.dispstep, cfg.dispsteps, 1.0)
     if cfg.c_parity:
-        thick, tstep, tsteps = _range_rule(cfg.detector_thick, cfg.detector_thickstep,
-                                           cfg.detector_thicksteps, 0.5e-6, 2)
+        thick, tstep, tsteps = c_sensor_layers(cfg)
     else:
         thick, tstep, tsteps = _sensor_layers(cfg.detector_thick, cfg.detector_thickstep,
                                               cfg.detector_thicksteps)

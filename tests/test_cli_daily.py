@@ -49,9 +49,19 @@ def test_quirks_detected_from_the_request():
     assert hits(["-phi", "0", "-osc", "0.2", "-phisteps", "2"]) == [1]
     assert hits(["-phi", "1", "-osc", "0.2", "-phisteps", "2"]) == []      # no step at exactly 0
     assert hits(["-misset", "random"]) == [4]
+    # #5: nanoBragg.c's substring matching reads -twotheta_axis as -twotheta too
+    # (and the SAMPLE pivot), and drops -curved_det as the last argument
+    assert hits(["-twotheta", "12", "-twotheta_axis", "0", "0", "-1"]) == [5]
+    assert hits(["-twotheta_axis", "0", "0", "-1", "-twotheta", "12"]) == []    # the same settings
+    assert hits(["-curved_det"]) == [5]
+    assert hits(["-curved_det", "-nonoise"]) == []
     assert hits(["-pix0_vector", "0.1", "0.0004", "0.0004"]) == [2]
     assert hits(["-oversample", "2", "-oversample_omega"]) == [7]
     assert hits(["-detector_thick", "0.3", "-detector_thicksteps", "3"]) == [8]
+    # #8b: the C's layers of thick/(N-1) whatever -oversample_thick says, and 2 for 1
+    assert hits(["-detector_thick", "0.3", "-detector_thicksteps", "1"]) == [8]
+    assert hits(["-detector_thick", "0.3", "-detector_thicksteps", "3", "-oversample_thick"]) == [7, 8]
+    assert hits(["-detector_thicksteps", "3"]) == []          # no thickness: no sensor in either
     assert hits(["-cell", "50", "50", "50", "80", "80", "80"]) == [13]
     assert hits(["-cell", "50", "60", "70", "90", "100", "90"]) == []         # monoclinic: C's cell
     assert hits(["-water", "10"]) == []                   # r_e^2 fluence = 1 at the default
@@ -104,7 +114,7 @@ def test_notice_agrees_with_the_golden_modes(tmp_path, monkeypatch):
     interpolation latch)."""
     import shutil
     from nbnumba.testing import golden
-    undetectable = {"custom_twotheta_axis", "custom_twotheta_axis_effective",
+    undetectable = {"custom_twotheta_axis_effective",
                     "hkl_interpolate_out_of_range", "hkl_auto_interpolate_n2"}
     monkeypatch.chdir(tmp_path)
     wrong = []

@@ -343,6 +343,49 @@ def test_fuzz_reference_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypa
     assert out[-1].endswith("fail 2"), out[-1]
 
 
+def test_fuzz_modes_agree_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, capsys):
+    """tools/fuzz.py modes: 12 drawn lines run in the default mode and under
+    -c_parity agree wherever nbnumba.quirks.c_differences announces nothing;
+    the C's lattice function at a node (-adxv -sourcefile s2.txt on 20 x 20
+    pixels: l within 1e-14 of 60) counts as 'numerics'; with the default mode's image off by
+    1e-4 the unannounced lines fail (one line each: the worst pixel, both
+    values, c_differences) and the exit status is 1; with its solid-angle sum
+    doubled, the statistics fail."""
+    from nbnumba import api
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    assert fz.main(["modes", "--seed", "3", "--runs", "12", "--pixels", "10"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("modes, seed 3: agree ") and last.endswith("fail 0"), last
+    agree = int(last.split("agree ")[1].split(",")[0])
+    assert agree >= 6, last
+    fz._inputs(tmp_path)
+    base = fz._parity_base(20) + ["-nonoise", "-nopgm", "-default_F", "100"]
+    base[base.index("-cell") + 1:base.index("-cell") + 7] = fz.MODES_CELL
+    # (pixel (10, 10) of the 20 x 20 run: C 13.6158552, default 14.1178255)
+    assert fz.modes_check(base + ["-adxv", "-sourcefile", "s2.txt"]) == ("numerics", "")
+    real = api.render_float
+
+    def off(model, *a, **k):
+        img, omega = real(model, *a, **k)
+        return (img if model.cfg.c_parity else img * np.float32(1.0001)), omega
+    monkeypatch.setattr(api, "render_float", off)
+    assert fz.main(["modes", "--seed", "3", "--runs", "12", "--pixels", "10"]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    fails = [ln for ln in out if ln.startswith("FAIL")]
+    # (a line whose image is all zeros, or all below the bound's floor, agrees still)
+    assert len(fails) >= agree - 1 and all(" :: pixel (" in ln and "c_differences []" in ln
+                                           for ln in fails), out
+    assert out[-1].endswith("fail %d" % len(fails)), out[-1]
+
+    def omega2(model, *a, **k):
+        img, omega = real(model, *a, **k)
+        return img, (omega if model.cfg.c_parity else 2.0 * omega)
+    monkeypatch.setattr(api, "render_float", omega2)
+    what, text = fz.modes_check(base)
+    assert what == "fail" and text.startswith("stats: omega_sum "), text
+
+
 def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, host_build):
     """tools/fuzz.py device: on 8 drawn lines the CUDA source's host build
     gives numba's images (float64 and float32), pixel values and, through the

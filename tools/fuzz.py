@@ -10,6 +10,7 @@ outputs or prints one error line (exit 2), never a traceback or a numpy warning
     python tools/fuzz.py parity [--seed S] [--runs N] [--pixels P]   # -c_parity against $NB_C_BIN
     python tools/fuzz.py files [--seed S] [--runs N]      # the CLI on mutated input files
     python tools/fuzz.py reference [--seed S] [--runs N]  # the kernel against nbnumba.reference
+    python tools/fuzz.py modes [--seed S] [--runs N] [--pixels P]    # default mode against -c_parity
 
 ``cli`` adds 2 to 6 flags drawn from the flag table to a small valid run
 (8 x 8 pixels): numbers from a short list of ordinary and edge values, words
@@ -53,6 +54,17 @@ tests/test_reference.py asserts: the float64 pixels from trace_pixel to
 1e-12 |ref| + 1e-14 max |ref|, the float32 image to 6.1e-8; a float64 pixel
 outside that bound but within SPREAD_FACTOR times the reference's own
 spread under one-ulp changes of its inputs is counted 'conditioned'.
+``modes`` draws lines as ``parity`` does (PARITY_EXTRAS on PARITY_BASE with a
+monoclinic cell, MODES_CELL, pixels x pixels; -nonoise -nopgm) and runs each
+in process twice, in the default mode and with -c_parity (modes_check).
+Where nbnumba.quirks.c_differences names no defect ('announced' otherwise:
+docs/quirks.md #5's strstr matching included, which the parse records) the
+two modes must read the line alike (a 'fail' otherwise), and where the
+interpolation latch (#6) did not fire ('latch') the float images must agree to MODES_REL |c| +
+MODES_ABS max |c| and the statistics as well (bar #10's divisor and #11's
+float32 squares, modes_stats_check); a line outside that bound counts
+'numerics' only when the C's lattice functions explain the -c_parity image
+and nbnumba.reference the default one at the worst pixel (modes_refereed).
 
 Each failure is printed on one line (the drawn arguments, what happened); the
 last line counts the outcomes.  Exit status 0 when nothing failed, 1 otherwise,
@@ -961,6 +973,245 @@ def fuzz_parity(seed: int, runs: int, out=sys.stdout, c_bin=None, pixels: int = 
     return counts
 
 
+#: the modes target's cell: PARITY_BASE's triclinic cell is one that nanoBragg.c
+#: builds with the wrong angles (docs/quirks.md #13, announced), so every line
+#: on it would be 'announced'; a monoclinic cell (sin gamma = sin gamma*) is
+#: built alike in both modes.  A drawn -cell or -mat still replaces it.
+MODES_CELL = ["70", "80", "90", "90", "95", "90"]
+#: the float images of the two modes, on a line that meets no listed defect:
+#: |d - c| <= MODES_REL |c| + MODES_ABS max |c|.  docs/quirks.md "Numerical
+#: evaluation": the reduced sincg moves a float64 value by ~1e-13 relative and
+#: the default mode's summation order (and FMA contraction) by a few ulps of
+#: each term, so the float32 pixels differ by an ulp (6e-8) at most where the
+#: value is well conditioned; near a zero of the lattice factor a value's
+#: relative error grows, but stays tiny against the image's largest value.
+MODES_REL = 1e-5
+MODES_ABS = 1e-6
+#: The exception is the lattice function at the few sub-paths where the C's
+#: evaluation loses its digits (docs/quirks.md "Numerical evaluation"): the
+#: round crystal's sinc3 near x = 0 (3 (sin x/x - cos x)/x^2 loses about
+#: 6 eps/x^2 of the value), and sin(N x)/sin(x) at a node h = n != 0 met to
+#: within a few ulps (x = pi h carries |pi h| ulp of rounding, as large as
+#: sin(x) itself there: seed 7, -adxv -sourcefile s2.txt, where a 90-degree
+#: scattering puts l within 1e-14 of 60 and the C's F_latt_c is 2.363 for N =
+#: 5).  A line outside the bound counts as 'numerics' only when both values
+#: of its worst pixel are explained: the default mode rendered with the C's
+#: lattice functions (modes_c_numerics, every correction kept) is within the
+#: bound of the -c_parity image, and the default-mode pixel is within the
+#: bound of nbnumba.reference's (an independent float64 evaluation).
+
+
+def _modes_run(argv, c_parity: bool, cwd: str):
+    """nbnumba.api.simulate_argv of ``argv`` (plus -c_parity): (result, None),
+    or (None, why) as _call tells."""
+    from nbnumba import api
+    return _call(lambda: api.simulate_argv(list(argv) + (["-c_parity"] if c_parity else []),
+                                           cwd=cwd))
+
+
+def _modes_worst(d, c) -> tuple:
+    """(index of the worst pixel, its excess over the bound, bound) of the
+    default-mode image d against the -c_parity image c."""
+    import numpy as np
+    d64, c64 = d.astype(np.float64), c.astype(np.float64)
+    bound = MODES_REL * np.abs(c64) + MODES_ABS * float(np.max(np.abs(c64)) if c64.size else 0.0)
+    excess = np.abs(d64 - c64) - bound
+    i = int(np.argmax(excess)) if excess.size else 0
+    return np.unravel_index(i, d.shape), float(excess.ravel()[i]) if excess.size else -1.0
+
+
+def modes_stats_check(rd, rc) -> list:
+    """What the printed statistics of the default-mode result rd and the
+    -c_parity result rc disagree on (texts), where docs/quirks.md #10 and #11
+    do not apply: max_I, mean and rmsd to MODES_REL (they come from images
+    within the pixel bound), max_I's position (or a tie within the bound),
+    rms unless a pixel's float32 square is subnormal (#11: the C squares in
+    float), and omega_sum after #10's divisor (the default mode divides the
+    solid-angle sum by the sub-pixels and layers, the C by every step)."""
+    import numpy as np
+    sd, sc = rd.stats, rc.stats
+    out = []
+    for k in ("max_I", "mean", "rmsd"):
+        if not abs(sd[k] - sc[k]) <= MODES_REL * abs(sc[k]) + 1e-300:
+            out.append("%s %.9g against %.9g" % (k, sd[k], sc[k]))
+    if (sd["max_I_x"], sd["max_I_y"]) != (sc["max_I_x"], sc["max_I_y"]):
+        # another pixel: a tie (the maxima of both images within the bound)
+        c = np.asarray(rc.float_image, dtype=np.float64)
+        dimg = np.asarray(rd.float_image, dtype=np.float64)
+        # the C image's value at the default mode's maximum, and vice versa
+        m = rd.model
+        sub = m.det.pixel_size / m.oversample
+        f = int(round((sd["max_I_x"] - sub / 2.0) / sub)) // m.oversample
+        s = int(round((sd["max_I_y"] - sub / 2.0) / sub)) // m.oversample
+        if not (0 <= s < c.shape[0] and 0 <= f < c.shape[1]
+                and abs(c[s, f] - sc["max_I"]) <= MODES_REL * abs(sc["max_I"])
+                and abs(dimg.max() - sd["max_I"]) <= MODES_REL * abs(sd["max_I"])):
+            out.append("max_I at (%g, %g) against (%g, %g)" % (
+                sd["max_I_x"], sd["max_I_y"], sc["max_I_x"], sc["max_I_y"]))
+    cimg = np.asarray(rc.float_image)
+    act = rc.model.active.astype(bool)
+    v = np.abs(cimg[act])
+    if not np.any((v > 0) & (v < np.sqrt(np.finfo(np.float32).tiny))):      # #11
+        if not abs(sd["rms"] - sc["rms"]) <= MODES_REL * abs(sc["rms"]) + 1e-300:
+            out.append("rms %.9g against %.9g" % (sd["rms"], sc["rms"]))
+    md, mc = rd.model, rc.model
+    per_d = md.oversample ** 2 * md.steps.detector_thicksteps
+    want = sc["omega_sum"] * mc.nsteps / per_d                             # #10
+    if not abs(sd["omega_sum"] - want) <= 1e-12 * abs(want):
+        out.append("omega_sum %.12g against %.12g (-c_parity's %.12g x %d / %d)" % (
+            sd["omega_sum"], want, sc["omega_sum"], mc.nsteps, per_d))
+    return out
+
+
+def modes_check(argv, cwd=None) -> tuple:
+    """(outcome, text) of one line run in both modes (nbnumba.api.simulate_argv,
+    float images): 'agree' (c_differences of the default-mode model is empty,
+    and the images are within MODES_REL / MODES_ABS and the statistics agree,
+    modes_stats_check), 'numerics' (agree but for the C's lattice functions
+    where they lose their digits, modes_refereed; the statistics then from
+    the default mode's image with the C's lattice functions), 'announced' (c_differences names defects: the images may
+    differ), 'latch' (the -c_parity run met the interpolation latch, #6: not
+    compared), 'refused' (either mode refuses the line), 'heavy' (over
+    MAX_SUBPATHS), or 'fail' with the worst pixel, both values and
+    c_differences (or the settings the two modes read differently with no
+    note)."""
+    import numpy as np
+    from dataclasses import fields
+    from nbnumba import api
+    from nbnumba.flags import parse_argv
+    from nbnumba.quirks import c_differences
+    cwd = cwd or os.getcwd()
+    _, why = _call(lambda: heavy(argv))
+    if why is not None:
+        return ("heavy" if why == "heavy" else "refused"), why
+    # the options each mode reads (strstr matching under -c_parity, #5)
+    cfg_d, why = _call(lambda: parse_argv(list(argv), cwd=cwd))
+    cfg_c, why_c = _call(lambda: parse_argv(list(argv) + ["-c_parity"], cwd=cwd))
+    if why is not None or why_c is not None:
+        return "refused", why or why_c
+    # (#3: -pix0_vector_mm's units, ignored, #2; the default parse's own record of #5)
+    same = {"c_parity", "pix0_vector", "c_reads_flags_otherwise"}
+    parsed = [f.name for f in fields(cfg_d) if f.name not in same
+              and not _same_value(getattr(cfg_d, f.name), getattr(cfg_c, f.name))]
+    rd, why = _modes_run(argv, False, cwd)
+    if why is not None:
+        return ("refused", why) if why in ("refused", "heavy") else ("fail", "default: " + why)
+    rc, why = _modes_run(argv, True, cwd)
+    if why is not None:
+        return ("refused", "-c_parity " + why) if why in ("refused", "heavy") else (
+            "fail", "-c_parity: " + why)
+    diffs = c_differences(rd.model)
+    if diffs:
+        return "announced", "%s" % diffs
+    if parsed:
+        # the parse records #5 (Config.c_reads_flags_otherwise): c_differences names it
+        return "fail", "options read differently with no note (#5): %s" % ", ".join(parsed)
+    if tuple(rc.model.latch) != (-1, -1):
+        return "latch", "latch at %s" % (tuple(rc.model.latch),)
+    d, c = np.asarray(rd.float_image), np.asarray(rc.float_image)
+    where, excess = _modes_worst(d, c)
+    outcome, rc_stats = "agree", rc
+    if excess > 0.0:
+        d3, omega3 = modes_c_numerics(rd)
+        why = modes_refereed(rd, where, d3, c)
+        if why is None:
+            # the statistics of the default mode's image with the C's lattice functions
+            outcome, excess = "numerics", 0.0
+            rd = _Stats(dict(rd.stats, **api.compute_stats(rd.model, np.asarray(d3), omega3)),
+                        d3, rd.model)
+        else:
+            text = why
+    if excess > 0.0:
+        return "fail", ("pixel %s: %.9g against %.9g (-c_parity), max %.9g (%s); "
+                        "c_differences %s" % (tuple(int(i) for i in where), float(d[where]),
+                                              float(c[where]), float(np.max(np.abs(c))), text,
+                                              diffs))
+    bad = modes_stats_check(rd, rc_stats)
+    if bad:
+        return "fail", "stats: %s; c_differences %s" % ("; ".join(bad), diffs)
+    return outcome, ""
+
+
+class _Stats:
+    """What modes_stats_check reads of a result: stats, float_image, model."""
+
+    def __init__(self, stats, float_image, model):
+        self.stats, self.float_image, self.model = stats, float_image, model
+
+
+def modes_refereed(rd, where, d3, c):
+    """None when the worst pixel's difference is the C's lattice functions:
+    the image d3 (modes_c_numerics) within the bound of the -c_parity image
+    c everywhere, and the default-mode pixel ``where`` within the bound of
+    nbnumba.reference's value; else why not (text)."""
+    from dataclasses import replace
+
+    import numpy as np
+    from nbnumba import reference
+    if _modes_worst(np.asarray(d3), c)[1] > 0.0:
+        return "not the lattice functions: the C's give %.9g" % float(np.asarray(d3)[where])
+    # the kernel's sub-pixel count: the automatic one, ceil(3 N |a| pixel /
+    # (lambda distance)), flips on an ulp at an integer (REF_FEATURES)
+    cfg = replace(rd.model.cfg, oversample=int(rd.model.oversample))
+    ref, why = _call(lambda: reference.pixel_value(int(where[0]), int(where[1]),
+                                                   reference.setup(cfg)))
+    if why is not None:
+        return "nbnumba.reference: %s" % why
+    d = float(np.asarray(rd.float_image)[where])
+    if not abs(d - ref) <= MODES_REL * abs(ref) + MODES_ABS * float(np.max(np.abs(c))):
+        return "nbnumba.reference gives %.9g" % ref
+    return None
+
+
+def _same_value(a, b) -> bool:
+    import numpy as np
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True))
+    except (TypeError, ValueError):
+        return a == b
+
+
+def modes_c_numerics(rd):
+    """The default-mode float image of the result rd rendered again with the
+    C's lattice functions (iopt I_REDUCED = 0: sin(N x)/sin(x) and the round
+    crystal's closed-form sinc3, as -c_parity evaluates them), every
+    correction of the default mode kept: (image, solid-angle row sums)."""
+    from nbnumba import api
+    from nbnumba.kernels import cpu as K
+    model = rd.model
+    args = list(model.cpu_kernel_args())
+    args[0] = args[0].copy()
+    args[0][K.I_REDUCED] = 0
+    model.cpu_kernel_args = lambda: tuple(args)     # (this model only)
+    try:
+        return api.render_float(model)
+    finally:
+        del model.cpu_kernel_args
+
+
+def fuzz_modes(seed: int, runs: int, out=sys.stdout, pixels: int = 20) -> dict:
+    """Outcome counts of ``runs`` lines drawn as the parity target draws them
+    (_parity_case on PARITY_BASE with MODES_CELL, pixels x pixels on its
+    10 mm detector), each run in both modes in process (modes_check)."""
+    specs = [sp for sp in _specs() if sp.name not in PARITY_SKIP
+             and sp.group != "nbnumba extras"]
+    rng = random.Random(seed)
+    base = _parity_base(pixels)
+    i = base.index("-cell") + 1
+    base[i:i + 6] = MODES_CELL
+    base += ["-nonoise", "-nopgm"]
+    _mask(Path.cwd(), pixels)
+    counts = {"agree": 0, "numerics": 0, "announced": 0, "latch": 0, "refused": 0,
+              "heavy": 0, "fail": 0}
+    for _ in range(runs):
+        argv = _parity_case(rng, specs, base)
+        what, text = modes_check(argv)
+        if what == "fail":
+            print("FAIL %s :: %s" % (" ".join(argv[len(base):]), text), file=out)
+        counts[what] += 1
+    return counts
+
+
 #: the reference target's run: 6 x 6 pixels of 0.5 mm at 50 mm, N = 3 (the
 #: test's base, tests/test_reference.py); -oversample 1 unless drawn
 REF_BASE = ("-cell 70 80 90 90 100 90 -lambda 1.5 -default_F 10 -distance 50 -pixel 0.5 "
@@ -1159,11 +1410,11 @@ def fuzz_reference(seed: int, runs: int, out=sys.stdout) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="tools/fuzz.py", description=__doc__.split("\n\n")[0])
     p.add_argument("target", choices=("cli", "autodiff", "gradients", "device", "parity",
-                                      "files", "reference"))
+                                      "files", "reference", "modes"))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--runs", type=int, default=1000)
     p.add_argument("--pixels", type=int, default=20,
-                   help="parity: the detector's pixels per side (10 mm across)")
+                   help="parity, modes: the detector's pixels per side (10 mm across)")
     try:
         a = p.parse_args(argv)
     except SystemExit as e:
@@ -1190,6 +1441,7 @@ def main(argv=None) -> int:
                       "parity": lambda seed, runs: fuzz_parity(seed, runs, pixels=a.pixels),
                       "files": fuzz_files,
                       "reference": fuzz_reference,
+                      "modes": lambda seed, runs: fuzz_modes(seed, runs, pixels=a.pixels),
                       }[a.target](a.seed, a.runs)
         finally:
             os.chdir(here)
