@@ -851,7 +851,9 @@ PARITY_EXTRAS = [e for e in AD_EXTRAS + GRAD_EXTRAS + SENSOR_EXTRAS if e != "-c_
     "-mask m.img", "-img m.img", "-ORGX 8 -ORGY 12 -xds", "-Xclose 4 -Yclose 6",
     "-twotheta_axis 0 1 0 -twotheta 10", "-polar_vector 0 1 0", "-energy 9000", "-coherent",
     "-fudge 2", "-roi 3 15 2 17", "-pix0_vector 0.1 0.005 -0.005", "-water 100 -MW 20",
-    "-detsize 12", "-odet_vector 1 0.05 0", "-phistep 0.3 -osc 0.9", "-hdivsteps 3 -hdivrange 0.4"]
+    "-detsize 12", "-odet_vector 1 0.05 0", "-phistep 0.3 -osc 0.9", "-hdivsteps 3 -hdivrange 0.4",
+    # the C's layer rules (docs/quirks.md #8b): 1 layer made 2, a bare thickness
+    "-detector_thick 100 -detector_abs 300 -detector_thicksteps 1", "-detector_thick 80"]
 #: flags the parity target never draws: the port's own, and those that only
 #: print or write files of their own
 PARITY_SKIP = CLI_SKIP | {"-c_parity", "-precision", "-max_memory", "-stolout", "-printout",
