@@ -425,6 +425,9 @@ def test_negative_adc():
     assert int(d.noise_image.max()) < 65531 and int((d.noise_image == 0).sum()) == 23 + 889
     wrapped = c.noise_image >= 65531
     np.testing.assert_array_equal(d.noise_image[~wrapped], c.noise_image[~wrapped])
+    from nbnumba.quirks import c_differences
+    assert [n for n, _ in c_differences(d.model)] == [12] and not c_differences(c.model)
+    assert not c_differences(nbnumba.simulate_argv(args + ["-nonoise"]).model)
 
 
 # 14 --------------------------------------------------------------------------
