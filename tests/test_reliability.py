@@ -386,6 +386,52 @@ def test_fuzz_modes_agree_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, 
     assert what == "fail" and text.startswith("stats: omega_sum "), text
 
 
+def test_fuzz_metamorphic_holds_and_a_broken_relation_is_reported(tmp_path, monkeypatch, capsys):
+    """tools/fuzz.py metamorphic: 8 drawn default-mode lines (8 x 8 pixels) keep
+    every relation bit for bit (a -roi sub-box, a random -mask, -threads,
+    doubled fluence, doubled default_F); with the -roi runs' images shifted one
+    pixel along the fast axis the lines fail on 'roi', one line each (the
+    worst pixel, both values), and the exit status is 1; a doubled-fluence
+    image one ulp off at one pixel fails 'fluence'."""
+    from nbnumba import api
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    args = ["metamorphic", "--seed", "3", "--runs", "8", "--pixels", "8"]
+    assert fz.main(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("metamorphic, seed 3: run ") and last.endswith("fail 0"), last
+    ran = int(last.split("run ")[1].split(",")[0])
+    assert ran >= 5 and "roi exact %d," % ran in last and "threads exact %d," % ran in last, last
+    real = api.simulate_argv
+
+    def shifted(argv, *a, **k):
+        res = real(argv, *a, **k)
+        if list(argv)[-5:-4] == ["-roi"]:
+            res.float_image = np.roll(res.float_image, 1, axis=1)
+        return res
+    monkeypatch.setattr(api, "simulate_argv", shifted)
+    assert fz.main(args) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    fails = [ln for ln in out if ln.startswith("FAIL")]
+    assert len(fails) == ran and all(" :: roi: -roi " in ln and ": pixel (" in ln
+                                     and " against " in ln for ln in fails), out
+    assert "roi fail %d," % ran in out[-1] and out[-1].endswith("fail %d" % ran), out[-1]
+
+    def off(argv, *a, **k):
+        res = real(argv, *a, **k)
+        if list(argv)[-2:-1] == ["-fluence"]:
+            img = res.float_image
+            s, f = np.unravel_index(np.argmax(img), img.shape)
+            img[s, f] = np.nextafter(img[s, f], np.float32(np.inf))
+        return res
+    monkeypatch.setattr(api, "simulate_argv", off)
+    assert fz.main(args) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    fails = [ln for ln in out if ln.startswith("FAIL")]
+    assert fails and all(" :: fluence: -fluence 2x: pixel (" in ln and "1 of 64 pixels" in ln
+                         for ln in fails), out
+
+
 def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, host_build):
     """tools/fuzz.py device: on 8 drawn lines the CUDA source's host build
     gives numba's images (float64 and float32), pixel values and, through the

@@ -11,6 +11,7 @@ outputs or prints one error line (exit 2), never a traceback or a numpy warning
     python tools/fuzz.py files [--seed S] [--runs N]      # the CLI on mutated input files
     python tools/fuzz.py reference [--seed S] [--runs N]  # the kernel against nbnumba.reference
     python tools/fuzz.py modes [--seed S] [--runs N] [--pixels P]    # default mode against -c_parity
+    python tools/fuzz.py metamorphic [--seed S] [--runs N] [--pixels P]  # runs that must relate
 
 ``cli`` adds 2 to 6 flags drawn from the flag table to a small valid run
 (8 x 8 pixels): numbers from a short list of ordinary and edge values, words
@@ -65,6 +66,23 @@ MODES_ABS max |c| and the statistics as well (bar #10's divisor and #11's
 float32 squares, modes_stats_check); a line outside that bound counts
 'numerics' only when the C's lattice functions explain the -c_parity image
 and nbnumba.reference the default one at the worst pixel (modes_refereed).
+``metamorphic`` draws default-mode lines as ``modes`` does (on 8, 20, 40 or
+70 pixels a side, META_PIXELS, or --pixels P; one time in four with
+-precision single, META_EXTRAS) and holds each line's float image
+(nbnumba.api.simulate_argv) to those of related runs, bit for bit
+(metamorphic_check): a -roi sub-box drawn inside the line's box gives the
+full run's pixels inside and 0 outside; a random SMV -mask (0 = skip) 0
+where it is 0 and the full run's pixels elsewhere; -threads 1, -threads k
+and the progress bar's chunks of rows the same image; -fluence twice the
+model's twice the image; without -water and an F table, -default_F doubled
+four times the image.  The doublings are exact in binary floating point
+(each is a factor of every pixel's float64 value: r_e^2 fluence, and F in
+((F F) F_latt) F_latt) except where the float32 pixel is subnormal, whose
+fixed rounding step allows half a step of the scaled pixel plus k half-steps
+of the unscaled one ('bounded').  A relation that cannot apply to a line is
+'skipped' (the line's own -mask / -img, an F table, an overflow); a related
+run refused where the line ran is a failure.  A failure line starts with the
+detector's pixels, then the drawn flags after the base.
 
 Each failure is printed on one line (the drawn arguments, what happened); the
 last line counts the outcomes.  Exit status 0 when nothing failed, 1 otherwise,
@@ -330,11 +348,11 @@ class Heavy(Exception):
 SWEEPS = ("hdivrange", "vdivrange", "dispersion")
 
 
-def heavy(argv, vals=None) -> None:
-    """Raise Heavy when the line's image would sum more than MAX_SUBPATHS
-    sub-paths (active pixels x oversample^2 x layers x sources x phi x
-    mosaic), with the sampling ranges of ``vals`` (keyword values) in place
-    of the line's; NBError when it does not parse or build."""
+def heavy(argv, vals=None, limit=None) -> None:
+    """Raise Heavy when the line's image would sum more than ``limit`` (default
+    MAX_SUBPATHS) sub-paths (active pixels x oversample^2 x layers x sources x
+    phi x mosaic), with the sampling ranges of ``vals`` (keyword values) in
+    place of the line's; NBError when it does not parse or build."""
     import numpy as np
     from nbnumba.flags import parse_argv
     from nbnumba.kernels import gpu
@@ -344,7 +362,7 @@ def heavy(argv, vals=None) -> None:
             argv = list(argv) + ["-" + k, repr(float(vals[k][0]))]
     m = build_model(parse_argv(argv))
     n = gpu.subpaths_per_pixel(gpu.kernel_args(m, np.float64)[0]) * int(np.count_nonzero(m.active))
-    if n > MAX_SUBPATHS:
+    if n > (MAX_SUBPATHS if limit is None else limit):
         raise Heavy("%d sub-paths" % n)
 
 
@@ -1409,14 +1427,294 @@ def fuzz_reference(seed: int, runs: int, out=sys.stdout) -> dict:
     return counts
 
 
+# ---- metamorphic relations -----------------------------------------------------
+
+#: the metamorphic target's detectors: pixels per side of PARITY_BASE's 10 mm
+#: detector, one drawn per line (rows wider than the block path's 32 pixels,
+#: kernels/cpu.py BLOCK, hold several blocks, between whose lanes -roi and
+#: -mask move the pixels)
+META_PIXELS = (8, 20, 40, 70)
+#: a line whose image sums more sub-paths than this is not run ('heavy'):
+#: each line is rendered 7 times
+META_MAX_SUBPATHS = 2e6
+#: nbnumba's own switch that picks another lattice loop (float32 sines, -precision
+#: single), added one time in four: the modes target draws none of the port's flags
+META_EXTRAS = ["-precision single"]
+#: the relations, in the order they are checked (metamorphic_check)
+META_RELATIONS = ("roi", "mask", "threads", "fluence", "default_F")
+#: the smallest normal float32: above it, scaling by a power of two commutes
+#: with the rounding to float32 (below, the subnormals' fixed step does not)
+FLT_TINY = 2.0 ** -126
+DBL_TINY = 2.0 ** -1022
+META_MASK = "meta_mask.img"
+
+
+def _drop(argv, names) -> list:
+    """argv without the flags whose canonical spellings are ``names`` and their
+    values (the default mode's reading: each flag takes its spec's nargs,
+    -misset rand one)."""
+    from nbnumba.flags import FLAGS
+    spell = {s: sp for sp in FLAGS for s in (sp.name,) + tuple(sp.aliases)}
+    out, i = [], 0
+    while i < len(argv):
+        sp = spell.get(argv[i])
+        n = 0 if sp is None else sp.nargs
+        if sp is not None and sp.kind == "misset" and i + 1 < len(argv) and "rand" in argv[i + 1]:
+            n = 1
+        if sp is None or sp.name not in names:
+            out += list(argv[i:i + 1 + n])
+        i += 1 + n
+    return out
+
+
+def _meta_compare(got, want, what, scale=1):
+    """(outcome, text) of an image against the one a relation predicts:
+    'exact' when bit-identical, else 'fail' with the worst pixel, both values
+    and how many pixels differ.  ``scale`` k (a power of two): ``want`` is the
+    unscaled image and the prediction k x want, exact wherever want is 0 or a
+    normal float32; where it is subnormal (|want| < FLT_TINY) the rounding of
+    the float64 pixel to float32 has a fixed step, 2^-149, so float32(k t) and
+    k float32(t) may differ by half a step of the first plus k half-steps of
+    the second ('bounded' when some pixel needed that)."""
+    import numpy as np
+    got = np.asarray(got, dtype=np.float32)
+    pred = (np.asarray(want, dtype=np.float64) * scale).astype(np.float32)   # exact or inf
+    if got.shape != pred.shape:
+        return "fail", "%s: image %s, expected %s" % (what, got.shape, pred.shape)
+    differ = got.view(np.uint32) != pred.view(np.uint32)
+    if not differ.any():
+        return "exact", ""
+    d = np.abs(got.astype(np.float64) - np.asarray(want, dtype=np.float64) * scale)
+    outcome = "fail"
+    if scale != 1:
+        w = np.asarray(want, dtype=np.float32)
+        sub = np.abs(w) < FLT_TINY
+        bound = 0.5 * np.spacing(np.abs(got)).astype(np.float64) \
+            + scale * 0.5 * np.spacing(np.abs(w)).astype(np.float64)
+        bad = differ & ~(sub & (d <= bound))
+        if not bad.any():
+            return "bounded", ""
+        differ = bad
+    d[~differ] = -1.0
+    where = np.unravel_index(int(np.argmax(d)), d.shape)
+    return outcome, ("%s: pixel %s: %.9g against %.9g%s, %d of %d pixels differ"
+                     % (what, tuple(int(i) for i in where), float(got[where]),
+                        float(want[where]) * scale,
+                        " (%d x %.9g)" % (scale, float(want[where])) if scale != 1 else "",
+                        int(differ.sum()), differ.size))
+
+
+def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
+    """(outcome, [(relation, outcome, text), ...]) of one default-mode line:
+    its float image (nbnumba.api.simulate_argv) against those of related runs
+    that must give related images, bit for bit (META_RELATIONS):
+
+    roi        a -roi sub-box (drawn inside the detector and the line's own
+               -roi box, holding an active pixel): the full run's pixels
+               inside, 0 outside;
+    mask       a random SMV mask (uint16, 0 = skip; META_MASK, written with
+               nbnumba.io.smv.write_smv, a header of its sizes alone, which
+               the line's -detpixels overrides): 0 where it is 0, the full
+               run's pixels elsewhere (not with the line's own -mask / -img);
+    threads    -threads 1, -threads k (k drawn, 3 to 8) and the rows in the
+               chunks of the CLI's progress bar (api.simulate's progress=)
+               against the default count in one call: bit-identical;
+    fluence    -fluence twice the model's (the line's -fluence / -flux
+               dropped; -exposure and -beamsize kept, the beam clips the
+               sample): 2 x the image (the scale r_e^2 fluence enters each
+               pixel as a factor; _meta_compare's bound at float32
+               subnormals);
+    default_F  without -water and without an F table (-hkl, Fdump.bin):
+               -default_F doubled, 4 x the image (each term is
+               ((F F) F_latt) F_latt).
+
+    Each relation's outcome: 'exact', 'bounded' (fluence, default_F: exact
+    but at float32 subnormal pixels, within their bound), 'skipped' (text
+    says why) or 'fail' (the worst pixel and both values, or the run's
+    failure: a related run refused where the line ran is a failure).  The
+    line's own outcome: 'run', 'refused', 'heavy' (over META_MAX_SUBPATHS)
+    or 'fail' (the full run broke the promise: _call's text)."""
+    import numpy as np
+    from nbnumba import api
+    from nbnumba.errors import NBError
+    from nbnumba.flags import parse_argv
+    from nbnumba.io.smv import write_smv
+    from nbnumba.model import R_E_SQR
+    cwd = cwd or os.getcwd()
+    argv = list(argv)
+    _, why = _call(lambda: heavy(argv, limit=META_MAX_SUBPATHS))
+    if why is not None:
+        return ("heavy" if why == "heavy" else "refused"), [("line", "", why)]
+    full, why = _call(lambda: api.simulate_argv(argv, cwd=cwd))
+    if why is not None:
+        return ("refused" if why == "refused" else "fail"), [("line", "", why)]
+    img = np.asarray(full.float_image)
+    m = full.model
+    cfg = m.cfg
+    act = np.asarray(m.active) != 0
+
+    def run(extra, drop=(), progress=False):
+        # (a related run refused where the line ran is a failure: its message)
+        line = _drop(argv, drop) + extra
+
+        def sim():
+            try:
+                if progress:        # the CLI's progress bar: rows in chunks
+                    return api.simulate(parse_argv(line, cwd=cwd),
+                                        progress=lambda done, total: None), None
+                return api.simulate_argv(line, cwd=cwd), None
+            except NBError as e:
+                return None, "refused: %s" % e
+        got, broke = _call(sim)
+        res, why = got if got is not None else (None, broke)
+        return res, (None if why is None else "%s: %s" % (" ".join(extra) or "progress", why))
+
+    out = []
+    # a. -roi sub-box
+    r0, r1, c0, c1 = m.roi_box
+    box = None
+    if act.any():
+        for _ in range(20):
+            a, b = sorted((rng.randrange(r0, r1), rng.randrange(r0, r1)))
+            c, d = sorted((rng.randrange(c0, c1), rng.randrange(c0, c1)))
+            if act[a:b + 1, c:d + 1].any():
+                box = (a, b, c, d)
+                break
+    if box is None:
+        out.append(("roi", "skipped", "no active pixel"))
+    else:
+        a, b, c, d = box
+        roi = ["-roi", str(c), str(d), str(a), str(b)]
+        res, why = run(roi)
+        if why is not None:
+            out.append(("roi", "fail", why))
+        else:
+            want = np.zeros_like(img)
+            want[a:b + 1, c:d + 1] = img[a:b + 1, c:d + 1]
+            out.append(("roi",) + _meta_compare(res.float_image, want, " ".join(roi)))
+    # b. -mask
+    if cfg.maskfilename is not None or cfg.imginfilename is not None:
+        out.append(("mask", "skipped", "the line reads -mask / -img"))
+    elif not act.any():
+        out.append(("mask", "skipped", "no active pixel"))
+    else:
+        g = np.random.default_rng(rng.getrandbits(32))
+        keep = rng.choice((0.05, 0.3, 0.7, 0.95))
+        mask = np.where(g.random(img.shape) < keep,
+                        g.integers(1, 65536, img.shape), 0).astype(np.uint16)
+        if not (act & (mask != 0)).any():
+            # (-roi with no pixel left is refused: keep one active pixel)
+            s, f = (int(i) for i in np.argwhere(act)[g.integers(int(act.sum()))])
+            mask[s, f] = 1
+        write_smv(os.path.join(cwd, META_MASK), mask, {})
+        res, why = run(["-mask", META_MASK])
+        if why is not None:
+            out.append(("mask", "fail", why))
+        else:
+            want = np.where(mask != 0, img, np.float32(0.0))
+            out.append(("mask",) + _meta_compare(res.float_image, want,
+                                                "-mask (%d of %d pixels 0)"
+                                                % (int((mask == 0).sum()), mask.size)))
+    # c. threads (and the progress bar's chunks of rows)
+    outcome, text = "exact", ""
+    for t in (1, rng.randint(3, 8), 0):
+        res, why = run(["-threads", str(t)] if t else [], progress=not t)
+        if why is not None:
+            outcome, text = "fail", why
+        else:
+            outcome, text = _meta_compare(res.float_image, img,
+                                          "-threads %d" % t if t else "progress chunks")
+        if outcome != "exact":
+            break
+    out.append(("threads", outcome, text))
+    # d. fluence doubled
+    F2 = 2.0 * m.fluence
+    peak = float(np.max(np.abs(img))) if img.size else 0.0
+    if not math.isfinite(F2) or m.fluence == 0.0:
+        out.append(("fluence", "skipped", "fluence %r" % m.fluence))
+    elif abs(R_E_SQR * m.fluence) < DBL_TINY:
+        out.append(("fluence", "skipped", "r_e^2 fluence subnormal"))
+    elif 2.0 * peak > float(np.finfo(np.float32).max):
+        out.append(("fluence", "skipped", "2 x the image overflows float32"))
+    else:
+        res, why = run(["-fluence", "%.17g" % F2], drop=("-fluence", "-flux"))
+        if why is not None:
+            out.append(("fluence", "fail", why))
+        elif res.model.fluence != F2:
+            out.append(("fluence", "fail", "fluence read as %r, not %r" % (res.model.fluence, F2)))
+        else:
+            out.append(("fluence",) + _meta_compare(res.float_image, img, "-fluence 2x", 2))
+    # e. default_F doubled
+    F = cfg.default_F
+    if cfg.water_size != 0.0 or m.hkls != 0:
+        out.append(("default_F", "skipped", "-water or an F table"))
+    elif not (F != 0.0 and math.isfinite(4.0 * F * F) and abs(F * F) >= DBL_TINY):
+        out.append(("default_F", "skipped", "default_F %r" % F))
+    elif 4.0 * peak > float(np.finfo(np.float32).max):
+        out.append(("default_F", "skipped", "4 x the image overflows float32"))
+    else:
+        res, why = run(["-default_F", "%.17g" % (2.0 * F)])
+        if why is not None:
+            out.append(("default_F", "fail", why))
+        else:
+            out.append(("default_F",) + _meta_compare(res.float_image, img, "-default_F 2x", 4))
+    return "run", out
+
+
+def fuzz_metamorphic(seed: int, runs: int, out=sys.stdout, pixels=None) -> dict:
+    """Outcome counts of ``runs`` lines drawn as the modes target draws them
+    (_parity_case on PARITY_BASE with MODES_CELL, -nonoise -nopgm; pixels x
+    pixels on its 10 mm detector, else drawn from META_PIXELS per line; one
+    time in four a META_EXTRAS switch), each held to the relations of
+    metamorphic_check: for each relation the lines 'exact', 'bounded',
+    'skipped' and 'fail'; 'fail' counts the lines with a failure."""
+    specs = [sp for sp in _specs() if sp.name not in PARITY_SKIP
+             and sp.group != "nbnumba extras"]
+    rng = random.Random(seed)
+    counts = {"run": 0, "refused": 0, "heavy": 0}
+    for r in META_RELATIONS:
+        counts.update({"%s %s" % (r, o): 0 for o in ("exact", "bounded", "skipped", "fail")
+                       if o != "bounded" or r in ("fluence", "default_F")})
+    counts["fail"] = 0
+    written = None
+    for _ in range(runs):
+        n = pixels or rng.choice(META_PIXELS)
+        if n != written:
+            _mask(Path.cwd(), n)           # m.img: the detector of PARITY_EXTRAS' -mask / -img
+            written = n
+        base = _parity_base(n)
+        i = base.index("-cell") + 1
+        base[i:i + 6] = MODES_CELL
+        base += ["-nonoise", "-nopgm"]
+        argv = _parity_case(rng, specs, base)
+        if rng.random() < 0.25:
+            argv += rng.choice(META_EXTRAS).split()
+        what, rels = metamorphic_check(argv, rng)
+        line = "(%d px) %s" % (n, " ".join(argv[len(base):]))
+        if what == "fail":
+            print("FAIL %s :: run: %s" % (line, rels[0][2]), file=out)
+            counts["fail"] += 1
+            continue
+        counts[what] += 1
+        failed = False
+        for rel, outcome, text in rels if what == "run" else ():
+            counts["%s %s" % (rel, outcome)] += 1
+            if outcome == "fail":
+                print("FAIL %s :: %s: %s" % (line, rel, text), file=out)
+                failed = True
+        counts["fail"] += failed
+    return counts
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="tools/fuzz.py", description=__doc__.split("\n\n")[0])
     p.add_argument("target", choices=("cli", "autodiff", "gradients", "device", "parity",
-                                      "files", "reference", "modes"))
+                                      "files", "reference", "modes", "metamorphic"))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--runs", type=int, default=1000)
-    p.add_argument("--pixels", type=int, default=20,
-                   help="parity, modes: the detector's pixels per side (10 mm across)")
+    p.add_argument("--pixels", type=int, default=None,
+                   help="parity, modes (default 20), metamorphic (default: drawn from "
+                        "META_PIXELS per line): the detector's pixels per side (10 mm across)")
     try:
         a = p.parse_args(argv)
     except SystemExit as e:
@@ -1424,7 +1722,7 @@ def main(argv=None) -> int:
     if a.runs < 1:
         print("tools/fuzz.py: --runs must be >= 1", file=sys.stderr)
         return 2
-    if not 1 <= a.pixels <= 1024:
+    if a.pixels is not None and not 1 <= a.pixels <= 1024:
         print("tools/fuzz.py: --pixels must be 1 to 1024", file=sys.stderr)
         return 2
     c_bin = os.environ.get("NB_C_BIN", "")
@@ -1440,10 +1738,12 @@ def main(argv=None) -> int:
             counts = {"cli": fuzz_cli, "autodiff": fuzz_autodiff,
                       "gradients": fuzz_gradients,
                       "device": fuzz_device,
-                      "parity": lambda seed, runs: fuzz_parity(seed, runs, pixels=a.pixels),
+                      "parity": lambda seed, runs: fuzz_parity(seed, runs, pixels=a.pixels or 20),
                       "files": fuzz_files,
                       "reference": fuzz_reference,
-                      "modes": lambda seed, runs: fuzz_modes(seed, runs, pixels=a.pixels),
+                      "modes": lambda seed, runs: fuzz_modes(seed, runs, pixels=a.pixels or 20),
+                      "metamorphic": lambda seed, runs: fuzz_metamorphic(seed, runs,
+                                                                         pixels=a.pixels),
                       }[a.target](a.seed, a.runs)
         finally:
             os.chdir(here)
