@@ -13,7 +13,7 @@ Vectors are plain 3-tuples (x, y, z) in the lab frame.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Optional, Tuple
 
 if TYPE_CHECKING:              # annotations only: `import nbnumba` stays light
@@ -315,3 +315,22 @@ class Config:
     """bytes a run may use (-max_memory, given in MB); 0: the machine's available memory"""
     workdir: Optional[str] = None
     """directory relative input/output paths resolve in; None: the current one"""
+
+
+def differing_fields(a: Config, b: Config, ignore=()) -> list:
+    """Names of the fields (bar ``ignore``) in which two Configs differ: arrays
+    and tuples compared by value, NaN equal to NaN."""
+    import numpy as np
+
+    def same(x, y):
+        if x is y:
+            return True
+        try:
+            return bool(np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True))
+        except (TypeError, ValueError):     # (words, None, objects)
+            try:
+                return bool(x == y)
+            except ValueError:
+                return False
+    return [f.name for f in fields(Config)
+            if f.name not in ignore and not same(getattr(a, f.name), getattr(b, f.name))]

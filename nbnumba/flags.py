@@ -41,12 +41,12 @@ import difflib
 import math
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nbnumba.config import Config
+from nbnumba.config import Config, differing_fields
 from nbnumba.errors import NBError, UsageError
 
 __all__ = [
@@ -1272,18 +1272,6 @@ def _settings(parsed: _Parsed) -> Config:
     return cfg
 
 
-def _same_settings(a: Config, b: Config) -> bool:
-    for f in fields(Config):
-        x, y = getattr(a, f.name), getattr(b, f.name)
-        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
-            if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
-                    and np.array_equal(x, y)):
-                return False
-        elif x != y and not (x != x and y != y):       # (NaN equals NaN here)
-            return False
-    return True
-
-
 def _c_reads_otherwise(argv: Sequence[str], parsed: _Parsed) -> bool:
     """Would nanoBragg.c's substring matching (the -c_parity reading, without
     -c_parity itself) give these flags other settings than the exact reading
@@ -1296,7 +1284,7 @@ def _c_reads_otherwise(argv: Sequence[str], parsed: _Parsed) -> bool:
     if (c.maskfile, c.imgfile) != (parsed.maskfile, parsed.imgfile):
         return True
     try:
-        return not _same_settings(_settings(parsed), _settings(c))
+        return bool(differing_fields(_settings(parsed), _settings(c)))
     except NBError:
         return True
 

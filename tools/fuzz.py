@@ -1096,8 +1096,8 @@ def modes_check(argv, cwd=None) -> tuple:
     c_differences (or the settings the two modes read differently with no
     note)."""
     import numpy as np
-    from dataclasses import fields
     from nbnumba import api
+    from nbnumba.config import differing_fields
     from nbnumba.flags import parse_argv
     from nbnumba.quirks import c_differences
     cwd = cwd or os.getcwd()
@@ -1110,9 +1110,8 @@ def modes_check(argv, cwd=None) -> tuple:
     if why is not None or why_c is not None:
         return "refused", why or why_c
     # (#3: -pix0_vector_mm's units, ignored, #2; the default parse's own record of #5)
-    same = {"c_parity", "pix0_vector", "c_reads_flags_otherwise"}
-    parsed = [f.name for f in fields(cfg_d) if f.name not in same
-              and not _same_value(getattr(cfg_d, f.name), getattr(cfg_c, f.name))]
+    parsed = differing_fields(cfg_d, cfg_c, ignore=("c_parity", "pix0_vector",
+                                                     "c_reads_flags_otherwise"))
     rd, why = _modes_run(argv, False, cwd)
     if why is not None:
         return ("refused", why) if why in ("refused", "heavy") else ("fail", "default: " + why)
@@ -1181,14 +1180,6 @@ def modes_refereed(rd, where, d3, c):
     if not abs(d - ref) <= MODES_REL * abs(ref) + MODES_ABS * float(np.max(np.abs(c))):
         return "nbnumba.reference gives %.9g" % ref
     return None
-
-
-def _same_value(a, b) -> bool:
-    import numpy as np
-    try:
-        return bool(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True))
-    except (TypeError, ValueError):
-        return a == b
 
 
 def modes_c_numerics(rd):
