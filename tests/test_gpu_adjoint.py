@@ -211,9 +211,12 @@ def test_theta_layout_matches_kernel(host):
     assert "#define NB_SINCG_NEAR %r\n" % SINCG_NEAR in src
 
 
-@pytest.mark.parametrize("arch", ["sm_80", pytest.param("sm_90", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_nvcc_compiles_adjoint(arch, nvcc_ptx):
     # the adjoint is in the render_f64 module: the build test_gpu_source checks
+    # (its sm_80 build runs every time; this one is a long check: under
+    # pytest-xdist it compiled the same module again in another worker)
     rc, err, ptx = nvcc_ptx(arch, "float64")
     assert rc == 0, err
     assert "warning" not in err.lower(), err
