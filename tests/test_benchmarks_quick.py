@@ -30,6 +30,7 @@ C_STDOUT = """nanoBragg nanocrystal diffraction simulator - James Holton and Ken
 
 
 # ---------------------------------------------------------------- the harness
+@pytest.mark.slow
 def test_benchmark_harness_writes_well_formed_results(tmp_path):
     """One cheap slice of the suite (W5 on 128x128, D = 1 and 10), timed for
     real by pytest-benchmark: the JSON it writes has what benchmarks.history

@@ -2,6 +2,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 MACHINE_PATH = re.compile(r"(?<![\w.])/(work|tmp|root|home|Users)/")
 
@@ -38,9 +40,9 @@ def test_every_config_field_documents_its_meaning_and_unit():
         assert unit in docs[name], (name, docs[name])
 
 
+@pytest.mark.slow
 def test_api_reference_builds_from_docstrings(tmp_path):
     import importlib.util
-    import pytest
     pytest.importorskip("pdoc")
     spec = importlib.util.spec_from_file_location("_apidocs", REPO / "tools" / "build_api_docs.py")
     mod = importlib.util.module_from_spec(spec)

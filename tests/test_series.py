@@ -381,6 +381,7 @@ def test_progress_bar_on_request(tmp_path, capsys):
 # Dask: worker count and worker death do not change a single bit
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_local_workers_match_in_process_bit_for_bit(tmp_path, capsys):
     args = ["--frames", 8, "--osc-per-frame", 0.5, "--format", "smv,cbf,nexus"] + BASE
     rc, o = run(args + ["--workers", 0, "--out", tmp_path / "serial"], capsys)

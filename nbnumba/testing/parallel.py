@@ -11,7 +11,8 @@ is left as it is: one process, no start-up of workers for a single test.
 
 The same whole-suite run leaves out the long checks (``@pytest.mark.slow``:
 nvcc builds for a second architecture, torch.compile in a fresh process,
-Dask clusters, the GPU check end to end), so that it stays a tool to run many
+Dask clusters, the API reference build, the benchmark harness, the GPU check
+end to end), so that it stays a tool to run many
 times a day; ``python -m pytest -q -m slow`` runs them (CI runs both).  A run
 that names tests, or gives ``-m`` itself, selects as it says.  pytest-xdist
 starts its workers with the command line as typed, so the controller passes
