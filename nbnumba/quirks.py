@@ -42,11 +42,11 @@ def c_differences(model) -> List[Tuple[int, str]]:
         (st.detector_thick, st.detector_thickstep, st.detector_thicksteps) != c_sensor_layers(cfg))
     if last_layer_only or other_layers:
         out.append((8, "sensor layers"))
-    if model.crystal.c_cell_wrong:
-        out.append((13, "cell angles"))
     if cfg.calculate_noise and cfg.adc_offset < 0.0:
         # a pixel's Poisson count plus a negative offset can fall below 0
         out.append((12, "negative noise counts (-adc < 0)"))
+    if model.crystal.c_cell_wrong:
+        out.append((13, "cell angles"))
     if cfg.water_size > 0.0 and model.fluence * R_E_SQR != 1.0:
         out.append((14, "water background with -fluence"))
     if cfg.nopolar and cfg.oversample_polar:

@@ -239,11 +239,26 @@ def detector(cfg):
 
 
 # ---------------------------------------------------------------- crystal
+def _cell(cfg):
+    """(a, b, c (A), alpha, beta, gamma (rad)) of -cell, with the flags' defaults
+    (b, c = a; right angles)."""
+    a = cfg.cell_a
+    b = cfg.cell_b if cfg.cell_b > 0 else a
+    c = cfg.cell_c if cfg.cell_c > 0 else a
+    al, be, ga = (x if x > 0 else math.pi / 2 for x in (cfg.cell_alpha, cfg.cell_beta, cfg.cell_gamma))
+    return a, b, c, al, be, ga
+
+
+def cell_volume(a, b, c, al, be, ga):
+    """Volume (A^3) of a cell (A, rad)."""
+    return a * b * c * math.sqrt(max(0.0, 1 - math.cos(al) ** 2 - math.cos(be) ** 2 - math.cos(ga) ** 2
+                                     + 2 * math.cos(al) * math.cos(be) * math.cos(ga)))
+
+
 def reciprocal_from_cell(a, b, c, al, be, ga):
     """Reciprocal vectors (rows a*, b*, c*; 1/A) of a cell (A, rad) in nanoBragg's
     standard frame: a* along x, b* in the x-y plane."""
-    V = a * b * c * math.sqrt(max(0.0, 1 - math.cos(al) ** 2 - math.cos(be) ** 2 - math.cos(ga) ** 2
-                                  + 2 * math.cos(al) * math.cos(be) * math.cos(ga)))
+    V = cell_volume(a, b, c, al, be, ga)
     ast, bst, cst = b * c * math.sin(al) / V, c * a * math.sin(be) / V, a * b * math.sin(ga) / V
     cas = (math.cos(be) * math.cos(ga) - math.cos(al)) / (math.sin(be) * math.sin(ga))
     cbs = (math.cos(ga) * math.cos(al) - math.cos(be)) / (math.sin(ga) * math.sin(al))
@@ -272,11 +287,7 @@ def crystal(cfg, rng_state):
             path = os.path.join(cfg.workdir, path)
         recip = np.asarray(read_mosflm_mat(path), dtype=float) * (1e-10 / cfg.lambda0)
     else:
-        a = cfg.cell_a
-        b = cfg.cell_b if cfg.cell_b > 0 else a
-        c = cfg.cell_c if cfg.cell_c > 0 else a
-        al, be, ga = (x if x > 0 else math.pi / 2 for x in (cfg.cell_alpha, cfg.cell_beta, cfg.cell_gamma))
-        recip = reciprocal_from_cell(a, b, c, al, be, ga)
+        recip = reciprocal_from_cell(*_cell(cfg))
     if cfg.misset_mode == -1:
         rx, ry, rz = _random_misset(cfg, rng_state)
         recip = (xyz_rotation(rx, ry, rz) @ recip.T).T
@@ -290,11 +301,9 @@ def crystal(cfg, rng_state):
         # a* x b*) and get the -cell edge lengths; the reciprocal rows are then
         # the real cross products over the -cell volume, so the angles are the
         # matrix's and a.a* need not be 1
-        a, b, c = (cfg.cell_a, cfg.cell_b if cfg.cell_b > 0 else cfg.cell_a,
-                   cfg.cell_c if cfg.cell_c > 0 else cfg.cell_a)
-        al, be, ga = (x if x > 0 else math.pi / 2 for x in (cfg.cell_alpha, cfg.cell_beta, cfg.cell_gamma))
-        ca, cb, cg = math.cos(al), math.cos(be), math.cos(ga)
-        V = a * b * c * math.sqrt(abs(1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg))
+        cell = _cell(cfg)
+        a, b, c = cell[:3]
+        V = cell_volume(*cell)
         dirs = [np.cross(recip[1], recip[2]), np.cross(recip[2], recip[0]), np.cross(recip[0], recip[1])]
         real_A = np.array([_unit(d)[0] * L for d, L in zip(dirs, (a, b, c))])
         recip = np.array([np.cross(real_A[1], real_A[2]), np.cross(real_A[2], real_A[0]),
