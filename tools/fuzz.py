@@ -1442,16 +1442,12 @@ META_MASK = "meta_mask.img"
 
 def _drop(argv, names) -> list:
     """argv without the flags whose canonical spellings are ``names`` and their
-    values (the default mode's reading: each flag takes its spec's nargs,
-    -misset rand one)."""
-    from nbnumba.flags import FLAGS
-    spell = {s: sp for sp in FLAGS for s in (sp.name,) + tuple(sp.aliases)}
+    values (the default mode's reading, flags._take: a line that parsed)."""
+    from nbnumba.flags import _BY_SPELLING, _take
     out, i = [], 0
     while i < len(argv):
-        sp = spell.get(argv[i])
-        n = 0 if sp is None else sp.nargs
-        if sp is not None and sp.kind == "misset" and i + 1 < len(argv) and "rand" in argv[i + 1]:
-            n = 1
+        sp = _BY_SPELLING.get(argv[i])
+        n = 0 if sp is None else _take(argv[i], sp, argv, i)[1]
         if sp is None or sp.name not in names:
             out += list(argv[i:i + 1 + n])
         i += 1 + n
