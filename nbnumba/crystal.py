@@ -70,6 +70,28 @@ _RANGE = ("%s under- or overflows double precision in the cell's real and recipr
           "(check -cell / -mat)")
 
 
+def spot_scale(c_rule, Na, Nb, Nc, astar, bstar, cstar) -> float:
+    """The gauss/tophat spot's scale (A^2; the kernels' fopt F_SPOT): it turns
+    |dr*|^2, dr* = (h-h0) a* + (k-k0) b* + (l-l0) c* (1/A, the unrotated
+    reciprocal vectors), into the squared radius that the shapes' constants
+    0.63 and 0.3969 expect: (Na Nb Nc V_cell)^(2/3), V_cell = 1/|a* . (b* x c*)|
+    (A^3), the radius relative to the crystal's own size.  Each spot then keeps
+    the square crystal's integral, (0.315 pi)^(3/2) = 0.984 (gauss) and
+    4 pi 0.63^3 / 3 = 1.047 (tophat) times it, for any cell.  c_rule
+    (-c_parity): 0.0, which stands for nanoBragg.c's factor (Na Nb Nc)^2,
+    evaluated in the kernels in the C's order: not dimensionless, so the C's
+    spots change with the unit of length (docs/quirks.md #16)."""
+    if c_rule:
+        return 0.0
+    v = abs(float(np.dot(astar, np.cross(bstar, cstar))))
+    if v == 0.0:            # (a flat cell: refused before any kernel runs)
+        return math.inf
+    # cbrt, not ** (2/3): cbrt(8 x) = 2 cbrt(x) exactly, so the scale keeps its
+    # bits when every length doubles (tools/fuzz.py metamorphic, 'wavelength')
+    r = float(np.cbrt(Na * Nb * Nc / v))
+    return r * r
+
+
 def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
                   describe=True) -> Crystal:
     """Orientation and cell following nanoBragg.c.

@@ -273,7 +273,8 @@ def compile_pixel_callees() -> None:
     cells, Fhkl = args[5], args[6]
     v3 = (0.0, 0.0, 0.0)
     K._lattice_general.compile(tuple(typeof(a) for a in (
-        0, v3, cells, np.empty((K.N_WORK, cells.shape[2])), 0, 1.0, 1.0, 1.0, 1.0, v3, v3, v3, 0)))
+        0, v3, cells, np.empty((K.N_WORK, cells.shape[2])), 0, 1.0, 1.0, 1.0, 1.0, 1.0, v3, v3,
+        v3, 0)))
     K.tricubic_F.compile(tuple(typeof(a) for a in (Fhkl, 0, 0, 0, 0.0, 0.0, 0.0)))
     K._ordered_lean_sum_call.compile(tuple(typeof(a) for a in (
         np.empty((K.N_WORK, cells.shape[2])), 0, 0, Fhkl, 0, 0, 0, 0, 0, 0, 0, 1.0)))

@@ -138,6 +138,10 @@ class Model:
         fopt[K.F_WATER] = self.cfg.water_size
         fopt[K.F_SCALE] = R_E_SQR * self.fluence
         fopt[K.F_STEPS] = self.nsteps
+        # the gauss/tophat spot's scale: nanoBragg.c's (Na Nb Nc)^2 under
+        # -c_parity, else relative to the crystal's size (docs/quirks.md #16)
+        fopt[K.F_SPOT] = xtal.spot_scale(self.cfg.c_parity, float(c.Na), float(c.Nb),
+                                         float(c.Nc), c.astar, c.bstar, c.cstar)
         vecs = np.zeros((K.N_VECS, 3))
         vecs[K.V_FDET], vecs[K.V_SDET], vecs[K.V_ODET] = d.fdet, d.sdet, d.odet
         vecs[K.V_PIX0], vecs[K.V_BEAM], vecs[K.V_POLAR] = d.pix0, d.beam, d.polar

@@ -252,13 +252,24 @@ from .kernels.layout import SHAPE_GAUSS, SHAPE_ROUND, SHAPE_SQUARE, SHAPE_TOPHAT
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
-def lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
+def _spot_radius_sqr(r2, Na, Nb, Nc, spot):
+    """The spot's squared radius from |dr*|^2 (crystal.spot_scale, the host's
+    fopt F_SPOT; 0: the C's product in its order of multiplication, for
+    -c_parity's bits)."""
+    if spot == 0.0:
+        return r2 * Na * Na * Nb * Nb * Nc * Nc
+    return r2 * spot
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, spot, astar, bstar, cstar,
                    reduced):
     """F_latt for one sub-path and the per-axis factors (a, b, c; 1 unless SQUARE).
 
     ``astar``/``bstar``/``cstar`` are the *unrotated* reciprocal vectors (1/A), as
-    nanoBragg.c uses them for the gauss/tophat radius.  ``reduced``: 0 = the C's
-    sin(N x)/sin(x); 1 = reduced-argument sincg; 2 = the same with float32 sines."""
+    nanoBragg.c uses them for the gauss/tophat radius; ``spot`` its scale
+    (crystal.spot_scale).  ``reduced``: 0 = the C's sin(N x)/sin(x); 1 = reduced-argument
+    sincg; 2 = the same with float32 sines."""
     one = like(1.0, h)
     fa = one
     fb = one
@@ -286,7 +297,7 @@ def lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, 
     dx = dh * astar[0] + dk * bstar[0] + dl * cstar[0]
     dy = dh * astar[1] + dk * bstar[1] + dl * cstar[1]
     dz = dh * astar[2] + dk * bstar[2] + dl * cstar[2]
-    rad_star_sqr = (dx * dx + dy * dy + dz * dz) * Na * Na * Nb * Nb * Nc * Nc
+    rad_star_sqr = _spot_radius_sqr(dx * dx + dy * dy + dz * dz, Na, Nb, Nc, spot)
     if shape == SHAPE_GAUSS:
         F = Na * Nb * Nc * np.exp(-(rad_star_sqr / like(0.63, h) * fudge))
     else:
@@ -700,8 +711,8 @@ def sinc3_dx_over_x(x):
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
-def lattice_factor_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
-                        reduced):
+def lattice_factor_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, spot, astar, bstar,
+                        cstar, reduced):
     """(F_latt, dF/dh, dF/dk, dF/dl, dF/dNa, dF/dNb, dF/dNc), float64.
 
     Same arguments as lattice_factor.  h0, k0, l0 (the nearest integers) are
@@ -709,7 +720,7 @@ def lattice_factor_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bs
     h - h0.  Tophat: the edge of the top hat is a step, whose derivative (a
     delta) is left out: dF/dh = 0 and dF/dN = F/N.  An axis with N <= 1 has a
     factor of 1 (as in the value), hence zero derivative."""
-    F, fa, fb, fc = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
+    F, fa, fb, fc = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, spot,
                                    astar, bstar, cstar, reduced)
     z = 0.0 * h
     if shape == SHAPE_SQUARE:
@@ -737,13 +748,13 @@ def lattice_factor_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bs
         dx = dh * astar[0] + dk * bstar[0] + dl * cstar[0]
         dy = dh * astar[1] + dk * bstar[1] + dl * cstar[1]
         dz = dh * astar[2] + dk * bstar[2] + dl * cstar[2]
-        n2 = Na * Na * Nb * Nb * Nc * Nc
+        n2, pN = _spot_n2(Na, Nb, Nc, spot)
         rad_star_sqr = (dx * dx + dy * dy + dz * dz) * n2
         q = -F * fudge / 0.63             # dF/d(rad_star_sqr)
         return (F, q * n2 * 2.0 * dot((dx, dy, dz), astar), q * n2 * 2.0 * dot((dx, dy, dz), bstar),
                 q * n2 * 2.0 * dot((dx, dy, dz), cstar),
-                F / Na + q * 2.0 * rad_star_sqr / Na, F / Nb + q * 2.0 * rad_star_sqr / Nb,
-                F / Nc + q * 2.0 * rad_star_sqr / Nc)
+                F / Na + q * pN * rad_star_sqr / Na, F / Nb + q * pN * rad_star_sqr / Nb,
+                F / Nc + q * pN * rad_star_sqr / Nc)
     return F, z, z, z, F / Na, F / Nb, F / Nc
 
 
@@ -943,19 +954,41 @@ def capture_fraction_grad(layer, thickstep, mu, d, R, odet):
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
-def lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar):
-    """The gauss shape's dependence on the reciprocal vectors: returns (q, v)
-    with dF/dastar = q (h - h0) v, dF/dbstar = q (k - k0) v, dF/dcstar =
-    q (l - l0) v (1/A units as astar).  q = 0 for the other shapes (square
-    and round do not use them; the top hat is flat between its edges)."""
+def _spot_n2(Na, Nb, Nc, spot):
+    """(the spot's scale, d ln(scale) / d ln N of each axis): (Na Nb Nc)^2 and 2
+    for the C's (spot 0), spot and 2/3 otherwise (crystal.spot_scale)."""
+    if spot == 0.0:
+        return Na * Na * Nb * Nb * Nc * Nc, 2.0
+    return spot, 2.0 / 3.0
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, spot, astar, bstar,
+                             cstar):
+    """The gauss shape's dependence on the reciprocal vectors: (dF/dastar,
+    dF/dbstar, dF/dcstar), 3-tuples in 1/A units as astar; zero for the other
+    shapes (square and round do not use them; the top hat is flat between its
+    edges).  Through dr* = (h-h0) a* + ... and, unless spot is the C's (0),
+    through the scale (Na Nb Nc / |a* . (b* x c*)|)^(2/3) (crystal.spot_scale), whose
+    d ln / d a* is -2/3 (b* x c*) / (a* . (b* x c*))."""
     dh = h - h0
     dk = k - k0
     dl = l - l0
     v = (dh * astar[0] + dk * bstar[0] + dl * cstar[0],
          dh * astar[1] + dk * bstar[1] + dl * cstar[1],
          dh * astar[2] + dk * bstar[2] + dl * cstar[2])
+    z = 0.0 * h
     if shape != SHAPE_GAUSS:
-        return 0.0 * h, v
-    n2 = Na * Na * Nb * Nb * Nc * Nc
-    F = Na * Nb * Nc * np.exp(-(dot(v, v) * n2 / 0.63 * fudge))
-    return -F * fudge / 0.63 * n2 * 2.0, v
+        return (z, z, z), (z, z, z), (z, z, z)
+    n2, pN = _spot_n2(Na, Nb, Nc, spot)
+    rad = dot(v, v) * n2
+    q = -(Na * Nb * Nc * np.exp(-(rad / 0.63 * fudge))) * fudge / 0.63   # dF/d(rad)
+    ga, gb, gc = q * n2 * 2.0 * dh, q * n2 * 2.0 * dk, q * n2 * 2.0 * dl
+    if spot == 0.0:
+        return ((ga * v[0], ga * v[1], ga * v[2]), (gb * v[0], gb * v[1], gb * v[2]),
+                (gc * v[0], gc * v[1], gc * v[2]))
+    bc, ca, ab = cross(bstar, cstar), cross(cstar, astar), cross(astar, bstar)
+    t = -q * rad * (2.0 / 3.0) / dot(astar, bc)
+    return ((ga * v[0] + t * bc[0], ga * v[1] + t * bc[1], ga * v[2] + t * bc[2]),
+            (gb * v[0] + t * ca[0], gb * v[1] + t * ca[1], gb * v[2] + t * ca[2]),
+            (gc * v[0] + t * ab[0], gc * v[1] + t * ab[1], gc * v[2] + t * ab[2]))

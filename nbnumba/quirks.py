@@ -51,6 +51,8 @@ def c_differences(model) -> List[Tuple[int, str]]:
         out.append((14, "water background with -fluence"))
     if cfg.nopolar and cfg.oversample_polar:
         out.append((15, "-nopolar with -oversample_polar"))
+    if cfg.xtal_shape in ("GAUSS", "TOPHAT"):
+        out.append((16, "gauss/tophat spot size"))
     return out
 
 

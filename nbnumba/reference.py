@@ -473,7 +473,11 @@ def lattice_factor(shape, hkl, idx, Ns, recip, fudge):
         r2 = (d[0] * Na) ** 2 + (d[1] * Nb) ** 2 + (d[2] * Nc) ** 2
         return Na * Nb * Nc * ROUND_NORM * sphere_transform(math.pi * math.sqrt(r2 * fudge))
     dq = d[0] * recip[0] + d[1] * recip[1] + d[2] * recip[2]
-    r2 = float(dq @ dq) * (Na * Nb * Nc) ** 2   # nanoBragg scales by (Na Nb Nc)^2
+    # the radius in units of the crystal's own reciprocal size: |dq|^2 times the
+    # crystal's volume (A^3) to the 2/3 (nanoBragg.c's (Na Nb Nc)^2 is not
+    # dimensionless: docs/quirks.md #16)
+    crystal_volume = Na * Nb * Nc / abs(float(np.linalg.det(np.asarray(recip, dtype=float))))
+    r2 = float(dq @ dq) * crystal_volume ** (2.0 / 3.0)
     if shape == "GAUSS":
         return Na * Nb * Nc * math.exp(-r2 / 0.63 * fudge)
     return Na * Nb * Nc if r2 * fudge < 0.3969 else 0.0

@@ -194,6 +194,115 @@ def test_lattice_factor_peaks_at_Na_Nb_Nc(shape):
     assert np.argmax(crystal) == 2 * 5 + 2
 
 
+
+SPOT_CELLS = [("70 80 90 85 95 105", (5, 5, 5)), ("50 60 120 90 90 90", (10, 6, 3)),
+              ("30 30 30 90 90 90", (5, 5, 5))]
+#: (0.315 pi)^(3/2): the gauss spot's integral over the square crystal's, for a
+#: radius relative to the crystal's size
+GAUSS_INTEGRAL = (0.315 * math.pi) ** 1.5
+
+
+def _mean_F2(shape, model, n):
+    """The mean of F_latt^2 over one reciprocal cell (n^3 midpoints in h, k, l,
+    with the kernels' lattice_factor and the model's spot scale, fopt F_SPOT)."""
+    from numba import njit
+    from nbnumba import physics
+
+    @njit
+    def mean(shape, Na, Nb, Nc, spot, astar, bstar, cstar, n):
+        tot = 0.0
+        for i in range(n):
+            for j in range(n):
+                for q in range(n):
+                    F = physics.lattice_factor(shape, (i + 0.5) / n - 0.5, (j + 0.5) / n - 0.5,
+                                               (q + 0.5) / n - 0.5, 0, 0, 0, Na, Nb, Nc, 1.0,
+                                               spot, astar, bstar, cstar, 1)[0]
+                    tot += F * F
+        return tot / n ** 3
+    c, fopt = model.crystal, model.kernel_args(np.float64)[1]
+    return mean(shape, float(c.Na), float(c.Nb), float(c.Nc), fopt[K.F_SPOT], tuple(c.astar),
+                tuple(c.bstar), tuple(c.cstar), n)
+
+
+@pytest.mark.parametrize("cell, N", SPOT_CELLS)
+def test_gauss_and_tophat_spots_keep_the_square_crystals_integral(cell, N):
+    """Integrated over a reciprocal cell, F_latt^2 of the square crystal is Na Nb Nc
+    (Parseval: the mean of sincg^2 over a period is N).  The gauss and tophat
+    spots keep it, (0.315 pi)^(3/2) = 0.984 and 4 pi 0.63^3 / 3 = 1.047 times,
+    whatever the cell: their radius is relative to the crystal's size,
+    |dr*|^2 (Na Nb Nc V_cell)^(2/3) (docs/quirks.md #16).  Gauss: the midpoint
+    sum over the cell (61^3 points) is exact for the square crystal's
+    trigonometric polynomial and accurate to 1e-5 for the smooth gauss; nanoBragg.c's
+    (Na Nb Nc)^2 (-c_parity) gives 26, 10 and 1.7 times on these cells.  Tophat (a
+    step, which a grid sums poorly): F is Na Nb Nc just inside the radius
+    sqrt(0.3969 / scale) and 0 just outside it, along random directions, whose
+    sphere holds 4 pi 0.63^3 / 3 of the square crystal's integral."""
+    from nbnumba import physics
+    argv = "-cell %s -Na %d -Nb %d -Nc %d -lambda 1 -default_F 1 -detpixels 2" % ((cell,) + N)
+    default, c_rule = build_model(parse(argv)), build_model(parse(argv + " -c_parity"))
+    n, NNN = 61, N[0] * N[1] * N[2]
+    assert _mean_F2(physics.SHAPE_SQUARE, default, n) == pytest.approx(NNN, rel=1e-12)
+    assert _mean_F2(physics.SHAPE_GAUSS, default, n) / NNN == pytest.approx(GAUSS_INTEGRAL,
+                                                                            rel=1e-4)
+    # the C's factor: a ratio far from the square crystal's, different on each cell
+    assert _mean_F2(physics.SHAPE_GAUSS, c_rule, n) / NNN > 1.5
+    # the tophat's edge, from the cell's own volume (A^3; not the kernels' a* . b* x c*)
+    a, b, c, al, be, ga = (float(x) for x in cell.split())
+    ca, cb, cg = (math.cos(math.radians(x)) for x in (al, be, ga))
+    volume = a * b * c * math.sqrt(1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg)
+    edge = math.sqrt(0.3969) / (NNN * volume) ** (1.0 / 3.0)        # 1/A
+    cr = default.crystal
+    real = np.linalg.inv(np.array([cr.astar, cr.bstar, cr.cstar])).T     # rows a, b, c (A)
+    spot = default.kernel_args(np.float64)[1][K.F_SPOT]
+    rng = np.random.default_rng(5)
+    for u in rng.normal(size=(20, 3)):
+        u /= np.linalg.norm(u)
+        for f, want in ((0.999, NNN), (1.001, 0.0)):
+            dh, dk, dl = real @ (f * edge * u)
+            F = physics.lattice_factor(physics.SHAPE_TOPHAT, dh, dk, dl, 0, 0, 0, *map(float, N),
+                                       1.0, spot, tuple(cr.astar), tuple(cr.bstar),
+                                       tuple(cr.cstar), 1)[0]
+            assert F == want, (u, f)
+
+
+# ---- units: every length doubled --------------------------------------------------
+SCALE_BASE = ("-misset 10 20 30 -N 5 -default_F 100 -detpixels 16 -oversample 2 -nonoise "
+              "-nopgm -seed 1 ")
+CRYSTAL_1 = "-cell 70 80 90 85 95 105 -lambda 1.5 -distance 100 -pixel 0.6 "
+CRYSTAL_2 = "-cell 140 160 180 85 95 105 -lambda 3 -distance 100 -pixel 0.6 "
+
+
+@pytest.mark.parametrize("shape", ["-square_xtal", "-round_xtal", "-gauss_xtal", "-tophat_spots"])
+def test_image_unchanged_when_the_wavelength_and_the_cell_double(shape):
+    """Doubling the wavelength and the cell leaves every h = a . S, and so every
+    pixel: the same image bit for bit (a factor of 2 is exact in binary floating
+    point).  The C's gauss and tophat spots, scaled by (Na Nb Nc)^2 (a factor
+    with no length in it), change (docs/quirks.md #16)."""
+    one = nbnumba.simulate_argv((SCALE_BASE + CRYSTAL_1 + shape).split()).float_image
+    two = nbnumba.simulate_argv((SCALE_BASE + CRYSTAL_2 + shape).split()).float_image
+    assert np.count_nonzero(one) >= 10          # (the tophat's spots: 11 pixels)
+    assert np.array_equal(one, two)
+    if shape in ("-gauss_xtal", "-tophat_spots"):
+        c1 = nbnumba.simulate_argv((SCALE_BASE + CRYSTAL_1 + shape + " -c_parity").split())
+        c2 = nbnumba.simulate_argv((SCALE_BASE + CRYSTAL_2 + shape + " -c_parity").split())
+        assert not np.array_equal(c1.float_image, c2.float_image)
+
+
+@pytest.mark.parametrize("extra, factor", [("", 1.0), ("-curved_det", 1.0),
+                                           ("-point_pixel", 0.25)])
+def test_image_unchanged_when_the_detector_doubles(extra, factor):
+    """Doubling the distance, the pixel, the beam centre and the sensor's thickness
+    and attenuation length keeps each pixel's direction, solid angle and
+    absorption: the same image, bit for bit; a point pixel's 1/R^2 falls 4 times."""
+    geom = "-cell 70 80 90 85 95 105 -lambda 1.5 -detector_thicksteps 2 %s " % extra
+    one = nbnumba.simulate_argv((SCALE_BASE + geom + "-distance 50 -pixel 0.3 -Xbeam 2 -Ybeam 3 "
+                                 "-detector_thick 50 -detector_abs 30").split()).float_image
+    two = nbnumba.simulate_argv((SCALE_BASE + geom + "-distance 100 -pixel 0.6 -Xbeam 4 -Ybeam 6 "
+                                 "-detector_thick 100 -detector_abs 60").split()).float_image
+    assert np.count_nonzero(one) > one.size // 2
+    assert np.array_equal(two, (one.astype(np.float64) * factor).astype(np.float32))
+
+
 # ---- linearity ------------------------------------------------------------------
 def test_linear_in_fluence():
     a = kernel64(parse(BASE + "-N 3 -oversample 2 -fluence 1e24"))

@@ -544,6 +544,28 @@ def test_nopolar_wins_over_oversample_polar_in_the_default_mode():
     from nbnumba.quirks import c_differences
     assert [n for n, _ in c_differences(d.model)] == [7, 15] and not c_differences(c.model)
 
+
+# 16 --------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", ["-gauss_xtal", "-tophat_spots"])
+def test_spot_scale_in_both_modes(shape):
+    """The gauss/tophat radius scale (fopt F_SPOT): (Na Nb Nc V_cell)^(2/3) in A^2
+    by default, 0 under -c_parity, which makes the kernels form the C's
+    (Na Nb Nc)^2 in its own order (the golden gauss/tophat cases hold those
+    images bit for bit).  The two modes' images differ, and the note names #16."""
+    from nbnumba.kernels import layout as K
+    from nbnumba.quirks import c_differences
+    extra = [shape, "-Na", "4", "-Nb", "5", "-Nc", "6"]
+    d, c = sim(extra), sim(extra, c_parity=True)
+    cell = d.model.crystal
+    volume = 1.0 / abs(np.dot(cell.astar, np.cross(cell.bstar, cell.cstar)))     # A^3
+    spot = d.model.kernel_args(np.float64)[1][K.F_SPOT]
+    assert spot == pytest.approx((4 * 5 * 6 * volume) ** (2.0 / 3.0), rel=1e-15)
+    assert c.model.kernel_args(np.float64)[1][K.F_SPOT] == 0.0
+    assert np.count_nonzero(d.float_image != c.float_image) > 0
+    assert [n for n, _ in c_differences(d.model)] == [16] and not c_differences(c.model)
+    assert [n for n, _ in c_differences(sim([]).model)] == []
+
+
 def test_error_exit_status_is_the_documented_one(tmp_path, capsys):
     """The CLI docstring and docs/quirks.md promise exit status 2 for every error."""
     from pathlib import Path

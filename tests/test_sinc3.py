@@ -78,7 +78,7 @@ def test_round_lattice_factor_at_a_node_centre(reduced, exact):
     z = np.zeros(3)
     Na, Nb, Nc = 3.0, 4.0, 5.0
     h, k, l = 7.0 + 3e-9, -2.0 - 2e-9, 11.0 + 1e-9
-    F = physics.lattice_factor(physics.SHAPE_ROUND, h, k, l, 7, -2, 11, Na, Nb, Nc, 1.0,
+    F = physics.lattice_factor(physics.SHAPE_ROUND, h, k, l, 7, -2, 11, Na, Nb, Nc, 1.0, 0.0,
                                z, z, z, reduced)[0]
     dh, dk, dl = h - 7, k + 2, l - 11         # as the kernel forms them
     x = math.pi * math.sqrt(dh * dh * Na * Na + dk * dk * Nb * Nb + dl * dl * Nc * Nc)

@@ -75,7 +75,13 @@ full run's pixels inside and 0 outside; a random SMV -mask (0 = skip) 0
 where it is 0 and the full run's pixels elsewhere; -threads 1, -threads k
 and the progress bar's chunks of rows the same image; -fluence twice the
 model's twice the image; without -water and an F table, -default_F doubled
-four times the image.  The doublings are exact in binary floating point
+four times the image; the wavelength and every length of the crystal doubled
+(the cell, -dmin, sample and beam sizes; a -mat matrix carries the wavelength;
+not with -water, whose F(stol) is fixed in 1/A) the same image, since every
+h, k, l stays; every length of the detector doubled (distance, pixel, beam
+centre, origin, size, sensor thickness and attenuation length; scaled copies
+of the line's SMV and source files) the same image, a -point_pixel's a quarter
+of it (META_SCALE).  The doublings are exact in binary floating point
 (each is a factor of every pixel's float64 value: r_e^2 fluence, and F in
 ((F F) F_latt) F_latt) except where the float32 pixel is subnormal, whose
 fixed rounding step allows half a step of the scaled pixel plus k half-steps
@@ -149,15 +155,20 @@ def _inputs(d: Path) -> None:
     _mask(d, 20)
 
 
-def _mask(d: Path, n: int) -> None:
+def _mask(d: Path, n: int, name: str = "m.img", length: float = 1.0,
+          wavelength: float = 1.5) -> None:
     """m.img in d: an n x n SMV mask of the parity target's 10 mm detector,
     every seventh pixel 0; its header also sets the geometry that nanoBragg
-    reads from -img/-mask files."""
+    reads from -img/-mask files.  ``length`` scales the header's lengths
+    (pixel, distance, beam centre; mm) and ``wavelength`` (A) is its
+    WAVELENGTH: the metamorphic target's scaled copies (META_SCALED)."""
     head = ("{\nHEADER_BYTES=512;\nDIM=2;\nBYTE_ORDER=little_endian;\nTYPE=unsigned_short;\n"
-            "SIZE1=%d;\nSIZE2=%d;\nPIXEL_SIZE=%.17g;\nDISTANCE=100;\nWAVELENGTH=1.5;\n"
-            "BEAM_CENTER_X=4.5;\nBEAM_CENTER_Y=5.5;\n}\f" % (n, n, 10.0 / n)).encode()
+            "SIZE1=%d;\nSIZE2=%d;\nPIXEL_SIZE=%.17g;\nDISTANCE=%.17g;\nWAVELENGTH=%.17g;\n"
+            "BEAM_CENTER_X=%.17g;\nBEAM_CENTER_Y=%.17g;\n}\f"
+            % (n, n, length * (10.0 / n), length * 100.0, wavelength, length * 4.5,
+               length * 5.5)).encode()
     pixels = b"".join((0 if i % 7 == 3 else 1).to_bytes(2, "little") for i in range(n * n))
-    (d / "m.img").write_bytes(head.ljust(512, b" ") + pixels)
+    (d / name).write_bytes(head.ljust(512, b" ") + pixels)
 
 
 def _specs() -> list:
@@ -1432,12 +1443,43 @@ META_MAX_SUBPATHS = 2e6
 #: single), added one time in four: the modes target draws none of the port's flags
 META_EXTRAS = ["-precision single"]
 #: the relations, in the order they are checked (metamorphic_check)
-META_RELATIONS = ("roi", "mask", "threads", "fluence", "default_F")
+META_RELATIONS = ("roi", "mask", "threads", "fluence", "default_F", "wavelength", "detector")
 #: the smallest normal float32: above it, scaling by a power of two commutes
 #: with the rounding to float32 (below, the subnormals' fixed step does not)
 FLT_TINY = 2.0 ** -126
 DBL_TINY = 2.0 ** -1022
 META_MASK = "meta_mask.img"
+#: the scale relations: the flags whose values are lengths that scale, by the
+#: canonical spelling: the positions of the values that scale (-cell: a, b, c)
+#: and the factor.  'wavelength' doubles the wavelength and every length of
+#: the crystal (the cell, -dmin, the sample's sizes and the beam that clips
+#: them): each h, k, l and so each pixel stays the same; with -mat the matrix
+#: carries the wavelength, so its cell doubles with it.  'detector' doubles
+#: every length of the detector (distance, pixel, beam centre, origin, size,
+#: sensor thickness and attenuation length): each pixel keeps its direction
+#: and solid angle (pixel^2 cos / R^2), a -point_pixel's 1/R^2 falls 4 times.
+#: A factor of 2 is exact in binary floating point, so the images must agree
+#: bit for bit (META_SCALED's files, the sources' wavelengths and the SMV
+#: header's lengths, are scaled copies).
+META_SCALE = {
+    "wavelength": {"-lambda": ((0,), 2.0), "-energy": ((0,), 0.5), "-cell": ((0, 1, 2), 2.0),
+                   "-dmin": ((0,), 2.0), "-beamsize": ((0,), 2.0),
+                   **{f: ((0,), 2.0) for f in (
+                       "-samplesize", "-sample_thick", "-sample_width", "-sample_height",
+                       "-xtalsize", "-xtal_thick", "-xtal_width", "-xtal_height")}},
+    "detector": {**{f: ((0,), 2.0) for f in (
+        "-distance", "-close_distance", "-Xbeam", "-Ybeam", "-Xclose", "-Yclose", "-detsize",
+        "-detsize_f", "-detsize_s", "-pixel", "-detector_thick", "-detector_abs")},
+        "-pix0_vector": ((0, 1, 2), 2.0), "-pix0_vector_mm": ((0, 1, 2), 2.0)},
+}
+#: the scaled copies of the input files a scale relation reads in place of
+#: the line's: {relation: {flag: file name}}
+META_SCALED = {"wavelength": {"-img": "meta_wave.img", "-mask": "meta_wave.img",
+                              "-sourcefile": "meta_wave_src.txt"},
+               "detector": {"-img": "meta_det.img", "-mask": "meta_det.img"}}
+#: a length the scale relations leave alone: 2x of it may overflow, and
+#: below it the mm -> m (or um -> m) conversions meet the subnormals
+META_SCALE_RANGE = (1e-280, 1e280)
 
 
 def _drop(argv, names) -> list:
@@ -1491,6 +1533,55 @@ def _meta_compare(got, want, what, scale=1):
                         int(differ.sum()), differ.size))
 
 
+def _scale_line(argv, relation, cwd):
+    """(the line with relation's lengths scaled (META_SCALE) and its input files
+    replaced by scaled copies written in cwd (META_SCALED), None), or (None,
+    why) when a value is outside META_SCALE_RANGE or a file cannot be copied."""
+    from nbnumba.flags import _BY_SPELLING, _take
+    table, files = META_SCALE[relation], META_SCALED[relation]
+    lo, hi = META_SCALE_RANGE
+    out, i = [], 0
+    while i < len(argv):
+        sp = _BY_SPELLING.get(argv[i])
+        n = 0 if sp is None else _take(argv[i], sp, argv, i)[1]
+        vals = list(argv[i + 1:i + 1 + n])
+        if sp is not None and sp.name in table:
+            where, k = table[sp.name]
+            for j in where:
+                x = float(vals[j])
+                if math.isinf(x):           # -detector_abs inf: no absorption either way
+                    continue
+                if x != 0.0 and not lo <= abs(x) <= hi:
+                    return None, "%s %s: outside the range scaled" % (argv[i], vals[j])
+                vals[j] = "%.17g" % (k * x)
+        elif sp is not None and sp.name in files:
+            name = files[sp.name]
+            if sp.name == "-sourcefile":
+                # column 5: the wavelength (m); the others as written
+                try:
+                    rows = Path(cwd, vals[0]).read_text().splitlines()
+                except OSError as e:
+                    return None, "%s: %s" % (vals[0], e)
+                text = ""
+                for row in rows:
+                    cols = row.split()
+                    if len(cols) >= 5:
+                        cols[4] = "%.17g" % (2.0 * float(cols[4]))
+                    text += " ".join(cols) + "\n"
+                Path(cwd, name).write_text(text)
+            elif vals[0] == "m.img":
+                from nbnumba.io.smv import read_smv
+                side = read_smv(os.path.join(cwd, vals[0]))[1].shape[1]
+                _mask(Path(cwd), side, name, *((1.0, 3.0) if relation == "wavelength"
+                                               else (2.0, 1.5)))
+            else:
+                return None, "%s %s: no scaled copy" % (argv[i], vals[0])
+            vals[0] = name
+        out += [argv[i]] + vals
+        i += 1 + n
+    return out, None
+
+
 def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
     """(outcome, [(relation, outcome, text), ...]) of one default-mode line:
     its float image (nbnumba.api.simulate_argv) against those of related runs
@@ -1513,7 +1604,13 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
                subnormals);
     default_F  without -water and without an F table (-hkl, Fdump.bin):
                -default_F doubled, 4 x the image (each term is
-               ((F F) F_latt) F_latt).
+               ((F F) F_latt) F_latt);
+    wavelength the wavelength and the crystal's lengths doubled (META_SCALE,
+               _scale_line; -fluence the model's, since -flux with the
+               doubled -beamsize would change it): the same image;
+               skipped with -water;
+    detector   the detector's lengths doubled: the same image, or a quarter
+               of it with -point_pixel ('bounded' as for the doublings).
 
     Each relation's outcome: 'exact', 'bounded' (fluence, default_F: exact
     but at float32 subnormal pixels, within their bound), 'skipped' (text
@@ -1540,9 +1637,9 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
     cfg = m.cfg
     act = np.asarray(m.active) != 0
 
-    def run(extra, drop=(), progress=False):
+    def run(extra, drop=(), progress=False, line=None):
         # (a related run refused where the line ran is a failure: its message)
-        line = _drop(argv, drop) + extra
+        line = (_drop(argv, drop) if line is None else line) + extra
 
         def sim():
             try:
@@ -1645,7 +1742,35 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
             out.append(("default_F", "fail", why))
         else:
             out.append(("default_F",) + _meta_compare(res.float_image, img, "-default_F 2x", 4))
+    # f. the wavelength and the crystal's lengths doubled; g. the detector's
+    for rel in ("wavelength", "detector"):
+        line, why = _scale_line(argv, rel, cwd)
+        if rel == "wavelength" and cfg.water_size != 0.0:
+            # the water's F(stol) is fixed in 1/A: it does not scale with the cell
+            out.append((rel, "skipped", "-water"))
+            continue
+        if why is not None:
+            out.append((rel, "skipped", why))
+            continue
+        if rel == "wavelength":
+            # -flux makes the fluence depend on -beamsize, which scales here
+            line = _drop(line, ("-fluence", "-flux")) + ["-fluence", "%.17g" % m.fluence]
+            if "-beamsize" not in [_canonical(a) for a in line]:
+                line += ["-beamsize", "%.17g" % (2e3 * cfg.beamsize)]
+        scale = 0.25 if rel == "detector" and cfg.point_pixel else 1
+        res, why = run([], line=line)
+        if why is not None:
+            out.append((rel, "fail", why))
+        else:
+            out.append((rel,) + _meta_compare(res.float_image, img, "%s 2x" % rel, scale))
     return "run", out
+
+
+def _canonical(arg):
+    """The canonical spelling of a flag (arg itself when it is none)."""
+    from nbnumba.flags import _BY_SPELLING
+    sp = _BY_SPELLING.get(arg)
+    return arg if sp is None else sp.name
 
 
 def fuzz_metamorphic(seed: int, runs: int, out=sys.stdout, pixels=None) -> dict:
@@ -1661,7 +1786,7 @@ def fuzz_metamorphic(seed: int, runs: int, out=sys.stdout, pixels=None) -> dict:
     counts = {"run": 0, "refused": 0, "heavy": 0}
     for r in META_RELATIONS:
         counts.update({"%s %s" % (r, o): 0 for o in ("exact", "bounded", "skipped", "fail")
-                       if o != "bounded" or r in ("fluence", "default_F")})
+                       if o != "bounded" or r in ("fluence", "default_F", "detector")})
     counts["fail"] = 0
     written = None
     for _ in range(runs):

@@ -559,6 +559,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
     kahn, dmin = fopt[K.F_KAHN], fopt[K.F_DMIN]
     Na, Nb, Nc, fudge = fopt[K.F_NA], fopt[K.F_NB], fopt[K.F_NC], fopt[K.F_FUDGE]
     default_F, I_bg = fopt[K.F_DEFAULT_F], fopt[K.F_I_BG]
+    spot = fopt[K.F_SPOT]
     fdet, sdet, pix0 = _v(vecs, K.V_FDET), _v(vecs, K.V_SDET), _v(vecs, K.V_PIX0)
     polar_axis = _v(vecs, K.V_POLAR)
     astar, bstar, cstar = _v(vecs, K.V_ASTAR), _v(vecs, K.V_BSTAR), _v(vecs, K.V_CSTAR)
@@ -813,11 +814,11 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                         dFh = dFk = dFl = dNa = dNb = dNc = 0.0
                         if deriv:
                             Fl, dFh, dFk, dFl, dNa, dNb, dNc = lattice_factor_grad(
-                                shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
-                                reduced)
+                                shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, spot, astar, bstar,
+                                cstar, reduced)
                         else:
                             Fl = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
-                                                astar, bstar, cstar, reduced)[0]
+                                                spot, astar, bstar, cstar, reduced)[0]
                         ch_ = ck = cl = 0.0     # nearest neighbour: flat in h, k, l
                         if interp and interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
                             Fc = tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l)
@@ -850,12 +851,13 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                                 dsum[dpar[m]] += _mosaic_term(dcells, 9 * m, j, S[0], S[1], S[2],
                                                               Th, Tk, Tl)
                         if shape == SHAPE_GAUSS:   # F also depends on astar, bstar, cstar
-                            q, v = lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb,
-                                                            Nc, fudge, astar, bstar, cstar)
+                            dA, dB, dC = lattice_factor_star_grad(
+                                shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, spot, astar, bstar,
+                                cstar)
                             for m in range(3):
-                                dsum[P_ASTAR + m] += tFl * q * (h - h0) * v[m]
-                                dsum[P_BSTAR + m] += tFl * q * (k - k0) * v[m]
-                                dsum[P_CSTAR + m] += tFl * q * (l - l0) * v[m]
+                                dsum[P_ASTAR + m] += tFl * dA[m]
+                                dsum[P_BSTAR + m] += tFl * dB[m]
+                                dsum[P_CSTAR + m] += tFl * dC[m]
                         if use_rot:
                             for m in range(3):
                                 u = (rot[3 * m, j] * S[0] + rot[3 * m + 1, j] * S[1]

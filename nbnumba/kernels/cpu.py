@@ -29,8 +29,8 @@ from .layout import (  # noqa: F401  (re-exported: K.I_* etc.)
     I_OS_THICK, I_OS_POLAR, I_OS_OMEGA, I_INTERP, I_HKLS, I_HMIN, I_HMAX, I_KMIN, I_KMAX, I_LMIN,
     I_LMAX, I_CPARITY, I_REDUCED, I_FPIXELS, N_IOPT, F_PIXEL, F_SUBPIXEL, F_DISTANCE, F_CLOSE,
     F_THICKSTEP, F_MU, F_THICK, F_KAHN, F_DMIN, F_NA, F_NB, F_NC, F_FUDGE, F_DEFAULT_F, F_I_BG,
-    F_WATER, F_SCALE, F_STEPS, N_FOPT, V_FDET, V_SDET, V_ODET, V_PIX0, V_BEAM, V_POLAR, V_ASTAR,
-    V_BSTAR, V_CSTAR, N_VECS, EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL, EV_SOURCE2,
+    F_WATER, F_SCALE, F_STEPS, F_SPOT, N_FOPT, V_FDET, V_SDET, V_ODET, V_PIX0, V_BEAM, V_POLAR,
+    V_ASTAR, V_BSTAR, V_CSTAR, N_VECS, EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL, EV_SOURCE2,
     TRACE_COLS, BLOCK_MAX_CELLS, block_eligible)
 
 #: LLVM fast-math flags of the hot loops (square crystal, reduced sincg, nearest
@@ -375,8 +375,8 @@ def _axis_factors(work, j, h, k, l, Na, Nb, Nc, reduced):
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
-def _lattice_general(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, bstar, cstar,
-                     reduced):
+def _lattice_general(variant, S, cells, work, shape, Na, Nb, Nc, fudge, spot, astar, bstar,
+                     cstar, reduced):
     """Indices and lattice factors for the other shapes and for nanoBragg.c's
     own sincg (-c_parity float64): strict IEEE."""
     ncell = cells.shape[2]
@@ -387,7 +387,7 @@ def _lattice_general(variant, S, cells, work, shape, Na, Nb, Nc, fudge, astar, b
         h0 = np.int64(np.ceil(h - 0.5 * one))
         k0 = np.int64(np.ceil(k - 0.5 * one))
         l0 = np.int64(np.ceil(l - 0.5 * one))
-        F, fa, fb, fc = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
+        F, fa, fb, fc = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, spot,
                                        astar, bstar, cstar, reduced)
         _store(work, j, h, k, l, F, fa, fb, fc)
 
@@ -556,6 +556,7 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
     thickstep, mu, thick = fopt[F_THICKSTEP], fopt[F_MU], fopt[F_THICK]
     kahn, dmin = fopt[F_KAHN], fopt[F_DMIN]
     Na, Nb, Nc, fudge = fopt[F_NA], fopt[F_NB], fopt[F_NC], fopt[F_FUDGE]
+    spot = fopt[F_SPOT]
     default_F, I_bg, water = fopt[F_DEFAULT_F], fopt[F_I_BG], fopt[F_WATER]
     # (rows indexed here, not through a helper: a helper called with constant
     # rows would be compiled once per row number)
@@ -692,7 +693,7 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                             _lattice_square_fast(variant, S, cells, work, Na, Nb, Nc)
                     else:
                         _lattice_general(variant, S, cells, work, shape, Na, Nb, Nc, fudge,
-                                         astar, bstar, cstar, reduced)
+                                         spot, astar, bstar, cstar, reduced)
                     if lean:
                         # pass 2, common case: nearest-neighbour F and a plain sum
                         # (no per-sub-path state to keep), branch-light

@@ -16,8 +16,8 @@ N_IOPT = 23
 # ---- float option vector (fopt) layout --------------------------------------
 F_PIXEL, F_SUBPIXEL, F_DISTANCE, F_CLOSE, F_THICKSTEP, F_MU, F_THICK = 0, 1, 2, 3, 4, 5, 6
 F_KAHN, F_DMIN, F_NA, F_NB, F_NC, F_FUDGE, F_DEFAULT_F, F_I_BG = 7, 8, 9, 10, 11, 12, 13, 14
-F_WATER, F_SCALE, F_STEPS = 15, 16, 17
-N_FOPT = 18
+F_WATER, F_SCALE, F_STEPS, F_SPOT = 15, 16, 17, 18
+N_FOPT = 19
 
 # ---- vectors (vecs) rows ----------------------------------------------------
 V_FDET, V_SDET, V_ODET, V_PIX0, V_BEAM, V_POLAR, V_ASTAR, V_BSTAR, V_CSTAR = range(9)

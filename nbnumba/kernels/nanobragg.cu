@@ -118,7 +118,8 @@ typedef unsigned char nb_u8;
 #define F_WATER 15
 #define F_SCALE 16
 #define F_STEPS 17
-#define N_FOPT 18
+#define F_SPOT 18
+#define N_FOPT 19
 
 #define V_FDET 0
 #define V_SDET 1
@@ -388,12 +389,21 @@ __device__ real sinc3_accurate(real x) {
     return sinc3(x);
 }
 
+// The gauss/tophat spot's squared radius from |dr*|^2 (physics._spot_radius_sqr):
+// spot (crystal.spot_scale) times it, or 0 for nanoBragg.c's (Na Nb Nc)^2 in its
+// order of multiplication (-c_parity's bits; docs/quirks.md #16)
+template <typename wide>
+__device__ wide spot_radius_sqr(wide r2, wide Na, wide Nb, wide Nc, wide spot) {
+    if (spot == (wide)0.0) return r2 * Na * Na * Nb * Nb * Nc * Nc;
+    return r2 * spot;
+}
+
 // F_latt of one sub-path; *fa, *fb, *fc get the per-axis factors (1 unless
 // SQUARE).  h, k, l, the reciprocal vectors and the spot radius are in
 // `wide`; the sines, cosines and exponentials in `real` (see pixel_value).
 template <typename real, typename wide>
 __device__ real lattice_factor(nb_i64 shape, wide h, wide k, wide l, nb_i64 h0, nb_i64 k0,
-                               nb_i64 l0, real Na, real Nb, real Nc, real fudge,
+                               nb_i64 l0, real Na, real Nb, real Nc, real fudge, wide spot,
                                vec3<wide> astar, vec3<wide> bstar, vec3<wide> cstar,
                                nb_i64 reduced, real* fa, real* fb, real* fc) {
     const real one = (real)1.0;
@@ -453,8 +463,8 @@ __device__ real lattice_factor(nb_i64 shape, wide h, wide k, wide l, nb_i64 h0, 
     const wide dx = dh * astar.x + dk * bstar.x + dl * cstar.x;
     const wide dy = dh * astar.y + dk * bstar.y + dl * cstar.y;
     const wide dz = dh * astar.z + dk * bstar.z + dl * cstar.z;
-    const wide rad_star_sqr =
-        (dx * dx + dy * dy + dz * dz) * wNa * wNa * wNb * wNb * wNc * wNc;
+    const wide rad_star_sqr = spot_radius_sqr<wide>(dx * dx + dy * dy + dz * dz, wNa, wNb, wNc,
+                                                    spot);
     if (shape == SHAPE_GAUSS) {
         return Na * Nb * Nc * nb_exp((real)(-(rad_star_sqr / (wide)0.63 * wfudge)));
     }
@@ -633,6 +643,7 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
     const wide thick = (wide)fopt[F_THICK];
     const wide kahn = (wide)fopt[F_KAHN], dmin = (wide)fopt[F_DMIN];
     const real Na = fopt[F_NA], Nb = fopt[F_NB], Nc = fopt[F_NC], fudge = fopt[F_FUDGE];
+    const wide spot = (wide)fopt[F_SPOT];
     const real default_F = fopt[F_DEFAULT_F], water = fopt[F_WATER];
     const wide I_bg = (wide)fopt[F_I_BG];
     const vec3<wide> fdet = load3w<real, wide>(vecs + 3 * V_FDET);
@@ -754,8 +765,8 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                             const nb_i64 l0 = (nb_i64)nb_ceil(l - (wide)0.5);
                             real fa, fb, fc;
                             const real F_latt = lattice_factor<real, wide>(
-                                shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, astar, bstar, cstar,
-                                reduced, &fa, &fb, &fc);
+                                shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge, spot, astar, bstar,
+                                cstar, reduced, &fa, &fb, &fc);
                             if (lean) {
                                 const real Fc = nearest_F(Fhkl, hkls, hmin, hmax, kmin, kmax, lmin,
                                                           lmax, kdim, ldim, h0, k0, l0, default_F);
@@ -1124,11 +1135,13 @@ __device__ double sinc3_dx_over_x(double x) {
 // g[3..5] = dF/dNa, dNb, dNc
 __device__ double lattice_factor_grad(nb_i64 shape, double h, double k, double l, nb_i64 h0,
                                       nb_i64 k0, nb_i64 l0, double Na, double Nb, double Nc,
-                                      double fudge, vec3<double> astar, vec3<double> bstar,
-                                      vec3<double> cstar, nb_i64 reduced, double* g) {
+                                      double fudge, double spot, vec3<double> astar,
+                                      vec3<double> bstar, vec3<double> cstar, nb_i64 reduced,
+                                      double* g) {
     double fa, fb, fc;
     const double F = lattice_factor<double, double>(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
-                                                    astar, bstar, cstar, reduced, &fa, &fb, &fc);
+                                                    spot, astar, bstar, cstar, reduced, &fa, &fb,
+                                                    &fc);
     if (shape == SHAPE_SQUARE) {
         double ga = 0.0, gb = 0.0, gc = 0.0, gNa = 0.0, gNb = 0.0, gNc = 0.0;
         if (Na > 1) {
@@ -1169,15 +1182,17 @@ __device__ double lattice_factor_grad(nb_i64 shape, double h, double k, double l
         const vec3<double> v = mk<double>(dh * astar.x + dk * bstar.x + dl * cstar.x,
                                           dh * astar.y + dk * bstar.y + dl * cstar.y,
                                           dh * astar.z + dk * bstar.z + dl * cstar.z);
-        const double n2 = Na * Na * Nb * Nb * Nc * Nc;
+        // physics._spot_n2: the scale and its d ln / d ln N per axis
+        const double n2 = spot == 0.0 ? Na * Na * Nb * Nb * Nc * Nc : spot;
+        const double pN = spot == 0.0 ? 2.0 : 2.0 / 3.0;
         const double rad_star_sqr = (v.x * v.x + v.y * v.y + v.z * v.z) * n2;
         const double q = -F * fudge / 0.63;  // dF/d(rad_star_sqr)
         g[0] = q * n2 * 2.0 * dot(v, astar);
         g[1] = q * n2 * 2.0 * dot(v, bstar);
         g[2] = q * n2 * 2.0 * dot(v, cstar);
-        g[3] = F / Na + q * 2.0 * rad_star_sqr / Na;
-        g[4] = F / Nb + q * 2.0 * rad_star_sqr / Nb;
-        g[5] = F / Nc + q * 2.0 * rad_star_sqr / Nc;
+        g[3] = F / Na + q * pN * rad_star_sqr / Na;
+        g[4] = F / Nb + q * pN * rad_star_sqr / Nb;
+        g[5] = F / Nc + q * pN * rad_star_sqr / Nc;
         return F;
     }
     // tophat: flat between its edges (the step's delta is left out)
@@ -1188,23 +1203,33 @@ __device__ double lattice_factor_grad(nb_i64 shape, double h, double k, double l
     return F;
 }
 
-// physics.lattice_factor_star_grad: the gauss shape's q (0 otherwise); *v
-// receives (h-h0) a* + (k-k0) b* + (l-l0) c*
-__device__ double lattice_factor_star_grad(nb_i64 shape, double h, double k, double l,
-                                           nb_i64 h0, nb_i64 k0, nb_i64 l0, double Na, double Nb,
-                                           double Nc, double fudge, vec3<double> astar,
-                                           vec3<double> bstar, vec3<double> cstar,
-                                           vec3<double>* v) {
+// physics.lattice_factor_star_grad: the gauss shape's dF/da*, dF/db*, dF/dc*
+// into d[0..8] (0 for the other shapes): through dr* = (h-h0) a* + ... and,
+// unless spot is the C's (0), through the scale (Na Nb Nc / |a* . b* x c*|)^(2/3)
+__device__ void lattice_factor_star_grad(nb_i64 shape, double h, double k, double l,
+                                         nb_i64 h0, nb_i64 k0, nb_i64 l0, double Na, double Nb,
+                                         double Nc, double fudge, double spot, vec3<double> astar,
+                                         vec3<double> bstar, vec3<double> cstar, double* d) {
+    for (int m = 0; m < 9; ++m) d[m] = 0.0;
+    if (shape != SHAPE_GAUSS) return;
     const double dh = h - (double)h0;
     const double dk = k - (double)k0;
     const double dl = l - (double)l0;
-    *v = mk<double>(dh * astar.x + dk * bstar.x + dl * cstar.x,
-                    dh * astar.y + dk * bstar.y + dl * cstar.y,
-                    dh * astar.z + dk * bstar.z + dl * cstar.z);
-    if (shape != SHAPE_GAUSS) return 0.0;
-    const double n2 = Na * Na * Nb * Nb * Nc * Nc;
-    const double F = Na * Nb * Nc * exp(-(dot(*v, *v) * n2 / 0.63 * fudge));
-    return -F * fudge / 0.63 * n2 * 2.0;
+    const vec3<double> v = mk<double>(dh * astar.x + dk * bstar.x + dl * cstar.x,
+                                      dh * astar.y + dk * bstar.y + dl * cstar.y,
+                                      dh * astar.z + dk * bstar.z + dl * cstar.z);
+    const double n2 = spot == 0.0 ? Na * Na * Nb * Nb * Nc * Nc : spot;
+    const double rad = dot(v, v) * n2;
+    const double q = -(Na * Nb * Nc * exp(-(rad / 0.63 * fudge))) * fudge / 0.63;  // dF/d(rad)
+    const double g[3] = {q * n2 * 2.0 * dh, q * n2 * 2.0 * dk, q * n2 * 2.0 * dl};
+    const double vm[3] = {v.x, v.y, v.z};
+    for (int i = 0; i < 3; ++i)
+        for (int m = 0; m < 3; ++m) d[3 * i + m] = g[i] * vm[m];
+    if (spot == 0.0) return;
+    const vec3<double> bc = cross(bstar, cstar), ca = cross(cstar, astar), ab = cross(astar, bstar);
+    const double t = -q * rad * (2.0 / 3.0) / dot(astar, bc);
+    const double w[9] = {bc.x, bc.y, bc.z, ca.x, ca.y, ca.z, ab.x, ab.y, ab.z};
+    for (int m = 0; m < 9; ++m) d[m] += t * w[m];
 }
 
 // physics.polint4_dx: d/dx of polint4
@@ -1601,6 +1626,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     const double close = fopt[F_CLOSE];
     const double kahn = fopt[F_KAHN], dmin = fopt[F_DMIN];
     const double Na = fopt[F_NA], Nb = fopt[F_NB], Nc = fopt[F_NC], fudge = fopt[F_FUDGE];
+    const double spot = fopt[F_SPOT];
     const double default_F = fopt[F_DEFAULT_F], I_bg = fopt[F_I_BG];
     const vec3<double> fdet = load3w<double, double>(vecs + 3 * V_FDET);
     const vec3<double> sdet = load3w<double, double>(vecs + 3 * V_SDET);
@@ -1816,8 +1842,8 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                         const nb_i64 l0 = (nb_i64)ceil(l - 0.5);
                         double gl[6];
                         const double Fl = lattice_factor_grad(shape, h, k, l, h0, k0, l0, Na, Nb,
-                                                              Nc, fudge, astar, bstar, cstar,
-                                                              reduced, gl);
+                                                              Nc, fudge, spot, astar, bstar,
+                                                              cstar, reduced, gl);
                         vec3<double> cg = zero3;  // nearest F: flat in h, k, l
                         double Fc;
                         if (interp &&
@@ -1860,16 +1886,10 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                         dNb += tFl * gl[4];
                         dNc += tFl * gl[5];
                         if (shape == SHAPE_GAUSS) {  // F_latt also depends on a*, b*, c*
-                            vec3<double> v;
-                            const double q = lattice_factor_star_grad(shape, h, k, l, h0, k0, l0,
-                                                                      Na, Nb, Nc, fudge, astar,
-                                                                      bstar, cstar, &v);
-                            const double vm[3] = {v.x, v.y, v.z};
-                            for (int m = 0; m < 3; ++m) {
-                                dstar[m] += tFl * q * (h - (double)h0) * vm[m];
-                                dstar[3 + m] += tFl * q * (k - (double)k0) * vm[m];
-                                dstar[6 + m] += tFl * q * (l - (double)l0) * vm[m];
-                            }
+                            double d9[9];
+                            lattice_factor_star_grad(shape, h, k, l, h0, k0, l0, Na, Nb, Nc,
+                                                     fudge, spot, astar, bstar, cstar, d9);
+                            for (int m = 0; m < 9; ++m) dstar[m] += tFl * d9[m];
                         }
                         const double th = cF * Th, tk = cF * Tk, tl = cF * Tl;
                         ca[0] += th * Sv.x;
