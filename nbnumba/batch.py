@@ -98,8 +98,10 @@ def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
         command file).  With ``write``, a line that would write a file an
         earlier line writes fails alone, before anything renders (the lines
         run at once: which image ended up there depended on the threads'
-        timing); the Fdump.bin cache is exempt (every line of one -hkl
-        writes the same one).
+        timing).  The Fdump.bin cache counts as an output of each line with
+        -hkl, and lines of one -hkl file may share it (they write the same
+        bytes); a line without -hkl, which reads the cache when it exists,
+        fails when another line writes it.
     labels: names of the lines for those messages (default ``argvs[i]``)."""
     from concurrent.futures import ThreadPoolExecutor
     from .validate import argv_words, resolve_cwd
@@ -194,21 +196,48 @@ def _refuse_shared_outputs(items, cfgs, protect, labels, on_done) -> None:
     in ``protect`` or one that an earlier line writes; cfgs[i] = None for it."""
     from .errors import ConfigError, NBError
     from .io.atomic import check_not_input
-    from .outputs import output_paths
+    from .outputs import _path, output_paths, reads_fdump
+
+    def name(i):
+        return labels[i] if labels else "argvs[%d]" % i
+
+    def hkl_of(cfg):        # the -hkl file a line fills its Fdump.bin cache from
+        return os.path.realpath(_path(cfg, cfg.hklfilename))
+
+    # every cache some line writes: its first writer
+    caches = {}
+    for it in items:
+        cfg = cfgs[it.index]
+        if cfg is not None and cfg.hklfilename and cfg.hkl_grid is None:
+            caches.setdefault(os.path.realpath(_path(cfg, cfg.fdump_path)), it.index)
     seen = {}
     for it in items:
         cfg = cfgs[it.index]
         if cfg is None:
             continue
         try:
-            for what, path in output_paths(cfg):
+            cache = os.path.realpath(_path(cfg, cfg.fdump_path))
+            if reads_fdump(cfg) and cache in caches:
+                raise ConfigError("%s would read the %s cache that %s writes: the lines run at "
+                                  "once, so its F would depend on the timing; give it -hkl, or "
+                                  "run it in another folder"
+                                  % (name(it.index), cfg.fdump_path, name(caches[cache])))
+            for what, path in output_paths(cfg, fdump=True):
                 check_not_input(path, list(protect), what)
                 key = os.path.realpath(path)
+                is_cache = what.startswith("the ")
                 if key in seen and seen[key][0] != it.index:
                     first, first_what = seen[key]
-                    name = labels[first] if labels else "argvs[%d]" % first
+                    if is_cache and first_what == what:
+                        if hkl_of(cfgs[first]) == hkl_of(cfg):
+                            continue            # the same -hkl: the same cache
+                        raise ConfigError("%s would fill the %s cache from -hkl %s, and %s from "
+                                          "-hkl %s: the lines run at once, run them in two "
+                                          "folders" % (name(it.index), cfg.fdump_path,
+                                                       cfg.hklfilename, name(first),
+                                                       cfgs[first].hklfilename))
                     raise ConfigError("%s '%s' is also %s's %s: the lines run at once, give "
-                                      "each its own file" % (what, path, name, first_what))
+                                      "each its own file" % (what, path, name(first), first_what))
                 seen.setdefault(key, (it.index, what))
         except NBError as exc:
             _fail(it, exc)

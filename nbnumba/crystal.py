@@ -218,7 +218,9 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
 
     am, bm, cm = magnitude(a), magnitude(b), magnitude(c)
     asm, bsm, csm = magnitude(astar), magnitude(bstar), magnitude(cstar)
-    if not all(0.0 < x < math.inf for x in (am, bm, cm, asm, bsm, csm, V_cell)):
+    # (|V_cell|: a left-handed -mat matrix has a negative volume, which
+    # nanoBragg.c renders with, as nbnumba does)
+    if not all(0.0 < x < math.inf for x in (am, bm, cm, asm, bsm, csm, abs(V_cell))):
         # an edge of 1e-300 A (or 1e300) passes the flag checks but under- or
         # overflows here: the angles below divide by these lengths
         if recip_from_mat is not None:
@@ -229,6 +231,9 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
         else:
             given = "the cell (volume %g A^3)" % (V_cell * 1e30)
         raise ConfigError(_RANGE % given)
+    if V_cell < 0.0 and not cfg.c_parity:
+        log.append("WARNING: the -mat matrix is left-handed (cell volume %g A^3): h, k, l index "
+                   "a left-handed basis" % (V_cell * 1e30))
     al, be, ga = _clamp_angles(
         (asm * V_cell / bm / cm, bsm * V_cell / am / cm, csm * V_cell / am / bm),
         (dot(b, c) / bm / cm, dot(a, c) / am / cm, dot(a, b) / am / bm))

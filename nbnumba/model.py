@@ -56,6 +56,9 @@ class Model:
     rng: RngState
     used_fdump: bool = False
     log: List[str] = field(default_factory=list)
+    #: HKLGrid.c_stored of the -hkl file: the records nanoBragg.c's second pass
+    #: stores, when fewer than all (docs/quirks.md #17)
+    hkl_c_stored: Optional[int] = None
     fdump_grid: Optional[object] = None
     # filled in by the renderer under -c_parity (single-thread C emulation)
     first_exec_pixel: int = -1
@@ -355,6 +358,7 @@ def build_model(cfg: Config) -> Model:
 
     # ---- structure factors ----------------------------------------------------
     used_fdump = False
+    hkl_c_stored = None
     grid = cfg.hkl_grid
     if grid is not None:
         # a caller-supplied structure-factor grid (F may be numpy/torch/CuPy)
@@ -367,8 +371,9 @@ def build_model(cfg: Config) -> Model:
         # a NaN or infinite F is refused with its line in the default mode;
         # -c_parity reads it as nanoBragg.c's %lg does (its pixels go NaN)
         grid = read_hkl(hklpath, cfg.default_F, memory=memory_limit(cfg),
-                        allow_nonfinite_F=cfg.c_parity)
+                        allow_nonfinite_F=cfg.c_parity, c_second_pass=cfg.c_parity)
         log.extend(getattr(grid, "warnings", []))
+        hkl_c_stored = grid.c_stored
         if cfg.default_F != 0.0:
             log.append("initializing to default_F = %g:" % cfg.default_F)
             log.append("done initializing:")
@@ -449,5 +454,6 @@ def build_model(cfg: Config) -> Model:
                  cells=cells, Fhkl=Fhkl, hkl_bounds=bounds, hkls=hkls, interpolate=interpolate,
                  oversample=oversample, nsteps=nsteps, fluence=fluence, flux=flux, I_bg=I_bg,
                  seed=seed, active=active, rng=rng, used_fdump=used_fdump, log=log,
+                 hkl_c_stored=hkl_c_stored,
                  fdump_grid=grid if hklpath is not None else None)
 

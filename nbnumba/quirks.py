@@ -53,6 +53,8 @@ def c_differences(model) -> List[Tuple[int, str]]:
         out.append((15, "-nopolar with -oversample_polar"))
     if cfg.xtal_shape in ("GAUSS", "TOPHAT"):
         out.append((16, "gauss/tophat spot size"))
+    if model.hkl_c_stored is not None:
+        out.append((17, "-hkl indices that nanoBragg.c re-reads with %d"))
     return out
 
 

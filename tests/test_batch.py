@@ -124,6 +124,35 @@ def test_batch_lines_never_write_the_batch_file_or_each_others_files(tmp_path, c
         "b.txt", "f3.bin", "i1.img", "intimage.img", "same.bin"]
 
 
+
+def test_batch_lines_share_the_fdump_cache_only_from_one_hkl_file(tmp_path, capsys,
+                                                                   monkeypatch):
+    """The Fdump.bin cache that -hkl lines write was exempt from the batch's output
+    check: two -hkl files filled it in either order, and a line without -hkl read
+    it or not depending on the threads' timing (it reads the cache when it exists)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "k.hkl").write_text("0 0 0 1\n")
+    (tmp_path / "k2.hkl").write_text("0 0 0 2\n")
+    p = tmp_path / "b.txt"
+    p.write_text("\n".join(["%s -floatfile a.bin -intfile a.img -hkl k.hkl" % _TINY,
+                            "%s -floatfile b.bin -intfile b.img -hkl k2.hkl" % _TINY,
+                            "%s -floatfile c.bin -intfile c.img -hkl k.hkl" % _TINY,
+                            "%s -floatfile d.bin -intfile d.img" % _TINY,
+                            "%s -floatfile Fdump.bin -intfile e.img -hkl k.hkl" % _TINY]) + "\n")
+    assert cli.main(["--batch", str(p), "--workers", "2"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert ("line 2: error (exit 2): line 2 would fill the Fdump.bin cache from -hkl k2.hkl, and "
+            "line 1 from -hkl k.hkl: the lines run at once, run them in two folders") in out
+    assert ("line 4: error (exit 2): line 4 would read the Fdump.bin cache that line 1 writes: "
+            "the lines run at once, so its F would depend on the timing; give it -hkl, or run it "
+            "in another folder") in out
+    assert any(l.startswith("line 5: error (exit 2): ") and "Fdump.bin" in l for l in out)
+    assert out[-1].startswith("batch: 2 of 5 command lines ok, 3 failed")
+    # what the two lines of k.hkl wrote: k.hkl's F
+    from nbnumba.io.hkl import read_fdump
+    assert float(read_fdump(str(tmp_path / "Fdump.bin")).F.max()) == 1.0
+
+
 def test_batch_cli_bad_requests(tmp_path, capsys):
     assert cli.main(["--batch", str(tmp_path / "missing.txt")]) != 0
     err = capsys.readouterr().err

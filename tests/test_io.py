@@ -384,6 +384,35 @@ def test_read_hkl_duplicates_last_wins_and_noninteger_warning(tmp_path):
     assert g.warnings == ["WARNING: non-integer value for h (1.5) at line 4"]
 
 
+
+@pytest.mark.parametrize("second", ["2.0 3 4 20", "2 3 4.5 20", "2 3 4e0 20", "+2 0x3 4 20"])
+def test_hkl_decimal_indices_in_both_modes(tmp_path, second):
+    """nanoBragg.c re-reads the file with %d%d%d%lg: at an index written 2.0, 4.5,
+    4e0 or 0x3 (a hex float to %lg) the %d after it fails and the loop ends, so
+    F is stored for the records before it only (docs/quirks.md #17).  -c_parity
+    does the same; the default mode stores every record; the bounds come from
+    the first pass in both.  A '+' sign is a C integer."""
+    import nbnumba
+    from nbnumba.quirks import c_differences
+    f = tmp_path / "x.hkl"
+    f.write_text("1 2 3 10\n%s\n1 1 1 30\n" % second)
+    g, c = read_hkl(str(f), default_F=5.0), read_hkl(str(f), default_F=5.0, c_second_pass=True)
+    assert g.c_stored == c.c_stored == 1 and g.hkls == c.hkls == 3
+    assert (g.h_min, g.h_max, g.l_min, g.l_max) == (c.h_min, c.h_max, c.l_min, c.l_max) == (1, 2, 1, 4)
+    at = lambda grid, h, k, l: grid.F[h - grid.h_min, k - grid.k_min, l - grid.l_min]   # noqa: E731
+    assert at(c, 1, 2, 3) == 10.0 and at(c, 2, 3, 4) == 5.0 and at(c, 1, 1, 1) == 5.0
+    assert at(g, 1, 2, 3) == 10.0 and at(g, 2, 3, 4) == 20.0 and at(g, 1, 1, 1) == 30.0
+    f.write_text("1 2 3 10\n+2 3 4 20\n1 1 1 30\n")
+    assert read_hkl(str(f), c_second_pass=True).c_stored is None
+    argv = ("-cell 70 80 90 90 90 90 -N 3 -lambda 1.5 -distance 100 -detpixels 4 -nonoise "
+            "-nopgm -hkl x.hkl").split()
+    f.write_text("1 2 3 10\n%s\n1 1 1 30\n" % second)
+    d = nbnumba.simulate_argv(argv, cwd=str(tmp_path))
+    assert [n for n, _ in c_differences(d.model)] == [17]
+    cp = nbnumba.simulate_argv(argv + ["-c_parity"], cwd=str(tmp_path))
+    assert cp.model.Fhkl[0, 0, 0] == 0.0 and d.model.Fhkl[0, 0, 0] == 30.0    # (1, 1, 1)
+
+
 def test_read_hkl_bad_line_in_middle_names_file_and_line(tmp_path):
     lines = [f"{h} 0 0 {h + 1}.0" for h in range(20)]
     lines[16] = "7 8 oops 9"

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import nbnumba
 from nbnumba import cli
 from nbnumba.errors import ConfigError, NBError
 from nbnumba.io import atomic as A
@@ -558,6 +559,36 @@ def test_output_named_like_the_fdump_cache_refused(work, capsys):
     refused(BASE + ["-hkl", "x.hkl", "-floatfile", "Fdump.bin"], capsys, "Fdump.bin", work)
 
 
+
+@pytest.mark.parametrize("flag", ["-intfile", "-floatfile"])
+def test_output_over_the_fdump_cache_that_the_run_reads_is_refused(work, capsys, flag):
+    """Without -hkl the run reads F from an existing Fdump.bin (as nanoBragg.c
+    does), so the cache is an input: an output of that name used to replace it."""
+    from nbnumba.io.hkl import HKLGrid, write_fdump
+    F = np.full((3, 3, 3), 7.0)      # (the grid is one larger than the index ranges, as in C)
+    write_fdump(str(work / "Fdump.bin"), HKLGrid(0, 1, 0, 1, 0, 1, F, hkls=8))
+    refused(BASE + [flag, "Fdump.bin"], capsys, "Fdump.bin", work)
+
+
+
+def test_left_handed_mat_matrix_renders_as_its_lattice(tmp_path):
+    """A left-handed -mat matrix (negative cell volume) was refused as an under- or
+    overflow; nanoBragg.c renders it.  Its lattice is that of the right-handed
+    matrix with a* (its first column) negated, h -> -h, and sin(N pi h)/sin(pi h)
+    is even in h, so with default_F the image is the same; the default mode warns."""
+    rows = [[-0.0097, 0.0012, 0.0003], [0.0011, 0.0088, -0.0040], [0.0004, 0.0036, 0.0091]]
+    (tmp_path / "L.mat").write_text("".join("%r %r %r\n" % tuple(r) for r in rows))
+    # (a MOSFLM matrix holds a*, b*, c* as its columns)
+    (tmp_path / "R.mat").write_text("".join("%r %r %r\n" % (-r[0], r[1], r[2]) for r in rows))
+    argv = "-N 5 -default_F 100 -distance 100 -detpixels 24 -nonoise -nopgm -lambda 1 -mat".split()
+    left = nbnumba.simulate_argv(argv + ["L.mat"], cwd=str(tmp_path))
+    right = nbnumba.simulate_argv(argv + ["R.mat"], cwd=str(tmp_path))
+    assert left.float_image.sum() > 0
+    np.testing.assert_allclose(left.float_image, right.float_image, rtol=1e-6)
+    assert any("left-handed" in line for line in left.log)
+    assert not any("left-handed" in line for line in right.log)
+
+
 def test_stdout_redirected_to_the_target_is_refused(tmp_path):
     log = tmp_path / "log.txt"
     log.write_text("previous log\n")
@@ -569,6 +600,17 @@ def test_stdout_redirected_to_the_target_is_refused(tmp_path):
     assert "standard output" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert log.read_text() == "previous log\n"
     assert temps(tmp_path) == []
+
+
+
+def test_output_through_a_loop_of_links_is_refused(work, capsys):
+    """fopen() fails on a loop of symbolic links (ELOOP); the non-strict realpath
+    returned the loop's own name, and the run replaced the link with a file."""
+    os.symlink("loop2", str(work / "loop1"))
+    os.symlink("loop1", str(work / "loop2"))
+    line = refused(BASE + ["-floatfile", "loop1"], capsys, "loop1", work)
+    assert "symbolic links" in line
+    assert os.readlink(str(work / "loop1")) == "loop2"
 
 
 def test_char_device_symlink_written_in_place(tmp_path):

@@ -107,6 +107,13 @@ def build_inputs(outdir: Path) -> List[str]:
     tmp_hkl.unlink()
     synth.write_fdump(p("Fdump.bin"), hkl, F, default_F=0.0)
 
+    # cellA.hkl with its indices written "1.0" from the middle on: nanoBragg.c's
+    # second pass ("%d%d%d%lg") stops there (docs/quirks.md #17)
+    lines = (outdir / "cellA.hkl").read_text().splitlines()
+    half = len(lines) // 2
+    Path(p("cellA_decimal.hkl")).write_text("\n".join(
+        lines[:half] + ["%s.0 %s.0 %s.0 %s" % tuple(l.split()) for l in lines[half:]]) + "\n")
+
     # orientation matrices
     synth.write_mosflm_mat(p("cellA.mat"), CELL_A, (5.0, 10.0, 15.0), 1.5)
     synth.write_mosflm_mat(p("pilatus.mat"), CELL_PIL, (20.0, -35.0, 50.0), PIL_LAMBDA)

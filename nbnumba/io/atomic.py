@@ -247,9 +247,16 @@ def remove_stale_temps(directory: str, base: Optional[str] = None) -> int:
 
 
 def _resolve_target(path: str) -> str:
-    # Write through symbolic links, as fopen() would.
+    # Write through symbolic links, as fopen() would: a dangling link names the
+    # file to create, and a loop of links is fopen()'s ELOOP (the non-strict
+    # realpath hands back the loop's own name, and the link was replaced).
     if os.path.islink(path):
-        return os.path.realpath(path)
+        try:
+            return os.path.realpath(path, strict=True)
+        except FileNotFoundError:
+            return os.path.realpath(path)
+        except OSError as e:
+            raise OutputFileError("cannot write '%s': %s" % (path, e.strerror or e)) from None
     return path
 
 

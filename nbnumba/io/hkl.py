@@ -66,6 +66,10 @@ class HKLGrid:
     F: np.ndarray  # float64, shape (h_range+1, k_range+1, l_range+1)
     hkls: int = 0
     warnings: List[str] = field(default_factory=list)
+    #: how many records nanoBragg.c's second pass ("%d%d%d%lg") stores when
+    #: fewer than all: it stops at the first index not written as a C integer
+    #: ('1.0', '1e1', '1.5'); None when it stores them all (docs/quirks.md #17)
+    c_stored: Optional[int] = None
 
     @property
     def h_range(self) -> int:
@@ -84,6 +88,11 @@ class HKLGrid:
 
 
 _SIMPLE_DECIMAL = re.compile(r"[0-9eE.+\-\s]*\Z")
+_W = r"[ \t\r\f\v]"
+#: a non-blank line whose first three words are not all C integers (a sign
+#: and digits): where nanoBragg.c's "%d%d%d%lg" re-read stops
+_NOT_C_INTS = re.compile(r"(?m)^(?!{w}*[+-]?[0-9]+{w}+[+-]?[0-9]+{w}+[+-]?[0-9]+(?:{w}|$)){w}*\S"
+                         .format(w=_W))
 #: bytes that str.split() treats as whitespace in latin-1 text
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[[ord(c) for c in map(chr, range(256)) if c.isspace()]] = True
@@ -156,6 +165,19 @@ def _record_lines(text: str, n: int) -> List[int]:
     return out
 
 
+def _c_stored(text: str, n: int) -> Optional[int]:
+    """How many of the n records nanoBragg.c's second pass stores, when fewer:
+    %d reads '1.0' as 1 and then fails on '.0', so the loop ends at the first
+    record with such an index (its first pass, %lg, read them all).  None when
+    it stores every record."""
+    m = _NOT_C_INTS.search(text)
+    if m is None:
+        return None
+    line = text.count("\n", 0, m.start()) + 1
+    stored = sum(1 for x in _record_lines(text, n) if x < line)
+    return stored if stored < n else None
+
+
 def _nonint_warnings(hkl: np.ndarray, text: str) -> List[str]:
     """C's warning text, but with the file's 1-based line (C prints its 0-based
     record count there, which is the line before, or no line at all when the
@@ -175,19 +197,21 @@ def _nonint_warnings(hkl: np.ndarray, text: str) -> List[str]:
 
 
 def read_hkl(path, default_F: float = 0.0, memory=None,
-             allow_nonfinite_F: bool = False) -> HKLGrid:
+             allow_nonfinite_F: bool = False, c_second_pass: bool = False) -> HKLGrid:
     """Read an ``h k l F`` text file into nanoBragg's structure-factor grid.
 
     ``memory``: optional (bytes, description) limit; a grid whose index ranges
     need more is refused before it is allocated (see nbnumba.validate).
     ``allow_nonfinite_F``: read a NaN or infinite F as nanoBragg.c does
-    (``-c_parity``); by default it is refused with the file's line."""
+    (``-c_parity``); by default it is refused with the file's line.
+    ``c_second_pass``: store F only for the records nanoBragg.c's second pass
+    reads (``-c_parity``; HKLGrid.c_stored); by default every record."""
     name, raw = read_bytes(path)
-    return parse_hkl(raw, name, default_F, memory, allow_nonfinite_F)
+    return parse_hkl(raw, name, default_F, memory, allow_nonfinite_F, c_second_pass)
 
 
 def parse_hkl(data: bytes, name: str, default_F: float = 0.0, memory=None,
-              allow_nonfinite_F: bool = False) -> HKLGrid:
+              allow_nonfinite_F: bool = False, c_second_pass: bool = False) -> HKLGrid:
     """read_hkl of a file's bytes; name is the file's name in messages."""
     text = data.decode("latin-1")
     if "\n" not in text and "\r" in text:
@@ -232,6 +256,7 @@ def parse_hkl(data: bytes, name: str, default_F: float = 0.0, memory=None,
                 f"{format_g(rec[n, 3])} is not finite (h k l = {format_g(hkl[n, 0])} "
                 f"{format_g(hkl[n, 1])} {format_g(hkl[n, 2])})")
     warn = _nonint_warnings(hkl, text) + warn
+    n_records = int(rec.shape[0])
 
     # C keeps the running minima/maxima in ints (truncation toward zero);
     # since truncation is monotonic this equals truncating the float extremes.
@@ -253,6 +278,9 @@ def parse_hkl(data: bytes, name: str, default_F: float = 0.0, memory=None,
     if default_F != 0.0:  # NaN counts as "set", like C's test
         F[: ranges[0], : ranges[1], : ranges[2]] = default_F
 
+    c_stored = _c_stored(text, int(rec.shape[0]))
+    if c_second_pass and c_stored is not None:
+        rec, hkl = rec[:c_stored], hkl[:c_stored]     # the C's bounds, its F of these only
     idx = np.trunc(hkl).astype(np.int64) - np.array(lo, dtype=np.int64)
     flat = np.ravel_multi_index((idx[:, 0], idx[:, 1], idx[:, 2]), F.shape)
     # later duplicates win, as in the C loop
@@ -261,7 +289,7 @@ def parse_hkl(data: bytes, name: str, default_F: float = 0.0, memory=None,
     keep = len(flat) - 1 - first_in_rev
     F.reshape(-1)[flat[keep]] = rec[keep, 3]
 
-    return HKLGrid(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2], F, int(rec.shape[0]), warn)
+    return HKLGrid(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2], F, n_records, warn, c_stored)
 
 
 # ---------------------------------------------------------------------------
