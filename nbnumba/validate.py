@@ -359,7 +359,7 @@ def _check_geometry(cfg) -> None:
         if min(roi) < 0:
             raise ConfigError("-roi %d %d %d %d: pixel indices must be >= 0" % roi)
     if cfg.max_memory < 0.0:
-        raise ConfigError("-max_memory must be > 0 MB")
+        raise ConfigError("-max_memory must be >= 0 MB (0, the default, is the available memory)")
 
 
 def check_config(cfg) -> None:

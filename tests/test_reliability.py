@@ -390,10 +390,12 @@ def test_fuzz_modes_agree_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, 
 def test_fuzz_metamorphic_holds_and_a_broken_relation_is_reported(tmp_path, monkeypatch, capsys):
     """tools/fuzz.py metamorphic: 8 drawn default-mode lines (8 x 8 pixels) keep
     every relation bit for bit (a -roi sub-box, a random -mask, -threads,
-    doubled fluence, doubled default_F); with the -roi runs' images shifted one
-    pixel along the fast axis the lines fail on 'roi', one line each (the
-    worst pixel, both values), and the exit status is 1; a doubled-fluence
-    image one ulp off at one pixel fails 'fluence'."""
+    doubled fluence, doubled default_F, the wavelength with the crystal's
+    lengths doubled, the detector's lengths doubled); with the -roi runs'
+    images shifted one pixel along the fast axis the lines fail on 'roi', one
+    line each (the worst pixel, both values), and the exit status is 1; a
+    doubled-fluence image one ulp off at one pixel fails 'fluence', and a
+    doubled detector's image 1.5 times too bright fails 'detector'."""
     from nbnumba import api
     fz = _fuzz_tool()
     monkeypatch.chdir(tmp_path)
@@ -431,6 +433,18 @@ def test_fuzz_metamorphic_holds_and_a_broken_relation_is_reported(tmp_path, monk
     fails = [ln for ln in out if ln.startswith("FAIL")]
     assert fails and all(" :: fluence: -fluence 2x: pixel (" in ln and "1 of 64 pixels" in ln
                          for ln in fails), out
+
+    def far(argv, *a, **k):         # the doubled detector's run, its image not kept
+        res = real(argv, *a, **k)
+        argv = list(argv)
+        if argv[argv.index("-distance") + 1] == "200":
+            res.float_image = res.float_image * np.float32(1.5)
+        return res
+    monkeypatch.setattr(api, "simulate_argv", far)
+    assert fz.main(args) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    fails = [ln for ln in out if ln.startswith("FAIL")]
+    assert fails and all(" :: detector: detector 2x: pixel (" in ln for ln in fails), out
 
 
 def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, host_build):

@@ -1500,11 +1500,11 @@ def _meta_compare(got, want, what, scale=1):
     """(outcome, text) of an image against the one a relation predicts:
     'exact' when bit-identical, else 'fail' with the worst pixel, both values
     and how many pixels differ.  ``scale`` k (a power of two): ``want`` is the
-    unscaled image and the prediction k x want, exact wherever want is 0 or a
-    normal float32; where it is subnormal (|want| < FLT_TINY) the rounding of
-    the float64 pixel to float32 has a fixed step, 2^-149, so float32(k t) and
-    k float32(t) may differ by half a step of the first plus k half-steps of
-    the second ('bounded' when some pixel needed that)."""
+    unscaled image and the prediction k x want, exact wherever want and got are
+    0 or normal float32s; where one is subnormal (below FLT_TINY) the rounding
+    of the float64 pixel to float32 has a fixed step, 2^-149, so float32(k t)
+    and k float32(t) may differ by half a step of the first plus k half-steps
+    of the second ('bounded' when some pixel needed that)."""
     import numpy as np
     got = np.asarray(got, dtype=np.float32)
     pred = (np.asarray(want, dtype=np.float64) * scale).astype(np.float32)   # exact or inf
@@ -1517,7 +1517,8 @@ def _meta_compare(got, want, what, scale=1):
     outcome = "fail"
     if scale != 1:
         w = np.asarray(want, dtype=np.float32)
-        sub = np.abs(w) < FLT_TINY
+        # (k < 1, -point_pixel's quarter: the scaled pixel is the subnormal one)
+        sub = (np.abs(w) < FLT_TINY) | (np.abs(got) < FLT_TINY)
         bound = 0.5 * np.spacing(np.abs(got)).astype(np.float64) \
             + scale * 0.5 * np.spacing(np.abs(w)).astype(np.float64)
         bad = differ & ~(sub & (d <= bound))
@@ -1529,7 +1530,7 @@ def _meta_compare(got, want, what, scale=1):
     return outcome, ("%s: pixel %s: %.9g against %.9g%s, %d of %d pixels differ"
                      % (what, tuple(int(i) for i in where), float(got[where]),
                         float(want[where]) * scale,
-                        " (%d x %.9g)" % (scale, float(want[where])) if scale != 1 else "",
+                        " (%g x %.9g)" % (scale, float(want[where])) if scale != 1 else "",
                         int(differ.sum()), differ.size))
 
 
