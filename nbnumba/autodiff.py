@@ -400,7 +400,11 @@ class _Run:
 
     def __init__(self, argv, vals, needs_grad, F_values, keep_jac=True):
         from .model import build_model
+        from .validate import argv_words
         _check_values(vals, needs_grad, F_values)
+        # (a list once: an iterator would be used up by the parse, and the
+        # -twotheta test below then saw no flags at all)
+        argv = [str(a) for a in argv_words(argv)]
         cfg0 = _parse(argv)
         if "twotheta" in vals and "-twotheta" not in [str(a) for a in argv]:
             # as -twotheta appended to argv: it selects the SAMPLE pivot (with
@@ -1010,13 +1014,18 @@ def _as_tensor(torch, name, v):
         x = _as_values(name, v)
         # (flat for the vector keywords; F_hkl keeps its grid's shape)
         t = torch.as_tensor(x.reshape(np.shape(v)) if name == "F_hkl" else x)
+    if t.layout != torch.strided or t.is_meta:
+        # (sparse, mkldnn or meta: torch's own error came from reading the values)
+        raise ConfigError("%s=: expected a dense tensor with values, got a %s tensor"
+                          % (name, "meta" if t.is_meta else str(t.layout).replace("torch.", "")))
     if _is_functorch(torch, t):
         # a torch.func transform's wrapper has no storage for the host code to read
         raise ConfigError("%s=: nbnumba.autodiff does not work under torch.func transforms "
                           "(grad, vjp, jacrev, jvp, vmap): use loss.backward() or "
                           "torch.autograd.grad, and nbnumba.autodiff.jacobian for the "
                           "per-pixel Jacobian" % name)
-    if not t.is_floating_point():
+    if t.dtype not in (torch.float64, torch.float32):
+        # (float16 and bfloat16 too: a gradient in half precision was returned)
         raise ArgumentTypeError("%s= must be a float64 or float32 tensor (got %s)"
                                 % (name, t.dtype))
     _check_size(name, t.numel())
@@ -1132,8 +1141,9 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     a loss over it then costs what its pixels cost (slicing the full image
     makes torch build a zero-filled gradient of the whole frame).
 
-    Output dtype: float32 if every keyword tensor is float32, else float64
-    (computed in float64 either way); device: that of the keyword tensors.
+    Output dtype: float32 if every keyword given as a tensor is float32, else
+    float64 (computed in float64 either way; numbers and arrays do not count);
+    device: that of the keyword tensors.
     Raises ConfigError for a configuration whose gradient is not modelled
     when any keyword requires grad (see docs/autodiff.md)."""
     torch = _torch()
@@ -1152,8 +1162,12 @@ def simulate(argv, cell=None, misset=None, distance=None, beam_center=None, wave
     if "F_hkl" in tensors:
         F_values = tensors["F_hkl"].detach().to("cpu", torch.float64).numpy()
     needs_grad = tuple(k for k, t in tensors.items() if t.requires_grad)
-    dtypes = {t.dtype for t in tensors.values()}
-    devices = {t.device for t in tensors.values()}
+    # the caller's tensors decide the image's dtype and device (plain numbers
+    # and arrays, read as float64 on the CPU, do not: a float32 cell with
+    # distance=100.0 gave float64)
+    theirs = [t for k, t in tensors.items() if isinstance(given[k], torch.Tensor)]
+    dtypes = {t.dtype for t in theirs}
+    devices = {t.device for t in theirs}
     if len(devices) > 1:
         raise ArgumentValueError("keyword tensors are on several devices: %s"
                                  % sorted(map(str, devices)))

@@ -450,13 +450,15 @@ def run(opts: SFOptions, out=None, err=None) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or any(a in ("-h", "-help", "--help") for a in argv):
-        print(USAGE)
-        return 0 if argv else 2
     # stderr closed (2>&-): print(file=None) put the summary line (or the error)
-    # into the HKL text on stdout; stdout closed: an AttributeError traceback
+    # into the HKL text on stdout; stdout closed: an AttributeError traceback.
+    # The usage text goes through the same guard (a full disk or a reader that
+    # left was a traceback there too).
     with quiet_broken_pipes(stdout_error=OutputFileError):
         try:
+            if not argv or any(a in ("-h", "-help", "--help") for a in argv):
+                print(USAGE)
+                return 0 if argv else 2
             return run(parse_sf_argv(argv))
         except NBError as exc:
             print("%s: error: %s" % (PROG, exc), file=sys.stderr)

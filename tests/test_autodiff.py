@@ -1789,6 +1789,16 @@ def test_jacobian_keyword_values_are_config_errors_naming_the_keyword(kw, msg):
 @pytest.mark.parametrize("kw, msg", _NONSENSE + [
     (dict(cell=[70.0, 80.0]), "^cell= takes 6 values"),                             # ValueError
     (dict(N=torch.tensor([4, 4, 4])), "^N= must be a float64 or float32 tensor"),  # TypeError
+    # accepted before, with a float16 gradient returned
+    (dict(distance=torch.tensor([100.0], dtype=torch.float16, requires_grad=True)),
+     r"^distance= must be a float64 or float32 tensor \(got torch.float16\)$"),
+    (dict(distance=torch.tensor([100.0], dtype=torch.bfloat16)),
+     r"^distance= must be a float64 or float32 tensor \(got torch.bfloat16\)$"),
+    # torch's own TypeError / NotImplementedError from reading the values before
+    (dict(N=torch.tensor([4.0, 4, 4], dtype=torch.float64).to_sparse()),
+     "^N=: expected a dense tensor with values, got a sparse_coo tensor$"),
+    (dict(N=torch.empty(3, dtype=torch.float64, device="meta")),
+     "^N=: expected a dense tensor with values, got a meta tensor$"),
 ])
 def test_simulate_keyword_values_are_config_errors_naming_the_keyword(kw, msg):
     # numpy's ValueError/TypeError from inside the conversion before; the size and
@@ -1816,6 +1826,21 @@ def test_jacobian_keyword_none_means_not_given():
     assert set(J) == {"N"} and np.array_equal(img, ref_img) and np.array_equal(J["N"], ref_J["N"])
     assert np.abs(J["N"]).max() > 0
 
+
+def test_argv_as_an_iterator_and_plain_numbers_beside_float32_tensors():
+    """An iterator argv was used up by the parse, so the twotheta= keyword forced the
+    SAMPLE pivot that a list keeps off (-twotheta and -pivot beam in argv): a
+    different image.  A plain number beside float32 tensors made the image float64,
+    where the documented dtype is that of the keyword tensors."""
+    argv = BASE + ["-beam_vector", "1", "0", "0", "-twotheta", "5", "-pivot", "beam"]
+    ref = simulate(argv, twotheta=[5.0])
+    assert torch.equal(simulate(iter(argv), twotheta=[5.0]), ref)
+    other = simulate(argv + ["-pivot", "sample"], twotheta=[5.0])   # (what the iterator gave)
+    assert float((other - ref).abs().max()) > 0.1 * float(ref.max())
+    cell = torch.tensor(VALUES["cell"], dtype=torch.float32)
+    assert simulate(BASE, cell=cell, distance=100.0).dtype == torch.float32
+    assert simulate(BASE, cell=cell.double(), distance=100.0).dtype == torch.float64
+    assert simulate(BASE, distance=100.0).dtype == torch.float64
 
 def test_argv_given_as_one_string_is_refused():
     # its characters were taken for words: "unknown flag '-'"

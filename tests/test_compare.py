@@ -430,6 +430,112 @@ def test_input_paths_resolved(tmp_path, monkeypatch, capsys):
     assert code == 0, err
 
 
+SUBSTRING_C = r'''#!{python}
+"""Stand-in for nanoBragg.c's flag reading: like C it tests every argument that
+starts with '-' by substring, reads the file after any '-hkl'/'-img' match,
+writes the one after any '-intfile'/'-intimage' match, then a fixed image."""
+import sys
+import numpy as np
+args = sys.argv[1:]
+float_name = "floatimage.bin"
+for i, a in enumerate(args[:-1]):
+    if not a.startswith("-"):
+        continue
+    if "-hkl" in a or "-img" in a:
+        try:
+            open(args[i + 1]).close()
+        except OSError as exc:
+            sys.exit("ERROR: cannot read %s: %s" % (args[i + 1], exc.strerror))
+    if "-intfile" in a or "-intimage" in a:
+        with open(args[i + 1], "w") as fh:
+            fh.write("written by the stand-in")
+    if "-floatfile" in a:
+        float_name = args[i + 1]
+sys.stdout.write("stand-in (4x4 pixels)\n")
+np.ones((4, 4), np.float32).tofile(float_name)
+'''
+
+
+def substring_pair(tmp_path, monkeypatch):
+    """The C program and the port both replaced by SUBSTRING_C (returns the
+    path to pass as --c-bin)."""
+    path = tmp_path / "substring_c"
+    path.write_text(SUBSTRING_C.format(python=sys.executable))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    monkeypatch.setattr(compare.C, "port_command", lambda args: [str(path), *args])
+    return str(path)
+
+
+def test_c_substring_output_flag_is_written_in_scratch(tmp_path, monkeypatch, capsys):
+    """nanoBragg.c takes -intfile_x for -intfile (strstr): its absolute name
+    was passed on unchanged and C overwrote the caller's file."""
+    c = substring_pair(tmp_path, monkeypatch)
+    keep = tmp_path / "keep.img"
+    keep.write_text("precious")
+    before = sorted(os.listdir(tmp_path))
+    code, out, err = run(tmp_path, monkeypatch, capsys, ["--c-bin", c, "--outdir", "cmp"],
+                         FLAGS + ["-intfile_x", str(keep)])
+    assert code == 0, err
+    assert keep.read_text() == "precious"
+    assert sorted(os.listdir(tmp_path)) == sorted(before + ["cmp"])
+    s = strict_json(only_dir(tmp_path / "cmp") / "summary.json")
+    i = s["c_cmd"].index("-intfile_x")
+    assert s["c_cmd"][i + 1] == "keep.img"
+
+
+def test_py_args_output_flag_is_written_in_scratch(tmp_path, monkeypatch, capsys):
+    """--py-args went to the port unresolved: -intfile /abs/path wrote there."""
+    c = substring_pair(tmp_path, monkeypatch)
+    keep = tmp_path / "keep.img"
+    keep.write_text("precious")
+    code, out, err = run(tmp_path, monkeypatch, capsys,
+                         ["--c-bin", c, "--outdir", "cmp", "--py-args", f"-intimage {keep}"])
+    assert code == 0, err
+    assert keep.read_text() == "precious"
+
+
+@pytest.mark.parametrize("flag", ["-hkl_x", "-img2"])
+def test_c_substring_input_flag_is_made_absolute(tmp_path, monkeypatch, capsys, flag):
+    """-hkl_x/-img2 are C's -hkl/-img: a relative name was passed on as it was
+    typed and C, in its scratch folder, could not read it (exit 6)."""
+    c = substring_pair(tmp_path, monkeypatch)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "t.hkl").write_text("1 0 0 10\n")
+    code, out, err = run(tmp_path, monkeypatch, capsys, ["--c-bin", c, "--outdir", "cmp"],
+                         FLAGS + [flag, "in/t.hkl"])
+    assert code == 0, err
+    s = strict_json(only_dir(tmp_path / "cmp") / "summary.json")
+    assert s["c_cmd"][s["c_cmd"].index(flag) + 1] == str(tmp_path / "in" / "t.hkl")
+
+
+@pytest.mark.parametrize("flags,needle", [
+    # both an input (-hkl) and an output (-intfile) flag to C: no path serves both
+    (["-hkl-intfile", "x.img"], "argument -hkl-intfile: nanoBragg.c reads it as both"),
+    # the value is itself C's -intfile: made absolute it would no longer be a flag
+    (["-hkl", "-intfile_x", "out.img"], "argument -hkl: its file name '-intfile_x' is also"),
+])
+def test_line_that_cannot_stay_in_scratch_is_refused(tmp_path, monkeypatch, capsys, flags,
+                                                     needle):
+    code, out, err = run(tmp_path, monkeypatch, capsys,
+                         ["--c-bin", str(tmp_path / "no_such_program"), "--outdir", "cmp"],
+                         FLAGS + flags)
+    assert code == 2
+    assert needle in one_line_error(err)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_resolve_paths_follows_cs_reading_of_the_flags(tmp_path):
+    from nbnumba.tools import _common as C
+    cwd = str(tmp_path)
+    out = C.resolve_paths(["-noiseimage.x", "/a/n.img", "-pgmfile2", "d/p.pgm",
+                           "-mask_x", "m.img", "-Q", "q.txt", "-Qx", "q2.txt",
+                           # C's -Na block ends with `continue`: -intfile is never tested
+                           "-Na-intfile", "/a/kept"], cwd)
+    assert out == ["-noiseimage.x", "n.img", "-pgmfile2", "p.pgm",
+                   "-mask_x", os.path.join(cwd, "m.img"), "-Q", os.path.join(cwd, "q.txt"),
+                   "-Qx", "q2.txt", "-Na-intfile", "/a/kept"]
+
+
 def test_console_script_entry_point():
     """`nb-compare` -> nbnumba.tools.compare:main (declared in pyproject.toml)."""
     text = (REPO / "pyproject.toml").read_text()

@@ -497,6 +497,28 @@ def test_nexus_master_reads_the_frames_of_a_prefix_with_percent(prefix, tmp_path
     assert np.array_equal(stack[0], frames[0]) and np.array_equal(stack[1], frames[1])
 
 
+@pytest.mark.parametrize("prefix, formats", [("é", "smv,cbf,nexus"), ("a\udcff b", "smv,cbf")])
+def test_non_ascii_prefix_writes_every_format(prefix, formats, tmp_path, capsys):
+    # fabio names the CIF data block after the file and writes it as ASCII:
+    # every frame failed with a UnicodeEncodeError after rendering, so
+    # smv,cbf,nexus wrote the .img alone
+    out = tmp_path / "na"
+    rc, o = run(["--frames", 1, "--osc-per-frame", 0.1, "--workers", 0, "--out", out,
+                 "--format", formats, "--prefix", prefix] + SMALL, capsys)
+    assert rc == 0, o.err
+    exts = {"smv": ".img", "cbf": ".cbf", "nexus": ".h5"}
+    for fmt in formats.split(","):
+        assert (out / ("%s_00001%s" % (prefix, exts[fmt]))).is_file(), fmt
+    cbf_path = out / ("%s_00001.cbf" % prefix)
+    meta, data = cbf_fmt.read_frame(cbf_path)
+    _, smv = read_smv(out / ("%s_00001.img" % prefix))
+    assert data.shape == (32, 32) and data.sum() > 0
+    assert np.array_equal(data, smv.astype(np.int64) - 40)     # the pedestal removed
+    blocks = [ln for ln in cbf_path.read_bytes().split(b"\r\n") if ln.startswith(b"data_")]
+    assert blocks == [b"data_" + cbf_fmt.data_block_file_name(prefix + "_00001").encode("ascii")]
+    assert all(33 <= c <= 126 for c in blocks[0])
+
+
 @pytest.mark.parametrize("jitter, flags", [
     (["--jitter-N", "1e306"], ["-N", "1000000", "-oversample", "1"]),   # N overflowed
     (["--jitter-cell", "1e307"], ["-cell", "1000", "1000", "1000", "90", "90", "90"]),

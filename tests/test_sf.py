@@ -345,6 +345,47 @@ def test_stdout_errors(tmp_path, capsys, monkeypatch):
     assert len(err) == 1 and err[0].startswith("nbnumba-sf: 1236 reflections to 3 A")
 
 
+@pytest.mark.parametrize("argv,usage_status", [(["-h"], 0), ([], 2)])
+def test_usage_text_on_a_broken_stdout(capsys, monkeypatch, argv, usage_status):
+    # the usage was printed before the stdout guard: an OSError (full disk) or
+    # BrokenPipeError traceback, exit 1
+    monkeypatch.setattr(sys, "stdout", _Full(OSError(errno.ENOSPC, "No space left on device")))
+    assert sf.main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "nbnumba-sf: error: cannot write to standard output: No space left on device"]
+    # a reader that left: silence, and the status the usage has anyway
+    monkeypatch.setattr(sys, "stdout", _Full(BrokenPipeError(errno.EPIPE, "Broken pipe")))
+    assert sf.main(argv) == usage_status
+    assert capsys.readouterr().err == ""
+
+
+def _sf_env():
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
+        os.path.dirname(os.path.dirname(os.path.abspath(sf.__file__))), os.environ.get("PYTHONPATH")])))
+
+
+def test_help_to_a_pipe_whose_reader_left_is_silent_in_a_real_process():
+    # `nbnumba-sf -h | true`: a BrokenPipeError traceback, exit 1
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)              # the reader is gone before anything is written
+    try:
+        r = subprocess.run([sys.executable, "-m", "nbnumba.sf", "-h"], stdout=w_fd,
+                           stderr=subprocess.PIPE, text=True, env=_sf_env(), timeout=120)
+    finally:
+        os.close(w_fd)
+    assert (r.returncode, r.stderr) == (0, "")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_help_to_dev_full_is_one_line_in_a_real_process():
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "nbnumba.sf", "-h"], stdout=full,
+                           stderr=subprocess.PIPE, text=True, env=_sf_env(), timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == ["nbnumba-sf: error: cannot write to standard output: "
+                                     "No space left on device"]
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_dev_full_is_one_line_in_a_real_process(tmp_path):
     # what Python flushes at exit must not fail again ("Exception ignored ...")

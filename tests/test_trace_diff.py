@@ -370,6 +370,32 @@ def test_cli_usage_and_io_errors_exit_2(tmp_path):
     assert r.returncode == 2 and "cannot write" in r.stderr
 
 
+@pytest.mark.parametrize("extra", [[], ["--strict-keys"]])
+def test_logs_sharing_no_key_are_an_input_error_not_a_match(tmp_path, capsys, extra):
+    # "keys compared: 0 ... verdict: **MATCH**", exit 0 (with --strict-keys: DIVERGED, exit 1)
+    c = tmp_path / "c.log"
+    c.write_text("TRACE_C: omega 1\n")
+    py = tmp_path / "py.log"
+    py.write_text(_as_py(_text(SIMPLE)))
+    out_json = tmp_path / "o.json"
+    rc = trace_diff.main([str(c), str(py), "--json", str(out_json)] + extra)
+    cap = capsys.readouterr()
+    assert rc == 2 and cap.out == ""
+    err = cap.err.strip()
+    assert "\n" not in err and err.startswith(
+        f"nbnumba-trace-diff: error: {c} and {py} share no trace key and no per-phi row: "
+        f"nothing to compare (keys only in {c}: 1 (omega); only in {py}: ")
+    assert not out_json.exists()
+    # the report of such a pair (the probe writes one) does not say MATCH either
+    md = render_markdown(diff_traces(_text(c), _text(py)))
+    assert "- keys compared: 0," in md and "verdict: **NOTHING COMPARED**" in md
+    assert "MATCH" not in md and "nothing was compared" in md
+    # one key in common is a comparison: as before
+    c.write_text(next(ln for ln in _text(SIMPLE).splitlines() if ln.startswith("TRACE_C: F_cell "))
+                 + "\n")
+    assert trace_diff.main([str(c), str(py), "-q"]) == 0
+
+
 # ----------------------------------------------------------------------------- robustness
 
 

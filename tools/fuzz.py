@@ -321,15 +321,16 @@ def fuzz_files(seed: int, runs: int, out=sys.stdout) -> dict:
 
 def _call(fn) -> tuple:
     """(fn()'s result, None), or (None, why) when the call broke the promise:
-    why is "refused" for an NBError (or the ValueError / TypeError of a misused
-    keyword), else the exception and the line it came from, or the first
-    warning it gave."""
+    why is "refused" for an NBError (the ValueError / TypeError of a misused
+    keyword is one too: ArgumentValueError, ArgumentTypeError), else the
+    exception and the line it came from (a ValueError or TypeError from numpy
+    or torch included: it was counted 'refused'), or the first warning it gave."""
     from nbnumba.errors import NBError
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             result = fn()
-        except (NBError, ValueError, TypeError):
+        except NBError:
             return None, "refused"
         except Heavy:
             return None, "heavy"

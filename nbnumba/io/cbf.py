@@ -90,12 +90,25 @@ def miniheader(geom: FrameGeometry, info: FrameInfo) -> str:
     return "\r\n".join(lines)
 
 
+def data_block_file_name(name: str) -> str:
+    """The name fabio is given for a file called ``name``: its base name with
+    every character that is not printable, non-blank ASCII replaced by ``_``.
+
+    fabio names the CIF data block after the file (``data_<stem>``) and writes
+    the CIF text as ASCII: a non-ASCII name (``--prefix é``) was a
+    UnicodeEncodeError, and a blank is no part of a CIF block name."""
+    base = os.path.basename(name)
+    if base in ("", ".", ".."):
+        return "image.cbf"
+    return "".join(c if "!" <= c <= "~" else "_" for c in base)
+
+
 def cbf_bytes(name: str, image: np.ndarray, geom: FrameGeometry, info: FrameInfo) -> bytes:
     """The complete file, as fabio writes it for a file called ``name``.
 
     fabio only writes to a path (and names the CIF data block after it), so the
-    file is written under its final base name in a private temporary directory
-    and read back.
+    file is written in a private temporary directory, under the ASCII form of
+    its base name (:func:`data_block_file_name`), and read back.
     """
     from ..extras import require
     CbfImage = require("fabio.cbfimage", "writing miniCBF").CbfImage
@@ -114,7 +127,7 @@ def cbf_bytes(name: str, image: np.ndarray, geom: FrameGeometry, info: FrameInfo
               "_array_data.header_contents": miniheader(geom, info)}
     cimg = CbfImage(data=data, header=header)
     with tempfile.TemporaryDirectory(prefix="nbnumba-cbf-") as tmp:
-        p = os.path.join(tmp, os.path.basename(name))
+        p = os.path.join(tmp, data_block_file_name(name))
         cimg.write(p)
         with open(p, "rb") as fh:
             return fh.read()
@@ -206,4 +219,4 @@ def read_frame(path) -> Tuple[Dict[str, object], np.ndarray]:
 
 
 __all__ = ["write_frame", "read_frame", "cbf_bytes", "miniheader", "parse_miniheader",
-           "is_pilatus_size", "pedestal_counts"]
+           "is_pilatus_size", "pedestal_counts", "data_block_file_name"]

@@ -7,6 +7,9 @@ port), each in its own scratch directory.  To make that safe and repeatable:
   into absolute paths against the caller's working directory;
 * output files (``-floatfile``, ``-intfile``, ...) are reduced to their base
   names so that nothing is written outside the scratch directory;
+* both rules follow nanoBragg.c's reading of the flags, which matches them by
+  substring: ``-intfile_x out.img`` names C's -intfile too (a line on which
+  one argument both reads and writes a file is refused, exit 2);
 * ``Fdump.bin`` (read silently by nanoBragg.c when ``-hkl`` is absent) is
   copied into the scratch directory when the caller's directory has one.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import hashlib
 import os
 import re
@@ -118,20 +122,65 @@ def flag_values(args: Sequence[str], names: Iterable[str], nargs: int) -> Option
     return found
 
 
+@functools.lru_cache(maxsize=None)
+def _c_block_roles() -> Tuple[frozenset, frozenset]:
+    """(labels of nanoBragg.c's input-file blocks, labels of its output-file
+    blocks), taken from what the exact spellings trigger, so that they follow
+    nbnumba.flags' table of the C option loop."""
+    from nbnumba.flags import c_blocks_matching
+    ins = frozenset(lab for f in INPUT_FLAGS for lab in c_blocks_matching(f))
+    outs = frozenset(lab for f in OUTPUT_FLAGS for lab in c_blocks_matching(f))
+    return ins, outs
+
+
+def c_file_role(arg: str) -> Tuple[bool, bool]:
+    """(reads a file, writes a file): what nanoBragg.c does with the argument
+    after ``arg``.  C tests every argument that starts with '-' (values too)
+    with strstr, so ``-intfile_x`` is its -intfile; the exact spellings of
+    INPUT_FLAGS/OUTPUT_FLAGS are a subset of this."""
+    if not arg.startswith("-"):
+        return False, False
+    from nbnumba.flags import c_blocks_matching
+    ins, outs = _c_block_roles()
+    labels = set(c_blocks_matching(arg))
+    return bool(labels & ins), bool(labels & outs)
+
+
 def resolve_paths(args: Sequence[str], cwd: str) -> List[str]:
-    """Absolute input paths (against ``cwd``) and base-name-only output paths."""
+    """Absolute input paths (against ``cwd``) and base-name-only output paths,
+    for every argument nanoBragg.c takes as an input or output flag (the port
+    reads a subset of these spellings).  A line this cannot make safe is a
+    usage error (ToolError, exit 2)."""
+    from nbnumba.flags import c_blocks_matching
+    args = list(args)
     out = list(args)
-    for i, a in enumerate(out[:-1]):
-        v = out[i + 1]
-        if a in INPUT_FLAGS and not os.path.isabs(v):
-            out[i + 1] = os.path.abspath(os.path.join(cwd, v))
-        elif a in OUTPUT_FLAGS:
-            out[i + 1] = os.path.basename(v.rstrip("/\\")) or "out"
+    for i, a in enumerate(args[:-1]):
+        reads, writes = c_file_role(a)
+        if not (reads or writes):
+            continue
+        v = args[i + 1]
+        if reads and writes:
+            # one value both read and written: no path serves both, in scratch or not
+            raise ToolError(f"argument {a}: nanoBragg.c reads it as both an input and an "
+                            f"output file flag (it matches flags by substring); no one path "
+                            f"for its file keeps the run inside the scratch directory", 2)
+        if reads:
+            new = v if os.path.isabs(v) else os.path.abspath(os.path.join(cwd, v))
+        else:
+            new = os.path.basename(v.rstrip("/\\")) or "out"
+        if new != v and c_blocks_matching(v):
+            # the value is itself a flag to C: rewriting it would change the line's meaning
+            raise ToolError(f"argument {a}: its file name {v!r} is also a flag to nanoBragg.c; "
+                            f"cannot make it {'absolute' if reads else 'a base name'}", 2)
+        out[i + 1] = new
     return out
 
 
 def with_floatfile(args: Sequence[str], name: str = "float.bin") -> List[str]:
-    """Force the float image to ``name`` (in the run directory)."""
+    """Force the float image to ``name`` (in the run directory).  Other
+    spellings C reads as -floatfile (``-floatfile_x``) may stay: the flag
+    added last wins in C and in the port, and resolve_paths has already made
+    their names base names."""
     return strip_flag(args, FLOAT_FLAGS, 1) + ["-floatfile", name]
 
 

@@ -37,8 +37,12 @@ Options:
 Each program runs in its own empty temporary directory.  Input files named by
 -hkl/-mat/-img/-mask/-sourcefile/-stol are passed as absolute paths (resolved
 against the current directory), output file names are reduced to base names,
-and ``-floatfile float.bin`` is forced so both float images can be read.  The
-image shape comes from the ``(FxS pixels)`` line each program prints.
+and ``-floatfile float.bin`` is forced so both float images can be read.  Both
+rules cover every argument nanoBragg.c reads as such a flag (it matches flags
+by substring: -intfile_x is its -intfile), in --py-args too; a line they cannot
+make safe (one argument both an input and an output flag to C, as -hkl-intfile)
+is a usage error.  The image shape comes from the ``(FxS pixels)`` line each
+program prints.
 
 With --roi the box is checked against the detector size the port reads from
 the flags (no rendering) before anything runs or any folder is made; a flag the
@@ -589,6 +593,8 @@ def compare(opts: argparse.Namespace, flags: List[str], cwd: Optional[str] = Non
     device = getattr(opts, "device", "cpu") or "cpu"
     if device == "cuda":
         py_extra += ["-device", "cuda"]
+    # the port's own flags may name files too: they stay in its scratch folder
+    py_extra = C.resolve_paths(py_extra, cwd)
 
     run_flags = C.with_floatfile(C.resolve_paths(flags, cwd), "float.bin")
     if opts.roi is not None:

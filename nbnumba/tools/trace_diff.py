@@ -34,7 +34,10 @@ The reported component ``rel`` is ``|a-b| / max(|a|,|b|)`` (0 when both are
 
 Exit status: 0 no divergence, 1 divergence found, 2 usage or I/O error (one
 line on stderr).  Keys present in only one log are listed but do not count
-as a divergence unless ``--strict-keys`` is given.
+as a divergence unless ``--strict-keys`` is given.  Two logs that share no
+key and no per-phi row are an input error (exit 2, nothing written): nothing
+was compared, so neither MATCH nor DIVERGED would be true (a report made of
+such a pair by :func:`render_markdown` says NOTHING COMPARED).
 
 A per-phi line neither program prints (``phi_tic=nan``, ``phi_tic=1.5``, a
 field that is not ``name=number``) is an input error naming the log, the line
@@ -294,6 +297,11 @@ class DiffResult:
         return [k for k in self.keys if k.diverged]
 
     @property
+    def nothing_compared(self) -> bool:
+        """No key and no per-phi row is in both logs (a MATCH would be vacuous)."""
+        return not self.keys and not self.phi
+
+    @property
     def diverged(self) -> bool:
         if self.first_divergence is not None:
             return True
@@ -491,13 +499,19 @@ def render_markdown(result: DiffResult, max_list: int = 40, max_phi_rows: int = 
         f"per-φ rows compared: {len(r.phi)}, diverging: {n_phi_div}"
     )
     L.append(f"- keys only in {r.c_label}: {len(r.only_in_c)}, only in {r.py_label}: {len(r.only_in_py)}")
-    L.append(f"- verdict: **{'DIVERGED' if r.diverged else 'MATCH'}**")
+    if r.nothing_compared:
+        verdict = "NOTHING COMPARED"      # (before DIVERGED: --strict-keys counts the lists)
+    else:
+        verdict = "DIVERGED" if r.diverged else "MATCH"
+    L.append(f"- verdict: **{verdict}**")
     L.append("")
 
     L.append("## First divergence")
     L.append("")
     fd = r.first_divergence
-    if fd is None:
+    if r.nothing_compared:
+        L.append("None: the logs share no key and no per-φ row, so nothing was compared.")
+    elif fd is None:
         L.append("None: every key present in both logs agrees within tolerance.")
     else:
         L.append(
@@ -603,6 +617,14 @@ def _read(path: str) -> str:
         raise ToolError(f"cannot read {path}: {exc.strerror or exc}", 2) from None
 
 
+def _some(names: Sequence[str], n: int = 3) -> str:
+    """``len`` and the first ``n`` names, for a one-line message."""
+    if not names:
+        return "none"
+    more = ", ..." if len(names) > n else ""
+    return f"{len(names)} ({', '.join(names[:n])}{more})"
+
+
 def _check_outputs(args) -> list[tuple[str, str]]:
     """The ``(option, path)`` outputs, refused before anything is read or written
     when one is an input log (``--json c.log`` replaced the log), two name one
@@ -639,6 +661,12 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     result = diff_traces(traces[0], traces[1], args.tol, args.atol,
                          strict_keys=args.strict_keys)
     result.c_source, result.py_source = args.c_log, args.py_log
+    if result.nothing_compared:
+        # an input error like a log without trace lines: "MATCH, exit 0" was vacuous
+        raise ToolError(f"{args.c_log} and {args.py_log} share no trace key and no per-phi row: "
+                        f"nothing to compare (keys only in {args.c_log}: "
+                        f"{_some(result.only_in_c)}; only in {args.py_log}: "
+                        f"{_some(result.only_in_py)}); are they traces of the same pixel?", 2)
     md = render_markdown(result)
     texts = {"--markdown": md,
              "--json": json.dumps(result.to_json_dict(), indent=2, ensure_ascii=False) + "\n"}

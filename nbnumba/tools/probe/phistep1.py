@@ -52,13 +52,15 @@ def _phistep1(outdir, base, py_mode, roi, roi_args, trace_args, c_bin, S, F, opt
     info["I_before_scaling_py"] = pt.scalar("I_before_scaling")
     if c_text is not None:
         d = diff_traces(c_text, py_text, opts.tol)
-        info["diverged"] = d.diverged
+        info["diverged"] = d.diverged or d.nothing_compared
         info["first_divergence"] = d.first_divergence.name if d.first_divergence else None
         ct = parse_trace(c_text)
         info["I_before_scaling_c"] = ct.scalar("I_before_scaling")
         info["n_diverging_keys"] = len(d.divergences)
         info["diverging_keys"] = [k.name for k in d.divergences]
-        N.append(f"trace verdict: {'DIVERGED' if d.diverged else 'MATCH'} (tol {opts.tol:g})")
+        verdict = ("NOTHING COMPARED" if d.nothing_compared else
+                   "DIVERGED" if d.diverged else "MATCH")
+        N.append(f"trace verdict: {verdict} (tol {opts.tol:g})")
         N.append(f"first divergence: {info['first_divergence']}")
         N.append(f"diverging keys: {', '.join(info['diverging_keys']) or 'none'}")
         N.append(f"I_before_scaling C {_g(info['I_before_scaling_c'])} port {_g(info['I_before_scaling_py'])}")

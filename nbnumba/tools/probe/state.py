@@ -56,4 +56,5 @@ class ProbeState:
 
     @property
     def diverged(self) -> bool:
-        return bool(self.diff is not None and self.diff.diverged)
+        # (two traces that share no key prove nothing: not a match)
+        return bool(self.diff is not None and (self.diff.diverged or self.diff.nothing_compared))
