@@ -86,9 +86,16 @@ def spot_scale(c_rule, Na, Nb, Nc, astar, bstar, cstar) -> float:
     v = abs(float(np.dot(astar, np.cross(bstar, cstar))))
     if v == 0.0:            # (a flat cell: refused before any kernel runs)
         return math.inf
-    # cbrt, not ** (2/3): cbrt(8 x) = 2 cbrt(x) exactly, so the scale keeps its
-    # bits when every length doubles (tools/fuzz.py metamorphic, 'wavelength')
-    r = float(np.cbrt(Na * Nb * Nc / v))
+    # the cube root of x = m 2^(3q + k) as cbrt(m 2^k) 2^q: 8 x then gives exactly
+    # twice the root (libm's cbrt(8 x) differs from 2 cbrt(x) by an ulp about one
+    # time in a hundred), so the scale keeps its bits when every length doubles
+    # (tools/fuzz.py metamorphic, 'wavelength')
+    x = Na * Nb * Nc / v
+    if not 0.0 < x < math.inf:
+        return x
+    m, e = math.frexp(x)
+    q, k = divmod(e, 3)
+    r = math.ldexp(float(np.cbrt(math.ldexp(m, k))), q)
     return r * r
 
 
