@@ -86,17 +86,21 @@ def spot_scale(c_rule, Na, Nb, Nc, astar, bstar, cstar) -> float:
     v = abs(float(np.dot(astar, np.cross(bstar, cstar))))
     if v == 0.0:            # (a flat cell: refused before any kernel runs)
         return math.inf
-    # the cube root of x = m 2^(3q + k) as cbrt(m 2^k) 2^q: 8 x then gives exactly
-    # twice the root (libm's cbrt(8 x) differs from 2 cbrt(x) by an ulp about one
-    # time in a hundred), so the scale keeps its bits when every length doubles
-    # (tools/fuzz.py metamorphic, 'wavelength')
-    x = Na * Nb * Nc / v
+    r = cube_root(Na * Nb * Nc / v)
+    return r * r
+
+
+def cube_root(x: float) -> float:
+    """x^(1/3) for x > 0 (x itself for 0 and inf), taken as cbrt(m 2^k) 2^q for
+    x = m 2^(3q + k): 8 x then gives exactly twice the root, so the spot scale
+    keeps its bits when every length doubles (tools/fuzz.py metamorphic,
+    'wavelength'); libm's cbrt(8 x) is an ulp off 2 cbrt(x) for about 1 % of
+    arguments."""
     if not 0.0 < x < math.inf:
         return x
     m, e = math.frexp(x)
     q, k = divmod(e, 3)
-    r = math.ldexp(float(np.cbrt(math.ldexp(m, k))), q)
-    return r * r
+    return math.ldexp(float(np.cbrt(math.ldexp(m, k))), q)
 
 
 def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
