@@ -355,9 +355,9 @@ def test_fuzz_modes_agree_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, 
     from nbnumba import api
     fz = _fuzz_tool()
     monkeypatch.chdir(tmp_path)
-    assert fz.main(["modes", "--seed", "3", "--runs", "12", "--pixels", "10"]) == 0
+    assert fz.main(["modes", "--seed", "6", "--runs", "12", "--pixels", "10"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("modes, seed 3: agree ") and last.endswith("fail 0"), last
+    assert last.startswith("modes, seed 6: agree ") and last.endswith("fail 0"), last
     agree = int(last.split("agree ")[1].split(",")[0])
     assert agree >= 6, last
     fz._inputs(tmp_path)
@@ -371,7 +371,7 @@ def test_fuzz_modes_agree_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, 
         img, omega = real(model, *a, **k)
         return (img if model.cfg.c_parity else img * np.float32(1.0001)), omega
     monkeypatch.setattr(api, "render_float", off)
-    assert fz.main(["modes", "--seed", "3", "--runs", "12", "--pixels", "10"]) == 1
+    assert fz.main(["modes", "--seed", "6", "--runs", "12", "--pixels", "10"]) == 1
     out = capsys.readouterr().out.strip().splitlines()
     fails = [ln for ln in out if ln.startswith("FAIL")]
     # (a line whose image is all zeros, or all below the bound's floor, agrees still)
