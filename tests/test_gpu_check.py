@@ -104,9 +104,10 @@ def test_gpu_check_through_fake_cupy(tmp_path, monkeypatch, host_build):
             assert r["ulp_vs_cpu"] <= r["allowed_ulp_vs_cpu"] == gpu.FAST_MAX_ULP[r["precision"]], r
         else:
             assert r["bit_identical_to_cpu"] is True and r["allowed_ulp_vs_cpu"] == 0, r
-    # -c_parity float64 (phi_zero_carryover, hkl_interpolate_out_of_range) is strict
+    # -c_parity float64 (phi_zero_carryover, hkl_interpolate_out_of_range, binary_spots:
+    # docs/quirks.md #16) is strict
     strict = [r for r in gold["rows"] if r["mode"] == "c_parity" and r["precision"] == "float64"]
-    assert len(strict) == 2 and all(not r["cpu_fast_math"] and r["bit_identical_to_cpu"] for r in strict)
+    assert len(strict) == 3 and all(not r["cpu_fast_math"] and r["bit_identical_to_cpu"] for r in strict)
     assert gold["summary"]["float64"]["pass"] == gold["summary"]["float32"]["pass"] == 4
     tp = steps["throughput"]
     assert tp["ok"] is True
