@@ -82,6 +82,9 @@ class Detector:
     # nanoBragg.c's detector-setup trace ("key=value", TRACE_C:key=value in the
     # C), in its order, as lines or functions that format them (see trace)
     trace_items: List[object] = field(default_factory=list)
+    #: the default mode kept the side of a non-unit -odet_vector where
+    #: nanoBragg.c's fdet x sdet points the other way (docs/quirks.md #18)
+    odet_side_kept: bool = False
 
     @property
     def trace(self) -> List[str]:
@@ -239,9 +242,18 @@ def build_detector(cfg, trace=True) -> Detector:
     sdet, _ = unitize(sdet)
     odet_u, omag = unitize(odet)
     odet = odet_u
+    odet_side_kept = False
     if omag != 1.0:
+        # nanoBragg.c replaces any -odet_vector whose length is not exactly 1 (a
+        # unit vector in rounded decimals, a turned frame) by fdet x sdet: in a
+        # left-handed frame (ADXV's, DENZO's) that faces the other way, and the
+        # detector turns its back to the sample.  The default mode keeps the
+        # given vector's side of the plane (docs/quirks.md #18).
         log.append("WARNING: auto-generating odet_vector")
-        odet, _ = unitize(cross(fdet, sdet))
+        gen, _ = unitize(cross(fdet, sdet))
+        if not cfg.c_parity and dot(gen, odet_u) < 0.0:
+            gen, odet_side_kept = (-gen[0], -gen[1], -gen[2]), True
+        odet = gen
     polar, _ = unitize(polar)
     spindle, _ = unitize(spindle)
     vert, _ = unitize(cross(beam, polar))
@@ -365,4 +377,5 @@ def build_detector(cfg, trace=True) -> Detector:
                     Sclose=Sclose, ORGX=ORGX, ORGY=ORGY, dials_origin=dials_origin,
                     twotheta=twotheta, rotx=rotx, roty=roty, rotz=rotz, roi=tuple(roi),
                     curved=cfg.curved_detector, point_pixel=cfg.point_pixel,
-                    xds_incident=xds_incident, log=log, trace_items=trace)
+                    xds_incident=xds_incident, log=log, trace_items=trace,
+                    odet_side_kept=odet_side_kept)

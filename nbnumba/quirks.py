@@ -55,6 +55,8 @@ def c_differences(model) -> List[Tuple[int, str]]:
         out.append((16, "gauss/tophat spot size"))
     if model.hkl_c_stored is not None:
         out.append((17, "-hkl indices that nanoBragg.c re-reads with %d"))
+    if model.det.odet_side_kept:
+        out.append((18, "-odet_vector of a left-handed detector frame"))
     return out
 
 

@@ -216,7 +216,10 @@ def detector(cfg):
     beam, f, s = _unit(beam)[0], _unit(f)[0], _unit(s)[0]
     o, on = _unit(o)
     if on != 1.0:
-        o = _unit(np.cross(f, s))[0]
+        # nanoBragg's normal for a -odet_vector not of length 1, on the given
+        # vector's side (the C's may face the other way: docs/quirks.md #18)
+        g = _unit(np.cross(f, s))[0]
+        o = -g if float(g @ o) < 0.0 else g
     pol, spin = _unit(pol)[0], _unit(spin)[0]
     Rxyz = xyz_rotation(cfg.detector_rotx, cfg.detector_roty, cfg.detector_rotz)
     R = axis_rotation(tt, cfg.detector_twotheta) @ Rxyz

@@ -587,6 +587,31 @@ def test_spot_scale_doubles_its_root_exactly():
         assert s == pytest.approx((N[0] * N[1] * N[2] / abs(np.dot(a, np.cross(b, c))))
                                   ** (2.0 / 3.0), rel=1e-14)
 
+
+# 18 --------------------------------------------------------------------------
+def test_non_unit_odet_keeps_its_side_in_the_default_mode():
+    """nanoBragg.c replaces a -odet_vector whose length is not exactly 1 by fdet x sdet;
+    in a left-handed frame (ADXV's, here as custom vectors) that is the opposite
+    normal.  Found by tools/fuzz.py metamorphic ('rotation': a turned frame's
+    rounded normal is an ulp off length 1, and the run was refused as facing away).
+    The default mode keeps the given side: the same image as the unit vector."""
+    from nbnumba import parse_argv
+    from nbnumba.geometry import build_detector
+    from nbnumba.quirks import c_differences
+    adxv = ["-beam_vector", "0", "0", "1", "-fdet_vector", "1", "0", "0", "-sdet_vector", "0",
+            "-1", "0", "-polar_vector", "1", "0", "0", "-spindle_axis", "1", "0", "0"]
+    unit = sim(adxv + ["-odet_vector", "0", "0", "1"])
+    for odet in (["0", "0", "2"], ["0", "0.6", "0.8000001"]):
+        d = sim(adxv + ["-odet_vector"] + odet)
+        if odet[0] == "0" and odet[1] == "0":
+            np.testing.assert_array_equal(d.float_image, unit.float_image)
+        assert d.model.det.odet == (0.0, 0.0, 1.0)
+        assert 18 in [n for n, _ in c_differences(d.model)]
+        c = build_detector(parse_argv(BASE + adxv + ["-odet_vector"] + odet + ["-c_parity"]))
+        assert c.odet == (0.0, 0.0, -1.0) and not c.odet_side_kept      # the C's fdet x sdet
+    assert 18 not in [n for n, _ in c_differences(unit.model)]
+
+
 def test_error_exit_status_is_the_documented_one(tmp_path, capsys):
     """The CLI docstring and docs/quirks.md promise exit status 2 for every error."""
     from pathlib import Path

@@ -391,18 +391,20 @@ def test_fuzz_metamorphic_holds_and_a_broken_relation_is_reported(tmp_path, monk
     """tools/fuzz.py metamorphic: 8 drawn default-mode lines (8 x 8 pixels) keep
     every relation bit for bit (a -roi sub-box, a random -mask, -threads,
     doubled fluence, doubled default_F, the wavelength with the crystal's
-    lengths doubled, the detector's lengths doubled); with the -roi runs'
-    images shifted one pixel along the fast axis the lines fail on 'roi', one
-    line each (the worst pixel, both values), and the exit status is 1; a
-    doubled-fluence image one ulp off at one pixel fails 'fluence', and a
-    doubled detector's image 1.5 times too bright fails 'detector'."""
+    lengths doubled, the detector's lengths doubled) and, to 1e-5, the model's
+    geometry as explicit vectors, turned or not; with the -roi runs' images
+    shifted one pixel along the fast axis the lines fail on 'roi', one line
+    each (the worst pixel, both values), and the exit status is 1; a
+    doubled-fluence image one ulp off at one pixel fails 'fluence', a doubled
+    detector's image 1.5 times too bright fails 'detector', and a turned
+    experiment whose beam was left as it was fails 'rotation'."""
     from nbnumba import api
     fz = _fuzz_tool()
     monkeypatch.chdir(tmp_path)
-    args = ["metamorphic", "--seed", "3", "--runs", "8", "--pixels", "8"]
+    args = ["metamorphic", "--seed", "6", "--runs", "8", "--pixels", "8"]
     assert fz.main(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("metamorphic, seed 3: run ") and last.endswith("fail 0"), last
+    assert last.startswith("metamorphic, seed 6: run ") and last.endswith("fail 0"), last
     ran = int(last.split("run ")[1].split(",")[0])
     assert ran >= 5 and "roi exact %d," % ran in last and "threads exact %d," % ran in last, last
     real = api.simulate_argv
@@ -437,7 +439,7 @@ def test_fuzz_metamorphic_holds_and_a_broken_relation_is_reported(tmp_path, monk
     def far(argv, *a, **k):         # the doubled detector's run, its image not kept
         res = real(argv, *a, **k)
         argv = list(argv)
-        if argv[argv.index("-distance") + 1] == "200":
+        if "-distance" in argv and argv[argv.index("-distance") + 1] == "200":
             res.float_image = res.float_image * np.float32(1.5)
         return res
     monkeypatch.setattr(api, "simulate_argv", far)
@@ -445,6 +447,20 @@ def test_fuzz_metamorphic_holds_and_a_broken_relation_is_reported(tmp_path, monk
     out = capsys.readouterr().out.strip().splitlines()
     fails = [ln for ln in out if ln.startswith("FAIL")]
     assert fails and all(" :: detector: detector 2x: pixel (" in ln for ln in fails), out
+    monkeypatch.setattr(api, "simulate_argv", real)
+    whole = fz._vectors_line
+
+    def unturned_beam(argv, m, turn, cwd):     # every vector turned but the beam's
+        line = whole(argv, m, turn, cwd)
+        i = line.index("-beam_vector")
+        line[i + 1:i + 4] = ["%.17g" % x for x in m.det.beam]
+        return line
+    monkeypatch.setattr(fz, "_vectors_line", unturned_beam)
+    assert fz.main(args) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    fails = [ln for ln in out if ln.startswith("FAIL")]
+    assert fails and all(" :: rotation: rotation: pixel (" in ln for ln in fails), out
+    assert "vectors fail 0," in out[-1], out[-1]
 
 
 def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, host_build):

@@ -81,7 +81,12 @@ not with -water, whose F(stol) is fixed in 1/A) the same image, since every
 h, k, l stays; every length of the detector doubled (distance, pixel, beam
 centre, origin, size, sensor thickness and attenuation length; scaled copies
 of the line's SMV and source files) the same image, a -point_pixel's a quarter
-of it (META_SCALE).  The doublings are exact in binary floating point
+of it (META_SCALE); and, to META_CLOSE_REL, the line with its geometry
+stated as the model's own vectors (detector axes and origin, beam,
+polarization and spindle axes, the crystal as a MOSFLM matrix: a check of
+every convention, pivot and rotation flag) and the same turned by a random
+rotation (the sources too; not with mosaic domains or -curved_det, which
+nanoBragg defines in the lab frame).  The doublings are exact in binary floating point
 (each is a factor of every pixel's float64 value: r_e^2 fluence, and F in
 ((F F) F_latt) F_latt) except where the float32 pixel is subnormal, whose
 fixed rounding step allows half a step of the scaled pixel plus k half-steps
@@ -1444,12 +1449,15 @@ META_MAX_SUBPATHS = 2e6
 #: single), added one time in four: the modes target draws none of the port's flags
 META_EXTRAS = ["-precision single"]
 #: the relations, in the order they are checked (metamorphic_check)
-META_RELATIONS = ("roi", "mask", "threads", "fluence", "default_F", "wavelength", "detector")
+META_RELATIONS = ("roi", "mask", "threads", "fluence", "default_F", "wavelength", "detector",
+                   "vectors", "rotation")
 #: the smallest normal float32: above it, scaling by a power of two commutes
 #: with the rounding to float32 (below, the subnormals' fixed step does not)
 FLT_TINY = 2.0 ** -126
 DBL_TINY = 2.0 ** -1022
 META_MASK = "meta_mask.img"
+#: the 'vectors' and 'rotation' relations' crystal matrix and source list
+META_MAT, META_SRC = "meta_A.mat", "meta_src.txt"
 #: the scale relations: the flags whose values are lengths that scale, by the
 #: canonical spelling: the positions of the values that scale (-cell: a, b, c)
 #: and the factor.  'wavelength' doubles the wavelength and every length of
@@ -1612,7 +1620,15 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
                doubled -beamsize would change it): the same image;
                skipped with -water;
     detector   the detector's lengths doubled: the same image, or a quarter
-               of it with -point_pixel ('bounded' as for the doublings).
+               of it with -point_pixel ('bounded' as for the doublings);
+    vectors    the model's geometry as explicit vectors (_vectors_line): the
+               same image to META_CLOSE_REL ('close');
+    rotation   the same vectors, the crystal and a -sourcefile's positions
+               turned by a random rotation: the same image ('close');
+               skipped with mosaic domains (drawn in the lab frame).
+    Both skip a line with -mask / -img, -curved_det, a detector normal not
+    perpendicular to its axes, a plane through the sample, or -cell and
+    -mat that disagree (_vectors_skip).
 
     Each relation's outcome: 'exact', 'bounded' (fluence, default_F: exact
     but at float32 subnormal pixels, within their bound), 'skipped' (text
@@ -1765,7 +1781,142 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
             out.append((rel, "fail", why))
         else:
             out.append((rel,) + _meta_compare(res.float_image, img, "%s 2x" % rel, scale))
+    # h. the model's geometry as explicit vectors; i. all of it turned by a rotation
+    for rel in ("vectors", "rotation"):
+        why = _vectors_skip(cfg, m, rel)
+        if why is not None:
+            out.append((rel, "skipped", why))
+            continue
+        turn = _random_rotation(rng) if rel == "rotation" else np.eye(3)
+        line = _vectors_line(argv, m, turn, cwd)
+        res, why = run([], line=line)
+        if why is not None:
+            out.append((rel, "fail", why))
+        else:
+            out.append((rel,) + _meta_close(res.float_image, img, rel))
     return "run", out
+
+
+#: flags whose geometry the 'vectors' relation states as explicit vectors
+#: (the conventions, pivots, beam centres, distances, rotations, the crystal's
+#: cell and orientation), dropped from the line
+META_VECTOR_FLAGS = {
+    "-mosflm", "-xds", "-adxv", "-denzo", "-dials", "-pivot", "-distance", "-close_distance",
+    "-Xbeam", "-Ybeam", "-Xclose", "-Yclose", "-ORGX", "-ORGY", "-twotheta", "-twotheta_axis",
+    "-detector_rotx", "-detector_roty", "-detector_rotz", "-fdet_vector", "-sdet_vector",
+    "-odet_vector", "-pix0_vector", "-pix0_vector_mm", "-beam_vector", "-polar_vector",
+    "-spindle_axis", "-misset", "-cell", "-mat"}
+#: flags that set the cell counts through the crystal's size (the relations
+#: give the model's counts instead)
+META_SIZE_FLAGS = {"-N", "-Na", "-Nb", "-Nc", "-samplesize", "-sample_thick", "-sample_width",
+                   "-sample_height", "-xtalsize", "-xtal_thick", "-xtal_width", "-xtal_height"}
+#: their bound: the vectors are the model's to an ulp, and the crystal's matrix
+#: carries the wavelength (A* lambda / lambda), so each h moves by ~1e-16
+#: relative; a convention or pivot read otherwise moves pixels by O(1)
+META_CLOSE_REL, META_CLOSE_ABS = 1e-5, 1e-6
+
+
+def _vectors_skip(cfg, m, rel):
+    """Why the line cannot take relation rel ('vectors', 'rotation'), or None."""
+    import numpy as np
+    if cfg.maskfilename is not None or cfg.imginfilename is not None:
+        return "an SMV header sets the geometry (-mask / -img)"
+    if rel == "rotation" and m.steps.mosaic_spread > 0.0 and m.steps.mosaic_domains > 1:
+        return "mosaic domains: drawn in the lab frame"
+    if m.det.curved:
+        # nanoBragg's sphere reads the flat pixel's lab y and z as its angles,
+        # before the detector's rotations: no set of vectors states it
+        return "-curved_det: defined in the lab frame"
+    d = m.det
+    if not all(abs(float(x)) < 1e300 for x in d.pix0):
+        return "a detector origin beyond 1e300 m (in mm it would overflow)"
+    n = np.cross(d.fdet, d.sdet)
+    if abs(float(np.dot(n, d.odet))) < (1.0 - 1e-9) * math.sqrt(float(np.dot(n, n))):
+        # nanoBragg replaces a normal whose length is not exactly 1 (any turned
+        # one) by fdet x sdet: not the same one for a frame that is not square
+        return "a detector normal not perpendicular to its axes"
+    if abs(d.close_distance) < 1e-6 * max(abs(float(x)) for x in d.pix0):
+        # its plane passes through the sample: the close distance, and with it
+        # every solid angle, is rounding (-detector_roty 90 -xds: 6e-17 m)
+        return "a detector plane through the sample"
+    c = m.crystal
+    dual = np.array([c.a, c.b, c.c], dtype=float) @ np.array([c.astar, c.bstar, c.cstar]).T
+    if not np.allclose(dual * 1e10, np.eye(3), rtol=0.0, atol=1e-12):
+        # (-cell's angles with -mat's directions: real and reciprocal vectors
+        # that are not each other's duals, as in nanoBragg.c)
+        return "the crystal's real and reciprocal vectors disagree (-cell with -mat)"
+    return None
+
+
+def _random_rotation(rng):
+    """A rotation matrix uniform on SO(3) (a unit quaternion of 4 normal draws)."""
+    import numpy as np
+    q = np.array([rng.gauss(0.0, 1.0) for _ in range(4)])
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _vectors_line(argv, m, turn, cwd):
+    """argv with its geometry (META_VECTOR_FLAGS) replaced by the model's own
+    vectors turned by the rotation matrix ``turn``: detector axes, origin (mm),
+    beam, polarization and spindle axes, and the crystal as a MOSFLM matrix
+    (META_MAT: the unrotated reciprocal vectors times the wavelength, A*
+    lambda); a -sourcefile's positions turned too (META_SRC)."""
+    import numpy as np
+    d, c = m.det, m.crystal
+
+    def vec(flag, v, k=1.0):
+        return [flag] + ["%.17g" % x for x in turn @ (k * np.asarray(v, dtype=float))]
+    lam = m.cfg.lambda0 * 1e10
+    recip = turn @ np.array([c.astar, c.bstar, c.cstar], dtype=float).T     # columns a*, b*, c*
+    Path(cwd, META_MAT).write_text("".join("%.17g %.17g %.17g\n" % tuple(lam * recip[i])
+                                           for i in range(3)))
+    # (the model's sub-pixel count: the automatic one, ceil(3 x crystal size /
+    # reciprocal pixel size), may step across an integer with the ulps of A*)
+    # and the model's cell counts: N = ceil(sample size / |a|) steps on exact
+    # multiples, which the beam's default clip (0.1 mm / 80 A) meets
+    # and the model's choice of interpolation (nanoBragg picks it from -N's
+    # counts, not the sizes' ones)
+    line = (_drop(argv, META_VECTOR_FLAGS | META_SIZE_FLAGS
+                  | {"-oversample", "-interpolate", "-nointerpolate"})
+            + ["-oversample", str(m.oversample), "-Na", "%.17g" % c.Na, "-Nb", "%.17g" % c.Nb,
+               "-Nc", "%.17g" % c.Nc, "-interpolate" if m.interpolate else "-nointerpolate"])
+    for n, i in enumerate(i for i, a in enumerate(line[:-1]) if _canonical(a) == "-sourcefile"):
+        # (every -sourcefile of the line: the last one is read)
+        text = ""
+        for row in Path(cwd, line[i + 1]).read_text().splitlines():
+            cols = row.split()
+            if len(cols) >= 3:
+                cols[:3] = ["%.17g" % x for x in turn @ np.array([float(x) for x in cols[:3]])]
+            text += " ".join(cols) + "\n"
+        Path(cwd, "%d_%s" % (n, META_SRC)).write_text(text)
+        line[i + 1] = "%d_%s" % (n, META_SRC)
+    return (line + vec("-fdet_vector", d.fdet) + vec("-sdet_vector", d.sdet)
+            + vec("-odet_vector", d.odet) + vec("-pix0_vector_mm", d.pix0, 1e3)
+            + vec("-beam_vector", d.beam) + vec("-polar_vector", d.polar)
+            + vec("-spindle_axis", d.spindle) + ["-mat", META_MAT])
+
+
+def _meta_close(got, want, what):
+    """(outcome, text): 'close' when every pixel is within META_CLOSE_REL |want|
+    + META_CLOSE_ABS max |want|, else 'fail' with the worst pixel."""
+    import numpy as np
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return "fail", "%s: image %s, expected %s" % (what, got.shape, want.shape)
+    d = np.abs(got - want)
+    bound = META_CLOSE_REL * np.abs(want) + META_CLOSE_ABS * float(np.max(np.abs(want), initial=0))
+    bad = d > bound
+    if not bad.any():
+        return "close", ""
+    d[~bad] = -1.0
+    where = np.unravel_index(int(np.argmax(d)), d.shape)
+    return "fail", ("%s: pixel %s: %.9g against %.9g, %d of %d pixels outside the bound"
+                    % (what, tuple(int(i) for i in where), float(got[where]), float(want[where]),
+                       int(bad.sum()), bad.size))
 
 
 def _canonical(arg):
@@ -1787,8 +1938,12 @@ def fuzz_metamorphic(seed: int, runs: int, out=sys.stdout, pixels=None) -> dict:
     rng = random.Random(seed)
     counts = {"run": 0, "refused": 0, "heavy": 0}
     for r in META_RELATIONS:
-        counts.update({"%s %s" % (r, o): 0 for o in ("exact", "bounded", "skipped", "fail")
-                       if o != "bounded" or r in ("fluence", "default_F", "detector")})
+        close = r in ("vectors", "rotation")
+        counts.update({"%s %s" % (r, o): 0 for o in ("exact", "bounded", "close", "skipped",
+                                                      "fail")
+                       if (o == "close") == close and (o != "bounded" or r in (
+                           "fluence", "default_F", "detector"))
+                       or o in ("skipped", "fail")})
     counts["fail"] = 0
     written = None
     for _ in range(runs):
