@@ -429,12 +429,14 @@ def test_fuzz_metamorphic_holds_and_a_broken_relation_is_reported(tmp_path, monk
             s, f = np.unravel_index(np.argmax(img), img.shape)
             img[s, f] = np.nextafter(img[s, f], np.float32(np.inf))
         return res
+    def broken():       # (the last line, the FAIL lines) of a run that must fail
+        assert fz.main(args) == 1
+        out = capsys.readouterr().out.strip().splitlines()
+        return out[-1], [ln for ln in out if ln.startswith("FAIL")]
     monkeypatch.setattr(api, "simulate_argv", off)
-    assert fz.main(args) == 1
-    out = capsys.readouterr().out.strip().splitlines()
-    fails = [ln for ln in out if ln.startswith("FAIL")]
+    _, fails = broken()
     assert fails and all(" :: fluence: -fluence 2x: pixel (" in ln and "1 of 64 pixels" in ln
-                         for ln in fails), out
+                         for ln in fails), fails
 
     def far(argv, *a, **k):         # the doubled detector's run, its image not kept
         res = real(argv, *a, **k)
@@ -443,10 +445,8 @@ def test_fuzz_metamorphic_holds_and_a_broken_relation_is_reported(tmp_path, monk
             res.float_image = res.float_image * np.float32(1.5)
         return res
     monkeypatch.setattr(api, "simulate_argv", far)
-    assert fz.main(args) == 1
-    out = capsys.readouterr().out.strip().splitlines()
-    fails = [ln for ln in out if ln.startswith("FAIL")]
-    assert fails and all(" :: detector: detector 2x: pixel (" in ln for ln in fails), out
+    _, fails = broken()
+    assert fails and all(" :: detector: detector 2x: pixel (" in ln for ln in fails), fails
     monkeypatch.setattr(api, "simulate_argv", real)
     whole = fz._vectors_line
 
@@ -456,11 +456,9 @@ def test_fuzz_metamorphic_holds_and_a_broken_relation_is_reported(tmp_path, monk
         line[i + 1:i + 4] = ["%.17g" % x for x in m.det.beam]
         return line
     monkeypatch.setattr(fz, "_vectors_line", unturned_beam)
-    assert fz.main(args) == 1
-    out = capsys.readouterr().out.strip().splitlines()
-    fails = [ln for ln in out if ln.startswith("FAIL")]
-    assert fails and all(" :: rotation: rotation: pixel (" in ln for ln in fails), out
-    assert "vectors fail 0," in out[-1], out[-1]
+    last, fails = broken()
+    assert fails and all(" :: rotation: rotation: pixel (" in ln for ln in fails), fails
+    assert "vectors fail 0," in last, last
 
 
 def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, host_build):
