@@ -246,7 +246,7 @@ def build_detector(cfg, trace=True) -> Detector:
     if omag != 1.0:
         # nanoBragg.c replaces any -odet_vector whose length is not exactly 1 (a
         # unit vector in rounded decimals, a turned frame) by fdet x sdet: in a
-        # left-handed frame (ADXV's, DENZO's) that faces the other way, and the
+        # left-handed frame (ADXV's axes) that faces the other way, and the
         # detector turns its back to the sample.  The default mode keeps the
         # given vector's side of the plane (docs/quirks.md #18).
         log.append("WARNING: auto-generating odet_vector")
