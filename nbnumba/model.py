@@ -50,7 +50,8 @@ class Model:
     nsteps: int
     fluence: float
     flux: float
-    I_bg: float                 # water term per sub-path, before r_e^2 * fluence (C: after)
+    I_bg: float                 # water term of the pixel sum, before r_e^2 * fluence (C: after)
+                                # and times the step count (C: not; docs/quirks.md #19)
     seed: int
     active: np.ndarray          # uint8 (S, F): pixels nanoBragg renders (ROI and mask)
     rng: RngState
@@ -431,6 +432,12 @@ def build_model(cfg: Config) -> Model:
             * cfg.water_size * 1e6 * AVOGADRO / WATER_MW) if cfg.c_parity else \
         (WATER_F * WATER_F * cfg.water_size * cfg.water_size * cfg.water_size
          * 1e6 * AVOGADRO / WATER_MW)
+    if not cfg.c_parity:
+        # the kernels divide the pixel sum by the step count, the background
+        # included, but the background enters it once, not once per sub-path:
+        # nanoBragg.c's background falls as 1/steps (a quarter with -oversample 2,
+        # a third with 3 phi steps at one angle; docs/quirks.md #19)
+        I_bg *= nsteps
 
     r0, r1, c0, c1 = roi_box(det)
     active = _frame_of_zeros((det.spixels, det.fpixels), (r1 - r0) * (c1 - c0),

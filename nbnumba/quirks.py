@@ -57,6 +57,8 @@ def c_differences(model) -> List[Tuple[int, str]]:
         out.append((17, "-hkl indices that nanoBragg.c re-reads with %d"))
     if model.det.odet_side_kept:
         out.append((18, "-odet_vector of a left-handed detector frame"))
+    if cfg.water_size != 0.0 and model.nsteps > 1:
+        out.append((19, "water background over %d steps" % model.nsteps))
     return out
 
 

@@ -26,9 +26,10 @@ docs/reference.md states each choice.  In particular:
 * the water background gets the same detector factors as the Bragg term: for
   each sensor layer, the mean over the layer's sub-pixels and sources of
   capture x polarization x solid angle, each factor per sub-path when its
-  ``-oversample_*`` switch is on, else the pixel's first value (nanoBragg adds
-  the background once per pixel and divides it by the step count like every
-  other term, which is kept);
+  ``-oversample_*`` switch is on, else the pixel's first value; the
+  background is not divided by the step count (nanoBragg adds it once per
+  pixel and divides it with the sum of the sub-path terms, so that it falls
+  as 1/steps: docs/quirks.md #19);
 * the water background is scaled by r_e^2 x fluence once (nanoBragg.c twice:
   its background grows as fluence^2; the default fluence is 1/r_e^2, where the
   two agree; docs/quirks.md #14);
@@ -619,7 +620,8 @@ def pixel_value(S_, f_, st):
     if not cfg.oversample_polar:
         bragg *= polar0
         bg *= polar0
-    return R_E_SQR * st["fluence"] / steps * (bragg + st["I_bg"] * bg)
+    # (the Bragg sum's mean over the sub-paths; the background once)
+    return R_E_SQR * st["fluence"] * (bragg / steps + st["I_bg"] * bg)
 
 
 def image(cfg, pixels=None):

@@ -250,11 +250,12 @@ def test_water_background_takes_oversampled_omega(zero_hkl):
     c = _bg_only(zero_hkl, ["-nopolar", "-oversample_omega"], c_parity=True)
     s, f = 5, 17
     om = [o for o, _ in _subpixel_geometry(d.model.det, s, f, 2)]
-    scale = R_E_SQR * d.model.fluence * _water_I_bg(d.model.fluence) / 4       # 4 sub-paths
+    # the background once (nanoBragg.c: divided by the 4 sub-paths, #19)
+    scale = R_E_SQR * d.model.fluence * _water_I_bg(d.model.fluence)
     # default: the background gets the mean sub-pixel solid angle (~1e-5 sr here)
     assert d.float_image[s, f] == pytest.approx(scale * np.mean(om), rel=1e-6)
     # nanoBragg.c multiplies the running sum by each sub-pixel's omega: a product
-    assert c.float_image[s, f] == pytest.approx(scale * np.prod(om), rel=1e-6)
+    assert c.float_image[s, f] == pytest.approx(scale / 4 * np.prod(om), rel=1e-6)
 
 
 def test_water_background_takes_oversampled_polar(zero_hkl):
@@ -265,9 +266,9 @@ def test_water_background_takes_oversampled_polar(zero_hkl):
     beam = np.array(d.model.det.beam)
     # Kahn factor 0: polar = (1 + cos^2 2theta) / 2 per sub-pixel
     pol = [0.5 * (1 + np.dot(beam, u) ** 2) for _, u in geo]
-    scale = R_E_SQR * d.model.fluence * _water_I_bg(d.model.fluence) / 4 * geo[0][0]
+    scale = R_E_SQR * d.model.fluence * _water_I_bg(d.model.fluence) * geo[0][0]
     assert d.float_image[s, f] == pytest.approx(scale * np.mean(pol), rel=1e-6)
-    assert c.float_image[s, f] == pytest.approx(scale * np.prod(pol), rel=1e-6)
+    assert c.float_image[s, f] == pytest.approx(scale / 4 * np.prod(pol), rel=1e-6)   # (#19)
 
 
 def test_water_background_takes_oversampled_capture(zero_hkl):
@@ -287,13 +288,13 @@ def test_water_background_takes_oversampled_capture(zero_hkl):
                 out.append(math.exp(-t * step * mu / par) - math.exp(-(t + 1) * step * mu / par))
         return np.array(out)
 
-    scale = R_E_SQR * d.model.fluence * _water_I_bg(d.model.fluence) / 4 \
+    scale = R_E_SQR * d.model.fluence * _water_I_bg(d.model.fluence) \
         * _subpixel_geometry(det, s, f, 2)[0][0]
     cap = captures(thick / 2)       # default: 2 layers of thick/2
     # each layer's mean capture fraction, summed over the layers
     assert d.float_image[s, f] == pytest.approx(scale * cap.reshape(2, 4).mean(axis=1).sum(), rel=1e-6)
     cap_c = captures(thick / 1)     # C: thickstep = thick/(steps-1)
-    assert c.float_image[s, f] == pytest.approx(scale * np.prod(cap_c), rel=1e-6)
+    assert c.float_image[s, f] == pytest.approx(scale / 4 * np.prod(cap_c), rel=1e-6)  # (#19)
 
 
 def test_oversample_factor_running_sum():
@@ -433,20 +434,21 @@ def test_negative_adc():
 # 14 --------------------------------------------------------------------------
 def test_water_background_scales_once_with_fluence(zero_hkl):
     """Water alone (F = 0), 2x2 sub-pixels without -oversample_* switches: the pixel
-    is r_e^2 fluence F_w^2 N / 4 sub-paths times the first sub-pixel's solid angle.
-    nanoBragg.c's I_bg holds r_e^2 fluence already, so it grows as fluence^2."""
+    is r_e^2 fluence F_w^2 N times the first sub-pixel's solid angle.  nanoBragg.c's
+    I_bg holds r_e^2 fluence already, so it grows as fluence^2 (and it divides it by
+    the 4 sub-paths: #19)."""
     s, f = 5, 17
     d = _bg_only(zero_hkl, ["-nopolar", "-fluence", "1e24"])
     d2 = _bg_only(zero_hkl, ["-nopolar", "-fluence", "2e24"])
     c = _bg_only(zero_hkl, ["-nopolar", "-fluence", "1e24"], c_parity=True)
     om0 = _subpixel_geometry(d.model.det, s, f, 2)[0][0]
     r2f = R_E_SQR * 1e24                                     # 7.9e-6, not 1
-    assert d.float_image[s, f] == pytest.approx(r2f * WATER_F2N / 4 * om0, rel=1e-6)
+    assert d.float_image[s, f] == pytest.approx(r2f * WATER_F2N * om0, rel=1e-6)
     assert c.float_image[s, f] == pytest.approx(r2f * r2f * WATER_F2N / 4 * om0, rel=1e-6)
     # linear in fluence (the C: quadratic)
     np.testing.assert_allclose(d2.float_image, 2 * d.float_image, rtol=2e-7)
     from nbnumba.quirks import c_differences
-    assert [n for n, _ in c_differences(d.model)] == [14] and not c_differences(c.model)
+    assert [n for n, _ in c_differences(d.model)] == [14, 19] and not c_differences(c.model)
 
 
 # 13 --------------------------------------------------------------------------
