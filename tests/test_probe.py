@@ -403,3 +403,19 @@ def test_help_text_names_every_option(monkeypatch):
     options = {s for act in seen[0]._actions for s in act.option_strings if s.startswith("--")}
     assert {"--timeout", "--pytest", "--c-trace"} <= options
     assert sorted(o for o in options - {"--help"} if o not in probe.__doc__) == []
+
+
+def test_traces_that_share_no_key_are_not_a_match():
+    """A C trace and a port trace with no key in common proved nothing, and the
+    probe's verdict (ProbeState.diverged, which sets its exit status) called it a
+    MATCH; trace-diff's own CLI already refused such a pair."""
+    import dataclasses
+    from nbnumba.tools.probe.state import ProbeState
+    from nbnumba.tools.trace_diff import diff_traces
+    nothing = diff_traces("TRACE_C: omega 1\n", "TRACE_PY: pixel_pos_meters 0.1 0.2 0.3\n")
+    same = diff_traces("TRACE_C: omega_pixel 1\n", "TRACE_PY: omega_pixel 1\n")
+    assert nothing.nothing_compared and not nothing.diverged
+    required = {f.name: None for f in dataclasses.fields(ProbeState)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    assert ProbeState(**dict(required, diff=nothing)).diverged
+    assert not ProbeState(**dict(required, diff=same)).diverged
