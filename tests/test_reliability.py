@@ -461,6 +461,22 @@ def test_fuzz_metamorphic_holds_and_a_broken_relation_is_reported(tmp_path, monk
     assert "vectors fail 0," in last, last
 
 
+
+def test_fuzz_metamorphic_phi_split_sees_the_background_over_the_steps(tmp_path, monkeypatch):
+    """tools/fuzz.py metamorphic's 'phi_split': the mean of a line's phi steps rendered
+    one by one is its image, water background included; under -c_parity, whose
+    background falls as 1/steps (docs/quirks.md #19), the relation fails."""
+    import random
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    base = fz._parity_base(8) + ["-nonoise", "-nopgm", "-default_F", "100", "-water", "100",
+                                 "-phi", "0", "-osc", "1", "-phisteps", "3"]
+    for extra, want in (([], "close"), (["-c_parity"], "fail")):
+        what, rels = fz.metamorphic_check(base + extra, random.Random(1), cwd=str(tmp_path))
+        split = [r for r in rels if r[0] == "phi_split"]
+        assert what == "run" and split and split[0][1] == want, rels
+
+
 def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, host_build):
     """tools/fuzz.py device: on 8 drawn lines the CUDA source's host build
     gives numba's images (float64 and float32), pixel values and, through the

@@ -1450,7 +1450,9 @@ META_MAX_SUBPATHS = 2e6
 META_EXTRAS = ["-precision single"]
 #: the relations, in the order they are checked (metamorphic_check)
 META_RELATIONS = ("roi", "mask", "threads", "fluence", "default_F", "wavelength", "detector",
-                   "vectors", "rotation")
+                   "phi_split", "vectors", "rotation")
+#: the most phi steps the 'phi_split' relation renders one by one
+META_MAX_SPLIT = 6
 #: the smallest normal float32: above it, scaling by a power of two commutes
 #: with the rounding to float32 (below, the subnormals' fixed step does not)
 FLT_TINY = 2.0 ** -126
@@ -1621,6 +1623,9 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
                skipped with -water;
     detector   the detector's lengths doubled: the same image, or a quarter
                of it with -point_pixel ('bounded' as for the doublings);
+    phi_split  each of the line's phi steps (2 to META_MAX_SPLIT) rendered
+               alone: their mean is the image to META_CLOSE_REL ('close'; the
+               background is added once, docs/quirks.md #19);
     vectors    the model's geometry as explicit vectors (_vectors_line): the
                same image to META_CLOSE_REL ('close');
     rotation   the same vectors, the crystal and a -sourcefile's positions
@@ -1781,7 +1786,24 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
             out.append((rel, "fail", why))
         else:
             out.append((rel,) + _meta_compare(res.float_image, img, "%s 2x" % rel, scale))
-    # h. the model's geometry as explicit vectors; i. all of it turned by a rotation
+    # h. the phi steps one by one: their mean is the image (the background once)
+    nphi = m.steps.phisteps
+    if nphi < 2 or nphi > META_MAX_SPLIT:
+        out.append(("phi_split", "skipped", "%d phi steps" % nphi))
+    else:
+        parts, why = [], None
+        rest = _drop(argv, ("-phi", "-osc", "-phistep", "-phisteps"))
+        for phi in m.phis:
+            res, why = run(["-phi", "%.17g" % (float(phi) * 180.0 / math.pi), "-osc", "0",
+                            "-phisteps", "1"], line=rest)
+            if why is not None:
+                break
+            parts.append(np.asarray(res.float_image, dtype=np.float64))
+        if why is not None:
+            out.append(("phi_split", "fail", why))
+        else:
+            out.append(("phi_split",) + _meta_close(sum(parts) / len(parts), img, "phi_split"))
+    # i. the model's geometry as explicit vectors; j. all of it turned by a rotation
     for rel in ("vectors", "rotation"):
         why = _vectors_skip(cfg, m, rel)
         if why is not None:
@@ -1938,7 +1960,7 @@ def fuzz_metamorphic(seed: int, runs: int, out=sys.stdout, pixels=None) -> dict:
     rng = random.Random(seed)
     counts = {"run": 0, "refused": 0, "heavy": 0}
     for r in META_RELATIONS:
-        close = r in ("vectors", "rotation")
+        close = r in ("phi_split", "vectors", "rotation")
         counts.update({"%s %s" % (r, o): 0 for o in ("exact", "bounded", "close", "skipped",
                                                       "fail")
                        if (o == "close") == close and (o != "bounded" or r in (
