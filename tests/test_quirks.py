@@ -614,6 +614,21 @@ def test_non_unit_odet_keeps_its_side_in_the_default_mode():
     assert 18 not in [n for n, _ in c_differences(unit.model)]
 
 
+
+def test_curved_detector_off_x_is_warned():
+    """nanoBragg's -curved_det reads the flat pixel's lab y and z as angles: a sphere
+    only for a detector facing a beam along x.  Under -xds (beam along z) its image
+    is nothing like the flat one; the default mode warns, and -c_parity prints what
+    the C prints."""
+    base = ["-oversample", "1", "-curved_det"]
+    xds, mosflm = sim(base + ["-xds"]), sim(base + ["-mosflm"])
+    warned = [line for line in xds.log if "-curved_det bends the detector" in line]
+    assert len(warned) == 1 and not any("-curved_det bends" in line for line in mosflm.log)
+    assert not any("-curved_det bends" in line for line in sim(base + ["-xds"], c_parity=True).log)
+    flat = sim(["-oversample", "1", "-xds"])
+    assert float(xds.float_image.sum()) < 0.01 * float(flat.float_image.sum())
+
+
 def test_error_exit_status_is_the_documented_one(tmp_path, capsys):
     """The CLI docstring and docs/quirks.md promise exit status 2 for every error."""
     from pathlib import Path
