@@ -196,7 +196,8 @@ def _refuse_shared_outputs(items, cfgs, protect, labels, on_done) -> None:
     in ``protect`` or one that an earlier line writes; cfgs[i] = None for it."""
     from .errors import ConfigError, NBError
     from .io.atomic import check_not_input
-    from .outputs import _path, output_paths, reads_fdump
+    from .model import reads_fdump
+    from .outputs import _path, output_paths
 
     def name(i):
         return labels[i] if labels else "argvs[%d]" % i

@@ -57,9 +57,6 @@ class Model:
     rng: RngState
     used_fdump: bool = False
     log: List[str] = field(default_factory=list)
-    #: HKLGrid.c_stored of the -hkl file: the records nanoBragg.c's second pass
-    #: stores, when fewer than all (docs/quirks.md #17)
-    hkl_c_stored: Optional[int] = None
     fdump_grid: Optional[object] = None
     # filled in by the renderer under -c_parity (single-thread C emulation)
     first_exec_pixel: int = -1
@@ -232,6 +229,13 @@ def source_set(cfg: Config, steps=None, points=None) -> Sources:
     return _sources(cfg, steps, build_detector(cfg, trace=False), points)
 
 
+def reads_fdump(cfg: Config) -> bool:
+    """Whether the run takes its F from the Fdump.bin cache when the file exists:
+    no -hkl and no grid given (before falling back to -default_F, as
+    nanoBragg.c does)."""
+    return not cfg.hklfilename and cfg.hkl_grid is None
+
+
 def build_model(cfg: Config) -> Model:
     """Derive everything the kernel needs from a Config (no pixel loops)."""
     from .validate import check_config, check_detector, check_memory, memory_limit
@@ -264,8 +268,8 @@ def build_model(cfg: Config) -> Model:
     # ---- required inputs --------------------------------------------------
     hklpath = _resolve(cfg, cfg.hklfilename)
     fdump_path = _resolve(cfg, cfg.fdump_path)
-    have_fdump = hklpath is None and cfg.hkl_grid is None and os.path.exists(fdump_path)
-    if hklpath is None and cfg.hkl_grid is None and not have_fdump and cfg.default_F == 0.0:
+    have_fdump = reads_fdump(cfg) and os.path.exists(fdump_path)
+    if reads_fdump(cfg) and not have_fdump and cfg.default_F == 0.0:
         raise ConfigError("no structure factors: give -hkl FILE or -default_F F "
                           "(no %s cache found either)" % cfg.fdump_path)
     if cfg.matfilename is None and not cfg.user_cell:
@@ -359,7 +363,6 @@ def build_model(cfg: Config) -> Model:
 
     # ---- structure factors ----------------------------------------------------
     used_fdump = False
-    hkl_c_stored = None
     grid = cfg.hkl_grid
     if grid is not None:
         # a caller-supplied structure-factor grid (F may be numpy/torch/CuPy)
@@ -374,7 +377,6 @@ def build_model(cfg: Config) -> Model:
         grid = read_hkl(hklpath, cfg.default_F, memory=memory_limit(cfg),
                         allow_nonfinite_F=cfg.c_parity, c_second_pass=cfg.c_parity)
         log.extend(getattr(grid, "warnings", []))
-        hkl_c_stored = grid.c_stored
         if cfg.default_F != 0.0:
             log.append("initializing to default_F = %g:" % cfg.default_F)
             log.append("done initializing:")
@@ -461,6 +463,5 @@ def build_model(cfg: Config) -> Model:
                  cells=cells, Fhkl=Fhkl, hkl_bounds=bounds, hkls=hkls, interpolate=interpolate,
                  oversample=oversample, nsteps=nsteps, fluence=fluence, flux=flux, I_bg=I_bg,
                  seed=seed, active=active, rng=rng, used_fdump=used_fdump, log=log,
-                 hkl_c_stored=hkl_c_stored,
                  fdump_grid=grid if hklpath is not None else None)
 

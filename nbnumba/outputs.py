@@ -18,17 +18,11 @@ def _path(cfg, name):
     return name
 
 
-def reads_fdump(cfg) -> bool:
-    """Whether the run reads its F from the Fdump.bin cache: no -hkl and no grid
-    given (model.build_model reads the cache then, if it exists, before
-    falling back to -default_F, as nanoBragg.c does)."""
-    return not cfg.hklfilename and cfg.hkl_grid is None
-
-
 def input_files(cfg) -> List[str]:
     names = [cfg.matfilename, cfg.hklfilename, cfg.imginfilename, cfg.maskfilename,
              cfg.sourcefilename, cfg.stolfilename]
     out = [_path(cfg, n) for n in names if n]
+    from .model import reads_fdump
     cache = _path(cfg, cfg.fdump_path)
     if reads_fdump(cfg) and os.path.exists(cache):
         out.append(cache)       # an output over it would destroy the F it was read from

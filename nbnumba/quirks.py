@@ -53,7 +53,7 @@ def c_differences(model) -> List[Tuple[int, str]]:
         out.append((15, "-nopolar with -oversample_polar"))
     if cfg.xtal_shape in ("GAUSS", "TOPHAT"):
         out.append((16, "gauss/tophat spot size"))
-    if model.hkl_c_stored is not None:
+    if getattr(model.fdump_grid, "c_stored", None) is not None:     # (the -hkl file's grid)
         out.append((17, "-hkl indices that nanoBragg.c re-reads with %d"))
     if model.det.odet_side_kept:
         out.append((18, "-odet_vector of a left-handed detector frame"))

@@ -1493,18 +1493,36 @@ META_SCALED = {"wavelength": {"-img": "meta_wave.img", "-mask": "meta_wave.img",
 META_SCALE_RANGE = (1e-280, 1e280)
 
 
-def _drop(argv, names) -> list:
-    """argv without the flags whose canonical spellings are ``names`` and their
-    values (the default mode's reading, flags._take: a line that parsed)."""
+def _flag_groups(argv):
+    """(canonical spelling or None, the flag as written, [its values]) for each
+    argument of a line that parsed, its values counted as the default mode
+    reads them (flags._take)."""
     from nbnumba.flags import _BY_SPELLING, _take
-    out, i = [], 0
+    i = 0
     while i < len(argv):
         sp = _BY_SPELLING.get(argv[i])
         n = 0 if sp is None else _take(argv[i], sp, argv, i)[1]
-        if sp is None or sp.name not in names:
-            out += list(argv[i:i + 1 + n])
+        yield (None if sp is None else sp.name), argv[i], list(argv[i + 1:i + 1 + n])
         i += 1 + n
-    return out
+
+
+def _drop(argv, names) -> list:
+    """argv without the flags whose canonical spellings are ``names`` and their
+    values."""
+    return [a for name, flag, vals in _flag_groups(argv) if name not in names
+            for a in [flag] + vals]
+
+
+def _rewrite_columns(src, dst, change, ncols):
+    """Write text file src (a -sourcefile) to dst with change(columns) applied
+    to each row of at least ncols columns (the columns as strings)."""
+    text = ""
+    for row in Path(src).read_text().splitlines():
+        cols = row.split()
+        if len(cols) >= ncols:
+            change(cols)
+        text += " ".join(cols) + "\n"
+    Path(dst).write_text(text)
 
 
 def _meta_compare(got, want, what, scale=1):
@@ -1549,48 +1567,37 @@ def _scale_line(argv, relation, cwd):
     """(the line with relation's lengths scaled (META_SCALE) and its input files
     replaced by scaled copies written in cwd (META_SCALED), None), or (None,
     why) when a value is outside META_SCALE_RANGE or a file cannot be copied."""
-    from nbnumba.flags import _BY_SPELLING, _take
     table, files = META_SCALE[relation], META_SCALED[relation]
     lo, hi = META_SCALE_RANGE
-    out, i = [], 0
-    while i < len(argv):
-        sp = _BY_SPELLING.get(argv[i])
-        n = 0 if sp is None else _take(argv[i], sp, argv, i)[1]
-        vals = list(argv[i + 1:i + 1 + n])
-        if sp is not None and sp.name in table:
-            where, k = table[sp.name]
+    out = []
+    for canon, flag, vals in _flag_groups(argv):
+        if canon in table:
+            where, k = table[canon]
             for j in where:
                 x = float(vals[j])
                 if math.isinf(x):           # -detector_abs inf: no absorption either way
                     continue
                 if x != 0.0 and not lo <= abs(x) <= hi:
-                    return None, "%s %s: outside the range scaled" % (argv[i], vals[j])
+                    return None, "%s %s: outside the range scaled" % (flag, vals[j])
                 vals[j] = "%.17g" % (k * x)
-        elif sp is not None and sp.name in files:
-            name = files[sp.name]
-            if sp.name == "-sourcefile":
-                # column 5: the wavelength (m); the others as written
+        elif canon in files:
+            name = files[canon]
+            if canon == "-sourcefile":
+                def doubled(cols):      # column 5: the wavelength (m)
+                    cols[4] = "%.17g" % (2.0 * float(cols[4]))
                 try:
-                    rows = Path(cwd, vals[0]).read_text().splitlines()
+                    _rewrite_columns(Path(cwd, vals[0]), Path(cwd, name), doubled, 5)
                 except OSError as e:
                     return None, "%s: %s" % (vals[0], e)
-                text = ""
-                for row in rows:
-                    cols = row.split()
-                    if len(cols) >= 5:
-                        cols[4] = "%.17g" % (2.0 * float(cols[4]))
-                    text += " ".join(cols) + "\n"
-                Path(cwd, name).write_text(text)
             elif vals[0] == "m.img":
                 from nbnumba.io.smv import read_smv
                 side = read_smv(os.path.join(cwd, vals[0]))[1].shape[1]
                 _mask(Path(cwd), side, name, *((1.0, 3.0) if relation == "wavelength"
                                                else (2.0, 1.5)))
             else:
-                return None, "%s %s: no scaled copy" % (argv[i], vals[0])
+                return None, "%s %s: no scaled copy" % (flag, vals[0])
             vals[0] = name
-        out += [argv[i]] + vals
-        i += 1 + n
+        out += [flag] + vals
     return out, None
 
 
@@ -1767,11 +1774,11 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
             out.append(("default_F",) + _meta_compare(res.float_image, img, "-default_F 2x", 4))
     # f. the wavelength and the crystal's lengths doubled; g. the detector's
     for rel in ("wavelength", "detector"):
-        line, why = _scale_line(argv, rel, cwd)
         if rel == "wavelength" and cfg.water_size != 0.0:
             # the water's F(stol) is fixed in 1/A: it does not scale with the cell
             out.append((rel, "skipped", "-water"))
             continue
+        line, why = _scale_line(argv, rel, cwd)
         if why is not None:
             out.append((rel, "skipped", why))
             continue
@@ -1905,16 +1912,13 @@ def _vectors_line(argv, m, turn, cwd):
                   | {"-oversample", "-interpolate", "-nointerpolate"})
             + ["-oversample", str(m.oversample), "-Na", "%.17g" % c.Na, "-Nb", "%.17g" % c.Nb,
                "-Nc", "%.17g" % c.Nc, "-interpolate" if m.interpolate else "-nointerpolate"])
+    def turned(cols):           # columns 1 to 3: the position
+        cols[:3] = ["%.17g" % x for x in turn @ np.array([float(x) for x in cols[:3]])]
     for n, i in enumerate(i for i, a in enumerate(line[:-1]) if _canonical(a) == "-sourcefile"):
         # (every -sourcefile of the line: the last one is read)
-        text = ""
-        for row in Path(cwd, line[i + 1]).read_text().splitlines():
-            cols = row.split()
-            if len(cols) >= 3:
-                cols[:3] = ["%.17g" % x for x in turn @ np.array([float(x) for x in cols[:3]])]
-            text += " ".join(cols) + "\n"
-        Path(cwd, "%d_%s" % (n, META_SRC)).write_text(text)
-        line[i + 1] = "%d_%s" % (n, META_SRC)
+        name = "%d_%s" % (n, META_SRC)
+        _rewrite_columns(Path(cwd, line[i + 1]), Path(cwd, name), turned, 3)
+        line[i + 1] = name
     return (line + vec("-fdet_vector", d.fdet) + vec("-sdet_vector", d.sdet)
             + vec("-odet_vector", d.odet) + vec("-pix0_vector_mm", d.pix0, 1e3)
             + vec("-beam_vector", d.beam) + vec("-polar_vector", d.polar)

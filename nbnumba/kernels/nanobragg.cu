@@ -1131,6 +1131,12 @@ __device__ double sinc3_dx_over_x(double x) {
     return (3.0 * sin(x) / (x * x) - 3.0 * sinc3(x) / x) / x;
 }
 
+// physics._spot_n2: the spot's scale, and d ln(scale) / d ln N of each axis
+__device__ double spot_n2(double Na, double Nb, double Nc, double spot, double* pN) {
+    *pN = spot == 0.0 ? 2.0 : 2.0 / 3.0;
+    return spot == 0.0 ? Na * Na * Nb * Nb * Nc * Nc : spot;
+}
+
 // physics.lattice_factor_grad: returns F_latt; g[0..2] = dF/dh, dk, dl,
 // g[3..5] = dF/dNa, dNb, dNc
 __device__ double lattice_factor_grad(nb_i64 shape, double h, double k, double l, nb_i64 h0,
@@ -1182,9 +1188,8 @@ __device__ double lattice_factor_grad(nb_i64 shape, double h, double k, double l
         const vec3<double> v = mk<double>(dh * astar.x + dk * bstar.x + dl * cstar.x,
                                           dh * astar.y + dk * bstar.y + dl * cstar.y,
                                           dh * astar.z + dk * bstar.z + dl * cstar.z);
-        // physics._spot_n2: the scale and its d ln / d ln N per axis
-        const double n2 = spot == 0.0 ? Na * Na * Nb * Nb * Nc * Nc : spot;
-        const double pN = spot == 0.0 ? 2.0 : 2.0 / 3.0;
+        double pN;
+        const double n2 = spot_n2(Na, Nb, Nc, spot, &pN);
         const double rad_star_sqr = (v.x * v.x + v.y * v.y + v.z * v.z) * n2;
         const double q = -F * fudge / 0.63;  // dF/d(rad_star_sqr)
         g[0] = q * n2 * 2.0 * dot(v, astar);
@@ -1218,7 +1223,8 @@ __device__ void lattice_factor_star_grad(nb_i64 shape, double h, double k, doubl
     const vec3<double> v = mk<double>(dh * astar.x + dk * bstar.x + dl * cstar.x,
                                       dh * astar.y + dk * bstar.y + dl * cstar.y,
                                       dh * astar.z + dk * bstar.z + dl * cstar.z);
-    const double n2 = spot == 0.0 ? Na * Na * Nb * Nb * Nc * Nc : spot;
+    double pN;
+    const double n2 = spot_n2(Na, Nb, Nc, spot, &pN);
     const double rad = dot(v, v) * n2;
     const double q = -(Na * Nb * Nc * exp(-(rad / 0.63 * fudge))) * fudge / 0.63;  // dF/d(rad)
     const double g[3] = {q * n2 * 2.0 * dh, q * n2 * 2.0 * dk, q * n2 * 2.0 * dl};
