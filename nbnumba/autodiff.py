@@ -147,7 +147,7 @@ _RELATIVE = {"cell": (True, True, True, False, False, False), "wavelength": (Tru
 #: -pix0_vector): one central difference is exact up to rounding
 _AFFINE = ("distance", "beam_center", "pix0")
 #: the theta entries the host derives from the cell and the detector (_Run._host_theta)
-_HOST_ROWS = np.r_[0:A.N_HOST, A.P_ODET:A.P_ODET + 3, A.P_CDIST, A.P_CBEAM:A.P_CBEAM + 3]
+_HOST_ROWS = np.r_[0:A.N_HOST, A.P_ODET:A.P_ODET + 3]
 
 
 def _torch():
@@ -534,7 +534,8 @@ class _Run:
         keyword needs grad, and then the normal too when the sensor has a
         thickness (``sensor``), the per-cell rotation and per-source entries
         ``rotation`` only when their keywords do: _rotation_entries,
-        _source_entries; the sphere's radius and beam with -curved_det)."""
+        _source_entries; with -curved_det the normal too when the axes turn:
+        the sphere is made of the close distance and the three axes)."""
         cols = [A.P_FLU] + list(rotation)
         if want & A.W_POL:
             cols += [A.P_KAHN]
@@ -547,10 +548,8 @@ class _Run:
                 cols += list(range(A.P_ASTAR, A.P_CSTAR + 3))
             if turns_detector:
                 cols += list(range(A.P_FDET, A.P_SDET + 3))
-                if sensor:
+                if sensor or curved:
                     cols += list(range(A.P_ODET, A.P_ODET + 3))
-            if curved:
-                cols += list(range(A.P_CDIST, A.P_CBEAM + 3))
         return np.array(sorted(cols), dtype=np.int64)
 
     @staticmethod
@@ -685,8 +684,7 @@ class _Run:
 
     def _host_theta(self, vals, name=None):
         """theta[_HOST_ROWS] = (a, b, c (m), pix0 (m), close distance (m), astar,
-        bstar, cstar (1/A), fdet, sdet, odet (unit vectors), distance (m), beam
-        (unit vector)) at vals.  With name (the
+        bstar, cstar (1/A), fdet, sdet, odet (unit vectors)) at vals.  With name (the
         keyword being varied), only the part that keyword moves is rebuilt: the
         _DETECTOR keywords move the detector only (build_detector reads no
         cell, misset or wavelength), the others the crystal only
@@ -706,10 +704,6 @@ class _Run:
             theta[A.P_FDET:A.P_FDET + 3] = det.fdet
             theta[A.P_SDET:A.P_SDET + 3] = det.sdet
             theta[A.N_HOST:A.N_HOST + 3] = det.odet
-            # -curved_det's sphere: its radius and the beam it turns (its entries
-            # are 0 in a flat detector's kernel, whatever the map gives them)
-            theta[A.N_HOST + 3] = det.distance
-            theta[A.N_HOST + 4:] = det.beam
         if xtal_part:
             misset_seed = cfg.misset_seed if cfg.misset_seed is not None else cfg.seed
             cr = xtal.build_crystal(cfg, self.recip, cfg.lambda0, RngState(), misset_seed,

@@ -367,16 +367,6 @@ def build_detector(cfg, trace=True) -> Detector:
                     1000.0 * dot(pix0, (-1.0, 0.0, 0.0)))
     xds_incident = (dot(beam, fdet), dot(beam, sdet), dot(beam, odet))
     log.append("XDS incident beam: %g %g %g" % xds_incident)
-    if cfg.curved_detector and not cfg.c_parity and not (
-            abs(beam[0]) > 1.0 - 1e-9 and abs(odet[0]) > 1.0 - 1e-9):
-        # nanoBragg's sphere takes the flat pixel's lab y and z as its angles:
-        # in-plane offsets only for a detector facing a beam along x (the
-        # default mode keeps the model: docs/quirks.md, a defect not corrected)
-        log.append("WARNING: -curved_det bends the detector by its pixels' lab y and z (nanoBragg's "
-                   "model), which are offsets in its plane only when the beam and the detector "
-                   "normal run along x (MOSFLM, DENZO, unrotated): this detector's image is not "
-                   "that of a sphere about the sample")
-
     return Detector(convention=conv, pivot=pivot, fpixels=fpixels, spixels=spixels,
                     pixel_size=pixel, detsize_f=detsize_f, detsize_s=detsize_s,
                     fdet=fdet, sdet=sdet, odet=odet, pix0=tuple(pix0), beam=beam, polar=polar,

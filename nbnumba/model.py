@@ -105,7 +105,9 @@ class Model:
         iopt[K.I_NPHI] = st.phisteps
         iopt[K.I_NMOS] = st.mosaic_domains
         iopt[K.I_SHAPE] = SHAPE_CODES[self.cfg.xtal_shape]
-        iopt[K.I_CURVED] = int(d.curved)
+        # -curved_det: 1 nanoBragg.c's lab-frame sphere (-c_parity), 2 the
+        # default mode's (physics.sphere_position; docs/quirks.md #21)
+        iopt[K.I_CURVED] = (1 if self.cfg.c_parity else 2) if d.curved else 0
         iopt[K.I_POINT] = int(d.point_pixel)
         iopt[K.I_NOPOLAR] = int(self.cfg.nopolar)
         iopt[K.I_OS_THICK] = int(self.cfg.oversample_thick)
@@ -122,6 +124,7 @@ class Model:
         # arithmetic in float64 (bit-for-bit images)
         iopt[K.I_REDUCED] = int(np.dtype(dtype) == np.float32 or not self.cfg.c_parity)
         iopt[K.I_FPIXELS] = d.fpixels
+        iopt[K.I_WEIGHTED] = int(self.sources.weighted)
         fopt = np.zeros(K.N_FOPT)
         fopt[K.F_PIXEL] = d.pixel_size
         fopt[K.F_SUBPIXEL] = d.pixel_size / self.oversample
@@ -149,7 +152,10 @@ class Model:
         vecs[K.V_ASTAR], vecs[K.V_BSTAR], vecs[K.V_CSTAR] = c.astar, c.bstar, c.cstar
         dt = np.dtype(dtype)
         return (iopt, fopt.astype(dt), vecs.astype(dt),
-                np.ascontiguousarray(self.sources.incident, dtype=dt),
+                # per source: the incident unit vector and the factor its terms
+                # carry (the kernels' (nsrc, 4) layout)
+                np.ascontiguousarray(np.column_stack((self.sources.incident,
+                                                      self.sources.intensity)), dtype=dt),
                 self.sources.wavelength.astype(dt), self.cells_soa(dt),
                 np.ascontiguousarray(self.Fhkl, dtype=dt))
 
@@ -214,8 +220,26 @@ def _sources(cfg: Config, steps, det, points=None) -> Sources:
         if len(at_origin):
             raise InputFileError("%s: source %d is at 0 0 0, the sample position: it has no "
                                  "direction" % (cfg.sourcefilename, int(at_origin[0]) + 1))
+        if not cfg.c_parity:
+            _check_weights(cfg.sourcefilename, np.asarray(cols, dtype=float)[:, 3])
+    # the default mode weighs each source by its relative intensity (the file's
+    # fourth column); nanoBragg.c reads it and counts every source once (#20)
     return build_sources(steps, det.beam, det.polar, det.vert, cfg.lambda0, cfg.round_div, cols,
-                         points)
+                         points, weigh=not cfg.c_parity)
+
+
+def _check_weights(name, weights):
+    """Refuse -sourcefile weights the default mode cannot weigh sources by
+    (a missing column, NaN, means 1): negative or infinite ones, or all 0."""
+    for i, w in enumerate(weights):
+        if np.isnan(w):
+            continue
+        if w < 0.0 or not np.isfinite(w):
+            raise InputFileError("%s: source %d has relative intensity %g (column 4): it must be "
+                                 "finite and not negative" % (name, i + 1, w))
+    if np.all(weights == 0.0):
+        raise InputFileError("%s: every source has relative intensity 0 (column 4): the image "
+                             "would be empty" % name)
 
 
 def source_set(cfg: Config, steps=None, points=None) -> Sources:

@@ -481,6 +481,34 @@ def curved_position(pos, distance, beam, sdet, fdet):
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
+def sphere_position(pos, close, odet, fdet, sdet):
+    """The default mode's -curved_det: the flat detector position pos (m) on
+    the sphere about the sample that touches the detector plane at its point
+    nearest the sample, close odet (close: the close distance, m).  pos's
+    offsets u = q.fdet, v = q.sdet from that point (q = pos - close odet)
+    become arcs: the point at angle rho/close (rho = |(u, v)|) from odet,
+    towards u fdet + v sdet, so the pixels keep their places on the detector
+    (nanoBragg.c's curved_position swaps and mirrors the two axes: docs/quirks.md
+    #21).  A depth t = q.odet below the surface (a sensor layer) moves the
+    point outward by t.  Every pixel of the surface lies at the close distance
+    and faces the sample (the kernels take its parallax as 1 and its solid
+    angle without obliquity)."""
+    q = (pos[0] - close * odet[0], pos[1] - close * odet[1], pos[2] - close * odet[2])
+    u = dot(q, fdet)
+    v = dot(q, sdet)
+    A = close + dot(q, odet)
+    rho = np.sqrt(u * u + v * v)
+    if rho == 0.0:
+        return (A * odet[0], A * odet[1], A * odet[2])
+    th = rho / close
+    c = np.cos(th)
+    sg = np.sin(th) / rho
+    return (A * (c * odet[0] + sg * (u * fdet[0] + v * sdet[0])),
+            A * (c * odet[1] + sg * (u * fdet[1] + v * sdet[1])),
+            A * (c * odet[2] + sg * (u * fdet[2] + v * sdet[2])))
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
 def capture_fraction(layer, thickstep, mu, parallax):
     """Fraction of photons absorbed in sensor layer ``layer`` (0-based) of
     thickness ``thickstep`` (m) for attenuation coefficient mu (1/m) and
@@ -890,46 +918,66 @@ def solid_angle_grad_at(pixel_size, d, R, om, point_pixel):
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
-def _rotate_axis_vjp(g, v, axis, phi):
-    """For w = rotate_axis(v, axis, phi) and g = dL/dw: (dL/dv, dL/daxis,
-    dL/dphi) of the formula as written, w = axis (axis . v)(1 - cos) + v cos +
-    (axis x v) sin (the axis derivative does not assume a unit axis)."""
-    c = np.cos(phi)
-    s = np.sin(phi)
-    av = dot(axis, v)
-    ga = dot(g, axis)
-    gxa = cross(g, axis)
-    gxv = cross(g, v)
-    axv = cross(axis, v)
-    # dL/dv = R^T g = cos g + sin (g x axis) + (1 - cos)(g . axis) axis
-    gv = (c * g[0] + s * gxa[0] + (1.0 - c) * ga * axis[0],
-          c * g[1] + s * gxa[1] + (1.0 - c) * ga * axis[1],
-          c * g[2] + s * gxa[2] + (1.0 - c) * ga * axis[2])
-    # d/daxis: (1 - cos)((axis . v) g + (g . axis) v) - sin (g x v)
-    gax = ((1.0 - c) * (av * g[0] + ga * v[0]) - s * gxv[0],
-           (1.0 - c) * (av * g[1] + ga * v[1]) - s * gxv[1],
-           (1.0 - c) * (av * g[2] + ga * v[2]) - s * gxv[2])
-    # d/dphi: sin (axis (axis . v) - v) + cos (axis x v)
-    gphi = (g[0] * (s * (axis[0] * av - v[0]) + c * axv[0])
-            + g[1] * (s * (axis[1] * av - v[1]) + c * axv[1])
-            + g[2] * (s * (axis[2] * av - v[2]) + c * axv[2]))
-    return gv, gax, gphi
+def _sinc_and_slope(th):
+    """(sin(th)/th, its derivative (th cos th - sin th)/th^2), by their Taylor
+    series below th = 0.1 (where the derivative's difference cancels: its
+    relative error would be ~eps/th^2); th >= 0."""
+    if th < 0.1:
+        t2 = th * th
+        return (1.0 - t2 / 6.0 * (1.0 - t2 / 20.0 * (1.0 - t2 / 42.0 * (1.0 - t2 / 72.0))),
+                -th / 3.0 * (1.0 - t2 / 10.0 * (1.0 - t2 / 28.0 * (1.0 - t2 / 54.0
+                                                                  * (1.0 - t2 / 88.0)))))
+    sn = np.sin(th)
+    return sn / th, (th * np.cos(th) - sn) / (th * th)
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
-def curved_position_grad(g, pos, distance, beam, sdet, fdet):
-    """For p = curved_position(pos, distance, beam, sdet, fdet) and g = dL/dp:
-    (dL/dpos (3; its x is 0), dL/ddistance (1/m units of L per m), dL/dbeam,
-    dL/dsdet, dL/dfdet (the axes as the formula uses them, not held unit))."""
-    v0 = (distance * beam[0], distance * beam[1], distance * beam[2])
-    p1 = pos[1] / distance
-    p2 = pos[2] / distance
-    v1 = rotate_axis(v0, sdet, p1)
-    g1, gf, gphi2 = _rotate_axis_vjp(g, v1, fdet, p2)
-    g0, gs, gphi1 = _rotate_axis_vjp(g1, v0, sdet, p1)
-    gdist = dot(g0, beam) - (gphi1 * p1 + gphi2 * p2) / distance
-    gb = (distance * g0[0], distance * g0[1], distance * g0[2])
-    return (0.0, gphi1 / distance, gphi2 / distance), gdist, gb, gs, gf
+def sphere_position_grad(g, pos, close, odet, fdet, sdet):
+    """For p = sphere_position(pos, close, odet, fdet, sdet) and g = dL/dp:
+    (dL/dpos, dL/dclose, dL/dodet, dL/dfdet, dL/dsdet), the axes as the
+    formula uses them (not held unit).
+
+    p = A (C odet + sg w) with q = pos - close odet, u = q.fdet, v = q.sdet,
+    A = close + q.odet, w = u fdet + v sdet, rho = |(u, v)|, th = rho/close,
+    C = cos th and sg = sin(th)/rho = sinc(th)/close.  So dC/drho = -sin(th)/close,
+    dsg/drho = sinc'(th)/close^2, dC/dclose = sin(th) rho/close^2 and
+    dsg/dclose = -C/close^2 (sin th = th sinc th)."""
+    q = (pos[0] - close * odet[0], pos[1] - close * odet[1], pos[2] - close * odet[2])
+    u = dot(q, fdet)
+    v = dot(q, sdet)
+    A = close + dot(q, odet)
+    rho = np.sqrt(u * u + v * v)
+    th = rho / close
+    C = np.cos(th)
+    sc, dsc = _sinc_and_slope(th)
+    sg = sc / close
+    w = (u * fdet[0] + v * sdet[0], u * fdet[1] + v * sdet[1], u * fdet[2] + v * sdet[2])
+    gn = dot(g, odet)
+    gw = dot(g, w)
+    gA = C * gn + sg * gw           # dL/dA
+    gC = A * gn                     # dL/dC
+    gsg = A * gw                    # dL/dsg
+    # dL/dw = A sg g; dL/dodet (direct) = A C g
+    Asg = A * sg
+    gu = Asg * dot(g, fdet)
+    gv = Asg * dot(g, sdet)
+    if rho > 0.0:
+        grho = -gC * np.sin(th) / close + gsg * dsc / (close * close)
+        gu += grho * u / rho
+        gv += grho * v / rho
+    gclose = gA + gC * np.sin(th) * rho / (close * close) - gsg * C / (close * close)
+    # through q = pos - close odet: u = q.fdet, v = q.sdet, A - close = q.odet
+    gq = (gu * fdet[0] + gv * sdet[0] + gA * odet[0],
+          gu * fdet[1] + gv * sdet[1] + gA * odet[1],
+          gu * fdet[2] + gv * sdet[2] + gA * odet[2])
+    gclose -= dot(gq, odet)
+    AC = A * C
+    god = (AC * g[0] + gA * q[0] - close * gq[0],
+           AC * g[1] + gA * q[1] - close * gq[1],
+           AC * g[2] + gA * q[2] - close * gq[2])
+    gf = (gu * q[0] + u * Asg * g[0], gu * q[1] + u * Asg * g[1], gu * q[2] + u * Asg * g[2])
+    gs = (gv * q[0] + v * Asg * g[0], gv * q[1] + v * Asg * g[1], gv * q[2] + v * Asg * g[2])
+    return gq, gclose, god, gf, gs
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)

@@ -37,7 +37,13 @@ docs/reference.md states each choice.  In particular:
   c*_z = sin(gamma)/(c sin(gamma*)) instead of 1/c, so triclinic and
   rhombohedral cells come out with slightly different angles; docs/quirks.md #13);
 * phi = 0 uses the unrotated cell; tricubic interpolation falls back to the
-  nearest neighbour per sub-path.
+  nearest neighbour per sub-path;
+* each -sourcefile source's terms are weighted by its relative intensity,
+  the fourth column, over the mean (nanoBragg.c counts every source once;
+  docs/quirks.md #20), the background's per-source share too;
+* -curved_det rolls the plane onto the sphere that touches it at its point
+  nearest the sample, each in-plane offset an arc (nanoBragg.c's map mirrors
+  the detector's axes and holds only for a beam along x; docs/quirks.md #21).
 
 Units: lengths in metres, angles in radians, wavelengths in metres,
 scattering vectors in 1/m, intensities in photons per pixel.
@@ -327,22 +333,27 @@ def crystal(cfg, rng_state):
 
 # ---------------------------------------------------------------- sources
 def sources(cfg, det, smp):
-    """(incident unit vectors (n, 3), wavelengths (n,), m)."""
+    """(incident unit vectors (n, 3), wavelengths (n,), m, relative intensities
+    (n,): -sourcefile's weights scaled to sum to n, a missing one 1; all 1 for
+    generated sources)."""
     if cfg.sourcefilename is not None:
         from .io.textcols import read_text_columns
         path = cfg.sourcefilename
         if cfg.workdir and not os.path.isabs(path):
             path = os.path.join(cfg.workdir, path)
-        inc, lam = [], []
+        inc, lam, wts = [], [], []
         for row in read_text_columns(path, 5):
-            x, y, z, _w, l = (float(v) for v in row)
+            x, y, z, w, l = (float(v) for v in row)
+            wts.append(1.0 if math.isnan(w) else w)
             pos = np.array([x, y, z])
             # a missing coordinate puts the source on the beam axis
             dflt = -SOURCE_DISTANCE * det["beam"]
             pos = np.where(np.isnan(pos), dflt, pos)
             inc.append(-_unit(pos)[0])
             lam.append(cfg.lambda0 if math.isnan(l) else l)
-        return np.array(inc), np.array(lam)
+        # each source's photons in proportion to its weight, the total kept
+        wts = np.array(wts)
+        return np.array(inc), np.array(lam), wts * (len(wts) / wts.sum())
     hr, hs, hn = smp["hdiv"]
     vr, vs, vn = smp["vdiv"]
     dr, ds, dn = smp["disp"]
@@ -365,7 +376,7 @@ def sources(cfg, det, smp):
             for k in range(dn):
                 inc.append(_unit(d)[0])
                 lam.append(cfg.lambda0 * (1.0 + ds * k - dr / 2.0))
-    return np.array(inc), np.array(lam)
+    return np.array(inc), np.array(lam), np.ones(len(lam))
 
 
 # ---------------------------------------------------------------- structure factors
@@ -533,7 +544,7 @@ def setup(cfg):
         for U in umats:
             M = U @ Rphi
             cells.append([M @ real[0], M @ real[1], M @ real[2]])
-    inc, lam = sources(cfg, det, smp)
+    inc, lam, wts = sources(cfg, det, smp)
     fluence = cfg.fluence
     if cfg.flux != 0.0 and cfg.exposure > 0.0 and cfg.beamsize >= 0:
         fluence = cfg.flux * cfg.exposure / cfg.beamsize ** 2
@@ -546,8 +557,28 @@ def setup(cfg):
     # molecules in a cube of side -water; r_e^2 * fluence is applied once, with the Bragg
     # term (nanoBragg.c also puts r_e^2 * fluence into I_bg: a fluence^2 background)
     I_bg = WATER_F ** 2 * cfg.water_size ** 3 * WATER_DENSITY * AVOGADRO / WATER_MW
-    return dict(cfg=cfg, smp=smp, det=det, recip=recip, Ns=Ns, cells=cells, inc=inc, lam=lam,
+    return dict(cfg=cfg, smp=smp, det=det, recip=recip, Ns=Ns, cells=cells, inc=inc, lam=lam, wts=wts,
                 fluence=fluence, oversample=oversample, I_bg=I_bg, F=StructureFactors(cfg))
+
+
+def bend_onto_sphere(det, Fd, Sd, depth):
+    """-curved_det (the corrected model, quirk 21): the flat detector rolled onto
+    the sphere about the sample that it touches at its point nearest the
+    sample.  The point (Fd, Sd) of the flat plane, at distance rho from that
+    point, goes to the great circle through it in the same direction, at arc
+    length rho: the normal turned by rho/close about normal x direction.
+    A sensor layer's depth moves it outward along the radius."""
+    n = det["odet"]
+    foot = det["close"] * n
+    flat = det["pix0"] + Fd * det["fdet"] + Sd * det["sdet"]
+    off = flat - foot
+    off = off - (off @ n) * n          # (in the plane)
+    rho = math.sqrt(float(off @ off))
+    r = det["close"] + depth
+    if rho == 0.0:
+        return r * n
+    axis = np.cross(n, off / rho)
+    return r * (axis_rotation(axis, rho / det["close"]) @ n)
 
 
 def pixel_value(S_, f_, st):
@@ -567,38 +598,40 @@ def pixel_value(S_, f_, st):
     for L in range(layers):
         depth = L * tstep
         cap0 = None
-        bg_terms = []   # (capture, polarization or None, omega) per sub-path of the layer
+        bg_terms = []   # (capture, polarization or None, omega, source weight) per sub-path
         for sS in range(os_):
             for sF in range(os_):
                 Fd = sub * (f_ * os_ + sF) + sub / 2.0
                 Sd = sub * (S_ * os_ + sS) + sub / 2.0
                 pos = det["pix0"] + Fd * det["fdet"] + Sd * det["sdet"] + depth * det["odet"]
                 if cfg.curved_detector:
-                    # every pixel at "distance"; lab y and z read as angles (nanoBragg's model)
-                    D = det["distance"]
-                    v = axis_rotation(det["sdet"], pos[1] / D) @ (D * det["beam"])
-                    pos = axis_rotation(det["fdet"], pos[2] / D) @ v
+                    pos = bend_onto_sphere(det, Fd, Sd, depth)
                 dvec, R = _unit(pos)
-                om = solid_angle(det["pixel"], R, det["close"], cfg.point_pixel)
+                # (a curved pixel faces the sample: no obliquity)
+                om = solid_angle(det["pixel"], R, R if cfg.curved_detector else det["close"],
+                                 cfg.point_pixel)
                 if omega0 is None:
                     omega0 = om
-                cap = 1.0 if thick == 0.0 else capture(L, tstep, mu, float(dvec @ det["odet"]))
+                # (a curved sensor faces the sample: each ray crosses its layers
+                # square on)
+                tilt = 1.0 if cfg.curved_detector else float(dvec @ det["odet"])
+                cap = 1.0 if thick == 0.0 else capture(L, tstep, mu, tilt)
                 if cap0 is None:
                     cap0 = cap
                 w_om = om if cfg.oversample_omega else omega0
                 w_cap = cap if cfg.oversample_thick else cap0
                 for src in range(nsrc):
-                    inc, lam = st["inc"][src], st["lam"][src]
+                    inc, lam, wt = st["inc"][src], st["lam"][src], st["wts"][src]
                     Svec = (dvec - inc) / lam
                     stol = 0.5 * math.sqrt(float(Svec @ Svec))
                     P = 1.0 if cfg.nopolar else polarization(cfg.polarization, inc, dvec, det["polar"])
                     if cfg.dmin > 0.0 and stol > 0.0 and cfg.dmin > 0.5 / stol:
-                        bg_terms.append((w_cap, P if cfg.oversample_polar else None, w_om))
+                        bg_terms.append((w_cap, P if cfg.oversample_polar else None, w_om, wt))
                         continue
                     if polar0 is None:
                         polar0 = P
                     w_P = P if cfg.oversample_polar else None
-                    bg_terms.append((w_cap, w_P, w_om))
+                    bg_terms.append((w_cap, w_P, w_om, wt))
                     tot = 0.0
                     for a, b, c in st["cells"]:
                         hkl = (float(a @ Svec), float(b @ Svec), float(c @ Svec))
@@ -606,9 +639,9 @@ def pixel_value(S_, f_, st):
                         Fl = lattice_factor(cfg.xtal_shape, hkl, idx, st["Ns"], st["recip"], cfg.fudge)
                         Fc = st["F"](hkl, idx)
                         tot += Fc * Fc * Fl * Fl
-                    bragg += tot * w_cap * (P if cfg.oversample_polar else 1.0) * w_om
+                    bragg += tot * wt * w_cap * (P if cfg.oversample_polar else 1.0) * w_om
         if st["I_bg"] != 0.0 and bg_terms:
-            bg += sum(c * (1.0 if p is None else p) * o for c, p, o in bg_terms) / len(bg_terms)
+            bg += sum(c * (1.0 if p is None else p) * o * w for c, p, o, w in bg_terms) / len(bg_terms)
     if polar0 is None and not cfg.nopolar:
         # every sub-path was cut by -dmin: no polarization, no signal, as in
         # nanoBragg (its pixel's factor is never set).  With -nopolar that

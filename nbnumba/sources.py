@@ -24,10 +24,22 @@ SOURCE_DISTANCE = 10.0   # m, nanoBragg's fixed source distance
 class Sources:
     direction: np.ndarray    # (n, 3) unit vectors sample -> source
     wavelength: np.ndarray   # (n,) metres
-    weight: np.ndarray       # (n,) as given/generated (printed only: nanoBragg
-                             # weights every source equally in the image)
+    weight: np.ndarray       # (n,) as given/generated (printed, as nanoBragg prints them)
     divsteps: int
     log: List[str] = field(default_factory=list)
+    #: (n,) the factor each source's terms are multiplied by in the image: the
+    #: -sourcefile weights over their mean in the default mode, else 1 (nanoBragg.c
+    #: reads the weights but weighs every source equally: docs/quirks.md #20)
+    intensity: np.ndarray = None
+
+    def __post_init__(self):
+        if self.intensity is None:
+            self.intensity = np.ones(len(self.wavelength))
+
+    @property
+    def weighted(self):
+        """Whether the sources' terms carry unequal factors (intensity)."""
+        return bool(np.any(self.intensity != 1.0))
 
     @property
     def incident(self):
@@ -59,13 +71,30 @@ def divergence_points(steps, round_div):
     return kept
 
 
+def relative_intensities(weights):
+    """The factors that weigh each source's terms, from -sourcefile's weight
+    column (missing entries already 1): the weights over their mean, so that
+    the image keeps the flux (-fluence is the sum over all sources) and equal
+    weights give exactly 1.  Divided by the largest weight first, so that no
+    finite weights overflow the sum.  The caller has refused negative,
+    non-finite and all-zero weights."""
+    w = np.asarray(weights, dtype=float)
+    if len(w) == 0 or np.all(w == w[0]):
+        return np.ones(len(w))
+    w = w / w.max()
+    return w * (len(w) / w.sum())
+
+
 def build_sources(steps, beam, polar, vert, lambda0, round_div, file_columns=None,
-                  points=None) -> Sources:
+                  points=None, weigh=False) -> Sources:
     """The sources of a run: from -sourcefile's columns, else the divergence
     grid's points (``points``: these (i, j) in place of divergence_points',
     as nbnumba.autodiff keeps a run's points while it varies a range) times
-    the wavelength sweep."""
+    the wavelength sweep.  weigh: the file's weights weigh the sources'
+    terms (Sources.intensity; the default mode), else every source counts
+    once (nanoBragg.c)."""
     log: List[str] = []
+    intensity = None
     if file_columns is not None and len(file_columns):
         cols = np.array(file_columns, dtype=float)
         X, Y, Z, I, L = (cols[:, i] for i in range(5))
@@ -77,6 +106,8 @@ def build_sources(steps, beam, polar, vert, lambda0, round_div, file_columns=Non
         pos = list(zip(X.tolist(), Y.tolist(), Z.tolist()))
         weights, lambdas = I.tolist(), L.tolist()
         divsteps = 0
+        if weigh:
+            intensity = relative_intensities(I)
     else:
         if points is None:
             points = divergence_points(steps, round_div)
@@ -104,5 +135,6 @@ def build_sources(steps, beam, polar, vert, lambda0, round_div, file_columns=Non
         dirs[i] = u
         log.append("%g %g %g   %g %g" % (p[0], p[1], p[2], weights[i], lambdas[i]))
     return Sources(direction=dirs, wavelength=np.array(lambdas, dtype=float),
-                   weight=np.array(weights, dtype=float), divsteps=divsteps, log=log)
+                   weight=np.array(weights, dtype=float), divsteps=divsteps, log=log,
+                   intensity=intensity)
 

@@ -374,9 +374,11 @@ def check_detector(cfg, det, active, box) -> None:
     sample, and the ROI must select a pixel.  box: (r0, r1, c0, c1), rows and
     columns that hold every active pixel (model.roi_box), so that only they are
     counted (a Pilatus frame's mask is 6 MB of mostly untouched zero pages)."""
-    if not det.curved and det.close_distance <= 0.0:
+    if (not det.curved or not cfg.c_parity) and det.close_distance <= 0.0:
         # the detector normal points away from the sample: every solid angle, and so
-        # every intensity, comes out negative (nanoBragg.c prints such images)
+        # every intensity, comes out negative (nanoBragg.c prints such images); the
+        # default mode's -curved_det sphere has the close distance as its radius
+        # (nanoBragg.c's, under -c_parity, the distance along the beam)
         raise ConfigError("the detector faces away from the sample (its plane lies %.4g mm along "
                           "its normal), so every intensity would be negative: -twotheta %.4g deg "
                           "turns its back to the beam (with the BEAM pivot of -mosflm/-adxv/-denzo); "

@@ -1173,11 +1173,13 @@ def test_capture_fraction_grad_matches_finite_differences():
 
 
 # ------------------------------------------------------------- -curved_det
-#: nanoBragg's curved detector (physics.curved_position): alone, and with a
-#: sensor, sub-pixels and the per-sub-pixel solid angle
+#: the default mode's curved detector (physics.sphere_position): alone, and
+#: with a sensor, sub-pixels and the per-sub-pixel solid angle
 CURVED = {"curved": "-curved_det -polar 0.7 -water 0.03",
-          "curved_sensor": "-curved_det -detector_thick 300 -detector_thicksteps 2 -oversample 2 "
-                           "-oversample_omega -water 0.03"}
+          # (-detector_abs: with the default mu = 1/thickness a sensor that faces the
+          # sample absorbs the same fraction whatever its thickness)
+          "curved_sensor": "-curved_det -detector_thick 300 -detector_abs 200 "
+                           "-detector_thicksteps 2 -oversample 2 -oversample_omega -water 0.03"}
 
 
 @pytest.mark.parametrize("case", sorted(CURVED))
@@ -1198,24 +1200,25 @@ def test_curved_det_central_differences(case):
     """Each per-pixel column (jacobian()) of a -curved_det run against
     Richardson central differences of the forward, to 1e-8 of the column's
     largest entry: every position derivative goes back from the sphere to the
-    flat position (its lab y and z), the distance and the beam that the map
-    turns, and the detector axes it turns about.  (The rotation keywords'
-    columns at a step of 1e-2 degrees: at 1e-3 the differences' rounding
-    reaches 9e-9 of detector_rot's smallest column.)"""
+    flat position, the sphere's radius (the close distance), the normal it
+    touches and the axes its arcs follow.  (The rotation keywords'
+    columns at a step of 1e-2 degrees, detector_rot's at 3e-3: at 1e-2 the
+    differences' O(h^4) error reached 1.3e-8 of the sensor case's rotx
+    column, 4e-11 at 2.5e-3; at 1e-3 their rounding reaches 9e-9.)"""
     argv = BASE + CURVED[case].split()
     keys = SENSOR_KEYS + ("cell",) + (("detector_thick",) if "-detector_thick" in argv else ())
     vals = {k: np.asarray(dict(VALUES, detector_thick=[300.0])[k], dtype=np.float64)
             for k in keys}
     _columns_match_differences(argv, vals, dict(
-        misset=1e-3, distance=1e-3, beam_center=1e-3, detector_rot=1e-2, twotheta=1e-2,
+        misset=1e-3, distance=1e-3, beam_center=1e-3, detector_rot=3e-3, twotheta=1e-2,
         wavelength=1e-6, polarization=1e-3, N=1e-4, cell=1e-3, detector_thick=0.1))
 
 
 def test_curved_det_beam_vector_central_differences():
-    """With -curved_det the beam direction also turns the sphere's pole onto
-    every pixel (physics.curved_position): beam_vector's and distance's
-    columns against Richardson differences, to 1e-8 of each column's largest
-    entry, with divergent sources and the Kahn factor."""
+    """With -curved_det, beam_vector's and distance's columns (the beam moves
+    the detector's origin, so the sphere's point of contact) against
+    Richardson differences, to 1e-8 of each column's largest entry, with
+    divergent sources and the Kahn factor."""
     argv = BEAM_ARGV + "-curved_det -polar 0.6 -hdivrange 0.3 -hdivsteps 2".split()
     vals = {"beam_vector": np.asarray(BEAM), "distance": np.array([100.0])}
     _columns_match_differences(argv, vals, dict(beam_vector=1e-5, distance=1e-3))
@@ -1242,36 +1245,46 @@ def test_gradcheck_curved_det(hkl_file):
     _F_check(BASE + ["-hkl", hkl_file, "-nointerpolate", "-curved_det"])
 
 
-def test_curved_position_grad_matches_finite_differences():
-    """physics.curved_position_grad against Richardson differences of
-    curved_position in the flat position, the distance, the beam and both
-    axes (not unit vectors: the formula's own derivative)."""
+@pytest.mark.parametrize("u, v", [(0.012, -0.017), (1e-4, 2e-4), (0.0, 0.0)])
+def test_sphere_position_grad_matches_finite_differences(u, v):
+    """physics.sphere_position_grad against Richardson differences of
+    sphere_position in the flat position, the close distance, and the three
+    axes (tilted, not unit: the formula's own derivative), at arcs of 0.19
+    rad, 2e-3 rad (the sinc series) and 0 (the point of contact); and the
+    map's promise: |p| = close + depth, and the arc from the contact point is
+    the flat offset."""
     rng = np.random.default_rng(5)
-    pos = (0.1, 0.012, -0.017)
-    D = 0.11
-    beam = (0.9, 0.1, -0.05)
-    sdet = (0.1, 0.2, 0.95)
-    fdet = (0.05, 0.97, -0.1)
+    Q = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    odet, fdet, sdet = (tuple(Q[:, i] * (1.0 + 0.01 * i)) for i in range(3))
+    close, depth = 0.11, 3e-4
+    pos = tuple(close * np.array(odet) + u * np.array(fdet) + v * np.array(sdet)
+                + depth * np.array(odet))
     g = tuple(rng.standard_normal(3))
-    gpos, gD, gb, gs, gf = physics.curved_position_grad(g, pos, D, beam, sdet, fdet)
-    assert gpos[0] == 0.0
+    gpos, gc, go, gf, gs = physics.sphere_position_grad(g, pos, close, odet, fdet, sdet)
 
-    def L(p=pos, d=D, b=beam, s_=sdet, f=fdet):
-        return float(np.dot(g, physics.curved_position(p, d, b, s_, f)))
+    def L(p=pos, c=close, o=odet, f=fdet, s_=sdet):
+        return float(np.dot(g, physics.sphere_position(p, c, o, f, s_)))
 
     def rich(fun, h):
         return (8 * (fun(h) - fun(-h)) - (fun(2 * h) - fun(-2 * h))) / (12 * h)
-    for arg, got in (("p", gpos), ("b", gb), ("s_", gs), ("f", gf)):
-        base = dict(p=pos, b=beam, s_=sdet, f=fdet)[arg]
+    for arg, got in (("p", gpos), ("o", go), ("f", gf), ("s_", gs)):
+        base = dict(p=pos, o=odet, f=fdet, s_=sdet)[arg]
         for i in range(3):
             def fun(t):
                 x = list(base)
                 x[i] += t
                 return L(**{arg: tuple(x)})
-            fd = rich(fun, 1e-5)
-            assert abs(got[i] - fd) <= 1e-9 * max(1.0, abs(fd)), (arg, i, got[i], fd)
-    fd = rich(lambda t: L(d=D + t), 1e-6)
-    assert abs(gD - fd) <= 1e-9 * max(1.0, abs(fd)), (gD, fd)
+            fd = rich(fun, 1e-6)
+            assert abs(got[i] - fd) <= 1e-8 * max(1.0, abs(fd)), (arg, i, got[i], fd)
+    fd = rich(lambda t: L(c=close + t), 1e-6)
+    assert abs(gc - fd) <= 1e-8 * max(1.0, abs(fd)), (gc, fd)
+    # unit axes: the point lies on the sphere, at the flat offset's arc
+    o, f, s_ = (tuple(Q[:, i]) for i in range(3))
+    flat = close * Q[:, 0] + u * Q[:, 1] + v * Q[:, 2] + depth * Q[:, 0]
+    p = np.array(physics.sphere_position(tuple(flat), close, o, f, s_))
+    assert abs(np.linalg.norm(p) - (close + depth)) <= 1e-15
+    ang = math.atan2(np.linalg.norm(np.cross(p, Q[:, 0])), p @ Q[:, 0])
+    assert abs(ang * close - math.hypot(u, v)) <= 1e-15
 
 
 # ------------------------------------------------------------- errors
@@ -1434,6 +1447,25 @@ def test_pilatus_roi_central_differences(tmp_path):
     fd = (L(F_hkl=F0 + 1e-3 * vdir) - L(F_hkl=F0 - 1e-3 * vdir)) / 2e-3
     an = float((F.grad * vdir).sum())
     assert abs(an - fd) <= 1e-6 * abs(an)
+
+
+@pytest.mark.parametrize("extra", ["-polar 0.8",
+                                   "-oversample 2 -oversample_polar -polar 0.8 -water 0.03 "
+                                   "-dmin 30 -detector_thick 100 -detector_abs 50 -thicksteps 2"])
+def test_gradcheck_weighted_sourcefile(tmp_path, extra):
+    """-sourcefile's relative intensities 1, 3, 0.5 weigh each source's terms
+    (docs/quirks.md #20): the adjoint weighs each source's derivatives as the
+    forward weighs its value, the background's per-source polarization
+    included (the second case takes the sensor copy of the kernels)."""
+    src = tmp_path / "s.txt"
+    src.write_text("-10 0.002 0 1 1.5e-10\n-10 0 0.003 3 1.52e-10\n-10 -0.001 0.002 0.5\n")
+    argv = BASE + ["-sourcefile", str(src)] + extra.split()
+    even = tmp_path / "even.txt"
+    even.write_text("-10 0.002 0 1 1.5e-10\n-10 0 0.003 1 1.52e-10\n-10 -0.001 0.002 1\n")
+    # (the weights matter here)
+    a, b = simulate(argv), simulate(BASE + ["-sourcefile", str(even)] + extra.split())
+    assert float((a - b).abs().max()) > 1e-3 * float(b.max())
+    _gradcheck(argv, tuple(n for n in ALL if n != "wavelength"))
 
 
 def test_round_crystal_at_node_centres_central_differences(tmp_path):

@@ -53,8 +53,8 @@ def test_quirks_detected_from_the_request():
     # (and the SAMPLE pivot), and drops -curved_det as the last argument
     assert hits(["-twotheta", "12", "-twotheta_axis", "0", "0", "-1"]) == [5]
     assert hits(["-twotheta_axis", "0", "0", "-1", "-twotheta", "12"]) == []    # the same settings
-    assert hits(["-curved_det"]) == [5]
-    assert hits(["-curved_det", "-nonoise"]) == []
+    assert hits(["-curved_det"]) == [5, 21]
+    assert hits(["-curved_det", "-nonoise"]) == [21]      # #21: the sphere itself
     assert hits(["-pix0_vector", "0.1", "0.0004", "0.0004"]) == [2]
     assert hits(["-oversample", "2", "-oversample_omega"]) == [7]
     assert hits(["-detector_thick", "0.3", "-detector_thicksteps", "3"]) == [8]

@@ -26,6 +26,7 @@ cacc and gF at the rounding level.
 """
 from __future__ import annotations
 
+import re
 import sys
 import types
 
@@ -38,8 +39,8 @@ from nbnumba.kernels import adjoint as A
 from nbnumba.physics import SINCG_NEAR
 from nbnumba.kernels import gpu
 from nbnumba.testing.fake_cupy import make_fake_cupy
-from test_gpu_source import (SIGNATURES, _write_hkl, check_launch_args,
-                             kernel_signatures)
+from test_gpu_source import (SIGNATURES, SOURCES3, SOURCES3_WEIGHTS, _write_hkl,
+                             check_launch_args, kernel_signatures)
 
 REL = 1e-9
 
@@ -103,8 +104,9 @@ CASES = {
     # a switch without a sensor: the solid angle per sub-pixel
     "omega_only": ("-default_F 100 -N 5 -oversample 3 -oversample_omega -water 20 "
                    "-point_pixel", {}),
-    # -curved_det: every position moved onto the sphere (physics.curved_position),
-    # its derivative mapped back (the sphere's radius and beam, the axes)
+    # -curved_det: every position moved onto the default mode's sphere
+    # (physics.sphere_position), its derivative mapped back (the sphere's
+    # radius, the close distance, and the detector's axes, odet included)
     "curved": ("-default_F 100 -N 5 -curved_det -oversample 2 -polar 0.6 -water 20 "
                "-detector_rotx 3 -twotheta 4", {}),
     # ... with a sensor, the switches and the beam direction's per-source block
@@ -112,6 +114,16 @@ CASES = {
                       "-oversample 2 -oversample_polar -oversample_omega -water 30 "
                       "-beam_vector 1 0 0 -hdivrange 0.3 -hdivsteps 2",
                       {"beam_vector": np.array([0.98, 0.05, -0.03])}),
+    # -sourcefile weights (test_gpu_source.SOURCES3): every term of a source,
+    # and every derivative of it, times the source's factor
+    "sources_weighted": ("-default_F 100 -N 5 -sourcefile src3.txt -mosaic 0.3 -mosaic_dom 2 "
+                         "-water 0.5 -polar 0.6", {}),
+    # ... with -oversample_polar: each source's water share (and its weight's
+    # derivative) weighed too, -dmin cutting some sources of a sub-pixel (their
+    # wavelengths differ) and not others; sensor layers
+    "sources_weighted_os_polar": ("-default_F 100 -N 5 -sourcefile src3.txt -oversample 2 "
+                                  "-oversample_polar -water 0.5 -polar 0.6 -dmin 60 "
+                                  "-detector_thick 100 -detector_thicksteps 2", {}),
 }
 
 
@@ -129,6 +141,7 @@ def host(host_build):
 def _run(name, workdir, monkeypatch):
     flags, vals = CASES[name]
     _write_hkl(workdir / "gen.hkl", 6, 6, 6)
+    (workdir / "src3.txt").write_text(SOURCES3)
     monkeypatch.chdir(workdir)
     needs = ("F_hkl",) if "-hkl" in flags else ()
     return AD._Run((BASE + " " + flags).split(), dict(vals), needs + tuple(vals), None)
@@ -199,14 +212,18 @@ def test_adjoint_launch_args_match_signature(tmp_path, monkeypatch):
 
 def test_theta_layout_matches_kernel(host):
     # HostKernel reads N_PAR and P_LAM back from the library (nb_host_layout)
-    assert gpu.ADJOINT_N_PAR == A.N_PAR_DEVICE == A.N_PAR == A.P_CBEAM + 3
+    assert gpu.ADJOINT_N_PAR == A.N_PAR_DEVICE == A.N_PAR == A.P_MU + 1
     assert A.P_SPIN == A.P_BEAM + gpu.ADJOINT_MAX_INC
     src = gpu.source_text()
     assert "#define NB_MAX_INC %d\n" % gpu.ADJOINT_MAX_INC in src
     for name in ("P_A", "P_B", "P_C", "P_PIX0", "P_CLOSE", "P_ASTAR", "P_BSTAR", "P_CSTAR",
                  "P_LAM", "P_NA", "P_NB", "P_NC", "P_FLU", "P_KAHN", "P_MOS", "P_BEAM",
-                 "P_DIV", "P_DISP", "P_ODET", "P_TSTEP", "P_MU", "P_CDIST", "P_CBEAM"):
+                 "P_DIV", "P_DISP", "P_ODET", "P_TSTEP", "P_MU"):
         assert ("#define %s %d\n" % (name, getattr(A, name))) in src, name
+    # nanoBragg.c's -curved_det map is never differentiated (autodiff runs the
+    # default mode, its sphere): its entries are gone from both
+    for name in ("P_CDIST", "P_CBEAM"):
+        assert not hasattr(A, name) and not re.search(r"\b%s\b" % name, src), name
     assert "#define N_PAR %d\n" % A.N_PAR_DEVICE in src
     assert "#define NB_SINCG_NEAR %r\n" % SINCG_NEAR in src
 
@@ -247,15 +264,16 @@ def test_host_adjoint_matches_numba(name, host, tmp_path, monkeypatch):
     assert np.abs(ref[A.P_PIX0:A.P_PIX0 + 3]).max() > 0.0 and ref[A.P_FLU] != 0.0
     for key, entries in AD._TURNS_SOURCES.items():     # the per-source entries
         assert (np.abs(ref[list(entries)]).max() > 0.0) == (key in run.needs_grad), key
-    # the sensor's entries (the detector normal, the layer thickness, the
-    # attenuation coefficient): nonzero with a sensor only
+    # the sensor's entries (the layer thickness, the attenuation coefficient):
+    # nonzero with a sensor only; the detector normal's with a sensor (the
+    # layers' direction, the parallax) or -curved_det (the sphere touches the
+    # detector plane at close odet: physics.sphere_position)
     sensor = "-detector_thick" in CASES[name][0]
-    assert (np.abs(ref[A.P_ODET:A.P_MU + 1]).min() > 0.0) == sensor
-    assert sensor or not ref[A.P_ODET:A.P_MU + 1].any()
-    # the curved detector's (its radius, its beam): nonzero with -curved_det only
     curved = "-curved_det" in CASES[name][0]
-    assert (np.abs(ref[A.P_CDIST:A.P_CBEAM + 3]).min() > 0.0) == curved
-    assert curved or not ref[A.P_CDIST:A.P_CBEAM + 3].any()
+    assert (np.abs(ref[A.P_TSTEP:A.P_MU + 1]).min() > 0.0) == sensor
+    assert sensor or not ref[A.P_TSTEP:A.P_MU + 1].any()
+    assert (np.abs(ref[A.P_ODET:A.P_ODET + 3]).min() > 0.0) == (sensor or curved)
+    assert sensor or curved or not ref[A.P_ODET:A.P_ODET + 3].any()
     gauss = "-gauss_xtal" in CASES[name][0]
     assert (np.abs(ref[A.P_ASTAR:A.P_CSTAR + 3]).max() > 0.0) == gauss
     # the top hat is flat in h, k, l (its edge's delta is left out): no cell gradient
@@ -272,6 +290,75 @@ def test_host_adjoint_matches_numba(name, host, tmp_path, monkeypatch):
     assert gp0 is None and ca0 is None and gf0 is None
     assert np.all(v0[~active] == 0.0)
     assert _rel(v0, run.forward()) <= REL
+
+
+#: runs whose image splits exactly into per-source images (polarization off
+#: or per sub-path, no -dmin: see test_gpu_source.WEIGHT_SPLIT), and so does
+#: every gradient of a loss linear in it
+ADJ_WEIGHT_SPLIT = {
+    "lean": "-default_F 100 -N 5 -nopolar -water 0.5 -mosaic 0.3 -mosaic_dom 2 -phi 0 -osc 1 "
+            "-phisteps 2",
+    "switches": "-default_F 100 -N 5 -oversample 2 -oversample_polar -oversample_omega "
+                "-oversample_thick -water 0.5 -polar 0.6 -detector_thick 100 "
+                "-detector_thicksteps 2",
+    "interpolate": "-hkl gen.hkl -interpolate -N 3 -nopolar -detector_thick 100 "
+                   "-detector_thicksteps 2",
+}
+
+
+@pytest.mark.parametrize("variant", sorted(ADJ_WEIGHT_SPLIT))
+def test_host_adjoint_weighted_sources_split(variant, host, tmp_path, monkeypatch):
+    """The CUDA adjoint's weights alone (its host build, no numba adjoint):
+    for SOURCES3, the values, the per-pixel gradient rows, the per-cell sums
+    and the F-grid gradient are the mean over the sources s of w_s times
+    those of the run with source s alone (w_s its relative intensity over
+    their mean), to 1e-11 of each output's scale; the unweighted mean is
+    not."""
+    _write_hkl(tmp_path / "gen.hkl", 6, 6, 6)
+    lines = SOURCES3.splitlines()
+    (tmp_path / "src3.txt").write_text(SOURCES3)
+    for i, line in enumerate(lines):
+        (tmp_path / ("src_%d.txt" % i)).write_text(line + "\n")
+    monkeypatch.chdir(tmp_path)
+    flags = (BASE + " " + ADJ_WEIGHT_SPLIT[variant]).split()
+    needs = ("F_hkl",) if "-hkl" in flags else ()
+    g = np.random.default_rng(5).standard_normal((12, 12))
+
+    def outputs(srcfile, weighted):
+        run = AD._Run(flags + ["-sourcefile", srcfile], {}, needs, None)
+        args = gpu.layout_args(run.args, np.float64)
+        assert args[0][gpu.K.I_WEIGHTED] == int(weighted)
+        S, F = run.model.shape
+        active = np.ascontiguousarray(run.model.active, dtype=np.uint8)
+        ncell = int(args[0][gpu.K.I_NPHI]) * int(args[0][gpu.K.I_NMOS])
+        rows = np.zeros((S * F, gpu.ADJOINT_N_PAR))
+        cacc = np.zeros((9, ncell))
+        gF = np.zeros(run.model.Fhkl.shape if needs else (1,))
+        val = np.zeros((S, F))
+        host.adjoint_arrays(active, g, 0, S, gpu.ADJOINT_GRAD_F if needs else gpu.ADJOINT_GRAD,
+                            args, rows, cacc, gF, val)
+        return val, rows, cacc, gF
+
+    both = outputs("src3.txt", True)
+    single = [outputs("src_%d.txt" % i, False) for i in range(len(lines))]
+    w = np.asarray(SOURCES3_WEIGHTS)
+    f = w / w.mean()
+    for k, name in enumerate(("values", "gradient rows", "per-cell sums", "F gradient")):
+        if k == 3 and not needs:
+            continue
+        want = sum(f[s] * single[s][k] for s in range(len(f))) / len(f)
+        plain = sum(single[s][k] for s in range(len(f))) / len(f)
+        scale = sum(f[s] * np.abs(single[s][k]) for s in range(len(f))) / len(f)
+        if k == 1:      # per theta entry, the sum over pixels of |contributions|
+            scale = np.broadcast_to(scale.sum(axis=0), scale.shape)
+        else:
+            scale = np.full(scale.shape, scale.max())
+        assert scale.max() > 0.0, name
+        err = np.abs(both[k] - want)
+        assert np.all(err <= 1e-11 * scale), (variant, name,
+                                              float((err / np.where(scale, scale, 1)).max()))
+        # (measured 7e-4 on the values, whose scale the water sets, 0.2-0.6 elsewhere)
+        assert float((np.abs(plain - want) / np.where(scale, scale, 1)).max()) > 1e-4, (variant, name)
 
 
 def test_host_adjoint_skips_zero_upstream(host, tmp_path, monkeypatch):
@@ -386,8 +473,13 @@ def test_autodiff_device_cuda_sensor_through_fake_cupy(host, tmp_path, monkeypat
         # every switch; mu = 1/thickness follows the thickness keyword
         "switches": ["-detector_thick", "200", "-detector_thicksteps", "2",
                      "-oversample_thick", "-oversample_polar", "-oversample_omega"],
-        # the curved detector, with two layers
-        "curved": ["-curved_det", "-detector_thick", "200", "-detector_thicksteps", "2"],
+        # the curved detector, with two layers; -detector_abs given: on the
+        # default mode's sphere a layer's depth moves it along its own
+        # direction and the parallax is 1, so with mu = 1/thickness (a layer's
+        # thickness times mu fixed by the layer count) the image does not
+        # depend on the thickness at all (its gradient is rounding noise)
+        "curved": ["-curved_det", "-detector_thick", "200", "-detector_thicksteps", "2",
+                   "-detector_abs", "200"],
     }
 
     def grads(argv):

@@ -102,6 +102,15 @@ def _write_hkl(path: Path, hmax=8, kmax=8, lmax=8, seed=5):
     path.write_text("\n".join(lines) + "\n")
 
 
+#: a -sourcefile of three sources (x y z weight lambda per line: positions in
+#: m, ~10 m up the beam, a few mrad apart; wavelengths in m) with unequal
+#: weights, which the default mode weighs each source's terms by (relative
+#: intensities 1 3 0.5: factors 2/3, 2, 1/3); -c_parity counts each once
+SOURCES3 = ("-10 0.08 0 1 1.5e-10\n"
+            "-10 0 -0.12 3 1.45e-10\n"
+            "-10 -0.1 0.06 0.5 1.55e-10\n")
+SOURCES3_WEIGHTS = (1.0, 3.0, 0.5)
+
 _BASE = "-cell 70 80 90 90 90 90 -misset 10 20 30 -lambda 1.5 -distance 100 -nonoise -nopgm -noprogress"
 
 #: cases the golden corpus does not cover (the corrected -oversample_* path,
@@ -136,6 +145,20 @@ EXTRA_CASES = {
     " -oversample_omega -detpixels 40 -pixel 0.4",
     "x_point_pixel_curved": _BASE + " -default_F 100 -N 5 -curved_det -point_pixel -detpixels 40"
     " -pixel 0.4",
+    # -curved_det in both modes (model.py's I_CURVED): the default mode's sphere
+    # (2, physics.sphere_position) with a sensor, whose parallax is then 1 (the
+    # sensor faces the sample), a tilted detector; and nanoBragg.c's lab-frame
+    # map (1, physics.curved_position) under -c_parity, the golden
+    # curved_detector's, here with a sensor too (its parallax d.odet).  Both
+    # with -oversample_omega: below the sphere's surface (the second layer,
+    # R > close) its solid angle pixel^2/R^2 (obliquity 1) differs from the
+    # flat formula's pixel^2 close/R^3, which nanoBragg.c's map keeps
+    "x_curved_sensor": _BASE + " -default_F 100 -N 5 -curved_det -detector_thick 100"
+    " -detector_abs 50 -detector_thicksteps 2 -oversample 2 -oversample_omega"
+    " -detector_rotx 3 -twotheta 4 -water 20 -detpixels 40 -pixel 0.4",
+    "x_curved_sensor_cparity": _BASE + " -default_F 100 -N 5 -curved_det -detector_thick 100"
+    " -detector_abs 50 -detector_thicksteps 2 -oversample_omega -detector_rotx 3"
+    " -detpixels 40 -pixel 0.4 -c_parity",
     "x_div_disp_kahn_roi": _BASE + " -default_F 100 -N 5 -hdivrange 0.4 -vdivrange 0.4"
     " -hdivsteps 2 -vdivsteps 2 -dispersion 1 -dispsteps 3 -polar 0.5 -detpixels 64 -pixel 0.3"
     " -roi 5 50 10 60",
@@ -147,6 +170,17 @@ EXTRA_CASES = {
     " -detpixels 48 -pixel 0.4",
     "x_large_N_hkl": _BASE + " -hkl {hkl} -nointerpolate -N 40 -oversample 1 -detpixels 64"
     " -pixel 0.2",
+    # -sourcefile weights (SOURCES3, {src3}): the lean sum of each source times
+    # its factor; with -oversample_polar each source's water share weighed too,
+    # -dmin cutting some sources of a sub-pixel (their wavelengths differ) and
+    # not others; -c_parity ignores the weights (I_WEIGHTED 0).  Little water
+    # (0.5 um): more would bury the Bragg terms' weights below a float32 ulp
+    "x_sources_weighted": _BASE + " -default_F 100 -N 5 -sourcefile {src3} -mosaic 0.3"
+    " -mosaic_dom 2 -mosaic_seed 4 -water 0.5 -detpixels 48 -pixel 0.4",
+    "x_sources_weighted_os_polar_water": _BASE + " -default_F 100 -N 5 -sourcefile {src3}"
+    " -oversample 2 -oversample_polar -water 0.5 -polar 0.9 -dmin 15 -detpixels 40 -pixel 0.4",
+    "x_sources_weights_cparity": _BASE + " -default_F 100 -N 5 -sourcefile {src3} -oversample 2"
+    " -oversample_polar -water 50 -detpixels 32 -pixel 0.4 -c_parity",
 }
 
 CASE_IDS = [c.name for c in GOLDEN] + sorted(EXTRA_CASES)
@@ -157,7 +191,9 @@ def _cfg_for(name: str, workdir: Path):
     if name in EXTRA_CASES:
         _write_hkl(workdir / "gen.hkl")
         _write_hkl(workdir / "gen_small.hkl", 4, 4, 4, seed=6)
+        (workdir / "src3.txt").write_text(SOURCES3)
         argv = EXTRA_CASES[name].replace("{hkl}", "gen.hkl").replace("{hkl_small}", "gen_small.hkl")
+        argv = argv.replace("{src3}", "src3.txt")
         argv = argv.split()
     else:
         case = next(c for c in GOLDEN if c.name == name)
@@ -390,6 +426,26 @@ def test_sinc3_series_match_physics():
     assert [float(b) for b in below] == [physics.SINC3_SERIES_BELOW]
 
 
+def test_sphere_sinc_series_match_physics():
+    """-curved_det's sphere gradient: sinc_and_slope in nanobragg.cu sums
+    physics._sinc_and_slope's Taylor series (and takes it below the same th),
+    the same float literals in the same order."""
+    import ast
+    import inspect
+    import textwrap
+    from nbnumba import physics
+    fn = ast.parse(textwrap.dedent(inspect.getsource(physics._sinc_and_slope.py_func))).body[0]
+    consts = [n for stmt in fn.body[1:] for n in ast.walk(stmt)     # (after the docstring)
+              if isinstance(n, ast.Constant) and isinstance(n.value, float)]
+    ref = [n.value for n in sorted(consts, key=lambda n: (n.lineno, n.col_offset))]
+    body = re.search(r"^__device__[^\n]*\bsinc_and_slope\(.*?^}$", gpu.source_text(),
+                     re.M | re.S).group(0)
+    body = re.sub(r"//[^\n]*", "", body.split("{", 1)[1])
+    found = [float(x) for x in re.findall(r"(?<![\w.])\d+\.\d*(?:[eE][-+]?\d+)?", body)]
+    assert len(ref) == 18 and ref[0] == 0.1
+    assert found == ref
+
+
 def test_x_over_sin_series_match_physics():
     """The unreduced sincg's near-origin series in nanobragg.cu
     (sincg_near_dh) has physics.X_OVER_SIN_SERIES's coefficients exactly."""
@@ -460,11 +516,49 @@ def test_host_build_failure_is_one_error(tmp_path):
     assert not (tmp_path / "libnb_host.so").exists()
 
 
-def test_case_coverage():
-    """At least 10 golden cases plus the extras, covering every kernel feature."""
+def test_case_coverage(tmp_path):
+    """At least 10 golden cases plus the extras, covering every kernel feature;
+    the -sourcefile cases run weighted sources (I_WEIGHTED) in the default
+    mode, with the plain lean sum and with -oversample_polar's per-source
+    water, and unweighted under -c_parity; -curved_det runs in both modes."""
     assert len(CASE_IDS) >= 10
     if GOLDEN:
         assert len(GOLDEN) >= 10
+    weighted = {}
+    for name in sorted(EXTRA_CASES):
+        if "{src3}" not in EXTRA_CASES[name]:
+            continue
+        cfg = _cfg_for(name, tmp_path)
+        iopt, _, _, incident = gpu.kernel_args(build_model(cfg), np.float64)[:4]
+        assert incident.shape == (3, 4), name
+        w = np.asarray(SOURCES3_WEIGHTS)
+        if cfg.c_parity:
+            assert iopt[K.I_WEIGHTED] == 0 and np.all(incident[:, 3] == 1.0), name
+        else:
+            assert iopt[K.I_WEIGHTED] == 1, name
+            assert np.allclose(incident[:, 3], w / w.mean(), rtol=1e-15, atol=0.0), name
+        weighted[name] = (bool(iopt[K.I_WEIGHTED]), bool(iopt[K.I_OS_POLAR]),
+                          cfg.water_size > 0.0)
+    assert (True, False, True) in weighted.values()      # lean sum, per-sub-path water
+    assert (True, True, True) in weighted.values()       # per-source polarization and water
+    assert (False, True, True) in weighted.values()      # -c_parity: weights ignored
+    # -curved_det in both modes (model.py's I_CURVED): nanoBragg.c's map under
+    # -c_parity (1) and the default mode's sphere (2), each with and without
+    # a sensor (the sphere's parallax is 1); the sphere and the map each with
+    # -oversample_omega over several layers (the sphere's obliquity 1 at depth)
+    curved = set()
+    deep_omega = set()
+    for name in sorted(EXTRA_CASES):
+        if "-curved_det" not in EXTRA_CASES[name]:
+            continue
+        cfg = _cfg_for(name, tmp_path)
+        iopt = gpu.kernel_args(build_model(cfg), np.float64)[0]
+        assert iopt[K.I_CURVED] == (1 if cfg.c_parity else 2), name
+        curved.add((int(iopt[K.I_CURVED]), iopt[K.I_THICKSTEPS] > 1))
+        if iopt[K.I_THICKSTEPS] > 1 and iopt[K.I_OS_OMEGA]:
+            deep_omega.add(int(iopt[K.I_CURVED]))
+    assert {(1, True), (2, True), (2, False)} <= curved, curved
+    assert deep_omega == {1, 2}, deep_omega
 
 
 def _corr(a, b):
@@ -543,6 +637,63 @@ def test_host_kernel_matches_numba(name, host, tmp_path):
         assert rel.max() <= F32_REL_MAX, "%s: float32 max rel error %.3g" % (name, rel.max())
 
 
+#: runs whose image splits exactly into per-source images: polarization off
+#: or per sub-path (-oversample_polar), no -dmin (a pixel with every sub-path
+#: of one source cut has no water in that source's own run).  The lean sum
+#: with water per sub-path; per-source water; sensor layers (the corrected
+#: lean sum); interpolation (term by term)
+WEIGHT_SPLIT = {
+    "lean": "-default_F 100 -N 5 -nopolar -water 0.5 -mosaic 0.3 -mosaic_dom 2",
+    "os_polar_water": "-default_F 100 -N 5 -oversample 2 -oversample_polar -water 0.5 -polar 0.9",
+    "layers": "-default_F 100 -N 5 -nopolar -detector_thick 100 -detector_thicksteps 2"
+              " -detector_abs 200 -water 0.5",
+    "interpolate": "-hkl gen.hkl -interpolate -N 3 -nopolar",
+}
+
+
+@pytest.mark.parametrize("variant", sorted(WEIGHT_SPLIT))
+def test_host_weighted_sources_are_weighted_single_sources(variant, host, tmp_path):
+    """The CUDA kernel's weights alone (its host build, no numba image): the
+    image of SOURCES3 is the mean over its sources s of w_s times the image
+    of the same run with source s alone (w_s its relative intensity over
+    their mean; the same -fluence, the water background the same in every
+    run), per pixel in float64 to 1e-12, and not the unweighted mean."""
+    _write_hkl(tmp_path / "gen.hkl")
+    lines = SOURCES3.splitlines()
+    (tmp_path / "src3.txt").write_text(SOURCES3)
+    for i, line in enumerate(lines):
+        (tmp_path / ("src_%d.txt" % i)).write_text(line + "\n")
+    flags = _BASE + " -detpixels 24 -pixel 0.4 -fluence 1e29 " + WEIGHT_SPLIT[variant]
+
+    def values(srcfile, weighted):
+        old = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            cfg = parse_argv((flags + " -sourcefile " + srcfile).split())
+        finally:
+            os.chdir(old)
+        m = build_model(replace(cfg, workdir=str(tmp_path)))
+        kargs = gpu.kernel_args(m, np.float64)
+        assert kargs[0][K.I_WEIGHTED] == int(weighted)
+        S, F = m.shape
+        out = np.zeros((S, F))
+        for s in range(S):
+            for f in range(F):
+                out[s, f] = host.pixel(m, np.float64, s, f, args=kargs)[0]
+        return out
+
+    both = values("src3.txt", True)
+    single = np.array([values("src_%d.txt" % i, False) for i in range(len(lines))])
+    w = np.asarray(SOURCES3_WEIGHTS)
+    want = np.tensordot(w / w.mean(), single, axes=1) / len(w)
+    assert np.all(want > 0.0)
+    assert np.all(np.abs(both - want) <= 1e-12 * want), float((np.abs(both - want) / want).max())
+    # the weights matter here: the unweighted mean is off by a tenth or more of
+    # the image's variation (the measured 0.10-0.98; the background varies too)
+    plain = single.mean(axis=0)
+    assert float(np.abs(both - plain).max()) > 0.02 * float(np.ptp(plain))
+
+
 # --------------------------------------------------------------------------- trace on the device
 def _golden_trace_cases():
     import json
@@ -561,7 +712,9 @@ def _golden_trace_cases():
 TRACE_CASES = _golden_trace_cases()
 #: extra cases traced at their brightest pixel (paths the golden traces lack)
 TRACE_EXTRA = ["x_corrected_all_oversample", "x_interp_latch_mid_cparity", "x_tophat_phi",
-               "x_round_water_cparity", "x_div_disp_kahn_roi", "x_curved_os_omega"]
+               "x_round_water_cparity", "x_div_disp_kahn_roi", "x_curved_os_omega",
+               "x_curved_sensor", "x_curved_sensor_cparity",
+               "x_sources_weighted_os_polar_water"]
 
 
 def test_trace_constants_match_cpu():

@@ -331,6 +331,36 @@ def test_water_background_linear_in_fluence():
     np.testing.assert_allclose(b, 3.0 * a, rtol=1e-12)
 
 
+@pytest.mark.parametrize("extra", ["-nopolar", "-oversample 2 -oversample_polar -water 0.3"])
+def test_weighted_sources_are_the_weighted_mean_of_each_source_alone(tmp_path, extra):
+    """-sourcefile's relative intensities (docs/quirks.md #20): with weights
+    w_s (mean 1), the image is the mean over s of w_s times the image of
+    source s alone.  The pixel's polarization is its first source's unless
+    -oversample_polar (a C rule that both modes keep), so the relation is
+    exact with -nopolar or with that switch; the second case also weighs the
+    water background's per-source polarization.  (Not with -dmin: a pixel
+    where it cuts every sub-path of a source alone is 0, background included,
+    as in nanoBragg; tests/test_reference.py::test_sourcefile has -dmin.)"""
+    lines = ["-10 0.9 0.1 1 1.5e-10", "-10 -0.4 1.2 3 1.56e-10", "-10 0.2 -0.8 0.5 1.44e-10",
+             "-10 0 0 0"]
+    (tmp_path / "all.txt").write_text("\n".join(lines) + "\n")
+    argv = BASE + "-N 3 -oversample 1 " + extra + " -sourcefile "
+    img = kernel64(parse(argv + str(tmp_path / "all.txt")))
+    w = np.array([1.0, 3.0, 0.5, 0.0])
+    w *= len(w) / w.sum()
+    mean = np.zeros_like(img)
+    for i, line in enumerate(lines[:3]):       # (the fourth, of weight 0, adds 0)
+        (tmp_path / ("s%d.txt" % i)).write_text(line + "\n")
+        mean += w[i] * kernel64(parse(argv + str(tmp_path / ("s%d.txt" % i)))) / len(lines)
+    assert img.max() > 0.0
+    np.testing.assert_allclose(img, mean, rtol=1e-12, atol=1e-14 * img.max())
+    # the unweighted mean is not it (the weights reach the image)
+    (tmp_path / "even.txt").write_text("-10 0.9 0.1 1 1.5e-10\n-10 -0.4 1.2 1 1.56e-10\n"
+                                       "-10 0.2 -0.8 1 1.44e-10\n-10 0 0 1\n")
+    even = kernel64(parse(argv + str(tmp_path / "even.txt")))
+    assert np.abs(even - img).max() > 1e-3 * img.max()
+
+
 def test_linear_in_F_squared():
     a = kernel64(parse(BASE + "-N 3 -oversample 2 -default_F 10"))
     b = kernel64(parse(BASE + "-N 3 -oversample 2 -default_F 30"))

@@ -615,18 +615,26 @@ def test_non_unit_odet_keeps_its_side_in_the_default_mode():
 
 
 
-def test_curved_detector_off_x_is_warned():
-    """nanoBragg's -curved_det reads the flat pixel's lab y and z as angles: a sphere
-    only for a detector facing a beam along x.  Under -xds (beam along z) its image
-    is nothing like the flat one; the default mode warns, and -c_parity prints what
-    the C prints."""
-    base = ["-oversample", "1", "-curved_det"]
-    xds, mosflm = sim(base + ["-xds"]), sim(base + ["-mosflm"])
-    warned = [line for line in xds.log if "-curved_det bends the detector" in line]
-    assert len(warned) == 1 and not any("-curved_det bends" in line for line in mosflm.log)
-    assert not any("-curved_det bends" in line for line in sim(base + ["-xds"], c_parity=True).log)
-    flat = sim(["-oversample", "1", "-xds"])
-    assert float(xds.float_image.sum()) < 0.01 * float(flat.float_image.sum())
+@pytest.mark.parametrize("frame", [["-mosflm"], ["-xds"], ["-mosflm", "-Xbeam", "1", "-Ybeam", "1.5"],
+                                   ["-adxv"]])
+def test_curved_detector_in_both_modes(frame):
+    """#21: nanoBragg's -curved_det turns distance x beam about sdet by the flat
+    pixel's lab y and about fdet by its lab z: under -mosflm that mirrors the
+    image about the beam centre's anti-diagonal (a fast offset lands on the
+    slow axis), and under -xds (beam along z) it is no sphere at all.  The
+    default mode rolls the plane onto the sphere that touches it at its point
+    nearest the sample: on a detector 4.8 mm across at 100 mm, where sphere
+    and plane differ by ~1e-4 of a pixel, its image is the flat one's (the C's
+    correlates at 0.42 with it, 0.11 under -xds, where it sums 26 photons
+    against 20680).  The note names #21; -c_parity keeps the C's map."""
+    from nbnumba.quirks import c_differences
+    flat = sim(["-oversample", "1"] + frame).float_image.astype(float)
+    d = sim(["-oversample", "1", "-curved_det"] + frame)
+    c = sim(["-oversample", "1", "-curved_det"] + frame, c_parity=True)
+    corr = [np.corrcoef(flat.ravel(), r.float_image.astype(float).ravel())[0, 1] for r in (d, c)]
+    assert corr[0] > 0.9999 and corr[1] < 0.6, corr
+    assert abs(d.float_image.sum() / flat.sum() - 1.0) < 0.01
+    assert 21 in [n for n, _ in c_differences(d.model)] and not c_differences(c.model)
 
 
 def test_error_exit_status_is_the_documented_one(tmp_path, capsys):
@@ -646,3 +654,51 @@ def test_error_exit_status_is_the_documented_one(tmp_path, capsys):
     assert cli.main(BASE + ["-distance", "banana"]) == 2
     err = capsys.readouterr().err
     assert "missing.hkl" in err and "Traceback" not in err
+
+
+# 20 --------------------------------------------------------------------------
+def test_sourcefile_weights_in_both_modes(tmp_path):
+    """nanoBragg.c reads -sourcefile's weights and counts every source once; the
+    default mode weighs each source's terms by its weight over the mean, so
+    equal weights (whatever their value) give the unweighted image bit for bit,
+    and the run's note names #20 only when the weights differ."""
+    from nbnumba.quirks import c_differences
+    files = {"w13": "1 1.5e-10\n-10 0.01 0.004 3 1.51e-10\n",
+             "w11": "1 1.5e-10\n-10 0.01 0.004 1 1.51e-10\n",
+             "w22": "2 1.5e-10\n-10 0.01 0.004 2 1.51e-10\n"}
+    img = {}
+    for name, tail in files.items():
+        (tmp_path / name).write_text("-10 0 0.003 " + tail)
+        for c in (False, True):
+            r = sim(["-oversample", "1", "-sourcefile", str(tmp_path / name)], c_parity=c)
+            img[name, c] = r.float_image
+            notes = [n for n, _ in c_differences(r.model)]
+            assert (20 in notes) == (name == "w13" and not c), (name, c, notes)
+    assert img["w13", False].max() > 0.0
+    # the C: the weights change nothing
+    assert np.array_equal(img["w13", True], img["w11", True])
+    assert np.array_equal(img["w22", True], img["w11", True])
+    # the default mode: 1 and 3 are 0.5 and 1.5 of the mean; 2 and 2 are 1 and 1
+    assert np.array_equal(img["w22", False], img["w11", False])
+    d = np.abs(img["w13", False].astype(float) - img["w11", False])
+    assert d.max() > 0.05 * img["w11", False].max()
+
+
+@pytest.mark.parametrize("weights, why", [("1 -0.5", "source 2 has relative intensity -0.5"),
+                                          ("inf 1", "source 1 has relative intensity inf"),
+                                          ("0 0", "every source has relative intensity 0")])
+def test_sourcefile_weights_the_default_mode_cannot_use_are_refused(tmp_path, capsys, monkeypatch,
+                                                                   weights, why):
+    from nbnumba import cli
+    monkeypatch.chdir(tmp_path)     # (-c_parity writes intimage.img as the C does)
+    w1, w2 = weights.split()
+    (tmp_path / "s.txt").write_text("-10 0 0.003 %s\n-10 0.01 0.004 %s\n" % (w1, w2))
+    argv = BASE + ["-oversample", "1", "-sourcefile", str(tmp_path / "s.txt"),
+                   "-floatfile", str(tmp_path / "f.bin")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and why in err[0] and "s.txt" in err[0], err
+    assert not (tmp_path / "f.bin").exists()
+    # nanoBragg.c reads any weight (and ignores it): -c_parity runs
+    assert cli.main(argv + ["-c_parity"]) == 0
+    assert (tmp_path / "f.bin").exists()

@@ -55,6 +55,10 @@ AGREE = {
     "divergence_dispersion": "-oversample 1 -divergence 2 -divsteps 3 -dispersion 10 -dispsteps 3",
     "square_divergence": "-oversample 1 -hdivrange 2 -vdivrange 1 -hdivsteps 2 -vdivsteps 3 -square_div",
     "curved": "-oversample 2 -curved_det",
+    # the default mode's sphere in any frame (nanoBragg.c's needs the beam on x)
+    "curved_xds_twotheta": "-oversample 2 -curved_det -xds -twotheta 20 -detector_rotx 3",
+    "curved_adxv_sensor": "-oversample 1 -curved_det -adxv -Xbeam 1 -detector_thick 100 "
+                          "-detector_abs 50 -thicksteps 2 -water 1",
     "point_pixel_kahn": "-oversample 1 -point_pixel -polar 0.8",
     "nopolar": "-oversample 1 -nopolar",
     "water": "-oversample 2 -water 10",
@@ -103,10 +107,22 @@ def test_kernel_matches_reference(name):
     check(cfg)
 
 
-def test_sourcefile(tmp_path):
-    # two sources off the beam axis (one with its own wavelength) and one on it
-    (tmp_path / "src.txt").write_text("-10 0.01 0 1 1.4e-10\n-10 0 -0.02 2\n# comment\n-10 0 0\n")
-    check(cfg_of("-oversample 1 -sourcefile src.txt", workdir=str(tmp_path)))
+@pytest.mark.parametrize("extra", ["-oversample 1", "-oversample 2 -water 1 -oversample_polar -dmin 40",
+                                   "-oversample 2 -water 0.01 -detector_thick 100 -detector_abs 50 "
+                                   "-thicksteps 2 -oversample_thick"])
+def test_sourcefile(tmp_path, extra):
+    # two sources off the beam axis (one with its own wavelength) and one on it,
+    # with relative intensities 1, 2 and (missing) 1, and one of intensity 0:
+    # the default mode weighs each source's terms (docs/quirks.md #20)
+    (tmp_path / "src.txt").write_text("-10 0.01 0 1 1.4e-10\n-10 0 -0.02 2\n# comment\n-10 0 0\n"
+                                      "-10 0.02 0.01 0\n")
+    r = check(cfg_of(extra + " -sourcefile src.txt", workdir=str(tmp_path)))
+    # and the weights matter: the same sources counted once each differ (with
+    # -dmin 40 the Bragg term is cut in most pixels: the background, weighted
+    # by its sources' polarization, still differs, by ~3e-5)
+    (tmp_path / "even.txt").write_text("-10 0.01 0 1 1.4e-10\n-10 0 -0.02 1\n-10 0 0\n-10 0.02 0.01 1\n")
+    even = ref.image(cfg_of(extra + " -sourcefile even.txt", workdir=str(tmp_path)))
+    assert np.abs(r - even).max() > 1e-5 * np.abs(even).max()
 
 
 def test_mat_file(tmp_path):

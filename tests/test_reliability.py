@@ -477,6 +477,24 @@ def test_fuzz_metamorphic_phi_split_sees_the_background_over_the_steps(tmp_path,
         assert what == "run" and split and split[0][1] == want, rels
 
 
+def test_fuzz_metamorphic_source_split_sees_the_weights(tmp_path, monkeypatch):
+    """tools/fuzz.py metamorphic's 'source_split': a line's sources (here a
+    horizontal divergence points times a dispersion sweep) restated as a -sourcefile with
+    drawn relative intensities give the weighted mean of each source alone,
+    water background included; -c_parity, which counts every source once
+    (docs/quirks.md #20), fails the relation."""
+    import random
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    base = fz._parity_base(8) + ["-nonoise", "-nopgm", "-default_F", "100", "-water", "5",
+                                 "-hdivrange", "2", "-hdivsteps", "2", "-dispersion", "10",
+                                 "-dispsteps", "2", "-square_div"]
+    for extra, want in (([], "close"), (["-c_parity"], "fail")):
+        what, rels = fz.metamorphic_check(base + extra, random.Random(1), cwd=str(tmp_path))
+        split = [r for r in rels if r[0] == "source_split"]
+        assert what == "run" and split and split[0][1] == want, rels
+
+
 def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, host_build):
     """tools/fuzz.py device: on 8 drawn lines the CUDA source's host build
     gives numba's images (float64 and float32), pixel values and, through the

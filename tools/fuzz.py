@@ -156,6 +156,8 @@ def _inputs(d: Path) -> None:
     # upstream of the sample along the MOSFLM beam, wavelengths in metres (s.txt's
     # 1.5 m puts every h, k, l near 0: the round crystal's sinc3 at its centre)
     (d / "s2.txt").write_text("-10 0 0 1 1.5e-10\n-10 0.05 0 1 1.51e-10\n")
+    # unequal relative intensities: the default mode weighs the sources (quirk #20)
+    (d / "s3.txt").write_text("-10 0 0 1 1.5e-10\n-10 0.05 0 2.5 1.51e-10\n-10 0 0.03 0.4\n")
     (d / "stol.txt").write_text("0.0 2.57\n0.1 2.0\n0.2 1.2\n0.3 1.0\n0.5 0.8\n")
     _mask(d, 20)
 
@@ -458,7 +460,7 @@ GRAD_EXTRAS = AD_EXTRAS + ["-adxv", "-denzo", "-spindle_axis 0 0 1", "-detector_
                            "-phi 10 -osc 1 -phisteps 3", "-misset random",
                            "-misset random -misset_seed 7",
                            "-hdivrange 0.2 -hdivstep 0.1", "-sourcefile s.txt",
-                           "-sourcefile s2.txt",
+                           "-sourcefile s2.txt", "-sourcefile s3.txt",
                            "-water 0.5"]     # a background of the Bragg term's order (100: 1e10)
 
 
@@ -1450,7 +1452,14 @@ META_MAX_SUBPATHS = 2e6
 META_EXTRAS = ["-precision single"]
 #: the relations, in the order they are checked (metamorphic_check)
 META_RELATIONS = ("roi", "mask", "threads", "fluence", "default_F", "wavelength", "detector",
-                   "phi_split", "vectors", "rotation")
+                   "phi_split", "source_split", "vectors", "rotation")
+#: the flags that make a line's sources, which 'source_split' restates as a
+#: -sourcefile (the nominal -lambda stays: it also sets the auto oversampling)
+META_SOURCE_FLAGS = {"-sourcefile", "-divergence", "-hdivrange", "-vdivrange", "-hdivstep",
+                     "-vdivstep", "-hdivsteps", "-vdivsteps", "-divsteps", "-dispersion",
+                     "-dispsteps", "-dispstep", "-round_div", "-square_div"}
+#: the 'source_split' relation's source files
+META_SPLIT_SRC = "meta_split_%s.txt"
 #: the most phi steps the 'phi_split' relation renders one by one
 META_MAX_SPLIT = 6
 #: the smallest normal float32: above it, scaling by a power of two commutes
@@ -1633,12 +1642,20 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
     phi_split  each of the line's phi steps (2 to META_MAX_SPLIT) rendered
                alone: their mean is the image to META_CLOSE_REL ('close'; the
                background is added once, docs/quirks.md #19);
+    source_split  the line's sources (2 to META_MAX_SPLIT, generated or read)
+               restated as a -sourcefile with drawn relative intensities w_s,
+               and each source alone: the mean of w_s x image_s (w_s over
+               their mean) is the weighted image ('close'; docs/quirks.md #20).
+               -nopolar is added unless -oversample_polar is on (else a pixel's
+               polarization is its first source's); skipped with -dmin (a
+               pixel where it cuts every sub-path of a source alone is 0);
     vectors    the model's geometry as explicit vectors (_vectors_line): the
                same image to META_CLOSE_REL ('close');
     rotation   the same vectors, the crystal and a -sourcefile's positions
                turned by a random rotation: the same image ('close');
                skipped with mosaic domains (drawn in the lab frame).
-    Both skip a line with -mask / -img, -curved_det, a detector normal not
+    Both skip a line with -mask / -img, -curved_det under -c_parity (the
+    default mode's sphere is made of the vectors), a detector normal not
     perpendicular to its axes, a plane through the sample, or -cell and
     -mat that disagree (_vectors_skip).
 
@@ -1797,6 +1814,9 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
     nphi = m.steps.phisteps
     if nphi < 2 or nphi > META_MAX_SPLIT:
         out.append(("phi_split", "skipped", "%d phi steps" % nphi))
+    elif not all(math.isfinite(float(phi) * 180.0 / math.pi) for phi in m.phis):
+        # (-phistep 1e308: a step's angle in degrees, as the flag takes it, overflows)
+        out.append(("phi_split", "skipped", "a phi step beyond the largest float in degrees"))
     else:
         parts, why = [], None
         rest = _drop(argv, ("-phi", "-osc", "-phistep", "-phisteps"))
@@ -1810,7 +1830,31 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
             out.append(("phi_split", "fail", why))
         else:
             out.append(("phi_split",) + _meta_close(sum(parts) / len(parts), img, "phi_split"))
-    # i. the model's geometry as explicit vectors; j. all of it turned by a rotation
+    # i. the sources restated with drawn weights, and one by one
+    nsrc = len(m.sources.wavelength)
+    if nsrc < 2 or nsrc > META_MAX_SPLIT:
+        out.append(("source_split", "skipped", "%d sources" % nsrc))
+    elif cfg.dmin > 0.0:
+        out.append(("source_split", "skipped", "-dmin"))
+    else:
+        w = [rng.uniform(0.2, 3.0) for _ in range(nsrc)]
+        rows = ["%.17g %.17g %.17g %.17g %.17g" % (tuple(10.0 * float(x) for x in d) + (wi, float(lv)))
+                for d, wi, lv in zip(m.sources.direction, w, m.sources.wavelength)]
+        rest = _drop(argv, META_SOURCE_FLAGS) + ([] if cfg.oversample_polar else ["-nopolar"])
+        parts, why = [], None
+        for name, text in [("all", rows)] + [(str(i), [r]) for i, r in enumerate(rows)]:
+            Path(cwd, META_SPLIT_SRC % name).write_text("\n".join(text) + "\n")
+            res, why = run(["-sourcefile", META_SPLIT_SRC % name], line=rest)
+            if why is not None:
+                break
+            parts.append(np.asarray(res.float_image, dtype=np.float64))
+        if why is not None:
+            out.append(("source_split", "fail", why))
+        else:
+            mean_w = sum(w) / nsrc
+            split = sum(wi / mean_w * p for wi, p in zip(w, parts[1:])) / nsrc
+            out.append(("source_split",) + _meta_close(split, parts[0], "source_split"))
+    # j. the model's geometry as explicit vectors; k. all of it turned by a rotation
     for rel in ("vectors", "rotation"):
         why = _vectors_skip(cfg, m, rel)
         if why is not None:
@@ -1852,10 +1896,11 @@ def _vectors_skip(cfg, m, rel):
         return "an SMV header sets the geometry (-mask / -img)"
     if rel == "rotation" and m.steps.mosaic_spread > 0.0 and m.steps.mosaic_domains > 1:
         return "mosaic domains: drawn in the lab frame"
-    if m.det.curved:
+    if m.det.curved and cfg.c_parity:
         # nanoBragg's sphere reads the flat pixel's lab y and z as its angles,
-        # before the detector's rotations: no set of vectors states it
-        return "-curved_det: defined in the lab frame"
+        # before the detector's rotations: no set of vectors states it (the
+        # default mode's sphere is made of the vectors: docs/quirks.md #21)
+        return "-curved_det under -c_parity: defined in the lab frame"
     d = m.det
     if not all(abs(float(x)) < 1e300 for x in d.pix0):
         return "a detector origin beyond 1e300 m (in mm it would overflow)"
@@ -1964,7 +2009,7 @@ def fuzz_metamorphic(seed: int, runs: int, out=sys.stdout, pixels=None) -> dict:
     rng = random.Random(seed)
     counts = {"run": 0, "refused": 0, "heavy": 0}
     for r in META_RELATIONS:
-        close = r in ("phi_split", "vectors", "rotation")
+        close = r in ("phi_split", "source_split", "vectors", "rotation")
         counts.update({"%s %s" % (r, o): 0 for o in ("exact", "bounded", "close", "skipped",
                                                       "fail")
                        if (o == "close") == close and (o != "bounded" or r in (

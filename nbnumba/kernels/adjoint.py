@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..physics import (SHAPE_GAUSS, capture_fraction, capture_fraction_grad, curved_position,
-                       curved_position_grad, interp_in_range, lattice_factor,
+from ..physics import (SHAPE_GAUSS, capture_fraction, capture_fraction_grad, sphere_position,
+                       sphere_position_grad, interp_in_range, lattice_factor,
                        lattice_factor_grad, lattice_factor_star_grad, nearest_F, nearest_F_frac,
                        reduce_phase, sincg_near_coeffs, sincg_reduced, sincg_reduced_frac,
                        sincg_reduced_grad_core, sinpi_poly64_x6,
@@ -63,17 +63,15 @@ from . import cpu as K
 # Odet the depth of its sensor layer); ODET: the detector normal (the layers'
 # direction and the capture fraction's parallax), after the per-cell entries;
 # TSTEP, MU: the sensor's layer thickness (m) and attenuation coefficient (1/m).
-# CDIST, CBEAM..CBEAM+2: -curved_det's sphere radius (the detector distance, m)
-# and the beam unit vector it turns onto each pixel (physics.curved_position).
-# theta[:N_HOST], ODET, CDIST and CBEAM are what the host derives from the cell
+# (-curved_det's sphere, physics.sphere_position, is made of CLOSE, ODET, FDET
+# and SDET.)  theta[:N_HOST] and ODET are what the host derives from the cell
 # and the detector.
 P_A, P_B, P_C, P_PIX0, P_CLOSE = 0, 3, 6, 9, 12
 P_ASTAR, P_BSTAR, P_CSTAR, P_FDET, P_SDET, N_HOST = 13, 16, 19, 22, 25, 28
 P_LAM, P_NA, P_NB, P_NC, P_FLU, P_KAHN, P_MOS = 28, 29, 30, 31, 32, 33, 34
 P_BEAM, P_DIV, P_DISP, P_SPIN = 35, 38, 40, 41
 P_ODET, P_TSTEP, P_MU = 44, 47, 48
-P_CDIST, P_CBEAM = 49, 50
-N_PAR = 53
+N_PAR = 49
 #: the entries the CUDA adjoint's per-pixel rows carry (nanobragg.cu's N_PAR):
 #: all of them; it leaves the rotation entries (P_MOS, P_SPIN..) 0, for the
 #: host to contract from its per-cell sums
@@ -442,22 +440,22 @@ def _source_term(dinc, q, s, gx, gy, gz, gs, lam_s):
 def _add_pos(dsum, c, gp, F, S, t, tstep, odet, cv):
     """dsum += c gp mapped onto theta, gp the derivative of a factor in the
     position pos = pix0 + F fdet + S sdet + t tstep odet where it was
-    evaluated (t: its sensor layer), or with cv = (curved, distance, beam,
-    pix0, fdet, sdet) and curved != 0, in that position moved onto the
-    sphere (physics.curved_position).  Inlined by LLVM."""
+    evaluated (t: its sensor layer), or with cv = (curved, close, pix0,
+    fdet, sdet) and curved != 0, in that position moved onto the sphere
+    (physics.sphere_position).  Inlined by LLVM."""
     K._inline_into_callers()
     if cv[0] != 0:
         # -curved_det: back from the sphere to the flat position, and the
-        # map's own distance, beam and axes
-        fdet, sdet, pix0 = cv[4], cv[5], cv[3]
+        # map's own radius (the close distance) and axes
+        fdet, sdet, pix0 = cv[3], cv[4], cv[2]
         O = t * tstep
         flat = (F * fdet[0] + S * sdet[0] + O * odet[0] + pix0[0],
                 F * fdet[1] + S * sdet[1] + O * odet[1] + pix0[1],
                 F * fdet[2] + S * sdet[2] + O * odet[2] + pix0[2])
-        gp, gdist, gb, gs, gf = curved_position_grad(gp, flat, cv[1], cv[2], sdet, fdet)
-        dsum[P_CDIST] += c * gdist
+        gp, gclose, god, gf, gs = sphere_position_grad(gp, flat, cv[1], odet, fdet, sdet)
+        dsum[P_CLOSE] += c * gclose
         for i in range(3):
-            dsum[P_CBEAM + i] += c * gb[i]
+            dsum[P_ODET + i] += c * god[i]
             dsum[P_SDET + i] += c * gs[i]
             dsum[P_FDET + i] += c * gf[i]
     for i in range(3):
@@ -604,8 +602,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
         os_thick = os_polar = os_omega = False
         thick = 0.0
         curved = np.int64(0)
-    distance, beam = fopt[K.F_DISTANCE], _v(vecs, K.V_BEAM)
-    cv = (curved, distance, beam, pix0, fdet, sdet)
+    cv = (curved, close, pix0, fdet, sdet)
     corrected = nthick > 1 or os_thick or os_polar or os_omega
     thickstep, mu = fopt[K.F_THICKSTEP], fopt[K.F_MU]
     odet = _v(vecs, K.V_ODET)
@@ -657,22 +654,31 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                        Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1],
                        Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
                 if curved != 0:
-                    pos = curved_position(pos, distance, beam, sdet, fdet)
+                    # (autodiff runs the default mode only: its sphere)
+                    pos = sphere_position(pos, close, odet, fdet, sdet)
                 d, R = unitize(pos)
+                # (on the sphere each pixel faces the sample: obliquity 1, so its
+                # solid angle pixel^2/R^2 varies as a point pixel's, not with close)
                 if omega == 0.0:
-                    omega = solid_angle(pixel, R, close, point)
+                    omega = solid_angle(pixel, R, R if curved != 0 else close, point)
                     F_om, S_om, t_om = Fdet, Sdet, tf
                     if geo:
-                        dOm, dOmc = solid_angle_grad_at(pixel, d, R, omega, point)
+                        dOm, dOmc = solid_angle_grad_at(pixel, d, R, omega, point or curved != 0)
                 wo = 1.0            # this sub-pixel's solid angle (-oversample_omega)
                 dwo = zero3
                 dwoc = 0.0
                 if os_omega:
-                    wo = solid_angle(pixel, R, close, point)
+                    wo = solid_angle(pixel, R, R if curved != 0 else close, point)
                     if geo:
-                        dwo, dwoc = solid_angle_grad_at(pixel, d, R, wo, point)
+                        dwo, dwoc = solid_angle_grad_at(pixel, d, R, wo, point or curved != 0)
                 if capture == 0.0 or os_thick:
-                    if geo:
+                    if curved != 0:
+                        # the sphere's sensor faces the sample: parallax 1, no
+                        # derivative in the position or the normal
+                        capture, dcap, dcapo, dcapt, dcapm = capture_fraction_grad(
+                            tf, thickstep, mu, (1.0, 0.0, 0.0), 1.0, (1.0, 0.0, 0.0))
+                        dcap = dcapo = zero3
+                    elif geo:
                         capture, dcap, dcapo, dcapt, dcapm = capture_fraction_grad(
                             tf, thickstep, mu, d, R, odet)
                     else:
@@ -695,6 +701,9 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                 for source in range(nsrc):
                     inc = (incident[source, 0], incident[source, 1], incident[source, 2])
                     lam_s = lam[source]
+                    # the source's relative intensity (1 unless -sourcefile weighs
+                    # the sources: kernels.cpu.pixel_value, docs/quirks.md #20)
+                    ws = incident[source, 3]
                     S = ((d[0] - inc[0]) / lam_s, (d[1] - inc[1]) / lam_s, (d[2] - inc[2]) / lam_s)
                     cut = False
                     if dmin > 0.0:
@@ -713,12 +722,12 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                             wp, _ = polarization_factor(kahn, inc, pos, polar_axis)
                         if want_pol:
                             dwpk = polarization_kahn_slope(inc, pos, polar_axis)
-                        layer_bg += wos * wp
+                        layer_bg += wos * wp * ws
                     if cut:
                         if os_polar and wgrad:
                             # -dmin cuts the Bragg term only: water still fills it
-                            Xs += wp * bg_src
-                            _weight_polar(dsum, wc * wo * bg_src, dwp, dwpi, dwpk, dinc,
+                            Xs += wp * ws * bg_src
+                            _weight_polar(dsum, wc * wo * ws * bg_src, dwp, dwpi, dwpk, dinc,
                                           ipar, ninc, source, Fdet, Sdet, tf, thickstep, odet, cv)
                         continue     # a step in the image: no derivative
                     ran = True
@@ -734,8 +743,9 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                             dPi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis)
                         if want_pol:
                             dPk = polarization_kahn_slope(inc, pos, polar_axis)
-                    # this sub-path's weight (1 unless the sum is corrected)
-                    w = wc * wo * wp
+                    # this sub-path's weight (1 unless the sum is corrected or
+                    # the sources are weighed)
+                    w = wc * wo * wp * ws
                     cF = g * C * polar * omega * (1.0 if corrected else capture)    # dI/dT
                     cFw = cF * w
                     sT = 0.0     # the sub-path's sum of terms
@@ -754,7 +764,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                         _jac_terms(S, pcells, work, Na, Nb, Nc, cna, cnb, cnc, Fhkl, hkls, hmin,
                                    hmax, kmin, kmax, lmin, lmax, default_F)
                         sT, gx, gy, gz, gNa, gNb, gNc = _jac_sums(pcells, work, ncell)
-                        if corrected:
+                        if w != 1.0:
                             gx *= w
                             gy *= w
                             gz *= w
@@ -877,10 +887,10 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                             cacc[ch, 8, j] += cF * Tl * S[2]
                     sumT += w * sT
                     if corrected and wgrad:
-                        Xs += wp * sT
+                        Xs += wp * ws * sT
                         if os_polar:
-                            Xs += wp * bg_src
-                            _weight_polar(dsum, wc * wo * (sT + bg_src), dwp, dwpi, dwpk, dinc,
+                            Xs += wp * ws * bg_src
+                            _weight_polar(dsum, wc * wo * ws * (sT + bg_src), dwp, dwpi, dwpk, dinc,
                                           ipar, ninc, source, Fdet, Sdet, tf, thickstep, odet, cv)
                     if deriv:
                         dsum[P_NA] += gNa

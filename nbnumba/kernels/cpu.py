@@ -20,14 +20,14 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core.extending import intrinsic
 
-from ..physics import (capture_fraction, curved_position, dot, interp_in_range, lattice_factor,
+from ..physics import (capture_fraction, curved_position, dot, sphere_position, interp_in_range, lattice_factor,
                        like, nearest_F, nearest_F_frac,
                        polarization_factor, sincg_reduced_frac, sincg_reduced_frac3,
                        solid_angle, tricubic_F, unitize)
 from .layout import (  # noqa: F401  (re-exported: K.I_* etc.)
     I_OVERSAMPLE, I_THICKSTEPS, I_NSRC, I_NPHI, I_NMOS, I_SHAPE, I_CURVED, I_POINT, I_NOPOLAR,
     I_OS_THICK, I_OS_POLAR, I_OS_OMEGA, I_INTERP, I_HKLS, I_HMIN, I_HMAX, I_KMIN, I_KMAX, I_LMIN,
-    I_LMAX, I_CPARITY, I_REDUCED, I_FPIXELS, N_IOPT, F_PIXEL, F_SUBPIXEL, F_DISTANCE, F_CLOSE,
+    I_LMAX, I_CPARITY, I_REDUCED, I_FPIXELS, I_WEIGHTED, N_IOPT, F_PIXEL, F_SUBPIXEL, F_DISTANCE, F_CLOSE,
     F_THICKSTEP, F_MU, F_THICK, F_KAHN, F_DMIN, F_NA, F_NB, F_NC, F_FUDGE, F_DEFAULT_F, F_I_BG,
     F_WATER, F_SCALE, F_STEPS, F_SPOT, N_FOPT, V_FDET, V_SDET, V_ODET, V_PIX0, V_BEAM, V_POLAR,
     V_ASTAR, V_BSTAR, V_CSTAR, N_VECS, EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL, EV_SOURCE2,
@@ -558,6 +558,10 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
     Na, Nb, Nc, fudge = fopt[F_NA], fopt[F_NB], fopt[F_NC], fopt[F_FUDGE]
     spot = fopt[F_SPOT]
     default_F, I_bg, water = fopt[F_DEFAULT_F], fopt[F_I_BG], fopt[F_WATER]
+    # -sourcefile's relative intensities (incident[:, 3]) weigh each source's
+    # terms: the default mode's correction of nanoBragg.c, which counts every
+    # source once (docs/quirks.md #20); 0 under -c_parity
+    weighted = iopt[I_WEIGHTED] != 0
     # (rows indexed here, not through a helper: a helper called with constant
     # rows would be compiled once per row number)
     fdet = (vecs[V_FDET, 0], vecs[V_FDET, 1], vecs[V_FDET, 2])
@@ -620,16 +624,23 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                 pos = (Fdet * fdet[0] + Sdet * sdet[0] + Odet * odet[0] + pix0[0],
                        Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1],
                        Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
-                if iopt[I_CURVED] != 0:
-                    # every pixel at "distance": detector coordinates become angles
+                if iopt[I_CURVED] == 1:
+                    # -c_parity: nanoBragg.c's sphere, the lab y and z as angles
                     v2 = curved_position(pos, distance, beam, sdet, fdet)
+                    pos = (like(v2[0], z), like(v2[1], z), like(v2[2], z))
+                elif iopt[I_CURVED] == 2:
+                    # the default mode's sphere: detector coordinates become arcs
+                    v2 = sphere_position(pos, close_distance, odet, fdet, sdet)
                     pos = (like(v2[0], z), like(v2[1], z), like(v2[2], z))
                 diffracted, airpath = unitize(pos)
                 if omega_pixel == 0.0 or os_omega:
-                    omega_pixel = like(solid_angle(pixel, airpath, close_distance, iopt[I_POINT] != 0), z)
+                    # (a pixel of the default mode's sphere faces the sample: obliquity 1)
+                    omega_pixel = like(solid_angle(pixel, airpath, airpath if iopt[I_CURVED] == 2
+                                                   else close_distance, iopt[I_POINT] != 0), z)
                 omega_acc += omega_pixel
                 if capture == 0.0 or os_thick:
-                    parallax = dot(diffracted, odet)
+                    # (on the default mode's sphere the sensor faces the sample)
+                    parallax = one if iopt[I_CURVED] == 2 else dot(diffracted, odet)
                     capture = like(capture_fraction(like(thick_tic, z), thickstep, mu, parallax), z)
                 if subS == 0 and subF == 0:
                     layer_capture = capture
@@ -647,6 +658,7 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                 for source in range(nsrc):
                     incident_v = (incident[source, 0], incident[source, 1], incident[source, 2])
                     lambda_ = lam[source]
+                    w_src = incident[source, 3]
                     S = ((diffracted[0] - incident_v[0]) / lambda_,
                          (diffracted[1] - incident_v[1]) / lambda_,
                          (diffracted[2] - incident_v[2]) / lambda_)
@@ -654,7 +666,9 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                         _record(tbuf, tpos, EV_GEOM, (
                             pix0[0], pix0[1], pix0[2], fdet[0], fdet[1], fdet[2],
                             sdet[0], sdet[1], sdet[2], pos[0], pos[1], pos[2], airpath,
-                            like(omega_pixel, z), close_distance, close_distance / airpath,
+                            like(omega_pixel, z), close_distance,
+                            # (the obliquity the solid angle used: 1 on the sphere)
+                            one if iopt[I_CURVED] == 2 else close_distance / airpath,
                             diffracted[0], diffracted[1], diffracted[2],
                             incident_v[0], incident_v[1], incident_v[2], lambda_,
                             S[0], S[1], S[2]))
@@ -665,14 +679,14 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                                 # -dmin cuts the Bragg term only: water still fills this
                                 # sub-path (diffracted is left as it is)
                                 pf, dn = polarization_factor(kahn, incident_v, diffracted, polar_axis)
-                                layer_bg += w * like(pf, z)
+                                layer_bg += w * like(pf, z) * w_src if weighted else w * like(pf, z)
                             continue
                     if polar == 0.0 or os_polar:
                         pf, dn = polarization_factor(kahn, incident_v, diffracted, polar_axis)
                         polar = like(pf, z)
                         diffracted = (like(dn[0], z), like(dn[1], z), like(dn[2], z))
                         if corrected and os_polar:
-                            layer_bg += w * polar
+                            layer_bg += w * polar * w_src if weighted else w * polar
                     ran_phi = 1
                     if defer:
                         # this sub-path's cells into lanes nsub * ncell + j
@@ -704,6 +718,8 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                         else:
                             acc_s = _lean_sum(work, ncell * 0, ncell, Fhkl, hkls, hmin, hmax,
                                               kmin, kmax, lmin, lmax, default_F)
+                        if weighted:
+                            acc_s *= w_src
                         if corrected:
                             layer_sum += acc_s
                         else:
@@ -765,6 +781,8 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                                                              like(dot(incident_v, diffracted), z),
                                                              like(lambda_, z)))
                         term = F_cell * F_cell * F_latt * F_latt
+                        if weighted:
+                            term *= w_src
                         if corrected:
                             if os_thick:
                                 term *= capture
@@ -882,13 +900,15 @@ def defer_lanes(iopt, ncell):
     the lattice loop runs scalar here, at about 3x the cost of a vector lane
     (docs/performance.md, fifth round): a pixel with several sub-paths of few
     cells each gains by evaluating them in one loop.  Plain Python: numba
-    compiles it into render_rows."""
+    compiles it into render_rows.  Not with weighted sources (the lanes'
+    sums are added without their source's factor)."""
     os_ = iopt[I_OVERSAMPLE]
     n = os_ * os_ * iopt[I_NSRC] * ncell
     n = (n + LANE_PAD - 1) // LANE_PAD * LANE_PAD
     ok = (iopt[I_CPARITY] == 0 and iopt[I_INTERP] == 0 and iopt[I_OS_THICK] == 0
           and iopt[I_OS_POLAR] == 0 and iopt[I_OS_OMEGA] == 0 and iopt[I_THICKSTEPS] == 1
-          and iopt[I_SHAPE] == 0 and iopt[I_REDUCED] != 0 and ncell < VECTOR_MIN_LANES
+          and iopt[I_SHAPE] == 0 and iopt[I_REDUCED] != 0 and iopt[I_WEIGHTED] == 0
+          and ncell < VECTOR_MIN_LANES
           and VECTOR_MIN_LANES <= n <= DEFER_MAX_LANES)
     return n if ok else 1
 

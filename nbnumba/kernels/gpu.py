@@ -67,7 +67,7 @@ ADJOINT_COST = 4
 #: length of the CUDA adjoint's per-pixel rows (the kernel's N_PAR, checked by
 #: HostKernel against kernels/adjoint.py N_PAR_DEVICE): all of theta; the
 #: spindle's entries are left 0 there (the host contracts them from cacc)
-ADJOINT_N_PAR = 53
+ADJOINT_N_PAR = 49
 #: most per-source blocks the CUDA adjoint takes (nanobragg.cu's NB_MAX_INC):
 #: one per entry P_BEAM..P_DISP
 ADJOINT_MAX_INC = 6
@@ -328,8 +328,10 @@ def kernel_args(model, dtype):
     engine's -precision single changes (``Model.cpu_kernel_args``): float32
     lattice sines (iopt[I_REDUCED] = 2) and a float32 F grid; everything else
     stays float64.  All arrays C-contiguous (flattened in C order by the
-    launch), the cells as ``[variant][phi][mosaic][3][3]`` (:func:`cells_aos`),
-    and iopt extended by the F grid's second and third dimensions, which the
+    launch), the incident array (nsrc, 4) as the numba kernel takes it (per
+    source the incident unit vector, then the factor its terms carry), the
+    cells as ``[variant][phi][mosaic][3][3]`` (:func:`cells_aos`), and iopt
+    extended by the F grid's second and third dimensions, which the
     numba kernel takes from the 3-D array's shape but a flat device buffer
     cannot carry."""
     return layout_args(model.kernel_args(np.float64), dtype)
@@ -349,6 +351,11 @@ def layout_args(args, dtype):
     Fhkl = np.ascontiguousarray(Fhkl)
     if Fhkl.ndim != 3:
         raise NBError("F grid must be 3-D, got shape %s" % (Fhkl.shape,))
+    # the kernel reads incident[4 s + 3] (the source's factor): a 3-column
+    # array would be read out of step, not refused
+    if np.shape(incident) != (int(iopt[K.I_NSRC]), 4):
+        raise NBError("incident array of shape %s does not match %d sources x 4 (the incident "
+                      "vector and the source's factor)" % (np.shape(incident), int(iopt[K.I_NSRC])))
     ext = np.empty(N_IOPT_EXT, dtype=np.int64)
     ext[:K.N_IOPT] = iopt[:K.N_IOPT]
     ext[K.N_IOPT] = Fhkl.shape[1]

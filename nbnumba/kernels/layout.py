@@ -11,7 +11,10 @@ I_OVERSAMPLE, I_THICKSTEPS, I_NSRC, I_NPHI, I_NMOS, I_SHAPE = 0, 1, 2, 3, 4, 5
 I_CURVED, I_POINT, I_NOPOLAR, I_OS_THICK, I_OS_POLAR, I_OS_OMEGA = 6, 7, 8, 9, 10, 11
 I_INTERP, I_HKLS, I_HMIN, I_HMAX, I_KMIN, I_KMAX, I_LMIN, I_LMAX = 12, 13, 14, 15, 16, 17, 18, 19
 I_CPARITY, I_REDUCED, I_FPIXELS = 20, 21, 22
-N_IOPT = 23
+# I_WEIGHTED: 1 when the sources' terms carry unequal factors (column 3 of the
+# kernels' incident array, nsrc x 4: the incident unit vector, then that factor)
+I_WEIGHTED = 23
+N_IOPT = 24
 
 # ---- float option vector (fopt) layout --------------------------------------
 F_PIXEL, F_SUBPIXEL, F_DISTANCE, F_CLOSE, F_THICKSTEP, F_MU, F_THICK = 0, 1, 2, 3, 4, 5, 6

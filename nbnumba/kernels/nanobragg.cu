@@ -37,7 +37,9 @@
 //    float in render_f32, the only array whose type differs)
 //   fopt     real[N_FOPT]   float options, F_* offsets below
 //   vecs     real[9*3]      fdet, sdet, odet, pix0, beam, polar, a*, b*, c*
-//   incident real[nsrc*3]   source directions;  lam real[nsrc] wavelengths
+//   incident real[nsrc*4]   per source: the incident unit vector, then the factor
+//                           its terms carry (1 unless iopt[I_WEIGHTED]);
+//                           lam real[nsrc] wavelengths
 //   cells    real[2*nphi*nmos*3*3]  [variant][phi][mosaic][a|b|c][xyz]
 //   Fhkl     fgrid[dim0*dim1*dim2], C order (h outermost), index [h-hmin][k-kmin][l-lmin]
 //   out      float32[S*F]   photons per pixel
@@ -90,7 +92,10 @@ typedef unsigned char nb_u8;
 #define I_CPARITY 20
 #define I_REDUCED 21
 #define I_FPIXELS 22
-#define N_IOPT 23
+// 1 when the sources' terms carry unequal factors (incident's 4th column):
+// the default mode's -sourcefile weights; 0 under -c_parity
+#define I_WEIGHTED 23
+#define N_IOPT 24
 // Two entries appended by the launchers (gpu.kernel_iopt): the allocated
 // second and third dimensions of the F grid.  The numba kernel reads them
 // from the 3-D array's shape; the grid is allocated one larger than the
@@ -245,6 +250,29 @@ __device__ __forceinline__ vec3<real> curved_position(vec3<real> pos, real dista
     const vec3<real> v0 = mk<real>(distance * beam.x, distance * beam.y, distance * beam.z);
     const vec3<real> v1 = rotate_axis(v0, sdet, pos.y / distance);
     return rotate_axis(v1, fdet, pos.z / distance);
+}
+
+// physics.sphere_position: the default mode's -curved_det, the flat position
+// pos moved onto the sphere of radius close about the sample that touches the
+// detector plane at close odet; pos's offsets u = q.fdet, v = q.sdet from that
+// point (q = pos - close odet) become arcs, its depth q.odet a larger radius
+template <typename real>
+__device__ __forceinline__ vec3<real> sphere_position(vec3<real> pos, real close,
+                                                      vec3<real> odet, vec3<real> fdet,
+                                                      vec3<real> sdet) {
+    const vec3<real> q = mk<real>(pos.x - close * odet.x, pos.y - close * odet.y,
+                                  pos.z - close * odet.z);
+    const real u = dot(q, fdet);
+    const real v = dot(q, sdet);
+    const real A = close + dot(q, odet);
+    const real rho = nb_sqrt(u * u + v * v);
+    if (rho == (real)0.0) return mk<real>(A * odet.x, A * odet.y, A * odet.z);
+    const real th = rho / close;
+    const real c = nb_cos(th);
+    const real sg = nb_sin(th) / rho;
+    return mk<real>(A * (c * odet.x + sg * (u * fdet.x + v * sdet.x)),
+                    A * (c * odet.y + sg * (u * fdet.y + v * sdet.y)),
+                    A * (c * odet.z + sg * (u * fdet.z + v * sdet.z)));
 }
 
 // grating interference function sin(N x)/sin(x), N at x == 0; x = pi*h
@@ -606,8 +634,9 @@ __device__ __forceinline__ void nb_record(double* tbuf, nb_i64* tpos, nb_i64 max
 // float32 positions flip sub-paths across -tophat_spots/-binary_spots edges.
 //
 // The default mode without interpolation and -oversample_* switches sums
-// the (phi, mosaic) terms of each source into their own partial sum first,
-// as cpu.py's lean path does; every other mode adds term by term (C order).
+// the (phi, mosaic) terms of each source into their own partial sum first
+// (times the source's factor with weighted sources), as cpu.py's lean path
+// does; every other mode adds term by term (C order).
 // TRACE (compile time): record cpu.py's trace events into tbuf (see the
 // trace entry points); false in the render kernels, which then carry no
 // trace code at all.
@@ -629,9 +658,15 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
     const bool os_thick = iopt[I_OS_THICK] != 0;
     const bool os_polar = iopt[I_OS_POLAR] != 0;
     const bool os_omega = iopt[I_OS_OMEGA] != 0;
-    const bool curved = iopt[I_CURVED] != 0;
+    // -curved_det: 1 nanoBragg.c's lab-frame map (-c_parity), 2 the default
+    // mode's sphere (model.py; docs/quirks.md #21)
+    const nb_i64 curved = iopt[I_CURVED];
     const bool point_pixel = iopt[I_POINT] != 0;
     const bool interp = iopt[I_INTERP] != 0 && latch_sub != -2;
+    // -sourcefile's relative intensities (incident's 4th column) weigh each
+    // source's terms: the default mode's correction of nanoBragg.c, which
+    // counts every source once (docs/quirks.md #20); 0 under -c_parity
+    const bool weighted = iopt[I_WEIGHTED] != 0;
     const nb_i64 hkls = iopt[I_HKLS];
     const nb_i64 hmin = iopt[I_HMIN], hmax = iopt[I_HMAX];
     const nb_i64 kmin = iopt[I_KMIN], kmax = iopt[I_KMAX];
@@ -693,17 +728,23 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                 vec3<wide> pos = mk<wide>(Fdet * fdet.x + Sdet * sdet.x + Odet * odet.x + pix0.x,
                                           Fdet * fdet.y + Sdet * sdet.y + Odet * odet.y + pix0.y,
                                           Fdet * fdet.z + Sdet * sdet.z + Odet * odet.z + pix0.z);
-                if (curved) {
-                    // every pixel at "distance": detector coordinates become angles
+                if (curved == 1) {
+                    // -c_parity: nanoBragg.c's sphere, the lab y and z as angles
                     pos = curved_position(pos, distance, beam, sdet, fdet);
+                } else if (curved == 2) {
+                    // the default mode's sphere: detector coordinates become arcs
+                    pos = sphere_position(pos, close_distance, odet, fdet, sdet);
                 }
                 const wide airpath = unitize(pos, &diffracted);
                 if (omega_pixel == (wide)0.0 || os_omega) {
-                    omega_pixel = solid_angle(pixel, airpath, close_distance, point_pixel);
+                    // (a pixel of the default mode's sphere faces the sample: obliquity 1)
+                    omega_pixel = solid_angle(pixel, airpath,
+                                              curved == 2 ? airpath : close_distance, point_pixel);
                 }
                 omega_acc += omega_pixel;
                 if (capture == (wide)0.0 || os_thick) {
-                    const wide parallax = dot(diffracted, odet);
+                    // (on the default mode's sphere the sensor faces the sample)
+                    const wide parallax = curved == 2 ? one : dot(diffracted, odet);
                     capture = capture_fraction((wide)thick_tic, thickstep, mu, parallax);
                 }
                 if (subS == 0 && subF == 0) layer_capture = capture;
@@ -716,8 +757,9 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                 if (os_omega) w *= omega_pixel;
                 if (corrected && !os_polar) layer_bg += w;
                 for (nb_i64 source = 0; source < nsrc; ++source) {
-                    const vec3<wide> incident_v = load3w<real, wide>(incident + 3 * source);
+                    const vec3<wide> incident_v = load3w<real, wide>(incident + 4 * source);
                     const wide lambda_ = (wide)lam[source];
+                    const wide w_src = (wide)incident[4 * source + 3];
                     const vec3<wide> S = mk<wide>((diffracted.x - incident_v.x) / lambda_,
                                                   (diffracted.y - incident_v.y) / lambda_,
                                                   (diffracted.z - incident_v.z) / lambda_);
@@ -728,7 +770,9 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                             (double)fdet.y, (double)fdet.z, (double)sdet.x, (double)sdet.y,
                             (double)sdet.z, (double)pos.x, (double)pos.y, (double)pos.z,
                             (double)airpath, (double)omega_pixel, (double)close_distance,
-                            (double)(close_distance / airpath), (double)diffracted.x,
+                            // (the obliquity the solid angle used: 1 on the sphere)
+                            curved == 2 ? 1.0 : (double)(close_distance / airpath),
+                            (double)diffracted.x,
                             (double)diffracted.y, (double)diffracted.z, (double)incident_v.x,
                             (double)incident_v.y, (double)incident_v.z, (double)lambda_,
                             (double)S.x, (double)S.y, (double)S.z};
@@ -741,8 +785,9 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                                 // -dmin cuts the Bragg term only: water still fills this
                                 // sub-path (diffracted is left as it is)
                                 vec3<wide> dn;
-                                layer_bg += w * polarization_factor(kahn, incident_v, diffracted,
+                                const wide pf = polarization_factor(kahn, incident_v, diffracted,
                                                                     polar_axis, &dn);
+                                layer_bg += weighted ? w * pf * w_src : w * pf;
                             }
                             continue;
                         }
@@ -750,7 +795,8 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                     if (polar == (wide)0.0 || os_polar) {
                         polar = polarization_factor(kahn, incident_v, diffracted, polar_axis,
                                                     &diffracted);
-                        if (corrected && os_polar) layer_bg += w * polar;
+                        if (corrected && os_polar)
+                            layer_bg += weighted ? w * polar * w_src : w * polar;
                     }
                     ran_phi = 1;
                     wide acc_s = z;  // lean path: this source's partial sum
@@ -827,6 +873,7 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                                 nb_record(tbuf, tpos, maxrows, EV_SOURCE2, v);
                             }
                             wide term = (wide)(F_cell * F_cell * F_latt * F_latt);
+                            if (weighted) term *= w_src;  // (before the sub-path's factors)
                             if (corrected) {
                                 if (os_thick) term *= capture;
                                 if (os_polar) term *= polar;
@@ -843,6 +890,7 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                         }
                     }
                     if (lean) {
+                        if (weighted) acc_s *= w_src;
                         if (corrected) {
                             layer_sum += acc_s;
                         } else {
@@ -1025,11 +1073,9 @@ NB_DEFINE_KERNEL(render_f32, double, float)
 #define P_ODET 44
 #define P_TSTEP 47
 #define P_MU 48
-// -curved_det's sphere: its radius (the detector distance, m) and the beam it
-// turns onto each pixel
-#define P_CDIST 49
-#define P_CBEAM 50
-#define N_PAR 53
+// (-curved_det's sphere, physics.sphere_position, is made of the close
+// distance, odet, fdet and sdet: its derivatives land in their entries)
+#define N_PAR 49
 // at most this many per-source blocks (P_BEAM + q for q < ninc)
 #define NB_MAX_INC 6
 
@@ -1358,12 +1404,11 @@ __device__ vec3<double> polarization_factor_grad_incident(double kahn, vec3<doub
     return mk<double>((gg.x - gi * inc.x) / r, (gg.y - gi * inc.y) / r, (gg.z - gi * inc.z) / r);
 }
 
-// physics.solid_angle_grad: *g = d omega / d pos; returns d omega / d close_distance
-__device__ double solid_angle_grad(double pixel_size, vec3<double> pos, double close_distance,
-                                   bool point_pixel, vec3<double>* g) {
-    vec3<double> d;
-    const double R = unitize(pos, &d);
-    const double om = solid_angle(pixel_size, R, close_distance, point_pixel);
+// physics.solid_angle_grad_at: from (d, R) = unitize(pos) and om =
+// solid_angle(pixel_size, R, close_distance, point_pixel): *g = d omega / d pos;
+// returns d omega / d close_distance
+__device__ double solid_angle_grad_at(double pixel_size, vec3<double> d, double R, double om,
+                                      bool point_pixel, vec3<double>* g) {
     if (point_pixel) {
         const double k = -2.0 * om / R;
         *g = mk<double>(k * d.x, k * d.y, k * d.z);
@@ -1395,10 +1440,11 @@ __device__ double capture_fraction_grad(double layer, double thickstep, double m
 }
 
 // the detector as the adjoint's positions need it: the axes, pix0, the
-// sensor's layer thickness and, for -curved_det, the sphere's radius and beam
+// sensor's layer thickness and, for -curved_det, the sphere's radius (the
+// close distance; autodiff runs the default mode only: its sphere)
 struct det_map {
-    vec3<double> fdet, sdet, odet, pix0, beam;
-    double tstep, distance;
+    vec3<double> fdet, sdet, odet, pix0;
+    double tstep, close;
     bool curved;
 };
 
@@ -1417,49 +1463,86 @@ __device__ __forceinline__ vec3<double> adjoint_position(nb_i64 spixel, nb_i64 f
         Fdet * m.fdet.x + Sdet * m.sdet.x + Odet * m.odet.x + m.pix0.x,
         Fdet * m.fdet.y + Sdet * m.sdet.y + Odet * m.odet.y + m.pix0.y,
         Fdet * m.fdet.z + Sdet * m.sdet.z + Odet * m.odet.z + m.pix0.z);
-    return m.curved ? curved_position(pos, m.distance, m.beam, m.sdet, m.fdet) : pos;
+    return m.curved ? sphere_position(pos, m.close, m.odet, m.fdet, m.sdet) : pos;
 }
 
-// physics._rotate_axis_vjp: for w = rotate_axis(v, axis, phi) and g = dL/dw,
-// *gv = dL/dv, *gax = dL/daxis (the formula's, no unit axis assumed); returns dL/dphi
-__device__ double rotate_axis_vjp(vec3<double> g, vec3<double> v, vec3<double> axis, double phi,
-                                  vec3<double>* gv, vec3<double>* gax) {
-    const double c = cos(phi), s = sin(phi);
-    const double av = dot(axis, v), ga = dot(g, axis);
-    const vec3<double> gxa = cross(g, axis), gxv = cross(g, v), axv = cross(axis, v);
-    *gv = mk<double>(c * g.x + s * gxa.x + (1.0 - c) * ga * axis.x,
-                     c * g.y + s * gxa.y + (1.0 - c) * ga * axis.y,
-                     c * g.z + s * gxa.z + (1.0 - c) * ga * axis.z);
-    *gax = mk<double>((1.0 - c) * (av * g.x + ga * v.x) - s * gxv.x,
-                      (1.0 - c) * (av * g.y + ga * v.y) - s * gxv.y,
-                      (1.0 - c) * (av * g.z + ga * v.z) - s * gxv.z);
-    return g.x * (s * (axis.x * av - v.x) + c * axv.x) + g.y * (s * (axis.y * av - v.y) + c * axv.y) +
-           g.z * (s * (axis.z * av - v.z) + c * axv.z);
+// physics._sinc_and_slope: (sin(th)/th, its derivative (th cos th - sin th)/th^2),
+// by their Taylor series below th = 0.1 (where the derivative's difference
+// cancels); th >= 0
+__device__ __forceinline__ void sinc_and_slope(double th, double* sc, double* dsc) {
+    if (th < 0.1) {
+        const double t2 = th * th;
+        *sc = 1.0 - t2 / 6.0 * (1.0 - t2 / 20.0 * (1.0 - t2 / 42.0 * (1.0 - t2 / 72.0)));
+        *dsc = -th / 3.0 * (1.0 - t2 / 10.0 * (1.0 - t2 / 28.0 * (1.0 - t2 / 54.0
+                                                                   * (1.0 - t2 / 88.0))));
+        return;
+    }
+    const double sn = sin(th);
+    *sc = sn / th;
+    *dsc = (th * cos(th) - sn) / (th * th);
 }
 
-// physics.curved_position_grad: for p = curved_position(pos, ...) and g = dL/dp,
-// returns dL/dpos (x: 0); *gdist, *gb, *gs, *gf: dL/d distance, beam, sdet, fdet
-__device__ vec3<double> curved_position_grad(vec3<double> g, vec3<double> pos, double distance,
-                                             vec3<double> beam, vec3<double> sdet,
-                                             vec3<double> fdet, double* gdist, vec3<double>* gb,
-                                             vec3<double>* gs, vec3<double>* gf) {
-    const vec3<double> v0 = mk<double>(distance * beam.x, distance * beam.y, distance * beam.z);
-    const double p1 = pos.y / distance, p2 = pos.z / distance;
-    const vec3<double> v1 = rotate_axis(v0, sdet, p1);
-    vec3<double> g1, g0;
-    const double gphi2 = rotate_axis_vjp(g, v1, fdet, p2, &g1, gf);
-    const double gphi1 = rotate_axis_vjp(g1, v0, sdet, p1, &g0, gs);
-    *gdist = dot(g0, beam) - (gphi1 * p1 + gphi2 * p2) / distance;
-    *gb = mk<double>(distance * g0.x, distance * g0.y, distance * g0.z);
-    return mk<double>(0.0, gphi1 / distance, gphi2 / distance);
+// physics.sphere_position_grad: for p = sphere_position(pos, close, odet, fdet,
+// sdet) and g = dL/dp, returns dL/dpos; *gclose, *god, *gf, *gs: dL/d close,
+// odet, fdet, sdet (the axes as the formula uses them, not held unit).
+// p = A (C odet + sg w), q = pos - close odet, u = q.fdet, v = q.sdet,
+// A = close + q.odet, w = u fdet + v sdet, rho = |(u, v)|, th = rho/close,
+// C = cos th, sg = sin(th)/rho = sinc(th)/close
+__device__ vec3<double> sphere_position_grad(vec3<double> g, vec3<double> pos, double close,
+                                             vec3<double> odet, vec3<double> fdet,
+                                             vec3<double> sdet, double* gclose,
+                                             vec3<double>* god, vec3<double>* gf,
+                                             vec3<double>* gs) {
+    const vec3<double> q = mk<double>(pos.x - close * odet.x, pos.y - close * odet.y,
+                                      pos.z - close * odet.z);
+    const double u = dot(q, fdet);
+    const double v = dot(q, sdet);
+    const double A = close + dot(q, odet);
+    const double rho = sqrt(u * u + v * v);
+    const double th = rho / close;
+    const double C = cos(th);
+    double sc, dsc;
+    sinc_and_slope(th, &sc, &dsc);
+    const double sg = sc / close;
+    const vec3<double> w = mk<double>(u * fdet.x + v * sdet.x, u * fdet.y + v * sdet.y,
+                                      u * fdet.z + v * sdet.z);
+    const double gn = dot(g, odet);
+    const double gw = dot(g, w);
+    const double gA = C * gn + sg * gw;  // dL/dA
+    const double gC = A * gn;            // dL/dC
+    const double gsg = A * gw;           // dL/dsg
+    // dL/dw = A sg g; dL/dodet (direct) = A C g
+    const double Asg = A * sg;
+    double gu = Asg * dot(g, fdet);
+    double gv = Asg * dot(g, sdet);
+    if (rho > 0.0) {
+        const double grho = -gC * sin(th) / close + gsg * dsc / (close * close);
+        gu += grho * u / rho;
+        gv += grho * v / rho;
+    }
+    double gcl = gA + gC * sin(th) * rho / (close * close) - gsg * C / (close * close);
+    // through q = pos - close odet: u = q.fdet, v = q.sdet, A - close = q.odet
+    const vec3<double> gq = mk<double>(gu * fdet.x + gv * sdet.x + gA * odet.x,
+                                       gu * fdet.y + gv * sdet.y + gA * odet.y,
+                                       gu * fdet.z + gv * sdet.z + gA * odet.z);
+    gcl -= dot(gq, odet);
+    *gclose = gcl;
+    const double AC = A * C;
+    *god = mk<double>(AC * g.x + gA * q.x - close * gq.x, AC * g.y + gA * q.y - close * gq.y,
+                      AC * g.z + gA * q.z - close * gq.z);
+    *gf = mk<double>(gu * q.x + u * Asg * g.x, gu * q.y + u * Asg * g.y,
+                     gu * q.z + u * Asg * g.z);
+    *gs = mk<double>(gv * q.x + v * Asg * g.x, gv * q.y + v * Asg * g.y,
+                     gv * q.z + v * Asg * g.z);
+    return gq;
 }
 
 // theta entries that a position derivative reaches (pix0, fdet, sdet; below
 // the first sensor layer odet and the layer thickness; with -curved_det the
-// sphere's radius and beam): fixed indices, so that the compiler keeps them
-// in registers
+// sphere's radius, the close distance, and odet): fixed indices, so that the
+// compiler keeps them in registers
 struct pos_grad {
-    double p[3], f[3], s[3], o[3], ts, dist, beam[3];
+    double p[3], f[3], s[3], o[3], ts, close;
 };
 
 // adjoint.py _add_pos: *a += c gp, gp the derivative of a factor in the
@@ -1470,19 +1553,19 @@ __device__ __forceinline__ void add_pos(pos_grad* a, double c, vec3<double> gp, 
     const double O = t * m.tstep;
     if (m.curved) {
         // back from the sphere to the flat position, and the map's own
-        // distance, beam and axes
+        // radius (the close distance) and axes
         const vec3<double> flat = mk<double>(F * m.fdet.x + S * m.sdet.x + O * m.odet.x + m.pix0.x,
                                              F * m.fdet.y + S * m.sdet.y + O * m.odet.y + m.pix0.y,
                                              F * m.fdet.z + S * m.sdet.z + O * m.odet.z + m.pix0.z);
-        double gdist;
-        vec3<double> gb, gs, gf;
-        gp = curved_position_grad(gp, flat, m.distance, m.beam, m.sdet, m.fdet, &gdist, &gb, &gs,
-                                  &gf);
-        a->dist += c * gdist;
-        const double b[3] = {gb.x, gb.y, gb.z}, ss[3] = {gs.x, gs.y, gs.z},
+        double gclose;
+        vec3<double> god, gf, gs;
+        gp = sphere_position_grad(gp, flat, m.close, m.odet, m.fdet, m.sdet, &gclose, &god, &gf,
+                                  &gs);
+        a->close += c * gclose;
+        const double oo[3] = {god.x, god.y, god.z}, ss[3] = {gs.x, gs.y, gs.z},
                      ff[3] = {gf.x, gf.y, gf.z};
         for (int i = 0; i < 3; ++i) {
-            a->beam[i] += c * b[i];
+            a->o[i] += c * oo[i];
             a->s[i] += c * ss[i];
             a->f[i] += c * ff[i];
         }
@@ -1569,16 +1652,18 @@ __device__ __forceinline__ double polarization_kahn_slope(vec3<double> inc, vec3
 }
 
 // a sub-pixel's solid angle weight (-oversample_omega; else 1) and, with grad,
-// its derivatives (pixel_grad's wo, dwo, dwoc)
+// its derivatives (pixel_grad's wo, dwo, dwoc); (d, R) = unitize(pos); on
+// -curved_det's sphere (curved) the obliquity is 1: pixel^2/R^2, a point
+// pixel's derivatives
 __device__ __forceinline__ void omega_weight(sub_weights* sw, bool os_omega, bool grad,
-                                             double pixel, vec3<double> pos, double R,
-                                             double close, bool point) {
+                                             double pixel, vec3<double> d, double R,
+                                             double close, bool point, bool curved) {
     sw->wo = 1.0;
     sw->dwo = mk<double>(0.0, 0.0, 0.0);
     sw->dwoc = 0.0;
     if (!os_omega) return;
-    sw->wo = solid_angle(pixel, R, close, point);
-    if (grad) sw->dwoc = solid_angle_grad(pixel, pos, close, point, &sw->dwo);
+    sw->wo = solid_angle(pixel, R, curved ? R : close, point);
+    if (grad) sw->dwoc = solid_angle_grad_at(pixel, d, R, sw->wo, point || curved, &sw->dwo);
 }
 
 // a sub-path's polarization weight (-oversample_polar; else 1) and, with grad,
@@ -1653,15 +1738,19 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     const bool os_omega = iopt[I_OS_OMEGA] != 0;
     const double thick = fopt[F_THICK], thickstep = fopt[F_THICKSTEP], mu = fopt[F_MU];
     const bool corrected = nthick > 1 || os_thick || os_polar || os_omega;
-    // the positions' map (-curved_det: onto the sphere of radius distance)
+    // -sourcefile weights: every term of a source's sub-paths, its background
+    // share under -oversample_polar, and their derivatives carry its factor
+    // (incident's 4th column), as the forward weighs them
+    const bool weighted = iopt[I_WEIGHTED] != 0;
+    // the positions' map (-curved_det: onto the sphere of radius close,
+    // physics.sphere_position; autodiff runs the default mode only)
     det_map dm;
     dm.fdet = fdet;
     dm.sdet = sdet;
     dm.odet = odet;
     dm.pix0 = pix0;
-    dm.beam = load3w<double, double>(vecs + 3 * V_BEAM);
     dm.tstep = thickstep;
-    dm.distance = fopt[F_DISTANCE];
+    dm.close = close;
     dm.curved = iopt[I_CURVED] != 0;
     // the water background's share of one sub-pixel, of one sub-path
     const double bg_sub = I_bg / (double)(os * os);
@@ -1672,7 +1761,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     // the terms that take the per-pixel factors at the end: every sub-path's
     // lattice and weight derivatives (pos_grad, dbeam, ...), before g C P omega
     pos_grad dpos = {{0.0, 0.0, 0.0}, {0.0, 0.0, 0.0}, {0.0, 0.0, 0.0}, {0.0, 0.0, 0.0},
-                     0.0, 0.0, {0.0, 0.0, 0.0}};
+                     0.0, 0.0};
     double dclose_w = 0.0, dkahn_w = 0.0, dmu = 0.0;
     double dbeam[NB_MAX_INC] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // P_BEAM..P_DISP
 
@@ -1714,16 +1803,27 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                 vec3<double> d;
                 const double R = unitize(pos, &d);
                 if (omega == 0.0) {
-                    omega = solid_angle(pixel, R, close, point);
-                    dOmc = solid_angle_grad(pixel, pos, close, point, &dOm);
+                    // (on the sphere each pixel faces the sample: obliquity 1, so its
+                    // solid angle pixel^2/R^2 varies as a point pixel's, not with close)
+                    omega = solid_angle(pixel, R, dm.curved ? R : close, point);
+                    dOmc = solid_angle_grad_at(pixel, d, R, omega, point || dm.curved, &dOm);
                     F_om = Fd;
                     S_om = Sd;
                     t_om = tf;
                 }
-                omega_weight(&sw, os_omega, grad, pixel, pos, R, close, point);
+                omega_weight(&sw, os_omega, grad, pixel, d, R, close, point, dm.curved);
                 if (capture == 0.0 || os_thick) {
-                    capture = capture_fraction_grad(tf, thickstep, mu, d, R, odet, &dcap, &dcapo,
-                                                    &dcapt, &dcapm);
+                    if (dm.curved) {
+                        // the sphere's sensor faces the sample: parallax 1, no
+                        // derivative in the position or the normal
+                        const vec3<double> x1 = mk<double>(1.0, 0.0, 0.0);
+                        capture = capture_fraction_grad(tf, thickstep, mu, x1, 1.0, x1, &dcap,
+                                                        &dcapo, &dcapt, &dcapm);
+                        dcap = dcapo = zero3;
+                    } else {
+                        capture = capture_fraction_grad(tf, thickstep, mu, d, R, odet, &dcap,
+                                                        &dcapo, &dcapt, &dcapm);
+                    }
                     F_c = Fd;
                     S_c = Sd;
                 }
@@ -1743,20 +1843,22 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                 const double wos = (os_thick ? capture : 1.0) * sw.wo;
                 if (corrected && !os_polar) layer_bg += wos;
                 for (nb_i64 source = 0; source < nsrc; ++source) {
-                    const vec3<double> inc = load3w<double, double>(incident + 3 * source);
+                    const vec3<double> inc = load3w<double, double>(incident + 4 * source);
                     const double lam_s = lam[source];
+                    const double ws = incident[4 * source + 3];  // the source's factor
                     const vec3<double> Sv = mk<double>((d.x - inc.x) / lam_s, (d.y - inc.y) / lam_s,
                                                        (d.z - inc.z) / lam_s);
                     const double stol = 0.5 * sqrt(Sv.x * Sv.x + Sv.y * Sv.y + Sv.z * Sv.z);
                     const bool cut = dmin > 0.0 && stol > 0.0 && dmin > 0.5 / stol;
                     polar_weight(&sw, os_polar, grad, kahn, inc, pos, polar_axis);
                     if (os_polar) {
-                        layer_bg += wos * sw.wp;
-                        // the water fills every sub-path, -dmin's cut ones too
+                        // the water fills every sub-path, -dmin's cut ones too (a
+                        // per-source share: weighed by the source's factor)
+                        layer_bg += weighted ? wos * sw.wp * ws : wos * sw.wp;
                         if (grad)
-                            add_weight_grad(&dpos, &dclose_w, &dkahn_w, &dmu, dbeam, bg_src, sw,
-                                            os_polar, os_omega, Fd, Sd, tf, dm, dinc, ninc,
-                                            nsrc, source);
+                            add_weight_grad(&dpos, &dclose_w, &dkahn_w, &dmu, dbeam,
+                                            weighted ? bg_src * ws : bg_src, sw, os_polar,
+                                            os_omega, Fd, Sd, tf, dm, dinc, ninc, nsrc, source);
                     }
                     if (cut) continue;
                     ran = true;
@@ -1817,10 +1919,18 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                     vec3<double> d;
                     const double R = unitize(pos, &d);
                     // this sub-path's oversampled factors (as the first pass's)
-                    omega_weight(&sw, os_omega, grad, pixel, pos, R, close, point);
+                    omega_weight(&sw, os_omega, grad, pixel, d, R, close, point, dm.curved);
                     if (corrected && thick != 0.0 && ((subS == 0 && subF == 0) || os_thick)) {
-                        sw.wc = capture_fraction_grad(tf, thickstep, mu, d, R, odet, &sw.dc,
-                                                      &sw.dco, &sw.dct, &sw.dcm);
+                        if (dm.curved) {
+                            // (parallax 1 on the sphere, as the first pass)
+                            const vec3<double> x1 = mk<double>(1.0, 0.0, 0.0);
+                            sw.wc = capture_fraction_grad(tf, thickstep, mu, x1, 1.0, x1, &sw.dc,
+                                                          &sw.dco, &sw.dct, &sw.dcm);
+                            sw.dc = sw.dco = zero3;
+                        } else {
+                            sw.wc = capture_fraction_grad(tf, thickstep, mu, d, R, odet, &sw.dc,
+                                                          &sw.dco, &sw.dct, &sw.dcm);
+                        }
                         sw.Fc = Fd;
                         sw.Sc = Sd;
                     } else if (corrected && thick == 0.0) {
@@ -1829,16 +1939,20 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                         sw.dct = sw.dcm = sw.Fc = sw.Sc = 0.0;
                     }
                     for (nb_i64 source = 0; source < nsrc; ++source) {
-                        const vec3<double> inc = load3w<double, double>(incident + 3 * source);
+                        const vec3<double> inc = load3w<double, double>(incident + 4 * source);
                         const double lam_s = lam[source];
+                        const double ws = incident[4 * source + 3];  // the source's factor
                         const vec3<double> Sv = mk<double>(
                             (d.x - inc.x) / lam_s, (d.y - inc.y) / lam_s, (d.z - inc.z) / lam_s);
                         const double stol = 0.5 * sqrt(Sv.x * Sv.x + Sv.y * Sv.y + Sv.z * Sv.z);
                         // a step in the image: no derivative
                         if (dmin > 0.0 && stol > 0.0 && dmin > 0.5 / stol) continue;
                         polar_weight(&sw, os_polar, grad, kahn, inc, pos, polar_axis);
-                        // this sub-path's weight (1 unless the sum is corrected)
-                        const double w = sw.wc * sw.wo * sw.wp;
+                        // this sub-path's weight (1 unless the sum is corrected or
+                        // the sources weighted): it multiplies the term and every
+                        // derivative of it below
+                        double w = sw.wc * sw.wo * sw.wp;
+                        if (weighted) w *= ws;
                         const double cFw = cF * w;
                         const double h = cell[0] * Sv.x + cell[1] * Sv.y + cell[2] * Sv.z;
                         const double k = cell[3] * Sv.x + cell[4] * Sv.y + cell[5] * Sv.z;
@@ -1873,10 +1987,11 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                         sumT += w * T;
                         if (!grad) continue;
                         // the weight's own derivative times the term it weighs
+                        // (and the source's factor: sw holds wc wo wp only)
                         if (corrected)
-                            add_weight_grad(&dpos, &dclose_w, &dkahn_w, &dmu, dbeam, T, sw,
-                                            os_polar, os_omega, Fd, Sd, tf, dm, dinc, ninc,
-                                            nsrc, source);
+                            add_weight_grad(&dpos, &dclose_w, &dkahn_w, &dmu, dbeam,
+                                            weighted ? T * ws : T, sw, os_polar, os_omega, Fd,
+                                            Sd, tf, dm, dinc, ninc, nsrc, source);
                         const double tFl = 2.0 * Fc * Fc * Fl * w;
                         const double tFc = 2.0 * Fc * Fl * Fl * w;
                         const double Th = tFl * gl[0] + tFc * cg.x;
@@ -1950,8 +2065,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
         fin.o[i] *= wt;
     }
     fin.ts *= wt;
-    fin.dist *= wt;
-    for (int i = 0; i < 3; ++i) fin.beam[i] *= wt;
+    fin.close *= wt;
     double dmu_f = wt * dmu;
     add_pos(&fin, gT * omega * capf, dP, F_po, S_po, t_po, dm);
     add_pos(&fin, gT * polar * capf, dOm, F_om, S_om, t_om, dm);
@@ -1967,9 +2081,8 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     }
     row[P_TSTEP] = fin.ts;
     row[P_MU] = dmu_f;
-    row[P_CDIST] = fin.dist;
-    for (int i = 0; i < 3; ++i) row[P_CBEAM + i] = fin.beam[i];
-    row[P_CLOSE] = wt * dclose_w + gT * polar * capf * dOmc;
+    // (the sphere's radius under -curved_det is the close distance: fin.close)
+    row[P_CLOSE] = fin.close + wt * dclose_w + gT * polar * capf * dOmc;
     row[P_KAHN] = wt * dkahn_w + gT * omega * capf * dPk;
     for (nb_i64 q = 0; q < ninc; ++q) {
         row[P_BEAM + q] = wt * dbeam[q] +
