@@ -503,6 +503,15 @@ def _check_engine_flags(opts: SeriesOptions, cfg) -> None:
     if opts.random_orientation and cfg.misset_mode != 0:
         raise SeriesUsageError("--random-orientation gives every shot its own orientation, which "
                                "replaces -misset; drop one of them")
+    geometric = [f for f in opts.formats if f in ("cbf", "nexus")]
+    if cfg.curved_detector and geometric:
+        # their headers state a flat detector (pix0 and two axes), which the
+        # sphere's pixels leave by ~rho^3/(6 R^2): 2 mm at 50 mm off the
+        # normal at 100 mm, some ten pixels at the rim for a processing program
+        raise SeriesUsageError("-curved_det with --format %s: its header describes a flat "
+                               "detector, which the curved one's outer pixels leave by up to "
+                               "rho^3/(6 R^2); use --format smv (nanoBragg's flat header, as "
+                               "the C writes it) or drop -curved_det" % geometric[0])
 
 
 def _engine_N(cfg) -> Tuple[float, float, float]:

@@ -639,6 +639,20 @@ def test_random_orientation_with_misset_is_refused(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("fmt", ["cbf", "nexus"])
+def test_curved_detector_with_a_flat_header_format_is_refused(tmp_path, capsys, fmt):
+    # NXmx and the CBF miniheader state a flat detector: the sphere's outer
+    # pixels would be misplaced by a processing program, without a word
+    pytest.importorskip({"cbf": "fabio", "nexus": "h5py"}[fmt])
+    frame = ["--frames", 1, "--osc-per-frame", 1, "--workers", 0]
+    rc, o = run(frame + ["--format", fmt, "--out", tmp_path / "c"] + SMALL + ["-curved_det"], capsys)
+    assert rc == 2 and "-curved_det with --format %s" % fmt in one_line(o.err)
+    assert not (tmp_path / "c").exists()
+    # SMV keeps nanoBragg's flat header, as the C writes it
+    rc, o = run(frame + ["--out", tmp_path / "s"] + SMALL + ["-curved_det"], capsys)
+    assert rc == 0, o.err
+
+
 def test_dash_h_is_help_only_as_an_option(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # the values of --prefix and --out: a prefix and a directory (they printed the usage)
