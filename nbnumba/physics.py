@@ -480,6 +480,17 @@ def curved_position(pos, distance, beam, sdet, fdet):
     return rotate_axis(v1, fdet, pos[2] / distance)
 
 
+@njit(cache=True, inline="always", error_model="numpy", fastmath=False)
+def _sphere_coords(pos, close, odet, fdet, sdet):
+    """(q, u, v, A, rho): the flat position pos (m) in sphere_position's terms,
+    q = pos - close odet, its offsets u = q.fdet and v = q.sdet from the point
+    of contact, the radius A = close + q.odet and rho = |(u, v)|."""
+    q = (pos[0] - close * odet[0], pos[1] - close * odet[1], pos[2] - close * odet[2])
+    u = dot(q, fdet)
+    v = dot(q, sdet)
+    return q, u, v, close + dot(q, odet), np.sqrt(u * u + v * v)
+
+
 @njit(cache=True, error_model="numpy", fastmath=False)
 def sphere_position(pos, close, odet, fdet, sdet):
     """The default mode's -curved_det: the flat detector position pos (m) on
@@ -493,11 +504,7 @@ def sphere_position(pos, close, odet, fdet, sdet):
     point outward by t.  Every pixel of the surface lies at the close distance
     and faces the sample (the kernels take its parallax as 1 and its solid
     angle without obliquity)."""
-    q = (pos[0] - close * odet[0], pos[1] - close * odet[1], pos[2] - close * odet[2])
-    u = dot(q, fdet)
-    v = dot(q, sdet)
-    A = close + dot(q, odet)
-    rho = np.sqrt(u * u + v * v)
+    q, u, v, A, rho = _sphere_coords(pos, close, odet, fdet, sdet)
     if rho == 0.0:
         return (A * odet[0], A * odet[1], A * odet[2])
     th = rho / close
@@ -942,11 +949,7 @@ def sphere_position_grad(g, pos, close, odet, fdet, sdet):
     C = cos th and sg = sin(th)/rho = sinc(th)/close.  So dC/drho = -sin(th)/close,
     dsg/drho = sinc'(th)/close^2, dC/dclose = sin(th) rho/close^2 and
     dsg/dclose = -C/close^2 (sin th = th sinc th)."""
-    q = (pos[0] - close * odet[0], pos[1] - close * odet[1], pos[2] - close * odet[2])
-    u = dot(q, fdet)
-    v = dot(q, sdet)
-    A = close + dot(q, odet)
-    rho = np.sqrt(u * u + v * v)
+    q, u, v, A, rho = _sphere_coords(pos, close, odet, fdet, sdet)
     th = rho / close
     C = np.cos(th)
     sc, dsc = _sinc_and_slope(th)

@@ -495,6 +495,27 @@ def test_fuzz_metamorphic_source_split_sees_the_weights(tmp_path, monkeypatch):
         assert what == "run" and split and split[0][1] == want, rels
 
 
+def test_fuzz_metamorphic_curved_detector_is_made_of_its_vectors(tmp_path, monkeypatch):
+    """The default mode's -curved_det sphere (docs/quirks.md #21) is made of the
+    detector's vectors: restated as vectors, and turned by a random rotation,
+    a tilted XDS line renders the same image ('vectors', 'rotation' close);
+    nanoBragg's lab-frame map, under -c_parity, is no function of them
+    (skipped there)."""
+    import random
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    base = fz._parity_base(8) + ["-nonoise", "-nopgm", "-default_F", "100", "-curved_det",
+                                 "-xds", "-twotheta", "8", "-detector_rotx", "3",
+                                 "-detector_thick", "100", "-thicksteps", "2"]
+    what, rels = fz.metamorphic_check(base, random.Random(2), cwd=str(tmp_path))
+    got = {r[0]: r[1] for r in rels}
+    assert what == "run" and got["vectors"] == got["rotation"] == "close", rels
+    from nbnumba.model import build_model
+    cfg = nbnumba.parse_argv(base + ["-c_parity"])
+    assert fz._vectors_skip(cfg, build_model(cfg), "vectors").startswith(
+        "-curved_det under -c_parity")
+
+
 def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, host_build):
     """tools/fuzz.py device: on 8 drawn lines the CUDA source's host build
     gives numba's images (float64 and float32), pixel values and, through the

@@ -252,6 +252,22 @@ __device__ __forceinline__ vec3<real> curved_position(vec3<real> pos, real dista
     return rotate_axis(v1, fdet, pos.z / distance);
 }
 
+// physics._sphere_coords: the flat position pos in the sphere's terms, q =
+// pos - close odet, its offsets u = q.fdet, v = q.sdet from the point of
+// contact, the radius A = close + q.odet and rho = |(u, v)|
+template <typename real>
+__device__ __forceinline__ vec3<real> sphere_coords(vec3<real> pos, real close, vec3<real> odet,
+                                                    vec3<real> fdet, vec3<real> sdet, real* u,
+                                                    real* v, real* A, real* rho) {
+    const vec3<real> q = mk<real>(pos.x - close * odet.x, pos.y - close * odet.y,
+                                  pos.z - close * odet.z);
+    *u = dot(q, fdet);
+    *v = dot(q, sdet);
+    *A = close + dot(q, odet);
+    *rho = nb_sqrt(*u * *u + *v * *v);
+    return q;
+}
+
 // physics.sphere_position: the default mode's -curved_det, the flat position
 // pos moved onto the sphere of radius close about the sample that touches the
 // detector plane at close odet; pos's offsets u = q.fdet, v = q.sdet from that
@@ -260,12 +276,8 @@ template <typename real>
 __device__ __forceinline__ vec3<real> sphere_position(vec3<real> pos, real close,
                                                       vec3<real> odet, vec3<real> fdet,
                                                       vec3<real> sdet) {
-    const vec3<real> q = mk<real>(pos.x - close * odet.x, pos.y - close * odet.y,
-                                  pos.z - close * odet.z);
-    const real u = dot(q, fdet);
-    const real v = dot(q, sdet);
-    const real A = close + dot(q, odet);
-    const real rho = nb_sqrt(u * u + v * v);
+    real u, v, A, rho;
+    sphere_coords(pos, close, odet, fdet, sdet, &u, &v, &A, &rho);
     if (rho == (real)0.0) return mk<real>(A * odet.x, A * odet.y, A * odet.z);
     const real th = rho / close;
     const real c = nb_cos(th);
@@ -1493,12 +1505,8 @@ __device__ vec3<double> sphere_position_grad(vec3<double> g, vec3<double> pos, d
                                              vec3<double> sdet, double* gclose,
                                              vec3<double>* god, vec3<double>* gf,
                                              vec3<double>* gs) {
-    const vec3<double> q = mk<double>(pos.x - close * odet.x, pos.y - close * odet.y,
-                                      pos.z - close * odet.z);
-    const double u = dot(q, fdet);
-    const double v = dot(q, sdet);
-    const double A = close + dot(q, odet);
-    const double rho = sqrt(u * u + v * v);
+    double u, v, A, rho;
+    const vec3<double> q = sphere_coords(pos, close, odet, fdet, sdet, &u, &v, &A, &rho);
     const double th = rho / close;
     const double C = cos(th);
     double sc, dsc;
