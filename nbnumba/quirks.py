@@ -59,7 +59,7 @@ def c_differences(model) -> List[Tuple[int, str]]:
         out.append((18, "-odet_vector of a left-handed detector frame"))
     if cfg.water_size != 0.0 and model.nsteps > 1:
         out.append((19, "water background over %d steps" % model.nsteps))
-    if model.sources.weighted:
+    if model.sources.weighted or model.sources.dropped:
         out.append((20, "-sourcefile weights"))
     if model.det.curved:
         out.append((21, "-curved_det sphere"))

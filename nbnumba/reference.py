@@ -351,9 +351,11 @@ def sources(cfg, det, smp):
             pos = np.where(np.isnan(pos), dflt, pos)
             inc.append(-_unit(pos)[0])
             lam.append(cfg.lambda0 if math.isnan(l) else l)
-        # each source's photons in proportion to its weight, the total kept
+        # each source's photons in proportion to its weight, the total kept; a
+        # source of weight 0 is not there
         wts = np.array(wts)
-        return np.array(inc), np.array(lam), wts * (len(wts) / wts.sum())
+        on = wts > 0.0
+        return np.array(inc)[on], np.array(lam)[on], wts[on] * (on.sum() / wts.sum())
     hr, hs, hn = smp["hdiv"]
     vr, vs, vn = smp["vdiv"]
     dr, ds, dn = smp["disp"]

@@ -31,6 +31,8 @@ class Sources:
     #: -sourcefile weights over their mean in the default mode, else 1 (nanoBragg.c
     #: reads the weights but weighs every source equally: docs/quirks.md #20)
     intensity: np.ndarray = None
+    #: -sourcefile sources of intensity 0 left out (the default mode)
+    dropped: int = 0
 
     def __post_init__(self):
         if self.intensity is None:
@@ -134,7 +136,14 @@ def build_sources(steps, beam, polar, vert, lambda0, round_div, file_columns=Non
         u, _ = unitize(tuple(float(x) for x in p))
         dirs[i] = u
         log.append("%g %g %g   %g %g" % (p[0], p[1], p[2], weights[i], lambdas[i]))
-    return Sources(direction=dirs, wavelength=np.array(lambdas, dtype=float),
-                   weight=np.array(weights, dtype=float), divsteps=divsteps, log=log,
-                   intensity=intensity)
+    lambdas, weights = np.array(lambdas, dtype=float), np.array(weights, dtype=float)
+    if intensity is not None and not np.all(intensity > 0.0):
+        # a source of intensity 0 is no source: the kernels never see it (else the
+        # first one would still set a pixel's polarization, which nanoBragg takes
+        # from the first source); the others keep their weights over their mean
+        keep = intensity > 0.0
+        dirs, lambdas, weights = dirs[keep], lambdas[keep], weights[keep]
+        intensity = relative_intensities(weights)
+    return Sources(direction=dirs, wavelength=lambdas, weight=weights, divsteps=divsteps, log=log,
+                   intensity=intensity, dropped=len(pos) - len(lambdas))
 

@@ -684,6 +684,26 @@ def test_sourcefile_weights_in_both_modes(tmp_path):
     assert d.max() > 0.05 * img["w11", False].max()
 
 
+def test_a_source_of_intensity_zero_is_no_source(tmp_path):
+    """In the default mode a -sourcefile source of weight 0 is left out: listed
+    first, it no longer sets the pixels' polarization (nanoBragg takes it from
+    the first source), so the image is that of the file without it, bit for
+    bit; nanoBragg.c counts it like any other (the note names #20 even when the
+    other weights are equal)."""
+    from nbnumba.quirks import c_differences
+    (tmp_path / "z.txt").write_text("-10 0.02 -0.01 0 1.4e-10\n-10 0 0.003 1\n-10 0.01 0.004 1\n")
+    (tmp_path / "n.txt").write_text("-10 0 0.003 1\n-10 0.01 0.004 1\n")
+    z, n = (sim(["-oversample", "1", "-polar", "0.3", "-sourcefile", str(tmp_path / f)])
+            for f in ("z.txt", "n.txt"))
+    assert n.float_image.max() > 0.0 and np.array_equal(z.float_image, n.float_image)
+    assert len(z.model.sources.wavelength) == 2 and z.model.sources.dropped == 1
+    assert [k for k, _ in c_differences(z.model)] == [20] and not c_differences(n.model)
+    c = sim(["-oversample", "1", "-polar", "0.3", "-sourcefile", str(tmp_path / "z.txt")],
+            c_parity=True)
+    assert len(c.model.sources.wavelength) == 3
+    assert not np.array_equal(c.float_image, z.float_image)
+
+
 @pytest.mark.parametrize("weights, why", [("1 -0.5", "source 2 has relative intensity -0.5"),
                                           ("inf 1", "source 1 has relative intensity inf"),
                                           ("0 0", "every source has relative intensity 0")])
