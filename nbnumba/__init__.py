@@ -22,13 +22,14 @@ def parse_argv(argv, cwd=None):
     return _p(argv_words(argv), cwd=resolve_cwd(cwd))
 
 
-def simulate(cfg, backend=None, out=None):
+def simulate(cfg, backend=None, progress=None, out=None):
     """Config -> Result (float image, statistics, derived images).
 
-    ``out``: optional preallocated float32 (S, F) image (numpy, torch or CuPy)
-    that receives the float image without a copy."""
+    ``progress``: optional callable(done_rows, total_rows), called as rows
+    finish.  ``out``: optional preallocated float32 (S, F) image (numpy, torch
+    or CuPy) that receives the float image without a copy."""
     from .api import simulate as _s
-    return _s(cfg, backend=backend, out=out)
+    return _s(cfg, backend=backend, progress=progress, out=out)
 
 
 def simulate_argv(argv, cwd=None, **overrides):

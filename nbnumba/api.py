@@ -78,6 +78,19 @@ class Result:
     def __dlpack_device__(self):
         return self.float_image.__dlpack_device__()
 
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(result)``: the float image (a view on the host, a copy
+        of a GPU image), as ``np.from_dlpack(result)`` gives; it was a 0-d
+        object array holding the Result."""
+        img = self.float_image
+        if copy is False and (hasattr(img, "get")
+                              or (dtype is not None and np.dtype(dtype) != img.dtype)):
+            raise ValueError("Result.__array__: a copy is needed (copy=False was asked)")
+        img = to_host(img)
+        if dtype is not None and np.dtype(dtype) != img.dtype:
+            return img.astype(dtype)
+        return img.copy() if copy else img
+
     def to_torch(self):
         """The float image as a torch tensor sharing this result's memory."""
         from .extras import require
@@ -133,7 +146,16 @@ def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, 
         out = np.zeros((S, F), dtype=np.float32)
     else:
         from .interop import as_array_arg
+        given = out
         out = as_array_arg(out, "numpy", "out=")
+        from .interop import array_kind, data_ptr
+        if array_kind(given) == "torch" and out.size and data_ptr(out) != data_ptr(given):
+            # a tensor on another device came back as a host copy: the caller's
+            # tensor would have been left as it was
+            from .errors import ConfigError
+            raise ConfigError("out= is a torch tensor on the '%s' device: the cpu backend fills "
+                              "a CPU tensor in place (or run with backend='cuda')"
+                              % given.device.type)
         if (out.shape != (S, F) or out.dtype != np.float32 or not out.flags.c_contiguous
                 or not out.flags.writeable):
             from .errors import ConfigError
@@ -234,18 +256,54 @@ def simulate(cfg: Config, backend: Optional[str] = None, progress=None, out=None
                           % (type(cfg).__name__, "; for flags use nbnumba.simulate_argv"
                              if isinstance(cfg, (list, tuple, str)) else ""))
     _check_out(out)
+    _check_progress(progress)
     return run_model(build_model(cfg), backend=backend, progress=progress, out=out)
+
+
+def _check_progress(progress) -> None:
+    """progress= that cannot be called: ConfigError before the render (it was
+    "'int' object is not callable" after the first chunk of rows)."""
+    if progress is not None and not callable(progress):
+        from .errors import ConfigError
+        raise ConfigError("progress=: expected a callable(rows_done, rows_total) or None, got %s"
+                          % type(progress).__name__)
 
 
 def _check_out(out) -> None:
     """out= that no backend can fill (text, a torch tensor that requires grad,
-    on the meta device, sparse, ...): ConfigError before anything is built."""
+    on the meta device, sparse, ...): ConfigError before anything is built.
+    Also what would be filled through a copy, leaving the caller's object as
+    it was: a list or tuple (numpy made a new array of it), and a torch tensor
+    with the negative or conjugate bit set (a view such as ``z.conj().imag``:
+    torch reads its memory negated, so it would have shown minus the image)."""
     if out is not None:
         from .errors import ConfigError
-        from .interop import array_arg_problem
+        from .interop import array_arg_problem, array_kind
         why = array_arg_problem(out)
+        if why is None:
+            kind = array_kind(out)
+            if kind == "torch":
+                if out.is_neg() or out.is_conj():
+                    why = ("a torch tensor with the %s bit set (a view such as z.conj().imag), "
+                           "which torch reads negated: nbnumba cannot fill it in place; pass a "
+                           "plain tensor (torch.empty)"
+                           % ("negative" if out.is_neg() else "conjugate"))
+            elif kind == "other" and not (
+                    hasattr(out, "__array_interface__") or hasattr(out, "__dlpack__")
+                    or hasattr(out, "__cuda_array_interface__") or _has_buffer(out)):
+                why = ("expected an array that nbnumba can fill in place (numpy, torch or "
+                       "CuPy), got %s" % type(out).__name__)
         if why is not None:
             raise ConfigError("out=: %s" % why)
+
+
+def _has_buffer(obj) -> bool:
+    """Does obj export its memory (the buffer protocol: memoryview, array.array)?"""
+    try:
+        memoryview(obj).release()
+    except TypeError:
+        return False
+    return True
 
 
 def run_model(model: Model, backend: Optional[str] = None, progress=None, out=None) -> Result:
@@ -255,6 +313,7 @@ def run_model(model: Model, backend: Optional[str] = None, progress=None, out=No
         raise ConfigError("run_model: expected an nbnumba.model.Model (from build_model), got %s"
                           % type(model).__name__)
     _check_out(out)
+    _check_progress(progress)
     cfg = model.cfg
     backend = _check_backend(backend or cfg.device)
     from .validate import check_image_finite, check_terms_finite
@@ -347,5 +406,11 @@ def simulate_argv(argv, cwd=None, overrides=None, **more) -> Result:
         from .errors import ConfigError
         raise ConfigError("overrides must be a dict of Config fields, got %s"
                           % type(overrides).__name__)
+    both = sorted(set(overrides or {}) & set(more))
+    if both:
+        # dict(overrides, **more) kept the keyword's value without a word
+        from .errors import ConfigError
+        raise ConfigError("simulate_argv: %s given both in overrides= and as a keyword"
+                          % ", ".join(both))
     cfg = apply_overrides(cfg, dict(overrides or {}, **more))
     return simulate(cfg)

@@ -116,6 +116,8 @@ _SENSOR = {"detector_thick": (A.P_TSTEP, A.P_MU), "detector_abs": (A.P_MU,)}
 #: direction keywords: any length, made a unit vector by the run (their host
 #: map's steps are relative to the vector's length)
 _DIRECTIONS = ("spindle_axis", "beam_vector")
+#: keywords that are rotation angles in degrees (host_jacobian reduces them mod 360)
+_PERIODIC_DEG = ("misset", "detector_rot", "twotheta")
 #: the ones that turn the detector axes (the stored Jacobian keeps their columns)
 _TURNS_DETECTOR = ("detector_rot", "twotheta")
 #: Richardson steps for the host map's Jacobian, in the keyword's units
@@ -723,6 +725,12 @@ class _Run:
         if name in self._jac:
             return self._jac[name]
         base = np.asarray(self.vals[name], dtype=np.float64)
+        if name in _PERIODIC_DEG:
+            # the geometry is periodic in each angle: differenced at the angle
+            # reduced to [-180, 180] (exact), where its step of 1e-3 degrees is
+            # not lost in the rounding of a large one (at 3.6e13 degrees the
+            # difference was 0)
+            base = np.array([math.remainder(float(x), 360.0) for x in base])
         cols = []
         for i in range(base.size):
             step = _STEP[name][i]
@@ -1023,7 +1031,9 @@ def _as_tensor(torch, name, v):
         raise ArgumentTypeError("%s= must be a float64 or float32 tensor (got %s)"
                                 % (name, t.dtype))
     _check_size(name, t.numel())
-    return t
+    # (a conjugate or negative view, e.g. z.conj().imag: its values as torch
+    # shows them; numpy() refuses the bits, and its raw memory has the other sign)
+    return t.resolve_conj().resolve_neg()
 
 
 def _check_size(name, n):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import numbers
 import os
+import re
 import shlex
+import stat
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -128,6 +130,13 @@ def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
     # relative paths resolve in cwd through Config.workdir and parse_argv's cwd:
     # no os.chdir, which two threads' calls would undo for each other
     cwd = resolve_cwd(cwd)
+    if cwd is None:
+        try:
+            os.getcwd()
+        except OSError as exc:   # (a FileNotFoundError traceback from realpath)
+            raise ConfigError("the working directory is gone (%s): relative paths have nowhere "
+                              "to resolve; cd to a directory that exists"
+                              % (exc.strerror or exc)) from None
 
     n = len(argvs)
     workers = max(1, min(workers or _cores(), max(n, 1)))
@@ -136,6 +145,11 @@ def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
     for i, argv in enumerate(argvs):
         try:       # a line that is no list of words fails alone, with its own error
             w = [str(a) for a in argv_words(argv, "argvs[%d]" % i)]
+            for j, a in enumerate(w):   # (an os-level ValueError traceback when written)
+                if "\x00" in a:
+                    raise ConfigError("%s: word %d (%r) holds a NUL byte, which no argument "
+                                      "can hold" % (labels[i] if labels else "argvs[%d]" % i,
+                                                    j + 1, a[:40]))
         except ConfigError as exc:
             w, unusable[i] = [], exc
         items.append(BatchItem(index=i, argv=w))
@@ -193,11 +207,13 @@ def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
 
 def _refuse_shared_outputs(items, cfgs, protect, labels, on_done) -> None:
     """Fail (alone, before any render) each parsed line that would write a file
-    in ``protect`` or one that an earlier line writes; cfgs[i] = None for it."""
+    in ``protect`` or one that an earlier line writes or reads, or that reads a
+    file an earlier line writes; cfgs[i] = None for it.  Character devices
+    (/dev/null) may be written by any number of lines."""
     from .errors import ConfigError, NBError
     from .io.atomic import check_not_input
     from .model import reads_fdump
-    from .outputs import _path, output_paths
+    from .outputs import _path, input_files, output_paths
 
     def name(i):
         return labels[i] if labels else "argvs[%d]" % i
@@ -211,7 +227,26 @@ def _refuse_shared_outputs(items, cfgs, protect, labels, on_done) -> None:
         cfg = cfgs[it.index]
         if cfg is not None and cfg.hklfilename and cfg.hkl_grid is None:
             caches.setdefault(os.path.realpath(_path(cfg, cfg.fdump_path)), it.index)
-    seen = {}
+
+    def key(path):          # one file, whatever its name (./a, a symlink, a hard link)
+        try:
+            st = os.stat(path)
+            return ("inode", st.st_dev, st.st_ino)
+        except (OSError, ValueError):
+            return ("path", os.path.realpath(path))
+
+    def is_device(path):    # /dev/null & co: any number of lines may write them
+        try:
+            return stat.S_ISCHR(os.stat(path).st_mode)
+        except (OSError, ValueError):
+            return False
+
+    # the lines run at once, so an output of one line that another line reads
+    # replaced that input while it was read (or before): the image depended on
+    # the threads' timing, and the input was gone.  As for two lines writing one
+    # file, the later line of the two fails.
+    seen = {}       # file -> (line, what) of the accepted lines' outputs
+    reads = {}      # file -> (line, name) of the accepted lines' inputs
     for it in items:
         cfg = cfgs[it.index]
         if cfg is None:
@@ -223,12 +258,27 @@ def _refuse_shared_outputs(items, cfgs, protect, labels, on_done) -> None:
                                   "once, so its F would depend on the timing; give it -hkl, or "
                                   "run it in another folder"
                                   % (name(it.index), cfg.fdump_path, name(caches[cache])))
+            mine_in = [(key(p), p) for p in input_files(cfg)]
+            for k, p in mine_in:
+                if k in seen:
+                    first, first_what = seen[k]
+                    raise ConfigError("input '%s' is %s's %s: the lines run at once, so it "
+                                      "would be read while it is written; run them in two "
+                                      "batches" % (p, name(first), first_what))
+            mine = []
             for what, path in output_paths(cfg, fdump=True):
                 check_not_input(path, list(protect), what)
-                key = os.path.realpath(path)
+                if is_device(path):
+                    continue
+                k = key(path)
+                if k in reads:
+                    first, p = reads[k]
+                    raise ConfigError("%s '%s' is %s's input '%s': the lines run at once, so "
+                                      "it would be replaced while it is read; give each its "
+                                      "own file" % (what, path, name(first), p))
                 is_cache = what.startswith("the ")
-                if key in seen and seen[key][0] != it.index:
-                    first, first_what = seen[key]
+                if k in seen and seen[k][0] != it.index:
+                    first, first_what = seen[k]
                     if is_cache and first_what == what:
                         if hkl_of(cfgs[first]) == hkl_of(cfg):
                             continue            # the same -hkl: the same cache
@@ -239,12 +289,49 @@ def _refuse_shared_outputs(items, cfgs, protect, labels, on_done) -> None:
                                                        cfgs[first].hklfilename))
                     raise ConfigError("%s '%s' is also %s's %s: the lines run at once, give "
                                       "each its own file" % (what, path, name(first), first_what))
-                seen.setdefault(key, (it.index, what))
+                mine.append((k, what))
+            for k, what in mine:        # (a refused line claims none of its files)
+                seen.setdefault(k, (it.index, what))
+            for k, p in mine_in:
+                reads.setdefault(k, (it.index, p))
         except NBError as exc:
             _fail(it, exc)
             cfgs[it.index] = None
             if on_done:
                 on_done(it)
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def split_line(line: str) -> List[str]:
+    """The words of one command line, as a POSIX shell splits it: quotes and
+    backslashes as shlex, and ``#`` starts a comment only at the start of a
+    word (shlex's ``comments=True`` also cut ``-floatfile run#1.bin -nonoise``
+    to ``-floatfile run``, so another file was written and -nonoise dropped).
+    ValueError for an unclosed quote or a trailing backslash."""
+    quote, i, n = None, 0, len(line)
+    word_start = True
+    while i < n:
+        c = line[i]
+        if quote == "'":
+            if c == "'":
+                quote = None
+        elif quote == '"':
+            if c == "\\":
+                i += 1              # (\" and \\ do not end the quotes)
+            elif c == '"':
+                quote = None
+        elif c == "\\":
+            i += 1
+        elif c in "'\"":
+            quote = c
+        elif c == "#" and word_start:
+            line = line[:i]
+            break
+        word_start = quote is None and c in " \t\r\n"
+        i += 1
+    return shlex.split(line, comments=False)
 
 
 def read_batch_file(path: str) -> List[tuple]:
@@ -258,6 +345,8 @@ def read_batch_file(path: str) -> List[tuple]:
             data = fh.read()
     except OSError as exc:
         raise InputFileError("%s: cannot read batch file (%s)" % (path, exc.strerror or exc)) from None
+    if data.startswith(b"\xef\xbb\xbf"):   # a UTF-8 byte-order mark (Windows editors)
+        data = data[3:]                     # was part of line 1's first word
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:   # (a Latin-1 byte in a comment was a traceback)
@@ -265,12 +354,19 @@ def read_batch_file(path: str) -> List[tuple]:
                              "command lines" % (path, data[:exc.start].count(b"\n") + 1,
                                                 data[exc.start])) from None
     out = []
-    for no, raw in enumerate(text.splitlines(), 1):
-        s = raw.strip()
+    # lines end at \n, \r\n or \r only: str.splitlines also splits at \f, \v,
+    # \x1c-\x1e, \x85 and U+2028/9, so a form feed in a comment ran the rest of
+    # the comment as a command line, and every later line number was off
+    for no, raw in enumerate(_LINE_END.split(text), 1):
+        s = raw.strip(" \t")
         if not s or s.startswith("#"):
             continue
+        if "\x00" in s:        # (an os-level ValueError traceback for the whole batch)
+            out.append((no, None, "the line holds a NUL byte (column %d), which no argument "
+                                  "can hold" % (raw.index("\x00") + 1)))
+            continue
         try:
-            argv = shlex.split(s, comments=True)
+            argv = split_line(s)
         except ValueError as exc:
             # (a sentinel argv ran instead, and its error named a flag
             # '--unparsable-line--' that nobody wrote)
@@ -330,6 +426,8 @@ def batch_main(argv: Sequence[str], out=None) -> int:
     except NBError as e:
         print("nbnumba: error: %s" % e, file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt as e:  # (a traceback while a long file was read)
+        return _interrupted(e)
     total = len(lines)
     t0 = time.perf_counter()
     import threading
@@ -353,10 +451,22 @@ def batch_main(argv: Sequence[str], out=None) -> int:
         items = simulate_many([a for _, a in lines], workers=workers, threads=threads, write=True,
                               keep_results=False, on_done=report, protect=[path],
                               labels=["line %d" % no for no, _ in lines])
-    except KeyboardInterrupt:
-        print("nbnumba: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
+    except NBError as e:            # the batch as a whole (a working directory that is gone)
+        print("nbnumba: error: --batch: %s" % e, file=sys.stderr)
+        return e.exit_code
     bad = unsplit + sum(1 for it in items if not it.ok)
     print("batch: %d of %d command lines ok, %d failed (%.2f s)"
           % (total - bad, total, bad, time.perf_counter() - t0), file=out)
     return 1 if bad else 0
+
+
+def _interrupted(exc) -> int:
+    """Ctrl-C exits 130 and SIGTERM 143, as the CLI (SIGTERM was 130)."""
+    # (under `python -m nbnumba.cli` the handler raises __main__.Terminated, a
+    # class other than nbnumba.cli.Terminated: match it by name)
+    term = any(c.__name__ == "Terminated" and c.__module__ in ("nbnumba.cli", "__main__")
+               for c in type(exc).__mro__)
+    print("nbnumba: interrupted", file=sys.stderr)
+    return 143 if term else 130

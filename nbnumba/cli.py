@@ -7,6 +7,7 @@ errors is not reproduced (docs/quirks.md).
 """
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -49,6 +50,14 @@ def main(argv=None) -> int:
 def _run_argv(argv) -> int:
     from .errors import NBError, UsageError
     from . import flags
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        # (the outputs' paths are resolved against it, absolute ones too: a
+        # traceback from os.path.realpath, exit 1)
+        print("nbnumba: error: the working directory no longer exists (it was removed): "
+              "cd to an existing directory", file=sys.stderr)
+        return 2
     try:
         cfg = flags.parse_argv(argv)
         return run(cfg)

@@ -98,6 +98,10 @@ def _torch_src(obj):
                          "pass tensor.detach() to use the values only")
     if getattr(obj, "is_conj", None) is not None and obj.is_conj():
         obj = obj.resolve_conj()
+    if getattr(obj, "is_neg", None) is not None and obj.is_neg():
+        # (a view such as z.conj().imag: its memory holds minus its values, which
+        # DLPack exported as they are)
+        obj = obj.resolve_neg()
     return obj
 
 

@@ -284,3 +284,118 @@ def test_simulate_many_cwd_in_threads_reads_its_own_files(tmp_path, monkeypatch)
     for name, left, right in got:
         assert right == 32 and left == (32 if name == "full" else 0), (name, left, right)
     assert os.getcwd() == start and chdirs == []
+
+
+def test_batch_hash_inside_a_word_is_no_comment(tmp_path, capsys, monkeypatch):
+    # shlex's comments=True cut `-floatfile run#1.bin -nonoise` to `-floatfile run`:
+    # the image went to `run`, and intimage.img plus a noise image were written
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cmds.txt").write_text(
+        " ".join(_argv(8, "-floatfile run#1.bin -intfile r.img -nonoise")) + "  # a comment\n")
+    assert cli.main(["--batch", "cmds.txt"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmds.txt", "r.img", "run#1.bin"]
+
+
+def test_batch_lines_end_only_at_newlines_and_a_bom_is_skipped(tmp_path, capsys, monkeypatch):
+    # str.splitlines split a comment at a form feed (its tail ran as a command line)
+    # and shifted every later line number; a UTF-8 BOM was part of the first word
+    monkeypatch.chdir(tmp_path)
+    data = ("\ufeff" + " ".join(_argv(8, "-floatfile a.bin -intfile a.img -nonoise")) + "\r\n"
+            "# page\x0c -detpixels 9 -floatfile b.bin\n"
+            "-bogus_flag\r"
+            "-other_bogus\n")
+    (tmp_path / "cmds.txt").write_bytes(data.encode())
+    assert cli.main(["--batch", "cmds.txt"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    status = {l.split(":")[0]: l for l in out if l.startswith("line ")}
+    assert set(status) == {"line 1", "line 3", "line 4"}
+    assert " ok " in status["line 1"]
+    assert "-bogus_flag" in status["line 3"] and "-other_bogus" in status["line 4"]
+    assert not (tmp_path / "b.bin").exists()
+
+
+def test_batch_line_with_a_nul_byte_fails_alone(tmp_path, capsys, monkeypatch):
+    # it was a ValueError traceback ("embedded null byte") for the whole batch
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cmds.txt").write_bytes(
+        (" ".join(_argv(8, "-floatfile a.bin -intfile a\x00.img -nonoise")) + "\n"
+         + " ".join(_argv(8, "-floatfile b.bin -intfile b.img -nonoise")) + "\n").encode())
+    assert cli.main(["--batch", "cmds.txt"]) == 1
+    out = capsys.readouterr().out
+    assert "line 1: error (exit 2): " in out and "NUL" in out and "line 2: ok" in out
+    items = nbnumba.simulate_many([_argv(8, "-floatfile x\x00.bin"), _argv(8)], cwd=str(tmp_path),
+                                  write=True)
+    assert not items[0].ok and items[0].exit_code == 2 and "NUL" in items[0].error
+    assert items[1].ok
+
+
+def test_batch_line_never_writes_another_lines_input(tmp_path, capsys, monkeypatch):
+    # `-mat m.mat` on line 1 and `-floatfile m.mat` on line 2: both "ok", the matrix
+    # replaced by an image while (or before) line 1 read it
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.mat").write_text("0.01 0 0\n0 0.0125 0\n0 0 0.0111\n")
+    before = (tmp_path / "m.mat").read_bytes()
+    assert nbnumba.simulate_many([_argv(8, "-nonoise -floatfile /dev/null -intfile a.img")],
+                                 cwd=str(tmp_path), write=True)[0].ok
+    lines = [" ".join(_argv(8, "-nonoise -mat m.mat -floatfile c.bin -intfile c.img")),
+             " ".join(_argv(8, "-nonoise -floatfile ./m.mat -intfile d.img")),
+             " ".join(_argv(8, "-nonoise -floatfile e.bin -intfile a.img")),
+             " ".join(_argv(8, "-nonoise -img a.img -floatfile f.bin -intfile f.img"))]
+    (tmp_path / "cmds.txt").write_text("\n".join(lines) + "\n")
+    assert cli.main(["--batch", "cmds.txt", "--workers", "2"]) == 1
+    out = capsys.readouterr().out
+    status = {l.split(":")[0]: l for l in out.splitlines() if l.startswith("line ")}
+    assert "ok" in status["line 1"] and "ok" in status["line 3"]
+    assert "error (exit 2)" in status["line 2"] and "line 1's input" in status["line 2"]
+    assert "error (exit 2)" in status["line 4"] and "line 3's -intfile" in status["line 4"]
+    assert (tmp_path / "m.mat").read_bytes() == before
+    assert not (tmp_path / "d.img").exists() and not (tmp_path / "f.bin").exists()
+
+
+def test_batch_lines_may_all_write_dev_null(tmp_path, capsys, monkeypatch):
+    # refused as "also line 1's -floatfile", though one run may send several outputs there
+    monkeypatch.chdir(tmp_path)
+    lines = [" ".join(_argv(8, "-nonoise -floatfile /dev/null -intfile %s.img" % n)) for n in "ab"]
+    (tmp_path / "cmds.txt").write_text("\n".join(lines) + "\n")
+    assert cli.main(["--batch", "cmds.txt"]) == 0
+    assert (tmp_path / "a.img").exists() and (tmp_path / "b.img").exists()
+
+
+def test_batch_in_a_removed_working_directory_is_one_line(tmp_path, capsys, monkeypatch):
+    # a FileNotFoundError traceback from os.path.realpath, even with absolute paths
+    cmds = tmp_path / "cmds.txt"
+    cmds.write_text(" ".join(_argv(8, "-nonoise -floatfile %s -intfile %s"
+                                   % (tmp_path / "a.bin", tmp_path / "a.img"))) + "\n")
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert cli.main(["--batch", str(cmds)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "working directory" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmds.txt"]
+    import pytest
+    with pytest.raises(nbnumba.NBError, match="working directory"):
+        nbnumba.simulate_many([_argv(8)])
+
+
+def test_batch_sigterm_exits_143_and_leaves_no_file(tmp_path):
+    # SIGTERM gave 130, the exit status of Ctrl-C
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    slow = ("-cell 70 80 90 90 90 90 -default_F 100 -N 5 -lambda 1.5 -distance 100 "
+            "-detpixels 1024 -pixel 0.05 -nopgm -nonoise -oversample 6 -mosaic 0.5 -mosaic_dom 40")
+    (tmp_path / "cmds.txt").write_text(slow + " -floatfile t.bin -intfile t.img\n")
+    env = dict(os.environ, NBNUMBA_SERVER="0")
+    p = subprocess.Popen([sys.executable, "-m", "nbnumba.cli", "--batch", "cmds.txt"],
+                         cwd=str(tmp_path), env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 143, (out, err)
+    assert err.splitlines() == ["nbnumba: interrupted"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["cmds.txt"]

@@ -192,3 +192,21 @@ def test_cli_device_cuda_without_gpu_fails_cleanly(tmp_path):
     assert r.returncode == 2
     assert "-device cuda" in r.stderr and "Traceback" not in r.stderr
     assert r.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_a_removed_working_directory_is_one_line(tmp_path):
+    """A run started in a directory that was then removed (absolute output
+    paths): one error line and exit 2; it was a FileNotFoundError traceback
+    from os.path.realpath, exit 1."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = ("import os, sys; os.chdir(%r); os.rmdir(%r); from nbnumba import cli; "
+            "sys.exit(cli.main(sys.argv[1:]))" % (str(gone), str(gone)))
+    env = dict(os.environ, PYTHONPATH=str(REPO), NBNUMBA_SERVER="0")
+    r = subprocess.run([sys.executable, "-c", code, "-cell", "70", "80", "90", "90", "90", "90",
+                        "-default_F", "100", "-N", "2", "-lambda", "1.5", "-detpixels", "8",
+                        "-floatfile", str(tmp_path / "f.bin"), "-nonoise", "-nopgm"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "working directory no longer exists" in r.stderr
+    assert not (tmp_path / "f.bin").exists()

@@ -193,3 +193,78 @@ def test_as_array_arg_names_the_argument():
     t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     a = as_array_arg(t, "numpy", "out=")
     assert shares_memory(a, t) and a[1, 2] == 5.0
+
+
+def test_api_refuses_an_output_it_would_fill_through_a_copy():
+    """out= that would have been filled through a copy, leaving the caller's
+    object as it was, is refused with one ConfigError naming out=: a list (of
+    float32 numbers; numpy made a new array of it and the list kept its
+    zeros), and a float32 tensor with torch's negative bit (z.conj().imag),
+    which the kernel filled through its raw memory so that the tensor read
+    minus the image.  The object is left as it was."""
+    if not hasattr(torch.Tensor, "_neg_view"):
+        pytest.skip("this torch has no Tensor._neg_view")
+    from nbnumba.errors import ConfigError
+    cfg = nbnumba.parse_argv(ARGV)
+    S, F = nbnumba.simulate(cfg).float_image.shape
+    rows = [[np.float32(0.0)] * F for _ in range(S)]
+    with pytest.raises(ConfigError, match=r"^out=: expected an array that nbnumba can fill in "
+                                          r"place .* got list$"):
+        nbnumba.simulate(cfg, out=rows)
+    assert rows[S // 2][F // 2] == 0.0
+    # (z.conj().imag has the bit, strided: refused as not contiguous; the
+    # contiguous kind comes from torch's _neg_view)
+    neg = torch.zeros((S, F), dtype=torch.float32)._neg_view()
+    assert neg.is_neg() and neg.is_contiguous()
+    with pytest.raises(ConfigError, match=r"^out=: a torch tensor with the negative bit set"):
+        nbnumba.simulate(cfg, out=neg)
+    assert float(neg.abs().max()) == 0.0
+    # what exports its memory is filled in place: the buffer protocol (array.array)
+    import array
+    buf = array.array("f", [0.0] * (S * F))
+    res = nbnumba.simulate(cfg, out=memoryview(buf).cast("B").cast("f", (S, F)))
+    assert max(buf) > 0.0 and np.array_equal(np.frombuffer(buf, np.float32).reshape(S, F),
+                                             res.float_image)
+
+
+def test_a_negated_view_is_read_with_its_values():
+    """A torch tensor with the negative bit set (z.conj().imag) is read with
+    the values torch shows, not its raw memory (DLPack exported the memory as
+    it is, the negation lost)."""
+    neg = torch.tensor([1j, -2j, 3j]).conj().imag
+    assert neg.is_neg() and neg.tolist() == [-1.0, 2.0, -3.0]
+    assert to_numpy(neg).tolist() == [-1.0, 2.0, -3.0]
+    assert as_array(neg, "numpy").tolist() == [-1.0, 2.0, -3.0]
+
+
+def test_progress_and_overrides_arguments_are_checked():
+    """progress= that cannot be called was "'int' object is not callable"
+    (TypeError) after the first chunk of rows; a Config field given both in
+    overrides= and as a keyword kept the keyword's value without a word."""
+    from nbnumba import api
+    from nbnumba.errors import ConfigError
+    cfg = nbnumba.parse_argv(ARGV)
+    with pytest.raises(ConfigError, match=r"^progress=: expected a callable"):
+        api.simulate(cfg, progress=5)
+    seen = []
+    api.simulate(cfg, progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1]
+    with pytest.raises(ConfigError, match=r"^simulate_argv: distance given both in overrides= "
+                                          r"and as a keyword$"):
+        nbnumba.simulate_argv(ARGV, overrides={"distance": 0.1}, distance=0.2)
+    a = nbnumba.simulate_argv(ARGV, overrides={"distance": 0.1}).float_image
+    b = nbnumba.simulate_argv(ARGV, distance=0.1).float_image
+    assert np.array_equal(a, b)
+
+
+def test_result_converts_with_numpy(result):
+    """np.asarray(result) is the float image (a view), as np.from_dlpack(result)
+    and torch.as_tensor(result) give; it was a 0-d object array holding the
+    Result."""
+    a = np.asarray(result)
+    assert a.shape == result.float_image.shape and a.dtype == np.float32
+    assert np_ptr(a) == np_ptr(result.float_image)
+    assert np.asarray(result, dtype=np.float64).dtype == np.float64
+    c = np.array(result)
+    assert c.flags.owndata and np.array_equal(c, result.float_image)
+    assert torch.equal(torch.as_tensor(result), result.to_torch())
