@@ -302,6 +302,10 @@ def _refuse_shared_outputs(items, cfgs, protect, labels, on_done) -> None:
 
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
+#: the longest word a command line can pass (Linux's MAX_ARG_STRLEN, 32 pages):
+#: a longer one is refused before shlex, whose time grows as a word's length
+#: squared (a 1.2 M-character word took 25 s)
+MAX_WORD = 131072
 
 
 def split_line(line: str) -> List[str]:
@@ -309,11 +313,18 @@ def split_line(line: str) -> List[str]:
     backslashes as shlex, and ``#`` starts a comment only at the start of a
     word (shlex's ``comments=True`` also cut ``-floatfile run#1.bin -nonoise``
     to ``-floatfile run``, so another file was written and -nonoise dropped).
-    ValueError for an unclosed quote or a trailing backslash."""
+    ValueError for an unclosed quote, a trailing backslash, or a word longer
+    than MAX_WORD characters."""
     quote, i, n = None, 0, len(line)
     word_start = True
+    start = 0           # where the current word began
     while i < n:
         c = line[i]
+        if word_start:
+            start = i
+        elif i - start > MAX_WORD:
+            raise ValueError("a word longer than %d characters, more than a command line "
+                             "can pass" % MAX_WORD)
         if quote == "'":
             if c == "'":
                 quote = None

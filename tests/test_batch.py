@@ -399,3 +399,17 @@ def test_batch_sigterm_exits_143_and_leaves_no_file(tmp_path):
     assert p.returncode == 143, (out, err)
     assert err.splitlines() == ["nbnumba: interrupted"]
     assert sorted(f.name for f in tmp_path.iterdir()) == ["cmds.txt"]
+
+
+def test_batch_line_with_a_word_longer_than_an_argument_is_its_own_error(tmp_path, capsys,
+                                                                        monkeypatch):
+    # shlex's time grows as a word's length squared: a 4.8 MB line ran for minutes;
+    # a word beyond Linux's 128 KiB per argument is refused at once, alone
+    monkeypatch.chdir(tmp_path)
+    good = " ".join(_argv(8, "-floatfile a.bin -nonoise"))
+    (tmp_path / "cmds.txt").write_text(good + "\n-floatfile " + "x" * 3_000_000 + "\n")
+    assert cli.main(["--batch", "cmds.txt"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert any(l.startswith("line 2: error (exit 2): cannot split the line into arguments: "
+                            "a word longer than 131072 characters") for l in out), out
+    assert any(l.startswith("line 1: ok") for l in out)
