@@ -39,7 +39,9 @@ Files (in ``--out DIR``, image numbers start at 1: frame i -> ``frame_%05d`` of 
          else the scaled integer image (``-nonoise``), with nanoBragg's header.
          With ``-nonoise`` every frame uses one scale: ``-scale S`` when given,
          else the one nanoBragg picks for frame 1 (max pixel -> 55000), found
-         by a pilot render of frame 1 before the series starts and printed.
+         by a pilot render of frame 1 before the series starts and printed
+         (of the first shot that can be rendered, when frame 1's jittered
+         cell or N is impossible).
   cbf    ``frame_00001.cbf``  miniCBF (fabio) with a Pilatus-style miniheader
   nexus  ``frame_00001.h5`` per frame, plus ``master.h5`` (NXmx, virtual (N, S, F)
          stack over the frame files) once every frame exists
@@ -619,6 +621,19 @@ def frame_config(cfg, spec: FrameSpec, job: Job):
     return replace(cfg, **kw)
 
 
+def _pilot_spec(cfg, specs: Sequence["FrameSpec"]) -> "FrameSpec":
+    """The first frame whose parameters are possible (frame_config accepts them);
+    the first frame when none is (its error is then the run's)."""
+    probe = Job(out_dir="", formats=(), prefix="", threads=None, device=cfg.device)
+    for spec in specs:
+        try:
+            frame_config(cfg, spec, probe)
+        except ConfigError:
+            continue
+        return spec
+    return specs[0]
+
+
 def _pilot_scale(cfg, spec: "FrameSpec"):
     """(cfg with intfile_scale fixed, the line saying so): the scale nanoBragg would
     pick for the first frame (max pixel -> 55000), rendered here as a pilot.  The
@@ -799,6 +814,17 @@ def _run_header(opts: SeriesOptions, base_seed: int) -> dict:
                        "prefix": opts.prefix}}
 
 
+def _input_digests(paths: Sequence[str]) -> List[Optional[str]]:
+    """sha256 of each input file (None: unreadable here; the render reports it)."""
+    out: List[Optional[str]] = []
+    for p in paths:
+        try:
+            out.append(sha256_file(p))
+        except OSError:
+            out.append(None)
+    return out
+
+
 def _same_run(old: dict, new: dict) -> Optional[str]:
     for key in ("mode", "count", "engine_argv", "series"):
         if old.get(key) != new.get(key):
@@ -851,6 +877,18 @@ def _lock_out_dir(out_dir: str) -> _DirLock:
     except OSError:
         os.close(fd)
         raise NBError("another %s run is writing to '%s'; wait for it to finish" % (PROG, out_dir)) from None
+    # the folder locked must still be DIR: a run that gave up removes the empty
+    # folder it created (holding the lock), and one that opened it just before
+    # that would lock a removed folder and fail on its manifest
+    try:
+        st, cur = os.fstat(fd), os.stat(out_dir)
+        same = (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino)
+    except OSError:
+        same = False
+    if not same:
+        os.close(fd)
+        raise NBError("another %s run removed '%s' while this one started; run again"
+                      % (PROG, out_dir))
     return _DirLock(fd)
 
 
@@ -886,17 +924,47 @@ def _previous_outputs(out_dir: str, records: List[dict]) -> List[str]:
     """The files an earlier run recorded in its manifest (frames of every format,
     the master file): only plain names, inside DIR, that are regular files."""
     out: List[str] = []
+    seen = set()
+    for name in _previous_names(records):
+        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+            continue
+        p = os.path.join(out_dir, name)
+        if p not in seen and os.path.isfile(p) and not os.path.islink(p):
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def _old_prefix(records: List[dict]) -> Optional[str]:
+    """The --prefix of the earlier run's header, when it is one this command accepts."""
+    header = next((r for r in records if r.get("type") == "run"), None)
+    series_opts = header.get("series") if header is not None else None
+    prefix = series_opts.get("prefix") if isinstance(series_opts, dict) else None
+    if (not isinstance(prefix, str) or not prefix or os.sep in prefix or prefix.startswith(".")
+            or "\0" in prefix):
+        return None
+    return prefix
+
+
+def _previous_names(records: List[dict]):
+    """File names of the earlier run: those its manifest records, then every frame
+    name of its header's prefix and count in every format.  A frame written but
+    not recorded (the run was killed between the rename and the manifest line, or
+    a Dask worker finished it while the client was being interrupted) is a file of
+    that run too: --overwrite with fewer frames left it next to the new set."""
     for rec in records:
         files = rec.get("files")
-        if not isinstance(files, dict):
-            continue
-        for name in files:
-            if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
-                continue
-            p = os.path.join(out_dir, name)
-            if os.path.isfile(p) and not os.path.islink(p) and p not in out:
-                out.append(p)
-    return out
+        if isinstance(files, dict):
+            yield from files
+    header = next((r for r in records if r.get("type") == "run"), None)
+    prefix = _old_prefix(records)
+    count = header.get("count") if header is not None else None
+    if prefix is None or isinstance(count, bool) or not isinstance(count, int):
+        return
+    for number in range(1, min(count, MAX_FRAMES) + 1):
+        for fmt in FORMATS:
+            yield frame_filename(prefix, number, fmt)
+    yield MASTER
 
 
 def _check_removals_not_inputs(out_dir: str, records: List[dict], inputs: Sequence[str]) -> None:
@@ -924,6 +992,9 @@ def _remove_previous_outputs(out_dir: str, records: List[dict]) -> None:
         except OSError as exc:
             raise OutputFileError("--overwrite: cannot remove '%s': %s"
                                   % (p, exc.strerror or exc)) from None
+    prefix = _old_prefix(records)
+    if prefix is not None:
+        _clean_temp_files(out_dir, prefix)     # temporaries of writers killed mid-write
 
 
 # ---------------------------------------------------------------------------
@@ -1168,8 +1239,13 @@ def run_series(opts: SeriesOptions) -> int:
         # running, and no empty DIR left behind by this run
         _close_conn(conn)
         if dir_lock is not None:
+            # only the run that holds DIR's lock removes the folders it created:
+            # a run that lost the lock to another one (both found DIR missing and
+            # created it) removed DIR under the winner, whose manifest then could
+            # not be written; removed before the lock is released, so no run can
+            # lock the folder in between
+            remove_empty_dirs(created)
             dir_lock.release()
-        remove_empty_dirs(created)
         raise
     try:
         if not setup["resuming"]:
@@ -1224,11 +1300,19 @@ def _setup_run(cfg, opts: SeriesOptions, out_dir: str, base_N) -> dict:
     else:
         base_seed = int(time.time())
     new_header = _run_header(opts, base_seed)
+    # the contents of the input files (-hkl, -mat, -mask, ...): the same flags with
+    # an edited -hkl gave a resumed series of frames rendered from two inputs
+    new_header["inputs_sha256"] = _input_digests(input_files(cfg))
     resuming = opts.resume and header is not None
     if resuming:
         key = _same_run(header, new_header)
         if key is None and header.get("base_seed") != base_seed:
             key = "base_seed"
+        if (key is None and "inputs_sha256" in header
+                and header.get("inputs_sha256") != new_header["inputs_sha256"]):
+            raise NBError("--resume: an input file of '%s' has changed since that run started "
+                          "(its frames would mix both versions); use --overwrite to start over"
+                          % mpath)
         if key is not None:
             raise NBError("--resume: '%s' was written by a different command (%s differs)"
                           % (mpath, key.replace("_", " ")))
@@ -1246,7 +1330,9 @@ def _setup_run(cfg, opts: SeriesOptions, out_dir: str, base_N) -> dict:
     if not cfg.calculate_noise and not cfg.intfile_scale > 0:
         # -nonoise: nanoBragg scales each image by its own maximum, which would give
         # every frame a different scale; the series uses the scale of frame 1 for all
-        cfg, pilot_note = _pilot_scale(cfg, specs[0])
+        # (of the first shot that can be rendered: a serial shot whose jittered cell
+        # or N is impossible fails alone, and used to fail the whole run here)
+        cfg, pilot_note = _pilot_scale(cfg, _pilot_spec(cfg, specs))
         print(pilot_note, flush=True)
     in_process = opts.workers == 0 and not opts.scheduler
     if cfg.threads:

@@ -770,3 +770,110 @@ def test_sigterm_exits_143(tmp_path):
     assert rc == 143
     assert one_line(err).startswith("nbnumba-series: interrupted")
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_run_that_loses_the_lock_race_leaves_the_winners_dir(tmp_path, capsys, monkeypatch):
+    """Two runs that both find DIR missing: the one that loses the lock must not
+    remove the (still empty) DIR the winner created and holds (the winner could
+    then not write its manifest)."""
+    import fcntl
+    out = tmp_path / "new" / "sub"
+    real_makedirs = os.makedirs
+    held = []
+
+    def makedirs_then_other_run_locks(path, *a, **kw):
+        real_makedirs(path, *a, **kw)
+        if os.path.abspath(path) == str(out) and not held:
+            fd = os.open(path, os.O_RDONLY)     # the other run wins the lock
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(fd)
+
+    monkeypatch.setattr(os, "makedirs", makedirs_then_other_run_locks)
+    try:
+        rc, cap = run(["--frames", 1, "--osc-per-frame", 1, "--workers", 0, "--out", out]
+                      + BASE + ["-detpixels", "8"], capsys)
+        assert rc == 2
+        assert "another nbnumba-series run" in cap.err
+        assert out.is_dir()         # the winner's folder is still there
+        # and the winner's open folder is still DIR
+        assert os.path.samestat(os.fstat(held[0]), os.stat(out))
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def test_lock_on_a_folder_removed_meanwhile_is_refused(tmp_path):
+    """A run that opened DIR just before another run removed it must not lock
+    (and write into) the removed folder."""
+    d = tmp_path / "d"
+    d.mkdir()
+    real_open = os.open
+
+    def open_then_removed(path, flags, *a, **kw):
+        fd = real_open(path, flags, *a, **kw)
+        if os.path.abspath(path) == str(d):
+            os.rmdir(d)
+            d.mkdir()
+        return fd
+
+    import unittest.mock
+    with unittest.mock.patch.object(series.os, "open", open_then_removed):
+        with pytest.raises(series.NBError, match="removed"):
+            series._lock_out_dir(str(d))
+
+
+def test_overwrite_removes_frames_the_earlier_run_wrote_but_did_not_record(tmp_path, capsys):
+    """A run killed between a frame's rename and its manifest line (or whose Dask
+    worker finished a frame while the client was interrupted) leaves that frame
+    unrecorded; --overwrite with fewer frames left it next to the new set."""
+    out = tmp_path / "o"
+    args = ["--osc-per-frame", 1, "--workers", 0, "--format", "smv,cbf", "--out", out]
+    base = BASE + ["-detpixels", "8"]
+    rc, _ = run(["--frames", 3] + args + base, capsys)
+    assert rc == 0
+    mpath = out / "manifest.jsonl"
+    lines = mpath.read_text().splitlines()
+    kept = [ln for ln in lines if json.loads(ln).get("frame") != 2]     # frame 3 unrecorded
+    assert len(kept) == len(lines) - 1
+    mpath.write_text("\n".join(kept) + "\n")
+    (out / ".frame_00003.img.x1y2.tmp").write_bytes(b"torn")            # a killed writer's temp
+    (out / "notes.txt").write_text("mine")
+    rc, _ = run(["--frames", 2, "--overwrite"] + args + base + ["-N", "4"], capsys)
+    assert rc == 0
+    assert sorted(os.listdir(out)) == ["frame_00001.cbf", "frame_00001.img", "frame_00002.cbf",
+                                       "frame_00002.img", "manifest.jsonl", "notes.txt"]
+
+
+def test_resume_refuses_an_input_file_edited_since_the_run_started(tmp_path, capsys):
+    """Same flags, but the -hkl file changed between the interrupted run and
+    --resume: the resumed frames came from the new file next to the old ones."""
+    hkl = tmp_path / "in.hkl"
+    hkl.write_text("1 0 0 100\n")
+    out = tmp_path / "o"
+    argv = (["--frames", 2, "--osc-per-frame", 1, "--workers", 0, "--out", out]
+            + BASE + ["-detpixels", "8", "-hkl", hkl])
+    rc, _ = run(argv + ["--max-frames", 1], capsys)
+    assert rc == series.EXIT_STOPPED
+    hkl.write_text("1 0 0 900\n")
+    rc, cap = run(argv + ["--resume"], capsys)
+    assert rc == 2
+    assert "input file" in one_line(cap.err) and "changed" in cap.err
+    assert len(frame_records(out)) == 1                 # nothing rendered from the edit
+    hkl.write_text("1 0 0 100\n")                       # the original again: resumes
+    rc, _ = run(argv + ["--resume"], capsys)
+    assert rc == 0 and len(frame_records(out)) == 2
+
+
+def test_nonoise_pilot_skips_an_impossible_first_shot(tmp_path, capsys):
+    """-nonoise takes the scale from a pilot render of frame 1; a serial set whose
+    shot 0 has an impossible jittered cell exited 2 (no frame), though such a shot
+    fails alone."""
+    out = tmp_path / "s"
+    argv = ["--shots", 6, "--jitter-cell", 100, "--workers", 0, "--out", out,
+            "-cell", 70, 80, 90, 90, 90, 90, "-default_F", 100, "-N", 5, "-lambda", 1,
+            "-distance", 100, "-detpixels", 8, "-pixel", 1, "-seed", 1, "-nonoise"]
+    rc, cap = run(argv, capsys)
+    assert rc == series.EXIT_FAILED
+    assert "scale of frame 2" in cap.out
+    failed = sorted(r["frame"] for r in manifest(out) if r.get("type") == "failed")
+    assert failed[0] == 0 and len(frame_records(out)) == 6 - len(failed)
