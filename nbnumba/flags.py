@@ -598,7 +598,7 @@ FLAGS: Tuple[FlagSpec, ...] = (
     _F("-mask", 1, "str", "", "none",
        "SMV mask: pixels equal to 0 are skipped; its header is read like -img's",
        _set("maskfilename"), ("maskfilename", "mask_image"), group="inputs", example=("mask.img",)),
-    _F("-sourcefile", 1, "str", "", "none", "text file of sources: X Y Z (m) relative intensity, lambda (m) per line",
+    _F("-sourcefile", 1, "str", "", "none", "sources: X Y Z (m), relative intensity, lambda (m) per line",
        _set("sourcefilename"), ("sourcefilename",), group="inputs", example=("sources.txt",)),
     _F("-stol", 1, "str", "", "none", "S(Q) table, first column sin(theta)/lambda in 1/Å (read; not used further)",
        _set("stolfilename", stol_file_mult=1e10), ("stolfilename", "stol_file_mult"),

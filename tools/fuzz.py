@@ -1700,6 +1700,16 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
         res, why = got if got is not None else (None, broke)
         return res, (None if why is None else "%s: %s" % (" ".join(extra) or "progress", why))
 
+    def images(extras, line):
+        # (float64 images of line + each of extras, or None and the first failure)
+        parts = []
+        for extra in extras:
+            res, why = run(extra, line=line)
+            if why is not None:
+                return None, why
+            parts.append(np.asarray(res.float_image, dtype=np.float64))
+        return parts, None
+
     out = []
     # a. -roi sub-box
     r0, r1, c0, c1 = m.roi_box
@@ -1818,14 +1828,9 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
         # (-phistep 1e308: a step's angle in degrees, as the flag takes it, overflows)
         out.append(("phi_split", "skipped", "a phi step beyond the largest float in degrees"))
     else:
-        parts, why = [], None
-        rest = _drop(argv, ("-phi", "-osc", "-phistep", "-phisteps"))
-        for phi in m.phis:
-            res, why = run(["-phi", "%.17g" % (float(phi) * 180.0 / math.pi), "-osc", "0",
-                            "-phisteps", "1"], line=rest)
-            if why is not None:
-                break
-            parts.append(np.asarray(res.float_image, dtype=np.float64))
+        parts, why = images([["-phi", "%.17g" % (float(phi) * 180.0 / math.pi), "-osc", "0",
+                              "-phisteps", "1"] for phi in m.phis],
+                            _drop(argv, ("-phi", "-osc", "-phistep", "-phisteps")))
         if why is not None:
             out.append(("phi_split", "fail", why))
         else:
@@ -1840,14 +1845,12 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
         w = [rng.uniform(0.2, 3.0) for _ in range(nsrc)]
         rows = ["%.17g %.17g %.17g %.17g %.17g" % (tuple(10.0 * float(x) for x in d) + (wi, float(lv)))
                 for d, wi, lv in zip(m.sources.direction, w, m.sources.wavelength)]
-        rest = _drop(argv, META_SOURCE_FLAGS) + ([] if cfg.oversample_polar else ["-nopolar"])
-        parts, why = [], None
-        for name, text in [("all", rows)] + [(str(i), [r]) for i, r in enumerate(rows)]:
+        files = [("all", rows)] + [(str(i), [r]) for i, r in enumerate(rows)]
+        for name, text in files:
             Path(cwd, META_SPLIT_SRC % name).write_text("\n".join(text) + "\n")
-            res, why = run(["-sourcefile", META_SPLIT_SRC % name], line=rest)
-            if why is not None:
-                break
-            parts.append(np.asarray(res.float_image, dtype=np.float64))
+        parts, why = images([["-sourcefile", META_SPLIT_SRC % name] for name, _ in files],
+                            _drop(argv, META_SOURCE_FLAGS)
+                            + ([] if cfg.oversample_polar else ["-nopolar"]))
         if why is not None:
             out.append(("source_split", "fail", why))
         else:

@@ -20,15 +20,15 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core.extending import intrinsic
 
-from ..physics import (capture_fraction, curved_position, dot, sphere_position, interp_in_range, lattice_factor,
-                       like, nearest_F, nearest_F_frac,
+from ..physics import (capture_fraction, curved_position, dot, interp_in_range, lattice_factor,
+                       like, nearest_F, nearest_F_frac, sphere_position,
                        polarization_factor, sincg_reduced_frac, sincg_reduced_frac3,
                        solid_angle, tricubic_F, unitize)
 from .layout import (  # noqa: F401  (re-exported: K.I_* etc.)
     I_OVERSAMPLE, I_THICKSTEPS, I_NSRC, I_NPHI, I_NMOS, I_SHAPE, I_CURVED, I_POINT, I_NOPOLAR,
     I_OS_THICK, I_OS_POLAR, I_OS_OMEGA, I_INTERP, I_HKLS, I_HMIN, I_HMAX, I_KMIN, I_KMAX, I_LMIN,
-    I_LMAX, I_CPARITY, I_REDUCED, I_FPIXELS, I_WEIGHTED, N_IOPT, F_PIXEL, F_SUBPIXEL, F_DISTANCE, F_CLOSE,
-    F_THICKSTEP, F_MU, F_THICK, F_KAHN, F_DMIN, F_NA, F_NB, F_NC, F_FUDGE, F_DEFAULT_F, F_I_BG,
+    I_LMAX, I_CPARITY, I_REDUCED, I_FPIXELS, I_WEIGHTED, N_IOPT, F_PIXEL, F_SUBPIXEL, F_DISTANCE,
+    F_CLOSE, F_THICKSTEP, F_MU, F_THICK, F_KAHN, F_DMIN, F_NA, F_NB, F_NC, F_FUDGE, F_DEFAULT_F, F_I_BG,
     F_WATER, F_SCALE, F_STEPS, F_SPOT, N_FOPT, V_FDET, V_SDET, V_ODET, V_PIX0, V_BEAM, V_POLAR,
     V_ASTAR, V_BSTAR, V_CSTAR, N_VECS, EV_GEOM, EV_HKL, EV_LATT, EV_PHI, EV_FCELL, EV_FINAL, EV_SOURCE2,
     TRACE_COLS, BLOCK_MAX_CELLS, block_eligible)
