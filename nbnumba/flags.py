@@ -1169,7 +1169,7 @@ def _ingest_smv(cfg: Config, path: str, is_mask: bool, c_like: bool, cwd: Option
     from nbnumba.io.smv import header_value, read_smv   # raises InputFileError
 
     full = path if (cwd is None or os.path.isabs(path)) else os.path.join(cwd, path)
-    header, data = read_smv(full)
+    header, data = read_smv(full, c_like=c_like)
 
     def value(key: str) -> float:
         if c_like:

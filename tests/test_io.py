@@ -745,3 +745,27 @@ def test_against_reference_binary(tmp_path, case):
     assert np.max(np.abs(ours_pgm - pgm.astype(int))) <= 1
     raw = (tmp_path / "img.pgm").read_bytes()
     assert raw == pgm_header(shape[1], shape[0], scale) + pgm.tobytes()
+
+
+def test_fabio_written_smv_mask(tmp_path):
+    """fabio writes 'BYTE_ORDER= little_endian;' (a blank after the '='): the
+    default mode reads such a -mask as the one nbnumba writes (it was refused as
+    an unknown byte order); -c_parity refuses it in one line, since nanoBragg.c
+    would swap every pixel's bytes."""
+    fabio = pytest.importorskip("fabio")
+    import nbnumba
+    from fabio.adscimage import AdscImage
+    mask = np.ones((16, 16), dtype=np.uint16)
+    mask[3:9, 5:12] = 0
+    AdscImage(data=mask, header={}).write(str(tmp_path / "fab.img"))
+    assert b"BYTE_ORDER= little_endian" in (tmp_path / "fab.img").read_bytes()[:512]
+    assert np.array_equal(fabio.open(str(tmp_path / "fab.img")).data, mask)
+    base = ("-cell 70 80 90 90 90 90 -default_F 100 -N 5 -lambda 1 -distance 100 -detpixels 16 "
+            "-nonoise -nopgm -mask").split()
+    got = nbnumba.simulate_argv(base + [str(tmp_path / "fab.img")])
+    free = nbnumba.simulate_argv(base[:-1])
+    img = np.asarray(got.float_image)
+    assert np.all(img[mask == 0] == 0) and np.array_equal(img[mask != 0],
+                                                          np.asarray(free.float_image)[mask != 0])
+    with pytest.raises(InputFileError, match="after a blank: nanoBragg.c would swap the bytes"):
+        nbnumba.simulate_argv(base + [str(tmp_path / "fab.img"), "-c_parity"])

@@ -147,8 +147,12 @@ def _err(path: str, what: str) -> InputFileError:
     return InputFileError(f"{path}: {what}")
 
 
-def read_smv(path) -> Tuple[SMVHeader, np.ndarray]:
-    """Read an SMV/ADSC image.
+def read_smv(path, c_like=False) -> Tuple[SMVHeader, np.ndarray]:
+    """Read an SMV/ADSC image.  c_like: the -c_parity reader, which refuses a
+    BYTE_ORDER value after a blank (``BYTE_ORDER= little_endian``, as fabio
+    writes it): nanoBragg.c compares the bytes after the '=' with its own byte
+    order and swaps every pixel when they differ; the default reader skips the
+    blanks.
 
     Returns ``(header, data)`` with ``data`` a ``uint16`` array of shape
     ``(SIZE2, SIZE1)`` (slow, fast) in native byte order.  Raises
@@ -190,6 +194,12 @@ def read_smv(path) -> Tuple[SMVHeader, np.ndarray]:
     if bo_pos < 0:
         raise _err(name, "SMV header has no BYTE_ORDER")
     bo = text[bo_pos + len("BYTE_ORDER="):]
+    if bo[:1] in (" ", "\t"):
+        if c_like:
+            raise _err(name, "SMV BYTE_ORDER '%s' after a blank: nanoBragg.c would swap the bytes "
+                             "of every pixel; the default mode (without -c_parity) reads it"
+                       % bo.split(";")[0].strip()[:40])
+        bo = bo.lstrip(" \t")
     if bo.startswith("little_endian"):
         dtype = np.dtype("<u2")
     elif bo.startswith("big_endian"):
