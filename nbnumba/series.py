@@ -1206,6 +1206,9 @@ def run_series(opts: SeriesOptions) -> int:
     # the unit-cell counts the image uses (-N, or derived from -xtal_size / -sample_*):
     # what --jitter-N scales
     base_N = (base_model.crystal.Na, base_model.crystal.Nb, base_model.crystal.Nc)
+    # the pixels the frames render (-roi and -mask): the others are flagged in
+    # the NeXus master's pixel_mask
+    active = np.array(base_model.active) if "nexus" in opts.formats else None
     del base_model
     _check_rotation_finite(cfg, opts)
     if (opts.device or cfg.device) == "cuda" and not opts.scheduler:
@@ -1227,6 +1230,7 @@ def run_series(opts: SeriesOptions) -> int:
         # (released when this function returns)
         dir_lock = _lock_out_dir(out_dir)
         setup = _setup_run(cfg, opts, out_dir, base_N)
+        setup["active"] = active
         cfg = setup["cfg"]
         if setup["todo"] and not setup["in_process"]:
             conn = _connect(opts)       # a bad scheduler fails before the manifest is touched
@@ -1434,7 +1438,7 @@ def _render_all(cfg, opts: SeriesOptions, setup: dict, manifest: "Manifest", con
         # ---- master file ---------------------------------------------------------------
         complete = not stopped and len(finished) == len(specs)
         if complete and "nexus" in opts.formats:
-            _write_master(cfg, opts, specs, out_dir, manifest)
+            _write_master(cfg, opts, specs, out_dir, manifest, setup["active"])
         elif "nexus" in opts.formats:
             master_note = "; %s not written (frames missing)" % MASTER
     finally:
@@ -1459,7 +1463,9 @@ def _render_all(cfg, opts: SeriesOptions, setup: dict, manifest: "Manifest", con
     return EXIT_OK
 
 
-def _write_master(cfg, opts, specs, out_dir, manifest: Manifest) -> None:
+def _write_master(cfg, opts, specs, out_dir, manifest: Manifest, active=None) -> None:
+    """The NXmx master over the frame files; active: the rendered pixels (0 where
+    -roi or -mask leaves a pixel out, which pixel_mask flags)."""
     from .io import nexus as nexus_fmt
     geom = FrameGeometry.from_config(cfg)
     # HDF5 reads a virtual dataset's source file name as a pattern: "%b" is the
@@ -1479,7 +1485,7 @@ def _write_master(cfg, opts, specs, out_dir, manifest: Manifest) -> None:
     osc = specs[0].osc_deg if specs else 0.0
     nexus_fmt.write_master(path, names, geom, [s.phi_deg for s in specs], osc,
                            noise=bool(cfg.calculate_noise), extra_sample=extra or None,
-                           pixel_mask=cfg.mask_image)
+                           pixel_mask=cfg.mask_image if active is None else active)
     manifest.append({"type": "master", "files": {MASTER: sha256_file(path)},
                      "frames": len(specs)})
 

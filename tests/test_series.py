@@ -497,6 +497,21 @@ def test_nexus_master_reads_the_frames_of_a_prefix_with_percent(prefix, tmp_path
     assert np.array_equal(stack[0], frames[0]) and np.array_equal(stack[1], frames[1])
 
 
+def test_nexus_master_flags_the_pixels_outside_the_roi(tmp_path, capsys):
+    # the frames hold 0 outside -roi, which the master's pixel_mask did not say
+    # (only -mask's pixels were flagged): a processing program read them as counts
+    import h5py
+    out = tmp_path / "roi"
+    rc, o = run(ROT2 + ["--out", out, "--format", "nexus"] + SMALL + ["-roi", "3", "20", "5", "12"],
+                capsys)
+    assert rc == 0, o.err
+    with h5py.File(out / "master.h5", "r") as f:
+        mask = f["entry/instrument/detector/pixel_mask"][()]
+    inside = np.zeros((32, 32), dtype=bool)
+    inside[5:13, 3:21] = True          # -roi xmin xmax ymin ymax: fast 3-20, slow 5-12
+    assert np.all(mask[inside] == 0) and np.all(mask[~inside] == 1 << 8)
+
+
 @pytest.mark.parametrize("prefix, formats", [("é", "smv,cbf,nexus"), ("a\udcff b", "smv,cbf")])
 def test_non_ascii_prefix_writes_every_format(prefix, formats, tmp_path, capsys):
     # fabio names the CIF data block after the file and writes it as ASCII:

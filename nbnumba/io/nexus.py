@@ -13,7 +13,7 @@ every frame exists.  The master is a complete NXmx file whose image stack
         detector/                          NXdetector
           depends_on -> transformations/det_z
           data                             hard link to /entry/data/data
-          pixel_mask                       uint32, bit 8 where -mask excluded a pixel
+          pixel_mask                       uint32, bit 8 where -mask or -roi excluded a pixel
           transformations/det_z            translation along the detector normal by the
                                            sample-to-plane distance (mm)
           module/                          NXdetector_module
@@ -186,7 +186,8 @@ def master_bytes(frame_files: Sequence[str], geom: FrameGeometry, phi_start: Seq
     ``phi_start``: start angle of each frame (deg); ``phi_range``: width of a frame.
     ``extra_sample``: optional per-frame arrays stored under /entry/sample (e.g. the
     misset angles of a serial set), name -> (array, units or None).
-    ``pixel_mask``: nanoBragg's ``-mask`` image (0 = pixel not simulated), stored as
+    ``pixel_mask``: 0 where a pixel is not simulated (nanoBragg's ``-mask`` and
+    ``-roi``: the model's active pixels), stored as
     bit 8 (user-defined) of NXdetector/pixel_mask; all pixels good when None.
     """
     R = lab_to_mcstas(geom.beam, geom.polar)
