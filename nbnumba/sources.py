@@ -96,7 +96,7 @@ def build_sources(steps, beam, polar, vert, lambda0, round_div, file_columns=Non
     terms (Sources.intensity; the default mode), else every source counts
     once (nanoBragg.c)."""
     log: List[str] = []
-    intensity = None
+    weighed = False     # the file's weights weigh the terms (the default mode)
     if file_columns is not None and len(file_columns):
         cols = np.array(file_columns, dtype=float)
         X, Y, Z, I, L = (cols[:, i] for i in range(5))
@@ -108,8 +108,7 @@ def build_sources(steps, beam, polar, vert, lambda0, round_div, file_columns=Non
         pos = list(zip(X.tolist(), Y.tolist(), Z.tolist()))
         weights, lambdas = I.tolist(), L.tolist()
         divsteps = 0
-        if weigh:
-            intensity = relative_intensities(I)
+        weighed = weigh
     else:
         if points is None:
             points = divergence_points(steps, round_div)
@@ -137,11 +136,12 @@ def build_sources(steps, beam, polar, vert, lambda0, round_div, file_columns=Non
         dirs[i] = u
         log.append("%g %g %g   %g %g" % (p[0], p[1], p[2], weights[i], lambdas[i]))
     lambdas, weights = np.array(lambdas, dtype=float), np.array(weights, dtype=float)
-    if intensity is not None and not np.all(intensity > 0.0):
-        # a source of intensity 0 is no source: the kernels never see it (else the
+    intensity = None
+    if weighed:
+        # a source of weight 0 is no source: the kernels never see it (else the
         # first one would still set a pixel's polarization, which nanoBragg takes
-        # from the first source); the others keep their weights over their mean
-        keep = intensity > 0.0
+        # from the first source); the others carry their weights over their mean
+        keep = weights > 0.0
         dirs, lambdas, weights = dirs[keep], lambdas[keep], weights[keep]
         intensity = relative_intensities(weights)
     return Sources(direction=dirs, wavelength=lambdas, weight=weights, divsteps=divsteps, log=log,
