@@ -984,24 +984,33 @@ def sphere_position_grad(g, pos, close, odet, fdet, sdet):
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
+def capture_fraction_parallax_grad(layer, thickstep, mu, p):
+    """(capture, d capture / d p, d capture / d thickstep (1/m), d capture /
+    d mu (m)) for capture_fraction(layer, thickstep, mu, p) at parallax p.
+
+    With x = thickstep mu / p, capture = exp(-layer x) - exp(-(layer + 1) x),
+    so d capture / dx = (layer + 1) exp(-(layer + 1) x) - layer exp(-layer x),
+    dx/dp = -x/p, dx/dthickstep = mu/p and dx/dmu = thickstep/p.  The curved
+    detector's sensor faces the sample (p = 1 at every pixel) and calls this
+    alone; a flat one chains d/dp through the position (capture_fraction_grad)."""
+    cap = capture_fraction(layer, thickstep, mu, p)
+    x = thickstep * mu / p
+    dcdx = (layer + 1) * np.exp(-(layer + 1) * x) - layer * np.exp(-layer * x)
+    return cap, -(x / p) * dcdx, dcdx * mu / p, dcdx * thickstep / p
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
 def capture_fraction_grad(layer, thickstep, mu, d, R, odet):
     """(capture, d capture / d pos (1/m, 3-vector), d capture / d odet at a
     fixed position, d capture / d thickstep (1/m), d capture / d mu (m)) for
     capture_fraction(layer, thickstep, mu, d . odet), with (d, R) =
-    unitize(pos) and odet the detector normal (unit vector).
-
-    With x = thickstep mu / p and p = d . odet, capture = exp(-layer x) -
-    exp(-(layer + 1) x), so d capture / dx = (layer + 1) exp(-(layer + 1) x) -
-    layer exp(-layer x), dx/dp = -x/p, dx/dthickstep = mu/p, dx/dmu =
-    thickstep/p; dp/dpos = (odet - p d)/R (d = pos/|pos|) and dp/dodet = d."""
+    unitize(pos) and odet the detector normal (unit vector): the parallax
+    p = d . odet has dp/dpos = (odet - p d)/R (d = pos/|pos|) and dp/dodet = d."""
     p = dot(d, odet)
-    cap = capture_fraction(layer, thickstep, mu, p)
-    x = thickstep * mu / p
-    dcdx = (layer + 1) * np.exp(-(layer + 1) * x) - layer * np.exp(-layer * x)
-    dcdp = -(x / p) * dcdx
+    cap, dcdp, dcdt, dcdm = capture_fraction_parallax_grad(layer, thickstep, mu, p)
     k = dcdp / R
     return (cap, (k * (odet[0] - p * d[0]), k * (odet[1] - p * d[1]), k * (odet[2] - p * d[2])),
-            (dcdp * d[0], dcdp * d[1], dcdp * d[2]), dcdx * mu / p, dcdx * thickstep / p)
+            (dcdp * d[0], dcdp * d[1], dcdp * d[2]), dcdt, dcdm)
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)

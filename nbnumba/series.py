@@ -694,7 +694,8 @@ def render_frame(cfg, spec: FrameSpec, job: Job) -> dict:
                 smv_fmt.write_frame(path, res, image, noise, job.header_overflow,
                                     seconds_after_epoch=spec.index * max(float(fcfg.exposure), 0.0))
             elif fmt == "cbf":
-                cbf_fmt.write_frame(path, image, geom, info)
+                # (the pixels outside -roi / -mask hold -1, not minus the pedestal)
+                cbf_fmt.write_frame(path, image, geom, info, excluded=res.model.active == 0)
             elif fmt == "nexus":
                 nexus_fmt.write_frame(path, image, info)
             else:  # pragma: no cover - parse_formats prevents this

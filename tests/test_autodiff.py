@@ -1170,6 +1170,22 @@ def test_capture_fraction_grad_matches_finite_differences():
                   - (cap(pos, odet + 2e-6 * e) - cap(pos, odet - 2e-6 * e))) / 12e-6
             assert abs(gp[i] - fp) <= 1e-8 * max(abs(x) for x in gp), (deep, i)
             assert abs(go[i] - fo) <= 1e-8 * max(abs(x) for x in go), (deep, i)
+        # the parallax core alone, at the sphere's p = 1 and at an oblique p
+        layer = 2.0 if deep else 0.0
+        for p in (1.0, 0.62):
+            c1, gpp, gt1, gm1 = physics.capture_fraction_parallax_grad(layer, 1e-4, 3000.0, p)
+            assert c1 == physics.capture_fraction(layer, 1e-4, 3000.0, p)
+            fp = (8 * (physics.capture_fraction(layer, 1e-4, 3000.0, p + 1e-6)
+                       - physics.capture_fraction(layer, 1e-4, 3000.0, p - 1e-6))
+                  - (physics.capture_fraction(layer, 1e-4, 3000.0, p + 2e-6)
+                     - physics.capture_fraction(layer, 1e-4, 3000.0, p - 2e-6))) / 12e-6
+            assert math.isclose(gpp, fp, rel_tol=1e-8), (deep, p)
+            if p == 1.0:
+                # the thickness and mu slopes at normal incidence: d/dx (e^-lx - e^-(l+1)x)
+                x = 1e-4 * 3000.0
+                dcdx = (layer + 1) * math.exp(-(layer + 1) * x) - layer * math.exp(-layer * x)
+                assert math.isclose(gt1, dcdx * 3000.0, rel_tol=1e-14)
+                assert math.isclose(gm1, dcdx * 1e-4, rel_tol=1e-14)
 
 
 # ------------------------------------------------------------- -curved_det

@@ -512,6 +512,25 @@ def test_nexus_master_flags_the_pixels_outside_the_roi(tmp_path, capsys):
     assert np.all(mask[inside] == 0) and np.all(mask[~inside] == 1 << 8)
 
 
+def test_cbf_pixels_outside_the_roi_hold_minus_one(tmp_path, capsys):
+    # they hold 0 in the SMV file; with the pedestal taken off they read -40,
+    # which no Pilatus reader knows: -1 marks a pixel without a measurement
+    out = tmp_path / "roicbf"
+    rc, o = run(ROT2 + ["--out", out, "--format", "smv,cbf"] + SMALL + ["-roi", "3", "20", "5", "12"],
+                capsys)
+    assert rc == 0, o.err
+    inside = np.zeros((32, 32), dtype=bool)
+    inside[5:13, 3:21] = True
+    for n in (1, 2):
+        meta, data = cbf_fmt.read_frame(out / ("frame_%05d.cbf" % n))
+        _, smv = read_smv(out / ("frame_%05d.img" % n))
+        assert np.all(smv[~inside] == 0) and np.all(data[~inside] == -1)
+        assert np.array_equal(data[inside], smv[inside].astype(np.int64) - 40)
+        assert data[inside].min() >= 0
+        text = (out / ("frame_%05d.cbf" % n)).read_bytes()
+        assert b"# Excluded_pixels: %d not rendered" % (~inside).sum() in text
+
+
 @pytest.mark.parametrize("prefix, formats", [("é", "smv,cbf,nexus"), ("a\udcff b", "smv,cbf")])
 def test_non_ascii_prefix_writes_every_format(prefix, formats, tmp_path, capsys):
     # fabio names the CIF data block after the file and writes it as ASCII:

@@ -22,6 +22,11 @@ counts of the pedestal, and ``Count_cutoff`` is 65535 minus that pedestal: a
 pixel that saturated the 16-bit SMV range reads exactly ``Count_cutoff``.  The
 header says how much was removed (``# Image_type ... pedestal N removed``).
 
+Pixels the run did not render (outside ``-roi``, or zero in ``-mask``) hold 0
+in the SMV file, which would read as minus the pedestal here; they are written
+as -1, the Pilatus value of a pixel that holds no measurement (what dxtbx and
+XDS leave out), and ``# Excluded_pixels`` gives their count.
+
 Files do not depend on the wall clock: the date line is a nominal
 2000-01-01T00:00:00 plus ``index * exposure`` seconds.
 """
@@ -57,8 +62,13 @@ def is_pilatus_size(fpixels: int, spixels: int) -> bool:
     return nf >= 1 and ns >= 1 and rf == (nf - 1) * gf and rs == (ns - 1) * gs
 
 
-def miniheader(geom: FrameGeometry, info: FrameInfo) -> str:
-    """The ``_array_data.header_contents`` text (lines joined by CR LF)."""
+#: the value of a pixel the run did not render (Pilatus: no measurement)
+EXCLUDED_VALUE = -1
+
+
+def miniheader(geom: FrameGeometry, info: FrameInfo, excluded: int = 0) -> str:
+    """The ``_array_data.header_contents`` text (lines joined by CR LF);
+    excluded: how many pixels hold EXCLUDED_VALUE."""
     bx, by = geom.beam_center_px
     ped = pedestal_counts(info.pedestal)
     t0 = _dt.datetime.fromisoformat(NOMINAL_EPOCH)
@@ -87,6 +97,9 @@ def miniheader(geom: FrameGeometry, info: FrameInfo) -> str:
         "# Image_type %s, pedestal %d removed" % (
             "noise (Poisson photons)" if info.noise else "noiseless (nanoBragg intfile scaling)", ped),
     ]
+    if excluded:
+        lines.append("# Excluded_pixels: %d not rendered (-roi, -mask), value %d"
+                     % (excluded, EXCLUDED_VALUE))
     return "\r\n".join(lines)
 
 
@@ -103,8 +116,11 @@ def data_block_file_name(name: str) -> str:
     return "".join(c if "!" <= c <= "~" else "_" for c in base)
 
 
-def cbf_bytes(name: str, image: np.ndarray, geom: FrameGeometry, info: FrameInfo) -> bytes:
-    """The complete file, as fabio writes it for a file called ``name``.
+def cbf_bytes(name: str, image: np.ndarray, geom: FrameGeometry, info: FrameInfo,
+              excluded: Optional[np.ndarray] = None) -> bytes:
+    """The complete file, as fabio writes it for a file called ``name``;
+    excluded: an (S, F) boolean array of the pixels the run did not render
+    (written as EXCLUDED_VALUE), or None.
 
     fabio only writes to a path (and names the CIF data block after it), so the
     file is written in a private temporary directory, under the ASCII form of
@@ -123,8 +139,16 @@ def cbf_bytes(name: str, image: np.ndarray, geom: FrameGeometry, info: FrameInfo
                               f"got {int(img.min())}..{int(img.max())}")
     convention = "PILATUS_1.2" if is_pilatus_size(geom.fpixels, geom.spixels) else "GENERIC_MINI"
     data = np.ascontiguousarray(img, dtype=np.int32) - ped
+    n_excluded = 0
+    if excluded is not None:
+        excluded = np.asarray(excluded, dtype=bool)
+        if excluded.shape != img.shape:
+            raise IOArgumentError("CBF excluded-pixel mask must have the image's shape %s, got %s"
+                                  % (img.shape, excluded.shape))
+        data[excluded] = EXCLUDED_VALUE
+        n_excluded = int(np.count_nonzero(excluded))
     header = {"_array_data.header_convention": convention,
-              "_array_data.header_contents": miniheader(geom, info)}
+              "_array_data.header_contents": miniheader(geom, info, n_excluded)}
     cimg = CbfImage(data=data, header=header)
     with tempfile.TemporaryDirectory(prefix="nbnumba-cbf-") as tmp:
         p = os.path.join(tmp, data_block_file_name(name))
@@ -133,11 +157,13 @@ def cbf_bytes(name: str, image: np.ndarray, geom: FrameGeometry, info: FrameInfo
             return fh.read()
 
 
-def write_frame(path, image: np.ndarray, geom: FrameGeometry, info: FrameInfo) -> None:
-    """Write one miniCBF frame atomically (errors name ``path``)."""
+def write_frame(path, image: np.ndarray, geom: FrameGeometry, info: FrameInfo,
+                excluded: Optional[np.ndarray] = None) -> None:
+    """Write one miniCBF frame atomically (errors name ``path``); excluded: as
+    :func:`cbf_bytes`."""
     name = path_name(path)
     try:
-        payload = cbf_bytes(name, image, geom, info)
+        payload = cbf_bytes(name, image, geom, info, excluded)
     except OSError as exc:
         raise OutputFileError("cannot write '%s': %s" % (name, exc.strerror or exc)) from exc
     atomic_write_bytes(path, payload)

@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..physics import (SHAPE_GAUSS, capture_fraction, capture_fraction_grad, sphere_position,
+from ..physics import (SHAPE_GAUSS, capture_fraction, capture_fraction_grad,
+                       capture_fraction_parallax_grad, sphere_position,
                        sphere_position_grad, interp_in_range, lattice_factor,
                        lattice_factor_grad, lattice_factor_star_grad, nearest_F, nearest_F_frac,
                        reduce_phase, sincg_near_coeffs, sincg_reduced, sincg_reduced_frac,
@@ -675,8 +676,8 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                     if curved != 0:
                         # the sphere's sensor faces the sample: parallax 1, no
                         # derivative in the position or the normal
-                        capture, dcap, dcapo, dcapt, dcapm = capture_fraction_grad(
-                            tf, thickstep, mu, (1.0, 0.0, 0.0), 1.0, (1.0, 0.0, 0.0))
+                        capture, _, dcapt, dcapm = capture_fraction_parallax_grad(
+                            tf, thickstep, mu, 1.0)
                         dcap = dcapo = zero3
                     elif geo:
                         capture, dcap, dcapo, dcapt, dcapm = capture_fraction_grad(

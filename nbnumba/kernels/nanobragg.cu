@@ -1431,23 +1431,34 @@ __device__ double solid_angle_grad_at(double pixel_size, vec3<double> d, double 
     return pixel_size * pixel_size / R / R / R;
 }
 
-// physics.capture_fraction_grad: the capture fraction of layer ``layer`` at a
-// position with (d, R) = unitize(pos); *gpos = d capture / d pos, *godet =
-// d capture / d odet at a fixed position, *gtau, *gmu: d / d thickstep, d mu
+// physics.capture_fraction_parallax_grad: the capture fraction of layer
+// ``layer`` at parallax p; *gp = d capture / d p, *gtau, *gmu: d / d thickstep,
+// d mu (the curved detector's sensor faces the sample: p = 1, this alone)
+__device__ double capture_fraction_parallax_grad(double layer, double thickstep, double mu,
+                                                 double p, double* gp, double* gtau,
+                                                 double* gmu) {
+    const double cap = capture_fraction(layer, thickstep, mu, p);
+    const double x = thickstep * mu / p;
+    const double dcdx = (layer + 1.0) * exp(-(layer + 1.0) * x) - layer * exp(-layer * x);
+    *gp = -(x / p) * dcdx;
+    *gtau = dcdx * mu / p;
+    *gmu = dcdx * thickstep / p;
+    return cap;
+}
+
+// physics.capture_fraction_grad: the same at a position with (d, R) =
+// unitize(pos), p = d . odet; *gpos = d capture / d pos, *godet = d capture /
+// d odet at a fixed position
 __device__ double capture_fraction_grad(double layer, double thickstep, double mu,
                                         vec3<double> d, double R, vec3<double> odet,
                                         vec3<double>* gpos, vec3<double>* godet, double* gtau,
                                         double* gmu) {
     const double p = dot(d, odet);
-    const double cap = capture_fraction(layer, thickstep, mu, p);
-    const double x = thickstep * mu / p;
-    const double dcdx = (layer + 1.0) * exp(-(layer + 1.0) * x) - layer * exp(-layer * x);
-    const double dcdp = -(x / p) * dcdx;
+    double dcdp;
+    const double cap = capture_fraction_parallax_grad(layer, thickstep, mu, p, &dcdp, gtau, gmu);
     const double k = dcdp / R;
     *gpos = mk<double>(k * (odet.x - p * d.x), k * (odet.y - p * d.y), k * (odet.z - p * d.z));
     *godet = mk<double>(dcdp * d.x, dcdp * d.y, dcdp * d.z);
-    *gtau = dcdx * mu / p;
-    *gmu = dcdx * thickstep / p;
     return cap;
 }
 
@@ -1824,9 +1835,9 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                     if (dm.curved) {
                         // the sphere's sensor faces the sample: parallax 1, no
                         // derivative in the position or the normal
-                        const vec3<double> x1 = mk<double>(1.0, 0.0, 0.0);
-                        capture = capture_fraction_grad(tf, thickstep, mu, x1, 1.0, x1, &dcap,
-                                                        &dcapo, &dcapt, &dcapm);
+                        double dcdp;
+                        capture = capture_fraction_parallax_grad(tf, thickstep, mu, 1.0, &dcdp,
+                                                                 &dcapt, &dcapm);
                         dcap = dcapo = zero3;
                     } else {
                         capture = capture_fraction_grad(tf, thickstep, mu, d, R, odet, &dcap,
@@ -1931,9 +1942,9 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                     if (corrected && thick != 0.0 && ((subS == 0 && subF == 0) || os_thick)) {
                         if (dm.curved) {
                             // (parallax 1 on the sphere, as the first pass)
-                            const vec3<double> x1 = mk<double>(1.0, 0.0, 0.0);
-                            sw.wc = capture_fraction_grad(tf, thickstep, mu, x1, 1.0, x1, &sw.dc,
-                                                          &sw.dco, &sw.dct, &sw.dcm);
+                            double dcdp;
+                            sw.wc = capture_fraction_parallax_grad(tf, thickstep, mu, 1.0, &dcdp,
+                                                                   &sw.dct, &sw.dcm);
                             sw.dc = sw.dco = zero3;
                         } else {
                             sw.wc = capture_fraction_grad(tf, thickstep, mu, d, R, odet, &sw.dc,
