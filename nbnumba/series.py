@@ -1309,6 +1309,12 @@ def _setup_run(cfg, opts: SeriesOptions, out_dir: str, base_N) -> dict:
     # an edited -hkl gave a resumed series of frames rendered from two inputs
     new_header["inputs_sha256"] = _input_digests(input_files(cfg))
     resuming = opts.resume and header is not None
+    if resuming and header.get("version") != MANIFEST_VERSION:
+        # another layout of the records: what --resume reads from them (the frames
+        # done, their files' digests) may not mean what this version reads
+        raise NBError("--resume: '%s' is manifest version %s; this nbnumba-series reads "
+                      "version %d (use --overwrite to start over)"
+                      % (mpath, json.dumps(header.get("version")), MANIFEST_VERSION))
     if resuming:
         key = _same_run(header, new_header)
         if key is None and header.get("base_seed") != base_seed:

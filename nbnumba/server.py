@@ -358,6 +358,71 @@ def _reap(children) -> None:
         children.discard(pid)
 
 
+#: a lock file of another key, unheld and at least this old (s), is removed at a
+#: server's start: every edit of the sources is a new key, and each left its file
+STALE_LOCK_AGE = 3600.0
+
+
+def _lock_key(lock_path):
+    """An exclusive lock on ``lock_path`` (its descriptor), or None when another
+    process holds it.  A server removes its lock file as it stops; one opened
+    just before that removal is not the path's any more, so the lock is taken
+    again on the new file (else two servers could each hold a lock of one key)."""
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def _release_key(lock_path, fd) -> None:
+    """Remove the lock file (while still holding it), then drop the lock."""
+    try:
+        if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+            os.unlink(lock_path)
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def _sweep_stale(directory, own_lock) -> None:
+    """Remove the lock files (and sockets) of servers of other keys that are no
+    longer running: their lock is free and the file is STALE_LOCK_AGE old."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        if not (name.startswith("server-") and name.endswith(".lock")):
+            continue
+        lp = os.path.join(directory, name)
+        if lp == own_lock:
+            continue
+        try:
+            if now - os.stat(lp).st_mtime < STALE_LOCK_AGE:
+                continue        # (a server of that key may be starting right now)
+        except OSError:
+            continue
+        fd = _lock_key(lp)
+        if fd is None:
+            continue            # its server is running
+        try:
+            os.unlink(lp[:-len(".lock")] + ".sock")     # left by a killed server
+        except OSError:
+            pass
+        _release_key(lp, fd)
+
+
 def serve(idle_timeout=DEFAULT_IDLE_TIMEOUT, ready=None, log=None, busy=None) -> int:
     """Run a server in this process until ``stop`` or ``idle_timeout`` seconds
     without requests.  ``ready(path)`` is called once it accepts requests;
@@ -370,19 +435,18 @@ def serve(idle_timeout=DEFAULT_IDLE_TIMEOUT, ready=None, log=None, busy=None) ->
     # kernel drops it when the process dies, even by SIGKILL).  Checking for a
     # socket and then binding let two `start`s at the same moment both bind;
     # the loser served on an unlinked socket nobody could reach or stop.
-    lock = os.open(path[:-len(".sock")] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(lock)
+    lock_path = path[:-len(".sock")] + ".lock"
+    lock = _lock_key(lock_path)
+    if lock is None:
         if busy is not None:
             return busy()
         print("nbnumba: error: a server is already running (or starting) on %s" % path, file=log)
         return 2
     try:
+        _sweep_stale(os.path.dirname(path), lock_path)
         return _serve_locked(key, path, lock, idle_timeout, ready, log)
     finally:
-        os.close(lock)
+        _release_key(lock_path, lock)
 
 
 def _serve_locked(key, path, lock, idle_timeout, ready, log) -> int:

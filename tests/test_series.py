@@ -898,6 +898,31 @@ def test_resume_refuses_an_input_file_edited_since_the_run_started(tmp_path, cap
     assert rc == 0 and len(frame_records(out)) == 2
 
 
+@pytest.mark.parametrize("version", [2, None, "1"])
+def test_resume_refuses_another_manifest_version(version, tmp_path, capsys):
+    """A manifest of another layout (a later nbnumba's, or a hand-edited header)
+    was resumed as if it were this one's: its records decided which frames to skip."""
+    out = tmp_path / "v"
+    argv = ["--frames", 2, "--osc-per-frame", 1, "--workers", 0, "--out", out] + BASE
+    rc, _ = run(argv + ["--max-frames", 1], capsys)
+    assert rc == series.EXIT_STOPPED
+    mpath = out / series.MANIFEST
+    lines = mpath.read_text().splitlines()
+    head = json.loads(lines[0])
+    assert head["type"] == "run" and head["version"] == series.MANIFEST_VERSION
+    if version is None:
+        del head["version"]
+    else:
+        head["version"] = version
+    mpath.write_text("\n".join([json.dumps(head)] + lines[1:]) + "\n")
+    rc, cap = run(argv + ["--resume"], capsys)
+    assert rc == 2
+    assert "manifest version %s" % json.dumps(version) in one_line(cap.err)
+    assert len(frame_records(out)) == 1                 # nothing rendered
+    rc, _ = run(argv + ["--overwrite"], capsys)
+    assert rc == 0 and len(frame_records(out)) == 2
+
+
 def test_nonoise_pilot_skips_an_impossible_first_shot(tmp_path, capsys):
     """-nonoise takes the scale from a pilot render of frame 1; a serial set whose
     shot 0 has an impossible jittered cell exited 2 (no frame), though such a shot

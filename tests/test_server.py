@@ -199,6 +199,7 @@ def test_lifecycle_and_stale_socket(tmp_path):
     while Path(sock).exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not Path(sock).exists()
+    assert not Path(sock[:-len(".sock")] + ".lock").exists()   # (it was left behind)
     # a socket file nobody listens on (a server killed with SIGKILL): runs in-process
     import socket
     from nbnumba.server import _Addr
@@ -209,6 +210,60 @@ def test_lifecycle_and_stale_socket(tmp_path):
     r = _cli(SMALL + ["-nopgm", "-nonoise", "-floatfile", "f.bin"], tmp_path, env)
     assert r.returncode == 0 and (tmp_path / "f.bin").exists()
     assert _cli(["--serve", "bogus"], REPO, env).returncode == 2
+
+
+def test_start_removes_the_lock_files_of_servers_long_gone(tmp_path):
+    """Every edit of the sources is a new server key; each key's lock file
+    stayed in the socket directory for good."""
+    import fcntl
+    env = _env(tmp_path)
+    d = tmp_path / ("nbnumba-%d" % os.getuid())
+    d.mkdir(mode=0o700)
+    old = time.time() - 7200
+    files = {}
+    for name in ("gone", "held", "recent"):
+        files[name] = d / ("server-%s.lock" % name)
+        files[name].touch()
+        if name != "recent":
+            os.utime(files[name], (old, old))
+    (d / "server-gone.sock").touch()        # the socket of a server killed with SIGKILL
+    held = os.open(files["held"], os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)        # a running server of another key
+    try:
+        r = _cli(["--serve", "start", "--idle-timeout", "60"], REPO, env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        try:
+            assert not files["gone"].exists() and not (d / "server-gone.sock").exists()
+            assert files["held"].exists() and files["recent"].exists()
+        finally:
+            assert _cli(["--serve", "stop"], REPO, env).returncode == 0
+    finally:
+        os.close(held)
+
+
+def test_lock_taken_again_when_its_file_was_removed(tmp_path, monkeypatch):
+    """A lock opened just before a stopping server removed the file is not the
+    path's: _lock_key takes the lock of the file now at the path."""
+    from nbnumba import server
+    lp = str(tmp_path / "server-k.lock")
+    real_open = os.open
+    calls = []
+
+    def racing_open(path, *a, **kw):
+        fd = real_open(path, *a, **kw)
+        if path == lp and not calls:
+            calls.append(1)
+            os.unlink(lp)           # the server stops between our open and our flock
+        return fd
+    monkeypatch.setattr(server.os, "open", racing_open)
+    fd = server._lock_key(lp)
+    monkeypatch.undo()
+    try:
+        assert fd is not None and os.fstat(fd).st_ino == os.stat(lp).st_ino
+        assert server._lock_key(lp) is None          # and it excludes the next one
+    finally:
+        server._release_key(lp, fd)
+    assert not os.path.exists(lp)
 
 
 def test_server_key_is_the_same_for_every_name_of_the_interpreter(tmp_path, monkeypatch):
