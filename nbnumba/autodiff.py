@@ -35,7 +35,9 @@ vdivrange       1      vertical divergence range (mrad), as -vdivrange
 dispersion      1      spectral width (percent of the wavelength), as
                        -dispersion (for these three the run's point counts
                        are kept: the derivative is taken between the ranges
-                       where a count jumps; docs/autodiff.md)
+                       where a count jumps; with -hdivstep / -vdivstep given
+                       the range only sets the count, and is refused;
+                       docs/autodiff.md)
 detector_thick  1      sensor thickness (um), as -detector_thick (the
                        run's layer count is kept)
 detector_abs    1      sensor attenuation length (um), as -detector_abs
@@ -333,6 +335,14 @@ def _check_sweeps(cfg, vals, needs_grad):
         x = float(vals[name][0])
         if x < 0.0:
             raise ConfigError("%s= is negative (%r): give a range >= 0" % (name, x))
+        step_flag = SWEEPS[_SWEPT[name][0]][1]
+        if name in needs_grad and getattr(cfg, step_flag) > 0.0:
+            # the default mode keeps the points a given step apart, centred: the
+            # range only sets how many fit, a step function
+            raise ConfigError("%s= cannot be differentiated with -%s given: the points stay "
+                              "that step apart and the range sets only their count "
+                              "(docs/quirks.md #22); give -%s or neither"
+                              % (name, step_flag, SWEEPS[_SWEPT[name][0]][2]))
         if x == 0.0 and name in needs_grad:
             # the sweep collapses to one point at 0; with more than one point on
             # the other side (a given count or step, the round cut of the other
@@ -805,8 +815,8 @@ class _Run:
         vector that build_detector makes of it and the divergence's rotations
         about it included (_direction_derivatives).  hdivrange, vdivrange,
         dispersion: per mrad or percent, with the run's point counts and kept
-        points (sampling.sweep_at: the step scales with the range unless the
-        user gave it); Richardson differences at a step of 1e-2 of the value,
+        points (sampling.sweep_at: the step scales with the range; a given
+        step is refused, _check_sweeps); Richardson differences at a step of 1e-2 of the value,
         at most 0.1 mrad or 0.01 %: the sources move smoothly on the scale of
         a radian (a relative wavelength of 1), so the step is set by rounding,
         eps / step (a step of 1e-3 of 0.2 mrad left the vertical range's
@@ -821,9 +831,8 @@ class _Run:
             else:
                 sweep, unit = _SWEPT[name]
                 x = float(self.vals[name][0])
-                given = getattr(self.cfg, SWEEPS[sweep][1])     # the user's step, or -1
                 blk = _richardson(lambda t: self._source_rows(
-                    self.cfg, sweep_at(steps, sweep, (x + t) * unit, given)), min(1e-2 * x, 1e-4 / unit))
+                    self.cfg, sweep_at(steps, sweep, (x + t) * unit)), min(1e-2 * x, 1e-4 / unit))
             self._source_blocks[name] = np.ascontiguousarray(blk)
         return self._source_blocks[name]
 

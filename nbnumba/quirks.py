@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 from .model import R_E_SQR
-from .sampling import c_sensor_layers
+from .sampling import c_sensor_layers, sweeps_differ_from_c
 
 
 def c_differences(model) -> List[Tuple[int, str]]:
@@ -63,6 +63,11 @@ def c_differences(model) -> List[Tuple[int, str]]:
         out.append((20, "-sourcefile weights"))
     if model.det.curved:
         out.append((21, "-curved_det sphere"))
+    moved = sweeps_differ_from_c(cfg, st)
+    if moved:
+        out.append((22, "%s points centred" % "/".join(
+            {"hdiv": "divergence", "vdiv": "divergence", "disp": "dispersion"}[m]
+            for m in dict.fromkeys(moved))))
     return out
 
 

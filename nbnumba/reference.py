@@ -93,14 +93,27 @@ def xyz_rotation(rx, ry, rz):
 
 # ---------------------------------------------------------------- sampling rules
 def _sweep(rng, step, n, count_only_range):
-    """nanoBragg's rule for a swept range given any of (range, step, count)
-    (-1 / <= 0 = not given).  Returns (range, step, count)."""
+    """A swept range (divergence, dispersion) given any of (range, step, count)
+    (-1 / <= 0 = not given), as the default mode samples it: points ``step``
+    apart, symmetric about the beam, so that the span (count - 1) * step is the
+    returned range and the points are step * i - range / 2.  A range alone is 2
+    points at its ends, a step alone 2 points a step apart, range and count
+    divide the range; range and step put as many points as fit in the range
+    (nanoBragg.c: ceil(range/step) from -range/2, docs/quirks.md #22), step
+    and count keep the count (the C: 2).  (count_only_range: the C's width for
+    a count alone, which the default mode refuses before it gets here.)"""
+    if step > 0.0 and rng > 0.0 and n <= 0:
+        n = int(math.floor(rng / step * (1.0 + 1e-12))) + 1
+        span = (n - 1) * step
+        return (rng if abs(span - rng) <= 1e-12 * rng else span), step, n
+    if step > 0.0 and rng < 0.0 and n > 0:
+        return (n - 1) * step, step, n
     if n <= 0:
         if rng < 0.0:
             return (0.0, 0.0, 1) if step <= 0.0 else (step, step, 2)
         if step <= 0.0:
             return rng, rng, 2
-        return rng, step, int(math.ceil(rng / step))
+        return rng, step, int(math.ceil(rng / step))    # (a zero range: no point)
     if rng < 0.0:
         if step <= 0.0:
             return count_only_range, count_only_range / n, n

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import List
 
+from .errors import ConfigError
+
 
 #: a count that stands for "more than any run can hold": a range over a step
 #: that under- or overflows (1e-320 mrad) makes the ratio infinite, whose ceil
@@ -51,6 +53,71 @@ def _range_rule(rng, step, steps, steps_only_range, range_only_divisor=1):
     return rng, step, steps
 
 
+#: each swept range's flags (width, step, count; None: no such flag), and its
+#: unit on the command line (the flag's value times scale is the resolved one)
+_SWEEP_FLAGS = {"hdiv": ("-hdivrange", "-hdivstep", "-hdivsteps", 1e3, "mrad"),
+                "vdiv": ("-vdivrange", "-vdivstep", "-vdivsteps", 1e3, "mrad"),
+                "disp": ("-dispersion", None, "-dispsteps", 1e2, "%")}
+
+#: |count-1 steps - width| within this fraction of the width: the three agree
+_SPAN_AGREES = 1e-9
+
+
+def floor_count(ratio):
+    """floor(ratio) as an int, HUGE_COUNT from there up (inf included)."""
+    return int(math.floor(ratio)) if ratio < HUGE_COUNT else HUGE_COUNT
+
+
+def centred_sweep(sweep, rng, step, steps):
+    """The default mode's divergence or dispersion sweep (docs/quirks.md #22):
+    (width, step, count), -1 for "not given", resolved so that nanoBragg's
+    points ``step * i - width / 2`` (i < count) lie ``step`` apart and centred
+    on the beam (the central wavelength).  nanoBragg.c's rule (_range_rule)
+    already does so for a width alone, a step alone, or a width and a count,
+    and those keep its numbers.  It does not for:
+
+    * a width and a step: ceil(width/step) points from -width/2, so the last
+      is missing (-hdivrange 1 -hdivstep 1: one point, the beam turned by
+      0.5 mrad).  Here: as many points as fit in the width, floor + 1;
+    * a step and a count: the C drops the count (2 points); here it is kept;
+    * a count alone (or with a negative width): the C sweeps a width of
+      1 rad (57 degrees; 100 % for the dispersion), off-centre: refused;
+    * all three when they disagree (the C puts the points where step and
+      count say, from -width/2: all on one side for a narrow step): refused.
+    """
+    fr, fs, fn, scale, unit = _SWEEP_FLAGS[sweep]
+    given_width = fr + ("/-divergence" if sweep != "disp" else "")
+    c_rule = _range_rule(rng, step, steps, 1.0)
+    if steps > 0 and rng < 0.0 and step <= 0.0:
+        raise ConfigError("%s %d needs a width (%s, %s)%s: nanoBragg.c would sweep %g %s "
+                          "(%s), off-centre (-c_parity reproduces it)"
+                          % (fn + ("/-divsteps" if sweep != "disp" else ""), steps, given_width,
+                             unit, " or a step (%s)" % fs if fs else " of 0 or more", scale,
+                             unit, "57 degrees" if sweep != "disp" else "half to 1.5 times the "
+                             "wavelength"))
+    if step <= 0.0:
+        return c_rule
+    if steps <= 0:
+        if rng <= 0.0:
+            return c_rule       # a step alone (2 points, +-step/2), or a zero width
+        n = floor_count(rng / step * (1.0 + 1e-12)) + 1
+        if n >= HUGE_COUNT:
+            return rng, step, HUGE_COUNT    # (the memory rule refuses it)
+        span = step * (n - 1)
+        return (rng if abs(span - rng) <= 1e-12 * rng else span), step, n
+    if rng < 0.0:
+        return step * (steps - 1), step, steps
+    span = step * (steps - 1)
+    if abs(span - rng) > _SPAN_AGREES * max(rng, span):
+        raise ConfigError("%s %g, %s %g and %s %d disagree: %d points %g %s apart span %g %s; "
+                          "give two of the three (nanoBragg.c would put them from %g to %g %s; "
+                          "-c_parity reproduces it)"
+                          % (given_width, rng * scale, fs, step * scale, fn, steps, steps,
+                             step * scale, unit, span * scale, unit, -rng / 2 * scale,
+                             (step * (steps - 1) - rng / 2) * scale, unit))
+    return c_rule
+
+
 def _sensor_layers(thick, step, steps):
     """Default mode: ``steps`` layers of ``thick/steps`` that cover the sensor
     exactly, so the absorbed fraction is 1 - exp(-mu thick / cos).  nanoBragg.c
@@ -77,6 +144,23 @@ def c_sensor_layers(cfg):
     docs/quirks.md #8b), in metres."""
     return _range_rule(cfg.detector_thick, cfg.detector_thickstep, cfg.detector_thicksteps,
                        0.5e-6, 2)
+
+
+def c_sweep(sweep, rng, step, steps):
+    """nanoBragg.c's divergence and dispersion sweep (-c_parity; the default
+    mode's differs: centred_sweep)."""
+    return _range_rule(rng, step, steps, 1.0)
+
+
+def sweeps_differ_from_c(cfg, steps: "Steps") -> List[str]:
+    """The sweeps (SWEEPS names) whose resolved (width, step, count) in
+    ``steps`` differ from nanoBragg.c's for the same flags (docs/quirks.md #22)."""
+    out = []
+    for name, (r, s, n) in SWEEPS.items():
+        c = _sanity(*c_sweep(name, getattr(cfg, r), getattr(cfg, s), getattr(cfg, n)))
+        if c != (getattr(steps, r), getattr(steps, s), getattr(steps, n)):
+            out.append(name)
+    return out
 
 
 def _sanity(rng, step, steps):
@@ -141,9 +225,10 @@ def resolve_steps(cfg) -> Steps:
                 phistep = osc / phisteps
 
     # --- divergence, dispersion and sensor layers ------------------------
-    h = _range_rule(cfg.hdivrange, cfg.hdivstep, cfg.hdivsteps, 1.0)
-    v = _range_rule(cfg.vdivrange, cfg.vdivstep, cfg.vdivsteps, 1.0)
-    d = _range_rule(cfg.dispersion, cfg.dispstep, cfg.dispsteps, 1.0)
+    sweep = c_sweep if cfg.c_parity else centred_sweep
+    h = sweep("hdiv", cfg.hdivrange, cfg.hdivstep, cfg.hdivsteps)
+    v = sweep("vdiv", cfg.vdivrange, cfg.vdivstep, cfg.vdivsteps)
+    d = sweep("disp", cfg.dispersion, cfg.dispstep, cfg.dispsteps)
     if cfg.c_parity:
         thick, tstep, tsteps = c_sensor_layers(cfg)
     else:
@@ -194,20 +279,18 @@ SWEEPS = {"hdiv": ("hdivrange", "hdivstep", "hdivsteps"),
           "disp": ("dispersion", "dispstep", "dispsteps")}
 
 
-def sweep_at(steps: Steps, sweep: str, rng: float, given_step: float) -> Steps:
+def sweep_at(steps: Steps, sweep: str, rng: float) -> Steps:
     """``steps`` with sweep ``sweep`` (a SWEEPS name) at range ``rng``, its point
-    count kept: the step stays ``given_step`` when the user gave one (> 0),
-    else it is rng/(count - 1), as resolve_steps derives it from the range; a
-    sweep collapsed to one point at range 0 stays collapsed.  This is the
-    sampling the run's image is a smooth function of near its own range (the
-    count jumps where ceil(range/step) does; nbnumba.autodiff differentiates
-    between the jumps)."""
+    count kept and its step rng/(count - 1), as resolve_steps derives it from
+    a range (a given step fixes the points whatever the range, docs/quirks.md
+    #22, and nbnumba.autodiff refuses to differentiate such a range); a sweep
+    collapsed to one point at range 0 stays collapsed.  This is the sampling
+    the run's image is a smooth function of near its own range."""
     r_name, s_name, n_name = SWEEPS[sweep]
     n = getattr(steps, n_name)
     if getattr(steps, r_name) == 0.0 and n == 1:
         return steps
-    step = given_step if given_step > 0.0 else rng / (n - 1)
     out = copy.copy(steps)
     setattr(out, r_name, rng)
-    setattr(out, s_name, step)
+    setattr(out, s_name, rng / (n - 1))
     return out

@@ -444,7 +444,9 @@ def test_sweeps_render_as_the_flags():
         ref = nbnumba.simulate_argv(argv + flags)
         img = simulate(argv, **{k: torch.tensor(v, dtype=torch.float64) for k, v in SWEEPS.items()})
         assert ref.float_image.max() > 0.0
-        assert not np.array_equal(ref.float_image, nbnumba.simulate_argv(argv).float_image)
+        # (zero widths: the default mode refuses counts without one, quirk #22)
+        plain = argv + ["-hdivrange", "0", "-vdivrange", "0", "-dispersion", "0"]
+        assert not np.array_equal(ref.float_image, nbnumba.simulate_argv(plain).float_image)
         assert np.array_equal(img.numpy().astype(np.float32), ref.float_image), extra
 
 
@@ -475,9 +477,8 @@ def test_sweeps_refusals(tmp_path):
     ("-hdivsteps 3 -vdivsteps 3 -dispsteps 3 -polar 0.8", 1e-3),
     # the ranges alone: two points per sweep
     ("", 1e-3),
-    # given steps: the points shift with the range (the count is kept), the
-    # round cut trims the corners
-    ("-hdivstep 0.3 -vdivstep 0.4 -dispsteps 4", 1e-3),
+    # given counts of 5 and 2 (the cut trims the corners), 4 wavelengths
+    ("-hdivsteps 5 -vdivsteps 2 -dispsteps 4", 1e-3),
     # all points, sub-pixels, the general path (the per-cell loop); the round
     # shape kinks where a sub-path's nearest node changes, so a smaller step
     # keeps the differences off the kinks
@@ -518,44 +519,62 @@ def test_sweeps_stored_jacobian_equals_the_adjoint_pass():
 
 
 def test_gradcheck_sweeps():
-    _gradcheck(BASE + "-detpixels 6 -pixel 4 -hdivsteps 3 -vdivsteps 2 -dispsteps 2".split(),
+    _gradcheck(BASE + ("-detpixels 6 -pixel 4 -hdivrange 2 -vdivrange 1.5 -dispersion 3 "
+                       "-hdivsteps 3 -vdivsteps 2 -dispsteps 2").split(),
                tuple(SWEEPS), fast=False, vals=SWEEPS)
 
 
 def test_sweep_blocks_hold_the_runs_points():
-    """A given step puts a divergence point just inside the round cut at
-    hdivrange = 2 mrad (4 (hdiv/r)^2 = 1.09996, the cut at 1.1): the ranges of
-    the differences would cut it, and the blocks must stay those of the run's
-    points (_Run.source_blocks keeps them).  With the step given the points
-    shift, d hdiv/d range = -1/2, so each source's incident vector turns about
-    the vertical axis: d inc/d range = -1/2 vert x inc (per rad), and the
-    wavelengths do not move."""
+    """With a count given the points are (i/(n-1) - 1/2) r: d hdiv/d range =
+    hdiv/r, so each source's incident vector turns about the vertical axis by
+    its own share, d inc/d range = hdiv/r vert x inc (per rad); the round cut
+    keeps the edge points of the 3 x 3 grid (4 (hdiv/r)^2 + 4 (vdiv/r)^2 = 1),
+    not its corners (2), and the wavelengths do not move."""
     from nbnumba import autodiff as AD
-    argv = BASE + "-hdivstep 1.0244 -hdivsteps 3 -vdivrange 1 -vdivsteps 3".split()
+    from nbnumba.sources import divergence_offset, divergence_points
+    argv = BASE + "-hdivsteps 3 -vdivrange 1 -vdivsteps 3".split()
     run = AD._Run(argv, {"hdivrange": np.array([2.0])}, ("hdivrange",), None)
     inc = run.model.sources.incident
-    assert inc.shape[0] == 5        # the four corners cut, the edge point kept
+    assert inc.shape[0] == 5        # the four corners cut
+    st = run.model.steps
+    hdiv = np.array([divergence_offset(st, i, j)[0]
+                     for i, j in divergence_points(st, run.cfg.round_div)])
+    assert sorted(hdiv / 2e-3) == [-0.5, 0.0, 0.0, 0.0, 0.5]
     blk = run.source_blocks("hdivrange")
-    expected = -0.5e-3 * np.cross(run.model.det.vert, inc)
+    expected = (hdiv / 2e-3)[:, None] * 1e-3 * np.cross(run.model.det.vert, inc)
     assert np.abs(expected).max() > 1e-4
     np.testing.assert_allclose(blk[:3].T, expected, rtol=0, atol=1e-9 * np.abs(expected).max())
     assert not blk[3].any()
 
-@pytest.mark.parametrize("rng, step, steps", [(2e-3, -1.0, -1), (2e-3, -1.0, 5),
-                                              (2e-3, 3e-4, -1), (2e-3, 3e-4, 4)])
-def test_sweep_at_is_the_rule_at_a_kept_count(rng, step, steps):
+
+def test_sweep_range_with_a_given_step_is_refused_with_grad():
+    """A given step keeps the points that step apart, centred (docs/quirks.md
+    #22): the range sets only their count, so the image is a step function
+    of it.  Without grad the keyword renders as the flag."""
+    import nbnumba
+    argv = BASE + ["-hdivstep", "0.3"]
+    with pytest.raises(ConfigError, match="hdivrange= cannot be differentiated with -hdivstep"):
+        simulate(argv, hdivrange=torch.tensor([2.0], dtype=torch.float64, requires_grad=True))
+    img = simulate(argv, hdivrange=torch.tensor([2.0], dtype=torch.float64))
+    ref = nbnumba.simulate_argv(argv + ["-hdivrange", "2"])
+    assert ref.model.sources.incident.shape[0] == 7      # floor(2 / 0.3) + 1
+    assert np.array_equal(img.numpy().astype(np.float32), ref.float_image)
+
+
+@pytest.mark.parametrize("rng, steps", [(2e-3, -1), (2e-3, 5)])
+def test_sweep_at_is_the_rule_at_a_kept_count(rng, steps):
     """sampling.sweep_at (the sampling autodiff varies a range on) gives the
     run's own sweep at its range, and resolve_steps' sweep at another range
-    whose count is the same: the step scales with the range unless given."""
+    whose count is the same: the step scales with the range."""
     from dataclasses import replace
     from nbnumba.config import Config
     from nbnumba.sampling import resolve_steps, sweep_at
-    cfg = replace(Config(), hdivrange=rng, hdivstep=step, hdivsteps=steps)
+    cfg = replace(Config(), hdivrange=rng, hdivsteps=steps)
     st = resolve_steps(cfg)
-    assert sweep_at(st, "hdiv", rng, step) == st
+    assert sweep_at(st, "hdiv", rng) == st
     other = resolve_steps(replace(cfg, hdivrange=rng * 1.01))
     assert other.hdivsteps == st.hdivsteps
-    got = sweep_at(st, "hdiv", rng * 1.01, step)
+    got = sweep_at(st, "hdiv", rng * 1.01)
     assert (got.hdivrange, got.hdivstep, got.hdivsteps) == (other.hdivrange, other.hdivstep,
                                                             other.hdivsteps)
 

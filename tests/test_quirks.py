@@ -722,3 +722,73 @@ def test_sourcefile_weights_the_default_mode_cannot_use_are_refused(tmp_path, ca
     # nanoBragg.c reads any weight (and ignores it): -c_parity runs
     assert cli.main(argv + ["-c_parity"]) == 0
     assert (tmp_path / "f.bin").exists()
+
+
+# -------------------------------------------------------- #22 divergence grid
+def _hdiv_points(r):
+    """The horizontal divergence points (mrad) of a run, from its sources."""
+    from nbnumba.sources import divergence_offset, divergence_points
+    st = r.model.steps
+    return sorted({round(divergence_offset(st, i, j)[0] * 1e3, 12)
+                   for i, j in divergence_points(st, r.model.cfg.round_div)})
+
+
+@pytest.mark.parametrize("flags, c_points, points", [
+    # a width and a step: nanoBragg.c's ceil(width/step) points from -width/2
+    # leave the last out; the default mode fits floor + 1, centred
+    ("-hdivrange 1 -hdivstep 1", [-0.5], [-0.5, 0.5]),
+    ("-hdivrange 1 -hdivstep 0.5", [-0.5, 0.0], [-0.5, 0.0, 0.5]),
+    ("-hdivrange 1 -hdivstep 0.3", [-0.5, -0.2, 0.1, 0.4], [-0.45, -0.15, 0.15, 0.45]),
+    ("-hdivrange 0.5 -hdivstep 1", [-0.25], [0.0]),
+    # a step and a count: the C drops the count
+    ("-hdivstep 0.1 -hdivsteps 5", [-0.05, 0.05], [-0.2, -0.1, 0.0, 0.1, 0.2]),
+])
+def test_divergence_points_centred_in_the_default_mode(flags, c_points, points):
+    """docs/quirks.md #22: with a given step the C's divergence points are not
+    centred on the beam (one point at -0.5 mrad tilts the whole beam); the
+    default mode keeps them the step apart and centred, and its note names #22."""
+    from nbnumba.quirks import c_differences
+    extra = ["-oversample", "1", "-square_div"] + flags.split()
+    c, d = sim(extra, c_parity=True), sim(extra)
+    assert _hdiv_points(c) == pytest.approx(c_points, abs=1e-12)
+    assert _hdiv_points(d) == pytest.approx(points, abs=1e-12)
+    assert 22 in [n for n, _ in c_differences(d.model)]
+    assert not np.array_equal(c.float_image, d.float_image)
+
+
+@pytest.mark.parametrize("flags", ["-hdivrange 1 -hdivsteps 3", "-hdivrange 0.4",
+                                   "-hdivstep 0.2", "-divergence 0.3 -divsteps 4",
+                                   "-hdivrange 0.2 -hdivstep 0.1 -hdivsteps 3",
+                                   "-dispersion 2 -dispsteps 3"])
+def test_divergence_the_c_already_centres_is_unchanged(flags):
+    """A width alone, a step alone, a width with a count, and three that agree:
+    the C's points are centred; both modes give the same image, bit for bit,
+    and no note."""
+    from nbnumba.quirks import c_differences
+    extra = ["-oversample", "1"] + flags.split()
+    c, d = sim(extra, c_parity=True), sim(extra)
+    assert len(d.model.sources.wavelength) > 1
+    assert np.array_equal(c.float_image, d.float_image)
+    assert 22 not in [n for n, _ in c_differences(d.model)]
+
+
+@pytest.mark.parametrize("flags, why", [
+    ("-hdivsteps 3", "-hdivsteps/-divsteps 3 needs a width"),
+    ("-divsteps 2", "-hdivsteps/-divsteps 2 needs a width"),
+    ("-vdivsteps 4 -hdivrange 0.3", "-vdivsteps/-divsteps 4 needs a width"),
+    ("-dispersion -5 -dispsteps 3", "-dispsteps 3 needs a width (-dispersion, %) of 0 or more"),
+    ("-hdivrange 1 -hdivstep 0.1 -hdivsteps 3", "-hdivstep 0.1 and -hdivsteps 3 disagree"),
+])
+def test_divergence_sweeps_the_default_mode_refuses(flags, why, tmp_path, capsys, monkeypatch):
+    """A count without a width sweeps 1 rad (57 degrees; the dispersion 100 %)
+    in nanoBragg.c, and three numbers that disagree put the points on one side
+    of the beam: one line, exit 2, no output; -c_parity runs them."""
+    from nbnumba import cli
+    monkeypatch.chdir(tmp_path)     # (-c_parity writes intimage.img as the C does)
+    argv = BASE + ["-oversample", "1", "-floatfile", str(tmp_path / "f.bin")] + flags.split()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and why in err[0], err
+    assert not (tmp_path / "f.bin").exists()
+    assert cli.main(argv + ["-c_parity"]) == 0
+    assert (tmp_path / "f.bin").exists()
