@@ -1,9 +1,10 @@
-"""``nbnumba-sf``: a P1 structure-factor file (``-hkl``) from an atomic model, with gemmi.
+"""``nbnumba-sf``: a P1 structure-factor file (``-hkl``) from an atomic model or an MTZ, with gemmi.
 
 ::
 
     nbnumba-sf model.pdb -dmin 2.0 > P1.hkl
     nbnumba-sf model.cif -dmin 1.5 -bulk_solvent -o P1.hkl
+    nbnumba-sf data.mtz -column FP -dmin 2.0 -o P1.hkl
 
 nanoBragg applies no symmetry: every reflection it may meet must be in its
 ``-hkl`` file, Friedel mates included.  This tool reads a PDB or mmCIF model
@@ -32,6 +33,43 @@ named); B factors so negative (model, ``-B_add``, ``-B_sol``) that
 which overflows at e^88.7): ``B >= -320 dmin^2``; any F that would not be
 finite, or every F zero; ``-o`` naming the model file (or a link to it);
 ``-k_sol``/``-B_sol`` without ``-bulk_solvent``.
+
+MTZ input (a file named ``*.mtz`` or ``*.mtz.gz``, or any file that starts
+with ``MTZ ``): the amplitudes of a merged file, usually the asymmetric unit
+of its space group, are expanded to P1 over the whole sphere.  Each
+reflection ``h`` of the file goes to every ``h R`` (R the rotation parts of
+gemmi's space-group operations; centring leaves Miller indices alone) and
+to their Friedel mates ``-h R``; an index reached twice, from one row or
+from two symmetry-equivalent rows, must get the same value (a file that holds
+two different values for equivalent reflections is not merged data and is
+refused).  Systematic absences are not in such a file and stay out of the
+list (nanoBragg gives a missing reflection -default_F, 0 unless set); so
+does ``0 0 0``.
+
+The column: ``-column LABEL``, else the first column of type F (amplitude);
+stderr names the one used.  Intensities (type J, or K for I(+)/I(-)) only
+with ``-intensities`` (then the first J column by default), as
+``F = sqrt(max(I, 0))``, the negative ones counted.  An anomalous pair
+(type G amplitudes, K intensities) is taken whole whichever half is named:
+the partner's label is the name with its last ``+`` and ``-`` swapped
+(``F(+)``/``F(-)``, ``I+``/``I-``), in the same data set.  The ``(+)``
+value of row ``h`` goes to the ``h R``, the ``(-)`` value to the ``-h R``:
+a list with Bijvoet differences (nanoBragg, which reads every index of the
+list on its own, simulates them); for a centric reflection both sets are
+the same and both halves must agree.  For a plain Friedel-symmetric
+simulation choose the mean column (F, FP, IMEAN).  Missing values (NaN, or
+the file's VALM) are left out and counted; a negative or infinite
+amplitude is refused.  ``-dmin`` is optional (every reflection of the file
+without it).  The cell is the data set's (DCELL), else the file's (CELL),
+and must fit the space group.
+
+Refused with one line (exit 2): a file that is not an MTZ or is cut short
+(no END / MTZENDOFHEADERS record, data past the header), an unmerged file
+(batches), no space group, an unknown column (the amplitude columns are
+listed), a column of another type, an index that is not an integer, no
+reflection left, the model-only flags (``-bulk_solvent``, ``-k_sol``,
+``-B_sol``, ``-B_add``) with an MTZ and ``-column``/``-intensities`` with a
+model.
 """
 from __future__ import annotations
 
@@ -50,21 +88,35 @@ PROG = "nbnumba-sf"
 
 USAGE = """\
 usage: nbnumba-sf MODEL -dmin D [-o FILE] [-bulk_solvent] [-k_sol K] [-B_sol B] [-B_add B]
+       nbnumba-sf DATA.mtz [-dmin D] [-column LABEL] [-intensities] [-o FILE]
 
-Structure factors of an atomic model (PDB or mmCIF, read with gemmi), expanded
-to P1 over the whole sphere, as 'h k l F' lines for nanoBragg's -hkl.
+Structure factors of an atomic model (PDB or mmCIF, read with gemmi), or the
+amplitudes of a merged MTZ file, expanded to P1 over the whole sphere, as
+'h k l F' lines for nanoBragg's -hkl.
 
   MODEL            model file: .pdb, .ent, .cif, .mmcif (gzip allowed)
-  -dmin D          resolution limit in Angstrom (required, > 0)
+  DATA.mtz         MTZ file (.mtz, .mtz.gz, or any file starting with 'MTZ ')
+  -dmin D          resolution limit in Angstrom (> 0; required for a model,
+                   optional for an MTZ: every reflection of the file without it)
   -o FILE          write FILE (atomically) instead of standard output
+  -h, --help       this text
+ for a model:
   -bulk_solvent    add a flat bulk-solvent contribution (gemmi solvent mask)
   -k_sol K         solvent electron density in e/A^3, >= 0 (default 0.35; needs -bulk_solvent)
   -B_sol B         solvent B factor in A^2 (default 46; needs -bulk_solvent)
   -B_add B         add B (A^2) to every atom's B factor (default 0); every B must
                    stay >= -320 D^2 (exp(-B s^2/4) within e^80 at -dmin D)
-  -h, --help       this text
+ for an MTZ:
+  -column LABEL    the column to use (default: the first of type F, amplitude);
+                   one half of an anomalous pair (F(+) or F(-)) brings the other:
+                   F(+) goes to the symmetry mates of h, F(-) to those of -h
+  -intensities     the column holds intensities (type J, or K for I(+)/I(-);
+                   default the first of type J): F = sqrt(max(I, 0))
 
+Every symmetry mate and Friedel mate is written; systematic absences (not in
+an MTZ) and missing values (NaN) stay out of the list (counted on stderr).
 Example: nbnumba-sf model.pdb -dmin 2.0 > P1.hkl
+         nbnumba-sf data.mtz -column FP -o P1.hkl
          nbnumba -hkl P1.hkl -cell <the cell printed on stderr> ...
 Needs gemmi: pip install "nbnumba[sf]"."""
 
@@ -78,6 +130,8 @@ class SFOptions:
     k_sol: float = 0.35     # e/A^3
     B_sol: float = 46.0     # A^2
     B_add: float = 0.0      # A^2
+    column: Optional[str] = None    # MTZ column label (None: the first of its type)
+    intensities: bool = False       # the MTZ column holds intensities
 
 
 def _number(flag: str, text: str, positive: bool = False) -> float:
@@ -100,11 +154,16 @@ def parse_sf_argv(argv: Sequence[str]) -> SFOptions:
     given = set()
     while i < len(args):
         a = args[i]
-        if a in values or a in ("-o", "-output"):
+        if a in values or a in ("-o", "-output", "-column"):
             if i + 1 >= len(args):
                 raise UsageError("%s needs a value" % a)
             v = args[i + 1]
-            if a in ("-o", "-output"):
+            if a == "-column":
+                if not v.strip():
+                    raise UsageError("-column: expected a column label, got '%s'" % v)
+                o.column = v
+                given.add(a)
+            elif a in ("-o", "-output"):
                 # '-o ""' fell back to standard output; '-o -bulk_solvent' wrote a
                 # file of that name: a name that looks like a flag is a mistake
                 if v == "" or v.startswith("-"):
@@ -117,6 +176,10 @@ def parse_sf_argv(argv: Sequence[str]) -> SFOptions:
             continue
         if a == "-bulk_solvent":
             o.bulk_solvent = True
+            given.add(a)
+        elif a == "-intensities":
+            o.intensities = True
+            given.add(a)
         elif a.startswith("-") and len(a) > 1:
             raise UsageError("unknown flag '%s'" % a)
         elif o.model:
@@ -126,6 +189,16 @@ def parse_sf_argv(argv: Sequence[str]) -> SFOptions:
         i += 1
     if not o.model:
         raise UsageError("no model file given")
+    if is_mtz(o.model):
+        # the model's options would be ignored: say so instead
+        for flag in ("-bulk_solvent", "-k_sol", "-B_sol", "-B_add"):
+            if flag in given:
+                raise UsageError("%s is for an atomic model: %s is an MTZ file, whose amplitudes "
+                                 "are used as they are" % (flag, o.model))
+        return o
+    for flag in ("-column", "-intensities"):
+        if flag in given:
+            raise UsageError("%s chooses the data of an MTZ file: %s is a model file" % (flag, o.model))
     if o.dmin <= 0:
         raise UsageError("-dmin D is required (resolution limit in Angstrom)")
     # without -bulk_solvent these were ignored without a word
@@ -167,10 +240,15 @@ def check_cell(st, path: str) -> None:
     1 1 1 90 90 90 when there is no CRYST1 / _cell; for angles 170 170 170 its
     volume is NaN (and ``volume <= 1.0`` is False for NaN: 0 reflections and a
     -cell that nbnumba refuses), for alpha = nan the file came out empty."""
-    c = st.cell
+    _check_unit_cell(st.cell, path, "no unit cell (CRYST1 / _cell) in the model")
+
+
+def _check_unit_cell(c, path: str, missing: str) -> None:
+    """check_cell's rules for any gemmi UnitCell; ``missing`` says what gemmi's
+    placeholder cell (1 1 1 90 90 90) means for this kind of file."""
     par = (c.a, c.b, c.c, c.alpha, c.beta, c.gamma)
     if c.a == c.b == c.c == 1.0 and c.alpha == c.beta == c.gamma == 90.0:
-        raise InputFileError("%s: no unit cell (CRYST1 / _cell) in the model" % path)
+        raise InputFileError("%s: %s" % (path, missing))
     if not (all(math.isfinite(x) for x in par) and min(par[:3]) > 1.0
             and all(0.0 < x < 180.0 for x in par[3:]) and c.volume > 1.0):
         raise InputFileError("%s: impossible unit cell %s (volume %g A^3): the edges must be "
@@ -405,11 +483,402 @@ def hkl_text(hkl: np.ndarray, F: np.ndarray) -> str:
 
 
 def cell_flags(st) -> str:
-    c = st.cell
+    return _cell_flags_of(st.cell)
+
+
+def _cell_flags_of(c) -> str:
     return "-cell %g %g %g %g %g %g" % (c.a, c.b, c.c, c.alpha, c.beta, c.gamma)
 
 
-def _check_stdout_not_model(out, model: str) -> None:
+# ---------------------------------------------------------------------------
+# MTZ input: measured or refined amplitudes, expanded to P1
+# ---------------------------------------------------------------------------
+
+MTZ_MAGIC = b"MTZ "
+
+#: |h|, |k|, |l| above this are no crystal's reflections (and keep the packed
+#: index keys of _expand_p1 inside int64)
+MTZ_INDEX_MAX = 100000
+
+#: bytes per expanded entry in _expand_p1 (indices, value, row, key, order,
+#: the sorted copies), on the high side
+_B_ENTRY = 120
+
+#: MTZ column types, for the messages
+MTZ_TYPES = {
+    "H": "Miller index", "J": "intensity", "F": "amplitude", "D": "anomalous difference",
+    "Q": "standard deviation", "G": "anomalous amplitude", "L": "standard deviation (anomalous)",
+    "K": "anomalous intensity", "M": "standard deviation (anomalous intensity)",
+    "E": "normalised amplitude", "P": "phase", "W": "weight", "A": "Hendrickson-Lattman coefficient",
+    "B": "batch number", "Y": "M/ISYM", "I": "integer", "R": "real",
+}
+
+
+def _open_raw(path: str):
+    """``path`` for reading, decompressed when it is gzip (gemmi reads .mtz.gz too)."""
+    import gzip
+    fh = open(path, "rb")
+    if fh.read(2) == b"\x1f\x8b":
+        fh.close()
+        return gzip.open(path, "rb")
+    fh.seek(0)
+    return fh
+
+
+def is_mtz(path: str) -> bool:
+    """An MTZ by its name (.mtz, .mtz.gz) or by its first four bytes."""
+    import zlib
+    if path.lower().endswith((".mtz", ".mtz.gz")):
+        return True
+    if not os.path.isfile(path):       # (a FIFO would block the peek; read_model says what is wrong)
+        return False
+    try:
+        with _open_raw(path) as fh:
+            return fh.read(4) == MTZ_MAGIC
+    except (OSError, EOFError, zlib.error):
+        return False
+
+
+def _check_mtz_layout(path: str) -> None:
+    """InputFileError when ``path`` is not an MTZ or is cut short.  gemmi reads
+    headers up to the end of the file without a word: a file cut 10 bytes into
+    its header came back with no columns, one cut before its last records as
+    complete.  An MTZ is 'MTZ ', the header's position (4-byte words, counted
+    from 1), the data from byte 80, then 80-byte header records up to END,
+    history and batch headers, and MTZENDOFHEADERS."""
+    import struct
+    import zlib
+    try:
+        with _open_raw(path) as fh:
+            head = fh.read(12)
+            if len(head) < 4 and MTZ_MAGIC.startswith(head):
+                raise InputFileError("%s: %s" % (path, "empty file, not an MTZ" if not head else
+                                                 "truncated MTZ file (%d bytes)" % len(head)))
+            if head[:4] != MTZ_MAGIC:
+                raise InputFileError("%s: not an MTZ file (it does not start with 'MTZ ')" % path)
+            if len(head) < 12:
+                raise InputFileError("%s: truncated MTZ file (%d bytes)" % (path, len(head)))
+            # the machine stamp's second byte: 1 in its high half-byte is big-endian (as gemmi reads it)
+            big = (head[9] & 0xF0) == 0x10
+            word = struct.unpack(">i" if big else "<i", head[4:8])[0]
+            if word < 21:
+                raise InputFileError("%s: not a valid MTZ file (header position %d, before the data)"
+                                     % (path, word))
+            start = 4 * (word - 1)
+            fh.seek(start)
+            tail = fh.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputFileError("%s: cannot read MTZ: %s" % (path, exc)) from None
+    if not tail:
+        raise InputFileError("%s: truncated MTZ file: its header (at byte %d) is past the end of the file"
+                             % (path, start))
+    ncol = nrefl = None
+    end = None
+    for i in range(0, len(tail) - 79, 80):
+        rec = tail[i:i + 80]
+        if rec[:4] == b"NCOL":
+            try:
+                ncol, nrefl = (int(x) for x in rec[4:].split()[:2])
+            except ValueError:
+                raise InputFileError("%s: bad NCOL record in the MTZ header: %r"
+                                     % (path, rec.decode("latin-1").strip())) from None
+        elif rec[:3] == b"END":
+            end = i + 80
+            break
+    if end is None:
+        raise InputFileError("%s: truncated MTZ file: its header (from byte %d) has no END record"
+                             % (path, start))
+    last = tail.find(b"MTZENDOFHEADERS", end)
+    if last < 0 or len(tail) - last < 80:       # (the last record, 80 bytes like the others)
+        raise InputFileError("%s: truncated MTZ file: no MTZENDOFHEADERS record after the header" % path)
+    if ncol is None:
+        raise InputFileError("%s: the MTZ header has no NCOL record (columns, reflections)" % path)
+    if 80 + 4 * ncol * nrefl > start:
+        raise InputFileError("%s: truncated MTZ file: %d columns x %d reflections need %d bytes of data "
+                             "from byte 80, and the header starts at byte %d"
+                             % (path, ncol, nrefl, 4 * ncol * nrefl, start))
+
+
+def read_mtz(path: str):
+    """The gemmi Mtz of ``path``, merged, with a space group, H K L columns and
+    at least one reflection; one-line errors."""
+    gemmi = _gemmi()
+    if not os.path.isfile(path):
+        raise InputFileError("%s: no such MTZ file" % path)
+    _check_mtz_layout(path)
+    try:
+        mtz = gemmi.read_mtz_file(path)
+    except Exception as exc:   # gemmi's RuntimeError, with its own text
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputFileError("%s: cannot read MTZ: %s" % (path, first)) from None
+    if len(mtz.batches):
+        # symmetry mates of unmerged data hold different values: refused below anyway,
+        # but this says why
+        raise InputFileError("%s: unmerged MTZ file (%d batches): merge it first (e.g. with aimless)"
+                             % (path, len(mtz.batches)))
+    if mtz.spacegroup is None:
+        raise InputFileError("%s: unknown space group ('%s', number %d) in the MTZ header"
+                             % (path, mtz.spacegroup_name, mtz.spacegroup_number))
+    cols = list(mtz.columns)
+    if len(cols) < 3 or [c.type for c in cols[:3]] != ["H", "H", "H"]:
+        raise InputFileError("%s: the MTZ file does not start with H K L columns (type H)" % path)
+    if mtz.nreflections == 0:
+        raise InputFileError("%s: the MTZ file holds no reflections" % path)
+    return mtz
+
+
+def _column_list(cols, types) -> str:
+    names = ["%s (%s)" % (c.label, c.type) for c in cols if c.type in types]
+    return ", ".join(names) if names else "none"
+
+
+def _bijvoet_partner(mtz, col, path: str):
+    """The other half of the anomalous pair ``col`` belongs to: the label with
+    its last '+' or '-' swapped, the same type, the same data set."""
+    label = col.label
+    i = max(label.rfind("+"), label.rfind("-"))
+    if i < 0:
+        raise UsageError("-column %s: a type %s column (%s) is half of a Bijvoet pair, and its label "
+                         "has no + or - that names the other half" % (label, col.type, MTZ_TYPES[col.type]))
+    other = label[:i] + ("-" if label[i] == "+" else "+") + label[i + 1:]
+    mate = next((c for c in mtz.columns
+                 if c.label == other and c.type == col.type and c.dataset_id == col.dataset_id), None)
+    if mate is None:
+        raise InputFileError("%s: -column %s is half of an anomalous pair (type %s); its other half "
+                             "'%s' (type %s, the same data set) is not in the file"
+                             % (path, label, col.type, other, col.type))
+    return (col, mate) if label[i] == "+" else (mate, col)
+
+
+def pick_mtz_columns(mtz, path: str, label: Optional[str] = None, intensities: bool = False):
+    """(columns, how): ``[col]`` for a mean amplitude (or intensity), ``[plus,
+    minus]`` for an anomalous pair; ``how`` says how it was chosen."""
+    cols = list(mtz.columns)
+    mean, pair = ("J", "K") if intensities else ("F", "G")
+    if label is None:
+        first = next((c for c in cols if c.type == mean), None)
+        if first is not None:
+            return [first], "the first column of type %s" % mean
+        if intensities:
+            raise InputFileError("%s: -intensities: no intensity column (type J); choose one with "
+                                 "-column (intensity columns: %s)" % (path, _column_list(cols, "JK")))
+        hint = (("; intensity columns (with -intensities): %s" % _column_list(cols, "JK"))
+                if any(c.type in "JK" for c in cols) else "")
+        raise InputFileError("%s: no amplitude column (type F); choose one with -column (amplitude "
+                             "columns: %s%s)" % (path, _column_list(cols, "FG"), hint))
+    found = [c for c in cols if c.label == label]
+    if not found:
+        hint = (("; intensity columns (with -intensities): %s" % _column_list(cols, "JK"))
+                if any(c.type in "JK" for c in cols) else "")
+        raise UsageError("-column %s: no such column in %s (amplitude columns: %s%s)"
+                         % (label, path, _column_list(cols, "FG"), hint))
+    col = found[0]
+    kind = MTZ_TYPES.get(col.type, "unknown type")
+    if col.type in "JK" and not intensities:
+        raise UsageError("-column %s is an %s column (type %s): add -intensities to take "
+                         "F = sqrt(max(I, 0))" % (label, kind, col.type))
+    if col.type in "FG" and intensities:
+        raise UsageError("-intensities: column %s is an %s (type %s), not an intensity"
+                         % (label, kind, col.type))
+    if col.type not in (mean, pair):
+        raise UsageError("-column %s has type %s (%s): nbnumba-sf takes an amplitude (type F, or G "
+                         "for F(+)/F(-)) or, with -intensities, an intensity (J, or K)"
+                         % (label, col.type, kind))
+    if col.type == pair:
+        return list(_bijvoet_partner(mtz, col, path)), "chosen with -column"
+    return [col], "chosen with -column"
+
+
+def _hkl_rotations(gemmi, sg, friedel: bool, path: str) -> np.ndarray:
+    """The distinct rotation parts of ``sg``'s operations, as integer matrices
+    acting on row vectors (h' = h R), with their negatives when ``friedel``."""
+    den = gemmi.Op.DEN
+    rots = set()
+    for op in sg.operations().sym_ops:
+        r = np.array(op.rot, dtype=np.int64)
+        if np.any(r % den):
+            raise InputFileError("%s: space group %s: operation %s has a non-integer rotation"
+                                 % (path, sg.hm, op.triplet()))
+        rots.add(tuple((r // den).ravel().tolist()))
+        if friedel:
+            rots.add(tuple((-(r // den)).ravel().tolist()))
+    return np.array(sorted(rots), dtype=np.int64).reshape(-1, 3, 3)
+
+
+def _expand_p1(parts, path: str, what: str, sgname: str):
+    """(hkl (N, 3), F (N,)) sorted by h, k, l: every ``hkl @ R`` of each part
+    ``(hkl, F, (file_hkl, suffix), rotations)``, each index once.  An index
+    reached with two different values is an InputFileError naming both rows
+    (by their indices in the file, ``file_hkl``, and ``suffix``)."""
+    n = sum(len(p[0]) * len(p[3]) for p in parts)
+    from .validate import format_bytes, memory_limit
+    limit, lim_what = memory_limit()
+    if not n * _B_ENTRY <= limit:
+        raise ConfigError("%s: the P1 expansion has %d entries before merging, about %s of memory, "
+                          "more than %s; give a larger -dmin" % (path, n, format_bytes(n * _B_ENTRY), lim_what))
+    hs, fs, src = [], [], []
+    base = 0
+    for hkl, F, _names, rots in parts:
+        idx = np.arange(base, base + len(hkl))
+        for r in rots:
+            hs.append(hkl @ r)
+            fs.append(F)
+            src.append(idx)
+        base += len(hkl)
+    file_hkl = np.concatenate([p[2][0] for p in parts])
+    suffix = [p[2][1] for p in parts]
+    part_of = np.repeat(np.arange(len(parts)), [len(p[0]) for p in parts])
+
+    def name(i):
+        return "%d %d %d%s" % (*file_hkl[i].tolist(), suffix[part_of[i]])
+    h = np.concatenate(hs)
+    f = np.concatenate(fs)
+    s = np.concatenate(src)
+    m = MTZ_INDEX_MAX + 1
+    w = 2 * m + 1
+    # (h, k, l) packed in one int64 whose order is the lexicographic order of the indices
+    key = ((h[:, 0] + m) * w + (h[:, 1] + m)) * w + (h[:, 2] + m)
+    order = np.argsort(key, kind="stable")
+    key, h, f, s = key[order], h[order], f[order], s[order]
+    starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    lo = np.minimum.reduceat(f, starts)
+    hi = np.maximum.reduceat(f, starts)
+    bad = np.flatnonzero(lo != hi)
+    if len(bad):
+        g = bad[0]
+        stop = starts[g + 1] if g + 1 < len(starts) else len(f)
+        grp = np.arange(starts[g], stop)
+        a, b = grp[np.argmin(f[grp])], grp[np.argmax(f[grp])]
+        raise InputFileError("%s: %s %s and %s are symmetry or Friedel mates in %s (both reach %d %d %d) "
+                             "with different values, %.6g and %.6g: the file is not merged data (one "
+                             "value per unique reflection)"
+                             % (path, what, name(s[a]), name(s[b]), sgname, *h[a].tolist(), f[a], f[b]))
+    return h[starts], f[starts]
+
+
+@dataclass
+class MTZReport:
+    """What mtz_structure_factors did, for the stderr lines."""
+    columns: List[str]
+    types: str
+    dataset: str
+    how: str
+    rows: int = 0
+    missing: int = 0
+    beyond_dmin: int = 0
+    origin: int = 0
+    negative_I: int = 0
+    d_min: float = 0.0
+    spacegroup: str = ""
+    cell: object = None
+
+
+def mtz_structure_factors(mtz, path: str, column: Optional[str] = None, intensities: bool = False,
+                          dmin: Optional[float] = None):
+    """(hkl (N, 3) int, F (N,) float, MTZReport): the chosen amplitudes of ``mtz``
+    (or sqrt(max(I, 0)) of its intensities) expanded to P1 over the whole
+    sphere, d >= ``dmin`` if given, ``0 0 0`` and missing values left out,
+    sorted by h, k, l.  See the module notes for the rules."""
+    gemmi = _gemmi()
+    cols, how = pick_mtz_columns(mtz, path, column, intensities)
+    anomalous = len(cols) == 2
+    report = MTZReport(columns=[c.label for c in cols], types=cols[0].type,
+                       dataset=cols[0].dataset.dataset_name, how=how)
+    cell = mtz.get_cell(cols[0].dataset_id)
+    _check_unit_cell(cell, path, "no unit cell (CELL / DCELL) in the MTZ header")
+    sg = mtz.spacegroup
+    if not cell.is_compatible_with_spacegroup(sg):
+        raise InputFileError("%s: the cell %s does not fit the space group %s"
+                             % (path, _cell_flags_of(cell)[len("-cell "):], sg.hm))
+    report.spacegroup, report.cell = sg.hm, cell
+    data = np.array(mtz.array, dtype=np.float64)
+    report.rows = len(data)
+    raw = data[:, :3]
+    bad = ~(np.isfinite(raw) & (raw == np.round(raw)) & (np.abs(raw) <= MTZ_INDEX_MAX))
+    if bad.any():
+        r = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise InputFileError("%s: reflection %d has Miller index %s: not an integer within +-%d"
+                             % (path, r + 1, " ".join("%g" % x for x in raw[r]), MTZ_INDEX_MAX))
+    hkl = raw.astype(np.int64)
+    keep_rows = np.ones(len(hkl), dtype=bool)
+    origin = np.all(hkl == 0, axis=1)
+    report.origin = int(origin.sum())
+    keep_rows &= ~origin
+    if dmin is not None:
+        s = hkl @ np.array(cell.frac.mat, dtype=float)
+        s2 = np.einsum("ij,ij->i", s, s)
+        near = s2 <= 1.0 / (dmin * dmin) * (1 + 1e-12)
+        report.beyond_dmin = int((keep_rows & ~near).sum())
+        if not np.any(keep_rows & near):
+            d = 1.0 / np.sqrt(s2[keep_rows]) if np.any(keep_rows) else np.array([math.nan])
+            raise UsageError("-dmin %g: no reflection of %s has d >= %g A (its largest d-spacing is %.4g A)"
+                             % (dmin, path, dmin, float(np.max(d))))
+        keep_rows &= near
+    valm = mtz.valm
+    parts = []
+    missing = 0
+    halves = [(cols[0], 1)] + ([(cols[1], -1)] if anomalous else [])
+    for col, sign in halves:
+        v = data[:, col.idx]
+        gone = np.isnan(v) | ((v == valm) if not math.isnan(valm) else False)
+        use = keep_rows & ~gone
+        missing += int((keep_rows & gone).sum())
+        v = v[use]
+        rows = np.flatnonzero(use)
+        if not np.all(np.isfinite(v)):
+            r = rows[np.flatnonzero(~np.isfinite(v))[0]]
+            raise InputFileError("%s: column %s holds %g at %d %d %d: not a finite value"
+                                 % (path, col.label, data[r, col.idx], *hkl[r].tolist()))
+        if intensities:
+            neg = v < 0
+            report.negative_I += int(neg.sum())
+            v = np.sqrt(np.where(neg, 0.0, v))
+        elif np.any(v < 0):
+            r = rows[np.flatnonzero(v < 0)[0]]
+            raise InputFileError("%s: column %s (type %s, %s) holds %d negative values (first %g at "
+                                 "%d %d %d): amplitudes are >= 0"
+                                 % (path, col.label, col.type, MTZ_TYPES[col.type], int((v < 0).sum()),
+                                    data[r, col.idx], *hkl[r].tolist()))
+        # the (-) half of row h is the value at -h
+        rots = _hkl_rotations(gemmi, sg, not anomalous, path)
+        parts.append((sign * hkl[rows], v, (hkl[rows], " (%s)" % col.label if anomalous else ""), rots))
+    report.missing = missing
+    if sum(len(p[1]) for p in parts) == 0:
+        raise InputFileError("%s: no reflections left in column%s %s: %d rows, %d missing values%s%s"
+                             % (path, "s" if anomalous else "", " and ".join(report.columns), report.rows,
+                                missing, ", %d beyond -dmin %g" % (report.beyond_dmin, dmin)
+                                if dmin is not None else "", ", 0 0 0 left out" if report.origin else ""))
+    what = "column%s %s: reflections" % ("s" if anomalous else "", " and ".join(report.columns))
+    out_hkl, out_F = _expand_p1(parts, path, what, sg.hm)
+    s = out_hkl @ np.array(cell.frac.mat, dtype=float)
+    report.d_min = float(1.0 / math.sqrt(float(np.max(np.einsum("ij,ij->i", s, s)))))
+    return out_hkl, out_F, report
+
+
+def _mtz_summary(path: str, report: MTZReport, n_out: int, dmin: Optional[float]) -> List[str]:
+    if len(report.columns) == 2:
+        col = ("columns %s and %s (type %s, %s pair; data set '%s'), %s: %s at the symmetry mates "
+               "of h, %s at those of -h" % (report.columns[0], report.columns[1], report.types,
+                                            MTZ_TYPES[report.types], report.dataset, report.how,
+                                            report.columns[0], report.columns[1]))
+    else:
+        col = ("column %s (type %s, %s; data set '%s'), %s"
+               % (report.columns[0], report.types, MTZ_TYPES[report.types], report.dataset, report.how))
+    if report.types in "JK":
+        col += "; F = sqrt(max(I, 0)), %d negative intensities gave F = 0" % report.negative_I
+    left = ["%d missing (NaN) left out" % report.missing]
+    if dmin is not None:
+        left.append("%d beyond -dmin %g left out" % (report.beyond_dmin, dmin))
+    if report.origin:
+        left.append("0 0 0 left out")
+    reso = "%g" % dmin if dmin is not None else "%.4g" % report.d_min
+    return ["%s: %s: using %s" % (PROG, path, col),
+            "%s: %d reflections in %s, %s; %d reflections to %s A, expanded to P1; use with %s"
+            % (PROG, report.rows, report.spacegroup, ", ".join(left), n_out, reso,
+               _cell_flags_of(report.cell))]
+
+
+def _check_stdout_not_model(out, model: str, what: str = "model") -> None:
     """``nbnumba-sf in.pdb -dmin 3 >> in.pdb`` would append to the model."""
     import stat
     try:
@@ -418,23 +887,11 @@ def _check_stdout_not_model(out, model: str) -> None:
     except (AttributeError, OSError, ValueError):     # no descriptor (a StringIO), no model
         return
     if stat.S_ISREG(so.st_mode) and os.path.samestat(so, sm):
-        raise OutputFileError("refusing to write standard output: it is the model file '%s'" % model)
+        raise OutputFileError("refusing to write standard output: it is the %s file '%s'" % (what, model))
 
 
-def run(opts: SFOptions, out=None, err=None) -> int:
-    out = out if out is not None else sys.stdout
-    err = err if err is not None else sys.stderr
-    from .io.atomic import atomic_write_bytes, check_not_input, check_writable
-    if opts.output:
-        # before anything is computed: '-o in.pdb' (or a link to it) replaced the model
-        check_not_input(opts.output, [opts.model], "-o")
-        check_writable(opts.output, "-o")
-    else:
-        _check_stdout_not_model(out, opts.model)
-    st = read_model(opts.model)
-    hkl, F = structure_factors(st, opts.dmin, opts.bulk_solvent, opts.k_sol, opts.B_sol, opts.B_add,
-                               source=opts.model)
-    text = hkl_text(hkl, F)
+def _write_hkl(opts: SFOptions, out, text: str) -> None:
+    from .io.atomic import atomic_write_bytes
     if opts.output:
         atomic_write_bytes(opts.output, text.encode("ascii"))
     else:
@@ -442,6 +899,30 @@ def run(opts: SFOptions, out=None, err=None) -> int:
         # OSError traceback); a closed pipe or descriptor takes the text nowhere)
         out.write(text)
         out.flush()
+
+
+def run(opts: SFOptions, out=None, err=None) -> int:
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    from .io.atomic import check_not_input, check_writable
+    if opts.output:
+        # before anything is computed: '-o in.pdb' (or a link to it) replaced the model
+        check_not_input(opts.output, [opts.model], "-o")
+        check_writable(opts.output, "-o")
+    else:
+        _check_stdout_not_model(out, opts.model, "MTZ" if is_mtz(opts.model) else "model")
+    if is_mtz(opts.model):
+        mtz = read_mtz(opts.model)
+        hkl, F, report = mtz_structure_factors(mtz, opts.model, opts.column, opts.intensities,
+                                               opts.dmin if opts.dmin > 0 else None)
+        _write_hkl(opts, out, hkl_text(hkl, F))
+        for line in _mtz_summary(opts.model, report, len(F), opts.dmin if opts.dmin > 0 else None):
+            print(line, file=err)
+        return 0
+    st = read_model(opts.model)
+    hkl, F = structure_factors(st, opts.dmin, opts.bulk_solvent, opts.k_sol, opts.B_sol, opts.B_add,
+                               source=opts.model)
+    _write_hkl(opts, out, hkl_text(hkl, F))
     print("%s: %d reflections to %g A from %d atoms in %s, expanded to P1; use with %s"
           % (PROG, len(F), opts.dmin, st[0].count_atom_sites(), st.find_spacegroup().hm,
              cell_flags(st)), file=err)

@@ -399,3 +399,298 @@ def test_dev_full_is_one_line_in_a_real_process(tmp_path):
     assert r.returncode == 2
     assert r.stderr.splitlines() == ["nbnumba-sf: error: cannot write to standard output: "
                                      "No space left on device"]
+
+
+# ---------------------------------------------------------------------------
+# MTZ input: amplitudes of an asymmetric unit expanded to P1
+# ---------------------------------------------------------------------------
+
+def write_mtz(path, sg, cell, rows, columns=(("F", "F"), ("SIGF", "Q")), valm=None):
+    """An MTZ made with gemmi: H K L and ``columns`` (label, type), ``rows`` a list of
+    (h, k, l, values...)."""
+    import gemmi
+    m = gemmi.Mtz(with_base=True)
+    m.spacegroup = gemmi.SpaceGroup(sg)
+    m.set_cell_for_all(gemmi.UnitCell(*cell))
+    m.add_dataset("crystal")
+    for label, typ in columns:
+        m.add_column(label, typ)
+    if valm is not None:
+        m.valm = valm
+    m.set_data(np.array(rows, dtype=np.float32).reshape(-1, 3 + len(columns)))
+    m.write_to_file(str(path))
+    return path
+
+
+def asu_rows(sg, cell, dmin, rng, extra=1):
+    """Every reflection of the reciprocal ASU of ``sg`` with d >= dmin, systematic
+    absences left out (as in a merged file), with random values >= 1."""
+    import gemmi
+    sgo = gemmi.SpaceGroup(sg)
+    asu, ops, uc = gemmi.ReciprocalAsu(sgo), sgo.operations(), gemmi.UnitCell(*cell)
+    lim = [int(x / dmin) + 1 for x in cell[:3]]
+    rows = []
+    for h in range(-lim[0], lim[0] + 1):
+        for k in range(-lim[1], lim[1] + 1):
+            for l in range(-lim[2], lim[2] + 1):
+                if (h, k, l) != (0, 0, 0) and asu.is_in([h, k, l]) \
+                        and not ops.is_systematically_absent([h, k, l]) \
+                        and uc.calculate_d([h, k, l]) >= dmin:
+                    rows.append([h, k, l] + list(rng.uniform(1.0, 500.0, extra)))
+    return rows
+
+
+def read_list(path):
+    out = {}
+    for line in open(path):
+        h, k, l, f = line.split()
+        out[(int(h), int(k), int(l))] = float(f)
+    return out
+
+
+#: reflection conditions of the International Tables, written out by hand (the
+#: test's own rule, independent of gemmi's): True where the reflection is absent
+ABSENT = {
+    "P 21 21 21": lambda h, k, l: (h == k == 0 and l % 2) or (k == l == 0 and h % 2)
+                                   or (h == l == 0 and k % 2),
+    "P 41 21 2": lambda h, k, l: (h == k == 0 and l % 4) or (k == l == 0 and h % 2)
+                                  or (h == l == 0 and k % 2),
+    "C 1 2 1": lambda h, k, l: (h + k) % 2 == 1,
+}
+CELLS = {"P 21 21 21": (21.0, 25.0, 29.0, 90.0, 90.0, 90.0),
+         "P 41 21 2": (22.0, 22.0, 31.0, 90.0, 90.0, 90.0),
+         "C 1 2 1": (30.0, 18.0, 16.0, 90.0, 103.0, 90.0)}
+
+
+def whole_sphere(sg, cell, dmin):
+    """The closed form of a full ASU's P1 expansion: every lattice point with
+    0 < 1/d^2 <= 1/dmin^2 but the systematic absences (1/d^2 from the metric
+    of the cell, computed here)."""
+    a, b, c, al, be, ga = cell
+    uc = np.array([[a, 0, 0], [0, b, 0], [0, 0, c]], dtype=float)
+    if (al, ga) == (90.0, 90.0):        # monoclinic b unique: a in the xz plane
+        r = math.radians(be)
+        uc = np.array([[a, 0, 0], [0, b, 0], [c * math.cos(r), 0, c * math.sin(r)]])
+    recip = np.linalg.inv(uc)           # columns: a*, b*, c*
+    n = [int(x / dmin) + 2 for x in cell[:3]]
+    want = set()
+    for h in range(-n[0], n[0] + 1):
+        for k in range(-n[1], n[1] + 1):
+            for l in range(-n[2], n[2] + 1):
+                s = recip @ np.array([h, k, l])
+                if (h, k, l) != (0, 0, 0) and s @ s <= 1 / dmin ** 2 * (1 + 1e-12) \
+                        and not ABSENT[sg](h, k, l):
+                    want.add((h, k, l))
+    return want
+
+
+@pytest.mark.parametrize("sg", ["P 21 21 21", "P 41 21 2", "C 1 2 1"])
+def test_mtz_asu_expands_to_every_symmetry_and_friedel_mate(sg, tmp_path, capsys):
+    import gemmi
+    cell = CELLS[sg]
+    rows = asu_rows(sg, cell, 3.0, np.random.default_rng(7))
+    path = write_mtz(tmp_path / "asu.mtz", sg, cell, [r + [1.0] for r in rows])
+    out = tmp_path / "P1.hkl"
+    assert sf.main([str(path), "-o", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == ("nbnumba-sf: %s: using column F (type F, amplitude; data set 'crystal'), the "
+                      "first column of type F" % path)
+    assert "%d reflections in %s, 0 missing (NaN) left out" % (len(rows), sg) in err[1]
+    assert err[1].endswith("use with -cell %g %g %g %g %g %g" % cell)
+    got = read_list(out)
+    want = whole_sphere(sg, cell, 3.0)
+    assert set(got) == want                      # every mate once, absences absent
+    assert "%d reflections to" % len(want) in err[1]
+    # each index maps back to its ASU reflection (gemmi's own map) and carries its value
+    sgo = gemmi.SpaceGroup(sg)
+    asu, ops = gemmi.ReciprocalAsu(sgo), sgo.operations()
+    value = {tuple(r[:3]): float(np.float32(r[3])) for r in rows}
+    for hkl, f in got.items():
+        rep = tuple(asu.to_asu(list(hkl), ops)[0])
+        assert abs(f - value[rep]) <= 5e-5, (hkl, rep)
+    # -dmin cuts the same expansion at 4.5 A, the file's rows beyond it counted
+    assert sf.main([str(path), "-dmin", "4.5", "-o", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    uc = gemmi.UnitCell(*cell)
+    beyond = sum(1 for r in rows if uc.calculate_d(r[:3]) < 4.5 * (1 - 1e-12))
+    assert "%d beyond -dmin 4.5 left out" % beyond in err[1] and "to 4.5 A" in err[1]
+    assert set(read_list(out)) == whole_sphere(sg, cell, 4.5)
+    assert 0 < beyond < len(rows)
+
+
+def test_mtz_anomalous_pair_puts_f_minus_at_minus_h(tmp_path, capsys):
+    import gemmi
+    sg, cell = "P 21 21 21", CELLS["P 21 21 21"]
+    sgo = gemmi.SpaceGroup(sg)
+    asu, ops = gemmi.ReciprocalAsu(sgo), sgo.operations()
+    rows = asu_rows(sg, cell, 4.0, np.random.default_rng(3), extra=2)
+    for r in rows:                         # centric: F(+) = F(-), as merged data have them
+        if ops.is_reflection_centric(r[:3]):
+            r[4] = r[3]
+    cols = (("F(+)", "G"), ("SIGF(+)", "L"), ("F(-)", "G"), ("SIGF(-)", "L"))
+    path = write_mtz(tmp_path / "ano.mtz", sg, cell, [r[:4] + [1.0, r[4], 1.0] for r in rows], cols)
+    plus = {tuple(r[:3]): float(np.float32(r[3])) for r in rows}
+    minus = {tuple(r[:3]): float(np.float32(r[4])) for r in rows}
+    out = tmp_path / "P1.hkl"
+    assert sf.main([str(path), "-column", "F(-)", "-o", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "columns F(+) and F(-) (type G, anomalous amplitude pair" in err[0]
+    got = read_list(out)
+    assert set(got) == whole_sphere(sg, cell, 4.0)
+    differs = 0
+    for hkl, f in got.items():
+        rep, isym = asu.to_asu(list(hkl), ops)
+        # gemmi's ISYM: odd for an index reached by a rotation (I+), even with inversion (I-)
+        assert abs(f - (plus if isym % 2 else minus)[tuple(rep)]) <= 5e-5, hkl
+        differs += abs(f - got[tuple(-x for x in hkl)]) > 1e-3
+    assert differs > 100                    # Bijvoet differences are kept
+    # naming the other half gives the same list
+    assert sf.main([str(path), "-column", "F(+)"]) == 0
+    assert capsys.readouterr().out == out.read_text()
+    # a centric reflection whose halves differ is not merged data
+    bad = [list(r) for r in rows]
+    c = next(r for r in bad if ops.is_reflection_centric(r[:3]))
+    c[4] = c[3] + 1.0
+    write_mtz(path, sg, cell, [r[:4] + [1.0, r[4], 1.0] for r in bad], cols)
+    err = one_error(capsys, [path, "-column", "F(+)"])
+    assert "are symmetry or Friedel mates in P 21 21 21" in err and "not merged" in err
+    assert "%d %d %d (F(+))" % tuple(c[:3]) in err and "%d %d %d (F(-))" % tuple(c[:3]) in err
+
+
+def test_mtz_intensities_missing_values_and_duplicates(tmp_path, capsys):
+    sg, cell = "P 21 21 21", CELLS["P 21 21 21"]
+    cols = (("IMEAN", "J"), ("SIGIMEAN", "Q"), ("FP", "F"))
+    rows = [[1, 2, 3, 16.0, 1.0, 4.5], [2, 0, 1, -4.0, 1.0, 3.0], [0, 2, 2, float("nan"), 1.0, 7.0],
+            [1, 1, 1, -0.5, 1.0, float("nan")], [3, 2, 1, 9.0, 1.0, -999.0],
+            [-1, 2, 3, 16.0, 1.0, 4.5]]      # a symmetry mate of the first row, same values
+    path = write_mtz(tmp_path / "i.mtz", sg, cell, rows, cols, valm=-999.0)
+    out = tmp_path / "P1.hkl"
+    assert sf.main([str(path), "-intensities", "-o", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "column IMEAN (type J, intensity" in err[0] and "the first column of type J" in err[0]
+    assert "F = sqrt(max(I, 0)), 2 negative intensities gave F = 0" in err[0]
+    assert "6 reflections in P 21 21 21, 1 missing (NaN) left out" in err[1]
+    got = read_list(out)
+    # 1 2 3 (and its mate in the file): 8 mates; 2 0 1 and 0 2 2 lie on mirror
+    # planes of the Laue group: 4 each; 1 1 1: 8; 3 2 1: 8
+    assert len(got) == 8 + 4 + 8 + 8
+    assert got[(-1, -2, 3)] == 4.0 and got[(2, 0, -1)] == 0.0 and got[(-1, 1, -1)] == 0.0
+    assert (0, 2, 2) not in got and (0, -2, 2) not in got
+    # the FP column: the NaN and the VALM (-999) values are left out
+    assert sf.main([str(path), "-column", "FP", "-o", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "2 missing (NaN) left out" in err[1]
+    got = read_list(out)
+    assert len(got) == 8 + 4 + 4 and got[(1, -2, -3)] == 4.5 and (3, 2, 1) not in got
+
+
+def mtz_error_cases(tmp_path):
+    sg, cell = "P 21 21 21", CELLS["P 21 21 21"]
+    cols = (("F", "F"), ("SIGF", "Q"), ("IMEAN", "J"), ("FC", "F"))
+    rows = [[1, 2, 3, 10.0, 1.0, 100.0, 9.0], [2, 1, 1, 5.0, 1.0, 25.0, 4.0]]
+    good = write_mtz(tmp_path / "good.mtz", sg, cell, rows, cols)
+    data = good.read_bytes()
+    (tmp_path / "text.mtz").write_text("CRYST1 not an MTZ\n")
+    (tmp_path / "cut_data.mtz").write_bytes(data[:100])       # inside the reflections
+    (tmp_path / "cut_head.mtz").write_bytes(data[:300])       # inside the header records
+    (tmp_path / "cut_end.mtz").write_bytes(data[:-40])        # inside MTZENDOFHEADERS
+    write_mtz(tmp_path / "nan.mtz", sg, cell, [[1, 2, 3, float("nan"), 1.0]])
+    write_mtz(tmp_path / "half.mtz", sg, cell, [[1.5, 2, 3, 10.0, 1.0]])
+    write_mtz(tmp_path / "neg.mtz", sg, cell, [[1, 2, 3, -10.0, 1.0]])
+    write_mtz(tmp_path / "conflict.mtz", sg, cell, [[1, 2, 3, 10.0, 1.0], [1, -2, 3, 11.0, 1.0]])
+    write_mtz(tmp_path / "badcell.mtz", "P 41 21 2", (20.0, 21.0, 30.0, 90.0, 90.0, 90.0),
+              [[1, 2, 3, 10.0, 1.0]])
+    write_mtz(tmp_path / "onlyI.mtz", sg, cell, [[1, 2, 3, 10.0, 1.0]], (("I", "J"), ("SIGI", "Q")))
+    write_mtz(tmp_path / "ano.mtz", sg, cell, [[1, 2, 3, 10.0, 1.0]], (("DANO", "D"), ("Fano", "G")))
+    (tmp_path / "m.pdb").write_text(pdb(CUBE, "P 1", THREE))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["text.mtz"], "text.mtz: not an MTZ file (it does not start with 'MTZ ')"),
+    (["cut_data.mtz"], "cut_data.mtz: truncated MTZ file: its header (at byte"),
+    (["cut_head.mtz"], "cut_head.mtz: truncated MTZ file: its header (from byte"),
+    (["cut_end.mtz"], "cut_end.mtz: truncated MTZ file: no MTZENDOFHEADERS record"),
+    (["missing.mtz"], "missing.mtz: no such MTZ file"),
+    (["good.mtz", "-column", "FOO"],
+     "-column FOO: no such column in good.mtz (amplitude columns: F (F), FC (F); intensity "
+     "columns (with -intensities): IMEAN (J))"),
+    (["good.mtz", "-column", "SIGF"], "-column SIGF has type Q (standard deviation)"),
+    (["good.mtz", "-column", "IMEAN"], "-column IMEAN is an intensity column (type J): add -intensities"),
+    (["good.mtz", "-column", "FC", "-intensities"],
+     "-intensities: column FC is an amplitude (type F), not an intensity"),
+    (["onlyI.mtz"], "onlyI.mtz: no amplitude column (type F); choose one with -column (amplitude "
+                    "columns: none; intensity columns (with -intensities): I (J))"),
+    (["ano.mtz", "-column", "Fano"], "-column Fano: a type G column (anomalous amplitude) is half"),
+    (["ano.mtz", "-column", "DANO"], "-column DANO has type D (anomalous difference)"),
+    (["nan.mtz"], "nan.mtz: no reflections left in column F: 1 rows, 1 missing values"),
+    (["good.mtz", "-dmin", "30"], "-dmin 30: no reflection of good.mtz has d >= 30 A (its largest "
+                                  "d-spacing is 9.183 A)"),
+    (["half.mtz"], "half.mtz: reflection 1 has Miller index 1.5 2 3: not an integer"),
+    (["neg.mtz"], "neg.mtz: column F (type F, amplitude) holds 1 negative values (first -10 at 1 2 3)"),
+    (["conflict.mtz"], "conflict.mtz: column F: reflections 1 2 3 and 1 -2 3 are symmetry or Friedel "
+                       "mates in P 21 21 21"),
+    (["badcell.mtz"], "badcell.mtz: the cell 20 21 30 90 90 90 does not fit the space group P 41 21 2"),
+    (["good.mtz", "-bulk_solvent"], "-bulk_solvent is for an atomic model: good.mtz is an MTZ file"),
+    (["good.mtz", "-B_add", "5"], "-B_add is for an atomic model"),
+    (["good.mtz", "-k_sol", "0.3"], "-k_sol is for an atomic model"),
+    (["good.mtz", "-B_sol", "40"], "-B_sol is for an atomic model"),
+    (["m.pdb", "-dmin", "3", "-column", "F"], "-column chooses the data of an MTZ file: m.pdb is a model"),
+    (["m.pdb", "-dmin", "3", "-intensities"], "-intensities chooses the data of an MTZ file"),
+    (["good.mtz", "-column", ""], "-column: expected a column label"),
+])
+def test_mtz_errors_are_one_line(args, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mtz_error_cases(tmp_path)
+    (tmp_path / "out.hkl").write_text("old\n")
+    err = one_error(capsys, args + ["-o", "out.hkl"])
+    assert needle in err, err
+    assert (tmp_path / "out.hkl").read_text() == "old\n"
+
+
+def test_mtz_unmerged_file_is_refused(tmp_path, capsys):
+    import gemmi
+    path = write_mtz(tmp_path / "u.mtz", "P 21 21 21", CELLS["P 21 21 21"], [[1, 2, 3, 10.0, 1.0]])
+    m = gemmi.read_mtz_file(str(path))
+    b = gemmi.Mtz.Batch()
+    b.number = 1
+    m.batches.append(b)
+    m.write_to_file(str(path))
+    assert "u.mtz: unmerged MTZ file (1 batches)" in one_error(capsys, [path])
+
+
+def test_mtz_of_a_models_structure_factors_gives_the_models_image(tmp_path, capsys):
+    """End to end: a P 21 21 21 model's F (nbnumba-sf's model path), reduced to the
+    ASU without its absences and stored in an MTZ, comes back from the MTZ path as
+    the same list, and nbnumba renders the same image from both lists."""
+    import gemmi
+    import nbnumba
+    sg, cell = "P 21 21 21", (20.0, 25.0, 30.0, 90.0, 90.0, 90.0)
+    atoms = [("C", 1.0, 2.0, 3.0, 10.0), ("O", 4.3, 7.1, 5.2, 12.0), ("N", 8.2, 3.3, 11.7, 8.0),
+             ("S", 12.0, 15.5, 2.2, 15.0)]
+    (tmp_path / "m.pdb").write_text(pdb(cell, sg, atoms, 4))
+    model_list = tmp_path / "model.hkl"
+    assert sf.main([str(tmp_path / "m.pdb"), "-dmin", "2.5", "-o", str(model_list)]) == 0
+    direct = read_list(model_list)
+    sgo = gemmi.SpaceGroup(sg)
+    asu, ops = gemmi.ReciprocalAsu(sgo), sgo.operations()
+    rows = [[*h, f, 1.0] for h, f in direct.items()
+            if asu.is_in(list(h)) and not ops.is_systematically_absent(list(h))]
+    write_mtz(tmp_path / "m.mtz", sg, cell, rows)
+    mtz_list = tmp_path / "mtz.hkl"
+    assert sf.main([str(tmp_path / "m.mtz"), "-dmin", "2.5", "-o", str(mtz_list)]) == 0
+    err = capsys.readouterr().err
+    assert "use with -cell 20 25 30 90 90 90" in err
+    via_mtz = read_list(mtz_list)
+    # the same values at every index of the MTZ list; the model list has, in
+    # addition, only the systematic absences, at 0 to the printed digits
+    assert set(via_mtz) <= set(direct)
+    assert all(via_mtz[h] == direct[h] for h in via_mtz)
+    extra = set(direct) - set(via_mtz)
+    assert extra == {h for h in direct if ABSENT[sg](*h)} and all(direct[h] == 0.0 for h in extra)
+    assert set(via_mtz) == whole_sphere(sg, cell, 2.5)
+    flags = ("-cell 20 25 30 90 90 90 -lambda 1 -distance 60 -detpixels 48 -pixel 0.8 -N 3 "
+             "-oversample 1 -misset 10 20 30 -nonoise -nopgm").split()
+    img_model = nbnumba.simulate_argv(flags + ["-hkl", str(model_list)]).float_image
+    img_mtz = nbnumba.simulate_argv(flags + ["-hkl", str(mtz_list)]).float_image
+    assert img_model.max() > 0 and np.count_nonzero(img_model > 1e-3 * img_model.max()) > 100
+    assert np.max(np.abs(img_mtz - img_model)) <= 1e-6 * img_model.max()
