@@ -1,0 +1,427 @@
+"""nbnumba-expt: nanoBragg flags from a DIALS experiment list (nbnumba/expt.py).
+
+The experiment lists are written here by hand, in dxtbx's JSON layout
+(docs/expt.md lists what the translation reads and where that is defined).
+"""
+import copy
+import json
+import math
+import shlex
+
+import numpy as np
+import pytest
+
+import nbnumba
+from nbnumba.expt import flags_from_expt, main, write_mat
+from nbnumba.geometry import build_detector
+from nbnumba.io.mat import read_mosflm_mat
+
+RENDER = ["-N", "10", "-default_F", "100", "-nonoise", "-nopgm", "-noprogress"]
+
+
+def rot(axis, deg):
+    """Right-handed rotation matrix about ``axis`` (any length) by ``deg``."""
+    a = np.asarray(axis, float) / np.linalg.norm(axis)
+    t = math.radians(deg)
+    K = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + math.sin(t) * K + (1 - math.cos(t)) * K @ K
+
+
+def unit(v):
+    v = np.asarray(v, float)
+    return v / np.linalg.norm(v)
+
+
+def cell_rows(a, b, c, al, be, ga):
+    """Real-space a, b, c (rows, Angstrom) of a cell, a along x, b in the xy plane."""
+    al, be, ga = (math.radians(x) for x in (al, be, ga))
+    cx = c * math.cos(be)
+    cy = c * (math.cos(al) - math.cos(be) * math.cos(ga)) / math.sin(ga)
+    return np.array([[a, 0, 0], [b * math.cos(ga), b * math.sin(ga), 0],
+                     [cx, cy, math.sqrt(c * c - cx * cx - cy * cy)]])
+
+
+def expt_dict(beam_dir, lam, fast, slow, origin, npix, pixel, rows, gon=None, scan=None,
+              thickness=0.0, mu=0.0, polar=((0.0, 1.0, 0.0), 0.999), hierarchy=None):
+    """A one-experiment list in dxtbx's to_dict layout."""
+    beam = {"__id__": "monochromatic", "direction": list(map(float, beam_dir)),
+            "wavelength": lam, "divergence": 0.0, "sigma_divergence": 0.0}
+    if polar is not None:
+        beam["polarization_normal"] = list(map(float, polar[0]))
+        beam["polarization_fraction"] = polar[1]
+    panel = {"name": "panel", "type": "SENSOR_PAD", "fast_axis": list(map(float, fast)),
+             "slow_axis": list(map(float, slow)), "origin": list(map(float, origin)),
+             "pixel_size": [pixel, pixel], "image_size": list(npix), "thickness": thickness,
+             "mu": mu, "trusted_range": [-1.0, 1e6]}
+    det = {"panels": [panel]}
+    if hierarchy is not None:
+        det["hierarchy"] = hierarchy
+    exp = {"__id__": "Experiment", "beam": 0, "detector": 0, "crystal": 0}
+    d = {"__id__": "ExperimentList", "experiment": [exp], "beam": [beam], "detector": [det],
+         "crystal": [{"__id__": "crystal", "real_space_a": list(map(float, rows[0])),
+                      "real_space_b": list(map(float, rows[1])),
+                      "real_space_c": list(map(float, rows[2])),
+                      "space_group_hall_symbol": " P 1"}]}
+    if gon is not None:
+        exp["goniometer"] = 0
+        d["goniometer"] = [gon]
+    if scan is not None:
+        exp["scan"] = 0
+        d["scan"] = [scan]
+    return d
+
+
+def write(tmp_path, d, name="x.expt"):
+    p = tmp_path / name
+    p.write_text(json.dumps(d, indent=1))
+    return p
+
+
+def render(argv, tmp_path, extra=()):
+    return nbnumba.simulate_argv(list(argv) + RENDER + list(extra), cwd=str(tmp_path)).float_image
+
+
+# ---------------------------------------------------------------------------
+# 1. spot positions predicted with numpy from the JSON alone
+# ---------------------------------------------------------------------------
+
+def _tilted_rotation_case():
+    lam = 1.0
+    d = unit([0.03, -0.02, 1.0])                 # sample -> source (dxtbx's beam.direction)
+    b = -d
+    ray = rot(np.cross(b, [0.0, 1.0, 0.0]), 12.0) @ b
+    C = 120.0 * ray                              # panel centre, mm
+    T = rot([0.2, 1.0, 0.0], 20.0) @ rot([1.0, 0.0, 0.0], 8.0)
+    f, s = T @ [1.0, 0.0, 0.0], T @ [0.0, -1.0, 0.0]
+    npix, px = 128, 0.5
+    origin = C - 0.5 * npix * px * (f + s)
+    assert origin @ np.cross(f, s) > 0           # the panel faces the sample
+    rows = cell_rows(42.0, 48.0, 55.0, 88.0, 95.0, 92.0) @ rot([1, 2, 3], 37.0).T
+    e = unit([1.0, 0.05, 0.0])
+    F = rot([0.3, 1.0, 0.2], 25.0)
+    S = rot([0.0, 0.2, 1.0], 12.0)
+    gon = {"rotation_axis": list(e), "fixed_rotation": list(F.ravel()),
+           "setting_rotation": list(S.ravel())}
+    scan = {"image_range": [1, 50], "batch_offset": 0, "oscillation": [28.0, 0.5],
+            "exposure_time": [0.1], "epochs": [0.0], "valid_image_ranges": {}}
+    return expt_dict(d, lam, f, s, origin, (npix, npix), px, rows, gon=gon, scan=scan)
+
+
+def _predict(d, phi_deg, order="SRF"):
+    """Independent prediction from the JSON: r = S R(e, phi) F A h (dxtbx's
+    order; ``order`` picks a wrong one for the control), s1 = s0 + r, and where
+    s1's ray meets the panel: (miss, fast px, slow px, hkl), miss the largest
+    fractional-index distance of the lattice point from the Ewald sphere."""
+    beam, det = d["beam"][0], d["detector"][0]["panels"][0]
+    gon, xl = d["goniometer"][0], d["crystal"][0]
+    s0 = -np.array(beam["direction"]) / beam["wavelength"]
+    A = np.linalg.inv(np.array([xl["real_space_a"], xl["real_space_b"], xl["real_space_c"]]))
+    F = np.array(gon["fixed_rotation"]).reshape(3, 3)
+    S = np.array(gon["setting_rotation"]).reshape(3, 3)
+    R = rot(gon["rotation_axis"], phi_deg)
+    UB = {"SRF": S @ R @ F, "FRS": F @ R @ S, "RF": R @ F}[order] @ A
+    f, s, o = (np.array(det[k]) for k in ("fast_axis", "slow_axis", "origin"))
+    n = np.cross(f, s)
+    px, (nf, ns) = det["pixel_size"][0], det["image_size"]
+    spots = []
+    r = np.arange(-12, 13)
+    for h in np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3):
+        if not h.any():
+            continue
+        s1 = s0 + UB @ h
+        # the Ewald-sphere point nearest the lattice point, in fractional indices
+        p = s1 / np.linalg.norm(s1) * np.linalg.norm(s0) - s0
+        miss = np.abs(np.linalg.solve(UB, p) - h).max()
+        if miss > 0.3 or s1 @ n <= 0:
+            continue
+        t = (o @ n) / (s1 @ n)
+        x, y = (t * s1 - o) @ f / px, (t * s1 - o) @ s / px
+        if 3 <= x < nf - 3 and 3 <= y < ns - 3:
+            spots.append((miss, x, y, tuple(h)))
+    # spots near the Ewald sphere with no other candidate within 5 pixels
+    return [sp for sp in spots if sp[0] < 0.04
+            and all(np.hypot(sp[1] - o[1], sp[2] - o[2]) > 5 for o in spots if o is not sp)]
+
+
+def _found(img, spots):
+    """How many predicted spots have a bright pixel within 1 pixel (the
+    brightest pixel of a 5x5 window, far above the image's median)."""
+    floor = max(float(np.median(img)), 1e-30)
+    hits = []
+    for miss, x, y, hkl in spots:
+        i, j = int(y), int(x)
+        win = img[i - 2:i + 3, j - 2:j + 3]
+        k, l = np.unravel_index(np.argmax(win), win.shape)
+        sy, sx = i - 2 + k + 0.5, j - 2 + l + 0.5       # brightest pixel's centre
+        hits.append(win.max() > 50 * floor and abs(sx - x) <= 1.0 and abs(sy - y) <= 1.0)
+    return hits
+
+
+def test_spots_land_where_an_independent_prediction_puts_them(tmp_path):
+    d = _tilted_rotation_case()
+    path = write(tmp_path, d)
+    image = 5
+    phi = 28.0 + (image - 1) * 0.5
+    argv, mat = flags_from_expt(path, image=image, mat_out=tmp_path / "x.mat")
+    write_mat(tmp_path / "x.mat", mat)
+    assert argv[argv.index("-phi") + 1] == "30.0"
+    # a still at the image's start angle: one phi step (-osc stays 0.5)
+    img = render(argv, tmp_path, ["-phisteps", "1"])
+    spots = _predict(d, phi)
+    assert len(spots) >= 5, len(spots)
+    hits = _found(img, spots)
+    assert all(hits), [sp[3] for sp, h in zip(spots, hits) if not h]
+    # control: the check tells the conventions apart.  The rotations in the
+    # wrong order, the setting rotation left out, or phi turned the other way
+    # predict spots that are mostly not there
+    for order, angle in (("FRS", phi), ("RF", phi), ("SRF", -phi)):
+        wrong = _predict(d, angle, order)
+        assert len(wrong) >= 5 and sum(_found(img, wrong)) <= len(wrong) // 3, (order, angle)
+
+
+def test_a_detector_hierarchy_is_composed_into_the_lab_frame(tmp_path):
+    d = _tilted_rotation_case()
+    flat = flags_from_expt(write(tmp_path, d, "flat.expt"), mat_out="m")[0]
+    panel = d["detector"][0]["panels"][0]
+    f, s, o = (np.array(panel[k]) for k in ("fast_axis", "slow_axis", "origin"))
+    # the same panel under a turned, shifted root group: local = root^-1 (lab)
+    gf, gs = rot([1, 1, 0], 30.0) @ [1.0, 0, 0], rot([1, 1, 0], 30.0) @ [0, 1.0, 0]
+    go = np.array([5.0, -7.0, 40.0])
+    P = np.column_stack((gf, gs, np.cross(gf, gs)))
+    panel.update(fast_axis=list(P.T @ f), slow_axis=list(P.T @ s), origin=list(P.T @ (o - go)))
+    d["detector"][0]["hierarchy"] = {"name": "root", "fast_axis": list(gf), "slow_axis": list(gs),
+                                     "origin": list(go), "children": [{"panel": 0}]}
+    tree = flags_from_expt(write(tmp_path, d, "tree.expt"), mat_out="m")[0]
+    assert [a for a in tree if not _isnum(a)] == [a for a in flat if not _isnum(a)]
+    np.testing.assert_allclose([float(a) for a in tree if _isnum(a)],
+                               [float(a) for a in flat if _isnum(a)], rtol=0, atol=1e-12)
+    # ignoring the hierarchy would put the panel elsewhere
+    assert np.abs(np.array(panel["origin"]) - o).max() > 10
+
+
+def _isnum(a):
+    try:
+        float(a)
+        return True
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+# 2. a known nanoBragg command, described by hand as an experiment list
+# ---------------------------------------------------------------------------
+
+def test_round_trip_reproduces_a_custom_vector_command(tmp_path):
+    lam = 1.3
+    b = unit([0.1, -0.05, -1.0])                          # propagation direction
+    E = unit(np.cross(b, [0.3, 1.0, 0.0]))                # polarisation E vector, _|_ b
+    T = rot([1.0, -0.4, 0.2], 14.0)
+    f, s = T @ [1.0, 0.0, 0.0], T @ [0.0, -1.0, 0.0]
+    o = np.cross(f, s)
+    pix0 = np.array([-3.1, 4.2, -80.0])
+    u = unit([0.9, 0.3, -0.1])                            # spindle axis, lab frame
+    M0 = lam * np.linalg.inv(cell_rows(31.0, 37.0, 43.0, 85.0, 97.0, 101.0)
+                             @ rot([2, -1, 1], 50.0).T)  # file layout: row i = comp. i
+    write_mat(tmp_path / "orig.mat", M0)
+    vec = lambda v: [repr(float(x)) for x in v]  # noqa: E731
+    orig = (["-lambda", "1.3", "-beam_vector", *vec(b), "-polar", "0.5", "-polar_vector", *vec(E),
+             "-fdet_vector", *vec(f), "-sdet_vector", *vec(s), "-odet_vector", *vec(o),
+             "-pix0_vector_mm", *vec(pix0), "-pixel", "0.2", "-detpixels_x", "48",
+             "-detpixels_y", "40", "-detector_thick", "300", "-detector_abs", "500",
+             "-mat", "orig.mat", "-spindle_axis", *vec(u), "-phi", "12", "-osc", "0.5"])
+    # the experiment list: a goniometer whose setting and fixed rotations are
+    # not the identity, so the translation must fold them back in
+    S = rot([0.2, 0.1, 1.0], 20.0)
+    F = rot([1.0, 1.0, 0.0], 35.0)
+    A = F.T @ S.T @ (M0 / lam)
+    gon = {"rotation_axis": list(S.T @ u), "fixed_rotation": list(F.ravel()),
+           "setting_rotation": list(S.ravel())}
+    scan = {"image_range": [1, 10], "batch_offset": 0,
+            "properties": {"oscillation": [11.0 + 0.5 * i for i in range(10)]},
+            "valid_image_ranges": {}}
+    d = expt_dict(-b, lam, f, s, pix0, (48, 40), 0.2, np.linalg.inv(A), gon=gon, scan=scan,
+                  thickness=0.3, mu=2.0, polar=(unit(np.cross(b, E)), 0.75))
+    argv, mat = flags_from_expt(write(tmp_path, d), image=3, mat_out="new.mat")
+    write_mat(tmp_path / "new.mat", mat)
+    np.testing.assert_allclose(read_mosflm_mat(tmp_path / "new.mat"), M0.T, rtol=0, atol=1e-15)
+    a = render(orig, tmp_path, ["-phisteps", "3"])
+    c = render(argv, tmp_path, ["-phisteps", "3"])
+    assert a.max() > 0 and np.count_nonzero(a > 1e-3 * a.max()) > 20
+    np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12 * a.max())
+    # nanoBragg.c (and -c_parity) ignores -pix0_vector_mm: the -distance,
+    # -Xbeam and -Ybeam that come with it put the panel in the same place
+    cfg = nbnumba.parse_argv(argv + ["-c_parity"], cwd=str(tmp_path))
+    det = build_detector(cfg, trace=False)
+    np.testing.assert_allclose(np.array(det.pix0) * 1e3, pix0, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(det.fdet, f, atol=1e-15)
+    # the sensor: 0.3 mm and mu 2/mm are 300 um and an attenuation length of 500 um
+    cfg = nbnumba.parse_argv(argv, cwd=str(tmp_path))
+    assert cfg.detector_thick == pytest.approx(300e-6) and cfg.detector_mu == pytest.approx(2000.0)
+
+
+def test_cli_prints_one_quoted_line_and_writes_the_mat_file(tmp_path, capsys, monkeypatch):
+    d = _tilted_rotation_case()
+    d["detector"][0]["panels"].append(copy.deepcopy(d["detector"][0]["panels"][0]))
+    path = write(tmp_path, d, "my run.expt")
+    monkeypatch.chdir(tmp_path)
+    assert main(["my run.expt", "--image", "2", "--panel", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 1
+    argv = shlex.split(out)
+    assert argv == flags_from_expt("my run.expt", image=2, panel=1)[0]
+    assert argv[argv.index("-mat") + 1] == "my run.mat"
+    assert "panel 1 of 2" in err
+    np.testing.assert_allclose(read_mosflm_mat(tmp_path / "my run.mat"),
+                               flags_from_expt(path, image=2)[1].T, rtol=0, atol=0)
+    assert argv[argv.index("-phi") + 1] == "28.5" and argv[argv.index("-osc") + 1] == "0.5"
+    assert main(["my run.expt", "--mat-out", "sub.mat"]) == 0
+    assert (tmp_path / "sub.mat").is_file()
+
+
+def test_a_still_gets_no_rotation_flags(tmp_path):
+    d = _tilted_rotation_case()
+    rows = np.array([d["crystal"][0][k] for k in ("real_space_a", "real_space_b", "real_space_c")])
+    del d["goniometer"], d["scan"], d["experiment"][0]["goniometer"], d["experiment"][0]["scan"]
+    argv, mat = flags_from_expt(write(tmp_path, d), mat_out="m")
+    assert not {"-phi", "-osc", "-spindle_axis"} & set(argv)
+    # no goniometer: the crystal is already in the lab frame
+    np.testing.assert_allclose(mat, np.linalg.inv(rows) * 1.0, rtol=0, atol=1e-16)
+
+
+def test_multi_axis_goniometer_folds_the_other_axes(tmp_path):
+    d = _tilted_rotation_case()
+    omega, kappa, phi = [1.0, 0.0, 0.0], list(unit([0.914, 0.279, -0.297])), [1.0, 0.0, 0.0]
+    # a phi scan: kappa and omega (mounted below phi) form the setting rotation
+    d["goniometer"] = [{"axes": [phi, kappa, omega], "angles": [0.0, 40.0, -25.0],
+                        "names": ["PHI", "KAPPA", "OMEGA"], "scan_axis": 0}]
+    argv, mat = flags_from_expt(write(tmp_path, d), mat_out="m")
+    S = rot(omega, -25.0) @ rot(kappa, 40.0)
+    spindle = [float(x) for x in argv[argv.index("-spindle_axis") + 1:][:3]]
+    np.testing.assert_allclose(spindle, S @ phi, atol=1e-15)
+    rows = np.array([d["crystal"][0][k] for k in ("real_space_a", "real_space_b", "real_space_c")])
+    np.testing.assert_allclose(mat, S @ np.linalg.inv(rows), atol=1e-15)
+    # an omega scan: phi and kappa (mounted on omega) form the fixed rotation
+    d["goniometer"][0].update(angles=[15.0, 40.0, 0.0], scan_axis=2)
+    argv, mat = flags_from_expt(write(tmp_path, d), mat_out="m")
+    F = rot(kappa, 40.0) @ rot(phi, 15.0)
+    spindle = [float(x) for x in argv[argv.index("-spindle_axis") + 1:][:3]]
+    np.testing.assert_allclose(spindle, omega, atol=1e-15)
+    np.testing.assert_allclose(mat, F @ np.linalg.inv(rows), atol=1e-15)
+
+
+# ---------------------------------------------------------------------------
+# 3. bad input: one line naming the file and key, exit 2
+# ---------------------------------------------------------------------------
+
+def _bad(mutate):
+    def f(d):
+        mutate(d)
+        return d
+    return f
+
+
+BAD = [
+    ("missing-wavelength", _bad(lambda d: d["beam"][0].pop("wavelength")), "beam[0]: missing key 'wavelength'"),
+    ("short-fast-axis", _bad(lambda d: d["detector"][0]["panels"][0].update(fast_axis=[1.0, 0.0])),
+     "detector[0].panels[0].fast_axis: expected a list of 3 numbers"),
+    ("nan-origin", _bad(lambda d: d["detector"][0]["panels"][0]["origin"].__setitem__(1, float("nan"))),
+     "detector[0].panels[0].origin[1]: non-finite"),
+    ("inf-wavelength", _bad(lambda d: d["beam"][0].update(wavelength=float("inf"))),
+     "beam[0].wavelength: non-finite"),
+    ("string-number", _bad(lambda d: d["crystal"][0]["real_space_a"].__setitem__(0, "12")),
+     "crystal[0].real_space_a[0]: expected a number"),
+    ("non-unit-axis", _bad(lambda d: d["goniometer"][0].update(rotation_axis=[0.0, 2.0, 0.0])),
+     "goniometer[0].rotation_axis: not a unit vector"),
+    ("zero-direction", _bad(lambda d: d["beam"][0].update(direction=[0.0, 0.0, 0.0])),
+     "beam[0].direction: degenerate"),
+    ("skew-panel", _bad(lambda d: d["detector"][0]["panels"][0].update(
+        slow_axis=list(unit(np.array(d["detector"][0]["panels"][0]["fast_axis"]) + [0, 0, 1.0])))),
+     "detector[0].panels[0]: fast_axis and slow_axis are not perpendicular"),
+    ("rect-pixels", _bad(lambda d: d["detector"][0]["panels"][0].update(pixel_size=[0.5, 0.4])),
+     "detector[0].panels[0].pixel_size: 0.5 x 0.4 mm: nanoBragg models square pixels"),
+    ("bad-fixed", _bad(lambda d: d["goniometer"][0].update(fixed_rotation=[1, 0, 0, 0, 1, 0, 0, 0, 2])),
+     "goniometer[0].fixed_rotation: not a proper rotation"),
+    ("mirror-setting", _bad(lambda d: d["goniometer"][0].update(setting_rotation=[-1, 0, 0, 0, 1, 0, 0, 0, 1])),
+     "goniometer[0].setting_rotation: not a proper rotation"),
+    ("flat-cell", _bad(lambda d: d["crystal"][0].update(real_space_c=[84.0, 96.0, 0.0],
+                                                         real_space_a=[42.0, 0.0, 0.0],
+                                                         real_space_b=[0.0, 48.0, 0.0])),
+     "crystal[0]: degenerate cell"),
+    ("beam-index", _bad(lambda d: d["experiment"][0].update(beam=3)),
+     "experiment[0].beam: index 3 out of range"),
+    ("no-crystal", _bad(lambda d: d["experiment"][0].pop("crystal")),
+     "experiment[0]: missing key 'crystal'"),
+    ("scan-shape", _bad(lambda d: d["scan"][0].update(oscillation=[28.0])),
+     "scan[0].oscillation: expected a list of 2 numbers"),
+    ("props-length", _bad(lambda d: d["scan"][0].update(properties={"oscillation": [1.0, 2.0]})),
+     "scan[0].properties.oscillation: expected a list of 50 start angles"),
+    ("zero-pixels", _bad(lambda d: d["detector"][0]["panels"][0].update(image_size=[0, 128])),
+     "detector[0].panels[0].image_size: pixel counts must be >= 1"),
+    ("no-panels", _bad(lambda d: d["detector"][0].update(panels=[])),
+     "detector[0].panels: expected a non-empty list"),
+    ("hierarchy-missing-panel", _bad(lambda d: d["detector"][0].update(
+        hierarchy={"name": "", "children": []})), "detector[0].hierarchy: panel 0 is not in"),
+    ("polar-fraction", _bad(lambda d: d["beam"][0].update(polarization_fraction=1.5)),
+     "beam[0].polarization_fraction: must be in [0, 1]"),
+]
+
+
+@pytest.mark.parametrize("label,mutate,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_experiment_lists_are_one_line_errors(tmp_path, capsys, label, mutate, message):
+    d = mutate(_tilted_rotation_case())
+    path = write(tmp_path, d, "bad.expt")
+    assert main([str(path), "--mat-out", str(tmp_path / "o.mat")]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("nbnumba-expt: error: %s: " % path), err
+    assert message in err, err
+    assert not (tmp_path / "o.mat").exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{not json", "not a JSON experiment list"),
+    ("[1, 2]", "top level is not an object"),
+    ('{"__id__": "DataBlock"}', "__id__: expected 'ExperimentList'"),
+    ('{"__id__": "ExperimentList"}', "missing key 'experiment'"),
+    ("\xff\xfe", "not a JSON experiment list"),
+])
+def test_files_that_are_not_experiment_lists(tmp_path, capsys, text, message):
+    path = tmp_path / "junk.expt"
+    path.write_bytes(text.encode("latin-1"))
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and message in err, err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--panel", "1"], "--panel 1 is out of range"),
+    (["--panel", "-1"], "--panel -1 is out of range"),
+    (["--experiment", "2"], "--experiment 2 is out of range"),
+    (["--image", "51"], "--image 51 is outside the scan's image range 1..50"),
+    (["--image", "x"], "--image expects an integer"),
+    (["--panel"], "--panel needs a value"),
+    (["--bogus"], "unknown option '--bogus'"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
+    path = write(tmp_path, _tilted_rotation_case())
+    assert main([str(path)] + args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_missing_file_and_mat_out_onto_the_input(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.expt")]) == 2
+    assert "nope.expt: cannot read" in capsys.readouterr().err
+    path = write(tmp_path, _tilted_rotation_case())
+    before = path.read_bytes()
+    assert main([str(path), "--mat-out", str(path)]) == 2
+    assert "--mat-out" in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+
+def test_script_entry_point_is_declared():
+    import tomllib
+    from pathlib import Path
+    conf = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert conf["project"]["scripts"]["nbnumba-expt"] == "nbnumba.expt:main"
