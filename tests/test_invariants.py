@@ -1,11 +1,14 @@
 """Physical invariants of the default mode, checked on the kernel without the
 reference implementation: closed forms (absorption, solid angle of a
-rectangle, lattice peak), symmetries (Friedel), linearity, sampling
-independence, and the distribution of random orientations.
+rectangle, lattice peak, Kahn polarization, Darwin's integrated intensity),
+Bragg spot positions from the Laue condition in each detector convention,
+symmetries (Friedel), linearity, sampling independence (sub-pixels as a finer
+detector, vanishing spreads), and the distribution of random orientations.
 
 Float64 pixel values come from ``kernels.cpu.trace_pixel`` (the kernel's own
 pixel body; the API image is float32).  Ratios of images are used wherever an
-absolute constant (r_e^2, fluence) would otherwise enter.
+absolute constant (r_e^2, fluence) would otherwise enter; the Darwin test
+holds that absolute scale itself.
 """
 import math
 from dataclasses import replace
@@ -413,3 +416,316 @@ def test_ks_statistic_detects_a_capped_distribution():
     haar = np.interp(u, (grid - np.sin(grid)) / math.pi, grid)
     _, p = ks_uniform_so3(haar)
     assert p > 1e-3
+
+
+# ---- Bragg spot positions -------------------------------------------------------
+def _rotate(v, axis, deg):
+    """v turned by deg about axis, right-handed (Rodrigues)."""
+    a = np.asarray(axis, float) / np.linalg.norm(axis)
+    v, t = np.asarray(v, float), math.radians(deg)
+    return v * math.cos(t) + np.cross(a, v) * math.sin(t) + a * (a @ v) * (1.0 - math.cos(t))
+
+
+def _write_mat(path, s, lam, turn=lambda v: v):
+    """A MOSFLM matrix (reciprocal vectors times lambda, one lab component per
+    row) of the cubic lattice with a* = turn(s) (1/A), b* and c* square to it."""
+    e1 = s / np.linalg.norm(s)
+    e2 = np.cross(e1, (0.3, 0.5, 0.8))
+    e2 /= np.linalg.norm(e2)
+    recip = np.array([turn(e1), turn(e2), turn(np.cross(e1, e2))]) * np.linalg.norm(s)
+    path.write_text("".join("%.17g %.17g %.17g\n" % tuple(r) for r in recip.T * lam))
+
+
+def _one_reflection():
+    """F(1 0 0) = 1 and every other F = 0 (-default_F 0): one spot on the image."""
+    F = np.zeros((4, 4, 4))
+    F[2, 1, 1] = 1.0
+    return HKLGrid(-1, 1, -1, 1, -1, 1, F, hkls=1)
+
+
+SP, SD, SN = 1.0, 50.0, 48            # pixel (mm), distance (mm), pixels a side
+SPOT_GEOM = "-pixel %g -distance %g -detpixels %d " % (SP, SD, SN)
+SX, SY, ORG = 10.0, 13.0, (12.0, 15.0)  # -Xbeam/-Ybeam (mm), -ORGX/-ORGY (pixels)
+X_, Y_, Z_ = np.eye(3)
+
+
+def _flat(beam_pt, fdet, sdet, fbeam, sbeam):
+    """Lab position (mm) of pixel (s, f)'s centre: the point beam_pt sits at
+    (fbeam, sbeam) mm from the first pixel's corner along (fdet, sdet)."""
+    return lambda s, f: beam_pt + ((f + 0.5) * SP - fbeam) * fdet + ((s + 0.5) * SP - sbeam) * sdet
+
+
+def _tilted(v):
+    """-detector_rotx 5 -detector_roty -7 -detector_rotz 4 -twotheta 10 (MOSFLM's
+    two-theta axis is -z): rotations about x, then y, then z, then two-theta."""
+    for axis, deg in ((X_, 5.0), (Y_, -7.0), (Z_, 4.0), (-Z_, 10.0)):
+        v = _rotate(v, axis, deg)
+    return v
+
+
+def _sample_pivot(twotheta, axis):
+    """XDS/DIALS: the detector (beam along z, fdet x, sdet y, the normal from the
+    sample meeting it at ORGX/ORGY, pixel centres 1-based) swung about the sample."""
+    plain = _flat(SD * Z_, X_, Y_, (ORG[0] - 0.5) * SP, (ORG[1] - 0.5) * SP)
+    return lambda s, f: _rotate(plain(s, f), axis, twotheta)
+
+
+def _curved(turn):
+    """MOSFLM's flat detector (turned by turn) rolled onto the sphere about the
+    sample that touches its plane at the foot of the normal (docs/quirks.md
+    #21): offset (du, dv) from there goes along that direction's great circle,
+    at arc length |(du, dv)|."""
+    fd, sd = turn(Z_), turn(-Y_)
+    n = np.cross(fd, sd)
+    pix0 = SD * X_ - (SY + SP / 2) * fd - (SX + SP / 2) * sd
+    fc, sc, R = -pix0 @ fd, -pix0 @ sd, pix0 @ n
+
+    def pos(s, f):
+        du, dv = (f + 0.5) * SP - fc, (s + 0.5) * SP - sc
+        rho = math.hypot(du, dv)
+        return R * (math.cos(rho / R) * n + math.sin(rho / R) * (du * fd + dv * sd) / rho)
+    return pos
+
+
+_FD, _SDV = _rotate(Z_, (0.2, 1, 0.3), 25), _rotate(-Y_, (0.2, 1, 0.3), 25)
+_PIX0 = np.array([45.0, 20.0, -30.0])
+_V = lambda x: " ".join("%.17g" % c for c in x)
+TILT = "-detector_rotx 5 -detector_roty -7 -detector_rotz 4 -twotheta 10"
+MOS = "-mosflm -Xbeam %g -Ybeam %g " % (SX, SY)
+SPOT_CASES = {
+    # MOSFLM: beam x, fdet z, sdet -y; Fbeam = Ybeam + p/2, Sbeam = Xbeam + p/2
+    "mosflm": (MOS, X_, _flat(SD * X_, Z_, -Y_, SY + SP / 2, SX + SP / 2)),
+    # the BEAM pivot keeps the direct beam's spot at the beam centre, whatever the turn
+    "mosflm_tilted": (MOS + TILT, X_,
+                      _flat(SD * X_, _tilted(Z_), _tilted(-Y_), SY + SP / 2, SX + SP / 2)),
+    "denzo": ("-denzo -Xbeam %g -Ybeam %g" % (SX, SY), X_, _flat(SD * X_, Z_, -Y_, SY, SX)),
+    # ADXV: beam z, fdet x, sdet -y; Fbeam = Xbeam, Sbeam = detector height - Ybeam
+    "adxv": ("-adxv -Xbeam %g -Ybeam %g" % (SX, SY), Z_, _flat(SD * Z_, X_, -Y_, SX, SN * SP - SY)),
+    "xds_twotheta": ("-xds -ORGX %g -ORGY %g -twotheta 20" % ORG, Z_, _sample_pivot(20.0, X_)),
+    "dials_twotheta": ("-dials -ORGX %g -ORGY %g -twotheta 15" % ORG, Z_, _sample_pivot(15.0, Y_)),
+    # default mode only (docs/quirks.md #2): -pix0_vector is the first pixel's corner
+    "pix0_vector": ("-beam_vector 1 0 0 -fdet_vector %s -sdet_vector %s -odet_vector %s "
+                    "-pix0_vector_mm %s" % (_V(_FD), _V(_SDV), _V(np.cross(_FD, _SDV)), _V(_PIX0)),
+                    X_, lambda s, f: _PIX0 + (f + 0.5) * SP * _FD + (s + 0.5) * SP * _SDV),
+    "curved": (MOS + "-curved_det", X_, _curved(lambda v: v)),
+    "curved_tilted": (MOS + "-curved_det " + TILT, X_, _curved(_tilted)),
+}
+
+
+def _spot_image(tmp_path, case, target, extra=""):
+    geom, beam, pos = SPOT_CASES[case]
+    u = pos(*target)
+    _write_mat(tmp_path / "A.mat", u / np.linalg.norm(u) - beam, 1.0)   # s = k_out - k_in
+    cfg = parse(SPOT_GEOM + geom + " -mat %s -lambda 1 -N 40 -default_F 0 -nopolar -nonoise "
+                "-nopgm -oversample 1 %s" % (tmp_path / "A.mat", extra), hkl_grid=_one_reflection())
+    return nbnumba.simulate(cfg).float_image.astype(np.float64)
+
+
+@pytest.mark.parametrize("case", sorted(SPOT_CASES))
+def test_bragg_spot_lands_where_the_lab_geometry_puts_it(tmp_path, case):
+    """Laue condition: a lattice whose (1 0 0) has 2 pi H = k_out - k_in for the ray
+    through a chosen pixel's centre (k_out from that convention's stated axes, beam
+    centre, pivot and rotations) puts its spot's brightest pixel there and the
+    spot's centroid within 0.05 pixel of its centre (N = 40: 99.6 % of the photons
+    in 5x5 pixels; measured within 0.007)."""
+    for target in ((30, 40), (5, 9)):
+        img = _spot_image(tmp_path, case, target)
+        s, f = np.unravel_index(np.argmax(img), img.shape)
+        assert (s, f) == target
+        w = img[s - 2:s + 3, f - 2:f + 3]
+        ss, ff = np.mgrid[s - 2:s + 3, f - 2:f + 3]
+        assert w.sum() > 0.99 * img.sum()
+        assert abs((w * ss).sum() / w.sum() - s) < 0.05
+        assert abs((w * ff).sum() / w.sum() - f) < 0.05
+    if case in ("pix0_vector", "curved"):
+        # nanoBragg.c's geometry (docs/quirks.md #2, #21) puts it elsewhere
+        c = _spot_image(tmp_path, case, target, "-c_parity")
+        assert np.unravel_index(np.argmax(c), c.shape) != target
+
+
+def _reciprocal_cell(a, b, c, al, be, ga):
+    """a*, b*, c* (1/A) in nanoBragg's unrotated frame (a* along x, b* in the xy
+    plane), from the textbook reciprocal cell, c*_z from |c*| itself."""
+    ca, cb, cg = (math.cos(math.radians(x)) for x in (al, be, ga))
+    sa, sb, sg = (math.sin(math.radians(x)) for x in (al, be, ga))
+    V = a * b * c * math.sqrt(1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg)
+    na, nb, nc = b * c * sa / V, c * a * sb / V, a * b * sg / V
+    cas, cbs = (cb * cg - ca) / (sb * sg), (cg * ca - cb) / (sg * sa)
+    cgs = (ca * cb - cg) / (sa * sb)
+    sgs = math.sqrt(1 - cgs * cgs)
+    cx, cy = nc * cbs, nc * (cas - cbs * cgs) / sgs
+    return (np.array([na, 0, 0]), nb * np.array([cgs, sgs, 0]),
+            np.array([cx, cy, math.sqrt(nc * nc - cx * cx - cy * cy)]))
+
+
+def test_bragg_spot_of_a_triclinic_cell_turned_by_misset():
+    """The Laue condition again, the crystal given as -cell and -misset rx ry rz
+    (the cell turned about x, then y, then z, right-handed): the turn that takes
+    (1 1 1)'s reciprocal vector onto k_out - k_in of a chosen pixel (MOSFLM), with
+    lambda fitted to |H|, decomposed into those angles by hand; brightest pixel
+    and centroid as above (measured: centroid within 0.001 pixel)."""
+    cell = (5.0, 6.0, 7.0, 75.0, 85.0, 100.0)
+    H = sum(_reciprocal_cell(*cell))                  # (1 1 1)
+    F = np.zeros((4, 4, 4))
+    F[2, 2, 2] = 1.0
+    grid = HKLGrid(-1, 1, -1, 1, -1, 1, F, hkls=1)
+    geom, beam, pos = SPOT_CASES["mosflm"]
+    for target in ((30, 40), (5, 9)):
+        u = pos(*target)
+        k = u / np.linalg.norm(u) - beam
+        lam = np.linalg.norm(k) / np.linalg.norm(H)
+        axis = np.cross(H, k)
+        # the turn that takes H onto k, then 33 deg about k
+        turn = math.degrees(math.atan2(np.linalg.norm(axis), H @ k))
+        R = np.array([_rotate(_rotate(e, axis, turn), k, 33.0) for e in np.eye(3)]).T
+        assert np.linalg.norm(R @ H * lam - k) < 1e-12
+        rx = math.degrees(math.atan2(R[2, 1], R[2, 2]))           # R = Rz Ry Rx
+        ry = math.degrees(-math.asin(R[2, 0]))
+        rz = math.degrees(math.atan2(R[1, 0], R[0, 0]))
+        cfg = parse(SPOT_GEOM + geom + " -cell %g %g %g %g %g %g -misset %r %r %r -lambda %r -N 40 "
+                    "-default_F 0 -nopolar -nonoise -nopgm -oversample 1"
+                    % (cell + (rx, ry, rz, float(lam))), hkl_grid=grid)
+        img = nbnumba.simulate(cfg).float_image.astype(np.float64)
+        s, f = np.unravel_index(np.argmax(img), img.shape)
+        assert (s, f) == target
+        w = img[s - 2:s + 3, f - 2:f + 3]
+        ss, ff = np.mgrid[s - 2:s + 3, f - 2:f + 3]
+        assert w.sum() > 0.99 * img.sum()
+        assert abs((w * ss).sum() / w.sum() - s) < 0.05
+        assert abs((w * ff).sum() / w.sum() - f) < 0.05
+
+
+# ---- integrated intensity of a rotation sweep (Darwin) ---------------------------
+def _swept_reflection(tmp_path, N, extra=""):
+    """(sum over pixels and phi of the image, Darwin's integral) for (1 0 0) of a
+    cubic gauss crystal crossing the Ewald sphere at 2theta = 30 deg mid-sweep.
+    XDS: beam z, spindle x, the detector swung by 30 deg so its normal is the
+    reflection's k_out; the sweep spans +-4.5 of the rocking curve's sigmas."""
+    tt, lam, fluence = 30.0, 1.0, 1e24
+    osc, steps, npx = 12.0 * 20 / N, 120, 64
+    u = np.array([0.0, -math.sin(math.radians(tt)), math.cos(math.radians(tt))])
+    s = (u - Z_) / lam
+    # at phi = osc/2 (right-handed about the spindle) a* = s
+    _write_mat(tmp_path / "D.mat", s, lam, lambda v: _rotate(v, X_, -osc / 2))
+    pixel = 0.1 * 20 / N
+    argv = ("-xds -twotheta %g -distance 50 -pixel %g -detpixels %d -ORGX %g -ORGY %g -mat %s "
+            "-lambda %g -N %d -gauss_xtal -default_F 0 -nopolar -nonoise -nopgm -oversample 1 "
+            "-phi 0 -osc %g -phisteps %d -fluence %g %s"
+            % (tt, pixel, npx, npx / 2 + 0.5, npx / 2 + 0.5, tmp_path / "D.mat", lam, N, osc,
+               steps, fluence, extra))
+    img = nbnumba.simulate(parse(argv, hkl_grid=_one_reflection())).float_image.astype(np.float64)
+    edge = max(img[0].max(), img[-1].max(), img[:, 0].max(), img[:, -1].max())
+    assert edge < 1e-6 * img.max()                     # the whole spot is on the detector
+    v_cell = 1.0 / np.linalg.norm(s) ** 3               # A^3 (a = 1/|s|)
+    r_e2 = 2.8179403262e-15 ** 2                        # m^2
+    gauss = (0.315 * math.pi) ** 1.5        # its integral over the square crystal's
+    darwin = r_e2 * fluence * gauss * N ** 3 * lam ** 3 / (v_cell * math.sin(math.radians(tt)))
+    return img.sum() * math.radians(osc), darwin
+
+
+def test_rotation_sweep_integrates_to_the_darwin_formula(tmp_path):
+    """Kinematic integrated intensity: sum over pixels of the image (the mean over
+    the phi steps) times the sweep (rad) = r_e^2 fluence |F|^2 Nc lambda^3 /
+    (V_cell sin 2theta) (Lorentz factor 1/sin 2theta, spindle normal to the
+    scattering plane; Nc = Na Nb Nc and the gauss spot's 0.984 of the square
+    crystal's integral of F_latt^2, docs/quirks.md #16).  The remainder is the
+    variation of the Lorentz factor across the spot, O(1/N^2): measured 2.3e-4
+    at N = 20, 5.7e-5 at N = 40 (2.4e-4 with 30 mosaic domains of 0.5 deg)."""
+    got, want = _swept_reflection(tmp_path, 20)
+    err20 = got / want - 1.0
+    assert abs(err20) < 3e-4
+    got, want = _swept_reflection(tmp_path, 40)
+    assert abs(got / want - 1.0) < 0.3 * abs(err20)          # converging as 1/N^2
+    got, want = _swept_reflection(tmp_path, 20, "-mosaic 0.5 -mosaic_dom 30")
+    assert abs(got / want - 1.0) < 3e-4          # a mosaic spread moves, not makes, photons
+
+
+# ---- sub-pixel sampling is a finer detector ----------------------------------------
+REBIN = ("-cell 70 80 90 85 95 105 -misset 10 20 30 -lambda 1.5 -default_F 100 -N 5 -distance 60 "
+         "-nonoise -nopgm -detector_thick 200 -detector_abs 300 -detector_thicksteps 3 -polar 0.7 "
+         "-water 0.03 -twotheta 12 -detector_rotx 4 -oversample_omega -oversample_polar "
+         "-oversample_thick ")
+
+
+@pytest.mark.parametrize("extra", ["", "-curved_det",
+                                   "-divergence 1 -divsteps 2 -phi 3 -osc 1 -phisteps 2"])
+def test_fine_pixels_sum_to_the_oversampled_coarse_pixel(extra):
+    """Photons are additive over area: with every factor taken per sub-pixel
+    (-oversample_omega/_polar/_thick), a pixel of -oversample 2 is the sum of the
+    2x2 pixels of half its size centred on its sub-pixels (MOSFLM adds half of
+    each run's own pixel to the beam centre: the fine run's is a quarter of a
+    coarse pixel more).  Bragg term,
+    sensor layers, polarization and water background alike: measured 1e-14.
+    nanoBragg.c's running-sum factors (docs/quirks.md #7, #7b) break it."""
+    p, n = 0.4, 12
+    coarse = REBIN + extra + " -pixel %g -detpixels %d -Xbeam 2.5 -Ybeam 1.9 -oversample 2" % (p, n)
+    fine = REBIN + extra + " -pixel %g -detpixels %d -Xbeam %r -Ybeam %r -oversample 1" % (
+        p / 2, 2 * n, 2.5 + p / 4, 1.9 + p / 4)
+    c, f = kernel64(parse(coarse)), kernel64(parse(fine))
+    summed = f.reshape(n, 2, n, 2).sum(axis=(1, 3))
+    assert c.max() > 5 * c.min() > 0              # Bragg peaks over the background
+    np.testing.assert_allclose(summed, c, rtol=1e-12, atol=0)
+    if not extra:
+        cp = kernel64(parse(coarse + " -c_parity"))
+        fp = kernel64(parse(fine + " -c_parity")).reshape(n, 2, n, 2).sum(axis=(1, 3))
+        assert np.max(np.abs(fp / cp - 1)) > 0.1
+
+
+# ---- polarization ---------------------------------------------------------------------
+KP = 1.0
+K_PIX0 = np.array([20.0, 9.0, -12.0])
+K_FD, K_SD = np.array([0, 0.28, 0.96]), np.array([0, -0.96, 0.28])
+KAHN = ("-cell 70 80 90 90 90 90 -lambda 1.5 -default_F 10 -N 1 -nonoise -nopgm -pixel %g "
+        "-detpixels 24 -oversample 1 -beam_vector 1 0 0 -fdet_vector %s -sdet_vector %s "
+        "-odet_vector 1 0 0 -pix0_vector_mm %s " % (KP, _V(K_FD), _V(K_SD), _V(K_PIX0)))
+
+
+@pytest.mark.parametrize("source", ["", "-10 3 -2"])
+def test_polarization_is_the_kahn_closed_form(tmp_path, source):
+    """Kahn: a beam of polarization K along E (the -polar_vector's part normal to
+    the incident ray) scatters P = ((1 + K) (1 - (d.E)^2) + (1 - K) (1 - (d.B)^2)) / 2
+    along d, B = i x E: the dipole factor 1 - (d.E)^2 of each linear part.  The
+    image over the -nopolar one at pixels of 2theta = 25 to 43 deg, for K = 0, 0.5,
+    1, -0.4 and E normal, tilted in and out of the plane normal to the beam; the
+    beam along x, or one source 20 deg off it (measured: 7e-16)."""
+    inc = np.array([1.0, 0.0, 0.0])
+    src = ""
+    if source:
+        (tmp_path / "src.txt").write_text(source + "\n")
+        src = "-sourcefile %s " % (tmp_path / "src.txt")
+        inc = -np.array([float(x) for x in source.split()])      # from the source to the sample
+    inc /= np.linalg.norm(inc)
+    pixels = [(0, 23), (20, 3), (2, 2), (12, 18)]
+    plain = kernel64(parse(KAHN + src + "-nopolar"), pixels)
+    for kahn in (0.0, 0.5, 1.0, -0.4):
+        for axis in ((0, 0, 1), (0, 0.6, 0.8), (0.3, 0.6, 0.8)):
+            argv = KAHN + src + "-polar %g -polar_vector %s" % (kahn, _V(axis))
+            img = kernel64(parse(argv), pixels)
+            B = np.cross(inc, axis)
+            B /= np.linalg.norm(B)
+            E = np.cross(B, inc)
+            for s, f in pixels:
+                d = K_PIX0 + (f + 0.5) * KP * K_FD + (s + 0.5) * KP * K_SD
+                d /= np.linalg.norm(d)
+                want = 0.5 * ((1 + kahn) * (1 - (d @ E) ** 2) + (1 - kahn) * (1 - (d @ B) ** 2))
+                assert img[s, f] / plain[s, f] == pytest.approx(want, rel=1e-13), (kahn, axis, s, f)
+
+
+# ---- vanishing spreads ------------------------------------------------------------------
+@pytest.mark.parametrize("spread", ["-mosaic 1e-12 -mosaic_dom 7", "-dispersion 1e-8 -dispsteps 3",
+                                    "-divergence 1e-8 -divsteps 3",
+                                    "-hdivrange 1e-8 -hdivsteps 3 -vdivrange 1e-8 -vdivsteps 2 "
+                                    "-square_div"])
+def test_a_vanishing_spread_is_the_plain_image(spread):
+    """A mosaic, wavelength or divergence spread -> 0 leaves each sample the
+    plain run's, so their mean is its image, the water background included
+    (added once, not divided by the samples: docs/quirks.md #19, which
+    -c_parity keeps).  The spreads here move a pixel by < 5e-12 (measured; the
+    mosaic's random domains move it to first order: 1e-8 deg, 1e-7)."""
+    base = BASE + "-N 3 -oversample 1 -misset 10 20 30 -water 0.002 "
+    plain = kernel64(parse(base))
+    assert plain.max() > 3 * plain.min()      # background ~100 photons, Bragg peaks ~200 more
+    np.testing.assert_allclose(kernel64(parse(base + spread)), plain, rtol=1e-10, atol=0)
+    c_plain = kernel64(parse(base + "-c_parity"))
+    assert np.max(np.abs(kernel64(parse(base + spread + " -c_parity")) / c_plain - 1)) > 0.1
+
