@@ -521,6 +521,18 @@ def _spot_image(tmp_path, case, target, extra=""):
     return nbnumba.simulate(cfg).float_image.astype(np.float64)
 
 
+def _assert_spot_at(img, target):
+    """The brightest pixel is ``target`` and the 5x5 window about it holds the
+    spot (over 99 % of the photons), its centroid within 0.05 pixel."""
+    s, f = np.unravel_index(np.argmax(img), img.shape)
+    assert (s, f) == tuple(target)
+    w = img[s - 2:s + 3, f - 2:f + 3]
+    ss, ff = np.mgrid[s - 2:s + 3, f - 2:f + 3]
+    assert w.sum() > 0.99 * img.sum()
+    assert abs((w * ss).sum() / w.sum() - s) < 0.05
+    assert abs((w * ff).sum() / w.sum() - f) < 0.05
+
+
 @pytest.mark.parametrize("case", sorted(SPOT_CASES))
 def test_bragg_spot_lands_where_the_lab_geometry_puts_it(tmp_path, case):
     """Laue condition: a lattice whose (1 0 0) has 2 pi H = k_out - k_in for the ray
@@ -530,13 +542,7 @@ def test_bragg_spot_lands_where_the_lab_geometry_puts_it(tmp_path, case):
     in 5x5 pixels; measured within 0.007)."""
     for target in ((30, 40), (5, 9)):
         img = _spot_image(tmp_path, case, target)
-        s, f = np.unravel_index(np.argmax(img), img.shape)
-        assert (s, f) == target
-        w = img[s - 2:s + 3, f - 2:f + 3]
-        ss, ff = np.mgrid[s - 2:s + 3, f - 2:f + 3]
-        assert w.sum() > 0.99 * img.sum()
-        assert abs((w * ss).sum() / w.sum() - s) < 0.05
-        assert abs((w * ff).sum() / w.sum() - f) < 0.05
+        _assert_spot_at(img, target)
     if case in ("pix0_vector", "curved"):
         # nanoBragg.c's geometry (docs/quirks.md #2, #21) puts it elsewhere
         c = _spot_image(tmp_path, case, target, "-c_parity")
@@ -586,13 +592,7 @@ def test_bragg_spot_of_a_triclinic_cell_turned_by_misset():
                     "-default_F 0 -nopolar -nonoise -nopgm -oversample 1"
                     % (cell + (rx, ry, rz, float(lam))), hkl_grid=grid)
         img = nbnumba.simulate(cfg).float_image.astype(np.float64)
-        s, f = np.unravel_index(np.argmax(img), img.shape)
-        assert (s, f) == target
-        w = img[s - 2:s + 3, f - 2:f + 3]
-        ss, ff = np.mgrid[s - 2:s + 3, f - 2:f + 3]
-        assert w.sum() > 0.99 * img.sum()
-        assert abs((w * ss).sum() / w.sum() - s) < 0.05
-        assert abs((w * ff).sum() / w.sum() - f) < 0.05
+        _assert_spot_at(img, target)
 
 
 # ---- integrated intensity of a rotation sweep (Darwin) ---------------------------
