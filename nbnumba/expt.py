@@ -5,6 +5,12 @@
 experiment list's own lab frame) and writes the crystal as a ``-mat`` file.
 :func:`flags_from_expt` is the same translation for Python callers.
 
+The other direction, ``python -m nbnumba.expt --from-flags -o truth.expt --
+FLAGS...`` (:func:`expt_from_flags`), writes the ground truth of a simulation
+as an experiment list, with the inverse of each convention below (they sit
+beside the forward ones: :func:`propagation`, :func:`polar_from_beam`,
+:func:`sensor_flags`).
+
 Conventions, as read in dxtbx's source (``src/dxtbx/model``) and DIALS'
 ``documentation/conventions.rst``:
 
@@ -52,14 +58,16 @@ import numpy as np
 
 from nbnumba.errors import InputFileError, NBError, UsageError, quiet_broken_pipes
 from nbnumba.io._args import read_bytes
-from nbnumba.io.atomic import OutputFileError, atomic_write_bytes, check_not_input
+from nbnumba.io.atomic import (OutputFileError, atomic_write_bytes, check_not_input,
+                               check_writable)
 
-__all__ = ["flags_from_expt", "translate", "write_mat", "main"]
+__all__ = ["flags_from_expt", "translate", "write_mat", "expt_from_flags", "write_expt", "main"]
 
 PROG = "nbnumba-expt"
 
 USAGE = """\
 usage: nbnumba-expt EXPT [--experiment I] [--panel P] [--image N] [--mat-out FILE]
+       nbnumba-expt --from-flags -o OUT.expt [--images NAME] [--hall SYMBOL] -- FLAGS...
 
 Print the nanoBragg flags (one shell-quoted line) that reproduce the geometry of
 experiment I (default 0) of a DIALS experiment list: beam, panel P (default 0)
@@ -67,7 +75,8 @@ as custom vectors in the file's lab frame, the crystal as a -mat file written to
 FILE (default: EXPT with the suffix .mat) and, for a rotation scan, the spindle
 axis with -phi/-osc of image N (default: the scan's first image).  Stills get
 no -phi/-osc.  Notes on what is not translated go to stderr.  Bad input: one
-line naming the file and key, exit 2."""
+line naming the file and key, exit 2.  --from-flags: the other direction, the
+ground truth of a simulation as an experiment list (--from-flags -h)."""
 
 #: an axis whose length is this far from 1 is refused (dxtbx writes unit axes)
 UNIT_TOL = 1e-6
@@ -303,6 +312,53 @@ def _goniometer(ctx, gon, gwhere):
     return e, F, S
 
 
+# ---------------------------------------------------------------------------
+# the conventions, each with its inverse beside it (expt_from_flags uses the
+# inverses; the tests' round trips check each pair)
+# ---------------------------------------------------------------------------
+
+def propagation(direction):
+    """dxtbx's ``beam.direction`` (sample -> source) -> nanoBragg's
+    ``-beam_vector`` (the propagation direction)."""
+    return -np.asarray(direction, dtype=np.float64)
+
+
+def direction_from_propagation(beam):
+    """Inverse of :func:`propagation`."""
+    return -np.asarray(beam, dtype=np.float64)
+
+
+def polar_from_beam(normal, fraction, beam):
+    """dxtbx's ``polarization_normal`` n and ``polarization_fraction`` f ->
+    nanoBragg's ``-polar_vector`` E = n x beam (unit) and Kahn factor 2f - 1;
+    E is None where n is parallel to the beam."""
+    e_vec = np.cross(normal, beam)
+    n = float(np.sqrt(e_vec @ e_vec))
+    return (e_vec / n if n >= 1e-6 else None), 2.0 * fraction - 1.0
+
+
+def beam_polar_from(e_vec, kahn, beam):
+    """Inverse of :func:`polar_from_beam`: (n = beam x E (unit), f = (K + 1)/2),
+    n None where E is parallel to the beam.  nanoBragg uses only E's part
+    normal to the beam (``B_in = E x beam``), so that is all n keeps."""
+    n_vec = np.cross(beam, e_vec)
+    n = float(np.sqrt(n_vec @ n_vec))
+    return (n_vec / n if n >= 1e-6 else None), (kahn + 1.0) / 2.0
+
+
+def sensor_flags(thickness_mm, mu_per_mm):
+    """dxtbx's panel ``thickness`` (mm) and ``mu`` (1/mm) -> nanoBragg's
+    ``-detector_thick`` and ``-detector_abs`` (attenuation length), both um."""
+    return thickness_mm * 1000.0, 1000.0 / mu_per_mm
+
+
+def sensor_from_model(thick_m, mu_per_m):
+    """nbnumba's sensor (Steps.detector_thick in m, detector_mu in 1/m) ->
+    dxtbx's (thickness mm, mu 1/mm): the inverse of :func:`sensor_flags`
+    after nanoBragg's own um -> m."""
+    return thick_m * 1000.0, mu_per_m / 1000.0
+
+
 def _finite_word(a: str) -> bool:
     """False for a word that is an infinite or NaN number."""
     try:
@@ -365,18 +421,17 @@ def _translate(path, experiment, panel, image, mat_out):
     if not lam > 0.0:
         raise ctx.fail(_sub(bw, "wavelength"), "must be > 0 (got %g)" % lam)
     direction = _unit(ctx, _get(ctx, beam, "direction", bw), _sub(bw, "direction"))
-    b = -direction                       # dxtbx: sample -> source; nanoBragg: propagation
+    b = propagation(direction)
     argv = ["-lambda", _fmt(lam), "-beam_vector", *_vec(b)]
     if "polarization_normal" in beam or "polarization_fraction" in beam:
         pn = _unit(ctx, _get(ctx, beam, "polarization_normal", bw), _sub(bw, "polarization_normal"))
         pf = _num(ctx, _get(ctx, beam, "polarization_fraction", bw), _sub(bw, "polarization_fraction"))
         if not 0.0 <= pf <= 1.0:
             raise ctx.fail(_sub(bw, "polarization_fraction"), "must be in [0, 1] (got %g)" % pf)
-        e_vec = np.cross(pn, b)
-        n = float(np.sqrt(e_vec @ e_vec))
-        if n < 1e-6:
+        e_vec, kahn = polar_from_beam(pn, pf, b)
+        if e_vec is None:
             raise ctx.fail(_sub(bw, "polarization_normal"), "parallel to the beam")
-        argv += ["-polar", _fmt(2.0 * pf - 1.0), "-polar_vector", *_vec(e_vec / n)]
+        argv += ["-polar", _fmt(kahn), "-polar_vector", *_vec(e_vec)]
     else:
         notes.append("no polarization in the beam model: nanoBragg's default (Kahn factor 0)")
     for key in ("divergence", "sigma_divergence"):
@@ -398,6 +453,11 @@ def _translate(path, experiment, panel, image, mat_out):
     f, s, origin = frames[panel]
     o = np.cross(f, s)
     o /= np.sqrt(o @ o)
+    if float(origin @ o) < 0.0:
+        # a left-handed panel (ADXV's axes: fast x slow points away from the
+        # sample).  Pixel positions do not depend on the normal, but nanoBragg's
+        # solid angle does: its -odet_vector must face the sample
+        o = -o
     size = _get(ctx, pd, "image_size", pw)
     if not isinstance(size, list) or len(size) != 2:
         raise ctx.fail(_sub(pw, "image_size"), "expected [fast, slow] pixel counts")
@@ -430,8 +490,8 @@ def _translate(path, experiment, panel, image, mat_out):
     if thick < 0.0 or mu < 0.0:
         raise ctx.fail(pw, "thickness and mu must be >= 0")
     if thick > 0.0 and mu > 0.0:
-        # dxtbx: mm and 1/mm; nanoBragg: sensor thickness and attenuation length in um
-        argv += ["-detector_thick", _fmt(thick * 1000.0), "-detector_abs", _fmt(1000.0 / mu)]
+        t_um, abs_um = sensor_flags(thick, mu)
+        argv += ["-detector_thick", _fmt(t_um), "-detector_abs", _fmt(abs_um)]
     elif thick > 0.0:
         notes.append("panel thickness without mu: no sensor absorption or parallax modelled")
 
@@ -501,6 +561,230 @@ def write_mat(path, mat) -> None:
     atomic_write_bytes(path, text.encode("ascii"))
 
 
+# ---------------------------------------------------------------------------
+# the other direction: the ground truth of a simulation as an experiment list
+# ---------------------------------------------------------------------------
+
+#: dxtbx's Hall symbol of P 1 (as ``Crystal.to_dict`` writes it)
+HALL_P1 = " P 1"
+#: the int image is 16-bit SMV (values clipped at 65535); -1 marks no pixel
+TRUSTED_RANGE = [-1.0, 65535.0]
+
+
+def _panel_dict(name, fast, slow, origin, image_size, pixel_mm, thickness, mu, strategy,
+                trusted):
+    """One ``Panel.to_dict`` (panel.cc), every key it writes."""
+    return {"name": name, "type": "SENSOR_PAD" if name else "",
+            "fast_axis": [float(x) for x in fast], "slow_axis": [float(x) for x in slow],
+            "origin": [float(x) for x in origin], "raw_image_offset": [0, 0],
+            "image_size": [int(x) for x in image_size], "pixel_size": [pixel_mm, pixel_mm],
+            "trusted_range": list(trusted), "thickness": thickness, "material": "",
+            "mu": mu, "identifier": "", "mask": [], "gain": 1.0, "pedestal": 0.0,
+            "px_mm_strategy": {"type": strategy}}
+
+
+def _config(flags, cwd):
+    from .config import Config
+    if isinstance(flags, Config):
+        return flags
+    from . import parse_argv
+    return parse_argv(flags, cwd=cwd)
+
+
+def expt_from_flags(flags, image=None, cwd=None, hall: str = HALL_P1,
+                    notes: Optional[List[str]] = None) -> dict:
+    """The ground truth of the run that nanoBragg ``flags`` (a list of words, or
+    a :class:`~nbnumba.config.Config`) render in nbnumba's default mode, as a
+    DIALS experiment list (the JSON object ``ExperimentList.to_dict`` writes).
+
+    The geometry comes from nbnumba's own model (:func:`nbnumba.model.build_model`):
+    the beam, one flat panel (origin = pix0), the crystal's real-space vectors
+    in the lab frame and, unless the run is a still (``-osc`` 0), a goniometer
+    about the spindle axis (identity fixed and setting rotations) and a
+    one-image scan from ``-phi``/``-osc``; a still's crystal is the one
+    rendered, turned by ``-phi``.  ``image``: the image file (a still) or
+    template (a rotation, ``#`` for the digits) to name in an imageset, or a
+    list of file names (a still); None writes no imageset, as dxtbx does for
+    an experiment without one.  ``hall``: the crystal's Hall symbol.  What an
+    experiment list cannot hold is appended to ``notes`` (one line each); a
+    curved detector is refused (:class:`~nbnumba.errors.ConfigError`).
+    """
+    from dataclasses import replace
+    from .errors import ConfigError
+    from .geometry import rotate_axis
+    from .model import build_model, reads_fdump
+    notes = [] if notes is None else notes
+    cfg = _config(flags, cwd)
+    if cfg.curved_detector:
+        raise ConfigError("-curved_det: a curved detector is not one flat panel; an experiment "
+                          "list cannot describe it (drop -curved_det)")
+    if not isinstance(hall, str) or not hall.strip() or not hall.isprintable():
+        raise UsageError("--hall: expected a Hall symbol such as ' P 1', got %r" % (hall,))
+    if cfg.c_parity:
+        notes.append("-c_parity: the ground truth is that of the default mode (nanoBragg.c "
+                     "ignores -pix0_vector and mis-builds some cells: docs/quirks.md)")
+        cfg = replace(cfg, c_parity=False)
+    if reads_fdump(cfg) and cfg.default_F == 0.0:
+        # F does not shape the geometry: a run given none still has a truth
+        cfg = replace(cfg, default_F=1.0)
+    with np.errstate(all="ignore"):
+        model = build_model(cfg)
+    det, st, src, cr = model.det, model.steps, model.sources, model.crystal
+
+    # ---- beam: the one source nbnumba renders
+    if len(src.wavelength) == 1:
+        direction = np.asarray(src.direction[0], dtype=np.float64)
+        lam = float(src.wavelength[0])
+    else:
+        direction, lam = direction_from_propagation(det.beam), float(cfg.lambda0)
+        notes.append("%d sources (divergence, dispersion or -sourcefile): the beam written is "
+                     "the central one (-lambda along the beam vector)" % len(src.wavelength))
+    b = propagation(direction)
+    pol_normal, pol_fraction = beam_polar_from(np.array(det.polar), float(cfg.polarization), b)
+    if pol_normal is None:
+        if cfg.polarization != 0.0:
+            raise ConfigError("-polar_vector is parallel to the beam: no polarization plane")
+        pol_normal = np.cross(b, np.eye(3)[int(np.argmin(np.abs(b)))])   # unpolarised: any
+        pol_normal /= np.sqrt(pol_normal @ pol_normal)
+    if cfg.nopolar:
+        notes.append("-nopolar (no polarization factor at all) has no experiment-list form: "
+                     "the beam carries -polar's polarization")
+    beam = {"__id__": "MonochromaticBeam", "direction": [float(x) for x in direction],
+            "wavelength": lam * 1e10, "divergence": 0.0, "sigma_divergence": 0.0,
+            "polarization_normal": [float(x) for x in pol_normal],
+            "polarization_fraction": float(pol_fraction), "flux": 0.0, "transmission": 1.0}
+
+    # ---- one flat panel
+    thick = mu = 0.0
+    if st.detector_thick > 0.0:
+        thick, mu = sensor_from_model(st.detector_thick, max(st.detector_mu, 0.0))
+    strategy = "ParallaxCorrectedPxMmStrategy" if thick > 0.0 and mu > 0.0 else "SimplePxMmStrategy"
+    px_mm = det.pixel_size * 1000.0
+    panel = _panel_dict("Panel", det.fdet, det.sdet, np.array(det.pix0) * 1000.0,
+                        (det.fpixels, det.spixels), px_mm, thick, mu, strategy, TRUSTED_RANGE)
+    root = _panel_dict("", (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 0.0), (0, 0), 0.0,
+                       0.0, 0.0, "SimplePxMmStrategy", [0.0, 0.0])
+    root["children"] = [{"panel": 0}]
+    detector = {"panels": [panel], "hierarchy": root}
+    if tuple(det.roi) != (0, det.fpixels, 0, det.spixels):
+        notes.append("-roi %d %d %d %d: only that box is rendered; the panel written is the whole "
+                     "detector" % tuple(det.roi))
+    if cfg.maskfilename or cfg.mask_image is not None:
+        notes.append("-mask: masked pixels are not written (no imageset mask file)")
+    if det.point_pixel:
+        notes.append("-point_pixel (solid angle 1/R^2) has no experiment-list form")
+
+    # ---- crystal, goniometer and scan
+    rows = [np.array(v, dtype=np.float64) for v in (cr.a, cr.b, cr.c)]
+    spindle = np.array(det.spindle, dtype=np.float64)
+    rotation = st.osc != 0.0
+    if not rotation and st.phi0 != 0.0:
+        # a still: the crystal as rendered, at its one phi
+        rows = [np.array(rotate_axis(tuple(v), tuple(spindle), st.phi0)) for v in rows]
+    crystal = {"__id__": "crystal",
+               "real_space_a": [float(x) * 1e10 for x in rows[0]],
+               "real_space_b": [float(x) * 1e10 for x in rows[1]],
+               "real_space_c": [float(x) * 1e10 for x in rows[2]],
+               "space_group_hall_symbol": hall}
+    if st.mosaic_spread > 0.0 and st.mosaic_domains > 1:
+        notes.append("mosaic spread %g deg in %d domains not written (the crystal is the "
+                     "unperturbed one; DIALS' mosaicity is a model of its own)"
+                     % (math.degrees(st.mosaic_spread), st.mosaic_domains))
+    eye = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    exp = {"__id__": "Experiment", "identifier": "", "beam": 0, "detector": 0}
+    root_d = {"__id__": "ExperimentList", "experiment": [exp], "imageset": [], "beam": [beam],
+              "detector": [detector], "goniometer": [], "scan": [], "crystal": [crystal],
+              "profile": [], "scaling_model": []}
+    if rotation:
+        exp["goniometer"] = 0
+        exp["scan"] = 0
+        root_d["goniometer"] = [{"rotation_axis": [float(x) for x in spindle],
+                                 "fixed_rotation": list(eye), "setting_rotation": list(eye)}]
+        root_d["scan"] = [{"image_range": [1, 1], "batch_offset": 0,
+                           "properties": {"epochs": [0.0], "exposure_time": [float(cfg.exposure)],
+                                          "oscillation": [math.degrees(st.phi0)],
+                                          "oscillation_width": [math.degrees(st.osc)]},
+                           "valid_image_ranges": {}}]
+    exp["crystal"] = 0
+    if image is not None:
+        names = [image] if isinstance(image, (str, os.PathLike)) else list(image)
+        if not names or not all(isinstance(n, (str, os.PathLike)) and os.fspath(n) for n in names):
+            raise UsageError("--images: expected a file name or template")
+        names = [os.fspath(n) for n in names]
+        if rotation:
+            if len(names) != 1:
+                raise UsageError("--images: a rotation scan takes one template (# for digits)")
+            iset = {"__id__": "ImageSequence", "template": names[0]}
+        else:
+            iset = {"__id__": "ImageSet", "images": names}
+        iset.update(mask="", gain="", pedestal="", dx="", dy="", params={})
+        root_d["imageset"] = [iset]
+        exp["imageset"] = 0
+    words = json.dumps(root_d, allow_nan=True)
+    if "NaN" in words or "Infinity" in words:
+        raise ConfigError("the geometry over- or underflows double precision: no experiment list")
+    return root_d
+
+
+def write_expt(path, d) -> None:
+    """Write experiment-list dict ``d`` as JSON (dxtbx's indent of 2), atomically."""
+    text = json.dumps(d, indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(path, text.encode("ascii"))
+
+
+FROM_FLAGS_USAGE = """\
+usage: nbnumba-expt --from-flags -o OUT.expt [--images NAME ...] [--hall SYMBOL] -- FLAGS...
+
+Write the ground truth of the run that the nanoBragg FLAGS render (nbnumba's
+default mode) as a DIALS experiment list: beam, one flat panel, the crystal
+in the lab frame at phi = 0 and, for a rotation (-osc > 0), a goniometer
+about the spindle axis and a one-image scan.  --images names the image file(s)
+(a still) or template (a rotation, # for digits); --hall the space group
+(default ' P 1').  Notes on what the list cannot hold go to stderr."""
+
+
+def _main_from_flags(argv: List[str]) -> int:
+    if "--" not in argv:
+        raise UsageError("--from-flags: put the nanoBragg flags after '--' (see %s -h)" % PROG)
+    k = argv.index("--")
+    opts, flags = argv[:k], argv[k + 1:]
+    out, images, hall = None, [], HALL_P1
+    i = 0
+    while i < len(opts):
+        key, eq, val = opts[i].partition("=")
+        if key in ("-o", "--out", "--images", "--hall"):
+            if not eq:
+                if i + 1 >= len(opts):
+                    raise UsageError("%s needs a value" % key)
+                i += 1
+                val = opts[i]
+            if key == "--images":
+                images.append(val)
+            elif key == "--hall":
+                hall = val
+            else:
+                out = val
+        elif key != "--from-flags":
+            raise UsageError("unknown option '%s' (see %s --from-flags -h)" % (opts[i][:40], PROG))
+        i += 1
+    if not out:
+        raise UsageError("--from-flags: give the output file with -o OUT.expt")
+    if not flags:
+        raise UsageError("--from-flags: no nanoBragg flags after '--'")
+    from . import parse_argv
+    from .outputs import input_files
+    cfg = parse_argv(flags)
+    check_writable(out, "-o")
+    check_not_input(out, input_files(cfg) + images, "-o")
+    notes: List[str] = []
+    d = expt_from_flags(cfg, image=(images[0] if len(images) == 1 else images) or None,
+                        hall=hall, notes=notes)
+    write_expt(out, d)
+    for n in notes:
+        print("%s: note: %s" % (PROG, n), file=sys.stderr)
+    return 0
+
+
 def _parse(argv: List[str]):
     opts = {"--experiment": 0, "--panel": 0, "--image": None, "--mat-out": None}
     expt = None
@@ -538,6 +822,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     with quiet_broken_pipes(stdout_error=OutputFileError):
         try:
+            head = argv[:argv.index("--")] if "--" in argv else argv
+            if "--from-flags" in head:
+                if any(a in ("-h", "-help", "--help") for a in head):
+                    print(FROM_FLAGS_USAGE)
+                    return 0
+                return _main_from_flags(argv)
             if not argv or any(a in ("-h", "-help", "--help") for a in argv):
                 print(USAGE)
                 return 0 if argv else 2

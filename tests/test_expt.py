@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import nbnumba
-from nbnumba.expt import flags_from_expt, main, write_mat
+from nbnumba.expt import expt_from_flags, flags_from_expt, main, write_expt, write_mat
 from nbnumba.geometry import build_detector
 from nbnumba.io.mat import read_mosflm_mat
 
@@ -113,12 +113,16 @@ def _predict(d, phi_deg, order="SRF"):
     s1's ray meets the panel: (miss, fast px, slow px, hkl), miss the largest
     fractional-index distance of the lattice point from the Ewald sphere."""
     beam, det = d["beam"][0], d["detector"][0]["panels"][0]
-    gon, xl = d["goniometer"][0], d["crystal"][0]
+    xl = d["crystal"][0]
     s0 = -np.array(beam["direction"]) / beam["wavelength"]
     A = np.linalg.inv(np.array([xl["real_space_a"], xl["real_space_b"], xl["real_space_c"]]))
-    F = np.array(gon["fixed_rotation"]).reshape(3, 3)
-    S = np.array(gon["setting_rotation"]).reshape(3, 3)
-    R = rot(gon["rotation_axis"], phi_deg)
+    if d.get("goniometer"):
+        gon = d["goniometer"][0]
+        F = np.array(gon["fixed_rotation"]).reshape(3, 3)
+        S = np.array(gon["setting_rotation"]).reshape(3, 3)
+        R = rot(gon["rotation_axis"], phi_deg)
+    else:                                        # a still: the crystal as it is
+        F = S = R = np.eye(3)
     UB = {"SRF": S @ R @ F, "FRS": F @ R @ S, "RF": R @ F}[order] @ A
     f, s, o = (np.array(det[k]) for k in ("fast_axis", "slow_axis", "origin"))
     n = np.cross(f, s)
@@ -425,3 +429,173 @@ def test_script_entry_point_is_declared():
     from pathlib import Path
     conf = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert conf["project"]["scripts"]["nbnumba-expt"] == "nbnumba.expt:main"
+
+
+# ---------------------------------------------------------------------------
+# 4. the other direction: the ground truth of a simulation (expt_from_flags)
+# ---------------------------------------------------------------------------
+
+CELL = ["-cell", "40", "50", "60", "88", "95", "100", "-lambda", "1.1", "-pixel", "0.2",
+        "-detpixels", "48", "-distance", "80"]
+MISSET = ["-misset", "10", "20", "30"]
+_b = unit([0.05, -0.03, 1.0])
+_f = unit(np.cross([0.0, 1.0, 0.1], _b))
+_s = np.cross(_b, _f)                         # f x s = b: the panel faces the sample
+_vec = lambda v: [repr(float(x)) for x in v]  # noqa: E731
+CUSTOM = (["-beam_vector", *_vec(_b), "-fdet_vector", *_vec(_f), "-sdet_vector", *_vec(_s),
+           "-odet_vector", *_vec(_b), "-pix0_vector_mm", *_vec(75.0 * _b - 4.1 * _f - 5.3 * _s),
+           "-spindle_axis", *_vec(unit([1.0, 0.2, -0.1])),
+           "-polar_vector", *_vec(_f), "-polar", "0.6"])
+#: how finely the run is sampled is not part of an experiment list: both renders get it
+SAMPLING = {"custom-vectors": ["-phisteps", "3"]}
+
+ROUND_TRIPS = {
+    "mosflm-rotation": CELL + MISSET + ["-mosflm", "-phi", "3", "-osc", "0.5"],
+    "xds-twotheta": CELL + MISSET + ["-xds", "-twotheta", "10", "-phi", "-20", "-osc", "1"],
+    "still-dials-rotated-sensor": CELL + MISSET + [
+        "-dials", "-detector_rotx", "5", "-detector_roty", "-3", "-detector_rotz", "2",
+        "-polar", "0.8", "-detector_thick", "300", "-detector_abs", "400"],
+    "still-mosflm-beam-centre": CELL + MISSET + ["-mosflm", "-Xbeam", "4", "-Ybeam", "5.5",
+                                           "-twotheta", "-7", "-detector_rotz", "4"],
+    "custom-vectors": CELL + MISSET + CUSTOM + ["-phi", "40", "-osc", "0.25"],
+    # ADXV's panel is left-handed (fast x slow points away from the sample)
+    "mat-file-adxv": ["-mat", "in.mat", "-lambda", "1.1", "-pixel", "0.2", "-detpixels", "48",
+                 "-distance", "80", "-adxv", "-phi", "5", "-osc", "0.4"],
+    "still-at-phi": CELL + MISSET + ["-mosflm", "-phi", "17"],
+}
+
+
+def _truth_round_trip(tmp_path, flags):
+    """flags -> expt_from_flags -> written .expt -> flags_from_expt -> flags."""
+    write_mat(tmp_path / "in.mat",
+              1.1 * np.linalg.inv(cell_rows(38.0, 45.0, 52.0, 91.0, 84.0, 97.0)
+                                  @ rot([1, -2, 0.5], 33.0).T))
+    notes = []
+    d = expt_from_flags(flags, cwd=str(tmp_path), notes=notes)
+    write_expt(tmp_path / "truth.expt", d)
+    argv, mat = flags_from_expt(tmp_path / "truth.expt", mat_out="truth.mat")
+    write_mat(tmp_path / "truth.mat", mat)
+    return d, argv, notes
+
+
+@pytest.mark.parametrize("label", list(ROUND_TRIPS))
+def test_ground_truth_round_trips_to_the_same_image(tmp_path, label):
+    flags = ROUND_TRIPS[label]
+    d, argv, notes = _truth_round_trip(tmp_path, flags)
+    still = label.startswith("still")
+    assert bool(d["scan"]) is not still and bool(d["goniometer"]) is not still
+    a = render(flags, tmp_path, SAMPLING.get(label, []))
+    c = render(argv, tmp_path, SAMPLING.get(label, []))
+    assert a.max() > 0 and np.count_nonzero(a > 1e-3 * a.max()) > 20
+    np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12 * a.max())
+    # the crystal written is the cell nbnumba renders at the first phi step
+    # (a still's at its -phi; a rotation's at phi = 0, the scan starting at -phi)
+    model = nbnumba.simulate_argv(flags + RENDER + SAMPLING.get(label, []), cwd=str(tmp_path)).model
+    rows = np.array([d["crystal"][0][k] for k in ("real_space_a", "real_space_b", "real_space_c")])
+    if still:
+        np.testing.assert_allclose(rows * 1e-10, model.cells[0, 0, 0], rtol=0, atol=1e-24)
+    else:
+        phi0 = d["scan"][0]["properties"]["oscillation"][0]
+        e = d["goniometer"][0]["rotation_axis"]
+        np.testing.assert_allclose(rows @ rot(e, phi0).T * 1e-10, model.cells[0, 0, 0],
+                                   rtol=0, atol=1e-24)
+        assert phi0 == pytest.approx(float(flags[flags.index("-phi") + 1]), abs=1e-12)
+    if label == "still-dials-rotated-sensor":
+        p = d["detector"][0]["panels"][0]
+        assert p["thickness"] == pytest.approx(0.3) and p["mu"] == pytest.approx(2.5)
+        assert d["beam"][0]["polarization_fraction"] == pytest.approx(0.9)
+
+
+def test_ground_truth_json_has_dxtbx_layout(tmp_path):
+    flags = ROUND_TRIPS["custom-vectors"]
+    d = expt_from_flags(flags + ["-default_F", "1"], image="img_####.cbf")
+    text = json.loads(json.dumps(d))             # plain JSON, nothing numpy left
+    assert text == d
+    assert d["__id__"] == "ExperimentList"
+    exp, = d["experiment"]
+    assert exp["__id__"] == "Experiment"
+    for name in ("beam", "detector", "goniometer", "scan", "crystal", "imageset"):
+        assert type(exp[name]) is int and exp[name] == 0 and len(d[name]) == 1
+    assert d["imageset"][0]["__id__"] == "ImageSequence"
+    assert d["imageset"][0]["template"] == "img_####.cbf"
+    assert d["crystal"][0]["space_group_hall_symbol"] == " P 1"
+    assert "mosaicity" not in d["crystal"][0]
+    panel = d["detector"][0]["panels"][0]
+    np.testing.assert_allclose(panel["fast_axis"], _f, atol=1e-15)
+    np.testing.assert_allclose(panel["origin"], 75.0 * _b - 4.1 * _f - 5.3 * _s, atol=1e-12)
+    assert panel["image_size"] == [48, 48] and panel["pixel_size"] == [0.2, 0.2]
+    assert d["detector"][0]["hierarchy"]["children"] == [{"panel": 0}]
+    np.testing.assert_allclose(d["beam"][0]["direction"], -_b, atol=1e-15)
+    assert d["beam"][0]["wavelength"] == pytest.approx(1.1, rel=1e-15)
+    # -polar_vector E = fast: the polarization normal is beam x E = slow
+    np.testing.assert_allclose(d["beam"][0]["polarization_normal"], _s, atol=1e-15)
+    assert d["beam"][0]["polarization_fraction"] == pytest.approx(0.8)
+    assert d["scan"][0]["properties"]["oscillation_width"] == [pytest.approx(0.25)]
+    # a still names its image files in an ImageSet; none: no imageset at all
+    still = expt_from_flags(CELL + ["-default_F", "1"], image=["a.img", "b.img"])
+    assert still["imageset"] == [dict(still["imageset"][0], __id__="ImageSet",
+                                      images=["a.img", "b.img"])]
+    bare = expt_from_flags(CELL + ["-default_F", "1"])
+    assert bare["imageset"] == [] and "imageset" not in bare["experiment"][0]
+    assert bare["goniometer"] == [] and bare["scan"] == []
+
+
+def test_ground_truth_crystal_predicts_the_rendered_spots(tmp_path):
+    # a still with a turned crystal, a tilted panel and a two-theta arm
+    flags = ["-cell", "42", "48", "55", "88", "95", "92", "-misset", "20", "35", "-10",
+             "-lambda", "1.0", "-distance", "120", "-detpixels", "128", "-pixel", "0.5",
+             "-xds", "-twotheta", "8", "-detector_rotx", "3", "-phi", "12"]
+    out = tmp_path / "truth.expt"
+    assert main(["--from-flags", "-o", str(out), "--"] + flags + ["-default_F", "1"]) == 0
+    d = json.loads(out.read_text())
+    img = render(flags, tmp_path)
+    spots = _predict(d, 0.0)
+    assert len(spots) >= 5, len(spots)
+    hits = _found(img, spots)
+    assert all(hits), [sp[3] for sp, h in zip(spots, hits) if not h]
+    # control: the crystal before its -phi turn predicts spots that are not there
+    unturned = json.loads(json.dumps(d))
+    e = [1.0, 0.0, 0.0]                          # XDS's spindle axis
+    for k in ("real_space_a", "real_space_b", "real_space_c"):
+        unturned["crystal"][0][k] = list(rot(e, -12.0) @ d["crystal"][0][k])
+    wrong = _predict(unturned, 0.0)
+    assert len(wrong) >= 5 and sum(_found(img, wrong)) <= len(wrong) // 3
+
+
+def test_ground_truth_notes_and_refusals(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = CELL + ["-default_F", "1"]
+    # what an experiment list cannot hold: one note each on stderr
+    assert main(["--from-flags", "-o", "n.expt", "--"] + base
+                + ["-mosaic", "0.5", "-mosaic_dom", "4", "-roi", "0", "20", "0", "20",
+                   "-dispersion", "2", "-dispsteps", "3"]) == 0
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 3, err
+    assert any("mosaic spread 0.5 deg in 4 domains" in x for x in lines)
+    assert any("-roi 0 20 0 20" in x for x in lines)
+    assert any("3 sources" in x for x in lines)
+    assert json.loads((tmp_path / "n.expt").read_text())["__id__"] == "ExperimentList"
+    # a curved detector is refused, nothing written
+    assert main(["--from-flags", "-o", "c.expt", "--"] + base + ["-curved_det"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "-curved_det" in err and "Traceback" not in err
+    assert not (tmp_path / "c.expt").exists()
+    with pytest.raises(nbnumba.ConfigError, match="curved"):
+        expt_from_flags(base + ["-curved_det"])
+    # an output that cannot be written, or that is an input of the run
+    assert main(["--from-flags", "-o", "no/such/dir/t.expt", "--"] + base) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write -o" in err
+    write_mat(tmp_path / "in.mat", 1.1 * np.linalg.inv(cell_rows(40, 50, 60, 90, 90, 90)))
+    before = (tmp_path / "in.mat").read_bytes()
+    flags = ["-mat", "in.mat", "-lambda", "1.1", "-default_F", "1", "-detpixels", "48"]
+    assert main(["--from-flags", "-o", "in.mat", "--"] + flags) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refusing to write -o 'in.mat'" in err
+    assert (tmp_path / "in.mat").read_bytes() == before
+    # usage: the flags go after '--', -o is required
+    assert main(["--from-flags", "-o", "x.expt"] + base) == 2
+    assert "after '--'" in capsys.readouterr().err
+    assert main(["--from-flags", "--"] + base) == 2
+    assert "-o OUT.expt" in capsys.readouterr().err
