@@ -42,9 +42,11 @@ gemmi's space-group operations; centring leaves Miller indices alone) and
 to their Friedel mates ``-h R``; an index reached twice, from one row or
 from two symmetry-equivalent rows, must get the same value (a file that holds
 two different values for equivalent reflections is not merged data and is
-refused).  Systematic absences are not in such a file and stay out of the
-list (nanoBragg gives a missing reflection -default_F, 0 unless set); so
-does ``0 0 0``.
+refused).  Systematic absences stay out of the list (nanoBragg gives a
+missing reflection -default_F, 0 unless set), and so does ``0 0 0``: a
+screw-axis or glide absence the file holds anyway is left out and counted,
+an index off a centred lattice (h + k odd in C 1 2 1) is refused (the
+indices belong to another cell or setting).
 
 The column: ``-column LABEL``, else the first column of type F (amplitude);
 stderr names the one used.  Intensities (type J, or K for I(+)/I(-)) only
@@ -61,13 +63,17 @@ simulation choose the mean column (F, FP, IMEAN).  Missing values (NaN, or
 the file's VALM) are left out and counted; a negative or infinite
 amplitude is refused.  ``-dmin`` is optional (every reflection of the file
 without it).  The cell is the data set's (DCELL), else the file's (CELL),
-and must fit the space group.
+and must fit the space group; the space group gemmi takes (from SYMINF, and
+for an R group from the cell: 'R 3' with a rhombohedral cell is R 3:R) must
+have the rotations and the absences of the file's SYMM operators.
 
 Refused with one line (exit 2): a file that is not an MTZ or is cut short
-(no END / MTZENDOFHEADERS record, data past the header), an unmerged file
-(batches), no space group, an unknown column (the amplitude columns are
-listed), a column of another type, an index that is not an integer, no
-reflection left, the model-only flags (``-bulk_solvent``, ``-k_sol``,
+(no END / MTZENDOFHEADERS record, data past the header) or whose NCOL
+record does not fill the data exactly, a header text that is not UTF-8, a
+column of an undeclared data set, an unmerged file (batches), no space
+group, an unknown column (the amplitude columns are listed), a label two
+columns share, a column of another type, an index that is not an integer,
+no reflection left, the model-only flags (``-bulk_solvent``, ``-k_sol``,
 ``-B_sol``, ``-B_add``) with an MTZ and ``-column``/``-intensities`` with a
 model.
 """
@@ -113,8 +119,8 @@ amplitudes of a merged MTZ file, expanded to P1 over the whole sphere, as
   -intensities     the column holds intensities (type J, or K for I(+)/I(-);
                    default the first of type J): F = sqrt(max(I, 0))
 
-Every symmetry mate and Friedel mate is written; systematic absences (not in
-an MTZ) and missing values (NaN) stay out of the list (counted on stderr).
+Every symmetry mate and Friedel mate is written; systematic absences and
+missing values (NaN) stay out of the list (counted on stderr).
 Example: nbnumba-sf model.pdb -dmin 2.0 > P1.hkl
          nbnumba-sf data.mtz -column FP -o P1.hkl
          nbnumba -hkl P1.hkl -cell <the cell printed on stderr> ...
@@ -487,7 +493,8 @@ def cell_flags(st) -> str:
 
 
 def _cell_flags_of(c) -> str:
-    return "-cell %g %g %g %g %g %g" % (c.a, c.b, c.c, c.alpha, c.beta, c.gamma)
+    # %.10g: every digit of the file's cell (an MTZ's 123.4567 was printed 123.457 by %g)
+    return "-cell %.10g %.10g %.10g %.10g %.10g %.10g" % (c.a, c.b, c.c, c.alpha, c.beta, c.gamma)
 
 
 # ---------------------------------------------------------------------------
@@ -539,13 +546,16 @@ def is_mtz(path: str) -> bool:
         return False
 
 
-def _check_mtz_layout(path: str) -> None:
+def _check_mtz_layout(path: str) -> List[str]:
     """InputFileError when ``path`` is not an MTZ or is cut short.  gemmi reads
     headers up to the end of the file without a word: a file cut 10 bytes into
     its header came back with no columns, one cut before its last records as
     complete.  An MTZ is 'MTZ ', the header's position (4-byte words, counted
     from 1), the data from byte 80, then 80-byte header records up to END,
-    history and batch headers, and MTZENDOFHEADERS."""
+    history and batch headers, and MTZENDOFHEADERS.  The data must fill the
+    bytes from 80 to the header exactly: gemmi reads the number of reflections
+    NCOL names and said nothing when it was smaller (the rest were dropped).
+    Returns the operators of the header's SYMM records (text)."""
     import struct
     import zlib
     try:
@@ -574,8 +584,11 @@ def _check_mtz_layout(path: str) -> None:
                              % (path, start))
     ncol = nrefl = None
     end = None
+    symm = []
     for i in range(0, len(tail) - 79, 80):
         rec = tail[i:i + 80]
+        if rec[:5] == b"SYMM ":
+            symm.append(rec[5:].decode("latin-1").strip())
         if rec[:4] == b"NCOL":
             try:
                 ncol, nrefl = (int(x) for x in rec[4:].split()[:2])
@@ -597,20 +610,29 @@ def _check_mtz_layout(path: str) -> None:
         raise InputFileError("%s: truncated MTZ file: %d columns x %d reflections need %d bytes of data "
                              "from byte 80, and the header starts at byte %d"
                              % (path, ncol, nrefl, 4 * ncol * nrefl, start))
+    if 80 + 4 * ncol * nrefl != start:
+        raise InputFileError("%s: the NCOL record says %d columns x %d reflections (%d bytes of data from "
+                             "byte 80), but the header starts at byte %d: a damaged header"
+                             % (path, ncol, nrefl, 4 * ncol * nrefl, start))
+    return symm
 
 
 def read_mtz(path: str):
     """The gemmi Mtz of ``path``, merged, with a space group, H K L columns and
     at least one reflection; one-line errors."""
     gemmi = _gemmi()
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise InputFileError("%s: no such MTZ file" % path)
-    _check_mtz_layout(path)
+    if not os.path.isfile(path):
+        raise InputFileError("%s: not a regular file (%s)" % (path, "a directory" if os.path.isdir(path)
+                                                            else "a FIFO, socket or device"))
+    symm = _check_mtz_layout(path)
     try:
-        mtz = gemmi.read_mtz_file(path)
+        mtz = _gemmi_read_mtz(gemmi, path)
     except Exception as exc:   # gemmi's RuntimeError, with its own text
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputFileError("%s: cannot read MTZ: %s" % (path, first)) from None
+    _check_mtz_text(mtz, path)
     if len(mtz.batches):
         # symmetry mates of unmerged data hold different values: refused below anyway,
         # but this says why
@@ -619,12 +641,103 @@ def read_mtz(path: str):
     if mtz.spacegroup is None:
         raise InputFileError("%s: unknown space group ('%s', number %d) in the MTZ header"
                              % (path, mtz.spacegroup_name, mtz.spacegroup_number))
+    _check_symm(gemmi, mtz.spacegroup, symm, path)
     cols = list(mtz.columns)
     if len(cols) < 3 or [c.type for c in cols[:3]] != ["H", "H", "H"]:
         raise InputFileError("%s: the MTZ file does not start with H K L columns (type H)" % path)
+    ids = {d.id for d in mtz.datasets}
+    for c in cols:
+        # (gemmi raised a RuntimeError at c.dataset or get_cell)
+        if c.dataset_id not in ids:
+            raise InputFileError("%s: column %s belongs to data set %d, which the header does not "
+                                 "declare (no PROJECT / DATASET record with that number)"
+                                 % (path, c.label, c.dataset_id))
     if mtz.nreflections == 0:
         raise InputFileError("%s: the MTZ file holds no reflections" % path)
     return mtz
+
+
+def _gemmi_read_mtz(gemmi, path: str):
+    """gemmi.read_mtz_file, also for a name that is not UTF-8 (gemmi takes a str
+    it can encode, and refused 'incompatible function arguments'): read from a
+    copy with a plain name then."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        import shutil
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="nbnumba-sf-") as tmp:
+            copy = os.path.join(tmp, "input.mtz")
+            with _open_raw(path) as src, open(copy, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            return gemmi.read_mtz_file(copy)
+    return gemmi.read_mtz_file(path)
+
+
+def _check_mtz_text(mtz, path: str) -> None:
+    """InputFileError when a header text this tool shows is not UTF-8 (gemmi
+    hands it over as str: a UnicodeDecodeError traceback at first use)."""
+    what = "the space group name"
+    try:
+        mtz.spacegroup_name
+        for i, c in enumerate(mtz.columns, 1):
+            what = "column %d's label" % i
+            c.label
+            what = "column %d's type" % i
+            c.type
+        for i, d in enumerate(mtz.datasets):
+            what = "data set %d's project, crystal or data set name" % d.id
+            d.project_name, d.crystal_name, d.dataset_name
+    except UnicodeDecodeError:
+        raise InputFileError("%s: the MTZ header holds bytes that are not text (UTF-8) in %s"
+                             % (path, what)) from None
+
+
+def _ops_arrays(ops):
+    """(rotations (n, 3, 3), translations (n, 3), both in gemmi.Op.DEN units)."""
+    return (np.array([op.rot for op in ops], dtype=np.int64).reshape(-1, 3, 3),
+            np.array([op.tran for op in ops], dtype=np.int64).reshape(-1, 3))
+
+
+def _absent(hkl: np.ndarray, rots: np.ndarray, trans: np.ndarray, den: int) -> np.ndarray:
+    """True where ``hkl`` is systematically absent under the operators (R, t):
+    h R = h with h.t not an integer (R and t in ``den`` units)."""
+    out = np.zeros(len(hkl), dtype=bool)
+    for r, t in zip(rots, trans):
+        fixed = np.all(hkl @ r == hkl * den, axis=1)
+        out |= fixed & ((hkl @ t) % den != 0)
+    return out
+
+
+def _check_symm(gemmi, sg, symm: List[str], path: str) -> None:
+    """InputFileError when the header's SYMM operators and the space group gemmi
+    took (from SYMINF, and for R groups from the cell) are not the same
+    symmetry: the same rotations, as often, and the same systematic absences
+    (an origin shift may differ).  gemmi reads 'R 3' with a rhombohedral cell
+    as R 3:R, and a SYMINF that names another group than the SYMM records
+    without a word: the list came out with the wrong mates."""
+    if not symm or sg is None:
+        return
+    ops = []
+    for t in symm:
+        try:
+            ops.append(gemmi.Op(t))
+        except Exception:
+            raise InputFileError("%s: bad SYMM record in the MTZ header: '%s'" % (path, t)) from None
+    den = gemmi.Op.DEN
+    fr, ft = _ops_arrays(ops)
+    gr, gt = _ops_arrays(list(sg.operations()))
+    same = sorted(map(tuple, fr.reshape(-1, 9).tolist())) == sorted(map(tuple, gr.reshape(-1, 9).tolist()))
+    if same:
+        n = 12      # enough for every screw and glide component (4_1, 6_1, d)
+        g = np.arange(-n, n + 1)
+        hkl = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)
+        same = np.array_equal(_absent(hkl, fr, ft, den), _absent(hkl, gr, gt, den))
+    if not same:
+        raise InputFileError("%s: the space group of the SYMINF record, %s, does not match the file's %d "
+                             "SYMM operators (rotations or systematic absences differ): a damaged or "
+                             "inconsistent header (for R groups gemmi picks the setting from the cell)"
+                             % (path, sg.xhm(), len(ops)))
 
 
 def _column_list(cols, types) -> str:
@@ -672,6 +785,10 @@ def pick_mtz_columns(mtz, path: str, label: Optional[str] = None, intensities: b
                 if any(c.type in "JK" for c in cols) else "")
         raise UsageError("-column %s: no such column in %s (amplitude columns: %s%s)"
                          % (label, path, _column_list(cols, "FG"), hint))
+    if len(found) > 1:
+        raise UsageError("-column %s: %d columns of %s have this label (data sets %s): it does not say "
+                         "which one" % (label, len(found), path,
+                                        ", ".join("'%s'" % c.dataset.dataset_name for c in found)))
     col = found[0]
     kind = MTZ_TYPES.get(col.type, "unknown type")
     if col.type in "JK" and not intensities:
@@ -768,6 +885,7 @@ class MTZReport:
     beyond_dmin: int = 0
     origin: int = 0
     negative_I: int = 0
+    absent: int = 0
     d_min: float = 0.0
     spacegroup: str = ""
     cell: object = None
@@ -787,10 +905,11 @@ def mtz_structure_factors(mtz, path: str, column: Optional[str] = None, intensit
     cell = mtz.get_cell(cols[0].dataset_id)
     _check_unit_cell(cell, path, "no unit cell (CELL / DCELL) in the MTZ header")
     sg = mtz.spacegroup
+    # (xhm: 'R 3:H' or 'R 3:R', where hm is 'R 3' for both)
     if not cell.is_compatible_with_spacegroup(sg):
         raise InputFileError("%s: the cell %s does not fit the space group %s"
-                             % (path, _cell_flags_of(cell)[len("-cell "):], sg.hm))
-    report.spacegroup, report.cell = sg.hm, cell
+                             % (path, _cell_flags_of(cell)[len("-cell "):], sg.xhm()))
+    report.spacegroup, report.cell = sg.xhm(), cell
     data = np.array(mtz.array, dtype=np.float64)
     report.rows = len(data)
     raw = data[:, :3]
@@ -800,6 +919,17 @@ def mtz_structure_factors(mtz, path: str, column: Optional[str] = None, intensit
         raise InputFileError("%s: reflection %d has Miller index %s: not an integer within +-%d"
                              % (path, r + 1, " ".join("%g" % x for x in raw[r]), MTZ_INDEX_MAX))
     hkl = raw.astype(np.int64)
+    den = gemmi.Op.DEN
+    rots, trans = _ops_arrays(list(sg.operations()))
+    # an index off the centred lattice is no reflection of this crystal: the file's
+    # indices belong to another cell or setting (they were written out as they were)
+    cen = np.array(sg.operations().cen_ops, dtype=np.int64).reshape(-1, 3)
+    off = np.any((hkl @ cen.T) % den != 0, axis=1)
+    if off.any():
+        r = int(np.flatnonzero(off)[0])
+        raise InputFileError("%s: reflection %d %d %d (row %d) violates the %s centring of %s: %d such "
+                             "rows, the indices do not belong to this space group"
+                             % (path, *hkl[r].tolist(), r + 1, sg.hm[0], sg.xhm(), int(off.sum())))
     keep_rows = np.ones(len(hkl), dtype=bool)
     origin = np.all(hkl == 0, axis=1)
     report.origin = int(origin.sum())
@@ -807,13 +937,19 @@ def mtz_structure_factors(mtz, path: str, column: Optional[str] = None, intensit
     if dmin is not None:
         s = hkl @ np.array(cell.frac.mat, dtype=float)
         s2 = np.einsum("ij,ij->i", s, s)
-        near = s2 <= 1.0 / (dmin * dmin) * (1 + 1e-12)
+        # (1 / dmin^2 was a ZeroDivisionError for -dmin 1e-300: dmin^2 is 0 there)
+        near = s2 * (dmin * dmin) <= 1 + 1e-12
         report.beyond_dmin = int((keep_rows & ~near).sum())
         if not np.any(keep_rows & near):
             d = 1.0 / np.sqrt(s2[keep_rows]) if np.any(keep_rows) else np.array([math.nan])
             raise UsageError("-dmin %g: no reflection of %s has d >= %g A (its largest d-spacing is %.4g A)"
                              % (dmin, path, dmin, float(np.max(d))))
         keep_rows &= near
+    # screw-axis and glide absences are 0 in the crystal whatever the file holds
+    # there: left out like the file's missing values, and counted
+    absent = keep_rows & _absent(hkl, rots, trans, den)
+    report.absent = int(absent.sum())
+    keep_rows &= ~absent
     valm = mtz.valm
     parts = []
     missing = 0
@@ -847,9 +983,11 @@ def mtz_structure_factors(mtz, path: str, column: Optional[str] = None, intensit
         raise InputFileError("%s: no reflections left in column%s %s: %d rows, %d missing values%s%s"
                              % (path, "s" if anomalous else "", " and ".join(report.columns), report.rows,
                                 missing, ", %d beyond -dmin %g" % (report.beyond_dmin, dmin)
-                                if dmin is not None else "", ", 0 0 0 left out" if report.origin else ""))
+                                if dmin is not None else "",
+                                ", 0 0 0 left out" if report.origin else "")
+                             + (", %d systematic absences left out" % report.absent if report.absent else ""))
     what = "column%s %s: reflections" % ("s" if anomalous else "", " and ".join(report.columns))
-    out_hkl, out_F = _expand_p1(parts, path, what, sg.hm)
+    out_hkl, out_F = _expand_p1(parts, path, what, sg.xhm())
     s = out_hkl @ np.array(cell.frac.mat, dtype=float)
     report.d_min = float(1.0 / math.sqrt(float(np.max(np.einsum("ij,ij->i", s, s)))))
     return out_hkl, out_F, report
@@ -869,6 +1007,8 @@ def _mtz_summary(path: str, report: MTZReport, n_out: int, dmin: Optional[float]
     left = ["%d missing (NaN) left out" % report.missing]
     if dmin is not None:
         left.append("%d beyond -dmin %g left out" % (report.beyond_dmin, dmin))
+    if report.absent:
+        left.append("%d systematic absence%s left out" % (report.absent, "" if report.absent == 1 else "s"))
     if report.origin:
         left.append("0 0 0 left out")
     reso = "%g" % dmin if dmin is not None else "%.4g" % report.d_min
@@ -901,6 +1041,12 @@ def _write_hkl(opts: SFOptions, out, text: str) -> None:
         out.flush()
 
 
+def _printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (surrogates) written as
+    escapes: a stream that encodes strictly raised UnicodeEncodeError on them."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def run(opts: SFOptions, out=None, err=None) -> int:
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
@@ -917,7 +1063,7 @@ def run(opts: SFOptions, out=None, err=None) -> int:
                                                opts.dmin if opts.dmin > 0 else None)
         _write_hkl(opts, out, hkl_text(hkl, F))
         for line in _mtz_summary(opts.model, report, len(F), opts.dmin if opts.dmin > 0 else None):
-            print(line, file=err)
+            print(_printable(line), file=err)
         return 0
     st = read_model(opts.model)
     hkl, F = structure_factors(st, opts.dmin, opts.bulk_solvent, opts.k_sol, opts.B_sol, opts.B_add,
@@ -942,7 +1088,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return 0 if argv else 2
             return run(parse_sf_argv(argv))
         except NBError as exc:
-            print("%s: error: %s" % (PROG, exc), file=sys.stderr)
+            print(_printable("%s: error: %s" % (PROG, exc)), file=sys.stderr)
             return exc.exit_code
         except KeyboardInterrupt:
             print("%s: interrupted; no output written" % PROG, file=sys.stderr)

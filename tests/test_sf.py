@@ -694,3 +694,99 @@ def test_mtz_of_a_models_structure_factors_gives_the_models_image(tmp_path, caps
     img_mtz = nbnumba.simulate_argv(flags + ["-hkl", str(mtz_list)]).float_image
     assert img_model.max() > 0 and np.count_nonzero(img_model > 1e-3 * img_model.max()) > 100
     assert np.max(np.abs(img_mtz - img_model)) <= 1e-6 * img_model.max()
+
+
+# ---------------------------------------------------------------------------
+# MTZ input: damaged or self-contradictory headers, lattice absences, odd paths
+# ---------------------------------------------------------------------------
+
+def edit_record(data, tag, text, nth=0):
+    """``data`` (an MTZ's bytes) with its ``nth`` header record starting with
+    ``tag`` replaced by ``text`` (bytes, padded to the 80-byte record)."""
+    start = 4 * (int.from_bytes(data[4:8], "little") - 1)
+    b = bytearray(data)
+    hits = [i for i in range(start, len(data), 80) if data[i:i + len(tag)] == tag]
+    i = hits[nth]
+    b[i:i + 80] = text.ljust(80)[:80]
+    return bytes(b)
+
+
+def header_defect_cases(tmp_path):
+    sg, cell = "P 21 21 21", CELLS["P 21 21 21"]
+    rows = [[h, k, l, 10.0 + h + 2 * k + 3 * l, 1.0] for h in range(3) for k in range(3) for l in range(1, 3)]
+    data = write_mtz(tmp_path / "src.mtz", sg, cell, rows).read_bytes()
+    # NCOL promises 5 of the 18 reflections: gemmi read those 5 and the rest was dropped
+    (tmp_path / "nrefl.mtz").write_bytes(edit_record(data, b"NCOL", b"NCOL        5            5        0"))
+    # SYMINF names P 1 21 1 over the SYMM records of P 21 21 21: the list had half the mates
+    (tmp_path / "syminf.mtz").write_bytes(
+        edit_record(data, b"SYMINF", b"SYMINF   2  2 P     4                  'P 1 21 1' PG2"))
+    # a column of a data set that the header does not declare: a RuntimeError traceback
+    (tmp_path / "dataset.mtz").write_bytes(edit_record(
+        data, b"COLUMN F ", b"COLUMN F                              F       1.0             100.0    7"))
+    # bytes that are not UTF-8 in a label or the space group's name: UnicodeDecodeError tracebacks
+    (tmp_path / "label.mtz").write_bytes(edit_record(
+        data, b"COLUMN F ", b"COLUMN F\xff                             F       1.0             100.0    1"))
+    (tmp_path / "sgname.mtz").write_bytes(
+        edit_record(data, b"SYMINF", b"SYMINF   4  4 P \xff  19           'P 21 21 21' PG222"))
+    # gemmi writes R 3 (hexagonal setting) and, for a rhombohedral cell, reads it
+    # back as R 3:R: the rows' indices meant the other setting
+    write_mtz(tmp_path / "r3.mtz", "R 3", (30.0, 30.0, 30.0, 70.0, 70.0, 70.0), [[1, 0, 0, 5.0, 1.0]])
+    write_mtz(tmp_path / "dup.mtz", sg, cell, [[1, 2, 3, 10.0, 20.0]], (("F", "F"), ("F", "F")))
+    write_mtz(tmp_path / "lattice.mtz", "C 1 2 1", CELLS["C 1 2 1"],
+              [[1, 1, 1, 5.0, 1.0], [1, 0, 1, 6.0, 1.0]])
+    (tmp_path / "dir.mtz").mkdir()
+    os.mkfifo(str(tmp_path / "fifo.mtz"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["nrefl.mtz"], "nrefl.mtz: the NCOL record says 5 columns x 5 reflections (100 bytes of data "
+                    "from byte 80), but the header starts at byte 440"),
+    (["syminf.mtz"], "syminf.mtz: the space group of the SYMINF record, P 1 21 1, does not match "
+                     "the file's 4 SYMM operators (rotations"),
+    (["dataset.mtz"], "dataset.mtz: column F belongs to data set 7, which the header does not declare"),
+    (["label.mtz"], "label.mtz: the MTZ header holds bytes that are not text (UTF-8) in column 4's label"),
+    (["sgname.mtz"], "sgname.mtz: the MTZ header holds bytes that are not text (UTF-8) in the space "
+                     "group name"),
+    (["r3.mtz"], "r3.mtz: the space group of the SYMINF record, R 3:R, does not match the file's 9 "
+                 "SYMM operators"),
+    (["dup.mtz", "-column", "F"], "-column F: 2 columns of dup.mtz have this label"),
+    (["lattice.mtz"], "lattice.mtz: reflection 1 0 1 (row 2) violates the C centring of C 1 2 1"),
+    (["src.mtz", "-dmin", "1e300"], "-dmin 1e+300: no reflection of src.mtz has d >= 1e+300 A"),
+    (["dir.mtz"], "dir.mtz: not a regular file (a directory)"),
+    (["fifo.mtz"], "fifo.mtz: not a regular file"),
+])
+def test_mtz_header_defects_are_one_line(args, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    header_defect_cases(tmp_path)
+    (tmp_path / "out.hkl").write_text("old\n")
+    err = one_error(capsys, args + ["-o", "out.hkl"])
+    assert needle in err, err
+    assert (tmp_path / "out.hkl").read_text() == "old\n"
+
+
+def test_mtz_systematic_absences_left_out_and_tiny_dmin(tmp_path, capsys):
+    # 0 0 1 of P 21 21 21 is absent whatever the file says; 1 1 1 has 8 mates
+    path = write_mtz(tmp_path / "abs.mtz", "P 21 21 21", CELLS["P 21 21 21"],
+                     [[0, 0, 1, 5.0, 1.0], [1, 1, 1, 3.0, 1.0], [0, 0, 2, 4.0, 1.0]])
+    out = tmp_path / "P1.hkl"
+    # -dmin 1e-300: 1/dmin^2 was a ZeroDivisionError traceback; it keeps every row
+    assert sf.main([str(path), "-dmin", "1e-300", "-o", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "1 systematic absence left out" in err[1] and "0 beyond -dmin 1e-300 left out" in err[1]
+    got = read_list(out)
+    assert set(got) == {(h, k, l) for h in (-1, 1) for k in (-1, 1) for l in (-1, 1)} | {(0, 0, 2), (0, 0, -2)}
+    assert (0, 0, 1) not in got and got[(0, 0, -2)] == 4.0
+
+
+def test_mtz_with_a_non_utf8_name_and_a_precise_cell(tmp_path, capsys):
+    # gemmi takes str paths only (UTF-8): such a name was 'incompatible function arguments'
+    cell = (123.4567, 45.6789, 67.8912, 90.0, 101.2345, 90.0)
+    name = os.fsdecode(b"d\xe9\xff.mtz")
+    path = write_mtz(tmp_path / "plain.mtz", "P 1 21 1", cell, [[1, 2, 3, 10.0, 1.0]])
+    os.rename(str(path), str(tmp_path / name))
+    out = tmp_path / "P1.hkl"
+    assert sf.main([str(tmp_path / name), "-o", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(read_list(out)) == 4
+    # the MTZ's cell (single precision) to its last digit: %g gave 123.457
+    assert err[1].endswith("use with -cell 123.4567 45.6789 67.8912 90 101.2345 90"), err[1]
