@@ -85,6 +85,7 @@ class Detector:
     #: the default mode kept the side of a non-unit -odet_vector where
     #: nanoBragg.c's fdet x sdet points the other way (docs/quirks.md #18)
     odet_side_kept: bool = False
+    tt_axis_scaled: bool = False     # default mode: -twotheta_axis made a unit vector (#23)
 
     @property
     def trace(self) -> List[str]:
@@ -257,6 +258,15 @@ def build_detector(cfg, trace=True) -> Detector:
     polar, _ = unitize(polar)
     spindle, _ = unitize(spindle)
     vert, _ = unitize(cross(beam, polar))
+    tt_axis_scaled = False
+    if not cfg.c_parity and cfg.detector_twotheta != 0.0:
+        # nanoBragg.c turns the detector about -twotheta_axis as given, so an
+        # axis not of length 1 (0 2 0, 1 1 0) scales and shears the detector's
+        # axes (0 2 0 at 10 degrees: fdet 19.4 degrees off, |sdet| 1.0456); the
+        # default mode turns about its direction (docs/quirks.md #23)
+        tt_u, tmag = unitize(tt_axis)
+        if tmag != 1.0:
+            tt_axis, tt_axis_scaled = tt_u, True
 
     rotx, roty, rotz = cfg.detector_rotx, cfg.detector_roty, cfg.detector_rotz
     twotheta = cfg.detector_twotheta
@@ -377,4 +387,4 @@ def build_detector(cfg, trace=True) -> Detector:
                     twotheta=twotheta, rotx=rotx, roty=roty, rotz=rotz, roi=tuple(roi),
                     curved=cfg.curved_detector, point_pixel=cfg.point_pixel,
                     xds_incident=xds_incident, log=log, trace_items=trace,
-                    odet_side_kept=odet_side_kept)
+                    odet_side_kept=odet_side_kept, tt_axis_scaled=tt_axis_scaled)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+import numpy as np
+
 from .model import R_E_SQR
 from .sampling import c_sensor_layers, sweeps_differ_from_c
 
@@ -63,6 +65,8 @@ def c_differences(model) -> List[Tuple[int, str]]:
         out.append((20, "-sourcefile weights"))
     if model.det.curved:
         out.append((21, "-curved_det sphere"))
+    if model.det.tt_axis_scaled:
+        out.append((23, "-twotheta_axis of length %.6g" % float(np.linalg.norm(cfg.twotheta_axis))))
     moved = sweeps_differ_from_c(cfg, st)
     if moved:
         out.append((22, "%s points centred" % "/".join(

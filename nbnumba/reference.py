@@ -241,6 +241,10 @@ def detector(cfg):
         g = _unit(np.cross(f, s))[0]
         o = -g if float(g @ o) < 0.0 else g
     pol, spin = _unit(pol)[0], _unit(spin)[0]
+    # a rotation's axis is a direction: nanoBragg.c turns the detector about
+    # the -twotheta_axis as given, and one not of length 1 stretches and
+    # shears the detector's axes (0 2 0 at 10 degrees: |sdet| = 1.0456)
+    tt = _unit(tt)[0]
     Rxyz = xyz_rotation(cfg.detector_rotx, cfg.detector_roty, cfg.detector_rotz)
     R = axis_rotation(tt, cfg.detector_twotheta) @ Rxyz
     # the beam distance and the normal distance differ by the tilt (before twotheta)
@@ -461,15 +465,30 @@ def grating(h, N):
     """sin(N pi h) / sin(pi h) (N at integer h), the interference function of N
     unit cells.  For integer N the periodic identity
     sin(N pi (n + d)) / sin(pi (n + d)) = (-1)^(n (N-1)) sin(N pi d) / sin(pi d)
-    keeps the sine arguments small (accurate for any h)."""
+    keeps the sine arguments small (accurate for any h).  Where |N d| < 1e-8
+    the ratio is its series N (1 - ((N pi d)^2 - (pi d)^2) / 6), whose next
+    term is below 1e-32 there: the quotient of the sines would keep only the
+    digits of two subnormals when pi d is one (h = 2.6e-322 at N = 5 gave
+    4.988, not 5)."""
     if N != int(N):
+        if abs(N * h) < 1e-8:
+            return _grating_series(h, N)
         return math.sin(N * math.pi * h) / math.sin(math.pi * h) if math.sin(math.pi * h) != 0 else N
     n = round(h)
     d = h - n
     sign = -1.0 if (int(n) * (int(N) - 1)) % 2 else 1.0
     if d == 0.0:
         return sign * N
+    if abs(N * d) < 1e-8:
+        return sign * _grating_series(d, N)
     return sign * math.sin(N * math.pi * d) / math.sin(math.pi * d)
+
+
+def _grating_series(d, N):
+    """sin(N pi d) / sin(pi d) for |N d| < 1e-8, to its second order (the
+    squares taken apart, so no N^2 overflows)."""
+    t, x = N * math.pi * d, math.pi * d
+    return N * (1.0 - (t * t - x * x) / 6.0)
 
 
 def sphere_transform(x):

@@ -369,6 +369,18 @@ def check_config(cfg) -> None:
     _check_geometry(cfg)
 
 
+def _curved_reach(det, box) -> float:
+    """The largest in-plane distance (m) from the detector plane's point
+    nearest the sample to the edges of the active pixels' box (r0, r1, c0,
+    c1; end exclusive): at a corner, since the distance is convex."""
+    f, s, o, p = (np.asarray(v, dtype=float) for v in (det.fdet, det.sdet, det.odet, det.pix0))
+    q0 = p - det.close_distance * o
+    px = det.pixel_size
+    return max(math.hypot(float(q @ f), float(q @ s))
+               for q in (q0 + c * px * f + r * px * s
+                         for r in (box[0], box[1]) for c in (box[2], box[3])))
+
+
 def check_detector(cfg, det, active, box) -> None:
     """Checks that need the derived detector: its sensitive face must look at the
     sample, and the ROI must select a pixel.  box: (r0, r1, c0, c1), rows and
@@ -385,6 +397,20 @@ def check_detector(cfg, det, active, box) -> None:
                           "use |-twotheta| < 90 deg, a SAMPLE-pivot convention (-xds, -dials) or check "
                           "-odet_vector/-pix0_vector"
                           % (det.close_distance * 1e3, det.twotheta * RTD))
+    if det.curved and not cfg.c_parity:
+        rho = _curved_reach(det, box)
+        if rho > math.pi * det.close_distance:
+            # the default mode rolls the plane onto the sphere of radius close
+            # about the sample, a point rho from the foot to the arc rho: past
+            # pi it wraps over itself, and the arc's angle rho/close multiplies
+            # the rounding of close (-pix0_vector 5 45 1e6: 2e5 rad, whose
+            # image moved 0.7 % when the same detector was stated turned)
+            raise ConfigError(
+                "-curved_det: the detector reaches %.4g mm from its point nearest the sample, "
+                "%.3g times the half circumference of the sphere of radius %.4g mm (the close "
+                "distance) that it is rolled onto, and past that it wraps over itself; bring "
+                "-pix0_vector or the beam centre nearer, or drop -curved_det"
+                % (rho * 1e3, rho / (math.pi * det.close_distance), det.close_distance * 1e3))
     if cfg.roi_xmin >= 0 and not np.any(active[box[0]:box[1], box[2]:box[3]]):
         raise ConfigError("-roi %d %d %d %d selects no pixel of the %d x %d detector"
                           % (cfg.roi_xmin, cfg.roi_xmax, cfg.roi_ymin, cfg.roi_ymax,

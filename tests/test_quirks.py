@@ -792,3 +792,25 @@ def test_divergence_sweeps_the_default_mode_refuses(flags, why, tmp_path, capsys
     assert not (tmp_path / "f.bin").exists()
     assert cli.main(argv + ["-c_parity"]) == 0
     assert (tmp_path / "f.bin").exists()
+
+
+# ------------------------------------------------------- #23 -twotheta_axis
+def test_twotheta_axis_is_a_direction_in_the_default_mode():
+    """docs/quirks.md #23: nanoBragg.c turns the detector about -twotheta_axis
+    as given, so 0 2 0 at 10 degrees swings fdet by 19.4 degrees and stretches
+    sdet to 1.0456; the default mode turns about the axis' direction (the
+    image of 0 1 0 bit for bit) and its note names #23."""
+    from nbnumba.quirks import c_differences
+    # (the axis first: nanoBragg.c also reads -twotheta_axis as -twotheta, #5)
+    def run(y, c_parity=False):
+        return sim(["-oversample", "1", "-twotheta_axis", "0", y, "0", "-twotheta", "10"],
+                   c_parity=c_parity)
+    unit, long_, c = run("1"), run("2"), run("2", True)
+    assert unit.float_image.max() > 0.0
+    assert np.array_equal(long_.float_image, unit.float_image)
+    assert [n for n, _ in c_differences(long_.model)] == [23]
+    assert not c_differences(unit.model)
+    assert np.linalg.norm(c.model.det.sdet) == pytest.approx(1.0456, abs=1e-4)
+    assert math.degrees(math.acos(c.model.det.fdet[2] / np.linalg.norm(c.model.det.fdet))) \
+        == pytest.approx(19.4, abs=0.1)
+    assert not np.array_equal(c.float_image, unit.float_image)

@@ -236,3 +236,52 @@ def test_triclinic_cell():
     -c_parity, docs/quirks.md #13), so -cell 70 80 90 85 95 100 is built as
     70 80 90 84.9945 95.0055 100.001 (the summary's "Unit Cell" line)."""
     check(cfg_of("-oversample 1 -cell 70 80 90 85 95 100"))
+
+
+def test_grating_is_N_where_the_phase_is_subnormal():
+    """sin(N pi d) / sin(pi d) -> N as d -> 0.  At a subnormal d the two sines
+    keep only a few bits, and their quotient wandered: d = 2.6e-322 (a sub-path
+    on the beam, with sources 1e-323 rad apart: -divergence 1e-320) gave
+    4.98802 for N = 5, the kernel's own value.  The reference takes the
+    series there; above 1e-8 / N the closed form is unchanged."""
+    for d in (2.61854792295861e-322, 5e-324, -3.1e-310, 1e-200, 1e-12):
+        for N in (2, 5, 37):
+            assert ref.grating(d, N) == N
+    # near an integer h, with the sign of n (N - 1): (-1)^(3 * 4) at h = 3
+    assert ref.grating(3.0 + 2.0 ** -40, 5) == pytest.approx(5.0, rel=1e-15)
+    assert ref.grating(1.0 + 2.0 ** -40, 4) == pytest.approx(-4.0, rel=1e-15)
+    # the series and the closed form meet at |N d| = 1e-8 to an ulp or two
+    for N in (3, 5, 11):
+        below, above = 1e-8 / N * (1 - 1e-12), 1e-8 / N * (1 + 1e-12)
+        closed = [np.sin(N * np.pi * d) / np.sin(np.pi * d) for d in (below, above)]
+        assert abs(ref.grating(below, N) - closed[0]) <= 4e-16 * N
+        assert ref.grating(above, N) == closed[1]
+    # a whole pixel: two sources 1e-323 rad apart put one of pixel (17, 17)'s
+    # nine sub-paths on the beam, k = 2.6e-322; turned by any rotation, the
+    # same experiment has k ~ 1e-17 and the reference gave 1020.4767 there
+    cfg = nbnumba.parse_argv(
+        "-cell 70 80 90 90 95 90 -lambda 1.5 -distance 100 -detpixels 33 "
+        "-pixel 0.30303030303030304 -N 5 -default_F 100 -nonoise -nopgm -oversample 3 "
+        "-hdivrange 0.2 -hdivstep 0.1 -divergence 1e-320".split())
+    assert ref.pixel_value(17, 17, ref.setup(cfg)) == pytest.approx(1020.4767128360309,
+                                                                     rel=1e-12)
+
+
+def test_twotheta_axis_is_a_direction():
+    """-twotheta_axis names the axis the detector turns about; its length is no
+    part of it.  nanoBragg.c rotates by Rodrigues' formula with the vector as
+    given, so -twotheta_axis 0 2 0 at -twotheta 10 makes a detector whose slow
+    axis is 1.0456 long and whose fast axis leans 19.4 degrees, not 10; the
+    reference turns it about the unit axis, the same detector as 0 1 0 (the
+    kernel's geometry does not yet: found by tools/fuzz.py metamorphic,
+    'vectors', seeds 51 to 53)."""
+    line = ("-oversample 1 -twotheta 10 -detpixels 8 -pixel 1.25 -distance 100 -N 5 "
+            "-twotheta_axis %s")
+    unit = ref.setup(cfg_of(line % "0 1 0"))
+    for axis in ("0 2 0", "0 0.001 0", "0 90 0"):
+        st = ref.setup(cfg_of(line % axis))
+        for k in ("fdet", "sdet", "odet", "pix0"):
+            assert np.allclose(st["det"][k], unit["det"][k], rtol=0.0, atol=1e-15), (axis, k)
+        for s, f in ((0, 0), (3, 5), (7, 7)):
+            assert ref.pixel_value(s, f, st) == pytest.approx(ref.pixel_value(s, f, unit),
+                                                              rel=1e-13)

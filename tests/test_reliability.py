@@ -122,6 +122,34 @@ def test_nonsense_refused(work, capsys, extra, needle):
     refused(BASE + extra, capsys, needle, work)
 
 
+def test_curved_detector_that_wraps_its_sphere_refused(work, capsys):
+    """The default mode's -curved_det rolls the detector plane onto the sphere
+    of radius close about the sample, a point rho from the plane's foot to the
+    arc rho (docs/quirks.md #21).  Past half the circumference the surface
+    wraps over itself, and the arc's angle rho/close multiplies the rounding of
+    close: -pix0_vector 5 45 1e6 (the plane 5 m from the sample, the pixels
+    1e6 m along it, 2e5 rad of arc) gave an image that moved 0.7 % when the
+    same detector was stated in a turned frame (tools/fuzz.py metamorphic,
+    seed 65).  Refused in one line; -c_parity (nanoBragg.c's lab-frame map)
+    and a detector within the half circumference run."""
+    line = refused(BASE + ["-curved_det", "-pix0_vector", "5", "45", "1e6", "-detector_rotx", "3"],
+                   capsys, "-curved_det: the detector reaches 1e+09 mm", work)
+    assert "6.37e+04 times the half circumference" in line, line
+    # 8 pixels of 0.1 mm at 100 mm: 0.57 mm of 314 mm
+    assert cli.main(BASE + ["-curved_det", "-nonoise", "-nopgm"]) == 0
+    # 1 mm pixels at 100 mm: the corners of 440 pixels reach 312.5 mm (< 100 pi),
+    # of 450 pixels 319.6 mm; a -roi in the middle of the larger one runs
+    wide = BASE + ["-curved_det", "-pixel", "1", "-oversample", "1", "-nonoise", "-nopgm",
+                   "-N", "1"]
+    refused(wide + ["-detpixels", "450"], capsys, "reaches 319.6 mm", work)
+    assert cli.main(wide + ["-detpixels", "440"]) == 0
+    assert cli.main(wide + ["-detpixels", "450", "-roi", "200", "250", "200", "250"]) == 0
+    os.mkdir(work / "c")
+    os.chdir(work / "c")        # (-c_parity writes intimage.img here)
+    assert cli.main(BASE + ["-curved_det", "-pix0_vector", "5", "45", "1e6", "-c_parity",
+                            "-nonoise", "-nopgm"]) == 0
+
+
 def _fuzz_tool():
     import importlib.util
     spec = importlib.util.spec_from_file_location("fuzz_tool", REPO / "tools" / "fuzz.py")
@@ -359,7 +387,8 @@ def test_fuzz_modes_agree_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, 
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("modes, seed 6: agree ") and last.endswith("fail 0"), last
     agree = int(last.split("agree ")[1].split(",")[0])
-    assert agree >= 6, last
+    # (5 of the 12 at 9683af0: 6 announced, #22 one of them, and one refused)
+    assert agree >= 5, last
     fz._inputs(tmp_path)
     base = fz._parity_base(20) + ["-nonoise", "-nopgm", "-default_F", "100"]
     base[base.index("-cell") + 1:base.index("-cell") + 7] = fz.MODES_CELL
@@ -493,6 +522,53 @@ def test_fuzz_metamorphic_source_split_sees_the_weights(tmp_path, monkeypatch):
         what, rels = fz.metamorphic_check(base + extra, random.Random(1), cwd=str(tmp_path))
         split = [r for r in rels if r[0] == "source_split"]
         assert what == "run" and split and split[0][1] == want, rels
+
+
+def test_fuzz_metamorphic_vectors_skip_a_matrix_the_mat_reader_refuses(tmp_path, monkeypatch):
+    """The 'vectors' and 'rotation' relations state the crystal as a MOSFLM
+    matrix, A* times the wavelength.  -lambda 1e308 (with one cell per axis,
+    -samplesize 1e-320, the line runs) puts it near 1e306, beyond the -mat
+    reader's 1e100: the relations are skipped, not failed as a related run
+    refused (tools/fuzz.py metamorphic, seed 51)."""
+    import random
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    base = fz._parity_base(8) + ["-nonoise", "-nopgm", "-default_F", "100", "-nopolar",
+                                 "-lambda", "1e308", "-samplesize", "1e-320"]
+    what, rels = fz.metamorphic_check(base, random.Random(1), cwd=str(tmp_path))
+    got = {r[0]: r[1:] for r in rels}
+    assert what == "run", rels
+    for rel in ("vectors", "rotation"):
+        assert got[rel] == ("skipped", "the crystal's matrix A* lambda outside the -mat "
+                                       "reader's range"), rels
+    # an ordinary wavelength keeps both relations
+    what, rels = fz.metamorphic_check(base[:-4] + ["-N", "1"], random.Random(1),
+                                      cwd=str(tmp_path))
+    got = {r[0]: r[1] for r in rels}
+    assert what == "run" and got["vectors"] == got["rotation"] == "close", rels
+
+
+def test_fuzz_metamorphic_vectors_skip_a_dmin_that_keeps_only_s_zero(tmp_path, monkeypatch):
+    """-dmin 1e20 keeps only the sub-paths whose scattering vector is exactly 0:
+    here the centre of a sub-pixel of pixel (17, 17) on the beam (33 pixels of
+    0.5 mm).  A turned frame gives S ~ 1e-16 there, which the cut removes (0
+    against 156 photons: tools/fuzz.py metamorphic, seed 64), so 'vectors'
+    and 'rotation' are skipped; at -dmin 1e10 the cut is far above the
+    rounding and both relations hold."""
+    import random
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    base = fz._parity_base(33) + ["-nonoise", "-nopgm", "-default_F", "100", "-pixel", "0.5"]
+    for dmin, want in (("1e20", "skipped"), ("1e10", "close")):
+        what, rels = fz.metamorphic_check(base + ["-dmin", dmin], random.Random(0),
+                                          cwd=str(tmp_path))
+        got = {r[0]: r[1:] for r in rels}
+        assert what == "run" and got["vectors"][0] == got["rotation"][0] == want, rels
+    assert got["vectors"] == ("close", "")
+    cfg = nbnumba.parse_argv(base + ["-dmin", "1e20"])
+    from nbnumba.model import build_model
+    assert fz._vectors_skip(cfg, build_model(cfg), "rotation") == (
+        "-dmin keeps only sub-paths at S = 0 exactly")
 
 
 def test_fuzz_metamorphic_curved_detector_is_made_of_its_vectors(tmp_path, monkeypatch):

@@ -1656,8 +1656,9 @@ def metamorphic_check(argv, rng: random.Random, cwd=None) -> tuple:
                skipped with mosaic domains (drawn in the lab frame).
     Both skip a line with -mask / -img, -curved_det under -c_parity (the
     default mode's sphere is made of the vectors), a detector normal not
-    perpendicular to its axes, a plane through the sample, or -cell and
-    -mat that disagree (_vectors_skip).
+    perpendicular to its axes, a plane through the sample, -cell and -mat
+    that disagree, a matrix A* lambda outside the -mat reader's range, or a
+    -dmin that only S = 0 exactly passes (_vectors_skip).
 
     Each relation's outcome: 'exact', 'bounded' (fluence, default_F: exact
     but at float32 subnormal pixels, within their bound), 'skipped' (text
@@ -1916,12 +1917,25 @@ def _vectors_skip(cfg, m, rel):
         # its plane passes through the sample: the close distance, and with it
         # every solid angle, is rounding (-detector_roty 90 -xds: 6e-17 m)
         return "a detector plane through the sample"
+    if cfg.dmin > 1e12 * float(np.min(m.sources.wavelength)):
+        # -dmin cuts stol below 0.5 / dmin, under the rounding of a restated
+        # scattering vector (~1e-16 / lambda): only sub-paths at S = 0 exactly
+        # pass, and a turned frame's S there is rounding (seed 64, -dmin 1e308,
+        # and 1e20 alike: a sub-pixel centre on the beam, 156 photons against 0)
+        return "-dmin keeps only sub-paths at S = 0 exactly"
     c = m.crystal
     dual = np.array([c.a, c.b, c.c], dtype=float) @ np.array([c.astar, c.bstar, c.cstar]).T
     if not np.allclose(dual * 1e10, np.eye(3), rtol=0.0, atol=1e-12):
         # (-cell's angles with -mat's directions: real and reciprocal vectors
         # that are not each other's duals, as in nanoBragg.c)
         return "the crystal's real and reciprocal vectors disagree (-cell with -mat)"
+    from nbnumba.io.mat import MAX_MAT_VALUE
+    mat = [abs(float(x)) * cfg.lambda0 * 1e10 for v in (c.astar, c.bstar, c.cstar) for x in v]
+    if not all(x < MAX_MAT_VALUE and (x == 0.0 or x >= DBL_TINY) for x in mat):
+        # the matrix carries the wavelength (A* lambda): -lambda 1e308 puts it
+        # at 1e306, beyond what the -mat reader takes (seed 51), and a tiny
+        # one in the subnormals, which keep fewer digits
+        return "the crystal's matrix A* lambda outside the -mat reader's range"
     return None
 
 
