@@ -74,7 +74,7 @@ experiment I (default 0) of a DIALS experiment list: beam, panel P (default 0)
 as custom vectors in the file's lab frame, the crystal as a -mat file written to
 FILE (default: EXPT with the suffix .mat) and, for a rotation scan, the spindle
 axis with -phi/-osc of image N (default: the scan's first image).  Stills get
-no -phi/-osc.  Notes on what is not translated go to stderr.  Bad input: one
+-osc 0 only.  Notes on what is not translated go to stderr.  Bad input: one
 line naming the file and key, exit 2.  --from-flags: the other direction, the
 ground truth of a simulation as an experiment list (--from-flags -h)."""
 
@@ -114,7 +114,10 @@ def _sub(where: str, key) -> str:
 def _num(ctx, v, where) -> float:
     if not _is_num(v):
         raise ctx.fail(where, "expected a number, got %s" % json.dumps(v)[:40])
-    x = float(v)
+    try:
+        x = float(v)
+    except OverflowError:                 # an integer literal past 1.8e308
+        x = math.inf
     if not math.isfinite(x):
         raise ctx.fail(where, "non-finite number %r" % x)
     return x
@@ -269,6 +272,15 @@ def _scan_angles(ctx, scan, swhere, image):
         starts = [_num(ctx, x, "%s[%d]" % (ow, i)) for i, x in enumerate(osc)]
         if n > 1:
             start, width = starts[0], starts[1] - starts[0]
+            # dxtbx refuses a scan whose images are not evenly spaced (its
+            # oscillation_has_constant_width, 1e-7 deg); image N is then at
+            # start + (N - first) * width, whatever the list says
+            for i in range(1, n - 1):
+                if abs(starts[i + 1] - starts[i] - width) > 1e-7:
+                    raise ctx.fail(ow, "images not evenly spaced: %.9g deg from image %d to %d, "
+                                   "%.9g deg from %d to %d" % (width, first, first + 1,
+                                                               starts[i + 1] - starts[i],
+                                                               first + i, first + i + 1))
         else:
             w = _get(ctx, props, "oscillation_width", pw)
             if not isinstance(w, list) or len(w) != 1:
@@ -372,6 +384,25 @@ def _fmt(x: float) -> str:
     return repr(float(x) + 0.0)           # (+ 0.0: no "-0.0")
 
 
+#: ulp offsets tried by _length_one, nearest first
+_NUDGES = sorted(((i, j, k) for i in range(-4, 5) for j in range(-4, 5) for k in range(-4, 5)),
+                 key=lambda d: (abs(d[0]) + abs(d[1]) + abs(d[2]), d))
+
+
+def _length_one(v) -> np.ndarray:
+    """Unit vector ``v`` moved by a few ulps so that nanoBragg.c's length,
+    sqrt(x*x + y*y + z*z), is exactly 1.0.  The C keeps only such an
+    -odet_vector and replaces any other by fdet x sdet (docs/quirks.md #18):
+    for a left-handed panel that is the side facing away from the sample."""
+    x0 = [float(c) for c in v]
+    ulp = [math.ulp(c) for c in x0]
+    for d in _NUDGES:
+        w = [x0[i] + d[i] * ulp[i] for i in range(3)]
+        if math.sqrt(w[0] * w[0] + w[1] * w[1] + w[2] * w[2]) == 1.0:
+            return np.array(w)
+    return np.asarray(v, dtype=np.float64)
+
+
 def _vec(v) -> List[str]:
     return [_fmt(x) for x in v]
 
@@ -458,6 +489,7 @@ def _translate(path, experiment, panel, image, mat_out):
         # sample).  Pixel positions do not depend on the normal, but nanoBragg's
         # solid angle does: its -odet_vector must face the sample
         o = -o
+    o = _length_one(o)
     size = _get(ctx, pd, "image_size", pw)
     if not isinstance(size, list) or len(size) != 2:
         raise ctx.fail(_sub(pw, "image_size"), "expected [fast, slow] pixel counts")
@@ -518,7 +550,12 @@ def _translate(path, experiment, panel, image, mat_out):
         M = S @ F @ A                     # the crystal at phi = 0, lab frame
         if scan is not None:
             img, start, width = _scan_angles(ctx, scan, sw, image)
-            rotation = ["-spindle_axis", *_vec(S @ e), "-phi", _fmt(start), "-osc", _fmt(width)]
+            axis = S @ e
+            if width < 0.0:
+                # nanoBragg reads -osc < 0 as "not given" (a still); the same
+                # sweep about the opposite axis: R(e, phi) = R(-e, -phi)
+                axis, start, width = -axis, -start, -width
+            rotation = ["-spindle_axis", *_vec(axis), "-phi", _fmt(start), "-osc", _fmt(width)]
         elif image is not None:
             raise UsageError("--image: %s %s has no scan" % (name, ewhere))
     else:
@@ -527,12 +564,20 @@ def _translate(path, experiment, panel, image, mat_out):
             notes.append("no goniometer: rendered as a still (the scan's angles are not used)")
         elif image is not None:
             raise UsageError("--image: %s %s has no scan" % (name, ewhere))
+    if not rotation:
+        # a still says so: nanoBragg turns "-phisteps N" without -osc into a
+        # 1 degree sweep, and the notes ask for -phisteps to be added by hand
+        rotation = ["-osc", "0"]
     mat = lam * M                         # MOSFLM -mat: row i = component i of a*, b*, c*, times lambda
     if not np.isfinite(mat).all() or not all(map(_finite_word, argv)):
         raise ctx.fail(ewhere, "the geometry over- or underflows double precision")
     if mat_out is None:
         mat_out = os.path.splitext(name)[0] + ".mat"
-    argv += ["-mat", os.fspath(mat_out)] + rotation
+    mat_word = os.fspath(mat_out)
+    if mat_word.startswith("-"):
+        # nanoBragg's parser takes "-x.mat" for a flag, not -mat's file
+        mat_word = os.path.join(os.curdir, mat_word)
+    argv += ["-mat", mat_word] + rotation
     return argv, mat, notes
 
 
@@ -545,7 +590,7 @@ def flags_from_expt(path, experiment: int = 0, panel: int = 0, image: Optional[i
     ``mat`` the 3x3 matrix that file must hold (:func:`write_mat`), laid out
     as in the file: row i = component i of a*, b*, c* times the wavelength,
     in the lab frame at the scan's phi = 0.  ``image`` (default: the scan's
-    first) picks -phi; a still gets no -phi/-osc.  Bad input raises
+    first) picks -phi; a still gets ``-osc 0`` and no -phi.  Bad input raises
     :class:`~nbnumba.errors.InputFileError` naming the file and key, or
     :class:`~nbnumba.errors.UsageError` for an index out of range.
     """
@@ -673,6 +718,26 @@ def expt_from_flags(flags, image=None, cwd=None, hall: str = HALL_P1,
         notes.append("-mask: masked pixels are not written (no imageset mask file)")
     if det.point_pixel:
         notes.append("-point_pixel (solid angle 1/R^2) has no experiment-list form")
+    if cfg.oversample <= 0:
+        # the automatic -oversample is sized from nanoBragg's distance and
+        # -lambda; nanoBragg takes the distance's beam/normal ratio before
+        # -twotheta turns the panel, and a source file's beam and wavelength
+        # are not -beam_vector's and -lambda's.  Flags made from the list give
+        # the written beam's path to the panel and its wavelength, and may pick
+        # another sampling, which the list cannot hold
+        from .sampling import ceil_count
+        xmax = max(math.sqrt(sum(x * x for x in v)) * n
+                   for v, n in ((cr.a, cr.Na), (cr.b, cr.Nb), (cr.c, cr.Nc)))
+        ratio = float(b @ np.asarray(det.odet, dtype=np.float64))
+        again = 1                     # the beam misses the panel's plane: no -distance
+        if ratio > 1e-6:              # (flags_from_expt's rule for giving -distance)
+            path = det.close_distance / ratio
+            again = ceil_count(3.0 * xmax * det.pixel_size / (lam * path))
+        if again != model.oversample:
+            notes.append("-oversample %d was auto-selected from nanoBragg's distance and "
+                         "wavelength, which flags made from this list do not repeat (they would "
+                         "select %d): add -oversample %d to render those"
+                         % (model.oversample, again, model.oversample))
 
     # ---- crystal, goniometer and scan
     rows = [np.array(v, dtype=np.float64) for v in (cr.a, cr.b, cr.c)]

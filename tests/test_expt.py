@@ -282,14 +282,62 @@ def test_cli_prints_one_quoted_line_and_writes_the_mat_file(tmp_path, capsys, mo
     assert (tmp_path / "sub.mat").is_file()
 
 
+def test_a_left_handed_panel_faces_the_sample_in_nanobragg_c_too(tmp_path):
+    # nanoBragg.c keeps -odet_vector only when sqrt(x*x + y*y + z*z) is exactly
+    # 1.0, else it takes fdet x sdet (docs/quirks.md #18): for this left-handed
+    # panel the far side, and -c_parity (as the C) put it behind the sample
+    d = _tilted_rotation_case()
+    p = d["detector"][0]["panels"][0]
+    centre = np.array(p["origin"]) + 64 * 0.5 * (np.array(p["fast_axis"]) + p["slow_axis"])
+    T = rot([0.2, 1.0, 0.0], 28.0) @ rot([1.0, 0.0, 0.0], 8.0)
+    f, s = T @ [0.0, -1.0, 0.0], T @ [1.0, 0.0, 0.0]
+    assert np.cross(f, s) @ centre < 0                 # fast x slow points away
+    p.update(fast_axis=list(f), slow_axis=list(s), origin=list(centre - 64 * 0.5 * (f + s)))
+    argv, mat = flags_from_expt(write(tmp_path, d), mat_out="m.mat")
+    write_mat(tmp_path / "m.mat", mat)
+    x, y, z = (float(w) for w in argv[argv.index("-odet_vector") + 1:][:3])
+    assert math.sqrt(x * x + y * y + z * z) == 1.0
+    dets = [nbnumba.simulate_argv(argv + RENDER + extra + ["-detpixels", "4"],
+                                  cwd=str(tmp_path)).model.det for extra in ([], ["-c_parity"])]
+    np.testing.assert_allclose(dets[1].pix0, np.array(p["origin"]) * 1e-3, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(dets[1].odet, dets[0].odet, rtol=0, atol=1e-15)
+
+
+def test_a_scan_turning_backwards_is_the_same_sweep_about_the_opposite_axis(tmp_path):
+    # nanoBragg reads -osc < 0 as "not given": the old flags rendered a still
+    back = _tilted_rotation_case()
+    back["scan"][0]["oscillation"] = [28.0, -0.5]
+    fwd = copy.deepcopy(back)
+    fwd["goniometer"][0]["rotation_axis"] = list(-np.array(back["goniometer"][0]["rotation_axis"]))
+    fwd["scan"][0]["oscillation"] = [-28.0, 0.5]
+    imgs = []
+    for name, d in (("back", back), ("fwd", fwd)):
+        argv, mat = flags_from_expt(write(tmp_path, d, name + ".expt"), image=3,
+                                    mat_out=name + ".mat")
+        write_mat(tmp_path / (name + ".mat"), mat)
+        assert argv[argv.index("-osc") + 1] == "0.5"
+        assert argv[argv.index("-phi") + 1] == "-27.0"       # image 3 of 28, 27.5, 27, ...
+        imgs.append(render(argv, tmp_path))
+    assert imgs[0].max() > 0
+    np.testing.assert_array_equal(imgs[0], imgs[1])
+
+
 def test_a_still_gets_no_rotation_flags(tmp_path):
     d = _tilted_rotation_case()
     rows = np.array([d["crystal"][0][k] for k in ("real_space_a", "real_space_b", "real_space_c")])
     del d["goniometer"], d["scan"], d["experiment"][0]["goniometer"], d["experiment"][0]["scan"]
     argv, mat = flags_from_expt(write(tmp_path, d), mat_out="m")
-    assert not {"-phi", "-osc", "-spindle_axis"} & set(argv)
+    assert not {"-phi", "-spindle_axis"} & set(argv)
     # no goniometer: the crystal is already in the lab frame
     np.testing.assert_allclose(mat, np.linalg.inv(rows) * 1.0, rtol=0, atol=1e-16)
+    # "-osc 0" keeps it a still when -phisteps is added by hand, as the notes
+    # ask: nanoBragg turns -phisteps N without -osc into a 1 degree sweep
+    assert argv[argv.index("-osc") + 1] == "0"
+    write_mat(tmp_path / "m", mat)
+    one = render(argv, tmp_path)
+    assert one.max() > 0
+    np.testing.assert_allclose(render(argv, tmp_path, ["-phisteps", "3"]), one,
+                               rtol=1e-12, atol=1e-12 * one.max())
 
 
 def test_multi_axis_goniometer_folds_the_other_axes(tmp_path):
@@ -332,6 +380,11 @@ BAD = [
      "detector[0].panels[0].origin[1]: non-finite"),
     ("inf-wavelength", _bad(lambda d: d["beam"][0].update(wavelength=float("inf"))),
      "beam[0].wavelength: non-finite"),
+    # an integer literal past the largest double (float() raised OverflowError)
+    ("huge-int-wavelength", _bad(lambda d: d["beam"][0].update(wavelength=10 ** 400)),
+     "beam[0].wavelength: non-finite"),
+    ("huge-int-thickness", _bad(lambda d: d["detector"][0]["panels"][0].update(thickness=-10 ** 400)),
+     "detector[0].panels[0].thickness: non-finite"),
     ("string-number", _bad(lambda d: d["crystal"][0]["real_space_a"].__setitem__(0, "12")),
      "crystal[0].real_space_a[0]: expected a number"),
     ("non-unit-axis", _bad(lambda d: d["goniometer"][0].update(rotation_axis=[0.0, 2.0, 0.0])),
@@ -359,6 +412,13 @@ BAD = [
      "scan[0].oscillation: expected a list of 2 numbers"),
     ("props-length", _bad(lambda d: d["scan"][0].update(properties={"oscillation": [1.0, 2.0]})),
      "scan[0].properties.oscillation: expected a list of 50 start angles"),
+    # dxtbx refuses unevenly spaced images; the old reader put image N at
+    # start + (N - first) * (second - first), whatever the list said
+    ("props-uneven", _bad(lambda d: d["scan"][0].update(properties={
+        "oscillation": [28.0 + 0.5 * i + (0.25 if i >= 10 else 0.0) for i in range(50)],
+        "oscillation_width": [0.5]})),
+     "scan[0].properties.oscillation: images not evenly spaced: 0.5 deg from image 1 to 2, "
+     "0.75 deg from 10 to 11"),
     ("zero-pixels", _bad(lambda d: d["detector"][0]["panels"][0].update(image_size=[0, 128])),
      "detector[0].panels[0].image_size: pixel counts must be >= 1"),
     ("no-panels", _bad(lambda d: d["detector"][0].update(panels=[])),
@@ -412,6 +472,18 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
     assert main([str(path)] + args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_mat_file_named_like_a_flag_is_still_a_file(tmp_path, capsys, monkeypatch):
+    # "-mat -m.mat" was refused by nbnumba ("-mat: expected a file name")
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, _tilted_rotation_case())
+    assert main([str(path), "--mat-out=-m.mat"]) == 0
+    argv = shlex.split(capsys.readouterr().out)
+    assert argv[argv.index("-mat") + 1] == "./-m.mat"
+    assert (tmp_path / "-m.mat").exists()
+    cfg = nbnumba.parse_argv(argv + RENDER, cwd=str(tmp_path))
+    assert cfg.matfilename == "./-m.mat"
 
 
 def test_missing_file_and_mat_out_onto_the_input(tmp_path, capsys):
@@ -599,3 +671,26 @@ def test_ground_truth_notes_and_refusals(tmp_path, capsys, monkeypatch):
     assert "after '--'" in capsys.readouterr().err
     assert main(["--from-flags", "--"] + base) == 2
     assert "-o OUT.expt" in capsys.readouterr().err
+
+
+def test_an_auto_oversample_read_from_nanobraggs_distance_is_noted(tmp_path):
+    # nanoBragg takes the beam/normal ratio of its distance before -twotheta
+    # turns the panel (61.28 mm here, the beam's path is 80 mm) and sizes the
+    # automatic -oversample from it; flags made from the list give the path,
+    # so the note names the sampling to add
+    flags = CELL + MISSET + ["-mosflm", "-twotheta", "40"]
+    notes = []
+    d = expt_from_flags(flags + ["-N", "10"], notes=notes)
+    write_expt(tmp_path / "t.expt", d)
+    argv, mat = flags_from_expt(tmp_path / "t.expt", mat_out="t.mat")
+    write_mat(tmp_path / "t.mat", mat)
+    assert len(notes) == 1 and "add -oversample 6 " in notes[0] and "select 5)" in notes[0], notes
+    a = render(flags, tmp_path)
+    assert a.max() > 0
+    assert np.abs(render(argv, tmp_path) - a).max() > 1e-3 * a.max()   # 5-fold: not the same
+    np.testing.assert_allclose(render(argv, tmp_path, ["-oversample", "6"]), a,
+                               rtol=1e-12, atol=1e-12 * a.max())
+    # without -twotheta both pick the same sampling: no note
+    notes = []
+    expt_from_flags(CELL + MISSET + ["-mosflm", "-N", "10"], notes=notes)
+    assert notes == []
