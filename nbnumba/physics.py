@@ -51,6 +51,27 @@ rotate_axis = njit(cache=True, error_model="numpy", fastmath=False)(_rotate_axis
 rotate_xyz = njit(cache=True, error_model="numpy", fastmath=False)(_rotate_xyz)
 
 
+# ---------------------------------------------------------------- scattering
+#: |S| (1/m, as |S_x| + |S_y| + |S_z|) below which the default mode scatters
+#: forward, S = 0: h = a . S stays below 1e-30 for any cell under 10 um, where
+#: sin(N pi h)/sin(pi h) is N to far below an ulp, while the reduced factor's
+#: sines, multiplied over three axes, underflow (all three |d| < ~1e-100) or
+#: keep a few bits (a subnormal d): -lambda 1e107 was 4e-4 off at the direct
+#: beam, -lambda 1e109 NaN.  No real sub-path gets near it: a computed S is
+#: 0 or about 1e-16 / lambda (float64; 6e-8 / lambda in float32) or more.
+S_FORWARD = 1e-25
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def forward_scatter(S0, S1, S2, on):
+    """(S0, S1, S2), or zeros of their type where ``on`` (the default mode's
+    reduced lattice factor) and |S| < S_FORWARD; branch-free (a select), so
+    the block path's geometry loop stays vectorised."""
+    tiny = on and abs(S0) + abs(S1) + abs(S2) < S_FORWARD
+    z = S0 * 0
+    return (z if tiny else S0), (z if tiny else S1), (z if tiny else S2)
+
+
 # ---------------------------------------------------------------- lattice
 @njit(cache=True, error_model="numpy", fastmath=False)
 def sincg(x, N):

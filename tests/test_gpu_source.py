@@ -170,6 +170,10 @@ EXTRA_CASES = {
     " -detpixels 48 -pixel 0.4",
     "x_large_N_hkl": _BASE + " -hkl {hkl} -nointerpolate -N 40 -oversample 1 -detpixels 64"
     " -pixel 0.2",
+    # every index below 1e-100 (an absurd wavelength): the default mode's
+    # forward scattering, S = 0 (physics.forward_scatter), where the three axes'
+    # sines multiplied would underflow
+    "x_forward_scatter": _BASE + " -default_F 100 -N 5 -lambda 1e107 -detpixels 16 -pixel 0.4",
     # -sourcefile weights (SOURCES3, {src3}): the lean sum of each source times
     # its factor; with -oversample_polar each source's water share weighed too,
     # -dmin cutting some sources of a sub-pixel (their wavelengths differ) and

@@ -238,6 +238,25 @@ def test_triclinic_cell():
     check(cfg_of("-oversample 1 -cell 70 80 90 85 95 100"))
 
 
+@pytest.mark.parametrize("extra", ["-lambda 1e107", "-lambda 1e109", "-distance 1e60 -pixel 1e-50",
+                                   "-lambda 1e40 -precision single"])
+def test_forward_scattering_where_the_indices_underflow(extra):
+    """Every index of every cell below ~1e-100: the reduced factor's three
+    sines multiplied underflowed (-lambda 1e107: 4e-4 off the reference at the
+    direct beam; 1e109: NaN, and the run refused), and float32 sines went
+    subnormal (-precision single from -lambda 1e40).  The default mode takes
+    |S| < physics.S_FORWARD as forward scattering, where the factor is N."""
+    cfg = nbnumba.parse_argv(("-cell 70 80 90 90 95 90 -detpixels 6 -pixel 0.5 -distance 50 "
+                              "-N 5 -default_F 100 -oversample 1 -nonoise -nopgm " + extra).split())
+    if cfg.precision == "single":
+        r = ref.image(cfg)
+        k = nbnumba.simulate(cfg).float_image
+        assert r.max() > 0.0 and np.abs(k - r).max() <= 1e-6 * r.max()
+    else:
+        r, why = compare(cfg)
+        assert why is None, why
+
+
 def test_grating_is_N_where_the_phase_is_subnormal():
     """sin(N pi d) / sin(pi d) -> N as d -> 0.  At a subnormal d the two sines
     keep only a few bits, and their quotient wandered: d = 2.6e-322 (a sub-path

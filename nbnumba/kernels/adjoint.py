@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..physics import (SHAPE_GAUSS, capture_fraction, capture_fraction_grad,
-                       capture_fraction_parallax_grad, sphere_position,
+                       capture_fraction_parallax_grad, forward_scatter, sphere_position,
                        sphere_position_grad, interp_in_range, lattice_factor,
                        lattice_factor_grad, lattice_factor_star_grad, nearest_F, nearest_F_frac,
                        reduce_phase, sincg_near_coeffs, sincg_reduced, sincg_reduced_frac,
@@ -705,7 +705,9 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                     # the source's relative intensity (1 unless -sourcefile weighs
                     # the sources: kernels.cpu.pixel_value, docs/quirks.md #20)
                     ws = incident[source, 3]
-                    S = ((d[0] - inc[0]) / lam_s, (d[1] - inc[1]) / lam_s, (d[2] - inc[2]) / lam_s)
+                    # (autodiff runs the default mode: its forward scattering)
+                    S = forward_scatter((d[0] - inc[0]) / lam_s, (d[1] - inc[1]) / lam_s,
+                                        (d[2] - inc[2]) / lam_s, True)
                     cut = False
                     if dmin > 0.0:
                         stol = 0.5 * np.sqrt(S[0] * S[0] + S[1] * S[1] + S[2] * S[2])

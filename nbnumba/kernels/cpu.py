@@ -20,7 +20,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core.extending import intrinsic
 
-from ..physics import (capture_fraction, curved_position, dot, interp_in_range, lattice_factor,
+from ..physics import (capture_fraction, curved_position, dot, forward_scatter, interp_in_range,
+                       lattice_factor,
                        like, nearest_F, nearest_F_frac, sphere_position,
                        polarization_factor, sincg_reduced_frac, sincg_reduced_frac3,
                        solid_angle, tricubic_F, unitize)
@@ -659,9 +660,10 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                     incident_v = (incident[source, 0], incident[source, 1], incident[source, 2])
                     lambda_ = lam[source]
                     w_src = incident[source, 3]
-                    S = ((diffracted[0] - incident_v[0]) / lambda_,
-                         (diffracted[1] - incident_v[1]) / lambda_,
-                         (diffracted[2] - incident_v[2]) / lambda_)
+                    S = forward_scatter((diffracted[0] - incident_v[0]) / lambda_,
+                                        (diffracted[1] - incident_v[1]) / lambda_,
+                                        (diffracted[2] - incident_v[2]) / lambda_,
+                                        not c_parity)
                     if TRACE and source == 0:
                         _record(tbuf, tpos, EV_GEOM, (
                             pix0[0], pix0[1], pix0[2], fdet[0], fdet[1], fdet[2],
@@ -947,6 +949,7 @@ def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo, sub):
     kahn, dmin = fopt[F_KAHN], fopt[F_DMIN]
     point = iopt[I_POINT] != 0
     nopolar = iopt[I_NOPOLAR] != 0
+    forward = iopt[I_CPARITY] == 0     # the default mode's forward_scatter
     fdet = (vecs[V_FDET, 0], vecs[V_FDET, 1], vecs[V_FDET, 2])
     sdet = (vecs[V_SDET, 0], vecs[V_SDET, 1], vecs[V_SDET, 2])
     odet = (vecs[V_ODET, 0], vecs[V_ODET, 1], vecs[V_ODET, 2])
@@ -974,9 +977,9 @@ def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo, sub):
                Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
         diffracted, airpath = unitize(pos)
         geo[B_OMEGA, c] = like(_solid_angle_inline(pixel, airpath, close_distance, point), z)
-        S0 = (diffracted[0] - incident_v[0]) / lambda_
-        S1 = (diffracted[1] - incident_v[1]) / lambda_
-        S2 = (diffracted[2] - incident_v[2]) / lambda_
+        S0, S1, S2 = forward_scatter((diffracted[0] - incident_v[0]) / lambda_,
+                                     (diffracted[1] - incident_v[1]) / lambda_,
+                                     (diffracted[2] - incident_v[2]) / lambda_, forward)
         geo[B_S0, c] = S0
         geo[B_S1, c] = S1
         geo[B_S2, c] = S2

@@ -351,6 +351,17 @@ __device__ __forceinline__ void reduce_phase(real h, real N, real* d, real* e, n
     *parity = (((nb_i64)n & ((nb_i64)N - 1)) ^ (nb_i64)m) & 1;
 }
 
+// physics.forward_scatter: S as computed, or 0 where the default mode (on)
+// scatters forward, |S| < NB_S_FORWARD (1/m): the reduced lattice factor's
+// sines of such tiny indices underflow when multiplied over three axes
+#define NB_S_FORWARD 1e-25
+template <typename real>
+__device__ __forceinline__ vec3<real> forward_scatter(vec3<real> S, bool on) {
+    // (the sum in real, compared in double: physics.py's numba promotion)
+    const bool tiny = on && (double)(fabs(S.x) + fabs(S.y) + fabs(S.z)) < NB_S_FORWARD;
+    return tiny ? mk<real>((real)0, (real)0, (real)0) : S;
+}
+
 // sincg(pi*h, N) on reduced arguments, physics.sincg_reduced, as a fraction
 // (physics.sincg_reduced_frac): with n = rint(h), d = h - n, m = rint(N d),
 // e = N d - m the value is (-1)^(n (N-1) + m) sin(pi e) / sin(pi d); *num
@@ -772,9 +783,10 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                     const vec3<wide> incident_v = load3w<real, wide>(incident + 4 * source);
                     const wide lambda_ = (wide)lam[source];
                     const wide w_src = (wide)incident[4 * source + 3];
-                    const vec3<wide> S = mk<wide>((diffracted.x - incident_v.x) / lambda_,
-                                                  (diffracted.y - incident_v.y) / lambda_,
-                                                  (diffracted.z - incident_v.z) / lambda_);
+                    const vec3<wide> S = forward_scatter<wide>(
+                        mk<wide>((diffracted.x - incident_v.x) / lambda_,
+                                 (diffracted.y - incident_v.y) / lambda_,
+                                 (diffracted.z - incident_v.z) / lambda_), !c_parity);
                     last_incident = incident_v;
                     if (TRACE && source == 0) {
                         const double v[26] = {
@@ -1865,8 +1877,9 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                     const vec3<double> inc = load3w<double, double>(incident + 4 * source);
                     const double lam_s = lam[source];
                     const double ws = incident[4 * source + 3];  // the source's factor
-                    const vec3<double> Sv = mk<double>((d.x - inc.x) / lam_s, (d.y - inc.y) / lam_s,
-                                                       (d.z - inc.z) / lam_s);
+                    const vec3<double> Sv = forward_scatter<double>(
+                        mk<double>((d.x - inc.x) / lam_s, (d.y - inc.y) / lam_s,
+                                   (d.z - inc.z) / lam_s), true);
                     const double stol = 0.5 * sqrt(Sv.x * Sv.x + Sv.y * Sv.y + Sv.z * Sv.z);
                     const bool cut = dmin > 0.0 && stol > 0.0 && dmin > 0.5 / stol;
                     polar_weight(&sw, os_polar, grad, kahn, inc, pos, polar_axis);
@@ -1961,8 +1974,9 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                         const vec3<double> inc = load3w<double, double>(incident + 4 * source);
                         const double lam_s = lam[source];
                         const double ws = incident[4 * source + 3];  // the source's factor
-                        const vec3<double> Sv = mk<double>(
-                            (d.x - inc.x) / lam_s, (d.y - inc.y) / lam_s, (d.z - inc.z) / lam_s);
+                        const vec3<double> Sv = forward_scatter<double>(mk<double>(
+                            (d.x - inc.x) / lam_s, (d.y - inc.y) / lam_s, (d.z - inc.z) / lam_s),
+                            true);
                         const double stol = 0.5 * sqrt(Sv.x * Sv.x + Sv.y * Sv.y + Sv.z * Sv.z);
                         // a step in the image: no derivative
                         if (dmin > 0.0 && stol > 0.0 && dmin > 0.5 / stol) continue;
