@@ -224,8 +224,37 @@ def _sources(cfg: Config, steps, det, points=None) -> Sources:
             _check_weights(cfg.sourcefilename, np.asarray(cols, dtype=float)[:, 3])
     # the default mode weighs each source by its relative intensity (the file's
     # fourth column); nanoBragg.c reads it and counts every source once (#20)
-    return build_sources(steps, det.beam, det.polar, det.vert, cfg.lambda0, cfg.round_div, cols,
-                         points, weigh=not cfg.c_parity)
+    src = build_sources(steps, det.beam, det.polar, det.vert, cfg.lambda0, cfg.round_div, cols,
+                        points, weigh=not cfg.c_parity)
+    if not cfg.c_parity and cfg.polarization != 0.0 and not cfg.nopolar:
+        _check_polar_axis(cfg, det.polar, src)
+    return src
+
+
+#: sin of the angle below which a polarization axis lies along a source's
+#: direction: its E-vector, the axis across the ray, is then rounding
+POLAR_ALONG = 1e-6
+
+
+def _check_polar_axis(cfg, axis, src) -> None:
+    """Refuse a Kahn factor whose polarization axis lies along the incident
+    direction of a source the polarization is taken from (the first, or
+    every one with -oversample_polar): the factor's E-vector, axis x incident
+    unitized, is then rounding noise, and so is the image (a -sourcefile beam
+    along the convention's axis: rotating the experiment moved every pixel by
+    up to 2.6x; nanoBragg.c, under -c_parity, does the same)."""
+    inc = np.asarray(src.incident, dtype=float)[:, :3]
+    used = inc if cfg.oversample_polar else inc[:1]
+    a = np.asarray(axis, dtype=float)
+    sin_ = np.linalg.norm(np.cross(used, a / np.linalg.norm(a)), axis=1)
+    bad = np.flatnonzero(sin_ < POLAR_ALONG)
+    if len(bad):
+        where = (" (%s)" % cfg.sourcefilename) if cfg.sourcefilename is not None else ""
+        raise ConfigError("the polarization axis %s lies along the direction of source %d%s: the "
+                          "Kahn factor's E-vector across the ray is undefined there; give a "
+                          "-polar_vector across the beam, -polar 0 or -nopolar (-c_parity "
+                          "reproduces nanoBragg.c's rounding)"
+                          % (" ".join("%.6g" % x for x in a), int(bad[0]) + 1, where))
 
 
 def _check_weights(name, weights):

@@ -1643,3 +1643,34 @@ def test_tools_with_stdout_or_stderr_closed_or_full(tool, mode, tmp_path, capsys
         assert "Traceback" not in err
     for f in files:
         assert f.stat().st_size > 0
+
+
+def test_polarization_axis_along_a_source_is_refused(tmp_path, capsys, monkeypatch):
+    """A -sourcefile beam along the convention's polarization axis (ADXV's
+    1 0 0, sources from -x): the Kahn factor's E-vector, axis x incident
+    unitized, was rounding, and the same experiment stated rotated rendered
+    pixels up to 2.6x apart (tools/fuzz.py metamorphic, seed 80).  Refused in
+    one line where the polarization uses that source (the first, or any with
+    -oversample_polar); -nopolar, -polar 0 and -c_parity run."""
+    from nbnumba import cli
+    monkeypatch.chdir(tmp_path)     # (-c_parity writes intimage.img as the C does)
+    (tmp_path / "first.txt").write_text("-10 0 0 1 1.5e-10\n-10 0.05 0 1 1.51e-10\n")
+    (tmp_path / "second.txt").write_text("-10 0.05 0 1 1.51e-10\n-10 0 0 1 1.5e-10\n")
+    base = ("-cell 70 80 90 90 95 90 -lambda 1.5 -distance 100 -detpixels 8 -pixel 1.25 -N 5 "
+            "-default_F 100 -nonoise -nopgm -adxv -floatfile f.bin").split()
+
+    def run(*extra):
+        (tmp_path / "f.bin").unlink(missing_ok=True)
+        rc = cli.main(base + list(extra))
+        return rc, capsys.readouterr().err.strip().splitlines()
+    for extra in (["-polar", "0.5", "-sourcefile", "first.txt"],
+                  ["-polar", "0.5", "-sourcefile", "second.txt", "-oversample_polar"]):
+        rc, err = run(*extra)
+        assert rc == 2 and len(err) == 1, err
+        assert "polarization axis 1 0 0 lies along the direction of source" in err[0], err
+        assert not (tmp_path / "f.bin").exists()
+    for extra in (["-polar", "0.5", "-sourcefile", "second.txt"],     # (the first source sets it)
+                  ["-nopolar", "-sourcefile", "first.txt"], ["-polar", "0", "-sourcefile", "first.txt"],
+                  ["-polar", "0.5", "-sourcefile", "first.txt", "-c_parity"]):
+        rc, err = run(*extra)
+        assert rc == 0 and (tmp_path / "f.bin").exists(), (extra, err)
