@@ -67,12 +67,16 @@ def c_differences(model) -> List[Tuple[int, str]]:
         out.append((21, "-curved_det sphere"))
     if model.det.tt_axis_scaled:
         out.append((23, "-twotheta_axis of length %.6g" % float(np.linalg.norm(cfg.twotheta_axis))))
+    if cfg.dmin > 0.0 and cfg.water_size != 0.0 and not cfg.nopolar:
+        # a pixel -dmin cuts whole keeps its water (the C's is blank): whether
+        # one is, the geometry decides; the request makes it possible
+        out.append((24, "-dmin with -water: pixels cut whole keep their background"))
     moved = sweeps_differ_from_c(cfg, st)
     if moved:
         out.append((22, "%s points centred" % "/".join(
             {"hdiv": "divergence", "vdiv": "divergence", "disp": "dispersion"}[m]
             for m in dict.fromkeys(moved))))
-    return out
+    return sorted(out)
 
 
 def notice_line(model) -> Optional[str]:

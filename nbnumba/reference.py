@@ -627,6 +627,7 @@ def pixel_value(S_, f_, st):
     steps = nsrc * ncells * os_ * os_
     omega0 = None      # the pixel's first solid angle, polarization and capture
     polar0 = None
+    polar_cut = None
     bragg = 0.0
     bg = 0.0
     for L in range(layers):
@@ -661,6 +662,8 @@ def pixel_value(S_, f_, st):
                     P = 1.0 if cfg.nopolar else polarization(cfg.polarization, inc, dvec, det["polar"])
                     if cfg.dmin > 0.0 and stol > 0.0 and cfg.dmin > 0.5 / stol:
                         bg_terms.append((w_cap, P if cfg.oversample_polar else None, w_om, wt))
+                        if polar_cut is None:
+                            polar_cut = P
                         continue
                     if polar0 is None:
                         polar0 = P
@@ -676,14 +679,11 @@ def pixel_value(S_, f_, st):
                     bragg += tot * wt * w_cap * (P if cfg.oversample_polar else 1.0) * w_om
         if st["I_bg"] != 0.0 and bg_terms:
             bg += sum(c * (1.0 if p is None else p) * o * w for c, p, o, w in bg_terms) / len(bg_terms)
-    if polar0 is None and not cfg.nopolar:
-        # every sub-path was cut by -dmin: no polarization, no signal, as in
-        # nanoBragg (its pixel's factor is never set).  With -nopolar that
-        # factor is 1 from the start (-oversample_polar or not: docs/quirks.md
-        # #15), and the pixel keeps its background
-        return 0.0
     if polar0 is None:
-        polar0 = 1.0
+        # -dmin cut every sub-path: the pixel's factor is its first sub-path's,
+        # and its water keeps it (docs/quirks.md #24; nanoBragg's is never set:
+        # a blank pixel)
+        polar0 = polar_cut
     if not cfg.oversample_polar:
         bragg *= polar0
         bg *= polar0

@@ -87,6 +87,10 @@ AGREE = {
     # factor is never set there (0: no signal), but -nopolar starts it at 1 and the
     # background stays (tools/fuzz.py reference, seed 13; the reference gave 0)
     "dmin_water_nopolar": "-oversample 1 -water 10 -dmin 40 -nopolar",
+    # (#24: pixels -dmin cuts whole keep their water with their first
+    # sub-path's polarization; the partly cut take their first uncut one's)
+    "dmin_water_polar": "-oversample 2 -water 10 -dmin 40 -polar 0.5",
+    "dmin_water_polar_os1": "-oversample 1 -water 10 -dmin 40 -polar 0.5",
     "dmin_water_nopolar_os_polar": "-oversample 1 -water 10 -dmin 40 -nopolar -oversample_polar",
 }
 

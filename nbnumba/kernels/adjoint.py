@@ -613,11 +613,11 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
     bg_sub = I_bg / (os * os)
     bg_src = bg_sub / nsrc
     capsum = 0.0        # corrected sum: the background's weight, as the forward's
-    ran = False         # some sub-path passed -dmin
     # polarization and solid angle: once per pixel, at its first sub-pixel (and
     # first source that passes -dmin), as the forward kernel computes them
     # (1 where a switch oversamples them instead)
     have_polar = iopt[K.I_NOPOLAR] != 0 or os_polar
+    have_cut_polar = False      # polar holds a -dmin-cut sub-path's factor (#24)
     polar = 1.0 if have_polar else 0.0
     dP = (0.0, 0.0, 0.0)
     omega = 1.0 if os_omega else 0.0
@@ -726,6 +726,24 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                         if want_pol:
                             dwpk = polarization_kahn_slope(inc, pos, polar_axis)
                         layer_bg += wos * wp * ws
+                    # the pixel's factor: its first sub-path that -dmin does not
+                    # cut, else (a pixel cut whole, whose water keeps it) its
+                    # first sub-path's (kernels.cpu.pixel_value; docs/quirks.md #24)
+                    if not have_polar and not (cut and have_cut_polar):
+                        if geo:
+                            polar, dP = polarization_factor_grad(kahn, inc, pos, polar_axis)
+                        else:
+                            polar, _ = polarization_factor(kahn, inc, pos, polar_axis)
+                        if cut:
+                            have_cut_polar = True
+                        else:
+                            have_polar = True
+                        F_po, S_po, t_po = Fdet, Sdet, tf
+                        src_po = source
+                        if geo and ninc > 0:
+                            dPi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis)
+                        if want_pol:
+                            dPk = polarization_kahn_slope(inc, pos, polar_axis)
                     if cut:
                         if os_polar and wgrad:
                             # -dmin cuts the Bragg term only: water still fills it
@@ -733,19 +751,6 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                             _weight_polar(dsum, wc * wo * ws * bg_src, dwp, dwpi, dwpk, dinc,
                                           ipar, ninc, source, Fdet, Sdet, tf, thickstep, odet, cv)
                         continue     # a step in the image: no derivative
-                    ran = True
-                    if not have_polar:
-                        if geo:
-                            polar, dP = polarization_factor_grad(kahn, inc, pos, polar_axis)
-                        else:
-                            polar, _ = polarization_factor(kahn, inc, pos, polar_axis)
-                        have_polar = True
-                        F_po, S_po, t_po = Fdet, Sdet, tf
-                        src_po = source
-                        if geo and ninc > 0:
-                            dPi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis)
-                        if want_pol:
-                            dPk = polarization_kahn_slope(inc, pos, polar_axis)
                     # this sub-path's weight (1 unless the sum is corrected or
                     # the sources are weighed)
                     w = wc * wo * wp * ws
@@ -931,11 +936,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
             bg_w = layer_bg / (os * os * (nsrc if os_polar else 1))
             capsum += bg_w if os_thick else bg_w * capL
     if corrected:
-        if os_polar and not ran:
-            # every sub-path cut by -dmin: the forward's 0, flat
-            for p in range(N_PAR):
-                dsum[p] = 0.0
-            return 0.0
+        # (every sub-path cut by -dmin: the water's share still, #24)
         total = sumT + I_bg * capsum
         capf = 1.0
     else:

@@ -597,6 +597,7 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
 
     I = I_bg
     polar = one if iopt[I_NOPOLAR] != 0 else z
+    polar_cut = z       # the first sub-path's factor where -dmin cuts it (#24)
     omega_pixel = z
     omega_acc = z
     capture = z
@@ -682,6 +683,12 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                                 # sub-path (diffracted is left as it is)
                                 pf, dn = polarization_factor(kahn, incident_v, diffracted, polar_axis)
                                 layer_bg += w * like(pf, z) * w_src if weighted else w * like(pf, z)
+                            elif polar_cut == 0.0 and polar == 0.0 and not c_parity:
+                                # a pixel that -dmin cuts whole takes its first
+                                # sub-path's factor, which its water keeps
+                                # (nanoBragg.c's stays 0: a blank pixel; #24)
+                                pf, dn = polarization_factor(kahn, incident_v, diffracted, polar_axis)
+                                polar_cut = like(pf, z)
                             continue
                     if polar == 0.0 or os_polar:
                         pf, dn = polarization_factor(kahn, incident_v, diffracted, polar_axis)
@@ -822,10 +829,11 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
 
     r2f = fopt[F_SCALE]   # r_e^2 * fluence
     steps = fopt[F_STEPS]
+    if polar == 0.0 and ran_phi == 0:
+        polar = polar_cut   # (z under -c_parity: the C's blank pixel)
     if corrected:
+        # (every sub-path cut by -dmin: the water's share still, #24)
         bg = I_bg * capsum
-        if os_polar and ran_phi == 0:
-            bg = z    # every sub-path cut by -dmin: no polarization, 0 as without the switch
         I = acc + bg
         test = r2f * I / steps
         if not os_polar:
@@ -1004,9 +1012,10 @@ def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo, sub):
     else:
         for c in range(ncol):
             geo[B_CAPTURE, c] = one
-    # the polarization factor where the Bragg term is summed (else 0, as in
-    # pixel_value); kahn = 0 (the default) has no psi term: a constant 0.0
-    # lets the inlined formula drop it, branch-free
+    # the polarization factor of every sub-path, -dmin's cut ones too (a
+    # pixel cut whole takes its first sub-path's, as in pixel_value: #24);
+    # kahn = 0 (the default) has no psi term: a constant 0.0 lets the inlined
+    # formula drop it, branch-free
     if nopolar:
         for c in range(ncol):
             geo[B_POLAR, c] = one
@@ -1014,12 +1023,12 @@ def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo, sub):
         for c in range(ncol):
             d = (geo[B_D0, c], geo[B_D1, c], geo[B_D2, c])
             pf, dn = _polarization_inline(0.0, incident_v, d, polar_axis)
-            geo[B_POLAR, c] = like(pf, z) if geo[B_RUN, c] != 0.0 else z
+            geo[B_POLAR, c] = like(pf, z)
     else:
         for c in range(ncol):
             d = (geo[B_D0, c], geo[B_D1, c], geo[B_D2, c])
             pf, dn = polarization_factor(kahn, incident_v, d, polar_axis)
-            geo[B_POLAR, c] = like(pf, z) if geo[B_RUN, c] != 0.0 else z
+            geo[B_POLAR, c] = like(pf, z)
 
 
 @njit(cache=True, _nrt=False, fastmath=False, error_model="numpy")
@@ -1086,6 +1095,8 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
         omega_acc = z
         capture = z
         polar = z + 1 if nopolar else z
+        polar0 = z
+        ran = False
         for u in range(nsub):
             c = b * nsub + u
             if omega == 0.0:
@@ -1093,10 +1104,16 @@ def _block_row(s, fs, nb, iopt, fopt, vecs, incident, lam, cells, Fhkl, geo, sub
             omega_acc += omega
             if capture == 0.0:
                 capture = geo[B_CAPTURE, c]
+            if u == 0:
+                polar0 = geo[B_POLAR, c]
             if geo[B_RUN, c] != 0.0:
+                ran = True
                 if polar == 0.0:
                     polar = geo[B_POLAR, c]
                 I += geo[B_SUM, c]
+        if not ran:
+            # -dmin cut every sub-path: the first one's factor, for the water (#24)
+            polar = polar0
         test = r2f * I / steps
         test *= capture
         test *= polar

@@ -722,6 +722,7 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
 
     wide I = I_bg;
     wide polar = iopt[I_NOPOLAR] != 0 ? one : z;
+    wide polar_cut = z;  // the first sub-path's factor where -dmin cuts it (#24)
     wide omega_pixel = z;
     wide omega_acc = z;
     wide capture = z;
@@ -812,6 +813,14 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                                 const wide pf = polarization_factor(kahn, incident_v, diffracted,
                                                                     polar_axis, &dn);
                                 layer_bg += weighted ? w * pf * w_src : w * pf;
+                            } else if (polar_cut == (wide)0.0 && polar == (wide)0.0 &&
+                                       !c_parity) {
+                                // a pixel that -dmin cuts whole takes its first
+                                // sub-path's factor, which its water keeps
+                                // (kernels.cpu.pixel_value; docs/quirks.md #24)
+                                vec3<wide> dn;
+                                polar_cut = polarization_factor(kahn, incident_v, diffracted,
+                                                                polar_axis, &dn);
                             }
                             continue;
                         }
@@ -933,12 +942,12 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
     }
 
     const wide r2f = (wide)fopt[F_SCALE];  // r_e^2 * fluence
+    if (polar == (wide)0.0 && ran_phi == 0) polar = polar_cut;  // (z under -c_parity)
     const wide steps = (wide)fopt[F_STEPS];
     wide test;
     if (corrected) {
-        wide bg = I_bg * capsum;
-        // every sub-path cut by -dmin: no polarization, 0 as without the switch
-        if (os_polar && ran_phi == 0) bg = z;
+        // (every sub-path cut by -dmin: the water's share still, #24)
+        const wide bg = I_bg * capsum;
         I = acc + bg;
         test = r2f * I / steps;
         if (!os_polar) test *= polar;
@@ -1797,11 +1806,13 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     double dbeam[NB_MAX_INC] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // P_BEAM..P_DISP
 
     // first pass, no cells: polarization and solid angle once per pixel, at
-    // its first sub-pixel (and first source that passes -dmin), as pixel_grad
+    // its first sub-pixel and source that -dmin does not cut (else its first:
+    // #24), as pixel_grad
     // and the forward fix them (1 where a switch oversamples them); the
     // capture factor of a single layer; the water background's weights and
     // their derivatives (corrected sum)
     bool have_polar = iopt[I_NOPOLAR] != 0 || os_polar;
+    bool have_cut_polar = false;  // polar holds a -dmin-cut sub-path's factor (#24)
     double polar = have_polar ? 1.0 : 0.0;
     vec3<double> dP = zero3;
     double omega = os_omega ? 1.0 : 0.0;
@@ -1819,7 +1830,6 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     vec3<double> dcap = zero3, dcapo = zero3;
     double dcapt = 0.0, dcapm = 0.0, F_c = 0.0, S_c = 0.0;
     double capsum = 0.0;  // corrected sum: the background's weight, as the forward's
-    bool ran = false;     // some sub-path passed -dmin
     for (nb_i64 t = 0; t < nthick; ++t) {
         const double tf = (double)t;
         const double Odet = tf * thickstep;
@@ -1892,11 +1902,15 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                                             weighted ? bg_src * ws : bg_src, sw, os_polar,
                                             os_omega, Fd, Sd, tf, dm, dinc, ninc, nsrc, source);
                     }
-                    if (cut) continue;
-                    ran = true;
-                    if (have_polar) continue;
+                    // the pixel's factor: its first sub-path that -dmin does not
+                    // cut, else (a pixel cut whole, whose water keeps it) its first
+                    // sub-path's (kernels.cpu.pixel_value; docs/quirks.md #24)
+                    if (have_polar || (cut && have_cut_polar)) continue;
                     polar = polarization_factor_grad(kahn, inc, pos, polar_axis, &dP);
-                    have_polar = true;
+                    if (cut)
+                        have_cut_polar = true;
+                    else
+                        have_polar = true;
                     F_po = Fd;
                     S_po = Sd;
                     t_po = tf;
@@ -1918,15 +1932,6 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
             const double bg_w = layer_bg / (double)(os * os * (os_polar ? nsrc : 1));
             capsum += os_thick ? bg_w : bg_w * sw.wc;
         }
-    }
-    if (corrected && os_polar && !ran) {
-        // every sub-path cut by -dmin: the forward's 0, flat
-        val[p] = 0.0;
-        if (grad) {
-            double* row = gpar + (p - row0 * F) * N_PAR;
-            for (int i = 0; i < N_PAR; ++i) row[i] = 0.0;
-        }
-        return;
     }
     const double capf = corrected ? 1.0 : capture;  // the forward's factor at the end
     const double cF = gp * C * polar * omega * capf;  // dI/dT
