@@ -56,10 +56,9 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from nbnumba.errors import InputFileError, NBError, UsageError, quiet_broken_pipes
+from nbnumba.errors import InputFileError, UsageError
 from nbnumba.io._args import read_bytes
-from nbnumba.io.atomic import (OutputFileError, atomic_write_bytes, check_not_input,
-                               check_writable)
+from nbnumba.io.atomic import atomic_write_bytes, check_not_input, check_writable
 
 __all__ = ["flags_from_expt", "translate", "write_mat", "expt_from_flags", "write_expt", "main"]
 
@@ -883,35 +882,34 @@ def _parse(argv: List[str]):
     return expt, opts
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    with quiet_broken_pipes(stdout_error=OutputFileError):
-        try:
-            head = argv[:argv.index("--")] if "--" in argv else argv
-            if "--from-flags" in head:
-                if any(a in ("-h", "-help", "--help") for a in head):
-                    print(FROM_FLAGS_USAGE)
-                    return 0
-                return _main_from_flags(argv)
-            if not argv or any(a in ("-h", "-help", "--help") for a in argv):
-                print(USAGE)
-                return 0 if argv else 2
-            expt, o = _parse(argv)
-            args, mat, notes = translate(expt, o["--experiment"], o["--panel"], o["--image"],
-                                         o["--mat-out"])
-            out = args[args.index("-mat") + 1]
-            check_not_input(out, [expt], "--mat-out")
-            write_mat(out, mat)
-            for n in notes:
-                print("%s: note: %s" % (PROG, n), file=sys.stderr)
-            print(shlex.join(args))
+def _main(argv: List[str]) -> int:
+    head = argv[:argv.index("--")] if "--" in argv else argv
+    if "--from-flags" in head:
+        if any(a in ("-h", "-help", "--help") for a in head):
+            print(FROM_FLAGS_USAGE)
             return 0
-        except NBError as exc:
-            print("%s: error: %s" % (PROG, exc), file=sys.stderr)
-            return exc.exit_code
-        except KeyboardInterrupt:
-            print("%s: interrupted" % PROG, file=sys.stderr)
-            return 130
+        return _main_from_flags(argv)
+    if not argv or any(a in ("-h", "-help", "--help") for a in argv):
+        print(USAGE)
+        return 0 if argv else 2
+    expt, o = _parse(argv)
+    args, mat, notes = translate(expt, o["--experiment"], o["--panel"], o["--image"],
+                                 o["--mat-out"])
+    out = args[args.index("-mat") + 1]
+    check_not_input(out, [expt], "--mat-out")
+    write_mat(out, mat)
+    for n in notes:
+        print("%s: note: %s" % (PROG, n), file=sys.stderr)
+    print(shlex.join(args))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The tools' error policy (tools._common.guarded_main): one line and exit
+    2 for a refused request, 130 on Ctrl-C, a closed stdout not an error."""
+    from nbnumba.tools._common import guarded_main
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return guarded_main(PROG, lambda: _main(argv))
 
 
 if __name__ == "__main__":
