@@ -585,9 +585,7 @@ def test_bragg_spot_of_a_triclinic_cell_turned_by_misset():
         turn = math.degrees(math.atan2(np.linalg.norm(axis), H @ k))
         R = np.array([_rotate(_rotate(e, axis, turn), k, 33.0) for e in np.eye(3)]).T
         assert np.linalg.norm(R @ H * lam - k) < 1e-12
-        rx = math.degrees(math.atan2(R[2, 1], R[2, 2]))           # R = Rz Ry Rx
-        ry = math.degrees(-math.asin(R[2, 0]))
-        rz = math.degrees(math.atan2(R[1, 0], R[0, 0]))
+        rx, ry, rz = _misset_angles(R)
         cfg = parse(SPOT_GEOM + geom + " -cell %g %g %g %g %g %g -misset %r %r %r -lambda %r -N 40 "
                     "-default_F 0 -nopolar -nonoise -nopgm -oversample 1"
                     % (cell + (rx, ry, rz, float(lam))), hkl_grid=grid)
