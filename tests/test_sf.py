@@ -605,6 +605,14 @@ def mtz_error_cases(tmp_path):
     (tmp_path / "m.pdb").write_text(pdb(CUBE, "P 1", THREE))
 
 
+def _refused_leaving_out_alone(tmp_path, capsys, args, needle):
+    """One error line holding ``needle``, and the earlier -o file untouched."""
+    (tmp_path / "out.hkl").write_text("old\n")
+    err = one_error(capsys, args + ["-o", "out.hkl"])
+    assert needle in err, err
+    assert (tmp_path / "out.hkl").read_text() == "old\n"
+
+
 @pytest.mark.parametrize("args, needle", [
     (["text.mtz"], "text.mtz: not an MTZ file (it does not start with 'MTZ ')"),
     (["cut_data.mtz"], "cut_data.mtz: truncated MTZ file: its header (at byte"),
@@ -641,10 +649,7 @@ def mtz_error_cases(tmp_path):
 def test_mtz_errors_are_one_line(args, needle, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mtz_error_cases(tmp_path)
-    (tmp_path / "out.hkl").write_text("old\n")
-    err = one_error(capsys, args + ["-o", "out.hkl"])
-    assert needle in err, err
-    assert (tmp_path / "out.hkl").read_text() == "old\n"
+    _refused_leaving_out_alone(tmp_path, capsys, args, needle)
 
 
 def test_mtz_unmerged_file_is_refused(tmp_path, capsys):
@@ -758,10 +763,7 @@ def header_defect_cases(tmp_path):
 def test_mtz_header_defects_are_one_line(args, needle, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     header_defect_cases(tmp_path)
-    (tmp_path / "out.hkl").write_text("old\n")
-    err = one_error(capsys, args + ["-o", "out.hkl"])
-    assert needle in err, err
-    assert (tmp_path / "out.hkl").read_text() == "old\n"
+    _refused_leaving_out_alone(tmp_path, capsys, args, needle)
 
 
 def test_mtz_systematic_absences_left_out_and_tiny_dmin(tmp_path, capsys):
