@@ -841,3 +841,113 @@ def test_flux_times_exposure_over_beam_area_is_the_fluence():
     b = kernel64(parse(base + "-flux 1e12 -exposure 0.5 -beamsize 0.02"))
     assert a.min() > 0
     np.testing.assert_allclose(b, a, rtol=1e-14, atol=0)
+
+
+# ---- turns about the beam, beam-centre moves, mosaic domains ---------------------------
+TRICLINIC = (30.0, 40.0, 50.0, 80.0, 95.0, 105.0)
+TRICLINIC_M = _turn(Z_, 25) @ _turn(Y_, -14) @ _turn(X_, 8)      # -misset 8 -14 25
+
+
+def _quarter(v):
+    """v turned by +90 deg about x (the beam): (x, y, z) -> (x, -z, y), exact in
+    floating point (a permutation and a sign)."""
+    return np.array([v[0], -v[2], v[1]])
+
+
+def _write_recip_mat(path, recip, lam):
+    """A MOSFLM matrix of the reciprocal vectors recip (rows a*, b*, c*, 1/A)."""
+    path.write_text("".join("%.17g %.17g %.17g\n" % tuple(r) for r in np.array(recip).T * lam))
+
+
+@pytest.mark.parametrize("case", ["mosflm_nopolar", "polar_and_spindle_turned"])
+def test_a_quarter_turn_about_the_beam_turns_the_image(tmp_path, case):
+    """Turning the crystal (and the polarization and spindle axes) by +90 deg
+    about the beam (x) turns the image of a square detector centred on the beam:
+    the pixel at (D, -v, u) (u along fdet = z, v along sdet = -y, from the centre)
+    goes to (D, -u, -v), pixel (s, f) to (f, n-1-s): np.rot90(image, -1).  The
+    turned -mat is the original with its rows permuted and one negated, so both
+    runs differ only by float64 rounding in the order of sums (cell vectors, pixel
+    positions: ~1 ulp), which the lattice factor's slope (pi N h, h ~ 20)
+    magnifies: measured 4e-14 of the maximum.  With -oversample 2 the
+    per-sub-pixel factors are needed: without -oversample_omega a pixel takes one
+    corner sub-pixel's solid angle (nanoBragg's rule, kept), which the turn moves
+    to another corner (2.6 % of the maximum)."""
+    n, p = 16, 0.5
+    recip = [TRICLINIC_M @ v for v in _reciprocal_cell(*TRICLINIC)]
+    _write_recip_mat(tmp_path / "A.mat", recip, 1.0)
+    _write_recip_mat(tmp_path / "B.mat", [_quarter(v) for v in recip], 1.0)
+    base = ("-lambda 1 -default_F 10 -N 4 -nonoise -nopgm -distance 8 -pixel %g -detpixels %d "
+            "-oversample 2 -oversample_omega -oversample_polar " % (p, n))
+    if case == "mosflm_nopolar":
+        # MOSFLM adds half a pixel: the beam meets the detector at its centre, n p / 2
+        centre = (n - 1) * p / 2
+        geom_a = geom_b = base + "-mosflm -Xbeam %r -Ybeam %r -nopolar " % (centre, centre)
+    else:
+        # -polar_vector selects CUSTOM: -Xbeam/-Ybeam are the centre itself
+        pol, spin = np.array([0.0, 0.6, 0.8]), np.array([0.3, 0.5, 0.8]) / math.sqrt(0.98)
+        geom = base + "-Xbeam %r -Ybeam %r -polar 0.7 -phi 3 -osc 4 -phisteps 2 " % (n * p / 2,
+                                                                                       n * p / 2)
+        axes = "-polar_vector %s -spindle_axis %s "
+        geom_a = geom + axes % (_V(pol), _V(spin))
+        geom_b = geom + axes % (_V(_quarter(pol)), _V(_quarter(spin)))
+    a = kernel64(parse(geom_a + "-mat %s" % (tmp_path / "A.mat")))
+    b = kernel64(parse(geom_b + "-mat %s" % (tmp_path / "B.mat")))
+    assert np.count_nonzero(a > 1e-3 * a.max()) > 100
+    np.testing.assert_allclose(b, np.rot90(a, -1), rtol=0, atol=1e-12 * a.max())
+    # the image has no such symmetry of its own, and the other turn is not it
+    assert np.max(np.abs(np.rot90(a, -1) - a)) > 0.5 * a.max()
+    assert np.max(np.abs(b - np.rot90(a, 1))) > 0.5 * a.max()
+
+
+@pytest.mark.parametrize("extra", ["", "-curved_det"])
+def test_moving_the_beam_centre_by_a_pixel_shifts_the_image(extra):
+    """A flat detector moved by one pixel in its own plane (the beam centre, in
+    binary-exact mm, moved by the pixel size) shows the same lab positions one
+    pixel along: MOSFLM's -Xbeam is along the slow axis, -Ybeam along the fast
+    one; raising it moves the detector back, so pixel (s + 1) sees what s saw.
+    A tilted detector (BEAM pivot), a two-layer sensor, sub-pixels, the Kahn factor
+    and water background on a 16 x 20 detector: measured 1.2e-13 per pixel (pixel
+    positions to an ulp, magnified by the lattice factor's slope).  The default
+    mode's curved detector is that flat one rolled onto the sphere from the foot
+    of its normal (docs/quirks.md #21), which moves with it: the same (1.7e-13)."""
+    p, S, F = 0.125, 16, 20
+    base = ("-cell %g %g %g %g %g %g -misset 8 -14 25 -lambda 1 -default_F 10 -N 4 -nonoise "
+            "-nopgm -distance 3 -pixel %g -detpixels_s %d -detpixels_f %d -oversample 2 "
+            "-polar 0.6 -water 0.003 -detector_rotx 3 -detector_roty -4 -detector_rotz 5 "
+            "-detector_thick 100 -detector_abs 200 -detector_thicksteps 2 %s "
+            % (TRICLINIC + (p, S, F, extra)))
+    X, Y = 1.0, 1.25
+    a = kernel64(parse(base + "-Xbeam %r -Ybeam %r" % (X, Y)))
+    slow = kernel64(parse(base + "-Xbeam %r -Ybeam %r" % (X + p, Y)))
+    fast = kernel64(parse(base + "-Xbeam %r -Ybeam %r" % (X, Y - p)))
+    assert a.max() > 5 * np.median(a) and a.min() > 0       # spots over the background
+    np.testing.assert_allclose(slow[1:, :], a[:-1, :], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(fast[:, :-1], a[:, 1:], rtol=1e-12, atol=0)
+    # the other axis or the other direction is not it
+    assert np.max(np.abs(slow[:, 1:] - a[:, :-1])) > 0.5 * a.max()
+    assert np.max(np.abs(slow[:-1, :] - a[1:, :])) > 0.5 * a.max()
+    assert np.max(np.abs(fast[:, 1:] - a[:, :-1])) > 0.5 * a.max()
+
+
+def test_a_mosaic_image_is_the_mean_of_its_domains_images():
+    """-mosaic_dom N draws N rotations U_i (the first the identity) that turn the
+    misset crystal in the lab frame (cell U_i M a): the image is the mean of the N
+    images of a crystal of misset U_i M alone; the step count that divides the
+    pixel sum holds the N domains, and the water background is added once in
+    both.  Each domain alone is given as -misset angles of U_i M (decomposed by
+    hand: its cell vectors within 6e-16 of the model's own): measured 9e-14 per
+    pixel."""
+    base = ("-cell %g %g %g %g %g %g -lambda 1 -default_F 10 -N 6 -nonoise -nopgm -distance 20 "
+            "-pixel 0.25 -detpixels 24 -oversample 1 -polar 0.6 -water 0.003 " % TRICLINIC)
+    mosaic = parse(base + "-misset 8 -14 25 -mosaic 2 -mosaic_dom 5 -mosaic_seed 7")
+    U = build_model(mosaic).umats.reshape(-1, 3, 3)
+    assert len(U) == 5 and np.array_equal(U[0], np.eye(3))
+    img = kernel64(mosaic)
+    alone = [kernel64(parse(base + "-misset %r %r %r" % _misset_angles(u @ TRICLINIC_M)))
+             for u in U]
+    assert img.min() > 0
+    np.testing.assert_allclose(img, np.mean(alone, axis=0), rtol=1e-12, atol=0)
+    # the domains are distinct orientations, each one's image far from the first's
+    assert min(np.max(np.abs(x - alone[0])) for x in alone[1:]) > 0.1 * img.max()
+    # and leaving one out is not the image
+    assert np.max(np.abs(img - np.mean(alone[1:], axis=0))) > 0.03 * img.max()
