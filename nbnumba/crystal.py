@@ -16,6 +16,7 @@ import numpy as np
 from . import rng as rngmod
 from .kernels import native
 from .errors import ConfigError
+from .sampling import ceil_count, exact_ceil_count
 from .flags import INT_MAX as N_MAX     # -N takes a C int
 from .vecmath import host
 
@@ -54,6 +55,9 @@ class Crystal:
     log: List[str] = field(default_factory=list)
     # nanoBragg.c builds this -cell with the wrong angles (docs/quirks.md #13)
     c_cell_wrong: bool = False
+    # nanoBragg.c's ceiling gives a size that is an exact multiple of an edge
+    # one cell more (docs/quirks.md #25)
+    c_more_cells: bool = False
 
 
 def _clamp_angles(sins, coss):
@@ -269,19 +273,26 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
             raise ConfigError("the crystal's size along %s (%g mm) is %g unit cells, more than "
                               "a -Na/-Nb/-Nc count can hold (%d): check -xtal_size / -sample_x "
                               "/ -sample_y / -sample_z" % (axis, size * 1e3, size / edge, N_MAX))
+    # a size that is an exact multiple of the edge gives that many cells in the
+    # default mode; the C's plain ceiling can add one (docs/quirks.md #25)
+    count = ceil_count if cfg.c_parity else exact_ceil_count
+    c_more_cells = False
     if cfg.sample_x > 0:
-        Na = math.ceil(cfg.sample_x / am)
+        Na = count(cfg.sample_x / am)
+        c_more_cells |= Na != ceil_count(cfg.sample_x / am)
     if cfg.sample_y > 0:
-        Nb = math.ceil(cfg.sample_y / bm)
+        Nb = count(cfg.sample_y / bm)
+        c_more_cells |= Nb != ceil_count(cfg.sample_y / bm)
     if cfg.sample_z > 0:
-        Nc = math.ceil(cfg.sample_z / cm)
+        Nc = count(cfg.sample_z / cm)
+        c_more_cells |= Nc != ceil_count(cfg.sample_z / cm)
     Na, Nb, Nc = (float(max(n, 1.0)) for n in (Na, Nb, Nc))
 
     return Crystal(a=a, b=b, c=c, astar=astar, bstar=bstar, cstar=cstar,
                    cell=(am * 1e10, bm * 1e10, cm * 1e10, al * RTD, be * RTD, ga * RTD),
                    recip_cell=(asm, bsm, csm, als * RTD, bes * RTD, gas * RTD),
                    V_cell=V_cell, Na=Na, Nb=Nb, Nc=Nc, misset=tuple(misset), log=log,
-                   c_cell_wrong=c_cell_wrong)
+                   c_cell_wrong=c_cell_wrong, c_more_cells=c_more_cells)
 
 
 def _describe(log, a, b, c, astar, bstar, cstar, cell, recip, V_cell):

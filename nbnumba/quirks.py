@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from .model import R_E_SQR
-from .sampling import c_sensor_layers, sweeps_differ_from_c
+from .sampling import c_sensor_layers, ceil_count, sweeps_differ_from_c
 
 
 def c_differences(model) -> List[Tuple[int, str]]:
@@ -71,6 +71,14 @@ def c_differences(model) -> List[Tuple[int, str]]:
         # a pixel -dmin cuts whole keeps its water (the C's is blank): whether
         # one is, the geometry decides; the request makes it possible
         out.append((24, "-dmin with -water: pixels cut whole keep their background"))
+    # #25: counts of a range that is an exact multiple of its step (the C's
+    # ceiling adds one where the ratio rounds up by an ulp)
+    exact = ["-xtal_size/-sample_* over the cell"] if model.crystal.c_more_cells else []
+    if (cfg.phisteps < 0 and cfg.osc >= 0.0 and cfg.phistep > 0.0
+            and ceil_count(cfg.osc / cfg.phistep) != st.phisteps):
+        exact.append("-osc over -phistep")
+    if exact:
+        out.append((25, "exact multiples (%s)" % ", ".join(exact)))
     moved = sweeps_differ_from_c(cfg, st)
     if moved:
         out.append((22, "%s points centred" % "/".join(

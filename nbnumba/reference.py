@@ -137,10 +137,18 @@ def _layers(thick, step, n):
         else:
             thick = step * (n if n > 0 else 1)
     if n <= 0:
-        n = 2 if step <= 0.0 else int(math.ceil(thick / step))
+        n = 2 if step <= 0.0 else _count(thick / step)
     if thick <= 0.0 or n <= 0:
         return 0.0, 0.0, 1
     return thick, thick / n, n
+
+
+def _count(ratio):
+    """Steps of a range: the ceiling of range/step, where a ratio that exceeds
+    an integer by no more than 1e-12 of itself (two decimals that divide
+    exactly, rounded to binary: 1.1/0.1) is that integer (docs/quirks.md #25;
+    nanoBragg.c takes the plain ceiling)."""
+    return int(math.ceil(ratio * (1.0 - 1e-12)))
 
 
 def _sane(t):
@@ -157,7 +165,7 @@ def sampling(cfg):
         if osc < 0.0:
             n, osc, step = (1, 0.0, 0.0) if step <= 0.0 else (2, step, step)
         else:
-            n, step = (2, osc / 2.0) if step <= 0.0 else (int(math.ceil(osc / step)), step)
+            n, step = (2, osc / 2.0) if step <= 0.0 else (_count(osc / step), step)
     else:
         n = max(n, 1)
         if osc < 0.0:
@@ -343,7 +351,7 @@ def crystal(cfg, rng_state):
         sy, sz = min(sy, cfg.beamsize), min(sz, cfg.beamsize)
     for i, size in enumerate((cfg.sample_x, sy, sz)):
         if size > 0:
-            Ns[i] = math.ceil(size / lens[i])
+            Ns[i] = _count(size / lens[i])
     Ns = [float(max(x, 1.0)) for x in Ns]
     return real, recip, Ns
 

@@ -25,6 +25,25 @@ def ceil_count(ratio):
     return int(math.ceil(ratio)) if ratio < HUGE_COUNT else HUGE_COUNT
 
 
+#: how far above an integer (relative) a ratio of two typed numbers may land
+#: by rounding alone: the decimal-to-binary reads and the unit conversions of
+#: both (mm to m, degrees to radians, a cell edge built from six parameters)
+#: are good to well under 1e-13; a thousand times that is still no real excess
+EXACT_RATIO = 1e-12
+
+
+def exact_ceil_count(ratio):
+    """The default mode's count for a range over a step (docs/quirks.md #25):
+    ceil(ratio), but a ratio within EXACT_RATIO above an integer counts as that
+    integer.  ``-osc 1.1 -phistep 0.1`` is 11.000000000000002 in binary, whose
+    ceiling, nanoBragg.c's count, adds a 12th point past the range;
+    ``-xtal_size`` 10.5 um over a 70 A edge likewise gives 1501 cells."""
+    n = ceil_count(ratio)
+    if n < HUGE_COUNT and n > 1 and ratio - (n - 1) <= EXACT_RATIO * ratio:
+        return n - 1
+    return n
+
+
 def _range_rule(rng, step, steps, steps_only_range, range_only_divisor=1):
     """nanoBragg's rule for a swept range (divergence, dispersion, sensor depth).
 
@@ -133,7 +152,7 @@ def _sensor_layers(thick, step, steps):
             thick = step * (steps if steps > 0 else 1)
     if steps <= 0:
         # the C's counts: 2 layers for a bare thickness, else enough steps of ~step
-        steps = 2 if step <= 0.0 else ceil_count(thick / step)
+        steps = 2 if step <= 0.0 else exact_ceil_count(thick / step)
     if thick <= 0.0 or steps <= 0:
         return 0.0, 0.0, 1          # no sensor depth: one thin layer (the C's sanity rule)
     return thick, thick / steps, steps
@@ -210,7 +229,8 @@ def resolve_steps(cfg) -> Steps:
             if phistep <= 0.0:
                 phisteps, phistep = 2, osc / 2.0
             else:
-                phisteps = ceil_count(osc / phistep)
+                # (-c_parity: the C's plain ceiling, docs/quirks.md #25)
+                phisteps = (ceil_count if cfg.c_parity else exact_ceil_count)(osc / phistep)
     else:
         if phisteps == 0:
             phisteps = 1

@@ -853,3 +853,36 @@ def test_dmin_leaves_the_water_background_alone(extra):
     from nbnumba.quirks import c_differences
     m = nbnumba.simulate_argv(DMIN_WATER + extra.split() + ["-dmin", "4"]).model
     assert 24 in [n for n, _ in c_differences(m)]
+
+
+# ------------------------------------------- #25 ranges that are exact multiples
+def test_exact_multiples_give_the_typed_count_in_the_default_mode():
+    """docs/quirks.md #25: nanoBragg.c counts a range over its step with a
+    plain ceiling, so a ratio that binary rounding puts an ulp above an integer
+    gains one: -osc 1.1 -phistep 0.1 (11.000000000000002) takes a 12th phi
+    point past the range, and a 0.09 um crystal over a 90 A edge 11 cells.
+    The default mode counts 11 and 10: the images of the same run with the
+    count given, bit for bit, and its note names #25; -c_parity keeps the C's."""
+    from nbnumba.quirks import c_differences
+    phi = ["-phi", "10", "-osc", "1.1", "-phistep", "0.1", "-oversample", "1"]
+    got, given, c = (sim(phi), sim(phi + ["-phisteps", "11"]), sim(phi, c_parity=True))
+    assert (got.model.steps.phisteps, c.model.steps.phisteps) == (11, 12)
+    assert np.array_equal(got.float_image, given.float_image)
+    assert [n for n, _ in c_differences(got.model)] == [25]
+    assert not c_differences(given.model)
+    assert not np.array_equal(c.float_image, got.float_image)
+    size = ["-sample_x", "0.00007", "-sample_y", "0.00008", "-sample_z", "0.00009",
+            "-cell", "70", "80", "90", "90", "90", "90", "-oversample", "1"]
+    got, c = sim(size), sim(size, c_parity=True)
+    assert [got.model.crystal.Na, got.model.crystal.Nb, got.model.crystal.Nc] == [10, 10, 10]
+    assert [c.model.crystal.Na, c.model.crystal.Nb, c.model.crystal.Nc] == [10, 10, 11]
+    assert np.array_equal(got.float_image,
+                          sim(["-cell", "70", "80", "90", "90", "90", "90", "-oversample", "1",
+                               "-N", "10"]).float_image)
+    assert [n for n, _ in c_differences(got.model)] == [25]
+    # a size just past the multiple is still rounded up, as it must be
+    assert sim(size[:5] + ["0.0000900001"] + size[6:]).model.crystal.Nc == 11
+    # 10.5 um over this triclinic cell's 70 A edge: 1500 cells, the C's 1501
+    tri = ["-cell", "70", "80", "90", "85", "95", "105", "-xtal_size", "0.0105"]
+    assert build_model(nbnumba.parse_argv(BASE + tri + ["-oversample", "1"])).crystal.Na == 1500
+    assert build_model(nbnumba.parse_argv(BASE + tri + ["-oversample", "1", "-c_parity"])).crystal.Na == 1501

@@ -92,6 +92,11 @@ AGREE = {
     "dmin_water_polar": "-oversample 2 -water 10 -dmin 40 -polar 0.5",
     "dmin_water_polar_os1": "-oversample 1 -water 10 -dmin 40 -polar 0.5",
     "dmin_water_nopolar_os_polar": "-oversample 1 -water 10 -dmin 40 -nopolar -oversample_polar",
+    # (#25: ranges an exact multiple of their step: 11 phi points, 10 x 10 x 10
+    # cells, where nanoBragg.c's ceiling takes 12 and 10 x 10 x 11)
+    "phi_exact_multiple": "-oversample 1 -N 2 -phi 5 -osc 1.1 -phistep 0.1",
+    "xtalsize_exact_multiple": "-oversample 1 -cell 70 80 90 90 90 90 -sample_x 0.00007 "
+                               "-sample_y 0.00008 -sample_z 0.00009",
 }
 
 
@@ -295,9 +300,9 @@ def test_twotheta_axis_is_a_direction():
     part of it.  nanoBragg.c rotates by Rodrigues' formula with the vector as
     given, so -twotheta_axis 0 2 0 at -twotheta 10 makes a detector whose slow
     axis is 1.0456 long and whose fast axis leans 19.4 degrees, not 10; the
-    reference turns it about the unit axis, the same detector as 0 1 0 (the
-    kernel's geometry does not yet: found by tools/fuzz.py metamorphic,
-    'vectors', seeds 51 to 53)."""
+    reference turns it about the unit axis, the same detector as 0 1 0, as the
+    kernel's geometry does since docs/quirks.md #23 (found by tools/fuzz.py
+    metamorphic, 'vectors', seeds 51 to 53)."""
     line = ("-oversample 1 -twotheta 10 -detpixels 8 -pixel 1.25 -distance 100 -N 5 "
             "-twotheta_axis %s")
     unit = ref.setup(cfg_of(line % "0 1 0"))
