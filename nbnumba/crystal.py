@@ -133,9 +133,10 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
             beta = math.pi / 2
         if gamma <= 0.0:
             gamma = math.pi / 2
-        if not 0.0 < a_len * b_len * c_len < math.inf:
+        if not 0.0 < 2.0 * a_len * b_len * c_len < math.inf:
             # (1e-6 1e-320 1e-320: the product of the edges underflows, and the
-            # c* below divides by it)
+            # c* below divides by it; 1 1 1e308: twice it, the volume's first
+            # factor, overflows, and c* divides by sin(gamma*) = 0)
             raise ConfigError(_RANGE % ("-cell %g %g %g A" % (a_len, b_len, c_len)))
         aavg = (alpha + beta + gamma) / 2
         skew = math.sin(aavg) * math.sin(aavg - alpha) * math.sin(aavg - beta) * math.sin(aavg - gamma)
