@@ -10,6 +10,7 @@ reads otherwise (#5) come from the parse (Config.c_reads_flags_otherwise).
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -79,6 +80,13 @@ def c_differences(model) -> List[Tuple[int, str]]:
         exact.append("-osc over -phistep")
     if exact:
         out.append((25, "exact multiples (%s)" % ", ".join(exact)))
+    if cfg.calculate_noise and cfg.adc_offset - math.floor(cfg.adc_offset) >= 0.5:
+        # the C truncates count + adc, which differs from rounding from a half up
+        out.append((26, "noise image rounded with -adc %g" % cfg.adc_offset))
+    x0, x1, y0, y1 = model.det.roi
+    inside = model.active[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1]
+    if inside.size and not np.all(inside):
+        out.append((27, "rmsd over the unmasked pixels"))
     moved = sweeps_differ_from_c(cfg, st)
     if moved:
         out.append((22, "%s points centred" % "/".join(

@@ -886,3 +886,44 @@ def test_exact_multiples_give_the_typed_count_in_the_default_mode():
     tri = ["-cell", "70", "80", "90", "85", "95", "105", "-xtal_size", "0.0105"]
     assert build_model(nbnumba.parse_argv(BASE + tri + ["-oversample", "1"])).crystal.Na == 1500
     assert build_model(nbnumba.parse_argv(BASE + tri + ["-oversample", "1", "-c_parity"])).crystal.Na == 1501
+
+
+# --------------------------------------- #26 the noise image's fractional -adc
+def test_noise_image_rounds_a_fractional_adc_like_the_int_image():
+    """docs/quirks.md #26: nanoBragg.c rounds photons*scale + adc for the int
+    image but truncates count + adc for the noise image, so -adc 40.7 is a
+    pedestal of 41 in one and 40 in the other (the header says 40.7 for both).
+    The default mode rounds both: each noise pixel is the C's plus 1 for the
+    same Poisson draws; a fraction under a half changes nothing, bit for bit."""
+    from nbnumba.quirks import c_differences
+    line = ["-water", "0.05", "-default_F", "0.001", "-seed", "3", "-oversample", "1",
+            "-noisefile", "noise.img"]     # (after BASE's -nonoise; simulate_argv writes nothing)
+    got, c = sim(line + ["-adc", "40.7"]), sim(line + ["-adc", "40.7"], c_parity=True)
+    assert np.array_equal(got.float_image, c.float_image)
+    d = got.noise_image.astype(np.int64) - c.noise_image.astype(np.int64)
+    assert np.all(d == 1) and c.noise_image.min() >= 40
+    assert [n for n, _ in c_differences(got.model)] == [26]
+    low, c_low = sim(line + ["-adc", "40.3"]), sim(line + ["-adc", "40.3"], c_parity=True)
+    assert np.array_equal(low.noise_image, c_low.noise_image)
+    assert not c_differences(low.model)
+
+
+# ------------------------------------------------- #27 rmsd over the mask
+def test_rmsd_is_the_spread_of_the_unmasked_pixels():
+    """docs/quirks.md #27: nanoBragg.c's rmsd sums (pixel - mean)^2 over the whole
+    ROI, masked pixels (0) included, about the mean of the unmasked ones, so a
+    mask shrinks it (and brightens the automatic PGM, 250/(5 rmsd)).  The
+    default mode takes it over the pixels the mean uses."""
+    from nbnumba.quirks import c_differences
+    mask = np.ones((24, 24), dtype=np.uint16)
+    mask[:12] = 0
+    got = sim(["-oversample", "1"], mask_image=mask)
+    c = sim(["-oversample", "1"], c_parity=True, mask_image=mask)
+    img = got.float_image.astype(np.float64)
+    on = img[12:]
+    assert got.stats["rmsd"] == pytest.approx(float(np.std(on, ddof=1)), rel=1e-12)
+    dev = np.concatenate([on.ravel() - on.mean(), np.full(img[:12].size, -on.mean())])
+    assert c.stats["rmsd"] == pytest.approx(math.sqrt((dev ** 2).sum() / (img.size - 1)), rel=1e-12)
+    assert c.stats["rmsd"] < 0.9 * got.stats["rmsd"]
+    assert [n for n, _ in c_differences(got.model)] == [27]
+    assert got.stats["mean"] == c.stats["mean"]

@@ -1288,15 +1288,17 @@ def kernel_dispatchers():
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
-def image_stats(img, active, roi, f32_squares=False):
+def image_stats(img, active, roi, c_rules=False):
     """nanoBragg's statistics in one pass, without float64 copies of the image.
 
-    f32_squares (-c_parity): square each pixel in float32 like nanoBragg.c
-    (float*float), which flushes squares below ~1e-45 to zero.
-
     Returns (max_I, argmax (linear, first in raster order; -1 if none > 0),
-    sum, sum of squares, count) over active pixels, then the rmsd about the
-    mean over the ROI (masked pixels included, as in the C)."""
+    sum, sum of squares, count) over active pixels, then the sum of squared
+    deviations from their mean and its count, over the same pixels.
+
+    c_rules (-c_parity): nanoBragg.c squares each pixel in float32
+    (float*float), which flushes squares below ~1e-45 to zero (docs/quirks.md
+    #11), and takes the deviations over the whole ROI, masked pixels (0)
+    included, about the mean of the unmasked ones (#27)."""
     S, F = img.shape
     max_I = 0.0
     arg = -1
@@ -1312,7 +1314,7 @@ def image_stats(img, active, roi, f32_squares=False):
                 max_I = v
                 arg = s * F + f
             total += v
-            if f32_squares:
+            if c_rules:
                 sumsq += np.float64(img[s, f] * img[s, f])
             else:
                 sumsq += v * v
@@ -1322,6 +1324,8 @@ def image_stats(img, active, roi, f32_squares=False):
     m = 0
     for s in range(max(roi[2], 0), min(roi[3] + 1, S)):
         for f in range(max(roi[0], 0), min(roi[1] + 1, F)):
+            if active[s, f] == 0 and not c_rules:
+                continue
             t = np.float64(img[s, f]) - avg
             dev += t * t
             m += 1

@@ -160,9 +160,12 @@ def noise_image(float_image, seed, buf, gauss, adc_offset, roi, wrap_negative=Fa
     overloads.  ``roi`` = (xmin, xmax, ymin, ymax) inclusive; pixels outside keep
     the value 0.  Pixels are visited in raster order (the RNG is sequential).
 
-    Negative counts (a negative -adc) are clamped to 0; ``wrap_negative``
-    (-c_parity) reproduces nanoBragg.c's cast instead: truncation to a 32-bit
-    int whose low 16 bits are kept (-5 -> 65531)."""
+    The count plus -adc is rounded to the nearest integer, as the noiseless
+    int image is, and a negative one (a negative -adc) clamped to 0.
+    ``wrap_negative`` (-c_parity) reproduces nanoBragg.c's cast instead:
+    truncation, so a fractional -adc of 40.7 adds 40 (docs/quirks.md #26), and
+    a negative count goes to a 32-bit int whose low 16 bits are kept (-5 ->
+    65531, #12)."""
     S, F = float_image.shape
     out = np.zeros((S, F), dtype=np.uint16)
     idum = np.empty(1, dtype=np.int64)
@@ -179,8 +182,10 @@ def noise_image(float_image, seed, buf, gauss, adc_offset, roi, wrap_negative=Fa
             if test > 65535.0:
                 test = 65535.0
                 overloads += 1
-            if test >= 0:
+            if wrap_negative and test >= 0:
                 out[s, f] = np.uint16(int(test))
+            elif test >= 0:
+                out[s, f] = np.uint16(int(math.floor(test + 0.5)))
             elif wrap_negative and test >= -2147483648.0:
                 out[s, f] = np.uint16(np.int64(test) & 0xFFFF)
             # else 0: clamped, NaN, or beyond int32 (x86 gives INT_MIN: low bits 0)
