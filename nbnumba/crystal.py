@@ -337,9 +337,14 @@ def mosaic_umats(spread, domains, rng_state, mosaic_seed):
     return out
 
 
-def phi_angles(phi0, phistep, phisteps):
-    """Spindle angle of each phi step (radians), computed as nanoBragg.c does."""
-    return [phi0 + phistep * t for t in range(phisteps)]
+def phi_angles(phi0, phistep, phisteps, offset=0.0):
+    """Spindle angle of each phi step (radians): phi0 + phistep * t, as
+    nanoBragg.c computes it, or from phi0 + offset (Steps.phi_offset: the
+    default mode's points centred in the oscillation, docs/quirks.md #28)."""
+    if offset == 0.0:
+        return [phi0 + phistep * t for t in range(phisteps)]
+    start = phi0 + offset
+    return [start + phistep * t for t in range(phisteps)]
 
 
 def rotated_cells(crystal, spindle, phis, umats, mosaic_spread, c_parity):

@@ -460,7 +460,7 @@ def build_model(cfg: Config) -> Model:
 
     for t in range(steps.detector_thicksteps):
         log.append("thick%d = %g um" % (t, steps.detector_thickstep * t * 1e6))
-    phis = xtal.phi_angles(steps.phi0, steps.phistep, steps.phisteps)
+    phis = xtal.phi_angles(steps.phi0, steps.phistep, steps.phisteps, steps.phi_offset)
     for t, p in enumerate(phis):
         log.append("phi%d = %g" % (t, p * RTD))
 

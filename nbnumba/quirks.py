@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from .model import R_E_SQR
-from .sampling import c_sensor_layers, ceil_count, sweeps_differ_from_c
+from .sampling import c_phi_sweep, c_sensor_layers, ceil_count, sweeps_differ_from_c
 
 
 def c_differences(model) -> List[Tuple[int, str]]:
@@ -26,9 +26,13 @@ def c_differences(model) -> List[Tuple[int, str]]:
     if cfg.c_parity:
         return []
     out = []
-    phis = [float(p) for p in model.phis]
+    # the C's phi points (c_phi_sweep), which #1 reads; the default mode's are centred (#28)
+    c_osc, c_step, c_n = c_phi_sweep(cfg.osc, cfg.phistep, cfg.phisteps)
+    phis = [cfg.phi0 + c_step * t for t in range(min(c_n, 1 << 20))]
     if any(p == 0.0 for p in phis) and any(p != 0.0 for p in phis):
         out.append((1, "phi=0 carry-over"))
+    if len(phis) != len(model.phis) or any(float(a) != b for a, b in zip(model.phis, phis)):
+        out.append((28, "phi points centred in the oscillation"))
     if cfg.pix0_set:
         out.append((2, "-pix0_vector"))
     if cfg.misset_mode == -1:

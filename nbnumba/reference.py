@@ -157,7 +157,7 @@ def _sane(t):
 
 
 def sampling(cfg):
-    """Resolved step counts: dict of phi0, phistep, phisteps, hdiv/vdiv
+    """Resolved step counts: dict of phi0 (the first phi point), phistep, phisteps, hdiv/vdiv
     (range, step, n), disp (range, step, n), thick (m, step m, layers), mu (1/m),
     mosaic spread (rad) and domains."""
     n, osc, step = cfg.phisteps, cfg.osc, cfg.phistep
@@ -173,9 +173,13 @@ def sampling(cfg):
                 osc = math.pi / 180.0
                 step = osc / n
             else:
-                osc, n = step, 2
+                osc = step * n      # (nanoBragg.c: one step of 2 points; #28 keeps the count)
         elif step < 0.0:
             step = osc / n
+    # the points are a step apart and centred in the oscillation [phi0, phi0 + osc]
+    # (docs/quirks.md #28; nanoBragg.c's start at phi0); (a disagreeing -osc,
+    # -phistep, -phisteps is refused before this)
+    phi_first = cfg.phi0 + 0.5 * (osc - step * (n - 1))
     thick = _layers(cfg.detector_thick, cfg.detector_thickstep, cfg.detector_thicksteps)
     mu = cfg.detector_mu
     if thick[0] > 0.0 and mu < 0.0:
@@ -186,7 +190,7 @@ def sampling(cfg):
         spread, doms = 0.0, 1
     elif doms <= 0:
         doms = 10
-    return dict(phi0=cfg.phi0, phistep=step, phisteps=n,
+    return dict(phi0=phi_first, phistep=step, phisteps=n,
                 hdiv=_sane(_sweep(cfg.hdivrange, cfg.hdivstep, cfg.hdivsteps, 1.0)),
                 vdiv=_sane(_sweep(cfg.vdivrange, cfg.vdivstep, cfg.vdivsteps, 1.0)),
                 disp=_sane(_sweep(cfg.dispersion, cfg.dispstep, cfg.dispsteps, 1.0)),

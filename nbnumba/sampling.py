@@ -80,6 +80,7 @@ _SWEEP_FLAGS = {"hdiv": ("-hdivrange", "-hdivstep", "-hdivsteps", 1e3, "mrad"),
 
 #: |count-1 steps - width| within this fraction of the width: the three agree
 _SPAN_AGREES = 1e-9
+_RTD = 180.0 / math.pi
 
 
 def floor_count(ratio):
@@ -210,39 +211,76 @@ class Steps:
     mosaic_spread: float
     mosaic_domains: int
     warnings: List[str] = field(default_factory=list)
+    #: the first phi point's angle past phi0 (radians): 0 in nanoBragg.c
+    #: (-c_parity), which samples each step at its start; the default mode
+    #: centres the points in the oscillation (docs/quirks.md #28)
+    phi_offset: float = 0.0
+
+
+def c_phi_sweep(osc, step, steps):
+    """nanoBragg.c's phi sampling (-c_parity): (oscillation, step, count), in
+    radians, from the flags (-1 for "not given").  The points are
+    phi0 + step * i, i < count: each step sampled at its start."""
+    if steps < 0:
+        if osc < 0.0:
+            if step <= 0.0:
+                return 0.0, 0.0, 1
+            return step, step, 2
+        if step <= 0.0:
+            return osc, osc / 2.0, 2
+        return osc, step, ceil_count(osc / step)
+    steps = max(steps, 1)
+    if osc < 0.0:
+        if step <= 0.0:
+            osc = math.pi / 180.0            # a count alone: one degree
+            return osc, osc / steps, steps
+        return step, step, 2                 # (a step and a count: the count dropped)
+    if step < 0.0:
+        step = osc / steps
+    return osc, step, steps
+
+
+def centred_phi_sweep(osc, step, steps):
+    """The default mode's phi sampling (docs/quirks.md #28): (oscillation,
+    step, count, offset of the first point past phi0), radians.  An image
+    integrates its oscillation [phi0, phi0 + osc]; the points lie a step apart
+    and centred in it, so osc = n * step gives the midpoints of the n steps,
+    phi0 + (i + 1/2) step.  nanoBragg.c samples each step at its start
+    (c_phi_sweep), half a step off: the same oscillation turned the other way
+    about the reversed spindle gave another image.  Where its points are
+    centred already (a step alone: phi0 and phi0 + step) they are kept.  A step
+    and a count keep the count (the C drops it), and a step, a count and an
+    oscillation that disagree are refused, as for the divergence (#22)."""
+    if step > 0.0 and steps >= 0:              # a step and a count
+        n = max(steps, 1)
+        if osc < 0.0:
+            osc = step * n
+        elif abs(step * n - osc) > _SPAN_AGREES * max(osc, step * n):
+            raise ConfigError("-osc %g, -phistep %g and -phisteps %d disagree: %d steps of %g "
+                              "deg cover %g deg; give two of the three (nanoBragg.c would sample "
+                              "from -phi to -phi + %g deg; -c_parity reproduces it)"
+                              % (osc * _RTD, step * _RTD, steps, n, step * _RTD, step * n * _RTD,
+                                 step * (n - 1) * _RTD))
+    elif step > 0.0 and osc >= 0.0:            # an oscillation and a step
+        n = exact_ceil_count(osc / step)         # (#25: 1.1 / 0.1 is 11 steps)
+    else:
+        osc, step, n = c_phi_sweep(osc, step, steps)
+    if n >= HUGE_COUNT:
+        return osc, step, n, 0.0                 # (the memory rule refuses it)
+    return osc, step, n, (osc - step * (n - 1)) / 2.0
 
 
 def resolve_steps(cfg) -> Steps:
     """Apply nanoBragg.c's "default sampling logic" to a Config."""
     warnings: List[str] = []
-    RTD = 180.0 * (1.0 / math.pi)
 
     # --- phi --------------------------------------------------------------
-    phisteps, osc, phistep = cfg.phisteps, cfg.osc, cfg.phistep
-    if phisteps < 0:
-        if osc < 0.0:
-            if phistep <= 0.0:
-                phisteps, osc, phistep = 1, 0.0, 0.0
-            else:
-                osc, phisteps = phistep, 2
-        else:
-            if phistep <= 0.0:
-                phisteps, phistep = 2, osc / 2.0
-            else:
-                # (-c_parity: the C's plain ceiling, docs/quirks.md #25)
-                phisteps = (ceil_count if cfg.c_parity else exact_ceil_count)(osc / phistep)
+    if cfg.c_parity:
+        osc, phistep, phisteps = c_phi_sweep(cfg.osc, cfg.phistep, cfg.phisteps)
+        phi_offset = 0.0
     else:
-        if phisteps == 0:
-            phisteps = 1
-        if osc < 0.0:
-            if phistep <= 0.0:
-                osc = 1.0 / RTD
-                phistep = osc / phisteps
-            else:
-                osc, phisteps = phistep, 2
-        else:
-            if phistep < 0.0:
-                phistep = osc / phisteps
+        osc, phistep, phisteps, phi_offset = centred_phi_sweep(cfg.osc, cfg.phistep,
+                                                               cfg.phisteps)
 
     # --- divergence, dispersion and sensor layers ------------------------
     sweep = c_sweep if cfg.c_parity else centred_sweep
@@ -283,7 +321,7 @@ def resolve_steps(cfg) -> Steps:
     d = _sanity(*d)
     thick, tstep, tsteps = _sanity(thick, tstep, tsteps)
 
-    return Steps(phi0=cfg.phi0, phistep=phistep, phisteps=phisteps, osc=osc,
+    return Steps(phi0=cfg.phi0, phistep=phistep, phisteps=phisteps, osc=osc, phi_offset=phi_offset,
                  hdivrange=h[0], hdivstep=h[1], hdivsteps=h[2],
                  vdivrange=v[0], vdivstep=v[1], vdivsteps=v[2],
                  dispersion=d[0], dispstep=d[1], dispsteps=d[2],

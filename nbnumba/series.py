@@ -17,7 +17,8 @@ Frames
   Rotation (``--frames N --osc-per-frame DEG [--phisteps-per-frame K]``):
   frame i (0-based) covers phi0 + i*DEG to phi0 + (i+1)*DEG, sampled with K
   phi steps (default: nanoBragg's rule for ``-osc``, i.e. 2 steps, or what
-  ``-phisteps``/``-phistep`` say).  Serial (``--shots N``): every shot uses the
+  ``-phisteps``/``-phistep`` say) at their midpoints (nanoBragg.c, -c_parity:
+  at their starts; docs/quirks.md #28).  Serial (``--shots N``): every shot uses the
   flags' phi/osc; with ``--random-orientation`` each shot gets a uniformly
   random crystal orientation, applied as explicit misset angles (so it cannot
   be combined with ``-misset``); ``--jitter-cell PCT`` / ``--jitter-N PCT``

@@ -46,8 +46,12 @@ def test_quirks_detected_from_the_request():
     def hits(extra):
         return [n for n, _ in c_differences(build_model(flags.parse_argv(TINY + extra)))]
     assert hits([]) == []
-    assert hits(["-phi", "0", "-osc", "0.2", "-phisteps", "2"]) == [1]
-    assert hits(["-phi", "1", "-osc", "0.2", "-phisteps", "2"]) == []      # no step at exactly 0
+    # (#28: the default mode's phi points are the steps' midpoints, the C's their starts;
+    # -phistep alone samples phi0 and phi0 + step in both)
+    assert hits(["-phi", "0", "-osc", "0.2", "-phisteps", "2"]) == [1, 28]
+    assert hits(["-phi", "1", "-osc", "0.2", "-phisteps", "2"]) == [28]    # no step at exactly 0
+    assert hits(["-phi", "0", "-phistep", "0.2"]) == [1]
+    assert hits(["-phi", "1", "-phistep", "0.2"]) == []
     assert hits(["-misset", "random"]) == [4]
     # #5: nanoBragg.c's substring matching reads -twotheta_axis as -twotheta too
     # (and the SAMPLE pivot), and drops -curved_det as the last argument

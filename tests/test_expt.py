@@ -560,8 +560,9 @@ def test_ground_truth_round_trips_to_the_same_image(tmp_path, label):
     c = render(argv, tmp_path, SAMPLING.get(label, []))
     assert a.max() > 0 and np.count_nonzero(a > 1e-3 * a.max()) > 20
     np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12 * a.max())
-    # the crystal written is the cell nbnumba renders at the first phi step
-    # (a still's at its -phi; a rotation's at phi = 0, the scan starting at -phi)
+    # the crystal written is the cell nbnumba renders at phi = 0 (a still's at its
+    # -phi); a rotation's scan starts at -phi, and its first point lies a half
+    # step into it (docs/quirks.md #28)
     model = nbnumba.simulate_argv(flags + RENDER + SAMPLING.get(label, []), cwd=str(tmp_path)).model
     rows = np.array([d["crystal"][0][k] for k in ("real_space_a", "real_space_b", "real_space_c")])
     if still:
@@ -569,7 +570,9 @@ def test_ground_truth_round_trips_to_the_same_image(tmp_path, label):
     else:
         phi0 = d["scan"][0]["properties"]["oscillation"][0]
         e = d["goniometer"][0]["rotation_axis"]
-        np.testing.assert_allclose(rows @ rot(e, phi0).T * 1e-10, model.cells[0, 0, 0],
+        first = phi0 + math.degrees(model.steps.phi_offset)
+        assert math.radians(first) == pytest.approx(float(model.phis[0]), abs=1e-15)
+        np.testing.assert_allclose(rows @ rot(e, first).T * 1e-10, model.cells[0, 0, 0],
                                    rtol=0, atol=1e-24)
         assert phi0 == pytest.approx(float(flags[flags.index("-phi") + 1]), abs=1e-12)
     if label == "still-dials-rotated-sensor":

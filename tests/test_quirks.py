@@ -27,22 +27,25 @@ def k_fracs(trace_lines):
 
 
 # 1 ---------------------------------------------------------------------------
+# (-phistep alone samples phi0 and phi0 + step in both modes: #28 keeps the C's
+# points where they are centred in the oscillation already)
 def test_phi0_carryover_c_parity_reuses_last_step():
-    extra = ["-phi", "0", "-osc", "0.9", "-phisteps", "10", "-oversample", "1", "-trace_pixel", "12", "12"]
+    extra = ["-phi", "0", "-phistep", "0.9", "-oversample", "1", "-trace_pixel", "12", "12"]
     c = sim(extra, c_parity=True)
     d = sim(extra)
+    assert [float(p) for p in c.model.phis] == [float(p) for p in d.model.phis]
     kc, kd = k_fracs(c.trace_lines), k_fracs(d.trace_lines)
-    assert len(kc) == len(kd) == 10
-    # C: step 0 (phi == 0.0) reuses the cell of step 9
-    assert kc[0] == kc[9]
+    assert len(kc) == len(kd) == 2
+    # C: step 0 (phi == 0.0) reuses the cell of the last step
+    assert kc[0] == kc[1]
     assert kc[1:] == kd[1:]
     # default: step 0 uses the unrotated cell, a different index
-    assert abs(kd[0] - kd[9]) > 1e-6
+    assert abs(kd[0] - kd[1]) > 1e-6
     assert not np.array_equal(c.float_image, d.float_image)
 
 
 def test_phi0_carryover_absent_for_nonzero_start():
-    extra = ["-phi", "0.05", "-osc", "0.9", "-phisteps", "10"]
+    extra = ["-phi", "0.05", "-phistep", "0.9"]
     np.testing.assert_array_equal(sim(extra, c_parity=True).float_image, sim(extra).float_image)
 
 
@@ -868,8 +871,9 @@ def test_exact_multiples_give_the_typed_count_in_the_default_mode():
     got, given, c = (sim(phi), sim(phi + ["-phisteps", "11"]), sim(phi, c_parity=True))
     assert (got.model.steps.phisteps, c.model.steps.phisteps) == (11, 12)
     assert np.array_equal(got.float_image, given.float_image)
-    assert [n for n, _ in c_differences(got.model)] == [25]
-    assert not c_differences(given.model)
+    # (and both runs' points are the steps' midpoints, #28)
+    assert [n for n, _ in c_differences(got.model)] == [25, 28]
+    assert [n for n, _ in c_differences(given.model)] == [28]
     assert not np.array_equal(c.float_image, got.float_image)
     size = ["-sample_x", "0.00007", "-sample_y", "0.00008", "-sample_z", "0.00009",
             "-cell", "70", "80", "90", "90", "90", "90", "-oversample", "1"]
@@ -927,3 +931,38 @@ def test_rmsd_is_the_spread_of_the_unmasked_pixels():
     assert c.stats["rmsd"] < 0.9 * got.stats["rmsd"]
     assert [n for n, _ in c_differences(got.model)] == [27]
     assert got.stats["mean"] == c.stats["mean"]
+
+
+# -------------------------------------------- #28 phi points in the oscillation
+def test_phi_points_centred_in_the_oscillation():
+    """docs/quirks.md #28: nanoBragg.c samples phi at phi0 + i step, each step
+    at its start; the default mode centres the points in [phi0, phi0 + osc]
+    (the steps' midpoints when osc = n step), keeps the C's where they are
+    centred already (-phistep alone), keeps a count given with a step (the C
+    drops it), and refuses three numbers that disagree."""
+    from nbnumba.quirks import c_differences
+
+    def degs(extra, c_parity=False):
+        cfg = nbnumba.parse_argv(BASE + extra + (["-c_parity"] if c_parity else []))
+        return [round(math.degrees(p), 12) for p in build_model(cfg).phis]
+    assert degs(["-osc", "1"]) == [0.25, 0.75]
+    assert degs(["-osc", "1"], True) == [0.0, 0.5]
+    assert degs(["-phi", "5", "-osc", "3", "-phisteps", "6"]) == [5.25 + 0.5 * i for i in range(6)]
+    assert degs(["-phi", "5", "-osc", "3", "-phisteps", "6"], True) == [5.0 + 0.5 * i for i in range(6)]
+    assert degs(["-osc", "0.1", "-phisteps", "1"]) == [0.05]
+    assert degs(["-phistep", "0.1", "-phisteps", "4"]) == [0.05, 0.15, 0.25, 0.35]
+    assert degs(["-phistep", "0.1", "-phisteps", "4"], True) == [0.0, 0.1]
+    assert degs(["-phi", "3", "-phistep", "0.5"]) == degs(["-phi", "3", "-phistep", "0.5"], True) \
+        == [3.0, 3.5]
+    with pytest.raises(nbnumba.ConfigError, match="-osc 1, -phistep 0.1 and -phisteps 5 disagree"):
+        build_model(nbnumba.parse_argv(BASE + ["-osc", "1", "-phistep", "0.1", "-phisteps", "5"]))
+    # an image: the midpoints are the same run stated as -phistep alone from phi0 + step/2
+    line = ["-phi", "10", "-osc", "2", "-phisteps", "2", "-oversample", "1"]
+    got, c = sim(line), sim(line, c_parity=True)
+    same = sim(["-phi", "10.5", "-phistep", "1", "-oversample", "1"])
+    assert np.array_equal(got.float_image, same.float_image)
+    assert not np.array_equal(got.float_image, c.float_image)
+    assert [n for n, _ in c_differences(got.model)] == [28]
+    assert not c_differences(same.model)
+    st = got.model.steps
+    assert math.degrees(st.phi0) == 10 and math.degrees(st.osc) == pytest.approx(2, abs=1e-12)

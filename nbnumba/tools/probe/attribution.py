@@ -44,10 +44,14 @@ def attribute(diff, c_parity: bool, alt: Dict[str, object], present: Dict[str, b
                 evidence = "the port reproduces the C value when given nanoBragg.c's recomputed pix0"
             elif cpv is not None and not compare_values(cv, cpv, tol)[0]:
                 geo_moves = gv is not None and pyv is not None and compare_values(pyv, gv, tol)[0]
-                if present.get("PHI0"):
-                    label = (["PIX0", "PHI0"] if present.get("PIX0") and geo_moves else ["PHI0"])
-                    evidence = ("reproduced only by the port's -c_parity trace (φ=0 carry-over"
-                                + (" on top of nanoBragg.c's pix0)" if len(label) == 2 else ")"))
+                if present.get("PHI0") or present.get("PHICENTRE"):
+                    label = ((["PIX0"] if present.get("PIX0") and geo_moves else [])
+                             + [k for k in ("PHI0", "PHICENTRE") if present.get(k)])
+                    evidence = ("reproduced only by the port's -c_parity trace ("
+                                + " and ".join(w for k, w in (
+                                    ("PHI0", "φ=0 carry-over"),
+                                    ("PHICENTRE", "the C's φ points")) if present.get(k))
+                                + (" on top of nanoBragg.c's pix0)" if label[0] == "PIX0" else ")"))
                 else:
                     label = ["CPARITY"]
                     evidence = "reproduced by the port's -c_parity trace"
@@ -62,7 +66,7 @@ def attribution_step(p) -> None:
     from nbnumba.tracefmt import parse_trace
 
     from .runners import _port_model, _port_trace
-    p.present = {"PIX0": False, "PHI0": False}
+    p.present = {"PIX0": False, "PHI0": False, "PHICENTRE": False}
     alt_traces: Dict[str, object] = {}
     if not p.c_parity:
         try:
@@ -77,8 +81,12 @@ def attribution_step(p) -> None:
         alt_traces["geo"] = parse_trace("\n".join(_port_trace(geo_model, p.S, p.F)))
         alt_traces["cp"] = parse_trace("\n".join(_port_trace(p.cp_model, p.S, p.F)))
         p.alt_I = {k: (tr.scalar("I_before_scaling")) for k, tr in alt_traces.items()}
-    phis = list(model.phis)
+    # the carry-over acts on the C's φ points, which the -c_parity model holds; the
+    # default mode's are centred in the oscillation (docs/quirks.md #28)
+    phis = list((p.cp_model or model).phis)
     has_zero = any(ph == 0.0 for ph in phis) and any(ph != 0.0 for ph in phis)
     p.present["PHI0"] = bool(not p.c_parity and has_zero)
+    p.present["PHICENTRE"] = bool(not p.c_parity and p.cp_model is not None
+                                  and [float(x) for x in phis] != [float(x) for x in model.phis])
     p.attrib = attribute(p.diff, p.c_parity, alt_traces, p.present, p.opts.tol, p.py_tr) \
         if p.diverged else []

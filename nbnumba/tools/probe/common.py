@@ -37,6 +37,12 @@ DEFECTS = {
         "last φ step it ran (the previous pixel's last step), so phi_tic=0 uses the last step's "
         "cell and its k_frac equals the last step's; the port rotates by 0 (the unrotated cell)",
     ),
+    "PHICENTRE": (
+        "docs/quirks.md #28",
+        "nanoBragg.c samples each φ step at its start, φ0 + i·step; the port's default mode "
+        "centres the points in the oscillation (the steps' midpoints, φ0 + (i + ½)·step), so "
+        "the cell of every φ step differs",
+    ),
     "CPARITY": (
         "-c_parity",
         "another nanoBragg.c behaviour that the port reproduces only under -c_parity "

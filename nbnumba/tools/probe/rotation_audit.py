@@ -169,5 +169,10 @@ def _rotation_audit(model, c_tr, py_tr) -> Tuple[str, dict]:
 def audit_step(p) -> None:
     """rotation_audit.md: a, b, c and a*, b*, c* per φ step next to the C's values."""
     from .common import _write
-    md, p.audit = rotation_audit(p.model, p.c_tr, p.py_tr)
+    # (the C's φ points: the -c_parity model's where the default mode centres them, #28)
+    cp = getattr(p, "cp_model", None)
+    model = p.model
+    if cp is not None and [float(x) for x in cp.phis] != [float(x) for x in model.phis]:
+        model = cp
+    md, p.audit = rotation_audit(model, p.c_tr, p.py_tr)
     _write(p.path("rotation_audit.md"), md)

@@ -7,7 +7,7 @@ from typing import Dict, List
 import numpy as np
 
 from nbnumba.tools import _common as C
-from .common import DEFECTS, _g, _s
+from .common import DEFECTS, RTD, _g, _s
 
 
 def _summary_md(bundle, S, F, flags, c_parity, c_source, roi_kind, roi, roi_check, tol, diff,
@@ -153,6 +153,16 @@ def _summary_md(bundle, S, F, flags, c_parity, c_source, roi_kind, roi, roi_chec
                 L.append(f"- rotation audit: the C's phi_tic={m['phi_tic']} k_frac is reproduced by "
                          f"the port's cell of step {m['best_j']} with the C's scattering vector "
                          f"(residual {_s(m['residual'], 3)}).")
+            L.append("")
+            n += 1
+        if present.get("PHICENTRE") and cp_model is not None:
+            ref, text = DEFECTS["PHICENTRE"]
+            L.append(f"### 5.{n} PHICENTRE: {ref}")
+            L.append("")
+            L.append(text + ".")
+            L.append("")
+            L.append("- C φ points (deg): " + ", ".join(_g(float(x) * RTD) for x in cp_model.phis))
+            L.append("- port φ points (deg): " + ", ".join(_g(float(x) * RTD) for x in model.phis))
             L.append("")
             n += 1
         unexplained = [r for r in attrib if r["explained_by"] == ["UNEXPLAINED"]]
