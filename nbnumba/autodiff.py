@@ -989,12 +989,12 @@ def _umat_spread_derivatives(umats, spread):
     a rotation by rot about v with rot proportional to the spread (the draws
     do not depend on it), so dU/dspread = (rot / spread) (-s I + s v v^T + c [v]x).
     v and rot are read back from U (its antisymmetric part is s [v]x, its trace
-    1 + 2c).  Domain 0 is the identity whatever the spread: derivative 0.
+    1 + 2c).  A domain drawn as the identity (a zero angle) has derivative 0.
     nanoBragg.c rounds the spread and each angle to float32, so the image
     is constant in the spread below a float32 step (~6e-8 relative); this is
     the derivative of the unrounded formula."""
     out = np.zeros_like(umats)
-    for m in range(1, umats.shape[0]):
+    for m in range(umats.shape[0]):
         U = umats[m].reshape(3, 3)
         sv = 0.5 * np.array([U[2, 1] - U[1, 2], U[0, 2] - U[2, 0], U[1, 0] - U[0, 1]])
         s = float(np.sqrt(sv @ sv))

@@ -318,9 +318,13 @@ def _nonzero(x):
     return x if x > 0.0 else 1.0
 
 
-def mosaic_umats(spread, domains, rng_state, mosaic_seed):
-    """Mosaic domain rotation matrices (domains x 9); the first is the identity
-    (nanoBragg.c forces one aligned domain but still draws its random numbers)."""
+def mosaic_umats(spread, domains, rng_state, mosaic_seed, aligned_first=False):
+    """Mosaic domain rotation matrices (domains x 9), each drawn from the spread.
+
+    aligned_first (-c_parity): the first is the identity, as in nanoBragg.c,
+    which forces one domain aligned (but still draws its random numbers); the
+    image is then biased toward the unrotated crystal by 1/domains
+    (docs/quirks.md #29)."""
     idum = np.array([mosaic_seed], dtype=np.int64)
     out = np.empty((domains, 9))
     if spread <= 0.0 and domains <= 1000:
@@ -333,7 +337,8 @@ def mosaic_umats(spread, domains, rng_state, mosaic_seed):
         return out
     for i in range(domains):
         out[i] = native.mosaic_rotation_umat(float(spread), idum, rng_state.buf)
-    out[0] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    if aligned_first:
+        out[0] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
     return out
 
 

@@ -473,7 +473,8 @@ def build_model(cfg: Config) -> Model:
     log.extend(src.log)
 
     # ---- mosaic domains and rotated cells -------------------------------------
-    umats = xtal.mosaic_umats(steps.mosaic_spread, steps.mosaic_domains, rng, cfg.mosaic_seed)
+    umats = xtal.mosaic_umats(steps.mosaic_spread, steps.mosaic_domains, rng, cfg.mosaic_seed,
+                              aligned_first=cfg.c_parity)
     log.append("  created a total of %d mosaic domains" % steps.mosaic_domains)
     cells = xtal.rotated_cells(cr, det.spindle, phis, umats, steps.mosaic_spread, cfg.c_parity)
 

@@ -577,11 +577,11 @@ def setup(cfg):
     det = detector(cfg)
     rng_state = RngState()
     real, recip, Ns = crystal(cfg, rng_state)
-    # mosaic domains from the C-compatible generator; domain 0 is the unrotated one
+    # mosaic domains from the C-compatible generator, every one of them a draw
+    # (nanoBragg.c makes the first the unrotated crystal: docs/quirks.md #29)
     idum = np.array([cfg.mosaic_seed], dtype=np.int64)
     umats = [np.asarray(mosaic_rotation_umat(smp["mosaic_spread"], idum, rng_state.buf)).reshape(3, 3)
              for _ in range(smp["mosaic_domains"])]
-    umats[0] = np.eye(3)
     if smp["mosaic_spread"] <= 0:
         umats = [np.eye(3)] * smp["mosaic_domains"]
     cells = []

@@ -253,7 +253,7 @@ def test_mosaic_spread_derivatives_of_rodrigues_rotations():
     """_umat_spread_derivatives reads each domain's axis v and angle back from
     its matrix: for U = R(v, k sigma) it must give dU/dsigma, here against
     the central difference of R in sigma (1e-9: the difference's own
-    error); domain 0 (the identity) gets 0."""
+    error); a domain drawn as the identity (domain 0 here) gets 0."""
     from nbnumba import autodiff as AD
 
     def R(v, t):

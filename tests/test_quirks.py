@@ -966,3 +966,25 @@ def test_phi_points_centred_in_the_oscillation():
     assert not c_differences(same.model)
     st = got.model.steps
     assert math.degrees(st.phi0) == 10 and math.degrees(st.osc) == pytest.approx(2, abs=1e-12)
+
+
+# ------------------------------------------- #29 the first mosaic domain drawn
+def test_every_mosaic_domain_is_drawn_in_the_default_mode():
+    """docs/quirks.md #29: nanoBragg.c draws every domain's rotation but makes
+    the first the unrotated crystal, so the image leans toward it by
+    1/domains.  The default mode keeps the first draw: the other domains are
+    the C's bit for bit, the first a rotation like them (within the spread's
+    reach), and the image differs; the note names #29."""
+    from nbnumba.quirks import c_differences
+    line = ["-mosaic", "0.8", "-mosaic_dom", "6", "-mosaic_seed", "42", "-oversample", "1"]
+    got, c = sim(line), sim(line, c_parity=True)
+    U, Uc = got.model.umats.reshape(-1, 3, 3), c.model.umats.reshape(-1, 3, 3)
+    assert np.array_equal(Uc[0], np.eye(3)) and np.array_equal(U[1:], Uc[1:])
+    angle = lambda R: math.degrees(math.acos(min(1.0, (np.trace(R) - 1) / 2)))
+    reach = max(angle(R) for R in Uc[1:])
+    assert 0.0 < angle(U[0]) <= 1.5 * reach
+    assert not np.array_equal(got.float_image, c.float_image)
+    assert [n for n, _ in c_differences(got.model)] == [29]
+    # without a spread every domain is the crystal itself, in both modes
+    flat = ["-mosaic", "0", "-mosaic_dom", "6", "-oversample", "1"]
+    assert np.array_equal(sim(flat).float_image, sim(flat, c_parity=True).float_image)
