@@ -503,6 +503,13 @@ def _check_engine_flags(opts: SeriesOptions, cfg) -> None:
                          if '"%s"' % n in label)
         for name in sorted(names & set(_NOT_IN_A_SERIES)):
             raise SeriesUsageError("%s is not used by %s: %s" % (arg, PROG, _NOT_IN_A_SERIES[name]))
+    if cfg.seed is not None and -cfg.seed < 1:
+        # frame i's noise seed is -seed + i; nanoBragg's generator (ran1) takes
+        # 0 as 1, so -seed 0 gave frames 0 and 1 the same draws, and it does
+        # not reseed from a negative value (cfg.seed is stored negated)
+        raise SeriesUsageError("-seed %d: a series needs a seed of 1 or more (frame i draws its "
+                               "noise from seed + i, and nanoBragg's generator takes 0 as 1 and "
+                               "does not reseed from a negative seed)" % -cfg.seed)
     if opts.random_orientation and cfg.misset_mode != 0:
         raise SeriesUsageError("--random-orientation gives every shot its own orientation, which "
                                "replaces -misset; drop one of them")
@@ -1296,9 +1303,9 @@ def _setup_run(cfg, opts: SeriesOptions, out_dir: str, base_N) -> dict:
         # a hand-edited seed (1e30, true) failed every frame with an OverflowError,
         # or was read as 1; this command writes a C int
         seed = header["base_seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int) or abs(seed) > INT_MAX:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 1 <= seed <= INT_MAX:
             raise NBError("'%s': base_seed %s is not a seed this command writes (an integer "
-                          "of at most %d in size)" % (mpath, json.dumps(seed), INT_MAX))
+                          "from 1 to %d)" % (mpath, json.dumps(seed), INT_MAX))
     if cfg.seed is not None:
         base_seed = -int(cfg.seed)
     elif opts.resume and header is not None and isinstance(header.get("base_seed"), int):

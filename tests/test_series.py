@@ -604,7 +604,8 @@ def test_damaged_manifest_is_one_line(damage, mode, tmp_path, capsys):
         assert m.read_bytes() == bytes(range(256)) * 8     # not truncated by --overwrite
 
 
-@pytest.mark.parametrize("seed", ["1e+30", "1000000000000000000000000000000", "true", '"7"'])
+@pytest.mark.parametrize("seed", ["1e+30", "1000000000000000000000000000000", "true", '"7"', "0",
+                                  "-5"])
 def test_hand_edited_base_seed_is_one_line(seed, tmp_path, capsys):
     # 10**30 failed every frame with an OverflowError (one line per frame, exit 1),
     # true was read as seed 1
@@ -936,3 +937,16 @@ def test_nonoise_pilot_skips_an_impossible_first_shot(tmp_path, capsys):
     assert "scale of frame 2" in cap.out
     failed = sorted(r["frame"] for r in manifest(out) if r.get("type") == "failed")
     assert failed[0] == 0 and len(frame_records(out)) == 6 - len(failed)
+
+
+@pytest.mark.parametrize("seed", ["0", "-3"])
+def test_a_seed_below_1_is_refused(seed, tmp_path, capsys):
+    """Frame i draws its noise from seed + i, and nanoBragg's generator takes 0
+    as 1: -seed 0 gave frames 0 and 1 the same Poisson draws; a negative seed
+    is no reseed at all (the draws go on from the mosaic generator's table).
+    Refused in one line, before anything is written."""
+    out = tmp_path / "m"
+    rc, o = run(ROT2 + ["--out", out] + SMALL + ["-seed", seed], capsys)
+    assert rc == 2
+    assert "-seed %s: a series needs a seed of 1 or more" % seed in one_line(o.err)
+    assert not out.exists()
