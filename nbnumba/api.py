@@ -115,6 +115,13 @@ def _check_backend(backend) -> str:
     return backend
 
 
+def in_chunks(done: int, total: int) -> None:
+    """A progress callback that reports nothing: with it the CPU kernel renders
+    the image in row chunks (1/50 of the rows, 16 at least), between which Python runs
+    its signal handlers, so Ctrl-C or SIGTERM stops a long run within a chunk
+    rather than at the end of the render (the command-line tools pass it)."""
+
+
 def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, out=None):
     """Run the pixel kernel; returns (float32 image, solid-angle sums per
     row (on the GPU reduced on the device; only their total is used)).
@@ -171,7 +178,9 @@ def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, 
     if progress is None:
         K.render(active, first_arg, -1, -1, *args, out, omega, oor, ran, threads=nt)
     else:
-        chunk = max(1, S // 50)
+        # (at least 16 rows: a chunk costs a launch of the kernel's threads,
+        # ~50 us, which on a small image would outweigh its rows)
+        chunk = max(16, S // 50)
         for r0 in range(0, S, chunk):
             K.render(active, first_arg, -1, -1, *args, out, omega, oor, ran, r0, min(S, r0 + chunk),
                      threads=nt)

@@ -177,10 +177,11 @@ def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
         _refuse_shared_outputs(items, cfgs, protect, labels, on_done)
 
     def one(it: BatchItem) -> BatchItem:
-        from .api import simulate
+        from .api import in_chunks, simulate
         t0 = time.perf_counter()
         try:
-            res = simulate(cfgs[it.index])
+            # (row chunks: a signal stops the line within one, not at its end)
+            res = simulate(cfgs[it.index], progress=in_chunks)
             if write:
                 from .outputs import write_fdump, write_outputs
                 write_fdump(res.model)

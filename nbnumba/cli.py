@@ -106,7 +106,7 @@ def _term_as_interrupt():
 def run(cfg) -> int:
     import time
     t0 = time.perf_counter()
-    from .api import run_model
+    from .api import in_chunks, run_model
     from .model import build_model
     from .outputs import check_output_set, fdump_message, write_outputs
     from .summary import result_lines, run_summary_line, setup_lines
@@ -130,15 +130,16 @@ def run(cfg) -> int:
     out.flush()
     _announce_compile(model)
     bar = None
-    progress = None
+    progress = in_chunks        # (interruptible between row chunks, bar or not)
     # the bar goes to stderr, so it shows whenever stderr is a terminal (also with | tee)
     if cfg.progress_meter and not cfg.noprogress and sys.stderr.isatty():
         from tqdm import tqdm
         bar = tqdm(total=model.shape[0], unit="row", desc="rendering", leave=False, file=sys.stderr)
 
-        def progress(done, total):
+        def show(done, total):
             bar.n = done
             bar.refresh()
+        progress = show
     try:
         res = run_model(model, progress=progress)
     finally:
