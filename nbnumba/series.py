@@ -646,9 +646,9 @@ def _pilot_scale(cfg, spec: "FrameSpec"):
     """(cfg with intfile_scale fixed, the line saying so): the scale nanoBragg would
     pick for the first frame (max pixel -> 55000), rendered here as a pilot.  The
     pilot has no noise, so it is the same on every run and on --resume."""
-    from .api import simulate
+    from .api import in_chunks, simulate
     pilot = Job(out_dir="", formats=(), prefix="", threads=None, device=cfg.device)
-    scale = float(simulate(frame_config(cfg, spec, pilot)).stats["intfile_scale"])
+    scale = float(simulate(frame_config(cfg, spec, pilot), progress=in_chunks).stats["intfile_scale"])
     note = ("%s: -nonoise: every frame uses the int-image scale of frame %d, %s "
             "(from a pilot render; -scale S sets it)" % (PROG, spec.number, "%g" % scale))
     return replace(cfg, intfile_scale=scale), note
@@ -682,12 +682,12 @@ def render_frame(cfg, spec: FrameSpec, job: Job) -> dict:
             raise ConfigError("injected failure for frame %d (test hook)" % spec.index)
         if job.test_delay > 0:
             time.sleep(job.test_delay)
-        from .api import simulate
+        from .api import in_chunks, simulate
         from .io import cbf as cbf_fmt
         from .io import nexus as nexus_fmt
         from .io import smv as smv_fmt
         fcfg = frame_config(cfg, spec, job)
-        res = simulate(fcfg)
+        res = simulate(fcfg, progress=in_chunks)     # (a signal stops it within a row chunk)
         noise = res.noise_image is not None
         image = res.noise_image if noise else res.int_image
         geom = FrameGeometry.from_result(res)
