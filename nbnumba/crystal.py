@@ -265,28 +265,24 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
     c = scale(c, 1e-10)
     am, bm, cm = magnitude(a), magnitude(b), magnitude(c)
 
-    Na, Nb, Nc = cfg.Na, cfg.Nb, cfg.Nc
-    for axis, size, edge in (("a", cfg.sample_x, am), ("b", cfg.sample_y, bm),
-                             ("c", cfg.sample_z, cm)):
-        # the cell counts the sizes give must be counts the flags could give
-        # (-N's integer range; ceil of an infinite ratio raises)
-        if size > 0 and not size / edge <= N_MAX:
-            raise ConfigError("the crystal's size along %s (%g mm) is %g unit cells, more than "
-                              "a -Na/-Nb/-Nc count can hold (%d): check -xtal_size / -sample_x "
-                              "/ -sample_y / -sample_z" % (axis, size * 1e3, size / edge, N_MAX))
     # a size that is an exact multiple of the edge gives that many cells in the
     # default mode; the C's plain ceiling can add one (docs/quirks.md #25)
     count = ceil_count if cfg.c_parity else exact_ceil_count
+    N = [cfg.Na, cfg.Nb, cfg.Nc]
     c_more_cells = False
-    if cfg.sample_x > 0:
-        Na = count(cfg.sample_x / am)
-        c_more_cells |= Na != ceil_count(cfg.sample_x / am)
-    if cfg.sample_y > 0:
-        Nb = count(cfg.sample_y / bm)
-        c_more_cells |= Nb != ceil_count(cfg.sample_y / bm)
-    if cfg.sample_z > 0:
-        Nc = count(cfg.sample_z / cm)
-        c_more_cells |= Nc != ceil_count(cfg.sample_z / cm)
+    for i, (axis, size, edge) in enumerate((("a", cfg.sample_x, am), ("b", cfg.sample_y, bm),
+                                            ("c", cfg.sample_z, cm))):
+        if not size > 0:
+            continue
+        # the cell counts the sizes give must be counts the flags could give
+        # (-N's integer range; ceil of an infinite ratio raises)
+        if not size / edge <= N_MAX:
+            raise ConfigError("the crystal's size along %s (%g mm) is %g unit cells, more than "
+                              "a -Na/-Nb/-Nc count can hold (%d): check -xtal_size / -sample_x "
+                              "/ -sample_y / -sample_z" % (axis, size * 1e3, size / edge, N_MAX))
+        N[i] = count(size / edge)
+        c_more_cells |= N[i] != ceil_count(size / edge)
+    Na, Nb, Nc = N
     Na, Nb, Nc = (float(max(n, 1.0)) for n in (Na, Nb, Nc))
 
     return Crystal(a=a, b=b, c=c, astar=astar, bstar=bstar, cstar=cstar,

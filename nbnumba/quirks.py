@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from .model import R_E_SQR
-from .sampling import c_phi_sweep, c_sensor_layers, ceil_count, sweeps_differ_from_c
+from .sampling import c_phi_sweep, c_sensor_layers, sweeps_differ_from_c
 
 
 def c_differences(model) -> List[Tuple[int, str]]:
@@ -27,7 +27,7 @@ def c_differences(model) -> List[Tuple[int, str]]:
         return []
     out = []
     # the C's phi points (c_phi_sweep), which #1 reads; the default mode's are centred (#28)
-    c_osc, c_step, c_n = c_phi_sweep(cfg.osc, cfg.phistep, cfg.phisteps)
+    _, c_step, c_n = c_phi_sweep(cfg.osc, cfg.phistep, cfg.phisteps)
     phis = [cfg.phi0 + c_step * t for t in range(min(c_n, 1 << 20))]
     if any(p == 0.0 for p in phis) and any(p != 0.0 for p in phis):
         out.append((1, "phi=0 carry-over"))
@@ -79,8 +79,7 @@ def c_differences(model) -> List[Tuple[int, str]]:
     # #25: counts of a range that is an exact multiple of its step (the C's
     # ceiling adds one where the ratio rounds up by an ulp)
     exact = ["-xtal_size/-sample_* over the cell"] if model.crystal.c_more_cells else []
-    if (cfg.phisteps < 0 and cfg.osc >= 0.0 and cfg.phistep > 0.0
-            and ceil_count(cfg.osc / cfg.phistep) != st.phisteps):
+    if cfg.phisteps < 0 and cfg.osc >= 0.0 and cfg.phistep > 0.0 and c_n != st.phisteps:
         exact.append("-osc over -phistep")
     if exact:
         out.append((25, "exact multiples (%s)" % ", ".join(exact)))
