@@ -58,6 +58,9 @@ class Crystal:
     # nanoBragg.c's ceiling gives a size that is an exact multiple of an edge
     # one cell more (docs/quirks.md #25)
     c_more_cells: bool = False
+    # the beam clips the crystal across the beam, not along b and c as
+    # nanoBragg.c does, and that changes a cell count (docs/quirks.md #30)
+    c_clip_differs: bool = False
 
 
 def _clamp_angles(sins, coss):
@@ -107,8 +110,26 @@ def cube_root(x: float) -> float:
     return math.ldexp(float(np.cbrt(math.ldexp(m, k))), q)
 
 
+def beam_clipped_size(size, axis, beamsize, beam, spindle, phi):
+    """The length (m) of a crystal edge of ``size`` (m) along ``axis`` (a cell
+    vector, any length, at phi = 0) that a square beam ``beamsize`` (m) wide,
+    along the unit vector ``beam``, covers: the edge turned by ``phi`` (rad)
+    about the unit ``spindle`` spans size * sin(theta) across the beam (theta:
+    its angle to the beam), which is cut to beamsize.  An edge along the beam is
+    not cut; one across it is cut to the beam's width, nanoBragg.c's rule for its
+    b and c edges under its own convention (beam along x), applied to every edge
+    in the direction it has (docs/quirks.md #30)."""
+    u = scale(axis, 1.0 / magnitude(axis))
+    if phi != 0.0:
+        u = rotate_axis(u, spindle, phi)
+    across = magnitude(cross(u, beam))
+    if size * across > beamsize:
+        return beamsize / across
+    return size
+
+
 def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
-                  describe=True) -> Crystal:
+                  describe=True, beam_clip=None) -> Crystal:
     """Orientation and cell following nanoBragg.c.
 
     ``recip_from_mat``: 3x3 array (rows a*, b*, c*) read from the -mat file in
@@ -269,11 +290,23 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
     # default mode; the C's plain ceiling can add one (docs/quirks.md #25)
     count = ceil_count if cfg.c_parity else exact_ceil_count
     N = [cfg.Na, cfg.Nb, cfg.Nc]
-    c_more_cells = False
-    for i, (axis, size, edge) in enumerate((("a", cfg.sample_x, am), ("b", cfg.sample_y, bm),
-                                            ("c", cfg.sample_z, cm))):
+    c_more_cells = c_clip_differs = False
+    for i, (axis, size, edge, vec) in enumerate((("a", cfg.sample_x, am, a), ("b", cfg.sample_y, bm, b),
+                                                 ("c", cfg.sample_z, cm, c))):
         if not size > 0:
             continue
+        if beam_clip is not None:
+            beamsize = beam_clip[0]
+            cut = beam_clipped_size(size, vec, *beam_clip)
+            # nanoBragg.c cuts the sizes along b and c to the beam's width
+            c_size = min(size, beamsize) if i > 0 and beamsize >= 0 else size
+            c_clip_differs |= ceil_count(cut / edge) != ceil_count(c_size / edge)
+            if cut != size:
+                log.append("WARNING: the beam (%g mm wide) clips the crystal along %s from %g to "
+                           "%g mm (the edge at %.4g deg to the beam)"
+                           % (beamsize * 1e3, axis, size * 1e3, cut * 1e3,
+                              math.degrees(math.asin(min(1.0, beamsize / cut)))))
+            size = cut
         # the cell counts the sizes give must be counts the flags could give
         # (-N's integer range; ceil of an infinite ratio raises)
         if not size / edge <= N_MAX:
@@ -289,7 +322,8 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
                    cell=(am * 1e10, bm * 1e10, cm * 1e10, al * RTD, be * RTD, ga * RTD),
                    recip_cell=(asm, bsm, csm, als * RTD, bes * RTD, gas * RTD),
                    V_cell=V_cell, Na=Na, Nb=Nb, Nc=Nc, misset=tuple(misset), log=log,
-                   c_cell_wrong=c_cell_wrong, c_more_cells=c_more_cells)
+                   c_cell_wrong=c_cell_wrong, c_more_cells=c_more_cells,
+                   c_clip_differs=c_clip_differs)
 
 
 def _describe(log, a, b, c, astar, bstar, cstar, cell, recip, V_cell):

@@ -506,7 +506,7 @@ FLAGS: Tuple[FlagSpec, ...] = (
        _set("flux"), ("flux",), group="beam", example=("1e12",)),
     _F("-exposure", 1, "float", "s", "1 s", "exposure time (with -flux)",
        _set("exposure"), ("exposure",), group="beam", example=("0.1",)),
-    _F("-beamsize", 1, "float", "mm", "0.1 mm", "beam width (with -flux); clips the sample size",
+    _F("-beamsize", 1, "float", "mm", "0.1 mm", "beam width (with -flux); clips the crystal across the beam",
        _set("beamsize", conv=_mm), ("beamsize",), group="beam", example=("0.05",)),
     _F("-beam_vector", 3, "vec3", "", "per convention (MOSFLM: 1 0 0)",
        "unit vector of the beam direction; selects the CUSTOM convention",

@@ -308,7 +308,11 @@ def build_model(cfg: Config) -> Model:
     sample_y, sample_z = cfg.sample_y, cfg.sample_z
     if flux != 0.0 and cfg.exposure > 0.0 and cfg.beamsize >= 0:
         fluence = flux * cfg.exposure / cfg.beamsize / cfg.beamsize
-    if cfg.beamsize >= 0:
+    # the default mode clips the crystal across the beam once its orientation is
+    # known (crystal.beam_clipped_size, docs/quirks.md #30); nanoBragg.c cuts
+    # the sizes along b and c here, whatever the beam's direction
+    clip_across = cfg.beamsize > 0 and not cfg.c_parity
+    if cfg.beamsize >= 0 and not clip_across:
         if cfg.beamsize < sample_y:
             log.append("WARNING: clipping sample (%g m high) with beam (%g m)" % (sample_y, cfg.beamsize))
             sample_y = cfg.beamsize
@@ -377,8 +381,14 @@ def build_model(cfg: Config) -> Model:
         from .io.mat import read_mosflm_mat
         recip = read_mosflm_mat(_resolve(cfg, cfg.matfilename))
         log.append("reading %s" % cfg.matfilename)
+    beam_clip = None
+    if clip_across:
+        # the crystal as it stands in the middle of its phi points
+        phis = xtal.phi_angles(steps.phi0, steps.phistep, steps.phisteps, steps.phi_offset)
+        phi_mid = 0.5 * (float(phis[0]) + float(phis[-1])) if len(phis) else 0.0
+        beam_clip = (cfg.beamsize, det.beam, det.spindle, phi_mid)
     cr = xtal.build_crystal(replace(cfg, sample_y=sample_y, sample_z=sample_z), recip, cfg.lambda0,
-                            rng, misset_seed)
+                            rng, misset_seed, beam_clip=beam_clip)
     log.extend(cr.log)
     a_m = math.sqrt(sum(x * x for x in cr.a))
     b_m = math.sqrt(sum(x * x for x in cr.b))

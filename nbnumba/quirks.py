@@ -90,6 +90,8 @@ def c_differences(model) -> List[Tuple[int, str]]:
     inside = model.active[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1]
     if inside.size and not np.all(inside):
         out.append((27, "rmsd over the unmasked pixels"))
+    if model.crystal.c_clip_differs:
+        out.append((30, "the beam clips the crystal across the beam"))
     if st.mosaic_spread > 0.0:
         # the C's first domain is the unrotated crystal, the default mode's a draw
         out.append((29, "every mosaic domain drawn"))

@@ -316,9 +316,10 @@ def _random_misset(cfg, rng_state):
     return build_crystal(cfg, None, cfg.lambda0, rng_state, seed).misset
 
 
-def crystal(cfg, rng_state):
+def crystal(cfg, rng_state, det, smp):
     """Real-space cell (rows a, b, c in metres), reciprocal rows (1/A) after the
-    misset, and (Na, Nb, Nc)."""
+    misset, and (Na, Nb, Nc).  det, smp: ``detector(cfg)`` and ``sampling(cfg)``
+    (the beam, the spindle and the phi points, for the beam's clip)."""
     if cfg.matfilename is not None:
         from .io.mat import read_mosflm_mat
         path = cfg.matfilename
@@ -350,10 +351,22 @@ def crystal(cfg, rng_state):
         real = real_A * 1e-10
     lens = np.sqrt((real * real).sum(axis=1))
     Ns = [cfg.Na, cfg.Nb, cfg.Nc]
-    sy, sz = cfg.sample_y, cfg.sample_z
-    if cfg.beamsize >= 0:   # the beam clips the sample
-        sy, sz = min(sy, cfg.beamsize), min(sz, cfg.beamsize)
-    for i, size in enumerate((cfg.sample_x, sy, sz)):
+    sizes = [cfg.sample_x, cfg.sample_y, cfg.sample_z]
+    if cfg.beamsize > 0:
+        # a beam beamsize wide takes of each edge what it spans across the beam
+        # (the crystal in the middle of its phi points); nanoBragg.c cuts its b
+        # and c sizes to the width, the rule for a crystal whose a is along the
+        # beam (docs/quirks.md #30)
+        mid = smp["phi0"] + 0.5 * smp["phistep"] * (smp["phisteps"] - 1)
+        turned = real @ axis_rotation(det["spindle"], mid).T
+        for i in range(3):
+            across = np.linalg.norm(np.cross(turned[i] / lens[i], det["beam"]))
+            if sizes[i] * across > cfg.beamsize:
+                sizes[i] = cfg.beamsize / across
+    elif cfg.beamsize == 0:     # (the C's cut to nothing: sizes along b, c not given)
+        sizes[1] = min(sizes[1], 0.0)
+        sizes[2] = min(sizes[2], 0.0)
+    for i, size in enumerate(sizes):
         if size > 0:
             Ns[i] = _count(size / lens[i])
     Ns = [float(max(x, 1.0)) for x in Ns]
@@ -576,7 +589,7 @@ def setup(cfg):
     smp = sampling(cfg)
     det = detector(cfg)
     rng_state = RngState()
-    real, recip, Ns = crystal(cfg, rng_state)
+    real, recip, Ns = crystal(cfg, rng_state, det, smp)
     # mosaic domains from the C-compatible generator, every one of them a draw
     # (nanoBragg.c makes the first the unrotated crystal: docs/quirks.md #29)
     idum = np.array([cfg.mosaic_seed], dtype=np.int64)

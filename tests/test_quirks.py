@@ -988,3 +988,46 @@ def test_every_mosaic_domain_is_drawn_in_the_default_mode():
     # without a spread every domain is the crystal itself, in both modes
     flat = ["-mosaic", "0", "-mosaic_dom", "6", "-oversample", "1"]
     assert np.array_equal(sim(flat).float_image, sim(flat, c_parity=True).float_image)
+
+
+# ------------------------------------ #30 the beam clips the crystal across the beam
+def test_the_beam_clips_the_crystal_across_the_beam():
+    """docs/quirks.md #30: nanoBragg.c cuts -sample_y/-sample_z (the sizes
+    along b and c) to -beamsize whatever the beam's direction, which is right
+    only for a crystal whose a lies along the beam.  The default mode cuts each
+    edge by what it spans across the beam, with the crystal in the middle of
+    its phi points: the C's counts for a along the beam, turned about the beam
+    or not; others under -xds, a misset or a spindle turn, and the note names
+    #30.  A 0.2 um cube of 100 A cells in a 0.1 um beam: 20 x 10 x 10 cells."""
+    from nbnumba.quirks import c_differences
+    cube = ["-cell", "100", "100", "100", "90", "90", "90", "-xtal_size", "0.0002",
+            "-beamsize", "0.0001", "-oversample", "1"]
+
+    def cells(extra, c_parity=False):
+        m = build_model(nbnumba.parse_argv(BASE + cube + extra + (["-c_parity"] if c_parity else [])))
+        return [m.crystal.Na, m.crystal.Nb, m.crystal.Nc], [n for n, _ in c_differences(m)]
+
+    same = [[], ["-misset", "37", "0", "0"], ["-xds", "-misset", "0", "90", "0"]]
+    for extra in same:      # a along the beam (turned about it): the C's cut
+        assert cells(extra) == ([20, 10, 10], []), extra
+    moved = {("-xds",): [10, 10, 20],                       # the beam along c
+             ("-misset", "0", "0", "45"): [15, 15, 10],     # a, b at 45 deg: 0.1/sin 45 um
+             ("-phi", "90"): [10, 20, 10],                  # the spindle (z) turns b onto the beam
+             ("-osc", "180", "-phisteps", "2"): [10, 20, 10]}   # the sweep's middle, 90 deg
+    for extra, want in moved.items():
+        got, notes = cells(list(extra))
+        assert got == want and 30 in notes, extra
+        assert cells(list(extra), c_parity=True) == ([20, 10, 10], [])
+    # the counts reach the kernel: the image of the same counts given with -N
+    img = sim(cube + ["-xds"]).float_image
+    given = sim(cube[:7] + ["-xds", "-Na", "10", "-Nb", "10", "-Nc", "20", "-oversample", "1"])
+    assert np.array_equal(img, given.float_image)
+    assert not np.array_equal(img, sim(cube + ["-xds"], c_parity=True).float_image)
+    # the log says which edge, from what to what; -c_parity prints the C's lines
+    log = "\n".join(sim(cube + ["-xds"]).model.log)
+    assert "clips the crystal along a from 0.0002 to 0.0001 mm (the edge at 90 deg" in log
+    assert "clipping sample" in "\n".join(sim(cube + ["-xds"], c_parity=True).model.log)
+    # a beam of no width keeps the C's rule in both modes (the sizes along b, c
+    # dropped, -N's counts), a negative one clips nothing
+    assert cells(["-xds", "-beamsize", "0"]) == ([20, 5, 5], [])
+    assert cells(["-xds", "-beamsize", "-1"]) == ([20, 20, 20], [])
