@@ -381,6 +381,14 @@ def build_model(cfg: Config) -> Model:
         from .io.mat import read_mosflm_mat
         recip = read_mosflm_mat(_resolve(cfg, cfg.matfilename))
         log.append("reading %s" % cfg.matfilename)
+        if not cfg.c_parity and not cfg.user_cell:
+            # a whole MOSFLM file says which wavelength its matrix carries
+            from .io.mat import read_mosflm_cell
+            cell_line = read_mosflm_cell(_resolve(cfg, cfg.matfilename))
+            if cell_line is not None:
+                warn = xtal.mat_cell_line_warning(cfg.matfilename, recip, cell_line, cfg.lambda0)
+                if warn is not None:
+                    log.append(warn)
     beam_clip = None
     if clip_across:
         # the crystal as it stands in the middle of its phi points

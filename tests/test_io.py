@@ -769,3 +769,61 @@ def test_fabio_written_smv_mask(tmp_path):
                                                           np.asarray(free.float_image)[mask != 0])
     with pytest.raises(InputFileError, match="after a blank: nanoBragg.c would swap the bytes"):
         nbnumba.simulate_argv(base + [str(tmp_path / "fab.img"), "-c_parity"])
+
+
+def _mosflm_file(path, cell, lam, U, cell_line=None):
+    """A whole MOSFLM matrix file for ``cell`` (A, degrees) turned by U, written
+    at wavelength ``lam`` (A), with ``cell_line`` (default: the cell) as its
+    cell line."""
+    import math
+    a, b, c = cell[:3]
+    al, be, ga = (math.radians(x) for x in cell[3:])
+    V = a * b * c * math.sqrt(1 - math.cos(al) ** 2 - math.cos(be) ** 2 - math.cos(ga) ** 2
+                              + 2 * math.cos(al) * math.cos(be) * math.cos(ga))
+    real = np.array([[a, 0, 0], [b * math.cos(ga), b * math.sin(ga), 0],
+                     [c * math.cos(be), c * (math.cos(al) - math.cos(be) * math.cos(ga)) / math.sin(ga),
+                      0.0]])
+    real[2, 2] = math.sqrt(c * c - real[2, 0] ** 2 - real[2, 1] ** 2)
+    recip = np.array([np.cross(real[1], real[2]), np.cross(real[2], real[0]),
+                      np.cross(real[0], real[1])]) / V            # rows a*, b*, c*
+    M = (U @ recip.T) * lam                                         # column j: vector j
+    rows = [" ".join("%12.8f" % x for x in r) for r in M]
+    rows += ["0 0 0"] + [" ".join("%10.7f" % x for x in r) for r in U]
+    rows += [" ".join("%10.4f" % x for x in (cell_line or cell)), "0 0 0"]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_mosflm_cell_line_names_the_matrix_wavelength(tmp_path):
+    """nanoBragg.c divides a -mat matrix by the run's -lambda, so a MOSFLM file
+    written at 0.9795 A read at 1 A gives a cell 2.1 % too large, silently.  The
+    default mode reads the file's cell line and names the file's wavelength;
+    it says nothing where they agree, under -c_parity, or with -cell."""
+    import nbnumba
+    from nbnumba.io.mat import read_mosflm_cell
+    from nbnumba.model import build_model
+    U = np.array([[0.36, 0.48, -0.8], [-0.8, 0.6, 0.0], [0.48, 0.64, 0.6]])
+    cell = (78.24, 78.24, 37.47, 90.0, 90.0, 120.0)
+    _mosflm_file(tmp_path / "A.mat", cell, 0.9795, U)
+    assert read_mosflm_cell(tmp_path / "A.mat") == cell
+    base = ["-mat", "A.mat", "-default_F", "1", "-N", "3", "-detpixels", "8"]
+
+    def log(*extra):
+        m = build_model(nbnumba.parse_argv(base + list(extra), cwd=str(tmp_path)))
+        return m, [l for l in m.log if "A.mat" in l and "WARNING" in l]
+
+    m, warn = log("-lambda", "0.9795")
+    assert warn == [] and np.allclose(m.crystal.cell, cell, rtol=1e-6)
+    m, warn = log("-lambda", "1")
+    assert len(warn) == 1 and "wavelength of 0.9795 A" in warn[0] and "scaled by 1.02093" in warn[0]
+    assert m.crystal.cell[0] == pytest.approx(78.24 / 0.9795, rel=1e-6)     # (the image is the C's)
+    assert log("-lambda", "1", "-c_parity")[1] == []
+    assert log("-lambda", "1", "-cell", "78.24", "78.24", "37.47", "90", "90", "120")[1] == []
+    # a cell line that fits no wavelength (c doubled) is named as such
+    _mosflm_file(tmp_path / "A.mat", cell, 0.9795, U, cell_line=(78.24, 78.24, 74.94, 90, 90, 120))
+    warn = log("-lambda", "0.9795")[1]
+    assert len(warn) == 1 and "not its matrix's cell at any wavelength" in warn[0]
+    # nine numbers, or text after them: no cell line, no warning, no error
+    (tmp_path / "A.mat").write_text((tmp_path / "A.mat").read_text().split("0 0 0")[0])
+    assert read_mosflm_cell(tmp_path / "A.mat") is None and log("-lambda", "1")[1] == []
+    (tmp_path / "A.mat").write_text((tmp_path / "A.mat").read_text() + "written by hand\n")
+    assert read_mosflm_cell(tmp_path / "A.mat") is None

@@ -14,7 +14,7 @@ from nbnumba.errors import InputFileError
 from nbnumba.io._args import read_bytes
 from nbnumba.io._cnum import parse_c_number
 
-__all__ = ["read_mosflm_mat"]
+__all__ = ["read_mosflm_mat", "read_mosflm_cell"]
 
 
 #: a MOSFLM matrix holds reciprocal vectors times the wavelength (~1e-2): anything
@@ -60,3 +60,28 @@ def read_mosflm_mat(path) -> np.ndarray:
     raise InputFileError(
         f"{name} line {last}: file ends after {len(values)} of the 9 orientation-matrix numbers"
     )
+
+
+def read_mosflm_cell(path):
+    """The cell line of a whole MOSFLM matrix file, (a, b, c in A, alpha,
+    beta, gamma in degrees), or None.  MOSFLM writes the matrix (9 numbers),
+    the missetting angles (3), U (9), the cell (6) and the angles again (3);
+    nanoBragg.c reads only the matrix, and so does the run.  Only a file whose
+    first 27 tokens are all numbers, with positive edges and angles in
+    (0, 180), has a cell line here; anything else is None (never an error:
+    the rest of the file is not the run's input)."""
+    _, raw = read_bytes(path)
+    values = []
+    for tok in raw.decode("latin-1").split():
+        v = parse_c_number(tok)
+        if v is None:
+            break
+        values.append(v)
+        if len(values) == 27:
+            break
+    if len(values) < 27:
+        return None
+    cell = tuple(values[21:27])
+    if all(0.0 < x < 1e6 for x in cell[:3]) and all(0.0 < x < 180.0 for x in cell[3:]):
+        return cell
+    return None
