@@ -232,7 +232,12 @@ def compute_stats(model: Model, img: np.ndarray, omega: np.ndarray) -> Dict[str,
         mx = sub * (f * os_ + os_ - 1) + sub / 2.0
         my = sub * (s * os_ + os_ - 1) + sub / 2.0
     avg = total / (n if n > 0 else 1)
-    rms = math.sqrt(sumsq / ((n if n > 1 else 2) - 1))
+    if c_parity:
+        # nanoBragg.c divides the sum of squares by n - 1: an rms over 2 pixels
+        # can exceed the larger of them (docs/quirks.md #35)
+        rms = math.sqrt(sumsq / ((n if n > 1 else 2) - 1))
+    else:
+        rms = math.sqrt(sumsq / n) if n > 0 else 0.0
     rmsd = math.sqrt(dev / ((m if m > 1 else 2) - 1))
     # the solid angle of the detector: nanoBragg.c adds each sub-pixel's omega once
     # per layer and divides by all steps (sources, mosaic, phi too: -c_parity);

@@ -719,8 +719,9 @@ def expt_from_flags(flags, image=None, cwd=None, hall: str = HALL_P1,
         notes.append("-point_pixel (solid angle 1/R^2) has no experiment-list form")
     if cfg.oversample <= 0:
         # the automatic -oversample is sized from nanoBragg's distance and
-        # -lambda; nanoBragg takes the distance's beam/normal ratio before
-        # -twotheta turns the panel, and a source file's beam and wavelength
+        # -lambda (the beam's path to the panel: nanoBragg.c's, before
+        # -twotheta turns it, is not; docs/quirks.md #31), and a source file's
+        # beam and wavelength
         # are not -beam_vector's and -lambda's.  Flags made from the list give
         # the written beam's path to the panel and its wavelength, and may pick
         # another sampling, which the list cannot hold

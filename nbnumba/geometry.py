@@ -34,6 +34,31 @@ _CONVENTION_VECTORS = {
 }
 
 
+def beam_centre_flags(conv, Fbeam, Sbeam, pixel, detsize_s):
+    """(Xbeam, Ybeam) (m) that put the direct beam at (Fbeam, Sbeam) (m from the
+    first pixel's corner along fdet, sdet) in convention ``conv``: the inverse
+    of build_detector's map from the flags (MOSFLM adds half a pixel, ADXV counts
+    Y from the far edge, the others take them as they are)."""
+    if conv == "ADXV":
+        return Fbeam, detsize_s - Sbeam
+    if conv in ("MOSFLM", "DENZO"):
+        half = 0.5 if conv == "MOSFLM" else 0.0
+        return Sbeam - half * pixel, Fbeam - half * pixel
+    return Fbeam, Sbeam
+
+
+def dials_frame_origin(pix0, beam, polar):
+    """pix0 (m) in the DIALS (imgCIF) lab frame, in mm: x along the polarization
+    axis made perpendicular to the beam, z against the beam, y = z x x; for
+    MOSFLM's frame (beam +x, polarization +z) that is (z, y, -x), nanoBragg.c's
+    DIALS_ORIGIN, and the frame nbnumba's NeXus files use (io.frames.lab_to_mcstas
+    turned by diag(-1, 1, -1))."""
+    from .io.frames import lab_to_mcstas
+    M = lab_to_mcstas(beam, polar)
+    x, y, z = -M[0], M[1], -M[2]
+    return tuple(1000.0 * float(dot(pix0, tuple(float(c) for c in axis))) for axis in (x, y, z))
+
+
 def _f(v):
     return (float(v[0]), float(v[1]), float(v[2]))
 
@@ -86,6 +111,9 @@ class Detector:
     #: nanoBragg.c's fdet x sdet points the other way (docs/quirks.md #18)
     odet_side_kept: bool = False
     tt_axis_scaled: bool = False     # default mode: -twotheta_axis made a unit vector (#23)
+    #: nanoBragg.c's distance along the beam (m), from the ratio before the
+    #: two-theta swing; ``distance`` is the swung detector's (#31)
+    c_distance: float = math.nan
 
     @property
     def trace(self) -> List[str]:
@@ -276,10 +304,21 @@ def build_detector(cfg, trace=True) -> Detector:
     ratio = dot(beam, rotate_xyz(odet, rotx, roty, rotz))
     if ratio == 0.0:
         ratio = DBL_MIN
+    # nanoBragg.c takes the ratio before the two-theta swing and uses it again
+    # after it, to find the beam spot: the default mode takes it of the final
+    # detector there, and where a -close_distance of the BEAM pivot's swung
+    # detector becomes a distance along the beam (docs/quirks.md #31)
+    final_ratio = ratio
+    if not cfg.c_parity and twotheta != 0.0:
+        final_ratio = dot(beam, rotate_axis(rotate_xyz(odet, rotx, roty, rotz), tt_axis, twotheta))
+        if final_ratio == 0.0:
+            final_ratio = DBL_MIN
     close_distance = cfg.close_distance
     if math.isnan(close_distance):
         close_distance = abs(ratio * cfg.distance)
-    distance = close_distance / ratio
+        distance = close_distance / ratio
+    else:
+        distance = close_distance / (final_ratio if pivot == "BEAM" else ratio)
 
     keep = trace                # the flag; from here on, trace is the list of lines
     trace: List[object] = []
@@ -366,25 +405,40 @@ def build_detector(cfg, trace=True) -> Detector:
     Sclose = -dot(pix0, sdet)
     close_distance = dot(pix0, odet)
     log.append("DETECTOR_PIX0_VECTOR %.15g %.15g %.15g" % tuple(pix0))
-    hit = tuple(close_distance / ratio * beam[i] - pix0[i] for i in range(3))
+    hit = tuple(close_distance / final_ratio * beam[i] - pix0[i] for i in range(3))
     Fbeam = dot(fdet, hit)
     Sbeam = dot(sdet, hit)
-    distance = close_distance / ratio
+    distance = close_distance / final_ratio
     ORGX = Fclose / pixel + 0.5
     ORGY = Sclose / pixel + 0.5
     dials_origin = (1000.0 * dot(pix0, (0.0, 0.0, 1.0)),
                     1000.0 * dot(pix0, (0.0, 1.0, 0.0)),
                     1000.0 * dot(pix0, (-1.0, 0.0, 0.0)))
+    if not cfg.c_parity:
+        # nanoBragg.c's header repeats the -Xbeam/-Ybeam it was given (or its
+        # defaults), which the XDS and DIALS conventions do not use and a
+        # -pix0_vector or a two-theta swing moves; and its DIALS_ORIGIN maps
+        # MOSFLM's axes (beam along x).  The default mode writes the beam centre
+        # the image has, in the convention's own terms, and the origin in the
+        # DIALS frame of this beam and polarization axis (docs/quirks.md #32, #33)
+        if conv in ("XDS", "DIALS") and not (math.isnan(cfg.Xbeam) and math.isnan(cfg.Ybeam)):
+            log.append("WARNING: -Xbeam/-Ybeam are not used under -%s: its detector pivots "
+                       "about the sample, placed by -ORGX/-ORGY or -Xclose/-Yclose; the "
+                       "beam meets it at %g, %g mm (fast, slow)"
+                       % (conv.lower(), Fbeam * 1000.0, Sbeam * 1000.0))
+        Xbeam, Ybeam = beam_centre_flags(conv, Fbeam, Sbeam, pixel, detsize_s)
+        dials_origin = dials_frame_origin(pix0, beam, polar)
     xds_incident = (dot(beam, fdet), dot(beam, sdet), dot(beam, odet))
     log.append("XDS incident beam: %g %g %g" % xds_incident)
     return Detector(convention=conv, pivot=pivot, fpixels=fpixels, spixels=spixels,
                     pixel_size=pixel, detsize_f=detsize_f, detsize_s=detsize_s,
                     fdet=fdet, sdet=sdet, odet=odet, pix0=tuple(pix0), beam=beam, polar=polar,
                     spindle=spindle, twotheta_axis=tt_axis, vert=vert, distance=distance,
-                    close_distance=close_distance, ratio=ratio, Xbeam=Xbeam, Ybeam=Ybeam,
+                    close_distance=close_distance, ratio=final_ratio, Xbeam=Xbeam, Ybeam=Ybeam,
                     Fbeam=Fbeam, Sbeam=Sbeam, Xclose=Xclose, Yclose=Yclose, Fclose=Fclose,
                     Sclose=Sclose, ORGX=ORGX, ORGY=ORGY, dials_origin=dials_origin,
                     twotheta=twotheta, rotx=rotx, roty=roty, rotz=rotz, roi=tuple(roi),
                     curved=cfg.curved_detector, point_pixel=cfg.point_pixel,
                     xds_incident=xds_incident, log=log, trace_items=trace,
-                    odet_side_kept=odet_side_kept, tt_axis_scaled=tt_axis_scaled)
+                    odet_side_kept=odet_side_kept, tt_axis_scaled=tt_axis_scaled,
+                    c_distance=close_distance / ratio)

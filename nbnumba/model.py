@@ -225,7 +225,7 @@ def _sources(cfg: Config, steps, det, points=None) -> Sources:
     # the default mode weighs each source by its relative intensity (the file's
     # fourth column); nanoBragg.c reads it and counts every source once (#20)
     src = build_sources(steps, det.beam, det.polar, det.vert, cfg.lambda0, cfg.round_div, cols,
-                        points, weigh=not cfg.c_parity)
+                        points, weigh=not cfg.c_parity, across=not cfg.c_parity)
     if not cfg.c_parity and cfg.polarization != 0.0 and not cfg.nopolar:
         _check_polar_axis(cfg, det.polar, src)
     return src

@@ -369,15 +369,32 @@ def tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l):
                    _interp_kl(Fhkl, h0 + 3, k0, l0, xk, xl, k, l), h)
 
 
+@njit(cache=True, error_model="numpy", fastmath=False, inline="always")
+def _stencil_inside(x, lo, hi):
+    """Whether floor(x)-1 .. floor(x)+2 lie in lo..hi: floor(x) is an integer
+    (kept in floating point, so NaN and infinities compare false rather than
+    converting), compared with integer bounds, exactly."""
+    f = np.floor(x)
+    return f >= lo + 1 and f <= hi - 2
+
+
 @njit(cache=True, error_model="numpy", fastmath=False)
-def interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
-    """nanoBragg.c's test for a safe tricubic neighbourhood (ranges = max-min+1)."""
-    hr = hmax - hmin + 1
-    kr = kmax - kmin + 1
-    lr = lmax - lmin + 1
-    return not ((h - hmin + 3) > hr or (h - 2) < hmin or
-                (k - kmin + 3) > kr or (k - 2) < kmin or
-                (l - lmin + 3) > lr or (l - 2) < lmin)
+def interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax, c_rules):
+    """Whether tricubic_F may interpolate at (h, k, l): its 4x4x4 stencil,
+    floor(x)-1 .. floor(x)+2 per axis, lies in the grid (hmin+1 <= h < hmax-1).
+
+    c_rules (-c_parity): nanoBragg.c's test instead, (h-hmin+3) > range or
+    h-2 < hmin (range = max-min+1) is out, i.e. hmin+2 <= h <= hmax-2, one
+    index narrower than the stencil allows at each edge (docs/quirks.md #34)."""
+    if c_rules:
+        hr = hmax - hmin + 1
+        kr = kmax - kmin + 1
+        lr = lmax - lmin + 1
+        return not ((h - hmin + 3) > hr or (h - 2) < hmin or
+                    (k - kmin + 3) > kr or (k - 2) < kmin or
+                    (l - lmin + 3) > lr or (l - 2) < lmin)
+    return (_stencil_inside(h, hmin, hmax) and _stencil_inside(k, kmin, kmax)
+            and _stencil_inside(l, lmin, lmax))
 
 
 @njit(cache=True, error_model="numpy", inline="always")

@@ -92,6 +92,15 @@ def c_differences(model) -> List[Tuple[int, str]]:
         out.append((27, "rmsd over the unmasked pixels"))
     if model.crystal.c_clip_differs:
         out.append((30, "the beam clips the crystal across the beam"))
+    d = model.det
+    if d.twotheta != 0.0 and ((d.pivot == "BEAM" and not math.isnan(cfg.close_distance))
+                              or (cfg.oversample <= 0 and _c_auto_oversample(model) != model.oversample)):
+        # a BEAM-pivot -close_distance is of the swung detector, and the automatic
+        # oversampling reads the swung detector's distance (headers: always)
+        out.append((31, "-twotheta: the swung detector's distance"))
+    if (cfg.sourcefilename is None and st.vdivsteps > 1
+            and float(np.dot(d.polar, d.beam)) != 0.0):
+        out.append((36, "vertical divergence about the E-vector across the beam"))
     if st.mosaic_spread > 0.0:
         # the C's first domain is the unrotated crystal, the default mode's a draw
         out.append((29, "every mosaic domain drawn"))
@@ -101,6 +110,17 @@ def c_differences(model) -> List[Tuple[int, str]]:
             {"hdiv": "divergence", "vdiv": "divergence", "disp": "dispersion"}[m]
             for m in dict.fromkeys(moved))))
     return sorted(out)
+
+
+def _c_auto_oversample(model) -> int:
+    """The automatic -oversample nanoBragg.c picks: from its distance along the
+    beam before the two-theta swing (docs/quirks.md #31)."""
+    from .sampling import ceil_count
+    cr, d = model.crystal, model.det
+    xmax = max(math.sqrt(sum(x * x for x in v)) * n for v, n in ((cr.a, cr.Na), (cr.b, cr.Nb), (cr.c, cr.Nc)))
+    recip = model.cfg.lambda0 * d.c_distance / d.pixel_size
+    ratio = 3.0 * xmax / recip if recip != 0.0 else math.inf
+    return ceil_count(ratio) if ratio > 0.0 else 1
 
 
 def notice_line(model) -> Optional[str]:

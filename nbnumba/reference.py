@@ -37,7 +37,9 @@ docs/reference.md states each choice.  In particular:
   c*_z = sin(gamma)/(c sin(gamma*)) instead of 1/c, so triclinic and
   rhombohedral cells come out with slightly different angles; docs/quirks.md #13);
 * phi = 0 uses the unrotated cell; tricubic interpolation falls back to the
-  nearest neighbour per sub-path;
+  nearest neighbour per sub-path, and reaches every point whose 4-point
+  stencils lie in the table (nanoBragg.c stops one index short of each edge;
+  docs/quirks.md #34);
 * each -sourcefile source's terms are weighted by its relative intensity,
   the fourth column, over the mean (nanoBragg.c counts every source once;
   docs/quirks.md #20), the background's per-source share too;
@@ -259,12 +261,21 @@ def detector(cfg):
     tt = _unit(tt)[0]
     Rxyz = xyz_rotation(cfg.detector_rotx, cfg.detector_roty, cfg.detector_rotz)
     R = axis_rotation(tt, cfg.detector_twotheta) @ Rxyz
-    # the beam distance and the normal distance differ by the tilt (before twotheta)
-    ratio = float(beam @ (Rxyz @ o))
-    if ratio == 0.0:
-        ratio = 2.2250738585072014e-308
-    close = abs(ratio * cfg.distance) if math.isnan(cfg.close_distance) else cfg.close_distance
-    distance = close / ratio
+    # the beam distance and the normal distance differ by the tilt: -distance
+    # sets the unswung detector's (the two-theta arm's length with the sample
+    # pivot), a -close_distance with the beam pivot the swung one's, and the
+    # distance that is reported is the beam's path to the final plane
+    # (docs/quirks.md #31; nanoBragg.c takes the unswung ratio throughout)
+    def _ratio(M):
+        r = float(beam @ (M @ o))
+        return r if r != 0.0 else 2.2250738585072014e-308
+    ratio, swung = _ratio(Rxyz), _ratio(R)
+    if math.isnan(cfg.close_distance):
+        close = abs(ratio * cfg.distance)
+        distance = close / ratio
+    else:
+        close = cfg.close_distance
+        distance = close / (swung if pivot == "BEAM" else ratio)
     if pivot == "SAMPLE":
         pix0 = R @ (-fc * f - sc * s + close * o)
     f, s, o = R @ f, R @ s, R @ o
@@ -274,7 +285,7 @@ def detector(cfg):
         pix0 = _vec(cfg.pix0_vector)
     close = float(pix0 @ o)
     return dict(fpixels=nf, spixels=ns, pixel=p, fdet=f, sdet=s, odet=o, pix0=pix0, beam=beam,
-                polar=pol, spindle=spin, distance=close / ratio, close=close)
+                polar=pol, spindle=spin, distance=close / swung, close=close)
 
 
 # ---------------------------------------------------------------- crystal
@@ -402,6 +413,9 @@ def sources(cfg, det, smp):
     vr, vs, vn = smp["vdiv"]
     dr, ds, dn = smp["disp"]
     vert = _unit(np.cross(det["beam"], det["polar"]))[0]
+    # the vertical sweep turns about the E-vector across the beam (docs/quirks.md
+    # #36): the polarization axis less its component along the beam
+    e_axis = np.cross(vert, det["beam"])
     inc, lam = [], []
     for i in range(hn):
         for j in range(vn):
@@ -416,7 +430,7 @@ def sources(cfg, det, smp):
                     t += (v * v - vs * vs / 4.0 * (1 - vn % 2)) / vr / vr
                 if hr > 0 and vr > 0 and 4.0 * t > 1.1:
                     continue
-            d = axis_rotation(vert, h) @ (axis_rotation(det["polar"], v) @ det["beam"])
+            d = axis_rotation(vert, h) @ (axis_rotation(e_axis, v) @ det["beam"])
             for k in range(dn):
                 inc.append(_unit(d)[0])
                 lam.append(cfg.lambda0 * (1.0 + ds * k - dr / 2.0))
@@ -470,8 +484,18 @@ class StructureFactors:
             return float(self.F[i[0] - self.lo[0], i[1] - self.lo[1], i[2] - self.lo[2]])
         return self.default_F
 
+    def stencil_fits(self, hkl):
+        """Whether the 4-point stencils floor(x)-1 .. floor(x)+2 lie in the
+        table on every axis: lo+1 <= floor(x) <= hi-2, integers compared with
+        integers.  nanoBragg.c asks for lo+2 <= x <= hi-2, which refuses the
+        interpolation its table allows between lo+1 and lo+2 and between hi-2
+        and hi-1 (docs/quirks.md #34); the stencil is the only limit here."""
+        if not all(math.isfinite(x) for x in hkl):
+            return False
+        return all(self.lo[a] + 1 <= math.floor(hkl[a]) <= self.hi[a] - 2 for a in range(3))
+
     def __call__(self, hkl, nearest_idx):
-        if self.interpolate and all(self.lo[a] + 2 <= hkl[a] <= self.hi[a] - 2 for a in range(3)):
+        if self.interpolate and self.stencil_fits(hkl):
             base = [math.floor(x) - 1 for x in hkl]
             w = [_lagrange(base[a], hkl[a]) for a in range(3)]
             tot = 0.0

@@ -88,13 +88,16 @@ def relative_intensities(weights):
 
 
 def build_sources(steps, beam, polar, vert, lambda0, round_div, file_columns=None,
-                  points=None, weigh=False) -> Sources:
+                  points=None, weigh=False, across=False) -> Sources:
     """The sources of a run: from -sourcefile's columns, else the divergence
     grid's points (``points``: these (i, j) in place of divergence_points',
     as nbnumba.autodiff keeps a run's points while it varies a range) times
     the wavelength sweep.  weigh: the file's weights weigh the sources'
     terms (Sources.intensity; the default mode), else every source counts
-    once (nanoBragg.c)."""
+    once (nanoBragg.c).  across: the vertical divergence turns the beam about
+    the polarization axis made perpendicular to the beam (the default mode);
+    nanoBragg.c turns it about the axis as given, which a tilted -polar_vector
+    makes shrink and skew the sweep (docs/quirks.md #36)."""
     log: List[str] = []
     weighed = False     # the file's weights weigh the terms (the default mode)
     if file_columns is not None and len(file_columns):
@@ -121,6 +124,11 @@ def build_sources(steps, beam, polar, vert, lambda0, round_div, file_columns=Non
         n = len(kept) * steps.dispsteps
         weight = 1.0 / n if n else 0.0
         pos, weights, lambdas = [], [], []
+        d = polar[0] * beam[0] + polar[1] * beam[1] + polar[2] * beam[2]
+        if across and d != 0.0:
+            perp, size = unitize(tuple(polar[i] - d * beam[i] for i in range(3)))
+            if size > 0.0:
+                polar = perp
         for hdiv, vdiv in kept:
             v = (-SOURCE_DISTANCE * beam[0], -SOURCE_DISTANCE * beam[1], -SOURCE_DISTANCE * beam[2])
             v = rotate_axis(rotate_axis(v, polar, vdiv), vert, hdiv)

@@ -6,6 +6,7 @@ the case's input files.  Tolerances come from the case (see golden/README.md).
 """
 from __future__ import annotations
 
+import math
 import shutil
 
 import numpy as np
@@ -164,8 +165,19 @@ def test_stats_match_c_stdout(case, simulate_case):
             bad.append("rmsd: unmasked pixels' %.12g, port %.12g" % (want, res.stats["rmsd"]))
         if not abs(c_stats["rmsd"] - want) > 1e-3 * want:
             bad.append("rmsd: the C's %g is the unmasked pixels' spread: no #27 here" % c_stats["rmsd"])
+    if case.mode == "default":
+        # docs/quirks.md #35: the default mode's rms is over n pixels, the C's over n - 1
+        px = np.asarray(res.float_image, dtype=np.float64)[res.model.active.astype(bool)]
+        want = float(np.sqrt(np.mean(px * px)))
+        if not abs(float(res.stats["rms"]) - want) <= 1e-12 * want:
+            bad.append("rms: the pixels' %.12g, port %.12g" % (want, res.stats["rms"]))
+        c_rule = want * math.sqrt(px.size / (px.size - 1))
+        if not G.stat_close(c_stats["rms"], c_rule, rel=rel):
+            bad.append("rms: C %g, its n - 1 rule %.9g" % (c_stats["rms"], c_rule))
     for key in STAT_KEYS:
         if key not in c_stats or (own_rmsd and key in ("rmsd", "pgm_scale")):
+            continue
+        if key == "rms" and case.mode == "default":
             continue
         if key not in res.stats:
             bad.append("%s missing from port stats" % key)

@@ -231,7 +231,7 @@ def _printed(out, key):
 @pytest.mark.parametrize("c_parity", [False, True])
 def test_printed_statistics_are_those_of_the_written_float_image(tmp_path, monkeypatch, capsys,
                                                                   c_parity):
-    """max_I, mean, rms (about 0, over N - 1, as nanoBragg.c), rmsd, intfile_scale,
+    """max_I, mean, rms (about 0: over N, over N - 1 in nanoBragg.c, #35), rmsd, intfile_scale,
     pgm_scale and the photons line, recomputed with numpy from the files the run
     wrote; every file is 0 outside -roi."""
     monkeypatch.chdir(tmp_path)
@@ -245,7 +245,7 @@ def test_printed_statistics_are_those_of_the_written_float_image(tmp_path, monke
     n = v.size
     mean = v.sum() / n
     sq = (roi * roi).astype(np.float64) if c_parity else v * v      # quirk #11
-    rms = math.sqrt(sq.sum() / (n - 1))
+    rms = math.sqrt(sq.sum() / ((n - 1) if c_parity else n))
     rmsd = math.sqrt(((v - mean) ** 2).sum() / (n - 1))
     g = format_g
     assert _printed(out, re.escape("max_I = %s  at " % g(float(img.max()))))
@@ -290,7 +290,7 @@ def test_statistics_with_a_mask():
     st = res.stats
     assert st["max_I"] == v.max()
     assert st["mean"] == pytest.approx(mean, rel=1e-13)
-    assert st["rms"] == pytest.approx(math.sqrt((v * v).sum() / (v.size - 1)), rel=1e-13)
+    assert st["rms"] == pytest.approx(math.sqrt((v * v).sum() / v.size), rel=1e-13)
     assert st["rmsd"] == pytest.approx(math.sqrt(((v - mean) ** 2).sum() / (v.size - 1)),
                                        rel=1e-13)
     c = nbnumba.simulate_argv(BRAGG + ["-seed", "2", "-c_parity"], mask_image=mask).stats

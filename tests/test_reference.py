@@ -103,6 +103,12 @@ AGREE = {
     "beam_clip_xds_phi": "-oversample 1 -xds -misset 10 20 30 -sample_x 0.0007 -sample_y 0.0008 "
                          "-sample_z 0.0009 -beamsize 0.0004 -phi 10 -osc 40 -phisteps 2",
     "beam_clip_turned": "-oversample 1 -misset 0 0 45 -xtal_size 0.0006 -beamsize 0.0003",
+    # the swung detector's distance (docs/quirks.md #31): a beam-pivot
+    # -close_distance, and the automatic oversampling (6, the C's 8)
+    "twotheta_close_beam_pivot": "-oversample 1 -twotheta 20 -close_distance 50 -misset 5 0 0",
+    "twotheta_auto_oversample": "-twotheta 40",
+    # the vertical divergence about the E-vector across the beam (#36)
+    "vdiv_tilted_polar": "-oversample 1 -vdivrange 2 -vdivsteps 3 -polar_vector 1 0 1",
 }
 
 
@@ -191,6 +197,33 @@ def test_tricubic_interpolation_with_fallback():
     # interpolation really was used: nearest-neighbour F gives another image
     r0 = ref.image(replace(cfg, interpolate=0))
     assert np.max(np.abs(r0 - r) / r) > 1e-3
+
+
+def test_tricubic_interpolation_reaches_the_table_edge():
+    """docs/quirks.md #34: both interpolate wherever the 4-point stencils fit,
+    lo+1 <= h < hi-1 (nanoBragg.c: lo+2 <= h <= hi-2).  On a linear table,
+    which tricubic interpolation reproduces exactly, the reference gives the
+    linear F in the bands the C refuses and the nearest F past them; kernel
+    and reference agree on a run whose sub-paths cross those bands.  The
+    padding plane (index hi+1) holds 1e6, so a stencil reaching it shows."""
+    lin = lambda h, k, l: 100.0 + 10.0 * h + 5.0 * k + 2.0 * l
+    i = np.arange(-2, 4, dtype=float)          # -2..2 and the padding plane
+    F = lin(i[:, None, None], i[None, :, None], i[None, None, :])
+    F[-1, :, :] = F[:, -1, :] = F[:, :, -1] = 1e6
+    cfg = cfg_of("-oversample 3 -N 1 -interpolate -misset 10 20 30",
+                 hkl_grid=HKLGrid(-2, 2, -2, 2, -2, 2, F, hkls=125))
+    sf = ref.StructureFactors(cfg)
+    for hkl in [(-1.0, 0.5, 0.999), (0.99, -0.7, -1.0), (-0.5, 0.25, 0.75)]:
+        assert sf(hkl, (0, 0, 0)) == pytest.approx(lin(*hkl), rel=1e-14), hkl
+    for hkl, near in [((1.0, 0.0, 0.0), (1, 0, 0)), ((0.0, np.nextafter(-1.0, -2), 0.0), (0, -1, 0))]:
+        assert sf(hkl, near) == lin(*near), hkl
+    r = check(cfg)
+    # the bands matter here: the C's rule (only h = k = l = 0 interpolates on
+    # a -2..2 table) gives another image
+    c_rule = lambda self, hkl: all(-2 + 2 <= x <= 2 - 2 for x in hkl)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ref.StructureFactors, "stencil_fits", c_rule)
+        assert np.max(np.abs(ref.image(cfg) - r) / r) > 1e-3
 
 
 def test_mask_skips_pixels():

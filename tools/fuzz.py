@@ -1066,7 +1066,7 @@ def modes_stats_check(rd, rc) -> list:
     within the pixel bound; rmsd also to the spread of the images' difference,
     which bounds a spread's change), max_I's position (or a tie within the bound),
     rms unless a pixel's float32 square is subnormal (#11: the C squares in
-    float), and omega_sum after #10's divisor (the default mode divides the
+    float) after #35's divisor (n, the C's n - 1), and omega_sum after #10's divisor (the default mode divides the
     solid-angle sum by the sub-pixels and layers, the C by every step)."""
     import numpy as np
     sd, sc = rd.stats, rc.stats
@@ -1100,8 +1100,11 @@ def modes_stats_check(rd, rc) -> list:
     cimg = np.asarray(rc.float_image)
     v = np.abs(cimg[act])
     if not np.any((v > 0) & (v < np.sqrt(np.finfo(np.float32).tiny))):      # #11
-        if not abs(sd["rms"] - sc["rms"]) <= MODES_REL * abs(sc["rms"]) + 1e-300:
-            out.append("rms %.9g against %.9g" % (sd["rms"], sc["rms"]))
+        # the C's rms divides by n - 1, the default mode's by n (#35)
+        n = int(act.sum())
+        c_rms = sc["rms"] * math.sqrt((n - 1) / n) if n > 1 else sc["rms"]
+        if not abs(sd["rms"] - c_rms) <= MODES_REL * abs(c_rms) + 1e-300:
+            out.append("rms %.9g against %.9g" % (sd["rms"], c_rms))
     md, mc = rd.model, rc.model
     per_d = md.oversample ** 2 * md.steps.detector_thicksteps
     want = sc["omega_sum"] * mc.nsteps / per_d                             # #10

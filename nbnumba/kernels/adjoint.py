@@ -838,7 +838,9 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                             Fl = lattice_factor(shape, h, k, l, h0, k0, l0, Na, Nb, Nc, fudge,
                                                 spot, astar, bstar, cstar, reduced)[0]
                         ch_ = ck = cl = 0.0     # nearest neighbour: flat in h, k, l
-                        if interp and interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
+                        # the default mode's range (autodiff refuses -c_parity)
+                        if interp and interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax,
+                                                      False):
                             Fc = tricubic_F(Fhkl, hmin, kmin, lmin, h, k, l)
                             if deriv or want_F:
                                 ch_, ck, cl = tricubic_F_grad(Fhkl, hmin, kmin, lmin, h, k, l, gF,

@@ -772,7 +772,10 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                             continue
                         # structure factor of the unit cell
                         use_interp = interp and (latch_sub < 0 or sub_count < latch_sub)
-                        if use_interp and not interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax):
+                        # (the default mode's range reaches the grid's edge; -c_parity's
+                        # is the C's, an index narrower: docs/quirks.md #34)
+                        if use_interp and not interp_in_range(h, k, l, hmin, hmax, kmin, kmax,
+                                                              lmin, lmax, c_parity):
                             if first_oor < 0:
                                 first_oor = sub_count
                             use_interp = False

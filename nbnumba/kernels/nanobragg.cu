@@ -563,12 +563,27 @@ __device__ real tricubic_F(const fgrid* Fhkl, nb_i64 hmin, nb_i64 kmin, nb_i64 l
     return polint4((real)(hf - 1), yh, h);
 }
 
-// nanoBragg's test for a safe tricubic neighbourhood (ranges = max-min+1),
-// evaluated in double whatever the working precision (h arrives in `wide`).
+// physics._stencil_inside: floor(x)-1 .. floor(x)+2 lie in lo..hi; floor(x)
+// stays a double (NaN and infinities compare false), exact against the bounds
+__device__ __forceinline__ bool stencil_inside(double x, nb_i64 lo, nb_i64 hi) {
+    const double f = floor(x);
+    return f >= (double)(lo + 1) && f <= (double)(hi - 2);
+}
+
+// physics.interp_in_range: whether tricubic_F's 4x4x4 stencil lies in the grid
+// (hmin+1 <= h < hmax-1 per axis); c_rules (-c_parity): nanoBragg.c's test
+// (ranges = max-min+1), one index narrower at each edge (docs/quirks.md #34).
+// Evaluated in double whatever the working precision (h arrives in `wide`;
+// tricubic_F gets (real)h, the same value: real is double in every build).
 template <typename real>
 __device__ bool interp_in_range(real h_, real k_, real l_, nb_i64 hmin, nb_i64 hmax,
-                                nb_i64 kmin, nb_i64 kmax, nb_i64 lmin, nb_i64 lmax) {
+                                nb_i64 kmin, nb_i64 kmax, nb_i64 lmin, nb_i64 lmax,
+                                bool c_rules) {
     double h = (double)h_, k = (double)k_, l = (double)l_;
+    if (!c_rules) {
+        return stencil_inside(h, hmin, hmax) && stencil_inside(k, kmin, kmax) &&
+               stencil_inside(l, lmin, lmax);
+    }
     double hr = (double)(hmax - hmin + 1);
     double kr = (double)(kmax - kmin + 1);
     double lr = (double)(lmax - lmin + 1);
@@ -881,7 +896,8 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                             // structure factor of the unit cell
                             bool use_interp = interp && (latch_sub < 0 || sub_count < latch_sub);
                             if (use_interp &&
-                                !interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax)) {
+                                !interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax,
+                                                 c_parity)) {
                                 if (first_oor < 0) first_oor = sub_count;
                                 use_interp = false;
                             }
@@ -2005,7 +2021,8 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                         vec3<double> cg = zero3;  // nearest F: flat in h, k, l
                         double Fc;
                         if (interp &&
-                            interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax)) {
+                            interp_in_range(h, k, l, hmin, hmax, kmin, kmax, lmin, lmax,
+                                            false)) {  // the default mode's range
                             Fc = tricubic_F(Fhkl, hmin, kmin, lmin, kdim, ldim, h, k, l);
                             if (grad) {
                                 cg = tricubic_F_grad(Fhkl, hmin, kmin, lmin, kdim, ldim, h, k, l,
