@@ -260,7 +260,7 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
         # (it passes 90.0 to a routine expecting radians; docs/quirks.md)
         idum = np.array([misset_seed], dtype=np.int64)
         if cfg.c_parity:
-            u = native.mosaic_rotation_umat(90.0, idum, rng_state.buf)
+            u = native.mosaic_rotation_umat(90.0, idum, rng_state.buf, True)
         else:
             u = native.random_orientation_umat(idum, rng_state.buf)
         misset = rngmod.umat2misset(u)
@@ -387,13 +387,14 @@ def _nonzero(x):
     return x if x > 0.0 else 1.0
 
 
-def mosaic_umats(spread, domains, rng_state, mosaic_seed, aligned_first=False):
+def mosaic_umats(spread, domains, rng_state, mosaic_seed, c_rules=False):
     """Mosaic domain rotation matrices (domains x 9), each drawn from the spread.
 
-    aligned_first (-c_parity): the first is the identity, as in nanoBragg.c,
+    c_rules (-c_parity): the first is the identity, as in nanoBragg.c,
     which forces one domain aligned (but still draws its random numbers); the
     image is then biased toward the unrotated crystal by 1/domains
-    (docs/quirks.md #29)."""
+    (docs/quirks.md #29), and the angles are the C's, piled up at the edge of
+    the spread (#38; the default mode's are uniform in the ball)."""
     idum = np.array([mosaic_seed], dtype=np.int64)
     out = np.empty((domains, 9))
     if spread <= 0.0 and domains <= 1000:
@@ -405,8 +406,8 @@ def mosaic_umats(spread, domains, rng_state, mosaic_seed, aligned_first=False):
         out[:] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
         return out
     for i in range(domains):
-        out[i] = native.mosaic_rotation_umat(float(spread), idum, rng_state.buf)
-    if aligned_first:
+        out[i] = native.mosaic_rotation_umat(float(spread), idum, rng_state.buf, bool(c_rules))
+    if c_rules:
         out[0] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
     return out
 
@@ -419,6 +420,17 @@ def phi_angles(phi0, phistep, phisteps, offset=0.0):
         return [phi0 + phistep * t for t in range(phisteps)]
     start = phi0 + offset
     return [start + phistep * t for t in range(phisteps)]
+
+
+def _rotate_axis_all(v, axis, phi):
+    """rotate_axis for an array of vectors v[..., xyz] (the same operations in
+    the same order, vectorised)."""
+    s, c = math.sin(phi), math.cos(phi)
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    d = (axis[0] * x + axis[1] * y + axis[2] * z) * (1.0 - c)
+    return np.stack((axis[0] * d + x * c + (-axis[2] * y + axis[1] * z) * s,
+                     axis[1] * d + y * c + (+axis[2] * x - axis[0] * z) * s,
+                     axis[2] * d + z * c + (-axis[1] * x + axis[0] * y) * s), axis=-1)
 
 
 def rotated_cells(crystal, spindle, phis, umats, mosaic_spread, c_parity):
@@ -437,6 +449,18 @@ def rotated_cells(crystal, spindle, phis, umats, mosaic_spread, c_parity):
     out = np.empty((2, nphi, nmos, 3, 3))
     # [m, x, y]: a domain's matrix row by row, as rotate_umat reads its 9 values
     U = np.asarray(umats, dtype=np.float64).reshape(nmos, 3, 3)[:, None]
+    if mosaic_spread > 0.0 and not c_parity:
+        # the domains are blocks of the crystal: each turns with it about the
+        # spindle, U_m first, then the phi rotation.  nanoBragg.c turns the
+        # crystal first and misorients it in the lab frame (U_m Phi a), so a
+        # block's orientation within the crystal changes with phi: frames of a
+        # series show different crystals (docs/quirks.md #41)
+        st = np.array(base, dtype=np.float64)
+        blocks = U[..., 0] * st[:, None, 0] + U[..., 1] * st[:, None, 1] + U[..., 2] * st[:, None, 2]
+        for t, p in enumerate(phis):
+            out[0, t] = _rotate_axis_all(blocks, spindle, p) if p != 0.0 else blocks
+        out[1] = out[0]
+        return out
     last_nonzero = None
     for p in phis:
         if p != 0.0:

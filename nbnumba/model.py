@@ -476,8 +476,10 @@ def build_model(cfg: Config) -> Model:
         if len(read_text_columns(_resolve(cfg, cfg.stolfilename), 2)) == 0:
             raise InputFileError("%s: no data in input file" % cfg.stolfilename)
 
+    # the depth of each layer's sampled point: its middle in the default mode (#39)
+    at = 0.0 if cfg.c_parity else 0.5
     for t in range(steps.detector_thicksteps):
-        log.append("thick%d = %g um" % (t, steps.detector_thickstep * t * 1e6))
+        log.append("thick%d = %g um" % (t, steps.detector_thickstep * (t + at) * 1e6))
     phis = xtal.phi_angles(steps.phi0, steps.phistep, steps.phisteps, steps.phi_offset)
     for t, p in enumerate(phis):
         log.append("phi%d = %g" % (t, p * RTD))
@@ -492,7 +494,7 @@ def build_model(cfg: Config) -> Model:
 
     # ---- mosaic domains and rotated cells -------------------------------------
     umats = xtal.mosaic_umats(steps.mosaic_spread, steps.mosaic_domains, rng, cfg.mosaic_seed,
-                              aligned_first=cfg.c_parity)
+                              c_rules=cfg.c_parity)
     log.append("  created a total of %d mosaic domains" % steps.mosaic_domains)
     cells = xtal.rotated_cells(cr, det.spindle, phis, umats, steps.mosaic_spread, cfg.c_parity)
 
@@ -502,9 +504,20 @@ def build_model(cfg: Config) -> Model:
     # scales by r_e^2 * fluence.  nanoBragg.c puts r_e^2 * fluence into I_bg as well,
     # so its background grows as fluence^2 (docs/quirks.md #14); -c_parity keeps that,
     # in the C's order of multiplications (bit-for-bit images).
+    # The default mode's cube is cut across the beam to its width, as the crystal
+    # is (#30): the beam crosses water_size of it, over its own area; nanoBragg.c
+    # counts the whole cube whatever the beam, so a 10 um beam through 100 um of
+    # water lit 100 times the water it crosses (docs/quirks.md #37)
+    water_across = cfg.water_size
+    if not cfg.c_parity and 0.0 < cfg.beamsize < cfg.water_size:
+        water_across = cfg.beamsize
+        log.append("WARNING: the beam (%g mm wide) crosses %g mm of water (-water) over its "
+                   "own width: the background is of %g x %g x %g mm of water"
+                   % (cfg.beamsize * 1e3, cfg.water_size * 1e3, cfg.water_size * 1e3,
+                      cfg.beamsize * 1e3, cfg.beamsize * 1e3))
     I_bg = (WATER_F * WATER_F * R_E_SQR * fluence * cfg.water_size * cfg.water_size
             * cfg.water_size * 1e6 * AVOGADRO / WATER_MW) if cfg.c_parity else \
-        (WATER_F * WATER_F * cfg.water_size * cfg.water_size * cfg.water_size
+        (WATER_F * WATER_F * cfg.water_size * water_across * water_across
          * 1e6 * AVOGADRO / WATER_MW)
     if not cfg.c_parity:
         # the kernels divide the pixel sum by the step count, the background

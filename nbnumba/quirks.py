@@ -49,6 +49,13 @@ def c_differences(model) -> List[Tuple[int, str]]:
         (st.detector_thick, st.detector_thickstep, st.detector_thicksteps) != c_sensor_layers(cfg))
     if last_layer_only or other_layers:
         out.append((8, "sensor layers"))
+    if st.detector_thick > 0 and st.detector_thickstep > 0:
+        # the C samples each layer at its front face, the default mode at its middle
+        out.append((39, "sensor layers sampled at their middle"))
+        if cfg.oversample_omega and not cfg.point_pixel and not model.det.curved:
+            # (every layer lies below the face: a point pixel has no obliquity, the
+            # default mode's sphere none either)
+            out.append((42, "-oversample_omega: each layer's own plane"))
     if cfg.calculate_noise and cfg.adc_offset < 0.0:
         # a pixel's Poisson count plus a negative offset can fall below 0
         out.append((12, "negative noise counts (-adc < 0)"))
@@ -90,6 +97,11 @@ def c_differences(model) -> List[Tuple[int, str]]:
     inside = model.active[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1]
     if inside.size and not np.all(inside):
         out.append((27, "rmsd over the unmasked pixels"))
+    if cfg.detector_mu == 0.0 and cfg.detector_thick > 0.0:
+        # (-detector_abs 0 or inf, then -detector_thick: the C's sensor captures nothing)
+        out.append((40, "-detector_thick after -detector_abs 0/inf"))
+    if cfg.water_size > 0.0 and 0.0 < cfg.beamsize < cfg.water_size:
+        out.append((37, "the water cut to the beam's width"))
     if model.crystal.c_clip_differs:
         out.append((30, "the beam clips the crystal across the beam"))
     d = model.det
@@ -104,6 +116,12 @@ def c_differences(model) -> List[Tuple[int, str]]:
     if st.mosaic_spread > 0.0:
         # the C's first domain is the unrotated crystal, the default mode's a draw
         out.append((29, "every mosaic domain drawn"))
+        # and its angles pile up at the edge of the spread, the default mode's
+        # are uniform in the ball
+        out.append((38, "mosaic rotations uniform in the spread's ball"))
+        if any(float(p) != 0.0 for p in model.phis):
+            # the blocks turn with the crystal (the C misorients them in the lab)
+            out.append((41, "mosaic blocks turn with the crystal"))
     moved = sweeps_differ_from_c(cfg, st)
     if moved:
         out.append((22, "%s points centred" % "/".join(

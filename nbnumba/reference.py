@@ -7,8 +7,8 @@ plain Python.  It shares no code with the kernels: it does not import
 arrays of ``model``.  It takes the parsed ``Config`` (flag parsing is not
 physics) and reads input files with the project's readers (``io``).
 
-Random draws are the only thing borrowed: the mosaic domain rotations come from
-``nbnumba.rng.mosaic_rotation_umat`` (the C-compatible generator), and a random
+Random draws are the only thing borrowed: the mosaic domains' deviates come from
+``nbnumba.rng.ran1`` (the C-compatible generator; the rotations are made here), and a random
 misset (``-misset random``) is the orientation that the project's misset-random
 code path (``nbnumba.crystal.build_crystal``) draws for the seed.  Everything the
 draws are then used for (rotation of the cell, of the phi steps, ...) is
@@ -20,7 +20,13 @@ docs/reference.md states each choice.  In particular:
 
 * sensor layers: N layers of thickness thick/N cover exactly the sensor
   (nanoBragg.c: thick/(N-1), and 1 layer becomes 2);
-* each layer's intensity is weighted by its own capture fraction;
+* each layer's intensity is weighted by its own capture fraction, and the
+  layer is sampled at its middle, depth (t + 1/2) thick/N (nanoBragg.c: its
+  front face, depth t thick/N; docs/quirks.md #39);
+* with ``-oversample_omega`` a layer's solid angle has the obliquity of its
+  own plane, (close + depth)/R (nanoBragg.c: close/R, the front plane's;
+  #42); without it the pixel's one solid angle is its first sub-pixel's on
+  the sensor's face (depth 0), as nanoBragg.c's;
 * an ``-oversample_*`` switch multiplies each sub-path's term by its own factor
   (no running-sum multiplication);
 * the water background gets the same detector factors as the Bragg term: for
@@ -184,6 +190,10 @@ def sampling(cfg):
     phi_first = cfg.phi0 + 0.5 * (osc - step * (n - 1))
     thick = _layers(cfg.detector_thick, cfg.detector_thickstep, cfg.detector_thicksteps)
     mu = cfg.detector_mu
+    if mu == 0.0:
+        # no absorption (-detector_abs 0 or inf, before or after -detector_thick):
+        # every photon counts, no sensor model (quirk 40)
+        thick = (0.0, 0.0, 1)
     if thick[0] > 0.0 and mu < 0.0:
         mu = 1.0 / thick[0]     # attenuation depth = thickness when not given
     thick = _sane(thick)
@@ -609,23 +619,33 @@ def capture(layer, step, mu, cos_in):
 # ---------------------------------------------------------------- the image
 def setup(cfg):
     """Everything the pixel loop needs (a dict)."""
-    from .rng import RngState, mosaic_rotation_umat
+    from .rng import RngState, ran1
     smp = sampling(cfg)
     det = detector(cfg)
     rng_state = RngState()
     real, recip, Ns = crystal(cfg, rng_state, det, smp)
-    # mosaic domains from the C-compatible generator, every one of them a draw
-    # (nanoBragg.c makes the first the unrotated crystal: docs/quirks.md #29)
+    # mosaic domains: three deviates of the C-compatible generator each, an axis
+    # uniform on the sphere and an angle spread |r3|^(1/3), rotation vectors
+    # uniform in the ball of the spread (nanoBragg.c's angle, spread (1 -
+    # r3^2)^(1/3), piles up at its edge: quirk 38); every domain is a draw
+    # (nanoBragg.c makes the first the unrotated crystal: quirk 29)
     idum = np.array([cfg.mosaic_seed], dtype=np.int64)
-    umats = [np.asarray(mosaic_rotation_umat(smp["mosaic_spread"], idum, rng_state.buf)).reshape(3, 3)
-             for _ in range(smp["mosaic_domains"])]
+
+    def domain():
+        r1, r2, r3 = (2.0 * float(ran1(idum, rng_state.buf)) - 1.0 for _ in range(3))
+        rho = math.sqrt(1.0 - r2 * r2)
+        axis = np.array([rho * math.sin(math.pi * r1), rho * math.cos(math.pi * r1), r2])
+        return axis_rotation(axis, smp["mosaic_spread"] * abs(r3) ** (1.0 / 3.0))
+    umats = [domain() for _ in range(smp["mosaic_domains"])]
     if smp["mosaic_spread"] <= 0:
         umats = [np.eye(3)] * smp["mosaic_domains"]
     cells = []
     for t in range(smp["phisteps"]):
         Rphi = axis_rotation(det["spindle"], smp["phi0"] + smp["phistep"] * t)
         for U in umats:
-            M = U @ Rphi
+            # a block of the crystal turns with it: its misorientation first,
+            # then the spindle (quirk 41; nanoBragg.c: U Rphi)
+            M = Rphi @ U
             cells.append([M @ real[0], M @ real[1], M @ real[2]])
     inc, lam, wts = sources(cfg, det, smp)
     fluence = cfg.fluence
@@ -637,9 +657,12 @@ def setup(cfg):
         biggest = max(lens[i] * Ns[i] for i in range(3))
         oversample = max(1, int(math.ceil(3.0 * biggest / (cfg.lambda0 * det["distance"] / det["pixel"]))))
     # water background in the units of F^2 (electrons^2): F_water^2 times the number of
-    # molecules in a cube of side -water; r_e^2 * fluence is applied once, with the Bragg
-    # term (nanoBragg.c also puts r_e^2 * fluence into I_bg: a fluence^2 background)
-    I_bg = WATER_F ** 2 * cfg.water_size ** 3 * WATER_DENSITY * AVOGADRO / WATER_MW
+    # molecules the beam crosses, a cube of side -water cut to the beam's width across
+    # it (quirk 37); r_e^2 * fluence is applied once, with the Bragg term (nanoBragg.c
+    # also puts r_e^2 * fluence into I_bg: a fluence^2 background)
+    t = cfg.water_size
+    width = min(t, cfg.beamsize) if cfg.beamsize > 0 else t
+    I_bg = WATER_F ** 2 * t * width ** 2 * WATER_DENSITY * AVOGADRO / WATER_MW
     return dict(cfg=cfg, smp=smp, det=det, recip=recip, Ns=Ns, cells=cells, inc=inc, lam=lam, wts=wts,
                 fluence=fluence, oversample=oversample, I_bg=I_bg, F=StructureFactors(cfg))
 
@@ -680,7 +703,7 @@ def pixel_value(S_, f_, st):
     bragg = 0.0
     bg = 0.0
     for L in range(layers):
-        depth = L * tstep
+        depth = (L + 0.5) * tstep       # the layer's middle (#39)
         cap0 = None
         bg_terms = []   # (capture, polarization or None, omega, source weight) per sub-path
         for sS in range(os_):
@@ -691,11 +714,18 @@ def pixel_value(S_, f_, st):
                 if cfg.curved_detector:
                     pos = bend_onto_sphere(det, Fd, Sd, depth)
                 dvec, R = _unit(pos)
-                # (a curved pixel faces the sample: no obliquity)
-                om = solid_angle(det["pixel"], R, R if cfg.curved_detector else det["close"],
+                # (a curved pixel faces the sample: no obliquity; a flat layer's
+                # plane lies at close + depth: #42)
+                om = solid_angle(det["pixel"], R, R if cfg.curved_detector else det["close"] + depth,
                                  cfg.point_pixel)
                 if omega0 is None:
-                    omega0 = om
+                    # the pixel's one solid angle: on the sensor's face (depth 0)
+                    face = det["pix0"] + Fd * det["fdet"] + Sd * det["sdet"]
+                    if cfg.curved_detector:
+                        face = bend_onto_sphere(det, Fd, Sd, 0.0)
+                    R0 = float(np.sqrt(face @ face))
+                    omega0 = solid_angle(det["pixel"], R0, R0 if cfg.curved_detector else det["close"],
+                                         cfg.point_pixel)
                 # (a curved sensor faces the sample: each ray crosses its layers
                 # square on)
                 tilt = 1.0 if cfg.curved_detector else float(dvec @ det["odet"])

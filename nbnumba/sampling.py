@@ -293,9 +293,23 @@ def resolve_steps(cfg) -> Steps:
         thick, tstep, tsteps = _sensor_layers(cfg.detector_thick, cfg.detector_thickstep,
                                               cfg.detector_thicksteps)
     mu = cfg.detector_mu
+    if not cfg.c_parity and mu == 0.0 and thick > 0.0:
+        # -detector_abs 0 or inf turns absorption off, and sets the thickness to
+        # 0 where it stands: a -detector_thick after it gave nanoBragg.c a sensor
+        # that captures nothing, a blank image (docs/quirks.md #40); the flags
+        # commute in the default mode
+        warnings.append("WARNING: -detector_abs 0 (or inf) turns the sensor's absorption off: "
+                        "the %g um -detector_thick is not modelled (every photon counts)"
+                        % (thick * 1e6))
+        thick, tstep, tsteps = 0.0, 0.0, 1
     if thick > 0.0 and mu < 0.0:
         mu = 1.0 / thick
-        warnings.append("WARNING: setting detector attenuation depth to %g m" % mu)
+        if cfg.c_parity:
+            warnings.append("WARNING: setting detector attenuation depth to %g m" % mu)
+        else:
+            # (nanoBragg.c prints mu, 1/m, as the depth)
+            warnings.append("WARNING: setting detector attenuation depth to %g m "
+                            "(the thickness; mu = %g /m)" % (thick, mu))
 
     # --- mosaic domains ----------------------------------------------------
     spread, domains = cfg.mosaic_spread, cfg.mosaic_domains

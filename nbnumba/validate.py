@@ -319,6 +319,11 @@ def _check_geometry(cfg) -> None:
     if _norm(_cross(f, s)) <= 1e-12 * _norm(f) * _norm(s):
         raise ConfigError("-fdet_vector and -sdet_vector are parallel: the detector plane "
                           "is degenerate")
+    if cfg.flux != 0.0 and cfg.exposure == 0.0:
+        # nanoBragg.c drops the flux without a word and renders at the default
+        # fluence (1.26e29 photons/m^2)
+        raise ConfigError("-flux needs an -exposure > 0 s (got 0): the fluence is "
+                          "flux*exposure/beamsize^2")
     if cfg.flux != 0.0 and cfg.exposure > 0.0 and cfg.beamsize <= 0.0:
         raise ConfigError("-beamsize must be > 0 mm with -flux (got %g mm): the fluence is "
                           "flux*exposure/beamsize^2" % (cfg.beamsize * 1e3))

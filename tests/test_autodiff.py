@@ -168,11 +168,13 @@ def test_pix0_needs_the_flag_and_fixes_the_origin():
 def test_mosaic_spread_central_differences(others):
     """mosaic_spread (the adjoint pass's per-cell sums and the domains'
     rotation derivatives) against Richardson central differences of the
-    forward.  nanoBragg.c rounds the spread and each domain's angle to float32,
-    so the image moves in steps of ~6e-8 relative: a 0.03 deg step keeps that
-    below 2e-6 of the difference (measured agreement 5e-7)."""
+    forward.  The default mode draws the domains' angles in double (nanoBragg.c
+    rounds them to float32, steps of ~6e-8 relative: docs/quirks.md #38), so
+    the image is smooth in the spread; Richardson's O(h^4) error decides the
+    step: with cell and detector_rot, 1.6e-5 at 0.03 deg, 9.8e-7 at 0.015,
+    6.1e-8 at 0.0075 (measured)."""
     argv = BASE + "-mosaic_dom 5 -phi 0 -osc 0.6 -phisteps 2".split()
-    sig, h = 0.5, 0.03
+    sig, h = 0.5, 0.0075
     w = torch.from_numpy(np.random.default_rng(0).uniform(0.5, 1.5, (12, 12)))
     ts = _tensors(others)
     t = torch.tensor([sig], dtype=torch.float64, requires_grad=True)
@@ -1016,9 +1018,10 @@ SENSOR = {
                 "-oversample_polar -oversample_omega -water 0.03 -polar 0.8",
     # per-sub-path polarization where -dmin cuts the corners' Bragg terms (the
     # water still fills them, weighed by their polarization), with mosaic
-    # domains, phi steps and divergent sources
+    # domains, phi steps and divergent sources (-dmin 10.5 put a sub-path of the
+    # layers' middles, docs/quirks.md #39, within the differences' steps of its edge)
     "polar_dmin": "-detector_thick 200 -detector_thicksteps 2 -oversample 2 -oversample_polar "
-                  "-water 0.03 -dmin 10.5 -phi 0 -osc 0.3 -phisteps 2 -mosaic 0.4 -mosaic_dom 2 "
+                  "-water 0.03 -dmin 10.4 -phi 0 -osc 0.3 -phisteps 2 -mosaic 0.4 -mosaic_dom 2 "
                   "-divergence 0.2 -divsteps 2",
 }
 #: the keywords the sensor cases differentiate: everything that moves the

@@ -61,10 +61,10 @@ def test_quirks_detected_from_the_request():
     assert hits(["-curved_det", "-nonoise"]) == [21]      # #21: the sphere itself
     assert hits(["-pix0_vector", "0.1", "0.0004", "0.0004"]) == [2]
     assert hits(["-oversample", "2", "-oversample_omega"]) == [7]
-    assert hits(["-detector_thick", "0.3", "-detector_thicksteps", "3"]) == [8]
+    assert hits(["-detector_thick", "0.3", "-detector_thicksteps", "3"]) == [8, 39]
     # #8b: the C's layers of thick/(N-1) whatever -oversample_thick says, and 2 for 1
-    assert hits(["-detector_thick", "0.3", "-detector_thicksteps", "1"]) == [8]
-    assert hits(["-detector_thick", "0.3", "-detector_thicksteps", "3", "-oversample_thick"]) == [7, 8]
+    assert hits(["-detector_thick", "0.3", "-detector_thicksteps", "1"]) == [8, 39]
+    assert hits(["-detector_thick", "0.3", "-detector_thicksteps", "3", "-oversample_thick"]) == [7, 8, 39]
     assert hits(["-detector_thicksteps", "3"]) == []          # no thickness: no sensor in either
     assert hits(["-cell", "50", "50", "50", "80", "80", "80"]) == [13]
     assert hits(["-cell", "50", "60", "70", "90", "100", "90"]) == []         # monoclinic: C's cell

@@ -63,9 +63,11 @@ def test_phi0_carryover_first_pixel_sees_unrotated_cell():
 @pytest.mark.parametrize("phis", [[0.0, 0.3, 0.0, -1.1], [0.2, 0.5], [0.0]])
 def test_rotated_cells_apply_each_domain_as_rotate_umat(phis, c_parity):
     """rotated_cells turns every (phi, domain) cell at once with numpy; each
-    must be bit for bit rotate_umat(rotate_axis(v, spindle, phi), U_m), the
-    per-vector routine (with the carry-over of the phi == 0 steps under
-    -c_parity, as in nanoBragg.c's loop)."""
+    must be bit for bit the per-vector routines: under -c_parity
+    rotate_umat(rotate_axis(v, spindle, phi), U_m), nanoBragg.c's order (with
+    the carry-over of the phi == 0 steps, as in its loop); in the default mode
+    rotate_axis(rotate_umat(v, U_m), spindle, phi), the block turning with the
+    crystal (docs/quirks.md #41)."""
     from types import SimpleNamespace
 
     from nbnumba import crystal as xtal
@@ -88,7 +90,12 @@ def test_rotated_cells_apply_each_domain_as_rotate_umat(phis, c_parity):
                 state = base
             for m in range(4):
                 for j in range(3):
-                    assert tuple(out[variant, t, m, j]) == xtal.rotate_umat(state[j], umats[m])
+                    if c_parity:
+                        want = xtal.rotate_umat(state[j], umats[m])
+                    else:
+                        want = xtal.rotate_umat(base[j], umats[m])
+                        want = xtal.rotate_axis(want, spindle, p) if p != 0.0 else want
+                    assert tuple(out[variant, t, m, j]) == tuple(want)
     # no mosaic spread: the phi-rotated vectors themselves
     flat = xtal.rotated_cells(cr, spindle, phis, umats, 0.0, c_parity)
     assert tuple(flat[1, -1, 3, 2]) == (tuple(xtal.rotate_axis(cr.c, spindle, phis[-1]))
@@ -972,19 +979,23 @@ def test_phi_points_centred_in_the_oscillation():
 def test_every_mosaic_domain_is_drawn_in_the_default_mode():
     """docs/quirks.md #29: nanoBragg.c draws every domain's rotation but makes
     the first the unrotated crystal, so the image leans toward it by
-    1/domains.  The default mode keeps the first draw: the other domains are
-    the C's bit for bit, the first a rotation like them (within the spread's
-    reach), and the image differs; the note names #29."""
+    1/domains.  The default mode keeps the first draw: every domain turns
+    about the C's axis (the same deviates; its angle follows #38), the first a
+    rotation like the others (within the spread's reach), and the image
+    differs; the note names #29 (and #38)."""
     from nbnumba.quirks import c_differences
     line = ["-mosaic", "0.8", "-mosaic_dom", "6", "-mosaic_seed", "42", "-oversample", "1"]
     got, c = sim(line), sim(line, c_parity=True)
     U, Uc = got.model.umats.reshape(-1, 3, 3), c.model.umats.reshape(-1, 3, 3)
-    assert np.array_equal(Uc[0], np.eye(3)) and np.array_equal(U[1:], Uc[1:])
+    axis = lambda R: np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]]) \
+        / np.linalg.norm([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    assert np.array_equal(Uc[0], np.eye(3)) and not np.array_equal(U[0], np.eye(3))
+    assert all(np.allclose(axis(a), axis(b), atol=1e-12) for a, b in zip(U[1:], Uc[1:]))
     angle = lambda R: math.degrees(math.acos(min(1.0, (np.trace(R) - 1) / 2)))
     reach = max(angle(R) for R in Uc[1:])
     assert 0.0 < angle(U[0]) <= 1.5 * reach
     assert not np.array_equal(got.float_image, c.float_image)
-    assert [n for n, _ in c_differences(got.model)] == [29]
+    assert [n for n, _ in c_differences(got.model)] == [29, 38]
     # without a spread every domain is the crystal itself, in both modes
     flat = ["-mosaic", "0", "-mosaic_dom", "6", "-oversample", "1"]
     assert np.array_equal(sim(flat).float_image, sim(flat, c_parity=True).float_image)
@@ -1077,3 +1088,90 @@ def test_tricubic_interpolation_reaches_the_grid_edge(tmp_path):
     # (the C's h-2 and h-hmin+3 round: an ulp past its bounds still passes)
     assert [inside(x, True) for x in (-1.0, -1.5, 1.0, 1.5)] == [True, False, True, False]
     assert not inside(np.nan, False) and not inside(np.inf, False)
+
+
+# 39 --------------------------------------------------------------------------
+def _layer_positions(res):
+    """The lab position (m) of each sensor layer's sub-path in a one-sub-pixel
+    trace, in layer order."""
+    return [np.array([float(x) for x in l.split(" pixel_pos_meters ")[1].split()[:3]])
+            for l in res.trace_lines if " pixel_pos_meters " in l]
+
+
+# the audit's run: the beam spot in the detector's corner, so that rays cross
+# the sensor steeply (strong parallax)
+LAYERS = ["-cell", "70", "80", "90", "90", "90", "90", "-default_F", "100", "-lambda", "1",
+          "-distance", "50", "-detpixels", "24", "-pixel", "0.172", "-N", "8",
+          "-misset", "10", "20", "30", "-Xbeam", "0", "-Ybeam", "0", "-nopolar",
+          "-detector_thick", "450", "-detector_abs", "300", "-oversample", "1",
+          "-nonoise", "-nopgm"]
+
+
+def test_sensor_layers_are_sampled_at_their_middle():
+    """#39: layer t of a sensor of N layers of thick/N is sampled at depth
+    (t + 1/2) thick/N (the midpoint rule), nanoBragg.c at its front face t
+    thick/(N-1) (-c_parity; its layer depth is #8b's).  The midpoint rule
+    converges as 1/N^2 in the layer count, the C's front face as 1/N."""
+    s, f = 20, 17
+    runs = {}
+    for c_parity in (False, True):
+        argv = LAYERS + ["-detector_thicksteps", "3", "-trace_pixel", str(s), str(f)]
+        r = nbnumba.simulate_argv(argv + (["-c_parity"] if c_parity else []))
+        d = r.model.det
+        face = (np.array(d.pix0) + (f + 0.5) * d.pixel_size * np.array(d.fdet)
+                + (s + 0.5) * d.pixel_size * np.array(d.sdet))
+        depths = [float(np.dot(p - face, d.odet)) for p in _layer_positions(r)]
+        step = r.model.steps.detector_thickstep
+        runs[c_parity] = (depths, step)
+    depths, step = runs[False]
+    assert step == pytest.approx(150e-6, rel=1e-12)
+    np.testing.assert_allclose(depths, [75e-6, 225e-6, 375e-6], rtol=0, atol=1e-15)
+    depths, step = runs[True]
+    assert step == pytest.approx(225e-6, rel=1e-12)     # the C's thick/(N-1)
+    np.testing.assert_allclose(depths, [0.0, 225e-6, 450e-6], rtol=0, atol=1e-15)
+    # convergence in the layer count against 32 layers (L1): the middle of
+    # one layer is 4.3x as far off as the middles of two (the front faces: 1.8x)
+    img = {n: nbnumba.simulate_argv(LAYERS + ["-detector_thicksteps", str(n)]).float_image
+           .astype(float) for n in (1, 2, 32)}
+    off = {n: np.abs(img[n] - img[32]).sum() / img[32].sum() for n in (1, 2)}
+    assert off[1] < 0.15
+    assert off[1] / off[2] > 3.5
+
+
+# 42 --------------------------------------------------------------------------
+def test_a_deeper_layers_solid_angle_is_of_its_own_plane():
+    """#42: with -oversample_omega a sub-path of the layer at depth z sees the
+    pixel at the obliquity of its own plane, (close + z)/R, not the front
+    plane's close/R.  A water-only image (F ~ 0, no polarization) has pixel
+    r_e^2 fluence I_bg sum_t cap_t omega_t with the switch and r_e^2 fluence
+    I_bg omega_face sum_t cap_t without it (the pixel's one solid angle, on
+    the sensor's face): their ratio is closed-form."""
+    argv = ["-cell", "70", "80", "90", "90", "90", "90", "-default_F", "1e-30", "-lambda", "1",
+            "-distance", "50", "-detpixels", "33", "-pixel", "0.172", "-water", "100",
+            "-nopolar", "-detector_thick", "1000", "-detector_abs", "1000",
+            "-detector_thicksteps", "4", "-oversample", "1", "-Xbeam", "1", "-Ybeam", "2",
+            "-nonoise", "-nopgm"]
+    per_layer = nbnumba.simulate_argv(argv + ["-oversample_omega"])
+    once = nbnumba.simulate_argv(argv)
+    d, st = once.model.det, once.model.steps
+    step, mu, n = st.detector_thickstep, st.detector_mu, st.detector_thicksteps
+    close, px = d.close_distance, d.pixel_size
+    assert (step, n) == (250e-6, 4)
+    for s, f in ((16, 16), (30, 31), (0, 32)):
+        face = (np.array(d.pix0) + (f + 0.5) * px * np.array(d.fdet)
+                + (s + 0.5) * px * np.array(d.sdet))
+        R0 = np.linalg.norm(face)
+        om_face = px * px / R0 ** 2 * close / R0
+        num = den = 0.0
+        for t in range(n):
+            z = (t + 0.5) * step
+            pos = face + z * np.array(d.odet)
+            R = np.linalg.norm(pos)
+            x = step * mu / np.dot(pos / R, d.odet)
+            cap = math.exp(-t * x) - math.exp(-(t + 1) * x)
+            num += cap * px * px / R ** 2 * (close + z) / R
+            den += cap
+        want = num / (om_face * den)
+        got = per_layer.float_image[s, f] / once.float_image[s, f]
+        # (float32 images: 1e-6; the front plane's obliquity is ~1 % off here)
+        assert got == pytest.approx(want, rel=2e-6)

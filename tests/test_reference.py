@@ -109,6 +109,17 @@ AGREE = {
     "twotheta_auto_oversample": "-twotheta 40",
     # the vertical divergence about the E-vector across the beam (#36)
     "vdiv_tilted_polar": "-oversample 1 -vdivrange 2 -vdivsteps 3 -polar_vector 1 0 1",
+    # sensor layers sampled at their middles (#39), the beam spot in a corner
+    # (steep rays), a thick sensor and a short distance
+    "layers_at_their_middle": "-oversample 1 -detector_thick 2000 -detector_abs 800 -thicksteps 3 "
+                              "-distance 20 -Xbeam 0 -Ybeam 0",
+    # -oversample_omega: each layer's own plane (#42), with water and -oversample_thick
+    "layers_own_plane_omega": "-oversample 2 -oversample_omega -oversample_thick -detector_thick 2000 "
+                              "-detector_abs 800 -thicksteps 3 -distance 20 -water 1 -Xbeam 1",
+    # the water cut to the beam's width (#37)
+    "water_narrow_beam": "-oversample 1 -water 100 -beamsize 0.01 -default_F 0.01",
+    # absorption off, then a thickness: no sensor (#40)
+    "detector_abs_off_then_thick": "-oversample 1 -detector_abs 0 -detector_thick 100",
 }
 
 

@@ -376,6 +376,33 @@ def test_fuzz_reference_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypa
     assert out[-1].endswith("fail 2"), out[-1]
 
 
+def test_fuzz_reference_weighs_every_pixel_outside_the_bound(monkeypatch):
+    """tools/fuzz.py reference, seed 136: -dials -lambda 1 with a pix0 vector
+    puts more pixels outside compare()'s 1e-12 bound than refcheck weighs by
+    default (SLACK_PIXELS), each within a fraction of the reference's own
+    spread there.  The target weighs them all ('conditioned'; it failed the
+    first pixel past the cap before), restores the cap, and still reports
+    the same line with the kernel 1e-10 off."""
+    import numpy as np
+    from nbnumba import reference as ref
+    from nbnumba.flags import parse_argv
+    from nbnumba.testing import refcheck
+    fz = _fuzz_tool()
+    argv = fz.REF_BASE + ("-oversample 2 -pix0_vector 0.05 -0.001847 0.0003636 "
+                          "-dials -lambda 1").split()
+    cfg = parse_argv(list(argv))
+    r, k = ref.image(cfg), refcheck.kernel64(cfg)
+    outside = np.abs(k - r) > refcheck.REL * np.abs(r) + refcheck.FLOOR * np.abs(r).max()
+    assert np.count_nonzero(outside) > refcheck.SLACK_PIXELS
+    cap = refcheck.SLACK_PIXELS
+    assert fz.reference_check(argv) == ("conditioned", "")
+    assert refcheck.SLACK_PIXELS == cap
+    real = refcheck.kernel64
+    monkeypatch.setattr(refcheck, "kernel64", lambda c: real(c) * (1.0 + 1e-10))
+    what, text = fz.reference_check(argv)
+    assert what == "fail" and text.startswith("float64 pixel ("), text
+
+
 def test_fuzz_modes_agree_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, capsys):
     """tools/fuzz.py modes: 12 drawn lines run in the default mode and under
     -c_parity agree wherever nbnumba.quirks.c_differences announces nothing;

@@ -635,9 +635,13 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
     dcap = dcapo = zero3    # d capture / d pos, / d odet (direct) where last computed
     dcapt = dcapm = 0.0     # ... and / d thickstep, / d mu (direct)
     F_c = S_c = 0.0
+    # a layer's positions at its middle, depth (t + 1/2) thickstep (the default
+    # mode's, docs/quirks.md #39; td: the depth in layers, which _add_pos reads)
+    half = 0.5 if SENSOR != 0 and thick != 0.0 else 0.0
     for t in range(nthick):
         tf = t * 1.0
-        Odet = tf * thickstep
+        td = tf + half
+        Odet = td * thickstep
         # the forward's capture: 1 without a sensor, else computed at the
         # layer's first sub-pixel (while 0), or at every one (-oversample_thick)
         capture = 1.0 if thick == 0.0 else 0.0
@@ -661,15 +665,27 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                 # (on the sphere each pixel faces the sample: obliquity 1, so its
                 # solid angle pixel^2/R^2 varies as a point pixel's, not with close)
                 if omega == 0.0:
-                    omega = solid_angle(pixel, R, R if curved != 0 else close, point)
-                    F_om, S_om, t_om = Fdet, Sdet, tf
+                    # the pixel's one solid angle: on the sensor's face (depth 0),
+                    # as the forward's
+                    d0, R0 = d, R
+                    if Odet != 0.0:
+                        p0 = (Fdet * fdet[0] + Sdet * sdet[0] + pix0[0],
+                              Fdet * fdet[1] + Sdet * sdet[1] + pix0[1],
+                              Fdet * fdet[2] + Sdet * sdet[2] + pix0[2])
+                        if curved != 0:
+                            p0 = sphere_position(p0, close, odet, fdet, sdet)
+                        d0, R0 = unitize(p0)
+                    omega = solid_angle(pixel, R0, R0 if curved != 0 else close, point)
+                    F_om, S_om, t_om = Fdet, Sdet, 0.0
                     if geo:
-                        dOm, dOmc = solid_angle_grad_at(pixel, d, R, omega, point or curved != 0)
+                        dOm, dOmc = solid_angle_grad_at(pixel, d0, R0, omega, point or curved != 0)
                 wo = 1.0            # this sub-pixel's solid angle (-oversample_omega)
                 dwo = zero3
                 dwoc = 0.0
                 if os_omega:
-                    wo = solid_angle(pixel, R, R if curved != 0 else close, point)
+                    # the layer's own plane, at close + Odet (#42); dwoc is
+                    # d wo / d(close + Odet)
+                    wo = solid_angle(pixel, R, R if curved != 0 else close + Odet, point)
                     if geo:
                         dwo, dwoc = solid_angle_grad_at(pixel, d, R, wo, point or curved != 0)
                 if capture == 0.0 or os_thick:
@@ -738,7 +754,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                             have_cut_polar = True
                         else:
                             have_polar = True
-                        F_po, S_po, t_po = Fdet, Sdet, tf
+                        F_po, S_po, t_po = Fdet, Sdet, td
                         src_po = source
                         if geo and ninc > 0:
                             dPi = polarization_factor_grad_incident(kahn, inc, pos, polar_axis)
@@ -749,7 +765,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                             # -dmin cuts the Bragg term only: water still fills it
                             Xs += wp * ws * bg_src
                             _weight_polar(dsum, wc * wo * ws * bg_src, dwp, dwpi, dwpk, dinc,
-                                          ipar, ninc, source, Fdet, Sdet, tf, thickstep, odet, cv)
+                                          ipar, ninc, source, Fdet, Sdet, td, thickstep, odet, cv)
                         continue     # a step in the image: no derivative
                     # this sub-path's weight (1 unless the sum is corrected or
                     # the sources are weighed)
@@ -901,7 +917,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                         if os_polar:
                             Xs += wp * ws * bg_src
                             _weight_polar(dsum, wc * wo * ws * (sT + bg_src), dwp, dwpi, dwpk, dinc,
-                                          ipar, ninc, source, Fdet, Sdet, tf, thickstep, odet, cv)
+                                          ipar, ninc, source, Fdet, Sdet, td, thickstep, odet, cv)
                     if deriv:
                         dsum[P_NA] += gNa
                         dsum[P_NB] += gNb
@@ -911,7 +927,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                         r = 1.0 / (R * lam_s)
                         # pos = pix0 + Fdet fdet + Sdet sdet + Odet odet: d/dfdet = Fdet d/dpos
                         _add_pos(dsum, 1.0, ((gx - gd * d[0]) * r, (gy - gd * d[1]) * r,
-                                             (gz - gd * d[2]) * r), Fdet, Sdet, tf, thickstep,
+                                             (gz - gd * d[2]) * r), Fdet, Sdet, td, thickstep,
                                  odet, cv)
                         dsum[P_LAM] += gs
                         # the source's incident vector and wavelength
@@ -922,18 +938,19 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                         Xs += bg_sub
                     if os_omega and geo:
                         # the sub-pixel's solid angle weighs its sub-paths and background
-                        _add_pos(dsum, wc * Xs, dwo, Fdet, Sdet, tf, thickstep, odet, cv)
+                        _add_pos(dsum, wc * Xs, dwo, Fdet, Sdet, td, thickstep, odet, cv)
                         dsum[P_CLOSE] += wc * Xs * dwoc
+                        dsum[P_TSTEP] += wc * Xs * dwoc * td
                     if os_thick:
                         if geo:
-                            _add_pos(dsum, wo * Xs, dcap, Fdet, Sdet, tf, thickstep, odet, cv)
+                            _add_pos(dsum, wo * Xs, dcap, Fdet, Sdet, td, thickstep, odet, cv)
                             _add_capture(dsum, wo * Xs, dcapo, dcapt, dcapm)
                     else:
                         LX += wo * Xs
         if corrected:
             if geo and not os_thick:
                 # the layer's capture (its first sub-pixel's) weighs all of it
-                _add_pos(dsum, LX, dcapL, F_L, S_L, tf, thickstep, odet, cv)
+                _add_pos(dsum, LX, dcapL, F_L, S_L, td, thickstep, odet, cv)
                 _add_capture(dsum, LX, dcapLo, dcapLt, dcapLm)
             bg_w = layer_bg / (os * os * (nsrc if os_polar else 1))
             capsum += bg_w if os_thick else bg_w * capL
@@ -955,7 +972,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
     _add_pos(dsum, gT * polar * capf, dOm, F_om, S_om, t_om, thickstep, odet, cv)
     if not corrected and geo:
         # one layer: the capture at the sub-pixel where the forward took it
-        _add_pos(dsum, gT * polar * omega, dcap, F_c, S_c, 0.0, thickstep, odet, cv)
+        _add_pos(dsum, gT * polar * omega, dcap, F_c, S_c, half, thickstep, odet, cv)
         _add_capture(dsum, gT * polar * omega, dcapo, dcapt, dcapm)
     dsum[P_CLOSE] += gT * polar * capf * dOmc
     dsum[P_KAHN] += gT * omega * capf * dPk

@@ -611,8 +611,11 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
     diffracted = (z, z, z)
     Fdet = z
     Sdet = z
+    # a sensor layer is sampled at its middle in the default mode (docs/quirks.md
+    # #39); nanoBragg.c (-c_parity) takes its front face
+    half_layer = z if c_parity else like(0.5, z)
     for thick_tic in range(nthick):
-        Odet = like(thick_tic, z) * thickstep
+        Odet = (like(thick_tic, z) + half_layer) * thickstep
         capture = z
         if thick == 0.0:
             capture = one
@@ -635,9 +638,26 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                     v2 = sphere_position(pos, close_distance, odet, fdet, sdet)
                     pos = (like(v2[0], z), like(v2[1], z), like(v2[2], z))
                 diffracted, airpath = unitize(pos)
-                if omega_pixel == 0.0 or os_omega:
+                if os_omega:
                     # (a pixel of the default mode's sphere faces the sample: obliquity 1)
+                    # the plane of a layer at depth Odet lies at close + Odet (#42;
+                    # nanoBragg.c takes the front plane's close distance)
+                    plane = close_distance if c_parity else close_distance + Odet
                     omega_pixel = like(solid_angle(pixel, airpath, airpath if iopt[I_CURVED] == 2
+                                                   else plane, iopt[I_POINT] != 0), z)
+                elif omega_pixel == 0.0:
+                    # the pixel's one solid angle: at its first sub-pixel on the
+                    # sensor's face (depth 0, the C's), wherever #39 puts the layer
+                    face = airpath
+                    if Odet != 0.0:
+                        p0 = (Fdet * fdet[0] + Sdet * sdet[0] + pix0[0],
+                              Fdet * fdet[1] + Sdet * sdet[1] + pix0[1],
+                              Fdet * fdet[2] + Sdet * sdet[2] + pix0[2])
+                        if iopt[I_CURVED] == 2:
+                            q0 = sphere_position(p0, close_distance, odet, fdet, sdet)
+                            p0 = (like(q0[0], z), like(q0[1], z), like(q0[2], z))
+                        _, face = unitize(p0)
+                    omega_pixel = like(solid_angle(pixel, face, face if iopt[I_CURVED] == 2
                                                    else close_distance, iopt[I_POINT] != 0), z)
                 omega_acc += omega_pixel
                 if capture == 0.0 or os_thick:
@@ -670,8 +690,10 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                             pix0[0], pix0[1], pix0[2], fdet[0], fdet[1], fdet[2],
                             sdet[0], sdet[1], sdet[2], pos[0], pos[1], pos[2], airpath,
                             like(omega_pixel, z), close_distance,
-                            # (the obliquity the solid angle used: 1 on the sphere)
-                            one if iopt[I_CURVED] == 2 else close_distance / airpath,
+                            # (the obliquity at this sub-path: 1 on the sphere; its
+                            # layer's own plane with -oversample_omega, #42)
+                            one if iopt[I_CURVED] == 2 else
+                            (close_distance + (Odet if os_omega and not c_parity else z)) / airpath,
                             diffracted[0], diffracted[1], diffracted[2],
                             incident_v[0], incident_v[1], incident_v[2], lambda_,
                             S[0], S[1], S[2]))
@@ -968,7 +990,8 @@ def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo, sub):
     polar_axis = (vecs[V_POLAR, 0], vecs[V_POLAR, 1], vecs[V_POLAR, 2])
     incident_v = (incident[0, 0], incident[0, 1], incident[0, 2])
     lambda_ = lam[0]
-    Odet = like(0, z) * thickstep
+    # the layer's middle (the default mode's, docs/quirks.md #39: this path's only)
+    Odet = like(0.5, z) * thickstep
     half = subpixel / like(2.0, z)
     # each column's sub-pixel indices (fpixel os + subF, spixel os + subS), as
     # pixel_value forms them, in the scratch array sub (read from geo, which
@@ -998,6 +1021,15 @@ def _block_geometry(s, fs, nb, iopt, fopt, vecs, incident, lam, geo, sub):
         geo[B_D0, c] = diffracted[0]
         geo[B_D1, c] = diffracted[1]
         geo[B_D2, c] = diffracted[2]
+    if Odet != 0.0:
+        # the pixel's solid angle on the sensor's face (depth 0), as pixel_value
+        for c in range(ncol):
+            Fdet = subpixel * like(sub[0, c], z) + half
+            Sdet = subpixel * like(sub[1, c], z) + half
+            _, face = unitize((Fdet * fdet[0] + Sdet * sdet[0] + pix0[0],
+                               Fdet * fdet[1] + Sdet * sdet[1] + pix0[1],
+                               Fdet * fdet[2] + Sdet * sdet[2] + pix0[2]))
+            geo[B_OMEGA, c] = like(_solid_angle_inline(pixel, face, close_distance, point), z)
     if dmin > 0.0:
         # pixel_value's "dmin > 0 and stol > 0 and dmin > 0.5 / stol", without
         # the short circuit (0.5 / 0 is inf here, and unused); in a loop of

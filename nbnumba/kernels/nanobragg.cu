@@ -751,8 +751,11 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
     vec3<wide> last_incident = mk<wide>(z, z, z);  // for the trace's final record
     wide last_Fdet = z, last_Sdet = z;
 
+    // a sensor layer is sampled at its middle in the default mode (docs/quirks.md
+    // #39); nanoBragg.c (-c_parity) takes its front face
+    const wide half_layer = c_parity ? z : (wide)0.5;
     for (nb_i64 thick_tic = 0; thick_tic < nthick; ++thick_tic) {
-        const wide Odet = (wide)thick_tic * thickstep;
+        const wide Odet = ((wide)thick_tic + half_layer) * thickstep;
         capture = z;
         if (thick == (wide)0.0) capture = one;
         wide layer_sum = z;
@@ -775,10 +778,27 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                     pos = sphere_position(pos, close_distance, odet, fdet, sdet);
                 }
                 const wide airpath = unitize(pos, &diffracted);
-                if (omega_pixel == (wide)0.0 || os_omega) {
+                if (os_omega) {
                     // (a pixel of the default mode's sphere faces the sample: obliquity 1)
-                    omega_pixel = solid_angle(pixel, airpath,
-                                              curved == 2 ? airpath : close_distance, point_pixel);
+                    // the plane of a layer at depth Odet lies at close + Odet (#42;
+                    // nanoBragg.c takes the front plane's close distance)
+                    const wide plane = c_parity ? close_distance : close_distance + Odet;
+                    omega_pixel = solid_angle(pixel, airpath, curved == 2 ? airpath : plane,
+                                              point_pixel);
+                } else if (omega_pixel == (wide)0.0) {
+                    // the pixel's one solid angle: at its first sub-pixel on the
+                    // sensor's face (depth 0, the C's), wherever #39 puts the layer
+                    wide face = airpath;
+                    if (Odet != (wide)0.0) {
+                        vec3<wide> p0 = mk<wide>(Fdet * fdet.x + Sdet * sdet.x + pix0.x,
+                                                 Fdet * fdet.y + Sdet * sdet.y + pix0.y,
+                                                 Fdet * fdet.z + Sdet * sdet.z + pix0.z);
+                        if (curved == 2) p0 = sphere_position(p0, close_distance, odet, fdet, sdet);
+                        vec3<wide> unused;
+                        face = unitize(p0, &unused);
+                    }
+                    omega_pixel = solid_angle(pixel, face, curved == 2 ? face : close_distance,
+                                              point_pixel);
                 }
                 omega_acc += omega_pixel;
                 if (capture == (wide)0.0 || os_thick) {
@@ -810,8 +830,12 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                             (double)fdet.y, (double)fdet.z, (double)sdet.x, (double)sdet.y,
                             (double)sdet.z, (double)pos.x, (double)pos.y, (double)pos.z,
                             (double)airpath, (double)omega_pixel, (double)close_distance,
-                            // (the obliquity the solid angle used: 1 on the sphere)
-                            curved == 2 ? 1.0 : (double)(close_distance / airpath),
+                            // (the obliquity at this sub-path: 1 on the sphere; its
+                            // layer's own plane with -oversample_omega, #42)
+                            curved == 2 ? 1.0
+                                        : (double)((close_distance +
+                                                    (os_omega && !c_parity ? Odet : z)) /
+                                                   airpath),
                             (double)diffracted.x,
                             (double)diffracted.y, (double)diffracted.z, (double)incident_v.x,
                             (double)incident_v.y, (double)incident_v.z, (double)lambda_,
@@ -1691,6 +1715,8 @@ __device__ __forceinline__ void add_weight_grad(pos_grad* a, double* dclose, dou
         const double k = c * sw.wc * sw.wp;
         add_pos(a, k, sw.dwo, F, S, t, m);
         *dclose += k * sw.dwoc;
+        // (the layer's plane at close + t tstep: #42)
+        a->ts += k * sw.dwoc * t;
     }
     // the capture: the sub-pixel's (-oversample_thick) or the layer's first
     // sub-pixel's, which weighs the whole layer
@@ -1846,9 +1872,13 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     vec3<double> dcap = zero3, dcapo = zero3;
     double dcapt = 0.0, dcapm = 0.0, F_c = 0.0, S_c = 0.0;
     double capsum = 0.0;  // corrected sum: the background's weight, as the forward's
+    // a layer's positions at its middle, depth (t + 1/2) thickstep (the default
+    // mode's, docs/quirks.md #39; td: the depth in layers, which add_pos reads)
+    const double half = thick != 0.0 ? 0.5 : 0.0;
     for (nb_i64 t = 0; t < nthick; ++t) {
         const double tf = (double)t;
-        const double Odet = tf * thickstep;
+        const double td = tf + half;
+        const double Odet = td * thickstep;
         capture = thick == 0.0 ? 1.0 : 0.0;
         sub_weights sw;
         double layer_bg = 0.0;
@@ -1862,13 +1892,23 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                 if (omega == 0.0) {
                     // (on the sphere each pixel faces the sample: obliquity 1, so its
                     // solid angle pixel^2/R^2 varies as a point pixel's, not with close)
-                    omega = solid_angle(pixel, R, dm.curved ? R : close, point);
-                    dOmc = solid_angle_grad_at(pixel, d, R, omega, point || dm.curved, &dOm);
+                    // the pixel's one solid angle: on the sensor's face (depth 0)
+                    vec3<double> d0 = d;
+                    double R0 = R;
+                    if (Odet != 0.0) {
+                        double F0, S0;
+                        const vec3<double> p0 = adjoint_position(spixel, fpixel, os, subS, subF,
+                                                                 subpixel, 0.0, dm, &F0, &S0);
+                        R0 = unitize(p0, &d0);
+                    }
+                    omega = solid_angle(pixel, R0, dm.curved ? R0 : close, point);
+                    dOmc = solid_angle_grad_at(pixel, d0, R0, omega, point || dm.curved, &dOm);
                     F_om = Fd;
                     S_om = Sd;
-                    t_om = tf;
+                    t_om = 0.0;
                 }
-                omega_weight(&sw, os_omega, grad, pixel, d, R, close, point, dm.curved);
+                // (with -oversample_omega: the layer's own plane, at close + Odet: #42)
+                omega_weight(&sw, os_omega, grad, pixel, d, R, close + Odet, point, dm.curved);
                 if (capture == 0.0 || os_thick) {
                     if (dm.curved) {
                         // the sphere's sensor faces the sample: parallax 1, no
@@ -1916,7 +1956,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                         if (grad)
                             add_weight_grad(&dpos, &dclose_w, &dkahn_w, &dmu, dbeam,
                                             weighted ? bg_src * ws : bg_src, sw, os_polar,
-                                            os_omega, Fd, Sd, tf, dm, dinc, ninc, nsrc, source);
+                                            os_omega, Fd, Sd, td, dm, dinc, ninc, nsrc, source);
                     }
                     // the pixel's factor: its first sub-path that -dmin does not
                     // cut, else (a pixel cut whole, whose water keeps it) its first
@@ -1929,7 +1969,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                         have_polar = true;
                     F_po = Fd;
                     S_po = Sd;
-                    t_po = tf;
+                    t_po = td;
                     dPk = polarization_kahn_slope(inc, pos, polar_axis);
                     src_po = source;
                     if (grad && ninc > 0)
@@ -1938,7 +1978,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                 if (grad && corrected && !os_polar) {
                     // the water's share of the sub-pixel (sw.wp: 1 without the switch)
                     add_weight_grad(&dpos, &dclose_w, &dkahn_w, &dmu, dbeam, bg_sub, sw, false,
-                                    os_omega, Fd, Sd, tf, dm, dinc, ninc, nsrc,
+                                    os_omega, Fd, Sd, td, dm, dinc, ninc, nsrc,
                                     0);
                 }
             }
@@ -1961,7 +2001,8 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
         double ca[9] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // this pixel's cacc[:, j]
         for (nb_i64 t = 0; t < nthick; ++t) {
             const double tf = (double)t;
-            const double Odet = tf * thickstep;
+            const double td = tf + half;
+            const double Odet = td * thickstep;
             sub_weights sw;
             sw.wc = 1.0;
             for (nb_i64 subS = 0; subS < os; ++subS) {
@@ -1972,7 +2013,8 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                     vec3<double> d;
                     const double R = unitize(pos, &d);
                     // this sub-path's oversampled factors (as the first pass's)
-                    omega_weight(&sw, os_omega, grad, pixel, d, R, close, point, dm.curved);
+                    omega_weight(&sw, os_omega, grad, pixel, d, R, close + Odet, point,
+                                 dm.curved);
                     if (corrected && thick != 0.0 && ((subS == 0 && subF == 0) || os_thick)) {
                         if (dm.curved) {
                             // (parallax 1 on the sphere, as the first pass)
@@ -2046,7 +2088,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                         if (corrected)
                             add_weight_grad(&dpos, &dclose_w, &dkahn_w, &dmu, dbeam,
                                             weighted ? T * ws : T, sw, os_polar, os_omega, Fd,
-                                            Sd, tf, dm, dinc, ninc, nsrc, source);
+                                            Sd, td, dm, dinc, ninc, nsrc, source);
                         const double tFl = 2.0 * Fc * Fc * Fl * w;
                         const double tFc = 2.0 * Fc * Fl * Fl * w;
                         const double Th = tFl * gl[0] + tFc * cg.x;
@@ -2083,7 +2125,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
                         add_pos(&dpos, 1.0,
                                 mk<double>((gx - gd * d.x) * r, (gy - gd * d.y) * r,
                                            (gz - gd * d.z) * r),
-                                Fd, Sd, tf, dm);
+                                Fd, Sd, td, dm);
                         // the source's incident vector (dS/dinc = -1/lam) and wavelength
                         for (nb_i64 q = 0; q < ninc; ++q) {
                             const double* dq = dinc + 4 * q * nsrc + source;
@@ -2125,7 +2167,7 @@ __device__ void adjoint_pixel(nb_i64 p, const nb_u8* __restrict__ active,
     add_pos(&fin, gT * omega * capf, dP, F_po, S_po, t_po, dm);
     add_pos(&fin, gT * polar * capf, dOm, F_om, S_om, t_om, dm);
     if (!corrected && thick != 0.0) {
-        add_pos(&fin, gT * polar * omega, dcap, F_c, S_c, 0.0, dm);
+        add_pos(&fin, gT * polar * omega, dcap, F_c, S_c, half, dm);
         add_capture(&fin, &dmu_f, gT * polar * omega, dcapo, dcapt, dcapm);
     }
     for (int i = 0; i < 3; ++i) {

@@ -47,7 +47,7 @@ EXPORTS = {
     "int_image": ("nbnumba.kernels.cpu", ("f4:2", "i8:1", "f8", "f8")),
     "noise_image": ("nbnumba.kernels.rng_kernels", ("f4:2", "i8", "i8:1", "f4:1", "f8", "i8:1",
                                                     "b1")),
-    "mosaic_rotation_umat": ("nbnumba.kernels.rng_kernels", ("f8", "i8:1", "i8:1")),
+    "mosaic_rotation_umat": ("nbnumba.kernels.rng_kernels", ("f8", "i8:1", "i8:1", "b1")),
     "random_orientation_umat": ("nbnumba.kernels.rng_kernels", ("i8:1", "i8:1")),
 }
 

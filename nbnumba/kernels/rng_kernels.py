@@ -96,17 +96,27 @@ def poidev(xm, idum_ref, buf, gauss):
 
 
 @njit(cache=True, fastmath=False)
-def mosaic_rotation_umat(mosaicity, idum_ref, buf):
-    """Random rotation matrix (row-major 9 doubles) within a cap of angular
-    radius ``mosaicity`` (radians; the C parameter is a float, so it is rounded
-    to float32 first)."""
-    mos = F32(mosaicity)
+def mosaic_rotation_umat(mosaicity, idum_ref, buf, c_rule=True):
+    """Random rotation matrix (row-major 9 doubles) within a ball of angular
+    radius ``mosaicity`` (radians): an axis uniform on the sphere and an angle
+    from the third deviate r3 (uniform on [-1, 1]).
+
+    The default mode (c_rule False) takes the angle mosaicity |r3|^(1/3), in
+    double: rotation vectors uniform in the ball.  nanoBragg.c (c_rule) takes
+    mosaicity (1 - r3^2)^(1/3), in float32 (the C's spread is a float), whose
+    angles pile up at the edge of the spread: P(angle <= t spread) = 1 -
+    sqrt(1 - t^3), a median of 0.908 spread against the ball's 0.794
+    (docs/quirks.md #38).  Both draw the same three deviates."""
     r1 = 2.0 * ran1(idum_ref, buf) - 1.0
     r2 = 2.0 * ran1(idum_ref, buf) - 1.0
     r3 = 2.0 * ran1(idum_ref, buf) - 1.0
     xyrad = math.sqrt(1.0 - r2 * r2)
-    # powf on float arguments, then a float product, as in the C
-    rot = np.float64(F32(mos * np.power(F32(1.0 - r3 * r3), F32(1.0 / 3.0))))
+    if c_rule:
+        # powf on float arguments, then a float product, as in the C
+        mos = F32(mosaicity)
+        rot = np.float64(F32(mos * np.power(F32(1.0 - r3 * r3), F32(1.0 / 3.0))))
+    else:
+        rot = mosaicity * np.cbrt(abs(r3))
     v1 = xyrad * math.sin(math.pi * r1)
     v2 = xyrad * math.cos(math.pi * r1)
     v3 = r2

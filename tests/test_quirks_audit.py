@@ -1,8 +1,10 @@
-"""docs/quirks.md #31, #32, #33, #35 and #36: what nanoBragg.c reports of the
-detector's geometry (distance, beam centre, DIALS origin), its rms, and the
-vertical divergence's axis.  Each test holds the default mode to the geometry
-the image is rendered with, and -c_parity to the C's numbers (measured with
-$NB_C_BIN where quoted)."""
+"""docs/quirks.md #31 to #41 (but #34 and #39, in tests/test_quirks.py), found
+by the C audits of stop 48: what nanoBragg.c reports of the detector's
+geometry (distance, beam centre, DIALS origin), its rms, the vertical
+divergence's axis, the water the beam crosses, the sensor's absorption flags
+and the mosaic domains.  Each test holds the default mode to the physics (or
+the geometry the image is rendered with), and -c_parity to the C's numbers
+(measured with $NB_C_BIN where quoted)."""
 import math
 
 import numpy as np
@@ -157,3 +159,122 @@ def test_vertical_divergence_turns_about_the_e_vector_across_the_beam():
     assert np.array_equal(np.asarray(d.sources.incident), np.asarray(flat.sources.incident))
     assert [n for n, _ in c_differences(d)] == [36]
     assert 36 not in [n for n, _ in c_differences(flat)]
+
+
+def test_the_water_is_cut_to_the_beams_width():
+    """#37: nanoBragg.c counts a cube of side -water whatever the beam, so at
+    a fixed flux a narrower beam (a higher fluence) lights more water: a 10 um
+    beam through 100 um of water gave 100 times the background of a 100 um
+    beam, on top of #14's fluence^2 (-c_parity, as the C: 5.57e-3 against
+    5.57e-7 photons at pixel (8, 8) of this run).  The default mode cuts the cube across the
+    beam to its width, as it cuts the crystal (#30): the same background for
+    every beam narrower than the water, and the note names #37."""
+    line = ["-default_F", "1e-30", "-lambda", "1", "-detpixels", "16", "-pixel", "0.2",
+            "-water", "100", "-nopolar", "-flux", "1e12", "-exposure", "1", "-oversample", "1"]
+
+    def run(b, c_parity=False):
+        r = nbnumba.simulate_argv(BASE + line + ["-beamsize", b] + (["-c_parity"] if c_parity else []))
+        return float(r.float_image[8, 8]), r
+
+    wide, r_wide = run("0.1")                 # the beam as wide as the water: the C's cube
+    narrow, r_narrow = run("0.01")
+    huge, _ = run("1")
+    assert narrow == pytest.approx(wide, rel=1e-6)
+    assert huge == pytest.approx(wide / 100.0, rel=1e-6)        # the cube inside a 1 mm beam
+    assert 37 in [n for n, _ in c_differences(r_narrow.model)]
+    assert 37 not in [n for n, _ in c_differences(r_wide.model)]
+    assert any("crosses 0.1 mm of water" in l for l in r_narrow.model.log)
+    c_wide, c_narrow = run("0.1", True)[0], run("0.01", True)[0]
+    assert c_narrow == pytest.approx(1e4 * c_wide, rel=1e-6)     # 100 (the cube) x 100 (#14)
+
+
+def test_detector_abs_off_and_a_thickness_commute():
+    """#40: -detector_abs 0 (or inf) turns absorption off and sets the thickness
+    to 0 where it stands, so nanoBragg.c gives `-detector_abs 0 -detector_thick
+    100` a sensor that captures nothing: a blank image (sum 0, exit 0, no
+    warning), and the other order the image without a sensor.  The default mode
+    makes the flags commute, with a warning, and the note names #40."""
+    line = ["-detpixels", "16", "-pixel", "2", "-oversample", "1"]
+    a, b = ["-detector_abs", "0", "-detector_thick", "100"], ["-detector_thick", "100", "-detector_abs", "inf"]
+    plain = nbnumba.simulate_argv(BASE + line).float_image
+    assert plain.sum() > 0
+    for order in (a, b):
+        r = nbnumba.simulate_argv(BASE + line + order)
+        assert np.array_equal(r.float_image, plain)
+    r = nbnumba.simulate_argv(BASE + line + a)
+    assert any("turns the sensor's absorption off" in l for l in r.model.log)
+    assert 40 in [n for n, _ in c_differences(r.model)]
+    assert nbnumba.simulate_argv(BASE + line + a + ["-c_parity"]).float_image.sum() == 0.0
+    assert np.array_equal(nbnumba.simulate_argv(BASE + line + b + ["-c_parity"]).float_image,
+                          nbnumba.simulate_argv(BASE + line + ["-c_parity"]).float_image)
+
+
+def test_flux_without_an_exposure_is_refused(tmp_path, capsys, monkeypatch):
+    """-flux with -exposure 0: nanoBragg.c drops the flux without a word and
+    renders at the default fluence; nbnumba refuses it in one line, in both
+    modes (docs/quirks.md, "Where nbnumba refuses")."""
+    from nbnumba import cli
+    from nbnumba.errors import ConfigError
+    line = BASE + ["-flux", "1e12", "-exposure", "0", "-detpixels", "8"]
+    with pytest.raises(ConfigError, match="-flux needs an -exposure > 0"):
+        nbnumba.simulate_argv(line)
+    with pytest.raises(ConfigError, match="-flux needs an -exposure > 0"):
+        nbnumba.simulate_argv(line + ["-c_parity"])
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(line) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "-exposure" in err
+
+
+def test_mosaic_rotation_vectors_are_uniform_in_the_ball():
+    """#38: nanoBragg.c turns each domain by spread (1 - r3^2)^(1/3), r3 uniform
+    on [-1, 1]: P(angle <= t spread) = 1 - sqrt(1 - t^3), a median of 0.9086
+    spread and half the domains beyond 0.9 spread (a flat-topped rocking
+    curve).  The default mode takes spread |r3|^(1/3), rotation vectors
+    uniform in the ball (P = t^3, median 2^(-1/3) = 0.7937), from the same
+    three deviates: the same axes, bit for bit."""
+    from nbnumba import crystal, rng
+    n, spread = 20000, math.radians(0.5)
+
+    def draws(c_rules):
+        U = crystal.mosaic_umats(spread, n, rng.RngState(), 1234, c_rules=c_rules).reshape(n, 3, 3)
+        sv = 0.5 * np.stack([U[:, 2, 1] - U[:, 1, 2], U[:, 0, 2] - U[:, 2, 0], U[:, 1, 0] - U[:, 0, 1]], 1)
+        s = np.linalg.norm(sv, axis=1)
+        angle = np.arctan2(s, 0.5 * (np.trace(U, axis1=1, axis2=2) - 1.0)) / spread
+        return angle, sv / np.where(s > 0.0, s, 1.0)[:, None]
+
+    t, axis = draws(False)
+    tc, axis_c = draws(True)
+    t, tc = t[1:], tc[1:]       # (-c_parity's first domain is the identity, #29)
+    assert np.abs(axis[1:] - axis_c[1:]).max() < 1e-12
+    se = 0.5 / math.sqrt(n)       # the sample median's spread in probability
+    for x, cdf in ((t, lambda q: q ** 3), (tc, lambda q: 1.0 - np.sqrt(1.0 - q ** 3))):
+        for q in (0.5, 0.8, 0.95):
+            assert abs(np.mean(x <= q) - cdf(q)) < 5 * se
+    assert abs(np.median(t) - 2 ** (-1 / 3)) < 0.01 and abs(np.median(tc) - 0.9086) < 0.01
+    assert t.max() <= 1.0 and tc.max() <= 1.0 + 1e-6
+
+
+def test_mosaic_blocks_turn_with_the_crystal():
+    """#41: nanoBragg.c turns the crystal about the spindle and then misorients
+    it by each domain's U_m in the lab frame (U_m Phi a), so a block's
+    orientation within the crystal, Phi^T U_m Phi, changes with phi: the
+    frames of a series show different crystals.  The default mode turns the
+    blocks with the crystal (Phi U_m a); at phi = 0 the two agree, bit for bit,
+    and the note names #41 only where a phi point is not 0."""
+    from nbnumba.crystal import _rotate_axis_all
+    line = BASE + ["-misset", "10", "20", "30", "-mosaic", "0.5", "-mosaic_dom", "4", "-detpixels", "8"]
+    for phi, moved in (("0", False), ("30", True)):
+        d = build_model(nbnumba.parse_argv(line + ["-phi", phi]))
+        c = build_model(nbnumba.parse_argv(line + ["-phi", phi, "-c_parity"]))
+        U = d.umats.reshape(-1, 3, 3)
+        a0 = np.array((d.crystal.a, d.crystal.b, d.crystal.c))
+        blocks = np.einsum("mxy,jy->mjx", U, a0)
+        want = _rotate_axis_all(blocks, d.det.spindle, math.radians(float(phi))) if moved else blocks
+        np.testing.assert_allclose(d.cells[0, 0], want, rtol=0, atol=1e-15 * np.abs(a0).max())
+        assert (41 in [n for n, _ in c_differences(d)]) == moved
+        if moved:       # the C's: the turn first (its other domains are drawn alike but for #38)
+            Uc = c.umats.reshape(-1, 3, 3)
+            turned = _rotate_axis_all(a0, c.det.spindle, math.radians(30.0))
+            np.testing.assert_allclose(c.cells[0, 0], np.einsum("mxy,jy->mjx", Uc, turned),
+                                       rtol=0, atol=1e-15 * np.abs(a0).max())
