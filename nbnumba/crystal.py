@@ -110,61 +110,21 @@ def cube_root(x: float) -> float:
     return math.ldexp(float(np.cbrt(math.ldexp(m, k))), q)
 
 
-def beam_clipped_size(size, axis, beamsize, beam, spindle, phi):
+def beam_clipped_size(size, axis, beamsize, beam):
     """The length (m) of a crystal edge of ``size`` (m) along ``axis`` (a cell
-    vector, any length, at phi = 0) that a square beam ``beamsize`` (m) wide,
-    along the unit vector ``beam``, covers: the edge turned by ``phi`` (rad)
-    about the unit ``spindle`` spans size * sin(theta) across the beam (theta:
-    its angle to the beam), which is cut to beamsize.  An edge along the beam is
-    not cut; one across it is cut to the beam's width, nanoBragg.c's rule for its
-    b and c edges under its own convention (beam along x), applied to every edge
-    in the direction it has (docs/quirks.md #30)."""
+    vector, any length) that a square beam ``beamsize`` (m) wide, along the unit
+    vector ``beam``, covers: the edge spans size * sin(theta) across the beam
+    (theta: its angle to the beam), which is cut to beamsize.  An edge along the
+    beam is not cut; one across it is cut to the beam's width, nanoBragg.c's
+    rule for its b and c edges under its own convention (beam along x), applied
+    to every edge in the direction it has (docs/quirks.md #30).  The crystal is
+    taken as mounted (-misset, -mat; the spindle at 0): its cell counts are the
+    crystal's, the same in every phi step and every frame of a series."""
     u = scale(axis, 1.0 / magnitude(axis))
-    if phi != 0.0:
-        u = rotate_axis(u, spindle, phi)
     across = magnitude(cross(u, beam))
     if size * across > beamsize:
         return beamsize / across
     return size
-
-
-def mat_wavelengths(recip_from_mat, cell):
-    """The wavelength (A) a MOSFLM matrix was written for, per axis: its rows
-    are a*, b*, c* (1/A) times that wavelength, and ``cell`` (A, degrees: the
-    file's cell line) gives |a*|, |b*|, |c*|.  Three equal numbers when the
-    cell line is the matrix's cell."""
-    a, b, c = cell[:3]
-    ca, cb, cg = (math.cos(math.radians(x)) for x in cell[3:])
-    sa, sb, sg = (math.sin(math.radians(x)) for x in cell[3:])
-    V = a * b * c * math.sqrt(max(0.0, 1.0 - ca * ca - cb * cb - cg * cg + 2.0 * ca * cb * cg))
-    if V <= 0.0:
-        return None
-    true = (b * c * sa / V, c * a * sb / V, a * b * sg / V)
-    return tuple(magnitude(tuple(float(x) for x in row)) / t for row, t in zip(recip_from_mat, true))
-
-
-def mat_cell_line_warning(name, recip_from_mat, cell, lambda0):
-    """A log line when a MOSFLM file's cell line says its matrix was written at
-    another wavelength than the run's (nanoBragg.c divides the matrix by the
-    run's -lambda, so the cell scales by their ratio: docs/quirks.md, "C
-    behaviours kept"), or does not match the matrix at all; None when it agrees
-    to 1e-3 (the file's printed digits are good to ~1e-6)."""
-    lams = mat_wavelengths(recip_from_mat, cell)
-    if lams is None:
-        return None
-    run = lambda0 * 1e10
-    spread = (max(lams) - min(lams)) / max(lams)
-    if spread > 1e-3:
-        return ("WARNING: %s: its cell line (%s) is not its matrix's cell at any wavelength "
-                "(%.4g, %.4g, %.4g A along a*, b*, c*); the run reads only the matrix"
-                % (name, " ".join("%g" % x for x in cell), *lams))
-    lam = sum(lams) / 3.0
-    if abs(lam - run) > 1e-3 * run:
-        return ("WARNING: %s was written for a wavelength of %.6g A (its cell line %s over its "
-                "matrix), but the run's is %.6g A: the matrix's cell is scaled by %.6g. Give "
-                "-lambda %.6g for the file's cell, or -cell to set it"
-                % (name, lam, " ".join("%g" % x for x in cell), run, run / lam, lam))
-    return None
 
 
 def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
@@ -175,6 +135,9 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
     MOSFLM units (1/A scaled by lambda), or None.  ``describe=False`` leaves
     out the cell's description lines from ``log`` (nbnumba.autodiff's host map
     builds the crystal some 40 times per backward and reads only its vectors).
+    ``beam_clip``: None, or (beamsize m, beam unit vector): the default mode's
+    cut of -xtal_size/-sample_* across the beam (``beam_clipped_size``); the
+    caller has cut the sizes the C's way otherwise.
     """
     log: List[str] = []
     a_len, b_len, c_len = cfg.cell_a, cfg.cell_b, cfg.cell_c

@@ -389,12 +389,7 @@ def build_model(cfg: Config) -> Model:
                 warn = xtal.mat_cell_line_warning(cfg.matfilename, recip, cell_line, cfg.lambda0)
                 if warn is not None:
                     log.append(warn)
-    beam_clip = None
-    if clip_across:
-        # the crystal as it stands in the middle of its phi points
-        phis = xtal.phi_angles(steps.phi0, steps.phistep, steps.phisteps, steps.phi_offset)
-        phi_mid = 0.5 * (float(phis[0]) + float(phis[-1])) if len(phis) else 0.0
-        beam_clip = (cfg.beamsize, det.beam, det.spindle, phi_mid)
+    beam_clip = (cfg.beamsize, det.beam) if clip_across else None
     cr = xtal.build_crystal(replace(cfg, sample_y=sample_y, sample_z=sample_z), recip, cfg.lambda0,
                             rng, misset_seed, beam_clip=beam_clip)
     log.extend(cr.log)

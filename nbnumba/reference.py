@@ -337,10 +337,10 @@ def _random_misset(cfg, rng_state):
     return build_crystal(cfg, None, cfg.lambda0, rng_state, seed).misset
 
 
-def crystal(cfg, rng_state, det, smp):
+def crystal(cfg, rng_state, det):
     """Real-space cell (rows a, b, c in metres), reciprocal rows (1/A) after the
-    misset, and (Na, Nb, Nc).  det, smp: ``detector(cfg)`` and ``sampling(cfg)``
-    (the beam, the spindle and the phi points, for the beam's clip)."""
+    misset, and (Na, Nb, Nc).  det: ``detector(cfg)`` (the beam, for the beam's
+    clip)."""
     if cfg.matfilename is not None:
         from .io.mat import read_mosflm_mat
         path = cfg.matfilename
@@ -375,13 +375,11 @@ def crystal(cfg, rng_state, det, smp):
     sizes = [cfg.sample_x, cfg.sample_y, cfg.sample_z]
     if cfg.beamsize > 0:
         # a beam beamsize wide takes of each edge what it spans across the beam
-        # (the crystal in the middle of its phi points); nanoBragg.c cuts its b
-        # and c sizes to the width, the rule for a crystal whose a is along the
-        # beam (docs/quirks.md #30)
-        mid = smp["phi0"] + 0.5 * smp["phistep"] * (smp["phisteps"] - 1)
-        turned = real @ axis_rotation(det["spindle"], mid).T
+        # (the crystal as mounted, the spindle at 0); nanoBragg.c cuts its b and
+        # c sizes to the width, the rule for a crystal whose a is along the beam
+        # (docs/quirks.md #30)
         for i in range(3):
-            across = np.linalg.norm(np.cross(turned[i] / lens[i], det["beam"]))
+            across = np.linalg.norm(np.cross(real[i] / lens[i], det["beam"]))
             if sizes[i] * across > cfg.beamsize:
                 sizes[i] = cfg.beamsize / across
     elif cfg.beamsize == 0:     # (the C's cut to nothing: sizes along b, c not given)
@@ -623,7 +621,7 @@ def setup(cfg):
     smp = sampling(cfg)
     det = detector(cfg)
     rng_state = RngState()
-    real, recip, Ns = crystal(cfg, rng_state, det, smp)
+    real, recip, Ns = crystal(cfg, rng_state, det)
     # mosaic domains: three deviates of the C-compatible generator each, an axis
     # uniform on the sphere and an angle spread |r3|^(1/3), rotation vectors
     # uniform in the ball of the spread (nanoBragg.c's angle, spread (1 -

@@ -1006,10 +1006,11 @@ def test_the_beam_clips_the_crystal_across_the_beam():
     """docs/quirks.md #30: nanoBragg.c cuts -sample_y/-sample_z (the sizes
     along b and c) to -beamsize whatever the beam's direction, which is right
     only for a crystal whose a lies along the beam.  The default mode cuts each
-    edge by what it spans across the beam, with the crystal in the middle of
-    its phi points: the C's counts for a along the beam, turned about the beam
-    or not; others under -xds, a misset or a spindle turn, and the note names
-    #30.  A 0.2 um cube of 100 A cells in a 0.1 um beam: 20 x 10 x 10 cells."""
+    edge by what it spans across the beam, with the crystal as mounted (the
+    spindle at 0: the counts are the crystal's, the same in every phi step and
+    frame): the C's counts for a along the beam, turned about the beam or not;
+    others under -xds or a misset, and the note names #30.  A 0.2 um cube of
+    100 A cells in a 0.1 um beam: 20 x 10 x 10 cells."""
     from nbnumba.quirks import c_differences
     cube = ["-cell", "100", "100", "100", "90", "90", "90", "-xtal_size", "0.0002",
             "-beamsize", "0.0001", "-oversample", "1"]
@@ -1018,13 +1019,13 @@ def test_the_beam_clips_the_crystal_across_the_beam():
         m = build_model(nbnumba.parse_argv(BASE + cube + extra + (["-c_parity"] if c_parity else [])))
         return [m.crystal.Na, m.crystal.Nb, m.crystal.Nc], [n for n, _ in c_differences(m)]
 
-    same = [[], ["-misset", "37", "0", "0"], ["-xds", "-misset", "0", "90", "0"]]
-    for extra in same:      # a along the beam (turned about it): the C's cut
-        assert cells(extra) == ([20, 10, 10], []), extra
+    same = [[], ["-misset", "37", "0", "0"], ["-xds", "-misset", "0", "90", "0"],
+            ["-phi", "90"], ["-osc", "180", "-phisteps", "2"]]
+    for extra in same:      # a along the beam (turned about it, or a spindle turn): the C's cut
+        assert cells(extra)[0] == [20, 10, 10], extra
+        assert 30 not in cells(extra)[1], extra
     moved = {("-xds",): [10, 10, 20],                       # the beam along c
-             ("-misset", "0", "0", "45"): [15, 15, 10],     # a, b at 45 deg: 0.1/sin 45 um
-             ("-phi", "90"): [10, 20, 10],                  # the spindle (z) turns b onto the beam
-             ("-osc", "180", "-phisteps", "2"): [10, 20, 10]}   # the sweep's middle, 90 deg
+             ("-misset", "0", "0", "45"): [15, 15, 10]}     # a, b at 45 deg: 0.1/sin 45 um
     for extra, want in moved.items():
         got, notes = cells(list(extra))
         assert got == want and 30 in notes, extra

@@ -98,8 +98,8 @@ AGREE = {
     "xtalsize_exact_multiple": "-oversample 1 -cell 70 80 90 90 90 90 -sample_x 0.00007 "
                                "-sample_y 0.00008 -sample_z 0.00009",
     # the beam clips each edge by its extent across the beam (docs/quirks.md #30):
-    # a beam along z, and a crystal in the middle of a phi sweep; a and b at 45
-    # degrees to a beam along x
+    # a beam along z (the crystal as mounted, whatever the phi sweep); a and b
+    # at 45 degrees to a beam along x
     "beam_clip_xds_phi": "-oversample 1 -xds -misset 10 20 30 -sample_x 0.0007 -sample_y 0.0008 "
                          "-sample_z 0.0009 -beamsize 0.0004 -phi 10 -osc 40 -phisteps 2",
     "beam_clip_turned": "-oversample 1 -misset 0 0 45 -xtal_size 0.0006 -beamsize 0.0003",
