@@ -127,6 +127,45 @@ def beam_clipped_size(size, axis, beamsize, beam):
     return size
 
 
+def mat_wavelengths(recip_from_mat, cell):
+    """The wavelength (A) a MOSFLM matrix was written for, per axis: its rows
+    are a*, b*, c* (1/A) times that wavelength, and ``cell`` (A, degrees: the
+    file's cell line) gives |a*|, |b*|, |c*|.  Three equal numbers when the
+    cell line is the matrix's cell."""
+    a, b, c = cell[:3]
+    ca, cb, cg = (math.cos(math.radians(x)) for x in cell[3:])
+    sa, sb, sg = (math.sin(math.radians(x)) for x in cell[3:])
+    V = a * b * c * math.sqrt(max(0.0, 1.0 - ca * ca - cb * cb - cg * cg + 2.0 * ca * cb * cg))
+    if V <= 0.0:
+        return None
+    true = (b * c * sa / V, c * a * sb / V, a * b * sg / V)
+    return tuple(magnitude(tuple(float(x) for x in row)) / t for row, t in zip(recip_from_mat, true))
+
+
+def mat_cell_line_warning(name, recip_from_mat, cell, lambda0):
+    """A log line when a MOSFLM file's cell line says its matrix was written at
+    another wavelength than the run's (nanoBragg.c divides the matrix by the
+    run's -lambda, so the cell scales by their ratio: docs/quirks.md, "C
+    behaviours kept"), or does not match the matrix at all; None when it agrees
+    to 1e-3 (the file's printed digits are good to ~1e-6)."""
+    lams = mat_wavelengths(recip_from_mat, cell)
+    if lams is None:
+        return None
+    run = lambda0 * 1e10
+    spread = (max(lams) - min(lams)) / max(lams)
+    if spread > 1e-3:
+        return ("WARNING: %s: its cell line (%s) is not its matrix's cell at any wavelength "
+                "(%.4g, %.4g, %.4g A along a*, b*, c*); the run reads only the matrix"
+                % (name, " ".join("%g" % x for x in cell), *lams))
+    lam = sum(lams) / 3.0
+    if abs(lam - run) > 1e-3 * run:
+        return ("WARNING: %s was written for a wavelength of %.6g A (its cell line %s over its "
+                "matrix), but the run's is %.6g A: the matrix's cell is scaled by %.6g. Give "
+                "-lambda %.6g for the file's cell, or -cell to set it"
+                % (name, lam, " ".join("%g" % x for x in cell), run, run / lam, lam))
+    return None
+
+
 def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
                   describe=True, beam_clip=None) -> Crystal:
     """Orientation and cell following nanoBragg.c.
