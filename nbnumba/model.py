@@ -289,6 +289,18 @@ def reads_fdump(cfg: Config) -> bool:
     return not cfg.hklfilename and cfg.hkl_grid is None
 
 
+def recommended_oversample(xmax, lambda0, distance, pixel):
+    """nanoBragg's automatic -oversample for a crystal xmax (m) across:
+    (reciprocal pixel lambda0 * distance / pixel (m), the ratio 3 xmax / it,
+    its ceiling).  A reciprocal pixel that underflows (-distance 1e-320) makes
+    the ratio infinite: capped as a step count (only an auto-selected
+    oversampling reads it, and refuses it); a detector behind the sample
+    (refused later) makes it negative, an overflowed geometry NaN: 1."""
+    recip_pixel = lambda0 * distance / pixel
+    ratio = 3.0 * xmax / recip_pixel if recip_pixel != 0.0 else math.inf
+    return recip_pixel, ratio, (ceil_count(ratio) if ratio > 0.0 else 1)
+
+
 def build_model(cfg: Config) -> Model:
     """Derive everything the kernel needs from a Config (no pixel loops)."""
     from .validate import check_config, check_detector, check_memory, memory_limit
@@ -399,13 +411,8 @@ def build_model(cfg: Config) -> Model:
     xa, xb, xc = a_m * cr.Na, b_m * cr.Nb, c_m * cr.Nc
     log.append("crystal is %g x %g x %g microns" % (xa * 1e6, xb * 1e6, xc * 1e6))
     xmax = max(xa, xb, xc)
-    recip_pixel = cfg.lambda0 * det.distance / det.pixel_size
-    # a reciprocal pixel that underflows (-distance 1e-320) makes the ratio
-    # infinite: capped as a step count (only an auto-selected oversampling
-    # reads it, and refuses it); a detector behind the sample (refused later)
-    # makes it negative, an overflowed geometry NaN: 1
-    ratio = 3.0 * xmax / recip_pixel if recip_pixel != 0.0 else math.inf
-    recommended = ceil_count(ratio) if ratio > 0.0 else 1
+    recip_pixel, ratio, recommended = recommended_oversample(xmax, cfg.lambda0, det.distance,
+                                                             det.pixel_size)
     oversample = cfg.oversample
     if oversample <= 0:
         oversample = recommended

@@ -133,12 +133,10 @@ def c_differences(model) -> List[Tuple[int, str]]:
 def _c_auto_oversample(model) -> int:
     """The automatic -oversample nanoBragg.c picks: from its distance along the
     beam before the two-theta swing (docs/quirks.md #31)."""
-    from .sampling import ceil_count
+    from .model import recommended_oversample
     cr, d = model.crystal, model.det
     xmax = max(math.sqrt(sum(x * x for x in v)) * n for v, n in ((cr.a, cr.Na), (cr.b, cr.Nb), (cr.c, cr.Nc)))
-    recip = model.cfg.lambda0 * d.c_distance / d.pixel_size
-    ratio = 3.0 * xmax / recip if recip != 0.0 else math.inf
-    return ceil_count(ratio) if ratio > 0.0 else 1
+    return recommended_oversample(xmax, model.cfg.lambda0, d.c_distance, d.pixel_size)[2]
 
 
 def notice_line(model) -> Optional[str]:
