@@ -718,21 +718,21 @@ def expt_from_flags(flags, image=None, cwd=None, hall: str = HALL_P1,
     if det.point_pixel:
         notes.append("-point_pixel (solid angle 1/R^2) has no experiment-list form")
     if cfg.oversample <= 0:
-        # the automatic -oversample is sized from nanoBragg's distance and
-        # -lambda (the beam's path to the panel: nanoBragg.c's, before
-        # -twotheta turns it, is not; docs/quirks.md #31), and a source file's
-        # beam and wavelength
-        # are not -beam_vector's and -lambda's.  Flags made from the list give
-        # the written beam's path to the panel and its wavelength, and may pick
+        # the automatic -oversample is sized from the distance along -beam_vector
+        # and from -lambda (model.recommended_oversample; nanoBragg.c's distance,
+        # taken before -twotheta turns the panel, is not the beam's path:
+        # docs/quirks.md #31), and a source file's beam and wavelength are not
+        # -beam_vector's and -lambda's.  Flags made from the list give the
+        # written beam's path to the panel and its wavelength, and may pick
         # another sampling, which the list cannot hold
-        from .sampling import ceil_count
+        from .model import recommended_oversample
         xmax = max(math.sqrt(sum(x * x for x in v)) * n
                    for v, n in ((cr.a, cr.Na), (cr.b, cr.Nb), (cr.c, cr.Nc)))
         ratio = float(b @ np.asarray(det.odet, dtype=np.float64))
         again = 1                     # the beam misses the panel's plane: no -distance
         if ratio > 1e-6:              # (flags_from_expt's rule for giving -distance)
             path = det.close_distance / ratio
-            again = ceil_count(3.0 * xmax * det.pixel_size / (lam * path))
+            again = recommended_oversample(xmax, lam, path, det.pixel_size)[2]
         if again != model.oversample:
             notes.append("-oversample %d was auto-selected from nanoBragg's distance and "
                          "wavelength, which flags made from this list do not repeat (they would "
