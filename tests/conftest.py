@@ -172,12 +172,60 @@ def library():
         yield os.path.join(d, "lib")
 
 
+def _compiler_id(exe):
+    """The compiler's resolved path and its ``--version`` text (part of a build's key)."""
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    return os.path.realpath(exe) + "\n" + proc.stdout
+
+
+def _cached_build(pytestconfig, cmd, output, sources, exe):
+    """Run the build ``cmd``, which writes ``output``, unless a build with the
+    same command, compiler and source bytes already succeeded: then copy its
+    output from pytest's cache (``.pytest_cache``, absent in a fresh clone).
+    ``(returncode, stderr)``; stderr is the first build's, so the tests' "no
+    warnings" checks see it.  The key holds every byte the build reads, so a
+    cached result is the result this tree's sources give; failures are not
+    kept.  It spares the warm suite the same compiles run after run (nvcc 5 to
+    9 s for each PTX, g++ about 3.5 s in each worker)."""
+    import hashlib
+    import json
+    output = str(output)
+    h = hashlib.sha256(json.dumps([a if a != output else "<out>" for a in map(str, cmd)]).encode())
+    h.update(_compiler_id(exe).encode())
+    for src in sources:
+        with open(src, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+    try:
+        cache = pytestconfig.cache.mkdir("nb_builds")
+    except (AttributeError, OSError):   # -p no:cacheprovider, or a read-only tree
+        cache = None
+    if cache is not None:
+        hit = cache / h.hexdigest()
+        if (hit / "out").is_file() and (hit / "stderr").is_file():
+            shutil.copyfile(hit / "out", output)
+            return 0, (hit / "stderr").read_text()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode == 0 and cache is not None:
+        # another worker may store the same key at once: each writes a
+        # directory of its own and renames it into place; the loser drops its copy
+        tmp = tempfile.mkdtemp(dir=str(cache), prefix=".tmp-")
+        try:
+            shutil.copyfile(output, os.path.join(tmp, "out"))
+            with open(os.path.join(tmp, "stderr"), "w") as f:
+                f.write(proc.stderr)
+            os.rename(tmp, str(cache / h.hexdigest()))
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return proc.returncode, proc.stderr
+
+
 @pytest.fixture(scope="session")
-def host_build(tmp_path_factory):
+def host_build(tmp_path_factory, pytestconfig):
     """nanobragg.cu built once per session (per xdist worker) as host C++:
     ``(library path, compiler stderr)``.  Built with ``-Wall -Wextra`` so that
     tests/test_gpu_source.py can hold the same build to no warnings; warning
-    flags do not change the generated code."""
+    flags do not change the generated code.  A warm run takes the library
+    from the build cache (``_cached_build``)."""
     from nbnumba.kernels import gpu
     cxx = os.environ.get("CXX") or shutil.which("g++")
     if cxx is None:
@@ -185,31 +233,34 @@ def host_build(tmp_path_factory):
                     pytrace=False)
     out = tmp_path_factory.mktemp("nb_host") / "libnb_host.so"
     cmd = gpu.host_build_command(out, cxx)
-    proc = subprocess.run(cmd[:1] + ["-Wall", "-Wextra"] + cmd[1:], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return out, proc.stderr
+    rc, err = _cached_build(pytestconfig, cmd[:1] + ["-Wall", "-Wextra"] + cmd[1:], out,
+                            (gpu.SOURCE, gpu.COMPAT_HEADER), cxx)
+    assert rc == 0, err
+    return out, err
 
 
 @pytest.fixture(scope="session")
-def nvcc_ptx(tmp_path_factory):
+def nvcc_ptx(tmp_path_factory, pytestconfig):
     """``compile(arch, dtype, trace=False) -> (returncode, stderr, ptx text)``:
     nanobragg.cu through nvcc with CuPy's options (kernels.gpu.nvcc_command),
-    once per process for each (arch, dtype, trace).  The render, adjoint and
-    trace tests check the same builds; each took 5 to 7 s."""
+    once per process for each distinct command (both precisions share one:
+    their options are the same and one module holds both entry points), and
+    from the build cache (``_cached_build``) in a warm run.  The render,
+    adjoint and trace tests check the same builds; each took 5 to 9 s."""
     from nbnumba.kernels import gpu
     cache = {}
 
     def compile(arch, dtype, trace=False):
-        key = (arch, dtype, bool(trace))
+        nvcc = shutil.which("nvcc")
+        if nvcc is None:
+            pytest.fail("nvcc not found on PATH: it is required to check that "
+                        "nbnumba/kernels/nanobragg.cu compiles for the GPU", pytrace=False)
+        key = tuple(gpu.nvcc_command(arch, dtype, "<out>", nvcc=nvcc, trace=trace))
         if key not in cache:
-            nvcc = shutil.which("nvcc")
-            if nvcc is None:
-                pytest.fail("nvcc not found on PATH: it is required to check that "
-                            "nbnumba/kernels/nanobragg.cu compiles for the GPU", pytrace=False)
-            out = tmp_path_factory.mktemp("ptx") / ("nanobragg_%s_%s_%d.ptx" % key)
-            proc = subprocess.run(gpu.nvcc_command(arch, dtype, out, nvcc=nvcc, trace=trace),
-                                  capture_output=True, text=True)
-            cache[key] = (proc.returncode, proc.stderr,
-                          out.read_text() if proc.returncode == 0 else "")
+            out = tmp_path_factory.mktemp("ptx") / "nanobragg.ptx"
+            rc, err = _cached_build(pytestconfig, gpu.nvcc_command(arch, dtype, out, nvcc=nvcc,
+                                                                   trace=trace),
+                                    out, (gpu.SOURCE,), nvcc)
+            cache[key] = (rc, err, out.read_text() if rc == 0 else "")
         return cache[key]
     return compile
