@@ -36,7 +36,7 @@ dispersion      1      spectral width (percent of the wavelength), as
                        -dispersion (for these three the run's point counts
                        are kept: the derivative is taken between the ranges
                        where a count jumps; with -hdivstep / -vdivstep given
-                       the range only sets the count, and is refused;
+                       the range sets the count, and is refused;
                        docs/autodiff.md)
 detector_thick  1      sensor thickness (um), as -detector_thick (the
                        run's layer count is kept)
@@ -337,11 +337,11 @@ def _check_sweeps(cfg, vals, needs_grad):
             raise ConfigError("%s= is negative (%r): give a range >= 0" % (name, x))
         step_flag = SWEEPS[_SWEPT[name][0]][1]
         if name in needs_grad and getattr(cfg, step_flag) > 0.0:
-            # the default mode keeps the points a given step apart, centred: the
-            # range only sets how many fit, a step function
-            raise ConfigError("%s= cannot be differentiated with -%s given: the points stay "
-                              "that step apart and the range sets only their count "
-                              "(docs/quirks.md #22); give -%s or neither"
+            # a given step makes the count a step function of the range (and
+            # nanoBragg.c's points, -c_parity, stay that step apart)
+            raise ConfigError("%s= cannot be differentiated with -%s given: the step sets "
+                              "how many points the range holds, a step function of it "
+                              "(docs/quirks.md #22, #44); give -%s or neither"
                               % (name, step_flag, SWEEPS[_SWEPT[name][0]][2]))
         if x == 0.0 and name in needs_grad:
             # the sweep collapses to one point at 0; with more than one point on

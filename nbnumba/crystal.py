@@ -166,6 +166,105 @@ def mat_cell_line_warning(name, recip_from_mat, cell, lambda0):
     return None
 
 
+#: MOSFLM's frame, the one a -mat matrix is written in: beam along +x, spindle along +z
+MOSFLM_BEAM, MOSFLM_SPINDLE = (1.0, 0.0, 0.0), (0.0, 0.0, 1.0)
+
+
+def mosflm_frame(convention):
+    """The rotation Q (3x3, rows) that takes MOSFLM's frame to ``convention``'s
+    lab frame: MOSFLM's beam to the convention's beam, its spindle to the
+    convention's spindle (and beam x spindle to beam x spindle, so det Q = +1).
+    A -mat matrix's a*, b*, c* are MOSFLM's (beam along x, spindle along z),
+    whatever the run's convention; the crystal the file describes sits in a
+    convention's lab as Q a*, Q b*, Q c*.  XDS and ADXV (beam z, spindle x):
+    x->z, y->-y, z->x; DIALS (beam z, spindle y): x->z, y->x, z->y.  None
+    where Q is the identity (MOSFLM, DENZO) and for CUSTOM, whose vectors are
+    the user's and imply no frame for the file (docs/quirks.md #45)."""
+    from .geometry import _CONVENTION_VECTORS
+    vecs = _CONVENTION_VECTORS.get(convention)
+    if vecs is None:
+        return None
+    beam, spindle = tuple(map(float, vecs[0])), tuple(map(float, vecs[6]))
+    src = (MOSFLM_BEAM, MOSFLM_SPINDLE, cross(MOSFLM_BEAM, MOSFLM_SPINDLE))
+    dst = (beam, spindle, cross(beam, spindle))
+    # Q = sum_k dst_k src_k^T (src orthonormal)
+    Q = tuple(tuple(sum(dst[k][i] * src[k][j] for k in range(3)) for j in range(3))
+              for i in range(3))
+    if Q == ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)):
+        return None
+    return Q
+
+
+def _turn(Q, v):
+    """Q v for a signed permutation Q (every convention's): each component is
+    one of v's, with its sign, so no rounding, and no 0 * inf (a matrix
+    scaled past double precision keeps its infinities for the range check)."""
+    out = []
+    for row in Q:
+        j = next(j for j in range(3) if row[j] != 0.0)
+        out.append(row[j] * v[j])
+    return tuple(out)
+
+
+#: -cell with -mat: the largest relative spread of -cell's edges over the
+#: matrix's, and the largest difference of an angle (radians), that still
+#: name the matrix's lattice (crystal.check_cell_with_mat)
+MAT_CELL_TOL = 1e-3
+
+
+def _real_cell(astar, bstar, cstar):
+    """(a, b, c, alpha, beta, gamma) (A, radians) of the reciprocal vectors
+    (1/A), or None for a flat or non-finite cell."""
+    V_star = dot(astar, cross(bstar, cstar))
+    if V_star == 0.0 or not math.isfinite(V_star):
+        return None
+    a, b, c = (scale(v, 1.0 / V_star) for v in (cross(bstar, cstar), cross(cstar, astar),
+                                                  cross(astar, bstar)))
+    lens = [magnitude(v) for v in (a, b, c)]
+    if not all(0.0 < x < math.inf for x in lens):
+        return None
+
+    def angle(u, w, lu, lw):
+        return math.acos(min(1.0, max(-1.0, dot(u, w) / lu / lw)))
+    return (lens[0], lens[1], lens[2], angle(b, c, lens[1], lens[2]),
+            angle(c, a, lens[2], lens[0]), angle(a, b, lens[0], lens[1]))
+
+
+def check_cell_with_mat(name, user, astar, bstar, cstar, lambda0):
+    """Refuse (ConfigError) a -cell that is not the -mat matrix's lattice.
+
+    A MOSFLM matrix is U B: B fixes the lattice (its cell), U how it is
+    mounted.  nanoBragg.c gives -cell's edge lengths to the matrix's real-axis
+    directions and drops -cell's angles without a word; the crystal rendered
+    is then neither lattice.  What -cell can say without contradicting the
+    matrix is one scale for all three edges: the same lattice, the matrix
+    having been written at another wavelength (a MOSFLM matrix carries it), or
+    a cell calibrated since.  A different shape (other angles or edge ratios)
+    is another lattice, and there is no one way to mount it "in the matrix's
+    orientation" (which axes to hold: nanoBragg.c's real axes, MOSFLM's B a*
+    and the a*b* plane...), so the run refuses rather than pick one.  The
+    tolerances (MAT_CELL_TOL: 1e-3 of the edges, 1e-3 rad = 0.057 deg) move
+    a reflection of index h by about 1e-3 h of a reciprocal-cell edge, as a
+    cell printed to 4 or 5 digits does.  ``user``: -cell's (a, b, c, alpha,
+    beta, gamma), A and radians, its defaults filled in; the vectors in 1/A
+    at the run's wavelength lambda0 (m)."""
+    mat = _real_cell(astar, bstar, cstar)
+    if mat is None:
+        return      # (a flat matrix is refused after the misset, naming -mat)
+    ratios = [u / m for u, m in zip(user[:3], mat[:3])]
+    spread = (max(ratios) - min(ratios)) / max(ratios) if max(ratios) > 0.0 else math.inf
+    worst = max(abs(u - m) for u, m in zip(user[3:], mat[3:]))
+    if spread <= MAT_CELL_TOL and worst <= MAT_CELL_TOL:
+        return
+    fmt = lambda c: " ".join("%.6g" % x for x in (*c[:3], *(math.degrees(t) for t in c[3:])))
+    raise ConfigError("-cell %s is not the cell of -mat %s (%s at -lambda %.6g): with -mat, "
+                      "-cell may only scale the matrix's cell (one factor for a, b and c, within "
+                      "%g), not change its angles (within %.3g deg) or edge ratios; drop -cell, "
+                      "or give the matrix's cell"
+                      % (fmt(user), name, fmt(mat), lambda0 * 1e10, MAT_CELL_TOL,
+                         math.degrees(MAT_CELL_TOL)))
+
+
 def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
                   describe=True, beam_clip=None) -> Crystal:
     """Orientation and cell following nanoBragg.c.
@@ -253,6 +352,23 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
         bstar = scale(tuple(m[1]), s)
         cstar = scale(tuple(m[2]), s)
         c_cell_wrong = False
+        if not cfg.c_parity:
+            # the matrix is MOSFLM's (beam x, spindle z): nanoBragg.c reads it
+            # into every convention's lab as it stands, which turns the crystal
+            # against the beam under -xds/-adxv/-dials (docs/quirks.md #45)
+            Q = mosflm_frame(cfg.beam_convention)
+            if Q is not None:
+                astar, bstar, cstar = (_turn(Q, v) for v in (astar, bstar, cstar))
+                if describe:
+                    log.append("the -mat matrix is in MOSFLM's frame (beam +x, spindle +z): "
+                               "turned into the %s frame (x, y, z -> %s)"
+                               % (cfg.beam_convention, ", ".join(
+                                   ("-" if Q[i][j] < 0 else "") + "xyz"[i]
+                                   for j in range(3) for i in range(3) if Q[i][j] != 0.0)))
+            if cfg.user_cell:
+                # -cell with -mat: the same lattice or none (docs/quirks.md #47)
+                check_cell_with_mat(cfg.matfilename, (a_len, b_len, c_len, alpha, beta, gamma),
+                                    astar, bstar, cstar, lambda0)
 
     misset = tuple(cfg.misset)
     mode = cfg.misset_mode

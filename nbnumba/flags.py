@@ -1258,8 +1258,26 @@ def parse_argv(argv: Sequence[str], cwd: Optional[str] = None) -> Config:
         op.apply(cfg, op.values)
     cfg.c_parity = c_parity
     if not c_parity:
+        _refuse_negative_rotation(parsed)
         cfg.c_reads_flags_otherwise = _c_reads_otherwise(argv, parsed)
     return cfg
+
+
+def _refuse_negative_rotation(parsed: _Parsed) -> None:
+    """nanoBragg.c keeps -1 for "not given" in its oscillation and step, and
+    takes any -osc < 0 or -phistep <= 0 as not given: `-osc -1` renders a still
+    at -phi, `-osc -1 -phisteps 10` a sweep of +1 deg (docs/quirks.md #46).  The
+    default mode refuses such a value; -c_parity reads it the C's way."""
+    for op in parsed.ops:
+        if op.name in ("-osc", "-phistep") and op.values and (
+                op.values[0] < 0.0 or (op.name == "-phistep" and op.values[0] == 0.0)):
+            hint = ("give -phisteps for a count" if op.values[0] == 0.0 else
+                    "to turn the other way, start at -phi and sweep forwards, or reverse "
+                    "-spindle_axis")
+            raise UsageError("%s %g: %s (%s; nanoBragg.c reads it as not given, and "
+                             "-c_parity does too)"
+                             % (op.flag, op.values[0], "the oscillation must be >= 0"
+                                if op.name == "-osc" else "the step must be > 0", hint))
 
 
 def _settings(parsed: _Parsed) -> Config:

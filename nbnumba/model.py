@@ -205,11 +205,18 @@ def _frame_of_zeros(shape, touched, sparse_ok):
     return np.zeros(shape, dtype=np.uint8)
 
 
+#: the longest wavelength (m) a -sourcefile line may give: 10000 A, far past
+#: any x-ray beam, far below the metres that a wavelength written in Angstrom is
+#: read as
+MAX_SOURCE_WAVELENGTH = 1e-6
+
+
 def _sources(cfg: Config, steps, det, points=None) -> Sources:
     """The run's x-ray sources: generated about the beam (divergence and
     dispersion steps; ``points``: see build_sources), or read from
     -sourcefile (checked here)."""
     cols = None
+    notes: List[str] = []
     if cfg.sourcefilename is not None:
         from .io.textcols import read_text_columns
         cols = read_text_columns(_resolve(cfg, cfg.sourcefilename), 5)
@@ -220,12 +227,33 @@ def _sources(cfg: Config, steps, det, points=None) -> Sources:
         if len(at_origin):
             raise InputFileError("%s: source %d is at 0 0 0, the sample position: it has no "
                                  "direction" % (cfg.sourcefilename, int(at_origin[0]) + 1))
+        lam = np.asarray(cols, dtype=float)[:, 4]
+        too_long = np.flatnonzero(lam > MAX_SOURCE_WAVELENGTH)
+        if len(too_long):
+            # nanoBragg.c reads the column in metres, while its source's header
+            # comment says Angstrom: `1.0` meant as 1 A is a 1 m wave, whose
+            # every pixel samples hkl ~ 0 (a flat image, in both programs)
+            i = int(too_long[0])
+            raise InputFileError("%s: source %d has a wavelength of %g m: the fifth column is "
+                                 "in metres (1 A = 1e-10 m), and an x-ray wavelength is below "
+                                 "%g m" % (cfg.sourcefilename, i + 1, lam[i], MAX_SOURCE_WAVELENGTH))
         if not cfg.c_parity:
             _check_weights(cfg.sourcefilename, np.asarray(cols, dtype=float)[:, 3])
+        ignored = [f for f, v in (("-dispersion", cfg.dispersion > 0.0),
+                                  ("-dispsteps", cfg.dispsteps > 0),
+                                  ("-hdivrange", cfg.hdivrange > 0.0),
+                                  ("-vdivrange", cfg.vdivrange > 0.0),
+                                  ("-hdivsteps", cfg.hdivsteps > 0),
+                                  ("-vdivsteps", cfg.vdivsteps > 0)) if v]
+        if ignored:
+            # (nanoBragg.c drops them without a word)
+            notes.append("WARNING: %s lists the sources: %s ignored"
+                         % (cfg.sourcefilename, ", ".join(ignored)))
     # the default mode weighs each source by its relative intensity (the file's
     # fourth column); nanoBragg.c reads it and counts every source once (#20)
     src = build_sources(steps, det.beam, det.polar, det.vert, cfg.lambda0, cfg.round_div, cols,
                         points, weigh=not cfg.c_parity, across=not cfg.c_parity)
+    src.log[:0] = notes
     if not cfg.c_parity and cfg.polarization != 0.0 and not cfg.nopolar:
         _check_polar_axis(cfg, det.polar, src)
     return src
@@ -287,6 +315,21 @@ def reads_fdump(cfg: Config) -> bool:
     no -hkl and no grid given (before falling back to -default_F, as
     nanoBragg.c does)."""
     return not cfg.hklfilename and cfg.hkl_grid is None
+
+
+def auto_interpolates(Na, Nb, Nc) -> bool:
+    """nanoBragg's automatic -interpolate rule: tricubic interpolation of F
+    when the crystal is at most 2 cells wide along an axis (its lattice
+    transform then spreads far between the nodes)."""
+    return Na <= 2 or Nb <= 2 or Nc <= 2
+
+
+def _auto_interpolation(Na, Nb, Nc, log) -> int:
+    if auto_interpolates(Na, Nb, Nc):
+        log.append("auto-selected tricubic interpolation of structure factors")
+        return 1
+    log.append("auto-selected no interpolation")
+    return 0
 
 
 def recommended_oversample(xmax, lambda0, distance, pixel):
@@ -374,15 +417,17 @@ def build_model(cfg: Config) -> Model:
         raise ConfigError("too many phi steps or mosaic domains requested")
     log.extend(steps.warnings)
     log.extend(det.log)
+    if cfg.fudge != 1.0 and cfg.xtal_shape == "SQUARE":
+        # (nanoBragg.c, too, reads -fudge only in the round, gauss and tophat
+        # spots' argument; it says nothing)
+        log.append("WARNING: -fudge %g is ignored: it widens round, gauss and tophat spots, "
+                   "and this crystal is square (-square_xtal)" % cfg.fudge)
 
     interpolate = cfg.interpolate
-    if interpolate > 1:
-        if cfg.Na <= 2 or cfg.Nb <= 2 or cfg.Nc <= 2:
-            log.append("auto-selected tricubic interpolation of structure factors")
-            interpolate = 1
-        else:
-            log.append("auto-selected no interpolation")
-            interpolate = 0
+    if interpolate > 1 and cfg.c_parity:
+        # nanoBragg.c decides from the -N counts, before -xtal_size/-sample_* set
+        # the crystal's (docs/quirks.md #43); the default mode decides below
+        interpolate = _auto_interpolation(cfg.Na, cfg.Nb, cfg.Nc, log)
 
     # ---- crystal ------------------------------------------------------------
     rng = RngState()
@@ -410,6 +455,9 @@ def build_model(cfg: Config) -> Model:
     c_m = math.sqrt(sum(x * x for x in cr.c))
     xa, xb, xc = a_m * cr.Na, b_m * cr.Nb, c_m * cr.Nc
     log.append("crystal is %g x %g x %g microns" % (xa * 1e6, xb * 1e6, xc * 1e6))
+    if interpolate > 1:
+        # the crystal as rendered: its cell counts after the sizes and the beam's cut
+        interpolate = _auto_interpolation(cr.Na, cr.Nb, cr.Nc, log)
     xmax = max(xa, xb, xc)
     recip_pixel, ratio, recommended = recommended_oversample(xmax, cfg.lambda0, det.distance,
                                                              det.pixel_size)

@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from .model import R_E_SQR
-from .sampling import c_phi_sweep, c_sensor_layers, sweeps_differ_from_c
+from .sampling import SWEEPS, c_phi_sweep, c_sensor_layers, c_sweep, sweeps_differ_from_c
 
 
 def c_differences(model) -> List[Tuple[int, str]]:
@@ -122,12 +122,44 @@ def c_differences(model) -> List[Tuple[int, str]]:
         if any(float(p) != 0.0 for p in model.phis):
             # the blocks turn with the crystal (the C misorients them in the lab)
             out.append((41, "mosaic blocks turn with the crystal"))
-    moved = sweeps_differ_from_c(cfg, st)
+    if cfg.interpolate > 1 and model.hkls:
+        # the C's automatic choice reads the -N flags, before a crystal size sets
+        # the counts; the default mode's reads the counts rendered
+        from .model import auto_interpolates
+        if int(auto_interpolates(cfg.Na, cfg.Nb, cfg.Nc)) != int(model.interpolate):
+            out.append((43, "automatic -interpolate from the crystal's cell counts"))
+    if cfg.matfilename is not None:
+        from .crystal import mosflm_frame
+        if mosflm_frame(cfg.beam_convention) is not None:
+            # the C reads a MOSFLM matrix into the XDS/ADXV/DIALS lab as it stands
+            out.append((45, "-mat matrix turned out of MOSFLM's frame"))
+    if cfg.phistep > 0.0 and st.phistep != cfg.phistep:
+        # -osc not a multiple of -phistep: the C renders its whole steps past the oscillation
+        out.append((46, "the phi steps share the oscillation"))
+    moved = sweeps_differ_from_c(cfg, st) if cfg.sourcefilename is None else []
     if moved:
-        out.append((22, "%s points centred" % "/".join(
-            {"hdiv": "divergence", "vdiv": "divergence", "disp": "dispersion"}[m]
-            for m in dict.fromkeys(moved))))
+        names = "/".join(dict.fromkeys(
+            {"hdiv": "divergence", "vdiv": "divergence", "disp": "dispersion"}[m] for m in moved))
+        # the default mode samples each cell of the band at its middle (#44) ...
+        out.append((44, "%s at the band's cell centres" % names))
+        # ... and #22 where the C's own points were off the beam, or not as many
+        off = [m for m in moved if _c_sweep_off_centre(cfg, st, m)]
+        if off:
+            out.append((22, "%s points centred on the beam" % "/".join(dict.fromkeys(
+                {"hdiv": "divergence", "vdiv": "divergence", "disp": "dispersion"}[m]
+                for m in off))))
     return sorted(out)
+
+
+def _c_sweep_off_centre(cfg, st, name) -> bool:
+    """Whether nanoBragg.c's points of sweep ``name`` (step i - range/2, i <
+    count) are not centred on the beam, or not as many as the default mode's
+    (docs/quirks.md #22: a range and a step, a step and a count)."""
+    fields = SWEEPS[name]
+    rng, step, n = c_sweep(name, *(getattr(cfg, f) for f in fields))
+    if not (rng > 0.0 and step > 0.0 and n > 0):
+        rng, step, n = 0.0, 0.0, 1
+    return n != getattr(st, fields[2]) or abs(step * (n - 1) - rng) > 1e-9 * max(rng, step)
 
 
 def _c_auto_oversample(model) -> int:

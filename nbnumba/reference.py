@@ -102,34 +102,24 @@ def xyz_rotation(rx, ry, rz):
 # ---------------------------------------------------------------- sampling rules
 def _sweep(rng, step, n, count_only_range):
     """A swept range (divergence, dispersion) given any of (range, step, count)
-    (-1 / <= 0 = not given), as the default mode samples it: points ``step``
-    apart, symmetric about the beam, so that the span (count - 1) * step is the
-    returned range and the points are step * i - range / 2.  A range alone is 2
-    points at its ends, a step alone 2 points a step apart, range and count
-    divide the range; range and step put as many points as fit in the range
-    (nanoBragg.c: ceil(range/step) from -range/2, docs/quirks.md #22), step
-    and count keep the count (the C: 2).  (count_only_range: the C's width for
-    a count alone, which the default mode refuses before it gets here.)"""
-    if step > 0.0 and rng > 0.0 and n <= 0:
-        n = int(math.floor(rng / step * (1.0 + 1e-12))) + 1
-        span = (n - 1) * step
-        return (rng if abs(span - rng) <= 1e-12 * rng else span), step, n
-    if step > 0.0 and rng < 0.0 and n > 0:
-        return (n - 1) * step, step, n
+    (-1 / <= 0 = not given), as the default mode samples it: the band of the
+    returned range cut into n cells of the returned step, a point at the
+    middle of each, step * (i - (n - 1) / 2) (docs/quirks.md #44; nanoBragg.c
+    puts its end points on the band's edges, so that a flat band's spread is
+    (n + 1)/(n - 1) times too wide).  A range alone is 2 cells; a range and a
+    count that count (1: the beam alone); a range and a step ceil(range/step)
+    cells (within 1e-12 of an integer: that integer), the step shrunk to fill
+    the range; a step alone 2 cells of it, a step and a count that count.
+    (count_only_range: the C's width for a count alone, which the default mode
+    refuses before it gets here, as it refuses three that disagree.)"""
+    if rng == 0.0 or (rng < 0.0 and step <= 0.0):
+        return (0.0, 0.0, 1) if n <= 0 or rng == 0.0 else (count_only_range,
+                                                             count_only_range / n, n)
     if n <= 0:
-        if rng < 0.0:
-            return (0.0, 0.0, 1) if step <= 0.0 else (step, step, 2)
-        if step <= 0.0:
-            return rng, rng, 2
-        return rng, step, int(math.ceil(rng / step))    # (a zero range: no point)
+        n = 2 if (step <= 0.0 or rng < 0.0) else _count(rng / step)
     if rng < 0.0:
-        if step <= 0.0:
-            return count_only_range, count_only_range / n, n
-        return step, step, 2
-    if step <= 0.0:
-        n = max(n, 2)
-        return rng, rng / (n - 1), n
-    return rng, step, n
+        return n * step, step, n
+    return rng, rng / n, n
 
 
 def _layers(thick, step, n):
@@ -174,6 +164,10 @@ def sampling(cfg):
             n, osc, step = (1, 0.0, 0.0) if step <= 0.0 else (2, step, step)
         else:
             n, step = (2, osc / 2.0) if step <= 0.0 else (_count(osc / step), step)
+            if osc > 0.0:
+                # the n steps share the oscillation, whether or not the step
+                # divides it (quirk 46; nanoBragg.c renders n whole steps)
+                step = osc / n
     else:
         n = max(n, 1)
         if osc < 0.0:
@@ -347,6 +341,15 @@ def crystal(cfg, rng_state, det):
         if cfg.workdir and not os.path.isabs(path):
             path = os.path.join(cfg.workdir, path)
         recip = np.asarray(read_mosflm_mat(path), dtype=float) * (1e-10 / cfg.lambda0)
+        if cfg.beam_convention in _BASES:
+            # the file's vectors are in MOSFLM's frame (beam x, spindle z): the
+            # rotation that takes that beam and spindle to this convention's
+            # puts the crystal in its lab (CUSTOM: the user's own frame, kept)
+            beam, spin = np.array(_BASES[cfg.beam_convention][0]), np.array(_BASES[cfg.beam_convention][6])
+            mos_b, mos_s = np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])
+            turn = (np.column_stack([beam, spin, np.cross(beam, spin)])
+                    @ np.column_stack([mos_b, mos_s, np.cross(mos_b, mos_s)]).T)
+            recip = recip @ turn.T
     else:
         recip = reciprocal_from_cell(*_cell(cfg))
     if cfg.misset_mode == -1:
@@ -427,21 +430,19 @@ def sources(cfg, det, smp):
     inc, lam = [], []
     for i in range(hn):
         for j in range(vn):
-            h = hs * i - hr / 2.0
-            v = vs * j - vr / 2.0
+            h = hs * (i - (hn - 1) / 2.0)
+            v = vs * (j - (vn - 1) / 2.0)
             if cfg.round_div:
-                # elliptical cut; a zero-width direction does not cut
-                t = 0.0
-                if hr > 0:
-                    t += (h * h - hs * hs / 4.0 * (1 - hn % 2)) / hr / hr
-                if vr > 0:
-                    t += (v * v - vs * vs / 4.0 * (1 - vn % 2)) / vr / vr
-                if hr > 0 and vr > 0 and 4.0 * t > 1.1:
+                # the cell centres inside the ellipse of the full widths; a
+                # zero-width direction does not cut
+                t = (h / (hr / 2.0)) ** 2 if hr > 0 else 0.0
+                t += (v / (vr / 2.0)) ** 2 if vr > 0 else 0.0
+                if t > 1.0:
                     continue
             d = axis_rotation(vert, h) @ (axis_rotation(e_axis, v) @ det["beam"])
             for k in range(dn):
                 inc.append(_unit(d)[0])
-                lam.append(cfg.lambda0 * (1.0 + ds * k - dr / 2.0))
+                lam.append(cfg.lambda0 * (1.0 + ds * (k - (dn - 1) / 2.0)))
     return np.array(inc), np.array(lam), np.ones(len(lam))
 
 
@@ -474,7 +475,10 @@ def _lagrange(x0, x):
 class StructureFactors:
     """F(h, k, l): nearest neighbour (default_F outside the table) or tricubic."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, Ns=None):
+        """``Ns``: the crystal's cell counts (Na, Nb, Nc) after its size and the
+        beam's cut, which the automatic -interpolate choice reads (nanoBragg.c
+        reads the -N flags before the sizes set them: quirk 43); None: the flags'."""
         g = _grid(cfg)
         self.default_F = cfg.default_F
         self.n = int(g.hkls) if g is not None else 0
@@ -484,7 +488,8 @@ class StructureFactors:
             self.hi = (g.h_max, g.k_max, g.l_max)
         interp = cfg.interpolate
         if interp > 1:
-            interp = int(cfg.Na <= 2 or cfg.Nb <= 2 or cfg.Nc <= 2)
+            Na, Nb, Nc = Ns if Ns is not None else (cfg.Na, cfg.Nb, cfg.Nc)
+            interp = int(Na <= 2 or Nb <= 2 or Nc <= 2)
         self.interpolate = bool(interp) and self.n > 0
 
     def nearest(self, i):
@@ -662,7 +667,7 @@ def setup(cfg):
     width = min(t, cfg.beamsize) if cfg.beamsize > 0 else t
     I_bg = WATER_F ** 2 * t * width ** 2 * WATER_DENSITY * AVOGADRO / WATER_MW
     return dict(cfg=cfg, smp=smp, det=det, recip=recip, Ns=Ns, cells=cells, inc=inc, lam=lam, wts=wts,
-                fluence=fluence, oversample=oversample, I_bg=I_bg, F=StructureFactors(cfg))
+                fluence=fluence, oversample=oversample, I_bg=I_bg, F=StructureFactors(cfg, Ns))
 
 
 def bend_onto_sphere(det, Fd, Sd, depth):

@@ -78,36 +78,35 @@ _SWEEP_FLAGS = {"hdiv": ("-hdivrange", "-hdivstep", "-hdivsteps", 1e3, "mrad"),
                 "vdiv": ("-vdivrange", "-vdivstep", "-vdivsteps", 1e3, "mrad"),
                 "disp": ("-dispersion", None, "-dispsteps", 1e2, "%")}
 
-#: |count-1 steps - width| within this fraction of the width: the three agree
+#: |count steps - width| within this fraction of the width: the three agree
 _SPAN_AGREES = 1e-9
 _RTD = 180.0 / math.pi
 
 
-def floor_count(ratio):
-    """floor(ratio) as an int, HUGE_COUNT from there up (inf included)."""
-    return int(math.floor(ratio)) if ratio < HUGE_COUNT else HUGE_COUNT
-
-
 def centred_sweep(sweep, rng, step, steps):
-    """The default mode's divergence or dispersion sweep (docs/quirks.md #22):
-    (width, step, count), -1 for "not given", resolved so that nanoBragg's
-    points ``step * i - width / 2`` (i < count) lie ``step`` apart and centred
-    on the beam (the central wavelength).  nanoBragg.c's rule (_range_rule)
-    already does so for a width alone, a step alone, or a width and a count,
-    and those keep its numbers.  It does not for:
+    """The default mode's divergence or dispersion sweep (docs/quirks.md #22,
+    #44): (width, step, count), -1 for "not given", resolved so that the
+    points are the midpoints of ``count`` cells of ``step`` that tile the band
+    [-width/2, width/2]: width = count * step, and point i lies at
+    step * (i - (count - 1) / 2) (sources.sweep_offset).  nanoBragg.c
+    (_range_rule, points step * i - width / 2) puts its first and last points on
+    the band's edges, so a uniform band's spread comes out (N+1)/(N-1) times too
+    wide (2 points: 3 times), and off-centre for some flags.  The counts:
 
-    * a width and a step: ceil(width/step) points from -width/2, so the last
-      is missing (-hdivrange 1 -hdivstep 1: one point, the beam turned by
-      0.5 mrad).  Here: as many points as fit in the width, floor + 1;
-    * a step and a count: the C drops the count (2 points); here it is kept;
+    * a width alone: 2 points, as the C's (at +-width/4; the C's at the edges);
+    * a width and a count: that count, 1 included (the beam itself; the C
+      makes it 2, which its width/(count-1) needs);
+    * a width and a step: ceil(width/step) cells (a ratio within 1e-12 above
+      an integer is that integer, #25), the step shrunk to tile the width
+      exactly (the C: ceil(width/step) points from -width/2, the last missing);
+    * a step alone, or a step and a count (2 when none): the points a step
+      apart, the band count * step wide (the C drops the count: 2 points);
     * a count alone (or with a negative width): the C sweeps a width of
       1 rad (57 degrees; 100 % for the dispersion), off-centre: refused;
-    * all three when they disagree (the C puts the points where step and
-      count say, from -width/2: all on one side for a narrow step): refused.
+    * all three when count * step is not the width: refused.
     """
     fr, fs, fn, scale, unit = _SWEEP_FLAGS[sweep]
     given_width = fr + ("/-divergence" if sweep != "disp" else "")
-    c_rule = _range_rule(rng, step, steps, 1.0)
     if steps > 0 and rng < 0.0 and step <= 0.0:
         raise ConfigError("%s %d needs a width (%s, %s)%s: nanoBragg.c would sweep %g %s "
                           "(%s), off-centre (-c_parity reproduces it)"
@@ -115,27 +114,28 @@ def centred_sweep(sweep, rng, step, steps):
                              unit, " or a step (%s)" % fs if fs else " of 0 or more", scale,
                              unit, "57 degrees" if sweep != "disp" else "half to 1.5 times the "
                              "wavelength"))
-    if step <= 0.0:
-        return c_rule
-    if steps <= 0:
-        if rng <= 0.0:
-            return c_rule       # a step alone (2 points, +-step/2), or a zero width
-        n = floor_count(rng / step * (1.0 + 1e-12)) + 1
+    if rng == 0.0 or (rng < 0.0 and step <= 0.0):
+        return 0.0, 0.0, 1          # no width, or nothing given: the beam alone
+    if step <= 0.0:                 # a width, and a count or not
+        n = steps if steps > 0 else 2
+        return rng, rng / n, n
+    if rng < 0.0:                   # a step, and a count or not
+        n = steps if steps > 0 else 2
+        return step * n, step, n
+    if steps <= 0:                  # a width and a step
+        n = exact_ceil_count(rng / step)
         if n >= HUGE_COUNT:
             return rng, step, HUGE_COUNT    # (the memory rule refuses it)
-        span = step * (n - 1)
-        return (rng if abs(span - rng) <= 1e-12 * rng else span), step, n
-    if rng < 0.0:
-        return step * (steps - 1), step, steps
-    span = step * (steps - 1)
-    if abs(span - rng) > _SPAN_AGREES * max(rng, span):
-        raise ConfigError("%s %g, %s %g and %s %d disagree: %d points %g %s apart span %g %s; "
-                          "give two of the three (nanoBragg.c would put them from %g to %g %s; "
-                          "-c_parity reproduces it)"
+        return rng, rng / n, n
+    band = step * steps
+    if abs(band - rng) > _SPAN_AGREES * max(rng, band):
+        raise ConfigError("%s %g, %s %g and %s %d disagree: %d cells of %g %s cover %g %s; "
+                          "give two of the three (nanoBragg.c would put the points from %g to "
+                          "%g %s; -c_parity reproduces it)"
                           % (given_width, rng * scale, fs, step * scale, fn, steps, steps,
-                             step * scale, unit, span * scale, unit, -rng / 2 * scale,
+                             step * scale, unit, band * scale, unit, -rng / 2 * scale,
                              (step * (steps - 1) - rng / 2) * scale, unit))
-    return c_rule
+    return rng, rng / steps, steps
 
 
 def _sensor_layers(thick, step, steps):
@@ -173,12 +173,20 @@ def c_sweep(sweep, rng, step, steps):
 
 
 def sweeps_differ_from_c(cfg, steps: "Steps") -> List[str]:
-    """The sweeps (SWEEPS names) whose resolved (width, step, count) in
-    ``steps`` differ from nanoBragg.c's for the same flags (docs/quirks.md #22)."""
+    """The sweeps (SWEEPS names) whose points in ``steps`` are not nanoBragg.c's
+    for the same flags (docs/quirks.md #22, #44): the C's counts and positions
+    (c_sweep, sources.sweep_offset), compared point by point.  A step alone
+    gives the C's two points in both modes; -c_parity, the C's always."""
+    from .sources import sweep_offset
+    c = copy.copy(steps)
+    c.midpoints = False
     out = []
-    for name, (r, s, n) in SWEEPS.items():
-        c = _sanity(*c_sweep(name, getattr(cfg, r), getattr(cfg, s), getattr(cfg, n)))
-        if c != (getattr(steps, r), getattr(steps, s), getattr(steps, n)):
+    for name, fields in SWEEPS.items():
+        for f, x in zip(fields, _sanity(*c_sweep(name, *(getattr(cfg, f) for f in fields)))):
+            setattr(c, f, x)
+        n = getattr(steps, fields[2])
+        if n != getattr(c, fields[2]) or any(sweep_offset(steps, name, i) != sweep_offset(c, name, i)
+                                             for i in range(n)):
             out.append(name)
     return out
 
@@ -215,6 +223,10 @@ class Steps:
     #: (-c_parity), which samples each step at its start; the default mode
     #: centres the points in the oscillation (docs/quirks.md #28)
     phi_offset: float = 0.0
+    #: the divergence and dispersion points are the midpoints of count cells of
+    #: step across the width (the default mode, docs/quirks.md #44), else
+    #: nanoBragg.c's step * i - width / 2 (-c_parity; sources.sweep_offset)
+    midpoints: bool = False
 
 
 def c_phi_sweep(osc, step, steps):
@@ -263,6 +275,11 @@ def centred_phi_sweep(osc, step, steps):
                                  step * (n - 1) * _RTD))
     elif step > 0.0 and osc >= 0.0:            # an oscillation and a step
         n = exact_ceil_count(osc / step)         # (#25: 1.1 / 0.1 is 11 steps)
+        if n < HUGE_COUNT and osc > 0.0 and step * n - osc > _SPAN_AGREES * osc:
+            # the step does not divide the oscillation: n steps of it would
+            # render n * step (-osc 1 -phistep 0.3: 1.2 deg, the header saying
+            # 1); the n steps share the oscillation instead (#46)
+            step = osc / n
     else:
         osc, step, n = c_phi_sweep(osc, step, steps)
     if n >= HUGE_COUNT:
@@ -281,6 +298,11 @@ def resolve_steps(cfg) -> Steps:
     else:
         osc, phistep, phisteps, phi_offset = centred_phi_sweep(cfg.osc, cfg.phistep,
                                                                cfg.phisteps)
+        if cfg.phistep > 0.0 and phistep != cfg.phistep:
+            warnings.append("-osc %g is not a multiple of -phistep %g: %d steps of %.6g deg "
+                            "(nanoBragg.c renders %d steps of %g, %g deg)"
+                            % (osc * _RTD, cfg.phistep * _RTD, phisteps, phistep * _RTD,
+                               phisteps, cfg.phistep * _RTD, phisteps * cfg.phistep * _RTD))
 
     # --- divergence, dispersion and sensor layers ------------------------
     sweep = c_sweep if cfg.c_parity else centred_sweep
@@ -336,6 +358,7 @@ def resolve_steps(cfg) -> Steps:
     thick, tstep, tsteps = _sanity(thick, tstep, tsteps)
 
     return Steps(phi0=cfg.phi0, phistep=phistep, phisteps=phisteps, osc=osc, phi_offset=phi_offset,
+                 midpoints=not cfg.c_parity,
                  hdivrange=h[0], hdivstep=h[1], hdivsteps=h[2],
                  vdivrange=v[0], vdivstep=v[1], vdivsteps=v[2],
                  dispersion=d[0], dispstep=d[1], dispsteps=d[2],
@@ -353,16 +376,17 @@ SWEEPS = {"hdiv": ("hdivrange", "hdivstep", "hdivsteps"),
 
 def sweep_at(steps: Steps, sweep: str, rng: float) -> Steps:
     """``steps`` with sweep ``sweep`` (a SWEEPS name) at range ``rng``, its point
-    count kept and its step rng/(count - 1), as resolve_steps derives it from
-    a range (a given step fixes the points whatever the range, docs/quirks.md
-    #22, and nbnumba.autodiff refuses to differentiate such a range); a sweep
-    collapsed to one point at range 0 stays collapsed.  This is the sampling
-    the run's image is a smooth function of near its own range."""
+    count kept and its step rng/count (the default mode's cells, #44) or
+    rng/(count - 1) (nanoBragg.c's), as resolve_steps derives it from a range
+    (a given step fixes the points whatever the range under -c_parity,
+    docs/quirks.md #22, and nbnumba.autodiff refuses to differentiate such a
+    range); a sweep collapsed to one point at range 0 stays collapsed.  This is
+    the sampling the run's image is a smooth function of near its own range."""
     r_name, s_name, n_name = SWEEPS[sweep]
     n = getattr(steps, n_name)
     if getattr(steps, r_name) == 0.0 and n == 1:
         return steps
     out = copy.copy(steps)
     setattr(out, r_name, rng)
-    setattr(out, s_name, rng / (n - 1))
+    setattr(out, s_name, rng / (n if steps.midpoints else n - 1))
     return out

@@ -11,6 +11,7 @@ from typing import List
 
 import numpy as np
 
+from .sampling import SWEEPS
 from .vecmath import host
 
 # plain-Python vector helpers (same source as the kernel's compiled ones)
@@ -48,10 +49,24 @@ class Sources:
         return -self.direction
 
 
+def sweep_offset(steps, sweep, i):
+    """Point i's offset from the beam of sweep ``sweep`` ("hdiv", "vdiv": rad;
+    "disp": fraction of the wavelength).  The default mode (steps.midpoints)
+    samples the band [-width/2, width/2] at the midpoints of its count cells
+    of step, width ((i + 1/2)/count - 1/2) (docs/quirks.md #44; a given step
+    without a width: count * step wide), so a uniform band's variance is
+    width^2/12 (1 - 1/count^2); one point is the beam itself.  nanoBragg.c
+    (-c_parity) puts the points at step * i - width / 2, the band's edges
+    included: width^2 (count + 1) / (12 (count - 1))."""
+    rng, step, n = (getattr(steps, f) for f in SWEEPS[sweep])
+    if steps.midpoints:
+        return step * (i - 0.5 * (n - 1))
+    return step * i - rng / 2.0
+
+
 def divergence_offset(steps, i, j):
     """(hdiv, vdiv) (rad) of point (i, j) of the divergence grid."""
-    return (steps.hdivstep * i - steps.hdivrange / 2.0,
-            steps.vdivstep * j - steps.vdivrange / 2.0)
+    return sweep_offset(steps, "hdiv", i), sweep_offset(steps, "vdiv", j)
 
 
 def divergence_points(steps, round_div):
@@ -61,16 +76,32 @@ def divergence_points(steps, round_div):
     for i in range(steps.hdivsteps):
         for j in range(steps.vdivsteps):
             hdiv, vdiv = divergence_offset(steps, i, j)
-            # C divides by a possibly zero range: NaN never exceeds 1.1, so a
-            # degenerate direction keeps its points (IEEE semantics via numpy)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                hr, vr = np.float64(steps.hdivrange), np.float64(steps.vdivrange)
-                test = (hdiv * hdiv - steps.hdivstep * steps.hdivstep / 4.0 * (1 - steps.hdivsteps % 2)) / hr / hr
-                test += (vdiv * vdiv - steps.vdivstep * steps.vdivstep / 4.0 * (1 - steps.vdivsteps % 2)) / vr / vr
-            if round_div and test * 4.0 > 1.1:
+            if round_div and not _in_ellipse(steps, hdiv, vdiv):
                 continue
             kept.append((i, j))
     return kept
+
+
+def _in_ellipse(steps, hdiv, vdiv):
+    """Whether -round_div keeps the point (hdiv, vdiv)."""
+    if steps.midpoints:
+        # the cell centres inside the ellipse whose axes are the full widths;
+        # a direction of width 0 (its one point on the beam) does not cut.
+        # Never empty: the innermost centre lies within 1/2 of a half-width
+        t = 0.0
+        if steps.hdivrange > 0.0:
+            t += (hdiv / (steps.hdivrange / 2.0)) ** 2
+        if steps.vdivrange > 0.0:
+            t += (vdiv / (steps.vdivrange / 2.0)) ** 2
+        return t <= 1.0
+    # nanoBragg.c's cut, its 1.1 slack included.  It divides by a possibly zero
+    # range: NaN never exceeds 1.1, so a degenerate direction keeps its points
+    # (IEEE semantics via numpy)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hr, vr = np.float64(steps.hdivrange), np.float64(steps.vdivrange)
+        test = (hdiv * hdiv - steps.hdivstep * steps.hdivstep / 4.0 * (1 - steps.hdivsteps % 2)) / hr / hr
+        test += (vdiv * vdiv - steps.vdivstep * steps.vdivstep / 4.0 * (1 - steps.vdivsteps % 2)) / vr / vr
+    return not test * 4.0 > 1.1
 
 
 def relative_intensities(weights):
@@ -118,7 +149,12 @@ def build_sources(steps, beam, polar, vert, lambda0, round_div, file_columns=Non
         kept = [divergence_offset(steps, i, j) for i, j in points]
         for hdiv, vdiv in kept:
             log.append("divergence deviation: %g %g" % (hdiv, vdiv))
-        lam = [lambda0 * (1.0 + steps.dispstep * t - steps.dispersion / 2.0) for t in range(steps.dispsteps)]
+        if steps.midpoints:
+            lam = [lambda0 * (1.0 + sweep_offset(steps, "disp", t)) for t in range(steps.dispsteps)]
+        else:
+            # (the C's order of the sums, for its roundings)
+            lam = [lambda0 * (1.0 + steps.dispstep * t - steps.dispersion / 2.0)
+                   for t in range(steps.dispsteps)]
         for t, lv in enumerate(lam):
             log.append("lambda%d = %.15g" % (t, lv))
         n = len(kept) * steps.dispsteps

@@ -135,7 +135,15 @@ def printout_lines(res):
     lam = float(val.get("lambda_meters", ["1e-10"])[0])
     Svec = [float(x) for x in val.get("scattering_vec_A_inv", ["0", "0", "0"])]
     stol = 0.5 * math.sqrt(sum(x * x for x in Svec))
-    two_theta = math.atan2(math.sqrt(pos[1] ** 2 + pos[2] ** 2), pos[0])
+    if cfg.c_parity:
+        # nanoBragg.c takes the scattering angle from +x, MOSFLM's beam, in every
+        # convention: under -xds its second stol was 107 times the first
+        two_theta = math.atan2(math.sqrt(pos[1] ** 2 + pos[2] ** 2), pos[0])
+    else:
+        beam = [float(x) for x in model.det.beam]
+        along = sum(p * b for p, b in zip(pos, beam))
+        across = math.sqrt(max(0.0, sum(p * p for p in pos) - along * along))
+        two_theta = math.atan2(across, along)
     hkl = [float(x) for x in val.get("hkl_frac", ["0", "0", "0"])]
     hkl0 = val.get("hkl_rounded", ["0", "0", "0"])
     I = float(val.get("I_before_scaling", ["0"])[0])

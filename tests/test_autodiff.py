@@ -527,21 +527,21 @@ def test_gradcheck_sweeps():
 
 
 def test_sweep_blocks_hold_the_runs_points():
-    """With a count given the points are (i/(n-1) - 1/2) r: d hdiv/d range =
-    hdiv/r, so each source's incident vector turns about the vertical axis by
-    its own share, d inc/d range = hdiv/r vert x inc (per rad); the round cut
-    keeps the edge points of the 3 x 3 grid (4 (hdiv/r)^2 + 4 (vdiv/r)^2 = 1),
-    not its corners (2), and the wavelengths do not move."""
+    """With a count given the points are ((i + 1/2)/n - 1/2) r (docs/quirks.md
+    #44): d hdiv/d range = hdiv/r, so each source's incident vector turns about
+    the vertical axis by its own share, d inc/d range = hdiv/r vert x inc (per
+    rad); the round cut keeps 12 of the 4 x 4 grid, not its corners
+    (4 (3/8)^2 + 4 (3/8)^2 = 9/8 > 1), and the wavelengths do not move."""
     from nbnumba import autodiff as AD
     from nbnumba.sources import divergence_offset, divergence_points
-    argv = BASE + "-hdivsteps 3 -vdivrange 1 -vdivsteps 3".split()
+    argv = BASE + "-hdivsteps 4 -vdivrange 1 -vdivsteps 4".split()
     run = AD._Run(argv, {"hdivrange": np.array([2.0])}, ("hdivrange",), None)
     inc = run.model.sources.incident
-    assert inc.shape[0] == 5        # the four corners cut
+    assert inc.shape[0] == 12       # the four corners cut
     st = run.model.steps
     hdiv = np.array([divergence_offset(st, i, j)[0]
                      for i, j in divergence_points(st, run.cfg.round_div)])
-    assert sorted(hdiv / 2e-3) == [-0.5, 0.0, 0.0, 0.0, 0.5]
+    assert sorted(hdiv / 2e-3) == [-0.375] * 2 + [-0.125] * 4 + [0.125] * 4 + [0.375] * 2
     blk = run.source_blocks("hdivrange")
     expected = (hdiv / 2e-3)[:, None] * 1e-3 * np.cross(run.model.det.vert, inc)
     assert np.abs(expected).max() > 1e-4
@@ -550,16 +550,16 @@ def test_sweep_blocks_hold_the_runs_points():
 
 
 def test_sweep_range_with_a_given_step_is_refused_with_grad():
-    """A given step keeps the points that step apart, centred (docs/quirks.md
-    #22): the range sets only their count, so the image is a step function
-    of it.  Without grad the keyword renders as the flag."""
+    """A given step sets how many cells the range holds (docs/quirks.md #22,
+    #44), a step function of the range.  Without grad the keyword renders as
+    the flag."""
     import nbnumba
     argv = BASE + ["-hdivstep", "0.3"]
     with pytest.raises(ConfigError, match="hdivrange= cannot be differentiated with -hdivstep"):
         simulate(argv, hdivrange=torch.tensor([2.0], dtype=torch.float64, requires_grad=True))
     img = simulate(argv, hdivrange=torch.tensor([2.0], dtype=torch.float64))
     ref = nbnumba.simulate_argv(argv + ["-hdivrange", "2"])
-    assert ref.model.sources.incident.shape[0] == 7      # floor(2 / 0.3) + 1
+    assert ref.model.sources.incident.shape[0] == 7      # ceil(2 / 0.3)
     assert np.array_equal(img.numpy().astype(np.float32), ref.float_image)
 
 
@@ -1019,9 +1019,11 @@ SENSOR = {
     # per-sub-path polarization where -dmin cuts the corners' Bragg terms (the
     # water still fills them, weighed by their polarization), with mosaic
     # domains, phi steps and divergent sources (-dmin 10.5 put a sub-path of the
-    # layers' middles, docs/quirks.md #39, within the differences' steps of its edge)
+    # layers' middles, docs/quirks.md #39, within the differences' steps of its
+    # edge; so did each of 10.3, 10.35, 10.4, 10.45 and 10.6 once the sources sat
+    # at the band's cell centres, #44)
     "polar_dmin": "-detector_thick 200 -detector_thicksteps 2 -oversample 2 -oversample_polar "
-                  "-water 0.03 -dmin 10.4 -phi 0 -osc 0.3 -phisteps 2 -mosaic 0.4 -mosaic_dom 2 "
+                  "-water 0.03 -dmin 10.2 -phi 0 -osc 0.3 -phisteps 2 -mosaic 0.4 -mosaic_dom 2 "
                   "-divergence 0.2 -divsteps 2",
 }
 #: the keywords the sensor cases differentiate: everything that moves the
@@ -1508,14 +1510,13 @@ def test_gradcheck_weighted_sourcefile(tmp_path, extra):
 
 def test_round_crystal_at_node_centres_central_differences(tmp_path):
     """A round crystal whose sub-paths all sit within ~1e-8 of a node's centre
-    (a -sourcefile wavelength of 1.5 m puts h, k, l near 0): the N and
-    beam-centre gradients equal Richardson central differences to 1e-6.  The
-    C's closed-form sinc3 cancels there, so the image was rounding noise in N
-    (an N gradient of 130.9 against differences of -5.0, found by
+    (a wavelength of 1.5 m puts h, k, l near 0; found with a -sourcefile line
+    that gave it, which is now refused as a wavelength written in Angstrom):
+    the N and beam-centre gradients equal Richardson central differences to
+    1e-6.  The C's closed-form sinc3 cancels there, so the image was rounding
+    noise in N (an N gradient of 130.9 against differences of -5.0, found by
     tools/fuzz.py gradients); the default mode sums its series (test_sinc3.py)."""
-    src = tmp_path / "s.txt"
-    src.write_text("0 -1 0 1 1.5\n")
-    argv = BASE + ["-round_xtal", "-N", "3", "-sourcefile", str(src)]
+    argv = BASE + ["-round_xtal", "-N", "3", "-lambda", "1.5e10"]
     vals = dict(N=[3.0, 3.0, 3.0], beam_center=[12.3, 12.9])
     w = torch.from_numpy(np.random.default_rng(3).normal(size=(12, 12)))
     ts = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in vals.items()}

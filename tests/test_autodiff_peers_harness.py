@@ -16,8 +16,9 @@ def test_w2_case_has_oversample_and_three_wavelengths():
     m = build_model(parse_argv(P.case_argv(P.CASES["W2_256"])))
     assert m.shape == (256, 256)
     lam = np.sort(m.sources.wavelength) / 1.5e-10
-    # -dispersion 0.2 (per cent) in 3 steps: 0.999, 1, 1.001 of lambda0
-    np.testing.assert_allclose(lam, [0.999, 1.0, 1.001], rtol=1e-12)
+    # -dispersion 0.2 (per cent) in 3 steps, each at the middle of its third of
+    # the band (docs/quirks.md #44): 1 -+ 0.002/3 of lambda0
+    np.testing.assert_allclose(lam, [1 - 0.002 / 3, 1.0, 1 + 0.002 / 3], rtol=1e-12)
     assert m.cfg.oversample == 2
     # the case given its own flags (pilatus_roi) is passed through as it is
     assert P.case_argv({"argv": ["-cell", "1"]}) == ["-cell", "1"]

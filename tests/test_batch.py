@@ -333,7 +333,9 @@ def test_batch_line_never_writes_another_lines_input(tmp_path, capsys, monkeypat
     # `-mat m.mat` on line 1 and `-floatfile m.mat` on line 2: both "ok", the matrix
     # replaced by an image while (or before) line 1 read it
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "m.mat").write_text("0.01 0 0\n0 0.0125 0\n0 0 0.0111\n")
+    # (the matrix of BASE's -cell at its -lambda: a -cell beside -mat may only
+    # scale the matrix's cell, docs/quirks.md #47)
+    (tmp_path / "m.mat").write_text("0.0214285714 0 0\n0 0.01875 0\n0 0 0.0166666667\n")
     before = (tmp_path / "m.mat").read_bytes()
     assert nbnumba.simulate_many([_argv(8, "-nonoise -floatfile /dev/null -intfile a.img")],
                                  cwd=str(tmp_path), write=True)[0].ok

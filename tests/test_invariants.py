@@ -426,13 +426,19 @@ def _rotate(v, axis, deg):
     return v * math.cos(t) + np.cross(a, v) * math.sin(t) + a * (a @ v) * (1.0 - math.cos(t))
 
 
-def _write_mat(path, s, lam, turn=lambda v: v):
-    """A MOSFLM matrix (reciprocal vectors times lambda, one lab component per
-    row) of the cubic lattice with a* = turn(s) (1/A), b* and c* square to it."""
+def _write_mat(path, s, lam, turn=lambda v: v, argv=""):
+    """A MOSFLM matrix (reciprocal vectors times lambda, one component per row)
+    of the cubic lattice with a* = turn(s) (1/A) in the lab of ``argv``'s
+    convention, b* and c* square to it.  The file holds them in MOSFLM's frame
+    (beam x, spindle z), out of which the run turns them (docs/quirks.md #45)."""
+    from nbnumba.crystal import mosflm_frame
     e1 = s / np.linalg.norm(s)
     e2 = np.cross(e1, (0.3, 0.5, 0.8))
     e2 /= np.linalg.norm(e2)
     recip = np.array([turn(e1), turn(e2), turn(np.cross(e1, e2))]) * np.linalg.norm(s)
+    conv = [c for c in ("XDS", "ADXV", "DIALS") if "-" + c.lower() in argv.split()]
+    if conv:
+        recip = recip @ np.array(mosflm_frame(conv[0]))     # lab -> MOSFLM's frame
     path.write_text("".join("%.17g %.17g %.17g\n" % tuple(r) for r in recip.T * lam))
 
 
@@ -515,7 +521,7 @@ SPOT_CASES = {
 def _spot_image(tmp_path, case, target, extra=""):
     geom, beam, pos = SPOT_CASES[case]
     u = pos(*target)
-    _write_mat(tmp_path / "A.mat", u / np.linalg.norm(u) - beam, 1.0)   # s = k_out - k_in
+    _write_mat(tmp_path / "A.mat", u / np.linalg.norm(u) - beam, 1.0, argv=geom)   # s = k_out - k_in
     cfg = parse(SPOT_GEOM + geom + " -mat %s -lambda 1 -N 40 -default_F 0 -nopolar -nonoise "
                 "-nopgm -oversample 1 %s" % (tmp_path / "A.mat", extra), hkl_grid=_one_reflection())
     return nbnumba.simulate(cfg).float_image.astype(np.float64)
@@ -604,7 +610,7 @@ def _swept_reflection(tmp_path, N, extra=""):
     u = np.array([0.0, -math.sin(math.radians(tt)), math.cos(math.radians(tt))])
     s = (u - Z_) / lam
     # at phi = osc/2 (right-handed about the spindle) a* = s
-    _write_mat(tmp_path / "D.mat", s, lam, lambda v: _rotate(v, X_, -osc / 2))
+    _write_mat(tmp_path / "D.mat", s, lam, lambda v: _rotate(v, X_, -osc / 2), argv="-xds")
     pixel = 0.1 * 20 / N
     argv = ("-xds -twotheta %g -distance 50 -pixel %g -detpixels %d -ORGX %g -ORGY %g -mat %s "
             "-lambda %g -N %d -gauss_xtal -default_F 0 -nopolar -nonoise -nopgm -oversample 1 "

@@ -381,7 +381,9 @@ def test_read_hkl_duplicates_last_wins_and_noninteger_warning(tmp_path):
     assert g.h_max == 1  # int() truncation of 1.5
     assert g.F[1, 0, 0] == 4.0
     # the file's 1-based line (C prints its 0-based record count, 3, there)
-    assert g.warnings == ["WARNING: non-integer value for h (1.5) at line 4"]
+    assert g.warnings == ["WARNING: non-integer value for h (1.5) at line 4",
+                          "WARNING: %s: 1 record repeats a reflection given before, and the "
+                          "last one's F is kept (h k l = 0 0 0 on lines 1, 3)" % p]
 
 
 

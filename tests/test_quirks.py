@@ -554,7 +554,8 @@ def test_nopolar_wins_over_oversample_polar_in_the_default_mode():
     np.testing.assert_array_equal(c.float_image, polarized.float_image)     # the C's defect
     assert np.max(np.abs(c.float_image / d.float_image - 1.0)) > 1e-3
     from nbnumba.quirks import c_differences
-    assert [n for n, _ in c_differences(d.model)] == [7, 15] and not c_differences(c.model)
+    # (#22: the divergence's 2 points at the middles of its halves, #44)
+    assert [n for n, _ in c_differences(d.model)] == [7, 15, 44] and not c_differences(c.model)
 
 
 # 16 --------------------------------------------------------------------------
@@ -745,10 +746,11 @@ def _hdiv_points(r):
 
 @pytest.mark.parametrize("flags, c_points, points", [
     # a width and a step: nanoBragg.c's ceil(width/step) points from -width/2
-    # leave the last out; the default mode fits floor + 1, centred
-    ("-hdivrange 1 -hdivstep 1", [-0.5], [-0.5, 0.5]),
-    ("-hdivrange 1 -hdivstep 0.5", [-0.5, 0.0], [-0.5, 0.0, 0.5]),
-    ("-hdivrange 1 -hdivstep 0.3", [-0.5, -0.2, 0.1, 0.4], [-0.45, -0.15, 0.15, 0.45]),
+    # leave the last out; the default mode's ceil(width/step) cells tile the
+    # width, a point at the middle of each (#44)
+    ("-hdivrange 1 -hdivstep 1", [-0.5], [0.0]),
+    ("-hdivrange 1 -hdivstep 0.5", [-0.5, 0.0], [-0.25, 0.25]),
+    ("-hdivrange 1 -hdivstep 0.3", [-0.5, -0.2, 0.1, 0.4], [-0.375, -0.125, 0.125, 0.375]),
     ("-hdivrange 0.5 -hdivstep 1", [-0.25], [0.0]),
     # a step and a count: the C drops the count
     ("-hdivstep 0.1 -hdivsteps 5", [-0.05, 0.05], [-0.2, -0.1, 0.0, 0.1, 0.2]),
@@ -766,14 +768,13 @@ def test_divergence_points_centred_in_the_default_mode(flags, c_points, points):
     assert not np.array_equal(c.float_image, d.float_image)
 
 
-@pytest.mark.parametrize("flags", ["-hdivrange 1 -hdivsteps 3", "-hdivrange 0.4",
-                                   "-hdivstep 0.2", "-divergence 0.3 -divsteps 4",
-                                   "-hdivrange 0.2 -hdivstep 0.1 -hdivsteps 3",
-                                   "-dispersion 2 -dispsteps 3"])
+@pytest.mark.parametrize("flags", ["-hdivstep 0.2", "-hdivstep 0.2 -vdivstep 0.1 -round_div"])
 def test_divergence_the_c_already_centres_is_unchanged(flags):
-    """A width alone, a step alone, a width with a count, and three that agree:
-    the C's points are centred; both modes give the same image, bit for bit,
-    and no note."""
+    """A step alone: the C's two points a step apart about the beam are the
+    midpoints of the default mode's two cells (#44); both modes give the same
+    image, bit for bit, and no note.  (A width, with a count or not, and three
+    that agree: the C's points on the width's edges, #44,
+    tests/test_sources_midpoint.py.)"""
     from nbnumba.quirks import c_differences
     extra = ["-oversample", "1"] + flags.split()
     c, d = sim(extra, c_parity=True), sim(extra)

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import nbnumba
+from nbnumba.errors import ConfigError
 from nbnumba import reference as ref
 from nbnumba.io.hkl import HKLGrid
 from nbnumba.testing.refcheck import compare
@@ -173,11 +174,15 @@ def test_mat_file_with_cell(tmp_path):
     # -cell with -mat: nanoBragg makes the user's cell "take": the real axes keep
     # the matrix's directions and get the -cell edge lengths (tools/fuzz.py
     # reference, seed 1; the reference used the matrix alone: pixel (0, 4) kernel
-    # 1.06296, reference 3.23869)
+    # 1.06296, reference 3.23869).  The default mode takes a -cell that scales
+    # the matrix's cell (here by 1.02) and refuses another lattice (quirk 47)
     recip = np.array([[0.0142, 0.0011, -0.0009], [0.0007, 0.0123, 0.0021], [-0.0013, 0.0017, 0.0109]])
     (tmp_path / "A.mat").write_text("\n".join(" %.10f %.10f %.10f" % tuple(r) for r in
                                               (recip.T * 1.5).tolist()) + "\n")
-    check(cfg_of("-oversample 1 -mat A.mat", workdir=str(tmp_path)))
+    check(cfg_of("-oversample 1 -mat A.mat -cell 73.7437 87.3026 98.8824 109.648 77.5261 100.596",
+                 workdir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="is not the cell of -mat A.mat"):
+        check(cfg_of("-oversample 1 -mat A.mat", workdir=str(tmp_path)))
 
 
 def test_nopolar_with_oversample_polar():

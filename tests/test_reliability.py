@@ -223,15 +223,15 @@ def test_fuzz_tool_runs_clean_and_reports_a_failure(tmp_path, monkeypatch, capsy
 
 def test_fuzz_heavy_weighs_the_sweep_keywords(monkeypatch):
     """tools/fuzz.py's heavy() weighs a line with the keywords' sampling
-    ranges: a given -hdivstep is 2 sources alone, and range/step + 1 under
-    hdivrange= (here 41 under a bound of 1000 sub-paths on 100 pixels; a
+    ranges: a given -hdivstep is 2 sources alone, and range/step cells under
+    hdivrange= (here 40 under a bound of 1000 sub-paths on 100 pixels; a
     step of 1e-6 mrad under hdivrange=0.4 is 400 000 sources)."""
     fz = _fuzz_tool()
     monkeypatch.setattr(fz, "MAX_SUBPATHS", 1000)
     argv = fz.AD_BASE + ["-hdivstep", "0.01", "-default_F", "100", "-oversample", "1"]
     fz.heavy(argv)
     fz.heavy(argv, {"vdivrange": [0.4]})
-    with pytest.raises(fz.Heavy, match="4100 sub-paths"):
+    with pytest.raises(fz.Heavy, match="4000 sub-paths"):
         fz.heavy(argv, {"hdivrange": [0.4]})
 
 

@@ -288,6 +288,16 @@ def parse_hkl(data: bytes, name: str, default_F: float = 0.0, memory=None,
     _, first_in_rev = np.unique(rev_flat, return_index=True)
     keep = len(flat) - 1 - first_in_rev
     F.reshape(-1)[flat[keep]] = rec[keep, 3]
+    if len(keep) < len(flat):
+        # (nanoBragg.c keeps the last one silently and counts every record)
+        first = int(np.flatnonzero(np.bincount(flat)[flat] > 1)[0])
+        same = np.flatnonzero(flat == flat[first])
+        lines = _record_lines(text, int(same[-1]) + 1)
+        n_rep = len(flat) - len(keep)
+        warn.append(f"WARNING: {name}: {n_rep} record{' repeats' if n_rep == 1 else 's repeat'} "
+                    f"a reflection given before, and the last one's F is kept (h k l = "
+                    f"{' '.join(format_g(x) for x in hkl[first])} on lines "
+                    f"{', '.join(str(lines[i]) for i in same)})")
 
     return HKLGrid(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2], F, n_records, warn, c_stored)
 
