@@ -301,6 +301,10 @@ class Config:
     c_reads_flags_otherwise: bool = False
     """set by the default-mode parse: nanoBragg.c's substring matching reads these
     flags into other settings, or refuses or drops one (docs/quirks.md #5)"""
+    sample_pivot_flags: Tuple[str, ...] = ()
+    """set by the default-mode parse: the -ORGX/-ORGY/-Xclose/-Yclose flags the
+    command line gives (an -img/-mask header's ORGX is not one), which a
+    BEAM-pivot convention does not use"""
     precision: str = "double"
     """"double" or "single" arithmetic in the kernel"""
     threads: Optional[int] = None

@@ -1260,6 +1260,8 @@ def parse_argv(argv: Sequence[str], cwd: Optional[str] = None) -> Config:
     if not c_parity:
         _refuse_negative_rotation(parsed)
         cfg.c_reads_flags_otherwise = _c_reads_otherwise(argv, parsed)
+        cfg.sample_pivot_flags = tuple(dict.fromkeys(
+            op.name for op in parsed.ops if op.name in ("-ORGX", "-ORGY", "-Xclose", "-Yclose")))
     return cfg
 
 

@@ -426,6 +426,15 @@ def build_detector(cfg, trace=True) -> Detector:
                        "about the sample, placed by -ORGX/-ORGY or -Xclose/-Yclose; the "
                        "beam meets it at %g, %g mm (fast, slow)"
                        % (conv.lower(), Fbeam * 1000.0, Sbeam * 1000.0))
+        if conv in ("MOSFLM", "ADXV", "DENZO") and cfg.sample_pivot_flags:
+            # the reverse: these conventions pivot about the beam, whatever -pivot
+            # or these flags' own pivot say (docs/quirks.md, "C behaviours kept")
+            log.append("WARNING: %s %s not used under -%s: its detector pivots about the "
+                       "beam, placed by -Xbeam/-Ybeam; its point nearest the sample is at "
+                       "%g, %g mm (fast, slow)"
+                       % ("/".join(cfg.sample_pivot_flags),
+                          "is" if len(cfg.sample_pivot_flags) == 1 else "are", conv.lower(),
+                          Fclose * 1000.0, Sclose * 1000.0))
         Xbeam, Ybeam = beam_centre_flags(conv, Fbeam, Sbeam, pixel, detsize_s)
         dials_origin = dials_frame_origin(pix0, beam, polar)
     xds_incident = (dot(beam, fdet), dot(beam, sdet), dot(beam, odet))

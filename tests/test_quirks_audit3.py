@@ -153,3 +153,25 @@ def test_fudge_on_a_square_crystal_and_repeated_hkl_records_are_reported(tmp_pat
     assert any("d.hkl: 1 record repeats a reflection given before, and the last one's F is "
                "kept (h k l = 1 2 3 on lines 1, 3)" in l for l in r.model.log)
     assert r.model.Fhkl[1 - 0, 2 - 0, 3 - 1] == 20.0
+
+
+def test_sample_pivot_flags_under_a_beam_pivot_convention_draw_a_warning(tmp_path):
+    """MOSFLM, ADXV and DENZO pivot about the beam whatever the flags, so
+    -ORGX/-ORGY/-Xclose/-Yclose do nothing there (docs/quirks.md, "C behaviours
+    kept"); the default mode says so, as it does for -Xbeam under -xds (#32).
+    An -img header's ORGX, which every SMV file nanoBragg writes carries, is
+    not a flag and draws nothing; the image is the run's without the flags."""
+    line = ["-default_F", "100", "-N", "5"]
+    r = run(line + ["-ORGX", "10", "-Xclose", "3"])
+    warn = [l for l in r.model.log if "not used under -mosflm" in l]
+    assert warn == ["WARNING: -ORGX/-Xclose are not used under -mosflm: its detector pivots about "
+                    "the beam, placed by -Xbeam/-Ybeam; its point nearest the sample is at "
+                    "%g, %g mm (fast, slow)" % (r.model.det.Fclose * 1e3, r.model.det.Sclose * 1e3)]
+    assert np.array_equal(r.float_image, run(line).float_image)
+    assert not [l for l in run(line + ["-xds", "-ORGX", "10"]).model.log if "not used" in l]
+    assert not [l for l in run(line + ["-ORGX", "10"], c_parity=True).model.log if "not used" in l]
+    from nbnumba.outputs import write_outputs
+    write_outputs(run(line + ["-xds", "-ORGX", "9", "-intfile", "a.img"], cwd=tmp_path), quiet=True)
+    assert b"XDS_ORGX=9" in (tmp_path / "a.img").read_bytes()[:512]
+    r = run(line + ["-img", "a.img"], cwd=tmp_path)
+    assert not [l for l in r.model.log if "not used" in l]
