@@ -447,6 +447,37 @@ def test_fuzz_modes_agree_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, 
     assert what == "fail" and text.startswith("stats: omega_sum "), text
 
 
+def test_fuzz_modes_ignores_the_default_parses_record_of_sample_pivot_flags(tmp_path, monkeypatch):
+    """The default-mode parse records the -ORGX/-ORGY/-Xclose/-Yclose flags a
+    line gives (Config.sample_pivot_flags, for a warning under a BEAM-pivot
+    convention); the -c_parity parse leaves it empty.  It is no setting that
+    the two modes read differently: seed 157 counted 193 such lines 'fail'
+    (-ORGX 8 -ORGY 12 -xds among them).  A setting that does differ between
+    the parses, with no note, is still reported."""
+    import nbnumba.flags as flags
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    base = fz._parity_base(10) + ["-nonoise", "-nopgm", "-default_F", "100"]
+    i = base.index("-cell") + 1
+    base[i:i + 6] = fz.MODES_CELL
+    for extra in (["-ORGX", "8", "-ORGY", "12", "-xds"],
+                  ["-misset", "10", "20", "30", "-adxv", "-Yclose", "0.001"]):
+        d = flags.parse_argv(base + extra)
+        c = flags.parse_argv(base + extra + ["-c_parity"])
+        assert d.sample_pivot_flags and not c.sample_pivot_flags, extra
+        assert fz.modes_check(base + extra) == ("agree", ""), extra
+    real = flags.parse_argv
+
+    def threads_read_otherwise(argv, *a, **k):
+        cfg = real(argv, *a, **k)
+        if "-c_parity" in argv:
+            cfg.threads = 1         # (the image does not depend on it)
+        return cfg
+    monkeypatch.setattr(flags, "parse_argv", threads_read_otherwise)
+    assert fz.modes_check(base + ["-xds"]) == (
+        "fail", "options read differently with no note (#5): threads")
+
+
 def test_fuzz_metamorphic_holds_and_a_broken_relation_is_reported(tmp_path, monkeypatch, capsys):
     """tools/fuzz.py metamorphic: 8 drawn default-mode lines (8 x 8 pixels) keep
     every relation bit for bit (a -roi sub-box, a random -mask, -threads,
@@ -553,6 +584,28 @@ def test_fuzz_metamorphic_source_split_sees_the_weights(tmp_path, monkeypatch):
         what, rels = fz.metamorphic_check(base + extra, random.Random(1), cwd=str(tmp_path))
         split = [r for r in rels if r[0] == "source_split"]
         assert what == "run" and split and split[0][1] == want, rels
+
+
+def test_fuzz_metamorphic_source_split_skips_a_wavelength_a_source_file_refuses(tmp_path,
+                                                                                monkeypatch):
+    """-energy 1e-6 (eV) is a 1.24 m wave, which the command line takes; the
+    same wavelength in a -sourcefile's fifth column (metres) is refused as
+    Angstrom written there (past 1e-6 m).  'source_split' restates the line's
+    sources as a file, so it skips such a line rather than failing it (seed
+    158: -dispersion 0.1 -dispsteps 2 -energy 1e-6); 1e4 eV is still split."""
+    import random
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    base = fz._parity_base(8) + ["-nonoise", "-nopgm", "-default_F", "100",
+                                 "-dispersion", "0.1", "-dispsteps", "2"]
+    for energy, want in (("1e-6", "skipped"), ("1e4", "close")):
+        what, rels = fz.metamorphic_check(base + ["-energy", energy], random.Random(1),
+                                          cwd=str(tmp_path))
+        split = [r for r in rels if r[0] == "source_split"]
+        assert what == "run" and split and split[0][1] == want, (energy, rels)
+    with open(tmp_path / "long.txt", "w") as f:
+        f.write("-10 0 0 1 1.24e-6\n-10 0.01 0 1 1.24e-6\n")
+    assert cli.main(base + ["-sourcefile", "long.txt", "-floatfile", "f.bin"]) == 2
 
 
 def test_fuzz_metamorphic_vectors_skip_a_matrix_the_mat_reader_refuses(tmp_path, monkeypatch):
