@@ -209,6 +209,11 @@ def _check_api_objects(cfg) -> None:
             raise ConfigError("mask_image: %s" % why)
     if cfg.hkl_grid is not None:
         _check_hkl_grid(cfg.hkl_grid)
+    flags = cfg.sample_pivot_flags
+    if not (isinstance(flags, (tuple, list))
+            and all(f in ("-ORGX", "-ORGY", "-Xclose", "-Yclose") for f in flags)):
+        raise ConfigError("sample_pivot_flags: expected a tuple of -ORGX, -ORGY, -Xclose, "
+                          "-Yclose (the parse's record of the flags given), got %r" % (flags,))
 
 
 _BOUNDS = ("h_min", "h_max", "k_min", "k_max", "l_min", "l_max")
