@@ -796,7 +796,7 @@ def test_ctrl_c_with_dask_workers_prints_one_line(tmp_path):
     # finished (exit 0) between that record and the signal
     rc, err, out = _interrupt_mid_run(["--workers", 1, "--frames", 40, "--osc-per-frame", 0.1,
                                        "--test-delay", 0.3], signal.SIGINT, tmp_path)
-    assert rc == 130
+    assert rc == 130, err
     assert one_line(err).startswith("nbnumba-series: interrupted")
     assert 1 <= len(frame_records(out)) < 40
 
@@ -805,7 +805,7 @@ def test_sigterm_exits_143(tmp_path):
     # it was 130, the status of Ctrl-C; the CLI exits 143 for SIGTERM
     rc, err, out = _interrupt_mid_run(["--workers", 0, "--frames", 10, "--osc-per-frame", 0.1,
                                        "--test-delay", 0.3], signal.SIGTERM, tmp_path)
-    assert rc == 143
+    assert rc == 143, err
     assert one_line(err).startswith("nbnumba-series: interrupted")
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
 
