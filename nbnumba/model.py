@@ -243,6 +243,8 @@ def _sources(cfg: Config, steps, det, points=None) -> Sources:
                                   ("-dispsteps", cfg.dispsteps > 0),
                                   ("-hdivrange", cfg.hdivrange > 0.0),
                                   ("-vdivrange", cfg.vdivrange > 0.0),
+                                  ("-hdivstep", cfg.hdivstep > 0.0),
+                                  ("-vdivstep", cfg.vdivstep > 0.0),
                                   ("-hdivsteps", cfg.hdivsteps > 0),
                                   ("-vdivsteps", cfg.vdivsteps > 0)) if v]
         if ignored:
