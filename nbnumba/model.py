@@ -222,12 +222,13 @@ def _sources(cfg: Config, steps, det, points=None) -> Sources:
         cols = read_text_columns(_resolve(cfg, cfg.sourcefilename), 5)
         if len(cols) == 0:
             raise InputFileError("%s: no sources in file" % cfg.sourcefilename)
-        xyz = np.asarray(cols, dtype=float)[:, :3]
+        table = np.asarray(cols, dtype=float)
+        xyz = table[:, :3]
         at_origin = np.flatnonzero(np.all(xyz == 0.0, axis=1))
         if len(at_origin):
             raise InputFileError("%s: source %d is at 0 0 0, the sample position: it has no "
                                  "direction" % (cfg.sourcefilename, int(at_origin[0]) + 1))
-        lam = np.asarray(cols, dtype=float)[:, 4]
+        lam = table[:, 4]
         too_long = np.flatnonzero(lam > MAX_SOURCE_WAVELENGTH)
         if len(too_long):
             # nanoBragg.c reads the column in metres, while its source's header
@@ -238,7 +239,7 @@ def _sources(cfg: Config, steps, det, points=None) -> Sources:
                                  "in metres (1 A = 1e-10 m), and an x-ray wavelength is below "
                                  "%g m" % (cfg.sourcefilename, i + 1, lam[i], MAX_SOURCE_WAVELENGTH))
         if not cfg.c_parity:
-            _check_weights(cfg.sourcefilename, np.asarray(cols, dtype=float)[:, 3])
+            _check_weights(cfg.sourcefilename, table[:, 3])
         ignored = [f for f, v in (("-dispersion", cfg.dispersion > 0.0),
                                   ("-dispsteps", cfg.dispsteps > 0),
                                   ("-hdivrange", cfg.hdivrange > 0.0),

@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from .model import R_E_SQR
-from .sampling import SWEEPS, c_phi_sweep, c_sensor_layers, c_sweep, sweeps_differ_from_c
+from .sampling import SWEEPS, c_phi_sweep, c_sensor_layers, c_sweep_of, sweeps_differ_from_c
 
 
 def c_differences(model) -> List[Tuple[int, str]]:
@@ -138,28 +138,26 @@ def c_differences(model) -> List[Tuple[int, str]]:
         out.append((46, "the phi steps share the oscillation"))
     moved = sweeps_differ_from_c(cfg, st) if cfg.sourcefilename is None else []
     if moved:
-        names = "/".join(dict.fromkeys(
-            {"hdiv": "divergence", "vdiv": "divergence", "disp": "dispersion"}[m] for m in moved))
         # the default mode samples each cell of the band at its middle (#44) ...
-        out.append((44, "%s at the band's cell centres" % names))
+        out.append((44, "%s at the band's cell centres" % _sweep_names(moved)))
         # ... and #22 where the C's own points were off the beam, or not as many
         off = [m for m in moved if _c_sweep_off_centre(cfg, st, m)]
         if off:
-            out.append((22, "%s points centred on the beam" % "/".join(dict.fromkeys(
-                {"hdiv": "divergence", "vdiv": "divergence", "disp": "dispersion"}[m]
-                for m in off))))
+            out.append((22, "%s points centred on the beam" % _sweep_names(off)))
     return sorted(out)
+
+
+def _sweep_names(sweeps) -> str:
+    """"divergence", "dispersion" or both, for SWEEPS names."""
+    return "/".join(dict.fromkeys("dispersion" if m == "disp" else "divergence" for m in sweeps))
 
 
 def _c_sweep_off_centre(cfg, st, name) -> bool:
     """Whether nanoBragg.c's points of sweep ``name`` (step i - range/2, i <
     count) are not centred on the beam, or not as many as the default mode's
     (docs/quirks.md #22: a range and a step, a step and a count)."""
-    fields = SWEEPS[name]
-    rng, step, n = c_sweep(name, *(getattr(cfg, f) for f in fields))
-    if not (rng > 0.0 and step > 0.0 and n > 0):
-        rng, step, n = 0.0, 0.0, 1
-    return n != getattr(st, fields[2]) or abs(step * (n - 1) - rng) > 1e-9 * max(rng, step)
+    rng, step, n = c_sweep_of(cfg, name)
+    return n != getattr(st, SWEEPS[name][2]) or abs(step * (n - 1) - rng) > 1e-9 * max(rng, step)
 
 
 def _c_auto_oversample(model) -> int:

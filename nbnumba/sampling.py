@@ -182,13 +182,19 @@ def sweeps_differ_from_c(cfg, steps: "Steps") -> List[str]:
     c.midpoints = False
     out = []
     for name, fields in SWEEPS.items():
-        for f, x in zip(fields, _sanity(*c_sweep(name, *(getattr(cfg, f) for f in fields)))):
+        for f, x in zip(fields, c_sweep_of(cfg, name)):
             setattr(c, f, x)
         n = getattr(steps, fields[2])
         if n != getattr(c, fields[2]) or any(sweep_offset(steps, name, i) != sweep_offset(c, name, i)
                                              for i in range(n)):
             out.append(name)
     return out
+
+
+def c_sweep_of(cfg, name):
+    """nanoBragg.c's (width, step, count) of sweep ``name`` (a SWEEPS name) for
+    ``cfg``'s flags, a degenerate one as the beam alone (0, 0, 1)."""
+    return _sanity(*c_sweep(name, *(getattr(cfg, f) for f in SWEEPS[name])))
 
 
 def _sanity(rng, step, steps):
