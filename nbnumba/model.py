@@ -480,8 +480,11 @@ def build_model(cfg: Config) -> Model:
                               "over the reciprocal pixel size (lambda x distance / pixel = %g A) "
                               "overflows; check -lambda, -distance and -pixel"
                               % (recip_pixel * 1e10))
-        raise ConfigError("auto-selected oversampling of %d is too large; give -oversample "
-                          "explicitly (a smaller crystal or larger pixels also help)" % oversample)
+        # the count alone hid its cause: a -lambda in metres gives 1e-10 A
+        raise ConfigError("auto-selected oversampling of %d is too large: 3 x the crystal's size "
+                          "(%g A) over the reciprocal pixel size (lambda x distance / pixel = "
+                          "%g A); check -lambda, -distance and -pixel, or give -oversample "
+                          "explicitly" % (oversample, xmax * 1e10, recip_pixel * 1e10))
     volume = xa * xb * xc
     log.append("approximate MW = %g" % (volume * 1.2e6 * AVOGADRO / (cr.Na * cr.Nb * cr.Nc)))
 

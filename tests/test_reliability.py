@@ -102,6 +102,10 @@ def refused(args, capsys, needle, d):
     (["-sample_x", "1e308"], "-sample_x"),
     (["-distance", "1e-320"], "auto-selected oversampling is unbounded"),
     (["-pixel", "1e308"], "auto-selected oversampling is unbounded"),
+    # a wavelength given in metres: the message names the sizes behind the count
+    (["-lambda", "1e-10"], "oversampling of 15000000000 is too large: 3 x the crystal's size "
+                           "(500 A) over the reciprocal pixel size (lambda x distance / pixel = "
+                           "1e-07 A); check -lambda"),
     (["-cell", "1e-300", "1", "1", "90", "90", "90"], "-cell 1e-300 1 1 A"),
     (["-cell", "1e300", "1", "1", "90", "90", "90"], "-cell 1e+300 1 1 A"),
     # the product of the edges is finite, twice it (the volume's first factor)
