@@ -205,6 +205,9 @@ def _frame_of_zeros(shape, touched, sparse_ok):
     return np.zeros(shape, dtype=np.uint8)
 
 
+#: the farthest a sensor may reach from the sample (m), close distance plus
+#: thickness: the square of a distance past about 1.3e154 m overflows
+MAX_SENSOR_REACH = 1e150
 #: the longest wavelength (m) a -sourcefile line may give: 10000 A, far past
 #: any x-ray beam, far below the metres that a wavelength written in Angstrom is
 #: read as
@@ -408,6 +411,13 @@ def build_model(cfg: Config) -> Model:
                           "> 0, absorption not turned off by -detector_abs inf) every capture "
                           "fraction is 0 and the image blank; give -detector_thick or drop "
                           "-oversample_thick")
+    reach = abs(det.close_distance) + steps.detector_thick
+    if not cfg.c_parity and reach >= MAX_SENSOR_REACH:
+        # a deeper point's squared distance overflows in unitize: a flat detector's
+        # image went NaN, the default mode's curved one finite and wrong
+        raise ConfigError("-detector_thick %g um: the sensor reaches %.3g m from the sample, "
+                          "where a pixel's squared distance overflows double precision (limit "
+                          "%g m)" % (steps.detector_thick * 1e6, reach, MAX_SENSOR_REACH))
     # memory of the whole run (sources x steps, cells, log lines), before any is allocated
     nsrc_file = None
     if cfg.sourcefilename is not None:

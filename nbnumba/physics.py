@@ -519,30 +519,34 @@ def curved_position(pos, distance, beam, sdet, fdet):
 
 
 @njit(cache=True, inline="always", error_model="numpy", fastmath=False)
-def _sphere_coords(pos, close, odet, fdet, sdet):
-    """(q, u, v, A, rho): the flat position pos (m) in sphere_position's terms,
-    q = pos - close odet, its offsets u = q.fdet and v = q.sdet from the point
-    of contact, the radius A = close + q.odet and rho = |(u, v)|."""
-    q = (pos[0] - close * odet[0], pos[1] - close * odet[1], pos[2] - close * odet[2])
+def _sphere_coords(surf, depth, close, odet, fdet, sdet):
+    """(q, u, v, A, rho): the point surf (m) of the detector's surface plane,
+    depth (m) below it, in sphere_position's terms: q = surf - close odet, its
+    offsets u = q.fdet and v = q.sdet from the point of contact, the radius
+    A = close + q.odet + depth and rho = |(u, v)|.  The depth is added to the
+    radius alone: folded into the flat position it would put eps times the
+    depth into u and v in a turned frame (tools/fuzz.py metamorphic, seed 168)."""
+    q = (surf[0] - close * odet[0], surf[1] - close * odet[1], surf[2] - close * odet[2])
     u = dot(q, fdet)
     v = dot(q, sdet)
-    return q, u, v, close + dot(q, odet), np.sqrt(u * u + v * v)
+    return q, u, v, close + dot(q, odet) + depth, np.sqrt(u * u + v * v)
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
-def sphere_position(pos, close, odet, fdet, sdet):
-    """The default mode's -curved_det: the flat detector position pos (m) on
+def sphere_position(surf, depth, close, odet, fdet, sdet):
+    """The default mode's -curved_det: the point surf (m) of the detector's
+    surface plane, at depth (m) below it (a sensor layer's; 0 on the face), on
     the sphere about the sample that touches the detector plane at its point
-    nearest the sample, close odet (close: the close distance, m).  pos's
-    offsets u = q.fdet, v = q.sdet from that point (q = pos - close odet)
+    nearest the sample, close odet (close: the close distance, m).  surf's
+    offsets u = q.fdet, v = q.sdet from that point (q = surf - close odet)
     become arcs: the point at angle rho/close (rho = |(u, v)|) from odet,
     towards u fdet + v sdet, so the pixels keep their places on the detector
     (nanoBragg.c's curved_position swaps and mirrors the two axes: docs/quirks.md
-    #21).  A depth t = q.odet below the surface (a sensor layer) moves the
-    point outward by t.  Every pixel of the surface lies at the close distance
-    and faces the sample (the kernels take its parallax as 1 and its solid
-    angle without obliquity)."""
-    q, u, v, A, rho = _sphere_coords(pos, close, odet, fdet, sdet)
+    #21).  The depth moves the point outward along its ray, to the radius
+    close + q.odet + depth.  Every pixel of the surface lies at the close
+    distance and faces the sample (the kernels take its parallax as 1 and its
+    solid angle without obliquity)."""
+    q, u, v, A, rho = _sphere_coords(surf, depth, close, odet, fdet, sdet)
     if rho == 0.0:
         return (A * odet[0], A * odet[1], A * odet[2])
     th = rho / close
@@ -977,17 +981,17 @@ def _sinc_and_slope(th):
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)
-def sphere_position_grad(g, pos, close, odet, fdet, sdet):
-    """For p = sphere_position(pos, close, odet, fdet, sdet) and g = dL/dp:
-    (dL/dpos, dL/dclose, dL/dodet, dL/dfdet, dL/dsdet), the axes as the
-    formula uses them (not held unit).
+def sphere_position_grad(g, surf, depth, close, odet, fdet, sdet):
+    """For p = sphere_position(surf, depth, close, odet, fdet, sdet) and
+    g = dL/dp: (dL/dsurf, dL/ddepth, dL/dclose, dL/dodet, dL/dfdet, dL/dsdet),
+    the axes as the formula uses them (not held unit).
 
-    p = A (C odet + sg w) with q = pos - close odet, u = q.fdet, v = q.sdet,
-    A = close + q.odet, w = u fdet + v sdet, rho = |(u, v)|, th = rho/close,
-    C = cos th and sg = sin(th)/rho = sinc(th)/close.  So dC/drho = -sin(th)/close,
-    dsg/drho = sinc'(th)/close^2, dC/dclose = sin(th) rho/close^2 and
-    dsg/dclose = -C/close^2 (sin th = th sinc th)."""
-    q, u, v, A, rho = _sphere_coords(pos, close, odet, fdet, sdet)
+    p = A (C odet + sg w) with q = surf - close odet, u = q.fdet, v = q.sdet,
+    A = close + q.odet + depth, w = u fdet + v sdet, rho = |(u, v)|,
+    th = rho/close, C = cos th and sg = sin(th)/rho = sinc(th)/close.  So
+    dL/ddepth = dL/dA, dC/drho = -sin(th)/close, dsg/drho = sinc'(th)/close^2,
+    dC/dclose = sin(th) rho/close^2 and dsg/dclose = -C/close^2 (sin th = th sinc th)."""
+    q, u, v, A, rho = _sphere_coords(surf, depth, close, odet, fdet, sdet)
     th = rho / close
     C = np.cos(th)
     sc, dsc = _sinc_and_slope(th)
@@ -995,7 +999,7 @@ def sphere_position_grad(g, pos, close, odet, fdet, sdet):
     w = (u * fdet[0] + v * sdet[0], u * fdet[1] + v * sdet[1], u * fdet[2] + v * sdet[2])
     gn = dot(g, odet)
     gw = dot(g, w)
-    gA = C * gn + sg * gw           # dL/dA
+    gA = C * gn + sg * gw           # dL/dA (= dL/ddepth)
     gC = A * gn                     # dL/dC
     gsg = A * gw                    # dL/dsg
     # dL/dw = A sg g; dL/dodet (direct) = A C g
@@ -1007,7 +1011,7 @@ def sphere_position_grad(g, pos, close, odet, fdet, sdet):
         gu += grho * u / rho
         gv += grho * v / rho
     gclose = gA + gC * np.sin(th) * rho / (close * close) - gsg * C / (close * close)
-    # through q = pos - close odet: u = q.fdet, v = q.sdet, A - close = q.odet
+    # through q = surf - close odet: u = q.fdet, v = q.sdet, A - close - depth = q.odet
     gq = (gu * fdet[0] + gv * sdet[0] + gA * odet[0],
           gu * fdet[1] + gv * sdet[1] + gA * odet[1],
           gu * fdet[2] + gv * sdet[2] + gA * odet[2])
@@ -1018,7 +1022,7 @@ def sphere_position_grad(g, pos, close, odet, fdet, sdet):
            AC * g[2] + gA * q[2] - close * gq[2])
     gf = (gu * q[0] + u * Asg * g[0], gu * q[1] + u * Asg * g[1], gu * q[2] + u * Asg * g[2])
     gs = (gv * q[0] + v * Asg * g[0], gv * q[1] + v * Asg * g[1], gv * q[2] + v * Asg * g[2])
-    return gq, gclose, god, gf, gs
+    return gq, gA, gclose, god, gf, gs
 
 
 @njit(cache=True, error_model="numpy", fastmath=False)

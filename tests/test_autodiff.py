@@ -1288,27 +1288,28 @@ def test_gradcheck_curved_det(hkl_file):
 @pytest.mark.parametrize("u, v", [(0.012, -0.017), (1e-4, 2e-4), (0.0, 0.0)])
 def test_sphere_position_grad_matches_finite_differences(u, v):
     """physics.sphere_position_grad against Richardson differences of
-    sphere_position in the flat position, the close distance, and the three
-    axes (tilted, not unit: the formula's own derivative), at arcs of 0.19
-    rad, 2e-3 rad (the sinc series) and 0 (the point of contact); and the
-    map's promise: |p| = close + depth, and the arc from the contact point is
-    the flat offset."""
+    sphere_position in the surface point, the depth, the close distance, and
+    the three axes (tilted, not unit: the formula's own derivative), at arcs
+    of 0.19 rad, 2e-3 rad (the sinc series) and 0 (the point of contact); and
+    the map's promise: |p| = close + depth, the arc from the contact point is
+    the surface offset, and the depth moves the point along its ray alone
+    (in a turned frame too: tools/fuzz.py metamorphic, seed 168)."""
     rng = np.random.default_rng(5)
     Q = np.linalg.qr(rng.standard_normal((3, 3)))[0]
     odet, fdet, sdet = (tuple(Q[:, i] * (1.0 + 0.01 * i)) for i in range(3))
     close, depth = 0.11, 3e-4
-    pos = tuple(close * np.array(odet) + u * np.array(fdet) + v * np.array(sdet)
-                + depth * np.array(odet))
+    surf = tuple(close * np.array(odet) + u * np.array(fdet) + v * np.array(sdet))
     g = tuple(rng.standard_normal(3))
-    gpos, gc, go, gf, gs = physics.sphere_position_grad(g, pos, close, odet, fdet, sdet)
+    gsurf, gd, gc, go, gf, gs = physics.sphere_position_grad(g, surf, depth, close, odet,
+                                                             fdet, sdet)
 
-    def L(p=pos, c=close, o=odet, f=fdet, s_=sdet):
-        return float(np.dot(g, physics.sphere_position(p, c, o, f, s_)))
+    def L(p=surf, t=depth, c=close, o=odet, f=fdet, s_=sdet):
+        return float(np.dot(g, physics.sphere_position(p, t, c, o, f, s_)))
 
     def rich(fun, h):
         return (8 * (fun(h) - fun(-h)) - (fun(2 * h) - fun(-2 * h))) / (12 * h)
-    for arg, got in (("p", gpos), ("o", go), ("f", gf), ("s_", gs)):
-        base = dict(p=pos, o=odet, f=fdet, s_=sdet)[arg]
+    for arg, got in (("p", gsurf), ("o", go), ("f", gf), ("s_", gs)):
+        base = dict(p=surf, o=odet, f=fdet, s_=sdet)[arg]
         for i in range(3):
             def fun(t):
                 x = list(base)
@@ -1316,15 +1317,21 @@ def test_sphere_position_grad_matches_finite_differences(u, v):
                 return L(**{arg: tuple(x)})
             fd = rich(fun, 1e-6)
             assert abs(got[i] - fd) <= 1e-8 * max(1.0, abs(fd)), (arg, i, got[i], fd)
-    fd = rich(lambda t: L(c=close + t), 1e-6)
-    assert abs(gc - fd) <= 1e-8 * max(1.0, abs(fd)), (gc, fd)
-    # unit axes: the point lies on the sphere, at the flat offset's arc
+    for name, got, fun in (("close", gc, lambda h: L(c=close + h)),
+                           ("depth", gd, lambda h: L(t=depth + h))):
+        fd = rich(fun, 1e-6)
+        assert abs(got - fd) <= 1e-8 * max(1.0, abs(fd)), (name, got, fd)
+    # unit axes: the point lies on the sphere, at the surface offset's arc
     o, f, s_ = (tuple(Q[:, i]) for i in range(3))
-    flat = close * Q[:, 0] + u * Q[:, 1] + v * Q[:, 2] + depth * Q[:, 0]
-    p = np.array(physics.sphere_position(tuple(flat), close, o, f, s_))
+    surf = tuple(close * Q[:, 0] + u * Q[:, 1] + v * Q[:, 2])
+    p = np.array(physics.sphere_position(surf, depth, close, o, f, s_))
     assert abs(np.linalg.norm(p) - (close + depth)) <= 1e-15
     ang = math.atan2(np.linalg.norm(np.cross(p, Q[:, 0])), p @ Q[:, 0])
     assert abs(ang * close - math.hypot(u, v)) <= 1e-15
+    # a depth of 1e9 m moves it along the same ray (the depth folded into a
+    # flat position put 1e9 eps into the offsets of this turned frame)
+    deep = np.array(physics.sphere_position(surf, 1e9, close, o, f, s_))
+    assert np.abs(deep / np.linalg.norm(deep) - p / np.linalg.norm(p)).max() <= 1e-15
 
 
 # ------------------------------------------------------------- errors

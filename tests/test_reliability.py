@@ -102,6 +102,11 @@ def refused(args, capsys, needle, d):
     (["-sample_x", "1e308"], "-sample_x"),
     (["-distance", "1e-320"], "auto-selected oversampling is unbounded"),
     (["-pixel", "1e308"], "auto-selected oversampling is unbounded"),
+    # a sensor so deep that a pixel's squared distance overflows: the flat
+    # detector's image went NaN, the curved one's finite and wrong (fuzz seed 168)
+    (["-detector_thick", "1e200", "-curved_det"], "-detector_thick 1e+200 um: the sensor "
+                                                  "reaches 1e+194 m from the sample"),
+    (["-detector_thick", "1e200"], "overflows double precision (limit 1e+150 m)"),
     # a wavelength given in metres: the message names the sizes behind the count
     (["-lambda", "1e-10"], "oversampling of 15000000000 is too large: 3 x the crystal's size "
                            "(500 A) over the reciprocal pixel size (lambda x distance / pixel = "
@@ -678,6 +683,40 @@ def test_fuzz_metamorphic_curved_detector_is_made_of_its_vectors(tmp_path, monke
     cfg = nbnumba.parse_argv(base + ["-c_parity"])
     assert fz._vectors_skip(cfg, build_model(cfg), "vectors").startswith(
         "-curved_det under -c_parity")
+
+
+def test_curved_detector_deep_sensor_same_in_a_turned_frame(tmp_path, monkeypatch):
+    """The default mode's -curved_det moves a sensor layer's point outward
+    along its ray by the layer's depth (physics.sphere_position takes the
+    surface point and the depth apart): with the default mu = 1/thickness
+    the image does not depend on the thickness, stated in the lab frame or in
+    a turned one (tools/fuzz.py's 'rotation' relation, META_CLOSE_REL).  When
+    the depth went into the flat position, its offsets along fdet and sdet
+    carried eps times the depth in a turned frame: with -misset 180 0 0.5, 2
+    layers and 16 pixels, -detector_thick 1e15 moved pixels by 6.7e-4 of their
+    value, 1e18 by 1.9 times it and 1e100 by 1.2e4 times it (tools/fuzz.py
+    metamorphic, seed 168)."""
+    import random
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    base = fz._parity_base(16)
+    i = base.index("-cell") + 1
+    base[i:i + 6] = fz.MODES_CELL
+    base += ["-nonoise", "-nopgm", "-default_F", "100", "-curved_det", "-nopolar",
+             "-misset", "180", "0", "0.5", "-detector_thicksteps", "2"]
+    thin = nbnumba.simulate_argv(base + ["-detector_thick", "1000"], cwd=str(tmp_path))
+    want = np.asarray(thin.float_image, dtype=np.float64)
+    assert np.isfinite(want).all() and want.max() > 100.0, want.max()
+    turn = fz._random_rotation(random.Random(0))
+    for thick in ("1000", "1e15", "1e18", "1e100"):
+        argv = base + ["-detector_thick", thick]
+        full = nbnumba.simulate_argv(argv, cwd=str(tmp_path))
+        got = np.asarray(full.float_image, dtype=np.float64)
+        assert fz._meta_close(got, want, "thickness") == ("close", ""), thick
+        line = fz._vectors_line(argv, full.model, turn, str(tmp_path))
+        turned = np.asarray(nbnumba.simulate_argv(line, cwd=str(tmp_path)).float_image,
+                            dtype=np.float64)
+        assert fz._meta_close(turned, got, "rotation") == ("close", ""), thick
 
 
 def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, host_build):

@@ -442,18 +442,20 @@ def _add_pos(dsum, c, gp, F, S, t, tstep, odet, cv):
     """dsum += c gp mapped onto theta, gp the derivative of a factor in the
     position pos = pix0 + F fdet + S sdet + t tstep odet where it was
     evaluated (t: its sensor layer), or with cv = (curved, close, pix0,
-    fdet, sdet) and curved != 0, in that position moved onto the sphere
-    (physics.sphere_position).  Inlined by LLVM."""
+    fdet, sdet) and curved != 0, in the surface point pix0 + F fdet + S sdet
+    at depth t tstep moved onto the sphere (physics.sphere_position).
+    Inlined by LLVM."""
     K._inline_into_callers()
+    gdepth = 0.0
     if cv[0] != 0:
-        # -curved_det: back from the sphere to the flat position, and the
-        # map's own radius (the close distance) and axes
+        # -curved_det: back from the sphere to the surface point and the
+        # depth, and the map's own radius (the close distance) and axes
         fdet, sdet, pix0 = cv[3], cv[4], cv[2]
-        O = t * tstep
-        flat = (F * fdet[0] + S * sdet[0] + O * odet[0] + pix0[0],
-                F * fdet[1] + S * sdet[1] + O * odet[1] + pix0[1],
-                F * fdet[2] + S * sdet[2] + O * odet[2] + pix0[2])
-        gp, gclose, god, gf, gs = sphere_position_grad(gp, flat, cv[1], odet, fdet, sdet)
+        surf = (F * fdet[0] + S * sdet[0] + pix0[0],
+                F * fdet[1] + S * sdet[1] + pix0[1],
+                F * fdet[2] + S * sdet[2] + pix0[2])
+        gp, gdepth, gclose, god, gf, gs = sphere_position_grad(gp, surf, t * tstep, cv[1],
+                                                               odet, fdet, sdet)
         dsum[P_CLOSE] += c * gclose
         for i in range(3):
             dsum[P_ODET + i] += c * god[i]
@@ -465,14 +467,18 @@ def _add_pos(dsum, c, gp, F, S, t, tstep, odet, cv):
         dsum[P_FDET + i] += x * F
         dsum[P_SDET + i] += x * S
     if t > 0.0:
-        # below the first layer: the depth t tstep along odet
-        O = t * tstep
-        go = 0.0
-        for i in range(3):
-            x = c * gp[i]
-            dsum[P_ODET + i] += x * O
-            go += x * odet[i]
-        dsum[P_TSTEP] += t * go
+        if cv[0] != 0:
+            # the sphere's depth is a radius, which odet does not multiply
+            dsum[P_TSTEP] += t * (c * gdepth)
+        else:
+            # below the first layer: the depth t tstep along odet
+            O = t * tstep
+            go = 0.0
+            for i in range(3):
+                x = c * gp[i]
+                dsum[P_ODET + i] += x * O
+                go += x * odet[i]
+            dsum[P_TSTEP] += t * go
 
 
 @njit(cache=True, _nrt=False, fastmath=K.FAST_MATH, error_model="numpy")
@@ -655,12 +661,17 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
             for subF in range(os):
                 Fdet = subpixel * (fpixel * os + subF) + subpixel / 2.0
                 Sdet = subpixel * (spixel * os + subS) + subpixel / 2.0
-                pos = (Fdet * fdet[0] + Sdet * sdet[0] + Odet * odet[0] + pix0[0],
-                       Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1],
-                       Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
                 if curved != 0:
-                    # (autodiff runs the default mode only: its sphere)
-                    pos = sphere_position(pos, close, odet, fdet, sdet)
+                    # (autodiff runs the default mode only: its sphere, of the
+                    # surface point and the layer's depth)
+                    pos = sphere_position((Fdet * fdet[0] + Sdet * sdet[0] + pix0[0],
+                                           Fdet * fdet[1] + Sdet * sdet[1] + pix0[1],
+                                           Fdet * fdet[2] + Sdet * sdet[2] + pix0[2]),
+                                          Odet, close, odet, fdet, sdet)
+                else:
+                    pos = (Fdet * fdet[0] + Sdet * sdet[0] + Odet * odet[0] + pix0[0],
+                           Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1],
+                           Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
                 d, R = unitize(pos)
                 # (on the sphere each pixel faces the sample: obliquity 1, so its
                 # solid angle pixel^2/R^2 varies as a point pixel's, not with close)
@@ -673,7 +684,7 @@ def _pixel_grad(spixel, fpixel, g, iopt, fopt, vecs, incident, lam, cells, pcell
                               Fdet * fdet[1] + Sdet * sdet[1] + pix0[1],
                               Fdet * fdet[2] + Sdet * sdet[2] + pix0[2])
                         if curved != 0:
-                            p0 = sphere_position(p0, close, odet, fdet, sdet)
+                            p0 = sphere_position(p0, 0.0, close, odet, fdet, sdet)
                         d0, R0 = unitize(p0)
                     omega = solid_angle(pixel, R0, R0 if curved != 0 else close, point)
                     F_om, S_om, t_om = Fdet, Sdet, 0.0

@@ -626,17 +626,24 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
             for subF in range(os):
                 Fdet = subpixel * like(fpixel * os + subF, z) + subpixel / like(2.0, z)
                 Sdet = subpixel * like(spixel * os + subS, z) + subpixel / like(2.0, z)
-                pos = (Fdet * fdet[0] + Sdet * sdet[0] + Odet * odet[0] + pix0[0],
-                       Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1],
-                       Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
-                if iopt[I_CURVED] == 1:
-                    # -c_parity: nanoBragg.c's sphere, the lab y and z as angles
-                    v2 = curved_position(pos, distance, beam, sdet, fdet)
+                if iopt[I_CURVED] == 2:
+                    # the default mode's sphere: detector coordinates become arcs;
+                    # the surface point and the layer's depth go in apart (the
+                    # depth is a radius: in the flat position it would put its
+                    # rounding into the arcs in a turned frame)
+                    surf = (Fdet * fdet[0] + Sdet * sdet[0] + pix0[0],
+                            Fdet * fdet[1] + Sdet * sdet[1] + pix0[1],
+                            Fdet * fdet[2] + Sdet * sdet[2] + pix0[2])
+                    v2 = sphere_position(surf, Odet, close_distance, odet, fdet, sdet)
                     pos = (like(v2[0], z), like(v2[1], z), like(v2[2], z))
-                elif iopt[I_CURVED] == 2:
-                    # the default mode's sphere: detector coordinates become arcs
-                    v2 = sphere_position(pos, close_distance, odet, fdet, sdet)
-                    pos = (like(v2[0], z), like(v2[1], z), like(v2[2], z))
+                else:
+                    pos = (Fdet * fdet[0] + Sdet * sdet[0] + Odet * odet[0] + pix0[0],
+                           Fdet * fdet[1] + Sdet * sdet[1] + Odet * odet[1] + pix0[1],
+                           Fdet * fdet[2] + Sdet * sdet[2] + Odet * odet[2] + pix0[2])
+                    if iopt[I_CURVED] == 1:
+                        # -c_parity: nanoBragg.c's sphere, the lab y and z as angles
+                        v2 = curved_position(pos, distance, beam, sdet, fdet)
+                        pos = (like(v2[0], z), like(v2[1], z), like(v2[2], z))
                 diffracted, airpath = unitize(pos)
                 if os_omega:
                     # (a pixel of the default mode's sphere faces the sample: obliquity 1)
@@ -654,7 +661,8 @@ def _pixel_value(spixel, fpixel, first_exec, latch_sub, iopt, fopt, vecs, incide
                               Fdet * fdet[1] + Sdet * sdet[1] + pix0[1],
                               Fdet * fdet[2] + Sdet * sdet[2] + pix0[2])
                         if iopt[I_CURVED] == 2:
-                            q0 = sphere_position(p0, close_distance, odet, fdet, sdet)
+                            q0 = sphere_position(p0, like(0.0, z), close_distance, odet,
+                                                 fdet, sdet)
                             p0 = (like(q0[0], z), like(q0[1], z), like(q0[2], z))
                         _, face = unitize(p0)
                     omega_pixel = like(solid_angle(pixel, face, face if iopt[I_CURVED] == 2

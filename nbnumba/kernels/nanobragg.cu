@@ -252,32 +252,36 @@ __device__ __forceinline__ vec3<real> curved_position(vec3<real> pos, real dista
     return rotate_axis(v1, fdet, pos.z / distance);
 }
 
-// physics._sphere_coords: the flat position pos in the sphere's terms, q =
-// pos - close odet, its offsets u = q.fdet, v = q.sdet from the point of
-// contact, the radius A = close + q.odet and rho = |(u, v)|
+// physics._sphere_coords: the surface point surf, depth below it, in the
+// sphere's terms, q = surf - close odet, its offsets u = q.fdet, v = q.sdet
+// from the point of contact, the radius A = close + q.odet + depth and
+// rho = |(u, v)| (the depth in the radius alone: in the flat position it put
+// eps times the depth into u and v in a turned frame)
 template <typename real>
-__device__ __forceinline__ vec3<real> sphere_coords(vec3<real> pos, real close, vec3<real> odet,
-                                                    vec3<real> fdet, vec3<real> sdet, real* u,
-                                                    real* v, real* A, real* rho) {
-    const vec3<real> q = mk<real>(pos.x - close * odet.x, pos.y - close * odet.y,
-                                  pos.z - close * odet.z);
+__device__ __forceinline__ vec3<real> sphere_coords(vec3<real> surf, real depth, real close,
+                                                    vec3<real> odet, vec3<real> fdet,
+                                                    vec3<real> sdet, real* u, real* v, real* A,
+                                                    real* rho) {
+    const vec3<real> q = mk<real>(surf.x - close * odet.x, surf.y - close * odet.y,
+                                  surf.z - close * odet.z);
     *u = dot(q, fdet);
     *v = dot(q, sdet);
-    *A = close + dot(q, odet);
+    *A = close + dot(q, odet) + depth;
     *rho = nb_sqrt(*u * *u + *v * *v);
     return q;
 }
 
-// physics.sphere_position: the default mode's -curved_det, the flat position
-// pos moved onto the sphere of radius close about the sample that touches the
-// detector plane at close odet; pos's offsets u = q.fdet, v = q.sdet from that
-// point (q = pos - close odet) become arcs, its depth q.odet a larger radius
+// physics.sphere_position: the default mode's -curved_det, the surface point
+// surf at depth below it moved onto the sphere of radius close about the
+// sample that touches the detector plane at close odet; surf's offsets
+// u = q.fdet, v = q.sdet from that point (q = surf - close odet) become arcs,
+// the depth a larger radius (close + q.odet + depth)
 template <typename real>
-__device__ __forceinline__ vec3<real> sphere_position(vec3<real> pos, real close,
+__device__ __forceinline__ vec3<real> sphere_position(vec3<real> surf, real depth, real close,
                                                       vec3<real> odet, vec3<real> fdet,
                                                       vec3<real> sdet) {
     real u, v, A, rho;
-    sphere_coords(pos, close, odet, fdet, sdet, &u, &v, &A, &rho);
+    sphere_coords(surf, depth, close, odet, fdet, sdet, &u, &v, &A, &rho);
     if (rho == (real)0.0) return mk<real>(A * odet.x, A * odet.y, A * odet.z);
     const real th = rho / close;
     const real c = nb_cos(th);
@@ -767,15 +771,24 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                 const wide Sdet = subpixel * (wide)(spixel * os + subS) + subpixel / (wide)2.0;
                 last_Fdet = Fdet;
                 last_Sdet = Sdet;
-                vec3<wide> pos = mk<wide>(Fdet * fdet.x + Sdet * sdet.x + Odet * odet.x + pix0.x,
-                                          Fdet * fdet.y + Sdet * sdet.y + Odet * odet.y + pix0.y,
-                                          Fdet * fdet.z + Sdet * sdet.z + Odet * odet.z + pix0.z);
-                if (curved == 1) {
-                    // -c_parity: nanoBragg.c's sphere, the lab y and z as angles
-                    pos = curved_position(pos, distance, beam, sdet, fdet);
-                } else if (curved == 2) {
-                    // the default mode's sphere: detector coordinates become arcs
-                    pos = sphere_position(pos, close_distance, odet, fdet, sdet);
+                vec3<wide> pos;
+                if (curved == 2) {
+                    // the default mode's sphere: detector coordinates become arcs;
+                    // the surface point and the layer's depth go in apart (the
+                    // depth is a radius: in the flat position it would put its
+                    // rounding into the arcs in a turned frame)
+                    const vec3<wide> surf = mk<wide>(Fdet * fdet.x + Sdet * sdet.x + pix0.x,
+                                                     Fdet * fdet.y + Sdet * sdet.y + pix0.y,
+                                                     Fdet * fdet.z + Sdet * sdet.z + pix0.z);
+                    pos = sphere_position(surf, Odet, close_distance, odet, fdet, sdet);
+                } else {
+                    pos = mk<wide>(Fdet * fdet.x + Sdet * sdet.x + Odet * odet.x + pix0.x,
+                                   Fdet * fdet.y + Sdet * sdet.y + Odet * odet.y + pix0.y,
+                                   Fdet * fdet.z + Sdet * sdet.z + Odet * odet.z + pix0.z);
+                    if (curved == 1) {
+                        // -c_parity: nanoBragg.c's sphere, the lab y and z as angles
+                        pos = curved_position(pos, distance, beam, sdet, fdet);
+                    }
                 }
                 const wide airpath = unitize(pos, &diffracted);
                 if (os_omega) {
@@ -793,7 +806,8 @@ __device__ void pixel_value(nb_i64 spixel, nb_i64 fpixel, bool first_exec, nb_i6
                         vec3<wide> p0 = mk<wide>(Fdet * fdet.x + Sdet * sdet.x + pix0.x,
                                                  Fdet * fdet.y + Sdet * sdet.y + pix0.y,
                                                  Fdet * fdet.z + Sdet * sdet.z + pix0.z);
-                        if (curved == 2) p0 = sphere_position(p0, close_distance, odet, fdet, sdet);
+                        if (curved == 2)
+                            p0 = sphere_position(p0, z, close_distance, odet, fdet, sdet);
                         vec3<wide> unused;
                         face = unitize(p0, &unused);
                     }
@@ -1543,11 +1557,16 @@ __device__ __forceinline__ vec3<double> adjoint_position(nb_i64 spixel, nb_i64 f
     const double Sdet = subpixel * (double)(spixel * os + subS) + subpixel / 2.0;
     *Fo = Fdet;
     *So = Sdet;
-    const vec3<double> pos = mk<double>(
-        Fdet * m.fdet.x + Sdet * m.sdet.x + Odet * m.odet.x + m.pix0.x,
-        Fdet * m.fdet.y + Sdet * m.sdet.y + Odet * m.odet.y + m.pix0.y,
-        Fdet * m.fdet.z + Sdet * m.sdet.z + Odet * m.odet.z + m.pix0.z);
-    return m.curved ? sphere_position(pos, m.close, m.odet, m.fdet, m.sdet) : pos;
+    if (m.curved) {
+        // the surface point and the layer's depth apart (physics.sphere_position)
+        const vec3<double> surf = mk<double>(Fdet * m.fdet.x + Sdet * m.sdet.x + m.pix0.x,
+                                             Fdet * m.fdet.y + Sdet * m.sdet.y + m.pix0.y,
+                                             Fdet * m.fdet.z + Sdet * m.sdet.z + m.pix0.z);
+        return sphere_position(surf, Odet, m.close, m.odet, m.fdet, m.sdet);
+    }
+    return mk<double>(Fdet * m.fdet.x + Sdet * m.sdet.x + Odet * m.odet.x + m.pix0.x,
+                      Fdet * m.fdet.y + Sdet * m.sdet.y + Odet * m.odet.y + m.pix0.y,
+                      Fdet * m.fdet.z + Sdet * m.sdet.z + Odet * m.odet.z + m.pix0.z);
 }
 
 // physics._sinc_and_slope: (sin(th)/th, its derivative (th cos th - sin th)/th^2),
@@ -1566,19 +1585,21 @@ __device__ __forceinline__ void sinc_and_slope(double th, double* sc, double* ds
     *dsc = (th * cos(th) - sn) / (th * th);
 }
 
-// physics.sphere_position_grad: for p = sphere_position(pos, close, odet, fdet,
-// sdet) and g = dL/dp, returns dL/dpos; *gclose, *god, *gf, *gs: dL/d close,
-// odet, fdet, sdet (the axes as the formula uses them, not held unit).
-// p = A (C odet + sg w), q = pos - close odet, u = q.fdet, v = q.sdet,
-// A = close + q.odet, w = u fdet + v sdet, rho = |(u, v)|, th = rho/close,
-// C = cos th, sg = sin(th)/rho = sinc(th)/close
-__device__ vec3<double> sphere_position_grad(vec3<double> g, vec3<double> pos, double close,
-                                             vec3<double> odet, vec3<double> fdet,
-                                             vec3<double> sdet, double* gclose,
+// physics.sphere_position_grad: for p = sphere_position(surf, depth, close,
+// odet, fdet, sdet) and g = dL/dp, returns dL/dsurf; *gdepth, *gclose, *god,
+// *gf, *gs: dL/d depth, close, odet, fdet, sdet (the axes as the formula uses
+// them, not held unit).
+// p = A (C odet + sg w), q = surf - close odet, u = q.fdet, v = q.sdet,
+// A = close + q.odet + depth, w = u fdet + v sdet, rho = |(u, v)|,
+// th = rho/close, C = cos th, sg = sin(th)/rho = sinc(th)/close
+__device__ vec3<double> sphere_position_grad(vec3<double> g, vec3<double> surf, double depth,
+                                             double close, vec3<double> odet,
+                                             vec3<double> fdet, vec3<double> sdet,
+                                             double* gdepth, double* gclose,
                                              vec3<double>* god, vec3<double>* gf,
                                              vec3<double>* gs) {
     double u, v, A, rho;
-    const vec3<double> q = sphere_coords(pos, close, odet, fdet, sdet, &u, &v, &A, &rho);
+    const vec3<double> q = sphere_coords(surf, depth, close, odet, fdet, sdet, &u, &v, &A, &rho);
     const double th = rho / close;
     const double C = cos(th);
     double sc, dsc;
@@ -1588,7 +1609,7 @@ __device__ vec3<double> sphere_position_grad(vec3<double> g, vec3<double> pos, d
                                       u * fdet.z + v * sdet.z);
     const double gn = dot(g, odet);
     const double gw = dot(g, w);
-    const double gA = C * gn + sg * gw;  // dL/dA
+    const double gA = C * gn + sg * gw;  // dL/dA (= dL/d depth)
     const double gC = A * gn;            // dL/dC
     const double gsg = A * gw;           // dL/dsg
     // dL/dw = A sg g; dL/dodet (direct) = A C g
@@ -1601,11 +1622,12 @@ __device__ vec3<double> sphere_position_grad(vec3<double> g, vec3<double> pos, d
         gv += grho * v / rho;
     }
     double gcl = gA + gC * sin(th) * rho / (close * close) - gsg * C / (close * close);
-    // through q = pos - close odet: u = q.fdet, v = q.sdet, A - close = q.odet
+    // through q = surf - close odet: u = q.fdet, v = q.sdet, A - close - depth = q.odet
     const vec3<double> gq = mk<double>(gu * fdet.x + gv * sdet.x + gA * odet.x,
                                        gu * fdet.y + gv * sdet.y + gA * odet.y,
                                        gu * fdet.z + gv * sdet.z + gA * odet.z);
     gcl -= dot(gq, odet);
+    *gdepth = gA;
     *gclose = gcl;
     const double AC = A * C;
     *god = mk<double>(AC * g.x + gA * q.x - close * gq.x, AC * g.y + gA * q.y - close * gq.y,
@@ -1627,20 +1649,22 @@ struct pos_grad {
 
 // adjoint.py _add_pos: *a += c gp, gp the derivative of a factor in the
 // position pix0 + F fdet + S sdet + t tstep odet where it was evaluated (or,
-// with -curved_det, in that position moved onto the sphere)
+// with -curved_det, in the surface point pix0 + F fdet + S sdet at depth
+// t tstep moved onto the sphere)
 __device__ __forceinline__ void add_pos(pos_grad* a, double c, vec3<double> gp, double F,
                                         double S, double t, const det_map& m) {
     const double O = t * m.tstep;
+    double gdepth = 0.0;
     if (m.curved) {
-        // back from the sphere to the flat position, and the map's own
-        // radius (the close distance) and axes
-        const vec3<double> flat = mk<double>(F * m.fdet.x + S * m.sdet.x + O * m.odet.x + m.pix0.x,
-                                             F * m.fdet.y + S * m.sdet.y + O * m.odet.y + m.pix0.y,
-                                             F * m.fdet.z + S * m.sdet.z + O * m.odet.z + m.pix0.z);
+        // back from the sphere to the surface point and the depth, and the
+        // map's own radius (the close distance) and axes
+        const vec3<double> surf = mk<double>(F * m.fdet.x + S * m.sdet.x + m.pix0.x,
+                                             F * m.fdet.y + S * m.sdet.y + m.pix0.y,
+                                             F * m.fdet.z + S * m.sdet.z + m.pix0.z);
         double gclose;
         vec3<double> god, gf, gs;
-        gp = sphere_position_grad(gp, flat, m.close, m.odet, m.fdet, m.sdet, &gclose, &god, &gf,
-                                  &gs);
+        gp = sphere_position_grad(gp, surf, O, m.close, m.odet, m.fdet, m.sdet, &gdepth, &gclose,
+                                  &god, &gf, &gs);
         a->close += c * gclose;
         const double oo[3] = {god.x, god.y, god.z}, ss[3] = {gs.x, gs.y, gs.z},
                      ff[3] = {gf.x, gf.y, gf.z};
@@ -1657,10 +1681,15 @@ __device__ __forceinline__ void add_pos(pos_grad* a, double c, vec3<double> gp, 
         a->s[i] += x[i] * S;
     }
     if (t > 0.0) {
-        a->o[0] += x[0] * O;
-        a->o[1] += x[1] * O;
-        a->o[2] += x[2] * O;
-        a->ts += t * (x[0] * m.odet.x + x[1] * m.odet.y + x[2] * m.odet.z);
+        if (m.curved) {
+            // the sphere's depth is a radius, which odet does not multiply
+            a->ts += t * (c * gdepth);
+        } else {
+            a->o[0] += x[0] * O;
+            a->o[1] += x[1] * O;
+            a->o[2] += x[2] * O;
+            a->ts += t * (x[0] * m.odet.x + x[1] * m.odet.y + x[2] * m.odet.z);
+        }
     }
 }
 
