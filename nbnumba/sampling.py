@@ -123,7 +123,8 @@ def centred_sweep(sweep, rng, step, steps):
         n = steps if steps > 0 else 2
         return step * n, step, n
     if steps <= 0:                  # a width and a step
-        n = exact_ceil_count(rng / step)
+        # (at least one cell: a width of 1e-320 over a step of 1e3 underflows to 0)
+        n = max(1, exact_ceil_count(rng / step))
         if n >= HUGE_COUNT:
             return rng, step, HUGE_COUNT    # (the memory rule refuses it)
         return rng, rng / n, n

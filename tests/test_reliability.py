@@ -5,7 +5,9 @@ the flag or file, no traceback, the old outputs byte-identical and no temporary
 file left behind.  Special files are a FIFO and a symlink to a character device
 created inside the test's own directory (nothing under /dev is touched).
 """
+import math
 import os
+import random
 import signal
 import stat
 import subprocess
@@ -282,6 +284,62 @@ def test_fuzz_gradients_agree_and_a_wrong_one_is_reported(tmp_path, monkeypatch,
     fails = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("FAIL")]
     assert len(fails) == 2 and all(":: distance: jacobian() gives " in ln for ln in fails), fails
 
+
+
+def test_fuzz_gradients_weighs_the_loss_rounding_it_measures(monkeypatch, tmp_path):
+    """tools/fuzz.py gradients, seed 173: with -curved_det, 6 x 6 sub-pixels,
+    2 phi steps and 4 divergence sources the weighted loss moves by about
+    2.6e-11 (7 times the 2e-15 sum |w I| it assumed) under vdivrange changes
+    of 5e-9; at the step 0.001 that rounding put the extrapolation 2.3e-6 off
+    a right backward, reported as a mismatch.  The rounding is now measured
+    before a mismatch is reported (grad_weigh): 'flat' there, while the
+    backward's vdivrange column off by 1e-5 is still a mismatch."""
+    pytest.importorskip("torch")
+    from nbnumba import autodiff
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    argv = fz.AD_BASE + ("-spindle_axis 0.1 0.2 1 -phi 0 -osc 1 -phisteps 2 -misset random "
+                         "-misset_seed 7 -default_F 100 -curved_det").split()
+    vals = {"vdivrange": [0.16502614037995433], "hdivrange": [0.47781672586232127],
+            "polarization": [0.46960103093187483],
+            "beam_center": [4.7656948445520735, 5.851031363578583]}
+    names = ["vdivrange", "hdivrange", "polarization", "beam_center"]
+
+    def rng():              # the fuzzer's stream at that case: seed 173, 391145 words on
+        r = random.Random(173)
+        for _ in range(391145):
+            r.getrandbits(32)
+        return r
+    res = fz.grad_check(argv, vals, names, rng())
+    assert res["vdivrange"] in ("flat", "agree"), res
+    assert res["polarization"] == res["beam_center"] == "agree", res
+    real = autodiff._Run.chain_matrix
+
+    def off(self, name):
+        return real(self, name) * (1.0 + 1e-5) if name == "vdivrange" else real(self, name)
+    monkeypatch.setattr(autodiff._Run, "chain_matrix", off)
+    res = fz.grad_check(argv, vals, ["vdivrange"] + names[1:], rng())
+    assert res["vdivrange"].startswith("-0.0196589"), res
+    assert res["polarization"] == "agree", res
+
+
+def test_fuzz_grad_weigh_measures_the_rounding_and_keeps_a_real_mismatch():
+    """tools/fuzz.py's grad_weigh on a loss a q + c q^3 with a rounding-like
+    jitter of 3e-11 (ten times the assumed 3e-12): the right slope is not a
+    mismatch, a slope 1e-4 off is, and names the rounding it measured; with
+    no jitter the slope 1e-4 off is a mismatch at once."""
+    fz = _fuzz_tool()
+    a, c = 0.02, 6e-4
+
+    def loss(jitter):
+        return lambda q: a * q + c * q ** 3 + jitter * math.sin(1e13 * q + 1.0)
+    steps = fz.GRAD_STEPS["vdivrange"]
+    assert fz.grad_weigh(loss(3e-11), a, steps, 3e-12) in ("agree", "flat")
+    wrong = fz.grad_weigh(loss(3e-11), a * (1 + 1e-4), steps, 3e-12)
+    assert wrong.startswith("0.020002 against 0.0200") and "rounding measured" in wrong, wrong
+    assert fz.grad_weigh(loss(0.0), a, steps, 3e-12) == "agree"
+    wrong = fz.grad_weigh(loss(0.0), a * (1 + 1e-4), steps, 3e-12)
+    assert wrong.startswith("0.020002 against 0.02") and "rounding" not in wrong, wrong
 
 _FAKE_C = """#!%(python)s
 # stands in for nanoBragg.c: the port's CLI under -c_parity, then (MODE) an
@@ -1823,3 +1881,17 @@ def test_fuzz_modes_bounds_a_spread_by_the_spread_of_the_difference(tmp_path, mo
     assert fz.modes_stats_check(rd, rc) == []
     rd.stats["rmsd"] *= 1.01        # (the spread of the difference: 1.4e-3 of rmsd)
     assert [t.split()[0] for t in fz.modes_stats_check(rd, rc)] == ["rmsd"]
+
+
+def test_a_divergence_width_that_underflows_its_step_is_the_beam_alone():
+    """-divergence 1e-320 with -vdivstep 1e6 (mrad): width/step underflows to
+    0 cells, and the step shrunk to tile the width divided by it (a
+    ZeroDivisionError traceback; tools/fuzz.py cli, seed 171).  A width and a
+    step make at least one cell: here the beam itself, so the image is the
+    one without divergence, bit for bit."""
+    base = list(BASE)
+    plain = nbnumba.simulate(nbnumba.parse_argv(base)).float_image
+    tiny = nbnumba.simulate(nbnumba.parse_argv(base + ["-vdivrange", "1e308", "-vdivstep", "1e6",
+                                                       "-divergence", "1e-320"]))
+    assert tiny.float_image.max() > 0
+    np.testing.assert_array_equal(tiny.float_image, plain)
