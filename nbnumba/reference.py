@@ -116,7 +116,8 @@ def _sweep(rng, step, n, count_only_range):
         return (0.0, 0.0, 1) if n <= 0 or rng == 0.0 else (count_only_range,
                                                              count_only_range / n, n)
     if n <= 0:
-        n = 2 if (step <= 0.0 or rng < 0.0) else _count(rng / step)
+        # (a range and a step: at least one cell, though range/step underflow)
+        n = 2 if (step <= 0.0 or rng < 0.0) else max(1, _count(rng / step))
     if rng < 0.0:
         return n * step, step, n
     return rng, rng / n, n
