@@ -136,6 +136,9 @@ def c_differences(model) -> List[Tuple[int, str]]:
     if cfg.phistep > 0.0 and st.phistep != cfg.phistep:
         # -osc not a multiple of -phistep: the C renders its whole steps past the oscillation
         out.append((46, "the phi steps share the oscillation"))
+    elif cfg.phistep > 0.0 and c_n == 0:
+        # -osc 0 with a step: the C counts 0 steps, an image of NaN; here the still
+        out.append((46, "-osc 0 with -phistep: the still"))
     moved = sweeps_differ_from_c(cfg, st) if cfg.sourcefilename is None else []
     if moved:
         # the default mode samples each cell of the band at its middle (#44) ...

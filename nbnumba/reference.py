@@ -164,7 +164,8 @@ def sampling(cfg):
         if osc < 0.0:
             n, osc, step = (1, 0.0, 0.0) if step <= 0.0 else (2, step, step)
         else:
-            n, step = (2, osc / 2.0) if step <= 0.0 else (_count(osc / step), step)
+            # (at least one step: -osc 0 with a step is the still)
+            n, step = (2, osc / 2.0) if step <= 0.0 else (max(1, _count(osc / step)), step)
             if osc > 0.0:
                 # the n steps share the oscillation, whether or not the step
                 # divides it (quirk 46; nanoBragg.c renders n whole steps)

@@ -281,7 +281,9 @@ def centred_phi_sweep(osc, step, steps):
                               % (osc * _RTD, step * _RTD, steps, n, step * _RTD, step * n * _RTD,
                                  step * (n - 1) * _RTD))
     elif step > 0.0 and osc >= 0.0:            # an oscillation and a step
-        n = exact_ceil_count(osc / step)         # (#25: 1.1 / 0.1 is 11 steps)
+        # (#25: 1.1 / 0.1 is 11 steps; at least one: -osc 0 with a step is a
+        # still, where the C counts 0 steps and divides the image by them)
+        n = max(1, exact_ceil_count(osc / step))
         if n < HUGE_COUNT and osc > 0.0 and step * n - osc > _SPAN_AGREES * osc:
             # the step does not divide the oscillation: n steps of it would
             # render n * step (-osc 1 -phistep 0.3: 1.2 deg, the header saying
@@ -302,6 +304,12 @@ def resolve_steps(cfg) -> Steps:
     if cfg.c_parity:
         osc, phistep, phisteps = c_phi_sweep(cfg.osc, cfg.phistep, cfg.phisteps)
         phi_offset = 0.0
+        if phisteps == 0:
+            # (the image would be NaN, refused as a geometry that overflows)
+            raise ConfigError("-osc %g with -phistep %g makes 0 phi steps, by which nanoBragg.c "
+                              "divides the image (every pixel NaN); give -osc > 0 or drop "
+                              "-phistep (the default mode renders the still)"
+                              % (osc * _RTD, phistep * _RTD))
     else:
         osc, phistep, phisteps, phi_offset = centred_phi_sweep(cfg.osc, cfg.phistep,
                                                                cfg.phisteps)

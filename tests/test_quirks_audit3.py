@@ -12,7 +12,7 @@ import pytest
 
 import nbnumba
 from nbnumba import cli
-from nbnumba.errors import InputFileError
+from nbnumba.errors import ConfigError, InputFileError
 from nbnumba.quirks import c_differences
 
 BASE = ["-cell", "100", "100", "100", "90", "90", "90", "-lambda", "1", "-distance", "100",
@@ -92,6 +92,24 @@ def test_a_negative_oscillation_or_step_is_refused(tmp_path, monkeypatch, capsys
     still = run(["-default_F", "100", "-N", "5"], c_parity=True).float_image
     assert np.array_equal(run(["-default_F", "100", "-N", "5", flag, value], c_parity=True).float_image,
                           still)
+
+
+@pytest.mark.parametrize("osc, step", [("0", "0.1"), ("1e-320", "1e6")])
+def test_an_oscillation_below_one_step_is_the_still(osc, step):
+    """#46: -osc 0 with a -phistep (or an oscillation that underflows its step)
+    made 0 phi steps; nanoBragg.c divides the image by them (every pixel NaN,
+    $NB_C_BIN), and both modes refused that image as a geometry that overflows
+    (tools/fuzz.py cli, seed 171).  The default mode renders the still at -phi,
+    bit for bit, naming #46; -c_parity refuses the C's 0 steps in one line."""
+    extra = ["-default_F", "100", "-N", "5", "-phi", "10"]
+    res = run(extra + ["-osc", osc, "-phistep", step])
+    still = run(extra).float_image
+    assert res.model.steps.phisteps == 1 and still.max() > 0
+    assert np.array_equal(res.float_image, still)
+    assert 46 in [n for n, _ in c_differences(res.model)]
+    with pytest.raises(ConfigError, match=r"^-osc \S+ with -phistep \S+ makes 0 phi steps, by "
+                                          r"which nanoBragg.c divides the image"):
+        run(extra + ["-osc", osc, "-phistep", step], c_parity=True)
 
 
 @pytest.mark.parametrize("c_parity", [False, True])
