@@ -42,7 +42,7 @@ def simulate_argv(argv, cwd=None, **overrides):
 def write_outputs(result, cfg=None, quiet=False):
     """Write the float/int/PGM/noise files like nanoBragg.c (atomically)."""
     from .outputs import write_outputs as _w
-    return _w(result, cfg or result.model.cfg, quiet=quiet)
+    return _w(result, cfg, quiet=quiet)
 
 
 def simulate_many(argvs, cwd=None, workers=None, threads=None, write=False, **kw):

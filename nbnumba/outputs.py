@@ -92,8 +92,17 @@ def write_outputs(res, cfg=None, quiet=False, fdump: bool = False) -> List[str]:
     SMV headers that outgrow nanoBragg's 512 bytes are written as valid files
     (HEADER_BYTES=1024) by default; -c_parity writes the C's overflowing bytes.
     """
+    from .api import Result
+    from .config import Config
+    from .errors import ConfigError
+    if not isinstance(res, Result):
+        raise ConfigError("write_outputs: expected an nbnumba Result (from nbnumba.simulate), got %s"
+                          % type(res).__name__)
     if cfg is None:
         cfg = res.model.cfg
+    elif not isinstance(cfg, Config):
+        raise ConfigError("write_outputs: cfg must be an nbnumba.Config or None, got %s"
+                          % type(cfg).__name__)
     check_output_set(cfg, fdump)
     overflow = "c" if cfg.c_parity else "grow"
     todo = [(cfg.floatfilename, lambda p: write_float_image(p, to_host(res.float_image)))]

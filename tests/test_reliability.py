@@ -1768,11 +1768,15 @@ def _wrong_kinds():
         (lambda: nbnumba.simulate_argv(BASE, cwd="/nonexistent/dir"),
          "^cwd: /nonexistent/dir: no such directory$"),
         (lambda: nbnumba.simulate_argv(BASE, cwd=__file__), "not a directory$"),
+        # (an AttributeError: 'NoneType' object has no attribute 'model')
+        (lambda: nbnumba.write_outputs(None), "^write_outputs: expected an nbnumba Result .*got NoneType$"),
+        (lambda: nbnumba.write_outputs(nbnumba.simulate(dc.replace(cfg, hkl_grid=g)), cfg={}),
+         "^write_outputs: cfg must be an nbnumba.Config or None, got dict$"),
     ]
     return cases
 
 
-@pytest.mark.parametrize("case", range(18))
+@pytest.mark.parametrize("case", range(20))
 def test_api_arguments_of_the_wrong_kind_are_config_errors(case):
     """Each was a TypeError, ValueError or NotImplementedError from inside
     (numpy, torch, DLPack) or the model, or named no argument; now a
