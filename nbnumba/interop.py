@@ -105,9 +105,19 @@ def _torch_src(obj):
     return obj
 
 
+def _not_an_array(obj, fn: str) -> None:
+    """TypeError for None or a string given where an array belongs (a string
+    would otherwise be read as an array kind's name, None met DLPack's
+    "invalid capsule")."""
+    if obj is None or isinstance(obj, (str, bytes)):
+        raise TypeError("%s: expected an array (numpy, CuPy, torch or a DLPack producer), got %s"
+                        % (fn, type(obj).__name__))
+
+
 def to_numpy(obj: Any, dtype=None) -> np.ndarray:
     """A numpy array of ``obj``: a view for host arrays (numpy, CPU torch,
     any DLPack host array), a copy for GPU arrays."""
+    _not_an_array(obj, "to_numpy")
     kind = array_kind(obj)
     if kind == "numpy":
         arr = obj
@@ -159,8 +169,13 @@ def to_torch(arr: Any, device=None):
     cannot export, are copied."""
     from .extras import require
     torch = require("torch", "to_torch()")
+    _not_an_array(arr, "to_torch")
     if array_kind(arr) == "torch":
         t = arr
+    elif not (isinstance(arr, np.ndarray) or hasattr(arr, "__dlpack__")):
+        # (torch.from_dlpack said "invalid capsule" of a number or a list)
+        raise TypeError("to_torch: expected an array (numpy, CuPy, torch or a DLPack producer), got %s; "
+                        "for a list or a number use torch.tensor" % type(arr).__name__)
     else:
         try:
             t = torch.from_dlpack(arr)

@@ -268,3 +268,23 @@ def test_result_converts_with_numpy(result):
     c = np.array(result)
     assert c.flags.owndata and np.array_equal(c, result.float_image)
     assert torch.equal(torch.as_tensor(result), result.to_torch())
+
+
+def test_conversions_name_a_non_array():
+    """to_torch(None) was torch's "from_dlpack received an invalid capsule",
+    to_numpy("abc") "unknown array kind 'abc'" (a string read as a kind's name)."""
+    from nbnumba.interop import to_numpy, to_torch
+    for bad, name in ((None, "NoneType"), ("abc", "str"), (b"x", "bytes")):
+        for fn, fname in ((to_numpy, "to_numpy"), (to_torch, "to_torch")):
+            with pytest.raises(TypeError, match=r"^%s: expected an array \(numpy, CuPy, torch or a "
+                               r"DLPack producer\), got %s" % (fname, name)):
+                fn(bad)
+    for bad, name in ((3, "int"), ([1.0, 2.0], "list")):
+        with pytest.raises(TypeError, match=r"^to_torch: .*got %s; for a list or a number use torch.tensor$"
+                           % name):
+            to_torch(bad)
+    # what still converts: numbers and lists to numpy, a read-only array to torch (copied)
+    assert to_numpy([1.0, 2.0]).tolist() == [1.0, 2.0]
+    ro = np.arange(3.0)
+    ro.flags.writeable = False
+    assert to_torch(ro).tolist() == [0.0, 1.0, 2.0]
