@@ -346,11 +346,43 @@ def split_line(line: str) -> List[str]:
     return shlex.split(line, comments=False)
 
 
+def _ends_continued(line: str) -> bool:
+    """Does the line end in an unescaped backslash (a shell's line
+    continuation)?  A backslash followed by a blank is not one: as in a
+    shell, it escapes the blank."""
+    tail = len(line) - len(line.rstrip("\\"))
+    return tail % 2 == 1
+
+
+def _joined_lines(lines):
+    """(first line's number, text) with each backslash-newline removed, as a
+    POSIX shell joins a command written over several lines.  A comment line
+    ends a command, continued or not (its backslash is part of the comment)."""
+    buf, first = None, 0
+    for no, raw in enumerate(lines, 1):
+        if buf is None:
+            if raw.strip(" \t").startswith("#"):
+                yield no, raw
+                continue
+            buf, first = raw, no
+        else:
+            buf += raw
+        if _ends_continued(buf):
+            buf = buf[:-1]
+            continue
+        yield first, buf
+        buf = None
+    if buf is not None:         # a last line that ends in a backslash: the file ended the command
+        yield first, buf
+
+
 def read_batch_file(path: str) -> List[tuple]:
     """(line number, argv, None) for each command line of a batch file, or
     (line number, None, why) for a line shlex cannot split (an unclosed
     quote).  Blank lines and lines starting with '#' are skipped; a leading
-    program name (nanoBragg, nbnumba, ...) is dropped."""
+    program name (nanoBragg, nbnumba, ...) is dropped.  A line that ends in a
+    backslash goes on on the next line, as in a shell script (the command's
+    number is its first line's)."""
     from .errors import InputFileError
     try:
         with open(path, "rb") as fh:
@@ -369,7 +401,7 @@ def read_batch_file(path: str) -> List[tuple]:
     # lines end at \n, \r\n or \r only: str.splitlines also splits at \f, \v,
     # \x1c-\x1e, \x85 and U+2028/9, so a form feed in a comment ran the rest of
     # the comment as a command line, and every later line number was off
-    for no, raw in enumerate(_LINE_END.split(text), 1):
+    for no, raw in _joined_lines(_LINE_END.split(text)):
         s = raw.strip(" \t")
         if not s or s.startswith("#"):
             continue

@@ -437,3 +437,29 @@ def test_cli_and_batch_render_in_interruptible_row_chunks(tmp_path, monkeypatch)
     assert cli.main(["--batch", "cmds.txt"]) == 0
     assert cli.main(_argv(8, "-floatfile b.bin -nonoise")) == 0
     assert seen == [api.in_chunks, api.in_chunks]
+
+
+def test_batch_file_lines_continued_with_a_backslash(tmp_path, capsys, monkeypatch):
+    """A command written over several lines, as in a shell script, is one
+    command: each line's last word was its own run ("No escaped character",
+    then a line without structure factors)."""
+    from nbnumba.batch import read_batch_file
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "c.txt"
+    words = _TINY.split()
+    p.write_text("# a comment that ends in a backslash does not go on \\\n"
+                 "%s \\\n  %s \\\n%s -floatfile a.bin -intfile a.img\n"
+                 "\n"
+                 "nanoBragg %s -intfile b.img -floatfile 'b \\\nc.bin'\n"   # quoted: the shell drops \-newline too
+                 "%s -intfile e.img -floatfile e.bin \\"                    # the file ends the command
+                 % (" ".join(words[:6]), " ".join(words[6:12]), " ".join(words[12:]), _TINY, _TINY))
+    got = read_batch_file(str(p))
+    assert [(no, why) for no, _, why in got] == [(2, None), (6, None), (8, None)]
+    assert got[0][1] == words + ["-floatfile", "a.bin", "-intfile", "a.img"]
+    assert got[1][1] == words + ["-intfile", "b.img", "-floatfile", "b c.bin"]
+    assert got[2][1] == words + ["-intfile", "e.img", "-floatfile", "e.bin"]
+    assert cli.main(["--batch", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("line 2: ok ") and "line 6: ok " in out and "line 8: ok " in out
+    for name in ("a.bin", "b c.bin", "e.bin"):
+        assert (tmp_path / name).stat().st_size == 8 * 8 * 4
