@@ -400,9 +400,7 @@ def apply_overrides(cfg: Config, overrides) -> Config:
     for k in overrides:
         if k not in known:
             raise ConfigError("overrides: %r is not a Config field" % (k,))
-    new = replace(cfg, **overrides)
-    check_config(new)
-    return new
+    return check_config(replace(cfg, **overrides))
 
 
 def simulate_argv(argv, cwd=None, overrides=None, **more) -> Result:

@@ -353,7 +353,7 @@ def recommended_oversample(xmax, lambda0, distance, pixel):
 def build_model(cfg: Config) -> Model:
     """Derive everything the kernel needs from a Config (no pixel loops)."""
     from .validate import check_config, check_detector, check_memory, memory_limit
-    check_config(cfg)          # types, signs, impossible geometry: one-line ConfigError
+    cfg = check_config(cfg)    # types, signs, impossible geometry: one-line ConfigError
     _check_finite(cfg)
     if cfg.lambda0 <= 0.0:
         raise ConfigError("wavelength must be > 0 (got %g A)" % (cfg.lambda0 * 1e10))

@@ -142,19 +142,28 @@ def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
-def _check_types(cfg) -> None:
+def _check_types(cfg) -> dict:
     """API callers (``Config(...)``, ``dataclasses.replace``, ``overrides=``) can put
-    anything in a field: numbers must be real numbers, vectors three of them."""
+    anything in a field: numbers must be real numbers, vectors three of them.
+    Returns the fields to store as Python's own types ({name: value}): a numpy
+    float32 distance made a float32 comparison with a float64 limit overflow,
+    a whole float 2.0 of -phisteps met range(), a switch of 10**30 a C long."""
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)
                 if f.default is not dataclasses.MISSING}
+    plain = {}
     for name, d in defaults.items():
         v = getattr(cfg, name)
+        t = type(v)
         if isinstance(d, bool):
-            if not isinstance(v, (bool, np.bool_, int)):
+            if not (isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1))):
                 raise ConfigError("%s: expected true/false, got %r" % (flag_of(name), v))
+            if t is not bool:
+                plain[name] = bool(v)
         elif isinstance(d, float):
             if not _is_real(v):
                 raise ConfigError("%s: expected a number, got %r" % (flag_of(name), v))
+            if t is not float:
+                plain[name] = float(v)
         elif isinstance(d, int):
             # (finite first: int() of a NaN or an infinity raises); every
             # integer field is a C int, as the flags' range says
@@ -163,14 +172,19 @@ def _check_types(cfg) -> None:
             if abs(int(v)) > INT_MAX:
                 raise ConfigError("%s: %r is out of a C int's range (|value| <= %d)"
                                   % (flag_of(name), v, INT_MAX))
+            if t is not int:
+                plain[name] = int(v)
         elif isinstance(d, tuple) and len(d) == 3 and all(isinstance(x, float) for x in d):
             if not (isinstance(v, (tuple, list, np.ndarray)) and len(v) == 3
                     and all(_is_real(x) for x in v)):
                 raise ConfigError("%s: expected 3 numbers (x y z), got %r" % (flag_of(name), v))
+            if t is not tuple or any(type(x) is not float for x in v):
+                plain[name] = tuple(float(x) for x in v)
         elif isinstance(d, str) and name not in ("stoloutfilename",):
             if not isinstance(v, str):
                 raise ConfigError("%s: expected text, got %r" % (flag_of(name), v))
     _check_api_objects(cfg)
+    return plain
 
 
 #: Config fields that hold a path besides the ``*filename`` ones (None: not given)
@@ -372,11 +386,17 @@ def _check_geometry(cfg) -> None:
         raise ConfigError("-max_memory must be >= 0 MB (0, the default, is the available memory)")
 
 
-def check_config(cfg) -> None:
-    """Refuse a request that is malformed or physically meaningless (ConfigError)."""
-    _check_types(cfg)
+def check_config(cfg):
+    """Refuse a request that is malformed or physically meaningless (ConfigError).
+    Returns the Config to run: ``cfg`` itself, or a copy whose numbers, switches
+    and vectors an API caller gave as other types (numpy scalars, a whole float
+    for a count, 0/1 for a switch, a list for a vector) are Python's own."""
+    plain = _check_types(cfg)
+    if plain:
+        cfg = dataclasses.replace(cfg, **plain)
     _check_finite(cfg)
     _check_geometry(cfg)
+    return cfg
 
 
 def _curved_reach(det, box) -> float:

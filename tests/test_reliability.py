@@ -1346,9 +1346,9 @@ def test_api_errors_are_nberrors():
 
 #: nonsense for a Config field, by the type of its default
 _NONSENSE = {float: [float("nan"), float("inf"), -float("inf"), -1.0, 0.0, 1e300, -1e300, "abc",
-                     None, True, 1e-300],
-             int: [-5, 0, 10 ** 12, 2.5, float("nan"), "x", None, -1],
-             bool: [2, "yes", None, 0],
+                     None, True, 1e-300, np.float32(2.0), np.float32(1e-3)],
+             int: [-5, 0, 10 ** 12, 2.5, float("nan"), "x", None, -1, 2.0, np.float32(3.0), np.int64(2)],
+             bool: [2, "yes", None, 0, 10 ** 30, np.int64(1)],
              tuple: [(), (float("nan"), 0.0, 0.0), (0.0, 0.0, 0.0), (1.0, 2.0), "abc", None,
                      (float("inf"), 0.0, 0.0), (1, 2, 3, 4), ("a", "b", "c")],
              str: ["", "bogus", None, 5],
@@ -1359,7 +1359,8 @@ def test_every_config_field_set_to_nonsense_through_the_api(tmp_path, monkeypatc
     """Each Config field, set by dataclasses.replace to values of the wrong
     kind, sign or size, gives NBError or a finite image: never another
     exception (the path fields, xtal_shape, threads, mask_image and hkl_grid
-    raised TypeError, KeyError, ValueError, IndexError or AttributeError)."""
+    raised TypeError, KeyError, ValueError, IndexError or AttributeError),
+    nor a warning (a numpy float32 length: "overflow encountered in cast")."""
     import dataclasses
     import nbnumba
     monkeypatch.chdir(tmp_path)
@@ -1369,7 +1370,9 @@ def test_every_config_field_set_to_nonsense_through_the_api(tmp_path, monkeypatc
         for v in _NONSENSE[type(getattr(base, f.name))]:
             cfg = dataclasses.replace(base, **{f.name: v})
             try:
-                img = nbnumba.simulate(cfg).float_image
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    img = nbnumba.simulate(cfg).float_image
             except NBError as e:
                 assert "\n" not in str(e).strip(), (f.name, v, str(e))
             else:
@@ -1970,3 +1973,37 @@ def test_a_divergence_width_that_underflows_its_step_is_the_beam_alone():
                                                        "-divergence", "1e-320"]))
     assert tiny.float_image.max() > 0
     np.testing.assert_array_equal(tiny.float_image, plain)
+
+
+def test_config_fields_of_other_numeric_types_run_as_pythons_own():
+    """A Config built in Python may hold numpy scalars, a whole float for a
+    count, 0/1 for a switch: each was a warning or a traceback from inside
+    ("overflow encountered in cast" of a float32 distance compared with a
+    float64 limit; range() of -phisteps 2.0; a C long of -point_pixel 10**30).
+    Now they run as the Python numbers they equal, and a switch other than
+    true/false/0/1 is refused naming its flag."""
+    import dataclasses as dc
+    import nbnumba
+    cfg = nbnumba.parse_argv(BASE + ["-nonoise", "-nopgm"])
+    want = nbnumba.simulate(dc.replace(cfg, distance=float(np.float32(0.1)), phisteps=2, osc=0.01,
+                                       point_pixel=True, detector_twotheta=0.1,
+                                       twotheta_axis=(0.0, 1.0, 0.0))).float_image
+    odd = dc.replace(cfg, distance=np.float32(0.1), phisteps=2.0, osc=np.float64(0.01),
+                     point_pixel=np.int64(1), detector_twotheta=np.float32(0.1),
+                     twotheta_axis=[0, np.float32(1), 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = nbnumba.simulate(odd)
+    assert np.array_equal(res.float_image, want)
+    used = res.model.cfg
+    assert type(used.distance) is float and used.distance == float(np.float32(0.1))
+    assert type(used.phisteps) is int and used.phisteps == 2
+    assert used.point_pixel is True and used.twotheta_axis == (0.0, 1.0, 0.0)
+    assert odd.phisteps == 2.0 and type(odd.distance) is np.float32       # the caller's own is untouched
+    for bad in (5, 10 ** 30, -1):
+        with pytest.raises(ConfigError, match="^-point_pixel: expected true/false, got %d$" % bad):
+            nbnumba.simulate(dc.replace(cfg, point_pixel=bad))
+    with pytest.raises(ConfigError, match=r"^-phisteps: expected an integer, got 2.5$"):
+        nbnumba.simulate(dc.replace(cfg, phisteps=2.5))
+    # a parsed Config is run as it is, not copied
+    assert nbnumba.simulate(cfg).model.cfg is cfg

@@ -467,8 +467,7 @@ def _image_shape_from_flags(argv: Sequence[str], cwd: str) -> Tuple[int, int]:
     from nbnumba.validate import check_config
     why = "--roi: cannot tell the image size from the flags"
     try:
-        cfg = parse_argv(argv, cwd=cwd)
-        check_config(cfg)
+        cfg = check_config(parse_argv(argv, cwd=cwd))
         det = build_detector(cfg, trace=False)      # (-pixel <= 0: its ConfigError)
     except HelpRequested:
         raise ToolError(f"{why}: they ask for help (-h); give the flags of a run",
