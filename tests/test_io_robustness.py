@@ -7,6 +7,7 @@ the old checks were) naming the argument."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -365,3 +366,78 @@ def test_every_text_and_image_reader_names_the_file_it_cannot_read(tmp_path):
             assert str(e.value) == "%s: cannot read: No such file or directory" % missing
         with pytest.raises(IOArgumentError, match="must be a file name"):
             read(3.5)
+
+
+def _misfed_files(d):
+    """Files of the kinds people give -hkl, -mat or -mask by mistake, written
+    by the libraries that make them."""
+    import gzip
+    import json
+
+    import gemmi
+    import h5py
+    m = gemmi.Mtz(with_base=True)
+    m.spacegroup = gemmi.find_spacegroup_by_name("P 1")
+    m.set_cell_for_all(gemmi.UnitCell(100, 100, 100, 90, 90, 90))
+    m.add_dataset("d")
+    m.add_column("FP", "F")
+    m.set_data(np.array([[1, 0, 0, 10.0], [0, 1, 0, 20.0]], dtype=np.float32))
+    m.write_to_file(str(d / "data.mtz"))
+    (d / "model.pdb").write_text(
+        "CRYST1  100.000  100.000  100.000  90.00  90.00  90.00 P 1           1\n"
+        "ATOM      1  CA  ALA A   1      11.104   6.134  -6.504  1.00  0.00           C\nEND\n")
+    st = gemmi.read_structure(str(d / "model.pdb"))
+    st.setup_entities()
+    st.make_mmcif_document().write_file(str(d / "model.cif"))
+    (d / "exp.expt").write_text(json.dumps({"__id__": "ExperimentList", "experiment": [{}]}, indent=2))
+    (d / "F.hkl.gz").write_bytes(gzip.compress(b"1 0 0 10\n"))
+    with h5py.File(d / "frame.h5", "w") as f:
+        f["entry/data/data"] = np.zeros((1, 4, 4), np.uint16)
+
+
+@pytest.mark.parametrize("flag, name, says", [
+    ("-hkl", "data.mtz", "data.mtz: no 'h k l F' records found; it is an MTZ reflection file: "
+                         "'nbnumba-sf data.mtz -o P1.hkl' writes its amplitudes as an 'h k l F' table, "
+                         "expanded to P1"),
+    ("-hkl", "model.pdb", "model.pdb line 1: expected 'h k l F', got 'CRYST1 .*'; it is an atomic "
+                          r"model \(PDB or mmCIF\): 'nbnumba-sf model.pdb -dmin 2 -o P1.hkl' computes "
+                          "its structure factors"),
+    ("-hkl", "model.cif", "model.cif line 1: expected 'h k l F', got 'data_.*'; it is an atomic model"),
+    ("-hkl", "F.hkl.gz", "F.hkl.gz: no 'h k l F' records found; it is gzip-compressed: decompress it first"),
+    ("-hkl", "exp.expt", r"exp.expt line 1: expected 'h k l F', got '{'; it is a DIALS experiment list, "
+                         r"not structure factors \('nbnumba-expt exp.expt' gives its flags\)"),
+    ("-mat", "exp.expt", "exp.expt line 1: expected a number of the orientation matrix, got '{'; it is a "
+                         "DIALS experiment list: 'nbnumba-expt exp.expt --mat-out A.mat' writes its crystal"),
+    ("-mat", "data.mtz", "data.mtz line 1: .* got 'MTZ'; it is an MTZ reflection file, not a MOSFLM "
+                         "orientation matrix"),
+    ("-mask", "frame.h5", r"frame.h5: not an SMV/ADSC file \(header does not start with '{'\); it is an "
+                          r"HDF5 \(NeXus\) file: -img and -mask read SMV \(ADSC\) images only"),
+    ("-img", "data.mtz", "data.mtz: not an SMV/ADSC file .*; it is an MTZ reflection file: -img and -mask"),
+])
+@pytest.mark.parametrize("parity", [False, True])
+def test_a_file_of_another_kind_is_named_in_the_one_error_line(tmp_path, monkeypatch, capsys, flag,
+                                                               name, says, parity):
+    """The message said only what the file is not ("no 'h k l F' records
+    found ... line 1 is 'MTZ !\\x00\\x00...'"); it now says what it is and
+    what makes the wanted file of it."""
+    monkeypatch.chdir(tmp_path)
+    _misfed_files(tmp_path)
+    argv = RUN + ["-nonoise", "-nopgm", flag, name] + (["-c_parity"] if parity else [])
+    if flag != "-hkl":
+        argv += ["-default_F", "1"]
+    assert nbnumba.cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert re.match("nbnumba: error: " + says, err), err
+
+
+def test_kind_of_tells_the_formats_apart():
+    from nbnumba.io.sniff import kind_of
+    smv = smv_header_text({"HEADER_BYTES": 512, "DIM": 2, "SIZE1": 4, "SIZE2": 4})
+    assert [kind_of(b) for b in (b"MTZ \x00\x01", b"\x89HDF\r\n\x1a\n", b"\x1f\x8b\x08", b"BZh91AY",
+                                 b"II*\x00", b"###CBF: VERSION 1.5", b"P5\n4 4\n255\n", smv,
+                                 b'{\n  "__id__": "ExperimentList"', b"data_x\nloop_\n_refln.index_h\n",
+                                 b"HEADER    x\nATOM      1", b"REMARK 1\n1 0 0 1\n", b"1 0 0 10.0\n",
+                                 b"", b"{ }")] == \
+        ["mtz", "hdf5", "gzip", "bzip2", "tiff", "cbf", "pgm", "smv", "expt", "refln_cif", "model", None,
+         None, None, None]

@@ -46,6 +46,7 @@ from nbnumba.io._args import IOArgumentError, read_bytes
 from nbnumba.io._cnum import parse_c_number
 from nbnumba.io.atomic import atomic_open
 from nbnumba.io.smv import format_g
+from nbnumba.io.sniff import misfed_hint
 
 __all__ = ["HKLGrid", "read_hkl", "parse_hkl", "write_fdump", "read_fdump", "fdump_bytes"]
 
@@ -223,11 +224,17 @@ def parse_hkl(data: bytes, name: str, default_F: float = 0.0, memory=None,
     why = None
     rec = _parse_fast(text)
     if rec is None:
-        rec, why = _parse_slow(text, name, warn)
+        try:
+            rec, why = _parse_slow(text, name, warn)
+        except InputFileError as exc:
+            raise InputFileError(str(exc) + misfed_hint(data, name, "hkl")) from None
     if rec.shape[0] == 0:
-        # (the note on the ignored line is the reason: say it, it is not printed otherwise)
-        raise InputFileError(f"{name}: no 'h k l F' records found (not enough HKL indices)"
-                             + (f": {why}" if why else ""))
+        # (the note on the ignored line is the reason: say it, it is not printed
+        # otherwise; for a file of a known other kind, the kind is the reason)
+        hint = misfed_hint(data, name, "hkl")
+        raise InputFileError(f"{name}: no 'h k l F' records found"
+                             + (hint if hint else " (not enough HKL indices)"
+                                + (f": {why}" if why else "")))
 
     hkl = rec[:, :3]
     if not np.all(np.isfinite(hkl)):

@@ -13,6 +13,7 @@ import numpy as np
 from nbnumba.errors import InputFileError
 from nbnumba.io._args import read_bytes
 from nbnumba.io._cnum import parse_c_number
+from nbnumba.io.sniff import misfed_hint
 
 __all__ = ["read_mosflm_mat", "read_mosflm_cell"]
 
@@ -49,7 +50,7 @@ def read_mosflm_mat(path) -> np.ndarray:
             if v is None:
                 raise InputFileError(
                     f"{name} line {lineno}: expected a number of the orientation matrix, "
-                    f"got '{tok[:40]}'"
+                    f"got '{tok[:40]}'" + misfed_hint(raw, name, "mat")
                 )
             values.append(v)
             if len(values) == 9:
@@ -59,6 +60,7 @@ def read_mosflm_mat(path) -> np.ndarray:
     last = len(lines) if lines and lines[-1] != "" else max(len(lines) - 1, 1)
     raise InputFileError(
         f"{name} line {last}: file ends after {len(values)} of the 9 orientation-matrix numbers"
+        + misfed_hint(raw, name, "mat")
     )
 
 

@@ -32,6 +32,7 @@ from nbnumba.errors import InputFileError, NBWarning
 from nbnumba.io._args import IOArgumentError, as_image, path_name, read_bytes
 from nbnumba.io._cnum import c_atof
 from nbnumba.io.atomic import atomic_open
+from nbnumba.io.sniff import misfed_hint
 
 __all__ = [
     "SMVHeader",
@@ -163,10 +164,12 @@ def read_smv(path, c_like=False) -> Tuple[SMVHeader, np.ndarray]:
     """
     name, raw = read_bytes(path)
     if not raw.startswith(b"{"):
-        raise _err(name, "not an SMV/ADSC file (header does not start with '{')")
+        raise _err(name, "not an SMV/ADSC file (header does not start with '{')"
+                   + misfed_hint(raw, name, "smv"))
     first = raw[:SMV_HEADER_BYTES].split(b"\0", 1)[0].decode("latin-1")
     if "HEADER_BYTES" not in first:
-        raise _err(name, "not an SMV/ADSC file (no HEADER_BYTES in the first 512 bytes)")
+        raise _err(name, "not an SMV/ADSC file (no HEADER_BYTES in the first 512 bytes)"
+                   + misfed_hint(raw, name, "smv"))
     hb = _value_of(first, "HEADER_BYTES")
     if not (math.isfinite(hb) and hb >= 1 and hb == int(hb)):
         raise _err(name, f"bad HEADER_BYTES value in SMV header ({format_g(hb)})")
