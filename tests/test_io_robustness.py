@@ -413,6 +413,8 @@ def _misfed_files(d):
     ("-mask", "frame.h5", r"frame.h5: not an SMV/ADSC file \(header does not start with '{'\); it is an "
                           r"HDF5 \(NeXus\) file: -img and -mask read SMV \(ADSC\) images only"),
     ("-img", "data.mtz", "data.mtz: not an SMV/ADSC file .*; it is an MTZ reflection file: -img and -mask"),
+    ("-sourcefile", "model.pdb", "model.pdb line 1: column 1 is not a number: 'CRYST1'; it is an atomic "
+                                 r"model \(PDB or mmCIF\), not a table of numbers"),
 ])
 @pytest.mark.parametrize("parity", [False, True])
 def test_a_file_of_another_kind_is_named_in_the_one_error_line(tmp_path, monkeypatch, capsys, flag,

@@ -70,7 +70,8 @@ def kind_of(data: bytes) -> Optional[str]:
 
 def misfed_hint(data: bytes, name: str, wanted: str) -> str:
     """"; it is KIND: what to do" for a file ``name`` whose bytes are ``data``
-    given where ``wanted`` ("hkl", "mat" or "smv") belongs; "" when the kind is
+    given where ``wanted`` ("hkl", "mat", "smv", or "columns": -sourcefile,
+    -stol) belongs; "" when the kind is
     unknown or is the wanted one."""
     kind = kind_of(data)
     if kind is None or (wanted == "smv" and kind == "smv"):
@@ -98,4 +99,6 @@ def misfed_hint(data: bytes, name: str, wanted: str) -> str:
         return "; it is %s, not a MOSFLM orientation matrix" % what
     if wanted == "smv":
         return "; it is %s: -img and -mask read SMV (ADSC) images only" % what
+    if wanted == "columns":
+        return "; it is %s, not a table of numbers" % what
     return ""

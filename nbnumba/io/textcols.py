@@ -34,6 +34,7 @@ import numpy as np
 from nbnumba.errors import InputFileError
 from nbnumba.io._args import read_bytes
 from nbnumba.io._cnum import atof_prefix_length, c_atof
+from nbnumba.io.sniff import misfed_hint
 
 __all__ = ["read_text_columns", "DELIMITERS"]
 
@@ -61,6 +62,7 @@ def read_text_columns(path, ncols: int) -> np.ndarray:
             if atof_prefix_length(tok) == 0:
                 raise InputFileError(
                     f"{name} line {lineno}: column {j + 1} is not a number: '{tok[:40]}'"
+                    + misfed_hint(raw, name, "columns")
                 )
             row[j] = c_atof(tok)
         rows.append(row)
