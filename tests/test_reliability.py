@@ -2007,3 +2007,24 @@ def test_config_fields_of_other_numeric_types_run_as_pythons_own():
         nbnumba.simulate(dc.replace(cfg, phisteps=2.5))
     # a parsed Config is run as it is, not copied
     assert nbnumba.simulate(cfg).model.cfg is cfg
+
+
+def test_numba_disable_jit_is_one_line_before_any_output(tmp_path):
+    """NUMBA_DISABLE_JIT=1 (numba's debugging switch) was an AttributeError
+    traceback after the set-up text: njit then returns plain functions, and
+    the kernels' intrinsics do not run as Python.  Now one line, exit 2,
+    nothing printed or written; the plain-Python reference still runs."""
+    r = subprocess.run([sys.executable, "-m", "nbnumba.cli", *BASE, "-nonoise"], cwd=tmp_path,
+                       env=dict(env(), NUMBA_DISABLE_JIT="1", NBNUMBA_SERVER="0"),
+                       capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stdout) == (2, ""), (r.returncode, r.stdout, r.stderr)
+    assert r.stderr == ("nbnumba: error: NUMBA_DISABLE_JIT is set: nbnumba's kernels use numba "
+                        "intrinsics that do not run as plain Python; unset it (nbnumba.reference "
+                        "follows one pixel in plain Python, -trace_pixel S F prints the kernel's own "
+                        "steps)\n")
+    assert not list(tmp_path.iterdir())
+    code = ("import nbnumba, nbnumba.reference as r; "
+            "print(r.image(nbnumba.parse_argv(%r)).shape)" % (BASE[:-4] + ["-detpixels", "3"]))
+    r = subprocess.run([sys.executable, "-c", code], env=dict(env(), NUMBA_DISABLE_JIT="1"),
+                       capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "(3, 3)\n", "")

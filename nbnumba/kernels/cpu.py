@@ -17,8 +17,17 @@ import types as _pytypes
 
 import numpy as np
 from llvmlite import ir
+from numba import config as _numba_config
 from numba import njit, types
 from numba.core.extending import intrinsic
+
+if _numba_config.DISABLE_JIT:
+    # (numba's debugging switch: njit then returns plain functions, and the
+    # first intrinsic or .py_func below was an AttributeError traceback)
+    from ..errors import ConfigError
+    raise ConfigError("NUMBA_DISABLE_JIT is set: nbnumba's kernels use numba intrinsics that do "
+                      "not run as plain Python; unset it (nbnumba.reference follows one pixel in "
+                      "plain Python, -trace_pixel S F prints the kernel's own steps)")
 
 from ..physics import (capture_fraction, curved_position, dot, forward_scatter, interp_in_range,
                        lattice_factor,
