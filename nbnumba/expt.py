@@ -510,6 +510,10 @@ def _translate(path, experiment, panel, image, mat_out):
     ratio = float(b @ o)
     if ratio > 1e-6:
         t = float(origin @ o) / ratio             # sample to the panel plane along the beam
+        if not t > 0.0:
+            # (-distance 0 was printed, which nbnumba refuses)
+            raise ctx.fail(_sub(pw, "origin"), "the panel's plane passes through the sample "
+                           "(distance 0 along the beam)")
         hit = t * b - origin
         argv += ["-distance", _fmt(t), "-Xbeam", _fmt(hit @ f), "-Ybeam", _fmt(hit @ s)]
     else:
@@ -577,7 +581,33 @@ def _translate(path, experiment, panel, image, mat_out):
         # nanoBragg's parser takes "-x.mat" for a flag, not -mat's file
         mat_word = os.path.join(os.curdir, mat_word)
     argv += ["-mat", mat_word] + rotation
+    _check_renderable(ctx, ewhere, argv, mat)
     return argv, mat, notes
+
+
+def _check_renderable(ctx, ewhere, argv, mat) -> None:
+    """InputFileError when nbnumba refuses the geometry the flags give (an edge
+    of 1e308 A, a -mat value past the reader's range, a panel whose pixels'
+    squared distance overflows): those flags were printed, exit 0, and the run
+    made with them was refused.  The -mat file goes to a scratch folder; F and
+    the sampling are fixed, as they are not the experiment list's."""
+    import tempfile
+    import warnings
+    from . import parse_argv
+    from .errors import NBError
+    from .model import build_model
+    k = argv.index("-mat")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "x.mat")
+        write_mat(path, mat)
+        flags = argv[:k] + ["-mat", path] + argv[k + 2:] + ["-default_F", "1", "-oversample", "1"]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                build_model(parse_argv(flags))
+        except NBError as exc:
+            msg = str(exc).replace(path, "the crystal's -mat")
+            raise ctx.fail(ewhere, "nbnumba cannot render this geometry: %s" % msg) from None
 
 
 def flags_from_expt(path, experiment: int = 0, panel: int = 0, image: Optional[int] = None,
@@ -653,6 +683,30 @@ def expt_from_flags(flags, image=None, cwd=None, hall: str = HALL_P1,
     experiment list cannot hold is appended to ``notes`` (one line each); a
     curved detector is refused (:class:`~nbnumba.errors.ConfigError`).
     """
+    with np.errstate(all="ignore"):     # overflows are refused, one line, at the end
+        d = _expt_from_flags(flags, image, cwd, hall, notes)
+    _check_reads_back(d)
+    return d
+
+
+def _check_reads_back(d: dict) -> None:
+    """ConfigError when nbnumba-expt refuses the list ``d`` (written to a scratch
+    folder): flags nbnumba renders could give a list no reader takes back, as a
+    -lambda 1e308 (a -mat value past the reader's range) or an -fdet_vector
+    along the beam (a panel whose plane holds the beam)."""
+    import tempfile
+    from .errors import ConfigError, NBError
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "truth.expt")
+        write_expt(path, d)
+        try:
+            translate(path, mat_out=os.path.join(tmp, "truth.mat"))
+        except NBError as exc:
+            raise ConfigError("the experiment list of these flags does not read back: %s"
+                              % str(exc).replace(path + ": ", "").replace(path, "the list")) from None
+
+
+def _expt_from_flags(flags, image, cwd, hall, notes) -> dict:
     from dataclasses import replace
     from .errors import ConfigError
     from .geometry import rotate_axis
@@ -668,6 +722,10 @@ def expt_from_flags(flags, image=None, cwd=None, hall: str = HALL_P1,
         notes.append("-c_parity: the ground truth is that of the default mode (nanoBragg.c "
                      "ignores -pix0_vector and mis-builds some cells: docs/quirks.md)")
         cfg = replace(cfg, c_parity=False)
+    if not -1.0 <= cfg.polarization <= 1.0:
+        # (f = (K + 1)/2 was written outside [0, 1], which no reader takes back)
+        raise ConfigError("-polar %g: a Kahn factor outside [-1, 1] has no polarization "
+                          "fraction in an experiment list" % cfg.polarization)
     if reads_fdump(cfg) and cfg.default_F == 0.0:
         # F does not shape the geometry: a run given none still has a truth
         cfg = replace(cfg, default_F=1.0)
@@ -699,6 +757,11 @@ def expt_from_flags(flags, image=None, cwd=None, hall: str = HALL_P1,
             "polarization_fraction": float(pol_fraction), "flux": 0.0, "transmission": 1.0}
 
     # ---- one flat panel
+    cos = float(np.dot(det.fdet, det.sdet))
+    if abs(cos) > UNIT_TOL:
+        # (a panel with skewed axes was written, which no reader takes back)
+        raise ConfigError("-fdet_vector and -sdet_vector are not perpendicular (cos = %.3g): "
+                          "a panel of an experiment list has perpendicular axes" % cos)
     thick = mu = 0.0
     if st.detector_thick > 0.0:
         thick, mu = sensor_from_model(st.detector_thick, max(st.detector_mu, 0.0))

@@ -233,12 +233,57 @@ def read_model(path: str):
         raise InputFileError("%s: cannot read model: %s" % (path, first)) from None
     if len(st) == 0 or st[0].count_atom_sites() == 0:
         raise InputFileError("%s: the model has no atoms" % path)
+    check_pdb_columns(st, path)
     check_cell(st, path)
     if st.find_spacegroup() is None:
-        raise InputFileError("%s: unknown space group '%s'" % (path, st.spacegroup_hm))
+        raise InputFileError("%s: unknown space group '%s'"
+                             % (path, _gemmi_text(lambda: st.spacegroup_hm)))
     check_atoms(st, path)
     st.setup_cell_images()
     return st
+
+
+#: the number columns of a PDB ATOM/HETATM record (1-based, inclusive), and
+#: whether the field may be left out (a blank field at the end of the line)
+_PDB_NUMBERS = (("x", 31, 38, False), ("y", 39, 46, False), ("z", 47, 54, False),
+                ("occupancy", 55, 60, True), ("B factor", 61, 66, True))
+
+
+def check_pdb_columns(st, path: str) -> None:
+    """InputFileError naming the line and field of the first model's first
+    ATOM/HETATM record whose coordinate, occupancy or B factor is not a number.
+    gemmi reads such a field without a word: '*****' (a value too wide for its
+    columns), 'abc' or a blank coordinate became 0, '1.2.3' became 1.2, and a
+    blank occupancy or B before the element columns 0, and F came out for an
+    atom that was not the file's.  A record cut short after z keeps gemmi's
+    defaults for the occupancy and B (1 and 20), as PDB files written so do.
+    Only a file gemmi read as PDB (``st``): mmCIF is left to gemmi (a missing
+    value there is NaN, refused by check_atoms)."""
+    import gzip
+    from .flags import _is_number
+    if st.input_format != _gemmi().CoorFormat.Pdb:
+        return
+    low = path.lower()
+    try:
+        with (gzip.open(path, "rb") if low.endswith(".gz") else open(path, "rb")) as fh:
+            raw = fh.read()
+    except (OSError, EOFError, ValueError):
+        return                                   # (gemmi has read it: it said what it could)
+    for n, line in enumerate(raw.decode("latin-1").splitlines(), 1):
+        if line.startswith("ENDMDL"):
+            return                               # the first model is the one used
+        if not line.startswith(("ATOM  ", "HETATM")):
+            continue
+        for name, a, b, optional in _PDB_NUMBERS:
+            field = line[a - 1:b].strip()
+            if field and (_is_number(field)
+                          or field.lower().lstrip("+-") in ("nan", "inf", "infinity")):
+                continue                         # (NaN and inf: check_atoms names the atom)
+            if not field and optional and not line[a - 1:].strip():
+                continue                         # the line ends before it
+            raise InputFileError("%s: line %d (%s): %s in columns %d-%d is %s, not a number"
+                                 % (path, n, line[:27].strip()[:27], name, a, b,
+                                    "'%s'" % field if field else "blank"))
 
 
 def check_cell(st, path: str) -> None:
@@ -267,8 +312,18 @@ def _check_unit_cell(c, path: str, missing: str) -> None:
 COORD_MAX = 1.0e6
 
 
+def _gemmi_text(get) -> str:
+    """A name gemmi holds, for a message: gemmi gives its bytes to Python as
+    UTF-8, and a byte that is not (a latin-1 residue name, space group) was a
+    UnicodeDecodeError traceback where the message named it."""
+    try:
+        return str(get())
+    except UnicodeDecodeError:
+        return "(not UTF-8 text)"
+
+
 def _atom_name(cra) -> str:
-    return "atom %d (%s)" % (cra.atom.serial, cra)
+    return "atom %d (%s)" % (cra.atom.serial, _gemmi_text(lambda: cra))
 
 
 def check_atoms(st, path: str) -> None:
@@ -350,10 +405,42 @@ def half_sphere_indices(cell_abc_angles: Tuple[float, ...], frac_matrix: np.ndar
     return hkl[keep], s2[keep]
 
 
+#: bytes per point of the solvent mask's grid: the float mask, its complex
+#: transform and gemmi's work copies (on the high side)
+_B_GRID = 32
+
+
+def _check_solvent_grid(st, spacing: float) -> None:
+    """ConfigError when the solvent mask's grid needs more memory than the machine
+    has: a 1e9 A cell edge asked gemmi for 3e12 bytes (std::bad_alloc, a
+    MemoryError traceback).  gemmi's grid has about d(100) / spacing points along
+    a (likewise b, c), rounded up to sizes its FFT takes: a / spacing + 1 bounds
+    that from above, whatever the angles."""
+    from .validate import format_bytes, memory_limit
+    cell = st.cell
+    n = 1.0
+    for x in (cell.a, cell.b, cell.c):
+        n *= x / spacing + 1.0
+    need = n * _B_GRID
+    limit, what = memory_limit()
+    if not need <= limit:
+        raise ConfigError("-bulk_solvent: the solvent mask's grid (%g A spacing over the "
+                          "%g x %g x %g A cell) holds %.3g points, about %s of memory, more "
+                          "than %s; leave out -bulk_solvent"
+                          % (spacing, cell.a, cell.b, cell.c, n, format_bytes(need), what))
+
+
 def _solvent_f(gemmi, st, hkl: np.ndarray, dmin: float) -> np.ndarray:
     """Complex structure factors of the solvent mask (1 inside solvent, 0 in protein)."""
+    spacing = min(dmin / 3.0, 1.0)
+    _check_solvent_grid(st, spacing)               # (structure_factors checked it too)
     grid = gemmi.FloatGrid()
-    grid.setup_from(st, spacing=min(dmin / 3.0, 1.0))
+    try:
+        grid.setup_from(st, spacing=spacing)
+    except MemoryError:
+        raise ConfigError("-bulk_solvent: no memory for the solvent mask's grid (%g A spacing "
+                          "over the %g x %g x %g A cell); leave out -bulk_solvent"
+                          % (spacing, st.cell.a, st.cell.b, st.cell.c)) from None
     masker = gemmi.SolventMasker(gemmi.AtomicRadiiSet.Refmac)
     masker.put_mask_on_float_grid(grid, st[0])
     fphi = gemmi.transform_map_to_f_phi(grid, half_l=False)
@@ -441,6 +528,8 @@ def structure_factors(st, dmin: float, bulk_solvent: bool = False, k_sol: float 
     if bulk_solvent and B_sol < floor:
         raise UsageError("-B_sol %g: exp(-B_sol s^2/4) would pass e^%g at -dmin %g (-B_sol >= %g "
                          "A^2 there, -320 dmin^2)" % (B_sol, EXP_MAX, dmin, floor))
+    if bulk_solvent:
+        _check_solvent_grid(st, min(dmin / 3.0, 1.0))    # (before the long direct sums)
     cell = st.cell
     frac = np.array(cell.frac.mat)
     hkl, s2 = half_sphere_indices((cell.a, cell.b, cell.c), frac, dmin)
@@ -910,7 +999,10 @@ def mtz_structure_factors(mtz, path: str, column: Optional[str] = None, intensit
         raise InputFileError("%s: the cell %s does not fit the space group %s"
                              % (path, _cell_flags_of(cell)[len("-cell "):], sg.xhm()))
     report.spacegroup, report.cell = sg.xhm(), cell
-    data = np.array(mtz.array, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        # a signalling NaN (a float32 the file holds as such) raised "invalid value
+        # encountered in cast" in the widening: it is a NaN, a missing value, as any other
+        data = np.array(mtz.array, dtype=np.float64)
     report.rows = len(data)
     raw = data[:, :3]
     bad = ~(np.isfinite(raw) & (raw == np.round(raw)) & (np.abs(raw) <= MTZ_INDEX_MAX))

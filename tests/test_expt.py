@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import shlex
+import warnings
 
 import numpy as np
 import pytest
@@ -428,6 +429,16 @@ BAD = [
         hierarchy={"name": "", "children": []})), "detector[0].hierarchy: panel 0 is not in"),
     ("polar-fraction", _bad(lambda d: d["beam"][0].update(polarization_fraction=1.5)),
      "beam[0].polarization_fraction: must be in [0, 1]"),
+    # flags nbnumba refuses were printed, exit 0 (tools/fuzz_tools.py expt, seed 201):
+    # an edge of 1e308 A, and a -mat value past what the -mat reader takes
+    ("huge-cell-edge", _bad(lambda d: d["crystal"][0]["real_space_a"].__setitem__(0, 1e308)),
+     "experiment[0]: nbnumba cannot render this geometry: the -mat matrix at a wavelength of "
+     "1 A under- or overflows double precision"),
+    ("huge-wavelength", _bad(lambda d: d["beam"][0].update(wavelength=1e308)),
+     "experiment[0]: nbnumba cannot render this geometry: the crystal's -mat: orientation-matrix "
+     "value"),
+    ("panel-past-overflow", _bad(lambda d: d["detector"][0]["panels"][0]["origin"].__setitem__(
+        0, 1e308)), "experiment[0]: nbnumba cannot render this geometry: "),
 ]
 
 
@@ -675,6 +686,52 @@ def test_ground_truth_notes_and_refusals(tmp_path, capsys, monkeypatch):
     assert "after '--'" in capsys.readouterr().err
     assert main(["--from-flags", "--"] + base) == 2
     assert "-o OUT.expt" in capsys.readouterr().err
+
+
+def test_a_panel_whose_plane_holds_the_sample_is_refused(tmp_path, capsys):
+    # tools/fuzz_tools.py expt, seed 201: origin.x 100 -> 0 (the panel's normal is x) printed
+    # "-distance 0", which nbnumba refuses, exit 0
+    d = expt_from_flags(CELL + ["-default_F", "1", "-phi", "10", "-osc", "0.5"])
+    d["detector"][0]["panels"][0]["origin"][0] = 0.0
+    path = write(tmp_path, d, "p.expt")
+    assert main([str(path), "--mat-out", str(tmp_path / "o.mat")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == ("nbnumba-expt: error: %s: detector[0].panels[0].origin: the "
+                                 "panel's plane passes through the sample (distance 0 along the "
+                                 "beam)\n" % path)
+    assert not (tmp_path / "o.mat").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    # -polar 90 wrote polarization_fraction 45.5, which nbnumba-expt (and dxtbx) refuse
+    (["-polar", "90"], "-polar 90: a Kahn factor outside [-1, 1]"),
+    (["-polar", "-1.5"], "-polar -1.5: a Kahn factor outside [-1, 1]"),
+    # skewed detector axes (nbnumba renders them) wrote a panel nbnumba-expt refuses
+    (["-fdet_vector", "0.5", "10", "45"], "-fdet_vector and -sdet_vector are not perpendicular"),
+    # the written list is read back: an -fdet_vector along the beam (nbnumba rendered it)
+    # and -lambda 1e308 wrote lists nbnumba-expt refused (seed 201, after the fixes above)
+    (["-fdet_vector", "45", "0", "0"], "the experiment list of these flags does not read back: "
+     "experiment[0]: nbnumba cannot render this geometry: the detector faces away"),
+    (["-lambda", "1e308"], "the experiment list of these flags does not read back: experiment[0]: "
+     "nbnumba cannot render this geometry: the crystal's -mat: orientation-matrix value"),
+    # pix0 * 1000 overflowed with a numpy RuntimeWarning printed before the error line
+    (["-c_parity", "-pix0_vector", "45", "1e308", "3"],
+     "the geometry over- or underflows double precision: no experiment list"),
+])
+def test_ground_truth_refuses_what_no_reader_takes_back(tmp_path, capsys, monkeypatch, extra,
+                                                         message):
+    # tools/fuzz_tools.py expt, seed 201: --from-flags wrote lists nbnumba-expt refused
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # (a numpy warning is a failure)
+        assert main(["--from-flags", "-o", "t.expt", "--"] + CELL + ["-default_F", "1"] + extra) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("nbnumba-expt: error: " + message), err
+    assert not (tmp_path / "t.expt").exists()
+    # the limits themselves still write a list that reads back
+    for ok in (["-polar", "1"], ["-polar", "-1"]):
+        assert main(["--from-flags", "-o", "t.expt", "--"] + CELL + ["-default_F", "1"] + ok) == 0
+        flags_from_expt(tmp_path / "t.expt")
 
 
 def test_an_auto_oversample_after_twotheta_round_trips(tmp_path):

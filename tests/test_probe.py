@@ -355,6 +355,26 @@ def test_non_finite_c_values_give_a_finite_report_without_warnings(tmp_path, mon
     assert "| rot_a_angstroms | nan inf -1e+308 |" in audit
 
 
+def test_a_phi_field_in_one_log_only_is_unexplained_not_a_traceback(tmp_path, monkeypatch, capsys):
+    # tools/fuzz_tools.py tools, seed 204: a C trace whose TRACE_C_PHI line lost a field;
+    # the attribution held None to the emulated traces (TypeError in compare_values)
+    lines = FIXTURE["trace"].read_text().splitlines()
+    for i, ln in enumerate(lines):
+        if ln.startswith("TRACE_C_PHI phi_tic=1 "):
+            lines[i] = re.sub(r" F_latt_b=\S+", "", ln)
+    bad = tmp_path / "cut.log"
+    bad.write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE, trace=bad)
+    assert code == 3 and err == ""
+    assert REQUIRED <= files_of(bundle)
+    check_sha256(bundle)
+    summary = (bundle / "summary.md").read_text()
+    row = [ln for ln in summary.splitlines() if ln.startswith("| `PHI[phi_tic=1].F_latt_b` |")]
+    assert len(row) == 1 and "UNEXPLAINED" in row[0] and "in one log only" in row[0], row
+
+
 def test_a_failing_step_leaves_no_partial_bundle(tmp_path, monkeypatch, capsys):
     from nbnumba.tools._common import ToolError
     from nbnumba.tools.probe import run as run_mod

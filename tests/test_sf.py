@@ -193,6 +193,70 @@ def test_bad_atom_fields_name_file_and_atom(cols, value, needle, tmp_path, capsy
     assert out.read_text() == "old\n"          # the old file is untouched
 
 
+@pytest.mark.parametrize("cols, value, field", [
+    # gemmi read each of these as 0 (or 1.2), and F came out for another atom, exit 0
+    # (tools/fuzz_tools.py sf, seed 7 drew '*****')
+    ((31, 38), "*****", "x in columns 31-38 is '*****'"),
+    ((39, 46), "abc", "y in columns 39-46 is 'abc'"),
+    ((47, 54), "", "z in columns 47-54 is blank"),
+    ((31, 38), "1.2.3", "x in columns 31-38 is '1.2.3'"),
+    ((55, 60), "*****", "occupancy in columns 55-60 is '*****'"),
+    ((55, 60), "", "occupancy in columns 55-60 is blank"),
+    ((61, 66), "x", "B factor in columns 61-66 is 'x'"),
+])
+def test_a_pdb_field_that_is_not_a_number_is_refused(cols, value, field, tmp_path, capsys):
+    p = tmp_path / "bad.pdb"
+    p.write_text(edit_atom2(pdb(CUBE, "P 1", THREE), cols, value))
+    out = tmp_path / "out.hkl"
+    err = one_error(capsys, [p, "-dmin", "3", "-o", out])
+    assert err == "nbnumba-sf: error: %s: line 3 (ATOM      2  O   GLY A   2): %s, not a number" % (
+        p, field)
+    assert not out.exists()
+
+
+def test_names_that_are_not_utf8_are_one_line_errors(tmp_path, capsys):
+    # gemmi gives its names to Python as UTF-8: the message naming a latin-1 space group
+    # or residue was a UnicodeDecodeError traceback (tools/fuzz_tools.py sf, seed 202)
+    text = pdb(CUBE, "P 1", THREE)
+    p = tmp_path / "sg.pdb"
+    p.write_bytes(text.replace("P 1       ", "P 2\xca 1    ").encode("latin-1"))
+    err = one_error(capsys, [p, "-dmin", "3"])
+    assert err == "nbnumba-sf: error: %s: unknown space group '(not UTF-8 text)'" % p
+    p = tmp_path / "res.pdb"
+    lines = text.splitlines()
+    lines[2] = lines[2][:17] + "G\xcaY" + lines[2][20:76] + "XX"
+    p.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    err = one_error(capsys, [p, "-dmin", "3"])
+    assert err == ("nbnumba-sf: error: %s: atom 2 ((not UTF-8 text)): unknown element (gemmi reads "
+                   "it as 'X'): no X-ray form factor for it" % p)
+
+
+def test_a_solvent_grid_past_memory_is_one_line(tmp_path, capsys):
+    # a 1e9 A edge: gemmi's mask grid at 1 A spacing asked for terabytes, std::bad_alloc
+    # (a MemoryError traceback; tools/fuzz_tools.py sf, seed 202)
+    lines = pdb(CUBE, "P 1", THREE).splitlines()
+    lines[0] = "CRYST1" + "%9s" % "1e9" + lines[0][15:]
+    p = tmp_path / "long.pdb"
+    p.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.hkl"
+    err = one_error(capsys, [p, "-dmin", "1000", "-bulk_solvent", "-o", out])
+    assert err.startswith("nbnumba-sf: error: -bulk_solvent: the solvent mask's grid (1 A spacing "
+                          "over the 1e+09 x 20 x 20 A cell) holds 4.41e+11 points, about "), err
+    assert err.endswith("; leave out -bulk_solvent")
+    assert not out.exists()
+
+
+def test_a_pdb_record_cut_after_the_coordinates_keeps_gemmis_defaults(tmp_path, capsys):
+    # occupancy and B left out at the end of the line: 1 and gemmi's 20, as before
+    full = pdb(CUBE, "P 1", THREE)
+    lines = full.splitlines()
+    lines[2] = lines[2][:54]
+    p = tmp_path / "cut.pdb"
+    p.write_text("\n".join(lines) + "\n")
+    assert sf.main([str(p), "-dmin", "3", "-o", str(tmp_path / "o.hkl")]) == 0
+    assert (tmp_path / "o.hkl").read_text().count("\n") > 10
+
+
 def test_non_finite_anisotropic_u_and_all_zero_occupancy(tmp_path):
     # gemmi reads ANISOU's integers without NaN, but mmCIF and the API give it
     gemmi = pytest.importorskip("gemmi")
@@ -555,6 +619,27 @@ def test_mtz_anomalous_pair_puts_f_minus_at_minus_h(tmp_path, capsys):
     err = one_error(capsys, [path, "-column", "F(+)"])
     assert "are symmetry or Friedel mates in P 21 21 21" in err and "not merged" in err
     assert "%d %d %d (F(+))" % tuple(c[:3]) in err and "%d %d %d (F(-))" % tuple(c[:3]) in err
+
+
+def test_mtz_signalling_nan_is_a_missing_value_without_a_warning(tmp_path, capsys):
+    # a float32 signalling NaN in the data: widening it to float64 printed "RuntimeWarning:
+    # invalid value encountered in cast" (tools/fuzz_tools.py sf, seed 202, bytes changed)
+    import struct
+    sg, cell = "P 21 21 21", CELLS["P 21 21 21"]
+    rows = [[1, 2, 3, 16.0, 1.0], [2, 0, 1, 4.0, 1.0], [1, 1, 1, 9.0, 1.0]]
+    path = write_mtz(tmp_path / "s.mtz", sg, cell, rows)
+    raw = bytearray(path.read_bytes())
+    assert struct.unpack("<f", raw[80 + 12:80 + 16])[0] == 16.0      # row 1, column F
+    raw[80 + 12:80 + 16] = struct.pack("<I", 0x7FA00000)              # signalling NaN
+    path.write_bytes(bytes(raw))
+    out = tmp_path / "P1.hkl"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sf.main([str(path), "-o", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "3 reflections in P 21 21 21, 1 missing (NaN) left out" in err[1], err
+    got = read_list(out)
+    assert (1, 2, 3) not in got and got[(2, 0, 1)] == 4.0 and got[(1, 1, 1)] == 9.0
 
 
 def test_mtz_intensities_missing_values_and_duplicates(tmp_path, capsys):

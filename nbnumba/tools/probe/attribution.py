@@ -34,7 +34,11 @@ def attribute(diff, c_parity: bool, alt: Dict[str, object], present: Dict[str, b
                 items.append((name, [cv], [pv], mabs, mrel))
     for name, cv, pv, mabs, mrel in items:
         label, evidence = ["UNEXPLAINED"], "no emulated C defect reproduces the C value"
-        if not c_parity:
+        if any(v is None for v in list(cv) + list(pv)):
+            # a per-φ field in one log only (a C trace cut or edited by hand): there is no
+            # value to hold to the emulations (compare_values met None: a TypeError traceback)
+            evidence = "the field is in one log only; no emulated C defect adds or drops a field"
+        elif not c_parity:
             geo, cp = alt.get("geo"), alt.get("cp")
             gv = _trace_value(geo, name) if geo is not None else None
             cpv = _trace_value(cp, name) if cp is not None else None
