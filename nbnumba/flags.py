@@ -516,7 +516,7 @@ FLAGS: Tuple[FlagSpec, ...] = (
        "unit E-vector of the beam polarisation; selects the CUSTOM convention",
        _vec("polar_vector", beam_convention="CUSTOM"), ("polar_vector", "beam_convention"),
        group="beam", example=("0", "1", "0")),
-    _F("-polar", 1, "float", "", "0", "Kahn polarisation factor (turns -nopolar off)",
+    _F("-polar", 1, "float", "", "0", "Kahn polarisation factor, -1 to 1 (turns -nopolar off)",
        _set("polarization", nopolar=False), ("polarization", "nopolar"), group="beam",
        example=("0.99",)),
     _F("-nopolar", 0, None, "", "off", "no polarisation correction (factor 1)",

@@ -1209,8 +1209,9 @@ def test_signal_during_writes_cleans_temps(tmp_path, sig, code):
     (["-default_F", "1e200"], "overflows double precision"),
     (["-fluence", "1e300"], "fluence"),
     (["-water", "1e30"], "water"),
-    # a Kahn factor far outside [-1, 1] scales the polarization factor
-    (["-polar", "1e300"], "the largest term is the polarization (-polar 1e+300)"),
+    # a Kahn factor far outside [-1, 1] scales the polarization factor (the
+    # default mode refuses any outside it: test_a_kahn_factor_outside_one)
+    (["-polar", "1e300", "-c_parity"], "the largest term is the polarization (-polar 1e+300)"),
     # no term overflows: the geometry did (mu = inf here); the message used to
     # blame the product of the terms, about 1e8, for exceeding 3.4e38
     (["-detector_abs", "1e-320", "-detector_thick", "100"],
@@ -2028,3 +2029,22 @@ def test_numba_disable_jit_is_one_line_before_any_output(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], env=dict(env(), NUMBA_DISABLE_JIT="1"),
                        capture_output=True, text=True, timeout=300)
     assert (r.returncode, r.stdout, r.stderr) == (0, "(3, 3)\n", "")
+
+
+def test_a_kahn_factor_outside_one_is_refused_in_the_default_mode(work, capsys):
+    """-polar 90 rendered negative photons in 14 of 256 pixels without a word:
+    the polarization factor (1 + cos² 2θ - K cos 2ψ sin² 2θ)/2 leaves [0, 1]
+    when |K| > 1.  The default mode refuses it, naming the flag; -c_parity
+    renders nanoBragg.c's image, and -nopolar (which drops the factor) runs."""
+    line = ["-cell", "70", "80", "90", "90", "90", "90", "-lambda", "1.5", "-N", "5", "-default_F", "100",
+            "-distance", "100", "-detpixels", "16", "-pixel", "2", "-nopgm", "-nonoise"]
+    for k in ("90", "-1.0001", "1e300"):
+        refused(line + ["-polar", k], capsys,
+                "-polar %g: the Kahn factor is between -1 and 1 (the beam's degree of polarization "
+                "along -polar_vector); beyond it some pixels get negative photons" % float(k), work)
+    assert cli.main(line + ["-polar", "90", "-c_parity"]) == 0
+    img = np.fromfile(work / "floatimage.bin", np.float32)
+    assert (img < 0).sum() == 14 and img.min() < -40
+    for ok in (["-polar", "-1"], ["-polar", "1"], ["-polar", "90", "-nopolar"]):
+        assert cli.main(line + ok) == 0
+        assert np.fromfile(work / "floatimage.bin", np.float32).min() > 0
