@@ -886,6 +886,14 @@ def _main_from_flags(argv: List[str]) -> int:
                     raise UsageError("%s needs a value" % key)
                 i += 1
                 val = opts[i]
+            if key in ("-o", "--out", "--images") and (
+                    val in ("", "-") or val.partition("=")[0] in ("-o", "--out", "--images",
+                                                                  "--hall", "--from-flags")):
+                # ('-o -' wrote a file named '-', not to standard output; '-o --hall'
+                # one named '--hall': a slip, the option's value left out)
+                raise UsageError("%s: expected a file name, got '%s'%s"
+                                 % (key, val, " (write ./%s for a file of that name)" % val
+                                    if val else ""))
             if key == "--images":
                 images.append(val)
             elif key == "--hall":

@@ -686,6 +686,16 @@ def test_ground_truth_notes_and_refusals(tmp_path, capsys, monkeypatch):
     assert "after '--'" in capsys.readouterr().err
     assert main(["--from-flags", "--"] + base) == 2
     assert "-o OUT.expt" in capsys.readouterr().err
+    # '-o -' wrote a file named '-' (not standard output), '-o --hall' one named '--hall'
+    for bad, why in (("-", "-o: expected a file name, got '-' (write ./- for a file of that name)"),
+                     ("--hall", "-o: expected a file name, got '--hall' (write ./--hall for a file"),
+                     ("--images=a.img", "-o: expected a file name, got '--images=a.img'")):
+        assert main(["--from-flags", "-o", bad, "--"] + base) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and why in err, err
+    assert main(["--from-flags", "--out=", "--"] + base) == 2
+    assert "--out: expected a file name, got ''\n" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mat", "n.expt"]
 
 
 def test_a_panel_whose_plane_holds_the_sample_is_refused(tmp_path, capsys):
