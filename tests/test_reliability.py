@@ -2048,3 +2048,25 @@ def test_a_kahn_factor_outside_one_is_refused_in_the_default_mode(work, capsys):
     for ok in (["-polar", "-1"], ["-polar", "1"], ["-polar", "90", "-nopolar"]):
         assert cli.main(line + ok) == 0
         assert np.fromfile(work / "floatimage.bin", np.float32).min() > 0
+
+
+def test_a_spot_shape_scale_of_zero_or_less_is_refused_in_the_default_mode(work, capsys):
+    """-fudge -1 rendered gauss spots as exp(+r²) (up to 9e27 photons), tophat
+    spots in every pixel, and round ones as the root of a negative number (a
+    non-finite image blamed on the geometry); -fudge 0 a flat lattice factor.
+    The default mode refuses them naming the flag; a square crystal, which
+    reads no -fudge, still only warns; -c_parity renders nanoBragg.c's image."""
+    line = ["-cell", "70", "80", "90", "90", "90", "90", "-lambda", "1.5", "-N", "5", "-default_F", "100",
+            "-distance", "100", "-detpixels", "8", "-pixel", "4", "-nopgm", "-nonoise"]
+    for shape in ("-gauss_xtal", "-tophat_spots", "-round_xtal"):
+        for f in ("-1", "0"):
+            refused(line + [shape, "-fudge", f], capsys,
+                    "-fudge %g: the spot-shape scale must be > 0 (%s spots shrink as it grows"
+                    % (float(f), shape[1:].split("_")[0]), work)
+    assert cli.main(line + ["-fudge", "-1"]) == 0
+    assert "WARNING: -fudge -1 is ignored" in capsys.readouterr().out
+    peaks = []
+    for f in ("-1", "1"):
+        assert cli.main(line + ["-gauss_xtal", "-fudge", f, "-c_parity"]) == 0
+        peaks.append(float(np.fromfile(work / "floatimage.bin", np.float32).max()))
+    assert peaks[0] > 50 * peaks[1]         # (7.98e6 against 1.05e5: the C's exp(+r²))
