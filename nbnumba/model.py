@@ -208,6 +208,12 @@ def _frame_of_zeros(shape, touched, sparse_ok):
 #: the farthest a sensor may reach from the sample (m), close distance plus
 #: thickness: the square of a distance past about 1.3e154 m overflows
 MAX_SENSOR_REACH = 1e150
+#: the largest Miller index a run may reach (2 x the longest cell edge over the
+#: shortest wavelength bounds it): past 2**40 a double keeps under 12 bits of an
+#: index's fraction, and the lattice factor, a function of that fraction, is
+#: rounding noise (-lambda 1e-20 -oversample 1 put every pixel near the peak).
+#: A physical run stays far below: 1000 A edges at 0.01 A reach 2e5
+MAX_MILLER_REACH = 2.0 ** 40
 #: the longest wavelength (m) a -sourcefile line may give: 10000 A, far past
 #: any x-ray beam, far below the metres that a wavelength written in Angstrom is
 #: read as
@@ -563,6 +569,15 @@ def build_model(cfg: Config) -> Model:
         raise ConfigError("no x-ray sources survive the divergence settings")
     if np.any(src.wavelength <= 0) or not np.all(np.isfinite(src.wavelength)):
         raise ConfigError("source wavelengths must be finite and > 0")
+    if not cfg.c_parity:
+        edge = max(float(np.linalg.norm(v)) for v in (cr.a, cr.b, cr.c))
+        lam = float(np.min(src.wavelength))
+        if not 2.0 * edge / lam < MAX_MILLER_REACH:
+            raise ConfigError("the Miller indices would reach %.3g (twice the longest cell edge, "
+                              "%g A, over the shortest wavelength, %g A): past %.3g a double "
+                              "holds too little of an index's fraction for the lattice factor; "
+                              "check -lambda (A) and the -sourcefile wavelengths (m)"
+                              % (2.0 * edge / lam, edge * 1e10, lam * 1e10, MAX_MILLER_REACH))
     log.extend(src.log)
 
     # ---- mosaic domains and rotated cells -------------------------------------

@@ -2070,3 +2070,22 @@ def test_a_spot_shape_scale_of_zero_or_less_is_refused_in_the_default_mode(work,
         assert cli.main(line + ["-gauss_xtal", "-fudge", f, "-c_parity"]) == 0
         peaks.append(float(np.fromfile(work / "floatimage.bin", np.float32).max()))
     assert peaks[0] > 50 * peaks[1]         # (7.98e6 against 1.05e5: the C's exp(+r²))
+
+
+def test_miller_indices_past_a_doubles_fraction_are_refused(work, capsys):
+    """-lambda 1e-20 with -oversample 1 (and a -sourcefile wavelength of
+    1e-100 m) rendered every pixel within 12 % of the peak: the indices, near
+    1e22, hold no fraction in a double, so the lattice factor saw every pixel
+    on a node (the C's sin(N pi h)/sin(pi h) of such h is noise instead).  The default mode refuses a run whose indices can pass 2**40,
+    naming the edge and wavelength; -c_parity renders nanoBragg.c's image."""
+    line = ["-cell", "70", "80", "90", "90", "90", "90", "-N", "5", "-default_F", "100", "-distance",
+            "100", "-detpixels", "8", "-pixel", "4", "-nopgm", "-nonoise", "-oversample", "1"]
+    refused(line + ["-lambda", "1e-20"], capsys,
+            "the Miller indices would reach 1.8e+22 (twice the longest cell edge, 90 A, over the "
+            "shortest wavelength, 1e-20 A): past 1.1e+12 a double holds too little", work)
+    (work / "s.txt").write_text("-10 0 0 1 1e-100\n")
+    refused(line + ["-lambda", "1.5", "-sourcefile", "s.txt"], capsys,
+            "the Miller indices would reach 1.8e+92", work)
+    assert cli.main(line + ["-lambda", "1e-20", "-c_parity"]) == 0   # (the C's sines of 1e22: noise)
+    assert np.isfinite(np.fromfile(work / "floatimage.bin", np.float32)).all()
+    assert cli.main(line + ["-lambda", "1e-9"]) == 0      # indices near 1.8e11: still drawn
