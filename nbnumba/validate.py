@@ -142,6 +142,17 @@ def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
+def _real(name: str, v) -> float:
+    """float(v) of a real number, or ConfigError naming the flag for one past
+    double range (float(10**400) was an OverflowError traceback)."""
+    try:
+        return float(v)
+    except OverflowError:
+        digits = int(abs(int(v)).bit_length() * 0.30103)     # (str() of such an int may be refused)
+        raise ConfigError("%s: a number of about 10^%d is beyond double precision's range"
+                          % (flag_of(name), digits)) from None
+
+
 def _check_types(cfg) -> dict:
     """API callers (``Config(...)``, ``dataclasses.replace``, ``overrides=``) can put
     anything in a field: numbers must be real numbers, vectors three of them.
@@ -163,11 +174,11 @@ def _check_types(cfg) -> dict:
             if not _is_real(v):
                 raise ConfigError("%s: expected a number, got %r" % (flag_of(name), v))
             if t is not float:
-                plain[name] = float(v)
+                plain[name] = _real(name, v)
         elif isinstance(d, int):
             # (finite first: int() of a NaN or an infinity raises); every
             # integer field is a C int, as the flags' range says
-            if not (_is_real(v) and math.isfinite(float(v)) and float(v) == int(v)):
+            if not (_is_real(v) and math.isfinite(_real(name, v)) and float(v) == int(v)):
                 raise ConfigError("%s: expected an integer, got %r" % (flag_of(name), v))
             if abs(int(v)) > INT_MAX:
                 raise ConfigError("%s: %r is out of a C int's range (|value| <= %d)"
@@ -179,7 +190,7 @@ def _check_types(cfg) -> dict:
                     and all(_is_real(x) for x in v)):
                 raise ConfigError("%s: expected 3 numbers (x y z), got %r" % (flag_of(name), v))
             if t is not tuple or any(type(x) is not float for x in v):
-                plain[name] = tuple(float(x) for x in v)
+                plain[name] = tuple(_real(name, x) for x in v)
         elif isinstance(d, str) and name not in ("stoloutfilename",):
             if not isinstance(v, str):
                 raise ConfigError("%s: expected text, got %r" % (flag_of(name), v))

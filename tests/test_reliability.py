@@ -1347,11 +1347,12 @@ def test_api_errors_are_nberrors():
 
 #: nonsense for a Config field, by the type of its default
 _NONSENSE = {float: [float("nan"), float("inf"), -float("inf"), -1.0, 0.0, 1e300, -1e300, "abc",
-                     None, True, 1e-300, np.float32(2.0), np.float32(1e-3)],
-             int: [-5, 0, 10 ** 12, 2.5, float("nan"), "x", None, -1, 2.0, np.float32(3.0), np.int64(2)],
+                     None, True, 1e-300, np.float32(2.0), np.float32(1e-3), 10 ** 400],
+             int: [-5, 0, 10 ** 12, 2.5, float("nan"), "x", None, -1, 2.0, np.float32(3.0), np.int64(2),
+                   10 ** 400],
              bool: [2, "yes", None, 0, 10 ** 30, np.int64(1)],
              tuple: [(), (float("nan"), 0.0, 0.0), (0.0, 0.0, 0.0), (1.0, 2.0), "abc", None,
-                     (float("inf"), 0.0, 0.0), (1, 2, 3, 4), ("a", "b", "c")],
+                     (float("inf"), 0.0, 0.0), (1, 2, 3, 4), ("a", "b", "c"), (0.0, 1.0, 10 ** 400)],
              str: ["", "bogus", None, 5],
              type(None): ["/nonexistent/x", 5, "", 3.5]}
 
@@ -2006,6 +2007,11 @@ def test_config_fields_of_other_numeric_types_run_as_pythons_own():
             nbnumba.simulate(dc.replace(cfg, point_pixel=bad))
     with pytest.raises(ConfigError, match=r"^-phisteps: expected an integer, got 2.5$"):
         nbnumba.simulate(dc.replace(cfg, phisteps=2.5))
+    # (float() of these was an OverflowError traceback)
+    for field, v in (("distance", 10 ** 400), ("phisteps", 10 ** 400), ("twotheta_axis", (0, 1, 10 ** 400))):
+        with pytest.raises(ConfigError, match=r"^-%s: a number of about 10\^400 is beyond double "
+                           r"precision's range$" % field):
+            nbnumba.simulate(dc.replace(cfg, **{field: v}))
     # a parsed Config is run as it is, not copied
     assert nbnumba.simulate(cfg).model.cfg is cfg
 
