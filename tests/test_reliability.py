@@ -2080,10 +2080,12 @@ def test_a_spot_shape_scale_of_zero_or_less_is_refused_in_the_default_mode(work,
 
 def test_miller_indices_past_a_doubles_fraction_are_refused(work, capsys):
     """-lambda 1e-20 with -oversample 1 (and a -sourcefile wavelength of
-    1e-100 m) rendered every pixel within 12 % of the peak: the indices, near
-    1e22, hold no fraction in a double, so the lattice factor saw every pixel
-    on a node (the C's sin(N pi h)/sin(pi h) of such h is noise instead).  The default mode refuses a run whose indices can pass 2**40,
-    naming the edge and wavelength; -c_parity renders nanoBragg.c's image."""
+    1e-100 m) rendered every pixel within 12 % (15 %) of the peak: the
+    indices, near 1e22, hold no fraction in a double, so the lattice factor
+    saw every pixel on a node (the C's sin(N pi h)/sin(pi h) of such h is
+    noise instead).  The default mode refuses a run whose indices can pass
+    2**40, naming the edge and wavelength; -c_parity renders nanoBragg.c's
+    image."""
     line = ["-cell", "70", "80", "90", "90", "90", "90", "-N", "5", "-default_F", "100", "-distance",
             "100", "-detpixels", "8", "-pixel", "4", "-nopgm", "-nonoise", "-oversample", "1"]
     refused(line + ["-lambda", "1e-20"], capsys,
