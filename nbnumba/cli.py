@@ -113,7 +113,7 @@ def run(cfg) -> int:
     from .kernels import native
     calls = dict(native.COUNTS)        # this run's kernel calls: the difference
     out = sys.stdout
-    if os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
+    if native.jit_disabled():
         from .kernels import cpu  # noqa: F401  (its one-line refusal, before any output)
     if cfg.device == "cuda":
         # fail before printing or writing anything when CuPy or a GPU is missing

@@ -436,12 +436,6 @@ def build_model(cfg: Config) -> Model:
         raise ConfigError("too many phi steps or mosaic domains requested")
     log.extend(steps.warnings)
     log.extend(det.log)
-    if not cfg.c_parity and cfg.fudge <= 0.0 and cfg.xtal_shape != "SQUARE":
-        # (-fudge -1: gauss spots grew as exp(+r^2), up to 9e27 photons; tophat
-        # spots filled every pixel; round ones took the root of a negative number)
-        raise ConfigError("-fudge %g: the spot-shape scale must be > 0 (%s spots shrink as it "
-                          "grows; 0 or less fills reciprocal space or grows without bound)"
-                          % (cfg.fudge, cfg.xtal_shape.lower()))
     if cfg.fudge != 1.0 and cfg.xtal_shape == "SQUARE":
         # (nanoBragg.c, too, reads -fudge only in the round, gauss and tophat
         # spots' argument; it says nothing)

@@ -259,13 +259,11 @@ def check_pdb_columns(st, path: str) -> None:
     defaults for the occupancy and B (1 and 20), as PDB files written so do.
     Only a file gemmi read as PDB (``st``): mmCIF is left to gemmi (a missing
     value there is NaN, refused by check_atoms)."""
-    import gzip
     from .flags import _is_number
     if st.input_format != _gemmi().CoorFormat.Pdb:
         return
-    low = path.lower()
     try:
-        with (gzip.open(path, "rb") if low.endswith(".gz") else open(path, "rb")) as fh:
+        with _open_raw(path) as fh:
             raw = fh.read()
     except (OSError, EOFError, ValueError):
         return                                   # (gemmi has read it: it said what it could)

@@ -336,6 +336,12 @@ def _check_geometry(cfg) -> None:
         raise ConfigError("-polar %g: the Kahn factor is between -1 and 1 (the beam's degree of "
                           "polarization along -polar_vector); beyond it some pixels get negative "
                           "photons (-c_parity renders nanoBragg.c's image)" % cfg.polarization)
+    if not cfg.c_parity and cfg.fudge <= 0.0 and cfg.xtal_shape != "SQUARE":
+        # (-fudge -1: gauss spots grew as exp(+r^2), up to 9e27 photons; tophat
+        # spots filled every pixel; round ones took the root of a negative number)
+        raise ConfigError("-fudge %g: the spot-shape scale must be > 0 (%s spots shrink as it "
+                          "grows; 0 or less fills reciprocal space or grows without bound)"
+                          % (cfg.fudge, cfg.xtal_shape.lower()))
     if cfg.distance <= 0.0:
         raise ConfigError("-distance must be > 0 mm (got %g mm): the detector sits "
                           "downstream of the sample" % (cfg.distance * 1e3))

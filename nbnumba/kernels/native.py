@@ -66,11 +66,17 @@ COUNTS = {"aot": 0, "jit": 0}
 _JIT_ONLY = [0]      # depth of jit_only() blocks
 
 
+def jit_disabled() -> bool:
+    """Is numba's debugging switch NUMBA_DISABLE_JIT on?  (Read from the
+    environment: numba's own config would import numba.)"""
+    return os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
+
+
 def enabled() -> bool:
     """False under NBNUMBA_AOT=0, NUMBA_DISABLE_JIT=1 or inside jit_only()
     (then plain numba)."""
     return (not _JIT_ONLY[0] and os.environ.get("NBNUMBA_AOT", "1") != "0"
-            and os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0"))
+            and not jit_disabled())
 
 
 class jit_only:
