@@ -312,6 +312,10 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
         as0 = b_len * c_len * math.sin(alpha) * Vs
         bs0 = c_len * a_len * math.sin(beta) * Vs
         cs0 = a_len * b_len * math.sin(gamma) * Vs
+        if not math.isfinite(as0 + bs0 + cs0):
+            # two edges whose product overflows although twice the three's does not
+            # (1e-3 2 1e308: b c = inf, a* = inf, and sin(gamma*) = c/(V a* b*) = 0)
+            raise ConfigError(_RANGE % ("-cell %g %g %g A" % (a_len, b_len, c_len)))
         if as0 <= 0.0 or bs0 <= 0.0 or cs0 <= 0.0:
             log.append("WARNING: impossible reciprocal cell lengths: %g %g %g" % (as0, bs0, cs0))
             as0, bs0, cs0 = (abs(x) if x != 0.0 else DBL_MIN for x in (as0, bs0, cs0))

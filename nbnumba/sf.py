@@ -440,7 +440,18 @@ def _solvent_f(gemmi, st, hkl: np.ndarray, dmin: float) -> np.ndarray:
                           "over the %g x %g x %g A cell); leave out -bulk_solvent"
                           % (spacing, st.cell.a, st.cell.b, st.cell.c)) from None
     masker = gemmi.SolventMasker(gemmi.AtomicRadiiSet.Refmac)
-    masker.put_mask_on_float_grid(grid, st[0])
+    try:
+        masker.put_mask_on_float_grid(grid, st[0])
+    except RuntimeError as e:
+        # gemmi masks each atom's sphere within one cell: a cell narrower across a
+        # face than twice that radius is refused ("radius bigger than half the unit
+        # cell?"; a 20 A cell with gamma = 4 deg is 1.4 A across)
+        rec = st.cell.reciprocal()
+        why = ("is %.4g x %.4g x %.4g A across its faces, narrower than twice an atom's masking "
+               "radius" % (1.0 / rec.a, 1.0 / rec.b, 1.0 / rec.c)
+               if "radius bigger" in str(e) else "cannot be masked")
+        raise ConfigError("-bulk_solvent: gemmi cannot build the solvent mask: the cell (%s) %s "
+                          "(gemmi: %s); leave out -bulk_solvent" % (cell_flags(st), why, e)) from None
     fphi = gemmi.transform_map_to_f_phi(grid, half_l=False)
     # gemmi scales the transform by V/N, so F(000) = solvent volume (A^3): times k_sol
     # (e/A^3) that is electrons
@@ -536,6 +547,8 @@ def structure_factors(st, dmin: float, bulk_solvent: bool = False, k_sol: float 
         raise ConfigError("-dmin %g: no reflections with d >= %g A in %s's cell (%s); its largest "
                           "d-spacing is %.4g A" % (dmin, dmin, source, cell_flags(st)[len("-cell "):],
                                                    _largest_d((cell.a, cell.b, cell.c), frac)))
+    # the mask first: a cell gemmi cannot mask is refused before the long direct sums
+    fmask = _solvent_f(gemmi, st, hkl, dmin) if bulk_solvent else None
     calc = gemmi.StructureFactorCalculatorX(cell)
     # overflow is what the checks below look for: no numpy warning on the way
     with np.errstate(over="ignore", invalid="ignore"):
@@ -547,7 +560,6 @@ def structure_factors(st, dmin: float, bulk_solvent: bool = False, k_sol: float 
                                  "(occupancies up to %g, B down to %g A^2%s)"
                                  % (source, dmin, occ, low, ", with -B_add %g" % B_add if B_add else ""))
         if bulk_solvent:
-            fmask = _solvent_f(gemmi, st, hkl, dmin)
             fs = k_sol * np.exp(-B_sol * s2 / 4.0) * fmask
             f = f + fs
             if not np.all(np.isfinite(f)):     # (f was finite: so is fs then)

@@ -118,6 +118,10 @@ def refused(args, capsys, needle, d):
     # is not (tools/fuzz.py cli, seed 96: a ZeroDivisionError)
     (["-cell", "1", "1", "1e308", "90", "90", "90"], "-cell 1 1 1e+308 A"),
     (["-c_parity", "-cell", "1", "1", "9e307", "90", "90", "60"], "-cell 1 1 9e+307 A"),
+    # two edges whose product overflows while twice the three's is finite: a* = inf and
+    # sin(gamma*) = 0 (tools/fuzz.py autodiff, seed 232: a ZeroDivisionError)
+    (["-cell", "0.001", "2", "1e308", "90", "90", "0.001"], "-cell 0.001 2 1e+308 A"),
+    (["-c_parity", "-cell", "0.001", "2", "1e308", "90", "90", "0.001"], "-cell 0.001 2 1e+308 A"),
     # edges whose product underflows (tools/fuzz.py, seed 14)
     (["-cell", "1e-6", "1e-320", "1e-320", "90", "90", "100"], "-cell 1e-06 9.99989e-321"),
     (["-c_parity", "-cell", "1e-6", "1e-320", "1e-320", "90", "90", "100"], "-cell 1e-06"),

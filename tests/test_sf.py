@@ -246,6 +246,23 @@ def test_a_solvent_grid_past_memory_is_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_cell_too_thin_for_the_solvent_mask_is_one_line(tmp_path, capsys):
+    # gamma = 4 deg: the 20 x 25 A face is 1.4 A across, and gemmi refuses to mask an
+    # atom's sphere in it ("radius bigger than half the unit cell?", a RuntimeError
+    # traceback; tools/fuzz_tools.py sf, seed 242); refused before the direct sums
+    p = tmp_path / "thin.pdb"
+    p.write_text(pdb((20.0, 25.0, 30.0, 90.0, 90.0, 4.0), "P 1", THREE) + "\n")
+    out = tmp_path / "out.hkl"
+    err = one_error(capsys, [p, "-dmin", "2", "-bulk_solvent", "-o", out])
+    assert err.startswith("nbnumba-sf: error: -bulk_solvent: gemmi cannot build the solvent mask: "
+                          "the cell (-cell 20 25 30 90 90 4) is 1.395 x 1.744 x 30 A across its "
+                          "faces, narrower than twice an atom's masking radius"), err
+    assert err.endswith("; leave out -bulk_solvent")
+    assert not out.exists()
+    # without the mask the same model runs
+    assert sf.main([str(p), "-dmin", "2", "-o", str(out)]) == 0 and out.stat().st_size > 0
+
+
 def test_a_pdb_record_cut_after_the_coordinates_keeps_gemmis_defaults(tmp_path, capsys):
     # occupancy and B left out at the end of the line: 1 and gemmi's 20, as before
     full = pdb(CUBE, "P 1", THREE)
