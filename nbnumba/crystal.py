@@ -312,10 +312,6 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
         as0 = b_len * c_len * math.sin(alpha) * Vs
         bs0 = c_len * a_len * math.sin(beta) * Vs
         cs0 = a_len * b_len * math.sin(gamma) * Vs
-        if not math.isfinite(as0 + bs0 + cs0):
-            # two edges whose product overflows although twice the three's does not
-            # (1e-3 2 1e308: b c = inf, a* = inf, and sin(gamma*) = c/(V a* b*) = 0)
-            raise ConfigError(_RANGE % ("-cell %g %g %g A" % (a_len, b_len, c_len)))
         if as0 <= 0.0 or bs0 <= 0.0 or cs0 <= 0.0:
             log.append("WARNING: impossible reciprocal cell lengths: %g %g %g" % (as0, bs0, cs0))
             as0, bs0, cs0 = (abs(x) if x != 0.0 else DBL_MIN for x in (as0, bs0, cs0))
@@ -323,6 +319,12 @@ def build_crystal(cfg, recip_from_mat, lambda0, rng_state, misset_seed,
         cos_bs = (math.cos(gamma) * math.cos(alpha) - math.cos(beta)) / (math.sin(gamma) * math.sin(alpha))
         cos_gs = (math.cos(alpha) * math.cos(beta) - math.cos(gamma)) / (math.sin(alpha) * math.sin(beta))
         sin_gs = c_len * Vs / as0 / bs0
+        if not (math.isfinite(as0 + bs0 + cs0) and 0.0 < abs(a_len * b_len * c_len * sin_gs) < math.inf):
+            # c* below divides by sin(gamma*) and by a b c sin(gamma*): two edges whose
+            # product overflows although twice the three's does not (1e-3 2 1e308: b c =
+            # inf, a* = inf, and sin(gamma*) = c/(V a* b*) = 0), or a b c sin(gamma*) that
+            # underflows to 0 (1.9e-320 51.5 1.9e-6)
+            raise ConfigError(_RANGE % ("-cell %g %g %g A" % (a_len, b_len, c_len)))
         if sin_gs > 1.0:
             sin_gs = 1.0
         if sin_gs < -1.0:

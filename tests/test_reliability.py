@@ -140,6 +140,40 @@ def test_nonsense_refused(work, capsys, extra, needle):
     refused(BASE + extra, capsys, needle, work)
 
 
+def test_cells_of_extreme_edges_and_angles_are_refused_or_finite():
+    """Edges from 1e-320 to 1.7e308 A and angles from 1e-300 to 179.9999999999 deg, drawn
+    at random: the model is built with finite real and reciprocal vectors, or refused with
+    an NBError; never another exception.  (Two edges whose product overflows, b c = inf
+    while 2 a b c is finite, were a ZeroDivisionError: tools/fuzz.py autodiff, seed 232;
+    this draw found that cell, and also a b c sin(gamma*) underflowing to 0.)"""
+    from nbnumba.flags import parse_argv
+    from nbnumba.model import build_model
+    rng = random.Random(7)
+    mags = [1e-320, 1e-300, 1e-200, 1e-150, 1e-6, 1e-3, 1, 10, 1e3, 1e150, 1e200, 1e300,
+            1e307, 1e308, 1.7e308]
+    angles = [1e-300, 1e-10, 0.001, 1, 60, 89.999, 90, 120, 179.999, 179.9999999999]
+    built = 0
+    for _ in range(3000):
+        edges = [rng.uniform(1, 1000) if rng.random() < 0.5 else
+                 rng.choice(mags) * (rng.uniform(0.5, 2) if rng.random() < 0.8 else 1)
+                 for _ in range(3)]
+        argv = (["-cell"] + ["%.17g" % e for e in edges]
+                + ["%.17g" % rng.choice(angles) for _ in range(3)]
+                + ["-default_F", "1", "-detpixels", "4", "-N", "1"])
+        if rng.random() < 0.3:
+            argv.append("-c_parity")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                xtal = build_model(parse_argv(argv)).crystal
+        except NBError:
+            continue
+        vecs = np.array([xtal.a, xtal.b, xtal.c, xtal.astar, xtal.bstar, xtal.cstar], dtype=float)
+        assert np.all(np.isfinite(vecs)) and np.all(np.abs(vecs).sum(axis=1) > 0), argv
+        built += 1
+    assert built > 100      # (not all refusals)
+
+
 def test_curved_detector_that_wraps_its_sphere_refused(work, capsys):
     """The default mode's -curved_det rolls the detector plane onto the sphere
     of radius close about the sample, a point rho from the plane's foot to the
