@@ -120,3 +120,25 @@ def test_json_mutations_change_one_value():
         seen.add(how)
     assert d == {"a": [1.0, 2.0, 3.0], "b": {"c": 0, "d": "x"}}     # the original untouched
     assert changed >= 40 and len(seen) > 10
+
+
+def test_series_check_ignores_a_record_of_no_frame_of_the_series(tmp_path):
+    # a resumed series whose manifest line of frame 1 was mutated to frame -1:
+    # nbnumba-series renders frame 1 again and leaves the stray record (seed 263)
+    import json
+    (tmp_path / "out").mkdir()
+    recs = [{"type": "run"}, {"type": "frame", "frame": 0, "files": {}},
+            {"type": "frame", "frame": -1, "files": {}}]
+    argv = ["--resume", "--shots", "2", "--workers", "0", "--out", "out"]
+    mp = tmp_path / "out" / "manifest.jsonl"
+    mp.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    # frame 1 not rendered again: a failure
+    assert FT._check_series(0, tmp_path, argv) == (
+        "exit 0 without a frame record for each of the 2 frames")
+    recs.append({"type": "frame", "frame": 1, "files": {}})
+    mp.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert FT._check_series(0, tmp_path, argv) is None
+    # frame 1's latest record 'failed' is no frame record on exit 0
+    recs.append({"type": "failed", "frame": 1})
+    mp.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert FT._check_series(0, tmp_path, argv) is not None

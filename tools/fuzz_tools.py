@@ -654,8 +654,11 @@ def _check_series(rc: int, d: Path, argv: list):
     for opt in ("--frames", "--shots"):
         if opt in argv:
             n = int(argv[len(argv) - 1 - argv[::-1].index(opt) + 1])
-    if rc == 0 and n is not None and sorted(i for i, r in latest.items()
-                                            if r["type"] == "frame") != list(range(n)):
+    # each of the n frames needs its record; a record of another index is no
+    # frame of this series (a mutated manifest line, frame -> -1, stays in the
+    # append-only manifest, and nbnumba-series ignores it: seed 263 counted it)
+    if rc == 0 and n is not None and any(latest.get(i, {}).get("type") != "frame"
+                                         for i in range(n)):
         return "exit 0 without a frame record for each of the %d frames" % n
     if rc == 1 and not failed:
         return "exit 1 without a 'failed' record"
