@@ -324,6 +324,17 @@ def resolve_steps(cfg) -> Steps:
     h = sweep("hdiv", cfg.hdivrange, cfg.hdivstep, cfg.hdivsteps)
     v = sweep("vdiv", cfg.vdivrange, cfg.vdivstep, cfg.vdivsteps)
     d = sweep("disp", cfg.dispersion, cfg.dispstep, cfg.dispsteps)
+    if not cfg.c_parity:
+        for name, which, width in (("hdiv", "horizontal", h[0]), ("vdiv", "vertical", v[0])):
+            if width > math.pi:
+                # (-divergence 4000 rendered an image: sources turned up to 115 deg from
+                # the beam; -divergence 1e6 -hdivstep 0.1, 1e7 of them, built for minutes)
+                fr, fs, fn = _SWEEP_FLAGS[name][:3]
+                raise ConfigError("%s/-divergence (or %s x %s): the %s divergence spans %g "
+                                  "mrad, more than pi rad (3141.59 mrad): its outer sources would "
+                                  "lie more than 90 deg off the beam, behind the sample "
+                                  "(-c_parity renders nanoBragg.c's image)"
+                                  % (fr, fs, fn, which, width * 1e3))
     if cfg.c_parity:
         thick, tstep, tsteps = c_sensor_layers(cfg)
     else:

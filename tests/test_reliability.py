@@ -2116,6 +2116,29 @@ def test_a_spot_shape_scale_of_zero_or_less_is_refused_in_the_default_mode(work,
     assert peaks[0] > 50 * peaks[1]         # (7.98e6 against 1.05e5: the C's exp(+r²))
 
 
+def test_a_divergence_wider_than_pi_is_refused_in_the_default_mode(work, capsys):
+    """-divergence 4000 (mrad) rendered an image from sources turned up to 115 deg
+    off the beam, behind the sample; -divergence 1e6 -hdivstep 0.1 built 1e7 of
+    them for minutes (tools/fuzz.py parity, seed 254).  The default mode refuses
+    a full width above pi rad, however it is given; -c_parity renders
+    nanoBragg.c's image."""
+    line = ["-cell", "70", "80", "90", "90", "90", "90", "-lambda", "1.5", "-N", "5", "-default_F", "100",
+            "-distance", "100", "-detpixels", "8", "-pixel", "4", "-nopgm", "-nonoise"]
+    for extra, which, width in ((["-divergence", "4000", "-divsteps", "3"], "horizontal", "4000"),
+                                (["-vdivrange", "3200", "-vdivsteps", "3"], "vertical", "3200"),
+                                (["-hdivstep", "100", "-hdivsteps", "40"], "horizontal", "4000"),
+                                (["-divergence", "1e6", "-hdivstep", "0.1"], "horizontal", "1e+06")):
+        flag = "-hdivrange" if which == "horizontal" else "-vdivrange"
+        refused(line + extra, capsys,
+                "%s/-divergence (or %s x %ss): the %s divergence spans %s mrad, more than pi rad "
+                "(3141.59 mrad)" % (flag, flag.replace("range", "step"),
+                                    flag.replace("range", "step"), which, width), work)
+    res = nbnumba.simulate_argv(line + ["-divergence", "4000", "-divsteps", "3", "-c_parity"])
+    cosines = -res.model.sources.direction @ np.array(res.model.det.beam)
+    assert cosines.min() < -0.4                 # (cos 2 rad: a source behind the sample)
+    assert cli.main(line + ["-divergence", "3141", "-divsteps", "5"]) == 0
+
+
 def test_miller_indices_past_a_doubles_fraction_are_refused(work, capsys):
     """-lambda 1e-20 with -oversample 1 (and a -sourcefile wavelength of
     1e-100 m) rendered every pixel within 12 % (15 %) of the peak: the
