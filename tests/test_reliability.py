@@ -2139,6 +2139,29 @@ def test_a_divergence_wider_than_pi_is_refused_in_the_default_mode(work, capsys)
     assert cli.main(line + ["-divergence", "3141", "-divsteps", "5"]) == 0
 
 
+def test_a_detector_refused_before_the_sources_are_built(work, capsys, monkeypatch):
+    """A detector that faces away, or an ROI of no pixel, is refused before the
+    crystal, the structure factors and the sources: a line that also asked for
+    1e7 divergence sources (-hdivrange 10 -hdivstep 1e-6) built them first, 2
+    minutes and 6.6 GB, then gave the detector's error (tools/fuzz.py cli, seed 271)."""
+    from nbnumba import model
+
+    def no_sources(*a, **k):
+        raise AssertionError("the sources were built")
+    monkeypatch.setattr(model, "_sources", no_sources)
+    line = ["-cell", "70", "80", "90", "85", "95", "105", "-lambda", "1.5", "-default_F", "100",
+            "-distance", "100", "-detpixels", "8", "-hdivrange", "10", "-hdivstep", "1e-6"]
+    refused(line + ["-detsize", "5", "-pix0_vector_mm", "-1", "0.001", "2", "-mosflm"], capsys,
+            "the detector faces away from the sample", work)
+    # an ROI whose pixels the mask leaves out
+    from nbnumba.io.smv import write_smv
+    write_smv(work / "m.img", np.zeros((8, 8), np.uint16),
+              {"HEADER_BYTES": "512", "SIZE1": "8", "SIZE2": "8", "BYTE_ORDER": "little_endian",
+               "TYPE": "unsigned_short"})
+    refused(line + ["-roi", "2", "3", "2", "3", "-mask", "m.img"], capsys,
+            "-roi 2 3 2 3 selects no pixel of the 8 x 8 detector", work)
+
+
 def test_miller_indices_past_a_doubles_fraction_are_refused(work, capsys):
     """-lambda 1e-20 with -oversample 1 (and a -sourcefile wavelength of
     1e-100 m) rendered every pixel within 12 % (15 %) of the peak: the

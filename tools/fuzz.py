@@ -353,9 +353,9 @@ def _call(fn) -> tuple:
 
 
 #: a drawn line whose image sums more sub-paths than this is not run (counted
-#: "heavy"): -hdivrange 1e6 -hdivstep 1 is a legitimate request for a million
-#: divergence steps, 3.6e9 sub-paths on 10 x 10 pixels (seed 12 of the device
-#: target drew it)
+#: "heavy"): -hdivrange 1e6 -hdivstep 1 asks for a million divergence steps,
+#: 3.6e9 sub-paths on 10 x 10 pixels (seed 12 of the device target drew it; the
+#: default mode now refuses that width, above pi rad, and -c_parity takes it)
 MAX_SUBPATHS = 2e7
 
 
