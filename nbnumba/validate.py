@@ -153,6 +153,10 @@ def _real(name: str, v) -> float:
                           % (flag_of(name), digits)) from None
 
 
+#: integer fields whose default is None (not given)
+_OPTIONAL_INTS = ("seed", "misset_seed")
+
+
 def _check_types(cfg) -> dict:
     """API callers (``Config(...)``, ``dataclasses.replace``, ``overrides=``) can put
     anything in a field: numbers must be real numbers, vectors three of them.
@@ -165,6 +169,8 @@ def _check_types(cfg) -> dict:
     for name, d in defaults.items():
         v = getattr(cfg, name)
         t = type(v)
+        if d is None and name in _OPTIONAL_INTS and v is not None:
+            d = 0       # (an array seed reached the jitted generator: a numba TypingError)
         if isinstance(d, bool):
             if not (isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1))):
                 raise ConfigError("%s: expected true/false, got %r" % (flag_of(name), v))

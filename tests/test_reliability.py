@@ -1392,7 +1392,7 @@ _NONSENSE = {float: [float("nan"), float("inf"), -float("inf"), -1.0, 0.0, 1e300
              tuple: [(), (float("nan"), 0.0, 0.0), (0.0, 0.0, 0.0), (1.0, 2.0), "abc", None,
                      (float("inf"), 0.0, 0.0), (1, 2, 3, 4), ("a", "b", "c"), (0.0, 1.0, 10 ** 400)],
              str: ["", "bogus", None, 5],
-             type(None): ["/nonexistent/x", 5, "", 3.5]}
+             type(None): ["/nonexistent/x", 5, "", 3.5, np.ones(3)]}
 
 
 def test_every_config_field_set_to_nonsense_through_the_api(tmp_path, monkeypatch):
@@ -1425,6 +1425,10 @@ def test_every_config_field_set_to_nonsense_through_the_api(tmp_path, monkeypatc
             ("xtal_shape", "bogus", "^xtal_shape: expected one of SQUARE, ROUND, GAUSS, TOPHAT"),
             ("threads", 2.5, r"^-threads: expected a whole number >= 1 \(or None"),
             ("threads", 0, "^-threads: expected a whole number >= 1"),
+            # (an array seed reached the jitted generator: a numba TypingError)
+            ("seed", np.ones(3), r"^-seed: expected an integer, got array\(\[1\., 1\., 1\.\]\)$"),
+            ("misset_seed", 2.5, "^-misset_seed: expected an integer, got 2.5$"),
+            ("seed", 2 ** 40, "^-seed: 1099511627776 is out of a C int's range"),
             ("mask_image", "m.img", "^mask_image: expected a 2-D array .* got str$"),
             ("mask_image", np.ones(64), "^mask_image: expected a 2-D array .* got ndarray$"),
             ("hkl_grid", "p.hkl", "^hkl_grid: expected an nbnumba.io.hkl.HKLGrid")]:
