@@ -110,7 +110,8 @@ BACKENDS = ("cpu", "cuda")
 
 def _check_backend(backend) -> str:
     from .errors import ConfigError
-    if backend not in BACKENDS:
+    # (str first: `in` compared an array elementwise, a ValueError)
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise ConfigError("backend must be one of %s, got %r" % ("|".join(BACKENDS), backend))
     return backend
 
@@ -329,7 +330,8 @@ def run_model(model: Model, backend: Optional[str] = None, progress=None, out=No
     _check_out(out)
     _check_progress(progress)
     cfg = model.cfg
-    backend = _check_backend(backend or cfg.device)
+    # (None only: False, 0 or "" are no backend's name, and an array has no truth value)
+    backend = _check_backend(cfg.device if backend is None else backend)
     from .validate import check_image_finite, check_terms_finite
     check_terms_finite(model)      # F^2 = inf etc.: refuse before a long render
     # the CPU kernel runs on its own thread pool (cfg.threads, see kernels.cpu.render)

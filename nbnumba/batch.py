@@ -73,6 +73,24 @@ def _count_arg(name: str, v) -> Optional[int]:
     return int(v)
 
 
+def _paths_arg(protect) -> list:
+    """protect= of simulate_many: file names (text or os.PathLike); one name
+    on its own was read as a list of one-character names (nothing protected)."""
+    from .errors import ConfigError
+    if protect is None:
+        return []
+    if isinstance(protect, (str, bytes, os.PathLike)) or not hasattr(protect, "__iter__"):
+        raise ConfigError("protect: expected a list of file names, got %s%s"
+                          % (type(protect).__name__, ": wrap one name in a list"
+                             if isinstance(protect, (str, os.PathLike)) else ""))
+    protect = list(protect)
+    for p in protect:
+        if not isinstance(p, (str, os.PathLike)) or "\x00" in str(os.fspath(p)):
+            raise ConfigError("protect: expected file names (text, without NUL bytes), got %r"
+                              % (p,))
+    return protect
+
+
 def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
                   workers: Optional[int] = None, threads: Optional[int] = None,
                   write: bool = False, keep_results: bool = True,
@@ -124,6 +142,18 @@ def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
     for name, v in (("write", write), ("keep_results", keep_results)):
         if not isinstance(v, (bool, np.bool_)):
             raise ConfigError("%s: expected True or False, got %r" % (name, v))
+    protect = _paths_arg(protect)
+    if labels is not None:
+        # (a string's characters were taken as the lines' names; a short list
+        # raised an IndexError while another line's error was being reported)
+        if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):
+            raise ConfigError("labels: expected one name (text) per command line, got %s"
+                              % type(labels).__name__)
+        labels = list(labels)
+        if len(labels) != len(argvs) or not all(isinstance(x, str) for x in labels):
+            raise ConfigError("labels: expected %d name(s) (text), one per command line, got %s"
+                              % (len(argvs), "%d" % len(labels) if len(labels) != len(argvs)
+                                 else repr(next(x for x in labels if not isinstance(x, str)))))
     if on_done is not None and not callable(on_done):
         raise ConfigError("on_done: expected a function of one BatchItem, got %s"
                           % type(on_done).__name__)

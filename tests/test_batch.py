@@ -240,7 +240,16 @@ def test_simulate_many_refuses_bad_arguments_naming_them(tmp_path):
                     (dict(write="no"), "^write: expected True or False"),
                     # a FileNotFoundError / NotADirectoryError from os.chdir
                     (dict(cwd=str(tmp_path / "missing")), "^cwd: .*missing: no such directory$"),
-                    (dict(cwd=__file__), "^cwd: .*: not a directory$")]:
+                    (dict(cwd=__file__), "^cwd: .*: not a directory$"),
+                    # one name was read as one-character names (nothing protected);
+                    # a NUL byte was a ValueError from os.path.realpath
+                    (dict(protect="a.img", write=True), "^protect: .* got str: wrap one name in a list$"),
+                    (dict(protect=[3], write=True), "^protect: expected file names .*got 3$"),
+                    (dict(protect=["a\x00b"], write=True), "^protect: expected file names .*NUL"),
+                    # a string's letters were the lines' names; a short list an IndexError
+                    (dict(labels="ab"), "^labels: expected one name .* got str$"),
+                    (dict(labels=[]), "^labels: expected 1 name\\(s\\) .* got 0$"),
+                    (dict(labels=[5]), "^labels: expected 1 name\\(s\\) .* got 5$")]:
         args = dict(dict(argvs=good), **kw)
         with pytest.raises(ConfigError, match=msg):
             nbnumba.simulate_many(args.pop("argvs"), **args)

@@ -1365,6 +1365,10 @@ def test_api_errors_are_nberrors():
         nbnumba.simulate(cfg, backend="tpu")
     with pytest.raises(ConfigError, match="-distance: expected a number"):
         nbnumba.simulate_argv(BASE, overrides={"distance": "abc"})
+    # (an array was compared elementwise, a ValueError; False, 0 and "" ran on the CPU)
+    for bad in (np.ones(3), False, 0, ""):
+        with pytest.raises(ConfigError, match="^backend must be one of cpu|cuda, got "):
+            nbnumba.simulate(cfg, backend=bad)
     with pytest.raises(ConfigError, match="not a Config field"):
         nbnumba.simulate_argv(BASE, overrides={"no_such_field": 1})
     with pytest.raises(ConfigError, match="-beamsize"):
