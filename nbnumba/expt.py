@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import shlex
 import sys
@@ -57,7 +58,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from nbnumba.errors import InputFileError, UsageError
-from nbnumba.io._args import read_bytes
+from nbnumba.io._args import IOArgumentError, path_name, read_bytes
 from nbnumba.io.atomic import atomic_write_bytes, check_not_input, check_writable
 
 __all__ = ["flags_from_expt", "translate", "write_mat", "expt_from_flags", "write_expt", "main"]
@@ -410,8 +411,42 @@ def translate(path, experiment: int = 0, panel: int = 0, image: Optional[int] = 
               mat_out=None) -> Tuple[List[str], np.ndarray, List[str]]:
     """``(argv, mat, notes)``: :func:`flags_from_expt` plus the notes (one line
     each) on what the flags leave out."""
+    experiment = _index_arg("experiment", experiment)
+    panel = _index_arg("panel", panel)
+    image = None if image is None else _index_arg("image", image)
+    if mat_out is not None:
+        mat_out = path_name(mat_out, "mat_out")
     with np.errstate(all="ignore"):        # overflows are refused, one line, at the end
         return _translate(path, experiment, panel, image, mat_out)
+
+
+def _index_arg(what: str, v) -> int:
+    """experiment=/panel=/image= of the API: a whole number (a numpy integer is
+    one; True was experiment 1, an array a ValueError from its truth value)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise IOArgumentError("%s: expected a whole number, got %r" % (what, v))
+    return int(v)
+
+
+def _image_names(image):
+    """expt_from_flags' image=: None, one file name or template, or a list of
+    file names -> None or a list of str (a number was a TypeError from list(),
+    after the model was built; a bytes name one from json)."""
+    if image is None:
+        return None
+    names = [image] if isinstance(image, (str, os.PathLike)) else image
+    if isinstance(names, (bytes, bytearray)) or not hasattr(names, "__iter__"):
+        raise UsageError("--images: expected a file name or template (text), or a list of "
+                         "file names, got %r" % (image,))
+    out = []
+    for n in names:
+        n = os.fspath(n) if isinstance(n, os.PathLike) else n
+        if not isinstance(n, str) or not n or "\x00" in n:
+            raise UsageError("--images: expected a file name or template (text), got %r" % (n,))
+        out.append(n)
+    if not out:
+        raise UsageError("--images: expected a file name or template")
+    return out
 
 
 def _translate(path, experiment, panel, image, mat_out):
@@ -630,7 +665,17 @@ def flags_from_expt(path, experiment: int = 0, panel: int = 0, image: Optional[i
 def write_mat(path, mat) -> None:
     """Write ``mat`` (3x3, file layout) as a -mat file, atomically; every
     number in the shortest form that reads back as the same double."""
-    m = np.asarray(mat, dtype=np.float64).reshape(3, 3)
+    path = path_name(path)
+    try:
+        m = np.asarray(mat, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise IOArgumentError("mat: expected a 3x3 array of numbers (%s: %s)"
+                              % (type(mat).__name__, exc)) from None
+    if m.shape not in ((3, 3), (9,)) or not np.isfinite(m).all():
+        raise IOArgumentError("mat: expected a 3x3 array of finite numbers, got %s"
+                              % ("shape %s" % (m.shape,) if m.shape not in ((3, 3), (9,))
+                                 else "a value %r" % float(m.flat[np.flatnonzero(~np.isfinite(m))[0]])))
+    m = m.reshape(3, 3)
     text = "".join(" ".join(_fmt(x) for x in row) + "\n" for row in m)
     atomic_write_bytes(path, text.encode("ascii"))
 
@@ -712,6 +757,10 @@ def _expt_from_flags(flags, image, cwd, hall, notes) -> dict:
     from .geometry import rotate_axis
     from .model import build_model, reads_fdump
     notes = [] if notes is None else notes
+    if not isinstance(notes, list):
+        raise IOArgumentError("notes: expected a list (the notes are appended to it), got %s"
+                              % type(notes).__name__)
+    names = _image_names(image)
     cfg = _config(flags, cwd)
     if cfg.curved_detector:
         raise ConfigError("-curved_det: a curved detector is not one flat panel; an experiment "
@@ -834,11 +883,7 @@ def _expt_from_flags(flags, image, cwd, hall, notes) -> dict:
                                           "oscillation_width": [math.degrees(st.osc)]},
                            "valid_image_ranges": {}}]
     exp["crystal"] = 0
-    if image is not None:
-        names = [image] if isinstance(image, (str, os.PathLike)) else list(image)
-        if not names or not all(isinstance(n, (str, os.PathLike)) and os.fspath(n) for n in names):
-            raise UsageError("--images: expected a file name or template")
-        names = [os.fspath(n) for n in names]
+    if names is not None:
         if rotation:
             if len(names) != 1:
                 raise UsageError("--images: a rotation scan takes one template (# for digits)")
@@ -856,7 +901,15 @@ def _expt_from_flags(flags, image, cwd, hall, notes) -> dict:
 
 def write_expt(path, d) -> None:
     """Write experiment-list dict ``d`` as JSON (dxtbx's indent of 2), atomically."""
-    text = json.dumps(d, indent=2, allow_nan=False) + "\n"
+    path = path_name(path)
+    if not isinstance(d, dict):
+        raise IOArgumentError("d: expected an experiment list (a dict, as expt_from_flags "
+                              "returns), got %s" % type(d).__name__)
+    try:
+        text = json.dumps(d, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError, RecursionError) as exc:
+        # (numpy scalars, NaN: json's own TypeError/ValueError, before any file)
+        raise IOArgumentError("d: cannot be written as JSON: %s" % str(exc).splitlines()[0][:120]) from None
     atomic_write_bytes(path, text.encode("ascii"))
 
 

@@ -766,3 +766,38 @@ def test_an_auto_oversample_after_twotheta_round_trips(tmp_path):
     notes = []
     expt_from_flags(CELL + MISSET + ["-mosflm", "-N", "10"], notes=notes)
     assert notes == []
+
+
+def test_api_arguments_of_the_wrong_kind_are_one_line_nberrors(tmp_path, monkeypatch):
+    """translate / expt_from_flags / write_mat / write_expt given arguments of the
+    wrong kind (an ad-hoc scan): each was a TypeError, ValueError or OverflowError
+    from list(), json, numpy or open(); True was experiment 1.  Nothing is written."""
+    from nbnumba.expt import translate
+    monkeypatch.chdir(tmp_path)
+    base = CELL + ["-default_F", "1", "-osc", "0.5"]
+    d = expt_from_flags(base)
+    write_expt("a.expt", d)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for call, msg in [
+            (lambda: translate("a.expt", experiment=True), "^experiment: expected a whole number, got True$"),
+            (lambda: translate("a.expt", panel=np.ones((3, 3))), "^panel: expected a whole number, got array"),
+            (lambda: translate("a.expt", image=[1]), r"^image: expected a whole number, got \[1\]$"),
+            (lambda: translate("a.expt", mat_out={"a": 1}), "^mat_out must be a file name .* not dict$"),
+            (lambda: translate("a\x00b"), "^path 'a\\\\x00b' holds a NUL byte"),
+            (lambda: expt_from_flags(base, image=3), "^--images: expected a file name or template .*got 3$"),
+            (lambda: expt_from_flags(base, image=["x.img", b"y"]), "^--images: .*got b'y'$"),
+            (lambda: expt_from_flags(base, notes="P 1"), "^notes: expected a list .* got str$"),
+            (lambda: write_mat("m.mat", []), r"^mat: expected a 3x3 array of finite numbers, got shape \(0,\)$"),
+            (lambda: write_mat("m.mat", np.full((3, 3), np.inf)), "^mat: .*got a value inf$"),
+            (lambda: write_mat("m.mat", [[10 ** 400] * 3] * 3), "^mat: expected a 3x3 array of numbers"),
+            (lambda: write_mat("m\x00.mat", np.eye(3)), "holds a NUL byte"),
+            (lambda: write_expt("o.expt", [d]), "^d: expected an experiment list .* got list$"),
+            (lambda: write_expt("o.expt", {"x": np.float32(1.5)}), "^d: cannot be written as JSON: .*float32"),
+            (lambda: write_expt("o.expt", {"x": float("inf")}), "^d: cannot be written as JSON: .*inf")]:
+        with pytest.raises(nbnumba.NBError, match=msg):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    # numpy integers and a path-like mat_out are taken as they are
+    argv, mat, _ = translate("a.expt", experiment=np.int64(0), panel=np.int32(0),
+                             mat_out=tmp_path / "b.mat")
+    assert argv[argv.index("-mat") + 1] == str(tmp_path / "b.mat")

@@ -24,10 +24,13 @@ def path_name(path, what: str = "path") -> str:
     takes them (bytes are decoded as the file system does); anything else
     raises :class:`IOArgumentError` naming ``what``."""
     try:
-        return os.fsdecode(os.fspath(path))
+        name = os.fsdecode(os.fspath(path))
     except TypeError:
         raise IOArgumentError("%s must be a file name (str, bytes or os.PathLike), not %s"
                               % (what, type(path).__name__)) from None
+    if "\x00" in name:     # (open() raised "ValueError: embedded null byte")
+        raise IOArgumentError("%s %r holds a NUL byte, which no file name can hold" % (what, name))
+    return name
 
 
 def _cannot_read(name: str, exc: OSError) -> InputFileError:
