@@ -591,6 +591,13 @@ def check_grid_memory(name: str, n_elements: int, limit) -> None:
     = (bytes, description); called with the index ranges, before allocation."""
     if limit is None:
         return
+    if (not isinstance(limit, (tuple, list)) or len(limit) != 2
+            or isinstance(limit[0], (bool, np.bool_)) or not isinstance(limit[0], numbers.Real)
+            or not isinstance(limit[1], str)):
+        # (an API caller's memory=: a TypeError or IndexError from the comparison)
+        from .errors import ConfigError
+        raise ConfigError("memory: expected (bytes, description) such as (2**30, '1 GiB'), "
+                          "got %r" % (limit,))
     need = float(n_elements) * _B_GRID + _BASE
     if need > limit[0]:
         from .errors import InputFileError

@@ -443,3 +443,46 @@ def test_kind_of_tells_the_formats_apart():
                                  b"", b"{ }")] == \
         ["mtz", "hdf5", "gzip", "bzip2", "tiff", "cbf", "pgm", "smv", "expt", "refln_cif", "model", None,
          None, None, None]
+
+
+def test_reader_and_writer_arguments_of_the_wrong_kind_are_one_line_nberrors(tmp_path):
+    """An ad-hoc scan of nbnumba.io's readers and writers: each call below was a
+    TypeError, AttributeError, IndexError, ValueError or OverflowError from
+    deep inside (an array's truth value, float() of a list, .h_min of a list).
+    Nothing is written."""
+    from nbnumba.io.hkl import fdump_bytes, write_fdump
+    (tmp_path / "a.hkl").write_text("0 0 0 5\n1 0 0 3\n")
+    grid = read_hkl(tmp_path / "a.hkl")
+    write_fdump(tmp_path / "F.bin", grid)
+    img = np.zeros((2, 2), np.uint16)
+    fields = {"SIZE1": "2", "SIZE2": "2"}
+    for call, kind, msg in [
+            (lambda: read_hkl(tmp_path / "a.hkl", default_F=[1.0]), IOArgumentError,
+             r"^default_F must be a number within double precision, got \[1.0\]$"),
+            (lambda: read_hkl(tmp_path / "a.hkl", default_F=10 ** 400), IOArgumentError,
+             "^default_F must be a number within double precision"),
+            (lambda: parse_hkl(b"0 0 0 5\n", "x", allow_nonfinite_F=np.ones(3)), IOArgumentError,
+             r"^allow_nonfinite_F must be True or False, got array"),
+            (lambda: parse_hkl(str(tmp_path / "a.hkl"), "x"), IOArgumentError,
+             r"^data must be the file's bytes, got str \(read_hkl takes a file name\)$"),
+            (lambda: parse_hkl(None, "x"), IOArgumentError, "^data must be the file's bytes, got NoneType$"),
+            (lambda: read_hkl(tmp_path / "a.hkl", memory=2), ConfigError,
+             r"^memory: expected \(bytes, description\)"),
+            (lambda: read_fdump(tmp_path / "F.bin", memory=""), ConfigError, "^memory: expected"),
+            (lambda: read_fdump(tmp_path / "F.bin", allow_nonfinite_F="c"), IOArgumentError,
+             "^allow_nonfinite_F must be True or False, got 'c'$"),
+            (lambda: fdump_bytes([0, 1]), IOArgumentError, "^grid must be an HKLGrid .* got list$"),
+            (lambda: write_fdump(tmp_path / "G.bin", None), IOArgumentError, "^grid must be an HKLGrid"),
+            (lambda: pgm_bytes_from_float(np.ones((2, 2)), 10 ** 400), IOArgumentError,
+             "^pgm_scale must be a number, got 1000"),
+            (lambda: write_smv(tmp_path / "b.img", img, fields, header_overflow=np.ones(2)),
+             IOArgumentError, "^header_overflow must be 'c', 'grow' or 'error', not array"),
+            (lambda: write_smv(tmp_path / "b\x00.img", img, fields), IOArgumentError,
+             "holds a NUL byte, which no file name can hold$")]:
+        with pytest.raises(kind, match=msg):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["F.bin", "a.hkl"]
+    # numpy scalars are numbers and switches
+    g2 = read_hkl(tmp_path / "a.hkl", default_F=np.float32(2.0), allow_nonfinite_F=np.bool_(True),
+                  memory=(np.int64(2 ** 30), "1 GiB"))
+    assert g2.F.shape == grid.F.shape and float(g2.F.max()) == 5.0

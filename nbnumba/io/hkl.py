@@ -35,6 +35,7 @@ line stays whitespace, as before).
 
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
@@ -211,10 +212,34 @@ def read_hkl(path, default_F: float = 0.0, memory=None,
     return parse_hkl(raw, name, default_F, memory, allow_nonfinite_F, c_second_pass)
 
 
+def _real_arg(what: str, v) -> float:
+    """A real number (numpy scalars too) as a float, or IOArgumentError naming it
+    (a list was a TypeError from float(), 10**400 an OverflowError)."""
+    if not isinstance(v, (bool, np.bool_)) and isinstance(v, numbers.Real):
+        try:
+            return float(v)
+        except OverflowError:
+            pass
+    raise IOArgumentError("%s must be a number within double precision, got %.40r" % (what, v))
+
+
+def _bool_arg(what: str, v) -> None:
+    """True or False (an array's truth value was a ValueError)."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise IOArgumentError("%s must be True or False, got %.40r" % (what, v))
+
+
 def parse_hkl(data: bytes, name: str, default_F: float = 0.0, memory=None,
               allow_nonfinite_F: bool = False, c_second_pass: bool = False) -> HKLGrid:
     """read_hkl of a file's bytes; name is the file's name in messages."""
-    text = data.decode("latin-1")
+    if not isinstance(data, (bytes, bytearray, memoryview)):    # (an AttributeError on .decode)
+        raise IOArgumentError("data must be the file's bytes, got %s%s"
+                              % (type(data).__name__, " (read_hkl takes a file name)"
+                                 if isinstance(data, str) else ""))
+    default_F = _real_arg("default_F", default_F)
+    _bool_arg("allow_nonfinite_F", allow_nonfinite_F)
+    _bool_arg("c_second_pass", c_second_pass)
+    text = bytes(data).decode("latin-1")
     if "\n" not in text and "\r" in text:
         # CR-only line ends (classic Mac OS): nanoBragg.c's fscanf stream reads
         # CR as whitespace, so it reads every record; read each CR as a line end
@@ -315,6 +340,9 @@ def parse_hkl(data: bytes, name: str, default_F: float = 0.0, memory=None,
 
 def fdump_bytes(grid: HKLGrid) -> bytes:
     """The exact bytes nanoBragg writes to ``Fdump.bin`` for ``grid``."""
+    if not isinstance(grid, HKLGrid):       # (an AttributeError on .h_min)
+        raise IOArgumentError("grid must be an HKLGrid (see read_hkl), got %s"
+                              % type(grid).__name__)
     bounds = (grid.h_min, grid.h_max, grid.k_min, grid.k_max, grid.l_min, grid.l_max)
     for label, v in zip(("h_min", "h_max", "k_min", "k_max", "l_min", "l_max"), bounds):
         # (read_fdump, and nanoBragg.c's %d, read nothing else back)
@@ -353,6 +381,7 @@ def read_fdump(path, memory=None, allow_nonfinite_F: bool = False) -> HKLGrid:
     raise (C reads them with ``%d``), and so does a NaN or infinite double
     unless ``allow_nonfinite_F`` (``-c_parity``: C reads the doubles as they are).
     """
+    _bool_arg("allow_nonfinite_F", allow_nonfinite_F)
     name, raw = read_bytes(path)
     m = _FDUMP_HEAD.match(raw[:512])
     if m is None:

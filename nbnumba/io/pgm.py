@@ -26,7 +26,7 @@ def _scale(pgm_scale) -> float:
     if not isinstance(pgm_scale, (str, bytes, complex)):
         try:
             return float(pgm_scale)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):     # (10**400: OverflowError)
             pass
     raise IOArgumentError(f"pgm_scale must be a number, got {pgm_scale!r:.40}")
 

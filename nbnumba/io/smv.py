@@ -339,7 +339,8 @@ def smv_header_text(fields: Fields, header_overflow: str = "c") -> bytes:
     ``_field_items``: ';', '=', '}', control or non-latin-1 characters) raises
     :class:`IOArgumentError` naming the key.
     """
-    if header_overflow not in ("c", "grow", "error"):
+    # (str first: `in` compared an array elementwise, a ValueError)
+    if not isinstance(header_overflow, str) or header_overflow not in ("c", "grow", "error"):
         raise IOArgumentError(f"header_overflow must be 'c', 'grow' or 'error', not "
                               f"{header_overflow!r}")
     items = _field_items(fields)
