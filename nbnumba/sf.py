@@ -511,6 +511,10 @@ def structure_factors(st, dmin: float, bulk_solvent: bool = False, k_sol: float 
     notes for the rules."""
     gemmi = _gemmi()
     source = source or st.name or "the model"
+    if B_add:
+        # on a copy: the caller's structure kept the added B (a second call added
+        # it again), and a refusal part-way left some atoms changed
+        st = st.clone()
     model = st[0]
     if B_add:
         for res in model.all():

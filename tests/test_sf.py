@@ -894,3 +894,22 @@ def test_mtz_with_a_non_utf8_name_and_a_precise_cell(tmp_path, capsys):
     assert len(read_list(out)) == 4
     # the MTZ's cell (single precision) to its last digit: %g gave 123.457
     assert err[1].endswith("use with -cell 123.4567 45.6789 67.8912 90 101.2345 90"), err[1]
+
+
+def test_b_add_leaves_the_callers_structure_as_it_was(tmp_path):
+    """structure_factors(st, B_add=...) added B to the caller's own atoms: a second
+    call on the same structure added it again (other F), and a refusal part-way
+    left the atoms changed."""
+    p = tmp_path / "m.pdb"
+    p.write_text(pdb(CUBE, "P 1", THREE))
+    st = sf.read_model(str(p))
+    before = [cra.atom.b_iso for cra in st[0].all()]
+    _, F1 = sf.structure_factors(st, 3.0, B_add=20.0)
+    _, F2 = sf.structure_factors(st, 3.0, B_add=20.0)
+    assert np.array_equal(F1, F2)
+    assert [cra.atom.b_iso for cra in st[0].all()] == before
+    _, F0 = sf.structure_factors(st, 3.0)
+    assert np.all(F1 < F0)          # the added B damps every reflection (s > 0)
+    with pytest.raises(sf.UsageError, match="-B_add -2895"):
+        sf.structure_factors(st, 3.0, B_add=-2895.0)
+    assert [cra.atom.b_iso for cra in st[0].all()] == before
