@@ -498,6 +498,9 @@ def _serve_locked(key, path, lock, idle_timeout, ready, log) -> int:
                 if uid != os.getuid():
                     raise PermissionError("peer uid %d" % uid)
                 req, fds = _recv_msg(conn, want_fds=3)
+                if not isinstance(req, dict):
+                    # (a JSON list or number: an AttributeError on .get stopped the server)
+                    raise ValueError("not a request object")
                 op = req.get("op")
                 if op == "status":
                     _send_msg(conn, {"pid": os.getpid(), "since": started, "served": served,
@@ -517,7 +520,8 @@ def _serve_locked(key, path, lock, idle_timeout, ready, log) -> int:
                             os._exit(1)
                     children.add(pid)
                     served += 1
-            except (OSError, EOFError, ValueError) as e:
+            except (OSError, EOFError, ValueError, RecursionError) as e:
+                # (RecursionError: JSON nested past the parser's depth)
                 print("nbnumba: server: dropped a request: %s" % e, file=log)
             finally:
                 for fd in fds:

@@ -101,6 +101,29 @@ def test_bad_input_through_the_server(server, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_malformed_requests_do_not_stop_the_server(server, tmp_path):
+    """A request that is JSON but no object (a list, a number), JSON nested past
+    the parser's depth, or bytes that are no UTF-8 is dropped: the first of
+    them stopped the server (an AttributeError on .get in its loop)."""
+    import socket
+    import struct
+    before = _served(server)
+    path = subprocess.run([sys.executable, "-c", "from nbnumba import server; print(server.socket_path())"],
+                          env=server, capture_output=True, text=True, check=True).stdout.strip()
+    for body in (b"[1]", b"5", b"null", b'{"op": ["run"]}', b"[" * 100000 + b"]" * 100000,
+                 b"\xff\xfe"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(20)
+            s.connect(path)
+            s.sendall(struct.pack("!I", len(body)) + body)
+            assert s.recv(100) == b""           # dropped: closed without a reply
+    assert _served(server) == before            # still there, and answering
+    out = tmp_path / "o.bin"
+    r = _cli(SMALL + ["-floatfile", str(out), "-nonoise", "-nopgm"], tmp_path, server)
+    assert r.returncode == 0 and out.stat().st_size == 64 * 64 * 4
+    assert _served(server) == before + 1
+
+
 def test_closed_stdout_is_not_an_error(server, tmp_path):
     # like nanoBragg.c (printf fails silently): messages go nowhere, the files are written
     r = subprocess.run([sys.executable, "-m", "nbnumba.cli"] + SMALL + ["-nopgm", "-nonoise"],
