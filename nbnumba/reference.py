@@ -59,6 +59,7 @@ scattering vectors in 1/m, intensities in photons per pixel.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
 import numpy as np
@@ -775,6 +776,26 @@ def pixel_value(S_, f_, st):
     return R_E_SQR * st["fluence"] * (bragg / steps + st["I_bg"] * bg)
 
 
+def _pixel_list(pixels, ns, nf):
+    """image()'s pixels=: (slow, fast) pairs of whole numbers on the detector,
+    or ConfigError naming the first that is not."""
+    from .errors import ConfigError
+    if isinstance(pixels, (str, bytes)) or not hasattr(pixels, "__iter__"):
+        raise ConfigError("pixels: expected (slow, fast) pairs, got %s" % type(pixels).__name__)
+    out = []
+    for p in pixels:
+        try:
+            s, f = p
+        except (TypeError, ValueError):
+            raise ConfigError("pixels: expected (slow, fast) pairs, got %r" % (p,)) from None
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+                   for v in (s, f)) or not (0 <= s < ns and 0 <= f < nf):
+            raise ConfigError("pixels: (%r, %r) is not a pixel (slow, fast) of the %dx%d detector"
+                              % (s, f, nf, ns))
+        out.append((int(s), int(f)))
+    return out
+
+
 def image(cfg, pixels=None):
     """Reference float64 image (spixels, fpixels) in photons/pixel; pixels outside
     the -roi or masked are 0.  ``pixels``: optional iterable of (slow, fast) to
@@ -783,11 +804,14 @@ def image(cfg, pixels=None):
     det = st["det"]
     ns, nf = det["spixels"], det["fpixels"]
     out = np.zeros((ns, nf))
+    # -roi bounds are inclusive; the detector's last pixel is n - 1 (pixel (8, 0)
+    # of an 8x8 detector was an IndexError, and so was an -roi past its edge)
     xmin = max(cfg.roi_xmin, 0)
-    xmax = cfg.roi_xmax if cfg.roi_xmax >= 0 else nf
+    xmax = min(cfg.roi_xmax, nf - 1) if cfg.roi_xmax >= 0 else nf - 1
     ymin = max(cfg.roi_ymin, 0)
-    ymax = cfg.roi_ymax if cfg.roi_ymax >= 0 else ns
-    todo = pixels if pixels is not None else [(s, f) for s in range(ns) for f in range(nf)]
+    ymax = min(cfg.roi_ymax, ns - 1) if cfg.roi_ymax >= 0 else ns - 1
+    todo = (_pixel_list(pixels, ns, nf) if pixels is not None
+            else [(s, f) for s in range(ns) for f in range(nf)])
     for s, f in todo:
         if not (xmin <= f <= xmax and ymin <= s <= ymax):
             continue

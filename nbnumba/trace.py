@@ -14,6 +14,7 @@ With ``-device cuda`` the per-pixel numbers come from the CUDA kernel
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -36,6 +37,12 @@ def _vec(vals):
 
 def trace_lines(model, spixel, fpixel, prefix="TRACE_PY"):
     """Trace of pixel (slow, fast) as a list of text lines."""
+    for name, v in (("spixel", spixel), ("fpixel", fpixel)):
+        # (1.5 was an IndexError, None a TypeError, True an array's truth value)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+            from .errors import ConfigError
+            raise ConfigError("trace_lines: %s must be a whole number, got %r" % (name, v))
+    spixel, fpixel = int(spixel), int(fpixel)
     cfg = model.cfg
     S, F = model.shape
     if not (0 <= spixel < S and 0 <= fpixel < F):

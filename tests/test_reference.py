@@ -368,3 +368,29 @@ def test_twotheta_axis_is_a_direction():
         for s, f in ((0, 0), (3, 5), (7, 7)):
             assert ref.pixel_value(s, f, st) == pytest.approx(ref.pixel_value(s, f, unit),
                                                               rel=1e-13)
+
+
+def test_pixel_arguments_are_checked():
+    """reference.image(pixels=) and trace.trace_lines with pixels that are not on
+    the detector or not whole numbers (an ad-hoc scan): the last row or column
+    plus one, (8, 0) of an 8x8 detector, was an IndexError; 1.5 an IndexError;
+    a bare number a TypeError; True an array's truth value in trace_lines."""
+    from nbnumba.errors import ConfigError
+    from nbnumba.model import build_model
+    from nbnumba.trace import trace_lines
+    cfg = cfg_of("-detpixels 8 -oversample 1")
+    for px, msg in [([(8, 0)], r"^pixels: \(8, 0\) is not a pixel .* of the 8x8 detector$"),
+                    ([(0, 8)], r"^pixels: \(0, 8\) is not a pixel"),
+                    ([(-1, 0)], r"^pixels: \(-1, 0\) is not a pixel"),
+                    ([(1.5, 2)], r"^pixels: \(1.5, 2\) is not a pixel"),
+                    ([(0,)], r"^pixels: expected \(slow, fast\) pairs, got \(0,\)$"),
+                    (5, "^pixels: expected .* got int$")]:
+        with pytest.raises(ConfigError, match=msg):
+            ref.image(cfg, pixels=px)
+    one = ref.image(cfg, pixels=np.array([[7, 7]]))
+    assert np.count_nonzero(one) == 1 and one[7, 7] == ref.image(cfg)[7, 7] > 0
+    m = build_model(cfg)
+    for s, f in [(1.5, 2), (None, 1), (True, 1), (np.ones(2), 1)]:
+        with pytest.raises(ConfigError, match="^trace_lines: spixel must be a whole number"):
+            trace_lines(m, s, f)
+    assert trace_lines(m, np.int64(3), np.int32(2)) == trace_lines(m, 3, 2)
