@@ -403,6 +403,26 @@ def half_sphere_indices(cell_abc_angles: Tuple[float, ...], frac_matrix: np.ndar
     return hkl[keep], s2[keep]
 
 
+#: bytes per reflection of the half sphere, from the direct sums to the written
+#: text (both Friedel mates' lines): 685 MB peak for 1e6 of them, the index box
+#: included (1e9 A along b at -dmin 100: 1e7 of them, 6.0 GB, an OOM kill on a
+#: smaller machine instead of an error)
+_B_REFLECTION = 700
+
+
+def _check_reflections(n: int, dmin: float, st) -> None:
+    """ConfigError when ``n`` reflections (one Friedel half) need more memory
+    than the machine has, before their direct sums."""
+    from .validate import format_bytes, memory_limit
+    need = n * float(_B_REFLECTION)
+    limit, what = memory_limit()
+    if not need <= limit:
+        raise ConfigError("-dmin %g: the %s cell has %d reflections with d >= %g A, about %s "
+                          "of memory to compute and write, more than %s; give a larger -dmin"
+                          % (dmin, cell_flags(st)[len("-cell "):], 2 * n, dmin,
+                             format_bytes(need), what))
+
+
 #: bytes per point of the solvent mask's grid: the float mask, its complex
 #: transform and gemmi's work copies (on the high side)
 _B_GRID = 32
@@ -551,6 +571,7 @@ def structure_factors(st, dmin: float, bulk_solvent: bool = False, k_sol: float 
         raise ConfigError("-dmin %g: no reflections with d >= %g A in %s's cell (%s); its largest "
                           "d-spacing is %.4g A" % (dmin, dmin, source, cell_flags(st)[len("-cell "):],
                                                    _largest_d((cell.a, cell.b, cell.c), frac)))
+    _check_reflections(len(hkl), dmin, st)
     # the mask first: a cell gemmi cannot mask is refused before the long direct sums
     fmask = _solvent_f(gemmi, st, hkl, dmin) if bulk_solvent else None
     calc = gemmi.StructureFactorCalculatorX(cell)

@@ -913,3 +913,25 @@ def test_b_add_leaves_the_callers_structure_as_it_was(tmp_path):
     with pytest.raises(sf.UsageError, match="-B_add -2895"):
         sf.structure_factors(st, 3.0, B_add=-2895.0)
     assert [cra.atom.b_iso for cra in st[0].all()] == before
+
+
+def test_reflections_past_memory_are_refused_before_the_direct_sums(tmp_path, capsys, monkeypatch):
+    """A 1e9 A edge at -dmin 100 passed every check and wrote 2e7 lines, 6.0 GB
+    at its peak (tools/fuzz_tools.py sf, seed 302): on a machine with less
+    memory, an OOM kill.  The reflections' memory is weighed before the direct
+    sums, as the index box's is (here against a 50 MB limit)."""
+    from nbnumba import validate
+    lines = pdb(CUBE, "P 1", THREE).splitlines()
+    lines[0] = "CRYST1" + "%9s" % "1e7" + lines[0][15:]
+    p = tmp_path / "long.pdb"
+    p.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.hkl"
+    monkeypatch.setattr(validate, "memory_limit", lambda cfg=None: (50e6, "a 50 MB test limit"))
+    err = one_error(capsys, [p, "-dmin", "100", "-o", out])
+    assert err.startswith("nbnumba-sf: error: -dmin 100: the 10000000 20 20 90 90 90 cell has 200000 "
+                          "reflections with d >= 100 A, about 70 MB of memory to compute and "
+                          "write, more than a 50 MB test limit; give a larger -dmin"), err
+    assert not out.exists()
+    monkeypatch.setattr(validate, "memory_limit", lambda cfg=None: (80e6, "80 MB"))
+    assert sf.main([str(p), "-dmin", "100", "-o", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 200000
