@@ -91,7 +91,14 @@ class PipeSafeStream:
     def write(self, text):
         if not self.gone:
             try:
-                self._stream.write(text)
+                try:
+                    self._stream.write(text)
+                except UnicodeEncodeError:
+                    # a stream whose encoding lacks a character of the text
+                    # (PYTHONIOENCODING=ascii: -h's Angstrom sign was a
+                    # traceback): escaped, as Python's own stderr writes it
+                    enc = getattr(self._stream, "encoding", None) or "ascii"
+                    self._stream.write(text.encode(enc, "backslashreplace").decode(enc))
                 if self._fatal is not None:
                     self._stream.flush()
             except OSError as exc:

@@ -215,3 +215,19 @@ def test_a_removed_working_directory_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "working directory no longer exists" in r.stderr
     assert not (tmp_path / "f.bin").exists()
+
+
+@pytest.mark.parametrize("tool", ["nbnumba.cli", "nbnumba.tools.compare", "nbnumba.tools.probe"])
+def test_help_on_a_stdout_that_cannot_encode_it(tmp_path, tool):
+    """-h on a stdout whose encoding lacks a character of the text
+    (PYTHONIOENCODING=ascii; the flags' Angstrom sign): it was a
+    UnicodeEncodeError traceback, exit 1.  Now the character is escaped as
+    Python's stderr escapes it, and the help exits 0."""
+    env = dict(os.environ, PYTHONIOENCODING="ascii", PYTHONPATH=str(REPO), NBNUMBA_SERVER="0")
+    r = subprocess.run([sys.executable, "-m", tool, "-h"], cwd=tmp_path, env=env,
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr[-400:]
+    out = r.stdout.decode("ascii")          # every byte ASCII
+    assert "\\x" in out or "\\u" in out
+    if tool == "nbnumba.cli":
+        assert "\\xc5" in out and "-distance" in out
