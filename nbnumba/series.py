@@ -107,7 +107,7 @@ from .errors import (ConfigError, InputFileError, NBError, UsageError, quiet_bro
                      warnings_as_lines)
 from .flags import _FLOAT_RE, _INT_RE, INT_MAX, HelpRequested
 from .io.frames import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
-from .io.atomic import (TEMP_NAME_EXTRA, OutputFileError, missing_dirs, remove_empty_dirs,
+from .io.atomic import (NAME_MAX, OutputFileError, missing_dirs, remove_empty_dirs,
                         same_file)
 from .io.smv import RTD
 
@@ -372,21 +372,17 @@ def parse_series_argv(argv: Sequence[str]) -> SeriesOptions:
     return o
 
 
-#: a file name's limit in bytes (NAME_MAX of Linux, macOS and most file systems)
-NAME_MAX = 255
-
-
 def _check_prefix(prefix: str, formats: Sequence[str]) -> None:
-    """SeriesUsageError for a prefix whose files cannot be written: a name (or
-    the temporary name it is written under) longer than NAME_MAX, which failed
-    every frame, and a name HDF5 cannot store in the master file."""
+    """SeriesUsageError for a prefix whose files cannot be written: a name
+    longer than NAME_MAX, which failed every frame (their temporary names are
+    shortened to fit: io.atomic.temp_name), and a name HDF5 cannot store in
+    the master file."""
     longest = max(len(os.fsencode(frame_filename(prefix, MAX_FRAMES, f))) for f in formats)
-    if longest + TEMP_NAME_EXTRA > NAME_MAX:
-        room = NAME_MAX - TEMP_NAME_EXTRA - (longest - len(os.fsencode(prefix)))
-        raise SeriesUsageError("--prefix is too long (%d bytes): the frame files are written "
-                               "under temporary names of up to %d bytes, over the %d of a file "
-                               "name; use at most %d bytes"
-                               % (len(os.fsencode(prefix)), longest + TEMP_NAME_EXTRA, NAME_MAX, room))
+    if longest > NAME_MAX:
+        room = NAME_MAX - (longest - len(os.fsencode(prefix)))
+        raise SeriesUsageError("--prefix is too long (%d bytes): the frame files' names would "
+                               "have up to %d bytes, over the %d of a file name; use at most "
+                               "%d bytes" % (len(os.fsencode(prefix)), longest, NAME_MAX, room))
     if "nexus" in formats:
         try:
             prefix.encode("utf-8")

@@ -1244,6 +1244,31 @@ def test_stale_temps_of_dead_processes_are_removed(tmp_path):
     assert (tmp_path / "out.bin").read_bytes() == b"new"
 
 
+def test_outputs_whose_names_fill_name_max_are_written(tmp_path, monkeypatch):
+    """A -floatfile of 254 bytes (255 with the CLI's others), which nanoBragg.c
+    writes, failed with "File name too long" after the render: its temporary
+    name added 25 bytes.  A long name's temporaries now carry its first bytes
+    and a hash; stale ones of it are still found and removed."""
+    monkeypatch.chdir(tmp_path)
+    names = {"-floatfile": "f" * 254, "-intfile": "i" * 255, "-noisefile": "n" * 240 + ".img",
+             "-pgmfile": "\u00e9" * 127}         # 254 bytes of UTF-8
+    argv = BASE + ["-detpixels", "8"] + [w for kv in names.items() for w in kv]
+    assert cli.main(argv) == 0
+    for flag, name in names.items():
+        assert (tmp_path / name).stat().st_size > 0, flag
+    assert sorted(os.listdir(tmp_path)) == sorted(names.values())
+    base = "g" * 250
+    t = A.temp_name(base)
+    assert len(os.fsencode(t)) <= A.NAME_MAX and A.is_our_temp(t, base)
+    assert not A.is_our_temp(t, "g" * 249) and A.is_our_temp(A.temp_name("short"), "short")
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    dead = t.replace("-%d-" % os.getpid(), "-%d-" % p.pid)
+    (tmp_path / dead).write_bytes(b"left by SIGKILL")
+    A.atomic_write_bytes(tmp_path / base, b"new")
+    assert sorted(os.listdir(tmp_path)) == sorted(list(names.values()) + [base])
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_during_writes_cleans_temps(tmp_path, sig, code):
     """The PGM writer is made slow; the signal arrives while float and int are staged."""

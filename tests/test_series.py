@@ -88,8 +88,8 @@ def direct(extra):
     # jitter sigmas beyond 100 %: 1e306 overflowed N (RuntimeWarning, OverflowError)
     (["--shots", "2", "--jitter-N", "1e306", "--out", "x"], "--jitter-N must be <= 100"),
     (["--shots", "2", "--jitter-cell", "100.5", "--out", "x"], "--jitter-cell must be <= 100"),
-    # a prefix whose temporary names pass NAME_MAX (255 bytes) failed every frame
-    (["--frames", "1", "--out", "x", "--prefix", "p" * 240], "--prefix is too long (240 bytes)"),
+    # a prefix whose frame names pass NAME_MAX (255 bytes) failed every frame
+    (["--frames", "1", "--out", "x", "--prefix", "p" * 250], "--prefix is too long (250 bytes)"),
     # a byte that is not UTF-8 (a surrogate here): h5py's encode raised after every frame
     (["--frames", "1", "--out", "x", "--format", "nexus", "--prefix", "a\udcff"],
      "--prefix with --format nexus must be UTF-8 text"),
@@ -704,15 +704,17 @@ def test_dash_h_is_help_only_as_an_option(tmp_path, capsys, monkeypatch):
 
 
 def test_longest_prefix_that_fits_works(tmp_path, capsys):
-    # 211 bytes: frame_00001.img's temporary name is within 255 bytes (212 is refused)
+    # 245 bytes: frame_00001.img's name is 255 bytes, and its temporary name is
+    # shortened to fit too (211 bytes was the limit while it was not); 246 is refused
     out = tmp_path / "lp"
     rc, o = run(["--frames", 1, "--osc-per-frame", 0.1, "--workers", 0, "--out", out,
-                 "--prefix", "p" * 211] + SMALL, capsys)
+                 "--prefix", "p" * 245] + SMALL, capsys)
     assert rc == 0, o.err
-    assert (out / ("p" * 211 + "_00001.img")).exists()
+    assert (out / ("p" * 245 + "_00001.img")).exists()
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
     rc, o = run(["--frames", 1, "--osc-per-frame", 0.1, "--workers", 0, "--out", tmp_path / "x",
-                 "--prefix", "p" * 212] + SMALL, capsys)
-    assert rc == 2 and "use at most 211 bytes" in one_line(o.err)
+                 "--prefix", "p" * 246] + SMALL, capsys)
+    assert rc == 2 and "use at most 245 bytes" in one_line(o.err)
     assert not (tmp_path / "x").exists()
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import itertools
 import os
 import re
@@ -193,19 +194,37 @@ _TEMP_RE = re.compile(r"\.(?P<base>.+)\.nbnumba-(?P<pid>[0-9]+)(?:-[0-9]+)?\.tmp
 
 #: the most bytes temp_name adds to a file name: ``.`` + ``.nbnumba-PID-N.tmp``,
 #: with room for a 7-digit pid (Linux's pid_max is at most 4194304) and a
-#: 12-digit counter (for callers that check a name's length up front)
+#: 12-digit counter (_temp_base shortens a name that would pass NAME_MAX)
 TEMP_NAME_EXTRA = len(".") + len(".nbnumba-") + 7 + len("-") + 12 + len(".tmp")
 
 
+#: a file name's limit in bytes (NAME_MAX of Linux, macOS and most file systems)
+NAME_MAX = 255
+
+
+def _temp_base(base: str) -> str:
+    """``base`` as its temporary names carry it: itself, or for a name too long
+    to take the temporary suffix within NAME_MAX, its first bytes, ``~`` and a
+    hash of the whole name (a 254-byte -floatfile, which nanoBragg.c writes,
+    failed with "File name too long" after the render)."""
+    raw = os.fsencode(base)
+    if len(raw) + TEMP_NAME_EXTRA <= NAME_MAX:
+        return base
+    digest = hashlib.sha1(raw).hexdigest()[:16]
+    keep = NAME_MAX - TEMP_NAME_EXTRA - 1 - len(digest)
+    return os.fsdecode(raw[:keep]) + "~" + digest
+
+
 def temp_name(base: str) -> str:
-    """The temporary name used while writing ``base`` (a file name, no directory)."""
-    return f".{base}.nbnumba-{os.getpid()}-{next(_counter)}.tmp"
+    """The temporary name used while writing ``base`` (a file name, no
+    directory), at most NAME_MAX bytes when ``base`` is."""
+    return f".{_temp_base(base)}.nbnumba-{os.getpid()}-{next(_counter)}.tmp"
 
 
 def is_our_temp(name: str, base: Optional[str] = None) -> bool:
     """True if ``name`` is a temporary of ours (of ``base`` if given)."""
     m = _TEMP_RE.match(name)
-    return bool(m) and (base is None or m.group("base") == base)
+    return bool(m) and (base is None or m.group("base") == _temp_base(base))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -232,7 +251,7 @@ def remove_stale_temps(directory: str, base: Optional[str] = None) -> int:
     n = 0
     for name in names:
         m = _TEMP_RE.match(name)
-        if not m or (base is not None and m.group("base") != base):
+        if not m or (base is not None and m.group("base") != _temp_base(base)):
             continue
         if _pid_alive(int(m.group("pid"))):
             continue
