@@ -799,7 +799,9 @@ class _Parsed:
 
 
 def _unknown(arg: str) -> UsageError:
-    close = difflib.get_close_matches(arg, sorted(_BY_SPELLING), n=1, cutoff=0.75)
+    # (flags are case-sensitive, as nanoBragg.c's strcmp: -DISTANCE had no hint)
+    close = ([arg.lower()] if arg.lower() in _BY_SPELLING else
+             difflib.get_close_matches(arg, sorted(_BY_SPELLING), n=1, cutoff=0.75))
     hint = f" (did you mean {close[0]}?)" if close else ""
     return UsageError(f"unknown flag {arg!r}{hint}; see -h for the list of flags")
 

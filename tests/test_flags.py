@@ -487,6 +487,9 @@ def test_modes_agree_on_a_typical_command():
 @pytest.mark.parametrize("argv,pattern", [
     (["-foo"], r"unknown flag '-foo'.*-h"),
     (["-distanse", "100"], r"unknown flag '-distanse' \(did you mean -distance\?\)"),
+    # flags are case-sensitive (nanoBragg.c's strcmp); the lower-case one is named
+    (["-DISTANCE", "100"], r"unknown flag '-DISTANCE' \(did you mean -distance\?\)"),
+    (["-Mosaic_Dom", "4"], r"unknown flag '-Mosaic_Dom' \(did you mean -mosaic_dom\?\)"),
     (["-Distance", "100"], r"unknown flag '-Distance'"),
     (["-twotheta_ax", "1", "0", "0"], r"unknown flag"),
     (["-hdiv", "0.2"], r"unknown flag '-hdiv'"),
