@@ -4,6 +4,16 @@ import sys
 import warnings
 
 
+def did_you_mean(word: str, known) -> str:
+    """`` (did you mean X?)`` for the known option closest to a mistyped
+    ``word`` (its own lower case first: options are case-sensitive), or ``""``."""
+    import difflib
+    known = sorted(known)
+    close = ([word.lower()] if word.lower() in known and word.lower() != word
+             else difflib.get_close_matches(word, known, n=1, cutoff=0.75))
+    return " (did you mean %s?)" % close[0] if close else ""
+
+
 def one_line(s: str) -> str:
     """s with its non-printable characters escaped (``\\x1c``, ``\\n``): messages
     quote text from input files and flags, which may hold control characters

@@ -57,7 +57,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from nbnumba.errors import InputFileError, UsageError
+from nbnumba.errors import InputFileError, UsageError, did_you_mean
 from nbnumba.io._args import IOArgumentError, path_name, read_bytes
 from nbnumba.io.atomic import atomic_write_bytes, check_not_input, check_writable
 
@@ -954,7 +954,9 @@ def _main_from_flags(argv: List[str]) -> int:
             else:
                 out = val
         elif key != "--from-flags":
-            raise UsageError("unknown option '%s' (see %s --from-flags -h)" % (opts[i][:40], PROG))
+            raise UsageError("unknown option '%s'%s (see %s --from-flags -h)"
+                             % (opts[i][:40], did_you_mean(key, ("-o", "--out", "--images", "--hall")),
+                                PROG))
         i += 1
     if not out:
         raise UsageError("--from-flags: give the output file with -o OUT.expt")
@@ -996,7 +998,8 @@ def _parse(argv: List[str]):
                 raise UsageError("--mat-out needs a file name")
             opts[key] = val
         elif a.startswith("-") and a != "-":
-            raise UsageError("unknown option '%s' (see %s -h)" % (a[:40], PROG))
+            raise UsageError("unknown option '%s'%s (see %s -h)"
+                             % (a[:40], did_you_mean(key, list(opts) + ["--from-flags"]), PROG))
         elif expt is None:
             expt = a
         else:

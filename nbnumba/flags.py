@@ -37,7 +37,6 @@ Public functions: :func:`parse_argv`, :func:`usage_text`, :func:`short_usage`,
 """
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -47,7 +46,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from nbnumba.config import Config, differing_fields
-from nbnumba.errors import NBError, UsageError
+from nbnumba.errors import NBError, UsageError, did_you_mean
 
 __all__ = [
     "RTD",
@@ -800,9 +799,7 @@ class _Parsed:
 
 def _unknown(arg: str) -> UsageError:
     # (flags are case-sensitive, as nanoBragg.c's strcmp: -DISTANCE had no hint)
-    close = ([arg.lower()] if arg.lower() in _BY_SPELLING else
-             difflib.get_close_matches(arg, sorted(_BY_SPELLING), n=1, cutoff=0.75))
-    hint = f" (did you mean {close[0]}?)" if close else ""
+    hint = did_you_mean(arg, _BY_SPELLING)
     return UsageError(f"unknown flag {arg!r}{hint}; see -h for the list of flags")
 
 

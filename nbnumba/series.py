@@ -104,7 +104,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import (ConfigError, InputFileError, NBError, UsageError, quiet_broken_pipes,
-                     warnings_as_lines)
+                     warnings_as_lines, did_you_mean)
 from .flags import _FLOAT_RE, _INT_RE, INT_MAX, HelpRequested
 from .io.frames import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
 from .io.atomic import (NAME_MAX, OutputFileError, missing_dirs, remove_empty_dirs,
@@ -261,8 +261,11 @@ def _split_argv(argv: Sequence[str]):
                 raw.setdefault(key, []).append(val)
                 i += 1
                 continue
-            error = error or SeriesUsageError("unknown option --%s (nanoBragg flags take a single "
-                                              "dash; see --help)" % name)
+            from .flags import _BY_SPELLING
+            hint = ("" if "-" + name in _BY_SPELLING else
+                    did_you_mean("--" + name, ["--" + k for k in list(_FLAG_OPTS) + list(_VALUE_OPTS)]))
+            error = error or SeriesUsageError("unknown option --%s%s" % (
+                name, hint or " (nanoBragg flags take a single dash; see --help)"))
             i += 1
             continue
         if a in _HELP_WORDS:

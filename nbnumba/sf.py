@@ -87,7 +87,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ConfigError, InputFileError, NBError, UsageError, quiet_broken_pipes
+from .errors import (ConfigError, InputFileError, NBError, UsageError, did_you_mean,
+                     quiet_broken_pipes)
 from .io.atomic import OutputFileError
 
 PROG = "nbnumba-sf"
@@ -187,7 +188,8 @@ def parse_sf_argv(argv: Sequence[str]) -> SFOptions:
             o.intensities = True
             given.add(a)
         elif a.startswith("-") and len(a) > 1:
-            raise UsageError("unknown flag '%s'" % a)
+            raise UsageError("unknown flag '%s'%s" % (a, did_you_mean(a, list(values) + [
+                "-o", "-output", "-column", "-bulk_solvent", "-intensities"])))
         elif o.model:
             raise UsageError("one model file only (got '%s' and '%s')" % (o.model, a))
         else:

@@ -478,6 +478,8 @@ def test_files_that_are_not_experiment_lists(tmp_path, capsys, text, message):
     (["--image", "x"], "--image expects an integer"),
     (["--panel"], "--panel needs a value"),
     (["--bogus"], "unknown option '--bogus'"),
+    (["--PANEL", "0"], "unknown option '--PANEL' (did you mean --panel?)"),
+    (["--mat_out", "x.mat"], "unknown option '--mat_out' (did you mean --mat-out?)"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
     path = write(tmp_path, _tilted_rotation_case())

@@ -67,6 +67,9 @@ def direct(extra):
 
 @pytest.mark.parametrize("argv, needle", [
     (["--bogus", "--frames", "2", "--out", "x"], "unknown option --bogus"),
+    (["--frame", "2", "--out", "x"], "unknown option --frame (did you mean --frames?)"),
+    (["--distance", "2", "--frames", "2", "--out", "x"],
+     "unknown option --distance (nanoBragg flags take a single dash"),
     (["--frames", "2"], "--out DIR is required"),
     (["--frames", "2", "--shots", "3", "--out", "x"], "cannot be combined"),
     (["--frames", "two", "--out", "x"], "--frames needs an integer"),

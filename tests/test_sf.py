@@ -97,6 +97,8 @@ def test_cli_writes_a_file_nanobragg_reads(tmp_path, capsys):
     (["m.pdb"], "-dmin"),
     (["m.pdb", "-dmin", "-1"], "-dmin"),
     (["m.pdb", "-dmin", "2", "-bogus"], "-bogus"),
+    (["m.pdb", "-DMIN", "2"], "unknown flag '-DMIN' (did you mean -dmin?)"),
+    (["m.pdb", "-dmin", "2", "-bulksolvent"], "unknown flag '-bulksolvent' (did you mean -bulk_solvent?)"),
     (["empty.pdb", "-dmin", "2"], "empty.pdb"),
     # an index box beyond memory: numpy's MemoryError (477 GiB) and an
     # OverflowError (1e-320) were tracebacks
