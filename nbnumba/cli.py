@@ -36,6 +36,10 @@ def main(argv=None) -> int:
     from .errors import quiet_broken_pipes
     # `nbnumba ... | head`: the reader's leaving ends the text, not the run
     with quiet_broken_pipes():
+        if argv == ["--version"]:
+            from .extras import version_line
+            print(version_line(prog_name()))
+            return 0
         if argv and argv[0] in _PROGRAM_MODES:
             return _program_mode(argv)
         from . import flags

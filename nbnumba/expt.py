@@ -76,7 +76,8 @@ FILE (default: EXPT with the suffix .mat) and, for a rotation scan, the spindle
 axis with -phi/-osc of image N (default: the scan's first image).  Stills get
 -osc 0 only.  Notes on what is not translated go to stderr.  Bad input: one
 line naming the file and key, exit 2.  --from-flags: the other direction, the
-ground truth of a simulation as an experiment list (--from-flags -h)."""
+ground truth of a simulation as an experiment list (--from-flags -h).
+--version prints nbnumba's version and its dependencies'."""
 
 #: an axis whose length is this far from 1 is refused (dxtbx writes unit axes)
 UNIT_TOL = 1e-6
@@ -1011,6 +1012,10 @@ def _parse(argv: List[str]):
 
 
 def _main(argv: List[str]) -> int:
+    if argv == ["--version"]:
+        from .extras import version_line
+        print(version_line(PROG))
+        return 0
     head = argv[:argv.index("--")] if "--" in argv else argv
     if "--from-flags" in head:
         if any(a in ("-h", "-help", "--help") for a in head):

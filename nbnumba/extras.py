@@ -51,3 +51,25 @@ def require(module: str, what: str = ""):
 
 
 __all__ = ["EXTRA_OF", "MissingExtraError", "install_hint", "require"]
+
+
+#: distributions named by ``--version``: the engine's, then the extras'
+_VERSIONED = ("numpy", "numba", "llvmlite", "tqdm", "torch", "cupy-cuda12x", "cupy-cuda13x",
+              "fabio", "h5py", "dask", "gemmi", "matplotlib")
+
+
+def version_line(prog: str) -> str:
+    """``--version`` of every command: nbnumba's version, then Python's and each
+    installed dependency's (read from the installed metadata: nothing is
+    imported, so it is as quick as ``-h``), for bug reports."""
+    import platform
+    from importlib import metadata
+    from . import __version__
+    have = []
+    for dist in _VERSIONED:
+        try:
+            have.append("%s %s" % (dist, metadata.version(dist)))
+        except metadata.PackageNotFoundError:
+            pass
+    return "%s (nbnumba %s): Python %s, %s" % (prog, __version__, platform.python_version(),
+                                               ", ".join(have))

@@ -1374,4 +1374,5 @@ _PROGRAM_MODE_HELP = (
     ("--serve [start|run|stop|status] [--idle-timeout S]",
      "keep a warm process that runs this installation's later commands (a 256x256 run "
      "in about 0.1 s instead of 0.2 s; NBNUMBA_SERVER=0 bypasses it)"),
+    ("--version", "print nbnumba's version and its dependencies' (for bug reports)"),
 )

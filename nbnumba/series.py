@@ -146,11 +146,12 @@ each frame atomically to DIR, with a resumable manifest (DIR/manifest.jsonl).
   --resume                skip frames already written (files match the manifest)
   --overwrite             start over in a DIR that holds an earlier run
   --progress/--no-progress  progress bar on stderr (default: only on a terminal)
-  --prefix NAME           file-name prefix (default: frame; at most 211 bytes)
+  --prefix NAME           file-name prefix (default: frame; at most 245 bytes)
 
 Every other argument is a nanoBragg flag (see `nbnumba -h`); -seed sets the
 base seed (frame i gets noise seed base+i).  With -nonoise all frames share one
-int-image scale: -scale S, else frame 1's (from a pilot render, printed)."""
+int-image scale: -scale S, else frame 1's (from a pilot render, printed).
+--version prints nbnumba's version and its dependencies'."""
 
 _VALUE_OPTS = {"frames", "osc-per-frame", "phisteps-per-frame", "shots", "jitter-cell",
                "jitter-n", "out", "format", "scheduler", "workers", "device", "retries",
@@ -1523,6 +1524,10 @@ def _main(argv: List[str]) -> int:
     if not argv:
         print(USAGE, file=sys.stderr)
         return EXIT_USAGE
+    if argv == ["--version"]:
+        from .extras import version_line
+        print(version_line(PROG))
+        return EXIT_OK
     try:
         opts = parse_series_argv(argv)
         if opts.help:           # --help, -h or -help as an option (not --prefix -h)

@@ -125,7 +125,8 @@ missing values (NaN) stay out of the list (counted on stderr).
 Example: nbnumba-sf model.pdb -dmin 2.0 > P1.hkl
          nbnumba-sf data.mtz -column FP -o P1.hkl
          nbnumba -hkl P1.hkl -cell <the cell printed on stderr> ...
-Needs gemmi: pip install "nbnumba[sf]"."""
+Needs gemmi: pip install "nbnumba[sf]".
+--version prints nbnumba's version and its dependencies'."""
 
 
 @dataclass
@@ -1215,6 +1216,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not argv or any(a in ("-h", "-help", "--help") for a in argv):
                 print(USAGE)
                 return 0 if argv else 2
+            if argv == ["--version"]:
+                from .extras import version_line
+                print(version_line(PROG))
+                return 0
             return run(parse_sf_argv(argv))
         except NBError as exc:
             print(_printable("%s: error: %s" % (PROG, exc)), file=sys.stderr)

@@ -231,3 +231,22 @@ def test_help_on_a_stdout_that_cannot_encode_it(tmp_path, tool):
     assert "\\x" in out or "\\u" in out
     if tool == "nbnumba.cli":
         assert "\\xc5" in out and "-distance" in out
+
+
+@pytest.mark.parametrize("tool, prog", [("nbnumba.cli", "python -m nbnumba.cli"),
+                                        ("nbnumba.sf", "nbnumba-sf"),
+                                        ("nbnumba.series", "nbnumba-series"),
+                                        ("nbnumba.expt", "nbnumba-expt")])
+def test_version(tmp_path, tool, prog):
+    """--version: one line with nbnumba's version and the installed numpy and
+    numba (for bug reports); it was an unknown flag in all four, exit 2."""
+    import numba
+    import nbnumba
+    env = dict(os.environ, PYTHONPATH=str(REPO), NBNUMBA_SERVER="0")
+    r = subprocess.run([sys.executable, "-m", tool, "--version"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    line = r.stdout.strip()
+    assert "\n" not in line and line.startswith("%s (nbnumba %s): Python " % (prog, nbnumba.__version__))
+    assert ("numpy %s" % np.__version__) in line and ("numba %s" % numba.__version__) in line
+    assert list(tmp_path.iterdir()) == []
