@@ -886,6 +886,17 @@ def test_curved_detector_deep_sensor_same_in_a_turned_frame(tmp_path, monkeypatc
         assert fz._meta_close(turned, got, "rotation") == ("close", ""), thick
 
 
+def _gpu_gradients_off_by(real_gpu, rel):
+    """autodiff._Run._gpu whose backward results (the image's gradient terms)
+    are scaled by 1 + rel: a GPU adjoint that is off, for device_check to catch."""
+    def off(self, g=None, want_F=False):
+        res = real_gpu(self, g, want_F)
+        if g is None:
+            return res
+        return (res[0], res[1] * (1.0 + rel), res[2] * (1.0 + rel)) + tuple(res[3:])
+    return off
+
+
 def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, host_build):
     """tools/fuzz.py device: on 8 drawn lines the CUDA source's host build
     gives numba's images (float64 and float32), pixel values and, through the
@@ -906,13 +917,7 @@ def test_fuzz_device_agrees_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch
     assert counts["fail"] == 0 and counts["agree"] >= 5, (counts, out.getvalue())
     assert ("cupy" in sys.modules) == had_cupy
     real_gpu = autodiff._Run._gpu
-
-    def off(self, g=None, want_F=False):
-        res = real_gpu(self, g, want_F)
-        if g is None:
-            return res
-        return (res[0], res[1] * (1.0 + 1e-7), res[2] * (1.0 + 1e-7)) + tuple(res[3:])
-    monkeypatch.setattr(autodiff._Run, "_gpu", off)
+    monkeypatch.setattr(autodiff._Run, "_gpu", _gpu_gradients_off_by(real_gpu, 1e-7))
     out = io.StringIO()
     counts = fz.fuzz_device(1, 8, out, host)
     fails = [ln for ln in out.getvalue().splitlines() if ln.startswith("FAIL")]
@@ -967,14 +972,7 @@ def test_fuzz_device_at_a_lattice_pole_weighs_the_cpu_own_spread(tmp_path, monke
             "N": [3.6971219993869076, 3.592944858692088, 3.7159870205422916]}
     try:
         assert fz.device_check(argv, vals, list(vals), host, random.Random(0)) == {}
-        real_gpu = autodiff._Run._gpu
-
-        def off(self, g=None, want_F=False):
-            res = real_gpu(self, g, want_F)
-            if g is None:
-                return res
-            return (res[0], res[1] * (1.0 + 1e-5), res[2] * (1.0 + 1e-5)) + tuple(res[3:])
-        monkeypatch.setattr(autodiff._Run, "_gpu", off)
+        monkeypatch.setattr(autodiff._Run, "_gpu", _gpu_gradients_off_by(autodiff._Run._gpu, 1e-5))
         bad = fz.device_check(argv, vals, list(vals), host, random.Random(0))
         assert "N" in bad and "vdivrange" in bad and "autodiff image" not in bad, bad
     finally:
