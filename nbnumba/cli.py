@@ -36,7 +36,10 @@ def main(argv=None) -> int:
     from .errors import quiet_broken_pipes
     # `nbnumba ... | head`: the reader's leaving ends the text, not the run
     with quiet_broken_pipes():
-        if argv == ["--version"]:
+        if argv and argv[0] == "--version":
+            if len(argv) > 1:
+                print("nbnumba: error: --version takes no arguments", file=sys.stderr)
+                return 2
             from .extras import version_line
             print(version_line(prog_name()))
             return 0

@@ -250,3 +250,7 @@ def test_version(tmp_path, tool, prog):
     assert "\n" not in line and line.startswith("%s (nbnumba %s): Python " % (prog, nbnumba.__version__))
     assert ("numpy %s" % np.__version__) in line and ("numba %s" % numba.__version__) in line
     assert list(tmp_path.iterdir()) == []
+    if tool == "nbnumba.cli":
+        r = subprocess.run([sys.executable, "-m", tool, "--version", "-N", "5"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and r.stderr == "nbnumba: error: --version takes no arguments\n"
