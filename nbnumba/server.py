@@ -201,10 +201,14 @@ def forward(argv, argv0=None):
     except (OSError, EOFError, ValueError):
         sock.close()
         return None             # nothing ran yet: run in-process instead
-    if reply.get("refused"):
+    try:
+        # (a reply that is no {"pid": N} object: no run started, run in-process)
+        if not isinstance(reply, dict) or reply.get("refused"):
+            raise ValueError("refused")
+        child = int(reply["pid"])
+    except (KeyError, TypeError, ValueError):
         sock.close()
         return None
-    child = int(reply["pid"])
 
     def relay(signum, frame):
         try:
@@ -224,7 +228,7 @@ def forward(argv, argv0=None):
                 return int(done["status"])
             except InterruptedError:
                 continue
-            except (OSError, EOFError, ValueError):
+            except (OSError, EOFError, ValueError, KeyError, TypeError):
                 print("nbnumba: error: the nbnumba server's worker for this run died; "
                       "run again with NBNUMBA_SERVER=0", file=sys.stderr)
                 return 1

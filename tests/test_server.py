@@ -350,3 +350,32 @@ def _server_pids(tmpdir):
         if b"--serve" in cmd and ("TMPDIR=%s" % tmpdir).encode() in env:
             pids.append(int(d.name))
     return pids
+
+
+@pytest.mark.parametrize("reply", [b"[1]", b"{}", b'{"pid": "x"}', b"null"])
+def test_client_runs_in_process_when_the_reply_is_malformed(tmp_path, monkeypatch, reply):
+    """A server that answers a run with no {"pid": N} object: the client ran
+    into an AttributeError or KeyError traceback; now it runs in-process."""
+    import socket
+    import struct
+    import threading
+    from nbnumba import server as S
+    path = str(tmp_path / "s.sock")
+    lsock = socket.socket(socket.AF_UNIX)
+    lsock.bind(path)
+    lsock.listen(1)
+
+    def answer():
+        conn, _ = lsock.accept()
+        with conn:
+            socket.recv_fds(conn, 1 << 22, 3)
+            conn.sendall(struct.pack("!I", len(reply)) + reply)
+    t = threading.Thread(target=answer)
+    t.start()
+    monkeypatch.setattr(S, "socket_path", lambda key=None: path)
+    monkeypatch.delenv("NBNUMBA_SERVER", raising=False)
+    try:
+        assert S.forward(["-h"]) is None
+    finally:
+        t.join(10)
+        lsock.close()
