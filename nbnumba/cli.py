@@ -32,7 +32,10 @@ def main(argv=None) -> int:
             if status is not None:
                 return status
         _term_as_interrupt()    # own SIGTERM
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from .errors import main_args
+    argv = main_args(argv, "nbnumba")
+    if argv is None:
+        return 2
     from .errors import quiet_broken_pipes
     # `nbnumba ... | head`: the reader's leaving ends the text, not the run
     with quiet_broken_pipes():

@@ -57,7 +57,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from nbnumba.errors import InputFileError, UsageError, did_you_mean
+from nbnumba.errors import InputFileError, UsageError, did_you_mean, main_args
 from nbnumba.io._args import IOArgumentError, path_name, read_bytes
 from nbnumba.io.atomic import atomic_write_bytes, check_not_input, check_writable
 
@@ -1041,7 +1041,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     """The tools' error policy (tools._common.guarded_main): one line and exit
     2 for a refused request, 130 on Ctrl-C, a closed stdout not an error."""
     from nbnumba.tools._common import guarded_main
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = main_args(argv, PROG)
+    if argv is None:
+        return 2
     return guarded_main(PROG, lambda: _main(argv))
 
 

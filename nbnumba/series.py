@@ -104,7 +104,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import (ConfigError, InputFileError, NBError, UsageError, quiet_broken_pipes,
-                     warnings_as_lines, did_you_mean)
+                     warnings_as_lines, did_you_mean, main_args)
 from .flags import _FLOAT_RE, _INT_RE, INT_MAX, HelpRequested
 from .io.frames import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
 from .io.atomic import (NAME_MAX, OutputFileError, missing_dirs, remove_empty_dirs,
@@ -1509,7 +1509,9 @@ def main(argv=None) -> int:
     if argv is None:            # a program: SIGTERM cleans up like Ctrl-C (temps, cluster)
         from .cli import _term_as_interrupt
         _term_as_interrupt()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = main_args(argv, PROG)
+    if argv is None:
+        return EXIT_USAGE
     # a closed pipe ends the text, not the run; a full disk on stdout is one line
     with quiet_broken_pipes(stdout_error=OutputFileError):
         try:

@@ -87,7 +87,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import (ConfigError, InputFileError, NBError, UsageError, did_you_mean,
+from .errors import (ConfigError, InputFileError, NBError, UsageError, did_you_mean, main_args,
                      quiet_broken_pipes)
 from .io.atomic import OutputFileError
 
@@ -1206,7 +1206,9 @@ def run(opts: SFOptions, out=None, err=None) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = main_args(argv, PROG)
+    if argv is None:
+        return 2
     # stderr closed (2>&-): print(file=None) put the summary line (or the error)
     # into the HKL text on stdout; stdout closed: an AttributeError traceback.
     # The usage text goes through the same guard (a full disk or a reader that

@@ -254,3 +254,28 @@ def test_version(tmp_path, tool, prog):
         r = subprocess.run([sys.executable, "-m", tool, "--version", "-N", "5"], cwd=tmp_path,
                            env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and r.stderr == "nbnumba: error: --version takes no arguments\n"
+
+
+@pytest.mark.parametrize("module", ["nbnumba.cli", "nbnumba.sf", "nbnumba.series", "nbnumba.expt"])
+def test_main_called_from_python_with_no_list_of_words(module, capsys, tmp_path, monkeypatch):
+    """main(argv) from Python given a string (its characters were taken for
+    words: "unknown flag '-'"), a number or a path (TypeError tracebacks), or
+    a list holding None, bytes or True (AttributeError and TypeError
+    tracebacks in the tools): one line naming the problem, exit 2."""
+    import importlib
+    import pathlib
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(module).main
+    for argv, why in [("-N 5", "expected a list of arguments (words), got str: split the command "
+                               "line, e.g. shlex.split(line)"),
+                      (5, "expected a list of arguments (words), got int"),
+                      (pathlib.Path("x"), "expected a list of arguments (words), got PosixPath"),
+                      (["-N", None], "argv[1]: expected a word (str), got NoneType"),
+                      ([b"-N"], "argv[0]: expected a word (str), got bytes"),
+                      ([True], "argv[0]: expected a word (str), got bool")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.endswith(": error: %s\n" % why) and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+    # numbers, paths and numpy's strings are words
+    assert main([pathlib.Path("-h")]) == 0 and "usage" in capsys.readouterr().out.lower()
