@@ -16,33 +16,21 @@ def did_you_mean(word: str, known) -> str:
 
 def main_args(argv, prog: str):
     """A command's ``main(argv)``: ``sys.argv[1:]`` when argv is None, else
-    argv's words as str (paths and numbers converted).  A call from Python
-    with anything else (a string, whose characters were taken for words; a
-    number; bytes words) prints one line naming ``prog`` and gives None."""
-    import numbers
+    argv's words as str (validate.argv_words' rules; paths and numbers
+    converted).  A call from Python with anything else (a string, whose
+    characters were taken for words; a number; bytes words) prints one line
+    naming ``prog`` and gives None."""
     import os
     if argv is None:
         return list(sys.argv[1:])
-    why = None
-    if isinstance(argv, (str, bytes, os.PathLike)) or not hasattr(argv, "__iter__"):
-        why = "expected a list of arguments (words), got %s%s" % (
-            type(argv).__name__, ": split the command line, e.g. shlex.split(line)"
-            if isinstance(argv, (str, bytes)) else "")
-    else:
-        words = []
-        for i, w in enumerate(argv):
-            if isinstance(w, os.PathLike):
-                w = os.fsdecode(os.fspath(w))
-            elif isinstance(w, numbers.Real) and not isinstance(w, bool):
-                w = str(w)
-            if not isinstance(w, str):
-                why = "argv[%d]: expected a word (str), got %s" % (i, type(w).__name__)
-                break
-            words.append(str(w))        # (numpy's str_ printed as np.str_('a'))
-    if why is not None:
-        print("%s: error: %s" % (prog, why), file=sys.stderr)
+    from .validate import argv_words
+    try:
+        words = argv_words(argv)
+    except ConfigError as exc:
+        print("%s: error: %s" % (prog, exc), file=sys.stderr)
         return None
-    return words
+    # (numpy's str_ printed as np.str_('a'))
+    return [os.fsdecode(os.fspath(w)) if isinstance(w, os.PathLike) else str(w) for w in words]
 
 
 def one_line(s: str) -> str:

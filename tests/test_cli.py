@@ -266,10 +266,13 @@ def test_main_called_from_python_with_no_list_of_words(module, capsys, tmp_path,
     import pathlib
     monkeypatch.chdir(tmp_path)
     main = importlib.import_module(module).main
-    for argv, why in [("-N 5", "expected a list of arguments (words), got str: split the command "
-                               "line, e.g. shlex.split(line)"),
-                      (5, "expected a list of arguments (words), got int"),
-                      (pathlib.Path("x"), "expected a list of arguments (words), got PosixPath"),
+    for argv, why in [("-N 5", "argv: expected a list of arguments (words), got str: split the "
+                               "command line, e.g. shlex.split(line)"),
+                      (5, "argv: expected a list of arguments (words), got int"),
+                      (pathlib.Path("x"), "argv: expected a list of arguments (words), got PosixPath"),
+                      (["-N 5 -default_F 1"], "argv: one word holds the whole command line "
+                                              "'-N 5 -default_F 1': pass a list of words, e.g. "
+                                              "shlex.split(line)"),
                       (["-N", None], "argv[1]: expected a word (str), got NoneType"),
                       ([b"-N"], "argv[0]: expected a word (str), got bytes"),
                       ([True], "argv[0]: expected a word (str), got bool")]:
