@@ -11,7 +11,6 @@ status and does not stop the others.
 """
 from __future__ import annotations
 
-import numbers
 import os
 import re
 import shlex
@@ -66,7 +65,8 @@ def _count_arg(name: str, v) -> Optional[int]:
     >= 1 (1.5, "x", 0 and -5 were taken as 1, a ValueError or all cores)."""
     if v is None:
         return None
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < 1:
+    from .validate import is_whole
+    if not is_whole(v) or v < 1:
         from .errors import ConfigError
         raise ConfigError("%s: expected a whole number >= 1 (or None for the default), got %r"
                           % (name, v))

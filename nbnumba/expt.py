@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 import shlex
 import sys
@@ -424,7 +423,8 @@ def translate(path, experiment: int = 0, panel: int = 0, image: Optional[int] = 
 def _index_arg(what: str, v) -> int:
     """experiment=/panel=/image= of the API: a whole number (a numpy integer is
     one; True was experiment 1, an array a ValueError from its truth value)."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+    from .validate import is_whole
+    if not is_whole(v):
         raise IOArgumentError("%s: expected a whole number, got %r" % (what, v))
     return int(v)
 
@@ -672,10 +672,12 @@ def write_mat(path, mat) -> None:
     except (TypeError, ValueError, OverflowError) as exc:
         raise IOArgumentError("mat: expected a 3x3 array of numbers (%s: %s)"
                               % (type(mat).__name__, exc)) from None
-    if m.shape not in ((3, 3), (9,)) or not np.isfinite(m).all():
-        raise IOArgumentError("mat: expected a 3x3 array of finite numbers, got %s"
-                              % ("shape %s" % (m.shape,) if m.shape not in ((3, 3), (9,))
-                                 else "a value %r" % float(m.flat[np.flatnonzero(~np.isfinite(m))[0]])))
+    if m.shape not in ((3, 3), (9,)):
+        raise IOArgumentError("mat: expected a 3x3 array of finite numbers, got shape %s"
+                              % (m.shape,))
+    if not np.isfinite(m).all():
+        raise IOArgumentError("mat: expected a 3x3 array of finite numbers, got a value %r"
+                              % float(m[~np.isfinite(m)][0]))
     m = m.reshape(3, 3)
     text = "".join(" ".join(_fmt(x) for x in row) + "\n" for row in m)
     atomic_write_bytes(path, text.encode("ascii"))

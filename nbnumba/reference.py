@@ -59,7 +59,6 @@ scattering vectors in 1/m, intensities in photons per pixel.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 
 import numpy as np
@@ -780,6 +779,7 @@ def _pixel_list(pixels, ns, nf):
     """image()'s pixels=: (slow, fast) pairs of whole numbers on the detector,
     or ConfigError naming the first that is not."""
     from .errors import ConfigError
+    from .validate import is_whole
     if isinstance(pixels, (str, bytes)) or not hasattr(pixels, "__iter__"):
         raise ConfigError("pixels: expected (slow, fast) pairs, got %s" % type(pixels).__name__)
     out = []
@@ -788,8 +788,7 @@ def _pixel_list(pixels, ns, nf):
             s, f = p
         except (TypeError, ValueError):
             raise ConfigError("pixels: expected (slow, fast) pairs, got %r" % (p,)) from None
-        if not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-                   for v in (s, f)) or not (0 <= s < ns and 0 <= f < nf):
+        if not (is_whole(s) and is_whole(f) and 0 <= s < ns and 0 <= f < nf):
             raise ConfigError("pixels: (%r, %r) is not a pixel (slow, fast) of the %dx%d detector"
                               % (s, f, nf, ns))
         out.append((int(s), int(f)))

@@ -454,7 +454,7 @@ def _check_solvent_grid(st, spacing: float) -> None:
 def _solvent_f(gemmi, st, hkl: np.ndarray, dmin: float) -> np.ndarray:
     """Complex structure factors of the solvent mask (1 inside solvent, 0 in protein)."""
     spacing = min(dmin / 3.0, 1.0)
-    _check_solvent_grid(st, spacing)               # (structure_factors checked it too)
+    _check_solvent_grid(st, spacing)      # (called before the long direct sums)
     grid = gemmi.FloatGrid()
     try:
         grid.setup_from(st, spacing=spacing)
@@ -564,8 +564,6 @@ def structure_factors(st, dmin: float, bulk_solvent: bool = False, k_sol: float 
     if bulk_solvent and B_sol < floor:
         raise UsageError("-B_sol %g: exp(-B_sol s^2/4) would pass e^%g at -dmin %g (-B_sol >= %g "
                          "A^2 there, -320 dmin^2)" % (B_sol, EXP_MAX, dmin, floor))
-    if bulk_solvent:
-        _check_solvent_grid(st, min(dmin / 3.0, 1.0))    # (before the long direct sums)
     cell = st.cell
     frac = np.array(cell.frac.mat)
     hkl, s2 = half_sphere_indices((cell.a, cell.b, cell.c), frac, dmin)

@@ -14,13 +14,13 @@ With ``-device cuda`` the per-pixel numbers come from the CUDA kernel
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
 from .kernels import cpu as K
 from .tracefmt import format_value
 from .model import R_E_SQR
+from .validate import is_whole
 
 RTD = 180.0 * (1.0 / math.pi)
 MAX_ROWS = 200000
@@ -39,7 +39,7 @@ def trace_lines(model, spixel, fpixel, prefix="TRACE_PY"):
     """Trace of pixel (slow, fast) as a list of text lines."""
     for name, v in (("spixel", spixel), ("fpixel", fpixel)):
         # (1.5 was an IndexError, None a TypeError, True an array's truth value)
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        if not is_whole(v):
             from .errors import ConfigError
             raise ConfigError("trace_lines: %s must be a whole number, got %r" % (name, v))
     spixel, fpixel = int(spixel), int(fpixel)

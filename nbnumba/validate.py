@@ -91,6 +91,12 @@ def format_bytes(n: float) -> str:
 # API arguments
 # ---------------------------------------------------------------------------
 
+def is_whole(v) -> bool:
+    """A whole number, Python's or numpy's (not a bool: True is no count or
+    index; numpy's bool is no numbers.Integral already)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def argv_words(argv, name: str = "argv") -> List[str]:
     """``argv`` as a list of words, or ConfigError naming ``name``: a string
     (its characters were taken for words: "unknown flag '-'"), None or a
@@ -223,8 +229,7 @@ def _check_api_objects(cfg) -> None:
                           "-gauss_xtal, -tophat_spots), got %r"
                           % (", ".join(SHAPE_CODES), cfg.xtal_shape))
     t = cfg.threads
-    if t is not None and (isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral)
-                          or t < 1):
+    if t is not None and (not is_whole(t) or t < 1):
         raise ConfigError("-threads: expected a whole number >= 1 (or None for all cores), "
                           "got %r" % (t,))
     if cfg.mask_image is not None:
@@ -262,7 +267,7 @@ def _check_hkl_grid(grid) -> None:
                           "nbnumba.io.hkl.read_hkl), got %s" % type(grid).__name__)
     for name in _BOUNDS + ("hkls",):
         v = getattr(grid, name)
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        if not is_whole(v):
             raise ConfigError("hkl_grid.%s: expected an integer, got %r" % (name, v))
         if abs(int(v)) > INT_MAX:
             raise ConfigError("hkl_grid.%s: %d is out of a C int's range (|value| <= %d)"
