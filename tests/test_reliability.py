@@ -283,6 +283,42 @@ def test_fuzz_heavy_weighs_the_sweep_keywords(monkeypatch):
         fz.heavy(argv, {"hdivrange": [0.4]})
 
 
+def test_fuzz_heavy_declines_a_huge_source_grid_before_building_it(tmp_path, monkeypatch):
+    """tools/fuzz.py's heavy() bounds a line's sub-paths from its step counts
+    first: a 3000 x 3000 divergence grid on 8 x 8 pixels is declined without
+    building the model (building it took 124 s and 4.7 GB); the bound never
+    exceeds the count of the built model (ROI, mask, source file, small
+    -round_div grids, sensor layers, oversampling)."""
+    import numpy as np
+    from nbnumba import model as nb_model
+    from nbnumba.flags import parse_argv
+    from nbnumba.kernels import gpu
+    fz = _fuzz_tool()
+    monkeypatch.chdir(tmp_path)
+    base = ["-cell", "50", "50", "50", "90", "90", "90", "-N", "2", "-default_F", "10",
+            "-detpixels", "8", "-distance", "100"]
+    (tmp_path / "s.txt").write_text("0 0 1 1 1e-10\n0 0.01 1 1 1e-10\n")
+    lines = [[], ["-roi", "2", "4", "3", "6"], ["-sourcefile", "s.txt", "-mosaic", "1", "-mosaic_dom", "3"],
+             ["-hdivrange", "0.3", "-hdivsteps", "2", "-vdivrange", "0.3", "-vdivsteps", "2"],
+             ["-hdivrange", "0.3", "-hdivsteps", "3", "-vdivrange", "0.2", "-vdivsteps", "31", "-c_parity"],
+             ["-divergence", "0.4", "-divsteps", "9", "-dispersion", "5", "-dispsteps", "3",
+              "-oversample", "2", "-detector_thick", "100", "-detector_thicksteps", "3"],
+             ["-hdivrange", "1", "-hdivsteps", "64", "-square_div", "-phi", "0", "-osc", "1", "-phisteps", "3"]]
+    for extra in lines:
+        cfg = parse_argv(base + extra)
+        m = nb_model.build_model(cfg)
+        n = gpu.subpaths_per_pixel(gpu.kernel_args(m, np.float64)[0]) * int(np.count_nonzero(m.active))
+        floor = fz._subpaths_floor(cfg)
+        assert 0 < floor <= n, (extra, floor, n)
+
+    def unbuilt(cfg):
+        raise AssertionError("the model was built")
+    monkeypatch.setattr(nb_model, "build_model", unbuilt)
+    huge = base + ["-hdivrange", "1", "-hdivsteps", "3000", "-vdivrange", "1", "-vdivsteps", "3000"]
+    with pytest.raises(fz.Heavy, match="at least 1.44e"):
+        fz.heavy(huge)
+
+
 def test_fuzz_gradients_agree_and_a_wrong_one_is_reported(tmp_path, monkeypatch, capsys):
     """tools/fuzz.py gradients: 4 drawn cases agree with central differences
     and with jacobian() (2 of them with a three-layer sensor, one of which
