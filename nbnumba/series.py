@@ -107,8 +107,8 @@ from .errors import (ConfigError, InputFileError, NBError, UsageError, quiet_bro
                      warnings_as_lines, did_you_mean, main_args)
 from .flags import _FLOAT_RE, _INT_RE, INT_MAX, HelpRequested
 from .io.frames import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
-from .io.atomic import (NAME_MAX, OutputFileError, missing_dirs, remove_empty_dirs,
-                        same_file)
+from .io.atomic import (NAME_MAX, OutputFileError, missing_dirs, output_set,
+                        remove_empty_dirs, same_file)
 from .io.smv import RTD
 
 PROG = "nbnumba-series"
@@ -668,7 +668,8 @@ def _stat_value(v):
 
 
 def render_frame(cfg, spec: FrameSpec, job: Job) -> dict:
-    """Dask task: render one frame, write every requested format atomically.
+    """Dask task: render one frame, write every requested format atomically, as
+    one set (all of the frame's files or none).
 
     Returns a manifest record.  Deterministic errors (nbnumba's NBError family:
     impossible parameters, unwritable files) come back as a ``failed`` record
@@ -694,20 +695,26 @@ def render_frame(cfg, spec: FrameSpec, job: Job) -> dict:
         info = FrameInfo(index=spec.index, number=spec.number, phi_start=spec.phi_deg,
                          phi_range=spec.osc_deg, exposure=float(fcfg.exposure), noise=noise,
                          pedestal=float(fcfg.adc_offset))
+        names = [frame_filename(job.prefix, spec.number, fmt) for fmt in job.formats]
+        # a frame's formats are one set, all or nothing (as the CLI's outputs): a
+        # failed .h5 left the frame's .cbf behind, a complete file of a frame
+        # the manifest calls failed
+        with output_set():
+            for fmt, name in zip(job.formats, names):
+                path = os.path.join(job.out_dir, name)
+                if fmt == "smv":
+                    smv_fmt.write_frame(path, res, image, noise, job.header_overflow,
+                                        seconds_after_epoch=spec.index * max(float(fcfg.exposure), 0.0))
+                elif fmt == "cbf":
+                    # (the pixels outside -roi / -mask hold -1, not minus the pedestal)
+                    cbf_fmt.write_frame(path, image, geom, info, excluded=res.model.active == 0)
+                elif fmt == "nexus":
+                    nexus_fmt.write_frame(path, image, info)
+                else:  # pragma: no cover - parse_formats prevents this
+                    raise ConfigError("unknown format %s" % fmt)
         files = {}
-        for fmt in job.formats:
-            name = frame_filename(job.prefix, spec.number, fmt)
+        for name in names:
             path = os.path.join(job.out_dir, name)
-            if fmt == "smv":
-                smv_fmt.write_frame(path, res, image, noise, job.header_overflow,
-                                    seconds_after_epoch=spec.index * max(float(fcfg.exposure), 0.0))
-            elif fmt == "cbf":
-                # (the pixels outside -roi / -mask hold -1, not minus the pedestal)
-                cbf_fmt.write_frame(path, image, geom, info, excluded=res.model.active == 0)
-            elif fmt == "nexus":
-                nexus_fmt.write_frame(path, image, info)
-            else:  # pragma: no cover - parse_formats prevents this
-                raise ConfigError("unknown format %s" % fmt)
             try:
                 files[name] = sha256_file(path)
             except OSError as exc:

@@ -334,6 +334,26 @@ def test_unwritable_frame_file_names_the_file(tmp_path, capsys):
     assert (out / "frame_00003.img").exists()
 
 
+def test_a_frame_whose_last_format_fails_leaves_none_of_its_files(tmp_path, capsys):
+    """A frame's formats are written as one set: when its .h5 cannot be written
+    the frame's .img and .cbf are not left behind either (they were: complete
+    files of a frame the manifest calls failed), and --resume then writes all."""
+    out = tmp_path / "blocked"
+    (out / "frame_00002.h5").mkdir(parents=True)       # a directory where the file should go
+    args = ["--frames", 3, "--osc-per-frame", 1, "--workers", 0, "--format", "smv,cbf,nexus",
+            "--out", out] + BASE
+    rc, o = run(args, capsys)
+    assert rc == 1
+    assert "frame 1 failed" in o.err and str(out / "frame_00002.h5") in o.err
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["frame_00001.cbf", "frame_00001.h5", "frame_00001.img", "frame_00002.h5",
+                    "frame_00003.cbf", "frame_00003.h5", "frame_00003.img", "manifest.jsonl"]
+    (out / "frame_00002.h5").rmdir()
+    rc, o = run(args + ["--resume"], capsys)
+    assert rc == 0 and "(1 rendered, 2 skipped, 0 failed)" in o.out, o.out + o.err
+    assert {"frame_00002.img", "frame_00002.cbf", "frame_00002.h5"} <= {p.name for p in out.iterdir()}
+
+
 # ---------------------------------------------------------------------------
 # resume
 # ---------------------------------------------------------------------------
