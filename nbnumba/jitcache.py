@@ -23,6 +23,7 @@ then builds the start-up library (kernels/native.py) from numba's cache.
 from __future__ import annotations
 
 import functools
+import pickle
 import sys
 import time
 
@@ -58,6 +59,9 @@ def _cached(disp, args) -> bool:
         cache = disp._cache
         key = cache._index_key(sig, disp.targetctx.codegen())
         return key in cache._cache_file._load_index()
+    except (EOFError, pickle.UnpicklingError):
+        # a damaged index (numba_cache._load_damaged_as_miss): it compiles again
+        return False
     except Exception:      # numba internals changed: say nothing rather than fail
         return True
 

@@ -88,3 +88,37 @@ def install() -> None:
 
     get_source_stamp._nbnumba = True
     mixin.get_source_stamp = get_source_stamp
+    _load_damaged_as_miss(caching.Cache)
+
+
+def _load_damaged_as_miss(cache_cls) -> None:
+    """A damaged cache entry of this package's kernels is a miss, not a crash.
+
+    numba renames its cache files into place but does not fsync them, so a
+    power loss or a killed VM soon after a first compile can leave an index or
+    data file empty or cut short (so can an interrupted copy of a shared
+    NUMBA_CACHE_DIR); loading one raised pickle's EOFError or UnpicklingError
+    from the first kernel call of every later run, a traceback until the user
+    found and removed the cache.  Now the function's index is removed and the
+    kernel compiled (and cached) again.  Other code's entries are left to
+    numba."""
+    original = cache_cls.load_overload
+
+    def load_overload(self, sig, target_context):
+        try:
+            return original(self, sig, target_context)
+        except Exception:
+            locator = getattr(getattr(self, "_impl", None), "locator", None)
+            path = getattr(locator, "_py_file", None)
+            if not path or not in_package(path):
+                raise
+            index = getattr(getattr(self, "_cache_file", None), "_index_path", None)
+            if index:
+                try:
+                    os.unlink(index)
+                except OSError:
+                    pass
+            return None
+
+    load_overload._nbnumba = True
+    cache_cls.load_overload = load_overload

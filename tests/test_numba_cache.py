@@ -4,6 +4,9 @@ kernels/cpu.py's cached loops, which numba's own stamp (a hash of the
 function's file) would keep, with the old formula."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 from nbnumba import numba_cache
@@ -48,3 +51,69 @@ def test_other_code_keeps_numbas_stamp(tmp_path):
     assert isinstance(_locator(disp).get_source_stamp(), bytes)
     numba_cache.install()            # a second call changes nothing
     assert isinstance(_locator(disp).get_source_stamp(), bytes)
+
+
+def _cached_call(cache_dir, expr):
+    """Run ``expr`` (an nbnumba kernel call) in a fresh process with its own
+    numba cache; (exit status, stdout, stderr)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), NBNUMBA_AOT="0")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    code = "from nbnumba import physics, numba_cache; print(repr(%s))" % expr
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return p.returncode, p.stdout.strip(), p.stderr
+
+
+def test_a_damaged_cache_entry_is_compiled_again(tmp_path):
+    """numba renames its cache files into place without an fsync, so a power
+    loss can leave them empty; an emptied or cut-short entry of a package
+    kernel raised pickle's EOFError / UnpicklingError from every later run.
+    It is now a miss: compiled again, the same value, cached again."""
+    expr = "physics.sinc3_accurate(0.3)"
+    rc, first, err = _cached_call(tmp_path, expr)
+    assert rc == 0 and float(first) > 0, err
+    files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs
+             if f.endswith((".nbi", ".nbc"))]
+    assert any(f.endswith(".nbc") for f in files) and any(f.endswith(".nbi") for f in files)
+    for cut in (lambda b: b[:len(b) // 2], lambda b: b""):
+        for f in files:         # the data files alone, then every file
+            if f.endswith(".nbc") or cut(b"ab") == b"":
+                with open(f, "rb") as fh:
+                    data = fh.read()
+                with open(f, "wb") as fh:
+                    fh.write(cut(data))
+        rc, again, err = _cached_call(tmp_path, expr)
+        assert rc == 0 and again == first, err
+        rc, third, err = _cached_call(tmp_path, expr)        # cached anew
+        assert rc == 0 and third == first, err
+        sizes = [os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp_path)
+                 for f in fs if f.endswith((".nbi", ".nbc")) and "sinc3_accurate" in f]
+        assert sizes and min(sizes) > 0
+
+
+def test_other_codes_damaged_entries_are_left_to_numba(tmp_path):
+    """The damaged-entry rule covers this package's kernels alone: for them the
+    load is a miss and the function's index is removed (so the next save
+    writes a new one); other code's error is numba's, as before."""
+    from types import SimpleNamespace
+
+    import pytest
+    from numba.core import caching
+    numba_cache.install()
+
+    class Damaged(caching.Cache):
+        def __init__(self, py_file, index):
+            self._impl = SimpleNamespace(locator=SimpleNamespace(_py_file=py_file))
+            self._cache_file = SimpleNamespace(_index_path=str(index))
+
+        def _load_overload(self, sig, target_context):
+            raise EOFError("Ran out of input")
+    ctx = SimpleNamespace(refresh=lambda: None)
+    index = tmp_path / "f-1.py311.nbi"
+    index.write_bytes(b"")
+    ours = Damaged(os.path.abspath(numba_cache.__file__), index)
+    assert ours.load_overload(None, ctx) is None and not index.exists()
+    index.write_bytes(b"")
+    with pytest.raises(EOFError):
+        Damaged(str(tmp_path / "mod_elsewhere.py"), index).load_overload(None, ctx)
+    assert index.exists()

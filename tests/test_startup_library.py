@@ -10,6 +10,7 @@ temporary directory, from numba's cache (``--numba-cache``, as ``nbnumba
 build when these tests are collected."""
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -184,11 +185,51 @@ def test_a_library_others_may_write_is_not_loaded(built_library, empty_cache):
     import shutil
     dst = native.library_path()
     shutil.copyfile(built_library, dst)
+    shutil.copyfile(native.digest_path(built_library), native.digest_path(dst))
     os.chmod(dst, 0o775)
     assert native.aot_module() is None
     native.forget()
     os.chmod(dst, 0o755)
     assert native.aot_module() is not None
+
+
+def test_a_damaged_library_is_built_again(built_library, empty_cache, monkeypatch):
+    """A library file whose bytes are not the ones its build recorded (emptied
+    by a power loss after its rename, cut short by an interrupted copy) is not
+    loaded: a cut-short library killed the process with SIGBUS as the dynamic
+    loader mapped it.  The next build replaces it; a damaged file used to be
+    kept, and every run fell back to numba and said it was building the
+    library.  A library that is intact is left alone."""
+    import shutil
+    from nbnumba.kernels import aot
+    key, path = native.library_key(), native.library_path()
+    whole = open(built_library, "rb").read()
+    assert open(native.digest_path(built_library)).read().strip() == hashlib.sha256(whole).hexdigest()
+    builds = []
+
+    def build(k, out):
+        builds.append(k)
+        shutil.copyfile(native.digest_path(built_library), native.digest_path(path))
+        shutil.copyfile(built_library, path)
+        os.chmod(path, 0o755)
+        return path
+    monkeypatch.setattr(aot, "build", build)
+    args = ["--key", key, "--out", os.path.dirname(path)]
+    shutil.copyfile(native.digest_path(built_library), native.digest_path(path))
+    for damaged in (b"", whole[:5000], whole[:-4096] + bytes(4096)):
+        with open(path, "wb") as fh:
+            fh.write(damaged)
+        os.chmod(path, 0o755)
+        native.forget()
+        assert native.aot_module() is None and native.background_build_wanted() is True
+        assert aot.main(args) == 0
+    assert builds == [key] * 3
+    native.forget()
+    assert native.aot_module() is not None
+    assert aot.main(args) == 0 and builds == [key] * 3
+    os.unlink(native.digest_path(path))         # (a library built before the digest)
+    native.forget()
+    assert native.aot_module() is None
 
 
 def test_no_second_background_build_while_one_runs(empty_cache):

@@ -24,7 +24,8 @@ library's images are the JIT's bit for bit: tests/test_startup_library.py
 builds its library this way).  Without it the build compiles from source in
 a private, empty numba cache (about the cost of a first run), so that a
 background build never writes into the cache that runs are using.  The
-result is written to a temporary name and renamed into place; a failed build
+result is written to a temporary name and renamed into place, its sha256
+beside it (checked before every load: native._intact); a failed build
 leaves a one-line ``.failed`` note so that background builds are not retried
 every run.
 """
@@ -62,6 +63,7 @@ def _patch_pycc():
 
 def build(key: str, out_dir: str) -> str:
     """Compile the library for ``key`` into ``out_dir``; returns its path."""
+    import hashlib
     import importlib
     import shutil
     import tempfile
@@ -88,8 +90,20 @@ def build(key: str, out_dir: str) -> str:
         built = os.path.join(tmp, cc.output_file)
         final = os.path.join(out_dir, os.path.basename(native.library_path(key)))
         os.chmod(built, 0o755)
-        shutil.move(built, final + ".tmp%d" % os.getpid())
-        os.replace(final + ".tmp%d" % os.getpid(), final)
+        tmp_lib = final + ".tmp%d" % os.getpid()
+        shutil.move(built, tmp_lib)
+        # the library's sha256 beside it, checked before every load
+        # (native._intact); both on disk before their renames
+        with open(tmp_lib, "rb") as fh:
+            digest = hashlib.sha256(fh.read()).hexdigest()
+            os.fsync(fh.fileno())
+        tmp_sum = native.digest_path(final) + ".tmp%d" % os.getpid()
+        with open(tmp_sum, "w") as fh:
+            fh.write(digest + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_sum, native.digest_path(final))
+        os.replace(tmp_lib, final)
     return final
 
 
@@ -136,8 +150,11 @@ def main(argv=None) -> int:
             fcntl.flock(lock, fcntl.LOCK_EX | (fcntl.LOCK_NB if a.background else 0))
         except BlockingIOError:
             return 0
-        if os.path.exists(final):
+        if native.load_library(final, a.key) is not None:
             return 0
+        # (a file that does not load, e.g. emptied by a power loss, is built
+        # again: it was kept, and every run fell back to the JIT and said it
+        # was building the library in the background)
         # a private, empty numba cache unless told otherwise (see the module
         # docstring), set before numba is imported
         cache = None if a.numba_cache else tempfile.mkdtemp(prefix="nbnumba-aot-cache-")

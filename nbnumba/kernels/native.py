@@ -206,20 +206,47 @@ def aot_module():
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key]
-        mod = None
-        path = library_path(key)
-        if _trusted(path):
-            import importlib.util
-            try:
-                spec = importlib.util.spec_from_file_location(module_name(key), path)
-                mod = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(mod)
-                if not all(hasattr(mod, n) for n in EXPORTS):
-                    mod = None
-            except Exception:       # damaged or foreign file: numba does the work
-                mod = None
-        _LOADED[key] = mod
+        mod = _LOADED[key] = load_library(library_path(key), key)
         return mod
+
+
+def load_library(path, key):
+    """The start-up library module in file ``path`` (built for ``key``), or
+    None when it is missing, untrusted (_trusted), damaged (_intact) or lacks
+    an entry point."""
+    if not _trusted(path) or not _intact(path):
+        return None
+    import importlib.util
+    try:
+        spec = importlib.util.spec_from_file_location(module_name(key), path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    except Exception:       # damaged or foreign file: numba does the work
+        return None
+    return mod if all(hasattr(mod, n) for n in EXPORTS) else None
+
+
+def digest_path(path) -> str:
+    """The file beside library ``path`` that holds its sha256 (aot.build)."""
+    return path + ".sha256"
+
+
+def _intact(path) -> bool:
+    """Whether the library's bytes are the ones its build recorded.  A file
+    emptied or cut short (a power loss soon after the build, an interrupted
+    copy of a shared cache) must not reach the dynamic loader: mapping a
+    truncated library's segments killed the process with SIGBUS.  (About 1 ms
+    for the 0.9 MB library, once per process.)"""
+    try:
+        with open(digest_path(path)) as fh:
+            want = fh.read(65).strip()
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return h.hexdigest() == want
 
 
 def _trusted(path) -> bool:
