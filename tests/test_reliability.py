@@ -1263,6 +1263,44 @@ def test_commit_failure_rolls_back_renames(tmp_path, monkeypatch):
     assert temps(tmp_path) == []
 
 
+def test_commit_failure_rolls_back_without_hard_links(tmp_path, monkeypatch):
+    """On a file system without hard links (vfat, exFAT, some network shares)
+    the old files are backed up by a copy: a failed rename in the set left
+    the first file's old contents lost and its new one deleted (no file at
+    all), and could delete the failing target's old file."""
+    import errno
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"old a")
+    b.write_bytes(b"old b")
+    os.chmod(a, 0o640)
+    real = os.replace
+    calls = []
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if os.fspath(dst).endswith("b.bin") and len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+    monkeypatch.setattr(A.os, "link", no_links)
+    monkeypatch.setattr(A.os, "replace", flaky)
+    with pytest.raises(A.OutputFileError, match="b.bin.*Input/output error"):
+        with A.output_set():
+            A.atomic_write_bytes(a, b"new a")
+            A.atomic_write_bytes(b, b"new b")
+    assert a.read_bytes() == b"old a" and b.read_bytes() == b"old b"
+    assert os.stat(a).st_mode & 0o777 == 0o640
+    assert temps(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin"]
+    # and without a failure the set is written as usual
+    with A.output_set():
+        A.atomic_write_bytes(a, b"new a")
+        A.atomic_write_bytes(b, b"new b")
+    assert a.read_bytes() == b"new a" and b.read_bytes() == b"new b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin"]
+
+
 def test_stale_temps_of_dead_processes_are_removed(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()

@@ -304,8 +304,9 @@ class _OutputSet:
     def commit(self) -> None:
         """Rename every staged temporary onto its target (special targets get
         the bytes copied).  On a failure the targets already replaced get their
-        old contents back (kept as hard links until the end)."""
-        backups: List[Tuple[str, Optional[str]]] = []
+        old contents back (kept as hard links until the end, or as copies on a
+        file system without hard links)."""
+        backups: List[list] = []      # [target, backup or None (no old file), replaced]
         done: List[_Staged] = []
         current = None
         try:
@@ -320,10 +321,19 @@ class _OutputSet:
                     try:
                         os.link(s.target, bak)
                     except OSError:
-                        bak = None
-                # registered first: a failed replace still has its backup link removed
-                backups.append((s.target, bak))
+                        # no hard links here (vfat, exFAT, some network shares):
+                        # a copy.  (Without a backup, a failed rename later in the
+                        # set deleted this file's new version, its old one gone.)
+                        import shutil
+                        try:
+                            shutil.copy2(s.target, bak)
+                        except BaseException:
+                            _unlink_quietly(bak)
+                            raise
+                entry = [s.target, bak, False]
+                backups.append(entry)
                 os.replace(s.tmp, s.target)
+                entry[2] = True
                 done.append(s)
             for s in [s for s in self.staged if s.kind is not None]:
                 current = s
@@ -331,18 +341,17 @@ class _OutputSet:
                 _unlink_quietly(s.tmp)
                 done.append(s)
         except BaseException as exc:
-            for target, bak in reversed(backups):
-                if bak is not None:
+            for target, bak, replaced in reversed(backups):
+                if bak is None:
+                    if replaced:
+                        _unlink_quietly(target)
+                elif replaced:
                     try:
-                        if os.path.samefile(bak, target):
-                            # never replaced: rename() of two links to one file does nothing
-                            _unlink_quietly(bak)
-                        else:
-                            os.replace(bak, target)
+                        os.replace(bak, target)
                     except OSError:
                         _unlink_quietly(bak)
                 else:
-                    _unlink_quietly(target)
+                    _unlink_quietly(bak)
             for s in self.staged:
                 _unlink_quietly(s.tmp)
             self.staged = []
@@ -351,7 +360,7 @@ class _OutputSet:
                 raise OutputFileError("cannot write '%s': %s (no output file was changed)"
                                       % (shown, _describe(exc))) from None
             raise
-        for _, bak in backups:
+        for _, bak, _ in backups:
             if bak is not None:
                 _unlink_quietly(bak)
         dirs = {os.path.dirname(os.path.abspath(s.target)) for s in done if s.kind is None}
