@@ -1301,6 +1301,34 @@ def test_commit_failure_rolls_back_without_hard_links(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin"]
 
 
+def test_outputs_on_a_file_system_that_refuses_chmod(tmp_path, monkeypatch):
+    """vfat (mounted without "quiet") refuses a chmod that changes the x bits
+    its mount gave every file: the temporary's fchmod to the old file's mode
+    (or 0666 & ~umask) failed the whole output set with "Operation not
+    permitted", where fopen() writes.  The mode is now kept best-effort; other
+    errors still fail the write."""
+    import errno
+    from nbnumba.outputs import write_outputs
+    monkeypatch.chdir(tmp_path)
+
+    def refused(fd, mode):
+        raise OSError(errno.EPERM, "Operation not permitted")
+    monkeypatch.setattr(A.os, "fchmod", refused)
+    A.atomic_write_bytes(tmp_path / "a.bin", b"new")
+    assert (tmp_path / "a.bin").read_bytes() == b"new"
+    res = nbnumba.simulate_argv(BASE + ["-detpixels", "8"])
+    written = write_outputs(res)
+    assert len(written) == 4 and all(os.path.getsize(p) > 0 for p in written)
+    assert temps(tmp_path) == []
+
+    def broken(fd, mode):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(A.os, "fchmod", broken)
+    with pytest.raises(A.OutputFileError, match="b.bin.*Input/output error"):
+        A.atomic_write_bytes(tmp_path / "b.bin", b"new")
+    assert temps(tmp_path) == [] and not (tmp_path / "b.bin").exists()
+
+
 def test_stale_temps_of_dead_processes_are_removed(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()

@@ -532,7 +532,16 @@ def atomic_open(path, mode: str = "wb") -> Iterator:
                 new_mode = stat.S_IMODE(os.stat(target).st_mode)
             except OSError:
                 new_mode = 0o666 & ~_current_umask()
-            os.fchmod(fh.fileno(), new_mode)
+            try:
+                os.fchmod(fh.fileno(), new_mode)
+            except OSError as exc:
+                # a file system whose modes are fixed at mount time refuses it
+                # (vfat without "quiet": EPERM when the x bits would change);
+                # fopen() would have written there, so the file keeps its
+                # mount-given mode, as fopen's would
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP,
+                                     errno.EINVAL, errno.ENOSYS):
+                    raise
         fh.close()
         if oset is not None:
             oset.staged.append(_Staged(shown, target, tmp, kind, mode))
