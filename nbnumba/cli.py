@@ -121,7 +121,9 @@ def run(cfg) -> int:
     from .outputs import check_output_set, fdump_message, write_outputs
     from .summary import result_lines, run_summary_line, setup_lines
     from .kernels import native
+    from . import numba_cache
     calls = dict(native.COUNTS)        # this run's kernel calls: the difference
+    cache_failures = len(numba_cache.SAVE_FAILURES)
     out = sys.stdout
     if native.jit_disabled():
         from .kernels import cpu  # noqa: F401  (its one-line refusal, before any output)
@@ -171,6 +173,9 @@ def run(cfg) -> int:
     aot = native.COUNTS["aot"] > calls["aot"]
     jit = native.COUNTS["jit"] > calls["jit"]
     print(run_summary_line(cfg, time.perf_counter() - t0, aot=aot and not jit), file=out)
+    note = numba_cache.save_failure_note(cache_failures)
+    if note:
+        print(note, file=sys.stderr)
     if jit:
         _background_library_build()
     return 0

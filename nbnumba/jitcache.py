@@ -383,7 +383,8 @@ def warmup(file=None) -> int:
     """Compile (or load from the cache) both image loops, the helpers and the
     mosaic draws (not the trace: see WARMUP_ARGV) into numba's cache, then
     build the start-up library (kernels.native) from that cache; returns 0 (a
-    library that cannot be built is reported; runs then use numba's cache).
+    library that cannot be built is reported; runs then use numba's cache),
+    or 1 when numba's cache could not be written (a full disk, a quota).
 
     On two cores a second process compiles the block path's geometry, the
     helpers and render_blocks while this one compiles the lattice loops and
@@ -394,8 +395,10 @@ def warmup(file=None) -> int:
     from .api import simulate_argv
     from .kernels import native
     from .kernels.native import python_process
+    from . import numba_cache
     file = file or sys.stderr
     t0 = time.perf_counter()
+    failures = len(numba_cache.SAVE_FAILURES)
     lib = native.enabled() and native.aot_module() is None
     second = None
     if _two_cores():
@@ -419,6 +422,12 @@ def warmup(file=None) -> int:
             if line is WARMUP_ARGV[0] and second is not None:
                 second.wait()           # render_blocks and the helpers: in the cache
             simulate_argv(line.split(), cwd=d, noprogress=True, progress_meter=False)
+    note = numba_cache.save_failure_note(failures)
+    if note:        # (what --warmup is for did not happen: say so, exit 1)
+        print(note.replace("warning: ", "error: ", 1), file=file, flush=True)
+        if second is not None:
+            second.wait()
+        return 1
     if lib:
         try:
             build = native.start_build(numba_cache=True)

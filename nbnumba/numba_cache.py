@@ -89,6 +89,53 @@ def install() -> None:
     get_source_stamp._nbnumba = True
     mixin.get_source_stamp = get_source_stamp
     _load_damaged_as_miss(caching.Cache)
+    _save_failure_tolerated(caching.Cache)
+
+
+#: (cache directory, reason) of each of this package's kernels whose compiled
+#: code numba could not write to its cache in this process (a full disk, a
+#: quota): the run goes on with the code it compiled; save_failure_note()
+SAVE_FAILURES: list = []
+
+
+def _ours(cache) -> bool:
+    """Whether numba cache object ``cache`` serves a function of this package."""
+    locator = getattr(getattr(cache, "_impl", None), "locator", None)
+    path = getattr(locator, "_py_file", None)
+    return bool(path) and in_package(path)
+
+
+def _save_failure_tolerated(cache_cls) -> None:
+    """A cache that cannot be written costs the next run a compile, not this
+    run: numba's OSError from writing an entry (ENOSPC on a full disk or a
+    quota; its temporary file is removed) ended the run in a traceback after
+    the compile.  Noted in SAVE_FAILURES; other code's entries are left to
+    numba."""
+    original = cache_cls.save_overload
+
+    def save_overload(self, sig, data):
+        try:
+            return original(self, sig, data)
+        except OSError as exc:
+            if not _ours(self):
+                raise
+            SAVE_FAILURES.append((str(getattr(self, "_cache_path", "?")),
+                                  exc.strerror or type(exc).__name__))
+            return None
+
+    save_overload._nbnumba = True
+    cache_cls.save_overload = save_overload
+
+
+def save_failure_note(since: int = 0):
+    """One line on the cache entries SAVE_FAILURES holds from index ``since``
+    on, or None when there are none."""
+    new = SAVE_FAILURES[since:]
+    if not new:
+        return None
+    where, why = new[-1]
+    return ("nbnumba: warning: numba's cache could not be written in %s (%s): the next "
+            "run compiles the kernels again" % (where, why))
 
 
 def _load_damaged_as_miss(cache_cls) -> None:
@@ -108,9 +155,7 @@ def _load_damaged_as_miss(cache_cls) -> None:
         try:
             return original(self, sig, target_context)
         except Exception:
-            locator = getattr(getattr(self, "_impl", None), "locator", None)
-            path = getattr(locator, "_py_file", None)
-            if not path or not in_package(path):
+            if not _ours(self):
                 raise
             index = getattr(getattr(self, "_cache_file", None), "_index_path", None)
             if index:

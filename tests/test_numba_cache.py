@@ -53,13 +53,13 @@ def test_other_code_keeps_numbas_stamp(tmp_path):
     assert isinstance(_locator(disp).get_source_stamp(), bytes)
 
 
-def _cached_call(cache_dir, expr):
+def _cached_call(cache_dir, expr, before=""):
     """Run ``expr`` (an nbnumba kernel call) in a fresh process with its own
-    numba cache; (exit status, stdout, stderr)."""
+    numba cache, after the statements ``before``; (exit status, stdout, stderr)."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), NBNUMBA_AOT="0")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    code = "from nbnumba import physics, numba_cache; print(repr(%s))" % expr
+    code = before + "\nfrom nbnumba import physics, numba_cache; print(repr(%s))" % expr
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     return p.returncode, p.stdout.strip(), p.stderr
 
@@ -117,3 +117,55 @@ def test_other_codes_damaged_entries_are_left_to_numba(tmp_path):
     with pytest.raises(EOFError):
         Damaged(str(tmp_path / "mod_elsewhere.py"), index).load_overload(None, ctx)
     assert index.exists()
+
+
+FULL_DISK = """
+import errno
+from numba.core import caching
+def _full(self, name, data):
+    raise OSError(errno.ENOSPC, "No space left on device")
+caching.IndexDataCacheFile._save_data = _full
+"""
+
+
+def test_a_cache_that_cannot_be_written_costs_a_compile_not_the_run(tmp_path):
+    """numba's OSError from writing a cache entry (a full disk, a quota) ended
+    the run in a traceback after the compile; now the kernel's value comes
+    back, the failure is noted once (the CLI prints save_failure_note), and
+    nothing half-written stays in the cache."""
+    rc, out, err = _cached_call(tmp_path, "(physics.sinc3_accurate(0.3), "
+                                "numba_cache.save_failure_note())", before=FULL_DISK)
+    assert rc == 0, err
+    value, note = eval(out)
+    assert value > 0 and note.startswith("nbnumba: warning: numba's cache could not be written in ")
+    assert note.endswith("(No space left on device): the next run compiles the kernels again")
+    assert str(tmp_path) in note
+    assert not [f for d, _, fs in os.walk(tmp_path) for f in fs if ".tmp." in f or f.endswith(".nbc")]
+    rc, again, err = _cached_call(tmp_path, "physics.sinc3_accurate(0.3)")
+    assert rc == 0 and float(again) == value, err
+    assert numba_cache.save_failure_note(len(numba_cache.SAVE_FAILURES)) is None
+
+
+def test_the_cli_says_once_that_the_cache_was_not_written(tmp_path, monkeypatch, capsys):
+    """A run whose kernels could not be cached ends with one warning line on
+    stderr (exit 0, outputs written); a run that caches nothing new says
+    nothing."""
+    from nbnumba import api, cli
+    monkeypatch.chdir(tmp_path)
+    argv = ("-cell 100 100 100 90 90 90 -lambda 6.2 -N 5 -default_F 100 -distance 100 "
+            "-detpixels 8 -nonoise -nopgm -noprogress").split()
+    real = api.run_model
+
+    def failing_save(model, **kw):
+        numba_cache.SAVE_FAILURES.append(("/cache/dir", "No space left on device"))
+        return real(model, **kw)
+    monkeypatch.setattr(numba_cache, "SAVE_FAILURES", [])
+    monkeypatch.setattr(api, "run_model", failing_save)
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err.count("nbnumba: warning: numba's cache could not be written in /cache/dir (No space "
+                     "left on device): the next run compiles the kernels again") == 1
+    assert (tmp_path / "floatimage.bin").stat().st_size == 8 * 8 * 4
+    monkeypatch.setattr(api, "run_model", real)
+    assert cli.main(argv) == 0
+    assert "cache could not be written" not in capsys.readouterr().err
