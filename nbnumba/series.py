@@ -746,7 +746,7 @@ class Manifest:
 
     def __init__(self, path: str):
         self.path = path
-        self._fh = None
+        self._fd = None
 
     @staticmethod
     def read(path: str) -> List[dict]:
@@ -791,33 +791,52 @@ class Manifest:
         return out
 
     def open(self, truncate: bool = False) -> None:
-        mode = "w" if truncate else "a"
+        # unbuffered appends on a descriptor (os.write): a failed append is cut
+        # off again (append), and nothing is left in a buffer for close() to
+        # write (a full disk's torn line, then an OSError traceback from close)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
         try:
             needs_newline = False
             if not truncate and os.path.exists(self.path) and os.path.getsize(self.path) > 0:
                 with open(self.path, "rb") as fh:
                     fh.seek(-1, os.SEEK_END)
                     needs_newline = fh.read(1) != b"\n"
-            self._fh = open(self.path, mode, encoding="utf-8")
-            if needs_newline:
-                self._fh.write("\n")
+            self._fd = os.open(self.path, flags, 0o666)
         except OSError as exc:
+            raise OutputFileError("cannot write '%s': %s" % (self.path, exc.strerror or exc)) from None
+        if needs_newline:       # (a torn last line of an earlier run's crash: ended)
+            self._write(b"\n")
+
+    def _write(self, data: bytes) -> None:
+        """Append ``data`` and fsync; on a failure (a full disk, a quota) the
+        file is cut back to its length before, so no torn line stays for the
+        next append to run into (the reader would drop that record)."""
+        start = None
+        try:
+            start = os.fstat(self._fd).st_size
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            os.fsync(self._fd)
+        except OSError as exc:
+            if start is not None:
+                try:
+                    os.ftruncate(self._fd, start)
+                except OSError:
+                    pass
             raise OutputFileError("cannot write '%s': %s" % (self.path, exc.strerror or exc)) from None
 
     def append(self, rec: dict) -> None:
-        try:
-            self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-        except OSError as exc:
-            raise OutputFileError("cannot write '%s': %s" % (self.path, exc.strerror or exc)) from None
+        self._write((json.dumps(rec, sort_keys=True) + "\n").encode("ascii"))
 
     def close(self) -> None:
-        if self._fh is not None:
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
             try:
-                self._fh.close()
-            finally:
-                self._fh = None
+                os.close(fd)
+            except OSError:     # (every line was fsync'ed as it was written)
+                pass
 
 
 def _run_header(opts: SeriesOptions, base_seed: int) -> dict:

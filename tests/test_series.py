@@ -354,6 +354,34 @@ def test_a_frame_whose_last_format_fails_leaves_none_of_its_files(tmp_path, caps
     assert {"frame_00002.img", "frame_00002.cbf", "frame_00002.h5"} <= {p.name for p in out.iterdir()}
 
 
+def test_a_manifest_append_that_fails_leaves_no_torn_line(tmp_path, monkeypatch):
+    """A full disk during an append: the line is cut off again (a torn line
+    stayed, and the next record appended after it was unreadable, so lost),
+    the error is one OutputFileError naming the manifest, and closing raises
+    nothing (its buffer's retry raised OSError from close(): a traceback)."""
+    import errno
+    path = str(tmp_path / "manifest.jsonl")
+    m = series.Manifest(path)
+    m.open(truncate=True)
+    m.append({"type": "run", "n": 1})
+    before = open(path, "rb").read()
+    real = os.write
+
+    def half_then_full(fd, data):
+        if len(data) > 8:
+            return real(fd, bytes(data[:len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(series.os, "write", half_then_full)
+    with pytest.raises(series.OutputFileError, match="manifest.jsonl': No space left on device"):
+        m.append({"type": "frame", "frame": 0, "files": {"a": "b" * 40}})
+    assert open(path, "rb").read() == before
+    monkeypatch.setattr(series.os, "write", real)
+    m.append({"type": "frame", "frame": 1})
+    m.close()
+    m.close()
+    assert series.Manifest.read(path) == [{"type": "run", "n": 1}, {"type": "frame", "frame": 1}]
+
+
 # ---------------------------------------------------------------------------
 # resume
 # ---------------------------------------------------------------------------
