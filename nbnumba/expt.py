@@ -621,19 +621,31 @@ def _translate(path, experiment, panel, image, mat_out):
     return argv, mat, notes
 
 
+def _scratch_dir():
+    """A temporary folder for the checks' scratch files; one line (an
+    OutputFileError) when no temporary directory is usable (a read-only root
+    file system: gettempdir's FileNotFoundError was a traceback)."""
+    import tempfile
+    from nbnumba.io.atomic import OutputFileError
+    try:
+        return tempfile.TemporaryDirectory(prefix="nbnumba-expt-")
+    except OSError as exc:
+        raise OutputFileError("no temporary directory for the check's scratch files: %s; set "
+                              "TMPDIR to a writable directory" % (exc.strerror or exc)) from None
+
+
 def _check_renderable(ctx, ewhere, argv, mat) -> None:
     """InputFileError when nbnumba refuses the geometry the flags give (an edge
     of 1e308 A, a -mat value past the reader's range, a panel whose pixels'
     squared distance overflows): those flags were printed, exit 0, and the run
     made with them was refused.  The -mat file goes to a scratch folder; F and
     the sampling are fixed, as they are not the experiment list's."""
-    import tempfile
     import warnings
     from . import parse_argv
     from .errors import NBError
     from .model import build_model
     k = argv.index("-mat")
-    with tempfile.TemporaryDirectory() as d:
+    with _scratch_dir() as d:
         path = os.path.join(d, "x.mat")
         write_mat(path, mat)
         flags = argv[:k] + ["-mat", path] + argv[k + 2:] + ["-default_F", "1", "-oversample", "1"]
@@ -742,9 +754,8 @@ def _check_reads_back(d: dict) -> None:
     folder): flags nbnumba renders could give a list no reader takes back, as a
     -lambda 1e308 (a -mat value past the reader's range) or an -fdet_vector
     along the beam (a panel whose plane holds the beam)."""
-    import tempfile
     from .errors import ConfigError, NBError
-    with tempfile.TemporaryDirectory() as tmp:
+    with _scratch_dir() as tmp:
         path = os.path.join(tmp, "truth.expt")
         write_expt(path, d)
         try:

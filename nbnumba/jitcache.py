@@ -57,6 +57,8 @@ def _cached(disp, args) -> bool:
         if sig in disp.overloads:
             return True
         cache = disp._cache
+        if not hasattr(cache, "_cache_file"):   # no cache (numba_cache._last_resort_locator)
+            return False
         key = cache._index_key(sig, disp.targetctx.codegen())
         return key in cache._cache_file._load_index()
     except (EOFError, pickle.UnpicklingError):

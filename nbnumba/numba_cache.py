@@ -90,6 +90,80 @@ def install() -> None:
     mixin.get_source_stamp = get_source_stamp
     _load_damaged_as_miss(caching.Cache)
     _save_failure_tolerated(caching.Cache)
+    _last_resort_locator(caching)
+
+
+def temp_cache_dir() -> str:
+    """This user's numba cache for the package's kernels when no other place
+    is writable (tempfile's directory, e.g. /tmp)."""
+    import tempfile
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return os.path.join(tempfile.gettempdir(), "nbnumba-numba-cache-%d" % uid)
+
+
+def _own_private_dir(path) -> bool:
+    """Create ``path`` (0700) or accept it when this user owns it and no one
+    else may write it: a cache entry is unpickled, so a directory another
+    user could fill must not be used."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+    except OSError:
+        return False
+    getuid = getattr(os, "getuid", None)
+    return getuid is None or (st.st_uid == getuid() and not st.st_mode & 0o022)
+
+
+def _last_resort_locator(caching) -> None:
+    """Where numba finds no writable place for a package kernel's cache (a
+    read-only install and a read-only home: a container with a read-only
+    root file system), its decorator raised RuntimeError "cannot cache
+    function '_dot': no locator available", a traceback from the first run.
+    Then the kernels are cached in temp_cache_dir(); and when that cannot be
+    written either, compiled in every process without a cache (noted in
+    SAVE_FAILURES).  numba's own places keep their precedence."""
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
+    if any(getattr(c, "_nbnumba", False) for c in impl._locator_classes):
+        return
+
+    class TempDirLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
+        _nbnumba = True
+
+        def __init__(self, py_func, py_file):
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            self._cache_path = os.path.join(temp_cache_dir(),
+                                            self.get_suitable_cache_subpath(py_file))
+
+        def get_cache_path(self):
+            return self._cache_path
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            try:    # (gettempdir raises when no temporary directory is usable)
+                usable = in_package(py_file) and _own_private_dir(temp_cache_dir())
+            except OSError:
+                usable = False
+            return super().from_function(py_func, py_file) if usable else None
+
+    impl._locator_classes = list(impl._locator_classes) + [TempDirLocator]
+
+    from numba.core import dispatcher
+    original = dispatcher.Dispatcher.enable_caching
+    if getattr(original, "_nbnumba", False):
+        return
+
+    def enable_caching(self):
+        try:
+            original(self)
+        except RuntimeError as exc:
+            path = getattr(getattr(self.py_func, "__code__", None), "co_filename", "")
+            if "no locator available" not in str(exc) or not in_package(path):
+                raise
+            SAVE_FAILURES.append((None, "no writable directory"))
+
+    enable_caching._nbnumba = True
+    dispatcher.Dispatcher.enable_caching = enable_caching
 
 
 #: (cache directory, reason) of each of this package's kernels whose compiled
@@ -134,6 +208,10 @@ def save_failure_note(since: int = 0):
     if not new:
         return None
     where, why = new[-1]
+    if where is None:           # (_last_resort_locator: no place at all)
+        return ("nbnumba: warning: no writable directory for numba's cache (NUMBA_CACHE_DIR, "
+                "the package's __pycache__, ~/.cache, a temporary directory): every run "
+                "compiles the kernels; set NUMBA_CACHE_DIR to a writable directory")
     return ("nbnumba: warning: numba's cache could not be written in %s (%s): the next "
             "run compiles the kernels again" % (where, why))
 

@@ -169,7 +169,10 @@ def forward(argv, argv0=None):
     server is there (the caller then runs in-process)."""
     if os.environ.get("NBNUMBA_SERVER", "1") == "0":
         return None
-    path = socket_path()
+    try:
+        path = socket_path()
+    except OSError:     # no usable temporary directory (gettempdir): no server either
+        return None
     if not os.path.exists(path):
         return None
     try:
@@ -563,6 +566,12 @@ def main(argv) -> int:
     if not a.idle_timeout > 0:      # (NaN too: a NaN timeout never expires)
         print("nbnumba: error: --idle-timeout must be a number of seconds > 0 (got %s)"
               % a.idle_timeout, file=sys.stderr)
+        return 2
+    try:
+        socket_dir()
+    except OSError as exc:      # (gettempdir: no usable temporary directory)
+        print("nbnumba --serve: error: no directory for the server's socket: %s; set TMPDIR or "
+              "XDG_RUNTIME_DIR to a writable directory" % (exc.strerror or exc), file=sys.stderr)
         return 2
     if a.action == "status":
         st = _control("status")

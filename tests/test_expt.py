@@ -651,6 +651,28 @@ def test_ground_truth_crystal_predicts_the_rendered_spots(tmp_path):
     assert len(wrong) >= 5 and sum(_found(img, wrong)) <= len(wrong) // 3
 
 
+def test_no_usable_temporary_directory_is_one_line(tmp_path, capsys, monkeypatch):
+    """Both directions check their output through scratch files in a temporary
+    folder: with no usable temporary directory (a read-only root file system)
+    gettempdir's FileNotFoundError was a traceback (exit 1); now one line
+    saying to set TMPDIR, exit 2, nothing written."""
+    import tempfile
+    monkeypatch.chdir(tmp_path)
+    base = CELL + ["-default_F", "1"]
+    assert main(["--from-flags", "-o", "ok.expt", "--"] + base) == 0
+    capsys.readouterr()
+
+    def nowhere():
+        raise FileNotFoundError(2, "No usable temporary directory found in ['/tmp']")
+    monkeypatch.setattr(tempfile, "gettempdir", nowhere)
+    for argv in (["--from-flags", "-o", "n.expt", "--"] + base, ["ok.expt", "--mat-out", "n.mat"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "set TMPDIR to a writable directory" in err, err
+        assert "No usable temporary directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.expt"]
+
+
 def test_ground_truth_notes_and_refusals(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     base = CELL + ["-default_F", "1"]

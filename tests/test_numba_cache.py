@@ -169,3 +169,60 @@ def test_the_cli_says_once_that_the_cache_was_not_written(tmp_path, monkeypatch,
     monkeypatch.setattr(api, "run_model", real)
     assert cli.main(argv) == 0
     assert "cache could not be written" not in capsys.readouterr().err
+
+
+def _last_resort():
+    from numba.core import caching
+    numba_cache.install()
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
+    found = [c for c in impl._locator_classes if getattr(c, "_nbnumba", False)]
+    assert len(found) == 1 and impl._locator_classes[-1] is found[0]     # numba's come first
+    return impl, found[0]
+
+
+def test_a_read_only_install_and_home_cache_in_a_private_temporary_directory(tmp_path, monkeypatch):
+    """A read-only package and a read-only home (a container's read-only root
+    file system): numba found no place for the cache and its decorator raised
+    "cannot cache function '_dot': no locator available".  The package's
+    kernels then go to temp_cache_dir() (0700, this user's); a directory
+    someone else could write is not used (entries are unpickled), and other
+    code is not cached there."""
+    import tempfile
+
+    from nbnumba import physics
+    _, locator = _last_resort()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    fn = physics.sinc3_accurate.py_func
+    loc = locator.from_function(fn, fn.__code__.co_filename)
+    d = numba_cache.temp_cache_dir()
+    assert d == os.path.join(str(tmp_path), "nbnumba-numba-cache-%d" % os.getuid())
+    assert loc is not None and loc.get_cache_path().startswith(d + os.sep)
+    assert os.stat(d).st_mode & 0o777 == 0o700
+    other = tmp_path / "elsewhere.py"
+    other.write_text("def f(x):\n    return x\n")
+    assert locator.from_function(fn, str(other)) is None
+    os.chmod(d, 0o777)
+    assert locator.from_function(fn, fn.__code__.co_filename) is None
+
+
+def test_no_writable_cache_anywhere_compiles_without_one(monkeypatch):
+    """With no writable place at all (no temporary directory either) a package
+    kernel is compiled without a cache, and the run says so once; other code
+    keeps numba's RuntimeError."""
+    import pytest
+    from numba import njit
+
+    from nbnumba import physics
+    impl, _ = _last_resort()
+    monkeypatch.setattr(impl, "_locator_classes", [])
+    monkeypatch.setattr(numba_cache, "SAVE_FAILURES", [])
+    disp = njit(cache=True, error_model="numpy")(physics.sinc3_accurate.py_func)
+    assert disp(0.3) == physics.sinc3_accurate(0.3)
+    note = numba_cache.save_failure_note()
+    assert note.startswith("nbnumba: warning: no writable directory for numba's cache")
+    assert note.endswith("set NUMBA_CACHE_DIR to a writable directory")
+
+    def elsewhere(x):
+        return x
+    with pytest.raises(RuntimeError, match="no locator available"):
+        njit(cache=True)(elsewhere)

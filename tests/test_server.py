@@ -311,6 +311,30 @@ def test_serve_usage_errors_are_one_line(capsys):
         assert out == "" and len(err.splitlines()) == 1 and "error:" in err, (bad, err)
 
 
+def test_no_usable_temporary_directory(monkeypatch, capsys):
+    """No writable temporary directory (a read-only root file system) and no
+    XDG_RUNTIME_DIR: every CLI run ended in gettempdir's FileNotFoundError
+    traceback as the client looked for a server, and ``--serve start`` /
+    ``status`` did too.  Now the run goes on in-process, and --serve says why
+    in one line (exit 2)."""
+    import tempfile
+
+    from nbnumba import server
+
+    def nowhere():
+        raise FileNotFoundError(2, "No usable temporary directory found in ['/tmp']")
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv("NBNUMBA_SERVER", raising=False)
+    monkeypatch.setattr(tempfile, "gettempdir", nowhere)
+    assert server.forward(SMALL) is None
+    for action in ("start", "status", "stop", "run"):
+        assert server.main([action]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(
+            "nbnumba --serve: error: no directory for the server's socket: No usable temporary "
+            "directory found in ['/tmp']; set TMPDIR or XDG_RUNTIME_DIR")
+
+
 def test_two_starts_at_once_leave_one_reachable_server(tmp_path):
     """Both `start`s at the same moment used to bind: the loser served on an
     unlinked socket that neither `status` nor `stop` could reach."""
