@@ -227,8 +227,11 @@ def _gemmi():
 def read_model(path: str):
     """The gemmi Structure of ``path`` with its symmetry set up; one-line errors."""
     gemmi = _gemmi()
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise InputFileError("%s: no such model file" % path)
+    if not os.path.isfile(path):    # (it said "no such model file" for a directory or FIFO)
+        raise InputFileError("%s: not a regular file (%s)" % (path, "a directory" if os.path.isdir(path)
+                                                            else "a FIFO, socket or device"))
     try:
         st = gemmi.read_structure(path)
     except Exception as exc:   # gemmi raises RuntimeError/ValueError/OSError with its own text

@@ -486,3 +486,47 @@ def test_reader_and_writer_arguments_of_the_wrong_kind_are_one_line_nberrors(tmp
     g2 = read_hkl(tmp_path / "a.hkl", default_F=np.float32(2.0), allow_nonfinite_F=np.bool_(True),
                   memory=(np.int64(2 ** 30), "1 GiB"))
     assert g2.F.shape == grid.F.shape and float(g2.F.max()) == 5.0
+
+
+def test_endless_or_oversized_inputs_are_refused_before_memory_runs_out(tmp_path, monkeypatch,
+                                                                       capsys):
+    """-hkl /dev/zero (or -mat, -mask, -sourcefile, -stol) was read until the
+    kernel's OOM killer ended the process (24 GB on a 32 GB machine).  A stream
+    (device, pipe) is read to at most STREAM_MAX_BYTES, a regular file only when
+    it fits the memory available; both refusals are one line naming the file.
+    A short pipe (an HKL table on /dev/stdin) still reads."""
+    import os
+    import threading
+
+    from nbnumba import validate
+    from nbnumba.io import _args
+    monkeypatch.setattr(_args, "STREAM_MAX_BYTES", 1 << 16)
+    with pytest.raises(InputFileError, match=r"^/dev/zero: more than 0 MiB from a stream .* "
+                                             r"/dev/zero\?$"):
+        read_hkl("/dev/zero")
+    r, w = os.pipe()
+
+    def feed():
+        with os.fdopen(w, "wb") as fh:
+            fh.write(b"0 0 0 5\n1 0 0 3\n")
+    t = threading.Thread(target=feed)
+    t.start()
+    grid = read_hkl("/dev/fd/%d" % r)
+    t.join()
+    os.close(r)
+    assert grid.hkls == 2 and (grid.h_min, grid.h_max) == (0, 1)
+    assert grid.F[0, 0, 0] == 5.0 and grid.F[1, 0, 0] == 3.0
+    big = tmp_path / "big.hkl"
+    big.write_bytes(b"0 0 0 5\n" * 4096)
+    monkeypatch.setattr(validate, "available_memory", lambda: 1000)
+    with pytest.raises(InputFileError, match="big.hkl: the file holds 32.8 kB, more than the "
+                                             "1 kB of memory available to read it"):
+        read_hkl(str(big))
+    monkeypatch.chdir(tmp_path)
+    argv = ("-cell 100 100 100 90 90 90 -lambda 6.2 -N 5 -distance 100 -detpixels 8 -nonoise "
+            "-nopgm -noprogress -default_F 1").split()
+    monkeypatch.setattr(validate, "available_memory", lambda: 1 << 40)
+    for flag in ("-hkl", "-mat", "-sourcefile", "-mask", "-stol"):
+        assert nbnumba.cli.main(argv + [flag, "/dev/zero"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "/dev/zero: more than" in err, (flag, err)

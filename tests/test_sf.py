@@ -870,6 +870,19 @@ def test_mtz_header_defects_are_one_line(args, needle, tmp_path, capsys, monkeyp
     _refused_leaving_out_alone(tmp_path, capsys, args, needle)
 
 
+@pytest.mark.parametrize("name, needle", [
+    ("missing.pdb", "missing.pdb: no such model file"),
+    ("dir.pdb", "dir.pdb: not a regular file (a directory)"),
+    ("fifo.cif", "fifo.cif: not a regular file (a FIFO, socket or device)"),
+])
+def test_a_model_that_is_no_regular_file_is_named_so(name, needle, tmp_path, capsys, monkeypatch):
+    """A directory or a FIFO given as the model was "no such model file"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dir.pdb").mkdir()
+    os.mkfifo(str(tmp_path / "fifo.cif"))
+    _refused_leaving_out_alone(tmp_path, capsys, [name, "-dmin", "2"], needle)
+
+
 def test_mtz_systematic_absences_left_out_and_tiny_dmin(tmp_path, capsys):
     # 0 0 1 of P 21 21 21 is absent whatever the file says; 1 1 1 has 8 mates
     path = write_mtz(tmp_path / "abs.mtz", "P 21 21 21", CELLS["P 21 21 21"],

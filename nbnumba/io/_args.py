@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 
@@ -50,16 +51,39 @@ def readable_name(path) -> str:
     return name
 
 
+#: the most bytes read from an input that is not a regular file (a pipe, a
+#: device), whose size is not known before: -hkl /dev/zero (or -mat, -mask,
+#: -sourcefile, -stol) was read until the kernel's OOM killer ended the run,
+#: at 24 GB on a 32 GB machine; nanoBragg.c's scanf stops at the first NUL
+STREAM_MAX_BYTES = 1 << 30
+
+
 def read_bytes(path) -> tuple:
     """``(name, the file's bytes)``: :func:`path_name`, then the whole file,
     or InputFileError "NAME: cannot read: REASON" (the readers' one message
-    for a missing or unreadable file)."""
+    for a missing or unreadable file).  A regular file larger than the memory
+    available, or a stream (pipe, device) of more than STREAM_MAX_BYTES, is an
+    InputFileError before it is read."""
     name = path_name(path)
     try:
         with open(name, "rb") as fh:
-            return name, fh.read()
+            st = os.fstat(fh.fileno())
+            if stat.S_ISREG(st.st_mode):
+                from nbnumba.validate import available_memory, format_bytes
+                avail = available_memory()
+                if st.st_size > avail:
+                    raise InputFileError("%s: the file holds %s, more than the %s of memory "
+                                         "available to read it" % (name, format_bytes(st.st_size),
+                                                                   format_bytes(avail)))
+                return name, fh.read()
+            data = fh.read(STREAM_MAX_BYTES + 1)
     except OSError as exc:
         raise _cannot_read(name, exc) from None
+    if len(data) > STREAM_MAX_BYTES:
+        raise InputFileError("%s: more than %d MiB from a stream (not a regular file) and no "
+                             "end in sight: an endless device such as /dev/zero?"
+                             % (name, STREAM_MAX_BYTES >> 20))
+    return name, data
 
 
 def as_image(image, what: str) -> np.ndarray:
