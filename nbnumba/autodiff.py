@@ -189,9 +189,10 @@ def _with_hkl_grid(cfg):
     from .model import _resolve
     from .validate import memory_limit
     path = _resolve(cfg, cfg.hklfilename)
+    from .io._args import read_all
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            data = read_all(fh, path)   # (-hkl /dev/zero: the OOM killer, before)
     except OSError:
         return cfg
     key = (os.path.abspath(path), repr(float(cfg.default_F)))

@@ -414,9 +414,10 @@ def read_batch_file(path: str) -> List[tuple]:
     backslash goes on on the next line, as in a shell script (the command's
     number is its first line's)."""
     from .errors import InputFileError
+    from .io._args import read_all
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            data = read_all(fh, path)   # (--batch /dev/zero ran into the OOM killer)
     except OSError as exc:
         raise InputFileError("%s: cannot read batch file (%s)" % (path, exc.strerror or exc)) from None
     if data.startswith(b"\xef\xbb\xbf"):   # a UTF-8 byte-order mark (Windows editors)

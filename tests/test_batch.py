@@ -97,6 +97,17 @@ def test_batch_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
                   "command lines\n" % p
 
 
+def test_batch_file_that_never_ends_is_one_line(monkeypatch, capsys):
+    """--batch /dev/zero was read until the OOM killer ended the process (24.3
+    GB resident); a stream is read to io._args.STREAM_MAX_BYTES."""
+    from nbnumba.io import _args
+    monkeypatch.setattr(_args, "STREAM_MAX_BYTES", 1 << 16)
+    assert cli.main(["--batch", "/dev/zero"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("nbnumba: error: /dev/zero: more than 0 MiB from a stream (not a regular file) "
+                   "and no end in sight: an endless device such as /dev/zero?\n")
+
+
 def test_batch_lines_never_write_the_batch_file_or_each_others_files(tmp_path, capsys,
                                                                       monkeypatch):
     # a line's -floatfile replaced the batch file; two lines naming one output

@@ -502,3 +502,18 @@ def test_overflowing_difference_keeps_the_true_relative_delta():
     assert compare_values([float("nan")], [float("nan")], 0.0)[0] is False
     md = render_markdown(diff_traces("TRACE_C: F_cell 1e308\n", "TRACE_PY: F_cell -1e308\n"))
     assert "| F_cell | 1e+308 | -1e+308 | inf | 2 | ✗ |" in md
+
+
+def test_an_endless_log_is_one_line(monkeypatch, capsys, tmp_path):
+    """nbnumba-trace-diff /dev/zero LOG read until the OOM killer ended it; a
+    missing log keeps its message."""
+    from nbnumba.io import _args
+    monkeypatch.setattr(_args, "STREAM_MAX_BYTES", 1 << 16)
+    log = tmp_path / "py.log"
+    log.write_text("TRACE_PY: pixel 0 0\n")
+    assert trace_diff.main(["/dev/zero", str(log)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "/dev/zero: more than 0 MiB from a stream" in err, err
+    assert trace_diff.main([str(tmp_path / "none.log"), str(log)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read %s: No such file or directory" % (tmp_path / "none.log") in err

@@ -9,7 +9,7 @@ import numpy as np
 
 from nbnumba.errors import ArgumentValueError, InputFileError
 
-__all__ = ["IOArgumentError", "path_name", "readable_name", "read_bytes", "as_image"]
+__all__ = ["IOArgumentError", "path_name", "readable_name", "read_bytes", "read_all", "as_image"]
 
 
 class IOArgumentError(ArgumentValueError):
@@ -60,31 +60,36 @@ STREAM_MAX_BYTES = 1 << 30
 
 
 def read_bytes(path) -> tuple:
-    """``(name, the file's bytes)``: :func:`path_name`, then the whole file,
-    or InputFileError "NAME: cannot read: REASON" (the readers' one message
-    for a missing or unreadable file).  A regular file larger than the memory
-    available, or a stream (pipe, device) of more than STREAM_MAX_BYTES, is an
-    InputFileError before it is read."""
+    """``(name, the file's bytes)``: :func:`path_name`, then the whole file
+    (:func:`read_all`), or InputFileError "NAME: cannot read: REASON" (the
+    readers' one message for a missing or unreadable file)."""
     name = path_name(path)
     try:
         with open(name, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if stat.S_ISREG(st.st_mode):
-                from nbnumba.validate import available_memory, format_bytes
-                avail = available_memory()
-                if st.st_size > avail:
-                    raise InputFileError("%s: the file holds %s, more than the %s of memory "
-                                         "available to read it" % (name, format_bytes(st.st_size),
-                                                                   format_bytes(avail)))
-                return name, fh.read()
-            data = fh.read(STREAM_MAX_BYTES + 1)
+            return name, read_all(fh, name)
     except OSError as exc:
         raise _cannot_read(name, exc) from None
+
+
+def read_all(fh, name: str) -> bytes:
+    """The rest of the open binary file ``fh`` (named ``name`` in errors).  A
+    regular file larger than the memory available, or a stream (pipe, device)
+    of more than STREAM_MAX_BYTES, is an InputFileError, the first before it
+    is read."""
+    st = os.fstat(fh.fileno())
+    if stat.S_ISREG(st.st_mode):
+        from nbnumba.validate import available_memory, format_bytes
+        avail = available_memory()
+        if st.st_size > avail:
+            raise InputFileError("%s: the file holds %s, more than the %s of memory available "
+                                 "to read it" % (name, format_bytes(st.st_size), format_bytes(avail)))
+        return fh.read()
+    data = fh.read(STREAM_MAX_BYTES + 1)
     if len(data) > STREAM_MAX_BYTES:
         raise InputFileError("%s: more than %d MiB from a stream (not a regular file) and no "
                              "end in sight: an endless device such as /dev/zero?"
                              % (name, STREAM_MAX_BYTES >> 20))
-    return name, data
+    return data
 
 
 def as_image(image, what: str) -> np.ndarray:

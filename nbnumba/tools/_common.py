@@ -309,6 +309,22 @@ def unique_dir(parent: str, name: str) -> str:
             path = os.path.join(parent, f"{name}-{n}")
 
 
+def read_text(path: str, what: str) -> str:
+    """The text of file ``path`` (UTF-8, bad bytes replaced, universal
+    newlines), read within nbnumba.io's limits (a stream such as /dev/zero
+    ran into the OOM killer); ToolError naming ``what`` otherwise."""
+    from nbnumba.errors import NBError
+    from nbnumba.io._args import read_all
+    try:
+        with open(path, "rb") as fh:
+            data = read_all(fh, path)
+    except OSError as exc:
+        raise ToolError(f"cannot read {what}: {exc.strerror or exc}", 2) from None
+    except NBError as exc:
+        raise ToolError(str(exc), 2) from None
+    return data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

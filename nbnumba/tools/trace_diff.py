@@ -610,11 +610,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _read(path: str) -> str:
-    try:
-        with open(path, "r", encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ToolError(f"cannot read {path}: {exc.strerror or exc}", 2) from None
+    from ._common import read_text
+    return read_text(path, path)
 
 
 def _some(names: Sequence[str], n: int = 3) -> str:

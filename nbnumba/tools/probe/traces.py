@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from nbnumba.io.atomic import missing_dirs
 from nbnumba.tools import _common as C
-from nbnumba.tools._common import ToolError
+from nbnumba.tools._common import ToolError, read_text
 from nbnumba.tools.sincg_sweep import MAX_POINTS
 
 from .common import EXIT_IO, EXIT_RUNNER, EXIT_USAGE, _json, _write, c_trace_lines
@@ -74,11 +74,9 @@ def setup(opts, flags: List[str], argv: List[str], cwd: Optional[str] = None) ->
     c_text_src = None
     if opts.c_trace:
         try:
-            with open(os.path.join(cwd, opts.c_trace), "r", encoding="utf-8", errors="replace") as fh:
-                c_text_src = fh.read()
-        except OSError as exc:
-            raise ToolError(f"cannot read --c-trace {opts.c_trace}: {exc.strerror or exc}",
-                            EXIT_USAGE) from None
+            c_text_src = read_text(os.path.join(cwd, opts.c_trace), "--c-trace %s" % opts.c_trace)
+        except ToolError as exc:
+            raise ToolError(str(exc), EXIT_USAGE) from None
         if not c_trace_lines(c_text_src):
             raise ToolError(f"no TRACE_C lines in {opts.c_trace}", EXIT_USAGE)
         check_c_trace(c_text_src, opts.c_trace)     # before the bundle folder exists
