@@ -86,6 +86,7 @@ closes the cluster: stderr has the one ``interrupted`` line.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -909,9 +910,16 @@ def _lock_out_dir(out_dir: str) -> _DirLock:
         raise OutputFileError("cannot open '%s': %s" % (out_dir, exc.strerror or exc)) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
         os.close(fd)
-        raise NBError("another %s run is writing to '%s'; wait for it to finish" % (PROG, out_dir)) from None
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise NBError("another %s run is writing to '%s'; wait for it to finish"
+                          % (PROG, out_dir)) from None
+        # a file system without flock (ENOLCK on some NFS mounts, EOPNOTSUPP):
+        # every run was refused as "another run is writing"; run unlocked
+        print("%s: warning: cannot lock '%s' on this file system (%s): make sure no other run "
+              "writes to it" % (PROG, out_dir, exc.strerror or exc), file=sys.stderr)
+        return _DirLock(None)
     # the folder locked must still be DIR: a run that gave up removes the empty
     # folder it created (holding the lock), and one that opened it just before
     # that would lock a removed folder and fail on its manifest

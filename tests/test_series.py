@@ -382,6 +382,30 @@ def test_a_manifest_append_that_fails_leaves_no_torn_line(tmp_path, monkeypatch)
     assert series.Manifest.read(path) == [{"type": "run", "n": 1}, {"type": "frame", "frame": 1}]
 
 
+def test_a_directory_that_cannot_be_locked_is_written_unlocked(tmp_path, capsys, monkeypatch):
+    """A file system without flock (ENOLCK on some NFS mounts): every run was
+    refused as "another nbnumba-series run is writing"; it runs unlocked now,
+    with one warning line.  A lock another run holds still refuses."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "nfs"
+    rc, o = run(["--frames", 2, "--osc-per-frame", 1, "--workers", 0, "--out", out] + BASE, capsys)
+    assert rc == 0, o.err
+    assert o.err.count("warning: cannot lock '%s' on this file system (No locks available)" % out) == 1
+    assert len(frame_records(out)) == 2
+
+    def held(fd, op):
+        raise BlockingIOError(errno.EWOULDBLOCK, "Resource temporarily unavailable")
+    monkeypatch.setattr(fcntl, "flock", held)
+    rc, o = run(["--frames", 2, "--osc-per-frame", 1, "--workers", 0, "--out", out, "--resume"]
+                + BASE, capsys)
+    assert rc == 2 and "another nbnumba-series run is writing to" in o.err
+
+
 # ---------------------------------------------------------------------------
 # resume
 # ---------------------------------------------------------------------------

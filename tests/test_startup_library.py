@@ -243,6 +243,29 @@ def test_no_second_background_build_while_one_runs(empty_cache):
     assert native.background_build_wanted() is True
 
 
+def test_a_library_folder_without_flock_still_builds(empty_cache, monkeypatch):
+    """A library folder on a file system without flock (ENOLCK on an NFS home):
+    build_running() said a build held the lock, so no background build ever
+    started, and aot.main failed; now it builds unlocked."""
+    import errno
+    import fcntl
+
+    from nbnumba.kernels import aot
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with open(str(empty_cache) + ".lock", "w"):
+        pass
+    assert native.build_running() is False
+    assert native.background_build_wanted() is True
+    builds = []
+    monkeypatch.setattr(aot, "build", lambda key, out: builds.append(key))
+    key = native.library_key()
+    assert aot.main(["--key", key, "--out", os.path.dirname(native.library_path())]) == 0
+    assert builds == [key]
+
+
 def test_a_failed_build_is_noted_once(empty_cache):
     assert native.background_build_wanted() is True
     with open(str(empty_cache) + ".failed", "w") as fh:

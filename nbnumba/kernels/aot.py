@@ -150,6 +150,10 @@ def main(argv=None) -> int:
             fcntl.flock(lock, fcntl.LOCK_EX | (fcntl.LOCK_NB if a.background else 0))
         except BlockingIOError:
             return 0
+        except OSError:
+            # a file system without flock (ENOLCK on some NFS homes): build
+            # unlocked (the result is renamed into place) rather than never
+            pass
         if native.load_library(final, a.key) is not None:
             return 0
         # (a file that does not load, e.g. emptied by a power loss, is built

@@ -337,8 +337,10 @@ def build_running(key: str | None = None) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         return True
+    except OSError:     # no flock on this file system (ENOLCK): not known to run
+        return False
     finally:
         os.close(fd)
     return False
