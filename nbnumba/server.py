@@ -379,9 +379,12 @@ def _lock_key(lock_path):
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             os.close(fd)
             return None
+        except OSError:         # no flock here (Lustre's noflock: ENOSYS; NFS: ENOLCK)
+            os.close(fd)
+            raise
         try:
             same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -420,7 +423,10 @@ def _sweep_stale(directory, own_lock) -> None:
                 continue        # (a server of that key may be starting right now)
         except OSError:
             continue
-        fd = _lock_key(lp)
+        try:
+            fd = _lock_key(lp)
+        except OSError:
+            continue
         if fd is None:
             continue            # its server is running
         try:
@@ -443,7 +449,13 @@ def serve(idle_timeout=DEFAULT_IDLE_TIMEOUT, ready=None, log=None, busy=None) ->
     # socket and then binding let two `start`s at the same moment both bind;
     # the loser served on an unlinked socket nobody could reach or stop.
     lock_path = path[:-len(".sock")] + ".lock"
-    lock = _lock_key(lock_path)
+    try:
+        lock = _lock_key(lock_path)
+    except OSError as exc:      # (it said "a server is already running")
+        print("nbnumba: error: cannot lock %s (%s): the server needs a file system with flock; "
+              "set XDG_RUNTIME_DIR or TMPDIR to a local directory"
+              % (lock_path, exc.strerror or exc), file=log)
+        return 2
     if lock is None:
         if busy is not None:
             return busy()

@@ -335,6 +335,29 @@ def test_no_usable_temporary_directory(monkeypatch, capsys):
             "directory found in ['/tmp']; set TMPDIR or XDG_RUNTIME_DIR")
 
 
+def test_a_socket_folder_without_flock_is_named(tmp_path, monkeypatch, capsys):
+    """TMPDIR on a file system without flock (Lustre's noflock: ENOSYS): the
+    server said "a server is already running (or starting)"; now it names the
+    lock and the fix, exit 2."""
+    import errno
+    import fcntl
+
+    from nbnumba import server
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    assert server.serve(5.0, ready=lambda path: None) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot lock " in err and "(Function not implemented): the " \
+        "server needs a file system with flock; set XDG_RUNTIME_DIR or TMPDIR to a local " \
+        "directory" in err, err
+
+
 def test_two_starts_at_once_leave_one_reachable_server(tmp_path):
     """Both `start`s at the same moment used to bind: the loser served on an
     unlinked socket that neither `status` nor `stop` could reach."""
