@@ -185,11 +185,11 @@ def _with_hkl_grid(cfg):
     A file that cannot be read is left to build_model to report."""
     if cfg.hklfilename is None or cfg.hkl_grid is not None:
         return cfg
+    from .io._args import read_all
     from .io.hkl import parse_hkl
     from .model import _resolve
     from .validate import memory_limit
     path = _resolve(cfg, cfg.hklfilename)
-    from .io._args import read_all
     try:
         with open(path, "rb") as fh:
             data = read_all(fh, path)   # (-hkl /dev/zero: the OOM killer, before)

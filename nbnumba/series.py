@@ -793,8 +793,9 @@ class Manifest:
 
     def open(self, truncate: bool = False) -> None:
         # unbuffered appends on a descriptor (os.write): a failed append is cut
-        # off again (append), and nothing is left in a buffer for close() to
-        # write (a full disk's torn line, then an OSError traceback from close)
+        # off again (_write), and nothing is left in a buffer for close() to
+        # write (a full disk left a torn line, then an OSError traceback from
+        # the buffered file's close)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
         try:
             needs_newline = False
@@ -832,7 +833,7 @@ class Manifest:
         self._write((json.dumps(rec, sort_keys=True) + "\n").encode("ascii"))
 
     def close(self) -> None:
-        fd, self._fd = getattr(self, "_fd", None), None
+        fd, self._fd = self._fd, None
         if fd is not None:
             try:
                 os.close(fd)
