@@ -1242,23 +1242,31 @@ def test_failing_noise_write_keeps_every_old_file(work, capsys, monkeypatch):
     refused(BASE, capsys, "noiseimage.img", work)
 
 
-def test_commit_failure_rolls_back_renames(tmp_path, monkeypatch):
+def _second_rename_fails(tmp_path, monkeypatch, errno_, text):
+    """Write a.bin and b.bin as one output set whose rename of b.bin fails
+    with ``errno_``; the OutputFileError must name b.bin and ``text``."""
     a, b = tmp_path / "a.bin", tmp_path / "b.bin"
-    a.write_bytes(b"old a")
-    b.write_bytes(b"old b")
     real = os.replace
     calls = []
 
     def flaky(src, dst):
         calls.append(dst)
         if os.fspath(dst).endswith("b.bin") and len(calls) == 2:
-            raise OSError(28, "No space left on device")
+            raise OSError(errno_, text)
         return real(src, dst)
     monkeypatch.setattr(A.os, "replace", flaky)
-    with pytest.raises(A.OutputFileError, match="b.bin.*No space left"):
+    with pytest.raises(A.OutputFileError, match="b.bin.*" + text):
         with A.output_set():
             A.atomic_write_bytes(a, b"new a")
             A.atomic_write_bytes(b, b"new b")
+    monkeypatch.setattr(A.os, "replace", real)
+    return a, b
+
+
+def test_commit_failure_rolls_back_renames(tmp_path, monkeypatch):
+    (tmp_path / "a.bin").write_bytes(b"old a")
+    (tmp_path / "b.bin").write_bytes(b"old b")
+    a, b = _second_rename_fails(tmp_path, monkeypatch, 28, "No space left on device")
     assert a.read_bytes() == b"old a" and b.read_bytes() == b"old b"
     assert temps(tmp_path) == []
 
@@ -1269,27 +1277,14 @@ def test_commit_failure_rolls_back_without_hard_links(tmp_path, monkeypatch):
     the first file's old contents lost and its new one deleted (no file at
     all), and could delete the failing target's old file."""
     import errno
-    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
-    a.write_bytes(b"old a")
-    b.write_bytes(b"old b")
-    os.chmod(a, 0o640)
-    real = os.replace
-    calls = []
+    (tmp_path / "a.bin").write_bytes(b"old a")
+    (tmp_path / "b.bin").write_bytes(b"old b")
+    os.chmod(tmp_path / "a.bin", 0o640)
 
     def no_links(src, dst):
         raise OSError(errno.EPERM, "Operation not permitted")
-
-    def flaky(src, dst):
-        calls.append(dst)
-        if os.fspath(dst).endswith("b.bin") and len(calls) == 2:
-            raise OSError(5, "Input/output error")
-        return real(src, dst)
     monkeypatch.setattr(A.os, "link", no_links)
-    monkeypatch.setattr(A.os, "replace", flaky)
-    with pytest.raises(A.OutputFileError, match="b.bin.*Input/output error"):
-        with A.output_set():
-            A.atomic_write_bytes(a, b"new a")
-            A.atomic_write_bytes(b, b"new b")
+    a, b = _second_rename_fails(tmp_path, monkeypatch, errno.EIO, "Input/output error")
     assert a.read_bytes() == b"old a" and b.read_bytes() == b"old b"
     assert os.stat(a).st_mode & 0o777 == 0o640
     assert temps(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin"]
