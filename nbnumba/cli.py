@@ -125,6 +125,7 @@ def run(cfg) -> int:
     calls = dict(native.COUNTS)        # this run's kernel calls: the difference
     cache_failures = len(numba_cache.SAVE_FAILURES)
     out = sys.stdout
+    numba_cache.check_environment()    # (the start-up library's runs too, before any output)
     if native.jit_disabled():
         from .kernels import cpu  # noqa: F401  (its one-line refusal, before any output)
     if cfg.device == "cuda":

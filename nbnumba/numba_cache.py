@@ -24,6 +24,25 @@ import hashlib
 import os
 
 _PKG = os.path.dirname(os.path.abspath(__file__))
+
+
+def check_environment() -> None:
+    """ConfigError for a NUMBA_NUM_THREADS numba cannot start with, before
+    numba is imported (kernels/__init__.py, physics.py, the CLI): 0 or a
+    negative count was "ValueError: Number of threads specified must be > 0"
+    from ``import numba`` (a traceback; a run on the start-up library took
+    the cores instead), a word a multi-line warning and numba's default."""
+    v = os.environ.get("NUMBA_NUM_THREADS")
+    if v is None or not v.strip():
+        return
+    try:
+        ok = int(v) > 0
+    except ValueError:
+        ok = False
+    if not ok:
+        from .errors import ConfigError
+        raise ConfigError("NUMBA_NUM_THREADS=%s: numba needs a whole number of threads >= 1; "
+                          "unset it (nbnumba then uses every core) or give -threads N" % v)
 #: the package's files whose code numba compiles into cached functions of
 #: other files (and the kernel modules themselves); the start-up library's
 #: key (kernels/native.py) hashes them too

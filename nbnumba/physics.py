@@ -14,10 +14,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
 
 from . import numba_cache
+
+numba_cache.check_environment()     # (a NUMBA_NUM_THREADS numba cannot start with)
+
+from numba import njit, types  # noqa: E402
+from numba.extending import overload  # noqa: E402
 
 numba_cache.install()     # cached kernels also depend on the files they inline
 

@@ -5,6 +5,7 @@ function's file) would keep, with the old formula."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -226,3 +227,37 @@ def test_no_writable_cache_anywhere_compiles_without_one(monkeypatch):
         return x
     with pytest.raises(RuntimeError, match="no locator available"):
         njit(cache=True)(elsewhere)
+
+
+def test_a_thread_count_numba_cannot_start_with_is_one_line(tmp_path, monkeypatch):
+    """NUMBA_NUM_THREADS=0 (say cores - 2 on a 2-core machine) made ``import
+    numba`` raise "ValueError: Number of threads specified must be > 0", a
+    traceback from the CLI, while a run on the start-up library took every
+    core; a word was a multi-line warning.  Now one line, exit 2, in both, and
+    a ConfigError from the API's first kernel import."""
+    import pytest
+
+    from nbnumba.errors import ConfigError
+    for bad in ("0", "-3", "abc", "4.0"):
+        monkeypatch.setenv("NUMBA_NUM_THREADS", bad)
+        with pytest.raises(ConfigError, match="NUMBA_NUM_THREADS=%s: numba needs a whole number "
+                                              "of threads >= 1" % re.escape(bad)):
+            numba_cache.check_environment()
+    for good in ("1", " 2 ", ""):
+        monkeypatch.setenv("NUMBA_NUM_THREADS", good)
+        numba_cache.check_environment()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_NUM_THREADS="0", PYTHONPATH=root)
+    argv = ("-cell 100 100 100 90 90 90 -lambda 6.2 -N 5 -default_F 10 -distance 100 -detpixels 8 "
+            "-nopgm -noprogress -nonoise").split()
+    for aot in ("0", "1"):
+        p = subprocess.run([sys.executable, "-m", "nbnumba.cli"] + argv, cwd=str(tmp_path),
+                           env=dict(env, NBNUMBA_AOT=aot), capture_output=True, text=True)
+        assert p.returncode == 2 and p.stderr == (
+            "nbnumba: error: NUMBA_NUM_THREADS=0: numba needs a whole number of threads >= 1; "
+            "unset it (nbnumba then uses every core) or give -threads N\n"), p.stderr
+    code = ("from nbnumba.errors import ConfigError\ntry:\n    import nbnumba.physics\n"
+            "except ConfigError as e:\n    print('ConfigError', e)")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert p.stdout.startswith("ConfigError NUMBA_NUM_THREADS=0: numba needs"), p.stdout + p.stderr
+    assert not list(tmp_path.iterdir())
