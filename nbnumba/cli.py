@@ -7,7 +7,6 @@ errors is not reproduced (docs/quirks.md).
 """
 from __future__ import annotations
 
-import os
 import sys
 
 
@@ -58,15 +57,9 @@ def main(argv=None) -> int:
 
 
 def _run_argv(argv) -> int:
-    from .errors import NBError, UsageError
+    from .errors import NBError, UsageError, working_directory_gone
     from . import flags
-    try:
-        os.getcwd()
-    except FileNotFoundError:
-        # (the outputs' paths are resolved against it, absolute ones too: a
-        # traceback from os.path.realpath, exit 1)
-        print("nbnumba: error: the working directory no longer exists (it was removed): "
-              "cd to an existing directory", file=sys.stderr)
+    if working_directory_gone("nbnumba"):      # (a line of --batch, a served run)
         return 2
     try:
         cfg = flags.parse_argv(argv)

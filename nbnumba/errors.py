@@ -14,13 +14,31 @@ def did_you_mean(word: str, known) -> str:
     return " (did you mean %s?)" % close[0] if close else ""
 
 
+def working_directory_gone(prog: str) -> bool:
+    """True, after one line on stderr naming ``prog``, when the working
+    directory was removed (os.getcwd raises): every relative path, and some
+    absolute ones (os.path.realpath), is resolved against it, and a command
+    run there ended in a FileNotFoundError traceback."""
+    import os
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        print("%s: error: the working directory no longer exists (it was removed): cd to an "
+              "existing directory" % prog, file=sys.stderr)
+        return True
+    return False
+
+
 def main_args(argv, prog: str):
     """A command's ``main(argv)``: ``sys.argv[1:]`` when argv is None, else
     argv's words as str (validate.argv_words' rules; paths and numbers
     converted).  A call from Python with anything else (a string, whose
     characters were taken for words; a number; bytes words) prints one line
-    naming ``prog`` and gives None."""
+    naming ``prog`` and gives None; so does a working directory that was
+    removed (working_directory_gone)."""
     import os
+    if working_directory_gone(prog):
+        return None
     if argv is None:
         return list(sys.argv[1:])
     from .validate import argv_words

@@ -217,6 +217,32 @@ def test_a_removed_working_directory_is_one_line(tmp_path):
     assert not (tmp_path / "f.bin").exists()
 
 
+@pytest.mark.parametrize("module, argv", [
+    ("nbnumba.series", ["--frames", "1", "--out", "o", "-N", "1"]),
+    ("nbnumba.expt", ["x.expt"]),
+    ("nbnumba.sf", ["x.pdb", "-dmin", "2"]),
+    ("nbnumba.tools.compare", ["--", "-N", "1"]),
+    ("nbnumba.tools.probe.cli", ["--pixel", "1", "1", "--", "-N", "1"]),
+    ("nbnumba.tools.trace_diff", ["a.log", "b.log"]),
+    ("nbnumba.tools.sincg_sweep", []),
+])
+def test_every_command_in_a_removed_working_directory_is_one_line(module, argv, tmp_path,
+                                                                  monkeypatch, capsys):
+    """The CLI's one line for a removed working directory, in every command:
+    nbnumba-series, nbnumba-expt and nb-compare ended in a FileNotFoundError
+    traceback (os.path.abspath)."""
+    import importlib
+    main = importlib.import_module(module).main
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(": error: the working directory no longer exists (it was removed): cd to "
+                        "an existing directory\n") and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("tool", ["nbnumba.cli", "nbnumba.tools.compare", "nbnumba.tools.probe"])
 def test_help_on_a_stdout_that_cannot_encode_it(tmp_path, tool):
     """-h on a stdout whose encoding lacks a character of the text

@@ -27,7 +27,8 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from nbnumba.errors import NBError, one_line, quiet_broken_pipes, warnings_as_lines
+from nbnumba.errors import (NBError, one_line, quiet_broken_pipes, warnings_as_lines,
+                            working_directory_gone)
 
 #: flags whose single argument is a file the program reads
 INPUT_FLAGS = ("-hkl", "-mat", "-img", "-mask", "-sourcefile", "-stol", "-4stol", "-Q")
@@ -394,6 +395,8 @@ def guarded_main(prog: str, body, io_exit: Optional[int] = None) -> int:
     # (the messages below go through the guarded streams too: with stderr
     # closed, print(file=None) would write them into stdout)
     with warnings_as_lines(prog), quiet_broken_pipes(stdout_error=stdout_error):
+        if working_directory_gone(prog):
+            return 2
         try:
             return body()
         except ToolError as e:
