@@ -163,10 +163,9 @@ def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
     if cwd is None:
         try:
             os.getcwd()
-        except OSError as exc:   # (a FileNotFoundError traceback from realpath)
-            raise ConfigError("the working directory is gone (%s): relative paths have nowhere "
-                              "to resolve; cd to a directory that exists"
-                              % (exc.strerror or exc)) from None
+        except OSError:   # (a FileNotFoundError traceback from realpath)
+            from .errors import CWD_GONE
+            raise ConfigError(CWD_GONE) from None
 
     n = len(argvs)
     workers = max(1, min(workers or _cores(), max(n, 1)))

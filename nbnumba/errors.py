@@ -14,6 +14,11 @@ def did_you_mean(word: str, known) -> str:
     return " (did you mean %s?)" % close[0] if close else ""
 
 
+#: the one message for a working directory that was removed
+CWD_GONE = ("the working directory no longer exists (it was removed): cd to an existing "
+            "directory")
+
+
 def working_directory_gone(prog: str) -> bool:
     """True, after one line on stderr naming ``prog``, when the working
     directory was removed (os.getcwd raises): every relative path, and some
@@ -23,8 +28,7 @@ def working_directory_gone(prog: str) -> bool:
     try:
         os.getcwd()
     except FileNotFoundError:
-        print("%s: error: the working directory no longer exists (it was removed): cd to an "
-              "existing directory" % prog, file=sys.stderr)
+        print("%s: error: %s" % (prog, CWD_GONE), file=sys.stderr)
         return True
     return False
 

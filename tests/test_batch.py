@@ -3,6 +3,8 @@
 (plain-Python RNG draws for runs without mosaicity)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 import nbnumba
@@ -397,8 +399,14 @@ def test_batch_in_a_removed_working_directory_is_one_line(tmp_path, capsys, monk
     assert len(err) == 1 and "working directory" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cmds.txt"]
     import pytest
-    with pytest.raises(nbnumba.NBError, match="working directory"):
+    from nbnumba.errors import CWD_GONE
+    with pytest.raises(nbnumba.NBError, match="^" + re.escape(CWD_GONE) + "$"):
         nbnumba.simulate_many([_argv(8)])
+    # write_outputs from Python, absolute paths: os.path.realpath's FileNotFoundError
+    res = nbnumba.simulate(nbnumba.parse_argv(_argv(8, "-nonoise -floatfile %s" % (tmp_path / "w.bin"))))
+    with pytest.raises(nbnumba.NBError, match="^" + re.escape(CWD_GONE) + "$"):
+        nbnumba.write_outputs(res)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmds.txt"]
 
 
 def test_batch_sigterm_exits_143_and_leaves_no_file(tmp_path):
