@@ -549,6 +549,41 @@ def test_fuzz_reference_weighs_every_pixel_outside_the_bound(monkeypatch):
     assert what == "fail" and text.startswith("float64 pixel ("), text
 
 
+def test_fuzz_reference_float32_pixel_within_rounding_of_an_accepted_kernel(monkeypatch):
+    """tools/fuzz.py reference, seed 356: -point_pixel with a tilted beam puts
+    pixel (0, 2)'s float64 kernel value 1.17e-7 off the reference, accepted
+    within the reference's own spread there (1.0e-6); the float32 image is that
+    value correctly rounded, yet 9.6e-8 off the reference, past compare()'s
+    6.1e-8 (the target failed it).  The target passes a float32 pixel within
+    float32 rounding of the kernel's float64 value ('conditioned'), and still
+    fails the line with the float32 image 1e-6 off."""
+    import numpy as np
+    import nbnumba
+    from nbnumba import reference as ref
+    from nbnumba.flags import parse_argv
+    from nbnumba.testing import refcheck
+    fz = _fuzz_tool()
+    argv = fz.REF_BASE + ("-oversample 1 -beam_vector 1 -0.02504 -0.04973 -point_pixel "
+                          "-Na 2 -Nb 3 -Nc 4").split()
+    cfg = parse_argv(list(argv))
+    r, k = ref.image(cfg), refcheck.kernel64(cfg)
+    img = np.asarray(nbnumba.simulate(cfg).float_image, dtype=np.float64)
+    assert abs(k[0, 2] - r[0, 2]) > 1e-7 * r[0, 2]           # accepted, by the spread
+    assert img[0, 2] == np.float32(k[0, 2])                  # correctly rounded kernel
+    assert abs(img[0, 2] - r[0, 2]) > refcheck.REL32 * r[0, 2]
+    assert refcheck.compare(cfg, nonzero=False, slack=lambda s, f: 1e-6)[1].startswith(
+        "float32 pixel (0, 2)")
+    assert fz.reference_check(argv) == ("conditioned", "")
+    real = nbnumba.simulate
+
+    class Off:
+        def __init__(self, res):
+            self.float_image = np.asarray(res.float_image) * np.float32(1 + 1e-6)
+    monkeypatch.setattr(nbnumba, "simulate", lambda c, *a, **kw: Off(real(c, *a, **kw)))
+    what, text = fz.reference_check(argv)
+    assert what == "fail" and text.startswith("float32 pixel ("), text
+
+
 def test_fuzz_modes_agree_and_a_wrong_kernel_is_reported(tmp_path, monkeypatch, capsys):
     """tools/fuzz.py modes: 12 drawn lines run in the default mode and under
     -c_parity agree wherever nbnumba.quirks.c_differences announces nothing;

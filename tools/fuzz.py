@@ -1563,7 +1563,9 @@ SPREAD_FACTOR = 4.0
 def reference_check(argv) -> tuple:
     """(outcome, text) of one line: 'agree' (nbnumba.testing.refcheck.compare
     found nothing), 'conditioned' (agree, with a float64 pixel outside the
-    bound but within SPREAD_FACTOR times the reference's own spread),
+    bound but within SPREAD_FACTOR times the reference's own spread, or a
+    float32 pixel off the reference by more than float32 rounding but within
+    it of the kernel's accepted float64 value),
     'empty' (agree, on an image of zeros), 'refused' (the line does not parse
     or build), 'heavy' (over REF_MAX_SUBPATHS, not run), or 'fail' with
     compare's line (the worst pixel and both values) or the exception."""
@@ -1597,6 +1599,20 @@ def reference_check(argv) -> tuple:
             r, why = refcheck.compare(cfg, nonzero=False, slack=slack)
         finally:
             refcheck.SLACK_PIXELS = cap
+        if why is not None and why.startswith("float32 pixel ("):
+            # every float64 pixel passed (within its spread where weighed), and
+            # compare holds the float32 image to the reference itself: where the
+            # kernel's float64 value is accepted further off than float32 rounding
+            # (seed 356: -point_pixel -beam_vector 1 -0.02504 -0.04973, a pixel
+            # 1.17e-7 off under a spread of 1.0e-6), its correct rounding fails.
+            # A float32 pixel passes within float32 rounding of the kernel's own
+            # float64 value as well ('conditioned').
+            import nbnumba
+            k = refcheck.kernel64(cfg)
+            img = np.asarray(nbnumba.simulate(cfg).float_image, dtype=np.float64)
+            tol = lambda v: refcheck.ATOL32 + refcheck.REL32 * np.abs(v)  # noqa: E731
+            if np.all((np.abs(img - r) <= tol(r)) | (np.abs(img - k) <= tol(k))):
+                return "conditioned", None
         if why is None and weighed:
             return "conditioned", None
         return ("empty" if why is None and not np.any(r) else "agree"), why
