@@ -214,7 +214,9 @@ def test_a_damaged_library_is_built_again(built_library, empty_cache, monkeypatc
         os.chmod(path, 0o755)
         return path
     monkeypatch.setattr(aot, "build", build)
-    args = ["--key", key, "--out", os.path.dirname(path)]
+    # (--numba-cache: without it aot.main, meant to run in its own process, sets
+    # NUMBA_CACHE_DIR to a private folder, which later tests' subprocesses inherited)
+    args = ["--key", key, "--out", os.path.dirname(path), "--numba-cache"]
     shutil.copyfile(native.digest_path(built_library), native.digest_path(path))
     for damaged in (b"", whole[:5000], whole[:-4096] + bytes(4096)):
         with open(path, "wb") as fh:
@@ -262,7 +264,8 @@ def test_a_library_folder_without_flock_still_builds(empty_cache, monkeypatch):
     builds = []
     monkeypatch.setattr(aot, "build", lambda key, out: builds.append(key))
     key = native.library_key()
-    assert aot.main(["--key", key, "--out", os.path.dirname(native.library_path())]) == 0
+    assert aot.main(["--key", key, "--out", os.path.dirname(native.library_path()),
+                     "--numba-cache"]) == 0
     assert builds == [key]
 
 
