@@ -264,3 +264,14 @@ def nvcc_ptx(tmp_path_factory, pytestconfig):
             cache[key] = (rc, err, out.read_text() if rc == 0 else "")
         return cache[key]
     return compile
+
+
+@pytest.fixture(autouse=True)
+def _numba_cache_dir_unchanged():
+    """No test may leave NUMBA_CACHE_DIR changed: every later subprocess would
+    compile the kernels into that folder (an in-process aot.main set it to a
+    removed private folder, and the warm suite took 305 s instead of ~130)."""
+    before = os.environ.get("NUMBA_CACHE_DIR")
+    yield
+    after = os.environ.get("NUMBA_CACHE_DIR")
+    assert after == before, ("the test left NUMBA_CACHE_DIR=%r (it was %r)" % (after, before))
