@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from nbnumba import numba_cache
 from nbnumba.kernels import cpu as K
 
@@ -65,6 +67,7 @@ def _cached_call(cache_dir, expr, before=""):
     return p.returncode, p.stdout.strip(), p.stderr
 
 
+@pytest.mark.slow      # (subprocesses compiling into fresh caches: ~5 s)
 def test_a_damaged_cache_entry_is_compiled_again(tmp_path):
     """numba renames its cache files into place without an fsync, so a power
     loss can leave them empty; an emptied or cut-short entry of a package
@@ -136,6 +139,7 @@ caching.IndexDataCacheFile._save_data = _full
 """
 
 
+@pytest.mark.slow      # (subprocesses compiling into fresh caches: ~5 s)
 def test_a_cache_that_cannot_be_written_costs_a_compile_not_the_run(tmp_path):
     """numba's OSError from writing a cache entry (a full disk, a quota) ended
     the run in a traceback after the compile; now the kernel's value comes
