@@ -491,8 +491,8 @@ def test_reader_and_writer_arguments_of_the_wrong_kind_are_one_line_nberrors(tmp
 def test_endless_or_oversized_inputs_are_refused_before_memory_runs_out(tmp_path, monkeypatch,
                                                                        capsys):
     """-hkl /dev/zero (or -mat, -mask, -sourcefile, -stol) was read until the
-    kernel's OOM killer ended the process (24.3 GB resident on a machine of
-    24.7 GB).  A stream
+    kernel's OOM killer ended the process (23.2 GiB resident of the
+    machine's 23.5 GiB).  A stream
     (device, pipe) is read to at most STREAM_MAX_BYTES, a regular file only when
     it fits the memory available; both refusals are one line naming the file.
     A short pipe (an HKL table on /dev/stdin) still reads."""

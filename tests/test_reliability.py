@@ -286,7 +286,7 @@ def test_fuzz_heavy_weighs_the_sweep_keywords(monkeypatch):
 def test_fuzz_heavy_declines_a_huge_source_grid_before_building_it(tmp_path, monkeypatch):
     """tools/fuzz.py's heavy() bounds a line's sub-paths from its step counts
     first: a 3000 x 3000 divergence grid on 8 x 8 pixels is declined without
-    building the model (building it took 124 s and 4.7 GB); the bound never
+    building the model (building it took 124 s and 4.5 GiB); the bound never
     exceeds the count of the built model (ROI, mask, source file, small
     -round_div grids, sensor layers, oversampling)."""
     import numpy as np

@@ -54,7 +54,7 @@ def readable_name(path) -> str:
 #: the most bytes read from an input that is not a regular file (a pipe, a
 #: device), whose size is not known before: -hkl /dev/zero (or -mat, -mask,
 #: -sourcefile, -stol) was read until the kernel's OOM killer ended the run,
-#: at 24.3 GB resident on a machine of 24.7 GB; nanoBragg.c stops at once
+#: at 23.2 GiB resident of the machine's 23.5 GiB; nanoBragg.c stops at once
 #: ("not enough HKL indices")
 STREAM_MAX_BYTES = 1 << 30
 
