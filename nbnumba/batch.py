@@ -160,12 +160,9 @@ def simulate_many(argvs: Sequence[Sequence[str]], cwd: Optional[str] = None,
     # relative paths resolve in cwd through Config.workdir and parse_argv's cwd:
     # no os.chdir, which two threads' calls would undo for each other
     cwd = resolve_cwd(cwd)
-    if cwd is None:
-        try:
-            os.getcwd()
-        except OSError:   # (a FileNotFoundError traceback from realpath)
-            from .errors import CWD_GONE
-            raise ConfigError(CWD_GONE) from None
+    from .errors import CWD_GONE, cwd_gone
+    if cwd is None and cwd_gone():     # (a FileNotFoundError traceback from realpath)
+        raise ConfigError(CWD_GONE)
 
     n = len(argvs)
     workers = max(1, min(workers or _cores(), max(n, 1)))

@@ -19,15 +19,21 @@ CWD_GONE = ("the working directory no longer exists (it was removed): cd to an e
             "directory")
 
 
-def working_directory_gone(prog: str) -> bool:
-    """True, after one line on stderr naming ``prog``, when the working
-    directory was removed (os.getcwd raises): every relative path, and some
-    absolute ones (os.path.realpath), is resolved against it, and a command
-    run there ended in a FileNotFoundError traceback."""
+def cwd_gone() -> bool:
+    """Whether the working directory was removed (os.getcwd raises): every
+    relative path, and some absolute ones (os.path.realpath), is resolved
+    against it, and a run there ended in a FileNotFoundError traceback."""
     import os
     try:
         os.getcwd()
     except FileNotFoundError:
+        return True
+    return False
+
+
+def working_directory_gone(prog: str) -> bool:
+    """cwd_gone(), after one line on stderr naming ``prog`` when it is."""
+    if cwd_gone():
         print("%s: error: %s" % (prog, CWD_GONE), file=sys.stderr)
         return True
     return False

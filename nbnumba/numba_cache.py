@@ -43,6 +43,8 @@ def check_environment() -> None:
         from .errors import ConfigError
         raise ConfigError("NUMBA_NUM_THREADS=%s: numba needs a whole number of threads >= 1; "
                           "unset it (nbnumba then uses every core) or give -threads N" % v)
+
+
 #: the package's files whose code numba compiles into cached functions of
 #: other files (and the kernel modules themselves); the start-up library's
 #: key (kernels/native.py) hashes them too

@@ -61,13 +61,10 @@ def check_output_set(cfg, fdump: bool = False) -> None:
     """Refuse, before anything is computed, an output set that would destroy
     data: two outputs naming one file, an output that is an input of the run
     (the Fdump.bin cache included), or a target that cannot be written."""
-    import os
-    try:
-        os.getcwd()
-    except FileNotFoundError:   # (write_outputs from Python: os.path.realpath's traceback)
-        from .errors import CWD_GONE
+    from .errors import CWD_GONE, cwd_gone
+    if cwd_gone():      # (write_outputs from Python: os.path.realpath's traceback)
         from .io.atomic import OutputFileError
-        raise OutputFileError(CWD_GONE) from None
+        raise OutputFileError(CWD_GONE)
     outs = output_paths(cfg, fdump)
     check_distinct(outs)
     inputs = input_files(cfg)
