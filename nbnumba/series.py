@@ -87,7 +87,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import math
@@ -110,6 +109,7 @@ from .flags import _FLOAT_RE, _INT_RE, INT_MAX, HelpRequested
 from .io.frames import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
 from .io.atomic import (NAME_MAX, OutputFileError, missing_dirs, output_set,
                         remove_empty_dirs, same_file)
+from .io._args import sha256_file
 from .io.smv import RTD
 
 PROG = "nbnumba-series"
@@ -653,14 +653,6 @@ def _pilot_scale(cfg, spec: "FrameSpec"):
     note = ("%s: -nonoise: every frame uses the int-image scale of frame %d, %s "
             "(from a pilot render; -scale S sets it)" % (PROG, spec.number, "%g" % scale))
     return replace(cfg, intfile_scale=scale), note
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _stat_value(v):

@@ -9,7 +9,8 @@ import numpy as np
 
 from nbnumba.errors import ArgumentValueError, InputFileError
 
-__all__ = ["IOArgumentError", "path_name", "readable_name", "read_bytes", "read_all", "as_image"]
+__all__ = ["IOArgumentError", "path_name", "readable_name", "read_bytes", "read_all", "sha256_file",
+           "as_image"]
 
 
 class IOArgumentError(ArgumentValueError):
@@ -90,6 +91,18 @@ def read_all(fh, name: str) -> bytes:
                              "end in sight: an endless device such as /dev/zero?"
                              % (name, STREAM_MAX_BYTES >> 20))
     return data
+
+
+def sha256_file(path) -> str:
+    """The hex sha256 of the file ``path``, read in 1 MiB blocks (OSError as
+    open() raises it): the one file hash of the series manifest, the tools'
+    checksums and the start-up library's check."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def as_image(image, what: str) -> np.ndarray:

@@ -63,11 +63,11 @@ def _patch_pycc():
 
 def build(key: str, out_dir: str) -> str:
     """Compile the library for ``key`` into ``out_dir``; returns its path."""
-    import hashlib
     import importlib
     import shutil
     import tempfile
     from numba.pycc import CC
+    from ..io._args import sha256_file
     from . import native
     _patch_pycc()
     name = native.module_name(key)
@@ -94,8 +94,8 @@ def build(key: str, out_dir: str) -> str:
         shutil.move(built, tmp_lib)
         # the library's sha256 beside it, checked before every load
         # (native._intact); both on disk before their renames
+        digest = sha256_file(tmp_lib)
         with open(tmp_lib, "rb") as fh:
-            digest = hashlib.sha256(fh.read()).hexdigest()
             os.fsync(fh.fileno())
         tmp_sum = native.digest_path(final) + ".tmp%d" % os.getpid()
         with open(tmp_sum, "w") as fh:

@@ -237,16 +237,13 @@ def _intact(path) -> bool:
     copy of a shared cache) must not reach the dynamic loader: mapping a
     truncated library's segments killed the process with SIGBUS.  (About 1 ms
     for the 0.9 MB library, once per process.)"""
+    from ..io._args import sha256_file
     try:
         with open(digest_path(path)) as fh:
             want = fh.read(65).strip()
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        return sha256_file(path) == want
     except (OSError, UnicodeDecodeError):
         return False
-    return h.hexdigest() == want
 
 
 def _trusted(path) -> bool:

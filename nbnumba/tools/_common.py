@@ -29,6 +29,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from nbnumba.errors import (NBError, one_line, quiet_broken_pipes, warnings_as_lines,
                             working_directory_gone)
+from nbnumba.io._args import sha256_file  # noqa: F401  (the tools' C.sha256_file)
 
 #: flags whose single argument is a file the program reads
 INPUT_FLAGS = ("-hkl", "-mat", "-img", "-mask", "-sourcefile", "-stol", "-4stol", "-Q")
@@ -324,14 +325,6 @@ def read_text(path: str, what: str) -> str:
     except NBError as exc:
         raise ToolError(str(exc), 2) from None
     return data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_sha256s(bundle: str, name: str = "sha256.txt") -> str:

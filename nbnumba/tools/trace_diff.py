@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 from nbnumba.io.atomic import atomic_open, check_distinct, check_not_input, check_writable, output_set
-from nbnumba.tools._common import ToolError, UsageParser
+from nbnumba.tools._common import ToolError, UsageParser, read_text
 from nbnumba.tracefmt import PHI_FIELDS, Trace, Value, format_value, parse_trace
 
 PROG = "nbnumba-trace-diff"
@@ -609,11 +609,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read(path: str) -> str:
-    from ._common import read_text
-    return read_text(path, path)
-
-
 def _some(names: Sequence[str], n: int = 3) -> str:
     """``len`` and the first ``n`` names, for a one-line message."""
     if not names:
@@ -651,7 +646,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     outs = _check_outputs(args)
     traces = []
     for path in (args.c_log, args.py_log):
-        tr = parse_trace(_read(path), source=path)   # TraceFormatError names path and line
+        tr = parse_trace(read_text(path, path), source=path)   # TraceFormatError names path and line
         if tr.empty:
             raise ToolError(f"no TRACE_C/TRACE_PY lines found in {path}", 2)
         traces.append(tr)
