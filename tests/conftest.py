@@ -6,8 +6,10 @@ tests of the library (tests/test_startup_library.py) use one built on purpose
 in a temporary directory: when they are collected, the build starts at once
 in a second process and their ``library`` fixture waits for it.  It takes
 the kernels from numba's cache (``--numba-cache``, as ``nbnumba --warmup``
-does): seconds in a warm cache; in a cold one it compiles them there, on the
-core that pytest leaves idle, and the tests then find them compiled.
+does); in a cold one it compiles them there, on the core that pytest leaves
+idle, and the tests then find them compiled.  Its result is kept in pytest's
+build cache (``.pytest_cache``), keyed by everything the build reads, and a
+warm run copies it from there instead of building again.
 
 Likewise the autodiff kernels (about a minute of compiling in a cold cache):
 ``python -m nbnumba.autodiff --warmup`` starts at collection in a second
@@ -60,14 +62,17 @@ _PROCS = []
 _DONE = {}
 
 
-def _start(name, popen):
-    """Run ``popen()`` (a Popen whose stderr is a text pipe) once for this run."""
+def _start(name, popen, on_success=None):
+    """Run ``popen()`` (a Popen whose stderr is a text pipe) once for this run;
+    ``on_success(dir)`` runs when it exits 0, before its status is written."""
     d = tempfile.mkdtemp(prefix="nbnumba-test-%s-" % name.lower())
     os.environ["NBNUMBA_TEST_" + name] = d
     p = popen(d)
 
     def watch():
         err = p.communicate()[1] or ""
+        if p.returncode == 0 and on_success is not None:
+            on_success(d)
         with open(os.path.join(d, "err"), "w") as f:
             f.write(err)
         with open(os.path.join(d, "rc.tmp"), "w") as f:
@@ -93,16 +98,72 @@ def _wait(name, timeout=900.0):
     return _DONE[name]
 
 
-def _start_library():
-    """The start-up library's build (tests/test_startup_library.py), in a
-    directory of its own."""
+def _library_cache(config):
+    """The build cache's folder for the start-up library these sources,
+    settings, CPU and C compiler give (``native.library_key`` holds all but
+    the compiler), or None without pytest's cache.  The build compiles for
+    about 13 CPU-s even from a warm numba cache, while both workers collect."""
     from nbnumba.kernels import native
+    cc = _c_compiler()
+    if cc is None:
+        return None
+    try:
+        cache = config.cache.mkdir("nb_builds")
+    except (AttributeError, OSError):   # -p no:cacheprovider, or a read-only tree
+        return None
+    import hashlib
+    h = hashlib.sha256((native.library_key() + "\n" + _compiler_id(cc)).encode())
+    return cache / ("library-" + h.hexdigest()[:24])
+
+
+def _library_files(d, name):
+    """The start-up library file ``name`` in folder ``d`` and its digest's file."""
+    from nbnumba.kernels import native
+    lib = os.path.join(d, name)
+    return lib, native.digest_path(lib)
+
+
+def _start_library(config):
+    """The start-up library's build (tests/test_startup_library.py), in a
+    directory of its own; a warm run copies the library an earlier run built
+    from the same key out of the build cache (as ``_cached_build``)."""
+    from nbnumba.kernels import native
+    # the names now, not in the watcher thread: library_path reads os.environ,
+    # which a test may be changing then
+    name = os.path.basename(native.library_path())
+    hit = _library_cache(config)
+    if hit is not None and native._intact(os.path.join(str(hit), name)):
+        d = tempfile.mkdtemp(prefix="nbnumba-test-library-")
+        os.mkdir(os.path.join(d, "lib"))
+        for src, dst in zip(_library_files(str(hit), name),
+                            _library_files(os.path.join(d, "lib"), name)):
+            shutil.copyfile(src, dst)
+        for f, text in (("err", ""), ("rc", "0")):
+            with open(os.path.join(d, f), "w") as fh:
+                fh.write(text)
+        os.environ["NBNUMBA_TEST_LIBRARY"] = d
+        _PROCS.append((None, d, None))
+        return
 
     def popen(d):
         os.mkdir(os.path.join(d, "lib"))
         with _cache_dir(os.path.join(d, "lib")):
             return native.start_build(numba_cache=True)
-    _start("LIBRARY", popen)
+
+    def keep(d):
+        # another run may store the same key at once: each fills a folder of
+        # its own and renames it into place; the loser drops its copy
+        tmp = tempfile.mkdtemp(dir=str(hit.parent), prefix=".tmp-")
+        try:
+            for src, dst in zip(_library_files(os.path.join(d, "lib"), name),
+                                _library_files(tmp, name)):
+                shutil.copyfile(src, dst)
+            if not native._intact(os.path.join(str(hit), name)):
+                shutil.rmtree(str(hit), ignore_errors=True)     # a damaged copy
+            os.rename(tmp, str(hit))
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    _start("LIBRARY", popen, on_success=keep if hit is not None else None)
 
 
 def _start_warmup():
@@ -122,14 +183,14 @@ def _xdist_controller(config):
 def pytest_configure(config):
     # the controller collects nothing: it starts both helpers for its workers
     if _xdist_controller(config):
-        _start_library()
+        _start_library(config)
         _start_warmup()
 
 
 def pytest_collection_modifyitems(session, config, items):
     if not hasattr(config, "workerinput") and not _xdist_controller(config):
         if any("library" in getattr(item, "fixturenames", ()) for item in items):
-            _start_library()
+            _start_library(config)
         if any(item.path.name in _AUTODIFF_FILES for item in items):
             _start_warmup()
     # (stable: the other files keep their order)
@@ -144,6 +205,9 @@ def pytest_runtest_setup(item):
 
 def pytest_sessionfinish(session, exitstatus):
     for p, d, t in _PROCS:
+        if p is None:           # taken from the build cache: nothing ran
+            shutil.rmtree(d, ignore_errors=True)
+            continue
         if p.poll() is None:
             p.kill()
             p.wait()
