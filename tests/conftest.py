@@ -152,9 +152,11 @@ def _start_library(config):
 
     def keep(d):
         # another run may store the same key at once: each fills a folder of
-        # its own and renames it into place; the loser drops its copy
-        tmp = tempfile.mkdtemp(dir=str(hit.parent), prefix=".tmp-")
+        # its own and renames it into place; the loser drops its copy.  No
+        # error may escape: the watcher writes the build's status after this
+        tmp = ""
         try:
+            tmp = tempfile.mkdtemp(dir=str(hit.parent), prefix=".tmp-")
             for src, dst in zip(_library_files(os.path.join(d, "lib"), name),
                                 _library_files(tmp, name)):
                 shutil.copyfile(src, dst)
@@ -162,7 +164,8 @@ def _start_library(config):
                 shutil.rmtree(str(hit), ignore_errors=True)     # a damaged copy
             os.rename(tmp, str(hit))
         except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
     _start("LIBRARY", popen, on_success=keep if hit is not None else None)
 
 
