@@ -419,7 +419,8 @@ def test_batch_sigterm_exits_143_and_leaves_no_file(tmp_path):
     slow = ("-cell 70 80 90 90 90 90 -default_F 100 -N 5 -lambda 1.5 -distance 100 "
             "-detpixels 1024 -pixel 0.05 -nopgm -nonoise -oversample 6 -mosaic 0.5 -mosaic_dom 40")
     (tmp_path / "cmds.txt").write_text(slow + " -floatfile t.bin -intfile t.img\n")
-    env = dict(os.environ, NBNUMBA_SERVER="0")
+    # one thread: the render only has to outlast the sleep, not hold both cores
+    env = dict(os.environ, NBNUMBA_SERVER="0", NUMBA_NUM_THREADS="1")
     p = subprocess.Popen([sys.executable, "-m", "nbnumba.cli", "--batch", "cmds.txt"],
                          cwd=str(tmp_path), env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
