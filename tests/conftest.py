@@ -151,21 +151,10 @@ def _start_library(config):
             return native.start_build(numba_cache=True)
 
     def keep(d):
-        # another run may store the same key at once: each fills a folder of
-        # its own and renames it into place; the loser drops its copy.  No
-        # error may escape: the watcher writes the build's status after this
-        tmp = ""
-        try:
-            tmp = tempfile.mkdtemp(dir=str(hit.parent), prefix=".tmp-")
-            for src, dst in zip(_library_files(os.path.join(d, "lib"), name),
-                                _library_files(tmp, name)):
-                shutil.copyfile(src, dst)
-            if not native._intact(os.path.join(str(hit), name)):
-                shutil.rmtree(str(hit), ignore_errors=True)     # a damaged copy
-            os.rename(tmp, str(hit))
-        except OSError:
-            if tmp:
-                shutil.rmtree(tmp, ignore_errors=True)
+        if not native._intact(os.path.join(str(hit), name)):
+            shutil.rmtree(str(hit), ignore_errors=True)     # a damaged copy
+        names = _library_files("", name)                    # as named in a folder
+        _store_build(hit, dict(zip(names, _library_files(os.path.join(d, "lib"), name))))
     _start("LIBRARY", popen, on_success=keep if hit is not None else None)
 
 
@@ -273,17 +262,29 @@ def _cached_build(pytestconfig, cmd, output, sources, exe):
             return 0, (hit / "stderr").read_text()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode == 0 and cache is not None:
-        # another worker may store the same key at once: each writes a
-        # directory of its own and renames it into place; the loser drops its copy
-        tmp = tempfile.mkdtemp(dir=str(cache), prefix=".tmp-")
-        try:
-            shutil.copyfile(output, os.path.join(tmp, "out"))
-            with open(os.path.join(tmp, "stderr"), "w") as f:
-                f.write(proc.stderr)
-            os.rename(tmp, str(cache / h.hexdigest()))
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _store_build(cache / h.hexdigest(), {"out": output}, {"stderr": proc.stderr})
     return proc.returncode, proc.stderr
+
+
+def _store_build(dest, files, texts=None):
+    """Put copies of ``files`` ({name in dest: source path}) and ``texts``
+    ({name: str}) into the build cache's folder ``dest`` as one unit.
+    Another run may store the same key at once: each fills a folder of its
+    own and renames it into place, and the loser drops its copy.  Nothing is
+    raised: a build whose result cannot be kept still succeeded (and a
+    watcher thread writes its status next)."""
+    tmp = ""
+    try:
+        tmp = tempfile.mkdtemp(dir=str(dest.parent), prefix=".tmp-")
+        for name, src in files.items():
+            shutil.copyfile(src, os.path.join(tmp, name))
+        for name, text in (texts or {}).items():
+            with open(os.path.join(tmp, name), "w") as f:
+                f.write(text)
+        os.rename(tmp, str(dest))
+    except OSError:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
