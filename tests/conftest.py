@@ -62,22 +62,33 @@ _PROCS = []
 _DONE = {}
 
 
+def _helper_dir(name):
+    """A new directory for helper ``name``, named in NBNUMBA_TEST_<NAME>."""
+    d = tempfile.mkdtemp(prefix="nbnumba-test-%s-" % name.lower())
+    os.environ["NBNUMBA_TEST_" + name] = d
+    return d
+
+
+def _write_status(d, rc, err):
+    """A helper's stderr, then its exit status: _wait reads them once "rc" exists."""
+    with open(os.path.join(d, "err"), "w") as f:
+        f.write(err)
+    with open(os.path.join(d, "rc.tmp"), "w") as f:
+        f.write(str(rc))
+    os.replace(os.path.join(d, "rc.tmp"), os.path.join(d, "rc"))
+
+
 def _start(name, popen, on_success=None):
     """Run ``popen()`` (a Popen whose stderr is a text pipe) once for this run;
     ``on_success(dir)`` runs when it exits 0, before its status is written."""
-    d = tempfile.mkdtemp(prefix="nbnumba-test-%s-" % name.lower())
-    os.environ["NBNUMBA_TEST_" + name] = d
+    d = _helper_dir(name)
     p = popen(d)
 
     def watch():
         err = p.communicate()[1] or ""
         if p.returncode == 0 and on_success is not None:
             on_success(d)
-        with open(os.path.join(d, "err"), "w") as f:
-            f.write(err)
-        with open(os.path.join(d, "rc.tmp"), "w") as f:
-            f.write(str(p.returncode))
-        os.replace(os.path.join(d, "rc.tmp"), os.path.join(d, "rc"))
+        _write_status(d, p.returncode, err)
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     _PROCS.append((p, d, t))
@@ -116,13 +127,6 @@ def _library_cache(config):
     return cache / ("library-" + h.hexdigest()[:24])
 
 
-def _library_files(d, name):
-    """The start-up library file ``name`` in folder ``d`` and its digest's file."""
-    from nbnumba.kernels import native
-    lib = os.path.join(d, name)
-    return lib, native.digest_path(lib)
-
-
 def _start_library(config):
     """The start-up library's build (tests/test_startup_library.py), in a
     directory of its own; a warm run copies the library an earlier run built
@@ -131,17 +135,14 @@ def _start_library(config):
     # the names now, not in the watcher thread: library_path reads os.environ,
     # which a test may be changing then
     name = os.path.basename(native.library_path())
+    names = (name, native.digest_path(name))            # the library and its digest
     hit = _library_cache(config)
     if hit is not None and native._intact(os.path.join(str(hit), name)):
-        d = tempfile.mkdtemp(prefix="nbnumba-test-library-")
+        d = _helper_dir("LIBRARY")
         os.mkdir(os.path.join(d, "lib"))
-        for src, dst in zip(_library_files(str(hit), name),
-                            _library_files(os.path.join(d, "lib"), name)):
-            shutil.copyfile(src, dst)
-        for f, text in (("err", ""), ("rc", "0")):
-            with open(os.path.join(d, f), "w") as fh:
-                fh.write(text)
-        os.environ["NBNUMBA_TEST_LIBRARY"] = d
+        for n in names:
+            shutil.copyfile(os.path.join(str(hit), n), os.path.join(d, "lib", n))
+        _write_status(d, 0, "")
         _PROCS.append((None, d, None))
         return
 
@@ -153,8 +154,7 @@ def _start_library(config):
     def keep(d):
         if not native._intact(os.path.join(str(hit), name)):
             shutil.rmtree(str(hit), ignore_errors=True)     # a damaged copy
-        names = _library_files("", name)                    # as named in a folder
-        _store_build(hit, dict(zip(names, _library_files(os.path.join(d, "lib"), name))))
+        _store_build(hit, {n: os.path.join(d, "lib", n) for n in names})
     _start("LIBRARY", popen, on_success=keep if hit is not None else None)
 
 
