@@ -6,6 +6,8 @@ to its sign, which the loop drops (its readers square the factor; the trace
 restores the sign from the per-axis factors)."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -59,6 +61,14 @@ def _per_axis_reference(h, k, l, N, f32):
     with the loop's fast-math flags (the same FMA contraction of the
     polynomials): the product of the unsigned fractions of the axes with
     N > 1, in axis order, as the loop formed it with a branch per axis."""
+    return _per_axis_reference_fn(f32)(h, k, l, *N)
+
+
+@functools.lru_cache(maxsize=None)
+def _per_axis_reference_fn(f32):
+    """One compiled reference per precision and process (f32 is a compile-time
+    constant of sincg_reduced_frac): a compile per parametrized test cost
+    about a second each."""
     from numba import njit
 
     @njit(fastmath=K.FAST_MATH, error_model="numpy")
@@ -74,7 +84,7 @@ def _per_axis_reference(h, k, l, N, f32):
                     den = den * d_
             out[j] = num / den
         return out
-    return ref(h, k, l, *N)
+    return ref
 
 
 @pytest.mark.parametrize("N", [(5.0, 8.0, 3.0), (5.0, 1.0, 3.0), (1.0, 1.0, 2.0), (0.5, 1.0, 1.0)])
