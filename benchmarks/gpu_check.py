@@ -807,7 +807,7 @@ def _main(argv=None) -> int:
         reason = report["env"].get("cupy_error") or "CuPy imports but no CUDA device is visible"
         report.update(status="no_gpu", reason="no GPU: " + reason, seconds=time.monotonic() - t_start)
         _write(report, out_dir)
-        print("gpu_check: no GPU (%s); report in %s" % (reason, out_dir), flush=True)
+        print("gpu_check: no GPU (%s); report in %s" % (reason, out_dir.resolve()), flush=True)
         return 0
     import cupy as cp
     report["device"] = device_info(cp)
@@ -830,7 +830,7 @@ def _main(argv=None) -> int:
     ok = all(st.get("ok", True) for st in report["steps"].values())
     report.update(status="ok" if ok else "failed", seconds=time.monotonic() - t_start)
     _write(report, out_dir)
-    print("gpu_check: %s; report in %s" % (report["status"], out_dir), flush=True)
+    print("gpu_check: %s; report in %s" % (report["status"], out_dir.resolve()), flush=True)
     return 0 if ok else 1
 
 

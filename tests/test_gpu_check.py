@@ -37,11 +37,13 @@ runpy.run_module("benchmarks.gpu_check", run_name="__main__")
 
 def test_no_gpu_report_and_exit_0(tmp_path):
     out = tmp_path / "report"
-    p = subprocess.run([sys.executable, "-c", BLOCKER, "--out", str(out)], cwd=str(REPO),
+    # a relative --out, from another folder: the last line names the folder in full
+    p = subprocess.run([sys.executable, "-c", BLOCKER, "--out", "report"], cwd=str(tmp_path),
                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "no GPU" in p.stdout
+    assert p.stdout.rstrip().endswith("; report in %s" % out.resolve()), p.stdout
     rep = json.loads((out / "gpu_check.json").read_text())
     assert rep["status"] == "no_gpu" and rep["reason"].startswith("no GPU")
     assert rep["steps"] == {}
