@@ -35,7 +35,12 @@ images) out, in a temporary directory.  Modes:
 Both sides run float64 with 2 threads (torch.set_num_threads(2), NUMBA_NUM_THREADS=2)
 and the port eagerly (NANOBRAGG_DISABLE_COMPILE=1).  To make the two runs the same
 physics, the port's mosaic domains (its own Gaussian axis-angle draws, not
-nanoBragg's) are replaced by nbnumba's (nanoBragg's RNG), passed in the request;
+nanoBragg's) are replaced by nbnumba's (nanoBragg's RNG), passed in the request,
+and two of nbnumba's corrections of nanoBragg.c are carried over to the port: its first
+phi point is moved to nbnumba's (nbnumba samples each phi step at its middle, the port at
+its start, as nanoBragg.c does: docs/quirks.md #28), and its mosaic domains turn with the
+crystal, Phi U_m a, where the port, as nanoBragg.c, computes U_m Phi a (#41: the port is
+given Phi U_m Phi^T for each phi step, ``_blocks_turn_with_the_crystal``);
 everything else is given explicitly on both sides (MOSFLM convention, beam pivot,
 explicit beam centre, oversample 1, square shape, default_F only).
 """
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -172,6 +178,52 @@ def _port_cli_objects(M, argv):
     raise RuntimeError("the port's main() ended without building a simulator")
 
 
+def _with_value(argv, flag, value):
+    """argv with FLAG's one value replaced (FLAG appended when absent)."""
+    argv = list(argv)
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+    return argv
+
+
+def peer_phi0(phis_deg, osc_deg, steps):
+    """The port's -phi (deg) for nbnumba's phi points ``phis_deg``: the port samples
+    phi0 + i * osc / steps, so its phi0 is nbnumba's first point (half a step past
+    nbnumba's phi0, docs/quirks.md #28).  A ValueError if the port's points, so
+    placed, are not nbnumba's."""
+    step = osc_deg / steps if steps > 0 else 0.0
+    port = [phis_deg[0] + i * step for i in range(max(steps, 1))]
+    if len(port) != len(phis_deg) or any(abs(a - b) > 1e-9 * max(1.0, abs(b))
+                                         for a, b in zip(port, phis_deg)):
+        raise ValueError("the port cannot sample nbnumba's phi points %s (-osc %g in %d steps)"
+                         % (phis_deg, osc_deg, steps))
+    return phis_deg[0]
+
+
+def ports_mosaic_matrices(model):
+    """Phi_p U_m Phi_p^T for each phi point p and mosaic domain m of nbnumba's model,
+    as nested lists (N_phi, N_mos, 3, 3), or None without a mosaic spread: the matrices
+    that make the port's U_m Phi a nbnumba's Phi U_m a (_blocks_turn_with_the_crystal)."""
+    import numpy as np
+    from nbnumba.crystal import _rotate_axis_all
+    if not model.steps.mosaic_spread > 0.0:
+        return None
+    U = np.asarray(model.umats, dtype=np.float64).reshape(-1, 3, 3)
+    # rows of _rotate_axis_all(I) are the turned unit vectors: its transpose is Phi
+    Phi = [_rotate_axis_all(np.eye(3), model.det.spindle, p).T for p in model.phis]
+    return [[(R @ u @ R.T).tolist() for u in U] for R in Phi]
+
+
+def peer_environment(peer_path, repo):
+    """The peer worker's environment additions: the port eagerly on 2 threads, and a
+    PYTHONPATH of ``peer_path`` (the port's src, when it is not installed) and this
+    checkout, since the worker is this file and imports benchmarks._cli."""
+    return {"NANOBRAGG_DISABLE_COMPILE": "1", "OMP_NUM_THREADS": "2", "KMP_DUPLICATE_LIB_OK": "TRUE",
+            "PYTHONPATH": os.pathsep.join(p for p in (peer_path, repo) if p)}
+
+
 def _make_peer_cli(req):
     """The port from its own command-line parsing (the Pilatus ROI case: -mat, -hkl,
     custom detector vectors), with the keyword tensors put into fresh configs."""
@@ -181,7 +233,8 @@ def _make_peer_cli(req):
     from nanobrag_torch.models.crystal import Crystal
     from nanobrag_torch.models.detector import Detector
     from nanobrag_torch.simulator import Simulator
-    cc0, crystal0, dc0, bc0 = _port_cli_objects(M, case_argv(req["case"]))
+    cc0, crystal0, dc0, bc0 = _port_cli_objects(M, _with_value(case_argv(req["case"]), "-phi",
+                                                                repr(req["peer_phi0"])))
     meta = crystal0.hkl_metadata
     x0, x1, y0, y1 = req["case"]["roi"]
     dt, cpu = torch.float64, torch.device("cpu")
@@ -209,6 +262,23 @@ def _make_peer_cli(req):
     return torch, sim
 
 
+def _blocks_turn_with_the_crystal(torch, req):
+    """The port's mosaic step (rotate_umat of the phi-rotated vectors, shape (N_phi, 1, 3),
+    by the domains' matrices, (1, N_mos, 3, 3)) with the request's per-phi matrices
+    Phi_p U_m Phi_p^T instead: Phi_p U_m a, nbnumba's cells (docs/quirks.md #41).  The
+    port's other calls of rotate_umat (the misset) are left alone."""
+    import nanobrag_torch.utils.geometry as G
+    per_phi = torch.tensor(req["umats_phi"], dtype=torch.float64)      # (N_phi, N_mos, 3, 3)
+    plain = G.rotate_umat
+
+    def rotate_umat(v, umat):
+        if umat.dim() == 4 and umat.shape[:2] == (1, per_phi.shape[1]) and v.dim() == 3 \
+                and v.shape[:2] == (per_phi.shape[0], 1):
+            return torch.matmul(per_phi.to(v), v.unsqueeze(-1)).squeeze(-1)
+        return plain(v, umat)
+    G.rotate_umat = rotate_umat
+
+
 def _make_peer(req):
     import torch
     from nanobrag_torch.config import (BeamConfig, CrystalConfig, CrystalShape, DetectorConfig,
@@ -224,13 +294,15 @@ def _make_peer(req):
     src = req.get("sources")
     # nanoBragg's mosaic domains (from nbnumba) instead of the port's own draws
     Crystal._generate_mosaic_rotations = lambda self, config: umats.to(self.device, self.dtype)
+    if req.get("umats_phi") is not None:
+        _blocks_turn_with_the_crystal(torch, req)
 
     def sim(t):
         cell, mis, N = t["cell"], t["misset"], t["N"]
         cc = CrystalConfig(cell_a=cell[0], cell_b=cell[1], cell_c=cell[2], cell_alpha=cell[3],
                            cell_beta=cell[4], cell_gamma=cell[5], misset_deg=(mis[0], mis[1], mis[2]),
                            N_cells=(N[0], N[1], N[2]), default_F=c["default_F"],
-                           phi_start_deg=c["phi"], osc_range_deg=c["osc"], phi_steps=c["phisteps"],
+                           phi_start_deg=req["peer_phi0"], osc_range_deg=c["osc"], phi_steps=c["phisteps"],
                            mosaic_spread_deg=c["mosaic"], mosaic_domains=c["mosaic_domains"],
                            shape=CrystalShape.SQUARE)
         dc = DetectorConfig(distance_mm=t["distance"][0], pixel_size_mm=c["pixel"],
@@ -444,7 +516,13 @@ def _main(argv=None):
             c["argv"].append("-nopolar")
     else:
         c["shape"] = [c["pixels"], c["pixels"]]
-    model = build_model(parse_argv(case_argv(c)))
+    cfg = parse_argv(case_argv(c))
+    model = build_model(cfg)
+    umats_phi = ports_mosaic_matrices(model)
+    try:
+        phi0 = peer_phi0([math.degrees(p) for p in model.phis], math.degrees(cfg.osc), cfg.phisteps)
+    except ValueError as exc:
+        raise _cli.usage_error("--case %s: %s" % (a.case, exc)) from None
     umats = np.asarray(model.umats, dtype=np.float64).reshape(-1, 9).tolist()
     sources = None
     if len(model.sources.wavelength) > 1:
@@ -454,8 +532,7 @@ def _main(argv=None):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ours_env = {"NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "2",
                 "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    peer_env = {"NANOBRAGG_DISABLE_COMPILE": "1", "OMP_NUM_THREADS": "2", "KMP_DUPLICATE_LIB_OK": "TRUE",
-                "PYTHONPATH": a.peer_path or ""}
+    peer_env = peer_environment(a.peer_path, repo)
     out = {"case": c, "argv": case_argv(c), "params": names, "results": {}}
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(13)
@@ -463,7 +540,8 @@ def _main(argv=None):
         for mode in modes:
             req = {"case": c, "params": names, "mode": mode, "reps": a.reps, "umats": umats,
                    "sources": sources, "pix0": [float(x) for x in model.det.pix0],
-                   "close_distance": float(model.det.close_distance)}
+                   "close_distance": float(model.det.close_distance), "peer_phi0": phi0,
+                   "umats_phi": umats_phi}
             for side, py, env in (("ours", sys.executable, ours_env), ("peer", a.peer_python, peer_env)):
                 try:
                     r = _run_worker(py, side, req, tmp, env)

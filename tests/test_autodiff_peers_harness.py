@@ -43,3 +43,95 @@ def test_compare_grids_aligns_by_miller_index(tmp_path):
     assert out["max_abs_diff_over_max"] == pytest.approx(0.25 / scale, rel=1e-12)
     assert out["nonzero_ours"] == big.size and out["sum_peer"] == pytest.approx(small.sum())
     json.dumps(out)                         # what the driver writes
+
+
+@pytest.mark.parametrize("case", ["small", "issue512", "W2_256", "pilatus_roi"])
+def test_the_port_is_given_nbnumbas_phi_points(case, tmp_path):
+    """nbnumba samples each phi step at its middle (docs/quirks.md #28), the port at its
+    start: the harness gives the port -phi at nbnumba's first point, so that its points
+    phi0 + i osc/n are nbnumba's."""
+    c = dict(P.CASES[case])
+    if "roi" in c:
+        from benchmarks.autodiff_perf import case_argv as perf_case_argv
+        c["argv"] = perf_case_argv("pilatus_roi", workdir=str(tmp_path))[0]
+    cfg = parse_argv(P.case_argv(c))
+    m = build_model(cfg)
+    deg = np.degrees(m.phis)
+    phi0 = P.peer_phi0(list(deg), np.degrees(cfg.osc), cfg.phisteps)
+    n = cfg.phisteps
+    np.testing.assert_allclose(phi0 + np.arange(n) * np.degrees(cfg.osc) / n, deg, rtol=0, atol=1e-12)
+    # half a step past the case's own -phi
+    start = c["phi"] if "phi" in c else 0.0
+    assert phi0 == pytest.approx(start + np.degrees(cfg.osc) / n / 2, abs=1e-12)
+    argv = P._with_value(P.case_argv(c), "-phi", repr(phi0))
+    assert argv[argv.index("-phi") + 1] == repr(phi0) and argv.count("-phi") == 1
+
+
+def test_phi_points_the_port_cannot_sample_are_refused():
+    with pytest.raises(ValueError, match="cannot sample"):
+        P.peer_phi0([0.25, 0.5], 1.0, 2)          # a step of 0.25, where the port's is 0.5
+    with pytest.raises(ValueError, match="cannot sample"):
+        P.peer_phi0([0.25, 0.75, 1.25], 1.0, 2)   # three points for two steps
+    assert P.peer_phi0([0.05], 0.1, 1) == 0.05
+
+
+def test_the_ports_mosaic_step_gives_nbnumbas_cells(monkeypatch):
+    """The port, as nanoBragg.c, turns the crystal about the spindle and then by each
+    domain's U_m (U_m Phi a); nbnumba's domains turn with the crystal (Phi U_m a,
+    docs/quirks.md #41).  With the harness's per-phi matrices in its rotate_umat, the
+    port's own composition gives nbnumba's cells; its other calls are unchanged."""
+    import sys
+    import types
+    torch = pytest.importorskip("torch")
+    from nbnumba.crystal import _rotate_axis_all
+
+    # the port's rotate_umat (nanobrag_torch.utils.geometry): umat @ v over leading dims
+    geometry = types.ModuleType("nanobrag_torch.utils.geometry")
+    geometry.rotate_umat = lambda v, umat: torch.matmul(umat, v.unsqueeze(-1)).squeeze(-1)
+    for name in ("nanobrag_torch", "nanobrag_torch.utils"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "nanobrag_torch.utils.geometry", geometry)
+    plain = geometry.rotate_umat
+
+    m = build_model(parse_argv(P.case_argv(P.CASES["small"])))
+    nphi, nmos = len(m.phis), m.umats.shape[0]
+    assert nphi == 3 and nmos == 3
+    P._blocks_turn_with_the_crystal(torch, {"umats_phi": P.ports_mosaic_matrices(m)})
+    U = torch.tensor(np.asarray(m.umats, dtype=np.float64).reshape(-1, 3, 3))
+    for j, v in enumerate((m.crystal.a, m.crystal.b, m.crystal.c)):
+        # the port: the unrotated vector turned by each phi, then by the domains
+        v_phi = torch.tensor(np.array([_rotate_axis_all(np.asarray(v, dtype=np.float64),
+                                                        m.det.spindle, p) for p in m.phis]))
+        port = geometry.rotate_umat(v_phi.unsqueeze(1), U.unsqueeze(0)).numpy()
+        ours = m.cells[0][:, :, j, :]                 # [phi, mos, xyz]
+        np.testing.assert_allclose(port, ours, rtol=0, atol=1e-15 * np.abs(ours).max())
+        # without the harness's matrices the port's cells are the C's, U_m Phi a: not ours
+        c_cells = plain(v_phi.unsqueeze(1), U.unsqueeze(0)).numpy()
+        assert np.abs(c_cells - ours).max() > 1e-6 * np.abs(ours).max()
+    # the misset's call (a vector and one matrix) goes to the port's own function
+    R = torch.tensor(_rotate_axis_all(np.eye(3), (0.0, 0.0, 1.0), 0.3))
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    assert torch.equal(geometry.rotate_umat(x, R), plain(x, R))
+    # and a run without a mosaic spread gives the port nothing to change
+    still = dict(P.CASES["small"], mosaic=0.0)
+    assert P.ports_mosaic_matrices(build_model(parse_argv(P.case_argv(still)))) is None
+
+
+def test_the_peer_worker_finds_this_checkout(tmp_path):
+    """The peer's interpreter runs this file as its worker, which imports
+    benchmarks._cli: its PYTHONPATH holds this checkout as well as --peer-path
+    (with --peer-path alone it stopped at "No module named 'benchmarks'")."""
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(P.__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(P.peer_environment(str(tmp_path / "port_src"), repo))
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(tmp_path / "port_src"), repo]
+    missing = tmp_path / "no_request.json"
+    r = subprocess.run([sys.executable, os.path.abspath(P.__file__), "--worker", "peer",
+                        "--request", str(missing), "--outdir", str(tmp_path)],
+                       cwd=str(tmp_path), env=env, capture_output=True, text=True)
+    # past the imports, to the request file this test did not write
+    assert r.returncode != 0 and "No module named" not in r.stderr
+    assert "no_request.json" in r.stderr, r.stderr[-2000:]
