@@ -178,13 +178,40 @@ def _port_cli_objects(M, argv):
     raise RuntimeError("the port's main() ended without building a simulator")
 
 
-def _with_value(argv, flag, value):
-    """argv with FLAG's one value replaced (FLAG appended when absent)."""
+def _with_value(argv, flag, *values):
+    """argv with FLAG's values replaced (FLAG and them appended when absent)."""
     argv = list(argv)
     if flag in argv:
-        argv[argv.index(flag) + 1] = value
+        i = argv.index(flag) + 1
+        argv[i:i + len(values)] = values
     else:
-        argv += [flag, value]
+        argv += [flag, *values]
+    return argv
+
+
+#: the detector and beam flags nanoBragg.c makes unit vectors (and an odet that is not
+#: unit, fdet x sdet); the port takes their values as given
+UNIT_FLAGS = (("-fdet_vector", "fdet"), ("-sdet_vector", "sdet"), ("-odet_vector", "odet"),
+              ("-beam_vector", "beam"))
+
+
+def unit_vectors(det):
+    """{flag: nbnumba's unit vector} for UNIT_FLAGS, from an nbnumba detector."""
+    return {f: [float(x) for x in getattr(det, a)] for f, a in UNIT_FLAGS}
+
+
+def peer_argv(argv, req):
+    """The port's command line: nbnumba's phi0 for the port (peer_phi0), and the unit
+    vectors nbnumba (as nanoBragg.c) made of the flags' vectors (req["unit_vectors"]).
+    The Pilatus command's -beam_vector has length 1 - 8e-9: taken as it is, it moved
+    h, k, l by about 3e-7 and the box's image by up to 4e-5 of its brightest pixel."""
+    argv = _with_value(argv, "-phi", repr(req["peer_phi0"]))
+    import numpy as np
+    for flag, v in (req.get("unit_vectors") or {}).items():
+        if flag in argv:
+            # positional, exact digits: the port's argparse takes "-8.8e-05" for an option
+            argv = _with_value(argv, flag, *[np.format_float_positional(float(x), unique=True)
+                                             for x in v])
     return argv
 
 
@@ -233,8 +260,7 @@ def _make_peer_cli(req):
     from nanobrag_torch.models.crystal import Crystal
     from nanobrag_torch.models.detector import Detector
     from nanobrag_torch.simulator import Simulator
-    cc0, crystal0, dc0, bc0 = _port_cli_objects(M, _with_value(case_argv(req["case"]), "-phi",
-                                                                repr(req["peer_phi0"])))
+    cc0, crystal0, dc0, bc0 = _port_cli_objects(M, peer_argv(case_argv(req["case"]), req))
     meta = crystal0.hkl_metadata
     x0, x1, y0, y1 = req["case"]["roi"]
     dt, cpu = torch.float64, torch.device("cpu")
@@ -541,7 +567,8 @@ def _main(argv=None):
             req = {"case": c, "params": names, "mode": mode, "reps": a.reps, "umats": umats,
                    "sources": sources, "pix0": [float(x) for x in model.det.pix0],
                    "close_distance": float(model.det.close_distance), "peer_phi0": phi0,
-                   "umats_phi": umats_phi}
+                   "umats_phi": umats_phi,
+                   "unit_vectors": unit_vectors(model.det)}
             for side, py, env in (("ours", sys.executable, ours_env), ("peer", a.peer_python, peer_env)):
                 try:
                     r = _run_worker(py, side, req, tmp, env)

@@ -135,3 +135,31 @@ def test_the_peer_worker_finds_this_checkout(tmp_path):
     # past the imports, to the request file this test did not write
     assert r.returncode != 0 and "No module named" not in r.stderr
     assert "no_request.json" in r.stderr, r.stderr[-2000:]
+
+
+def test_the_port_is_given_unit_detector_and_beam_vectors(tmp_path):
+    """nanoBragg.c (and nbnumba) make -fdet/-sdet/-beam_vector unit vectors and an
+    -odet_vector that is not one fdet x sdet; the port takes the values as given.  The
+    Pilatus command's -beam_vector is 8e-9 short of unit length, so the port's command
+    line gets nbnumba's vectors, and nbnumba's phi0 (peer_phi0)."""
+    from benchmarks.autodiff_perf import case_argv as perf_case_argv
+    argv = perf_case_argv("pilatus_roi", workdir=str(tmp_path))[0]
+    m = build_model(parse_argv(argv))
+    req = {"peer_phi0": 0.005, "unit_vectors": P.unit_vectors(m.det)}
+    out = P.peer_argv(argv, req)
+    assert len(out) == len(argv) and out[out.index("-phi") + 1] == repr(0.005)
+
+    def vec(words, flag):
+        i = words.index(flag) + 1
+        return np.array([float(x) for x in words[i:i + 3]])
+    for flag, name in P.UNIT_FLAGS:
+        v = vec(out, flag)
+        assert np.array_equal(v, np.asarray(getattr(m.det, name), dtype=float)), flag
+        assert abs(np.linalg.norm(v) - 1.0) < 1e-15, flag
+        # no exponent: an argparse parser takes "-8.8e-05" for an option
+        assert not [w for w in out[out.index(flag) + 1:out.index(flag) + 4] if "e" in w.lower()], flag
+    assert abs(np.linalg.norm(vec(argv, "-beam_vector")) - 1.0) > 5e-9       # as given
+    np.testing.assert_allclose(vec(out, "-odet_vector"),
+                               np.cross(vec(out, "-fdet_vector"), vec(out, "-sdet_vector")), atol=1e-15)
+    # a flag the command does not give is not added
+    assert "-polar_vector" not in P.peer_argv(argv, dict(req, unit_vectors={"-polar_vector": [0, 0, 1]}))
