@@ -63,7 +63,7 @@ def test_the_port_is_given_nbnumbas_phi_points(case, tmp_path):
     # half a step past the case's own -phi
     start = c["phi"] if "phi" in c else 0.0
     assert phi0 == pytest.approx(start + np.degrees(cfg.osc) / n / 2, abs=1e-12)
-    argv = P._with_value(P.case_argv(c), "-phi", repr(phi0))
+    argv = P.peer_argv(P.case_argv(c), {"peer_phi0": phi0})
     assert argv[argv.index("-phi") + 1] == repr(phi0) and argv.count("-phi") == 1
 
 

@@ -136,7 +136,7 @@ def _commands(line, env):
         except ValueError:
             continue
         words = [w for w in words if w not in ("...", "…", "[...]") and not w.endswith("...")]
-        for stop in (">", ">>", "2>", "2>&1", "<", "|"):
+        for stop in (">", ">>", "2>", "2>&1", "<"):     # (a pipe was split off above)
             if stop in words:
                 words = words[:words.index(stop)]
         while words and (re.match(r"[A-Za-z_]\w*=", words[0]) or words[0] in ("env", "exec", "time")):
