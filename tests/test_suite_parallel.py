@@ -3,6 +3,8 @@ which leave out the long checks (``-m "not slow"``)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import types
 
 import pytest
@@ -27,7 +29,7 @@ def _decide(args, files=(), blocked=(), env=None, monkeypatch=None):
     cfg = types.SimpleNamespace(pluginmanager=_PM(blocked),
                                 known_args_namespace=types.SimpleNamespace(file_or_dir=list(files)))
     args = list(args)
-    parallel.pytest_load_initial_conftests(cfg, None, args)
+    parallel._choose_workers_and_markers(cfg, args)
     return args
 
 
@@ -85,3 +87,31 @@ def test_child_env_drops_the_worker_variables():
     env = {"PATH": "/bin", "PYTEST_XDIST_WORKER": "gw0", "PYTEST_XDIST_WORKER_COUNT": "2",
            "PYTEST_XDIST_TESTRUNUID": "x", "NBNUMBA_TEST_MARKERS": "not slow", "NB_C_BIN": "c"}
     assert parallel.child_env(env) == {"PATH": "/bin", "NB_C_BIN": "c"}
+
+
+def _run_pytest_with_bytecode_off(tmp_path, extra_env=None):
+    (tmp_path / "conftest.py").write_text("import sys\n")
+    (tmp_path / "test_one.py").write_text(
+        "import sys\n"
+        "def test_flag_is_back():\n"
+        "    assert sys.dont_write_bytecode\n"
+        "    assert 1 + 1 == 2\n")
+    env = parallel.child_env(os.environ)
+    env.pop("NBNUMBA_TEST_NO_PYC", None)
+    env.update(PYTHONDONTWRITEBYTECODE="1", **(extra_env or {}))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "nbnumba.testing.parallel",
+                        "-p", "no:cacheprovider", "-p", "no:randomly", "test_one.py"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cache = tmp_path / "__pycache__"
+    return sorted(p.name.split(".")[0] for p in cache.glob("*-pytest-*.pyc")) if cache.exists() else []
+
+
+def test_assertion_rewrite_cache_is_written_where_bytecode_is_off(tmp_path):
+    # the test module and the conftest get pytest's cached rewrite; the flag
+    # is back on (the test itself asserts it) once they are imported
+    assert _run_pytest_with_bytecode_off(tmp_path) == ["conftest", "test_one"]
+
+
+def test_assertion_rewrite_cache_can_be_refused(tmp_path):
+    assert _run_pytest_with_bytecode_off(tmp_path, {"NBNUMBA_TEST_NO_PYC": "1"}) == []

@@ -17,11 +17,24 @@ times a day; ``python -m pytest -q -m slow`` runs them (CI runs both).  A run
 that names tests, or gives ``-m`` itself, selects as it says.  pytest-xdist
 starts its workers with the command line as typed, so the controller passes
 that choice to them in ``NBNUMBA_TEST_MARKERS``.
+
+pytest rewrites the asserts of each test module when it imports it, and
+caches the result beside the module (``__pycache__/*-pytest-*.pyc``), unless
+bytecode writing is off.  Machines that set ``PYTHONDONTWRITEBYTECODE`` (this
+project's CI does) would have every process of every run rewrite all the test
+modules again: about 10 s of each worker's start on two cores.  So the
+plugin lets Python write bytecode while pytest imports conftest.py and the
+test modules (git ignores ``__pycache__``), and sets the flag back after each.
+``NBNUMBA_TEST_NO_PYC=1`` keeps the flag as the environment gives it.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import sys
+
+import pytest
 
 #: environment variables by which pytest-xdist marks a worker; a pytest run
 #: started from inside a test must not inherit them (pytest-benchmark, for
@@ -51,7 +64,39 @@ def _gives_markers(args) -> bool:
     return any(a == "-m" or (a.startswith("-m") and len(a) > 2) for a in args)
 
 
+@contextlib.contextmanager
+def _writing_bytecode():
+    """Bytecode writing on for the block (pytest's assertion-rewrite cache),
+    then the flag as it was; a no-op under NBNUMBA_TEST_NO_PYC=1."""
+    before = sys.dont_write_bytecode
+    if os.environ.get("NBNUMBA_TEST_NO_PYC", "").strip() not in ("", "0"):
+        yield
+        return
+    sys.dont_write_bytecode = False
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = before
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    # a test module is imported (and its asserts rewritten) when it is collected
+    if isinstance(collector, pytest.Module):
+        with _writing_bytecode():
+            return (yield)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_load_initial_conftests(early_config, parser, args):
+    _choose_workers_and_markers(early_config, args)
+    # pytest's own implementation of this hook imports the initial conftest.py
+    with _writing_bytecode():
+        return (yield)
+
+
+def _choose_workers_and_markers(early_config, args):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         markers = os.environ.get("NBNUMBA_TEST_MARKERS")
         if markers and not _gives_markers(args):
