@@ -673,6 +673,27 @@ def test_atomic_write_through_symlink_and_keeps_mode(tmp_path):
     assert os.stat(real).st_mode & 0o777 == 0o640
 
 
+def test_outputs_in_a_working_directory_deeper_than_path_max(tmp_path, monkeypatch):
+    # nanoBragg.c's fopen("f.bin") writes there; the absolute name (4.5 kB)
+    # cannot be opened, so the writer must name the folder as the caller does
+    from nbnumba.io.atomic import check_writable, output_set
+    monkeypatch.chdir(tmp_path)
+    for _ in range(45):
+        os.mkdir("d" * 100)
+        os.chdir("d" * 100)
+    assert len(os.getcwd()) > 4096
+    check_writable("f.bin", "-floatfile")
+    atomic_write_bytes("f.bin", b"one")
+    os.mkdir("sub")
+    with output_set():
+        atomic_write_bytes("f.bin", b"two")
+        atomic_write_bytes(os.path.join("sub", "g.bin"), b"three")
+    assert open("f.bin", "rb").read() == b"two"
+    assert open(os.path.join("sub", "g.bin"), "rb").read() == b"three"
+    assert sorted(os.listdir(".")) == ["f.bin", "sub"]
+    assert os.listdir("sub") == ["g.bin"]
+
+
 def test_check_not_input(tmp_path, monkeypatch):
     inp = tmp_path / "in.img"
     inp.write_bytes(b"x")

@@ -177,7 +177,7 @@ def check_writable(path, what: str = "") -> None:
     if kind is not None:
         raise OutputFileError(f"cannot write {label}'{shown}': it is a {kind}, not a file")
     target = _resolve_target(shown)
-    directory = os.path.dirname(os.path.abspath(target))
+    directory = _folder_of(target)
     if not os.path.isdir(directory):
         raise OutputFileError(f"cannot write {label}'{shown}': No such file or directory")
     if not os.access(directory, os.W_OK | os.X_OK):
@@ -265,6 +265,14 @@ def remove_stale_temps(directory: str, base: Optional[str] = None) -> int:
     return n
 
 
+def _folder_of(path: str) -> str:
+    """The folder that holds ``path``, named as ``path`` names it: a relative
+    name stays relative.  (Made absolute, the name of a file in a working
+    directory deeper than PATH_MAX, 4096 bytes, cannot be opened: its
+    outputs failed with "No such file or directory" where fopen() writes.)"""
+    return os.path.dirname(path) or os.curdir
+
+
 def _resolve_target(path: str) -> str:
     # Write through symbolic links, as fopen() would: a dangling link names the
     # file to create, and a loop of links is fopen()'s ELOOP (the non-strict
@@ -316,7 +324,7 @@ class _OutputSet:
                 current = s
                 bak = None
                 if os.path.lexists(s.target):
-                    bak = os.path.join(os.path.dirname(os.path.abspath(s.target)),
+                    bak = os.path.join(_folder_of(s.target),
                                        temp_name(os.path.basename(s.target)))
                     try:
                         os.link(s.target, bak)
@@ -363,7 +371,7 @@ class _OutputSet:
         for _, bak, _ in backups:
             if bak is not None:
                 _unlink_quietly(bak)
-        dirs = {os.path.dirname(os.path.abspath(s.target)) for s in done if s.kind is None}
+        dirs = {_folder_of(s.target) for s in done if s.kind is None}
         for d in dirs:
             _fsync_dir(d)
         self.staged = []
@@ -504,7 +512,7 @@ def atomic_open(path, mode: str = "wb") -> Iterator:
                 pass
         return
     target = shown if kind is not None else _resolve_target(shown)
-    directory = os.path.dirname(os.path.abspath(target))
+    directory = _folder_of(target)
     if kind is not None:
         # stage a special target's bytes in the working directory's temp space
         import tempfile
