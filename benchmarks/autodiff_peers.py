@@ -158,15 +158,32 @@ class _Built(BaseException):
     """Carries the port's objects out of its main() (not an Exception: main catches those)."""
 
 
+#: the port's structure-factor readers, which its main() calls without a dtype: they
+#: default to float32 whatever -dtype says
+PORT_HKL_READERS = ("read_hkl_file", "try_load_hkl_or_fdump")
+
+
 def _port_cli_objects(M, argv):
     """(crystal config, crystal, detector config, beam config) as the port's own command
-    line builds them from argv: its main() runs up to the Simulator, which is not built."""
+    line builds them from argv: its main() runs up to the Simulator, which is not built.
+    It runs at -dtype float64 (the port's default is float32), and its -hkl reader is
+    given dtype float64 too: its main() reads the file at float32 whatever -dtype says,
+    and the F grid so read (F rounded to float32, a float32 leaf) moved the Pilatus ROI's
+    image by 1.6e-8 and its F-grid gradient by 1.5e-6 to 1.9e-6 (docs/autodiff_peers.md)."""
+    import torch
+
     def stop(self, crystal, detector, *a, **k):
         raise _Built(crystal, detector, k.get("beam_config"))
+
+    def at_float64(read):
+        return lambda *a, **k: read(*a, **dict(k, dtype=torch.float64))
     orig = M.Simulator.__init__
+    readers = {n: getattr(M, n) for n in PORT_HKL_READERS if hasattr(M, n)}
     M.Simulator.__init__ = stop
+    for n, read in readers.items():
+        setattr(M, n, at_float64(read))
     old = sys.argv
-    sys.argv = ["nanoBragg"] + list(argv)
+    sys.argv = ["nanoBragg"] + _with_value(argv, "-dtype", "float64")
     try:
         M.main()
     except _Built as b:
@@ -175,6 +192,8 @@ def _port_cli_objects(M, argv):
     finally:
         sys.argv = old
         M.Simulator.__init__ = orig
+        for n, read in readers.items():
+            setattr(M, n, read)
     raise RuntimeError("the port's main() ended without building a simulator")
 
 

@@ -163,3 +163,74 @@ def test_the_port_is_given_unit_detector_and_beam_vectors(tmp_path):
                                np.cross(vec(out, "-fdet_vector"), vec(out, "-sdet_vector")), atol=1e-15)
     # a flag the command does not give is not added
     assert "-polar_vector" not in P.peer_argv(argv, dict(req, unit_vectors={"-polar_vector": [0, 0, 1]}))
+
+
+#: the parts of the port's command-line module (nanobrag_torch/__main__.py) that
+#: _port_cli_objects uses, as the port has them: main() reads -hkl with read_hkl_file(path,
+#: default_F=...), whose dtype defaults to float32 whatever -dtype says, then casts the grid to
+#: -dtype (default float32), and builds the Simulator from the crystal
+_PORT_MAIN = '''
+import sys
+from types import SimpleNamespace
+import torch
+
+
+class Simulator:
+    def __init__(self, crystal, detector, crystal_config=None, beam_config=None, **k):
+        raise AssertionError("the harness stops the port's main() before its simulator")
+
+
+def read_hkl_file(filepath, default_F=0.0, device=None, dtype=torch.float32):
+    rows = [line.split() for line in open(filepath) if line.strip()]
+    hkl = [[int(round(float(x))) for x in r[:3]] for r in rows]
+    lo = [min(r[i] for r in hkl) for i in range(3)]
+    hi = [max(r[i] for r in hkl) for i in range(3)]
+    F = torch.full(tuple(hi[i] - lo[i] + 1 for i in range(3)), default_F, dtype=dtype)
+    for (h, k, l), r in zip(hkl, rows):
+        F[h - lo[0], k - lo[1], l - lo[2]] = float(r[3])
+    return F, dict(h_min=lo[0], k_min=lo[1], l_min=lo[2], h_max=hi[0], k_max=hi[1], l_max=hi[2])
+
+
+def main():
+    argv = sys.argv[1:]
+    value = lambda flag, default: argv[argv.index(flag) + 1] if flag in argv else default
+    dtype = torch.float32 if value("-dtype", "float32") == "float32" else torch.float64
+    F, meta = read_hkl_file(value("-hkl", None), default_F=float(value("-default_F", 0.0)))
+    crystal = SimpleNamespace(config="cc", hkl_data=F.clone().detach().to(dtype=dtype),
+                              hkl_metadata=meta, interpolation_enabled=False)
+    Simulator(crystal, SimpleNamespace(config="dc"), crystal_config="cc", beam_config="bc")
+'''
+
+
+def test_the_ports_f_grid_is_read_at_float64(monkeypatch, tmp_path):
+    """The port's main() reads -hkl at float32 whatever -dtype says, and its own -dtype
+    defaults to float32: the Pilatus ROI's F grid was given to the port as a float32 leaf
+    of float32-rounded values (300.69 -> 300.69000244, F^2 1.6e-8 high), which moved the
+    ROI's image by 1.6e-8 and the F grid's gradient, accumulated at float32, by 1.5e-6 to
+    1.9e-6.  The harness runs the port's main() at -dtype float64 with a float64 reader."""
+    import sys
+    import types
+    torch = pytest.importorskip("torch")
+    pkg, M = types.ModuleType("nanobrag_torch"), types.ModuleType("nanobrag_torch.__main__")
+    exec(compile(_PORT_MAIN, "nanobrag_torch/__main__.py", "exec"), M.__dict__)
+    monkeypatch.setitem(sys.modules, "nanobrag_torch", pkg)
+    monkeypatch.setitem(sys.modules, "nanobrag_torch.__main__", M)
+    reader, argv0 = M.read_hkl_file, list(sys.argv)
+    # the Pilatus case's generated -hkl, read by nbnumba and by the port's code
+    from benchmarks.autodiff_perf import case_argv as perf_case_argv
+    from nbnumba.autodiff import structure_factors
+    argv = perf_case_argv("pilatus_roi", workdir=str(tmp_path))[0]
+    ours, ((h0, _), (k0, _), (l0, _)) = structure_factors(argv)
+    F, origin = P._F_grid("peer", {"case": {"argv": argv}})
+    assert F.dtype == torch.float64 and tuple(origin) == (h0, k0, l0)
+    n = F.shape
+    assert torch.equal(F, ours[:n[0], :n[1], :n[2]])          # nbnumba's values, to the bit
+    assert float(F[5 - h0, 13 - k0, -2 - l0]) == 300.69          # the ROI's brightest reflection
+    # float32 would have rounded it (what the port's main() alone gives)
+    assert float(torch.tensor(300.69, dtype=torch.float32)) != 300.69
+    plain = reader(argv[argv.index("-hkl") + 1])[0]
+    assert plain.dtype == torch.float32 and not torch.equal(plain.double(), F)
+    # the port's module and sys.argv are left as they were; a -dtype given is replaced
+    assert M.read_hkl_file is reader and sys.argv == argv0
+    cc, crystal, dc, bc = P._port_cli_objects(M, argv + ["-dtype", "float32"])
+    assert crystal.hkl_data.dtype == torch.float64 and (cc, dc, bc) == ("cc", "dc", "bc")
