@@ -224,8 +224,8 @@ def peer_argv(argv, req):
     vectors nbnumba (as nanoBragg.c) made of the flags' vectors (req["unit_vectors"]).
     The Pilatus command's -beam_vector has length 1 - 8e-9: taken as it is, it moved the
     ROI's image by 4.4e-5 of its brightest pixel and Nb's gradient by 13 %."""
-    argv = _with_value(argv, "-phi", repr(req["peer_phi0"]))
     import numpy as np
+    argv = _with_value(argv, "-phi", repr(req["peer_phi0"]))
     for flag, v in (req.get("unit_vectors") or {}).items():
         if flag in argv:
             # positional, exact digits: the port's argparse takes "-8.8e-05" for an option

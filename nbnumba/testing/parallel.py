@@ -69,10 +69,8 @@ def _writing_bytecode():
     """Bytecode writing on for the block (pytest's assertion-rewrite cache),
     then the flag as it was; a no-op under NBNUMBA_TEST_NO_PYC=1."""
     before = sys.dont_write_bytecode
-    if os.environ.get("NBNUMBA_TEST_NO_PYC", "").strip() not in ("", "0"):
-        yield
-        return
-    sys.dont_write_bytecode = False
+    if os.environ.get("NBNUMBA_TEST_NO_PYC", "").strip() in ("", "0"):
+        sys.dont_write_bytecode = False
     try:
         yield
     finally:
