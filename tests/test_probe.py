@@ -61,8 +61,42 @@ REQUIRED = {
 }
 
 
-def run_probe(tmp_path, monkeypatch, capsys, case, extra=(), trace=None):
+#: what the stand-in plots write: a PNG signature, so the bundle's file list and
+#: checksums are those of a real run
+_PNG_STUB = b"\x89PNG\r\n\x1a\n"
+
+
+def _stub_plots(monkeypatch):
+    """Replace the probe's two matplotlib plots by a file of a few bytes.  Rendering
+    them is about 1.5 s per bundle (tight_layout, savefig); the bundle tests keep
+    the real plots, the tests of attribution and reporting do not look at them."""
+    from nbnumba.tools import sincg_sweep
+    from nbnumba.tools.probe import sincg as probe_sincg
+
+    def fake_plot(res, path):
+        if hasattr(path, "write"):
+            path.write(_PNG_STUB)
+        else:
+            with open(path, "wb") as fh:
+                fh.write(_PNG_STUB)
+
+    def fake_points_plot(path, sw, axis, c_tr, py_tr):
+        # the real one draws nothing when no trace point falls on the sweep
+        lo, hi = float(min(sw["k"][0], sw["k"][-1])), float(max(sw["k"][0], sw["k"][-1]))
+        if not (probe_sincg._trace_points(c_tr, axis, lo, hi)
+                or probe_sincg._trace_points(py_tr, axis, lo, hi)):
+            return False
+        fake_plot(None, path)
+        return True
+
+    monkeypatch.setattr(sincg_sweep, "_plot", fake_plot)
+    monkeypatch.setattr(probe_sincg, "_points_plot", fake_points_plot)
+
+
+def run_probe(tmp_path, monkeypatch, capsys, case, extra=(), trace=None, plots=False):
     monkeypatch.delenv("NB_C_BIN", raising=False)
+    if not plots:
+        _stub_plots(monkeypatch)
     monkeypatch.chdir(tmp_path)
     s, f = case["pixel"]
     opts = ["--pixel", str(s), str(f), "--outdir", "reports", "--no-c", "--sincg-steps", "101"]
@@ -94,11 +128,13 @@ def check_sha256(bundle):
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_bundle_complete_and_checksums(tmp_path, monkeypatch, capsys, case):
-    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, case)
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, case, plots=True)
     assert code in (0, 3), err
     assert re.fullmatch(r"\d{8}T\d{6}Z(-\d+)?", bundle.name)
     assert REQUIRED <= files_of(bundle)
     check_sha256(bundle)
+    png = (bundle / "sincg_sweep.png").read_bytes()
+    assert png.startswith(_PNG_STUB) and len(png) > 10000     # matplotlib's plot, not a stand-in
     summary = (bundle / "summary.md").read_text()
     for sec in ("## 1. Case", "## 2. Result", "## 5. ATTRIBUTION", "## 10. Files"):
         assert sec in summary
@@ -337,7 +373,7 @@ def test_non_finite_c_values_give_a_finite_report_without_warnings(tmp_path, mon
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE, ["--c-parity"],
-                                           trace=bad)
+                                           trace=bad, plots=True)   # no warning from the plots either
     assert code == 3 and err == ""
     assert REQUIRED <= files_of(bundle)
     check_sha256(bundle)
@@ -366,7 +402,8 @@ def test_a_phi_field_in_one_log_only_is_unexplained_not_a_traceback(tmp_path, mo
     bad.write_text("\n".join(lines) + "\n")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE, trace=bad)
+        code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, FIXTURE, trace=bad,
+                                           plots=True)
     assert code == 3 and err == ""
     assert REQUIRED <= files_of(bundle)
     check_sha256(bundle)
