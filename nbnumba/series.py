@@ -1222,6 +1222,25 @@ def _err(msg: str) -> None:
     print("%s: error: %s" % (PROG, msg), file=sys.stderr)
 
 
+def _working_directory(local_workers: bool) -> str:
+    """The working directory's absolute name, which the workers resolve relative
+    inputs in; NBError when it cannot be had, or when local workers could not start
+    in it.  multiprocessing starts each local worker with a chdir to this name, and
+    the kernel refuses one longer than PATH_MAX: each worker died with a traceback,
+    then "Nanny failed to start".  (In this process, a relative input or --out in
+    such a folder is one line already; the CLI writes there.)"""
+    cwd = os.getcwd()       # (a removed one: main() said so already)
+    if local_workers:
+        try:
+            os.stat(cwd)
+        except OSError as exc:
+            raise NBError("local workers cannot start in the working directory, whose absolute "
+                          "name (%d bytes) cannot be used: %s; run from a shallower folder, "
+                          "or use --workers 0" % (len(os.fsencode(cwd)), exc.strerror or exc)
+                          ) from None
+    return cwd
+
+
 def run_series(opts: SeriesOptions) -> int:
     from . import flags
     from .model import build_model
@@ -1234,8 +1253,9 @@ def run_series(opts: SeriesOptions) -> int:
             require(module, "--format %s" % fmt)
     cfg = flags.parse_argv(list(opts.engine_argv))
     _check_engine_flags(opts, cfg)
+    cwd = _working_directory(local_workers=not opts.scheduler and opts.workers != 0)
     if cfg.workdir is None:
-        cfg = replace(cfg, workdir=os.getcwd())    # workers resolve relative inputs here
+        cfg = replace(cfg, workdir=cwd)    # workers resolve relative inputs here
     # the whole setup once, before anything is created: ConfigError/InputFileError -> exit 2
     base_model = build_model(replace(cfg, seed=cfg.seed if cfg.seed is not None else -1,
                                      threads=None))

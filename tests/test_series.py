@@ -1032,3 +1032,25 @@ def test_a_seed_below_1_is_refused(seed, tmp_path, capsys):
     assert rc == 2
     assert "-seed %s: a series needs a seed of 1 or more" % seed in one_line(o.err)
     assert not out.exists()
+
+
+def test_a_working_directory_deeper_than_path_max(tmp_path, monkeypatch, capfd):
+    """A working directory whose absolute name passes PATH_MAX (4.5 kB here): local
+    workers start with a chdir to that name, which the kernel refuses; each died
+    with a traceback, then "Nanny failed to start".  Refused in one line before DIR
+    is created; --workers 0 (this process) still renders there."""
+    out = tmp_path / "o"
+    monkeypatch.chdir(tmp_path)
+    for _ in range(45):
+        os.mkdir("d" * 100)
+        os.chdir("d" * 100)
+    assert len(os.getcwd()) > 4096
+    rc, _ = run(ROT2[:-2] + ["--out", out, "--workers", 1] + SMALL)
+    err = capfd.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert ("local workers cannot start in the working directory, whose absolute name "
+            "(%d bytes) cannot be used: File name too long" % len(os.fsencode(os.getcwd()))
+            in one_line(err))
+    assert not out.exists()
+    rc, _ = run(ROT2[:-2] + ["--out", out, "--workers", 0] + SMALL)
+    assert rc == 0 and len(frame_records(out)) == 2
