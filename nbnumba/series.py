@@ -1224,11 +1224,12 @@ def _err(msg: str) -> None:
 
 def _working_directory(local_workers: bool) -> str:
     """The working directory's absolute name, which the workers resolve relative
-    inputs in; NBError when it cannot be had, or when local workers could not start
-    in it.  multiprocessing starts each local worker with a chdir to this name, and
-    the kernel refuses one longer than PATH_MAX: each worker died with a traceback,
-    then "Nanny failed to start".  (In this process, a relative input or --out in
-    such a folder is one line already; the CLI writes there.)"""
+    inputs in; NBError when ``local_workers`` could not start in it.
+    multiprocessing starts each local worker with a chdir to this name, and the
+    kernel refuses one longer than PATH_MAX (or below a folder it may not search):
+    each worker died with a traceback, then "Nanny failed to start".  (In this
+    process, a relative input or --out in such a folder is one line already; the
+    CLI writes there.)"""
     cwd = os.getcwd()       # (a removed one: main() said so already)
     if local_workers:
         try:
