@@ -276,3 +276,20 @@ def test_a_failed_build_is_noted_once(empty_cache):
     assert native.failed_note() == "CompileError: no C compiler"
     assert native.background_build_wanted() is False
 
+
+
+def test_no_background_build_below_a_file(tmp_path, monkeypatch):
+    """NBNUMBA_CACHE_DIR (or NUMBA_CACHE_DIR) below a file: no build can write
+    there, not even its .failed note.  The folder walk skipped the file, found
+    tmp_path writable and started a build that failed at once, so every run
+    said "building the start-up library in the background (once; ...)"."""
+    (tmp_path / "afile").write_bytes(b"")
+    monkeypatch.setenv("NBNUMBA_AOT_AUTOBUILD", "1")
+    native.forget()
+    try:
+        monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(tmp_path / "afile" / "sub"))
+        assert native.background_build_wanted() is False
+        monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(tmp_path / "new" / "sub"))
+        assert native.background_build_wanted() is True     # a folder it may create
+    finally:
+        native.forget()

@@ -351,13 +351,17 @@ def background_build_wanted() -> bool:
         return False
     if aot_module() is not None or failed_note() or build_running():
         return False
+    # the nearest existing folder on the way must be one this process may write in;
+    # a file on the way (NUMBA_CACHE_DIR=some/file/sub) is no place for it: the build
+    # failed at once each time, with no room for its .failed note, and every run said
+    # "building the start-up library in the background (once; ...)" again
     d = library_dir()
-    while not os.path.isdir(d):
+    while not os.path.lexists(d):
         parent = os.path.dirname(d)
         if parent == d:
             return False
         d = parent
-    return os.access(d, os.W_OK)
+    return os.path.isdir(d) and os.access(d, os.W_OK)
 
 
 def _matcher(code):
