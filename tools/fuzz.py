@@ -420,6 +420,10 @@ def heavy(argv, vals=None, limit=None) -> None:
         raise Heavy("%d sub-paths" % n)
 
 
+#: the targets that call nbnumba.autodiff (torch)
+TORCH_TARGETS = ("autodiff", "gradients", "device")
+
+
 def fuzz_autodiff(seed: int, runs: int, out=sys.stdout) -> dict:
     """Outcome counts of ``runs`` drawn autodiff calls ('fail' among them)."""
     import torch
@@ -2312,6 +2316,15 @@ def main(argv=None) -> int:
         print("tools/fuzz.py: parity needs NB_C_BIN, the nanoBragg program (%s)"
               % ("not set" if not c_bin else "not an executable file: " + c_bin), file=sys.stderr)
         return 2
+    if a.target in TORCH_TARGETS:
+        try:
+            __import__("torch")
+        except ImportError:
+            # (a machine set up by the README's first command has no torch: the
+            # target stopped in a ModuleNotFoundError traceback)
+            print("tools/fuzz.py: %s needs torch, an optional extra (pip install "
+                  "'nbnumba[torch]')" % a.target, file=sys.stderr)
+            return 2
     here = os.getcwd()
     with tempfile.TemporaryDirectory() as d:
         os.chdir(d)
