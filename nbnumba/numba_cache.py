@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 
 _PKG = os.path.dirname(os.path.abspath(__file__))
 
@@ -43,6 +44,37 @@ def check_environment() -> None:
         from .errors import ConfigError
         raise ConfigError("NUMBA_NUM_THREADS=%s: numba needs a whole number of threads >= 1; "
                           "unset it (nbnumba then uses every core) or give -threads N" % v)
+
+
+#: numba's complaint about a NUMBA_* value it cannot read (numba.core.config)
+_UNREADABLE_SETTING = re.compile(r"Environment variable '(\w+)' is defined but its associated "
+                                 r"value '(.*?)' could not be parsed", re.S)
+
+
+def import_numba() -> None:
+    """``import numba`` (once; the kernel modules call this before importing
+    from it).  A NUMBA_* setting numba cannot read (``NUMBA_OPT=x``) made it
+    warn with the whole text of a traceback (11 lines), then use its default;
+    that warning is now one NBWarning line naming the variable and numba's
+    reason (the CLI prints ``nbnumba: warning: ...``).  Other warnings of the
+    import pass on as they were."""
+    import sys
+    if "numba" in sys.modules:
+        return
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        __import__("numba")
+    for w in caught:
+        text = str(w.message)
+        m = _UNREADABLE_SETTING.match(text)
+        if m is None:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            continue
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        from .errors import NBWarning
+        warnings.warn(NBWarning("%s=%s: numba cannot read this value and uses its default (%s)"
+                                % (m.group(1), m.group(2), lines[-1])), stacklevel=2)
 
 
 #: the package's files whose code numba compiles into cached functions of

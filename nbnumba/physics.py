@@ -18,6 +18,7 @@ import numpy as np
 from . import numba_cache
 
 numba_cache.check_environment()     # (a NUMBA_NUM_THREADS numba cannot start with)
+numba_cache.import_numba()          # (a NUMBA_* value it cannot read: one line)
 
 from numba import njit, types  # noqa: E402
 from numba.extending import overload  # noqa: E402

@@ -272,3 +272,25 @@ def test_a_thread_count_numba_cannot_start_with_is_one_line(tmp_path, monkeypatc
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert p.stdout.startswith("ConfigError NUMBA_NUM_THREADS=0: numba needs"), p.stdout + p.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_numba_setting_numba_cannot_read_is_one_warning_line(tmp_path):
+    """NUMBA_OPT=x: numba warned with the whole text of a traceback (11 lines
+    on stderr) and used its default.  Now one ``nbnumba: warning:`` line naming
+    the variable and numba's reason; the image is the one without it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    argv = ("-cell 100 100 100 90 90 90 -lambda 6.2 -N 5 -default_F 10 -distance 100 -detpixels 8 "
+            "-nopgm -noprogress -nonoise -floatfile").split()
+    env = dict(os.environ, PYTHONPATH=root, NBNUMBA_AOT="0", NBNUMBA_SERVER="0")
+    env.pop("NUMBA_OPT", None)
+    images = []
+    for i, opt in enumerate((None, "x")):
+        e = dict(env, NUMBA_OPT=opt) if opt is not None else env
+        p = subprocess.run([sys.executable, "-m", "nbnumba.cli"] + argv + ["f%d.bin" % i],
+                           cwd=str(tmp_path), env=e, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        images.append((tmp_path / ("f%d.bin" % i)).read_bytes())
+    assert p.stderr == ("nbnumba: warning: NUMBA_OPT=x: numba cannot read this value and uses its "
+                        "default (ValueError: Environment variable `NUMBA_OPT` is set to an "
+                        "unsupported value 'x', supported values are 0, 1, 2, 3, and 'max')\n"), p.stderr
+    assert images[0] == images[1]

@@ -26,9 +26,14 @@ nbnumba.autodiff checks this before calling.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
 
-from ..physics import (SHAPE_GAUSS, capture_fraction, capture_fraction_grad,
+from .. import numba_cache as _numba_cache
+
+_numba_cache.import_numba()     # (a NUMBA_* value numba cannot read: one line)
+
+from numba import njit, prange  # noqa: E402
+
+from ..physics import (SHAPE_GAUSS, capture_fraction, capture_fraction_grad,  # noqa: E402
                        capture_fraction_parallax_grad, forward_scatter, sphere_position,
                        sphere_position_grad, interp_in_range, lattice_factor,
                        lattice_factor_grad, lattice_factor_star_grad, nearest_F, nearest_F_frac,

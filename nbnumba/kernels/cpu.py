@@ -17,7 +17,12 @@ import types as _pytypes
 
 import numpy as np
 from llvmlite import ir
-from numba import config as _numba_config
+
+from .. import numba_cache as _numba_cache
+
+_numba_cache.import_numba()     # (before numba's config is read: a NUMBA_* value it cannot read)
+
+from numba import config as _numba_config  # noqa: E402
 from numba import njit, types
 from numba.core.extending import intrinsic
 

@@ -13,10 +13,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
 from .. import numba_cache
-from ..rng import F32, _ran1
+
+numba_cache.import_numba()     # (a NUMBA_* value numba cannot read: one line)
+
+from numba import njit  # noqa: E402
+
+from ..rng import F32, _ran1  # noqa: E402
 
 numba_cache.install()     # cached kernels also depend on the files they inline
 
