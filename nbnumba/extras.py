@@ -24,6 +24,7 @@ EXTRA_OF = {
     "torch": "torch",
     "gemmi": "sf",
     "yaml": "dev",      # only the golden-corpus tooling (nbnumba/testing/golden.py) reads YAML
+    "pytest": "dev",    # nbnumba-probe --pytest
 }
 
 

@@ -476,3 +476,28 @@ def test_traces_that_share_no_key_are_not_a_match():
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
     assert ProbeState(**dict(required, diff=nothing)).diverged
     assert not ProbeState(**dict(required, diff=same)).diverged
+
+
+def test_the_probe_runs_without_pytest(tmp_path):
+    """A plain ``pip install nbnumba`` has no pytest: nbnumba-probe imported
+    nbnumba.testing.parallel (which imports pytest) at start and stopped in a
+    ModuleNotFoundError traceback.  Now it writes its bundle, and --pytest says
+    in one line, before any bundle, what it needs."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['pytest'] = None\n"
+            "from nbnumba.tools import probe\n"
+            "sys.exit(probe.main(sys.argv[1:]))\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("NB_C_BIN", None)
+    base = [sys.executable, "-c", code, "--pixel", "8", "8", "--outdir", "reports", "--no-c",
+            "--sincg-steps", "11", "--c-trace", str(FIXTURE["trace"])]
+    p = subprocess.run(base + ["--"] + FIXTURE["args"], cwd=str(tmp_path), env=env,
+                       capture_output=True, text=True)
+    assert p.returncode in (0, 3) and "Traceback" not in p.stderr, p.stderr
+    assert len(list((tmp_path / "reports").iterdir())) == 1
+    p = subprocess.run(base + ["--pytest", "tests/test_extras.py", "--"] + FIXTURE["args"],
+                       cwd=str(tmp_path), env=env, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr == (
+        'nbnumba-probe: error: --pytest needs pytest: pip install "nbnumba[dev]"\n'), p.stderr
+    assert len(list((tmp_path / "reports").iterdir())) == 1

@@ -40,6 +40,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_OK
         opts_argv, flags = split
         opts = _parse_opts(opts_argv)
+        if opts.pytest:
+            from nbnumba.extras import require
+            require("pytest", "--pytest")       # (one line before the bundle is made)
         if not flags:
             raise ToolError("no nanoBragg flags: use nbnumba-probe --pixel S F [options] -- <flags>",
                             EXIT_USAGE)

@@ -8,8 +8,6 @@ import os
 import sys
 from typing import Optional
 
-
-from nbnumba.testing.parallel import child_env
 from nbnumba.tools import _common as C
 
 
@@ -92,6 +90,9 @@ def pytest_step(p) -> None:
     selectors = list(p.opts.pytest or [])
     if not selectors:
         return
+    # (it imports pytest, which only --pytest needs: the probe of a plain
+    # ``pip install nbnumba`` stopped in a ModuleNotFoundError traceback)
+    from nbnumba.testing.parallel import child_env
     root = C.repo_root()
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selectors]
     # (a run of its own, also when the probe itself runs in a pytest-xdist worker)
