@@ -68,3 +68,71 @@ def test_to_torch_without_torch_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(MissingExtraError, match=r'nbnumba\[torch\]'):
         res.to_torch()
+
+
+
+#: what ``pip install nbnumba`` leaves out (pytest: the dev extra)
+_EXTRA_MODULES = ("pytest", "_pytest", "matplotlib", "fabio", "h5py", "dask", "distributed",
+                  "gemmi", "torch", "cupy", "yaml")
+
+#: (module, argv, the extra its one-line error names; None: it runs)
+_PLAIN_INSTALL_RUNS = [
+    ("nbnumba.cli", ["-floatfile", "f.bin"], None),
+    ("nbnumba.series", ["--frames", "1", "--osc-per-frame", "1", "--workers", "0", "--out", "s0"],
+     None),
+    ("nbnumba.series", ["--frames", "1", "--osc-per-frame", "1", "--out", "s1"], "series"),
+    ("nbnumba.series", ["--frames", "1", "--osc-per-frame", "1", "--workers", "0", "--format",
+                        "cbf", "--out", "s2"], "formats"),
+    ("nbnumba.tools.compare", ["--c-bin", "SELF", "--"], "plots"),
+    ("nbnumba.tools.probe", ["--pixel", "4", "4", "--no-c", "--c-trace", "TRACE", "--"], "plots"),
+    ("nbnumba.tools.sincg_sweep", ["--N", "5", "--k", "0", "1", "--steps", "11"], "plots"),
+    ("nbnumba.tools.sincg_sweep", ["--N", "5", "--k", "0", "1", "--steps", "11", "--no-png"], None),
+    ("nbnumba.tools.trace_diff", ["TRACE", "TRACE"], None),
+    ("nbnumba.sf", ["m.pdb", "-dmin", "3"], "sf"),
+    ("nbnumba.expt", ["--from-flags", "-o", "g.expt", "--"], None),
+]
+
+_PLAIN_INSTALL_CODE = r'''
+import contextlib, io, sys
+for m in %(blocked)r:
+    sys.modules[m] = None                    # import m -> ImportError
+from importlib import import_module
+FL = "-cell 50 50 50 90 90 90 -default_F 1 -N 2 -distance 100 -detpixels 8 -nonoise".split()
+for mod, argv, extra in %(runs)r:
+    argv = [{"TRACE": %(trace)r, "SELF": sys.executable}.get(a, a) for a in argv]
+    if mod not in ("nbnumba.tools.sincg_sweep", "nbnumba.tools.trace_diff", "nbnumba.sf"):
+        argv = argv + FL                     # the nanoBragg flags last
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = import_module(mod).main(argv)
+        except SystemExit as e:
+            rc = e.code
+        except BaseException as e:           # what the test is about
+            rc = "raised %%s: %%s" %% (type(e).__name__, e)
+    print(repr((mod, extra, rc, err.getvalue().strip().splitlines())))
+'''
+
+
+def test_every_console_script_on_a_plain_install(tmp_path):
+    """``pip install nbnumba`` brings numpy, numba and tqdm only.  Each console
+    script then runs, or stops in one line (exit 2) that names the extra to
+    install.  nbnumba-probe stopped in a ModuleNotFoundError traceback: it
+    imported pytest at start."""
+    import ast
+    code = _PLAIN_INSTALL_CODE % {
+        "blocked": _EXTRA_MODULES, "runs": _PLAIN_INSTALL_RUNS,
+        "trace": str(REPO / "tests" / "data" / "traces" / "mosflm_phi10_N2.c.log")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    got = [ast.literal_eval(ln) for ln in r.stdout.strip().splitlines()]
+    assert len(got) == len(_PLAIN_INSTALL_RUNS), r.stdout
+    for mod, extra, rc, err in got:
+        if extra is None:
+            # (trace-diff's exit 1 is its verdict: the traces differ)
+            assert rc in ((0, 1) if mod.endswith("trace_diff") else (0,)), (mod, rc, err)
+            assert not any("Traceback" in ln for ln in err), (mod, err)
+        else:
+            assert rc == 2 and len(err) == 1, (mod, rc, err)
+            assert err[0].endswith('pip install "nbnumba[%s]"' % extra), (mod, err)
