@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -478,26 +479,18 @@ def test_traces_that_share_no_key_are_not_a_match():
     assert not ProbeState(**dict(required, diff=same)).diverged
 
 
-def test_the_probe_runs_without_pytest(tmp_path):
-    """A plain ``pip install nbnumba`` has no pytest: nbnumba-probe imported
-    nbnumba.testing.parallel (which imports pytest) at start and stopped in a
-    ModuleNotFoundError traceback.  Now it writes its bundle, and --pytest says
-    in one line, before any bundle, what it needs."""
-    import subprocess
-    import sys
-    code = ("import sys; sys.modules['pytest'] = None\n"
-            "from nbnumba.tools import probe\n"
-            "sys.exit(probe.main(sys.argv[1:]))\n")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("NB_C_BIN", None)
-    base = [sys.executable, "-c", code, "--pixel", "8", "8", "--outdir", "reports", "--no-c",
-            "--sincg-steps", "11", "--c-trace", str(FIXTURE["trace"])]
-    p = subprocess.run(base + ["--"] + FIXTURE["args"], cwd=str(tmp_path), env=env,
-                       capture_output=True, text=True)
-    assert p.returncode in (0, 3) and "Traceback" not in p.stderr, p.stderr
-    assert len(list((tmp_path / "reports").iterdir())) == 1
-    p = subprocess.run(base + ["--pytest", "tests/test_extras.py", "--"] + FIXTURE["args"],
-                       cwd=str(tmp_path), env=env, capture_output=True, text=True)
-    assert p.returncode == 2 and p.stderr == (
-        'nbnumba-probe: error: --pytest needs pytest: pip install "nbnumba[dev]"\n'), p.stderr
-    assert len(list((tmp_path / "reports").iterdir())) == 1
+
+def test_pytest_option_without_pytest_is_one_line(tmp_path, monkeypatch, capsys):
+    """--pytest on a plain ``pip install nbnumba`` (no pytest): one line naming
+    the extra, before any bundle.  (That the probe itself starts without pytest
+    is tests/test_extras.py::test_every_console_script_on_a_plain_install: it
+    imported pytest at start, a ModuleNotFoundError traceback.)"""
+    monkeypatch.setitem(sys.modules, "pytest", None)     # import pytest -> ImportError
+    monkeypatch.chdir(tmp_path)
+    code = probe.main(["--pixel", "8", "8", "--outdir", "reports", "--no-c", "--c-trace",
+                       str(FIXTURE["trace"]), "--pytest", "tests/test_extras.py", "--"]
+                      + FIXTURE["args"])
+    cap = capsys.readouterr()
+    assert code == 2 and cap.err == (
+        'nbnumba-probe: error: --pytest needs pytest: pip install "nbnumba[dev]"\n'), cap.err
+    assert not (tmp_path / "reports").exists()
