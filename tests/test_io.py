@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
 import subprocess
+import tempfile
 
 import numpy as np
 import pytest
@@ -659,6 +662,65 @@ def test_atomic_write_errors_name_the_file(tmp_path):
         finally:
             os.chmod(ro, 0o700)
     assert issubclass(OutputFileError, NBError)
+
+
+@contextlib.contextmanager
+def _as_an_ordinary_user():
+    """The block runs with an ordinary user's rights: as root, with the
+    effective ids of ``nobody`` (65534), which root may take back; otherwise
+    as the user the tests run as."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def test_a_file_this_user_may_not_write_is_not_replaced():
+    # nanoBragg.c's fopen() refuses a file the user may not write (chmod a-w,
+    # another user's file) and stops with "Permission denied"; the rename needs
+    # only the folder's permission, and replaced the file
+    from nbnumba.io.atomic import check_writable, output_set
+    top = tempfile.mkdtemp(prefix="nb-ro-")     # not under pytest's 0700 folder
+    try:
+        os.chmod(top, 0o777)
+        ro = os.path.join(top, "ro.bin")
+        rw = os.path.join(top, "rw.bin")
+        link = os.path.join(top, "link.bin")
+        for name in (ro, rw):
+            with open(name, "wb") as fh:
+                fh.write(b"old")
+        os.chmod(ro, 0o444)
+        os.chmod(rw, 0o666)
+        os.symlink(ro, link)
+        with _as_an_ordinary_user():
+            with pytest.raises(OutputFileError, match=r"cannot write -floatfile '.*ro\.bin': "
+                               r"Permission denied \(the file exists and this user may not write it\)"):
+                check_writable(ro, "-floatfile")
+            for target in (ro, link):
+                with pytest.raises(OutputFileError, match="Permission denied"):
+                    atomic_write_bytes(target, b"new")
+            # a set with one such file writes none of its files
+            with pytest.raises(OutputFileError, match="Permission denied"):
+                with output_set():
+                    atomic_write_bytes(rw, b"new")
+                    atomic_write_bytes(ro, b"new")
+            with open(rw, "rb") as fh:
+                assert fh.read() == b"old"
+            # the same user may still replace a file it may write
+            atomic_write_bytes(rw, b"new")
+        for name, want in ((ro, b"old"), (rw, b"new")):
+            with open(name, "rb") as fh:
+                assert fh.read() == want
+        assert sorted(os.listdir(top)) == ["link.bin", "ro.bin", "rw.bin"]
+        assert os.stat(ro).st_mode & 0o777 == 0o444
+    finally:
+        shutil.rmtree(top)
 
 
 def test_atomic_write_through_symlink_and_keeps_mode(tmp_path):

@@ -26,7 +26,8 @@ Differences from the C program (which uses plain ``fopen(..., "wb")``):
 * the target is replaced, not truncated in place: hard links to the old file
   keep the old contents.  Symbolic links are followed (the file they point to
   is replaced), and an existing target keeps its permission bits; a new file
-  gets ``0666 & ~umask`` like ``fopen`` would give it.
+  gets ``0666 & ~umask`` like ``fopen`` would give it.  A file this user may not
+  write is refused, as ``fopen`` refuses it, although the rename would succeed.
 * :func:`check_not_input` lets the caller refuse to overwrite one of the run's
   own input files (e.g. ``-intfile`` naming the ``-img`` file).
 """
@@ -182,6 +183,24 @@ def check_writable(path, what: str = "") -> None:
         raise OutputFileError(f"cannot write {label}'{shown}': No such file or directory")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputFileError(f"cannot write {label}'{shown}': Permission denied")
+    _refuse_read_only(target, shown, label)
+
+
+def _refuse_read_only(target: str, shown: str, label: str = "") -> None:
+    """Refuse an existing regular file this user may not write (``chmod a-w``,
+    another user's file in a shared folder).  The rename needs only the folder's
+    permission, so it would replace the file that fopen() refuses (nanoBragg.c
+    then stops with "Permission denied"); root may write any file, as with fopen."""
+    try:
+        st = os.stat(target)
+    except OSError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        return
+    eff = os.access in os.supports_effective_ids
+    if not os.access(target, os.W_OK, effective_ids=eff):
+        raise OutputFileError(f"cannot write {label}'{shown}': Permission denied "
+                              "(the file exists and this user may not write it)")
 
 
 # ---------------------------------------------------------------------------
@@ -517,6 +536,8 @@ def atomic_open(path, mode: str = "wb") -> Iterator:
         # stage a special target's bytes in the working directory's temp space
         import tempfile
         directory = tempfile.gettempdir()
+    if kind is None:
+        _refuse_read_only(target, shown)
     base = os.path.basename(target)
     remove_stale_temps(directory, base)
     tmp = os.path.join(directory, temp_name(base))
