@@ -154,6 +154,37 @@ def test_bundle_complete_and_checksums(tmp_path, monkeypatch, capsys, case):
     assert "a*" in audit and "k_frac" in audit
 
 
+def test_no_png_bundle_has_no_plots_and_says_so(tmp_path, monkeypatch, capsys):
+    # --no-png: for an install without matplotlib; the bundle is otherwise complete
+    case = CASES[0]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # (import matplotlib fails)
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, case, extra=["--no-png"],
+                                       plots=True)
+    assert code in (0, 3), err
+    files = files_of(bundle)
+    assert REQUIRED - {"sincg_sweep.png"} <= files
+    assert not any(f.endswith(".png") for f in files), files
+    check_sha256(bundle)
+    summary = (bundle / "summary.md").read_text()
+    assert "No plots: the probe ran with --no-png." in summary and ".png" not in summary
+    for rel in files:
+        assert f"]({rel})" in summary, rel
+    sweep = [ln for ln in (bundle / "commands.txt").read_text().splitlines()
+             if ln.startswith("nbnumba-sincg-sweep ")]
+    assert len(sweep) == 1 and sweep[0].endswith(" --no-png")
+
+
+def test_plots_without_matplotlib_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    # the plots come last: without matplotlib the probe used to trace, diff and
+    # sweep, then stop in the sincg step and discard the bundle
+    case = CASES[0]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, case, plots=True)
+    assert code == 2 and bundle is None and not (tmp_path / "reports").exists()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--no-png" in lines[0] and 'pip install "nbnumba[plots]"' in lines[0]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_c_parity_reports_no_divergence(tmp_path, monkeypatch, capsys, case):
     code, bundle, out, err = run_probe(tmp_path, monkeypatch, capsys, case, ["--c-parity"])

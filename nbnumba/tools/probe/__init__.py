@@ -4,7 +4,7 @@ Usage::
 
     nbnumba-probe --pixel S F [--outdir reports] [--c-parity] [--c-bin PATH]
                   [--c-trace FILE] [--no-c] [--roi-radius R | --full-c]
-                  [--tol 1e-6] [--sincg-steps 401] [--timeout S]
+                  [--tol 1e-6] [--sincg-steps 401] [--no-png] [--timeout S]
                   [--pytest SELECTOR ...] -- <nanoBragg flags>
 
 Writes ``OUTDIR/<UTC stamp>/`` holding:
@@ -15,6 +15,7 @@ Writes ``OUTDIR/<UTC stamp>/`` holding:
   diff_trace.md             trace_diff report: first divergence, factors, per-φ table
   compare_scaling_traces.json  trace_diff's JSON (per-factor deltas, first divergence)
   sincg_sweep.md/.csv/.png  sincg precision sweep around the pixel's fractional index
+                            (.png and sincg_points.png need matplotlib; --no-png: none)
   phistep1/                 the same pixel with -phisteps 1 -osc 0: both traces, both
                             float images over the ROI, notes.txt
   rotation_audit.md         a, b, c and a*, b*, c* per φ step (port) next to the C's values

@@ -22,6 +22,8 @@ def _parse_opts(argv: List[str]):
     p.add_argument("--full-c", action="store_true", help="no -roi: trace over the whole detector")
     p.add_argument("--tol", type=float, default=1e-6)
     p.add_argument("--sincg-steps", type=int, default=401)
+    p.add_argument("--no-png", action="store_true",
+                   help="draw no plots (sincg_sweep.png, sincg_points.png); needed without matplotlib")
     p.add_argument("--timeout", type=C.timeout_seconds, default=None)
     p.add_argument("--pytest", action="append", metavar="SELECTOR",
                    help="also run these tests (pytest node id or -k style path) into pytest.log; "
@@ -40,9 +42,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_OK
         opts_argv, flags = split
         opts = _parse_opts(opts_argv)
+        from nbnumba.extras import require
         if opts.pytest:
-            from nbnumba.extras import require
             require("pytest", "--pytest")       # (one line before the bundle is made)
+        if not opts.no_png:
+            # the plots come after the traces: say so before any work, not after it
+            require("matplotlib", "nbnumba-probe's PNG plots (or --no-png)")
         if not flags:
             raise ToolError("no nanoBragg flags: use nbnumba-probe --pixel S F [options] -- <flags>",
                             EXIT_USAGE)

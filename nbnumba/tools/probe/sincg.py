@@ -128,8 +128,10 @@ def sincg_step(p) -> None:
         p.sincg = info
         return
     Ni = int(round(float(plan["N"])))
+    png = not getattr(p.opts, "no_png", False)
     sw = SW.sweep(Ni, plan["k0"], plan["k1"], p.opts.sincg_steps)
-    SW.write_outputs(sw, p.bundle, "sincg_sweep")
+    SW.write_outputs(sw, p.bundle, "sincg_sweep", png=png)
+    info["png"] = png
     info["N_int"] = Ni
     checks = {}
     if plan["axis"] == "b" and p.model.cfg.xtal_shape == "SQUARE":
@@ -146,8 +148,10 @@ def sincg_step(p) -> None:
             if errs:
                 checks[lab] = max(errs)
     info["F_latt_b_vs_reference_max_rel"] = checks
-    info["points_png"] = _points_plot(p.path("sincg_points.png"), sw, plan["axis"], p.c_tr, p.py_tr)
+    info["points_png"] = png and _points_plot(p.path("sincg_points.png"), sw, plan["axis"],
+                                              p.c_tr, p.py_tr)
     p.commands.append("# sincg precision sweep")
     p.commands.append(f"nbnumba-sincg-sweep --N {Ni} --k {plan['k0']!r} {plan['k1']!r} "
-                      f"--steps {p.opts.sincg_steps} --outdir . --prefix sincg_sweep")
+                      f"--steps {p.opts.sincg_steps} --outdir . --prefix sincg_sweep"
+                      + ("" if png else " --no-png"))
     p.sincg = info

@@ -223,8 +223,8 @@ def _summary_md(bundle, S, F, flags, c_parity, c_source, roi_kind, roi, roi_chec
     L.append("")
 
     if sincg.get("k0") is not None:
-        L.append("## 7. sincg sweep ([sincg_sweep.md](sincg_sweep.md), [csv](sincg_sweep.csv), "
-                 "[png](sincg_sweep.png))")
+        L.append("## 7. sincg sweep ([sincg_sweep.md](sincg_sweep.md), [csv](sincg_sweep.csv)"
+                 + (", [png](sincg_sweep.png))" if sincg.get("png", True) else ")"))
     else:
         L.append("## 7. sincg sweep ([sincg_sweep.md](sincg_sweep.md))")
     L.append("")
@@ -245,7 +245,10 @@ def _summary_md(bundle, S, F, flags, c_parity, c_source, roi_kind, roi, roi_chec
         if chk:
             L.append("- so the lattice factor is evaluated consistently; differences come from k_frac itself.")
         L.append("")
-        L.append("![sincg sweep](sincg_sweep.png)")
+        if sincg.get("png", True):
+            L.append("![sincg sweep](sincg_sweep.png)")
+        else:
+            L.append("No plots: the probe ran with --no-png.")
         if sincg.get("points_png"):
             L.append("")
             L.append("[sincg_points.png](sincg_points.png): the traces' (fractional index, F_latt) "
