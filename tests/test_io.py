@@ -723,6 +723,56 @@ def test_a_file_this_user_may_not_write_is_not_replaced():
         shutil.rmtree(top)
 
 
+def test_folders_that_stop_an_ordinary_user_are_named_with_the_reason():
+    # a sticky folder (as /tmp) holding another user's file: the rename fails
+    # with EPERM, after the render, and left the backup link behind; a folder
+    # this user may not write or enter was blamed on the file
+    from nbnumba.io.atomic import check_writable, output_set
+    top = tempfile.mkdtemp(prefix="nb-dirs-")
+    try:
+        os.chmod(top, 0o777)
+        sticky, ro, shut = (os.path.join(top, n) for n in ("sticky", "ro", "shut"))
+        for d, mode in ((sticky, 0o1777), (ro, 0o755), (shut, 0o700)):
+            os.mkdir(d)
+            os.chmod(d, mode)
+        for d in (sticky, ro):
+            with open(os.path.join(d, "f.out"), "wb") as fh:
+                fh.write(b"old")
+            os.chmod(os.path.join(d, "f.out"), 0o666)
+        mine = os.path.join(top, "mine.out")
+        with _as_an_ordinary_user():
+            if os.geteuid() == 0:
+                pytest.fail("the block must run as an ordinary user")
+            s_out = os.path.join(sticky, "f.out")
+            if os.stat(s_out).st_uid != os.geteuid():     # (as root: the file is root's)
+                with pytest.raises(OutputFileError, match=r"Operation not permitted \(the file is "
+                                   r"another user's, in a folder with the sticky bit"):
+                    check_writable(s_out, "-floatfile")
+                with pytest.raises(OutputFileError, match="Operation not permitted"):
+                    with output_set():
+                        atomic_write_bytes(mine, b"new")
+                        atomic_write_bytes(s_out, b"new")
+                assert not os.path.exists(mine)
+            # a file it may write, in a folder it may not: the folder is named
+            with pytest.raises(OutputFileError, match=r"Permission denied \(this user may not write "
+                               r"the folder '.*ro'"):
+                check_writable(os.path.join(ro, "f.out"), "-floatfile")
+            with pytest.raises(OutputFileError, match=r"Permission denied \(this user may not write "
+                               r"the folder"):
+                atomic_write_bytes(os.path.join(ro, "f.out"), b"new")
+            # a folder it may not enter: not "No such file or directory"
+            with pytest.raises(OutputFileError, match=r"cannot write -floatfile '.*f\.bin': "
+                               r"Permission denied"):
+                check_writable(os.path.join(shut, "f.bin"), "-floatfile")
+        for d in (sticky, ro):
+            with open(os.path.join(d, "f.out"), "rb") as fh:
+                assert fh.read() == b"old"
+            assert os.listdir(d) == ["f.out"]          # no temporary, no backup link
+        assert sorted(os.listdir(top)) == ["ro", "shut", "sticky"]
+    finally:
+        shutil.rmtree(top)
+
+
 def test_atomic_write_through_symlink_and_keeps_mode(tmp_path):
     real = tmp_path / "real.img"
     real.write_bytes(b"a")

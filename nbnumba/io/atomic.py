@@ -179,28 +179,64 @@ def check_writable(path, what: str = "") -> None:
         raise OutputFileError(f"cannot write {label}'{shown}': it is a {kind}, not a file")
     target = _resolve_target(shown)
     directory = _folder_of(target)
-    if not os.path.isdir(directory):
-        raise OutputFileError(f"cannot write {label}'{shown}': No such file or directory")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise OutputFileError(f"cannot write {label}'{shown}': Permission denied")
-    _refuse_read_only(target, shown, label)
+    try:
+        dst = os.stat(directory)
+    except OSError as exc:
+        # (os.path.isdir said "No such file or directory" for a folder this
+        # user may not enter: EACCES hidden)
+        raise OutputFileError(f"cannot write {label}'{shown}': {_describe(exc)}") from None
+    if not stat.S_ISDIR(dst.st_mode):
+        raise OutputFileError(f"cannot write {label}'{shown}': Not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE):
+        raise OutputFileError(f"cannot write {label}'{shown}': Permission denied "
+                              f"({_folder_words(directory)})")
+    _refuse_unreplaceable(target, shown, label)
 
 
-def _refuse_read_only(target: str, shown: str, label: str = "") -> None:
-    """Refuse an existing regular file this user may not write (``chmod a-w``,
-    another user's file in a shared folder).  The rename needs only the folder's
-    permission, so it would replace the file that fopen() refuses (nanoBragg.c
-    then stops with "Permission denied"); root may write any file, as with fopen."""
+#: check access as open() does, with the effective ids, where the system can
+_EFFECTIVE = os.access in os.supports_effective_ids
+
+
+def _folder_words(directory: str) -> str:
+    """Why a folder this user may not write stops an output: the new file is
+    written beside the old one and renamed onto it."""
+    return (f"this user may not write the folder '{directory}', where the new file is "
+            "written before it replaces the old one")
+
+
+def _refuse_unreplaceable(target: str, shown: str, label: str = "") -> None:
+    """Refuse an existing regular file that this user may not replace:
+
+    * one this user may not write (``chmod a-w``, another user's file in a
+      shared folder): the rename needs only the folder's permission, so it
+      would replace the file that fopen() refuses (nanoBragg.c then stops with
+      "Permission denied"); root may write any file, as with fopen;
+    * another user's file in a folder with the sticky bit (as /tmp): the
+      kernel refuses the rename (EPERM), which used to come after the render
+      and left the old file's backup link behind, one this user may not remove.
+    """
     try:
         st = os.stat(target)
     except OSError:
         return
     if not stat.S_ISREG(st.st_mode):
         return
-    eff = os.access in os.supports_effective_ids
-    if not os.access(target, os.W_OK, effective_ids=eff):
+    if not os.access(target, os.W_OK, effective_ids=_EFFECTIVE):
         raise OutputFileError(f"cannot write {label}'{shown}': Permission denied "
                               "(the file exists and this user may not write it)")
+    euid = os.geteuid() if hasattr(os, "geteuid") else None
+    if euid in (None, 0) or st.st_uid == euid:
+        return
+    directory = _folder_of(target)
+    try:
+        dst = os.stat(directory)
+    except OSError:
+        return
+    if dst.st_mode & stat.S_ISVTX and dst.st_uid != euid:
+        raise OutputFileError(
+            f"cannot write {label}'{shown}': Operation not permitted (the file is another "
+            f"user's, in a folder with the sticky bit, '{directory}': the new file cannot be "
+            "renamed onto it)")
 
 
 # ---------------------------------------------------------------------------
@@ -537,14 +573,17 @@ def atomic_open(path, mode: str = "wb") -> Iterator:
         import tempfile
         directory = tempfile.gettempdir()
     if kind is None:
-        _refuse_read_only(target, shown)
+        _refuse_unreplaceable(target, shown)
     base = os.path.basename(target)
     remove_stale_temps(directory, base)
     tmp = os.path.join(directory, temp_name(base))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
-        raise OutputFileError(f"cannot write '{shown}': {_describe(exc)}") from None
+        why = _describe(exc)
+        if exc.errno == errno.EACCES:
+            why += f" ({_folder_words(directory)})"
+        raise OutputFileError(f"cannot write '{shown}': {why}") from None
     try:
         fh = os.fdopen(fd, mode)
     except BaseException:
