@@ -38,9 +38,43 @@ def install_hint(module: str) -> str:
     return 'pip install "nbnumba[%s]"' % extra if extra else "pip install %s" % module
 
 
+def _matplotlib_config_dir() -> None:
+    """Give matplotlib a private configuration folder where its own would fail.
+
+    matplotlib keeps its font cache in ``$MPLCONFIGDIR``, else
+    ``$XDG_CONFIG_HOME/matplotlib`` or ``~/.config/matplotlib``.  Where that cannot
+    be made or written (a home that is not writable, as ``nobody``'s
+    ``/nonexistent``) it makes a temporary one itself and says so in two lines on
+    stderr, which the tools' one-line rule does not allow.  The same temporary
+    folder is made here, quietly, and removed at exit (as matplotlib does)."""
+    import os
+    import sys
+    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules:
+        return
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    folder = os.path.join(base, "matplotlib")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if os.access(folder, os.W_OK) and os.path.isdir(folder):
+            return
+    except OSError:
+        pass
+    import atexit
+    import shutil
+    import tempfile
+    try:
+        tmp = tempfile.mkdtemp(prefix="nbnumba-matplotlib-")
+    except OSError:
+        return          # (no temporary folder either: matplotlib's own words then)
+    atexit.register(shutil.rmtree, tmp, True)
+    os.environ["MPLCONFIGDIR"] = tmp
+
+
 def require(module: str, what: str = ""):
     """Import and return ``module``; if it is missing raise :class:`MissingExtraError`
     whose one-line message says ``what`` needs it and how to install it."""
+    if module.split(".")[0] == "matplotlib":
+        _matplotlib_config_dir()
     try:
         return importlib.import_module(module)
     except ImportError as exc:

@@ -1,5 +1,6 @@
 """Install weight: the core imports without the extras, and a missing extra is
 one line naming the pip command, from every place an optional import happens."""
+import os
 import subprocess
 import sys
 import tomllib
@@ -139,3 +140,22 @@ def test_every_console_script_on_a_plain_install(tmp_path):
         else:
             assert rc == 2 and len(err) == 1, (mod, rc, err)
             assert err[0].endswith('pip install "nbnumba[%s]"' % extra), (mod, err)
+
+
+def test_plots_with_a_home_matplotlib_cannot_use_are_quiet(tmp_path):
+    # a home that is not a writable folder (nobody's /nonexistent; here a file):
+    # matplotlib printed two lines about its configuration folder
+    pytest.importorskip("matplotlib")
+    home = tmp_path / "home"
+    home.write_text("a file, not a folder")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home), TMPDIR=str(tmpdir), PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-m", "nbnumba.tools.sincg_sweep", "--N", "5", "--k", "0", "1",
+                        "--steps", "11", "--outdir", str(tmp_path)], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert (tmp_path / "sincg_sweep.png").stat().st_size > 10000
+    assert os.listdir(tmpdir) == []          # the private folder is removed at exit

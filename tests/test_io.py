@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
@@ -33,6 +32,7 @@ from nbnumba.io.smv import (
     write_smv,
 )
 from nbnumba.io.textcols import read_text_columns
+from nbnumba.testing.users import as_an_ordinary_user
 
 
 # ---------------------------------------------------------------------------
@@ -664,23 +664,6 @@ def test_atomic_write_errors_name_the_file(tmp_path):
     assert issubclass(OutputFileError, NBError)
 
 
-@contextlib.contextmanager
-def _as_an_ordinary_user():
-    """The block runs with an ordinary user's rights: as root, with the
-    effective ids of ``nobody`` (65534), which root may take back; otherwise
-    as the user the tests run as."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.setegid(65534)
-    os.seteuid(65534)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
-
-
 def test_a_file_this_user_may_not_write_is_not_replaced():
     # nanoBragg.c's fopen() refuses a file the user may not write (chmod a-w,
     # another user's file) and stops with "Permission denied"; the rename needs
@@ -698,7 +681,7 @@ def test_a_file_this_user_may_not_write_is_not_replaced():
         os.chmod(ro, 0o444)
         os.chmod(rw, 0o666)
         os.symlink(ro, link)
-        with _as_an_ordinary_user():
+        with as_an_ordinary_user():
             with pytest.raises(OutputFileError, match=r"cannot write -floatfile '.*ro\.bin': "
                                r"Permission denied \(the file exists and this user may not write it\)"):
                 check_writable(ro, "-floatfile")
@@ -740,7 +723,7 @@ def test_folders_that_stop_an_ordinary_user_are_named_with_the_reason():
                 fh.write(b"old")
             os.chmod(os.path.join(d, "f.out"), 0o666)
         mine = os.path.join(top, "mine.out")
-        with _as_an_ordinary_user():
+        with as_an_ordinary_user():
             if os.geteuid() == 0:
                 pytest.fail("the block must run as an ordinary user")
             s_out = os.path.join(sticky, "f.out")

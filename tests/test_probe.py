@@ -154,6 +154,32 @@ def test_bundle_complete_and_checksums(tmp_path, monkeypatch, capsys, case):
     assert "a*" in audit and "k_frac" in audit
 
 
+def test_git_sha_of_a_checkout_another_user_owns(monkeypatch):
+    # a shared install (root's checkout, run by another user): git refuses to
+    # read it ("dubious ownership"), and bundles said "unknown (not a git checkout)"
+    import shutil
+    import subprocess
+    import tempfile
+    from nbnumba.testing.users import as_an_ordinary_user
+    from nbnumba.tools._common import git_sha
+    top = tempfile.mkdtemp(prefix="nb-git-")
+    try:
+        os.chmod(top, 0o755)
+        env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+                   GIT_COMMITTER_EMAIL="t@t", HOME=top)
+        for cmd in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "x"]):
+            subprocess.run(["git", "-C", top] + cmd, check=True, env=env, capture_output=True)
+        head = subprocess.run(["git", "-C", top, "rev-parse", "HEAD"], env=env, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        monkeypatch.setenv("HOME", top)          # (root's home: not this user's to read)
+        with as_an_ordinary_user():
+            owner = os.stat(top).st_uid != os.geteuid()
+            got = git_sha(top)
+        assert got == head, (owner, got)
+    finally:
+        shutil.rmtree(top)
+
+
 def test_no_png_bundle_has_no_plots_and_says_so(tmp_path, monkeypatch, capsys):
     # --no-png: for an install without matplotlib; the bundle is otherwise complete
     case = CASES[0]

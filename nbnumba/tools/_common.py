@@ -345,14 +345,19 @@ def write_sha256s(bundle: str, name: str = "sha256.txt") -> str:
 
 
 def git_sha(path: Optional[str] = None) -> Optional[str]:
+    """The checkout's commit (``-dirty`` with uncommitted edits), None outside git."""
     path = path or repo_root()
+    # a checkout another user owns (a shared install) is one git refuses to read
+    # ("dubious ownership"): this process runs its code already, so reading its
+    # commit is trusted for these two read-only commands
+    git = ["git", "-c", "safe.directory=" + os.path.realpath(path), "-C", path]
     try:
-        out = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True,
+        out = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=10)
         if out.returncode != 0:
             return None
         sha = out.stdout.strip()
-        st = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
+        st = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"],
                             capture_output=True, text=True, timeout=10)
         return sha + ("-dirty" if st.returncode == 0 and st.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
