@@ -79,9 +79,12 @@ def server_key(environ=None) -> str:
 
 def socket_dir() -> str:
     """A directory only this user can enter: ``$XDG_RUNTIME_DIR/nbnumba`` when
-    that exists, else ``$TMPDIR/nbnumba-<uid>``."""
+    that exists and this user may write it, else ``$TMPDIR/nbnumba-<uid>``
+    (after ``su``, XDG_RUNTIME_DIR may still name the first user's folder: the
+    server did not start, "Permission denied")."""
     base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and os.path.isdir(base):
+    if base and os.path.isdir(base) and os.access(
+            base, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
         return os.path.join(base, "nbnumba")
     import tempfile
     return os.path.join(tempfile.gettempdir(), "nbnumba-%d" % os.getuid())

@@ -233,6 +233,11 @@ def read_model(path: str):
         raise InputFileError("%s: not a regular file (%s)" % (path, "a directory" if os.path.isdir(path)
                                                             else "a FIFO, socket or device"))
     try:
+        with open(path, "rb"):      # (gemmi's words name the file twice, with an errno)
+            pass
+    except OSError as exc:
+        raise InputFileError("%s: cannot read model: %s" % (path, exc.strerror or exc)) from None
+    try:
         st = gemmi.read_structure(path)
     except Exception as exc:   # gemmi raises RuntimeError/ValueError/OSError with its own text
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

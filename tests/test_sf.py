@@ -883,6 +883,28 @@ def test_a_model_that_is_no_regular_file_is_named_so(name, needle, tmp_path, cap
     _refused_leaving_out_alone(tmp_path, capsys, [name, "-dmin", "2"], needle)
 
 
+def test_a_model_this_user_may_not_read():
+    # gemmi's words named the file twice, with an errno: "m.pdb: cannot read
+    # model: [Errno 13] Failed to open m.pdb: Permission denied"
+    import shutil
+    import tempfile
+    from nbnumba.testing.users import as_an_ordinary_user
+    sf._gemmi()                     # (imported before the block)
+    top = tempfile.mkdtemp(prefix="nb-sf-")
+    try:
+        os.chmod(top, 0o777)
+        model = os.path.join(top, "m.pdb")
+        with open(model, "w") as fh:
+            fh.write("CRYST1   20.000   20.000   20.000  90.00  90.00  90.00 P 1\n")
+        os.chmod(model, 0o000 if os.geteuid() == 0 else 0o200)
+        with as_an_ordinary_user():
+            with pytest.raises(sf.InputFileError) as err:
+                sf.read_model(model)
+        assert str(err.value) == "%s: cannot read model: Permission denied" % model
+    finally:
+        shutil.rmtree(top)
+
+
 def test_mtz_systematic_absences_left_out_and_tiny_dmin(tmp_path, capsys):
     # 0 0 1 of P 21 21 21 is absent whatever the file says; 1 1 1 has 8 mates
     path = write_mtz(tmp_path / "abs.mtz", "P 21 21 21", CELLS["P 21 21 21"],
