@@ -108,7 +108,7 @@ from .errors import (ConfigError, InputFileError, NBError, UsageError, quiet_bro
 from .flags import _FLOAT_RE, _INT_RE, INT_MAX, HelpRequested
 from .io.frames import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
 from .io.atomic import (NAME_MAX, OutputFileError, missing_dirs, output_set,
-                        remove_empty_dirs, same_file)
+                        remove_empty_dirs, replace_refusal, same_file)
 from .io._args import sha256_file
 from .io.smv import RTD
 
@@ -1015,6 +1015,42 @@ def _check_removals_not_inputs(out_dir: str, records: List[dict], inputs: Sequen
                                       "run): it is an input file of this run ('%s')" % (p, q))
 
 
+def _check_overwrite_rights(out_dir: str, mpath: str, records: List[dict],
+                            targets: Sequence[str]) -> None:
+    """OutputFileError, before --overwrite removes anything, when the run could not
+    go on after the removal: as another user in a shared DIR (mode 777) the earlier
+    run's frames were deleted, then the manifest could not be written (root's, 0644),
+    and that manifest still listed the deleted frames.  Checked here: the manifest
+    can be opened as Manifest.open opens it (the same open, without O_TRUNC, on the
+    existing file), DIR can be written in, and each file to be removed (the earlier
+    run's) or replaced (``targets``, this run's files that exist) is one this user
+    may write (atomic.py's rule: fopen refuses it) and may unlink or rename over
+    (a sticky DIR, mode 1777: only the file's or DIR's owner, or root): the rule
+    of ``io.atomic.replace_refusal``."""
+    eff = os.access in os.supports_effective_ids
+    try:
+        fd = os.open(mpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise OutputFileError("--overwrite: cannot write '%s': %s; nothing was removed"
+                              % (mpath, exc.strerror or exc)) from None
+    os.close(fd)
+    try:
+        os.stat(out_dir)
+    except OSError as exc:
+        raise OutputFileError("--overwrite: cannot write in '%s': %s; nothing was removed"
+                              % (out_dir, exc.strerror or exc)) from None
+    if not os.access(out_dir, os.W_OK | os.X_OK, effective_ids=eff):
+        raise OutputFileError("--overwrite: cannot write in '%s': Permission denied; nothing "
+                              "was removed" % out_dir)
+    removals = _previous_outputs(out_dir, records)
+    removed = set(removals)
+    for p in removals + [t for t in dict.fromkeys(targets) if t not in removed]:
+        why = replace_refusal(p)
+        if why:
+            raise OutputFileError("--overwrite: cannot %s '%s': %s; nothing was removed"
+                                  % ("remove" if p in removed else "replace", p, why))
+
+
 def _remove_previous_outputs(out_dir: str, records: List[dict]) -> None:
     """--overwrite: delete the files an earlier run recorded in its manifest (frames of
     every format, the master file) so no stale frame survives next to the new set.
@@ -1393,6 +1429,12 @@ def _setup_run(cfg, opts: SeriesOptions, out_dir: str, base_N) -> dict:
         # before anything is removed (or rendered): --overwrite deletes the earlier
         # run's files, and one of them may be an input of this run (-mask frame_00001.img)
         _check_removals_not_inputs(out_dir, records, input_files(cfg))
+        # and that the run can go on once they are removed (the manifest, DIR, each file)
+        targets = [os.path.join(out_dir, frame_filename(opts.prefix, s.number, f))
+                   for s in specs for f in opts.formats]
+        if "nexus" in opts.formats:
+            targets.append(os.path.join(out_dir, MASTER))
+        _check_overwrite_rights(out_dir, mpath, records, targets)
     device = opts.device or cfg.device
     if not cfg.calculate_noise and not cfg.intfile_scale > 0:
         # -nonoise: nanoBragg scales each image by its own maximum, which would give

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -19,6 +21,7 @@ from nbnumba.io import cbf as cbf_fmt
 from nbnumba.io import nexus as nexus_fmt
 from nbnumba.io.frames import FrameGeometry, lab_to_mcstas, parse_formats
 from nbnumba.io.smv import read_smv
+from nbnumba.testing.users import as_an_ordinary_user
 
 BASE = ("-cell 70 80 90 90 90 90 -default_F 100 -N 5 -lambda 1 -distance 100 "
         "-detpixels 64 -pixel 0.2 -seed 7").split()
@@ -959,6 +962,62 @@ def test_overwrite_removes_frames_the_earlier_run_wrote_but_did_not_record(tmp_p
     assert rc == 0
     assert sorted(os.listdir(out)) == ["frame_00001.cbf", "frame_00001.img", "frame_00002.cbf",
                                        "frame_00002.img", "manifest.jsonl", "notes.txt"]
+
+
+@pytest.mark.parametrize("case", ["manifest", "frame", "sticky"])
+def test_overwrite_checks_what_the_run_must_write_before_it_removes_anything(case, capsys):
+    """Another user's --overwrite in a shared DIR (mode 777) deleted the earlier run's
+    frames, then could not write its manifest (root's, 0644: exit 2), which still
+    listed the deleted frames.  Now every right the run needs is checked first: the
+    manifest, and each file to be removed (this user may write it, as fopen would; in
+    a sticky DIR, mode 1777, may unlink it): one line, nothing removed or created.
+    As root the earlier run is root's and the new one nobody's; as another user the
+    files are made read-only instead (a sticky DIR then holds only the user's own
+    files, which --overwrite replaces)."""
+    top = tempfile.mkdtemp(prefix="nb-ov-")     # not under pytest's 0700 folder
+    try:
+        os.chmod(top, 0o777)
+        out = os.path.join(top, "o")
+        argv = ROT2 + ["--out", out] + BASE + ["-detpixels", "8"]
+        assert run(argv, capsys)[0] == 0
+        # every module the overwrite path imports is loaded now: as nobody, Python
+        # cannot import what it has not yet imported from root's folders
+        assert run(argv + ["--overwrite"], capsys)[0] == 0
+        os.chmod(out, 0o1777 if case == "sticky" else 0o777)
+        mpath, f1, f2 = (os.path.join(out, n) for n in ("manifest.jsonl", "frame_00001.img",
+                                                         "frame_00002.img"))
+        root = os.geteuid() == 0
+        if case == "manifest":
+            bad, why = mpath, "cannot write '%s': Permission denied; nothing was removed"
+            if not root:
+                os.chmod(mpath, 0o444)          # root's 0644 file is read-only to nobody
+        else:
+            os.chmod(mpath, 0o666)
+            for p in (f1, f2):
+                os.chmod(p, 0o666 if case == "sticky" else 0o644)
+            if root:        # frame 1 nobody's own: the old code removed it, then failed
+                os.chown(f1, 65534, 65534)
+            elif case == "frame":
+                os.chmod(f2, 0o444)
+            bad = f2
+            why = ("cannot remove '%s': Permission denied (the file exists and this user may "
+                   "not write it); nothing was removed" if case == "frame" else
+                   "cannot remove '%s': Operation not permitted (the file is another user's, in a "
+                   "folder with the sticky bit, '" + out + "', where only its owner may replace or "
+                   "remove it); nothing was removed")
+        before = shas(out, skip=())
+        with as_an_ordinary_user():
+            rc, o = run(argv + ["--overwrite"], capsys)
+        if case == "sticky" and not root:       # the user's own files in a sticky DIR
+            assert rc == 0, o.err
+            assert sorted(os.listdir(out)) == sorted(before)
+            assert len(frame_records(out)) == 2
+        else:
+            assert rc == 2
+            assert shas(out, skip=()) == before     # nothing removed, created or appended
+            assert one_line(o.err) == "nbnumba-series: error: --overwrite: " + why % bad
+    finally:
+        shutil.rmtree(top)
 
 
 def test_resume_refuses_an_input_file_edited_since_the_run_started(tmp_path, capsys):

@@ -52,7 +52,9 @@ __all__ = [
     "OutputFileError",
     "check_not_input",
     "check_distinct",
+    "check_replaceable",
     "check_writable",
+    "replace_refusal",
     "atomic_write_bytes",
     "atomic_open",
     "output_set",
@@ -190,7 +192,7 @@ def check_writable(path, what: str = "") -> None:
     if not os.access(directory, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE):
         raise OutputFileError(f"cannot write {label}'{shown}': Permission denied "
                               f"({_folder_words(directory)})")
-    _refuse_unreplaceable(target, shown, label)
+    check_replaceable(target, shown, label)
 
 
 #: check access as open() does, with the effective ids, where the system can
@@ -204,10 +206,24 @@ def _folder_words(directory: str) -> str:
             "written before it replaces the old one")
 
 
-def _refuse_unreplaceable(target: str, shown: str, label: str = "") -> None:
-    """Refuse an existing regular file that this user may not replace:
+def _may_unlink_others_files() -> bool:
+    """CAP_FOWNER in this process's effective set: root may remove another user's
+    file from a sticky folder (an ordinary user, or a root that dropped it, may not)."""
+    try:
+        with open("/proc/self/status", "r", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return bool((int(line.split()[1], 16) >> 3) & 1)     # CAP_FOWNER = 3
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
 
-    * one this user may not write (``chmod a-w``, another user's file in a
+
+def replace_refusal(target: str) -> Optional[str]:
+    """Why this user may not replace the existing regular file ``target`` (the
+    words after "cannot write 'NAME': "), or None:
+
+    * a file this user may not write (``chmod a-w``, another user's file in a
       shared folder): the rename needs only the folder's permission, so it
       would replace the file that fopen() refuses (nanoBragg.c then stops with
       "Permission denied"); root may write any file, as with fopen;
@@ -218,25 +234,32 @@ def _refuse_unreplaceable(target: str, shown: str, label: str = "") -> None:
     try:
         st = os.stat(target)
     except OSError:
-        return
+        return None
     if not stat.S_ISREG(st.st_mode):
-        return
+        return None
     if not os.access(target, os.W_OK, effective_ids=_EFFECTIVE):
-        raise OutputFileError(f"cannot write {label}'{shown}': Permission denied "
-                              "(the file exists and this user may not write it)")
+        return "Permission denied (the file exists and this user may not write it)"
     euid = os.geteuid() if hasattr(os, "geteuid") else None
-    if euid in (None, 0) or st.st_uid == euid:
-        return
+    if euid is None or st.st_uid == euid:
+        return None
     directory = _folder_of(target)
     try:
         dst = os.stat(directory)
     except OSError:
-        return
-    if dst.st_mode & stat.S_ISVTX and dst.st_uid != euid:
-        raise OutputFileError(
-            f"cannot write {label}'{shown}': Operation not permitted (the file is another "
-            f"user's, in a folder with the sticky bit, '{directory}': the new file cannot be "
-            "renamed onto it)")
+        return None
+    if dst.st_mode & stat.S_ISVTX and dst.st_uid != euid and not _may_unlink_others_files():
+        return ("Operation not permitted (the file is another user's, in a folder with the "
+                f"sticky bit, '{directory}', where only its owner may replace or remove it)")
+    return None
+
+
+def check_replaceable(target: str, shown: Optional[str] = None, label: str = "") -> None:
+    """OutputFileError when :func:`replace_refusal` has a reason.  ``shown``: the
+    name the message gives (default ``target``); ``label``: the flag that named
+    it (``-floatfile``)."""
+    why = replace_refusal(target)
+    if why:
+        raise OutputFileError(f"cannot write {label}'{target if shown is None else shown}': {why}")
 
 
 # ---------------------------------------------------------------------------
@@ -573,7 +596,7 @@ def atomic_open(path, mode: str = "wb") -> Iterator:
         import tempfile
         directory = tempfile.gettempdir()
     if kind is None:
-        _refuse_unreplaceable(target, shown)
+        check_replaceable(target, shown)
     base = os.path.basename(target)
     remove_stale_temps(directory, base)
     tmp = os.path.join(directory, temp_name(base))
