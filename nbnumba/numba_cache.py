@@ -146,12 +146,74 @@ def install() -> None:
     _last_resort_locator(caching)
 
 
+_PINNED_TEMP_CACHE = []     # temp_cache_dir() fixed for this process (pin_temp_cache_dir)
+
+
 def temp_cache_dir() -> str:
     """This user's numba cache for the package's kernels when no other place
-    is writable (tempfile's directory, e.g. /tmp)."""
+    is writable (tempfile's directory, e.g. /tmp); the start-up library
+    (kernels/native.py) goes there too in that case."""
+    if _PINNED_TEMP_CACHE:
+        return _PINNED_TEMP_CACHE[0]
     import tempfile
     uid = os.getuid() if hasattr(os, "getuid") else 0
     return os.path.join(tempfile.gettempdir(), "nbnumba-numba-cache-%d" % uid)
+
+
+class pinned_temp_cache_dir:
+    """``with pinned_temp_cache_dir():`` temp_cache_dir() stays what it is
+    now, while kernels/aot.py moves tempfile's directory to a private one (so
+    that numba's compiler leaves nothing in /tmp): the kernels are still
+    found in the cache the runs put them in."""
+
+    def __enter__(self):
+        self._outer = bool(_PINNED_TEMP_CACHE)
+        if not self._outer:
+            _PINNED_TEMP_CACHE.append(temp_cache_dir())
+        return _PINNED_TEMP_CACHE[0]
+
+    def __exit__(self, *exc):
+        if not self._outer:
+            _PINNED_TEMP_CACHE.clear()
+
+
+def private_dir_problem(path, owner, mode, uid):
+    """Why a folder ``path`` with ``owner`` and ``mode`` (os.stat's st_uid,
+    st_mode) cannot be user ``uid``'s private cache, or None when it can: it
+    must be a folder this user owns that no one else may write (entries are
+    unpickled, a library is loaded: a cache another user controls runs their
+    code)."""
+    import stat
+    if not stat.S_ISDIR(mode):
+        return "%s is not a folder" % path
+    if owner != uid:
+        return "%s belongs to another user (uid %d)" % (path, owner)
+    if mode & 0o022:
+        return "%s may be written by other users (mode %03o)" % (path, mode & 0o777)
+    return None
+
+
+def temp_cache_problem(path=None):
+    """Why temp_cache_dir() (or ``path``) cannot serve as this user's cache,
+    or None when it can (it exists as a private folder of this user's, or can
+    be created).  Creates nothing."""
+    try:
+        path = path or temp_cache_dir()
+    except OSError as exc:      # (gettempdir: no usable temporary directory)
+        return "no temporary folder (%s)" % (exc.strerror or exc)
+    getuid = getattr(os, "getuid", None)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(path)
+        if os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK):
+            return None
+        return "%s cannot be created" % path
+    except OSError as exc:
+        return "%s: %s" % (path, exc.strerror or exc)
+    if getuid is None:
+        return None
+    return private_dir_problem(path, st.st_uid, st.st_mode, getuid())
 
 
 def _own_private_dir(path) -> bool:
@@ -164,7 +226,7 @@ def _own_private_dir(path) -> bool:
     except OSError:
         return False
     getuid = getattr(os, "getuid", None)
-    return getuid is None or (st.st_uid == getuid() and not st.st_mode & 0o022)
+    return getuid is None or private_dir_problem(path, st.st_uid, st.st_mode, getuid()) is None
 
 
 def _last_resort_locator(caching) -> None:
@@ -213,7 +275,7 @@ def _last_resort_locator(caching) -> None:
             path = getattr(getattr(self.py_func, "__code__", None), "co_filename", "")
             if "no locator available" not in str(exc) or not in_package(path):
                 raise
-            SAVE_FAILURES.append((None, "no writable directory"))
+            SAVE_FAILURES.append((None, temp_cache_problem() or "no writable directory"))
 
     enable_caching._nbnumba = True
     dispatcher.Dispatcher.enable_caching = enable_caching
@@ -262,9 +324,14 @@ def save_failure_note(since: int = 0):
         return None
     where, why = new[-1]
     if where is None:           # (_last_resort_locator: no place at all)
+        # (the run said "compiling kernels (first run only ...)" before: this
+        # line says why not only the first, with the reason the temporary
+        # folder was not used when there is one)
+        temp = "" if why == "no writable directory" else "; %s, so it is not used" % why
         return ("nbnumba: warning: no writable directory for numba's cache (NUMBA_CACHE_DIR, "
-                "the package's __pycache__, ~/.cache, a temporary directory): every run "
-                "compiles the kernels; set NUMBA_CACHE_DIR to a writable directory")
+                "the package's __pycache__, ~/.cache, a temporary directory%s): every run "
+                "compiles the kernels, not only the first; set NUMBA_CACHE_DIR to a writable "
+                "directory" % temp)
     return ("nbnumba: warning: numba's cache could not be written in %s (%s): the next "
             "run compiles the kernels again" % (where, why))
 

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 
 from conftest import _cached_build
 
@@ -80,6 +81,9 @@ def _library_setup(tmp_path, monkeypatch):
     from nbnumba.kernels import native
     monkeypatch.setattr(conftest, "_PROCS", [])
     monkeypatch.setattr(conftest, "_DONE", {})
+    # the helper folders (conftest._helper_dir) under tmp_path: with _PROCS
+    # private, pytest_sessionfinish never removed them (2 per run left in /tmp)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setenv("NBNUMBA_TEST_LIBRARY", "")      # restored afterwards
     exe = _fake_compiler(tmp_path)
     monkeypatch.setattr(conftest, "_c_compiler", lambda: str(exe))

@@ -240,6 +240,42 @@ def test_no_writable_cache_anywhere_compiles_without_one(monkeypatch):
         njit(cache=True)(elsewhere)
 
 
+def test_a_temporary_cache_folder_of_another_user_is_the_reason_given(tmp_path, monkeypatch):
+    """$TMPDIR/nbnumba-numba-cache-UID made by another user (or one others may
+    write) is never used: its entries would be unpickled.  With no other place,
+    a run said "compiling kernels (first run only ...)" and then that there was
+    no writable directory: two lines that contradict, and a wrong reason (the
+    folder is there, but another user's).  The note now names the folder and
+    why it is not used, and that every run compiles, not only the first."""
+    import tempfile
+
+    from numba import njit
+
+    from nbnumba import physics
+    impl, locator = _last_resort()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    d = numba_cache.temp_cache_dir()
+    os.mkdir(d, 0o700)
+    if os.getuid() == 0:
+        os.chown(d, 65534, 65534)
+        why = "%s belongs to another user (uid 65534)" % d
+    else:                   # (not root: a folder others may write stands in)
+        os.chmod(d, 0o777)
+        why = "%s may be written by other users (mode 777)" % d
+    fn = physics.sinc3_accurate.py_func
+    assert locator.from_function(fn, fn.__code__.co_filename) is None       # not used
+    monkeypatch.setattr(impl, "_locator_classes", [])     # numba's own places: none either
+    monkeypatch.setattr(numba_cache, "SAVE_FAILURES", [])
+    disp = njit(cache=True, error_model="numpy")(fn)
+    assert disp(0.3) == physics.sinc3_accurate(0.3)
+    assert numba_cache.save_failure_note() == (
+        "nbnumba: warning: no writable directory for numba's cache (NUMBA_CACHE_DIR, the "
+        "package's __pycache__, ~/.cache, a temporary directory; %s, so it is not used): every "
+        "run compiles the kernels, not only the first; set NUMBA_CACHE_DIR to a writable "
+        "directory" % why)
+    assert numba_cache.temp_cache_problem() == why and os.listdir(d) == []
+
+
 def test_a_thread_count_numba_cannot_start_with_is_one_line(tmp_path, monkeypatch):
     """NUMBA_NUM_THREADS=0 (say cores - 2 on a 2-core machine) made ``import
     numba`` raise "ValueError: Number of threads specified must be > 0", a

@@ -193,6 +193,25 @@ def test_a_library_others_may_write_is_not_loaded(built_library, empty_cache):
     assert native.aot_module() is not None
 
 
+def test_a_library_in_a_folder_others_may_write_is_not_loaded(built_library, empty_cache):
+    """A library in a folder group or others may write (a shared cache) could
+    be replaced by their file at any time: not loaded, unless the folder is
+    sticky (then only its owner may rename or remove it)."""
+    import shutil
+    dst = native.library_path()
+    shutil.copyfile(built_library, dst)
+    shutil.copyfile(native.digest_path(built_library), native.digest_path(dst))
+    os.chmod(dst, 0o755)
+    folder = os.path.dirname(dst)
+    try:
+        for mode, loads in ((0o777, False), (0o775, False), (0o1777, True), (0o755, True)):
+            os.chmod(folder, mode)
+            native.forget()
+            assert (native.aot_module() is not None) is loads, oct(mode)
+    finally:
+        os.chmod(folder, 0o700)
+
+
 def test_a_damaged_library_is_built_again(built_library, empty_cache, monkeypatch):
     """A library file whose bytes are not the ones its build recorded (emptied
     by a power loss after its rename, cut short by an interrupted copy) is not

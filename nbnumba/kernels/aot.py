@@ -27,7 +27,14 @@ background build never writes into the cache that runs are using.  The
 result is written to a temporary name and renamed into place, its sha256
 beside it (checked before every load: native._intact); a failed build
 leaves a one-line ``.failed`` note so that background builds are not retried
-every run.
+every run.  A folder that cannot be made or written, or that another user
+could change, is one line naming it and the remedy (NBNUMBA_CACHE_DIR).
+
+numba's compiler makes temporary folders it does not remove (pycc's
+``_gentmpfile`` passes a file object to ``os.remove`` and swallows the
+TypeError: two ``/tmp/tmpXXXX`` holding ``temp.c``/``temp.o`` per build), so
+the build runs with tempfile's directory (and TMPDIR, for the C compiler) in a
+private folder that is removed afterwards: nothing is left in /tmp.
 """
 from __future__ import annotations
 
@@ -137,15 +144,35 @@ def main(argv=None) -> int:
     import shutil
     import tempfile
     from . import native
+    from .. import numba_cache
     base = os.path.join(a.out, native.module_name(a.key))
     final = os.path.join(a.out, os.path.basename(native.library_path(a.key)))
-    os.makedirs(a.out, exist_ok=True)
+    remedy = "set NBNUMBA_CACHE_DIR to a folder only this user may write"
+    # 0700 for the per-user temporary folder (numba's cache's as well), else
+    # 0755 whatever the umask (a group-writable folder's library is not loaded)
+    try:
+        private = os.path.abspath(a.out) == os.path.abspath(numba_cache.temp_cache_dir())
+    except OSError:                     # (no temporary folder at all)
+        private = False
+    try:
+        if not os.path.isdir(a.out):
+            os.makedirs(a.out, mode=0o700 if private else 0o755, exist_ok=True)
+        st = os.stat(a.out)
+        if not native.safe_folder(st.st_uid, st.st_mode, native._uid()):
+            print("the start-up library is not built in %s: other users may write that folder, "
+                  "so a library there is never loaded; %s" % (a.out, remedy), file=sys.stderr)
+            return 1
+        lock = open(base + ".lock", "w")
+    except OSError as exc:
+        print("cannot write the start-up library in %s (%s): %s"
+              % (a.out, exc.strerror or type(exc).__name__, remedy), file=sys.stderr)
+        return 1
     if a.background:
         try:
             os.nice(10)
         except OSError:
             pass
-    with open(base + ".lock", "w") as lock:
+    with lock:
         try:                                    # one build per key at a time
             fcntl.flock(lock, fcntl.LOCK_EX | (fcntl.LOCK_NB if a.background else 0))
         except BlockingIOError:
@@ -164,6 +191,17 @@ def main(argv=None) -> int:
         cache = None if a.numba_cache else tempfile.mkdtemp(prefix="nbnumba-aot-cache-")
         if cache is not None:
             os.environ["NUMBA_CACHE_DIR"] = cache
+        # a private temporary folder for numba's compiler (module docstring);
+        # numba's per-user fallback cache stays where the runs put it
+        pin = numba_cache.pinned_temp_cache_dir()
+        pin.__enter__()
+        saved = tempfile.tempdir, os.environ.get("TMPDIR")
+        try:
+            scratch = tempfile.mkdtemp(prefix="nbnumba-aot-tmp-")
+        except OSError:                 # (no temporary folder: numba fails as before)
+            scratch = None
+        if scratch is not None:
+            tempfile.tempdir = os.environ["TMPDIR"] = scratch
         try:
             build(a.key, a.out)
         except Exception as exc:                # noted once; the JIT keeps working
@@ -173,6 +211,14 @@ def main(argv=None) -> int:
             print("nbnumba: start-up library not built: %s" % msg, file=sys.stderr)
             return 1
         finally:
+            tempfile.tempdir = saved[0]
+            if saved[1] is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = saved[1]
+            pin.__exit__()
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
             if cache is not None:
                 shutil.rmtree(cache, ignore_errors=True)
         try:

@@ -15,10 +15,16 @@ settings loads it in a few milliseconds and never imports numba (which costs
 numba dispatcher (numba's own on-disk cache) as before.
 
 ``NBNUMBA_AOT=0`` turns the library off (never used, never built);
-``NBNUMBA_CACHE_DIR`` says where it lives (default: ``$NUMBA_CACHE_DIR/nbnumba``,
-else the package's ``kernels/__pycache__`` when writable, else
-``~/.cache/nbnumba``).  ``nbnumba --warmup`` builds it; a CLI run that had to
-use the JIT starts a background build (``NBNUMBA_AOT_AUTOBUILD=0``: no).
+``NBNUMBA_CACHE_DIR`` says where it lives (then the only place looked in).
+Without it a run loads the library from the package's ``kernels/__pycache__``
+when one is there (read-only is fine: an install's owner built it), else from
+the folder this user builds in: ``$NUMBA_CACHE_DIR/nbnumba``, else the
+package's folder when writable, else ``$XDG_CACHE_HOME/nbnumba`` or
+``~/.cache/nbnumba``; when that cannot be written (a HOME of /nonexistent, a
+folder of root's), numba's per-user fallback ``$TMPDIR/nbnumba-numba-cache-UID``
+(0700, never one another user owns).  ``nbnumba --warmup`` builds it; a CLI
+run that had to use the JIT starts a background build
+(``NBNUMBA_AOT_AUTOBUILD=0``: no).
 
 Plain Python and numpy only: importing this module never imports numba.
 """
@@ -92,19 +98,87 @@ class jit_only:
             _JIT_ONLY[0] -= 1
 
 
+def package_library_dir() -> str:
+    """The package's own library folder (kernels/__pycache__)."""
+    return os.path.join(_PKG, "kernels", "__pycache__")
+
+
+def _uid():
+    getuid = getattr(os, "getuid", None)
+    return None if getuid is None else getuid()
+
+
+def safe_folder(owner, mode, uid) -> bool:
+    """Whether a folder with ``owner`` and ``mode`` (os.stat's st_uid,
+    st_mode) holds files only user ``uid`` or root can replace: owned by one
+    of them and writable by no one else, unless sticky (then no one else
+    may rename or remove another's file; a file someone else put there is
+    theirs, and _trusted refuses it)."""
+    import stat
+    if uid is None:             # no POSIX ownership to check
+        return True
+    return owner in (uid, 0) and (not mode & 0o022 or bool(mode & stat.S_ISVTX))
+
+
+def build_place(path) -> str:
+    """Can this process build the library in folder ``path``?  "ok": it is a
+    folder safe_folder accepts that this process may write, or it can be
+    created (the nearest existing folder on the way is writable); "file": a
+    file is on the way (nothing can be written there: no build, not even its
+    .failed note, and no word); "denied": not writable, or a folder another
+    user could change."""
+    d = path
+    while not os.path.lexists(d):
+        parent = os.path.dirname(d)
+        if parent == d:
+            return "denied"
+        d = parent
+    if not os.path.isdir(d):
+        return "file"
+    if d == path:
+        try:
+            st = os.stat(d)
+        except OSError:
+            return "denied"
+        if not safe_folder(st.st_uid, st.st_mode, _uid()):
+            return "denied"
+    return "ok" if os.access(d, os.W_OK | os.X_OK) else "denied"
+
+
 def library_dir() -> str:
-    """Directory of the start-up library (see the module docstring)."""
+    """The folder this user builds the start-up library in (see the module
+    docstring): NBNUMBA_CACHE_DIR as given, else the first usable place, else
+    (none writable) the per-user temporary folder numba's cache falls back to
+    (numba_cache.temp_cache_dir), unless another user owns it.  A place below
+    a file is kept as it is (build_place: no build, no word)."""
     d = os.environ.get("NBNUMBA_CACHE_DIR")
     if d:
         return d
     d = os.environ.get("NUMBA_CACHE_DIR")
     if d:
-        return os.path.join(d, "nbnumba")
-    here = os.path.join(_PKG, "kernels", "__pycache__")
-    if os.access(here if os.path.isdir(here) else os.path.dirname(here), os.W_OK):
-        return here
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "nbnumba")
+        first = os.path.join(d, "nbnumba")
+    else:
+        here = package_library_dir()
+        if build_place(here) == "ok":
+            return here
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        first = os.path.join(base, "nbnumba")
+    if build_place(first) != "denied":
+        return first
+    if numba_cache.temp_cache_problem() is None:
+        return numba_cache.temp_cache_dir()
+    return first
+
+
+def library_dirs() -> list:
+    """The folders a run looks in for the library, in order: NBNUMBA_CACHE_DIR
+    alone when set, else the package's folder (a library another user, say
+    root, built there for everyone), then library_dir()."""
+    if os.environ.get("NBNUMBA_CACHE_DIR"):
+        return [os.environ["NBNUMBA_CACHE_DIR"]]
+    here = package_library_dir()
+    mine = library_dir()
+    return [here] if mine == here else [here, mine]
 
 
 def _cpu_identity() -> bytes:
@@ -206,7 +280,14 @@ def aot_module():
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key]
-        mod = _LOADED[key] = load_library(library_path(key), key)
+        import importlib.machinery
+        name = module_name(key) + importlib.machinery.EXTENSION_SUFFIXES[0]
+        mod = None
+        for d in library_dirs():
+            mod = load_library(os.path.join(d, name), key)
+            if mod is not None:
+                break
+        _LOADED[key] = mod
         return mod
 
 
@@ -248,16 +329,19 @@ def _intact(path) -> bool:
 
 def _trusted(path) -> bool:
     """Load only a library file that exists, is owned by this user (or root)
-    and that nobody else may write: loading it runs its code, and a cache
-    directory may be shared (NUMBA_CACHE_DIR on a cluster)."""
+    and that nobody else may write, in a folder where no one else may replace
+    it (safe_folder): loading it runs its code, and a cache directory may be
+    shared (NUMBA_CACHE_DIR on a cluster)."""
     try:
         st = os.stat(path)
+        folder = os.stat(os.path.dirname(os.path.abspath(path)))
     except OSError:
         return False
-    getuid = getattr(os, "getuid", None)
-    if getuid is None:          # no POSIX ownership to check
+    uid = _uid()
+    if uid is None:             # no POSIX ownership to check
         return True
-    return st.st_uid in (getuid(), 0) and not st.st_mode & 0o022
+    return (st.st_uid in (uid, 0) and not st.st_mode & 0o022
+            and safe_folder(folder.st_uid, folder.st_mode, uid))
 
 
 def forget() -> None:
@@ -310,15 +394,22 @@ def start_build(background: bool = False, numba_cache: bool = False):
     when it is warm: ``nbnumba --warmup`` fills it first) instead of
     compiling them in a private, empty one."""
     import subprocess
-    args = ["nbnumba.kernels.aot", "--key", library_key(), "--out", library_dir()]
+    # (in the package's parent folder, not the run's: a background build whose
+    # working folder was removed as the run ended, a script's temporary folder,
+    # failed at its first import with "FileNotFoundError: [Errno 2] No such
+    # file or directory", noted for good in .failed)
+    args = ["nbnumba.kernels.aot", "--key", library_key(), "--out",
+            os.path.abspath(library_dir())]
     if numba_cache:
         args.append("--numba-cache")
+    where = os.path.dirname(_PKG)
     if background:
         return reap_in_background(python_process(args + ["--background"],
                                                  stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL,
-                                                 start_new_session=True))
-    return python_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                                 start_new_session=True, cwd=where))
+    return python_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          cwd=where)
 
 
 def build_running(key: str | None = None) -> bool:
@@ -354,14 +445,10 @@ def background_build_wanted() -> bool:
     # the nearest existing folder on the way must be one this process may write in;
     # a file on the way (NUMBA_CACHE_DIR=some/file/sub) is no place for it: the build
     # failed at once each time, with no room for its .failed note, and every run said
-    # "building the start-up library in the background (once; ...)" again
-    d = library_dir()
-    while not os.path.lexists(d):
-        parent = os.path.dirname(d)
-        if parent == d:
-            return False
-        d = parent
-    return os.path.isdir(d) and os.access(d, os.W_OK)
+    # "building the start-up library in the background (once; ...)" again.  Nor is a
+    # folder another user could change (its library would never be loaded: a build
+    # every run)
+    return build_place(library_dir()) == "ok"
 
 
 def _matcher(code):

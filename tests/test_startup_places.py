@@ -1,0 +1,215 @@
+"""Where the start-up library (nbnumba.kernels.native) is looked for and
+built when the user is not the one who installed the package, or cannot
+write their home (a scan run as ``nobody``), and what the build leaves in
+the temporary folder.
+
+Another user is emulated in process: os.access says "not writable" for the
+folders such a user could not write (this suite may run as root, which may
+write everywhere), and ownership is checked with explicit owner and mode
+arguments, or with a folder chown'ed to uid 65534 when the suite runs as root."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+
+import pytest
+
+from nbnumba import numba_cache
+from nbnumba.kernels import aot, native
+
+
+def _deny_writes(monkeypatch, *folders):
+    """os.access answers "not writable" for ``folders`` and what lies below them."""
+    real = os.access
+    denied = [os.path.abspath(str(f)) for f in folders]
+
+    def access(path, mode, *a, **k):
+        p = os.path.abspath(os.fsdecode(path))
+        if mode & os.W_OK and any(p == d or p.startswith(d + os.sep) for d in denied):
+            return False
+        return real(path, mode, *a, **k)
+    monkeypatch.setattr(os, "access", access)
+
+
+@pytest.fixture
+def other_user(tmp_path, monkeypatch):
+    """The environment of a user who did not install the package: its folder
+    (tmp_path/pkg) not writable, HOME tmp_path/home, the temporary folder
+    tmp_path/t; no NBNUMBA_CACHE_DIR, NUMBA_CACHE_DIR or XDG_CACHE_HOME."""
+    pkg = tmp_path / "pkg"
+    (pkg / "kernels" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "t").mkdir()
+    for var in ("NBNUMBA_CACHE_DIR", "NUMBA_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NBNUMBA_AOT_AUTOBUILD", "1")
+    monkeypatch.setattr(native, "_PKG", str(pkg))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "t"))
+    _deny_writes(monkeypatch, pkg)
+    native.forget()
+    yield tmp_path
+    native.forget()
+
+
+def test_a_library_in_the_read_only_package_folder_is_used(library, other_user, monkeypatch):
+    """Root built the library in the package's kernels/__pycache__: another
+    user's runs ignored it (the folder is not theirs to write), compiled for
+    about 30 s and built a copy of their own in ~/.cache/nbnumba.  Now it is
+    loaded from there (trusted: root's, 0755, its sha256 checked), and
+    builds go only to the user's own cache."""
+    src = os.path.join(library, os.path.basename(native.library_path()))
+    pkg_lib = other_user / "pkg" / "kernels" / "__pycache__" / os.path.basename(src)
+    shutil.copyfile(src, pkg_lib)
+    shutil.copyfile(native.digest_path(src), native.digest_path(str(pkg_lib)))
+    os.chmod(pkg_lib, 0o755)
+    mine = str(other_user / "home" / ".cache" / "nbnumba")
+    assert native.library_dir() == mine
+    mod = native.aot_module()
+    assert mod is not None and os.path.samefile(mod.__file__, pkg_lib)
+    assert native.background_build_wanted() is False        # nothing to build
+    # a copy others may write, or a damaged one, is passed over: the user's own is built
+    os.chmod(pkg_lib, 0o775)
+    native.forget()
+    assert native.aot_module() is None and native.background_build_wanted() is True
+    assert native.library_dirs() == [str(other_user / "pkg" / "kernels" / "__pycache__"), mine]
+    # with NBNUMBA_CACHE_DIR, that folder alone
+    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(other_user / "mine"))
+    assert native.library_dirs() == [str(other_user / "mine")]
+
+
+def test_no_writable_home_builds_in_the_per_user_temporary_folder(other_user, monkeypatch):
+    """HOME not writable (nobody's is /nonexistent), or NUMBA_CACHE_DIR /
+    XDG_CACHE_HOME a folder of root's: the library was never built, silently,
+    and every run loaded numba (2.7 s against 0.45 s), although numba's cache
+    fell back to $TMPDIR/nbnumba-numba-cache-UID.  The library goes there too."""
+    fallback = str(other_user / "t" / ("nbnumba-numba-cache-%d" % os.getuid()))
+    assert numba_cache.temp_cache_dir() == fallback
+    _deny_writes(monkeypatch, other_user / "pkg", other_user / "home", other_user / "root755")
+    (other_user / "root755").mkdir()
+    assert native.library_dir() == fallback
+    assert native.background_build_wanted() is True
+    monkeypatch.setenv("XDG_CACHE_HOME", str(other_user / "root755"))
+    assert native.library_dir() == fallback
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(other_user / "root755"))
+    assert native.library_dir() == fallback
+    # below a file: no build and no word, as before (e823e97)
+    (other_user / "afile").write_bytes(b"")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(other_user / "afile" / "sub"))
+    assert native.library_dir() == str(other_user / "afile" / "sub" / "nbnumba")
+    assert native.background_build_wanted() is False
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    # a fallback folder another user owns (or may write) is never used: no build
+    os.mkdir(fallback, 0o700)
+    if os.getuid() == 0:
+        os.chown(fallback, 65534, 65534)
+    else:                       # (not root: a folder others may write stands in)
+        os.chmod(fallback, 0o777)
+    assert numba_cache.temp_cache_problem() is not None
+    assert native.library_dir() == str(other_user / "home" / ".cache" / "nbnumba")
+    assert native.background_build_wanted() is False
+
+
+def test_ownership_rules_with_explicit_owners():
+    """The decisions themselves, for a user 1000 who is not root."""
+    d = stat.S_IFDIR
+    assert native.safe_folder(0, d | 0o755, 1000)               # root's install
+    assert native.safe_folder(1000, d | 0o700, 1000)
+    assert not native.safe_folder(1001, d | 0o755, 1000)        # another user's
+    assert not native.safe_folder(1000, d | 0o775, 1000)        # group may replace files
+    assert native.safe_folder(1000, d | 0o1777, 1000)           # sticky: they may not
+    p = numba_cache.private_dir_problem
+    assert p("/t/c", 1000, d | 0o700, 1000) is None
+    assert p("/t/c", 0, d | 0o700, 1000) == "/t/c belongs to another user (uid 0)"
+    assert p("/t/c", 1001, d | 0o700, 1000) == "/t/c belongs to another user (uid 1001)"
+    assert p("/t/c", 1000, d | 0o770, 1000) == "/t/c may be written by other users (mode 770)"
+    assert p("/t/c", 1000, stat.S_IFREG | 0o600, 1000) == "/t/c is not a folder"
+
+
+def test_a_folder_the_build_cannot_write_is_one_line(tmp_path, monkeypatch, capsys):
+    """``nbnumba --warmup`` with HOME=/nonexistent said "start-up library not
+    built (runs use numba's cache): PermissionError: [Errno 13] Permission
+    denied: '/nonexistent'" (the traceback's last line).  Now one line naming
+    the folder and the remedy; nothing is built."""
+    def build(key, out):
+        raise AssertionError("no build here")
+    monkeypatch.setattr(aot, "build", build)
+    key = native.library_key()
+    (tmp_path / "afile").write_bytes(b"")
+    out = str(tmp_path / "afile" / "sub")
+    assert aot.main(["--key", key, "--out", out, "--numba-cache"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("cannot write the start-up library in %s (Not a directory): set "
+                   "NBNUMBA_CACHE_DIR to a folder only this user may write\n" % out)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    assert aot.main(["--key", key, "--out", str(shared), "--numba-cache"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(shared) in err and "other users may write" in err
+    assert os.listdir(shared) == []
+
+
+def test_the_build_leaves_nothing_in_the_temporary_folder(tmp_path, monkeypatch):
+    """Every build left two /tmp/tmpXXXX folders with temp.c/temp.o: numba's
+    pycc._gentmpfile calls os.remove on a file object and swallows the
+    TypeError.  The build now runs with tempfile's folder (and TMPDIR) in a
+    private folder it removes; numba's per-user fallback cache is still the
+    one the runs use."""
+    import warnings
+    with warnings.catch_warnings():         # (numba.pycc's pending deprecation)
+        warnings.simplefilter("ignore")
+        from numba.pycc.platform import _gentmpfile
+    tmp = tmp_path / "t"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    seen = {}
+
+    def build(key, out):
+        with _gentmpfile(".c") as fh:          # what pycc's compiler check does
+            fh.write("int main(void) { return 0; }")
+        seen.update(tmp=tempfile.gettempdir(), env=os.environ["TMPDIR"],
+                    cache=numba_cache.temp_cache_dir(), left=os.listdir(tempfile.gettempdir()))
+    monkeypatch.setattr(aot, "build", build)
+    out = tmp_path / "lib"
+    assert aot.main(["--key", native.library_key(), "--out", str(out), "--numba-cache"]) == 0
+    assert len(seen["left"]) == 1                 # numba's litter, in the private folder
+    assert seen["tmp"] == seen["env"] != str(tmp) and seen["tmp"].startswith(str(tmp) + os.sep)
+    assert seen["cache"] == os.path.join(str(tmp), "nbnumba-numba-cache-%d" % os.getuid())
+    assert os.listdir(tmp) == []                  # nothing left
+    assert tempfile.tempdir == str(tmp) and os.environ["TMPDIR"] == str(tmp)
+    assert numba_cache.temp_cache_dir() == seen["cache"]     # (pinned only for the build)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert numba_cache.temp_cache_dir().startswith(str(tmp_path) + os.sep + "nbnumba-")
+
+
+def test_a_build_does_not_run_in_the_runs_folder(tmp_path, monkeypatch):
+    """A background build ran in the run's working folder: when that folder
+    was removed as the run ended (a script's temporary folder; this scan's),
+    the build failed at its first import with "FileNotFoundError: [Errno 2]
+    No such file or directory", noted for good in .failed, and the library was
+    never built.  It now runs in the package's parent folder, its --out an
+    absolute path (NBNUMBA_CACHE_DIR may be relative)."""
+    started = []
+
+    class Proc:
+        def wait(self):
+            return 0
+    monkeypatch.setattr(native, "python_process", lambda args, **kw: started.append((args, kw))
+                        or Proc())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NBNUMBA_CACHE_DIR", "rel/lib")
+    native.forget()
+    try:
+        native.start_build(background=True)
+        native.start_build(numba_cache=True)
+    finally:
+        native.forget()
+    for args, kw in started:
+        assert args[args.index("--out") + 1] == str(tmp_path / "rel" / "lib")
+        assert kw.get("cwd") == os.path.dirname(os.path.dirname(os.path.dirname(native.__file__)))
+    assert len(started) == 2
