@@ -190,26 +190,41 @@ def test_the_build_leaves_nothing_in_the_temporary_folder(tmp_path, monkeypatch)
 def test_a_build_does_not_run_in_the_runs_folder(tmp_path, monkeypatch):
     """A background build ran in the run's working folder: when that folder
     was removed as the run ended (a script's temporary folder; this scan's),
-    the build failed at its first import with "FileNotFoundError: [Errno 2]
-    No such file or directory", noted for good in .failed, and the library was
-    never built.  It now runs in the package's parent folder, its --out an
-    absolute path (NBNUMBA_CACHE_DIR may be relative)."""
+    the build failed with "FileNotFoundError: [Errno 2] No such file or
+    directory", noted for good in .failed, and the library was never built.
+    Every helper process (builds, compile helpers) now runs in the package's
+    parent folder, its relative cache settings made absolute, and a build's
+    --out is absolute (NBNUMBA_CACHE_DIR may be relative)."""
+    import subprocess
     started = []
 
     class Proc:
         def wait(self):
             return 0
-    monkeypatch.setattr(native, "python_process", lambda args, **kw: started.append((args, kw))
-                        or Proc())
-    monkeypatch.chdir(tmp_path)
+
+    def popen(cmd, **kw):
+        started.append((cmd, kw))
+        return Proc()
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.chdir(run)
     monkeypatch.setenv("NBNUMBA_CACHE_DIR", "rel/lib")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "rel/numba")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     native.forget()
     try:
         native.start_build(background=True)
         native.start_build(numba_cache=True)
+        native.python_process(["nbnumba.jitcache", "--second", "render_rows"])
     finally:
         native.forget()
-    for args, kw in started:
-        assert args[args.index("--out") + 1] == str(tmp_path / "rel" / "lib")
-        assert kw.get("cwd") == os.path.dirname(os.path.dirname(os.path.dirname(native.__file__)))
-    assert len(started) == 2
+    root = os.path.dirname(os.path.dirname(os.path.dirname(native.__file__)))
+    assert len(started) == 3
+    for cmd, kw in started:
+        assert kw["cwd"] == root
+        assert kw["env"]["NBNUMBA_CACHE_DIR"] == str(run / "rel" / "lib")
+        assert kw["env"]["NUMBA_CACHE_DIR"] == str(run / "rel" / "numba")
+        assert kw["env"]["TMPDIR"] == str(tmp_path)
+    for cmd, kw in started[:2]:
+        assert cmd[cmd.index("--out") + 1] == str(run / "rel" / "lib")

@@ -361,15 +361,34 @@ def failed_note(key: str | None = None) -> str:
         return ""
 
 
+#: settings that name folders: made absolute for a child that runs elsewhere
+_PATH_SETTINGS = ("NUMBA_CACHE_DIR", "NBNUMBA_CACHE_DIR", "XDG_CACHE_HOME", "TMPDIR")
+
+
 def python_process(args, **popen):
     """``python -m ARGS`` as a subprocess.Popen, with this nbnumba first on
     PYTHONPATH (the child runs the same sources) and stdin from /dev/null
-    unless ``popen`` says otherwise; ``popen``: more Popen keywords."""
+    unless ``popen`` says otherwise; ``popen``: more Popen keywords.
+
+    The child runs in the package's parent folder, not the caller's: a build
+    or a compile helper whose run's folder was removed as the run ended (a
+    script's temporary folder) failed at its first import ("FileNotFoundError:
+    [Errno 2] No such file or directory").  A relative cache setting is made
+    absolute for it, so that it still names the caller's folder."""
     import subprocess
     env = dict(os.environ)
     root = os.path.dirname(_PKG)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        here = os.getcwd()
+    except OSError:
+        here = None
+    for var in _PATH_SETTINGS:
+        v = env.get(var)
+        if v and here is not None and not os.path.isabs(v):
+            env[var] = os.path.join(here, v)
     popen.setdefault("stdin", subprocess.DEVNULL)
+    popen.setdefault("cwd", root)
     return subprocess.Popen([sys.executable, "-m"] + list(args), env=env, **popen)
 
 
@@ -394,22 +413,19 @@ def start_build(background: bool = False, numba_cache: bool = False):
     when it is warm: ``nbnumba --warmup`` fills it first) instead of
     compiling them in a private, empty one."""
     import subprocess
-    # (in the package's parent folder, not the run's: a background build whose
-    # working folder was removed as the run ended, a script's temporary folder,
-    # failed at its first import with "FileNotFoundError: [Errno 2] No such
-    # file or directory", noted for good in .failed)
+    # (python_process runs it in the package's parent folder, not the run's: a
+    # background build whose working folder was removed as the run ended failed
+    # at its first import, noted for good in .failed)
     args = ["nbnumba.kernels.aot", "--key", library_key(), "--out",
             os.path.abspath(library_dir())]
     if numba_cache:
         args.append("--numba-cache")
-    where = os.path.dirname(_PKG)
     if background:
         return reap_in_background(python_process(args + ["--background"],
                                                  stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL,
-                                                 start_new_session=True, cwd=where))
-    return python_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          cwd=where)
+                                                 start_new_session=True))
+    return python_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def build_running(key: str | None = None) -> bool:
