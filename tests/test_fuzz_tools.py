@@ -142,3 +142,24 @@ def test_series_check_ignores_a_record_of_no_frame_of_the_series(tmp_path):
     recs.append({"type": "failed", "frame": 1})
     mp.write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert FT._check_series(0, tmp_path, argv) is not None
+
+
+def test_series_check_splits_the_manifest_at_newlines_only(tmp_path):
+    # a manifest token replaced by '\r' (seed 463) is JSON whitespace inside the
+    # frame's line, which nbnumba-series reads (lines end at b'\n') and skips on
+    # --resume; str.splitlines() also ends a line at '\r' and lost the record
+    import json
+    (tmp_path / "out").mkdir()
+    lines = [json.dumps({"type": "run"}),
+             json.dumps({"type": "frame", "frame": 0, "files": {}, "p": [1.5, 2.5]}),
+             json.dumps({"type": "frame", "frame": 1, "files": {}})]
+    lines[1] = lines[1].replace("[1.5, ", "[1.5, \r", 1)
+    assert json.loads(lines[1])["frame"] == 0
+    argv = ["--resume", "--shots", "2", "--workers", "0", "--out", "out"]
+    mp = tmp_path / "out" / "manifest.jsonl"
+    mp.write_bytes(("\n".join(lines) + "\n").encode())
+    assert FT._check_series(0, tmp_path, argv) is None
+    # a record cut in two at a real newline is still no record
+    mp.write_bytes(("\n".join(lines).replace("[1.5, \r", "[1.5, \n") + "\n").encode())
+    assert FT._check_series(0, tmp_path, argv) == (
+        "exit 0 without a frame record for each of the 2 frames")

@@ -635,10 +635,13 @@ def _check_series(rc: int, d: Path, argv: list):
     if not mpath.is_file():
         return "exit %d without a manifest" % rc
     latest = {}
-    for ln in mpath.read_text(errors="replace").splitlines():
+    # lines end at '\n' only, as nbnumba-series reads them (Manifest.read): a '\r'
+    # inside a line is JSON whitespace there, where read_text()'s universal
+    # newlines and splitlines() ended the line and lost its record (seed 463)
+    for ln in mpath.read_bytes().decode("utf-8", "replace").split("\n"):
         try:
             r = json.loads(ln)
-        except ValueError:
+        except (ValueError, RecursionError):     # (Manifest.read skips both)
             continue
         if (isinstance(r, dict) and r.get("type") in ("frame", "failed")
                 and isinstance(r.get("frame"), int)):
