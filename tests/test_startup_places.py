@@ -147,6 +147,7 @@ def test_a_folder_the_build_cannot_write_is_one_line(tmp_path, monkeypatch, caps
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chmod(shared, 0o777)
+    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(shared))      # (named by the user: not repaired)
     assert aot.main(["--key", key, "--out", str(shared), "--numba-cache"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(shared) in err and "other users may write" in err
@@ -228,3 +229,31 @@ def test_a_build_does_not_run_in_the_runs_folder(tmp_path, monkeypatch):
         assert kw["env"]["TMPDIR"] == str(tmp_path)
     for cmd, kw in started[:2]:
         assert cmd[cmd.index("--out") + 1] == str(run / "rel" / "lib")
+
+
+def test_an_own_folder_left_group_writable_is_repaired(tmp_path, monkeypatch, capsys):
+    """Under umask 002 (Debian's and Ubuntu's for users with their own group) an
+    older nbnumba made ~/.cache/nbnumba 0775: its library is never loaded from
+    there (others may write the folder), so every run would fall back to the
+    temporary folder.  The build takes group and other write off a folder
+    nbnumba names for itself, when it is this user's; never off the folder
+    NBNUMBA_CACHE_DIR names, which the user chose."""
+    def build(key, out):
+        pass
+    monkeypatch.setattr(aot, "build", build)
+    for var in ("NBNUMBA_CACHE_DIR", "NUMBA_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    mine = tmp_path / "cache" / "nbnumba"
+    mine.mkdir(parents=True)
+    os.chmod(mine, 0o775)
+    assert native.build_place(str(mine)) == "ok"
+    assert aot.main(["--key", native.library_key(), "--out", str(mine), "--numba-cache"]) == 0
+    assert stat.S_IMODE(os.stat(mine).st_mode) == 0o755
+    # the same folder named by NBNUMBA_CACHE_DIR: left as it is, one line
+    os.chmod(mine, 0o775)
+    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(mine))
+    assert native.build_place(str(mine)) == "denied"
+    capsys.readouterr()
+    assert aot.main(["--key", native.library_key(), "--out", str(mine), "--numba-cache"]) == 1
+    assert "other users may write that folder" in capsys.readouterr().err
+    assert stat.S_IMODE(os.stat(mine).st_mode) == 0o775

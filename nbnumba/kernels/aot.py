@@ -39,6 +39,7 @@ private folder that is removed afterwards: nothing is left in /tmp.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 
@@ -158,6 +159,12 @@ def main(argv=None) -> int:
         if not os.path.isdir(a.out):
             os.makedirs(a.out, mode=0o700 if private else 0o755, exist_ok=True)
         st = os.stat(a.out)
+        if (not native.safe_folder(st.st_uid, st.st_mode, native._uid())
+                and st.st_uid == native._uid() and native.repairable(a.out)):
+            # this user's folder, made group-writable by an older nbnumba under
+            # umask 002: a library there would never be loaded
+            os.chmod(a.out, stat.S_IMODE(st.st_mode) & ~0o022)
+            st = os.stat(a.out)
         if not native.safe_folder(st.st_uid, st.st_mode, native._uid()):
             print("the start-up library is not built in %s: other users may write that folder, "
                   "so a library there is never loaded; %s" % (a.out, remedy), file=sys.stderr)

@@ -140,9 +140,19 @@ def build_place(path) -> str:
             st = os.stat(d)
         except OSError:
             return "denied"
-        if not safe_folder(st.st_uid, st.st_mode, _uid()):
+        if not safe_folder(st.st_uid, st.st_mode, _uid()) and not (
+                st.st_uid == _uid() and repairable(path)):
             return "denied"
     return "ok" if os.access(d, os.W_OK | os.X_OK) else "denied"
+
+
+def repairable(path) -> bool:
+    """Whether the build may take group and other write off folder ``path``
+    when it is this user's: a folder nbnumba names for itself (an older
+    nbnumba made ``~/.cache/nbnumba`` 0775 under umask 002, and its library
+    is not loaded from there), never NBNUMBA_CACHE_DIR, which the user named."""
+    d = os.environ.get("NBNUMBA_CACHE_DIR")
+    return not d or os.path.abspath(d) != os.path.abspath(path)
 
 
 def library_dir() -> str:
