@@ -33,10 +33,12 @@ def _env_info(c_bin: Optional[str]) -> dict:
     # which compiled kernels a run loads: the start-up library or numba's cache
     try:
         from nbnumba.kernels import native
-        lib = native.library_path()
+        mod = native.aot_module()
+        # the file loaded (the package's folder may hold one built by the
+        # install's owner), else where this user's build would put it
+        lib = getattr(mod, "__file__", None) or native.library_path()
         env["startup_library"] = {
-            "enabled": native.enabled(), "path": lib,
-            "present": native.aot_module() is not None,
+            "enabled": native.enabled(), "path": lib, "present": mod is not None,
             "failed_build": native.failed_note() or None}
     except Exception as exc:  # noqa: BLE001 - report, do not fail the probe
         env["startup_library"] = {"error": f"{type(exc).__name__}: {exc}"}
