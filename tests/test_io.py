@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 
@@ -758,6 +759,83 @@ def test_folders_that_stop_an_ordinary_user_are_named_with_the_reason():
         for d in ("ro", "shut"):
             if os.path.isdir(os.path.join(top, d)):
                 os.chmod(os.path.join(top, d), 0o755)
+        shutil.rmtree(top)
+
+
+def test_another_users_link_in_a_sticky_folder_is_not_followed():
+    # a link planted in /tmp by another user pointed at a file of this user's:
+    # nbnumba resolved it itself and replaced that file, where the kernel's
+    # protected_symlinks rule (on by default) makes fopen() refuse it
+    from nbnumba.io.atomic import check_writable
+    top = tempfile.mkdtemp(prefix="nb-link-")
+    try:
+        os.chmod(top, 0o777)
+        shared, mine = os.path.join(top, "shared"), os.path.join(top, "mine")
+        os.mkdir(shared)
+        os.mkdir(mine)
+        os.chmod(shared, 0o1777)
+        os.chmod(mine, 0o777)
+        victim = os.path.join(mine, "victim.txt")
+        with open(victim, "wb") as fh:
+            fh.write(b"precious")
+        os.chmod(victim, 0o666)
+        planted, own = os.path.join(shared, "out.bin"), os.path.join(shared, "own.bin")
+        os.symlink(victim, planted)
+        root = os.geteuid() == 0
+        if root:
+            os.lchown(planted, 4242, 4242)          # a third user's link
+        with as_an_ordinary_user():
+            if root:
+                for call in (lambda: check_writable(planted, "-floatfile"),
+                             lambda: atomic_write_bytes(planted, b"image")):
+                    with pytest.raises(OutputFileError, match=r"cannot write '.*out\.bin': Permission "
+                                       r"denied \(a symbolic link of another user's in a folder "
+                                       r"with the sticky bit"):
+                        call()
+            os.symlink(victim, own)                 # this user's own link: followed
+            atomic_write_bytes(own, b"mine")
+        with open(victim, "rb") as fh:
+            assert fh.read() == b"mine"
+        assert os.path.islink(own) and (not root or os.path.islink(planted))
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_replaced_output_keeps_its_group_and_loses_set_id_bits():
+    # fopen() writes into the old inode: its owner and group stay, and a write
+    # by a user without CAP_FSETID clears set-user-ID; the rename gave the file
+    # this user's group and kept the bits
+    top = tempfile.mkdtemp(prefix="nb-ids-")
+    try:
+        os.chmod(top, 0o777)
+        grp, suid = os.path.join(top, "g.bin"), os.path.join(top, "s.bin")
+        for p in (grp, suid):
+            with open(p, "wb") as fh:
+                fh.write(b"old")
+        root = os.geteuid() == 0
+        if root:        # files of nobody's, the first in group 4242, of which nobody is a member
+            os.chown(grp, 65534, 4242)
+            os.chown(suid, 65534, 65534)
+            want_gid = 4242
+        else:           # (a group of this user's other than its own, when it has one)
+            want_gid = ([g for g in os.getgroups() if g != os.getegid()] or [os.getegid()])[0]
+            os.chown(grp, -1, want_gid)
+        os.chmod(grp, 0o640)
+        os.chmod(suid, 0o4755)
+        with as_an_ordinary_user(groups=[4242]):
+            atomic_write_bytes(grp, b"new")
+            atomic_write_bytes(suid, b"new")
+        st = os.stat(grp)
+        assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (want_gid, 0o640)
+        assert stat.S_IMODE(os.stat(suid).st_mode) == 0o755
+        if root:        # root writes: owner, group and bits kept, as fopen's write keeps them
+            os.chmod(suid, 0o4755)
+            atomic_write_bytes(grp, b"root's")
+            atomic_write_bytes(suid, b"root's")
+            assert (os.stat(grp).st_uid, os.stat(grp).st_gid) == (65534, 4242)
+            assert stat.S_IMODE(os.stat(suid).st_mode) == 0o4755
+            assert os.stat(suid).st_uid == 65534
+    finally:
         shutil.rmtree(top)
 
 

@@ -27,7 +27,10 @@ Differences from the C program (which uses plain ``fopen(..., "wb")``):
   keep the old contents.  Symbolic links are followed (the file they point to
   is replaced), and an existing target keeps its permission bits; a new file
   gets ``0666 & ~umask`` like ``fopen`` would give it.  A file this user may not
-  write is refused, as ``fopen`` refuses it, although the rename would succeed.
+  write is refused, as ``fopen`` refuses it, although the rename would succeed;
+  so is another user's link in a sticky folder (the kernel's protected_symlinks).
+  The new file takes the old one's group (and, for root, its owner), and a user
+  other than root drops set-user-ID and set-group-ID, as a write would.
 * :func:`check_not_input` lets the caller refuse to overwrite one of the run's
   own input files (e.g. ``-intfile`` naming the ``-img`` file).
 """
@@ -202,8 +205,8 @@ _EFFECTIVE = os.access in os.supports_effective_ids
 def _folder_words(directory: str) -> str:
     """Why a folder this user may not write stops an output: the new file is
     written beside the old one and renamed onto it."""
-    return (f"this user may not write the folder '{directory}', where the new file is "
-            "written before it replaces the old one")
+    return (f"this user may not write the folder '{directory}', where the output is written "
+            "under a temporary name, then renamed into place")
 
 
 def _may_unlink_others_files() -> bool:
@@ -356,6 +359,7 @@ def _resolve_target(path: str) -> str:
     # file to create, and a loop of links is fopen()'s ELOOP (the non-strict
     # realpath hands back the loop's own name, and the link was replaced).
     if os.path.islink(path):
+        _refuse_planted_link(path)
         try:
             return os.path.realpath(path, strict=True)
         except FileNotFoundError:
@@ -363,6 +367,29 @@ def _resolve_target(path: str) -> str:
         except OSError as e:
             raise OutputFileError("cannot write '%s': %s" % (path, e.strerror or e)) from None
     return path
+
+
+def _refuse_planted_link(link: str) -> None:
+    """Refuse another user's symbolic link in a folder with the sticky bit that
+    everyone may write (as /tmp), unless the folder is the link owner's: the
+    rule of Linux's fs.protected_symlinks, on by default, by which the kernel
+    refuses fopen() there.  The link is resolved here, in user space, so the
+    kernel never saw it: a link another user planted as ``/tmp/out.bin`` made
+    this user's run replace whatever file of this user's it pointed at."""
+    euid = os.geteuid() if hasattr(os, "geteuid") else None
+    if euid is None:
+        return
+    try:
+        lst = os.lstat(link)
+        dst = os.stat(_folder_of(link))
+    except OSError:
+        return
+    if (dst.st_mode & stat.S_ISVTX and dst.st_mode & stat.S_IWOTH
+            and lst.st_uid not in (euid, dst.st_uid)):
+        raise OutputFileError(
+            "cannot write '%s': Permission denied (a symbolic link of another user's in a "
+            "folder with the sticky bit, '%s': it is not followed, as the kernel's "
+            "protected_symlinks rule does not follow it)" % (link, _folder_of(link)))
 
 
 # ---------------------------------------------------------------------------
@@ -620,9 +647,24 @@ def atomic_open(path, mode: str = "wb") -> Iterator:
         os.fsync(fh.fileno())
         if kind is None:
             try:
-                new_mode = stat.S_IMODE(os.stat(target).st_mode)
+                old = os.stat(target)
             except OSError:
+                old = None
+            if old is None:
                 new_mode = 0o666 & ~_current_umask()
+            else:
+                new_mode = stat.S_IMODE(old.st_mode)
+                if hasattr(os, "geteuid") and os.geteuid() != 0:
+                    # a write by a user without CAP_FSETID clears set-user-ID and
+                    # set-group-ID, as fopen's write into the old file would
+                    new_mode &= ~(stat.S_ISUID | stat.S_ISGID)
+                try:
+                    # the old file's group (a member may give a file its group),
+                    # and as root its owner too: fopen() writes into the old
+                    # inode, whose owner and group stay
+                    os.fchown(fh.fileno(), old.st_uid if os.geteuid() == 0 else -1, old.st_gid)
+                except (OSError, AttributeError):
+                    pass        # (not a member of the group: the new file keeps ours)
             try:
                 os.fchmod(fh.fileno(), new_mode)
             except OSError as exc:

@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import Iterator, Sequence
 
 #: uid and gid of ``nobody`` on Linux
 NOBODY = 65534
 
 
 @contextlib.contextmanager
-def as_an_ordinary_user() -> Iterator[None]:
+def as_an_ordinary_user(groups: Sequence[int] = ()) -> Iterator[None]:
+    """``groups``: the supplementary groups the user is a member of (as root)."""
     if os.geteuid() != 0:
         yield
         return
+    saved = os.getgroups()
+    os.setgroups(list(groups))
     os.setegid(NOBODY)
     os.seteuid(NOBODY)
     try:
@@ -34,3 +37,4 @@ def as_an_ordinary_user() -> Iterator[None]:
     finally:
         os.seteuid(0)
         os.setegid(0)
+        os.setgroups(saved)
