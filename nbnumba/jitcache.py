@@ -331,6 +331,14 @@ def _second(argv) -> int:
     if argv[:1] != ["--second"] or len(argv) < 2 or argv[1] not in ("render_rows", "render_blocks") \
             or not set(argv[2:]) <= {"--callees", "--geometry", "--helpers", "--build"}:
         return 2
+    lock = None
+    if "--build" in argv:
+        # the build's lock, held while this process compiles (25 s and more on a
+        # cold cache): a run meanwhile saw no build and started a full one of its own
+        from .kernels import native
+        lock = native.take_build_lock() if native.background_build_wanted() else False
+        if lock is False:
+            argv = [a for a in argv if a != "--build"]
     if "--callees" in argv:
         compile_buffers()               # render_rows reaches them first,
         compile_lattice(float64=False)  # pixel_value this after ~2 s,
@@ -351,7 +359,8 @@ def _second(argv) -> int:
         pass
     compile_entry(argv[1])
     if "--build" in argv:
-        from .kernels import native
+        if lock:
+            lock.close()                # (the build takes it next)
         if native.background_build_wanted():
             native.start_build(background=True, numba_cache=True)
     return 0

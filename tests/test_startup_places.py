@@ -257,3 +257,36 @@ def test_an_own_folder_left_group_writable_is_repaired(tmp_path, monkeypatch, ca
     assert aot.main(["--key", native.library_key(), "--out", str(mine), "--numba-cache"]) == 1
     assert "other users may write that folder" in capsys.readouterr().err
     assert stat.S_IMODE(os.stat(mine).st_mode) == 0o775
+
+
+def test_a_delegated_build_holds_its_lock_while_the_kernels_compile(tmp_path, monkeypatch):
+    """A cold run hands the library's build to its second compile process
+    (jitcache --second ... --build), which compiles for 25 s or more before it
+    starts the build.  A run in that time saw no build running and started a
+    full one of its own (63 s on 2 cores).  The second process now holds the
+    build's lock while it compiles."""
+    from nbnumba import jitcache
+    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(tmp_path / "lib"))
+    monkeypatch.setenv("NBNUMBA_AOT_AUTOBUILD", "1")
+    monkeypatch.setattr(native, "aot_module", lambda: None)
+    monkeypatch.setattr(native, "failed_note", lambda key=None: None)
+    seen = []
+    monkeypatch.setattr(jitcache, "compile_entry", lambda entry: seen.append(
+        (native.build_running(), native.background_build_wanted(), native.take_build_lock())))
+    monkeypatch.setattr(jitcache.sys, "stdout", open(os.devnull, "w"))
+    builds = []
+    monkeypatch.setattr(native, "start_build", lambda **kw: builds.append(kw))
+    assert jitcache._second(["--second", "render_rows", "--build"]) == 0
+    assert seen == [(True, False, False)]       # running, none wanted, the lock taken
+    assert builds == [dict(background=True, numba_cache=True)]
+    assert native.build_running() is False      # let go before the build starts
+    # a second process for the same key while one holds the lock: no build of its own
+    lock = native.take_build_lock()
+    try:
+        seen.clear()
+        builds.clear()
+        monkeypatch.setattr(jitcache.sys, "stdout", open(os.devnull, "w"))   # (it closes it)
+        assert jitcache._second(["--second", "render_rows", "--build"]) == 0
+        assert builds == [] and seen == [(True, False, False)]
+    finally:
+        lock.close()

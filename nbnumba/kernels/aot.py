@@ -39,7 +39,6 @@ private folder that is removed afterwards: nothing is left in /tmp.
 from __future__ import annotations
 
 import os
-import stat
 import sys
 
 
@@ -148,31 +147,15 @@ def main(argv=None) -> int:
     from .. import numba_cache
     base = os.path.join(a.out, native.module_name(a.key))
     final = os.path.join(a.out, os.path.basename(native.library_path(a.key)))
-    remedy = "set NBNUMBA_CACHE_DIR to a folder only this user may write"
-    # 0700 for the per-user temporary folder (numba's cache's as well), else
-    # 0755 whatever the umask (a group-writable folder's library is not loaded)
+    why = native.prepare_library_dir(a.out)
+    if why:
+        print(why, file=sys.stderr)
+        return 1
     try:
-        private = os.path.abspath(a.out) == os.path.abspath(numba_cache.temp_cache_dir())
-    except OSError:                     # (no temporary folder at all)
-        private = False
-    try:
-        if not os.path.isdir(a.out):
-            os.makedirs(a.out, mode=0o700 if private else 0o755, exist_ok=True)
-        st = os.stat(a.out)
-        if (not native.safe_folder(st.st_uid, st.st_mode, native._uid())
-                and st.st_uid == native._uid() and native.repairable(a.out)):
-            # this user's folder, made group-writable by an older nbnumba under
-            # umask 002: a library there would never be loaded
-            os.chmod(a.out, stat.S_IMODE(st.st_mode) & ~0o022)
-            st = os.stat(a.out)
-        if not native.safe_folder(st.st_uid, st.st_mode, native._uid()):
-            print("the start-up library is not built in %s: other users may write that folder, "
-                  "so a library there is never loaded; %s" % (a.out, remedy), file=sys.stderr)
-            return 1
         lock = open(base + ".lock", "w")
     except OSError as exc:
         print("cannot write the start-up library in %s (%s): %s"
-              % (a.out, exc.strerror or type(exc).__name__, remedy), file=sys.stderr)
+              % (a.out, exc.strerror or type(exc).__name__, native.REMEDY), file=sys.stderr)
         return 1
     if a.background:
         try:

@@ -438,6 +438,67 @@ def start_build(background: bool = False, numba_cache: bool = False):
     return python_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+#: what a user does about a folder that cannot hold the start-up library
+REMEDY = "set NBNUMBA_CACHE_DIR to a folder only this user may write"
+
+
+def prepare_library_dir(out) -> str | None:
+    """Make folder ``out`` ready to hold the start-up library; returns the one
+    line that says why it cannot, or None.  It is made 0700 when it is the
+    per-user temporary folder (numba's cache's too), else 0755 whatever the
+    umask (a group-writable folder's library is not loaded); this user's own
+    folder that an older nbnumba made group-writable under umask 002 is
+    repaired (:func:`repairable`)."""
+    import stat
+    try:
+        private = os.path.abspath(out) == os.path.abspath(numba_cache.temp_cache_dir())
+    except OSError:                     # (no temporary folder at all)
+        private = False
+    try:
+        if not os.path.isdir(out):
+            os.makedirs(out, mode=0o700 if private else 0o755, exist_ok=True)
+        st = os.stat(out)
+        if (not safe_folder(st.st_uid, st.st_mode, _uid())
+                and st.st_uid == _uid() and repairable(out)):
+            os.chmod(out, stat.S_IMODE(st.st_mode) & ~0o022)
+            st = os.stat(out)
+    except OSError as exc:
+        return ("cannot write the start-up library in %s (%s): %s"
+                % (out, exc.strerror or type(exc).__name__, REMEDY))
+    if not safe_folder(st.st_uid, st.st_mode, _uid()):
+        return ("the start-up library is not built in %s: other users may write that folder, "
+                "so a library there is never loaded; %s" % (out, REMEDY))
+    return None
+
+
+def take_build_lock(key: str | None = None):
+    """Hold the build lock of ``key`` (the one aot.main takes) for a process
+    that will start the build later: a file object holding it (close it to let
+    go), False when another process holds it, None when no lock can be had
+    here (a folder that cannot hold the library, no flock): the caller goes
+    on as it would without one."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    d = library_dir()
+    if prepare_library_dir(d):
+        return None
+    try:
+        lock = open(os.path.join(d, module_name(key or library_key()) + ".lock"), "w")
+    except OSError:
+        return None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return False
+    except OSError:
+        lock.close()
+        return None
+    return lock
+
+
 def build_running(key: str | None = None) -> bool:
     """Whether a build for ``key`` holds its lock now (aot.main takes it)."""
     try:
