@@ -171,7 +171,9 @@ def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, 
                               % ((S, F),))
         out[...] = 0.0
     omega = np.zeros(S, dtype=np.float64)          # per-row solid-angle sums
-    bS, bF = (S, F) if cfg.c_parity else (1, 1)
+    # per-pixel bookkeeping of out-of-range lookups: the latch (-c_parity), or
+    # the count the default mode reports with -interpolate
+    bS, bF = (S, F) if cfg.c_parity or model.interpolate else (1, 1)
     oor = np.full((bS, bF), -1, dtype=np.int32)
     ran = np.zeros((bS, bF), dtype=np.uint8)
     first_arg = first if cfg.c_parity else -1
@@ -188,6 +190,8 @@ def render_float(model: Model, dtype=None, backend: str = "cpu", progress=None, 
             progress(min(S, r0 + chunk), S)
     if cfg.c_parity and len(flat):
         _c_parity_fixups(model, args, active, flat, out, omega, oor, ran)
+    elif not cfg.c_parity and model.interpolate:
+        model.interp_fallback = int(np.count_nonzero(oor >= 0))
     return out, omega
 
 

@@ -61,6 +61,9 @@ class Model:
     # filled in by the renderer under -c_parity (single-thread C emulation)
     first_exec_pixel: int = -1
     latch: tuple = (-1, -1)
+    # filled in by the renderer in the default mode with -interpolate: pixels
+    # with a lookup outside the table's interpolation range (nearest F there)
+    interp_fallback: int = 0
 
     @property
     def shape(self):

@@ -85,13 +85,36 @@ def run_summary_line(cfg, seconds: float, aot: bool = False) -> str:
     return "nbnumba: %s precision%s, backend %s, %.2f s" % (cfg.precision, threads, backend, seconds)
 
 
+def interpolation_lines(model) -> List[str]:
+    """What the pixel loop met with -interpolate: nanoBragg.c prints "WARNING:
+    out of range for three point interpolation" at its first lookup outside
+    the table's range and turns interpolation off for the rest of the image
+    (docs/quirks.md #6); nbnumba says where and how often instead."""
+    if model.cfg.c_parity:
+        p = model.latch[0]
+        if p < 0:
+            return []
+        s, f = divmod(p, model.shape[1])
+        return ["  nbnumba: -c_parity: interpolation off from pixel (slow %d, fast %d) on, as "
+                "nanoBragg.c turns it off after its first lookup outside the HKL table's "
+                "range (docs/quirks.md #6)" % (s, f)]
+    n = model.interp_fallback
+    if not n:
+        return []
+    return ["  nbnumba: note: interpolation: %d pixel%s had structure-factor lookups outside the "
+            "HKL table's interpolation range; F there is the nearest point's (nanoBragg.c turns "
+            "interpolation off for the rest of the image at the first one: docs/quirks.md #6)"
+            % (n, "" if n == 1 else "s")]
+
+
 def result_lines(res, written=None) -> List[str]:
     """Everything printed after the pixel loop (statistics and file names)."""
     m, st = res.model, res.stats
     cfg = m.cfg
     S, F = m.shape
-    out = ["", "solid angle subtended by detector = %s steradian ( %s%% sphere)"
-           % (g(st["omega_sum"]), g(100 * st["omega_sum"] / 4 / math.pi))]
+    out = interpolation_lines(m) + [
+        "", "solid angle subtended by detector = %s steradian ( %s%% sphere)"
+        % (g(st["omega_sum"]), g(100 * st["omega_sum"] / 4 / math.pi))]
     out.append("writing %s as %d 4-byte floats" % (cfg.floatfilename, S * F))
     out.append("max_I = %s  at %s %s" % (g(st["max_I"]), g(st["max_I_x"]), g(st["max_I_y"])))
     out.append("mean= %s rms= %s rmsd= %s" % (g(st["mean"]), g(st["rms"]), g(st["rmsd"])))

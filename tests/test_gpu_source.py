@@ -850,7 +850,8 @@ def _fake_cupy(host, calls, **kw):
 
 
 @pytest.mark.parametrize("name", ["x_interp_latch_mid_cparity", "x_dmin_first_pixel_cparity",
-                                  "x_mosaic_phi", "x_corrected_all_oversample"])
+                                  "x_mosaic_phi", "x_corrected_all_oversample",
+                                  "x_interp_fallback_default"])
 def test_gpu_render_through_fake_cupy(name, host, tmp_path, monkeypatch):
     """gpu.render's uploads, argument types (against the parsed signature),
     row-chunked launches and -c_parity passes, with the launches served by
@@ -882,6 +883,9 @@ def test_gpu_render_through_fake_cupy(name, host, tmp_path, monkeypatch):
         assert par["ok"], (name, dt, par)
         assert m.first_exec_pixel == m_ref.first_exec_pixel
         assert tuple(m.latch) == tuple(m_ref.latch)
+        # the default mode's count of pixels whose lookups fell back (run's note)
+        assert m.interp_fallback == m_ref.interp_fallback
+    assert (m_ref.interp_fallback > 0) == (name == "x_interp_fallback_default")
     # one pass, plus one per -c_parity correction; each pass = one launch per band
     passes = 1 + int(m_ref.first_exec_pixel not in (-1, int(np.flatnonzero(m_ref.active)[0])))
     passes += int(tuple(m_ref.latch) != (-1, -1))

@@ -211,6 +211,40 @@ def test_interpolation_latch(narrow_hkl, tmp_path):
     assert not np.array_equal(d.float_image.ravel()[p + 1:], nn.float_image.ravel()[p + 1:])
 
 
+def test_interpolation_fallback_is_reported(narrow_hkl, tmp_path):
+    # nanoBragg.c prints "WARNING: out of range for three point interpolation"
+    # at its first lookup outside the table (and turns interpolation off);
+    # nbnumba said nothing in either mode
+    from nbnumba.summary import result_lines
+    args = ["-cell", "70", "80", "90", "90", "95", "90", "-lambda", "1.5", "-N", "2",
+            "-hkl", str(narrow_hkl), "-distance", "50", "-detpixels", "32", "-pixel", "1",
+            "-nonoise", "-nopgm"]
+    d = nbnumba.simulate_argv(args, cwd=tmp_path)
+    n = d.model.interp_fallback
+    assert 0 < n < 32 * 32
+    lines = [ln for ln in result_lines(d) if "interpolation" in ln]
+    assert lines == ["  nbnumba: note: interpolation: %d pixels had structure-factor lookups outside "
+                     "the HKL table's interpolation range; F there is the nearest point's (nanoBragg.c "
+                     "turns interpolation off for the rest of the image at the first one: "
+                     "docs/quirks.md #6)" % n]
+    # counted over the rendered pixels only: two halves of the detector add up
+    top = nbnumba.simulate_argv(args + ["-roi", "0", "31", "0", "15"], cwd=tmp_path)
+    bottom = nbnumba.simulate_argv(args + ["-roi", "0", "31", "16", "31"], cwd=tmp_path)
+    assert top.model.interp_fallback + bottom.model.interp_fallback == n
+    assert 0 < top.model.interp_fallback < n
+    # no interpolation, nothing to report
+    nn = nbnumba.simulate_argv(args + ["-nointerpolate"], cwd=tmp_path)
+    assert nn.model.interp_fallback == 0
+    assert not [ln for ln in result_lines(nn) if "interpolation" in ln]
+    # -c_parity names the pixel where the C's latch turns interpolation off
+    c = nbnumba.simulate_argv(args + ["-c_parity"], cwd=tmp_path)
+    s, f = divmod(c.model.latch[0], 32)
+    assert [ln for ln in result_lines(c) if "interpolation" in ln] == [
+        "  nbnumba: -c_parity: interpolation off from pixel (slow %d, fast %d) on, as nanoBragg.c "
+        "turns it off after its first lookup outside the HKL table's range (docs/quirks.md #6)"
+        % (s, f)]
+
+
 # 7, and the water background under the -oversample_* switches ------------------
 # A structure-factor table of zeros leaves the water background alone in the
 # pixel, so every factor it gets can be written down in closed form.

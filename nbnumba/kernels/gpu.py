@@ -405,6 +405,8 @@ def run_passes(model, launch: Callable[[int, int, int], None], active, oor, ran,
     first = int(np.argmax(host_active != 0)) if host_active.any() else -1
     c_parity = bool(model.cfg.c_parity)
     launch(first if c_parity else -1, -1, -1)
+    if not c_parity and model.interpolate:
+        model.interp_fallback = int((oor.ravel() >= 0).sum())
     if not c_parity or first < 0:
         return
     act = active.ravel() != 0
