@@ -445,8 +445,9 @@ REMEDY = "set NBNUMBA_CACHE_DIR to a folder only this user may write"
 def prepare_library_dir(out) -> str | None:
     """Make folder ``out`` ready to hold the start-up library; returns the one
     line that says why it cannot, or None.  It is made 0700 when it is the
-    per-user temporary folder (numba's cache's too), else 0755 whatever the
-    umask (a group-writable folder's library is not loaded); this user's own
+    per-user temporary folder (numba's cache's too), else 0755 less the umask:
+    never group-writable (a group-writable folder's library is not loaded),
+    whatever the umask; this user's own
     folder that an older nbnumba made group-writable under umask 002 is
     repaired (:func:`repairable`)."""
     import stat
