@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import stat
 import subprocess
-import tempfile
 
 import numpy as np
 import pytest
@@ -33,7 +31,7 @@ from nbnumba.io.smv import (
     write_smv,
 )
 from nbnumba.io.textcols import read_text_columns
-from nbnumba.testing.users import as_an_ordinary_user
+from nbnumba.testing.users import as_an_ordinary_user, open_folder
 
 
 # ---------------------------------------------------------------------------
@@ -670,9 +668,7 @@ def test_a_file_this_user_may_not_write_is_not_replaced():
     # another user's file) and stops with "Permission denied"; the rename needs
     # only the folder's permission, and replaced the file
     from nbnumba.io.atomic import check_writable, output_set
-    top = tempfile.mkdtemp(prefix="nb-ro-")     # not under pytest's 0700 folder
-    try:
-        os.chmod(top, 0o777)
+    with open_folder("nb-ro-") as top:     # (not under pytest's 0700 folder)
         ro = os.path.join(top, "ro.bin")
         rw = os.path.join(top, "rw.bin")
         link = os.path.join(top, "link.bin")
@@ -703,8 +699,6 @@ def test_a_file_this_user_may_not_write_is_not_replaced():
                 assert fh.read() == want
         assert sorted(os.listdir(top)) == ["link.bin", "ro.bin", "rw.bin"]
         assert os.stat(ro).st_mode & 0o777 == 0o444
-    finally:
-        shutil.rmtree(top)
 
 
 def test_folders_that_stop_an_ordinary_user_are_named_with_the_reason():
@@ -712,9 +706,7 @@ def test_folders_that_stop_an_ordinary_user_are_named_with_the_reason():
     # with EPERM, after the render, and left the backup link behind; a folder
     # this user may not write or enter was blamed on the file
     from nbnumba.io.atomic import check_writable, output_set
-    top = tempfile.mkdtemp(prefix="nb-dirs-")
-    try:
-        os.chmod(top, 0o777)
+    with open_folder("nb-dirs-") as top:     # (not under pytest's 0700 folder)
         sticky, ro, shut = (os.path.join(top, n) for n in ("sticky", "ro", "shut"))
         root = os.geteuid() == 0       # (as another user, the folders are its own: closed by mode)
         for d in (sticky, ro, shut):
@@ -755,11 +747,6 @@ def test_folders_that_stop_an_ordinary_user_are_named_with_the_reason():
                 assert fh.read() == b"old"
             assert os.listdir(d) == ["f.out"]          # no temporary, no backup link
         assert sorted(os.listdir(top)) == ["ro", "shut", "sticky"]
-    finally:
-        for d in ("ro", "shut"):
-            if os.path.isdir(os.path.join(top, d)):
-                os.chmod(os.path.join(top, d), 0o755)
-        shutil.rmtree(top)
 
 
 def test_another_users_link_in_a_sticky_folder_is_not_followed():
@@ -767,9 +754,7 @@ def test_another_users_link_in_a_sticky_folder_is_not_followed():
     # nbnumba resolved it itself and replaced that file, where the kernel's
     # protected_symlinks rule (on by default) makes fopen() refuse it
     from nbnumba.io.atomic import check_writable
-    top = tempfile.mkdtemp(prefix="nb-link-")
-    try:
-        os.chmod(top, 0o777)
+    with open_folder("nb-link-") as top:     # (not under pytest's 0700 folder)
         shared, mine = os.path.join(top, "shared"), os.path.join(top, "mine")
         os.mkdir(shared)
         os.mkdir(mine)
@@ -797,17 +782,13 @@ def test_another_users_link_in_a_sticky_folder_is_not_followed():
         with open(victim, "rb") as fh:
             assert fh.read() == b"mine"
         assert os.path.islink(own) and (not root or os.path.islink(planted))
-    finally:
-        shutil.rmtree(top)
 
 
 def test_a_replaced_output_keeps_its_group_and_loses_set_id_bits():
     # fopen() writes into the old inode: its owner and group stay, and a write
     # by a user without CAP_FSETID clears set-user-ID; the rename gave the file
     # this user's group and kept the bits
-    top = tempfile.mkdtemp(prefix="nb-ids-")
-    try:
-        os.chmod(top, 0o777)
+    with open_folder("nb-ids-") as top:     # (not under pytest's 0700 folder)
         grp, suid = os.path.join(top, "g.bin"), os.path.join(top, "s.bin")
         for p in (grp, suid):
             with open(p, "wb") as fh:
@@ -835,8 +816,6 @@ def test_a_replaced_output_keeps_its_group_and_loses_set_id_bits():
             assert (os.stat(grp).st_uid, os.stat(grp).st_gid) == (65534, 4242)
             assert stat.S_IMODE(os.stat(suid).st_mode) == 0o4755
             assert os.stat(suid).st_uid == 65534
-    finally:
-        shutil.rmtree(top)
 
 
 def test_atomic_write_through_symlink_and_keeps_mode(tmp_path):

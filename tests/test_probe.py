@@ -157,14 +157,10 @@ def test_bundle_complete_and_checksums(tmp_path, monkeypatch, capsys, case):
 def test_git_sha_of_a_checkout_another_user_owns(monkeypatch):
     # a shared install (root's checkout, run by another user): git refuses to
     # read it ("dubious ownership"), and bundles said "unknown (not a git checkout)"
-    import shutil
     import subprocess
-    import tempfile
-    from nbnumba.testing.users import as_an_ordinary_user
+    from nbnumba.testing.users import as_an_ordinary_user, open_folder
     from nbnumba.tools._common import git_sha
-    top = tempfile.mkdtemp(prefix="nb-git-")
-    try:
-        os.chmod(top, 0o755)
+    with open_folder("nb-git-", mode=0o755) as top:
         env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
                    GIT_COMMITTER_EMAIL="t@t", HOME=top)
         for cmd in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "x"]):
@@ -176,8 +172,6 @@ def test_git_sha_of_a_checkout_another_user_owns(monkeypatch):
             owner = os.stat(top).st_uid != os.geteuid()
             got = git_sha(top)
         assert got == head, (owner, got)
-    finally:
-        shutil.rmtree(top)
 
 
 def test_env_names_the_start_up_library_that_was_loaded(monkeypatch):

@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -21,7 +19,7 @@ from nbnumba.io import cbf as cbf_fmt
 from nbnumba.io import nexus as nexus_fmt
 from nbnumba.io.frames import FrameGeometry, lab_to_mcstas, parse_formats
 from nbnumba.io.smv import read_smv
-from nbnumba.testing.users import as_an_ordinary_user
+from nbnumba.testing.users import as_an_ordinary_user, open_folder
 
 BASE = ("-cell 70 80 90 90 90 90 -default_F 100 -N 5 -lambda 1 -distance 100 "
         "-detpixels 64 -pixel 0.2 -seed 7").split()
@@ -974,9 +972,7 @@ def test_overwrite_checks_what_the_run_must_write_before_it_removes_anything(cas
     As root the earlier run is root's and the new one nobody's; as another user the
     files are made read-only instead (a sticky DIR then holds only the user's own
     files, which --overwrite replaces)."""
-    top = tempfile.mkdtemp(prefix="nb-ov-")     # not under pytest's 0700 folder
-    try:
-        os.chmod(top, 0o777)
+    with open_folder("nb-ov-") as top:
         out = os.path.join(top, "o")
         argv = ROT2 + ["--out", out] + BASE + ["-detpixels", "8"]
         assert run(argv, capsys)[0] == 0
@@ -1016,8 +1012,6 @@ def test_overwrite_checks_what_the_run_must_write_before_it_removes_anything(cas
             assert rc == 2
             assert shas(out, skip=()) == before     # nothing removed, created or appended
             assert one_line(o.err) == "nbnumba-series: error: --overwrite: " + why % bad
-    finally:
-        shutil.rmtree(top)
 
 
 def test_resume_refuses_an_input_file_edited_since_the_run_started(tmp_path, capsys):

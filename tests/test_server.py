@@ -210,13 +210,10 @@ def test_other_numba_settings_do_not_use_this_server(server, tmp_path):
 def test_a_runtime_folder_this_user_may_not_write_is_passed_over(monkeypatch):
     # after `su`, XDG_RUNTIME_DIR may name the first user's folder: the server
     # did not start ("Permission denied"); its socket now goes to TMPDIR
-    import shutil
     import tempfile
     from nbnumba import server as srv
-    from nbnumba.testing.users import as_an_ordinary_user
-    top = tempfile.mkdtemp(prefix="nb-run-")
-    try:
-        os.chmod(top, 0o755)
+    from nbnumba.testing.users import as_an_ordinary_user, open_folder
+    with open_folder("nb-run-", mode=0o755) as top:
         shut = os.path.join(top, "run")
         os.mkdir(shut)
         os.chmod(shut, 0o700 if os.geteuid() == 0 else 0o500)
@@ -226,8 +223,6 @@ def test_a_runtime_folder_this_user_may_not_write_is_passed_over(monkeypatch):
         assert got == os.path.join(tempfile.gettempdir(), "nbnumba-%d" % os.getuid())
         os.chmod(shut, 0o700)
         assert srv.socket_dir() == os.path.join(shut, "nbnumba")     # its own: used
-    finally:
-        shutil.rmtree(top)
 
 
 def test_lifecycle_and_stale_socket(tmp_path):

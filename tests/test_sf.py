@@ -886,13 +886,9 @@ def test_a_model_that_is_no_regular_file_is_named_so(name, needle, tmp_path, cap
 def test_a_model_this_user_may_not_read():
     # gemmi's words named the file twice, with an errno: "m.pdb: cannot read
     # model: [Errno 13] Failed to open m.pdb: Permission denied"
-    import shutil
-    import tempfile
-    from nbnumba.testing.users import as_an_ordinary_user
+    from nbnumba.testing.users import as_an_ordinary_user, open_folder
     sf._gemmi()                     # (imported before the block)
-    top = tempfile.mkdtemp(prefix="nb-sf-")
-    try:
-        os.chmod(top, 0o777)
+    with open_folder("nb-sf-") as top:
         model = os.path.join(top, "m.pdb")
         with open(model, "w") as fh:
             fh.write("CRYST1   20.000   20.000   20.000  90.00  90.00  90.00 P 1\n")
@@ -901,8 +897,6 @@ def test_a_model_this_user_may_not_read():
             with pytest.raises(sf.InputFileError) as err:
                 sf.read_model(model)
         assert str(err.value) == "%s: cannot read model: Permission denied" % model
-    finally:
-        shutil.rmtree(top)
 
 
 def test_mtz_systematic_absences_left_out_and_tiny_dmin(tmp_path, capsys):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from typing import Iterator, Sequence
 
 #: uid and gid of ``nobody`` on Linux
@@ -38,3 +40,24 @@ def as_an_ordinary_user(groups: Sequence[int] = ()) -> Iterator[None]:
         os.seteuid(0)
         os.setegid(0)
         os.setgroups(saved)
+
+
+@contextlib.contextmanager
+def open_folder(prefix: str = "nb-user-", mode: int = 0o777) -> Iterator[str]:
+    """A new temporary folder (``mode``: anyone may enter and write it) for
+    the files such a test makes; removed afterwards, the modes of the folders
+    the test closed opened again first."""
+    top = tempfile.mkdtemp(prefix=prefix)
+    try:
+        os.chmod(top, mode)
+        yield top
+    finally:
+        for here, dirs, _ in os.walk(top, topdown=True, onerror=None):
+            for d in dirs:
+                path = os.path.join(here, d)
+                if not os.path.islink(path):
+                    try:
+                        os.chmod(path, 0o755)
+                    except OSError:
+                        pass
+        shutil.rmtree(top, ignore_errors=True)
