@@ -183,6 +183,9 @@ def _background_library_build() -> None:
     from .jitcache import LIBRARY_DELEGATED
     if not LIBRARY_DELEGATED:           # else a cold run's second process builds it
         if not native.background_build_wanted():
+            warning = native.shared_cache_dir_warning()
+            if warning:
+                print(warning, file=sys.stderr)
             return
         try:
             native.start_build(background=True)

@@ -290,3 +290,32 @@ def test_a_delegated_build_holds_its_lock_while_the_kernels_compile(tmp_path, mo
         assert builds == [] and seen == [(True, False, False)]
     finally:
         lock.close()
+
+
+def test_a_shared_cache_folder_named_by_the_user_is_one_warning(tmp_path, monkeypatch, capsys):
+    """NBNUMBA_CACHE_DIR naming a folder other users may write (a team's shared
+    cache, 0777): the library is neither built nor loaded there, and every run
+    went on loading numba without a word.  A run that used the JIT now says so
+    in one line; a folder only this user may write still gets its build."""
+    from nbnumba import cli
+    monkeypatch.setattr(native, "aot_module", lambda: None)
+    monkeypatch.setattr(native, "failed_note", lambda key=None: None)
+    monkeypatch.setenv("NBNUMBA_AOT_AUTOBUILD", "1")
+    monkeypatch.delenv("NBNUMBA_AOT", raising=False)
+    builds = []
+    monkeypatch.setattr(native, "start_build", lambda **kw: builds.append(kw))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(shared))
+    cli._background_library_build()
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["nbnumba: warning: NBNUMBA_CACHE_DIR=%s may be written by other users, so the "
+                   "start-up library is neither built nor loaded there and every run loads numba; "
+                   "set NBNUMBA_CACHE_DIR to a folder only this user may write" % shared]
+    assert builds == [] and os.listdir(shared) == []
+    os.chmod(shared, 0o755)
+    cli._background_library_build()
+    err = capsys.readouterr().err
+    assert "warning" not in err and "building the start-up library" in err
+    assert builds == [dict(background=True)]

@@ -472,6 +472,26 @@ def prepare_library_dir(out) -> str | None:
     return None
 
 
+def shared_cache_dir_warning() -> str | None:
+    """One warning line when NBNUMBA_CACHE_DIR names a folder other users may
+    write: the library is then neither built nor loaded there (a library
+    someone else could swap runs their code), so every run loads numba, which
+    said nothing (the folder is the user's choice, not repaired)."""
+    d = os.environ.get("NBNUMBA_CACHE_DIR")
+    if not d or not enabled():
+        return None
+    try:
+        st = os.stat(d)
+    except OSError:
+        return None
+    import stat
+    if not stat.S_ISDIR(st.st_mode) or safe_folder(st.st_uid, st.st_mode, _uid()):
+        return None
+    return ("nbnumba: warning: NBNUMBA_CACHE_DIR=%s may be written by other users, so the "
+            "start-up library is neither built nor loaded there and every run loads numba; %s"
+            % (d, REMEDY))
+
+
 def take_build_lock(key: str | None = None):
     """Hold the build lock of ``key`` (the one aot.main takes) for a process
     that will start the build later: a file object holding it (close it to let
