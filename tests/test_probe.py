@@ -180,14 +180,14 @@ def test_env_names_the_start_up_library_that_was_loaded(monkeypatch):
     import types
     from nbnumba.kernels import native
     from nbnumba.tools.probe.environment import _env_info
-    loaded = "/opt/site/nbnumba/kernels/__pycache__/_nbnumba_aot_k.so"
+    loaded = "site-packages/nbnumba/kernels/__pycache__/_nbnumba_aot_k.so"
     monkeypatch.setattr(native, "aot_module", lambda: types.SimpleNamespace(__file__=loaded))
-    monkeypatch.setattr(native, "library_path", lambda key=None: "/home/u/.cache/nbnumba/x.so")
+    monkeypatch.setattr(native, "library_path", lambda key=None: "~/.cache/nbnumba/x.so")
     lib = _env_info(None)["startup_library"]
     assert lib["path"] == loaded and lib["present"] is True
     monkeypatch.setattr(native, "aot_module", lambda: None)
     lib = _env_info(None)["startup_library"]
-    assert lib["path"] == "/home/u/.cache/nbnumba/x.so" and lib["present"] is False
+    assert lib["path"] == "~/.cache/nbnumba/x.so" and lib["present"] is False
 
 
 def test_no_png_bundle_has_no_plots_and_says_so(tmp_path, monkeypatch, capsys):

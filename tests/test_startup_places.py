@@ -155,9 +155,9 @@ def test_a_folder_the_build_cannot_write_is_one_line(tmp_path, monkeypatch, caps
 
 
 def test_the_build_leaves_nothing_in_the_temporary_folder(tmp_path, monkeypatch):
-    """Every build left two /tmp/tmpXXXX folders with temp.c/temp.o: numba's
-    pycc._gentmpfile calls os.remove on a file object and swallows the
-    TypeError.  The build now runs with tempfile's folder (and TMPDIR) in a
+    """Every build left two tmpXXXX folders in the temporary folder, with
+    temp.c/temp.o: numba's pycc._gentmpfile calls os.remove on a file object
+    and swallows the TypeError.  The build now runs with tempfile's folder (and TMPDIR) in a
     private folder it removes; numba's per-user fallback cache is still the
     one the runs use."""
     import warnings

@@ -230,9 +230,10 @@ def replace_refusal(target: str) -> Optional[str]:
       shared folder): the rename needs only the folder's permission, so it
       would replace the file that fopen() refuses (nanoBragg.c then stops with
       "Permission denied"); root may write any file, as with fopen;
-    * another user's file in a folder with the sticky bit (as /tmp): the
-      kernel refuses the rename (EPERM), which used to come after the render
-      and left the old file's backup link behind, one this user may not remove.
+    * another user's file in a folder with the sticky bit (as the system's
+      temporary folder): the kernel refuses the rename (EPERM), which used to
+      come after the render and left the old file's backup link behind, one
+      this user may not remove.
     """
     try:
         st = os.stat(target)
@@ -371,10 +372,10 @@ def _resolve_target(path: str) -> str:
 
 def _refuse_planted_link(link: str) -> None:
     """Refuse another user's symbolic link in a folder with the sticky bit that
-    everyone may write (as /tmp), unless the folder is the link owner's: the
-    rule of Linux's fs.protected_symlinks, on by default, by which the kernel
-    refuses fopen() there.  The link is resolved here, in user space, so the
-    kernel never saw it: a link another user planted as ``/tmp/out.bin`` made
+    everyone may write (as the system's temporary folder), unless the folder
+    is the link owner's: the rule of Linux's fs.protected_symlinks, on by
+    default, by which the kernel refuses fopen() there.  The link is resolved here, in user space, so the
+    kernel never saw it: a link another user planted as ``out.bin`` there made
     this user's run replace whatever file of this user's it pointed at."""
     euid = os.geteuid() if hasattr(os, "geteuid") else None
     if euid is None:

@@ -32,9 +32,10 @@ could change, is one line naming it and the remedy (NBNUMBA_CACHE_DIR).
 
 numba's compiler makes temporary folders it does not remove (pycc's
 ``_gentmpfile`` passes a file object to ``os.remove`` and swallows the
-TypeError: two ``/tmp/tmpXXXX`` holding ``temp.c``/``temp.o`` per build), so
-the build runs with tempfile's directory (and TMPDIR, for the C compiler) in a
-private folder that is removed afterwards: nothing is left in /tmp.
+TypeError: two ``tmpXXXX`` folders in the temporary folder per build, holding
+``temp.c``/``temp.o``), so the build runs with tempfile's directory (and
+TMPDIR, for the C compiler) in a private folder that is removed afterwards:
+nothing is left in the temporary folder.
 """
 from __future__ import annotations
 
