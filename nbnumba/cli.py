@@ -93,15 +93,44 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every ``finally`` removes its temp files."""
 
 
+def _inside_compiled_callback(frame) -> bool:
+    """Whether the interrupted Python code is a callback of compiled code:
+    llvmlite's object cache, which LLVM calls while numba compiles or loads a
+    kernel.  An exception raised there cannot unwind through LLVM's frames
+    ("Exception ignored on calling ctypes callback function"), and the run
+    then died by SIGSEGV (exit -11) instead of removing its temporary files
+    and exiting 143 (a SIGTERM two seconds into a cold --batch run)."""
+    import os
+    for _ in range(64):
+        if frame is None:
+            return False
+        if "llvmlite" in frame.f_code.co_filename.split(os.sep):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _term_as_interrupt():
+    """SIGTERM (and Ctrl-C where Python's own handler is in place) raise in
+    the main thread, unless they arrive inside a compiled-code callback: then
+    the signal is sent again 50 ms later, until it lands where the exception
+    can unwind."""
+    import os
     import signal
     import threading
 
     def handler(signum, frame):
-        raise Terminated()
+        if _inside_compiled_callback(frame):
+            t = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+            t.daemon = True
+            t.start()
+            return
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
     if threading.current_thread() is threading.main_thread():
         try:
             signal.signal(signal.SIGTERM, handler)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, handler)
         except (ValueError, OSError):
             pass
 

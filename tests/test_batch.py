@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 
 import nbnumba
 from nbnumba import cli, rng
@@ -430,6 +431,43 @@ def test_batch_sigterm_exits_143_and_leaves_no_file(tmp_path):
     assert p.returncode == 143, (out, err)
     assert err.splitlines() == ["nbnumba: interrupted"]
     assert sorted(f.name for f in tmp_path.iterdir()) == ["cmds.txt"]
+
+
+def test_a_signal_inside_a_compiled_code_callback_is_sent_again_later(monkeypatch):
+    # SIGTERM while numba compiled (LLVM calling llvmlite's object cache back):
+    # the handler's exception could not unwind through LLVM, and the run died
+    # by SIGSEGV (-11) instead of exiting 143 without temporary files
+    import os
+    import signal
+    import sys
+    import time
+    import types
+    saved = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT)}
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, signum: sent.append((pid, signum)))
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        cli._term_as_interrupt()
+        handler = signal.getsignal(signal.SIGTERM)
+        assert signal.getsignal(signal.SIGINT) is handler
+        code = types.SimpleNamespace(co_filename=os.path.join(
+            "site-packages", "llvmlite", "binding", "executionengine.py"))
+        inside = types.SimpleNamespace(f_code=code, f_back=sys._getframe())
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            handler(signum, inside)                 # no exception inside the callback
+        for _ in range(100):
+            if len(sent) == 2:
+                break
+            time.sleep(0.01)
+        assert sorted(sent) == sorted([(os.getpid(), signal.SIGTERM), (os.getpid(), signal.SIGINT)])
+        with pytest.raises(cli.Terminated):
+            handler(signal.SIGTERM, sys._getframe())
+        with pytest.raises(KeyboardInterrupt) as ei:
+            handler(signal.SIGINT, sys._getframe())
+        assert not isinstance(ei.value, cli.Terminated)
+    finally:
+        for n, h in saved.items():
+            signal.signal(n, h)
 
 
 def test_batch_line_with_a_word_longer_than_an_argument_is_its_own_error(tmp_path, capsys,
