@@ -107,7 +107,7 @@ from .errors import (ConfigError, InputFileError, NBError, UsageError, quiet_bro
                      warnings_as_lines, did_you_mean, main_args)
 from .flags import _FLOAT_RE, _INT_RE, INT_MAX, HelpRequested
 from .io.frames import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
-from .io.atomic import (NAME_MAX, OutputFileError, missing_dirs, output_set,
+from .io.atomic import (NAME_MAX, OutputFileError, may_access, missing_dirs, output_set,
                         remove_empty_dirs, replace_refusal, same_file)
 from .io._args import sha256_file
 from .io.smv import RTD
@@ -1027,7 +1027,6 @@ def _check_overwrite_rights(out_dir: str, mpath: str, records: List[dict],
     may write (atomic.py's rule: fopen refuses it) and may unlink or rename over
     (a sticky DIR, mode 1777: only the file's or DIR's owner, or root): the rule
     of ``io.atomic.replace_refusal``."""
-    eff = os.access in os.supports_effective_ids
     try:
         fd = os.open(mpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as exc:
@@ -1039,7 +1038,7 @@ def _check_overwrite_rights(out_dir: str, mpath: str, records: List[dict],
     except OSError as exc:
         raise OutputFileError("--overwrite: cannot write in '%s': %s; nothing was removed"
                               % (out_dir, exc.strerror or exc)) from None
-    if not os.access(out_dir, os.W_OK | os.X_OK, effective_ids=eff):
+    if not may_access(out_dir, os.W_OK | os.X_OK):
         raise OutputFileError("--overwrite: cannot write in '%s': Permission denied; nothing "
                               "was removed" % out_dir)
     removals = _previous_outputs(out_dir, records)

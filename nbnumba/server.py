@@ -82,9 +82,9 @@ def socket_dir() -> str:
     that exists and this user may write it, else ``$TMPDIR/nbnumba-<uid>``
     (after ``su``, XDG_RUNTIME_DIR may still name the first user's folder: the
     server did not start, "Permission denied")."""
+    from .io.atomic import may_access
     base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and os.path.isdir(base) and os.access(
-            base, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+    if base and os.path.isdir(base) and may_access(base, os.W_OK | os.X_OK):
         return os.path.join(base, "nbnumba")
     import tempfile
     return os.path.join(tempfile.gettempdir(), "nbnumba-%d" % os.getuid())

@@ -192,7 +192,7 @@ def check_writable(path, what: str = "") -> None:
         raise OutputFileError(f"cannot write {label}'{shown}': {_describe(exc)}") from None
     if not stat.S_ISDIR(dst.st_mode):
         raise OutputFileError(f"cannot write {label}'{shown}': Not a directory")
-    if not os.access(directory, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE):
+    if not may_access(directory, os.W_OK | os.X_OK):
         raise OutputFileError(f"cannot write {label}'{shown}': Permission denied "
                               f"({_folder_words(directory)})")
     check_replaceable(target, shown, label)
@@ -200,6 +200,11 @@ def check_writable(path, what: str = "") -> None:
 
 #: check access as open() does, with the effective ids, where the system can
 _EFFECTIVE = os.access in os.supports_effective_ids
+
+
+def may_access(path, mode: int) -> bool:
+    """os.access with the effective ids (as open() checks), where the system can."""
+    return os.access(path, mode, effective_ids=_EFFECTIVE)
 
 
 def _folder_words(directory: str) -> str:
@@ -241,7 +246,7 @@ def replace_refusal(target: str) -> Optional[str]:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    if not os.access(target, os.W_OK, effective_ids=_EFFECTIVE):
+    if not may_access(target, os.W_OK):
         return "Permission denied (the file exists and this user may not write it)"
     euid = os.geteuid() if hasattr(os, "geteuid") else None
     if euid is None or st.st_uid == euid:
