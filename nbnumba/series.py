@@ -107,8 +107,8 @@ from .errors import (ConfigError, InputFileError, NBError, UsageError, quiet_bro
                      warnings_as_lines, did_you_mean, main_args)
 from .flags import _FLOAT_RE, _INT_RE, INT_MAX, HelpRequested
 from .io.frames import FORMATS, FrameGeometry, FrameInfo, frame_filename, parse_formats
-from .io.atomic import (NAME_MAX, OutputFileError, may_access, missing_dirs, output_set,
-                        remove_empty_dirs, replace_refusal, same_file)
+from .io.atomic import (NAME_MAX, OutputFileError, folder_refusal, may_access, missing_dirs,
+                        output_set, remove_empty_dirs, replace_refusal, same_file)
 from .io._args import sha256_file
 from .io.smv import RTD
 
@@ -1316,6 +1316,10 @@ def run_series(opts: SeriesOptions) -> int:
                               % (out_dir, exc.strerror or exc)) from None
     if not os.path.isdir(out_dir):
         raise OutputFileError("cannot create output directory '%s': not a directory" % out_dir)
+    why = folder_refusal(out_dir)
+    if why:
+        # each frame would render, then fail at its rename (temporaries left)
+        raise OutputFileError("cannot write the frames: %s" % why)
     conn = dir_lock = None
     try:
         # one run per directory: a second --resume must not render the same frames

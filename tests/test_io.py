@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import os
 import stat
 import subprocess
@@ -1007,3 +1008,41 @@ def test_mosflm_cell_line_names_the_matrix_wavelength(tmp_path):
     assert read_mosflm_cell(tmp_path / "A.mat") is None and log("-lambda", "1")[1] == []
     (tmp_path / "A.mat").write_text((tmp_path / "A.mat").read_text() + "written by hand\n")
     assert read_mosflm_cell(tmp_path / "A.mat") is None
+
+
+@pytest.mark.parametrize("flag", ["append", "immutable"])
+def test_append_only_and_immutable_folders_and_files_are_refused_before_writing(tmp_path, flag,
+                                                                                 monkeypatch):
+    # a folder with chattr +a takes new files but no rename or unlink: the output
+    # was rendered, its rename failed with EPERM, and the temporary stayed (one
+    # more each run); an append-only file failed only at the rename, after the
+    # render. Both are refused up front now, naming the flag.
+    from nbnumba.io.atomic import check_writable
+    from nbnumba.testing.chattr import APPEND, IMMUTABLE, flagged
+    bit, words = (APPEND, "append-only (chattr +a)") if flag == "append" else \
+        (IMMUTABLE, "immutable (chattr +i)")
+    folder = tmp_path / "d"
+    folder.mkdir()
+    inside = str(folder / "f.bin")
+    with flagged(folder, bit, monkeypatch):
+        with pytest.raises(OutputFileError, match=r"cannot write -floatfile '.*f\.bin': Operation not "
+                           r"permitted \(the folder '.*d' is " + re.escape(words)):
+            check_writable(inside, "-floatfile")
+        with pytest.raises(OutputFileError, match=r"Operation not permitted \(the folder .* is "
+                           + re.escape(words)):
+            atomic_write_bytes(inside, b"image")
+        assert os.listdir(folder) == []                   # no temporary left
+    old = tmp_path / "old.bin"
+    old.write_bytes(b"old")
+    with flagged(old, bit, monkeypatch):
+        for call in (lambda: check_writable(str(old), "-floatfile"),
+                     lambda: atomic_write_bytes(str(old), b"new")):
+            with pytest.raises(OutputFileError, match=r"Operation not permitted \(the file is "
+                               + re.escape(words)):
+                call()
+    assert old.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["d", "old.bin"]
+    # without the flags, both take outputs again
+    atomic_write_bytes(inside, b"image")
+    atomic_write_bytes(str(old), b"new")
+    assert old.read_bytes() == b"new"

@@ -1107,3 +1107,20 @@ def test_a_working_directory_deeper_than_path_max(tmp_path, monkeypatch, capfd):
     assert not out.exists()
     rc, _ = run(ROT2[:-2] + ["--out", out, "--workers", 0] + SMALL)
     assert rc == 0 and len(frame_records(out)) == 2
+
+
+def test_an_append_only_dir_is_refused_before_any_frame(tmp_path, capsys, monkeypatch):
+    """In a DIR with chattr +a every frame rendered, then failed at its rename
+    (exit 1), and left its temporary there, which no one but root with chattr -a
+    can remove.  Now one line before the first frame, and DIR stays empty."""
+    from nbnumba.testing.chattr import APPEND, flagged
+    out = tmp_path / "o"
+    out.mkdir()
+    with flagged(out, APPEND, monkeypatch):
+        rc, o = run(ROT2 + ["--out", out] + BASE + ["-detpixels", "8"], capsys)
+        assert os.listdir(out) == []
+    assert rc == 2
+    assert one_line(o.err) == ("nbnumba-series: error: cannot write the frames: Operation not "
+                               "permitted (the folder '%s' is append-only (chattr +a): files may be "
+                               "added to it but not renamed or removed, and each output is written "
+                               "under a temporary name, then renamed into place)" % out)

@@ -319,3 +319,24 @@ def test_a_shared_cache_folder_named_by_the_user_is_one_warning(tmp_path, monkey
     err = capsys.readouterr().err
     assert "warning" not in err and "building the start-up library" in err
     assert builds == [dict(background=True)]
+
+
+def test_an_append_only_folder_is_no_place_for_the_library(tmp_path, monkeypatch, capsys):
+    """The build writes the library under a temporary name and renames it: in a
+    folder with chattr +a the rename fails and the temporary stays.  build_place
+    passes such a folder over, and a build told to use it says why in one line."""
+    from nbnumba.testing.chattr import APPEND, flagged
+    built = []
+    monkeypatch.setattr(aot, "build", lambda key, out: built.append(out))
+    for var in ("NBNUMBA_CACHE_DIR", "NUMBA_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    mine = tmp_path / "lib"
+    mine.mkdir()
+    assert native.build_place(str(mine)) == "ok"
+    with flagged(mine, APPEND, monkeypatch):
+        assert native.build_place(str(mine)) == "denied"
+        capsys.readouterr()
+        assert aot.main(["--key", native.library_key(), "--out", str(mine)]) == 1
+        err = capsys.readouterr().err
+        assert os.listdir(mine) == [] and built == []
+    assert "is append-only (chattr +a)" in err and len(err.strip().splitlines()) == 1, err

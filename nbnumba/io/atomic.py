@@ -31,6 +31,10 @@ Differences from the C program (which uses plain ``fopen(..., "wb")``):
   so is another user's link in a sticky folder (the kernel's protected_symlinks).
   The new file takes the old one's group (and, for root, its owner), and a user
   other than root drops set-user-ID and set-group-ID, as a write would.
+* a folder that is append-only (``chattr +a``) is refused before the render:
+  a file may be added there but not renamed or removed, so the rename would
+  fail and leave the temporary behind (``fopen`` would write there).  An
+  append-only or immutable file is refused as ``fopen`` refuses it.
 * :func:`check_not_input` lets the caller refuse to overwrite one of the run's
   own input files (e.g. ``-intfile`` naming the ``-img`` file).
 """
@@ -45,6 +49,7 @@ import os
 import re
 import signal
 import stat
+import sys
 import threading
 from typing import Iterable, Iterator, List, Optional, Tuple
 
@@ -57,6 +62,7 @@ __all__ = [
     "check_distinct",
     "check_replaceable",
     "check_writable",
+    "folder_refusal",
     "replace_refusal",
     "atomic_write_bytes",
     "atomic_open",
@@ -192,6 +198,9 @@ def check_writable(path, what: str = "") -> None:
         raise OutputFileError(f"cannot write {label}'{shown}': {_describe(exc)}") from None
     if not stat.S_ISDIR(dst.st_mode):
         raise OutputFileError(f"cannot write {label}'{shown}': Not a directory")
+    why = folder_refusal(directory)
+    if why:
+        raise OutputFileError(f"cannot write {label}'{shown}': {why}")
     if not may_access(directory, os.W_OK | os.X_OK):
         raise OutputFileError(f"cannot write {label}'{shown}': Permission denied "
                               f"({_folder_words(directory)})")
@@ -212,6 +221,49 @@ def _folder_words(directory: str) -> str:
     written beside the old one and renamed onto it."""
     return (f"this user may not write the folder '{directory}', where the output is written "
             "under a temporary name, then renamed into place")
+
+
+#: chattr(1)'s inode flags (linux/fs.h): FS_IOC_GETFLAGS reads them
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IMMUTABLE_FL = 0x10
+_FS_APPEND_FL = 0x20
+
+
+def _inode_flags(path: str) -> int:
+    """The chattr flags of ``path``: 0 off Linux, on a file system without them,
+    or where the path cannot be opened for reading."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (ImportError, OSError):
+        return 0
+    try:
+        buf = bytearray(8)      # the kernel writes an int there
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, buf, True)
+        return int.from_bytes(buf[:4], sys.byteorder)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
+def folder_refusal(directory: str) -> Optional[str]:
+    """Why no output can be written into ``directory`` (the words after "cannot
+    write 'NAME': "), or None: an immutable folder (``chattr +i``; os.access says
+    only "denied", even to root), or an append-only one (``chattr +a``), where a
+    file may be created but not renamed or removed: the temporary would be
+    written, then neither renamed into place nor removed."""
+    flags = _inode_flags(directory)
+    if flags & _FS_IMMUTABLE_FL:
+        return (f"Operation not permitted (the folder '{directory}' is immutable (chattr +i): "
+                "no file may be added to it, replaced or removed)")
+    if flags & _FS_APPEND_FL:
+        return (f"Operation not permitted (the folder '{directory}' is append-only (chattr +a): "
+                "files may be added to it but not renamed or removed, and each output is "
+                "written under a temporary name, then renamed into place)")
+    return None
 
 
 def _may_unlink_others_files() -> bool:
@@ -238,7 +290,9 @@ def replace_refusal(target: str) -> Optional[str]:
     * another user's file in a folder with the sticky bit (as the system's
       temporary folder): the kernel refuses the rename (EPERM), which used to
       come after the render and left the old file's backup link behind, one
-      this user may not remove.
+      this user may not remove;
+    * an append-only or immutable file (``chattr +a``, ``+i``): fopen() and the
+      rename are both refused (EPERM), the rename only after the render.
     """
     try:
         st = os.stat(target)
@@ -246,6 +300,12 @@ def replace_refusal(target: str) -> Optional[str]:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
+    flags = _inode_flags(target)
+    if flags & _FS_IMMUTABLE_FL:
+        return "Operation not permitted (the file is immutable (chattr +i): it may not be replaced or removed)"
+    if flags & _FS_APPEND_FL:
+        return ("Operation not permitted (the file is append-only (chattr +a): it may be added to "
+                "but not replaced or removed)")
     if not may_access(target, os.W_OK):
         return "Permission denied (the file exists and this user may not write it)"
     euid = os.geteuid() if hasattr(os, "geteuid") else None
@@ -629,6 +689,9 @@ def atomic_open(path, mode: str = "wb") -> Iterator:
         import tempfile
         directory = tempfile.gettempdir()
     if kind is None:
+        why = folder_refusal(directory)
+        if why:
+            raise OutputFileError(f"cannot write '{shown}': {why}")
         check_replaceable(target, shown)
     base = os.path.basename(target)
     remove_stale_temps(directory, base)

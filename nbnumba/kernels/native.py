@@ -143,6 +143,9 @@ def build_place(path) -> str:
         if not safe_folder(st.st_uid, st.st_mode, _uid()) and not (
                 st.st_uid == _uid() and repairable(path)):
             return "denied"
+    from ..io.atomic import folder_refusal     # (not at import: start-up time)
+    if folder_refusal(d):
+        return "denied"     # chattr +a or +i: the build's rename would fail
     return "ok" if os.access(d, os.W_OK | os.X_OK) else "denied"
 
 
@@ -469,6 +472,10 @@ def prepare_library_dir(out) -> str | None:
     if not safe_folder(st.st_uid, st.st_mode, _uid()):
         return ("the start-up library is not built in %s: other users may write that folder, "
                 "so a library there is never loaded; %s" % (out, REMEDY))
+    from ..io.atomic import folder_refusal
+    why = folder_refusal(out)
+    if why:
+        return "cannot write the start-up library in %s: %s; %s" % (out, why, REMEDY)
     return None
 
 
