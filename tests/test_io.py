@@ -1046,3 +1046,23 @@ def test_append_only_and_immutable_folders_and_files_are_refused_before_writing(
     atomic_write_bytes(inside, b"image")
     atomic_write_bytes(str(old), b"new")
     assert old.read_bytes() == b"new"
+
+
+def test_a_read_only_file_system_is_named_as_such(tmp_path, monkeypatch):
+    # os.access says only "denied": the message blamed this user's rights on the
+    # folder ("Permission denied (this user may not write the folder ...)"),
+    # where nanoBragg.c's fopen says "Read-only file system"
+    from nbnumba.io.atomic import check_writable
+    from nbnumba.testing.chattr import read_only
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with read_only(folder, monkeypatch):
+        for call in (lambda: check_writable(str(folder / "f.bin"), "-floatfile"),
+                     lambda: atomic_write_bytes(str(folder / "f.bin"), b"image")):
+            with pytest.raises(OutputFileError, match=r"cannot write (-floatfile )?'.*f\.bin': "
+                               r"Read-only file system \(the folder '.*ro' is on a file system "
+                               r"mounted read-only\)$"):
+                call()
+        assert os.listdir(folder) == []
+    atomic_write_bytes(str(folder / "f.bin"), b"image")
+    assert os.listdir(folder) == ["f.bin"]

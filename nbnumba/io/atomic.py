@@ -31,7 +31,8 @@ Differences from the C program (which uses plain ``fopen(..., "wb")``):
   so is another user's link in a sticky folder (the kernel's protected_symlinks).
   The new file takes the old one's group (and, for root, its owner), and a user
   other than root drops set-user-ID and set-group-ID, as a write would.
-* a folder that is append-only (``chattr +a``) is refused before the render:
+* a folder on a read-only file system is named as such (os.access said only
+  "denied").  A folder that is append-only (``chattr +a``) is refused before the render:
   a file may be added there but not renamed or removed, so the rename would
   fail and leave the temporary behind (``fopen`` would write there).  An
   append-only or immutable file is refused as ``fopen`` refuses it.
@@ -249,12 +250,24 @@ def _inode_flags(path: str) -> int:
         os.close(fd)
 
 
+def _on_read_only_fs(path: str) -> bool:
+    """Whether ``path`` lies on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
 def folder_refusal(directory: str) -> Optional[str]:
     """Why no output can be written into ``directory`` (the words after "cannot
-    write 'NAME': "), or None: an immutable folder (``chattr +i``; os.access says
-    only "denied", even to root), or an append-only one (``chattr +a``), where a
-    file may be created but not renamed or removed: the temporary would be
-    written, then neither renamed into place nor removed."""
+    write 'NAME': "), or None: a file system mounted read-only, an immutable
+    folder (``chattr +i``; os.access says only "denied" to both, even to root),
+    or an append-only one (``chattr +a``), where a file may be created but not
+    renamed or removed: the temporary would be written, then neither renamed
+    into place nor removed."""
+    if _on_read_only_fs(directory):
+        return (f"Read-only file system (the folder '{directory}' is on a file system "
+                "mounted read-only)")
     flags = _inode_flags(directory)
     if flags & _FS_IMMUTABLE_FL:
         return (f"Operation not permitted (the folder '{directory}' is immutable (chattr +i): "
@@ -300,6 +313,8 @@ def replace_refusal(target: str) -> Optional[str]:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
+    if _on_read_only_fs(target):
+        return "Read-only file system (the file is on a file system mounted read-only)"
     flags = _inode_flags(target)
     if flags & _FS_IMMUTABLE_FL:
         return "Operation not permitted (the file is immutable (chattr +i): it may not be replaced or removed)"

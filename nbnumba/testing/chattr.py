@@ -1,4 +1,5 @@
-"""chattr(1) flags for tests: an append-only or immutable file or folder.
+"""chattr(1) flags and read-only mounts for tests: an append-only or
+immutable file or folder, a folder on a read-only file system.
 
 Setting them needs CAP_LINUX_IMMUTABLE (root) and a file system that keeps
 them (ext4, xfs, btrfs; not tmpfs before Linux 6.0).  Where this process
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import subprocess
 import sys
 from typing import Iterator
 
@@ -62,3 +64,34 @@ def flagged(path, flag: int, monkeypatch) -> Iterator[bool]:
         yield False
     finally:
         monkeypatch.setattr(atomic, "_inode_flags", real)
+
+
+@contextlib.contextmanager
+def read_only(folder, monkeypatch) -> Iterator[bool]:
+    """An empty read-only file system on ``folder`` (an existing empty folder) for
+    the block: a tmpfs mounted there where this process may mount (root with
+    CAP_SYS_ADMIN), else ``nbnumba.io.atomic``'s read-only test reports it for
+    paths in the folder.  Yields True when the mount is real."""
+    folder = os.path.realpath(os.fspath(folder))
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", folder],
+                              capture_output=True).returncode == 0
+    except OSError:
+        done = False
+    if done:
+        try:
+            yield True
+        finally:
+            subprocess.run(["umount", folder], capture_output=True, check=True)
+        return
+    real = atomic._on_read_only_fs
+
+    def reader(p):
+        p = os.path.realpath(p)
+        return real(p) or p == folder or p.startswith(folder + os.sep)
+
+    monkeypatch.setattr(atomic, "_on_read_only_fs", reader)
+    try:
+        yield False
+    finally:
+        monkeypatch.setattr(atomic, "_on_read_only_fs", real)
