@@ -340,3 +340,50 @@ def test_an_append_only_folder_is_no_place_for_the_library(tmp_path, monkeypatch
         err = capsys.readouterr().err
         assert os.listdir(mine) == [] and built == []
     assert "is append-only (chattr +a)" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_noexec_file_system_is_no_place_for_the_library(tmp_path, monkeypatch):
+    """On a file system mounted noexec (a hardened /tmp or home) the loader may
+    not map the library's code: it was built there, failed to load, and every
+    run loaded numba and started the 30-second build again ("building the
+    start-up library in the background (once; ...)" each time).  Such a folder
+    is passed over for the next place, and NBNUMBA_CACHE_DIR naming one gets a
+    warning line and no build."""
+    noexec = tmp_path / "noexec"
+    noexec.mkdir()
+    real = os.statvfs
+
+    class Flags:
+        def __init__(self, st, extra):
+            self.f_flag = st.f_flag | extra
+
+    def statvfs(p):
+        st = real(p)
+        inside = os.path.realpath(p) == str(noexec) or os.path.realpath(p).startswith(str(noexec) + os.sep)
+        return Flags(st, os.ST_NOEXEC if inside else 0)
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    for var in ("NBNUMBA_CACHE_DIR", "NUMBA_CACHE_DIR", "NBNUMBA_AOT_AUTOBUILD"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NBNUMBA_CACHE_DIR", str(noexec))
+    assert native.build_place(str(noexec)) == "denied"
+    native.forget()
+    assert not native.background_build_wanted()
+    warning = native.shared_cache_dir_warning()
+    assert warning is not None and "is on a file system mounted noexec" in warning, warning
+    assert len(warning.splitlines()) == 1
+    # without NBNUMBA_CACHE_DIR: the package's folder and the cache home on such
+    # a file system, the per-user temporary folder is the place
+    monkeypatch.delenv("NBNUMBA_CACHE_DIR")
+    monkeypatch.setattr(native, "package_library_dir", lambda: str(noexec / "pkg"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(noexec / "home"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "t"))
+    (tmp_path / "t").mkdir()
+    monkeypatch.setattr(numba_cache, "_PINNED_TEMP_CACHE", [])
+    tempfile.tempdir = None
+    try:
+        assert native.library_dir() == numba_cache.temp_cache_dir()
+        assert numba_cache.temp_cache_dir().startswith(str(tmp_path / "t"))
+    finally:
+        tempfile.tempdir = None
+    assert native.shared_cache_dir_warning() is None

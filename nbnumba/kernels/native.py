@@ -143,10 +143,28 @@ def build_place(path) -> str:
         if not safe_folder(st.st_uid, st.st_mode, _uid()) and not (
                 st.st_uid == _uid() and repairable(path)):
             return "denied"
-    from ..io.atomic import folder_refusal     # (not at import: start-up time)
-    if folder_refusal(d):
-        return "denied"     # chattr +a or +i: the build's rename would fail
+    if place_refusal(d):
+        return "denied"
     return "ok" if os.access(d, os.W_OK | os.X_OK) else "denied"
+
+
+def place_refusal(d) -> str | None:
+    """Why existing folder ``d`` cannot hold a library that loads, or None: the
+    build's rename fails in a read-only, append-only or immutable folder
+    (io.atomic.folder_refusal), and on a file system mounted noexec (a
+    hardened /tmp) the loader may not map the library's code, so every run
+    loaded numba and started the build again."""
+    from ..io.atomic import folder_refusal     # (not at import: start-up time)
+    why = folder_refusal(d)
+    if why:
+        return why
+    try:
+        if os.statvfs(d).f_flag & os.ST_NOEXEC:
+            return ("the folder '%s' is on a file system mounted noexec, from which a "
+                    "library's code may not be loaded" % d)
+    except (OSError, AttributeError):
+        pass
+    return None
 
 
 def repairable(path) -> bool:
@@ -178,7 +196,8 @@ def library_dir() -> str:
         first = os.path.join(base, "nbnumba")
     if build_place(first) != "denied":
         return first
-    if numba_cache.temp_cache_problem() is None:
+    if (numba_cache.temp_cache_problem() is None
+            and build_place(numba_cache.temp_cache_dir()) != "denied"):
         return numba_cache.temp_cache_dir()
     return first
 
@@ -472,8 +491,7 @@ def prepare_library_dir(out) -> str | None:
     if not safe_folder(st.st_uid, st.st_mode, _uid()):
         return ("the start-up library is not built in %s: other users may write that folder, "
                 "so a library there is never loaded; %s" % (out, REMEDY))
-    from ..io.atomic import folder_refusal
-    why = folder_refusal(out)
+    why = place_refusal(out)
     if why:
         return "cannot write the start-up library in %s: %s; %s" % (out, why, REMEDY)
     return None
@@ -481,9 +499,11 @@ def prepare_library_dir(out) -> str | None:
 
 def shared_cache_dir_warning() -> str | None:
     """One warning line when NBNUMBA_CACHE_DIR names a folder other users may
-    write: the library is then neither built nor loaded there (a library
-    someone else could swap runs their code), so every run loads numba, which
-    said nothing (the folder is the user's choice, not repaired)."""
+    write (a library someone else could swap runs their code) or one that
+    cannot hold a loadable library (place_refusal: noexec, read-only,
+    chattr): the library is then neither built nor loaded there, so every run
+    loads numba, which said nothing (the folder is the user's choice, not
+    repaired)."""
     d = os.environ.get("NBNUMBA_CACHE_DIR")
     if not d or not enabled():
         return None
@@ -492,11 +512,18 @@ def shared_cache_dir_warning() -> str | None:
     except OSError:
         return None
     import stat
-    if not stat.S_ISDIR(st.st_mode) or safe_folder(st.st_uid, st.st_mode, _uid()):
+    if not stat.S_ISDIR(st.st_mode):
         return None
-    return ("nbnumba: warning: NBNUMBA_CACHE_DIR=%s may be written by other users, so the "
-            "start-up library is neither built nor loaded there and every run loads numba; %s"
-            % (d, REMEDY))
+    if not safe_folder(st.st_uid, st.st_mode, _uid()):
+        return ("nbnumba: warning: NBNUMBA_CACHE_DIR=%s may be written by other users, so the "
+                "start-up library is neither built nor loaded there and every run loads numba; %s"
+                % (d, REMEDY))
+    why = place_refusal(d)
+    if not why:
+        return None
+    return ("nbnumba: warning: NBNUMBA_CACHE_DIR=%s cannot hold the start-up library (%s), so "
+            "every run loads numba; set NBNUMBA_CACHE_DIR to another folder, one only this user "
+            "may write" % (d, why))
 
 
 def take_build_lock(key: str | None = None):
