@@ -314,7 +314,7 @@ def resolve_steps(cfg) -> Steps:
         osc, phistep, phisteps, phi_offset = centred_phi_sweep(cfg.osc, cfg.phistep,
                                                                cfg.phisteps)
         if cfg.phistep > 0.0 and phistep != cfg.phistep:
-            warnings.append("-osc %g is not a multiple of -phistep %g: %d steps of %.6g deg "
+            warnings.append("WARNING: -osc %g is not a multiple of -phistep %g: %d steps of %.6g deg "
                             "(nanoBragg.c renders %d steps of %g, %g deg)"
                             % (osc * _RTD, cfg.phistep * _RTD, phisteps, phistep * _RTD,
                                phisteps, cfg.phistep * _RTD, phisteps * cfg.phistep * _RTD))
