@@ -509,13 +509,15 @@ def _main(argv=None):
     ap.add_argument("--peer-python", default=os.environ.get("NB_PEER_PYTHON"),
                     help="interpreter of the environment holding nanobrag_torch (or NB_PEER_PYTHON)")
     ap.add_argument("--peer-path", default=os.environ.get("NB_PEER_PATH"),
-                    help="the PYTHONPATH of the peer process (e.g. the port's src, when it is not installed)")
-    ap.add_argument("--case", choices=sorted(CASES), default="small")
+                    help="the PYTHONPATH of the peer process (e.g. the port's src, when it is not installed; "
+                         "or NB_PEER_PATH)")
+    ap.add_argument("--case", choices=sorted(CASES), default="small", help="default small")
     ap.add_argument("--params", default=",".join(PARAMS),
                     help="comma-separated subset of %s" % ",".join(PARAMS))
-    ap.add_argument("--modes", default="fwd,grad,fd")
-    ap.add_argument("--reps", type=_cli.positive_int, default=2)
-    ap.add_argument("--no-fd", action="store_true")
+    ap.add_argument("--modes", default="fwd,grad,fd",
+                    help="comma-separated subset of %s (default fwd,grad,fd)" % ",".join(MODES))
+    ap.add_argument("--reps", type=_cli.positive_int, default=2, help="default 2")
+    ap.add_argument("--no-fd", action="store_true", help="drop the fd mode from --modes")
     ap.add_argument("--nopolar", action="store_true",
                     help="both sides without the polarization factor (-nopolar): isolates the "
                          "port's eps-biased polarization (see docs/autodiff_peers.md)")

@@ -215,7 +215,7 @@ def main(argv=None):
 
 def _main(argv=None):
     ap = _cli.UsageParser(prog="python -m benchmarks.autodiff_perf",
-                          description=__doc__.split("\n")[0])
+                          description=__doc__.split("\n\n")[0])
     ap.add_argument("--case", choices=CASES)
     ap.add_argument("--mode", choices=MODES + (SPLIT, PAIR),
                     help="%s: the kernels alone (CPU s), see kernel_split; %s: forward and "

@@ -332,7 +332,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    ap = _cli.UsageParser(prog="python -m benchmarks.hotspots", description=__doc__.split("\n")[0])
+    ap = _cli.UsageParser(prog="python -m benchmarks.hotspots", description=__doc__.split("\n\n")[0])
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--workload", type=_cli.workload_name, default="W2", help="benchmarks.workloads name (default W2)")
     g.add_argument("--autodiff", choices=("issue512", "W2", "pilatus_roi"),

@@ -173,7 +173,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    ap = _cli.UsageParser(prog="python -m benchmarks.roofline", description=__doc__.split("\n")[0])
+    ap = _cli.UsageParser(prog="python -m benchmarks.roofline", description=__doc__.split("\n\n")[0])
     ap.add_argument("--workloads", nargs="+", type=_cli.workload_name, default=["W2", "W3"])
     ap.add_argument("--threads", type=_cli.positive_int, default=2)
     ap.add_argument("--reps", type=_cli.positive_int, default=3)

@@ -643,15 +643,19 @@ def markdown(res: Dict[str, object]) -> str:
 
 def parse_args(argv=None):
     ap = _cli.UsageParser(prog="python -m benchmarks.vs_c", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workloads", nargs="+", type=_cli.workload_name, default=list(W.MAIN_WORKLOADS))
-    ap.add_argument("--reps", type=_cli.positive_int, default=3)
-    ap.add_argument("--threads", type=_cli.positive_int, default=os.cpu_count() or 1)
-    ap.add_argument("--precision", nargs="+", default=["double", "single"], choices=["double", "single"])
+    ap.add_argument("--workloads", nargs="+", type=_cli.workload_name, default=list(W.MAIN_WORKLOADS),
+                    help="workload names (default: %s)" % " ".join(W.MAIN_WORKLOADS))
+    ap.add_argument("--reps", type=_cli.positive_int, default=3, help="repetitions (default 3)")
+    ap.add_argument("--threads", type=_cli.positive_int, default=os.cpu_count() or 1,
+                    help="threads of each program (the C's too, unless --c-threads; default: all CPUs)")
+    ap.add_argument("--precision", nargs="+", default=["double", "single"], choices=["double", "single"],
+                    help="default: both")
     ap.add_argument("--out", help="also write the Markdown table to this file")
     ap.add_argument("--json", help="JSON results path (default benchmarks/results/vs_c-<date>-<sha>-<host>.json)")
     ap.add_argument("--no-json", action="store_true", help="do not write the JSON file")
     ap.add_argument("--budget", type=_cli.nonneg_float, default=DEFAULT_BUDGET_S,
-                    help="seconds; no further repetition starts that would pass it (0: no limit)")
+                    help="seconds; no further repetition starts that would pass it (default %g; 0: no limit)"
+                    % DEFAULT_BUDGET_S)
     ap.add_argument("--quick", action="store_true", help="shrink workloads to <= 128x128 (like NB_BENCH_QUICK)")
     ap.add_argument("--inprocess", nargs="*", type=_cli.workload_name, default=["W1"],
                     help="workloads also timed inside one warm process (default W1)")
