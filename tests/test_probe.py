@@ -141,6 +141,12 @@ def test_bundle_complete_and_checksums(tmp_path, monkeypatch, capsys, case):
     meta = json.loads((bundle / "roi_metadata.json").read_text())
     assert meta["pixel"] == {"slow": case["pixel"][0], "fast": case["pixel"][1]}
     assert "fpixels" in meta["detector"] and "pix0" in meta["detector"]
+    # the detector's trace lines as text, the ones -trace_pixel prints (they were
+    # objects, written as their reprs: "<nbnumba.geometry._Line object at 0x...>")
+    trace = meta["detector"]["trace"]
+    assert trace and all(isinstance(t, str) and re.match(r"\w+=\S", t) for t in trace), trace[:3]
+    assert any(t.startswith("fdet_after_rotz=") for t in trace)
+    assert "object at 0x" not in (bundle / "roi_metadata.json").read_text()
     env = json.loads((bundle / "env.json").read_text())
     assert env["versions"]["numpy"] and "git_sha" in env and "gpu" in env
     py = (bundle / "trace_py_phi.log").read_text()

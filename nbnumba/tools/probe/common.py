@@ -91,7 +91,9 @@ def _jsonable(o):
         return o.tolist()
     if isinstance(o, tuple):
         return list(o)
-    return str(o)
+    # (str(o) wrote an object's repr with its address into the bundle:
+    # roi_metadata.json's 30 detector trace lines)
+    raise TypeError("%s is not a JSON value" % type(o).__name__)
 
 
 def c_trace_lines(text: str) -> List[str]:

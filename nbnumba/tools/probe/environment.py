@@ -60,8 +60,12 @@ def _env_info(c_bin: Optional[str]) -> dict:
 
 
 def _det_dict(det) -> dict:
+    """The detector's fields; its trace lines as text (the recorded lines are
+    objects formatted when read: json wrote their reprs, 0x addresses)."""
     d = dataclasses.asdict(det)
     d.pop("log", None)
+    d.pop("trace_items", None)
+    d["trace"] = det.trace
     return d
 
 
