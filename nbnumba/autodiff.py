@@ -1433,6 +1433,11 @@ def _warmup_second() -> int:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--warmup-second"]:
         sys.exit(_warmup_second())
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        print("usage: python -m nbnumba.autodiff --warmup\n\n"
+              "Compile the adjoint kernels into numba's cache ahead of the first gradient "
+              "(no torch needed); see docs/autodiff.md.")
+        sys.exit(0)
     if sys.argv[1:] != ["--warmup"]:
         print("usage: python -m nbnumba.autodiff --warmup", file=sys.stderr)
         sys.exit(2)

@@ -461,6 +461,12 @@ def batch_main(argv: Sequence[str], out=None) -> int:
     usage = "usage: nbnumba --batch COMMANDS.txt [--workers N] [--threads N]"
     path = None
     workers = threads = None
+    if args in (["-h"], ["--help"]):        # (as --serve --help; it was "bad --batch arguments")
+        print(usage + "\n\nRuns one nanoBragg command line per line of COMMANDS.txt (blank "
+              "lines and '#' comments skipped, a line ending in '\\' continued), each with its "
+              "own output files, in one process, --workers at a time. A bad line does not stop "
+              "the others; the exit status is 1 if any failed (README.md, \"Using it\").")
+        return 0
     i = 0
     try:
         while i < len(args):

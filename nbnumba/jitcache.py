@@ -481,4 +481,10 @@ if __name__ == "__main__":      # python -m nbnumba.jitcache [--helpers | --seco
         sys.exit(0)
     if sys.argv[1:2] == ["--second"]:
         sys.exit(_second(sys.argv[1:]))
+    if sys.argv[1:]:
+        # (any other argument, --help too, ran the whole warm-up)
+        print("usage: python -m nbnumba.jitcache [--helpers | --second ENTRY ...]\n"
+              "(an internal module: `nbnumba --warmup` compiles the kernels ahead of time)",
+              file=sys.stdout if sys.argv[1:] in (["-h"], ["--help"]) else sys.stderr)
+        sys.exit(0 if sys.argv[1:] in (["-h"], ["--help"]) else 2)
     sys.exit(warmup())

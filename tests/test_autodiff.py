@@ -1659,6 +1659,11 @@ def test_warmup_second_process_and_usage():
     r = subprocess.run([sys.executable, "-m", "nbnumba.autodiff", "--warmup", "--now"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "usage: python -m nbnumba.autodiff --warmup" in r.stderr
+    # --help is help, on stdout, exit 0 (it was the usage error)
+    r = subprocess.run([sys.executable, "-m", "nbnumba.autodiff", "--help"],
+                       capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (0, "") and r.stdout.startswith("usage: python -m "
+                                                                      "nbnumba.autodiff --warmup")
 
 
 def test_backward_reads_the_upstream_gradient_only_inside_the_roi():

@@ -177,6 +177,11 @@ def test_batch_cli_bad_requests(tmp_path, capsys):
         assert cli.main(bad) == 2, bad
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and "usage: nbnumba --batch" in err, (bad, err)
+    # --help is help (as --serve --help), not "bad --batch arguments"
+    for ask in ("--help", "-h"):
+        assert cli.main(["--batch", ask]) == 0
+        o = capsys.readouterr()
+        assert o.err == "" and o.out.startswith("usage: nbnumba --batch COMMANDS.txt"), o
 
 
 def test_ran1_py_matches_compiled_ran1():

@@ -235,11 +235,15 @@ def test_second_process_says_helpers_then_compiles_the_other_loop(tmp_path):
         if p.poll() is None:
             p.kill()
         p.stderr.close()
+    # (any argument but these two ran the whole warm-up: --help and --bogus too)
     for bad in (["--second"], ["--second", "render_everything"],
-                ["--second", "render_rows", "--fast"]):
+                ["--second", "render_rows", "--fast"], ["--bogus"], ["--help"]):
         r = subprocess.run([sys.executable, "-m", "nbnumba.jitcache"] + bad, capture_output=True,
-                           timeout=120)
-        assert r.returncode == 2, bad
+                           timeout=120, text=True)
+        assert r.returncode == (0 if bad == ["--help"] else 2), bad
+        if bad[0] != "--second":
+            assert "usage: python -m nbnumba.jitcache" in r.stdout + r.stderr
+            assert "compiling" not in r.stdout + r.stderr
 
 
 def test_detached_second_process_is_reaped_without_a_resource_warning():
