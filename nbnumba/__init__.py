@@ -40,7 +40,10 @@ def simulate_argv(argv, cwd=None, **overrides):
 
 
 def write_outputs(result, cfg=None, quiet=False):
-    """Write the float/int/PGM/noise files like nanoBragg.c (atomically)."""
+    """Write the float/int/PGM/noise files like nanoBragg.c (atomically, all or
+    none); returns their paths.  Not the Fdump.bin cache, which the command
+    line also writes.  ``cfg``: whose file names to use (default: the run's).
+    ``quiet`` is accepted and has no effect."""
     from .outputs import write_outputs as _w
     return _w(result, cfg, quiet=quiet)
 

@@ -31,8 +31,9 @@ class Result:
     int_image: uint16, nanoBragg's scaled "noiseless" SMV image.
     noise_image: uint16 Poisson image, or None with -nonoise.
     pgm_image: uint8 preview, or None with -nopgm.
-    stats: max_I, max_I_x, max_I_y, mean, rms, rmsd, intfile_scale, pgm_scale,
-        photons, overloads, omega_sum (sr).
+    stats: max_I, max_I_x, max_I_y (m, the brightest pixel's last sub-pixel),
+        mean, rms, rmsd, intfile_scale, omega_sum (sr); pgm_scale unless -nopgm;
+        photons and overloads unless -nonoise.
 
     With ``-device cuda`` the float image stays on the GPU (a CuPy array) and
     the host products (``stats``, ``int_image``, ``noise_image``,

@@ -71,9 +71,9 @@ class Config:
     sample_z: float = 0.0
     """crystal size along c (m); 0: use Nc"""
     density: float = 1.0e6
-    """crystal density (g/m^3; -density takes g/cm^3)"""
+    """crystal density (g/m^3; -density takes g/cm^3); read, unused (as in nanoBragg.c)"""
     molecular_weight: float = 18.0
-    """molecular weight (g/mol)"""
+    """molecular weight (g/mol); read, unused (as in nanoBragg.c)"""
     xtal_shape: str = "SQUARE"
     """lattice-transform shape: SQUARE, ROUND, GAUSS or TOPHAT"""
     fudge: float = 1.0
@@ -81,7 +81,8 @@ class Config:
     matfilename: Optional[str] = None
     """MOSFLM orientation matrix file (-mat), or None"""
     hklfilename: Optional[str] = None
-    """structure-factor text file (-hkl), or None"""
+    """structure-factor text file (-hkl), or None: without hkl_grid, the fdump_path cache
+    if it exists, else default_F"""
     default_F: float = 0.0
     """structure factor of reflections absent from -hkl (electrons)"""
     interpolate: int = 2
@@ -217,7 +218,8 @@ class Config:
     phisteps: int = -1
     """number of spindle steps; -1: auto"""
     mosaic_spread: float = -1.0
-    """mosaic spread, full width (radians); -1: none"""
+    """isotropic mosaic spread: each domain is turned by up to this angle about a random axis
+    (radians); 0 or -1: none"""
     mosaic_domains: int = -1
     """number of mosaic domains; -1: auto"""
 
@@ -245,9 +247,10 @@ class Config:
     seed: Optional[int] = None
     """noise seed as the C holds it (already negated); None: -time()"""
     mosaic_seed: int = -12345678
-    """seed of the mosaic-domain orientations"""
+    """seed of the mosaic-domain orientations, as the C holds it (negated: -mosaic_seed 5
+    gives -5)"""
     misset_seed: Optional[int] = None
-    """seed of -misset random; None: same as seed"""
+    """seed of -misset random, as the C holds it (negated); None: same as seed"""
 
     # --- outputs -----------------------------------------------------------
     floatfilename: str = "floatimage.bin"
@@ -269,7 +272,7 @@ class Config:
     adc_offset: float = 40.0
     """pedestal added to every SMV pixel (counts)"""
     printout: bool = False
-    """print pixel values (-printout)"""
+    """print pixel values (-printout; the command line prints them, simulate() does not)"""
     printout_fpixel: int = -1
     """fast index of the one pixel -printout_pixel prints; -1: all"""
     printout_spixel: int = -1
@@ -279,7 +282,8 @@ class Config:
     trace_fpixel: int = -1
     """fast index of the pixel -trace_pixel traces; -1: none"""
     progress_meter: bool = True
-    """show progress while rendering"""
+    """the command line's progress bar on stderr (a terminal only); simulate() shows none
+    (use its progress=)"""
 
     # --- SMV inputs (header values are already applied to the fields above) --
     imginfilename: Optional[str] = None
@@ -289,7 +293,8 @@ class Config:
     mask_image: Optional[np.ndarray] = field(default=None, repr=False)
     """mask pixels, uint16 (slow, fast); 0 = skip; or None"""
     img_image: Optional[np.ndarray] = field(default=None, repr=False)
-    """pixels of -img, float32 (slow, fast); or None"""
+    """pixels of -img, float32 (slow, fast), or None; kept, not used by the render (its
+    header values are)"""
     # API only: an nbnumba.io.hkl.HKLGrid used instead of -hkl (its F may be a
     # numpy, torch or CuPy array; see nbnumba.interop)
     hkl_grid: Optional[object] = field(default=None, repr=False)

@@ -165,8 +165,10 @@ def _to_cupy(obj, dtype=None):
 def to_torch(arr: Any, device=None):
     """A torch tensor sharing ``arr``'s memory (numpy, CuPy, a Result or any
     DLPack producer; ``torch.from_dlpack``).  ``device`` (optional) moves it,
-    which copies if the device differs.  Read-only numpy arrays, which DLPack
-    cannot export, are copied."""
+    which copies if the device differs.  A read-only numpy array is copied:
+    torch's tensors are always writable, and numpy 2 exports such an array
+    through DLPack all the same (a write through the tensor changed it; in a
+    read-only memory map, it would fault)."""
     from .extras import require
     torch = require("torch", "to_torch()")
     _not_an_array(arr, "to_torch")
@@ -176,6 +178,8 @@ def to_torch(arr: Any, device=None):
         # (torch.from_dlpack said "invalid capsule" of a number or a list)
         raise TypeError("to_torch: expected an array (numpy, CuPy, torch or a DLPack producer), got %s; "
                         "for a list or a number use torch.tensor" % type(arr).__name__)
+    elif isinstance(arr, np.ndarray) and not arr.flags.writeable:
+        t = torch.from_numpy(np.array(arr, copy=True))
     else:
         try:
             t = torch.from_dlpack(arr)

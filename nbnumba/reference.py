@@ -798,7 +798,9 @@ def _pixel_list(pixels, ns, nf):
 def image(cfg, pixels=None):
     """Reference float64 image (spixels, fpixels) in photons/pixel; pixels outside
     the -roi or masked are 0.  ``pixels``: optional iterable of (slow, fast) to
-    compute (others stay 0) - the reference is slow."""
+    compute (others stay 0) - the reference is slow.  F comes from -hkl (or
+    cfg.hkl_grid) and default_F only: not from the Fdump.bin cache that a run
+    without -hkl reads when the file exists."""
     st = setup(cfg)
     det = st["det"]
     ns, nf = det["spixels"], det["fpixels"]

@@ -69,8 +69,23 @@ def test_to_torch_helper(result):
     assert to_torch(t) is t
     ro = np.arange(6.0)
     ro.setflags(write=False)
-    t_ro = to_torch(ro)                   # exported or copied, never an error
+    t_ro = to_torch(ro)                   # copied, never an error
     assert torch.equal(t_ro, torch.arange(6.0, dtype=torch.float64))
+    # numpy 2 exports a read-only array through DLPack, and torch's tensor is
+    # writable: a write through it changed the "read-only" array
+    t_ro[0] = 5.0
+    assert ro[0] == 0.0 and not shares_memory(t_ro, ro)
+
+
+def test_to_torch_of_a_read_only_memory_map_is_a_copy(tmp_path):
+    # (a shared export of a read-only map: a write through the tensor faults)
+    p = tmp_path / "f.bin"
+    np.arange(8, dtype=np.float32).tofile(p)
+    m = np.memmap(p, dtype=np.float32, mode="r")
+    t = to_torch(m)
+    t += 1
+    assert float(m[0]) == 0.0 and float(t[0]) == 1.0
+    assert np.array_equal(np.fromfile(p, dtype=np.float32), np.arange(8, dtype=np.float32))
 
 
 def test_as_array_numpy_inputs():
