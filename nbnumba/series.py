@@ -1278,6 +1278,11 @@ def _working_directory(local_workers: bool) -> str:
 
 
 def run_series(opts: SeriesOptions) -> int:
+    """Render the series ``opts`` describes (``parse_series_argv``'s result)
+    into ``opts.out``: frames, manifest.jsonl, notes.txt and any NeXus master.
+    Returns the exit status (0 every frame done, 1 some failed, 3 stopped by
+    ``--max-frames``, to be continued with ``--resume``); raises NBError (one line) for a setup error, before
+    any frame.  ``main`` is the command line around it."""
     from . import flags
     from .model import build_model
 
@@ -1599,6 +1604,9 @@ def _write_master(cfg, opts, specs, out_dir, manifest: Manifest, active=None) ->
 
 
 def main(argv=None) -> int:
+    """``nbnumba-series``: ``argv`` (default ``sys.argv[1:]``) as its command line;
+    returns the exit status (0, 1 frames failed, 2 usage or setup error,
+    3 stopped by --max-frames, 130/143 interrupted)."""
     if argv is None:            # a program: SIGTERM cleans up like Ctrl-C (temps, cluster)
         from .cli import _term_as_interrupt
         _term_as_interrupt()
