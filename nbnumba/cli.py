@@ -144,6 +144,7 @@ def run(cfg) -> int:
     from .summary import result_lines, run_summary_line, setup_lines
     from .kernels import native
     from . import numba_cache
+    native.look_again()                # a library built since this process's last line
     calls = dict(native.COUNTS)        # this run's kernel calls: the difference
     cache_failures = len(numba_cache.SAVE_FAILURES)
     out = sys.stdout
@@ -204,6 +205,9 @@ def run(cfg) -> int:
     return 0
 
 
+_ANNOUNCED = []      # the delegated build's line was printed (this process)
+
+
 def _background_library_build() -> None:
     """After a run that needed numba for its kernels, build the start-up
     library (kernels.native) in the background, once: later runs load it
@@ -220,6 +224,9 @@ def _background_library_build() -> None:
             native.start_build(background=True)
         except OSError:
             return
+    elif _ANNOUNCED:                    # (said once by a long-lived process: --batch, --serve)
+        return
+    _ANNOUNCED.append(True)
     print("nbnumba: building the start-up library in the background (once; later runs "
           "start without loading numba)", file=sys.stderr)
 

@@ -312,3 +312,43 @@ def test_no_background_build_below_a_file(tmp_path, monkeypatch):
         assert native.background_build_wanted() is True     # a folder it may create
     finally:
         native.forget()
+
+
+def test_a_long_lived_process_builds_once_and_takes_the_library_when_it_appears(
+        built_library, empty_cache, tmp_path, monkeypatch, capsys):
+    """A process that runs many command lines (--batch, --serve, the fuzzers)
+    remembered "no library" from its first line: each later line used numba,
+    started one more background build (three to five alive at once in a fuzz
+    run) and said "building ... (once; ...)" again, also after the library
+    had been built.  Now one build per process, one line, and the library is
+    taken as soon as it is on disk."""
+    import shutil
+    from nbnumba import cli, jitcache
+    spawned = []
+    real = native.python_process
+
+    def spy(args, **kw):
+        if args[0] == "nbnumba.kernels.aot":
+            spawned.append(args)
+            return None
+        return real(args, **kw)
+    monkeypatch.setattr(native, "python_process", spy)
+    monkeypatch.setattr(native, "reap_in_background", lambda proc: proc)
+    monkeypatch.setattr(jitcache, "LIBRARY_DELEGATED", False)
+    work = tmp_path / "w"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    argv = (CELL + " " + DET + " -nonoise -nopgm -noprogress").split()
+    said = []
+    for line in range(3):
+        if line == 2:       # another process built it meanwhile
+            dst = native.library_path()
+            shutil.copyfile(native.digest_path(built_library), native.digest_path(dst))
+            shutil.copyfile(built_library, dst)
+            os.chmod(dst, 0o755)
+        assert cli.main(argv) == 0
+        o = capsys.readouterr()
+        said.append(o.err.count("building the start-up library in the background"))
+        last = o.out.strip().splitlines()[-1]
+    assert len(spawned) == 1 and said == [1, 0, 0], (spawned, said)
+    assert "backend cpu (numba AOT)" in last, last

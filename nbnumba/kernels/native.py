@@ -298,6 +298,45 @@ def library_path(key: str | None = None) -> str:
                         module_name(key) + importlib.machinery.EXTENSION_SUFFIXES[0])
 
 
+#: key -> the (path, size, mtime) of the library files a failed load saw
+_MISSED = {}
+#: the keys this process started a background build for (at most one each)
+_STARTED = set()
+
+
+def _candidates(key):
+    """(path, size, mtime_ns) of the library files for ``key`` that exist now."""
+    import importlib.machinery
+    name = module_name(key) + importlib.machinery.EXTENSION_SUFFIXES[0]
+    out = []
+    for d in library_dirs():
+        p = os.path.join(d, name)
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        out.append((p, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def look_again() -> None:
+    """Forget this process's "no library" for the current key when a library
+    file for it has appeared or changed since (another process built it): a
+    long-lived process (--batch, --serve, the API) kept the numba kernels, and
+    each of its command lines started one more background build and said
+    "building the start-up library in the background (once; ...)" again.
+    A stat per folder; the CLI calls it once per command line."""
+    if not enabled():
+        return
+    try:
+        key = library_key()
+    except OSError:
+        return
+    if _LOADED.get(key, False) is None and _candidates(key) != _MISSED.get(key, ()):
+        with _LOCK:
+            _LOADED.pop(key, None)
+
+
 def aot_module():
     """The loaded start-up library, or None (disabled, not built, unusable)."""
     if not enabled():
@@ -319,6 +358,8 @@ def aot_module():
             mod = load_library(os.path.join(d, name), key)
             if mod is not None:
                 break
+        if mod is None:
+            _MISSED[key] = _candidates(key)
         _LOADED[key] = mod
         return mod
 
@@ -381,6 +422,8 @@ def forget() -> None:
     with _LOCK:
         _LOADED.clear()
         _KEYS.clear()
+        _MISSED.clear()
+        _STARTED.clear()
 
 
 def failed_note(key: str | None = None) -> str:
@@ -453,6 +496,7 @@ def start_build(background: bool = False, numba_cache: bool = False):
     if numba_cache:
         args.append("--numba-cache")
     if background:
+        _STARTED.add(library_key())
         return reap_in_background(python_process(args + ["--background"],
                                                  stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL,
@@ -581,6 +625,9 @@ def background_build_wanted() -> bool:
     the library is off or present, NBNUMBA_AOT_AUTOBUILD=0, a build for this
     key failed before, or its directory cannot be written."""
     if not enabled() or os.environ.get("NBNUMBA_AOT_AUTOBUILD", "1") == "0":
+        return False
+    look_again()
+    if library_key() in _STARTED:       # (once per process: it may still be running)
         return False
     if aot_module() is not None or failed_note() or build_running():
         return False
