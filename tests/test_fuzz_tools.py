@@ -163,3 +163,14 @@ def test_series_check_splits_the_manifest_at_newlines_only(tmp_path):
     mp.write_bytes(("\n".join(lines).replace("[1.5, \r", "[1.5, \n") + "\n").encode())
     assert FT._check_series(0, tmp_path, argv) == (
         "exit 0 without a frame record for each of the 2 frames")
+
+
+def test_the_sf_check_reads_its_reflections_in_blocks():
+    # one array of a 20-million-line output held several GB (seed 482); the
+    # check now reads blocks of lines, and still finds a bad line in a later block
+    good = ["%d 0 0 1.5" % i for i in range(450001)]
+    assert FT._check_sf_text(iter(good)) is None
+    assert FT._check_sf_text(iter(good + ["1 2 3 -1"])).startswith("exit 0 with 4 columns, finite True, min F -1")
+    assert FT._check_sf_text(iter(good + ["1 2 x 1"])).startswith("exit 0 with unreadable lines")
+    assert FT._check_sf_text(iter(["", " "])) == "exit 0 with no reflection"
+    assert FT._check_sf_text(["1 2 3"]).startswith("exit 0 with 3 columns")
