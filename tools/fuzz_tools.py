@@ -516,9 +516,11 @@ def _check_sf_text(lines):
             a = np.array(rows, dtype=float)
         except ValueError as e:
             return "exit 0 with unreadable lines: %s" % e
-        if a.shape[1] != 4 or not np.isfinite(a).all() or (a[:, 3] < 0).any():
-            return "exit 0 with %d columns, finite %s, min F %g" % (
-                a.shape[1], np.isfinite(a).all(), a[:, 3].min())
+        if a.shape[1] != 4:
+            return "exit 0 with %d columns" % a.shape[1]
+        if not np.isfinite(a).all() or (a[:, 3] < 0).any():
+            return "exit 0 with 4 columns, finite %s, min F %g" % (np.isfinite(a).all(),
+                                                                  a[:, 3].min())
     return "exit 0 with no reflection" if n == 0 else None
 
 
