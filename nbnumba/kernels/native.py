@@ -322,8 +322,8 @@ def _candidates(key):
 def look_again() -> None:
     """Forget this process's "no library" for the current key when a library
     file for it has appeared or changed since (another process built it): a
-    long-lived process (--batch, --serve, the API) kept the numba kernels, and
-    each of its command lines started one more background build and said
+    process that runs many command lines (--batch, --serve, cli.main in a
+    loop) kept the numba kernels, and each line started one more build and said
     "building the start-up library in the background (once; ...)" again.
     A stat per folder; the CLI calls it once per command line."""
     if not enabled():
