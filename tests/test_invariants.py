@@ -277,6 +277,21 @@ def test_gauss_and_tophat_spots_keep_the_square_crystals_integral(cell, N):
             assert F == want, (u, f)
 
 
+def test_tophat_spot_edge_itself_is_dark_as_in_the_c():
+    """nanoBragg.c lights a tophat spot's sub-path where rad_star_sqr * fudge
+    < 0.3969, strictly: a point exactly on the edge gives 0 (a <= would give
+    Na Nb Nc).  dh = 1 along a* = (1, 0, 0) with spot scale 1 makes
+    rad_star_sqr exactly 1, so fudge = 0.3969 puts it on the edge exactly."""
+    from nbnumba import physics
+    N = (3.0, 4.0, 5.0)
+    axes = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    for fudge, want in ((0.3969, 0.0), (float(np.nextafter(0.3969, 0.0)), 60.0),
+                        (float(np.nextafter(0.3969, 1.0)), 0.0)):
+        F = physics.lattice_factor(physics.SHAPE_TOPHAT, 1.0, 0.0, 0.0, 0, 0, 0, *N, fudge, 1.0,
+                                   *axes, 1)[0]
+        assert F == want, (fudge, F)
+
+
 # ---- units: every length doubled --------------------------------------------------
 SCALE_BASE = ("-misset 10 20 30 -N 5 -default_F 100 -detpixels 16 -oversample 2 -nonoise "
               "-nopgm -seed 1 ")

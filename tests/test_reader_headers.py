@@ -134,6 +134,28 @@ def test_minicbf_satisfies_dxtbx_and_round_trips_with_fabio(res, tmp_path):
     assert b"X-Binary-Size-Fastest-Dimension: 24" in p.read_bytes()
 
 
+def test_minicbf_beam_xy_is_fast_then_slow_and_two_theta_in_degrees(res):
+    """dxtbx's FormatCBFMini reads Beam_xy as (fast, slow) pixels from the
+    first pixel's corner and Detector_2theta in degrees.  The module's run has
+    its beam on the diagonal (Fbeam == Sbeam) and no swing, where a swapped
+    pair or radians read the same: here the beam is off the diagonal (3 mm
+    fast, 4.5 mm slow: 10 and 15 pixels of 0.3 mm) and the detector swung by
+    20 degrees."""
+    import math
+    from dataclasses import replace
+    geom = replace(FrameGeometry.from_result(res), Fbeam=3.0e-3, Sbeam=4.5e-3,
+                   twotheta=math.radians(20.0))
+    info = FrameInfo(index=0, number=1, phi_start=0.0, phi_range=0.1, exposure=1.0,
+                     noise=False, pedestal=40.0)
+    h = dxtbx_minicbf_header(cbf_fmt.miniheader(geom, info))
+    bx, by = map(float, h["Beam_xy"].replace("(", "").replace(")", "").replace(",", "").split()[:2])
+    assert (bx, by) == pytest.approx((10.0, 15.0), abs=1e-6)
+    assert float(h["Detector_2theta"].split()[0]) == pytest.approx(20.0, abs=1e-6)
+    # the package's own reader: the same pair, fast first
+    meta = cbf_fmt.parse_miniheader(cbf_fmt.miniheader(geom, info))
+    assert (meta["beam_x"], meta["beam_y"]) == pytest.approx((10.0, 15.0), abs=1e-6)
+
+
 def test_minicbf_writer_refuses_images_it_cannot_store(res, tmp_path):
     # (fabio's own errors, or int32 wraparound, came out of it before)
     pytest.importorskip("fabio")

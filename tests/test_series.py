@@ -276,6 +276,30 @@ def test_geometry_from_config_equals_result():
     assert FrameGeometry.from_config(cfg) == FrameGeometry.from_result(res)
 
 
+def test_nexus_master_beam_centre_is_fast_slow_and_distance_is_along_the_beam(tmp_path):
+    """NXmx's detector/beam_center_x, _y are the direct beam's (fast, slow)
+    pixel from the first pixel's corner and detector/distance the sample to
+    that beam centre (mm); transformations/det_z is the close distance (to
+    the plane along its normal).  MOSFLM's -Xbeam 5 -Ybeam 8 with 0.2 mm
+    pixels put the beam at fast (8 + 0.1) / 0.2 = 40.5, slow (5 + 0.1) / 0.2
+    = 25.5; -detector_roty 20 about the beam spot keeps the distance at
+    100 mm and brings the plane to 100 cos(20 deg) = 93.97 mm.  The other
+    series tests have the beam on the diagonal and no tilt, where a swapped
+    pair or the close distance read the same."""
+    import math
+    import h5py
+    cfg = nbnumba.parse_argv(BASE + ["-Xbeam", "5", "-Ybeam", "8", "-detector_roty", "20"])
+    geom = FrameGeometry.from_config(cfg)
+    nexus_fmt.write_master(tmp_path / "master.h5", ["f.h5"], geom, [0.0], 0.1, False)
+    with h5py.File(tmp_path / "master.h5", "r") as f:
+        d = f["entry/instrument/detector"]
+        assert d["beam_center_x"][()] == pytest.approx(40.5, rel=1e-12)
+        assert d["beam_center_y"][()] == pytest.approx(25.5, rel=1e-12)
+        assert d["distance"][()] == pytest.approx(100.0, rel=1e-12)
+        assert d["transformations/det_z"][()] == pytest.approx(100.0 * math.cos(math.radians(20.0)),
+                                                              rel=1e-12)
+
+
 # ---------------------------------------------------------------------------
 # serial sets and failures
 # ---------------------------------------------------------------------------
