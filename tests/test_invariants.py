@@ -998,3 +998,25 @@ def test_a_reversed_spindle_sweeping_back_gives_the_same_image(steps):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * a.max())
     ac, bc = kernel64(parse(fwd + "-c_parity")), kernel64(parse(back + "-c_parity"))
     assert np.max(np.abs(bc - ac)) > 0.05 * ac.max()
+
+
+def test_a_curved_detectors_point_lies_at_its_depth_below_the_sphere():
+    """-curved_det in the default mode: a point of the surface plane at depth d
+    below it lands at radius close + d from the sample, at the angle rho/close
+    from the detector normal (the arc keeps its length).  The sign of the depth
+    was caught only by a 1e15 m sensor (a mutation audit): here it is the
+    closed form, on a turned frame."""
+    from nbnumba import physics
+    rng = np.random.default_rng(5)
+    R, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    odet, fdet, sdet = (tuple(float(x) for x in R[:, i]) for i in range(3))
+    close = 0.1
+    for depth in (0.0, 1e-4, 4.5e-4):
+        apex = physics.sphere_position(tuple(close * o for o in odet), depth, close, odet, fdet, sdet)
+        assert np.allclose(apex, np.multiply(close + depth, odet), rtol=0, atol=1e-16)
+        for u, v in ((0.01, 0.0), (-0.02, 0.03), (0.004, -0.05)):
+            surf = tuple(close * o + u * f + v * s for o, f, s in zip(odet, fdet, sdet))
+            p = np.array(physics.sphere_position(surf, depth, close, odet, fdet, sdet))
+            r = np.linalg.norm(p)
+            assert r == pytest.approx(close + depth, rel=1e-14), (depth, u, v)
+            assert math.acos(np.dot(p / r, odet)) == pytest.approx(math.hypot(u, v) / close, rel=1e-9)
